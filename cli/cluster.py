@@ -1,0 +1,39 @@
+"""`pvc cluster`: status and maintenance mode."""
+import click
+
+from pvc.cli import output
+
+
+
+def _status_table(status: dict) -> str:
+    states = ", ".join(f"{count} {state}" for state, count in sorted(status["nodes_by_daemon_state"].items()))
+    banner = click.style("MAINTENANCE MODE: fencing is off", fg="yellow", bold=True) + "\n" \
+        if status["maintenance"] else ""
+    return banner + output.details([
+        ("Maintenance", "on" if status["maintenance"] else "off"),
+        ("Leader", output.plain(status["leader"])),
+        ("Coordinators", output.plain([c["name"] for c in status["coordinators"]])),
+        ("Nodes", f"{status['nodes_total']} ({states or 'none'}), {status['nodes_ready']} ready"),
+    ])
+
+
+@click.group("cluster")
+def group() -> None:
+    """The cluster as a whole."""
+
+
+@group.command("status")
+@output.format_option
+@click.pass_obj
+def status(session, output_format: str) -> None:
+    """Leader, coordinators, node counts, and whether maintenance mode is on."""
+    output.show(session.client.cluster.status(), output_format, _status_table)
+
+
+@group.command("maintenance")
+@click.argument("mode", type=click.Choice(["on", "off"]))
+@output.format_option
+@click.pass_obj
+def maintenance(session, mode: str, output_format: str) -> None:
+    """Turn maintenance mode on or off (while on, dead nodes are not fenced)."""
+    output.show(session.client.cluster.maintenance(mode == "on"), output_format, _status_table)

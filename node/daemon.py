@@ -1,0 +1,114 @@
+"""pvcnoded: registers this node, keeps it alive in ZooKeeper, and serves its node agent.
+
+Stopping the daemon (SIGTERM) records ``stop`` and leaves running VMs running, as stopping a service on a
+real hypervisor would; when it starts again it finds them in libvirt and carries on.
+"""
+import logging
+import threading
+import time
+from typing import Any
+
+from pvc import config, schema
+from pvc.handshake import AuthenticatingDaemon
+from pvc.node.agent import AGENT_OBJECT_ID, NodeAgent
+from pvc.node.hypervisor import Hypervisor
+from pvc.service import SignalQueue, daemon_command
+from pvc.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class NodeDaemon:
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = settings
+        self.name = schema.check_name("node", settings["node_name"])
+        self.store = Store(settings["zookeeper_hosts"], settings["zookeeper_user"],
+                           settings["zookeeper_password"], settings["zookeeper_session_timeout"])
+        self.hypervisor = Hypervisor(settings["libvirt_uri"], settings["simulated_cpus"],
+                                     settings["simulated_memory_mib"])
+        self.facts: dict[str, Any] = {}
+        self._agent_daemon: AuthenticatingDaemon | None = None
+
+    def start(self) -> None:
+        """Connect, serve the agent, and register in ZooKeeper; the node is ``run`` when this returns."""
+        self.facts = self.hypervisor.facts()
+        self.store.start(self.settings["zookeeper_connect_timeout"])
+        try:
+            self._serve_agent()
+            self._register()
+            self.write_keepalive()
+            self.store.write(schema.node_key(self.name, "daemon_state"), "run")
+        except BaseException:
+            self._shutdown_services()
+            raise
+        log.info("node %s is running; agent at %s", self.name, self.facts["agent_uri"])
+
+    def _serve_agent(self) -> None:
+        host, port = config.split_address(self.settings["listen_address"])
+        self._agent_daemon = AuthenticatingDaemon([self.settings["cluster_secret"]], "cluster secret", host, port)
+        uri = self._agent_daemon.register(NodeAgent(self.name, self.hypervisor), AGENT_OBJECT_ID)
+        self.facts["agent_uri"] = str(uri)
+        threading.Thread(target=self._agent_daemon.requestLoop, name="node-agent", daemon=True).start()
+
+    def _register(self) -> None:
+        """Create the node or update its facts; an existing node keeps its domain state across restarts."""
+        record = {**self.facts, "keepalive_interval": self.settings["keepalive_interval"],
+                  "libvirt_uri": self.hypervisor.uri,
+                  "migration_uri": self.settings["migration_uri"] or self.hypervisor.uri,
+                  "bmc": {"host": self.settings["bmc_host"], "port": self.settings["bmc_port"]}}
+        if self.store.zk.exists(schema.node(self.name)):
+            self.store.transaction() \
+                .set(schema.node(self.name), record) \
+                .set(schema.node_key(self.name, "daemon_state"), "init") \
+                .commit()
+            if self.store.zk.exists(schema.node_key(self.name, "domain_state")) is None:
+                self.store.write(schema.node_key(self.name, "domain_state"), "ready")
+            return
+        self.store.transaction() \
+            .create(schema.node(self.name), record) \
+            .create(schema.node_key(self.name, "daemon_state"), "init") \
+            .create(schema.node_key(self.name, "domain_state"), "ready") \
+            .commit()
+
+    def write_keepalive(self) -> None:
+        figures = self.hypervisor.figures(self.facts["memory_total_mib"])
+        self.store.write(schema.node_key(self.name, "keepalive"), {"time": time.time(), **figures})
+
+    def run(self) -> None:
+        """Write a keepalive every interval until SIGTERM or SIGINT."""
+        signals = SignalQueue()
+        interval = self.settings["keepalive_interval"]
+        next_beat = time.monotonic() + interval
+        while signals.wait(next_beat - time.monotonic()) is None:
+            next_beat += interval
+            try:
+                self.write_keepalive()
+            except Exception as error:
+                log.warning("keepalive not written: %s", error)
+            if next_beat < time.monotonic():
+                next_beat = time.monotonic() + interval
+        self.stop()
+
+    def stop(self) -> None:
+        """Record ``stop`` and leave; the VMs in libvirt keep running."""
+        try:
+            self.store.write(schema.node_key(self.name, "daemon_state"), "stop")
+        except Exception as error:
+            log.warning("could not record daemon state stop: %s", error)
+        self._shutdown_services()
+        log.info("node %s stopped", self.name)
+
+    def _shutdown_services(self) -> None:
+        if self._agent_daemon is not None:
+            self._agent_daemon.shutdown()
+        self.store.stop()
+        self.hypervisor.close()
+
+
+def _run(settings: dict[str, Any]) -> None:
+    daemon = NodeDaemon(settings)
+    daemon.start()
+    daemon.run()
+
+
+main = daemon_command("pvcnoded", config.NODED_SETTINGS, "/etc/pvc/pvcnoded.yaml", _run)

@@ -1,0 +1,110 @@
+"""The one class that talks to libvirt on a node.
+
+On a simulated host (libvirt's test driver in its own libvirtd) libvirt does no resource accounting, so the
+node's totals come from its configuration and its live figures from what its VMs hold.
+"""
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+import libvirt
+
+from pvc.errors import OperationFailed, Unavailable
+
+log = logging.getLogger(__name__)
+libvirt.registerErrorHandler(lambda _context, _error: None, None)
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    uuid: str
+    running: bool
+    memory_mib: int
+    vcpus: int
+
+
+class Hypervisor:
+    """A libvirt connection, reopened if libvirtd restarts, and the node's figures."""
+
+    def __init__(self, uri: str, simulated_cpus: int | None = None, simulated_memory_mib: int | None = None):
+        self.uri = uri
+        self.simulated = simulated_cpus is not None or simulated_memory_mib is not None
+        self._simulated_cpus = simulated_cpus
+        self._simulated_memory_mib = simulated_memory_mib
+        self._lock = threading.Lock()
+        self._connection: libvirt.virConnect | None = None
+
+    @property
+    def can_migrate_live(self) -> bool:
+        return not self.uri.startswith("test")
+
+    def connection(self) -> libvirt.virConnect:
+        with self._lock:
+            if self._connection is None or not self._connection.isAlive():
+                try:
+                    self._connection = libvirt.open(self.uri)
+                except libvirt.libvirtError as error:
+                    raise Unavailable(f"cannot connect to libvirt at {self.uri}: {error.get_error_message()}") \
+                        from None
+            return self._connection
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                try:
+                    self._connection.close()
+                except libvirt.libvirtError:
+                    pass
+                self._connection = None
+
+    def facts(self) -> dict:
+        """What does not change while the node runs: CPUs, total memory, libvirt version."""
+        connection = self.connection()
+        _model, memory_mib, cpus, *_rest = connection.getInfo()
+        version = connection.getLibVersion()
+        return {
+            "cpus": self._simulated_cpus or cpus,
+            "memory_total_mib": self._simulated_memory_mib or memory_mib,
+            "libvirt_version": f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}",
+            "hypervisor": connection.getType(),
+            "simulated": self.simulated,
+        }
+
+    def domains(self) -> list[Domain]:
+        try:
+            found = self.connection().listAllDomains()
+        except libvirt.libvirtError as error:
+            raise OperationFailed(f"listing domains failed: {error.get_error_message()}") from None
+        result = []
+        for domain in found:
+            try:
+                state, max_memory_kib, _memory, vcpus, _cpu_time = domain.info()
+                result.append(Domain(domain.name(), domain.UUIDString(), state == libvirt.VIR_DOMAIN_RUNNING,
+                                     max_memory_kib // 1024, vcpus))
+            except libvirt.libvirtError:
+                continue
+        return result
+
+    def figures(self, memory_total_mib: int) -> dict:
+        """The live figures a keepalive reports, for placement and for `node info`."""
+        domains = self.domains()
+        running = [domain for domain in domains if domain.running]
+        allocated = sum(domain.memory_mib for domain in running)
+        vcpus = sum(domain.vcpus for domain in running)
+        if self.simulated:
+            free = max(memory_total_mib - allocated, 0)
+            load = float(vcpus)
+        else:
+            free = self.connection().getFreeMemory() // (1024 * 1024)
+            load = os.getloadavg()[0]
+        return {
+            "memory_free_mib": free,
+            "memory_allocated_mib": allocated,
+            "memory_provisioned_mib": sum(domain.memory_mib for domain in domains),
+            "vcpus_allocated": vcpus,
+            "vms_running": len(running),
+            "vms_defined": len(domains),
+            "load": round(load, 2),
+        }

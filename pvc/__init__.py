@@ -1,0 +1,19 @@
+"""PVC, the Parallel Virtual Cluster: the core library and the public client.
+
+    import pvc
+    cluster = pvc.connect("pvc://127.0.0.1:7370", api_key="...")
+    for node in cluster.nodes.list():
+        print(node["name"], node["daemon_state"])
+"""
+from pvc.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+
+def connect(uri: str | list[str] | None = None, api_key: str | None = None, **options):
+    """Connect to a cluster's coordinators; see `pvc.client.connect`."""
+    from pvc.client import connect as _connect
+    return _connect(uri, api_key, **options)
+
+
+__all__ = ["connect", "hookimpl", "__version__"]

@@ -1,0 +1,159 @@
+"""The coordinator's watched view of ZooKeeper.
+
+List and info calls read this in memory instead of walking ZooKeeper per request. Watches keep it current;
+a coordinator that has just written calls `refresh` so that the caller's next read shows the write, without
+waiting for the watch to fire. Values only move forward: an update older (by mzxid) than what is held is
+dropped, so a late watch callback never undoes a refresh.
+"""
+import threading
+from typing import Any, Callable
+
+from kazoo.protocol.states import ZnodeStat
+
+from pvc import schema
+from pvc.store import Store
+
+OWN_VALUE = ""
+"""The key under which a child's own znode value is held, beside its named sub-keys."""
+
+
+class WatchedCollection:
+    """Mirror of a parent znode's children: each child's value and the values of its `keys` sub-znodes."""
+
+    def __init__(self, store: Store, parent: str, child_path: Callable[[str], str], keys: tuple[str, ...] = ()):
+        self._store = store
+        self._parent = parent
+        self._child_path = child_path
+        self._keys = (OWN_VALUE, *keys)
+        self._lock = threading.Lock()
+        self._items: dict[str, dict[str, Any]] = {}
+        self._versions: dict[tuple[str, str], int] = {}
+        self._watched: set[tuple[str, str]] = set()
+
+    def start(self) -> None:
+        """Load the whole collection (returns once it is loaded) and keep it current from then on."""
+        self._store.zk.ChildrenWatch(self._parent, self._on_children)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._items)
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        """A copy of one child's values by key (`OWN_VALUE` for its own), or None if it does not exist."""
+        with self._lock:
+            item = self._items.get(name)
+            return dict(item) if item is not None else None
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {name: dict(item) for name, item in self._items.items()}
+
+    def refresh(self, name: str) -> None:
+        """Read one child now, so that a write just made is visible to the next read."""
+        zk = self._store.zk
+        for key in self._keys:
+            path = self._path(name, key)
+            stat = zk.exists(path)
+            if stat is None:
+                if key == OWN_VALUE:
+                    self._drop(name)
+                    return
+                continue
+            data, stat = zk.get(path)
+            self._apply(name, key, data, stat)
+        self._watch(name)
+
+    def _path(self, name: str, key: str) -> str:
+        base = self._child_path(name)
+        return base if key == OWN_VALUE else f"{base}/{key}"
+
+    def _on_children(self, children: list[str]) -> None:
+        present = set(children)
+        with self._lock:
+            for gone in set(self._items) - present:
+                self._forget(gone)
+        for name in children:
+            self._watch(name)
+
+    def _watch(self, name: str) -> None:
+        for key in self._keys:
+            with self._lock:
+                if (name, key) in self._watched:
+                    continue
+                self._watched.add((name, key))
+                self._items.setdefault(name, {})
+            self._store.zk.DataWatch(self._path(name, key), self._data_callback(name, key))
+
+    def _data_callback(self, name: str, key: str):
+        def on_data(data: bytes | None, stat: ZnodeStat | None) -> bool | None:
+            with self._lock:
+                if name not in self._items:
+                    self._watched.discard((name, key))
+                    return False
+            if stat is not None:
+                self._apply(name, key, data, stat)
+            elif key == OWN_VALUE:
+                self._drop(name)
+                return False
+            return None
+        return on_data
+
+    def _apply(self, name: str, key: str, data: bytes | None, stat: ZnodeStat) -> None:
+        value = schema.decode(data)
+        with self._lock:
+            if stat.mzxid < self._versions.get((name, key), -1):
+                return
+            self._versions[(name, key)] = stat.mzxid
+            self._items.setdefault(name, {})[key] = value
+
+    def _drop(self, name: str) -> None:
+        with self._lock:
+            self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        self._items.pop(name, None)
+        for key in self._keys:
+            self._versions.pop((name, key), None)
+            self._watched.discard((name, key))
+
+
+class WatchedValue:
+    """Mirror of a single znode's value."""
+
+    def __init__(self, store: Store, path: str, default: Any = None):
+        self._store = store
+        self._path = path
+        self._default = default
+        self._lock = threading.Lock()
+        self._value = default
+        self._version = -1
+
+    def start(self) -> None:
+        self._store.zk.DataWatch(self._path, self._on_data)
+
+    def get(self) -> Any:
+        with self._lock:
+            return self._value
+
+    def refresh(self) -> None:
+        data, stat = self._store.zk.get(self._path)
+        self._on_data(data, stat)
+
+    def _on_data(self, data: bytes | None, stat: ZnodeStat | None) -> None:
+        with self._lock:
+            if stat is None:
+                self._value, self._version = self._default, -1
+            elif stat.mzxid >= self._version:
+                self._value, self._version = schema.decode(data), stat.mzxid
+
+
+class ClusterCache:
+    """Everything a coordinator serves reads from."""
+
+    def __init__(self, store: Store):
+        self.config = WatchedValue(store, schema.CONFIG, dict(schema.DEFAULT_CLUSTER_CONFIG))
+        self.nodes = WatchedCollection(store, schema.NODES, schema.node, schema.NODE_KEYS)
+
+    def start(self) -> None:
+        self.config.start()
+        self.nodes.start()

@@ -1,0 +1,159 @@
+"""The public client: `pvc.connect()` and the proxies for the remote areas.
+
+Settings resolve as the CLI resolves them: the client config file (`PVC_CONFIG`, else
+``~/.config/pvc/pvc.yaml``), then `PVC_URI` and `PVC_API_KEY`, then the arguments given. Several coordinator
+URIs may be listed; a call that cannot reach one moves on to the next. Pyro5 proxies belong to one thread,
+so each thread gets its own, which makes a `Client` safe to share between threads.
+"""
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import Pyro5.api
+import Pyro5.errors
+
+from pvc import config, wire
+from pvc.errors import AuthenticationError, ConfigError, Unavailable
+from pvc.handshake import authenticated_proxy
+
+AREAS = ("cluster", "nodes", "vms", "storage", "provisioner")
+URI_SCHEME = "pvc://"
+DEFAULT_CONFIG_PATH = Path("~/.config/pvc/pvc.yaml")
+
+
+def object_id(area: str) -> str:
+    """The stable Pyro5 object id of a coordinator area."""
+    return f"pvc.{area}"
+
+
+def pyro_uri(uri: str, area: str) -> str:
+    if not uri.startswith(URI_SCHEME):
+        raise ConfigError(f"invalid coordinator URI {uri!r}: expected {URI_SCHEME}HOST:PORT")
+    host, port = config.split_address(uri[len(URI_SCHEME):].rstrip("/"))
+    return f"PYRO:{object_id(area)}@{host}:{port}"
+
+
+def resolve_settings(uri: str | list[str] | None = None, api_key: str | None = None,
+                     timeout: float | None = None) -> dict[str, Any]:
+    """The client settings from the config file, the environment and explicit arguments, in that order."""
+    path = os.environ.get("PVC_CONFIG") or DEFAULT_CONFIG_PATH.expanduser()
+    values = config.read_yaml(path) if Path(path).exists() or "PVC_CONFIG" in os.environ else {}
+    if os.environ.get("PVC_URI"):
+        values["uris"] = os.environ["PVC_URI"].split(",")
+    if os.environ.get("PVC_API_KEY"):
+        values["api_key"] = os.environ["PVC_API_KEY"]
+    if uri:
+        values["uris"] = [uri] if isinstance(uri, str) else list(uri)
+    if api_key:
+        values["api_key"] = api_key
+    if timeout:
+        values["timeout"] = timeout
+    source = str(path) if Path(path).exists() else "client settings (no config file; set PVC_CONFIG)"
+    settings = config.check(values, config.CLIENT_SETTINGS, source)
+    if not settings["uris"]:
+        raise ConfigError(f"{source}: 'uris' lists no coordinator")
+    for each in settings["uris"]:
+        pyro_uri(each, "cluster")
+    return settings
+
+
+class Connection:
+    """Calls into the coordinators, failing over between them in the configured order."""
+
+    def __init__(self, uris: list[str], api_key: str, timeout: float):
+        wire.register()
+        self.uris = list(uris)
+        self._api_key = api_key
+        self._timeout = timeout
+        self._preferred = 0
+        self._local = threading.local()
+
+    def call(self, area: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        failures = []
+        first = self._preferred
+        for offset in range(len(self.uris)):
+            index = (first + offset) % len(self.uris)
+            uri = self.uris[index]
+            proxy = self._proxy(uri, area)
+            try:
+                result = getattr(proxy, method)(*args, **kwargs)
+            except Pyro5.errors.CommunicationError as error:
+                self._discard(uri, area)
+                if wire.is_handshake_refusal(error):
+                    raise AuthenticationError(f"coordinator {uri} refused the connection: "
+                                              f"{wire.handshake_refusal_reason(error)}") from None
+                failures.append(f"{uri} ({_short_reason(error)})")
+                continue
+            self._preferred = index
+            return result
+        raise Unavailable("no coordinator answered: " + ", ".join(failures))
+
+    def _proxy(self, uri: str, area: str) -> Pyro5.api.Proxy:
+        proxies = self._local.__dict__.setdefault("proxies", {})
+        proxy = proxies.get((uri, area))
+        if proxy is None:
+            proxy = authenticated_proxy(pyro_uri(uri, area), self._api_key, self._timeout)
+            proxies[(uri, area)] = proxy
+        return proxy
+
+    def _discard(self, uri: str, area: str) -> None:
+        proxy = self._local.__dict__.get("proxies", {}).pop((uri, area), None)
+        if proxy is not None:
+            proxy._pyroRelease()
+
+    def close(self) -> None:
+        for proxy in self._local.__dict__.pop("proxies", {}).values():
+            proxy._pyroRelease()
+
+
+def _short_reason(error: Exception) -> str:
+    text = str(error)
+    if isinstance(error, Pyro5.errors.TimeoutError):
+        return "timed out"
+    return text.rsplit("] ", 1)[-1] if "] " in text else text
+
+
+class Area:
+    """A remote area (`cluster`, `nodes`, ...): every attribute is a remote method."""
+
+    def __init__(self, connection: Connection, name: str):
+        self._connection = connection
+        self._name = name
+
+    def __getattr__(self, method: str):
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        def remote_call(*args: Any, **kwargs: Any) -> Any:
+            return self._connection.call(self._name, method, *args, **kwargs)
+        remote_call.__name__ = method
+        return remote_call
+
+    def __repr__(self) -> str:
+        return f"<pvc area {self._name} via {self._connection.uris}>"
+
+
+class Client:
+    """A connected cluster; its attributes are the remote areas."""
+
+    def __init__(self, connection: Connection):
+        self.connection = connection
+        for area in AREAS:
+            setattr(self, area, Area(connection, area))
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def connect(uri: str | list[str] | None = None, api_key: str | None = None,
+            timeout: float | None = None) -> Client:
+    """Connect to a cluster; `uri` may be one pvc:// URI or a list to fail over between."""
+    settings = resolve_settings(uri, api_key, timeout)
+    return Client(Connection(settings["uris"], settings["api_key"], settings["timeout"]))

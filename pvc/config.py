@@ -1,0 +1,154 @@
+"""YAML configuration: every setting declared once, with its type, default and description.
+
+The same declarations check a file (a missing, unknown or mistyped key is an error naming the key and the
+file), generate the daemons' command-line overrides, and document the samples in `contrib/`.
+"""
+import difflib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pvc.errors import ConfigError
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    type: type | tuple[type, ...]
+    default: Any
+    description: str
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _zookeeper_settings() -> list[Setting]:
+    return [
+        Setting("zookeeper_hosts", str, REQUIRED, "ZooKeeper ensemble, 'host:port,host:port'"),
+        Setting("zookeeper_user", str, "pvc", "digest user that owns PVC's znodes"),
+        Setting("zookeeper_password", str, REQUIRED, "digest password; every PVC znode is ACL'd to it"),
+        Setting("zookeeper_session_timeout", (int, float), 10, "ZooKeeper session timeout, seconds"),
+        Setting("zookeeper_connect_timeout", (int, float), 15, "give up starting if ZooKeeper does not answer "
+                "within this many seconds"),
+    ]
+
+
+NODED_SETTINGS: list[Setting] = [
+    Setting("node_name", str, socket.gethostname(), "this node's name in the cluster (default: hostname)"),
+    *_zookeeper_settings(),
+    Setting("libvirt_uri", str, "qemu:///system", "libvirt connection URI for this hypervisor"),
+    Setting("migration_uri", (str, type(None)), None, "libvirt URI peers use to reach this hypervisor "
+            "(default: qemu+tcp://LISTEN_HOST/system)"),
+    Setting("keepalive_interval", (int, float), 5, "seconds between keepalive writes"),
+    Setting("listen_address", str, "127.0.0.1:7371", "host:port of the node agent (port 0 picks a free one)"),
+    Setting("cluster_secret", str, REQUIRED, "shared secret; the node agent accepts only coordinators "
+            "presenting it"),
+    Setting("bmc_host", (str, type(None)), None, "IPMI BMC address for fencing this node"),
+    Setting("bmc_port", int, 623, "IPMI BMC UDP port"),
+    Setting("bmc_user", (str, type(None)), None, "IPMI BMC user"),
+    Setting("bmc_password", (str, type(None)), None, "IPMI BMC password"),
+    Setting("simulated_cpus", (int, type(None)), None, "simulated hosts only: CPU count to report"),
+    Setting("simulated_memory_mib", (int, type(None)), None, "simulated hosts only: memory (MiB) to report"),
+    Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+]
+
+APID_SETTINGS: list[Setting] = [
+    Setting("coordinator_name", str, socket.gethostname(), "this coordinator's name (default: hostname)"),
+    *_zookeeper_settings(),
+    Setting("listen_address", str, "127.0.0.1:7370", "host:port the Pyro5 daemon listens on"),
+    Setting("advertise_host", (str, type(None)), None, "host clients use to reach this coordinator "
+            "(default: the listen host)"),
+    Setting("api_keys", list, REQUIRED, "API keys accepted from clients (a list of strings)"),
+    Setting("cluster_secret", str, REQUIRED, "shared secret presented to node agents"),
+    Setting("leader_tick", (int, float), 1, "seconds between runs of the leader's cluster-wide loops"),
+    Setting("fence_intervals", int, 6, "keepalive intervals a node may miss before the leader marks it dead"),
+    Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+]
+
+CLIENT_SETTINGS: list[Setting] = [
+    Setting("uris", list, REQUIRED, "coordinator URIs, pvc://HOST:PORT; the client fails over in order"),
+    Setting("api_key", str, REQUIRED, "API key presented to the coordinators"),
+    Setting("timeout", (int, float), 5, "seconds before an unanswering coordinator is given up on"),
+]
+
+
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    types = expected if isinstance(expected, tuple) else (expected,)
+    names = {int: "integer", float: "number", str: "string", list: "list", bool: "boolean",
+             type(None): "null"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def check(values: dict[str, Any], settings: list[Setting], source: str) -> dict[str, Any]:
+    """Validate `values` against `settings`, filling defaults; errors name the key and `source`."""
+    known = {setting.name: setting for setting in settings}
+    for key in values:
+        if key not in known:
+            hint = difflib.get_close_matches(key, known, n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise ConfigError(f"{source}: unknown key '{key}'{suggestion}")
+    result = {}
+    for setting in settings:
+        if setting.name not in values:
+            if setting.required:
+                raise ConfigError(f"{source}: missing required key '{setting.name}' ({setting.description})")
+            result[setting.name] = setting.default
+            continue
+        value = values[setting.name]
+        if isinstance(value, bool) and bool not in _as_tuple(setting.type) or not isinstance(value, setting.type):
+            raise ConfigError(f"{source}: key '{setting.name}' must be a {_type_name(setting.type)}, "
+                              f"not {value!r}")
+        result[setting.name] = value
+    return result
+
+
+def _as_tuple(expected: type | tuple[type, ...]) -> tuple[type, ...]:
+    return expected if isinstance(expected, tuple) else (expected,)
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML mapping from `path`, or a ConfigError naming the file and what is wrong with it."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values")
+    return values
+
+
+def load(path: str | os.PathLike | None, settings: list[Setting],
+         overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read `path` (if given), apply command-line `overrides`, and check the result."""
+    values = read_yaml(path) if path else {}
+    values.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    return check(values, settings, str(path) if path else "command line")
+
+
+def parse_override(setting: Setting, text: str) -> Any:
+    """A command-line string as the setting's type (YAML syntax, so lists and null work too)."""
+    return yaml.safe_load(text) if _as_tuple(setting.type) != (str,) else text
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"invalid address {address!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)

@@ -1,0 +1,43 @@
+"""Authentication in the Pyro5 handshake, shared by the coordinators and the node agents.
+
+A connection presents its key once, when it connects; a daemon refuses the connection (and so every call on
+it) unless the key is one it accepts. Clients present an API key to coordinators; coordinators present the
+cluster secret to node agents, which accept nothing else.
+"""
+import hmac
+from typing import Iterable
+
+import Pyro5.api
+import Pyro5.server
+
+from pvc import wire
+from pvc.errors import AuthenticationError
+
+
+class AuthenticatingDaemon(Pyro5.server.Daemon):
+    """A Pyro5 daemon that accepts only connections presenting one of `keys`."""
+
+    def __init__(self, keys: Iterable[str], what: str, host: str, port: int):
+        wire.register()
+        self._keys = [key.encode() for key in keys if key]
+        if not self._keys:
+            raise AuthenticationError(f"no {what} configured: refusing to serve without authentication")
+        self._what = what
+        super().__init__(host=host, port=port)
+
+    def validateHandshake(self, conn, data):
+        presented = data.get("api_key") if isinstance(data, dict) else None
+        if not isinstance(presented, str) or not presented:
+            raise AuthenticationError(f"no {self._what} presented")
+        if not any(hmac.compare_digest(presented.encode(), key) for key in self._keys):
+            raise AuthenticationError(f"invalid {self._what}")
+        return "welcome"
+
+
+def authenticated_proxy(uri: str, key: str, timeout: float) -> Pyro5.api.Proxy:
+    """A proxy that presents `key` when it connects."""
+    wire.register()
+    proxy = Pyro5.api.Proxy(uri)
+    proxy._pyroHandshake = {"api_key": key}
+    proxy._pyroTimeout = timeout
+    return proxy

@@ -1,0 +1,34 @@
+"""How cluster objects look to a user: flat dicts with `name`, units in the keys (`memory_mib`, `size_bytes`).
+
+These are built from the coordinator's cache and returned as-is by the remote objects, so `--format json`
+prints exactly what the Python API returns.
+"""
+import time
+from typing import Any
+
+from pvc.cache import OWN_VALUE
+
+NODE_FIGURES = ("memory_free_mib", "memory_allocated_mib", "memory_provisioned_mib", "vcpus_allocated",
+                "vms_running", "vms_defined", "load")
+
+
+def node_view(name: str, raw: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+    """One node: states, static facts and the figures of its latest keepalive."""
+    facts = raw.get(OWN_VALUE) or {}
+    keepalive = raw.get("keepalive") or {}
+    beat = keepalive.get("time")
+    view = {
+        "name": name,
+        "daemon_state": raw.get("daemon_state") or "init",
+        "domain_state": raw.get("domain_state") or "ready",
+        "cpus": facts.get("cpus"),
+        "memory_total_mib": facts.get("memory_total_mib"),
+        **{figure: keepalive.get(figure) for figure in NODE_FIGURES},
+        "keepalive_age_s": round((now or time.time()) - beat, 1) if beat else None,
+        "keepalive_interval_s": facts.get("keepalive_interval"),
+        "libvirt_version": facts.get("libvirt_version"),
+        "hypervisor": facts.get("hypervisor"),
+        "simulated": facts.get("simulated", False),
+        "agent_uri": facts.get("agent_uri"),
+    }
+    return view

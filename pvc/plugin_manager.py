@@ -1,0 +1,90 @@
+"""The plugin manager: loads the ``pvc`` entry-point group and builds the registries.
+
+Built-in and third-party plugins arrive the same way, so `pvc plugin list` shows both, with the distribution
+each came from.
+"""
+import threading
+from typing import Any
+
+import pluggy
+
+from pvc import hookspecs
+from pvc.errors import PluginError, NotFound
+
+
+class Plugins:
+    """The loaded plugins of one process and the name → implementation registry of each hook."""
+
+    def __init__(self, manager: pluggy.PluginManager):
+        self.manager = manager
+        self._lock = threading.Lock()
+        self._registries: dict[str, dict[str, Any]] = {}
+        self._owners: dict[str, dict[str, str]] = {}
+
+    def registry(self, hook_name: str) -> dict[str, Any]:
+        """Name → implementation for one registration hook; built once, refusing duplicate names."""
+        with self._lock:
+            if hook_name not in self._registries:
+                self._build(hook_name)
+            return self._registries[hook_name]
+
+    def _build(self, hook_name: str) -> None:
+        kind = hookspecs.REGISTRATION_HOOKS[hook_name]
+        registry: dict[str, Any] = {}
+        owners: dict[str, str] = {}
+        for implementation in getattr(self.manager.hook, hook_name).get_hookimpls():
+            try:
+                registered = implementation.function() or {}
+            except Exception as error:
+                raise PluginError(f"plugin '{implementation.plugin_name}' failed in {hook_name}: {error}") \
+                    from error
+            for name, value in registered.items():
+                if name in registry:
+                    raise PluginError(f"{kind} '{name}' is registered by two plugins: "
+                                      f"'{owners[name]}' and '{implementation.plugin_name}'")
+                registry[name] = value
+                owners[name] = implementation.plugin_name
+        self._registries[hook_name] = registry
+        self._owners[hook_name] = owners
+
+    def get(self, hook_name: str, name: str) -> Any:
+        registry = self.registry(hook_name)
+        if name not in registry:
+            kind = hookspecs.REGISTRATION_HOOKS[hook_name]
+            known = ", ".join(sorted(registry)) or "none"
+            raise NotFound(f"unknown {kind} '{name}' (known: {known})")
+        return registry[name]
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every loaded plugin: its name, distribution, version, module and what it registers."""
+        distributions = {id(plugin): dist for plugin, dist in self.manager.list_plugin_distinfo()}
+        rows = []
+        for name, plugin in sorted(self.manager.list_name_plugin()):
+            registers = {}
+            for hook_name, kind in hookspecs.REGISTRATION_HOOKS.items():
+                self.registry(hook_name)
+                names = sorted(n for n, owner in self._owners[hook_name].items() if owner == name)
+                if names:
+                    registers[kind] = names
+            dist = distributions.get(id(plugin))
+            rows.append({
+                "name": name,
+                "distribution": dist.project_name if dist else None,
+                "version": dist.version if dist else None,
+                "module": getattr(plugin, "__name__", type(plugin).__name__),
+                "registers": registers,
+            })
+        return rows
+
+
+def load(extra: list[Any] | None = None) -> Plugins:
+    """Load every plugin published under the ``pvc`` entry-point group, plus `extra` objects (tests)."""
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    try:
+        manager.load_setuptools_entrypoints(hookspecs.PROJECT)
+    except Exception as error:
+        raise PluginError(f"loading plugins failed: {error}") from error
+    for plugin in extra or []:
+        manager.register(plugin)
+    return Plugins(manager)

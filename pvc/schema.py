@@ -1,0 +1,77 @@
+"""Every ZooKeeper path PVC uses, and how each value is encoded.
+
+No other module builds a path: `grep` for a key finds its one definition here. Values are JSON documents,
+one znode per thing that changes on its own (a node's keepalive is written every few seconds, its daemon
+state rarely and by others), so writers never overwrite each other's fields.
+
+    /pvc                               root; carries the cluster's digest ACL like every znode below it
+    /pvc/schema_version                int, `SCHEMA_VERSION` of the layout
+    /pvc/config                        cluster config (maintenance, default selector, ...)
+    /pvc/coordinators/election/*       kazoo election contenders; the first holds leadership
+    /pvc/coordinators/live/NAME        ephemeral: a running coordinator and its URI
+    /pvc/nodes/NAME                    a node's static facts (CPUs, memory, agent URI, libvirt version)
+    /pvc/nodes/NAME/daemon_state       init | run | stop | dead | fenced
+    /pvc/nodes/NAME/domain_state       ready | flushing | flushed | unflushing
+    /pvc/nodes/NAME/keepalive          live figures and the time they were taken
+"""
+import json
+import re
+from typing import Any
+
+from pvc.errors import InvalidInput
+
+SCHEMA_VERSION = 1
+
+ROOT = "/pvc"
+SCHEMA_VERSION_PATH = f"{ROOT}/schema_version"
+CONFIG = f"{ROOT}/config"
+COORDINATORS = f"{ROOT}/coordinators"
+ELECTION = f"{COORDINATORS}/election"
+LIVE_COORDINATORS = f"{COORDINATORS}/live"
+NODES = f"{ROOT}/nodes"
+
+NODE_KEYS = ("daemon_state", "domain_state", "keepalive")
+"""The child znodes of a node, each written by whoever owns that fact."""
+
+DAEMON_STATES = ("init", "run", "stop", "dead", "fenced")
+DOMAIN_STATES = ("ready", "flushing", "flushed", "unflushing")
+
+DEFAULT_CLUSTER_CONFIG: dict[str, Any] = {"maintenance": False}
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def check_name(kind: str, name: object) -> str:
+    """A name that is safe as one path segment everywhere PVC uses it (ZooKeeper, files, libvirt)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidInput(f"invalid {kind} name {name!r}: use 1-63 letters, digits, '.', '_' or '-', "
+                           "starting with a letter or digit")
+    return name
+
+
+def node(name: str) -> str:
+    return f"{NODES}/{check_name('node', name)}"
+
+
+def node_key(name: str, key: str) -> str:
+    if key not in NODE_KEYS:
+        raise ValueError(f"unknown node key {key!r}")
+    return f"{node(name)}/{key}"
+
+
+def live_coordinator(name: str) -> str:
+    return f"{LIVE_COORDINATORS}/{check_name('coordinator', name)}"
+
+
+def encode(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode(data: bytes | None) -> Any:
+    if not data:
+        return None
+    return json.loads(data)
+
+
+CONTAINERS = (ROOT, COORDINATORS, ELECTION, LIVE_COORDINATORS, NODES)
+"""Znodes that must exist before anything is written below them."""

@@ -1,0 +1,156 @@
+"""The kazoo session every PVC process holds, with the cluster's credentials, transactions and locks.
+
+All znodes are created with the cluster's digest ACL, so a client that can reach the ZooKeeper port but does
+not hold the credentials can neither read nor change the cluster.
+"""
+import logging
+from typing import Any, Callable, Iterable
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (BadVersionError, NodeExistsError, NoNodeError, NotEmptyError,
+                              RolledBackError)
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.recipe.lock import Lock
+from kazoo.retry import KazooRetry
+from kazoo.security import make_digest_acl
+
+from pvc import schema
+from pvc.errors import AlreadyExists, Conflict, ConfigError, NotFound, NotLeader, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+class Store:
+    """One ZooKeeper session; thread-safe, as kazoo is."""
+
+    def __init__(self, hosts: str, user: str, password: str, session_timeout: float = 10.0):
+        self.hosts = hosts
+        self._acl = [make_digest_acl(user, password, all=True)]
+        self.zk = KazooClient(
+            hosts=hosts, timeout=session_timeout,
+            auth_data=[("digest", f"{user}:{password}")], default_acl=self._acl,
+            connection_retry=KazooRetry(max_tries=-1, max_delay=1.0),
+            command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=1.0),
+        )
+
+    def start(self, connect_timeout: float = 15.0) -> None:
+        """Connect, or raise `Unavailable` after `connect_timeout` seconds leaving no background retries."""
+        try:
+            self.zk.start(timeout=connect_timeout)
+        except KazooTimeoutError:
+            self.zk.stop()
+            self.zk.close()
+            raise Unavailable(f"ZooKeeper at {self.hosts} did not answer within {connect_timeout:g} s") from None
+        self._ensure_layout()
+
+    def stop(self) -> None:
+        self.zk.stop()
+        self.zk.close()
+
+    @property
+    def connected(self) -> bool:
+        return self.zk.state == KazooState.CONNECTED
+
+    def add_state_listener(self, listener: Callable[[str], None]) -> None:
+        self.zk.add_listener(listener)
+
+    def _ensure_layout(self) -> None:
+        for path in schema.CONTAINERS:
+            self.zk.ensure_path(path, acl=self._acl)
+        try:
+            self.zk.create(schema.SCHEMA_VERSION_PATH, schema.encode(schema.SCHEMA_VERSION), acl=self._acl)
+        except NodeExistsError:
+            stored = self.read(schema.SCHEMA_VERSION_PATH)
+            if stored > schema.SCHEMA_VERSION:
+                raise ConfigError(f"the cluster's ZooKeeper schema is version {stored}, newer than this PVC "
+                                  f"understands ({schema.SCHEMA_VERSION}); upgrade PVC") from None
+        try:
+            self.zk.create(schema.CONFIG, schema.encode(schema.DEFAULT_CLUSTER_CONFIG), acl=self._acl)
+        except NodeExistsError:
+            pass
+
+    def read(self, path: str) -> Any:
+        """The decoded value at `path`, or None if there is no such znode."""
+        try:
+            data, _stat = self.zk.get(path)
+        except NoNodeError:
+            return None
+        return schema.decode(data)
+
+    def write(self, path: str, value: Any) -> None:
+        """Set `path`, creating it (and its parents) if needed."""
+        data = schema.encode(value)
+        try:
+            self.zk.set(path, data)
+        except NoNodeError:
+            try:
+                self.zk.create(path, data, makepath=True)
+            except NodeExistsError:
+                self.zk.set(path, data)
+
+    def children(self, path: str) -> list[str]:
+        try:
+            return sorted(self.zk.get_children(path))
+        except NoNodeError:
+            return []
+
+    def transaction(self, leader_node: str | None = None) -> "Transaction":
+        """A kazoo transaction; with `leader_node`, it commits only while that election node still exists."""
+        return Transaction(self, leader_node)
+
+    def lock(self, path: str, identifier: str) -> Lock:
+        return self.zk.Lock(path, identifier)
+
+
+class Transaction:
+    """Collects operations and commits them atomically, turning a failed commit into a PVC error."""
+
+    def __init__(self, store: Store, leader_node: str | None):
+        self._transaction = store.zk.transaction()
+        self._operations: list[tuple[str, str]] = []
+        self._leader_node = leader_node
+        if leader_node:
+            self.check(leader_node, 0)
+
+    def create(self, path: str, value: Any, ephemeral: bool = False) -> "Transaction":
+        self._transaction.create(path, schema.encode(value), ephemeral=ephemeral)
+        self._operations.append(("create", path))
+        return self
+
+    def set(self, path: str, value: Any, version: int = -1) -> "Transaction":
+        self._transaction.set_data(path, schema.encode(value), version)
+        self._operations.append(("set", path))
+        return self
+
+    def delete(self, path: str, version: int = -1) -> "Transaction":
+        self._transaction.delete(path, version)
+        self._operations.append(("delete", path))
+        return self
+
+    def delete_tree(self, paths: Iterable[str]) -> "Transaction":
+        """Delete `paths`, given children first."""
+        for path in paths:
+            self.delete(path)
+        return self
+
+    def check(self, path: str, version: int) -> "Transaction":
+        self._transaction.check(path, version)
+        self._operations.append(("check", path))
+        return self
+
+    def commit(self) -> None:
+        results = self._transaction.commit()
+        for (operation, path), result in zip(self._operations, results):
+            if isinstance(result, Exception) and not isinstance(result, RolledBackError):
+                raise self._explain(operation, path, result)
+
+    def _explain(self, operation: str, path: str, error: Exception) -> Exception:
+        if operation == "check" and path == self._leader_node:
+            return NotLeader("this coordinator is no longer the cluster leader; the write was refused")
+        if isinstance(error, NodeExistsError):
+            return AlreadyExists(f"{path} exists already")
+        if isinstance(error, NoNodeError):
+            return NotFound(f"{path} does not exist")
+        if isinstance(error, (BadVersionError, NotEmptyError)):
+            return Conflict(f"{path} changed concurrently; try again")
+        return error

@@ -1,0 +1,54 @@
+"""What crosses Pyro5 between client, coordinators and node agents.
+
+Control calls use serpent; results are plain data (dicts, lists, str, int, float, bool, None). PVC's own
+exceptions are registered here so that they arrive as themselves, with the server's traceback attached
+(`remote_traceback`). Every process that talks Pyro5 calls `register()` once, before its first call.
+"""
+import Pyro5
+import Pyro5.errors
+from Pyro5.serializers import SerializerBase
+
+from pvc import errors
+
+_registered = False
+
+
+def _rebuild_error(error_type: type[errors.PVCError]):
+    def convert(_classname: str, data: dict) -> errors.PVCError:
+        return SerializerBase.make_exception(error_type, data)
+    return convert
+
+
+def register() -> None:
+    """Make PVC's errors deserialisable; tune Pyro5 defaults shared by every PVC process."""
+    global _registered
+    if _registered:
+        return
+    for error_type in errors.ALL_ERRORS:
+        SerializerBase.register_dict_to_class(f"{error_type.__module__}.{error_type.__name__}",
+                                              _rebuild_error(error_type))
+    Pyro5.config.SERIALIZER = "serpent"
+    Pyro5.config.DETAILED_TRACEBACK = False
+    Pyro5.config.MAX_RETRIES = 0
+    _registered = True
+
+
+def remote_traceback(error: BaseException) -> str:
+    """The server-side traceback Pyro5 attached to an error raised remotely, or '' for a local one."""
+    lines = getattr(error, "_pyroTraceback", None)
+    return "".join(lines) if lines else ""
+
+
+def is_connection_failure(error: BaseException) -> bool:
+    """True when the call never reached a live server (refused, reset, timed out): safe to try another."""
+    return isinstance(error, (Pyro5.errors.CommunicationError, ConnectionError, TimeoutError)) and \
+        not is_handshake_refusal(error)
+
+
+def is_handshake_refusal(error: BaseException) -> bool:
+    """A server that answered but refused our credentials: another server would refuse them too."""
+    return isinstance(error, Pyro5.errors.CommunicationError) and " rejected: " in str(error)
+
+
+def handshake_refusal_reason(error: BaseException) -> str:
+    return str(error).split(" rejected: ", 1)[-1]

@@ -1,0 +1,54 @@
+"""Remote object `cluster`: status, maintenance mode, plugins."""
+from typing import Any
+
+import Pyro5.server
+from kazoo.exceptions import BadVersionError
+
+from pvc import schema
+from pvc.rpc.context import CoordinatorContext
+
+
+@Pyro5.server.expose
+@Pyro5.server.behavior(instance_mode="single")
+class ClusterArea:
+    def __init__(self, context: CoordinatorContext):
+        self._context = context
+
+    def status(self) -> dict[str, Any]:
+        """The cluster at a glance: maintenance flag, leader, coordinators, node counts by state."""
+        context = self._context
+        nodes = context.node_views()
+        by_state: dict[str, int] = {}
+        for node in nodes:
+            by_state[node["daemon_state"]] = by_state.get(node["daemon_state"], 0) + 1
+        return {
+            "maintenance": bool(context.cache.config.get().get("maintenance")),
+            "leader": context.leadership.current_leader(),
+            "coordinators": context.live_coordinators(),
+            "nodes_total": len(nodes),
+            "nodes_by_daemon_state": by_state,
+            "nodes_ready": sum(1 for node in nodes if node["domain_state"] == "ready"),
+            "schema_version": schema.SCHEMA_VERSION,
+            "answered_by": context.name,
+        }
+
+    def maintenance(self, enabled: bool) -> dict[str, Any]:
+        """Turn maintenance mode on or off; while on, the leader fences no node."""
+        self._update_config({"maintenance": bool(enabled)})
+        return self.status()
+
+    def plugins(self) -> list[dict[str, Any]]:
+        """Every plugin this coordinator loaded, what it registers, and where it came from."""
+        return self._context.plugins.describe()
+
+    def _update_config(self, changes: dict[str, Any]) -> None:
+        zk = self._context.store.zk
+        while True:
+            data, stat = zk.get(schema.CONFIG)
+            value = {**schema.DEFAULT_CLUSTER_CONFIG, **(schema.decode(data) or {}), **changes}
+            try:
+                zk.set(schema.CONFIG, schema.encode(value), version=stat.version)
+                break
+            except BadVersionError:
+                continue
+        self._context.cache.config.refresh()

@@ -1,0 +1,111 @@
+"""pvcapid: the coordinator daemon.
+
+It serves one Pyro5 object per area under stable ids (`pvc.cluster`, `pvc.nodes`, ...), answers reads from its
+watched cache, and contends for leadership; the leader runs the cluster-wide loops. Several coordinators run
+against one ZooKeeper; clients fail over between them.
+"""
+import logging
+import threading
+from typing import Any
+
+from kazoo.client import KazooState
+from kazoo.exceptions import NoNodeError
+
+from pvc import config, plugin_manager, schema
+from pvc.cache import ClusterCache
+from pvc.client import object_id
+from pvc.handshake import AuthenticatingDaemon
+from pvc.rpc.agents import NodeAgents
+from pvc.rpc.areas.cluster import ClusterArea
+from pvc.rpc.areas.nodes import NodesArea
+from pvc.rpc.context import CoordinatorContext
+from pvc.rpc.leadership import Leadership
+from pvc.rpc.monitor import NodeMonitor
+from pvc.service import SignalQueue, daemon_command
+from pvc.store import Store
+
+log = logging.getLogger(__name__)
+
+AREA_CLASSES = {"cluster": ClusterArea, "nodes": NodesArea}
+
+
+class Coordinator:
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = settings
+        self.name = schema.check_name("coordinator", settings["coordinator_name"])
+        self.store = Store(settings["zookeeper_hosts"], settings["zookeeper_user"],
+                           settings["zookeeper_password"], settings["zookeeper_session_timeout"])
+        self.cache = ClusterCache(self.store)
+        self.monitor = NodeMonitor(self.store, self.cache, settings["fence_intervals"])
+        self.daemon: AuthenticatingDaemon | None = None
+        self.context: CoordinatorContext | None = None
+        self._session_lost = False
+
+    def start(self) -> None:
+        loaded_plugins = plugin_manager.load()
+        host, port = config.split_address(self.settings["listen_address"])
+        self.store.start(self.settings["zookeeper_connect_timeout"])
+        try:
+            self.cache.start()
+            leadership = Leadership(self.store, self.name, self.settings["leader_tick"], self._lead)
+            self.context = CoordinatorContext(self.name, self.settings, self.store, self.cache, loaded_plugins,
+                                              NodeAgents(self.settings["cluster_secret"]), leadership)
+            self.daemon = AuthenticatingDaemon(self.settings["api_keys"], "API key", host, port)
+            for area, area_class in AREA_CLASSES.items():
+                self.daemon.register(area_class(self.context), object_id(area))
+            threading.Thread(target=self.daemon.requestLoop, name="pyro", daemon=True).start()
+            self._publish()
+            self.store.add_state_listener(self._on_session_state)
+            leadership.start()
+        except BaseException:
+            self._shutdown()
+            raise
+        log.info("coordinator %s serving at %s", self.name, self.uri)
+
+    @property
+    def uri(self) -> str:
+        advertised = self.settings["advertise_host"] or self.daemon.locationStr.rsplit(":", 1)[0]
+        return f"pvc://{advertised}:{self.daemon.locationStr.rsplit(':', 1)[1]}"
+
+    def _publish(self) -> None:
+        """Announce this coordinator for `cluster status`; the znode goes with the session, so it is made
+        again whenever a new session begins (a restart, or an expired session)."""
+        path = schema.live_coordinator(self.name)
+        try:
+            self.store.zk.delete(path)
+        except NoNodeError:
+            pass
+        self.store.zk.create(path, schema.encode({"uri": self.uri}), ephemeral=True)
+
+    def _on_session_state(self, state: str) -> None:
+        if state == KazooState.LOST:
+            self._session_lost = True
+        elif state == KazooState.CONNECTED and self._session_lost:
+            self._session_lost = False
+            self.store.zk.handler.spawn(self._publish)
+
+    def _lead(self, leader_node: str) -> None:
+        self.monitor.check(leader_node)
+
+    def run(self) -> None:
+        signals = SignalQueue()
+        while signals.wait(3600) is None:
+            pass
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self.context is not None:
+            self.context.leadership.stop()
+        if self.daemon is not None:
+            self.daemon.shutdown()
+        self.store.stop()
+        log.info("coordinator %s stopped", self.name)
+
+
+def _run(settings: dict[str, Any]) -> None:
+    coordinator = Coordinator(settings)
+    coordinator.start()
+    coordinator.run()
+
+
+main = daemon_command("pvcapid", config.APID_SETTINGS, "/etc/pvc/pvcapid.yaml", _run)

@@ -1,0 +1,44 @@
+"""The leader's watch over node keepalives.
+
+A node in ``run`` whose keepalive is older than `fence_intervals` of its own keepalive interval is marked
+``dead``. The write checks the leader's election node, so only the current leader can make it.
+"""
+import logging
+import time
+
+from pvc import schema
+from pvc.cache import OWN_VALUE, ClusterCache
+from pvc.errors import PVCError
+from pvc.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class NodeMonitor:
+    def __init__(self, store: Store, cache: ClusterCache, fence_intervals: int):
+        self._store = store
+        self._cache = cache
+        self._fence_intervals = fence_intervals
+
+    def stale_nodes(self, now: float) -> list[str]:
+        stale = []
+        for name, raw in self._cache.nodes.snapshot().items():
+            if raw.get("daemon_state") != "run":
+                continue
+            interval = (raw.get(OWN_VALUE) or {}).get("keepalive_interval", 5)
+            beat = (raw.get("keepalive") or {}).get("time", 0)
+            if now - beat > interval * self._fence_intervals:
+                stale.append(name)
+        return stale
+
+    def check(self, leader_node: str) -> None:
+        for name in self.stale_nodes(time.time()):
+            try:
+                self._store.transaction(leader_node) \
+                    .set(schema.node_key(name, "daemon_state"), "dead") \
+                    .commit()
+            except PVCError as error:
+                log.warning("could not mark node %s dead: %s", name, error)
+                continue
+            self._cache.nodes.refresh(name)
+            log.warning("node %s missed %d keepalives: marked dead", name, self._fence_intervals)
