@@ -1,0 +1,231 @@
+"""A whole PVC cluster on loopback: ZooKeeper, coordinators, and simulated hosts each with its pvcnoded.
+
+Everything it makes lives under one state directory, and every process it starts is recorded there by pid,
+so `down` (from any later process) stops exactly what `up` started. Clusters with different state
+directories run side by side on free ports.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pvc.cli.localcluster.processes import free_port, live_pid, log_tail, start_detached, stop_pid, kill_pid
+from pvc.cli.localcluster.simhost import SimulatedHost
+from pvc.cli.localcluster.zookeeper import ZooKeeperServer
+from pvc.errors import Conflict, PVCError, Unavailable
+
+NODE_CPUS = 16
+NODE_MEMORY_MIB = 65536
+KEEPALIVE_INTERVAL = 1
+SESSION_TIMEOUT = 3
+FENCE_INTERVALS = 4
+
+
+class LocalCluster:
+    def __init__(self, state_dir: Path):
+        self.state_dir = Path(state_dir).absolute()
+        self.state_file = self.state_dir / "cluster.json"
+        self.client_config = self.state_dir / "pvc.yaml"
+        self.state: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+
+    # -- layout -----------------------------------------------------------------------------------------
+
+    def _zookeeper(self) -> ZooKeeperServer:
+        return ZooKeeperServer(self.state_dir / "zookeeper", port=self.state.get("zookeeper_port"))
+
+    def host(self, name: str) -> SimulatedHost:
+        return SimulatedHost(self.state_dir / "hosts" / name, name)
+
+    def _daemon_dir(self, kind: str, name: str) -> Path:
+        return self.state_dir / kind / name
+
+    @property
+    def node_names(self) -> list[str]:
+        return list(self.state.get("nodes", []))
+
+    @property
+    def coordinator_names(self) -> list[str]:
+        return list(self.state.get("coordinators", {}))
+
+    @property
+    def uris(self) -> list[str]:
+        return [f"pvc://127.0.0.1:{port}" for port in self.state.get("coordinators", {}).values()]
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.state_dir / "storage"
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    def running_processes(self) -> dict[str, int]:
+        """Every process of this cluster still alive, by role."""
+        found = {}
+        zookeeper_pid = live_pid(self.state_dir / "zookeeper" / "zookeeper.pid", "QuorumPeerMain")
+        if zookeeper_pid:
+            found["zookeeper"] = zookeeper_pid
+        for name in self.coordinator_names:
+            pid = live_pid(self._daemon_dir("coordinators", name) / "pvcapid.pid", "pvcapid")
+            if pid:
+                found[f"pvcapid {name}"] = pid
+        for name in self.node_names:
+            pid = live_pid(self._daemon_dir("nodes", name) / "pvcnoded.pid", "pvcnoded")
+            if pid:
+                found[f"pvcnoded {name}"] = pid
+            if self.host(name).running:
+                found[f"host {name}"] = self.host(name).pid
+        return found
+
+    def up(self, nodes: int = 3, coordinators: int = 1, timeout: float = 60.0) -> None:
+        """Start everything and return once every node is ``run`` and ``ready``; on failure, stop it all."""
+        if self.state and self.running_processes():
+            raise Conflict(f"a local cluster is already running in {self.state_dir} "
+                           f"(stop it with: pvc-local down --state-dir {self.state_dir})")
+        for leftover in ("zookeeper", "hosts", "nodes", "coordinators", "storage"):
+            shutil.rmtree(self.state_dir / leftover, ignore_errors=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state = {
+            "zookeeper_password": secrets.token_urlsafe(16),
+            "api_key": secrets.token_urlsafe(24),
+            "cluster_secret": secrets.token_urlsafe(24),
+            "coordinators": {}, "nodes": [],
+        }
+        try:
+            zookeeper = self._zookeeper()
+            zookeeper.start()
+            self.state["zookeeper_port"] = zookeeper.port
+            self._save()
+            self.storage_dir.mkdir()
+            for index in range(1, coordinators + 1):
+                self.state["coordinators"][f"pvcapid{index}"] = free_port()
+                self._save()
+                self.start_coordinator(f"pvcapid{index}")
+            for index in range(1, nodes + 1):
+                name = f"hv{index}"
+                self.state["nodes"].append(name)
+                self._save()
+                self.host(name).start()
+                self.start_node_daemon(name)
+            self._write_client_config()
+            self.wait_ready(timeout)
+        except BaseException:
+            self.down()
+            raise
+
+    def down(self) -> list[str]:
+        """Stop every process this cluster started; returns what was stopped."""
+        stopped = []
+        for name in self.node_names:
+            pid = live_pid(self._daemon_dir("nodes", name) / "pvcnoded.pid", "pvcnoded")
+            if pid:
+                stop_pid(pid)
+                stopped.append(f"pvcnoded {name}")
+            host = self.host(name)
+            if host.running:
+                host.stop()
+                stopped.append(f"host {name}")
+        for name in self.coordinator_names:
+            pid = live_pid(self._daemon_dir("coordinators", name) / "pvcapid.pid", "pvcapid")
+            if pid:
+                stop_pid(pid)
+                stopped.append(f"pvcapid {name}")
+        zookeeper = ZooKeeperServer(self.state_dir / "zookeeper")
+        if (self.state_dir / "zookeeper" / "zookeeper.pid").exists() and zookeeper.running:
+            zookeeper.stop()
+            stopped.append("zookeeper")
+        return stopped
+
+    def wait_ready(self, timeout: float) -> None:
+        from pvc.client import connect
+        client = connect(self.uris, self.state["api_key"], timeout=2)
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive()
+            try:
+                nodes = {node["name"]: node for node in client.nodes.list()}
+            except Unavailable:
+                nodes = {}
+            if all(name in nodes and nodes[name]["daemon_state"] == "run"
+                   and nodes[name]["domain_state"] == "ready" for name in self.node_names):
+                client.close()
+                return
+            if time.monotonic() > deadline:
+                raise Unavailable(f"nodes not all run and ready after {timeout:g} s: "
+                                  + ", ".join(f"{name}={nodes.get(name, {}).get('daemon_state', 'absent')}"
+                                              for name in self.node_names))
+            time.sleep(0.1)
+
+    def _check_alive(self) -> None:
+        running = self.running_processes()
+        for name in self.coordinator_names:
+            if f"pvcapid {name}" not in running:
+                self._died("pvcapid", self._daemon_dir("coordinators", name) / "pvcapid.log")
+        for name in self.node_names:
+            if f"pvcnoded {name}" not in running:
+                self._died("pvcnoded", self._daemon_dir("nodes", name) / "pvcnoded.log")
+
+    @staticmethod
+    def _died(what: str, log_path: Path) -> None:
+        raise PVCError(f"{what} exited during start-up; its log ({log_path}) ends:\n{log_tail(log_path, 8)}")
+
+    # -- individual daemons (tests restart and kill them) -------------------------------------------------
+
+    def _common_settings(self) -> dict[str, Any]:
+        return {
+            "zookeeper_hosts": f"127.0.0.1:{self.state['zookeeper_port']}",
+            "zookeeper_user": "pvc",
+            "zookeeper_password": self.state["zookeeper_password"],
+            "zookeeper_session_timeout": SESSION_TIMEOUT,
+            "zookeeper_connect_timeout": 10,
+            "cluster_secret": self.state["cluster_secret"],
+            "log_level": "INFO",
+        }
+
+    def start_coordinator(self, name: str) -> int:
+        directory = self._daemon_dir("coordinators", name)
+        directory.mkdir(parents=True, exist_ok=True)
+        settings = {**self._common_settings(), "coordinator_name": name,
+                    "listen_address": f"127.0.0.1:{self.state['coordinators'][name]}",
+                    "api_keys": [self.state["api_key"]], "leader_tick": 0.5, "fence_intervals": FENCE_INTERVALS}
+        return self._start_daemon("pvcapid", directory, settings)
+
+    def start_node_daemon(self, name: str) -> int:
+        directory = self._daemon_dir("nodes", name)
+        directory.mkdir(parents=True, exist_ok=True)
+        settings = {**self._common_settings(), "node_name": name, "libvirt_uri": self.host(name).uri,
+                    "keepalive_interval": KEEPALIVE_INTERVAL, "listen_address": "127.0.0.1:0",
+                    "simulated_cpus": NODE_CPUS, "simulated_memory_mib": NODE_MEMORY_MIB}
+        return self._start_daemon("pvcnoded", directory, settings)
+
+    def _start_daemon(self, program: str, directory: Path, settings: dict[str, Any]) -> int:
+        config_path = directory / f"{program}.yaml"
+        config_path.write_text(yaml.safe_dump(settings, sort_keys=False))
+        executable = Path(sys.executable).with_name(program)
+        return start_detached([str(executable), "--config", str(config_path)], directory / f"{program}.log",
+                              directory / f"{program}.pid")
+
+    def daemon_pid(self, program: str, name: str) -> int | None:
+        kind = "coordinators" if program == "pvcapid" else "nodes"
+        return live_pid(self._daemon_dir(kind, name) / f"{program}.pid", program)
+
+    def stop_daemon(self, program: str, name: str, kill: bool = False) -> None:
+        """SIGTERM (or, with `kill`, SIGKILL) one daemon and wait until it is gone."""
+        pid = self.daemon_pid(program, name)
+        if pid:
+            (kill_pid if kill else stop_pid)(pid)
+
+    # -- client side -------------------------------------------------------------------------------------
+
+    def _write_client_config(self) -> None:
+        self.client_config.write_text(yaml.safe_dump({"uris": self.uris, "api_key": self.state["api_key"]}))
+        self.client_config.chmod(0o600)
+
+    def _save(self) -> None:
+        self.state_file.write_text(json.dumps(self.state, indent=2))
+        self.state_file.chmod(0o600)

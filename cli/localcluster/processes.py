@@ -1,0 +1,165 @@
+"""Helpers for launching and stopping the long-lived processes of a local cluster.
+
+The processes started here must survive the Python process that launched them
+(``pvc-local up`` exits while the cluster keeps running), so they run in their own
+session and are tracked through pid files that a later process can read back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+# Children started by this process, kept so that they are reaped as soon as they
+# exit: an unreaped child stays a zombie, and Popen objects dropped while their
+# child still runs raise ResourceWarning.
+_children: dict[int, subprocess.Popen] = {}
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (the caller races anyone else for it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether pid runs; a zombie counts as dead because it will never do anything again.
+
+    PID 1 on some machines reaps orphans slowly, so a bare ``kill(pid, 0)`` reports
+    exited processes as alive for a while.
+    """
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:
+        del _children[pid]
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    # The command name in parentheses may itself contain spaces or parentheses.
+    state = stat.rpartition(")")[2].split()[0]
+    return state not in ("Z", "X")
+
+
+def process_cmdline(pid: int) -> list[str]:
+    """The argv of pid, empty if it is gone; used to tell our process from a recycled pid."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+
+
+def start_detached(
+    argv: Sequence[str],
+    log_path: Path,
+    pid_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> int:
+    """Start argv in a new session so it outlives us and can be killed as a group."""
+    log_path = Path(log_path)
+    with open(log_path, "ab") as log:
+        child = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    _children[child.pid] = child
+    if pid_path is not None:
+        Path(pid_path).write_text(f"{child.pid}\n")
+    return child.pid
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal pid's whole process group when it leads one, so its helpers die with it."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def kill_pid(pid: int, timeout: float = 5.0) -> None:
+    """SIGKILL pid's group and wait for it to die: a power cut, with no chance to clean up."""
+    if not pid_alive(pid):
+        return
+    _signal_group(pid, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(pid), timeout, what=f"pid {pid} to die after SIGKILL")
+
+
+def stop_pid(pid: int, timeout: float = 10.0) -> None:
+    """Ask pid to exit, and kill its group if it has not within timeout."""
+    if not pid_alive(pid):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        wait_until(lambda: not pid_alive(pid), timeout, what=f"pid {pid} to exit")
+    except TimeoutError:
+        kill_pid(pid)
+
+
+def read_pid(pid_path: Path) -> int | None:
+    """The pid recorded in pid_path, or None when there is no usable record."""
+    try:
+        return int(Path(pid_path).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def live_pid(pid_path: Path, marker: str) -> int | None:
+    """The pid in pid_path if that process still runs and its argv mentions marker.
+
+    A pid file can outlive its process by days (``pvc-local down`` after a reboot),
+    and the pid may since belong to something else that must not be killed.
+    """
+    pid = read_pid(pid_path)
+    if pid is None or not pid_alive(pid):
+        return None
+    if not any(marker in arg for arg in process_cmdline(pid)):
+        return None
+    return pid
+
+
+def log_tail(log_path: Path, lines: int = 20) -> str:
+    """The last lines of a log, for error messages that must explain a failed start."""
+    try:
+        text = Path(log_path).read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log written)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Poll predicate until it returns something truthy, and return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything PVC needs on a Debian machine, creates the venv in .venv and installs PVC into it.
+# Safe to run again: apt and pip skip what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+    zookeeper                                       # the cluster's state
+    libvirt-dev libvirt-daemon-system libvirt-clients pkg-config gcc python3-dev python3-venv  # libvirt
+    qemu-utils qemu-block-extra                     # image conversion, qemu's rbd driver
+    openipmi ipmitool                               # a real IPMI peer for fencing tests
+    ceph-mon ceph-osd ceph-mgr ceph-common uuid-runtime  # a private single-node Ceph
+    util-linux procps                               # unshare, prlimit, ps
+)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q -e '.[test]'
+echo "PVC installed in $(pwd)/.venv"
