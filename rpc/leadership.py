@@ -28,6 +28,7 @@ class Leadership:
         self._session_ok.set()
         self._stopping = threading.Event()
         self._lock = store.lock(schema.ELECTION, identifier)
+        """The lock of the current attempt; a new one for each, as a lock lost with its session is spent."""
         self._leader_node: str | None = None
         self._thread = threading.Thread(target=self._run, name="leadership", daemon=True)
         store.add_state_listener(self._on_session_state)
@@ -53,14 +54,17 @@ class Leadership:
         self._thread.start()
 
     def stop(self) -> None:
+        """Step down. Closing the session (`Store.stop`) removes the election node in any case, so nothing
+        here waits on a ZooKeeper that may be gone."""
         self._stopping.set()
         self._session_ok.set()
-        try:
-            self._lock.cancel()
-            self._lock.release()
-        except KazooException:
-            pass
-        self._thread.join(timeout=5)
+        self._lock.cancel()
+        if self._store.connected:
+            try:
+                self._lock.release()
+            except KazooException:
+                pass
+        self._thread.join(timeout=2)
 
     def _on_session_state(self, state: str) -> None:
         if state == KazooState.CONNECTED:
@@ -80,6 +84,9 @@ class Leadership:
                     time.sleep(self._tick)
 
     def _lead_while_elected(self) -> None:
+        if self._stopping.is_set():
+            return
+        self._lock = self._store.lock(schema.ELECTION, self._identifier)
         self._lock.acquire()
         if self._stopping.is_set():
             return
@@ -99,10 +106,11 @@ class Leadership:
         finally:
             self._leader_node = None
             log.info("coordinator %s is no longer the leader", self._identifier)
-            try:
-                self._lock.release()
-            except KazooException:
-                pass
+            if self._store.connected:
+                try:
+                    self._lock.release()
+                except KazooException:
+                    pass
 
     def _still_elected(self, node: str) -> bool:
         try:

@@ -1,0 +1,90 @@
+"""Fixtures that start real services: a private ZooKeeper, and whole local clusters of real daemons."""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import libvirt
+import pytest
+from kazoo.client import KazooClient
+
+import pvc
+from pvc.cli.localcluster.cluster import LocalCluster
+from pvc.cli.localcluster.zookeeper import ZooKeeperServer
+from pvc.store import Store
+
+libvirt.registerErrorHandler(lambda _context, _error: None, None)
+
+ZK_USER, ZK_PASSWORD = "pvc", "test-password"
+
+
+@pytest.fixture(scope="session")
+def zookeeper_server(tmp_path_factory) -> Iterator[ZooKeeperServer]:
+    """One real ZooKeeper for the session; each test gets its own chroot in it (see `zookeeper_hosts`)."""
+    server = ZooKeeperServer(tmp_path_factory.mktemp("zookeeper"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def zookeeper_hosts(zookeeper_server) -> str:
+    """A connection string whose chroot no other test uses."""
+    chroot = f"/test-{uuid.uuid4().hex[:12]}"
+    admin = KazooClient(hosts=zookeeper_server.hosts)
+    admin.start(timeout=10)
+    admin.ensure_path(chroot)
+    admin.stop()
+    admin.close()
+    return zookeeper_server.hosts + chroot
+
+
+@pytest.fixture
+def store(zookeeper_hosts) -> Iterator[Store]:
+    store = Store(zookeeper_hosts, ZK_USER, ZK_PASSWORD, session_timeout=4)
+    store.start(connect_timeout=10)
+    yield store
+    store.stop()
+
+
+class RunningCluster:
+    """A local cluster started for a test, with a connected client."""
+
+    def __init__(self, local: LocalCluster):
+        self.local = local
+        self.client = pvc.connect(local.uris, local.state["api_key"])
+
+    def host_domains(self, node: str) -> dict[str, bool]:
+        """What that node's own libvirtd runs: domain name → running. The ground truth, not ZooKeeper."""
+        connection = libvirt.open(self.local.host(node).uri)
+        try:
+            return {domain.name(): bool(domain.isActive()) for domain in connection.listAllDomains()}
+        finally:
+            connection.close()
+
+
+def _start_cluster(directory: Path, nodes: int, coordinators: int) -> Iterator[RunningCluster]:
+    local = LocalCluster(directory)
+    local.up(nodes=nodes, coordinators=coordinators)
+    running = RunningCluster(local)
+    try:
+        yield running
+    finally:
+        running.client.close()
+        local.down()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[RunningCluster]:
+    """A 3-node, 1-coordinator local cluster shared by a test module."""
+    yield from _start_cluster(tmp_path_factory.mktemp("cluster"), nodes=3, coordinators=1)
+
+
+@pytest.fixture
+def fresh_cluster(tmp_path_factory, request) -> Iterator[RunningCluster]:
+    """A cluster of its own for a test that breaks things; `@pytest.mark.cluster(nodes=, coordinators=)`."""
+    marker = request.node.get_closest_marker("cluster")
+    options = marker.kwargs if marker else {}
+    yield from _start_cluster(tmp_path_factory.mktemp("cluster"), options.get("nodes", 3),
+                              options.get("coordinators", 1))
