@@ -153,7 +153,9 @@ class ClusterCache:
     def __init__(self, store: Store):
         self.config = WatchedValue(store, schema.CONFIG, dict(schema.DEFAULT_CLUSTER_CONFIG))
         self.nodes = WatchedCollection(store, schema.NODES, schema.node, schema.NODE_KEYS)
+        self.vms = WatchedCollection(store, schema.VMS, schema.vm, schema.VM_KEYS)
 
     def start(self) -> None:
         self.config.start()
         self.nodes.start()
+        self.vms.start()

@@ -13,6 +13,12 @@ state rarely and by others), so writers never overwrite each other's fields.
     /pvc/nodes/NAME/daemon_state       init | run | stop | dead | fenced
     /pvc/nodes/NAME/domain_state       ready | flushing | flushed | unflushing
     /pvc/nodes/NAME/keepalive          live figures and the time they were taken
+    /pvc/vms/NAME                      a VM's definition: uuid, XML, metadata, volumes it uses
+    /pvc/vms/NAME/state                desired state word (start, stop, shutdown, migrate, ...)
+    /pvc/vms/NAME/placement            {"node": where it is or is to be, "last_node": where it came from}
+    /pvc/vms/NAME/status               what its node last reported: running or not, last error
+    /pvc/locks/vms/NAME                kazoo lock serialising commands on one VM
+    /pvc/tasks/ID                      a long operation (flush, ready) the leader runs and resumes
 """
 import json
 import re
@@ -30,8 +36,18 @@ ELECTION = f"{COORDINATORS}/election"
 LIVE_COORDINATORS = f"{COORDINATORS}/live"
 NODES = f"{ROOT}/nodes"
 
+VMS = f"{ROOT}/vms"
+LOCKS = f"{ROOT}/locks"
+VM_LOCKS = f"{LOCKS}/vms"
+TASKS = f"{ROOT}/tasks"
+
 NODE_KEYS = ("daemon_state", "domain_state", "keepalive")
 """The child znodes of a node, each written by whoever owns that fact."""
+
+VM_KEYS = ("state", "placement", "status")
+"""A VM's child znodes: what is wanted (state, placement) apart from what its node reports (status)."""
+
+VM_STATES = ("start", "restart", "shutdown", "stop", "disable", "migrate", "unmigrate", "fail", "provision")
 
 DAEMON_STATES = ("init", "run", "stop", "dead", "fenced")
 DOMAIN_STATES = ("ready", "flushing", "flushed", "unflushing")
@@ -59,6 +75,24 @@ def node_key(name: str, key: str) -> str:
     return f"{node(name)}/{key}"
 
 
+def vm(name: str) -> str:
+    return f"{VMS}/{check_name('VM', name)}"
+
+
+def vm_key(name: str, key: str) -> str:
+    if key not in VM_KEYS:
+        raise ValueError(f"unknown VM key {key!r}")
+    return f"{vm(name)}/{key}"
+
+
+def vm_lock(name: str) -> str:
+    return f"{VM_LOCKS}/{check_name('VM', name)}"
+
+
+def task(task_id: str) -> str:
+    return f"{TASKS}/{check_name('task', task_id)}"
+
+
 def live_coordinator(name: str) -> str:
     return f"{LIVE_COORDINATORS}/{check_name('coordinator', name)}"
 
@@ -73,5 +107,5 @@ def decode(data: bytes | None) -> Any:
     return json.loads(data)
 
 
-CONTAINERS = (ROOT, COORDINATORS, ELECTION, LIVE_COORDINATORS, NODES)
+CONTAINERS = (ROOT, COORDINATORS, ELECTION, LIVE_COORDINATORS, NODES, VMS, LOCKS, VM_LOCKS, TASKS)
 """Znodes that must exist before anything is written below them."""

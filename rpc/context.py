@@ -30,6 +30,12 @@ class CoordinatorContext:
         raw = self.cache.nodes.get(name)
         return models.node_view(name, raw) if raw and raw.get(OWN_VALUE) is not None else None
 
+    def volume_users(self, pool: str, volume: str) -> list[str]:
+        """The VMs whose definition uses volume `pool/volume` (their record's ``volumes`` list)."""
+        wanted = f"{pool}/{volume}"
+        return sorted(name for name, raw in self.cache.vms.snapshot().items()
+                      if wanted in ((raw.get(OWN_VALUE) or {}).get("volumes") or []))
+
     def live_coordinators(self) -> list[dict[str, Any]]:
         return [{"name": name, **(self.store.read(schema.live_coordinator(name)) or {})}
                 for name in self.store.children(schema.LIVE_COORDINATORS)]
