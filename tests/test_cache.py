@@ -1,0 +1,106 @@
+"""The coordinator's watched view: it follows other writers, and shows a writer its own write at once."""
+import time
+
+import pytest
+
+from pvc import schema
+from pvc.cache import OWN_VALUE, ClusterCache
+from pvc.store import Store
+
+from conftest import ZK_PASSWORD, ZK_USER
+
+
+@pytest.fixture
+def other_writer(zookeeper_hosts):
+    """Another PVC process (a node daemon, another coordinator) writing to the same cluster."""
+    writer = Store(zookeeper_hosts, ZK_USER, ZK_PASSWORD, session_timeout=4)
+    writer.start(connect_timeout=10)
+    yield writer
+    writer.stop()
+
+
+@pytest.fixture
+def cache(store):
+    cache = ClusterCache(store)
+    cache.start()
+    return cache
+
+
+def eventually(check, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)
+
+
+def test_the_cache_loads_what_exists_when_it_starts(store, other_writer):
+    other_writer.write(schema.node("hv1"), {"cpus": 8})
+    other_writer.write(schema.node_key("hv1", "daemon_state"), "run")
+
+    cache = ClusterCache(store)
+    cache.start()
+
+    assert eventually(lambda: (cache.nodes.get("hv1") or {}).get("daemon_state") == "run")
+    assert cache.nodes.get("hv1")[OWN_VALUE] == {"cpus": 8}
+
+
+def test_a_write_by_another_client_appears_in_the_cache(cache, other_writer):
+    other_writer.write(schema.node("hv1"), {"cpus": 8})
+    assert eventually(lambda: "hv1" in cache.nodes.names())
+
+    other_writer.write(schema.node_key("hv1", "keepalive"), {"time": 1, "load": 0.5})
+    assert eventually(lambda: (cache.nodes.get("hv1") or {}).get("keepalive", {}).get("load") == 0.5)
+
+    other_writer.write(schema.node_key("hv1", "keepalive"), {"time": 2, "load": 1.5})
+    assert eventually(lambda: cache.nodes.get("hv1")["keepalive"]["load"] == 1.5)
+
+    other_writer.write(schema.CONFIG, {"maintenance": True})
+    assert eventually(lambda: cache.config.get() == {"maintenance": True})
+
+
+def test_refresh_shows_the_writer_its_own_write_at_once(store, cache):
+    for load in range(20):
+        store.write(schema.node_key("hv1", "keepalive"), {"load": load})
+        store.write(schema.node("hv1"), {"cpus": load})
+        cache.nodes.refresh("hv1")
+        assert cache.nodes.get("hv1")["keepalive"] == {"load": load}
+        assert cache.nodes.get("hv1")[OWN_VALUE] == {"cpus": load}
+
+        store.write(schema.CONFIG, {"maintenance": bool(load % 2)})
+        cache.config.refresh()
+        assert cache.config.get() == {"maintenance": bool(load % 2)}
+
+
+def test_a_late_watch_never_undoes_a_refresh(store, cache, other_writer):
+    other_writer.write(schema.node("hv1"), {"cpus": 1})
+    store.write(schema.node("hv1"), {"cpus": 2})
+    cache.nodes.refresh("hv1")
+    time.sleep(0.3)
+    assert cache.nodes.get("hv1")[OWN_VALUE] == {"cpus": 2}
+
+
+def test_deleting_a_child_removes_it_from_the_cache(cache, other_writer):
+    other_writer.write(schema.node("hv1"), {"cpus": 8})
+    other_writer.write(schema.node_key("hv1", "daemon_state"), "run")
+    other_writer.write(schema.node("hv2"), {"cpus": 8})
+    assert eventually(lambda: cache.nodes.names() == ["hv1", "hv2"])
+
+    other_writer.zk.delete(schema.node("hv1"), recursive=True)
+
+    assert eventually(lambda: cache.nodes.names() == ["hv2"])
+    assert cache.nodes.get("hv1") is None
+
+
+def test_a_child_deleted_and_made_again_is_followed(cache, other_writer):
+    other_writer.write(schema.node("hv1"), {"cpus": 8})
+    assert eventually(lambda: "hv1" in cache.nodes.names())
+    other_writer.zk.delete(schema.node("hv1"), recursive=True)
+    assert eventually(lambda: "hv1" not in cache.nodes.names())
+
+    other_writer.write(schema.node("hv1"), {"cpus": 16})
+    other_writer.write(schema.node_key("hv1", "daemon_state"), "init")
+    assert eventually(lambda: (cache.nodes.get("hv1") or {}).get(OWN_VALUE) == {"cpus": 16})
+    other_writer.write(schema.node_key("hv1", "daemon_state"), "run")
+    assert eventually(lambda: cache.nodes.get("hv1").get("daemon_state") == "run")
