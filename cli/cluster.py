@@ -37,3 +37,18 @@ def status(session, output_format: str) -> None:
 def maintenance(session, mode: str, output_format: str) -> None:
     """Turn maintenance mode on or off (while on, dead nodes are not fenced)."""
     output.show(session.client.cluster.maintenance(mode == "on"), output_format, _status_table)
+
+
+@group.command("config")
+@click.option("--default-selector", help="migration selector for VMs that name none")
+@click.option("--migration-method", type=click.Choice(["live", "shutdown", "auto"]),
+              help="how VMs migrate unless they say otherwise")
+@output.format_option
+@click.pass_obj
+def cluster_config(session, default_selector, migration_method, output_format) -> None:
+    """Show the cluster configuration, or change the keys given."""
+    changes = {key: value for key, value in {"default_selector": default_selector,
+                                             "migration_method": migration_method}.items() if value}
+    settings = session.client.cluster.config(**changes)
+    output.show(settings, output_format,
+                lambda value: output.details([(key, output.plain(item)) for key, item in sorted(value.items())]))

@@ -1,4 +1,7 @@
 """`pvc node`: the cluster's hypervisors."""
+import sys
+import time
+
 import click
 
 from pvc.cli import output
@@ -59,3 +62,58 @@ def list_nodes(session, output_format: str) -> None:
 def info(session, name: str, output_format: str) -> None:
     """One node in detail."""
     output.show(session.client.nodes.info(name), output_format, _info_table)
+
+
+def _follow(session, task: dict, label: str) -> dict:
+    """Show a task's progress until it is done."""
+    nodes = session.client.nodes
+    while task["total"] is None and task["state"] != "done":
+        time.sleep(0.2)
+        task = nodes.task(task["id"])
+    with click.progressbar(length=task["total"] or 0, label=label, show_pos=True, file=sys.stderr) as bar:
+        shown = 0
+        while True:
+            bar.update(task["done"] - shown)
+            shown = task["done"]
+            if task["state"] == "done":
+                return task
+            time.sleep(0.2)
+            task = nodes.task(task["id"])
+
+
+def _task_outcome(task: dict) -> str:
+    lines = [f"{task['kind']} of {task['node']}: {task['state']}; moved {len(task['moved'])} VM(s)"]
+    if task["shut_down"]:
+        lines.append(f"shut down (no valid target): {', '.join(task['shut_down'])}")
+    if task["errors"]:
+        lines.append("errors: " + "; ".join(task["errors"]))
+    return "\n".join(lines)
+
+
+def _node_task(session, name: str, kind: str, wait: bool, output_format: str) -> None:
+    task = getattr(session.client.nodes, kind)(name)
+    if wait:
+        task = _follow(session, task, f"{kind} {name}")
+    output.show(task, output_format, _task_outcome)
+    if wait and task["errors"]:
+        sys.exit(1)
+
+
+@group.command("flush")
+@click.argument("name")
+@click.option("--wait", is_flag=True, help="show progress and return when the node is flushed")
+@output.format_option
+@click.pass_obj
+def flush(session, name: str, wait: bool, output_format: str) -> None:
+    """Move every running VM off the node (for maintenance)."""
+    _node_task(session, name, "flush", wait, output_format)
+
+
+@group.command("ready")
+@click.argument("name")
+@click.option("--wait", is_flag=True, help="show progress and return when the node is ready")
+@output.format_option
+@click.pass_obj
+def ready(session, name: str, wait: bool, output_format: str) -> None:
+    """Return the node to service: its VMs come back."""
+    _node_task(session, name, "ready", wait, output_format)

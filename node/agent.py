@@ -7,6 +7,7 @@ from typing import Any
 import Pyro5.server
 
 from pvc.node.hypervisor import Hypervisor
+from pvc.node.reconcile import Reconciler
 
 AGENT_OBJECT_ID = "pvc.node"
 
@@ -14,9 +15,10 @@ AGENT_OBJECT_ID = "pvc.node"
 @Pyro5.server.expose
 @Pyro5.server.behavior(instance_mode="single")
 class NodeAgent:
-    def __init__(self, node_name: str, hypervisor: Hypervisor):
+    def __init__(self, node_name: str, hypervisor: Hypervisor, reconciler: Reconciler):
         self._node_name = node_name
         self._hypervisor = hypervisor
+        self._reconciler = reconciler
 
     def ping(self) -> str:
         return self._node_name
@@ -24,3 +26,7 @@ class NodeAgent:
     def domains(self) -> list[dict[str, Any]]:
         """The domains libvirt has on this node, running or not."""
         return [vars(domain) for domain in self._hypervisor.domains()]
+
+    def converge(self, vm: str) -> dict[str, Any]:
+        """Carry out now what ZooKeeper wants for `vm` on this node; returns the VM's status from here."""
+        return self._reconciler.converge(vm)

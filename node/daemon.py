@@ -9,9 +9,11 @@ import time
 from typing import Any
 
 from pvc import config, schema
+from pvc.cache import WatchedCollection
 from pvc.handshake import AuthenticatingDaemon
 from pvc.node.agent import AGENT_OBJECT_ID, NodeAgent
-from pvc.node.hypervisor import Hypervisor
+from pvc.node.hypervisor import DomainActions, Hypervisor
+from pvc.node.reconcile import Reconciler
 from pvc.service import SignalQueue, daemon_command
 from pvc.store import Store
 
@@ -26,18 +28,26 @@ class NodeDaemon:
                            settings["zookeeper_password"], settings["zookeeper_session_timeout"])
         self.hypervisor = Hypervisor(settings["libvirt_uri"], settings["simulated_cpus"],
                                      settings["simulated_memory_mib"])
+        self.vms = WatchedCollection(self.store, schema.VMS, schema.vm, schema.VM_KEYS)
+        self.reconciler = Reconciler(self.name, self.store, self.vms,
+                                     DomainActions(self.hypervisor, settings["shutdown_timeout"]),
+                                     self.hypervisor.domains)
         self.facts: dict[str, Any] = {}
         self._agent_daemon: AuthenticatingDaemon | None = None
+        self._stopping = threading.Event()
 
     def start(self) -> None:
         """Connect, serve the agent, and register in ZooKeeper; the node is ``run`` when this returns."""
         self.facts = self.hypervisor.facts()
         self.store.start(self.settings["zookeeper_connect_timeout"])
         try:
+            self.vms.start()
+            self.reconciler.converge_all()
             self._serve_agent()
             self._register()
             self.write_keepalive()
             self.store.write(schema.node_key(self.name, "daemon_state"), "run")
+            threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True).start()
         except BaseException:
             self._shutdown_services()
             raise
@@ -46,7 +56,7 @@ class NodeDaemon:
     def _serve_agent(self) -> None:
         host, port = config.split_address(self.settings["listen_address"])
         self._agent_daemon = AuthenticatingDaemon([self.settings["cluster_secret"]], "cluster secret", host, port)
-        uri = self._agent_daemon.register(NodeAgent(self.name, self.hypervisor), AGENT_OBJECT_ID)
+        uri = self._agent_daemon.register(NodeAgent(self.name, self.hypervisor, self.reconciler), AGENT_OBJECT_ID)
         self.facts["agent_uri"] = str(uri)
         threading.Thread(target=self._agent_daemon.requestLoop, name="node-agent", daemon=True).start()
 
@@ -74,6 +84,12 @@ class NodeDaemon:
         figures = self.hypervisor.figures(self.facts["memory_total_mib"])
         self.store.write(schema.node_key(self.name, "keepalive"), {"time": time.time(), **figures})
 
+    def _reconcile_loop(self) -> None:
+        """Converge every VM each interval, so that a lost coordinator call delays an action, never loses it."""
+        while not self._stopping.wait(self.settings["keepalive_interval"]):
+            if self.store.connected:
+                self.reconciler.converge_all()
+
     def run(self) -> None:
         """Write a keepalive every interval until SIGTERM or SIGINT."""
         signals = SignalQueue()
@@ -99,6 +115,7 @@ class NodeDaemon:
         log.info("node %s stopped", self.name)
 
     def _shutdown_services(self) -> None:
+        self._stopping.set()
         if self._agent_daemon is not None:
             self._agent_daemon.shutdown()
         self.store.stop()

@@ -6,6 +6,7 @@ node's totals come from its configuration and its live figures from what its VMs
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 import libvirt
@@ -108,3 +109,85 @@ class Hypervisor:
             "vms_defined": len(domains),
             "load": round(load, 2),
         }
+
+
+class DomainActions:
+    """Idempotent libvirt actions on one node's domains: doing one twice is the same as doing it once."""
+
+    def __init__(self, hypervisor: Hypervisor, shutdown_timeout: float):
+        self._hypervisor = hypervisor
+        self._shutdown_timeout = shutdown_timeout
+
+    def _lookup(self, name: str) -> "libvirt.virDomain | None":
+        try:
+            return self._hypervisor.connection().lookupByName(name)
+        except libvirt.libvirtError as error:
+            if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise OperationFailed(f"libvirt lookup of {name} failed: {error.get_error_message()}") from None
+
+    @property
+    def can_migrate_live(self) -> bool:
+        return self._hypervisor.can_migrate_live
+
+    def exists(self, name: str) -> bool:
+        return self._lookup(name) is not None
+
+    def is_running(self, name: str) -> bool:
+        domain = self._lookup(name)
+        return domain is not None and bool(domain.isActive())
+
+    def define(self, xml: str) -> None:
+        self._run("define", lambda: self._hypervisor.connection().defineXML(xml))
+
+    def start(self, name: str) -> None:
+        domain = self._require(name)
+        if not domain.isActive():
+            self._run(f"start of {name}", domain.create)
+
+    def shutdown(self, name: str) -> None:
+        """Ask the guest to shut down; after the timeout, pull the plug."""
+        domain = self._lookup(name)
+        if domain is None or not domain.isActive():
+            return
+        self._run(f"shutdown of {name}", domain.shutdown)
+        deadline = time.monotonic() + self._shutdown_timeout
+        while domain.isActive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if domain.isActive():
+            log.warning("%s did not shut down within %g s: destroying it", name, self._shutdown_timeout)
+            self.stop(name)
+
+    def stop(self, name: str) -> None:
+        domain = self._lookup(name)
+        if domain is not None and domain.isActive():
+            self._run(f"stop of {name}", domain.destroy)
+
+    def undefine(self, name: str) -> None:
+        domain = self._lookup(name)
+        if domain is not None:
+            self.stop(name)
+            self._run(f"undefine of {name}", domain.undefine)
+
+    def migrate_live(self, name: str, destination_uri: str, max_downtime_ms: int | None) -> None:
+        domain = self._require(name)
+        params = {}
+        if max_downtime_ms:
+            params[libvirt.VIR_MIGRATE_PARAM_DOWNTIME] = int(max_downtime_ms)
+        flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
+                 | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+        self._run(f"live migration of {name} to {destination_uri}",
+                  lambda: domain.migrateToURI3(destination_uri, params, flags))
+
+    def _require(self, name: str) -> "libvirt.virDomain":
+        domain = self._lookup(name)
+        if domain is None:
+            raise OperationFailed(f"{name} is not defined on this node")
+        return domain
+
+    @staticmethod
+    def _run(what: str, action) -> None:
+        try:
+            action()
+        except libvirt.libvirtError as error:
+            raise OperationFailed(f"{what} failed: {error.get_error_message()}") from None

@@ -50,7 +50,8 @@ NODED_SETTINGS: list[Setting] = [
     Setting("libvirt_uri", str, "qemu:///system", "libvirt connection URI for this hypervisor"),
     Setting("migration_uri", (str, type(None)), None, "libvirt URI peers use to reach this hypervisor "
             "(default: qemu+tcp://LISTEN_HOST/system)"),
-    Setting("keepalive_interval", (int, float), 5, "seconds between keepalive writes"),
+    Setting("keepalive_interval", (int, float), 5, "seconds between keepalive writes (and reconcile passes)"),
+    Setting("shutdown_timeout", (int, float), 180, "seconds a guest gets to shut down before it is destroyed"),
     Setting("listen_address", str, "127.0.0.1:7371", "host:port of the node agent (port 0 picks a free one)"),
     Setting("cluster_secret", str, REQUIRED, "shared secret; the node agent accepts only coordinators "
             "presenting it"),
@@ -73,6 +74,7 @@ APID_SETTINGS: list[Setting] = [
     Setting("cluster_secret", str, REQUIRED, "shared secret presented to node agents"),
     Setting("leader_tick", (int, float), 1, "seconds between runs of the leader's cluster-wide loops"),
     Setting("fence_intervals", int, 6, "keepalive intervals a node may miss before the leader marks it dead"),
+    Setting("flush_parallelism", int, 8, "VM moves a flush or ready carries out at once"),
     Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
 ]
 

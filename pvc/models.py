@@ -32,3 +32,32 @@ def node_view(name: str, raw: dict[str, Any], now: float | None = None) -> dict[
         "agent_uri": facts.get("agent_uri"),
     }
     return view
+
+
+def vm_view(name: str, raw: dict[str, Any], detail: bool = True) -> dict[str, Any]:
+    """One VM: its state words as DESIGN defines them, where it is and came from, metadata and resources."""
+    spec = raw.get(OWN_VALUE) or {}
+    placement = raw.get("placement") or {}
+    status = raw.get("status") or {}
+    view = {
+        "name": name,
+        "uuid": spec.get("uuid"),
+        "state": raw.get("state") or "stop",
+        "node": placement.get("node"),
+        "last_node": placement.get("last_node"),
+        "running": bool(status.get("running")) and status.get("node") == placement.get("node"),
+        "node_limit": spec.get("node_limit") or [],
+        "node_selector": spec.get("node_selector"),
+        "node_autostart": bool(spec.get("node_autostart")),
+        "migration_method": spec.get("migration_method"),
+        "max_downtime_ms": spec.get("max_downtime"),
+        "vcpus": spec.get("vcpus"),
+        "memory_mib": spec.get("memory_mib"),
+        "last_error": status.get("error"),
+    }
+    if detail:
+        view["disks"] = spec.get("disks") or []
+        view["nics"] = spec.get("nics") or []
+        view["volumes"] = spec.get("volumes") or []
+        view["autostart_pending"] = bool(placement.get("autostart"))
+    return view

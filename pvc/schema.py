@@ -17,8 +17,13 @@ state rarely and by others), so writers never overwrite each other's fields.
     /pvc/vms/NAME/state                desired state word (start, stop, shutdown, migrate, ...)
     /pvc/vms/NAME/placement            {"node": where it is or is to be, "last_node": where it came from}
     /pvc/vms/NAME/status               what its node last reported: running or not, last error
+    /pvc/vm_uuids/UUID                 the VM name holding a UUID; created with the VM, so UUIDs stay unique
     /pvc/locks/vms/NAME                kazoo lock serialising commands on one VM
     /pvc/tasks/ID                      a long operation (flush, ready) the leader runs and resumes
+    /pvc/storage/pools/POOL            a storage pool: {"backend", "options"} it was made with
+    /pvc/storage/volumes/POOL:VOLUME   a volume: {"pool", "name", "size_bytes"}
+    /pvc/storage/volumes/POOL:VOLUME/snapshots   {SNAPSHOT: {"created": time}} of that volume
+    /pvc/locks/storage/POOL            kazoo lock serialising storage changes within one pool
 """
 import json
 import re
@@ -37,6 +42,7 @@ LIVE_COORDINATORS = f"{COORDINATORS}/live"
 NODES = f"{ROOT}/nodes"
 
 VMS = f"{ROOT}/vms"
+VM_UUIDS = f"{ROOT}/vm_uuids"
 LOCKS = f"{ROOT}/locks"
 VM_LOCKS = f"{LOCKS}/vms"
 TASKS = f"{ROOT}/tasks"
@@ -52,7 +58,9 @@ VM_STATES = ("start", "restart", "shutdown", "stop", "disable", "migrate", "unmi
 DAEMON_STATES = ("init", "run", "stop", "dead", "fenced")
 DOMAIN_STATES = ("ready", "flushing", "flushed", "unflushing")
 
-DEFAULT_CLUSTER_CONFIG: dict[str, Any] = {"maintenance": False}
+DEFAULT_CLUSTER_CONFIG: dict[str, Any] = {"maintenance": False, "default_selector": "mem",
+                                          "migration_method": "auto"}
+MIGRATION_METHODS = ("live", "shutdown", "auto")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
@@ -85,6 +93,10 @@ def vm_key(name: str, key: str) -> str:
     return f"{vm(name)}/{key}"
 
 
+def vm_uuid(uuid: str) -> str:
+    return f"{VM_UUIDS}/{check_name('UUID', uuid)}"
+
+
 def vm_lock(name: str) -> str:
     return f"{VM_LOCKS}/{check_name('VM', name)}"
 
@@ -107,5 +119,51 @@ def decode(data: bytes | None) -> Any:
     return json.loads(data)
 
 
-CONTAINERS = (ROOT, COORDINATORS, ELECTION, LIVE_COORDINATORS, NODES, VMS, LOCKS, VM_LOCKS, TASKS)
+CONTAINERS = (ROOT, COORDINATORS, ELECTION, LIVE_COORDINATORS, NODES, VMS, VM_UUIDS, LOCKS, VM_LOCKS, TASKS)
 """Znodes that must exist before anything is written below them."""
+
+
+# -- storage ------------------------------------------------------------------------------------------------
+# Volumes sit flat under one parent, keyed POOL:VOLUME (':' is outside the name alphabet, so the key is
+# unambiguous), so that one watched collection mirrors every volume of every pool.
+
+STORAGE = f"{ROOT}/storage"
+POOLS = f"{STORAGE}/pools"
+VOLUMES = f"{STORAGE}/volumes"
+STORAGE_LOCKS = f"{LOCKS}/storage"
+
+VOLUME_KEYS = ("snapshots",)
+"""A volume's child znodes: its snapshots change apart from its size."""
+
+
+def pool(name: str) -> str:
+    return f"{POOLS}/{check_name('pool', name)}"
+
+
+def volume_key(pool_name: str, volume_name: str) -> str:
+    """The flat key of a volume, ``POOL:VOLUME``, both names checked."""
+    return f"{check_name('pool', pool_name)}:{check_name('volume', volume_name)}"
+
+
+def split_volume_key(key: str) -> tuple[str, str]:
+    pool_name, _, volume_name = key.partition(":")
+    return pool_name, volume_name
+
+
+def volume(pool_name: str, volume_name: str) -> str:
+    return f"{VOLUMES}/{volume_key(pool_name, volume_name)}"
+
+
+def volume_by_key(key: str) -> str:
+    return volume(*split_volume_key(key))
+
+
+def volume_snapshots(pool_name: str, volume_name: str) -> str:
+    return f"{volume(pool_name, volume_name)}/snapshots"
+
+
+def storage_lock(pool_name: str) -> str:
+    return f"{STORAGE_LOCKS}/{check_name('pool', pool_name)}"
+
+
+CONTAINERS += (STORAGE, POOLS, VOLUMES, STORAGE_LOCKS)

@@ -18,15 +18,16 @@ from pvc.handshake import AuthenticatingDaemon
 from pvc.rpc.agents import NodeAgents
 from pvc.rpc.areas.cluster import ClusterArea
 from pvc.rpc.areas.nodes import NodesArea
+from pvc.rpc.areas.vms import VMsArea
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.leadership import Leadership
 from pvc.rpc.monitor import NodeMonitor
+from pvc.rpc.tasks import TaskRunner
+from pvc.rpc.vm_control import VMControl
 from pvc.service import SignalQueue, daemon_command
 from pvc.store import Store
 
 log = logging.getLogger(__name__)
-
-AREA_CLASSES = {"cluster": ClusterArea, "nodes": NodesArea}
 
 
 class Coordinator:
@@ -39,6 +40,7 @@ class Coordinator:
         self.monitor = NodeMonitor(self.store, self.cache, settings["fence_intervals"])
         self.daemon: AuthenticatingDaemon | None = None
         self.context: CoordinatorContext | None = None
+        self.tasks: TaskRunner | None = None
         self._session_lost = False
 
     def start(self) -> None:
@@ -50,9 +52,13 @@ class Coordinator:
             leadership = Leadership(self.store, self.name, self.settings["leader_tick"], self._lead)
             self.context = CoordinatorContext(self.name, self.settings, self.store, self.cache, loaded_plugins,
                                               NodeAgents(self.settings["cluster_secret"]), leadership)
+            control = VMControl(self.context)
+            self.tasks = TaskRunner(self.context, control, self.settings["flush_parallelism"])
             self.daemon = AuthenticatingDaemon(self.settings["api_keys"], "API key", host, port)
-            for area, area_class in AREA_CLASSES.items():
-                self.daemon.register(area_class(self.context), object_id(area))
+            areas = {"cluster": ClusterArea(self.context), "nodes": NodesArea(self.context),
+                     "vms": VMsArea(self.context, control)}
+            for area, remote_object in areas.items():
+                self.daemon.register(remote_object, object_id(area))
             threading.Thread(target=self.daemon.requestLoop, name="pyro", daemon=True).start()
             self._publish()
             self.store.add_state_listener(self._on_session_state)
@@ -86,6 +92,7 @@ class Coordinator:
 
     def _lead(self, leader_node: str) -> None:
         self.monitor.check(leader_node)
+        self.tasks.tick(leader_node)
 
     def run(self) -> None:
         signals = SignalQueue()

@@ -5,6 +5,7 @@ import Pyro5.server
 from kazoo.exceptions import BadVersionError
 
 from pvc import schema
+from pvc.errors import InvalidInput
 from pvc.rpc.context import CoordinatorContext
 
 
@@ -36,6 +37,22 @@ class ClusterArea:
         """Turn maintenance mode on or off; while on, the leader fences no node."""
         self._update_config({"maintenance": bool(enabled)})
         return self.status()
+
+    def config(self, **changes: Any) -> dict[str, Any]:
+        """The cluster configuration; given keyword arguments, change those keys first.
+        Keys: default_selector (a migration selector's name), migration_method (live, shutdown, auto)."""
+        unknown = set(changes) - {"default_selector", "migration_method"}
+        if unknown:
+            raise InvalidInput(f"unknown cluster config key(s): {', '.join(sorted(unknown))} "
+                               "(known: default_selector, migration_method)")
+        if "default_selector" in changes:
+            self._context.plugins.get("pvc_migration_selectors", changes["default_selector"])
+        if "migration_method" in changes and changes["migration_method"] not in schema.MIGRATION_METHODS:
+            raise InvalidInput(f"unknown migration method '{changes['migration_method']}' "
+                               f"(one of: {', '.join(schema.MIGRATION_METHODS)})")
+        if changes:
+            self._update_config(changes)
+        return {**schema.DEFAULT_CLUSTER_CONFIG, **self._context.cache.config.get()}
 
     def plugins(self) -> list[dict[str, Any]]:
         """Every plugin this coordinator loaded, what it registers, and where it came from."""

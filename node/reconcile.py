@@ -1,0 +1,226 @@
+"""Converging this node's libvirt to the desired state in ZooKeeper.
+
+Each VM's desired state (`state`) and place (`placement.node`) are recorded in ZooKeeper before anything moves;
+the node that should run a VM starts it, the node that should not stops it. A coordinator's call (`converge`)
+only makes this happen sooner: a node daemon also passes over all its VMs every keepalive interval, so a
+lost call or a crashed coordinator delays an action but never loses it.
+
+A VM never runs on two nodes: before starting one, a node *claims* it with a transaction that checks the
+placement it read is still current and writes the VM's `status` as running here, refusing while the status
+says it runs on another node. The other node clears that only after its copy has stopped.
+"""
+import logging
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+from kazoo.exceptions import NoNodeError
+
+from pvc import schema
+from pvc.cache import OWN_VALUE, WatchedCollection
+from pvc.errors import OperationFailed, PVCError
+from pvc.node.hypervisor import DomainActions
+from pvc.store import Store
+
+log = logging.getLogger(__name__)
+
+RUNNING_STATES = ("start", "restart", "migrate", "unmigrate")
+"""Desired states in which the VM should be running on its node."""
+
+
+class Reconciler:
+    def __init__(self, node_name: str, store: Store, vms: WatchedCollection, actions: DomainActions,
+                 list_domains):
+        self.node = node_name
+        self._store = store
+        self._vms = vms
+        self._actions = actions
+        self._list_domains = list_domains
+        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+
+    def converge(self, name: str, fresh: bool = True) -> dict[str, Any]:
+        """Make libvirt match what ZooKeeper wants for one VM; returns the VM's status as reported."""
+        with self._locks[name]:
+            if fresh:
+                self._vms.refresh(name)
+            raw = self._vms.get(name)
+            if raw is None or raw.get(OWN_VALUE) is None:
+                self._remove_unknown(name)
+                return {"node": self.node, "running": False, "removed": True}
+            placement = raw.get("placement") or {}
+            if placement.get("node") != self.node:
+                return self._let_go(name, raw)
+            return self._hold(name, raw)
+
+    def converge_all(self) -> None:
+        """One pass over every VM this node runs, holds, or should run."""
+        names = {domain.name for domain in self._list_domains()}
+        for name, raw in self._vms.snapshot().items():
+            if (raw.get("placement") or {}).get("node") == self.node or \
+                    (raw.get("status") or {}).get("node") == self.node:
+                names.add(name)
+        for name in sorted(names):
+            try:
+                self.converge(name, fresh=False)
+            except Exception as error:
+                log.warning("converging %s failed: %s", name, error)
+
+    def _remove_unknown(self, name: str) -> None:
+        """A domain ZooKeeper does not know was removed from the cluster (checked twice: the cache may lag)."""
+        if self._actions.exists(name) and self._store.zk.exists(schema.vm(name)) is None:
+            log.info("%s is no longer in the cluster: removing it from libvirt", name)
+            self._actions.undefine(name)
+
+    def _let_go(self, name: str, raw: dict[str, Any]) -> dict[str, Any]:
+        """The VM belongs elsewhere: stop and undefine our copy, then say so, so its new node may start it."""
+        if not self._actions.exists(name):
+            return raw.get("status") or {}
+        target = (raw.get("placement") or {}).get("node")
+        if self._actions.is_running(name) and target:
+            outcome = self._migrate_live(name, raw, target)
+            if outcome != "shutdown":
+                return {"node": target if outcome == "moved" else self.node, "running": True}
+        self._actions.shutdown(name)
+        self._actions.undefine(name)
+        status = {"node": self.node, "running": False, "error": None, "time": time.time()}
+        self._write_status_if_ours(name, status)
+        log.info("%s handed over to %s", name, (raw.get("placement") or {}).get("node"))
+        return status
+
+    def _migrate_live(self, name: str, raw: dict[str, Any], target: str) -> str:
+        """Move a running VM without stopping it, where the hypervisor can and the VM's method allows.
+
+        Returns ``moved`` when it now runs on `target`; ``shutdown`` when the caller should migrate it by
+        shutting it down (method ``shutdown``, no live migration here, or ``auto`` after a failure); ``kept``
+        when method ``live`` failed: the VM never stopped, so it stays here, placed back, with the error.
+        """
+        method = raw[OWN_VALUE].get("migration_method") or \
+            (self._store.read(schema.CONFIG) or {}).get("migration_method", "auto")
+        if method == "shutdown" or not self._actions.can_migrate_live:
+            return "shutdown"
+        destination = (self._store.read(schema.node(target)) or {}).get("migration_uri")
+        try:
+            if not destination:
+                raise OperationFailed(f"node {target} has published no migration URI")
+            self._actions.migrate_live(name, destination, raw[OWN_VALUE].get("max_downtime"))
+        except OperationFailed as error:
+            if method == "auto":
+                log.warning("%s: live migration failed (%s); falling back to shutdown migration", name, error)
+                return "shutdown"
+            self._store.transaction() \
+                .set(schema.vm_key(name, "placement"), {"node": self.node, "last_node": None}) \
+                .set(schema.vm_key(name, "state"), "start") \
+                .commit()
+            self._write_status_if_ours(name, {"node": self.node, "running": True, "error": str(error),
+                                              "time": time.time(),
+                                              "generation": (raw.get("status") or {}).get("generation")})
+            return "kept"
+        self._store.write(schema.vm_key(name, "status"), {"node": target, "running": True, "error": None,
+                                                          "time": time.time()})
+        return "moved"
+
+    def _hold(self, name: str, raw: dict[str, Any]) -> dict[str, Any]:
+        spec, state = raw[OWN_VALUE], raw.get("state") or "stop"
+        status = raw.get("status") or {}
+        try:
+            if not self._actions.exists(name) or status.get("generation") != spec.get("generation"):
+                self._actions.define(spec["xml"])
+            if state in RUNNING_STATES:
+                self._run_here(name, state)
+            elif state == "shutdown":
+                self._actions.shutdown(name)
+            elif state in ("stop", "disable", "fail"):
+                self._actions.stop(name)
+        except OperationFailed as error:
+            return self._failed(name, raw, str(error))
+        running = self._actions.is_running(name)
+        if status.get("node") not in (None, self.node) and status.get("running") and not running:
+            return status
+        report = {"node": self.node, "running": running, "error": None, "generation": spec.get("generation"),
+                  "time": time.time()}
+        self._write_status_if_ours(name, report)
+        return report
+
+    def _run_here(self, name: str, state: str) -> None:
+        if state == "restart" and self._actions.is_running(name):
+            self._actions.shutdown(name)
+        if not self._actions.is_running(name):
+            if not self._claim(name):
+                return
+            self._actions.start(name)
+        if state != "start":
+            self._set_state_from(name, state, "start")
+
+    def _claim(self, name: str) -> bool:
+        """Atomically take the right to run `name` here; False while it still runs elsewhere."""
+        zk = self._store.zk
+        try:
+            placement_data, placement_stat = zk.get(schema.vm_key(name, "placement"))
+        except NoNodeError:
+            return False
+        if (schema.decode(placement_data) or {}).get("node") != self.node:
+            return False
+        status_path = schema.vm_key(name, "status")
+        stat = zk.exists(status_path)
+        current = schema.decode(zk.get(status_path)[0]) if stat else {}
+        if current.get("running") and current.get("node") not in (None, self.node):
+            log.info("%s still runs on %s: waiting before starting it here", name, current.get("node"))
+            return False
+        claim = {**current, "node": self.node, "running": True, "error": None, "time": time.time()}
+        transaction = self._store.transaction().check(schema.vm_key(name, "placement"), placement_stat.version)
+        if stat:
+            transaction.set(status_path, claim, version=stat.version)
+        else:
+            transaction.create(status_path, claim)
+        try:
+            transaction.commit()
+        except PVCError as error:
+            log.info("claim of %s lost a race (%s); will retry", name, error)
+            return False
+        return True
+
+    def _failed(self, name: str, raw: dict[str, Any], reason: str) -> dict[str, Any]:
+        """Record the error; a VM that failed to start here after a migration goes back where it was."""
+        log.warning("%s: %s", name, reason)
+        running = self._actions.is_running(name)
+        status = {"node": self.node, "running": running, "error": reason, "time": time.time(),
+                  "generation": (raw.get("status") or {}).get("generation")}
+        self._write_status_if_ours(name, status)
+        placement = raw.get("placement") or {}
+        if not running and raw.get("state") in ("migrate", "unmigrate") and placement.get("last_node"):
+            self._store.transaction() \
+                .set(schema.vm_key(name, "placement"), {"node": placement["last_node"], "last_node": None}) \
+                .set(schema.vm_key(name, "state"), "start") \
+                .commit()
+            log.warning("%s could not start here; returned to %s", name, placement["last_node"])
+        return status
+
+    def _set_state_from(self, name: str, expected: str, new: str) -> None:
+        zk = self._store.zk
+        data, stat = zk.get(schema.vm_key(name, "state"))
+        if schema.decode(data) == expected:
+            try:
+                self._store.transaction().set(schema.vm_key(name, "state"), new, version=stat.version).commit()
+            except PVCError:
+                pass
+
+    def _write_status_if_ours(self, name: str, status: dict[str, Any]) -> None:
+        """Write the status unless another node holds the VM (its status says it runs there)."""
+        zk = self._store.zk
+        path = schema.vm_key(name, "status")
+        stat = zk.exists(path)
+        if stat is None:
+            if zk.exists(schema.vm(name)):
+                try:
+                    self._store.transaction().create(path, status).commit()
+                except PVCError:
+                    pass
+            return
+        current = schema.decode(zk.get(path)[0]) or {}
+        if current.get("node") not in (None, self.node) and current.get("running"):
+            return
+        try:
+            self._store.transaction().set(path, status, version=stat.version).commit()
+        except PVCError:
+            pass

@@ -1,0 +1,276 @@
+"""Remote object `vms`: defining, changing, starting, stopping and moving virtual machines."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import Pyro5.server
+
+from pvc import domain_xml, hookspecs, models, placement, schema
+from pvc.cache import OWN_VALUE
+from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from pvc.rpc.context import CoordinatorContext
+from pvc.rpc.vm_control import VMControl
+
+SELECTORS = "pvc_migration_selectors"
+META_KEYS = ("node_limit", "node_selector", "node_autostart", "migration_method", "max_downtime")
+
+
+@Pyro5.server.expose
+@Pyro5.server.behavior(instance_mode="single")
+class VMsArea:
+    def __init__(self, context: CoordinatorContext, control: VMControl):
+        self._context = context
+        self._control = control
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    def list(self, node: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+        """Every VM (optionally only those on `node` or in `state`), sorted by name."""
+        if state is not None and state not in schema.VM_STATES:
+            raise InvalidInput(f"unknown state '{state}' (one of: {', '.join(schema.VM_STATES)})")
+        views = [models.vm_view(name, raw, detail=False)
+                 for name, raw in sorted(self._context.cache.vms.snapshot().items())
+                 if raw.get(OWN_VALUE) is not None]
+        return [view for view in views
+                if (node is None or view["node"] == node) and (state is None or view["state"] == state)]
+
+    def info(self, vm: str) -> dict[str, Any]:
+        return self._control.view(vm)
+
+    def dump(self, vm: str) -> str:
+        """The VM's libvirt domain XML as PVC stores it."""
+        return self._control.raw(vm)[OWN_VALUE]["xml"]
+
+    # -- defining --------------------------------------------------------------------------------------
+
+    def define(self, xml: str, target: str | None = None, node_limit: list[str] | None = None,
+               node_selector: str | None = None, node_autostart: bool = False,
+               migration_method: str | None = None, max_downtime: int | None = None) -> dict[str, Any]:
+        """Record a new VM and define it on its node (chosen by its selector unless `target` is given)."""
+        domain = domain_xml.parse(xml)
+        meta = self._checked_meta({"node_limit": node_limit, "node_selector": node_selector,
+                                   "node_autostart": node_autostart, "migration_method": migration_method,
+                                   "max_downtime": max_downtime})
+        if self._context.cache.vms.get(domain.name) is not None:
+            raise AlreadyExists(f"a VM named '{domain.name}' exists already")
+        self._check_uuid_free(domain.uuid)
+        spec = {**self._spec(domain), **meta, "generation": 1}
+        node = self._initial_node(spec, target)
+        store = self._context.store
+        try:
+            store.transaction() \
+                .create(schema.vm_uuid(domain.uuid), domain.name) \
+                .create(schema.vm(domain.name), spec) \
+                .create(schema.vm_key(domain.name, "state"), "stop") \
+                .create(schema.vm_key(domain.name, "placement"), {"node": node, "last_node": None}) \
+                .commit()
+        except AlreadyExists:
+            raise AlreadyExists(f"a VM named '{domain.name}' or with UUID {domain.uuid} exists already") from None
+        self._context.cache.vms.refresh(domain.name)
+        return self._control.converge(domain.name, [node], wait=False)
+
+    def modify(self, vm: str, xml: str, restart: bool = False) -> dict[str, Any]:
+        """Replace the VM's definition (same name and UUID); with `restart`, restart it to apply it now."""
+        with self._control.locked(vm):
+            raw = self._control.raw(vm)
+            spec = raw[OWN_VALUE]
+            domain = domain_xml.parse(xml, default_uuid=spec["uuid"])
+            if domain.name != vm:
+                raise InvalidInput(f"the XML names VM '{domain.name}', not '{vm}' (use rename to rename it)")
+            if domain.uuid != spec["uuid"]:
+                raise InvalidInput(f"the XML has UUID {domain.uuid}, but VM '{vm}' has {spec['uuid']}")
+            new_spec = {**spec, **self._spec(domain), "generation": spec.get("generation", 1) + 1}
+            running = raw.get("state") == "start"
+            self._control.record(vm, spec=new_spec, state="restart" if restart and running else None)
+        return self._control.converge(vm, [raw["placement"]["node"]], wait=False)
+
+    def rename(self, vm: str, new_name: str) -> dict[str, Any]:
+        """Give a stopped VM a new name."""
+        schema.check_name("VM", new_name)
+        with self._control.locked(vm):
+            raw = self._control.raw(vm)
+            if models.vm_view(vm, raw)["running"] or raw.get("state") in ("start", "restart", "migrate"):
+                raise Conflict(f"VM '{vm}' must be stopped before it is renamed")
+            if self._context.cache.vms.get(new_name) is not None:
+                raise AlreadyExists(f"a VM named '{new_name}' exists already")
+            spec = raw[OWN_VALUE]
+            new_spec = {**spec, "xml": domain_xml.renamed(spec["xml"], new_name),
+                        "generation": spec.get("generation", 1) + 1}
+            self._context.store.transaction() \
+                .create(schema.vm(new_name), new_spec) \
+                .create(schema.vm_key(new_name, "state"), raw.get("state") or "stop") \
+                .create(schema.vm_key(new_name, "placement"), raw.get("placement")) \
+                .set(schema.vm_uuid(spec["uuid"]), new_name) \
+                .delete_tree(self._vm_paths(vm)) \
+                .commit()
+            self._context.cache.vms.refresh(vm)
+            self._context.cache.vms.refresh(new_name)
+        node = raw["placement"]["node"]
+        self._control.poke(vm, [node])
+        return self._control.converge(new_name, [node], wait=False)
+
+    def remove(self, vm: str) -> dict[str, Any]:
+        """Stop the VM, undefine it on its node and forget it."""
+        with self._control.locked(vm):
+            raw = self._control.raw(vm)
+            self._context.store.transaction() \
+                .delete(schema.vm_uuid(raw[OWN_VALUE]["uuid"])) \
+                .delete_tree(self._vm_paths(vm)) \
+                .commit()
+            self._context.cache.vms.refresh(vm)
+        self._control.poke(vm, [(raw.get("placement") or {}).get("node"), (raw.get("status") or {}).get("node")])
+        return {"name": vm, "removed": True}
+
+    def set_meta(self, vm: str, **changes: Any) -> dict[str, Any]:
+        """Change only the metadata named: node_limit, node_selector, node_autostart, migration_method,
+        max_downtime. An empty node_limit clears the limit."""
+        unknown = set(changes) - set(META_KEYS)
+        if unknown:
+            raise InvalidInput(f"unknown VM metadata: {', '.join(sorted(unknown))} "
+                               f"(known: {', '.join(META_KEYS)})")
+        with self._control.locked(vm):
+            spec = self._control.raw(vm)[OWN_VALUE]
+            meta = self._checked_meta({**{key: spec.get(key) for key in META_KEYS}, **changes})
+            self._control.record(vm, spec={**spec, **meta})
+        return self._control.view(vm)
+
+    # -- state -----------------------------------------------------------------------------------------
+
+    def start(self, vm: str, wait: bool = False) -> dict[str, Any]:
+        return self._set_state(vm, "start", wait)
+
+    def restart(self, vm: str, wait: bool = False) -> dict[str, Any]:
+        return self._set_state(vm, "restart", wait)
+
+    def shutdown(self, vm: str, wait: bool = False) -> dict[str, Any]:
+        return self._set_state(vm, "shutdown", wait)
+
+    def stop(self, vm: str, wait: bool = False) -> dict[str, Any]:
+        return self._set_state(vm, "stop", wait)
+
+    def disable(self, vm: str, wait: bool = False) -> dict[str, Any]:
+        return self._set_state(vm, "disable", wait)
+
+    def _set_state(self, vm: str, state: str, wait: bool) -> dict[str, Any]:
+        with self._control.locked(vm):
+            raw = self._control.raw(vm)
+            node = raw["placement"]["node"]
+            if state == "start" and raw.get("placement", {}).get("autostart"):
+                self._control.record(vm, state=state, placement={**raw["placement"], "autostart": False})
+            else:
+                self._control.record(vm, state=state)
+        return self._control.converge(vm, [node], wait)
+
+    # -- moving ----------------------------------------------------------------------------------------
+
+    def migrate(self, vm: str, target: str | None = None, force: bool = False, wait: bool = False) -> dict[str, Any]:
+        """Move a running VM to `target` (or its selector's choice), remembering where it was, so that
+        `unmigrate` returns it. A target outside its node limit needs `force`."""
+        return self._move(vm, target, force, wait, remember=True)
+
+    def move(self, vm: str, target: str | None = None, force: bool = False, wait: bool = False) -> dict[str, Any]:
+        """Move a VM to `target` for good: no way back is remembered."""
+        return self._move(vm, target, force, wait, remember=False)
+
+    def unmigrate(self, vm: str, wait: bool = False) -> dict[str, Any]:
+        """Return a migrated VM to the node it came from."""
+        with self._control.locked(vm):
+            raw = self._control.raw(vm)
+            where = raw["placement"]
+            if not where.get("last_node"):
+                raise Conflict(f"VM '{vm}' has not been migrated: there is nowhere to return it to")
+            self._check_node_takes(where["last_node"])
+            self._control.record(vm, state=_moving_state(raw, "unmigrate"),
+                                 placement={"node": where["last_node"], "last_node": None})
+        return self._control.converge(vm, [where["node"], where["last_node"]], wait)
+
+    def _move(self, vm: str, target: str | None, force: bool, wait: bool, remember: bool) -> dict[str, Any]:
+        with self._control.locked(vm):
+            raw = self._control.raw(vm)
+            spec, where = raw[OWN_VALUE], raw["placement"]
+            current = where["node"]
+            view = models.vm_view(vm, raw)
+            if target is None:
+                target = placement.choose(self._context.node_views(), view, self._selector(spec), current)
+            else:
+                self._check_target(target, view, current, force)
+            last_node = (where.get("last_node") or current) if remember else None
+            self._control.record(vm, state=_moving_state(raw, "migrate"),
+                                 placement={"node": target, "last_node": last_node})
+        return self._control.converge(vm, [current, target], wait)
+
+    # -- checks ----------------------------------------------------------------------------------------
+
+    def _check_target(self, target: str, vm: dict[str, Any], current: str | None, force: bool) -> None:
+        node = self._node(target)
+        if target == current:
+            raise Conflict(f"VM '{vm['name']}' is already on node {target}")
+        if vm["node_limit"] and target not in vm["node_limit"] and not force:
+            raise Conflict(f"node {target} is outside VM '{vm['name']}''s node limit "
+                           f"({', '.join(vm['node_limit'])}); use --force to override")
+        reason = placement.rejection(node, {**vm, "node_limit": []}, current)
+        if reason:
+            raise Conflict(f"node {target} {reason}: it cannot take VM '{vm['name']}'")
+
+    def _check_node_takes(self, name: str) -> None:
+        reason = placement.rejection(self._node(name), {}, None)
+        if reason:
+            raise Conflict(f"node {name} {reason}")
+
+    def _node(self, name: str) -> dict[str, Any]:
+        node = self._context.node_view(schema.check_name("node", name))
+        if node is None:
+            raise NotFound(f"no node named '{name}'")
+        return node
+
+    def _initial_node(self, spec: dict[str, Any], target: str | None) -> str:
+        vm = {"name": spec["name"], **spec}
+        if target is not None:
+            self._node(target)
+            if spec["node_limit"] and target not in spec["node_limit"]:
+                raise Conflict(f"target node {target} is outside the node limit ({', '.join(spec['node_limit'])})")
+            return target
+        return placement.choose(self._context.node_views(), vm, self._selector(spec))
+
+    def _selector(self, spec: dict[str, Any]) -> hookspecs.MigrationSelector:
+        name = spec.get("node_selector") or self._context.cache.config.get().get("default_selector", "mem")
+        return self._context.plugins.get(SELECTORS, name)
+
+    def _checked_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
+        limit = meta.get("node_limit") or []
+        if isinstance(limit, str):
+            limit = [part for part in limit.split(",") if part]
+        for node in limit:
+            self._node(node)
+        if meta.get("node_selector"):
+            self._context.plugins.get(SELECTORS, meta["node_selector"])
+        method = meta.get("migration_method")
+        if method is not None and method not in schema.MIGRATION_METHODS:
+            raise InvalidInput(f"unknown migration method '{method}' (one of: {', '.join(schema.MIGRATION_METHODS)})")
+        downtime = meta.get("max_downtime")
+        if downtime is not None and (not isinstance(downtime, int) or isinstance(downtime, bool) or downtime < 1):
+            raise InvalidInput(f"max downtime must be a positive number of milliseconds, not {downtime!r}")
+        return {"node_limit": sorted(set(limit)), "node_selector": meta.get("node_selector") or None,
+                "node_autostart": bool(meta.get("node_autostart")), "migration_method": method,
+                "max_downtime": downtime}
+
+    def _check_uuid_free(self, uuid: str) -> None:
+        if self._context.store.zk.exists(schema.vm_uuid(uuid)):
+            raise AlreadyExists(f"a VM with UUID {uuid} exists already")
+
+    @staticmethod
+    def _spec(domain: domain_xml.Domain) -> dict[str, Any]:
+        return {"name": domain.name, "uuid": domain.uuid, "xml": domain.xml, "memory_mib": domain.memory_mib,
+                "vcpus": domain.vcpus, "disks": domain.disks, "nics": domain.nics, "volumes": domain.volumes,
+                "defined_at": time.time()}
+
+    def _vm_paths(self, vm: str) -> list[str]:
+        """The VM's znodes, children first, as they exist now."""
+        children = self._context.store.children(schema.vm(vm))
+        return [schema.vm_key(vm, key) for key in children] + [schema.vm(vm)]
+
+
+def _moving_state(raw: dict[str, Any], moving: str) -> str:
+    """A running VM migrates; a stopped one just changes node and stays stopped."""
+    return moving if raw.get("state") in ("start", "restart", "migrate", "unmigrate") else raw.get("state")

@@ -1,0 +1,188 @@
+"""Long node operations (flush, ready), run by the leader from task records in ZooKeeper.
+
+A task is recorded first (`pending`), then the leader runs it; every step re-reads the cluster and is
+idempotent, so if the leader dies midway the next leader runs the same task again and finishes it. The
+VM moves of one task run in parallel, `parallelism` at a time, each through the same convergence calls as
+a single `vm migrate`.
+"""
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pvc import models, placement, schema
+from pvc.cache import OWN_VALUE
+from pvc.errors import Conflict, NotFound, PVCError
+from pvc.rpc.context import CoordinatorContext
+from pvc.rpc.vm_control import VMControl
+
+log = logging.getLogger(__name__)
+
+SELECTORS = "pvc_migration_selectors"
+RUNNING = ("start", "restart", "migrate", "unmigrate")
+
+
+def create_task(context: CoordinatorContext, kind: str, node: str) -> dict[str, Any]:
+    """Record a flush or ready of `node`, moving its domain state to flushing/unflushing in the same step;
+    a pending task of the same kind for that node is returned instead of a second one."""
+    for task in list_tasks(context):
+        if task["node"] == node and task["state"] in ("pending", "running"):
+            if task["kind"] == kind:
+                return task
+            raise Conflict(f"node {node} has a {task['kind']} in progress (task {task['id']})")
+    task_id = f"{kind}-{node}-{uuid.uuid4().hex[:8]}"
+    task = {"id": task_id, "kind": kind, "node": node, "state": "pending", "created": time.time(),
+            "total": None, "done": 0, "moved": [], "shut_down": [], "errors": []}
+    domain_state = "flushing" if kind == "flush" else "unflushing"
+    context.store.transaction() \
+        .create(schema.task(task_id), task) \
+        .set(schema.node_key(node, "domain_state"), domain_state) \
+        .commit()
+    context.cache.nodes.refresh(node)
+    return task
+
+
+def list_tasks(context: CoordinatorContext) -> list[dict[str, Any]]:
+    tasks = [context.store.read(schema.task(task_id)) for task_id in context.store.children(schema.TASKS)]
+    return sorted((task for task in tasks if task), key=lambda task: task["created"])
+
+
+def get_task(context: CoordinatorContext, task_id: str) -> dict[str, Any]:
+    task = context.store.read(schema.task(task_id))
+    if task is None:
+        raise NotFound(f"no task '{task_id}'")
+    return task
+
+
+class TaskRunner:
+    """The leader's runner: each leader tick starts the pending tasks not already running here."""
+
+    def __init__(self, context: CoordinatorContext, control: VMControl, parallelism: int):
+        self._context = context
+        self._control = control
+        self._parallelism = parallelism
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
+
+    def tick(self, leader_node: str) -> None:
+        for task in list_tasks(self._context):
+            if task["state"] not in ("pending", "running"):
+                continue
+            with self._lock:
+                if task["id"] in self._running:
+                    continue
+                self._running.add(task["id"])
+            threading.Thread(target=self._run, args=(task, leader_node), name=f"task-{task['id']}",
+                             daemon=True).start()
+
+    def _run(self, task: dict[str, Any], leader_node: str) -> None:
+        try:
+            TaskExecution(self._context, self._control, task, leader_node, self._parallelism).run()
+        except PVCError as error:
+            log.warning("task %s interrupted: %s", task["id"], error)
+        except Exception:
+            log.exception("task %s failed", task["id"])
+        finally:
+            with self._lock:
+                self._running.discard(task["id"])
+
+
+class TaskExecution:
+    def __init__(self, context: CoordinatorContext, control: VMControl, task: dict[str, Any],
+                 leader_node: str, parallelism: int):
+        self._context = context
+        self._control = control
+        self.task = task
+        self._leader_node = leader_node
+        self._parallelism = parallelism
+        self._progress_lock = threading.Lock()
+
+    def run(self) -> None:
+        self._save(state="running")
+        if self.task["kind"] == "flush":
+            self._flush()
+            final = "flushed"
+        else:
+            self._ready()
+            final = "ready"
+        self._context.store.transaction(self._leader_node) \
+            .set(schema.node_key(self.task["node"], "domain_state"), final) \
+            .set(schema.task(self.task["id"]), {**self.task, "state": "done", "finished": time.time()}) \
+            .commit()
+        self._context.cache.nodes.refresh(self.task["node"])
+        log.info("task %s done: %d moved, %d shut down", self.task["id"], len(self.task["moved"]),
+                 len(self.task["shut_down"]))
+
+    def _vms(self) -> dict[str, dict[str, Any]]:
+        return {name: raw for name, raw in self._context.cache.vms.snapshot().items() if raw.get(OWN_VALUE)}
+
+    def _flush(self) -> None:
+        node = self.task["node"]
+        leaving = {name: raw for name, raw in self._vms().items()
+                   if (raw.get("placement") or {}).get("node") == node and raw.get("state") in RUNNING}
+        batch = placement.Batch(self._context.node_views())
+        moves = []
+        for name, raw in sorted(leaving.items()):
+            view = models.vm_view(name, raw)
+            try:
+                target = batch.place(view, self._selector(raw), current_node=node)
+            except Conflict:
+                autostart = bool(raw[OWN_VALUE].get("node_autostart"))
+                self._record(name, state="shutdown", placement={**raw["placement"], "autostart": autostart})
+                moves.append((name, [node]))
+                self.task["shut_down"].append(name)
+                continue
+            self._record(name, state="migrate", placement={"node": target, "last_node": node})
+            moves.append((name, [node, target]))
+            self.task["moved"].append(name)
+        self._carry_out(moves)
+
+    def _ready(self) -> None:
+        node = self.task["node"]
+        moves = []
+        for name, raw in sorted(self._vms().items()):
+            where = raw.get("placement") or {}
+            if where.get("last_node") == node and raw.get("state") in RUNNING:
+                self._record(name, state="unmigrate", placement={"node": node, "last_node": None})
+                moves.append((name, [where.get("node"), node]))
+                self.task["moved"].append(name)
+            elif where.get("node") == node and where.get("autostart"):
+                self._record(name, state="start", placement={"node": node, "last_node": where.get("last_node")})
+                moves.append((name, [node]))
+                self.task["moved"].append(name)
+        self._carry_out(moves)
+
+    def _record(self, name: str, **changes: Any) -> None:
+        with self._control.locked(name):
+            self._control.record(name, leader_node=self._leader_node, **changes)
+
+    def _carry_out(self, moves: list[tuple[str, list[str]]]) -> None:
+        """Converge every moved VM, `parallelism` at a time, and wait for each to settle."""
+        self._save(total=len(moves), done=0)
+        with ThreadPoolExecutor(self._parallelism, thread_name_prefix="task-move") as pool:
+            for name, error in pool.map(lambda move: self._converge(*move), moves):
+                if error:
+                    self.task["errors"].append(f"{name}: {error}")
+
+    def _converge(self, name: str, nodes: list[str]) -> tuple[str, str | None]:
+        error = None
+        try:
+            self._control.converge(name, nodes, wait=True, timeout=300)
+        except PVCError as failure:
+            error = str(failure)
+            log.warning("task %s: %s: %s", self.task["id"], name, failure)
+        with self._progress_lock:
+            self.task["done"] += 1
+            self._save()
+        return name, error
+
+    def _selector(self, raw: dict[str, Any]):
+        name = raw[OWN_VALUE].get("node_selector") or \
+            self._context.cache.config.get().get("default_selector", "mem")
+        return self._context.plugins.get(SELECTORS, name)
+
+    def _save(self, **changes: Any) -> None:
+        self.task.update(changes)
+        self._context.store.transaction(self._leader_node).set(schema.task(self.task["id"]), self.task).commit()

@@ -1,0 +1,122 @@
+"""Changing a VM: record what is wanted in ZooKeeper, then ask the nodes concerned to carry it out.
+
+The record comes first and is the whole truth; the calls to node agents only make convergence immediate
+(each node also converges on its own every keepalive interval). Commands on one VM are serialised by a
+ZooKeeper lock, so their read-modify-write of the VM's record never interleaves.
+"""
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from kazoo.exceptions import LockTimeout
+
+from pvc import models, schema
+from pvc.cache import OWN_VALUE
+from pvc.errors import Busy, NotFound, OperationFailed, PVCError, Unavailable
+from pvc.rpc.context import CoordinatorContext
+
+log = logging.getLogger(__name__)
+
+LOCK_TIMEOUT = 5.0
+
+
+class VMControl:
+    def __init__(self, context: CoordinatorContext, background_workers: int = 8):
+        self._context = context
+        self._background = ThreadPoolExecutor(background_workers, thread_name_prefix="vm-converge")
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    def raw(self, name: str) -> dict[str, Any]:
+        schema.check_name("VM", name)
+        raw = self._context.cache.vms.get(name)
+        if raw is None or raw.get(OWN_VALUE) is None:
+            raise NotFound(f"no VM named '{name}'")
+        return raw
+
+    def view(self, name: str) -> dict[str, Any]:
+        return models.vm_view(name, self.raw(name))
+
+    # -- locking ---------------------------------------------------------------------------------------
+
+    @contextmanager
+    def locked(self, name: str) -> Iterator[None]:
+        """Hold the VM's lock, or raise `Busy` if another command keeps it for `LOCK_TIMEOUT` seconds."""
+        lock = self._context.store.lock(schema.vm_lock(name), self._context.name)
+        try:
+            acquired = lock.acquire(timeout=LOCK_TIMEOUT)
+        except LockTimeout:
+            acquired = False
+        if not acquired:
+            raise Busy(f"VM '{name}' is busy with another command; try again in a moment")
+        try:
+            yield
+        finally:
+            lock.release()
+
+    # -- carrying out ----------------------------------------------------------------------------------
+
+    def converge(self, name: str, nodes: list[str | None], wait: bool, timeout: float = 120.0) -> dict[str, Any]:
+        """Ask each of `nodes` (old node first, then new) to converge the VM; with `wait`, until it is done."""
+        if not wait:
+            self._background.submit(self._converge_quietly, name, nodes)
+            return self.view(name)
+        since = time.time()
+        self.poke(name, nodes)
+        return self.wait(name, timeout, since)
+
+    def poke(self, name: str, nodes: list[str | None]) -> None:
+        for node in dict.fromkeys(node for node in nodes if node):
+            agent_uri = (self._context.node_view(node) or {}).get("agent_uri")
+            if agent_uri:
+                self._context.agents.call(node, agent_uri, "converge", name)
+
+    def _converge_quietly(self, name: str, nodes: list[str | None]) -> None:
+        try:
+            self.poke(name, nodes)
+        except PVCError as error:
+            log.info("converging %s now failed (%s); its node will converge on its own", name, error)
+
+    def wait(self, name: str, timeout: float, since: float) -> dict[str, Any]:
+        """Wait until the VM's node reports the outcome its state asks for; raise an error reported since
+        `since` (the command's start), which is this command's failure."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._context.cache.vms.refresh(name)
+            raw = self.raw(name)
+            view = models.vm_view(name, raw)
+            if view["last_error"] and (raw.get("status") or {}).get("time", 0) >= since:
+                raise OperationFailed(f"VM '{name}': {view['last_error']}")
+            if settled(view):
+                return view
+            if time.monotonic() > deadline:
+                raise Unavailable(f"VM '{name}' has not reached state {view['state']} on {view['node']} "
+                                  f"after {timeout:g} s")
+            time.sleep(0.1)
+
+    # -- recording -------------------------------------------------------------------------------------
+
+    def record(self, name: str, state: str | None = None, placement: dict[str, Any] | None = None,
+               spec: dict[str, Any] | None = None, leader_node: str | None = None) -> None:
+        """Write the given parts of the VM's record in one transaction, and show them to the next read."""
+        transaction = self._context.store.transaction(leader_node)
+        if spec is not None:
+            transaction.set(schema.vm(name), spec)
+        if state is not None:
+            transaction.set(schema.vm_key(name, "state"), state)
+        if placement is not None:
+            transaction.set(schema.vm_key(name, "placement"), placement)
+        transaction.commit()
+        self._context.cache.vms.refresh(name)
+
+
+def settled(view: dict[str, Any]) -> bool:
+    """Whether a VM has reached what its state asks for."""
+    state = view["state"]
+    if state == "start":
+        return view["running"]
+    if state in ("stop", "shutdown", "disable", "fail"):
+        return not view["running"]
+    return False
