@@ -25,9 +25,6 @@ from pvc.store import Store
 
 log = logging.getLogger(__name__)
 
-RUNNING_STATES = ("start", "restart", "migrate", "unmigrate")
-"""Desired states in which the VM should be running on its node."""
-
 
 class Reconciler:
     def __init__(self, node_name: str, store: Store, vms: WatchedCollection, actions: DomainActions,
@@ -126,7 +123,7 @@ class Reconciler:
         try:
             if not self._actions.exists(name) or status.get("generation") != spec.get("generation"):
                 self._actions.define(spec["xml"])
-            if state in RUNNING_STATES:
+            if state in schema.RUNNING_STATES:
                 self._run_here(name, state)
             elif state == "shutdown":
                 self._actions.shutdown(name)

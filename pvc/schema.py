@@ -54,6 +54,8 @@ VM_KEYS = ("state", "placement", "status")
 """A VM's child znodes: what is wanted (state, placement) apart from what its node reports (status)."""
 
 VM_STATES = ("start", "restart", "shutdown", "stop", "disable", "migrate", "unmigrate", "fail", "provision")
+RUNNING_STATES = ("start", "restart", "migrate", "unmigrate")
+"""Desired states in which a VM should be running on its node."""
 
 DAEMON_STATES = ("init", "run", "stop", "dead", "fenced")
 DOMAIN_STATES = ("ready", "flushing", "flushed", "unflushing")

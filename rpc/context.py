@@ -11,6 +11,9 @@ from pvc.rpc.leadership import Leadership
 from pvc.store import Store
 
 
+_DECIDED_FIGURES = ("memory_allocated_mib", "memory_provisioned_mib", "vcpus_allocated", "vms_running")
+
+
 @dataclass
 class CoordinatorContext:
     name: str
@@ -35,6 +38,31 @@ class CoordinatorContext:
         wanted = f"{pool}/{volume}"
         return sorted(name for name, raw in self.cache.vms.snapshot().items()
                       if wanted in ((raw.get(OWN_VALUE) or {}).get("volumes") or []))
+
+    def placement_views(self) -> list[dict[str, Any]]:
+        """Node views for choosing a VM's node: the figures a node reports, corrected by what the cluster has
+        already decided. Keepalives lag a placement by up to an interval, so without this a burst of
+        defines (or a flush) would all see the same node as emptiest."""
+        nodes = self.node_views()
+        wanted = {node["name"]: dict.fromkeys(_DECIDED_FIGURES, 0) for node in nodes}
+        for raw in self.cache.vms.snapshot().values():
+            spec, node = raw.get(OWN_VALUE), (raw.get("placement") or {}).get("node")
+            if not spec or node not in wanted:
+                continue
+            figures = wanted[node]
+            figures["memory_provisioned_mib"] += spec["memory_mib"]
+            if raw.get("state") in schema.RUNNING_STATES:
+                figures["memory_allocated_mib"] += spec["memory_mib"]
+                figures["vcpus_allocated"] += spec["vcpus"]
+                figures["vms_running"] += 1
+        for node in nodes:
+            decided = wanted[node["name"]]
+            unreported_memory = decided["memory_allocated_mib"] - (node["memory_allocated_mib"] or 0)
+            unreported_vcpus = decided["vcpus_allocated"] - (node["vcpus_allocated"] or 0)
+            node.update(decided)
+            node["memory_free_mib"] = (node["memory_free_mib"] or 0) - unreported_memory
+            node["load"] = (node["load"] or 0) + unreported_vcpus
+        return nodes
 
     def live_coordinators(self) -> list[dict[str, Any]]:
         return [{"name": name, **(self.store.read(schema.live_coordinator(name)) or {})}

@@ -21,7 +21,6 @@ from pvc.rpc.vm_control import VMControl
 log = logging.getLogger(__name__)
 
 SELECTORS = "pvc_migration_selectors"
-RUNNING = ("start", "restart", "migrate", "unmigrate")
 
 
 def create_task(context: CoordinatorContext, kind: str, node: str) -> dict[str, Any]:
@@ -121,8 +120,8 @@ class TaskExecution:
     def _flush(self) -> None:
         node = self.task["node"]
         leaving = {name: raw for name, raw in self._vms().items()
-                   if (raw.get("placement") or {}).get("node") == node and raw.get("state") in RUNNING}
-        batch = placement.Batch(self._context.node_views())
+                   if (raw.get("placement") or {}).get("node") == node and raw.get("state") in schema.RUNNING_STATES}
+        batch = placement.Batch(self._context.placement_views())
         moves = []
         for name, raw in sorted(leaving.items()):
             view = models.vm_view(name, raw)
@@ -144,7 +143,7 @@ class TaskExecution:
         moves = []
         for name, raw in sorted(self._vms().items()):
             where = raw.get("placement") or {}
-            if where.get("last_node") == node and raw.get("state") in RUNNING:
+            if where.get("last_node") == node and raw.get("state") in schema.RUNNING_STATES:
                 self._record(name, state="unmigrate", placement={"node": node, "last_node": None})
                 moves.append((name, [where.get("node"), node]))
                 self.task["moved"].append(name)

@@ -192,7 +192,7 @@ class VMsArea:
             current = where["node"]
             view = models.vm_view(vm, raw)
             if target is None:
-                target = placement.choose(self._context.node_views(), view, self._selector(spec), current)
+                target = placement.choose(self._context.placement_views(), view, self._selector(spec), current)
             else:
                 self._check_target(target, view, current, force)
             last_node = (where.get("last_node") or current) if remember else None
@@ -231,7 +231,7 @@ class VMsArea:
             if spec["node_limit"] and target not in spec["node_limit"]:
                 raise Conflict(f"target node {target} is outside the node limit ({', '.join(spec['node_limit'])})")
             return target
-        return placement.choose(self._context.node_views(), vm, self._selector(spec))
+        return placement.choose(self._context.placement_views(), vm, self._selector(spec))
 
     def _selector(self, spec: dict[str, Any]) -> hookspecs.MigrationSelector:
         name = spec.get("node_selector") or self._context.cache.config.get().get("default_selector", "mem")
@@ -273,4 +273,4 @@ class VMsArea:
 
 def _moving_state(raw: dict[str, Any], moving: str) -> str:
     """A running VM migrates; a stopped one just changes node and stays stopped."""
-    return moving if raw.get("state") in ("start", "restart", "migrate", "unmigrate") else raw.get("state")
+    return moving if raw.get("state") in schema.RUNNING_STATES else raw.get("state")
