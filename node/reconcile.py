@@ -136,6 +136,8 @@ class Reconciler:
             return status
         report = {"node": self.node, "running": running, "error": None, "generation": spec.get("generation"),
                   "time": time.time()}
+        if _unchanged(status, report):
+            return status
         self._write_status_if_ours(name, report)
         return report
 
@@ -221,3 +223,8 @@ class Reconciler:
             self._store.transaction().set(path, status, version=stat.version).commit()
         except PVCError:
             pass
+
+
+def _unchanged(status: dict[str, Any], report: dict[str, Any]) -> bool:
+    """Whether a report says nothing new, so the periodic pass need not write it again."""
+    return all(status.get(key) == value for key, value in report.items() if key != "time")
