@@ -3,6 +3,7 @@
 Built-in and third-party plugins arrive the same way, so `pvc plugin list` shows both, with the distribution
 each came from.
 """
+import importlib
 import threading
 from typing import Any
 
@@ -47,8 +48,23 @@ class Plugins:
         self._registries[hook_name] = registry
         self._owners[hook_name] = owners
 
+    def refresh(self) -> None:
+        """Load plugins installed since this process started, so a new plugin is usable without a restart."""
+        importlib.invalidate_caches()
+        with self._lock:
+            before = len(self.manager.get_plugins())
+            _load_entry_points(self.manager)
+            if len(self.manager.get_plugins()) != before:
+                self._registries.clear()
+                self._owners.clear()
+
     def get(self, hook_name: str, name: str) -> Any:
+        """The implementation registered as `name`; an unknown name is looked for among newly installed
+        plugins before it is refused."""
         registry = self.registry(hook_name)
+        if name not in registry:
+            self.refresh()
+            registry = self.registry(hook_name)
         if name not in registry:
             kind = hookspecs.REGISTRATION_HOOKS[hook_name]
             known = ", ".join(sorted(registry)) or "none"
@@ -57,6 +73,7 @@ class Plugins:
 
     def describe(self) -> list[dict[str, Any]]:
         """Every loaded plugin: its name, distribution, version, module and what it registers."""
+        self.refresh()
         distributions = {id(plugin): dist for plugin, dist in self.manager.list_plugin_distinfo()}
         rows = []
         for name, plugin in sorted(self.manager.list_name_plugin()):
@@ -81,10 +98,14 @@ def load(extra: list[Any] | None = None) -> Plugins:
     """Load every plugin published under the ``pvc`` entry-point group, plus `extra` objects (tests)."""
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
+    _load_entry_points(manager)
+    for plugin in extra or []:
+        manager.register(plugin)
+    return Plugins(manager)
+
+
+def _load_entry_points(manager: pluggy.PluginManager) -> None:
     try:
         manager.load_setuptools_entrypoints(hookspecs.PROJECT)
     except Exception as error:
         raise PluginError(f"loading plugins failed: {error}") from error
-    for plugin in extra or []:
-        manager.register(plugin)
-    return Plugins(manager)
