@@ -1,0 +1,85 @@
+"""What the VM tests share: domain XML, the CLI, and where VMs really run (each host's own libvirtd)."""
+from __future__ import annotations
+
+import time
+import uuid as uuidlib
+from collections import defaultdict
+
+from click.testing import CliRunner, Result
+
+from pvc.cli.main import cli
+
+from helpers import eventually
+
+
+def vm_xml(name: str, memory_mib: int = 512, vcpus: int = 1, uuid: str | None = None) -> str:
+    uuid_element = f"<uuid>{uuid}</uuid>" if uuid else ""
+    return (f"<domain type='test'><name>{name}</name>{uuid_element}<memory unit='MiB'>{memory_mib}</memory>"
+            f"<vcpu>{vcpus}</vcpu><os><type>hvm</type></os></domain>")
+
+
+def new_uuid() -> str:
+    return str(uuidlib.uuid4())
+
+
+def pvc(cluster, *args: str, input: str | None = None) -> Result:
+    """Run `pvc ARGS` in-process, configured as a user would be (PVC_CONFIG)."""
+    return CliRunner().invoke(cli, list(args), input=input,
+                              env={"PVC_CONFIG": str(cluster.local.client_config), "PVC_URI": None,
+                                   "PVC_API_KEY": None})
+
+
+def running_hosts(cluster) -> dict[str, list[str]]:
+    """VM name → the hosts whose libvirtd runs it, read from every host."""
+    where = defaultdict(list)
+    for node in cluster.local.node_names:
+        if not cluster.local.host(node).running:
+            continue
+        for name, running in cluster.host_domains(node).items():
+            if running:
+                where[name].append(node)
+    return dict(where)
+
+
+def assert_no_vm_on_two_hosts(cluster) -> dict[str, list[str]]:
+    where = running_hosts(cluster)
+    doubled = {name: nodes for name, nodes in where.items() if len(nodes) > 1}
+    assert not doubled, f"VMs running on more than one host: {doubled}"
+    return where
+
+
+def wait_running_on(cluster, vm: str, node: str | None, timeout: float = 15.0) -> None:
+    """Until `vm` runs on `node` alone (None: nowhere), checking at every step that no VM runs twice."""
+    def settled():
+        return assert_no_vm_on_two_hosts(cluster).get(vm, []) == ([node] if node else [])
+    assert eventually(settled, timeout, interval=0.1), \
+        f"{vm} should run on {node or 'no host'}; it runs on {running_hosts(cluster).get(vm, [])}"
+
+
+def wait_host_has(cluster, node: str, domains: dict[str, bool], timeout: float = 10.0) -> None:
+    """Until `node`'s libvirtd holds exactly `domains` (name → running)."""
+    assert eventually(lambda: cluster.host_domains(node) == domains, timeout, interval=0.1), \
+        f"{node} holds {cluster.host_domains(node)}, not {domains}"
+
+
+def wait_gone(cluster, vm: str, timeout: float = 10.0) -> None:
+    """Until no host holds `vm` at all."""
+    assert eventually(lambda: all(vm not in cluster.host_domains(node) for node in cluster.local.node_names),
+                      timeout, interval=0.1), {node: cluster.host_domains(node) for node in cluster.local.node_names}
+
+
+def wait_for_task(client, task: dict, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while task["state"] != "done":
+        assert time.monotonic() < deadline, f"task not done after {timeout} s: {task}"
+        time.sleep(0.2)
+        task = client.nodes.task(task["id"])
+    return task
+
+
+def remove_all_vms(cluster) -> None:
+    client = cluster.client
+    for vm in client.vms.list():
+        client.vms.remove(vm["name"])
+    assert eventually(lambda: not any(cluster.host_domains(node) for node in cluster.local.node_names), 15), \
+        {node: cluster.host_domains(node) for node in cluster.local.node_names}
