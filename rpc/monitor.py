@@ -21,18 +21,22 @@ class NodeMonitor:
         self._fence_intervals = fence_intervals
 
     def stale_nodes(self, now: float) -> list[str]:
-        stale = []
-        for name, raw in self._cache.nodes.snapshot().items():
-            if raw.get("daemon_state") != "run":
-                continue
-            interval = (raw.get(OWN_VALUE) or {}).get("keepalive_interval", 5)
-            beat = (raw.get("keepalive") or {}).get("time", 0)
-            if now - beat > interval * self._fence_intervals:
-                stale.append(name)
-        return stale
+        return [name for name, raw in self._cache.nodes.snapshot().items() if self._is_stale(raw, now)]
+
+    def _is_stale(self, raw: dict, now: float) -> bool:
+        if raw.get("daemon_state") != "run":
+            return False
+        interval = (raw.get(OWN_VALUE) or {}).get("keepalive_interval", 5)
+        beat = (raw.get("keepalive") or {}).get("time", 0)
+        return now - beat > interval * self._fence_intervals
 
     def check(self, leader_node: str) -> None:
         for name in self.stale_nodes(time.time()):
+            # Each key of a node reaches the cache through its own watch, so a node that has just started may
+            # show "run" before its new keepalive: confirm against ZooKeeper before acting.
+            self._cache.nodes.refresh(name)
+            if not self._is_stale(self._cache.nodes.get(name) or {}, time.time()):
+                continue
             try:
                 self._store.transaction(leader_node) \
                     .set(schema.node_key(name, "daemon_state"), "dead") \
