@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from kazoo.exceptions import LockTimeout
+from kazoo.exceptions import LockTimeout, NoNodeError, NotEmptyError
 
 from pvc import models, schema
 from pvc.cache import OWN_VALUE
@@ -19,7 +19,8 @@ from pvc.rpc.context import CoordinatorContext
 
 log = logging.getLogger(__name__)
 
-LOCK_TIMEOUT = 5.0
+LOCK_TIMEOUT = 3.0
+"""Seconds a command waits for a VM's lock; shorter than a client's call timeout, so the caller hears "busy"."""
 
 
 class VMControl:
@@ -43,7 +44,10 @@ class VMControl:
 
     @contextmanager
     def locked(self, name: str) -> Iterator[None]:
-        """Hold the VM's lock, or raise `Busy` if another command keeps it for `LOCK_TIMEOUT` seconds."""
+        """Hold the VM's lock, or raise `Busy` if another command keeps it for `LOCK_TIMEOUT` seconds.
+
+        An unknown VM is `NotFound` before any lock znode is made for it."""
+        self.raw(name)
         lock = self._context.store.lock(schema.vm_lock(name), self._context.name)
         try:
             acquired = lock.acquire(timeout=LOCK_TIMEOUT)
@@ -55,6 +59,13 @@ class VMControl:
             yield
         finally:
             lock.release()
+
+    def forget_lock(self, name: str) -> None:
+        """Delete a removed VM's lock znode, unless a command is waiting on it (it then finds no VM)."""
+        try:
+            self._context.store.zk.delete(schema.vm_lock(name))
+        except (NoNodeError, NotEmptyError):
+            pass
 
     # -- carrying out ----------------------------------------------------------------------------------
 

@@ -106,6 +106,7 @@ class VMsArea:
                 .commit()
             self._context.cache.vms.refresh(vm)
             self._context.cache.vms.refresh(new_name)
+        self._control.forget_lock(vm)
         node = raw["placement"]["node"]
         self._control.poke(vm, [node])
         return self._control.converge(new_name, [node], wait=False)
@@ -119,6 +120,7 @@ class VMsArea:
                 .delete_tree(self._vm_paths(vm)) \
                 .commit()
             self._context.cache.vms.refresh(vm)
+        self._control.forget_lock(vm)
         self._control.poke(vm, [(raw.get("placement") or {}).get("node"), (raw.get("status") or {}).get("node")])
         return {"name": vm, "removed": True}
 
