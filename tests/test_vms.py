@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from helpers import eventually
+from pvc import schema
+
+from helpers import cluster_store, eventually
 from vm_support import (assert_no_vm_on_two_hosts, new_uuid, pvc, remove_all_vms, running_hosts, vm_xml,
                         wait_for_task, wait_gone, wait_host_has, wait_running_on)
 
@@ -58,6 +60,9 @@ def test_a_vm_defined_on_a_node_is_started_shut_down_stopped_restarted_disabled_
     assert vms.remove("life") == {"name": "life", "removed": True}
     assert [vm["name"] for vm in vms.list()] == []
     wait_gone(cluster, "life")
+    with cluster_store(cluster.local) as store:
+        assert store.zk.exists(schema.vm_lock("life")) is None and store.children(schema.VM_UUIDS) == [], \
+            "nothing of the VM is left in ZooKeeper"
 
 
 def test_info_dump_and_list_show_the_vm_as_design_says(cluster):
