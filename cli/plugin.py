@@ -1,11 +1,15 @@
 """`pvc plugin`: what the coordinator has loaded."""
 import click
 
+from pvc import hookspecs
 from pvc.cli import output
+from pvc.plugin_manager import registered_key
 
 
-def _registers(value: dict) -> str:
-    return "; ".join(f"{kind}: {', '.join(names)}" for kind, names in sorted(value.items())) or "-"
+def _registers(plugin: dict) -> str:
+    return "; ".join(f"{kind}: {', '.join(plugin[registered_key(hook_name)])}"
+                     for hook_name, kind in hookspecs.REGISTRATION_HOOKS.items()
+                     if plugin.get(registered_key(hook_name))) or "-"
 
 
 _COLUMNS = [
@@ -13,7 +17,7 @@ _COLUMNS = [
     output.column("DISTRIBUTION", "distribution"),
     output.column("VERSION", "version"),
     output.column("MODULE", "module"),
-    output.column("REGISTERS", "registers", _registers),
+    output.column("REGISTERS", "registers"),
 ]
 
 
@@ -27,4 +31,5 @@ def group() -> None:
 @click.pass_obj
 def list_plugins(session, output_format: str) -> None:
     """Every plugin the coordinator loaded, what it registers, and its distribution."""
-    output.show(session.client.cluster.plugins(), output_format, lambda rows: output.table(rows, _COLUMNS))
+    output.show(session.client.cluster.plugins(), output_format,
+                lambda rows: output.table([{**row, "registers": _registers(row)} for row in rows], _COLUMNS))

@@ -72,26 +72,31 @@ class Plugins:
         return registry[name]
 
     def describe(self) -> list[dict[str, Any]]:
-        """Every loaded plugin: its name, distribution, version, module and what it registers."""
+        """Every loaded plugin: its name, distribution, version, module, and the names it registers under one
+        key per registration hook (`registered_key`), so that each row is a flat object."""
         self.refresh()
         distributions = {id(plugin): dist for plugin, dist in self.manager.list_plugin_distinfo()}
         rows = []
         for name, plugin in sorted(self.manager.list_name_plugin()):
-            registers = {}
-            for hook_name, kind in hookspecs.REGISTRATION_HOOKS.items():
-                self.registry(hook_name)
-                names = sorted(n for n, owner in self._owners[hook_name].items() if owner == name)
-                if names:
-                    registers[kind] = names
             dist = distributions.get(id(plugin))
-            rows.append({
+            row = {
                 "name": name,
                 "distribution": dist.project_name if dist else None,
                 "version": dist.version if dist else None,
                 "module": getattr(plugin, "__name__", type(plugin).__name__),
-                "registers": registers,
-            })
+            }
+            for hook_name in hookspecs.REGISTRATION_HOOKS:
+                self.registry(hook_name)
+                row[registered_key(hook_name)] = sorted(
+                    registered for registered, owner in self._owners[hook_name].items() if owner == name)
+            rows.append(row)
         return rows
+
+
+def registered_key(hook_name: str) -> str:
+    """The key under which `Plugins.describe` lists what a plugin registers through `hook_name`
+    (``pvc_migration_selectors`` → ``migration_selectors``)."""
+    return hook_name.removeprefix(f"{hookspecs.PROJECT}_")
 
 
 def load(extra: list[Any] | None = None) -> Plugins:
