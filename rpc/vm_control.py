@@ -72,23 +72,25 @@ class VMControl:
     def converge(self, name: str, nodes: list[str | None], wait: bool, timeout: float = 120.0) -> dict[str, Any]:
         """Ask each of `nodes` (old node first, then new) to converge the VM; with `wait`, until it is done."""
         if not wait:
-            self._background.submit(self._converge_quietly, name, nodes)
+            self._background.submit(self.poke, name, nodes)
             return self.view(name)
         since = time.time()
         self.poke(name, nodes)
         return self.wait(name, timeout, since)
 
     def poke(self, name: str, nodes: list[str | None]) -> None:
+        """Ask each of `nodes` to converge the VM now. The change is already recorded, so a node that does
+        not answer (its daemon restarting, say) only delays it: it converges on its own, and the next node
+        is still asked."""
         for node in dict.fromkeys(node for node in nodes if node):
             agent_uri = (self._context.node_view(node) or {}).get("agent_uri")
-            if agent_uri:
+            if not agent_uri:
+                continue
+            try:
                 self._context.agents.call(node, agent_uri, "converge", name)
-
-    def _converge_quietly(self, name: str, nodes: list[str | None]) -> None:
-        try:
-            self.poke(name, nodes)
-        except PVCError as error:
-            log.info("converging %s now failed (%s); its node will converge on its own", name, error)
+            except PVCError as error:
+                log.info("converging %s on %s now failed (%s); the node will converge on its own", name, node,
+                         error)
 
     def wait(self, name: str, timeout: float, since: float) -> dict[str, Any]:
         """Wait until the VM's node reports the outcome its state asks for; raise an error reported since
