@@ -1,0 +1,112 @@
+"""Draining nodes and losing node daemons, with VMs on them: flush and ready, and kill -9 of pvcnoded.
+
+Where VMs run is read from each host's own libvirtd; no VM may ever run on two hosts.
+"""
+from collections import Counter
+
+import pytest
+
+from helpers import eventually
+from vm_support import (assert_no_vm_on_two_hosts, pvc, remove_all_vms, running_hosts, vm_xml, wait_running_on)
+
+
+@pytest.fixture(autouse=True)
+def no_vms_left(cluster):
+    yield
+    for node in cluster.local.node_names:
+        if cluster.local.daemon_pid("pvcnoded", node) is None:
+            cluster.local.start_node_daemon(node)
+    cluster.local.wait_ready(30)
+    remove_all_vms(cluster)
+
+
+def start_on(cluster, node: str, names: list[str], **meta) -> None:
+    for name in names:
+        cluster.client.vms.define(vm_xml(name), target=node, **meta)
+        cluster.client.vms.start(name)
+    assert eventually(lambda: all(running_hosts(cluster).get(name) == [node] for name in names), 20, 0.2), \
+        running_hosts(cluster)
+
+
+def test_flushing_a_node_with_20_vms_spreads_them_over_the_others_and_ready_brings_them_back(cluster):
+    names = [f"tenant{index:02d}" for index in range(20)]
+    start_on(cluster, "hv1", names)
+
+    flushed = pvc(cluster, "node", "flush", "hv1", "--wait")
+
+    assert flushed.exit_code == 0, flushed.output
+    assert "flush of hv1: done; moved 20 VM(s)" in flushed.stdout and "shut down" not in flushed.stdout
+    where = assert_no_vm_on_two_hosts(cluster)
+    assert sorted(where) == names, "all 20 still run"
+    per_node = Counter(nodes[0] for nodes in where.values())
+    assert set(per_node) == {"hv2", "hv3"} and per_node["hv2"] >= 8 and per_node["hv3"] >= 8, \
+        f"spread by the selector, not piled onto one node: {per_node}"
+    assert cluster.client.nodes.info("hv1")["domain_state"] == "flushed"
+    assert all(vm["last_node"] == "hv1" for vm in cluster.client.vms.list())
+
+    readied = pvc(cluster, "node", "ready", "hv1", "--wait")
+
+    assert readied.exit_code == 0, readied.output
+    assert eventually(lambda: assert_no_vm_on_two_hosts(cluster) == {name: ["hv1"] for name in names}, 20, 0.2), \
+        running_hosts(cluster)
+    assert cluster.client.nodes.info("hv1")["domain_state"] == "ready"
+
+
+def test_a_vm_whose_only_node_is_flushed_is_shut_down_and_ready_starts_it_again_with_autostart(cluster):
+    start_on(cluster, "hv2", ["homebody"], node_limit=["hv2"], node_autostart=True)
+    start_on(cluster, "hv2", ["stay-down"], node_limit=["hv2"], node_autostart=False)
+
+    flushed = pvc(cluster, "node", "flush", "hv2", "--wait")
+
+    assert flushed.exit_code == 0, flushed.output
+    assert "shut down (no valid target): homebody, stay-down" in flushed.stdout
+    assert cluster.host_domains("hv2") == {"homebody": False, "stay-down": False}
+    assert "homebody" not in running_hosts(cluster) and "stay-down" not in running_hosts(cluster)
+    assert cluster.client.vms.info("homebody")["state"] == "shutdown"
+
+    readied = pvc(cluster, "node", "ready", "hv2", "--wait")
+
+    assert readied.exit_code == 0, readied.output
+    wait_running_on(cluster, "homebody", "hv2")
+    assert cluster.client.vms.info("homebody")["state"] == "start"
+    assert cluster.host_domains("hv2")["stay-down"] is False, "without autostart it stays down"
+    assert cluster.client.vms.info("stay-down")["state"] == "shutdown"
+
+
+def test_kill_9_of_pvcnoded_leaves_its_vms_running_and_a_restarted_one_carries_on(cluster):
+    start_on(cluster, "hv3", ["keeper", "mover"])
+    before = {vm["name"]: (vm["state"], vm["node"]) for vm in cluster.client.vms.list()}
+    old_agent = cluster.client.nodes.info("hv3")["agent_uri"]
+
+    cluster.local.stop_daemon("pvcnoded", "hv3", kill=True)
+
+    assert cluster.host_domains("hv3") == {"keeper": True, "mover": True}
+    assert {vm["name"]: (vm["state"], vm["node"]) for vm in cluster.client.vms.list()} == before
+    assert cluster.client.vms.shutdown("keeper")["state"] == "shutdown", "recorded while the node daemon is away"
+
+    cluster.local.start_node_daemon("hv3")
+    assert eventually(lambda: cluster.client.nodes.info("hv3")["agent_uri"] != old_agent, 15, 0.1)
+    cluster.local.wait_ready(15)
+
+    wait_running_on(cluster, "keeper", None)
+    assert cluster.host_domains("hv3") == {"keeper": False, "mover": True}, \
+        "the restarted daemon kept mover running and carried out the shutdown it missed"
+    assert cluster.client.vms.info("mover")["running"] is True
+    assert cluster.client.vms.info("mover")["node"] == "hv3"
+
+    cluster.client.vms.migrate("mover", target="hv1", wait=True)
+    wait_running_on(cluster, "mover", "hv1")
+    cluster.client.vms.start("keeper", wait=True)
+    wait_running_on(cluster, "keeper", "hv3")
+    assert_no_vm_on_two_hosts(cluster)
+
+
+def test_a_command_made_while_a_node_daemon_restarts_still_reaches_its_vm(cluster):
+    start_on(cluster, "hv2", ["patient"])
+
+    cluster.local.stop_daemon("pvcnoded", "hv2", kill=True)
+    cluster.local.start_node_daemon("hv2")
+    migrated = cluster.client.vms.migrate("patient", target="hv1", wait=True)
+
+    assert (migrated["node"], migrated["running"]) == ("hv1", True)
+    wait_running_on(cluster, "patient", "hv1")
