@@ -30,3 +30,7 @@ class NodeAgent:
     def converge(self, vm: str) -> dict[str, Any]:
         """Carry out now what ZooKeeper wants for `vm` on this node; returns the VM's status from here."""
         return self._reconciler.converge(vm)
+
+    def remove(self, vm: str) -> None:
+        """Take a VM the cluster no longer records off this node."""
+        self._reconciler.remove(vm)

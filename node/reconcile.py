@@ -35,6 +35,9 @@ class Reconciler:
         self._actions = actions
         self._list_domains = list_domains
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._managed: set[str] = set()
+        """VMs this daemon has seen recorded in ZooKeeper: when one's record goes, its domain goes too.
+        Domains PVC never recorded (defined by hand on the host) are left alone."""
 
     def converge(self, name: str, fresh: bool = True) -> dict[str, Any]:
         """Make libvirt match what ZooKeeper wants for one VM; returns the VM's status as reported."""
@@ -43,8 +46,10 @@ class Reconciler:
                 self._vms.refresh(name)
             raw = self._vms.get(name)
             if raw is None or raw.get(OWN_VALUE) is None:
-                self._remove_unknown(name)
+                if name in self._managed:
+                    self._remove_deleted(name)
                 return {"node": self.node, "running": False, "removed": True}
+            self._managed.add(name)
             placement = raw.get("placement") or {}
             if placement.get("node") != self.node:
                 return self._let_go(name, raw)
@@ -63,11 +68,19 @@ class Reconciler:
             except Exception as error:
                 log.warning("converging %s failed: %s", name, error)
 
-    def _remove_unknown(self, name: str) -> None:
-        """A domain ZooKeeper does not know was removed from the cluster (checked twice: the cache may lag)."""
-        if self._actions.exists(name) and self._store.zk.exists(schema.vm(name)) is None:
+    def remove(self, name: str) -> None:
+        """A coordinator removed the VM from the cluster: take its domain off this node."""
+        with self._locks[name]:
+            self._remove_deleted(name)
+
+    def _remove_deleted(self, name: str) -> None:
+        """Undefine a VM whose record is gone (checked in ZooKeeper itself: the cache may lag)."""
+        if self._store.zk.exists(schema.vm(name)) is not None:
+            return
+        if self._actions.exists(name):
             log.info("%s is no longer in the cluster: removing it from libvirt", name)
             self._actions.undefine(name)
+        self._managed.discard(name)
 
     def _let_go(self, name: str, raw: dict[str, Any]) -> dict[str, Any]:
         """The VM belongs elsewhere: stop and undefine our copy, then say so, so its new node may start it."""

@@ -78,7 +78,7 @@ class VMControl:
         self.poke(name, nodes)
         return self.wait(name, timeout, since)
 
-    def poke(self, name: str, nodes: list[str | None]) -> None:
+    def poke(self, name: str, nodes: list[str | None], action: str = "converge") -> None:
         """Ask each of `nodes` to converge the VM now. The change is already recorded, so a node that does
         not answer (its daemon restarting, say) only delays it: it converges on its own, and the next node
         is still asked."""
@@ -87,10 +87,10 @@ class VMControl:
             if not agent_uri:
                 continue
             try:
-                self._context.agents.call(node, agent_uri, "converge", name)
+                self._context.agents.call(node, agent_uri, action, name)
             except PVCError as error:
-                log.info("converging %s on %s now failed (%s); the node will converge on its own", name, node,
-                         error)
+                log.info("%s of %s on %s now failed (%s); the node will converge on its own", action, name,
+                         node, error)
 
     def wait(self, name: str, timeout: float, since: float) -> dict[str, Any]:
         """Wait until the VM's node reports the outcome its state asks for; raise an error reported since

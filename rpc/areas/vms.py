@@ -108,7 +108,7 @@ class VMsArea:
             self._context.cache.vms.refresh(new_name)
         self._control.forget_lock(vm)
         node = raw["placement"]["node"]
-        self._control.poke(vm, [node])
+        self._control.poke(vm, [node], action="remove")
         return self._control.converge(new_name, [node], wait=False)
 
     def remove(self, vm: str) -> dict[str, Any]:
@@ -121,7 +121,8 @@ class VMsArea:
                 .commit()
             self._context.cache.vms.refresh(vm)
         self._control.forget_lock(vm)
-        self._control.poke(vm, [(raw.get("placement") or {}).get("node"), (raw.get("status") or {}).get("node")])
+        self._control.poke(vm, [(raw.get("placement") or {}).get("node"), (raw.get("status") or {}).get("node")],
+                           action="remove")
         return {"name": vm, "removed": True}
 
     def set_meta(self, vm: str, **changes: Any) -> dict[str, Any]:
