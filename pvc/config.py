@@ -85,6 +85,9 @@ CLIENT_SETTINGS: list[Setting] = [
 ]
 
 
+LIST_OF_STRINGS = ("api_keys", "uris")
+
+
 def _type_name(expected: type | tuple[type, ...]) -> str:
     types = expected if isinstance(expected, tuple) else (expected,)
     names = {int: "integer", float: "number", str: "string", list: "list", bool: "boolean",
@@ -111,6 +114,9 @@ def check(values: dict[str, Any], settings: list[Setting], source: str) -> dict[
         if isinstance(value, bool) and bool not in _as_tuple(setting.type) or not isinstance(value, setting.type):
             raise ConfigError(f"{source}: key '{setting.name}' must be a {_type_name(setting.type)}, "
                               f"not {value!r}")
+        if isinstance(value, list) and setting.name in LIST_OF_STRINGS and \
+                not all(isinstance(item, str) and item for item in value):
+            raise ConfigError(f"{source}: key '{setting.name}' must be a list of non-empty strings, not {value!r}")
         result[setting.name] = value
     return result
 

@@ -48,6 +48,11 @@ class Plugins:
         self._registries[hook_name] = registry
         self._owners[hook_name] = owners
 
+    def check(self) -> None:
+        """Build every registry now, so that two plugins claiming one name stop a daemon at start."""
+        for hook_name in hookspecs.REGISTRATION_HOOKS:
+            self.registry(hook_name)
+
     def refresh(self) -> None:
         """Load plugins installed since this process started, so a new plugin is usable without a restart."""
         importlib.invalidate_caches()

@@ -45,6 +45,7 @@ class Coordinator:
 
     def start(self) -> None:
         loaded_plugins = plugin_manager.load()
+        loaded_plugins.check()
         host, port = config.split_address(self.settings["listen_address"])
         self.store.start(self.settings["zookeeper_connect_timeout"])
         try:
