@@ -4,14 +4,22 @@ List and info calls read this in memory instead of walking ZooKeeper per request
 a coordinator that has just written calls `refresh` so that the caller's next read shows the write, without
 waiting for the watch to fire. Values only move forward: an update older (by mzxid) than what is held is
 dropped, so a late watch callback never undoes a refresh.
+
+A collection reads its znodes with pipelined asynchronous calls, so loading 10,000 VMs (40,000 znodes) costs
+a few round trips' worth of waiting, not 40,000 of them.
 """
+import logging
 import threading
 from typing import Any, Callable
 
+from kazoo.client import KazooState
+from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.protocol.states import ZnodeStat
 
 from pvc import schema
 from pvc.store import Store
+
+log = logging.getLogger(__name__)
 
 OWN_VALUE = ""
 """The key under which a child's own znode value is held, beside its named sub-keys."""
@@ -28,11 +36,17 @@ class WatchedCollection:
         self._lock = threading.Lock()
         self._items: dict[str, dict[str, Any]] = {}
         self._versions: dict[tuple[str, str], int] = {}
-        self._watched: set[tuple[str, str]] = set()
+        self._watchers: dict[tuple[str, str], Callable] = {}
+        self._loading = threading.Condition()
+        self._in_flight = 0
+        self._resync_needed = False
 
-    def start(self) -> None:
+    def start(self, timeout: float = 300.0) -> None:
         """Load the whole collection (returns once it is loaded) and keep it current from then on."""
+        self._store.add_state_listener(self._on_session_state)
         self._store.zk.ChildrenWatch(self._parent, self._on_children)
+        with self._loading:
+            self._loading.wait_for(lambda: self._in_flight == 0, timeout)
 
     def names(self) -> list[str]:
         with self._lock:
@@ -78,25 +92,69 @@ class WatchedCollection:
     def _watch(self, name: str) -> None:
         for key in self._keys:
             with self._lock:
-                if (name, key) in self._watched:
+                if (name, key) in self._watchers:
                     continue
-                self._watched.add((name, key))
                 self._items.setdefault(name, {})
-            self._store.zk.DataWatch(self._path(name, key), self._data_callback(name, key))
+                watcher = self._watchers[(name, key)] = self._watcher(name, key)
+            self._fetch(name, key, watcher)
 
-    def _data_callback(self, name: str, key: str):
-        def on_data(data: bytes | None, stat: ZnodeStat | None) -> bool | None:
+    def _watcher(self, name: str, key: str) -> Callable:
+        """The one watch function of a znode; kazoo keeps a set of them per path, so reusing it means a
+        change triggers one read however many times the watch was set."""
+        def on_event(_event) -> None:
             with self._lock:
-                if name not in self._items:
-                    self._watched.discard((name, key))
-                    return False
-            if stat is not None:
-                self._apply(name, key, data, stat)
-            elif key == OWN_VALUE:
-                self._drop(name)
-                return False
-            return None
-        return on_data
+                watcher = self._watchers.get((name, key))
+            if watcher is not None:
+                self._fetch(name, key, watcher)
+        return on_event
+
+    def _fetch(self, name: str, key: str, watcher: Callable) -> None:
+        """Read a znode and leave a watch on it, or while it is absent, on its creation."""
+        path = self._path(name, key)
+        zk = self._store.zk
+        with self._loading:
+            self._in_flight += 1
+
+        def on_exists(result) -> None:
+            try:
+                if result.get() is not None:
+                    self._fetch(name, key, watcher)
+            except KazooException:
+                self._resync_needed = True
+
+        def on_data(result) -> None:
+            try:
+                data, stat = result.get()
+                with self._lock:
+                    current = self._watchers.get((name, key)) is watcher
+                if current:
+                    self._apply(name, key, data, stat)
+            except NoNodeError:
+                if key == OWN_VALUE:
+                    self._drop(name)
+                else:
+                    zk.exists_async(path, watch=watcher).rawlink(on_exists)
+            except KazooException as error:
+                log.debug("reading %s failed (%s); it is read again on reconnection", path, error)
+                self._resync_needed = True
+            finally:
+                with self._loading:
+                    self._in_flight -= 1
+                    self._loading.notify_all()
+
+        zk.get_async(path, watch=watcher).rawlink(on_data)
+
+    def _on_session_state(self, state: str) -> None:
+        """A lost session loses its watches, and a read cut off by a lost connection never completes: read
+        everything again when connected again."""
+        if state != KazooState.CONNECTED:
+            self._resync_needed = True
+        elif self._resync_needed:
+            self._resync_needed = False
+            with self._lock:
+                watched = list(self._watchers.items())
+            for (name, key), watcher in watched:
+                self._fetch(name, key, watcher)
 
     def _apply(self, name: str, key: str, data: bytes | None, stat: ZnodeStat) -> None:
         value = schema.decode(data)
@@ -114,7 +172,7 @@ class WatchedCollection:
         self._items.pop(name, None)
         for key in self._keys:
             self._versions.pop((name, key), None)
-            self._watched.discard((name, key))
+            self._watchers.pop((name, key), None)
 
 
 class WatchedValue:
