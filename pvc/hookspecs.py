@@ -11,9 +11,11 @@ PVC's own built-ins (``pvc.plugins.*``) are registered through that same group. 
 *registration hook*: it is called once, when a process builds its registries, and returns a mapping of names
 to implementations. Two plugins registering the same name is an error naming both (see `pvc.plugins`).
 """
-from typing import Any, Mapping, Protocol
+from typing import Any, BinaryIO, ContextManager, Iterable, Mapping, Protocol
 
 import pluggy
+
+from pvc.qemu_img import QemuImg
 
 PROJECT = "pvc"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -48,20 +50,101 @@ class FencingPolicy(Protocol):
         """
 
 
+class VolumeTarget(Protocol):
+    """A volume an importer writes into, as its storage backend exposes it."""
+
+    qemu_name: str
+    """What qemu-img takes as its output: a path, or ``rbd:POOL/IMAGE``."""
+    qemu_env: Mapping[str, str]
+    """Environment qemu-img needs to reach it (``CEPH_CONF``), empty for a plain file."""
+
+    def raw_writer(self, size_bytes: int) -> ContextManager[BinaryIO]:
+        """A writable stream that creates the volume, `size_bytes` long, from raw bytes written in order.
+
+        Zero blocks may be skipped (the volume stays sparse or thin). Leaving the context without an
+        exception completes the volume; with one, the backend leaves the partial volume for the caller to
+        remove."""
+
+
 class ImageImporter(Protocol):
-    """Turns an uploaded image file into the raw bytes of a volume."""
+    """Turns an uploaded image into the raw bytes of a new volume.
+
+    The upload path picks the importer whose `formats` include the image's format (given by the user or
+    detected by ``qemu-img info``). Every upload is hostile: an importer must never let the image make it
+    read any file but the upload itself (see `pvc.qemu_img`)."""
 
     description: str
     formats: tuple[str, ...]
+    needs_seekable_source: bool
+    """False if the bytes can go straight into the volume as they arrive; True if they must first be staged
+    in a temporary file (qemu-img cannot read a pipe or a socket)."""
 
-    def import_image(self, source_path: str, source_format: str, target: str) -> None:
-        """Write the image at `source_path`, in `source_format`, as raw data into `target`."""
+    def inspect(self, source_path: str, image_format: str, qemu_img: QemuImg) -> int:
+        """The image's virtual size in bytes, after refusing (`pvc.errors.InvalidInput`) anything hostile or
+        broken. Called before anything is written to storage; not called for streamed sources."""
+
+    def import_image(self, source: str | Iterable[bytes], size_bytes: int, image_format: str,
+                     target: VolumeTarget, qemu_img: QemuImg) -> None:
+        """Write the image as raw data into the new volume `target`, `size_bytes` long.
+
+        :param source: the staged file's path when `needs_seekable_source`, else the upload's chunks as
+            they arrive.
+        :param size_bytes: the virtual size `inspect` returned, or for a streamed source its length.
+        """
 
 
 class StorageBackend(Protocol):
-    """Where volumes live; constructed with the cluster's storage settings."""
+    """Where volumes live. A node constructs its backend class once, as ``backend(settings)`` with the node's
+    settings, and runs every storage action through it; the coordinator records the results in ZooKeeper.
+
+    Every method acts at once and raises a `pvc.errors.PVCError` (usually `OperationFailed`) whose message
+    says, on one line, what failed and the storage's own reason. Names reaching a backend are already
+    checked (`pvc.schema.check_name`): never empty, never a path."""
 
     description: str
+
+    def pool_create(self, pool: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Make the pool; return the options as applied (defaults filled in), for the pool's record."""
+
+    def pool_remove(self, pool: str) -> None:
+        """Remove an empty pool (the coordinator has checked it holds no volumes)."""
+
+    def pool_usage(self, pool: str) -> dict[str, int]:
+        """``{"used_bytes", "free_bytes"}``: what the pool's data takes and what it can still hold."""
+
+    def volume_create(self, pool: str, volume: str, size_bytes: int) -> None:
+        """A new, empty (zero) volume of `size_bytes`."""
+
+    def volume_remove(self, pool: str, volume: str) -> None:
+        """Remove the volume and its snapshots; a missing volume is not an error (removal is idempotent)."""
+
+    def volume_size(self, pool: str, volume: str) -> int | None:
+        """The volume's size in bytes, or None if it does not exist."""
+
+    def volume_resize(self, pool: str, volume: str, size_bytes: int) -> None:
+        """Grow or shrink the volume to `size_bytes`."""
+
+    def volume_rename(self, pool: str, volume: str, new_name: str) -> None:
+        """Rename within the pool, keeping data and snapshots."""
+
+    def volume_copy(self, pool: str, volume: str, new_name: str, snapshot: str | None = None) -> None:
+        """A new independent volume `new_name` with the data of `volume` (or of its `snapshot`)."""
+
+    def volume_replace(self, pool: str, source: str, target: str) -> None:
+        """Give `target` the data and size of volume `source`, which is gone afterwards; `target`'s snapshots
+        survive. Used to land an upload onto an existing volume only once it is complete."""
+
+    def volume_target(self, pool: str, volume: str) -> VolumeTarget:
+        """The volume as an importer's output."""
+
+    def snapshot_create(self, pool: str, volume: str, snapshot: str) -> None:
+        """Record the volume's current data as `snapshot`."""
+
+    def snapshot_remove(self, pool: str, volume: str, snapshot: str) -> None:
+        """Forget the snapshot; a missing one is not an error."""
+
+    def snapshot_rollback(self, pool: str, volume: str, snapshot: str) -> None:
+        """Return the volume's data (and size) to the snapshot's."""
 
 
 @hookspec
@@ -103,7 +186,7 @@ def pvc_image_importers() -> Mapping[str, ImageImporter]:
 
 @hookspec
 def pvc_storage_backends() -> Mapping[str, type[StorageBackend]]:
-    """Register storage backends by name, chosen per cluster in the configuration.
+    """Register storage backends by name; a node's ``storage_backend`` setting names the one it uses.
 
     Called once per process when the backend registry is built.
 

@@ -1,0 +1,52 @@
+"""The built-in image importers: ``raw`` streams bytes straight into the volume; ``qemu-img`` converts every
+other format qemu-img reads, from a staged copy, after refusing images that name other files."""
+import os
+from typing import Iterable, Iterator
+
+import pvc
+from pvc.hookspecs import VolumeTarget
+from pvc.qemu_img import QemuImg, check_self_contained, virtual_size
+
+CHUNK_BYTES = 4 << 20
+
+
+class RawImporter:
+    description = "raw disk images, written into the volume as they arrive"
+    formats = ("raw",)
+    needs_seekable_source = False
+
+    def inspect(self, source_path: str, image_format: str, qemu_img: QemuImg) -> int:
+        return os.path.getsize(source_path)
+
+    def import_image(self, source: str | Iterable[bytes], size_bytes: int, image_format: str,
+                     target: VolumeTarget, qemu_img: QemuImg) -> None:
+        chunks = _file_chunks(source) if isinstance(source, str) else source
+        with target.raw_writer(size_bytes) as writer:
+            for chunk in chunks:
+                writer.write(chunk)
+
+
+class QemuImgImporter:
+    description = "qcow2, vmdk, vdi, vhdx, vpc and qed images, converted by qemu-img"
+    formats = ("qcow2", "vmdk", "vdi", "vhdx", "vpc", "qed")
+    needs_seekable_source = True
+
+    def inspect(self, source_path: str, image_format: str, qemu_img: QemuImg) -> int:
+        info = qemu_img.info(source_path, image_format)
+        check_self_contained(info, source_path)
+        return virtual_size(info)
+
+    def import_image(self, source: str | Iterable[bytes], size_bytes: int, image_format: str,
+                     target: VolumeTarget, qemu_img: QemuImg) -> None:
+        qemu_img.convert(str(source), image_format, target.qemu_name, target.qemu_env)
+
+
+def _file_chunks(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as file:
+        while chunk := file.read(CHUNK_BYTES):
+            yield chunk
+
+
+@pvc.hookimpl
+def pvc_image_importers():
+    return {"raw": RawImporter(), "qemu-img": QemuImgImporter()}

@@ -1,0 +1,177 @@
+"""The ``ceph`` storage backend: pools are Ceph pools, volumes RBD images.
+
+It drives the ``rbd`` and ``ceph`` command-line tools with ``--format json`` and parses their output as JSON,
+never as text: Debian's Python bindings (python3-rbd) load only into the system Python, and the tools are what
+an administrator uses too. The cluster is the one ``ceph_conf`` names; qemu-img reaches it the same way
+(``rbd:POOL/IMAGE:conf=...``).
+"""
+import json
+import subprocess
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
+
+import pvc
+from pvc.errors import AlreadyExists, InvalidInput, NotFound, OperationFailed
+from pvc.qemu_img import QemuImg
+
+MISSING = "No such file or directory"
+MIN_PG_NUM, MAX_PG_NUM = 8, 256
+
+
+class CephVolumeTarget:
+    def __init__(self, backend: "CephBackend", pool: str, volume: str):
+        self._backend = backend
+        self._image = f"{pool}/{volume}"
+        self.qemu_name = f"rbd:{self._image}:conf={backend.conf}"
+        self.qemu_env = {"CEPH_CONF": backend.conf}
+
+    @contextmanager
+    def raw_writer(self, size_bytes: int) -> Iterator[Any]:
+        """``rbd import -`` fed from the upload: rbd skips zero blocks, so the image stays thin."""
+        process = subprocess.Popen(self._backend.command("rbd", "import", "--no-progress", "-", self._image),
+                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            yield process.stdin
+        except BaseException:
+            # Killing rbd would leave the image locked by a dead client for 30 s, unremovable; ending its input
+            # lets it finish and let go, and the caller removes the partial image.
+            process.stdin.close()
+            process.wait()
+            process.stderr.close()
+            raise
+        process.stdin.close()
+        error = process.stderr.read().decode(errors="replace")
+        process.stderr.close()
+        if process.wait() != 0:
+            raise OperationFailed(f"rbd import into {self._image} failed: {_last_line(error)}")
+
+
+class CephBackend:
+    description = "Ceph RBD images, through the rbd and ceph command-line tools' JSON output"
+
+    def __init__(self, settings: Mapping[str, Any]):
+        self.conf = settings["ceph_conf"]
+
+    def command(self, tool: str, *arguments: str) -> list[str]:
+        return [tool, "-c", self.conf, *arguments]
+
+    def _run(self, tool: str, *arguments: str, missing_ok: bool = False) -> str | None:
+        result = subprocess.run(self.command(tool, *arguments), capture_output=True, text=True,
+                                stdin=subprocess.DEVNULL, timeout=3600)
+        if result.returncode != 0:
+            if missing_ok and MISSING in result.stderr:
+                return None
+            raise OperationFailed(f"{tool} {arguments[0]} failed: {_last_line(result.stderr)}")
+        return result.stdout
+
+    def _json(self, tool: str, *arguments: str, missing_ok: bool = False) -> Any:
+        output = self._run(tool, *arguments, "--format", "json", missing_ok=missing_ok)
+        return None if output is None else json.loads(output)
+
+    # -- pools --------------------------------------------------------------------------------------------
+
+    def pool_create(self, pool: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = set(options) - {"pg_num"}
+        if unknown:
+            raise InvalidInput(f"unknown ceph pool option(s): {', '.join(sorted(unknown))} (known: pg_num)")
+        pg_num = options.get("pg_num") or self._default_pg_num()
+        if not isinstance(pg_num, int) or isinstance(pg_num, bool) or not 1 <= pg_num <= 32768:
+            raise InvalidInput(f"invalid pg_num {pg_num!r}: use a whole number from 1 to 32768")
+        if pool in self._json("ceph", "osd", "pool", "ls"):
+            raise AlreadyExists(f"Ceph pool '{pool}' exists already")
+        self._run("ceph", "osd", "pool", "create", pool, str(pg_num), str(pg_num))
+        try:
+            self._run("rbd", "pool", "init", pool)
+        except OperationFailed:
+            self.pool_remove(pool)
+            raise
+        return {"pg_num": pg_num}
+
+    def _default_pg_num(self) -> int:
+        """8 placement groups per OSD, as a power of two within 8-256: Ceph caps PGs per OSD (250 by default),
+        so a small cluster must not get the 32 or more Ceph would otherwise give every pool."""
+        osds = len(self._json("ceph", "osd", "ls"))
+        pg_num = MIN_PG_NUM
+        while pg_num < 8 * osds and pg_num < MAX_PG_NUM:
+            pg_num *= 2
+        return pg_num
+
+    def pool_remove(self, pool: str) -> None:
+        self._run("ceph", "osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it")
+
+    def pool_usage(self, pool: str) -> dict[str, int]:
+        for entry in self._json("ceph", "df")["pools"]:
+            if entry["name"] == pool:
+                return {"used_bytes": entry["stats"]["stored"], "free_bytes": entry["stats"]["max_avail"]}
+        raise NotFound(f"Ceph has no pool '{pool}'")
+
+    # -- volumes ------------------------------------------------------------------------------------------
+
+    def volume_create(self, pool: str, volume: str, size_bytes: int) -> None:
+        if self.volume_size(pool, volume) is not None:
+            raise AlreadyExists(f"RBD image {pool}/{volume} exists already")
+        self._run("rbd", "create", "--size", f"{size_bytes}B", f"{pool}/{volume}")
+
+    def volume_remove(self, pool: str, volume: str) -> None:
+        if self.volume_size(pool, volume) is None:
+            return
+        self._run("rbd", "snap", "purge", "--no-progress", f"{pool}/{volume}", missing_ok=True)
+        self._run("rbd", "rm", "--no-progress", f"{pool}/{volume}", missing_ok=True)
+
+    def volume_size(self, pool: str, volume: str) -> int | None:
+        info = self._json("rbd", "info", f"{pool}/{volume}", missing_ok=True)
+        return None if info is None else info["size"]
+
+    def volume_resize(self, pool: str, volume: str, size_bytes: int) -> None:
+        if self.volume_size(pool, volume) == size_bytes:
+            return
+        self._run("rbd", "resize", "--no-progress", "--allow-shrink", "--size", f"{size_bytes}B",
+                  f"{pool}/{volume}")
+
+    def volume_rename(self, pool: str, volume: str, new_name: str) -> None:
+        if self.volume_size(pool, new_name) is not None:
+            raise AlreadyExists(f"RBD image {pool}/{new_name} exists already")
+        self._run("rbd", "rename", f"{pool}/{volume}", f"{pool}/{new_name}")
+
+    def volume_copy(self, pool: str, volume: str, new_name: str, snapshot: str | None = None) -> None:
+        if self.volume_size(pool, new_name) is not None:
+            raise AlreadyExists(f"RBD image {pool}/{new_name} exists already")
+        source = f"{pool}/{volume}@{snapshot}" if snapshot else f"{pool}/{volume}"
+        self._run("rbd", "cp", "--no-progress", source, f"{pool}/{new_name}")
+
+    def volume_replace(self, pool: str, source: str, target: str) -> None:
+        """Snapshots belong to an RBD image, so a target that has some keeps its image and gets the data
+        copied in; one without is simply replaced."""
+        if self._json("rbd", "snap", "ls", f"{pool}/{target}"):
+            self.volume_resize(pool, target, self.volume_size(pool, source))
+            QemuImg().convert(f"rbd:{pool}/{source}:conf={self.conf}", "raw",
+                              f"rbd:{pool}/{target}:conf={self.conf}", {"CEPH_CONF": self.conf},
+                              existing_target=True)
+            self.volume_remove(pool, source)
+            return
+        self.volume_remove(pool, target)
+        self._run("rbd", "rename", f"{pool}/{source}", f"{pool}/{target}")
+
+    def volume_target(self, pool: str, volume: str) -> CephVolumeTarget:
+        return CephVolumeTarget(self, pool, volume)
+
+    # -- snapshots ----------------------------------------------------------------------------------------
+
+    def snapshot_create(self, pool: str, volume: str, snapshot: str) -> None:
+        self._run("rbd", "snap", "create", "--no-progress", f"{pool}/{volume}@{snapshot}")
+
+    def snapshot_remove(self, pool: str, volume: str, snapshot: str) -> None:
+        self._run("rbd", "snap", "rm", "--no-progress", f"{pool}/{volume}@{snapshot}", missing_ok=True)
+
+    def snapshot_rollback(self, pool: str, volume: str, snapshot: str) -> None:
+        self._run("rbd", "snap", "rollback", "--no-progress", f"{pool}/{volume}@{snapshot}")
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no reason given"
+
+
+@pvc.hookimpl
+def pvc_storage_backends():
+    return {"ceph": CephBackend}

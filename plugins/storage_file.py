@@ -1,0 +1,194 @@
+"""The ``file`` storage backend: pools are directories, volumes sparse raw files, for one machine (or a
+directory every node mounts).
+
+    ROOT/POOL/VOLUME                      the volume: a sparse raw file
+    ROOT/POOL/.snapshots/VOLUME/SNAPSHOT  its snapshots: copies sharing blocks where the filesystem can
+                                          (``cp --reflink=auto``), sparse everywhere
+
+Names are checked before they get here, and a volume name never starts with a dot, so a volume can never be
+the snapshot directory or a path outside its pool. Internal names (uploads in progress) start with a dot.
+"""
+import os
+import shutil
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator, Mapping
+
+import pvc
+from pvc.errors import AlreadyExists, InvalidInput, NotFound, OperationFailed
+
+SNAPSHOTS = ".snapshots"
+
+
+class FileVolumeTarget:
+    def __init__(self, path: Path):
+        self.path = path
+        self.qemu_name = str(path)
+        self.qemu_env: dict[str, str] = {}
+
+    @contextmanager
+    def raw_writer(self, size_bytes: int) -> Iterator["SparseWriter"]:
+        with open(self.path, "xb") as file:
+            writer = SparseWriter(file)
+            yield writer
+            file.truncate(size_bytes)
+
+
+class SparseWriter:
+    """Writes raw data in order, seeking over all-zero blocks so that the file stays sparse."""
+
+    def __init__(self, file: BinaryIO):
+        self._file = file
+        self._zeros = b""
+
+    def write(self, data: bytes | bytearray) -> int:
+        if len(self._zeros) != len(data):
+            self._zeros = bytes(len(data))
+        if data == self._zeros:
+            self._file.seek(len(data), os.SEEK_CUR)
+        else:
+            self._file.write(data)
+        return len(data)
+
+
+class FileBackend:
+    description = "a directory per pool, a sparse raw file per volume (one machine, or a shared mount)"
+
+    def __init__(self, settings: Mapping[str, Any]):
+        self.root = Path(settings["storage_directory"])
+
+    def _pool_dir(self, pool: str) -> Path:
+        return self.root / pool
+
+    def _existing_pool_dir(self, pool: str) -> Path:
+        directory = self._pool_dir(pool)
+        if not directory.is_dir():
+            raise NotFound(f"storage pool '{pool}' has no directory {directory}")
+        return directory
+
+    def _volume_path(self, pool: str, volume: str) -> Path:
+        return self._existing_pool_dir(pool) / volume
+
+    def _snapshot_dir(self, pool: str, volume: str) -> Path:
+        return self._existing_pool_dir(pool) / SNAPSHOTS / volume
+
+    def _existing_volume(self, pool: str, volume: str) -> Path:
+        path = self._volume_path(pool, volume)
+        if not path.is_file():
+            raise NotFound(f"volume '{pool}/{volume}' has no file {path}")
+        return path
+
+    # -- pools --------------------------------------------------------------------------------------------
+
+    def pool_create(self, pool: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        if options:
+            raise InvalidInput(f"the file backend takes no pool options (got: {', '.join(sorted(options))})")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._pool_dir(pool).mkdir()
+        except FileExistsError:
+            raise AlreadyExists(f"storage directory {self._pool_dir(pool)} exists already") from None
+        except OSError as error:
+            raise OperationFailed(f"cannot create pool directory {self._pool_dir(pool)}: {error.strerror}") \
+                from None
+        return {"directory": str(self._pool_dir(pool))}
+
+    def pool_remove(self, pool: str) -> None:
+        directory = self._pool_dir(pool)
+        shutil.rmtree(directory / SNAPSHOTS, ignore_errors=True)
+        try:
+            directory.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            raise OperationFailed(f"cannot remove pool directory {directory}: {error.strerror}") from None
+
+    def pool_usage(self, pool: str) -> dict[str, int]:
+        directory = self._existing_pool_dir(pool)
+        used = sum(path.stat().st_blocks * 512 for path in directory.rglob("*") if path.is_file())
+        filesystem = os.statvfs(directory)
+        return {"used_bytes": used, "free_bytes": filesystem.f_bavail * filesystem.f_frsize}
+
+    # -- volumes ------------------------------------------------------------------------------------------
+
+    def volume_create(self, pool: str, volume: str, size_bytes: int) -> None:
+        path = self._volume_path(pool, volume)
+        try:
+            with open(path, "xb") as file:
+                file.truncate(size_bytes)
+        except FileExistsError:
+            raise AlreadyExists(f"volume file {path} exists already") from None
+
+    def volume_remove(self, pool: str, volume: str) -> None:
+        directory = self._pool_dir(pool)
+        shutil.rmtree(directory / SNAPSHOTS / volume, ignore_errors=True)
+        (directory / volume).unlink(missing_ok=True)
+
+    def volume_size(self, pool: str, volume: str) -> int | None:
+        path = self._pool_dir(pool) / volume
+        return path.stat().st_size if path.is_file() else None
+
+    def volume_resize(self, pool: str, volume: str, size_bytes: int) -> None:
+        os.truncate(self._existing_volume(pool, volume), size_bytes)
+
+    def volume_rename(self, pool: str, volume: str, new_name: str) -> None:
+        source = self._existing_volume(pool, volume)
+        target = source.with_name(new_name)
+        if target.exists():
+            raise AlreadyExists(f"volume file {target} exists already")
+        snapshots = self._snapshot_dir(pool, volume)
+        source.rename(target)
+        if snapshots.exists():
+            snapshots.rename(snapshots.with_name(new_name))
+
+    def volume_copy(self, pool: str, volume: str, new_name: str, snapshot: str | None = None) -> None:
+        source = self._snapshot_dir(pool, volume) / snapshot if snapshot else self._existing_volume(pool, volume)
+        if not source.is_file():
+            raise NotFound(f"snapshot '{pool}/{volume}@{snapshot}' has no file {source}")
+        target = self._volume_path(pool, new_name)
+        if target.exists():
+            raise AlreadyExists(f"volume file {target} exists already")
+        _copy(source, target)
+
+    def volume_replace(self, pool: str, source: str, target: str) -> None:
+        os.replace(self._existing_volume(pool, source), self._volume_path(pool, target))
+
+    def volume_target(self, pool: str, volume: str) -> FileVolumeTarget:
+        return FileVolumeTarget(self._volume_path(pool, volume))
+
+    # -- snapshots ----------------------------------------------------------------------------------------
+
+    def snapshot_create(self, pool: str, volume: str, snapshot: str) -> None:
+        source = self._existing_volume(pool, volume)
+        directory = self._snapshot_dir(pool, volume)
+        directory.mkdir(parents=True, exist_ok=True)
+        if (directory / snapshot).exists():
+            raise AlreadyExists(f"snapshot file {directory / snapshot} exists already")
+        _copy(source, directory / snapshot)
+
+    def snapshot_remove(self, pool: str, volume: str, snapshot: str) -> None:
+        (self._snapshot_dir(pool, volume) / snapshot).unlink(missing_ok=True)
+
+    def snapshot_rollback(self, pool: str, volume: str, snapshot: str) -> None:
+        volume_path = self._existing_volume(pool, volume)
+        source = self._snapshot_dir(pool, volume) / snapshot
+        if not source.is_file():
+            raise NotFound(f"snapshot '{pool}/{volume}@{snapshot}' has no file {source}")
+        staging = volume_path.with_name(f".rollback-{volume}")
+        _copy(source, staging)
+        os.replace(staging, volume_path)
+
+
+def _copy(source: Path, target: Path) -> None:
+    """A copy sharing blocks where the filesystem can, sparse everywhere; nothing left if it fails."""
+    result = subprocess.run(["cp", "--reflink=auto", "--sparse=always", "--", str(source), str(target)],
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        target.unlink(missing_ok=True)
+        raise OperationFailed(f"copying {source.name} failed: {result.stderr.strip()}")
+
+
+@pvc.hookimpl
+def pvc_storage_backends():
+    return {"file": FileBackend}

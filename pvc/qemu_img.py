@@ -1,0 +1,105 @@
+"""qemu-img, run as if every image were hostile.
+
+An uploaded image is attacker-controlled. qemu-img follows whatever an image names: a qcow2 backing file or
+external data file, a VMDK descriptor's extents in other files. Converted blindly, such an image copies a file
+of the host (``/etc/shadow``, another tenant's volume) into the new volume. So:
+
+* qemu-img is always told the format (``-f``) once it is known; only detection runs without it, and
+  ``qemu-img info`` opens no backing file;
+* every run is under `prlimit` (address space and CPU time), so a crafted image cannot exhaust the node;
+* `check_self_contained` refuses an image that names any other file, before anything is converted.
+"""
+import json
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from pvc.errors import InvalidInput
+
+SUPPORTED_FORMATS = ("raw", "qcow2", "vmdk", "vdi", "vhdx", "vpc", "qed")
+SELF_CONTAINED_VMDK_TYPES = ("monolithicSparse", "streamOptimized")
+_OPENING = re.compile(r"^(Could not open '[^']*': |[^:]*: error while converting \w+: )")
+
+
+@dataclass(frozen=True)
+class QemuImg:
+    """How qemu-img runs on this node: its resource limits."""
+
+    memory_limit_bytes: int = 2 << 30
+    cpu_limit_seconds: int = 3600
+
+    def command(self, *arguments: str) -> list[str]:
+        return ["prlimit", f"--as={self.memory_limit_bytes}", f"--cpu={self.cpu_limit_seconds}", "--",
+                "qemu-img", *arguments]
+
+    def run(self, *arguments: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(*arguments), capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              env={**os.environ, **(env or {})})
+
+    def info(self, path: str, image_format: str | None = None) -> dict[str, Any]:
+        """``qemu-img info`` as JSON; without `image_format` qemu-img detects it (the one unforced run).
+
+        Raises InvalidInput with qemu-img's own reason when it cannot read the image as that format."""
+        forced = ["-f", image_format] if image_format else []
+        result = self.run("info", "--output=json", *forced, path)
+        if result.returncode != 0:
+            what = f"a valid {image_format} image" if image_format else "a readable disk image"
+            raise InvalidInput(f"the upload is not {what}: {_reason(result.stderr)}")
+        return json.loads(result.stdout)
+
+    def convert(self, source: str, image_format: str, target: str, env: Mapping[str, str] | None = None,
+                existing_target: bool = False) -> None:
+        """Convert `source` (of `image_format`) to raw data in `target` (a path or ``rbd:POOL/IMAGE``)."""
+        reuse = ["-n"] if existing_target else []
+        result = self.run("convert", "-q", "-f", image_format, "-O", "raw", *reuse, source, target,
+                          env=env)
+        if result.returncode != 0:
+            raise InvalidInput(f"converting the {image_format} image failed: {_reason(result.stderr)}")
+
+
+def _reason(stderr: str) -> str:
+    """qemu-img's last word, without the node's own paths (a user has no business with staging files)."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    if not lines:
+        return "qemu-img was stopped (resource limit reached?)"
+    return _OPENING.sub("", lines[-1].removeprefix("qemu-img: "))
+
+
+def check_self_contained(info: Mapping[str, Any], path: str) -> None:
+    """Refuse an image that refers to any file but itself: a backing file, an external data file, or VMDK
+    extents elsewhere (only the single-file VMDK kinds are accepted)."""
+    backing = info.get("backing-filename") or info.get("full-backing-filename")
+    if backing:
+        raise InvalidInput(f"refused: the {info.get('format')} image has a backing file ({backing!r}); "
+                           "upload a self-contained image (qemu-img convert it first)")
+    specific = (info.get("format-specific") or {}).get("data") or {}
+    if specific.get("data-file"):
+        raise InvalidInput(f"refused: the {info.get('format')} image has an external data file "
+                           f"({specific['data-file']!r}); upload a self-contained image")
+    if info.get("format") == "vmdk":
+        create_type = specific.get("create-type")
+        if create_type not in SELF_CONTAINED_VMDK_TYPES:
+            raise InvalidInput(f"refused: VMDK of type {create_type!r} keeps its data in other files; upload a "
+                               f"single-file VMDK ({' or '.join(SELF_CONTAINED_VMDK_TYPES)})")
+        here = os.path.realpath(path)
+        for extent in specific.get("extents") or []:
+            named = os.path.realpath(os.path.join(os.path.dirname(path), extent.get("filename", "")))
+            if named != here:
+                raise InvalidInput(f"refused: the VMDK names an extent in another file "
+                                   f"({extent.get('filename')!r})")
+
+
+def virtual_size(info: Mapping[str, Any]) -> int:
+    size = info.get("virtual-size")
+    if not isinstance(size, int) or size <= 0:
+        raise InvalidInput("the image reports no virtual size")
+    return size
+
+
+def check_supported(image_format: str) -> str:
+    if image_format not in SUPPORTED_FORMATS:
+        raise InvalidInput(f"unsupported image format {image_format!r} (supported: {', '.join(SUPPORTED_FORMATS)})")
+    return image_format
+
