@@ -23,12 +23,14 @@ def cli() -> None:
 @cli.command()
 @click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 64), help="simulated hosts")
 @click.option("--coordinators", default=1, show_default=True, type=click.IntRange(1, 9), help="pvcapid daemons")
+@click.option("--storage", type=click.Choice(["file", "ceph"]), default="file", show_default=True,
+              help="storage backend: a directory in the state dir, or a private single-node Ceph")
 @state_dir_option
-def up(nodes: int, coordinators: int, state_dir: Path) -> None:
+def up(nodes: int, coordinators: int, storage: str, state_dir: Path) -> None:
     """Start the cluster; returns when every node is running and ready."""
     cluster = LocalCluster(state_dir)
     try:
-        cluster.up(nodes=nodes, coordinators=coordinators)
+        cluster.up(nodes=nodes, coordinators=coordinators, storage=storage)
     except PVCError as error:
         click.echo(f"Error: {error}", err=True)
         sys.exit(1)

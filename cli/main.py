@@ -7,6 +7,7 @@ from pvc import wire
 from pvc.cli import cluster as cluster_commands
 from pvc.cli import node as node_commands
 from pvc.cli import plugin as plugin_commands
+from pvc.cli import storage as storage_commands
 from pvc.cli import vm as vm_commands
 from pvc.errors import PVCError
 
@@ -53,4 +54,5 @@ def cli(ctx: click.Context, debug: bool) -> None:
 cli.add_command(cluster_commands.group)
 cli.add_command(node_commands.group)
 cli.add_command(plugin_commands.group)
+cli.add_command(storage_commands.group)
 cli.add_command(vm_commands.group)

@@ -14,6 +14,7 @@ from pvc.handshake import AuthenticatingDaemon
 from pvc.node.agent import AGENT_OBJECT_ID, NodeAgent
 from pvc.node.hypervisor import DomainActions, Hypervisor
 from pvc.node.reconcile import Reconciler
+from pvc.node.storage_agent import STORAGE_OBJECT_ID, NodeStorage
 from pvc.service import SignalQueue, daemon_command
 from pvc.store import Store
 
@@ -32,6 +33,7 @@ class NodeDaemon:
         self.reconciler = Reconciler(self.name, self.store, self.vms,
                                      DomainActions(self.hypervisor, settings["shutdown_timeout"]),
                                      self.hypervisor.domains)
+        self.storage = NodeStorage(self.name, settings, self.store)
         self.facts: dict[str, Any] = {}
         self._agent_daemon: AuthenticatingDaemon | None = None
         self._stopping = threading.Event()
@@ -58,6 +60,9 @@ class NodeDaemon:
         self._agent_daemon = AuthenticatingDaemon([self.settings["cluster_secret"]], "cluster secret", host, port)
         uri = self._agent_daemon.register(NodeAgent(self.name, self.hypervisor, self.reconciler), AGENT_OBJECT_ID)
         self.facts["agent_uri"] = str(uri)
+        self.storage.start()
+        storage_uri = self._agent_daemon.register(self.storage.agent, STORAGE_OBJECT_ID)
+        self.facts.update(self.storage.facts(str(storage_uri)))
         threading.Thread(target=self._agent_daemon.requestLoop, name="node-agent", daemon=True).start()
 
     def _register(self) -> None:
@@ -118,6 +123,7 @@ class NodeDaemon:
         self._stopping.set()
         if self._agent_daemon is not None:
             self._agent_daemon.shutdown()
+        self.storage.stop()
         self.store.stop()
         self.hypervisor.close()
 

@@ -75,6 +75,8 @@ class Connection:
         self._timeout = timeout
         self._preferred = 0
         self._local = threading.local()
+        self.call_timeouts: dict[str, float] = {}
+        """Per area, a longer wait than `timeout` for calls that do slow work (storage actions copy data)."""
 
     def call(self, area: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call `area.method` on the first coordinator that answers, starting with the last one that did.
@@ -84,7 +86,7 @@ class Connection:
         failures = []
         first = self._preferred
         flavour = BULK if method in BULK_RESULT_METHODS else CONTROL
-        timeout = WAIT_TIMEOUT if kwargs.get("wait") else self._timeout
+        timeout = WAIT_TIMEOUT if kwargs.get("wait") else self.call_timeouts.get(area, self._timeout)
         for offset in range(len(self.uris)):
             index = (first + offset) % len(self.uris)
             uri = self.uris[index]
@@ -160,8 +162,9 @@ class Client:
 
     def __init__(self, connection: Connection):
         self.connection = connection
+        from pvc.storage_client import StorageClient
         for area in AREAS:
-            setattr(self, area, Area(connection, area))
+            setattr(self, area, (StorageClient if area == "storage" else Area)(connection, area))
 
     def close(self) -> None:
         self.connection.close()

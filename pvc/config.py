@@ -44,6 +44,24 @@ def _zookeeper_settings() -> list[Setting]:
     ]
 
 
+def _storage_settings() -> list[Setting]:
+    return [
+        Setting("storage_backend", str, "file", "storage backend plugin of this cluster: file or ceph"),
+        Setting("storage_directory", str, "/var/lib/pvc/storage", "file backend: directory holding one "
+                "directory per pool (shared by every node that serves storage)"),
+        Setting("ceph_conf", str, "/etc/ceph/ceph.conf", "ceph backend: ceph.conf naming the Ceph cluster"),
+        Setting("upload_listen_address", str, "127.0.0.1:0", "host:port of the bulk upload channel; "
+                "clients learn it from the coordinator (port 0 picks a free one)"),
+        Setting("upload_advertise_host", (str, type(None)), None, "host clients use to reach the upload "
+                "channel (default: its listen host)"),
+        Setting("upload_staging_directory", str, "/var/lib/pvc/staging", "where uploads in formats other "
+                "than raw are staged for qemu-img; never left behind"),
+        Setting("upload_token_lifetime", (int, float), 30, "seconds an upload token stays valid"),
+        Setting("qemu_img_memory_limit_mib", int, 2048, "address-space limit of every qemu-img run, MiB"),
+        Setting("qemu_img_cpu_limit_s", int, 3600, "CPU-time limit of every qemu-img run, seconds"),
+    ]
+
+
 NODED_SETTINGS: list[Setting] = [
     Setting("node_name", str, socket.gethostname(), "this node's name in the cluster (default: hostname)"),
     *_zookeeper_settings(),
@@ -61,6 +79,7 @@ NODED_SETTINGS: list[Setting] = [
     Setting("bmc_password", (str, type(None)), None, "IPMI BMC password"),
     Setting("simulated_cpus", (int, type(None)), None, "simulated hosts only: CPU count to report"),
     Setting("simulated_memory_mib", (int, type(None)), None, "simulated hosts only: memory (MiB) to report"),
+    *_storage_settings(),
     Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
 ]
 

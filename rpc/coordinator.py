@@ -18,6 +18,7 @@ from pvc.handshake import AuthenticatingDaemon
 from pvc.rpc.agents import NodeAgents
 from pvc.rpc.areas.cluster import ClusterArea
 from pvc.rpc.areas.nodes import NodesArea
+from pvc.rpc.areas.storage import StorageArea
 from pvc.rpc.areas.vms import VMsArea
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.leadership import Leadership
@@ -57,7 +58,7 @@ class Coordinator:
             self.tasks = TaskRunner(self.context, control, self.settings["flush_parallelism"])
             self.daemon = AuthenticatingDaemon(self.settings["api_keys"], "API key", host, port)
             areas = {"cluster": ClusterArea(self.context), "nodes": NodesArea(self.context),
-                     "vms": VMsArea(self.context, control)}
+                     "vms": VMsArea(self.context, control), "storage": StorageArea(self.context)}
             for area, remote_object in areas.items():
                 self.daemon.register(remote_object, object_id(area))
             threading.Thread(target=self.daemon.requestLoop, name="pyro", daemon=True).start()

@@ -88,3 +88,28 @@ def fresh_cluster(tmp_path_factory, request) -> Iterator[RunningCluster]:
     options = marker.kwargs if marker else {}
     yield from _start_cluster(tmp_path_factory.mktemp("cluster"), options.get("nodes", 3),
                               options.get("coordinators", 1))
+
+
+@pytest.fixture(scope="session")
+def private_ceph(tmp_path_factory) -> Iterator["PrivateCeph"]:
+    """One real single-node Ceph for the session. A Ceph that cannot start fails the run; it is never skipped."""
+    from pvc.cli.localcluster.ceph import PrivateCeph
+    ceph = PrivateCeph(tmp_path_factory.mktemp("ceph"))
+    ceph.start()
+    yield ceph
+    ceph.stop()
+
+
+@pytest.fixture(scope="session", params=["file", "ceph"])
+def storage_cluster(request, tmp_path_factory) -> Iterator[RunningCluster]:
+    """A 1-node cluster on each storage backend in turn: the backend is a test parameter (`.backend`)."""
+    ceph_conf = request.getfixturevalue("private_ceph").conf if request.param == "ceph" else None
+    local = LocalCluster(tmp_path_factory.mktemp(f"storage-{request.param}"))
+    local.up(nodes=1, coordinators=1, storage=request.param, ceph_conf=ceph_conf)
+    running = RunningCluster(local)
+    running.backend = request.param
+    try:
+        yield running
+    finally:
+        running.client.close()
+        local.down()

@@ -16,10 +16,11 @@ from typing import Any
 
 import yaml
 
+from pvc.cli.localcluster.ceph import PrivateCeph
 from pvc.cli.localcluster.processes import free_port, live_pid, log_tail, start_detached, stop_pid, kill_pid
 from pvc.cli.localcluster.simhost import SimulatedHost
 from pvc.cli.localcluster.zookeeper import ZooKeeperServer
-from pvc.errors import Conflict, PVCError, Unavailable
+from pvc.errors import Conflict, InvalidInput, PVCError, Unavailable
 
 NODE_CPUS = 16
 NODE_MEMORY_MIB = 65536
@@ -60,7 +61,16 @@ class LocalCluster:
 
     @property
     def storage_dir(self) -> Path:
+        """The file backend's directory, shared by every node as if it were a network mount."""
         return self.state_dir / "storage"
+
+    @property
+    def private_ceph(self) -> PrivateCeph:
+        """The Ceph `up --storage ceph` starts when not given an existing one."""
+        return PrivateCeph(self.state_dir / "ceph")
+
+    def staging_dir(self, node: str) -> Path:
+        return self._daemon_dir("nodes", node) / "staging"
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -80,21 +90,31 @@ class LocalCluster:
                 found[f"pvcnoded {name}"] = pid
             if self.host(name).running:
                 found[f"host {name}"] = self.host(name).pid
+        if self.state.get("private_ceph"):
+            found.update({f"ceph {daemon}": pid for daemon, pid in self.private_ceph.pids().items()})
         return found
 
-    def up(self, nodes: int = 3, coordinators: int = 1, timeout: float = 60.0) -> None:
-        """Start everything and return once every node is ``run`` and ``ready``; on failure, stop it all."""
+    def up(self, nodes: int = 3, coordinators: int = 1, timeout: float = 60.0, storage: str = "file",
+           ceph_conf: Path | None = None) -> None:
+        """Start everything and return once every node is ``run`` and ``ready``; on failure, stop it all.
+
+        `storage` is the nodes' backend: ``file`` (a directory in the state dir) or ``ceph`` (the Ceph that
+        `ceph_conf` names, else a private single-node Ceph started in the state dir and stopped by `down`)."""
+        if storage not in ("file", "ceph"):
+            raise InvalidInput(f"unknown storage {storage!r}: use file or ceph")
         if self.state and self.running_processes():
             raise Conflict(f"a local cluster is already running in {self.state_dir} "
                            f"(stop it with: pvc-local down --state-dir {self.state_dir})")
-        for leftover in ("zookeeper", "hosts", "nodes", "coordinators", "storage"):
+        for leftover in ("zookeeper", "hosts", "nodes", "coordinators", "storage", "ceph"):
             shutil.rmtree(self.state_dir / leftover, ignore_errors=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state = {
             "zookeeper_password": secrets.token_urlsafe(16),
             "api_key": secrets.token_urlsafe(24),
             "cluster_secret": secrets.token_urlsafe(24),
-            "coordinators": {}, "nodes": [],
+            "coordinators": {}, "nodes": [], "storage": storage,
+            "ceph_conf": str(Path(ceph_conf).absolute()) if ceph_conf else str(self.private_ceph.conf),
+            "private_ceph": storage == "ceph" and ceph_conf is None,
         }
         try:
             zookeeper = self._zookeeper()
@@ -102,6 +122,9 @@ class LocalCluster:
             self.state["zookeeper_port"] = zookeeper.port
             self._save()
             self.storage_dir.mkdir()
+            if self.state["private_ceph"]:
+                self._save()
+                self.private_ceph.start()
             for index in range(1, coordinators + 1):
                 self.state["coordinators"][f"pvcapid{index}"] = free_port()
                 self._save()
@@ -139,6 +162,9 @@ class LocalCluster:
         if (self.state_dir / "zookeeper" / "zookeeper.pid").exists() and zookeeper.running:
             zookeeper.stop()
             stopped.append("zookeeper")
+        if self.state.get("private_ceph") and self.private_ceph.running:
+            self.private_ceph.stop()
+            stopped.append("ceph")
         return stopped
 
     def wait_ready(self, timeout: float) -> None:
@@ -200,7 +226,10 @@ class LocalCluster:
         directory.mkdir(parents=True, exist_ok=True)
         settings = {**self._common_settings(), "node_name": name, "libvirt_uri": self.host(name).uri,
                     "keepalive_interval": KEEPALIVE_INTERVAL, "listen_address": "127.0.0.1:0",
-                    "simulated_cpus": NODE_CPUS, "simulated_memory_mib": NODE_MEMORY_MIB}
+                    "simulated_cpus": NODE_CPUS, "simulated_memory_mib": NODE_MEMORY_MIB,
+                    "storage_backend": self.state.get("storage", "file"), "storage_directory": str(self.storage_dir),
+                    "ceph_conf": self.state.get("ceph_conf", str(self.private_ceph.conf)),
+                    "upload_listen_address": "127.0.0.1:0", "upload_staging_directory": str(self.staging_dir(name))}
         return self._start_daemon("pvcnoded", directory, settings)
 
     def _start_daemon(self, program: str, directory: Path, settings: dict[str, Any]) -> int:

@@ -1,0 +1,141 @@
+"""The node's storage: its backend, the remote object coordinators call for storage actions, and the upload
+listener.
+
+The storage agent is a Pyro5 object of its own (`STORAGE_OBJECT_ID`) in the node agent's daemon, so it is
+served only to connections presenting the cluster secret. It acts on the storage and reports; recording the
+result in ZooKeeper is the coordinator's job, except for uploads, which end here (see `pvc.node.uploads`).
+"""
+import logging
+from pathlib import Path
+from typing import Any
+
+import Pyro5.server
+
+from pvc import config, plugin_manager, schema
+from pvc.errors import ConfigError, InvalidInput
+from pvc.hookspecs import StorageBackend
+from pvc.node.uploads import Tickets, UploadContext, UploadListener
+from pvc.qemu_img import SUPPORTED_FORMATS, QemuImg
+from pvc.store import Store
+
+log = logging.getLogger(__name__)
+
+STORAGE_OBJECT_ID = "pvc.node.storage"
+UPLOAD_FORMATS = ("auto", *SUPPORTED_FORMATS)
+
+
+@Pyro5.server.expose
+@Pyro5.server.behavior(instance_mode="single")
+class StorageAgent:
+    """Storage actions on this node's backend; every name is checked again here, as a path is built from it."""
+
+    def __init__(self, backend_name: str, backend: StorageBackend, tickets: Tickets):
+        self._backend_name = backend_name
+        self._backend = backend
+        self._tickets = tickets
+        self.upload_address = ""
+        """Where clients send upload streams, known once the listener runs."""
+
+    def backend(self) -> str:
+        return self._backend_name
+
+    def pool_create(self, pool: str, options: dict[str, Any]) -> dict[str, Any]:
+        return self._backend.pool_create(schema.check_name("pool", pool), options)
+
+    def pool_remove(self, pool: str) -> None:
+        self._backend.pool_remove(schema.check_name("pool", pool))
+
+    def pool_usage(self, pool: str) -> dict[str, int]:
+        return self._backend.pool_usage(schema.check_name("pool", pool))
+
+    def volume_create(self, pool: str, volume: str, size_bytes: int) -> None:
+        self._backend.volume_create(*_names(pool, volume), _size(size_bytes))
+
+    def volume_remove(self, pool: str, volume: str) -> None:
+        self._backend.volume_remove(*_names(pool, volume))
+
+    def volume_size(self, pool: str, volume: str) -> int | None:
+        return self._backend.volume_size(*_names(pool, volume))
+
+    def volume_resize(self, pool: str, volume: str, size_bytes: int) -> None:
+        self._backend.volume_resize(*_names(pool, volume), _size(size_bytes))
+
+    def volume_rename(self, pool: str, volume: str, new_name: str) -> None:
+        self._backend.volume_rename(*_names(pool, volume), schema.check_name("volume", new_name))
+
+    def volume_copy(self, pool: str, volume: str, new_name: str, snapshot: str | None = None) -> None:
+        self._backend.volume_copy(*_names(pool, volume), schema.check_name("volume", new_name),
+                                  schema.check_name("snapshot", snapshot) if snapshot is not None else None)
+
+    def snapshot_create(self, pool: str, volume: str, snapshot: str) -> None:
+        self._backend.snapshot_create(*_names(pool, volume), schema.check_name("snapshot", snapshot))
+
+    def snapshot_remove(self, pool: str, volume: str, snapshot: str) -> None:
+        self._backend.snapshot_remove(*_names(pool, volume), schema.check_name("snapshot", snapshot))
+
+    def snapshot_rollback(self, pool: str, volume: str, snapshot: str) -> None:
+        self._backend.snapshot_rollback(*_names(pool, volume), schema.check_name("snapshot", snapshot))
+
+    def open_upload(self, pool: str, volume: str, size_bytes: int, image_format: str) -> dict[str, Any]:
+        """A single-use token for one upload of exactly `size_bytes` into `pool`/`volume`, and where to send it."""
+        if image_format not in UPLOAD_FORMATS:
+            raise InvalidInput(f"unknown image format {image_format!r} (use one of: {', '.join(UPLOAD_FORMATS)})")
+        ticket = self._tickets.issue(*_names(pool, volume), _size(size_bytes), image_format)
+        return {"address": self.upload_address, "token": ticket.token}
+
+
+def _names(pool: str, volume: str) -> tuple[str, str]:
+    return schema.check_name("pool", pool), schema.check_name("volume", volume)
+
+
+def _size(size_bytes: object) -> int:
+    if not isinstance(size_bytes, int) or isinstance(size_bytes, bool) or size_bytes <= 0:
+        raise InvalidInput(f"invalid size {size_bytes!r}: must be a positive number of bytes")
+    return size_bytes
+
+
+class NodeStorage:
+    """Everything storage on a node, started and stopped with its daemon."""
+
+    def __init__(self, node_name: str, settings: dict[str, Any], store: Store):
+        self.backend_name = settings["storage_backend"]
+        plugins = plugin_manager.load()
+        backend_class = plugins.get("pvc_storage_backends", self.backend_name)
+        self.backend: StorageBackend = backend_class(settings)
+        self._importers = plugins.registry("pvc_image_importers")
+        self._node_name = node_name
+        self._store = store
+        self._qemu_img = QemuImg(settings["qemu_img_memory_limit_mib"] << 20, settings["qemu_img_cpu_limit_s"])
+        self._staging = Path(settings["upload_staging_directory"])
+        self._tickets = Tickets(settings["upload_token_lifetime"])
+        self._listen_address = settings["upload_listen_address"]
+        self._advertise_host = settings["upload_advertise_host"]
+        self._listener: UploadListener | None = None
+        self.agent = StorageAgent(self.backend_name, self.backend, self._tickets)
+
+    def start(self) -> None:
+        """Prepare the staging directory and listen for uploads; a refused address is one clear error."""
+        self._staging.mkdir(parents=True, exist_ok=True)
+        host, port = config.split_address(self._listen_address)
+        try:
+            self._listener = UploadListener(host, port, self._tickets, self._upload_context)
+        except OSError as error:
+            raise ConfigError(f"cannot listen for uploads on {self._listen_address}: "
+                              f"{error.strerror or error}") from None
+        port = self._listener.address.rsplit(":", 1)[1]
+        self.agent.upload_address = f"{self._advertise_host}:{port}" if self._advertise_host \
+            else self._listener.address
+        self._listener.start()
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+
+    def facts(self, agent_uri: str) -> dict[str, Any]:
+        """What the node record says about storage, so coordinators know where to send storage actions."""
+        return {"storage_backend": self.backend_name, "storage_agent_uri": agent_uri,
+                "upload_address": self.agent.upload_address}
+
+    def _upload_context(self) -> UploadContext:
+        return UploadContext(self._node_name, self._store, self.backend, self._importers, self._qemu_img,
+                             self._staging)

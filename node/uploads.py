@@ -1,0 +1,318 @@
+"""The node's end of the bulk upload channel (`pvc.bulk`): tickets, the listener, and the import itself.
+
+An upload never touches its target volume until it is complete and checked. It is written into a hidden
+volume of the pool (``.upload-ID``): a raw image straight from the socket, any other format first staged in a
+file (qemu-img needs to seek), inspected, refused if hostile, then converted. Only then, under the pool's
+lock, does the hidden volume become the target (renamed, or replacing an existing volume's data) and the
+volume's record in ZooKeeper change. On any failure the hidden volume and the staging file are removed, so
+an existing volume is untouched and a new one never appears.
+"""
+import hashlib
+import itertools
+import logging
+import os
+import secrets
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator
+
+from pvc import bulk, schema
+from pvc.errors import AuthenticationError, Busy, InvalidInput, PVCError
+from pvc.hookspecs import ImageImporter, StorageBackend
+from pvc.qemu_img import QemuImg, check_supported
+from pvc.store import Store
+from pvc.storage_records import record_upload
+
+log = logging.getLogger(__name__)
+
+PROBE_BYTES = 1 << 20
+"""How much of a stream `qemu-img info` sees to tell a raw image (streamed) from a format to stage."""
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What a token allows: one upload of exactly `size_bytes` into `pool`/`volume`."""
+
+    token: str
+    pool: str
+    volume: str
+    size_bytes: int
+    image_format: str
+    expires_at: float
+
+
+class Tickets:
+    """Single-use, short-lived upload tokens, held in this node's memory only."""
+
+    def __init__(self, lifetime_seconds: float):
+        self._lifetime = lifetime_seconds
+        self._lock = threading.Lock()
+        self._tickets: dict[str, Ticket] = {}
+
+    def issue(self, pool: str, volume: str, size_bytes: int, image_format: str) -> Ticket:
+        ticket = Ticket(secrets.token_urlsafe(32), pool, volume, size_bytes, image_format,
+                        time.monotonic() + self._lifetime)
+        with self._lock:
+            self._expire()
+            self._tickets[ticket.token] = ticket
+        return ticket
+
+    def redeem(self, token: object) -> Ticket:
+        """The ticket for `token`, which is spent by this call whatever follows."""
+        with self._lock:
+            self._expire()
+            ticket = self._tickets.pop(token, None) if isinstance(token, str) else None
+        if ticket is None:
+            raise AuthenticationError("upload token unknown, already used or expired")
+        return ticket
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for token in [token for token, ticket in self._tickets.items() if ticket.expires_at < now]:
+            del self._tickets[token]
+
+
+class VerifiedStream:
+    """The announced number of bytes from the connection, checked against the announced checksum.
+
+    Iterating yields the data in chunks; the last step raises `InvalidInput` if the stream ended short or its
+    checksum differs, so a consumer that reaches the end without an error has exactly what was announced."""
+
+    def __init__(self, reader: BinaryIO, size_bytes: int, sha256: str):
+        self._reader = reader
+        self._remaining = size_bytes
+        self._expected = sha256
+        self._digest = hashlib.sha256()
+        self._buffer = bytearray(bulk.CHUNK_BYTES)
+
+    def read_prefix(self, limit: int) -> bytes:
+        chunks = []
+        while limit > 0 and (chunk := self._read(min(limit, bulk.CHUNK_BYTES))):
+            chunks.append(bytes(chunk))
+            limit -= len(chunk)
+        return b"".join(chunks)
+
+    def __iter__(self) -> Iterator[bytearray]:
+        while chunk := self._read(bulk.CHUNK_BYTES):
+            yield chunk
+        if self._digest.hexdigest() != self._expected:
+            raise InvalidInput("the upload's checksum does not match the one announced; nothing was imported")
+
+    def _read(self, limit: int) -> bytearray:
+        """The next chunk, filled completely unless the stream ends; empty once all was read."""
+        wanted = min(limit, self._remaining)
+        if wanted == 0:
+            return bytearray()
+        view = memoryview(self._buffer)[:wanted]
+        filled = 0
+        while filled < wanted:
+            count = self._reader.readinto(view[filled:])
+            if not count:
+                raise InvalidInput(f"the upload ended {self._remaining - filled} bytes short of its announced "
+                                   "size; nothing was imported")
+            filled += count
+        self._digest.update(view)
+        self._remaining -= wanted
+        view.release()
+        return self._buffer if wanted == len(self._buffer) else self._buffer[:wanted]
+
+
+@dataclass
+class UploadContext:
+    """What an import needs from the node."""
+
+    node_name: str
+    store: Store
+    backend: StorageBackend
+    importers: dict[str, ImageImporter]
+    qemu_img: QemuImg
+    staging_directory: Path
+
+
+class ImportJob:
+    """One upload, from the verified stream to the volume's record."""
+
+    _counter = itertools.count()
+
+    def __init__(self, context: UploadContext, ticket: Ticket):
+        self.context = context
+        self.ticket = ticket
+        self.hidden_volume = f".upload-{os.getpid()}-{next(self._counter)}-{secrets.token_hex(4)}"
+
+    def run(self, stream: VerifiedStream) -> dict[str, Any]:
+        ticket, backend = self.ticket, self.context.backend
+        staged: Path | None = None
+        try:
+            prefix = stream.read_prefix(PROBE_BYTES)
+            image_format = self._probe(prefix) if ticket.image_format == "auto" else ticket.image_format
+            importer = self._importer(image_format) if image_format else None
+            data = itertools.chain([prefix], stream)
+            if importer is not None and not importer.needs_seekable_source:
+                self._check_capacity(ticket.size_bytes)
+                importer.import_image(data, ticket.size_bytes, image_format,
+                                      backend.volume_target(ticket.pool, self.hidden_volume), self.context.qemu_img)
+                size = ticket.size_bytes
+            else:
+                staged = self._stage(data)
+                if image_format is None:
+                    image_format = check_supported(self.context.qemu_img.info(str(staged))["format"])
+                    importer = self._importer(image_format)
+                size = importer.inspect(str(staged), image_format, self.context.qemu_img)
+                self._check_capacity(size)
+                importer.import_image(str(staged), size, image_format,
+                                      backend.volume_target(ticket.pool, self.hidden_volume), self.context.qemu_img)
+            return self._commit(image_format)
+        except BaseException:
+            self._discard_hidden_volume()
+            raise
+        finally:
+            if staged is not None:
+                staged.unlink(missing_ok=True)
+
+    def _probe(self, prefix: bytes) -> str | None:
+        """The format qemu-img sees in the first bytes, or None when it needs the whole file to tell."""
+        with tempfile.NamedTemporaryFile(dir=self.context.staging_directory, prefix=".probe-") as probe:
+            probe.write(prefix)
+            probe.flush()
+            try:
+                return check_supported(self.context.qemu_img.info(probe.name)["format"])
+            except InvalidInput:
+                return None
+
+    def _importer(self, image_format: str) -> ImageImporter:
+        check_supported(image_format)
+        for importer in self.context.importers.values():
+            if image_format in importer.formats:
+                return importer
+        raise InvalidInput(f"no image importer handles format {image_format!r}")
+
+    def _stage(self, data: Iterator[bytes]) -> Path:
+        directory = self.context.staging_directory
+        free = _free_bytes(directory)
+        if self.ticket.size_bytes > free:
+            raise InvalidInput(f"the upload ({self.ticket.size_bytes} bytes) does not fit the node's staging "
+                               f"space ({free} bytes free)")
+        descriptor, name = tempfile.mkstemp(dir=directory, prefix=".stage-")
+        path = Path(name)
+        try:
+            with os.fdopen(descriptor, "wb") as file:
+                for chunk in data:
+                    file.write(chunk)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+    def _check_capacity(self, size_bytes: int) -> None:
+        ticket = self.ticket
+        existing = self.context.backend.volume_size(ticket.pool, ticket.volume) or 0
+        free = self.context.backend.pool_usage(ticket.pool)["free_bytes"]
+        if size_bytes - existing > free:
+            raise InvalidInput(f"the image's virtual size ({size_bytes} bytes) exceeds what pool '{ticket.pool}' "
+                               f"can still hold ({free} bytes)")
+
+    def _commit(self, image_format: str) -> dict[str, Any]:
+        """Make the hidden volume the target and record it, under the pool's lock."""
+        ticket, backend = self.ticket, self.context.backend
+        lock = self.context.store.lock(schema.storage_lock(ticket.pool), self.context.node_name)
+        if not lock.acquire(timeout=30):
+            raise Busy(f"pool '{ticket.pool}' stayed locked by another change; the upload was not imported")
+        try:
+            existing = backend.volume_size(ticket.pool, ticket.volume)
+            size = backend.volume_size(ticket.pool, self.hidden_volume)
+            if existing is not None and existing > size:
+                backend.volume_resize(ticket.pool, self.hidden_volume, existing)
+                size = existing
+            if existing is None:
+                backend.volume_rename(ticket.pool, self.hidden_volume, ticket.volume)
+            else:
+                backend.volume_replace(ticket.pool, self.hidden_volume, ticket.volume)
+            try:
+                return record_upload(self.context.store, ticket.pool, ticket.volume, size, image_format)
+            except BaseException:
+                if existing is None:
+                    backend.volume_remove(ticket.pool, ticket.volume)
+                raise
+        finally:
+            lock.release()
+
+    def _discard_hidden_volume(self) -> None:
+        try:
+            self.context.backend.volume_remove(self.ticket.pool, self.hidden_volume)
+        except Exception as error:
+            log.error("could not remove the unfinished upload %s/%s: %s", self.ticket.pool, self.hidden_volume,
+                      error)
+
+
+def _free_bytes(directory: Path) -> int:
+    filesystem = os.statvfs(directory)
+    return filesystem.f_bavail * filesystem.f_frsize
+
+
+class UploadListener:
+    """Accepts bulk connections, one thread each, and answers each with the import's result."""
+
+    def __init__(self, host: str, port: int, tickets: Tickets, context_factory: Callable[[], UploadContext],
+                 header_timeout: float = 10.0):
+        self._tickets = tickets
+        self._context_factory = context_factory
+        self._header_timeout = header_timeout
+        self._server = socket.create_server((host, port), reuse_port=False, backlog=16)
+        self.address = "%s:%d" % self._server.getsockname()[:2]
+        self._stopping = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._accept_loop, name="upload-listener", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._server.close()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                connection, peer = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(connection, peer), name="upload", daemon=True).start()
+
+    def _serve(self, connection: socket.socket, peer: tuple) -> None:
+        with connection, connection.makefile("rb", buffering=bulk.CHUNK_BYTES) as reader:
+            try:
+                connection.settimeout(self._header_timeout)
+                ticket, sha256 = self._admit(reader)
+                bulk.send_message(connection, {"ready": True})
+                connection.settimeout(None)
+                started = time.monotonic()
+                result = ImportJob(self._context_factory(), ticket).run(
+                    VerifiedStream(reader, ticket.size_bytes, sha256))
+                log.info("upload of %d bytes from %s into %s/%s done in %.1f s", ticket.size_bytes, peer[0],
+                         ticket.pool, ticket.volume, time.monotonic() - started)
+                bulk.send_message(connection, {"volume": result})
+            except (PVCError, OSError, ValueError) as error:
+                log.warning("upload from %s not imported: %s", peer[0], error)
+                try:
+                    bulk.send_message(connection, bulk.error_message(error))
+                except OSError:
+                    pass
+            except Exception as error:
+                log.exception("upload from %s failed", peer[0])
+                try:
+                    bulk.send_message(connection, bulk.error_message(error))
+                except OSError:
+                    pass
+
+    def _admit(self, reader: BinaryIO) -> tuple[Ticket, str]:
+        header = bulk.read_message(reader, "upload header")
+        ticket = self._tickets.redeem(header.get("token"))
+        if header.get("size_bytes") != ticket.size_bytes:
+            raise InvalidInput(f"the stream announces {header.get('size_bytes')} bytes but the upload was "
+                               f"declared with {ticket.size_bytes}")
+        sha256 = header.get("sha256")
+        if not isinstance(sha256, str) or len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise InvalidInput("the stream announces no valid sha256 checksum")
+        return ticket, sha256

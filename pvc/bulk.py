@@ -1,0 +1,149 @@
+"""The bulk upload channel: image bytes go straight from the client to the node that writes the volume.
+
+Control calls ride Pyro5 and serpent, which base64-encodes bytes (~75 MiB/s); images must move at disk speed,
+so they take this plain TCP stream instead. A coordinator first checks the request and has the node issue a
+single-use token, valid for seconds and bound to one pool, volume and declared size. Then, on one connection:
+
+    client -> node   {"token": ..., "size_bytes": N, "sha256": HEX}\\n     announced before any data
+    node -> client   {"ready": true}\\n                                   or {"error": CLASS, "message": ...}
+    client -> node   exactly N bytes                                     sendfile(), no copy in Python
+    node -> client   {"volume": {...}}\\n                                 or {"error": CLASS, "message": ...}
+
+The node refuses a stream whose token is unknown, used or expired, whose size differs from the token's, or
+that ends short or with another checksum; then nothing is imported and nothing is left behind.
+"""
+import hashlib
+import json
+import os
+import shutil
+import socket
+import stat
+import tempfile
+from typing import Any, BinaryIO, Callable
+
+from pvc import errors
+
+HEADER_LIMIT_BYTES = 4096
+CHUNK_BYTES = 4 << 20
+
+
+def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
+    sock.sendall(json.dumps(message).encode() + b"\n")
+
+
+def read_message(reader: BinaryIO, what: str) -> dict[str, Any]:
+    """One JSON line from `reader`; a connection closed early or a malformed line is an error naming `what`."""
+    line = reader.readline(HEADER_LIMIT_BYTES + 1)
+    if not line.endswith(b"\n"):
+        raise errors.InvalidInput(f"the {what} was cut short or longer than {HEADER_LIMIT_BYTES} bytes")
+    try:
+        message = json.loads(line)
+    except ValueError:
+        raise errors.InvalidInput(f"the {what} is not JSON") from None
+    if not isinstance(message, dict):
+        raise errors.InvalidInput(f"the {what} is not a JSON object")
+    return message
+
+
+def error_message(error: BaseException) -> dict[str, Any]:
+    name = type(error).__name__ if isinstance(error, errors.PVCError) else "OperationFailed"
+    return {"error": name, "message": str(error)}
+
+
+def raise_if_error(message: dict[str, Any]) -> dict[str, Any]:
+    if "error" in message:
+        error_type = getattr(errors, str(message["error"]), errors.PVCError)
+        if not (isinstance(error_type, type) and issubclass(error_type, errors.PVCError)):
+            error_type = errors.PVCError
+        raise error_type(str(message.get("message", "the node refused the upload")))
+    return message
+
+
+def sha256_of(file: BinaryIO, size: int) -> str:
+    """The checksum announced before the data; reads `size` bytes from the file's current position."""
+    digest = hashlib.sha256()
+    remaining = size
+    buffer = bytearray(CHUNK_BYTES)
+    view = memoryview(buffer)
+    while remaining:
+        count = file.readinto(view[:min(remaining, CHUNK_BYTES)])
+        if not count:
+            raise errors.InvalidInput(f"the file ended {remaining} bytes short of its announced size")
+        digest.update(view[:count])
+        remaining -= count
+    return digest.hexdigest()
+
+
+class SpooledSource:
+    """Something to upload as a regular file: the file itself, or (for a pipe, a socket, a BytesIO) a
+    private temporary copy, since the size and checksum must be announced before the first byte."""
+
+    def __init__(self, source: BinaryIO | str, spool_directory: str | None = None):
+        self._temporary: BinaryIO | None = None
+        if isinstance(source, str):
+            self.file: BinaryIO = open(source, "rb")
+            self._owned = True
+        else:
+            self.file, self._owned = source, False
+        if not _is_regular_file(self.file):
+            self._temporary = tempfile.TemporaryFile(dir=spool_directory)
+            shutil.copyfileobj(self.file, self._temporary, CHUNK_BYTES)
+            self._temporary.seek(0)
+            self.file = self._temporary
+        self.offset = self.file.tell()
+        self.size = os.fstat(self.file.fileno()).st_size - self.offset
+
+    def close(self) -> None:
+        if self._temporary is not None:
+            self._temporary.close()
+        elif self._owned:
+            self.file.close()
+
+    def __enter__(self) -> "SpooledSource":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _is_regular_file(file: BinaryIO) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(file.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def stream_upload(address: str, token: str, source: SpooledSource, sha256: str, timeout: float,
+                  progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Send `source` to the node at `address` (HOST:PORT) under `token`; the node's result message."""
+    host, _, port = address.rpartition(":")
+    try:
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+    except OSError as error:
+        raise errors.Unavailable(f"cannot reach the upload channel at {address}: {error.strerror or error}") \
+            from None
+    with sock, sock.makefile("rb") as reader:
+        send_message(sock, {"token": token, "size_bytes": source.size, "sha256": sha256})
+        raise_if_error(read_message(reader, "node's answer"))
+        try:
+            _send_body(sock, source, progress)
+        except OSError as error:
+            # The node stops reading when it refuses a stream; its reason is waiting on the socket.
+            try:
+                raise_if_error(read_message(reader, "node's result"))
+            except errors.InvalidInput:
+                pass
+            raise errors.Unavailable(f"the upload channel at {address} broke off: {error}") from None
+        sock.settimeout(None)
+        return raise_if_error(read_message(reader, "node's result"))
+
+
+def _send_body(sock: socket.socket, source: SpooledSource, progress: Callable[[int], None] | None) -> None:
+    sent = 0
+    while sent < source.size:
+        count = sock.sendfile(source.file, source.offset + sent, min(CHUNK_BYTES, source.size - sent))
+        if count == 0:
+            raise errors.InvalidInput(f"the file ended {source.size - sent} bytes short of its size")
+        sent += count
+        if progress:
+            progress(count)

@@ -1,0 +1,63 @@
+"""Storage as ZooKeeper records it and as users see it.
+
+Records hold only what the storage cannot tell quickly (which backend made a pool, a volume's size, its
+snapshots); views are the flat dicts the `storage` remote object returns and ``--format json`` prints, sizes
+in bytes under ``*_bytes`` keys.
+"""
+import time
+from typing import Any
+
+from pvc import schema
+from pvc.cache import OWN_VALUE
+from pvc.store import Store
+
+
+def volume_record(pool: str, volume: str, size_bytes: int) -> dict[str, Any]:
+    return {"pool": pool, "name": volume, "size_bytes": size_bytes, "created": time.time()}
+
+
+def create_volume_records(store: Store, pool: str, volume: str, size_bytes: int) -> None:
+    """The volume's record and its (empty) snapshot list, together or not at all."""
+    store.transaction() \
+        .create(schema.volume(pool, volume), volume_record(pool, volume, size_bytes)) \
+        .create(schema.volume_snapshots(pool, volume), {}) \
+        .commit()
+
+
+def record_upload(store: Store, pool: str, volume: str, size_bytes: int, image_format: str) -> dict[str, Any]:
+    """Record a completed upload: a new volume, or the new size of an existing one."""
+    existing = store.read(schema.volume(pool, volume))
+    if existing is None:
+        create_volume_records(store, pool, volume, size_bytes)
+    else:
+        store.transaction().set(schema.volume(pool, volume), {**existing, "size_bytes": size_bytes}).commit()
+    return {"pool": pool, "name": volume, "size_bytes": size_bytes, "image_format": image_format}
+
+
+def volume_view(key: str, raw: dict[str, Any], used_by: list[str]) -> dict[str, Any]:
+    record = raw.get(OWN_VALUE) or {}
+    pool, name = schema.split_volume_key(key)
+    snapshots = raw.get("snapshots") or {}
+    return {
+        "name": name,
+        "pool": pool,
+        "size_bytes": record.get("size_bytes"),
+        "snapshots": sorted(snapshots),
+        "used_by": used_by,
+    }
+
+
+def snapshot_views(pool: str, volume: str, raw: dict[str, Any]) -> list[dict[str, Any]]:
+    snapshots = raw.get("snapshots") or {}
+    return [{"name": name, "pool": pool, "volume": volume, "created": facts.get("created")}
+            for name, facts in sorted(snapshots.items())]
+
+
+def pool_view(name: str, record: dict[str, Any], volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "backend": record.get("backend"),
+        "options": record.get("options") or {},
+        "volumes": len(volumes),
+        "provisioned_bytes": sum(volume["size_bytes"] or 0 for volume in volumes),
+    }

@@ -1,0 +1,105 @@
+"""What the storage tests share: images made by the real qemu-img, and looking at the storage itself (the volume's
+bytes, leftovers) the way an administrator would, apart from PVC's own answers."""
+from __future__ import annotations
+
+import hashlib
+import random
+import subprocess
+import uuid
+from pathlib import Path
+
+from click.testing import CliRunner, Result
+
+from pvc.cli.main import cli
+
+MIB = 1 << 20
+
+# name -> (qemu-img output format, its -o options)
+IMAGE_KINDS = {
+    "raw": ("raw", ""),
+    "qcow2": ("qcow2", ""),
+    "vmdk-monolithicSparse": ("vmdk", "subformat=monolithicSparse"),
+    "vmdk-streamOptimized": ("vmdk", "subformat=streamOptimized"),
+    "vdi": ("vdi", ""),
+    "vhdx": ("vhdx", ""),
+    "vpc": ("vpc", ""),
+    "qed": ("qed", ""),
+}
+
+
+def pvc(cluster, *args: str, input: bytes | str | None = None) -> Result:
+    """Run `pvc ARGS` in-process, configured as a user would be (PVC_CONFIG)."""
+    return CliRunner().invoke(cli, list(args), input=input,
+                                              env={"PVC_CONFIG": str(cluster.local.client_config),
+                                                   "PVC_URI": None, "PVC_API_KEY": None})
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def known_raw(path: Path, size: int = 3 * MIB, seed: int = 7) -> Path:
+    """A raw image with recognisable content: random data, a zero hole, random data again."""
+    rng = random.Random(seed)
+    third = size // 3
+    with open(path, "wb") as file:
+        file.write(rng.randbytes(third))
+        file.write(bytes(third))
+        file.write(rng.randbytes(size - 2 * third))
+    return path
+
+
+def make_image(directory: Path, kind: str, size: int = 3 * MIB, seed: int = 7) -> Path:
+    """An image of `kind` (see IMAGE_KINDS) that qemu-img made from known raw content."""
+    source = known_raw(directory / f"source-{seed}-{size}.raw", size, seed)
+    image_format, options = IMAGE_KINDS[kind]
+    if image_format == "raw":
+        return source
+    target = directory / f"image-{kind}-{seed}.{image_format}"
+    run("qemu-img", "convert", "-f", "raw", "-O", image_format, *(["-o", options] if options else []),
+        str(source), str(target))
+    return target
+
+
+def qemu_raw_sha256(image: Path, directory: Path) -> tuple[str, int]:
+    """What `qemu-img convert -O raw` makes of `image`: its checksum and size."""
+    raw = directory / f"{image.name}.expected.raw"
+    run("qemu-img", "convert", "-O", "raw", str(image), str(raw))
+    data = raw.read_bytes()
+    raw.unlink()
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def run(*command: str, input: bytes | None = None) -> bytes:
+    result = subprocess.run(command, capture_output=True, input=input)
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout
+
+
+def volume_bytes(cluster, pool: str, volume: str) -> bytes:
+    """The volume's data read from the storage itself: the file, or `rbd export`."""
+    if cluster.backend == "file":
+        return (cluster.local.storage_dir / pool / volume).read_bytes()
+    return run("rbd", "-c", cluster.local.state["ceph_conf"], "export", "--no-progress", f"{pool}/{volume}", "-")
+
+
+def volume_sha256(cluster, pool: str, volume: str) -> str:
+    return hashlib.sha256(volume_bytes(cluster, pool, volume)).hexdigest()
+
+
+def stored_names(cluster, pool: str) -> list[str]:
+    """Every name in the pool as the storage lists it, hidden ones included (uploads in progress)."""
+    if cluster.backend == "file":
+        return sorted(path.name for path in (cluster.local.storage_dir / pool).iterdir() if path.name != ".snapshots")
+    import json
+    return sorted(json.loads(run("rbd", "-c", cluster.local.state["ceph_conf"], "ls", "--format", "json", pool)))
+
+
+def staging_files(cluster) -> list[str]:
+    return sorted(path.name for node in cluster.local.node_names
+                  for path in cluster.local.staging_dir(node).iterdir())
+
+
+def leftovers(cluster, pool: str) -> list[str]:
+    """Whatever a failed upload could have left: hidden volumes in the pool, files in the staging directories."""
+    return [name for name in stored_names(cluster, pool) if name.startswith(".")] + staging_files(cluster)

@@ -1,0 +1,355 @@
+"""Uploading disk images: every format qemu-img makes lands as the raw data qemu-img itself would convert it to;
+hostile, broken, short or interrupted uploads are refused with one line and leave nothing behind. Each test
+runs against the file backend and against a real single-node Ceph."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pvc import bulk
+from pvc.errors import AuthenticationError, InvalidInput, NotFound
+
+from helpers import eventually
+from storage_support import (IMAGE_KINDS, MIB, known_raw, leftovers, make_image, pvc, qemu_raw_sha256, run,
+                             stored_names, unique, volume_sha256)
+
+
+@pytest.fixture(scope="module")
+def pool(storage_cluster):
+    name = unique("up")
+    storage_cluster.client.storage.pool_add(name)
+    yield name
+    storage_cluster.client.storage.pool_remove(name, True)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return tmp_path_factory.mktemp("images")
+
+
+def assert_nothing_left(cluster, pool, volume):
+    with pytest.raises(NotFound):
+        cluster.client.storage.volume_info(pool, volume)
+    assert volume not in stored_names(cluster, pool)
+    assert leftovers(cluster, pool) == []
+
+
+@pytest.mark.parametrize("kind", IMAGE_KINDS)
+def test_upload_lands_as_qemu_img_converts_it(storage_cluster, pool, images, kind):
+    image = make_image(images, kind)
+    expected_sha256, virtual_size = qemu_raw_sha256(image, images)
+    volume = unique(kind)
+
+    recorded = storage_cluster.client.storage.upload(pool, volume, str(image))
+
+    assert recorded["size_bytes"] == virtual_size
+    assert volume_sha256(storage_cluster, pool, volume) == expected_sha256
+    assert leftovers(storage_cluster, pool) == []
+
+
+def test_cli_upload_with_given_format_shows_progress_and_the_volume(storage_cluster, pool, images):
+    image = make_image(images, "qcow2", seed=11)
+    expected_sha256, virtual_size = qemu_raw_sha256(image, images)
+
+    result = pvc(storage_cluster, "storage", "volume", "upload", pool, "cli-disk", str(image), "--format", "qcow2",
+                 "--json")
+
+    assert result.exit_code == 0, result.stderr
+    assert "Uploading" in result.stderr
+    assert json.loads(result.stdout)["size_bytes"] == virtual_size
+    assert volume_sha256(storage_cluster, pool, "cli-disk") == expected_sha256
+
+
+def test_upload_from_standard_input(storage_cluster, pool, images):
+    image = make_image(images, "vdi", seed=12)
+    expected_sha256, _size = qemu_raw_sha256(image, images)
+
+    result = pvc(storage_cluster, "storage", "volume", "upload", pool, "piped", "-", "--format", "vdi",
+                 input=image.read_bytes())
+
+    assert result.exit_code == 0, result.stderr
+    assert volume_sha256(storage_cluster, pool, "piped") == expected_sha256
+
+
+def test_api_upload_takes_a_file_like_object(storage_cluster, pool, images):
+    image = make_image(images, "qcow2", seed=13)
+    expected_sha256, _size = qemu_raw_sha256(image, images)
+
+    storage_cluster.client.storage.upload(pool, "from-memory", io.BytesIO(image.read_bytes()))
+
+    assert volume_sha256(storage_cluster, pool, "from-memory") == expected_sha256
+
+
+def test_upload_grows_a_smaller_volume_and_keeps_a_larger_one(storage_cluster, pool, images):
+    storage = storage_cluster.client.storage
+    image = make_image(images, "qcow2", seed=14)
+    expected_sha256, virtual_size = qemu_raw_sha256(image, images)
+    storage.volume_add(pool, "small", "1M")
+    storage.volume_add(pool, "large", "8M")
+
+    assert storage.upload(pool, "small", str(image))["size_bytes"] == virtual_size
+    assert storage.upload(pool, "large", str(image))["size_bytes"] == 8 * MIB
+
+    assert volume_sha256(storage_cluster, pool, "small") == expected_sha256
+    converted = images / "grown.raw"
+    run("qemu-img", "convert", "-O", "raw", str(image), str(converted))
+    padded = converted.read_bytes() + bytes(8 * MIB - virtual_size)
+    assert volume_sha256(storage_cluster, pool, "large") == hashlib.sha256(padded).hexdigest()
+    assert storage.volume_info(pool, "large")["size_bytes"] == 8 * MIB
+
+
+def test_upload_over_a_volume_keeps_its_snapshots(storage_cluster, pool, images):
+    storage = storage_cluster.client.storage
+    storage.upload(pool, "snapped", str(make_image(images, "raw", seed=15)))
+    before = volume_sha256(storage_cluster, pool, "snapped")
+    storage.snapshot_add(pool, "snapped", "before")
+
+    storage.upload(pool, "snapped", str(make_image(images, "qcow2", seed=16)))
+    assert volume_sha256(storage_cluster, pool, "snapped") != before
+    storage.snapshot_rollback(pool, "snapped", "before")
+
+    assert volume_sha256(storage_cluster, pool, "snapped") == before
+
+
+# -- hostile images ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def host_secret(tmp_path_factory):
+    """A file of the host that no upload may ever copy into a volume."""
+    path = tmp_path_factory.mktemp("host") / "secret"
+    path.write_bytes(b"HOST-SECRET " * 100000)
+    return path
+
+
+def hostile_qcow2_backing(directory, secret):
+    path = directory / "backing.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-b", str(secret), "-F", "raw", str(path), "1M")
+    return path
+
+
+def hostile_qcow2_data_file(directory, secret):
+    path = directory / "datafile.qcow2"
+    copy = directory / "datafile-target.raw"
+    copy.write_bytes(secret.read_bytes())
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-o", f"data_file={copy},data_file_raw=on", str(path),
+        str(copy.stat().st_size))
+    copy.write_bytes(secret.read_bytes())
+    return path
+
+
+def hostile_vmdk_descriptor(directory, secret):
+    path = directory / "descriptor.vmdk"
+    sectors = secret.stat().st_size // 512
+    path.write_text(textwrap.dedent(f"""\
+        # Disk DescriptorFile
+        version=1
+        CID=12345678
+        parentCID=ffffffff
+        createType="monolithicFlat"
+        RW {sectors} FLAT "{secret}" 0
+        ddb.adapterType = "ide"
+        """))
+    return path
+
+
+@pytest.mark.parametrize("make_hostile, image_format, reason", [
+    (hostile_qcow2_backing, "auto", "backing file"),
+    (hostile_qcow2_backing, "qcow2", "backing file"),
+    (hostile_qcow2_data_file, "auto", "external data file"),
+    (hostile_vmdk_descriptor, "auto", "other files"),
+    (hostile_vmdk_descriptor, "vmdk", "other files"),
+], ids=["qcow2-backing", "qcow2-backing-given", "qcow2-data-file", "vmdk-extent", "vmdk-extent-given"])
+def test_image_naming_a_host_file_is_refused_before_conversion(storage_cluster, pool, images, host_secret,
+                                                               make_hostile, image_format, reason):
+    image = make_hostile(images, host_secret)
+    volume = unique("hostile")
+
+    with pytest.raises(InvalidInput, match=reason) as refused:
+        storage_cluster.client.storage.upload(pool, volume, str(image), image_format)
+
+    assert "\n" not in str(refused.value)
+    assert_nothing_left(storage_cluster, pool, volume)
+
+
+def test_hostile_image_over_an_existing_volume_leaves_it_untouched(storage_cluster, pool, images, host_secret):
+    storage = storage_cluster.client.storage
+    storage.upload(pool, "victim", str(make_image(images, "raw", seed=21)))
+    before = volume_sha256(storage_cluster, pool, "victim")
+
+    with pytest.raises(InvalidInput, match="backing file"):
+        storage.upload(pool, "victim", str(hostile_qcow2_backing(images, host_secret)))
+
+    assert volume_sha256(storage_cluster, pool, "victim") == before
+    assert leftovers(storage_cluster, pool) == []
+
+
+# -- broken images and wrong formats ------------------------------------------------------------------------------
+
+def corrupt_qcow2(directory):
+    image = make_image(directory, "qcow2", seed=31)
+    data = bytearray(image.read_bytes())
+    data[40:48] = b"\xff" * 8  # the L1 table offset: now far outside the file
+    path = directory / "corrupt.qcow2"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_corrupt_qcow2_is_refused_and_nothing_is_created(storage_cluster, pool, images):
+    with pytest.raises(InvalidInput, match="L1 table offset invalid"):
+        storage_cluster.client.storage.upload(pool, "corrupt", str(corrupt_qcow2(images)))
+    assert_nothing_left(storage_cluster, pool, "corrupt")
+
+
+def test_corrupt_qcow2_over_an_existing_volume_leaves_it_untouched(storage_cluster, pool, images):
+    storage = storage_cluster.client.storage
+    storage.upload(pool, "kept", str(make_image(images, "raw", seed=32)))
+    before = volume_sha256(storage_cluster, pool, "kept")
+
+    with pytest.raises(InvalidInput):
+        storage.upload(pool, "kept", str(corrupt_qcow2(images)), "qcow2")
+
+    assert volume_sha256(storage_cluster, pool, "kept") == before
+    assert storage.volume_info(pool, "kept")["size_bytes"] == 3 * MIB
+    assert leftovers(storage_cluster, pool) == []
+
+
+def test_wrong_format_is_refused(storage_cluster, pool, images):
+    raw = known_raw(images / "plain.raw")
+    result = pvc(storage_cluster, "storage", "volume", "upload", pool, "wrongfmt", str(raw), "--format", "qcow2")
+
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == "Error: the upload is not a valid qcow2 image: Image is not in qcow2 format"
+    assert_nothing_left(storage_cluster, pool, "wrongfmt")
+
+
+def test_image_larger_than_the_pool_can_hold_is_refused(storage_cluster, pool, images):
+    huge = images / "huge.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", str(huge), "1P")
+
+    with pytest.raises(InvalidInput, match="exceeds what pool"):
+        storage_cluster.client.storage.upload(pool, "huge", str(huge))
+    assert_nothing_left(storage_cluster, pool, "huge")
+
+
+# -- the stream itself ------------------------------------------------------------------------------------------
+
+def open_stream(cluster, pool, volume, size, sha256):
+    """Begin an upload and send the header as a client would; the socket, its reader and the node's answer."""
+    ticket = cluster.client.storage.upload_begin(pool, volume, size, "auto")
+    host, port = ticket["address"].rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    reader = sock.makefile("rb")
+    sock.sendall(json.dumps({"token": ticket["token"], "size_bytes": size, "sha256": sha256}).encode() + b"\n")
+    return ticket, sock, reader, json.loads(reader.readline())
+
+
+def test_short_stream_is_refused(storage_cluster, pool):
+    data = os.urandom(2 * MIB)
+    _ticket, sock, reader, answer = open_stream(storage_cluster, pool, "short", len(data),
+                                                hashlib.sha256(data).hexdigest())
+    assert answer == {"ready": True}
+    sock.sendall(data[:MIB])
+    sock.shutdown(socket.SHUT_WR)
+
+    result = json.loads(reader.readline())
+    sock.close()
+
+    assert result["error"] == "InvalidInput" and "short" in result["message"]
+    assert_nothing_left(storage_cluster, pool, "short")
+
+
+def test_stream_with_another_checksum_is_refused(storage_cluster, pool):
+    data = os.urandom(MIB)
+    _ticket, sock, reader, _answer = open_stream(storage_cluster, pool, "mismatch", len(data), "0" * 64)
+    sock.sendall(data)
+
+    result = json.loads(reader.readline())
+    sock.close()
+
+    assert result["error"] == "InvalidInput" and "checksum" in result["message"]
+    assert_nothing_left(storage_cluster, pool, "mismatch")
+
+
+def test_token_is_single_use_and_bound_to_its_size(storage_cluster, pool):
+    data = os.urandom(MIB)
+    digest = hashlib.sha256(data).hexdigest()
+    ticket, sock, reader, answer = open_stream(storage_cluster, pool, "bound", len(data) + 1, digest)
+    sock.close()
+    assert answer == {"ready": True}
+
+    host, port = ticket["address"].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as again:
+        again.sendall(json.dumps({"token": ticket["token"], "size_bytes": len(data), "sha256": digest}).encode()
+                      + b"\n")
+        refused = json.loads(again.makefile("rb").readline())
+    assert refused["error"] == "AuthenticationError"
+
+    _ticket, sock, reader, answer = open_stream(storage_cluster, pool, "bound", len(data), digest)
+    sock.close()
+    assert answer == {"ready": True}
+    ticket = storage_cluster.client.storage.upload_begin(pool, "bound", len(data), "auto")
+    host, port = ticket["address"].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as wrong:
+        wrong.sendall(json.dumps({"token": ticket["token"], "size_bytes": len(data) * 2,
+                                  "sha256": digest}).encode() + b"\n")
+        refused = json.loads(wrong.makefile("rb").readline())
+    assert refused["error"] == "InvalidInput" and "declared" in refused["message"]
+    assert_nothing_left(storage_cluster, pool, "bound")
+
+
+def test_client_killed_mid_upload_leaves_nothing(storage_cluster, pool, images):
+    image = make_image(images, "qcow2", size=24 * MIB, seed=41)
+    client_script = textwrap.dedent("""
+        import hashlib, json, os, signal, socket, sys
+        import pvc
+        cluster = pvc.connect(sys.argv[1], sys.argv[2])
+        data = open(sys.argv[5], "rb").read()
+        ticket = cluster.storage.upload_begin(sys.argv[3], sys.argv[4], len(data), "auto")
+        host, port = ticket["address"].rsplit(":", 1)
+        sock = socket.create_connection((host, int(port)))
+        header = {"token": ticket["token"], "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        sock.sendall(json.dumps(header).encode() + b"\\n")
+        sock.makefile("rb").readline()
+        sock.sendall(data[:len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+        """)
+    client = subprocess.run([sys.executable, "-c", client_script, storage_cluster.local.uris[0],
+                             storage_cluster.local.state["api_key"], pool, "killed", str(image)],
+                            capture_output=True)
+    assert client.returncode == -signal.SIGKILL, client.stderr.decode()
+
+    assert eventually(lambda: leftovers(storage_cluster, pool) == [], timeout=10)
+    assert_nothing_left(storage_cluster, pool, "killed")
+
+
+def test_upload_into_unknown_pool_or_with_bad_names_is_refused(storage_cluster, pool, images):
+    image = str(make_image(images, "raw", seed=51))
+    storage = storage_cluster.client.storage
+    with pytest.raises(NotFound, match="no storage pool named 'nopool'"):
+        storage.upload("nopool", "disk", image)
+    for bad in ("../etc", "a/b", ".hidden", "with space", "ctl\x07"):
+        with pytest.raises(InvalidInput, match="invalid volume name"):
+            storage.upload(pool, bad, image)
+    with pytest.raises(InvalidInput, match="unknown image format"):
+        storage.upload(pool, "disk", image, "iso")
+    assert leftovers(storage_cluster, pool) == []
+    assert "disk" not in stored_names(storage_cluster, pool)
+
+
+def test_made_up_token_is_refused_by_the_channel(storage_cluster, pool):
+    ticket = storage_cluster.client.storage.upload_begin(pool, "made-up", 10, "raw")
+    data = b"0123456789"
+
+    with pytest.raises(AuthenticationError, match="upload token unknown"):
+        bulk.stream_upload(ticket["address"], "not-" + ticket["token"], bulk.SpooledSource(io.BytesIO(data)),
+                           hashlib.sha256(data).hexdigest(), 10)
+    assert_nothing_left(storage_cluster, pool, "made-up")
