@@ -7,15 +7,16 @@ lock, does the hidden volume become the target (renamed, or replacing an existin
 volume's record in ZooKeeper change. On any failure the hidden volume and the staging file are removed, so
 an existing volume is untouched and a new one never appears.
 """
-import hashlib
 import itertools
 import logging
 import os
+import queue
 import secrets
 import socket
 import tempfile
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 PROBE_BYTES = 1 << 20
 """How much of a stream `qemu-img info` sees to tell a raw image (streamed) from a format to stage."""
+QUEUED_PIECES = 4
+BODY_IDLE_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
@@ -79,46 +82,68 @@ class Tickets:
 class VerifiedStream:
     """The announced number of bytes from the connection, checked against the announced checksum.
 
-    Iterating yields the data in chunks; the last step raises `InvalidInput` if the stream ended short or its
-    checksum differs, so a consumer that reaches the end without an error has exactly what was announced."""
+    A thread receives the data in `bulk.PIECE_BYTES` pieces and has each hashed in a small pool while the
+    consumer writes the previous ones, so receiving, hashing and writing overlap. Iterating yields the
+    pieces in order; the last step raises `InvalidInput` if the stream ended short or its checksum differs,
+    so a consumer that reaches the end without an error has exactly what was announced."""
 
-    def __init__(self, reader: BinaryIO, size_bytes: int, sha256: str):
-        self._reader = reader
-        self._remaining = size_bytes
-        self._expected = sha256
-        self._digest = hashlib.sha256()
-        self._buffer = bytearray(bulk.CHUNK_BYTES)
-
-    def read_prefix(self, limit: int) -> bytes:
-        chunks = []
-        while limit > 0 and (chunk := self._read(min(limit, bulk.CHUNK_BYTES))):
-            chunks.append(bytes(chunk))
-            limit -= len(chunk)
-        return b"".join(chunks)
+    def __init__(self, connection: socket.socket, size_bytes: int, checksum: str):
+        self._connection = connection
+        self._size = size_bytes
+        self._expected = checksum
+        self._pieces: queue.Queue = queue.Queue(maxsize=QUEUED_PIECES)
+        self._hashing = ThreadPoolExecutor(bulk.HASH_THREADS, thread_name_prefix="upload-hash")
+        self._digests: list[Future] = []
+        self._stopping = threading.Event()
+        self._receiver = threading.Thread(target=self._receive, name="upload-receive", daemon=True)
 
     def __iter__(self) -> Iterator[bytearray]:
-        while chunk := self._read(bulk.CHUNK_BYTES):
-            yield chunk
-        if self._digest.hexdigest() != self._expected:
+        self._receiver.start()
+        while (item := self._pieces.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+        if bulk.combine_digests([digest.result() for digest in self._digests]) != self._expected:
             raise InvalidInput("the upload's checksum does not match the one announced; nothing was imported")
 
-    def _read(self, limit: int) -> bytearray:
-        """The next chunk, filled completely unless the stream ends; empty once all was read."""
-        wanted = min(limit, self._remaining)
-        if wanted == 0:
-            return bytearray()
-        view = memoryview(self._buffer)[:wanted]
-        filled = 0
-        while filled < wanted:
-            count = self._reader.readinto(view[filled:])
-            if not count:
-                raise InvalidInput(f"the upload ended {self._remaining - filled} bytes short of its announced "
-                                   "size; nothing was imported")
-            filled += count
-        self._digest.update(view)
-        self._remaining -= wanted
-        view.release()
-        return self._buffer if wanted == len(self._buffer) else self._buffer[:wanted]
+    def close(self) -> None:
+        self._stopping.set()
+        self._hashing.shutdown(wait=False, cancel_futures=True)
+
+    def _receive(self) -> None:
+        try:
+            remaining = self._size
+            while remaining:
+                piece = bytearray(min(bulk.PIECE_BYTES, remaining))
+                self._fill(piece, remaining)
+                remaining -= len(piece)
+                self._digests.append(self._hashing.submit(bulk.piece_digest, piece))
+                self._put(piece)
+            self._put(None)
+        except BaseException as error:
+            self._put(error)
+
+    def _fill(self, piece: bytearray, remaining: int) -> None:
+        with memoryview(piece) as view:
+            filled = 0
+            while filled < len(piece):
+                try:
+                    count = self._connection.recv_into(view[filled:])
+                except socket.timeout:
+                    raise InvalidInput("the upload stalled; nothing was imported") from None
+                if not count:
+                    raise InvalidInput(f"the upload ended {remaining - filled} bytes short of its announced "
+                                       "size; nothing was imported")
+                filled += count
+
+    def _put(self, item: object) -> None:
+        """Queue an item for the consumer, unless it has stopped listening."""
+        while not self._stopping.is_set():
+            try:
+                self._pieces.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
 
 @dataclass
@@ -147,24 +172,32 @@ class ImportJob:
         ticket, backend = self.ticket, self.context.backend
         staged: Path | None = None
         try:
-            prefix = stream.read_prefix(PROBE_BYTES)
-            image_format = self._probe(prefix) if ticket.image_format == "auto" else ticket.image_format
+            pieces = iter(stream)
+            first = next(pieces, bytearray())
+            image_format = self._probe(first[:PROBE_BYTES]) if ticket.image_format == "auto" \
+                else ticket.image_format
             importer = self._importer(image_format) if image_format else None
-            data = itertools.chain([prefix], stream)
+            data = itertools.chain([first], pieces)
             if importer is not None and not importer.needs_seekable_source:
                 self._check_capacity(ticket.size_bytes)
                 importer.import_image(data, ticket.size_bytes, image_format,
                                       backend.volume_target(ticket.pool, self.hidden_volume), self.context.qemu_img)
                 size = ticket.size_bytes
             else:
+                started = time.monotonic()
                 staged = self._stage(data)
+                received = time.monotonic()
                 if image_format is None:
                     image_format = check_supported(self.context.qemu_img.info(str(staged))["format"])
                     importer = self._importer(image_format)
                 size = importer.inspect(str(staged), image_format, self.context.qemu_img)
                 self._check_capacity(size)
+                inspected = time.monotonic()
                 importer.import_image(str(staged), size, image_format,
                                       backend.volume_target(ticket.pool, self.hidden_volume), self.context.qemu_img)
+                log.info("upload into %s/%s: received and staged in %.2f s, inspected in %.2f s, %s converted "
+                         "in %.2f s", ticket.pool, ticket.volume, received - started, inspected - received,
+                         image_format, time.monotonic() - inspected)
             return self._commit(image_format)
         except BaseException:
             self._discard_hidden_volume()
@@ -173,7 +206,7 @@ class ImportJob:
             if staged is not None:
                 staged.unlink(missing_ok=True)
 
-    def _probe(self, prefix: bytes) -> str | None:
+    def _probe(self, prefix: bytes | bytearray) -> str | None:
         """The format qemu-img sees in the first bytes, or None when it needs the whole file to tell."""
         with tempfile.NamedTemporaryFile(dir=self.context.staging_directory, prefix=".probe-") as probe:
             probe.write(prefix)
@@ -281,15 +314,18 @@ class UploadListener:
             threading.Thread(target=self._serve, args=(connection, peer), name="upload", daemon=True).start()
 
     def _serve(self, connection: socket.socket, peer: tuple) -> None:
-        with connection, connection.makefile("rb", buffering=bulk.CHUNK_BYTES) as reader:
+        """The header is read through a buffered reader; the client sends nothing more until it is answered,
+        so the reader holds no data bytes and the body can be read from the socket itself."""
+        with connection, connection.makefile("rb") as reader:
+            stream = None
             try:
                 connection.settimeout(self._header_timeout)
-                ticket, sha256 = self._admit(reader)
+                ticket, checksum = self._admit(reader)
                 bulk.send_message(connection, {"ready": True})
-                connection.settimeout(None)
+                connection.settimeout(BODY_IDLE_TIMEOUT_S)
                 started = time.monotonic()
-                result = ImportJob(self._context_factory(), ticket).run(
-                    VerifiedStream(reader, ticket.size_bytes, sha256))
+                stream = VerifiedStream(connection, ticket.size_bytes, checksum)
+                result = ImportJob(self._context_factory(), ticket).run(stream)
                 log.info("upload of %d bytes from %s into %s/%s done in %.1f s", ticket.size_bytes, peer[0],
                          ticket.pool, ticket.volume, time.monotonic() - started)
                 bulk.send_message(connection, {"volume": result})
@@ -305,6 +341,9 @@ class UploadListener:
                     bulk.send_message(connection, bulk.error_message(error))
                 except OSError:
                     pass
+            finally:
+                if stream is not None:
+                    stream.close()
 
     def _admit(self, reader: BinaryIO) -> tuple[Ticket, str]:
         header = bulk.read_message(reader, "upload header")
@@ -312,7 +351,7 @@ class UploadListener:
         if header.get("size_bytes") != ticket.size_bytes:
             raise InvalidInput(f"the stream announces {header.get('size_bytes')} bytes but the upload was "
                                f"declared with {ticket.size_bytes}")
-        sha256 = header.get("sha256")
-        if not isinstance(sha256, str) or len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-            raise InvalidInput("the stream announces no valid sha256 checksum")
-        return ticket, sha256
+        checksum = header.get("checksum")
+        if not isinstance(checksum, str) or len(checksum) != 64 or any(c not in "0123456789abcdef" for c in checksum):
+            raise InvalidInput("the stream announces no valid checksum (64 hex digits)")
+        return ticket, checksum

@@ -38,17 +38,19 @@ class FileVolumeTarget:
 class SparseWriter:
     """Writes raw data in order, seeking over all-zero blocks so that the file stays sparse."""
 
+    BLOCK_BYTES = 1 << 20
+
     def __init__(self, file: BinaryIO):
         self._file = file
-        self._zeros = b""
+        self._zeros = bytes(self.BLOCK_BYTES)
 
     def write(self, data: bytes | bytearray) -> int:
-        if len(self._zeros) != len(data):
-            self._zeros = bytes(len(data))
-        if data == self._zeros:
-            self._file.seek(len(data), os.SEEK_CUR)
-        else:
-            self._file.write(data)
+        for offset in range(0, len(data), self.BLOCK_BYTES):
+            block = data[offset:offset + self.BLOCK_BYTES]
+            if block == self._zeros[:len(block)]:
+                self._file.seek(len(block), os.SEEK_CUR)
+            else:
+                self._file.write(block)
         return len(data)
 
 

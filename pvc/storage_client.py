@@ -30,8 +30,8 @@ class StorageClient(Area):
         with bulk.SpooledSource(source) as spooled:
             if on_size:
                 on_size(spooled.size)
-            sha256 = bulk.sha256_of(spooled.file, spooled.size)
+            checksum = bulk.checksum_of_file(spooled.file, spooled.offset, spooled.size)
             ticket = self.upload_begin(pool, volume, spooled.size, image_format, force)
-            bulk.stream_upload(ticket["address"], ticket["token"], spooled, sha256, UPLOAD_CONNECT_TIMEOUT_S,
+            bulk.stream_upload(ticket["address"], ticket["token"], spooled, checksum, UPLOAD_CONNECT_TIMEOUT_S,
                                progress)
         return self.upload_end(pool, volume)

@@ -242,20 +242,20 @@ def test_image_larger_than_the_pool_can_hold_is_refused(storage_cluster, pool, i
 
 # -- the stream itself ------------------------------------------------------------------------------------------
 
-def open_stream(cluster, pool, volume, size, sha256):
+def open_stream(cluster, pool, volume, size, checksum):
     """Begin an upload and send the header as a client would; the socket, its reader and the node's answer."""
     ticket = cluster.client.storage.upload_begin(pool, volume, size, "auto")
     host, port = ticket["address"].rsplit(":", 1)
     sock = socket.create_connection((host, int(port)), timeout=30)
     reader = sock.makefile("rb")
-    sock.sendall(json.dumps({"token": ticket["token"], "size_bytes": size, "sha256": sha256}).encode() + b"\n")
+    sock.sendall(json.dumps({"token": ticket["token"], "size_bytes": size, "checksum": checksum}).encode() + b"\n")
     return ticket, sock, reader, json.loads(reader.readline())
 
 
 def test_short_stream_is_refused(storage_cluster, pool):
     data = os.urandom(2 * MIB)
     _ticket, sock, reader, answer = open_stream(storage_cluster, pool, "short", len(data),
-                                                hashlib.sha256(data).hexdigest())
+                                                bulk.checksum_of_bytes(data))
     assert answer == {"ready": True}
     sock.sendall(data[:MIB])
     sock.shutdown(socket.SHUT_WR)
@@ -281,14 +281,14 @@ def test_stream_with_another_checksum_is_refused(storage_cluster, pool):
 
 def test_token_is_single_use_and_bound_to_its_size(storage_cluster, pool):
     data = os.urandom(MIB)
-    digest = hashlib.sha256(data).hexdigest()
+    digest = bulk.checksum_of_bytes(data)
     ticket, sock, reader, answer = open_stream(storage_cluster, pool, "bound", len(data) + 1, digest)
     sock.close()
     assert answer == {"ready": True}
 
     host, port = ticket["address"].rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as again:
-        again.sendall(json.dumps({"token": ticket["token"], "size_bytes": len(data), "sha256": digest}).encode()
+        again.sendall(json.dumps({"token": ticket["token"], "size_bytes": len(data), "checksum": digest}).encode()
                       + b"\n")
         refused = json.loads(again.makefile("rb").readline())
     assert refused["error"] == "AuthenticationError"
@@ -300,7 +300,7 @@ def test_token_is_single_use_and_bound_to_its_size(storage_cluster, pool):
     host, port = ticket["address"].rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as wrong:
         wrong.sendall(json.dumps({"token": ticket["token"], "size_bytes": len(data) * 2,
-                                  "sha256": digest}).encode() + b"\n")
+                                  "checksum": digest}).encode() + b"\n")
         refused = json.loads(wrong.makefile("rb").readline())
     assert refused["error"] == "InvalidInput" and "declared" in refused["message"]
     assert_nothing_left(storage_cluster, pool, "bound")
@@ -309,14 +309,15 @@ def test_token_is_single_use_and_bound_to_its_size(storage_cluster, pool):
 def test_client_killed_mid_upload_leaves_nothing(storage_cluster, pool, images):
     image = make_image(images, "qcow2", size=24 * MIB, seed=41)
     client_script = textwrap.dedent("""
-        import hashlib, json, os, signal, socket, sys
+        import json, os, signal, socket, sys
         import pvc
+        from pvc import bulk
         cluster = pvc.connect(sys.argv[1], sys.argv[2])
         data = open(sys.argv[5], "rb").read()
         ticket = cluster.storage.upload_begin(sys.argv[3], sys.argv[4], len(data), "auto")
         host, port = ticket["address"].rsplit(":", 1)
         sock = socket.create_connection((host, int(port)))
-        header = {"token": ticket["token"], "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        header = {"token": ticket["token"], "size_bytes": len(data), "checksum": bulk.checksum_of_bytes(data)}
         sock.sendall(json.dumps(header).encode() + b"\\n")
         sock.makefile("rb").readline()
         sock.sendall(data[:len(data) // 2])
@@ -351,5 +352,5 @@ def test_made_up_token_is_refused_by_the_channel(storage_cluster, pool):
 
     with pytest.raises(AuthenticationError, match="upload token unknown"):
         bulk.stream_upload(ticket["address"], "not-" + ticket["token"], bulk.SpooledSource(io.BytesIO(data)),
-                           hashlib.sha256(data).hexdigest(), 10)
+                           bulk.checksum_of_bytes(data), 10)
     assert_nothing_left(storage_cluster, pool, "made-up")
