@@ -19,7 +19,7 @@ from kazoo.exceptions import NoNodeError
 
 from pvc import schema
 from pvc.cache import OWN_VALUE, WatchedCollection
-from pvc.errors import OperationFailed, PVCError
+from pvc.errors import OperationFailed, PVCError, Unavailable
 from pvc.node.hypervisor import DomainActions
 from pvc.store import Store
 
@@ -119,7 +119,8 @@ class Reconciler:
                 log.warning("%s: live migration failed (%s); falling back to shutdown migration", name, error)
                 return "shutdown"
             self._store.transaction() \
-                .set(schema.vm_key(name, "placement"), {"node": self.node, "last_node": None}) \
+                .set(schema.vm_key(name, "placement"), {"node": self.node, "last_node": None,
+                                                         "migration_error": str(error)}) \
                 .set(schema.vm_key(name, "state"), "start") \
                 .commit()
             self._write_status_if_ours(name, {"node": self.node, "running": True, "error": str(error),
@@ -142,7 +143,7 @@ class Reconciler:
                 self._actions.shutdown(name)
             elif state in ("stop", "disable", "fail"):
                 self._actions.stop(name)
-        except OperationFailed as error:
+        except (OperationFailed, Unavailable) as error:
             return self._failed(name, raw, str(error))
         running = self._actions.is_running(name)
         if status.get("node") not in (None, self.node) and status.get("running") and not running:
@@ -195,14 +196,19 @@ class Reconciler:
     def _failed(self, name: str, raw: dict[str, Any], reason: str) -> dict[str, Any]:
         """Record the error; a VM that failed to start here after a migration goes back where it was."""
         log.warning("%s: %s", name, reason)
-        running = self._actions.is_running(name)
+        try:
+            running = self._actions.is_running(name)
+        except (OperationFailed, Unavailable):
+            running = False
         status = {"node": self.node, "running": running, "error": reason, "time": time.time(),
                   "generation": (raw.get("status") or {}).get("generation")}
         self._write_status_if_ours(name, status)
         placement = raw.get("placement") or {}
         if not running and raw.get("state") in ("migrate", "unmigrate") and placement.get("last_node"):
             self._store.transaction() \
-                .set(schema.vm_key(name, "placement"), {"node": placement["last_node"], "last_node": None}) \
+                .set(schema.vm_key(name, "placement"), {"node": placement["last_node"], "last_node": None,
+                                                         "migration_error": f"migration to {self.node} failed: "
+                                                                            f"{reason}"}) \
                 .set(schema.vm_key(name, "state"), "start") \
                 .commit()
             log.warning("%s could not start here; returned to %s", name, placement["last_node"])

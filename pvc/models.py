@@ -53,7 +53,7 @@ def vm_view(name: str, raw: dict[str, Any], detail: bool = True) -> dict[str, An
         "max_downtime_ms": spec.get("max_downtime"),
         "vcpus": spec.get("vcpus"),
         "memory_mib": spec.get("memory_mib"),
-        "last_error": status.get("error"),
+        "last_error": status.get("error") or placement.get("migration_error"),
     }
     if detail:
         view["disks"] = spec.get("disks") or []

@@ -70,13 +70,14 @@ class VMControl:
     # -- carrying out ----------------------------------------------------------------------------------
 
     def converge(self, name: str, nodes: list[str | None], wait: bool, timeout: float = 120.0) -> dict[str, Any]:
-        """Ask each of `nodes` (old node first, then new) to converge the VM; with `wait`, until it is done."""
+        """Ask each of `nodes` (old node first, then new) to converge the VM; with `wait`, until it is done.
+        Two different nodes mean the VM is moving between them."""
         if not wait:
             self._background.submit(self.poke, name, nodes)
             return self.view(name)
         since = time.time()
         self.poke(name, nodes)
-        return self.wait(name, timeout, since)
+        return self.wait(name, timeout, since, moving=len({node for node in nodes if node}) > 1)
 
     def poke(self, name: str, nodes: list[str | None], action: str = "converge") -> None:
         """Ask each of `nodes` to converge the VM now. The change is already recorded, so a node that does
@@ -92,16 +93,20 @@ class VMControl:
                 log.info("%s of %s on %s now failed (%s); the node will converge on its own", action, name,
                          node, error)
 
-    def wait(self, name: str, timeout: float, since: float) -> dict[str, Any]:
+    def wait(self, name: str, timeout: float, since: float, moving: bool = False) -> dict[str, Any]:
         """Wait until the VM's node reports the outcome its state asks for; raise an error reported since
-        `since` (the command's start), which is this command's failure."""
+        `since` (the command's start), which is this command's failure. A command that moved the VM
+        (`moving`) recorded a fresh placement, so a migration error found there now is its own."""
         deadline = time.monotonic() + timeout
         while True:
             self._context.cache.vms.refresh(name)
             raw = self.raw(name)
             view = models.vm_view(name, raw)
-            if view["last_error"] and (raw.get("status") or {}).get("time", 0) >= since:
-                raise OperationFailed(f"VM '{name}': {view['last_error']}")
+            status, placement = raw.get("status") or {}, raw.get("placement") or {}
+            if status.get("error") and status.get("time", 0) >= since:
+                raise OperationFailed(f"VM '{name}': {status['error']}")
+            if moving and placement.get("migration_error"):
+                raise OperationFailed(f"VM '{name}': {placement['migration_error']}; it stays on {view['node']}")
             if settled(view):
                 return view
             if time.monotonic() > deadline:
