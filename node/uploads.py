@@ -24,6 +24,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 from pvc import bulk, schema
 from pvc.errors import AuthenticationError, Busy, InvalidInput, PVCError
 from pvc.hookspecs import ImageImporter, StorageBackend
+from pvc.node.growing_export import GrowingFileExport
 from pvc.qemu_img import QemuImg, check_supported
 from pvc.store import Store
 from pvc.storage_records import record_upload
@@ -31,8 +32,10 @@ from pvc.storage_records import record_upload
 log = logging.getLogger(__name__)
 
 PROBE_BYTES = 1 << 20
+VMDK_DESCRIPTOR = b"# Disk DescriptorFile"
 """How much of a stream `qemu-img info` sees to tell a raw image (streamed) from a format to stage."""
 QUEUED_PIECES = 4
+REFUSAL_DRAIN_S = 5
 BODY_IDLE_TIMEOUT_S = 120
 
 
@@ -99,7 +102,7 @@ class VerifiedStream:
 
     def __iter__(self) -> Iterator[bytearray]:
         self._receiver.start()
-        while (item := self._pieces.get()) is not None:
+        while (item := self._next_item()) is not None:
             if isinstance(item, BaseException):
                 raise item
             yield item
@@ -107,8 +110,17 @@ class VerifiedStream:
             raise InvalidInput("the upload's checksum does not match the one announced; nothing was imported")
 
     def close(self) -> None:
+        """Stop receiving: the consumer's iteration ends with an error, the receiving thread gives up."""
         self._stopping.set()
         self._hashing.shutdown(wait=False, cancel_futures=True)
+
+    def _next_item(self) -> object:
+        while not self._stopping.is_set():
+            try:
+                return self._pieces.get(timeout=0.5)
+            except queue.Empty:
+                continue
+        return InvalidInput("the upload was abandoned")
 
     def _receive(self) -> None:
         try:
@@ -167,13 +179,17 @@ class ImportJob:
         self.context = context
         self.ticket = ticket
         self.hidden_volume = f".upload-{os.getpid()}-{next(self._counter)}-{secrets.token_hex(4)}"
+        self._room_query: Future | None = None
 
     def run(self, stream: VerifiedStream) -> dict[str, Any]:
         ticket, backend = self.ticket, self.context.backend
-        staged: Path | None = None
         try:
+            self._ask_room()
             pieces = iter(stream)
             first = next(pieces, bytearray())
+            if first.startswith(VMDK_DESCRIPTOR) and ticket.image_format in ("auto", "vmdk"):
+                raise InvalidInput("refused: a VMDK descriptor keeps its data in other files; upload a single-file "
+                                   "VMDK (monolithicSparse or streamOptimized)")
             image_format = self._probe(first[:PROBE_BYTES]) if ticket.image_format == "auto" \
                 else ticket.image_format
             importer = self._importer(image_format) if image_format else None
@@ -184,27 +200,46 @@ class ImportJob:
                                       backend.volume_target(ticket.pool, self.hidden_volume), self.context.qemu_img)
                 size = ticket.size_bytes
             else:
-                started = time.monotonic()
-                staged = self._stage(data)
-                received = time.monotonic()
-                if image_format is None:
-                    image_format = check_supported(self.context.qemu_img.info(str(staged))["format"])
-                    importer = self._importer(image_format)
-                size = importer.inspect(str(staged), image_format, self.context.qemu_img)
-                self._check_capacity(size)
-                inspected = time.monotonic()
-                importer.import_image(str(staged), size, image_format,
-                                      backend.volume_target(ticket.pool, self.hidden_volume), self.context.qemu_img)
-                log.info("upload into %s/%s: received and staged in %.2f s, inspected in %.2f s, %s converted "
-                         "in %.2f s", ticket.pool, ticket.volume, received - started, inspected - received,
-                         image_format, time.monotonic() - inspected)
-            return self._commit(image_format)
+                image_format, size = self._import_staged(stream, data, image_format)
+            return self._commit(image_format, size)
         except BaseException:
             self._discard_hidden_volume()
             raise
+
+    def _import_staged(self, stream: VerifiedStream, data: Iterator[bytes],
+                       image_format: str | None) -> tuple[str, int]:
+        """Stage the upload while qemu-img inspects and converts it through a `GrowingFileExport`, so the
+        conversion overlaps the transfer; the stream's own verdict (short, wrong checksum) decides last."""
+        ticket, qemu_img = self.ticket, self.context.qemu_img
+        staged = self._staging_file()
+        export = GrowingFileExport(staged, ticket.size_bytes, staged.with_name(staged.name + ".nbd"))
+        writer = StagingWriter(data, staged, export)
+        try:
+            export.start()
+            writer.start()
+            started = time.monotonic()
+            try:
+                if image_format is None:
+                    image_format = check_supported(qemu_img.info(export.url)["format"])
+                importer = self._importer(image_format)
+                size = importer.inspect(export.url, image_format, qemu_img)
+                self._check_capacity(size)
+                importer.import_image(export.url, size, image_format,
+                                      self.context.backend.volume_target(ticket.pool, self.hidden_volume), qemu_img)
+            except BaseException:
+                writer.raise_if_failed()
+                stream.close()
+                raise
+            converted = time.monotonic()
+            writer.join()
+            writer.raise_if_failed()
+            log.info("upload into %s/%s: %s converted in %.2f s as it arrived, all received after %.2f s",
+                     ticket.pool, ticket.volume, image_format, converted - started, time.monotonic() - started)
+            return image_format, size
         finally:
-            if staged is not None:
-                staged.unlink(missing_ok=True)
+            writer.join()
+            export.close()
+            staged.unlink(missing_ok=True)
 
     def _probe(self, prefix: bytes | bytearray) -> str | None:
         """The format qemu-img sees in the first bytes, or None when it needs the whole file to tell."""
@@ -223,40 +258,45 @@ class ImportJob:
                 return importer
         raise InvalidInput(f"no image importer handles format {image_format!r}")
 
-    def _stage(self, data: Iterator[bytes]) -> Path:
+    def _staging_file(self) -> Path:
         directory = self.context.staging_directory
         free = _free_bytes(directory)
         if self.ticket.size_bytes > free:
             raise InvalidInput(f"the upload ({self.ticket.size_bytes} bytes) does not fit the node's staging "
                                f"space ({free} bytes free)")
         descriptor, name = tempfile.mkstemp(dir=directory, prefix=".stage-")
-        path = Path(name)
-        try:
-            with os.fdopen(descriptor, "wb") as file:
-                for chunk in data:
-                    file.write(chunk)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return path
+        os.close(descriptor)
+        return Path(name)
+
+    def _ask_room(self) -> None:
+        """Ask, in the background while the upload arrives, for the target's current size (0 if new) and
+        what the pool can still hold: each is a round trip to the storage."""
+        backend, ticket = self.context.backend, self.ticket
+        self._room_query = Future()
+
+        def ask() -> None:
+            try:
+                self._room_query.set_result((backend.volume_size(ticket.pool, ticket.volume) or 0,
+                                             backend.pool_usage(ticket.pool)["free_bytes"]))
+            except BaseException as error:
+                self._room_query.set_exception(error)
+        threading.Thread(target=ask, name="upload-room", daemon=True).start()
 
     def _check_capacity(self, size_bytes: int) -> None:
         ticket = self.ticket
-        existing = self.context.backend.volume_size(ticket.pool, ticket.volume) or 0
-        free = self.context.backend.pool_usage(ticket.pool)["free_bytes"]
+        existing, free = self._room_query.result()
         if size_bytes - existing > free:
             raise InvalidInput(f"the image's virtual size ({size_bytes} bytes) exceeds what pool '{ticket.pool}' "
                                f"can still hold ({free} bytes)")
 
-    def _commit(self, image_format: str) -> dict[str, Any]:
-        """Make the hidden volume the target and record it, under the pool's lock."""
+    def _commit(self, image_format: str, size: int) -> dict[str, Any]:
+        """Make the hidden volume (`size` bytes) the target and record it, under the pool's lock."""
         ticket, backend = self.ticket, self.context.backend
         lock = self.context.store.lock(schema.storage_lock(ticket.pool), self.context.node_name)
         if not lock.acquire(timeout=30):
             raise Busy(f"pool '{ticket.pool}' stayed locked by another change; the upload was not imported")
         try:
             existing = backend.volume_size(ticket.pool, ticket.volume)
-            size = backend.volume_size(ticket.pool, self.hidden_volume)
             if existing is not None and existing > size:
                 backend.volume_resize(ticket.pool, self.hidden_volume, existing)
                 size = existing
@@ -279,6 +319,51 @@ class ImportJob:
         except Exception as error:
             log.error("could not remove the unfinished upload %s/%s: %s", self.ticket.pool, self.hidden_volume,
                       error)
+
+
+class StagingWriter(threading.Thread):
+    """Writes the upload into the staging file, telling the export how far it has got."""
+
+    def __init__(self, data: Iterator[bytes], path: Path, export: GrowingFileExport):
+        super().__init__(name="upload-staging", daemon=True)
+        self._data = data
+        self._path = path
+        self._export = export
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        written = 0
+        try:
+            with open(self._path, "wb", buffering=0) as file:
+                for chunk in self._data:
+                    file.write(chunk)
+                    written += len(chunk)
+                    self._export.advance(written)
+        except BaseException as error:
+            self.error = error
+            self._export.fail()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.ident is not None:
+            super().join(timeout)
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def _refuse(connection: socket.socket, error: BaseException) -> None:
+    """Answer with the error, then read (and drop) what the client still sends for a moment: closing a
+    socket with unread data resets it, and the client would lose the answer. The client checks for an
+    answer between chunks, so it stops sending soon."""
+    try:
+        bulk.send_message(connection, bulk.error_message(error))
+        connection.shutdown(socket.SHUT_WR)
+        connection.settimeout(REFUSAL_DRAIN_S)
+        while connection.recv(bulk.CHUNK_BYTES):
+            pass
+    except OSError:
+        pass
 
 
 def _free_bytes(directory: Path) -> int:
@@ -331,16 +416,10 @@ class UploadListener:
                 bulk.send_message(connection, {"volume": result})
             except (PVCError, OSError, ValueError) as error:
                 log.warning("upload from %s not imported: %s", peer[0], error)
-                try:
-                    bulk.send_message(connection, bulk.error_message(error))
-                except OSError:
-                    pass
+                _refuse(connection, error)
             except Exception as error:
                 log.exception("upload from %s failed", peer[0])
-                try:
-                    bulk.send_message(connection, bulk.error_message(error))
-                except OSError:
-                    pass
+                _refuse(connection, error)
             finally:
                 if stream is not None:
                     stream.close()

@@ -33,7 +33,7 @@ class QemuImgImporter:
 
     def inspect(self, source_path: str, image_format: str, qemu_img: QemuImg) -> int:
         info = qemu_img.info(source_path, image_format)
-        check_self_contained(info, source_path)
+        check_self_contained(info)
         return virtual_size(info)
 
     def import_image(self, source: str | Iterable[bytes], size_bytes: int, image_format: str,

@@ -15,6 +15,7 @@ from pvc.errors import AlreadyExists, InvalidInput, NotFound, OperationFailed
 from pvc.qemu_img import QemuImg
 
 MISSING = "No such file or directory"
+EXISTS = "File exists"
 MIN_PG_NUM, MAX_PG_NUM = 8, 256
 
 
@@ -55,12 +56,16 @@ class CephBackend:
     def command(self, tool: str, *arguments: str) -> list[str]:
         return [tool, "-c", self.conf, *arguments]
 
-    def _run(self, tool: str, *arguments: str, missing_ok: bool = False) -> str | None:
+    def _run(self, tool: str, *arguments: str, missing_ok: bool = False, creates: str | None = None) -> str | None:
+        """Run a tool; with `missing_ok`, None if the image is missing; `creates` names the image it makes, so
+        that an existing one is reported as such (one round trip, no separate check)."""
         result = subprocess.run(self.command(tool, *arguments), capture_output=True, text=True,
                                 stdin=subprocess.DEVNULL, timeout=3600)
         if result.returncode != 0:
             if missing_ok and MISSING in result.stderr:
                 return None
+            if creates and EXISTS in result.stderr:
+                raise AlreadyExists(f"RBD image {creates} exists already")
             raise OperationFailed(f"{tool} {arguments[0]} failed: {_last_line(result.stderr)}")
         return result.stdout
 
@@ -108,9 +113,7 @@ class CephBackend:
     # -- volumes ------------------------------------------------------------------------------------------
 
     def volume_create(self, pool: str, volume: str, size_bytes: int) -> None:
-        if self.volume_size(pool, volume) is not None:
-            raise AlreadyExists(f"RBD image {pool}/{volume} exists already")
-        self._run("rbd", "create", "--size", f"{size_bytes}B", f"{pool}/{volume}")
+        self._run("rbd", "create", "--size", f"{size_bytes}B", f"{pool}/{volume}", creates=f"{pool}/{volume}")
 
     def volume_remove(self, pool: str, volume: str) -> None:
         if self.volume_size(pool, volume) is None:
@@ -129,15 +132,11 @@ class CephBackend:
                   f"{pool}/{volume}")
 
     def volume_rename(self, pool: str, volume: str, new_name: str) -> None:
-        if self.volume_size(pool, new_name) is not None:
-            raise AlreadyExists(f"RBD image {pool}/{new_name} exists already")
-        self._run("rbd", "rename", f"{pool}/{volume}", f"{pool}/{new_name}")
+        self._run("rbd", "rename", f"{pool}/{volume}", f"{pool}/{new_name}", creates=f"{pool}/{new_name}")
 
     def volume_copy(self, pool: str, volume: str, new_name: str, snapshot: str | None = None) -> None:
-        if self.volume_size(pool, new_name) is not None:
-            raise AlreadyExists(f"RBD image {pool}/{new_name} exists already")
         source = f"{pool}/{volume}@{snapshot}" if snapshot else f"{pool}/{volume}"
-        self._run("rbd", "cp", "--no-progress", source, f"{pool}/{new_name}")
+        self._run("rbd", "cp", "--no-progress", source, f"{pool}/{new_name}", creates=f"{pool}/{new_name}")
 
     def volume_replace(self, pool: str, source: str, target: str) -> None:
         """Snapshots belong to an RBD image, so a target that has some keeps its image and gets the data

@@ -19,6 +19,7 @@ a plain SHA-256 pass, and the node checks it while the data streams in.
 import hashlib
 import json
 import os
+import select
 import shutil
 import socket
 import stat
@@ -161,8 +162,11 @@ def stream_upload(address: str, token: str, source: SpooledSource, checksum: str
 
 
 def _send_body(sock: socket.socket, source: SpooledSource, progress: Callable[[int], None] | None) -> None:
+    """Send the data, stopping early if the node has answered already (it refuses as soon as it can)."""
     sent = 0
     while sent < source.size:
+        if select.select([sock], [], [], 0)[0]:
+            return
         count = sock.sendfile(source.file, source.offset + sent, min(CHUNK_BYTES, source.size - sent))
         if count == 0:
             raise errors.InvalidInput(f"the file ended {source.size - sent} bytes short of its size")

@@ -68,9 +68,10 @@ def _reason(stderr: str) -> str:
     return _OPENING.sub("", lines[-1].removeprefix("qemu-img: "))
 
 
-def check_self_contained(info: Mapping[str, Any], path: str) -> None:
+def check_self_contained(info: Mapping[str, Any]) -> None:
     """Refuse an image that refers to any file but itself: a backing file, an external data file, or VMDK
-    extents elsewhere (only the single-file VMDK kinds are accepted)."""
+    extents elsewhere (only the single-file VMDK kinds are accepted, and each extent must be the image as
+    qemu-img itself names it)."""
     backing = info.get("backing-filename") or info.get("full-backing-filename")
     if backing:
         raise InvalidInput(f"refused: the {info.get('format')} image has a backing file ({backing!r}); "
@@ -84,10 +85,8 @@ def check_self_contained(info: Mapping[str, Any], path: str) -> None:
         if create_type not in SELF_CONTAINED_VMDK_TYPES:
             raise InvalidInput(f"refused: VMDK of type {create_type!r} keeps its data in other files; upload a "
                                f"single-file VMDK ({' or '.join(SELF_CONTAINED_VMDK_TYPES)})")
-        here = os.path.realpath(path)
         for extent in specific.get("extents") or []:
-            named = os.path.realpath(os.path.join(os.path.dirname(path), extent.get("filename", "")))
-            if named != here:
+            if extent.get("filename") != info.get("filename"):
                 raise InvalidInput(f"refused: the VMDK names an extent in another file "
                                    f"({extent.get('filename')!r})")
 
