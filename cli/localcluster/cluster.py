@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from pvc.cli.localcluster.ceph import PrivateCeph
-from pvc.cli.localcluster.processes import free_port, live_pid, log_tail, start_detached, stop_pid, kill_pid
+from pvc.cli.localcluster.processes import (exit_description, free_port, kill_pid, live_pid, log_tail, read_pid,
+                                            start_detached, stop_pid)
 from pvc.cli.localcluster.simhost import SimulatedHost
 from pvc.cli.localcluster.zookeeper import ZooKeeperServer
 from pvc.errors import Conflict, InvalidInput, PVCError, Unavailable
@@ -77,15 +78,15 @@ class LocalCluster:
     def running_processes(self) -> dict[str, int]:
         """Every process of this cluster still alive, by role."""
         found = {}
-        zookeeper_pid = live_pid(self.state_dir / "zookeeper" / "zookeeper.pid", "QuorumPeerMain")
+        zookeeper_pid = ZooKeeperServer(self.state_dir / "zookeeper").pid
         if zookeeper_pid:
             found["zookeeper"] = zookeeper_pid
         for name in self.coordinator_names:
-            pid = live_pid(self._daemon_dir("coordinators", name) / "pvcapid.pid", "pvcapid")
+            pid = self.daemon_pid("pvcapid", name)
             if pid:
                 found[f"pvcapid {name}"] = pid
         for name in self.node_names:
-            pid = live_pid(self._daemon_dir("nodes", name) / "pvcnoded.pid", "pvcnoded")
+            pid = self.daemon_pid("pvcnoded", name)
             if pid:
                 found[f"pvcnoded {name}"] = pid
             if self.host(name).running:
@@ -145,7 +146,7 @@ class LocalCluster:
         """Stop every process this cluster started; returns what was stopped."""
         stopped = []
         for name in self.node_names:
-            pid = live_pid(self._daemon_dir("nodes", name) / "pvcnoded.pid", "pvcnoded")
+            pid = self.daemon_pid("pvcnoded", name)
             if pid:
                 stop_pid(pid)
                 stopped.append(f"pvcnoded {name}")
@@ -154,7 +155,7 @@ class LocalCluster:
                 host.stop()
                 stopped.append(f"host {name}")
         for name in self.coordinator_names:
-            pid = live_pid(self._daemon_dir("coordinators", name) / "pvcapid.pid", "pvcapid")
+            pid = self.daemon_pid("pvcapid", name)
             if pid:
                 stop_pid(pid)
                 stopped.append(f"pvcapid {name}")
@@ -191,14 +192,18 @@ class LocalCluster:
         running = self.running_processes()
         for name in self.coordinator_names:
             if f"pvcapid {name}" not in running:
-                self._died("pvcapid", self._daemon_dir("coordinators", name) / "pvcapid.log")
+                self._died("pvcapid", self._daemon_dir("coordinators", name))
         for name in self.node_names:
             if f"pvcnoded {name}" not in running:
-                self._died("pvcnoded", self._daemon_dir("nodes", name) / "pvcnoded.log")
+                self._died("pvcnoded", self._daemon_dir("nodes", name))
 
     @staticmethod
-    def _died(what: str, log_path: Path) -> None:
-        raise PVCError(f"{what} exited during start-up; its log ({log_path}) ends:\n{log_tail(log_path, 8)}")
+    def _died(program: str, directory: Path) -> None:
+        pid = read_pid(directory / f"{program}.pid")
+        how = exit_description(pid) if pid else ""
+        log_path = directory / f"{program}.log"
+        raise PVCError(f"{program} (pid {pid}) exited during start-up{', ' + how if how else ''}; "
+                       f"its log ({log_path}) ends:\n{log_tail(log_path, 8)}")
 
     # -- individual daemons (tests restart and kill them) -------------------------------------------------
 
@@ -240,8 +245,11 @@ class LocalCluster:
                               directory / f"{program}.pid")
 
     def daemon_pid(self, program: str, name: str) -> int | None:
-        kind = "coordinators" if program == "pvcapid" else "nodes"
-        return live_pid(self._daemon_dir(kind, name) / f"{program}.pid", program)
+        """The daemon's pid while it runs. Pids are recycled quickly (pid_max can be 32768), so the process
+        must also name this daemon's own config file: a stale pid file never leads to another cluster's
+        daemon."""
+        directory = self._daemon_dir("coordinators" if program == "pvcapid" else "nodes", name)
+        return live_pid(directory / f"{program}.pid", str(directory / f"{program}.yaml"))
 
     def stop_daemon(self, program: str, name: str, kill: bool = False) -> None:
         """SIGTERM (or, with `kill`, SIGKILL) one daemon and wait until it is gone."""

@@ -22,6 +22,7 @@ T = TypeVar("T")
 # exit: an unreaped child stays a zombie, and Popen objects dropped while their
 # child still runs raise ResourceWarning.
 _children: dict[int, subprocess.Popen] = {}
+_exit_codes: dict[int, int] = {}
 
 
 def free_port() -> int:
@@ -39,7 +40,7 @@ def pid_alive(pid: int) -> bool:
     """
     child = _children.get(pid)
     if child is not None and child.poll() is not None:
-        del _children[pid]
+        _exit_codes[pid] = _children.pop(pid).returncode
         return False
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -48,6 +49,14 @@ def pid_alive(pid: int) -> bool:
     # The command name in parentheses may itself contain spaces or parentheses.
     state = stat.rpartition(")")[2].split()[0]
     return state not in ("Z", "X")
+
+
+def exit_description(pid: int) -> str:
+    """How a child this process started ended ("exit code 1", "killed by SIGTERM"), or '' if unknown."""
+    code = _exit_codes.get(pid)
+    if code is None:
+        return ""
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
 
 
 def process_cmdline(pid: int) -> list[str]:
