@@ -99,21 +99,18 @@ def _node_task(session, name: str, kind: str, wait: bool, output_format: str) ->
         sys.exit(1)
 
 
-@group.command("flush")
-@click.argument("name")
-@click.option("--wait", is_flag=True, help="show progress and return when the node is flushed")
-@output.format_option
-@click.pass_obj
-def flush(session, name: str, wait: bool, output_format: str) -> None:
-    """Move every running VM off the node (for maintenance)."""
-    _node_task(session, name, "flush", wait, output_format)
+def _task_command(kind: str, help_text: str, wait_help: str):
+    @group.command(kind, help=help_text)
+    @click.argument("name")
+    @click.option("--wait", is_flag=True, help=wait_help)
+    @output.format_option
+    @click.pass_obj
+    def command(session, name: str, wait: bool, output_format: str) -> None:
+        _node_task(session, name, kind, wait, output_format)
+    return command
 
 
-@group.command("ready")
-@click.argument("name")
-@click.option("--wait", is_flag=True, help="show progress and return when the node is ready")
-@output.format_option
-@click.pass_obj
-def ready(session, name: str, wait: bool, output_format: str) -> None:
-    """Return the node to service: its VMs come back."""
-    _node_task(session, name, "ready", wait, output_format)
+_task_command("flush", "Move every running VM off the node (for maintenance).",
+              "show progress and return when the node is flushed")
+_task_command("ready", "Return the node to service: its VMs come back.",
+              "show progress and return when the node is ready")

@@ -184,16 +184,21 @@ def rename(session, vm, new_name, output_format) -> None:
     _show_vm(session.client.vms.rename(vm, new_name), output_format)
 
 
-@group.command("migrate")
-@click.argument("vm")
-@click.option("--target", help="destination node (default: the VM's selector's choice)")
-@click.option("--force", is_flag=True, help="allow a target outside the VM's node limit")
-@_wait_option
-@output.format_option
-@click.pass_obj
-def migrate(session, vm, target, force, wait, output_format) -> None:
-    """Move the VM to another node, remembering where it was (see unmigrate)."""
-    _show_vm(session.client.vms.migrate(vm, target=target, force=force, wait=wait), output_format)
+def _move_command(name: str, help_text: str):
+    @group.command(name, help=help_text)
+    @click.argument("vm")
+    @click.option("--target", help="destination node (default: the VM's selector's choice)")
+    @click.option("--force", is_flag=True, help="allow a target outside the VM's node limit")
+    @_wait_option
+    @output.format_option
+    @click.pass_obj
+    def command(session, vm, target, force, wait, output_format) -> None:
+        _show_vm(getattr(session.client.vms, name)(vm, target=target, force=force, wait=wait), output_format)
+    return command
+
+
+_move_command("migrate", "Move the VM to another node, remembering where it was (see unmigrate).")
+_move_command("move", "Move the VM to another node for good.")
 
 
 @group.command("unmigrate")
@@ -204,15 +209,3 @@ def migrate(session, vm, target, force, wait, output_format) -> None:
 def unmigrate(session, vm, wait, output_format) -> None:
     """Return a migrated VM to the node it came from."""
     _show_vm(session.client.vms.unmigrate(vm, wait=wait), output_format)
-
-
-@group.command("move")
-@click.argument("vm")
-@click.option("--target", help="destination node (default: the VM's selector's choice)")
-@click.option("--force", is_flag=True, help="allow a target outside the VM's node limit")
-@_wait_option
-@output.format_option
-@click.pass_obj
-def move(session, vm, target, force, wait, output_format) -> None:
-    """Move the VM to another node for good."""
-    _show_vm(session.client.vms.move(vm, target=target, force=force, wait=wait), output_format)
