@@ -1,8 +1,9 @@
 """The node's end of the bulk upload channel (`pvc.bulk`): tickets, the listener, and the import itself.
 
 An upload never touches its target volume until it is complete and checked. It is written into a hidden
-volume of the pool (``.upload-ID``): a raw image straight from the socket, any other format first staged in a
-file (qemu-img needs to seek), inspected, refused if hostile, then converted. Only then, under the pool's
+volume of the pool (``.upload-ID``): a raw image straight from the socket; any other format is staged in a
+file (qemu-img needs to seek) that qemu-img inspects, refuses if hostile, and converts while it still arrives
+(`pvc.node.growing_export`). Only once the stream is complete and its checksum right, under the pool's
 lock, does the hidden volume become the target (renamed, or replacing an existing volume's data) and the
 volume's record in ZooKeeper change. On any failure the hidden volume and the staging file are removed, so
 an existing volume is untouched and a new one never appears.

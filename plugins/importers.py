@@ -1,13 +1,10 @@
 """The built-in image importers: ``raw`` streams bytes straight into the volume; ``qemu-img`` converts every
 other format qemu-img reads, from a staged copy, after refusing images that name other files."""
-import os
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import pvc
 from pvc.hookspecs import VolumeTarget
 from pvc.qemu_img import QemuImg, check_self_contained, virtual_size
-
-CHUNK_BYTES = 4 << 20
 
 
 class RawImporter:
@@ -16,13 +13,17 @@ class RawImporter:
     needs_seekable_source = False
 
     def inspect(self, source_path: str, image_format: str, qemu_img: QemuImg) -> int:
-        return os.path.getsize(source_path)
+        return virtual_size(qemu_img.info(source_path, "raw"))
 
     def import_image(self, source: str | Iterable[bytes], size_bytes: int, image_format: str,
                      target: VolumeTarget, qemu_img: QemuImg) -> None:
-        chunks = _file_chunks(source) if isinstance(source, str) else source
+        """Chunks go straight into the volume; a staged source (detected as raw only once complete) is copied
+        by qemu-img, which reads a path or URL alike."""
+        if isinstance(source, str):
+            qemu_img.convert(source, "raw", target.qemu_name, target.qemu_env)
+            return
         with target.raw_writer(size_bytes) as writer:
-            for chunk in chunks:
+            for chunk in source:
                 writer.write(chunk)
 
 
@@ -39,12 +40,6 @@ class QemuImgImporter:
     def import_image(self, source: str | Iterable[bytes], size_bytes: int, image_format: str,
                      target: VolumeTarget, qemu_img: QemuImg) -> None:
         qemu_img.convert(str(source), image_format, target.qemu_name, target.qemu_env)
-
-
-def _file_chunks(path: str) -> Iterator[bytes]:
-    with open(path, "rb") as file:
-        while chunk := file.read(CHUNK_BYTES):
-            yield chunk
 
 
 @pvc.hookimpl

@@ -81,14 +81,17 @@ class ImageImporter(Protocol):
 
     def inspect(self, source_path: str, image_format: str, qemu_img: QemuImg) -> int:
         """The image's virtual size in bytes, after refusing (`pvc.errors.InvalidInput`) anything hostile or
-        broken. Called before anything is written to storage; not called for streamed sources."""
+        broken. Called before anything is written to storage; not called for streamed sources.
+
+        :param source_path: what qemu-img reads: the staging file, served over NBD (an ``nbd+unix://`` URL)
+            while it is still arriving, so the importer may work as the upload streams in."""
 
     def import_image(self, source: str | Iterable[bytes], size_bytes: int, image_format: str,
                      target: VolumeTarget, qemu_img: QemuImg) -> None:
         """Write the image as raw data into the new volume `target`, `size_bytes` long.
 
-        :param source: the staged file's path when `needs_seekable_source`, else the upload's chunks as
-            they arrive.
+        :param source: the staged upload's path or URL (as for `inspect`) when `needs_seekable_source`,
+            else the upload's chunks as they arrive.
         :param size_bytes: the virtual size `inspect` returned, or for a streamed source its length.
         """
 
