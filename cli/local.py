@@ -25,12 +25,13 @@ def cli() -> None:
 @click.option("--coordinators", default=1, show_default=True, type=click.IntRange(1, 9), help="pvcapid daemons")
 @click.option("--storage", type=click.Choice(["file", "ceph"]), default="file", show_default=True,
               help="storage backend: a directory in the state dir, or a private single-node Ceph")
+@click.option("--tls", is_flag=True, help="every Pyro5 connection over TLS, with a certificate made for 127.0.0.1")
 @state_dir_option
-def up(nodes: int, coordinators: int, storage: str, state_dir: Path) -> None:
+def up(nodes: int, coordinators: int, storage: str, tls: bool, state_dir: Path) -> None:
     """Start the cluster; returns when every node is running and ready."""
     cluster = LocalCluster(state_dir)
     try:
-        cluster.up(nodes=nodes, coordinators=coordinators, storage=storage)
+        cluster.up(nodes=nodes, coordinators=coordinators, storage=storage, tls=tls)
     except PVCError as error:
         click.echo(f"Error: {error}", err=True)
         sys.exit(1)

@@ -10,7 +10,7 @@ packages=(
     qemu-utils qemu-block-extra                     # image conversion, qemu's rbd driver
     openipmi ipmitool                               # a real IPMI peer for fencing tests
     ceph-mon ceph-osd ceph-mgr ceph-common uuid-runtime  # a private single-node Ceph
-    util-linux procps                               # unshare, prlimit, ps
+    util-linux procps openssl                       # unshare, prlimit, ps; certificates for --tls
 )
 missing=()
 for package in "${packages[@]}"; do

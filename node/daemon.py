@@ -10,7 +10,7 @@ from typing import Any
 
 from pvc import config, schema
 from pvc.cache import WatchedCollection
-from pvc.handshake import AuthenticatingDaemon
+from pvc.handshake import AuthenticatingDaemon, use_tls
 from pvc.node.agent import AGENT_OBJECT_ID, NodeAgent
 from pvc.node.hypervisor import DomainActions, Hypervisor
 from pvc.node.reconcile import Reconciler
@@ -40,6 +40,7 @@ class NodeDaemon:
 
     def start(self) -> None:
         """Connect, serve the agent, and register in ZooKeeper; the node is ``run`` when this returns."""
+        use_tls(self.settings["tls_cert"], self.settings["tls_key"])
         self.facts = self.hypervisor.facts()
         self.store.start(self.settings["zookeeper_connect_timeout"])
         try:

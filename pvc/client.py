@@ -15,7 +15,7 @@ import Pyro5.errors
 
 from pvc import config, wire
 from pvc.errors import AuthenticationError, ConfigError, Unavailable
-from pvc.handshake import authenticated_proxy
+from pvc.handshake import authenticated_proxy, use_tls
 
 AREAS = ("cluster", "nodes", "vms", "storage", "provisioner")
 URI_SCHEME = "pvc://"
@@ -180,4 +180,5 @@ def connect(uri: str | list[str] | None = None, api_key: str | None = None,
             timeout: float | None = None) -> Client:
     """Connect to a cluster; `uri` may be one pvc:// URI or a list to fail over between."""
     settings = resolve_settings(uri, api_key, timeout)
+    use_tls(ca=settings["tls_ca"])
     return Client(Connection(settings["uris"], settings["api_key"], settings["timeout"]))

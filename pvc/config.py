@@ -73,6 +73,9 @@ NODED_SETTINGS: list[Setting] = [
     Setting("listen_address", str, "127.0.0.1:7371", "host:port of the node agent (port 0 picks a free one)"),
     Setting("cluster_secret", str, REQUIRED, "shared secret; the node agent accepts only coordinators "
             "presenting it"),
+    Setting("tls_cert", (str, type(None)), None, "PEM certificate the node agent serves TLS with (null: no "
+            "TLS; a cluster uses TLS everywhere or nowhere)"),
+    Setting("tls_key", (str, type(None)), None, "PEM private key of tls_cert"),
     Setting("bmc_host", (str, type(None)), None, "IPMI BMC address for fencing this node"),
     Setting("bmc_port", int, 623, "IPMI BMC UDP port"),
     Setting("bmc_user", (str, type(None)), None, "IPMI BMC user"),
@@ -91,6 +94,11 @@ APID_SETTINGS: list[Setting] = [
             "(default: the listen host)"),
     Setting("api_keys", list, REQUIRED, "API keys accepted from clients (a list of strings)"),
     Setting("cluster_secret", str, REQUIRED, "shared secret presented to node agents"),
+    Setting("tls_cert", (str, type(None)), None, "PEM certificate this coordinator serves TLS with (null: no "
+            "TLS; a cluster uses TLS everywhere or nowhere)"),
+    Setting("tls_key", (str, type(None)), None, "PEM private key of tls_cert"),
+    Setting("tls_ca", (str, type(None)), None, "PEM CA certificates that node agents' certificates must "
+            "chain to"),
     Setting("leader_tick", (int, float), 1, "seconds between runs of the leader's cluster-wide loops"),
     Setting("fence_intervals", int, 6, "keepalive intervals a node may miss before the leader marks it dead"),
     Setting("flush_parallelism", int, 8, "VM moves a flush or ready carries out at once"),
@@ -101,6 +109,8 @@ CLIENT_SETTINGS: list[Setting] = [
     Setting("uris", list, REQUIRED, "coordinator URIs, pvc://HOST:PORT; the client fails over in order"),
     Setting("api_key", str, REQUIRED, "API key presented to the coordinators"),
     Setting("timeout", (int, float), 5, "seconds before an unanswering coordinator is given up on"),
+    Setting("tls_ca", (str, type(None)), None, "PEM CA certificates: connect with TLS, verifying the "
+            "coordinators' certificates against them (null: no TLS)"),
 ]
 
 

@@ -5,13 +5,34 @@ it) unless the key is one it accepts. Clients present an API key to coordinators
 cluster secret to node agents, which accept nothing else.
 """
 import hmac
+from pathlib import Path
 from typing import Iterable
 
+import Pyro5
 import Pyro5.api
 import Pyro5.server
 
 from pvc import wire
-from pvc.errors import AuthenticationError
+from pvc.errors import AuthenticationError, ConfigError
+
+
+def use_tls(cert: str | None = None, key: str | None = None, ca: str | None = None) -> None:
+    """Turn on TLS for every Pyro5 daemon and proxy of this process.
+
+    Pyro5 keeps its TLS settings per process, so a cluster uses TLS everywhere or nowhere: `cert` and `key`
+    serve it (coordinators, node agents), `ca` verifies the servers this process connects to (clients,
+    coordinators calling node agents), including that their certificate names the host connected to."""
+    if not (cert or ca):
+        return
+    for path in (cert, key, ca):
+        if path and not Path(path).is_file():
+            raise ConfigError(f"TLS file {path} does not exist")
+    Pyro5.config.SSL = True
+    if cert:
+        Pyro5.config.SSL_SERVERCERT = cert
+        Pyro5.config.SSL_SERVERKEY = key or ""
+    if ca:
+        Pyro5.config.SSL_CACERTS = ca
 
 
 class AuthenticatingDaemon(Pyro5.server.Daemon):

@@ -14,7 +14,7 @@ from kazoo.exceptions import NoNodeError
 from pvc import config, plugin_manager, schema
 from pvc.cache import ClusterCache
 from pvc.client import object_id
-from pvc.handshake import AuthenticatingDaemon
+from pvc.handshake import AuthenticatingDaemon, use_tls
 from pvc.rpc.agents import NodeAgents
 from pvc.rpc.areas.cluster import ClusterArea
 from pvc.rpc.areas.nodes import NodesArea
@@ -47,6 +47,7 @@ class Coordinator:
     def start(self) -> None:
         loaded_plugins = plugin_manager.load()
         loaded_plugins.check()
+        use_tls(self.settings["tls_cert"], self.settings["tls_key"], self.settings["tls_ca"])
         host, port = config.split_address(self.settings["listen_address"])
         self.store.start(self.settings["zookeeper_connect_timeout"])
         try:

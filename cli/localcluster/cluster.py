@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from pvc.cli.localcluster.processes import (exit_description, free_port, kill_pi
 from pvc.cli.localcluster.simhost import SimulatedHost
 from pvc.cli.localcluster.zookeeper import ZooKeeperServer
 from pvc.errors import Conflict, InvalidInput, PVCError, Unavailable
+from pvc.handshake import use_tls
 
 NODE_CPUS = 16
 NODE_MEMORY_MIB = 65536
@@ -96,17 +98,19 @@ class LocalCluster:
         return found
 
     def up(self, nodes: int = 3, coordinators: int = 1, timeout: float = 60.0, storage: str = "file",
-           ceph_conf: Path | None = None) -> None:
+           ceph_conf: Path | None = None, tls: bool = False) -> None:
         """Start everything and return once every node is ``run`` and ``ready``; on failure, stop it all.
 
         `storage` is the nodes' backend: ``file`` (a directory in the state dir) or ``ceph`` (the Ceph that
-        `ceph_conf` names, else a private single-node Ceph started in the state dir and stopped by `down`)."""
+        `ceph_conf` names, else a private single-node Ceph started in the state dir and stopped by `down`).
+        With `tls`, every Pyro5 connection uses TLS with a certificate made for 127.0.0.1; Pyro5's TLS settings
+        are per process, so this process then uses TLS for every connection it makes."""
         if storage not in ("file", "ceph"):
             raise InvalidInput(f"unknown storage {storage!r}: use file or ceph")
         if self.state and self.running_processes():
             raise Conflict(f"a local cluster is already running in {self.state_dir} "
                            f"(stop it with: pvc-local down --state-dir {self.state_dir})")
-        for leftover in ("zookeeper", "hosts", "nodes", "coordinators", "storage", "ceph"):
+        for leftover in ("zookeeper", "hosts", "nodes", "coordinators", "storage", "ceph", "tls"):
             shutil.rmtree(self.state_dir / leftover, ignore_errors=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state = {
@@ -116,12 +120,15 @@ class LocalCluster:
             "coordinators": {}, "nodes": [], "storage": storage,
             "ceph_conf": str(Path(ceph_conf).absolute()) if ceph_conf else str(self.private_ceph.conf),
             "private_ceph": storage == "ceph" and ceph_conf is None,
+            "tls": tls,
         }
         try:
             zookeeper = self._zookeeper()
             zookeeper.start()
             self.state["zookeeper_port"] = zookeeper.port
             self._save()
+            if tls:
+                self._make_certificate()
             self.storage_dir.mkdir()
             if self.state["private_ceph"]:
                 self._save()
@@ -170,6 +177,8 @@ class LocalCluster:
 
     def wait_ready(self, timeout: float) -> None:
         from pvc.client import connect
+        if self.state.get("tls"):
+            use_tls(ca=str(self.tls_cert))
         client = connect(self.uris, self.state["api_key"], timeout=2)
         deadline = time.monotonic() + timeout
         while True:
@@ -216,14 +225,32 @@ class LocalCluster:
             "zookeeper_connect_timeout": 10,
             "cluster_secret": self.state["cluster_secret"],
             "log_level": "INFO",
+            **({"tls_cert": str(self.tls_cert), "tls_key": str(self.tls_key)} if self.state.get("tls") else {}),
         }
+
+    @property
+    def tls_cert(self) -> Path:
+        return self.state_dir / "tls" / "cert.pem"
+
+    @property
+    def tls_key(self) -> Path:
+        return self.state_dir / "tls" / "key.pem"
+
+    def _make_certificate(self) -> None:
+        """A self-signed certificate for 127.0.0.1, serving every daemon and trusted by every client."""
+        self.tls_cert.parent.mkdir(mode=0o700)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+                        "-subj", "/CN=pvc-local", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", str(self.tls_key), "-out", str(self.tls_cert)],
+                       check=True, capture_output=True)
 
     def start_coordinator(self, name: str) -> int:
         directory = self._daemon_dir("coordinators", name)
         directory.mkdir(parents=True, exist_ok=True)
         settings = {**self._common_settings(), "coordinator_name": name,
                     "listen_address": f"127.0.0.1:{self.state['coordinators'][name]}",
-                    "api_keys": [self.state["api_key"]], "leader_tick": 0.5, "fence_intervals": FENCE_INTERVALS}
+                    "api_keys": [self.state["api_key"]], "leader_tick": 0.5, "fence_intervals": FENCE_INTERVALS,
+                    **({"tls_ca": str(self.tls_cert)} if self.state.get("tls") else {})}
         return self._start_daemon("pvcapid", directory, settings)
 
     def start_node_daemon(self, name: str) -> int:
@@ -260,7 +287,10 @@ class LocalCluster:
     # -- client side -------------------------------------------------------------------------------------
 
     def _write_client_config(self) -> None:
-        self.client_config.write_text(yaml.safe_dump({"uris": self.uris, "api_key": self.state["api_key"]}))
+        settings = {"uris": self.uris, "api_key": self.state["api_key"]}
+        if self.state.get("tls"):
+            settings["tls_ca"] = str(self.tls_cert)
+        self.client_config.write_text(yaml.safe_dump(settings))
         self.client_config.chmod(0o600)
 
     def _save(self) -> None:
