@@ -88,6 +88,10 @@ def start_detached(
             start_new_session=True,
         )
     _children[child.pid] = child
+    # Popen returns once exec has begun, but for a moment after that the new program's /proc cmdline is
+    # still empty; `live_pid` would take the process for a stranger (a recycled pid) and call it dead.
+    wait_until(lambda: process_cmdline(child.pid) or not pid_alive(child.pid), 10,
+               what=f"{argv[0]} to start")
     if pid_path is not None:
         Path(pid_path).write_text(f"{child.pid}\n")
     return child.pid
