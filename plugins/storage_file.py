@@ -117,10 +117,16 @@ class FileBackend:
     def volume_create(self, pool: str, volume: str, size_bytes: int) -> None:
         path = self._volume_path(pool, volume)
         try:
-            with open(path, "xb") as file:
-                file.truncate(size_bytes)
+            file = open(path, "xb")
         except FileExistsError:
             raise AlreadyExists(f"volume file {path} exists already") from None
+        with file:
+            try:
+                file.truncate(size_bytes)
+            except (OSError, OverflowError) as error:
+                path.unlink()
+                raise InvalidInput(f"cannot make volume {pool}/{volume} {size_bytes} bytes long: "
+                                   f"{getattr(error, 'strerror', None) or error}") from None
 
     def volume_remove(self, pool: str, volume: str) -> None:
         directory = self._pool_dir(pool)

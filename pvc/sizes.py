@@ -9,6 +9,9 @@ from pvc.errors import InvalidInput
 
 UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
+MAX_SIZE = 1 << 60
+"""1 EiB: beyond what a file (ext4, XFS) or an RBD image can be, and safely inside a signed 64-bit offset."""
+
 _SIZE = re.compile(r"(\d+)([KMGTP]?)(?:i?B)?", re.IGNORECASE)
 
 
@@ -18,6 +21,8 @@ def parse_size(text: object, what: str = "size") -> int:
     if isinstance(text, int) and not isinstance(text, bool):
         if text <= 0:
             raise InvalidInput(f"invalid {what} {text}: must be a positive number of bytes")
+        if text > MAX_SIZE:
+            raise InvalidInput(f"invalid {what} {text}: larger than the {human(MAX_SIZE)} any backend can hold")
         return text
     match = _SIZE.fullmatch(text.strip()) if isinstance(text, str) else None
     if not match:
@@ -26,6 +31,8 @@ def parse_size(text: object, what: str = "size") -> int:
     size = int(match.group(1)) * UNITS[match.group(2).upper()]
     if size <= 0:
         raise InvalidInput(f"invalid {what} {text!r}: must be greater than zero")
+    if size > MAX_SIZE:
+        raise InvalidInput(f"invalid {what} {text!r}: larger than the {human(MAX_SIZE)} any backend can hold")
     return size
 
 

@@ -169,11 +169,21 @@ def test_bad_names_are_refused_and_change_nothing(storage_cluster, pool, bad):
     assert bad not in [entry["name"] for entry in storage.pool_list()]
 
 
-@pytest.mark.parametrize("size", ["-1G", "0", "1.5G", "10X", "G", "", "ten"])
+@pytest.mark.parametrize("size", ["-1G", "0", "1.5G", "10X", "G", "", "ten", "2000000P"])
 def test_bad_sizes_are_refused(storage_cluster, pool, size):
     message = cli_error(storage_cluster, "storage", "volume", "add", "--", pool, "sized", size)
     assert "invalid size" in message
     assert "sized" not in stored_names(storage_cluster, pool)
+
+
+def test_a_size_the_file_system_cannot_hold_leaves_no_volume_behind(storage_cluster, pool):
+    if storage_cluster.backend != "file":
+        pytest.skip("a file system's file size limit; RBD images are thin and Ceph refuses only at write time")
+    message = cli_error(storage_cluster, "storage", "volume", "add", pool, "huge", "64P")
+    assert "huge" in message
+    assert "huge" not in stored_names(storage_cluster, pool)
+    storage_cluster.client.storage.volume_add(pool, "huge", "1M")
+    storage_cluster.client.storage.volume_remove(pool, "huge")
 
 
 def test_unknown_pools_volumes_and_duplicates(storage_cluster, pool):
