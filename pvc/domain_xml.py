@@ -133,6 +133,8 @@ def _disks(root: etree._Element) -> list[dict]:
         target = disk.find("target")
         entry = {"type": disk.get("type"), "device": disk.get("device", "disk"),
                  "target": target.get("dev") if target is not None else None, "source": None, "volume": None}
+        driver = disk.find("driver")
+        driver_type = driver.get("type") if driver is not None else None
         if source is not None:
             if disk.get("type") == "volume":
                 entry["volume"] = f"{source.get('pool')}/{source.get('volume')}"
@@ -142,6 +144,10 @@ def _disks(root: etree._Element) -> list[dict]:
                 entry["source"] = f"rbd:{source.get('name')}"
             else:
                 entry["source"] = source.get("file") or source.get("dev") or source.get("name")
+        if entry["volume"] and driver_type not in (None, "raw"):
+            raise InvalidInput(f"disk {entry['target'] or entry['volume']} opens pool volume {entry['volume']} as "
+                               f"{driver_type}: PVC volumes hold raw images, so use <driver type='raw'/> (a "
+                               "format header inside a volume must never be interpreted)")
         disks.append(entry)
     return disks
 
