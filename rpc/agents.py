@@ -18,11 +18,14 @@ class NodeAgents:
         self._timeout = timeout
         self._local = threading.local()
 
-    def call(self, node: str, agent_uri: str, method: str, *args: Any, **kwargs: Any) -> Any:
+    def call(self, node: str, agent_uri: str, method: str, *args: Any, timeout: float | None = None,
+             **kwargs: Any) -> Any:
+        """Call `method` on a node's agent; `timeout` overrides the default for actions known to be long."""
         proxies = self._local.__dict__.setdefault("proxies", {})
         proxy = proxies.get(agent_uri)
         if proxy is None:
             proxy = proxies[agent_uri] = authenticated_proxy(agent_uri, self._secret, self._timeout)
+        proxy._pyroTimeout = timeout or self._timeout
         try:
             return getattr(proxy, method)(*args, **kwargs)
         except Pyro5.errors.CommunicationError as error:

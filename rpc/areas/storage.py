@@ -16,8 +16,11 @@ from pvc import schema, sizes, storage_records
 from pvc.cache import OWN_VALUE, WatchedCollection
 from pvc.errors import AlreadyExists, Busy, Conflict, InvalidInput, NotFound, Unavailable
 from pvc.rpc.context import CoordinatorContext
+from pvc.storage_client import STORAGE_CALL_TIMEOUT_S
 
 LOCK_TIMEOUT_S = 30
+STORAGE_ACTION_TIMEOUT_S = STORAGE_CALL_TIMEOUT_S - 30
+"""A node's storage action may take this long: inside the client's own wait, so the client hears the outcome."""
 
 
 @Pyro5.server.expose
@@ -328,7 +331,9 @@ class StorageArea:
         return random.choice(candidates)
 
     def _agent(self, node: str, agent_uri: str, method: str, *args: Any) -> Any:
-        return self._context.agents.call(node, agent_uri, method, *args)
+        """Storage actions copy whole volumes (clone, snapshot, rollback): they get minutes, not the default
+        seconds, so that a slow copy is not reported failed (and left unrecorded) while the node finishes it."""
+        return self._context.agents.call(node, agent_uri, method, *args, timeout=STORAGE_ACTION_TIMEOUT_S)
 
     def _delete_volume_records(self, pool: str, name: str) -> None:
         self._context.store.transaction() \
