@@ -191,7 +191,7 @@ def volume_list(session, pool: str | None, output_format: str) -> None:
 @click.argument("name")
 @click.argument("file", type=click.File("rb", lazy=False))
 @click.option("--format", "image_format", type=click.Choice(("auto", *SUPPORTED_FORMATS)), default="auto",
-              show_default=True, help="the image's format; auto lets qemu-img detect it on the node")
+              show_default=True, help="the image's format; auto detects it on the node from its magic bytes")
 @click.option("--force", is_flag=True, help="overwrite the volume even while a VM uses it")
 @click.option("--json", "as_json", is_flag=True, help="print the volume as JSON (--format names the image's)")
 @click.pass_obj

@@ -1,7 +1,8 @@
 """The node's end of the bulk upload channel (`pvc.bulk`): tickets, the listener, and the import itself.
 
 An upload never touches its target volume until it is complete and checked. It is written into a hidden
-volume of the pool (``.upload-ID``): a raw image straight from the socket; any other format is staged in a
+volume of the pool (``.upload-ID``). Its format is read from its first bytes (`pvc.qemu_img.resolve_format`:
+qemu-img never probes): a raw image goes straight from the socket; any other format is staged in a
 file (qemu-img needs to seek) that qemu-img inspects, refuses if hostile, and converts while it still arrives
 (`pvc.node.growing_export`). Only once the stream is complete and its checksum right, under the pool's
 lock, does the hidden volume become the target (renamed, or replacing an existing volume's data) and the
@@ -26,15 +27,12 @@ from pvc import bulk, schema
 from pvc.errors import AuthenticationError, Busy, InvalidInput, PVCError
 from pvc.hookspecs import ImageImporter, StorageBackend
 from pvc.node.growing_export import GrowingFileExport
-from pvc.qemu_img import QemuImg, check_supported
+from pvc.qemu_img import QemuImg, check_supported, resolve_format
 from pvc.store import Store
 from pvc.storage_records import record_upload
 
 log = logging.getLogger(__name__)
 
-PROBE_BYTES = 1 << 20
-VMDK_DESCRIPTOR = b"# Disk DescriptorFile"
-"""How much of a stream `qemu-img info` sees to tell a raw image (streamed) from a format to stage."""
 QUEUED_PIECES = 4
 REFUSAL_DRAIN_S = 5
 BODY_IDLE_TIMEOUT_S = 120
@@ -188,29 +186,26 @@ class ImportJob:
             self._ask_room()
             pieces = iter(stream)
             first = next(pieces, bytearray())
-            if first.startswith(VMDK_DESCRIPTOR) and ticket.image_format in ("auto", "vmdk"):
-                raise InvalidInput("refused: a VMDK descriptor keeps its data in other files; upload a single-file "
-                                   "VMDK (monolithicSparse or streamOptimized)")
-            image_format = self._probe(first[:PROBE_BYTES]) if ticket.image_format == "auto" \
-                else ticket.image_format
-            importer = self._importer(image_format) if image_format else None
+            image_format = resolve_format(ticket.image_format, first)
+            importer = self._importer(image_format)
             data = itertools.chain([first], pieces)
-            if importer is not None and not importer.needs_seekable_source:
+            if not importer.needs_seekable_source:
                 self._check_capacity(ticket.size_bytes)
                 importer.import_image(data, ticket.size_bytes, image_format,
                                       backend.volume_target(ticket.pool, self.hidden_volume), self.context.qemu_img)
                 size = ticket.size_bytes
             else:
-                image_format, size = self._import_staged(stream, data, image_format)
+                size = self._import_staged(stream, data, importer, image_format)
             return self._commit(image_format, size)
         except BaseException:
             self._discard_hidden_volume()
             raise
 
-    def _import_staged(self, stream: VerifiedStream, data: Iterator[bytes],
-                       image_format: str | None) -> tuple[str, int]:
+    def _import_staged(self, stream: VerifiedStream, data: Iterator[bytes], importer: ImageImporter,
+                       image_format: str) -> int:
         """Stage the upload while qemu-img inspects and converts it through a `GrowingFileExport`, so the
-        conversion overlaps the transfer; the stream's own verdict (short, wrong checksum) decides last."""
+        conversion overlaps the transfer; the stream's own verdict (short, wrong checksum) decides last.
+        The image's virtual size."""
         ticket, qemu_img = self.ticket, self.context.qemu_img
         staged = self._staging_file()
         export = GrowingFileExport(staged, ticket.size_bytes, staged.with_name(staged.name + ".nbd"))
@@ -220,9 +215,6 @@ class ImportJob:
             writer.start()
             started = time.monotonic()
             try:
-                if image_format is None:
-                    image_format = check_supported(qemu_img.info(export.url)["format"])
-                importer = self._importer(image_format)
                 size = importer.inspect(export.url, image_format, qemu_img)
                 self._check_capacity(size)
                 importer.import_image(export.url, size, image_format,
@@ -236,21 +228,11 @@ class ImportJob:
             writer.raise_if_failed()
             log.info("upload into %s/%s: %s converted in %.2f s as it arrived, all received after %.2f s",
                      ticket.pool, ticket.volume, image_format, converted - started, time.monotonic() - started)
-            return image_format, size
+            return size
         finally:
             writer.join()
             export.close()
             staged.unlink(missing_ok=True)
-
-    def _probe(self, prefix: bytes | bytearray) -> str | None:
-        """The format qemu-img sees in the first bytes, or None when it needs the whole file to tell."""
-        with tempfile.NamedTemporaryFile(dir=self.context.staging_directory, prefix=".probe-") as probe:
-            probe.write(prefix)
-            probe.flush()
-            try:
-                return check_supported(self.context.qemu_img.info(probe.name)["format"])
-            except InvalidInput:
-                return None
 
     def _importer(self, image_format: str) -> ImageImporter:
         check_supported(image_format)

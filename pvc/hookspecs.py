@@ -70,8 +70,8 @@ class ImageImporter(Protocol):
     """Turns an uploaded image into the raw bytes of a new volume.
 
     The upload path picks the importer whose `formats` include the image's format (given by the user or
-    detected by ``qemu-img info``). Every upload is hostile: an importer must never let the image make it
-    read any file but the upload itself (see `pvc.qemu_img`)."""
+    detected from its magic bytes: `pvc.qemu_img.resolve_format`). Every upload is hostile: an importer must
+    never let the image make it read any file but the upload itself (see `pvc.qemu_img`)."""
 
     description: str
     formats: tuple[str, ...]

@@ -4,14 +4,17 @@ An uploaded image is attacker-controlled. qemu-img follows whatever an image nam
 external data file, a VMDK descriptor's extents in other files. Converted blindly, such an image copies a file
 of the host (``/etc/shadow``, another tenant's volume) into the new volume. So:
 
-* qemu-img is always told the format (``-f``) once it is known; only detection runs without it, and
-  ``qemu-img info`` opens no backing file;
+* qemu-img never probes: the format is read from the image's magic bytes here (`detect_format`), a given
+  format must agree with them (`resolve_format`), and every run is told it (``-f``) — qemu-img's own probing
+  would open a VMDK text descriptor, and with it the host files it names, before PVC could refuse it;
+* a VMDK must be a self-contained sparse one (``KDMV`` magic); a text descriptor is refused unread;
 * every run is under `prlimit` (address space and CPU time), so a crafted image cannot exhaust the node;
 * `check_self_contained` refuses an image that names any other file, before anything is converted.
 """
 import json
 import os
 import re
+import struct
 import subprocess
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -20,6 +23,10 @@ from pvc.errors import InvalidInput
 
 SUPPORTED_FORMATS = ("raw", "qcow2", "vmdk", "vdi", "vhdx", "vpc", "qed")
 SELF_CONTAINED_VMDK_TYPES = ("monolithicSparse", "streamOptimized")
+MAGIC_AT_START = {b"QFI\xfb": "qcow2", b"QED\0": "qed", b"KDMV": "vmdk", b"vhdxfile": "vhdx", b"conectix": "vpc"}
+VDI_SIGNATURE_OFFSET, VDI_SIGNATURE = 0x40, struct.pack("<I", 0xbeda107f)
+VMDK_SPARSE_MAGIC = b"KDMV"
+_VMDK_DESCRIPTOR = re.compile(rb"(?:(?:#[^\n]*| *\r?)\n)*version=\d\r?\n")
 _OPENING = re.compile(r"^(Could not open '[^']*': |[^:]*: error while converting \w+: )")
 
 
@@ -38,15 +45,13 @@ class QemuImg:
         return subprocess.run(self.command(*arguments), capture_output=True, text=True, stdin=subprocess.DEVNULL,
                               env={**os.environ, **(env or {})})
 
-    def info(self, path: str, image_format: str | None = None) -> dict[str, Any]:
-        """``qemu-img info`` as JSON; without `image_format` qemu-img detects it (the one unforced run).
+    def info(self, path: str, image_format: str) -> dict[str, Any]:
+        """``qemu-img info -f FORMAT`` as JSON.
 
         Raises InvalidInput with qemu-img's own reason when it cannot read the image as that format."""
-        forced = ["-f", image_format] if image_format else []
-        result = self.run("info", "--output=json", *forced, path)
+        result = self.run("info", "--output=json", "-f", image_format, path)
         if result.returncode != 0:
-            what = f"a valid {image_format} image" if image_format else "a readable disk image"
-            raise InvalidInput(f"the upload is not {what}: {_reason(result.stderr)}")
+            raise InvalidInput(f"the upload is not a valid {image_format} image: {_reason(result.stderr)}")
         return json.loads(result.stdout)
 
     def convert(self, source: str, image_format: str, target: str, env: Mapping[str, str] | None = None,
@@ -58,6 +63,46 @@ class QemuImg:
                           env=env)
         if result.returncode != 0:
             raise InvalidInput(f"converting the {image_format} image failed: {_reason(result.stderr)}")
+
+
+def detect_format(head: bytes | bytearray) -> str:
+    """The format the image's first bytes say, by magic number, as qemu-img would probe it but without
+    opening anything: ``raw`` when no format's magic is there. A VMDK text descriptor (which qemu-img would
+    probe as vmdk, then read the files it names) is detected as ``vmdk`` so that `check_vmdk` refuses it.
+    A fixed VHD keeps its signature only in its last 512 bytes; qemu-img does not probe it either."""
+    for magic, image_format in MAGIC_AT_START.items():
+        if head.startswith(magic):
+            return image_format
+    if head[VDI_SIGNATURE_OFFSET:VDI_SIGNATURE_OFFSET + len(VDI_SIGNATURE)] == VDI_SIGNATURE:
+        return "vdi"
+    if _VMDK_DESCRIPTOR.match(head):
+        return "vmdk"
+    return "raw"
+
+
+def resolve_format(given: str, head: bytes | bytearray) -> str:
+    """The format to import the upload as: the detected one, which a given format (other than ``auto``)
+    must match. ``raw`` is refused for data that a format's magic claims (a volume holding an image
+    container is a trap for anything that probes it later); ``vpc`` is let through for data with no magic,
+    as a fixed VHD has none at its start (``qemu-img -f vpc`` checks its footer)."""
+    detected = detect_format(head)
+    image_format = detected if given == "auto" else check_supported(given)
+    if image_format != detected and not (image_format == "vpc" and detected == "raw"):
+        if detected == "raw":
+            raise InvalidInput(f"the upload is not a valid {image_format} image: Image is not in {image_format} "
+                               "format")
+        raise InvalidInput(f"the upload is a {detected} image, not {image_format} as given; upload it as "
+                           f"{detected} or auto")
+    if image_format == "vmdk":
+        check_vmdk(head)
+    return image_format
+
+
+def check_vmdk(head: bytes | bytearray) -> None:
+    """Refuse a VMDK that is not a binary sparse extent (monolithicSparse, streamOptimized): only a text
+    descriptor lacks the magic, and it names its data in other files, which qemu-img opens just to read it."""
+    if not head.startswith(VMDK_SPARSE_MAGIC):
+        raise InvalidInput("VMDK descriptor files are refused: only self-contained sparse VMDK images are accepted")
 
 
 def _reason(stderr: str) -> str:

@@ -22,7 +22,8 @@ class StorageClient(Area):
 
         :param source: a path, or a binary file-like object (a pipe or an in-memory file is first copied to a
             private temporary file: its size and checksum are announced before the first byte).
-        :param image_format: ``auto`` (qemu-img detects it on the node) or one of `pvc.qemu_img.SUPPORTED_FORMATS`.
+        :param image_format: ``auto`` (the node detects it from its magic bytes) or one of
+            `pvc.qemu_img.SUPPORTED_FORMATS`.
         :param force: overwrite a volume even while a VM uses it.
         :param progress: called with each number of bytes sent.
         :param on_size: called once with the total size, before the checksum pass.

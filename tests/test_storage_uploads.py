@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -161,21 +162,50 @@ def hostile_vmdk_descriptor(directory, secret):
     return path
 
 
+def bare_vmdk_descriptor(directory, extent):
+    """A descriptor without the usual comment, as qemu-img also probes it: ``version=1`` first."""
+    path = directory / f"bare-{extent.name}.vmdk"
+    path.write_text(f'version=1\ncreateType="monolithicFlat"\nRW 2048 FLAT "{extent}" 0\n')
+    return path
+
+
+def hostile_bare_vmdk_descriptor(directory, secret):
+    return bare_vmdk_descriptor(directory, secret)
+
+
+def hostile_vmdk_fifo_extent(directory, secret):
+    """An extent qemu-img would block on forever, opening it: a FIFO no one writes to."""
+    fifo = directory / "extent.fifo"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    return bare_vmdk_descriptor(directory, fifo)
+
+
+VMDK_DESCRIPTOR_REFUSED = "VMDK descriptor files are refused"
+
+
 @pytest.mark.parametrize("make_hostile, image_format, reason", [
     (hostile_qcow2_backing, "auto", "backing file"),
     (hostile_qcow2_backing, "qcow2", "backing file"),
     (hostile_qcow2_data_file, "auto", "external data file"),
-    (hostile_vmdk_descriptor, "auto", "other files"),
-    (hostile_vmdk_descriptor, "vmdk", "other files"),
-], ids=["qcow2-backing", "qcow2-backing-given", "qcow2-data-file", "vmdk-extent", "vmdk-extent-given"])
+    (hostile_vmdk_descriptor, "auto", VMDK_DESCRIPTOR_REFUSED),
+    (hostile_vmdk_descriptor, "vmdk", VMDK_DESCRIPTOR_REFUSED),
+    (hostile_bare_vmdk_descriptor, "auto", VMDK_DESCRIPTOR_REFUSED),
+    (hostile_bare_vmdk_descriptor, "vmdk", VMDK_DESCRIPTOR_REFUSED),
+    (hostile_vmdk_fifo_extent, "auto", VMDK_DESCRIPTOR_REFUSED),
+    (hostile_vmdk_fifo_extent, "vmdk", VMDK_DESCRIPTOR_REFUSED),
+], ids=["qcow2-backing", "qcow2-backing-given", "qcow2-data-file", "vmdk-extent", "vmdk-extent-given",
+        "vmdk-bare-extent", "vmdk-bare-extent-given", "vmdk-fifo-extent", "vmdk-fifo-extent-given"])
 def test_image_naming_a_host_file_is_refused_before_conversion(storage_cluster, pool, images, host_secret,
                                                                make_hostile, image_format, reason):
     image = make_hostile(images, host_secret)
     volume = unique("hostile")
 
+    started = time.monotonic()
     with pytest.raises(InvalidInput, match=reason) as refused:
         storage_cluster.client.storage.upload(pool, volume, str(image), image_format)
 
+    assert time.monotonic() - started < 5, "refusing must not wait on anything the image names (a FIFO)"
     assert "\n" not in str(refused.value)
     assert_nothing_left(storage_cluster, pool, volume)
 
@@ -229,6 +259,30 @@ def test_wrong_format_is_refused(storage_cluster, pool, images):
     assert result.exit_code == 1
     assert result.stderr.splitlines()[-1] == "Error: the upload is not a valid qcow2 image: Image is not in qcow2 format"
     assert_nothing_left(storage_cluster, pool, "wrongfmt")
+
+
+@pytest.mark.parametrize("kind", ["qcow2", "vmdk-monolithicSparse", "vdi"])
+def test_container_given_as_raw_is_refused(storage_cluster, pool, images, kind):
+    image = make_image(images, kind, seed=33)
+    image_format = IMAGE_KINDS[kind][0]
+
+    with pytest.raises(InvalidInput, match=f"is a {image_format} image, not raw as given"):
+        storage_cluster.client.storage.upload(pool, "given-raw", str(image), "raw")
+    assert_nothing_left(storage_cluster, pool, "given-raw")
+
+
+def test_fixed_vhd_given_as_vpc_lands_as_qemu_img_converts_it(storage_cluster, pool, images):
+    """A fixed VHD has its signature only in its footer: no magic at its start, so only a given format finds it."""
+    source = known_raw(images / "fixed-source.raw", seed=34)
+    image = images / "fixed.vpc"
+    run("qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed", str(source), str(image))
+    converted = images / "fixed.expected.raw"
+    run("qemu-img", "convert", "-f", "vpc", "-O", "raw", str(image), str(converted))
+
+    recorded = storage_cluster.client.storage.upload(pool, "fixed-vhd", str(image), "vpc")
+
+    assert recorded["size_bytes"] == converted.stat().st_size
+    assert volume_sha256(storage_cluster, pool, "fixed-vhd") == hashlib.sha256(converted.read_bytes()).hexdigest()
 
 
 def test_image_larger_than_the_pool_can_hold_is_refused(storage_cluster, pool, images):
