@@ -41,6 +41,8 @@ class GrowingFileExport:
         self.socket_path = socket_path
         self._written = 0
         self._failed = False
+        self.settled = threading.Event()
+        """Set once the file is complete or has failed: from then on no read waits."""
         self._condition = threading.Condition()
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(str(socket_path))
@@ -58,12 +60,15 @@ class GrowingFileExport:
         with self._condition:
             self._written = written_bytes
             self._condition.notify_all()
+        if written_bytes >= self.size:
+            self.settled.set()
 
     def fail(self) -> None:
         """The upload broke off: every read still waiting, and every later one past what arrived, fails."""
         with self._condition:
             self._failed = True
             self._condition.notify_all()
+        self.settled.set()
 
     def close(self) -> None:
         self.fail()

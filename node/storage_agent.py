@@ -105,7 +105,7 @@ class NodeStorage:
         self._importers = plugins.registry("pvc_image_importers")
         self._node_name = node_name
         self._store = store
-        self._qemu_img = QemuImg(settings["qemu_img_memory_limit_mib"] << 20, settings["qemu_img_cpu_limit_s"])
+        self._qemu_img = QemuImg.from_settings(settings)
         self._staging = Path(settings["upload_staging_directory"])
         self._tickets = Tickets(settings["upload_token_lifetime"])
         self._listen_address = settings["upload_listen_address"]

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
@@ -205,10 +205,12 @@ class ImportJob:
                        image_format: str) -> int:
         """Stage the upload while qemu-img inspects and converts it through a `GrowingFileExport`, so the
         conversion overlaps the transfer; the stream's own verdict (short, wrong checksum) decides last.
+        qemu-img's wall-clock limits count from the upload's end: until then it may wait for the upload.
         The image's virtual size."""
-        ticket, qemu_img = self.ticket, self.context.qemu_img
+        ticket = self.ticket
         staged = self._staging_file()
         export = GrowingFileExport(staged, ticket.size_bytes, staged.with_name(staged.name + ".nbd"))
+        qemu_img = replace(self.context.qemu_img, source_complete=export.settled)
         writer = StagingWriter(data, staged, export)
         try:
             export.start()

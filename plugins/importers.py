@@ -20,7 +20,7 @@ class RawImporter:
         """Chunks go straight into the volume; a staged source (detected as raw only once complete) is copied
         by qemu-img, which reads a path or URL alike."""
         if isinstance(source, str):
-            qemu_img.convert(source, "raw", target.qemu_name, target.qemu_env)
+            qemu_img.convert(source, "raw", target.qemu_name, size_bytes, target.qemu_env)
             return
         with target.raw_writer(size_bytes) as writer:
             for chunk in source:
@@ -39,7 +39,7 @@ class QemuImgImporter:
 
     def import_image(self, source: str | Iterable[bytes], size_bytes: int, image_format: str,
                      target: VolumeTarget, qemu_img: QemuImg) -> None:
-        qemu_img.convert(str(source), image_format, target.qemu_name, target.qemu_env)
+        qemu_img.convert(str(source), image_format, target.qemu_name, size_bytes, target.qemu_env)
 
 
 @pvc.hookimpl

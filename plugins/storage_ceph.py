@@ -52,6 +52,7 @@ class CephBackend:
 
     def __init__(self, settings: Mapping[str, Any]):
         self.conf = settings["ceph_conf"]
+        self._qemu_img = QemuImg.from_settings(settings)
 
     def command(self, tool: str, *arguments: str) -> list[str]:
         return [tool, "-c", self.conf, *arguments]
@@ -142,10 +143,11 @@ class CephBackend:
         """Snapshots belong to an RBD image, so a target that has some keeps its image and gets the data
         copied in; one without is simply replaced."""
         if self._json("rbd", "snap", "ls", f"{pool}/{target}"):
-            self.volume_resize(pool, target, self.volume_size(pool, source))
-            QemuImg().convert(f"rbd:{pool}/{source}:conf={self.conf}", "raw",
-                              f"rbd:{pool}/{target}:conf={self.conf}", {"CEPH_CONF": self.conf},
-                              existing_target=True)
+            size = self.volume_size(pool, source)
+            self.volume_resize(pool, target, size)
+            self._qemu_img.convert(f"rbd:{pool}/{source}:conf={self.conf}", "raw",
+                                   f"rbd:{pool}/{target}:conf={self.conf}", size, {"CEPH_CONF": self.conf},
+                                   existing_target=True)
             self.volume_remove(pool, source)
             return
         self.volume_remove(pool, target)

@@ -8,7 +8,8 @@ of the host (``/etc/shadow``, another tenant's volume) into the new volume. So:
   format must agree with them (`resolve_format`), and every run is told it (``-f``) — qemu-img's own probing
   would open a VMDK text descriptor, and with it the host files it names, before PVC could refuse it;
 * a VMDK must be a self-contained sparse one (``KDMV`` magic); a text descriptor is refused unread;
-* every run is under `prlimit` (address space and CPU time), so a crafted image cannot exhaust the node;
+* every run is under `prlimit` (address space and CPU time) and a wall-clock limit (a process blocked on
+  I/O uses no CPU time), so a crafted image cannot exhaust or stall the node;
 * `check_self_contained` refuses an image that names any other file, before anything is converted.
 """
 import json
@@ -16,10 +17,11 @@ import os
 import re
 import struct
 import subprocess
+import threading
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from pvc.errors import InvalidInput
+from pvc.errors import InvalidInput, OperationFailed
 
 SUPPORTED_FORMATS = ("raw", "qcow2", "vmdk", "vdi", "vhdx", "vpc", "qed")
 SELF_CONTAINED_VMDK_TYPES = ("monolithicSparse", "streamOptimized")
@@ -27,40 +29,77 @@ MAGIC_AT_START = {b"QFI\xfb": "qcow2", b"QED\0": "qed", b"KDMV": "vmdk", b"vhdxf
 VDI_SIGNATURE_OFFSET, VDI_SIGNATURE = 0x40, struct.pack("<I", 0xbeda107f)
 VMDK_SPARSE_MAGIC = b"KDMV"
 _VMDK_DESCRIPTOR = re.compile(rb"(?:(?:#[^\n]*| *\r?)\n)*version=\d\r?\n")
+INFO_TIMEOUT_S = 60
+CONVERT_TIMEOUT_S, CONVERT_BYTES_PER_S = 120, 50 << 20
 _OPENING = re.compile(r"^(Could not open '[^']*': |[^:]*: error while converting \w+: )")
+
+
+class QemuImgTimeout(Exception):
+    """qemu-img overran its wall-clock limit and was killed."""
 
 
 @dataclass(frozen=True)
 class QemuImg:
-    """How qemu-img runs on this node: its resource limits."""
+    """How qemu-img runs on this node: its resource limits.
+
+    `source_complete`, when set, is an event the wall-clock limit waits for before it starts: qemu-img reading
+    an upload that is still arriving waits for the upload, which bounds itself (it fails when it stalls)."""
 
     memory_limit_bytes: int = 2 << 30
     cpu_limit_seconds: int = 3600
+    source_complete: threading.Event | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> "QemuImg":
+        """The limits a node's settings give (``qemu_img_memory_limit_mib``, ``qemu_img_cpu_limit_s``)."""
+        return cls(settings["qemu_img_memory_limit_mib"] << 20, settings["qemu_img_cpu_limit_s"])
 
     def command(self, *arguments: str) -> list[str]:
         return ["prlimit", f"--as={self.memory_limit_bytes}", f"--cpu={self.cpu_limit_seconds}", "--",
                 "qemu-img", *arguments]
 
-    def run(self, *arguments: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(self.command(*arguments), capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                              env={**os.environ, **(env or {})})
+    def run(self, *arguments: str, timeout_s: float, env: Mapping[str, str] | None = None) \
+            -> subprocess.CompletedProcess:
+        """Run qemu-img; raises `QemuImgTimeout`, having killed it, if it takes longer than `timeout_s`."""
+        with subprocess.Popen(self.command(*arguments), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}) as process:
+            while self.source_complete is not None and not self.source_complete.wait(1) \
+                    and process.poll() is None:
+                pass
+            try:
+                stdout, stderr = process.communicate(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+                raise QemuImgTimeout() from None
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
     def info(self, path: str, image_format: str) -> dict[str, Any]:
         """``qemu-img info -f FORMAT`` as JSON.
 
         Raises InvalidInput with qemu-img's own reason when it cannot read the image as that format."""
-        result = self.run("info", "--output=json", "-f", image_format, path)
+        try:
+            result = self.run("info", "--output=json", "-f", image_format, path, timeout_s=INFO_TIMEOUT_S)
+        except QemuImgTimeout:
+            raise InvalidInput(f"refused: qemu-img took over {INFO_TIMEOUT_S} s to read the {image_format} "
+                               "image's header; it was stopped") from None
         if result.returncode != 0:
             raise InvalidInput(f"the upload is not a valid {image_format} image: {_reason(result.stderr)}")
         return json.loads(result.stdout)
 
-    def convert(self, source: str, image_format: str, target: str, env: Mapping[str, str] | None = None,
-                existing_target: bool = False) -> None:
-        """Convert `source` (of `image_format`) to raw data in `target` (a path or ``rbd:POOL/IMAGE``),
-        writing out of order (``-W``): a raw target has no metadata to keep in order, and it is faster."""
+    def convert(self, source: str, image_format: str, target: str, size_bytes: int,
+                env: Mapping[str, str] | None = None, existing_target: bool = False) -> None:
+        """Convert `source` (of `image_format`, `size_bytes` virtual) to raw data in `target` (a path or
+        ``rbd:POOL/IMAGE``), writing out of order (``-W``): a raw target has no metadata to keep in order, and
+        it is faster. The wall-clock limit grows with the size, far below the node's disk speed."""
         reuse = ["-n"] if existing_target else []
-        result = self.run("convert", "-q", "-W", "-f", image_format, "-O", "raw", *reuse, source, target,
-                          env=env)
+        timeout_s = CONVERT_TIMEOUT_S + size_bytes // CONVERT_BYTES_PER_S
+        try:
+            result = self.run("convert", "-q", "-W", "-f", image_format, "-O", "raw", *reuse, source, target,
+                              timeout_s=timeout_s, env=env)
+        except QemuImgTimeout:
+            raise OperationFailed(f"converting the {image_format} image took over {timeout_s} s; qemu-img was "
+                                  "stopped") from None
         if result.returncode != 0:
             raise InvalidInput(f"converting the {image_format} image failed: {_reason(result.stderr)}")
 

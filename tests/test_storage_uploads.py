@@ -408,3 +408,23 @@ def test_made_up_token_is_refused_by_the_channel(storage_cluster, pool):
         bulk.stream_upload(ticket["address"], "not-" + ticket["token"], bulk.SpooledSource(io.BytesIO(data)),
                            bulk.checksum_of_bytes(data), 10)
     assert_nothing_left(storage_cluster, pool, "made-up")
+
+
+# -- qemu-img's wall-clock limits ---------------------------------------------------------------------------------
+
+def test_qemu_img_blocked_on_io_is_stopped_by_its_wall_clock_limit(tmp_path, monkeypatch):
+    """A process blocked opening a FIFO uses no CPU time: only the wall-clock limit ends it."""
+    from pvc import qemu_img
+    from pvc.errors import OperationFailed
+    fifo = tmp_path / "blocks.fifo"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(qemu_img, "INFO_TIMEOUT_S", 1)
+    monkeypatch.setattr(qemu_img, "CONVERT_TIMEOUT_S", 1)
+
+    started = time.monotonic()
+    with pytest.raises(InvalidInput, match="took over 1 s"):
+        qemu_img.QemuImg().info(str(fifo), "raw")
+    with pytest.raises(OperationFailed, match="took over 1 s"):
+        qemu_img.QemuImg().convert(str(fifo), "raw", str(tmp_path / "out.raw"), MIB)
+
+    assert time.monotonic() - started < 10
