@@ -8,6 +8,9 @@ for them, and fails (EIO) if the upload breaks off. qemu-img reads most images f
 so conversion overlaps the transfer; an image whose tables sit at its end (a stream-optimized VMDK) simply
 waits for them.
 
+qemu rounds an NBD export's size up to a whole 512-byte sector and reads that far, so the export is
+advertised that long: the padding reads as zeros, once the file is complete, as past the end of a local file.
+
 Only what qemu-img needs of the protocol is spoken: fixed-newstyle negotiation (NBD_OPT_GO, _INFO and
 _EXPORT_NAME; every other option is declined), then READ and DISC.
 """
@@ -30,6 +33,7 @@ TRANSMISSION_FLAGS = 1 | 2  # HAS_FLAGS | READ_ONLY
 CMD_READ, CMD_DISC = 0, 2
 EIO, EINVAL = 5, 22
 MAX_READ_BYTES = 32 << 20
+SECTOR_BYTES = 512
 
 
 class GrowingFileExport:
@@ -38,6 +42,7 @@ class GrowingFileExport:
     def __init__(self, path: Path, size_bytes: int, socket_path: Path):
         self.path = path
         self.size = size_bytes
+        self.export_size = -(-size_bytes // SECTOR_BYTES) * SECTOR_BYTES
         self.socket_path = socket_path
         self._written = 0
         self._failed = False
@@ -103,10 +108,10 @@ class GrowingFileExport:
                 return False
             if option == OPT_EXPORT_NAME:
                 zeroes = b"" if client_flags & FLAG_NO_ZEROES else bytes(124)
-                connection.sendall(struct.pack(">QH", self.size, TRANSMISSION_FLAGS) + zeroes)
+                connection.sendall(struct.pack(">QH", self.export_size, TRANSMISSION_FLAGS) + zeroes)
                 return True
             if option in (OPT_INFO, OPT_GO):
-                info = struct.pack(">HQH", INFO_EXPORT, self.size, TRANSMISSION_FLAGS)
+                info = struct.pack(">HQH", INFO_EXPORT, self.export_size, TRANSMISSION_FLAGS)
                 connection.sendall(_option_reply(option, REP_INFO, info) + _option_reply(option, REP_ACK))
                 if option == OPT_GO:
                     return True
@@ -121,13 +126,13 @@ class GrowingFileExport:
             magic, _flags, command, handle, offset, length = struct.unpack(">IHHQQI", _receive(connection, 28))
             if magic != REQUEST_MAGIC or command == CMD_DISC:
                 return
-            if command != CMD_READ or length > MAX_READ_BYTES or offset + length > self.size:
+            if command != CMD_READ or length > MAX_READ_BYTES or offset + length > self.export_size:
                 connection.sendall(struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, EINVAL, handle))
                 continue
-            if not self._wait_for(offset + length):
+            if not self._wait_for(min(offset + length, self.size)):
                 connection.sendall(struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, EIO, handle))
                 continue
-            data = os.pread(self._descriptor, length, offset)
+            data = os.pread(self._descriptor, length, offset).ljust(length, b"\0")
             connection.sendall(struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, 0, handle) + data)
 
     def _wait_for(self, end: int) -> bool:

@@ -17,11 +17,8 @@ class RawImporter:
 
     def import_image(self, source: str | Iterable[bytes], size_bytes: int, image_format: str,
                      target: VolumeTarget, qemu_img: QemuImg) -> None:
-        """Chunks go straight into the volume; a staged source (detected as raw only once complete) is copied
-        by qemu-img, which reads a path or URL alike."""
-        if isinstance(source, str):
-            qemu_img.convert(source, "raw", target.qemu_name, size_bytes, target.qemu_env)
-            return
+        """Chunks go straight into the volume, `size_bytes` (the upload's true length) long. Never staged: the
+        format is known from the first bytes, and a staged file reaches qemu-img over NBD padded to 512 bytes."""
         with target.raw_writer(size_bytes) as writer:
             for chunk in source:
                 writer.write(chunk)

@@ -21,7 +21,7 @@ from pvc.errors import AuthenticationError, InvalidInput, NotFound
 
 from helpers import eventually
 from storage_support import (IMAGE_KINDS, MIB, known_raw, leftovers, make_image, pvc, qemu_raw_sha256, run,
-                             stored_names, unique, volume_sha256)
+                             stored_names, unique, volume_bytes, volume_sha256)
 
 
 @pytest.fixture(scope="module")
@@ -428,3 +428,51 @@ def test_qemu_img_blocked_on_io_is_stopped_by_its_wall_clock_limit(tmp_path, mon
         qemu_img.QemuImg().convert(str(fifo), "raw", str(tmp_path / "out.raw"), MIB)
 
     assert time.monotonic() - started < 10
+
+
+# -- sizes that are not whole sectors -----------------------------------------------------------------------------
+
+def test_raw_upload_keeps_its_true_size(storage_cluster, pool):
+    data = os.urandom(1000)
+
+    recorded = storage_cluster.client.storage.upload(pool, "odd-raw", io.BytesIO(data))
+
+    assert recorded["size_bytes"] == 1000
+    assert volume_bytes(storage_cluster, pool, "odd-raw") == data
+
+
+def test_staged_image_of_odd_length_converts_quickly(storage_cluster, pool, images):
+    """qemu rounds the staging export up to a whole sector and reads the tail: it must get zeros, not wait."""
+    image = images / "odd-length.qcow2"
+    image.write_bytes(make_image(images, "qcow2", seed=61).read_bytes() + b"\0" * 100)
+    expected_sha256, virtual_size = qemu_raw_sha256(image, images)
+
+    started = time.monotonic()
+    recorded = storage_cluster.client.storage.upload(pool, "odd-qcow2", str(image))
+
+    assert time.monotonic() - started < 20
+    assert recorded["size_bytes"] == virtual_size
+    assert volume_sha256(storage_cluster, pool, "odd-qcow2") == expected_sha256
+    assert leftovers(storage_cluster, pool) == []
+
+
+def test_staging_export_pads_an_odd_length_with_zeros_once_complete(tmp_path):
+    from pvc.node.growing_export import GrowingFileExport
+    data = os.urandom(1000)
+    staged = tmp_path / "staged"
+    staged.write_bytes(data[:600])
+    export = GrowingFileExport(staged, len(data), tmp_path / "staged.nbd")
+    export.start()
+    export.advance(600)
+    try:
+        converting = subprocess.Popen(["qemu-img", "convert", "-f", "raw", "-O", "raw", export.url,
+                                       str(tmp_path / "out.raw")], stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        assert converting.poll() is None, "the padding past the true end waits for the upload to complete"
+        with open(staged, "ab") as file:
+            file.write(data[600:])
+        export.advance(len(data))
+        assert converting.wait(timeout=10) == 0, converting.stderr.read().decode()
+    finally:
+        export.close()
+    assert (tmp_path / "out.raw").read_bytes() == data + bytes(24)
