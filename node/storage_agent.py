@@ -76,16 +76,24 @@ class StorageAgent:
     def snapshot_rollback(self, pool: str, volume: str, snapshot: str) -> None:
         self._backend.snapshot_rollback(*_names(pool, volume), schema.check_name("snapshot", snapshot))
 
-    def open_upload(self, pool: str, volume: str, size_bytes: int, image_format: str) -> dict[str, Any]:
-        """A single-use token for one upload of exactly `size_bytes` into `pool`/`volume`, and where to send it."""
+    def open_upload(self, pool: str, volume: str, size_bytes: int, image_format: str,
+                    checksum: str) -> dict[str, Any]:
+        """A single-use token for one upload of exactly `size_bytes` with `checksum` (`pvc.bulk`) into
+        `pool`/`volume`, and where to send it."""
         if image_format not in UPLOAD_FORMATS:
             raise InvalidInput(f"unknown image format {image_format!r} (use one of: {', '.join(UPLOAD_FORMATS)})")
-        ticket = self._tickets.issue(*_names(pool, volume), _size(size_bytes), image_format)
+        ticket = self._tickets.issue(*_names(pool, volume), _size(size_bytes), image_format, _checksum(checksum))
         return {"address": self.upload_address, "token": ticket.token}
 
 
 def _names(pool: str, volume: str) -> tuple[str, str]:
     return schema.check_name("pool", pool), schema.check_name("volume", volume)
+
+
+def _checksum(checksum: object) -> str:
+    if not isinstance(checksum, str) or len(checksum) != 64 or any(c not in "0123456789abcdef" for c in checksum):
+        raise InvalidInput(f"invalid checksum {checksum!r}: must be 64 lowercase hex digits (`pvc.bulk`)")
+    return checksum
 
 
 def _size(size_bytes: object) -> int:

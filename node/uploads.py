@@ -21,7 +21,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from pvc import bulk, schema
 from pvc.errors import AuthenticationError, Busy, InvalidInput, PVCError
@@ -36,17 +36,20 @@ log = logging.getLogger(__name__)
 QUEUED_PIECES = 4
 REFUSAL_DRAIN_S = 5
 BODY_IDLE_TIMEOUT_S = 120
+HEADER_DEADLINE_S = 15
+MAX_UNADMITTED = 16
 
 
 @dataclass(frozen=True)
 class Ticket:
-    """What a token allows: one upload of exactly `size_bytes` into `pool`/`volume`."""
+    """What a token allows: one upload of exactly `size_bytes`, with `checksum`, into `pool`/`volume`."""
 
     token: str
     pool: str
     volume: str
     size_bytes: int
     image_format: str
+    checksum: str
     expires_at: float
 
 
@@ -58,8 +61,8 @@ class Tickets:
         self._lock = threading.Lock()
         self._tickets: dict[str, Ticket] = {}
 
-    def issue(self, pool: str, volume: str, size_bytes: int, image_format: str) -> Ticket:
-        ticket = Ticket(secrets.token_urlsafe(32), pool, volume, size_bytes, image_format,
+    def issue(self, pool: str, volume: str, size_bytes: int, image_format: str, checksum: str) -> Ticket:
+        ticket = Ticket(secrets.token_urlsafe(32), pool, volume, size_bytes, image_format, checksum,
                         time.monotonic() + self._lifetime)
         with self._lock:
             self._expire()
@@ -340,13 +343,15 @@ class StagingWriter(threading.Thread):
 def _refuse(connection: socket.socket, error: BaseException) -> None:
     """Answer with the error, then read (and drop) what the client still sends for a moment: closing a
     socket with unread data resets it, and the client would lose the answer. The client checks for an
-    answer between chunks, so it stops sending soon."""
+    answer between chunks, so it stops sending soon; one that does not is cut off at a fixed deadline."""
     try:
         bulk.send_message(connection, bulk.error_message(error))
         connection.shutdown(socket.SHUT_WR)
-        connection.settimeout(REFUSAL_DRAIN_S)
-        while connection.recv(bulk.CHUNK_BYTES):
-            pass
+        deadline = time.monotonic() + REFUSAL_DRAIN_S
+        while (remaining := deadline - time.monotonic()) > 0:
+            connection.settimeout(remaining)
+            if not connection.recv(bulk.CHUNK_BYTES):
+                return
     except OSError:
         pass
 
@@ -357,13 +362,17 @@ def _free_bytes(directory: Path) -> int:
 
 
 class UploadListener:
-    """Accepts bulk connections, one thread each, and answers each with the import's result."""
+    """Accepts bulk connections, one thread each, and answers each with the import's result.
+
+    Anyone can connect, so connections not yet admitted by a token are few (`max_unadmitted`; more are closed
+    at once) and short-lived: the header must arrive within `header_deadline` seconds all told."""
 
     def __init__(self, host: str, port: int, tickets: Tickets, context_factory: Callable[[], UploadContext],
-                 header_timeout: float = 10.0):
+                 header_deadline: float = HEADER_DEADLINE_S, max_unadmitted: int = MAX_UNADMITTED):
         self._tickets = tickets
         self._context_factory = context_factory
-        self._header_timeout = header_timeout
+        self._header_deadline = header_deadline
+        self._unadmitted = threading.BoundedSemaphore(max_unadmitted)
         self._server = socket.create_server((host, port), reuse_port=False, backlog=16)
         self.address = "%s:%d" % self._server.getsockname()[:2]
         self._stopping = threading.Event()
@@ -381,20 +390,26 @@ class UploadListener:
                 connection, peer = self._server.accept()
             except OSError:
                 return
+            if not self._unadmitted.acquire(blocking=False):
+                log.warning("bulk connection from %s closed: too many connections await admission", peer[0])
+                connection.close()
+                continue
             threading.Thread(target=self._serve, args=(connection, peer), name="upload", daemon=True).start()
 
     def _serve(self, connection: socket.socket, peer: tuple) -> None:
-        """The header is read through a buffered reader; the client sends nothing more until it is answered,
-        so the reader holds no data bytes and the body can be read from the socket itself."""
-        with connection, connection.makefile("rb") as reader:
+        """Holds one of the unadmitted slots (taken by the accept loop) until the token is redeemed, or
+        until a refusal has been answered and drained."""
+        admitted = False
+        with connection:
             stream = None
             try:
-                connection.settimeout(self._header_timeout)
-                ticket, checksum = self._admit(reader)
+                ticket = self._admit(connection)
+                admitted = True
+                self._unadmitted.release()
                 bulk.send_message(connection, {"ready": True})
                 connection.settimeout(BODY_IDLE_TIMEOUT_S)
                 started = time.monotonic()
-                stream = VerifiedStream(connection, ticket.size_bytes, checksum)
+                stream = VerifiedStream(connection, ticket.size_bytes, ticket.checksum)
                 result = ImportJob(self._context_factory(), ticket).run(stream)
                 log.info("upload of %d bytes from %s into %s/%s done in %.1f s", ticket.size_bytes, peer[0],
                          ticket.pool, ticket.volume, time.monotonic() - started)
@@ -408,9 +423,11 @@ class UploadListener:
             finally:
                 if stream is not None:
                     stream.close()
+                if not admitted:
+                    self._unadmitted.release()
 
-    def _admit(self, reader: BinaryIO) -> tuple[Ticket, str]:
-        header = bulk.read_message(reader, "upload header")
+    def _admit(self, connection: socket.socket) -> Ticket:
+        header = bulk.receive_message(connection, "upload header", time.monotonic() + self._header_deadline)
         ticket = self._tickets.redeem(header.get("token"))
         if header.get("size_bytes") != ticket.size_bytes:
             raise InvalidInput(f"the stream announces {header.get('size_bytes')} bytes but the upload was "
@@ -418,4 +435,7 @@ class UploadListener:
         checksum = header.get("checksum")
         if not isinstance(checksum, str) or len(checksum) != 64 or any(c not in "0123456789abcdef" for c in checksum):
             raise InvalidInput("the stream announces no valid checksum (64 hex digits)")
-        return ticket, checksum
+        if not secrets.compare_digest(checksum, ticket.checksum):
+            raise InvalidInput("the stream announces another checksum than the upload was declared with; nothing "
+                               "was imported")
+        return ticket

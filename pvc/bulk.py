@@ -2,15 +2,17 @@
 
 Control calls ride Pyro5 and serpent, which base64-encodes bytes (~75 MiB/s); images must move at disk speed,
 so they take this plain TCP stream instead. A coordinator first checks the request and has the node issue a
-single-use token, valid for seconds and bound to one pool, volume and declared size. Then, on one connection:
+single-use token, valid for seconds and bound to one pool, volume, declared size and checksum (the client
+computes the checksum first and declares it on the authenticated control call, so whoever sees the token cannot
+spend it on other content). Then, on one connection:
 
     client -> node   {"token": ..., "size_bytes": N, "checksum": HEX}\\n   announced before any data
     node -> client   {"ready": true}\\n                                   or {"error": CLASS, "message": ...}
     client -> node   exactly N bytes                                     sendfile(), no copy in Python
     node -> client   {"volume": {...}}\\n                                 or {"error": CLASS, "message": ...}
 
-The node refuses a stream whose token is unknown, used or expired, whose size differs from the token's, or
-that ends short or with another checksum; then nothing is imported and nothing is left behind.
+The node refuses a stream whose token is unknown, used or expired, whose size or checksum differs from the
+token's, or that ends short or with another checksum; then nothing is imported and nothing is left behind.
 
 The checksum is SHA-256 over pieces: the SHA-256 of the concatenated SHA-256 digests of each `PIECE_BYTES`
 piece of the data. Pieces hash in parallel on both ends, so announcing it first costs the client a fraction of
@@ -24,6 +26,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, Callable
 
@@ -41,7 +44,30 @@ def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
 
 def read_message(reader: BinaryIO, what: str) -> dict[str, Any]:
     """One JSON line from `reader`; a connection closed early or a malformed line is an error naming `what`."""
-    line = reader.readline(HEADER_LIMIT_BYTES + 1)
+    return _parse_message(reader.readline(HEADER_LIMIT_BYTES + 1), what)
+
+
+def receive_message(sock: socket.socket, what: str, deadline: float) -> dict[str, Any]:
+    """One JSON line from `sock`, complete by the monotonic `deadline`: an idle timeout per receive would let a
+    peer trickling a byte at a time hold the connection for ever. It peeks for the line's end and takes no byte
+    past it, so what follows stays on the socket."""
+    line = b""
+    while not line.endswith(b"\n") and len(line) <= HEADER_LIMIT_BYTES:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise errors.InvalidInput(f"the {what} did not arrive in time")
+        sock.settimeout(remaining)
+        try:
+            peeked = sock.recv(HEADER_LIMIT_BYTES + 1 - len(line), socket.MSG_PEEK)
+        except socket.timeout:
+            raise errors.InvalidInput(f"the {what} did not arrive in time") from None
+        if not peeked:
+            break
+        line += sock.recv(peeked.find(b"\n") + 1 or len(peeked))
+    return _parse_message(line, what)
+
+
+def _parse_message(line: bytes, what: str) -> dict[str, Any]:
     if not line.endswith(b"\n"):
         raise errors.InvalidInput(f"the {what} was cut short or longer than {HEADER_LIMIT_BYTES} bytes")
     try:

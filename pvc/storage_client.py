@@ -32,7 +32,7 @@ class StorageClient(Area):
             if on_size:
                 on_size(spooled.size)
             checksum = bulk.checksum_of_file(spooled.file, spooled.offset, spooled.size)
-            ticket = self.upload_begin(pool, volume, spooled.size, image_format, force)
+            ticket = self.upload_begin(pool, volume, spooled.size, checksum, image_format, force)
             bulk.stream_upload(ticket["address"], ticket["token"], spooled, checksum, UPLOAD_CONNECT_TIMEOUT_S,
                                progress)
         return self.upload_end(pool, volume)

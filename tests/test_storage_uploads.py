@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -298,7 +299,7 @@ def test_image_larger_than_the_pool_can_hold_is_refused(storage_cluster, pool, i
 
 def open_stream(cluster, pool, volume, size, checksum):
     """Begin an upload and send the header as a client would; the socket, its reader and the node's answer."""
-    ticket = cluster.client.storage.upload_begin(pool, volume, size, "auto")
+    ticket = cluster.client.storage.upload_begin(pool, volume, size, checksum, "auto")
     host, port = ticket["address"].rsplit(":", 1)
     sock = socket.create_connection((host, int(port)), timeout=30)
     reader = sock.makefile("rb")
@@ -350,7 +351,7 @@ def test_token_is_single_use_and_bound_to_its_size(storage_cluster, pool):
     _ticket, sock, reader, answer = open_stream(storage_cluster, pool, "bound", len(data), digest)
     sock.close()
     assert answer == {"ready": True}
-    ticket = storage_cluster.client.storage.upload_begin(pool, "bound", len(data), "auto")
+    ticket = storage_cluster.client.storage.upload_begin(pool, "bound", len(data), digest, "auto")
     host, port = ticket["address"].rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as wrong:
         wrong.sendall(json.dumps({"token": ticket["token"], "size_bytes": len(data) * 2,
@@ -358,6 +359,18 @@ def test_token_is_single_use_and_bound_to_its_size(storage_cluster, pool):
         refused = json.loads(wrong.makefile("rb").readline())
     assert refused["error"] == "InvalidInput" and "declared" in refused["message"]
     assert_nothing_left(storage_cluster, pool, "bound")
+
+
+def test_token_is_bound_to_the_declared_checksum(storage_cluster, pool):
+    """Whoever sees a token cannot spend it on other content of the same size."""
+    declared, other = os.urandom(MIB), os.urandom(MIB)
+    ticket = storage_cluster.client.storage.upload_begin(pool, "hijacked", MIB, bulk.checksum_of_bytes(declared),
+                                                         "auto")
+
+    with pytest.raises(InvalidInput, match="another checksum than the upload was declared with"):
+        bulk.stream_upload(ticket["address"], ticket["token"], bulk.SpooledSource(io.BytesIO(other)),
+                           bulk.checksum_of_bytes(other), 10)
+    assert_nothing_left(storage_cluster, pool, "hijacked")
 
 
 def test_client_killed_mid_upload_leaves_nothing(storage_cluster, pool, images):
@@ -368,10 +381,11 @@ def test_client_killed_mid_upload_leaves_nothing(storage_cluster, pool, images):
         from pvc import bulk
         cluster = pvc.connect(sys.argv[1], sys.argv[2])
         data = open(sys.argv[5], "rb").read()
-        ticket = cluster.storage.upload_begin(sys.argv[3], sys.argv[4], len(data), "auto")
+        checksum = bulk.checksum_of_bytes(data)
+        ticket = cluster.storage.upload_begin(sys.argv[3], sys.argv[4], len(data), checksum, "auto")
         host, port = ticket["address"].rsplit(":", 1)
         sock = socket.create_connection((host, int(port)))
-        header = {"token": ticket["token"], "size_bytes": len(data), "checksum": bulk.checksum_of_bytes(data)}
+        header = {"token": ticket["token"], "size_bytes": len(data), "checksum": checksum}
         sock.sendall(json.dumps(header).encode() + b"\\n")
         sock.makefile("rb").readline()
         sock.sendall(data[:len(data) // 2])
@@ -401,13 +415,52 @@ def test_upload_into_unknown_pool_or_with_bad_names_is_refused(storage_cluster, 
 
 
 def test_made_up_token_is_refused_by_the_channel(storage_cluster, pool):
-    ticket = storage_cluster.client.storage.upload_begin(pool, "made-up", 10, "raw")
     data = b"0123456789"
+    ticket = storage_cluster.client.storage.upload_begin(pool, "made-up", 10, bulk.checksum_of_bytes(data), "raw")
 
     with pytest.raises(AuthenticationError, match="upload token unknown"):
         bulk.stream_upload(ticket["address"], "not-" + ticket["token"], bulk.SpooledSource(io.BytesIO(data)),
                            bulk.checksum_of_bytes(data), 10)
     assert_nothing_left(storage_cluster, pool, "made-up")
+
+
+@pytest.fixture
+def listener():
+    """A bulk listener that admits no token, with a 1 s header deadline and room for 2 unadmitted connections."""
+    from pvc.node.uploads import Tickets, UploadListener
+    listening = UploadListener("127.0.0.1", 0, Tickets(60), lambda: None, header_deadline=1, max_unadmitted=2)
+    listening.start()
+    yield listening
+    listening.stop()
+
+
+def connect(listener) -> socket.socket:
+    host, port = listener.address.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def test_header_trickled_past_its_deadline_is_refused(listener):
+    started = time.monotonic()
+    with connect(listener) as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(b"{")
+        while not select.select([sock], [], [], 0.2)[0]:
+            sock.sendall(b" ")
+        answer = json.loads(reader.readline())
+
+    assert answer["error"] == "InvalidInput" and "did not arrive in time" in answer["message"]
+    assert time.monotonic() - started < 3
+
+
+def test_unadmitted_connections_are_capped(listener):
+    waiting = [connect(listener), connect(listener)]
+    with connect(listener) as refused:
+        assert refused.recv(1) == b""
+    for sock in waiting:
+        assert b"did not arrive in time" in sock.makefile("rb").readline()
+        sock.close()
+    with connect(listener) as admitted_again:
+        assert b"did not arrive in time" in admitted_again.makefile("rb").readline()
 
 
 # -- qemu-img's wall-clock limits ---------------------------------------------------------------------------------

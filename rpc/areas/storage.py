@@ -240,11 +240,13 @@ class StorageArea:
 
     # -- uploads ------------------------------------------------------------------------------------------
 
-    def upload_begin(self, pool: str, volume: str, size_bytes: int, image_format: str = "auto",
+    def upload_begin(self, pool: str, volume: str, size_bytes: int, checksum: str, image_format: str = "auto",
                      force: bool = False) -> dict[str, Any]:
         """Check an upload and get a single-use token for it: ``{"address": HOST:PORT, "token", "node"}``.
 
-        The client then streams exactly `size_bytes` to that address (`pvc.bulk`); the node imports the image,
+        The token is bound to `checksum` (`pvc.bulk`), declared here, on the authenticated call, so that whoever
+        sees the token cannot spend it on other content. The client then streams exactly `size_bytes` with
+        that checksum to that address; the node imports the image,
         creating the volume or replacing an existing one's data (refused while a VM uses it, unless
         `force`), and records it. Use `pvc.storage_client.StorageClient.upload`, which does all of this."""
         schema.volume_key(pool, volume)
@@ -254,7 +256,8 @@ class StorageArea:
         if self._volume_raw(pool, volume) is not None:
             self._refuse_if_used(pool, volume, "overwrite", force)
         node, agent_uri, _backend = self._storage_node(pool)
-        ticket = self._agent(node, agent_uri, "open_upload", pool, volume, size_bytes, image_format)
+        ticket = self._agent(node, agent_uri, "open_upload", pool, volume, size_bytes, image_format,
+                             checksum)
         return {**ticket, "node": node}
 
     def upload_end(self, pool: str, volume: str) -> dict[str, Any]:
