@@ -76,13 +76,14 @@ class StorageAgent:
     def snapshot_rollback(self, pool: str, volume: str, snapshot: str) -> None:
         self._backend.snapshot_rollback(*_names(pool, volume), schema.check_name("snapshot", snapshot))
 
-    def open_upload(self, pool: str, volume: str, size_bytes: int, image_format: str,
-                    checksum: str) -> dict[str, Any]:
+    def open_upload(self, pool: str, volume: str, size_bytes: int, image_format: str, checksum: str,
+                    force: bool) -> dict[str, Any]:
         """A single-use token for one upload of exactly `size_bytes` with `checksum` (`pvc.bulk`) into
-        `pool`/`volume`, and where to send it."""
+        `pool`/`volume` (with `force`, even over a volume a VM uses), and where to send it."""
         if image_format not in UPLOAD_FORMATS:
             raise InvalidInput(f"unknown image format {image_format!r} (use one of: {', '.join(UPLOAD_FORMATS)})")
-        ticket = self._tickets.issue(*_names(pool, volume), _size(size_bytes), image_format, _checksum(checksum))
+        ticket = self._tickets.issue(*_names(pool, volume), _size(size_bytes), image_format, _checksum(checksum),
+                                     force is True)
         return {"address": self.upload_address, "token": ticket.token}
 
 

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from pvc import bulk, schema
-from pvc.errors import AuthenticationError, Busy, InvalidInput, PVCError
+from pvc.errors import AuthenticationError, Busy, Conflict, InvalidInput, PVCError
 from pvc.hookspecs import ImageImporter, StorageBackend
 from pvc.node.growing_export import GrowingFileExport
 from pvc.qemu_img import QemuImg, check_supported, resolve_format
 from pvc.store import Store
-from pvc.storage_records import record_upload
+from pvc.storage_records import record_upload, volume_users
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ MAX_UNADMITTED = 16
 
 @dataclass(frozen=True)
 class Ticket:
-    """What a token allows: one upload of exactly `size_bytes`, with `checksum`, into `pool`/`volume`."""
+    """What a token allows: one upload of exactly `size_bytes`, with `checksum`, into `pool`/`volume`; with
+    `force`, even over a volume a VM uses."""
 
     token: str
     pool: str
@@ -50,6 +51,7 @@ class Ticket:
     size_bytes: int
     image_format: str
     checksum: str
+    force: bool
     expires_at: float
 
 
@@ -61,8 +63,9 @@ class Tickets:
         self._lock = threading.Lock()
         self._tickets: dict[str, Ticket] = {}
 
-    def issue(self, pool: str, volume: str, size_bytes: int, image_format: str, checksum: str) -> Ticket:
-        ticket = Ticket(secrets.token_urlsafe(32), pool, volume, size_bytes, image_format, checksum,
+    def issue(self, pool: str, volume: str, size_bytes: int, image_format: str, checksum: str,
+              force: bool) -> Ticket:
+        ticket = Ticket(secrets.token_urlsafe(32), pool, volume, size_bytes, image_format, checksum, force,
                         time.monotonic() + self._lifetime)
         with self._lock:
             self._expire()
@@ -285,6 +288,8 @@ class ImportJob:
             raise Busy(f"pool '{ticket.pool}' stayed locked by another change; the upload was not imported")
         try:
             existing = backend.volume_size(ticket.pool, ticket.volume)
+            if existing is not None:
+                self._refuse_if_used()
             if existing is not None and existing > size:
                 backend.volume_resize(ticket.pool, self.hidden_volume, existing)
                 size = existing
@@ -300,6 +305,15 @@ class ImportJob:
                 raise
         finally:
             lock.release()
+
+    def _refuse_if_used(self) -> None:
+        """A VM may have started using the volume since the upload began, so this is checked again, from
+        ZooKeeper, under the pool's lock, just before the volume's data changes."""
+        ticket = self.ticket
+        users = volume_users(self.context.store, ticket.pool, ticket.volume)
+        if users and not ticket.force:
+            raise Conflict(f"volume '{ticket.pool}/{ticket.volume}' is used by VM(s) {', '.join(users)}; refusing "
+                           "to overwrite it unless forced; the upload was not imported")
 
     def _discard_hidden_volume(self) -> None:
         try:

@@ -34,6 +34,14 @@ def record_upload(store: Store, pool: str, volume: str, size_bytes: int, image_f
     return {"pool": pool, "name": volume, "size_bytes": size_bytes, "image_format": image_format}
 
 
+def volume_users(store: Store, pool: str, volume: str) -> list[str]:
+    """The VMs whose record lists volume `pool/volume`, read from ZooKeeper itself: for a node, which keeps no
+    cache of the VMs, when it must know now."""
+    wanted = f"{pool}/{volume}"
+    return [name for name in store.children(schema.VMS)
+            if wanted in ((store.read(f"{schema.VMS}/{name}") or {}).get("volumes") or [])]
+
+
 def volume_view(key: str, raw: dict[str, Any], used_by: list[str]) -> dict[str, Any]:
     record = raw.get(OWN_VALUE) or {}
     pool, name = schema.split_volume_key(key)

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from pvc import bulk
-from pvc.errors import AuthenticationError, InvalidInput, NotFound
+from pvc.errors import AuthenticationError, Conflict, InvalidInput, NotFound
 
 from helpers import eventually
 from storage_support import (IMAGE_KINDS, MIB, known_raw, leftovers, make_image, pvc, qemu_raw_sha256, run,
@@ -373,6 +373,30 @@ def test_token_is_bound_to_the_declared_checksum(storage_cluster, pool):
     assert_nothing_left(storage_cluster, pool, "hijacked")
 
 
+def test_upload_is_refused_if_a_vm_took_the_volume_after_it_began(storage_cluster, pool):
+    storage, vm = storage_cluster.client.storage, unique("late-user")
+    storage.volume_add(pool, "taken", "1M")
+    before = volume_sha256(storage_cluster, pool, "taken")
+    data = os.urandom(MIB)
+    checksum = bulk.checksum_of_bytes(data)
+    ticket = storage.upload_begin(pool, "taken", MIB, checksum, "raw")
+    storage_cluster.client.vms.define(
+        f"<domain type='test'><name>{vm}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu><os><type>hvm</type>"
+        f"</os><devices><disk type='network' device='disk'><source protocol='rbd' name='{pool}/taken'/>"
+        "<target dev='vda'/></disk></devices></domain>")
+    try:
+        with pytest.raises(Conflict, match=f"used by VM\\(s\\) {vm}; refusing to overwrite it unless forced"):
+            bulk.stream_upload(ticket["address"], ticket["token"], bulk.SpooledSource(io.BytesIO(data)), checksum,
+                               10)
+        assert volume_sha256(storage_cluster, pool, "taken") == before
+        assert leftovers(storage_cluster, pool) == []
+
+        storage.upload(pool, "taken", io.BytesIO(data), "raw", force=True)
+        assert volume_bytes(storage_cluster, pool, "taken") == data
+    finally:
+        storage_cluster.client.vms.remove(vm)
+
+
 def test_client_killed_mid_upload_leaves_nothing(storage_cluster, pool, images):
     image = make_image(images, "qcow2", size=24 * MIB, seed=41)
     client_script = textwrap.dedent("""
@@ -426,12 +450,18 @@ def test_made_up_token_is_refused_by_the_channel(storage_cluster, pool):
 
 @pytest.fixture
 def listener():
-    """A bulk listener that admits no token, with a 1 s header deadline and room for 2 unadmitted connections."""
+    """Starts bulk listeners that admit no token; all stopped after the test."""
     from pvc.node.uploads import Tickets, UploadListener
-    listening = UploadListener("127.0.0.1", 0, Tickets(60), lambda: None, header_deadline=1, max_unadmitted=2)
-    listening.start()
-    yield listening
-    listening.stop()
+    started = []
+
+    def start(header_deadline: float, max_unadmitted: int = 16) -> UploadListener:
+        started.append(UploadListener("127.0.0.1", 0, Tickets(60), lambda: None, header_deadline=header_deadline,
+                                      max_unadmitted=max_unadmitted))
+        started[-1].start()
+        return started[-1]
+    yield start
+    for listening in started:
+        listening.stop()
 
 
 def connect(listener) -> socket.socket:
@@ -439,9 +469,18 @@ def connect(listener) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=10)
 
 
+def refuses_a_malformed_header(listener) -> bool:
+    try:
+        with connect(listener) as sock:
+            sock.sendall(b"not json\n")
+            return b"is not JSON" in sock.makefile("rb").readline()
+    except OSError:
+        return False
+
+
 def test_header_trickled_past_its_deadline_is_refused(listener):
     started = time.monotonic()
-    with connect(listener) as sock:
+    with connect(listener(header_deadline=1)) as sock:
         reader = sock.makefile("rb")
         sock.sendall(b"{")
         while not select.select([sock], [], [], 0.2)[0]:
@@ -453,14 +492,17 @@ def test_header_trickled_past_its_deadline_is_refused(listener):
 
 
 def test_unadmitted_connections_are_capped(listener):
-    waiting = [connect(listener), connect(listener)]
-    with connect(listener) as refused:
+    capped = listener(header_deadline=30, max_unadmitted=2)
+    waiting = [connect(capped), connect(capped)]
+    with connect(capped) as refused:
         assert refused.recv(1) == b""
+    assert refuses_a_malformed_header(capped) is False
     for sock in waiting:
-        assert b"did not arrive in time" in sock.makefile("rb").readline()
+        sock.sendall(b"not json\n")
+        assert b"is not JSON" in sock.makefile("rb").readline()
         sock.close()
-    with connect(listener) as admitted_again:
-        assert b"did not arrive in time" in admitted_again.makefile("rb").readline()
+
+    assert eventually(lambda: refuses_a_malformed_header(capped), timeout=5)
 
 
 # -- qemu-img's wall-clock limits ---------------------------------------------------------------------------------

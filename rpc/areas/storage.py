@@ -246,9 +246,10 @@ class StorageArea:
 
         The token is bound to `checksum` (`pvc.bulk`), declared here, on the authenticated call, so that whoever
         sees the token cannot spend it on other content. The client then streams exactly `size_bytes` with
-        that checksum to that address; the node imports the image,
-        creating the volume or replacing an existing one's data (refused while a VM uses it, unless
-        `force`), and records it. Use `pvc.storage_client.StorageClient.upload`, which does all of this."""
+        that checksum to that address; the node imports the image, creating the volume or replacing an
+        existing one's data (refused while a VM uses it, unless `force`: checked here, and again on the node
+        just before the data changes), and records it. Use `pvc.storage_client.StorageClient.upload`, which
+        does all of this."""
         schema.volume_key(pool, volume)
         if not isinstance(size_bytes, int) or isinstance(size_bytes, bool) or size_bytes <= 0:
             raise InvalidInput(f"invalid upload size {size_bytes!r}: the image must be a non-empty file")
@@ -257,7 +258,7 @@ class StorageArea:
             self._refuse_if_used(pool, volume, "overwrite", force)
         node, agent_uri, _backend = self._storage_node(pool)
         ticket = self._agent(node, agent_uri, "open_upload", pool, volume, size_bytes, image_format,
-                             checksum)
+                             checksum, force)
         return {**ticket, "node": node}
 
     def upload_end(self, pool: str, volume: str) -> dict[str, Any]:
