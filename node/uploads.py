@@ -293,15 +293,14 @@ class ImportJob:
             if existing is not None and existing > size:
                 backend.volume_resize(ticket.pool, self.hidden_volume, existing)
                 size = existing
-            if existing is None:
-                backend.volume_rename(ticket.pool, self.hidden_volume, ticket.volume)
-            else:
-                backend.volume_replace(ticket.pool, self.hidden_volume, ticket.volume)
+            if existing is not None:
+                with backend.volume_replace(ticket.pool, self.hidden_volume, ticket.volume):
+                    return record_upload(self.context.store, ticket.pool, ticket.volume, size, image_format)
+            backend.volume_rename(ticket.pool, self.hidden_volume, ticket.volume)
             try:
                 return record_upload(self.context.store, ticket.pool, ticket.volume, size, image_format)
             except BaseException:
-                if existing is None:
-                    backend.volume_remove(ticket.pool, ticket.volume)
+                backend.volume_remove(ticket.pool, ticket.volume)
                 raise
         finally:
             lock.release()

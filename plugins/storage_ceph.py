@@ -17,6 +17,8 @@ from pvc.qemu_img import QemuImg
 MISSING = "No such file or directory"
 EXISTS = "File exists"
 MIN_PG_NUM, MAX_PG_NUM = 8, 256
+REPLACE_SNAPSHOT = ".replacing"
+"""A snapshot holding a volume's old data while an upload replaces it (never a user's name: no dot first)."""
 
 
 class CephVolumeTarget:
@@ -139,19 +141,44 @@ class CephBackend:
         source = f"{pool}/{volume}@{snapshot}" if snapshot else f"{pool}/{volume}"
         self._run("rbd", "cp", "--no-progress", source, f"{pool}/{new_name}", creates=f"{pool}/{new_name}")
 
-    def volume_replace(self, pool: str, source: str, target: str) -> None:
+    @contextmanager
+    def volume_replace(self, pool: str, source: str, target: str) -> Iterator[None]:
         """Snapshots belong to an RBD image, so a target that has some keeps its image and gets the data
-        copied in; one without is simply replaced."""
+        copied in, a temporary snapshot keeping the old data; one without is renamed aside and the new image
+        renamed in. Either way the old data is put back if anything fails before the block ends."""
         if self._json("rbd", "snap", "ls", f"{pool}/{target}"):
-            size = self.volume_size(pool, source)
-            self.volume_resize(pool, target, size)
-            self._qemu_img.convert(f"rbd:{pool}/{source}:conf={self.conf}", "raw",
-                                   f"rbd:{pool}/{target}:conf={self.conf}", size, {"CEPH_CONF": self.conf},
-                                   existing_target=True)
-            self.volume_remove(pool, source)
+            with self._kept_in_snapshot(pool, target):
+                size = self.volume_size(pool, source)
+                self.volume_resize(pool, target, size)
+                self._qemu_img.convert(f"rbd:{pool}/{source}:conf={self.conf}", "raw",
+                                       f"rbd:{pool}/{target}:conf={self.conf}", size, {"CEPH_CONF": self.conf},
+                                       existing_target=True)
+                self.volume_remove(pool, source)
+                yield
             return
-        self.volume_remove(pool, target)
-        self._run("rbd", "rename", f"{pool}/{source}", f"{pool}/{target}")
+        backup = f"{source}.replaced"
+        self.volume_rename(pool, target, backup)
+        try:
+            self.volume_rename(pool, source, target)
+            yield
+        except BaseException:
+            self.volume_remove(pool, target)
+            self.volume_rename(pool, backup, target)
+            raise
+        self.volume_remove(pool, backup)
+
+    @contextmanager
+    def _kept_in_snapshot(self, pool: str, volume: str) -> Iterator[None]:
+        """The volume's data and size in a temporary snapshot, rolled back to if the block raises."""
+        snapshot = f"{pool}/{volume}@{REPLACE_SNAPSHOT}"
+        self._run("rbd", "snap", "create", "--no-progress", snapshot)
+        try:
+            yield
+        except BaseException:
+            self._run("rbd", "snap", "rollback", "--no-progress", snapshot)
+            raise
+        finally:
+            self._run("rbd", "snap", "rm", "--no-progress", snapshot, missing_ok=True)
 
     def volume_target(self, pool: str, volume: str) -> CephVolumeTarget:
         return CephVolumeTarget(self, pool, volume)

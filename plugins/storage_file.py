@@ -159,8 +159,21 @@ class FileBackend:
             raise AlreadyExists(f"volume file {target} exists already")
         _copy(source, target)
 
-    def volume_replace(self, pool: str, source: str, target: str) -> None:
-        os.replace(self._existing_volume(pool, source), self._volume_path(pool, target))
+    @contextmanager
+    def volume_replace(self, pool: str, source: str, target: str) -> Iterator[None]:
+        """The old data stays linked under a hidden name until the block ends: the target's path always
+        holds the old data or the new, even if the node dies midway."""
+        new, old = self._existing_volume(pool, source), self._existing_volume(pool, target)
+        backup = new.with_name(f"{source}.replaced")
+        os.link(old, backup)
+        try:
+            os.replace(new, old)
+            yield
+        except BaseException:
+            os.replace(backup, old)
+            raise
+        finally:
+            backup.unlink(missing_ok=True)
 
     def volume_target(self, pool: str, volume: str) -> FileVolumeTarget:
         return FileVolumeTarget(self._volume_path(pool, volume))

@@ -133,9 +133,11 @@ class StorageBackend(Protocol):
     def volume_copy(self, pool: str, volume: str, new_name: str, snapshot: str | None = None) -> None:
         """A new independent volume `new_name` with the data of `volume` (or of its `snapshot`)."""
 
-    def volume_replace(self, pool: str, source: str, target: str) -> None:
-        """Give `target` the data and size of volume `source`, which is gone afterwards; `target`'s snapshots
-        survive. Used to land an upload onto an existing volume only once it is complete."""
+    def volume_replace(self, pool: str, source: str, target: str) -> ContextManager[None]:
+        """A context manager: give `target` the data and size of volume `source`, which is gone afterwards;
+        `target`'s snapshots survive. The old data is kept aside until the block ends, and put back if the
+        block (recording the change) or the replacement itself fails. Used to land an upload onto an
+        existing volume only once it is complete."""
 
     def volume_target(self, pool: str, volume: str) -> VolumeTarget:
         """The volume as an importer's output."""

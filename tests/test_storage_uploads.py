@@ -122,6 +122,38 @@ def test_upload_over_a_volume_keeps_its_snapshots(storage_cluster, pool, images)
     assert volume_sha256(storage_cluster, pool, "snapped") == before
 
 
+def node_backend(cluster):
+    """The cluster's storage backend as its node builds it, to fail a replacement midway."""
+    from pvc.plugins.storage_ceph import CephBackend
+    from pvc.plugins.storage_file import FileBackend
+    if cluster.backend == "file":
+        return FileBackend({"storage_directory": str(cluster.local.storage_dir)})
+    return CephBackend({"ceph_conf": cluster.local.state["ceph_conf"], "qemu_img_memory_limit_mib": 2048,
+                        "qemu_img_cpu_limit_s": 3600})
+
+
+@pytest.mark.parametrize("snapshotted", [False, True])
+def test_replacement_failing_before_it_is_recorded_puts_the_old_data_back(storage_cluster, pool, snapshotted):
+    storage, backend, volume = storage_cluster.client.storage, node_backend(storage_cluster), unique("replaced")
+    old = os.urandom(MIB)
+    storage.upload(pool, volume, io.BytesIO(old), "raw")
+    if snapshotted:
+        storage.snapshot_add(pool, volume, "kept")
+    backend.volume_create(pool, ".upload-failing", 2 * MIB)
+
+    with pytest.raises(RuntimeError, match="recording failed"):
+        with backend.volume_replace(pool, ".upload-failing", volume):
+            raise RuntimeError("recording failed")
+    backend.volume_remove(pool, ".upload-failing")
+
+    assert volume_bytes(storage_cluster, pool, volume) == old
+    assert leftovers(storage_cluster, pool) == []
+    if snapshotted:
+        assert storage.snapshot_list(pool, volume)[0]["name"] == "kept"
+        storage.snapshot_rollback(pool, volume, "kept")
+        assert volume_bytes(storage_cluster, pool, volume) == old
+
+
 # -- hostile images ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
