@@ -14,7 +14,7 @@ import Pyro5.server
 from pvc import config, plugin_manager, schema
 from pvc.errors import ConfigError, InvalidInput
 from pvc.hookspecs import StorageBackend
-from pvc.node.uploads import Tickets, UploadContext, UploadListener
+from pvc.node.uploads import Tickets, UploadContext, UploadListener, sweep_leftovers
 from pvc.qemu_img import SUPPORTED_FORMATS, QemuImg
 from pvc.store import Store
 
@@ -123,8 +123,10 @@ class NodeStorage:
         self.agent = StorageAgent(self.backend_name, self.backend, self._tickets)
 
     def start(self) -> None:
-        """Prepare the staging directory and listen for uploads; a refused address is one clear error."""
+        """Prepare the staging directory, sweep what uploads left before a crash, and listen for uploads; a
+        refused address is one clear error."""
         self._staging.mkdir(parents=True, exist_ok=True)
+        sweep_leftovers(self._upload_context(), self.backend_name)
         host, port = config.split_address(self._listen_address)
         try:
             self._listener = UploadListener(host, port, self._tickets, self._upload_context)

@@ -38,6 +38,7 @@ REFUSAL_DRAIN_S = 5
 BODY_IDLE_TIMEOUT_S = 120
 HEADER_DEADLINE_S = 15
 MAX_UNADMITTED = 16
+STAGING_LEFTOVERS = (".stage-", ".probe-")
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,8 @@ class ImportJob:
     def __init__(self, context: UploadContext, ticket: Ticket):
         self.context = context
         self.ticket = ticket
-        self.hidden_volume = f".upload-{os.getpid()}-{next(self._counter)}-{secrets.token_hex(4)}"
+        self.hidden_volume = f"{hidden_prefix(context.node_name)}{os.getpid()}-{next(self._counter)}-" \
+                             f"{secrets.token_hex(4)}"
         self._room_query: Future | None = None
 
     def run(self, stream: VerifiedStream) -> dict[str, Any]:
@@ -215,10 +217,11 @@ class ImportJob:
         The image's virtual size."""
         ticket = self.ticket
         staged = self._staging_file()
-        export = GrowingFileExport(staged, ticket.size_bytes, staged.with_name(staged.name + ".nbd"))
-        qemu_img = replace(self.context.qemu_img, source_complete=export.settled)
-        writer = StagingWriter(data, staged, export)
+        export = writer = None
         try:
+            export = GrowingFileExport(staged, ticket.size_bytes, staged.with_name(staged.name + ".nbd"))
+            qemu_img = replace(self.context.qemu_img, source_complete=export.settled)
+            writer = StagingWriter(data, staged, export)
             export.start()
             writer.start()
             started = time.monotonic()
@@ -238,8 +241,10 @@ class ImportJob:
                      ticket.pool, ticket.volume, image_format, converted - started, time.monotonic() - started)
             return size
         finally:
-            writer.join()
-            export.close()
+            if writer is not None:
+                writer.join()
+            if export is not None:
+                export.close()
             staged.unlink(missing_ok=True)
 
     def _importer(self, image_format: str) -> ImageImporter:
@@ -320,6 +325,37 @@ class ImportJob:
         except Exception as error:
             log.error("could not remove the unfinished upload %s/%s: %s", self.ticket.pool, self.hidden_volume,
                       error)
+
+
+def hidden_prefix(node_name: str) -> str:
+    """How this node's uploads in progress are named in a pool, which other nodes may share (Ceph, a shared
+    mount): so a node sweeps only its own."""
+    return f".upload-{node_name}-"
+
+
+def sweep_leftovers(context: UploadContext, backend_name: str) -> None:
+    """Remove what this node's uploads left when it last stopped (a crash, a kill): its hidden volumes in the
+    pools of its backend, and its staging files. Called before the node accepts uploads, when none of them
+    can still be in use. A ``.replaced`` volume may hold a volume's only copy of its old data (a Ceph
+    replacement cut off between its renames), so it is reported, never removed."""
+    for path in context.staging_directory.iterdir():
+        if path.name.startswith(STAGING_LEFTOVERS) or path.name.endswith(".nbd"):
+            log.warning("removing the staging leftover %s", path)
+            path.unlink(missing_ok=True)
+    prefix = hidden_prefix(context.node_name)
+    for pool in context.store.children(schema.POOLS):
+        if (context.store.read(f"{schema.POOLS}/{pool}") or {}).get("backend") != backend_name:
+            continue
+        try:
+            for name in context.backend.volume_names(pool):
+                if name.startswith(prefix) and name.endswith(".replaced"):
+                    log.error("%s/%s may hold a volume's old data from an interrupted upload; check it and "
+                              "remove it by hand", pool, name)
+                elif name.startswith(prefix):
+                    log.warning("removing the unfinished upload %s/%s", pool, name)
+                    context.backend.volume_remove(pool, name)
+        except PVCError as error:
+            log.error("could not sweep upload leftovers in pool '%s': %s", pool, error)
 
 
 class StagingWriter(threading.Thread):

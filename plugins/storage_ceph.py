@@ -180,6 +180,9 @@ class CephBackend:
         finally:
             self._run("rbd", "snap", "rm", "--no-progress", snapshot, missing_ok=True)
 
+    def volume_names(self, pool: str) -> list[str]:
+        return sorted(self._json("rbd", "ls", pool))
+
     def volume_target(self, pool: str, volume: str) -> CephVolumeTarget:
         return CephVolumeTarget(self, pool, volume)
 

@@ -97,9 +97,12 @@ class FileBackend:
         return {"directory": str(self._pool_dir(pool))}
 
     def pool_remove(self, pool: str) -> None:
+        """Only an empty pool: a volume file left in it (an unrecorded one) keeps its snapshots too."""
         directory = self._pool_dir(pool)
-        shutil.rmtree(directory / SNAPSHOTS, ignore_errors=True)
         try:
+            if any(path.name != SNAPSHOTS for path in directory.iterdir()):
+                raise OperationFailed(f"cannot remove pool directory {directory}: it still holds volumes")
+            shutil.rmtree(directory / SNAPSHOTS, ignore_errors=True)
             directory.rmdir()
         except FileNotFoundError:
             pass
@@ -174,6 +177,9 @@ class FileBackend:
             raise
         finally:
             backup.unlink(missing_ok=True)
+
+    def volume_names(self, pool: str) -> list[str]:
+        return sorted(path.name for path in self._existing_pool_dir(pool).iterdir() if path.is_file())
 
     def volume_target(self, pool: str, volume: str) -> FileVolumeTarget:
         return FileVolumeTarget(self._volume_path(pool, volume))

@@ -139,6 +139,9 @@ class StorageBackend(Protocol):
         block (recording the change) or the replacement itself fails. Used to land an upload onto an
         existing volume only once it is complete."""
 
+    def volume_names(self, pool: str) -> list[str]:
+        """Every volume in the pool as the storage lists it, hidden ones (uploads in progress) included."""
+
     def volume_target(self, pool: str, volume: str) -> VolumeTarget:
         """The volume as an importer's output."""
 

@@ -603,3 +603,56 @@ def test_staging_export_pads_an_odd_length_with_zeros_once_complete(tmp_path):
     finally:
         export.close()
     assert (tmp_path / "out.raw").read_bytes() == data + bytes(24)
+
+
+# -- leftovers ----------------------------------------------------------------------------------------------------
+
+def test_staging_file_is_removed_when_its_export_cannot_be_made(tmp_path):
+    """A staging directory so deep that the export's socket path is too long for a Unix socket."""
+    from pvc.node.uploads import ImportJob, Ticket, UploadContext
+    from pvc.qemu_img import QemuImg
+    staging = tmp_path / ("deep" * 30)
+    staging.mkdir()
+    job = ImportJob(UploadContext("hv1", None, None, {}, QemuImg(), staging),
+                    Ticket("token", "pool", "disk", MIB, "auto", "0" * 64, False, time.monotonic() + 60))
+
+    with pytest.raises(OSError):
+        job._import_staged(None, iter([]), None, "qcow2")
+    assert list(staging.iterdir()) == []
+
+
+def test_node_start_sweeps_its_own_upload_leftovers(storage_cluster, pool):
+    local, backend = storage_cluster.local, node_backend(storage_cluster)
+    node = local.node_names[0]
+    local.stop_daemon("pvcnoded", node)
+    try:
+        backend.volume_create(pool, f".upload-{node}-1-0-stale", MIB)
+        backend.volume_create(pool, ".upload-elsewhere-1-0-busy", MIB)
+        for name in (".stage-crashed", ".stage-crashed.nbd", ".probe-crashed"):
+            (local.staging_dir(node) / name).write_bytes(b"left")
+    finally:
+        local.start_node_daemon(node)
+
+    assert eventually(lambda: leftovers(storage_cluster, pool) == [".upload-elsewhere-1-0-busy"], timeout=30)
+    backend.volume_remove(pool, ".upload-elsewhere-1-0-busy")
+    assert eventually(lambda: _uploads(storage_cluster, pool), timeout=30)
+
+
+def _uploads(cluster, pool) -> bool:
+    try:
+        return cluster.client.storage.upload(pool, "after-restart", io.BytesIO(b"fresh"))["size_bytes"] == 5
+    except Exception:
+        return False
+
+
+def test_file_pool_holding_a_volume_file_keeps_its_snapshots(tmp_path):
+    from pvc.errors import OperationFailed
+    from pvc.plugins.storage_file import FileBackend
+    backend = FileBackend({"storage_directory": str(tmp_path)})
+    backend.pool_create("kept", {})
+    backend.volume_create("kept", "unrecorded", MIB)
+    backend.snapshot_create("kept", "unrecorded", "s1")
+
+    with pytest.raises(OperationFailed, match="still holds volumes"):
+        backend.pool_remove("kept")
+    assert (tmp_path / "kept" / ".snapshots" / "unrecorded" / "s1").is_file()
