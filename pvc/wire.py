@@ -39,12 +39,6 @@ def remote_traceback(error: BaseException) -> str:
     return "".join(lines) if lines else ""
 
 
-def is_connection_failure(error: BaseException) -> bool:
-    """True when the call never reached a live server (refused, reset, timed out): safe to try another."""
-    return isinstance(error, (Pyro5.errors.CommunicationError, ConnectionError, TimeoutError)) and \
-        not is_handshake_refusal(error)
-
-
 def is_handshake_refusal(error: BaseException) -> bool:
     """A server that answered but refused our credentials: another server would refuse them too."""
     return isinstance(error, Pyro5.errors.CommunicationError) and " rejected: " in str(error)

@@ -5,12 +5,14 @@ from typing import Any
 
 from pvc import models, schema
 from pvc.cache import OWN_VALUE, ClusterCache
+from pvc.hookspecs import MigrationSelector
 from pvc.plugin_manager import Plugins
 from pvc.rpc.agents import NodeAgents
 from pvc.rpc.leadership import Leadership
 from pvc.store import Store
 
 
+SELECTORS = "pvc_migration_selectors"
 _DECIDED_FIGURES = ("memory_allocated_mib", "memory_provisioned_mib", "vcpus_allocated", "vms_running")
 
 
@@ -63,6 +65,11 @@ class CoordinatorContext:
             node["memory_free_mib"] = (node["memory_free_mib"] or 0) - unreported_memory
             node["load"] = (node["load"] or 0) + unreported_vcpus
         return nodes
+
+    def selector(self, spec: dict[str, Any]) -> MigrationSelector:
+        """The migration selector a VM's definition names, else the cluster default."""
+        name = spec.get("node_selector") or self.cache.config.get().get("default_selector", "mem")
+        return self.plugins.get(SELECTORS, name)
 
     def live_coordinators(self) -> list[dict[str, Any]]:
         return [{"name": name, **(self.store.read(schema.live_coordinator(name)) or {})}

@@ -20,9 +20,6 @@ from pvc.rpc.vm_control import VMControl
 
 log = logging.getLogger(__name__)
 
-SELECTORS = "pvc_migration_selectors"
-
-
 def create_task(context: CoordinatorContext, kind: str, node: str) -> dict[str, Any]:
     """Record a flush or ready of `node`, moving its domain state to flushing/unflushing in the same step;
     a pending task of the same kind for that node is returned instead of a second one."""
@@ -126,7 +123,7 @@ class TaskExecution:
         for name, raw in sorted(leaving.items()):
             view = models.vm_view(name, raw)
             try:
-                target = batch.place(view, self._selector(raw), current_node=node)
+                target = batch.place(view, self._context.selector(raw[OWN_VALUE]), current_node=node)
             except Conflict:
                 autostart = bool(raw[OWN_VALUE].get("node_autostart"))
                 self._record(name, state="shutdown", placement={**raw["placement"], "autostart": autostart})
@@ -176,11 +173,6 @@ class TaskExecution:
             self.task["done"] += 1
             self._save()
         return name, error
-
-    def _selector(self, raw: dict[str, Any]):
-        name = raw[OWN_VALUE].get("node_selector") or \
-            self._context.cache.config.get().get("default_selector", "mem")
-        return self._context.plugins.get(SELECTORS, name)
 
     def _save(self, **changes: Any) -> None:
         self.task.update(changes)

@@ -1,6 +1,10 @@
 """Fixtures that start real services: a private ZooKeeper, and whole local clusters of real daemons."""
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -10,6 +14,7 @@ import pytest
 from kazoo.client import KazooClient
 
 import pvc
+from pvc.cli.localcluster.ceph import PrivateCeph
 from pvc.cli.localcluster.cluster import LocalCluster
 from pvc.cli.localcluster.zookeeper import ZooKeeperServer
 from pvc.store import Store
@@ -17,6 +22,7 @@ from pvc.store import Store
 libvirt.registerErrorHandler(lambda _context, _error: None, None)
 
 ZK_USER, ZK_PASSWORD = "pvc", "test-password"
+EXAMPLE_PLUGIN = Path(__file__).parent / "fixtures" / "pvc-example-plugin"
 
 
 @pytest.fixture(scope="session")
@@ -91,9 +97,8 @@ def fresh_cluster(tmp_path_factory, request) -> Iterator[RunningCluster]:
 
 
 @pytest.fixture(scope="session")
-def private_ceph(tmp_path_factory) -> Iterator["PrivateCeph"]:
+def private_ceph(tmp_path_factory) -> Iterator[PrivateCeph]:
     """One real single-node Ceph for the session. A Ceph that cannot start fails the run; it is never skipped."""
-    from pvc.cli.localcluster.ceph import PrivateCeph
     ceph = PrivateCeph(tmp_path_factory.mktemp("ceph"))
     ceph.start()
     yield ceph
@@ -113,3 +118,23 @@ def storage_cluster(request, tmp_path_factory) -> Iterator[RunningCluster]:
     finally:
         running.client.close()
         local.down()
+
+
+@pytest.fixture(scope="session")
+def example_plugin_installed(tmp_path_factory):
+    """pip-installs the fixture distribution (a local path, no index) where the daemons started from now on
+    find it. It goes to a directory of its own on PYTHONPATH rather than into the venv, which other test runs
+    share."""
+    build = tmp_path_factory.mktemp("plugin-source")
+    source = build / EXAMPLE_PLUGIN.name
+    shutil.copytree(EXAMPLE_PLUGIN, source)
+    target = tmp_path_factory.mktemp("plugin-site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                    "--no-build-isolation", "--target", str(target), str(source)], check=True, timeout=120)
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target), previous]))
+    yield target
+    if previous is None:
+        del os.environ["PYTHONPATH"]
+    else:
+        os.environ["PYTHONPATH"] = previous

@@ -2,7 +2,6 @@
 with where it came from; two plugins claiming one name is an error naming both."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 import types
@@ -13,28 +12,6 @@ import pytest
 import pvc
 from pvc import plugin_manager
 from pvc.errors import PluginError
-
-FIXTURE = Path(__file__).parent / "fixtures" / "pvc-example-plugin"
-
-
-@pytest.fixture(scope="session")
-def example_plugin_installed(tmp_path_factory):
-    """pip-installs the fixture distribution (a local path, no index) where the daemons started from now on
-    find it. It goes to a directory of its own on PYTHONPATH rather than into the venv, which other test runs
-    share."""
-    build = tmp_path_factory.mktemp("plugin-source")
-    source = build / FIXTURE.name
-    shutil.copytree(FIXTURE, source)
-    target = tmp_path_factory.mktemp("plugin-site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-                    "--no-build-isolation", "--target", str(target), str(source)], check=True, timeout=120)
-    previous = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target), previous]))
-    yield target
-    if previous is None:
-        del os.environ["PYTHONPATH"]
-    else:
-        os.environ["PYTHONPATH"] = previous
 
 
 @pytest.mark.cluster(nodes=1)

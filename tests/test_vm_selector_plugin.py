@@ -5,14 +5,13 @@ import json
 import pytest
 
 from helpers import eventually
-from test_plugins import example_plugin_installed  # noqa: F401  (the pip-installed fixture distribution)
 from vm_support import pvc, vm_xml, wait_host_has
 
 SELECTOR = "example-fewest-defined"
 
 
 @pytest.mark.cluster(nodes=3)
-def test_a_plugin_selector_is_listed_and_places_a_vm_where_it_says(example_plugin_installed,  # noqa: F811
+def test_a_plugin_selector_is_listed_and_places_a_vm_where_it_says(example_plugin_installed,
                                                                    fresh_cluster, tmp_path):
     listed = pvc(fresh_cluster, "plugin", "list")
     assert listed.exit_code == 0, listed.output

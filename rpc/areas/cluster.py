@@ -46,7 +46,7 @@ class ClusterArea:
             raise InvalidInput(f"unknown cluster config key(s): {', '.join(sorted(unknown))} "
                                "(known: default_selector, migration_method)")
         if "default_selector" in changes:
-            self._context.plugins.get("pvc_migration_selectors", changes["default_selector"])
+            self._context.selector({"node_selector": changes["default_selector"]})
         if "migration_method" in changes and changes["migration_method"] not in schema.MIGRATION_METHODS:
             raise InvalidInput(f"unknown migration method '{changes['migration_method']}' "
                                f"(one of: {', '.join(schema.MIGRATION_METHODS)})")

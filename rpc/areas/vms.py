@@ -6,13 +6,12 @@ from typing import Any
 
 import Pyro5.server
 
-from pvc import domain_xml, hookspecs, models, placement, schema
+from pvc import domain_xml, models, placement, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.vm_control import VMControl
 
-SELECTORS = "pvc_migration_selectors"
 META_KEYS = ("node_limit", "node_selector", "node_autostart", "migration_method", "max_downtime")
 
 
@@ -195,7 +194,7 @@ class VMsArea:
             current = where["node"]
             view = models.vm_view(vm, raw)
             if target is None:
-                target = placement.choose(self._context.placement_views(), view, self._selector(spec), current)
+                target = placement.choose(self._context.placement_views(), view, self._context.selector(spec), current)
             else:
                 self._check_target(target, view, current, force)
             last_node = (where.get("last_node") or current) if remember else None
@@ -234,11 +233,7 @@ class VMsArea:
             if spec["node_limit"] and target not in spec["node_limit"]:
                 raise Conflict(f"target node {target} is outside the node limit ({', '.join(spec['node_limit'])})")
             return target
-        return placement.choose(self._context.placement_views(), vm, self._selector(spec))
-
-    def _selector(self, spec: dict[str, Any]) -> hookspecs.MigrationSelector:
-        name = spec.get("node_selector") or self._context.cache.config.get().get("default_selector", "mem")
-        return self._context.plugins.get(SELECTORS, name)
+        return placement.choose(self._context.placement_views(), vm, self._context.selector(spec))
 
     def _checked_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
         limit = meta.get("node_limit") or []
@@ -247,7 +242,7 @@ class VMsArea:
         for node in limit:
             self._node(node)
         if meta.get("node_selector"):
-            self._context.plugins.get(SELECTORS, meta["node_selector"])
+            self._context.selector(meta)
         method = meta.get("migration_method")
         if method is not None and method not in schema.MIGRATION_METHODS:
             raise InvalidInput(f"unknown migration method '{method}' (one of: {', '.join(schema.MIGRATION_METHODS)})")
