@@ -12,28 +12,27 @@ an existing volume is untouched and a new one never appears.
 import itertools
 import logging
 import os
-import queue
 import secrets
 import socket
 import tempfile
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from pvc import bulk, schema
 from pvc.errors import AuthenticationError, Busy, Conflict, InvalidInput, PVCError
 from pvc.hookspecs import ImageImporter, StorageBackend
 from pvc.node.growing_export import GrowingFileExport
+from pvc.node.upload_stream import StagedReceive, VerifiedStream, receive_head
 from pvc.qemu_img import QemuImg, check_supported, resolve_format
 from pvc.store import Store
 from pvc.storage_records import record_upload, volume_users
 
 log = logging.getLogger(__name__)
 
-QUEUED_PIECES = 4
 REFUSAL_DRAIN_S = 5
 BODY_IDLE_TIMEOUT_S = 120
 HEADER_DEADLINE_S = 15
@@ -88,82 +87,6 @@ class Tickets:
             del self._tickets[token]
 
 
-class VerifiedStream:
-    """The announced number of bytes from the connection, checked against the announced checksum.
-
-    A thread receives the data in `bulk.PIECE_BYTES` pieces and has each hashed in a small pool while the
-    consumer writes the previous ones, so receiving, hashing and writing overlap. Iterating yields the
-    pieces in order; the last step raises `InvalidInput` if the stream ended short or its checksum differs,
-    so a consumer that reaches the end without an error has exactly what was announced."""
-
-    def __init__(self, connection: socket.socket, size_bytes: int, checksum: str):
-        self._connection = connection
-        self._size = size_bytes
-        self._expected = checksum
-        self._pieces: queue.Queue = queue.Queue(maxsize=QUEUED_PIECES)
-        self._hashing = ThreadPoolExecutor(bulk.HASH_THREADS, thread_name_prefix="upload-hash")
-        self._digests: list[Future] = []
-        self._stopping = threading.Event()
-        self._receiver = threading.Thread(target=self._receive, name="upload-receive", daemon=True)
-
-    def __iter__(self) -> Iterator[bytearray]:
-        self._receiver.start()
-        while (item := self._next_item()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-        if bulk.combine_digests([digest.result() for digest in self._digests]) != self._expected:
-            raise InvalidInput("the upload's checksum does not match the one announced; nothing was imported")
-
-    def close(self) -> None:
-        """Stop receiving: the consumer's iteration ends with an error, the receiving thread gives up."""
-        self._stopping.set()
-        self._hashing.shutdown(wait=False, cancel_futures=True)
-
-    def _next_item(self) -> object:
-        while not self._stopping.is_set():
-            try:
-                return self._pieces.get(timeout=0.5)
-            except queue.Empty:
-                continue
-        return InvalidInput("the upload was abandoned")
-
-    def _receive(self) -> None:
-        try:
-            remaining = self._size
-            while remaining:
-                piece = bytearray(min(bulk.PIECE_BYTES, remaining))
-                self._fill(piece, remaining)
-                remaining -= len(piece)
-                self._digests.append(self._hashing.submit(bulk.piece_digest, piece))
-                self._put(piece)
-            self._put(None)
-        except BaseException as error:
-            self._put(error)
-
-    def _fill(self, piece: bytearray, remaining: int) -> None:
-        with memoryview(piece) as view:
-            filled = 0
-            while filled < len(piece):
-                try:
-                    count = self._connection.recv_into(view[filled:])
-                except socket.timeout:
-                    raise InvalidInput("the upload stalled; nothing was imported") from None
-                if not count:
-                    raise InvalidInput(f"the upload ended {remaining - filled} bytes short of its announced "
-                                       "size; nothing was imported")
-                filled += count
-
-    def _put(self, item: object) -> None:
-        """Queue an item for the consumer, unless it has stopped listening."""
-        while not self._stopping.is_set():
-            try:
-                self._pieces.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                continue
-
-
 @dataclass
 class UploadContext:
     """What an import needs from the node."""
@@ -188,28 +111,38 @@ class ImportJob:
                              f"{secrets.token_hex(4)}"
         self._room_query: Future | None = None
 
-    def run(self, stream: VerifiedStream) -> dict[str, Any]:
-        ticket, backend = self.ticket, self.context.backend
+    def run(self, connection: socket.socket) -> dict[str, Any]:
+        """Receive the upload from `connection`, import it and record it: the volume as recorded."""
+        ticket = self.ticket
         try:
             self._ask_room()
-            pieces = iter(stream)
-            first = next(pieces, bytearray())
-            image_format = resolve_format(ticket.image_format, first)
+            head = receive_head(connection, ticket.size_bytes)
+            image_format = resolve_format(ticket.image_format, head)
             importer = self._importer(image_format)
-            data = itertools.chain([first], pieces)
-            if not importer.needs_seekable_source:
-                self._check_capacity(ticket.size_bytes)
-                importer.import_image(data, ticket.size_bytes, image_format,
-                                      backend.volume_target(ticket.pool, self.hidden_volume), self.context.qemu_img)
-                size = ticket.size_bytes
+            if importer.needs_seekable_source:
+                size = self._import_staged(connection, head, importer, image_format)
             else:
-                size = self._import_staged(stream, data, importer, image_format)
+                size = self._import_streamed(connection, head, importer, image_format)
             return self._commit(image_format, size)
         except BaseException:
             self._discard_hidden_volume()
             raise
 
-    def _import_staged(self, stream: VerifiedStream, data: Iterator[bytes], importer: ImageImporter,
+    def _import_streamed(self, connection: socket.socket, head: bytes, importer: ImageImporter,
+                         image_format: str) -> int:
+        """Hand the pieces to the importer as they arrive. The image's size: the upload's."""
+        ticket = self.ticket
+        stream = VerifiedStream(connection, ticket.size_bytes, ticket.checksum, head)
+        try:
+            self._check_capacity(ticket.size_bytes)
+            importer.import_image(iter(stream), ticket.size_bytes, image_format,
+                                  self.context.backend.volume_target(ticket.pool, self.hidden_volume),
+                                  self.context.qemu_img)
+        finally:
+            stream.close()
+        return ticket.size_bytes
+
+    def _import_staged(self, connection: socket.socket, head: bytes, importer: ImageImporter,
                        image_format: str) -> int:
         """Stage the upload while qemu-img inspects and converts it through a `GrowingFileExport`, so the
         conversion overlaps the transfer; the stream's own verdict (short, wrong checksum) decides last.
@@ -217,13 +150,14 @@ class ImportJob:
         The image's virtual size."""
         ticket = self.ticket
         staged = self._staging_file()
-        export = writer = None
+        export = receiver = None
         try:
             export = GrowingFileExport(staged, ticket.size_bytes, staged.with_name(staged.name + ".nbd"))
             qemu_img = replace(self.context.qemu_img, source_complete=export.settled)
-            writer = StagingWriter(data, staged, export)
+            receiver = StagedReceive(connection, head, str(staged), ticket.size_bytes, ticket.checksum,
+                                     export.advance, export.fail)
             export.start()
-            writer.start()
+            receiver.start()
             started = time.monotonic()
             try:
                 size = importer.inspect(export.url, image_format, qemu_img)
@@ -231,18 +165,17 @@ class ImportJob:
                 importer.import_image(export.url, size, image_format,
                                       self.context.backend.volume_target(ticket.pool, self.hidden_volume), qemu_img)
             except BaseException:
-                writer.raise_if_failed()
-                stream.close()
+                receiver.raise_if_failed()
                 raise
             converted = time.monotonic()
-            writer.join()
-            writer.raise_if_failed()
+            receiver.join()
+            receiver.raise_if_failed()
             log.info("upload into %s/%s: %s converted in %.2f s as it arrived, all received after %.2f s",
                      ticket.pool, ticket.volume, image_format, converted - started, time.monotonic() - started)
             return size
         finally:
-            if writer is not None:
-                writer.join()
+            if receiver is not None:
+                receiver.stop()
             if export is not None:
                 export.close()
             staged.unlink(missing_ok=True)
@@ -358,37 +291,6 @@ def sweep_leftovers(context: UploadContext, backend_name: str) -> None:
             log.error("could not sweep upload leftovers in pool '%s': %s", pool, error)
 
 
-class StagingWriter(threading.Thread):
-    """Writes the upload into the staging file, telling the export how far it has got."""
-
-    def __init__(self, data: Iterator[bytes], path: Path, export: GrowingFileExport):
-        super().__init__(name="upload-staging", daemon=True)
-        self._data = data
-        self._path = path
-        self._export = export
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        written = 0
-        try:
-            with open(self._path, "wb", buffering=0) as file:
-                for chunk in self._data:
-                    file.write(chunk)
-                    written += len(chunk)
-                    self._export.advance(written)
-        except BaseException as error:
-            self.error = error
-            self._export.fail()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self.ident is not None:
-            super().join(timeout)
-
-    def raise_if_failed(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-
 def _refuse(connection: socket.socket, error: BaseException) -> None:
     """Answer with the error, then read (and drop) what the client still sends for a moment: closing a
     socket with unread data resets it, and the client would lose the answer. The client checks for an
@@ -450,7 +352,6 @@ class UploadListener:
         until a refusal has been answered and drained."""
         admitted = False
         with connection:
-            stream = None
             try:
                 ticket = self._admit(connection)
                 admitted = True
@@ -458,8 +359,7 @@ class UploadListener:
                 bulk.send_message(connection, {"ready": True})
                 connection.settimeout(BODY_IDLE_TIMEOUT_S)
                 started = time.monotonic()
-                stream = VerifiedStream(connection, ticket.size_bytes, ticket.checksum)
-                result = ImportJob(self._context_factory(), ticket).run(stream)
+                result = ImportJob(self._context_factory(), ticket).run(connection)
                 log.info("upload of %d bytes from %s into %s/%s done in %.1f s", ticket.size_bytes, peer[0],
                          ticket.pool, ticket.volume, time.monotonic() - started)
                 bulk.send_message(connection, {"volume": result})
@@ -470,8 +370,6 @@ class UploadListener:
                 log.exception("upload from %s failed", peer[0])
                 _refuse(connection, error)
             finally:
-                if stream is not None:
-                    stream.close()
                 if not admitted:
                     self._unadmitted.release()
 

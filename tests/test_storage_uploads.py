@@ -339,12 +339,20 @@ def open_stream(cluster, pool, volume, size, checksum):
     return ticket, sock, reader, json.loads(reader.readline())
 
 
-def test_short_stream_is_refused(storage_cluster, pool):
-    data = os.urandom(2 * MIB)
+def stream_payload(images, kind):
+    """Bytes that take each of the node's two ways in: raw data is handed on as it arrives, a qcow2 staged."""
+    if kind == "raw":
+        return os.urandom(2 * MIB)
+    return make_image(images, "qcow2", size=4 * MIB, seed=61).read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["raw", "qcow2"])
+def test_short_stream_is_refused(storage_cluster, pool, images, kind):
+    data = stream_payload(images, kind)
     _ticket, sock, reader, answer = open_stream(storage_cluster, pool, "short", len(data),
                                                 bulk.checksum_of_bytes(data))
     assert answer == {"ready": True}
-    sock.sendall(data[:MIB])
+    sock.sendall(data[:len(data) // 2])
     sock.shutdown(socket.SHUT_WR)
 
     result = json.loads(reader.readline())
@@ -354,8 +362,9 @@ def test_short_stream_is_refused(storage_cluster, pool):
     assert_nothing_left(storage_cluster, pool, "short")
 
 
-def test_stream_with_another_checksum_is_refused(storage_cluster, pool):
-    data = os.urandom(MIB)
+@pytest.mark.parametrize("kind", ["raw", "qcow2"])
+def test_stream_with_another_checksum_is_refused(storage_cluster, pool, images, kind):
+    data = stream_payload(images, kind)
     _ticket, sock, reader, _answer = open_stream(storage_cluster, pool, "mismatch", len(data), "0" * 64)
     sock.sendall(data)
 
@@ -605,6 +614,42 @@ def test_staging_export_pads_an_odd_length_with_zeros_once_complete(tmp_path):
     assert (tmp_path / "out.raw").read_bytes() == data + bytes(24)
 
 
+@pytest.mark.parametrize("ending", ["complete", "stalled", "abandoned", "closed early"])
+def test_staged_receive_lands_the_stream_or_says_why_not(tmp_path, ending):
+    """The receiving end of a staged upload, on a socket pair, a whole piece hashed before it ends: whatever the sender does, the export hears how far
+    the file got and whether it failed, and the error names what happened."""
+    from pvc.node.upload_stream import StagedReceive
+    data = os.urandom(bulk.PIECE_BYTES + 3 * MIB + 5)
+    cut = bulk.PIECE_BYTES + MIB
+    sender, receiving = socket.socketpair()
+    receiving.settimeout(1)
+    staged = tmp_path / "staged"
+    staged.touch()
+    landed, failed = [], []
+    receiver = StagedReceive(receiving, data[:1000], str(staged), len(data), bulk.checksum_of_bytes(data),
+                             landed.append, lambda: failed.append(True))
+    receiver.start()
+    with sender, receiving:
+        sender.sendall(data[1000:cut] if ending != "complete" else data[1000:])
+        if ending == "closed early":
+            sender.shutdown(socket.SHUT_WR)
+        if ending == "abandoned":
+            eventually(lambda: landed and landed[-1] == cut, timeout=5)
+            receiver.stop()
+        receiver.join(timeout=10)
+        assert not receiver.is_alive()
+
+    expected = {"complete": None, "stalled": "stalled", "abandoned": "abandoned", "closed early": "short"}[ending]
+    if expected is None:
+        receiver.raise_if_failed()
+        assert staged.read_bytes() == data and landed[-1] == len(data) and not failed
+    else:
+        with pytest.raises(InvalidInput, match=expected):
+            receiver.raise_if_failed()
+        assert landed[-1] == cut and failed
+        assert staged.read_bytes()[:cut] == data[:cut]
+
+
 # -- leftovers ----------------------------------------------------------------------------------------------------
 
 def test_staging_file_is_removed_when_its_export_cannot_be_made(tmp_path):
@@ -617,7 +662,7 @@ def test_staging_file_is_removed_when_its_export_cannot_be_made(tmp_path):
                     Ticket("token", "pool", "disk", MIB, "auto", "0" * 64, False, time.monotonic() + 60))
 
     with pytest.raises(OSError):
-        job._import_staged(None, iter([]), None, "qcow2")
+        job._import_staged(None, b"", None, "qcow2")
     assert list(staging.iterdir()) == []
 
 

@@ -1,0 +1,245 @@
+"""An upload's bytes arriving at the node, checked against the checksum announced for them (`pvc.bulk`).
+
+The first bytes (`receive_head`) say the image's format, and with it how the rest arrives:
+
+* `VerifiedStream` hands them to Python in pieces, for an importer that writes them itself (raw data going
+  straight into a volume);
+* `StagedReceive` moves them into a staging file without passing them through Python: splice(2) takes them
+  from the socket through a pipe into the file inside the kernel, and each piece is hashed from a mapping of
+  the file. On a two-core node, copying an image through Python buffers (and their threads' turns at the
+  interpreter) cost more than the conversion itself.
+
+Either way each `bulk.PIECE_BYTES` piece is hashed in a small pool while the next arrives (`PieceHashes`), and
+the verdict on the whole stream, short or with another checksum, comes at its end.
+"""
+import fcntl
+import mmap
+import os
+import queue
+import select
+import socket
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterator
+
+from pvc import bulk
+from pvc.errors import InvalidInput
+
+HEAD_BYTES = 64 << 10
+QUEUED_PIECES = 4
+PIPE_BYTES = 1 << 20
+POLL_INTERVAL_S = 0.5
+
+
+def receive_head(connection: socket.socket, size_bytes: int) -> bytes:
+    """The stream's first bytes (all of a small one), enough for `pvc.qemu_img.resolve_format`."""
+    head = bytearray(min(HEAD_BYTES, size_bytes))
+    _fill(connection, head, 0, size_bytes)
+    return bytes(head)
+
+
+def _fill(connection: socket.socket, buffer: bytearray, start: int, remaining: int) -> None:
+    """Fill `buffer` from `start` off the connection; `remaining` is what the stream still owed at `start`."""
+    with memoryview(buffer) as view:
+        filled = start
+        while filled < len(buffer):
+            try:
+                count = connection.recv_into(view[filled:])
+            except socket.timeout:
+                raise _stalled() from None
+            if not count:
+                raise _short(remaining - (filled - start))
+            filled += count
+
+
+def _stalled() -> InvalidInput:
+    return InvalidInput("the upload stalled; nothing was imported")
+
+
+def _short(missing: int) -> InvalidInput:
+    return InvalidInput(f"the upload ended {missing} bytes short of its announced size; nothing was imported")
+
+
+class PieceHashes:
+    """The pieces' digests, computed in a small pool (hashlib lets go of the interpreter while it hashes)."""
+
+    def __init__(self, checksum: str):
+        self._expected = checksum
+        self._pool = ThreadPoolExecutor(bulk.HASH_THREADS, thread_name_prefix="upload-hash")
+        self._digests: list[Future] = []
+
+    def add(self, piece: bytes | bytearray | memoryview) -> None:
+        self._digests.append(self._pool.submit(bulk.piece_digest, piece))
+
+    def verify(self) -> None:
+        if bulk.combine_digests([digest.result() for digest in self._digests]) != self._expected:
+            raise InvalidInput("the upload's checksum does not match the one announced; nothing was imported")
+
+    def close(self, wait: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+
+
+class VerifiedStream:
+    """The announced number of bytes, `head` first, as pieces for the consumer to iterate over.
+
+    A thread receives each piece and has it hashed while the consumer writes the previous ones, so receiving,
+    hashing and writing overlap. The last step of the iteration raises `InvalidInput` if the stream ended short
+    or its checksum differs, so a consumer that reaches the end without an error has exactly what was announced.
+    """
+
+    def __init__(self, connection: socket.socket, size_bytes: int, checksum: str, head: bytes):
+        self._connection = connection
+        self._size = size_bytes
+        self._head = head
+        self._hashes = PieceHashes(checksum)
+        self._pieces: queue.Queue = queue.Queue(maxsize=QUEUED_PIECES)
+        self._stopping = threading.Event()
+        self._receiver = threading.Thread(target=self._receive, name="upload-receive", daemon=True)
+
+    def __iter__(self) -> Iterator[bytearray]:
+        self._receiver.start()
+        while (item := self._next_item()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+        self._hashes.verify()
+
+    def close(self) -> None:
+        """Stop receiving: the consumer's iteration ends with an error, the receiving thread gives up."""
+        self._stopping.set()
+        self._hashes.close()
+
+    def _next_item(self) -> object:
+        while not self._stopping.is_set():
+            try:
+                return self._pieces.get(timeout=POLL_INTERVAL_S)
+            except queue.Empty:
+                continue
+        return InvalidInput("the upload was abandoned")
+
+    def _receive(self) -> None:
+        try:
+            remaining, head = self._size, self._head
+            while remaining:
+                piece = bytearray(min(bulk.PIECE_BYTES, remaining))
+                piece[:len(head)] = head
+                _fill(self._connection, piece, len(head), remaining - len(head))
+                remaining -= len(piece)
+                head = b""
+                self._hashes.add(piece)
+                self._put(piece)
+            self._put(None)
+        except BaseException as error:
+            self._put(error)
+
+    def _put(self, item: object) -> None:
+        """Queue an item for the consumer, unless it has stopped listening."""
+        while not self._stopping.is_set():
+            try:
+                self._pieces.put(item, timeout=POLL_INTERVAL_S)
+                return
+            except queue.Full:
+                continue
+
+
+class StagedReceive(threading.Thread):
+    """Receives the stream, `head` first, into the staging file at `path`, calling `advance` with how much of it
+    has landed (and `fail` if it breaks off), then checks it. `error` holds why it failed, if it did.
+
+    The connection's timeout is its idle limit: no byte for that long, and the upload has stalled."""
+
+    def __init__(self, connection: socket.socket, head: bytes, path: str, size_bytes: int, checksum: str,
+                 advance: Callable[[int], None], fail: Callable[[], None]):
+        super().__init__(name="upload-staging", daemon=True)
+        self._connection = connection
+        self._head = head
+        self._path = path
+        self._size = size_bytes
+        self._hashes = PieceHashes(checksum)
+        self._advance = advance
+        self._fail = fail
+        self._idle_limit_s = connection.gettimeout()
+        self._stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._receive()
+        except BaseException as error:
+            self.error = error
+            self._fail()
+
+    def stop(self) -> None:
+        """Give up on the stream (the import failed already); returns once no byte is being received."""
+        self._stopping.set()
+        if self.ident is not None:
+            self.join()
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _receive(self) -> None:
+        """Into the file, then checked."""
+        descriptor = os.open(self._path, os.O_RDWR)
+        pipe_out, pipe_in = os.pipe()
+        mapping = None
+        try:
+            os.ftruncate(descriptor, self._size)
+            mapping = mmap.mmap(descriptor, self._size, prot=mmap.PROT_READ)
+            _widen(pipe_in)
+            written = os.pwrite(descriptor, self._head, 0)
+            hashed = self._hash_pieces(mapping, 0, written)
+            self._advance(written)
+            while written < self._size:
+                moved = self._splice_in(pipe_in, min(PIPE_BYTES, self._size - written))
+                if not moved:
+                    raise _short(self._size - written)
+                while moved:
+                    count = os.splice(pipe_out, descriptor, moved, offset_dst=written)
+                    written += count
+                    moved -= count
+                hashed = self._hash_pieces(mapping, hashed, written)
+                self._advance(written)
+            self._hashes.verify()
+        finally:
+            self._hashes.close(wait=True)
+            if mapping is not None:
+                mapping.close()
+            for each in (descriptor, pipe_out, pipe_in):
+                os.close(each)
+
+    def _splice_in(self, pipe_in: int, count: int) -> int:
+        """Move up to `count` bytes from the connection into the pipe as soon as some arrive; 0 when the peer
+        has closed it."""
+        poller = select.poll()
+        poller.register(self._connection, select.POLLIN)
+        idle_s = 0.0
+        while True:
+            if self._stopping.is_set():
+                raise InvalidInput("the upload was abandoned")
+            if poller.poll(POLL_INTERVAL_S * 1000):
+                try:
+                    return os.splice(self._connection.fileno(), pipe_in, count,
+                                     flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+                except BlockingIOError:
+                    continue
+            idle_s += POLL_INTERVAL_S
+            if self._idle_limit_s is not None and idle_s >= self._idle_limit_s:
+                raise _stalled()
+
+    def _hash_pieces(self, mapping: mmap.mmap, hashed: int, written: int) -> int:
+        """Hash every whole piece written since `hashed` (and the last, short one at the end); the new mark."""
+        while hashed < written and (written - hashed >= bulk.PIECE_BYTES or written == self._size):
+            end = min(hashed + bulk.PIECE_BYTES, written)
+            self._hashes.add(memoryview(mapping)[hashed:end])
+            hashed = end
+        return hashed
+
+
+def _widen(pipe_in: int) -> None:
+    """A larger pipe means fewer splices per byte; the system's cap (fs.pipe-max-size) may refuse it."""
+    try:
+        fcntl.fcntl(pipe_in, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:
+        pass
