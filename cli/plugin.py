@@ -1,12 +1,13 @@
 """`pvc plugin`: what the coordinator has loaded."""
 import click
 
-from pvc import hookspecs
 from pvc.cli import output
-from pvc.plugin_manager import registered_key
 
 
 def _registers(plugin: dict) -> str:
+    # Imported here: they load pluggy, which no other command needs, and every command pays for what the CLI loads.
+    from pvc import hookspecs
+    from pvc.plugin_manager import registered_key
     return "; ".join(f"{kind}: {', '.join(plugin[registered_key(hook_name)])}"
                      for hook_name, kind in hookspecs.REGISTRATION_HOOKS.items()
                      if plugin.get(registered_key(hook_name))) or "-"
