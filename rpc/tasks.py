@@ -17,14 +17,20 @@ from pvc.cache import OWN_VALUE
 from pvc.errors import Conflict, NotFound, PVCError
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.vm_control import VMControl
+from pvc.store import Store
 
 log = logging.getLogger(__name__)
+
+ACTIVE_STATES = ("pending", "running")
+FINISHED_KEPT_S = 3600
+FINISHED_KEPT = 100
+
 
 def create_task(context: CoordinatorContext, kind: str, node: str) -> dict[str, Any]:
     """Record a flush or ready of `node`, moving its domain state to flushing/unflushing in the same step;
     a pending task of the same kind for that node is returned instead of a second one."""
     for task in list_tasks(context):
-        if task["node"] == node and task["state"] in ("pending", "running"):
+        if task["node"] == node and task["state"] in ACTIVE_STATES:
             if task["kind"] == kind:
                 return task
             raise Conflict(f"node {node} has a {task['kind']} in progress (task {task['id']})")
@@ -52,6 +58,23 @@ def get_task(context: CoordinatorContext, task_id: str) -> dict[str, Any]:
     return task
 
 
+def prune_finished(store: Store, tasks: list[dict[str, Any]], leader_node: str | None, now: float) -> list[str]:
+    """Forget finished tasks an hour after they finished, and all but the newest `FINISHED_KEPT`: the leader
+    reads every task record on every tick, and a finished task's outcome matters only to whoever is waiting
+    for it (``--wait``) or looks soon after. The ids forgotten."""
+    finished = sorted((task for task in tasks if task["state"] not in ACTIVE_STATES),
+                      key=lambda task: task.get("finished") or task["created"], reverse=True)
+    stale = [task["id"] for rank, task in enumerate(finished)
+             if rank >= FINISHED_KEPT or (task.get("finished") or task["created"]) < now - FINISHED_KEPT_S]
+    if stale:
+        transaction = store.transaction(leader_node)
+        for task_id in stale:
+            transaction.delete(schema.task(task_id))
+        transaction.commit()
+        log.info("forgot %d finished task(s)", len(stale))
+    return stale
+
+
 class TaskRunner:
     """The leader's runner: each leader tick starts the pending tasks not already running here."""
 
@@ -63,8 +86,10 @@ class TaskRunner:
         self._lock = threading.Lock()
 
     def tick(self, leader_node: str) -> None:
-        for task in list_tasks(self._context):
-            if task["state"] not in ("pending", "running"):
+        tasks = list_tasks(self._context)
+        prune_finished(self._context.store, tasks, leader_node, time.time())
+        for task in tasks:
+            if task["state"] not in ACTIVE_STATES:
                 continue
             with self._lock:
                 if task["id"] in self._running:
