@@ -161,9 +161,8 @@ class ImportJob:
             started = time.monotonic()
             try:
                 size = importer.inspect(export.url, image_format, qemu_img)
-                self._check_capacity(size)
-                importer.import_image(export.url, size, image_format,
-                                      self.context.backend.volume_target(ticket.pool, self.hidden_volume), qemu_img)
+                self._convert_while_checking_room(importer, image_format, size,
+                                                  replace(qemu_img, cancelled=threading.Event()), export.url)
             except BaseException:
                 receiver.raise_if_failed()
                 raise
@@ -210,6 +209,28 @@ class ImportJob:
             except BaseException as error:
                 self._room_query.set_exception(error)
         threading.Thread(target=ask, name="upload-room", daemon=True).start()
+
+    def _convert_while_checking_room(self, importer: ImageImporter, image_format: str, size_bytes: int,
+                                     qemu_img: QemuImg, source: str) -> None:
+        """Convert the image (`size_bytes` virtual) without waiting for the answer to whether the pool can hold
+        it (on Ceph ``ceph df`` takes a third of a second), and stop qemu-img as soon as the answer is no: until
+        then it can write no more than has arrived, into the hidden volume, which goes with the refusal.
+        qemu-img may well fail first (a file larger than the filesystem allows): the pool's no is the reason
+        given then too."""
+        def decide(_answered: Future) -> None:
+            try:
+                self._check_capacity(size_bytes)
+            except BaseException:
+                qemu_img.cancelled.set()
+
+        self._room_query.add_done_callback(decide)
+        try:
+            importer.import_image(source, size_bytes, image_format,
+                                  self.context.backend.volume_target(self.ticket.pool, self.hidden_volume), qemu_img)
+        except BaseException:
+            self._check_capacity(size_bytes)  # the pool's answer, when it is no, is why qemu-img stopped or failed
+            raise
+        self._check_capacity(size_bytes)
 
     def _check_capacity(self, size_bytes: int) -> None:
         ticket = self.ticket

@@ -18,6 +18,7 @@ import re
 import struct
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -30,6 +31,7 @@ VDI_SIGNATURE_OFFSET, VDI_SIGNATURE = 0x40, struct.pack("<I", 0xbeda107f)
 VMDK_SPARSE_MAGIC = b"KDMV"
 _VMDK_DESCRIPTOR = re.compile(rb"(?:(?:#[^\n]*| *\r?)\n)*version=\d\r?\n")
 INFO_TIMEOUT_S = 60
+WAIT_STEP_S = 0.2
 CONVERT_TIMEOUT_S, CONVERT_BYTES_PER_S = 120, 50 << 20
 _OPENING = re.compile(r"^(Could not open '[^']*': |[^:]*: error while converting \w+: )")
 
@@ -38,16 +40,27 @@ class QemuImgTimeout(Exception):
     """qemu-img overran its wall-clock limit and was killed."""
 
 
+class QemuImgCancelled(Exception):
+    """qemu-img was killed because its work was no longer wanted."""
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.kill()
+    process.communicate()
+
+
 @dataclass(frozen=True)
 class QemuImg:
     """How qemu-img runs on this node: its resource limits.
 
     `source_complete`, when set, is an event the wall-clock limit waits for before it starts: qemu-img reading
-    an upload that is still arriving waits for the upload, which bounds itself (it fails when it stalls)."""
+    an upload that is still arriving waits for the upload, which bounds itself (it fails when it stalls).
+    `cancelled`, when set, stops qemu-img at once (`QemuImgCancelled`): its work is no longer wanted."""
 
     memory_limit_bytes: int = 2 << 30
     cpu_limit_seconds: int = 3600
     source_complete: threading.Event | None = None
+    cancelled: threading.Event | None = None
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> "QemuImg":
@@ -60,18 +73,25 @@ class QemuImg:
 
     def run(self, *arguments: str, timeout_s: float, env: Mapping[str, str] | None = None) \
             -> subprocess.CompletedProcess:
-        """Run qemu-img; raises `QemuImgTimeout`, having killed it, if it takes longer than `timeout_s`."""
+        """Run qemu-img; raises `QemuImgTimeout` or `QemuImgCancelled`, having killed it, if it takes longer
+        than `timeout_s` or is cancelled."""
         with subprocess.Popen(self.command(*arguments), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}) as process:
-            while self.source_complete is not None and not self.source_complete.wait(1) \
-                    and process.poll() is None:
-                pass
-            try:
-                stdout, stderr = process.communicate(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.communicate()
-                raise QemuImgTimeout() from None
+            deadline = None if self.source_complete is not None else time.monotonic() + timeout_s
+            while True:
+                try:
+                    stdout, stderr = process.communicate(timeout=WAIT_STEP_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if self.cancelled is not None and self.cancelled.is_set():
+                    _stop(process)
+                    raise QemuImgCancelled()
+                if deadline is None and self.source_complete.is_set():
+                    deadline = time.monotonic() + timeout_s
+                elif deadline is not None and time.monotonic() > deadline:
+                    _stop(process)
+                    raise QemuImgTimeout()
         return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
     def info(self, path: str, image_format: str) -> dict[str, Any]:

@@ -566,6 +566,22 @@ def test_qemu_img_blocked_on_io_is_stopped_by_its_wall_clock_limit(tmp_path, mon
     assert time.monotonic() - started < 10
 
 
+def test_cancelled_qemu_img_is_stopped_at_once(tmp_path):
+    """An upload's conversion starts before the pool has said whether the image fits; a no stops it."""
+    import threading
+    from pvc import qemu_img
+    fifo = tmp_path / "blocks.fifo"
+    os.mkfifo(fifo)
+    cancelled = threading.Event()
+    threading.Timer(0.5, cancelled.set).start()
+
+    started = time.monotonic()
+    with pytest.raises(qemu_img.QemuImgCancelled):
+        qemu_img.QemuImg(cancelled=cancelled).convert(str(fifo), "raw", str(tmp_path / "out.raw"), MIB)
+
+    assert time.monotonic() - started < 2
+
+
 # -- sizes that are not whole sectors -----------------------------------------------------------------------------
 
 def test_raw_upload_keeps_its_true_size(storage_cluster, pool):
