@@ -37,26 +37,35 @@ SECTOR_BYTES = 512
 
 
 class GrowingFileExport:
-    """Serves `path`, of final size `size_bytes`, at `socket_path` while `advance` reports what is written."""
+    """Serves `path`, of final size `size_bytes`, at `socket_path` while `advance` reports what is written.
+
+    A Unix socket's path may not exceed 107 bytes, which a staging directory's path alone may, so the socket is
+    made through a descriptor of its directory, and `url` names it relative to that `directory`: qemu-img runs
+    there."""
 
     def __init__(self, path: Path, size_bytes: int, socket_path: Path):
         self.path = path
         self.size = size_bytes
         self.export_size = -(-size_bytes // SECTOR_BYTES) * SECTOR_BYTES
         self.socket_path = socket_path
+        self.directory = socket_path.parent
         self._written = 0
         self._failed = False
         self.settled = threading.Event()
         """Set once the file is complete or has failed: from then on no read waits."""
         self._condition = threading.Condition()
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._server.bind(str(socket_path))
+        directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self._server.bind(f"/proc/self/fd/{directory}/{socket_path.name}")
+        finally:
+            os.close(directory)
         self._server.listen(4)
         self._descriptor = os.open(path, os.O_RDONLY)
 
     @property
     def url(self) -> str:
-        return f"nbd+unix:///?socket={self.socket_path}"
+        return f"nbd+unix:///?socket={self.socket_path.name}"
 
     def start(self) -> None:
         threading.Thread(target=self._accept_loop, name="staging-nbd", daemon=True).start()

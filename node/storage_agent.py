@@ -11,7 +11,7 @@ from typing import Any
 
 import Pyro5.server
 
-from pvc import config, plugin_manager, schema
+from pvc import bulk, config, plugin_manager, schema
 from pvc.errors import ConfigError, InvalidInput
 from pvc.hookspecs import StorageBackend
 from pvc.node.uploads import Tickets, UploadContext, UploadListener, sweep_leftovers
@@ -34,6 +34,7 @@ class StorageAgent:
         self._backend = backend
         self._tickets = tickets
         self.upload_address = ""
+        self.upload_tls = False
         """Where clients send upload streams, known once the listener runs."""
 
     def backend(self) -> str:
@@ -84,7 +85,7 @@ class StorageAgent:
             raise InvalidInput(f"unknown image format {image_format!r} (use one of: {', '.join(UPLOAD_FORMATS)})")
         ticket = self._tickets.issue(*_names(pool, volume), _size(size_bytes), image_format, _checksum(checksum),
                                      force is True)
-        return {"address": self.upload_address, "token": ticket.token}
+        return {"address": self.upload_address, "token": ticket.token, "tls": self.upload_tls}
 
 
 def _names(pool: str, volume: str) -> tuple[str, str]:
@@ -118,6 +119,7 @@ class NodeStorage:
         self._staging = Path(settings["upload_staging_directory"])
         self._tickets = Tickets(settings["upload_token_lifetime"])
         self._listen_address = settings["upload_listen_address"]
+        self._tls = bulk.server_context(settings["tls_cert"], settings["tls_key"])
         self._advertise_host = settings["upload_advertise_host"]
         self._listener: UploadListener | None = None
         self.agent = StorageAgent(self.backend_name, self.backend, self._tickets)
@@ -129,13 +131,14 @@ class NodeStorage:
         sweep_leftovers(self._upload_context(), self.backend_name)
         host, port = config.split_address(self._listen_address)
         try:
-            self._listener = UploadListener(host, port, self._tickets, self._upload_context)
+            self._listener = UploadListener(host, port, self._tickets, self._upload_context, tls=self._tls)
         except OSError as error:
             raise ConfigError(f"cannot listen for uploads on {self._listen_address}: "
                               f"{error.strerror or error}") from None
         port = self._listener.address.rsplit(":", 1)[1]
         self.agent.upload_address = f"{self._advertise_host}:{port}" if self._advertise_host \
             else self._listener.address
+        self.agent.upload_tls = self._tls is not None
         self._listener.start()
 
     def stop(self) -> None:

@@ -7,7 +7,8 @@ The first bytes (`receive_head`) say the image's format, and with it how the res
 * `StagedReceive` moves them into a staging file without passing them through Python: splice(2) takes them
   from the socket through a pipe into the file inside the kernel, and each piece is hashed from a mapping of
   the file. On a two-core node, copying an image through Python buffers (and their threads' turns at the
-  interpreter) cost more than the conversion itself.
+  interpreter) cost more than the conversion itself. Over TLS they must be decrypted, so there they are
+  received into a buffer and written from it.
 
 Either way each `bulk.PIECE_BYTES` piece is hashed in a small pool while the next arrives (`PieceHashes`), and
 the verdict on the whole stream, short or with another checksum, comes at its end.
@@ -18,8 +19,10 @@ import os
 import queue
 import select
 import socket
+import ssl
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from pvc import bulk
@@ -27,7 +30,7 @@ from pvc.errors import InvalidInput
 
 HEAD_BYTES = 64 << 10
 QUEUED_PIECES = 4
-PIPE_BYTES = 1 << 20
+MOVE_BYTES = 1 << 20
 POLL_INTERVAL_S = 0.5
 
 
@@ -182,32 +185,52 @@ class StagedReceive(threading.Thread):
     def _receive(self) -> None:
         """Into the file, then checked."""
         descriptor = os.open(self._path, os.O_RDWR)
-        pipe_out, pipe_in = os.pipe()
         mapping = None
         try:
             os.ftruncate(descriptor, self._size)
             mapping = mmap.mmap(descriptor, self._size, prot=mmap.PROT_READ)
-            _widen(pipe_in)
             written = os.pwrite(descriptor, self._head, 0)
             hashed = self._hash_pieces(mapping, 0, written)
             self._advance(written)
-            while written < self._size:
-                moved = self._splice_in(pipe_in, min(PIPE_BYTES, self._size - written))
-                if not moved:
-                    raise _short(self._size - written)
-                while moved:
-                    count = os.splice(pipe_out, descriptor, moved, offset_dst=written)
-                    written += count
-                    moved -= count
-                hashed = self._hash_pieces(mapping, hashed, written)
-                self._advance(written)
+            with self._mover(descriptor) as move:
+                while written < self._size:
+                    landed = move(written, min(MOVE_BYTES, self._size - written))
+                    if not landed:
+                        raise _short(self._size - written)
+                    written += landed
+                    hashed = self._hash_pieces(mapping, hashed, written)
+                    self._advance(written)
             self._hashes.verify()
         finally:
             self._hashes.close(wait=True)
             if mapping is not None:
                 mapping.close()
-            for each in (descriptor, pipe_out, pipe_in):
-                os.close(each)
+            os.close(descriptor)
+
+    @contextmanager
+    def _mover(self, descriptor: int) -> Iterator[Callable[[int, int], int]]:
+        """What moves up to a number of bytes from the connection into the file at an offset, returning how
+        many landed (0: the peer has closed the connection): splice(2) through a pipe, inside the kernel; but
+        what arrives over TLS must be decrypted, in Python's buffers."""
+        if isinstance(self._connection, ssl.SSLSocket):
+            self._connection.settimeout(POLL_INTERVAL_S)
+            buffer = bytearray(MOVE_BYTES)
+            yield lambda offset, count: self._decrypt_into(descriptor, buffer, offset, count)
+            return
+        pipe_out, pipe_in = os.pipe()
+        try:
+            _widen(pipe_in)
+            yield lambda offset, count: self._splice_into(descriptor, pipe_out, pipe_in, offset, count)
+        finally:
+            os.close(pipe_out)
+            os.close(pipe_in)
+
+    def _splice_into(self, descriptor: int, pipe_out: int, pipe_in: int, offset: int, count: int) -> int:
+        moved = self._splice_in(pipe_in, count)
+        landed = 0
+        while landed < moved:
+            landed += os.splice(pipe_out, descriptor, moved - landed, offset_dst=offset + landed)
+        return moved
 
     def _splice_in(self, pipe_in: int, count: int) -> int:
         """Move up to `count` bytes from the connection into the pipe as soon as some arrive; 0 when the peer
@@ -216,17 +239,45 @@ class StagedReceive(threading.Thread):
         poller.register(self._connection, select.POLLIN)
         idle_s = 0.0
         while True:
-            if self._stopping.is_set():
-                raise InvalidInput("the upload was abandoned")
+            self._check_stopping()
             if poller.poll(POLL_INTERVAL_S * 1000):
                 try:
                     return os.splice(self._connection.fileno(), pipe_in, count,
                                      flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
                 except BlockingIOError:
                     continue
-            idle_s += POLL_INTERVAL_S
-            if self._idle_limit_s is not None and idle_s >= self._idle_limit_s:
-                raise _stalled()
+            idle_s = self._idled(idle_s)
+
+    def _decrypt_into(self, descriptor: int, buffer: bytearray, offset: int, count: int) -> int:
+        """Fill up to `count` bytes of `buffer` from the TLS connection (until it closes), then write them."""
+        with memoryview(buffer) as view:
+            received, idle_s = 0, 0.0
+            while received < count:
+                self._check_stopping()
+                try:
+                    arrived = self._connection.recv_into(view[received:count])
+                except socket.timeout:
+                    idle_s = self._idled(idle_s)
+                    continue
+                if not arrived:
+                    break
+                received, idle_s = received + arrived, 0.0
+            written = 0
+            while written < received:
+                written += os.pwrite(descriptor, view[written:received], offset + written)
+        return received
+
+    def _check_stopping(self) -> None:
+        if self._stopping.is_set():
+            raise InvalidInput("the upload was abandoned")
+
+    def _idled(self, idle_s: float) -> float:
+        """Another poll interval without a byte: how long the connection has now been idle, or the error that
+        it has stalled."""
+        idle_s += POLL_INTERVAL_S
+        if self._idle_limit_s is not None and idle_s >= self._idle_limit_s:
+            raise _stalled()
+        return idle_s
 
     def _hash_pieces(self, mapping: mmap.mmap, hashed: int, written: int) -> int:
         """Hash every whole piece written since `hashed` (and the last, short one at the end); the new mark."""
@@ -240,6 +291,6 @@ class StagedReceive(threading.Thread):
 def _widen(pipe_in: int) -> None:
     """A larger pipe means fewer splices per byte; the system's cap (fs.pipe-max-size) may refuse it."""
     try:
-        fcntl.fcntl(pipe_in, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        fcntl.fcntl(pipe_in, fcntl.F_SETPIPE_SZ, MOVE_BYTES)
     except OSError:
         pass

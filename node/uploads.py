@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -153,7 +154,8 @@ class ImportJob:
         export = receiver = None
         try:
             export = GrowingFileExport(staged, ticket.size_bytes, staged.with_name(staged.name + ".nbd"))
-            qemu_img = replace(self.context.qemu_img, source_complete=export.settled)
+            qemu_img = replace(self.context.qemu_img, source_complete=export.settled,
+                               working_directory=str(export.directory))
             receiver = StagedReceive(connection, head, str(staged), ticket.size_bytes, ticket.checksum,
                                      export.advance, export.fail)
             export.start()
@@ -312,6 +314,14 @@ def sweep_leftovers(context: UploadContext, backend_name: str) -> None:
             log.error("could not sweep upload leftovers in pool '%s': %s", pool, error)
 
 
+class NotTLS(InvalidInput):
+    """A client that speaks in the clear to a node that serves TLS: told so, in the clear, on `connection`."""
+
+    def __init__(self, connection: socket.socket, reason: str):
+        super().__init__(f"no TLS handshake ({reason}): this node's upload channel takes TLS only")
+        self.connection = connection
+
+
 def _refuse(connection: socket.socket, error: BaseException) -> None:
     """Answer with the error, then read (and drop) what the client still sends for a moment: closing a
     socket with unread data resets it, and the client would lose the answer. The client checks for an
@@ -336,12 +346,14 @@ def _free_bytes(directory: Path) -> int:
 class UploadListener:
     """Accepts bulk connections, one thread each, and answers each with the import's result.
 
-    Anyone can connect, so connections not yet admitted by a token are few (`max_unadmitted`; more are closed
+    With `tls`, every connection must be TLS. Anyone can connect, so connections not yet admitted by a token are few (`max_unadmitted`; more are closed
     at once) and short-lived: the header must arrive within `header_deadline` seconds all told."""
 
     def __init__(self, host: str, port: int, tickets: Tickets, context_factory: Callable[[], UploadContext],
-                 header_deadline: float = HEADER_DEADLINE_S, max_unadmitted: int = MAX_UNADMITTED):
+                 header_deadline: float = HEADER_DEADLINE_S, max_unadmitted: int = MAX_UNADMITTED,
+                 tls: ssl.SSLContext | None = None):
         self._tickets = tickets
+        self._tls = tls
         self._context_factory = context_factory
         self._header_deadline = header_deadline
         self._unadmitted = threading.BoundedSemaphore(max_unadmitted)
@@ -372,27 +384,45 @@ class UploadListener:
         """Holds one of the unadmitted slots (taken by the accept loop) until the token is redeemed, or
         until a refusal has been answered and drained."""
         admitted = False
-        with connection:
-            try:
-                ticket = self._admit(connection)
-                admitted = True
+        try:
+            connection = self._secured(connection)
+            ticket = self._admit(connection)
+            admitted = True
+            self._unadmitted.release()
+            bulk.send_message(connection, {"ready": True})
+            connection.settimeout(BODY_IDLE_TIMEOUT_S)
+            started = time.monotonic()
+            result = ImportJob(self._context_factory(), ticket).run(connection)
+            log.info("upload of %d bytes from %s into %s/%s done in %.1f s", ticket.size_bytes, peer[0],
+                     ticket.pool, ticket.volume, time.monotonic() - started)
+            bulk.send_message(connection, {"volume": result})
+        except NotTLS as error:
+            log.warning("upload from %s refused: %s", peer[0], error)
+            with error.connection:
+                _refuse(error.connection, error)
+        except (PVCError, OSError, ValueError) as error:
+            log.warning("upload from %s not imported: %s", peer[0], error)
+            _refuse(connection, error)
+        except Exception as error:
+            log.exception("upload from %s failed", peer[0])
+            _refuse(connection, error)
+        finally:
+            if not admitted:
                 self._unadmitted.release()
-                bulk.send_message(connection, {"ready": True})
-                connection.settimeout(BODY_IDLE_TIMEOUT_S)
-                started = time.monotonic()
-                result = ImportJob(self._context_factory(), ticket).run(connection)
-                log.info("upload of %d bytes from %s into %s/%s done in %.1f s", ticket.size_bytes, peer[0],
-                         ticket.pool, ticket.volume, time.monotonic() - started)
-                bulk.send_message(connection, {"volume": result})
-            except (PVCError, OSError, ValueError) as error:
-                log.warning("upload from %s not imported: %s", peer[0], error)
-                _refuse(connection, error)
-            except Exception as error:
-                log.exception("upload from %s failed", peer[0])
-                _refuse(connection, error)
-            finally:
-                if not admitted:
-                    self._unadmitted.release()
+            connection.close()
+
+    def _secured(self, connection: socket.socket) -> socket.socket:
+        """The connection under TLS when this node serves TLS; the handshake counts against the header's
+        deadline."""
+        if self._tls is None:
+            return connection
+        secured = self._tls.wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
+        secured.settimeout(self._header_deadline)
+        try:
+            secured.do_handshake()
+        except ssl.SSLError as error:
+            raise NotTLS(socket.socket(fileno=secured.detach()), error.reason) from None
+        return secured
 
     def _admit(self, connection: socket.socket) -> Ticket:
         header = bulk.receive_message(connection, "upload header", time.monotonic() + self._header_deadline)

@@ -1,14 +1,15 @@
 """The bulk upload channel: image bytes go straight from the client to the node that writes the volume.
 
 Control calls ride Pyro5 and serpent, which base64-encodes bytes (~75 MiB/s); images must move at disk speed,
-so they take this plain TCP stream instead. A coordinator first checks the request and has the node issue a
+so they take this TCP stream instead, under TLS when the cluster uses TLS (`server_context`, `client_context`:
+the node's agent certificate, the client's CA). A coordinator first checks the request and has the node issue a
 single-use token, valid for seconds and bound to one pool, volume, declared size and checksum (the client
 computes the checksum first and declares it on the authenticated control call, so whoever sees the token cannot
 spend it on other content). Then, on one connection:
 
     client -> node   {"token": ..., "size_bytes": N, "checksum": HEX}\\n   announced before any data
     node -> client   {"ready": true}\\n                                   or {"error": CLASS, "message": ...}
-    client -> node   exactly N bytes                                     sendfile(), no copy in Python
+    client -> node   exactly N bytes                                     in the clear by sendfile(), no copy
     node -> client   {"volume": {...}}\\n                                 or {"error": CLASS, "message": ...}
 
 The node refuses a stream whose token is unknown, used or expired, whose size or checksum differs from the
@@ -25,6 +26,7 @@ import os
 import select
 import shutil
 import socket
+import ssl
 import stat
 import tempfile
 import time
@@ -50,22 +52,22 @@ def read_message(reader: BinaryIO, what: str) -> dict[str, Any]:
 
 def receive_message(sock: socket.socket, what: str, deadline: float) -> dict[str, Any]:
     """One JSON line from `sock`, complete by the monotonic `deadline`: an idle timeout per receive would let a
-    peer trickling a byte at a time hold the connection for ever. It peeks for the line's end and takes no byte
-    past it, so what follows stays on the socket."""
-    line = b""
+    peer trickling a byte at a time hold the connection for ever. It is read a byte at a time (a TLS socket
+    cannot peek), so no byte past the line is taken from the socket."""
+    line = bytearray()
     while not line.endswith(b"\n") and len(line) <= HEADER_LIMIT_BYTES:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise errors.InvalidInput(f"the {what} did not arrive in time")
         sock.settimeout(remaining)
         try:
-            peeked = sock.recv(HEADER_LIMIT_BYTES + 1 - len(line), socket.MSG_PEEK)
+            byte = sock.recv(1)
         except socket.timeout:
             raise errors.InvalidInput(f"the {what} did not arrive in time") from None
-        if not peeked:
+        if not byte:
             break
-        line += sock.recv(peeked.find(b"\n") + 1 or len(peeked))
-    return _parse_message(line, what)
+        line += byte
+    return _parse_message(bytes(line), what)
 
 
 def _parse_message(line: bytes, what: str) -> dict[str, Any]:
@@ -167,15 +169,47 @@ def _is_regular_file(file: BinaryIO) -> bool:
         return False
 
 
+def server_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The node's TLS for the channel: the certificate its agent serves Pyro5 with (None: no TLS, as for Pyro5;
+    a cluster uses TLS everywhere or nowhere)."""
+    if not cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key or None)
+    return context
+
+
+def client_context(ticket: dict[str, Any], tls_ca: str | None) -> ssl.SSLContext | None:
+    """How to reach the node the `ticket` names: over TLS, verifying the node's certificate against `tls_ca`,
+    when the node serves TLS. A client that uses TLS itself never sends an image in the clear."""
+    if ticket.get("tls"):
+        if not tls_ca:
+            raise errors.ConfigError("the node's upload channel uses TLS: the client config needs tls_ca")
+        return ssl.create_default_context(cafile=tls_ca)
+    if tls_ca:
+        raise errors.ConfigError("the node's upload channel is not encrypted but this client uses TLS; refusing "
+                                 "to send the image in the clear (give the node's pvcnoded a tls_cert)")
+    return None
+
+
 def stream_upload(address: str, token: str, source: SpooledSource, checksum: str, timeout: float,
-                  progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Send `source` to the node at `address` (HOST:PORT) under `token`; the node's result message."""
+                  progress: Callable[[int], None] | None = None,
+                  tls: ssl.SSLContext | None = None) -> dict[str, Any]:
+    """Send `source` to the node at `address` (HOST:PORT) under `token`, over TLS when `tls` is given; the
+    node's result message."""
     host, _, port = address.rpartition(":")
+    host = host.strip("[]")
     try:
-        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
     except OSError as error:
         raise errors.Unavailable(f"cannot reach the upload channel at {address}: {error.strerror or error}") \
             from None
+    if tls is not None:
+        try:
+            sock = tls.wrap_socket(sock, server_hostname=host)
+        except OSError as error:
+            sock.close()
+            raise errors.Unavailable(f"no TLS with the upload channel at {address}: {error}") from None
     with sock, sock.makefile("rb") as reader:
         send_message(sock, {"token": token, "size_bytes": source.size, "checksum": checksum})
         raise_if_error(read_message(reader, "node's answer"))
@@ -193,12 +227,19 @@ def stream_upload(address: str, token: str, source: SpooledSource, checksum: str
 
 
 def _send_body(sock: socket.socket, source: SpooledSource, progress: Callable[[int], None] | None) -> None:
-    """Send the data, stopping early if the node has answered already (it refuses as soon as it can)."""
+    """Send the data, stopping early if the node has answered already (it refuses as soon as it can): by
+    sendfile(2) in the clear, through Python's buffers over TLS, which must encrypt them."""
     sent = 0
     while sent < source.size:
         if select.select([sock], [], [], 0)[0]:
             return
-        count = sock.sendfile(source.file, source.offset + sent, min(CHUNK_BYTES, source.size - sent))
+        length = min(CHUNK_BYTES, source.size - sent)
+        if isinstance(sock, ssl.SSLSocket):
+            data = os.pread(source.file.fileno(), length, source.offset + sent)
+            sock.sendall(data)
+            count = len(data)
+        else:
+            count = sock.sendfile(source.file, source.offset + sent, length)
         if count == 0:
             raise errors.InvalidInput(f"the file ended {source.size - sent} bytes short of its size")
         sent += count

@@ -68,9 +68,11 @@ def resolve_settings(uri: str | list[str] | None = None, api_key: str | None = N
 class Connection:
     """Calls into the coordinators, failing over between them in the configured order."""
 
-    def __init__(self, uris: list[str], api_key: str, timeout: float):
+    def __init__(self, uris: list[str], api_key: str, timeout: float, tls_ca: str | None = None):
         wire.register()
         self.uris = list(uris)
+        self.tls_ca = tls_ca
+        """The CA the coordinators' (and nodes') certificates chain to; None without TLS."""
         self._api_key = api_key
         self._timeout = timeout
         self._preferred = 0
@@ -181,4 +183,4 @@ def connect(uri: str | list[str] | None = None, api_key: str | None = None,
     """Connect to a cluster; `uri` may be one pvc:// URI or a list to fail over between."""
     settings = resolve_settings(uri, api_key, timeout)
     use_tls(ca=settings["tls_ca"])
-    return Client(Connection(settings["uris"], settings["api_key"], settings["timeout"]))
+    return Client(Connection(settings["uris"], settings["api_key"], settings["timeout"], settings["tls_ca"]))

@@ -55,12 +55,14 @@ class QemuImg:
 
     `source_complete`, when set, is an event the wall-clock limit waits for before it starts: qemu-img reading
     an upload that is still arriving waits for the upload, which bounds itself (it fails when it stalls).
-    `cancelled`, when set, stops qemu-img at once (`QemuImgCancelled`): its work is no longer wanted."""
+    `cancelled`, when set, stops qemu-img at once (`QemuImgCancelled`): its work is no longer wanted.
+    `working_directory` is where it runs: an upload's staging export is named relative to it."""
 
     memory_limit_bytes: int = 2 << 30
     cpu_limit_seconds: int = 3600
     source_complete: threading.Event | None = None
     cancelled: threading.Event | None = None
+    working_directory: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> "QemuImg":
@@ -76,7 +78,8 @@ class QemuImg:
         """Run qemu-img; raises `QemuImgTimeout` or `QemuImgCancelled`, having killed it, if it takes longer
         than `timeout_s` or is cancelled."""
         with subprocess.Popen(self.command(*arguments), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}) as process:
+                              stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+                              cwd=self.working_directory) as process:
             deadline = None if self.source_complete is not None else time.monotonic() + timeout_s
             while True:
                 try:

@@ -34,5 +34,5 @@ class StorageClient(Area):
             checksum = bulk.checksum_of_file(spooled.file, spooled.offset, spooled.size)
             ticket = self.upload_begin(pool, volume, spooled.size, checksum, image_format, force)
             bulk.stream_upload(ticket["address"], ticket["token"], spooled, checksum, UPLOAD_CONNECT_TIMEOUT_S,
-                               progress)
+                               progress, bulk.client_context(ticket, self._connection.tls_ca))
         return self.upload_end(pool, volume)

@@ -618,7 +618,7 @@ def test_staging_export_pads_an_odd_length_with_zeros_once_complete(tmp_path):
     export.advance(600)
     try:
         converting = subprocess.Popen(["qemu-img", "convert", "-f", "raw", "-O", "raw", export.url,
-                                       str(tmp_path / "out.raw")], stderr=subprocess.PIPE)
+                                       str(tmp_path / "out.raw")], stderr=subprocess.PIPE, cwd=export.directory)
         time.sleep(0.5)
         assert converting.poll() is None, "the padding past the true end waits for the upload to complete"
         with open(staged, "ab") as file:
@@ -632,8 +632,8 @@ def test_staging_export_pads_an_odd_length_with_zeros_once_complete(tmp_path):
 
 @pytest.mark.parametrize("ending", ["complete", "stalled", "abandoned", "closed early"])
 def test_staged_receive_lands_the_stream_or_says_why_not(tmp_path, ending):
-    """The receiving end of a staged upload, on a socket pair, a whole piece hashed before it ends: whatever the sender does, the export hears how far
-    the file got and whether it failed, and the error names what happened."""
+    """The receiving end of a staged upload, on a socket pair, a whole piece hashed before it ends: whatever the
+    sender does, the export hears how far the file got and whether it failed, and the error names what happened."""
     from pvc.node.upload_stream import StagedReceive
     data = os.urandom(bulk.PIECE_BYTES + 3 * MIB + 5)
     cut = bulk.PIECE_BYTES + MIB
@@ -668,18 +668,39 @@ def test_staged_receive_lands_the_stream_or_says_why_not(tmp_path, ending):
 
 # -- leftovers ----------------------------------------------------------------------------------------------------
 
-def test_staging_file_is_removed_when_its_export_cannot_be_made(tmp_path):
-    """A staging directory so deep that the export's socket path is too long for a Unix socket."""
-    from pvc.node.uploads import ImportJob, Ticket, UploadContext
+def test_staging_export_works_in_a_directory_too_deep_for_a_socket_path(tmp_path):
+    """A Unix socket's path may not exceed 107 bytes; a staging directory's may."""
+    from pvc.node.growing_export import GrowingFileExport
     from pvc.qemu_img import QemuImg
     staging = tmp_path / ("deep" * 30)
     staging.mkdir()
-    job = ImportJob(UploadContext("hv1", None, None, {}, QemuImg(), staging),
-                    Ticket("token", "pool", "disk", MIB, "auto", "0" * 64, False, time.monotonic() + 60))
+    staged = staging / ".stage-deep"
+    run("qemu-img", "create", "-q", "-f", "qcow2", str(staged), "5M")
+    export = GrowingFileExport(staged, staged.stat().st_size, staging / ".stage-deep.nbd")
+    export.start()
+    export.advance(staged.stat().st_size)
+    try:
+        info = QemuImg(working_directory=str(export.directory)).info(export.url, "qcow2")
+    finally:
+        export.close()
+    assert info["virtual-size"] == 5 * MIB
+    assert sorted(path.name for path in staging.iterdir()) == [".stage-deep"]
 
-    with pytest.raises(OSError):
+
+def test_staging_file_is_removed_when_its_export_cannot_be_made(tmp_path, monkeypatch):
+    from pvc.node import uploads
+    from pvc.qemu_img import QemuImg
+
+    def no_socket(*_args):
+        raise OSError("no socket for the export")
+    monkeypatch.setattr(uploads, "GrowingFileExport", no_socket)
+    job = uploads.ImportJob(uploads.UploadContext("hv1", None, None, {}, QemuImg(), tmp_path),
+                            uploads.Ticket("token", "pool", "disk", MIB, "auto", "0" * 64, False,
+                                           time.monotonic() + 60))
+
+    with pytest.raises(OSError, match="no socket"):
         job._import_staged(None, b"", None, "qcow2")
-    assert list(staging.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_node_start_sweeps_its_own_upload_leftovers(storage_cluster, pool):
