@@ -14,6 +14,7 @@ import Pyro5.server
 from pvc import bulk, config, plugin_manager, schema
 from pvc.errors import ConfigError, InvalidInput
 from pvc.hookspecs import StorageBackend
+from pvc.node.pool_room import PoolRoom
 from pvc.node.uploads import Tickets, UploadContext, UploadListener, sweep_leftovers
 from pvc.qemu_img import SUPPORTED_FORMATS, QemuImg
 from pvc.store import Store
@@ -120,6 +121,7 @@ class NodeStorage:
         self._tickets = Tickets(settings["upload_token_lifetime"])
         self._listen_address = settings["upload_listen_address"]
         self._tls = bulk.server_context(settings["tls_cert"], settings["tls_key"])
+        self._room = PoolRoom(self.backend)
         self._advertise_host = settings["upload_advertise_host"]
         self._listener: UploadListener | None = None
         self.agent = StorageAgent(self.backend_name, self.backend, self._tickets)
@@ -152,4 +154,4 @@ class NodeStorage:
 
     def _upload_context(self) -> UploadContext:
         return UploadContext(self._node_name, self._store, self.backend, self._importers, self._qemu_img,
-                             self._staging)
+                             self._staging, self._room)

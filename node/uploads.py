@@ -27,6 +27,7 @@ from pvc import bulk, schema
 from pvc.errors import AuthenticationError, Busy, Conflict, InvalidInput, PVCError
 from pvc.hookspecs import ImageImporter, StorageBackend
 from pvc.node.growing_export import GrowingFileExport
+from pvc.node.pool_room import PoolRoom
 from pvc.node.upload_stream import StagedReceive, VerifiedStream, receive_head
 from pvc.qemu_img import QemuImg, check_supported, resolve_format
 from pvc.store import Store
@@ -98,6 +99,7 @@ class UploadContext:
     importers: dict[str, ImageImporter]
     qemu_img: QemuImg
     staging_directory: Path
+    room: PoolRoom
 
 
 class ImportJob:
@@ -116,7 +118,6 @@ class ImportJob:
         """Receive the upload from `connection`, import it and record it: the volume as recorded."""
         ticket = self.ticket
         try:
-            self._ask_room()
             head = receive_head(connection, ticket.size_bytes)
             image_format = resolve_format(ticket.image_format, head)
             importer = self._importer(image_format)
@@ -135,6 +136,7 @@ class ImportJob:
         ticket = self.ticket
         stream = VerifiedStream(connection, ticket.size_bytes, ticket.checksum, head)
         try:
+            self._ask_room(ticket.size_bytes)
             self._check_capacity(ticket.size_bytes)
             importer.import_image(iter(stream), ticket.size_bytes, image_format,
                                   self.context.backend.volume_target(ticket.pool, self.hidden_volume),
@@ -198,16 +200,16 @@ class ImportJob:
         os.close(descriptor)
         return Path(name)
 
-    def _ask_room(self) -> None:
-        """Ask, in the background while the upload arrives, for the target's current size (0 if new) and
-        what the pool can still hold: each is a round trip to the storage."""
+    def _ask_room(self, size_bytes: int) -> None:
+        """Ask, in the background, whether an image of `size_bytes` fits: the target's current size (0 if new)
+        and what the pool can still hold (`PoolRoom`) are each a round trip to the storage."""
         backend, ticket = self.context.backend, self.ticket
         self._room_query = Future()
 
         def ask() -> None:
             try:
-                self._room_query.set_result((backend.volume_size(ticket.pool, ticket.volume) or 0,
-                                             backend.pool_usage(ticket.pool)["free_bytes"]))
+                existing = backend.volume_size(ticket.pool, ticket.volume) or 0
+                self._room_query.set_result(self.context.room.fits(ticket.pool, size_bytes - existing))
             except BaseException as error:
                 self._room_query.set_exception(error)
         threading.Thread(target=ask, name="upload-room", daemon=True).start()
@@ -225,6 +227,7 @@ class ImportJob:
             except BaseException:
                 qemu_img.cancelled.set()
 
+        self._ask_room(size_bytes)
         self._room_query.add_done_callback(decide)
         try:
             importer.import_image(source, size_bytes, image_format,
@@ -235,11 +238,11 @@ class ImportJob:
         self._check_capacity(size_bytes)
 
     def _check_capacity(self, size_bytes: int) -> None:
-        ticket = self.ticket
-        existing, free = self._room_query.result()
-        if size_bytes - existing > free:
-            raise InvalidInput(f"the image's virtual size ({size_bytes} bytes) exceeds what pool '{ticket.pool}' "
-                               f"can still hold ({free} bytes)")
+        """Refuse the image (`size_bytes` virtual) if the room query said it does not fit."""
+        fits, free = self._room_query.result()
+        if not fits:
+            raise InvalidInput(f"the image's virtual size ({size_bytes} bytes) exceeds what pool "
+                               f"'{self.ticket.pool}' can still hold ({free} bytes)")
 
     def _commit(self, image_format: str, size: int) -> dict[str, Any]:
         """Make the hidden volume (`size` bytes) the target and record it, under the pool's lock."""

@@ -694,7 +694,7 @@ def test_staging_file_is_removed_when_its_export_cannot_be_made(tmp_path, monkey
     def no_socket(*_args):
         raise OSError("no socket for the export")
     monkeypatch.setattr(uploads, "GrowingFileExport", no_socket)
-    job = uploads.ImportJob(uploads.UploadContext("hv1", None, None, {}, QemuImg(), tmp_path),
+    job = uploads.ImportJob(uploads.UploadContext("hv1", None, None, {}, QemuImg(), tmp_path, None),
                             uploads.Ticket("token", "pool", "disk", MIB, "auto", "0" * 64, False,
                                            time.monotonic() + 60))
 
