@@ -349,8 +349,9 @@ def _free_bytes(directory: Path) -> int:
 class UploadListener:
     """Accepts bulk connections, one thread each, and answers each with the import's result.
 
-    With `tls`, every connection must be TLS. Anyone can connect, so connections not yet admitted by a token are few (`max_unadmitted`; more are closed
-    at once) and short-lived: the header must arrive within `header_deadline` seconds all told."""
+    With `tls`, every connection must be TLS. Anyone can connect, so connections not yet admitted by a token
+    are few (`max_unadmitted`; more are closed at once) and short-lived: the header must arrive within
+    `header_deadline` seconds all told."""
 
     def __init__(self, host: str, port: int, tickets: Tickets, context_factory: Callable[[], UploadContext],
                  header_deadline: float = HEADER_DEADLINE_S, max_unadmitted: int = MAX_UNADMITTED,

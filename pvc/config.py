@@ -73,8 +73,8 @@ NODED_SETTINGS: list[Setting] = [
     Setting("listen_address", str, "127.0.0.1:7371", "host:port of the node agent (port 0 picks a free one)"),
     Setting("cluster_secret", str, REQUIRED, "shared secret; the node agent accepts only coordinators "
             "presenting it"),
-    Setting("tls_cert", (str, type(None)), None, "PEM certificate the node agent and upload channel serve TLS with (null: no "
-            "TLS; a cluster uses TLS everywhere or nowhere)"),
+    Setting("tls_cert", (str, type(None)), None, "PEM certificate the node agent and upload channel serve TLS "
+            "with (null: no TLS; a cluster uses TLS everywhere or nowhere)"),
     Setting("tls_key", (str, type(None)), None, "PEM private key of tls_cert"),
     Setting("bmc_host", (str, type(None)), None, "IPMI BMC address for fencing this node"),
     Setting("bmc_port", int, 623, "IPMI BMC UDP port"),
