@@ -51,17 +51,23 @@ class GrowingFileExport:
         self.directory = socket_path.parent
         self._written = 0
         self._failed = False
+        self._refused = False
         self.settled = threading.Event()
         """Set once the file is complete or has failed: from then on no read waits."""
         self._condition = threading.Condition()
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            self._server.bind(f"/proc/self/fd/{directory}/{socket_path.name}")
-        finally:
-            os.close(directory)
-        self._server.listen(4)
-        self._descriptor = os.open(path, os.O_RDONLY)
+            directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                self._server.bind(f"/proc/self/fd/{directory}/{socket_path.name}")
+            finally:
+                os.close(directory)
+            self._server.listen(4)
+            self._descriptor = os.open(path, os.O_RDONLY)
+        except BaseException:
+            self._server.close()
+            socket_path.unlink(missing_ok=True)
+            raise
 
     @property
     def url(self) -> str:
@@ -84,9 +90,16 @@ class GrowingFileExport:
             self._condition.notify_all()
         self.settled.set()
 
+    def refuse(self) -> None:
+        """Fail every read from now on, even of what has arrived: qemu-img stops on the error and closes its
+        target properly (killed, it would leave a Ceph image watched, and unremovable, for 30 s)."""
+        with self._condition:
+            self._refused = True
+        self.fail()
+
     def close(self) -> None:
         self.fail()
-        self._server.close()
+        stop_listening(self._server)
         os.close(self._descriptor)
         self.socket_path.unlink(missing_ok=True)
 
@@ -159,7 +172,16 @@ class GrowingFileExport:
         with self._condition:
             while self._written < end and not self._failed:
                 self._condition.wait()
-            return self._written >= end
+            return self._written >= end and not self._refused
+
+
+def stop_listening(server: socket.socket) -> None:
+    """Close a listening socket, waking the thread blocked accepting on it (close alone does not, on Linux)."""
+    try:
+        server.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    server.close()
 
 
 def _option_reply(option: int, reply_type: int, payload: bytes = b"") -> bytes:

@@ -22,7 +22,9 @@ class PoolRoom:
 
     def fits(self, pool: str, needed_bytes: int) -> tuple[bool, int]:
         """Whether `needed_bytes` more fit in `pool`, and the free bytes that answer rests on. What fits is
-        taken off the remembered figure, so uploads in a row soon ask again."""
+        taken off the remembered figure, so uploads in a row soon ask again; what an upload frees (replacing a
+        larger volume) is not added to it."""
+        needed_bytes = max(needed_bytes, 0)
         now = time.monotonic()
         with self._lock:
             heard_at, free = self._known.get(pool, (float("-inf"), 0))

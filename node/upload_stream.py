@@ -37,22 +37,45 @@ POLL_INTERVAL_S = 0.5
 def receive_head(connection: socket.socket, size_bytes: int) -> bytes:
     """The stream's first bytes (all of a small one), enough for `pvc.qemu_img.resolve_format`."""
     head = bytearray(min(HEAD_BYTES, size_bytes))
-    _fill(connection, head, 0, size_bytes)
+    with memoryview(head) as view:
+        received = _receive_into(connection, view, None, connection.gettimeout())
+    if received < len(head):
+        raise _short(size_bytes - received)
     return bytes(head)
 
 
-def _fill(connection: socket.socket, buffer: bytearray, start: int, remaining: int) -> None:
-    """Fill `buffer` from `start` off the connection; `remaining` is what the stream still owed at `start`."""
-    with memoryview(buffer) as view:
-        filled = start
-        while filled < len(buffer):
+def _receive_into(connection: socket.socket, view: memoryview, stopping: threading.Event | None,
+                  idle_limit_s: float | None) -> int:
+    """Receive into `view` until it is full or the peer closes the connection; how many bytes came. Waits in
+    `POLL_INTERVAL_S` steps, so that `stopping` is heard within one: an error then, as when no byte has come
+    for `idle_limit_s`."""
+    timeout = connection.gettimeout()
+    connection.settimeout(POLL_INTERVAL_S)
+    try:
+        received, idle_s = 0, 0.0
+        while received < len(view):
+            if stopping is not None and stopping.is_set():
+                raise InvalidInput("the upload was abandoned")
             try:
-                count = connection.recv_into(view[filled:])
+                arrived = connection.recv_into(view[received:])
             except socket.timeout:
-                raise _stalled() from None
-            if not count:
-                raise _short(remaining - (filled - start))
-            filled += count
+                idle_s += POLL_INTERVAL_S
+                if idle_limit_s is not None and idle_s >= idle_limit_s:
+                    raise _stalled() from None
+                continue
+            if not arrived:
+                break
+            received, idle_s = received + arrived, 0.0
+        return received
+    finally:
+        connection.settimeout(timeout)
+
+
+def _pwrite_all(descriptor: int, data: bytes | memoryview, offset: int) -> None:
+    with memoryview(data) as view:
+        written = 0
+        while written < len(view):
+            written += os.pwrite(descriptor, view[written:], offset + written)
 
 
 def _stalled() -> InvalidInput:
@@ -97,6 +120,7 @@ class VerifiedStream:
         self._hashes = PieceHashes(checksum)
         self._pieces: queue.Queue = queue.Queue(maxsize=QUEUED_PIECES)
         self._stopping = threading.Event()
+        self._idle_limit_s = connection.gettimeout()
         self._receiver = threading.Thread(target=self._receive, name="upload-receive", daemon=True)
 
     def __iter__(self) -> Iterator[bytearray]:
@@ -108,8 +132,11 @@ class VerifiedStream:
         self._hashes.verify()
 
     def close(self) -> None:
-        """Stop receiving: the consumer's iteration ends with an error, the receiving thread gives up."""
+        """Stop receiving: the consumer's iteration ends with an error, and this returns once the receiving
+        thread has let go of the connection (a TLS connection must not be used by two threads at once)."""
         self._stopping.set()
+        if self._receiver.ident is not None:
+            self._receiver.join()
         self._hashes.close()
 
     def _next_item(self) -> object:
@@ -126,7 +153,11 @@ class VerifiedStream:
             while remaining:
                 piece = bytearray(min(bulk.PIECE_BYTES, remaining))
                 piece[:len(head)] = head
-                _fill(self._connection, piece, len(head), remaining - len(head))
+                with memoryview(piece) as view:
+                    received = len(head) + _receive_into(self._connection, view[len(head):], self._stopping,
+                                                         self._idle_limit_s)
+                if received < len(piece):
+                    raise _short(remaining - received)
                 remaining -= len(piece)
                 head = b""
                 self._hashes.add(piece)
@@ -189,7 +220,8 @@ class StagedReceive(threading.Thread):
         try:
             os.ftruncate(descriptor, self._size)
             mapping = mmap.mmap(descriptor, self._size, prot=mmap.PROT_READ)
-            written = os.pwrite(descriptor, self._head, 0)
+            _pwrite_all(descriptor, self._head, 0)
+            written = len(self._head)
             hashed = self._hash_pieces(mapping, 0, written)
             self._advance(written)
             with self._mover(descriptor) as move:
@@ -213,7 +245,6 @@ class StagedReceive(threading.Thread):
         many landed (0: the peer has closed the connection): splice(2) through a pipe, inside the kernel; but
         what arrives over TLS must be decrypted, in Python's buffers."""
         if isinstance(self._connection, ssl.SSLSocket):
-            self._connection.settimeout(POLL_INTERVAL_S)
             buffer = bytearray(MOVE_BYTES)
             yield lambda offset, count: self._decrypt_into(descriptor, buffer, offset, count)
             return
@@ -251,20 +282,8 @@ class StagedReceive(threading.Thread):
     def _decrypt_into(self, descriptor: int, buffer: bytearray, offset: int, count: int) -> int:
         """Fill up to `count` bytes of `buffer` from the TLS connection (until it closes), then write them."""
         with memoryview(buffer) as view:
-            received, idle_s = 0, 0.0
-            while received < count:
-                self._check_stopping()
-                try:
-                    arrived = self._connection.recv_into(view[received:count])
-                except socket.timeout:
-                    idle_s = self._idled(idle_s)
-                    continue
-                if not arrived:
-                    break
-                received, idle_s = received + arrived, 0.0
-            written = 0
-            while written < received:
-                written += os.pwrite(descriptor, view[written:received], offset + written)
+            received = _receive_into(self._connection, view[:count], self._stopping, self._idle_limit_s)
+            _pwrite_all(descriptor, view[:received], offset)
         return received
 
     def _check_stopping(self) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from pvc import bulk, schema
 from pvc.errors import AuthenticationError, Busy, Conflict, InvalidInput, PVCError
 from pvc.hookspecs import ImageImporter, StorageBackend
-from pvc.node.growing_export import GrowingFileExport
+from pvc.node.growing_export import GrowingFileExport, stop_listening
 from pvc.node.pool_room import PoolRoom
 from pvc.node.upload_stream import StagedReceive, VerifiedStream, receive_head
 from pvc.qemu_img import QemuImg, check_supported, resolve_format
@@ -165,8 +165,7 @@ class ImportJob:
             started = time.monotonic()
             try:
                 size = importer.inspect(export.url, image_format, qemu_img)
-                self._convert_while_checking_room(importer, image_format, size,
-                                                  replace(qemu_img, cancelled=threading.Event()), export.url)
+                self._convert_while_checking_room(importer, image_format, size, qemu_img, export)
             except BaseException:
                 receiver.raise_if_failed()
                 raise
@@ -215,22 +214,22 @@ class ImportJob:
         threading.Thread(target=ask, name="upload-room", daemon=True).start()
 
     def _convert_while_checking_room(self, importer: ImageImporter, image_format: str, size_bytes: int,
-                                     qemu_img: QemuImg, source: str) -> None:
+                                     qemu_img: QemuImg, export: GrowingFileExport) -> None:
         """Convert the image (`size_bytes` virtual) without waiting for the answer to whether the pool can hold
-        it (on Ceph ``ceph df`` takes a third of a second), and stop qemu-img as soon as the answer is no: until
-        then it can write no more than has arrived, into the hidden volume, which goes with the refusal.
-        qemu-img may well fail first (a file larger than the filesystem allows): the pool's no is the reason
-        given then too."""
+        it (on Ceph ``ceph df`` takes a third of a second), and make qemu-img stop as soon as the answer is no,
+        by failing its reads: until then it can write no more than has arrived, into the hidden volume, which
+        goes with the refusal. qemu-img may well fail first (a file larger than the filesystem allows): the
+        pool's no is the reason given then too."""
         def decide(_answered: Future) -> None:
             try:
                 self._check_capacity(size_bytes)
             except BaseException:
-                qemu_img.cancelled.set()
+                export.refuse()
 
         self._ask_room(size_bytes)
         self._room_query.add_done_callback(decide)
         try:
-            importer.import_image(source, size_bytes, image_format,
+            importer.import_image(export.url, size_bytes, image_format,
                                   self.context.backend.volume_target(self.ticket.pool, self.hidden_volume), qemu_img)
         except BaseException:
             self._check_capacity(size_bytes)  # the pool's answer, when it is no, is why qemu-img stopped or failed
@@ -370,7 +369,7 @@ class UploadListener:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._server.close()
+        stop_listening(self._server)
 
     def _accept_loop(self) -> None:
         while not self._stopping.is_set():
@@ -389,8 +388,9 @@ class UploadListener:
         until a refusal has been answered and drained."""
         admitted = False
         try:
-            connection = self._secured(connection)
-            ticket = self._admit(connection)
+            deadline = time.monotonic() + self._header_deadline
+            connection = self._secured(connection, deadline)
+            ticket = self._admit(connection, deadline)
             admitted = True
             self._unadmitted.release()
             bulk.send_message(connection, {"ready": True})
@@ -415,21 +415,24 @@ class UploadListener:
                 self._unadmitted.release()
             connection.close()
 
-    def _secured(self, connection: socket.socket) -> socket.socket:
-        """The connection under TLS when this node serves TLS; the handshake counts against the header's
-        deadline."""
+    def _secured(self, connection: socket.socket, deadline: float) -> socket.socket:
+        """The connection under TLS when this node serves TLS, the handshake done by the monotonic
+        `deadline` that the header must also meet."""
         if self._tls is None:
             return connection
         secured = self._tls.wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
-        secured.settimeout(self._header_deadline)
+        secured.settimeout(max(deadline - time.monotonic(), 0.001))
         try:
             secured.do_handshake()
         except ssl.SSLError as error:
             raise NotTLS(socket.socket(fileno=secured.detach()), error.reason) from None
+        except BaseException:
+            secured.close()
+            raise
         return secured
 
-    def _admit(self, connection: socket.socket) -> Ticket:
-        header = bulk.receive_message(connection, "upload header", time.monotonic() + self._header_deadline)
+    def _admit(self, connection: socket.socket, deadline: float) -> Ticket:
+        header = bulk.receive_message(connection, "upload header", deadline)
         ticket = self._tickets.redeem(header.get("token"))
         if header.get("size_bytes") != ticket.size_bytes:
             raise InvalidInput(f"the stream announces {header.get('size_bytes')} bytes but the upload was "

@@ -6,6 +6,7 @@ an administrator uses too. The cluster is the one ``ceph_conf`` names; qemu-img 
 (``rbd:POOL/IMAGE:conf=...``).
 """
 import json
+import os
 import subprocess
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
@@ -53,7 +54,7 @@ class CephBackend:
     description = "Ceph RBD images, through the rbd and ceph command-line tools' JSON output"
 
     def __init__(self, settings: Mapping[str, Any]):
-        self.conf = settings["ceph_conf"]
+        self.conf = os.path.abspath(settings["ceph_conf"])
         self._qemu_img = QemuImg.from_settings(settings)
 
     def command(self, tool: str, *arguments: str) -> list[str]:

@@ -58,7 +58,7 @@ class FileBackend:
     description = "a directory per pool, a sparse raw file per volume (one machine, or a shared mount)"
 
     def __init__(self, settings: Mapping[str, Any]):
-        self.root = Path(settings["storage_directory"])
+        self.root = Path(settings["storage_directory"]).absolute()
 
     def _pool_dir(self, pool: str) -> Path:
         return self.root / pool

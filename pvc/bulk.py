@@ -119,15 +119,14 @@ def checksum_of_file(file: BinaryIO, offset: int, size: int) -> str:
         mapping = mmap.mmap(file.fileno(), offset - start + size, prot=mmap.PROT_READ, offset=start)
     except ValueError:
         raise errors.InvalidInput(f"the file ended before its announced size ({size} bytes)") from None
-    try:
-        with memoryview(mapping) as view, ThreadPoolExecutor(HASH_THREADS) as pool:
-            data = view[offset - start:]
-            digests = list(pool.map(lambda piece: piece_digest(data[piece:piece + PIECE_BYTES]),
-                                    range(0, size, PIECE_BYTES)))
-            data.release()
-        return combine_digests(digests)
-    finally:
-        mapping.close()
+
+    def digest_piece(piece: int) -> bytes:
+        first = offset - start + piece
+        with memoryview(mapping)[first:first + min(PIECE_BYTES, size - piece)] as data:
+            return piece_digest(data)
+
+    with mapping, ThreadPoolExecutor(HASH_THREADS) as pool:
+        return combine_digests(list(pool.map(digest_piece, range(0, size, PIECE_BYTES))))
 
 
 class SpooledSource:

@@ -40,28 +40,17 @@ class QemuImgTimeout(Exception):
     """qemu-img overran its wall-clock limit and was killed."""
 
 
-class QemuImgCancelled(Exception):
-    """qemu-img was killed because its work was no longer wanted."""
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.kill()
-    process.communicate()
-
-
 @dataclass(frozen=True)
 class QemuImg:
     """How qemu-img runs on this node: its resource limits.
 
     `source_complete`, when set, is an event the wall-clock limit waits for before it starts: qemu-img reading
     an upload that is still arriving waits for the upload, which bounds itself (it fails when it stalls).
-    `cancelled`, when set, stops qemu-img at once (`QemuImgCancelled`): its work is no longer wanted.
     `working_directory` is where it runs: an upload's staging export is named relative to it."""
 
     memory_limit_bytes: int = 2 << 30
     cpu_limit_seconds: int = 3600
     source_complete: threading.Event | None = None
-    cancelled: threading.Event | None = None
     working_directory: str | None = None
 
     @classmethod
@@ -75,8 +64,7 @@ class QemuImg:
 
     def run(self, *arguments: str, timeout_s: float, env: Mapping[str, str] | None = None) \
             -> subprocess.CompletedProcess:
-        """Run qemu-img; raises `QemuImgTimeout` or `QemuImgCancelled`, having killed it, if it takes longer
-        than `timeout_s` or is cancelled."""
+        """Run qemu-img; raises `QemuImgTimeout`, having killed it, if it takes longer than `timeout_s`."""
         with subprocess.Popen(self.command(*arguments), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
                               cwd=self.working_directory) as process:
@@ -87,13 +75,11 @@ class QemuImg:
                     break
                 except subprocess.TimeoutExpired:
                     pass
-                if self.cancelled is not None and self.cancelled.is_set():
-                    _stop(process)
-                    raise QemuImgCancelled()
                 if deadline is None and self.source_complete.is_set():
                     deadline = time.monotonic() + timeout_s
                 elif deadline is not None and time.monotonic() > deadline:
-                    _stop(process)
+                    process.kill()
+                    process.communicate()
                     raise QemuImgTimeout()
         return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 

@@ -12,6 +12,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from kazoo.exceptions import KazooException
+
 from pvc import models, placement, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import Conflict, NotFound, PVCError
@@ -87,7 +89,6 @@ class TaskRunner:
 
     def tick(self, leader_node: str) -> None:
         tasks = list_tasks(self._context)
-        prune_finished(self._context.store, tasks, leader_node, time.time())
         for task in tasks:
             if task["state"] not in ACTIVE_STATES:
                 continue
@@ -97,6 +98,10 @@ class TaskRunner:
                 self._running.add(task["id"])
             threading.Thread(target=self._run, args=(task, leader_node), name=f"task-{task['id']}",
                              daemon=True).start()
+        try:
+            prune_finished(self._context.store, tasks, leader_node, time.time())
+        except (PVCError, KazooException) as error:
+            log.warning("finished tasks not forgotten this time: %s", error)
 
     def _run(self, task: dict[str, Any], leader_node: str) -> None:
         try:

@@ -29,6 +29,17 @@ def test_a_small_upload_trusts_a_recent_answer_a_large_one_asks_again(backend, m
     assert abs(answered - free) < free // 10, "a refusal names a fresh figure"
 
 
+def test_replacing_a_larger_volume_never_raises_the_remembered_figure(backend, mocker):
+    asked = mocker.spy(backend, "pool_usage")
+    free = backend.pool_usage("disks")["free_bytes"]
+    room = PoolRoom(backend)
+    room.fits("disks", 1)
+
+    assert room.fits("disks", -free)[0]
+    room.fits("disks", free // 2 + (1 << 20))
+    assert asked.call_count == 3, "an upload needing more than half of the figure asks, whatever a replacement freed"
+
+
 def test_a_remembered_answer_expires(backend, mocker, monkeypatch):
     asked = mocker.spy(backend, "pool_usage")
     room = PoolRoom(backend)
