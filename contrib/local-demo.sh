@@ -29,8 +29,15 @@ done
 
 echo "== VMs, placed by the 'vms' selector (fewest running VMs) and running"
 "$bin/pvc" vm list
+sleep 2  # nodes report their figures each keepalive (1 s in a local cluster)
 echo "== nodes with their VMs"
 "$bin/pvc" node list
+
+echo "== storage: a pool, and a qcow2 image uploaded into it as a raw volume"
+"$bin/pvc" storage pool add demo >/dev/null
+qemu-img create -q -f qcow2 "$vm_dir/disk.qcow2" 1G
+"$bin/pvc" storage volume upload demo disk1 "$vm_dir/disk.qcow2" >/dev/null 2>&1
+"$bin/pvc" storage volume list demo
 echo
 echo "The cluster keeps running. Point pvc at it with:"
 echo "  export PVC_CONFIG=$state_dir/pvc.yaml"
