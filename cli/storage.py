@@ -202,31 +202,44 @@ def volume_upload(session, pool: str, name: str, file, image_format: str, force:
     leaves an existing volume untouched and creates none."""
     progress = _UploadProgress()
     try:
-        result = session.client.storage.upload(pool, name, file, image_format, force,
-                                               progress=progress.advance, on_size=progress.begin)
+        result = session.client.storage.upload(pool, name, file, image_format, force, progress=progress,
+                                               on_size=progress.begin)
     finally:
         progress.finish()
     output.show(result, "json" if as_json else "table", _volume_details)
 
 
 class _UploadProgress:
-    """A click progress bar on stderr, with the transfer rate beside the ETA."""
+    """What an upload shows on stderr: a bar while the file is hashed (its checksum goes first), a bar with the
+    transfer rate beside the ETA while it is sent, then a line while the node converts and records it."""
+
+    LABELS = {"checksum": "Checksumming", "send": "Uploading"}
 
     def __init__(self):
+        self._size = 0
+        self._stage: str | None = None
         self._bar = None
         self._started = 0.0
-        self._sent = 0
+        self._done = 0
 
     def begin(self, size: int) -> None:
-        self._bar = click.progressbar(length=size, label="Uploading", file=sys.stderr, show_eta=True,
-                                      show_percent=True, item_show_func=lambda rate: rate)
-        self._bar.__enter__()
-        self._started = time.monotonic()
+        self._size = size
 
-    def advance(self, count: int) -> None:
-        self._sent += count
-        elapsed = max(time.monotonic() - self._started, 1e-6)
-        self._bar.update(count, f"{sizes.human(int(self._sent / elapsed))}/s")
+    def __call__(self, stage: str, count: int) -> None:
+        if stage != self._stage:
+            self.finish()
+            self._stage = stage
+            if stage not in self.LABELS:
+                click.echo("Importing on the node...", err=True)
+                return
+            self._bar = click.progressbar(length=self._size, label=self.LABELS[stage], file=sys.stderr,
+                                          show_eta=True, show_percent=True, item_show_func=lambda rate: rate)
+            self._bar.__enter__()
+            self._started, self._done = time.monotonic(), 0
+        if self._bar is not None and count:
+            self._done += count
+            elapsed = max(time.monotonic() - self._started, 1e-6)
+            self._bar.update(count, f"{sizes.human(int(self._done / elapsed))}/s")
 
     def finish(self) -> None:
         if self._bar is not None:

@@ -110,7 +110,12 @@ def checksum_of_bytes(data: bytes) -> str:
                             for offset in range(0, len(data), PIECE_BYTES)])
 
 
-def checksum_of_file(file: BinaryIO, offset: int, size: int) -> str:
+Progress = Callable[[str, int], None]
+"""Told how an upload goes: ("checksum", N) and ("send", N) as each N more bytes are hashed or sent, then
+("import", 0) once all are sent and the node is converting and recording them."""
+
+
+def checksum_of_file(file: BinaryIO, offset: int, size: int, progress: Progress | None = None) -> str:
     """The checksum of `size` bytes of regular `file` from `offset`, its pieces hashed in parallel from a mapping
     of the file (hashlib lets go of the interpreter while it hashes, and nothing is copied into Python). The file
     must not shrink meanwhile: reading a mapped page past its end is a fatal SIGBUS."""
@@ -125,8 +130,13 @@ def checksum_of_file(file: BinaryIO, offset: int, size: int) -> str:
         with memoryview(mapping)[first:first + min(PIECE_BYTES, size - piece)] as data:
             return piece_digest(data)
 
+    digests = []
     with mapping, ThreadPoolExecutor(HASH_THREADS) as pool:
-        return combine_digests(list(pool.map(digest_piece, range(0, size, PIECE_BYTES))))
+        for digest in pool.map(digest_piece, range(0, size, PIECE_BYTES)):
+            digests.append(digest)
+            if progress:
+                progress("checksum", min(PIECE_BYTES, size - PIECE_BYTES * (len(digests) - 1)))
+    return combine_digests(digests)
 
 
 class SpooledSource:
@@ -192,8 +202,7 @@ def client_context(ticket: dict[str, Any], tls_ca: str | None) -> ssl.SSLContext
 
 
 def stream_upload(address: str, token: str, source: SpooledSource, checksum: str, timeout: float,
-                  progress: Callable[[int], None] | None = None,
-                  tls: ssl.SSLContext | None = None) -> dict[str, Any]:
+                  progress: Progress | None = None, tls: ssl.SSLContext | None = None) -> dict[str, Any]:
     """Send `source` to the node at `address` (HOST:PORT) under `token`, over TLS when `tls` is given; the
     node's result message."""
     host, _, port = address.rpartition(":")
@@ -221,11 +230,13 @@ def stream_upload(address: str, token: str, source: SpooledSource, checksum: str
             except errors.InvalidInput:
                 pass
             raise errors.Unavailable(f"the upload channel at {address} broke off: {error}") from None
+        if progress:
+            progress("import", 0)
         sock.settimeout(None)
         return raise_if_error(read_message(reader, "node's result"))
 
 
-def _send_body(sock: socket.socket, source: SpooledSource, progress: Callable[[int], None] | None) -> None:
+def _send_body(sock: socket.socket, source: SpooledSource, progress: Progress | None) -> None:
     """Send the data, stopping early if the node has answered already (it refuses as soon as it can): by
     sendfile(2) in the clear, through Python's buffers over TLS, which must encrypt them."""
     sent = 0
@@ -243,4 +254,4 @@ def _send_body(sock: socket.socket, source: SpooledSource, progress: Callable[[i
             raise errors.InvalidInput(f"the file ended {source.size - sent} bytes short of its size")
         sent += count
         if progress:
-            progress(count)
+            progress("send", count)

@@ -16,7 +16,7 @@ class StorageClient(Area):
         connection.call_timeouts[name] = STORAGE_CALL_TIMEOUT_S
 
     def upload(self, pool: str, volume: str, source: BinaryIO | str, image_format: str = "auto",
-               force: bool = False, progress: Callable[[int], None] | None = None,
+               force: bool = False, progress: bulk.Progress | None = None,
                on_size: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Upload an image into `pool`/`volume` and return the volume as recorded.
 
@@ -25,13 +25,14 @@ class StorageClient(Area):
         :param image_format: ``auto`` (the node detects it from its magic bytes) or one of
             `pvc.qemu_img.SUPPORTED_FORMATS`.
         :param force: overwrite a volume even while a VM uses it.
-        :param progress: called with each number of bytes sent.
+        :param progress: told how the upload goes (`pvc.bulk.Progress`): bytes hashed, bytes sent, then that
+            the node is importing them.
         :param on_size: called once with the total size, before the checksum pass.
         """
         with bulk.SpooledSource(source) as spooled:
             if on_size:
                 on_size(spooled.size)
-            checksum = bulk.checksum_of_file(spooled.file, spooled.offset, spooled.size)
+            checksum = bulk.checksum_of_file(spooled.file, spooled.offset, spooled.size, progress)
             ticket = self.upload_begin(pool, volume, spooled.size, checksum, image_format, force)
             bulk.stream_upload(ticket["address"], ticket["token"], spooled, checksum, UPLOAD_CONNECT_TIMEOUT_S,
                                progress, bulk.client_context(ticket, self._connection.tls_ca))

@@ -66,7 +66,8 @@ def test_cli_upload_with_given_format_shows_progress_and_the_volume(storage_clus
                  "--json")
 
     assert result.exit_code == 0, result.stderr
-    assert "Uploading" in result.stderr
+    stages = [line for line in result.stderr.splitlines() if line.strip()]
+    assert [stage.split()[0] for stage in stages] == ["Checksumming", "Uploading", "Importing"], result.stderr
     assert json.loads(result.stdout)["size_bytes"] == virtual_size
     assert volume_sha256(storage_cluster, pool, "cli-disk") == expected_sha256
 
