@@ -55,7 +55,7 @@ def _receive_into(connection: socket.socket, view: memoryview, stopping: threadi
         received, idle_s = 0, 0.0
         while received < len(view):
             if stopping is not None and stopping.is_set():
-                raise InvalidInput("the upload was abandoned")
+                raise _abandoned()
             try:
                 arrived = connection.recv_into(view[received:])
             except socket.timeout:
@@ -80,6 +80,10 @@ def _pwrite_all(descriptor: int, data: bytes | memoryview, offset: int) -> None:
 
 def _stalled() -> InvalidInput:
     return InvalidInput("the upload stalled; nothing was imported")
+
+
+def _abandoned() -> InvalidInput:
+    return InvalidInput("the upload was abandoned")
 
 
 def _short(missing: int) -> InvalidInput:
@@ -145,7 +149,7 @@ class VerifiedStream:
                 return self._pieces.get(timeout=POLL_INTERVAL_S)
             except queue.Empty:
                 continue
-        return InvalidInput("the upload was abandoned")
+        return _abandoned()
 
     def _receive(self) -> None:
         try:
@@ -265,19 +269,22 @@ class StagedReceive(threading.Thread):
 
     def _splice_in(self, pipe_in: int, count: int) -> int:
         """Move up to `count` bytes from the connection into the pipe as soon as some arrive; 0 when the peer
-        has closed it."""
+        has closed it. Waits as `_receive_into` does."""
         poller = select.poll()
         poller.register(self._connection, select.POLLIN)
         idle_s = 0.0
         while True:
-            self._check_stopping()
+            if self._stopping.is_set():
+                raise _abandoned()
             if poller.poll(POLL_INTERVAL_S * 1000):
                 try:
                     return os.splice(self._connection.fileno(), pipe_in, count,
                                      flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
                 except BlockingIOError:
                     continue
-            idle_s = self._idled(idle_s)
+            idle_s += POLL_INTERVAL_S
+            if self._idle_limit_s is not None and idle_s >= self._idle_limit_s:
+                raise _stalled()
 
     def _decrypt_into(self, descriptor: int, buffer: bytearray, offset: int, count: int) -> int:
         """Fill up to `count` bytes of `buffer` from the TLS connection (until it closes), then write them."""
@@ -285,18 +292,6 @@ class StagedReceive(threading.Thread):
             received = _receive_into(self._connection, view[:count], self._stopping, self._idle_limit_s)
             _pwrite_all(descriptor, view[:received], offset)
         return received
-
-    def _check_stopping(self) -> None:
-        if self._stopping.is_set():
-            raise InvalidInput("the upload was abandoned")
-
-    def _idled(self, idle_s: float) -> float:
-        """Another poll interval without a byte: how long the connection has now been idle, or the error that
-        it has stalled."""
-        idle_s += POLL_INTERVAL_S
-        if self._idle_limit_s is not None and idle_s >= self._idle_limit_s:
-            raise _stalled()
-        return idle_s
 
     def _hash_pieces(self, mapping: mmap.mmap, hashed: int, written: int) -> int:
         """Hash every whole piece written since `hashed` (and the last, short one at the end); the new mark."""
