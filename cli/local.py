@@ -28,7 +28,7 @@ def cli() -> None:
 @click.option("--tls", is_flag=True, help="every Pyro5 connection over TLS, with a certificate made for 127.0.0.1")
 @state_dir_option
 def up(nodes: int, coordinators: int, storage: str, tls: bool, state_dir: Path) -> None:
-    """Start the cluster; returns when every node is running and ready."""
+    """Start the cluster; returns when every node is running and ready and a coordinator leads."""
     cluster = LocalCluster(state_dir)
     try:
         cluster.up(nodes=nodes, coordinators=coordinators, storage=storage, tls=tls)

@@ -176,6 +176,7 @@ class LocalCluster:
         return stopped
 
     def wait_ready(self, timeout: float) -> None:
+        """Until every node is in run and ready and a coordinator leads: only then do flushes and the like run."""
         from pvc.client import connect
         if self.state.get("tls"):
             use_tls(ca=str(self.tls_cert))
@@ -185,16 +186,17 @@ class LocalCluster:
             self._check_alive()
             try:
                 nodes = {node["name"]: node for node in client.nodes.list()}
+                leader = client.cluster.status()["leader"]
             except Unavailable:
-                nodes = {}
-            if all(name in nodes and nodes[name]["daemon_state"] == "run"
-                   and nodes[name]["domain_state"] == "ready" for name in self.node_names):
+                nodes, leader = {}, None
+            if leader and all(name in nodes and nodes[name]["daemon_state"] == "run"
+                              and nodes[name]["domain_state"] == "ready" for name in self.node_names):
                 client.close()
                 return
             if time.monotonic() > deadline:
-                raise Unavailable(f"nodes not all run and ready after {timeout:g} s: "
+                raise Unavailable(f"nodes not all run and ready, or no leader, after {timeout:g} s: "
                                   + ", ".join(f"{name}={nodes.get(name, {}).get('daemon_state', 'absent')}"
-                                              for name in self.node_names))
+                                              for name in self.node_names) + f"; leader={leader}")
             time.sleep(0.1)
 
     def _check_alive(self) -> None:
