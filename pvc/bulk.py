@@ -119,6 +119,8 @@ def checksum_of_file(file: BinaryIO, offset: int, size: int, progress: Progress 
     """The checksum of `size` bytes of regular `file` from `offset`, its pieces hashed in parallel from a mapping
     of the file (hashlib lets go of the interpreter while it hashes, and nothing is copied into Python). The file
     must not shrink meanwhile: reading a mapped page past its end is a fatal SIGBUS."""
+    if not size:
+        return combine_digests([])  # nothing to map; the coordinator refuses an empty upload by name
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
     try:
         mapping = mmap.mmap(file.fileno(), offset - start + size, prot=mmap.PROT_READ, offset=start)

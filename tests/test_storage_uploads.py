@@ -295,6 +295,16 @@ def test_wrong_format_is_refused(storage_cluster, pool, images):
     assert_nothing_left(storage_cluster, pool, "wrongfmt")
 
 
+def test_empty_file_is_refused_by_name(storage_cluster, pool, images):
+    empty = images / "empty.img"
+    empty.touch()
+    result = pvc(storage_cluster, "storage", "volume", "upload", pool, "empty", str(empty))
+
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == "Error: invalid upload size 0: the image must be a non-empty file"
+    assert_nothing_left(storage_cluster, pool, "empty")
+
+
 @pytest.mark.parametrize("kind", ["qcow2", "vmdk-monolithicSparse", "vdi"])
 def test_container_given_as_raw_is_refused(storage_cluster, pool, images, kind):
     image = make_image(images, kind, seed=33)
