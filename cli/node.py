@@ -37,6 +37,7 @@ def _info_table(node: dict) -> str:
         ("Memory provisioned", output.mib(node["memory_provisioned_mib"])),
         ("Last keepalive", f"{output.plain(node['keepalive_age_s'])} s ago"),
         ("Hypervisor", f"{output.plain(node['hypervisor'])}, libvirt {output.plain(node['libvirt_version'])}"
+                       + (f", {node['accelerator']}" if node["accelerator"] else "")
                        + (" (simulated)" if node["simulated"] else "")),
         ("Agent", output.plain(node["agent_uri"])),
     ])

@@ -36,6 +36,7 @@ def _info_table(vm: dict) -> str:
         ("Disks", output.plain(disks)),
         ("NICs", output.plain(nics)),
         ("Last error", output.plain(vm["last_error"])),
+        ("Migration note", output.plain(vm["migration_note"])),
     ])
 
 
@@ -161,6 +162,17 @@ def info(session, vm, output_format) -> None:
 def dump(session, vm) -> None:
     """Print the VM's domain XML."""
     click.echo(session.client.vms.dump(vm))
+
+
+@group.command("log")
+@click.argument("vm")
+@click.option("--lines", "-l", default=50, show_default=True, type=click.IntRange(1, 10000),
+              help="how many of the last lines to show")
+@click.pass_obj
+def console_log(session, vm, lines) -> None:
+    """Show the end of the VM's serial console log, read on the node it runs on."""
+    for line in session.client.vms.log(vm, lines):
+        click.echo(line)
 
 
 @group.command("modify")

@@ -8,6 +8,8 @@ packages=(
     zookeeper                                       # the cluster's state
     libvirt-dev libvirt-daemon-system libvirt-clients pkg-config gcc python3-dev python3-venv  # libvirt
     qemu-utils qemu-block-extra                     # image conversion, qemu's rbd driver
+    qemu-system-x86 libvirt-daemon-driver-qemu tini # QEMU hosts: real guests, one init per host namespace
+    linux-image-amd64 busybox-static cpio           # the tiny real guest's kernel, userland and initramfs
     openipmi ipmitool                               # a real IPMI peer for fencing tests
     ceph-mon ceph-osd ceph-mgr ceph-common uuid-runtime  # a private single-node Ceph
     util-linux procps openssl                       # unshare, prlimit, ps; certificates for --tls
@@ -26,4 +28,5 @@ python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e '.[test]'
+.venv/bin/pvc-local build-guest                     # the tiny real guest of the QEMU hosts
 echo "PVC installed in $(pwd)/.venv"

@@ -6,12 +6,14 @@ real hypervisor would; when it starts again it finds them in libvirt and carries
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from pvc import config, schema
 from pvc.cache import WatchedCollection
 from pvc.handshake import AuthenticatingDaemon, use_tls
 from pvc.node.agent import AGENT_OBJECT_ID, NodeAgent
+from pvc.node.host_xml import HostPaths
 from pvc.node.hypervisor import DomainActions, Hypervisor
 from pvc.node.reconcile import Reconciler
 from pvc.node.storage_agent import STORAGE_OBJECT_ID, NodeStorage
@@ -28,12 +30,15 @@ class NodeDaemon:
         self.store = Store(settings["zookeeper_hosts"], settings["zookeeper_user"],
                            settings["zookeeper_password"], settings["zookeeper_session_timeout"])
         self.hypervisor = Hypervisor(settings["libvirt_uri"], settings["simulated_cpus"],
-                                     settings["simulated_memory_mib"])
+                                     settings["simulated_memory_mib"], settings["accelerator"])
         self.vms = WatchedCollection(self.store, schema.VMS, schema.vm, schema.VM_KEYS)
+        self.storage = NodeStorage(self.name, settings, self.store)
+        self.paths = HostPaths(str(Path(settings["boot_image_directory"]).absolute()),
+                               str(Path(settings["console_log_directory"]).absolute()))
         self.reconciler = Reconciler(self.name, self.store, self.vms,
                                      DomainActions(self.hypervisor, settings["shutdown_timeout"]),
-                                     self.hypervisor.domains)
-        self.storage = NodeStorage(self.name, settings, self.store)
+                                     self.hypervisor.domains, self.paths, self.storage.backend,
+                                     settings["migration_timeout"])
         self.facts: dict[str, Any] = {}
         self._agent_daemon: AuthenticatingDaemon | None = None
         self._stopping = threading.Event()
@@ -42,6 +47,7 @@ class NodeDaemon:
         """Connect, serve the agent, and register in ZooKeeper; the node is ``run`` when this returns."""
         use_tls(self.settings["tls_cert"], self.settings["tls_key"])
         self.facts = self.hypervisor.facts()
+        Path(self.paths.console_log_directory).mkdir(parents=True, exist_ok=True)
         self.store.start(self.settings["zookeeper_connect_timeout"])
         try:
             self.vms.start()
@@ -59,7 +65,8 @@ class NodeDaemon:
     def _serve_agent(self) -> None:
         host, port = config.split_address(self.settings["listen_address"])
         self._agent_daemon = AuthenticatingDaemon([self.settings["cluster_secret"]], "cluster secret", host, port)
-        uri = self._agent_daemon.register(NodeAgent(self.name, self.hypervisor, self.reconciler), AGENT_OBJECT_ID)
+        uri = self._agent_daemon.register(NodeAgent(self.name, self.hypervisor, self.reconciler, self.paths),
+                                          AGENT_OBJECT_ID)
         self.facts["agent_uri"] = str(uri)
         self.storage.start()
         storage_uri = self._agent_daemon.register(self.storage.agent, STORAGE_OBJECT_ID)
@@ -68,9 +75,12 @@ class NodeDaemon:
 
     def _register(self) -> None:
         """Create the node or update its facts; an existing node keeps its domain state across restarts."""
+        listen_host, _port = config.split_address(self.settings["listen_address"])
         record = {**self.facts, "keepalive_interval": self.settings["keepalive_interval"],
                   "libvirt_uri": self.hypervisor.uri,
-                  "migration_uri": self.settings["migration_uri"] or self.hypervisor.uri,
+                  "migration_uri": self.settings["migration_uri"] or f"qemu+tcp://{_uri_host(listen_host)}/system",
+                  "migration_stream_uri": f"tcp://{_uri_host(self.settings['migration_address'] or listen_host)}",
+                  "host_paths": vars(self.paths),
                   "bmc": {"host": self.settings["bmc_host"], "port": self.settings["bmc_port"]}}
         if self.store.zk.exists(schema.node(self.name)):
             self.store.transaction() \
@@ -127,6 +137,10 @@ class NodeDaemon:
         self.storage.stop()
         self.store.stop()
         self.hypervisor.close()
+
+
+def _uri_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _run(settings: dict[str, Any]) -> None:

@@ -1,10 +1,11 @@
 """The one class that talks to libvirt on a node.
 
-On a simulated host (libvirt's test driver in its own libvirtd) libvirt does no resource accounting, so the
-node's totals come from its configuration and its live figures from what its VMs hold.
+On a simulated host (several share one machine) the node's totals come from its configuration and its live
+figures from what its VMs hold. `load` is the same figure on every kind of host: the CPU seconds per second
+its running guests consumed since the previous keepalive (the machine's load average would be the same on
+every simulated host, and a vCPU count is not a load).
 """
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -17,6 +18,19 @@ log = logging.getLogger(__name__)
 libvirt.registerErrorHandler(lambda _context, _error: None, None)
 
 
+class TargetUnreachable(OperationFailed):
+    """The target's libvirtd did not answer: it could not start the VM after a shutdown either."""
+
+
+@dataclass(frozen=True)
+class MigrationTarget:
+    """Where a live migration goes: the target libvirtd's URI, the address its memory stream connects to,
+    and the domain document made for the target host (`pvc.node.host_xml`)."""
+    uri: str
+    stream_uri: str | None
+    xml: str
+
+
 @dataclass(frozen=True)
 class Domain:
     name: str
@@ -24,13 +38,17 @@ class Domain:
     running: bool
     memory_mib: int
     vcpus: int
+    cpu_time_ns: int
 
 
 class Hypervisor:
     """A libvirt connection, reopened if libvirtd restarts, and the node's figures."""
 
-    def __init__(self, uri: str, simulated_cpus: int | None = None, simulated_memory_mib: int | None = None):
+    def __init__(self, uri: str, simulated_cpus: int | None = None, simulated_memory_mib: int | None = None,
+                 accelerator: str | None = None):
         self.uri = uri
+        self._accelerator = accelerator
+        self._last_cpu_sample: tuple[float, dict[str, int]] | None = None
         self.simulated = simulated_cpus is not None or simulated_memory_mib is not None
         self._simulated_cpus = simulated_cpus
         self._simulated_memory_mib = simulated_memory_mib
@@ -70,8 +88,18 @@ class Hypervisor:
             "memory_total_mib": self._simulated_memory_mib or memory_mib,
             "libvirt_version": f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}",
             "hypervisor": connection.getType(),
+            "accelerator": self._accelerator or self._offered_accelerator(connection),
             "simulated": self.simulated,
         }
+
+    def _offered_accelerator(self, connection: libvirt.virConnect) -> str | None:
+        if connection.getType() != "QEMU":
+            return None
+        try:
+            capabilities = connection.getDomainCapabilities(None, None, None, "kvm")
+        except libvirt.libvirtError:
+            return "tcg"
+        return "kvm" if "<domain>kvm</domain>" in capabilities else "tcg"
 
     def domains(self) -> list[Domain]:
         try:
@@ -81,9 +109,9 @@ class Hypervisor:
         result = []
         for domain in found:
             try:
-                state, max_memory_kib, _memory, vcpus, _cpu_time = domain.info()
+                state, max_memory_kib, _memory, vcpus, cpu_time_ns = domain.info()
                 result.append(Domain(domain.name(), domain.UUIDString(), state == libvirt.VIR_DOMAIN_RUNNING,
-                                     max_memory_kib // 1024, vcpus))
+                                     max_memory_kib // 1024, vcpus, cpu_time_ns))
             except libvirt.libvirtError:
                 continue
         return result
@@ -96,10 +124,9 @@ class Hypervisor:
         vcpus = sum(domain.vcpus for domain in running)
         if self.simulated:
             free = max(memory_total_mib - allocated, 0)
-            load = float(vcpus)
         else:
             free = self.connection().getFreeMemory() // (1024 * 1024)
-            load = os.getloadavg()[0]
+        load = self._guest_load(running)
         return {
             "memory_free_mib": free,
             "memory_allocated_mib": allocated,
@@ -109,6 +136,17 @@ class Hypervisor:
             "vms_defined": len(domains),
             "load": round(load, 2),
         }
+
+
+    def _guest_load(self, running: list[Domain]) -> float:
+        """CPU seconds per second the running guests used since the last call (0 on the first)."""
+        now = time.monotonic()
+        sample = {domain.uuid: domain.cpu_time_ns for domain in running}
+        previous, self._last_cpu_sample = self._last_cpu_sample, (now, sample)
+        if previous is None or now <= previous[0]:
+            return 0.0
+        used_ns = sum(max(cpu_ns - previous[1].get(uuid, cpu_ns), 0) for uuid, cpu_ns in sample.items())
+        return used_ns / 1e9 / (now - previous[0])
 
 
 class DomainActions:
@@ -169,15 +207,55 @@ class DomainActions:
             self.stop(name)
             self._run(f"undefine of {name}", domain.undefine)
 
-    def migrate_live(self, name: str, destination_uri: str, max_downtime_ms: int | None) -> None:
+    def migrate_live(self, name: str, target: "MigrationTarget", max_downtime_ms: int | None,
+                     shared_storage: bool, timeout: float) -> None:
+        """Move the running guest to `target` without stopping it (peer to peer: this libvirtd talks to the
+        target's). A migration still running after `timeout` is aborted; on any failure the guest keeps
+        running here, and the error says why."""
         domain = self._require(name)
-        params = {}
+        params = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: target.xml}
+        if target.stream_uri:
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = target.stream_uri
         if max_downtime_ms:
             params[libvirt.VIR_MIGRATE_PARAM_DOWNTIME] = int(max_downtime_ms)
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
                  | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
-        self._run(f"live migration of {name} to {destination_uri}",
-                  lambda: domain.migrateToURI3(destination_uri, params, flags))
+        if shared_storage:
+            # The disks stay where they are, reached by both hosts; libvirt cannot tell a shared mount from a
+            # local directory, so it is told.
+            flags |= libvirt.VIR_MIGRATE_UNSAFE
+        outcome: list[BaseException] = []
+
+        def migrate() -> None:
+            try:
+                domain.migrateToURI3(target.uri, params, flags)
+            except BaseException as error:
+                outcome.append(error)
+
+        worker = threading.Thread(target=migrate, name=f"migrate-{name}", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            log.warning("live migration of %s to %s still running after %g s: aborting it", name, target.uri,
+                        timeout)
+            try:
+                domain.abortJob()
+            except libvirt.libvirtError as error:
+                log.warning("aborting the migration of %s failed: %s", name, error.get_error_message())
+            worker.join()
+            if not outcome:
+                return
+            raise OperationFailed(f"live migration of {name} to {target.uri} took longer than {timeout:g} s "
+                                  "and was aborted")
+        if outcome:
+            error = outcome[0]
+            if not isinstance(error, libvirt.libvirtError):
+                raise error
+            message = f"live migration of {name} to {target.uri} failed: {error.get_error_message()}"
+            if error.get_error_domain() == libvirt.VIR_FROM_RPC or \
+                    error.get_error_code() in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_AUTH_FAILED):
+                raise TargetUnreachable(message) from None
+            raise OperationFailed(message) from None
 
     def _require(self, name: str) -> "libvirt.virDomain":
         domain = self._lookup(name)

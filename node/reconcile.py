@@ -20,7 +20,9 @@ from kazoo.exceptions import NoNodeError
 from pvc import schema
 from pvc.cache import OWN_VALUE, WatchedCollection
 from pvc.errors import OperationFailed, PVCError, Unavailable
-from pvc.node.hypervisor import DomainActions
+from pvc.hookspecs import StorageBackend
+from pvc.node.host_xml import HostPaths, for_host
+from pvc.node.hypervisor import DomainActions, MigrationTarget, TargetUnreachable
 from pvc.store import Store
 
 log = logging.getLogger(__name__)
@@ -28,13 +30,18 @@ log = logging.getLogger(__name__)
 
 class Reconciler:
     def __init__(self, node_name: str, store: Store, vms: WatchedCollection, actions: DomainActions,
-                 list_domains):
+                 list_domains, paths: HostPaths, storage: StorageBackend, migration_timeout: float):
         self.node = node_name
+        self.paths = paths
+        self._storage = storage
+        self._migration_timeout = migration_timeout
         self._store = store
         self._vms = vms
         self._actions = actions
         self._list_domains = list_domains
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._fallback_notes: dict[str, str] = {}
+        """Why a VM's live migration fell back to a shutdown, until the status saying so is written."""
         self._managed: set[str] = set()
         """VMs this daemon has seen recorded in ZooKeeper: when one's record goes, its domain goes too.
         Domains PVC never recorded (defined by hand on the host) are left alone."""
@@ -93,7 +100,8 @@ class Reconciler:
                 return {"node": target if outcome == "moved" else self.node, "running": True}
         self._actions.shutdown(name)
         self._actions.undefine(name)
-        status = {"node": self.node, "running": False, "error": None, "time": time.time()}
+        status = {"node": self.node, "running": False, "error": None, "time": time.time(),
+                  "migration_note": self._fallback_notes.pop(name, None)}
         self._write_status_if_ours(name, status)
         log.info("%s handed over to %s", name, (raw.get("placement") or {}).get("node"))
         return status
@@ -102,21 +110,27 @@ class Reconciler:
         """Move a running VM without stopping it, where the hypervisor can and the VM's method allows.
 
         Returns ``moved`` when it now runs on `target`; ``shutdown`` when the caller should migrate it by
-        shutting it down (method ``shutdown``, no live migration here, or ``auto`` after a failure); ``kept``
-        when method ``live`` failed: the VM never stopped, so it stays here, placed back, with the error.
+        shutting it down (method ``shutdown``, no live migration here, or ``auto`` after a failure the target
+        could have survived); ``kept`` when method ``live`` failed, or the target's hypervisor did not answer
+        (a shut-down VM could not start there either): the VM never stopped, so it stays here, placed back,
+        with the error.
         """
         method = raw[OWN_VALUE].get("migration_method") or \
             (self._store.read(schema.CONFIG) or {}).get("migration_method", "auto")
         if method == "shutdown" or not self._actions.can_migrate_live:
             return "shutdown"
-        destination = (self._store.read(schema.node(target)) or {}).get("migration_uri")
+        record = self._store.read(schema.node(target)) or {}
         try:
-            if not destination:
+            if not record.get("migration_uri"):
                 raise OperationFailed(f"node {target} has published no migration URI")
-            self._actions.migrate_live(name, destination, raw[OWN_VALUE].get("max_downtime"))
+            destination = MigrationTarget(record["migration_uri"], record.get("migration_stream_uri"),
+                                          self._host_xml(raw[OWN_VALUE]["xml"], HostPaths.from_record(record)))
+            self._actions.migrate_live(name, destination, raw[OWN_VALUE].get("max_downtime"),
+                                       self._storage.shares_volumes, self._migration_timeout)
         except OperationFailed as error:
-            if method == "auto":
+            if method == "auto" and not isinstance(error, TargetUnreachable):
                 log.warning("%s: live migration failed (%s); falling back to shutdown migration", name, error)
+                self._fallback_notes[name] = f"live migration failed ({error}); migrated by shutting it down"
                 return "shutdown"
             self._store.transaction() \
                 .set(schema.vm_key(name, "placement"), {"node": self.node, "last_node": None,
@@ -128,6 +142,7 @@ class Reconciler:
                                               "generation": (raw.get("status") or {}).get("generation")})
             return "kept"
         self._store.write(schema.vm_key(name, "status"), {"node": target, "running": True, "error": None,
+                                                          "generation": raw[OWN_VALUE].get("generation"),
                                                           "time": time.time()})
         return "moved"
 
@@ -136,7 +151,7 @@ class Reconciler:
         status = raw.get("status") or {}
         try:
             if not self._actions.exists(name) or status.get("generation") != spec.get("generation"):
-                self._actions.define(spec["xml"])
+                self._actions.define(self._host_xml(spec["xml"], self.paths))
             if state in schema.RUNNING_STATES:
                 self._run_here(name, state)
             elif state == "shutdown":
@@ -149,11 +164,14 @@ class Reconciler:
         if status.get("node") not in (None, self.node) and status.get("running") and not running:
             return status
         report = {"node": self.node, "running": running, "error": None, "generation": spec.get("generation"),
-                  "time": time.time()}
+                  "migration_note": status.get("migration_note"), "time": time.time()}
         if _unchanged(status, report):
             return status
         self._write_status_if_ours(name, report)
         return report
+
+    def _host_xml(self, xml: str, paths: HostPaths) -> str:
+        return for_host(xml, paths, self._storage.disk_source)
 
     def _run_here(self, name: str, state: str) -> None:
         if state == "restart" and self._actions.is_running(name):

@@ -29,7 +29,7 @@ def pvc_migration_selectors():
     return {
         "mem": _FigureSelector("most free memory", "memory_free_mib", sign=-1),
         "memprov": _ProvisionedMemorySelector(),
-        "load": _FigureSelector("lowest load average", "load"),
+        "load": _FigureSelector("least CPU used by its guests (CPU seconds per second)", "load"),
         "vcpus": _FigureSelector("fewest allocated vCPUs", "vcpus_allocated"),
         "vms": _FigureSelector("fewest running VMs", "vms_running"),
     }

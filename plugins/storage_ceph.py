@@ -52,6 +52,7 @@ class CephVolumeTarget:
 
 class CephBackend:
     description = "Ceph RBD images, through the rbd and ceph command-line tools' JSON output"
+    shares_volumes = True
 
     def __init__(self, settings: Mapping[str, Any]):
         self.conf = os.path.abspath(settings["ceph_conf"])
@@ -188,6 +189,9 @@ class CephBackend:
         return CephVolumeTarget(self, pool, volume)
 
     # -- snapshots ----------------------------------------------------------------------------------------
+
+    def disk_source(self, pool: str, volume: str) -> dict[str, str]:
+        return {"type": "network", "protocol": "rbd", "name": f"{pool}/{volume}", "config": self.conf}
 
     def snapshot_create(self, pool: str, volume: str, snapshot: str) -> None:
         self._run("rbd", "snap", "create", "--no-progress", f"{pool}/{volume}@{snapshot}")

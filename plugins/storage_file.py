@@ -56,6 +56,9 @@ class SparseWriter:
 
 class FileBackend:
     description = "a directory per pool, a sparse raw file per volume (one machine, or a shared mount)"
+    shares_volumes = True
+    """`storage_directory` is the same directory on every node that serves storage (a shared mount, or one
+    machine): PVC already runs a pool's actions on any one node."""
 
     def __init__(self, settings: Mapping[str, Any]):
         self.root = Path(settings["storage_directory"]).absolute()
@@ -185,6 +188,9 @@ class FileBackend:
         return FileVolumeTarget(self._volume_path(pool, volume))
 
     # -- snapshots ----------------------------------------------------------------------------------------
+
+    def disk_source(self, pool: str, volume: str) -> dict[str, str]:
+        return {"type": "file", "file": str(self._volume_path(pool, volume))}
 
     def snapshot_create(self, pool: str, volume: str, snapshot: str) -> None:
         source = self._existing_volume(pool, volume)

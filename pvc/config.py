@@ -66,8 +66,19 @@ NODED_SETTINGS: list[Setting] = [
     Setting("node_name", str, socket.gethostname(), "this node's name in the cluster (default: hostname)"),
     *_zookeeper_settings(),
     Setting("libvirt_uri", str, "qemu:///system", "libvirt connection URI for this hypervisor"),
-    Setting("migration_uri", (str, type(None)), None, "libvirt URI peers use to reach this hypervisor "
-            "(default: qemu+tcp://LISTEN_HOST/system)"),
+    Setting("migration_uri", (str, type(None)), None, "libvirt URI peers' libvirtd uses to reach this "
+            "hypervisor for peer-to-peer live migration (default: qemu+tcp://LISTEN_HOST/system)"),
+    Setting("migration_address", (str, type(None)), None, "address the memory stream of a VM migrating to "
+            "this node connects to; the port comes from libvirt's migration_port_min..max (default: the "
+            "listen host)"),
+    Setting("migration_timeout", (int, float), 300, "seconds a live migration may take before it is aborted "
+            "(the VM then keeps running where it was)"),
+    Setting("boot_image_directory", str, "/var/lib/pvc/boot", "where the direct-boot kernels and initrds "
+            "that domain documents name (by bare file name) live"),
+    Setting("console_log_directory", str, "/var/log/pvc/console", "where the serial console of a VM whose "
+            "domain document has <serial type='file'> is written, as VM.log (read by pvc vm log)"),
+    Setting("accelerator", (str, type(None)), None, "kvm or tcg: how this host's guests run, as probed by "
+            "booting a guest (null: kvm when libvirt offers it, else tcg)"),
     Setting("keepalive_interval", (int, float), 5, "seconds between keepalive writes (and reconcile passes)"),
     Setting("shutdown_timeout", (int, float), 180, "seconds a guest gets to shut down before it is destroyed"),
     Setting("listen_address", str, "127.0.0.1:7371", "host:port of the node agent (port 0 picks a free one)"),

@@ -43,12 +43,16 @@ def parse(xml: str | bytes, default_uuid: str | None = None) -> Domain:
     """Validate a domain document and read it; any problem is an `InvalidInput` saying what is wrong.
 
     A document without a <uuid> gets `default_uuid`, or a new random one."""
-    root = _parse_root(xml)
+    root = parse_root(xml)
     name = _text(root, "name")
     if not name:
         raise InvalidInput("domain XML has no <name>")
     check_name("VM", name)
     uuid = _ensure_uuid(root, default_uuid or str(uuidlib.uuid4()))
+    for tag in ("kernel", "initrd"):
+        element = root.find(f"os/{tag}")
+        if element is not None:
+            boot_file_name(tag, element.text or "")
     return Domain(
         name=name, uuid=uuid, memory_mib=_memory_mib(root), vcpus=_vcpus(root),
         xml=etree.tostring(root, encoding="unicode"), disks=_disks(root), nics=_nics(root),
@@ -57,12 +61,12 @@ def parse(xml: str | bytes, default_uuid: str | None = None) -> Domain:
 
 def renamed(xml: str, new_name: str) -> str:
     """The same document with a new <name>."""
-    root = _parse_root(xml)
+    root = parse_root(xml)
     root.find("name").text = check_name("VM", new_name)
     return etree.tostring(root, encoding="unicode")
 
 
-def _parse_root(xml: str | bytes) -> etree._Element:
+def parse_root(xml: str | bytes) -> etree._Element:
     data = xml.encode() if isinstance(xml, str) else bytes(xml)
     if len(data) > MAX_XML_BYTES:
         raise InvalidInput(f"domain XML is larger than {MAX_XML_BYTES // 1024} KiB")
@@ -78,6 +82,16 @@ def _parse_root(xml: str | bytes) -> etree._Element:
     if not root.get("type"):
         raise InvalidInput("<domain> has no type attribute (e.g. type='kvm')")
     return root
+
+
+def boot_file_name(tag: str, text: str) -> str:
+    """A direct-boot kernel or initrd: a bare file name in each node's boot-image directory, so that no
+    stored document names a host path."""
+    name = text.strip()
+    if not name or "/" in name or name in (".", ".."):
+        raise InvalidInput(f"<{tag}> must name a file of the nodes' boot-image directory (a bare file name, "
+                           f"no path), not {text!r}")
+    return name
 
 
 def _text(root: etree._Element, path: str) -> str | None:

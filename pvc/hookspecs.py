@@ -105,6 +105,9 @@ class StorageBackend(Protocol):
     checked (`pvc.schema.check_name`): never empty, never a path."""
 
     description: str
+    shares_volumes: bool
+    """Whether every node reaches the same volumes (network storage, a shared mount), so a live migration
+    leaves the disks where they are; libvirt is told a migration is safe only when this is true."""
 
     def pool_create(self, pool: str, options: Mapping[str, Any]) -> dict[str, Any]:
         """Make the pool; return the options as applied (defaults filled in), for the pool's record."""
@@ -144,6 +147,11 @@ class StorageBackend(Protocol):
 
     def volume_target(self, pool: str, volume: str) -> VolumeTarget:
         """The volume as an importer's output."""
+
+    def disk_source(self, pool: str, volume: str) -> Mapping[str, str]:
+        """How this node's hypervisor opens the volume as a VM disk, for the domain XML handed to libvirt
+        (a stored domain names volumes only as ``POOL/VOLUME``): ``{"type": "file", "file": PATH}``, or
+        ``{"type": "network", "protocol": "rbd", "name": "POOL/IMAGE", "config": CEPH_CONF}``."""
 
     def snapshot_create(self, pool: str, volume: str, snapshot: str) -> None:
         """Record the volume's current data as `snapshot`."""

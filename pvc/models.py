@@ -28,6 +28,7 @@ def node_view(name: str, raw: dict[str, Any], now: float | None = None) -> dict[
         "keepalive_interval_s": facts.get("keepalive_interval"),
         "libvirt_version": facts.get("libvirt_version"),
         "hypervisor": facts.get("hypervisor"),
+        "accelerator": facts.get("accelerator"),
         "simulated": facts.get("simulated", False),
         "agent_uri": facts.get("agent_uri"),
     }
@@ -54,6 +55,7 @@ def vm_view(name: str, raw: dict[str, Any], detail: bool = True) -> dict[str, An
         "vcpus": spec.get("vcpus"),
         "memory_mib": spec.get("memory_mib"),
         "last_error": status.get("error") or placement.get("migration_error"),
+        "migration_note": status.get("migration_note"),
     }
     if detail:
         view["disks"] = spec.get("disks") or []

@@ -62,17 +62,19 @@ class RunningCluster:
         self.client = pvc.connect(local.uris, local.state["api_key"])
 
     def host_domains(self, node: str) -> dict[str, bool]:
-        """What that node's own libvirtd runs: domain name → running. The ground truth, not ZooKeeper."""
+        """What that node's own libvirtd runs: domain name → running. The ground truth, not ZooKeeper. Only
+        libvirt's RUNNING state counts: a paused incoming-migration target is not (yet) running."""
         connection = libvirt.open(self.local.host(node).uri)
         try:
-            return {domain.name(): bool(domain.isActive()) for domain in connection.listAllDomains()}
+            return {domain.name(): domain.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+                    for domain in connection.listAllDomains()}
         finally:
             connection.close()
 
 
-def _start_cluster(directory: Path, nodes: int, coordinators: int) -> Iterator[RunningCluster]:
+def _start_cluster(directory: Path, nodes: int, coordinators: int, **options) -> Iterator[RunningCluster]:
     local = LocalCluster(directory)
-    local.up(nodes=nodes, coordinators=coordinators)
+    local.up(nodes=nodes, coordinators=coordinators, **options)
     running = RunningCluster(local)
     try:
         yield running
@@ -94,6 +96,12 @@ def fresh_cluster(tmp_path_factory, request) -> Iterator[RunningCluster]:
     options = marker.kwargs if marker else {}
     yield from _start_cluster(tmp_path_factory.mktemp("cluster"), options.get("nodes", 3),
                               options.get("coordinators", 1))
+
+
+@pytest.fixture(scope="module")
+def qemu_cluster(tmp_path_factory) -> Iterator[RunningCluster]:
+    """A 3-node cluster of QEMU hosts running real guests, shared by a test module."""
+    yield from _start_cluster(tmp_path_factory.mktemp("qemu"), nodes=3, coordinators=1, hypervisor="qemu")
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,8 @@ import yaml
 from pvc.cli.localcluster.ceph import PrivateCeph
 from pvc.cli.localcluster.processes import (exit_description, free_port, kill_pid, live_pid, log_tail, read_pid,
                                             start_detached, stop_pid)
+from pvc.cli.localcluster import guest
+from pvc.cli.localcluster.qemuhost import QemuHost
 from pvc.cli.localcluster.simhost import SimulatedHost
 from pvc.cli.localcluster.zookeeper import ZooKeeperServer
 from pvc.errors import Conflict, InvalidInput, PVCError, Unavailable
@@ -27,6 +29,7 @@ from pvc.handshake import use_tls
 
 NODE_CPUS = 16
 NODE_MEMORY_MIB = 65536
+HYPERVISORS = ("test", "qemu")
 KEEPALIVE_INTERVAL = 1
 SESSION_TIMEOUT = 3
 FENCE_INTERVALS = 4
@@ -44,8 +47,21 @@ class LocalCluster:
     def _zookeeper(self) -> ZooKeeperServer:
         return ZooKeeperServer(self.state_dir / "zookeeper", port=self.state.get("zookeeper_port"))
 
-    def host(self, name: str) -> SimulatedHost:
-        return SimulatedHost(self.state_dir / "hosts" / name, name)
+    def host(self, name: str) -> SimulatedHost | QemuHost:
+        host_class = QemuHost if self.hypervisor == "qemu" else SimulatedHost
+        return host_class(self.state_dir / "hosts" / name, name)
+
+    @property
+    def hypervisor(self) -> str:
+        """``test`` (libvirt's test driver: cheap, hundreds of VMs) or ``qemu`` (real guests)."""
+        return self.state.get("hypervisor", "test")
+
+    @property
+    def boot_image_directory(self) -> Path:
+        return Path(self.state.get("boot_image_directory") or guest.DEFAULT_BOOT_DIR)
+
+    def console_directory(self, node: str) -> Path:
+        return self._daemon_dir("nodes", node) / "console"
 
     def _daemon_dir(self, kind: str, name: str) -> Path:
         return self.state_dir / kind / name
@@ -98,15 +114,20 @@ class LocalCluster:
         return found
 
     def up(self, nodes: int = 3, coordinators: int = 1, timeout: float = 60.0, storage: str = "file",
-           ceph_conf: Path | None = None, tls: bool = False) -> None:
+           ceph_conf: Path | None = None, tls: bool = False, hypervisor: str = "test") -> None:
         """Start everything and return once every node is ``run`` and ``ready``; on failure, stop it all.
 
         `storage` is the nodes' backend: ``file`` (a directory in the state dir) or ``ceph`` (the Ceph that
         `ceph_conf` names, else a private single-node Ceph started in the state dir and stopped by `down`).
         With `tls`, every Pyro5 connection uses TLS with a certificate made for 127.0.0.1; Pyro5's TLS settings
-        are per process, so this process then uses TLS for every connection it makes."""
+        are per process, so this process then uses TLS for every connection it makes.
+
+        `hypervisor` is the kind of simulated host: ``test`` or ``qemu`` (real guests, from the tiny guest
+        image that contrib/setup.sh builds; KVM when a probe guest boots with it, else TCG)."""
         if storage not in ("file", "ceph"):
             raise InvalidInput(f"unknown storage {storage!r}: use file or ceph")
+        if hypervisor not in HYPERVISORS:
+            raise InvalidInput(f"unknown hypervisor {hypervisor!r}: use {' or '.join(HYPERVISORS)}")
         if self.state and self.running_processes():
             raise Conflict(f"a local cluster is already running in {self.state_dir} "
                            f"(stop it with: pvc-local down --state-dir {self.state_dir})")
@@ -120,9 +141,12 @@ class LocalCluster:
             "coordinators": {}, "nodes": [], "storage": storage,
             "ceph_conf": str(Path(ceph_conf).absolute()) if ceph_conf else str(self.private_ceph.conf),
             "private_ceph": storage == "ceph" and ceph_conf is None,
-            "tls": tls,
+            "tls": tls, "hypervisor": hypervisor,
         }
         try:
+            if hypervisor == "qemu":
+                self.state["boot_image_directory"] = str(guest.build(self.boot_image_directory))
+                self.state["accelerator"] = guest.probe_accelerator(self.boot_image_directory)
             zookeeper = self._zookeeper()
             zookeeper.start()
             self.state["zookeeper_port"] = zookeeper.port
@@ -258,12 +282,19 @@ class LocalCluster:
     def start_node_daemon(self, name: str) -> int:
         directory = self._daemon_dir("nodes", name)
         directory.mkdir(parents=True, exist_ok=True)
-        settings = {**self._common_settings(), "node_name": name, "libvirt_uri": self.host(name).uri,
+        host = self.host(name)
+        settings = {**self._common_settings(), "node_name": name, "libvirt_uri": host.uri,
                     "keepalive_interval": KEEPALIVE_INTERVAL, "listen_address": "127.0.0.1:0",
+                    "boot_image_directory": str(self.boot_image_directory),
+                    "console_log_directory": str(self.console_directory(name)),
                     "simulated_cpus": NODE_CPUS, "simulated_memory_mib": NODE_MEMORY_MIB,
                     "storage_backend": self.state.get("storage", "file"), "storage_directory": str(self.storage_dir),
                     "ceph_conf": self.state.get("ceph_conf", str(self.private_ceph.conf)),
                     "upload_listen_address": "127.0.0.1:0", "upload_staging_directory": str(self.staging_dir(name))}
+        if isinstance(host, QemuHost):
+            settings.update({"listen_address": f"{host.address}:0", "upload_listen_address": f"{host.address}:0",
+                             "migration_uri": host.migration_uri, "migration_address": host.address,
+                             "accelerator": self.state["accelerator"]})
         return self._start_daemon("pvcnoded", directory, settings)
 
     def _start_daemon(self, program: str, directory: Path, settings: dict[str, Any]) -> int:

@@ -25,11 +25,32 @@ _children: dict[int, subprocess.Popen] = {}
 _exit_codes: dict[int, int] = {}
 
 
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago (the caller races anyone else for it)."""
+def free_port(address: str = "127.0.0.1") -> int:
+    """A TCP port on address that was free a moment ago (the caller races anyone else for it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((address, 0))
         return sock.getsockname()[1]
+
+
+def free_port_range(count: int, address: str = "127.0.0.1") -> int:
+    """The first of `count` consecutive TCP ports on address that were all free a moment ago."""
+    for _attempt in range(100):
+        first = free_port(address)
+        if first + count > 65535:
+            continue
+        sockets = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind((address, port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports on {address}")
 
 
 def pid_alive(pid: int) -> bool:

@@ -27,7 +27,7 @@ from pvc.cli.localcluster.processes import (
 )
 
 # sun_path holds 108 bytes including the terminating NUL.
-_MAX_SOCKET_PATH = 107
+MAX_SOCKET_PATH = 107
 
 # Each libvirtd gets private tmpfs copies of the directories where libvirtd keeps
 # its driver pid files and state, which otherwise collide between daemons. The
@@ -92,7 +92,7 @@ class SimulatedHost:
         """Power the host on, empty; on failure nothing is left running."""
         if self.running:
             raise RuntimeError(f"simulated host {self.name} is already running (pid {self.pid})")
-        if len(bytes(self.socket_path)) > _MAX_SOCKET_PATH:
+        if len(bytes(self.socket_path)) > MAX_SOCKET_PATH:
             raise RuntimeError(f"socket path too long for AF_UNIX: {self.socket_path}")
         self._prepare_directory()
         try:
@@ -159,7 +159,7 @@ class SimulatedHost:
             cwd=self.directory,
         )
         wait_until(
-            lambda: _accepts_connections(self.socket_path) or not pid_alive(pid),
+            lambda: accepts_connections(self.socket_path) or not pid_alive(pid),
             timeout,
             what=f"libvirtd of {self.name} to listen on {self.socket_path}",
         )
@@ -200,7 +200,7 @@ class SimulatedHost:
             raise RuntimeError(f"could not remove the default domain: {result.stderr.strip()}")
 
 
-def _accepts_connections(path: Path) -> bool:
+def accepts_connections(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         try:
             sock.connect(str(path))

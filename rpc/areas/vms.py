@@ -8,7 +8,7 @@ import Pyro5.server
 
 from pvc import domain_xml, models, placement, schema
 from pvc.cache import OWN_VALUE
-from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound, Unavailable
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.vm_control import VMControl
 
@@ -40,6 +40,14 @@ class VMsArea:
     def dump(self, vm: str) -> str:
         """The VM's libvirt domain XML as PVC stores it."""
         return self._control.raw(vm)[OWN_VALUE]["xml"]
+
+    def log(self, vm: str, lines: int = 50) -> list[str]:
+        """The last `lines` lines of the VM's serial console, from the node it is on."""
+        node = self._control.raw(vm)["placement"]["node"]
+        agent_uri = (self._node(node) or {}).get("agent_uri")
+        if not agent_uri:
+            raise Unavailable(f"node {node} has no agent to read VM '{vm}''s console from")
+        return self._context.agents.call(node, agent_uri, "console", vm, lines)
 
     # -- defining --------------------------------------------------------------------------------------
 

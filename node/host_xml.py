@@ -1,0 +1,74 @@
+"""A stored domain document made concrete for one host, just before libvirt gets it.
+
+What PVC stores names no host path: disks name PVC volumes (``<disk type='volume'>`` with ``pool`` and
+``volume``), a direct-boot kernel and initrd are bare file names in the node's boot-image directory, and a
+serial console written to a file gets its path from the node. So one definition runs on every node, and a
+live migration hands the target the document made for the target (`HostPaths` of that node).
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from lxml import etree
+
+from pvc.domain_xml import boot_file_name, parse_root
+
+DiskSource = Callable[[str, str], Mapping[str, str]]
+"""(pool, volume) → how the hypervisor opens it (`pvc.hookspecs.StorageBackend.disk_source`)."""
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    """The directories a node keeps for its guests; published in the node's record for migration sources."""
+    boot_image_directory: str
+    console_log_directory: str
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> "HostPaths":
+        paths = record.get("host_paths") or {}
+        return cls(paths.get("boot_image_directory", ""), paths.get("console_log_directory", ""))
+
+    def console_log(self, vm: str) -> Path:
+        return Path(self.console_log_directory) / f"{vm}.log"
+
+
+def for_host(xml: str, paths: HostPaths, disk_source: DiskSource) -> str:
+    """The domain document libvirt on the host with `paths` is given."""
+    root = parse_root(xml)
+    name = root.findtext("name")
+    for disk in root.iterfind("devices/disk[@type='volume']"):
+        _resolve_volume(disk, disk_source)
+    for tag in ("kernel", "initrd"):
+        element = root.find(f"os/{tag}")
+        if element is not None and element.text:
+            element.text = str(Path(paths.boot_image_directory) / boot_file_name(tag, element.text))
+    for device in root.iterfind("devices/serial[@type='file']"):
+        _console_to(device, paths.console_log(name))
+    for device in root.iterfind("devices/console[@type='file']"):
+        _console_to(device, paths.console_log(name))
+    return etree.tostring(root, encoding="unicode")
+
+
+def _resolve_volume(disk: etree._Element, disk_source: DiskSource) -> None:
+    source = disk.find("source")
+    pool, volume = source.get("pool"), source.get("volume")
+    resolved = dict(disk_source(pool, volume))
+    kind = resolved.pop("type")
+    disk.set("type", kind)
+    for attribute in list(source.attrib):
+        del source.attrib[attribute]
+    config = resolved.pop("config", None)
+    for attribute, value in resolved.items():
+        source.set(attribute, value)
+    if config:
+        etree.SubElement(source, "config", file=config)
+
+
+def _console_to(device: etree._Element, path: Path) -> None:
+    source = device.find("source")
+    if source is None:
+        source = etree.Element("source")
+        device.insert(0, source)
+    source.attrib.clear()
+    source.set("path", str(path))
+    source.set("append", "on")

@@ -1,0 +1,177 @@
+"""Real guests on QEMU hosts: boot, ACPI shutdown, live migration, flush, and what a host's daemons dying does.
+
+The truth comes from outside PVC: each guest's own console (heartbeats with a counter and a boot id), each
+host's own libvirtd (only the RUNNING state counts), the QEMU processes found by PID namespace, and the
+volume's bytes on the host. Guests boot in seconds under TCG, so the module shares one cluster and reuses
+booted guests where a test allows.
+"""
+import os
+
+import libvirt
+import pytest
+
+from pvc.cli.localcluster.processes import pid_alive
+from pvc.errors import OperationFailed
+
+from guest_support import console_text, guest_xml, heartbeats, qemu_pid, volume_marker, wait_heartbeat
+from helpers import eventually
+from vm_support import assert_no_vm_on_two_hosts, wait_for_task, wait_running_on
+
+pytestmark = pytest.mark.usefixtures("qemu_cluster")
+
+
+def _shutoff_reason(cluster, node: str, vm: str) -> tuple[int, int]:
+    connection = libvirt.open(cluster.local.host(node).uri)
+    try:
+        return tuple(connection.lookupByName(vm).state())
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def mover(qemu_cluster):
+    """A guest with a PVC volume, booted on hv1."""
+    client = qemu_cluster.client
+    client.storage.pool_add("guests")
+    client.storage.volume_add("guests", "mover-disk", 64 * 1024 * 1024)
+    client.vms.define(guest_xml("mover", disk="guests/mover-disk"), target="hv1")
+    client.vms.start("mover", wait=True)
+    wait_heartbeat(qemu_cluster, "mover", "hv1")
+    return "mover"
+
+
+def test_a_guest_boots_and_shuts_down_cleanly_through_acpi(qemu_cluster):
+    client = qemu_cluster.client
+    client.vms.define(guest_xml("solo"), target="hv3")
+    client.vms.start("solo", wait=True)
+    first = wait_heartbeat(qemu_cluster, "solo", "hv3")
+    assert qemu_pid(qemu_cluster, "hv3", "solo"), "a QEMU process runs the guest in hv3's namespace"
+    assert client.vms.log("solo", 5)[-1], "pvc vm log shows the console"
+
+    client.vms.shutdown("solo", wait=True)
+
+    assert _shutoff_reason(qemu_cluster, "hv3", "solo") == (libvirt.VIR_DOMAIN_SHUTOFF,
+                                                           libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN), \
+        "the guest powered itself off; it was not destroyed"
+    assert "power button pressed" in console_text(qemu_cluster, "solo", "hv3")
+    assert qemu_pid(qemu_cluster, "hv3", "solo") is None
+    assert heartbeats(qemu_cluster, "solo", "hv3")[-1].boot_id == first.boot_id
+    client.vms.remove("solo")
+
+
+def test_live_migration_moves_a_running_guest_and_its_disk_without_a_reboot(qemu_cluster, mover):
+    client = qemu_cluster.client
+    before = wait_heartbeat(qemu_cluster, mover, "hv1", after=2)
+    source_pid = qemu_pid(qemu_cluster, "hv1", mover)
+
+    client.vms.migrate(mover, target="hv2", wait=True)
+
+    wait_running_on(qemu_cluster, mover, "hv2")
+    after = wait_heartbeat(qemu_cluster, mover, "hv2", after=before.counter, timeout=15)
+    assert after.boot_id == before.boot_id, "the guest did not reboot"
+    assert not any(beat.counter <= before.counter for beat in heartbeats(qemu_cluster, mover, "hv2")), \
+        "the counter went on from where it was"
+    assert qemu_pid(qemu_cluster, "hv1", mover) is None and source_pid not in \
+        qemu_cluster.local.host("hv1").processes()
+    assert qemu_pid(qemu_cluster, "hv2", mover)
+    later = wait_heartbeat(qemu_cluster, mover, "hv2", after=after.counter + 1, timeout=15)
+    marker = volume_marker(qemu_cluster, "guests", "mover-disk")
+    assert marker.startswith(f"pvc-marker {before.boot_id} ")
+    assert int(marker.split()[-1]) >= after.counter, "the guest writes its volume from the new host"
+    assert f"disk wrote {later.counter} read pvc-marker {before.boot_id} {later.counter}" in \
+        console_text(qemu_cluster, mover, "hv2")
+    info = client.vms.info(mover)
+    assert (info["node"], info["last_node"], info["running"]) == ("hv2", "hv1", True)
+
+
+def test_a_qemu_host_reports_what_its_guests_hold_and_use(qemu_cluster, mover):
+    client = qemu_cluster.client
+    node = client.vms.info(mover)["node"]
+    idle = next(name for name in qemu_cluster.local.node_names
+                if name != node and not qemu_cluster.local.host(name).qemu_pids())
+    busy = eventually(lambda: (lambda info: info if info["load"] else None)(client.nodes.info(node)), 5)
+    assert busy, "a running TCG guest uses CPU, and its host's load shows it"
+    assert (busy["vms_running"], busy["memory_allocated_mib"], busy["vcpus_allocated"]) == (1, 128, 1)
+    assert busy["accelerator"] == qemu_cluster.local.state["accelerator"] and busy["hypervisor"] == "QEMU"
+    assert client.nodes.info(idle)["load"] == 0.0
+
+
+def test_a_live_migration_that_cannot_succeed_leaves_the_guest_running_where_it_was(qemu_cluster, mover):
+    client = qemu_cluster.client
+    source = client.vms.info(mover)["node"]
+    target = "hv3"
+    pid = qemu_pid(qemu_cluster, source, mover)
+    qemu_cluster.local.host(target).stop_libvirtd()
+    try:
+        with pytest.raises(OperationFailed):
+            client.vms.migrate(mover, target=target, wait=True)
+    finally:
+        qemu_cluster.local.host(target).start_libvirtd()
+
+    info = client.vms.info(mover)
+    assert (info["node"], info["running"]) == (source, True)
+    assert info["last_error"] and "migration" in info["last_error"]
+    assert qemu_pid(qemu_cluster, source, mover) == pid, "the guest never stopped"
+    wait_heartbeat(qemu_cluster, mover, source, after=heartbeats(qemu_cluster, mover, source)[-1].counter)
+    assert_no_vm_on_two_hosts(qemu_cluster)
+
+
+def test_guests_outlive_their_node_daemon_and_a_libvirtd_restart(qemu_cluster, mover):
+    client, local = qemu_cluster.client, qemu_cluster.local
+    node = client.vms.info(mover)["node"]
+    pid = qemu_pid(qemu_cluster, node, mover)
+
+    local.stop_daemon("pvcnoded", node, kill=True)
+    beat = wait_heartbeat(qemu_cluster, mover, node, after=heartbeats(qemu_cluster, mover, node)[-1].counter)
+    assert qemu_pid(qemu_cluster, node, mover) == pid
+    local.start_node_daemon(node)
+    local.wait_ready(30)
+
+    local.host(node).restart_libvirtd()
+    assert qemu_pid(qemu_cluster, node, mover) == pid, "QEMU outlives libvirtd"
+    assert wait_heartbeat(qemu_cluster, mover, node, after=beat.counter).boot_id == beat.boot_id
+    assert eventually(lambda: qemu_cluster.host_domains(node).get(mover) is True, 15)
+    assert eventually(lambda: (lambda vm: vm["running"] and vm["node"] == node)(client.vms.info(mover)), 15)
+    assert eventually(lambda: client.nodes.info(node)["vms_running"] == 1, 15), \
+        "the node reports the guest once libvirtd is back"
+
+
+def test_flush_live_migrates_every_guest_in_parallel_and_ready_brings_them_back(qemu_cluster):
+    client = qemu_cluster.client
+    names = ["fleet1", "fleet2", "fleet3"]
+    for name in names:
+        client.vms.define(guest_xml(name), target="hv1")
+        client.vms.start(name)
+    boots = {name: wait_heartbeat(qemu_cluster, name, "hv1") for name in names}
+
+    wait_for_task(client, client.nodes.flush("hv1"), timeout=120)
+    assert client.nodes.info("hv1")["domain_state"] == "flushed"
+    for name in names:
+        node = client.vms.info(name)["node"]
+        assert node != "hv1"
+        wait_running_on(qemu_cluster, name, node)
+        assert wait_heartbeat(qemu_cluster, name, node, after=boots[name].counter, timeout=20).boot_id == \
+            boots[name].boot_id, f"{name} was not rebooted by the flush"
+
+    wait_for_task(client, client.nodes.ready("hv1"), timeout=120)
+    for name in names:
+        wait_running_on(qemu_cluster, name, "hv1", timeout=60)
+        assert wait_heartbeat(qemu_cluster, name, "hv1", after=boots[name].counter, timeout=20).boot_id == \
+            boots[name].boot_id
+    assert_no_vm_on_two_hosts(qemu_cluster)
+
+
+def test_powering_a_host_off_kills_every_guest_in_it(qemu_cluster):
+    host = qemu_cluster.local.host("hv1")
+    pids = host.qemu_pids()
+    assert len(pids) >= 3, f"the flush test's guests run on hv1: {pids}"
+
+    host.power_off()
+
+    assert eventually(lambda: not any(pid in _live_pids() for pid in pids.values()), 10), \
+        "every QEMU process of the host died with it"
+    assert not host.running
+
+
+def _live_pids() -> set[int]:
+    return {int(entry) for entry in os.listdir("/proc") if entry.isdigit() and pid_alive(int(entry))}
