@@ -43,12 +43,16 @@ def maintenance(session, mode: str, output_format: str) -> None:
 @click.option("--default-selector", help="migration selector for VMs that name none")
 @click.option("--migration-method", type=click.Choice(["live", "shutdown", "auto"]),
               help="how VMs migrate unless they say otherwise")
+@click.option("--allow-host-devices/--no-allow-host-devices", default=None,
+              help="whether VM definitions may pass host devices (<hostdev>) and disks naming host paths")
 @output.format_option
 @click.pass_obj
-def cluster_config(session, default_selector, migration_method, output_format) -> None:
+def cluster_config(session, default_selector, migration_method, allow_host_devices, output_format) -> None:
     """Show the cluster configuration, or change the keys given."""
     changes = {key: value for key, value in {"default_selector": default_selector,
-                                             "migration_method": migration_method}.items() if value}
+                                             "migration_method": migration_method,
+                                             "allow_host_devices": allow_host_devices}.items()
+               if value is not None}
     settings = session.client.cluster.config(**changes)
     output.show(settings, output_format,
                 lambda value: output.details([(key, output.plain(item)) for key, item in sorted(value.items())]))

@@ -434,7 +434,7 @@ def test_upload_is_refused_if_a_vm_took_the_volume_after_it_began(storage_cluste
     ticket = storage.upload_begin(pool, "taken", MIB, checksum, "raw")
     storage_cluster.client.vms.define(
         f"<domain type='test'><name>{vm}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu><os><type>hvm</type>"
-        f"</os><devices><disk type='network' device='disk'><source protocol='rbd' name='{pool}/taken'/>"
+        f"</os><devices><disk type='volume' device='disk'><source pool='{pool}' volume='taken'/>"
         "<target dev='vda'/></disk></devices></domain>")
     try:
         with pytest.raises(Conflict, match=f"used by VM\\(s\\) {vm}; refusing to overwrite it unless forced"):

@@ -110,8 +110,8 @@ def test_volume_in_use_by_a_vm_is_protected(storage_cluster, pool):
     storage.volume_add(pool, "vmdisk", "4M")
     storage.snapshot_add(pool, "vmdisk", "s1")
     xml = (f"<domain type='test'><name>user-vm</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>"
-           f"<os><type>hvm</type></os><devices><disk type='network' device='disk'>"
-           f"<source protocol='rbd' name='{pool}/vmdisk'/><target dev='vda'/></disk></devices></domain>")
+           f"<os><type>hvm</type></os><devices><disk type='volume' device='disk'>"
+           f"<source pool='{pool}' volume='vmdisk'/><target dev='vda'/></disk></devices></domain>")
     storage_cluster.client.vms.define(xml)
     try:
         assert storage.volume_info(pool, "vmdisk")["used_by"] == ["user-vm"]

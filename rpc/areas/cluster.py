@@ -40,11 +40,15 @@ class ClusterArea:
 
     def config(self, **changes: Any) -> dict[str, Any]:
         """The cluster configuration; given keyword arguments, change those keys first.
-        Keys: default_selector (a migration selector's name), migration_method (live, shutdown, auto)."""
-        unknown = set(changes) - {"default_selector", "migration_method"}
+        Keys: default_selector (a migration selector's name), migration_method (live, shutdown, auto),
+        allow_host_devices (bool: whether VM definitions may pass host devices and disks naming host paths)."""
+        known = ("default_selector", "migration_method", "allow_host_devices")
+        unknown = set(changes) - set(known)
         if unknown:
             raise InvalidInput(f"unknown cluster config key(s): {', '.join(sorted(unknown))} "
-                               "(known: default_selector, migration_method)")
+                               f"(known: {', '.join(known)})")
+        if "allow_host_devices" in changes and not isinstance(changes["allow_host_devices"], bool):
+            raise InvalidInput(f"allow_host_devices must be true or false, not {changes['allow_host_devices']!r}")
         if "default_selector" in changes:
             self._context.selector({"node_selector": changes["default_selector"]})
         if "migration_method" in changes and changes["migration_method"] not in schema.MIGRATION_METHODS:

@@ -55,7 +55,7 @@ class VMsArea:
                node_selector: str | None = None, node_autostart: bool = False,
                migration_method: str | None = None, max_downtime: int | None = None) -> dict[str, Any]:
         """Record a new VM and define it on its node (chosen by its selector unless `target` is given)."""
-        domain = domain_xml.parse(xml)
+        domain = domain_xml.parse(xml, allow_host_devices=self._allow_host_devices())
         meta = self._checked_meta({"node_limit": node_limit, "node_selector": node_selector,
                                    "node_autostart": node_autostart, "migration_method": migration_method,
                                    "max_downtime": max_downtime})
@@ -82,7 +82,7 @@ class VMsArea:
         with self._control.locked(vm):
             raw = self._control.raw(vm)
             spec = raw[OWN_VALUE]
-            domain = domain_xml.parse(xml, default_uuid=spec["uuid"])
+            domain = domain_xml.parse(xml, default_uuid=spec["uuid"], allow_host_devices=self._allow_host_devices())
             if domain.name != vm:
                 raise InvalidInput(f"the XML names VM '{domain.name}', not '{vm}' (use rename to rename it)")
             if domain.uuid != spec["uuid"]:
@@ -260,6 +260,9 @@ class VMsArea:
         return {"node_limit": sorted(set(limit)), "node_selector": meta.get("node_selector") or None,
                 "node_autostart": bool(meta.get("node_autostart")), "migration_method": method,
                 "max_downtime": downtime}
+
+    def _allow_host_devices(self) -> bool:
+        return bool((self._context.cache.config.get() or {}).get("allow_host_devices"))
 
     def _check_uuid_free(self, uuid: str) -> None:
         if self._context.store.zk.exists(schema.vm_uuid(uuid)):
