@@ -22,9 +22,9 @@ _COLUMNS = [
 
 
 def _info_table(node: dict) -> str:
-    return output.details([
+    pairs = [
         ("Name", node["name"]),
-        ("Daemon state", node["daemon_state"]),
+        ("Daemon state", node["daemon_state"] + (f" ({node['daemon_note']})" if node.get("daemon_note") else "")),
         ("Domain state", node["domain_state"]),
         ("CPUs", output.plain(node["cpus"])),
         ("Load", output.plain(node["load"])),
@@ -35,12 +35,16 @@ def _info_table(node: dict) -> str:
         ("Memory free", output.mib(node["memory_free_mib"])),
         ("Memory allocated", output.mib(node["memory_allocated_mib"])),
         ("Memory provisioned", output.mib(node["memory_provisioned_mib"])),
-        ("Last keepalive", f"{output.plain(node['keepalive_age_s'])} s ago"),
+        ("Last keepalive", "not seen yet" if node["keepalive_age_s"] is None
+                           else f"{node['keepalive_age_s']} s ago"),
         ("Hypervisor", f"{output.plain(node['hypervisor'])}, libvirt {output.plain(node['libvirt_version'])}"
                        + (f", {node['accelerator']}" if node["accelerator"] else "")
                        + (" (simulated)" if node["simulated"] else "")),
         ("Agent", output.plain(node["agent_uri"])),
-    ])
+    ]
+    if node.get("not_flushed"):
+        pairs.append(("Not flushed", "; ".join(node["not_flushed"])))
+    return output.details(pairs)
 
 
 @click.group("node")
@@ -65,10 +69,13 @@ def info(session, name: str, output_format: str) -> None:
     output.show(session.client.nodes.info(name), output_format, _info_table)
 
 
+FINISHED = ("done", "failed")
+
+
 def _follow(session, task: dict, label: str) -> dict:
-    """Show a task's progress until it is done."""
+    """Show a task's progress until it has finished (done or failed)."""
     nodes = session.client.nodes
-    while task["total"] is None and task["state"] != "done":
+    while task["total"] is None and task["state"] not in FINISHED:
         time.sleep(0.2)
         task = nodes.task(task["id"])
     with click.progressbar(length=task["total"] or 0, label=label, show_pos=True, file=sys.stderr) as bar:
@@ -76,7 +83,7 @@ def _follow(session, task: dict, label: str) -> dict:
         while True:
             bar.update(task["done"] - shown)
             shown = task["done"]
-            if task["state"] == "done":
+            if task["state"] in FINISHED:
                 return task
             time.sleep(0.2)
             task = nodes.task(task["id"])
@@ -86,7 +93,11 @@ def _task_outcome(task: dict) -> str:
     lines = [f"{task['kind']} of {task['node']}: {task['state']}; moved {len(task['moved'])} VM(s)"]
     if task["shut_down"]:
         lines.append(f"shut down (no valid target): {', '.join(task['shut_down'])}")
-    if task["errors"]:
+    not_moved = task.get("not_moved") or []
+    if not_moved:
+        lines.append(f"still on {task['node']}:")
+        lines += [f"  {entry['name']}: {entry['reason']}" for entry in not_moved]
+    elif task["errors"]:
         lines.append("errors: " + "; ".join(task["errors"]))
     return "\n".join(lines)
 
@@ -96,7 +107,7 @@ def _node_task(session, name: str, kind: str, wait: bool, output_format: str) ->
     if wait:
         task = _follow(session, task, f"{kind} {name}")
     output.show(task, output_format, _task_outcome)
-    if wait and task["errors"]:
+    if wait and (task["state"] == "failed" or task["errors"]):
         sys.exit(1)
 
 

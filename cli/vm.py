@@ -7,6 +7,7 @@ _COLUMNS = [
     output.column("NAME", "name"),
     output.column("STATE", "state"),
     output.column("NODE", "node"),
+    output.column("RUNNING", "running", lambda running: "unknown" if running is None else output.plain(running)),
     output.column("LAST NODE", "last_node"),
     output.column("VCPUS", "vcpus"),
     output.column("MEMORY", "memory_mib", output.mib),
@@ -23,7 +24,7 @@ def _info_table(vm: dict) -> str:
     return output.details([
         ("Name", vm["name"]),
         ("UUID", vm["uuid"]),
-        ("State", vm["state"] + ("" if vm["running"] or vm["state"] != "start" else " (starting)")),
+        ("State", vm["state"] + _running_note(vm)),
         ("Node", output.plain(vm["node"])),
         ("Last node", output.plain(vm["last_node"])),
         ("vCPUs", output.plain(vm["vcpus"])),
@@ -38,6 +39,12 @@ def _info_table(vm: dict) -> str:
         ("Last error", output.plain(vm["last_error"])),
         ("Migration note", output.plain(vm["migration_note"])),
     ])
+
+
+def _running_note(vm: dict) -> str:
+    if vm["running"] is None:
+        return f" (unknown: {vm['unknown']})"
+    return " (starting)" if vm["state"] == "start" and not vm["running"] else ""
 
 
 def _node_list(text: str | None) -> list[str] | None:

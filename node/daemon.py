@@ -13,8 +13,10 @@ from pvc import config, schema
 from pvc.cache import WatchedCollection
 from pvc.handshake import AuthenticatingDaemon, use_tls
 from pvc.node.agent import AGENT_OBJECT_ID, NodeAgent
+from pvc.errors import Conflict
 from pvc.node.host_xml import HostPaths
 from pvc.node.hypervisor import DomainActions, Hypervisor
+from pvc.node.ownership import NodeOwnership
 from pvc.node.reconcile import Reconciler
 from pvc.node.storage_agent import STORAGE_OBJECT_ID, NodeStorage
 from pvc.service import SignalQueue, daemon_command
@@ -30,7 +32,9 @@ class NodeDaemon:
         self.store = Store(settings["zookeeper_hosts"], settings["zookeeper_user"],
                            settings["zookeeper_password"], settings["zookeeper_session_timeout"])
         self.hypervisor = Hypervisor(settings["libvirt_uri"], settings["simulated_cpus"],
-                                     settings["simulated_memory_mib"], settings["accelerator"])
+                                     settings["simulated_memory_mib"], settings["accelerator"],
+                                     settings["libvirt_timeout"])
+        self.ownership = NodeOwnership(self.store, self.name, settings["zookeeper_session_timeout"] + 2)
         self.vms = WatchedCollection(self.store, schema.VMS, schema.vm, schema.VM_KEYS)
         self.storage = NodeStorage(self.name, settings, self.store)
         self.paths = HostPaths(str(Path(settings["boot_image_directory"]).absolute()),
@@ -38,8 +42,11 @@ class NodeDaemon:
         self.reconciler = Reconciler(self.name, self.store, self.vms,
                                      DomainActions(self.hypervisor, settings["shutdown_timeout"]),
                                      self.hypervisor.domains, self.paths, self.storage.backend,
-                                     settings["migration_timeout"])
+                                     settings["migration_timeout"], self.ownership)
         self.facts: dict[str, Any] = {}
+        self._figures: dict[str, Any] = {}
+        self._figures_taken = 0.0
+        """When (this process's monotonic clock) `_figures` were read from libvirt."""
         self._agent_daemon: AuthenticatingDaemon | None = None
         self._stopping = threading.Event()
 
@@ -50,13 +57,16 @@ class NodeDaemon:
         Path(self.paths.console_log_directory).mkdir(parents=True, exist_ok=True)
         self.store.start(self.settings["zookeeper_connect_timeout"])
         try:
+            self.ownership.acquire()
             self.vms.start()
             self.reconciler.converge_all()
             self._serve_agent()
             self._register()
+            self._read_figures()
             self.write_keepalive()
             self.store.write(schema.node_key(self.name, "daemon_state"), "run")
             threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True).start()
+            threading.Thread(target=self._figures_loop, name="figures", daemon=True).start()
         except BaseException:
             self._shutdown_services()
             raise
@@ -97,14 +107,38 @@ class NodeDaemon:
             .commit()
 
     def write_keepalive(self) -> None:
-        figures = self.hypervisor.figures(self.facts["memory_total_mib"])
-        self.store.write(schema.node_key(self.name, "keepalive"), {"time": time.time(), **figures})
+        """Write the latest figures; never asks libvirt itself, so a hung libvirtd makes the figures stale
+        (`figures_stale`), not the node silent."""
+        stale = time.monotonic() - self._figures_taken > 2 * self.settings["keepalive_interval"]
+        self.store.write(schema.node_key(self.name, "keepalive"),
+                         {"time": time.time(), **self._figures, "figures_stale": stale})
+
+    def _read_figures(self) -> None:
+        self._figures = self.hypervisor.figures(self.facts["memory_total_mib"])
+        self._figures_taken = time.monotonic()
+
+    def _figures_loop(self) -> None:
+        self._every_interval(self._read_figures, "reading the host's figures")
 
     def _reconcile_loop(self) -> None:
         """Converge every VM each interval, so that a lost coordinator call delays an action, never loses it."""
-        while not self._stopping.wait(self.settings["keepalive_interval"]):
+        def converge() -> None:
             if self.store.connected:
                 self.reconciler.converge_all()
+        self._every_interval(converge, "converging")
+
+    def _every_interval(self, work, what: str) -> None:
+        """Run `work` every keepalive interval until the daemon stops; a failure is logged and retried with
+        backoff (up to 30 s), never the end of the loop."""
+        interval = self.settings["keepalive_interval"]
+        delay = interval
+        while not self._stopping.wait(delay):
+            try:
+                work()
+                delay = interval
+            except Exception as error:
+                delay = min(delay * 2, max(30.0, interval))
+                log.warning("%s failed (retrying in %g s): %s", what, delay, error)
 
     def run(self) -> None:
         """Write a keepalive every interval until SIGTERM or SIGINT."""
@@ -115,16 +149,28 @@ class NodeDaemon:
             next_beat += interval
             try:
                 self.write_keepalive()
+                self._keep_ownership()
+            except Conflict as error:
+                log.error("%s", error)
+                break
             except Exception as error:
                 log.warning("keepalive not written: %s", error)
             if next_beat < time.monotonic():
                 next_beat = time.monotonic() + interval
         self.stop()
 
+    def _keep_ownership(self) -> None:
+        """After a lost ZooKeeper session our owner znode is gone: own the node again, or stop if another
+        daemon took the name meanwhile."""
+        if self.store.connected and not self.ownership.held:
+            log.warning("the ZooKeeper session that owned node %s ended: owning it again", self.name)
+            self.ownership.acquire()
+
     def stop(self) -> None:
         """Record ``stop`` and leave; the VMs in libvirt keep running."""
         try:
-            self.store.write(schema.node_key(self.name, "daemon_state"), "stop")
+            if self.ownership.held:
+                self.store.write(schema.node_key(self.name, "daemon_state"), "stop")
         except Exception as error:
             log.warning("could not record daemon state stop: %s", error)
         self._shutdown_services()

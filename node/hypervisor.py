@@ -8,13 +8,17 @@ every simulated host, and a vCPU count is not a load).
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import libvirt
 
 from pvc.errors import OperationFailed, Unavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 libvirt.registerErrorHandler(lambda _context, _error: None, None)
 
 
@@ -42,79 +46,101 @@ class Domain:
 
 
 class Hypervisor:
-    """A libvirt connection, reopened if libvirtd restarts, and the node's figures."""
+    """A libvirt connection, reopened if libvirtd restarts, and the node's figures.
+
+    Every libvirt call goes through `call`, which bounds it in time: a hung libvirtd (stopped, deadlocked,
+    swapping) must make this node say "unknown", never stall its keepalive or its converge loop. The
+    connection also runs libvirt's own keepalive (over an event loop thread), so a dead daemon is noticed and
+    calls stuck on it fail instead of waiting forever."""
 
     def __init__(self, uri: str, simulated_cpus: int | None = None, simulated_memory_mib: int | None = None,
-                 accelerator: str | None = None):
+                 accelerator: str | None = None, call_timeout: float = 10.0):
         self.uri = uri
         self._accelerator = accelerator
         self._last_cpu_sample: tuple[float, dict[str, int]] | None = None
         self.simulated = simulated_cpus is not None or simulated_memory_mib is not None
         self._simulated_cpus = simulated_cpus
         self._simulated_memory_mib = simulated_memory_mib
+        self.call_timeout = call_timeout
         self._lock = threading.Lock()
         self._connection: libvirt.virConnect | None = None
+        self._calls = ThreadPoolExecutor(max_workers=16, thread_name_prefix="libvirt")
+        _start_event_loop()
 
     @property
     def can_migrate_live(self) -> bool:
         return not self.uri.startswith("test")
 
+    def call(self, what: str, action: Callable[[], T], timeout: float | None = None) -> T:
+        """`action()` (libvirt calls) on a worker thread, waited for at most `timeout` (default
+        `call_timeout`) seconds. libvirt unreachable or too slow is `Unavailable` ("could not ask"); libvirt
+        answering with an error is `OperationFailed`."""
+        timeout = self.call_timeout if timeout is None else timeout
+        future = self._calls.submit(action)
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            self._drop_connection()
+            raise Unavailable(f"libvirt at {self.uri} did not answer {what} within {timeout:g} s") from None
+        except libvirt.libvirtError as error:
+            if _unreachable(error):
+                self._drop_connection()
+                raise Unavailable(f"libvirt at {self.uri} unreachable during {what}: "
+                                  f"{error.get_error_message()}") from None
+            raise OperationFailed(f"{what} failed: {error.get_error_message()}") from None
+
     def connection(self) -> libvirt.virConnect:
+        """The open connection; call only inside `call` (opening may hang on a frozen libvirtd)."""
         with self._lock:
             if self._connection is None or not self._connection.isAlive():
+                self._connection = libvirt.open(self.uri)
                 try:
-                    self._connection = libvirt.open(self.uri)
-                except libvirt.libvirtError as error:
-                    raise Unavailable(f"cannot connect to libvirt at {self.uri}: {error.get_error_message()}") \
-                        from None
+                    self._connection.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
+                except libvirt.libvirtError:
+                    pass  # a local (non-RPC) driver has no keepalive, and needs none
             return self._connection
+
+    def _drop_connection(self) -> None:
+        """Forget the connection without touching it (closing could hang too); the next call reopens."""
+        with self._lock:
+            self._connection = None
 
     def close(self) -> None:
         with self._lock:
-            if self._connection is not None:
-                try:
-                    self._connection.close()
-                except libvirt.libvirtError:
-                    pass
-                self._connection = None
+            connection, self._connection = self._connection, None
+        if connection is not None:
+            self._calls.submit(connection.close)
+        self._calls.shutdown(wait=False, cancel_futures=True)
 
     def facts(self) -> dict:
         """What does not change while the node runs: CPUs, total memory, libvirt version."""
-        connection = self.connection()
-        _model, memory_mib, cpus, *_rest = connection.getInfo()
-        version = connection.getLibVersion()
-        return {
-            "cpus": self._simulated_cpus or cpus,
-            "memory_total_mib": self._simulated_memory_mib or memory_mib,
-            "libvirt_version": f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}",
-            "hypervisor": connection.getType(),
-            "accelerator": self._accelerator or self._offered_accelerator(connection),
-            "simulated": self.simulated,
-        }
-
-    def _offered_accelerator(self, connection: libvirt.virConnect) -> str | None:
-        if connection.getType() != "QEMU":
-            return None
-        try:
-            capabilities = connection.getDomainCapabilities(None, None, None, "kvm")
-        except libvirt.libvirtError:
-            return "tcg"
-        return "kvm" if "<domain>kvm</domain>" in capabilities else "tcg"
+        def read() -> dict:
+            connection = self.connection()
+            _model, memory_mib, cpus, *_rest = connection.getInfo()
+            version = connection.getLibVersion()
+            return {
+                "cpus": self._simulated_cpus or cpus,
+                "memory_total_mib": self._simulated_memory_mib or memory_mib,
+                "libvirt_version": f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}",
+                "hypervisor": connection.getType(),
+                "accelerator": self._accelerator or _offered_accelerator(connection),
+                "simulated": self.simulated,
+            }
+        return self.call("reading the host's facts", read)
 
     def domains(self) -> list[Domain]:
-        try:
-            found = self.connection().listAllDomains()
-        except libvirt.libvirtError as error:
-            raise OperationFailed(f"listing domains failed: {error.get_error_message()}") from None
-        result = []
-        for domain in found:
-            try:
-                state, max_memory_kib, _memory, vcpus, cpu_time_ns = domain.info()
-                result.append(Domain(domain.name(), domain.UUIDString(), state == libvirt.VIR_DOMAIN_RUNNING,
-                                     max_memory_kib // 1024, vcpus, cpu_time_ns))
-            except libvirt.libvirtError:
-                continue
-        return result
+        def read() -> list[Domain]:
+            result = []
+            for domain in self.connection().listAllDomains():
+                try:
+                    state, max_memory_kib, _memory, vcpus, cpu_time_ns = domain.info()
+                    result.append(Domain(domain.name(), domain.UUIDString(), state == libvirt.VIR_DOMAIN_RUNNING,
+                                         max_memory_kib // 1024, vcpus, cpu_time_ns))
+                except libvirt.libvirtError as error:
+                    if _unreachable(error):
+                        raise
+            return result
+        return self.call("listing domains", read)
 
     def figures(self, memory_total_mib: int) -> dict:
         """The live figures a keepalive reports, for placement and for `node info`."""
@@ -125,7 +151,7 @@ class Hypervisor:
         if self.simulated:
             free = max(memory_total_mib - allocated, 0)
         else:
-            free = self.connection().getFreeMemory() // (1024 * 1024)
+            free = self.call("reading free memory", lambda: self.connection().getFreeMemory()) // (1024 * 1024)
         load = self._guest_load(running)
         return {
             "memory_free_mib": free,
@@ -136,7 +162,6 @@ class Hypervisor:
             "vms_defined": len(domains),
             "load": round(load, 2),
         }
-
 
     def _guest_load(self, running: list[Domain]) -> float:
         """CPU seconds per second the running guests used since the last call (0 on the first)."""
@@ -150,69 +175,88 @@ class Hypervisor:
 
 
 class DomainActions:
-    """Idempotent libvirt actions on one node's domains: doing one twice is the same as doing it once."""
+    """Idempotent libvirt actions on one node's domains: doing one twice is the same as doing it once. Each
+    step is one bounded `Hypervisor.call`."""
 
     def __init__(self, hypervisor: Hypervisor, shutdown_timeout: float):
         self._hypervisor = hypervisor
         self._shutdown_timeout = shutdown_timeout
 
     def _lookup(self, name: str) -> "libvirt.virDomain | None":
+        """The domain, or None when libvirt says it has none; call only inside `Hypervisor.call`."""
         try:
             return self._hypervisor.connection().lookupByName(name)
         except libvirt.libvirtError as error:
             if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return None
-            raise OperationFailed(f"libvirt lookup of {name} failed: {error.get_error_message()}") from None
+            raise
+
+    def _on_domain(self, what: str, name: str, action: Callable[["libvirt.virDomain"], T]) -> T | None:
+        """action(domain) for an existing domain, None for a missing one, bounded in time."""
+        def run():
+            domain = self._lookup(name)
+            return None if domain is None else action(domain)
+        return self._hypervisor.call(f"{what} of {name}", run)
 
     @property
     def can_migrate_live(self) -> bool:
         return self._hypervisor.can_migrate_live
 
     def exists(self, name: str) -> bool:
-        return self._lookup(name) is not None
+        return bool(self._on_domain("lookup", name, lambda domain: True))
 
     def is_running(self, name: str) -> bool:
-        domain = self._lookup(name)
-        return domain is not None and bool(domain.isActive())
+        """Whether libvirt has the domain active (running or paused: a copy that exists)."""
+        return bool(self._on_domain("state check", name, lambda domain: domain.isActive()))
 
     def define(self, xml: str) -> None:
-        self._run("define", lambda: self._hypervisor.connection().defineXML(xml))
+        self._hypervisor.call("define", lambda: self._hypervisor.connection().defineXML(xml))
 
     def start(self, name: str) -> None:
-        domain = self._require(name)
-        if not domain.isActive():
-            self._run(f"start of {name}", domain.create)
+        def start(domain):
+            if not domain.isActive():
+                domain.create()
+            return True
+        if self._on_domain("start", name, start) is None:
+            raise OperationFailed(f"{name} is not defined on this node")
 
     def shutdown(self, name: str) -> None:
         """Ask the guest to shut down; after the timeout, pull the plug."""
-        domain = self._lookup(name)
-        if domain is None or not domain.isActive():
+        def ask(domain):
+            if domain.isActive():
+                domain.shutdown()
+                return True
+            return False
+        if not self._on_domain("shutdown", name, ask):
             return
-        self._run(f"shutdown of {name}", domain.shutdown)
         deadline = time.monotonic() + self._shutdown_timeout
-        while domain.isActive() and time.monotonic() < deadline:
+        while self.is_running(name) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if domain.isActive():
+        if self.is_running(name):
             log.warning("%s did not shut down within %g s: destroying it", name, self._shutdown_timeout)
             self.stop(name)
 
     def stop(self, name: str) -> None:
-        domain = self._lookup(name)
-        if domain is not None and domain.isActive():
-            self._run(f"stop of {name}", domain.destroy)
+        def stop(domain):
+            if domain.isActive():
+                domain.destroy()
+        self._on_domain("stop", name, stop)
 
     def undefine(self, name: str) -> None:
-        domain = self._lookup(name)
-        if domain is not None:
-            self.stop(name)
-            self._run(f"undefine of {name}", domain.undefine)
+        def undefine(domain):
+            if domain.isActive():
+                domain.destroy()
+            domain.undefine()
+        self._on_domain("undefine", name, undefine)
 
     def migrate_live(self, name: str, target: "MigrationTarget", max_downtime_ms: int | None,
                      shared_storage: bool, timeout: float) -> None:
         """Move the running guest to `target` without stopping it (peer to peer: this libvirtd talks to the
         target's). A migration still running after `timeout` is aborted; on any failure the guest keeps
         running here, and the error says why."""
-        domain = self._require(name)
+        domain = self._on_domain("live migration", name, lambda found: found)
+        if domain is None:
+            raise OperationFailed(f"{name} is not defined on this node")
         params = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: target.xml}
         if target.stream_uri:
             params[libvirt.VIR_MIGRATE_PARAM_URI] = target.stream_uri
@@ -239,10 +283,13 @@ class DomainActions:
             log.warning("live migration of %s to %s still running after %g s: aborting it", name, target.uri,
                         timeout)
             try:
-                domain.abortJob()
-            except libvirt.libvirtError as error:
-                log.warning("aborting the migration of %s failed: %s", name, error.get_error_message())
-            worker.join()
+                self._hypervisor.call(f"aborting the migration of {name}", domain.abortJob)
+            except (OperationFailed, Unavailable) as error:
+                log.warning("%s", error)
+            worker.join(self._hypervisor.call_timeout)
+            if worker.is_alive():
+                raise Unavailable(f"live migration of {name} to {target.uri} neither finished nor stopped "
+                                  f"{timeout:g} s after it began")
             if not outcome:
                 return
             raise OperationFailed(f"live migration of {name} to {target.uri} took longer than {timeout:g} s "
@@ -252,20 +299,42 @@ class DomainActions:
             if not isinstance(error, libvirt.libvirtError):
                 raise error
             message = f"live migration of {name} to {target.uri} failed: {error.get_error_message()}"
-            if error.get_error_domain() == libvirt.VIR_FROM_RPC or \
-                    error.get_error_code() in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_AUTH_FAILED):
+            if _unreachable(error):
                 raise TargetUnreachable(message) from None
             raise OperationFailed(message) from None
 
-    def _require(self, name: str) -> "libvirt.virDomain":
-        domain = self._lookup(name)
-        if domain is None:
-            raise OperationFailed(f"{name} is not defined on this node")
-        return domain
 
-    @staticmethod
-    def _run(what: str, action) -> None:
-        try:
-            action()
-        except libvirt.libvirtError as error:
-            raise OperationFailed(f"{what} failed: {error.get_error_message()}") from None
+KEEPALIVE_INTERVAL_S = 2
+KEEPALIVE_COUNT = 3
+"""libvirt closes a connection whose daemon missed this many keepalives, failing the calls waiting on it."""
+
+_event_loop_started = threading.Lock()
+
+
+def _start_event_loop() -> None:
+    """libvirt's keepalive needs an event loop; one per process, run by a daemon thread."""
+    if not _event_loop_started.acquire(blocking=False):
+        return
+    libvirt.virEventRegisterDefaultImpl()
+
+    def run() -> None:
+        while True:
+            libvirt.virEventRunDefaultImpl()
+
+    threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+
+
+def _unreachable(error: libvirt.libvirtError) -> bool:
+    """Whether the error means libvirtd could not be asked (rather than answering no)."""
+    return error.get_error_domain() == libvirt.VIR_FROM_RPC or error.get_error_code() in (
+        libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC)
+
+
+def _offered_accelerator(connection: libvirt.virConnect) -> str | None:
+    if connection.getType() != "QEMU":
+        return None
+    try:
+        capabilities = connection.getDomainCapabilities(None, None, None, "kvm")
+    except libvirt.libvirtError:
+        return "tcg"
+    return "kvm" if "<domain>kvm</domain>" in capabilities else "tcg"

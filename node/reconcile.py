@@ -23,15 +23,21 @@ from pvc.errors import OperationFailed, PVCError, Unavailable
 from pvc.hookspecs import StorageBackend
 from pvc.node.host_xml import HostPaths, for_host
 from pvc.node.hypervisor import DomainActions, MigrationTarget, TargetUnreachable
+from pvc.node.ownership import NodeOwnership
 from pvc.store import Store
 
 log = logging.getLogger(__name__)
 
+ACTED_ON = "acted_on"
+"""Key added to a VM's values while converging: the zxids of the values this node acts on (`requests`)."""
+
 
 class Reconciler:
     def __init__(self, node_name: str, store: Store, vms: WatchedCollection, actions: DomainActions,
-                 list_domains, paths: HostPaths, storage: StorageBackend, migration_timeout: float):
+                 list_domains, paths: HostPaths, storage: StorageBackend, migration_timeout: float,
+                 ownership: NodeOwnership):
         self.node = node_name
+        self._ownership = ownership
         self.paths = paths
         self._storage = storage
         self._migration_timeout = migration_timeout
@@ -51,24 +57,40 @@ class Reconciler:
         with self._locks[name]:
             if fresh:
                 self._vms.refresh(name)
-            raw = self._vms.get(name)
+            raw, zxids = self._vms.get_with_zxids(name)
             if raw is None or raw.get(OWN_VALUE) is None:
                 if name in self._managed:
                     self._remove_deleted(name)
                 return {"node": self.node, "running": False, "removed": True}
             self._managed.add(name)
+            raw[ACTED_ON] = zxids
             placement = raw.get("placement") or {}
-            if placement.get("node") != self.node:
-                return self._let_go(name, raw)
-            return self._hold(name, raw)
+            try:
+                if placement.get("node") != self.node:
+                    return self._let_go(name, raw)
+                return self._hold(name, raw)
+            except Unavailable as error:
+                if placement.get("node") == self.node and (raw.get("status") or {}).get("node") != self.node:
+                    # Never claimed here, so never started here (a claim comes first): it is known not to
+                    # run here, and the start failed.
+                    return self._failed(name, raw, str(error), running=False)
+                return self._report_unknown(name, raw, str(error))
 
     def converge_all(self) -> None:
-        """One pass over every VM this node runs, holds, or should run."""
-        names = {domain.name for domain in self._list_domains()}
-        for name, raw in self._vms.snapshot().items():
-            if (raw.get("placement") or {}).get("node") == self.node or \
-                    (raw.get("status") or {}).get("node") == self.node:
-                names.add(name)
+        """One pass over every VM this node runs, holds, or should run. When libvirt cannot be asked, every
+        VM this node holds is reported `unknown`."""
+        held = {name for name, raw in self._vms.snapshot().items()
+                if (raw.get("placement") or {}).get("node") == self.node
+                or (raw.get("status") or {}).get("node") == self.node}
+        try:
+            names = held | {domain.name for domain in self._list_domains()}
+        except Unavailable as error:
+            for name in sorted(held):
+                with self._locks[name]:
+                    raw = self._vms.get(name)
+                    if raw is not None and raw.get(OWN_VALUE) is not None:
+                        self._report_unknown(name, raw, str(error))
+            raise
         for name in sorted(names):
             try:
                 self.converge(name, fresh=False)
@@ -91,8 +113,9 @@ class Reconciler:
 
     def _let_go(self, name: str, raw: dict[str, Any]) -> dict[str, Any]:
         """The VM belongs elsewhere: stop and undefine our copy, then say so, so its new node may start it."""
-        if not self._actions.exists(name):
-            return raw.get("status") or {}
+        status = raw.get("status") or {}
+        if not self._actions.exists(name) or _awaits(status, self.node, "keep", raw[ACTED_ON], "placement"):
+            return status
         target = (raw.get("placement") or {}).get("node")
         if self._actions.is_running(name) and target:
             outcome = self._migrate_live(name, raw, target)
@@ -132,14 +155,11 @@ class Reconciler:
                 log.warning("%s: live migration failed (%s); falling back to shutdown migration", name, error)
                 self._fallback_notes[name] = f"live migration failed ({error}); migrated by shutting it down"
                 return "shutdown"
-            self._store.transaction() \
-                .set(schema.vm_key(name, "placement"), {"node": self.node, "last_node": None,
-                                                         "migration_error": str(error)}) \
-                .set(schema.vm_key(name, "state"), "start") \
-                .commit()
-            self._write_status_if_ours(name, {"node": self.node, "running": True, "error": str(error),
-                                              "time": time.time(),
-                                              "generation": (raw.get("status") or {}).get("generation")})
+            self._write_status_if_ours(name, {
+                "node": self.node, "running": True, "error": str(error), "unknown": None, "time": time.time(),
+                "generation": (raw.get("status") or {}).get("generation"),
+                "request": {"kind": "keep", "placement_zxid": raw[ACTED_ON].get("placement"),
+                            "reason": str(error)}})
             return "kept"
         self._store.write(schema.vm_key(name, "status"), {"node": target, "running": True, "error": None,
                                                           "generation": raw[OWN_VALUE].get("generation"),
@@ -149,6 +169,10 @@ class Reconciler:
     def _hold(self, name: str, raw: dict[str, Any]) -> dict[str, Any]:
         spec, state = raw[OWN_VALUE], raw.get("state") or "stop"
         status = raw.get("status") or {}
+        if _awaits(status, self.node, "return", raw[ACTED_ON], "placement"):
+            return status
+        if state == "restart" and _awaits(status, self.node, "settle", raw[ACTED_ON], "state"):
+            state = "start"  # restarted already; the leader has yet to record it
         try:
             if not self._actions.exists(name) or status.get("generation") != spec.get("generation"):
                 self._actions.define(self._host_xml(spec["xml"], self.paths))
@@ -158,13 +182,16 @@ class Reconciler:
                 self._actions.shutdown(name)
             elif state in ("stop", "disable", "fail"):
                 self._actions.stop(name)
-        except (OperationFailed, Unavailable) as error:
+        except OperationFailed as error:
             return self._failed(name, raw, str(error))
-        running = self._actions.is_running(name)
-        if status.get("node") not in (None, self.node) and status.get("running") and not running:
+        if _awaits(status, self.node, "return", raw[ACTED_ON], "placement"):
             return status
-        report = {"node": self.node, "running": running, "error": None, "generation": spec.get("generation"),
-                  "migration_note": status.get("migration_note"), "time": time.time()}
+        running = self._actions.is_running(name)
+        if status.get("node") not in (None, self.node) and status.get("running") is not False and not running:
+            return status
+        report = {"node": self.node, "running": running, "error": None, "unknown": None,
+                  "generation": spec.get("generation"), "migration_note": status.get("migration_note"),
+                  "request": self._settle_request(raw, state, running), "time": time.time()}
         if _unchanged(status, report):
             return status
         self._write_status_if_ours(name, report)
@@ -180,8 +207,14 @@ class Reconciler:
             if not self._claim(name):
                 return
             self._actions.start(name)
-        if state != "start":
-            self._set_state_from(name, state, "start")
+
+    @staticmethod
+    def _settle_request(raw: dict[str, Any], state: str, running: bool) -> dict[str, Any] | None:
+        """Once a restart, migrate or unmigrate has run its course here, ask the leader to record ``start``
+        for exactly the state this node acted on (a newer command is never overwritten)."""
+        if state in ("restart", "migrate", "unmigrate") and running:
+            return {"kind": "settle", "state_zxid": raw[ACTED_ON].get("state"), "to": "start"}
+        return None
 
     def _claim(self, name: str) -> bool:
         """Atomically take the right to run `name` here; False while it still runs elsewhere."""
@@ -195,11 +228,18 @@ class Reconciler:
         status_path = schema.vm_key(name, "status")
         stat = zk.exists(status_path)
         current = schema.decode(zk.get(status_path)[0]) if stat else {}
-        if current.get("running") and current.get("node") not in (None, self.node):
-            log.info("%s still runs on %s: waiting before starting it here", name, current.get("node"))
+        if current.get("node") not in (None, self.node) and current.get("running") is not False:
+            # Only a report from that node that its copy is off lets this one start: "running" and
+            # "unknown" (it could not ask libvirt) both mean a copy may still run there.
+            log.info("%s may still run on %s (%s): waiting before starting it here", name, current.get("node"),
+                     "unknown: " + current["unknown"] if current.get("unknown") else "running")
             return False
-        claim = {**current, "node": self.node, "running": True, "error": None, "time": time.time()}
-        transaction = self._store.transaction().check(schema.vm_key(name, "placement"), placement_stat.version)
+        claim = {**current, "node": self.node, "running": True, "error": None, "unknown": None,
+                 "time": time.time()}
+        if self._ownership.path is None:
+            return False
+        transaction = self._store.transaction(self._ownership.path) \
+            .check(schema.vm_key(name, "placement"), placement_stat.version)
         if stat:
             transaction.set(status_path, claim, version=stat.version)
         else:
@@ -211,35 +251,37 @@ class Reconciler:
             return False
         return True
 
-    def _failed(self, name: str, raw: dict[str, Any], reason: str) -> dict[str, Any]:
+    def _report_unknown(self, name: str, raw: dict[str, Any], reason: str) -> dict[str, Any]:
+        """Say that libvirt could not be asked about a VM this node holds: never "not running", which would
+        let another node start it."""
+        status = raw.get("status") or {}
+        if status.get("node") not in (None, self.node) and status.get("running") is not False:
+            return status
+        if status.get("node") == self.node and status.get("running") is False:
+            # This node checked it was off, and starts a VM only after claiming it (the claim says running
+            # first): off it still is, and its next holder may rely on that.
+            return status
+        if status.get("unknown") == reason and status.get("node") == self.node:
+            return status
+        log.warning("%s: state unknown: %s", name, reason)
+        report = {**status, "node": self.node, "running": None, "unknown": reason, "time": time.time()}
+        self._write_status_if_ours(name, report)
+        return report
+
+    def _failed(self, name: str, raw: dict[str, Any], reason: str, running: bool | None = None) -> dict[str, Any]:
         """Record the error; a VM that failed to start here after a migration goes back where it was."""
         log.warning("%s: %s", name, reason)
-        try:
+        if running is None:
             running = self._actions.is_running(name)
-        except (OperationFailed, Unavailable):
-            running = False
-        status = {"node": self.node, "running": running, "error": reason, "time": time.time(),
+        status = {"node": self.node, "running": running, "error": reason, "unknown": None, "time": time.time(),
                   "generation": (raw.get("status") or {}).get("generation")}
-        self._write_status_if_ours(name, status)
         placement = raw.get("placement") or {}
         if not running and raw.get("state") in ("migrate", "unmigrate") and placement.get("last_node"):
-            self._store.transaction() \
-                .set(schema.vm_key(name, "placement"), {"node": placement["last_node"], "last_node": None,
-                                                         "migration_error": f"migration to {self.node} failed: "
-                                                                            f"{reason}"}) \
-                .set(schema.vm_key(name, "state"), "start") \
-                .commit()
-            log.warning("%s could not start here; returned to %s", name, placement["last_node"])
+            status["request"] = {"kind": "return", "placement_zxid": raw[ACTED_ON].get("placement"),
+                                 "to": placement["last_node"], "reason": f"migration to {self.node} failed: {reason}"}
+            log.warning("%s could not start here; asking to return it to %s", name, placement["last_node"])
+        self._write_status_if_ours(name, status)
         return status
-
-    def _set_state_from(self, name: str, expected: str, new: str) -> None:
-        zk = self._store.zk
-        data, stat = zk.get(schema.vm_key(name, "state"))
-        if schema.decode(data) == expected:
-            try:
-                self._store.transaction().set(schema.vm_key(name, "state"), new, version=stat.version).commit()
-            except PVCError:
-                pass
 
     def _write_status_if_ours(self, name: str, status: dict[str, Any]) -> None:
         """Write the status unless another node holds the VM (its status says it runs there)."""
@@ -254,12 +296,20 @@ class Reconciler:
                     pass
             return
         current = schema.decode(zk.get(path)[0]) or {}
-        if current.get("node") not in (None, self.node) and current.get("running"):
+        if current.get("node") not in (None, self.node) and current.get("running") is not False:
             return
         try:
             self._store.transaction().set(path, status, version=stat.version).commit()
         except PVCError:
             pass
+
+
+def _awaits(status: dict[str, Any], node: str, kind: str, acted_on: dict[str, int], key: str) -> bool:
+    """Whether this node already asked the leader for `kind` about exactly the `key` it now sees: it waits
+    for the leader's answer instead of acting (or failing) again."""
+    request = status.get("request") or {}
+    return status.get("node") == node and request.get("kind") == kind and \
+        request.get(f"{key}_zxid") == acted_on.get(key)
 
 
 def _unchanged(status: dict[str, Any], report: dict[str, Any]) -> bool:

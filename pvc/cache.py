@@ -58,6 +58,15 @@ class WatchedCollection:
             item = self._items.get(name)
             return dict(item) if item is not None else None
 
+    def get_with_zxids(self, name: str) -> tuple[dict[str, Any] | None, dict[str, int]]:
+        """Like `get`, with the zxid of the write that made each value (read together, so they match): what a
+        reader acted on, for a later writer to check that nothing changed since."""
+        with self._lock:
+            item = self._items.get(name)
+            if item is None:
+                return None, {}
+            return dict(item), {key: self._versions[(name, key)] for key in item if (name, key) in self._versions}
+
     def snapshot(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             return {name: dict(item) for name, item in self._items.items()}

@@ -66,6 +66,8 @@ NODED_SETTINGS: list[Setting] = [
     Setting("node_name", str, socket.gethostname(), "this node's name in the cluster (default: hostname)"),
     *_zookeeper_settings(),
     Setting("libvirt_uri", str, "qemu:///system", "libvirt connection URI for this hypervisor"),
+    Setting("libvirt_timeout", (int, float), 10, "seconds any one libvirt call may take; a libvirtd slower than "
+            "that (hung, stopped) makes this node report its VMs unknown, never stopped"),
     Setting("migration_uri", (str, type(None)), None, "libvirt URI peers' libvirtd uses to reach this "
             "hypervisor for peer-to-peer live migration (default: qemu+tcp://LISTEN_HOST/system)"),
     Setting("migration_address", (str, type(None)), None, "address the memory stream of a VM migrating to "

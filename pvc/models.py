@@ -3,7 +3,6 @@
 These are built from the coordinator's cache and returned as-is by the remote objects, so `--format json`
 prints exactly what the Python API returns.
 """
-import time
 from typing import Any
 
 from pvc.cache import OWN_VALUE
@@ -12,19 +11,24 @@ NODE_FIGURES = ("memory_free_mib", "memory_allocated_mib", "memory_provisioned_m
                 "vms_running", "vms_defined", "load")
 
 
-def node_view(name: str, raw: dict[str, Any], now: float | None = None) -> dict[str, Any]:
-    """One node: states, static facts and the figures of its latest keepalive."""
+def node_view(name: str, raw: dict[str, Any], keepalive_age_s: float | None = None,
+              daemon_note: str | None = None) -> dict[str, Any]:
+    """One node: states, static facts and the figures of its latest keepalive.
+
+    `keepalive_age_s` is what the coordinator answering observed itself: seconds since it saw the node's
+    keepalive change (never the node's own timestamp against the coordinator's clock); None when not observed.
+    `daemon_note` explains a daemon state that needs it (a dead node whose keepalives resumed)."""
     facts = raw.get(OWN_VALUE) or {}
     keepalive = raw.get("keepalive") or {}
-    beat = keepalive.get("time")
     view = {
         "name": name,
         "daemon_state": raw.get("daemon_state") or "init",
+        "daemon_note": daemon_note,
         "domain_state": raw.get("domain_state") or "ready",
         "cpus": facts.get("cpus"),
         "memory_total_mib": facts.get("memory_total_mib"),
         **{figure: keepalive.get(figure) for figure in NODE_FIGURES},
-        "keepalive_age_s": round((now or time.time()) - beat, 1) if beat else None,
+        "keepalive_age_s": keepalive_age_s,
         "keepalive_interval_s": facts.get("keepalive_interval"),
         "libvirt_version": facts.get("libvirt_version"),
         "hypervisor": facts.get("hypervisor"),
@@ -46,7 +50,8 @@ def vm_view(name: str, raw: dict[str, Any], detail: bool = True) -> dict[str, An
         "state": raw.get("state") or "stop",
         "node": placement.get("node"),
         "last_node": placement.get("last_node"),
-        "running": bool(status.get("running")) and status.get("node") == placement.get("node"),
+        "running": _running(status, placement),
+        "unknown": status.get("unknown"),
         "node_limit": spec.get("node_limit") or [],
         "node_selector": spec.get("node_selector"),
         "node_autostart": bool(spec.get("node_autostart")),
@@ -63,3 +68,10 @@ def vm_view(name: str, raw: dict[str, Any], detail: bool = True) -> dict[str, An
         view["volumes"] = spec.get("volumes") or []
         view["autostart_pending"] = bool(placement.get("autostart"))
     return view
+
+
+def _running(status: dict[str, Any], placement: dict[str, Any]) -> bool | None:
+    """True or False as its node last checked; None when that node could not ask libvirt (`unknown`)."""
+    if status.get("running") is None and status.get("unknown"):
+        return None
+    return bool(status.get("running")) and status.get("node") == placement.get("node")

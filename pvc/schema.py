@@ -4,26 +4,37 @@ No other module builds a path: `grep` for a key finds its one definition here. V
 one znode per thing that changes on its own (a node's keepalive is written every few seconds, its daemon
 state rarely and by others), so writers never overwrite each other's fields.
 
-    /pvc                               root; carries the cluster's digest ACL like every znode below it
-    /pvc/schema_version                int, `SCHEMA_VERSION` of the layout
-    /pvc/config                        cluster config (maintenance, default selector, ...)
-    /pvc/coordinators/election/*       kazoo election contenders; the first holds leadership
-    /pvc/coordinators/live/NAME        ephemeral: a running coordinator and its URI
-    /pvc/nodes/NAME                    a node's static facts (CPUs, memory, agent URI, libvirt version)
-    /pvc/nodes/NAME/daemon_state       init | run | stop | dead | fenced
-    /pvc/nodes/NAME/domain_state       ready | flushing | flushed | unflushing
-    /pvc/nodes/NAME/keepalive          live figures and the time they were taken
-    /pvc/vms/NAME                      a VM's definition: uuid, XML, metadata, volumes it uses
-    /pvc/vms/NAME/state                desired state word (start, stop, shutdown, migrate, ...)
-    /pvc/vms/NAME/placement            {"node": where it is or is to be, "last_node": where it came from}
-    /pvc/vms/NAME/status               what its node last reported: running or not, last error
-    /pvc/vm_uuids/UUID                 the VM name holding a UUID; created with the VM, so UUIDs stay unique
-    /pvc/locks/vms/NAME                kazoo lock serialising commands on one VM
-    /pvc/tasks/ID                      a long operation (flush, ready) the leader runs and resumes
-    /pvc/storage/pools/POOL            a storage pool: {"backend", "options"} it was made with
-    /pvc/storage/volumes/POOL:VOLUME   a volume: {"pool", "name", "size_bytes"}
-    /pvc/storage/volumes/POOL:VOLUME/snapshots   {SNAPSHOT: {"created": time}} of that volume
-    /pvc/locks/storage/POOL            kazoo lock serialising storage changes within one pool
+Each key has one kind of writer (C: coordinators, L: the leader coordinator, N: the node it names or the node
+a VM's status came from, A: whoever adds or removes the thing). A node writes only its own reports; what it
+wants changed in desired state it asks for in its VM status (`request`), and the leader records it with a
+version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_requests`).
+
+    path                               writer  value
+    /pvc                               A   root; carries the cluster's digest ACL like every znode below it
+    /pvc/schema_version                A   int, `SCHEMA_VERSION` of the layout
+    /pvc/config                        C   cluster config (maintenance, default selector, ...)
+    /pvc/coordinators/election/*       C   kazoo election contenders; the first holds leadership
+    /pvc/coordinators/live/NAME        C   ephemeral: a running coordinator and its URI
+    /pvc/nodes/NAME                    N   a node's static facts (CPUs, memory, agent URI, libvirt version)
+    /pvc/nodes/NAME/daemon_state       N,L init | run | stop (the node) | dead | fenced (the leader)
+    /pvc/nodes/NAME/domain_state       L   ready | flushing | flushed | unflushing
+    /pvc/nodes/NAME/keepalive          N   live figures, rewritten every keepalive interval
+    /pvc/node_owners/NAME/owner-SEQ    N   ephemeral, sequential: the pvcnoded session running node NAME (the
+                                           first one owns it; the node's claims check theirs still exists)
+    /pvc/vms/NAME                      C   a VM's definition: uuid, XML, metadata, volumes it uses
+    /pvc/vms/NAME/state                C,L desired state word (start, stop, shutdown, migrate, ...)
+    /pvc/vms/NAME/placement            C,L {"node": where it is or is to be, "last_node": where it came from}
+    /pvc/vms/NAME/status               N   what a node last reported: {"node", "running": true | false | null
+                                           (unknown: it could not ask libvirt, with "unknown": why), "error",
+                                           "request": what it asks the leader to record, or null}; a node
+                                           claims a VM by writing running here before it starts it
+    /pvc/vm_uuids/UUID                 C   the VM name holding a UUID; created with the VM, so UUIDs stay unique
+    /pvc/locks/vms/NAME                C   kazoo lock serialising commands on one VM
+    /pvc/tasks/ID                      L   a long operation (flush, ready) the leader runs and resumes
+    /pvc/storage/pools/POOL            C   a storage pool: {"backend", "options"} it was made with
+    /pvc/storage/volumes/POOL:VOLUME   C,N a volume: {"pool", "name", "size_bytes"} (N: a finished upload)
+    /pvc/storage/volumes/POOL:VOLUME/snapshots   C   {SNAPSHOT: {"created": time}} of that volume
+    /pvc/locks/storage/POOL            C,N kazoo lock serialising storage changes within one pool
 """
 import json
 import re
@@ -46,6 +57,7 @@ VM_UUIDS = f"{ROOT}/vm_uuids"
 LOCKS = f"{ROOT}/locks"
 VM_LOCKS = f"{LOCKS}/vms"
 TASKS = f"{ROOT}/tasks"
+NODE_OWNERS = f"{ROOT}/node_owners"
 
 NODE_KEYS = ("daemon_state", "domain_state", "keepalive")
 """The child znodes of a node, each written by whoever owns that fact."""
@@ -61,7 +73,8 @@ DAEMON_STATES = ("init", "run", "stop", "dead", "fenced")
 DOMAIN_STATES = ("ready", "flushing", "flushed", "unflushing")
 
 DEFAULT_CLUSTER_CONFIG: dict[str, Any] = {"maintenance": False, "default_selector": "mem",
-                                          "migration_method": "auto"}
+                                          "migration_method": "auto", "allow_host_devices": False}
+"""`allow_host_devices`: whether a VM definition may pass host devices (<hostdev>, disks naming host paths)."""
 MIGRATION_METHODS = ("live", "shutdown", "auto")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -77,6 +90,13 @@ def check_name(kind: str, name: object) -> str:
 
 def node(name: str) -> str:
     return f"{NODES}/{check_name('node', name)}"
+
+
+def node_owners(name: str) -> str:
+    return f"{NODE_OWNERS}/{check_name('node', name)}"
+
+
+NODE_OWNER_PREFIX = "owner-"
 
 
 def node_key(name: str, key: str) -> str:
@@ -121,7 +141,8 @@ def decode(data: bytes | None) -> Any:
     return json.loads(data)
 
 
-CONTAINERS = (ROOT, COORDINATORS, ELECTION, LIVE_COORDINATORS, NODES, VMS, VM_UUIDS, LOCKS, VM_LOCKS, TASKS)
+CONTAINERS = (ROOT, COORDINATORS, ELECTION, LIVE_COORDINATORS, NODES, VMS, VM_UUIDS, LOCKS, VM_LOCKS, TASKS,
+              NODE_OWNERS)
 """Znodes that must exist before anything is written below them."""
 
 

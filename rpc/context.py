@@ -1,5 +1,4 @@
 """What a coordinator's remote objects share: the store, the cache, leadership, plugins, node agents."""
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +26,7 @@ class CoordinatorContext:
     leadership: Leadership
 
     def node_views(self) -> list[dict[str, Any]]:
-        now = time.time()
-        return [models.node_view(name, raw, now) for name, raw in sorted(self.cache.nodes.snapshot().items())
+        return [models.node_view(name, raw) for name, raw in sorted(self.cache.nodes.snapshot().items())
                 if raw.get(OWN_VALUE) is not None]
 
     def node_view(self, name: str) -> dict[str, Any] | None:

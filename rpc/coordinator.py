@@ -23,6 +23,7 @@ from pvc.rpc.areas.vms import VMsArea
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.leadership import Leadership
 from pvc.rpc.monitor import NodeMonitor
+from pvc.rpc.node_requests import NodeRequests
 from pvc.rpc.tasks import TaskRunner
 from pvc.rpc.vm_control import VMControl
 from pvc.service import SignalQueue, daemon_command
@@ -39,6 +40,7 @@ class Coordinator:
                            settings["zookeeper_password"], settings["zookeeper_session_timeout"])
         self.cache = ClusterCache(self.store)
         self.monitor = NodeMonitor(self.store, self.cache, settings["fence_intervals"])
+        self.requests = NodeRequests(self.store, self.cache.vms)
         self.daemon: AuthenticatingDaemon | None = None
         self.context: CoordinatorContext | None = None
         self.tasks: TaskRunner | None = None
@@ -95,6 +97,7 @@ class Coordinator:
 
     def _lead(self, leader_node: str) -> None:
         self.monitor.check(leader_node)
+        self.requests.handle(leader_node)
         self.tasks.tick(leader_node)
 
     def run(self) -> None:

@@ -1,10 +1,28 @@
-"""The leader's watch over node keepalives.
+"""Watching node keepalives on the watcher's own clock.
 
-A node in ``run`` whose keepalive is older than `fence_intervals` of its own keepalive interval is marked
-``dead``. The write checks the leader's election node, so only the current leader can make it.
+A node's wall clock is never compared with a coordinator's. Every keepalive a node writes changes its
+keepalive znode (a new mzxid, whatever the node put in it); a coordinator notes on its own monotonic clock
+when it first saw each change, and a node's silence is the time since then. A node whose clock runs an hour
+ahead or behind looks exactly like any other.
+
+`NodeMonitor` is the leader's: a node in ``run`` silent for `fence_intervals` of its own keepalive interval
+is marked ``dead``. It reads each keepalive's version from ZooKeeper itself on every leader tick, and forgets
+what it saw whenever it may have missed something (a new term of leadership, or its ZooKeeper connection
+suspended or lost), so each node's silence is measured afresh from then. The write that marks a node dead
+checks the leader's election node, the node's daemon state and the keepalive version it judged: a keepalive
+arriving meanwhile, or a deposed leader, makes it fail.
+
+`KeepaliveWatch` is every coordinator's, for what `node list` and `node info` show: seconds since this
+coordinator saw each node's keepalive change, kept current by watches.
 """
 import logging
+import threading
 import time
+from typing import Any, Callable
+
+from kazoo.client import KazooState
+from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.protocol.states import ZnodeStat
 
 from pvc import schema
 from pvc.cache import OWN_VALUE, ClusterCache
@@ -13,36 +31,159 @@ from pvc.store import Store
 
 log = logging.getLogger(__name__)
 
+DEFAULT_KEEPALIVE_INTERVAL = 5
+
+
+class KeepaliveClock:
+    """When this process last saw each node's keepalive change, on its own monotonic clock.
+
+    A change is a newer mzxid of the keepalive znode; `None` stands for "no keepalive znode". A node seen for
+    the first time starts its clock at that moment."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[int, float]] = {}
+
+    def observe(self, name: str, mzxid: int | None) -> None:
+        version = -1 if mzxid is None else mzxid
+        with self._lock:
+            previous = self._seen.get(name)
+            if previous is None or version > previous[0]:
+                self._seen[name] = (version, self._clock())
+
+    def silence(self, name: str) -> float | None:
+        """Seconds since the keepalive of `name` was last seen to change, or None if it was never seen."""
+        with self._lock:
+            seen = self._seen.get(name)
+        return None if seen is None else self._clock() - seen[1]
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._seen.pop(name, None)
+
+    def restart(self) -> None:
+        """Forget everything: every node's clock starts again at its next observation."""
+        with self._lock:
+            self._seen.clear()
+
 
 class NodeMonitor:
-    def __init__(self, store: Store, cache: ClusterCache, fence_intervals: int):
+    """The leader's failure detector (see the module docstring)."""
+
+    def __init__(self, store: Store, cache: ClusterCache, fence_intervals: int,
+                 clock: Callable[[], float] = time.monotonic):
         self._store = store
         self._cache = cache
         self._fence_intervals = fence_intervals
+        self._keepalives = KeepaliveClock(clock)
+        self._term: str | None = None
+        """The election node under which the current observations were made."""
+        self._interrupted = False
+        store.add_state_listener(self._on_session_state)
 
-    def stale_nodes(self, now: float) -> list[str]:
-        return [name for name, raw in self._cache.nodes.snapshot().items() if self._is_stale(raw, now)]
+    def _on_session_state(self, state: str) -> None:
+        if state != KazooState.CONNECTED:
+            self._interrupted = True
 
-    def _is_stale(self, raw: dict, now: float) -> bool:
-        if raw.get("daemon_state") != "run":
+    def check(self, leader_node: str) -> list[str]:
+        """One leader tick: observe every ``run`` node's keepalive and mark dead the ones silent too long.
+        Returns the nodes marked dead."""
+        if leader_node != self._term or self._interrupted:
+            self._interrupted = False
+            self._term = leader_node
+            self._keepalives.restart()
+            log.info("watching node keepalives afresh: each node's silence is measured from now")
+        running = {name: raw for name, raw in self._cache.nodes.snapshot().items()
+                   if raw.get(OWN_VALUE) is not None and raw.get("daemon_state") == "run"}
+        for name in set(self._cache.nodes.names()) - set(running):
+            self._keepalives.forget(name)
+        try:
+            stats = self._keepalive_stats(sorted(running))
+        except KazooException as error:
+            log.warning("keepalives not read this tick: %s", error)
+            return []
+        for name, stat in stats.items():
+            self._keepalives.observe(name, stat.mzxid if stat else None)
+        marked = []
+        for name, raw in sorted(running.items()):
+            silence = self._keepalives.silence(name)
+            deadline = self.deadline(raw)
+            if silence is not None and silence > deadline and self._mark_dead(name, leader_node, stats[name]):
+                log.warning("node %s silent for %.1f s (%d keepalive intervals): marked dead", name, silence,
+                            self._fence_intervals)
+                marked.append(name)
+        return marked
+
+    def deadline(self, raw: dict[str, Any]) -> float:
+        """Seconds of silence after which a node is dead: `fence_intervals` of its own keepalive interval."""
+        interval = (raw.get(OWN_VALUE) or {}).get("keepalive_interval") or DEFAULT_KEEPALIVE_INTERVAL
+        return interval * self._fence_intervals
+
+    def _keepalive_stats(self, names: list[str]) -> dict[str, ZnodeStat | None]:
+        """Each node's keepalive znode stat, read now from ZooKeeper (not the cache), in one pipelined pass."""
+        pending = {name: self._store.zk.exists_async(schema.node_key(name, "keepalive")) for name in names}
+        return {name: result.get() for name, result in pending.items()}
+
+    def _mark_dead(self, name: str, leader_node: str, keepalive: ZnodeStat | None) -> bool:
+        """Mark `name` dead if it is still ``run`` and its keepalive is still the one judged silent."""
+        state_path = schema.node_key(name, "daemon_state")
+        try:
+            data, state_stat = self._store.zk.get(state_path)
+        except NoNodeError:
             return False
-        interval = (raw.get(OWN_VALUE) or {}).get("keepalive_interval", 5)
-        beat = (raw.get("keepalive") or {}).get("time", 0)
-        return now - beat > interval * self._fence_intervals
+        if schema.decode(data) != "run":
+            return False
+        transaction = self._store.transaction(leader_node)
+        if keepalive is not None:
+            transaction.check(schema.node_key(name, "keepalive"), keepalive.version)
+        transaction.set(state_path, "dead", version=state_stat.version)
+        try:
+            transaction.commit()
+        except PVCError as error:
+            log.info("node %s not marked dead: %s", name, error)
+            return False
+        finally:
+            self._cache.nodes.refresh(name)
+        self._keepalives.forget(name)
+        return True
 
-    def check(self, leader_node: str) -> None:
-        for name in self.stale_nodes(time.time()):
-            # Each key of a node reaches the cache through its own watch, so a node that has just started may
-            # show "run" before its new keepalive: confirm against ZooKeeper before acting.
-            self._cache.nodes.refresh(name)
-            if not self._is_stale(self._cache.nodes.get(name) or {}, time.time()):
-                continue
-            try:
-                self._store.transaction(leader_node) \
-                    .set(schema.node_key(name, "daemon_state"), "dead") \
-                    .commit()
-            except PVCError as error:
-                log.warning("could not mark node %s dead: %s", name, error)
-                continue
-            self._cache.nodes.refresh(name)
-            log.warning("node %s missed %d keepalives: marked dead", name, self._fence_intervals)
+
+class KeepaliveWatch:
+    """Seconds since this coordinator saw each node's keepalive change, for the node views.
+
+    One data watch per node's keepalive znode, added as nodes appear; kazoo reads each again after a lost
+    connection, so a change made meanwhile counts from when it is seen."""
+
+    def __init__(self, store: Store):
+        self._store = store
+        self._keepalives = KeepaliveClock()
+        self._lock = threading.Lock()
+        self._watched: set[str] = set()
+
+    def start(self) -> None:
+        self._store.zk.ChildrenWatch(schema.NODES, self._on_nodes)
+
+    def age(self, name: str) -> float | None:
+        """Seconds since this coordinator saw the keepalive of `name` change; None before it saw one."""
+        silence = self._keepalives.silence(name)
+        return None if silence is None else round(silence, 1)
+
+    def _on_nodes(self, names: list[str]) -> None:
+        with self._lock:
+            added = set(names) - self._watched
+            for gone in self._watched - set(names):
+                self._keepalives.forget(gone)
+            self._watched = set(names)
+        for name in sorted(added):
+            self._store.zk.handler.spawn(self._watch, name)
+
+    def _watch(self, name: str) -> None:
+        def on_change(_data: bytes | None, stat: ZnodeStat | None, _event: Any = None) -> bool | None:
+            with self._lock:
+                if name not in self._watched:
+                    return False
+            if stat is not None:
+                self._keepalives.observe(name, stat.mzxid)
+            return None
+        self._store.zk.DataWatch(schema.node_key(name, "keepalive"), on_change)

@@ -4,6 +4,10 @@ A task is recorded first (`pending`), then the leader runs it; every step re-rea
 idempotent, so if the leader dies midway the next leader runs the same task again and finishes it. The
 VM moves of one task run in parallel, `parallelism` at a time, each through the same convergence calls as
 a single `vm migrate`.
+
+A task ends ``done``, or, for a flush in which a move was tried and failed and the VM is still on the node,
+``failed``: the node then stays ``flushing`` (never ``flushed`` with VMs on it), and the task lists each VM
+left behind with the reason (`not_moved`). A VM with no valid target is shut down, which counts as handled.
 """
 import logging
 import threading
@@ -12,11 +16,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from kazoo.exceptions import KazooException
+from kazoo.exceptions import KazooException, NoNodeError
 
 from pvc import models, placement, schema
 from pvc.cache import OWN_VALUE
-from pvc.errors import Conflict, NotFound, PVCError
+from pvc.errors import AlreadyExists, Busy, Conflict, NotFound, PVCError
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.vm_control import VMControl
 from pvc.store import Store
@@ -26,31 +30,82 @@ log = logging.getLogger(__name__)
 ACTIVE_STATES = ("pending", "running")
 FINISHED_KEPT_S = 3600
 FINISHED_KEPT = 100
+CREATE_ATTEMPTS = 20
 
 
 def create_task(context: CoordinatorContext, kind: str, node: str) -> dict[str, Any]:
     """Record a flush or ready of `node`, moving its domain state to flushing/unflushing in the same step;
-    a pending task of the same kind for that node is returned instead of a second one."""
-    for task in list_tasks(context):
-        if task["node"] == node and task["state"] in ACTIVE_STATES:
-            if task["kind"] == kind:
-                return task
-            raise Conflict(f"node {node} has a {task['kind']} in progress (task {task['id']})")
-    task_id = f"{kind}-{node}-{uuid.uuid4().hex[:8]}"
-    task = {"id": task_id, "kind": kind, "node": node, "state": "pending", "created": time.time(),
-            "total": None, "done": 0, "moved": [], "shut_down": [], "errors": []}
+    an active task of the same kind for that node is returned instead of a second one, and one of the other
+    kind is refused (`Conflict`).
+
+    Atomic across callers and coordinators: the transaction that creates the task also sets the node's
+    domain state at the version read before the node's tasks were looked at, so of two concurrent creations
+    one commits and the other, finding the state changed, looks again and finds the first one's task."""
+    domain_path = schema.node_key(node, "domain_state")
     domain_state = "flushing" if kind == "flush" else "unflushing"
-    context.store.transaction() \
-        .create(schema.task(task_id), task) \
-        .set(schema.node_key(node, "domain_state"), domain_state) \
-        .commit()
-    context.cache.nodes.refresh(node)
-    return task
+    for _attempt in range(CREATE_ATTEMPTS):
+        before = context.store.zk.exists(domain_path)
+        for task in list_tasks(context):
+            if task["node"] == node and task["state"] in ACTIVE_STATES:
+                if task["kind"] == kind:
+                    return task
+                raise Conflict(f"node {node} has a {task['kind']} in progress (task {task['id']})")
+        task_id = f"{kind}-{node}-{uuid.uuid4().hex[:8]}"
+        task = {"id": task_id, "kind": kind, "node": node, "state": "pending", "created": time.time(),
+                "total": None, "done": 0, "moved": [], "shut_down": [], "not_moved": [], "errors": []}
+        transaction = context.store.transaction().create(schema.task(task_id), task)
+        if before is None:
+            transaction.create(domain_path, domain_state)
+        else:
+            transaction.set(domain_path, domain_state, version=before.version)
+        try:
+            transaction.commit()
+        except (Conflict, AlreadyExists):
+            continue
+        context.cache.nodes.refresh(node)
+        return task
+    raise Busy(f"node {node} keeps changing; try the {kind} again in a moment")
 
 
 def list_tasks(context: CoordinatorContext) -> list[dict[str, Any]]:
-    tasks = [context.store.read(schema.task(task_id)) for task_id in context.store.children(schema.TASKS)]
-    return sorted((task for task in tasks if task), key=lambda task: task["created"])
+    """Every task record, in the order they were created (by ZooKeeper's order, not by any clock)."""
+    found = []
+    for task_id in context.store.children(schema.TASKS):
+        try:
+            data, stat = context.store.zk.get(schema.task(task_id))
+        except NoNodeError:
+            continue
+        task = schema.decode(data)
+        if task:
+            found.append((stat.czxid, task))
+    return [task for _created, task in sorted(found, key=lambda pair: pair[0])]
+
+
+def not_flushed(context: CoordinatorContext, node: str) -> list[str]:
+    """While `node` is left ``flushing`` by a flush that failed: each VM that flush could not move and that is
+    still on the node, as ``"NAME: reason"``. Empty otherwise."""
+    raw = context.cache.nodes.get(node) or {}
+    if raw.get("domain_state") != "flushing":
+        return []
+    flushes = [task for task in list_tasks(context) if task["node"] == node and task["kind"] == "flush"]
+    if not flushes or flushes[-1]["state"] != "failed":
+        return []
+    return [f"{entry['name']}: {entry['reason']}" for entry in flushes[-1].get("not_moved") or []
+            if _still_on(context.cache.vms.get(entry["name"]), node)]
+
+
+def _still_on(raw: dict[str, Any] | None, node: str) -> bool:
+    """Whether a VM is still on `node`: placed there, reported there and not known to be stopped, or (after a
+    failed move that is still returning it) not yet settled anywhere else."""
+    if not raw or raw.get(OWN_VALUE) is None:
+        return False
+    placement, status = raw.get("placement") or {}, raw.get("status") or {}
+    if placement.get("node") == node:
+        return True
+    if status.get("node") == node and status.get("running") is not False:
+        return True
+    settled_elsewhere = status.get("node") == placement.get("node") and status.get("running") is True
+    return raw.get("state") in schema.RUNNING_STATES and not settled_elsewhere
 
 
 def get_task(context: CoordinatorContext, task_id: str) -> dict[str, Any]:
@@ -128,23 +183,45 @@ class TaskExecution:
     def run(self) -> None:
         self._save(state="running")
         if self.task["kind"] == "flush":
-            self._flush()
+            failures = self._flush()
+            not_moved = self._left_behind(failures)
             final = "flushed"
         else:
             self._ready()
+            not_moved = []
             final = "ready"
-        self._context.store.transaction(self._leader_node) \
-            .set(schema.node_key(self.task["node"], "domain_state"), final) \
-            .set(schema.task(self.task["id"]), {**self.task, "state": "done", "finished": time.time()}) \
-            .commit()
+        left = {entry["name"] for entry in not_moved}
+        self.task.update(state="failed" if not_moved else "done", finished=time.time(), not_moved=not_moved,
+                         moved=[name for name in self.task["moved"] if name not in left])
+        transaction = self._context.store.transaction(self._leader_node)
+        if not not_moved:
+            transaction.set(schema.node_key(self.task["node"], "domain_state"), final)
+        transaction.set(schema.task(self.task["id"]), self.task).commit()
         self._context.cache.nodes.refresh(self.task["node"])
-        log.info("task %s done: %d moved, %d shut down", self.task["id"], len(self.task["moved"]),
-                 len(self.task["shut_down"]))
+        if not_moved:
+            log.warning("task %s failed: %s still on %s", self.task["id"], ", ".join(sorted(left)),
+                        self.task["node"])
+        else:
+            log.info("task %s done: %d moved, %d shut down", self.task["id"], len(self.task["moved"]),
+                     len(self.task["shut_down"]))
+
+    def _left_behind(self, failures: dict[str, str]) -> list[dict[str, str]]:
+        """The VMs whose move failed and that are still on the node, each with the reason."""
+        left = []
+        for name, reason in sorted(failures.items()):
+            try:
+                self._context.cache.vms.refresh(name)
+            except KazooException as error:
+                log.warning("task %s: %s not re-read (%s)", self.task["id"], name, error)
+            if _still_on(self._context.cache.vms.get(name), self.task["node"]):
+                left.append({"name": name, "reason": reason})
+        return left
 
     def _vms(self) -> dict[str, dict[str, Any]]:
         return {name: raw for name, raw in self._context.cache.vms.snapshot().items() if raw.get(OWN_VALUE)}
 
-    def _flush(self) -> None:
+    def _flush(self) -> dict[str, str]:
+        """Move (or, with no valid target, shut down) every VM running on the node; the failures by VM."""
         node = self.task["node"]
         leaving = {name: raw for name, raw in self._vms().items()
                    if (raw.get("placement") or {}).get("node") == node and raw.get("state") in schema.RUNNING_STATES}
@@ -163,7 +240,7 @@ class TaskExecution:
             self._record(name, state="migrate", placement={"node": target, "last_node": node})
             moves.append((name, [node, target]))
             self.task["moved"].append(name)
-        self._carry_out(moves)
+        return self._carry_out(moves)
 
     def _ready(self) -> None:
         node = self.task["node"]
@@ -184,13 +261,16 @@ class TaskExecution:
         with self._control.locked(name):
             self._control.record(name, leader_node=self._leader_node, **changes)
 
-    def _carry_out(self, moves: list[tuple[str, list[str]]]) -> None:
-        """Converge every moved VM, `parallelism` at a time, and wait for each to settle."""
+    def _carry_out(self, moves: list[tuple[str, list[str]]]) -> dict[str, str]:
+        """Converge every moved VM, `parallelism` at a time, and wait for each to settle; the failures."""
         self._save(total=len(moves), done=0)
+        failures = {}
         with ThreadPoolExecutor(self._parallelism, thread_name_prefix="task-move") as pool:
             for name, error in pool.map(lambda move: self._converge(*move), moves):
                 if error:
                     self.task["errors"].append(f"{name}: {error}")
+                    failures[name] = error
+        return failures
 
     def _converge(self, name: str, nodes: list[str]) -> tuple[str, str | None]:
         error = None

@@ -75,9 +75,18 @@ class VMControl:
         if not wait:
             self._background.submit(self.poke, name, nodes)
             return self.view(name)
-        since = time.time()
+        since_zxid = self.command_zxid(name)
         self.poke(name, nodes)
-        return self.wait(name, timeout, since, moving=len({node for node in nodes if node}) > 1)
+        return self.wait(name, timeout, since_zxid, moving=len({node for node in nodes if node}) > 1)
+
+    def command_zxid(self, name: str) -> int:
+        """The ZooKeeper transaction id of the latest write to the VM's desired state (its definition, state
+        and placement): the command just recorded, or a later one. A node's report is newer than the command
+        when its own mzxid is larger; ZooKeeper orders both writes, so no host's clock is consulted."""
+        zk = self._context.store.zk
+        pending = [zk.exists_async(path) for path in
+                   (schema.vm(name), schema.vm_key(name, "state"), schema.vm_key(name, "placement"))]
+        return max((stat.mzxid for stat in (result.get() for result in pending) if stat is not None), default=0)
 
     def poke(self, name: str, nodes: list[str | None], action: str = "converge") -> None:
         """Ask each of `nodes` to converge the VM now. The change is already recorded, so a node that does
@@ -93,18 +102,23 @@ class VMControl:
                 log.info("%s of %s on %s now failed (%s); the node will converge on its own", action, name,
                          node, error)
 
-    def wait(self, name: str, timeout: float, since: float, moving: bool = False) -> dict[str, Any]:
-        """Wait until the VM's node reports the outcome its state asks for; raise an error reported since
-        `since` (the command's start), which is this command's failure. A command that moved the VM
-        (`moving`) recorded a fresh placement, so a migration error found there now is its own."""
+    def wait(self, name: str, timeout: float, since_zxid: int, moving: bool = False) -> dict[str, Any]:
+        """Wait until the VM's node reports the outcome its state asks for; raise an error in a status report
+        written after the command (`since_zxid`, see `command_zxid`), which is this command's failure. A
+        command that moved the VM (`moving`) recorded a fresh placement, so a migration error found there now
+        is its own. A report's own ``time`` (the node's clock) is never compared with this host's."""
         deadline = time.monotonic() + timeout
+        status_path = schema.vm_key(name, "status")
         while True:
             self._context.cache.vms.refresh(name)
             raw = self.raw(name)
             view = models.vm_view(name, raw)
-            status, placement = raw.get("status") or {}, raw.get("placement") or {}
-            if status.get("error") and status.get("time", 0) >= since:
-                raise OperationFailed(f"VM '{name}': {status['error']}")
+            placement = raw.get("placement") or {}
+            status, written = self._status_with_zxid(status_path)
+            if status.get("error") and written > since_zxid and \
+                    not (self._placement_pending(name, status) and time.monotonic() < deadline):
+                raise OperationFailed(f"VM '{name}': {status['error']}"
+                                      + (f"; it stays on {view['node']}" if moving else ""))
             if moving and placement.get("migration_error"):
                 raise OperationFailed(f"VM '{name}': {placement['migration_error']}; it stays on {view['node']}")
             if settled(view):
@@ -113,6 +127,21 @@ class VMControl:
                 raise Unavailable(f"VM '{name}' has not reached state {view['state']} on {view['node']} "
                                   f"after {timeout:g} s")
             time.sleep(0.1)
+
+    def _placement_pending(self, name: str, status: dict[str, Any]) -> bool:
+        """Whether the node asked the leader to place the VM back (a failed move) and the leader has not yet
+        recorded it: the caller is told where the VM stays only once that is true."""
+        request = status.get("request") or {}
+        return request.get("kind") in ("keep", "return") and \
+            request.get("placement_zxid") == self._context.cache.vms.get_with_zxids(name)[1].get("placement")
+
+    def _status_with_zxid(self, path: str) -> tuple[dict[str, Any], int]:
+        """The VM's status report as it is in ZooKeeper now, and the zxid of the write that made it."""
+        try:
+            data, stat = self._context.store.zk.get(path)
+        except NoNodeError:
+            return {}, 0
+        return schema.decode(data) or {}, stat.mzxid
 
     # -- recording -------------------------------------------------------------------------------------
 
@@ -134,7 +163,7 @@ def settled(view: dict[str, Any]) -> bool:
     """Whether a VM has reached what its state asks for."""
     state = view["state"]
     if state == "start":
-        return view["running"]
+        return view["running"] is True
     if state in ("stop", "shutdown", "disable", "fail"):
-        return not view["running"]
+        return view["running"] is False
     return False

@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 
 from pvc import schema
-from pvc.cache import ClusterCache
 from pvc.cli.localcluster.cluster import SESSION_TIMEOUT
 from pvc.errors import NotLeader, Unavailable
 from pvc.rpc.leadership import Leadership
-from pvc.rpc.monitor import NodeMonitor
 from pvc.store import Store
 
 from conftest import ZK_PASSWORD, ZK_USER
@@ -106,26 +104,3 @@ def test_a_deposed_leader_cannot_write(zookeeper_hosts):
             leadership.stop()
             store.stop()
 
-
-def test_the_leader_confirms_a_stale_keepalive_in_zookeeper_before_marking_a_node_dead(store, mocker):
-    """The cache gets each key of a node by its own watch: a node just started can show "run" there before its
-    first keepalive. The leader must not mark such a node dead."""
-    leader_node = store.zk.create(f"{schema.ELECTION}/contender-", b"", ephemeral=True, sequence=True)
-    cache = ClusterCache(store)
-    cache.start()
-    store.write(schema.node("hv1"), {"keepalive_interval": 1})
-    store.write(schema.node_key("hv1", "daemon_state"), "run")
-    assert eventually(lambda: (cache.nodes.get("hv1") or {}).get("daemon_state") == "run")
-    view_before_the_keepalive = cache.nodes.snapshot()
-    store.write(schema.node_key("hv1", "keepalive"), {"time": time.time()})
-    mocker.patch.object(cache.nodes, "snapshot", return_value=view_before_the_keepalive)
-
-    NodeMonitor(store, cache, fence_intervals=4).check(leader_node)
-
-    assert store.read(schema.node_key("hv1", "daemon_state")) == "run"
-
-    store.write(schema.node_key("hv1", "keepalive"), {"time": time.time() - 10})
-    cache.nodes.refresh("hv1")
-    mocker.stopall()
-    NodeMonitor(store, cache, fence_intervals=4).check(leader_node)
-    assert store.read(schema.node_key("hv1", "daemon_state")) == "dead"

@@ -69,9 +69,10 @@ def wait_gone(cluster, vm: str, timeout: float = 10.0) -> None:
 
 
 def wait_for_task(client, task: dict, timeout: float = 60.0) -> dict:
+    """Until the task has finished, done or failed."""
     deadline = time.monotonic() + timeout
-    while task["state"] != "done":
-        assert time.monotonic() < deadline, f"task not done after {timeout} s: {task}"
+    while task["state"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, f"task not finished after {timeout} s: {task}"
         time.sleep(0.2)
         task = client.nodes.task(task["id"])
     return task

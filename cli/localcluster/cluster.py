@@ -31,6 +31,7 @@ NODE_CPUS = 16
 NODE_MEMORY_MIB = 65536
 HYPERVISORS = ("test", "qemu")
 KEEPALIVE_INTERVAL = 1
+LIBVIRT_TIMEOUT = 3
 SESSION_TIMEOUT = 3
 FENCE_INTERVALS = 4
 
@@ -285,6 +286,7 @@ class LocalCluster:
         host = self.host(name)
         settings = {**self._common_settings(), "node_name": name, "libvirt_uri": host.uri,
                     "keepalive_interval": KEEPALIVE_INTERVAL, "listen_address": "127.0.0.1:0",
+                    "libvirt_timeout": LIBVIRT_TIMEOUT,
                     "boot_image_directory": str(self.boot_image_directory),
                     "console_log_directory": str(self.console_directory(name)),
                     "simulated_cpus": NODE_CPUS, "simulated_memory_mib": NODE_MEMORY_MIB,

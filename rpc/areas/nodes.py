@@ -5,10 +5,14 @@ from typing import Any
 
 import Pyro5.server
 
-from pvc import schema
+from pvc import models, schema
+from pvc.cache import OWN_VALUE
 from pvc.errors import NotFound
 from pvc.rpc import tasks
 from pvc.rpc.context import CoordinatorContext
+from pvc.rpc.monitor import KeepaliveWatch
+
+RESUMED_SINCE_DEAD = "keepalives resumed since it was marked dead"
 
 
 @Pyro5.server.expose
@@ -16,32 +20,53 @@ from pvc.rpc.context import CoordinatorContext
 class NodesArea:
     def __init__(self, context: CoordinatorContext):
         self._context = context
+        self._keepalives = KeepaliveWatch(context.store)
+        self._keepalives.start()
 
     def list(self) -> list[dict[str, Any]]:
         """Every node, sorted by name."""
-        return self._context.node_views()
+        return [self._view(name, raw) for name, raw in sorted(self._context.cache.nodes.snapshot().items())
+                if raw.get(OWN_VALUE) is not None]
 
     def info(self, name: str) -> dict[str, Any]:
+        """One node; after a flush that failed, `not_flushed` lists each VM still on it and why
+        (``"NAME: reason"``)."""
+        return {**self._view(name, self._raw(name)), "not_flushed": tasks.not_flushed(self._context, name)}
+
+    def _raw(self, name: str) -> dict[str, Any]:
         schema.check_name("node", name)
-        node = self._context.node_view(name)
-        if node is None:
+        raw = self._context.cache.nodes.get(name)
+        if raw is None or raw.get(OWN_VALUE) is None:
             raise NotFound(f"no node named '{name}'")
-        return node
+        return raw
+
+    def _view(self, name: str, raw: dict[str, Any]) -> dict[str, Any]:
+        note = RESUMED_SINCE_DEAD if raw.get("daemon_state") == "dead" and self._beating_since_dead(name) else None
+        return models.node_view(name, raw, keepalive_age_s=self._keepalives.age(name), daemon_note=note)
+
+    def _beating_since_dead(self, name: str) -> bool:
+        """Whether a keepalive was written after the node was marked dead: ZooKeeper orders the two writes
+        (their mzxids), so no clock is consulted."""
+        zk = self._context.store.zk
+        marked = zk.exists(schema.node_key(name, "daemon_state"))
+        beat = zk.exists(schema.node_key(name, "keepalive"))
+        return bool(marked and beat and beat.mzxid > marked.mzxid)
 
     def flush(self, name: str) -> dict[str, Any]:
         """Start moving every running VM off the node (domain state flushing → flushed); returns the task,
-        which the leader carries out and `task` reports on."""
-        self.info(name)
+        which the leader carries out and `task` reports on. A flush already under way is returned, not
+        repeated. A flush in which a move fails ends ``failed``, and the node stays ``flushing``."""
+        self._raw(name)
         return tasks.create_task(self._context, "flush", name)
 
     def ready(self, name: str) -> dict[str, Any]:
         """Return the node to service (unflushing → ready): VMs migrated away come back and VMs waiting
         for it to autostart start; returns the task."""
-        self.info(name)
+        self._raw(name)
         return tasks.create_task(self._context, "ready", name)
 
     def task(self, task_id: str) -> dict[str, Any]:
-        """A flush or ready task: its state (pending, running, done), progress and outcome."""
+        """A flush or ready task: its state (pending, running, done, failed), progress and outcome."""
         return tasks.get_task(self._context, schema.check_name("task", task_id))
 
     def tasks(self) -> list[dict[str, Any]]:

@@ -1,0 +1,159 @@
+"""A flush says what happened: one whose move failed ends `failed`, leaves the node `flushing` (not `flushed`),
+names the VM still there and why, and `--wait` exits non-zero; concurrent flushes of one node make one task.
+
+The failed move is real: the target's libvirtd already holds a domain (defined behind PVC's back) with the
+VM's UUID, so it refuses to define the VM and the VM returns to its node.
+"""
+import threading
+
+import libvirt
+import pytest
+
+import pvc
+from pvc.errors import Conflict
+
+from helpers import eventually
+from vm_support import (assert_no_vm_on_two_hosts, new_uuid, pvc as pvc_cli, remove_all_vms, running_hosts,
+                        vm_xml, wait_for_task, wait_running_on)
+
+
+@pytest.fixture(autouse=True)
+def nodes_ready_and_empty_afterwards(cluster):
+    yield
+    for node in cluster.local.node_names:
+        if cluster.client.nodes.info(node)["domain_state"] != "ready":
+            wait_for_task(cluster.client, cluster.client.nodes.ready(node))
+    remove_all_vms(cluster)
+
+
+@pytest.fixture
+def squatter(cluster):
+    """Define a domain with a given UUID directly in a host's libvirtd (`squatter(node, uuid)`), and undefine
+    it again (`squatter.remove(node, uuid)`, or at the end). It goes by its own name: the VM with its UUID
+    may run on that host by then."""
+    made = set()
+
+    def define(node: str, uuid: str) -> None:
+        connection = libvirt.open(cluster.local.host(node).uri)
+        try:
+            connection.defineXML(vm_xml(squatter_name(uuid), uuid=uuid))
+        finally:
+            connection.close()
+        made.add((node, uuid))
+
+    def remove(node: str, uuid: str) -> None:
+        connection = libvirt.open(cluster.local.host(node).uri)
+        try:
+            connection.lookupByName(squatter_name(uuid)).undefine()
+        finally:
+            connection.close()
+        made.discard((node, uuid))
+    define.remove = remove
+    yield define
+    for node, uuid in list(made):
+        remove(node, uuid)
+
+
+def squatter_name(uuid: str) -> str:
+    return f"squatter-{uuid[:8]}"
+
+
+def start_on(cluster, node: str, name: str, **options) -> None:
+    cluster.client.vms.define(vm_xml(name, uuid=options.pop("uuid", None)), target=node, **options)
+    cluster.client.vms.start(name, wait=True)
+    wait_running_on(cluster, name, node)
+
+
+def test_a_flush_whose_move_fails_ends_failed_and_names_the_vm_still_on_the_node(cluster, squatter):
+    anchored_uuid = new_uuid()
+    start_on(cluster, "hv1", "anchored", uuid=anchored_uuid, node_limit=["hv1", "hv2"])
+    start_on(cluster, "hv1", "free")
+    start_on(cluster, "hv1", "homebody", node_limit=["hv1"])
+    squatter("hv2", anchored_uuid)
+
+    flushed = pvc_cli(cluster, "node", "flush", "hv1", "--wait")
+
+    assert flushed.exit_code != 0, flushed.output
+    assert "flush of hv1: failed; moved 1 VM(s)" in flushed.stdout, flushed.output
+    assert "shut down (no valid target): homebody" in flushed.stdout, "a VM with no valid target is handled"
+    assert "still on hv1:\n  anchored: " in flushed.stdout, flushed.output
+    wait_running_on(cluster, "anchored", "hv1")
+    assert running_hosts(cluster).get("free") in (["hv2"], ["hv3"]), "the movable VM moved"
+    assert "homebody" not in running_hosts(cluster)
+    assert_no_vm_on_two_hosts(cluster)
+
+    node = cluster.client.nodes.info("hv1")
+    assert node["domain_state"] == "flushing", "never flushed with a VM still on it"
+    assert len(node["not_flushed"]) == 1 and node["not_flushed"][0].startswith("anchored: "), node
+    task = [task for task in cluster.client.nodes.tasks() if task["node"] == "hv1"][-1]
+    assert task["state"] == "failed" and [entry["name"] for entry in task["not_moved"]] == ["anchored"]
+    shown = pvc_cli(cluster, "node", "info", "hv1")
+    assert "Domain state:       flushing" in shown.stdout
+    assert "Not flushed:        anchored: " in shown.stdout, shown.output
+
+    squatter.remove("hv2", anchored_uuid)
+    again = pvc_cli(cluster, "node", "flush", "hv1", "--wait")
+
+    assert again.exit_code == 0, again.output
+    assert "flush of hv1: done; moved 1 VM(s)" in again.stdout, again.output
+    wait_running_on(cluster, "anchored", "hv2")
+    node = cluster.client.nodes.info("hv1")
+    assert node["domain_state"] == "flushed" and node["not_flushed"] == []
+
+
+def concurrently(cluster, calls: list[tuple[str, str]]) -> list:
+    """Make each (method, node) call from a client of its own, all at the same moment; each call's result or
+    error, in order."""
+    results: list = [None] * len(calls)
+    barrier = threading.Barrier(len(calls))
+
+    def call(index: int) -> None:
+        method, node = calls[index]
+        client = pvc.connect(cluster.local.uris, cluster.local.state["api_key"])
+        try:
+            client.nodes.list()
+            barrier.wait()
+            results[index] = getattr(client.nodes, method)(node)
+        except Exception as error:
+            results[index] = error
+        finally:
+            client.close()
+    threads = [threading.Thread(target=call, args=(index,)) for index in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return results
+
+
+def tasks_of(cluster, node: str) -> list[dict]:
+    return [task for task in cluster.client.nodes.tasks() if task["node"] == node]
+
+
+def test_concurrent_flushes_of_one_node_make_one_task(cluster):
+    for _round in range(3):
+        before = {task["id"] for task in tasks_of(cluster, "hv3")}
+
+        results = concurrently(cluster, [("flush", "hv3")] * 8)
+
+        assert not [result for result in results if isinstance(result, Exception)], results
+        made = [task for task in tasks_of(cluster, "hv3") if task["id"] not in before]
+        assert len(made) == 1, f"one flush task, not {len(made)}: {[task['id'] for task in made]}"
+        assert {result["id"] for result in results} == {made[0]["id"]}, "every caller is given that task"
+        assert wait_for_task(cluster.client, made[0])["state"] == "done"
+        wait_for_task(cluster.client, cluster.client.nodes.ready("hv3"))
+
+
+def test_a_flush_and_a_ready_at_once_make_one_task_and_one_clear_refusal(cluster):
+    before = {task["id"] for task in tasks_of(cluster, "hv3")}
+
+    results = concurrently(cluster, [("flush", "hv3"), ("ready", "hv3")] * 4)
+
+    made = [task for task in tasks_of(cluster, "hv3") if task["id"] not in before]
+    assert len(made) == 1, [task["id"] for task in made]
+    refused = [result for result in results if isinstance(result, Exception)]
+    given = [result for result in results if not isinstance(result, Exception)]
+    assert {task["id"] for task in given} == {made[0]["id"]}
+    assert len(refused) == 4 and all(isinstance(error, Conflict) and "in progress" in str(error)
+                                     for error in refused), refused
+    assert eventually(lambda: cluster.client.nodes.task(made[0]["id"])["state"] == "done", 30, 0.2)

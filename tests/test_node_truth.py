@@ -1,0 +1,102 @@
+"""A node reports only what it checked, one daemon owns a node name, and the converge loop outlives faults.
+
+The ground truth is each host's own libvirtd; libvirtd is frozen with SIGSTOP (a hung daemon that still holds
+its socket), which is what makes a careless node say "not running" about a VM that runs.
+"""
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from pvc import schema
+from pvc.cli.localcluster.cluster import KEEPALIVE_INTERVAL, LIBVIRT_TIMEOUT
+
+from helpers import cluster_store, eventually
+from vm_support import assert_no_vm_on_two_hosts, remove_all_vms, vm_xml, wait_running_on
+
+
+@pytest.fixture(autouse=True)
+def no_vms_left(cluster):
+    yield
+    remove_all_vms(cluster)
+
+
+def _freeze(cluster, node: str, frozen: bool) -> None:
+    os.kill(cluster.local.host(node).pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
+
+def test_a_hung_libvirtd_makes_its_vms_unknown_and_nothing_starts_them_elsewhere(cluster):
+    client = cluster.client
+    client.vms.define(vm_xml("held"), target="hv1")
+    client.vms.start("held", wait=True)
+    _freeze(cluster, "hv1", True)
+    try:
+        unknown = eventually(lambda: (lambda vm: vm if vm["running"] is None else None)(client.vms.info("held")),
+                             LIBVIRT_TIMEOUT + 4 * KEEPALIVE_INTERVAL)
+        assert unknown, f"a VM on a hung libvirtd is reported {client.vms.info('held')}"
+        assert "did not answer" in unknown["unknown"] or "unreachable" in unknown["unknown"]
+        listed = {vm["name"]: vm for vm in client.vms.list()}
+        assert listed["held"]["running"] is None and listed["held"]["unknown"]
+
+        client.vms.migrate("held", target="hv2")
+        # Only the other hosts can be asked (a client of the frozen libvirtd would hang too).
+        assert not eventually(lambda: any(cluster.host_domains(node).get("held") for node in ("hv2", "hv3")),
+                              3 * KEEPALIVE_INTERVAL), \
+            "nothing may start the VM elsewhere while its old node cannot say it is off"
+        node = client.nodes.info("hv1")
+        assert node["daemon_state"] == "run", "a hung libvirtd does not make the node look dead"
+        assert node["keepalive_age_s"] is not None and node["keepalive_age_s"] < 3 * KEEPALIVE_INTERVAL
+    finally:
+        _freeze(cluster, "hv1", False)
+
+    wait_running_on(cluster, "held", "hv2", timeout=LIBVIRT_TIMEOUT + 15)
+    assert eventually(lambda: (lambda vm: vm["running"] is True and vm["unknown"] is None)(client.vms.info("held")),
+                      10)
+    assert_no_vm_on_two_hosts(cluster)
+
+
+def test_the_converge_loop_outlives_a_libvirt_outage(cluster):
+    """After the outage, a change recorded in ZooKeeper with no coordinator call at all is still carried out:
+    only the node's own loop can have done it."""
+    client = cluster.client
+    client.vms.define(vm_xml("looped"), target="hv3")
+    _freeze(cluster, "hv3", True)
+    try:
+        assert eventually(lambda: "failed" in _node_log(cluster, "hv3"), LIBVIRT_TIMEOUT + 4 * KEEPALIVE_INTERVAL)
+    finally:
+        _freeze(cluster, "hv3", False)
+    with cluster_store(cluster.local) as store:
+        store.write(schema.vm_key("looped", "state"), "start")
+    wait_running_on(cluster, "looped", "hv3", timeout=30)
+
+
+def _node_log(cluster, node: str) -> str:
+    return (cluster.local.state_dir / "nodes" / node / "pvcnoded.log").read_text(errors="replace")
+
+
+def test_a_second_daemon_with_a_taken_node_name_refuses_to_start(cluster, tmp_path):
+    local = cluster.local
+    config = (local.state_dir / "nodes" / "hv2" / "pvcnoded.yaml").read_text()
+    second = tmp_path / "pvcnoded.yaml"
+    second.write_text(config.replace(str(local.state_dir / "nodes" / "hv2" / "staging"), str(tmp_path / "staging")))
+    owner = local.daemon_pid("pvcnoded", "hv2")
+
+    result = subprocess.run([str(os.path.join(os.path.dirname(sys.executable), "pvcnoded")), "--config", str(second)],
+                            capture_output=True, text=True, timeout=60)
+
+    assert result.returncode != 0
+    assert f"node hv2 is already run by pvcnoded pid {owner} on host" in result.stderr + result.stdout
+    assert local.daemon_pid("pvcnoded", "hv2") == owner
+    assert cluster.client.nodes.info("hv2")["daemon_state"] == "run", "the refused daemon changed nothing"
+    with cluster_store(local) as store:
+        assert len(store.zk.get_children(schema.node_owners("hv2"))) == 1, "the refused daemon left no owner"
+
+
+def test_a_daemon_restarted_right_after_a_kill_waits_for_the_old_session_and_starts(cluster):
+    local = cluster.local
+    local.stop_daemon("pvcnoded", "hv2", kill=True)
+    local.start_node_daemon("hv2")
+    local.wait_ready(30)
+    assert cluster.client.nodes.info("hv2")["daemon_state"] == "run"

@@ -1,0 +1,90 @@
+"""`--wait` tells this command's outcome by ZooKeeper's order of writes, not by the time a node wrote in its
+report: a node's clock an hour behind or ahead neither hides this command's error nor raises an old one.
+
+A coordinator's VM control runs here over a real ZooKeeper; the test writes the node's status reports itself,
+with the `time` a node whose clock is wrong would put in them."""
+import threading
+import time
+
+import pytest
+
+from pvc import schema
+from pvc.cache import ClusterCache
+from pvc.errors import OperationFailed
+from pvc.rpc.context import CoordinatorContext
+from pvc.rpc.vm_control import VMControl
+
+from helpers import eventually
+
+HOUR = 3600
+
+
+@pytest.fixture
+def cache(store):
+    cache = ClusterCache(store)
+    cache.start()
+    return cache
+
+
+@pytest.fixture
+def control(store, cache):
+    """A coordinator's VM control with no node agents: the test plays the node."""
+    return VMControl(CoordinatorContext("test-coordinator", {}, store, cache, plugins=None, agents=None,
+                                        leadership=None))
+
+
+def define(store, cache, name: str, status: dict) -> None:
+    store.write(schema.vm(name), {"name": name, "memory_mib": 512, "vcpus": 1})
+    store.write(schema.vm_key(name, "state"), "stop")
+    store.write(schema.vm_key(name, "placement"), {"node": "hv1", "last_node": None})
+    store.write(schema.vm_key(name, "status"), status)
+    assert eventually(lambda: len(cache.vms.get(name) or {}) == 4)
+
+
+def start_waiting(control, name: str, timeout: float) -> dict:
+    """Record `vm start` and wait for it in a thread, as a command with --wait does; the outcome lands in the
+    returned dict."""
+    control.record(name, state="start")
+    outcome: dict = {}
+
+    def wait() -> None:
+        try:
+            outcome["view"] = control.converge(name, [], wait=True, timeout=timeout)
+        except Exception as error:
+            outcome["error"] = error
+        outcome["after_s"] = time.monotonic() - began
+    began = time.monotonic()
+    thread = threading.Thread(target=wait)
+    thread.start()
+    outcome["thread"] = thread
+    return outcome
+
+
+def test_an_error_reported_after_the_command_is_its_failure_though_the_nodes_clock_is_an_hour_behind(
+        store, cache, control):
+    define(store, cache, "late", {"node": "hv1", "running": False, "error": None, "time": time.time() - HOUR})
+    outcome = start_waiting(control, "late", timeout=10)
+    time.sleep(0.3)
+
+    store.write(schema.vm_key("late", "status"),
+                {"node": "hv1", "running": False, "error": "no room for it", "time": time.time() - HOUR})
+    outcome["thread"].join(15)
+
+    assert isinstance(outcome.get("error"), OperationFailed), outcome
+    assert "no room for it" in str(outcome["error"]) and outcome["after_s"] < 5
+
+
+def test_an_error_reported_before_the_command_is_not_its_failure_though_the_nodes_clock_is_an_hour_ahead(
+        store, cache, control):
+    define(store, cache, "early", {"node": "hv1", "running": False, "error": "an old failure",
+                                     "time": time.time() + HOUR})
+    outcome = start_waiting(control, "early", timeout=10)
+    time.sleep(0.3)
+    assert outcome["thread"].is_alive(), f"the old error is not this command's: {outcome}"
+
+    store.write(schema.vm_key("early", "status"),
+                {"node": "hv1", "running": True, "error": None, "time": time.time() + HOUR})
+    outcome["thread"].join(15)
+
+    assert "error" not in outcome, outcome
+    assert outcome["view"]["running"] is True and outcome["view"]["state"] == "start"
