@@ -45,13 +45,18 @@ def maintenance(session, mode: str, output_format: str) -> None:
               help="how VMs migrate unless they say otherwise")
 @click.option("--allow-host-devices/--no-allow-host-devices", default=None,
               help="whether VM definitions may pass host devices (<hostdev>) and disks naming host paths")
+@click.option("--fence-chain", metavar="POLICY[,POLICY...]",
+              help="fencing policies tried in order on a dead node until one confirms it is off (e.g. ipmi)")
 @output.format_option
 @click.pass_obj
-def cluster_config(session, default_selector, migration_method, allow_host_devices, output_format) -> None:
+def cluster_config(session, default_selector, migration_method, allow_host_devices, fence_chain,
+                   output_format) -> None:
     """Show the cluster configuration, or change the keys given."""
+    chain = [name.strip() for name in fence_chain.split(",") if name.strip()] if fence_chain is not None else None
     changes = {key: value for key, value in {"default_selector": default_selector,
                                              "migration_method": migration_method,
-                                             "allow_host_devices": allow_host_devices}.items()
+                                             "allow_host_devices": allow_host_devices,
+                                             "fence_chain": chain}.items()
                if value is not None}
     settings = session.client.cluster.config(**changes)
     output.show(settings, output_format,

@@ -85,6 +85,18 @@ def power_off(node: str, state_dir: Path) -> None:
     click.echo(f"host {node} is off")
 
 
+@cli.command("power-on")
+@click.argument("node")
+@state_dir_option
+def power_on(node: str, state_dir: Path) -> None:
+    """Power a node on as its BMC does: its host starts empty (no VM running), then its pvcnoded."""
+    cluster = LocalCluster(state_dir)
+    if node not in cluster.node_names:
+        raise click.UsageError(f"no node {node!r} in the local cluster in {cluster.state_dir}")
+    cluster.bmc(node).power_on()
+    click.echo(f"host {node} is on")
+
+
 @cli.command("restart-libvirtd")
 @click.argument("node")
 @state_dir_option

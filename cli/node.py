@@ -44,6 +44,12 @@ def _info_table(node: dict) -> str:
     ]
     if node.get("not_flushed"):
         pairs.append(("Not flushed", "; ".join(node["not_flushed"])))
+    recovery = node.get("recovery")
+    if recovery:
+        fence = "; ".join(f"{level['policy']}: {'off' if level['confirmed'] else 'not confirmed'} "
+                          f"({level['explanation']})" for level in recovery.get("fence") or [])
+        pairs.append(("Recovery", recovery["state"] + (f": {recovery['reason']}" if recovery.get("reason") else "")))
+        pairs.append(("Fence", fence or "-"))
     return output.details(pairs)
 
 
@@ -67,6 +73,17 @@ def list_nodes(session, output_format: str) -> None:
 def info(session, name: str, output_format: str) -> None:
     """One node in detail."""
     output.show(session.client.nodes.info(name), output_format, _info_table)
+
+
+@group.command("fence-confirm")
+@click.argument("name")
+@click.confirmation_option("--yes", "-y", prompt="Have you made sure the node is powered off? Its VMs will be "
+                                                 "started on other nodes")
+@output.format_option
+@click.pass_obj
+def fence_confirm(session, name: str, output_format: str) -> None:
+    """Confirm a dead node is off (after its fence failed), so that its VMs are recovered elsewhere."""
+    output.show(session.client.nodes.fence_confirm(name), output_format, _info_table)
 
 
 FINISHED = ("done", "failed")

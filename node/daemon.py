@@ -64,7 +64,11 @@ class NodeDaemon:
             self._register()
             self._read_figures()
             self.write_keepalive()
-            self.store.write(schema.node_key(self.name, "daemon_state"), "run")
+            if self._marked_dead():
+                log.warning("node %s was marked dead: it stays dead until it is fenced (then `node ready`)",
+                            self.name)
+            else:
+                self.store.write(schema.node_key(self.name, "daemon_state"), "run")
             threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True).start()
             threading.Thread(target=self._figures_loop, name="figures", daemon=True).start()
         except BaseException:
@@ -91,12 +95,13 @@ class NodeDaemon:
                   "migration_uri": self.settings["migration_uri"] or f"qemu+tcp://{_uri_host(listen_host)}/system",
                   "migration_stream_uri": f"tcp://{_uri_host(self.settings['migration_address'] or listen_host)}",
                   "host_paths": vars(self.paths),
-                  "bmc": {"host": self.settings["bmc_host"], "port": self.settings["bmc_port"]}}
+                  "bmc": {"host": self.settings["bmc_host"], "port": self.settings["bmc_port"],
+                          "user": self.settings["bmc_user"], "password": self.settings["bmc_password"]}}
         if self.store.zk.exists(schema.node(self.name)):
-            self.store.transaction() \
-                .set(schema.node(self.name), record) \
-                .set(schema.node_key(self.name, "daemon_state"), "init") \
-                .commit()
+            transaction = self.store.transaction().set(schema.node(self.name), record)
+            if not self._marked_dead():
+                transaction.set(schema.node_key(self.name, "daemon_state"), "init")
+            transaction.commit()
             if self.store.zk.exists(schema.node_key(self.name, "domain_state")) is None:
                 self.store.write(schema.node_key(self.name, "domain_state"), "ready")
             return
@@ -105,6 +110,10 @@ class NodeDaemon:
             .create(schema.node_key(self.name, "daemon_state"), "init") \
             .create(schema.node_key(self.name, "domain_state"), "ready") \
             .commit()
+
+    def _marked_dead(self) -> bool:
+        """A node the leader marked dead is fenced even if it comes back: it must not claim to run."""
+        return self.store.read(schema.node_key(self.name, "daemon_state")) == "dead"
 
     def write_keepalive(self) -> None:
         """Write the latest figures; never asks libvirt itself, so a hung libvirtd makes the figures stale

@@ -228,18 +228,23 @@ class Reconciler:
         status_path = schema.vm_key(name, "status")
         stat = zk.exists(status_path)
         current = schema.decode(zk.get(status_path)[0]) if stat else {}
+        fenced = None
         if current.get("node") not in (None, self.node) and current.get("running") is not False:
-            # Only a report from that node that its copy is off lets this one start: "running" and
-            # "unknown" (it could not ask libvirt) both mean a copy may still run there.
-            log.info("%s may still run on %s (%s): waiting before starting it here", name, current.get("node"),
-                     "unknown: " + current["unknown"] if current.get("unknown") else "running")
-            return False
+            # Only a report from that node that its copy is off, or a confirmed fence of that node, lets this
+            # one start: "running" and "unknown" (it could not ask libvirt) both mean a copy may still run.
+            fenced = self._fenced(current["node"])
+            if fenced is None:
+                log.info("%s may still run on %s (%s): waiting before starting it here", name, current.get("node"),
+                         "unknown: " + current["unknown"] if current.get("unknown") else "running")
+                return False
         claim = {**current, "node": self.node, "running": True, "error": None, "unknown": None,
                  "time": time.time()}
         if self._ownership.path is None:
             return False
         transaction = self._store.transaction(self._ownership.path) \
             .check(schema.vm_key(name, "placement"), placement_stat.version)
+        if fenced is not None:
+            transaction.check(schema.node_key(current["node"], "daemon_state"), fenced)
         if stat:
             transaction.set(status_path, claim, version=stat.version)
         else:
@@ -267,6 +272,14 @@ class Reconciler:
         report = {**status, "node": self.node, "running": None, "unknown": reason, "time": time.time()}
         self._write_status_if_ours(name, report)
         return report
+
+    def _fenced(self, node: str) -> int | None:
+        """The version of `node`'s daemon state while it says ``fenced`` (confirmed off), else None."""
+        try:
+            data, stat = self._store.zk.get(schema.node_key(node, "daemon_state"))
+        except NoNodeError:
+            return None
+        return stat.version if schema.decode(data) == "fenced" else None
 
     def _failed(self, name: str, raw: dict[str, Any], reason: str, running: bool | None = None) -> dict[str, Any]:
         """Record the error; a VM that failed to start here after a migration goes back where it was."""

@@ -11,7 +11,8 @@ PVC's own built-ins (``pvc.plugins.*``) are registered through that same group. 
 *registration hook*: it is called once, when a process builds its registries, and returns a mapping of names
 to implementations. Two plugins registering the same name is an error naming both (see `pvc.plugins`).
 """
-from typing import Any, BinaryIO, ContextManager, Iterable, Mapping, Protocol
+from dataclasses import dataclass
+from typing import Any, BinaryIO, ContextManager, Iterable, Literal, Mapping, Protocol
 
 import pluggy
 
@@ -37,16 +38,69 @@ class MigrationSelector(Protocol):
         """
 
 
+@dataclass(frozen=True)
+class FenceResult:
+    """What one fencing attempt proved about a node.
+
+    ``off``: the node is powered off (its VMs are gone with it). ``isolated``: the node's storage clients can
+    no longer write, though the node may still run. ``failed``: nothing was proven; `reason` says why, in
+    words an administrator can act on (it is shown by ``node info`` and logged by the coordinator).
+    """
+
+    proven: Literal["off", "isolated", "failed"]
+    reason: str
+    details: Mapping[str, Any] | None = None
+    """What the policy did, for the node's record (the addresses it blocklisted, the BMC it asked)."""
+
+    @property
+    def confirmed(self) -> bool:
+        """Whether anything was proven."""
+        return self.proven != "failed"
+
+    @classmethod
+    def off(cls, reason: str, **details: Any) -> "FenceResult":
+        return cls("off", reason, details or None)
+
+    @classmethod
+    def isolated(cls, reason: str, **details: Any) -> "FenceResult":
+        return cls("isolated", reason, details or None)
+
+    @classmethod
+    def failed(cls, reason: str, **details: Any) -> "FenceResult":
+        return cls("failed", reason, details or None)
+
+
 class FencingPolicy(Protocol):
-    """Decides how a dead node is made safe before its VMs are restarted elsewhere."""
+    """One level of a node's fencing chain: a way to make a dead node safe before its VMs run elsewhere.
+
+    A *power* policy (``kind = "power"``) turns the node off and must prove it (``FenceResult.off``); an *I/O*
+    policy (``kind = "io"``) cuts the node off from shared storage (``FenceResult.isolated``). A policy must
+    never report more than it has proven: anything short of proof is ``FenceResult.failed`` with the reason.
+    A policy never raises for an expected failure (an unreachable BMC, refused credentials, a storage error);
+    the chain treats an exception as a failed level.
+
+    Policies are called by the leader coordinator, maybe again by the next leader after a failover: `fence`
+    must be safe to repeat.
+
+    A policy whose fence outlives the node's return (a storage blocklist) also defines
+    ``unfence(node, options, deadline) -> tuple[bool, str]``, called with the same arguments when the node is
+    made ready again: it removes what `fence` left in place and returns ``(done, explanation)``. Power
+    policies have nothing to undo and leave it out; callers look it up with ``getattr(policy, "unfence",
+    None)``.
+    """
 
     description: str
+    kind: Literal["power", "io"]
 
-    def fence(self, node: Mapping[str, Any]) -> tuple[bool, str]:
-        """Power the node off, returning ``(confirmed_off, explanation)``.
+    def fence(self, node: Mapping[str, Any], options: Mapping[str, Any], deadline: float) -> FenceResult:
+        """Fence `node` and say what was proven.
 
-        Only a True first element lets recovery restart the node's VMs elsewhere; anything short of proof
-        that the node is off must return False, with the reason in the explanation.
+        :param node: the node's record as ``nodes.info`` returns it (``name``, ``bmc``, ...), plus
+            ``volumes``: every volume (``POOL/VOLUME``) of the VMs placed on the node, for storage fences.
+        :param options: this level's options for this node (the cluster's fencing settings with the node's
+            overrides applied), such as BMC credentials or a Ceph configuration file.
+        :param deadline: a `time.monotonic` time by which the policy must have returned; it bounds every
+            command it runs by the time left and returns ``failed`` once that is gone.
         """
 
 
@@ -183,9 +237,16 @@ def pvc_migration_selectors() -> Mapping[str, MigrationSelector]:
 def pvc_fencing_policies() -> Mapping[str, FencingPolicy]:
     """Register fencing policies by name, chosen by the cluster's fencing settings.
 
-    Called once per process when the fencing registry is built.
+    Called once per process when the fencing registry is built. The built-ins are ``ipmi`` (power),
+    ``ceph-blocklist`` (I/O) and ``none`` (never proves anything), in `pvc.plugins.fencing`.
 
     :return: a mapping of policy name to an object implementing `FencingPolicy`.
+
+    Example::
+
+        @pvc.hookimpl
+        def pvc_fencing_policies():
+            return {"acme-pdu": AcmePduOutlet()}
     """
 
 

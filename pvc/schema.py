@@ -73,9 +73,12 @@ DAEMON_STATES = ("init", "run", "stop", "dead", "fenced")
 DOMAIN_STATES = ("ready", "flushing", "flushed", "unflushing")
 
 DEFAULT_CLUSTER_CONFIG: dict[str, Any] = {"maintenance": False, "default_selector": "mem",
-                                          "migration_method": "auto", "allow_host_devices": False}
+                                          "migration_method": "auto", "allow_host_devices": False,
+                                          "fence_chain": ["ipmi"]}
 """`allow_host_devices`: whether a VM definition may pass host devices (<hostdev>, disks naming host paths)."""
 MIGRATION_METHODS = ("live", "shutdown", "auto")
+DEFAULT_FENCE_CHAIN = ("ipmi",)
+"""Fencing policies tried in order on a dead node until one confirms it is off (cluster config `fence_chain`)."""
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 

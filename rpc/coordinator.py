@@ -24,6 +24,7 @@ from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.leadership import Leadership
 from pvc.rpc.monitor import NodeMonitor
 from pvc.rpc.node_requests import NodeRequests
+from pvc.rpc.recovery import RecoveryExecution, record_recovery, too_many_dead
 from pvc.rpc.tasks import TaskRunner
 from pvc.rpc.vm_control import VMControl
 from pvc.service import SignalQueue, daemon_command
@@ -58,7 +59,8 @@ class Coordinator:
             self.context = CoordinatorContext(self.name, self.settings, self.store, self.cache, loaded_plugins,
                                               NodeAgents(self.settings["cluster_secret"]), leadership)
             control = VMControl(self.context)
-            self.tasks = TaskRunner(self.context, control, self.settings["flush_parallelism"])
+            self.tasks = TaskRunner(self.context, control, self.settings["flush_parallelism"],
+                                    {"recover": RecoveryExecution})
             self.daemon = AuthenticatingDaemon(self.settings["api_keys"], "API key", host, port)
             areas = {"cluster": ClusterArea(self.context), "nodes": NodesArea(self.context),
                      "vms": VMsArea(self.context, control), "storage": StorageArea(self.context)}
@@ -96,7 +98,11 @@ class Coordinator:
             self.store.zk.handler.spawn(self._publish)
 
     def _lead(self, leader_node: str) -> None:
-        self.monitor.check(leader_node)
+        for node in self.monitor.check(leader_node):
+            if self.cache.config.get().get("maintenance"):
+                log.warning("node %s is dead; maintenance mode is on, so it is not fenced", node)
+                continue
+            record_recovery(self.context, node, leader_node, held=too_many_dead(self.context))
         self.requests.handle(leader_node)
         self.tasks.tick(leader_node)
 

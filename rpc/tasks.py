@@ -135,10 +135,13 @@ def prune_finished(store: Store, tasks: list[dict[str, Any]], leader_node: str |
 class TaskRunner:
     """The leader's runner: each leader tick starts the pending tasks not already running here."""
 
-    def __init__(self, context: CoordinatorContext, control: VMControl, parallelism: int):
+    def __init__(self, context: CoordinatorContext, control: VMControl, parallelism: int,
+                 executions: dict[str, type["TaskExecution"]] | None = None):
         self._context = context
         self._control = control
         self._parallelism = parallelism
+        self._executions = executions or {}
+        """Task kind → how it runs, for kinds beyond flush and ready (`pvc.rpc.recovery`)."""
         self._running: set[str] = set()
         self._lock = threading.Lock()
 
@@ -160,7 +163,8 @@ class TaskRunner:
 
     def _run(self, task: dict[str, Any], leader_node: str) -> None:
         try:
-            TaskExecution(self._context, self._control, task, leader_node, self._parallelism).run()
+            execution = self._executions.get(task["kind"], TaskExecution)
+            execution(self._context, self._control, task, leader_node, self._parallelism).run()
         except PVCError as error:
             log.warning("task %s interrupted: %s", task["id"], error)
         except Exception:

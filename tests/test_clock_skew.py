@@ -24,7 +24,8 @@ from pvc.errors import OperationFailed
 
 from conftest import _start_cluster
 from helpers import cluster_store, eventually
-from vm_support import (assert_no_vm_on_two_hosts, new_uuid, pvc, vm_xml, wait_gone, wait_running_on)
+from vm_support import (assert_no_vm_on_two_hosts, new_uuid, pvc, return_to_service, vm_xml, wait_gone,
+                        wait_running_on)
 
 CLOCK_SHIFT_DIR = Path(__file__).parent / "clock_shift"
 HOUR = 3600
@@ -64,8 +65,10 @@ def keepalive_clock_offset(cluster, node: str) -> float:
 
 @pytest.fixture(scope="module")
 def skewed(tmp_path_factory):
-    """A 3-node cluster whose hv2 runs an hour behind and hv3 an hour ahead."""
+    """A 3-node cluster whose hv2 runs an hour behind and hv3 an hour ahead. Its fencing chain is `none`, so a
+    node found dead stays dead (detection is what this module is about) until it is returned to service."""
     for cluster in _start_cluster(tmp_path_factory.mktemp("skew"), nodes=3, coordinators=1):
+        cluster.client.cluster.config(fence_chain=["none"])
         for node in CLOCK_OFF_BY:
             old_agent = cluster.client.nodes.info(node)["agent_uri"]
             cluster.local.stop_daemon("pvcnoded", node)
@@ -81,11 +84,15 @@ def nodes_running_afterwards(skewed):
         pid = skewed.local.daemon_pid("pvcnoded", node)
         if pid is not None:
             os.kill(pid, signal.SIGCONT)
-        if skewed.client.nodes.info(node)["daemon_state"] != "run":
-            skewed.local.stop_daemon("pvcnoded", node, kill=True)
-            pid = None
-        if pid is None:
+        if skewed.client.nodes.info(node)["daemon_state"] in ("dead", "fenced"):
+            return_to_service(skewed, node, start_daemon=lambda name: _start_shifted(skewed, name))
+        elif pid is None:
             start_node_daemon(skewed, node)
+
+
+def _start_shifted(cluster, node: str) -> None:
+    with clock_shifted_by(CLOCK_OFF_BY.get(node, 0)):
+        cluster.local.start_node_daemon(node)
 
 
 @pytest.fixture

@@ -84,3 +84,20 @@ def remove_all_vms(cluster) -> None:
         client.vms.remove(vm["name"])
     assert eventually(lambda: not any(cluster.host_domains(node) for node in cluster.local.node_names), 15), \
         {node: cluster.host_domains(node) for node in cluster.local.node_names}
+
+
+def return_to_service(cluster, node: str, start_daemon=None) -> None:
+    """Bring back a node the leader marked dead, the only way the fencing rules allow: its host is powered off
+    (as a fence would), an administrator confirms it, the host boots (empty) with its pvcnoded, and `node
+    ready` returns it to service. `start_daemon(node)` starts its pvcnoded (default: the local cluster's)."""
+    local, client = cluster.local, cluster.client
+    local.stop_daemon("pvcnoded", node, kill=True)
+    host = local.host(node)
+    host.power_off()
+    if client.nodes.info(node)["daemon_state"] == "dead":
+        client.nodes.fence_confirm(node)
+    assert eventually(lambda: (client.nodes.info(node)["recovery"] or {}).get("state") in ("done", "failed"), 60)
+    host.start()
+    (start_daemon or local.start_node_daemon)(node)
+    assert eventually(lambda: client.nodes.info(node)["daemon_state"] == "run", 30), client.nodes.info(node)
+    wait_for_task(client, client.nodes.ready(node))

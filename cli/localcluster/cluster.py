@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from pvc.cli.localcluster.bmc import SimulatedBMC
 from pvc.cli.localcluster.ceph import PrivateCeph
 from pvc.cli.localcluster.processes import (exit_description, free_port, kill_pid, live_pid, log_tail, read_pid,
                                             start_detached, stop_pid)
@@ -51,6 +52,10 @@ class LocalCluster:
     def host(self, name: str) -> SimulatedHost | QemuHost:
         host_class = QemuHost if self.hypervisor == "qemu" else SimulatedHost
         return host_class(self.state_dir / "hosts" / name, name)
+
+    def bmc(self, name: str) -> SimulatedBMC:
+        """The node's IPMI peer: ipmi_sim, whose chassis power is the host's and its pvcnoded's."""
+        return SimulatedBMC(self.state_dir / "bmc" / name, self.host(name), self.state_dir)
 
     @property
     def hypervisor(self) -> str:
@@ -110,6 +115,8 @@ class LocalCluster:
                 found[f"pvcnoded {name}"] = pid
             if self.host(name).running:
                 found[f"host {name}"] = self.host(name).pid
+            if self.bmc(name).running:
+                found[f"bmc {name}"] = self.bmc(name).pid
         if self.state.get("private_ceph"):
             found.update({f"ceph {daemon}": pid for daemon, pid in self.private_ceph.pids().items()})
         return found
@@ -132,13 +139,14 @@ class LocalCluster:
         if self.state and self.running_processes():
             raise Conflict(f"a local cluster is already running in {self.state_dir} "
                            f"(stop it with: pvc-local down --state-dir {self.state_dir})")
-        for leftover in ("zookeeper", "hosts", "nodes", "coordinators", "storage", "ceph", "tls"):
+        for leftover in ("zookeeper", "hosts", "bmc", "nodes", "coordinators", "storage", "ceph", "tls"):
             shutil.rmtree(self.state_dir / leftover, ignore_errors=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state = {
             "zookeeper_password": secrets.token_urlsafe(16),
             "api_key": secrets.token_urlsafe(24),
             "cluster_secret": secrets.token_urlsafe(24),
+            "bmc_user": f"pvc{secrets.token_hex(4)}", "bmc_password": secrets.token_urlsafe(12),
             "coordinators": {}, "nodes": [], "storage": storage,
             "ceph_conf": str(Path(ceph_conf).absolute()) if ceph_conf else str(self.private_ceph.conf),
             "private_ceph": storage == "ceph" and ceph_conf is None,
@@ -167,6 +175,7 @@ class LocalCluster:
                 self.state["nodes"].append(name)
                 self._save()
                 self.host(name).start()
+                self.bmc(name).start(self.state["bmc_user"], self.state["bmc_password"])
                 self.start_node_daemon(name)
             self._write_client_config()
             self.wait_ready(timeout)
@@ -178,6 +187,9 @@ class LocalCluster:
         """Stop every process this cluster started; returns what was stopped."""
         stopped = []
         for name in self.node_names:
+            if self.bmc(name).running:
+                self.bmc(name).stop()
+                stopped.append(f"bmc {name}")
             pid = self.daemon_pid("pvcnoded", name)
             if pid:
                 stop_pid(pid)
@@ -297,6 +309,8 @@ class LocalCluster:
             settings.update({"listen_address": f"{host.address}:0", "upload_listen_address": f"{host.address}:0",
                              "migration_uri": host.migration_uri, "migration_address": host.address,
                              "accelerator": self.state["accelerator"]})
+        if self.bmc(name).settings:
+            settings.update(self.bmc(name).node_settings())
         return self._start_daemon("pvcnoded", directory, settings)
 
     def _start_daemon(self, program: str, directory: Path, settings: dict[str, Any]) -> int:

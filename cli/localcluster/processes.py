@@ -25,9 +25,10 @@ _children: dict[int, subprocess.Popen] = {}
 _exit_codes: dict[int, int] = {}
 
 
-def free_port(address: str = "127.0.0.1") -> int:
-    """A TCP port on address that was free a moment ago (the caller races anyone else for it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def free_port(address: str = "127.0.0.1", kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """A TCP (or, with `kind` SOCK_DGRAM, UDP) port on address that was free a moment ago (the caller races
+    anyone else for it)."""
+    with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind((address, 0))
         return sock.getsockname()[1]
 

@@ -46,6 +46,8 @@ _NAMESPACE_SCRIPT = (
 class SimulatedHost:
     """One simulated hypervisor whose files (config, sockets, logs, pid files) live in directory."""
 
+    kind = "test"
+
     def __init__(self, directory: Path, name: str) -> None:
         # Absolute, because libvirtd runs with the directory as its working directory.
         self.directory = Path(directory).absolute()

@@ -41,14 +41,24 @@ class ClusterArea:
     def config(self, **changes: Any) -> dict[str, Any]:
         """The cluster configuration; given keyword arguments, change those keys first.
         Keys: default_selector (a migration selector's name), migration_method (live, shutdown, auto),
-        allow_host_devices (bool: whether VM definitions may pass host devices and disks naming host paths)."""
-        known = ("default_selector", "migration_method", "allow_host_devices")
+        allow_host_devices (bool: whether VM definitions may pass host devices and disks naming host paths),
+        fence_chain (fencing policy names, tried in order on a dead node until one confirms it is off)."""
+        known = ("default_selector", "migration_method", "allow_host_devices", "fence_chain")
         unknown = set(changes) - set(known)
         if unknown:
             raise InvalidInput(f"unknown cluster config key(s): {', '.join(sorted(unknown))} "
                                f"(known: {', '.join(known)})")
         if "allow_host_devices" in changes and not isinstance(changes["allow_host_devices"], bool):
             raise InvalidInput(f"allow_host_devices must be true or false, not {changes['allow_host_devices']!r}")
+        if "fence_chain" in changes:
+            chain = changes["fence_chain"]
+            policies = self._context.plugins.registry("pvc_fencing_policies")
+            if not isinstance(chain, list) or not chain or not all(isinstance(name, str) for name in chain):
+                raise InvalidInput(f"fence_chain must be a non-empty list of fencing policy names, not {chain!r}")
+            unknown_policies = [name for name in chain if name not in policies]
+            if unknown_policies:
+                raise InvalidInput(f"unknown fencing policy {', '.join(unknown_policies)} "
+                                   f"(loaded: {', '.join(sorted(policies)) or 'none'})")
         if "default_selector" in changes:
             self._context.selector({"node_selector": changes["default_selector"]})
         if "migration_method" in changes and changes["migration_method"] not in schema.MIGRATION_METHODS:

@@ -7,10 +7,11 @@ import Pyro5.server
 
 from pvc import models, schema
 from pvc.cache import OWN_VALUE
-from pvc.errors import NotFound
+from pvc.errors import Conflict, NotFound
 from pvc.rpc import tasks
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.monitor import KeepaliveWatch
+from pvc.rpc.recovery import record_recovery
 
 RESUMED_SINCE_DEAD = "keepalives resumed since it was marked dead"
 
@@ -31,7 +32,35 @@ class NodesArea:
     def info(self, name: str) -> dict[str, Any]:
         """One node; after a flush that failed, `not_flushed` lists each VM still on it and why
         (``"NAME: reason"``)."""
-        return {**self._view(name, self._raw(name)), "not_flushed": tasks.not_flushed(self._context, name)}
+        return {**self._view(name, self._raw(name)), "not_flushed": tasks.not_flushed(self._context, name),
+                "recovery": self._recovery(name)}
+
+    def _recovery(self, name: str) -> dict[str, Any] | None:
+        """The node's latest fence-and-recover task: its state, each fencing level's outcome, and why it failed."""
+        recoveries = [task for task in tasks.list_tasks(self._context)
+                      if task["node"] == name and task["kind"] == "recover"]
+        if not recoveries:
+            return None
+        task = recoveries[-1]
+        return {key: task.get(key) for key in ("id", "state", "fence", "reason", "moved", "shut_down", "fence_s",
+                                               "recovery_s")}
+
+    def fence_confirm(self, name: str) -> dict[str, Any]:
+        """An administrator has made sure the dead node is off (its fence failed): record it ``fenced`` and
+        recover its VMs elsewhere. Refused unless the node is ``dead``."""
+        self._raw(name)
+        path = schema.node_key(name, "daemon_state")
+        data, stat = self._context.store.zk.get(path)
+        if schema.decode(data) != "dead":
+            raise Conflict(f"node {name} is {schema.decode(data)}, not dead: only a dead node is fenced")
+        leader_node = self._context.leadership.leader_node
+        self._context.store.transaction() \
+            .set(path, "fenced", version=stat.version) \
+            .set(schema.node_key(name, "domain_state"), "flushed") \
+            .commit()
+        self._context.cache.nodes.refresh(name)
+        record_recovery(self._context, name, leader_node)
+        return self.info(name)
 
     def _raw(self, name: str) -> dict[str, Any]:
         schema.check_name("node", name)

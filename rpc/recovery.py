@@ -1,0 +1,159 @@
+"""Fencing a dead node and recovering its VMs, as a task the leader runs (and the next leader resumes).
+
+When the leader marks a node dead it records a ``recover`` task for it, unless the cluster is in maintenance
+mode or more than half of the nodes look dead at once (that is a ZooKeeper or network fault, not a room of
+dead hosts: the task is recorded ``failed`` with that reason, and nothing is fenced). The task:
+
+1. fences the node through the cluster's fencing chain (`fence_chain` in the cluster config: policy names
+   from `pvc_fencing_policies`, tried in order until one confirms the node is off). Only a confirmed fence
+   lets anything restart: the node becomes ``fenced`` and ``flushed`` in one transaction that checks it is
+   still ``dead``. A chain that confirms nothing ends the task ``failed`` with each level's reason, and an
+   administrator who has made sure the node is off says so (`nodes.fence_confirm`), which records the node
+   ``fenced`` and runs the recovery;
+2. recovers the node's VMs in parallel: each running one is placed on a node its selector and node limit
+   allow and started there (its new node may claim it because its old node is ``fenced``); one with no valid
+   target is stopped, and with node_autostart starts again when its home node is ready.
+
+Every step re-reads ZooKeeper and is idempotent, so a leader dying midway leaves a task the next leader
+finishes.
+"""
+import logging
+import time
+import uuid
+from typing import Any
+
+from kazoo.exceptions import NoNodeError
+
+from pvc import models, placement, schema
+from pvc.cache import OWN_VALUE
+from pvc.errors import Conflict, PVCError
+from pvc.rpc.context import CoordinatorContext
+from pvc.rpc.tasks import TaskExecution
+
+log = logging.getLogger(__name__)
+
+FENCING_POLICIES = "pvc_fencing_policies"
+FENCE_LEVEL_TIMEOUT_S = 30.0
+"""How long one level of the fencing chain may take before the next is tried."""
+
+
+def too_many_dead(context: CoordinatorContext) -> str | None:
+    """Why no node may be fenced now, when more than half of the nodes look dead at once."""
+    states = [raw.get("daemon_state") for raw in context.cache.nodes.snapshot().values() if raw.get(OWN_VALUE)]
+    dead = sum(1 for state in states if state == "dead")
+    if states and dead * 2 > len(states):
+        return (f"{dead} of {len(states)} nodes look dead at once: more likely a ZooKeeper or network fault "
+                "than dead hosts, so none is fenced automatically")
+    return None
+
+
+class RecoveryExecution(TaskExecution):
+    """A ``recover`` task: fence the node, then restart its VMs elsewhere."""
+
+    def run(self) -> None:
+        node = self.task["node"]
+        started = time.monotonic()
+        self._save(state="running")
+        if self._daemon_state() == "dead":
+            confirmed = self._fence()
+            self._save(fence_s=round(time.monotonic() - started, 2))
+            if not confirmed:
+                self._finish("failed", reason="fence not confirmed: " + "; ".join(
+                    f"{level['policy']}: {level['explanation']}" for level in self.task["fence"]))
+                log.warning("node %s: %s; nothing is restarted", node, self.task["reason"])
+                return
+        if self._daemon_state() != "fenced":
+            self._finish("failed", reason=f"node {node} is {self._daemon_state()}, not fenced: nothing restarted")
+            return
+        recovering = time.monotonic()
+        failures = self._recover()
+        self._save(recovery_s=round(time.monotonic() - recovering, 2))
+        if failures:
+            self._finish("failed", reason="; ".join(f"{name}: {error}" for name, error in sorted(failures.items())))
+        else:
+            self._finish("done")
+        log.info("node %s recovered: %d restarted elsewhere, %d stopped", node, len(self.task["moved"]),
+                 len(self.task["shut_down"]))
+
+    def _daemon_state(self) -> str | None:
+        return self._context.store.read(schema.node_key(self.task["node"], "daemon_state"))
+
+    def _fence(self) -> bool:
+        """Try each level of the chain until one confirms the node is off; record it ``fenced``."""
+        node = self.task["node"]
+        record = self._context.store.read(schema.node(node)) or {}
+        config = self._context.cache.config.get()
+        chain = config.get("fence_chain") or list(schema.DEFAULT_FENCE_CHAIN)
+        options = config.get("fence_options") or {}
+        policies = self._context.plugins.registry(FENCING_POLICIES)
+        self.task["fence"] = []
+        for name in chain:
+            policy = policies.get(name)
+            if policy is None:
+                confirmed, explanation = False, f"no fencing policy named {name!r} is loaded"
+            else:
+                try:
+                    result = policy.fence({"name": node, **record}, options.get(name) or {},
+                                          time.monotonic() + FENCE_LEVEL_TIMEOUT_S)
+                    confirmed, explanation = result.confirmed, result.reason
+                except Exception as error:
+                    confirmed, explanation = False, f"failed: {error}"
+            self.task["fence"].append({"policy": name, "confirmed": bool(confirmed), "explanation": explanation})
+            self._save()
+            log.warning("node %s: fencing level %s: %s (%s)", node, name,
+                        "confirmed off" if confirmed else "not confirmed", explanation)
+            if confirmed:
+                return self._record_fenced()
+        return False
+
+    def _record_fenced(self) -> bool:
+        node = self.task["node"]
+        path = schema.node_key(node, "daemon_state")
+        try:
+            data, stat = self._context.store.zk.get(path)
+        except NoNodeError:
+            return False
+        if schema.decode(data) != "dead":
+            return schema.decode(data) == "fenced"
+        self._context.store.transaction(self._leader_node) \
+            .set(path, "fenced", version=stat.version) \
+            .set(schema.node_key(node, "domain_state"), "flushed") \
+            .commit()
+        self._context.cache.nodes.refresh(node)
+        return True
+
+    def _recover(self) -> dict[str, str]:
+        node = self.task["node"]
+        stranded = {name: raw for name, raw in self._vms().items()
+                    if (raw.get("placement") or {}).get("node") == node and raw.get("state") in schema.RUNNING_STATES}
+        batch = placement.Batch(self._context.placement_views())
+        starts = []
+        for name, raw in sorted(stranded.items()):
+            view = models.vm_view(name, raw)
+            try:
+                target = batch.place(view, self._context.selector(raw[OWN_VALUE]), current_node=node)
+            except Conflict:
+                autostart = bool(raw[OWN_VALUE].get("node_autostart"))
+                self._record(name, state="stop", placement={"node": node, "last_node": None, "autostart": autostart})
+                self.task["shut_down"].append(name)
+                continue
+            self._record(name, state="start", placement={"node": target, "last_node": node})
+            starts.append((name, [target]))
+            self.task["moved"].append(name)
+        return self._carry_out(starts)
+
+    def _finish(self, state: str, **details: Any) -> None:
+        self._save(state=state, finished=time.time(), **details)
+
+
+def record_recovery(context: CoordinatorContext, node: str, leader_node: str | None, held: str | None = None) -> None:
+    """Record the ``recover`` task of a node just marked dead (or confirmed fenced); with `held`, record it
+    already ``failed`` with that reason, so `node info` says why nothing was fenced."""
+    task_id = f"recover-{node}-{uuid.uuid4().hex[:8]}"
+    task = {"id": task_id, "kind": "recover", "node": node, "state": "failed" if held else "pending",
+            "created": time.time(), "total": None, "done": 0, "moved": [], "shut_down": [], "not_moved": [],
+            "errors": [], "fence": [], "reason": held}
+    try:
+        context.store.transaction(leader_node).create(schema.task(task_id), task).commit()
+    except PVCError as error:
+        log.warning("recovery of %s not recorded: %s", node, error)

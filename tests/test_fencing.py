@@ -1,0 +1,88 @@
+"""A dead node is fenced before anything it ran starts elsewhere; a fence that is not confirmed restarts nothing.
+
+Nodes die the way they do in a machine room: their pvcnoded is killed (the host and its VMs run on, which is
+exactly why a VM must not be started twice), or their host loses power. The truth is each host's own
+libvirtd.
+"""
+import pytest
+
+from pvc.cli.localcluster.cluster import FENCE_INTERVALS, KEEPALIVE_INTERVAL
+
+from helpers import eventually
+from vm_support import assert_no_vm_on_two_hosts, running_hosts, vm_xml, wait_running_on
+
+DETECTION_S = (FENCE_INTERVALS + 2) * KEEPALIVE_INTERVAL + 2
+
+
+def _recovery(client, node: str, state: str, timeout: float = DETECTION_S + 10) -> dict:
+    found = eventually(lambda: (lambda recovery: recovery if recovery and recovery["state"] == state else None)(
+        client.nodes.info(node)["recovery"]), timeout, interval=0.2)
+    assert found, f"{node}'s recovery is not {state}: {client.nodes.info(node)}"
+    return found
+
+
+def _vms_on(client, node: str, names: list[str]) -> None:
+    for name in names:
+        client.vms.define(vm_xml(name), target=node)
+        client.vms.start(name, wait=True)
+
+
+@pytest.mark.cluster(nodes=3)
+def test_a_fence_that_is_not_confirmed_restarts_nothing_until_an_administrator_confirms(fresh_cluster):
+    client, local = fresh_cluster.client, fresh_cluster.local
+    client.cluster.config(fence_chain=["none"])
+    names = ["stranded1", "stranded2"]
+    _vms_on(client, "hv1", names)
+
+    local.stop_daemon("pvcnoded", "hv1", kill=True)
+
+    recovery = _recovery(client, "hv1", "failed")
+    assert "fencing disabled" in recovery["reason"] and recovery["fence"][0]["confirmed"] is False
+    assert client.nodes.info("hv1")["daemon_state"] == "dead"
+    assert not eventually(lambda: any(running_hosts(fresh_cluster).get(name) != ["hv1"] for name in names),
+                          3 * KEEPALIVE_INTERVAL), "nothing restarts while the node may still run its VMs"
+
+    local.host("hv1").power_off()  # the administrator makes sure it is off
+    client.nodes.fence_confirm("hv1")
+
+    for name in names:
+        node = eventually(lambda: (lambda vm: vm["node"] if vm["node"] != "hv1" and vm["running"] else None)(
+            client.vms.info(name)), 20)
+        assert node, client.vms.info(name)
+        wait_running_on(fresh_cluster, name, node)
+    assert client.nodes.info("hv1")["daemon_state"] == "fenced"
+    assert _recovery(client, "hv1", "done")["moved"] == names
+    assert_no_vm_on_two_hosts(fresh_cluster)
+
+
+@pytest.mark.cluster(nodes=3)
+def test_in_maintenance_a_dead_node_is_not_fenced_and_its_vms_stay(fresh_cluster):
+    client, local = fresh_cluster.client, fresh_cluster.local
+    client.cluster.maintenance(True)
+    _vms_on(client, "hv2", ["kept-home"])
+
+    local.stop_daemon("pvcnoded", "hv2", kill=True)
+
+    assert eventually(lambda: client.nodes.info("hv2")["daemon_state"] == "dead", DETECTION_S)
+    assert not eventually(lambda: client.nodes.info("hv2")["recovery"], 3 * KEEPALIVE_INTERVAL)
+    assert running_hosts(fresh_cluster) == {"kept-home": ["hv2"]}
+    assert client.vms.info("kept-home")["node"] == "hv2"
+
+
+@pytest.mark.cluster(nodes=3)
+def test_when_most_nodes_look_dead_at_once_none_is_fenced(fresh_cluster):
+    client, local = fresh_cluster.client, fresh_cluster.local
+    _vms_on(client, "hv1", ["crowd1"])
+    _vms_on(client, "hv2", ["crowd2"])
+
+    local.stop_daemon("pvcnoded", "hv1", kill=True)
+    local.stop_daemon("pvcnoded", "hv2", kill=True)
+
+    both = eventually(lambda: all(client.nodes.info(node)["daemon_state"] == "dead" for node in ("hv1", "hv2")),
+                      DETECTION_S)
+    assert both
+    reasons = [(client.nodes.info(node)["recovery"] or {}).get("reason") or "" for node in ("hv1", "hv2")]
+    assert any("2 of 3 nodes look dead at once" in reason for reason in reasons), reasons
+    assert not eventually(lambda: running_hosts(fresh_cluster) != {"crowd1": ["hv1"], "crowd2": ["hv2"]},
+                          3 * KEEPALIVE_INTERVAL), "nothing was fenced, so nothing moved"
+    assert all(client.nodes.info(node)["daemon_state"] == "dead" for node in ("hv1", "hv2"))

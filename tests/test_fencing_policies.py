@@ -1,0 +1,323 @@
+"""The built-in fencing policies against the real things: ``ipmi`` through ipmitool to a real ipmi_sim whose
+chassis is a simulated host, ``ceph-blocklist`` on a real Ceph with real RBD clients (qemu-io), and ``none``.
+
+A policy proves what it says or fails with a reason an administrator can act on, within its deadline."""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import libvirt
+import pytest
+
+from pvc import plugin_manager
+from pvc.cli.localcluster.bmc import SimulatedBMC
+from pvc.cli.localcluster.processes import free_port, wait_until
+from pvc.cli.localcluster.simhost import SimulatedHost
+from pvc.plugins.fencing import BMC, POWER_IS_OFF, CephBlocklistPolicy, IpmiPolicy, NoFencing
+
+GUEST_XML = ("<domain type='test'><name>guest</name><memory unit='MiB'>128</memory>"
+             "<os><type>hvm</type></os></domain>")
+
+
+def within(seconds: float) -> float:
+    return time.monotonic() + seconds
+
+
+# -- ipmi ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def powered_host(tmp_path) -> Iterator[tuple[SimulatedHost, SimulatedBMC]]:
+    """A simulated host running one guest, and its BMC."""
+    host = SimulatedHost(tmp_path / "host", "hv-fence")
+    host.start()
+    bmc = SimulatedBMC(tmp_path / "bmc", host)
+    try:
+        bmc.start("fencer", "s3cret-pw")
+        connection = libvirt.open(host.uri)
+        connection.createXML(GUEST_XML)
+        connection.close()
+        yield host, bmc
+    finally:
+        bmc.stop()
+        host.stop()
+
+
+def node_with(bmc: SimulatedBMC, **bmc_fields) -> dict:
+    """The node record as the leader passes it: the BMC's address and credentials, as pvcnoded publishes them."""
+    client = bmc.client
+    return {"name": bmc.name, "bmc": {"host": client.host, "port": client.port, "user": client.user,
+                                      "password": client.password, **bmc_fields}}
+
+
+def test_an_ipmi_fence_powers_the_host_off_and_proves_it(powered_host):
+    host, bmc = powered_host
+    assert bmc.client.power_status() == (True, "Chassis Power is on")
+
+    started = time.monotonic()
+    result = IpmiPolicy().fence(node_with(bmc), {}, within(30))
+    took = time.monotonic() - started
+
+    assert result.proven == "off" and result.confirmed, result.reason
+    assert POWER_IS_OFF in result.reason and str(bmc.client) in result.reason
+    assert not host.running, "the host's libvirtd is gone, and its guest with it"
+    with pytest.raises(libvirt.libvirtError):
+        libvirt.open(host.uri)
+    assert took < 3, f"a fence took {took:.2f} s"
+    print(f"\nipmi fence confirmed off in {took:.2f} s")
+
+
+def test_power_on_through_ipmitool_boots_the_host_empty(powered_host):
+    host, bmc = powered_host
+    assert IpmiPolicy().fence(node_with(bmc), {}, within(30)).proven == "off"
+
+    assert bmc.client.ipmitool("chassis", "power", "on")[0]
+    wait_until(lambda: host.running and bmc.client.power_status() == (True, "Chassis Power is on"), 10,
+               what="the host to be on again")
+    connection = libvirt.open(host.uri)
+    try:
+        assert connection.listAllDomains() == [], "a host boots with no guest running"
+    finally:
+        connection.close()
+
+
+def test_a_bmc_that_does_not_answer_fails_the_fence_within_seconds(powered_host):
+    host, bmc = powered_host
+    silent_port = free_port(bmc.client.host, socket.SOCK_DGRAM)
+
+    started = time.monotonic()
+    result = IpmiPolicy().fence(node_with(bmc, port=silent_port), {}, within(30))
+    took = time.monotonic() - started
+
+    assert result.proven == "failed" and not result.confirmed
+    assert "Unable to establish IPMI v2 / RMCP+ session" in result.reason, result.reason
+    assert f":{silent_port}" in result.reason
+    assert host.running, "nothing was powered off"
+    assert took < 5, f"giving up took {took:.2f} s"
+    print(f"\nipmi fence against a silent BMC failed in {took:.2f} s: {result.reason}")
+
+
+def test_a_fence_gives_up_at_its_deadline(powered_host):
+    _host, bmc = powered_host
+    started = time.monotonic()
+    result = IpmiPolicy().fence(node_with(bmc, port=free_port(bmc.client.host, socket.SOCK_DGRAM)), {},
+                                within(0.5))
+    assert result.proven == "failed"
+    assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize("credentials, why", [({"password": "wrong-password"}, "RAKP 2 HMAC is invalid"),
+                                              ({"user": "intruder"}, "unauthorized name")])
+def test_refused_credentials_fail_the_fence_with_ipmitools_reason(powered_host, credentials, why):
+    host, bmc = powered_host
+    started = time.monotonic()
+    result = IpmiPolicy().fence(node_with(bmc, **credentials), {}, within(30))
+
+    assert result.proven == "failed"
+    assert why in result.reason and "Unable to establish IPMI v2 / RMCP+ session" in result.reason, result.reason
+    assert host.running
+    assert time.monotonic() - started < 2
+
+
+def test_the_ipmi_level_options_override_the_node_record(powered_host):
+    host, bmc = powered_host
+    stale = node_with(bmc, password="an-old-password")
+    result = IpmiPolicy().fence(stale, {"password": bmc.client.password}, within(30))
+    assert result.proven == "off", result.reason
+    assert not host.running
+
+
+def test_the_bmc_password_never_reaches_a_command_line(powered_host, tmp_path):
+    """ipmitool gets it through its environment (-E): every user of the machine can read command lines."""
+    host, bmc = powered_host
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    argv_log = tmp_path / "ipmitool-argv"
+    (shim / "ipmitool").write_text(f'#!/bin/sh\necho "$@" >> {argv_log}\nexec /usr/bin/ipmitool "$@"\n')
+    (shim / "ipmitool").chmod(0o755)
+    path = os.environ["PATH"]
+    os.environ["PATH"] = f"{shim}{os.pathsep}{path}"
+    try:
+        result = IpmiPolicy().fence(node_with(bmc), {}, within(30))
+    finally:
+        os.environ["PATH"] = path
+    assert result.proven == "off", result.reason
+    logged = argv_log.read_text()
+    assert "chassis power off" in logged and " -E " in logged
+    assert bmc.client.password not in logged
+
+
+@pytest.mark.cluster(nodes=2)
+def test_a_local_cluster_gives_each_node_a_bmc_that_powers_the_whole_node(fresh_cluster):
+    local = fresh_cluster.local
+    fresh_cluster.client.cluster.maintenance(True)  # this test, not the leader, powers nodes off
+    bmc = local.bmc("hv1")
+    assert bmc.node_settings() == {"bmc_host": "127.0.0.1", "bmc_port": bmc.client.port,
+                                   "bmc_user": local.state["bmc_user"], "bmc_password": local.state["bmc_password"]}
+    assert "bmc hv1" in local.running_processes()
+    assert "bmc_password" in (local.state_dir / "nodes" / "hv1" / "pvcnoded.yaml").read_text()
+
+    assert bmc.client.ipmitool("chassis", "power", "off")[0]
+    running = local.running_processes()
+    assert "host hv1" not in running and "pvcnoded hv1" not in running, "the power cut takes the node daemon too"
+    assert "host hv2" in running and "pvcnoded hv2" in running
+
+    subprocess.run([str(Path(sys.executable).with_name("pvc-local")), "power-on", "hv1", "--state-dir",
+                    str(local.state_dir)], check=True, capture_output=True, timeout=30)
+    running = local.running_processes()
+    assert "host hv1" in running and "pvcnoded hv1" in running
+    assert bmc.client.power_status() == (True, "Chassis Power is on")
+
+
+# -- none ----------------------------------------------------------------------------------------------------
+
+
+def test_the_none_policy_never_confirms():
+    result = NoFencing().fence({"name": "hv1"}, {}, within(5))
+    assert result.proven == "failed"
+    assert result.reason == "fencing disabled: an administrator must confirm the node is off"
+
+
+def test_the_built_in_policies_come_through_the_entry_points():
+    plugins = plugin_manager.load()
+    policies = plugins.registry("pvc_fencing_policies")
+    assert {name: policies[name].kind for name in ("ipmi", "ceph-blocklist", "none")} == {
+        "ipmi": "power", "ceph-blocklist": "io", "none": "power"}
+    fencing = next(row for row in plugins.describe() if row["name"] == "fencing")
+    assert fencing["distribution"] == "pvc"
+    assert fencing["fencing_policies"] == ["ceph-blocklist", "ipmi", "none"]
+
+
+# -- ceph-blocklist ------------------------------------------------------------------------------------------
+
+
+class RbdClient:
+    """A real librbd client holding one image open (qemu-io), writing on request."""
+
+    def __init__(self, conf: Path, image: str):
+        self.process = subprocess.Popen(["qemu-io", "-f", "raw", f"rbd:{image}:conf={conf}"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self._offset = 0
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self._lines.put(line)
+
+    def write(self, timeout: float = 15) -> str:
+        """Write 4 KiB further on; qemu-io's answer ("wrote ..." or the error)."""
+        self.process.stdin.write(f"write -P 0x5a {self._offset} 4k\n")
+        self.process.stdin.flush()
+        self._offset += 4096
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            if "wrote" in line or "failed" in line or "error" in line.lower():
+                return line.strip()
+
+    def writes(self) -> bool:
+        return "wrote 4096/4096" in self.write()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def ceph_pool(private_ceph) -> Iterator[str]:
+    """A pool of RBD images for VMs: one of the dead node's VMs, one of another host's, and one no client has
+    open."""
+    private_ceph.ceph("osd", "pool", "create", "fencing", "8", "8")
+    subprocess.run(["rbd", "-c", str(private_ceph.conf), "pool", "init", "fencing"], check=True,
+                   capture_output=True, timeout=60)
+    for image in ("dead-vm", "live-vm", "idle-vm"):
+        subprocess.run(["rbd", "-c", str(private_ceph.conf), "create", f"fencing/{image}", "--size", "16M"],
+                       check=True, capture_output=True, timeout=60)
+    yield "fencing"
+    private_ceph.ceph("osd", "pool", "rm", "fencing", "fencing", "--yes-i-really-really-mean-it")
+
+
+def blocklist(private_ceph) -> str:
+    return private_ceph.ceph("osd", "blocklist", "ls")
+
+
+def watchers(private_ceph, image: str) -> list[str]:
+    status = subprocess.run(["rbd", "-c", str(private_ceph.conf), "status", image, "--format", "json"],
+                            check=True, capture_output=True, text=True, timeout=30).stdout
+    return [watcher["address"] for watcher in json.loads(status)["watchers"]]
+
+
+def test_a_ceph_blocklist_fence_stops_exactly_the_dead_nodes_clients(private_ceph, ceph_pool):
+    """Every client here is at 127.0.0.1, as every host of the local cluster is: only the dead node's client
+    instances are refused, never the address they share."""
+    options = {"ceph_conf": str(private_ceph.conf)}
+    dead_node = {"name": "hv-dead", "volumes": [f"{ceph_pool}/dead-vm", f"{ceph_pool}/idle-vm"]}
+    policy = CephBlocklistPolicy()
+    dead_vm = RbdClient(private_ceph.conf, f"{ceph_pool}/dead-vm")
+    other_host_vm = RbdClient(private_ceph.conf, f"{ceph_pool}/live-vm")
+    recovered_vm = None
+    try:
+        assert dead_vm.writes() and other_host_vm.writes()
+        [dead_client] = watchers(private_ceph, f"{ceph_pool}/dead-vm")
+        assert dead_client.startswith("127.0.0.1:")
+
+        started = time.monotonic()
+        result = policy.fence(dead_node, options, within(30))
+        took = time.monotonic() - started
+
+        assert result.proven == "isolated" and result.confirmed, result.reason
+        assert result.details == {"addresses": [dead_client]}
+        assert dead_client in blocklist(private_ceph)
+        assert "Cannot send after transport endpoint shutdown" in dead_vm.write(), "the dead node's client is refused"
+        assert other_host_vm.writes(), "another host's client at the same address still writes"
+        recovered_vm = RbdClient(private_ceph.conf, f"{ceph_pool}/dead-vm")
+        assert recovered_vm.writes(), "the VM restarted elsewhere is a new client instance and writes"
+
+        again = policy.fence(dead_node, options, within(30))
+        assert again.proven == "isolated" and again.details == {"addresses": [dead_client]}
+        assert recovered_vm.writes(), "fencing again (a new leader) never blocklists the recovered VM"
+        print(f"\nceph-blocklist fence in {took:.2f} s: {result.reason}")
+
+        started = time.monotonic()
+        assert policy.unfence(dead_node, options, within(30)) == (
+            True, "removed 1 Ceph blocklist entries of node hv-dead")
+        print(f"unfence in {time.monotonic() - started:.2f} s")
+        assert dead_client not in blocklist(private_ceph)
+        assert policy.unfence(dead_node, options, within(30)) == (
+            True, "no Ceph blocklist entries are recorded for node hv-dead")
+    finally:
+        for client in (dead_vm, other_host_vm, recovered_vm):
+            if client is not None:
+                client.close()
+
+
+def test_a_ceph_blocklist_fence_of_a_node_without_clients_proves_it_has_none(private_ceph, ceph_pool):
+    options = {"ceph_conf": str(private_ceph.conf)}
+    node = {"name": "hv-quiet", "volumes": [f"{ceph_pool}/idle-vm", f"{ceph_pool}/gone-vm"]}
+    result = CephBlocklistPolicy().fence(node, options, within(30))
+    assert result.proven == "isolated" and result.details == {"addresses": []}
+    assert "nothing to blocklist" in result.reason and f"{ceph_pool}/gone-vm" in result.reason
+    assert CephBlocklistPolicy().unfence(node, options, within(30))[0]
+
+
+def test_a_ceph_blocklist_fence_without_ceph_fails_with_the_reason(tmp_path):
+    result = CephBlocklistPolicy().fence({"name": "hv1", "volumes": ["rbd/disk"]},
+                                         {"ceph_conf": str(tmp_path / "ceph.conf")}, within(10))
+    assert result.proven == "failed"
+    assert f"no Ceph configuration file {tmp_path / 'ceph.conf'}" in result.reason
