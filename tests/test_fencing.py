@@ -8,6 +8,9 @@ import pytest
 
 from pvc.cli.localcluster.cluster import FENCE_INTERVALS, KEEPALIVE_INTERVAL
 
+from pvc.cli.localcluster.processes import pid_alive
+
+from guest_support import guest_xml, wait_heartbeat
 from helpers import eventually
 from vm_support import assert_no_vm_on_two_hosts, running_hosts, vm_xml, wait_running_on
 
@@ -86,3 +89,36 @@ def test_when_most_nodes_look_dead_at_once_none_is_fenced(fresh_cluster):
     assert not eventually(lambda: running_hosts(fresh_cluster) != {"crowd1": ["hv1"], "crowd2": ["hv2"]},
                           3 * KEEPALIVE_INTERVAL), "nothing was fenced, so nothing moved"
     assert all(client.nodes.info(node)["daemon_state"] == "dead" for node in ("hv1", "hv2"))
+
+
+@pytest.fixture
+def qemu_fencing_cluster(tmp_path_factory):
+    from conftest import _start_cluster
+    yield from _start_cluster(tmp_path_factory.mktemp("qemu-fence"), nodes=3, coordinators=1, hypervisor="qemu")
+
+
+def test_a_dead_qemu_host_is_fenced_through_its_bmc_and_its_real_guests_boot_elsewhere(qemu_fencing_cluster):
+    cluster = qemu_fencing_cluster
+    client, local = cluster.client, cluster.local
+    names = ["real1", "real2", "real3"]
+    for name in names:
+        client.vms.define(guest_xml(name), target="hv1")
+        client.vms.start(name)
+    boots = {name: wait_heartbeat(cluster, name, "hv1") for name in names}
+    pids = local.host("hv1").qemu_pids()
+    assert set(names) <= set(pids)
+
+    local.stop_daemon("pvcnoded", "hv1", kill=True)
+
+    recovery = _recovery(client, "hv1", "done", timeout=DETECTION_S + 60)
+    assert recovery["fence"][0]["policy"] == "ipmi" and recovery["fence"][0]["confirmed"]
+    assert client.nodes.info("hv1")["daemon_state"] == "fenced"
+    assert not local.host("hv1").running and not any(pid_alive(pid) for pid in pids.values()), \
+        "the fence powered the host off: every QEMU process in it is gone"
+    for name in names:
+        node = client.vms.info(name)["node"]
+        assert node in ("hv2", "hv3")
+        beat = wait_heartbeat(cluster, name, node)
+        assert beat.boot_id != boots[name].boot_id, f"{name} booted again on {node}"
+        wait_running_on(cluster, name, node)
+    assert_no_vm_on_two_hosts(cluster)
