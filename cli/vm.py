@@ -135,12 +135,21 @@ _state_command("disable", "Stop the VM and keep it stopped through flushes and r
 
 @group.command("remove")
 @click.argument("vm")
+@click.option("--wait", is_flag=True, help="return when its node has undefined it and its record is gone")
+@click.option("--force", is_flag=True,
+              help="forget the record now, without its node's confirmation (the node undefines the domain "
+                   "when it next converges)")
 @click.confirmation_option("--yes", "-y", prompt="Really remove the VM? It is stopped and undefined")
 @click.pass_obj
-def remove(session, vm) -> None:
-    """Stop the VM, undefine it, and remove it from the cluster."""
-    session.client.vms.remove(vm)
-    click.echo(f"removed VM {vm}")
+def remove(session, vm, wait, force) -> None:
+    """Stop the VM, undefine it, and remove it from the cluster. The removal is recorded first; the record
+    goes once its node has undefined it (a node that is down does so when it is back)."""
+    result = session.client.vms.remove(vm, wait=wait, force=force)
+    if result.get("removed"):
+        click.echo(f"removed VM {vm}")
+    else:
+        click.echo(f"removal of VM {vm} recorded; it is forgotten once node {result.get('waiting_for')} "
+                   "has undefined it")
 
 
 @group.command("list")

@@ -4,6 +4,10 @@ What PVC stores names no host path: disks name PVC volumes (``<disk type='volume
 ``volume``), a direct-boot kernel and initrd are bare file names in the node's boot-image directory, and a
 serial console written to a file gets its path from the node. So one definition runs on every node, and a
 live migration hands the target the document made for the target (`HostPaths` of that node).
+
+Every document PVC gives libvirt carries PVC's own element inside ``<metadata>`` (`METADATA_NAMESPACE`),
+naming the VM and its UUID: a node knows the domains PVC manages by it, after any restart, and leaves the
+others (defined by hand) alone. Whatever a stored document has in that namespace is replaced.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +16,9 @@ from typing import Any, Callable, Mapping
 from lxml import etree
 
 from pvc.domain_xml import boot_file_name, parse_root
+
+METADATA_NAMESPACE = "https://parallelvirtualcluster.org/xmlns/pvc/vm"
+METADATA_PREFIX = "pvc"
 
 DiskSource = Callable[[str, str], Mapping[str, str]]
 """(pool, volume) → how the hypervisor opens it (`pvc.hookspecs.StorageBackend.disk_source`)."""
@@ -46,7 +53,23 @@ def for_host(xml: str, paths: HostPaths, disk_source: DiskSource) -> str:
         _console_to(device, paths.console_log(name))
     for device in root.iterfind("devices/console[@type='file']"):
         _console_to(device, paths.console_log(name))
+    _mark_managed(root, name, root.findtext("uuid"))
     return etree.tostring(root, encoding="unicode")
+
+
+def _mark_managed(root: etree._Element, name: str, uuid: str | None) -> None:
+    """Put PVC's element in the domain's <metadata>, replacing any element of PVC's namespace already there."""
+    metadata = root.find("metadata")
+    if metadata is None:
+        metadata = etree.SubElement(root, "metadata")
+    for element in list(metadata):
+        if isinstance(element.tag, str) and etree.QName(element).namespace == METADATA_NAMESPACE:
+            metadata.remove(element)
+    element = etree.SubElement(metadata, etree.QName(METADATA_NAMESPACE, "vm"),
+                               nsmap={METADATA_PREFIX: METADATA_NAMESPACE})
+    element.set("name", name)
+    if uuid:
+        element.set("uuid", uuid.strip())
 
 
 def _resolve_volume(disk: etree._Element, disk_source: DiskSource) -> None:

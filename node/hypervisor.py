@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 import libvirt
+from lxml import etree
 
 from pvc.errors import OperationFailed, Unavailable
+from pvc.node.host_xml import METADATA_NAMESPACE
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,6 +45,20 @@ class Domain:
     memory_mib: int
     vcpus: int
     cpu_time_ns: int
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a domain on this host is: libvirt's name and UUID, and what PVC's metadata element in it says
+    (`pvc_name`, `pvc_uuid`; both None for a domain PVC did not define: it is not PVC's to touch)."""
+    name: str
+    uuid: str
+    pvc_name: str | None
+    pvc_uuid: str | None
+
+    @property
+    def managed(self) -> bool:
+        return self.pvc_name is not None
 
 
 class Hypervisor:
@@ -202,6 +218,22 @@ class DomainActions:
     def can_migrate_live(self) -> bool:
         return self._hypervisor.can_migrate_live
 
+    def identity(self, name: str) -> Identity | None:
+        """The domain named `name` as PVC knows it (None: libvirt has none)."""
+        return self._on_domain("metadata read", name, _identity)
+
+    def identity_by_uuid(self, uuid: str) -> Identity | None:
+        """The domain with `uuid`, whatever its name (None: libvirt has none)."""
+        def read():
+            try:
+                domain = self._hypervisor.connection().lookupByUUIDString(uuid)
+            except libvirt.libvirtError as error:
+                if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None
+                raise
+            return _identity(domain)
+        return self._hypervisor.call(f"lookup of UUID {uuid}", read)
+
     def exists(self, name: str) -> bool:
         return bool(self._on_domain("lookup", name, lambda domain: True))
 
@@ -322,6 +354,21 @@ def _start_event_loop() -> None:
             libvirt.virEventRunDefaultImpl()
 
     threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+
+
+def _identity(domain: "libvirt.virDomain") -> Identity:
+    """A domain's identity, with PVC's metadata element if it has one; call only inside `Hypervisor.call`."""
+    try:
+        element = etree.fromstring(domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NAMESPACE))
+    except libvirt.libvirtError as error:
+        if error.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+            raise
+        element = None
+    except etree.XMLSyntaxError:
+        element = None
+    return Identity(domain.name(), domain.UUIDString(),
+                    element.get("name") if element is not None else None,
+                    element.get("uuid") if element is not None else None)
 
 
 def _unreachable(error: libvirt.libvirtError) -> bool:

@@ -8,6 +8,13 @@ lost call or a crashed coordinator delays an action but never loses it.
 A VM never runs on two nodes: before starting one, a node *claims* it with a transaction that checks the
 placement it read is still current and writes the VM's `status` as running here, refusing while the status
 says it runs on another node. The other node clears that only after its copy has stopped.
+
+Removal is in order too: a coordinator marks the VM's state ``remove``; the node that holds it stops and
+undefines its domain and reports that (status ``removed``, asking the leader to ``forget`` it); only then is
+the record deleted (`pvc.rpc.removal`). A node knows the domains PVC manages from PVC's metadata element in
+the domain XML (`pvc.node.host_xml`), never from memory: whenever it finds such a domain whose record is gone
+(it was down when the record went, say) it undefines it, and a domain without that element (defined by hand)
+it leaves alone.
 """
 import logging
 import threading
@@ -48,9 +55,6 @@ class Reconciler:
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._fallback_notes: dict[str, str] = {}
         """Why a VM's live migration fell back to a shutdown, until the status saying so is written."""
-        self._managed: set[str] = set()
-        """VMs this daemon has seen recorded in ZooKeeper: when one's record goes, its domain goes too.
-        Domains PVC never recorded (defined by hand on the host) are left alone."""
 
     def converge(self, name: str, fresh: bool = True) -> dict[str, Any]:
         """Make libvirt match what ZooKeeper wants for one VM; returns the VM's status as reported."""
@@ -59,13 +63,13 @@ class Reconciler:
                 self._vms.refresh(name)
             raw, zxids = self._vms.get_with_zxids(name)
             if raw is None or raw.get(OWN_VALUE) is None:
-                if name in self._managed:
-                    self._remove_deleted(name)
+                self._remove_deleted(name)
                 return {"node": self.node, "running": False, "removed": True}
-            self._managed.add(name)
             raw[ACTED_ON] = zxids
             placement = raw.get("placement") or {}
             try:
+                if raw.get("state") == "remove":
+                    return self._remove_marked(name, raw)
                 if placement.get("node") != self.node:
                     return self._let_go(name, raw)
                 return self._hold(name, raw)
@@ -98,18 +102,47 @@ class Reconciler:
                 log.warning("converging %s failed: %s", name, error)
 
     def remove(self, name: str) -> None:
-        """A coordinator removed the VM from the cluster: take its domain off this node."""
-        with self._locks[name]:
-            self._remove_deleted(name)
+        """A coordinator removed the VM (or marked it removed): take its domain off this node."""
+        self.converge(name)
 
     def _remove_deleted(self, name: str) -> None:
-        """Undefine a VM whose record is gone (checked in ZooKeeper itself: the cache may lag)."""
+        """Stop and undefine a domain PVC manages (its metadata says so) whose record is gone, checked in
+        ZooKeeper itself (the cache may lag). A domain without PVC's metadata is not PVC's: it stays."""
         if self._store.zk.exists(schema.vm(name)) is not None:
             return
-        if self._actions.exists(name):
+        identity = self._actions.identity(name)
+        if identity is not None and identity.managed:
             log.info("%s is no longer in the cluster: removing it from libvirt", name)
             self._actions.undefine(name)
-        self._managed.discard(name)
+
+    def _remove_marked(self, name: str, raw: dict[str, Any]) -> dict[str, Any]:
+        """The VM is marked removed: stop and undefine its domain here, then (if this node holds it) report
+        that, asking the leader to forget the record. A domain of that name that is not this VM's (another
+        UUID, and no PVC metadata saying it is ours) is left alone."""
+        spec, status = raw[OWN_VALUE], raw.get("status") or {}
+        identity = self._actions.identity(name)
+        if identity is not None and (identity.managed or identity.uuid == spec.get("uuid")):
+            log.info("%s is being removed: removing it from libvirt", name)
+            self._actions.undefine(name)
+        held_here = status.get("node") == self.node and status.get("running") is not False
+        if (raw.get("placement") or {}).get("node") != self.node and not held_here:
+            return status
+        report = {"node": self.node, "running": False, "removed": True, "error": None, "unknown": None,
+                  "request": {"kind": "forget", "state_zxid": raw[ACTED_ON].get("state")}, "time": time.time()}
+        if _unchanged(status, report):
+            return status
+        self._write_status_if_ours(name, report)
+        return report
+
+    def _retire_old_names(self, name: str, uuid: str | None) -> None:
+        """Undefine a domain PVC defined with this VM's UUID under another name (the VM was renamed): libvirt
+        would refuse the new name while it exists."""
+        if not uuid:
+            return
+        identity = self._actions.identity_by_uuid(uuid)
+        if identity is not None and identity.name != name and identity.managed:
+            log.info("%s was renamed %s: removing the old name from libvirt", identity.name, name)
+            self._actions.undefine(identity.name)
 
     def _let_go(self, name: str, raw: dict[str, Any]) -> dict[str, Any]:
         """The VM belongs elsewhere: stop and undefine our copy, then say so, so its new node may start it."""
@@ -174,7 +207,14 @@ class Reconciler:
         if state == "restart" and _awaits(status, self.node, "settle", raw[ACTED_ON], "state"):
             state = "start"  # restarted already; the leader has yet to record it
         try:
-            if not self._actions.exists(name) or status.get("generation") != spec.get("generation"):
+            identity = self._actions.identity(name)
+            if identity is not None and identity.managed and identity.pvc_uuid not in (None, spec.get("uuid")):
+                # PVC's domain of an earlier VM of this name, whose removal this node missed.
+                log.info("%s here is an earlier VM of that name (UUID %s): removing it", name, identity.pvc_uuid)
+                self._actions.undefine(name)
+                identity = None
+            if identity is None or not identity.managed or status.get("generation") != spec.get("generation"):
+                self._retire_old_names(name, spec.get("uuid"))
                 self._actions.define(self._host_xml(spec["xml"], self.paths))
             if state in schema.RUNNING_STATES:
                 self._run_here(name, state)

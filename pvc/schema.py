@@ -21,14 +21,20 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
     /pvc/nodes/NAME/keepalive          N   live figures, rewritten every keepalive interval
     /pvc/node_owners/NAME/owner-SEQ    N   ephemeral, sequential: the pvcnoded session running node NAME (the
                                            first one owns it; the node's claims check theirs still exists)
-    /pvc/vms/NAME                      C   a VM's definition: uuid, XML, metadata, volumes it uses
-    /pvc/vms/NAME/state                C,L desired state word (start, stop, shutdown, migrate, ...)
+    /pvc/vms/NAME                      C,L a VM's definition: uuid, XML, metadata, volumes it uses (L deletes
+                                           it, with its children, once a removal is confirmed)
+    /pvc/vms/NAME/state                C,L desired state word (start, stop, shutdown, migrate, ...); ``remove``
+                                           (C: `vm remove`, or `vm rename` for the old name) marks a removal
+                                           its node has yet to confirm: no other command changes it, and the
+                                           record goes (C or L, `pvc.rpc.removal`) once the node reports
     /pvc/vms/NAME/placement            C,L {"node": where it is or is to be, "last_node": where it came from}
     /pvc/vms/NAME/status               N   what a node last reported: {"node", "running": true | false | null
                                            (unknown: it could not ask libvirt, with "unknown": why), "error",
-                                           "request": what it asks the leader to record, or null}; a node
+                                           "request": what it asks the leader to record, or null,
+                                           "removed": true once it undefined a VM marked ``remove``}; a node
                                            claims a VM by writing running here before it starts it
-    /pvc/vm_uuids/UUID                 C   the VM name holding a UUID; created with the VM, so UUIDs stay unique
+    /pvc/vm_uuids/UUID                 C,L the VM name holding a UUID; created with the VM, so UUIDs stay unique;
+                                           deleted with the record, once a removal is confirmed
     /pvc/locks/vms/NAME                C   kazoo lock serialising commands on one VM
     /pvc/tasks/ID                      L   a long operation (flush, ready) the leader runs and resumes
     /pvc/storage/pools/POOL            C   a storage pool: {"backend", "options"} it was made with
@@ -65,7 +71,7 @@ NODE_KEYS = ("daemon_state", "domain_state", "keepalive")
 VM_KEYS = ("state", "placement", "status")
 """A VM's child znodes: what is wanted (state, placement) apart from what its node reports (status)."""
 
-VM_STATES = ("start", "restart", "shutdown", "stop", "disable", "migrate", "unmigrate", "fail", "provision")
+VM_STATES = ("start", "restart", "shutdown", "stop", "disable", "migrate", "unmigrate", "fail", "provision", "remove")
 RUNNING_STATES = ("start", "restart", "migrate", "unmigrate")
 """Desired states in which a VM should be running on its node."""
 

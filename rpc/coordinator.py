@@ -102,7 +102,8 @@ class Coordinator:
             if self.cache.config.get().get("maintenance"):
                 log.warning("node %s is dead; maintenance mode is on, so it is not fenced", node)
                 continue
-            record_recovery(self.context, node, leader_node, held=too_many_dead(self.context))
+            record_recovery(self.context, node, leader_node,
+                            held=too_many_dead(self.context, self.monitor.half_silent()))
         self.requests.handle(leader_node)
         self.tasks.tick(leader_node)
 

@@ -115,6 +115,12 @@ class NodeMonitor:
                 marked.append(name)
         return marked
 
+    def half_silent(self) -> set[str]:
+        """The ``run`` nodes silent for more than half their deadline: about to look dead too."""
+        return {name for name, raw in self._cache.nodes.snapshot().items()
+                if raw.get("daemon_state") == "run"
+                and (self._keepalives.silence(name) or 0) > self.deadline(raw) / 2}
+
     def deadline(self, raw: dict[str, Any]) -> float:
         """Seconds of silence after which a node is dead: `fence_intervals` of its own keepalive interval."""
         interval = (raw.get(OWN_VALUE) or {}).get("keepalive_interval") or DEFAULT_KEEPALIVE_INTERVAL

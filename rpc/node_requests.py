@@ -5,7 +5,8 @@ migration has run its course, a live migration failed and the VM stays where it 
 start on its new node and should go back), its status report carries a `request` naming the zxid of the
 value it acted on. The leader records the change only if that value is still exactly the one the node saw,
 with a version-checked transaction that also checks its own leadership: a command issued meanwhile (a stop,
-another migrate) always wins, and a deposed leader changes nothing. A request is never consumed: once
+another migrate) always wins, and a deposed leader changes nothing. A VM marked removed is forgotten once
+its node reports it undefined (`pvc.rpc.removal`). A request is never consumed: once
 recorded, the zxid no longer matches, so handling it again does nothing.
 """
 import logging
@@ -16,6 +17,7 @@ from kazoo.exceptions import NoNodeError
 from pvc import schema
 from pvc.cache import WatchedCollection
 from pvc.errors import PVCError
+from pvc.rpc import removal
 from pvc.store import Store
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,12 @@ class NodeRequests:
     def handle(self, leader_node: str) -> None:
         """One pass over every VM whose node has asked for something."""
         for name, raw in self._vms.snapshot().items():
+            if raw.get("state") == removal.REMOVE:
+                try:
+                    removal.finish(self._store, name, leader_node)
+                except PVCError as error:
+                    log.info("removal of %s not finished: %s", name, error)
+                continue
             status = raw.get("status") or {}
             request = status.get("request")
             if request:

@@ -37,10 +37,12 @@ FENCE_LEVEL_TIMEOUT_S = 30.0
 """How long one level of the fencing chain may take before the next is tried."""
 
 
-def too_many_dead(context: CoordinatorContext) -> str | None:
-    """Why no node may be fenced now, when more than half of the nodes look dead at once."""
-    states = [raw.get("daemon_state") for raw in context.cache.nodes.snapshot().values() if raw.get(OWN_VALUE)]
-    dead = sum(1 for state in states if state == "dead")
+def too_many_dead(context: CoordinatorContext, going: set[str]) -> str | None:
+    """Why no node may be fenced now, when more than half of the nodes look dead at once: those marked dead,
+    and those (`going`) silent long enough to be marked dead in a moment."""
+    states = {name: raw.get("daemon_state") for name, raw in context.cache.nodes.snapshot().items()
+              if raw.get(OWN_VALUE)}
+    dead = sum(1 for name, state in states.items() if state == "dead" or name in going)
     if states and dead * 2 > len(states):
         return (f"{dead} of {len(states)} nodes look dead at once: more likely a ZooKeeper or network fault "
                 "than dead hosts, so none is fenced automatically")

@@ -45,11 +45,15 @@ def create_task(context: CoordinatorContext, kind: str, node: str) -> dict[str, 
     domain_state = "flushing" if kind == "flush" else "unflushing"
     for _attempt in range(CREATE_ATTEMPTS):
         before = context.store.zk.exists(domain_path)
-        for task in list_tasks(context):
-            if task["node"] == node and task["state"] in ACTIVE_STATES:
+        tasks = [task for task in list_tasks(context) if task["node"] == node]
+        for task in tasks:
+            if task["state"] in ACTIVE_STATES:
                 if task["kind"] == kind:
                     return task
                 raise Conflict(f"node {node} has a {task['kind']} in progress (task {task['id']})")
+        finished = [task for task in tasks if task["kind"] == kind and task["state"] == "done"]
+        if kind == "flush" and finished and context.store.read(domain_path) == "flushed":
+            return finished[-1]  # flushed already (a concurrent caller's flush may have just finished)
         task_id = f"{kind}-{node}-{uuid.uuid4().hex[:8]}"
         task = {"id": task_id, "kind": kind, "node": node, "state": "pending", "created": time.time(),
                 "total": None, "done": 0, "moved": [], "shut_down": [], "not_moved": [], "errors": []}
@@ -255,7 +259,7 @@ class TaskExecution:
                 self._record(name, state="unmigrate", placement={"node": node, "last_node": None})
                 moves.append((name, [where.get("node"), node]))
                 self.task["moved"].append(name)
-            elif where.get("node") == node and where.get("autostart"):
+            elif where.get("node") == node and where.get("autostart") and raw.get("state") != "remove":
                 self._record(name, state="start", placement={"node": node, "last_node": where.get("last_node")})
                 moves.append((name, [node]))
                 self.task["moved"].append(name)

@@ -14,7 +14,7 @@ from kazoo.exceptions import LockTimeout, NoNodeError, NotEmptyError
 
 from pvc import models, schema
 from pvc.cache import OWN_VALUE
-from pvc.errors import Busy, NotFound, OperationFailed, PVCError, Unavailable
+from pvc.errors import Busy, Conflict, NotFound, OperationFailed, PVCError, Unavailable
 from pvc.rpc.context import CoordinatorContext
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,12 @@ class VMControl:
     # -- locking ---------------------------------------------------------------------------------------
 
     @contextmanager
-    def locked(self, name: str) -> Iterator[None]:
+    def locked(self, name: str, removing: bool = False) -> Iterator[None]:
         """Hold the VM's lock, or raise `Busy` if another command keeps it for `LOCK_TIMEOUT` seconds.
 
-        An unknown VM is `NotFound` before any lock znode is made for it."""
+        An unknown VM is `NotFound` before any lock znode is made for it. A VM whose removal is recorded
+        (state ``remove``, read in ZooKeeper itself under the lock) takes no other command than a removal
+        (`removing`): `Conflict`."""
         self.raw(name)
         lock = self._context.store.lock(schema.vm_lock(name), self._context.name)
         try:
@@ -56,9 +58,19 @@ class VMControl:
         if not acquired:
             raise Busy(f"VM '{name}' is busy with another command; try again in a moment")
         try:
+            if not removing:
+                self._check_not_removing(name)
             yield
         finally:
             lock.release()
+
+    def _check_not_removing(self, name: str) -> None:
+        try:
+            state = schema.decode(self._context.store.zk.get(schema.vm_key(name, "state"))[0])
+        except NoNodeError:
+            raise NotFound(f"no VM named '{name}'") from None
+        if state == "remove":
+            raise Conflict(f"VM '{name}' is being removed (waiting for its node to undefine it)")
 
     def forget_lock(self, name: str) -> None:
         """Delete a removed VM's lock znode, unless a command is waiting on it (it then finds no VM)."""
@@ -162,7 +174,8 @@ class VMControl:
 def settled(view: dict[str, Any]) -> bool:
     """Whether a VM has reached what its state asks for."""
     state = view["state"]
-    if state == "start":
+    if state in ("start", "migrate", "unmigrate"):
+        # A move is done once the VM runs on its new node; recording "start" after it is the leader's.
         return view["running"] is True
     if state in ("stop", "shutdown", "disable", "fail"):
         return view["running"] is False

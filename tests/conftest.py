@@ -72,7 +72,7 @@ class RunningCluster:
             connection.close()
 
 
-def _start_cluster(directory: Path, nodes: int, coordinators: int, **options) -> Iterator[RunningCluster]:
+def started_cluster(directory: Path, nodes: int, coordinators: int, **options) -> Iterator[RunningCluster]:
     local = LocalCluster(directory)
     local.up(nodes=nodes, coordinators=coordinators, **options)
     running = RunningCluster(local)
@@ -86,7 +86,7 @@ def _start_cluster(directory: Path, nodes: int, coordinators: int, **options) ->
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[RunningCluster]:
     """A 3-node, 1-coordinator local cluster shared by a test module."""
-    yield from _start_cluster(tmp_path_factory.mktemp("cluster"), nodes=3, coordinators=1)
+    yield from started_cluster(tmp_path_factory.mktemp("cluster"), nodes=3, coordinators=1)
 
 
 @pytest.fixture
@@ -94,14 +94,14 @@ def fresh_cluster(tmp_path_factory, request) -> Iterator[RunningCluster]:
     """A cluster of its own for a test that breaks things; `@pytest.mark.cluster(nodes=, coordinators=)`."""
     marker = request.node.get_closest_marker("cluster")
     options = marker.kwargs if marker else {}
-    yield from _start_cluster(tmp_path_factory.mktemp("cluster"), options.get("nodes", 3),
+    yield from started_cluster(tmp_path_factory.mktemp("cluster"), options.get("nodes", 3),
                               options.get("coordinators", 1))
 
 
 @pytest.fixture(scope="module")
 def qemu_cluster(tmp_path_factory) -> Iterator[RunningCluster]:
     """A 3-node cluster of QEMU hosts running real guests, shared by a test module."""
-    yield from _start_cluster(tmp_path_factory.mktemp("qemu"), nodes=3, coordinators=1, hypervisor="qemu")
+    yield from started_cluster(tmp_path_factory.mktemp("qemu"), nodes=3, coordinators=1, hypervisor="qemu")
 
 
 @pytest.fixture(scope="session")

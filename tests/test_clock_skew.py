@@ -22,7 +22,7 @@ from pvc import schema
 from pvc.cli.localcluster.cluster import FENCE_INTERVALS, KEEPALIVE_INTERVAL
 from pvc.errors import OperationFailed
 
-from conftest import _start_cluster
+from conftest import started_cluster
 from helpers import cluster_store, eventually
 from vm_support import (assert_no_vm_on_two_hosts, new_uuid, pvc, return_to_service, vm_xml, wait_gone,
                         wait_running_on)
@@ -67,7 +67,7 @@ def keepalive_clock_offset(cluster, node: str) -> float:
 def skewed(tmp_path_factory):
     """A 3-node cluster whose hv2 runs an hour behind and hv3 an hour ahead. Its fencing chain is `none`, so a
     node found dead stays dead (detection is what this module is about) until it is returned to service."""
-    for cluster in _start_cluster(tmp_path_factory.mktemp("skew"), nodes=3, coordinators=1):
+    for cluster in started_cluster(tmp_path_factory.mktemp("skew"), nodes=3, coordinators=1):
         cluster.client.cluster.config(fence_chain=["none"])
         for node in CLOCK_OFF_BY:
             old_agent = cluster.client.nodes.info(node)["agent_uri"]

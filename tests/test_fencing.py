@@ -7,9 +7,9 @@ libvirtd.
 import pytest
 
 from pvc.cli.localcluster.cluster import FENCE_INTERVALS, KEEPALIVE_INTERVAL
-
 from pvc.cli.localcluster.processes import pid_alive
 
+from conftest import started_cluster
 from guest_support import guest_xml, wait_heartbeat
 from helpers import eventually
 from vm_support import assert_no_vm_on_two_hosts, running_hosts, vm_xml, wait_running_on
@@ -93,8 +93,7 @@ def test_when_most_nodes_look_dead_at_once_none_is_fenced(fresh_cluster):
 
 @pytest.fixture
 def qemu_fencing_cluster(tmp_path_factory):
-    from conftest import _start_cluster
-    yield from _start_cluster(tmp_path_factory.mktemp("qemu-fence"), nodes=3, coordinators=1, hypervisor="qemu")
+    yield from started_cluster(tmp_path_factory.mktemp("qemu-fence"), nodes=3, coordinators=1, hypervisor="qemu")
 
 
 def test_a_dead_qemu_host_is_fenced_through_its_bmc_and_its_real_guests_boot_elsewhere(qemu_fencing_cluster):

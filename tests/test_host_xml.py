@@ -43,3 +43,19 @@ def test_a_kernel_named_by_path_is_refused_at_definition(kernel):
     xml = guest_domain_xml("g3").replace(">pvc-guest-vmlinuz<", f">{kernel}<")
     with pytest.raises(InvalidInput, match="bare file name"):
         domain_xml.parse(xml)
+
+
+def test_pvcs_metadata_names_the_vm_and_replaces_any_element_in_pvcs_namespace():
+    xml = ("<domain type='test'><name>m1</name><uuid>11111111-2222-3333-4444-555555555555</uuid>"
+           "<memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type>hvm</type></os><metadata>"
+           "<app:note xmlns:app='https://example.org/app'>kept</app:note>"
+           "<fake:vm xmlns:fake='https://parallelvirtualcluster.org/xmlns/pvc/vm' name='other' uuid='x'/>"
+           "</metadata></domain>")
+    stored = domain_xml.parse(xml).xml
+
+    metadata = etree.fromstring(for_host(stored, PATHS, _disk_source)).find("metadata")
+
+    ours = metadata.findall("{https://parallelvirtualcluster.org/xmlns/pvc/vm}vm")
+    assert [dict(element.attrib) for element in ours] == [{"name": "m1",
+                                                           "uuid": "11111111-2222-3333-4444-555555555555"}]
+    assert metadata.findtext("{https://example.org/app}note") == "kept"

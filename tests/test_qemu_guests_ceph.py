@@ -4,22 +4,14 @@ import subprocess
 
 import pytest
 
-from pvc.cli.localcluster.cluster import LocalCluster
-
-from conftest import RunningCluster
+from conftest import started_cluster
 from guest_support import console_text, guest_xml, wait_heartbeat
 
 
 @pytest.fixture(scope="module")
 def ceph_qemu_cluster(tmp_path_factory, private_ceph):
-    local = LocalCluster(tmp_path_factory.mktemp("ceph-qemu"))
-    local.up(nodes=2, coordinators=1, storage="ceph", ceph_conf=private_ceph.conf, hypervisor="qemu")
-    running = RunningCluster(local)
-    try:
-        yield running
-    finally:
-        running.client.close()
-        local.down()
+    yield from started_cluster(tmp_path_factory.mktemp("ceph-qemu"), nodes=2, coordinators=1, storage="ceph",
+                              ceph_conf=private_ceph.conf, hypervisor="qemu")
 
 
 def _rbd_marker(conf, image: str) -> str:

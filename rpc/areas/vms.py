@@ -9,6 +9,7 @@ import Pyro5.server
 from pvc import domain_xml, models, placement, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound, Unavailable
+from pvc.rpc import removal
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.vm_control import VMControl
 
@@ -93,7 +94,10 @@ class VMsArea:
         return self._control.converge(vm, [raw["placement"]["node"]], wait=False)
 
     def rename(self, vm: str, new_name: str) -> dict[str, Any]:
-        """Give a stopped VM a new name."""
+        """Give a stopped VM a new name. The new name's record takes the UUID at once; the old name's record
+        is marked removed and goes (the name becomes free) once its node has undefined the old domain, as
+        `remove` does; the node defines the new name after the old one is gone (libvirt refuses two domains
+        with one UUID)."""
         schema.check_name("VM", new_name)
         with self._control.locked(vm):
             raw = self._control.raw(vm)
@@ -102,34 +106,54 @@ class VMsArea:
             if self._context.cache.vms.get(new_name) is not None:
                 raise AlreadyExists(f"a VM named '{new_name}' exists already")
             spec = raw[OWN_VALUE]
-            new_spec = {**spec, "xml": domain_xml.renamed(spec["xml"], new_name),
+            new_spec = {**spec, "name": new_name, "xml": domain_xml.renamed(spec["xml"], new_name),
                         "generation": spec.get("generation", 1) + 1}
-            self._context.store.transaction() \
-                .create(schema.vm(new_name), new_spec) \
-                .create(schema.vm_key(new_name, "state"), raw.get("state") or "stop") \
-                .create(schema.vm_key(new_name, "placement"), raw.get("placement")) \
-                .set(schema.vm_uuid(spec["uuid"]), new_name) \
-                .delete_tree(self._vm_paths(vm)) \
-                .commit()
+            try:
+                self._context.store.transaction() \
+                    .create(schema.vm(new_name), new_spec) \
+                    .create(schema.vm_key(new_name, "state"), raw.get("state") or "stop") \
+                    .create(schema.vm_key(new_name, "placement"), raw.get("placement")) \
+                    .set(schema.vm_uuid(spec["uuid"]), new_name) \
+                    .set(schema.vm_key(vm, "state"), removal.REMOVE) \
+                    .commit()
+            except AlreadyExists:
+                raise AlreadyExists(f"a VM named '{new_name}' exists already") from None
             self._context.cache.vms.refresh(vm)
             self._context.cache.vms.refresh(new_name)
-        self._control.forget_lock(vm)
-        node = raw["placement"]["node"]
-        self._control.poke(vm, [node], action="remove")
-        return self._control.converge(new_name, [node], wait=False)
+        nodes = [(raw.get("placement") or {}).get("node"), (raw.get("status") or {}).get("node")]
+        self._control.poke(vm, nodes)
+        if removal.finish(self._context.store, vm):
+            self._control.forget_lock(vm)
+        self._context.cache.vms.refresh(vm)
+        return self._control.converge(new_name, [raw["placement"]["node"]], wait=False)
 
-    def remove(self, vm: str) -> dict[str, Any]:
-        """Stop the VM, undefine it on its node and forget it."""
-        with self._control.locked(vm):
+    def remove(self, vm: str, wait: bool = False, force: bool = False, timeout: float = 120.0) -> dict[str, Any]:
+        """Remove the VM, in order: its state becomes ``remove``; its node stops and undefines the domain and
+        reports so; only then do the record and its UUID go. A node that is down does this when it is back
+        (the leader then forgets the record); a node that is fenced or no longer exists cannot report, so the
+        record goes without it. With `wait`, return once the record is gone (`Unavailable` after `timeout`
+        seconds, the removal still recorded). With `force`, the record goes now, unconfirmed: a node still
+        holding the domain undefines it when it next converges (PVC's metadata in the domain marks it)."""
+        with self._control.locked(vm, removing=True):
             raw = self._control.raw(vm)
-            self._context.store.transaction() \
-                .delete(schema.vm_uuid(raw[OWN_VALUE]["uuid"])) \
-                .delete_tree(self._vm_paths(vm)) \
-                .commit()
+            if force:
+                removal.delete(self._context.store, vm, raw[OWN_VALUE]["uuid"])
+            elif raw.get("state") != removal.REMOVE:
+                self._control.record(vm, state=removal.REMOVE)
             self._context.cache.vms.refresh(vm)
+        node = (raw.get("placement") or {}).get("node")
+        self._control.poke(vm, [node, (raw.get("status") or {}).get("node")])
+        deadline = time.monotonic() + timeout
+        while not removal.finish(self._context.store, vm):
+            if not wait:
+                self._context.cache.vms.refresh(vm)
+                return {"name": vm, "removed": False, "waiting_for": node}
+            if time.monotonic() > deadline:
+                raise Unavailable(f"VM '{vm}' is marked removed, but node {node} has not undefined it after "
+                                  f"{timeout:g} s; its record goes once it does")
+            time.sleep(0.2)
+        self._context.cache.vms.refresh(vm)
         self._control.forget_lock(vm)
-        self._control.poke(vm, [(raw.get("placement") or {}).get("node"), (raw.get("status") or {}).get("node")],
-                           action="remove")
         return {"name": vm, "removed": True}
 
     def set_meta(self, vm: str, **changes: Any) -> dict[str, Any]:
@@ -273,11 +297,6 @@ class VMsArea:
         return {"name": domain.name, "uuid": domain.uuid, "xml": domain.xml, "memory_mib": domain.memory_mib,
                 "vcpus": domain.vcpus, "disks": domain.disks, "nics": domain.nics, "volumes": domain.volumes,
                 "defined_at": time.time()}
-
-    def _vm_paths(self, vm: str) -> list[str]:
-        """The VM's znodes, children first, as they exist now."""
-        children = self._context.store.children(schema.vm(vm))
-        return [schema.vm_key(vm, key) for key in children] + [schema.vm(vm)]
 
 
 def _moving_state(raw: dict[str, Any], moving: str) -> str:

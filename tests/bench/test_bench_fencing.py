@@ -10,7 +10,7 @@ import pytest
 
 from pvc.cli.localcluster.cluster import FENCE_INTERVALS, KEEPALIVE_INTERVAL
 
-from conftest import _start_cluster
+from conftest import started_cluster
 from guest_support import guest_xml, wait_heartbeat
 from helpers import eventually
 from vm_support import running_hosts, vm_xml
@@ -37,7 +37,7 @@ def _report(label: str, killed_at_wall: float, killed_at: float, recovery: dict,
 
 
 def test_bench_kill_a_node_daemon_with_50_vms(tmp_path_factory):
-    for cluster in _start_cluster(tmp_path_factory.mktemp("bench-fence"), nodes=3, coordinators=1):
+    for cluster in started_cluster(tmp_path_factory.mktemp("bench-fence"), nodes=3, coordinators=1):
         client, local = cluster.client, cluster.local
         names = [f"victim{index:02d}" for index in range(VMS)]
         for name in names:
@@ -56,7 +56,7 @@ def test_bench_kill_a_node_daemon_with_50_vms(tmp_path_factory):
 
 
 def test_bench_kill_a_node_daemon_with_3_real_guests(tmp_path_factory):
-    for cluster in _start_cluster(tmp_path_factory.mktemp("bench-fence-qemu"), nodes=3, coordinators=1,
+    for cluster in started_cluster(tmp_path_factory.mktemp("bench-fence-qemu"), nodes=3, coordinators=1,
                                   hypervisor="qemu"):
         client, local = cluster.client, cluster.local
         names = ["real1", "real2", "real3"]

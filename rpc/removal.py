@@ -1,0 +1,96 @@
+"""Forgetting a removed VM, only once no host can still hold it.
+
+`vm remove` (and `vm rename`, for the old name) first records the VM's state as ``remove``; the VM's node
+stops and undefines its domain and reports so (status ``removed``, with a ``forget`` request naming the
+zxid of the ``remove`` it acted on). Only then is the record deleted, with its UUID (when the UUID still names
+this VM: after a rename it names the new one): by the coordinator that issued the removal when the node
+answers at once, or by the leader's next pass when the node was down and reports once it is back.
+
+A node that cannot report must not hold a removal forever: when every node that may hold the VM (its
+placement node, and the node its status says runs it) is fenced (confirmed off) or no longer exists, the
+record goes too. A fenced host boots empty, and its node daemon undefines any domain carrying PVC's metadata
+whose record is gone. `vm remove --force` deletes the record at once, relying on that same rule.
+"""
+import logging
+
+from kazoo.exceptions import NoNodeError
+
+from pvc import schema
+from pvc.errors import PVCError
+from pvc.store import Store
+
+log = logging.getLogger(__name__)
+
+REMOVE = "remove"
+"""The desired state of a VM whose removal is recorded and not yet confirmed by its node."""
+
+
+def finish(store: Store, name: str, leader_node: str | None = None) -> bool:
+    """Delete the record of VM `name` if it is marked removed and its node confirmed (or cannot hold it any
+    more); True when no record remains."""
+    zk = store.zk
+    try:
+        state, state_stat = _read(store, schema.vm_key(name, "state"))
+        if state != REMOVE:
+            return zk.exists(schema.vm(name)) is None
+        spec, _ = _read(store, schema.vm(name))
+        placement = _read(store, schema.vm_key(name, "placement"))[0] or {}
+    except NoNodeError:
+        return zk.exists(schema.vm(name)) is None
+    try:
+        status = _read(store, schema.vm_key(name, "status"))[0] or {}
+    except NoNodeError:
+        status = {}
+    node = placement.get("node")
+    confirmed = status.get("removed") is True and status.get("node") == node and \
+        (status.get("request") or {}).get("state_zxid") == state_stat.mzxid
+    if not confirmed:
+        holders = {node} | ({status.get("node")} if status.get("running") is not False else set())
+        holders.discard(None)
+        if not holders or not all(_cannot_hold(store, holder) for holder in holders):
+            return False
+        log.warning("%s: its node(s) %s are fenced or gone; forgetting it without their report", name,
+                    ", ".join(sorted(holders)))
+    try:
+        delete(store, name, (spec or {}).get("uuid"), leader_node, state_version=state_stat.version)
+    except PVCError as error:
+        log.info("forgetting %s lost a race (%s)", name, error)
+    gone = zk.exists(schema.vm(name)) is None
+    if gone:
+        log.info("%s removed from the cluster", name)
+    return gone
+
+
+def delete(store: Store, name: str, uuid: str | None, leader_node: str | None = None,
+           state_version: int = -1) -> None:
+    """Delete the VM's record (children first) and its UUID's entry while it names this VM, in one
+    transaction (checking the state's version, when given)."""
+    zk = store.zk
+    transaction = store.transaction(leader_node)
+    if state_version >= 0:
+        transaction.check(schema.vm_key(name, "state"), state_version)
+    transaction.delete_tree([f"{schema.vm(name)}/{child}" for child in store.children(schema.vm(name))]
+                            + [schema.vm(name)])
+    if uuid:
+        try:
+            owner, uuid_stat = zk.get(schema.vm_uuid(uuid))
+        except NoNodeError:
+            owner = None
+        if schema.decode(owner) == name:
+            transaction.delete(schema.vm_uuid(uuid), version=uuid_stat.version)
+    transaction.commit()
+
+
+def _cannot_hold(store: Store, node: str) -> bool:
+    """Whether `node` is confirmed off (fenced) or is no longer in the cluster."""
+    if store.zk.exists(schema.node(node)) is None:
+        return True
+    try:
+        return _read(store, schema.node_key(node, "daemon_state"))[0] == "fenced"
+    except NoNodeError:
+        return False
+
+
+def _read(store: Store, path: str):
+    data, stat = store.zk.get(path)
+    return schema.decode(data), stat

@@ -1,0 +1,166 @@
+"""Removal and rename in order: the record goes only once the VM's node has undefined its domain; a node knows
+PVC's domains by PVC's metadata in the domain XML, so after a restart it undefines those whose record is gone
+or marked removed, and leaves domains defined by hand alone.
+
+"On a host" is always read from that host's own libvirtd (`host_domains`), never from ZooKeeper.
+"""
+import time
+
+import libvirt
+import pytest
+
+from pvc import schema
+from pvc.errors import AlreadyExists, Conflict, NotFound
+from pvc.node.host_xml import METADATA_NAMESPACE
+from pvc.rpc import removal
+
+from helpers import cluster_store, define_vm, eventually, remove_vm
+from vm_support import new_uuid, pvc, remove_all_vms, vm_xml, wait_gone, wait_host_has, wait_running_on
+
+SETTLE = 3.0
+"""Seconds that cover several leader ticks and node passes: long enough for a premature removal to show."""
+
+
+@pytest.fixture(autouse=True)
+def no_vms_left(cluster):
+    yield
+    for node in cluster.local.node_names:
+        if cluster.local.daemon_pid("pvcnoded", node) is None:
+            cluster.local.start_node_daemon(node)
+    cluster.local.wait_ready(30)
+    remove_all_vms(cluster)
+
+
+def _record_exists(cluster, name: str) -> bool:
+    try:
+        cluster.client.vms.info(name)
+    except NotFound:
+        return False
+    return True
+
+
+def test_a_live_node_undefines_at_once_and_wait_returns_once_the_record_is_gone(cluster):
+    vms = cluster.client.vms
+    vms.define(vm_xml("quick"), target="hv1")
+    vms.start("quick", wait=True)
+    wait_running_on(cluster, "quick", "hv1")
+
+    result = pvc(cluster, "vm", "remove", "quick", "--yes", "--wait")
+
+    assert result.exit_code == 0 and result.stdout.strip() == "removed VM quick", result.output
+    assert "quick" not in cluster.host_domains("hv1")
+    assert not _record_exists(cluster, "quick")
+
+
+def test_remove_while_the_node_daemon_is_down_leaves_no_domain_behind_once_it_returns(cluster):
+    vms = cluster.client.vms
+    uuid = new_uuid()
+    vms.define(vm_xml("orphan-risk", uuid=uuid), target="hv2")
+    vms.start("orphan-risk", wait=True)
+    wait_running_on(cluster, "orphan-risk", "hv2")
+    cluster.local.stop_daemon("pvcnoded", "hv2")
+
+    assert vms.remove("orphan-risk") == {"name": "orphan-risk", "removed": False, "waiting_for": "hv2"}
+
+    time.sleep(SETTLE)
+    assert cluster.host_domains("hv2") == {"orphan-risk": True}, "nobody else touches hv2's domains"
+    assert vms.info("orphan-risk")["state"] == "remove", "the record stays until hv2 confirms"
+    with pytest.raises(AlreadyExists):
+        vms.define(vm_xml("orphan-risk"), target="hv1")
+    with pytest.raises(Conflict, match="being removed"):
+        vms.start("orphan-risk")
+    assert "orphan-risk" in {vm["name"] for vm in vms.list(state="remove")}
+
+    cluster.local.start_node_daemon("hv2")
+
+    wait_gone(cluster, "orphan-risk", timeout=20)
+    assert eventually(lambda: not _record_exists(cluster, "orphan-risk"), 10), vms.info("orphan-risk")
+    with cluster_store(cluster.local) as store:
+        assert store.zk.exists(schema.vm_uuid(uuid)) is None, "its UUID went with the record"
+    vms.define(vm_xml("orphan-risk", uuid=uuid), target="hv1")  # name and UUID are free again
+
+
+def test_after_a_restart_a_node_undefines_pvcs_domains_without_a_record_and_keeps_those_defined_by_hand(cluster):
+    vms = cluster.client.vms
+    uri = cluster.local.host("hv3").uri
+    vms.define(vm_xml("deleted-behind"), target="hv3")
+    vms.start("deleted-behind", wait=True)
+    define_vm(uri, "by-hand", memory_mib=256, vcpus=1)
+    try:
+        wait_host_has(cluster, "hv3", {"deleted-behind": True, "by-hand": True})
+        cluster.local.stop_daemon("pvcnoded", "hv3")
+        with cluster_store(cluster.local) as store:
+            uuid = store.read(schema.vm("deleted-behind"))["uuid"]
+            removal.delete(store, "deleted-behind", uuid)
+
+        cluster.local.start_node_daemon("hv3")
+
+        wait_host_has(cluster, "hv3", {"by-hand": True}, timeout=20)
+        time.sleep(SETTLE)
+        assert cluster.host_domains("hv3") == {"by-hand": True}, "a domain without PVC's metadata stays"
+    finally:
+        remove_vm(uri, "by-hand")
+
+
+def test_the_domain_carries_pvcs_metadata_naming_the_vm(cluster):
+    vms = cluster.client.vms
+    uuid = new_uuid()
+    vms.define(vm_xml("marked", uuid=uuid), target="hv1")
+    assert eventually(lambda: "marked" in cluster.host_domains("hv1"), 10)
+    connection = libvirt.open(cluster.local.host("hv1").uri)
+    try:
+        element = connection.lookupByName("marked").metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                                                             METADATA_NAMESPACE)
+    finally:
+        connection.close()
+    assert 'name="marked"' in element and f'uuid="{uuid}"' in element
+
+
+def test_rename_while_the_node_daemon_is_down_keeps_the_old_name_until_the_node_undefines_it(cluster):
+    vms = cluster.client.vms
+    uuid = new_uuid()
+    vms.define(vm_xml("before", uuid=uuid), target="hv1")
+    wait_host_has(cluster, "hv1", {"before": False}, timeout=10)
+    cluster.local.stop_daemon("pvcnoded", "hv1")
+
+    renamed = vms.rename("before", "after")
+
+    assert renamed["name"] == "after" and renamed["uuid"] == uuid
+    time.sleep(SETTLE)
+    assert cluster.host_domains("hv1") == {"before": False}
+    assert vms.info("before")["state"] == "remove", "the old name is held until its domain is gone"
+
+    cluster.local.start_node_daemon("hv1")
+
+    wait_host_has(cluster, "hv1", {"after": False}, timeout=20)
+    assert eventually(lambda: not _record_exists(cluster, "before"), 10)
+    assert vms.info("after")["uuid"] == uuid
+    with cluster_store(cluster.local) as store:
+        assert store.read(schema.vm_uuid(uuid)) == "after"
+    vms.start("after", wait=True)
+    wait_running_on(cluster, "after", "hv1")
+
+
+def test_a_removal_waiting_on_a_fenced_or_vanished_node_is_finished_without_its_report(store):
+    """The leader's rule, on a hand-made record: only a confirmation of this very removal from the VM's node,
+    or that node fenced (confirmed off), lets the record go."""
+    uuid = new_uuid()
+    store.write(schema.node("hv9"), {"name": "hv9"})
+    store.write(schema.node_key("hv9", "daemon_state"), "run")
+    store.transaction() \
+        .create(schema.vm_uuid(uuid), "gone") \
+        .create(schema.vm("gone"), {"name": "gone", "uuid": uuid}) \
+        .create(schema.vm_key("gone", "state"), "remove") \
+        .create(schema.vm_key("gone", "placement"), {"node": "hv9", "last_node": None}) \
+        .create(schema.vm_key("gone", "status"), {"node": "hv9", "running": True}) \
+        .commit()
+
+    assert removal.finish(store, "gone") is False
+    state_zxid = store.zk.exists(schema.vm_key("gone", "state")).mzxid
+    store.write(schema.vm_key("gone", "status"), {"node": "hv9", "running": False, "removed": True,
+                                                  "request": {"kind": "forget", "state_zxid": state_zxid - 1}})
+    assert removal.finish(store, "gone") is False, "a report about an earlier removal does not count"
+
+    store.write(schema.node_key("hv9", "daemon_state"), "fenced")
+    assert removal.finish(store, "gone") is True
+    assert store.zk.exists(schema.vm("gone")) is None and store.zk.exists(schema.vm_uuid(uuid)) is None
