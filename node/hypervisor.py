@@ -64,10 +64,11 @@ class Identity:
 class Hypervisor:
     """A libvirt connection, reopened if libvirtd restarts, and the node's figures.
 
-    Every libvirt call goes through `call`, which bounds it in time: a hung libvirtd (stopped, deadlocked,
-    swapping) must make this node say "unknown", never stall its keepalive or its converge loop. The
-    connection also runs libvirt's own keepalive (over an event loop thread), so a dead daemon is noticed and
-    calls stuck on it fail instead of waiting forever."""
+    Every libvirt call goes through `call`, which runs it on a worker thread and waits for it at most a
+    deadline: a hung libvirtd (stopped, deadlocked, swapping) makes this node say "unknown", and never stalls
+    its keepalive or its converge loop. A call stuck on a frozen daemon holds its worker until the daemon
+    answers; later calls time out in the queue meanwhile, which is the same answer. libvirt's own keepalive
+    over an event loop is not used: with it, node daemons twice crashed inside libvirt.so after a freeze."""
 
     def __init__(self, uri: str, simulated_cpus: int | None = None, simulated_memory_mib: int | None = None,
                  accelerator: str | None = None, call_timeout: float = 10.0):
@@ -81,7 +82,6 @@ class Hypervisor:
         self._lock = threading.Lock()
         self._connection: libvirt.virConnect | None = None
         self._calls = ThreadPoolExecutor(max_workers=16, thread_name_prefix="libvirt")
-        _start_event_loop()
 
     @property
     def can_migrate_live(self) -> bool:
@@ -110,14 +110,12 @@ class Hypervisor:
         with self._lock:
             if self._connection is None or not self._connection.isAlive():
                 self._connection = libvirt.open(self.uri)
-                try:
-                    self._connection.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
-                except libvirt.libvirtError:
-                    pass  # a local (non-RPC) driver has no keepalive, and needs none
             return self._connection
 
     def _drop_connection(self) -> None:
-        """Forget the connection without touching it (closing could hang too); the next call reopens."""
+        """Stop using the connection; the next call reopens. It is not closed here: a call may still be
+        stuck on it in a worker, and closing it under that call crashes libvirt. Python frees it, closing it,
+        once the last call using it has returned."""
         with self._lock:
             self._connection = None
 
@@ -336,24 +334,6 @@ class DomainActions:
             raise OperationFailed(message) from None
 
 
-KEEPALIVE_INTERVAL_S = 2
-KEEPALIVE_COUNT = 3
-"""libvirt closes a connection whose daemon missed this many keepalives, failing the calls waiting on it."""
-
-_event_loop_started = threading.Lock()
-
-
-def _start_event_loop() -> None:
-    """libvirt's keepalive needs an event loop; one per process, run by a daemon thread."""
-    if not _event_loop_started.acquire(blocking=False):
-        return
-    libvirt.virEventRegisterDefaultImpl()
-
-    def run() -> None:
-        while True:
-            libvirt.virEventRunDefaultImpl()
-
-    threading.Thread(target=run, name="libvirt-events", daemon=True).start()
 
 
 def _identity(domain: "libvirt.virDomain") -> Identity:

@@ -146,6 +146,8 @@ class Transaction:
 
     def _explain(self, operation: str, path: str, error: Exception) -> Exception:
         if operation == "check" and path == self._leader_node:
+            if path.startswith(schema.NODE_OWNERS + "/"):
+                return Conflict("this daemon's ZooKeeper session no longer owns its node; the write was refused")
             return NotLeader("this coordinator is no longer the cluster leader; the write was refused")
         if isinstance(error, NodeExistsError):
             return AlreadyExists(f"{path} exists already")

@@ -1,0 +1,214 @@
+"""One fault-injection run: clients and nemesis for a bounded time, then settling, then the checker.
+
+    run = run_faults(cluster, seed=seed_from_env(), seconds=75, history_path=tmp_path / "history.jsonl")
+    print(run.summary())
+    assert not run.problems
+
+Order: the monitor starts first and stops last; clients and nemesis run together for `seconds`; then the
+nemesis heals what it broke (continues stopped processes, starts killed daemons, powers fenced hosts on again)
+and the clients finish their last call; then the run waits for the cluster to settle (every record matching the hosts, no flush or ready
+task active, twice in a row) while the monitor still watches; only then does the checker read the history.
+"""
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pvc
+from pvc.cli.localcluster.cluster import SESSION_TIMEOUT
+from pvc.errors import PVCError
+
+from faults import checker, nemesis, workload
+from faults.history import History
+from faults.monitor import HostGate, Monitor, read_hosts
+
+SEED_VARIABLE = "PVC_FAULT_SEED"
+CLIENT_RETURN_TIMEOUT = 130.0
+"""Seconds the clients get, after the faults stop, to return from their last call: a call with wait=True may
+take the coordinator's own bound on waiting for a node (120 s) before it answers `Unavailable`."""
+
+
+def seed_from_env() -> int:
+    """The seed to replay (`PVC_FAULT_SEED`), else a fresh one."""
+    value = os.environ.get(SEED_VARIABLE)
+    return int(value) if value else random.SystemRandom().randrange(1, 10**9)
+
+
+def seconds_from_env(variable: str, default: float) -> float:
+    value = os.environ.get(variable)
+    return float(value) if value else default
+
+
+@dataclass
+class FaultRun:
+    seed: int
+    seconds: float
+    history: History
+    clients: int
+    vms: list[str]
+    nodes: list[str]
+    coordinators: list[str]
+    planned_faults: list[nemesis.PlannedFault] = field(default_factory=list)
+    planned_operations: dict[str, list[workload.PlannedOperation]] = field(default_factory=dict)
+    violations: list[checker.Violation] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)
+    existence: list[str] = field(default_factory=list)
+    stragglers: list[str] = field(default_factory=list)
+    settled_after: float | None = None
+    faults_ended: float = 0.0
+    node_states: dict[str, str] = field(default_factory=dict)
+    history_path: Path | None = None
+    elapsed: float = 0.0
+
+    @property
+    def problems(self) -> list[str]:
+        return [str(violation) for violation in self.violations] + self.mismatches + self.existence + self.stragglers
+
+    def summary(self) -> str:
+        history = self.history
+        lines = [f"fault injection: seed {self.seed} (replay: {SEED_VARIABLE}={self.seed}), {self.seconds:g} s of "
+                 f"faults, {self.clients} clients, {len(self.vms)} VMs, nodes {', '.join(self.nodes)}, "
+                 f"coordinators {', '.join(self.coordinators)}; whole run {self.elapsed:.1f} s"]
+        by_kind = history.operations_by_outcome()
+        total = sum(by_kind.values(), Counter())
+        lines.append(f"operations: {sum(total.values())} ({_counts(total)})")
+        lines.extend(f"  {kind:<13} {_counts(outcomes)}" for kind, outcomes in by_kind.items())
+        faults = history.faults_by_kind()
+        lines.append(f"faults: {sum(faults.values())} ("
+                     + ", ".join(f"{kind} {count}" for kind, count in sorted(faults.items())) + ")")
+        lines.append("monitor readings: " + "; ".join(
+            f"{host} " + ", ".join(f"{what} {count}" for what, count in sorted(counts.items()))
+            for host, counts in history.samples_by_host().items()))
+        for note in history.notes:
+            lines.append(f"note {note.at:9.3f} {note.who}: {note.text}")
+        for straggler in self.stragglers:
+            lines.append(f"still in flight: {straggler}")
+        lines.append("settled " + ("NEVER within the settle timeout" if self.settled_after is None
+                                   else f"{self.settled_after:.1f} s after the faults stopped"))
+        lines.append("nodes at the end: " + ", ".join(f"{name} {state}" for name, state in self.node_states.items()))
+        lines.append(f"violations (a VM on two hosts at once): {len(self.violations)}")
+        for violation in self.violations:
+            lines.append(f"  {violation}")
+            last_seen = max(violation.run.answered[-1], violation.other.answered[-1])
+            lines.extend(f"      {line}" for line in history.around(
+                violation.vm, violation.at[0] - 6, min(last_seen, violation.at[1] + 15) + 1,
+                {violation.run.host, violation.other.host}))
+        lines.append(f"record mismatches after settling: {len(self.mismatches)}")
+        for mismatch in self.mismatches:
+            lines.append(f"  {mismatch}")
+            vm = mismatch.split(":")[0]
+            if not vm.startswith(("host ", "task ")):
+                excerpt = history.around(vm, self.faults_ended - 15, history.now())
+                lines.extend(f"      {line}" for line in excerpt[-40:])
+        lines.append(f"acknowledged defines/removes contradicted: {len(self.existence)}")
+        lines.extend(f"  {problem}" for problem in self.existence)
+        lines.append("first planned faults: " + "; ".join(fault.describe() for fault in self.planned_faults))
+        for actor, operations in self.planned_operations.items():
+            lines.append(f"first planned operations of {actor}: " + "; ".join(op.describe() for op in operations))
+        if self.history_path:
+            lines.append(f"history: {self.history_path}")
+        return "\n".join(lines)
+
+
+def run_faults(cluster, seed: int, seconds: float, clients: int = 4, vm_count: int = 6,
+               domain_xml: Callable[[str], str] | None = None,
+               fault_weights: dict[str, float] = nemesis.FAULT_WEIGHTS, settle_timeout: float = 60.0,
+               history_path: Path | None = None) -> FaultRun:
+    """Run clients and nemesis against `cluster` (a `RunningCluster`) for `seconds`, settle, and check."""
+    from vm_support import vm_xml
+    domain_xml = domain_xml or vm_xml
+    local = cluster.local
+    started = time.monotonic()
+    history = History()
+    vms = [f"chaos{index}" for index in range(vm_count)]
+    nodes = local.node_names
+    run = FaultRun(seed, seconds, history, clients, vms, nodes, local.coordinator_names, history_path=history_path)
+    run.planned_faults = _first(nemesis.schedule(seed, SESSION_TIMEOUT, fault_weights), 8)
+    run.planned_operations = {f"client{index}": _first(workload.schedule(seed, f"client{index}", vms, nodes), 4)
+                              for index in range(clients)}
+
+    def connect():
+        return pvc.connect(local.uris, local.state["api_key"])
+
+    gates = {node: HostGate() for node in nodes}
+    monitor = Monitor(local, history, gates).start()
+    stopping = threading.Event()
+    workers = [workload.Client(f"client{index}", connect, history,
+                               workload.schedule(seed, f"client{index}", vms, nodes), domain_xml, stopping)
+               for index in range(clients)]
+    chaos = nemesis.Nemesis(local, history, gates, nemesis.schedule(seed, SESSION_TIMEOUT, fault_weights),
+                            stopping, connect)
+    try:
+        for thread in [*workers, chaos]:
+            thread.start()
+        stopping.wait(seconds)
+    finally:
+        stopping.set()
+        run.faults_ended = history.now()
+        chaos.join(30)
+        chaos.heal()
+    deadline = time.monotonic() + CLIENT_RETURN_TIMEOUT
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive() and worker.in_flight:
+            operation, invoked = worker.in_flight
+            run.stragglers.append(f"{worker.name}: {operation.describe()} invoked at {invoked:.3f} s had not "
+                                  f"returned {CLIENT_RETURN_TIMEOUT:g} s after the faults stopped")
+    try:
+        records = _settle(run, local, gates, connect, chaos, settle_timeout)
+        time.sleep(1.0)  # a last second of watching the settled cluster
+    finally:
+        monitor.stop()
+    run.violations = checker.double_runs(history)
+    run.existence = checker.existence_problems(history.operations, records)
+    run.elapsed = time.monotonic() - started
+    if history_path is not None:
+        history.dump(history_path)
+    return run
+
+
+def _settle(run: FaultRun, local, gates: dict[str, HostGate], connect, chaos: nemesis.Nemesis,
+            timeout: float) -> list[dict[str, Any]]:
+    """Wait until the records match the hosts and no task is active, twice in a row; the last records."""
+    client = connect()
+    deadline = time.monotonic() + timeout
+    clean_checks, records = 0, []
+    try:
+        while True:
+            chaos.supervise()
+            try:
+                records = client.vms.list()
+                active = [task["id"] for task in client.nodes.tasks() if task["state"] in ("pending", "running")]
+                run.mismatches = checker.record_mismatches(records, read_hosts(local, gates))
+                run.mismatches += [f"task {task} still active" for task in active]
+            except PVCError as error:
+                run.mismatches = [f"host or coordinator not answering while settling: {error}"]
+            clean_checks = 0 if run.mismatches else clean_checks + 1
+            if clean_checks >= 2:
+                run.settled_after = run.history.now() - run.faults_ended
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        try:
+            run.node_states = {node["name"]: f"{node['daemon_state']}/{node['domain_state']}"
+                               for node in client.nodes.list()}
+        except PVCError as error:
+            run.node_states = {"?": str(error)}
+    finally:
+        client.close()
+    return records
+
+
+def _counts(counter: Counter) -> str:
+    return ", ".join(f"{what} {count}" for what, count in counter.most_common())
+
+
+def _first(iterator, count: int) -> list:
+    return [next(iterator) for _ in range(count)]
