@@ -22,7 +22,7 @@ from pvc import plugin_manager
 from pvc.cli.localcluster.bmc import SimulatedBMC
 from pvc.cli.localcluster.processes import free_port, wait_until
 from pvc.cli.localcluster.simhost import SimulatedHost
-from pvc.plugins.fencing import BMC, POWER_IS_OFF, CephBlocklistPolicy, IpmiPolicy, NoFencing
+from pvc.plugins.fencing import POWER_IS_OFF, CephBlocklistPolicy, IpmiPolicy, NoFencing
 
 GUEST_XML = ("<domain type='test'><name>guest</name><memory unit='MiB'>128</memory>"
              "<os><type>hvm</type></os></domain>")

@@ -7,17 +7,14 @@ from collections import Counter
 import pytest
 
 from helpers import eventually
-from vm_support import (assert_no_vm_on_two_hosts, pvc, remove_all_vms, running_hosts, vm_xml, wait_running_on)
+from vm_support import (assert_no_vm_on_two_hosts, every_daemon_running_and_no_vms_left, pvc,
+                        running_hosts, vm_xml, wait_running_on)
 
 
 @pytest.fixture(autouse=True)
 def no_vms_left(cluster):
     yield
-    for node in cluster.local.node_names:
-        if cluster.local.daemon_pid("pvcnoded", node) is None:
-            cluster.local.start_node_daemon(node)
-    cluster.local.wait_ready(30)
-    remove_all_vms(cluster)
+    every_daemon_running_and_no_vms_left(cluster)
 
 
 def start_on(cluster, node: str, names: list[str], **meta) -> None:

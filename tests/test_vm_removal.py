@@ -15,7 +15,8 @@ from pvc.node.host_xml import METADATA_NAMESPACE
 from pvc.rpc import removal
 
 from helpers import cluster_store, define_vm, eventually, remove_vm
-from vm_support import new_uuid, pvc, remove_all_vms, vm_xml, wait_gone, wait_host_has, wait_running_on
+from vm_support import (every_daemon_running_and_no_vms_left, new_uuid, pvc, vm_xml, wait_gone,
+                        wait_host_has, wait_running_on)
 
 SETTLE = 3.0
 """Seconds that cover several leader ticks and node passes: long enough for a premature removal to show."""
@@ -24,11 +25,7 @@ SETTLE = 3.0
 @pytest.fixture(autouse=True)
 def no_vms_left(cluster):
     yield
-    for node in cluster.local.node_names:
-        if cluster.local.daemon_pid("pvcnoded", node) is None:
-            cluster.local.start_node_daemon(node)
-    cluster.local.wait_ready(30)
-    remove_all_vms(cluster)
+    every_daemon_running_and_no_vms_left(cluster)
 
 
 def _record_exists(cluster, name: str) -> bool:

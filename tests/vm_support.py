@@ -101,3 +101,12 @@ def return_to_service(cluster, node: str, start_daemon=None) -> None:
     (start_daemon or local.start_node_daemon)(node)
     assert eventually(lambda: client.nodes.info(node)["daemon_state"] == "run", 30), client.nodes.info(node)
     wait_for_task(client, client.nodes.ready(node))
+
+
+def every_daemon_running_and_no_vms_left(cluster) -> None:
+    """After a test that stops node daemons: start them again, wait until ready, and remove every VM."""
+    for node in cluster.local.node_names:
+        if cluster.local.daemon_pid("pvcnoded", node) is None:
+            cluster.local.start_node_daemon(node)
+    cluster.local.wait_ready(30)
+    remove_all_vms(cluster)
