@@ -121,3 +121,22 @@ def test_a_dead_qemu_host_is_fenced_through_its_bmc_and_its_real_guests_boot_els
         assert beat.boot_id != boots[name].boot_id, f"{name} booted again on {node}"
         wait_running_on(cluster, name, node)
     assert_no_vm_on_two_hosts(cluster)
+
+
+@pytest.mark.cluster(nodes=3)
+def test_a_third_party_fencing_policy_is_a_level_of_the_chain(example_plugin_installed, fresh_cluster):
+    client, local = fresh_cluster.client, fresh_cluster.local
+    client.cluster.config(fence_chain=["none", "example-ipmitool"])
+    _vms_on(client, "hv1", ["rescued"])
+
+    local.stop_daemon("pvcnoded", "hv1", kill=True)
+
+    recovery = _recovery(client, "hv1", "done")
+    assert [(level["policy"], level["confirmed"]) for level in recovery["fence"]] == \
+        [("none", False), ("example-ipmitool", True)]
+    assert recovery["fence"][1]["explanation"].startswith("example: Chassis Power is off")
+    assert not local.host("hv1").running
+    node = eventually(lambda: (lambda vm: vm["node"] if vm["running"] and vm["node"] != "hv1" else None)(
+        client.vms.info("rescued")), 20)
+    assert node, client.vms.info("rescued")
+    wait_running_on(fresh_cluster, "rescued", node)
