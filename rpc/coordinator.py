@@ -24,7 +24,7 @@ from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.leadership import Leadership
 from pvc.rpc.monitor import NodeMonitor
 from pvc.rpc.node_requests import NodeRequests
-from pvc.rpc.recovery import RecoveryExecution, record_recovery, too_many_dead
+from pvc.rpc.recovery import RecoveryExecution, record_missing_recoveries
 from pvc.rpc.tasks import TaskRunner
 from pvc.rpc.vm_control import VMControl
 from pvc.service import SignalQueue, daemon_command
@@ -101,9 +101,7 @@ class Coordinator:
         for node in self.monitor.check(leader_node):
             if self.cache.config.get().get("maintenance"):
                 log.warning("node %s is dead; maintenance mode is on, so it is not fenced", node)
-                continue
-            record_recovery(self.context, node, leader_node,
-                            held=too_many_dead(self.context, self.monitor.half_silent()))
+        record_missing_recoveries(self.context, leader_node, self.monitor.half_silent())
         self.requests.handle(leader_node)
         self.tasks.tick(leader_node)
 

@@ -1,7 +1,8 @@
 """Fencing a dead node and recovering its VMs, as a task the leader runs (and the next leader resumes).
 
-When the leader marks a node dead it records a ``recover`` task for it, unless the cluster is in maintenance
-mode or more than half of the nodes look dead at once (that is a ZooKeeper or network fault, not a room of
+For every node marked dead that has no ``recover`` task since (just marked, or its leader died before
+recording one, or it died during maintenance mode that has ended) the leader records one, unless the cluster
+is in maintenance mode or more than half of the nodes look dead at once (that is a ZooKeeper or network fault, not a room of
 dead hosts: the task is recorded ``failed`` with that reason, and nothing is fenced). The task:
 
 1. fences the node through the cluster's fencing chain (`fence_chain` in the cluster config: policy names
@@ -159,3 +160,35 @@ def record_recovery(context: CoordinatorContext, node: str, leader_node: str | N
         context.store.transaction(leader_node).create(schema.task(task_id), task).commit()
     except PVCError as error:
         log.warning("recovery of %s not recorded: %s", node, error)
+
+
+def record_missing_recoveries(context: CoordinatorContext, leader_node: str, going: set[str]) -> list[str]:
+    """Record a ``recover`` task for every ``dead`` node that has none since it was marked dead: the node just
+    marked, one whose leader died before recording its task, one that died during maintenance mode once that
+    ends. Returns the nodes recorded."""
+    if context.cache.config.get().get("maintenance"):
+        return []
+    zk = context.store.zk
+    dead = {}
+    for name, raw in context.cache.nodes.snapshot().items():
+        if raw.get(OWN_VALUE) and raw.get("daemon_state") == "dead":
+            stat = zk.exists(schema.node_key(name, "daemon_state"))
+            if stat is not None:
+                dead[name] = stat.mzxid
+    if not dead:
+        return []
+    since = {}
+    for task_id in context.store.children(schema.TASKS):
+        try:
+            data, stat = zk.get(schema.task(task_id))
+        except NoNodeError:
+            continue
+        task = schema.decode(data) or {}
+        if task.get("kind") == "recover" and task.get("node") in dead:
+            since[task["node"]] = max(since.get(task["node"], 0), stat.czxid)
+    recorded = []
+    for name, marked in sorted(dead.items()):
+        if since.get(name, 0) < marked:
+            record_recovery(context, name, leader_node, held=too_many_dead(context, going))
+            recorded.append(name)
+    return recorded

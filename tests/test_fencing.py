@@ -140,3 +140,23 @@ def test_a_third_party_fencing_policy_is_a_level_of_the_chain(example_plugin_ins
         client.vms.info("rescued")), 20)
     assert node, client.vms.info("rescued")
     wait_running_on(fresh_cluster, "rescued", node)
+
+
+@pytest.mark.cluster(nodes=3, coordinators=2)
+def test_a_recovery_whose_leader_dies_is_finished_by_the_next_leader(fresh_cluster):
+    client, local = fresh_cluster.client, fresh_cluster.local
+    names = [f"resumed{index}" for index in range(6)]
+    _vms_on(client, "hv1", names)
+    leader = client.cluster.status()["leader"]
+
+    local.stop_daemon("pvcnoded", "hv1", kill=True)
+    assert eventually(lambda: client.nodes.info("hv1")["daemon_state"] != "run", DETECTION_S, 0.05)
+    local.stop_daemon("pvcapid", leader, kill=True)
+
+    assert eventually(lambda: client.cluster.status()["leader"] not in (None, leader), 15, 0.2)
+    _recovery(client, "hv1", "done", timeout=60)
+    for name in names:
+        node = client.vms.info(name)["node"]
+        assert node in ("hv2", "hv3")
+        wait_running_on(fresh_cluster, name, node, timeout=30)
+    assert_no_vm_on_two_hosts(fresh_cluster)
