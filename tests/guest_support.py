@@ -51,3 +51,11 @@ def volume_marker(cluster, pool: str, volume: str) -> str:
     path = Path(cluster.local.storage_dir) / pool / volume
     with open(path, "rb") as disk:
         return disk.read(512).split(b"\0")[0].decode(errors="replace").strip()
+
+
+def boot_guests(cluster, node: str, names: list[str]) -> dict[str, Heartbeat]:
+    """Define and start real guests on `node`, booting together; each one's first heartbeat."""
+    for name in names:
+        cluster.client.vms.define(guest_xml(name), target=node)
+        cluster.client.vms.start(name)
+    return {name: wait_heartbeat(cluster, name, node) for name in names}

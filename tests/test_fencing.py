@@ -10,7 +10,7 @@ from pvc.cli.localcluster.cluster import FENCE_INTERVALS, KEEPALIVE_INTERVAL
 from pvc.cli.localcluster.processes import pid_alive
 
 from conftest import started_cluster
-from guest_support import guest_xml, wait_heartbeat
+from guest_support import boot_guests, wait_heartbeat
 from helpers import eventually
 from vm_support import assert_no_vm_on_two_hosts, running_hosts, vm_xml, wait_running_on
 
@@ -100,10 +100,7 @@ def test_a_dead_qemu_host_is_fenced_through_its_bmc_and_its_real_guests_boot_els
     cluster = qemu_fencing_cluster
     client, local = cluster.client, cluster.local
     names = ["real1", "real2", "real3"]
-    for name in names:
-        client.vms.define(guest_xml(name), target="hv1")
-        client.vms.start(name)
-    boots = {name: wait_heartbeat(cluster, name, "hv1") for name in names}
+    boots = boot_guests(cluster, "hv1", names)
     pids = local.host("hv1").qemu_pids()
     assert set(names) <= set(pids)
 

@@ -13,7 +13,8 @@ import pytest
 from pvc.cli.localcluster.processes import pid_alive
 from pvc.errors import OperationFailed
 
-from guest_support import console_text, guest_xml, heartbeats, qemu_pid, volume_marker, wait_heartbeat
+from guest_support import (boot_guests, console_text, guest_xml, heartbeats, qemu_pid, volume_marker,
+                           wait_heartbeat)
 from helpers import eventually
 from vm_support import assert_no_vm_on_two_hosts, pvc, wait_for_task, wait_running_on
 
@@ -141,12 +142,10 @@ def test_guests_outlive_their_node_daemon_and_a_libvirtd_restart(qemu_cluster, m
 def test_flush_live_migrates_every_guest_in_parallel_and_ready_brings_them_back(qemu_cluster):
     client = qemu_cluster.client
     names = ["fleet1", "fleet2", "fleet3"]
-    for name in names:
-        client.vms.define(guest_xml(name), target="hv1")
-        client.vms.start(name)
-    boots = {name: wait_heartbeat(qemu_cluster, name, "hv1") for name in names}
+    boots = boot_guests(qemu_cluster, "hv1", names)
 
-    wait_for_task(client, client.nodes.flush("hv1"), timeout=120)
+    task = wait_for_task(client, client.nodes.flush("hv1"), timeout=120)
+    assert task["state"] == "done", f"flush failed: {task['not_moved']} {task['errors']}"
     assert client.nodes.info("hv1")["domain_state"] == "flushed"
     for name in names:
         node = client.vms.info(name)["node"]

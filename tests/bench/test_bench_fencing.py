@@ -11,7 +11,7 @@ import pytest
 from pvc.cli.localcluster.cluster import FENCE_INTERVALS, KEEPALIVE_INTERVAL
 
 from conftest import started_cluster
-from guest_support import guest_xml, wait_heartbeat
+from guest_support import boot_guests, wait_heartbeat
 from helpers import eventually
 from vm_support import running_hosts, vm_xml
 
@@ -60,10 +60,7 @@ def test_bench_kill_a_node_daemon_with_3_real_guests(tmp_path_factory):
                                   hypervisor="qemu"):
         client, local = cluster.client, cluster.local
         names = ["real1", "real2", "real3"]
-        for name in names:
-            client.vms.define(guest_xml(name), target="hv1")
-            client.vms.start(name)
-        boots = {name: wait_heartbeat(cluster, name, "hv1") for name in names}
+        boots = boot_guests(cluster, "hv1", names)
 
         killed_at_wall, killed_at = time.time(), time.monotonic()
         local.stop_daemon("pvcnoded", "hv1", kill=True)
