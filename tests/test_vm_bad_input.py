@@ -10,7 +10,7 @@ from kazoo.client import KazooClient
 
 from pvc import schema
 
-from helpers import cluster_store
+from helpers import cluster_store, eventually
 from vm_support import new_uuid, pvc, remove_all_vms, running_hosts, vm_xml, wait_running_on
 
 RESIDENT_UUID = new_uuid()
@@ -102,6 +102,8 @@ def test_a_migration_outside_the_limit_needs_force(cluster):
     back = pvc(cluster, "vm", "unmigrate", "resident", "--wait")
     assert back.exit_code == 0, back.output
     wait_running_on(cluster, "resident", "hv1")
+    assert eventually(lambda: cluster.client.vms.info("resident")["state"] == "start", 5), \
+        "the leader records the finished move as start"
 
 
 @pytest.mark.parametrize("options, message", [
