@@ -172,8 +172,13 @@ def record_missing_recoveries(context: CoordinatorContext, leader_node: str, goi
     dead = {}
     for name, raw in context.cache.nodes.snapshot().items():
         if raw.get(OWN_VALUE) and raw.get("daemon_state") == "dead":
-            stat = zk.exists(schema.node_key(name, "daemon_state"))
-            if stat is not None:
+            # The cache may lag a recovery that has just recorded the node ``fenced``: only ZooKeeper's own
+            # ``dead`` (and the zxid that wrote it) says a marking has no task yet.
+            try:
+                data, stat = zk.get(schema.node_key(name, "daemon_state"))
+            except NoNodeError:
+                continue
+            if schema.decode(data) == "dead":
                 dead[name] = stat.mzxid
     if not dead:
         return []
