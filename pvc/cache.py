@@ -7,6 +7,13 @@ dropped, so a late watch callback never undoes a refresh.
 
 A collection reads its znodes with pipelined asynchronous calls, so loading 10,000 VMs (40,000 znodes) costs
 a few round trips' worth of waiting, not 40,000 of them.
+
+Reads follow writes across coordinators: `ClusterCache.catch_up` returns once the cache shows every write
+ZooKeeper committed before the call, whichever coordinator made it. It relies on two orderings: ZooKeeper
+delivers a watch event before the answer to any later request of the same session, and kazoo hands watch
+events and answers to two FIFO worker threads in the order they arrived. So after a `sync`, a marker queued
+behind the watch events, then a few chained requests queued behind the reads those events started, mark the
+point where the cache has applied them all: one sync and a few stats, never a walk of ZooKeeper.
 """
 import logging
 import threading
@@ -14,9 +21,10 @@ from typing import Any, Callable
 
 from kazoo.client import KazooState
 from kazoo.exceptions import KazooException, NoNodeError
-from kazoo.protocol.states import ZnodeStat
+from kazoo.protocol.states import Callback, ZnodeStat
 
 from pvc import schema
+from pvc.errors import Unavailable
 from pvc.store import Store
 
 log = logging.getLogger(__name__)
@@ -36,6 +44,7 @@ class WatchedCollection:
         self._lock = threading.Lock()
         self._items: dict[str, dict[str, Any]] = {}
         self._versions: dict[tuple[str, str], int] = {}
+        self._created: dict[str, int] = {}
         self._watchers: dict[tuple[str, str], Callable] = {}
         self._loading = threading.Condition()
         self._in_flight = 0
@@ -44,7 +53,7 @@ class WatchedCollection:
     def start(self, timeout: float = 300.0) -> None:
         """Load the whole collection (returns once it is loaded) and keep it current from then on."""
         self._store.add_state_listener(self._on_session_state)
-        self._store.zk.ChildrenWatch(self._parent, self._on_children)
+        self._list_children()
         with self._loading:
             self._loading.wait_for(lambda: self._in_flight == 0, timeout)
 
@@ -90,11 +99,35 @@ class WatchedCollection:
         base = self._child_path(name)
         return base if key == OWN_VALUE else f"{base}/{key}"
 
-    def _on_children(self, children: list[str]) -> None:
+    def _list_children(self, _event=None) -> None:
+        """List the children and watch for the next change, asynchronously, so that the listing's answer
+        keeps its place among the other reads (kazoo's ChildrenWatch lists from a thread of its own)."""
+        with self._loading:
+            self._in_flight += 1
+
+        def on_listed(result) -> None:
+            try:
+                children, stat = result.get()
+                self._on_children(children, stat.pzxid)
+            except KazooException as error:
+                log.debug("listing %s failed (%s); it is listed again on reconnection", self._parent, error)
+                self._resync_needed = True
+            finally:
+                with self._loading:
+                    self._in_flight -= 1
+                    self._loading.notify_all()
+
+        self._store.zk.get_children_async(self._parent, watch=self._list_children, include_data=True) \
+            .rawlink(on_listed)
+
+    def _on_children(self, children: list[str], listed_zxid: int) -> None:
+        """Forget the children this listing lacks, except one created after it was taken: a `refresh` may
+        have read a child that a listing answered a moment earlier does not have yet."""
         present = set(children)
         with self._lock:
             for gone in set(self._items) - present:
-                self._forget(gone)
+                if self._created.get(gone, -1) <= listed_zxid:
+                    self._forget(gone)
         for name in children:
             self._watch(name)
 
@@ -160,6 +193,7 @@ class WatchedCollection:
             self._resync_needed = True
         elif self._resync_needed:
             self._resync_needed = False
+            self._list_children()
             with self._lock:
                 watched = list(self._watchers.items())
             for (name, key), watcher in watched:
@@ -171,6 +205,8 @@ class WatchedCollection:
             if stat.mzxid < self._versions.get((name, key), -1):
                 return
             self._versions[(name, key)] = stat.mzxid
+            if key == OWN_VALUE:
+                self._created[name] = stat.czxid
             self._items.setdefault(name, {})[key] = value
 
     def _drop(self, name: str) -> None:
@@ -179,6 +215,7 @@ class WatchedCollection:
 
     def _forget(self, name: str) -> None:
         self._items.pop(name, None)
+        self._created.pop(name, None)
         for key in self._keys:
             self._versions.pop((name, key), None)
             self._watchers.pop((name, key), None)
@@ -217,7 +254,12 @@ class WatchedValue:
 class ClusterCache:
     """Everything a coordinator serves reads from."""
 
+    CATCH_UP_ROUNDS = 3
+    """Requests chained after the marker: a listing's answer starts the reads of new children, whose answer
+    may start a wait for a key not created yet, whose answer starts its read."""
+
     def __init__(self, store: Store):
+        self._store = store
         self.config = WatchedValue(store, schema.CONFIG, dict(schema.DEFAULT_CLUSTER_CONFIG))
         self.nodes = WatchedCollection(store, schema.NODES, schema.node, schema.NODE_KEYS)
         self.vms = WatchedCollection(store, schema.VMS, schema.vm, schema.VM_KEYS)
@@ -226,3 +268,22 @@ class ClusterCache:
         self.config.start()
         self.nodes.start()
         self.vms.start()
+
+    def catch_up(self, timeout: float = 10.0) -> None:
+        """Return once the cache shows every write committed before this call, from any coordinator."""
+        zk = self._store.zk
+        caught_up = threading.Event()
+
+        def chain(rounds: int) -> None:
+            if rounds == 0:
+                caught_up.set()
+            else:
+                zk.exists_async(schema.ROOT).rawlink(lambda _answer: chain(rounds - 1))
+
+        try:
+            zk.sync(schema.ROOT)
+        except KazooException as error:
+            raise Unavailable(f"ZooKeeper did not answer a sync: {error!r}") from None
+        zk.handler.dispatch_callback(Callback("watch", chain, (self.CATCH_UP_ROUNDS,)))
+        if not caught_up.wait(timeout):
+            raise Unavailable(f"the coordinator's view of ZooKeeper did not catch up within {timeout:g} s")

@@ -32,6 +32,7 @@ class VMControl:
 
     def raw(self, name: str) -> dict[str, Any]:
         schema.check_name("VM", name)
+        self._context.cache.catch_up()
         raw = self._context.cache.vms.get(name)
         if raw is None or raw.get(OWN_VALUE) is None:
             raise NotFound(f"no VM named '{name}'")

@@ -26,6 +26,7 @@ class NodesArea:
 
     def list(self) -> list[dict[str, Any]]:
         """Every node, sorted by name."""
+        self._context.cache.catch_up()
         return [self._view(name, raw) for name, raw in sorted(self._context.cache.nodes.snapshot().items())
                 if raw.get(OWN_VALUE) is not None]
 
@@ -64,6 +65,7 @@ class NodesArea:
 
     def _raw(self, name: str) -> dict[str, Any]:
         schema.check_name("node", name)
+        self._context.cache.catch_up()
         raw = self._context.cache.nodes.get(name)
         if raw is None or raw.get(OWN_VALUE) is None:
             raise NotFound(f"no node named '{name}'")

@@ -29,6 +29,7 @@ class VMsArea:
         """Every VM (optionally only those on `node` or in `state`), sorted by name."""
         if state is not None and state not in schema.VM_STATES:
             raise InvalidInput(f"unknown state '{state}' (one of: {', '.join(schema.VM_STATES)})")
+        self._context.cache.catch_up()
         views = [models.vm_view(name, raw, detail=False)
                  for name, raw in sorted(self._context.cache.vms.snapshot().items())
                  if raw.get(OWN_VALUE) is not None]
