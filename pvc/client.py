@@ -7,6 +7,7 @@ so each thread gets its own, which makes a `Client` safe to share between thread
 """
 import os
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,10 @@ class Connection:
         """Call `area.method` on the first coordinator that answers, starting with the last one that did.
 
         A connection kept from an earlier call may have been closed by a coordinator restart since; the
-        call is then tried once more on a new connection to the same coordinator before moving on."""
+        call is then tried once more on a new connection to the same coordinator before moving on. Every
+        attempt carries the call's one request id, so a retry of a call whose answer was lost is answered
+        from the first attempt rather than carried out again (`pvc.rpc.retries`)."""
+        Pyro5.api.current_context.correlation_id = uuid.uuid4()
         failures = []
         first = self._preferred
         flavour = BULK if method in BULK_RESULT_METHODS else CONTROL

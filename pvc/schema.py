@@ -37,6 +37,9 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
                                            deleted with the record, once a removal is confirmed
     /pvc/locks/vms/NAME                C   kazoo lock serialising commands on one VM
     /pvc/tasks/ID                      L   a long operation (flush, ready) the leader runs and resumes
+    /pvc/requests/ID                   C   a call that changed something, by its client's request id: created in
+                                           the call's first transaction, then its result or error, so a retry
+                                           is answered instead of done again (`pvc.rpc.retries`; L prunes)
     /pvc/storage/pools/POOL            C   a storage pool: {"backend", "options"} it was made with
     /pvc/storage/volumes/POOL:VOLUME   C,N a volume: {"pool", "name", "size_bytes"} (N: a finished upload)
     /pvc/storage/volumes/POOL:VOLUME/snapshots   C   {SNAPSHOT: {"created": time}} of that volume
@@ -63,6 +66,7 @@ VM_UUIDS = f"{ROOT}/vm_uuids"
 LOCKS = f"{ROOT}/locks"
 VM_LOCKS = f"{LOCKS}/vms"
 TASKS = f"{ROOT}/tasks"
+REQUESTS = f"{ROOT}/requests"
 NODE_OWNERS = f"{ROOT}/node_owners"
 
 NODE_KEYS = ("daemon_state", "domain_state", "keepalive")
@@ -136,6 +140,10 @@ def task(task_id: str) -> str:
     return f"{TASKS}/{check_name('task', task_id)}"
 
 
+def request(request_id: str) -> str:
+    return f"{REQUESTS}/{check_name('request', request_id)}"
+
+
 def live_coordinator(name: str) -> str:
     return f"{LIVE_COORDINATORS}/{check_name('coordinator', name)}"
 
@@ -151,7 +159,7 @@ def decode(data: bytes | None) -> Any:
 
 
 CONTAINERS = (ROOT, COORDINATORS, ELECTION, LIVE_COORDINATORS, NODES, VMS, VM_UUIDS, LOCKS, VM_LOCKS, TASKS,
-              NODE_OWNERS)
+              NODE_OWNERS, REQUESTS)
 """Znodes that must exist before anything is written below them."""
 
 

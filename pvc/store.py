@@ -14,7 +14,7 @@ from kazoo.recipe.lock import Lock
 from kazoo.retry import KazooRetry
 from kazoo.security import make_digest_acl
 
-from pvc import schema
+from pvc import request_ids, schema
 from pvc.errors import AlreadyExists, Conflict, ConfigError, NotFound, NotLeader, Unavailable
 
 log = logging.getLogger(__name__)
@@ -139,10 +139,23 @@ class Transaction:
         return self
 
     def commit(self) -> None:
-        results = self._transaction.commit()
-        for (operation, path), result in zip(self._operations, results):
-            if isinstance(result, Exception) and not isinstance(result, RolledBackError):
-                raise self._explain(operation, path, result)
+        """Commit; the first transaction of a call that carries a request id also records the id."""
+        pending = request_ids.take()
+        if pending is not None:
+            request_id, record = pending
+            self.create(schema.request(request_id), record)
+        try:
+            results = self._transaction.commit()
+        except BaseException:
+            request_ids.committed(pending, succeeded=False)
+            raise
+        failed = [(operation, path, result) for (operation, path), result in zip(self._operations, results)
+                  if isinstance(result, Exception) and not isinstance(result, RolledBackError)]
+        request_ids.committed(pending, succeeded=not failed)
+        for operation, path, result in failed:
+            if pending is not None and path == schema.request(pending[0]) and isinstance(result, NodeExistsError):
+                raise request_ids.Repeated(pending[0])
+            raise self._explain(operation, path, result)
 
     def _explain(self, operation: str, path: str, error: Exception) -> Exception:
         if operation == "check" and path == self._leader_node:

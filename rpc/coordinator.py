@@ -25,6 +25,7 @@ from pvc.rpc.leadership import Leadership
 from pvc.rpc.monitor import NodeMonitor
 from pvc.rpc.node_requests import NodeRequests
 from pvc.rpc.recovery import RecoveryExecution, record_missing_recoveries
+from pvc.rpc.retries import RequestPruner
 from pvc.rpc.tasks import TaskRunner
 from pvc.rpc.vm_control import VMControl
 from pvc.service import SignalQueue, daemon_command
@@ -42,6 +43,7 @@ class Coordinator:
         self.cache = ClusterCache(self.store)
         self.monitor = NodeMonitor(self.store, self.cache, settings["fence_intervals"])
         self.requests = NodeRequests(self.store, self.cache.vms)
+        self.request_records = RequestPruner()
         self.daemon: AuthenticatingDaemon | None = None
         self.context: CoordinatorContext | None = None
         self.tasks: TaskRunner | None = None
@@ -103,6 +105,7 @@ class Coordinator:
                 log.warning("node %s is dead; maintenance mode is on, so it is not fenced", node)
         record_missing_recoveries(self.context, leader_node, self.monitor.half_silent())
         self.requests.handle(leader_node)
+        self.request_records.tick(self.store, leader_node)
         self.tasks.tick(leader_node)
 
     def run(self) -> None:

@@ -7,13 +7,18 @@ from kazoo.exceptions import BadVersionError
 from pvc import schema
 from pvc.errors import InvalidInput
 from pvc.rpc.context import CoordinatorContext
+from pvc.rpc.retries import retry_safe
 
 
 @Pyro5.server.expose
 @Pyro5.server.behavior(instance_mode="single")
+@retry_safe(reads={"status", "plugins"})
 class ClusterArea:
     def __init__(self, context: CoordinatorContext):
         self._context = context
+
+    def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        return self.config() if method == "config" else self.status()
 
     def status(self) -> dict[str, Any]:
         """The cluster at a glance: maintenance flag, leader, coordinators, node counts by state."""

@@ -12,17 +12,22 @@ from pvc.rpc import tasks
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.monitor import KeepaliveWatch
 from pvc.rpc.recovery import record_recovery
+from pvc.rpc.retries import retry_safe
 
 RESUMED_SINCE_DEAD = "keepalives resumed since it was marked dead"
 
 
 @Pyro5.server.expose
 @Pyro5.server.behavior(instance_mode="single")
+@retry_safe(reads={"list", "info", "task", "tasks", "log"})
 class NodesArea:
     def __init__(self, context: CoordinatorContext):
         self._context = context
         self._keepalives = KeepaliveWatch(context.store)
         self._keepalives.start()
+
+    def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        return self.info(args[0] if args else kwargs["name"])
 
     def list(self) -> list[dict[str, Any]]:
         """Every node, sorted by name."""

@@ -16,6 +16,7 @@ from pvc import schema, sizes, storage_records
 from pvc.cache import OWN_VALUE, WatchedCollection
 from pvc.errors import AlreadyExists, Busy, Conflict, InvalidInput, NotFound, Unavailable
 from pvc.rpc.context import CoordinatorContext
+from pvc.rpc.retries import retry_safe
 from pvc.storage_client import STORAGE_CALL_TIMEOUT_S
 
 LOCK_TIMEOUT_S = 30
@@ -25,6 +26,7 @@ STORAGE_ACTION_TIMEOUT_S = STORAGE_CALL_TIMEOUT_S - 30
 
 @Pyro5.server.expose
 @Pyro5.server.behavior(instance_mode="single")
+@retry_safe(reads={"pool_list", "status", "volume_list", "volume_info", "snapshot_list"})
 class StorageArea:
     def __init__(self, context: CoordinatorContext):
         self._context = context
@@ -32,6 +34,21 @@ class StorageArea:
         self._volumes = WatchedCollection(context.store, schema.VOLUMES, schema.volume_by_key, schema.VOLUME_KEYS)
         self._pools.start()
         self._volumes.start()
+
+    def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        """The volume as it now is, for a call whose coordinator died before answering; None for a pool
+        call, or once the volume is gone."""
+        if not method.startswith(("volume_", "snapshot_")):
+            return None
+        names = ("pool", "name", "new_name") if method in ("volume_rename", "volume_clone") else \
+            ("pool", "name") if method.startswith("volume_") else ("pool", "volume")
+        arguments = {**dict(zip(names, args)), **kwargs}
+        try:
+            volume = arguments["volume"] if method.startswith("snapshot_") else \
+                arguments.get("new_name") or arguments["name"]
+            return self.volume_info(arguments["pool"], volume)
+        except NotFound:
+            return None
 
     # -- pools --------------------------------------------------------------------------------------------
 

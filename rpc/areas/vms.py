@@ -11,6 +11,7 @@ from pvc.cache import OWN_VALUE
 from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound, Unavailable
 from pvc.rpc import removal
 from pvc.rpc.context import CoordinatorContext
+from pvc.rpc.retries import retry_safe
 from pvc.rpc.vm_control import VMControl
 
 META_KEYS = ("node_limit", "node_selector", "node_autostart", "migration_method", "max_downtime")
@@ -18,10 +19,23 @@ META_KEYS = ("node_limit", "node_selector", "node_autostart", "migration_method"
 
 @Pyro5.server.expose
 @Pyro5.server.behavior(instance_mode="single")
+@retry_safe(reads={"list", "info", "dump", "log"})
 class VMsArea:
     def __init__(self, context: CoordinatorContext, control: VMControl):
         self._context = context
         self._control = control
+
+    def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        """The VM as it now is, for a call whose coordinator died before answering; None once it is gone."""
+        if method == "define":
+            name = domain_xml.parse(args[0] if args else kwargs["xml"], allow_host_devices=True).name
+        else:
+            arguments = {**dict(zip(("vm", "new_name") if method == "rename" else ("vm",), args)), **kwargs}
+            name = arguments.get("new_name") or arguments["vm"]
+        try:
+            return self.info(name)
+        except NotFound:
+            return None
 
     # -- reading ---------------------------------------------------------------------------------------
 

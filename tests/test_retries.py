@@ -1,0 +1,124 @@
+"""Retries are safe: a call whose answer was lost is retried on another coordinator under the same request id
+and answered from its first attempt, never carried out twice."""
+import os
+import signal
+import socket
+import threading
+import uuid
+
+import pytest
+import Pyro5.api
+
+import pvc
+from pvc import schema
+from pvc.client import object_id
+from pvc.handshake import authenticated_proxy
+
+from helpers import cluster_store, eventually
+from vm_support import vm_xml
+
+
+class AnswerCutter:
+    """A TCP relay to one coordinator that passes the call naming `method` on and never passes its answer
+    back: when the answer comes, it runs `on_answer` (kill the coordinator, say) and closes the client's
+    connection, as a coordinator dying right after it committed would."""
+
+    def __init__(self, target_port: int, method: bytes, on_answer=lambda: None):
+        self._target = ("127.0.0.1", target_port)
+        self._method = method
+        self._on_answer = on_answer
+        self.cut = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.uri = f"pvc://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self._target)
+            armed = threading.Event()
+            threading.Thread(target=self._pass, args=(client, server, armed, True), daemon=True).start()
+            threading.Thread(target=self._pass, args=(server, client, armed, False), daemon=True).start()
+
+    def _pass(self, source: socket.socket, sink: socket.socket, armed: threading.Event, upstream: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if upstream and not self.cut.is_set() and self._method in data:
+                    armed.set()
+                elif not upstream and armed.is_set() and not self.cut.is_set():
+                    self._on_answer()
+                    self.cut.set()
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for each in (source, sink):
+            try:
+                each.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            each.close()
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def _coordinator_port(local, name: str) -> int:
+    return local.state["coordinators"][name]
+
+
+@pytest.mark.cluster(nodes=2, coordinators=2)
+def test_a_define_whose_coordinator_died_after_committing_is_answered_by_the_other(fresh_cluster):
+    local = fresh_cluster.local
+    first, second = local.coordinator_names
+    cutter = AnswerCutter(_coordinator_port(local, first), b"define",
+                          on_answer=lambda: os.kill(local.daemon_pid("pvcapid", first), signal.SIGKILL))
+    client = pvc.connect([cutter.uri, local.uris[1]], local.state["api_key"])
+    try:
+        answer = client.vms.define(vm_xml("retried"))
+    finally:
+        cutter.close()
+    assert cutter.cut.is_set(), "the first attempt's answer was cut off"
+    assert answer["name"] == "retried"
+    assert [vm["name"] for vm in fresh_cluster.client.vms.list()] == ["retried"]
+    assert client.vms.info("retried")["node"] == answer["node"]
+
+
+@pytest.mark.cluster(nodes=3, coordinators=2)
+def test_a_migrate_whose_answer_was_lost_moves_the_vm_once(fresh_cluster):
+    local, admin = fresh_cluster.local, fresh_cluster.client
+    admin.vms.define(vm_xml("mover"), target="hv1")
+    admin.vms.start("mover", wait=True)
+    first, _second = local.coordinator_names
+    cutter = AnswerCutter(_coordinator_port(local, first), b"migrate")
+    client = pvc.connect([cutter.uri, local.uris[1]], local.state["api_key"])
+    try:
+        answer = client.vms.migrate("mover", wait=True)
+    finally:
+        cutter.close()
+    assert cutter.cut.is_set()
+    info = admin.vms.info("mover")
+    assert answer["node"] == info["node"] != "hv1"
+    assert info["last_node"] == "hv1", "moved once: from hv1, not on again from its first target"
+    assert eventually(lambda: fresh_cluster.host_domains(info["node"]).get("mover"), 10)
+
+
+@pytest.mark.cluster(nodes=1, coordinators=1)
+def test_a_retry_after_its_coordinator_left_without_answering_gets_the_vm_as_it_is(fresh_cluster):
+    """The first attempt's coordinator wrote and died before recording its answer: the retry reads the VM
+    rather than defining it again (which would answer AlreadyExists to its own first attempt)."""
+    local, admin = fresh_cluster.local, fresh_cluster.client
+    admin.vms.define(vm_xml("orphaned-answer"))
+    request_id = uuid.uuid4()
+    with cluster_store(local) as store:
+        store.zk.create(schema.request(str(request_id)),
+                        schema.encode({"coordinator": "pvcapid-gone", "method": "define", "created": 0}))
+    Pyro5.api.current_context.correlation_id = request_id
+    with authenticated_proxy(f"PYRO:{object_id('vms')}@127.0.0.1:{local.state['coordinators'][local.coordinator_names[0]]}",
+                             local.state["api_key"], 10) as proxy:
+        answer = proxy.define(vm_xml("orphaned-answer"))
+    assert answer["name"] == "orphaned-answer"
+    assert [vm["name"] for vm in admin.vms.list()] == ["orphaned-answer"]
