@@ -302,7 +302,7 @@ def sweep_leftovers(context: UploadContext, backend_name: str) -> None:
             path.unlink(missing_ok=True)
     prefix = hidden_prefix(context.node_name)
     for pool in context.store.children(schema.POOLS):
-        if (context.store.read(f"{schema.POOLS}/{pool}") or {}).get("backend") != backend_name:
+        if (context.store.read(schema.pool(pool)) or {}).get("backend") != backend_name:
             continue
         try:
             for name in context.backend.volume_names(pool):

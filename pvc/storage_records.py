@@ -39,7 +39,7 @@ def volume_users(store: Store, pool: str, volume: str) -> list[str]:
     cache of the VMs, when it must know now."""
     wanted = f"{pool}/{volume}"
     return [name for name in store.children(schema.VMS)
-            if wanted in ((store.read(f"{schema.VMS}/{name}") or {}).get("volumes") or [])]
+            if wanted in ((store.read(schema.vm(name)) or {}).get("volumes") or [])]
 
 
 def volume_view(key: str, raw: dict[str, Any], used_by: list[str]) -> dict[str, Any]:
