@@ -12,6 +12,7 @@ an existing volume is untouched and a new one never appears.
 import itertools
 import logging
 import os
+import re
 import secrets
 import socket
 import ssl
@@ -287,8 +288,19 @@ class ImportJob:
 
 def hidden_prefix(node_name: str) -> str:
     """How this node's uploads in progress are named in a pool, which other nodes may share (Ceph, a shared
-    mount): so a node sweeps only its own."""
+    mount): so a node sweeps only its own. What follows is ``PID-COUNTER-HEX8``, then perhaps ``-diskN``
+    and ``.replaced``, none of which holds a node name: `upload_owner` reads the name back exactly."""
     return f".upload-{node_name}-"
+
+
+_HIDDEN = re.compile(r"\.upload-(?P<node>.+)-\d+-\d+-[0-9a-f]{8}(?:-disk\d+)?(?:\.replaced)?")
+
+
+def upload_owner(volume_name: str) -> str | None:
+    """The node whose upload left `volume_name`, or None for a volume that is not an upload's (the tail is
+    fixed, so node ``hv1`` never claims node ``hv1-b``'s leftovers)."""
+    match = _HIDDEN.fullmatch(volume_name)
+    return match["node"] if match else None
 
 
 def sweep_leftovers(context: UploadContext, backend_name: str) -> None:
@@ -300,16 +312,17 @@ def sweep_leftovers(context: UploadContext, backend_name: str) -> None:
         if path.name.startswith(STAGING_LEFTOVERS) or path.name.endswith(".nbd"):
             log.warning("removing the staging leftover %s", path)
             path.unlink(missing_ok=True)
-    prefix = hidden_prefix(context.node_name)
     for pool in context.store.children(schema.POOLS):
         if (context.store.read(schema.pool(pool)) or {}).get("backend") != backend_name:
             continue
         try:
             for name in context.backend.volume_names(pool):
-                if name.startswith(prefix) and name.endswith(".replaced"):
+                if upload_owner(name) != context.node_name:
+                    continue
+                if name.endswith(".replaced"):
                     log.error("%s/%s may hold a volume's old data from an interrupted upload; check it and "
                               "remove it by hand", pool, name)
-                elif name.startswith(prefix):
+                else:
                     log.warning("removing the unfinished upload %s/%s", pool, name)
                     context.backend.volume_remove(pool, name)
         except PVCError as error:

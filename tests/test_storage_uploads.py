@@ -723,15 +723,20 @@ def test_node_start_sweeps_its_own_upload_leftovers(storage_cluster, pool):
     node = local.node_names[0]
     local.stop_daemon("pvcnoded", node)
     try:
-        backend.volume_create(pool, f".upload-{node}-1-0-stale", MIB)
-        backend.volume_create(pool, ".upload-elsewhere-1-0-busy", MIB)
+        backend.volume_create(pool, f".upload-{node}-1-0-5ca1ab1e", MIB)
+        backend.volume_create(pool, f".upload-{node}-1-0-5ca1ab1e-disk0", MIB)
+        backend.volume_create(pool, f".upload-{node}-b-1-0-0ddba11a", MIB)
+        backend.volume_create(pool, ".upload-elsewhere-1-0-0ddba11a", MIB)
         for name in (".stage-crashed", ".stage-crashed.nbd", ".probe-crashed"):
             (local.staging_dir(node) / name).write_bytes(b"left")
     finally:
         local.start_node_daemon(node)
 
-    assert eventually(lambda: leftovers(storage_cluster, pool) == [".upload-elsewhere-1-0-busy"], timeout=30)
-    backend.volume_remove(pool, ".upload-elsewhere-1-0-busy")
+    others = [".upload-elsewhere-1-0-0ddba11a", f".upload-{node}-b-1-0-0ddba11a"]
+    assert eventually(lambda: leftovers(storage_cluster, pool) == sorted(others), timeout=30), \
+        f"{node} sweeps its own leftovers only, not those of node {node}-b: {leftovers(storage_cluster, pool)}"
+    for name in others:
+        backend.volume_remove(pool, name)
     assert eventually(lambda: _uploads(storage_cluster, pool), timeout=30)
 
 
