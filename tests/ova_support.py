@@ -1,0 +1,410 @@
+"""Real OVAs for tests: disks made by the real qemu-img (streamOptimized VMDK), descriptors written from the OVF
+1.1/2.0 specifications in the styles VMware ovftool/ESXi and VirtualBox export, tar archives made by tarfile."""
+import gzip
+import hashlib
+import io
+import os
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pvc.errors import InvalidInput
+
+VMDK_STREAM = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
+NAMESPACES_1 = ('xmlns="http://schemas.dmtf.org/ovf/envelope/1" '
+                'xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" '
+                'xmlns:cim="http://schemas.dmtf.org/wbem/wscim/1/common" '
+                'xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" '
+                'xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" '
+                'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"')
+VMW = 'xmlns:vmw="http://www.vmware.com/schema/ovf"'
+VBOX = 'xmlns:vbox="http://www.virtualbox.org/ovf/machine"'
+NAMESPACES_2 = ('xmlns="http://schemas.dmtf.org/ovf/envelope/2" '
+                'xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/2" '
+                'xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" '
+                'xmlns:sasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_StorageAllocationSettingData" '
+                'xmlns:epasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_EthernetPortAllocationSettingData" '
+                'xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"')
+
+
+@dataclass
+class DiskSpec:
+    """One disk of an appliance: its image (None: a blank disk), capacity as the descriptor states it."""
+
+    image: Path | None
+    capacity: int
+    units: str | None = None
+    gzip: bool = False
+    chunk_size: int | None = None
+    href: str | None = None
+
+    def file_bytes(self) -> bytes:
+        data = self.image.read_bytes()
+        return gzip.compress(data, compresslevel=1) if self.gzip else data
+
+
+def raw_image(path: Path, size_bytes: int, seed: int, random_fraction: float = 0.5) -> Path:
+    """A raw disk whose first `random_fraction` is pseudo-random data and the rest zeros with a marker."""
+    random_bytes = int(size_bytes * random_fraction) // 4096 * 4096
+    with open(path, "wb") as file:
+        written, counter = 0, 0
+        while written < random_bytes:
+            block = hashlib.shake_256(f"{seed}:{counter}".encode()).digest(min(1 << 20, random_bytes - written))
+            file.write(block)
+            written, counter = written + len(block), counter + 1
+        file.truncate(size_bytes)
+        file.seek(size_bytes - 4096)
+        file.write(f"end of disk {seed}".encode())
+    return path
+
+
+def stream_vmdk(raw: Path, target: Path) -> Path:
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized",
+                    str(raw), str(target)], check=True)
+    return target
+
+
+def vmware_descriptor(name: str, disks: list[DiskSpec], vcpus: int = 2, memory: str = "1024",
+                      memory_units: str | None = "byte * 2^20", firmware: str | None = "efi",
+                      extra_envelope: str = "", extra_hardware: str = "") -> bytes:
+    """OVF 1.0 as ovftool and ESXi write it: ``byte * 2^30`` capacities, a SCSI controller, vmxnet3, vmw:Config."""
+    references, disk_section, items = [], [], []
+    for index, disk in enumerate(disks):
+        if disk.image is not None:
+            attributes = f' ovf:size="{len(disk.file_bytes())}"' + _packing(disk)
+            references.append(f'<File ovf:href="{_href(disk, name, index)}" ovf:id="file{index + 1}"{attributes}/>')
+        units = f' ovf:capacityAllocationUnits="{disk.units}"' if disk.units else ""
+        file_ref = f' ovf:fileRef="file{index + 1}"' if disk.image is not None else ""
+        disk_section.append(f'<Disk ovf:capacity="{disk.capacity}"{units} ovf:diskId="vmdisk{index + 1}"'
+                            f'{file_ref} ovf:format="{VMDK_STREAM}" ovf:populatedSize="0"/>')
+        items.append(f"""<Item>
+        <rasd:AddressOnParent>{index}</rasd:AddressOnParent>
+        <rasd:ElementName>Hard disk {index + 1}</rasd:ElementName>
+        <rasd:HostResource>ovf:/disk/vmdisk{index + 1}</rasd:HostResource>
+        <rasd:InstanceID>{10 + index}</rasd:InstanceID>
+        <rasd:Parent>3</rasd:Parent>
+        <rasd:ResourceType>17</rasd:ResourceType>
+      </Item>""")
+    memory_units_element = f"<rasd:AllocationUnits>{memory_units}</rasd:AllocationUnits>" if memory_units else ""
+    firmware_element = f'<vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="{firmware}"/>' \
+        if firmware else ""
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<!--Generated by VMware ovftool 4.4.3 (build-18663434), UTC time: 2026-11-30T12:00:00.000000Z-->
+<Envelope vmw:buildId="build-18663434" {NAMESPACES_1} {VMW}>
+  <References>
+    {''.join(references)}
+  </References>
+  <DiskSection>
+    <Info>Virtual disk information</Info>
+    {''.join(disk_section)}
+  </DiskSection>
+  <NetworkSection>
+    <Info>The list of logical networks</Info>
+    <Network ovf:name="VM Network">
+      <Description>The VM Network network</Description>
+    </Network>
+  </NetworkSection>
+  {extra_envelope}
+  <VirtualSystem ovf:id="{name}">
+    <Info>A virtual machine</Info>
+    <Name>{name}</Name>
+    <OperatingSystemSection ovf:id="101" vmw:osType="debian11_64Guest">
+      <Info>The kind of installed guest operating system</Info>
+      <Description>Debian GNU/Linux 11 (64-bit)</Description>
+    </OperatingSystemSection>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware requirements</Info>
+      <System>
+        <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
+        <vssd:InstanceID>0</vssd:InstanceID>
+        <vssd:VirtualSystemIdentifier>{name}</vssd:VirtualSystemIdentifier>
+        <vssd:VirtualSystemType>vmx-19</vssd:VirtualSystemType>
+      </System>
+      <Item>
+        <rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits>
+        <rasd:Description>Number of Virtual CPUs</rasd:Description>
+        <rasd:ElementName>{vcpus} virtual CPU(s)</rasd:ElementName>
+        <rasd:InstanceID>1</rasd:InstanceID>
+        <rasd:ResourceType>3</rasd:ResourceType>
+        <rasd:VirtualQuantity>{vcpus}</rasd:VirtualQuantity>
+        <vmw:CoresPerSocket ovf:required="false">{vcpus}</vmw:CoresPerSocket>
+      </Item>
+      <Item>
+        {memory_units_element}
+        <rasd:Description>Memory Size</rasd:Description>
+        <rasd:ElementName>{memory}MB of memory</rasd:ElementName>
+        <rasd:InstanceID>2</rasd:InstanceID>
+        <rasd:ResourceType>4</rasd:ResourceType>
+        <rasd:VirtualQuantity>{memory}</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:Address>0</rasd:Address>
+        <rasd:Description>SCSI Controller</rasd:Description>
+        <rasd:ElementName>SCSI controller 0</rasd:ElementName>
+        <rasd:InstanceID>3</rasd:InstanceID>
+        <rasd:ResourceSubType>VirtualSCSI</rasd:ResourceSubType>
+        <rasd:ResourceType>6</rasd:ResourceType>
+      </Item>
+      <Item ovf:required="false">
+        <rasd:AddressOnParent>0</rasd:AddressOnParent>
+        <rasd:AutomaticAllocation>false</rasd:AutomaticAllocation>
+        <rasd:ElementName>CD/DVD drive 1</rasd:ElementName>
+        <rasd:InstanceID>4</rasd:InstanceID>
+        <rasd:Parent>5</rasd:Parent>
+        <rasd:ResourceSubType>vmware.cdrom.remotepassthrough</rasd:ResourceSubType>
+        <rasd:ResourceType>15</rasd:ResourceType>
+      </Item>
+      <Item>
+        <rasd:Address>0</rasd:Address>
+        <rasd:Description>IDE Controller</rasd:Description>
+        <rasd:ElementName>IDE 0</rasd:ElementName>
+        <rasd:InstanceID>5</rasd:InstanceID>
+        <rasd:ResourceType>5</rasd:ResourceType>
+      </Item>
+      {''.join(items)}
+      <Item>
+        <rasd:AddressOnParent>7</rasd:AddressOnParent>
+        <rasd:AutomaticAllocation>true</rasd:AutomaticAllocation>
+        <rasd:Connection>VM Network</rasd:Connection>
+        <rasd:Description>VmxNet3 ethernet adapter on &quot;VM Network&quot;</rasd:Description>
+        <rasd:ElementName>Network adapter 1</rasd:ElementName>
+        <rasd:InstanceID>20</rasd:InstanceID>
+        <rasd:ResourceSubType>VmxNet3</rasd:ResourceSubType>
+        <rasd:ResourceType>10</rasd:ResourceType>
+      </Item>
+      {extra_hardware}
+      {firmware_element}
+      <vmw:Config ovf:required="false" vmw:key="cpuHotAddEnabled" vmw:value="false"/>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+""".encode()
+
+
+def virtualbox_descriptor(name: str, disks: list[DiskSpec], vcpus: int = 1, memory: str = "512",
+                          memory_units: str = "MegaBytes") -> bytes:
+    """OVF 1.0 as VirtualBox exports it: byte capacities, ``MegaBytes``, a SATA (AHCI) controller, E1000."""
+    references, disk_section, items = [], [], []
+    for index, disk in enumerate(disks):
+        if disk.image is not None:
+            references.append(f'<File ovf:id="file{index + 1}" ovf:href="{_href(disk, name, index)}"'
+                              f'{_packing(disk)}/>')
+        units = f' ovf:capacityAllocationUnits="{disk.units}"' if disk.units else ""
+        file_ref = f' ovf:fileRef="file{index + 1}"' if disk.image is not None else ""
+        disk_section.append(f'<Disk ovf:capacity="{disk.capacity}"{units} ovf:diskId="vmdisk{index + 1}"'
+                            f'{file_ref} ovf:format="{VMDK_STREAM}" vbox:uuid="0000000{index}-0000"/>')
+        items.append(f"""<Item>
+        <rasd:AddressOnParent>{index}</rasd:AddressOnParent>
+        <rasd:Caption>disk{index + 1}</rasd:Caption>
+        <rasd:Description>Disk Image</rasd:Description>
+        <rasd:ElementName>disk{index + 1}</rasd:ElementName>
+        <rasd:HostResource>/disk/vmdisk{index + 1}</rasd:HostResource>
+        <rasd:InstanceID>{10 + index}</rasd:InstanceID>
+        <rasd:Parent>5</rasd:Parent>
+        <rasd:ResourceType>17</rasd:ResourceType>
+      </Item>""")
+    return f"""<?xml version="1.0"?>
+<Envelope ovf:version="1.0" xml:lang="en-US" {NAMESPACES_1} {VBOX}>
+  <References>
+    {''.join(references)}
+  </References>
+  <DiskSection>
+    <Info>List of the virtual disks used in the package</Info>
+    {''.join(disk_section)}
+  </DiskSection>
+  <NetworkSection>
+    <Info>Logical networks used in the package</Info>
+    <Network ovf:name="NAT">
+      <Description>Logical network used by this appliance.</Description>
+    </Network>
+  </NetworkSection>
+  <VirtualSystem ovf:id="{name}">
+    <Info>A virtual machine</Info>
+    <OperatingSystemSection ovf:id="96">
+      <Info>The kind of installed guest operating system</Info>
+      <Description>Debian_64</Description>
+      <vbox:OSType ovf:required="false">Debian_64</vbox:OSType>
+    </OperatingSystemSection>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware requirements for a virtual machine</Info>
+      <System>
+        <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
+        <vssd:InstanceID>0</vssd:InstanceID>
+        <vssd:VirtualSystemIdentifier>{name}</vssd:VirtualSystemIdentifier>
+        <vssd:VirtualSystemType>virtualbox-2.2</vssd:VirtualSystemType>
+      </System>
+      <Item>
+        <rasd:Caption>{vcpus} virtual CPU</rasd:Caption>
+        <rasd:Description>Number of virtual CPUs</rasd:Description>
+        <rasd:ElementName>{vcpus} virtual CPU</rasd:ElementName>
+        <rasd:InstanceID>1</rasd:InstanceID>
+        <rasd:ResourceType>3</rasd:ResourceType>
+        <rasd:VirtualQuantity>{vcpus}</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:AllocationUnits>{memory_units}</rasd:AllocationUnits>
+        <rasd:Caption>{memory} MB of memory</rasd:Caption>
+        <rasd:Description>Memory Size</rasd:Description>
+        <rasd:ElementName>{memory} MB of memory</rasd:ElementName>
+        <rasd:InstanceID>2</rasd:InstanceID>
+        <rasd:ResourceType>4</rasd:ResourceType>
+        <rasd:VirtualQuantity>{memory}</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:Address>0</rasd:Address>
+        <rasd:Caption>ideController0</rasd:Caption>
+        <rasd:Description>IDE Controller</rasd:Description>
+        <rasd:ElementName>ideController0</rasd:ElementName>
+        <rasd:InstanceID>3</rasd:InstanceID>
+        <rasd:ResourceSubType>PIIX4</rasd:ResourceSubType>
+        <rasd:ResourceType>5</rasd:ResourceType>
+      </Item>
+      <Item>
+        <rasd:AutomaticAllocation>true</rasd:AutomaticAllocation>
+        <rasd:Caption>Ethernet adapter on 'NAT'</rasd:Caption>
+        <rasd:Connection>NAT</rasd:Connection>
+        <rasd:ElementName>Ethernet adapter on 'NAT'</rasd:ElementName>
+        <rasd:InstanceID>4</rasd:InstanceID>
+        <rasd:ResourceSubType>E1000</rasd:ResourceSubType>
+        <rasd:ResourceType>10</rasd:ResourceType>
+      </Item>
+      <Item>
+        <rasd:Address>0</rasd:Address>
+        <rasd:Caption>sataController0</rasd:Caption>
+        <rasd:Description>SATA Controller</rasd:Description>
+        <rasd:ElementName>sataController0</rasd:ElementName>
+        <rasd:InstanceID>5</rasd:InstanceID>
+        <rasd:ResourceSubType>AHCI</rasd:ResourceSubType>
+        <rasd:ResourceType>20</rasd:ResourceType>
+      </Item>
+      {''.join(items)}
+    </VirtualHardwareSection>
+    <vbox:Machine ovf:required="false" version="1.16-linux" uuid="{{00000000-0000-0000-0000-000000000001}}"
+                  name="{name}" OSType="Debian_64">
+      <ovf:Info>Complete VirtualBox machine configuration in VirtualBox format</ovf:Info>
+      <Hardware><Firmware type="BIOS"/></Hardware>
+    </vbox:Machine>
+  </VirtualSystem>
+</Envelope>
+""".encode()
+
+
+def ovf2_descriptor(name: str, capacity: str = "8", units: str = "byte*2^30") -> bytes:
+    """OVF 2.0 with StorageItem and EthernetPortItem, one blank disk."""
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<Envelope {NAMESPACES_2}>
+  <References/>
+  <DiskSection><Info>disks</Info>
+    <Disk ovf:diskId="d1" ovf:capacity="{capacity}" ovf:capacityAllocationUnits="{units}"/>
+  </DiskSection>
+  <VirtualSystem ovf:id="{name}">
+    <Info>A VM</Info>
+    <VirtualHardwareSection><Info>hw</Info>
+      <Item><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType>
+        <rasd:VirtualQuantity>4</rasd:VirtualQuantity></Item>
+      <Item><rasd:AllocationUnits>byte*2^30</rasd:AllocationUnits><rasd:InstanceID>2</rasd:InstanceID>
+        <rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>2</rasd:VirtualQuantity></Item>
+      <Item><rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceType>20</rasd:ResourceType>
+        <rasd:ResourceSubType>vmware.nvme.controller</rasd:ResourceSubType></Item>
+      <StorageItem><sasd:HostResource>ovf:/disk/d1</sasd:HostResource><sasd:InstanceID>4</sasd:InstanceID>
+        <sasd:Parent>3</sasd:Parent><sasd:ResourceType>17</sasd:ResourceType></StorageItem>
+      <EthernetPortItem><epasd:Connection>lan</epasd:Connection><epasd:InstanceID>5</epasd:InstanceID>
+        <epasd:ResourceSubType>virtio</epasd:ResourceSubType><epasd:ResourceType>10</epasd:ResourceType>
+      </EthernetPortItem>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+""".encode()
+
+
+def _packing(disk: DiskSpec) -> str:
+    return (' ovf:compression="gzip"' if disk.gzip else "") + \
+        (f' ovf:chunkSize="{disk.chunk_size}"' if disk.chunk_size else "")
+
+
+def _href(disk: DiskSpec, name: str, index: int) -> str:
+    return disk.href or f"{name}-disk{index + 1}.vmdk" + (".gz" if disk.gzip else "")
+
+
+def disk_members(name: str, disks: list[DiskSpec]) -> list[tuple[str, bytes]]:
+    """The archive members holding the disks' files, chunked where asked."""
+    members = []
+    for index, disk in enumerate(disks):
+        if disk.image is None:
+            continue
+        data, href = disk.file_bytes(), _href(disk, name, index)
+        if disk.chunk_size:
+            for part, offset in enumerate(range(0, len(data), disk.chunk_size)):
+                members.append((f"{href}.{part:09d}", data[offset:offset + disk.chunk_size]))
+        else:
+            members.append((href, data))
+    return members
+
+
+def manifest(members: list[tuple[str, bytes]], algorithm: str = "sha256") -> bytes:
+    label = algorithm.upper()
+    return "".join(f"{label}({name})= {hashlib.new(algorithm, data).hexdigest()}\n"
+                   for name, data in members).encode()
+
+
+def build_ova(path: Path, members: list[tuple[str, bytes]], special: list[tarfile.TarInfo] = (),
+              tar_format: int = tarfile.USTAR_FORMAT) -> Path:
+    """A tar of `members` in order (then any `special` members), as ovftool writes it (ustar by default)."""
+    with tarfile.open(path, "w", format=tar_format) as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 1700000000
+            archive.addfile(info, io.BytesIO(data))
+        for info in special:
+            archive.addfile(info)
+    return path
+
+
+def appliance_ova(directory: Path, name: str, disks: list[DiskSpec], style: str = "vmware",
+                  checksum: str | None = "sha256", **descriptor_options) -> Path:
+    """A complete OVA: descriptor, manifest (unless `checksum` is None), disks."""
+    describe = vmware_descriptor if style == "vmware" else virtualbox_descriptor
+    descriptor = (f"{name}.ovf", describe(name, disks, **descriptor_options))
+    files = disk_members(name, disks)
+    members = [descriptor]
+    if checksum:
+        members.append((f"{name}.mf", manifest([descriptor, *files], checksum)))
+    return build_ova(directory / f"{name}.ova", members + files)
+
+
+def images(directory: Path, count: int, size_bytes: int = 8 << 20, seed: int = 1) -> list[tuple[Path, Path]]:
+    """`count` (raw, streamOptimized VMDK) pairs of different content."""
+    pairs = []
+    for index in range(count):
+        raw = raw_image(directory / f"disk{seed}-{index}.raw", size_bytes, seed * 100 + index)
+        pairs.append((raw, stream_vmdk(raw, directory / f"disk{seed}-{index}.vmdk")))
+    return pairs
+
+
+def same_image(first: str, second: str) -> bool:
+    """Whether two images hold the same data, as `qemu-img compare` judges."""
+    return subprocess.run(["qemu-img", "compare", "-q", first, second], env={**os.environ}).returncode == 0
+
+
+class LocalVolumes:
+    """`ApplianceVolumes` over a storage backend on this machine, volumes named ``disk0``, ``disk1``, ..."""
+
+    def __init__(self, backend, pool: str, staging_directory: Path):
+        self.backend, self.pool, self.staging_directory = backend, pool, staging_directory
+
+    def name(self, index: int) -> str:
+        return f"disk{index}"
+
+    def check_room(self, size_bytes: int) -> None:
+        if size_bytes > self.backend.pool_usage(self.pool)["free_bytes"]:
+            raise InvalidInput(f"the appliance's disks ({size_bytes} bytes) do not fit pool '{self.pool}'")
+
+    def target(self, index: int):
+        return self.backend.volume_target(self.pool, self.name(index))
+
+    def create(self, index: int, size_bytes: int) -> None:
+        self.backend.volume_create(self.pool, self.name(index), size_bytes)
+
+    def resize(self, index: int, size_bytes: int) -> None:
+        self.backend.volume_resize(self.pool, self.name(index), size_bytes)
