@@ -1,0 +1,236 @@
+"""Provisioner templates and profiles as ZooKeeper records them and as users see them.
+
+A template or profile is checked whole before it is written, so a record is always usable as it stands:
+every error names the field and what is wrong with it, on one line. A profile's components are all optional
+when it is made, so that it can be built up in steps; `missing_parts` says what a VM creation still needs.
+"""
+import re
+from typing import Any, Callable, Mapping
+
+from pvc import schema, sizes
+from pvc.errors import InvalidInput
+
+FIRMWARES = ("bios", "efi")
+NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "vmxnet3", "pcnet")
+PROFILE_TYPES = ("provisioner", "ova")
+PROFILE_COMPONENTS = ("system_template", "storage_template", "network_template", "user_data", "ova")
+DEFAULT_MAC_PREFIX = "52:54:00"
+MAX_USER_DATA_BYTES = 256 * 1024
+"""A profile is one znode (ZooKeeper's limit is 1 MiB); cloud-init user data is a script or cloud-config."""
+MAX_DISKS = 16
+MAX_NICS = 16
+
+SYSTEM_DEFAULTS: dict[str, Any] = {"serial": True, "vnc": False, "firmware": "bios", "node_limit": [],
+                                   "node_selector": None, "node_autostart": False, "migration_method": None}
+SYSTEM_FIELDS = ("vcpus", "memory_mib", *SYSTEM_DEFAULTS)
+
+_MAC_OCTET = re.compile(r"[0-9a-f]{2}")
+
+
+def check_template(kind: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A template record of `kind` from what a user gave, complete and normalised, or `InvalidInput`."""
+    schema.templates(kind)
+    if not isinstance(spec, Mapping):
+        raise InvalidInput(f"a {kind} template is a mapping of its fields, not {type(spec).__name__}")
+    return {"system": _system, "storage": _storage, "network": _network}[kind](dict(spec))
+
+
+def _unknown(kind: str, spec: Mapping[str, Any], known: tuple[str, ...]) -> None:
+    unknown = sorted(set(spec) - set(known))
+    if unknown:
+        raise InvalidInput(f"unknown {kind} template field(s): {', '.join(unknown)} (known: {', '.join(known)})")
+
+
+def _positive_int(what: str, value: Any) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidInput(f"{what} must be a positive whole number, not {value!r}")
+    return value
+
+
+def _flag(what: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{what} must be true or false, not {value!r}")
+    return value
+
+
+def _system(spec: dict[str, Any]) -> dict[str, Any]:
+    _unknown("system", spec, SYSTEM_FIELDS)
+    for needed in ("vcpus", "memory_mib"):
+        if spec.get(needed) is None:
+            raise InvalidInput(f"a system template needs {needed}")
+    record = {**SYSTEM_DEFAULTS, **{key: value for key, value in spec.items() if value is not None}}
+    record["vcpus"] = _positive_int("vcpus", record["vcpus"])
+    record["memory_mib"] = _positive_int("memory_mib", record["memory_mib"])
+    record["serial"] = _flag("serial", record["serial"])
+    record["vnc"] = _flag("vnc", record["vnc"])
+    record["node_autostart"] = _flag("node_autostart", record["node_autostart"])
+    if record["firmware"] not in FIRMWARES:
+        raise InvalidInput(f"unknown firmware {record['firmware']!r} (one of: {', '.join(FIRMWARES)})")
+    limit = record["node_limit"]
+    if isinstance(limit, str):
+        limit = [part.strip() for part in limit.split(",") if part.strip()]
+    if not isinstance(limit, list):
+        raise InvalidInput(f"node_limit must be a list of node names, not {limit!r}")
+    record["node_limit"] = sorted({schema.check_name("node", node) for node in limit})
+    if record["node_selector"] is not None and not isinstance(record["node_selector"], str):
+        raise InvalidInput(f"node_selector must be a selector's name, not {record['node_selector']!r}")
+    record["node_selector"] = record["node_selector"] or None
+    method = record["migration_method"] or None
+    if method is not None and method not in schema.MIGRATION_METHODS:
+        raise InvalidInput(f"unknown migration method {method!r} (one of: {', '.join(schema.MIGRATION_METHODS)})")
+    record["migration_method"] = method
+    return record
+
+
+def _storage(spec: dict[str, Any]) -> dict[str, Any]:
+    return {"disks": _items("storage", spec, "disks", "disks", MAX_DISKS, _disk)}
+
+
+def _items(kind: str, spec: dict[str, Any], key: str, what: str, most: int,
+           check: Callable[[int, Any], dict[str, Any]]) -> list[dict[str, Any]]:
+    """A template's list of one to `most` items (disks, NICs), each checked by `check`."""
+    _unknown(kind, spec, (key,))
+    items = spec.get(key)
+    if not isinstance(items, list) or not items:
+        raise InvalidInput(f"a {kind} template needs a list of one or more {what}")
+    if len(items) > most:
+        raise InvalidInput(f"a {kind} template has at most {most} {what}, not {len(items)}")
+    return [check(index, item) for index, item in enumerate(items)]
+
+
+def _disk(index: int, disk: Any) -> dict[str, Any]:
+    what = f"disk {index}"
+    if not isinstance(disk, Mapping):
+        raise InvalidInput(f"{what} must be a mapping of pool, size and source_volume, not {disk!r}")
+    unknown = sorted(set(disk) - {"pool", "size", "size_bytes", "source_volume"})
+    if unknown:
+        raise InvalidInput(f"{what}: unknown field(s) {', '.join(unknown)} (known: pool, size, source_volume)")
+    if not disk.get("pool"):
+        raise InvalidInput(f"{what} needs a pool")
+    size = disk.get("size_bytes", disk.get("size"))
+    source = disk.get("source_volume") or None
+    if size is None and source is None:
+        raise InvalidInput(f"{what} needs a size, or a source volume to clone")
+    return {"pool": schema.check_name("pool", disk["pool"]),
+            "size_bytes": sizes.parse_size(size, f"{what} size") if size is not None else None,
+            "source_volume": schema.check_name("volume", source) if source is not None else None}
+
+
+def _network(spec: dict[str, Any]) -> dict[str, Any]:
+    return {"nics": _items("network", spec, "nics", "NICs", MAX_NICS, _nic)}
+
+
+def _nic(index: int, nic: Any) -> dict[str, Any]:
+    what = f"NIC {index}"
+    if not isinstance(nic, Mapping):
+        raise InvalidInput(f"{what} must be a mapping of bridge or network, model and mac_prefix, not {nic!r}")
+    unknown = sorted(set(nic) - {"bridge", "network", "model", "mac_prefix"})
+    if unknown:
+        raise InvalidInput(f"{what}: unknown field(s) {', '.join(unknown)} (known: bridge, network, model, "
+                           "mac_prefix)")
+    if bool(nic.get("bridge")) == bool(nic.get("network")):
+        raise InvalidInput(f"{what} needs either a bridge or a network (one of them)")
+    model = nic.get("model") or "virtio"
+    if model not in NIC_MODELS:
+        raise InvalidInput(f"{what}: unknown model {model!r} (one of: {', '.join(NIC_MODELS)})")
+    return {"bridge": schema.check_name("bridge", nic["bridge"]) if nic.get("bridge") else None,
+            "network": schema.check_name("network", nic["network"]) if nic.get("network") else None,
+            "model": model, "mac_prefix": check_mac_prefix(what, nic.get("mac_prefix") or DEFAULT_MAC_PREFIX)}
+
+
+def check_mac_prefix(what: str, prefix: Any) -> str:
+    """One to five octets (``52:54:00``) of a unicast MAC address; the rest is chosen per NIC."""
+    octets = prefix.lower().split(":") if isinstance(prefix, str) else []
+    if not 1 <= len(octets) <= 5 or not all(_MAC_OCTET.fullmatch(octet) for octet in octets):
+        raise InvalidInput(f"{what}: invalid MAC prefix {prefix!r}: use one to five hex octets, like 52:54:00")
+    if int(octets[0], 16) & 1:
+        raise InvalidInput(f"{what}: MAC prefix {prefix!r} is a multicast address; the first octet must be even")
+    return ":".join(octets)
+
+
+def appliance_system_template(hardware: Mapping[str, Any]) -> dict[str, Any]:
+    """The system template an imported appliance gets: the vCPUs, memory (rounded up to whole MiB) and firmware
+    its descriptor declares, a VNC console as well as the serial one (appliances expect a screen), and the
+    defaults for the rest."""
+    memory_mib = max(1, -(-int(hardware.get("memory_bytes") or 0) // (1 << 20)))
+    return check_template("system", {"vcpus": hardware.get("vcpus"), "memory_mib": memory_mib,
+                                     "firmware": hardware.get("firmware") or "bios", "vnc": True})
+
+
+def appliance_profile(ova: str) -> dict[str, Any]:
+    """The ``ova`` profile an imported appliance gets: the OVA and its system template, both named `ova`."""
+    return check_profile({"type": "ova", "system_template": ova, "ova": ova})
+
+
+def check_profile(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A profile record, normalised: its type and its components, each a name, the user data text, or None."""
+    unknown = sorted(set(record) - {"type", *PROFILE_COMPONENTS})
+    if unknown:
+        raise InvalidInput(f"unknown profile field(s): {', '.join(unknown)} "
+                           f"(known: type, {', '.join(PROFILE_COMPONENTS)})")
+    profile_type = record.get("type") or "provisioner"
+    if profile_type not in PROFILE_TYPES:
+        raise InvalidInput(f"unknown profile type {profile_type!r} (one of: {', '.join(PROFILE_TYPES)})")
+    checked: dict[str, Any] = {"type": profile_type}
+    for kind in schema.TEMPLATE_KINDS:
+        name = record.get(f"{kind}_template") or None
+        checked[f"{kind}_template"] = schema.check_name(f"{kind} template", name) if name is not None else None
+    if profile_type == "ova" and record.get("storage_template"):
+        raise InvalidInput("an ova profile takes its disks from the OVA: it has no storage template")
+    ova = record.get("ova") or None
+    if ova is not None and profile_type != "ova":
+        raise InvalidInput("only an ova profile names an OVA (make it with type ova)")
+    checked["ova"] = schema.check_name("OVA", ova) if ova is not None else None
+    checked["user_data"] = check_user_data(record.get("user_data"))
+    return checked
+
+
+def check_user_data(user_data: Any) -> str | None:
+    if user_data is None or user_data == "":
+        return None
+    if not isinstance(user_data, str):
+        raise InvalidInput(f"cloud-init user data must be text, not {type(user_data).__name__}")
+    if len(user_data.encode()) > MAX_USER_DATA_BYTES:
+        raise InvalidInput(f"cloud-init user data is larger than {MAX_USER_DATA_BYTES // 1024} KiB")
+    return user_data
+
+
+def required_parts(profile_type: str) -> tuple[str, ...]:
+    if profile_type == "ova":
+        return ("ova", "system_template")
+    return ("system_template", "storage_template", "network_template")
+
+
+def missing_parts(record: Mapping[str, Any], ova: Mapping[str, Any] | None = None) -> list[str]:
+    """What a VM creation from this profile still needs, in a user's words; `ova` is the record of the OVA
+    the profile names (None if there is none)."""
+    missing = [part.replace("_", " ") for part in required_parts(record["type"]) if not record.get(part)]
+    if record.get("ova") and ova is None:
+        missing.append(f"OVA '{record['ova']}' (it no longer exists)")
+    elif record.get("ova") and ova.get("state", "ready") != "ready":
+        missing.append(f"OVA '{record['ova']}' (it is {ova.get('state')}, not ready)")
+    return missing
+
+
+def template_view(kind: str, name: str, record: Mapping[str, Any], used_by: list[str]) -> dict[str, Any]:
+    return {"name": name, "kind": kind, **record, "used_by": used_by}
+
+
+def profile_view(name: str, record: Mapping[str, Any], ova: Mapping[str, Any] | None,
+                 detail: bool = True) -> dict[str, Any]:
+    user_data = record.get("user_data")
+    view = {"name": name, "type": record["type"],
+            **{key: record.get(key) for key in ("system_template", "storage_template", "network_template", "ova")},
+            "user_data_bytes": len(user_data.encode()) if user_data else 0,
+            "missing": missing_parts(record, ova)}
+    view["complete"] = not view["missing"]
+    if detail:
+        view["user_data"] = user_data
+    return view
+
+
+def users_of_template(profiles: Mapping[str, Mapping[str, Any]], kind: str, name: str) -> list[str]:
+    """The profiles (name → record) that use template `name` of `kind`."""
+    return sorted(profile for profile, record in profiles.items() if record.get(f"{kind}_template") == name)
