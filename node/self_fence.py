@@ -1,0 +1,189 @@
+"""Self-fencing: a node cut off from ZooKeeper stops its own VMs before the leader restarts them elsewhere.
+
+The leader marks a node dead after `fence_intervals` × `keepalive_interval` seconds in which it saw no new
+keepalive, then fences it and starts its VMs on other nodes. A node that cannot reach ZooKeeper cannot tell
+whether that is happening, so it makes sure its VMs are off first: its watchdog counts the silence from the
+start of the last keepalive write ZooKeeper acknowledged (the leader cannot have seen a later one), and after
+`suicide_intervals` keepalive intervals of it:
+
+- if the last maintenance flag it saw was on, nothing is fenced or recovered: it keeps its VMs;
+- if its own ZooKeeper session answers after all (its writes were only late), it is not cut off;
+- it asks its peers' node agents, over the network, whether *they* reach ZooKeeper. When it reaches peers
+  and none of them does, this is a ZooKeeper outage in which nobody can recover anything: it keeps its VMs
+  and asks again (every half interval; once the outage ends, peers reconnect at slightly different times,
+  so a first "a peer reaches it" after an outage is asked again before it counts). When a peer does reach
+  ZooKeeper, or it reaches no peer, it is the one cut off (the leader, which restarts its clocks when it
+  regains ZooKeeper, still gives it `fence_intervals` keepalive intervals from then);
+- a node that knows of no peer at all keeps its VMs: nobody could start them elsewhere.
+
+Cut off, it pulls the plug on every running VM PVC manages here (libvirt destroy, not a guest shutdown), all at
+once, and from then on starts no VM and writes no keepalive: the leader will mark it dead, fence it and
+recover its VMs, even if ZooKeeper comes back first. Its VMs' statuses are written once ZooKeeper answers
+again, by the reconciler, from what libvirt then says (`unknown` where libvirt does not answer), never from
+memory. A new daemon (a restart, as after the power cycle of a fence) starts afresh.
+
+`pvc.fencing_settings` holds the deadline arithmetic, checked when the daemon connects.
+"""
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Callable
+
+from pvc import schema
+from pvc.fencing_settings import FencingSettings
+from pvc.handshake import authenticated_proxy
+from pvc.node.hypervisor import DomainActions
+from pvc.node.peer_directory import PeerDirectory
+from pvc.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class SelfFence:
+    def __init__(self, node: str, store: Store, peers: PeerDirectory, actions: DomainActions,
+                 settings: Callable[[], FencingSettings], maintenance: Callable[[], bool], cluster_secret: str,
+                 refuse_starts: Callable[[str], None]):
+        self._node = node
+        self._refuse_starts = refuse_starts
+        self._store = store
+        self._peers = peers
+        self._actions = actions
+        self._settings = settings
+        self._maintenance = maintenance
+        self._cluster_secret = cluster_secret
+        self._last_acknowledged = time.monotonic()
+        self._next_question = 0.0
+        self._kept_reason: str | None = None
+        self._after_outage = False
+        """Whether the last answer was an outage: peers reconnect at slightly different times when it ends,
+        so this node asks once more before it takes "a peer reaches ZooKeeper" as its own isolation."""
+        self._stopping = threading.Event()
+        self.fenced_reason: str | None = None
+        """Set once this node has stopped its VMs: no VM starts here and no keepalive is written after."""
+
+    @property
+    def fenced(self) -> bool:
+        return self.fenced_reason is not None
+
+    def acknowledged(self, write_started: float) -> None:
+        """A keepalive write begun at `write_started` (monotonic) was acknowledged by ZooKeeper."""
+        self._last_acknowledged = max(self._last_acknowledged, write_started)
+
+    def start(self) -> None:
+        threading.Thread(target=self._watch, name="self-fence", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def zookeeper_reachable(self, timeout: float) -> tuple[bool, str]:
+        """Whether ZooKeeper answers this node's session within `timeout` seconds: a sync goes through the
+        ensemble's leader, so a server cut off from its quorum does not count as reachable."""
+        started = time.monotonic()
+        try:
+            self._store.zk.sync_async(schema.ROOT).get(timeout=timeout)
+        except Exception as error:
+            return False, f"no answer from ZooKeeper within {timeout:g} s ({type(error).__name__}: {error})"
+        return True, f"ZooKeeper answered in {time.monotonic() - started:.2f} s"
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self._settings().watchdog_period_s):
+            try:
+                self._check()
+            except Exception:
+                log.exception("self-fence watchdog: check failed; checking again")
+
+    def _check(self) -> None:
+        settings = self._settings()
+        silence = time.monotonic() - self._last_acknowledged
+        if self.fenced or not settings.self_fence_enabled or silence < settings.silence_before_self_fence_s:
+            self._kept_reason = None
+            self._after_outage = False
+            return
+        if time.monotonic() < self._next_question:
+            return
+        if self._maintenance():
+            self._keep("maintenance", f"no keepalive acknowledged for {silence:.2f} s, but the last maintenance "
+                       "flag seen was on: nothing is fenced or recovered, so this node keeps its VMs")
+            self._next_question = time.monotonic() + settings.keepalive_interval
+            return
+        verdict, reason = self._ask(settings)
+        silence = time.monotonic() - self._last_acknowledged
+        after_outage, self._after_outage = self._after_outage, verdict == "outage"
+        if verdict == "cut off" and after_outage:
+            log.warning("ZooKeeper is back for a peer (%s) but not yet for this node: asking again in %g s "
+                        "before stopping any VM", reason, settings.keepalive_interval / 2)
+            self._next_question = time.monotonic() + settings.keepalive_interval / 2
+        elif verdict == "cut off":
+            self._fence(settings, silence, reason)
+        elif verdict == "outage":
+            self._keep(f"outage: {reason}", f"no keepalive acknowledged for {silence:.2f} s; {reason}: a ZooKeeper "
+                       "outage, not this node's isolation, so it keeps its VMs")
+            self._next_question = time.monotonic() + settings.keepalive_interval / 2
+        else:
+            log.info("no keepalive acknowledged for %.2f s, but %s: not cut off", silence, reason)
+            self._next_question = time.monotonic() + settings.keepalive_interval / 2
+
+    def _keep(self, kind: str, message: str) -> None:
+        """Log why this node keeps its VMs, once for as long as the reason stays the same."""
+        if kind != self._kept_reason:
+            log.warning("%s", message)
+        self._kept_reason = kind
+
+    def _ask(self, settings: FencingSettings) -> tuple[str, str]:
+        """``connected``, ``outage`` or ``cut off``, and why: this node's own probe and its peers' answers,
+        asked at once and waited for at most the peer check time."""
+        uris = self._peers.agent_uris()
+        if not uris:
+            return "outage", "this node knows of no peer that could run its VMs"
+        budget = settings.peer_check_s
+        pool = ThreadPoolExecutor(max_workers=len(uris) + 1, thread_name_prefix="peer-check")
+        try:
+            own = pool.submit(self.zookeeper_reachable, budget * 0.8)
+            asked = {name: pool.submit(self._ask_peer, uri, budget) for name, uri in sorted(uris.items())}
+            wait([own, *asked.values()], timeout=budget)
+            own_answer = own.result() if own.done() else (False, "no answer in time")
+            answers = {name: future.result() if future.done() else None for name, future in asked.items()}
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        if own_answer[0]:
+            return "connected", own_answer[1]
+        reached = {name: answer for name, answer in answers.items() if answer is not None}
+        summary = ", ".join(f"{name}: {'reaches ZooKeeper' if answer else 'cannot reach ZooKeeper'}"
+                            for name, answer in sorted(reached.items())) or "no peer answered"
+        unreached = sorted(set(answers) - set(reached))
+        if unreached:
+            summary += f" (no answer from {', '.join(unreached)})"
+        if reached and not any(reached.values()):
+            return "outage", f"every peer reached cannot reach ZooKeeper either ({summary})"
+        return "cut off", summary
+
+    def _ask_peer(self, uri: str, timeout: float) -> bool | None:
+        """Whether the peer at `uri` reaches ZooKeeper; None when it does not answer in time."""
+        try:
+            with authenticated_proxy(uri, self._cluster_secret, timeout) as proxy:
+                return bool(proxy.zookeeper_reachable(timeout / 2)["reachable"])
+        except Exception as error:
+            log.debug("peer %s did not answer: %s", uri, error)
+            return None
+
+    def _fence(self, settings: FencingSettings, silence: float, reason: str) -> None:
+        self.fenced_reason = (f"stopped by self-fencing: cut off from ZooKeeper for {silence:.2f} s "
+                              f"({reason})")
+        self._refuse_starts(self.fenced_reason)
+        started = time.monotonic()
+        log.error("cut off from ZooKeeper: no keepalive acknowledged for %.2f s (suicide_intervals %d × "
+                  "keepalive_interval %g s = %g s) and %s; stopping every VM here hard (budget %g s; %s)",
+                  silence, settings.suicide_intervals, settings.keepalive_interval,
+                  settings.silence_before_self_fence_s, reason, settings.stop_budget_s,
+                  settings.describe_fence())
+        outcome = self._actions.pull_plugs(started + settings.stop_budget_s)
+        outcome.update(self._actions.pull_plugs(started + settings.stop_budget_s))
+        took = time.monotonic() - started
+        off = sorted(name for name, stopped in outcome.items() if stopped)
+        unsure = sorted(name for name, stopped in outcome.items() if not stopped)
+        log.error("self-fenced %.2f s after the last acknowledged keepalive (%.2f s to stop VMs; the leader's "
+                  "deadline is %g s): %d VM(s) off (%s)%s; no VM starts here and no keepalive is written until "
+                  "this daemon restarts", time.monotonic() - self._last_acknowledged, took,
+                  settings.fence_deadline_s, len(off), ", ".join(off) or "none",
+                  f", {len(unsure)} not confirmed off ({', '.join(unsure)})" if unsure else "")
