@@ -13,6 +13,7 @@ packages=(
     openipmi ipmitool                               # a real IPMI peer for fencing tests
     ceph-mon ceph-osd ceph-mgr ceph-common uuid-runtime  # a private single-node Ceph
     util-linux procps openssl                       # unshare, prlimit, ps; certificates for --tls
+    genisoimage                                     # isoinfo: tests read cloud-init drives with another tool
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -1,0 +1,317 @@
+"""`pvc provisioner`: templates, profiles, and creating VMs from profiles."""
+import click
+
+from pvc import sizes
+from pvc.cli import output
+from pvc.cli import ova
+
+MIB = 1024 * 1024
+
+
+def _disks(disks: list) -> str:
+    return ", ".join(f"{disk['pool']}:{sizes.human(disk['size_bytes']) if disk['size_bytes'] else 'clone'}"
+                     + (f"<{disk['source_volume']}" if disk["source_volume"] else "") for disk in disks) or "-"
+
+
+def _nics(nics: list) -> str:
+    return ", ".join(f"{nic['bridge'] or 'network:' + nic['network']}/{nic['model']}/{nic['mac_prefix']}"
+                     for nic in nics) or "-"
+
+
+_TEMPLATE_COLUMNS = {
+    "system": [
+        output.column("NAME", "name"), output.column("VCPUS", "vcpus"),
+        output.column("MEMORY", "memory_mib", output.mib), output.column("FIRMWARE", "firmware"),
+        output.column("SERIAL", "serial"), output.column("VNC", "vnc"), output.column("LIMIT", "node_limit"),
+        output.column("SELECTOR", "node_selector"), output.column("AUTOSTART", "node_autostart"),
+        output.column("MIGRATION", "migration_method"), output.column("USED BY", "used_by"),
+    ],
+    "storage": [output.column("NAME", "name"), output.column("DISKS", "disks", _disks),
+                output.column("USED BY", "used_by")],
+    "network": [output.column("NAME", "name"), output.column("NICS", "nics", _nics),
+                output.column("USED BY", "used_by")],
+}
+
+_PROFILE_COLUMNS = [
+    output.column("NAME", "name"), output.column("TYPE", "type"),
+    output.column("SYSTEM", "system_template"), output.column("STORAGE", "storage_template"),
+    output.column("NETWORK", "network_template"), output.column("OVA", "ova"),
+    output.column("USER DATA", "user_data_bytes", lambda size: f"{size} B" if size else "-"),
+    output.column("MISSING", "missing", lambda parts: "; ".join(parts) or "-"),
+]
+
+
+def _profile_details(profile: dict) -> str:
+    return output.details([
+        ("Name", profile["name"]),
+        ("Type", profile["type"]),
+        ("System template", output.plain(profile["system_template"])),
+        ("Storage template", output.plain(profile["storage_template"])),
+        ("Network template", output.plain(profile["network_template"])),
+        ("OVA", output.plain(profile["ova"])),
+        ("User data", f"{profile['user_data_bytes']} bytes" if profile["user_data_bytes"] else "-"),
+        ("Creation needs", "; ".join(profile["missing"]) if profile["missing"] else "nothing: it is complete"),
+    ])
+
+
+def _memory_mib(text: str | None) -> int | None:
+    """MiB from a bare number, or bytes with a binary unit (``2G``) rounded down to MiB."""
+    if text is None:
+        return None
+    if text.strip().isdigit():
+        return int(text)
+    return sizes.parse_size(text, "memory") // MIB
+
+
+def _pairs(text: str, what: str, known: tuple[str, ...]) -> dict:
+    """``key=value,key=value`` as a dict with dashes in keys made underscores."""
+    pairs = {}
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        key, sign, value = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sign or key not in known:
+            raise click.BadParameter(f"{part!r}: use {','.join(f'{name}=...' for name in known)}",
+                                     param_hint=f"--{what}")
+        pairs[key] = value.strip()
+    return pairs
+
+
+@click.group("provisioner")
+def group() -> None:
+    """Templates, profiles and VM creation from them."""
+
+
+group.add_command(ova.group)
+
+
+@group.group("template")
+def template() -> None:
+    """System, storage and network templates."""
+
+
+def _template_commands(kind: str, fields_options, spec_from_options, help_text: str) -> None:
+    """The add|modify|remove|list|info commands of one template kind."""
+    columns = _TEMPLATE_COLUMNS[kind]
+
+    def show(value, output_format: str) -> None:
+        output.show(value, output_format, lambda rows: output.table(rows if isinstance(rows, list) else [rows],
+                                                                    columns))
+
+    @template.group(kind, help=help_text)
+    def kind_group() -> None:
+        pass
+
+    @kind_group.command("add")
+    @click.argument("name")
+    @fields_options(adding=True)
+    @output.format_option
+    @click.pass_obj
+    def add(session, name: str, output_format: str, **options) -> None:
+        """Add a template."""
+        show(session.client.provisioner.template_add(kind, name, spec_from_options(options)), output_format)
+
+    @kind_group.command("modify")
+    @click.argument("name")
+    @fields_options(adding=False)
+    @output.format_option
+    @click.pass_obj
+    def modify(session, name: str, output_format: str, **options) -> None:
+        """Change a template; only the options given change."""
+        changes = spec_from_options(options)
+        if not changes:
+            raise click.UsageError("nothing to change: give at least one option")
+        show(session.client.provisioner.template_modify(kind, name, changes), output_format)
+
+    @kind_group.command("remove")
+    @click.argument("name")
+    @click.pass_obj
+    def remove(session, name: str) -> None:
+        """Remove a template that no profile uses."""
+        session.client.provisioner.template_remove(kind, name)
+        click.echo(f"Removed {kind} template {name}")
+
+    @kind_group.command("list")
+    @output.format_option
+    @click.pass_obj
+    def list_templates(session, output_format: str) -> None:
+        """Every template of this kind."""
+        show(session.client.provisioner.template_list(kind), output_format)
+
+    @kind_group.command("info")
+    @click.argument("name")
+    @output.format_option
+    @click.pass_obj
+    def info(session, name: str, output_format: str) -> None:
+        """One template."""
+        show(session.client.provisioner.template_info(kind, name), output_format)
+
+
+def _system_options(adding: bool):
+    def decorate(function):
+        options = [
+            click.option("--vcpus", type=click.IntRange(min=1), required=adding, help="virtual CPUs"),
+            click.option("--memory", required=adding, help="memory: MiB, or with a binary unit (2G)"),
+            click.option("--serial/--no-serial", default=None, help="a serial console (default: yes)"),
+            click.option("--vnc/--no-vnc", default=None, help="a VNC console (default: no)"),
+            click.option("--firmware", type=click.Choice(["bios", "efi"]), help="firmware (default: bios)"),
+            click.option("--node-limit", help="comma-separated nodes the VMs may run on ('' clears it)"),
+            click.option("--node-selector", help="migration selector choosing the VMs' node"),
+            click.option("--node-autostart/--no-node-autostart", default=None,
+                         help="start the VMs again when their node returns after a flush shut them down"),
+            click.option("--migration-method", type=click.Choice(["live", "shutdown", "auto"]),
+                         help="how the VMs migrate (default: the cluster's)"),
+        ]
+        for option in reversed(options):
+            function = option(function)
+        return function
+    return decorate
+
+
+def _system_spec(options: dict) -> dict:
+    spec = {"vcpus": options["vcpus"], "memory_mib": _memory_mib(options["memory"]), "serial": options["serial"],
+            "vnc": options["vnc"], "firmware": options["firmware"], "node_selector": options["node_selector"],
+            "node_autostart": options["node_autostart"], "migration_method": options["migration_method"]}
+    if options["node_limit"] is not None:
+        spec["node_limit"] = [part.strip() for part in options["node_limit"].split(",") if part.strip()]
+    return {key: value for key, value in spec.items() if value is not None}
+
+
+def _storage_options(adding: bool):
+    return click.option("--disk", "disks", multiple=True, required=adding,
+                        help="a disk, in order: pool=POOL,size=SIZE (blank) or pool=POOL,source=VOLUME[,size=SIZE] "
+                             "(a clone of a volume of that pool); repeat for more disks (modify replaces them all)")
+
+
+def _storage_spec(options: dict) -> dict:
+    disks = []
+    for text in options["disks"]:
+        pairs = _pairs(text, "disk", ("pool", "size", "source"))
+        disks.append({"pool": pairs.get("pool"), "size": pairs.get("size"), "source_volume": pairs.get("source")})
+    return {"disks": disks} if disks else {}
+
+
+def _network_options(adding: bool):
+    return click.option("--nic", "nics", multiple=True, required=adding,
+                        help="a NIC, in order: bridge=BRIDGE or network=NETWORK, optionally model=MODEL "
+                             "(default virtio) and mac-prefix=52:54:00; repeat for more (modify replaces them all)")
+
+
+def _network_spec(options: dict) -> dict:
+    nics = [_pairs(text, "nic", ("bridge", "network", "model", "mac_prefix")) for text in options["nics"]]
+    return {"nics": nics} if nics else {}
+
+
+_template_commands("system", _system_options, _system_spec,
+                   "System templates: vCPUs, memory, consoles, firmware and placement of the VMs made from them.")
+_template_commands("storage", _storage_options, _storage_spec,
+                   "Storage templates: the disks of the VMs made from them, blank or cloned.")
+_template_commands("network", _network_options, _network_spec,
+                   "Network templates: the NICs of the VMs made from them.")
+
+
+@group.group("profile")
+def profile() -> None:
+    """Profiles: what a VM is made from (templates, cloud-init user data, or an OVA)."""
+
+
+def _profile_options(function):
+    options = [
+        click.option("--system-template", help="system template ('' removes it)"),
+        click.option("--storage-template", help="storage template ('' removes it)"),
+        click.option("--network-template", help="network template ('' removes it)"),
+        click.option("--user-data", "user_data", type=click.File("r"),
+                     help="cloud-init user data from this file ('-': standard input); the VM gets it on a "
+                          "NoCloud config drive"),
+        click.option("--no-user-data", is_flag=True, help="remove the cloud-init user data"),
+        click.option("--ova", help="the OVA an ova profile makes VMs from"),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _components(options: dict) -> dict:
+    if options["user_data"] is not None and options["no_user_data"]:
+        raise click.UsageError("--user-data and --no-user-data contradict each other")
+    components = {key: options[key] for key in ("system_template", "storage_template", "network_template", "ova")
+                  if options[key] is not None}
+    if options["user_data"] is not None:
+        components["user_data"] = options["user_data"].read()
+    if options["no_user_data"]:
+        components["user_data"] = None
+    return components
+
+
+@profile.command("add")
+@click.argument("name")
+@click.option("--type", "profile_type", type=click.Choice(["provisioner", "ova"]), default="provisioner",
+              show_default=True, help="what VMs are made from: templates, or an OVA")
+@_profile_options
+@output.format_option
+@click.pass_obj
+def profile_add(session, name: str, profile_type: str, output_format: str, **options) -> None:
+    """Add a profile; every component may be given later with 'profile modify'."""
+    output.show(session.client.provisioner.profile_add(name, profile_type, **_components(options)), output_format,
+                _profile_details)
+
+
+@profile.command("modify")
+@click.argument("name")
+@_profile_options
+@output.format_option
+@click.pass_obj
+def profile_modify(session, name: str, output_format: str, **options) -> None:
+    """Change a profile's components; only the options given change."""
+    components = _components(options)
+    if not components:
+        raise click.UsageError("nothing to change: give at least one option")
+    output.show(session.client.provisioner.profile_modify(name, **components), output_format, _profile_details)
+
+
+@profile.command("remove")
+@click.argument("name")
+@click.pass_obj
+def profile_remove(session, name: str) -> None:
+    """Remove a profile."""
+    session.client.provisioner.profile_remove(name)
+    click.echo(f"Removed profile {name}")
+
+
+@profile.command("list")
+@output.format_option
+@click.pass_obj
+def profile_list(session, output_format: str) -> None:
+    """Every profile, with what a VM creation from it would still need."""
+    output.show(session.client.provisioner.profile_list(), output_format,
+                lambda rows: output.table(rows, _PROFILE_COLUMNS))
+
+
+@profile.command("info")
+@click.argument("name")
+@output.format_option
+@click.pass_obj
+def profile_info(session, name: str, output_format: str) -> None:
+    """One profile, and what a VM creation from it would still need."""
+    output.show(session.client.provisioner.profile_info(name), output_format, _profile_details)
+
+
+@group.command("create")
+@click.argument("vm")
+@click.argument("profile_name", metavar="PROFILE")
+@click.option("--define-only", is_flag=True, help="define the VM and leave it stopped (the default; not with "
+                                                  "--start)")
+@click.option("--start", is_flag=True, help="start the VM once it is defined")
+@click.option("--wait", is_flag=True, help="return once the VM is created (and, with --start, running)")
+@output.format_option
+@click.pass_obj
+def create(session, vm: str, profile_name: str, define_only: bool, start: bool, wait: bool,
+           output_format: str) -> None:
+    """Create VM from PROFILE: its volumes, its cloud-init config drive, its definition. Without --wait,
+    the creation goes on in the cluster (it survives a coordinator's loss) and its task is shown."""
+    result = session.client.provisioner.create(vm, profile_name, define_only=define_only, start=start, wait=wait)
+    if wait:
+        output.show(result, output_format, lambda view: f"Created VM {view['name']} on node {view['node']}: "
+                                                        f"{view['state']}")
+    else:
+        output.show(result, output_format, lambda task: f"Creating VM {task['vm']}: task {task['id']} "
+                                                        f"({task['state']})")

@@ -1,0 +1,35 @@
+"""Uploading an OVA: the file streams to the storage node that imports it over the bulk channel (`pvc.bulk`),
+under a ticket of the appliance kind, and the coordinator settles the OVA's record once the stream is over."""
+from typing import Any, BinaryIO, Callable
+
+from pvc import bulk
+from pvc.errors import PVCError
+
+UPLOAD_CONNECT_TIMEOUT_S = 30.0
+
+
+def upload_ova(client: Any, name: str, pool: str, source: BinaryIO | str, progress: bulk.Progress | None = None,
+               on_size: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Upload the OVA `source` (a path or a binary file) as `name`, its disks landing in `pool`; the OVA as
+    recorded (`provisioner.ova_info`). A refused or failed upload leaves nothing behind and raises the node's
+    reason.
+
+    :param client: a connected client (`pvc.connect()`).
+    :param progress: told how the upload goes (`pvc.bulk.Progress`).
+    :param on_size: called once with the file's size, before the checksum pass.
+    """
+    with bulk.SpooledSource(source) as spooled:
+        if on_size:
+            on_size(spooled.size)
+        checksum = bulk.checksum_of_file(spooled.file, spooled.offset, spooled.size, progress)
+        ticket = client.provisioner.ova_upload(name, pool, spooled.size, checksum)
+        try:
+            bulk.stream_upload(ticket["address"], ticket["token"], spooled, checksum, UPLOAD_CONNECT_TIMEOUT_S,
+                               progress, bulk.client_context(ticket, client.connection.tls_ca))
+        except BaseException:
+            try:
+                client.provisioner.ova_upload_end(name)
+            except PVCError:
+                pass
+            raise
+    return client.provisioner.ova_upload_end(name)
