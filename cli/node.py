@@ -1,10 +1,14 @@
 """`pvc node`: the cluster's hypervisors."""
+import socket
 import sys
 import time
 
 import click
 
 from pvc.cli import output
+from pvc.cli.confirm import confirm_option
+
+FOLLOW_INTERVAL_S = 0.5
 
 _COLUMNS = [
     output.column("NAME", "name"),
@@ -58,27 +62,68 @@ def group() -> None:
     """The cluster's hypervisor nodes."""
 
 
+def _this_node(session, name: str | None) -> str:
+    """NAME, or, run on a hypervisor, the node named as this host is (upstream's default)."""
+    if name:
+        return name
+    host = socket.gethostname().split(".")[0]
+    if host not in {node["name"] for node in session.client.nodes.list()}:
+        raise click.UsageError(f"give a NODE: this host ({host}) is not a node of the cluster")
+    return host
+
+
+_node_argument = click.argument("name", metavar="[NODE]", required=False)
+
+
 @group.command("list")
-@output.format_option
+@click.argument("limit", metavar="[REGEX]", required=False)
+@click.option("-ds", "--daemon-state", help="only nodes in this daemon state (run, stop, dead, ...)")
+@click.option("-vs", "--domain-state", help="only nodes in this domain state (ready, flushed, ...)")
+@output.list_format_option
 @click.pass_obj
-def list_nodes(session, output_format: str) -> None:
-    """Every node with its states and live figures."""
-    output.show(session.client.nodes.list(), output_format, lambda rows: output.table(rows, _COLUMNS))
+def list_nodes(session, limit: str | None, daemon_state: str | None, domain_state: str | None,
+               output_format: str) -> None:
+    """Every node with its states and live figures; with REGEX, those whose name it matches."""
+    rows = [row for row in output.matching(session.client.nodes.list(), limit)
+            if daemon_state in (None, row["daemon_state"]) and domain_state in (None, row["domain_state"])]
+    output.show(rows, output_format, lambda shown: output.table(shown, _COLUMNS))
 
 
 @group.command("info")
-@click.argument("name")
+@_node_argument
 @output.format_option
 @click.pass_obj
-def info(session, name: str, output_format: str) -> None:
-    """One node in detail."""
-    output.show(session.client.nodes.info(name), output_format, _info_table)
+def info(session, name: str | None, output_format: str) -> None:
+    """One node in detail (run on a node: that node)."""
+    output.show(session.client.nodes.info(_this_node(session, name)), output_format, _info_table)
+
+
+@group.command("log")
+@_node_argument
+@click.option("-l", "--lines", default=100, show_default=True, type=click.IntRange(1, 10000),
+              help="how many of the last lines to show")
+@click.option("-f", "--follow", is_flag=True, help="keep showing lines as the daemon writes them (Ctrl-C ends)")
+@click.pass_obj
+def node_log(session, name: str | None, lines: int, follow: bool) -> None:
+    """Show the end of the node daemon's log, read through the node (run on a node: that node)."""
+    name = _this_node(session, name)
+    part = session.client.nodes.log(name, lines)
+    while True:
+        for line in part["lines"]:
+            click.echo(line)
+        if not follow:
+            return
+        sys.stdout.flush()
+        try:
+            time.sleep(FOLLOW_INTERVAL_S)
+        except KeyboardInterrupt:
+            return
+        part = session.client.nodes.log(name, lines, part["offset"])
 
 
 @group.command("fence-confirm")
 @click.argument("name")
-@click.confirmation_option("--yes", "-y", prompt="Have you made sure the node is powered off? Its VMs will be "
-                                                 "started on other nodes")
+@confirm_option("Have you made sure node {name} is powered off? Its VMs will be started on other nodes")
 @output.format_option
 @click.pass_obj
 def fence_confirm(session, name: str, output_format: str) -> None:
@@ -129,13 +174,13 @@ def _node_task(session, name: str, kind: str, wait: bool, output_format: str) ->
 
 
 def _task_command(kind: str, help_text: str, wait_help: str):
-    @group.command(kind, help=help_text)
-    @click.argument("name")
-    @click.option("--wait", is_flag=True, help=wait_help)
+    @group.command(kind, help=help_text + " Run on a node without NODE: that node.")
+    @_node_argument
+    @click.option("-w", "--wait", is_flag=True, help=wait_help)
     @output.format_option
     @click.pass_obj
-    def command(session, name: str, wait: bool, output_format: str) -> None:
-        _node_task(session, name, kind, wait, output_format)
+    def command(session, name: str | None, wait: bool, output_format: str) -> None:
+        _node_task(session, _this_node(session, name), kind, wait, output_format)
     return command
 
 

@@ -1,13 +1,33 @@
 """How the CLI presents results: a table for people, JSON (exactly what the API returned) for scripts."""
 import json
+import re
 from typing import Any, Callable, Sequence
 
 import click
 
 FORMATS = ("table", "json")
+UPSTREAM_FORMATS = {"pretty": "table", "json-pretty": "json"}
+"""Upstream PVC's names for ours: its `pretty` is our table, its `json-pretty` our (indented) JSON."""
+RAW = "raw"
 
-format_option = click.option("--format", "output_format", type=click.Choice(FORMATS), default="table",
-                             show_default=True, help="table for people, json for scripts")
+
+def _normalised(_context: click.Context, _parameter: click.Parameter, value: str) -> str:
+    return UPSTREAM_FORMATS.get(value, value)
+
+
+def _format_option(*names: str, raw: bool = False):
+    choices = (*FORMATS, *UPSTREAM_FORMATS, *((RAW,) if raw else ()))
+    return click.option(*names, "output_format", type=click.Choice(choices), default="table", show_default=True,
+                        callback=_normalised,
+                        help="table for people, json for scripts (pretty and json-pretty: the same, by upstream's "
+                             "names" + ("; raw: names only, one a line)" if raw else ")"))
+
+
+format_option = _format_option("-f", "--format")
+list_format_option = _format_option("-f", "--format", raw=True)
+"""For lists: `raw` prints each row's name alone, one a line, as upstream's `raw` does."""
+long_format_option = _format_option("--format")
+"""For commands where upstream's `-f` means something else (`vm migrate -f` is its --force)."""
 
 
 def emit_json(value: Any) -> None:
@@ -54,8 +74,31 @@ def details(pairs: Sequence[tuple[str, str]]) -> str:
     return "\n".join(f"{label + ':':<{width + 1}} {value}" for label, value in pairs)
 
 
-def show(value: Any, output_format: str, as_table: Callable[[Any], str]) -> None:
+def name_pattern(limit: str | None) -> re.Pattern | None:
+    """Upstream's LIMIT argument of a list: a regular expression found anywhere in a name."""
+    if limit is None:
+        return None
+    try:
+        return re.compile(limit)
+    except re.error as error:
+        raise click.BadParameter(f"not a regular expression: {error}", param_hint="REGEX") from None
+
+
+def matching(rows: Sequence[dict[str, Any]], limit: str | None, key: str = "name") -> list[dict[str, Any]]:
+    pattern = name_pattern(limit)
+    return [row for row in rows if pattern is None or pattern.search(str(row[key]))]
+
+
+def names(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return [row["name"] for row in rows]
+
+
+def show(value: Any, output_format: str, as_table: Callable[[Any], str],
+         as_raw: Callable[[Any], list[str]] = names) -> None:
     if output_format == "json":
         emit_json(value)
+    elif output_format == RAW:
+        for line in as_raw(value):
+            click.echo(line)
     else:
         click.echo(as_table(value))

@@ -6,6 +6,7 @@ import click
 
 from pvc import sizes
 from pvc.cli import output
+from pvc.cli.confirm import confirm_option
 from pvc.qemu_img import SUPPORTED_FORMATS
 
 _POOL_COLUMNS = [
@@ -37,6 +38,7 @@ _VOLUME_COLUMNS = [
 
 _SNAPSHOT_COLUMNS = [
     output.column("NAME", "name"),
+    output.column("POOL", "pool"),
     output.column("VOLUME", "volume"),
     output.column("CREATED", "created",
                   lambda stamp: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"),
@@ -50,6 +52,7 @@ def _volume_details(volume: dict) -> str:
         ("Size", f"{sizes.human(volume['size_bytes'])} ({volume['size_bytes']} bytes)"),
         ("Snapshots", output.plain(volume["snapshots"])),
         ("Used by", output.plain(volume["used_by"])),
+        ("Pending", volume["pending"] or "-"),
     ])
 
 
@@ -67,19 +70,51 @@ def status(session, output_format: str) -> None:
                 lambda rows: output.table(rows, _STATUS_COLUMNS))
 
 
+@group.command("check")
+@click.argument("pool", required=False)
+@output.format_option
+@click.pass_obj
+def check(session, pool: str | None, output_format: str) -> None:
+    """Finish or undo volume changes that were cut off (a coordinator that died midway, a node action that
+    failed and could not be undone), in POOL or in every pool."""
+    output.show(session.client.storage.check(pool), output_format,
+                lambda done: "\n".join(done) if done else "nothing to resolve")
+
+
 @group.group("pool")
 def pool() -> None:
     """Storage pools."""
 
 
+def _replication(_context: click.Context, _parameter: click.Parameter, value: str | None) -> dict[str, int]:
+    """Upstream's ``copies=3,mincopies=2`` as pool options."""
+    if value is None:
+        return {}
+    options = {}
+    for part in value.split(","):
+        key, _, number = part.partition("=")
+        if key.strip() not in ("copies", "mincopies") or not number.strip().isdigit():
+            raise click.BadParameter(f"expected copies=N,mincopies=M, not {value!r}")
+        options[key.strip()] = int(number)
+    return options
+
+
 @pool.command("add")
 @click.argument("name")
+@click.argument("pgs", metavar="[PGS]", type=int, required=False)
 @click.option("--pg-num", type=int, default=None, help="ceph: placement groups (default: from the OSD count)")
+@click.option("--replcfg", callback=_replication, metavar="copies=N,mincopies=M",
+              help="ceph: replicas kept, and how many must be up for I/O (default: Ceph's)")
 @output.format_option
 @click.pass_obj
-def pool_add(session, name: str, pg_num: int | None, output_format: str) -> None:
-    """Create a pool on the cluster's storage backend."""
-    options = {"pg_num": pg_num} if pg_num is not None else {}
+def pool_add(session, name: str, pgs: int | None, pg_num: int | None, replcfg: dict[str, int],
+             output_format: str) -> None:
+    """Create a pool on the cluster's storage backend; PGS (upstream's spelling) is --pg-num. A backend
+    without placement groups or replicas (file) refuses them."""
+    if pgs is not None and pg_num is not None and pgs != pg_num:
+        raise click.UsageError(f"PGS {pgs} and --pg-num {pg_num} disagree: give one")
+    pg_num = pg_num if pg_num is not None else pgs
+    options = {**({"pg_num": pg_num} if pg_num is not None else {}), **replcfg}
     output.show(session.client.storage.pool_add(name, options), output_format,
                 lambda pool_view: output.table([pool_view], _POOL_COLUMNS))
 
@@ -87,6 +122,7 @@ def pool_add(session, name: str, pg_num: int | None, output_format: str) -> None
 @pool.command("remove")
 @click.argument("name")
 @click.option("--force", is_flag=True, help="also remove every volume the pool holds")
+@confirm_option("Remove storage pool {name} and destroy its data")
 @click.pass_obj
 def pool_remove(session, name: str, force: bool) -> None:
     """Remove a pool (one holding volumes only with --force)."""
@@ -95,11 +131,13 @@ def pool_remove(session, name: str, force: bool) -> None:
 
 
 @pool.command("list")
-@output.format_option
+@click.argument("limit", metavar="[REGEX]", required=False)
+@output.list_format_option
 @click.pass_obj
-def pool_list(session, output_format: str) -> None:
-    """Every pool."""
-    output.show(session.client.storage.pool_list(), output_format, lambda rows: output.table(rows, _POOL_COLUMNS))
+def pool_list(session, limit: str | None, output_format: str) -> None:
+    """Every pool; with REGEX, those whose name it matches."""
+    output.show(output.matching(session.client.storage.pool_list(), limit), output_format,
+                lambda rows: output.table(rows, _POOL_COLUMNS))
 
 
 @group.group("volume")
@@ -123,6 +161,7 @@ def volume_add(session, pool: str, name: str, size: str, output_format: str) -> 
 @click.argument("name")
 @click.argument("size")
 @click.option("--allow-shrink", is_flag=True, help="allow a smaller size (data beyond it is lost)")
+@confirm_option("Resize volume {pool}/{name} to {size}")
 @output.format_option
 @click.pass_obj
 def volume_resize(session, pool: str, name: str, size: str, allow_shrink: bool, output_format: str) -> None:
@@ -135,6 +174,7 @@ def volume_resize(session, pool: str, name: str, size: str, allow_shrink: bool, 
 @click.argument("pool")
 @click.argument("name")
 @click.argument("new_name")
+@confirm_option("Rename volume {pool}/{name} to {new_name}")
 @output.format_option
 @click.pass_obj
 def volume_rename(session, pool: str, name: str, new_name: str, output_format: str) -> None:
@@ -159,6 +199,7 @@ def volume_clone(session, pool: str, name: str, new_name: str, snapshot: str | N
 @click.argument("pool")
 @click.argument("name")
 @click.option("--force", is_flag=True, help="remove it even while a VM uses it")
+@confirm_option("Remove volume {pool}/{name} and delete its data")
 @click.pass_obj
 def volume_remove(session, pool: str, name: str, force: bool) -> None:
     """Remove a volume and its snapshots."""
@@ -178,19 +219,27 @@ def volume_info(session, pool: str, name: str, output_format: str) -> None:
 
 @volume.command("list")
 @click.argument("pool", required=False)
-@output.format_option
+@click.option("-p", "--pool", "pool_option", metavar="POOL", help="only this pool's volumes (as POOL)")
+@output.list_format_option
 @click.pass_obj
-def volume_list(session, pool: str | None, output_format: str) -> None:
+def volume_list(session, pool: str | None, pool_option: str | None, output_format: str) -> None:
     """Every volume, or those of POOL."""
-    output.show(session.client.storage.volume_list(pool), output_format,
-                lambda rows: output.table(rows, _VOLUME_COLUMNS))
+    output.show(session.client.storage.volume_list(_one_pool(pool, pool_option)), output_format,
+                lambda rows: output.table(rows, _VOLUME_COLUMNS),
+                lambda rows: [f"{row['pool']}/{row['name']}" for row in rows])
+
+
+def _one_pool(argument: str | None, option: str | None) -> str | None:
+    if argument and option and argument != option:
+        raise click.UsageError(f"POOL {argument} and --pool {option} disagree: give one")
+    return argument or option
 
 
 @volume.command("upload")
 @click.argument("pool")
 @click.argument("name")
 @click.argument("file", type=click.File("rb", lazy=False))
-@click.option("--format", "image_format", type=click.Choice(("auto", *SUPPORTED_FORMATS)), default="auto",
+@click.option("-f", "--format", "image_format", type=click.Choice(("auto", *SUPPORTED_FORMATS)), default="auto",
               show_default=True, help="the image's format; auto detects it on the node from its magic bytes")
 @click.option("--force", is_flag=True, help="overwrite the volume even while a VM uses it")
 @click.option("--json", "as_json", is_flag=True, help="print the volume as JSON (--format names the image's)")
@@ -268,6 +317,7 @@ def snapshot_add(session, pool: str, volume_name: str, name: str, output_format:
 @click.argument("pool")
 @click.argument("volume_name", metavar="VOLUME")
 @click.argument("name", metavar="SNAPSHOT")
+@confirm_option("Remove snapshot {pool}/{volume_name}@{name}")
 @click.pass_obj
 def snapshot_remove(session, pool: str, volume_name: str, name: str) -> None:
     """Remove a snapshot."""
@@ -279,6 +329,7 @@ def snapshot_remove(session, pool: str, volume_name: str, name: str) -> None:
 @click.argument("pool")
 @click.argument("volume_name", metavar="VOLUME")
 @click.argument("name", metavar="SNAPSHOT")
+@confirm_option("Roll volume {pool}/{volume_name} back to snapshot {name}: what it holds now is lost")
 @output.format_option
 @click.pass_obj
 def snapshot_rollback(session, pool: str, volume_name: str, name: str, output_format: str) -> None:
@@ -287,12 +338,38 @@ def snapshot_rollback(session, pool: str, volume_name: str, name: str, output_fo
                 _volume_details)
 
 
-@snapshot.command("list")
+@snapshot.command("rename")
 @click.argument("pool")
 @click.argument("volume_name", metavar="VOLUME")
+@click.argument("name", metavar="SNAPSHOT")
+@click.argument("new_name")
 @output.format_option
 @click.pass_obj
-def snapshot_list(session, pool: str, volume_name: str, output_format: str) -> None:
-    """Every snapshot of a volume."""
-    output.show(session.client.storage.snapshot_list(pool, volume_name), output_format,
-                lambda rows: output.table(rows, _SNAPSHOT_COLUMNS))
+def snapshot_rename(session, pool: str, volume_name: str, name: str, new_name: str, output_format: str) -> None:
+    """Rename a snapshot of a volume."""
+    output.show(session.client.storage.snapshot_rename(pool, volume_name, name, new_name), output_format,
+                lambda view: output.table([view], _SNAPSHOT_COLUMNS))
+
+
+@snapshot.command("list")
+@click.argument("pool", required=False)
+@click.argument("volume_name", metavar="[VOLUME]", required=False)
+@click.option("-p", "--pool", "pool_option", metavar="POOL", help="only this pool's snapshots (as POOL)")
+@click.option("-o", "--volume", "volume_option", metavar="VOLUME",
+              help="only this volume's snapshots (as VOLUME; in any pool when no pool is given)")
+@output.list_format_option
+@click.pass_obj
+def snapshot_list(session, pool: str | None, volume_name: str | None, pool_option: str | None,
+                  volume_option: str | None, output_format: str) -> None:
+    """Every snapshot of every volume, or those of POOL, or of POOL's VOLUME."""
+    pool = _one_pool(pool, pool_option)
+    if volume_name and volume_option and volume_name != volume_option:
+        raise click.UsageError(f"VOLUME {volume_name} and --volume {volume_option} disagree: give one")
+    volume_name = volume_name or volume_option
+    if pool and volume_name:
+        rows = session.client.storage.snapshot_list(pool, volume_name)
+    else:
+        rows = [row for row in session.client.storage.snapshot_list(pool)
+                if volume_name in (None, row["volume"])]
+    output.show(rows, output_format, lambda shown: output.table(shown, _SNAPSHOT_COLUMNS),
+                lambda shown: [f"{row['pool']}/{row['volume']}@{row['name']}" for row in shown])

@@ -1,7 +1,14 @@
 """The public client: `pvc.connect()` and the proxies for the remote areas.
 
-Settings resolve as the CLI resolves them: the client config file (`PVC_CONFIG`, else
-``~/.config/pvc/pvc.yaml``), then `PVC_URI` and `PVC_API_KEY`, then the arguments given. Several coordinator
+Settings resolve as the CLI resolves them, the most specific winning:
+
+1. a saved connection named by the caller (`pvc -c NAME`) or by ``PVC_CONNECTION``: used whole, and
+   `PVC_CONFIG`, `PVC_URI` and `PVC_API_KEY` are ignored, since they may well be another cluster's;
+2. otherwise the client config file `PVC_CONFIG` names, else the default saved connection
+   (`pvc.connections`), else ``~/.config/pvc/pvc.yaml``; then `PVC_URI` and `PVC_API_KEY` override its keys;
+3. then the arguments given (`uri`, `api_key`, `timeout`) override everything.
+
+Several coordinator
 URIs may be listed; a call that cannot reach one moves on to the next. Pyro5 proxies belong to one thread,
 so each thread gets its own, which makes a `Client` safe to share between threads.
 """
@@ -14,7 +21,7 @@ from typing import Any
 import Pyro5.api
 import Pyro5.errors
 
-from pvc import config, wire
+from pvc import config, connections, wire
 from pvc.errors import AuthenticationError, ConfigError, Unavailable
 from pvc.handshake import authenticated_proxy, use_tls
 
@@ -43,27 +50,46 @@ def pyro_uri(uri: str, area: str) -> str:
 
 
 def resolve_settings(uri: str | list[str] | None = None, api_key: str | None = None,
-                     timeout: float | None = None) -> dict[str, Any]:
-    """The client settings from the config file, the environment and explicit arguments, in that order."""
-    path = os.environ.get("PVC_CONFIG") or DEFAULT_CONFIG_PATH.expanduser()
-    values = config.read_yaml(path) if Path(path).exists() or "PVC_CONFIG" in os.environ else {}
-    if os.environ.get("PVC_URI"):
-        values["uris"] = os.environ["PVC_URI"].split(",")
-    if os.environ.get("PVC_API_KEY"):
-        values["api_key"] = os.environ["PVC_API_KEY"]
+                     timeout: float | None = None, connection: str | None = None) -> dict[str, Any]:
+    """The client settings from a saved connection or the config file, the environment and explicit
+    arguments, in the order the module's docstring gives."""
+    connection = connection or os.environ.get("PVC_CONNECTION") or None
+    if connection:
+        values, source = _saved_connection(connection), f"connection '{connection}' ({connections.path()})"
+    else:
+        values, source = _base_settings()
+        if os.environ.get("PVC_URI"):
+            values["uris"] = os.environ["PVC_URI"].split(",")
+        if os.environ.get("PVC_API_KEY"):
+            values["api_key"] = os.environ["PVC_API_KEY"]
     if uri:
         values["uris"] = [uri] if isinstance(uri, str) else list(uri)
     if api_key:
         values["api_key"] = api_key
     if timeout:
         values["timeout"] = timeout
-    source = str(path) if Path(path).exists() else "client settings (no config file; set PVC_CONFIG)"
     settings = config.check(values, config.CLIENT_SETTINGS, source)
     if not settings["uris"]:
         raise ConfigError(f"{source}: 'uris' lists no coordinator")
     for each in settings["uris"]:
         pyro_uri(each, "cluster")
     return settings
+
+
+def _saved_connection(name: str) -> dict[str, Any]:
+    saved = connections.get(name)
+    return {key: saved[key] for key in ("uris", "api_key", "tls_ca") if saved.get(key) is not None}
+
+
+def _base_settings() -> tuple[dict[str, Any], str]:
+    """The settings a named connection does not replace, and where they came from."""
+    if not os.environ.get("PVC_CONFIG"):
+        default = connections.load()["default"]
+        if default:
+            return _saved_connection(default), f"default connection '{default}' ({connections.path()})"
+    path = os.environ.get("PVC_CONFIG") or DEFAULT_CONFIG_PATH.expanduser()
+    values = config.read_yaml(path) if Path(path).exists() or "PVC_CONFIG" in os.environ else {}
+    return values, str(path) if Path(path).exists() else "client settings (no config file; set PVC_CONFIG)"
 
 
 class Connection:
@@ -183,8 +209,9 @@ class Client:
 
 
 def connect(uri: str | list[str] | None = None, api_key: str | None = None,
-            timeout: float | None = None) -> Client:
-    """Connect to a cluster; `uri` may be one pvc:// URI or a list to fail over between."""
-    settings = resolve_settings(uri, api_key, timeout)
+            timeout: float | None = None, connection: str | None = None) -> Client:
+    """Connect to a cluster; `uri` may be one pvc:// URI or a list to fail over between, `connection` the
+    name of a saved connection (`pvc connection add`)."""
+    settings = resolve_settings(uri, api_key, timeout, connection)
     use_tls(ca=settings["tls_ca"])
     return Client(Connection(settings["uris"], settings["api_key"], settings["timeout"], settings["tls_ca"]))

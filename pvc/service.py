@@ -3,6 +3,7 @@
 Signal handlers only enqueue the signal; the daemon's main loop acts on it, so no work runs inside a handler.
 """
 import logging
+import logging.handlers
 import queue
 import signal
 import sys
@@ -23,7 +24,7 @@ def daemon_command(name: str, settings: list[config.Setting], default_config: st
                   for setting in settings if overrides.get(setting.name) is not None}
         try:
             values = config.load(config_path, settings, parsed)
-            setup_logging(name, values["log_level"])
+            setup_logging(name, values["log_level"], values.get("log_file"))
             run(values)
         except PVCError as error:
             click.echo(f"{name}: error: {error}", err=True)
@@ -37,8 +38,10 @@ def daemon_command(name: str, settings: list[config.Setting], default_config: st
                          help=f"The PVC {name} daemon; every configuration key can be overridden here.")
 
 
-def setup_logging(name: str, level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+def setup_logging(name: str, level: str, log_file: str | None = None) -> None:
+    """Log to stderr, or to `log_file` (a watched file, reopened after logrotate moves it)."""
+    handler = logging.handlers.WatchedFileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler],
                         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kazoo").setLevel(logging.WARNING)
     logging.getLogger("Pyro5").setLevel(logging.WARNING)

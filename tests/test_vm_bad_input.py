@@ -87,16 +87,16 @@ def test_the_python_api_refuses_the_same_way(cluster):
     assert recorded(cluster) == before
 
 
-def test_a_migration_outside_the_limit_needs_force(cluster):
+def test_a_migration_outside_the_limit_needs_ignore_limit(cluster):
     before = recorded(cluster)
 
     refused = pvc(cluster, "vm", "migrate", "resident", "--target", "hv3")
 
-    assert_refused_in_one_line(refused, "outside", "node limit", "--force")
+    assert_refused_in_one_line(refused, "outside", "node limit", "--ignore-limit")
     assert recorded(cluster) == before
     wait_running_on(cluster, "resident", "hv1")
 
-    forced = pvc(cluster, "vm", "migrate", "resident", "--target", "hv3", "--force", "--wait")
+    forced = pvc(cluster, "vm", "migrate", "resident", "--target", "hv3", "--ignore-limit", "--wait")
     assert forced.exit_code == 0, forced.output
     wait_running_on(cluster, "resident", "hv3")
     back = pvc(cluster, "vm", "unmigrate", "resident", "--wait")
@@ -118,7 +118,8 @@ def test_vm_meta_refuses_an_unknown_selector_or_node(cluster, options, message):
 
 
 @pytest.mark.parametrize("command", [
-    ["info"], ["dump"], ["start"], ["shutdown"], ["stop", "--yes"], ["restart"], ["disable"], ["remove", "--yes"],
+    ["info"], ["dump"], ["start"], ["shutdown", "--yes"], ["stop", "--yes"], ["restart", "--yes"],
+    ["disable", "--yes"], ["remove", "--yes"],
     ["migrate"], ["unmigrate"], ["move", "--target", "hv2"], ["rename", "ghost2"], ["meta", "--node-selector", "vms"],
 ])
 def test_a_command_on_an_unknown_vm(cluster, command):
@@ -141,7 +142,7 @@ def test_a_vm_whose_lock_another_holder_keeps_is_busy(cluster):
         before = recorded(cluster)
         started = time.monotonic()
 
-        result = pvc(cluster, "vm", "shutdown", "resident")
+        result = pvc(cluster, "vm", "shutdown", "resident", "--yes")
 
         assert_refused_in_one_line(result, "VM 'resident' is busy")
         assert time.monotonic() - started < 10

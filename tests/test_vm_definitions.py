@@ -83,7 +83,7 @@ def test_a_refused_modify_changes_nothing(cluster, tmp_path, case):
     xml_file.write_text(evil("keeper", body))
     before = recorded(cluster)
 
-    result = pvc(cluster, "vm", "modify", "keeper", str(xml_file))
+    result = pvc(cluster, "vm", "modify", "keeper", str(xml_file), "--yes")
 
     assert_refused_in_one_line(result, message)
     assert recorded(cluster) == before
@@ -108,7 +108,7 @@ def test_an_administrator_allows_host_devices(cluster, tmp_path):
     xml_file = tmp_path / "passthrough.xml"
     xml_file.write_text(cluster.client.vms.dump("passthrough"))
     before = recorded(cluster)
-    assert_refused_in_one_line(pvc(cluster, "vm", "modify", "passthrough", str(xml_file)),
+    assert_refused_in_one_line(pvc(cluster, "vm", "modify", "passthrough", str(xml_file), "-y"),
                                "<devices/hostdev mode='subsystem' type='pci' managed='yes'> is refused")
     assert recorded(cluster) == before
     cluster.client.vms.remove("passthrough")
