@@ -1,7 +1,9 @@
 """`pvc vm`: define, change, run and move virtual machines."""
 import click
 
-from pvc.cli import output
+from pvc.cli import output, vm_editor, vm_parts, vm_tags
+from pvc.cli.confirm import confirm, confirm_option
+from pvc.errors import PVCError
 
 _COLUMNS = [
     output.column("NAME", "name"),
@@ -15,6 +17,7 @@ _COLUMNS = [
     output.column("SELECTOR", "node_selector"),
     output.column("AUTOSTART", "node_autostart"),
     output.column("ERROR", "last_error"),
+    output.column("TAGS", "tags"),
 ]
 
 
@@ -38,6 +41,8 @@ def _info_table(vm: dict) -> str:
         ("NICs", output.plain(nics)),
         ("Last error", output.plain(vm["last_error"])),
         ("Migration note", output.plain(vm["migration_note"])),
+        ("Tags", output.plain([tag + (" (protected)" if tag in vm["protected_tags"] else "")
+                               for tag in vm["tags"]])),
     ])
 
 
@@ -53,16 +58,28 @@ def _node_list(text: str | None) -> list[str] | None:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _upstream_none(_context: click.Context, _parameter: click.Parameter, value: str | None) -> str | None:
+    """Upstream's `none` for a selector is the cluster's default (no selector of the VM's own), and for a
+    migration method our `auto`."""
+    if value != "none":
+        return value
+    return "auto" if _parameter.name == "migration_method" else ""
+
+
 def _meta_options(function):
     options = [
-        click.option("--node-limit", help="comma-separated nodes the VM may run on ('' clears the limit)"),
-        click.option("--node-selector", help="migration selector choosing the VM's node (mem, memprov, load, "
-                                             "vcpus, vms, or a plugin's)"),
-        click.option("--node-autostart/--no-node-autostart", default=None,
+        click.option("-l", "--limit", "--node-limit", "node_limit",
+                     help="comma-separated nodes the VM may run on ('' clears the limit)"),
+        click.option("-s", "--node-selector", callback=_upstream_none,
+                     help="migration selector choosing the VM's node (mem, memprov, load, vcpus, vms, or a "
+                          "plugin's; none: the cluster's default)"),
+        click.option("-a/-A", "--autostart/--no-autostart", "--node-autostart/--no-node-autostart",
+                     "node_autostart", default=None,
                      help="start the VM again when its node returns after a flush shut it down"),
-        click.option("--migration-method", type=click.Choice(["live", "shutdown", "auto"]),
-                     help="how the VM migrates (default: the cluster's)"),
-        click.option("--max-downtime", type=click.IntRange(min=1), help="live migration downtime limit, ms"),
+        click.option("-m", "--method", "--migration-method", "migration_method", callback=_upstream_none,
+                     type=click.Choice(["live", "shutdown", "auto", "none"]),
+                     help="how the VM migrates (default: the cluster's; none, upstream's name, is auto)"),
+        click.option("-d", "--max-downtime", type=click.IntRange(min=1), help="live migration downtime limit, ms"),
     ]
     for option in reversed(options):
         function = option(function)
@@ -70,7 +87,7 @@ def _meta_options(function):
 
 
 def _wait_option(function):
-    return click.option("--wait", is_flag=True, help="return when the VM has reached the outcome")(function)
+    return click.option("-w", "--wait", is_flag=True, help="return when the VM has reached the outcome")(function)
 
 
 def _show_vm(vm: dict, output_format: str) -> None:
@@ -84,16 +101,20 @@ def group() -> None:
 
 @group.command("define")
 @click.argument("xml_file", type=click.File("r"))
-@click.option("--target", help="node to define the VM on (default: its selector's choice)")
+@click.option("-t", "--target", help="node to define the VM on (default: its selector's choice)")
 @_meta_options
+@click.option("-g", "--tag", "tags", multiple=True, help="a user tag for the VM (repeatable)")
+@click.option("-G", "--protected-tag", "protected_tags", multiple=True,
+              help=f"a user tag, {vm_tags.PROTECTED_HELP} (repeatable)")
 @output.format_option
 @click.pass_obj
 def define(session, xml_file, target, node_limit, node_selector, node_autostart, migration_method, max_downtime,
-           output_format) -> None:
+           tags, protected_tags, output_format) -> None:
     """Define a VM from a libvirt domain XML file."""
     vm = session.client.vms.define(xml_file.read(), target=target, node_limit=_node_list(node_limit),
                                    node_selector=node_selector, node_autostart=bool(node_autostart),
-                                   migration_method=migration_method, max_downtime=max_downtime)
+                                   migration_method=migration_method, max_downtime=max_downtime,
+                                   tags=list(tags), protected_tags=list(protected_tags))
     _show_vm(vm, output_format)
 
 
@@ -113,54 +134,101 @@ def meta(session, vm, node_limit, node_selector, node_autostart, migration_metho
     _show_vm(session.client.vms.set_meta(vm, **changes), output_format)
 
 
-def _state_command(name: str, help_text: str, destructive: bool = False):
-    @group.command(name, help=help_text)
-    @click.argument("vm")
-    @_wait_option
-    @output.format_option
-    @click.pass_obj
-    def command(session, vm, wait, output_format) -> None:
+def _state_command(name: str, help_text: str, question: str | None = None):
+    """A state change; `question`, asked first, for one that interrupts a running VM."""
+    def change(session, vm, wait, output_format) -> None:
         _show_vm(getattr(session.client.vms, name)(vm, wait=wait), output_format)
-    if destructive:
-        command = click.confirmation_option(prompt=f"Really {name} the VM?")(command)
-    return command
+    if question:
+        change = confirm_option(question)(change)
+    return group.command(name, help=help_text)(click.argument("vm")(_wait_option(output.format_option(
+        click.pass_obj(change)))))
 
 
 _state_command("start", "Start the VM.")
-_state_command("restart", "Restart the VM (shut down, then start).")
-_state_command("shutdown", "Shut the VM down gracefully (destroyed after the node's shutdown timeout).")
-_state_command("stop", "Stop the VM at once (power off).", destructive=True)
-_state_command("disable", "Stop the VM and keep it stopped through flushes and recoveries.")
+_state_command("restart", "Restart the VM (shut down, then start).", "Restart VM {vm}")
+_state_command("shutdown", "Shut the VM down gracefully (destroyed after the node's shutdown timeout).",
+               "Shut down VM {vm}")
+_state_command("stop", "Stop the VM at once (power off).", "Forcibly stop VM {vm}")
+_state_command("disable", "Stop the VM and keep it stopped through flushes and recoveries.",
+               "Shut down and disable VM {vm}")
 
 
-@group.command("remove")
-@click.argument("vm")
-@click.option("--wait", is_flag=True, help="return when its node has undefined it and its record is gone")
-@click.option("--force", is_flag=True,
-              help="forget the record now, without its node's confirmation (the node undefines the domain "
-                   "when it next converges)")
-@click.confirmation_option("--yes", "-y", prompt="Really remove the VM? It is stopped and undefined")
-@click.pass_obj
-def remove(session, vm, wait, force) -> None:
-    """Stop the VM, undefine it, and remove it from the cluster. The removal is recorded first; the record
-    goes once its node has undefined it (a node that is down does so when it is back)."""
+def _removal_options(function):
+    options = [
+        click.argument("vm"),
+        click.option("--wait", is_flag=True, help="return when its node has undefined it and its record is gone"),
+        click.option("--force", is_flag=True,
+                     help="forget the record now, without its node's confirmation (the node undefines the domain "
+                          "when it next converges)"),
+        click.option("-y", "--yes", is_flag=True, help="do not ask for confirmation"),
+        click.pass_obj,
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _forget(session, vm: str, wait: bool, force: bool) -> bool:
+    """Record the VM's removal; whether its record is gone already."""
     result = session.client.vms.remove(vm, wait=wait, force=force)
     if result.get("removed"):
         click.echo(f"removed VM {vm}")
     else:
         click.echo(f"removal of VM {vm} recorded; it is forgotten once node {result.get('waiting_for')} "
                    "has undefined it")
+    return bool(result.get("removed"))
+
+
+@group.command("undefine")
+@_removal_options
+def undefine(session, vm, wait, force, yes) -> None:
+    """Stop the VM, undefine it, and remove it from the cluster, keeping its volumes (see remove). The
+    removal is recorded first; the record goes once its node has undefined it (a node that is down does so
+    when it is back)."""
+    confirm(f"Undefine VM {vm} (it is stopped and forgotten; its volumes are kept)", yes)
+    _forget(session, vm, wait, force)
+
+
+@group.command("remove")
+@_removal_options
+def remove(session, vm, wait, force, yes) -> None:
+    """Stop the VM, undefine it, remove it from the cluster, and remove the PVC volumes its disks use (undefine
+    keeps them). The volumes go once its node has undefined it, so this waits for that; a volume another VM
+    also uses is kept, and said so."""
+    volumes = session.client.vms.info(vm)["volumes"]
+    confirm(f"Remove VM {vm} (it is stopped and forgotten) and its volumes ({', '.join(volumes) or 'none'})",
+            yes)
+    if not _forget(session, vm, wait or bool(volumes), force):
+        return
+    kept = []
+    for volume in volumes:
+        pool, _, name = volume.partition("/")
+        try:
+            session.client.storage.volume_remove(pool, name)
+            click.echo(f"removed volume {volume}")
+        except PVCError as error:
+            kept.append(f"{volume} ({error})")
+    if kept:
+        raise click.ClickException(f"VM {vm} is removed, but these volumes are kept: {'; '.join(kept)}")
 
 
 @group.command("list")
-@click.option("--node", help="only VMs on this node")
-@click.option("--state", help="only VMs in this state")
-@output.format_option
+@click.argument("limit", metavar="[REGEX]", required=False)
+@click.option("-t", "--target", "--node", "node", help="only VMs on this node")
+@click.option("-s", "--state", help="only VMs in this state")
+@click.option("-g", "--tag", help="only VMs with this tag")
+@click.option("-n", "--negate", is_flag=True, help="the VMs NOT on that node, in that state or with that tag")
+@output.list_format_option
 @click.pass_obj
-def list_vms(session, node, state, output_format) -> None:
-    """Every VM with its state, node and metadata."""
-    output.show(session.client.vms.list(node=node, state=state), output_format,
-                lambda rows: output.table(rows, _COLUMNS))
+def list_vms(session, limit, node, state, tag, negate, output_format) -> None:
+    """Every VM with its state, node and metadata; with REGEX, those whose name it matches (anywhere in the
+    name, as upstream's LIMIT)."""
+    rows = session.client.vms.list(node=node, state=state, tag=tag)
+    if negate and (node, state, tag) != (None, None, None):
+        excluded = {row["name"] for row in rows}
+        rows = [row for row in session.client.vms.list() if row["name"] not in excluded]
+    output.show(output.matching(rows, limit), output_format, lambda shown: output.table(shown, _COLUMNS))
+
 
 
 @group.command("info")
@@ -174,10 +242,11 @@ def info(session, vm, output_format) -> None:
 
 @group.command("dump")
 @click.argument("vm")
+@click.option("-f", "--file", "xml_file", type=click.File("w", atomic=True), help="write the XML to this file")
 @click.pass_obj
-def dump(session, vm) -> None:
-    """Print the VM's domain XML."""
-    click.echo(session.client.vms.dump(vm))
+def dump(session, vm, xml_file) -> None:
+    """Print the VM's domain XML (or write it to a file)."""
+    click.echo(session.client.vms.dump(vm), file=xml_file)
 
 
 @group.command("log")
@@ -193,13 +262,22 @@ def console_log(session, vm, lines) -> None:
 
 @group.command("modify")
 @click.argument("vm")
-@click.argument("xml_file", type=click.File("r"))
-@click.option("--restart", is_flag=True, help="restart the VM so the change applies now")
+@click.argument("xml_file", type=click.File("r"), required=False)
+@click.option("-r", "--restart", is_flag=True, help="restart the VM so the change applies now")
+@click.option("-e", "--editor", is_flag=True,
+              help="edit the VM's XML in $EDITOR instead; the change is shown as a diff and applied once confirmed")
+@click.option("-y", "--yes", is_flag=True, help="do not ask for confirmation (with --editor: apply the diff)")
 @output.format_option
 @click.pass_obj
-def modify(session, vm, xml_file, restart, output_format) -> None:
-    """Replace the VM's domain XML."""
-    _show_vm(session.client.vms.modify(vm, xml_file.read(), restart=restart), output_format)
+def modify(session, vm, xml_file, restart, editor, yes, output_format) -> None:
+    """Replace the VM's domain XML with XML_FILE, or edit it in $EDITOR (--editor)."""
+    if (xml_file is None) == (not editor):
+        raise click.UsageError("give either XML_FILE or --editor")
+    if not editor:
+        confirm(f"Replace the domain XML of VM {vm}" + (" and restart it" if restart else ""), yes)
+    xml = vm_editor.edited_xml(vm, session.client.vms.dump(vm), yes) if editor else xml_file.read()
+    if xml is not None:
+        _show_vm(session.client.vms.modify(vm, xml, restart=restart), output_format)
 
 
 @group.command("rename")
@@ -212,21 +290,41 @@ def rename(session, vm, new_name, output_format) -> None:
     _show_vm(session.client.vms.rename(vm, new_name), output_format)
 
 
-def _move_command(name: str, help_text: str):
-    @group.command(name, help=help_text)
-    @click.argument("vm")
-    @click.option("--target", help="destination node (default: the VM's selector's choice)")
-    @click.option("--force", is_flag=True, help="allow a target outside the VM's node limit")
-    @_wait_option
-    @output.format_option
-    @click.pass_obj
-    def command(session, vm, target, force, wait, output_format) -> None:
-        _show_vm(getattr(session.client.vms, name)(vm, target=target, force=force, wait=wait), output_format)
-    return command
+def _move_options(function):
+    options = [
+        click.argument("vm"),
+        click.option("-t", "--target", help="destination node (default: the VM's selector's choice)"),
+        click.option("--ignore-limit", is_flag=True, help="allow a target outside the VM's node limit"),
+        _wait_option,
+        output.long_format_option,
+        click.pass_obj,
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
 
 
-_move_command("migrate", "Move the VM to another node, remembering where it was (see unmigrate).")
-_move_command("move", "Move the VM to another node for good.")
+@group.command("migrate")
+@_move_options
+@click.option("-f", "--force", is_flag=True,
+              help="migrate a VM that is migrated already; unmigrate still returns it to the node it first came "
+                   "from")
+def migrate(session, vm, target, ignore_limit, wait, output_format, force) -> None:
+    """Move the VM to another node, remembering where it was (see unmigrate). As upstream PVC, a VM migrated
+    already is moved again only with --force (--ignore-limit is what --force once meant here)."""
+    if not force:
+        last_node = session.client.vms.info(vm)["last_node"]
+        if last_node:
+            raise click.ClickException(f"VM {vm} is migrated already (from {last_node}): --force migrates it "
+                                       "again, or unmigrate it first")
+    _show_vm(session.client.vms.migrate(vm, target=target, force=ignore_limit, wait=wait), output_format)
+
+
+@group.command("move")
+@_move_options
+def move(session, vm, target, ignore_limit, wait, output_format) -> None:
+    """Move the VM to another node for good."""
+    _show_vm(session.client.vms.move(vm, target=target, force=ignore_limit, wait=wait), output_format)
 
 
 @group.command("unmigrate")
@@ -237,3 +335,7 @@ _move_command("move", "Move the VM to another node for good.")
 def unmigrate(session, vm, wait, output_format) -> None:
     """Return a migrated VM to the node it came from."""
     _show_vm(session.client.vms.unmigrate(vm, wait=wait), output_format)
+
+
+for part_group in (*vm_parts.COMMANDS, vm_tags.tag):
+    group.add_command(part_group)

@@ -61,6 +61,8 @@ def vm_view(name: str, raw: dict[str, Any], detail: bool = True) -> dict[str, An
         "memory_mib": spec.get("memory_mib"),
         "last_error": status.get("error") or placement.get("migration_error"),
         "migration_note": status.get("migration_note"),
+        "tags": sorted(spec.get("tags") or {}),
+        "protected_tags": sorted(name for name, facts in (spec.get("tags") or {}).items() if facts.get("protected")),
     }
     if detail:
         view["disks"] = spec.get("disks") or []

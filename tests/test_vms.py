@@ -15,7 +15,7 @@ from vm_support import (assert_no_vm_on_two_hosts, new_uuid, pvc, remove_all_vms
 
 INFO_KEYS = {"name", "uuid", "state", "node", "last_node", "running", "node_limit", "node_selector",
              "node_autostart", "migration_method", "max_downtime_ms", "vcpus", "memory_mib", "last_error",
-             "unknown", "migration_note", "disks", "nics", "volumes", "autostart_pending"}
+             "unknown", "migration_note", "disks", "nics", "volumes", "autostart_pending", "tags", "protected_tags"}
 
 
 @pytest.fixture(autouse=True)
@@ -114,8 +114,8 @@ def test_the_cli_defines_starts_lists_shows_stops_with_confirmation_and_removes(
     assert set(info) == INFO_KEYS and info["running"] is True
     assert "<name>cli-vm</name>" in pvc(cluster, "vm", "dump", "cli-vm").stdout
 
-    refused = pvc(cluster, "vm", "stop", "cli-vm", input="n\n")
-    assert refused.exit_code == 1 and "Aborted" in refused.output
+    refused = pvc(cluster, "vm", "stop", "cli-vm")
+    assert refused.exit_code == 1 and "not confirmed: Forcibly stop VM cli-vm" in refused.stderr
     wait_running_on(cluster, "cli-vm", "hv3")
 
     stopped = pvc(cluster, "vm", "stop", "cli-vm", "--yes", "--wait")
@@ -138,7 +138,7 @@ def test_modify_replaces_the_definition_and_restart_applies_it(cluster, tmp_path
     bigger = tmp_path / "grow.xml"
     bigger.write_text(vm_xml("grow", memory_mib=1536, vcpus=3))
 
-    modified = pvc(cluster, "vm", "modify", "grow", str(bigger), "--restart", "--format", "json")
+    modified = pvc(cluster, "vm", "modify", "grow", str(bigger), "--restart", "--yes", "--format", "json")
 
     assert modified.exit_code == 0, modified.output
     info = vms.info("grow")
@@ -150,7 +150,7 @@ def test_modify_replaces_the_definition_and_restart_applies_it(cluster, tmp_path
 
     other_name = tmp_path / "other.xml"
     other_name.write_text(vm_xml("not-grow"))
-    refused = pvc(cluster, "vm", "modify", "grow", str(other_name))
+    refused = pvc(cluster, "vm", "modify", "grow", str(other_name), "-y")
     assert refused.exit_code == 1 and "use rename" in refused.stderr
 
 

@@ -13,17 +13,19 @@ from pvc.rpc import removal
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.retries import retry_safe
 from pvc.rpc.vm_control import VMControl
+from pvc.rpc.vm_edits import VMEditor, initial_tags
 
 META_KEYS = ("node_limit", "node_selector", "node_autostart", "migration_method", "max_downtime")
 
 
 @Pyro5.server.expose
 @Pyro5.server.behavior(instance_mode="single")
-@retry_safe(reads={"list", "info", "dump", "log"})
+@retry_safe(reads={"list", "info", "dump", "log", "tags"})
 class VMsArea:
     def __init__(self, context: CoordinatorContext, control: VMControl):
         self._context = context
         self._control = control
+        self._editor = VMEditor(context, control, self._spec, self._allow_host_devices)
 
     def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
         """The VM as it now is, for a call whose coordinator died before answering; None once it is gone."""
@@ -39,8 +41,9 @@ class VMsArea:
 
     # -- reading ---------------------------------------------------------------------------------------
 
-    def list(self, node: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
-        """Every VM (optionally only those on `node` or in `state`), sorted by name."""
+    def list(self, node: str | None = None, state: str | None = None,
+             tag: str | None = None) -> list[dict[str, Any]]:
+        """Every VM (optionally only those on `node`, in `state`, or with `tag`), sorted by name."""
         if state is not None and state not in schema.VM_STATES:
             raise InvalidInput(f"unknown state '{state}' (one of: {', '.join(schema.VM_STATES)})")
         self._context.cache.catch_up()
@@ -48,7 +51,8 @@ class VMsArea:
                  for name, raw in sorted(self._context.cache.vms.snapshot().items())
                  if raw.get(OWN_VALUE) is not None]
         return [view for view in views
-                if (node is None or view["node"] == node) and (state is None or view["state"] == state)]
+                if (node is None or view["node"] == node) and (state is None or view["state"] == state)
+                and (tag is None or tag in view["tags"])]
 
     def info(self, vm: str) -> dict[str, Any]:
         return self._control.view(vm)
@@ -69,8 +73,10 @@ class VMsArea:
 
     def define(self, xml: str, target: str | None = None, node_limit: list[str] | None = None,
                node_selector: str | None = None, node_autostart: bool = False,
-               migration_method: str | None = None, max_downtime: int | None = None) -> dict[str, Any]:
-        """Record a new VM and define it on its node (chosen by its selector unless `target` is given)."""
+               migration_method: str | None = None, max_downtime: int | None = None,
+               tags: list[str] | None = None, protected_tags: list[str] | None = None) -> dict[str, Any]:
+        """Record a new VM and define it on its node (chosen by its selector unless `target` is given), with
+        user `tags` and `protected_tags` (which `remove_tag` refuses)."""
         domain = domain_xml.parse(xml, allow_host_devices=self._allow_host_devices())
         meta = self._checked_meta({"node_limit": node_limit, "node_selector": node_selector,
                                    "node_autostart": node_autostart, "migration_method": migration_method,
@@ -78,7 +84,7 @@ class VMsArea:
         if self._context.cache.vms.get(domain.name) is not None:
             raise AlreadyExists(f"a VM named '{domain.name}' exists already")
         self._check_uuid_free(domain.uuid)
-        spec = {**self._spec(domain), **meta, "generation": 1}
+        spec = {**self._spec(domain), **meta, "tags": initial_tags(tags, protected_tags), "generation": 1}
         node = self._initial_node(spec, target)
         store = self._context.store
         try:
@@ -184,6 +190,46 @@ class VMsArea:
             self._control.record(vm, spec={**spec, **meta})
         return self._control.view(vm)
 
+    # -- editing parts (`pvc.rpc.vm_edits`): each returns {"name", "change", "applied", "reason"} ----------
+
+    def set_vcpus(self, vm: str, vcpus: int, restart: bool = False, live: bool = True) -> dict[str, Any]:
+        return self._editor.set_vcpus(vm, vcpus, restart, live)
+
+    def set_memory(self, vm: str, memory_mib: int, restart: bool = False, live: bool = True) -> dict[str, Any]:
+        return self._editor.set_memory(vm, memory_mib, restart, live)
+
+    def add_volume(self, vm: str, volume: str, target: str | None = None, bus: str = "scsi",
+                   restart: bool = False, live: bool = True) -> dict[str, Any]:
+        """Attach PVC volume ``POOL/VOLUME`` as a disk (at `target`, or the next free name for `bus`)."""
+        return self._editor.add_volume(vm, volume, target, bus, restart, live)
+
+    def remove_volume(self, vm: str, volume: str, restart: bool = False, live: bool = True) -> dict[str, Any]:
+        """Detach PVC volume ``POOL/VOLUME``; the volume itself stays."""
+        return self._editor.remove_volume(vm, volume, restart, live)
+
+    def add_nic(self, vm: str, source: str, kind: str = "bridge", model: str = "virtio", mac: str | None = None,
+                restart: bool = False, live: bool = True) -> dict[str, Any]:
+        """Add an interface on bridge `source` (or libvirt network, `kind` ``network``); a MAC is generated
+        unless `mac` is given."""
+        return self._editor.add_nic(vm, source, kind, model, mac, restart, live)
+
+    def remove_nic(self, vm: str, source: str | None = None, mac: str | None = None, restart: bool = False,
+                   live: bool = True) -> dict[str, Any]:
+        """Remove the interface with `mac`, or every interface on `source`."""
+        return self._editor.remove_nic(vm, source, mac, restart, live)
+
+    # -- tags ------------------------------------------------------------------------------------------
+
+    def tags(self, vm: str) -> dict[str, Any]:
+        """{"name", "tags": [{"name", "protected"}]}."""
+        return self._editor.tags(vm)
+
+    def add_tag(self, vm: str, tag: str, protected: bool = False) -> dict[str, Any]:
+        return self._editor.add_tag(vm, tag, protected)
+
+    def remove_tag(self, vm: str, tag: str) -> dict[str, Any]:
+        return self._editor.remove_tag(vm, tag)
+
     # -- state -----------------------------------------------------------------------------------------
 
     def start(self, vm: str, wait: bool = False) -> dict[str, Any]:
@@ -257,7 +303,7 @@ class VMsArea:
             raise Conflict(f"VM '{vm['name']}' is already on node {target}")
         if vm["node_limit"] and target not in vm["node_limit"] and not force:
             raise Conflict(f"node {target} is outside VM '{vm['name']}''s node limit "
-                           f"({', '.join(vm['node_limit'])}); use --force to override")
+                           f"({', '.join(vm['node_limit'])}); use --ignore-limit to override")
         reason = placement.rejection(node, {**vm, "node_limit": []}, current)
         if reason:
             raise Conflict(f"node {target} {reason}: it cannot take VM '{vm['name']}'")
