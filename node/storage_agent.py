@@ -12,8 +12,8 @@ from typing import Any
 import Pyro5.server
 
 from pvc import bulk, config, plugin_manager, schema
-from pvc.errors import ConfigError, InvalidInput
-from pvc.hookspecs import StorageBackend
+from pvc.errors import ConfigError, InvalidInput, OperationFailed
+from pvc.hookspecs import ApplianceImporter, StorageBackend
 from pvc.node.pool_room import PoolRoom
 from pvc.node.uploads import Tickets, UploadContext, UploadListener, sweep_leftovers
 from pvc.qemu_img import SUPPORTED_FORMATS, QemuImg
@@ -30,8 +30,10 @@ UPLOAD_FORMATS = ("auto", *SUPPORTED_FORMATS)
 class StorageAgent:
     """Storage actions on this node's backend; every name is checked again here, as a path is built from it."""
 
-    def __init__(self, backend_name: str, backend: StorageBackend, tickets: Tickets):
+    def __init__(self, backend_name: str, backend: StorageBackend, tickets: Tickets,
+                 appliance_importers: dict[str, ApplianceImporter] | None = None):
         self._backend_name = backend_name
+        self._appliance_importers = appliance_importers or {}
         self._backend = backend
         self._tickets = tickets
         self.upload_address = ""
@@ -78,6 +80,12 @@ class StorageAgent:
     def snapshot_rollback(self, pool: str, volume: str, snapshot: str) -> None:
         self._backend.snapshot_rollback(*_names(pool, volume), schema.check_name("snapshot", snapshot))
 
+    def snapshot_rename(self, pool: str, volume: str, snapshot: str, new_name: str) -> None:
+        rename = getattr(self._backend, "snapshot_rename", None)
+        if rename is None:
+            raise OperationFailed(f"the {self._backend_name} storage backend cannot rename snapshots")
+        rename(*_names(pool, volume), schema.check_name("snapshot", snapshot), schema.check_name("snapshot", new_name))
+
     def open_upload(self, pool: str, volume: str, size_bytes: int, image_format: str, checksum: str,
                     force: bool) -> dict[str, Any]:
         """A single-use token for one upload of exactly `size_bytes` with `checksum` (`pvc.bulk`) into
@@ -86,6 +94,17 @@ class StorageAgent:
             raise InvalidInput(f"unknown image format {image_format!r} (use one of: {', '.join(UPLOAD_FORMATS)})")
         ticket = self._tickets.issue(*_names(pool, volume), _size(size_bytes), image_format, _checksum(checksum),
                                      force is True)
+        return {"address": self.upload_address, "token": ticket.token, "tls": self.upload_tls}
+
+    def open_appliance_upload(self, pool: str, appliance: str, size_bytes: int, importer: str,
+                              checksum: str) -> dict[str, Any]:
+        """A single-use token for one appliance upload (`pvc.node.appliance_uploads`) of exactly `size_bytes`
+        with `checksum`, read by the appliance importer `importer`, its disks landing in `pool`."""
+        if importer not in self._appliance_importers:
+            known = ", ".join(sorted(self._appliance_importers)) or "none"
+            raise InvalidInput(f"unknown appliance importer {importer!r} (known: {known})")
+        ticket = self._tickets.issue(schema.check_name("pool", pool), schema.check_name("OVA", appliance),
+                                     _size(size_bytes), "auto", _checksum(checksum), False, importer)
         return {"address": self.upload_address, "token": ticket.token, "tls": self.upload_tls}
 
 
@@ -114,6 +133,7 @@ class NodeStorage:
         backend_class = plugins.get("pvc_storage_backends", self.backend_name)
         self.backend: StorageBackend = backend_class(settings)
         self._importers = plugins.registry("pvc_image_importers")
+        self._appliance_importers = plugins.registry("pvc_appliance_importers")
         self._node_name = node_name
         self._store = store
         self._qemu_img = QemuImg.from_settings(settings)
@@ -124,7 +144,7 @@ class NodeStorage:
         self._room = PoolRoom(self.backend)
         self._advertise_host = settings["upload_advertise_host"]
         self._listener: UploadListener | None = None
-        self.agent = StorageAgent(self.backend_name, self.backend, self._tickets)
+        self.agent = StorageAgent(self.backend_name, self.backend, self._tickets, self._appliance_importers)
 
     def start(self) -> None:
         """Prepare the staging directory, sweep what uploads left before a crash, and listen for uploads; a
@@ -154,4 +174,4 @@ class NodeStorage:
 
     def _upload_context(self) -> UploadContext:
         return UploadContext(self._node_name, self._store, self.backend, self._importers, self._qemu_img,
-                             self._staging, self._room)
+                             self._staging, self._room, self._appliance_importers)

@@ -38,13 +38,24 @@ def receive_head(connection: socket.socket, size_bytes: int) -> bytes:
     """The stream's first bytes (all of a small one), enough for `pvc.qemu_img.resolve_format`."""
     head = bytearray(min(HEAD_BYTES, size_bytes))
     with memoryview(head) as view:
-        received = _receive_into(connection, view, None, connection.gettimeout())
+        received = receive_into(connection, view, None, connection.gettimeout())
     if received < len(head):
         raise _short(size_bytes - received)
     return bytes(head)
 
 
-def _receive_into(connection: socket.socket, view: memoryview, stopping: threading.Event | None,
+def put_unless_stopped(pieces: queue.Queue, item: object, stopping: threading.Event) -> None:
+    """Queue an item for a consumer, unless it has stopped listening (a full queue then never blocks the
+    receiving thread for good)."""
+    while not stopping.is_set():
+        try:
+            pieces.put(item, timeout=POLL_INTERVAL_S)
+            return
+        except queue.Full:
+            continue
+
+
+def receive_into(connection: socket.socket, view: memoryview, stopping: threading.Event | None,
                   idle_limit_s: float | None) -> int:
     """Receive into `view` until it is full or the peer closes the connection; how many bytes came. Waits in
     `POLL_INTERVAL_S` steps, so that `stopping` is heard within one: an error then, as when no byte has come
@@ -158,7 +169,7 @@ class VerifiedStream:
                 piece = bytearray(min(bulk.PIECE_BYTES, remaining))
                 piece[:len(head)] = head
                 with memoryview(piece) as view:
-                    received = len(head) + _receive_into(self._connection, view[len(head):], self._stopping,
+                    received = len(head) + receive_into(self._connection, view[len(head):], self._stopping,
                                                          self._idle_limit_s)
                 if received < len(piece):
                     raise _short(remaining - received)
@@ -171,13 +182,7 @@ class VerifiedStream:
             self._put(error)
 
     def _put(self, item: object) -> None:
-        """Queue an item for the consumer, unless it has stopped listening."""
-        while not self._stopping.is_set():
-            try:
-                self._pieces.put(item, timeout=POLL_INTERVAL_S)
-                return
-            except queue.Full:
-                continue
+        put_unless_stopped(self._pieces, item, self._stopping)
 
 
 class StagedReceive(threading.Thread):
@@ -289,7 +294,7 @@ class StagedReceive(threading.Thread):
     def _decrypt_into(self, descriptor: int, buffer: bytearray, offset: int, count: int) -> int:
         """Fill up to `count` bytes of `buffer` from the TLS connection (until it closes), then write them."""
         with memoryview(buffer) as view:
-            received = _receive_into(self._connection, view[:count], self._stopping, self._idle_limit_s)
+            received = receive_into(self._connection, view[:count], self._stopping, self._idle_limit_s)
             _pwrite_all(descriptor, view[:received], offset)
         return received
 

@@ -8,6 +8,9 @@ file (qemu-img needs to seek) that qemu-img inspects, refuses if hostile, and co
 lock, does the hidden volume become the target (renamed, or replacing an existing volume's data) and the
 volume's record in ZooKeeper change. On any failure the hidden volume and the staging file are removed, so
 an existing volume is untouched and a new one never appears.
+
+A ticket of the appliance kind (an OVA) comes through the same listener and hands its stream to
+`pvc.node.appliance_uploads`, which keeps the same promises for the several volumes an appliance makes.
 """
 import itertools
 import logging
@@ -20,13 +23,13 @@ import tempfile
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from pvc import bulk, schema
 from pvc.errors import AuthenticationError, Busy, Conflict, InvalidInput, PVCError
-from pvc.hookspecs import ImageImporter, StorageBackend
+from pvc.hookspecs import ApplianceImporter, ImageImporter, StorageBackend
 from pvc.node.growing_export import GrowingFileExport, stop_listening
 from pvc.node.pool_room import PoolRoom
 from pvc.node.upload_stream import StagedReceive, VerifiedStream, receive_head
@@ -56,6 +59,9 @@ class Ticket:
     checksum: str
     force: bool
     expires_at: float
+    appliance_importer: str | None = None
+    """For an appliance upload (`pvc.node.appliance_uploads`): the importer that reads it; `volume` is then
+    the appliance's name."""
 
 
 class Tickets:
@@ -67,9 +73,9 @@ class Tickets:
         self._tickets: dict[str, Ticket] = {}
 
     def issue(self, pool: str, volume: str, size_bytes: int, image_format: str, checksum: str,
-              force: bool) -> Ticket:
+              force: bool, appliance_importer: str | None = None) -> Ticket:
         ticket = Ticket(secrets.token_urlsafe(32), pool, volume, size_bytes, image_format, checksum, force,
-                        time.monotonic() + self._lifetime)
+                        time.monotonic() + self._lifetime, appliance_importer)
         with self._lock:
             self._expire()
             self._tickets[ticket.token] = ticket
@@ -101,18 +107,16 @@ class UploadContext:
     qemu_img: QemuImg
     staging_directory: Path
     room: PoolRoom
+    appliance_importers: dict[str, ApplianceImporter] = field(default_factory=dict)
 
 
 class ImportJob:
     """One upload, from the verified stream to the volume's record."""
 
-    _counter = itertools.count()
-
     def __init__(self, context: UploadContext, ticket: Ticket):
         self.context = context
         self.ticket = ticket
-        self.hidden_volume = f"{hidden_prefix(context.node_name)}{os.getpid()}-{next(self._counter)}-" \
-                             f"{secrets.token_hex(4)}"
+        self.hidden_volume = hidden_name(context.node_name)
         self._room_query: Future | None = None
 
     def run(self, connection: socket.socket) -> dict[str, Any]:
@@ -293,6 +297,14 @@ def hidden_prefix(node_name: str) -> str:
     return f".upload-{node_name}-"
 
 
+_hidden_names = itertools.count()
+
+
+def hidden_name(node_name: str) -> str:
+    """A fresh name for one of this node's uploads in progress."""
+    return f"{hidden_prefix(node_name)}{os.getpid()}-{next(_hidden_names)}-{secrets.token_hex(4)}"
+
+
 _HIDDEN = re.compile(r"\.upload-(?P<node>.+)-\d+-\d+-[0-9a-f]{8}(?:-disk\d+)?(?:\.replaced)?")
 
 
@@ -409,10 +421,14 @@ class UploadListener:
             bulk.send_message(connection, {"ready": True})
             connection.settimeout(BODY_IDLE_TIMEOUT_S)
             started = time.monotonic()
-            result = ImportJob(self._context_factory(), ticket).run(connection)
+            if ticket.appliance_importer is not None:
+                from pvc.node.appliance_uploads import ApplianceImportJob
+                result = {"appliance": ApplianceImportJob(self._context_factory(), ticket).run(connection)}
+            else:
+                result = {"volume": ImportJob(self._context_factory(), ticket).run(connection)}
             log.info("upload of %d bytes from %s into %s/%s done in %.1f s", ticket.size_bytes, peer[0],
                      ticket.pool, ticket.volume, time.monotonic() - started)
-            bulk.send_message(connection, {"volume": result})
+            bulk.send_message(connection, result)
         except NotTLS as error:
             log.warning("upload from %s refused: %s", peer[0], error)
             with error.connection:

@@ -22,6 +22,9 @@ REPLACE_SNAPSHOT = ".replacing"
 """A snapshot holding a volume's old data while an upload replaces it (never a user's name: no dot first)."""
 
 
+REPLICATION_OPTIONS = {"copies": "size", "mincopies": "min_size"}
+"""Upstream PVC's replication settings of a pool and the Ceph pool settings they are."""
+
 class CephVolumeTarget:
     def __init__(self, backend: "CephBackend", pool: str, volume: str):
         self._backend = backend
@@ -81,21 +84,25 @@ class CephBackend:
     # -- pools --------------------------------------------------------------------------------------------
 
     def pool_create(self, pool: str, options: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = set(options) - {"pg_num"}
+        unknown = set(options) - {"pg_num", *REPLICATION_OPTIONS}
         if unknown:
-            raise InvalidInput(f"unknown ceph pool option(s): {', '.join(sorted(unknown))} (known: pg_num)")
+            raise InvalidInput(f"unknown ceph pool option(s): {', '.join(sorted(unknown))} "
+                               f"(known: pg_num, {', '.join(REPLICATION_OPTIONS)})")
         pg_num = options.get("pg_num") or self._default_pg_num()
         if not isinstance(pg_num, int) or isinstance(pg_num, bool) or not 1 <= pg_num <= 32768:
             raise InvalidInput(f"invalid pg_num {pg_num!r}: use a whole number from 1 to 32768")
+        replication = _replication(options)
         if pool in self._json("ceph", "osd", "pool", "ls"):
             raise AlreadyExists(f"Ceph pool '{pool}' exists already")
         self._run("ceph", "osd", "pool", "create", pool, str(pg_num), str(pg_num))
         try:
+            for option, value in replication.items():
+                self._run("ceph", "osd", "pool", "set", pool, REPLICATION_OPTIONS[option], str(value))
             self._run("rbd", "pool", "init", pool)
         except OperationFailed:
             self.pool_remove(pool)
             raise
-        return {"pg_num": pg_num}
+        return {"pg_num": pg_num, **replication}
 
     def _default_pg_num(self) -> int:
         """8 placement groups per OSD, as a power of two within 8-256: Ceph caps PGs per OSD (250 by default),
@@ -201,6 +208,23 @@ class CephBackend:
 
     def snapshot_rollback(self, pool: str, volume: str, snapshot: str) -> None:
         self._run("rbd", "snap", "rollback", "--no-progress", f"{pool}/{volume}@{snapshot}")
+
+    def snapshot_rename(self, pool: str, volume: str, snapshot: str, new_name: str) -> None:
+        names = {entry["name"] for entry in self._json("rbd", "snap", "ls", f"{pool}/{volume}")}
+        if snapshot not in names and new_name in names:
+            return
+        self._run("rbd", "snap", "rename", f"{pool}/{volume}@{snapshot}", f"{pool}/{volume}@{new_name}")
+
+
+def _replication(options: Mapping[str, Any]) -> dict[str, int]:
+    """`copies` (Ceph's size) and `mincopies` (min_size) as given, checked against each other."""
+    given = {key: options[key] for key in REPLICATION_OPTIONS if options.get(key) is not None}
+    for key, value in given.items():
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 10:
+            raise InvalidInput(f"invalid {key} {value!r}: use a whole number from 1 to 10")
+    if "copies" in given and given.get("mincopies", 1) > given["copies"]:
+        raise InvalidInput(f"mincopies ({given['mincopies']}) cannot exceed copies ({given['copies']})")
+    return given
 
 
 def _last_line(text: str) -> str:

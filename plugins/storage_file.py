@@ -203,6 +203,18 @@ class FileBackend:
     def snapshot_remove(self, pool: str, volume: str, snapshot: str) -> None:
         (self._snapshot_dir(pool, volume) / snapshot).unlink(missing_ok=True)
 
+    def snapshot_rename(self, pool: str, volume: str, snapshot: str, new_name: str) -> None:
+        directory = self._snapshot_dir(pool, volume)
+        source, target = directory / snapshot, directory / new_name
+        if not source.exists() and target.is_file():
+            return
+        if target.exists():
+            raise AlreadyExists(f"snapshot file {target} exists already")
+        try:
+            source.rename(target)
+        except FileNotFoundError:
+            raise NotFound(f"snapshot '{pool}/{volume}@{snapshot}' has no file {source}") from None
+
     def snapshot_rollback(self, pool: str, volume: str, snapshot: str) -> None:
         volume_path = self._existing_volume(pool, volume)
         source = self._snapshot_dir(pool, volume) / snapshot

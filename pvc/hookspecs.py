@@ -12,6 +12,7 @@ PVC's own built-ins (``pvc.plugins.*``) are registered through that same group. 
 to implementations. Two plugins registering the same name is an error naming both (see `pvc.plugins`).
 """
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO, ContextManager, Iterable, Literal, Mapping, Protocol
 
 import pluggy
@@ -150,6 +151,65 @@ class ImageImporter(Protocol):
         """
 
 
+class ApplianceVolumes(Protocol):
+    """Where an appliance importer puts the appliance's disks: new volumes in the upload's pool, one per disk
+    `index` (the order of the appliance's disks). They stay hidden until the whole appliance is imported and
+    checked, and are removed if anything fails, so an importer never cleans up after itself."""
+
+    staging_directory: Path
+    """Where the importer may stage files it must seek (a streamOptimized VMDK): a name starting with
+    ``.stage-`` there is swept if the node dies mid-import."""
+
+    def check_room(self, size_bytes: int) -> None:
+        """Refuse (`pvc.errors.InvalidInput`) an appliance whose disks, `size_bytes` in all, the pool cannot
+        hold; an importer calls it once it knows the disks' capacities, before writing any."""
+
+    def target(self, index: int) -> VolumeTarget:
+        """Disk `index`'s volume, not yet created, as an importer's output (qemu-img creates it)."""
+
+    def create(self, index: int, size_bytes: int) -> None:
+        """Create disk `index`'s volume empty (zero), `size_bytes` long: a disk the appliance ships blank."""
+
+    def resize(self, index: int, size_bytes: int) -> None:
+        """Grow disk `index`'s volume to `size_bytes` (an image smaller than the disk's declared capacity)."""
+
+
+@dataclass(frozen=True)
+class ApplianceResult:
+    """What an appliance importer made of an archive."""
+
+    volumes: list[dict[str, Any]]
+    """One entry per volume written, in `index` order: ``{"index", "size_bytes", "source", "image_format"}``
+    (``source``: the file in the archive it came from, None for a blank disk)."""
+    hardware: dict[str, Any]
+    """The appliance's virtual hardware as plain data (`pvc.ovf.Appliance.hardware` for an OVA): name,
+    vcpus, memory_bytes, firmware, disks (capacity, bus), nics, ..."""
+    details: dict[str, Any]
+    """What else a user should know, as plain data: for an OVA its manifest status and certificate."""
+
+
+class ApplianceImporter(Protocol):
+    """Turns an uploaded appliance archive (an OVA, ...) into several volumes and a hardware description.
+
+    The archive arrives as a stream that cannot seek: the importer reads it once, in order, keeping memory
+    bounded (never a whole disk in memory). Every archive is hostile: an importer refuses anything unsafe or
+    broken with a one-line `pvc.errors.InvalidInput` and must never let it make the node read any other file
+    (see `pvc.qemu_img`)."""
+
+    description: str
+
+    def import_appliance(self, source: BinaryIO, size_bytes: int, volumes: ApplianceVolumes,
+                         qemu_img: QemuImg) -> ApplianceResult:
+        """Read the archive from `source` (exactly `size_bytes`), write its disks into `volumes`.
+
+        :param source: the upload's bytes as they arrive; reading past its end gives ``b""``. The upload's
+            checksum is verified when the stream is read to its end, after this returns.
+        :param volumes: where disks go (`ApplianceVolumes`).
+        :param qemu_img: how qemu-img runs on this node (limits).
+        :return: the volumes written and the appliance's hardware (`ApplianceResult`).
+        """
+
+
 class StorageBackend(Protocol):
     """Where volumes live. A node constructs its backend class once, as ``backend(settings)`` with the node's
     settings, and runs every storage action through it; the coordinator records the results in ZooKeeper.
@@ -216,6 +276,11 @@ class StorageBackend(Protocol):
     def snapshot_rollback(self, pool: str, volume: str, snapshot: str) -> None:
         """Return the volume's data (and size) to the snapshot's."""
 
+    def snapshot_rename(self, pool: str, volume: str, snapshot: str, new_name: str) -> None:
+        """Optional (`pvc storage volume snapshot rename` is refused without it): rename the snapshot. Done
+        already (no `snapshot`, a `new_name`) is not an error, so that a rename whose recording was cut short
+        can be repeated."""
+
 
 @hookspec
 def pvc_migration_selectors() -> Mapping[str, MigrationSelector]:
@@ -271,10 +336,28 @@ def pvc_storage_backends() -> Mapping[str, type[StorageBackend]]:
     """
 
 
+@hookspec
+def pvc_appliance_importers() -> Mapping[str, ApplianceImporter]:
+    """Register appliance importers by name; an appliance upload names the one that reads it (``ova``).
+
+    Called once per process when the appliance importer registry is built. The built-in ``ova`` is in
+    `pvc.plugins.appliances`.
+
+    :return: a mapping of importer name to an object implementing `ApplianceImporter`.
+
+    Example::
+
+        @pvc.hookimpl
+        def pvc_appliance_importers():
+            return {"vagrant-box": VagrantBoxImporter()}
+    """
+
+
 REGISTRATION_HOOKS: dict[str, str] = {
     "pvc_migration_selectors": "migration selector",
     "pvc_fencing_policies": "fencing policy",
     "pvc_image_importers": "image importer",
     "pvc_storage_backends": "storage backend",
+    "pvc_appliance_importers": "appliance importer",
 }
 """Each registration hook and what one of its registered names is called in messages."""

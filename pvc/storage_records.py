@@ -52,6 +52,7 @@ def volume_view(key: str, raw: dict[str, Any], used_by: list[str]) -> dict[str, 
         "size_bytes": record.get("size_bytes"),
         "snapshots": sorted(snapshots),
         "used_by": used_by,
+        "pending": (record.get("intent") or {}).get("action"),
     }
 
 

@@ -47,28 +47,30 @@ def test_pool_lifecycle_and_status(storage_cluster):
     assert "CAPACITY" in table and name in table
 
     assert "exists already" in cli_error(storage_cluster, "storage", "pool", "add", name)
-    result = pvc(storage_cluster, "storage", "pool", "remove", name)
+    result = pvc(storage_cluster, "storage", "pool", "remove", name, "--yes")
     assert result.exit_code == 0 and f"Removed storage pool {name}" in result.stdout
     assert name not in [pool["name"] for pool in cli_json(storage_cluster, "storage", "pool", "list")]
 
 
 def test_volume_add_resize_rename_info_list_remove(storage_cluster, pool):
     volume = cli_json(storage_cluster, "storage", "volume", "add", pool, "disk", "10M")
-    assert volume == {"name": "disk", "pool": pool, "size_bytes": 10 * MIB, "snapshots": [], "used_by": []}
+    assert volume == {"name": "disk", "pool": pool, "size_bytes": 10 * MIB, "snapshots": [], "used_by": [],
+                      "pending": None}
     assert volume_bytes(storage_cluster, pool, "disk") == bytes(10 * MIB)
     assert "10M" in pvc(storage_cluster, "storage", "volume", "list", pool).stdout
 
-    assert cli_json(storage_cluster, "storage", "volume", "resize", pool, "disk", "1G")["size_bytes"] == 1 << 30
-    assert "would shrink" in cli_error(storage_cluster, "storage", "volume", "resize", pool, "disk", "512M")
-    shrunk = cli_json(storage_cluster, "storage", "volume", "resize", pool, "disk", "512M", "--allow-shrink")
+    assert cli_json(storage_cluster, "storage", "volume", "resize", pool, "disk", "1G", "-y")["size_bytes"] == 1 << 30
+    assert "would shrink" in cli_error(storage_cluster, "storage", "volume", "resize", pool, "disk", "512M", "-y")
+    shrunk = cli_json(storage_cluster, "storage", "volume", "resize", pool, "disk", "512M", "--allow-shrink",
+                      "-y")
     assert shrunk["size_bytes"] == 512 * MIB
 
-    renamed = cli_json(storage_cluster, "storage", "volume", "rename", pool, "disk", "root")
+    renamed = cli_json(storage_cluster, "storage", "volume", "rename", pool, "disk", "root", "-y")
     assert renamed["name"] == "root"
     assert "disk" not in stored_names(storage_cluster, pool) and "root" in stored_names(storage_cluster, pool)
     assert cli_json(storage_cluster, "storage", "volume", "info", pool, "root")["size_bytes"] == 512 * MIB
 
-    result = pvc(storage_cluster, "storage", "volume", "remove", pool, "root")
+    result = pvc(storage_cluster, "storage", "volume", "remove", pool, "root", "-y")
     assert result.exit_code == 0
     assert "root" not in stored_names(storage_cluster, pool)
     assert "no volume 'root'" in cli_error(storage_cluster, "storage", "volume", "info", pool, "root")
@@ -94,11 +96,12 @@ def test_snapshots_clone_and_rollback(storage_cluster, pool, tmp_path):
 
     listed = cli_json(storage_cluster, "storage", "volume", "snapshot", "list", pool, "base")
     assert [entry["name"] for entry in listed] == ["golden"]
-    rolled = cli_json(storage_cluster, "storage", "volume", "snapshot", "rollback", pool, "base", "golden")
+    rolled = cli_json(storage_cluster, "storage", "volume", "snapshot", "rollback", pool, "base", "golden", "-y")
     assert rolled["snapshots"] == ["golden"]
     assert volume_sha256(storage_cluster, pool, "base") == original
 
-    assert pvc(storage_cluster, "storage", "volume", "snapshot", "remove", pool, "base", "golden").exit_code == 0
+    assert pvc(storage_cluster, "storage", "volume", "snapshot", "remove", pool, "base", "golden",
+               "-y").exit_code == 0
     assert storage.snapshot_list(pool, "base") == []
     assert "no snapshot named 'golden'" in cli_error(storage_cluster, "storage", "volume", "clone", pool, "base",
                                                      "ghost", "--snapshot", "golden")
@@ -115,7 +118,8 @@ def test_volume_in_use_by_a_vm_is_protected(storage_cluster, pool):
     storage_cluster.client.vms.define(xml)
     try:
         assert storage.volume_info(pool, "vmdisk")["used_by"] == ["user-vm"]
-        assert "used by VM(s) user-vm" in cli_error(storage_cluster, "storage", "volume", "remove", pool, "vmdisk")
+        assert "used by VM(s) user-vm" in cli_error(storage_cluster, "storage", "volume", "remove", pool, "vmdisk",
+                                                    "-y")
         with pytest.raises(Conflict, match="refusing to roll back"):
             storage.snapshot_rollback(pool, "vmdisk", "s1")
         with pytest.raises(Conflict, match="refusing to rename"):
@@ -135,10 +139,10 @@ def test_pool_holding_volumes_is_removed_only_when_forced(storage_cluster):
     storage.volume_add(name, "a", "1M")
     storage.snapshot_add(name, "a", "s")
 
-    assert "holds 1 volume(s) (a)" in cli_error(storage_cluster, "storage", "pool", "remove", name)
+    assert "holds 1 volume(s) (a)" in cli_error(storage_cluster, "storage", "pool", "remove", name, "-y")
     assert storage.volume_info(name, "a")["snapshots"] == ["s"]
 
-    assert pvc(storage_cluster, "storage", "pool", "remove", name, "--force").exit_code == 0
+    assert pvc(storage_cluster, "storage", "pool", "remove", name, "--force", "-y").exit_code == 0
     assert storage.volume_list() == [volume for volume in storage.volume_list() if volume["pool"] != name]
     with pytest.raises(NotFound):
         storage.volume_list(name)
@@ -191,8 +195,8 @@ def test_unknown_pools_volumes_and_duplicates(storage_cluster, pool):
     assert "no storage pool named 'nowhere'" in cli_error(storage_cluster, "storage", "volume", "add", "nowhere",
                                                           "v", "1M")
     assert "no storage pool named 'nowhere'" in cli_error(storage_cluster, "storage", "volume", "list", "nowhere")
-    for args in (("volume", "resize", pool, "absent", "2M"), ("volume", "remove", pool, "absent"),
-                 ("volume", "rename", pool, "absent", "b"), ("volume", "clone", pool, "absent", "b"),
+    for args in (("volume", "resize", pool, "absent", "2M", "-y"), ("volume", "remove", pool, "absent", "-y"),
+                 ("volume", "rename", pool, "absent", "b", "-y"), ("volume", "clone", pool, "absent", "b"),
                  ("volume", "snapshot", "add", pool, "absent", "s")):
         assert f"no volume 'absent' in storage pool '{pool}'" in cli_error(storage_cluster, "storage", *args)
     storage.volume_add(pool, "dup", "1M")

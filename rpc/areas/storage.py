@@ -1,23 +1,28 @@
 """Remote object `storage`: pools, volumes, snapshots, and the start of image uploads.
 
 Each change takes the pool's lock, checks everything a user can get wrong against ZooKeeper (names, sizes,
-existence, VMs using the volume) before anything is touched, has a node that serves storage act, and only
-then records the result; if recording fails, the node's action is undone. So a refused or failed request
-leaves neither a half-made volume nor a record without storage. Reads come from watched collections.
+existence, VMs using the volume) before anything is touched, records its intent, has a node that serves
+storage act, and settles the record (`pvc.rpc.storage_intents`). So a refused request leaves nothing, a
+failed one is undone, and one cut off by a crash is finished or undone by the next change in its pool, by the
+leader, or by `check`. Reads come from watched collections.
 """
+import logging
 import random
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import Pyro5.server
 
 from pvc import schema, sizes, storage_records
 from pvc.cache import OWN_VALUE, WatchedCollection
 from pvc.errors import AlreadyExists, Busy, Conflict, InvalidInput, NotFound, Unavailable
+from pvc.rpc import storage_intents
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.retries import retry_safe
 from pvc.storage_client import STORAGE_CALL_TIMEOUT_S
+
+log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT_S = 30
 STORAGE_ACTION_TIMEOUT_S = STORAGE_CALL_TIMEOUT_S - 30
@@ -89,7 +94,8 @@ class StorageArea:
             node, agent_uri, _backend = self._storage_node(name)
             for volume in volumes:
                 self._agent(node, agent_uri, "volume_remove", name, volume)
-                self._delete_volume_records(name, volume)
+                storage_intents.forget(self._context.store, name, volume)
+                self._volumes.refresh(schema.volume_key(name, volume))
             self._agent(node, agent_uri, "pool_remove", name)
             self._context.store.transaction().delete(schema.pool(name)).commit()
             self._pools.refresh(name)
@@ -107,6 +113,17 @@ class StorageArea:
         return rows
 
     # -- volumes ------------------------------------------------------------------------------------------
+
+    def check(self, pool: str | None = None) -> list[str]:
+        """Finish or undo every volume change that was cut off (its coordinator died, or its node call
+        failed and could not be undone), in `pool` or in every pool; returns what was done."""
+        pools = [pool] if pool is not None else [view["name"] for view in self.pool_list()]
+        done = []
+        for name in pools:
+            self._require_pool(name)
+            with self._pool_lock(name) as resolved:
+                done += resolved
+        return done
 
     def volume_list(self, pool: str | None = None) -> list[dict[str, Any]]:
         """Every volume, or those of one pool, sorted by pool and name."""
@@ -132,23 +149,25 @@ class StorageArea:
         self._require_pool(pool)
         with self._pool_lock(pool):
             self._require_absent(pool, name)
-            node, agent_uri, _backend = self._storage_node(pool)
-            self._agent(node, agent_uri, "volume_create", pool, name, size_bytes)
-            self._record_or_undo(lambda: storage_records.create_volume_records(
-                self._context.store, pool, name, size_bytes),
-                lambda: self._agent(node, agent_uri, "volume_remove", pool, name))
-            self._volumes.refresh(schema.volume_key(pool, name))
+            agent = self._pool_agent(pool)
+            self._make(pool, name, "create", size_bytes, lambda: agent("volume_create", pool, name, size_bytes),
+                       agent)
         return self.volume_info(pool, name)
 
     def volume_remove(self, pool: str, name: str, force: bool = False) -> None:
         """Remove a volume and its snapshots; one that a VM uses only with `force`."""
         self._require_volume(pool, name)
         with self._pool_lock(pool):
-            self._require_volume(pool, name)
+            record = self._require_volume(pool, name)[OWN_VALUE]
             self._refuse_if_used(pool, name, "remove", force)
-            node, agent_uri, _backend = self._storage_node(pool)
-            self._agent(node, agent_uri, "volume_remove", pool, name)
-            self._delete_volume_records(pool, name)
+            agent = self._pool_agent(pool)
+            store = self._context.store
+            storage_intents.begin_remove(store, record, self._context.name)
+            try:
+                agent("volume_remove", pool, name)
+                storage_intents.forget(store, pool, name)
+            finally:
+                self._volumes.refresh(schema.volume_key(pool, name))
 
     def volume_resize(self, pool: str, name: str, size: int | str, allow_shrink: bool = False) -> dict[str, Any]:
         """Grow a volume (or, with `allow_shrink`, shrink it, losing what lies beyond the new end)."""
@@ -171,19 +190,21 @@ class StorageArea:
         schema.volume_key(pool, new_name)
         self._require_volume(pool, name)
         with self._pool_lock(pool):
-            raw = self._require_volume(pool, name)
+            record = self._require_volume(pool, name)[OWN_VALUE]
             self._require_absent(pool, new_name)
             self._refuse_if_used(pool, name, "rename", force=False)
-            node, agent_uri, _backend = self._storage_node(pool)
-            self._agent(node, agent_uri, "volume_rename", pool, name, new_name)
-            self._record_or_undo(
-                lambda: self._context.store.transaction()
-                .create(schema.volume(pool, new_name), {**raw[OWN_VALUE], "name": new_name})
-                .create(schema.volume_snapshots(pool, new_name), raw.get("snapshots") or {})
-                .delete(schema.volume_snapshots(pool, name))
-                .delete(schema.volume(pool, name))
-                .commit(),
-                lambda: self._agent(node, agent_uri, "volume_rename", pool, new_name, name))
+            agent = self._pool_agent(pool)
+            store = self._context.store
+            storage_intents.begin_rename(store, record, new_name, self._context.name)
+            try:
+                agent("volume_rename", pool, name, new_name)
+            except BaseException:
+                self._resolve_after_failure(pool, name, agent)
+                raise
+            finally:
+                self._volumes.refresh(schema.volume_key(pool, name))
+                self._volumes.refresh(schema.volume_key(pool, new_name))
+            storage_intents.settle_rename(store, pool, name, new_name)
             self._volumes.refresh(schema.volume_key(pool, name))
             self._volumes.refresh(schema.volume_key(pool, new_name))
         return self.volume_info(pool, new_name)
@@ -197,19 +218,27 @@ class StorageArea:
             if snapshot is not None:
                 self._require_snapshot(pool, name, raw, snapshot)
             self._require_absent(pool, new_name)
-            node, agent_uri, _backend = self._storage_node(pool)
-            self._agent(node, agent_uri, "volume_copy", pool, name, new_name, snapshot)
-            size_bytes = self._agent(node, agent_uri, "volume_size", pool, new_name)
-            self._record_or_undo(lambda: storage_records.create_volume_records(
-                self._context.store, pool, new_name, size_bytes),
-                lambda: self._agent(node, agent_uri, "volume_remove", pool, new_name))
-            self._volumes.refresh(schema.volume_key(pool, new_name))
+            agent = self._pool_agent(pool)
+            self._make(pool, new_name, "clone", raw[OWN_VALUE]["size_bytes"],
+                       lambda: agent("volume_copy", pool, name, new_name, snapshot), agent)
         return self.volume_info(pool, new_name)
 
     # -- snapshots ----------------------------------------------------------------------------------------
 
-    def snapshot_list(self, pool: str, volume: str) -> list[dict[str, Any]]:
-        return storage_records.snapshot_views(pool, volume, self._require_volume(pool, volume))
+    def snapshot_list(self, pool: str | None = None, volume: str | None = None) -> list[dict[str, Any]]:
+        """The snapshots of one volume; without `volume`, of every volume of `pool`, or of every pool."""
+        if volume is not None:
+            if pool is None:
+                raise InvalidInput(f"volume '{volume}' is named within its pool: give the pool too")
+            return storage_records.snapshot_views(pool, volume, self._require_volume(pool, volume))
+        if pool is not None:
+            self._require_pool(pool)
+        views = []
+        for key, raw in sorted(self._volumes.snapshot().items()):
+            pool_name, volume_name = schema.split_volume_key(key)
+            if raw.get(OWN_VALUE) and pool in (None, pool_name):
+                views += storage_records.snapshot_views(pool_name, volume_name, raw)
+        return views
 
     def snapshot_add(self, pool: str, volume: str, name: str) -> dict[str, Any]:
         schema.check_name("snapshot", name)
@@ -239,6 +268,27 @@ class StorageArea:
             snapshots = {key: value for key, value in (raw.get("snapshots") or {}).items() if key != name}
             self._context.store.transaction().set(schema.volume_snapshots(pool, volume), snapshots).commit()
             self._volumes.refresh(schema.volume_key(pool, volume))
+
+    def snapshot_rename(self, pool: str, volume: str, name: str, new_name: str) -> dict[str, Any]:
+        """Rename a snapshot. The storage renames first, then the record follows; a rename cut short between
+        the two is finished by asking again (the backend takes a rename done already as done)."""
+        schema.check_name("snapshot", new_name)
+        self._require_volume(pool, volume)
+        with self._pool_lock(pool):
+            raw = self._require_volume(pool, volume)
+            self._require_snapshot(pool, volume, raw, name)
+            snapshots = dict(raw.get("snapshots") or {})
+            if new_name in snapshots:
+                raise AlreadyExists(f"volume '{pool}/{volume}' has a snapshot named '{new_name}' already")
+            node, agent_uri, _backend = self._storage_node(pool)
+            self._agent(node, agent_uri, "snapshot_rename", pool, volume, name, new_name)
+            snapshots[new_name] = snapshots.pop(name)
+            self._record_or_undo(
+                lambda: self._context.store.transaction().set(schema.volume_snapshots(pool, volume),
+                                                              snapshots).commit(),
+                lambda: self._agent(node, agent_uri, "snapshot_rename", pool, volume, new_name, name))
+            self._volumes.refresh(schema.volume_key(pool, volume))
+        return next(view for view in self.snapshot_list(pool, volume) if view["name"] == new_name)
 
     def snapshot_rollback(self, pool: str, volume: str, name: str) -> dict[str, Any]:
         """Return a volume to a snapshot; refused while a VM uses the volume."""
@@ -286,14 +336,62 @@ class StorageArea:
     # -- helpers ------------------------------------------------------------------------------------------
 
     @contextmanager
-    def _pool_lock(self, pool: str) -> Iterator[None]:
+    def _pool_lock(self, pool: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[list[str]]:
+        """Hold the pool's lock. Every change holds it while it runs, so an intent found under it belongs to
+        a change cut off: it is resolved first, and what was done is yielded."""
         lock = self._context.store.lock(schema.storage_lock(pool), self._context.name)
-        if not lock.acquire(timeout=LOCK_TIMEOUT_S):
+        if not lock.acquire(timeout=timeout):
             raise Busy(f"storage pool '{pool}' is locked by another change; try again")
         try:
-            yield
+            yield self._resolve_intents(pool)
         finally:
             lock.release()
+
+    def _intents(self, pool: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+        found = {}
+        for key, raw in self._volumes.snapshot().items():
+            pending = storage_intents.intent(raw)
+            pool_name, volume_name = schema.split_volume_key(key)
+            if pending is not None and pool in (None, pool_name):
+                found[(pool_name, volume_name)] = pending
+        return found
+
+    def _resolve_intents(self, pool: str) -> list[str]:
+        intents = self._intents(pool)
+        if not intents:
+            return []
+        try:
+            agent = self._pool_agent(pool)
+        except Unavailable as error:
+            log.warning("storage pool %s: its unfinished changes wait for a node: %s", pool, error)
+            return []
+        done = []
+        for (pool_name, name), pending in sorted(intents.items()):
+            self._volumes.refresh(schema.volume_key(pool_name, name))
+            current = storage_intents.intent(self._volumes.get(schema.volume_key(pool_name, name)))
+            if current is None:
+                continue
+            outcome = storage_intents.resolve(self._context.store, agent, pool_name, name, current)
+            if outcome:
+                log.warning("storage check: %s", outcome)
+                done.append(outcome)
+            for each in (name, current.get("to"), current.get("from")):
+                if each:
+                    self._volumes.refresh(schema.volume_key(pool_name, each))
+        return done
+
+    def resolve_orphaned_intents(self) -> None:
+        """For the leader: resolve the intents recorded by coordinators that are gone, pool by pool, without
+        waiting for a lock another change holds."""
+        zk = self._context.store.zk
+        pools = {pool for (pool, _name), pending in self._intents().items()
+                 if zk.exists(schema.live_coordinator(pending.get("coordinator", "?"))) is None}
+        for pool in sorted(pools):
+            try:
+                with self._pool_lock(pool, timeout=0.1):
+                    pass
+            except Exception as error:
+                log.info("storage pool %s: its unfinished changes are resolved later: %s", pool, error)
 
     def _pool_record(self, name: str) -> dict[str, Any] | None:
         raw = self._pools.get(name)
@@ -356,12 +454,40 @@ class StorageArea:
         seconds, so that a slow copy is not reported failed (and left unrecorded) while the node finishes it."""
         return self._context.agents.call(node, agent_uri, method, *args, timeout=STORAGE_ACTION_TIMEOUT_S)
 
-    def _delete_volume_records(self, pool: str, name: str) -> None:
-        self._context.store.transaction() \
-            .delete(schema.volume_snapshots(pool, name)) \
-            .delete(schema.volume(pool, name)) \
-            .commit()
+    def _make(self, pool: str, name: str, action: str, size_bytes: int, act: Callable[[], Any],
+              agent: storage_intents.Agent) -> None:
+        """Record a new volume's intent, have the storage make it, and settle the record with the size the
+        storage reports; a failed action is undone at once (or, failing that, by a later resolution)."""
+        store = self._context.store
+        storage_intents.begin_new(store, storage_records.volume_record(pool, name, size_bytes), action,
+                                  self._context.name)
+        try:
+            act()
+        except BaseException:
+            self._resolve_after_failure(pool, name, agent)
+            raise
+        finally:
+            self._volumes.refresh(schema.volume_key(pool, name))
+        actual = agent("volume_size", pool, name)
+        record = store.read(schema.volume(pool, name))
+        store.transaction().set(schema.volume(pool, name),
+                                {**storage_intents.settled(record), "size_bytes": actual or size_bytes}).commit()
         self._volumes.refresh(schema.volume_key(pool, name))
+
+    def _resolve_after_failure(self, pool: str, name: str, agent: storage_intents.Agent) -> None:
+        """A storage action failed: undo what it may have done now, or leave its intent for a later pass."""
+        store = self._context.store
+        try:
+            pending = storage_intents.intent({OWN_VALUE: store.read(schema.volume(pool, name))})
+            if pending is not None:
+                log.info("%s", storage_intents.resolve(store, agent, pool, name, pending, finish_creation=False))
+        except Exception as error:
+            log.warning("volume %s/%s: its failed change stays recorded for `pvc storage check`: %s", pool, name,
+                        error)
+
+    def _pool_agent(self, pool: str) -> storage_intents.Agent:
+        node, agent_uri, _backend = self._storage_node(pool)
+        return lambda method, *args: self._agent(node, agent_uri, method, *args)
 
     @staticmethod
     def _record_or_undo(record, undo) -> None:
