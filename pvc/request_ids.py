@@ -24,12 +24,19 @@ def begin(request_id: str, record: dict[str, Any]) -> None:
     """From now on, this thread's first committed transaction also creates the request's `record`."""
     _calls.pending = (request_id, record)
     _calls.recorded = False
+    _calls.active = True
+
+
+def active() -> bool:
+    """Whether this thread is inside a call that runs under its request id: a call one area makes to another
+    within it is part of that call, not a request of its own."""
+    return getattr(_calls, "active", False)
 
 
 def end() -> bool:
     """Stop tracking this thread's call; whether one of its transactions recorded the id."""
     recorded = getattr(_calls, "recorded", False)
-    _calls.pending, _calls.recorded = None, False
+    _calls.pending, _calls.recorded, _calls.active = None, False, False
     return recorded
 
 

@@ -48,7 +48,7 @@ def _once_per_request(method: Callable) -> Callable:
     @functools.wraps(method)
     def call(area, *args: Any, **kwargs: Any) -> Any:
         correlation_id = Pyro5.api.current_context.correlation_id
-        if correlation_id is None:
+        if correlation_id is None or request_ids.active():
             return method(area, *args, **kwargs)
         request_id = str(correlation_id)
         context = area._context
