@@ -1,7 +1,33 @@
-"""`pvc cluster`: status and maintenance mode."""
+"""`pvc cluster`: status, maintenance mode, and the long tasks the leader runs."""
+import time
+
 import click
 
 from pvc.cli import output
+
+_TASK_COLUMNS = [
+    output.column("ID", "id"),
+    output.column("KIND", "kind"),
+    output.column("FOR", "for"),
+    output.column("STATE", "state"),
+    output.column("PROGRESS", "progress"),
+    output.column("CREATED", "created",
+                  lambda stamp: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"),
+    output.column("OUTCOME", "outcome"),
+]
+
+
+def _task_row(task: dict) -> dict:
+    """A task of any kind (flush, ready, recover, provision) as one line: whom it is for, how far it got."""
+    total, done = task.get("total"), task.get("done")
+    moved, shut_down = task.get("moved") or [], task.get("shut_down") or []
+    outcome = [f"{len(moved)} moved"] if moved else []
+    outcome += [f"{len(shut_down)} shut down"] if shut_down else []
+    outcome += [f"{len(task.get('not_moved') or [])} not moved"] if task.get("not_moved") else []
+    outcome += [task["reason"]] if task.get("reason") else []
+    outcome += ["; ".join(task["errors"])] if task.get("errors") else []
+    return {**task, "for": task.get("node") or task.get("vm"),
+            "progress": f"{done}/{total}" if total is not None else "-", "outcome": ", ".join(outcome) or "-"}
 
 
 
@@ -47,17 +73,52 @@ def maintenance(session, mode: str, output_format: str) -> None:
               help="whether VM definitions may pass host devices (<hostdev>) and disks naming host paths")
 @click.option("--fence-chain", metavar="POLICY[,POLICY...]",
               help="fencing policies tried in order on a dead node until one confirms it is off (e.g. ipmi)")
+@click.option("--keepalive-interval", type=float, help="seconds between node keepalives")
+@click.option("--fence-intervals", type=int, help="keepalive intervals a node may miss before it is marked dead")
+@click.option("--suicide-intervals", type=int,
+              help="keepalive intervals a node cut off from ZooKeeper waits before stopping its VMs (0: never)")
+@click.option("--successful-fence", type=click.Choice(["migrate", "none"]),
+              help="after a confirmed fence: restart the node's VMs elsewhere (migrate) or not (none)")
+@click.option("--accept-io-fence/--no-accept-io-fence", default=None,
+              help="whether a dead node isolated from storage but not proven off may have its VMs recovered")
+@click.option("--node", metavar="NODE", help="set the fencing settings given for this node only (its overrides)")
 @output.format_option
 @click.pass_obj
 def cluster_config(session, default_selector, migration_method, allow_host_devices, fence_chain,
-                   output_format) -> None:
+                   keepalive_interval, fence_intervals, suicide_intervals, successful_fence, accept_io_fence,
+                   node, output_format) -> None:
     """Show the cluster configuration, or change the keys given."""
     chain = [name.strip() for name in fence_chain.split(",") if name.strip()] if fence_chain is not None else None
     changes = {key: value for key, value in {"default_selector": default_selector,
                                              "migration_method": migration_method,
                                              "allow_host_devices": allow_host_devices,
-                                             "fence_chain": chain}.items()
+                                             "fence_chain": chain,
+                                             "keepalive_interval": keepalive_interval,
+                                             "fence_intervals": fence_intervals,
+                                             "suicide_intervals": suicide_intervals,
+                                             "successful_fence": successful_fence,
+                                             "accept_io_fence": accept_io_fence}.items()
                if value is not None}
+    if node is not None:
+        changes["node"] = node
     settings = session.client.cluster.config(**changes)
     output.show(settings, output_format,
                 lambda value: output.details([(key, output.plain(item)) for key, item in sorted(value.items())]))
+
+
+@group.group("task")
+def task() -> None:
+    """The long operations the leader runs from records in ZooKeeper: node flush and ready, recovery of a
+    dead node's VMs, provisioning. Finished ones are kept for an hour."""
+
+
+@task.command("list")
+@click.option("-s", "--state", help="only tasks in this state (pending, running, done, failed)")
+@click.option("--node", help="only tasks for this node")
+@output.list_format_option
+@click.pass_obj
+def task_list(session, state: str | None, node: str | None, output_format: str) -> None:
+    """Running and recent tasks with their progress, oldest first."""
+    tasks = [each for each in session.client.nodes.tasks()
+             if state in (None, each["state"]) and node in (None, each.get("node"))]
+    output.show(tasks, output_format, lambda rows: output.table([_task_row(row) for row in rows], _TASK_COLUMNS))

@@ -2,6 +2,10 @@
 
 Stopping the daemon (SIGTERM) records ``stop`` and leaves running VMs running, as stopping a service on a
 real hypervisor would; when it starts again it finds them in libvirt and carries on.
+
+Its keepalive interval and its self-fence (`pvc.node.self_fence`) follow the fencing settings of the cluster
+config (`pvc.fencing_settings`), watched; it refuses to start with settings under which, cut off from
+ZooKeeper, it could still run its VMs when the leader starts them elsewhere.
 """
 import logging
 import threading
@@ -9,16 +13,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pvc import config, schema
+from kazoo.client import KazooState
+
+from pvc import config, fencing_settings, schema
 from pvc.cache import WatchedCollection
 from pvc.handshake import AuthenticatingDaemon, use_tls
 from pvc.node.agent import AGENT_OBJECT_ID, NodeAgent
-from pvc.errors import Conflict
+from pvc.errors import ConfigError, Conflict
 from pvc.node.host_xml import HostPaths
 from pvc.node.hypervisor import DomainActions, Hypervisor
 from pvc.node.ownership import NodeOwnership
+from pvc.node.peer_directory import PeerDirectory
 from pvc.node.reconcile import Reconciler
+from pvc.node.self_fence import SelfFence
 from pvc.node.storage_agent import STORAGE_OBJECT_ID, NodeStorage
+from pvc.node.zookeeper_session import NegotiatedSessionTimeout
 from pvc.service import SignalQueue, daemon_command
 from pvc.store import Store
 
@@ -31,6 +40,9 @@ class NodeDaemon:
         self.name = schema.check_name("node", settings["node_name"])
         self.store = Store(settings["zookeeper_hosts"], settings["zookeeper_user"],
                            settings["zookeeper_password"], settings["zookeeper_session_timeout"])
+        self.session_timeout = NegotiatedSessionTimeout.attach(self.store.zk)
+        self.cluster_config: dict[str, Any] = {}
+        """The cluster config as last seen (fencing settings, maintenance flag), kept by a watch."""
         self.hypervisor = Hypervisor(settings["libvirt_uri"], settings["simulated_cpus"],
                                      settings["simulated_memory_mib"], settings["accelerator"],
                                      settings["libvirt_timeout"])
@@ -39,10 +51,15 @@ class NodeDaemon:
         self.storage = NodeStorage(self.name, settings, self.store)
         self.paths = HostPaths(str(Path(settings["boot_image_directory"]).absolute()),
                                str(Path(settings["console_log_directory"]).absolute()))
-        self.reconciler = Reconciler(self.name, self.store, self.vms,
-                                     DomainActions(self.hypervisor, settings["shutdown_timeout"]),
+        actions = DomainActions(self.hypervisor, settings["shutdown_timeout"])
+        self.reconciler = Reconciler(self.name, self.store, self.vms, actions,
                                      self.hypervisor.domains, self.paths, self.storage.backend,
                                      settings["migration_timeout"], self.ownership)
+        self.peers = PeerDirectory(self.store, self.name)
+        self.self_fence = SelfFence(self.name, self.store, self.peers, actions, lambda: self.fencing,
+                                    lambda: bool(self.cluster_config.get("maintenance")),
+                                    settings["cluster_secret"], self._refuse_starts)
+        self._published_interval: float | None = None
         self.facts: dict[str, Any] = {}
         self._figures: dict[str, Any] = {}
         self._figures_taken = 0.0
@@ -52,11 +69,14 @@ class NodeDaemon:
 
     def start(self) -> None:
         """Connect, serve the agent, and register in ZooKeeper; the node is ``run`` when this returns."""
-        use_tls(self.settings["tls_cert"], self.settings["tls_key"])
+        use_tls(self.settings["tls_cert"], self.settings["tls_key"], self.settings["tls_ca"])
         self.facts = self.hypervisor.facts()
         Path(self.paths.console_log_directory).mkdir(parents=True, exist_ok=True)
         self.store.start(self.settings["zookeeper_connect_timeout"])
         try:
+            self.store.zk.DataWatch(schema.CONFIG, self._on_cluster_config)
+            self._check_fencing_settings()
+            self.store.add_state_listener(self._on_session_state)
             self.ownership.acquire()
             self.vms.start()
             self.reconciler.converge_all()
@@ -71,6 +91,8 @@ class NodeDaemon:
                 self.store.write(schema.node_key(self.name, "daemon_state"), "run")
             threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True).start()
             threading.Thread(target=self._figures_loop, name="figures", daemon=True).start()
+            self.peers.start()
+            self.self_fence.start()
         except BaseException:
             self._shutdown_services()
             raise
@@ -79,7 +101,9 @@ class NodeDaemon:
     def _serve_agent(self) -> None:
         host, port = config.split_address(self.settings["listen_address"])
         self._agent_daemon = AuthenticatingDaemon([self.settings["cluster_secret"]], "cluster secret", host, port)
-        uri = self._agent_daemon.register(NodeAgent(self.name, self.hypervisor, self.reconciler, self.paths),
+        uri = self._agent_daemon.register(NodeAgent(self.name, self.hypervisor, self.reconciler, self.paths,
+                                                    self.settings["log_file"],
+                                                    zookeeper_probe=self.self_fence.zookeeper_reachable),
                                           AGENT_OBJECT_ID)
         self.facts["agent_uri"] = str(uri)
         self.storage.start()
@@ -90,7 +114,9 @@ class NodeDaemon:
     def _register(self) -> None:
         """Create the node or update its facts; an existing node keeps its domain state across restarts."""
         listen_host, _port = config.split_address(self.settings["listen_address"])
-        record = {**self.facts, "keepalive_interval": self.settings["keepalive_interval"],
+        self._published_interval = self.fencing.keepalive_interval
+        record = {**self.facts, "keepalive_interval": self._published_interval,
+                  "zookeeper_session_timeout_s": self.session_timeout.seconds,
                   "libvirt_uri": self.hypervisor.uri,
                   "migration_uri": self.settings["migration_uri"] or f"qemu+tcp://{_uri_host(listen_host)}/system",
                   "migration_stream_uri": f"tcp://{_uri_host(self.settings['migration_address'] or listen_host)}",
@@ -115,12 +141,71 @@ class NodeDaemon:
         """A node the leader marked dead is fenced even if it comes back: it must not claim to run."""
         return self.store.read(schema.node_key(self.name, "daemon_state")) == "dead"
 
+    @property
+    def fencing(self) -> fencing_settings.FencingSettings:
+        """This node's fencing settings: the cluster config's, with its overrides (this daemon's YAML
+        keepalive_interval only while the cluster config has none)."""
+        return fencing_settings.resolve(self.cluster_config, self.name,
+                                        {"keepalive_interval": self.settings["keepalive_interval"]})
+
+    def _on_cluster_config(self, data: bytes | None, _stat: Any, _event: Any = None) -> None:
+        if data is None:
+            return
+        before = self.fencing
+        self.cluster_config = schema.decode(data) or {}
+        after = self.fencing
+        if after != before:
+            problem = fencing_settings.violation(after, self.session_timeout.seconds)
+            log.log(logging.ERROR if problem else logging.INFO, "fencing settings of node %s now: %s; %s%s",
+                    self.name, after.describe_self_fence(), after.describe_fence(),
+                    f"; UNSAFE: {problem}" if problem else "")
+
+    def _check_fencing_settings(self) -> None:
+        """Refuse to run with settings under which this node, cut off from ZooKeeper, could still run its VMs
+        when the leader starts them elsewhere (`pvc.fencing_settings.violation`), given the session timeout
+        the ZooKeeper server granted."""
+        granted = self.session_timeout.wait(5.0)
+        settings = self.fencing
+        problem = fencing_settings.violation(settings, granted)
+        if problem:
+            raise ConfigError(f"node {self.name}: unsafe fencing settings: {problem}")
+        log.info("node %s: ZooKeeper session timeout %s s granted; %s ends before %s", self.name, granted,
+                 settings.describe_self_fence() if settings.self_fence_enabled else "self-fencing off (0)",
+                 settings.describe_fence())
+
+    def _on_session_state(self, state: str) -> None:
+        """Each new connection is a new handshake, maybe with another ZooKeeper server granting another session
+        timeout: say at once if the settings no longer hold with it."""
+        if state == KazooState.CONNECTED:
+            problem = fencing_settings.violation(self.fencing, self.session_timeout.seconds)
+            if problem:
+                log.error("node %s: unsafe fencing settings with the session timeout now granted: %s", self.name,
+                          problem)
+
+    def _refuse_starts(self, reason: str) -> None:
+        self.reconciler.starts_refused = reason
+
     def write_keepalive(self) -> None:
         """Write the latest figures; never asks libvirt itself, so a hung libvirtd makes the figures stale
-        (`figures_stale`), not the node silent."""
-        stale = time.monotonic() - self._figures_taken > 2 * self.settings["keepalive_interval"]
+        (`figures_stale`), not the node silent. A node that has fenced itself writes none: the leader is to
+        mark it dead and fence it."""
+        if self.self_fence.fenced:
+            return
+        stale = time.monotonic() - self._figures_taken > 2 * self.fencing.keepalive_interval
+        started = time.monotonic()
         self.store.write(schema.node_key(self.name, "keepalive"),
                          {"time": time.time(), **self._figures, "figures_stale": stale})
+        self.self_fence.acknowledged(started)
+
+    def _publish_interval(self, interval: float) -> None:
+        """Say in the node record which keepalive interval this node now uses (after it uses it, so that the
+        leader, which counts the longer of this and the cluster's, never judges a lowered one too early)."""
+        if interval == self._published_interval or self.self_fence.fenced:
+            return
+        record = self.store.read(schema.node(self.name)) or {}
+        self.store.write(schema.node(self.name), {**record, "keepalive_interval": interval})
+        self._published_interval = interval
+        log.info("node %s now writes a keepalive every %g s", self.name, interval)
 
     def _read_figures(self) -> None:
         self._figures = self.hypervisor.figures(self.facts["memory_total_mib"])
@@ -139,9 +224,9 @@ class NodeDaemon:
     def _every_interval(self, work, what: str) -> None:
         """Run `work` every keepalive interval until the daemon stops; a failure is logged and retried with
         backoff (up to 30 s), never the end of the loop."""
-        interval = self.settings["keepalive_interval"]
-        delay = interval
+        delay = self.fencing.keepalive_interval
         while not self._stopping.wait(delay):
+            interval = self.fencing.keepalive_interval
             try:
                 work()
                 delay = interval
@@ -152,12 +237,13 @@ class NodeDaemon:
     def run(self) -> None:
         """Write a keepalive every interval until SIGTERM or SIGINT."""
         signals = SignalQueue()
-        interval = self.settings["keepalive_interval"]
-        next_beat = time.monotonic() + interval
+        next_beat = time.monotonic() + self.fencing.keepalive_interval
         while signals.wait(next_beat - time.monotonic()) is None:
+            interval = self.fencing.keepalive_interval
             next_beat += interval
             try:
                 self.write_keepalive()
+                self._publish_interval(interval)
                 self._keep_ownership()
             except Conflict as error:
                 log.error("%s", error)
@@ -187,6 +273,7 @@ class NodeDaemon:
 
     def _shutdown_services(self) -> None:
         self._stopping.set()
+        self.self_fence.stop()
         if self._agent_daemon is not None:
             self._agent_daemon.shutdown()
         self.storage.stop()

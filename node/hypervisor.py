@@ -142,7 +142,7 @@ class Hypervisor:
             }
         return self.call("reading the host's facts", read)
 
-    def domains(self) -> list[Domain]:
+    def domains(self, timeout: float | None = None) -> list[Domain]:
         def read() -> list[Domain]:
             result = []
             for domain in self.connection().listAllDomains():
@@ -154,7 +154,7 @@ class Hypervisor:
                     if _unreachable(error):
                         raise
             return result
-        return self.call("listing domains", read)
+        return self.call("listing domains", read, timeout)
 
     def figures(self, memory_total_mib: int) -> dict:
         """The live figures a keepalive reports, for placement and for `node info`."""
@@ -278,6 +278,40 @@ class DomainActions:
                 domain.destroy()
             domain.undefine()
         self._on_domain("undefine", name, undefine)
+
+    def pull_plugs(self, deadline: float) -> dict[str, bool]:
+        """Destroy every running domain PVC manages here, all at once, by `deadline` (monotonic): name →
+        whether libvirt then said it is off (False: it did not answer in time, or the domain still runs)."""
+        def remaining() -> float:
+            return max(deadline - time.monotonic(), 0.01)
+
+        def pull(name: str) -> bool | None:
+            def destroy():
+                domain = self._lookup(name)
+                if domain is None or not _identity(domain).managed:
+                    return None
+                if domain.isActive():
+                    domain.destroy()
+                return not domain.isActive()
+            try:
+                return self._hypervisor.call(f"stopping {name}", destroy, remaining())
+            except (OperationFailed, Unavailable) as error:
+                log.error("%s not stopped: %s", name, error)
+                return False
+
+        try:
+            running = [domain.name for domain in self._hypervisor.domains(remaining()) if domain.running]
+        except Unavailable as error:
+            log.error("cannot list this host's domains to stop them: %s", error)
+            return {}
+        if not running:
+            return {}
+        pool = ThreadPoolExecutor(max_workers=min(len(running), 16), thread_name_prefix="pull-plug")
+        try:
+            outcomes = dict(zip(running, pool.map(pull, running)))
+        finally:
+            pool.shutdown(wait=False)
+        return {name: bool(off) for name, off in outcomes.items() if off is not None}
 
     def migrate_live(self, name: str, target: "MigrationTarget", max_downtime_ms: int | None,
                      shared_storage: bool, timeout: float) -> None:

@@ -55,6 +55,8 @@ class Reconciler:
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._fallback_notes: dict[str, str] = {}
         """Why a VM's live migration fell back to a shutdown, until the status saying so is written."""
+        self.starts_refused: str | None = None
+        """Why this node starts no VM (it has fenced itself, `pvc.node.self_fence`); None while it may."""
 
     def converge(self, name: str, fresh: bool = True) -> dict[str, Any]:
         """Make libvirt match what ZooKeeper wants for one VM; returns the VM's status as reported."""
@@ -147,7 +149,13 @@ class Reconciler:
     def _let_go(self, name: str, raw: dict[str, Any]) -> dict[str, Any]:
         """The VM belongs elsewhere: stop and undefine our copy, then say so, so its new node may start it."""
         status = raw.get("status") or {}
-        if not self._actions.exists(name) or _awaits(status, self.node, "keep", raw[ACTED_ON], "placement"):
+        if _awaits(status, self.node, "keep", raw[ACTED_ON], "placement"):
+            return status
+        if not self._actions.exists(name):
+            if status.get("node") == self.node and status.get("running") is not False:
+                # Our last word was "running" or "unknown" (libvirt did not answer then); libvirt has just
+                # answered that no such domain is here, and until we say so no other node may start it.
+                return self._handed_over(name, raw)
             return status
         target = (raw.get("placement") or {}).get("node")
         if self._actions.is_running(name) and target:
@@ -156,6 +164,9 @@ class Reconciler:
                 return {"node": target if outcome == "moved" else self.node, "running": True}
         self._actions.shutdown(name)
         self._actions.undefine(name)
+        return self._handed_over(name, raw)
+
+    def _handed_over(self, name: str, raw: dict[str, Any]) -> dict[str, Any]:
         status = {"node": self.node, "running": False, "error": None, "time": time.time(),
                   "migration_note": self._fallback_notes.pop(name, None)}
         self._write_status_if_ours(name, status)
@@ -229,7 +240,8 @@ class Reconciler:
         running = self._actions.is_running(name)
         if status.get("node") not in (None, self.node) and status.get("running") is not False and not running:
             return status
-        report = {"node": self.node, "running": running, "error": None, "unknown": None,
+        refused = self.starts_refused if state in schema.RUNNING_STATES and not running else None
+        report = {"node": self.node, "running": running, "error": refused, "unknown": None,
                   "generation": spec.get("generation"), "migration_note": status.get("migration_note"),
                   "request": self._settle_request(raw, state, running), "time": time.time()}
         if _unchanged(status, report):
@@ -244,6 +256,9 @@ class Reconciler:
         if state == "restart" and self._actions.is_running(name):
             self._actions.shutdown(name)
         if not self._actions.is_running(name):
+            if self.starts_refused:
+                log.info("%s is not started: %s", name, self.starts_refused)
+                return
             if not self._claim(name):
                 return
             self._actions.start(name)

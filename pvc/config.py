@@ -81,7 +81,8 @@ NODED_SETTINGS: list[Setting] = [
             "domain document has <serial type='file'> is written, as VM.log (read by pvc vm log)"),
     Setting("accelerator", (str, type(None)), None, "kvm or tcg: how this host's guests run, as probed by "
             "booting a guest (null: kvm when libvirt offers it, else tcg)"),
-    Setting("keepalive_interval", (int, float), 5, "seconds between keepalive writes (and reconcile passes)"),
+    Setting("keepalive_interval", (int, float), 5, "seconds between keepalive writes (and reconcile passes) "
+            "until the cluster config has a keepalive_interval (pvcapid seeds it); then the cluster's applies"),
     Setting("shutdown_timeout", (int, float), 180, "seconds a guest gets to shut down before it is destroyed"),
     Setting("listen_address", str, "127.0.0.1:7371", "host:port of the node agent (port 0 picks a free one)"),
     Setting("cluster_secret", str, REQUIRED, "shared secret; the node agent accepts only coordinators "
@@ -89,6 +90,8 @@ NODED_SETTINGS: list[Setting] = [
     Setting("tls_cert", (str, type(None)), None, "PEM certificate the node agent and upload channel serve TLS "
             "with (null: no TLS; a cluster uses TLS everywhere or nowhere)"),
     Setting("tls_key", (str, type(None)), None, "PEM private key of tls_cert"),
+    Setting("tls_ca", (str, type(None)), None, "PEM CA certificates that peer node agents' certificates must "
+            "chain to (a node cut off from ZooKeeper asks its peers whether they reach it)"),
     Setting("bmc_host", (str, type(None)), None, "IPMI BMC address for fencing this node"),
     Setting("bmc_port", int, 623, "IPMI BMC UDP port"),
     Setting("bmc_user", (str, type(None)), None, "IPMI BMC user"),
@@ -97,6 +100,8 @@ NODED_SETTINGS: list[Setting] = [
     Setting("simulated_memory_mib", (int, type(None)), None, "simulated hosts only: memory (MiB) to report"),
     *_storage_settings(),
     Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Setting("log_file", (str, type(None)), None, "file the daemon logs to instead of stderr, reopened when "
+            "rotated; pvc node log reads it (null: stderr, the journal under systemd)"),
 ]
 
 APID_SETTINGS: list[Setting] = [
@@ -113,7 +118,14 @@ APID_SETTINGS: list[Setting] = [
     Setting("tls_ca", (str, type(None)), None, "PEM CA certificates that node agents' certificates must "
             "chain to"),
     Setting("leader_tick", (int, float), 1, "seconds between runs of the leader's cluster-wide loops"),
-    Setting("fence_intervals", int, 6, "keepalive intervals a node may miss before the leader marks it dead"),
+    Setting("keepalive_interval", (int, float), 5, "initial cluster-wide seconds between node keepalives "
+            "(written to the cluster config at start if it has none; then `pvc cluster config` changes it)"),
+    Setting("fence_intervals", int, 6, "initial cluster-wide keepalive intervals a node may miss before the "
+            "leader marks it dead (as keepalive_interval: seeds the cluster config)"),
+    Setting("suicide_intervals", int, 3, "initial cluster-wide keepalive intervals a node cut off from "
+            "ZooKeeper waits before stopping its own VMs; 0 turns self-fencing off (seeds the cluster config)"),
+    Setting("successful_fence", str, "migrate", "initial cluster-wide action after a confirmed fence: migrate "
+            "(restart the node's VMs elsewhere) or none (seeds the cluster config)"),
     Setting("flush_parallelism", int, 8, "VM moves a flush or ready carries out at once"),
     Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
 ]

@@ -12,17 +12,26 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
     path                               writer  value
     /pvc                               A   root; carries the cluster's digest ACL like every znode below it
     /pvc/schema_version                A   int, `SCHEMA_VERSION` of the layout
-    /pvc/config                        C   cluster config (maintenance, default selector, ...)
+    /pvc/config                        C   cluster config (maintenance, default selector, ...); the fencing
+                                           settings `keepalive_interval`, `fence_intervals`,
+                                           `suicide_intervals`, `successful_fence` and their per-node
+                                           `fencing_overrides` {NODE: {KEY: VALUE}} (`pvc.fencing_settings`;
+                                           a coordinator seeds the keys missing at start)
     /pvc/coordinators/election/*       C   kazoo election contenders; the first holds leadership
     /pvc/coordinators/live/NAME        C   ephemeral: a running coordinator and its URI
-    /pvc/nodes/NAME                    N   a node's static facts (CPUs, memory, agent URI, libvirt version)
+    /pvc/nodes/NAME                    N   a node's static facts (CPUs, memory, agent URI, libvirt version),
+                                           the keepalive interval it uses and its negotiated ZooKeeper
+                                           session timeout (`zookeeper_session_timeout_s`)
     /pvc/nodes/NAME/daemon_state       N,L init | run | stop (the node) | dead | fenced (the leader)
     /pvc/nodes/NAME/domain_state       L   ready | flushing | flushed | unflushing
     /pvc/nodes/NAME/keepalive          N   live figures, rewritten every keepalive interval
     /pvc/node_owners/NAME/owner-SEQ    N   ephemeral, sequential: the pvcnoded session running node NAME (the
                                            first one owns it; the node's claims check theirs still exists)
     /pvc/vms/NAME                      C,L a VM's definition: uuid, XML, metadata, volumes it uses (L deletes
-                                           it, with its children, once a removal is confirmed)
+                                           it, with its children, once a removal is confirmed); its user tags
+                                           as "tags": {TAG: {"protected": bool}} (C: `vm define`, `vm tag`);
+                                           "made_from": {"ova": NAME} for a VM the provisioner made from an
+                                           OVA (L: the ``provision`` task, `pvc.rpc.provisioning`)
     /pvc/vms/NAME/state                C,L desired state word (start, stop, shutdown, migrate, ...); ``remove``
                                            (C: `vm remove`, or `vm rename` for the old name) marks a removal
                                            its node has yet to confirm: no other command changes it, and the
@@ -44,6 +53,25 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
     /pvc/storage/volumes/POOL:VOLUME   C,N a volume: {"pool", "name", "size_bytes"} (N: a finished upload)
     /pvc/storage/volumes/POOL:VOLUME/snapshots   C   {SNAPSHOT: {"created": time}} of that volume
     /pvc/locks/storage/POOL            C,N kazoo lock serialising storage changes within one pool
+    /pvc/provisioner/templates/KIND/NAME  C  a system, storage or network template (`pvc.provisioner_records`)
+    /pvc/provisioner/profiles/NAME     C   a profile: its type and the names of its components, its cloud-init
+                                           user data
+    /pvc/provisioner/ovas/NAME         C   an imported OVA: its volumes and the hardware its descriptor declares
+                                           (`pvc.rpc.areas.ova`): ``state`` importing (the upload's intent,
+                                           written before the ticket) then ready, with pool, volumes,
+                                           hardware, manifest status and certificate copied from the report,
+                                           and "template"/"profile": the system template and ``ova`` profile
+                                           named after it, created in that same transaction (None: the name
+                                           was taken, so the OVA owns none), removed with it
+    /pvc/provisioner/ovas/NAME/import  N   the importing node's report (`pvc.node.appliance_uploads`):
+                                           ``landing`` with the volumes it is about to name, then ``done``
+                                           with volumes, hardware and manifest status
+    /pvc/provisioner/ovas/NAME/importing  N  ephemeral: held by the node while it imports the OVA
+    /pvc/locks/provisioner             C   kazoo lock serialising changes to templates and profiles, so that no
+                                           template goes while a profile starts using it
+    /pvc/tasks/ID (kind ``provision``) C,L a VM creation: recorded by the coordinator that was asked, with its
+                                           whole plan; run, resumed or rolled back by the leader
+                                           (`pvc.rpc.provisioning`)
 """
 import json
 import re
@@ -84,8 +112,10 @@ DOMAIN_STATES = ("ready", "flushing", "flushed", "unflushing")
 
 DEFAULT_CLUSTER_CONFIG: dict[str, Any] = {"maintenance": False, "default_selector": "mem",
                                           "migration_method": "auto", "allow_host_devices": False,
-                                          "fence_chain": ["ipmi"]}
-"""`allow_host_devices`: whether a VM definition may pass host devices (<hostdev>, disks naming host paths)."""
+                                          "fence_chain": ["ipmi"], "accept_io_fence": False}
+"""`allow_host_devices`: whether a VM definition may pass host devices (<hostdev>, disks naming host paths).
+`accept_io_fence`: whether a dead node proven isolated from storage by every I/O level of its fencing chain,
+but not proven off, may have its VMs restarted elsewhere (for BMCs that lose power with their host)."""
 MIGRATION_METHODS = ("live", "shutdown", "auto")
 DEFAULT_FENCE_CHAIN = ("ipmi",)
 """Fencing policies tried in order on a dead node until one confirms it is off (cluster config `fence_chain`)."""
@@ -207,3 +237,57 @@ def storage_lock(pool_name: str) -> str:
 
 
 CONTAINERS += (STORAGE, POOLS, VOLUMES, STORAGE_LOCKS)
+
+
+# -- provisioner --------------------------------------------------------------------------------------------
+
+PROVISIONER = f"{ROOT}/provisioner"
+TEMPLATES = f"{PROVISIONER}/templates"
+TEMPLATE_KINDS = ("system", "storage", "network")
+PROFILES = f"{PROVISIONER}/profiles"
+OVAS = f"{PROVISIONER}/ovas"
+PROVISIONER_LOCK = f"{LOCKS}/provisioner"
+
+
+def templates(kind: str) -> str:
+    if kind not in TEMPLATE_KINDS:
+        raise InvalidInput(f"unknown template kind {kind!r} (one of: {', '.join(TEMPLATE_KINDS)})")
+    return f"{TEMPLATES}/{kind}"
+
+
+def template(kind: str, name: str) -> str:
+    return f"{templates(kind)}/{check_name(f'{kind} template', name)}"
+
+
+def profile(name: str) -> str:
+    return f"{PROFILES}/{check_name('profile', name)}"
+
+
+def ova(name: str) -> str:
+    return f"{OVAS}/{check_name('OVA', name)}"
+
+
+OVA_KEYS = ("import", "importing")
+"""An OVA's child znodes: the importing node's report and its liveness marker."""
+
+
+def ova_import(name: str) -> str:
+    return f"{ova(name)}/import"
+
+
+def ova_importing(name: str) -> str:
+    return f"{ova(name)}/importing"
+
+
+MAX_OVA_DISKS = 100
+
+
+def ova_volume(name: str, index: int) -> str:
+    """The volume an OVA's disk `index` lands in: ``ova_NAME_diskINDEX``."""
+    volume = f"ova_{check_name('OVA', name)}_disk{index}"
+    if len(volume) > 63 or not 0 <= index < MAX_OVA_DISKS:
+        raise InvalidInput(f"OVA name '{name}' is too long: its volumes (ova_NAME_diskN) must fit 63 characters")
+    return volume
+
+
+CONTAINERS += (PROVISIONER, TEMPLATES, *(templates(kind) for kind in TEMPLATE_KINDS), PROFILES, OVAS)

@@ -6,25 +6,29 @@ against one ZooKeeper; clients fail over between them.
 """
 import logging
 import threading
+import time
 from typing import Any
 
 from kazoo.client import KazooState
 from kazoo.exceptions import NoNodeError
 
-from pvc import config, plugin_manager, schema
+from pvc import config, fencing_settings, plugin_manager, schema
 from pvc.cache import ClusterCache
 from pvc.client import object_id
+from pvc.errors import ConfigError
 from pvc.handshake import AuthenticatingDaemon, use_tls
 from pvc.rpc.agents import NodeAgents
 from pvc.rpc.areas.cluster import ClusterArea
 from pvc.rpc.areas.nodes import NodesArea
+from pvc.rpc.areas.provisioner import ProvisionerArea
 from pvc.rpc.areas.storage import StorageArea
 from pvc.rpc.areas.vms import VMsArea
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.leadership import Leadership
 from pvc.rpc.monitor import NodeMonitor
 from pvc.rpc.node_requests import NodeRequests
-from pvc.rpc.recovery import RecoveryExecution, record_missing_recoveries
+from pvc.rpc.provisioning import KIND as PROVISION, executor as provision_executor
+from pvc.rpc.recovery import ReadyExecution, RecoveryExecution, record_missing_recoveries
 from pvc.rpc.retries import RequestPruner
 from pvc.rpc.tasks import TaskRunner
 from pvc.rpc.vm_control import VMControl
@@ -32,6 +36,9 @@ from pvc.service import SignalQueue, daemon_command
 from pvc.store import Store
 
 log = logging.getLogger(__name__)
+
+STORAGE_CHECK_INTERVAL_S = 5.0
+"""How often the leader looks for volume changes whose coordinator died midway (`pvc.rpc.storage_intents`)."""
 
 
 class Coordinator:
@@ -44,6 +51,8 @@ class Coordinator:
         self.monitor = NodeMonitor(self.store, self.cache, settings["fence_intervals"])
         self.requests = NodeRequests(self.store, self.cache.vms)
         self.request_records = RequestPruner()
+        self.storage: StorageArea | None = None
+        self._next_storage_check = 0.0
         self.daemon: AuthenticatingDaemon | None = None
         self.context: CoordinatorContext | None = None
         self.tasks: TaskRunner | None = None
@@ -56,16 +65,20 @@ class Coordinator:
         host, port = config.split_address(self.settings["listen_address"])
         self.store.start(self.settings["zookeeper_connect_timeout"])
         try:
+            self._seed_fencing_settings()
             self.cache.start()
             leadership = Leadership(self.store, self.name, self.settings["leader_tick"], self._lead)
             self.context = CoordinatorContext(self.name, self.settings, self.store, self.cache, loaded_plugins,
                                               NodeAgents(self.settings["cluster_secret"]), leadership)
             control = VMControl(self.context)
+            storage, vms = StorageArea(self.context), VMsArea(self.context, control)
+            self.storage = storage
             self.tasks = TaskRunner(self.context, control, self.settings["flush_parallelism"],
-                                    {"recover": RecoveryExecution})
+                                    {"recover": RecoveryExecution, "ready": ReadyExecution,
+                                     PROVISION: provision_executor(self.context, storage, vms)})
             self.daemon = AuthenticatingDaemon(self.settings["api_keys"], "API key", host, port)
             areas = {"cluster": ClusterArea(self.context), "nodes": NodesArea(self.context),
-                     "vms": VMsArea(self.context, control), "storage": StorageArea(self.context)}
+                     "vms": vms, "storage": storage, "provisioner": ProvisionerArea(self.context, storage, vms)}
             for area, remote_object in areas.items():
                 self.daemon.register(remote_object, object_id(area))
             threading.Thread(target=self.daemon.requestLoop, name="pyro", daemon=True).start()
@@ -76,6 +89,15 @@ class Coordinator:
             self._shutdown()
             raise
         log.info("coordinator %s serving at %s", self.name, self.uri)
+
+    def _seed_fencing_settings(self) -> None:
+        """Write this coordinator's fencing settings where the cluster config has none; refuse to serve a
+        cluster whose settings let a cut-off node run its VMs past the leader's fence deadline."""
+        cluster_config = fencing_settings.seed(self.store.zk, {key: self.settings[key]
+                                                              for key in fencing_settings.KEYS})
+        problem = fencing_settings.violation(fencing_settings.resolve(cluster_config))
+        if problem:
+            raise ConfigError(f"the cluster's fencing settings are unsafe: {problem}")
 
     @property
     def uri(self) -> str:
@@ -107,6 +129,9 @@ class Coordinator:
         self.requests.handle(leader_node)
         self.request_records.tick(self.store, leader_node)
         self.tasks.tick(leader_node)
+        if time.monotonic() >= self._next_storage_check:
+            self._next_storage_check = time.monotonic() + STORAGE_CHECK_INTERVAL_S
+            self.storage.resolve_orphaned_intents()
 
     def run(self) -> None:
         signals = SignalQueue()

@@ -5,8 +5,10 @@ keepalive znode (a new mzxid, whatever the node put in it); a coordinator notes 
 when it first saw each change, and a node's silence is the time since then. A node whose clock runs an hour
 ahead or behind looks exactly like any other.
 
-`NodeMonitor` is the leader's: a node in ``run`` silent for `fence_intervals` of its own keepalive interval
-is marked ``dead``. It reads each keepalive's version from ZooKeeper itself on every leader tick, and forgets
+`NodeMonitor` is the leader's: a node in ``run`` silent for `fence_intervals` × `keepalive_interval` is
+marked ``dead``, both read from the cluster config with the node's overrides (`pvc.fencing_settings`), the
+numbers the node's own self-fence is checked against. While a lowered interval has yet to reach a node, the
+interval it says it uses (its record) is the longer one and counts. It reads each keepalive's version from ZooKeeper itself on every leader tick, and forgets
 what it saw whenever it may have missed something (a new term of leadership, or its ZooKeeper connection
 suspended or lost), so each node's silence is measured afresh from then. The write that marks a node dead
 checks the leader's election node, the node's daemon state and the keepalive version it judged: a keepalive
@@ -24,7 +26,7 @@ from kazoo.client import KazooState
 from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.protocol.states import ZnodeStat
 
-from pvc import schema
+from pvc import fencing_settings, schema
 from pvc.cache import OWN_VALUE, ClusterCache
 from pvc.errors import PVCError
 from pvc.store import Store
@@ -108,10 +110,9 @@ class NodeMonitor:
         marked = []
         for name, raw in sorted(running.items()):
             silence = self._keepalives.silence(name)
-            deadline = self.deadline(raw)
+            deadline = self.deadline(name, raw)
             if silence is not None and silence > deadline and self._mark_dead(name, leader_node, stats[name]):
-                log.warning("node %s silent for %.1f s (%d keepalive intervals): marked dead", name, silence,
-                            self._fence_intervals)
+                log.warning("node %s silent for %.1f s (deadline %g s): marked dead", name, silence, deadline)
                 marked.append(name)
         return marked
 
@@ -119,12 +120,16 @@ class NodeMonitor:
         """The ``run`` nodes silent for more than half their deadline: about to look dead too."""
         return {name for name, raw in self._cache.nodes.snapshot().items()
                 if raw.get("daemon_state") == "run"
-                and (self._keepalives.silence(name) or 0) > self.deadline(raw) / 2}
+                and (self._keepalives.silence(name) or 0) > self.deadline(name, raw) / 2}
 
-    def deadline(self, raw: dict[str, Any]) -> float:
-        """Seconds of silence after which a node is dead: `fence_intervals` of its own keepalive interval."""
-        interval = (raw.get(OWN_VALUE) or {}).get("keepalive_interval") or DEFAULT_KEEPALIVE_INTERVAL
-        return interval * self._fence_intervals
+    def deadline(self, name: str, raw: dict[str, Any]) -> float:
+        """Seconds of silence after which a node is dead: `fence_intervals` × `keepalive_interval` as the
+        cluster config sets them for `name` (this coordinator's own values where it sets none), the interval
+        never shorter than the one the node says it uses."""
+        used = (raw.get(OWN_VALUE) or {}).get("keepalive_interval") or DEFAULT_KEEPALIVE_INTERVAL
+        settings = fencing_settings.resolve(self._cache.config.get(), name,
+                                            {"fence_intervals": self._fence_intervals, "keepalive_interval": used})
+        return max(settings.keepalive_interval, used) * settings.fence_intervals
 
     def _keepalive_stats(self, names: list[str]) -> dict[str, ZnodeStat | None]:
         """Each node's keepalive znode stat, read now from ZooKeeper (not the cache), in one pipelined pass."""

@@ -6,14 +6,20 @@ is in maintenance mode or more than half of the nodes look dead at once (that is
 dead hosts: the task is recorded ``failed`` with that reason, and nothing is fenced). The task:
 
 1. fences the node through the cluster's fencing chain (`fence_chain` in the cluster config: policy names
-   from `pvc_fencing_policies`, tried in order until one confirms the node is off). Only a confirmed fence
-   lets anything restart: the node becomes ``fenced`` and ``flushed`` in one transaction that checks it is
+   from `pvc_fencing_policies`; its *power* levels tried in order until one proves the node off, its *I/O*
+   levels, such as a storage blocklist, all applied; an I/O fence alone counts only where the cluster sets
+   `accept_io_fence`, for a BMC that loses power with its host). Only a confirmed fence lets anything restart: the node becomes ``fenced`` and ``flushed`` in one transaction that checks it is
    still ``dead``. A chain that confirms nothing ends the task ``failed`` with each level's reason, and an
    administrator who has made sure the node is off says so (`nodes.fence_confirm`), which records the node
    ``fenced`` and runs the recovery;
 2. recovers the node's VMs in parallel: each running one is placed on a node its selector and node limit
    allow and started there (its new node may claim it because its old node is ``fenced``); one with no valid
-   target is stopped, and with node_autostart starts again when its home node is ready.
+   target is stopped, and with node_autostart starts again when its home node is ready. With
+   `successful_fence` ``none`` (cluster config, or the node's override) nothing is moved: the VMs stay on
+   the node, to start when it is made ready again.
+
+A ``ready`` of a node whose fence left something in place (a storage blocklist) first undoes it
+(`ReadyExecution`): each confirmed level of its latest recovery whose policy has ``unfence``, once.
 
 Every step re-reads ZooKeeper and is idempotent, so a leader dying midway leaves a task the next leader
 finishes.
@@ -25,10 +31,11 @@ from typing import Any
 
 from kazoo.exceptions import NoNodeError
 
-from pvc import models, placement, schema
+from pvc import fencing_settings, models, placement, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import Conflict, PVCError
 from pvc.rpc.context import CoordinatorContext
+from pvc.rpc import tasks
 from pvc.rpc.tasks import TaskExecution
 
 log = logging.getLogger(__name__)
@@ -36,6 +43,13 @@ log = logging.getLogger(__name__)
 FENCING_POLICIES = "pvc_fencing_policies"
 FENCE_LEVEL_TIMEOUT_S = 30.0
 """How long one level of the fencing chain may take before the next is tried."""
+
+
+def volumes_on(vms: dict[str, dict[str, Any]], node: str) -> list[str]:
+    """Every volume (POOL/VOLUME) of the VMs placed on or reported by `node`, for storage fences."""
+    return sorted({volume for raw in vms.values()
+                   if node in ((raw.get("placement") or {}).get("node"), (raw.get("status") or {}).get("node"))
+                   for volume in ((raw.get(OWN_VALUE) or {}).get("volumes") or [])})
 
 
 def too_many_dead(context: CoordinatorContext, going: set[str]) -> str | None:
@@ -68,6 +82,11 @@ class RecoveryExecution(TaskExecution):
         if self._daemon_state() != "fenced":
             self._finish("failed", reason=f"node {node} is {self._daemon_state()}, not fenced: nothing restarted")
             return
+        action = fencing_settings.resolve(self._context.cache.config.get(), node).successful_fence
+        if action == "none":
+            self._finish("done", reason="successful_fence is none: its VMs stay on it, to start when it is ready")
+            log.info("node %s fenced; successful_fence is none, so none of its VMs is moved", node)
+            return
         recovering = time.monotonic()
         failures = self._recover()
         self._save(recovery_s=round(time.monotonic() - recovering, 2))
@@ -82,31 +101,47 @@ class RecoveryExecution(TaskExecution):
         return self._context.store.read(schema.node_key(self.task["node"], "daemon_state"))
 
     def _fence(self) -> bool:
-        """Try each level of the chain until one confirms the node is off; record it ``fenced``."""
+        """Run the chain: *power* levels in order until one proves the node off, every *I/O* level whatever
+        the power levels did (its storage clients must be cut before anything restarts). The node is recorded
+        ``fenced`` once it is proven off, or, where the cluster accepts an I/O fence alone
+        (`accept_io_fence`), once every I/O level of a chain that has some proved it isolated."""
         node = self.task["node"]
-        record = self._context.store.read(schema.node(node)) or {}
+        subject = {"name": node, **(self._context.store.read(schema.node(node)) or {}),
+                   "volumes": volumes_on(self._vms(), node)}
         config = self._context.cache.config.get()
         chain = config.get("fence_chain") or list(schema.DEFAULT_FENCE_CHAIN)
         options = config.get("fence_options") or {}
         policies = self._context.plugins.registry(FENCING_POLICIES)
         self.task["fence"] = []
+        off, isolated = False, []
         for name in chain:
             policy = policies.get(name)
+            kind = getattr(policy, "kind", "power")
+            if kind == "power" and off:
+                continue
             if policy is None:
-                confirmed, explanation = False, f"no fencing policy named {name!r} is loaded"
+                proven, explanation = "failed", f"no fencing policy named {name!r} is loaded"
             else:
                 try:
-                    result = policy.fence({"name": node, **record}, options.get(name) or {},
-                                          time.monotonic() + FENCE_LEVEL_TIMEOUT_S)
-                    confirmed, explanation = result.confirmed, result.reason
+                    result = policy.fence(subject, options.get(name) or {}, time.monotonic() + FENCE_LEVEL_TIMEOUT_S)
+                    proven, explanation = result.proven, result.reason
                 except Exception as error:
-                    confirmed, explanation = False, f"failed: {error}"
-            self.task["fence"].append({"policy": name, "confirmed": bool(confirmed), "explanation": explanation})
+                    proven, explanation = "failed", f"failed: {error}"
+            confirmed = proven == ("isolated" if kind == "io" else "off")
+            off = off or (kind == "power" and confirmed)
+            if kind == "io":
+                isolated.append(confirmed)
+            self.task["fence"].append({"policy": name, "kind": kind, "proven": proven, "confirmed": confirmed,
+                                       "explanation": explanation})
             self._save()
-            log.warning("node %s: fencing level %s: %s (%s)", node, name,
-                        "confirmed off" if confirmed else "not confirmed", explanation)
-            if confirmed:
-                return self._record_fenced()
+            log.warning("node %s: fencing level %s (%s): %s (%s)", node, name, kind,
+                        f"confirmed {proven}" if confirmed else "not confirmed", explanation)
+        if off or (isolated and all(isolated) and config.get("accept_io_fence")):
+            return self._record_fenced()
+        if isolated and all(isolated):
+            self.task["fence"].append({"policy": "accept_io_fence", "kind": "io", "proven": "failed",
+                                       "confirmed": False, "explanation": "the node is isolated from storage but "
+                                       "not proven off, and the cluster does not accept an I/O fence alone"})
         return False
 
     def _record_fenced(self) -> bool:
@@ -197,3 +232,45 @@ def record_missing_recoveries(context: CoordinatorContext, leader_node: str, goi
             record_recovery(context, name, leader_node, held=too_many_dead(context, going))
             recorded.append(name)
     return recorded
+
+
+class ReadyExecution(TaskExecution):
+    """A ``ready`` task that first undoes what the node's last fence left in place (`FencingPolicy.unfence`),
+    unless that was done already, then returns the node to service as any ``ready`` does. The outcome of each
+    unfence is recorded on the recovery task (``unfenced``), so the next ready, or the next leader, does not
+    repeat a done one."""
+
+    def run(self) -> None:
+        self._unfence()
+        super().run()
+
+    def _unfence(self) -> None:
+        node = self.task["node"]
+        recoveries = [task for task in tasks.list_tasks(self._context)
+                      if task["node"] == node and task["kind"] == "recover"]
+        if not recoveries:
+            return
+        recovery = recoveries[-1]
+        done = {entry["policy"] for entry in recovery.get("unfenced") or [] if entry["done"]}
+        policies = self._context.plugins.registry(FENCING_POLICIES)
+        pending = [level["policy"] for level in recovery.get("fence") or []
+                   if level["confirmed"] and level["policy"] not in done
+                   and getattr(policies.get(level["policy"]), "unfence", None) is not None]
+        if not pending:
+            return
+        record = {"name": node, **(self._context.store.read(schema.node(node)) or {}),
+                  "volumes": volumes_on(self._vms(), node)}
+        options = self._context.cache.config.get().get("fence_options") or {}
+        outcomes = [entry for entry in recovery.get("unfenced") or [] if entry["done"]]
+        for name in pending:
+            try:
+                finished, explanation = policies[name].unfence(record, options.get(name) or {},
+                                                               time.monotonic() + FENCE_LEVEL_TIMEOUT_S)
+            except Exception as error:
+                finished, explanation = False, f"failed: {error}"
+            outcomes.append({"policy": name, "done": bool(finished), "explanation": explanation})
+            log.log(logging.INFO if finished else logging.WARNING, "node %s: unfence %s: %s", node, name,
+                    explanation)
+        recovery["unfenced"] = outcomes
+        self.task["unfence"] = outcomes
+        self._context.store.transaction(self._leader_node).set(schema.task(recovery["id"]), recovery).commit()

@@ -195,7 +195,17 @@ def test_a_killed_node_daemon_whose_clock_is_ahead_is_still_found_dead_within_th
         {"hv1": "run", "hv2": "run", "hv3": "dead"}
 
 
-def test_a_dead_node_whose_keepalives_resume_stays_dead_and_node_info_says_so(skewed, nodes_running_afterwards):
+@pytest.fixture
+def maintenance(skewed):
+    skewed.client.cluster.maintenance(True)
+    yield
+    skewed.client.cluster.maintenance(False)
+
+
+def test_a_dead_node_whose_keepalives_resume_stays_dead_and_node_info_says_so(skewed, nodes_running_afterwards,
+                                                                               maintenance):
+    """In maintenance mode, so that the frozen daemon, waking past its self-fence deadline, keeps its VMs and
+    goes on writing keepalives (out of it, it would fence itself and fall silent for the leader to fence)."""
     pid = skewed.local.daemon_pid("pvcnoded", "hv2")
     os.kill(pid, signal.SIGSTOP)
     try:

@@ -18,11 +18,15 @@ from typing import Iterator
 import libvirt
 import pytest
 
-from pvc import plugin_manager
+from pvc import plugin_manager, schema
 from pvc.cli.localcluster.bmc import SimulatedBMC
 from pvc.cli.localcluster.processes import free_port, wait_until
 from pvc.cli.localcluster.simhost import SimulatedHost
 from pvc.plugins.fencing import POWER_IS_OFF, CephBlocklistPolicy, IpmiPolicy, NoFencing
+
+from conftest import started_cluster
+from helpers import cluster_store, eventually
+from vm_support import assert_no_vm_on_two_hosts, wait_for_task
 
 GUEST_XML = ("<domain type='test'><name>guest</name><memory unit='MiB'>128</memory>"
              "<os><type>hvm</type></os></domain>")
@@ -321,3 +325,69 @@ def test_a_ceph_blocklist_fence_without_ceph_fails_with_the_reason(tmp_path):
                                          {"ceph_conf": str(tmp_path / "ceph.conf")}, within(10))
     assert result.proven == "failed"
     assert f"no Ceph configuration file {tmp_path / 'ceph.conf'}" in result.reason
+
+
+# -- the chain in a cluster: a power level and a storage level, undone by `node ready` -----------------------
+
+RBD_VM_XML = ("<domain type='test'><name>{name}</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>"
+              "<os><type>hvm</type></os>"
+              "<devices><disk type='volume' device='disk'><source pool='fenced' volume='{volume}'/>"
+              "<target dev='vda' bus='virtio'/></disk></devices></domain>")
+
+
+@pytest.fixture
+def ceph_fencing_cluster(private_ceph, tmp_path_factory):
+    yield from started_cluster(tmp_path_factory.mktemp("ceph-fence"), nodes=3, coordinators=1, storage="ceph",
+                               ceph_conf=private_ceph.conf)
+
+
+def test_a_dead_node_is_powered_off_and_its_rbd_clients_blocklisted_until_node_ready(private_ceph,
+                                                                                     ceph_fencing_cluster):
+    """The test-driver host opens no disk, so a real librbd client stands for the dead node's QEMU on its VM's
+    image; another client, at the same address, stands for another host's VM."""
+    cluster = ceph_fencing_cluster
+    client, local = cluster.client, cluster.local
+    client.storage.pool_add("fenced")
+    for volume in ("dead-disk", "live-disk"):
+        client.storage.volume_add("fenced", volume, 16 * 1024 * 1024)
+    client.vms.define(RBD_VM_XML.format(name="rbdvm", volume="dead-disk"), target="hv1")
+    client.vms.start("rbdvm", wait=True)
+    client.cluster.config(fence_chain=["ipmi", "ceph-blocklist"])
+    with cluster_store(local) as store:
+        store.write(schema.CONFIG, {**store.read(schema.CONFIG),
+                                    "fence_options": {"ceph-blocklist": {"ceph_conf": str(private_ceph.conf)}}})
+    dead_node_vm = RbdClient(private_ceph.conf, "fenced/dead-disk")
+    other_host_vm = RbdClient(private_ceph.conf, "fenced/live-disk")
+    try:
+        assert dead_node_vm.writes() and other_host_vm.writes()
+        [dead_client] = watchers(private_ceph, "fenced/dead-disk")
+
+        local.stop_daemon("pvcnoded", "hv1", kill=True)
+
+        recovery = eventually(lambda: (lambda found: found if found and found["state"] in ("done", "failed")
+                                       else None)(client.nodes.info("hv1")["recovery"]), 60, 0.2)
+        assert recovery and recovery["state"] == "done", recovery
+        assert [(level["policy"], level["proven"]) for level in recovery["fence"]] == \
+            [("ipmi", "off"), ("ceph-blocklist", "isolated")], recovery["fence"]
+        assert dead_client in blocklist(private_ceph)
+        assert "Cannot send after transport endpoint shutdown" in dead_node_vm.write(), \
+            "the fenced node's client is refused"
+        assert other_host_vm.writes(), "another host's client at the same address still writes"
+        assert eventually(lambda: client.vms.info("rbdvm")["node"] in ("hv2", "hv3")
+                          and client.vms.info("rbdvm")["running"], 20), client.vms.info("rbdvm")
+        assert_no_vm_on_two_hosts(cluster)
+
+        local.bmc("hv1").power_on()
+        assert eventually(lambda: client.nodes.info("hv1")["daemon_state"] == "run", 30), client.nodes.info("hv1")
+        ready = wait_for_task(client, client.nodes.ready("hv1"))
+
+        assert ready["state"] == "done", ready
+        assert ready["unfence"] == [{"policy": "ceph-blocklist", "done": True,
+                                     "explanation": "removed 1 Ceph blocklist entries of node hv1"}]
+        assert dead_client not in blocklist(private_ceph)
+        again = wait_for_task(client, client.nodes.flush("hv1"))
+        assert again["state"] == "done" and "unfence" not in wait_for_task(client, client.nodes.ready("hv1")), \
+            "a second ready has nothing left to undo"
+    finally:
+        dead_node_vm.close()
+        other_host_vm.close()

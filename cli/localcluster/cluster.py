@@ -33,8 +33,13 @@ NODE_MEMORY_MIB = 65536
 HYPERVISORS = ("test", "qemu")
 KEEPALIVE_INTERVAL = 1
 LIBVIRT_TIMEOUT = 3
-SESSION_TIMEOUT = 3
+SESSION_TIMEOUT = 2.5
+"""Seconds; ZooKeeper grants 2-20 ticks of `ZooKeeperServer.tick_ms` (500 ms: 1-10 s). kazoo notices a dead
+server after 2/3 of it (1.67 s), which a self-fence must outwait (`pvc.fencing_settings`)."""
 FENCE_INTERVALS = 4
+SUICIDE_INTERVALS = 2
+"""A node cut off from ZooKeeper starts stopping its VMs after 2 s of silence and is done by 3.6 s (2 s + 0.5 s
+asking its peers + 1 s stopping VMs + 0.1 s watchdog period), before the leader's 4 s."""
 
 
 class LocalCluster:
@@ -289,18 +294,24 @@ class LocalCluster:
         settings = {**self._common_settings(), "coordinator_name": name,
                     "listen_address": f"127.0.0.1:{self.state['coordinators'][name]}",
                     "api_keys": [self.state["api_key"]], "leader_tick": 0.5, "fence_intervals": FENCE_INTERVALS,
+                    "keepalive_interval": KEEPALIVE_INTERVAL, "suicide_intervals": SUICIDE_INTERVALS,
                     **({"tls_ca": str(self.tls_cert)} if self.state.get("tls") else {})}
         return self._start_daemon("pvcapid", directory, settings)
 
-    def start_node_daemon(self, name: str) -> int:
+    def start_node_daemon(self, name: str, zookeeper_hosts: str | None = None) -> int:
+        """Start the node's pvcnoded; `zookeeper_hosts` makes it reach ZooKeeper at another address (a test's
+        proxy it can cut) instead of the server's own."""
         directory = self._daemon_dir("nodes", name)
         directory.mkdir(parents=True, exist_ok=True)
         host = self.host(name)
         settings = {**self._common_settings(), "node_name": name, "libvirt_uri": host.uri,
+                    **({"zookeeper_hosts": zookeeper_hosts} if zookeeper_hosts else {}),
+                    **({"tls_ca": str(self.tls_cert)} if self.state.get("tls") else {}),
                     "keepalive_interval": KEEPALIVE_INTERVAL, "listen_address": "127.0.0.1:0",
                     "libvirt_timeout": LIBVIRT_TIMEOUT,
                     "boot_image_directory": str(self.boot_image_directory),
                     "console_log_directory": str(self.console_directory(name)),
+                    "log_file": str(directory / "pvcnoded.log"),
                     "simulated_cpus": NODE_CPUS, "simulated_memory_mib": NODE_MEMORY_MIB,
                     "storage_backend": self.state.get("storage", "file"), "storage_directory": str(self.storage_dir),
                     "ceph_conf": self.state.get("ceph_conf", str(self.private_ceph.conf)),

@@ -4,7 +4,8 @@ from typing import Any
 import Pyro5.server
 from kazoo.exceptions import BadVersionError
 
-from pvc import schema
+from pvc import fencing_settings, schema
+from pvc.cache import OWN_VALUE
 from pvc.errors import InvalidInput
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.retries import retry_safe
@@ -43,18 +44,30 @@ class ClusterArea:
         self._update_config({"maintenance": bool(enabled)})
         return self.status()
 
-    def config(self, **changes: Any) -> dict[str, Any]:
+    def config(self, node: str | None = None, **changes: Any) -> dict[str, Any]:
         """The cluster configuration; given keyword arguments, change those keys first.
         Keys: default_selector (a migration selector's name), migration_method (live, shutdown, auto),
         allow_host_devices (bool: whether VM definitions may pass host devices and disks naming host paths),
-        fence_chain (fencing policy names, tried in order on a dead node until one confirms it is off)."""
-        known = ("default_selector", "migration_method", "allow_host_devices", "fence_chain")
+        fence_chain (fencing policy names, tried in order on a dead node until one confirms it is off),
+        accept_io_fence (bool: whether an I/O fence alone, without proof the node is off, allows recovery), and
+        the fencing settings keepalive_interval, fence_intervals, suicide_intervals, successful_fence; with
+        `node`, those set that node's overrides instead (None removes an override). Fencing settings that
+        would let a node cut off from ZooKeeper run its VMs past the leader's fence deadline are refused."""
+        if fencing_settings.OVERRIDES_KEY in changes:
+            raise InvalidInput(f"{fencing_settings.OVERRIDES_KEY} is set one node at a time: give node=NAME "
+                               "and the settings to override")
+        if node is not None or set(changes) & set(fencing_settings.KEYS):
+            changes = self._fencing_changes(node, changes)
+        known = ("default_selector", "migration_method", "allow_host_devices", "fence_chain", "accept_io_fence",
+                 *fencing_settings.KEYS, fencing_settings.OVERRIDES_KEY)
         unknown = set(changes) - set(known)
         if unknown:
             raise InvalidInput(f"unknown cluster config key(s): {', '.join(sorted(unknown))} "
                                f"(known: {', '.join(known)})")
         if "allow_host_devices" in changes and not isinstance(changes["allow_host_devices"], bool):
             raise InvalidInput(f"allow_host_devices must be true or false, not {changes['allow_host_devices']!r}")
+        if "accept_io_fence" in changes and not isinstance(changes["accept_io_fence"], bool):
+            raise InvalidInput(f"accept_io_fence must be true or false, not {changes['accept_io_fence']!r}")
         if "fence_chain" in changes:
             chain = changes["fence_chain"]
             policies = self._context.plugins.registry("pvc_fencing_policies")
@@ -71,7 +84,42 @@ class ClusterArea:
                                f"(one of: {', '.join(schema.MIGRATION_METHODS)})")
         if changes:
             self._update_config(changes)
-        return {**schema.DEFAULT_CLUSTER_CONFIG, **self._context.cache.config.get()}
+        return {**schema.DEFAULT_CLUSTER_CONFIG, **fencing_settings.DEFAULTS, **self._context.cache.config.get()}
+
+    def _fencing_changes(self, node: str | None, changes: dict[str, Any]) -> dict[str, Any]:
+        """`changes` with the fencing settings checked, alone and against every node's negotiated ZooKeeper
+        session timeout; with `node`, folded into that node's overrides."""
+        fencing = {key: value for key, value in changes.items() if key in fencing_settings.KEYS}
+        others = {key: value for key, value in changes.items() if key not in fencing_settings.KEYS}
+        current = self._context.cache.config.get()
+        if node is None:
+            fencing_settings.check(fencing)
+            proposed = {**current, **fencing}
+        else:
+            schema.check_name("node", node)
+            if others:
+                raise InvalidInput(f"only fencing settings can be set for one node, not {', '.join(sorted(others))}")
+            fencing_settings.check({key: value for key, value in fencing.items() if value is not None},
+                                   f"fencing setting of node {node}")
+            overrides = {name: dict(values) for name, values in
+                         (current.get(fencing_settings.OVERRIDES_KEY) or {}).items()}
+            mine = {**overrides.get(node, {}), **fencing}
+            overrides[node] = {key: value for key, value in mine.items() if value is not None}
+            if not overrides[node]:
+                del overrides[node]
+            proposed = {**current, fencing_settings.OVERRIDES_KEY: overrides}
+            fencing = {fencing_settings.OVERRIDES_KEY: overrides}
+        nodes = {name: raw.get(OWN_VALUE) or {} for name, raw in self._context.cache.nodes.snapshot().items()}
+        for name in sorted(set(nodes) | ({node} if node else set())):
+            record = nodes.get(name, {})
+            problem = fencing_settings.violation(fencing_settings.resolve(proposed, name),
+                                                 record.get("zookeeper_session_timeout_s"))
+            if problem:
+                raise InvalidInput(f"refused for node {name}: {problem}")
+        problem = fencing_settings.violation(fencing_settings.resolve(proposed))
+        if problem:
+            raise InvalidInput(f"refused: {problem}")
+        return {**others, **fencing}
 
     def plugins(self) -> list[dict[str, Any]]:
         """Every plugin this coordinator loaded, what it registers, and where it came from."""

@@ -7,7 +7,7 @@ import Pyro5.server
 
 from pvc import models, schema
 from pvc.cache import OWN_VALUE
-from pvc.errors import Conflict, NotFound
+from pvc.errors import Conflict, NotFound, Unavailable
 from pvc.rpc import tasks
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.monitor import KeepaliveWatch
@@ -100,6 +100,15 @@ class NodesArea:
         for it to autostart start; returns the task."""
         self._raw(name)
         return tasks.create_task(self._context, "ready", name)
+
+    def log(self, name: str, lines: int = 50, offset: int | None = None) -> dict[str, Any]:
+        """The end of the node daemon's log, ``{"lines": [...], "offset": N}``, read through the node's agent;
+        with `offset` (an earlier answer's), only the lines written since, for following it."""
+        node = self._view(name, self._raw(name))
+        if not node["agent_uri"] or node["daemon_state"] != "run":
+            raise Unavailable(f"node {name} is {node['daemon_state']}, not running: its log cannot be read "
+                              "through it")
+        return self._context.agents.call(name, node["agent_uri"], "daemon_log", lines, offset)
 
     def task(self, task_id: str) -> dict[str, Any]:
         """A flush or ready task: its state (pending, running, done, failed), progress and outcome."""

@@ -1,8 +1,10 @@
 """The nemesis: one thread injecting faults, one at a time, from a seeded schedule.
 
-Faults, each healed before the next one starts:
+Faults, each healed before the next one starts (the next waits until every node runs again):
 
 - ``kill-node-daemon``: kill -9 a node's pvcnoded, and start it again after a moment (its VMs keep running);
+- ``kill-node-daemon-for-good``: kill -9 a node's pvcnoded and leave it dead: the leader fences the node
+  through its BMC (the machine room then powers it on, which starts its pvcnoded) and recovers its VMs;
 - ``kill-leader-coordinator``: kill -9 the coordinator that leads (another one takes over), start it again;
 - ``freeze-libvirtd``: SIGSTOP a host's libvirtd for a few seconds (a hung daemon that still holds its socket),
   then SIGCONT; the host's `HostGate` is closed meanwhile, so that the monitor asks it nothing until the
@@ -36,10 +38,18 @@ from faults.history import Fault, History
 from faults.monitor import HostGate
 
 FAULT_WEIGHTS = {"kill-node-daemon": 3, "kill-leader-coordinator": 2, "freeze-libvirtd": 3,
-                 "drop-zookeeper-session": 2}
+                 "drop-zookeeper-session": 2, "kill-node-daemon-for-good": 1}
 QEMU_FAULT_WEIGHTS = {**FAULT_WEIGHTS, "restart-libvirtd": 1.5}
 POWER_ON_AFTER_S = 5.0
 """Seconds a host found off (fenced) stays off before the nemesis, as the machine room, powers it on again."""
+WHOLE_AGAIN_TIMEOUT_S = 60.0
+"""Longest the nemesis waits, before its next fault, for every node to run again: a node left dead (or one
+that fenced itself) is back only once fenced and powered on, and a second one down meanwhile would make more
+than half of a 3-node cluster look dead, which no leader fences on its own (that is an administrator's call,
+not something a run can settle)."""
+DETECTION_WINDOW_S = 6.0
+"""Seconds after a paused node daemon wakes within which the leader may still find it dead (its fence
+deadline, with a margin)."""
 THAW_READING_HEAD_START = 0.1
 """Seconds the monitor's reading gets to reach a frozen libvirtd's socket before the thaw."""
 
@@ -72,6 +82,7 @@ def schedule(seed: int | str, session_timeout: float,
             "freeze-libvirtd": rng.uniform(3.0, 8.0),
             "drop-zookeeper-session": rng.uniform(session_timeout + 1.5, session_timeout + 5.0),
             "restart-libvirtd": 0.0,
+            "kill-node-daemon-for-good": 0.0,
         }
         gap = rng.uniform(0.5, 3.0)
         yield PlannedFault(kind, target, round(durations[kind], 2), round(gap, 2))
@@ -99,14 +110,18 @@ class Nemesis(threading.Thread):
         self._lock = threading.Lock()
         self._off_since: dict[str, float] = {}
         """Hosts found powered off, and when."""
+        self._broken_nodes: set[str] = set()
+        """Nodes whose pvcnoded was killed for good and whose host has not been found off (fenced) yet."""
+        self._quiet_after = 0.0
+        """Monotonic time before which a node may still be found dead because of the last fault (a daemon
+        paused past its self-fence deadline falls silent only once it wakes)."""
 
     def run(self) -> None:
         client = self._connect()
         try:
             for fault in self._faults:
-                if self._stopping.wait(fault.gap_s):
+                if self._stopping.wait(fault.gap_s) or not self._await_whole_cluster(client):
                     break
-                self.supervise()
                 injected = self._history.now()
                 try:
                     target, detail = self._inject(fault, client)
@@ -117,6 +132,27 @@ class Nemesis(threading.Thread):
         finally:
             client.close()
 
+    def _await_whole_cluster(self, client) -> bool:
+        """Act as the machine room until every node runs again (or the wait times out, which is noted); False
+        once the run is stopping."""
+        deadline = time.monotonic() + WHOLE_AGAIN_TIMEOUT_S
+        while True:
+            self.supervise()
+            try:
+                states = {node["name"]: node["daemon_state"] for node in client.nodes.list()}
+            except PVCError:
+                states = {}
+            with self._lock:
+                broken = bool(self._broken_nodes)
+            if states and all(state == "run" for state in states.values()) and not broken \
+                    and time.monotonic() >= self._quiet_after:
+                return True
+            if time.monotonic() > deadline:
+                self._history.note("nemesis", f"nodes not all running after {WHOLE_AGAIN_TIMEOUT_S:g} s: {states}")
+                return True
+            if self._stopping.wait(0.5):
+                return False
+
     # -- faults ---------------------------------------------------------------------------------------------
 
     def _inject(self, fault: PlannedFault, client) -> tuple[str, str]:
@@ -124,6 +160,8 @@ class Nemesis(threading.Thread):
         node = nodes[fault.target % len(nodes)]
         if fault.kind == "kill-node-daemon":
             return node, self._kill_and_restart("pvcnoded", node, fault.duration_s)
+        if fault.kind == "kill-node-daemon-for-good":
+            return node, self._kill_for_good(node)
         if fault.kind == "kill-leader-coordinator":
             leader = self._leader(client)
             coordinators = self._local.coordinator_names
@@ -133,7 +171,9 @@ class Nemesis(threading.Thread):
         if fault.kind == "freeze-libvirtd":
             return node, self._freeze_libvirtd(node, fault.duration_s)
         if fault.kind == "drop-zookeeper-session":
-            return node, self._pause_daemon(node, fault.duration_s)
+            detail = self._pause_daemon(node, fault.duration_s)
+            self._quiet_after = time.monotonic() + DETECTION_WINDOW_S
+            return node, detail
         if fault.kind == "restart-libvirtd":
             self._local.host(node).restart_libvirtd()
             return node, ""
@@ -158,6 +198,16 @@ class Nemesis(threading.Thread):
             return f"pid {pid} killed; not started again: the host went off meanwhile"
         new_pid = self._start(program, name)
         return f"pid {pid} killed, pid {new_pid} started {self._history.now() - killed:.2f} s later"
+
+    def _kill_for_good(self, node: str) -> str:
+        """kill -9 the node's pvcnoded and start it no more: only the fence's power cycle (and the power-on
+        `supervise` does after it) brings the node back."""
+        with self._lock:
+            self._down.add(("pvcnoded", node))
+            self._broken_nodes.add(node)
+        pid = self._local.daemon_pid("pvcnoded", node)
+        self._local.stop_daemon("pvcnoded", node, kill=True)
+        return f"pid {pid} killed and left dead"
 
     def _freeze_libvirtd(self, node: str, seconds: float) -> str:
         gate = self._gates[node]
@@ -224,6 +274,9 @@ class Nemesis(threading.Thread):
                 started.append(f"pvcapid {name}")
         for name in self._local.node_names:
             if not self._local.host(name).running:
+                with self._lock:
+                    self._down.discard(("pvcnoded", name))  # powering the host on starts its pvcnoded
+                    self._broken_nodes.discard(name)
                 if self._power_on_when_due(name):
                     started.append(f"host {name}")
                 continue

@@ -1,0 +1,428 @@
+"""A node cut off from ZooKeeper stops its own VMs before the leader may start them elsewhere, and only then.
+
+The cut is a real one: the node's pvcnoded reaches ZooKeeper through a loopback TCP proxy the test cuts like
+a cable (bytes dropped both ways, no reset), while its agent still talks to its peers. "Running" is read from
+each host's own libvirtd; when the leader marked a node dead is ZooKeeper's own timestamp of that write.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import libvirt
+import pytest
+import yaml
+
+from pvc import schema
+from pvc.cli.localcluster.cluster import FENCE_INTERVALS, KEEPALIVE_INTERVAL, SUICIDE_INTERVALS
+from pvc.cli.localcluster.processes import pid_alive
+from pvc.cli.localcluster.zookeeper import ZooKeeperServer
+from pvc.errors import InvalidInput, Unavailable
+from pvc.fencing_settings import FencingSettings, resolve, violation
+from pvc.store import Store
+
+from conftest import ZK_PASSWORD, ZK_USER, started_cluster
+from guest_support import boot_guests, wait_heartbeat
+from helpers import cluster_store, eventually
+from vm_support import assert_no_vm_on_two_hosts, pvc, running_hosts, vm_xml, wait_running_on
+
+FENCE_DEADLINE_S = FENCE_INTERVALS * KEEPALIVE_INTERVAL
+SELF_FENCE_DEADLINE_S = FencingSettings(KEEPALIVE_INTERVAL, FENCE_INTERVALS, SUICIDE_INTERVALS,
+                                        "migrate").self_fence_deadline_s
+
+
+class ZooKeeperLink:
+    """A loopback TCP proxy to ZooKeeper that can be cut like a cable: while cut, bytes in both directions are
+    dropped and new connections are accepted and left unanswered; restoring closes the connections that lost
+    bytes, so the client connects afresh."""
+
+    def __init__(self, upstream_port: int):
+        self._upstream = ("127.0.0.1", upstream_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._cut = threading.Event()
+        self._lock = threading.Lock()
+        self._damaged: list[socket.socket] = []
+        self._open: list[socket.socket] = []
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def hosts(self) -> str:
+        return f"127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def cut(self) -> None:
+        self._cut.set()
+
+    def restore(self) -> None:
+        with self._lock:
+            self._cut.clear()
+            damaged, self._damaged = self._damaged, []
+        for sock in damaged:
+            _close(sock)
+
+    def close(self) -> None:
+        self._closed = True
+        _close(self._listener)
+        with self._lock:
+            for sock in self._open:
+                _close(sock)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _address = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._open.append(client)
+                if self._cut.is_set():
+                    self._damaged.append(client)
+                    continue
+            try:
+                upstream = socket.create_connection(self._upstream, timeout=5)
+            except OSError:
+                _close(client)
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._open.append(upstream)
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target, (client, upstream)), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, pair: tuple[socket.socket, socket.socket]) -> None:
+        try:
+            while data := source.recv(65536):
+                if self._cut.is_set():
+                    with self._lock:
+                        if self._cut.is_set():
+                            self._damaged.extend(pair)
+                            continue
+                target.sendall(data)
+        except OSError:
+            pass
+        for sock in pair:
+            _close(sock)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+@pytest.fixture
+def cut_off_node(fresh_cluster):
+    """hv1 with its pvcnoded reaching ZooKeeper through a `ZooKeeperLink`: (cluster, link)."""
+    local = fresh_cluster.local
+    link = ZooKeeperLink(local.state["zookeeper_port"])
+    local.stop_daemon("pvcnoded", "hv1")
+    local.start_node_daemon("hv1", zookeeper_hosts=link.hosts)
+    assert eventually(lambda: fresh_cluster.client.nodes.info("hv1")["daemon_state"] == "run", 30)
+    try:
+        yield fresh_cluster, link
+    finally:
+        link.restore()
+        local.stop_daemon("pvcnoded", "hv1")  # while it can still reach ZooKeeper to say so
+        link.close()
+
+
+class DaemonStates:
+    """Every value a node's daemon state takes, with ZooKeeper's own time of the write (epoch seconds)."""
+
+    def __init__(self, store: Store, node: str):
+        self.seen: list[tuple[str, float]] = []
+        store.zk.DataWatch(schema.node_key(node, "daemon_state"), self._on_change)
+
+    def _on_change(self, data, stat, _event=None) -> None:
+        if data is not None:
+            self.seen.append((schema.decode(data), stat.mtime / 1000))
+
+    def when(self, state: str) -> float | None:
+        return next((at for value, at in self.seen if value == state), None)
+
+
+def _nodes(client) -> list[dict]:
+    """The nodes as the coordinators say, or none while they have yet to find ZooKeeper again (their sessions
+    may have expired during its outage)."""
+    try:
+        return client.nodes.list()
+    except Unavailable:
+        return []
+
+
+def _self_fence_log(local, node: str) -> list[str]:
+    """What the node's self-fence logged: every decision, with its numbers."""
+    log_path = local.state_dir / "nodes" / node / "pvcnoded.log"
+    return [line for line in log_path.read_text().splitlines() if "pvc.node.self_fence" in line]
+
+
+def _vms_on(client, node: str, names: list[str]) -> None:
+    for name in names:
+        client.vms.define(vm_xml(name), target=node)
+        client.vms.start(name, wait=True)
+
+
+def _running_on(cluster, node: str) -> set[str] | None:
+    """What `node`'s own libvirtd runs; None once the host is off (a fence powers it off at any moment)."""
+    try:
+        return {name for name, running in cluster.host_domains(node).items() if running}
+    except libvirt.libvirtError:
+        if cluster.local.host(node).running:
+            raise
+        return None
+
+
+@pytest.mark.cluster(nodes=3)
+def test_a_node_cut_off_alone_stops_its_vms_before_the_leaders_deadline_and_they_run_elsewhere_once(cut_off_node):
+    cluster, link = cut_off_node
+    client = cluster.client
+    names = ["cut1", "cut2", "cut3"]
+    _vms_on(client, "hv1", names)
+    with cluster_store(cluster.local) as store:
+        states = DaemonStates(store, "hv1")
+
+        link.cut()
+        cut_at = time.time()
+        assert eventually(lambda: cluster.local.host("hv1").running and all(
+            cluster.host_domains("hv1").get(name) is False for name in names), 15, 0.05), cluster.host_domains("hv1")
+        stopped_seen_at = time.time()
+        link.restore()
+
+        resumed: set[str] = set()
+        while (running := _running_on(cluster, "hv1")) is not None and time.time() < stopped_seen_at + 15:
+            resumed |= running
+            time.sleep(0.05)
+        assert not resumed, f"hv1 started {resumed} again after its link came back"
+        recovery = eventually(lambda: (lambda found: found if found and found["state"] == "done" else None)(
+            client.nodes.info("hv1")["recovery"]), 30, 0.2)
+        assert recovery, client.nodes.info("hv1")
+        dead_at = states.when("dead")
+    assert dead_at is not None, states.seen
+    assert stopped_seen_at < dead_at, \
+        f"hv1's VMs were seen stopped {stopped_seen_at - dead_at:.2f} s after the leader marked it dead"
+    assert stopped_seen_at - cut_at < FENCE_DEADLINE_S, f"stopped {stopped_seen_at - cut_at:.2f} s after the cut"
+    assert recovery["fence"][0]["policy"] == "ipmi" and recovery["fence"][0]["confirmed"]
+    assert client.nodes.info("hv1")["daemon_state"] == "fenced"
+    for name in names:
+        node = client.vms.info(name)["node"]
+        assert node in ("hv2", "hv3")
+        wait_running_on(cluster, name, node)
+    assert_no_vm_on_two_hosts(cluster)
+    decisions = _self_fence_log(cluster.local, "hv1")
+    assert any("cut off from ZooKeeper: no keepalive acknowledged for" in line for line in decisions), decisions
+    print("\n" + "\n".join(decisions))
+    print(f"self-fenced (seen from hv1's libvirtd) {stopped_seen_at - cut_at:.2f} s after the cut; "
+          f"marked dead {dead_at - cut_at:.2f} s after it (self-fence deadline {SELF_FENCE_DEADLINE_S:g} s, "
+          f"fence deadline {FENCE_DEADLINE_S:g} s, both from the last acknowledged keepalive)")
+
+
+@pytest.fixture
+def qemu_cluster_with_a_cuttable_node(tmp_path_factory):
+    for cluster in started_cluster(tmp_path_factory.mktemp("qemu-self-fence"), nodes=3, coordinators=1,
+                                   hypervisor="qemu"):
+        link = ZooKeeperLink(cluster.local.state["zookeeper_port"])
+        cluster.local.stop_daemon("pvcnoded", "hv1")
+        cluster.local.start_node_daemon("hv1", zookeeper_hosts=link.hosts)
+        assert eventually(lambda: cluster.client.nodes.info("hv1")["daemon_state"] == "run", 60)
+        try:
+            yield cluster, link
+        finally:
+            link.restore()
+            cluster.local.stop_daemon("pvcnoded", "hv1")
+            link.close()
+
+
+@pytest.mark.bench
+def test_a_cut_off_qemu_host_kills_its_real_guests_before_the_leaders_deadline(qemu_cluster_with_a_cuttable_node):
+    cluster, link = qemu_cluster_with_a_cuttable_node
+    client, local = cluster.client, cluster.local
+    names = ["isolated1", "isolated2", "isolated3"]
+    boots = boot_guests(cluster, "hv1", names)
+    pids = local.host("hv1").qemu_pids()
+    with cluster_store(local) as store:
+        states = DaemonStates(store, "hv1")
+
+        link.cut()
+        cut_at = time.time()
+        assert eventually(lambda: not any(pid_alive(pid) for name, pid in pids.items() if name in names), 15, 0.05)
+        gone_at = time.time()
+        link.restore()
+        recovery = eventually(lambda: (lambda found: found if found and found["state"] == "done" else None)(
+            client.nodes.info("hv1")["recovery"]), 60, 0.2)
+        assert recovery, client.nodes.info("hv1")
+        dead_at = states.when("dead")
+    assert dead_at is not None and gone_at < dead_at, (gone_at - cut_at, states.seen)
+    for name in names:
+        node = client.vms.info(name)["node"]
+        assert node in ("hv2", "hv3")
+        assert wait_heartbeat(cluster, name, node).boot_id != boots[name].boot_id, f"{name} booted again on {node}"
+        wait_running_on(cluster, name, node)
+    assert_no_vm_on_two_hosts(cluster)
+    print(f"\nhv1's QEMU processes gone {gone_at - cut_at:.2f} s after the cut, marked dead "
+          f"{dead_at - cut_at:.2f} s after it")
+
+
+@pytest.mark.cluster(nodes=3)
+def test_a_self_fenced_node_whose_link_returns_resumes_nothing_and_reports_only_what_it_checked(cut_off_node):
+    cluster, link = cut_off_node
+    client = cluster.client
+    client.cluster.config(fence_chain=["none"])
+    names = ["back1", "back2"]
+    _vms_on(client, "hv1", names)
+
+    link.cut()
+    assert eventually(lambda: all(cluster.host_domains("hv1").get(name) is False for name in names), 15, 0.05)
+    link.restore()
+
+    assert eventually(lambda: client.nodes.info("hv1")["daemon_state"] == "dead", FENCE_DEADLINE_S + 10, 0.1), \
+        "a node that fenced itself writes no keepalive even once ZooKeeper answers again"
+    assert eventually(lambda: all(client.vms.info(name)["running"] is False for name in names), 10), \
+        [client.vms.info(name) for name in names]
+    assert all("self-fencing" in (client.vms.info(name)["last_error"] or "") for name in names), \
+        [client.vms.info(name) for name in names]
+    assert not eventually(lambda: any(cluster.host_domains("hv1").get(name) for name in names),
+                          3 * KEEPALIVE_INTERVAL), "hv1 resumed VMs it had stopped"
+    assert (client.nodes.info("hv1")["recovery"] or {}).get("state") == "failed"
+
+    client.nodes.fence_confirm("hv1")
+    for name in names:
+        node = eventually(lambda: (lambda vm: vm["node"] if vm["node"] != "hv1" and vm["running"] else None)(
+            client.vms.info(name)), 20)
+        assert node, client.vms.info(name)
+        wait_running_on(cluster, name, node)
+    assert_no_vm_on_two_hosts(cluster)
+
+
+@pytest.mark.cluster(nodes=3)
+def test_zookeeper_stopped_for_twice_the_self_fence_deadline_stops_no_vm_and_fences_nothing(fresh_cluster):
+    client, local = fresh_cluster.client, fresh_cluster.local
+    expected = {"outage1": ["hv1"], "outage2": ["hv2"], "outage3": ["hv3"]}
+    for name, (node,) in expected.items():
+        _vms_on(client, node, [name])
+    zookeeper = ZooKeeperServer.attach(local.state_dir / "zookeeper")
+
+    zookeeper.stop()
+    stopped_at = time.monotonic()
+    while time.monotonic() < stopped_at + 2 * SELF_FENCE_DEADLINE_S:
+        assert running_hosts(fresh_cluster) == expected
+        time.sleep(0.2)
+    zookeeper.start()
+
+    assert not eventually(lambda: any(node["daemon_state"] in ("dead", "fenced") for node in _nodes(client)),
+                          FENCE_DEADLINE_S + 4, 0.2), _nodes(client)
+    assert [node["daemon_state"] for node in eventually(lambda: _nodes(client), 30)] == ["run"] * 3
+    assert running_hosts(fresh_cluster) == expected
+    assert all(client.nodes.info(node)["recovery"] is None for node in local.node_names)
+    for node in local.node_names:
+        assert any("a ZooKeeper outage, not this node's isolation, so it keeps its VMs" in line
+                   for line in _self_fence_log(local, node)), f"{node} never judged the outage"
+
+
+@pytest.mark.cluster(nodes=3)
+def test_in_maintenance_a_cut_off_node_keeps_its_vms(cut_off_node):
+    cluster, link = cut_off_node
+    client = cluster.client
+    _vms_on(client, "hv1", ["kept1", "kept2"])
+    client.cluster.maintenance(True)
+    time.sleep(KEEPALIVE_INTERVAL)
+
+    link.cut()
+
+    assert eventually(lambda: client.nodes.info("hv1")["daemon_state"] == "dead", FENCE_DEADLINE_S + 10, 0.1)
+    assert not eventually(lambda: not all(cluster.host_domains("hv1").get(name) for name in ("kept1", "kept2")),
+                          2 * KEEPALIVE_INTERVAL), cluster.host_domains("hv1")
+    assert client.nodes.info("hv1")["recovery"] is None
+    assert running_hosts(cluster) == {"kept1": ["hv1"], "kept2": ["hv1"]}
+    assert any("the last maintenance flag seen was on" in line for line in _self_fence_log(cluster.local, "hv1"))
+
+
+@pytest.mark.cluster(nodes=2)
+def test_fencing_settings_are_the_clusters_with_per_node_overrides_and_unsafe_ones_are_refused(fresh_cluster):
+    client, local = fresh_cluster.client, fresh_cluster.local
+    refused = pvc(fresh_cluster, "cluster", "config", "--suicide-intervals", "3")
+    assert refused.exit_code == 1
+    assert "self-fence deadline 4.6 s (suicide_intervals 3 × keepalive_interval 1 s" in refused.output
+    assert "fence deadline 4 s (fence_intervals 4 × keepalive_interval 1 s)" in refused.output
+    with pytest.raises(InvalidInput, match=r"kazoo's detection lag 1\.67 s .* session timeout 2\.5 s"):
+        client.cluster.config(node="hv2", suicide_intervals=1)
+    with pytest.raises(InvalidInput, match="suicide_intervals must be a whole number of at least 0, not 1.5"):
+        client.cluster.config(suicide_intervals=1.5)
+    assert client.cluster.config()["suicide_intervals"] == SUICIDE_INTERVALS
+
+    shown = pvc(fresh_cluster, "cluster", "config", "--node", "hv2", "--fence-intervals", "8",
+                "--successful-fence", "none", "--format", "json")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["fencing_overrides"] == {"hv2": {"fence_intervals": 8, "successful_fence": "none"}}
+    assert client.cluster.config()["fence_intervals"] == FENCE_INTERVALS
+    _vms_on(client, "hv2", ["stays"])
+    with cluster_store(local) as store:
+        states = DaemonStates(store, "hv2")
+        local.stop_daemon("pvcnoded", "hv2", kill=True)
+        killed_at = time.time()
+        recovery = eventually(lambda: (lambda found: found if found and found["state"] == "done" else None)(
+            client.nodes.info("hv2")["recovery"]), 30, 0.2)
+        dead_at = states.when("dead")
+    assert recovery and recovery["reason"].startswith("successful_fence is none"), client.nodes.info("hv2")
+    assert dead_at - killed_at > 8 * KEEPALIVE_INTERVAL - KEEPALIVE_INTERVAL - 1, \
+        f"hv2 was marked dead {dead_at - killed_at:.2f} s after its daemon died, not after its own 8 intervals"
+    assert client.vms.info("stays")["node"] == "hv2", "with successful_fence none, nothing moves"
+    assert client.cluster.config(node="hv2", fence_intervals=None, successful_fence=None)["fencing_overrides"] == {}
+
+
+def test_a_nodes_overrides_come_before_the_clusters_settings_and_those_before_its_own_yaml():
+    cluster_config = {"keepalive_interval": 2, "fence_intervals": 5,
+                      "fencing_overrides": {"hv1": {"suicide_intervals": 1, "successful_fence": "none"}}}
+    assert resolve(cluster_config, "hv1", {"keepalive_interval": 9}) == FencingSettings(2, 5, 1, "none")
+    assert resolve(cluster_config, "hv2") == FencingSettings(2, 5, 3, "migrate")
+    assert resolve({}, "hv2", {"keepalive_interval": 9}).keepalive_interval == 9
+    production = resolve({})
+    assert (production.fence_deadline_s, production.self_fence_deadline_s) == (30, 22.75)
+    assert violation(production, session_timeout_s=10) is None
+
+
+def _start_pvcnoded(tmp_path: Path, zookeeper_hosts: str, node: str, **settings) -> subprocess.CompletedProcess:
+    config_path = tmp_path / "pvcnoded.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "node_name": node, "zookeeper_hosts": zookeeper_hosts, "zookeeper_user": ZK_USER,
+        "zookeeper_password": ZK_PASSWORD, "libvirt_uri": "test:///default", "cluster_secret": "s3cret",
+        "listen_address": "127.0.0.1:0", "keepalive_interval": 1, "zookeeper_session_timeout": 2.5,
+        "storage_directory": str(tmp_path / "storage"), "upload_staging_directory": str(tmp_path / "staging"),
+        "console_log_directory": str(tmp_path / "console"), "boot_image_directory": str(tmp_path / "boot"),
+        "upload_listen_address": "127.0.0.1:0", **settings}))
+    executable = Path(sys.executable).with_name("pvcnoded")
+    return subprocess.run([str(executable), "--config", str(config_path)], capture_output=True, text=True,
+                          timeout=60, env=os.environ)
+
+
+def test_a_node_refuses_to_start_when_its_self_fence_would_end_after_the_fence_deadline(store, zookeeper_hosts,
+                                                                                          tmp_path):
+    store.write(schema.CONFIG, {**(store.read(schema.CONFIG) or {}), "keepalive_interval": 1,
+                                "fence_intervals": 4, "suicide_intervals": 2,
+                                "fencing_overrides": {"hv-late": {"suicide_intervals": 3}}})
+
+    late = _start_pvcnoded(tmp_path, zookeeper_hosts, "hv-late")
+
+    assert late.returncode == 1, late.stderr
+    error = [line for line in late.stderr.splitlines() if "error:" in line]
+    assert error == ["pvcnoded: error: node hv-late: unsafe fencing settings: self-fence deadline 4.6 s "
+                     "(suicide_intervals 3 × keepalive_interval 1 s + peer check 0.5 s + stopping VMs 1 s + "
+                     "watchdog period 0.1 s) does not end before the leader's fence deadline 4 s (fence_intervals "
+                     "4 × keepalive_interval 1 s): a node cut off from ZooKeeper could still run its VMs when they "
+                     "start elsewhere"], late.stderr
+    assert store.zk.exists(schema.node("hv-late")) is None
+    assert not store.children(schema.node_owners("hv-late"))
+
+    slow = _start_pvcnoded(tmp_path, zookeeper_hosts, "hv-slow", zookeeper_session_timeout=6)
+
+    assert slow.returncode == 1, slow.stderr
+    assert "suicide_intervals 2 × keepalive_interval 1 s = 2 s is not longer than kazoo's detection lag 4.00 s " \
+           "(2/3 of the negotiated ZooKeeper session timeout 6 s)" in slow.stderr
+    assert store.zk.exists(schema.node("hv-slow")) is None
