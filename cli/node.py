@@ -5,6 +5,7 @@ import time
 
 import click
 
+from pvc import schema
 from pvc.cli import output
 from pvc.cli.confirm import confirm_option
 
@@ -77,8 +78,10 @@ _node_argument = click.argument("name", metavar="[NODE]", required=False)
 
 @group.command("list")
 @click.argument("limit", metavar="[REGEX]", required=False)
-@click.option("-ds", "--daemon-state", help="only nodes in this daemon state (run, stop, dead, ...)")
-@click.option("-vs", "--domain-state", help="only nodes in this domain state (ready, flushed, ...)")
+@click.option("-ds", "--daemon-state", type=click.Choice(schema.DAEMON_STATES),
+              help="only nodes in this daemon state")
+@click.option("-vs", "--domain-state", type=click.Choice(schema.DOMAIN_STATES),
+              help="only nodes in this domain state")
 @output.list_format_option
 @click.pass_obj
 def list_nodes(session, limit: str | None, daemon_state: str | None, domain_state: str | None,

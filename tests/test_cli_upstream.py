@@ -84,6 +84,9 @@ def test_node_list_filters_by_name_and_state(pvc, cluster):
     assert ok(pvc("node", "list", "hv[12]", "-f", "raw")).split() == ["hv1", "hv2"]
     assert ok(pvc("node", "list", "-ds", "run", "-vs", "ready", "-f", "raw")).split() == ["hv1", "hv2", "hv3"]
     assert ok(pvc("node", "list", "--domain-state", "flushed", "-f", "raw")) == ""
+    mistyped = pvc("node", "list", "-ds", "runing")
+    assert mistyped.exit_code == 2 and "'runing' is not one of 'init', 'run', 'stop', 'dead', 'fenced'" in \
+        mistyped.output, mistyped.output
     assert "not a regular expression" in pvc("node", "list", "hv[").stderr
 
 
