@@ -37,6 +37,7 @@ def _info_table(vm: dict) -> str:
         ("Node autostart", output.plain(vm["node_autostart"])),
         ("Migration method", output.plain(vm["migration_method"])),
         ("Max downtime", f"{vm['max_downtime_ms']} ms" if vm["max_downtime_ms"] else "-"),
+        ("Profile", vm.get("profile") or "-"),
         ("Disks", output.plain(disks)),
         ("NICs", output.plain(nics)),
         ("Last error", output.plain(vm["last_error"])),
@@ -80,6 +81,7 @@ def _meta_options(function):
                      type=click.Choice(["live", "shutdown", "auto", "none"]),
                      help="how the VM migrates (default: the cluster's; none, upstream's name, is auto)"),
         click.option("-d", "--max-downtime", type=click.IntRange(min=1), help="live migration downtime limit, ms"),
+        click.option("--profile", help="the provisioner profile the VM belongs to ('' clears it)"),
     ]
     for option in reversed(options):
         function = option(function)
@@ -109,12 +111,12 @@ def group() -> None:
 @output.format_option
 @click.pass_obj
 def define(session, xml_file, target, node_limit, node_selector, node_autostart, migration_method, max_downtime,
-           tags, protected_tags, output_format) -> None:
+           profile, tags, protected_tags, output_format) -> None:
     """Define a VM from a libvirt domain XML file."""
     vm = session.client.vms.define(xml_file.read(), target=target, node_limit=_node_list(node_limit),
                                    node_selector=node_selector, node_autostart=bool(node_autostart),
                                    migration_method=migration_method, max_downtime=max_downtime,
-                                   tags=list(tags), protected_tags=list(protected_tags))
+                                   tags=list(tags), protected_tags=list(protected_tags), profile=profile or None)
     _show_vm(vm, output_format)
 
 
@@ -123,12 +125,13 @@ def define(session, xml_file, target, node_limit, node_selector, node_autostart,
 @_meta_options
 @output.format_option
 @click.pass_obj
-def meta(session, vm, node_limit, node_selector, node_autostart, migration_method, max_downtime,
+def meta(session, vm, node_limit, node_selector, node_autostart, migration_method, max_downtime, profile,
          output_format) -> None:
     """Change the VM's metadata; only the options given change."""
     changes = {key: value for key, value in {
         "node_limit": _node_list(node_limit), "node_selector": node_selector, "node_autostart": node_autostart,
-        "migration_method": migration_method, "max_downtime": max_downtime}.items() if value is not None}
+        "migration_method": migration_method, "max_downtime": max_downtime, "profile": profile}.items()
+        if value is not None}
     if not changes:
         raise click.UsageError("nothing to change: give at least one option")
     _show_vm(session.client.vms.set_meta(vm, **changes), output_format)

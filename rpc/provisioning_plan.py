@@ -62,6 +62,7 @@ class Planner:
         xml = domain_builder.build(vm, uuid, hardware, disks, nics)
         domain_xml.parse(xml)
         meta = {key: system[key] for key in ("node_limit", "node_selector", "node_autostart", "migration_method")}
+        meta["profile"] = profile_name
         self._check_placeable(vm, system, meta)
         return {"vm": vm, "uuid": uuid, "xml": xml, "meta": meta, "volumes": volumes,
                 "config_drive": config_drive, "user_data": profile.get("user_data"), "start": start,

@@ -15,7 +15,8 @@ from vm_support import (assert_no_vm_on_two_hosts, new_uuid, pvc, remove_all_vms
 
 INFO_KEYS = {"name", "uuid", "state", "node", "last_node", "running", "node_limit", "node_selector",
              "node_autostart", "migration_method", "max_downtime_ms", "vcpus", "memory_mib", "last_error",
-             "unknown", "migration_note", "disks", "nics", "volumes", "autostart_pending", "tags", "protected_tags"}
+             "unknown", "migration_note", "disks", "nics", "volumes", "autostart_pending", "tags", "protected_tags",
+             "profile"}
 
 
 @pytest.fixture(autouse=True)
@@ -233,6 +234,19 @@ def test_vm_meta_changes_only_what_it_names_and_info_shows_it(cluster, tmp_path)
     assert vms.set_meta("meta", node_selector="load")["node_selector"] == "load"
     nothing = pvc(cluster, "vm", "meta", "meta")
     assert nothing.exit_code == 2 and "nothing to change" in nothing.output
+
+    cluster.client.provisioner.profile_add("web-tier")
+    try:
+        assert pvc(cluster, "vm", "meta", "meta", "--profile", "web-tier").exit_code == 0
+        assert vms.info("meta")["profile"] == "web-tier"
+        assert "Profile:" in pvc(cluster, "vm", "info", "meta").stdout
+        unknown = pvc(cluster, "vm", "meta", "meta", "--profile", "no-such")
+        assert unknown.exit_code == 1 and "no provisioner profile named 'no-such'" in unknown.output
+        assert vms.info("meta")["profile"] == "web-tier"
+        assert pvc(cluster, "vm", "meta", "meta", "--profile", "").exit_code == 0
+        assert vms.info("meta")["profile"] is None
+    finally:
+        cluster.client.provisioner.profile_remove("web-tier")
 
 
 def test_a_vm_limited_to_two_nodes_stays_on_them_through_placement_migration_flush_and_ready(cluster):

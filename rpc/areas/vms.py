@@ -15,7 +15,7 @@ from pvc.rpc.retries import retry_safe
 from pvc.rpc.vm_control import VMControl
 from pvc.rpc.vm_edits import VMEditor, initial_tags
 
-META_KEYS = ("node_limit", "node_selector", "node_autostart", "migration_method", "max_downtime")
+META_KEYS = ("node_limit", "node_selector", "node_autostart", "migration_method", "max_downtime", "profile")
 
 
 @Pyro5.server.expose
@@ -74,13 +74,14 @@ class VMsArea:
     def define(self, xml: str, target: str | None = None, node_limit: list[str] | None = None,
                node_selector: str | None = None, node_autostart: bool = False,
                migration_method: str | None = None, max_downtime: int | None = None,
-               tags: list[str] | None = None, protected_tags: list[str] | None = None) -> dict[str, Any]:
+               tags: list[str] | None = None, protected_tags: list[str] | None = None,
+               profile: str | None = None) -> dict[str, Any]:
         """Record a new VM and define it on its node (chosen by its selector unless `target` is given), with
         user `tags` and `protected_tags` (which `remove_tag` refuses)."""
         domain = domain_xml.parse(xml, allow_host_devices=self._allow_host_devices())
         meta = self._checked_meta({"node_limit": node_limit, "node_selector": node_selector,
                                    "node_autostart": node_autostart, "migration_method": migration_method,
-                                   "max_downtime": max_downtime})
+                                   "max_downtime": max_downtime, "profile": profile})
         if self._context.cache.vms.get(domain.name) is not None:
             raise AlreadyExists(f"a VM named '{domain.name}' exists already")
         self._check_uuid_free(domain.uuid)
@@ -342,9 +343,12 @@ class VMsArea:
         downtime = meta.get("max_downtime")
         if downtime is not None and (not isinstance(downtime, int) or isinstance(downtime, bool) or downtime < 1):
             raise InvalidInput(f"max downtime must be a positive number of milliseconds, not {downtime!r}")
+        profile = meta.get("profile") or None
+        if profile is not None and self._context.store.zk.exists(schema.profile(profile)) is None:
+            raise InvalidInput(f"no provisioner profile named '{profile}'")
         return {"node_limit": sorted(set(limit)), "node_selector": meta.get("node_selector") or None,
                 "node_autostart": bool(meta.get("node_autostart")), "migration_method": method,
-                "max_downtime": downtime}
+                "max_downtime": downtime, "profile": profile}
 
     def _allow_host_devices(self) -> bool:
         return bool((self._context.cache.config.get() or {}).get("allow_host_devices"))
