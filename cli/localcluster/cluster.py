@@ -298,9 +298,12 @@ class LocalCluster:
                     **({"tls_ca": str(self.tls_cert)} if self.state.get("tls") else {})}
         return self._start_daemon("pvcapid", directory, settings)
 
-    def start_node_daemon(self, name: str, zookeeper_hosts: str | None = None) -> int:
+    def start_node_daemon(self, name: str, zookeeper_hosts: str | None = None, netns: str | None = None,
+                          address: str | None = None) -> int:
         """Start the node's pvcnoded; `zookeeper_hosts` makes it reach ZooKeeper at another address (a test's
-        proxy it can cut) instead of the server's own."""
+        proxy it can cut) instead of the server's own. `netns` runs it inside that network namespace (`ip netns
+        exec`: a host a test can partition; its libvirtd's unix socket is still reached through the
+        filesystem), and `address` is where its agent and upload channel listen, one its peers can reach."""
         directory = self._daemon_dir("nodes", name)
         directory.mkdir(parents=True, exist_ok=True)
         host = self.host(name)
@@ -320,16 +323,20 @@ class LocalCluster:
             settings.update({"listen_address": f"{host.address}:0", "upload_listen_address": f"{host.address}:0",
                              "migration_uri": host.migration_uri, "migration_address": host.address,
                              "accelerator": self.state["accelerator"]})
+        if address:
+            settings.update({"listen_address": f"{address}:0", "upload_listen_address": f"{address}:0"})
         if self.bmc(name).settings:
             settings.update(self.bmc(name).node_settings())
-        return self._start_daemon("pvcnoded", directory, settings)
+        return self._start_daemon("pvcnoded", directory, settings, netns)
 
-    def _start_daemon(self, program: str, directory: Path, settings: dict[str, Any]) -> int:
+    def _start_daemon(self, program: str, directory: Path, settings: dict[str, Any], netns: str | None = None) -> int:
         config_path = directory / f"{program}.yaml"
         config_path.write_text(yaml.safe_dump(settings, sort_keys=False))
         executable = Path(sys.executable).with_name(program)
-        return start_detached([str(executable), "--config", str(config_path)], directory / f"{program}.log",
-                              directory / f"{program}.pid")
+        # `ip netns exec` execs the program itself, so the recorded pid is still the daemon's.
+        in_netns = ["ip", "netns", "exec", netns] if netns else []
+        return start_detached([*in_netns, str(executable), "--config", str(config_path)],
+                              directory / f"{program}.log", directory / f"{program}.pid")
 
     def daemon_pid(self, program: str, name: str) -> int | None:
         """The daemon's pid while it runs. Pids are recycled quickly (pid_max can be 32768), so the process
