@@ -2,6 +2,7 @@
 import time
 
 import click
+import yaml
 
 from pvc.cli import output
 
@@ -81,12 +82,16 @@ def maintenance(session, mode: str, output_format: str) -> None:
               help="after a confirmed fence: restart the node's VMs elsewhere (migrate) or not (none)")
 @click.option("--accept-io-fence/--no-accept-io-fence", default=None,
               help="whether a dead node isolated from storage but not proven off may have its VMs recovered")
+@click.option("--fence-options", metavar="YAML|-",
+              help="options of each fencing level as a YAML/JSON mapping {POLICY: {OPTION: VALUE}}, replacing the "
+                   "stored ones ('-' reads it from stdin, keeping a password off the command line); a password "
+                   "is stored sealed and shown as (set)")
 @click.option("--node", metavar="NODE", help="set the fencing settings given for this node only (its overrides)")
 @output.format_option
 @click.pass_obj
 def cluster_config(session, default_selector, migration_method, allow_host_devices, fence_chain,
                    keepalive_interval, fence_intervals, suicide_intervals, successful_fence, accept_io_fence,
-                   node, output_format) -> None:
+                   fence_options, node, output_format) -> None:
     """Show the cluster configuration, or change the keys given."""
     chain = [name.strip() for name in fence_chain.split(",") if name.strip()] if fence_chain is not None else None
     changes = {key: value for key, value in {"default_selector": default_selector,
@@ -99,11 +104,27 @@ def cluster_config(session, default_selector, migration_method, allow_host_devic
                                              "successful_fence": successful_fence,
                                              "accept_io_fence": accept_io_fence}.items()
                if value is not None}
+    if fence_options is not None:
+        changes["fence_options"] = _fence_options(fence_options)
     if node is not None:
         changes["node"] = node
     settings = session.client.cluster.config(**changes)
     output.show(settings, output_format,
                 lambda value: output.details([(key, output.plain(item)) for key, item in sorted(value.items())]))
+
+
+def _fence_options(text: str) -> dict:
+    if text == "-":
+        with click.open_file("-") as stdin:
+            text = stdin.read()
+    try:
+        options = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise click.BadParameter(f"not valid YAML: {str(error).splitlines()[0]}",
+                                 param_hint="--fence-options") from None
+    if not isinstance(options, dict):
+        raise click.BadParameter("expected a mapping {POLICY: {OPTION: VALUE}}", param_hint="--fence-options")
+    return options
 
 
 @group.group("task")

@@ -26,6 +26,13 @@ _COLUMNS = [
 ]
 
 
+def _bmc(node: dict) -> str:
+    if not node.get("bmc_host"):
+        return "-"
+    return (f"{node['bmc_user'] or '(no user)'}@{node['bmc_host']}:{node['bmc_port']}, "
+            f"password {node['bmc_password'] or '(none)'}")
+
+
 def _info_table(node: dict) -> str:
     pairs = [
         ("Name", node["name"]),
@@ -46,6 +53,7 @@ def _info_table(node: dict) -> str:
                        + (f", {node['accelerator']}" if node["accelerator"] else "")
                        + (" (simulated)" if node["simulated"] else "")),
         ("Agent", output.plain(node["agent_uri"])),
+        ("BMC", _bmc(node)),
     ]
     if node.get("not_flushed"):
         pairs.append(("Not flushed", "; ".join(node["not_flushed"])))

@@ -15,7 +15,7 @@ from typing import Any
 
 from kazoo.client import KazooState
 
-from pvc import config, fencing_settings, schema
+from pvc import config, fence_secrets, fencing_settings, schema
 from pvc.cache import WatchedCollection
 from pvc.handshake import AuthenticatingDaemon, use_tls
 from pvc.node.agent import AGENT_OBJECT_ID, NodeAgent
@@ -28,6 +28,7 @@ from pvc.node.reconcile import Reconciler
 from pvc.node.self_fence import SelfFence
 from pvc.node.storage_agent import STORAGE_OBJECT_ID, NodeStorage
 from pvc.node.zookeeper_session import NegotiatedSessionTimeout
+from pvc.secrets_box import SecretsBox
 from pvc.service import SignalQueue, daemon_command
 from pvc.store import Store
 
@@ -121,8 +122,9 @@ class NodeDaemon:
                   "migration_uri": self.settings["migration_uri"] or f"qemu+tcp://{_uri_host(listen_host)}/system",
                   "migration_stream_uri": f"tcp://{_uri_host(self.settings['migration_address'] or listen_host)}",
                   "host_paths": vars(self.paths),
-                  "bmc": {"host": self.settings["bmc_host"], "port": self.settings["bmc_port"],
-                          "user": self.settings["bmc_user"], "password": self.settings["bmc_password"]}}
+                  "bmc": fence_secrets.sealed_bmc(SecretsBox(self.settings["cluster_secret"]), self.name, {
+                      "host": self.settings["bmc_host"], "port": self.settings["bmc_port"],
+                      "user": self.settings["bmc_user"], "password": self.settings["bmc_password"]})}
         if self.store.zk.exists(schema.node(self.name)):
             transaction = self.store.transaction().set(schema.node(self.name), record)
             if not self._marked_dead():

@@ -98,8 +98,10 @@ class FencingPolicy(Protocol):
 
         :param node: the node's record as ``nodes.info`` returns it (``name``, ``bmc``, ...), plus
             ``volumes``: every volume (``POOL/VOLUME``) of the VMs placed on the node, for storage fences.
+            ``bmc.password`` is in plain text: stored sealed, it is opened in memory for this call only.
         :param options: this level's options for this node (the cluster's fencing settings with the node's
-            overrides applied), such as BMC credentials or a Ceph configuration file.
+            overrides applied), such as BMC credentials or a Ceph configuration file; a ``password`` is
+            opened as the node's is.
         :param deadline: a `time.monotonic` time by which the policy must have returned; it bounds every
             command it runs by the time left and returns ``failed`` once that is gone.
         """

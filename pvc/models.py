@@ -6,6 +6,7 @@ prints exactly what the Python API returns.
 from typing import Any
 
 from pvc.cache import OWN_VALUE
+from pvc.fence_secrets import shown_bmc
 
 NODE_FIGURES = ("memory_free_mib", "memory_allocated_mib", "memory_provisioned_mib", "vcpus_allocated",
                 "vms_running", "vms_defined", "load")
@@ -35,6 +36,7 @@ def node_view(name: str, raw: dict[str, Any], keepalive_age_s: float | None = No
         "accelerator": facts.get("accelerator"),
         "simulated": facts.get("simulated", False),
         "agent_uri": facts.get("agent_uri"),
+        **shown_bmc(facts.get("bmc")),
     }
     return view
 

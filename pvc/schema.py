@@ -16,12 +16,16 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
                                            settings `keepalive_interval`, `fence_intervals`,
                                            `suicide_intervals`, `successful_fence` and their per-node
                                            `fencing_overrides` {NODE: {KEY: VALUE}} (`pvc.fencing_settings`;
-                                           a coordinator seeds the keys missing at start)
+                                           a coordinator seeds the keys missing at start); `fence_options`
+                                           {POLICY: {OPTION: VALUE}}, a ``password`` only sealed
+                                           (``sealed:v1:...``, `pvc.fence_secrets`)
     /pvc/coordinators/election/*       C   kazoo election contenders; the first holds leadership
     /pvc/coordinators/live/NAME        C   ephemeral: a running coordinator and its URI
     /pvc/nodes/NAME                    N   a node's static facts (CPUs, memory, agent URI, libvirt version),
                                            the keepalive interval it uses and its negotiated ZooKeeper
-                                           session timeout (`zookeeper_session_timeout_s`)
+                                           session timeout (`zookeeper_session_timeout_s`); its "bmc" {host,
+                                           port, user, password}, the password only sealed under a key
+                                           derived from cluster_secret (`pvc.fence_secrets`)
     /pvc/nodes/NAME/daemon_state       N,L init | run | stop (the node) | dead | fenced (the leader)
     /pvc/nodes/NAME/domain_state       L   ready | flushing | flushed | unflushing
     /pvc/nodes/NAME/keepalive          N   live figures, rewritten every keepalive interval

@@ -31,12 +31,13 @@ from typing import Any
 
 from kazoo.exceptions import NoNodeError
 
-from pvc import fencing_settings, models, placement, schema
+from pvc import fence_secrets, fencing_settings, models, placement, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import Conflict, PVCError
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc import tasks
 from pvc.rpc.tasks import TaskExecution
+from pvc.secrets_box import SecretsBox
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class RecoveryExecution(TaskExecution):
         chain = config.get("fence_chain") or list(schema.DEFAULT_FENCE_CHAIN)
         options = config.get("fence_options") or {}
         policies = self._context.plugins.registry(FENCING_POLICIES)
+        box = SecretsBox(self._context.settings["cluster_secret"])
         self.task["fence"] = []
         off, isolated = False, []
         for name in chain:
@@ -123,7 +125,9 @@ class RecoveryExecution(TaskExecution):
                 proven, explanation = "failed", f"no fencing policy named {name!r} is loaded"
             else:
                 try:
-                    result = policy.fence(subject, options.get(name) or {}, time.monotonic() + FENCE_LEVEL_TIMEOUT_S)
+                    result = policy.fence(fence_secrets.opened_node(box, subject),
+                                          fence_secrets.opened_options(box, name, options.get(name) or {}),
+                                          time.monotonic() + FENCE_LEVEL_TIMEOUT_S)
                     proven, explanation = result.proven, result.reason
                 except Exception as error:
                     proven, explanation = "failed", f"failed: {error}"
@@ -261,11 +265,14 @@ class ReadyExecution(TaskExecution):
         record = {"name": node, **(self._context.store.read(schema.node(node)) or {}),
                   "volumes": volumes_on(self._vms(), node)}
         options = self._context.cache.config.get().get("fence_options") or {}
+        box = SecretsBox(self._context.settings["cluster_secret"])
         outcomes = [entry for entry in recovery.get("unfenced") or [] if entry["done"]]
         for name in pending:
             try:
-                finished, explanation = policies[name].unfence(record, options.get(name) or {},
-                                                               time.monotonic() + FENCE_LEVEL_TIMEOUT_S)
+                finished, explanation = policies[name].unfence(
+                    fence_secrets.opened_node(box, record),
+                    fence_secrets.opened_options(box, name, options.get(name) or {}),
+                    time.monotonic() + FENCE_LEVEL_TIMEOUT_S)
             except Exception as error:
                 finished, explanation = False, f"failed: {error}"
             outcomes.append({"policy": name, "done": bool(finished), "explanation": explanation})

@@ -4,11 +4,12 @@ from typing import Any
 import Pyro5.server
 from kazoo.exceptions import BadVersionError
 
-from pvc import fencing_settings, schema
+from pvc import fence_secrets, fencing_settings, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import InvalidInput
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.retries import retry_safe
+from pvc.secrets_box import SecretsBox
 
 
 @Pyro5.server.expose
@@ -49,7 +50,9 @@ class ClusterArea:
         Keys: default_selector (a migration selector's name), migration_method (live, shutdown, auto),
         allow_host_devices (bool: whether VM definitions may pass host devices and disks naming host paths),
         fence_chain (fencing policy names, tried in order on a dead node until one confirms it is off),
-        accept_io_fence (bool: whether an I/O fence alone, without proof the node is off, allows recovery), and
+        accept_io_fence (bool: whether an I/O fence alone, without proof the node is off, allows recovery),
+        fence_options ({POLICY: {OPTION: VALUE}}: each level's options, replacing the stored ones; a
+        ``password`` is stored sealed and shown as "(set)"; "(set)" given back keeps the stored one), and
         the fencing settings keepalive_interval, fence_intervals, suicide_intervals, successful_fence; with
         `node`, those set that node's overrides instead (None removes an override). Fencing settings that
         would let a node cut off from ZooKeeper run its VMs past the leader's fence deadline are refused."""
@@ -59,7 +62,7 @@ class ClusterArea:
         if node is not None or set(changes) & set(fencing_settings.KEYS):
             changes = self._fencing_changes(node, changes)
         known = ("default_selector", "migration_method", "allow_host_devices", "fence_chain", "accept_io_fence",
-                 *fencing_settings.KEYS, fencing_settings.OVERRIDES_KEY)
+                 "fence_options", *fencing_settings.KEYS, fencing_settings.OVERRIDES_KEY)
         unknown = set(changes) - set(known)
         if unknown:
             raise InvalidInput(f"unknown cluster config key(s): {', '.join(sorted(unknown))} "
@@ -77,6 +80,10 @@ class ClusterArea:
             if unknown_policies:
                 raise InvalidInput(f"unknown fencing policy {', '.join(unknown_policies)} "
                                    f"(loaded: {', '.join(sorted(policies)) or 'none'})")
+        if "fence_options" in changes:
+            changes["fence_options"] = fence_secrets.sealed_options(
+                SecretsBox(self._context.settings["cluster_secret"]), changes["fence_options"],
+                self._context.cache.config.get().get("fence_options") or {})
         if "default_selector" in changes:
             self._context.selector({"node_selector": changes["default_selector"]})
         if "migration_method" in changes and changes["migration_method"] not in schema.MIGRATION_METHODS:
@@ -84,7 +91,8 @@ class ClusterArea:
                                f"(one of: {', '.join(schema.MIGRATION_METHODS)})")
         if changes:
             self._update_config(changes)
-        return {**schema.DEFAULT_CLUSTER_CONFIG, **fencing_settings.DEFAULTS, **self._context.cache.config.get()}
+        settings = {**schema.DEFAULT_CLUSTER_CONFIG, **fencing_settings.DEFAULTS, **self._context.cache.config.get()}
+        return {**settings, "fence_options": fence_secrets.shown_options(settings.get("fence_options") or {})}
 
     def _fencing_changes(self, node: str | None, changes: dict[str, Any]) -> dict[str, Any]:
         """`changes` with the fencing settings checked, alone and against every node's negotiated ZooKeeper
