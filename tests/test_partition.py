@@ -12,9 +12,7 @@ the link is down.
 from __future__ import annotations
 
 import secrets
-import socket
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -25,6 +23,7 @@ from faults.checker import double_runs, runs
 from faults.history import History
 from faults.monitor import HostGate, Monitor
 from helpers import cluster_store, eventually
+from tcp_relay import TcpRelay
 from test_self_fencing import (FENCE_DEADLINE_S, SELF_FENCE_DEADLINE_S, DaemonStates, _running_on,
                                _self_fence_log, _vms_on)
 from vm_support import assert_no_vm_on_two_hosts, wait_running_on
@@ -94,68 +93,11 @@ def link() -> Iterator[Link]:
                 _ip("netns", "del", found.netns)
 
 
-class Relay:
-    """Accepts TCP connections on `address` and carries each to ZooKeeper on loopback, byte for byte."""
-
-    def __init__(self, address: str, upstream_port: int):
-        self._upstream = ("127.0.0.1", upstream_port)
-        self._listener = socket.create_server((address, 0))
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def hosts(self) -> str:
-        address, port = self._listener.getsockname()
-        return f"{address}:{port}"
-
-    def close(self) -> None:
-        _close(self._listener)
-        with self._lock:
-            for sock in self._sockets:
-                _close(sock)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _address = self._listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self._upstream, timeout=5)
-            except OSError:
-                _close(client)
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets += [client, upstream]
-            for source, target in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, target: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                target.sendall(data)
-        except OSError:
-            pass
-        for sock in (source, target):
-            _close(sock)
-
-
-def _close(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
-
-
 @pytest.fixture
 def partitioned_node(fresh_cluster, link):
     """hv1 with its pvcnoded in `link`'s namespace, reaching ZooKeeper over the link: (cluster, link)."""
     local = fresh_cluster.local
-    relay = Relay(link.root_address, local.state["zookeeper_port"])
+    relay = TcpRelay(("127.0.0.1", local.state["zookeeper_port"]), listen_host=link.root_address)
     local.stop_daemon("pvcnoded", "hv1")
     local.start_node_daemon("hv1", zookeeper_hosts=relay.hosts, netns=link.netns, address=link.node_address)
     try:

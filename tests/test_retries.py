@@ -2,7 +2,6 @@
 and answered from its first attempt, never carried out twice."""
 import os
 import signal
-import socket
 import threading
 import uuid
 
@@ -15,55 +14,38 @@ from pvc.client import object_id
 from pvc.handshake import authenticated_proxy
 
 from helpers import cluster_store, eventually
+from tcp_relay import Pair, TcpRelay, close_socket
 from vm_support import vm_xml
 
 
-class AnswerCutter:
+class AnswerCutter(TcpRelay):
     """A TCP relay to one coordinator that passes the call naming `method` on and never passes its answer
     back: when the answer comes, it runs `on_answer` (kill the coordinator, say) and closes the client's
     connection, as a coordinator dying right after it committed would."""
 
     def __init__(self, target_port: int, method: bytes, on_answer=lambda: None):
-        self._target = ("127.0.0.1", target_port)
         self._method = method
         self._on_answer = on_answer
+        self._armed: set[Pair] = set()
         self.cut = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.uri = f"pvc://127.0.0.1:{self._listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(("127.0.0.1", target_port))
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self._target)
-            armed = threading.Event()
-            threading.Thread(target=self._pass, args=(client, server, armed, True), daemon=True).start()
-            threading.Thread(target=self._pass, args=(server, client, armed, False), daemon=True).start()
+    @property
+    def uri(self) -> str:
+        return f"pvc://{self.hosts}"
 
-    def _pass(self, source: socket.socket, sink: socket.socket, armed: threading.Event, upstream: bool) -> None:
-        try:
-            while data := source.recv(65536):
-                if upstream and not self.cut.is_set() and self._method in data:
-                    armed.set()
-                elif not upstream and armed.is_set() and not self.cut.is_set():
-                    self._on_answer()
-                    self.cut.set()
-                    break
-                sink.sendall(data)
-        except OSError:
-            pass
-        for each in (source, sink):
-            try:
-                each.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            each.close()
-
-    def close(self) -> None:
-        self._listener.close()
+    def forward(self, data: bytes, pair: Pair, upstream: bool) -> bool:
+        if self.cut.is_set():
+            return True
+        if upstream and self._method in data:
+            self._armed.add(pair)
+        elif not upstream and pair in self._armed:
+            self._on_answer()
+            self.cut.set()
+            for sock in pair:
+                close_socket(sock)
+            return False
+        return True
 
 
 def _coordinator_port(local, name: str) -> int:

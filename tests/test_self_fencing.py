@@ -30,6 +30,7 @@ from pvc.store import Store
 from conftest import ZK_PASSWORD, ZK_USER, started_cluster
 from guest_support import boot_guests, wait_heartbeat
 from helpers import cluster_store, eventually
+from tcp_relay import Pair, TcpRelay, close_socket
 from vm_support import assert_no_vm_on_two_hosts, pvc, running_hosts, vm_xml, wait_running_on
 
 FENCE_DEADLINE_S = FENCE_INTERVALS * KEEPALIVE_INTERVAL
@@ -37,24 +38,15 @@ SELF_FENCE_DEADLINE_S = FencingSettings(KEEPALIVE_INTERVAL, FENCE_INTERVALS, SUI
                                         "migrate").self_fence_deadline_s
 
 
-class ZooKeeperLink:
+class ZooKeeperLink(TcpRelay):
     """A loopback TCP proxy to ZooKeeper that can be cut like a cable: while cut, bytes in both directions are
     dropped and new connections are accepted and left unanswered; restoring closes the connections that lost
     bytes, so the client connects afresh."""
 
     def __init__(self, upstream_port: int):
-        self._upstream = ("127.0.0.1", upstream_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
         self._cut = threading.Event()
-        self._lock = threading.Lock()
         self._damaged: list[socket.socket] = []
-        self._open: list[socket.socket] = []
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def hosts(self) -> str:
-        return f"127.0.0.1:{self._listener.getsockname()[1]}"
+        super().__init__(("127.0.0.1", upstream_port))
 
     def cut(self) -> None:
         self._cut.set()
@@ -64,58 +56,23 @@ class ZooKeeperLink:
             self._cut.clear()
             damaged, self._damaged = self._damaged, []
         for sock in damaged:
-            _close(sock)
+            close_socket(sock)
 
-    def close(self) -> None:
-        self._closed = True
-        _close(self._listener)
+    def admit(self, client: socket.socket) -> bool:
         with self._lock:
-            for sock in self._open:
-                _close(sock)
+            if self._cut.is_set():
+                self._damaged.append(client)
+                return False
+        return True
 
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _address = self._listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                self._open.append(client)
-                if self._cut.is_set():
-                    self._damaged.append(client)
-                    continue
-            try:
-                upstream = socket.create_connection(self._upstream, timeout=5)
-            except OSError:
-                _close(client)
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._open.append(upstream)
-            for source, target in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, target, (client, upstream)), daemon=True).start()
-
-    def _pump(self, source: socket.socket, target: socket.socket, pair: tuple[socket.socket, socket.socket]) -> None:
-        try:
-            while data := source.recv(65536):
-                if self._cut.is_set():
-                    with self._lock:
-                        if self._cut.is_set():
-                            self._damaged.extend(pair)
-                            continue
-                target.sendall(data)
-        except OSError:
-            pass
-        for sock in pair:
-            _close(sock)
-
-
-def _close(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
+    def forward(self, data: bytes, pair: Pair, upstream: bool) -> bool:
+        if not self._cut.is_set():
+            return True
+        with self._lock:
+            if self._cut.is_set():
+                self._damaged.extend(pair)
+                return False
+        return True
 
 
 @pytest.fixture
