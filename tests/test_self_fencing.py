@@ -137,12 +137,12 @@ def _running_on(cluster, node: str) -> set[str] | None:
         return None
 
 
-@pytest.mark.cluster(nodes=3)
-def test_a_node_cut_off_alone_stops_its_vms_before_the_leaders_deadline_and_they_run_elsewhere_once(cut_off_node):
-    cluster, link = cut_off_node
+def cut_and_watch(cluster, link, names: list[str]) -> tuple[float, float, float, dict]:
+    """Cut hv1's `link`; once hv1's own libvirtd shows `names` stopped, restore it and watch that hv1 resumes
+    nothing; wait for hv1's recovery. Asserts that the VMs stopped before the leader marked hv1 dead (ZooKeeper's
+    time of that write) and within the fence deadline of the cut; returns the cut's time, when the VMs were
+    seen stopped, when hv1 was marked dead, and the recovery."""
     client = cluster.client
-    names = ["cut1", "cut2", "cut3"]
-    _vms_on(client, "hv1", names)
     with cluster_store(cluster.local) as store:
         states = DaemonStates(store, "hv1")
 
@@ -166,6 +166,16 @@ def test_a_node_cut_off_alone_stops_its_vms_before_the_leaders_deadline_and_they
     assert stopped_seen_at < dead_at, \
         f"hv1's VMs were seen stopped {stopped_seen_at - dead_at:.2f} s after the leader marked it dead"
     assert stopped_seen_at - cut_at < FENCE_DEADLINE_S, f"stopped {stopped_seen_at - cut_at:.2f} s after the cut"
+    return cut_at, stopped_seen_at, dead_at, recovery
+
+
+@pytest.mark.cluster(nodes=3)
+def test_a_node_cut_off_alone_stops_its_vms_before_the_leaders_deadline_and_they_run_elsewhere_once(cut_off_node):
+    cluster, link = cut_off_node
+    client = cluster.client
+    names = ["cut1", "cut2", "cut3"]
+    _vms_on(client, "hv1", names)
+    cut_at, stopped_seen_at, dead_at, recovery = cut_and_watch(cluster, link, names)
     assert recovery["fence"][0]["policy"] == "ipmi" and recovery["fence"][0]["confirmed"]
     assert client.nodes.info("hv1")["daemon_state"] == "fenced"
     for name in names:
