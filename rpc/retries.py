@@ -55,8 +55,8 @@ def _once_per_request(method: Callable) -> Callable:
         earlier = _read(context.store, request_id)
         if earlier is not None:
             return _answer(area, request_id, earlier, method.__name__, args, kwargs)
-        request_ids.begin(request_id, {"coordinator": context.name, "method": method.__name__,
-                                       "created": time.time()})
+        record = {"coordinator": context.name, "method": method.__name__, "created": time.time()}
+        request_ids.begin(request_id, record)
         try:
             result = method(area, *args, **kwargs)
         except request_ids.Repeated:
@@ -64,13 +64,14 @@ def _once_per_request(method: Callable) -> Callable:
             return _answer(area, request_id, _read(context.store, request_id), method.__name__, args, kwargs)
         except PVCError as error:
             if request_ids.end():
-                _settle(context.store, request_id, {"error": type(error).__name__, "message": error.message})
+                _settle(context.store, request_id, {**record, "error": type(error).__name__,
+                                                    "message": error.message})
             raise
         except BaseException:
             request_ids.end()
             raise
         if request_ids.end():
-            _settle(context.store, request_id, {"result": result})
+            _settle(context.store, request_id, {**record, "result": result})
         return result
     return call
 
@@ -83,13 +84,11 @@ def _read(store, request_id: str) -> dict[str, Any] | None:
     return schema.decode(data) or {}
 
 
-def _settle(store, request_id: str, answer: dict[str, Any]) -> None:
-    """Add the answer to the request's record; an answer that is not plain data is left out (a retry then
-    gets the replayed answer)."""
-    path = schema.request(request_id)
+def _settle(store, request_id: str, answered: dict[str, Any]) -> None:
+    """Write the request's record with its answer (the record this call created, so nothing is read back);
+    an answer that is not plain data is left out (a retry then gets the replayed answer)."""
     try:
-        record = _read(store, request_id) or {}
-        store.zk.set(path, schema.encode({**record, **answer}))
+        store.zk.set(schema.request(request_id), schema.encode(answered))
     except (TypeError, ValueError) as error:
         log.info("request %s: its answer is not recorded (%s)", request_id, error)
     except Exception as error:

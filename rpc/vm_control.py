@@ -30,9 +30,12 @@ class VMControl:
 
     # -- reading ---------------------------------------------------------------------------------------
 
-    def raw(self, name: str) -> dict[str, Any]:
+    def raw(self, name: str, caught_up: bool = False) -> dict[str, Any]:
+        """The VM as the cache holds it, once the cache shows every earlier write (unless the caller has just
+        read it from ZooKeeper itself: `caught_up`)."""
         schema.check_name("VM", name)
-        self._context.cache.catch_up()
+        if not caught_up:
+            self._context.cache.catch_up()
         raw = self._context.cache.vms.get(name)
         if raw is None or raw.get(OWN_VALUE) is None:
             raise NotFound(f"no VM named '{name}'")
@@ -124,7 +127,7 @@ class VMControl:
         status_path = schema.vm_key(name, "status")
         while True:
             self._context.cache.vms.refresh(name)
-            raw = self.raw(name)
+            raw = self.raw(name, caught_up=True)
             view = models.vm_view(name, raw)
             placement = raw.get("placement") or {}
             status, written = self._status_with_zxid(status_path)

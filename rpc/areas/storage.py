@@ -459,8 +459,8 @@ class StorageArea:
         """Record a new volume's intent, have the storage make it, and settle the record with the size the
         storage reports; a failed action is undone at once (or, failing that, by a later resolution)."""
         store = self._context.store
-        storage_intents.begin_new(store, storage_records.volume_record(pool, name, size_bytes), action,
-                                  self._context.name)
+        record = storage_records.volume_record(pool, name, size_bytes)
+        storage_intents.begin_new(store, record, action, self._context.name)
         try:
             act()
         except BaseException:
@@ -469,9 +469,7 @@ class StorageArea:
         finally:
             self._volumes.refresh(schema.volume_key(pool, name))
         actual = agent("volume_size", pool, name)
-        record = store.read(schema.volume(pool, name))
-        store.transaction().set(schema.volume(pool, name),
-                                {**storage_intents.settled(record), "size_bytes": actual or size_bytes}).commit()
+        store.transaction().set(schema.volume(pool, name), {**record, "size_bytes": actual or size_bytes}).commit()
         self._volumes.refresh(schema.volume_key(pool, name))
 
     def _resolve_after_failure(self, pool: str, name: str, agent: storage_intents.Agent) -> None:
