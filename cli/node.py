@@ -13,7 +13,7 @@ FOLLOW_INTERVAL_S = 0.5
 
 _COLUMNS = [
     output.column("NAME", "name"),
-    output.column("DAEMON", "daemon_state"),
+    output.column("DAEMON", "daemon_shown"),
     output.column("DOMAIN", "domain_state"),
     output.column("CPUS", "cpus"),
     output.column("LOAD", "load"),
@@ -24,6 +24,16 @@ _COLUMNS = [
     output.column("MEM ALLOC", "memory_allocated_mib", output.mib),
     output.column("MEM PROV", "memory_provisioned_mib", output.mib),
 ]
+
+
+_LIVE_DAEMON_NOTES = {"dead": "beating", "fenced": "runs again"}
+"""How the list says that the daemon of a node the leader holds writes keepalives again (`daemon_note`)."""
+
+
+def _daemon(node: dict) -> str:
+    state = node["daemon_state"]
+    return f"{state} ({_LIVE_DAEMON_NOTES[state]})" if node.get("daemon_note") and state in _LIVE_DAEMON_NOTES \
+        else state
 
 
 def _bmc(node: dict) -> str:
@@ -97,7 +107,8 @@ def list_nodes(session, limit: str | None, daemon_state: str | None, domain_stat
     """Every node with its states and live figures; with REGEX, those whose name it matches."""
     rows = [row for row in output.matching(session.client.nodes.list(), limit)
             if daemon_state in (None, row["daemon_state"]) and domain_state in (None, row["domain_state"])]
-    output.show(rows, output_format, lambda shown: output.table(shown, _COLUMNS))
+    output.show(rows, output_format,
+                lambda shown: output.table([{**row, "daemon_shown": _daemon(row)} for row in shown], _COLUMNS))
 
 
 @group.command("info")

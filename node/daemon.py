@@ -3,6 +3,10 @@
 Stopping the daemon (SIGTERM) records ``stop`` and leaves running VMs running, as stopping a service on a
 real hypervisor would; when it starts again it finds them in libvirt and carries on.
 
+A node the leader holds (``dead`` or ``fenced``, or under recovery) runs its daemon but claims and starts no VM
+until `node ready` releases it (`pvc.node.fence_hold`); every write it makes as the node checks that it still
+owns the node (`pvc.node.ownership`).
+
 Its keepalive interval and its self-fence (`pvc.node.self_fence`) follow the fencing settings of the cluster
 config (`pvc.fencing_settings`), watched; it refuses to start with settings under which, cut off from
 ZooKeeper, it could still run its VMs when the leader starts them elsewhere.
@@ -20,6 +24,7 @@ from pvc.cache import WatchedCollection
 from pvc.handshake import AuthenticatingDaemon, use_tls
 from pvc.node.agent import AGENT_OBJECT_ID, NodeAgent
 from pvc.errors import ConfigError, Conflict
+from pvc.node.fence_hold import FenceHold
 from pvc.node.host_xml import HostPaths
 from pvc.node.hypervisor import DomainActions, Hypervisor
 from pvc.node.ownership import NodeOwnership
@@ -33,6 +38,10 @@ from pvc.service import SignalQueue, daemon_command
 from pvc.store import Store
 
 log = logging.getLogger(__name__)
+
+BACKOFF_CAP_S = 5.0
+"""Longest wait before a failed pass of a daemon loop is tried again: a converge pass that failed (libvirt or
+ZooKeeper did not answer) is what stands between a VM and its node's report of it."""
 
 
 class NodeDaemon:
@@ -48,6 +57,13 @@ class NodeDaemon:
                                      settings["simulated_memory_mib"], settings["accelerator"],
                                      settings["libvirt_timeout"])
         self.ownership = NodeOwnership(self.store, self.name, settings["zookeeper_session_timeout"] + 2)
+        self.hold = FenceHold(self.store, self.name, self.ownership)
+        self._held: str | None = None
+        """Why the leader holds this node (`FenceHold.reason`), as last read; None while it does not."""
+        self._self_fenced: str | None = None
+        self._hold_lock = threading.Lock()
+        """Serialises this daemon's own daemon-state writes and its reading of the hold."""
+        self._daemon_state_changed = threading.Event()
         self.vms = WatchedCollection(self.store, schema.VMS, schema.vm, schema.VM_KEYS)
         self.storage = NodeStorage(self.name, settings, self.store)
         self.paths = HostPaths(str(Path(settings["boot_image_directory"]).absolute()),
@@ -79,17 +95,16 @@ class NodeDaemon:
             self._check_fencing_settings()
             self.store.add_state_listener(self._on_session_state)
             self.ownership.acquire()
+            self._follow_hold()
             self.vms.start()
-            self.reconciler.converge_all()
+            self.reconciler.converge_all()  # before registering: other nodes rely on these reports from then on
             self._serve_agent()
             self._register()
             self._read_figures()
             self.write_keepalive()
-            if self._marked_dead():
-                log.warning("node %s was marked dead: it stays dead until it is fenced (then `node ready`)",
-                            self.name)
-            else:
-                self.store.write(schema.node_key(self.name, "daemon_state"), "run")
+            self._say_running()
+            self.store.zk.DataWatch(schema.node_key(self.name, "daemon_state"), self._on_daemon_state)
+            threading.Thread(target=self._hold_loop, name="hold", daemon=True).start()
             threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True).start()
             threading.Thread(target=self._figures_loop, name="figures", daemon=True).start()
             self.peers.start()
@@ -113,7 +128,9 @@ class NodeDaemon:
         threading.Thread(target=self._agent_daemon.requestLoop, name="node-agent", daemon=True).start()
 
     def _register(self) -> None:
-        """Create the node or update its facts; an existing node keeps its domain state across restarts."""
+        """Create the node or update its facts; an existing node keeps its domain state across restarts, and a
+        node the leader holds its daemon state. A claim elsewhere that relies on this node being ``fenced``
+        fails once this record is written (`Reconciler._fenced`)."""
         listen_host, _port = config.split_address(self.settings["listen_address"])
         self._published_interval = self.fencing.keepalive_interval
         record = {**self.facts, "keepalive_interval": self._published_interval,
@@ -126,22 +143,61 @@ class NodeDaemon:
                       "host": self.settings["bmc_host"], "port": self.settings["bmc_port"],
                       "user": self.settings["bmc_user"], "password": self.settings["bmc_password"]})}
         if self.store.zk.exists(schema.node(self.name)):
-            transaction = self.store.transaction().set(schema.node(self.name), record)
-            if not self._marked_dead():
-                transaction.set(schema.node_key(self.name, "daemon_state"), "init")
-            transaction.commit()
+            self.ownership.transaction().set(schema.node(self.name), record).commit()
+            with self._hold_lock:
+                self.hold.say("init")
             if self.store.zk.exists(schema.node_key(self.name, "domain_state")) is None:
-                self.store.write(schema.node_key(self.name, "domain_state"), "ready")
+                self.ownership.write(schema.node_key(self.name, "domain_state"), "ready")
             return
-        self.store.transaction() \
+        self.ownership.transaction() \
             .create(schema.node(self.name), record) \
             .create(schema.node_key(self.name, "daemon_state"), "init") \
             .create(schema.node_key(self.name, "domain_state"), "ready") \
             .commit()
 
-    def _marked_dead(self) -> bool:
-        """A node the leader marked dead is fenced even if it comes back: it must not claim to run."""
-        return self.store.read(schema.node_key(self.name, "daemon_state")) == "dead"
+    def _say_running(self) -> None:
+        with self._hold_lock:
+            if self._stopping.is_set():
+                return
+            if self.hold.say("run"):
+                return
+        log.warning("%s; its daemon runs, reports what it finds and writes keepalives", self._held or
+                    f"node {self.name} is held by the leader")
+
+    def _follow_hold(self) -> None:
+        """Read whether the leader holds this node, and refuse or allow starts accordingly."""
+        with self._hold_lock:
+            held = self.hold.reason()
+            if held != self._held:
+                log.log(logging.WARNING if held else logging.INFO, "%s", held or
+                        f"node {self.name} is returned to service: it may start VMs again")
+            self._held = held
+            self.reconciler.starts_refused = self._self_fenced or held
+
+    def _on_daemon_state(self, _data: bytes | None, _stat: Any, _event: Any = None) -> bool | None:
+        if self._stopping.is_set():
+            return False
+        self._daemon_state_changed.set()
+        return None
+
+    def _hold_loop(self) -> None:
+        """Follow the hold: at once when the daemon state changes (the leader marks the node dead, or `node
+        ready` releases it), and every keepalive interval (a recovery task ends); once released, say ``run``
+        and converge at once, so that the VMs the ready brings back start without waiting for the next pass."""
+        while not self._stopping.is_set():
+            self._daemon_state_changed.wait(self.fencing.keepalive_interval)
+            self._daemon_state_changed.clear()
+            if self._stopping.is_set() or not self.store.connected:
+                continue
+            try:
+                was_held = self._held
+                self._follow_hold()
+                if self._held is None:
+                    self._say_running()
+                    if was_held:
+                        self.reconciler.converge_all()
+            except Exception as error:
+                log.warning("following the hold of node %s failed: %s", self.name, error)
 
     @property
     def fencing(self) -> fencing_settings.FencingSettings:
@@ -185,7 +241,9 @@ class NodeDaemon:
                           problem)
 
     def _refuse_starts(self, reason: str) -> None:
-        self.reconciler.starts_refused = reason
+        with self._hold_lock:
+            self._self_fenced = reason
+            self.reconciler.starts_refused = reason
 
     def write_keepalive(self) -> None:
         """Write the latest figures; never asks libvirt itself, so a hung libvirtd makes the figures stale
@@ -195,8 +253,8 @@ class NodeDaemon:
             return
         stale = time.monotonic() - self._figures_taken > 2 * self.fencing.keepalive_interval
         started = time.monotonic()
-        self.store.write(schema.node_key(self.name, "keepalive"),
-                         {"time": time.time(), **self._figures, "figures_stale": stale})
+        self.ownership.write(schema.node_key(self.name, "keepalive"),
+                             {"time": time.time(), **self._figures, "figures_stale": stale})
         self.self_fence.acknowledged(started)
 
     def _publish_interval(self, interval: float) -> None:
@@ -205,7 +263,7 @@ class NodeDaemon:
         if interval == self._published_interval or self.self_fence.fenced:
             return
         record = self.store.read(schema.node(self.name)) or {}
-        self.store.write(schema.node(self.name), {**record, "keepalive_interval": interval})
+        self.ownership.write(schema.node(self.name), {**record, "keepalive_interval": interval})
         self._published_interval = interval
         log.info("node %s now writes a keepalive every %g s", self.name, interval)
 
@@ -225,7 +283,7 @@ class NodeDaemon:
 
     def _every_interval(self, work, what: str) -> None:
         """Run `work` every keepalive interval until the daemon stops; a failure is logged and retried with
-        backoff (up to 30 s), never the end of the loop."""
+        backoff (up to `BACKOFF_CAP_S`, or the interval if longer), never the end of the loop."""
         delay = self.fencing.keepalive_interval
         while not self._stopping.wait(delay):
             interval = self.fencing.keepalive_interval
@@ -233,7 +291,7 @@ class NodeDaemon:
                 work()
                 delay = interval
             except Exception as error:
-                delay = min(delay * 2, max(30.0, interval))
+                delay = min(delay * 2, max(BACKOFF_CAP_S, interval))
                 log.warning("%s failed (retrying in %g s): %s", what, delay, error)
 
     def run(self) -> None:
@@ -244,12 +302,15 @@ class NodeDaemon:
             interval = self.fencing.keepalive_interval
             next_beat += interval
             try:
-                self.write_keepalive()
-                self._publish_interval(interval)
                 self._keep_ownership()
             except Conflict as error:
                 log.error("%s", error)
                 break
+            except Exception as error:
+                log.warning("ownership of node %s not checked: %s", self.name, error)
+            try:
+                self.write_keepalive()
+                self._publish_interval(interval)
             except Exception as error:
                 log.warning("keepalive not written: %s", error)
             if next_beat < time.monotonic():
@@ -264,10 +325,12 @@ class NodeDaemon:
             self.ownership.acquire()
 
     def stop(self) -> None:
-        """Record ``stop`` and leave; the VMs in libvirt keep running."""
+        """Record ``stop`` (unless the leader holds the node: its word stays) and leave; the VMs in libvirt keep
+        running."""
+        self._stopping.set()
         try:
-            if self.ownership.held:
-                self.store.write(schema.node_key(self.name, "daemon_state"), "stop")
+            with self._hold_lock:
+                self.hold.say("stop")
         except Exception as error:
             log.warning("could not record daemon state stop: %s", error)
         self._shutdown_services()

@@ -205,9 +205,13 @@ class Reconciler:
                 "request": {"kind": "keep", "placement_zxid": raw[ACTED_ON].get("placement"),
                             "reason": str(error)}})
             return "kept"
-        self._store.write(schema.vm_key(name, "status"), {"node": target, "running": True, "error": None,
-                                                          "generation": raw[OWN_VALUE].get("generation"),
-                                                          "time": time.time()})
+        try:
+            self._ownership.transaction().set(schema.vm_key(name, "status"), {
+                "node": target, "running": True, "error": None, "generation": raw[OWN_VALUE].get("generation"),
+                "time": time.time()}).commit()
+        except PVCError as error:
+            log.warning("%s moved to %s, not recorded (%s): the next pass reports it gone from here", name, target,
+                        error)
         return "moved"
 
     def _hold(self, name: str, raw: dict[str, Any]) -> dict[str, Any]:
@@ -272,11 +276,20 @@ class Reconciler:
         return None
 
     def _claim(self, name: str) -> bool:
-        """Atomically take the right to run `name` here; False while it still runs elsewhere."""
+        """Atomically take the right to run `name` here; False while it still runs elsewhere, and while this
+        node may start nothing: the leader holds it (``dead`` or ``fenced``, until `node ready` releases it;
+        checked in the same transaction) or it has fenced itself (`starts_refused`)."""
+        if self.starts_refused:
+            return False
         zk = self._store.zk
+        own_state_path = schema.node_key(self.node, "daemon_state")
         try:
+            own_state, own_stat = zk.get(own_state_path)
             placement_data, placement_stat = zk.get(schema.vm_key(name, "placement"))
         except NoNodeError:
+            return False
+        if schema.decode(own_state) in schema.HELD_DAEMON_STATES:
+            log.info("%s is not claimed: node %s is %s", name, self.node, schema.decode(own_state))
             return False
         if (schema.decode(placement_data) or {}).get("node") != self.node:
             return False
@@ -294,17 +307,18 @@ class Reconciler:
                 return False
         claim = {**current, "node": self.node, "running": True, "error": None, "unknown": None,
                  "time": time.time()}
-        if self._ownership.path is None:
-            return False
-        transaction = self._store.transaction(self._ownership.path) \
-            .check(schema.vm_key(name, "placement"), placement_stat.version)
-        if fenced is not None:
-            transaction.check(schema.node_key(current["node"], "daemon_state"), fenced)
-        if stat:
-            transaction.set(status_path, claim, version=stat.version)
-        else:
-            transaction.create(status_path, claim)
         try:
+            transaction = self._ownership.transaction() \
+                .check(own_state_path, own_stat.version) \
+                .check(schema.vm_key(name, "placement"), placement_stat.version)
+            if fenced is not None:
+                state_version, record_version = fenced
+                transaction.check(schema.node_key(current["node"], "daemon_state"), state_version) \
+                    .check(schema.node(current["node"]), record_version)
+            if stat:
+                transaction.set(status_path, claim, version=stat.version)
+            else:
+                transaction.create(status_path, claim)
             transaction.commit()
         except PVCError as error:
             log.info("claim of %s lost a race (%s); will retry", name, error)
@@ -328,13 +342,19 @@ class Reconciler:
         self._write_status_if_ours(name, report)
         return report
 
-    def _fenced(self, node: str) -> int | None:
-        """The version of `node`'s daemon state while it says ``fenced`` (confirmed off), else None."""
+    def _fenced(self, node: str) -> tuple[int, int] | None:
+        """While `node` says ``fenced`` (confirmed off) and its daemon has not registered since: the versions of
+        its daemon state and of its record, which a claim relying on the fence checks in its transaction. A
+        node that runs again after its fence (its BMC powered it on) is believed only through its own
+        reports, which it writes before it registers; None then, as for any node not fenced."""
         try:
-            data, stat = self._store.zk.get(schema.node_key(node, "daemon_state"))
+            data, state = self._store.zk.get(schema.node_key(node, "daemon_state"))
         except NoNodeError:
             return None
-        return stat.version if schema.decode(data) == "fenced" else None
+        record = self._store.zk.exists(schema.node(node))
+        if schema.decode(data) != "fenced" or record is None or record.mzxid > state.mzxid:
+            return None
+        return state.version, record.version
 
     def _failed(self, name: str, raw: dict[str, Any], reason: str, running: bool | None = None) -> dict[str, Any]:
         """Record the error; a VM that failed to start here after a migration goes back where it was."""
@@ -352,14 +372,15 @@ class Reconciler:
         return status
 
     def _write_status_if_ours(self, name: str, status: dict[str, Any]) -> None:
-        """Write the status unless another node holds the VM (its status says it runs there)."""
+        """Write the status unless another node holds the VM (its status says it runs there), and only while
+        this daemon owns the node (`NodeOwnership.transaction`)."""
         zk = self._store.zk
         path = schema.vm_key(name, "status")
         stat = zk.exists(path)
         if stat is None:
             if zk.exists(schema.vm(name)):
                 try:
-                    self._store.transaction().create(path, status).commit()
+                    self._ownership.transaction().create(path, status).commit()
                 except PVCError:
                     pass
             return
@@ -367,7 +388,7 @@ class Reconciler:
         if current.get("node") not in (None, self.node) and current.get("running") is not False:
             return
         try:
-            self._store.transaction().set(path, status, version=stat.version).commit()
+            self._ownership.transaction().set(path, status, version=stat.version).commit()
         except PVCError:
             pass
 

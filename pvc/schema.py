@@ -26,11 +26,15 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
                                            session timeout (`zookeeper_session_timeout_s`); its "bmc" {host,
                                            port, user, password}, the password only sealed under a key
                                            derived from cluster_secret (`pvc.fence_secrets`)
-    /pvc/nodes/NAME/daemon_state       N,L init | run | stop (the node) | dead | fenced (the leader)
+    /pvc/nodes/NAME/daemon_state       N,L init | run | stop (the node, only over a state of its own, checking
+                                           the version it read) | dead | fenced (the leader), and the
+                                           release of a fenced node by `node ready` (L: fenced → init);
+                                           while dead or fenced the node claims and starts nothing
     /pvc/nodes/NAME/domain_state       L   ready | flushing | flushed | unflushing
     /pvc/nodes/NAME/keepalive          N   live figures, rewritten every keepalive interval
     /pvc/node_owners/NAME/owner-SEQ    N   ephemeral, sequential: the pvcnoded session running node NAME (the
-                                           first one owns it; the node's claims check theirs still exists)
+                                           first one owns it; every write the node makes checks its own still
+                                           exists): {"host", "pid", "boot_id", "pid_namespace", "start_time"}
     /pvc/vms/NAME                      C,L a VM's definition: uuid, XML, metadata, volumes it uses (L deletes
                                            it, with its children, once a removal is confirmed); its user tags
                                            as "tags": {TAG: {"protected": bool}} (C: `vm define`, `vm tag`);
@@ -112,6 +116,9 @@ RUNNING_STATES = ("start", "restart", "migrate", "unmigrate")
 """Desired states in which a VM should be running on its node."""
 
 DAEMON_STATES = ("init", "run", "stop", "dead", "fenced")
+HELD_DAEMON_STATES = ("dead", "fenced")
+"""Daemon states the leader writes: such a node claims and starts no VM until `node ready` releases it (the
+leader's ``fenced`` → ``init``, `pvc.node.fence_hold`)."""
 DOMAIN_STATES = ("ready", "flushing", "flushed", "unflushing")
 
 DEFAULT_CLUSTER_CONFIG: dict[str, Any] = {"maintenance": False, "default_selector": "mem",

@@ -19,7 +19,9 @@ dead hosts: the task is recorded ``failed`` with that reason, and nothing is fen
    the node, to start when it is made ready again.
 
 A ``ready`` of a node whose fence left something in place (a storage blocklist) first undoes it
-(`ReadyExecution`): each confirmed level of its latest recovery whose policy has ``unfence``, once.
+(`ReadyExecution`): each confirmed level of its latest recovery whose policy has ``unfence``, once. A fenced
+node claims and starts nothing, even once its host runs again, until that ``ready`` releases it (``fenced`` →
+``init``, `pvc.node.fence_hold`) and its daemon takes that up (``run``); whatever `successful_fence` says.
 
 Every step re-reads ZooKeeper and is idempotent, so a leader dying midway leaves a task the next leader
 finishes.
@@ -44,6 +46,9 @@ log = logging.getLogger(__name__)
 FENCING_POLICIES = "pvc_fencing_policies"
 FENCE_LEVEL_TIMEOUT_S = 30.0
 """How long one level of the fencing chain may take before the next is tried."""
+RELEASE_WAIT_INTERVALS = 4
+"""Keepalive intervals a ready gives a released node's daemon to say ``run``."""
+RELEASE_POLL_S = 0.1
 
 
 def volumes_on(vms: dict[str, dict[str, Any]], node: str) -> list[str]:
@@ -246,7 +251,37 @@ class ReadyExecution(TaskExecution):
 
     def run(self) -> None:
         self._unfence()
-        super().run()
+        if self._release():
+            super().run()
+
+    def _release(self) -> bool:
+        """Return a fenced node to its daemon (``fenced`` → ``init``: the one daemon state the leader writes
+        that is not dead or fenced), then wait for the daemon to say ``run``: only then may it claim the VMs
+        this ready brings back. False, with the task ended ``failed``, when it does not in time."""
+        node = self.task["node"]
+        path = schema.node_key(node, "daemon_state")
+        try:
+            data, stat = self._context.store.zk.get(path)
+        except NoNodeError:
+            return True
+        state = schema.decode(data)
+        if state == "fenced":
+            self._context.store.transaction(self._leader_node).set(path, "init", version=stat.version).commit()
+            self._context.cache.nodes.refresh(node)
+            log.info("node %s released from its fence: its daemon may start VMs again", node)
+        elif state != "init":
+            return True
+        wait_s = RELEASE_WAIT_INTERVALS * fencing_settings.resolve(self._context.cache.config.get(), node) \
+            .keepalive_interval
+        deadline = time.monotonic() + wait_s
+        while self._context.store.read(path) != "run":
+            if time.monotonic() > deadline:
+                self._save(state="failed", finished=time.time(), reason=f"node {node} was released from its fence "
+                           f"but its daemon did not say run within {wait_s:g} s: nothing was moved to it")
+                log.warning("task %s failed: %s", self.task["id"], self.task["reason"])
+                return False
+            time.sleep(RELEASE_POLL_S)
+        return True
 
     def _unfence(self) -> None:
         node = self.task["node"]

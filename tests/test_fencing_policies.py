@@ -26,7 +26,7 @@ from pvc.plugins.fencing import POWER_IS_OFF, CephBlocklistPolicy, IpmiPolicy, N
 
 from conftest import started_cluster
 from helpers import cluster_store, eventually
-from vm_support import assert_no_vm_on_two_hosts, wait_for_task
+from vm_support import assert_no_vm_on_two_hosts, wait_for_task, wait_runs_again
 
 GUEST_XML = ("<domain type='test'><name>guest</name><memory unit='MiB'>128</memory>"
              "<os><type>hvm</type></os></domain>")
@@ -387,7 +387,7 @@ def test_a_dead_node_is_powered_off_and_its_rbd_clients_blocklisted_until_node_r
         assert_no_vm_on_two_hosts(cluster)
 
         local.bmc("hv1").power_on()
-        assert eventually(lambda: client.nodes.info("hv1")["daemon_state"] == "run", 30), client.nodes.info("hv1")
+        wait_runs_again(client, "hv1")
         ready = wait_for_task(client, client.nodes.ready("hv1"))
 
         assert ready["state"] == "done", ready

@@ -100,3 +100,48 @@ def test_a_daemon_restarted_right_after_a_kill_waits_for_the_old_session_and_sta
     local.start_node_daemon("hv2")
     local.wait_ready(30)
     assert cluster.client.nodes.info("hv2")["daemon_state"] == "run"
+
+
+def test_a_clone_in_a_pid_namespace_of_its_own_cannot_take_the_node_over(cluster, tmp_path):
+    """A second pvcnoded with the same node name and config in a PID namespace of its own, as a cloned host
+    image or a container runs it (same hostname, its own pid 1, the owner's pid missing from its /proc), waits
+    for the owner's session and refuses; the original keeps the node, and nothing of its VMs changes."""
+    local, client = cluster.local, cluster.client
+    client.vms.define(vm_xml("beside-a-clone"), target="hv2")
+    client.vms.start("beside-a-clone", wait=True)
+    before = client.vms.info("beside-a-clone")
+    directory = local.state_dir / "nodes" / "hv2"
+    second = tmp_path / "pvcnoded.yaml"
+    second.write_text((directory / "pvcnoded.yaml").read_text()
+                      .replace(str(directory / "staging"), str(tmp_path / "staging"))
+                      .replace(str(directory / "pvcnoded.log"), str(tmp_path / "clone.log")))
+    owner = local.daemon_pid("pvcnoded", "hv2")
+    with cluster_store(local) as store:
+        owners = store.children(schema.node_owners("hv2"))
+
+    with open(tmp_path / "clone.out", "w") as out:
+        clone = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc",
+                                  os.path.join(os.path.dirname(sys.executable), "pvcnoded"), "--config", str(second)],
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        exited = clone.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        exited = None
+    finally:
+        if clone.poll() is None:
+            os.killpg(clone.pid, signal.SIGKILL)
+            clone.wait()
+    said = (tmp_path / "clone.out").read_text()
+
+    assert exited not in (None, 0), f"the clone still ran 20 s later, having taken the node: {said[-600:]}"
+    assert f"node hv2 is already run by pvcnoded pid {owner} on host" in said and "another PID namespace" in said, \
+        said[-600:]
+    assert local.daemon_pid("pvcnoded", "hv2") == owner, "the original daemon keeps running"
+    with cluster_store(local) as store:
+        assert store.children(schema.node_owners("hv2")) == owners, "the original still owns the node"
+    assert eventually(lambda: client.nodes.info("hv2")["keepalive_age_s"] < 2 * KEEPALIVE_INTERVAL, 5)
+    assert client.nodes.info("hv2")["daemon_state"] == "run"
+    assert cluster.host_domains("hv2") == {"beside-a-clone": True}
+    after = client.vms.info("beside-a-clone")
+    assert (after["node"], after["running"], after["state"]) == (before["node"], before["running"], before["state"])
+    assert_no_vm_on_two_hosts(cluster)

@@ -99,8 +99,17 @@ def return_to_service(cluster, node: str, start_daemon=None) -> None:
     assert eventually(lambda: (client.nodes.info(node)["recovery"] or {}).get("state") in ("done", "failed"), 60)
     host.start()
     (start_daemon or local.start_node_daemon)(node)
-    assert eventually(lambda: client.nodes.info(node)["daemon_state"] == "run", 30), client.nodes.info(node)
+    wait_runs_again(client, node)
     wait_for_task(client, client.nodes.ready(node))
+    assert eventually(lambda: client.nodes.info(node)["daemon_state"] == "run", 10), client.nodes.info(node)
+
+
+def wait_runs_again(client, node: str, timeout: float = 30) -> dict:
+    """Until a fenced node's daemon runs again (it stays ``fenced``, starting nothing, until `node ready`)."""
+    info = eventually(lambda: (lambda found: found if found["daemon_state"] == "fenced" and found["daemon_note"]
+                               else None)(client.nodes.info(node)), timeout, 0.2)
+    assert info, client.nodes.info(node)
+    return info
 
 
 def every_daemon_running_and_no_vms_left(cluster) -> None:

@@ -15,6 +15,7 @@ from pvc.rpc.recovery import record_recovery
 from pvc.rpc.retries import retry_safe
 
 RESUMED_SINCE_DEAD = "keepalives resumed since it was marked dead"
+RUNS_AGAIN_SINCE_FENCED = "its daemon runs again since the fence: `pvc node ready` returns it to service"
 
 
 @Pyro5.server.expose
@@ -77,12 +78,14 @@ class NodesArea:
         return raw
 
     def _view(self, name: str, raw: dict[str, Any]) -> dict[str, Any]:
-        note = RESUMED_SINCE_DEAD if raw.get("daemon_state") == "dead" and self._beating_since_dead(name) else None
+        notes = {"dead": RESUMED_SINCE_DEAD, "fenced": RUNS_AGAIN_SINCE_FENCED}
+        state = raw.get("daemon_state")
+        note = notes[state] if state in notes and self._beating_since_marked(name) else None
         return models.node_view(name, raw, keepalive_age_s=self._keepalives.age(name), daemon_note=note)
 
-    def _beating_since_dead(self, name: str) -> bool:
-        """Whether a keepalive was written after the node was marked dead: ZooKeeper orders the two writes
-        (their mzxids), so no clock is consulted."""
+    def _beating_since_marked(self, name: str) -> bool:
+        """Whether a keepalive was written after the leader last wrote the node's daemon state (dead, fenced):
+        ZooKeeper orders the two writes (their mzxids), so no clock is consulted."""
         zk = self._context.store.zk
         marked = zk.exists(schema.node_key(name, "daemon_state"))
         beat = zk.exists(schema.node_key(name, "keepalive"))
@@ -97,8 +100,17 @@ class NodesArea:
 
     def ready(self, name: str) -> dict[str, Any]:
         """Return the node to service (unflushing → ready): VMs migrated away come back and VMs waiting
-        for it to autostart start; returns the task."""
+        for it to autostart start; returns the task. A fenced node is released by it (it starts nothing until
+        then), once its daemon runs again; a dead one is refused: it may still run its VMs until it is
+        fenced."""
         self._raw(name)
+        state = self._context.store.read(schema.node_key(name, "daemon_state"))
+        if state == "dead":
+            raise Conflict(f"node {name} is dead, not fenced: it may still run its VMs. Once its fence is "
+                           "confirmed (by its recovery, or `pvc node fence-confirm`), `node ready` returns it")
+        if state == "fenced" and not self._beating_since_marked(name):
+            raise Conflict(f"node {name} is fenced and its daemon has not run since: power it on; `node ready` "
+                           "returns it to service once it runs again")
         return tasks.create_task(self._context, "ready", name)
 
     def log(self, name: str, lines: int = 50, offset: int | None = None) -> dict[str, Any]:

@@ -112,6 +112,8 @@ class Nemesis(threading.Thread):
         """Hosts found powered off, and when."""
         self._broken_nodes: set[str] = set()
         """Nodes whose pvcnoded was killed for good and whose host has not been found off (fenced) yet."""
+        self._readied: set[str] = set()
+        """The ready tasks the nemesis started for fenced nodes that ran again."""
         self._quiet_after = 0.0
         """Monotonic time before which a node may still be found dead because of the last fault (a daemon
         paused past its self-fence deadline falls silent only once it wakes)."""
@@ -139,7 +141,9 @@ class Nemesis(threading.Thread):
         while True:
             self.supervise()
             try:
-                states = {node["name"]: node["daemon_state"] for node in client.nodes.list()}
+                listed = client.nodes.list()
+                states = {node["name"]: node["daemon_state"] for node in listed}
+                self._release_fenced(client, listed)
             except PVCError:
                 states = {}
             with self._lock:
@@ -152,6 +156,21 @@ class Nemesis(threading.Thread):
                 return True
             if self._stopping.wait(0.5):
                 return False
+
+    def _release_fenced(self, client, nodes: list[dict]) -> None:
+        """As the administrator does: `node ready` for each fenced node whose daemon runs again (it starts
+        nothing until then)."""
+        for node in nodes:
+            if node["daemon_state"] == "fenced" and node["daemon_note"]:
+                try:
+                    task = client.nodes.ready(node["name"])
+                except PVCError as error:
+                    self._history.note("nemesis", f"node ready {node['name']} refused: {error}")
+                    continue
+                if task["id"] not in self._readied:
+                    self._readied.add(task["id"])
+                    self._history.note("nemesis", f"node {node['name']} runs again after its fence: node ready "
+                                                  f"(task {task['id']})")
 
     # -- faults ---------------------------------------------------------------------------------------------
 
