@@ -4,12 +4,14 @@ Each test works on its own node of the module's cluster and leaves the node runn
 """
 import re
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from pvc import schema
 from pvc.cli.localcluster.cluster import FENCE_INTERVALS, KEEPALIVE_INTERVAL
 from pvc.handshake import authenticated_proxy
+from pvc.node.daemon import NodeDaemon
 
 from helpers import cluster_store, define_vm, eventually, remove_vm
 from vm_support import return_to_service
@@ -134,3 +136,22 @@ def test_a_killed_node_daemon_leaves_its_vms_running_until_the_leader_marks_it_d
     finally:
         if cluster.local.host("hv3").running and "orphan" in cluster.host_domains("hv3"):
             remove_vm(uri, "orphan")
+
+
+def test_a_daemon_loop_whose_pass_keeps_failing_tries_again_within_a_few_seconds():
+    """A converge pass that fails (libvirtd or ZooKeeper did not answer) is tried again with backoff, but never
+    more than a few seconds later: until it succeeds, a VM's report from its node waits for it."""
+    waits: list[float] = []
+
+    class Stopping:
+        def wait(self, delay: float) -> bool:
+            waits.append(delay)
+            return len(waits) > 12
+
+    def failing_pass() -> None:
+        raise OSError("libvirtd did not answer")
+
+    loop = SimpleNamespace(fencing=SimpleNamespace(keepalive_interval=1.0), _stopping=Stopping())
+    NodeDaemon._every_interval(loop, failing_pass, "converging")
+
+    assert waits[:3] == [1.0, 2.0, 4.0] and max(waits) <= 5, f"waits between failed passes: {waits}"
