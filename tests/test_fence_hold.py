@@ -14,7 +14,7 @@ from faults.checker import double_runs
 from faults.history import History
 from faults.monitor import HostGate, Monitor
 from helpers import cluster_store, eventually
-from vm_support import assert_no_vm_on_two_hosts, vm_xml, wait_for_task, wait_runs_again, wait_running_on
+from vm_support import assert_no_vm_on_two_hosts, pvc, vm_xml, wait_for_task, wait_runs_again, wait_running_on
 
 DETECTION_S = (FENCE_INTERVALS + 2) * KEEPALIVE_INTERVAL + 2
 
@@ -56,6 +56,10 @@ def test_a_node_powered_on_during_its_recovery_starts_none_of_its_vms_until_node
                     f"hv1, fenced and powered on again, started VMs its recovery is moving: {cluster.host_domains('hv1')}"
                 info = wait_runs_again(client, "hv1")
                 assert info["recovery"]["state"] in ("pending", "running"), info["recovery"]
+                listed = [line.split() for line in pvc(cluster, "node", "list").stdout.splitlines()]
+                assert ["hv1", "fenced", "(runs", "again)", "flushed"] == listed[1][:5], listed
+                assert "Daemon state:       fenced (its daemon runs again since the fence: `pvc node ready` " \
+                       "returns it to service)" in pvc(cluster, "node", "info", "hv1").stdout
                 for name in names:
                     vm = client.vms.info(name)
                     assert (vm["node"], vm["running"]) == ("hv1", False), vm
