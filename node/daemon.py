@@ -63,6 +63,9 @@ class NodeDaemon:
         self._self_fenced: str | None = None
         self._hold_lock = threading.Lock()
         """Serialises this daemon's own daemon-state writes and its reading of the hold."""
+        self._refusal_lock = threading.Lock()
+        """Guards `Reconciler.starts_refused` against a lost self-fence; held for no I/O, so that the self-fence
+        never waits for ZooKeeper."""
         self._daemon_state_changed = threading.Event()
         self.vms = WatchedCollection(self.store, schema.VMS, schema.vm, schema.VM_KEYS)
         self.storage = NodeStorage(self.name, settings, self.store)
@@ -171,8 +174,9 @@ class NodeDaemon:
             if held != self._held:
                 log.log(logging.WARNING if held else logging.INFO, "%s", held or
                         f"node {self.name} is returned to service: it may start VMs again")
-            self._held = held
-            self.reconciler.starts_refused = self._self_fenced or held
+            with self._refusal_lock:
+                self._held = held
+                self.reconciler.starts_refused = self._self_fenced or held
 
     def _on_daemon_state(self, _data: bytes | None, _stat: Any, _event: Any = None) -> bool | None:
         if self._stopping.is_set():
@@ -241,7 +245,7 @@ class NodeDaemon:
                           problem)
 
     def _refuse_starts(self, reason: str) -> None:
-        with self._hold_lock:
+        with self._refusal_lock:
             self._self_fenced = reason
             self.reconciler.starts_refused = reason
 
