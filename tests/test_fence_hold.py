@@ -110,3 +110,36 @@ def test_with_successful_fence_none_a_rebooted_node_waits_for_node_ready(fresh_c
     assert ready["state"] == "done", ready
     wait_running_on(cluster, "stays-home", "hv1")
     assert client.nodes.info("hv1")["daemon_state"] == "run"
+
+
+@pytest.mark.cluster(nodes=3)
+def test_a_claim_does_not_rely_on_the_fence_of_a_node_that_registered_since(fresh_cluster):
+    """A node that registered after its fence runs again: whether its VMs still run there only its own report
+    says. Its record is written here as its daemon's registration writes it, at the worst moment: between the
+    fence and the claim that would have relied on it."""
+    cluster, client, local = fresh_cluster, fresh_cluster.client, fresh_cluster.local
+    client.cluster.config(fence_chain=["none"])
+    _vms_on(client, "hv1", ["behind-a-fence"])
+    with cluster_store(local) as store:
+        lock = store.lock(schema.vm_lock("behind-a-fence"), "a slow command")
+        assert lock.acquire(timeout=5)
+        try:
+            local.stop_daemon("pvcnoded", "hv1", kill=True)
+            local.host("hv1").power_off()
+            assert eventually(lambda: (client.nodes.info("hv1")["recovery"] or {}).get("state") == "failed",
+                              DETECTION_S + 10, 0.2)
+            client.nodes.fence_confirm("hv1")
+            store.write(schema.node("hv1"), store.read(schema.node("hv1")))
+        finally:
+            lock.release()
+
+        target = eventually(lambda: (lambda node: node if node != "hv1" else None)(
+            client.vms.info("behind-a-fence")["node"]), 15, 0.1)
+        assert target, client.vms.info("behind-a-fence")
+        assert not eventually(lambda: cluster.host_domains(target).get("behind-a-fence"), 3 * KEEPALIVE_INTERVAL), \
+            "a claim relied on the fence of a node that has registered since"
+
+    local.bmc("hv1").power_on()
+    wait_running_on(cluster, "behind-a-fence", target, timeout=30)
+    assert not any(cluster.host_domains("hv1").values())
+    assert_no_vm_on_two_hosts(cluster)
