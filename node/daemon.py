@@ -159,6 +159,7 @@ class NodeDaemon:
             .commit()
 
     def _say_running(self) -> None:
+        """Say ``run`` unless the leader holds the node; then say why it stays as the leader left it."""
         with self._hold_lock:
             if self._stopping.is_set():
                 return
