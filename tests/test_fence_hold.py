@@ -53,7 +53,8 @@ def test_a_node_powered_on_during_its_recovery_starts_none_of_its_vms_until_node
                 _rebooted_after_its_fence(cluster, "hv1", agent_before)
 
                 assert not eventually(lambda: any(cluster.host_domains("hv1").values()), 3 * KEEPALIVE_INTERVAL), \
-                    f"hv1, fenced and powered on again, started VMs its recovery is moving: {cluster.host_domains('hv1')}"
+                    f"hv1, fenced and powered on again, started VMs its recovery is moving: " \
+                    f"{cluster.host_domains('hv1')}"
                 info = wait_runs_again(client, "hv1")
                 assert info["recovery"]["state"] in ("pending", "running"), info["recovery"]
                 listed = [line.split() for line in pvc(cluster, "node", "list").stdout.splitlines()]
