@@ -25,6 +25,8 @@ def _task_row(task: dict) -> dict:
     outcome = [f"{len(moved)} moved"] if moved else []
     outcome += [f"{len(shut_down)} shut down"] if shut_down else []
     outcome += [f"{len(task.get('not_moved') or [])} not moved"] if task.get("not_moved") else []
+    changed = task.get("changed_by_command") or []
+    outcome += [f"{len(changed)} changed by a command meanwhile ({', '.join(changed)})"] if changed else []
     outcome += [task["reason"]] if task.get("reason") else []
     outcome += ["; ".join(task["errors"])] if task.get("errors") else []
     return {**task, "for": task.get("node") or task.get("vm"),

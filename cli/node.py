@@ -57,6 +57,9 @@ def _info_table(node: dict) -> str:
     ]
     if node.get("not_flushed"):
         pairs.append(("Not flushed", "; ".join(node["not_flushed"])))
+    if node.get("changed_by_command"):
+        pairs.append(("Changed by command", ", ".join(node["changed_by_command"])
+                      + " (during its latest flush, ready or recovery: left to the command)"))
     recovery = node.get("recovery")
     if recovery:
         fence = "; ".join(f"{level['policy']}: {'off' if level['confirmed'] else 'not confirmed'} "
@@ -166,6 +169,8 @@ def _task_outcome(task: dict) -> str:
     lines = [f"{task['kind']} of {task['node']}: {task['state']}; moved {len(task['moved'])} VM(s)"]
     if task["shut_down"]:
         lines.append(f"shut down (no valid target): {', '.join(task['shut_down'])}")
+    if task.get("changed_by_command"):
+        lines.append(f"changed by a command meanwhile, left to it: {', '.join(task['changed_by_command'])}")
     not_moved = task.get("not_moved") or []
     if not_moved:
         lines.append(f"still on {task['node']}:")

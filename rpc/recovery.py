@@ -36,7 +36,8 @@ from pvc.cache import OWN_VALUE
 from pvc.errors import Conflict, PVCError
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc import tasks
-from pvc.rpc.tasks import TaskExecution
+from pvc.rpc.tasks import Decision, TaskExecution, with_desired
+from pvc.rpc.vm_control import Desired
 from pvc.secrets_box import SecretsBox
 
 log = logging.getLogger(__name__)
@@ -165,23 +166,27 @@ class RecoveryExecution(TaskExecution):
         return True
 
     def _recover(self) -> dict[str, str]:
+        """Start each running VM of the fenced node elsewhere (or stop it where none may take it), each decided
+        from its desired state read under its lock: a VM a command has stopped or moved since is left to it."""
         node = self.task["node"]
         stranded = {name: raw for name, raw in self._vms().items()
                     if (raw.get("placement") or {}).get("node") == node and raw.get("state") in schema.RUNNING_STATES}
         batch = placement.Batch(self._context.placement_views())
         starts = []
         for name, raw in sorted(stranded.items()):
-            view = models.vm_view(name, raw)
-            try:
-                target = batch.place(view, self._context.selector(raw[OWN_VALUE]), current_node=node)
-            except Conflict:
-                autostart = bool(raw[OWN_VALUE].get("node_autostart"))
-                self._record(name, state="stop", placement={"node": node, "last_node": None, "autostart": autostart})
-                self.task["shut_down"].append(name)
-                continue
-            self._record(name, state="start", placement={"node": target, "last_node": node})
-            starts.append((name, [target]))
-            self.task["moved"].append(name)
+            def decide(current: Desired, raw: dict[str, Any] = raw) -> Decision | None:
+                if current.placement.get("node") != node or current.state not in schema.RUNNING_STATES:
+                    return None
+                try:
+                    target = batch.place(models.vm_view(current.name, with_desired(raw, current)),
+                                         self._context.selector(current.spec), current_node=node)
+                except Conflict:
+                    autostart = bool(current.spec.get("node_autostart"))
+                    return Decision({"state": "stop", "placement": {"node": node, "last_node": None,
+                                                                    "autostart": autostart}}, [], "shut_down")
+                return Decision({"state": "start", "placement": {"node": target, "last_node": node}}, [target],
+                                "moved")
+            starts += [(name, nodes) for name, nodes in self._record(name, decide) if nodes]
         return self._carry_out(starts)
 
     def _finish(self, state: str, **details: Any) -> None:

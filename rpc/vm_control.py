@@ -3,12 +3,19 @@
 The record comes first and is the whole truth; the calls to node agents only make convergence immediate
 (each node also converges on its own every keepalive interval). Commands on one VM are serialised by a
 ZooKeeper lock, so their read-modify-write of the VM's record never interleaves.
+
+Every coordinator write of a VM's desired state (a command's, and the leader's flush, ready and recovery)
+goes through `VMControl.record`, with the desired state it read in ZooKeeper under the VM's lock
+(`VMControl.desired`): the write checks the version of each part read, so it loses (`Superseded`) to any
+change made since, such as a command answered while a task was deciding. An acknowledged command is never
+overwritten by a decision taken from an older view.
 """
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
 
 from kazoo.exceptions import LockTimeout, NoNodeError, NotEmptyError
 
@@ -21,6 +28,24 @@ log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT = 3.0
 """Seconds a command waits for a VM's lock; shorter than a client's call timeout, so the caller hears "busy"."""
+DESIRED_PARTS = ("spec", "state", "placement")
+
+
+class Superseded(Conflict):
+    """A write of desired state lost: some part of the VM's desired state changed after it was read."""
+
+
+@dataclass(frozen=True)
+class Desired:
+    """A VM's desired state as ZooKeeper held it when read (under the VM's lock), with each part's version, so
+    that a write based on it loses to any change made since."""
+
+    name: str
+    spec: dict[str, Any]
+    state: str
+    placement: dict[str, Any]
+    versions: Mapping[str, int]
+    """The version of each of `DESIRED_PARTS` as read."""
 
 
 class VMControl:
@@ -65,6 +90,8 @@ class VMControl:
             if not removing:
                 self._check_not_removing(name)
             yield
+        except Superseded as error:
+            raise Busy(f"VM '{name}' changed while this command ran ({error}); try again") from None
         finally:
             lock.release()
 
@@ -161,18 +188,44 @@ class VMControl:
 
     # -- recording -------------------------------------------------------------------------------------
 
-    def record(self, name: str, state: str | None = None, placement: dict[str, Any] | None = None,
+    def desired(self, name: str) -> Desired:
+        """The VM's desired state read in ZooKeeper itself (not the cache), each part with its version: what a
+        caller holding the VM's lock decides from and gives `record`."""
+        zk = self._context.store.zk
+        paths = {"spec": schema.vm(name), "state": schema.vm_key(name, "state"),
+                 "placement": schema.vm_key(name, "placement")}
+        pending = {part: zk.get_async(path) for part, path in paths.items()}
+        values, versions = {}, {}
+        for part, result in pending.items():
+            try:
+                data, stat = result.get()
+            except NoNodeError:
+                raise NotFound(f"no VM named '{name}'") from None
+            values[part], versions[part] = schema.decode(data), stat.version
+        return Desired(name, values["spec"] or {}, values["state"] or "stop", values["placement"] or {}, versions)
+
+    def record(self, name: str, read: Desired, state: str | None = None, placement: dict[str, Any] | None = None,
                spec: dict[str, Any] | None = None, leader_node: str | None = None) -> None:
-        """Write the given parts of the VM's record in one transaction, and show them to the next read."""
+        """Write the given parts of the VM's desired state in one transaction, and show them to the next read.
+
+        The only way a coordinator changes a VM's desired state: the transaction checks that every part
+        (spec, state, placement) is still at the version `read` found, written or not, so a change made since
+        (a command answered meanwhile) wins and this write raises `Superseded`."""
+        paths = {"spec": schema.vm(name), "state": schema.vm_key(name, "state"),
+                 "placement": schema.vm_key(name, "placement")}
+        values = {"spec": spec, "state": state, "placement": placement}
         transaction = self._context.store.transaction(leader_node)
-        if spec is not None:
-            transaction.set(schema.vm(name), spec)
-        if state is not None:
-            transaction.set(schema.vm_key(name, "state"), state)
-        if placement is not None:
-            transaction.set(schema.vm_key(name, "placement"), placement)
-        transaction.commit()
-        self._context.cache.vms.refresh(name)
+        for part in DESIRED_PARTS:
+            if values[part] is None:
+                transaction.check(paths[part], read.versions[part])
+            else:
+                transaction.set(paths[part], values[part], version=read.versions[part])
+        try:
+            transaction.commit()
+        except Conflict as error:
+            raise Superseded(f"VM '{name}' changed since it was read: {error}") from None
+        finally:
+            self._context.cache.vms.refresh(name)
 
 
 def settled(view: dict[str, Any]) -> bool:

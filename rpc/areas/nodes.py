@@ -37,9 +37,12 @@ class NodesArea:
 
     def info(self, name: str) -> dict[str, Any]:
         """One node; after a flush that failed, `not_flushed` lists each VM still on it and why
-        (``"NAME: reason"``)."""
+        (``"NAME: reason"``); `changed_by_command`, the VMs its latest flush, ready or recovery left alone
+        because a command changed them meanwhile."""
+        own = [task for task in tasks.list_tasks(self._context) if task.get("node") == name]
         return {**self._view(name, self._raw(name)), "not_flushed": tasks.not_flushed(self._context, name),
-                "recovery": self._recovery(name)}
+                "recovery": self._recovery(name),
+                "changed_by_command": (own[-1].get("changed_by_command") or []) if own else []}
 
     def _recovery(self, name: str) -> dict[str, Any] | None:
         """The node's latest fence-and-recover task: its state, each fencing level's outcome, and why it failed."""
@@ -49,7 +52,7 @@ class NodesArea:
             return None
         task = recoveries[-1]
         return {key: task.get(key) for key in ("id", "state", "fence", "reason", "moved", "shut_down", "fence_s",
-                                               "recovery_s")}
+                                               "recovery_s", "changed_by_command")}
 
     def fence_confirm(self, name: str) -> dict[str, Any]:
         """An administrator has made sure the dead node is off (its fence failed): record it ``fenced`` and
