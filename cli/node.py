@@ -62,7 +62,7 @@ def _info_table(node: dict) -> str:
                       + " (during its latest flush, ready or recovery: left to the command)"))
     recovery = node.get("recovery")
     if recovery:
-        fence = "; ".join(f"{level['policy']}: {'off' if level['confirmed'] else 'not confirmed'} "
+        fence = "; ".join(f"{level['policy']}: {level['proven'] if level['confirmed'] else 'not confirmed'} "
                           f"({level['explanation']})" for level in recovery.get("fence") or [])
         pairs.append(("Recovery", recovery["state"] + (f": {recovery['reason']}" if recovery.get("reason") else "")))
         pairs.append(("Fence", fence or "-"))
@@ -137,12 +137,15 @@ def node_log(session, name: str | None, lines: int, follow: bool) -> None:
 
 @group.command("fence-confirm")
 @click.argument("name")
+@click.option("--force", is_flag=True,
+              help="confirm even though the node's keepalives resumed after it was marked dead")
 @confirm_option("Have you made sure node {name} is powered off? Its VMs will be started on other nodes")
 @output.format_option
 @click.pass_obj
-def fence_confirm(session, name: str, output_format: str) -> None:
-    """Confirm a dead node is off (after its fence failed), so that its VMs are recovered elsewhere."""
-    output.show(session.client.nodes.fence_confirm(name), output_format, _info_table)
+def fence_confirm(session, name: str, force: bool, output_format: str) -> None:
+    """Confirm a dead node is off (after its fence failed), so that its VMs are recovered elsewhere. A node
+    whose keepalives resumed after it was marked dead is likely running: refused unless --force."""
+    output.show(session.client.nodes.fence_confirm(name, force=force), output_format, _info_table)
 
 
 FINISHED = ("done", "failed")

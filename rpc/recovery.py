@@ -66,6 +66,31 @@ def too_many_dead(context: CoordinatorContext, going: set[str]) -> str | None:
     return None
 
 
+def bmc_address(bmc: Any) -> tuple[str, int] | None:
+    """A node record's BMC as one comparable address (host without case, port defaulting to IPMI's 623)."""
+    if not isinstance(bmc, dict) or not bmc.get("host"):
+        return None
+    return str(bmc["host"]).strip().lower(), int(bmc.get("port") or 623)
+
+
+def shared_bmc(context: CoordinatorContext, node: str, bmc: Any) -> str | None:
+    """Why `node` must not be powered off through its BMC: other nodes name the same one, so the power-off
+    could hit another host and "off" would prove nothing about this one. None when its BMC is its own.
+
+    Checked when the leader would fence, not when a node registers: the records that matter are those at the
+    moment of the fence, and a node daemon that refused to start over a colleague's typo would protect
+    nothing."""
+    address = bmc_address(bmc)
+    if address is None:
+        return None
+    others = sorted(name for name, raw in context.cache.nodes.snapshot().items()
+                    if name != node and bmc_address((raw.get(OWN_VALUE) or {}).get("bmc")) == address)
+    if not others:
+        return None
+    return (f"node {node}'s BMC {address[0]}:{address[1]} is named by node(s) {', '.join(others)} too: powering it "
+            f"off could power off another host and prove nothing about this one; give each node its own bmc_host")
+
+
 class RecoveryExecution(TaskExecution):
     """A ``recover`` task: fence the node, then restart its VMs elsewhere."""
 
@@ -106,7 +131,11 @@ class RecoveryExecution(TaskExecution):
         """Run the chain: *power* levels in order until one proves the node off, every *I/O* level whatever
         the power levels did (its storage clients must be cut before anything restarts). The node is recorded
         ``fenced`` once it is proven off, or, where the cluster accepts an I/O fence alone
-        (`accept_io_fence`), once every I/O level of a chain that has some proved it isolated."""
+        (`accept_io_fence`), once every I/O level of a chain that has some proved it isolated and no power
+        level's device answered: a BMC that answered (the chassis on, a password refused) says the node may
+        well run, and only one that could not be reached at all may have lost power with its host.
+
+        A node whose BMC another node names too is not powered off through it (`shared_bmc`)."""
         node = self.task["node"]
         subject = {"name": node, **(self._context.store.read(schema.node(node)) or {}),
                    "volumes": volumes_on(self._vms(), node)}
@@ -115,38 +144,55 @@ class RecoveryExecution(TaskExecution):
         options = config.get("fence_options") or {}
         policies = self._context.plugins.registry(FENCING_POLICIES)
         box = SecretsBox(self._context.settings["cluster_secret"])
+        sharing = shared_bmc(self._context, node, subject.get("bmc"))
         self.task["fence"] = []
-        off, isolated = False, []
+        off, isolated, unreachable = False, [], []
         for name in chain:
             policy = policies.get(name)
             kind = getattr(policy, "kind", "power")
             if kind == "power" and off:
                 continue
+            answered = None
             if policy is None:
                 proven, explanation = "failed", f"no fencing policy named {name!r} is loaded"
+            elif kind == "power" and sharing:
+                proven, explanation = "failed", sharing
             else:
                 try:
                     result = policy.fence(fence_secrets.opened_node(box, subject),
                                           fence_secrets.opened_options(box, name, options.get(name) or {}),
                                           time.monotonic() + FENCE_LEVEL_TIMEOUT_S)
                     proven, explanation = result.proven, result.reason
+                    answered = getattr(result, "device_answered", None)
                 except Exception as error:
                     proven, explanation = "failed", f"failed: {error}"
             confirmed = proven == ("isolated" if kind == "io" else "off")
             off = off or (kind == "power" and confirmed)
             if kind == "io":
                 isolated.append(confirmed)
-            self.task["fence"].append({"policy": name, "kind": kind, "proven": proven, "confirmed": confirmed,
-                                       "explanation": explanation})
+            elif not confirmed:
+                unreachable.append(answered is False)
+            level = {"policy": name, "kind": kind, "proven": proven, "confirmed": confirmed,
+                     "explanation": explanation}
+            if kind == "power" and not confirmed:
+                level["device_answered"] = answered
+            self.task["fence"].append(level)
             self._save()
             log.warning("node %s: fencing level %s (%s): %s (%s)", node, name, kind,
                         f"confirmed {proven}" if confirmed else "not confirmed", explanation)
-        if off or (isolated and all(isolated) and config.get("accept_io_fence")):
+        if off:
             return self._record_fenced()
         if isolated and all(isolated):
+            if not config.get("accept_io_fence"):
+                why = "the cluster does not accept an I/O fence alone"
+            elif not all(unreachable):
+                why = ("a power level's device answered (the node may be running), and an I/O fence alone is "
+                       "accepted only when the BMC could not be reached at all")
+            else:
+                return self._record_fenced()
             self.task["fence"].append({"policy": "accept_io_fence", "kind": "io", "proven": "failed",
-                                       "confirmed": False, "explanation": "the node is isolated from storage but "
-                                       "not proven off, and the cluster does not accept an I/O fence alone"})
+                                       "confirmed": False,
+                                       "explanation": f"the node is isolated from storage but not proven off: {why}"})
         return False
 
     def _record_fenced(self) -> bool:

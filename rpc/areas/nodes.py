@@ -54,19 +54,34 @@ class NodesArea:
         return {key: task.get(key) for key in ("id", "state", "fence", "reason", "moved", "shut_down", "fence_s",
                                                "recovery_s", "changed_by_command")}
 
-    def fence_confirm(self, name: str) -> dict[str, Any]:
+    def fence_confirm(self, name: str, force: bool = False) -> dict[str, Any]:
         """An administrator has made sure the dead node is off (its fence failed): record it ``fenced`` and
-        recover its VMs elsewhere. Refused unless the node is ``dead``."""
+        recover its VMs elsewhere. Refused (`Conflict`, nothing recovered) unless the node is ``dead``; refused
+        too for a node whose keepalives resumed after it was marked dead (its daemon writes them, so it is
+        likely not off), unless `force`: the administrator insists it is off."""
         self._raw(name)
+        zk = self._context.store.zk
         path = schema.node_key(name, "daemon_state")
-        data, stat = self._context.store.zk.get(path)
+        data, stat = zk.get(path)
         if schema.decode(data) != "dead":
-            raise Conflict(f"node {name} is {schema.decode(data)}, not dead: only a dead node is fenced")
+            raise Conflict(f"node {name} is {schema.decode(data)}, not dead: only a dead node is fenced; "
+                           "nothing was recovered")
+        keepalive = zk.exists(schema.node_key(name, "keepalive"))
+        if keepalive is not None and keepalive.mzxid > stat.mzxid and not force:
+            raise Conflict(f"node {name}'s {RESUMED_SINCE_DEAD}: its daemon is running, so the node is likely not "
+                           "off. Nothing was recovered; make sure it is off, then confirm with --force "
+                           "(force=True)")
         leader_node = self._context.leadership.leader_node
-        self._context.store.transaction() \
+        transaction = self._context.store.transaction() \
             .set(path, "fenced", version=stat.version) \
-            .set(schema.node_key(name, "domain_state"), "flushed") \
-            .commit()
+            .set(schema.node_key(name, "domain_state"), "flushed")
+        if keepalive is not None and not force:
+            transaction.check(schema.node_key(name, "keepalive"), keepalive.version)
+        try:
+            transaction.commit()
+        except Conflict:
+            raise Conflict(f"node {name} changed while its fence was being confirmed (a keepalive, or another "
+                           "confirmation); nothing was recovered: look again with 'pvc node info'") from None
         self._context.cache.nodes.refresh(name)
         record_recovery(self._context, name, leader_node)
         return self.info(name)
