@@ -1,5 +1,4 @@
 """`pvc cluster`: status, maintenance mode, and the long tasks the leader runs."""
-import time
 
 import click
 import yaml
@@ -12,8 +11,7 @@ _TASK_COLUMNS = [
     output.column("FOR", "for"),
     output.column("STATE", "state"),
     output.column("PROGRESS", "progress"),
-    output.column("CREATED", "created",
-                  lambda stamp: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"),
+    output.column("CREATED", "created", lambda stamp: output.clock_time(stamp) if stamp else "-"),
     output.column("OUTCOME", "outcome"),
 ]
 
@@ -28,6 +26,8 @@ def _task_row(task: dict) -> dict:
     changed = task.get("changed_by_command") or []
     outcome += [f"{len(changed)} changed by a command meanwhile ({', '.join(changed)})"] if changed else []
     outcome += [task["reason"]] if task.get("reason") else []
+    if task.get("retry_at") and task.get("state") == "failed":
+        outcome += [f"next attempt {output.clock_time(task['retry_at'])} (attempt {(task.get('attempt') or 1) + 1})"]
     outcome += ["; ".join(task["errors"])] if task.get("errors") else []
     return {**task, "for": task.get("node") or task.get("vm"),
             "progress": f"{done}/{total}" if total is not None else "-", "outcome": ", ".join(outcome) or "-"}

@@ -65,6 +65,9 @@ def _info_table(node: dict) -> str:
         fence = "; ".join(f"{level['policy']}: {level['proven'] if level['confirmed'] else 'not confirmed'} "
                           f"({level['explanation']})" for level in recovery.get("fence") or [])
         pairs.append(("Recovery", recovery["state"] + (f": {recovery['reason']}" if recovery.get("reason") else "")))
+        if recovery.get("retry_at") and recovery["state"] == "failed":
+            pairs.append(("Next attempt", f"{output.clock_time(recovery['retry_at'])} "
+                                          f"(attempt {(recovery.get('attempt') or 1) + 1})"))
         pairs.append(("Fence", fence or "-"))
     return output.details(pairs)
 

@@ -109,10 +109,12 @@ class IpmiPolicy:
     """Power the node off through its BMC, then read the chassis power status until it says off.
 
     Options (each optional; the credentials override the node record's ``bmc``, whose address is always the
-    node's own): ``user``, ``password``, ``cipher_suite``; ``power_off_attempts`` (1: ipmitool itself sends each request twice),
-    ``status_checks`` (5) and ``status_interval`` seconds between them (0.5); ``command_timeout`` per
-    ipmitool call (10 s); ``power_on_after`` (false): power the node on again once it is proven off, as a
-    real host reboots (it comes back with no VM running).
+    node's own): ``user``, ``password``, ``cipher_suite``; ``power_off_attempts`` (1: ipmitool itself sends
+    each request twice), ``status_checks`` (5) and ``status_interval`` seconds between them (0.5);
+    ``command_timeout`` per ipmitool call (10 s); ``power_on_after`` (false): power the node on again once it
+    is proven off, as a real host reboots (it comes back with no VM running).
+
+    A failed fence says whether the BMC answered at all (`FenceResult.device_answered`, `BMCAnswers`).
 
     The status must be the whole line ``Chassis Power is off``, compared without regard to case (upstream
     PVC compared with "Chassis power is off" and so judged every successful fence failed)."""

@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 FENCING_POLICIES = "pvc_fencing_policies"
 FENCE_LEVEL_TIMEOUT_S = 30.0
 """How long one level of the fencing chain may take before the next is tried."""
+RETRY_FIRST_S = 10.0
+RETRY_MAX_S = 300.0
+"""A failed recovery is tried again after `RETRY_FIRST_S`, then after twice as long each time, at most
+`RETRY_MAX_S` apart (`retry_delay`)."""
 
 
 def volumes_on(vms: dict[str, dict[str, Any]], node: str) -> list[str]:
@@ -97,12 +101,17 @@ class RecoveryExecution(TaskExecution):
     def run(self) -> None:
         node = self.task["node"]
         started = time.monotonic()
-        self._save(state="running")
+        self._save(state="running", attempt=self.task.get("attempt") or 1, retry_at=None)
         if self._daemon_state() == "dead":
+            held = self._held()
+            if held:
+                self._failed(held)
+                log.warning("node %s not fenced: %s", node, held)
+                return
             confirmed = self._fence()
             self._save(fence_s=round(time.monotonic() - started, 2))
             if not confirmed:
-                self._finish("failed", reason="fence not confirmed: " + "; ".join(
+                self._failed("fence not confirmed: " + "; ".join(
                     f"{level['policy']}: {level['explanation']}" for level in self.task["fence"]))
                 log.warning("node %s: %s; nothing is restarted", node, self.task["reason"])
                 return
@@ -118,7 +127,7 @@ class RecoveryExecution(TaskExecution):
         failures = self._recover()
         self._save(recovery_s=round(time.monotonic() - recovering, 2))
         if failures:
-            self._finish("failed", reason="; ".join(f"{name}: {error}" for name, error in sorted(failures.items())))
+            self._failed("; ".join(f"{name}: {error}" for name, error in sorted(failures.items())))
         else:
             self._finish("done")
         log.info("node %s recovered: %d restarted elsewhere, %d stopped", node, len(self.task["moved"]),
@@ -126,6 +135,19 @@ class RecoveryExecution(TaskExecution):
 
     def _daemon_state(self) -> str | None:
         return self._context.store.read(schema.node_key(self.task["node"], "daemon_state"))
+
+    def _held(self) -> str | None:
+        """Why no node may be fenced now: the guards that decided to record this task, applied again, since the
+        leader that runs it (one resuming it after a failover, or a retry) may find the cluster changed."""
+        if self._context.cache.config.get().get("maintenance"):
+            return "the cluster is in maintenance mode: no node is fenced (tried again once it ends)"
+        return too_many_dead(self._context, set())
+
+    def _failed(self, reason: str) -> None:
+        """End this attempt ``failed`` with the time of the next (`retry_delay`), which the leader starts then
+        (`retry_due_recoveries`) while the node is still dead or fenced."""
+        attempt = self.task.get("attempt") or 1
+        self._finish("failed", reason=reason, retry_at=round(time.time() + retry_delay(attempt), 1))
 
     def _fence(self) -> bool:
         """Run the chain: *power* levels in order until one proves the node off, every *I/O* level whatever
@@ -239,13 +261,22 @@ class RecoveryExecution(TaskExecution):
         self._save(state=state, finished=time.time(), **details)
 
 
+def retry_delay(attempt: int) -> float:
+    """Seconds before a failed recovery is tried again after its `attempt`-th try: doubling from
+    `RETRY_FIRST_S`, never more than `RETRY_MAX_S`."""
+    return min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** max(0, attempt - 1))
+
+
 def record_recovery(context: CoordinatorContext, node: str, leader_node: str | None, held: str | None = None) -> None:
     """Record the ``recover`` task of a node just marked dead (or confirmed fenced); with `held`, record it
-    already ``failed`` with that reason, so `node info` says why nothing was fenced."""
+    already ``failed`` with that reason and the time of its next attempt, so `node info` says why nothing was
+    fenced and when it is tried again."""
     task_id = f"recover-{node}-{uuid.uuid4().hex[:8]}"
+    now = time.time()
     task = {"id": task_id, "kind": "recover", "node": node, "state": "failed" if held else "pending",
-            "created": time.time(), "total": None, "done": 0, "moved": [], "shut_down": [], "not_moved": [],
-            "errors": [], "fence": [], "reason": held}
+            "created": now, "total": None, "done": 0, "moved": [], "shut_down": [], "not_moved": [],
+            "errors": [], "fence": [], "reason": held, "attempt": 1,
+            "retry_at": round(now + retry_delay(1), 1) if held else None}
     try:
         context.store.transaction(leader_node).create(schema.task(task_id), task).commit()
     except PVCError as error:
@@ -287,6 +318,43 @@ def record_missing_recoveries(context: CoordinatorContext, leader_node: str, goi
             record_recovery(context, name, leader_node, held=too_many_dead(context, going))
             recorded.append(name)
     return recorded
+
+
+def retry_due_recoveries(context: CoordinatorContext, leader_node: str, now: float) -> list[str]:
+    """Start again each failed recovery whose next attempt is due (``retry_at``), when it is its node's
+    latest and the node is still ``dead`` (its fence failed, or was held) or ``fenced`` (moving its VMs
+    failed): the task becomes ``pending`` with its attempt counted, and the leader's runner takes it. Not in
+    maintenance mode. Returns the nodes whose recovery was restarted."""
+    if context.cache.config.get().get("maintenance"):
+        return []
+    zk = context.store.zk
+    latest: dict[str, tuple[int, int, dict[str, Any]]] = {}
+    for task_id in context.store.children(schema.TASKS):
+        try:
+            data, stat = zk.get(schema.task(task_id))
+        except NoNodeError:
+            continue
+        task = schema.decode(data) or {}
+        if task.get("kind") == "recover" and stat.czxid > latest.get(task.get("node"), (0, 0, {}))[0]:
+            latest[task["node"]] = (stat.czxid, stat.version, task)
+    restarted = []
+    for node, (_created, version, task) in sorted(latest.items()):
+        if task.get("state") != "failed" or task.get("retry_at") is None or task["retry_at"] > now:
+            continue
+        if context.store.read(schema.node_key(node, "daemon_state")) not in ("dead", "fenced"):
+            continue
+        attempt = (task.get("attempt") or 1) + 1
+        retried = {**task, "state": "pending", "attempt": attempt, "retry_at": None, "finished": None,
+                   "previous_reason": task.get("reason"), "reason": None, "errors": []}
+        try:
+            context.store.transaction(leader_node).set(schema.task(task["id"]), retried, version=version).commit()
+        except PVCError as error:
+            log.info("recovery of %s not retried now: %s", node, error)
+            continue
+        log.warning("node %s: recovery %s tried again (attempt %d); it failed: %s", node, task["id"], attempt,
+                    task.get("reason"))
+        restarted.append(node)
+    return restarted
 
 
 class ReadyExecution(TaskExecution):

@@ -45,14 +45,15 @@ class NodesArea:
                 "changed_by_command": (own[-1].get("changed_by_command") or []) if own else []}
 
     def _recovery(self, name: str) -> dict[str, Any] | None:
-        """The node's latest fence-and-recover task: its state, each fencing level's outcome, and why it failed."""
+        """The node's latest fence-and-recover task: its state, each fencing level's outcome, why it failed, and
+        after a failure when it is tried again (``retry_at``, the leader's wall clock; ``attempt`` so far)."""
         recoveries = [task for task in tasks.list_tasks(self._context)
                       if task["node"] == name and task["kind"] == "recover"]
         if not recoveries:
             return None
         task = recoveries[-1]
         return {key: task.get(key) for key in ("id", "state", "fence", "reason", "moved", "shut_down", "fence_s",
-                                               "recovery_s", "changed_by_command")}
+                                               "recovery_s", "changed_by_command", "attempt", "retry_at")}
 
     def fence_confirm(self, name: str, force: bool = False) -> dict[str, Any]:
         """An administrator has made sure the dead node is off (its fence failed): record it ``fenced`` and
