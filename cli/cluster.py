@@ -83,11 +83,12 @@ def maintenance(session, mode: str, output_format: str) -> None:
 @click.option("--successful-fence", type=click.Choice(["migrate", "none"]),
               help="after a confirmed fence: restart the node's VMs elsewhere (migrate) or not (none)")
 @click.option("--accept-io-fence/--no-accept-io-fence", default=None,
-              help="whether a dead node isolated from storage but not proven off may have its VMs recovered")
+              help="whether a dead node isolated from storage but not proven off may have its VMs recovered "
+                   "(only when its BMC could not be reached at all)")
 @click.option("--fence-options", metavar="YAML|-",
               help="options of each fencing level as a YAML/JSON mapping {POLICY: {OPTION: VALUE}}, replacing the "
                    "stored ones ('-' reads it from stdin, keeping a password off the command line); a password "
-                   "is stored sealed and shown as (set)")
+                   "is stored sealed and shown as (set); never a BMC host or port: each node's is its own")
 @click.option("--node", metavar="NODE", help="set the fencing settings given for this node only (its overrides)")
 @output.format_option
 @click.pass_obj
