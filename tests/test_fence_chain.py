@@ -24,7 +24,8 @@ from pvc.hookspecs import FenceResult
 from pvc.rpc import tasks
 from pvc.rpc.areas.nodes import NodesArea
 from pvc.rpc.context import CoordinatorContext
-from pvc.rpc.recovery import RETRY_FIRST_S, RecoveryExecution, record_recovery, retry_due_recoveries
+from pvc.rpc import recovery
+from pvc.rpc.recovery import RecoveryExecution, record_recovery
 from pvc.rpc.vm_control import VMControl
 
 from helpers import eventually
@@ -202,7 +203,7 @@ def test_a_recovery_resumed_in_maintenance_mode_fences_nothing(context, leader, 
 
     assert policies.counting.calls == []
     assert task["state"] == "failed" and "maintenance mode" in task["reason"], task
-    assert retry_due_recoveries(context, leader, time.time() + 3600) == [], "never retried in maintenance mode"
+    assert recovery.retry_due_recoveries(context, leader, time.time() + 3600) == [], "never retried in maintenance mode"
 
 
 def test_a_failed_recovery_is_tried_again_with_a_growing_delay_shown_to_the_user(context, leader, policies):
@@ -212,23 +213,23 @@ def test_a_failed_recovery_is_tried_again_with_a_growing_delay_shown_to_the_user
 
     first = recover(context, leader, "hv1")
     assert first["state"] == "failed" and first["attempt"] == 1
-    assert first["retry_at"] == pytest.approx(first["finished"] + RETRY_FIRST_S, abs=1)
-    assert retry_due_recoveries(context, leader, first["retry_at"] - 1) == [], "not before its time"
+    assert first["retry_at"] == pytest.approx(first["finished"] + recovery.RETRY_FIRST_S, abs=1)
+    assert recovery.retry_due_recoveries(context, leader, first["retry_at"] - 1) == [], "not before its time"
     assert "next attempt" in _task_row(first)["outcome"] and "(attempt 2)" in _task_row(first)["outcome"]
 
-    assert retry_due_recoveries(context, leader, first["retry_at"]) == ["hv1"]
+    assert recovery.retry_due_recoveries(context, leader, first["retry_at"]) == ["hv1"]
     assert latest_recovery(context, "hv1")["state"] == "pending"
     second = run_recovery(context, leader, "hv1")
 
     assert policies.counting.calls == ["hv1", "hv1"]
     assert second["id"] == first["id"] and second["attempt"] == 2 and second["state"] == "failed"
-    assert second["retry_at"] == pytest.approx(second["finished"] + 2 * RETRY_FIRST_S, abs=1)
+    assert second["retry_at"] == pytest.approx(second["finished"] + 2 * recovery.RETRY_FIRST_S, abs=1)
     area = nodes_area(context, leader)
     info = area.info("hv1")
     assert info["recovery"]["retry_at"] == second["retry_at"] and "Next attempt" in _info_table(info)
 
     node(context, "hv1", "run")
-    assert retry_due_recoveries(context, leader, second["retry_at"]) == [], "a node running again is not fenced"
+    assert recovery.retry_due_recoveries(context, leader, second["retry_at"]) == [], "a node running again is not fenced"
 
 
 # -- an administrator's confirmation ---------------------------------------------------------------------------
