@@ -22,8 +22,8 @@ from pvc import plugin_manager, schema
 from pvc.cli.localcluster.bmc import SimulatedBMC
 from pvc.cli.localcluster.processes import free_port, wait_until
 from pvc.cli.localcluster.simhost import SimulatedHost
-from pvc.plugins.fencing import (POWER_IS_OFF, CephBlocklistPolicy, IpmiPolicy, NoFencing, client_ip, node_address,
-                                 unusable_address)
+from pvc.plugins import fencing
+from pvc.plugins.fencing import POWER_IS_OFF, CephBlocklistPolicy, IpmiPolicy, NoFencing
 
 from conftest import started_cluster
 from helpers import cluster_store, eventually
@@ -375,12 +375,12 @@ def test_a_repeated_ceph_blocklist_fence_refuses_a_loopback_address_every_host_s
 
 
 def test_the_clients_of_a_repeated_fence_are_told_by_the_nodes_own_address():
-    assert node_address({"name": "hv1", "agent_uri": "PYRO:pvc.node@169.254.40.11:7400"}) == "169.254.40.11"
-    assert node_address({"name": "hv1", "address": "169.254.40.12", "agent_uri": "PYRO:x@127.0.0.1:1"}) == \
+    assert fencing.node_address({"name": "hv1", "agent_uri": "PYRO:pvc.node@169.254.40.11:7400"}) == "169.254.40.11"
+    assert fencing.node_address({"name": "hv1", "address": "169.254.40.12", "agent_uri": "PYRO:x@127.0.0.1:1"}) == \
         "169.254.40.12"
-    assert unusable_address("hv1", "169.254.40.11") is None
-    assert "loopback" in unusable_address("hv1", "127.0.0.1") and "no address" in unusable_address("hv1", None)
-    assert [client_ip(instance) for instance in ("169.254.40.11:0/3264513290", "v1:169.254.40.11:6801/77",
+    assert fencing.unusable_address("hv1", "169.254.40.11") is None
+    assert "loopback" in fencing.unusable_address("hv1", "127.0.0.1") and "no address" in fencing.unusable_address("hv1", None)
+    assert [fencing.client_ip(instance) for instance in ("169.254.40.11:0/3264513290", "v1:169.254.40.11:6801/77",
                                                  "[fe80::1]:0/12")] == ["169.254.40.11", "169.254.40.11", "fe80::1"]
 
 
