@@ -53,7 +53,7 @@ def _info_table(node: dict) -> str:
                        + (f", {node['accelerator']}" if node["accelerator"] else "")
                        + (" (simulated)" if node["simulated"] else "")),
         ("Agent", output.plain(node["agent_uri"])),
-        ("BMC", _bmc(node)),
+        ("BMC", _bmc(node) + (f" ({node['bmc_note']})" if node.get("bmc_note") else "")),
     ]
     if node.get("not_flushed"):
         pairs.append(("Not flushed", "; ".join(node["not_flushed"])))

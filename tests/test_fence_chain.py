@@ -173,6 +173,8 @@ def test_a_bmc_two_nodes_name_is_not_used_to_fence_either(context, leader, power
     assert task["state"] == "failed", task
     assert host.running, "the shared BMC was not powered off: it may be hv2's host"
     assert "is named by node(s) hv2 too" in task["fence"][0]["explanation"], task["fence"]
+    assert "is named by node(s) hv1 too" in _info_table(nodes_area(context, leader).info("hv2")), \
+        "node info says so before any fence"
 
 
 # -- guards and retries ---------------------------------------------------------------------------------------

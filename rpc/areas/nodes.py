@@ -11,7 +11,7 @@ from pvc.errors import Conflict, NotFound, Unavailable
 from pvc.rpc import tasks
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.monitor import KeepaliveWatch
-from pvc.rpc.recovery import record_recovery
+from pvc.rpc.recovery import record_recovery, shared_bmc
 from pvc.rpc.retries import retry_safe
 
 RESUMED_SINCE_DEAD = "keepalives resumed since it was marked dead"
@@ -38,11 +38,14 @@ class NodesArea:
     def info(self, name: str) -> dict[str, Any]:
         """One node; after a flush that failed, `not_flushed` lists each VM still on it and why
         (``"NAME: reason"``); `changed_by_command`, the VMs its latest flush, ready or recovery left alone
-        because a command changed them meanwhile."""
+        because a command changed them meanwhile; `bmc_note`, why its BMC will not be used to fence it (other
+        nodes name the same one), else None."""
         own = [task for task in tasks.list_tasks(self._context) if task.get("node") == name]
-        return {**self._view(name, self._raw(name)), "not_flushed": tasks.not_flushed(self._context, name),
+        raw = self._raw(name)
+        return {**self._view(name, raw), "not_flushed": tasks.not_flushed(self._context, name),
                 "recovery": self._recovery(name),
-                "changed_by_command": (own[-1].get("changed_by_command") or []) if own else []}
+                "changed_by_command": (own[-1].get("changed_by_command") or []) if own else [],
+                "bmc_note": shared_bmc(self._context, name, (raw.get(OWN_VALUE) or {}).get("bmc"))}
 
     def _recovery(self, name: str) -> dict[str, Any] | None:
         """The node's latest fence-and-recover task: its state, each fencing level's outcome, why it failed, and
