@@ -4,17 +4,17 @@ The record comes first and is the whole truth; the calls to node agents only mak
 (each node also converges on its own every keepalive interval). Commands on one VM are serialised by a
 ZooKeeper lock, so their read-modify-write of the VM's record never interleaves.
 
-Every coordinator write of a VM's desired state (a command's, and the leader's flush, ready and recovery)
-goes through `VMControl.record`, with the desired state it read in ZooKeeper under the VM's lock
-(`VMControl.desired`): the write checks the version of each part read, so it loses (`Superseded`) to any
-change made since, such as a command answered while a task was deciding. An acknowledged command is never
-overwritten by a decision taken from an older view.
+Every coordinator write of a VM's desired state (a command's, the leader's flush, ready and recovery, the
+leader recording a node's request) goes through `write_desired`, with the desired state read in ZooKeeper
+(`read_desired`; commands and tasks read it under the VM's lock): the write checks the version of each part
+read, so it loses (`Superseded`) to any change made since, such as a command answered while a task was
+deciding. An acknowledged command is never overwritten by a decision taken from an older view.
 """
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 from kazoo.exceptions import LockTimeout, NoNodeError, NotEmptyError
@@ -23,6 +23,7 @@ from pvc import models, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import Busy, Conflict, NotFound, OperationFailed, PVCError, Unavailable
 from pvc.rpc.context import CoordinatorContext
+from pvc.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class Desired:
     placement: dict[str, Any]
     versions: Mapping[str, int]
     """The version of each of `DESIRED_PARTS` as read."""
+    zxids: Mapping[str, int] = field(default_factory=dict)
+    """The zxid of the write that made each part, as a node's request names it."""
 
 
 class VMControl:
@@ -189,43 +192,60 @@ class VMControl:
     # -- recording -------------------------------------------------------------------------------------
 
     def desired(self, name: str) -> Desired:
-        """The VM's desired state read in ZooKeeper itself (not the cache), each part with its version: what a
-        caller holding the VM's lock decides from and gives `record`."""
-        zk = self._context.store.zk
-        paths = {"spec": schema.vm(name), "state": schema.vm_key(name, "state"),
-                 "placement": schema.vm_key(name, "placement")}
-        pending = {part: zk.get_async(path) for part, path in paths.items()}
-        values, versions = {}, {}
-        for part, result in pending.items():
-            try:
-                data, stat = result.get()
-            except NoNodeError:
-                raise NotFound(f"no VM named '{name}'") from None
-            values[part], versions[part] = schema.decode(data), stat.version
-        return Desired(name, values["spec"] or {}, values["state"] or "stop", values["placement"] or {}, versions)
+        """The VM's desired state read in ZooKeeper itself (`read_desired`): what a caller holding the VM's lock
+        decides from and gives `record`."""
+        return read_desired(self._context.store, name)
 
     def record(self, name: str, read: Desired, state: str | None = None, placement: dict[str, Any] | None = None,
                spec: dict[str, Any] | None = None, leader_node: str | None = None) -> None:
-        """Write the given parts of the VM's desired state in one transaction, and show them to the next read.
-
-        The only way a coordinator changes a VM's desired state: the transaction checks that every part
-        (spec, state, placement) is still at the version `read` found, written or not, so a change made since
-        (a command answered meanwhile) wins and this write raises `Superseded`."""
-        paths = {"spec": schema.vm(name), "state": schema.vm_key(name, "state"),
-                 "placement": schema.vm_key(name, "placement")}
-        values = {"spec": spec, "state": state, "placement": placement}
-        transaction = self._context.store.transaction(leader_node)
-        for part in DESIRED_PARTS:
-            if values[part] is None:
-                transaction.check(paths[part], read.versions[part])
-            else:
-                transaction.set(paths[part], values[part], version=read.versions[part])
+        """Write the given parts of the VM's desired state (`write_desired`), and show them to the next read."""
         try:
-            transaction.commit()
-        except Conflict as error:
-            raise Superseded(f"VM '{name}' changed since it was read: {error}") from None
+            write_desired(self._context.store, name, read, state, placement, spec, leader_node)
         finally:
             self._context.cache.vms.refresh(name)
+
+
+def _desired_paths(name: str) -> dict[str, str]:
+    return {"spec": schema.vm(name), "state": schema.vm_key(name, "state"),
+            "placement": schema.vm_key(name, "placement")}
+
+
+def read_desired(store: Store, name: str) -> Desired:
+    """The VM's desired state read in ZooKeeper itself (not a cache), each part with its version and zxid;
+    `NotFound` when the VM has no record."""
+    pending = {part: store.zk.get_async(path) for part, path in _desired_paths(name).items()}
+    values, versions, zxids = {}, {}, {}
+    for part, result in pending.items():
+        try:
+            data, stat = result.get()
+        except NoNodeError:
+            raise NotFound(f"no VM named '{name}'") from None
+        values[part], versions[part], zxids[part] = schema.decode(data), stat.version, stat.mzxid
+    return Desired(name, values["spec"] or {}, values["state"] or "stop", values["placement"] or {}, versions,
+                   zxids)
+
+
+def write_desired(store: Store, name: str, read: Desired, state: str | None = None,
+                  placement: dict[str, Any] | None = None, spec: dict[str, Any] | None = None,
+                  leader_node: str | None = None) -> None:
+    """Write the given parts of a VM's desired state in one transaction: the one way a coordinator changes it
+    (its commands, the leader's tasks, the leader recording a node's request).
+
+    The transaction checks that every part (spec, state, placement) is still at the version `read` found,
+    written or not, so a change made since (a command answered meanwhile) wins and this write raises
+    `Superseded`; with `leader_node`, it also checks the writer still leads."""
+    paths = _desired_paths(name)
+    values = {"spec": spec, "state": state, "placement": placement}
+    transaction = store.transaction(leader_node)
+    for part in DESIRED_PARTS:
+        if values[part] is None:
+            transaction.check(paths[part], read.versions[part])
+        else:
+            transaction.set(paths[part], values[part], version=read.versions[part])
+    try:
+        transaction.commit()
+    except Conflict as error:
+        raise Superseded(f"VM '{name}' changed since it was read: {error}") from None
 
 
 def settled(view: dict[str, Any]) -> bool:
