@@ -19,9 +19,10 @@ from pvc.cache import ClusterCache
 from pvc.cli.cluster import _task_row
 from pvc.cli.localcluster.processes import free_port
 from pvc.cli.node import _info_table
-from pvc.errors import Conflict
+from pvc.errors import Conflict, InvalidInput
 from pvc.hookspecs import FenceResult
 from pvc.rpc import tasks
+from pvc.rpc.areas.cluster import ClusterArea
 from pvc.rpc.areas.nodes import NodesArea
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc import recovery
@@ -255,3 +256,13 @@ def test_fence_confirm_refuses_a_node_whose_keepalives_resumed_unless_forced(con
 
     assert confirmed["daemon_state"] == "fenced"
     assert [task["node"] for task in tasks.list_tasks(context)] == ["hv1"]
+
+
+def test_cluster_wide_fence_options_cannot_name_a_bmc_address(context):
+    """They apply to every node: a host or port there would have every node's fence power off one BMC."""
+    cluster = ClusterArea(context)
+    for address in ({"host": "169.254.211.9"}, {"port": 6230}):
+        with pytest.raises(InvalidInput, match="would name one BMC for every node"):
+            cluster.config(fence_options={"ipmi": {"user": "fencer", **address}})
+    assert cluster.config(fence_options={"ipmi": {"user": "fencer", "status_interval": 0.2}})["fence_options"] == \
+        {"ipmi": {"user": "fencer", "status_interval": 0.2}}
