@@ -9,8 +9,9 @@ import pytest
 import pvc
 
 from helpers import eventually
-from vm_support import pvc as pvc_cli, assert_no_vm_on_two_hosts, every_daemon_running_and_no_vms_left, running_hosts, vm_xml, \
+from vm_support import assert_no_vm_on_two_hosts, every_daemon_running_and_no_vms_left, running_hosts, vm_xml, \
     wait_for_task
+from vm_support import pvc as pvc_cli
 
 VM_COUNT = 30
 STOPPED = 12

@@ -232,7 +232,8 @@ def test_a_failed_recovery_is_tried_again_with_a_growing_delay_shown_to_the_user
     assert info["recovery"]["retry_at"] == second["retry_at"] and "Next attempt" in _info_table(info)
 
     node(context, "hv1", "run")
-    assert recovery.retry_due_recoveries(context, leader, second["retry_at"]) == [], "a node running again is not fenced"
+    assert recovery.retry_due_recoveries(context, leader, second["retry_at"]) == [], \
+        "a node running again is not fenced"
 
 
 # -- an administrator's confirmation ---------------------------------------------------------------------------

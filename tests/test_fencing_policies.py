@@ -379,7 +379,8 @@ def test_the_clients_of_a_repeated_fence_are_told_by_the_nodes_own_address():
     assert fencing.node_address({"name": "hv1", "address": "169.254.40.12", "agent_uri": "PYRO:x@127.0.0.1:1"}) == \
         "169.254.40.12"
     assert fencing.unusable_address("hv1", "169.254.40.11") is None
-    assert "loopback" in fencing.unusable_address("hv1", "127.0.0.1") and "no address" in fencing.unusable_address("hv1", None)
+    assert "loopback" in fencing.unusable_address("hv1", "127.0.0.1")
+    assert "no address" in fencing.unusable_address("hv1", None)
     assert [fencing.client_ip(instance) for instance in ("169.254.40.11:0/3264513290", "v1:169.254.40.11:6801/77",
                                                  "[fe80::1]:0/12")] == ["169.254.40.11", "169.254.40.11", "fe80::1"]
 
