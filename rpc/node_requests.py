@@ -5,8 +5,9 @@ migration has run its course, a live migration failed and the VM stays where it 
 start on its new node and should go back), its status report carries a `request` naming the zxid of the
 value it acted on. The leader records the change only if that value is still exactly the one the node saw,
 with a version-checked transaction (`pvc.rpc.vm_control.write_desired`) that also checks its own leadership:
-a command issued meanwhile (a stop, another migrate) always wins, and a deposed leader changes nothing. A VM marked removed is forgotten once
-its node reports it undefined (`pvc.rpc.removal`). A request is never consumed: once
+a command issued meanwhile (a stop, another migrate) always wins, and a deposed leader changes nothing. A VM
+marked removed is forgotten once its node reports it undefined (`pvc.rpc.removal`). A request is never
+consumed: once
 recorded, the zxid no longer matches, so handling it again does nothing.
 """
 import logging
