@@ -7,8 +7,7 @@ value it acted on. The leader records the change only if that value is still exa
 with a version-checked transaction (`pvc.rpc.vm_control.write_desired`) that also checks its own leadership:
 a command issued meanwhile (a stop, another migrate) always wins, and a deposed leader changes nothing. A VM
 marked removed is forgotten once its node reports it undefined (`pvc.rpc.removal`). A request is never
-consumed: once
-recorded, the zxid no longer matches, so handling it again does nothing.
+consumed: once recorded, the zxid no longer matches, so handling it again does nothing.
 """
 import logging
 from typing import Any
