@@ -1,5 +1,4 @@
 """`pvc cluster`: status, maintenance mode, and the long tasks the leader runs."""
-import time
 
 import click
 import yaml
@@ -12,8 +11,7 @@ _TASK_COLUMNS = [
     output.column("FOR", "for"),
     output.column("STATE", "state"),
     output.column("PROGRESS", "progress"),
-    output.column("CREATED", "created",
-                  lambda stamp: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"),
+    output.column("CREATED", "created", lambda stamp: output.clock_time(stamp) if stamp else "-"),
     output.column("OUTCOME", "outcome"),
 ]
 
@@ -25,7 +23,11 @@ def _task_row(task: dict) -> dict:
     outcome = [f"{len(moved)} moved"] if moved else []
     outcome += [f"{len(shut_down)} shut down"] if shut_down else []
     outcome += [f"{len(task.get('not_moved') or [])} not moved"] if task.get("not_moved") else []
+    changed = task.get("changed_by_command") or []
+    outcome += [f"{len(changed)} changed by a command meanwhile ({', '.join(changed)})"] if changed else []
     outcome += [task["reason"]] if task.get("reason") else []
+    if task.get("retry_at") and task.get("state") == "failed":
+        outcome += [f"next attempt {output.clock_time(task['retry_at'])} (attempt {(task.get('attempt') or 1) + 1})"]
     outcome += ["; ".join(task["errors"])] if task.get("errors") else []
     return {**task, "for": task.get("node") or task.get("vm"),
             "progress": f"{done}/{total}" if total is not None else "-", "outcome": ", ".join(outcome) or "-"}
@@ -81,11 +83,12 @@ def maintenance(session, mode: str, output_format: str) -> None:
 @click.option("--successful-fence", type=click.Choice(["migrate", "none"]),
               help="after a confirmed fence: restart the node's VMs elsewhere (migrate) or not (none)")
 @click.option("--accept-io-fence/--no-accept-io-fence", default=None,
-              help="whether a dead node isolated from storage but not proven off may have its VMs recovered")
+              help="whether a dead node isolated from storage but not proven off may have its VMs recovered "
+                   "(only when its BMC could not be reached at all)")
 @click.option("--fence-options", metavar="YAML|-",
               help="options of each fencing level as a YAML/JSON mapping {POLICY: {OPTION: VALUE}}, replacing the "
                    "stored ones ('-' reads it from stdin, keeping a password off the command line); a password "
-                   "is stored sealed and shown as (set)")
+                   "is stored sealed and shown as (set); never a BMC host or port: each node's is its own")
 @click.option("--node", metavar="NODE", help="set the fencing settings given for this node only (its overrides)")
 @output.format_option
 @click.pass_obj

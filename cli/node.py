@@ -63,15 +63,21 @@ def _info_table(node: dict) -> str:
                        + (f", {node['accelerator']}" if node["accelerator"] else "")
                        + (" (simulated)" if node["simulated"] else "")),
         ("Agent", output.plain(node["agent_uri"])),
-        ("BMC", _bmc(node)),
+        ("BMC", _bmc(node) + (f" ({node['bmc_note']})" if node.get("bmc_note") else "")),
     ]
     if node.get("not_flushed"):
         pairs.append(("Not flushed", "; ".join(node["not_flushed"])))
+    if node.get("changed_by_command"):
+        pairs.append(("Changed by command", ", ".join(node["changed_by_command"])
+                      + " (during its latest flush, ready or recovery: left to the command)"))
     recovery = node.get("recovery")
     if recovery:
-        fence = "; ".join(f"{level['policy']}: {'off' if level['confirmed'] else 'not confirmed'} "
+        fence = "; ".join(f"{level['policy']}: {level['proven'] if level['confirmed'] else 'not confirmed'} "
                           f"({level['explanation']})" for level in recovery.get("fence") or [])
         pairs.append(("Recovery", recovery["state"] + (f": {recovery['reason']}" if recovery.get("reason") else "")))
+        if recovery.get("retry_at") and recovery["state"] == "failed":
+            pairs.append(("Next attempt", f"{output.clock_time(recovery['retry_at'])} "
+                                          f"(attempt {(recovery.get('attempt') or 1) + 1})"))
         pairs.append(("Fence", fence or "-"))
     return output.details(pairs)
 
@@ -145,12 +151,15 @@ def node_log(session, name: str | None, lines: int, follow: bool) -> None:
 
 @group.command("fence-confirm")
 @click.argument("name")
+@click.option("--force", is_flag=True,
+              help="confirm even though the node's keepalives resumed after it was marked dead")
 @confirm_option("Have you made sure node {name} is powered off? Its VMs will be started on other nodes")
 @output.format_option
 @click.pass_obj
-def fence_confirm(session, name: str, output_format: str) -> None:
-    """Confirm a dead node is off (after its fence failed), so that its VMs are recovered elsewhere."""
-    output.show(session.client.nodes.fence_confirm(name), output_format, _info_table)
+def fence_confirm(session, name: str, force: bool, output_format: str) -> None:
+    """Confirm a dead node is off (after its fence failed), so that its VMs are recovered elsewhere. A node
+    whose keepalives resumed after it was marked dead is likely running: refused unless --force."""
+    output.show(session.client.nodes.fence_confirm(name, force=force), output_format, _info_table)
 
 
 FINISHED = ("done", "failed")
@@ -177,6 +186,8 @@ def _task_outcome(task: dict) -> str:
     lines = [f"{task['kind']} of {task['node']}: {task['state']}; moved {len(task['moved'])} VM(s)"]
     if task["shut_down"]:
         lines.append(f"shut down (no valid target): {', '.join(task['shut_down'])}")
+    if task.get("changed_by_command"):
+        lines.append(f"changed by a command meanwhile, left to it: {', '.join(task['changed_by_command'])}")
     not_moved = task.get("not_moved") or []
     if not_moved:
         lines.append(f"still on {task['node']}:")

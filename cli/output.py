@@ -1,6 +1,7 @@
 """How the CLI presents results: a table for people, JSON (exactly what the API returned) for scripts."""
 import json
 import re
+import time
 from typing import Any, Callable, Sequence
 
 import click
@@ -42,6 +43,11 @@ def mib(value: int | None) -> str:
     if value >= 1024:
         return f"{value / 1024:.1f}G"
     return f"{value}M"
+
+
+def clock_time(stamp: float) -> str:
+    """A wall-clock time (seconds since the epoch) in this machine's local time."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
 
 
 def plain(value: Any) -> str:

@@ -5,13 +5,17 @@ Run by the interpreter Ceph's ``rados`` and ``rbd`` modules are installed for (t
 ceph-common depends on both), never imported: it imports nothing from PVC. Reads, as JSON on stdin::
 
     {"conf": PATH, "id": CEPHX_USER or null, "timeout": SECONDS,
-     "images": ["POOL/IMAGE", ...], "commands": [MON_COMMAND, ...]}
+     "images": ["POOL/IMAGE", ...], "commands": [MON_COMMAND, ...], "every_image": false}
 
 and writes, as JSON on stdout::
 
     {"images": {"POOL/IMAGE": {"watchers": [ADDRESS, ...], "lockers": [ADDRESS, ...]} or null (no such image
                 or pool) or {"error": WHY}, ...},
      "answers": [{"rc", "output", "status"} for each command, in order]}
+
+With ``every_image``, the images asked about are every RBD image of every pool, besides those named: an RBD
+client (a VM's QEMU) watches the header of each image it has open, so their watchers are the RBD clients
+connected now.
 
 The ``ceph`` command takes about a second per blocklist entry (its start-up, then one monitor proposal per
 command) and ``rbd status`` a process per image; monitor commands sent at once from one client share
@@ -49,6 +53,20 @@ def image_clients(cluster: rados.Rados, spec: str) -> dict | None:
         ioctx.close()
 
 
+def every_image(cluster: rados.Rados) -> list[str]:
+    """Every RBD image of every pool, as POOL/IMAGE (a pool that holds no RBD directory holds none)."""
+    found = []
+    for pool in cluster.list_pools():
+        ioctx = cluster.open_ioctx(pool)
+        try:
+            found += [f"{pool}/{name}" for name in rbd.RBD().list(ioctx)]
+        except Exception:  # not an RBD pool
+            pass
+        finally:
+            ioctx.close()
+    return found
+
+
 def main() -> None:
     request = json.load(sys.stdin)
     timeout = max(1, int(float(request["timeout"])))
@@ -62,7 +80,9 @@ def main() -> None:
         except Exception as error:
             return {"rc": -1, "output": "", "status": str(error)}
 
-    images = request.get("images") or []
+    images = list(request.get("images") or [])
+    if request.get("every_image"):
+        images += [image for image in every_image(cluster) if image not in images]
     commands = request.get("commands") or []
     with ThreadPoolExecutor(max(1, min(PARALLELISM, len(images)))) as image_pool, \
             ThreadPoolExecutor(max(1, len(commands))) as command_pool:

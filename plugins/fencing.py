@@ -6,6 +6,7 @@ instance the node had on its VMs' volumes, ``none`` nothing at all.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -22,6 +23,10 @@ IPMI_COMMAND_TIMEOUT = 10.0
 """Seconds one ipmitool call may take; an unreachable BMC gives up after 2 s with ``-N 1 -R 1``."""
 POWER_IS_OFF = "Chassis Power is off"
 """What ipmitool prints for a chassis that is off (capital P; compared case-insensitively, whole line)."""
+
+BMC_CREDENTIAL_OPTIONS = ("user", "password", "cipher_suite")
+"""The ipmi level's options that may apply to every node's BMC; its address (``host``, ``port``) never does."""
+BMC_ADDRESS_OPTIONS = ("host", "port")
 
 CEPH_COMMAND_TIMEOUT = 20.0
 BLOCKLIST_EXPIRE_SECONDS = 10 * 365 * 24 * 3600
@@ -55,11 +60,14 @@ class BMC:
 
     @classmethod
     def of(cls, node: Mapping[str, Any], options: Mapping[str, Any]) -> BMC | None:
-        """The BMC in the node's record (``bmc``: host, port, user, password), each field overridden by the
-        same key in `options`; None when no host is known."""
-        merged = {**(node.get("bmc") or {}),
-                  **{key: options[key] for key in ("host", "port", "user", "password", "cipher_suite")
-                     if key in options}}
+        """The BMC in the node's record (``bmc``: host, port, user, password), its credentials overridden by
+        the same keys in `options`; None when the node names no BMC host.
+
+        The address (host and port) is always the node's own: `options` are the whole cluster's, and an
+        address in them would have every node's fence power off one host."""
+        own = node.get("bmc") or {}
+        merged = {**own, **{key: options[key] for key in BMC_CREDENTIAL_OPTIONS if key in options},
+                  "host": own.get("host"), "port": own.get("port")}
         if not merged.get("host"):
             return None
         return cls(merged["host"], int(merged.get("port") or 623), merged.get("user"), merged.get("password"),
@@ -100,11 +108,13 @@ class BMC:
 class IpmiPolicy:
     """Power the node off through its BMC, then read the chassis power status until it says off.
 
-    Options (each optional; the BMC fields override the node record's ``bmc``): ``host``, ``port``, ``user``,
-    ``password``, ``cipher_suite``; ``power_off_attempts`` (1: ipmitool itself sends each request twice),
-    ``status_checks`` (5) and ``status_interval`` seconds between them (0.5); ``command_timeout`` per
-    ipmitool call (10 s); ``power_on_after`` (false): power the node on again once it is proven off, as a
-    real host reboots (it comes back with no VM running).
+    Options (each optional; the credentials override the node record's ``bmc``, whose address is always the
+    node's own): ``user``, ``password``, ``cipher_suite``; ``power_off_attempts`` (1: ipmitool itself sends
+    each request twice), ``status_checks`` (5) and ``status_interval`` seconds between them (0.5);
+    ``command_timeout`` per ipmitool call (10 s); ``power_on_after`` (false): power the node on again once it
+    is proven off, as a real host reboots (it comes back with no VM running).
+
+    A failed fence says whether the BMC answered at all (`FenceResult.device_answered`, `BMCAnswers`).
 
     The status must be the whole line ``Chassis Power is off``, compared without regard to case (upstream
     PVC compared with "Chassis power is off" and so judged every successful fence failed)."""
@@ -116,17 +126,17 @@ class IpmiPolicy:
         bmc = BMC.of(node, options)
         name = node.get("name", "?")
         if bmc is None:
-            return FenceResult.failed(f"node {name} has no BMC address (bmc_host in its pvcnoded.yaml, or the "
-                                      f"ipmi level's host option)")
+            return FenceResult.failed(f"node {name} has no BMC address (bmc_host in its pvcnoded.yaml)")
         started = time.monotonic()
         command_timeout = float(options.get("command_timeout", IPMI_COMMAND_TIMEOUT))
+        heard = BMCAnswers()
 
         def bounded() -> float:
             return min(command_timeout, time_left(deadline))
 
         why = "not tried"
         for _attempt in range(max(1, int(options.get("power_off_attempts", 1)))):
-            powered_off, why = bmc.ipmitool("chassis", "power", "off", timeout=bounded())
+            powered_off, why = heard.note(*bmc.ipmitool("chassis", "power", "off", timeout=bounded()))
             if powered_off or time_left(deadline) <= 0:
                 break
         # A power-off whose answer was lost (a slow BMC; ipmitool's retry then finds no matching request) may
@@ -135,7 +145,7 @@ class IpmiPolicy:
         said = "nothing"
         checks = max(1, int(options.get("status_checks", 5))) if powered_off else 1
         for check in range(checks):
-            answered, said = bmc.power_status(timeout=bounded())
+            answered, said = heard.note(*bmc.power_status(timeout=bounded()))
             if answered and said.strip().casefold() == POWER_IS_OFF.casefold():
                 took = time.monotonic() - started
                 reason = f"IPMI {bmc}: chassis powered off; 'chassis power status' says '{said}' ({took:.2f} s)"
@@ -149,9 +159,42 @@ class IpmiPolicy:
                 break
         if not powered_off:
             return FenceResult.failed(f"IPMI {bmc}: chassis power off failed: {why}; 'chassis power status' "
-                                      f"said {said!r}", bmc=str(bmc))
+                                      f"said {said!r}{heard.summary()}", device_answered=heard.answered,
+                                      bmc=str(bmc))
         return FenceResult.failed(f"IPMI {bmc}: chassis power off was accepted, but 'chassis power status' "
-                                  f"then said {said!r}, not {POWER_IS_OFF!r}", bmc=str(bmc))
+                                  f"then said {said!r}, not {POWER_IS_OFF!r}", device_answered=True, bmc=str(bmc))
+
+
+UNANSWERED_SIGNS = ("Get Auth Capabilities error", "Error issuing Get Channel Authentication Capabilities",
+                    "gave no answer within")
+"""How ipmitool says that nothing answered at all: its first request of a session went unanswered (-v), or it
+did not finish in time. Every other failure (refused credentials, "RAKP 2 HMAC is invalid", "unauthorized
+name", a rejected command) is an answer from the BMC."""
+LOCAL_FAILURES = ("ipmitool is not installed", "no time left before the fencing deadline")
+"""Failures that say nothing about the BMC."""
+
+
+class BMCAnswers:
+    """Whether a BMC answered any of the ipmitool calls of one fence: `answered` is True once one did, False
+    while each call went unanswered (the evidence a BMC without power gives), None when some call said
+    nothing about the BMC and none was answered."""
+
+    def __init__(self):
+        self.answered: bool | None = False
+
+    def note(self, succeeded: bool, text: str) -> tuple[bool, str]:
+        if succeeded or not (any(sign in text for sign in UNANSWERED_SIGNS) or text in LOCAL_FAILURES):
+            self.answered = True
+        elif text in LOCAL_FAILURES and self.answered is False:
+            self.answered = None
+        return succeeded, text
+
+    def summary(self) -> str:
+        if self.answered:
+            return " (the BMC answered: the node may be running)"
+        if self.answered is False:
+            return " (the BMC did not answer at all)"
+        return ""
 
 
 # -- none ----------------------------------------------------------------------------------------------------
@@ -180,15 +223,23 @@ class CephBlocklistPolicy:
     recovered VM's, is a new instance. Lock holders count as well as watchers: a dead client's watch expires
     after 30 s, its exclusive lock stays.
 
+    Finding no client proves nothing (the node may hold clients this fence cannot see, or open them a moment
+    later): the level then fails.
+
     The entries are recorded in Ceph's config-key store, so that `unfence` removes exactly them, whichever
-    coordinator runs it. A repeated fence of a node whose entries are recorded blocklists the recorded
-    instances again without looking for others, so it never blocklists the clients of VMs already recovered
-    elsewhere. The entries and their record are written at once (one monitor round); the record is marked
-    complete only if every entry was added.
+    coordinator runs it. A repeated fence of a node whose entries are recorded (its recovery retried, or the
+    node fenced again before `node ready`) blocklists the recorded instances again, and every client
+    instance connected now, on any RBD image, from the node's own address (``address`` in its record, else
+    its node agent's host), never those on its VMs' volumes from elsewhere, which may be the VMs already
+    recovered. A node whose address is loopback (shared by every host of a local cluster on one machine) or
+    unknown cannot be told from the other hosts: the repeated fence then fails, saying so. The entries and
+    their record are written at once (one monitor round); the record is marked complete only if every entry
+    was added.
 
     Ceph is asked through one librados client (`ceph_fence_helper.py`, run by the interpreter of the ``ceph``
     command): the ``ceph`` command takes about a second per blocklist entry, ``rbd status`` a process per
-    image. A fence takes two helper runs, under a second for any number of volumes and clients.
+    image. A fence takes two helper runs (a repeated one three), under a second for any number of volumes and
+    clients.
 
     Options: ``ceph_conf`` (/etc/ceph/ceph.conf), ``ceph_id`` (the cephx user, default admin),
     ``expire_seconds`` (ten years), ``record_prefix`` (`BLOCKLIST_RECORD_PREFIX`; distinct per PVC cluster
@@ -202,11 +253,28 @@ class CephBlocklistPolicy:
         ceph = _Ceph(options, deadline)
         name = node["name"]
         volumes = sorted(set(node.get("volumes") or []))
+        address = node_address(node)
+        refusal = None
         try:
             record, found, absent = ceph.record_and_clients(name, volumes)
             repeated = bool(record and record.get("complete"))
-            addresses = sorted(set(record["addresses"]) if repeated
-                               else found | set((record or {}).get("addresses", [])))
+            if repeated:
+                # The clients on its VMs' volumes now may be the recovered VMs elsewhere: only those connected
+                # from the node's own address are its own.
+                refusal = unusable_address(name, address)
+                connected = set() if refusal else {client for client in ceph.record_and_clients(
+                    name, [], every_image=True)[1] if client_ip(client) == address}
+                addresses = sorted(set(record["addresses"]) | connected)
+            else:
+                addresses = sorted(found | set((record or {}).get("addresses", [])))
+            if not addresses:
+                absent_note = f" ({len(absent)} of them not in Ceph: {', '.join(absent)})" if absent else ""
+                return FenceResult.failed(
+                    f"no Ceph client of node {name} was found to blocklist (on the {len(volumes)} RBD volume(s) of "
+                    f"its VMs{absent_note}"
+                    + (f", nor connected from its address {address}" if repeated and refusal is None else "")
+                    + (f"; {refusal}" if refusal else "")
+                    + "): finding none proves nothing about the node", addresses=[])
             failures = ceph.blocklist_and_record(name, addresses, float(options.get("expire_seconds",
                                                                                     BLOCKLIST_EXPIRE_SECONDS)))
         except CephFenceError as error:
@@ -214,13 +282,15 @@ class CephBlocklistPolicy:
         if failures:
             return FenceResult.failed(f"Ceph refused to blocklist {len(failures)} of node {name}'s client "
                                       f"instances: {'; '.join(failures)}", addresses=addresses)
+        if refusal:
+            return FenceResult.failed(f"the Ceph client instances of node {name} that an earlier fence found are "
+                                      f"blocklisted again ({_listing(addresses)}), but a repeated fence must also "
+                                      f"cut the clients connected since: {refusal}", addresses=addresses)
         if repeated:
-            return FenceResult.isolated(f"the Ceph client instances of node {name} that an earlier fence found "
-                                        f"are blocklisted: {_listing(addresses)}", addresses=addresses)
+            return FenceResult.isolated(f"the Ceph client instances of node {name} that an earlier fence found, and "
+                                        f"those connected now from its address {address}, are blocklisted: "
+                                        f"{_listing(addresses)}", addresses=addresses)
         absent_note = f" ({len(absent)} of them not in Ceph: {', '.join(absent)})" if absent else ""
-        if not addresses:
-            return FenceResult.isolated(f"no Ceph client watches or locks the {len(volumes)} RBD volume(s) of "
-                                        f"node {name}{absent_note}: nothing to blocklist", addresses=[])
         return FenceResult.isolated(f"Ceph blocklisted {len(addresses)} client instance(s) of node {name} on "
                                     f"its {len(volumes)} RBD volume(s){absent_note}: {_listing(addresses)}",
                                     addresses=addresses)
@@ -258,21 +328,23 @@ class _Ceph:
     def key(self, node: str) -> str:
         return f"{self.prefix}/{node}"
 
-    def record_and_clients(self, node: str, volumes: list[str]) -> tuple[dict | None, set[str], list[str]]:
+    def record_and_clients(self, node: str, volumes: list[str],
+                           every_image: bool = False) -> tuple[dict | None, set[str], list[str]]:
         """The node's blocklist record (None if there is none), the addresses of every client watching or
-        locking one of `volumes`, and the volumes Ceph does not have."""
-        images, [answer] = self.ask(volumes, [{"prefix": "config-key get", "key": self.key(node)}])
+        locking one of `volumes` (with `every_image`, any RBD image of the cluster), and the volumes Ceph does
+        not have."""
+        images, [answer] = self.ask(volumes, [{"prefix": "config-key get", "key": self.key(node)}], every_image)
         if answer["rc"] not in (0, -2):
             raise CephFenceError(f"reading the blocklist record failed: {answer['status']}")
         record = json.loads(answer["output"]) if answer["rc"] == 0 else None
         addresses: set[str] = set()
         absent = []
-        for volume in volumes:
-            clients = images[volume]
+        for image, clients in images.items():
             if clients is None:
-                absent.append(volume)
+                if image in volumes:
+                    absent.append(image)
             elif "error" in clients:
-                raise CephFenceError(f"listing the clients of {volume} failed: {clients['error']}")
+                raise CephFenceError(f"listing the clients of {image} failed: {clients['error']}")
             else:
                 addresses.update(clients["watchers"], clients["lockers"])
         return record, addresses, absent
@@ -312,15 +384,17 @@ class _Ceph:
         if answer["rc"] != 0:
             raise CephFenceError(f"{what} failed: {answer['status']}")
 
-    def ask(self, images: list[str], commands: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict]]:
-        """The clients of each image and the answer to each monitor command, asked all at once."""
+    def ask(self, images: list[str], commands: list[dict[str, Any]],
+            every_image: bool = False) -> tuple[dict[str, Any], list[dict]]:
+        """The clients of each image (with `every_image`, of every RBD image too) and the answer to each monitor
+        command, asked all at once."""
         if not os.path.exists(self.conf):
             raise CephFenceError(f"no Ceph configuration file {self.conf} (the ceph_conf option)")
         timeout = min(CEPH_COMMAND_TIMEOUT, time_left(self.deadline))
         if timeout <= 0:
             raise CephFenceError("the fencing deadline passed")
         request = {"conf": self.conf, "id": self.user, "timeout": timeout, "images": images,
-                   "commands": commands}
+                   "commands": commands, "every_image": every_image}
         python = self.python or _ceph_python()
         try:
             result = subprocess.run([python, str(CEPH_HELPER)], input=json.dumps(request),
@@ -333,6 +407,41 @@ class _Ceph:
             raise CephFenceError(_last_line(result.stderr) or f"exit status {result.returncode}")
         answer = json.loads(result.stdout)
         return answer["images"], answer["answers"]
+
+
+def node_address(node: Mapping[str, Any]) -> str | None:
+    """The address a node publishes in its record: ``address``, else the host its node agent listens on."""
+    if node.get("address"):
+        return str(node["address"])
+    agent_uri = str(node.get("agent_uri") or "")
+    if "@" not in agent_uri:
+        return None
+    host = agent_uri.rsplit("@", 1)[1].rsplit(":", 1)[0]
+    return host.strip("[]") or None
+
+
+def unusable_address(name: str, address: str | None) -> str | None:
+    """Why the clients connected from `address` cannot be taken for node `name`'s alone, or None."""
+    if not address:
+        return f"node {name} publishes no address to tell its Ceph clients by"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return f"node {name}'s address {address!r} is not an IP address, which Ceph's client addresses are"
+    if ip.is_loopback or ip.is_unspecified:
+        return (f"node {name}'s address {address} is a loopback address that other hosts share: blocklisting its "
+                f"clients could cut other hosts' VMs, so it is refused (give each host an address of its own)")
+    return None
+
+
+def client_ip(instance: str) -> str:
+    """The IP address of a Ceph client instance (``[v1:]ADDRESS:PORT/NONCE``, IPv6 in brackets)."""
+    address = instance.split("/", 1)[0]
+    for prefix in ("v1:", "v2:", "any:"):
+        address = address.removeprefix(prefix)
+    if address.startswith("["):
+        return address[1:address.index("]")]
+    return address.rsplit(":", 1)[0]
 
 
 def _ceph_python() -> str:

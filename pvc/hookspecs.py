@@ -52,6 +52,13 @@ class FenceResult:
     reason: str
     details: Mapping[str, Any] | None = None
     """What the policy did, for the node's record (the addresses it blocklisted, the BMC it asked)."""
+    device_answered: bool | None = None
+    """For a *power* level that failed: whether its device answered at all. ``True``: it did (the chassis is
+    still on, the credentials were refused, a command was rejected), so the node may well be running and no
+    I/O fence alone is accepted in its place. ``False``: it could not be reached (no answer at all, as from a
+    BMC that lost power with its host), the one case in which the cluster's ``accept_io_fence`` lets the I/O
+    levels stand alone. ``None``: the policy does not say (policies written before this field), which counts
+    as answered: an I/O fence is accepted on evidence only."""
 
     @property
     def confirmed(self) -> bool:
@@ -67,8 +74,9 @@ class FenceResult:
         return cls("isolated", reason, details or None)
 
     @classmethod
-    def failed(cls, reason: str, **details: Any) -> "FenceResult":
-        return cls("failed", reason, details or None)
+    def failed(cls, reason: str, device_answered: bool | None = None, **details: Any) -> "FenceResult":
+        """Nothing proven; a power level says whether its device answered (`device_answered`)."""
+        return cls("failed", reason, details or None, device_answered)
 
 
 class FencingPolicy(Protocol):
@@ -77,6 +85,8 @@ class FencingPolicy(Protocol):
     A *power* policy (``kind = "power"``) turns the node off and must prove it (``FenceResult.off``); an *I/O*
     policy (``kind = "io"``) cuts the node off from shared storage (``FenceResult.isolated``). A policy must
     never report more than it has proven: anything short of proof is ``FenceResult.failed`` with the reason.
+    A power policy that fails says whether its device answered (``FenceResult.failed(reason,
+    device_answered=...)``): only a device that could not be reached lets an I/O fence stand alone.
     A policy never raises for an expected failure (an unreachable BMC, refused credentials, a storage error);
     the chain treats an exception as a failed level.
 

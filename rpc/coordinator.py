@@ -28,7 +28,7 @@ from pvc.rpc.leadership import Leadership
 from pvc.rpc.monitor import NodeMonitor
 from pvc.rpc.node_requests import NodeRequests
 from pvc.rpc.provisioning import KIND as PROVISION, executor as provision_executor
-from pvc.rpc.recovery import ReadyExecution, RecoveryExecution, record_missing_recoveries
+from pvc.rpc.recovery import ReadyExecution, RecoveryExecution, record_missing_recoveries, retry_due_recoveries
 from pvc.rpc.retries import RequestPruner
 from pvc.rpc.tasks import TaskRunner
 from pvc.rpc.vm_control import VMControl
@@ -126,6 +126,7 @@ class Coordinator:
             if self.cache.config.get().get("maintenance"):
                 log.warning("node %s is dead; maintenance mode is on, so it is not fenced", node)
         record_missing_recoveries(self.context, leader_node, self.monitor.half_silent())
+        retry_due_recoveries(self.context, leader_node, time.time())
         self.requests.handle(leader_node)
         self.request_records.tick(self.store, leader_node)
         self.tasks.tick(leader_node)

@@ -5,9 +5,10 @@ keepalive znode (a new mzxid, whatever the node put in it); a coordinator notes 
 when it first saw each change, and a node's silence is the time since then. A node whose clock runs an hour
 ahead or behind looks exactly like any other.
 
-`NodeMonitor` is the leader's: a node in ``run`` silent for `fence_intervals` × `keepalive_interval` is
-marked ``dead``, both read from the cluster config with the node's overrides (`pvc.fencing_settings`), the
-numbers the node's own self-fence is checked against. While a lowered interval has yet to reach a node, the
+`NodeMonitor` is the leader's: a node in ``run``, or in ``init`` (registered, and so maybe running VMs it
+converged to, but not yet ``run``: a daemon dying there must not escape fencing), silent for
+`fence_intervals` × `keepalive_interval` is marked ``dead``, both read from the cluster config with the
+node's overrides (`pvc.fencing_settings`), the numbers the node's own self-fence is checked against. While a lowered interval has yet to reach a node, the
 interval it says it uses (its record) is the longer one and counts. It reads each keepalive's version from ZooKeeper itself on every leader tick, and forgets
 what it saw whenever it may have missed something (a new term of leadership, or its ZooKeeper connection
 suspended or lost), so each node's silence is measured afresh from then. The write that marks a node dead
@@ -34,6 +35,8 @@ from pvc.store import Store
 log = logging.getLogger(__name__)
 
 DEFAULT_KEEPALIVE_INTERVAL = 5
+WATCHED_STATES = ("init", "run")
+"""The daemon states in which a node's silence makes it dead."""
 
 
 class KeepaliveClock:
@@ -89,15 +92,15 @@ class NodeMonitor:
             self._interrupted = True
 
     def check(self, leader_node: str) -> list[str]:
-        """One leader tick: observe every ``run`` node's keepalive and mark dead the ones silent too long.
-        Returns the nodes marked dead."""
+        """One leader tick: observe the keepalive of every node in a `WATCHED_STATES` state and mark dead the
+        ones silent too long. Returns the nodes marked dead."""
         if leader_node != self._term or self._interrupted:
             self._interrupted = False
             self._term = leader_node
             self._keepalives.restart()
             log.info("watching node keepalives afresh: each node's silence is measured from now")
         running = {name: raw for name, raw in self._cache.nodes.snapshot().items()
-                   if raw.get(OWN_VALUE) is not None and raw.get("daemon_state") == "run"}
+                   if raw.get(OWN_VALUE) is not None and raw.get("daemon_state") in WATCHED_STATES}
         for name in set(self._cache.nodes.names()) - set(running):
             self._keepalives.forget(name)
         try:
@@ -117,9 +120,9 @@ class NodeMonitor:
         return marked
 
     def half_silent(self) -> set[str]:
-        """The ``run`` nodes silent for more than half their deadline: about to look dead too."""
+        """The watched nodes silent for more than half their deadline: about to look dead too."""
         return {name for name, raw in self._cache.nodes.snapshot().items()
-                if raw.get("daemon_state") == "run"
+                if raw.get("daemon_state") in WATCHED_STATES
                 and (self._keepalives.silence(name) or 0) > self.deadline(name, raw) / 2}
 
     def deadline(self, name: str, raw: dict[str, Any]) -> float:
@@ -137,13 +140,14 @@ class NodeMonitor:
         return {name: result.get() for name, result in pending.items()}
 
     def _mark_dead(self, name: str, leader_node: str, keepalive: ZnodeStat | None) -> bool:
-        """Mark `name` dead if it is still ``run`` and its keepalive is still the one judged silent."""
+        """Mark `name` dead if it is still ``init`` or ``run`` and its keepalive is still the one judged
+        silent."""
         state_path = schema.node_key(name, "daemon_state")
         try:
             data, state_stat = self._store.zk.get(state_path)
         except NoNodeError:
             return False
-        if schema.decode(data) != "run":
+        if schema.decode(data) not in WATCHED_STATES:
             return False
         transaction = self._store.transaction(leader_node)
         if keepalive is not None:

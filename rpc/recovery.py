@@ -38,7 +38,8 @@ from pvc.cache import OWN_VALUE
 from pvc.errors import Conflict, PVCError
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc import tasks
-from pvc.rpc.tasks import TaskExecution
+from pvc.rpc.tasks import Decision, TaskExecution, with_desired
+from pvc.rpc.vm_control import Desired
 from pvc.secrets_box import SecretsBox
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,10 @@ FENCE_LEVEL_TIMEOUT_S = 30.0
 RELEASE_WAIT_INTERVALS = 4
 """Keepalive intervals a ready gives a released node's daemon to say ``run``."""
 RELEASE_POLL_S = 0.1
+RETRY_FIRST_S = 10.0
+RETRY_MAX_S = 300.0
+"""A failed recovery is tried again after `RETRY_FIRST_S`, then after twice as long each time, at most
+`RETRY_MAX_S` apart (`retry_delay`)."""
 
 
 def volumes_on(vms: dict[str, dict[str, Any]], node: str) -> list[str]:
@@ -70,18 +75,48 @@ def too_many_dead(context: CoordinatorContext, going: set[str]) -> str | None:
     return None
 
 
+def bmc_address(bmc: Any) -> tuple[str, int] | None:
+    """A node record's BMC as one comparable address (host without case, port defaulting to IPMI's 623)."""
+    if not isinstance(bmc, dict) or not bmc.get("host"):
+        return None
+    return str(bmc["host"]).strip().lower(), int(bmc.get("port") or 623)
+
+
+def shared_bmc(context: CoordinatorContext, node: str, bmc: Any) -> str | None:
+    """Why `node` must not be powered off through its BMC: other nodes name the same one, so the power-off
+    could hit another host and "off" would prove nothing about this one. None when its BMC is its own.
+
+    Checked when the leader would fence, not when a node registers: the records that matter are those at the
+    moment of the fence, and a node daemon that refused to start over a colleague's typo would protect
+    nothing."""
+    address = bmc_address(bmc)
+    if address is None:
+        return None
+    others = sorted(name for name, raw in context.cache.nodes.snapshot().items()
+                    if name != node and bmc_address((raw.get(OWN_VALUE) or {}).get("bmc")) == address)
+    if not others:
+        return None
+    return (f"node {node}'s BMC {address[0]}:{address[1]} is named by node(s) {', '.join(others)} too: powering it "
+            f"off could power off another host and prove nothing about this one; give each node its own bmc_host")
+
+
 class RecoveryExecution(TaskExecution):
     """A ``recover`` task: fence the node, then restart its VMs elsewhere."""
 
     def run(self) -> None:
         node = self.task["node"]
         started = time.monotonic()
-        self._save(state="running")
+        self._save(state="running", attempt=self.task.get("attempt") or 1, retry_at=None)
         if self._daemon_state() == "dead":
+            held = self._held()
+            if held:
+                self._failed(held)
+                log.warning("node %s not fenced: %s", node, held)
+                return
             confirmed = self._fence()
             self._save(fence_s=round(time.monotonic() - started, 2))
             if not confirmed:
-                self._finish("failed", reason="fence not confirmed: " + "; ".join(
+                self._failed("fence not confirmed: " + "; ".join(
                     f"{level['policy']}: {level['explanation']}" for level in self.task["fence"]))
                 log.warning("node %s: %s; nothing is restarted", node, self.task["reason"])
                 return
@@ -97,7 +132,7 @@ class RecoveryExecution(TaskExecution):
         failures = self._recover()
         self._save(recovery_s=round(time.monotonic() - recovering, 2))
         if failures:
-            self._finish("failed", reason="; ".join(f"{name}: {error}" for name, error in sorted(failures.items())))
+            self._failed("; ".join(f"{name}: {error}" for name, error in sorted(failures.items())))
         else:
             self._finish("done")
         log.info("node %s recovered: %d restarted elsewhere, %d stopped", node, len(self.task["moved"]),
@@ -106,11 +141,28 @@ class RecoveryExecution(TaskExecution):
     def _daemon_state(self) -> str | None:
         return self._context.store.read(schema.node_key(self.task["node"], "daemon_state"))
 
+    def _held(self) -> str | None:
+        """Why no node may be fenced now: the guards that decided to record this task, applied again, since the
+        leader that runs it (one resuming it after a failover, or a retry) may find the cluster changed."""
+        if self._context.cache.config.get().get("maintenance"):
+            return "the cluster is in maintenance mode: no node is fenced (tried again once it ends)"
+        return too_many_dead(self._context, set())
+
+    def _failed(self, reason: str) -> None:
+        """End this attempt ``failed`` with the time of the next (`retry_delay`), which the leader starts then
+        (`retry_due_recoveries`) while the node is still dead or fenced."""
+        attempt = self.task.get("attempt") or 1
+        self._finish("failed", reason=reason, retry_at=round(time.time() + retry_delay(attempt), 1))
+
     def _fence(self) -> bool:
         """Run the chain: *power* levels in order until one proves the node off, every *I/O* level whatever
         the power levels did (its storage clients must be cut before anything restarts). The node is recorded
         ``fenced`` once it is proven off, or, where the cluster accepts an I/O fence alone
-        (`accept_io_fence`), once every I/O level of a chain that has some proved it isolated."""
+        (`accept_io_fence`), once every I/O level of a chain that has some proved it isolated and no power
+        level's device answered: a BMC that answered (the chassis on, a password refused) says the node may
+        well run, and only one that could not be reached at all may have lost power with its host.
+
+        A node whose BMC another node names too is not powered off through it (`shared_bmc`)."""
         node = self.task["node"]
         subject = {"name": node, **(self._context.store.read(schema.node(node)) or {}),
                    "volumes": volumes_on(self._vms(), node)}
@@ -119,38 +171,55 @@ class RecoveryExecution(TaskExecution):
         options = config.get("fence_options") or {}
         policies = self._context.plugins.registry(FENCING_POLICIES)
         box = SecretsBox(self._context.settings["cluster_secret"])
+        sharing = shared_bmc(self._context, node, subject.get("bmc"))
         self.task["fence"] = []
-        off, isolated = False, []
+        off, isolated, unreachable = False, [], []
         for name in chain:
             policy = policies.get(name)
             kind = getattr(policy, "kind", "power")
             if kind == "power" and off:
                 continue
+            answered = None
             if policy is None:
                 proven, explanation = "failed", f"no fencing policy named {name!r} is loaded"
+            elif kind == "power" and sharing:
+                proven, explanation = "failed", sharing
             else:
                 try:
                     result = policy.fence(fence_secrets.opened_node(box, subject),
                                           fence_secrets.opened_options(box, name, options.get(name) or {}),
                                           time.monotonic() + FENCE_LEVEL_TIMEOUT_S)
                     proven, explanation = result.proven, result.reason
+                    answered = getattr(result, "device_answered", None)
                 except Exception as error:
                     proven, explanation = "failed", f"failed: {error}"
             confirmed = proven == ("isolated" if kind == "io" else "off")
             off = off or (kind == "power" and confirmed)
             if kind == "io":
                 isolated.append(confirmed)
-            self.task["fence"].append({"policy": name, "kind": kind, "proven": proven, "confirmed": confirmed,
-                                       "explanation": explanation})
+            elif not confirmed:
+                unreachable.append(answered is False)
+            level = {"policy": name, "kind": kind, "proven": proven, "confirmed": confirmed,
+                     "explanation": explanation}
+            if kind == "power" and not confirmed:
+                level["device_answered"] = answered
+            self.task["fence"].append(level)
             self._save()
             log.warning("node %s: fencing level %s (%s): %s (%s)", node, name, kind,
                         f"confirmed {proven}" if confirmed else "not confirmed", explanation)
-        if off or (isolated and all(isolated) and config.get("accept_io_fence")):
+        if off:
             return self._record_fenced()
         if isolated and all(isolated):
+            if not config.get("accept_io_fence"):
+                why = "the cluster does not accept an I/O fence alone"
+            elif not all(unreachable):
+                why = ("a power level's device answered (the node may be running), and an I/O fence alone is "
+                       "accepted only when the BMC could not be reached at all")
+            else:
+                return self._record_fenced()
             self.task["fence"].append({"policy": "accept_io_fence", "kind": "io", "proven": "failed",
-                                       "confirmed": False, "explanation": "the node is isolated from storage but "
-                                       "not proven off, and the cluster does not accept an I/O fence alone"})
+                                       "confirmed": False,
+                                       "explanation": f"the node is isolated from storage but not proven off: {why}"})
         return False
 
     def _record_fenced(self) -> bool:
@@ -170,36 +239,49 @@ class RecoveryExecution(TaskExecution):
         return True
 
     def _recover(self) -> dict[str, str]:
+        """Start each running VM of the fenced node elsewhere (or stop it where none may take it), each decided
+        from its desired state read under its lock: a VM a command has stopped or moved since is left to it."""
         node = self.task["node"]
         stranded = {name: raw for name, raw in self._vms().items()
                     if (raw.get("placement") or {}).get("node") == node and raw.get("state") in schema.RUNNING_STATES}
         batch = placement.Batch(self._context.placement_views())
         starts = []
         for name, raw in sorted(stranded.items()):
-            view = models.vm_view(name, raw)
-            try:
-                target = batch.place(view, self._context.selector(raw[OWN_VALUE]), current_node=node)
-            except Conflict:
-                autostart = bool(raw[OWN_VALUE].get("node_autostart"))
-                self._record(name, state="stop", placement={"node": node, "last_node": None, "autostart": autostart})
-                self.task["shut_down"].append(name)
-                continue
-            self._record(name, state="start", placement={"node": target, "last_node": node})
-            starts.append((name, [target]))
-            self.task["moved"].append(name)
+            def decide(current: Desired, raw: dict[str, Any] = raw) -> Decision | None:
+                if current.placement.get("node") != node or current.state not in schema.RUNNING_STATES:
+                    return None
+                try:
+                    target = batch.place(models.vm_view(current.name, with_desired(raw, current)),
+                                         self._context.selector(current.spec), current_node=node)
+                except Conflict:
+                    autostart = bool(current.spec.get("node_autostart"))
+                    return Decision({"state": "stop", "placement": {"node": node, "last_node": None,
+                                                                    "autostart": autostart}}, [], "shut_down")
+                return Decision({"state": "start", "placement": {"node": target, "last_node": node}}, [target],
+                                "moved")
+            starts += [(name, nodes) for name, nodes in self._record(name, decide) if nodes]
         return self._carry_out(starts)
 
     def _finish(self, state: str, **details: Any) -> None:
         self._save(state=state, finished=time.time(), **details)
 
 
+def retry_delay(attempt: int) -> float:
+    """Seconds before a failed recovery is tried again after its `attempt`-th try: doubling from
+    `RETRY_FIRST_S`, never more than `RETRY_MAX_S`."""
+    return min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** max(0, attempt - 1))
+
+
 def record_recovery(context: CoordinatorContext, node: str, leader_node: str | None, held: str | None = None) -> None:
     """Record the ``recover`` task of a node just marked dead (or confirmed fenced); with `held`, record it
-    already ``failed`` with that reason, so `node info` says why nothing was fenced."""
+    already ``failed`` with that reason and the time of its next attempt, so `node info` says why nothing was
+    fenced and when it is tried again."""
     task_id = f"recover-{node}-{uuid.uuid4().hex[:8]}"
+    now = time.time()
     task = {"id": task_id, "kind": "recover", "node": node, "state": "failed" if held else "pending",
-            "created": time.time(), "total": None, "done": 0, "moved": [], "shut_down": [], "not_moved": [],
-            "errors": [], "fence": [], "reason": held}
+            "created": now, "total": None, "done": 0, "moved": [], "shut_down": [], "not_moved": [],
+            "errors": [], "fence": [], "reason": held, "attempt": 1,
+            "retry_at": round(now + retry_delay(1), 1) if held else None}
     try:
         context.store.transaction(leader_node).create(schema.task(task_id), task).commit()
     except PVCError as error:
@@ -241,6 +323,43 @@ def record_missing_recoveries(context: CoordinatorContext, leader_node: str, goi
             record_recovery(context, name, leader_node, held=too_many_dead(context, going))
             recorded.append(name)
     return recorded
+
+
+def retry_due_recoveries(context: CoordinatorContext, leader_node: str, now: float) -> list[str]:
+    """Start again each failed recovery whose next attempt is due (``retry_at``), when it is its node's
+    latest and the node is still ``dead`` (its fence failed, or was held) or ``fenced`` (moving its VMs
+    failed): the task becomes ``pending`` with its attempt counted, and the leader's runner takes it. Not in
+    maintenance mode. Returns the nodes whose recovery was restarted."""
+    if context.cache.config.get().get("maintenance"):
+        return []
+    zk = context.store.zk
+    latest: dict[str, tuple[int, int, dict[str, Any]]] = {}
+    for task_id in context.store.children(schema.TASKS):
+        try:
+            data, stat = zk.get(schema.task(task_id))
+        except NoNodeError:
+            continue
+        task = schema.decode(data) or {}
+        if task.get("kind") == "recover" and stat.czxid > latest.get(task.get("node"), (0, 0, {}))[0]:
+            latest[task["node"]] = (stat.czxid, stat.version, task)
+    restarted = []
+    for node, (_created, version, task) in sorted(latest.items()):
+        if task.get("state") != "failed" or task.get("retry_at") is None or task["retry_at"] > now:
+            continue
+        if context.store.read(schema.node_key(node, "daemon_state")) not in ("dead", "fenced"):
+            continue
+        attempt = (task.get("attempt") or 1) + 1
+        retried = {**task, "state": "pending", "attempt": attempt, "retry_at": None, "finished": None,
+                   "previous_reason": task.get("reason"), "reason": None, "errors": []}
+        try:
+            context.store.transaction(leader_node).set(schema.task(task["id"]), retried, version=version).commit()
+        except PVCError as error:
+            log.info("recovery of %s not retried now: %s", node, error)
+            continue
+        log.warning("node %s: recovery %s tried again (attempt %d); it failed: %s", node, task["id"], attempt,
+                    task.get("reason"))
+        restarted.append(node)
+    return restarted
 
 
 class ReadyExecution(TaskExecution):

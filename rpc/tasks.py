@@ -14,7 +14,8 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from kazoo.exceptions import KazooException, NoNodeError
 
@@ -22,7 +23,7 @@ from pvc import models, placement, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import AlreadyExists, Busy, Conflict, NotFound, PVCError
 from pvc.rpc.context import CoordinatorContext
-from pvc.rpc.vm_control import VMControl
+from pvc.rpc.vm_control import Desired, Superseded, VMControl
 from pvc.store import Store
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,22 @@ ACTIVE_STATES = ("pending", "running")
 FINISHED_KEPT_S = 3600
 FINISHED_KEPT = 100
 CREATE_ATTEMPTS = 20
+RECORD_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a task records for one VM: the parts of its desired state to write, the nodes to converge (old
+    first), and the task's list it goes to (``moved``, ``shut_down``)."""
+
+    changes: dict[str, Any]
+    nodes: list[str | None]
+    outcome: str
+
+
+def with_desired(raw: dict[str, Any], current: Desired) -> dict[str, Any]:
+    """A cached VM with its desired state replaced by the one read under its lock."""
+    return {**raw, OWN_VALUE: current.spec, "state": current.state, "placement": current.placement}
 
 
 def create_task(context: CoordinatorContext, kind: str, node: str) -> dict[str, Any]:
@@ -229,45 +246,78 @@ class TaskExecution:
         return {name: raw for name, raw in self._context.cache.vms.snapshot().items() if raw.get(OWN_VALUE)}
 
     def _flush(self) -> dict[str, str]:
-        """Move (or, with no valid target, shut down) every VM running on the node; the failures by VM."""
+        """Move (or, with no valid target, shut down) every VM running on the node; the failures by VM.
+
+        Each VM is decided from its desired state read under its lock (`_record`): one that a command has
+        stopped or moved since the node's VMs were listed is that command's, and is left alone."""
         node = self.task["node"]
         leaving = {name: raw for name, raw in self._vms().items()
                    if (raw.get("placement") or {}).get("node") == node and raw.get("state") in schema.RUNNING_STATES}
         batch = placement.Batch(self._context.placement_views())
         moves = []
         for name, raw in sorted(leaving.items()):
-            view = models.vm_view(name, raw)
-            try:
-                target = batch.place(view, self._context.selector(raw[OWN_VALUE]), current_node=node)
-            except Conflict:
-                autostart = bool(raw[OWN_VALUE].get("node_autostart"))
-                self._record(name, state="shutdown", placement={**raw["placement"], "autostart": autostart})
-                moves.append((name, [node]))
-                self.task["shut_down"].append(name)
-                continue
-            self._record(name, state="migrate", placement={"node": target, "last_node": node})
-            moves.append((name, [node, target]))
-            self.task["moved"].append(name)
+            def decide(current: Desired, raw: dict[str, Any] = raw) -> Decision | None:
+                if current.placement.get("node") != node or current.state not in schema.RUNNING_STATES:
+                    return None
+                try:
+                    target = batch.place(models.vm_view(current.name, with_desired(raw, current)),
+                                         self._context.selector(current.spec), current_node=node)
+                except Conflict:
+                    autostart = bool(current.spec.get("node_autostart"))
+                    return Decision({"state": "shutdown", "placement": {**current.placement, "autostart": autostart}},
+                                    [node], "shut_down")
+                return Decision({"state": "migrate", "placement": {"node": target, "last_node": node}},
+                                [node, target], "moved")
+            moves += self._record(name, decide)
         return self._carry_out(moves)
 
     def _ready(self) -> None:
         node = self.task["node"]
+
+        def decide(current: Desired) -> Decision | None:
+            where = current.placement
+            if where.get("last_node") == node and current.state in schema.RUNNING_STATES:
+                return Decision({"state": "unmigrate", "placement": {"node": node, "last_node": None}},
+                                [where.get("node"), node], "moved")
+            if where.get("node") == node and where.get("autostart") and current.state != "remove":
+                return Decision({"state": "start", "placement": {"node": node, "last_node": where.get("last_node")}},
+                                [node], "moved")
+            return None
         moves = []
         for name, raw in sorted(self._vms().items()):
-            where = raw.get("placement") or {}
-            if where.get("last_node") == node and raw.get("state") in schema.RUNNING_STATES:
-                self._record(name, state="unmigrate", placement={"node": node, "last_node": None})
-                moves.append((name, [where.get("node"), node]))
-                self.task["moved"].append(name)
-            elif where.get("node") == node and where.get("autostart") and raw.get("state") != "remove":
-                self._record(name, state="start", placement={"node": node, "last_node": where.get("last_node")})
-                moves.append((name, [node]))
-                self.task["moved"].append(name)
+            listed = Desired(name, raw[OWN_VALUE], raw.get("state") or "stop", raw.get("placement") or {}, {})
+            if decide(listed) is not None:
+                moves += self._record(name, decide)
         self._carry_out(moves)
 
-    def _record(self, name: str, **changes: Any) -> None:
-        with self._control.locked(name):
-            self._control.record(name, leader_node=self._leader_node, **changes)
+    def _record(self, name: str, decide: Callable[[Desired], "Decision | None"]) -> list[tuple[str, list[str]]]:
+        """Decide one VM from its desired state read under its lock, and record the decision with the versions
+        read (`VMControl.record`); what to converge: ``[(name, nodes)]``, or ``[]`` for a VM left alone.
+
+        `decide` returns None when the VM no longer needs what the task was to do: a command answered since
+        the task listed the VM (a stop, a move, a removal) changed it, and wins; the VM is reported in
+        ``changed_by_command``, neither moved nor failed. A write that loses to a node's report the leader
+        recorded meanwhile (a command cannot: the task holds the lock) is decided again."""
+        try:
+            with self._control.locked(name):
+                for _attempt in range(RECORD_ATTEMPTS):
+                    current = self._control.desired(name)
+                    decision = decide(current)
+                    if decision is None:
+                        break
+                    try:
+                        self._control.record(name, current, leader_node=self._leader_node, **decision.changes)
+                    except Superseded:
+                        continue
+                    self.task[decision.outcome].append(name)
+                    return [(name, decision.nodes)]
+                else:
+                    raise Busy(f"VM '{name}' kept changing while task {self.task['id']} recorded it")
+        except (NotFound, Conflict) as reason:
+            log.info("task %s: %s is being removed: %s", self.task["id"], name, reason)
+        self.task.setdefault("changed_by_command", []).append(name)
+        log.info("task %s: %s was changed by a command meanwhile; left to it", self.task["id"], name)
+        return []
 
     def _carry_out(self, moves: list[tuple[str, list[str]]]) -> dict[str, str]:
         """Converge every moved VM, `parallelism` at a time, and wait for each to settle; the failures."""

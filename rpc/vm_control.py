@@ -3,12 +3,19 @@
 The record comes first and is the whole truth; the calls to node agents only make convergence immediate
 (each node also converges on its own every keepalive interval). Commands on one VM are serialised by a
 ZooKeeper lock, so their read-modify-write of the VM's record never interleaves.
+
+Every coordinator write of a VM's desired state (a command's, the leader's flush, ready and recovery, the
+leader recording a node's request) goes through `write_desired`, with the desired state read in ZooKeeper
+(`read_desired`; commands and tasks read it under the VM's lock): the write checks the version of each part
+read, so it loses (`Superseded`) to any change made since, such as a command answered while a task was
+deciding. An acknowledged command is never overwritten by a decision taken from an older view.
 """
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
 
 from kazoo.exceptions import LockTimeout, NoNodeError, NotEmptyError
 
@@ -16,11 +23,32 @@ from pvc import models, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import Busy, Conflict, NotFound, OperationFailed, PVCError, Unavailable
 from pvc.rpc.context import CoordinatorContext
+from pvc.store import Store
 
 log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT = 3.0
 """Seconds a command waits for a VM's lock; shorter than a client's call timeout, so the caller hears "busy"."""
+DESIRED_PARTS = ("spec", "state", "placement")
+
+
+class Superseded(Conflict):
+    """A write of desired state lost: some part of the VM's desired state changed after it was read."""
+
+
+@dataclass(frozen=True)
+class Desired:
+    """A VM's desired state as ZooKeeper held it when read (under the VM's lock), with each part's version, so
+    that a write based on it loses to any change made since."""
+
+    name: str
+    spec: dict[str, Any]
+    state: str
+    placement: dict[str, Any]
+    versions: Mapping[str, int]
+    """The version of each of `DESIRED_PARTS` as read."""
+    zxids: Mapping[str, int] = field(default_factory=dict)
+    """The zxid of the write that made each part, as a node's request names it."""
 
 
 class VMControl:
@@ -65,6 +93,8 @@ class VMControl:
             if not removing:
                 self._check_not_removing(name)
             yield
+        except Superseded as error:
+            raise Busy(f"VM '{name}' changed while this command ran ({error}); try again") from None
         finally:
             lock.release()
 
@@ -161,18 +191,61 @@ class VMControl:
 
     # -- recording -------------------------------------------------------------------------------------
 
-    def record(self, name: str, state: str | None = None, placement: dict[str, Any] | None = None,
+    def desired(self, name: str) -> Desired:
+        """The VM's desired state read in ZooKeeper itself (`read_desired`): what a caller holding the VM's lock
+        decides from and gives `record`."""
+        return read_desired(self._context.store, name)
+
+    def record(self, name: str, read: Desired, state: str | None = None, placement: dict[str, Any] | None = None,
                spec: dict[str, Any] | None = None, leader_node: str | None = None) -> None:
-        """Write the given parts of the VM's record in one transaction, and show them to the next read."""
-        transaction = self._context.store.transaction(leader_node)
-        if spec is not None:
-            transaction.set(schema.vm(name), spec)
-        if state is not None:
-            transaction.set(schema.vm_key(name, "state"), state)
-        if placement is not None:
-            transaction.set(schema.vm_key(name, "placement"), placement)
+        """Write the given parts of the VM's desired state (`write_desired`), and show them to the next read."""
+        try:
+            write_desired(self._context.store, name, read, state, placement, spec, leader_node)
+        finally:
+            self._context.cache.vms.refresh(name)
+
+
+def _desired_paths(name: str) -> dict[str, str]:
+    return {"spec": schema.vm(name), "state": schema.vm_key(name, "state"),
+            "placement": schema.vm_key(name, "placement")}
+
+
+def read_desired(store: Store, name: str) -> Desired:
+    """The VM's desired state read in ZooKeeper itself (not a cache), each part with its version and zxid;
+    `NotFound` when the VM has no record."""
+    pending = {part: store.zk.get_async(path) for part, path in _desired_paths(name).items()}
+    values, versions, zxids = {}, {}, {}
+    for part, result in pending.items():
+        try:
+            data, stat = result.get()
+        except NoNodeError:
+            raise NotFound(f"no VM named '{name}'") from None
+        values[part], versions[part], zxids[part] = schema.decode(data), stat.version, stat.mzxid
+    return Desired(name, values["spec"] or {}, values["state"] or "stop", values["placement"] or {}, versions,
+                   zxids)
+
+
+def write_desired(store: Store, name: str, read: Desired, state: str | None = None,
+                  placement: dict[str, Any] | None = None, spec: dict[str, Any] | None = None,
+                  leader_node: str | None = None) -> None:
+    """Write the given parts of a VM's desired state in one transaction: the one way a coordinator changes it
+    (its commands, the leader's tasks, the leader recording a node's request).
+
+    The transaction checks that every part (spec, state, placement) is still at the version `read` found,
+    written or not, so a change made since (a command answered meanwhile) wins and this write raises
+    `Superseded`; with `leader_node`, it also checks the writer still leads."""
+    paths = _desired_paths(name)
+    values = {"spec": spec, "state": state, "placement": placement}
+    transaction = store.transaction(leader_node)
+    for part in DESIRED_PARTS:
+        if values[part] is None:
+            transaction.check(paths[part], read.versions[part])
+        else:
+            transaction.set(paths[part], values[part], version=read.versions[part])
+    try:
         transaction.commit()
-        self._context.cache.vms.refresh(name)
+    except Conflict as error:
+        raise Superseded(f"VM '{name}' changed since it was read: {error}") from None
 
 
 def settled(view: dict[str, Any]) -> bool:

@@ -70,14 +70,16 @@ class VMEditor:
     def _edit(self, vm: str, change: str, edit: Callable[[str], domain_edit.Edited], restart: bool, live: bool,
               live_changes: Callable[[domain_edit.Edited], list[dict[str, Any]]] | None) -> dict[str, Any]:
         with self._control.locked(vm):
-            raw = self._control.raw(vm)
-            spec = raw[OWN_VALUE]
+            current = self._control.desired(vm)
+            raw = {**self._control.raw(vm), OWN_VALUE: current.spec, "state": current.state,
+                   "placement": current.placement}
+            spec = current.spec
             edited = edit(spec["xml"])
             domain = domain_xml.parse(edited.xml, default_uuid=spec["uuid"],
                                       allow_host_devices=self._allow_host_devices())
             running = raw.get("state") == "start"
-            self._control.record(vm, spec={**spec, **self._spec_of(domain),
-                                           "generation": spec.get("generation", 1) + 1},
+            self._control.record(vm, current, spec={**spec, **self._spec_of(domain),
+                                                    "generation": spec.get("generation", 1) + 1},
                                  state="restart" if restart and running else None)
         node = raw["placement"]["node"]
         applied, reason = self._applied(vm, node, raw, edited, restart, live, live_changes)
@@ -115,23 +117,23 @@ class VMEditor:
         """Tag the VM; an existing tag becomes protected with `protected`, and a protected one stays so."""
         schema.check_name("tag", tag)
         with self._control.locked(vm):
-            spec = self._control.raw(vm)[OWN_VALUE]
-            tags = dict(spec.get("tags") or {})
+            current = self._control.desired(vm)
+            tags = dict(current.spec.get("tags") or {})
             tags[tag] = {"protected": bool(protected) or bool((tags.get(tag) or {}).get("protected"))}
-            self._control.record(vm, spec={**spec, "tags": tags})
+            self._control.record(vm, current, spec={**current.spec, "tags": tags})
         return self.tags(vm)
 
     def remove_tag(self, vm: str, tag: str) -> dict[str, Any]:
         """Untag the VM; a protected tag is refused (it goes only with the VM), as upstream PVC defines it."""
         with self._control.locked(vm):
-            spec = self._control.raw(vm)[OWN_VALUE]
-            tags = dict(spec.get("tags") or {})
+            current = self._control.desired(vm)
+            tags = dict(current.spec.get("tags") or {})
             if tag not in tags:
                 raise NotFound(f"VM '{vm}' has no tag '{tag}'")
             if tags[tag].get("protected"):
                 raise Conflict(f"tag '{tag}' of VM '{vm}' is protected and cannot be removed")
             del tags[tag]
-            self._control.record(vm, spec={**spec, "tags": tags})
+            self._control.record(vm, current, spec={**current.spec, "tags": tags})
         return self.tags(vm)
 
 

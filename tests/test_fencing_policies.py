@@ -22,6 +22,7 @@ from pvc import plugin_manager, schema
 from pvc.cli.localcluster.bmc import SimulatedBMC
 from pvc.cli.localcluster.processes import free_port, wait_until
 from pvc.cli.localcluster.simhost import SimulatedHost
+from pvc.plugins import fencing
 from pvc.plugins.fencing import POWER_IS_OFF, CephBlocklistPolicy, IpmiPolicy, NoFencing
 
 from conftest import started_cluster
@@ -112,6 +113,7 @@ def test_a_bmc_that_does_not_answer_fails_the_fence_within_seconds(powered_host)
     took = time.monotonic() - started
 
     assert result.proven == "failed" and not result.confirmed
+    assert result.device_answered is False, "nothing answered: the one case an I/O fence may stand alone"
     assert "Unable to establish IPMI v2 / RMCP+ session" in result.reason, result.reason
     assert f":{silent_port}" in result.reason
     assert host.running, "nothing was powered off"
@@ -137,6 +139,8 @@ def test_refused_credentials_fail_the_fence_with_ipmitools_reason(powered_host, 
 
     assert result.proven == "failed"
     assert why in result.reason and "Unable to establish IPMI v2 / RMCP+ session" in result.reason, result.reason
+    assert result.device_answered is True and "the BMC answered" in result.reason, \
+        "a BMC that refuses the credentials is powered: its host may well run"
     assert host.running
     assert time.monotonic() - started < 2
 
@@ -146,6 +150,16 @@ def test_the_ipmi_level_options_override_the_node_record(powered_host):
     stale = node_with(bmc, password="an-old-password")
     result = IpmiPolicy().fence(stale, {"password": bmc.client.password}, within(30))
     assert result.proven == "off", result.reason
+    assert not host.running
+
+
+def test_the_ipmi_level_options_never_override_the_nodes_own_bmc_address(powered_host):
+    """The options are the whole cluster's: an address in them would have every node's fence hit one BMC."""
+    host, bmc = powered_host
+    elsewhere = {"host": "169.254.211.9", "port": free_port(bmc.client.host, socket.SOCK_DGRAM)}
+    result = IpmiPolicy().fence(node_with(bmc), elsewhere, within(30))
+    assert result.proven == "off", result.reason
+    assert str(bmc.client) in result.reason and "169.254.211.9" not in result.reason
     assert not host.running
 
 
@@ -303,7 +317,9 @@ def test_a_ceph_blocklist_fence_stops_exactly_the_dead_nodes_clients(private_cep
         assert recovered_vm.writes(), "the VM restarted elsewhere is a new client instance and writes"
 
         again = policy.fence(dead_node, options, within(30))
-        assert again.proven == "isolated" and again.details == {"addresses": [dead_client]}
+        assert again.details == {"addresses": [dead_client]}, "the recorded instance is blocklisted again"
+        assert again.proven == "failed" and "publishes no address" in again.reason, \
+            "without the node's own address the clients it opened since cannot be found"
         assert recovered_vm.writes(), "fencing again (a new leader) never blocklists the recovered VM"
         print(f"\nceph-blocklist fence in {took:.2f} s: {result.reason}")
 
@@ -320,13 +336,53 @@ def test_a_ceph_blocklist_fence_stops_exactly_the_dead_nodes_clients(private_cep
                 client.close()
 
 
-def test_a_ceph_blocklist_fence_of_a_node_without_clients_proves_it_has_none(private_ceph, ceph_pool):
+def test_a_ceph_blocklist_fence_that_finds_no_client_proves_nothing(private_ceph, ceph_pool):
+    """No client on its VMs' volumes may be a node whose clients this fence cannot see: it proves nothing."""
     options = {"ceph_conf": str(private_ceph.conf)}
     node = {"name": "hv-quiet", "volumes": [f"{ceph_pool}/idle-vm", f"{ceph_pool}/gone-vm"]}
     result = CephBlocklistPolicy().fence(node, options, within(30))
-    assert result.proven == "isolated" and result.details == {"addresses": []}
-    assert "nothing to blocklist" in result.reason and f"{ceph_pool}/gone-vm" in result.reason
-    assert CephBlocklistPolicy().unfence(node, options, within(30))[0]
+    assert result.proven == "failed" and not result.confirmed, result.reason
+    assert result.details == {"addresses": []}
+    assert "finding none proves nothing" in result.reason and f"{ceph_pool}/gone-vm" in result.reason
+    assert CephBlocklistPolicy().fence(node, options, within(30)).proven == "failed", "nor does it the next time"
+    assert CephBlocklistPolicy().unfence(node, options, within(30)) == (
+        True, "no Ceph blocklist entries are recorded for node hv-quiet")
+
+
+def test_a_repeated_ceph_blocklist_fence_refuses_a_loopback_address_every_host_shares(private_ceph, ceph_pool):
+    """A repeated fence must also cut the clients the node opened since (from its own address); here every
+    host is 127.0.0.1, so it cannot tell them from another host's: it refuses, and says why."""
+    options = {"ceph_conf": str(private_ceph.conf)}
+    node = {"name": "hv-again", "volumes": [f"{ceph_pool}/dead-vm"], "agent_uri": "PYRO:pvc.node@127.0.0.1:7401"}
+    policy = CephBlocklistPolicy()
+    dead_vm = RbdClient(private_ceph.conf, f"{ceph_pool}/dead-vm")
+    other_host_vm = RbdClient(private_ceph.conf, f"{ceph_pool}/live-vm")
+    try:
+        assert dead_vm.writes() and other_host_vm.writes()
+        first = policy.fence(node, options, within(30))
+        assert first.proven == "isolated", first.reason
+
+        again = policy.fence(node, options, within(30))
+
+        assert again.proven == "failed" and not again.confirmed, again.reason
+        assert "127.0.0.1 is a loopback address that other hosts share" in again.reason
+        assert again.details == first.details, "the recorded instances are blocklisted again"
+        assert other_host_vm.writes(), "no client of another host at the same address was cut"
+    finally:
+        dead_vm.close()
+        other_host_vm.close()
+        assert policy.unfence(node, options, within(30))[0]
+
+
+def test_the_clients_of_a_repeated_fence_are_told_by_the_nodes_own_address():
+    assert fencing.node_address({"name": "hv1", "agent_uri": "PYRO:pvc.node@169.254.40.11:7400"}) == "169.254.40.11"
+    assert fencing.node_address({"name": "hv1", "address": "169.254.40.12", "agent_uri": "PYRO:x@127.0.0.1:1"}) == \
+        "169.254.40.12"
+    assert fencing.unusable_address("hv1", "169.254.40.11") is None
+    assert "loopback" in fencing.unusable_address("hv1", "127.0.0.1")
+    assert "no address" in fencing.unusable_address("hv1", None)
+    assert [fencing.client_ip(instance) for instance in ("169.254.40.11:0/3264513290", "v1:169.254.40.11:6801/77",
+                                                 "[fe80::1]:0/12")] == ["169.254.40.11", "169.254.40.11", "fe80::1"]
 
 
 def test_a_ceph_blocklist_fence_without_ceph_fails_with_the_reason(tmp_path):

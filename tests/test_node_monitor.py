@@ -168,3 +168,24 @@ def test_a_node_that_just_started_is_not_judged_on_its_keepalive_before_it_was_r
     assert monitor.check(leader) == []
     clock.advance(DEADLINE + 0.1)
     assert monitor.check(leader) == ["restarted"]
+
+
+def test_a_node_that_dies_after_registering_but_before_run_is_marked_dead_too(store, cache, leader):
+    """Its daemon converged (and may have started VMs) before registering: dying in ``init`` escapes nothing."""
+    clock = SteppedClock()
+    running_node(store, cache, "steady", keepalive_time=0)
+    store.write(schema.node("starting"), {"keepalive_interval": INTERVAL})
+    store.write(schema.node_key("starting", "keepalive"), {"time": 0})
+    store.write(schema.node_key("starting", "daemon_state"), "init")
+    assert eventually(lambda: (cache.nodes.get("starting") or {}).get("daemon_state") == "init")
+    monitor = NodeMonitor(store, cache, FENCE_INTERVALS, clock=clock)
+
+    monitor.check(leader)
+    clock.advance(DEADLINE / 2 + 0.1)
+    beat(store, "steady", 1)
+    monitor.check(leader)
+    assert "starting" in monitor.half_silent()
+    clock.advance(DEADLINE / 2 + 0.1)
+
+    assert monitor.check(leader) == ["starting"]
+    assert state(store, "starting") == "dead" and state(store, "steady") == "run"

@@ -44,7 +44,7 @@ def define(store, cache, name: str, status: dict) -> None:
 def start_waiting(control, name: str, timeout: float) -> dict:
     """Record `vm start` and wait for it in a thread, as a command with --wait does; the outcome lands in the
     returned dict."""
-    control.record(name, state="start")
+    control.record(name, control.desired(name), state="start")
     outcome: dict = {}
 
     def wait() -> None:

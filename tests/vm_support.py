@@ -95,7 +95,7 @@ def return_to_service(cluster, node: str, start_daemon=None) -> None:
     host = local.host(node)
     host.power_off()
     if client.nodes.info(node)["daemon_state"] == "dead":
-        client.nodes.fence_confirm(node)
+        client.nodes.fence_confirm(node, force=True)  # its keepalives may have resumed; it is off now
     assert eventually(lambda: (client.nodes.info(node)["recovery"] or {}).get("state") in ("done", "failed"), 60)
     host.start()
     (start_daemon or local.start_node_daemon)(node)

@@ -81,6 +81,12 @@ class ClusterArea:
                 raise InvalidInput(f"unknown fencing policy {', '.join(unknown_policies)} "
                                    f"(loaded: {', '.join(sorted(policies)) or 'none'})")
         if "fence_options" in changes:
+            shared_address = sorted(set((changes["fence_options"] or {}).get("ipmi") or {}) & {"host", "port"}) \
+                if isinstance(changes["fence_options"], dict) else []
+            if shared_address:
+                raise InvalidInput(f"fence_options ipmi: {' and '.join(shared_address)} would name one BMC for every "
+                                   "node; each node's BMC address is its own (bmc_host, bmc_port in its "
+                                   "pvcnoded.yaml)")
             changes["fence_options"] = fence_secrets.sealed_options(
                 SecretsBox(self._context.settings["cluster_secret"]), changes["fence_options"],
                 self._context.cache.config.get().get("fence_options") or {})

@@ -11,7 +11,7 @@ from pvc.errors import Conflict, NotFound, Unavailable
 from pvc.rpc import tasks
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.monitor import KeepaliveWatch
-from pvc.rpc.recovery import record_recovery
+from pvc.rpc.recovery import record_recovery, shared_bmc
 from pvc.rpc.retries import retry_safe
 
 RESUMED_SINCE_DEAD = "keepalives resumed since it was marked dead"
@@ -38,33 +38,55 @@ class NodesArea:
 
     def info(self, name: str) -> dict[str, Any]:
         """One node; after a flush that failed, `not_flushed` lists each VM still on it and why
-        (``"NAME: reason"``)."""
-        return {**self._view(name, self._raw(name)), "not_flushed": tasks.not_flushed(self._context, name),
-                "recovery": self._recovery(name)}
+        (``"NAME: reason"``); `changed_by_command`, the VMs its latest flush, ready or recovery left alone
+        because a command changed them meanwhile; `bmc_note`, why its BMC will not be used to fence it (other
+        nodes name the same one), else None."""
+        own = [task for task in tasks.list_tasks(self._context) if task.get("node") == name]
+        raw = self._raw(name)
+        return {**self._view(name, raw), "not_flushed": tasks.not_flushed(self._context, name),
+                "recovery": self._recovery(name),
+                "changed_by_command": (own[-1].get("changed_by_command") or []) if own else [],
+                "bmc_note": shared_bmc(self._context, name, (raw.get(OWN_VALUE) or {}).get("bmc"))}
 
     def _recovery(self, name: str) -> dict[str, Any] | None:
-        """The node's latest fence-and-recover task: its state, each fencing level's outcome, and why it failed."""
+        """The node's latest fence-and-recover task: its state, each fencing level's outcome, why it failed, and
+        after a failure when it is tried again (``retry_at``, the leader's wall clock; ``attempt`` so far)."""
         recoveries = [task for task in tasks.list_tasks(self._context)
                       if task["node"] == name and task["kind"] == "recover"]
         if not recoveries:
             return None
         task = recoveries[-1]
         return {key: task.get(key) for key in ("id", "state", "fence", "reason", "moved", "shut_down", "fence_s",
-                                               "recovery_s")}
+                                               "recovery_s", "changed_by_command", "attempt", "retry_at")}
 
-    def fence_confirm(self, name: str) -> dict[str, Any]:
+    def fence_confirm(self, name: str, force: bool = False) -> dict[str, Any]:
         """An administrator has made sure the dead node is off (its fence failed): record it ``fenced`` and
-        recover its VMs elsewhere. Refused unless the node is ``dead``."""
+        recover its VMs elsewhere. Refused (`Conflict`, nothing recovered) unless the node is ``dead``; refused
+        too for a node whose keepalives resumed after it was marked dead (its daemon writes them, so it is
+        likely not off), unless `force`: the administrator insists it is off."""
         self._raw(name)
+        zk = self._context.store.zk
         path = schema.node_key(name, "daemon_state")
-        data, stat = self._context.store.zk.get(path)
+        data, stat = zk.get(path)
         if schema.decode(data) != "dead":
-            raise Conflict(f"node {name} is {schema.decode(data)}, not dead: only a dead node is fenced")
+            raise Conflict(f"node {name} is {schema.decode(data)}, not dead: only a dead node is fenced; "
+                           "nothing was recovered")
+        keepalive = zk.exists(schema.node_key(name, "keepalive"))
+        if keepalive is not None and keepalive.mzxid > stat.mzxid and not force:
+            raise Conflict(f"node {name}'s {RESUMED_SINCE_DEAD}: its daemon is running, so the node is likely not "
+                           "off. Nothing was recovered; make sure it is off, then confirm with --force "
+                           "(force=True)")
         leader_node = self._context.leadership.leader_node
-        self._context.store.transaction() \
+        transaction = self._context.store.transaction() \
             .set(path, "fenced", version=stat.version) \
-            .set(schema.node_key(name, "domain_state"), "flushed") \
-            .commit()
+            .set(schema.node_key(name, "domain_state"), "flushed")
+        if keepalive is not None and not force:
+            transaction.check(schema.node_key(name, "keepalive"), keepalive.version)
+        try:
+            transaction.commit()
+        except Conflict:
+            raise Conflict(f"node {name} changed while its fence was being confirmed (a keepalive, or another "
+                           "confirmation); nothing was recovered: look again with 'pvc node info'") from None
         self._context.cache.nodes.refresh(name)
         record_recovery(self._context, name, leader_node)
         return self.info(name)

@@ -103,17 +103,17 @@ class VMsArea:
     def modify(self, vm: str, xml: str, restart: bool = False) -> dict[str, Any]:
         """Replace the VM's definition (same name and UUID); with `restart`, restart it to apply it now."""
         with self._control.locked(vm):
-            raw = self._control.raw(vm)
-            spec = raw[OWN_VALUE]
+            current = self._control.desired(vm)
+            spec = current.spec
             domain = domain_xml.parse(xml, default_uuid=spec["uuid"], allow_host_devices=self._allow_host_devices())
             if domain.name != vm:
                 raise InvalidInput(f"the XML names VM '{domain.name}', not '{vm}' (use rename to rename it)")
             if domain.uuid != spec["uuid"]:
                 raise InvalidInput(f"the XML has UUID {domain.uuid}, but VM '{vm}' has {spec['uuid']}")
             new_spec = {**spec, **self._spec(domain), "generation": spec.get("generation", 1) + 1}
-            running = raw.get("state") == "start"
-            self._control.record(vm, spec=new_spec, state="restart" if restart and running else None)
-        return self._control.converge(vm, [raw["placement"]["node"]], wait=False)
+            running = current.state == "start"
+            self._control.record(vm, current, spec=new_spec, state="restart" if restart and running else None)
+        return self._control.converge(vm, [current.placement["node"]], wait=False)
 
     def rename(self, vm: str, new_name: str) -> dict[str, Any]:
         """Give a stopped VM a new name. The new name's record takes the UUID at once; the old name's record
@@ -123,20 +123,23 @@ class VMsArea:
         schema.check_name("VM", new_name)
         with self._control.locked(vm):
             raw = self._control.raw(vm)
-            if models.vm_view(vm, raw)["running"] or raw.get("state") in ("start", "restart", "migrate"):
+            current = self._control.desired(vm)
+            if models.vm_view(vm, raw)["running"] or current.state in ("start", "restart", "migrate"):
                 raise Conflict(f"VM '{vm}' must be stopped before it is renamed")
             if self._context.cache.vms.get(new_name) is not None:
                 raise AlreadyExists(f"a VM named '{new_name}' exists already")
-            spec = raw[OWN_VALUE]
+            spec = current.spec
             new_spec = {**spec, "name": new_name, "xml": domain_xml.renamed(spec["xml"], new_name),
                         "generation": spec.get("generation", 1) + 1}
             try:
                 self._context.store.transaction() \
                     .create(schema.vm(new_name), new_spec) \
-                    .create(schema.vm_key(new_name, "state"), raw.get("state") or "stop") \
-                    .create(schema.vm_key(new_name, "placement"), raw.get("placement")) \
+                    .create(schema.vm_key(new_name, "state"), current.state) \
+                    .create(schema.vm_key(new_name, "placement"), current.placement) \
                     .set(schema.vm_uuid(spec["uuid"]), new_name) \
-                    .set(schema.vm_key(vm, "state"), removal.REMOVE) \
+                    .check(schema.vm(vm), current.versions["spec"]) \
+                    .check(schema.vm_key(vm, "placement"), current.versions["placement"]) \
+                    .set(schema.vm_key(vm, "state"), removal.REMOVE, version=current.versions["state"]) \
                     .commit()
             except AlreadyExists:
                 raise AlreadyExists(f"a VM named '{new_name}' exists already") from None
@@ -161,7 +164,7 @@ class VMsArea:
             if force:
                 removal.delete(self._context.store, vm, raw[OWN_VALUE]["uuid"])
             elif raw.get("state") != removal.REMOVE:
-                self._control.record(vm, state=removal.REMOVE)
+                self._control.record(vm, self._control.desired(vm), state=removal.REMOVE)
             self._context.cache.vms.refresh(vm)
         node = (raw.get("placement") or {}).get("node")
         self._control.poke(vm, [node, (raw.get("status") or {}).get("node")])
@@ -186,9 +189,9 @@ class VMsArea:
             raise InvalidInput(f"unknown VM metadata: {', '.join(sorted(unknown))} "
                                f"(known: {', '.join(META_KEYS)})")
         with self._control.locked(vm):
-            spec = self._control.raw(vm)[OWN_VALUE]
-            meta = self._checked_meta({**{key: spec.get(key) for key in META_KEYS}, **changes})
-            self._control.record(vm, spec={**spec, **meta})
+            current = self._control.desired(vm)
+            meta = self._checked_meta({**{key: current.spec.get(key) for key in META_KEYS}, **changes})
+            self._control.record(vm, current, spec={**current.spec, **meta})
         return self._control.view(vm)
 
     # -- editing parts (`pvc.rpc.vm_edits`): each returns {"name", "change", "applied", "reason"} ----------
@@ -250,12 +253,12 @@ class VMsArea:
 
     def _set_state(self, vm: str, state: str, wait: bool) -> dict[str, Any]:
         with self._control.locked(vm):
-            raw = self._control.raw(vm)
-            node = raw["placement"]["node"]
-            if state == "start" and raw.get("placement", {}).get("autostart"):
-                self._control.record(vm, state=state, placement={**raw["placement"], "autostart": False})
+            current = self._control.desired(vm)
+            node = current.placement["node"]
+            if state == "start" and current.placement.get("autostart"):
+                self._control.record(vm, current, state=state, placement={**current.placement, "autostart": False})
             else:
-                self._control.record(vm, state=state)
+                self._control.record(vm, current, state=state)
         return self._control.converge(vm, [node], wait)
 
     # -- moving ----------------------------------------------------------------------------------------
@@ -272,27 +275,28 @@ class VMsArea:
     def unmigrate(self, vm: str, wait: bool = False) -> dict[str, Any]:
         """Return a migrated VM to the node it came from."""
         with self._control.locked(vm):
-            raw = self._control.raw(vm)
-            where = raw["placement"]
+            current = self._control.desired(vm)
+            where = current.placement
             if not where.get("last_node"):
                 raise Conflict(f"VM '{vm}' has not been migrated: there is nowhere to return it to")
             self._check_node_takes(where["last_node"])
-            self._control.record(vm, state=_moving_state(raw, "unmigrate"),
+            self._control.record(vm, current, state=_moving_state(current.state, "unmigrate"),
                                  placement={"node": where["last_node"], "last_node": None})
         return self._control.converge(vm, [where["node"], where["last_node"]], wait)
 
     def _move(self, vm: str, target: str | None, force: bool, wait: bool, remember: bool) -> dict[str, Any]:
         with self._control.locked(vm):
-            raw = self._control.raw(vm)
-            spec, where = raw[OWN_VALUE], raw["placement"]
+            desired = self._control.desired(vm)
+            spec, where = desired.spec, desired.placement
             current = where["node"]
-            view = models.vm_view(vm, raw)
+            view = models.vm_view(vm, {**self._control.raw(vm), OWN_VALUE: spec, "state": desired.state,
+                                       "placement": where})
             if target is None:
                 target = placement.choose(self._context.placement_views(), view, self._context.selector(spec), current)
             else:
                 self._check_target(target, view, current, force)
             last_node = (where.get("last_node") or current) if remember else None
-            self._control.record(vm, state=_moving_state(raw, "migrate"),
+            self._control.record(vm, desired, state=_moving_state(desired.state, "migrate"),
                                  placement={"node": target, "last_node": last_node})
         return self._control.converge(vm, [current, target], wait)
 
@@ -364,6 +368,6 @@ class VMsArea:
                 "defined_at": time.time()}
 
 
-def _moving_state(raw: dict[str, Any], moving: str) -> str:
+def _moving_state(state: str, moving: str) -> str:
     """A running VM migrates; a stopped one just changes node and stays stopped."""
-    return moving if raw.get("state") in schema.RUNNING_STATES else raw.get("state")
+    return moving if state in schema.RUNNING_STATES else state
