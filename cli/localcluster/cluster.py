@@ -299,15 +299,16 @@ class LocalCluster:
         return self._start_daemon("pvcapid", directory, settings)
 
     def start_node_daemon(self, name: str, zookeeper_hosts: str | None = None, netns: str | None = None,
-                          address: str | None = None) -> int:
+                          address: str | None = None, libvirt_uri: str | None = None) -> int:
         """Start the node's pvcnoded; `zookeeper_hosts` makes it reach ZooKeeper at another address (a test's
-        proxy it can cut) instead of the server's own. `netns` runs it inside that network namespace (`ip netns
+        proxy it can cut) instead of the server's own, and `libvirt_uri` its libvirtd through another socket
+        (a test's relay that slows it). `netns` runs it inside that network namespace (`ip netns
         exec`: a host a test can partition; its libvirtd's unix socket is still reached through the
         filesystem), and `address` is where its agent and upload channel listen, one its peers can reach."""
         directory = self._daemon_dir("nodes", name)
         directory.mkdir(parents=True, exist_ok=True)
         host = self.host(name)
-        settings = {**self._common_settings(), "node_name": name, "libvirt_uri": host.uri,
+        settings = {**self._common_settings(), "node_name": name, "libvirt_uri": libvirt_uri or host.uri,
                     **({"zookeeper_hosts": zookeeper_hosts} if zookeeper_hosts else {}),
                     **({"tls_ca": str(self.tls_cert)} if self.state.get("tls") else {}),
                     "keepalive_interval": KEEPALIVE_INTERVAL, "listen_address": "127.0.0.1:0",
