@@ -179,6 +179,12 @@ class Hypervisor:
         return (f"libvirt has not yet finished the {oldest.what}, which timed out "
                 f"{time.monotonic() - oldest.since:.1f} s ago")
 
+    def calls_in_flight(self) -> list[str]:
+        """What every timed-out call still running does, on whichever domain."""
+        with self._lock:
+            domains = list(self._late)
+        return [f"{domain}: {doing}" for domain in domains if (doing := self.in_flight(domain))]
+
     def ended_late(self, domain: str) -> list[str]:
         """The timed-out calls on `domain` that have ended since: their effect is in libvirt now, unseen."""
         with self._lock:
@@ -364,9 +370,10 @@ class DomainActions:
             domain.undefine()
         self._on_domain("undefine", name, undefine)
 
-    def pull_plugs(self, deadline: float) -> dict[str, bool]:
-        """Destroy every running domain PVC manages here, all at once, by `deadline` (monotonic): name →
-        whether libvirt then said it is off (False: it did not answer in time, or the domain still runs)."""
+    def pull_plugs(self, deadline: float) -> dict[str, bool] | None:
+        """Destroy every domain PVC manages here that is not shut off (running, paused, in a migration), all at
+        once, by `deadline` (monotonic): name → whether libvirt then said it is off (False: it did not answer
+        in time, or the domain still runs). None when libvirt could not even list the domains in time."""
         def remaining() -> float:
             return max(deadline - time.monotonic(), 0.01)
 
@@ -379,24 +386,28 @@ class DomainActions:
                     domain.destroy()
                 return not domain.isActive()
             try:
-                return self._hypervisor.call(f"stopping {name}", destroy, remaining())
+                return self._hypervisor.call(f"stopping {name}", destroy, remaining(), domain=name)
             except (OperationFailed, Unavailable) as error:
                 log.error("%s not stopped: %s", name, error)
                 return False
 
         try:
-            running = [domain.name for domain in self._hypervisor.domains(remaining()) if domain.running]
+            active = [domain.name for domain in self._hypervisor.domains(remaining()) if domain.active]
         except Unavailable as error:
             log.error("cannot list this host's domains to stop them: %s", error)
+            return None
+        if not active:
             return {}
-        if not running:
-            return {}
-        pool = ThreadPoolExecutor(max_workers=min(len(running), 16), thread_name_prefix="pull-plug")
+        pool = ThreadPoolExecutor(max_workers=min(len(active), 16), thread_name_prefix="pull-plug")
         try:
-            outcomes = dict(zip(running, pool.map(pull, running)))
+            outcomes = dict(zip(active, pool.map(pull, active)))
         finally:
             pool.shutdown(wait=False)
         return {name: bool(off) for name, off in outcomes.items() if off is not None}
+
+    def calls_in_flight(self) -> list[str]:
+        """Every timed-out call on a domain that libvirtd may still carry out (`Hypervisor.in_flight`)."""
+        return self._hypervisor.calls_in_flight()
 
     def migrate_live(self, name: str, target: "MigrationTarget", max_downtime_ms: int | None,
                      shared_storage: bool, timeout: float) -> None:

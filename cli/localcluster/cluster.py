@@ -323,7 +323,12 @@ class LocalCluster:
         if isinstance(host, QemuHost):
             settings.update({"listen_address": f"{host.address}:0", "upload_listen_address": f"{host.address}:0",
                              "migration_uri": host.migration_uri, "migration_address": host.address,
-                             "accelerator": self.state["accelerator"]})
+                             "accelerator": self.state["accelerator"],
+                             "libvirt_run_directory": str(host.run_directory),
+                             "libvirt_namespace_pid_file": str(host.init_pid_file)})
+        else:
+            # The test driver runs no QEMU; the machine's own /run/libvirt is no simulated host's.
+            settings["libvirt_run_directory"] = None
         if address:
             settings.update({"listen_address": f"{address}:0", "upload_listen_address": f"{address}:0"})
         if self.bmc(name).settings:
