@@ -83,6 +83,7 @@ class Reconciler:
                 return self._report_unknown(name, self._reread(name) or raw, pending)
             if raw is None or raw.get(OWN_VALUE) is None:
                 self._remove_deleted(name)
+                self._actions.forget_late(name)
                 return {"node": self.node, "running": False, "removed": True}
             raw[ACTED_ON] = zxids
             placement = raw.get("placement") or {}

@@ -251,7 +251,10 @@ def qemu_cluster_with_a_cuttable_node(tmp_path_factory):
 
 
 @pytest.mark.bench
-def test_a_cut_off_qemu_host_kills_its_real_guests_before_the_leaders_deadline(qemu_cluster_with_a_cuttable_node):
+@pytest.mark.parametrize("libvirtd", ["answering", "frozen"])
+def test_a_cut_off_qemu_host_kills_its_real_guests_before_the_leaders_deadline(qemu_cluster_with_a_cuttable_node,
+                                                                               libvirtd):
+    """With libvirtd frozen at the cut, only the kill fallback (libvirtd's PID files) can stop the guests."""
     cluster, link = qemu_cluster_with_a_cuttable_node
     client, local = cluster.client, cluster.local
     names = ["isolated1", "isolated2", "isolated3"]
@@ -260,9 +263,16 @@ def test_a_cut_off_qemu_host_kills_its_real_guests_before_the_leaders_deadline(q
     with cluster_store(local) as store:
         states = DaemonStates(store, "hv1")
 
+        if libvirtd == "frozen":
+            local.host("hv1").freeze_libvirtd(True)
         link.cut()
         cut_at = time.time()
-        assert eventually(lambda: not any(pid_alive(pid) for name, pid in pids.items() if name in names), 15, 0.05)
+        try:
+            assert eventually(lambda: not any(pid_alive(pid) for name, pid in pids.items() if name in names), 15,
+                              0.05)
+        finally:
+            if libvirtd == "frozen" and local.host("hv1").running:
+                local.host("hv1").freeze_libvirtd(False)
         gone_at = time.time()
         link.restore()
         recovery = eventually(lambda: (lambda found: found if found and found["state"] == "done" else None)(
