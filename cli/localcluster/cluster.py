@@ -38,8 +38,9 @@ SESSION_TIMEOUT = 2.5
 server after 2/3 of it (1.67 s), which a self-fence must outwait (`pvc.fencing_settings`)."""
 FENCE_INTERVALS = 4
 SUICIDE_INTERVALS = 2
-"""A node cut off from ZooKeeper starts stopping its VMs after 2 s of silence and is done by 3.6 s (2 s + 0.5 s
-asking its peers + 1 s stopping VMs + 0.1 s watchdog period), before the leader's 4 s."""
+"""A node cut off from ZooKeeper starts stopping its VMs after 2 s of silence and is done by 3.6 s on its slowest
+path (2 s + 0.1 s watchdog period + 0.5 s asking its peers + 0.8 s for libvirt to destroy them + 0.2 s to kill
+what libvirt did not stop), before the leader's 4 s."""
 
 
 class LocalCluster:
