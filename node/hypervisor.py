@@ -52,6 +52,7 @@ class LateCall:
     """A libvirt call on a domain that timed out while its worker ran: `ended()` once the worker returned."""
     what: str
     since: float
+    """When it timed out (epoch seconds)."""
     ended: Callable[[], bool]
 
 
@@ -63,7 +64,7 @@ class Domain:
     memory_mib: int
     vcpus: int
     cpu_time_ns: int
-    active: bool = False
+    active: bool
     """Not shut off: running, paused, in a migration or being saved. `running` is RUNNING only (the figures)."""
 
 
@@ -167,7 +168,7 @@ class Hypervisor:
     def track_late(self, domain: str, what: str, ended: Callable[[], bool]) -> None:
         """Remember work on `domain` that its caller gave up waiting for, until `forget_late` after it ended."""
         with self._lock:
-            self._late.setdefault(domain, []).append(LateCall(what, time.monotonic(), ended))
+            self._late.setdefault(domain, []).append(LateCall(what, time.time(), ended))
 
     def in_flight(self, domain: str) -> str | None:
         """What a timed-out call on `domain` is still doing (None when nothing is), for the VM's report."""
@@ -176,8 +177,8 @@ class Hypervisor:
         if not running:
             return None
         oldest = min(running, key=lambda late: late.since)
-        return (f"libvirt has not yet finished the {oldest.what}, which timed out "
-                f"{time.monotonic() - oldest.since:.1f} s ago")
+        return (f"libvirt has not yet finished the {oldest.what}, which timed out at "
+                f"{time.strftime('%H:%M:%S', time.localtime(oldest.since))}")
 
     def calls_in_flight(self) -> list[str]:
         """What every timed-out call still running does, on whichever domain."""

@@ -124,12 +124,13 @@ class Reconciler:
         late = self._actions.ended_late(name)
         if not late:
             return
-        status = raw.get("status") or {}
-        held = (raw.get("placement") or {}).get("node") == self.node and status.get("node") in (None, self.node)
+        current = self._reread(name) or raw
+        status, placement = current.get("status") or {}, current.get("placement") or {}
+        held = placement.get("node") == self.node and status.get("node") in (None, self.node)
         if not held and self._actions.is_running(name):
             log.warning("%s: the %s that timed out went on and it runs here, but this node no longer holds it "
                         "(placed on %s, status from %s): stopping it", name, " and ".join(late),
-                        (raw.get("placement") or {}).get("node"), status.get("node"))
+                        placement.get("node"), status.get("node"))
             self._actions.stop(name)
         self._actions.forget_late(name)
 
