@@ -150,6 +150,20 @@ def test_a_start_that_outlives_the_libvirt_deadline_is_unknown_and_the_vm_never_
         wait_running_on(cluster, "late", "hv2")
         assert eventually(lambda: (lambda vm: (vm["node"], vm["running"], vm["state"]))(client.vms.info("late"))
                           == ("hv2", True, "start"), 10), client.vms.info("late")
+
+        # Moved elsewhere while hv2's start is still on its way: the copy that starts late on hv2 is stopped
+        # before hv2 says anything more, and only then may hv3 start it.
+        slow.hold(LIBVIRT_TIMEOUT + 2)
+        client.vms.define(vm_xml("moved"), target="hv2")
+        client.vms.start("moved")
+        assert eventually(lambda: client.vms.info("moved")["unknown"], 3 * LIBVIRT_TIMEOUT), client.vms.info("moved")
+        client.vms.move("moved", target="hv3")
+        slow.hold(0)
+        where = []
+        assert eventually(lambda: where.append(assert_no_vm_on_two_hosts(cluster).get("moved")) or where[-1] == ["hv3"],
+                          6 * LIBVIRT_TIMEOUT, 0.05), where[-5:]
+        assert ["hv2"] in where, "the late start went on on hv2 (else this test proves nothing)"
+        assert "stopping it" in _node_log(cluster, "hv2")
     finally:
         slow.hold(0)
         local.stop_daemon("pvcnoded", "hv2")
