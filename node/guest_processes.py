@@ -67,8 +67,12 @@ class GuestProcesses:
 
     def kill(self, deadline: float) -> tuple[list[str], list[str]]:
         """SIGKILL every managed guest's QEMU and wait for them to be gone until `deadline` (monotonic): the
-        guests gone, and those still running."""
-        guests = self.managed()
+        guests gone, and those still running (or why they cannot be seen)."""
+        try:
+            guests = self.managed()
+        except RuntimeError as error:
+            log.error("cannot find this host's guests' QEMU processes: %s", error)
+            return [], [str(error)]
         for guest in guests:
             try:
                 os.kill(guest.pid, signal.SIGKILL)

@@ -577,13 +577,16 @@ def test_a_cut_off_node_whose_libvirtd_is_frozen_kills_its_guests_by_the_deadlin
         for name in ("guest1", "guest2"):
             connection.defineXML(_guest_xml(name)).create()
         connection.lookupByName("guest2").suspend()
+        connection.defineXML(_guest_xml("handmade").replace(f"<pvc:vm xmlns:pvc='{METADATA_NAMESPACE}' "
+                                                             "name='handmade'/>", "")).create()
     finally:
         connection.close()
     pids = qemu_host.qemu_pids()
-    assert set(pids) >= {"guest1", "guest2"}, pids
+    handmade = pids.pop("handmade")
+    assert set(pids) == {"guest1", "guest2"}, pids
     hypervisor = Hypervisor(qemu_host.uri, call_timeout=LIBVIRT_TIMEOUT)
     actions = DomainActions(hypervisor, shutdown_timeout=1)
-    assert {domain.name for domain in hypervisor.domains() if domain.active} == {"guest1", "guest2"}
+    assert {domain.name for domain in hypervisor.domains() if domain.active} == {"guest1", "guest2", "handmade"}
     peers = Peers(store, "hv1")
     peers.unanswering("hv2")
     peers.unanswering("hv3")
@@ -616,6 +619,7 @@ def test_a_cut_off_node_whose_libvirtd_is_frozen_kills_its_guests_by_the_deadlin
         fence.stop()
         qemu_host.freeze_libvirtd(False)
         hypervisor.close()
+    assert pid_alive(handmade), "a guest PVC does not manage (no PVC metadata) is not PVC's to kill"
     assert dead_after < LOCAL_SETTINGS.self_fence_deadline_s, \
         f"guests dead {dead_after:.2f} s after the last keepalive, past the {LOCAL_SETTINGS.describe_self_fence()}"
     print(f"\nguests' QEMU processes dead {dead_after:.2f} s after the last acknowledged keepalive "
