@@ -14,9 +14,10 @@ period late, then its check of its peers (waited for at most its budget), then l
 (retried until the libvirt budget is spent, however long libvirtd takes to answer), then the fallback of
 killing the guests' QEMU processes and waiting for them to be gone. That sum must be shorter. (A node that
 has just seen a ZooKeeper outage asks once more before it fences; that path starts from the end of the
-outage, from which the leader, which restarts its clocks when it regains ZooKeeper, also counts again.) And because kazoo takes two thirds of the negotiated session timeout to
-notice a dead server and move to another one (a failover the session survives), the silence that starts a
-self-fence must be longer than that, or an ordinary ZooKeeper server failover would stop VMs.
+outage, from which the leader, which restarts its clocks when it regains ZooKeeper, also counts again.)
+And because kazoo takes two thirds of the negotiated session timeout to notice a dead server and move to
+another one (a failover the session survives), the silence that starts a self-fence must be longer than that,
+or an ordinary ZooKeeper server failover would stop VMs.
 """
 from __future__ import annotations
 

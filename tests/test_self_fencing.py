@@ -178,10 +178,10 @@ def _pause(cluster, node: str, name: str) -> None:
 
 
 def cut_and_watch(cluster, link, names: list[str]) -> tuple[float, float, float, dict]:
-    """Cut hv1's `link`; once hv1's own libvirtd shows `names` shut off (not running, not paused), restore it and watch that hv1 resumes
-    nothing; wait for hv1's recovery. Asserts that the VMs stopped before the leader marked hv1 dead (ZooKeeper's
-    time of that write) and within the fence deadline of the cut; returns the cut's time, when the VMs were
-    seen stopped, when hv1 was marked dead, and the recovery."""
+    """Cut hv1's `link`; once hv1's own libvirtd shows `names` shut off (not running, not paused), restore it
+    and watch that hv1 resumes nothing; wait for hv1's recovery. Asserts that the VMs stopped before the leader
+    marked hv1 dead (ZooKeeper's time of that write) and within the fence deadline of the cut; returns the cut's
+    time, when the VMs were seen stopped, when hv1 was marked dead, and the recovery."""
     client = cluster.client
     with cluster_store(cluster.local) as store:
         states = DaemonStates(store, "hv1")
