@@ -25,6 +25,7 @@ from pvc.handshake import AuthenticatingDaemon, use_tls
 from pvc.node.agent import AGENT_OBJECT_ID, NodeAgent
 from pvc.errors import ConfigError, Conflict
 from pvc.node.fence_hold import FenceHold
+from pvc.node.guest_processes import GuestProcesses
 from pvc.node.host_xml import HostPaths
 from pvc.node.hypervisor import DomainActions, Hypervisor
 from pvc.node.ownership import NodeOwnership
@@ -78,7 +79,9 @@ class NodeDaemon:
         self.peers = PeerDirectory(self.store, self.name)
         self.self_fence = SelfFence(self.name, self.store, self.peers, actions, lambda: self.fencing,
                                     lambda: bool(self.cluster_config.get("maintenance")),
-                                    settings["cluster_secret"], self._refuse_starts)
+                                    settings["cluster_secret"], self._refuse_starts,
+                                    GuestProcesses(settings["libvirt_run_directory"],
+                                                   settings["libvirt_namespace_pid_file"]))
         self._published_interval: float | None = None
         self.facts: dict[str, Any] = {}
         self._figures: dict[str, Any] = {}

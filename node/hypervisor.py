@@ -24,6 +24,16 @@ T = TypeVar("T")
 libvirt.registerErrorHandler(lambda _context, _error: None, None)
 
 
+class TimedOut(Exception):
+    """The cause of an `Unavailable` raised because libvirt did not answer in time: the call may still act
+    when libvirtd answers (`timed_out`)."""
+
+
+def timed_out(error: BaseException) -> bool:
+    """Whether `error` (an `Unavailable`) is a call given up on, which may yet change something in libvirt."""
+    return isinstance(error.__cause__, TimedOut)
+
+
 class TargetUnreachable(OperationFailed):
     """The target's libvirtd did not answer: it could not start the VM after a shutdown either."""
 
@@ -38,6 +48,15 @@ class MigrationTarget:
 
 
 @dataclass(frozen=True)
+class LateCall:
+    """A libvirt call on a domain that timed out while its worker ran: `ended()` once the worker returned."""
+    what: str
+    since: float
+    """When it timed out (epoch seconds)."""
+    ended: Callable[[], bool]
+
+
+@dataclass(frozen=True)
 class Domain:
     name: str
     uuid: str
@@ -45,6 +64,8 @@ class Domain:
     memory_mib: int
     vcpus: int
     cpu_time_ns: int
+    active: bool
+    """Not shut off: running, paused, in a migration or being saved. `running` is RUNNING only (the figures)."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +89,15 @@ class Hypervisor:
     deadline: a hung libvirtd (stopped, deadlocked, swapping) makes this node say "unknown", and never stalls
     its keepalive or its converge loop. A call stuck on a frozen daemon holds its worker until the daemon
     answers; later calls time out in the queue meanwhile, which is the same answer. libvirt's own keepalive
-    over an event loop is not used: with it, node daemons twice crashed inside libvirt.so after a freeze."""
+    over an event loop is not used: with it, node daemons twice crashed inside libvirt.so after a freeze.
+
+    A call that timed out may still act when libvirtd answers (a `create` that starts the guest seconds after
+    the node gave up on it). Such a call on a domain is remembered, by domain name, until its worker has ended
+    and the caller has taken note (`in_flight`, `ended_late`, `forget_late`): until then, nothing may be
+    decided about that domain from what the node last saw.
+
+    No caller ever waits for a lock that a stuck libvirt call holds: opening the connection is serialised by a
+    lock of its own, which only workers take."""
 
     def __init__(self, uri: str, simulated_cpus: int | None = None, simulated_memory_mib: int | None = None,
                  accelerator: str | None = None, call_timeout: float = 10.0):
@@ -80,24 +109,32 @@ class Hypervisor:
         self._simulated_memory_mib = simulated_memory_mib
         self.call_timeout = call_timeout
         self._lock = threading.Lock()
+        """Guards `_connection` and `_late` only; never held across a libvirt call."""
+        self._opening = threading.Lock()
+        """Held by the one worker opening a connection (which hangs on a frozen libvirtd); callers never take it."""
         self._connection: libvirt.virConnect | None = None
+        self._late: dict[str, list[LateCall]] = {}
         self._calls = ThreadPoolExecutor(max_workers=16, thread_name_prefix="libvirt")
 
     @property
     def can_migrate_live(self) -> bool:
         return not self.uri.startswith("test")
 
-    def call(self, what: str, action: Callable[[], T], timeout: float | None = None) -> T:
+    def call(self, what: str, action: Callable[[], T], timeout: float | None = None,
+             domain: str | None = None) -> T:
         """`action()` (libvirt calls) on a worker thread, waited for at most `timeout` (default
         `call_timeout`) seconds. libvirt unreachable or too slow is `Unavailable` ("could not ask"); libvirt
-        answering with an error is `OperationFailed`."""
+        answering with an error is `OperationFailed`. A call on `domain` that times out after its worker
+        began is remembered until it ends (`in_flight`); one still queued is cancelled, so it never runs."""
         timeout = self.call_timeout if timeout is None else timeout
         future = self._calls.submit(action)
         try:
             return future.result(timeout)
         except FutureTimeout:
+            if not future.cancel() and domain is not None:
+                self.track_late(domain, what, future.done)
             self._drop_connection()
-            raise Unavailable(f"libvirt at {self.uri} did not answer {what} within {timeout:g} s") from None
+            raise Unavailable(f"libvirt at {self.uri} did not answer {what} within {timeout:g} s") from TimedOut()
         except libvirt.libvirtError as error:
             if _unreachable(error):
                 self._drop_connection()
@@ -108,16 +145,60 @@ class Hypervisor:
     def connection(self) -> libvirt.virConnect:
         """The open connection; call only inside `call` (opening may hang on a frozen libvirtd)."""
         with self._lock:
-            if self._connection is None or not self._connection.isAlive():
-                self._connection = libvirt.open(self.uri)
-            return self._connection
+            connection = self._connection
+        if connection is not None and connection.isAlive():
+            return connection
+        with self._opening:
+            with self._lock:
+                connection = self._connection
+            if connection is None or not connection.isAlive():
+                connection = libvirt.open(self.uri)
+                with self._lock:
+                    self._connection = connection
+            return connection
 
     def _drop_connection(self) -> None:
         """Stop using the connection; the next call reopens. It is not closed here: a call may still be
         stuck on it in a worker, and closing it under that call crashes libvirt. Python frees it, closing it,
-        once the last call using it has returned."""
+        once the last call using it has returned. Never waits for a worker: a connection still being opened
+        is not this one."""
         with self._lock:
             self._connection = None
+
+    def track_late(self, domain: str, what: str, ended: Callable[[], bool]) -> None:
+        """Remember work on `domain` that its caller gave up waiting for, until `forget_late` after it ended."""
+        with self._lock:
+            self._late.setdefault(domain, []).append(LateCall(what, time.time(), ended))
+
+    def in_flight(self, domain: str) -> str | None:
+        """What a timed-out call on `domain` is still doing (None when nothing is), for the VM's report."""
+        with self._lock:
+            running = [late for late in self._late.get(domain, ()) if not late.ended()]
+        if not running:
+            return None
+        oldest = min(running, key=lambda late: late.since)
+        return (f"libvirt has not yet finished the {oldest.what}, which timed out at "
+                f"{time.strftime('%H:%M:%S', time.localtime(oldest.since))}")
+
+    def calls_in_flight(self) -> list[str]:
+        """What every timed-out call still running does, on whichever domain."""
+        with self._lock:
+            domains = list(self._late)
+        return [f"{domain}: {doing}" for domain in domains if (doing := self.in_flight(domain))]
+
+    def ended_late(self, domain: str) -> list[str]:
+        """The timed-out calls on `domain` that have ended since: their effect is in libvirt now, unseen."""
+        with self._lock:
+            return [late.what for late in self._late.get(domain, ()) if late.ended()]
+
+    def forget_late(self, domain: str) -> None:
+        """The caller has reconciled what the ended calls on `domain` did."""
+        with self._lock:
+            still = [late for late in self._late.get(domain, ()) if not late.ended()]
+            if still:
+                self._late[domain] = still
+            else:
+                self._late.pop(domain, None)
 
     def close(self) -> None:
         with self._lock:
@@ -149,7 +230,8 @@ class Hypervisor:
                 try:
                     state, max_memory_kib, _memory, vcpus, cpu_time_ns = domain.info()
                     result.append(Domain(domain.name(), domain.UUIDString(), state == libvirt.VIR_DOMAIN_RUNNING,
-                                         max_memory_kib // 1024, vcpus, cpu_time_ns))
+                                         max_memory_kib // 1024, vcpus, cpu_time_ns,
+                                         state != libvirt.VIR_DOMAIN_SHUTOFF))
                 except libvirt.libvirtError as error:
                     if _unreachable(error):
                         raise
@@ -210,11 +292,21 @@ class DomainActions:
         def run():
             domain = self._lookup(name)
             return None if domain is None else action(domain)
-        return self._hypervisor.call(f"{what} of {name}", run)
+        return self._hypervisor.call(f"{what} of {name}", run, domain=name)
 
     @property
     def can_migrate_live(self) -> bool:
         return self._hypervisor.can_migrate_live
+
+    def in_flight(self, name: str) -> str | None:
+        """What a timed-out action on `name` is still doing in libvirt (`Hypervisor.in_flight`)."""
+        return self._hypervisor.in_flight(name)
+
+    def ended_late(self, name: str) -> list[str]:
+        return self._hypervisor.ended_late(name)
+
+    def forget_late(self, name: str) -> None:
+        self._hypervisor.forget_late(name)
 
     def identity(self, name: str) -> Identity | None:
         """The domain named `name` as PVC knows it (None: libvirt has none)."""
@@ -279,9 +371,10 @@ class DomainActions:
             domain.undefine()
         self._on_domain("undefine", name, undefine)
 
-    def pull_plugs(self, deadline: float) -> dict[str, bool]:
-        """Destroy every running domain PVC manages here, all at once, by `deadline` (monotonic): name →
-        whether libvirt then said it is off (False: it did not answer in time, or the domain still runs)."""
+    def pull_plugs(self, deadline: float) -> dict[str, bool] | None:
+        """Destroy every domain PVC manages here that is not shut off (running, paused, in a migration), all at
+        once, by `deadline` (monotonic): name → whether libvirt then said it is off (False: it did not answer
+        in time, or the domain still runs). None when libvirt could not even list the domains in time."""
         def remaining() -> float:
             return max(deadline - time.monotonic(), 0.01)
 
@@ -294,24 +387,28 @@ class DomainActions:
                     domain.destroy()
                 return not domain.isActive()
             try:
-                return self._hypervisor.call(f"stopping {name}", destroy, remaining())
+                return self._hypervisor.call(f"stopping {name}", destroy, remaining(), domain=name)
             except (OperationFailed, Unavailable) as error:
                 log.error("%s not stopped: %s", name, error)
                 return False
 
         try:
-            running = [domain.name for domain in self._hypervisor.domains(remaining()) if domain.running]
+            active = [domain.name for domain in self._hypervisor.domains(remaining()) if domain.active]
         except Unavailable as error:
             log.error("cannot list this host's domains to stop them: %s", error)
+            return None
+        if not active:
             return {}
-        if not running:
-            return {}
-        pool = ThreadPoolExecutor(max_workers=min(len(running), 16), thread_name_prefix="pull-plug")
+        pool = ThreadPoolExecutor(max_workers=min(len(active), 16), thread_name_prefix="pull-plug")
         try:
-            outcomes = dict(zip(running, pool.map(pull, running)))
+            outcomes = dict(zip(active, pool.map(pull, active)))
         finally:
             pool.shutdown(wait=False)
         return {name: bool(off) for name, off in outcomes.items() if off is not None}
+
+    def calls_in_flight(self) -> list[str]:
+        """Every timed-out call on a domain that libvirtd may still carry out (`Hypervisor.in_flight`)."""
+        return self._hypervisor.calls_in_flight()
 
     def migrate_live(self, name: str, target: "MigrationTarget", max_downtime_ms: int | None,
                      shared_storage: bool, timeout: float) -> None:
@@ -352,6 +449,7 @@ class DomainActions:
                 log.warning("%s", error)
             worker.join(self._hypervisor.call_timeout)
             if worker.is_alive():
+                self._hypervisor.track_late(name, "live migration", lambda: not worker.is_alive())
                 raise Unavailable(f"live migration of {name} to {target.uri} neither finished nor stopped "
                                   f"{timeout:g} s after it began")
             if not outcome:

@@ -15,6 +15,13 @@ the record deleted (`pvc.rpc.removal`). A node knows the domains PVC manages fro
 the domain XML (`pvc.node.host_xml`), never from memory: whenever it finds such a domain whose record is gone
 (it was down when the record went, say) it undefines it, and a domain without that element (defined by hand)
 it leaves alone.
+
+A libvirt call that times out is not an answer: libvirtd may carry it out later (a start seconds after the
+node gave up on it). The VM is then `unknown`, never "not running", and nothing else is decided about it until
+the call's worker has ended (`pvc.node.hypervisor.Hypervisor.in_flight`); what it did is then reconciled
+before the node reports again, stopping a copy this node no longer holds. "Not running" after a failed call
+is said only of a VM this node never claimed (re-read after the failure, never the record read before the
+claim), and only when no call of this node can still be running in libvirtd.
 """
 import logging
 import threading
@@ -29,7 +36,7 @@ from pvc.cache import OWN_VALUE, WatchedCollection
 from pvc.errors import OperationFailed, PVCError, Unavailable
 from pvc.hookspecs import StorageBackend
 from pvc.node.host_xml import HostPaths, for_host
-from pvc.node.hypervisor import DomainActions, MigrationTarget, TargetUnreachable
+from pvc.node.hypervisor import DomainActions, MigrationTarget, TargetUnreachable, timed_out
 from pvc.node.ownership import NodeOwnership
 from pvc.store import Store
 
@@ -59,28 +66,73 @@ class Reconciler:
         """Why this node starts no VM (it has fenced itself, `pvc.node.self_fence`); None while it may."""
 
     def converge(self, name: str, fresh: bool = True) -> dict[str, Any]:
-        """Make libvirt match what ZooKeeper wants for one VM; returns the VM's status as reported."""
+        """Make libvirt match what ZooKeeper wants for one VM; returns the VM's status as reported.
+
+        A libvirt call that timed out is not an answer: the VM is `unknown` (never "not running", whatever
+        this node read before it acted), and while that call's worker still runs nothing else is decided about
+        the VM. Once the worker has ended, what it did is reconciled before the node reports again
+        (`_settle_late_calls`)."""
         with self._locks[name]:
             if fresh:
                 self._vms.refresh(name)
             raw, zxids = self._vms.get_with_zxids(name)
+            pending = self._actions.in_flight(name)
+            if pending:
+                if raw is None or raw.get(OWN_VALUE) is None:
+                    return {"node": self.node, "running": None, "unknown": pending}
+                return self._report_unknown(name, self._reread(name) or raw, pending)
             if raw is None or raw.get(OWN_VALUE) is None:
                 self._remove_deleted(name)
+                self._actions.forget_late(name)
                 return {"node": self.node, "running": False, "removed": True}
             raw[ACTED_ON] = zxids
             placement = raw.get("placement") or {}
             try:
+                self._settle_late_calls(name, raw)
                 if raw.get("state") == "remove":
                     return self._remove_marked(name, raw)
                 if placement.get("node") != self.node:
                     return self._let_go(name, raw)
                 return self._hold(name, raw)
             except Unavailable as error:
-                if placement.get("node") == self.node and (raw.get("status") or {}).get("node") != self.node:
-                    # Never claimed here, so never started here (a claim comes first): it is known not to
-                    # run here, and the start failed.
-                    return self._failed(name, raw, str(error), running=False)
-                return self._report_unknown(name, raw, str(error))
+                # Decided on the record as it is now, not as read before acting: this node may have claimed
+                # the VM since, and a start that timed out may yet succeed.
+                current = self._reread(name) or raw
+                status = current.get("status") or {}
+                if not timed_out(error) and not self._actions.ended_late(name) \
+                        and (current.get("placement") or {}).get("node") == self.node \
+                        and status.get("node") != self.node:
+                    # libvirtd is gone (no call of ours is left running in it) and this node never claimed the
+                    # VM (a claim comes before any start): it is known not to run here.
+                    return self._failed(name, current, str(error), running=False)
+                return self._report_unknown(name, current, str(error))
+
+    def _reread(self, name: str) -> dict[str, Any] | None:
+        """The VM's values as ZooKeeper has them now, with the zxids they were read at (None: its record is
+        gone)."""
+        self._vms.refresh(name)
+        raw, zxids = self._vms.get_with_zxids(name)
+        if raw is None or raw.get(OWN_VALUE) is None:
+            return None
+        raw[ACTED_ON] = zxids
+        return raw
+
+    def _settle_late_calls(self, name: str, raw: dict[str, Any]) -> None:
+        """A libvirt call on this VM that timed out has ended since: whatever it did (a start that succeeded
+        late) is in libvirt now. A copy running here that this node no longer holds (placed elsewhere, or
+        claimed by another node meanwhile) is stopped before anything is reported about it."""
+        late = self._actions.ended_late(name)
+        if not late:
+            return
+        current = self._reread(name) or raw
+        status, placement = current.get("status") or {}, current.get("placement") or {}
+        held = placement.get("node") == self.node and status.get("node") in (None, self.node)
+        if not held and self._actions.is_running(name):
+            log.warning("%s: the %s that timed out went on and it runs here, but this node no longer holds it "
+                        "(placed on %s, status from %s): stopping it", name, " and ".join(late),
+                        placement.get("node"), status.get("node"))
+            self._actions.stop(name)
+        self._actions.forget_late(name)
 
     def converge_all(self) -> None:
         """One pass over every VM this node runs, holds, or should run. When libvirt cannot be asked, every
@@ -357,7 +409,8 @@ class Reconciler:
         return state.version, record.version
 
     def _failed(self, name: str, raw: dict[str, Any], reason: str, running: bool | None = None) -> dict[str, Any]:
-        """Record the error; a VM that failed to start here after a migration goes back where it was."""
+        """Record the error; a VM that failed to start here after a migration, and is known not to run here
+        (`running` False, else libvirt's answer), goes back where it was."""
         log.warning("%s: %s", name, reason)
         if running is None:
             running = self._actions.is_running(name)

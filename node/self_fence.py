@@ -8,19 +8,27 @@ start of the last keepalive write ZooKeeper acknowledged (the leader cannot have
 
 - if the last maintenance flag it saw was on, nothing is fenced or recovered: it keeps its VMs;
 - if its own ZooKeeper session answers after all (its writes were only late), it is not cut off;
-- it asks its peers' node agents, over the network, whether *they* reach ZooKeeper. When it reaches peers
-  and none of them does, this is a ZooKeeper outage in which nobody can recover anything: it keeps its VMs
-  and asks again (every half interval; once the outage ends, peers reconnect at slightly different times,
-  so a first "a peer reaches it" after an outage is asked again before it counts). When a peer does reach
-  ZooKeeper, or it reaches no peer, it is the one cut off (the leader, which restarts its clocks when it
-  regains ZooKeeper, still gives it `fence_intervals` keepalive intervals from then);
-- a node that knows of no peer at all keeps its VMs: nobody could start them elsewhere.
+- it asks its peers' node agents, over the network, whether *they* reach ZooKeeper. If one does, this node is
+  the one cut off. If none does, it is a ZooKeeper outage in which nobody can recover anything only when a
+  majority of the cluster's nodes, this one included, answered: then it keeps its VMs and asks again (every
+  half interval; once the outage ends, peers reconnect at slightly different times, so a first "a peer
+  reaches it" after an outage is asked again before it counts). A minority that sees only itself, or itself
+  and fellow members of the minority, cannot tell an outage from a partition in which the majority goes on
+  without it: it fences itself (the leader, which restarts its clocks when it regains ZooKeeper, still gives
+  it `fence_intervals` keepalive intervals from then);
+- a node that knows of no peer at all is the whole cluster it knows of (a majority of one): it keeps its VMs,
+  as nobody could start them elsewhere.
 
-Cut off, it pulls the plug on every running VM PVC manages here (libvirt destroy, not a guest shutdown), all at
-once, and from then on starts no VM and writes no keepalive: the leader will mark it dead, fence it and
-recover its VMs, even if ZooKeeper comes back first. Its VMs' statuses are written once ZooKeeper answers
-again, by the reconciler, from what libvirt then says (`unknown` where libvirt does not answer), never from
-memory. A new daemon (a restart, as after the power cycle of a fence) starts afresh.
+Cut off, it stops every domain PVC manages here that is not shut off (running or paused: libvirt destroy, not a
+guest shutdown), all at once, retrying until libvirt's budget is spent; whatever libvirt did not confirm off,
+it kills: the QEMU processes its own libvirtd's PID files name (`pvc.node.guest_processes`). It says it has
+fenced itself only once that is confirmed (libvirt lists nothing of PVC's active, or the guests' QEMU processes
+are gone and no libvirt call of this node is still running in libvirtd); until then, and after, it checks again
+every half interval and stops whatever runs. From the start it starts no VM and writes no keepalive: the
+leader will mark it dead, fence it and recover its VMs, even if ZooKeeper comes back first. Its VMs' statuses
+are written once ZooKeeper answers again, by the reconciler, from what libvirt then says (`unknown` where
+libvirt does not answer), never from memory. A new daemon (a restart, as after the power cycle of a fence)
+starts afresh.
 
 `pvc.fencing_settings` holds the deadline arithmetic, checked when the daemon connects.
 """
@@ -33,6 +41,7 @@ from typing import Callable
 from pvc import schema
 from pvc.fencing_settings import FencingSettings
 from pvc.handshake import authenticated_proxy
+from pvc.node.guest_processes import GuestProcesses
 from pvc.node.hypervisor import DomainActions
 from pvc.node.peer_directory import PeerDirectory
 from pvc.store import Store
@@ -43,8 +52,9 @@ log = logging.getLogger(__name__)
 class SelfFence:
     def __init__(self, node: str, store: Store, peers: PeerDirectory, actions: DomainActions,
                  settings: Callable[[], FencingSettings], maintenance: Callable[[], bool], cluster_secret: str,
-                 refuse_starts: Callable[[str], None]):
+                 refuse_starts: Callable[[str], None], guest_processes: GuestProcesses | None = None):
         self._node = node
+        self._guest_processes = guest_processes or GuestProcesses(None)
         self._refuse_starts = refuse_starts
         self._store = store
         self._peers = peers
@@ -59,8 +69,13 @@ class SelfFence:
         """Whether the last answer was an outage: peers reconnect at slightly different times when it ends,
         so this node asks once more before it takes "a peer reaches ZooKeeper" as its own isolation."""
         self._stopping = threading.Event()
+        self._next_enforcement = 0.0
+        self._unconfirmed: str | None = None
+        """What the last unconfirmed attempt found, so that the same news is logged once."""
         self.fenced_reason: str | None = None
-        """Set once this node has stopped its VMs: no VM starts here and no keepalive is written after."""
+        """Set once this node begins to stop its VMs: no VM starts here and no keepalive is written after."""
+        self.confirmed_at: float | None = None
+        """When (monotonic) it was first confirmed that no guest of this node runs; None until then."""
 
     @property
     def fenced(self) -> bool:
@@ -95,8 +110,12 @@ class SelfFence:
 
     def _check(self) -> None:
         settings = self._settings()
+        if self.fenced:
+            if time.monotonic() >= self._next_enforcement:
+                self._enforce(settings)
+            return
         silence = time.monotonic() - self._last_acknowledged
-        if self.fenced or not settings.self_fence_enabled or silence < settings.silence_before_self_fence_s:
+        if not settings.self_fence_enabled or silence < settings.silence_before_self_fence_s:
             self._kept_reason = None
             self._after_outage = False
             return
@@ -132,7 +151,8 @@ class SelfFence:
 
     def _ask(self, settings: FencingSettings) -> tuple[str, str]:
         """``connected``, ``outage`` or ``cut off``, and why: this node's own probe and its peers' answers,
-        asked at once and waited for at most the peer check time."""
+        asked at once and waited for at most the peer check time. An outage needs a majority of the cluster's
+        nodes, this one included, answering that they cannot reach ZooKeeper."""
         uris = self._peers.agent_uris()
         if not uris:
             return "outage", "this node knows of no peer that could run its VMs"
@@ -154,9 +174,14 @@ class SelfFence:
         unreached = sorted(set(answers) - set(reached))
         if unreached:
             summary += f" (no answer from {', '.join(unreached)})"
-        if reached and not any(reached.values()):
-            return "outage", f"every peer reached cannot reach ZooKeeper either ({summary})"
-        return "cut off", summary
+        if any(reached.values()):
+            return "cut off", summary
+        answering, members = len(reached) + 1, len(uris) + 1
+        if 2 * answering > members:
+            return "outage", (f"a majority ({answering} of {members} nodes, this one included) answered and none "
+                              f"reaches ZooKeeper ({summary})")
+        return "cut off", (f"only {answering} of {members} nodes, this one included, answered, none reaching "
+                           f"ZooKeeper: not a majority, so the rest may go on without them ({summary})")
 
     def _ask_peer(self, uri: str, timeout: float) -> bool | None:
         """Whether the peer at `uri` reaches ZooKeeper; None when it does not answer in time."""
@@ -173,17 +198,60 @@ class SelfFence:
         self._refuse_starts(self.fenced_reason)
         started = time.monotonic()
         log.error("cut off from ZooKeeper: no keepalive acknowledged for %.2f s (suicide_intervals %d × "
-                  "keepalive_interval %g s = %g s) and %s; stopping every VM here hard (budget %g s; %s)",
+                  "keepalive_interval %g s = %g s) and %s; stopping every VM here hard (%s; %s)",
                   silence, settings.suicide_intervals, settings.keepalive_interval,
-                  settings.silence_before_self_fence_s, reason, settings.stop_budget_s,
+                  settings.silence_before_self_fence_s, reason, settings.describe_self_fence(),
                   settings.describe_fence())
-        outcome = self._actions.pull_plugs(started + settings.stop_budget_s)
-        outcome.update(self._actions.pull_plugs(started + settings.stop_budget_s))
+        self._stop_everything(settings, started)
+
+    def _enforce(self, settings: FencingSettings) -> None:
+        """After the self-fence: stop whatever of PVC's runs here again (a libvirt call that timed out during
+        the fence and went on later), and confirm the fence once nothing does."""
+        self._next_enforcement = time.monotonic() + settings.keepalive_interval / 2
+        self._stop_everything(settings, time.monotonic())
+
+    def _stop_everything(self, settings: FencingSettings, started: float) -> None:
+        """Destroy PVC's guests through libvirt, retrying within its budget; kill the QEMU processes of those
+        libvirt did not confirm off; log the outcome, saying "self-fenced" only when confirmed."""
+        libvirt_deadline = started + settings.libvirt_stop_budget_s
+        listed: dict[str, bool] | None = None
+        while True:
+            outcome = self._actions.pull_plugs(libvirt_deadline)
+            if outcome is not None:
+                listed = {**(listed or {}), **outcome}
+                if all(outcome.values()):
+                    break
+            if time.monotonic() >= libvirt_deadline - 0.02:
+                break
+            time.sleep(0.02)
+        killed, alive = self._guest_processes.kill(libvirt_deadline + settings.kill_budget_s)
+        in_flight = self._actions.calls_in_flight()
         took = time.monotonic() - started
-        off = sorted(name for name, stopped in outcome.items() if stopped)
-        unsure = sorted(name for name, stopped in outcome.items() if not stopped)
-        log.error("self-fenced %.2f s after the last acknowledged keepalive (%.2f s to stop VMs; the leader's "
-                  "deadline is %g s): %d VM(s) off (%s)%s; no VM starts here and no keepalive is written until "
-                  "this daemon restarts", time.monotonic() - self._last_acknowledged, took,
-                  settings.fence_deadline_s, len(off), ", ".join(off) or "none",
-                  f", {len(unsure)} not confirmed off ({', '.join(unsure)})" if unsure else "")
+        libvirt_says_off = outcome is not None and all(outcome.values())
+        processes_say_off = self._guest_processes.visible and not alive
+        confirmed = not alive and not in_flight and (libvirt_says_off or processes_say_off)
+        off = sorted(name for name, stopped in (listed or {}).items() if stopped)
+        if self.confirmed_at is not None and confirmed and not off and not killed:
+            return
+        not_off = sorted(name for name, stopped in (listed or {}).items() if not stopped and name not in killed)
+        detail = (f"{len(off)} VM(s) destroyed through libvirt ({', '.join(off) or 'none'})"
+                  + (f", QEMU killed for {', '.join(killed)}" if killed else "")
+                  + ("" if outcome is not None else ", libvirt could not list this host's domains in time")
+                  + (f", still running: {', '.join(alive)}" if alive else "")
+                  + (f", not confirmed off by libvirt: {', '.join(not_off)}" if not_off else "")
+                  + (f", libvirt calls still in flight: {'; '.join(in_flight)}" if in_flight else ""))
+        if confirmed and self.confirmed_at is None:
+            self.confirmed_at = time.monotonic()
+            log.error("self-fenced %.2f s after the last acknowledged keepalive (%.2f s to stop VMs; the leader's "
+                      "deadline is %g s): %s; no VM starts here and no keepalive is written until this daemon "
+                      "restarts", self.confirmed_at - self._last_acknowledged, took, settings.fence_deadline_s,
+                      detail)
+        elif confirmed:
+            log.error("self-fenced node: found guests of PVC running again and stopped them: %s", detail)
+        else:
+            self.confirmed_at = None
+            log.log(logging.ERROR if detail != self._unconfirmed else logging.DEBUG,
+                    "self-fence NOT confirmed %.2f s after the last acknowledged keepalive: %s; trying again every "
+                    "%g s", time.monotonic() - self._last_acknowledged, detail, settings.keepalive_interval / 2)
+        self._unconfirmed = None if confirmed else detail
+        self._next_enforcement = time.monotonic() + settings.keepalive_interval / 2

@@ -68,6 +68,13 @@ NODED_SETTINGS: list[Setting] = [
     Setting("libvirt_uri", str, "qemu:///system", "libvirt connection URI for this hypervisor"),
     Setting("libvirt_timeout", (int, float), 10, "seconds any one libvirt call may take; a libvirtd slower than "
             "that (hung, stopped) makes this node report its VMs unknown, never stopped"),
+    Setting("libvirt_run_directory", (str, type(None)), "/run/libvirt", "libvirtd's run directory, where its "
+            "QEMU driver keeps qemu/NAME.pid and qemu/NAME.xml of each running guest: a node cut off from "
+            "ZooKeeper whose libvirtd does not answer kills its guests' QEMU processes from these files "
+            "(null: never)"),
+    Setting("libvirt_namespace_pid_file", (str, type(None)), None, "only where libvirtd runs in a PID "
+            "namespace other than this daemon's: a file holding the PID (as this daemon sees it) of a process "
+            "in that namespace, whose numbering the PIDs in libvirt's PID files use (null: the same namespace)"),
     Setting("migration_uri", (str, type(None)), None, "libvirt URI peers' libvirtd uses to reach this "
             "hypervisor for peer-to-peer live migration (default: qemu+tcp://LISTEN_HOST/system)"),
     Setting("migration_address", (str, type(None)), None, "address the memory stream of a VM migrating to "

@@ -8,11 +8,16 @@ own YAML value (pvcapid seeds the keys it has at start, `seed`), else to `DEFAUL
 The rule (`violation`): a node cut off from ZooKeeper must have stopped its VMs before the leader may start
 them elsewhere. The leader marks a node dead after `fence_intervals` × `keepalive_interval` seconds without
 a keepalive change; a node counts its own silence from the start of its last keepalive write that ZooKeeper
-acknowledged (the leader cannot have seen a later one), and is done after `suicide_intervals` keepalive
-intervals, plus its check of its peers and the time it gives itself to stop its VMs, plus the period of its
-watchdog. That sum must be shorter. And because kazoo takes two thirds of the negotiated session timeout to
-notice a dead server and move to another one (a failover the session survives), the silence that starts a
-self-fence must be longer than that, or an ordinary ZooKeeper server failover would stop VMs.
+acknowledged (the leader cannot have seen a later one). The slowest path of its self-fence
+(`pvc.node.self_fence`) is: `suicide_intervals` keepalive intervals of silence, noticed up to one watchdog
+period late, then its check of its peers (waited for at most its budget), then libvirt destroying its guests
+(retried until the libvirt budget is spent, however long libvirtd takes to answer), then the fallback of
+killing the guests' QEMU processes and waiting for them to be gone. That sum must be shorter. (A node that
+has just seen a ZooKeeper outage asks once more before it fences; that path starts from the end of the
+outage, from which the leader, which restarts its clocks when it regains ZooKeeper, also counts again.)
+And because kazoo takes two thirds of the negotiated session timeout to notice a dead server and move to
+another one (a failover the session survives), the silence that starts a self-fence must be longer than that,
+or an ordinary ZooKeeper server failover would stop VMs.
 """
 from __future__ import annotations
 
@@ -33,8 +38,11 @@ SUCCESSFUL_FENCE_ACTIONS = ("migrate", "none")
 
 PEER_CHECK_INTERVALS = 0.5
 """Keepalive intervals a cut-off node gives its own ZooKeeper probe and its peers' answers."""
-STOP_INTERVALS = 1.0
-"""Keepalive intervals a cut-off node gives itself to stop its VMs."""
+LIBVIRT_STOP_INTERVALS = 0.8
+"""Keepalive intervals a cut-off node gives libvirt to destroy its guests, retrying within them."""
+KILL_INTERVALS = 0.2
+"""Keepalive intervals a cut-off node gives itself to kill the QEMU processes libvirt did not stop and see them
+gone (SIGKILL takes effect in milliseconds; the rest is margin for a loaded machine)."""
 KAZOO_DETECTION_FRACTION = 2 / 3
 """kazoo's read timeout, as a fraction of the negotiated session timeout."""
 
@@ -64,8 +72,12 @@ class FencingSettings:
         return PEER_CHECK_INTERVALS * self.keepalive_interval
 
     @property
-    def stop_budget_s(self) -> float:
-        return STOP_INTERVALS * self.keepalive_interval
+    def libvirt_stop_budget_s(self) -> float:
+        return LIBVIRT_STOP_INTERVALS * self.keepalive_interval
+
+    @property
+    def kill_budget_s(self) -> float:
+        return KILL_INTERVALS * self.keepalive_interval
 
     @property
     def watchdog_period_s(self) -> float:
@@ -73,15 +85,17 @@ class FencingSettings:
 
     @property
     def self_fence_deadline_s(self) -> float:
-        """Seconds from the node's last acknowledged keepalive by which a cut-off node has stopped its VMs."""
-        return (self.silence_before_self_fence_s + self.peer_check_s + self.stop_budget_s
-                + self.watchdog_period_s)
+        """Seconds from the node's last acknowledged keepalive by which a cut-off node has stopped its VMs, on
+        the slowest path its self-fence can take."""
+        return (self.silence_before_self_fence_s + self.watchdog_period_s + self.peer_check_s
+                + self.libvirt_stop_budget_s + self.kill_budget_s)
 
     def describe_self_fence(self) -> str:
         return (f"self-fence deadline {self.self_fence_deadline_s:g} s (suicide_intervals "
-                f"{self.suicide_intervals} × keepalive_interval {self.keepalive_interval:g} s + peer check "
-                f"{self.peer_check_s:g} s + stopping VMs {self.stop_budget_s:g} s + watchdog period "
-                f"{self.watchdog_period_s:g} s)")
+                f"{self.suicide_intervals} × keepalive_interval {self.keepalive_interval:g} s + watchdog period "
+                f"{self.watchdog_period_s:g} s + peer check {self.peer_check_s:g} s + stopping VMs through "
+                f"libvirt {self.libvirt_stop_budget_s:g} s + killing what libvirt did not stop "
+                f"{self.kill_budget_s:g} s)")
 
     def describe_fence(self) -> str:
         return (f"the leader's fence deadline {self.fence_deadline_s:g} s (fence_intervals "

@@ -7,10 +7,12 @@ each host's own libvirtd; when the leader marked a node dead is ZooKeeper's own 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,11 +22,19 @@ import pytest
 import yaml
 
 from pvc import schema
-from pvc.cli.localcluster.cluster import FENCE_INTERVALS, KEEPALIVE_INTERVAL, SUICIDE_INTERVALS
+from pvc.cli.localcluster.cluster import FENCE_INTERVALS, KEEPALIVE_INTERVAL, LIBVIRT_TIMEOUT, SUICIDE_INTERVALS
 from pvc.cli.localcluster.processes import pid_alive
+from pvc.cli.localcluster.qemuhost import QemuHost
 from pvc.cli.localcluster.zookeeper import ZooKeeperServer
 from pvc.errors import InvalidInput, Unavailable
 from pvc.fencing_settings import FencingSettings, resolve, violation
+from pvc.handshake import AuthenticatingDaemon
+from pvc.node.agent import AGENT_OBJECT_ID, NodeAgent
+from pvc.node.guest_processes import GuestProcesses
+from pvc.node.host_xml import METADATA_NAMESPACE
+from pvc.node.hypervisor import DomainActions, Hypervisor
+from pvc.node.peer_directory import PeerDirectory
+from pvc.node.self_fence import SelfFence
 from pvc.store import Store
 
 from conftest import ZK_PASSWORD, ZK_USER, started_cluster
@@ -137,19 +147,51 @@ def _running_on(cluster, node: str) -> set[str] | None:
         return None
 
 
+def _active_on(cluster, node: str) -> set[str]:
+    """The domains `node`'s own libvirtd has not shut off: running, paused, or anything in between."""
+    connection = libvirt.open(cluster.local.host(node).uri)
+    try:
+        return {domain.name() for domain in connection.listAllDomains() if domain.isActive()}
+    finally:
+        connection.close()
+
+
+HV1_OFF = "(hv1 was powered off by its fence before its VMs were seen shut off)"
+
+
+def _still_active(cluster, names: list[str]) -> set[str]:
+    """Those of `names` hv1's libvirtd has not shut off; while hv1 is off (fenced), that it is off."""
+    try:
+        return _active_on(cluster, "hv1") & set(names)
+    except libvirt.libvirtError:
+        if cluster.local.host("hv1").running:
+            raise
+        return {HV1_OFF}
+
+
+def _pause(cluster, node: str, name: str) -> None:
+    connection = libvirt.open(cluster.local.host(node).uri)
+    try:
+        connection.lookupByName(name).suspend()
+    finally:
+        connection.close()
+
+
 def cut_and_watch(cluster, link, names: list[str]) -> tuple[float, float, float, dict]:
-    """Cut hv1's `link`; once hv1's own libvirtd shows `names` stopped, restore it and watch that hv1 resumes
-    nothing; wait for hv1's recovery. Asserts that the VMs stopped before the leader marked hv1 dead (ZooKeeper's
-    time of that write) and within the fence deadline of the cut; returns the cut's time, when the VMs were
-    seen stopped, when hv1 was marked dead, and the recovery."""
+    """Cut hv1's `link`; once hv1's own libvirtd shows `names` shut off (not running, not paused), restore it
+    and watch that hv1 resumes nothing; wait for hv1's recovery. Asserts that the VMs stopped before the leader
+    marked hv1 dead (ZooKeeper's time of that write) and within the fence deadline of the cut; returns the cut's
+    time, when the VMs were seen stopped, when hv1 was marked dead, and the recovery."""
     client = cluster.client
     with cluster_store(cluster.local) as store:
         states = DaemonStates(store, "hv1")
 
         link.cut()
         cut_at = time.time()
-        assert eventually(lambda: cluster.local.host("hv1").running and all(
-            cluster.host_domains("hv1").get(name) is False for name in names), 15, 0.05), cluster.host_domains("hv1")
+        seen: list[set[str]] = []
+        assert eventually(lambda: not seen.append(_still_active(cluster, names)) and not seen[-1], 15, 0.05), \
+            f"{seen[-1]}; last seen on hv1, running or paused: " \
+            f"{next((found for found in reversed(seen) if HV1_OFF not in found), None)}"
         stopped_seen_at = time.time()
         link.restore()
 
@@ -175,6 +217,7 @@ def test_a_node_cut_off_alone_stops_its_vms_before_the_leaders_deadline_and_they
     client = cluster.client
     names = ["cut1", "cut2", "cut3"]
     _vms_on(client, "hv1", names)
+    _pause(cluster, "hv1", "cut3")  # a paused guest is a copy too: it resumes with one word
     cut_at, stopped_seen_at, dead_at, recovery = cut_and_watch(cluster, link, names)
     assert recovery["fence"][0]["policy"] == "ipmi" and recovery["fence"][0]["confirmed"]
     assert client.nodes.info("hv1")["daemon_state"] == "fenced"
@@ -208,7 +251,10 @@ def qemu_cluster_with_a_cuttable_node(tmp_path_factory):
 
 
 @pytest.mark.bench
-def test_a_cut_off_qemu_host_kills_its_real_guests_before_the_leaders_deadline(qemu_cluster_with_a_cuttable_node):
+@pytest.mark.parametrize("libvirtd", ["answering", "frozen"])
+def test_a_cut_off_qemu_host_kills_its_real_guests_before_the_leaders_deadline(qemu_cluster_with_a_cuttable_node,
+                                                                               libvirtd):
+    """With libvirtd frozen at the cut, only the kill fallback (libvirtd's PID files) can stop the guests."""
     cluster, link = qemu_cluster_with_a_cuttable_node
     client, local = cluster.client, cluster.local
     names = ["isolated1", "isolated2", "isolated3"]
@@ -217,9 +263,16 @@ def test_a_cut_off_qemu_host_kills_its_real_guests_before_the_leaders_deadline(q
     with cluster_store(local) as store:
         states = DaemonStates(store, "hv1")
 
+        if libvirtd == "frozen":
+            local.host("hv1").freeze_libvirtd(True)
         link.cut()
         cut_at = time.time()
-        assert eventually(lambda: not any(pid_alive(pid) for name, pid in pids.items() if name in names), 15, 0.05)
+        try:
+            assert eventually(lambda: not any(pid_alive(pid) for name, pid in pids.items() if name in names), 15,
+                              0.05)
+        finally:
+            if libvirtd == "frozen" and local.host("hv1").running:
+                local.host("hv1").freeze_libvirtd(False)
         gone_at = time.time()
         link.restore()
         recovery = eventually(lambda: (lambda found: found if found and found["state"] == "done" else None)(
@@ -316,7 +369,9 @@ def test_fencing_settings_are_the_clusters_with_per_node_overrides_and_unsafe_on
     client, local = fresh_cluster.client, fresh_cluster.local
     refused = pvc(fresh_cluster, "cluster", "config", "--suicide-intervals", "3")
     assert refused.exit_code == 1
-    assert "self-fence deadline 4.6 s (suicide_intervals 3 × keepalive_interval 1 s" in refused.output
+    assert "self-fence deadline 4.6 s (suicide_intervals 3 × keepalive_interval 1 s + watchdog period 0.1 s + " \
+           "peer check 0.5 s + stopping VMs through libvirt 0.8 s + killing what libvirt did not stop 0.2 s)" \
+           in refused.output
     assert "fence deadline 4 s (fence_intervals 4 × keepalive_interval 1 s)" in refused.output
     with pytest.raises(InvalidInput, match=r"kazoo's detection lag 1\.67 s .* session timeout 2\.5 s"):
         client.cluster.config(node="hv2", suicide_intervals=1)
@@ -380,10 +435,10 @@ def test_a_node_refuses_to_start_when_its_self_fence_would_end_after_the_fence_d
     assert late.returncode == 1, late.stderr
     error = [line for line in late.stderr.splitlines() if "error:" in line]
     assert error == ["pvcnoded: error: node hv-late: unsafe fencing settings: self-fence deadline 4.6 s "
-                     "(suicide_intervals 3 × keepalive_interval 1 s + peer check 0.5 s + stopping VMs 1 s + "
-                     "watchdog period 0.1 s) does not end before the leader's fence deadline 4 s (fence_intervals "
-                     "4 × keepalive_interval 1 s): a node cut off from ZooKeeper could still run its VMs when they "
-                     "start elsewhere"], late.stderr
+                     "(suicide_intervals 3 × keepalive_interval 1 s + watchdog period 0.1 s + peer check 0.5 s + "
+                     "stopping VMs through libvirt 0.8 s + killing what libvirt did not stop 0.2 s) does not end "
+                     "before the leader's fence deadline 4 s (fence_intervals 4 × keepalive_interval 1 s): a node "
+                     "cut off from ZooKeeper could still run its VMs when they start elsewhere"], late.stderr
     assert store.zk.exists(schema.node("hv-late")) is None
     assert not store.children(schema.node_owners("hv-late"))
 
@@ -393,3 +448,179 @@ def test_a_node_refuses_to_start_when_its_self_fence_would_end_after_the_fence_d
     assert "suicide_intervals 2 × keepalive_interval 1 s = 2 s is not longer than kazoo's detection lag 4.00 s " \
            "(2/3 of the negotiated ZooKeeper session timeout 6 s)" in slow.stderr
     assert store.zk.exists(schema.node("hv-slow")) is None
+
+
+# -- the self-fence's parts against real components, without a cluster ----------------------------------------
+
+LOCAL_SETTINGS = FencingSettings(KEEPALIVE_INTERVAL, FENCE_INTERVALS, SUICIDE_INTERVALS, "migrate")
+SECRET = "s3cret"
+
+
+class Peers:
+    """Node records in a real ZooKeeper, read back by a real `PeerDirectory`; agents served by real Pyro5
+    daemons (`serve`) or left unanswering (a URI where nothing listens)."""
+
+    def __init__(self, store: Store, own_name: str):
+        self._store = store
+        self._daemons: list[AuthenticatingDaemon] = []
+        self.directory = PeerDirectory(store, own_name)
+
+    def serve(self, name: str, zookeeper_probe) -> None:
+        daemon = AuthenticatingDaemon([SECRET], "cluster secret", "127.0.0.1", 0)
+        uri = daemon.register(NodeAgent(name, None, None, None, zookeeper_probe=zookeeper_probe), AGENT_OBJECT_ID)
+        threading.Thread(target=daemon.requestLoop, daemon=True).start()
+        self._daemons.append(daemon)
+        self._record(name, str(uri))
+
+    def unanswering(self, name: str) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self._record(name, f"PYRO:{AGENT_OBJECT_ID}@127.0.0.1:{port}")
+
+    def _record(self, name: str, uri: str) -> None:
+        self._store.write(schema.node(name), {"agent_uri": uri})
+
+    def start(self, count: int) -> None:
+        self.directory.start()
+        assert eventually(lambda: len(self.directory.agent_uris()) == count, 5), self.directory.agent_uris()
+
+    def close(self) -> None:
+        for daemon in self._daemons:
+            daemon.shutdown()
+
+
+@pytest.fixture
+def linked_store(zookeeper_server, zookeeper_hosts):
+    """A factory of stores that reach the test's ZooKeeper chroot through links the test can cut."""
+    made: list[tuple[Store, ZooKeeperLink]] = []
+
+    def make() -> tuple[Store, ZooKeeperLink]:
+        link = ZooKeeperLink(zookeeper_server.port)
+        store = Store(link.hosts + zookeeper_hosts[len(zookeeper_server.hosts):], ZK_USER, ZK_PASSWORD,
+                      session_timeout=4)
+        store.start(connect_timeout=10)
+        made.append((store, link))
+        return store, link
+    yield make
+    for store, link in made:
+        link.restore()
+        store.stop()
+        link.close()
+
+
+def _self_fence(node: str, store: Store, peers: PeerDirectory, actions: DomainActions, **options) -> SelfFence:
+    return SelfFence(node, store, peers, actions, lambda: LOCAL_SETTINGS, lambda: False, SECRET,
+                     lambda _reason: None, **options)
+
+
+@pytest.mark.parametrize("members, peer_reaches, expected", [
+    (5, False, "cut off"),  # a minority of two: itself and a fellow node that cannot reach ZooKeeper either
+    (3, False, "outage"),   # two of three answer: a majority, and nobody reaches ZooKeeper
+    (3, True, "cut off"),   # a peer reaches ZooKeeper: this node is the one cut off
+    (1, None, "outage"),    # no peer at all: nobody could run its VMs
+])
+def test_a_zookeeper_outage_needs_a_majority_answering_and_a_minority_fences_itself(linked_store, members,
+                                                                                     peer_reaches, expected):
+    own_store, own_link = linked_store()
+    peer_store, peer_link = linked_store()
+    own_store.zk.ensure_path(schema.NODES)
+    peers = Peers(own_store, "hv1")
+    try:
+        if members > 1:
+            peer = _self_fence("hv2", peer_store, None, None)
+            peers.serve("hv2", peer.zookeeper_reachable)
+            for index in range(3, members + 1):
+                peers.unanswering(f"hv{index}")
+        peers.start(members - 1)
+        own_link.cut()
+        if not peer_reaches:
+            peer_link.cut()
+
+        verdict, reason = _self_fence("hv1", own_store, peers.directory, None)._ask(LOCAL_SETTINGS)
+    finally:
+        peers.close()
+    assert verdict == expected, reason
+    if (members, expected) == (5, "cut off"):
+        assert "only 2 of 5 nodes, this one included, answered" in reason, reason
+    if (members, expected) == (3, "outage"):
+        assert "a majority (2 of 3 nodes, this one included)" in reason, reason
+
+
+def _guest_xml(name: str) -> str:
+    """A PVC-managed QEMU guest with nothing to boot: its QEMU runs (in its firmware) until it is killed."""
+    return (f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>"
+            f"<os><type>hvm</type></os><metadata><pvc:vm xmlns:pvc='{METADATA_NAMESPACE}' name='{name}'/>"
+            "</metadata></domain>")
+
+
+@pytest.fixture
+def qemu_host():
+    host = QemuHost(Path(tempfile.mkdtemp(prefix="fence-")), "hvq")
+    host.start()
+    try:
+        yield host
+    finally:
+        host.freeze_libvirtd(False)
+        host.power_off()
+
+
+def test_a_cut_off_node_whose_libvirtd_is_frozen_kills_its_guests_by_the_deadline(linked_store, qemu_host, caplog):
+    """libvirtd frozen (SIGSTOP) and ZooKeeper cut off at once: the guests' QEMU processes (one running, one
+    paused) are dead within the self-fence deadline the settings promise, found from libvirtd's PID files; the
+    node never says it has fenced itself while one of them runs."""
+    caplog.set_level(logging.INFO, logger="pvc.node.self_fence")
+    store, link = linked_store()
+    store.zk.ensure_path(schema.NODES)
+    connection = libvirt.open(qemu_host.uri)
+    try:
+        for name in ("guest1", "guest2"):
+            connection.defineXML(_guest_xml(name)).create()
+        connection.lookupByName("guest2").suspend()
+        connection.defineXML(_guest_xml("handmade").replace(f"<pvc:vm xmlns:pvc='{METADATA_NAMESPACE}' "
+                                                             "name='handmade'/>", "")).create()
+    finally:
+        connection.close()
+    pids = qemu_host.qemu_pids()
+    handmade = pids.pop("handmade")
+    assert set(pids) == {"guest1", "guest2"}, pids
+    hypervisor = Hypervisor(qemu_host.uri, call_timeout=LIBVIRT_TIMEOUT)
+    actions = DomainActions(hypervisor, shutdown_timeout=1)
+    assert {domain.name for domain in hypervisor.domains() if domain.active} == {"guest1", "guest2", "handmade"}
+    peers = Peers(store, "hv1")
+    peers.unanswering("hv2")
+    peers.unanswering("hv3")
+    peers.start(2)
+    fence = _self_fence("hv1", store, peers.directory, actions,
+                        guest_processes=GuestProcesses(qemu_host.run_directory, qemu_host.init_pid_file))
+    try:
+        qemu_host.freeze_libvirtd(True)
+        written = time.monotonic()
+        store.write(schema.node_key("hv1", "keepalive"), {"time": time.time()})
+        fence.acknowledged(written)
+        link.cut()
+        fence.start()
+        believed_while_running: list[list[str]] = []
+
+        def all_dead() -> bool:
+            believed = any("self-fenced" in record.getMessage() for record in caplog.records)
+            running = [name for name, pid in pids.items() if pid_alive(pid)]
+            if believed and running:
+                believed_while_running.append(running)
+            return not running
+        assert eventually(all_dead, LOCAL_SETTINGS.fence_deadline_s + 2, 0.01), \
+            f"guests still running {time.monotonic() - written:.2f} s after the last keepalive"
+        dead_after = time.monotonic() - written
+        assert not believed_while_running, f"the node said it had fenced itself while {believed_while_running[0]} ran"
+        qemu_host.freeze_libvirtd(False)
+        assert eventually(lambda: any("self-fenced" in record.getMessage() for record in caplog.records), 10), \
+            [record.getMessage() for record in caplog.records]
+    finally:
+        fence.stop()
+        qemu_host.freeze_libvirtd(False)
+        hypervisor.close()
+    assert pid_alive(handmade), "a guest PVC does not manage (no PVC metadata) is not PVC's to kill"
+    assert dead_after < LOCAL_SETTINGS.self_fence_deadline_s, \
+        f"guests dead {dead_after:.2f} s after the last keepalive, past the {LOCAL_SETTINGS.describe_self_fence()}"
+    print(f"\nguests' QEMU processes dead {dead_after:.2f} s after the last acknowledged keepalive "
+          f"({LOCAL_SETTINGS.describe_self_fence()})")

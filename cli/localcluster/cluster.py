@@ -38,8 +38,9 @@ SESSION_TIMEOUT = 2.5
 server after 2/3 of it (1.67 s), which a self-fence must outwait (`pvc.fencing_settings`)."""
 FENCE_INTERVALS = 4
 SUICIDE_INTERVALS = 2
-"""A node cut off from ZooKeeper starts stopping its VMs after 2 s of silence and is done by 3.6 s (2 s + 0.5 s
-asking its peers + 1 s stopping VMs + 0.1 s watchdog period), before the leader's 4 s."""
+"""A node cut off from ZooKeeper starts stopping its VMs after 2 s of silence and is done by 3.6 s on its slowest
+path (2 s + 0.1 s watchdog period + 0.5 s asking its peers + 0.8 s for libvirt to destroy them + 0.2 s to kill
+what libvirt did not stop), before the leader's 4 s."""
 
 
 class LocalCluster:
@@ -299,15 +300,16 @@ class LocalCluster:
         return self._start_daemon("pvcapid", directory, settings)
 
     def start_node_daemon(self, name: str, zookeeper_hosts: str | None = None, netns: str | None = None,
-                          address: str | None = None) -> int:
+                          address: str | None = None, libvirt_uri: str | None = None) -> int:
         """Start the node's pvcnoded; `zookeeper_hosts` makes it reach ZooKeeper at another address (a test's
-        proxy it can cut) instead of the server's own. `netns` runs it inside that network namespace (`ip netns
+        proxy it can cut) instead of the server's own, and `libvirt_uri` its libvirtd through another socket
+        (a test's relay that slows it). `netns` runs it inside that network namespace (`ip netns
         exec`: a host a test can partition; its libvirtd's unix socket is still reached through the
         filesystem), and `address` is where its agent and upload channel listen, one its peers can reach."""
         directory = self._daemon_dir("nodes", name)
         directory.mkdir(parents=True, exist_ok=True)
         host = self.host(name)
-        settings = {**self._common_settings(), "node_name": name, "libvirt_uri": host.uri,
+        settings = {**self._common_settings(), "node_name": name, "libvirt_uri": libvirt_uri or host.uri,
                     **({"zookeeper_hosts": zookeeper_hosts} if zookeeper_hosts else {}),
                     **({"tls_ca": str(self.tls_cert)} if self.state.get("tls") else {}),
                     "keepalive_interval": KEEPALIVE_INTERVAL, "listen_address": "127.0.0.1:0",
@@ -322,7 +324,12 @@ class LocalCluster:
         if isinstance(host, QemuHost):
             settings.update({"listen_address": f"{host.address}:0", "upload_listen_address": f"{host.address}:0",
                              "migration_uri": host.migration_uri, "migration_address": host.address,
-                             "accelerator": self.state["accelerator"]})
+                             "accelerator": self.state["accelerator"],
+                             "libvirt_run_directory": str(host.run_directory),
+                             "libvirt_namespace_pid_file": str(host.init_pid_file)})
+        else:
+            # The test driver runs no QEMU; the machine's own /run/libvirt is no simulated host's.
+            settings["libvirt_run_directory"] = None
         if address:
             settings.update({"listen_address": f"{address}:0", "upload_listen_address": f"{address}:0"})
         if self.bmc(name).settings:

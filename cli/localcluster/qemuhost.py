@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import uuid
 from pathlib import Path
@@ -32,15 +33,16 @@ from pvc.cli.localcluster.simhost import MAX_SOCKET_PATH, accepts_connections
 MIGRATION_PORTS = 16
 """Incoming migration streams a host can take at once (a flush moves several VMs in parallel)."""
 
-_PRIVATE_DIRECTORIES = ("/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt", "/etc/libvirt/qemu")
+_PRIVATE_DIRECTORIES = ("/var/lib/libvirt", "/var/cache/libvirt", "/etc/libvirt/qemu")
 
-# The supervisor: private state directories, our qemu.conf and log directory over the real ones, then
+# The supervisor: private state directories, our qemu.conf, run and log directories over the real ones, then
 # libvirtd in a loop. While the file `held` exists libvirtd is not started again (a stopped libvirtd).
 _SUPERVISOR = """\
 set -e
 for directory in {private}; do mkdir -p "$directory"; mount -t tmpfs tmpfs "$directory"; done
-mkdir -p /var/log/libvirt
+mkdir -p /var/log/libvirt /run/libvirt
 mount --bind {log_dir} /var/log/libvirt
+mount --bind {run_dir} /run/libvirt
 mount --bind {qemu_conf} /etc/libvirt/qemu.conf
 set +e
 while :; do
@@ -96,6 +98,18 @@ class QemuHost:
     def qemu_log_directory(self) -> Path:
         """libvirt's per-domain QEMU logs (its /var/log/libvirt), kept for reading after a failure."""
         return self.directory / "log"
+
+    @property
+    def run_directory(self) -> Path:
+        """libvirtd's /run/libvirt, seen from outside the namespace: its QEMU driver's PID files are in
+        qemu/ (pvcnoded's `libvirt_run_directory`). Emptied at each power-on, as a tmpfs would be."""
+        return self.directory / "run"
+
+    @property
+    def init_pid_file(self) -> Path:
+        """Holds the host PID of the namespace's init: the PID namespace libvirt's PID files number in
+        (pvcnoded's `libvirt_namespace_pid_file`)."""
+        return self.directory / "init.pid"
 
     @property
     def pid(self) -> int | None:
@@ -219,6 +233,8 @@ class QemuHost:
         self.settings_path.write_text(json.dumps(settings, indent=2))
         self._link_drivers()
         self.qemu_log_directory.mkdir(exist_ok=True)
+        shutil.rmtree(self.run_directory, ignore_errors=True)
+        self.run_directory.mkdir()
         (self.directory / "libvirtd.conf").write_text(
             f'unix_sock_dir = "{self.directory}"\n'
             'auth_unix_rw = "none"\n'
@@ -246,6 +262,7 @@ class QemuHost:
         (self.directory / "supervisor.sh").write_text(_SUPERVISOR.format(
             private=" ".join(_PRIVATE_DIRECTORIES),
             log_dir=shlex.quote(str(self.qemu_log_directory)),
+            run_dir=shlex.quote(str(self.run_directory)),
             qemu_conf=shlex.quote(str(self.directory / "qemu.conf")),
             held=shlex.quote(str(self.directory / "held")),
             libvirtd_conf=shlex.quote(str(self.directory / "libvirtd.conf")),
