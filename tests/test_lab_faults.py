@@ -26,7 +26,7 @@ from faults.history import History
 from faults.monitor import HostGate, Monitor
 from helpers import cluster_store, eventually
 from test_self_fencing import FENCE_DEADLINE_S, DaemonStates, _running_on, _self_fence_log, _vms_on
-from vm_support import assert_no_vm_on_two_hosts, running_hosts, vm_xml, wait_running_on
+from vm_support import assert_no_vm_on_two_hosts, wait_running_on
 
 NODES = [f"hv{index}" for index in range(1, 6)]
 MINORITY = ["hv1", "hv2"]
@@ -51,25 +51,26 @@ class CommandClient(threading.Thread):
     """Issues start, stop and migrate (all with wait) on its own VMs, one at a time, until told to stop; every
     command and whether it was acknowledged goes into `commands`, in the order it was issued per VM."""
 
-    def __init__(self, cluster, vms: list[str], seed: str, stopping: threading.Event):
+    def __init__(self, cluster, placed: dict[str, str], seed: str, stopping: threading.Event):
+        """`placed`: each of its VMs, running, and its node."""
         super().__init__(name=f"client-{seed}", daemon=True)
-        self._cluster, self._vms, self._stopping = cluster, vms, stopping
+        self._cluster, self._placed, self._stopping = cluster, dict(placed), stopping
         self._rng = random.Random(seed)
         self.commands: list[Command] = []
 
     def run(self) -> None:
         local = self._cluster.local
         client = pvc.connect(local.uris, local.state["api_key"], timeout=10)
-        believed_running = {vm: True for vm in self._vms}
+        believed_running = {vm: True for vm in self._placed}
         try:
             while not self._stopping.is_set():
-                vm = self._rng.choice(self._vms)
+                vm = self._rng.choice(sorted(self._placed))
                 if not believed_running[vm]:
                     kind, target = "start", None
                 elif self._rng.random() < 0.5:
                     kind, target = "stop", None
                 else:
-                    kind, target = "migrate", self._rng.choice(NODES)
+                    kind, target = "migrate", self._rng.choice([node for node in NODES if node != self._placed[vm]])
                 try:
                     if kind == "migrate":
                         client.vms.migrate(vm, target=target, wait=True)
@@ -81,6 +82,8 @@ class CommandClient(threading.Thread):
                 self.commands.append(Command(vm, kind, target, acknowledged, detail))
                 if acknowledged and kind in ("start", "stop"):
                     believed_running[vm] = kind == "start"
+                elif acknowledged:
+                    self._placed[vm] = target
                 self._stopping.wait(self._rng.uniform(0.05, 0.2))
         finally:
             client.close()
@@ -101,11 +104,13 @@ def expected_outcomes(commands: list[Command]) -> dict[str, tuple[bool, str | No
 
 def test_the_zookeeper_leader_killed_under_load_fences_nothing_and_loses_no_acknowledged_command(lab_cluster):
     client, local = lab_cluster.client, lab_cluster.local
-    vms = [f"zkload{index}" for index in range(1, 7)]
-    for index, vm in enumerate(vms):
-        _vms_on(client, NODES[index % len(NODES)], [vm])
+    placed = {f"zkload{index}": NODES[index % len(NODES)] for index in range(1, 7)}
+    for vm, node in placed.items():
+        _vms_on(client, node, [vm])
+    vms = sorted(placed)
     stopping = threading.Event()
-    clients = [CommandClient(lab_cluster, vms[index::3], f"zk-leader/{index}", stopping) for index in range(3)]
+    clients = [CommandClient(lab_cluster, {vm: placed[vm] for vm in vms[index::3]}, f"zk-leader/{index}", stopping)
+               for index in range(3)]
     with cluster_store(local) as store:
         states = {node: DaemonStates(store, node) for node in NODES}
         for command_client in clients:

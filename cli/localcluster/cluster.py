@@ -221,7 +221,7 @@ class LocalCluster:
                 self.state["accelerator"] = guest.probe_accelerator(self.boot_image_directory)
             if lab:
                 self._save()  # a crash while the lab is made must leave a state file that names no lab yet
-                self.state["lab"] = Lab.create().state
+                self.state["lab"] = Lab.create(self.state_dir).state
                 self._save()
                 for name in [f"zk{index}" for index in range(1, zookeepers + 1)] + \
                         [f"pvcapid{index}" for index in range(1, coordinators + 1)] + \

@@ -19,10 +19,15 @@ metadata address may live) holds its addresses. Both are picked under a machine-
 (two test sessions) run side by side; `remove` deletes everything with the prefix, also what a crashed run
 left. A blackhole route for the /24 behind the bridge's own keeps lab traffic on the machine whatever state the
 bridge is in.
+
+Each lab is registered (``/run/pvc-local-labs/PREFIX``) with the state directory that owns it, and making a
+lab first removes the labs whose owner is gone (a test session killed before its teardown, whose temporary
+directory was deleted since) or whose owner's state file now names another lab.
 """
 from __future__ import annotations
 
 import fcntl
+import json
 import re
 import secrets
 import subprocess
@@ -34,6 +39,7 @@ from typing import Any, Iterable, Iterator
 from pvc.errors import InvalidInput
 
 LOCK_PATH = Path("/run/lock/pvc-local-lab.lock")
+REGISTRY = Path("/run/pvc-local-labs")
 RESERVED_OCTETS = frozenset({0, 169, 254, 255})
 """Third octets never used: the /16's edges, and 169.254.169.0/24 (cloud metadata services)."""
 BLACKHOLE_METRIC = 4000
@@ -123,10 +129,14 @@ class Lab:
     # -- making and removing ------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls) -> Lab:
-        """A new lab: free prefix and /24, its two bridges and the blackhole route; nothing is left on failure."""
+    def create(cls, owner: Path) -> Lab:
+        """A new lab for the cluster whose state directory is `owner`: free prefix and /24, its two bridges and
+        the blackhole route; nothing is left on failure."""
         with _machine_lock():
+            _remove_orphans()
             lab = cls(_free_prefix(), _free_octet())
+            REGISTRY.mkdir(parents=True, exist_ok=True)
+            (REGISTRY / lab.prefix).write_text(json.dumps({**lab.state, "owner": str(Path(owner).absolute())}))
             try:
                 for bridge in (lab.bridge, lab.island):
                     ip("link", "add", bridge, "type", "bridge")
@@ -167,6 +177,7 @@ class Lab:
         if f"blackhole {self.subnet}" in ip("route", "show", "table", "main", check=False):
             ip("route", "del", "blackhole", self.subnet, "metric", str(BLACKHOLE_METRIC), check=False)
             removed.append(f"route {self.subnet}")
+        (REGISTRY / self.prefix).unlink(missing_ok=True)
         return removed
 
     # -- faults ------------------------------------------------------------------------------------------
@@ -201,6 +212,23 @@ class Lab:
     def command(self, name: str, argv: list[str]) -> list[str]:
         """`argv` run inside the member's namespace (``ip netns exec`` execs it: its pid is the program's)."""
         return ["ip", "netns", "exec", self.netns(name), *argv]
+
+
+def _remove_orphans() -> None:
+    """Remove the registered labs whose owning state directory is gone or names another lab now."""
+    for entry in REGISTRY.glob("pl*") if REGISTRY.is_dir() else ():
+        try:
+            registered = json.loads(entry.read_text())
+        except (OSError, ValueError):
+            continue
+        state_file = Path(registered["owner"]) / "cluster.json"
+        try:
+            named = json.loads(state_file.read_text()).get("lab") if state_file.exists() else None
+        except (OSError, ValueError):
+            continue
+        owner_gone = not Path(registered["owner"]).exists()
+        if owner_gone or (named and named.get("prefix") != registered["prefix"]):
+            Lab.from_state(registered).remove()
 
 
 def _netns_names() -> list[str]:
