@@ -77,7 +77,7 @@ def status(state_dir: Path) -> None:
     if lab:
         click.echo(f"lab                  {lab.prefix} on {lab.subnet} (gateway {lab.gateway})")
     for role, pid in running.items():
-        member = role.split()[-1]
+        member = cluster.zookeeper_names[0] if role == "zookeeper" else role.split()[-1]
         link = f", link {cluster.link_state(member)}" if lab and not role.startswith(("bmc", "ceph")) else ""
         click.echo(f"{role:<20} pid {pid}{link}")
     click.echo(f"export PVC_CONFIG={cluster.client_config}")
