@@ -1,5 +1,5 @@
-"""The lab network: members in namespaces of their own on a per-cluster bridge, links that are cut, isolated and
-healed, two labs side by side, and nothing left behind, not even by a crashed run."""
+"""The lab network: members in namespaces of their own on a per-cluster bridge, links that are cut, isolated,
+severed and healed, two labs side by side, and nothing left behind, not even by a crashed run."""
 from __future__ import annotations
 
 import ipaddress
@@ -83,6 +83,13 @@ def test_two_labs_side_by_side_and_their_links_cut_isolated_and_healed(two_labs)
     assert [first.link_state(name) for name in ("hv1", "hv2", "hv3")] == ["up"] * 3
     assert eventually(lambda: reaches(first, "hv1", first.address("hv3")) and
                       reaches(first, "hv3", first.address("hv2")), 3)
+
+    first.sever("hv1", ["hv2"])
+    assert first.link_state("hv1") == f"severed from {first.address('hv2')}"
+    assert not reaches(first, "hv1", first.address("hv2")) and not reaches(first, "hv2", first.address("hv1"))
+    assert reaches(first, "hv1", first.address("hv3")) and reaches(first, "hv3", first.address("hv2"))
+    first.heal("hv1")
+    assert first.link_state("hv1") == "up" and reaches(first, "hv2", first.address("hv1"))
 
     first.remove()
     assert first.prefix not in lab_names() and f"169.254.{first.octet}." not in lab_names()

@@ -473,6 +473,13 @@ class LocalCluster:
             self._lab_member(name)
         self.lab.isolate(names)
 
+    def sever(self, name: str, peers: list[str]) -> None:
+        """Cut one member off from `peers` only (the leading coordinator from every ZooKeeper server, say):
+        nothing passes between them, and both still reach everyone else."""
+        for member in [name, *peers]:
+            self._lab_member(member)
+        self.lab.sever(name, peers)
+
     def heal_all(self) -> None:
         """Every member back on the lab, its link up."""
         if self.lab:

@@ -10,7 +10,9 @@ Faults are link operations on the root side, which is what a pulled cable or a d
 
 - `cut` / `heal`: one member's veth down / up (every packet both ways is dropped);
 - `isolate`: several members' veths moved to a second bridge (the island), so they reach each other and
-  nothing else; `heal_all` puts every veth back on the lab bridge, up.
+  nothing else; `heal_all` puts every veth back on the lab bridge, up;
+- `sever`: one member cut off from some members only (a coordinator from the ZooKeeper servers, say), by
+  packet filters in its own namespace that drop everything to and from their addresses.
 
 Names and addresses belong to one cluster: a prefix (``pl`` and 4 hex digits) names its namespaces
 (``PREFIX-hv1``), its bridges (``PREFIXb0``, ``PREFIXb1``) and the root sides of its veths (``PREFIXh1``:
@@ -187,9 +189,31 @@ class Lab:
         ip("link", "set", self.member(name).veth, "down")
 
     def heal(self, name: str) -> None:
-        """Plug the member back into the lab bridge (from a cut or an island)."""
+        """Plug the member back into the lab bridge (from a cut, an island or a `sever`)."""
         member = self.member(name)
         ip("link", "set", member.veth, "master", self.bridge, "up")
+        self._filter(name, "-F", "INPUT")
+        self._filter(name, "-F", "OUTPUT")
+
+    def sever(self, name: str, peers: Iterable[str]) -> None:
+        """Cut the member off from `peers` only: nothing passes between it and them, either way, while both
+        still reach everyone else."""
+        for peer in peers:
+            address = self.address(peer)
+            self._filter(name, "-A", "INPUT", "-s", address, "-j", "DROP")
+            self._filter(name, "-A", "OUTPUT", "-d", address, "-j", "DROP")
+
+    def severed_from(self, name: str) -> list[str]:
+        """The addresses `sever` cut the member off from."""
+        rules = self._filter(name, "-S", "OUTPUT")
+        return re.findall(r"-A OUTPUT -d ([0-9.]+)/32 -j DROP", rules)
+
+    def _filter(self, name: str, *rule: str) -> str:
+        result = subprocess.run(self.command(name, ["iptables", "-w", *rule]), capture_output=True, text=True,
+                                timeout=15, stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise LabError(f"iptables {' '.join(rule)} in {self.netns(name)}: {result.stderr.strip()}")
+        return result.stdout
 
     def isolate(self, names: Iterable[str]) -> None:
         """Cut `names` off from the rest together: they still reach each other (on the island bridge), nothing
@@ -200,14 +224,18 @@ class Lab:
     def heal_all(self) -> None:
         """Every member back on the lab bridge, its link up."""
         for member in self.members():
-            ip("link", "set", member.veth, "master", self.bridge, "up")
+            self.heal(member.name)
 
     def link_state(self, name: str) -> str:
-        """``up``, ``cut`` or ``isolated``: what `cut`, `heal` and `isolate` last did to the member."""
+        """``up``, ``cut``, ``isolated`` or ``severed from ADDRESS, ...``: what `cut`, `isolate`, `sever` and
+        `heal` last did to the member."""
         details = ip("-o", "link", "show", self.member(name).veth)
         if f"master {self.island}" in details:
             return "isolated"
-        return "up" if ",UP" in details or "<UP" in details else "cut"
+        if ",UP" not in details and "<UP" not in details:
+            return "cut"
+        severed = self.severed_from(name)
+        return f"severed from {', '.join(severed)}" if severed else "up"
 
     def command(self, name: str, argv: list[str]) -> list[str]:
         """`argv` run inside the member's namespace (``ip netns exec`` execs it: its pid is the program's)."""
