@@ -119,6 +119,8 @@ def test_the_zookeeper_leader_killed_under_load_fences_nothing_and_loses_no_ackn
             time.sleep(3)
             leader = local.zookeeper_leader()
             assert leader is not None, local.zookeeper_modes()
+            sessions = next((line for line in local.zookeeper(leader).ask("srvr").splitlines()
+                             if line.startswith("Connections:")), "Connections: ?")
             local.kill_zookeeper(leader)
             killed_at = time.monotonic()
             new_leader = eventually(lambda: (lambda found: found if found not in (None, leader) else None)(
@@ -136,7 +138,8 @@ def test_the_zookeeper_leader_killed_under_load_fences_nothing_and_loses_no_ackn
         assert not any(command_client.is_alive() for command_client in clients), "a client hung"
         time.sleep(1)  # a fence decided just now would show as a state change
         seen = {node: [value for value, _at in found.seen] for node, found in states.items()}
-    print(f"\nZooKeeper leader {leader} killed; {new_leader} led {elected_after:.2f} s later; "
+    print(f"\nZooKeeper leader {leader} killed ({sessions.lower()} to it); {new_leader} led "
+          f"{elected_after:.2f} s later; "
           f"{sum(command.acknowledged for command in commands)} of {len(commands)} commands acknowledged; "
           f"not acknowledged: {[command.detail for command in commands if not command.acknowledged]}")
     assert all("dead" not in values and "fenced" not in values for values in seen.values()), seen

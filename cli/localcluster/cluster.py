@@ -190,7 +190,8 @@ class LocalCluster:
         namespace of its own on the cluster's lab network (`lab.py`); a lab that a crashed earlier run of this
         state directory left is removed first."""
         if zookeepers not in ZOOKEEPER_ENSEMBLE_SIZES:
-            raise InvalidInput(f"a ZooKeeper of {zookeepers} servers: use {', '.join(map(str, ZOOKEEPER_ENSEMBLE_SIZES))}")
+            sizes = ", ".join(map(str, ZOOKEEPER_ENSEMBLE_SIZES))
+            raise InvalidInput(f"a ZooKeeper of {zookeepers} servers: use {sizes}")
         if lab and (nodes > 99 or coordinators > 9):
             raise InvalidInput("a lab holds at most 99 nodes and 9 coordinators")
         if storage not in ("file", "ceph"):
