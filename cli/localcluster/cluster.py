@@ -5,7 +5,7 @@ Everything it makes lives under one state directory, and every process it starts
 so `down` (from any later process) stops exactly what `up` started. Clusters with different state
 directories run side by side: on loopback, on free ports; in a lab (`up(lab=True)`, see `lab.py`), each host,
 coordinator and ZooKeeper server in a network namespace of its own on the cluster's own /24, where links can be
-cut and healed (`cut_link`, `isolate`, `heal_all`).
+cut, severed and healed (`cut_link`, `isolate`, `sever`, `heal_all`).
 """
 from __future__ import annotations
 
