@@ -24,7 +24,7 @@ LISTENER = ("import socket; s = socket.create_server(('0.0.0.0', 7999)); print('
 
 def reaches(lab: Lab, source: str, target_address: str) -> bool:
     probe = f"exec 3<>/dev/tcp/{target_address}/7999"
-    return subprocess.run(["ip", "netns", "exec", lab.netns(source), "timeout", "1", "bash", "-c", probe],
+    return subprocess.run(["ip", "netns", "exec", lab.netns(source), "timeout", "0.5", "bash", "-c", probe],
                           capture_output=True).returncode == 0
 
 

@@ -152,7 +152,7 @@ def test_the_zookeeper_leader_killed_under_load_fences_nothing_and_loses_no_ackn
         for command_client in clients:
             command_client.start()
         try:
-            time.sleep(3)
+            time.sleep(2)
             leader = local.zookeeper_leader()
             assert leader is not None, local.zookeeper_modes()
             connections = next((line for line in local.zookeeper(leader).ask("srvr").splitlines()

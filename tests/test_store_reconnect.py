@@ -12,6 +12,7 @@ from pvc.cli.localcluster.cluster import SESSION_TIMEOUT
 from pvc.store import Store
 
 from conftest import ZK_PASSWORD, ZK_USER
+from helpers import eventually
 from tcp_relay import TcpRelay, close_socket
 
 SESSIONS = 16
@@ -56,7 +57,8 @@ def test_every_session_is_connected_again_soon_after_zookeeper_serves_again(zook
         time.sleep(OUTAGE_S)
         election.electing = False
         serving_again = time.monotonic()
-        time.sleep(2 * BACK_WITHIN_S + 1)
+        eventually(lambda: all(any(state == KazooState.CONNECTED and at > serving_again for state, at in seen)
+                               for seen in events), 3 * BACK_WITHIN_S)
     finally:
         for store in stores:
             store.stop()
