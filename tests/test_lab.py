@@ -91,6 +91,7 @@ def test_two_labs_side_by_side_and_their_links_cut_isolated_and_healed(two_labs)
     first.heal("hv1")
     assert first.link_state("hv1") == "up" and reaches(first, "hv2", first.address("hv1"))
 
+    assert second.release(Path("/another/state/dir")) == [], "a lab is removed for its own cluster only"
     first.remove()
     assert first.prefix not in lab_names() and f"169.254.{first.octet}." not in lab_names()
     assert second.prefix in lab_names(), "removing one lab leaves the other alone"

@@ -205,7 +205,7 @@ class LocalCluster:
             raise Conflict(f"a local cluster is already running in {self.state_dir} "
                            f"(stop it with: pvc-local down --state-dir {self.state_dir})")
         if self.lab:
-            self.lab.remove()
+            self.lab.release(self.state_dir)
         for leftover in ("zookeeper", "hosts", "bmc", "nodes", "coordinators", "storage", "ceph", "tls"):
             shutil.rmtree(self.state_dir / leftover, ignore_errors=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -284,7 +284,7 @@ class LocalCluster:
         if self.state.get("private_ceph") and self.private_ceph.running:
             self.private_ceph.stop()
             stopped.append("ceph")
-        if self.lab and self.lab.remove():
+        if self.lab and self.lab.release(self.state_dir):
             stopped.append(f"lab {self.lab.prefix} ({self.lab.subnet})")
         return stopped
 
