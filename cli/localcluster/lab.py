@@ -77,6 +77,7 @@ class Member:
 
 @dataclass(frozen=True)
 class Lab:
+    """One cluster's lab: its names come from `prefix`, its addresses from 169.254.`octet`.0/24."""
     prefix: str
     octet: int
 
