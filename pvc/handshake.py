@@ -11,9 +11,10 @@ from typing import Iterable
 import Pyro5
 import Pyro5.api
 import Pyro5.server
+from kazoo.exceptions import KazooException
 
 from pvc import wire
-from pvc.errors import AuthenticationError, ConfigError
+from pvc.errors import AuthenticationError, ConfigError, Unavailable
 
 
 def use_tls(cert: str | None = None, key: str | None = None, ca: str | None = None) -> None:
@@ -53,6 +54,16 @@ class AuthenticatingDaemon(Pyro5.server.Daemon):
         if not any(hmac.compare_digest(presented.encode(), key) for key in self._keys):
             raise AuthenticationError(f"invalid {self._what}")
         return "welcome"
+
+    def _sendExceptionResponse(self, connection, seq, serializer_id, exc_value, tbinfo, flags=0,
+                               annotations=None):
+        """A ZooKeeper error inside a call (a connection lost while the ensemble elects a leader) is no class a
+        caller can rebuild, and would arrive as a serialisation failure: it crosses as `Unavailable`, which
+        every caller already reads as "not acknowledged" (and retries under the same request id)."""
+        if isinstance(exc_value, KazooException):
+            exc_value = Unavailable(f"ZooKeeper did not answer during the call ({type(exc_value).__name__}); it "
+                                    "may or may not have taken effect")
+        super()._sendExceptionResponse(connection, seq, serializer_id, exc_value, tbinfo, flags, annotations)
 
 
 def authenticated_proxy(uri: str, key: str, timeout: float) -> Pyro5.api.Proxy:
