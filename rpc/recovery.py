@@ -33,12 +33,12 @@ from typing import Any
 
 from kazoo.exceptions import NoNodeError
 
-from pvc import fence_secrets, fencing_settings, models, placement, schema
+from pvc import fence_secrets, fencing_settings, schema
 from pvc.cache import OWN_VALUE
-from pvc.errors import Conflict, PVCError
+from pvc.errors import PVCError
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc import tasks
-from pvc.rpc.tasks import Decision, TaskExecution, with_desired
+from pvc.rpc.tasks import Decision, TaskExecution
 from pvc.rpc.vm_control import Desired
 from pvc.secrets_box import SecretsBox
 
@@ -242,25 +242,17 @@ class RecoveryExecution(TaskExecution):
         """Start each running VM of the fenced node elsewhere (or stop it where none may take it), each decided
         from its desired state read under its lock: a VM a command has stopped or moved since is left to it."""
         node = self.task["node"]
-        stranded = {name: raw for name, raw in self._vms().items()
-                    if (raw.get("placement") or {}).get("node") == node and raw.get("state") in schema.RUNNING_STATES}
-        batch = placement.Batch(self._context.placement_views())
-        starts = []
-        for name, raw in sorted(stranded.items()):
-            def decide(current: Desired, raw: dict[str, Any] = raw) -> Decision | None:
-                if current.placement.get("node") != node or current.state not in schema.RUNNING_STATES:
-                    return None
-                try:
-                    target = batch.place(models.vm_view(current.name, with_desired(raw, current)),
-                                         self._context.selector(current.spec), current_node=node)
-                except Conflict:
-                    autostart = bool(current.spec.get("node_autostart"))
-                    return Decision({"state": "stop", "placement": {"node": node, "last_node": None,
-                                                                    "autostart": autostart}}, [], "shut_down")
-                return Decision({"state": "start", "placement": {"node": target, "last_node": node}}, [target],
-                                "moved")
-            starts += [(name, nodes) for name, nodes in self._record(name, decide) if nodes]
-        return self._carry_out(starts)
+
+        def stopped(current: Desired) -> Decision:
+            autostart = bool(current.spec.get("node_autostart"))
+            return Decision({"state": "stop", "placement": {"node": node, "last_node": None, "autostart": autostart}},
+                            [], "shut_down")
+
+        decided = self._decide_leaving(
+            lambda current, target: Decision({"state": "start", "placement": {"node": target, "last_node": node}},
+                                             [target], "moved"),
+            stopped)
+        return self._carry_out([(name, nodes) for name, nodes in decided if nodes])
 
     def _finish(self, state: str, **details: Any) -> None:
         self._save(state=state, finished=time.time(), **details)
@@ -309,12 +301,7 @@ def record_missing_recoveries(context: CoordinatorContext, leader_node: str, goi
     if not dead:
         return []
     since = {}
-    for task_id in context.store.children(schema.TASKS):
-        try:
-            data, stat = zk.get(schema.task(task_id))
-        except NoNodeError:
-            continue
-        task = schema.decode(data) or {}
+    for task, stat in tasks.task_records(context):
         if task.get("kind") == "recover" and task.get("node") in dead:
             since[task["node"]] = max(since.get(task["node"], 0), stat.czxid)
     recorded = []
@@ -332,18 +319,12 @@ def retry_due_recoveries(context: CoordinatorContext, leader_node: str, now: flo
     maintenance mode. Returns the nodes whose recovery was restarted."""
     if context.cache.config.get().get("maintenance"):
         return []
-    zk = context.store.zk
-    latest: dict[str, tuple[int, int, dict[str, Any]]] = {}
-    for task_id in context.store.children(schema.TASKS):
-        try:
-            data, stat = zk.get(schema.task(task_id))
-        except NoNodeError:
-            continue
-        task = schema.decode(data) or {}
-        if task.get("kind") == "recover" and stat.czxid > latest.get(task.get("node"), (0, 0, {}))[0]:
-            latest[task["node"]] = (stat.czxid, stat.version, task)
+    latest: dict[str, tuple[dict[str, Any], int]] = {}
+    for task, stat in tasks.task_records(context):
+        if task.get("kind") == "recover":
+            latest[task["node"]] = (task, stat.version)
     restarted = []
-    for node, (_created, version, task) in sorted(latest.items()):
+    for node, (task, version) in sorted(latest.items()):
         if task.get("state") != "failed" or task.get("retry_at") is None or task["retry_at"] > now:
             continue
         if context.store.read(schema.node_key(node, "daemon_state")) not in ("dead", "fenced"):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.protocol.states import ZnodeStat
 
 from pvc import models, placement, schema
 from pvc.cache import OWN_VALUE
@@ -88,8 +89,9 @@ def create_task(context: CoordinatorContext, kind: str, node: str) -> dict[str, 
     raise Busy(f"node {node} keeps changing; try the {kind} again in a moment")
 
 
-def list_tasks(context: CoordinatorContext) -> list[dict[str, Any]]:
-    """Every task record, in the order they were created (by ZooKeeper's order, not by any clock)."""
+def task_records(context: CoordinatorContext) -> list[tuple[dict[str, Any], ZnodeStat]]:
+    """Every task record with its znode's stat (its creation zxid orders tasks; its version guards a rewrite),
+    in the order they were created (by ZooKeeper's order, not by any clock)."""
     found = []
     for task_id in context.store.children(schema.TASKS):
         try:
@@ -98,8 +100,13 @@ def list_tasks(context: CoordinatorContext) -> list[dict[str, Any]]:
             continue
         task = schema.decode(data)
         if task:
-            found.append((stat.czxid, task))
-    return [task for _created, task in sorted(found, key=lambda pair: pair[0])]
+            found.append((task, stat))
+    return sorted(found, key=lambda pair: pair[1].czxid)
+
+
+def list_tasks(context: CoordinatorContext) -> list[dict[str, Any]]:
+    """Every task record, in the order they were created."""
+    return [task for task, _stat in task_records(context)]
 
 
 def not_flushed(context: CoordinatorContext, node: str) -> list[str]:
@@ -246,15 +253,29 @@ class TaskExecution:
         return {name: raw for name, raw in self._context.cache.vms.snapshot().items() if raw.get(OWN_VALUE)}
 
     def _flush(self) -> dict[str, str]:
-        """Move (or, with no valid target, shut down) every VM running on the node; the failures by VM.
+        """Move (or, with no valid target, shut down) every VM running on the node; the failures by VM."""
+        node = self.task["node"]
 
-        Each VM is decided from its desired state read under its lock (`_record`): one that a command has
+        def shut_down(current: Desired) -> Decision:
+            autostart = bool(current.spec.get("node_autostart"))
+            return Decision({"state": "shutdown", "placement": {**current.placement, "autostart": autostart}},
+                            [node], "shut_down")
+
+        return self._carry_out(self._decide_leaving(
+            lambda current, target: Decision({"state": "migrate", "placement": {"node": target, "last_node": node}},
+                                             [node, target], "moved"),
+            shut_down))
+
+    def _decide_leaving(self, moved: Callable[[Desired, str], Decision],
+                        parked: Callable[[Desired], Decision]) -> list[tuple[str, list[str]]]:
+        """Decide each VM running on the task's node from its desired state read under its lock (`_record`):
+        `moved` where the placement finds it a target, `parked` where none may take it. A VM a command has
         stopped or moved since the node's VMs were listed is that command's, and is left alone."""
         node = self.task["node"]
         leaving = {name: raw for name, raw in self._vms().items()
                    if (raw.get("placement") or {}).get("node") == node and raw.get("state") in schema.RUNNING_STATES}
         batch = placement.Batch(self._context.placement_views())
-        moves = []
+        decided = []
         for name, raw in sorted(leaving.items()):
             def decide(current: Desired, raw: dict[str, Any] = raw) -> Decision | None:
                 if current.placement.get("node") != node or current.state not in schema.RUNNING_STATES:
@@ -263,13 +284,10 @@ class TaskExecution:
                     target = batch.place(models.vm_view(current.name, with_desired(raw, current)),
                                          self._context.selector(current.spec), current_node=node)
                 except Conflict:
-                    autostart = bool(current.spec.get("node_autostart"))
-                    return Decision({"state": "shutdown", "placement": {**current.placement, "autostart": autostart}},
-                                    [node], "shut_down")
-                return Decision({"state": "migrate", "placement": {"node": target, "last_node": node}},
-                                [node, target], "moved")
-            moves += self._record(name, decide)
-        return self._carry_out(moves)
+                    return parked(current)
+                return moved(current, target)
+            decided += self._record(name, decide)
+        return decided
 
     def _ready(self) -> None:
         node = self.task["node"]
