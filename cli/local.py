@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from pvc.cli.localcluster import guest
-from pvc.cli.localcluster.cluster import HYPERVISORS, LocalCluster
+from pvc.cli.localcluster.cluster import HYPERVISORS, ZOOKEEPER_ENSEMBLE_SIZES, LocalCluster
 from pvc.cli.localcluster.qemuhost import QemuHost
 from pvc.errors import PVCError
 
@@ -30,18 +30,27 @@ def cli() -> None:
 @click.option("--tls", is_flag=True, help="every Pyro5 connection over TLS, with a certificate made for 127.0.0.1")
 @click.option("--hypervisor", type=click.Choice(HYPERVISORS), default="test", show_default=True,
               help="simulated hosts: libvirt's test driver (cheap, for hundreds of VMs) or QEMU running real guests")
+@click.option("--zookeepers", default="1", show_default=True,
+              type=click.Choice([str(size) for size in ZOOKEEPER_ENSEMBLE_SIZES]),
+              help="ZooKeeper servers: 3 or 5 form a real ensemble that outlives the loss of a minority")
+@click.option("--lab", is_flag=True,
+              help="every host, coordinator and ZooKeeper server in a network namespace of its own on a lab "
+                   "network of link-local addresses, whose links `cut`, `isolate` and `heal` break and mend")
 @state_dir_option
-def up(nodes: int, coordinators: int, storage: str, tls: bool, hypervisor: str, state_dir: Path) -> None:
+def up(nodes: int, coordinators: int, storage: str, tls: bool, hypervisor: str, zookeepers: str, lab: bool,
+       state_dir: Path) -> None:
     """Start the cluster; returns when every node is running and ready and a coordinator leads."""
     cluster = LocalCluster(state_dir)
     try:
-        cluster.up(nodes=nodes, coordinators=coordinators, storage=storage, tls=tls, hypervisor=hypervisor)
+        cluster.up(nodes=nodes, coordinators=coordinators, storage=storage, tls=tls, hypervisor=hypervisor,
+                   zookeepers=int(zookeepers), lab=lab)
     except PVCError as error:
         click.echo(f"Error: {error}", err=True)
         sys.exit(1)
     kind = f"QEMU ({cluster.state['accelerator']})" if hypervisor == "qemu" else "test driver"
-    click.echo(f"PVC local cluster up: {nodes} {kind} nodes, {coordinators} coordinator(s), state in "
-               f"{cluster.state_dir}", err=True)
+    network = f", lab {cluster.lab.prefix} on {cluster.lab.subnet}" if cluster.lab else ""
+    click.echo(f"PVC local cluster up: {nodes} {kind} nodes, {coordinators} coordinator(s), {zookeepers} "
+               f"ZooKeeper server(s){network}, state in {cluster.state_dir}", err=True)
     click.echo(f"export PVC_CONFIG={cluster.client_config}")
 
 
@@ -64,8 +73,13 @@ def status(state_dir: Path) -> None:
         sys.exit(3)
     kind = f"QEMU, {cluster.state.get('accelerator')}" if cluster.hypervisor == "qemu" else "test driver"
     click.echo(f"hypervisor           {kind}")
+    lab = cluster.lab
+    if lab:
+        click.echo(f"lab                  {lab.prefix} on {lab.subnet} (gateway {lab.gateway})")
     for role, pid in running.items():
-        click.echo(f"{role:<20} pid {pid}")
+        member = role.split()[-1]
+        link = f", link {cluster.link_state(member)}" if lab and not role.startswith(("bmc", "ceph")) else ""
+        click.echo(f"{role:<20} pid {pid}{link}")
     click.echo(f"export PVC_CONFIG={cluster.client_config}")
 
 
@@ -107,6 +121,77 @@ def restart_libvirtd(node: str, state_dir: Path) -> None:
         raise click.UsageError("only QEMU hosts outlive their libvirtd (pvc-local up --hypervisor qemu)")
     host.restart_libvirtd()
     click.echo(f"libvirtd of {node} restarted (pid {host.libvirtd_pid})")
+
+
+def _cluster(state_dir: Path) -> LocalCluster:
+    cluster = LocalCluster(state_dir)
+    if not cluster.state:
+        raise click.UsageError(f"no local cluster in {cluster.state_dir}")
+    return cluster
+
+
+def _fault(action) -> None:
+    try:
+        action()
+    except PVCError as error:
+        raise click.UsageError(str(error)) from error
+
+
+@cli.command()
+@click.argument("member")
+@state_dir_option
+def cut(member: str, state_dir: Path) -> None:
+    """Pull a lab member's cable: a node (hv1), a coordinator (pvcapid1) or a ZooKeeper server (zk1)."""
+    _fault(lambda: _cluster(state_dir).cut_link(member))
+    click.echo(f"{member} is cut off")
+
+
+@cli.command()
+@click.argument("members", nargs=-1, required=True)
+@state_dir_option
+def isolate(members: tuple[str, ...], state_dir: Path) -> None:
+    """Cut lab members off from the rest together: they still reach each other, nothing else."""
+    _fault(lambda: _cluster(state_dir).isolate(list(members)))
+    click.echo(f"{', '.join(members)} are cut off together")
+
+
+@cli.command()
+@click.argument("member", required=False)
+@state_dir_option
+def heal(member: str | None, state_dir: Path) -> None:
+    """Plug one lab member back in (after cut or isolate), or, without MEMBER, every one."""
+    cluster = _cluster(state_dir)
+    _fault(lambda: cluster.heal_link(member) if member else cluster.heal_all())
+    click.echo(f"{member or 'every member'} is back on the lab")
+
+
+@cli.command("zookeeper-kill")
+@click.argument("server")
+@state_dir_option
+def zookeeper_kill(server: str, state_dir: Path) -> None:
+    """SIGKILL one ZooKeeper server (zk1, zk2, ...)."""
+    _fault(lambda: _cluster(state_dir).kill_zookeeper(server))
+    click.echo(f"{server} is killed")
+
+
+@cli.command("zookeeper-start")
+@click.argument("server")
+@state_dir_option
+def zookeeper_start(server: str, state_dir: Path) -> None:
+    """Start one ZooKeeper server again; returns once it serves."""
+    _fault(lambda: _cluster(state_dir).start_zookeeper(server))
+    click.echo(f"{server} serves")
+
+
+@cli.command("zookeeper-leader")
+@state_dir_option
+def zookeeper_leader(state_dir: Path) -> None:
+    """Each ZooKeeper server's mode (srvr, asked from its own namespace); exits 3 while none leads."""
+    cluster = _cluster(state_dir)
+    for name, mode in cluster.zookeeper_modes().items():
+        click.echo(f"{name:<6} {mode or 'not serving'}")
+    if cluster.zookeeper_leader() is None:
+        sys.exit(3)
 
 
 @cli.command("build-guest")

@@ -91,11 +91,13 @@ def cluster(tmp_path_factory) -> Iterator[RunningCluster]:
 
 @pytest.fixture
 def fresh_cluster(tmp_path_factory, request) -> Iterator[RunningCluster]:
-    """A cluster of its own for a test that breaks things; `@pytest.mark.cluster(nodes=, coordinators=)`."""
+    """A cluster of its own for a test that breaks things; `@pytest.mark.cluster(nodes=, coordinators=,
+    zookeepers=, lab=)`."""
     marker = request.node.get_closest_marker("cluster")
     options = marker.kwargs if marker else {}
     yield from started_cluster(tmp_path_factory.mktemp("cluster"), options.get("nodes", 3),
-                              options.get("coordinators", 1))
+                              options.get("coordinators", 1), zookeepers=options.get("zookeepers", 1),
+                              lab=options.get("lab", False))
 
 
 @pytest.fixture(scope="module")

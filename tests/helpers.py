@@ -51,7 +51,7 @@ def remove_vm(libvirt_uri: str, name: str) -> None:
 @contextlib.contextmanager
 def cluster_store(local: LocalCluster) -> Iterator[Store]:
     """A store session on a local cluster's ZooKeeper with the cluster's own credentials."""
-    store = Store(f"127.0.0.1:{local.state['zookeeper_port']}", "pvc", local.state["zookeeper_password"],
+    store = Store(local.zookeeper_hosts, "pvc", local.state["zookeeper_password"],
                   session_timeout=4)
     store.start(connect_timeout=10)
     try:

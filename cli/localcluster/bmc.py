@@ -74,21 +74,28 @@ class SimulatedBMC:
     """The BMC of `host`, its files in `directory`; with `cluster_state_dir`, of that local cluster's node of
     the same name (its pvcnoded goes off and on with the host)."""
 
-    def __init__(self, directory: Path, host: SimulatedHost | QemuHost, cluster_state_dir: Path | None = None):
+    def __init__(self, directory: Path, host: SimulatedHost | QemuHost, cluster_state_dir: Path | None = None,
+                 address: str | None = None):
+        """`address` is where ipmi_sim listens: by default the host's own address (loopback for a test-driver
+        host); a lab cluster's BMCs listen on the lab's gateway, a management network that outlives a host's
+        cut link."""
         self.directory = Path(directory).absolute()
         self.host = host
         self.cluster_state_dir = Path(cluster_state_dir).absolute() if cluster_state_dir else None
+        self._address = address
 
     @classmethod
     def attach(cls, directory: Path) -> SimulatedBMC:
         """The BMC started earlier in `directory`, with its host, as another process (ipmi_sim's command)
         finds it."""
         settings = json.loads((Path(directory) / "bmc.json").read_text())
+        netns = settings.get("host_netns")
         if settings["host_kind"] == "qemu":
-            host = QemuHost(Path(settings["host_directory"]), settings["name"], settings["address"])
+            host = QemuHost(Path(settings["host_directory"]), settings["name"],
+                            settings.get("host_address", settings["address"]), netns)
         else:
-            host = SimulatedHost(Path(settings["host_directory"]), settings["name"])
-        return cls(directory, host, settings.get("cluster_state_dir"))
+            host = SimulatedHost(Path(settings["host_directory"]), settings["name"], netns)
+        return cls(directory, host, settings.get("cluster_state_dir"), settings["address"])
 
     # -- what a client needs ------------------------------------------------------------------------------
 
@@ -107,7 +114,7 @@ class SimulatedBMC:
 
     @property
     def address(self) -> str:
-        return getattr(self.host, "address", "127.0.0.1")
+        return self._address or getattr(self.host, "address", "127.0.0.1")
 
     @property
     def client(self) -> BMC:
@@ -151,6 +158,7 @@ class SimulatedBMC:
         settings = {"name": self.name, "address": self.address, "port": port, "user": user,
                     "password": password, "host_kind": getattr(self.host, "kind", "test"),
                     "host_directory": str(self.host.directory),
+                    "host_address": getattr(self.host, "address", None), "host_netns": self.host.netns,
                     "cluster_state_dir": str(self.cluster_state_dir) if self.cluster_state_dir else None}
         _write_private(self.directory / "bmc.json", json.dumps(settings, indent=2))
         control = shlex.join([sys.executable, "-m", CONTROL_MODULE, str(self.directory)])

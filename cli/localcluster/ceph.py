@@ -25,9 +25,12 @@ class CephError(Unavailable):
 
 
 class PrivateCeph:
-    def __init__(self, directory: Path, memstore_bytes: int = MEMSTORE_BYTES) -> None:
+    def __init__(self, directory: Path, memstore_bytes: int = MEMSTORE_BYTES, address: str = "127.0.0.1") -> None:
+        """`address` is where the monitor and the OSD listen: loopback, or a lab cluster's gateway, where its
+        hosts reach them from their own network namespaces (and a host cut off from the lab does not)."""
         self.directory = Path(directory).absolute()
         self.memstore_bytes = memstore_bytes
+        self.address = address
 
     @property
     def conf(self) -> Path:
@@ -79,11 +82,12 @@ class PrivateCeph:
         for sub in ("run", "log", "data/mon-a", "data/mgr-x", "data/osd-0", "crash"):
             (directory / sub).mkdir(parents=True, exist_ok=True)
         fsid = str(uuid.uuid4())
-        v2, v1 = free_port(), free_port()
-        self._write_conf(fsid, f"[v2:127.0.0.1:{v2},v1:127.0.0.1:{v1}]")
+        address = self.address
+        v2, v1 = free_port(address), free_port(address)
+        self._write_conf(fsid, f"[v2:{address}:{v2},v1:{address}:{v1}]")
         (directory / "keyring").write_text("")
         self._run("monmaptool", "--create", "--fsid", fsid, "--addv", "a",
-                  f"[v2:127.0.0.1:{v2},v1:127.0.0.1:{v1}]", str(directory / "monmap"))
+                  f"[v2:{address}:{v2},v1:{address}:{v1}]", str(directory / "monmap"))
         self._run("ceph-mon", "-c", str(self.conf), "--mkfs", "-i", "a", "--monmap", str(directory / "monmap"))
         self._run("ceph-mon", "-c", str(self.conf), "-i", "a")
         self.ceph("osd", "set-require-min-compat-client", "mimic")
@@ -109,8 +113,8 @@ class PrivateCeph:
 fsid = {fsid}
 mon host = {mon_host}
 mon initial members = a
-public addr = 127.0.0.1
-cluster addr = 127.0.0.1
+public addr = {self.address}
+cluster addr = {self.address}
 ms bind ipv6 = false
 auth cluster required = none
 auth service required = none

@@ -1,8 +1,11 @@
-"""A whole PVC cluster on loopback: ZooKeeper, coordinators, and simulated hosts each with its pvcnoded.
+"""A whole PVC cluster on this machine: ZooKeeper (one server or an ensemble), coordinators, and simulated hosts
+each with its pvcnoded.
 
 Everything it makes lives under one state directory, and every process it starts is recorded there by pid,
 so `down` (from any later process) stops exactly what `up` started. Clusters with different state
-directories run side by side on free ports.
+directories run side by side: on loopback, on free ports; in a lab (`up(lab=True)`, see `lab.py`), each host,
+coordinator and ZooKeeper server in a network namespace of its own on the cluster's own /24, where links can be
+cut and healed (`cut_link`, `isolate`, `heal_all`).
 """
 from __future__ import annotations
 
@@ -22,9 +25,10 @@ from pvc.cli.localcluster.ceph import PrivateCeph
 from pvc.cli.localcluster.processes import (exit_description, free_port, kill_pid, live_pid, log_tail, read_pid,
                                             start_detached, stop_pid)
 from pvc.cli.localcluster import guest
+from pvc.cli.localcluster.lab import Lab
 from pvc.cli.localcluster.qemuhost import QemuHost
 from pvc.cli.localcluster.simhost import SimulatedHost
-from pvc.cli.localcluster.zookeeper import ZooKeeperServer
+from pvc.cli.localcluster.zookeeper import Peer, ZooKeeperServer
 from pvc.errors import Conflict, InvalidInput, PVCError, Unavailable
 from pvc.handshake import use_tls
 
@@ -36,6 +40,10 @@ LIBVIRT_TIMEOUT = 3
 SESSION_TIMEOUT = 2.5
 """Seconds; ZooKeeper grants 2-20 ticks of `ZooKeeperServer.tick_ms` (500 ms: 1-10 s). kazoo notices a dead
 server after 2/3 of it (1.67 s), which a self-fence must outwait (`pvc.fencing_settings`)."""
+ZOOKEEPER_ENSEMBLE_SIZES = (1, 3, 5)
+LAB_ZOOKEEPER_PORTS = (2181, 2888, 3888)
+"""Client, quorum and election port of a lab's ZooKeeper server (each has its address to itself)."""
+LAB_COORDINATOR_PORT = 7370
 FENCE_INTERVALS = 4
 SUICIDE_INTERVALS = 2
 """A node cut off from ZooKeeper starts stopping its VMs after 2 s of silence and is done by 3.6 s (2 s + 0.5 s
@@ -51,16 +59,47 @@ class LocalCluster:
 
     # -- layout -----------------------------------------------------------------------------------------
 
-    def _zookeeper(self) -> ZooKeeperServer:
-        return ZooKeeperServer(self.state_dir / "zookeeper", port=self.state.get("zookeeper_port"))
+    @property
+    def lab(self) -> Lab | None:
+        """The cluster's lab network, when it was started with one."""
+        return Lab.from_state(self.state["lab"]) if self.state.get("lab") else None
+
+    @property
+    def zookeeper_names(self) -> list[str]:
+        return list(self.state.get("zookeepers", {})) or (["zk1"] if self.state.get("zookeeper_port") else [])
+
+    def zookeeper(self, name: str) -> ZooKeeperServer:
+        """One server of the cluster's ZooKeeper: a lone one lives in ``zookeeper/``, an ensemble's in
+        ``zookeeper/NAME/``."""
+        servers = self.state.get("zookeepers") or {"zk1": {"address": "127.0.0.1",
+                                                           "port": self.state.get("zookeeper_port")}}
+        if name not in servers:
+            raise InvalidInput(f"no ZooKeeper server {name!r} in the local cluster in {self.state_dir} "
+                               f"(it has {', '.join(servers)})")
+        ensemble = [Peer(int(peer.removeprefix("zk")), found["address"], found["quorum_port"],
+                         found["election_port"]) for peer, found in servers.items()] if len(servers) > 1 else []
+        lab = self.lab
+        return ZooKeeperServer(self.state_dir / "zookeeper" / (name if ensemble else ""), port=servers[name]["port"],
+                               address=servers[name]["address"], netns=lab.netns(name) if lab else None,
+                               myid=int(name.removeprefix("zk")), ensemble=ensemble)
+
+    @property
+    def zookeeper_hosts(self) -> str:
+        """The connection string naming every server of the ensemble (``address:port,...``)."""
+        return ",".join(self.zookeeper(name).hosts for name in self.zookeeper_names)
 
     def host(self, name: str) -> SimulatedHost | QemuHost:
-        host_class = QemuHost if self.hypervisor == "qemu" else SimulatedHost
-        return host_class(self.state_dir / "hosts" / name, name)
+        directory, lab = self.state_dir / "hosts" / name, self.lab
+        if self.hypervisor == "qemu":
+            return QemuHost(directory, name, lab.address(name), lab.netns(name)) if lab else QemuHost(directory, name)
+        return SimulatedHost(directory, name, lab.netns(name) if lab else None)
 
     def bmc(self, name: str) -> SimulatedBMC:
-        """The node's IPMI peer: ipmi_sim, whose chassis power is the host's and its pvcnoded's."""
-        return SimulatedBMC(self.state_dir / "bmc" / name, self.host(name), self.state_dir)
+        """The node's IPMI peer: ipmi_sim, whose chassis power is the host's and its pvcnoded's. A lab's BMCs
+        listen on the lab's gateway: the leader reaches them whatever becomes of their hosts' links."""
+        lab = self.lab
+        return SimulatedBMC(self.state_dir / "bmc" / name, self.host(name), self.state_dir,
+                            lab.gateway if lab else None)
 
     @property
     def hypervisor(self) -> str:
@@ -85,9 +124,13 @@ class LocalCluster:
     def coordinator_names(self) -> list[str]:
         return list(self.state.get("coordinators", {}))
 
+    def coordinator_address(self, name: str) -> str:
+        lab = self.lab
+        return f"{lab.address(name) if lab else '127.0.0.1'}:{self.state['coordinators'][name]}"
+
     @property
     def uris(self) -> list[str]:
-        return [f"pvc://127.0.0.1:{port}" for port in self.state.get("coordinators", {}).values()]
+        return [f"pvc://{self.coordinator_address(name)}" for name in self.coordinator_names]
 
     @property
     def storage_dir(self) -> Path:
@@ -97,7 +140,8 @@ class LocalCluster:
     @property
     def private_ceph(self) -> PrivateCeph:
         """The Ceph `up --storage ceph` starts when not given an existing one."""
-        return PrivateCeph(self.state_dir / "ceph")
+        lab = self.lab
+        return PrivateCeph(self.state_dir / "ceph", address=lab.gateway if lab else "127.0.0.1")
 
     def staging_dir(self, node: str) -> Path:
         return self._daemon_dir("nodes", node) / "staging"
@@ -107,9 +151,11 @@ class LocalCluster:
     def running_processes(self) -> dict[str, int]:
         """Every process of this cluster still alive, by role."""
         found = {}
-        zookeeper_pid = ZooKeeperServer(self.state_dir / "zookeeper").pid
-        if zookeeper_pid:
-            found["zookeeper"] = zookeeper_pid
+        names = self.zookeeper_names
+        for name in names:
+            zookeeper_pid = self.zookeeper(name).pid
+            if zookeeper_pid:
+                found["zookeeper" if len(names) == 1 else f"zookeeper {name}"] = zookeeper_pid
         for name in self.coordinator_names:
             pid = self.daemon_pid("pvcapid", name)
             if pid:
@@ -127,7 +173,8 @@ class LocalCluster:
         return found
 
     def up(self, nodes: int = 3, coordinators: int = 1, timeout: float = 60.0, storage: str = "file",
-           ceph_conf: Path | None = None, tls: bool = False, hypervisor: str = "test") -> None:
+           ceph_conf: Path | None = None, tls: bool = False, hypervisor: str = "test", zookeepers: int = 1,
+           lab: bool = False) -> None:
         """Start everything and return once every node is ``run`` and ``ready``; on failure, stop it all.
 
         `storage` is the nodes' backend: ``file`` (a directory in the state dir) or ``ceph`` (the Ceph that
@@ -136,7 +183,16 @@ class LocalCluster:
         are per process, so this process then uses TLS for every connection it makes.
 
         `hypervisor` is the kind of simulated host: ``test`` or ``qemu`` (real guests, from the tiny guest
-        image that contrib/setup.sh builds; KVM when a probe guest boots with it, else TCG)."""
+        image that contrib/setup.sh builds; KVM when a probe guest boots with it, else TCG).
+
+        `zookeepers` servers form the cluster's ZooKeeper (3 or 5: a real ensemble, which outlives the loss of a
+        minority of its servers). With `lab`, every host, coordinator and ZooKeeper server lives in a network
+        namespace of its own on the cluster's lab network (`lab.py`); a lab that a crashed earlier run of this
+        state directory left is removed first."""
+        if zookeepers not in ZOOKEEPER_ENSEMBLE_SIZES:
+            raise InvalidInput(f"a ZooKeeper of {zookeepers} servers: use {', '.join(map(str, ZOOKEEPER_ENSEMBLE_SIZES))}")
+        if lab and (nodes > 99 or coordinators > 9):
+            raise InvalidInput("a lab holds at most 99 nodes and 9 coordinators")
         if storage not in ("file", "ceph"):
             raise InvalidInput(f"unknown storage {storage!r}: use file or ceph")
         if hypervisor not in HYPERVISORS:
@@ -144,6 +200,8 @@ class LocalCluster:
         if self.state and self.running_processes():
             raise Conflict(f"a local cluster is already running in {self.state_dir} "
                            f"(stop it with: pvc-local down --state-dir {self.state_dir})")
+        if self.lab:
+            self.lab.remove()
         for leftover in ("zookeeper", "hosts", "bmc", "nodes", "coordinators", "storage", "ceph", "tls"):
             shutil.rmtree(self.state_dir / leftover, ignore_errors=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -161,18 +219,23 @@ class LocalCluster:
             if hypervisor == "qemu":
                 self.state["boot_image_directory"] = str(guest.build(self.boot_image_directory))
                 self.state["accelerator"] = guest.probe_accelerator(self.boot_image_directory)
-            zookeeper = self._zookeeper()
-            zookeeper.start()
-            self.state["zookeeper_port"] = zookeeper.port
-            self._save()
+            if lab:
+                self._save()  # a crash while the lab is made must leave a state file that names no lab yet
+                self.state["lab"] = Lab.create().state
+                self._save()
+                for name in [f"zk{index}" for index in range(1, zookeepers + 1)] + \
+                        [f"pvcapid{index}" for index in range(1, coordinators + 1)] + \
+                        [f"hv{index}" for index in range(1, nodes + 1)]:
+                    self.lab.add(name)
+            self._start_zookeeper(zookeepers)
             if tls:
-                self._make_certificate()
+                self._make_certificate(nodes, coordinators)
             self.storage_dir.mkdir()
             if self.state["private_ceph"]:
                 self._save()
                 self.private_ceph.start()
             for index in range(1, coordinators + 1):
-                self.state["coordinators"][f"pvcapid{index}"] = free_port()
+                self.state["coordinators"][f"pvcapid{index}"] = LAB_COORDINATOR_PORT if lab else free_port()
                 self._save()
                 self.start_coordinator(f"pvcapid{index}")
             for index in range(1, nodes + 1):
@@ -188,8 +251,28 @@ class LocalCluster:
             self.down()
             raise
 
+    def _start_zookeeper(self, count: int) -> None:
+        """Start the servers at once (an ensemble's server serves only once a quorum runs), then wait for all."""
+        lab = self.lab
+        servers = {}
+        for index in range(1, count + 1):
+            name = f"zk{index}"
+            if lab:
+                port, quorum_port, election_port = LAB_ZOOKEEPER_PORTS
+                servers[name] = {"address": lab.address(name), "port": port, "quorum_port": quorum_port,
+                                 "election_port": election_port}
+            else:
+                servers[name] = {"address": "127.0.0.1", "port": free_port(), "quorum_port": free_port(),
+                                 "election_port": free_port()}
+        self.state["zookeepers"] = servers
+        self.state["zookeeper_port"] = servers["zk1"]["port"]
+        self._save()
+        started = [(server, server.launch()) for server in map(self.zookeeper, servers)]
+        for server, pid in started:
+            server.wait_serving(pid, timeout=60)
+
     def down(self) -> list[str]:
-        """Stop every process this cluster started; returns what was stopped."""
+        """Stop every process this cluster started, and remove its lab network; returns what was stopped."""
         stopped = []
         for name in self.node_names:
             if self.bmc(name).running:
@@ -208,13 +291,16 @@ class LocalCluster:
             if pid:
                 stop_pid(pid)
                 stopped.append(f"pvcapid {name}")
-        zookeeper = ZooKeeperServer(self.state_dir / "zookeeper")
-        if (self.state_dir / "zookeeper" / "zookeeper.pid").exists() and zookeeper.running:
-            zookeeper.stop()
-            stopped.append("zookeeper")
+        for name in self.zookeeper_names:
+            zookeeper = self.zookeeper(name)
+            if zookeeper.running:
+                zookeeper.stop()
+                stopped.append("zookeeper" if len(self.zookeeper_names) == 1 else f"zookeeper {name}")
         if self.state.get("private_ceph") and self.private_ceph.running:
             self.private_ceph.stop()
             stopped.append("ceph")
+        if self.lab and self.lab.remove():
+            stopped.append(f"lab {self.lab.prefix} ({self.lab.subnet})")
         return stopped
 
     def wait_ready(self, timeout: float) -> None:
@@ -262,7 +348,7 @@ class LocalCluster:
 
     def _common_settings(self) -> dict[str, Any]:
         return {
-            "zookeeper_hosts": f"127.0.0.1:{self.state['zookeeper_port']}",
+            "zookeeper_hosts": self.zookeeper_hosts,
             "zookeeper_user": "pvc",
             "zookeeper_password": self.state["zookeeper_password"],
             "zookeeper_session_timeout": SESSION_TIMEOUT,
@@ -280,11 +366,16 @@ class LocalCluster:
     def tls_key(self) -> Path:
         return self.state_dir / "tls" / "key.pem"
 
-    def _make_certificate(self) -> None:
-        """A self-signed certificate for 127.0.0.1, serving every daemon and trusted by every client."""
+    def _make_certificate(self, nodes: int, coordinators: int) -> None:
+        """A self-signed certificate for 127.0.0.1 (and every lab address), serving every daemon and trusted by
+        every client."""
         self.tls_cert.parent.mkdir(mode=0o700)
+        lab = self.lab
+        addresses = ["127.0.0.1"] + ([lab.address(f"pvcapid{index}") for index in range(1, coordinators + 1)]
+                                     + [lab.address(f"hv{index}") for index in range(1, nodes + 1)] if lab else [])
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
-                        "-subj", "/CN=pvc-local", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-subj", "/CN=pvc-local", "-addext",
+                        "subjectAltName=" + ",".join(f"IP:{address}" for address in addresses),
                         "-keyout", str(self.tls_key), "-out", str(self.tls_cert)],
                        check=True, capture_output=True)
 
@@ -292,18 +383,23 @@ class LocalCluster:
         directory = self._daemon_dir("coordinators", name)
         directory.mkdir(parents=True, exist_ok=True)
         settings = {**self._common_settings(), "coordinator_name": name,
-                    "listen_address": f"127.0.0.1:{self.state['coordinators'][name]}",
+                    "listen_address": self.coordinator_address(name),
                     "api_keys": [self.state["api_key"]], "leader_tick": 0.5, "fence_intervals": FENCE_INTERVALS,
                     "keepalive_interval": KEEPALIVE_INTERVAL, "suicide_intervals": SUICIDE_INTERVALS,
                     **({"tls_ca": str(self.tls_cert)} if self.state.get("tls") else {})}
-        return self._start_daemon("pvcapid", directory, settings)
+        lab = self.lab
+        return self._start_daemon("pvcapid", directory, settings, lab.netns(name) if lab else None)
 
     def start_node_daemon(self, name: str, zookeeper_hosts: str | None = None, netns: str | None = None,
                           address: str | None = None) -> int:
         """Start the node's pvcnoded; `zookeeper_hosts` makes it reach ZooKeeper at another address (a test's
         proxy it can cut) instead of the server's own. `netns` runs it inside that network namespace (`ip netns
         exec`: a host a test can partition; its libvirtd's unix socket is still reached through the
-        filesystem), and `address` is where its agent and upload channel listen, one its peers can reach."""
+        filesystem), and `address` is where its agent and upload channel listen, one its peers can reach. A lab
+        node runs in its own namespace at its own address unless told otherwise."""
+        lab = self.lab
+        if lab:
+            netns, address = netns or lab.netns(name), address or lab.address(name)
         directory = self._daemon_dir("nodes", name)
         directory.mkdir(parents=True, exist_ok=True)
         host = self.host(name)
@@ -350,6 +446,61 @@ class LocalCluster:
         pid = self.daemon_pid(program, name)
         if pid:
             (kill_pid if kill else stop_pid)(pid)
+
+    # -- faults of the lab and the ensemble (tests inject them; so does `pvc-local`) ---------------------------
+
+    def _lab_member(self, name: str) -> Lab:
+        lab = self.lab
+        if lab is None:
+            raise InvalidInput(f"the local cluster in {self.state_dir} has no lab network (pvc-local up --lab)")
+        if name not in self.node_names + self.coordinator_names + self.zookeeper_names:
+            raise InvalidInput(f"no member {name!r} in the local cluster in {self.state_dir}")
+        return lab
+
+    def cut_link(self, name: str) -> None:
+        """Pull the cable of one member (a node ``hvN``, a coordinator ``pvcapidN``, a ZooKeeper server
+        ``zkN``): nothing reaches it and it reaches nothing, until `heal_link` or `heal_all`."""
+        self._lab_member(name).cut(name)
+
+    def heal_link(self, name: str) -> None:
+        """Plug one member back into the lab (after `cut_link` or `isolate`)."""
+        self._lab_member(name).heal(name)
+
+    def isolate(self, names: list[str]) -> None:
+        """Cut `names` off from the rest of the cluster together: they still reach each other, and nothing
+        else (the lab's gateway included: clients, BMCs and Ceph are out of their reach)."""
+        for name in names:
+            self._lab_member(name)
+        self.lab.isolate(names)
+
+    def heal_all(self) -> None:
+        """Every member back on the lab, its link up."""
+        if self.lab:
+            self.lab.heal_all()
+
+    def link_state(self, name: str) -> str:
+        """``up``, ``cut`` or ``isolated``."""
+        return self._lab_member(name).link_state(name)
+
+    def kill_zookeeper(self, name: str) -> None:
+        """SIGKILL one ZooKeeper server (its data stays for `start_zookeeper`)."""
+        self.zookeeper(name).kill()
+
+    def start_zookeeper(self, name: str, timeout: float = 60.0) -> None:
+        """Start one ZooKeeper server again; returns once it serves (for an ensemble's server: once it has
+        joined a quorum)."""
+        server = self.zookeeper(name)
+        server.wait_serving(server.launch(), timeout)
+
+    def zookeeper_modes(self) -> dict[str, str | None]:
+        """Each server's ``srvr`` mode (``leader``, ``follower``, ``standalone``; None when it does not serve),
+        asked from the server's own network namespace, so a server whose link is cut still answers."""
+        return {name: self.zookeeper(name).mode for name in self.zookeeper_names}
+
+    def zookeeper_leader(self) -> str | None:
+        """The ensemble's leading server (a lone server leads itself), or None while none does."""
+        return next((name for name, mode in self.zookeeper_modes().items() if mode in ("leader", "standalone")),
+                    None)
 
     # -- client side -------------------------------------------------------------------------------------
 

@@ -31,6 +31,9 @@ from pvc.cli.localcluster.simhost import MAX_SOCKET_PATH, accepts_connections
 
 MIGRATION_PORTS = 16
 """Incoming migration streams a host can take at once (a flush moves several VMs in parallel)."""
+LAB_LIBVIRT_PORT = 16509
+LAB_MIGRATION_PORT_MIN = 49152
+"""A lab host has its network namespace to itself: libvirt's own default ports."""
 
 _PRIVATE_DIRECTORIES = ("/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt", "/etc/libvirt/qemu")
 
@@ -58,10 +61,13 @@ class QemuHost:
 
     kind = "qemu"
 
-    def __init__(self, directory: Path, name: str, address: str = "127.0.0.1") -> None:
+    def __init__(self, directory: Path, name: str, address: str = "127.0.0.1", netns: str | None = None) -> None:
+        """With `netns`, the host's namespaces are made inside that network namespace (a lab host), where
+        `address` is its own: its ports are then the standard ones."""
         self.directory = Path(directory).absolute()
         self.name = name
         self.address = address
+        self.netns = netns
 
     @property
     def settings_path(self) -> Path:
@@ -144,8 +150,9 @@ class QemuHost:
             raise RuntimeError(f"socket path too long for AF_UNIX: {self.socket_path}")
         self._prepare_directory()
         try:
+            in_netns = ["ip", "netns", "exec", self.netns] if self.netns else []
             launcher = start_detached(
-                ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc",
+                [*in_netns, "unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc",
                  "tini", "-s", "--", "sh", str(self.directory / "supervisor.sh")],
                 self.log_path, cwd=self.directory,
                 env={**os.environ, "LIBVIRT_DRIVER_DIR": str(self.directory / "drivers")})
@@ -212,7 +219,9 @@ class QemuHost:
         for leftover in self.directory.glob("libvirt-*sock*"):
             leftover.unlink()
         settings = self.settings or {"host_uuid": str(uuid.uuid4())}
-        if not settings.get("libvirt_port") or not settings.get("migration_port_min"):
+        if self.netns:
+            settings.update(libvirt_port=LAB_LIBVIRT_PORT, migration_port_min=LAB_MIGRATION_PORT_MIN)
+        elif not settings.get("libvirt_port") or not settings.get("migration_port_min"):
             settings["libvirt_port"] = free_port(self.address)
             settings["migration_port_min"] = free_port_range(MIGRATION_PORTS, self.address)
         settings["address"] = self.address

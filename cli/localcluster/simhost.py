@@ -48,10 +48,13 @@ class SimulatedHost:
 
     kind = "test"
 
-    def __init__(self, directory: Path, name: str) -> None:
+    def __init__(self, directory: Path, name: str, netns: str | None = None) -> None:
+        """With `netns`, libvirtd runs in that network namespace (a lab host); it is reached through its unix
+        socket either way."""
         # Absolute, because libvirtd runs with the directory as its working directory.
         self.directory = Path(directory).absolute()
         self.name = name
+        self.netns = netns
 
     @classmethod
     def attach(cls, directory: Path) -> SimulatedHost:
@@ -152,9 +155,10 @@ class SimulatedHost:
             conf=shlex.quote(str(self.directory / "libvirtd.conf")),
             pid=shlex.quote(str(self.directory / "libvirtd.pid")),
         )
-        # unshare and sh both exec, so the pid started here is libvirtd's own.
+        # ip netns exec, unshare and sh all exec, so the pid started here is libvirtd's own.
+        in_netns = ["ip", "netns", "exec", self.netns] if self.netns else []
         pid = start_detached(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            [*in_netns, "unshare", "--mount", "--propagation", "private", "sh", "-c", script],
             self.log_path,
             pid_path=self.directory / "libvirtd.pid",
             env={**os.environ, "LIBVIRT_DRIVER_DIR": str(self.directory / "no-drivers")},
