@@ -1,10 +1,12 @@
 """One fault-injection run: clients and nemesis for a bounded time, then settling, then the checker.
 
-    run = run_faults(cluster, seed=seed_from_env(), seconds=75, history_path=tmp_path / "history.jsonl")
+    run = run_faults(cluster, seed=seed_from_env(), seconds=60, kinds=nemesis.PROCESS_KINDS,
+                     history_path=tmp_path / "history.jsonl")
     print(run.summary())
-    assert not run.problems
+    assert not run.inconclusive and not run.problems
 
-Order: the monitor starts first and stops last; clients and nemesis run together for `seconds`; then the
+Order: the monitor starts first and stops last; clients and nemesis run together for `seconds` (longer, by at
+most `FIRST_ROUND_GRACE_S`, until every kind asked for has been injected once); then the
 nemesis heals what it broke (continues stopped processes, starts killed daemons, powers fenced hosts on again)
 and the clients finish their last call; then the run waits for the cluster to settle (every record matching the hosts, no flush or ready
 task active, twice in a row) while the monitor still watches; only then does the checker read the history.
@@ -29,6 +31,8 @@ from faults.history import History
 from faults.monitor import HostGate, Monitor, read_hosts
 
 SEED_VARIABLE = "PVC_FAULT_SEED"
+FIRST_ROUND_GRACE_S = 45.0
+"""Seconds a run may go on past its length for the nemesis to inject every kind asked for once."""
 CLIENT_RETURN_TIMEOUT = 130.0
 """Seconds the clients get, after the faults stop, to return from their last call: a call with wait=True may
 take the coordinator's own bound on waiting for a node (120 s) before it answers `Unavailable`."""
@@ -59,7 +63,13 @@ class FaultRun:
     violations: list[checker.Violation] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
     existence: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
     stragglers: list[str] = field(default_factory=list)
+    kinds: tuple[str, ...] = ()
+    """The fault kinds the run was asked to inject, each at least once."""
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    gaps: checker.Gaps | None = None
+    administrator_fences: int = 0
     settled_after: float | None = None
     faults_ended: float = 0.0
     node_states: dict[str, str] = field(default_factory=dict)
@@ -67,8 +77,24 @@ class FaultRun:
     elapsed: float = 0.0
 
     @property
+    def missing_kinds(self) -> list[str]:
+        injected = self.history.faults_by_kind()
+        return [kind for kind in self.kinds if not injected.get(kind)]
+
+    @property
     def problems(self) -> list[str]:
-        return [str(violation) for violation in self.violations] + self.mismatches + self.existence + self.stragglers
+        return [str(violation) for violation in self.violations] + self.mismatches + self.existence + \
+            self.commands + self.stragglers + \
+            [f"fault kind {kind} was asked for but never injected" for kind in self.missing_kinds]
+
+    @property
+    def inconclusive(self) -> str | None:
+        """Why the run proves nothing (the monitor did not watch closely enough), or None."""
+        return self.gaps.inconclusive if self.gaps is not None else "the monitor's gaps were never judged"
+
+    def recoveries(self) -> Counter:
+        """Recovery task outcome → count (``done`` is a completed recovery)."""
+        return Counter(task.get("state") for task in self.tasks if task.get("kind") == "recover")
 
     def summary(self) -> str:
         history = self.history
@@ -82,6 +108,20 @@ class FaultRun:
         faults = history.faults_by_kind()
         lines.append(f"faults: {sum(faults.values())} ("
                      + ", ".join(f"{kind} {count}" for kind, count in sorted(faults.items())) + ")")
+        if self.kinds:
+            lines.append(f"fault kinds asked for: {len(self.kinds)}; never injected: "
+                         f"{', '.join(self.missing_kinds) or 'none'}")
+        recoveries = self.recoveries()
+        lines.append(f"recoveries completed: {recoveries.get('done', 0)} (recovery tasks: "
+                     f"{_counts(recoveries) or 'none'}); fences confirmed by the nemesis as an administrator: "
+                     f"{self.administrator_fences}")
+        other_tasks = Counter(f"{task.get('kind')} {task.get('state')}" for task in self.tasks
+                              if task.get("kind") != "recover")
+        lines.append(f"other tasks: {_counts(other_tasks) or 'none'}")
+        if self.gaps is not None:
+            lines.append(self.gaps.describe())
+        if self.inconclusive:
+            lines.append(f"INCONCLUSIVE: {self.inconclusive}")
         lines.append("monitor readings: " + "; ".join(
             f"{host} " + ", ".join(f"{what} {count}" for what, count in sorted(counts.items()))
             for host, counts in history.samples_by_host().items()))
@@ -108,6 +148,11 @@ class FaultRun:
                 lines.extend(f"      {line}" for line in excerpt[-40:])
         lines.append(f"acknowledged defines/removes contradicted: {len(self.existence)}")
         lines.extend(f"  {problem}" for problem in self.existence)
+        lines.append(f"final state or placement contradicting acknowledged commands: {len(self.commands)}")
+        for problem in self.commands:
+            lines.append(f"  {problem}")
+            vm = problem.split(":")[0]
+            lines.extend(f"      {line}" for line in history.around(vm, 0, history.now())[-40:])
         lines.append("first planned faults: " + "; ".join(fault.describe() for fault in self.planned_faults))
         for actor, operations in self.planned_operations.items():
             lines.append(f"first planned operations of {actor}: " + "; ".join(op.describe() for op in operations))
@@ -118,9 +163,10 @@ class FaultRun:
 
 def run_faults(cluster, seed: int, seconds: float, clients: int = 4, vm_count: int = 6,
                domain_xml: Callable[[str], str] | None = None,
-               fault_weights: dict[str, float] = nemesis.FAULT_WEIGHTS, settle_timeout: float = 60.0,
-               history_path: Path | None = None) -> FaultRun:
-    """Run clients and nemesis against `cluster` (a `RunningCluster`) for `seconds`, settle, and check."""
+               fault_weights: dict[str, float] = nemesis.FAULT_WEIGHTS, kinds: tuple[str, ...] | None = None,
+               settle_timeout: float = 60.0, history_path: Path | None = None) -> FaultRun:
+    """Run clients and nemesis against `cluster` (a `RunningCluster`) for `seconds`, settle, and check. `kinds`
+    (by default those of `fault_weights`) are the fault kinds the run must inject, each at least once."""
     from vm_support import vm_xml
     domain_xml = domain_xml or vm_xml
     local = cluster.local
@@ -128,8 +174,9 @@ def run_faults(cluster, seed: int, seconds: float, clients: int = 4, vm_count: i
     history = History()
     vms = [f"chaos{index}" for index in range(vm_count)]
     nodes = local.node_names
-    run = FaultRun(seed, seconds, history, clients, vms, nodes, local.coordinator_names, history_path=history_path)
-    run.planned_faults = _first(nemesis.schedule(seed, SESSION_TIMEOUT, fault_weights), 8)
+    run = FaultRun(seed, seconds, history, clients, vms, nodes, local.coordinator_names, history_path=history_path,
+                   kinds=tuple(kinds or fault_weights))
+    run.planned_faults = _first(nemesis.schedule(seed, SESSION_TIMEOUT, fault_weights, run.kinds), 12)
     run.planned_operations = {f"client{index}": _first(workload.schedule(seed, f"client{index}", vms, nodes), 4)
                               for index in range(clients)}
 
@@ -142,17 +189,21 @@ def run_faults(cluster, seed: int, seconds: float, clients: int = 4, vm_count: i
     workers = [workload.Client(f"client{index}", connect, history,
                                workload.schedule(seed, f"client{index}", vms, nodes), domain_xml, stopping)
                for index in range(clients)]
-    chaos = nemesis.Nemesis(local, history, gates, nemesis.schedule(seed, SESSION_TIMEOUT, fault_weights),
+    chaos = nemesis.Nemesis(local, history, gates, nemesis.schedule(seed, SESSION_TIMEOUT, fault_weights, run.kinds),
                             stopping, connect)
     try:
         for thread in [*workers, chaos]:
             thread.start()
         stopping.wait(seconds)
+        grace = time.monotonic() + FIRST_ROUND_GRACE_S
+        while run.missing_kinds and time.monotonic() < grace:
+            time.sleep(0.5)
     finally:
         stopping.set()
         run.faults_ended = history.now()
-        chaos.join(30)
+        chaos.join(60)
         chaos.heal()
+        run.administrator_fences = chaos.administrator_fences
     deadline = time.monotonic() + CLIENT_RETURN_TIMEOUT
     for worker in workers:
         worker.join(max(0.0, deadline - time.monotonic()))
@@ -167,6 +218,8 @@ def run_faults(cluster, seed: int, seconds: float, clients: int = 4, vm_count: i
         monitor.stop()
     run.violations = checker.double_runs(history)
     run.existence = checker.existence_problems(history.operations, records)
+    run.commands = checker.command_problems(history, records, run.tasks)
+    run.gaps = checker.sampling_gaps(history)
     run.elapsed = time.monotonic() - started
     if history_path is not None:
         history.dump(history_path)
@@ -199,6 +252,7 @@ def _settle(run: FaultRun, local, gates: dict[str, HostGate], connect, chaos: ne
         try:
             run.node_states = {node["name"]: f"{node['daemon_state']}/{node['domain_state']}"
                                for node in client.nodes.list()}
+            run.tasks = client.nodes.tasks()
         except PVCError as error:
             run.node_states = {"?": str(error)}
     finally:

@@ -18,8 +18,8 @@ from pvc.errors import PVCError
 from faults.history import History, Operation
 
 OPERATION_WEIGHTS = {
-    "define": 2.5, "start": 5, "stop": 2, "shutdown": 1.5, "migrate": 3, "migrate-auto": 2, "flush": 0.4,
-    "ready": 1.2, "remove": 0.5,
+    "define": 2.5, "start": 5, "stop": 2, "shutdown": 1.5, "restart": 1, "disable": 0.4, "migrate": 3,
+    "migrate-auto": 2, "flush": 0.4, "ready": 1.2, "remove": 0.5,
 }
 WAIT_SHARE = 0.15
 """Share of state changes, migrations and removals called with wait=True (the call returns once the node is
@@ -64,7 +64,7 @@ def perform(client, operation: PlannedOperation, domain_xml: Callable[[str], str
     kind, vm, node, wait = operation.kind, operation.vm, operation.node, operation.wait
     if kind == "define":
         return vms.define(domain_xml(vm), target=node)
-    if kind in ("start", "stop", "shutdown"):
+    if kind in ("start", "stop", "shutdown", "restart", "disable"):
         return getattr(vms, kind)(vm, wait=wait)
     if kind in ("migrate", "migrate-auto"):
         return vms.migrate(vm, target=node, wait=wait)
