@@ -399,7 +399,7 @@ def _seen(history: History, vm: str, host: str, after: float = 0.0, state: str |
 
 # -- the checker under faults --------------------------------------------------------------------------------
 
-DEFAULT_SECONDS = 50.0
+DEFAULT_SECONDS = 45.0
 """Each default run's length; it goes on (`faults.run.FIRST_ROUND_GRACE_S`) until every kind has come once."""
 
 

@@ -96,6 +96,10 @@ DETECTION_WINDOW_S = 6.0
 deadline, with a margin)."""
 THAW_READING_HEAD_START = 0.1
 """Seconds the monitor's reading gets to reach a frozen libvirtd's socket before the thaw."""
+CLAIM_WATCH_STEP_S = 1.0
+"""While waiting for a migration's target to claim the VM, its frozen libvirtd answers once every this many
+seconds (well within the node's deadline), so that the calls before the claim succeed."""
+CLAIM_WATCH_TIMEOUT_S = 12.0
 RECOVERY_WAIT_S = 20.0
 """Longest an overlapping fault waits for the recovery it is meant to overlap to be running."""
 FAILED_FENCE_RETRY_S = 15.0
@@ -424,30 +428,100 @@ class Nemesis(threading.Thread):
         return f"libvirtd pid {pid} stopped {stops} times over {self._history.now() - began:.2f} s; {migrated}"
 
     def _freeze_during_migration(self, client, fault: PlannedFault) -> tuple[str, str]:
+        """Migrate a running VM with one of the two libvirtds frozen, and thaw it just after the node's libvirt
+        deadline. The source: its stop of the VM outlives the deadline. The target: its libvirtd answers
+        (briefly, every `CLAIM_WATCH_STEP_S`) until the node has claimed the VM, then stays frozen from the
+        claim until just past the deadline, so that the start the node sends after its claim is the call that
+        outlives the deadline, and is carried out at the thaw."""
         vm, source, target = self._migration(client, fault)
-        frozen = target if fault.choice < 0.5 else source
-        detail = self._freeze_libvirtd(frozen, fault.duration_s,
-                                       during=lambda: self._migrate(client, vm, target))
-        return frozen, f"{'target' if frozen == target else 'source'} of {vm}'s migration {source} -> " \
-                       f"{target}: {detail}"
+        late_by = fault.duration_s - LIBVIRT_TIMEOUT
+        if fault.choice >= 0.5:
+            detail = self._freeze_libvirtd(source, fault.duration_s, during=lambda: self._migrate(client, vm, target))
+            return source, f"source of {vm}'s migration {source} -> {target}: {detail}"
+        gate = self._gates[target]
+        gate.close()
+        pid = libvirtd_pid(self._local.host(target))
+        if pid is None:
+            gate.open()
+            raise Skipped(f"{target}'s libvirtd does not run")
+        began = self._history.now()
+        self._signal(pid, signal.SIGSTOP)
+        claimed = None
+        try:
+            sent = self._migrate(client, vm, target)
+            next_answer = time.monotonic() + CLAIM_WATCH_STEP_S
+            deadline = time.monotonic() + CLAIM_WATCH_TIMEOUT_S
+            while claimed is None and not self._stopping.is_set() and time.monotonic() < deadline:
+                try:
+                    info = client.vms.info(vm)
+                    if info["node"] == target and info["running"]:
+                        claimed = self._history.now()
+                        break
+                except PVCError:
+                    pass
+                if time.monotonic() >= next_answer:
+                    gate.read_before_thaw()
+                    time.sleep(THAW_READING_HEAD_START)
+                    self._signal(pid, signal.SIGCONT)
+                    time.sleep(0.005)
+                    self._signal(pid, signal.SIGSTOP)
+                    next_answer = time.monotonic() + CLAIM_WATCH_STEP_S
+                time.sleep(0.03)
+            if claimed is not None:
+                self._stopping.wait(max(0.0, claimed + fault.duration_s - self._history.now()))
+        finally:
+            if gate.read_before_thaw():
+                time.sleep(THAW_READING_HEAD_START)
+            self._signal(pid, signal.SIGCONT)
+            gate.open()
+            self._history.add(Freeze(target, began, self._history.now()))
+        if claimed is None:
+            return target, f"target of {vm}'s migration {source} -> {target} ({sent}): no claim seen within " \
+                           f"{CLAIM_WATCH_TIMEOUT_S:g} s; thawed"
+        return target, f"target of {vm}'s migration {source} -> {target} ({sent}): claimed at {claimed:.3f} s, " \
+                       f"libvirtd frozen from then until {late_by:.2f} s past the deadline"
 
     def _migration(self, client, fault: PlannedFault, to: str | None = None) -> tuple[str, str, str]:
-        """A VM that runs, its node, and a node to migrate it to (`to` if given)."""
+        """A VM that runs, its node, and a node to migrate it to (`to` if given). When every other node is
+        flushed (fenced nodes come back flushed), one is made ready first, as an administrator would."""
+        for attempt in range(2):
+            try:
+                vms = sorted((vm for vm in client.vms.list() if vm["state"] == "start" and vm["running"]
+                              and vm["node"] != to), key=lambda vm: vm["name"])
+                nodes = {node["name"]: node for node in client.nodes.list()}
+            except PVCError as error:
+                raise Skipped(f"the cluster did not answer: {error}")
+            if not vms:
+                raise Skipped("no VM runs")
+            vm = vms[fault.other % len(vms)]
+            candidates = [to] if to else sorted(name for name, node in nodes.items()
+                                                if node["daemon_state"] == "run" and name != vm["node"])
+            targets = [name for name in candidates if nodes[name]["domain_state"] == "ready"]
+            if targets:
+                return vm["name"], vm["node"], targets[fault.target % len(targets)]
+            if not candidates or attempt:
+                break
+            self._ready(client, candidates[fault.target % len(candidates)])
+        raise Skipped(f"no node can take {vm['name']}")
+
+    def _ready(self, client, node: str) -> None:
+        """The nemesis's own ``node ready``, recorded like a client's; returns once the node is ready (or 10 s)."""
+        invoked = self._history.now()
         try:
-            vms = sorted((vm for vm in client.vms.list() if vm["state"] == "start" and vm["running"]
-                          and vm["node"] != to), key=lambda vm: vm["name"])
-            nodes = {node["name"]: node for node in client.nodes.list()}
+            client.nodes.ready(node)
+            outcome, detail = "ok", ""
         except PVCError as error:
-            raise Skipped(f"the cluster did not answer: {error}")
-        ready = sorted(name for name, node in nodes.items()
-                       if node["daemon_state"] == "run" and node["domain_state"] == "ready")
-        if not vms:
-            raise Skipped("no VM runs")
-        vm = vms[fault.other % len(vms)]
-        targets = [to] if to else [name for name in ready if name != vm["node"]]
-        if not targets:
-            raise Skipped(f"no node can take {vm['name']}")
-        return vm["name"], vm["node"], targets[fault.target % len(targets)]
+            outcome, detail = type(error).__name__, str(error)[:200]
+        self._history.add(Operation("nemesis", "ready", None, node, False, invoked, self._history.now(),
+                                    outcome, detail))
+        deadline = time.monotonic() + 10
+        while not self._stopping.is_set() and time.monotonic() < deadline:
+            try:
+                if client.nodes.info(node)["domain_state"] == "ready":
+                    return
+            except PVCError:
+                pass
+            time.sleep(0.2)
 
     def _migrate_one(self, client, fault: PlannedFault, to: str) -> str:
         try:
@@ -694,10 +768,8 @@ class Nemesis(threading.Thread):
         although the nemesis did not take it down, noting each in the history (a daemon that exited by itself
         is a finding) with the end of its log. Returns what was started."""
         started = []
-        with self._lock:
-            down = set(self._down)
         for name in self._local.coordinator_names:
-            if ("pvcapid", name) not in down and not self._local.daemon_pid("pvcapid", name):
+            if not self._local.daemon_pid("pvcapid", name) and not self._taken_down("pvcapid", name):
                 self._note_exit("pvcapid", name)
                 self._start("pvcapid", name)
                 started.append(f"pvcapid {name}")
@@ -715,11 +787,17 @@ class Nemesis(threading.Thread):
                 if name in self._broken_nodes and pid not in (None, self._broken_nodes[name]):
                     del self._broken_nodes[name]  # powered off and on between two looks (power_on_after)
                     self._down.discard(("pvcnoded", name))
-            if ("pvcnoded", name) not in down and not pid:
+            if not pid and not self._taken_down("pvcnoded", name):
                 self._note_exit("pvcnoded", name)
                 self._start("pvcnoded", name)
                 started.append(f"pvcnoded {name}")
         return started
+
+    def _taken_down(self, program: str, name: str) -> bool:
+        """Whether the nemesis took the daemon down on purpose. Asked after finding it gone: a fault records
+        the daemon as taken down before it kills it, so the two cannot be seen in the wrong order."""
+        with self._lock:
+            return (program, name) in self._down
 
     def _note_exit(self, program: str, name: str) -> None:
         directory = self._local.state_dir / ("coordinators" if program == "pvcapid" else "nodes") / name

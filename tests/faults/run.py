@@ -64,6 +64,7 @@ class FaultRun:
     mismatches: list[str] = field(default_factory=list)
     existence: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    outcomes: list[str] = field(default_factory=list)
     stragglers: list[str] = field(default_factory=list)
     kinds: tuple[str, ...] = ()
     """The fault kinds the run was asked to inject, each at least once."""
@@ -84,7 +85,7 @@ class FaultRun:
     @property
     def problems(self) -> list[str]:
         return [str(violation) for violation in self.violations] + self.mismatches + self.existence + \
-            self.commands + self.stragglers + \
+            self.commands + self.outcomes + self.stragglers + \
             [f"fault kind {kind} was asked for but never injected" for kind in self.missing_kinds]
 
     @property
@@ -148,6 +149,8 @@ class FaultRun:
                 lines.extend(f"      {line}" for line in excerpt[-40:])
         lines.append(f"acknowledged defines/removes contradicted: {len(self.existence)}")
         lines.extend(f"  {problem}" for problem in self.existence)
+        lines.append(f"faults whose outcome was not the one they must have: {len(self.outcomes)}")
+        lines.extend(f"  {problem}" for problem in self.outcomes)
         lines.append(f"final state or placement contradicting acknowledged commands: {len(self.commands)}")
         for problem in self.commands:
             lines.append(f"  {problem}")
@@ -220,6 +223,7 @@ def run_faults(cluster, seed: int, seconds: float, clients: int = 4, vm_count: i
     run.existence = checker.existence_problems(history.operations, records)
     run.commands = checker.command_problems(history, records, run.tasks)
     run.gaps = checker.sampling_gaps(history)
+    run.outcomes = fault_outcomes(history, run.tasks)
     run.elapsed = time.monotonic() - started
     if history_path is not None:
         history.dump(history_path)
@@ -258,6 +262,71 @@ def _settle(run: FaultRun, local, gates: dict[str, HostGate], connect, chaos: ne
     finally:
         client.close()
     return records
+
+
+FENCE_WINDOW_S = 25.0
+"""Seconds after a fault that may get a node fenced during which its recovery may begin."""
+SELF_FENCED_BY_S = 4.5
+"""Seconds after its link is cut by which a host must have stopped every VM: the leader's fence deadline (4 s)
+and a margin for the monitor's reading."""
+
+
+def fault_outcomes(history: History, tasks: list[dict[str, Any]]) -> list[str]:
+    """The outcomes some faults must have, whatever else happened:
+
+    - a host cut off (alone, or two of five together, still reaching each other) fences itself: by
+      `SELF_FENCED_BY_S` after the cut, the monitor sees none of the VMs it ran then running there, as long as
+      the cut lasts; and it is fenced: a recovery of it completes (a host that fenced itself stays silent until
+      its daemon restarts, so even a leader changed during the cut finds it dead once it leads);
+    - a clone of a node (its name, another PID namespace) does not take the node over: the original pvcnoded
+      still runs;
+    - a ZooKeeper server killed, the leading one included, fences nothing: no recovery of a node that no other
+      fault could have got fenced begins while it is down or within `FENCE_WINDOW_S` of its return."""
+    recoveries = [(history.from_wall(task.get("created")) or 0.0, task) for task in tasks
+                  if task.get("kind") == "recover"]
+    heavy = [(set(fault.target.split("+")), fault.injected, fault.healed + FENCE_WINDOW_S)
+             for fault in history.faults if fault.kind in nemesis.HEAVY]
+    problems = []
+    for fault in history.faults:
+        if fault.kind in ("cut-host", "cut-minority"):
+            problems += _self_fenced(history, fault)
+            for node in fault.target.split("+"):
+                if not any(task.get("node") == node and task.get("state") == "done"
+                           and fault.injected <= created <= fault.healed + FENCE_WINDOW_S
+                           for created, task in recoveries):
+                    problems.append(f"{node} was cut off ({fault.kind} {fault.target} at "
+                                    f"{fault.injected:.3f}..{fault.healed:.3f} s), yet no recovery of it completed")
+        if fault.kind == "clone-node" and "the original still runs" not in fault.detail:
+            problems.append(f"clone-node {fault.target} at {fault.injected:.3f}..{fault.healed:.3f} s: the clone "
+                            f"took the node over: {fault.detail}")
+        if fault.kind in ("kill-zookeeper-leader", "kill-zookeeper-server"):
+            for created, task in recoveries:
+                node = task.get("node")
+                if fault.injected <= created <= fault.healed + FENCE_WINDOW_S and not any(
+                        node in nodes and start <= created <= end for nodes, start, end in heavy):
+                    problems.append(f"{fault.kind} {fault.target} at {fault.injected:.3f}..{fault.healed:.3f} s "
+                                    f"got node {node} fenced ({task.get('id')} at {created:.3f} s, "
+                                    f"{task.get('state')}): losing one ZooKeeper server must fence nothing")
+    return problems
+
+
+def _self_fenced(history: History, fault) -> list[str]:
+    """Whether each host of a cut stopped the VMs it ran at the cut by `SELF_FENCED_BY_S` after it."""
+    problems = []
+    for host in fault.target.split("+"):
+        readings = sorted((sample for sample in history.samples if sample.host == host and sample.running is not None),
+                          key=lambda sample: sample.asked)
+        before = [sample for sample in readings if sample.answered <= fault.injected]
+        ran = set(before[-1].running) if before else set()
+        late = [sample for sample in readings
+                if fault.injected + SELF_FENCED_BY_S <= sample.asked and sample.answered <= fault.healed]
+        still = sorted({vm for sample in late for vm in ran & set(sample.running)})
+        if still:
+            first = next(sample for sample in late if ran & set(sample.running))
+            problems.append(f"{host} was cut off ({fault.kind} {fault.target} at {fault.injected:.3f}.."
+                            f"{fault.healed:.3f} s) yet still ran {', '.join(still)} at {first.asked:.3f} s, "
+                            f"{first.asked - fault.injected:.2f} s after the cut: it did not fence itself")
+    return problems
 
 
 def _counts(counter: Counter) -> str:
