@@ -48,7 +48,9 @@ A fault that could not be injected (no running VM to migrate) is noted, not coun
 The nemesis also acts as the machine room would, in a thread of its own: a daemon that exited by itself is
 noted in the history (that is a finding) and started again, as systemd would; a host found powered off
 (fencing powers a dead node off through its BMC) is noted and powered on again a few seconds later, as an
-administrator would.
+administrator would; a node left dead with no recovery running (overlapping faults made more than half of the
+nodes look dead at once, and no leader fences then) is powered off and fence-confirmed, as an administrator
+would (counted in the summary).
 """
 from __future__ import annotations
 
@@ -103,6 +105,9 @@ CLAIM_WATCH_TIMEOUT_S = 12.0
 RECOVERY_WAIT_S = 20.0
 """Longest an overlapping fault waits for the recovery it is meant to overlap to be running."""
 FAILED_FENCE_RETRY_S = 15.0
+ADMINISTRATOR_AFTER_S = 15.0
+"""Seconds a node may stay dead with no recovery of it running before the nemesis, as an administrator, powers
+it off and confirms its fence (see `Nemesis._administer`)."""
 """Seconds the leader gets, once a BMC fault is healed, to fence the node again by itself."""
 
 
@@ -249,11 +254,47 @@ class Nemesis(threading.Thread):
                 self._heavy_active.clear()
 
     def _supervise_until_stopped(self) -> None:
-        while not self._stopping.wait(0.5):
+        client = self._connect()
+        dead_since: dict[str, float] = {}
+        try:
+            while not self._stopping.wait(0.5):
+                try:
+                    self.supervise()
+                    self._administer(client, dead_since)
+                except Exception as error:  # the machine room goes on
+                    self._history.note("nemesis", f"supervising failed: {type(error).__name__}: {error}")
+        finally:
+            client.close()
+
+    def _administer(self, client, dead_since: dict[str, float]) -> None:
+        """Act as an administrator for a node left ``dead`` for `ADMINISTRATOR_AFTER_S` with no recovery of it
+        running: overlapping faults can make more than half of the nodes look dead at once, and then no leader
+        fences any (an administrator's call, by design), and a dead node stays dead until fenced. The
+        administrator makes sure the node is off (powers it off through its BMC) and confirms the fence."""
+        try:
+            states = {node["name"]: node["daemon_state"] for node in client.nodes.list()}
+            running = {task["node"] for task in client.nodes.tasks()
+                       if task["kind"] == "recover" and task["state"] in ("pending", "running")}
+        except PVCError:
+            return
+        now = time.monotonic()
+        for node, state in states.items():
+            if state != "dead" or node in running:
+                dead_since.pop(node, None)
+                continue
+            if now - dead_since.setdefault(node, now) < ADMINISTRATOR_AFTER_S:
+                continue
+            dead_since.pop(node)
+            self._local.bmc(node).power_off()
             try:
-                self.supervise()
-            except Exception as error:  # the machine room goes on
-                self._history.note("nemesis", f"supervising failed: {type(error).__name__}: {error}")
+                client.nodes.fence_confirm(node)
+            except PVCError as error:
+                self._history.note("nemesis", f"as an administrator: {node} dead for {ADMINISTRATOR_AFTER_S:g} s "
+                                              f"with no recovery running; powered off; fence-confirm refused: {error}")
+                continue
+            self.administrator_fences += 1
+            self._history.note("nemesis", f"as an administrator: {node} dead for {ADMINISTRATOR_AFTER_S:g} s with "
+                                          f"no recovery running: powered off and fence-confirmed")
 
     def _await_whole_cluster(self, client) -> bool:
         """Wait until every node runs again and no heavy fault is under way (or the wait times out, which is

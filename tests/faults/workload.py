@@ -99,6 +99,15 @@ class Client(threading.Thread):
         self._domain_xml = domain_xml
         self._stopping = stopping
         self.in_flight: tuple[PlannedOperation, float] | None = None
+        self._abandoned = False
+        self._recording = threading.Lock()
+
+    def abandon(self) -> tuple[PlannedOperation, float] | None:
+        """Stop recording: the run ends without this client's call in flight, which the run records itself
+        as unanswered; returns that call, if there is one (None if it has just been recorded)."""
+        with self._recording:
+            self._abandoned = True
+            return self.in_flight
 
     def run(self) -> None:
         client = self._connect()
@@ -115,9 +124,12 @@ class Client(threading.Thread):
                 except Exception as error:  # anything else crossing the wire is itself worth reporting
                     outcome, detail = f"unexpected {type(error).__name__}", str(error)
                 vm = None if operation.kind in ("flush", "ready") else operation.vm
-                self._history.add(Operation(self.name, operation.kind, vm, operation.node,
-                                            operation.wait, invoked, self._history.now(), outcome, detail[:300]))
-                self.in_flight = None
+                with self._recording:
+                    if self._abandoned:
+                        break
+                    self._history.add(Operation(self.name, operation.kind, vm, operation.node,
+                                                operation.wait, invoked, self._history.now(), outcome, detail[:300]))
+                    self.in_flight = None
                 self._stopping.wait(operation.pause_s)
         finally:
             client.close()
