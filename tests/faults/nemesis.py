@@ -209,6 +209,8 @@ class Nemesis(threading.Thread):
         paused past its self-fence deadline falls silent only once it wakes)."""
         self._heavy_active = threading.Event()
         self._zookeeper_lock = threading.Lock()
+        self._libvirtd_locks = {node: threading.Lock() for node in local.node_names}
+        """One fault at a time on a host's libvirtd (a freeze, a slow spell): a second waits for the first."""
         self._threads: list[threading.Thread] = []
         self._restore: dict[str, Callable[[], None]] = {}
         """What `heal` must undo of a fault still under way (a BMC's password, the cluster's fence options)."""
@@ -380,13 +382,15 @@ class Nemesis(threading.Thread):
         self._local.stop_daemon(program, name, kill=True)
         killed = self._history.now()
         self._sleep(down_s)
-        with self._lock:
-            self._down.discard((program, name))
-        if program == "pvcnoded" and not self._local.host(name).running:
-            return f"pid {pid} killed; not started again: the host went off meanwhile"
-        if self._local.daemon_pid(program, name):
-            return f"pid {pid} killed; another was already running again"
-        new_pid = self._start(program, name)
+        try:
+            if program == "pvcnoded" and not self._local.host(name).running:
+                return f"pid {pid} killed; not started again: the host went off meanwhile"
+            if self._local.daemon_pid(program, name):
+                return f"pid {pid} killed; another was already running again"
+            new_pid = self._start(program, name)
+        finally:
+            with self._lock:
+                self._down.discard((program, name))
         return f"pid {pid} killed, pid {new_pid} started {self._history.now() - killed:.2f} s later"
 
     def _kill_for_good(self, node: str) -> str:
@@ -417,6 +421,10 @@ class Nemesis(threading.Thread):
     def _freeze_libvirtd(self, node: str, seconds: float, during: Callable[[], str] | None = None) -> str:
         """Freeze the host's libvirtd for `seconds`; `during`, if given, runs once it is frozen (its answer goes
         into the detail)."""
+        with self._libvirtd_locks[node]:
+            return self._freeze_libvirtd_now(node, seconds, during)
+
+    def _freeze_libvirtd_now(self, node: str, seconds: float, during: Callable[[], str] | None) -> str:
         gate = self._gates[node]
         drained = gate.close()
         pid = libvirtd_pid(self._local.host(node))
@@ -442,6 +450,10 @@ class Nemesis(threading.Thread):
     def _slow_libvirtd(self, client, node: str, fault: PlannedFault) -> str:
         """Stop and continue the host's libvirtd over and over: each call waits for the next moment it runs,
         around the node's libvirt deadline; a VM is sent to the host meanwhile."""
+        with self._libvirtd_locks[node]:
+            return self._slow_libvirtd_now(client, node, fault)
+
+    def _slow_libvirtd_now(self, client, node: str, fault: PlannedFault) -> str:
         gate = self._gates[node]
         gate.close()
         pid = libvirtd_pid(self._local.host(node))
@@ -475,10 +487,15 @@ class Nemesis(threading.Thread):
         claim until just past the deadline, so that the start the node sends after its claim is the call that
         outlives the deadline, and is carried out at the thaw."""
         vm, source, target = self._migration(client, fault)
-        late_by = fault.duration_s - LIBVIRT_TIMEOUT
         if fault.choice >= 0.5:
             detail = self._freeze_libvirtd(source, fault.duration_s, during=lambda: self._migrate(client, vm, target))
             return source, f"source of {vm}'s migration {source} -> {target}: {detail}"
+        with self._libvirtd_locks[target]:
+            return self._freeze_target_from_claim(client, fault, vm, source, target)
+
+    def _freeze_target_from_claim(self, client, fault: PlannedFault, vm: str, source: str,
+                                  target: str) -> tuple[str, str]:
+        late_by = fault.duration_s - LIBVIRT_TIMEOUT
         gate = self._gates[target]
         gate.close()
         pid = libvirtd_pid(self._local.host(target))
@@ -533,7 +550,10 @@ class Nemesis(threading.Thread):
             except PVCError as error:
                 raise Skipped(f"the cluster did not answer: {error}")
             if not vms:
-                raise Skipped("no VM runs")
+                if attempt:
+                    raise Skipped("no VM runs")
+                self._start_one(client, nodes, to)
+                continue
             vm = vms[fault.other % len(vms)]
             candidates = [to] if to else sorted(name for name, node in nodes.items()
                                                 if node["daemon_state"] == "run" and name != vm["node"])
@@ -544,6 +564,33 @@ class Nemesis(threading.Thread):
                 break
             self._ready(client, candidates[fault.target % len(candidates)])
         raise Skipped(f"no node can take {vm['name']}")
+
+    def _start_one(self, client, nodes: dict[str, Any], not_on: str | None) -> None:
+        """Start a stopped VM on a running node, as a client would (recorded); returns once it runs (or 5 s)."""
+        try:
+            stopped = sorted(vm["name"] for vm in client.vms.list() if vm["state"] in ("stop", "shutdown", "disable")
+                             and vm["node"] != not_on and nodes.get(vm["node"], {}).get("daemon_state") == "run")
+        except PVCError:
+            return
+        if not stopped:
+            return
+        vm = stopped[0]
+        invoked = self._history.now()
+        try:
+            client.vms.start(vm)
+            outcome, detail = "ok", ""
+        except PVCError as error:
+            outcome, detail = type(error).__name__, str(error)[:200]
+        self._history.add(Operation("nemesis", "start", vm, None, False, invoked, self._history.now(), outcome,
+                                    detail))
+        deadline = time.monotonic() + 5
+        while not self._stopping.is_set() and time.monotonic() < deadline:
+            try:
+                if client.vms.info(vm)["running"]:
+                    return
+            except PVCError:
+                return
+            time.sleep(0.2)
 
     def _ready(self, client, node: str) -> None:
         """The nemesis's own ``node ready``, recorded like a client's; returns once the node is ready (or 10 s)."""
