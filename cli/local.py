@@ -77,7 +77,7 @@ def status(state_dir: Path) -> None:
     if lab:
         click.echo(f"lab                  {lab.prefix} on {lab.subnet} (gateway {lab.gateway})")
     for role, pid in running.items():
-        member = role.split()[-1]
+        member = cluster.zookeeper_names[0] if role == "zookeeper" else role.split()[-1]
         link = f", link {cluster.link_state(member)}" if lab and not role.startswith(("bmc", "ceph")) else ""
         click.echo(f"{role:<20} pid {pid}{link}")
     click.echo(f"export PVC_CONFIG={cluster.client_config}")
@@ -156,10 +156,20 @@ def isolate(members: tuple[str, ...], state_dir: Path) -> None:
 
 
 @cli.command()
+@click.argument("member")
+@click.argument("peers", nargs=-1, required=True)
+@state_dir_option
+def sever(member: str, peers: tuple[str, ...], state_dir: Path) -> None:
+    """Cut a lab member off from some members only (pvcapid1 from zk1 zk2 zk3): both still reach the rest."""
+    _fault(lambda: _cluster(state_dir).sever(member, list(peers)))
+    click.echo(f"{member} is cut off from {', '.join(peers)}")
+
+
+@cli.command()
 @click.argument("member", required=False)
 @state_dir_option
 def heal(member: str | None, state_dir: Path) -> None:
-    """Plug one lab member back in (after cut or isolate), or, without MEMBER, every one."""
+    """Plug one lab member back in (after cut, isolate or sever), or, without MEMBER, every one."""
     cluster = _cluster(state_dir)
     _fault(lambda: cluster.heal_link(member) if member else cluster.heal_all())
     click.echo(f"{member or 'every member'} is back on the lab")

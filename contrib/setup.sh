@@ -12,7 +12,7 @@ packages=(
     linux-image-amd64 busybox-static cpio           # the tiny real guest's kernel, userland and initramfs
     openipmi ipmitool                               # a real IPMI peer for fencing tests
     ceph-mon ceph-osd ceph-mgr ceph-common uuid-runtime  # a private single-node Ceph
-    util-linux procps openssl iproute2              # unshare, prlimit, ps; certificates for --tls; netns for tests
+    util-linux procps openssl iproute2 iptables     # unshare, prlimit, ps; certificates for --tls; the lab network
     genisoimage                                     # isoinfo: tests read cloud-init drives with another tool
 )
 missing=()

@@ -1,4 +1,5 @@
-"""A private single-node Ceph (one mon, one mgr, one memstore OSD) on loopback, for a local cluster or a test.
+"""A private single-node Ceph (one mon, one mgr, one memstore OSD) on loopback or a lab's gateway, for a local
+cluster or a test.
 
 Everything lives under one directory: ceph.conf, the daemons' data, sockets, logs and pid files. Nothing is
 written to /etc/ceph or /var/lib/ceph, and authentication is off (loopback only), so `rbd -c DIR/ceph.conf`

@@ -5,7 +5,7 @@ Everything it makes lives under one state directory, and every process it starts
 so `down` (from any later process) stops exactly what `up` started. Clusters with different state
 directories run side by side: on loopback, on free ports; in a lab (`up(lab=True)`, see `lab.py`), each host,
 coordinator and ZooKeeper server in a network namespace of its own on the cluster's own /24, where links can be
-cut and healed (`cut_link`, `isolate`, `heal_all`).
+cut, severed and healed (`cut_link`, `isolate`, `sever`, `heal_all`).
 """
 from __future__ import annotations
 
@@ -190,7 +190,8 @@ class LocalCluster:
         namespace of its own on the cluster's lab network (`lab.py`); a lab that a crashed earlier run of this
         state directory left is removed first."""
         if zookeepers not in ZOOKEEPER_ENSEMBLE_SIZES:
-            raise InvalidInput(f"a ZooKeeper of {zookeepers} servers: use {', '.join(map(str, ZOOKEEPER_ENSEMBLE_SIZES))}")
+            sizes = ", ".join(map(str, ZOOKEEPER_ENSEMBLE_SIZES))
+            raise InvalidInput(f"a ZooKeeper of {zookeepers} servers: use {sizes}")
         if lab and (nodes > 99 or coordinators > 9):
             raise InvalidInput("a lab holds at most 99 nodes and 9 coordinators")
         if storage not in ("file", "ceph"):
@@ -221,7 +222,7 @@ class LocalCluster:
                 self.state["accelerator"] = guest.probe_accelerator(self.boot_image_directory)
             if lab:
                 self._save()  # a crash while the lab is made must leave a state file that names no lab yet
-                self.state["lab"] = Lab.create().state
+                self.state["lab"] = Lab.create(self.state_dir).state
                 self._save()
                 for name in [f"zk{index}" for index in range(1, zookeepers + 1)] + \
                         [f"pvcapid{index}" for index in range(1, coordinators + 1)] + \
@@ -472,6 +473,13 @@ class LocalCluster:
         for name in names:
             self._lab_member(name)
         self.lab.isolate(names)
+
+    def sever(self, name: str, peers: list[str]) -> None:
+        """Cut one member off from `peers` only (the leading coordinator from every ZooKeeper server, say):
+        nothing passes between them, and both still reach everyone else."""
+        for member in [name, *peers]:
+            self._lab_member(member)
+        self.lab.sever(name, peers)
 
     def heal_all(self) -> None:
         """Every member back on the lab, its link up."""

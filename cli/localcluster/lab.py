@@ -10,7 +10,9 @@ Faults are link operations on the root side, which is what a pulled cable or a d
 
 - `cut` / `heal`: one member's veth down / up (every packet both ways is dropped);
 - `isolate`: several members' veths moved to a second bridge (the island), so they reach each other and
-  nothing else; `heal_all` puts every veth back on the lab bridge, up.
+  nothing else; `heal_all` puts every veth back on the lab bridge, up;
+- `sever`: one member cut off from some members only (a coordinator from the ZooKeeper servers, say), by
+  packet filters in its own namespace that drop everything to and from their addresses.
 
 Names and addresses belong to one cluster: a prefix (``pl`` and 4 hex digits) names its namespaces
 (``PREFIX-hv1``), its bridges (``PREFIXb0``, ``PREFIXb1``) and the root sides of its veths (``PREFIXh1``:
@@ -19,10 +21,15 @@ metadata address may live) holds its addresses. Both are picked under a machine-
 (two test sessions) run side by side; `remove` deletes everything with the prefix, also what a crashed run
 left. A blackhole route for the /24 behind the bridge's own keeps lab traffic on the machine whatever state the
 bridge is in.
+
+Each lab is registered (``/run/pvc-local-labs/PREFIX``) with the state directory that owns it, and making a
+lab first removes the labs whose owner is gone (a test session killed before its teardown, whose temporary
+directory was deleted since) or whose owner's state file now names another lab.
 """
 from __future__ import annotations
 
 import fcntl
+import json
 import re
 import secrets
 import subprocess
@@ -34,6 +41,7 @@ from typing import Any, Iterable, Iterator
 from pvc.errors import InvalidInput
 
 LOCK_PATH = Path("/run/lock/pvc-local-lab.lock")
+REGISTRY = Path("/run/pvc-local-labs")
 RESERVED_OCTETS = frozenset({0, 169, 254, 255})
 """Third octets never used: the /16's edges, and 169.254.169.0/24 (cloud metadata services)."""
 BLACKHOLE_METRIC = 4000
@@ -123,10 +131,14 @@ class Lab:
     # -- making and removing ------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls) -> Lab:
-        """A new lab: free prefix and /24, its two bridges and the blackhole route; nothing is left on failure."""
+    def create(cls, owner: Path) -> Lab:
+        """A new lab for the cluster whose state directory is `owner`: free prefix and /24, its two bridges and
+        the blackhole route; nothing is left on failure."""
         with _machine_lock():
+            _remove_orphans()
             lab = cls(_free_prefix(), _free_octet())
+            REGISTRY.mkdir(parents=True, exist_ok=True)
+            (REGISTRY / lab.prefix).write_text(json.dumps({**lab.state, "owner": str(Path(owner).absolute())}))
             try:
                 for bridge in (lab.bridge, lab.island):
                     ip("link", "add", bridge, "type", "bridge")
@@ -167,6 +179,7 @@ class Lab:
         if f"blackhole {self.subnet}" in ip("route", "show", "table", "main", check=False):
             ip("route", "del", "blackhole", self.subnet, "metric", str(BLACKHOLE_METRIC), check=False)
             removed.append(f"route {self.subnet}")
+        (REGISTRY / self.prefix).unlink(missing_ok=True)
         return removed
 
     # -- faults ------------------------------------------------------------------------------------------
@@ -176,9 +189,31 @@ class Lab:
         ip("link", "set", self.member(name).veth, "down")
 
     def heal(self, name: str) -> None:
-        """Plug the member back into the lab bridge (from a cut or an island)."""
+        """Plug the member back into the lab bridge (from a cut, an island or a `sever`)."""
         member = self.member(name)
         ip("link", "set", member.veth, "master", self.bridge, "up")
+        self._filter(name, "-F", "INPUT")
+        self._filter(name, "-F", "OUTPUT")
+
+    def sever(self, name: str, peers: Iterable[str]) -> None:
+        """Cut the member off from `peers` only: nothing passes between it and them, either way, while both
+        still reach everyone else."""
+        for peer in peers:
+            address = self.address(peer)
+            self._filter(name, "-A", "INPUT", "-s", address, "-j", "DROP")
+            self._filter(name, "-A", "OUTPUT", "-d", address, "-j", "DROP")
+
+    def severed_from(self, name: str) -> list[str]:
+        """The addresses `sever` cut the member off from."""
+        rules = self._filter(name, "-S", "OUTPUT")
+        return re.findall(r"-A OUTPUT -d ([0-9.]+)/32 -j DROP", rules)
+
+    def _filter(self, name: str, *rule: str) -> str:
+        result = subprocess.run(self.command(name, ["iptables", "-w", *rule]), capture_output=True, text=True,
+                                timeout=15, stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise LabError(f"iptables {' '.join(rule)} in {self.netns(name)}: {result.stderr.strip()}")
+        return result.stdout
 
     def isolate(self, names: Iterable[str]) -> None:
         """Cut `names` off from the rest together: they still reach each other (on the island bridge), nothing
@@ -189,18 +224,39 @@ class Lab:
     def heal_all(self) -> None:
         """Every member back on the lab bridge, its link up."""
         for member in self.members():
-            ip("link", "set", member.veth, "master", self.bridge, "up")
+            self.heal(member.name)
 
     def link_state(self, name: str) -> str:
-        """``up``, ``cut`` or ``isolated``: what `cut`, `heal` and `isolate` last did to the member."""
+        """``up``, ``cut``, ``isolated`` or ``severed from ADDRESS, ...``: what `cut`, `isolate`, `sever` and
+        `heal` last did to the member."""
         details = ip("-o", "link", "show", self.member(name).veth)
         if f"master {self.island}" in details:
             return "isolated"
-        return "up" if ",UP" in details or "<UP" in details else "cut"
+        if ",UP" not in details and "<UP" not in details:
+            return "cut"
+        severed = self.severed_from(name)
+        return f"severed from {', '.join(severed)}" if severed else "up"
 
     def command(self, name: str, argv: list[str]) -> list[str]:
         """`argv` run inside the member's namespace (``ip netns exec`` execs it: its pid is the program's)."""
         return ["ip", "netns", "exec", self.netns(name), *argv]
+
+
+def _remove_orphans() -> None:
+    """Remove the registered labs whose owning state directory is gone or names another lab now."""
+    for entry in REGISTRY.glob("pl*") if REGISTRY.is_dir() else ():
+        try:
+            registered = json.loads(entry.read_text())
+        except (OSError, ValueError):
+            continue
+        state_file = Path(registered["owner"]) / "cluster.json"
+        try:
+            named = json.loads(state_file.read_text()).get("lab") if state_file.exists() else None
+        except (OSError, ValueError):
+            continue
+        owner_gone = not Path(registered["owner"]).exists()
+        if owner_gone or (named and named.get("prefix") != registered["prefix"]):
+            Lab.from_state(registered).remove()
 
 
 def _netns_names() -> list[str]:
