@@ -24,7 +24,7 @@ Families (`FAMILIES`), each run in the default suite on its own cluster (see `te
 - ``lab`` (a cluster on the lab network, with a ZooKeeper ensemble of three, five nodes):
   ``cut-host`` (one host's link cut past the fence deadline, then healed), ``cut-minority`` (two hosts cut off
   from the rest and from ZooKeeper, still reaching each other), ``cut-leader-coordinator`` (the leading
-  coordinator's link cut: ZooKeeper and clients lost), ``kill-zookeeper-server`` (a server that does not
+  coordinator cut off from every ZooKeeper server, still reached by clients), ``kill-zookeeper-server`` (a server that does not
   lead), ``kill-zookeeper-leader``; each server is started again after a while, one down at a time.
 - ``bmc``: ``power-on-after-fence`` (the fence powers the node on again at once: `power_on_after`),
   ``unresponsive-bmc`` (its ipmi_sim SIGSTOPped while the node needs fencing), ``wrong-bmc-password`` (the
@@ -212,6 +212,8 @@ class Nemesis(threading.Thread):
         self._libvirtd_locks = {node: threading.Lock() for node in local.node_names}
         """One fault at a time on a host's libvirtd (a freeze, a slow spell): a second waits for the first."""
         self._threads: list[threading.Thread] = []
+        self._migration_freezes = 0
+        """How many migrations the nemesis froze: the first freezes the target, the next the source, and so on."""
         self._restore: dict[str, Callable[[], None]] = {}
         """What `heal` must undo of a fault still under way (a BMC's password, the cluster's fence options)."""
         self._clones: dict[str, subprocess.Popen] = {}
@@ -454,21 +456,26 @@ class Nemesis(threading.Thread):
             return self._slow_libvirtd_now(client, node, fault)
 
     def _slow_libvirtd_now(self, client, node: str, fault: PlannedFault) -> str:
+        rng = random.Random(f"{fault.target}/{fault.other}/slow")
+        migrated = ""
+        try:
+            vm, source, _target = self._migration(client, fault, to=node)
+        except Skipped as why:
+            vm, source, migrated = None, None, f"nothing migrated: {why}"
         gate = self._gates[node]
         gate.close()
         pid = libvirtd_pid(self._local.host(node))
         if pid is None:
             gate.open()
             raise Skipped(f"{node}'s libvirtd does not run")
-        rng = random.Random(f"{fault.target}/{fault.other}/slow")
         began = self._history.now()
-        stops, migrated = 0, ""
+        stops = 0
         try:
             while not self._stopping.is_set() and self._history.now() - began < fault.duration_s:
                 self._signal(pid, signal.SIGSTOP)
                 stops += 1
-                if stops == 1:
-                    migrated = self._migrate_one(client, fault, to=node)
+                if stops == 1 and vm is not None:
+                    migrated = f"{vm} migrated {source} -> {node}: " + self._migrate(client, vm, node)
                 self._stopping.wait(rng.uniform(LIBVIRT_TIMEOUT - 0.3, LIBVIRT_TIMEOUT + 0.7))
                 if gate.read_before_thaw():
                     time.sleep(THAW_READING_HEAD_START)
@@ -487,7 +494,10 @@ class Nemesis(threading.Thread):
         claim until just past the deadline, so that the start the node sends after its claim is the call that
         outlives the deadline, and is carried out at the thaw."""
         vm, source, target = self._migration(client, fault)
-        if fault.choice >= 0.5:
+        with self._lock:
+            self._migration_freezes += 1
+            freeze_source = self._migration_freezes % 2 == 0
+        if freeze_source:
             detail = self._freeze_libvirtd(source, fault.duration_s, during=lambda: self._migrate(client, vm, target))
             return source, f"source of {vm}'s migration {source} -> {target}: {detail}"
         with self._libvirtd_locks[target]:
@@ -611,13 +621,6 @@ class Nemesis(threading.Thread):
                 pass
             time.sleep(0.2)
 
-    def _migrate_one(self, client, fault: PlannedFault, to: str) -> str:
-        try:
-            vm, source, target = self._migration(client, fault, to)
-        except Skipped as why:
-            return f"nothing migrated: {why}"
-        return f"{vm} migrated {source} -> {target}: " + self._migrate(client, vm, target)
-
     def _migrate(self, client, vm: str, target: str) -> str:
         """The nemesis's own migrate command, recorded in the history like a client's."""
         invoked = self._history.now()
@@ -656,11 +659,12 @@ class Nemesis(threading.Thread):
             leader = self._leader(client)
             if leader not in local.coordinator_names:
                 raise Skipped(f"no leading coordinator known ({leader})")
-            local.cut_link(leader)
+            local.sever(leader, local.zookeeper_names)
             cut = self._history.now()
             self._sleep(fault.duration_s)
             local.heal_link(leader)
-            return leader, f"link cut {self._history.now() - cut:.2f} s"
+            return leader, f"cut off from every ZooKeeper server (still reaching clients and nodes) for " \
+                           f"{self._history.now() - cut:.2f} s"
         with self._zookeeper_lock:
             names = local.zookeeper_names
             if len(names) < 3:
