@@ -54,6 +54,7 @@ would (counted in the summary).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -212,6 +213,7 @@ class Nemesis(threading.Thread):
         self._libvirtd_locks = {node: threading.Lock() for node in local.node_names}
         """One fault at a time on a host's libvirtd (a freeze, a slow spell): a second waits for the first."""
         self._threads: list[threading.Thread] = []
+        self._retries: list[PlannedFault] = []
         self._migration_freezes = 0
         """How many migrations the nemesis froze: the first freezes the target, the next the source, and so on."""
         self._restore: dict[str, Callable[[], None]] = {}
@@ -225,7 +227,7 @@ class Nemesis(threading.Thread):
         supervisor.start()
         client = self._connect()
         try:
-            for fault in self._faults:
+            for fault in self._planned():
                 if self._stopping.wait(fault.gap_s):
                     break
                 if fault.kind in HEAVY and not self._await_whole_cluster(client):
@@ -242,6 +244,18 @@ class Nemesis(threading.Thread):
                 thread.join(60)
             supervisor.join(5)
 
+    def _planned(self) -> Iterator[PlannedFault]:
+        """The schedule, with a fault skipped before its kind was ever injected tried again (with other targets)
+        before the next one: every kind of the first round must come."""
+        for fault in self._faults:
+            while True:
+                with self._lock:
+                    retry = self._retries.pop(0) if self._retries else None
+                if retry is None:
+                    break
+                yield retry
+            yield fault
+
     def _carry_out(self, fault: PlannedFault) -> None:
         injected = self._history.now()
         client = self._connect()
@@ -250,6 +264,10 @@ class Nemesis(threading.Thread):
             self._history.add(Fault(fault.kind, target, injected, self._history.now(), detail))
         except Skipped as why:
             self._history.note("nemesis", f"{fault.describe()} skipped: {why}")
+            if not self._history.faults_by_kind().get(fault.kind):
+                with self._lock:
+                    self._retries.append(dataclasses.replace(fault, target=fault.target + 1, other=fault.other + 1,
+                                                             gap_s=1.0))
         except Exception as error:  # a harness failure: note it and go on with the next fault
             self._history.note("nemesis", f"{fault.describe()} failed: {type(error).__name__}: {error}")
         finally:
