@@ -106,6 +106,9 @@ CLAIM_WATCH_TIMEOUT_S = 12.0
 RECOVERY_WAIT_S = 20.0
 """Longest an overlapping fault waits for the recovery it is meant to overlap to be running."""
 FAILED_FENCE_RETRY_S = 15.0
+CLONE_AFTERMATH_S = 6.0
+"""Seconds the original pvcnoded is watched after a clone of it has ended (a daemon that gave way to the clone
+may still be waiting for the clone's ZooKeeper session to end, and then exit)."""
 ADMINISTRATOR_AFTER_S = 15.0
 """Seconds a node may stay dead with no recovery of it running before the nemesis, as an administrator, powers
 it off and confirms its fence (see `Nemesis._administer`)."""
@@ -841,9 +844,14 @@ class Nemesis(threading.Thread):
             self._sleep(seconds)
         finally:
             self._end_clone(node)
+        watch_until = time.monotonic() + CLONE_AFTERMATH_S
         still = self._local.daemon_pid("pvcnoded", node)
+        while still == original and not self._stopping.is_set() and time.monotonic() < watch_until:
+            time.sleep(0.2)
+            still = self._local.daemon_pid("pvcnoded", node)
         return f"clone (unshare pid {clone.pid}) ran {seconds:.2f} s beside pvcnoded pid {original}; " + \
-            (f"the original still runs" if still == original and still else f"the original is gone (now {still})")
+            (f"the original still runs {CLONE_AFTERMATH_S:g} s later" if still == original and still
+             else f"the original is gone (now {still})")
 
     def _end_clone(self, node: str) -> None:
         clone = self._clones.pop(node, None)
