@@ -68,7 +68,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from pvc.cli.localcluster.cluster import LIBVIRT_TIMEOUT
 from pvc.cli.localcluster.processes import exit_description, read_pid
-from pvc.errors import PVCError
+from pvc.errors import NotFound, PVCError
 
 from faults.history import Fault, Freeze, History, Operation
 from faults.monitor import HostGate
@@ -104,6 +104,8 @@ CLAIM_WATCH_STEP_S = 1.0
 seconds (well within the node's deadline), so that the calls before the claim succeed."""
 CLAIM_WATCH_TIMEOUT_S = 12.0
 RECOVERY_WAIT_S = 20.0
+OWN_VM = "steady"
+"""The VM the migration faults move: the nemesis's own, which no client touches."""
 """Longest an overlapping fault waits for the recovery it is meant to overlap to be running."""
 FAILED_FENCE_RETRY_S = 15.0
 CLONE_AFTERMATH_S = 6.0
@@ -190,7 +192,7 @@ class Skipped(Exception):
 
 class Nemesis(threading.Thread):
     def __init__(self, local, history: History, gates: dict[str, HostGate], faults: Iterator[PlannedFault],
-                 stopping: threading.Event, connect: Callable[[], Any]):
+                 stopping: threading.Event, connect: Callable[[], Any], domain_xml: Callable[[str], str]):
         super().__init__(name="nemesis", daemon=True)
         self._local = local
         self._history = history
@@ -198,6 +200,8 @@ class Nemesis(threading.Thread):
         self._faults = faults
         self._stopping = stopping
         self._connect = connect
+        self._domain_xml = domain_xml
+        self._own_vm_lock = threading.Lock()
         self._down: set[tuple[str, str]] = set()
         """Daemons (program, name) the nemesis has taken down on purpose and not yet restarted."""
         self._stopped_pids: set[int] = set()
@@ -573,21 +577,16 @@ class Nemesis(threading.Thread):
                        f"libvirtd frozen from then until {late_by:.2f} s past the deadline"
 
     def _migration(self, client, fault: PlannedFault, to: str | None = None) -> tuple[str, str, str]:
-        """A VM that runs, its node, and a node to migrate it to (`to` if given). When every other node is
-        flushed (fenced nodes come back flushed), one is made ready first, as an administrator would."""
+        """The nemesis's own VM (`OWN_VM`: no client touches it, so that no client's command moves it while a
+        fault waits on its migration), running, its node, and a node to migrate it to (`to` if given), neither
+        its node nor its last one. When every such node is flushed (fenced nodes come back flushed), one is
+        made ready first, as an administrator would."""
         for attempt in range(2):
             try:
-                vms = sorted((vm for vm in client.vms.list() if vm["state"] == "start" and vm["running"]
-                              and vm["node"] != to), key=lambda vm: vm["name"])
+                vm = self._own_vm(client, avoid=to)
                 nodes = {node["name"]: node for node in client.nodes.list()}
             except PVCError as error:
                 raise Skipped(f"the cluster did not answer: {error}")
-            if not vms:
-                if attempt:
-                    raise Skipped("no VM runs")
-                self._start_one(client, nodes, to)
-                continue
-            vm = vms[fault.other % len(vms)]
             candidates = [to] if to else sorted(name for name, node in nodes.items()
                                                 if node["daemon_state"] == "run" and name != vm["node"])
             targets = [name for name in candidates if nodes[name]["domain_state"] == "ready"]
@@ -599,45 +598,42 @@ class Nemesis(threading.Thread):
             if not candidates or attempt:
                 break
             self._ready(client, candidates[fault.target % len(candidates)])
-        raise Skipped(f"no node can take {vm['name']}")
+        raise Skipped(f"no node can take {OWN_VM}")
 
-    def _start_one(self, client, nodes: dict[str, Any], not_on: str | None) -> None:
-        """Start a stopped VM on a running node, as a client would (recorded); returns once it runs (or 5 s)."""
-        try:
-            stopped = sorted(vm["name"] for vm in client.vms.list() if vm["state"] in ("stop", "shutdown", "disable")
-                             and vm["node"] != not_on and nodes.get(vm["node"], {}).get("daemon_state") == "run")
-        except PVCError:
-            return
-        if not stopped:
-            return
-        vm = stopped[0]
+    def _own_vm(self, client, avoid: str | None) -> dict[str, Any]:
+        """`OWN_VM`'s record once it runs (on another node than `avoid`), defined and started (or moved off
+        `avoid`) first if need be, each command recorded like a client's."""
+        with self._own_vm_lock:
+            try:
+                vm = client.vms.info(OWN_VM)
+            except NotFound:
+                self._command(client, "define", OWN_VM, None, lambda: client.vms.define(self._domain_xml(OWN_VM)))
+                vm = client.vms.info(OWN_VM)
+            if vm["node"] == avoid:
+                self._command(client, "migrate-auto", OWN_VM, None, lambda: client.vms.migrate(OWN_VM, wait=True))
+            elif vm["state"] != "start" or not vm["running"]:
+                self._command(client, "start", OWN_VM, None, lambda: client.vms.start(OWN_VM, wait=True))
+            vm = client.vms.info(OWN_VM)
+            if vm["state"] != "start" or not vm["running"] or vm["node"] == avoid:
+                raise Skipped(f"{OWN_VM} does not run: {vm['state']} on {vm['node']} (running: {vm['running']})")
+            return vm
+
+    def _command(self, client, kind: str, vm: str | None, node: str | None, call: Callable[[], Any]) -> str:
+        """One command of the nemesis's own, recorded in the history like a client's; its outcome."""
         invoked = self._history.now()
         try:
-            client.vms.start(vm)
-            outcome, detail = "ok", ""
+            answer = call()
+            outcome = "ok"
+            detail = " ".join(f"{key}={answer[key]}" for key in ("state", "node", "running")
+                              if isinstance(answer, dict) and key in answer)
         except PVCError as error:
             outcome, detail = type(error).__name__, str(error)[:200]
-        self._history.add(Operation("nemesis", "start", vm, None, False, invoked, self._history.now(), outcome,
-                                    detail))
-        deadline = time.monotonic() + 5
-        while not self._stopping.is_set() and time.monotonic() < deadline:
-            try:
-                if client.vms.info(vm)["running"]:
-                    return
-            except PVCError:
-                return
-            time.sleep(0.2)
+        self._history.add(Operation("nemesis", kind, vm, node, False, invoked, self._history.now(), outcome, detail))
+        return outcome
 
     def _ready(self, client, node: str) -> None:
-        """The nemesis's own ``node ready``, recorded like a client's; returns once the node is ready (or 10 s)."""
-        invoked = self._history.now()
-        try:
-            client.nodes.ready(node)
-            outcome, detail = "ok", ""
-        except PVCError as error:
-            outcome, detail = type(error).__name__, str(error)[:200]
-        self._history.add(Operation("nemesis", "ready", None, node, False, invoked, self._history.now(),
-                                    outcome, detail))
+        """The nemesis's own ``node ready``; returns once the node is ready (or 10 s)."""
+        self._command(client, "ready", None, node, lambda: client.nodes.ready(node))
         deadline = time.monotonic() + 10
         while not self._stopping.is_set() and time.monotonic() < deadline:
             try:
@@ -648,16 +644,9 @@ class Nemesis(threading.Thread):
             time.sleep(0.2)
 
     def _migrate(self, client, vm: str, target: str) -> str:
-        """The nemesis's own migrate command, recorded in the history like a client's."""
-        invoked = self._history.now()
-        try:
-            answer = client.vms.migrate(vm, target=target)
-            outcome, detail = "ok", f"node={answer.get('node')} state={answer.get('state')}"
-        except PVCError as error:
-            outcome, detail = type(error).__name__, str(error)[:200]
-        self._history.add(Operation("nemesis", "migrate", vm, target, False, invoked, self._history.now(),
-                                    outcome, detail))
-        return f"migrate -> {outcome}"
+        """The nemesis's own migrate command."""
+        return "migrate -> " + self._command(client, "migrate", vm, target,
+                                             lambda: client.vms.migrate(vm, target=target))
 
     def _pause_daemon(self, node: str, seconds: float) -> str:
         pid = self._local.daemon_pid("pvcnoded", node)

@@ -196,7 +196,7 @@ def run_faults(cluster, seed: int, seconds: float, clients: int = 4, vm_count: i
                                workload.schedule(seed, f"client{index}", vms, nodes), domain_xml, stopping)
                for index in range(clients)]
     chaos = nemesis.Nemesis(local, history, gates, nemesis.schedule(seed, SESSION_TIMEOUT, fault_weights, run.kinds),
-                            stopping, connect)
+                            stopping, connect, domain_xml)
     try:
         for thread in [*workers, chaos]:
             thread.start()
