@@ -106,6 +106,8 @@ CLAIM_WATCH_TIMEOUT_S = 12.0
 RECOVERY_WAIT_S = 20.0
 OWN_VM = "steady"
 """The VM the migration faults move: the nemesis's own, which no client touches."""
+OWN_VM_SETTLE_S = 8.0
+"""Longest a migration fault waits for `OWN_VM` to run, settled, before it moves it."""
 """Longest an overlapping fault waits for the recovery it is meant to overlap to be running."""
 FAILED_FENCE_RETRY_S = 15.0
 CLONE_AFTERMATH_S = 6.0
@@ -550,9 +552,6 @@ class Nemesis(threading.Thread):
                     if info["node"] == target and info["running"]:
                         claimed = self._history.now()
                         break
-                    if info["node"] != target:
-                        sent += f"; a later command placed it on {info['node']}"
-                        break
                 except PVCError:
                     pass
                 if time.monotonic() >= next_answer:
@@ -572,7 +571,8 @@ class Nemesis(threading.Thread):
             gate.open()
             self._history.add(Freeze(target, began, self._history.now()))
         if claimed is None:
-            return target, f"target of {vm}'s migration {source} -> {target} ({sent}): no claim seen; thawed"
+            return target, f"target of {vm}'s migration {source} -> {target} ({sent}): no claim seen within " \
+                           f"{CLAIM_WATCH_TIMEOUT_S:g} s; thawed"
         return target, f"target of {vm}'s migration {source} -> {target} ({sent}): claimed at {claimed:.3f} s, " \
                        f"libvirtd frozen from then until {late_by:.2f} s past the deadline"
 
@@ -613,7 +613,12 @@ class Nemesis(threading.Thread):
                 self._command(client, "migrate-auto", OWN_VM, None, lambda: client.vms.migrate(OWN_VM, wait=True))
             elif vm["state"] != "start" or not vm["running"]:
                 self._command(client, "start", OWN_VM, None, lambda: client.vms.start(OWN_VM, wait=True))
+            deadline = time.monotonic() + OWN_VM_SETTLE_S
             vm = client.vms.info(OWN_VM)
+            while (vm["state"] != "start" or not vm["running"]) and time.monotonic() < deadline \
+                    and not self._stopping.is_set():
+                time.sleep(0.2)
+                vm = client.vms.info(OWN_VM)
             if vm["state"] != "start" or not vm["running"] or vm["node"] == avoid:
                 raise Skipped(f"{OWN_VM} does not run: {vm['state']} on {vm['node']} (running: {vm['running']})")
             return vm
