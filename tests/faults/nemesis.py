@@ -103,6 +103,8 @@ CLAIM_WATCH_STEP_S = 1.0
 """While waiting for a migration's target to claim the VM, its frozen libvirtd answers once every this many
 seconds (well within the node's deadline), so that the calls before the claim succeed."""
 CLAIM_WATCH_TIMEOUT_S = 12.0
+SLOW_STOP_S = (1.2, 3.4)
+"""How long a slow libvirtd stays stopped between two brief answers: around the node's 3 s deadline."""
 RECOVERY_WAIT_S = 20.0
 OWN_VM = "steady"
 """The VM the migration faults move: the nemesis's own, which no client touches."""
@@ -146,7 +148,7 @@ def _duration(kind: str, rng: random.Random, session_timeout: float) -> float:
         "second-fault-during-recovery": lambda: rng.uniform(0.5, 2.0),
         "kill-leader-during-recovery": lambda: rng.uniform(0.5, 3.0),
         "freeze-libvirtd-during-migration": lambda: LIBVIRT_TIMEOUT + rng.uniform(0.1, 0.8),
-        "slow-libvirtd": lambda: rng.uniform(6.0, 10.0),
+        "slow-libvirtd": lambda: rng.uniform(8.0, 12.0),
         "cut-host": lambda: rng.uniform(6.0, 9.0),
         "cut-minority": lambda: rng.uniform(7.0, 10.0),
         "cut-leader-coordinator": lambda: rng.uniform(2.0, 6.0),
@@ -477,14 +479,16 @@ class Nemesis(threading.Thread):
             ("" if drained else " (a reading was still in flight)") + extra
 
     def _slow_libvirtd(self, client, node: str, fault: PlannedFault) -> str:
-        """Stop and continue the host's libvirtd over and over: each call waits for the next moment it runs,
-        around the node's libvirt deadline; a VM is sent to the host meanwhile."""
+        """Stop and continue the host's libvirtd over and over, so that each call waits for the next moment it
+        runs: stopped `SLOW_STOP_S` at a time (some calls outlive the node's deadline, most do not), continued
+        for a few milliseconds. The nemesis's VM is sent to the host meanwhile; once the node has claimed it, the
+        stop then under way lasts until just past the deadline (the start sent after the claim outlives it),
+        and the slow spell goes on afterwards."""
         with self._libvirtd_locks[node]:
             return self._slow_libvirtd_now(client, node, fault)
 
     def _slow_libvirtd_now(self, client, node: str, fault: PlannedFault) -> str:
         rng = random.Random(f"{fault.target}/{fault.other}/slow")
-        migrated = ""
         try:
             vm, source, _target = self._migration(client, fault, to=node)
         except Skipped as why:
@@ -496,23 +500,42 @@ class Nemesis(threading.Thread):
             gate.open()
             raise Skipped(f"{node}'s libvirtd does not run")
         began = self._history.now()
-        stops = 0
+        answers, claimed = 0, None
+        self._signal(pid, signal.SIGSTOP)
         try:
+            if vm is not None:
+                migrated = f"{vm} migrated {source} -> {node}: " + self._migrate(client, vm, node)
+            next_answer = time.monotonic() + rng.uniform(*SLOW_STOP_S)
             while not self._stopping.is_set() and self._history.now() - began < fault.duration_s:
-                self._signal(pid, signal.SIGSTOP)
-                stops += 1
-                if stops == 1 and vm is not None:
-                    migrated = f"{vm} migrated {source} -> {node}: " + self._migrate(client, vm, node)
-                self._stopping.wait(rng.uniform(LIBVIRT_TIMEOUT - 0.3, LIBVIRT_TIMEOUT + 0.7))
-                if gate.read_before_thaw():
-                    time.sleep(THAW_READING_HEAD_START)
-                self._signal(pid, signal.SIGCONT)
-                self._stopping.wait(rng.uniform(0.05, 0.2))
+                if vm is not None and claimed is None and self._claimed(client, vm, node):
+                    claimed = self._history.now()
+                    next_answer = time.monotonic() + LIBVIRT_TIMEOUT + rng.uniform(0.1, 0.8)
+                if time.monotonic() >= next_answer:
+                    if gate.read_before_thaw():
+                        time.sleep(THAW_READING_HEAD_START)
+                    self._signal(pid, signal.SIGCONT)
+                    time.sleep(rng.uniform(0.005, 0.05))
+                    self._signal(pid, signal.SIGSTOP)
+                    answers += 1
+                    next_answer = time.monotonic() + rng.uniform(*SLOW_STOP_S)
+                time.sleep(0.03)
         finally:
+            if gate.read_before_thaw():
+                time.sleep(THAW_READING_HEAD_START)
             self._signal(pid, signal.SIGCONT)
             gate.open()
             self._history.add(Freeze(node, began, self._history.now()))
-        return f"libvirtd pid {pid} stopped {stops} times over {self._history.now() - began:.2f} s; {migrated}"
+        claim = "" if vm is None else f"; claimed at {claimed:.3f} s" if claimed is not None else "; no claim seen"
+        return f"libvirtd pid {pid} answered {answers} times over {self._history.now() - began:.2f} s; " \
+               f"{migrated}{claim}"
+
+    def _claimed(self, client, vm: str, node: str) -> bool:
+        """Whether `node` has claimed `vm` (its record says it runs there: a claim says so before the start)."""
+        try:
+            info = client.vms.info(vm)
+        except PVCError:
+            return False
+        return info["node"] == node and bool(info["running"])
 
     def _freeze_during_migration(self, client, fault: PlannedFault) -> tuple[str, str]:
         """Migrate a running VM with one of the two libvirtds frozen, and thaw it just after the node's libvirt
@@ -547,13 +570,9 @@ class Nemesis(threading.Thread):
             next_answer = time.monotonic() + CLAIM_WATCH_STEP_S
             deadline = time.monotonic() + CLAIM_WATCH_TIMEOUT_S
             while claimed is None and not self._stopping.is_set() and time.monotonic() < deadline:
-                try:
-                    info = client.vms.info(vm)
-                    if info["node"] == target and info["running"]:
-                        claimed = self._history.now()
-                        break
-                except PVCError:
-                    pass
+                if self._claimed(client, vm, target):
+                    claimed = self._history.now()
+                    break
                 if time.monotonic() >= next_answer:
                     gate.read_before_thaw()
                     time.sleep(THAW_READING_HEAD_START)
