@@ -16,8 +16,9 @@ Families (`FAMILIES`), each run in the default suite on its own cluster (see `te
   - ``kill-leader-during-recovery``: a node's pvcnoded killed for good, and the leading coordinator killed
     while its recovery task runs (the next leader resumes it);
   - ``freeze-libvirtd-during-migration``: the libvirtd of a running VM's node, or of the node it is sent to,
-    frozen, the VM migrated (the nemesis's own command, in the history like a client's), the libvirtd thawed
-    just after the node's libvirt deadline (`LIBVIRT_TIMEOUT`);
+    frozen, the VM migrated (the nemesis's own VM and command, in the history like a client's), the libvirtd
+    thawed just after the node's libvirt deadline (`LIBVIRT_TIMEOUT`); a target is frozen from the moment it
+    claims the VM, so that its start is the call that outlives the deadline, and answers slowly a while after;
   - ``slow-libvirtd``: a host's libvirtd answering late, around the deadline (stopped for the deadline give
     or take a little, continued for a moment, over and over) while a VM is migrated to it;
   - ``restart-libvirtd`` (QEMU hosts): kill libvirtd; the host's supervisor starts it again, the guests run on.
@@ -104,6 +105,9 @@ CLAIM_WATCH_STEP_S = 1.0
 seconds (well within the node's deadline), so that the calls before the claim succeed."""
 CLAIM_WATCH_TIMEOUT_S = 12.0
 SLOW_STOP_S = (1.2, 3.4)
+SLOW_AFTER_THAW_S = 4.0
+"""After the thaw past the deadline, a migration's frozen target answers slowly for this long (a libvirtd that
+hung once is rarely quick at once): what the node does with the start that outlived its deadline is slow too."""
 """How long a slow libvirtd stays stopped between two brief answers: around the node's 3 s deadline."""
 RECOVERY_WAIT_S = 20.0
 OWN_VM = "steady"
@@ -529,6 +533,24 @@ class Nemesis(threading.Thread):
         return f"libvirtd pid {pid} answered {answers} times over {self._history.now() - began:.2f} s; " \
                f"{migrated}{claim}"
 
+    def _answer_slowly(self, pid: int, gate: HostGate, seconds: float, rng: random.Random) -> int:
+        """Let a stopped libvirtd answer what piled up, then go on answering slowly (stopped `SLOW_STOP_S` at a
+        time) for `seconds`; how many times it answered."""
+        until = time.monotonic() + seconds
+        answers = 0
+        while not self._stopping.is_set():
+            if gate.read_before_thaw():
+                time.sleep(THAW_READING_HEAD_START)
+            self._signal(pid, signal.SIGCONT)
+            time.sleep(rng.uniform(0.005, 0.05))
+            answers += 1
+            pause = rng.uniform(*SLOW_STOP_S)
+            if time.monotonic() + pause > until:
+                break
+            self._signal(pid, signal.SIGSTOP)
+            self._stopping.wait(pause)
+        return answers
+
     def _claimed(self, client, vm: str, node: str) -> bool:
         """Whether `node` has claimed `vm` (its record says it runs there: a claim says so before the start)."""
         try:
@@ -583,6 +605,7 @@ class Nemesis(threading.Thread):
                 time.sleep(0.03)
             if claimed is not None:
                 self._stopping.wait(max(0.0, claimed + fault.duration_s - self._history.now()))
+                self._answer_slowly(pid, gate, SLOW_AFTER_THAW_S, random.Random(f"{fault.target}/{fault.other}/thaw"))
         finally:
             if gate.read_before_thaw():
                 time.sleep(THAW_READING_HEAD_START)
@@ -593,7 +616,8 @@ class Nemesis(threading.Thread):
             return target, f"target of {vm}'s migration {source} -> {target} ({sent}): no claim seen within " \
                            f"{CLAIM_WATCH_TIMEOUT_S:g} s; thawed"
         return target, f"target of {vm}'s migration {source} -> {target} ({sent}): claimed at {claimed:.3f} s, " \
-                       f"libvirtd frozen from then until {late_by:.2f} s past the deadline"
+                       f"libvirtd frozen from then until {late_by:.2f} s past the deadline, then slow for " \
+                       f"{SLOW_AFTER_THAW_S:g} s"
 
     def _migration(self, client, fault: PlannedFault, to: str | None = None) -> tuple[str, str, str]:
         """The nemesis's own VM (`OWN_VM`: no client touches it, so that no client's command moves it while a
@@ -630,7 +654,8 @@ class Nemesis(threading.Thread):
                 vm = client.vms.info(OWN_VM)
             if vm["node"] == avoid:
                 self._command(client, "migrate-auto", OWN_VM, None, lambda: client.vms.migrate(OWN_VM, wait=True))
-            elif vm["state"] != "start" or not vm["running"]:
+                vm = client.vms.info(OWN_VM)
+            if vm["state"] not in ("start", "migrate") or not vm["running"]:
                 self._command(client, "start", OWN_VM, None, lambda: client.vms.start(OWN_VM, wait=True))
             deadline = time.monotonic() + OWN_VM_SETTLE_S
             vm = client.vms.info(OWN_VM)
