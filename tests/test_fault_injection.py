@@ -8,7 +8,7 @@ every fault kind of the family injected, and the monitor's own gaps small enough
 (else the run fails as inconclusive).
 
 Random but reproducible: each run prints its seed, and `PVC_FAULT_SEED=N` replays the same schedule of
-operations and faults. `PVC_FAULT_SECONDS` sets each default run's length (50 s, longer until every kind of
+operations and faults. `PVC_FAULT_SECONDS` sets each default run's length (45 s, longer until every kind of
 its family has come once); the `bench` variants run longer (`PVC_FAULT_BENCH_SECONDS`, 600 s for each of the
 three families on test-driver hosts: 30 minutes; `PVC_FAULT_QEMU_SECONDS`, 600 s on QEMU hosts with real
 guests). Run with `-s` (or `-rA`) to see what a passing run printed.

@@ -235,7 +235,8 @@ class Nemesis(threading.Thread):
         """What `heal` must undo of a fault still under way (a BMC's password, the cluster's fence options)."""
         self._clones: dict[str, subprocess.Popen] = {}
         self.administrator_fences = 0
-        """Fences the nemesis confirmed as an administrator, after a BMC fault the leader did not get past."""
+        """Fences the nemesis confirmed as an administrator: a node left dead that no leader fenced (its BMC was
+        faulty, or more than half of the nodes looked dead at once)."""
 
     def run(self) -> None:
         supervisor = threading.Thread(target=self._supervise_until_stopped, name="nemesis-machine-room", daemon=True)
