@@ -19,6 +19,12 @@ from pvc.errors import AlreadyExists, Conflict, ConfigError, NotFound, NotLeader
 
 log = logging.getLogger(__name__)
 
+RECONNECT_ATTEMPTS_PER_SESSION = 10
+"""The wait between attempts to reconnect is capped at this fraction of the session timeout (and at 1 s): when a
+ZooKeeper ensemble elects a new leader it drops every client, and a client whose retries have backed off to 1 s
+comes back up to 1.4 s (jitter) after the ensemble serves again, which a node's self-fence, counting its silence
+from its last keepalive, takes for isolation."""
+
 
 class Store:
     """One ZooKeeper session; thread-safe, as kazoo is."""
@@ -29,7 +35,8 @@ class Store:
         self.zk = KazooClient(
             hosts=hosts, timeout=session_timeout,
             auth_data=[("digest", f"{user}:{password}")], default_acl=self._acl,
-            connection_retry=KazooRetry(max_tries=-1, max_delay=1.0),
+            connection_retry=KazooRetry(max_tries=-1,
+                                        max_delay=min(1.0, session_timeout / RECONNECT_ATTEMPTS_PER_SESSION)),
             command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=1.0),
         )
 

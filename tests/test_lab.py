@@ -24,7 +24,7 @@ LISTENER = ("import socket; s = socket.create_server(('0.0.0.0', 7999)); print('
 
 def reaches(lab: Lab, source: str, target_address: str) -> bool:
     probe = f"exec 3<>/dev/tcp/{target_address}/7999"
-    return subprocess.run(["ip", "netns", "exec", lab.netns(source), "timeout", "1", "bash", "-c", probe],
+    return subprocess.run(["ip", "netns", "exec", lab.netns(source), "timeout", "0.5", "bash", "-c", probe],
                           capture_output=True).returncode == 0
 
 
@@ -91,6 +91,7 @@ def test_two_labs_side_by_side_and_their_links_cut_isolated_and_healed(two_labs)
     first.heal("hv1")
     assert first.link_state("hv1") == "up" and reaches(first, "hv2", first.address("hv1"))
 
+    assert second.release(Path("/another/state/dir")) == [], "a lab is removed for its own cluster only"
     first.remove()
     assert first.prefix not in lab_names() and f"169.254.{first.octet}." not in lab_names()
     assert second.prefix in lab_names(), "removing one lab leaves the other alone"

@@ -17,8 +17,12 @@ from dataclasses import dataclass
 
 import pytest
 
+from kazoo.client import KazooState
+
 import pvc
+from pvc.cli.localcluster.cluster import SESSION_TIMEOUT
 from pvc.errors import PVCError
+from pvc.store import Store
 
 from conftest import started_cluster
 from faults.checker import double_runs, runs
@@ -30,6 +34,9 @@ from vm_support import assert_no_vm_on_two_hosts, wait_running_on
 
 NODES = [f"hv{index}" for index in range(1, 6)]
 MINORITY = ["hv1", "hv2"]
+RECONNECTED_WITHIN_S = 0.6
+"""After the ensemble serves again, a client (a node's session) is connected again within this: a node's
+self-fence counts its silence from its last keepalive, up to a keepalive interval before the leader died."""
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +96,34 @@ class CommandClient(threading.Thread):
             client.close()
 
 
+class Reconnections:
+    """Sessions configured as a node's (`Store`, the local cluster's session timeout), each noting when it lost its
+    connection and when it had one again."""
+
+    def __init__(self, local, count: int):
+        self.stores = [Store(local.zookeeper_hosts, "pvc", local.state["zookeeper_password"], SESSION_TIMEOUT)
+                       for _store in range(count)]
+        self.events: list[list[tuple[str, float]]] = [[] for _store in self.stores]
+        for store, events in zip(self.stores, self.events):
+            store.zk.add_listener(lambda state, events=events: events.append((state, time.monotonic())))
+            store.start(connect_timeout=10)
+
+    def reconnected_after(self, moment: float) -> list[float | None]:
+        """For each session that lost its connection: seconds from `moment` to its first connection after that
+        (negative: before `moment`), None while it has none."""
+        found = []
+        for events in self.events:
+            lost = next((at for state, at in events if state != KazooState.CONNECTED), None)
+            if lost is not None:
+                back = next((at for state, at in events if state == KazooState.CONNECTED and at > lost), None)
+                found.append(None if back is None else back - moment)
+        return found
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.stop()
+
+
 def expected_outcomes(commands: list[Command]) -> dict[str, tuple[bool, str | None]]:
     """VM → (running, node the migration moved it to, if its last command was one) after its last command,
     for the VMs whose last command was acknowledged: an unacknowledged one may or may not have happened."""
@@ -111,21 +146,23 @@ def test_the_zookeeper_leader_killed_under_load_fences_nothing_and_loses_no_ackn
     stopping = threading.Event()
     clients = [CommandClient(lab_cluster, {vm: placed[vm] for vm in vms[index::3]}, f"zk-leader/{index}", stopping)
                for index in range(3)]
+    sessions = Reconnections(local, 6)
     with cluster_store(local) as store:
         states = {node: DaemonStates(store, node) for node in NODES}
         for command_client in clients:
             command_client.start()
         try:
-            time.sleep(3)
+            time.sleep(2)
             leader = local.zookeeper_leader()
             assert leader is not None, local.zookeeper_modes()
-            sessions = next((line for line in local.zookeeper(leader).ask("srvr").splitlines()
-                             if line.startswith("Connections:")), "Connections: ?")
+            connections = next((line for line in local.zookeeper(leader).ask("srvr").splitlines()
+                                if line.startswith("Connections:")), "Connections: ?")
             local.kill_zookeeper(leader)
             killed_at = time.monotonic()
             new_leader = eventually(lambda: (lambda found: found if found not in (None, leader) else None)(
                 local.zookeeper_leader()), 15, 0.1)
-            elected_after = time.monotonic() - killed_at
+            elected_at = time.monotonic()
+            elected_after = elected_at - killed_at
             assert new_leader, f"no new leader after {leader} was killed: {local.zookeeper_modes()}"
             time.sleep(max(0.0, FENCE_DEADLINE_S + 1 - (time.monotonic() - killed_at)))
             local.start_zookeeper(leader)
@@ -134,14 +171,19 @@ def test_the_zookeeper_leader_killed_under_load_fences_nothing_and_loses_no_ackn
             stopping.set()
             for command_client in clients:
                 command_client.join(30)
+            sessions.close()
         commands = [command for command_client in clients for command in command_client.commands]
         assert not any(command_client.is_alive() for command_client in clients), "a client hung"
         time.sleep(1)  # a fence decided just now would show as a state change
         seen = {node: [value for value, _at in found.seen] for node, found in states.items()}
-    print(f"\nZooKeeper leader {leader} killed ({sessions.lower()} to it); {new_leader} led "
-          f"{elected_after:.2f} s later; "
+    reconnected = sessions.reconnected_after(elected_at)
+    print(f"\nZooKeeper leader {leader} killed ({connections.lower()} to it); {new_leader} led "
+          f"{elected_after:.2f} s later; sessions connected again "
+          f"{', '.join('never' if after is None else f'{after:+.2f}' for after in reconnected)} s from then; "
           f"{sum(command.acknowledged for command in commands)} of {len(commands)} commands acknowledged; "
           f"not acknowledged: {[command.detail for command in commands if not command.acknowledged]}")
+    assert reconnected and all(after is not None and after < RECONNECTED_WITHIN_S for after in reconnected), \
+        f"sessions connected again {reconnected} s after the new leader served (at most {RECONNECTED_WITHIN_S} s)"
     assert all("dead" not in values and "fenced" not in values for values in seen.values()), seen
     for node in NODES:
         info = client.nodes.info(node)

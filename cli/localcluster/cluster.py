@@ -15,8 +15,9 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import yaml
 
@@ -31,6 +32,8 @@ from pvc.cli.localcluster.simhost import SimulatedHost
 from pvc.cli.localcluster.zookeeper import Peer, ZooKeeperServer
 from pvc.errors import Conflict, InvalidInput, PVCError, Unavailable
 from pvc.handshake import use_tls
+
+T = TypeVar("T")
 
 NODE_CPUS = 16
 NODE_MEMORY_MIB = 65536
@@ -202,7 +205,7 @@ class LocalCluster:
             raise Conflict(f"a local cluster is already running in {self.state_dir} "
                            f"(stop it with: pvc-local down --state-dir {self.state_dir})")
         if self.lab:
-            self.lab.remove()
+            self.lab.release(self.state_dir)
         for leftover in ("zookeeper", "hosts", "bmc", "nodes", "coordinators", "storage", "ceph", "tls"):
             shutil.rmtree(self.state_dir / leftover, ignore_errors=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -273,36 +276,54 @@ class LocalCluster:
             server.wait_serving(pid, timeout=60)
 
     def down(self) -> list[str]:
-        """Stop every process this cluster started, and remove its lab network; returns what was stopped."""
-        stopped = []
-        for name in self.node_names:
-            if self.bmc(name).running:
-                self.bmc(name).stop()
-                stopped.append(f"bmc {name}")
-            pid = self.daemon_pid("pvcnoded", name)
-            if pid:
-                stop_pid(pid)
-                stopped.append(f"pvcnoded {name}")
-            host = self.host(name)
-            if host.running:
-                host.stop()
-                stopped.append(f"host {name}")
-        for name in self.coordinator_names:
-            pid = self.daemon_pid("pvcapid", name)
-            if pid:
-                stop_pid(pid)
-                stopped.append(f"pvcapid {name}")
-        for name in self.zookeeper_names:
-            zookeeper = self.zookeeper(name)
-            if zookeeper.running:
-                zookeeper.stop()
-                stopped.append("zookeeper" if len(self.zookeeper_names) == 1 else f"zookeeper {name}")
+        """Stop every process this cluster started, and remove its lab network; returns what was stopped. The
+        nodes stop side by side (each its BMC, pvcnoded, then host), then the coordinators, then ZooKeeper."""
+        stopped = [entry for entries in self._each(self._stop_node, self.node_names) for entry in entries]
+        stopped += [found for found in self._each(self._stop_coordinator, self.coordinator_names) if found]
+        stopped += [found for found in self._each(self._stop_zookeeper, self.zookeeper_names) if found]
         if self.state.get("private_ceph") and self.private_ceph.running:
             self.private_ceph.stop()
             stopped.append("ceph")
-        if self.lab and self.lab.remove():
+        if self.lab and self.lab.release(self.state_dir):
             stopped.append(f"lab {self.lab.prefix} ({self.lab.subnet})")
         return stopped
+
+    @staticmethod
+    def _each(action: Callable[[str], T], names: list[str]) -> list[T]:
+        """`action` on every name at once (stopping a daemon is mostly waiting for it), results in name order."""
+        if len(names) < 2:
+            return [action(name) for name in names]
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            return list(pool.map(action, names))
+
+    def _stop_node(self, name: str) -> list[str]:
+        stopped = []
+        if self.bmc(name).running:
+            self.bmc(name).stop()
+            stopped.append(f"bmc {name}")
+        pid = self.daemon_pid("pvcnoded", name)
+        if pid:
+            stop_pid(pid)
+            stopped.append(f"pvcnoded {name}")
+        host = self.host(name)
+        if host.running:
+            host.stop()
+            stopped.append(f"host {name}")
+        return stopped
+
+    def _stop_coordinator(self, name: str) -> str | None:
+        pid = self.daemon_pid("pvcapid", name)
+        if pid:
+            stop_pid(pid)
+            return f"pvcapid {name}"
+        return None
+
+    def _stop_zookeeper(self, name: str) -> str | None:
+        zookeeper = self.zookeeper(name)
+        if zookeeper.running:
+            zookeeper.stop()
+            return "zookeeper" if len(self.zookeeper_names) == 1 else f"zookeeper {name}"
+        return None
 
     def wait_ready(self, timeout: float) -> None:
         """Until every node is in run and ready and a coordinator leads: only then do flushes and the like run."""

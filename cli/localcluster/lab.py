@@ -77,6 +77,7 @@ class Member:
 
 @dataclass(frozen=True)
 class Lab:
+    """One cluster's lab: its names come from `prefix`, its addresses from 169.254.`octet`.0/24."""
     prefix: str
     octet: int
 
@@ -163,6 +164,18 @@ class Lab:
         ip("-n", member.netns, "link", "set", "eth0", "up")
         ip("-n", member.netns, "link", "set", "lo", "up")
         return member
+
+    def release(self, owner: Path) -> list[str]:
+        """`remove` the lab unless the registry says it now belongs to another state directory than `owner`
+        (a prefix a removed lab had may since have been given to another cluster)."""
+        try:
+            registered = json.loads((REGISTRY / self.prefix).read_text())
+        except (OSError, ValueError):
+            registered = {}
+        if registered.get("owner", str(Path(owner).absolute())) != str(Path(owner).absolute()) or \
+                registered.get("octet", self.octet) != self.octet:
+            return []
+        return self.remove()
 
     def remove(self) -> list[str]:
         """Delete every namespace, link and route with this lab's names; returns what was there."""

@@ -1,0 +1,71 @@
+"""A session comes back promptly once ZooKeeper serves again: an ensemble electing a new leader drops every client
+and refuses them until it has one, and a node whose retries have backed off far comes back long after the
+ensemble does, which its self-fence, counting its silence from its last keepalive, takes for isolation."""
+from __future__ import annotations
+
+import socket
+import time
+
+from kazoo.client import KazooState
+
+from pvc.cli.localcluster.cluster import SESSION_TIMEOUT
+from pvc.store import Store
+
+from conftest import ZK_PASSWORD, ZK_USER
+from helpers import eventually
+from tcp_relay import TcpRelay, close_socket
+
+SESSIONS = 16
+OUTAGE_S = 2.0
+"""Long enough for the retries to back off to their longest wait, shorter than the session timeout."""
+BACK_WITHIN_S = 0.5
+
+
+class Election(TcpRelay):
+    """ZooKeeper as its clients see it during an election: while `electing`, every connection is closed at once,
+    new ones as soon as they are accepted."""
+
+    electing = False
+
+    def start_election(self) -> None:
+        self.electing = True
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            close_socket(sock)
+
+    def admit(self, client: socket.socket) -> bool:
+        if self.electing:
+            close_socket(client)
+            return False
+        return True
+
+
+def test_every_session_is_connected_again_soon_after_zookeeper_serves_again(zookeeper_server, zookeeper_hosts):
+    chroot = zookeeper_hosts.removeprefix(zookeeper_server.hosts)
+    election = Election(("127.0.0.1", zookeeper_server.port))
+    stores, events = [], []
+    try:
+        for _session in range(SESSIONS):
+            store = Store(election.hosts + chroot, ZK_USER, ZK_PASSWORD, session_timeout=SESSION_TIMEOUT)
+            seen: list[tuple[str, float]] = []
+            store.zk.add_listener(lambda state, seen=seen: seen.append((state, time.monotonic())))
+            store.start(connect_timeout=10)
+            stores.append(store)
+            events.append(seen)
+        election.start_election()
+        time.sleep(OUTAGE_S)
+        election.electing = False
+        serving_again = time.monotonic()
+        eventually(lambda: all(any(state == KazooState.CONNECTED and at > serving_again for state, at in seen)
+                               for seen in events), 3 * BACK_WITHIN_S)
+    finally:
+        for store in stores:
+            store.stop()
+        election.close()
+    back = [next((at for state, at in seen if state == KazooState.CONNECTED and at > serving_again), None)
+            for seen in events]
+    delays = [None if at is None else round(at - serving_again, 2) for at in back]
+    print(f"\nsessions connected again {delays} s after ZooKeeper served again")
+    assert all(delay is not None and delay < BACK_WITHIN_S for delay in delays), \
+        f"sessions connected again {delays} s after ZooKeeper served again, not within {BACK_WITHIN_S} s"
