@@ -277,12 +277,15 @@ FENCE_WINDOW_S = 25.0
 SELF_FENCED_BY_S = 4.5
 """Seconds after its link is cut by which a host must have stopped every VM: the leader's fence deadline (4 s)
 and a margin for the monitor's reading."""
+FENCED_CUT_S = 5.5
+"""A cut this long at least must get its hosts fenced (one the end of the run cut short is not judged)."""
 
 
 def fault_outcomes(history: History, tasks: list[dict[str, Any]]) -> list[str]:
     """The outcomes some faults must have, whatever else happened:
 
-    - a host cut off (alone, or two of five together, still reaching each other) fences itself: by
+    - a host cut off for `FENCED_CUT_S` or more (alone, or two of five together, still reaching each other)
+      fences itself: by
       `SELF_FENCED_BY_S` after the cut, the monitor sees none of the VMs it ran then running there, as long as
       the cut lasts; and it is fenced: a recovery of it completes (a host that fenced itself stays silent until
       its daemon restarts, so even a leader changed during the cut finds it dead once it leads);
@@ -296,7 +299,7 @@ def fault_outcomes(history: History, tasks: list[dict[str, Any]]) -> list[str]:
              for fault in history.faults if fault.kind in nemesis.HEAVY]
     problems = []
     for fault in history.faults:
-        if fault.kind in ("cut-host", "cut-minority"):
+        if fault.kind in ("cut-host", "cut-minority") and fault.healed - fault.injected >= FENCED_CUT_S:
             problems += _self_fenced(history, fault)
             for node in fault.target.split("+"):
                 if not any(task.get("node") == node and task.get("state") == "done"
