@@ -285,10 +285,10 @@ def fault_outcomes(history: History, tasks: list[dict[str, Any]]) -> list[str]:
     """The outcomes some faults must have, whatever else happened:
 
     - a host cut off for `FENCED_CUT_S` or more (alone, or two of five together, still reaching each other)
-      fences itself: by
-      `SELF_FENCED_BY_S` after the cut, the monitor sees none of the VMs it ran then running there, as long as
-      the cut lasts; and it is fenced: a recovery of it completes (a host that fenced itself stays silent until
-      its daemon restarts, so even a leader changed during the cut finds it dead once it leads);
+      fences itself: by `SELF_FENCED_BY_S` after the cut, the monitor sees none of the VMs it ran then running
+      there, as long as the cut lasts; and it is fenced: a recovery of it completes (a host that fenced itself
+      stays silent until its daemon restarts, so even a leader changed during the cut finds it dead once it
+      leads);
     - a clone of a node (its name, another PID namespace) does not take the node over: the original pvcnoded
       still runs;
     - a ZooKeeper server killed, the leading one included, fences nothing: no recovery of a node that no other
