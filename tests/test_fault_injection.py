@@ -160,6 +160,12 @@ def test_a_paused_copy_counts_but_an_incoming_migration_target_does_not_while_it
                    reading("hv1", 2.0, {"web": "1.7/a"}, {"web": "migrating-out"})):
         migrating.add(sample)
     assert checker.double_runs(migrating) == [], "a target while its source's job runs is the same VM"
+    shown_paused = History()
+    for sample in (reading("hv1", 1.0, {"web": "1.7/a"}, {"web": "migrating-out"}),
+                   reading("hv2", 1.5, {"web": "1.3/a"}, {"web": "paused"}),
+                   reading("hv1", 2.0, {"web": "1.7/a"}, {"web": "migrating-out"})):
+        shown_paused.add(sample)
+    assert checker.double_runs(shown_paused) == [], "a target shown only as paused, during the source's job"
     abandoned = History()
     for sample in (reading("hv1", 1.0, {"web": "1.7/a"}, {"web": "migrating-out"}),
                    reading("hv2", 1.5, {"web": "1.3/a"}, {"web": "incoming"}),

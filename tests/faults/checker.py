@@ -26,7 +26,10 @@ Five checks, none of which knows how the cluster manager works inside:
 Readings of a paused domain count as a running copy, except an incoming migration's target while its source's
 outgoing migration job is active (a reading of the source showing that job before the target's reading, and
 one after it), and a source paused by its own outgoing migration job (its CPUs stopped by the migration, which
-alone decides which side runs on).
+alone decides which side runs on). A target's libvirtd does not always show its incoming job (QEMU hosts under
+load showed targets only as paused), so any paused copy, or QEMU process read from outside while its libvirtd
+did not answer, is excused while another host's outgoing job of that VM brackets it: during a migration the
+target's process exists by design, and a second, unrelated paused copy at that very moment would go unseen.
 """
 from __future__ import annotations
 
@@ -131,7 +134,7 @@ def _excused(sample: Sample, vm: str, outgoing: dict[str, list[tuple[str, float,
     state = (sample.states or {}).get(vm)
     if state == "migrating-out-paused":
         return True
-    if state != "incoming":
+    if state not in ("incoming", "paused") and sample.source != "qemu":
         return False
     for host in {host for host, _asked, _answered in outgoing.get(vm, []) if host != sample.host}:
         readings = [(asked, answered) for job_host, asked, answered in outgoing[vm] if job_host == host]

@@ -3,8 +3,8 @@
 Every active domain counts as a running copy, a paused one too (it holds its disks, and anyone may resume it),
 with one exception the checker applies: an incoming migration's target while its source's outgoing migration
 job is active, which the monitor tells from each domain's job (`states` of a `Sample`: ``incoming`` on the
-target, ``migrating-out`` on the source, which is asked about its job only while some host shows that VM as an
-incoming target). Each run of a domain is told apart by its libvirt domain id, which a host gives afresh at
+target when its libvirtd shows the job, else ``paused``; ``migrating-out`` on the source, which is asked about
+its job only while some host shows that VM paused or as a QEMU process read from outside). Each run of a domain is told apart by its libvirt domain id, which a host gives afresh at
 every start, so the checker can tell "the same run, seen again" from "stopped and started again".
 
 The monitor's own sampling gaps (a host not read for a while because this process, or the machine, stalled)
@@ -129,8 +129,8 @@ def _job_operation(domain: libvirt.virDomain) -> int | None:
 
 
 INCOMING_MEMORY_S = 5.0
-"""Seconds after a VM was last seen as an incoming migration target during which every host that runs it is
-asked about its job (is it the migration's source?)."""
+"""Seconds after a VM was last seen paused (or as a QEMU process read from outside) during which every host that
+runs it is asked about its job (is it a migration's source?)."""
 
 
 class _Asker:
@@ -139,7 +139,8 @@ class _Asker:
     def __init__(self, host: str, uri: str, history: History, gate: HostGate, incoming: dict[str, float]):
         self.host, self.uri, self.history, self.gate = host, uri, history, gate
         self._incoming = incoming
-        """Shared by every asker: VM → when some host last showed it as an incoming migration target."""
+        """Shared by every asker: VM → when some host last showed it paused (an incoming migration target, or
+    maybe one: a target's job is not always shown), or as a QEMU process read from outside."""
         self._connection: libvirt.virConnect | None = None
         self._epoch = 0
         self._wanted = threading.Event()
@@ -198,7 +199,7 @@ class _Asker:
             self.last_failed = running is None
             answered = self.history.now()
             for name, state in (states or {}).items():
-                if state == "incoming":
+                if state in ("incoming", "paused"):
                     self._incoming[name] = answered
             self.history.add(Sample(self.host, asked, answered, running, "libvirt", error, states or None))
             self.busy_since = None
@@ -262,7 +263,10 @@ class Monitor:
     def _read_qemu_processes(self, host: str, qemu_pids: Callable[[], dict[str, int]]) -> None:
         asked = self._history.now()
         running = {name: f"pid{pid}" for name, pid in qemu_pids().items()}
-        self._history.add(Sample(host, asked, self._history.now(), running, "qemu"))
+        answered = self._history.now()
+        for name in running:  # paused or not, it cannot say: any migration source must say whether it is one
+            self._incoming[name] = answered
+        self._history.add(Sample(host, asked, answered, running, "qemu"))
 
 
 def read_hosts(local, gates: dict[str, HostGate], timeout: float = 5.0) -> dict[str, dict[str, bool] | None]:
