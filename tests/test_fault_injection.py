@@ -8,7 +8,7 @@ every fault kind of the family injected, and the monitor's own gaps small enough
 (else the run fails as inconclusive).
 
 Random but reproducible: each run prints its seed, and `PVC_FAULT_SEED=N` replays the same schedule of
-operations and faults. `PVC_FAULT_SECONDS` sets each default run's length (45 s, longer until every kind of
+operations and faults. `PVC_FAULT_SECONDS` sets each default run's length (40 s, longer until every kind of
 its family has come once); the `bench` variants run longer (`PVC_FAULT_BENCH_SECONDS`, 600 s for each of the
 three families on test-driver hosts: 30 minutes; `PVC_FAULT_QEMU_SECONDS`, 600 s on QEMU hosts with real
 guests). Run with `-s` (or `-rA`) to see what a passing run printed.
@@ -405,7 +405,7 @@ def _seen(history: History, vm: str, host: str, after: float = 0.0, state: str |
 
 # -- the checker under faults --------------------------------------------------------------------------------
 
-DEFAULT_SECONDS = 45.0
+DEFAULT_SECONDS = 40.0
 """Each default run's length; it goes on (`faults.run.FIRST_ROUND_GRACE_S`) until every kind has come once."""
 
 
