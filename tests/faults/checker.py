@@ -1,6 +1,6 @@
 """Judging a history after the run (never during it).
 
-Three checks, none of which knows how the cluster manager works:
+Five checks, none of which knows how the cluster manager works inside:
 
 - `double_runs`: no VM ever ran on two hosts at once. A *run* is one start of a domain on one host, told apart
   by the identity the monitor recorded (libvirt's domain id, or the QEMU pid); a run seen at two readings
@@ -16,16 +16,34 @@ Three checks, none of which knows how the cluster manager works:
 - `existence_problems`: a VM whose last define or remove returned success, with nothing else overlapping it,
   exists (or not) accordingly: nothing acknowledged is lost, nothing removed comes back (a record whose
   removal is still pending, state ``remove``, counts as gone here; `record_mismatches` reports it).
+- `command_problems`: each VM's final state and placement agree with the commands acknowledged on it (see its
+  docstring for what "agree" means per command, and how the cluster's own moves are told from an undone
+  command: by the task records the cluster keeps of them).
+- `sampling_gaps`: whether the monitor watched closely enough for the run to mean anything: a run whose
+  readings of some host were more than `GAP_LIMIT_S` apart (outside deliberately frozen hosts) in more than
+  `GAP_SHARE_LIMIT` of its readings is inconclusive, never a pass.
+
+Readings of a paused domain count as a running copy, except an incoming migration's target while its source's
+outgoing migration job is active (a reading of the source showing that job before the target's reading, and
+one after it), and a source paused by its own outgoing migration job (its CPUs stopped by the migration, which
+alone decides which side runs on). A target's libvirtd does not always show its incoming job (QEMU hosts under
+load showed targets only as paused), so any paused copy, or QEMU process read from outside while its libvirtd
+did not answer, is excused while another host's outgoing job of that VM brackets it: during a migration the
+target's process exists by design, and a second, unrelated paused copy at that very moment would go unseen.
 """
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from faults.history import History, Operation, Sample
+from faults.history import Freeze, History, Operation, Sample
 
 STOPPED_STATES = ("stop", "shutdown", "disable", "fail")
+RUNNING_STATES = ("start", "restart", "migrate", "unmigrate")
+GAP_LIMIT_S = 0.5
+GAP_SHARE_LIMIT = 0.01
 NO_EFFECT = ("NotFound", "AlreadyExists", "InvalidInput", "Conflict", "Busy", "AuthenticationError")
 """Errors that mean the operation was refused before it changed anything; any other error leaves it open
 whether the change was made."""
@@ -82,10 +100,14 @@ class Violation:
 
 
 def runs(samples: list[Sample]) -> dict[str, list[Run]]:
-    """VM → its runs on every host, from the readings that showed it running."""
+    """VM → its runs on every host, from the readings that showed it running (or paused), but for the
+    migration readings the module docstring excuses."""
     found: dict[tuple[str, str, str, str], Run] = {}
+    outgoing = _outgoing_jobs(samples)
     for sample in sorted(samples, key=lambda sample: sample.asked):
         for vm, identity in (sample.running or {}).items():
+            if _excused(sample, vm, outgoing):
+                continue
             key = (vm, sample.host, sample.source, identity)
             run = found.get(key)
             if run is None:
@@ -96,6 +118,30 @@ def runs(samples: list[Sample]) -> dict[str, list[Run]]:
     for run in found.values():
         by_vm.setdefault(run.vm, []).append(run)
     return by_vm
+
+
+def _outgoing_jobs(samples: list[Sample]) -> dict[str, list[tuple[str, float, float]]]:
+    """VM → (host, asked, answered) of every reading that showed an outgoing migration job of it."""
+    jobs: dict[str, list[tuple[str, float, float]]] = {}
+    for sample in samples:
+        for vm, state in (sample.states or {}).items():
+            if state.startswith("migrating-out"):
+                jobs.setdefault(vm, []).append((sample.host, sample.asked, sample.answered))
+    return jobs
+
+
+def _excused(sample: Sample, vm: str, outgoing: dict[str, list[tuple[str, float, float]]]) -> bool:
+    state = (sample.states or {}).get(vm)
+    if state == "migrating-out-paused":
+        return True
+    if state not in ("incoming", "paused") and sample.source != "qemu":
+        return False
+    for host in {host for host, _asked, _answered in outgoing.get(vm, []) if host != sample.host}:
+        readings = [(asked, answered) for job_host, asked, answered in outgoing[vm] if job_host == host]
+        if any(answered <= sample.answered for _asked, answered in readings) and \
+                any(asked >= sample.asked for asked, _answered in readings):
+            return True
+    return False
 
 
 def double_runs(history: History) -> list[Violation]:
@@ -190,3 +236,188 @@ def existence_problems(operations: list[Operation], records: list[dict[str, Any]
             problems.append(f"{vm}: came back: removed successfully at {last.invoked:.3f}..{last.completed:.3f} s "
                             f"by {last.actor}, never defined since, yet it has a record{context}")
     return problems
+
+
+# -- the monitor's own gaps -------------------------------------------------------------------------------------
+
+@dataclass
+class Gaps:
+    """How often the monitor failed to read a host for longer than `GAP_LIMIT_S` (outside deliberate freezes)."""
+    readings: int
+    long_gaps: int
+    by_host: dict[str, int]
+    longest: float
+    excused: int
+
+    @property
+    def share(self) -> float:
+        return self.long_gaps / self.readings if self.readings else 1.0
+
+    @property
+    def inconclusive(self) -> str | None:
+        """Why the run means nothing, or None."""
+        if not self.readings:
+            return "the monitor made no reading"
+        if self.share > GAP_SHARE_LIMIT:
+            return f"inconclusive: the monitor's readings of a host were more than {GAP_LIMIT_S:g} s apart in " \
+                   f"{self.long_gaps} of {self.readings} readings ({self.share:.1%} > {GAP_SHARE_LIMIT:.0%}; " \
+                   f"longest {self.longest:.2f} s; by host: {self.by_host}): a second copy could have gone unseen"
+        return None
+
+    def describe(self) -> str:
+        return f"monitor gaps over {GAP_LIMIT_S:g} s: {self.long_gaps} of {self.readings} readings " \
+               f"({self.share:.2%}; longest {self.longest:.2f} s; {self.excused} more inside deliberate freezes)"
+
+
+def sampling_gaps(history: History) -> Gaps:
+    """The spacing of each host's libvirt readings: a gap is the time between two consecutive answers; one
+    that overlaps a deliberate freeze of that host's libvirtd (`Freeze`, with a second's margin for the
+    readings that piled up) is excused."""
+    readings, long_gaps, longest, excused = 0, 0, 0.0, 0
+    by_host: dict[str, int] = {}
+    frozen: dict[str, list[Freeze]] = {}
+    for freeze in history.freezes:
+        frozen.setdefault(freeze.host, []).append(freeze)
+    hosts = sorted({sample.host for sample in history.samples})
+    for host in hosts:
+        answers = sorted(sample.answered for sample in history.samples
+                         if sample.host == host and sample.source == "libvirt")
+        readings += len(answers)
+        for previous, current in zip(answers, answers[1:]):
+            gap = current - previous
+            if gap <= GAP_LIMIT_S:
+                continue
+            if any(freeze.start - 1.0 <= current and previous <= freeze.end + 1.0 for freeze in frozen.get(host, [])):
+                excused += 1
+                continue
+            long_gaps += 1
+            by_host[host] = by_host.get(host, 0) + 1
+            longest = max(longest, gap)
+    return Gaps(readings, long_gaps, by_host, longest, excused)
+
+
+# -- acknowledged commands against the final records ------------------------------------------------------------
+
+RUN_INTENT = {"start": "running", "restart": "running", "stop": "off", "shutdown": "off", "disable": "off",
+              "define": "off"}
+"""What each command says about whether the VM runs (a new VM is defined stopped)."""
+PLACING = ("define", "migrate", "migrate-auto", "move")
+
+
+@dataclass(frozen=True)
+class _Write:
+    """One change of a VM's desired state or placement that may have taken effect: a command (acknowledged,
+    or whose answer was lost: then it may take effect at any time after it was sent) or the cluster's own,
+    from a task record."""
+    value: str | None
+    """``running``/``off`` for the state; the node for a placement, None for "some node"."""
+    invoked: float
+    completed: float
+    """When it had surely taken effect; infinity when that is unknown."""
+    acknowledged: bool
+    what: str
+    excluded: str | None = None
+    """For a placement "some node but this one" (a flush or a recovery moves a VM off its node)."""
+
+    def allows(self, value: str) -> bool:
+        if self.value is not None:
+            return self.value == value
+        return value != self.excluded
+
+
+def command_problems(history: History, records: list[dict[str, Any]], tasks: list[dict[str, Any]]) -> list[str]:
+    """VMs whose final record contradicts the commands acknowledged on them.
+
+    The final state and placement are registers written by commands and by the cluster itself. A write is
+    *overwritten for sure* when an acknowledged write began after it had surely taken effect; the final value
+    must be one of the writes that are not (the last acknowledged one, and any write that overlaps it or came
+    after it, including a command whose answer was lost, which may take effect at any time). When no write on a
+    VM was acknowledged, nothing is claimed.
+
+    - state: ``start`` and ``restart`` mean running (a restart ends running), ``stop``, ``shutdown`` and
+      ``disable`` mean not running, ``define`` means a new stopped VM; ``migrate`` does not change it (a
+      stopped VM migrates stopped). The final record counts as running in ``start``/``restart``/``migrate``/
+      ``unmigrate`` and as not running in ``stop``/``shutdown``/``disable``/``fail`` (after settling, the
+      hosts match the record: `record_mismatches`). The cluster's own state writes are the VMs a flush or a
+      recovery *shut down* for want of a target (its task record's ``shut_down``), from the task's creation to
+      its end: a VM a flush, ready or recovery *moved* must keep its state (so a stop answered during a flush,
+      then overwritten by the flush, is found). Autostart, the one other way the cluster starts a VM, is never
+      set here: no VM of these runs has ``node_autostart``.
+    - placement: ``migrate``/``move`` with a target mean that node, without one (``migrate-auto``) the node the
+      answer named (else any node); ``define`` its target (or the answer's node). The cluster's own moves are
+      those of tasks: a VM in a flush's or a recovery's ``moved`` went to any node but the task's, one in a
+      ready's ``moved`` went back to the ready node. A migration the nodes gave up on (a live migration kept on
+      its source, or a VM that could not start on its target sent back) leaves the VM's ``last_error`` naming
+      the migration: the record itself then says that the last migration was undone, and why.
+    """
+    problems = []
+    task_writes = _task_writes(history, tasks)
+    for record in sorted(records, key=lambda record: record["name"]):
+        vm = record["name"]
+        if record.get("state") == "remove":
+            continue
+        operations = [op for op in history.operations if op.vm == vm and op.outcome not in NO_EFFECT]
+        final_state = "running" if record.get("state") in RUNNING_STATES else \
+            "off" if record.get("state") in STOPPED_STATES else None
+        state_writes = [_Write(RUN_INTENT[op.kind], op.invoked, op.completed if op.ok else math.inf, op.ok,
+                               _describe(op)) for op in operations if op.kind in RUN_INTENT]
+        state_writes += task_writes.get((vm, "state"), [])
+        if final_state is not None:
+            problem = _judge(vm, "state", final_state, f"{record.get('state')} (so {final_state})", state_writes)
+            if problem:
+                problems.append(problem)
+        placing = [_Write(_target(op), op.invoked, op.completed if op.ok else math.inf, op.ok, _describe(op))
+                   for op in operations if op.kind in PLACING]
+        placing += task_writes.get((vm, "placement"), [])
+        last_error = str(record.get("last_error") or "")
+        if record.get("node") and "migrat" not in last_error:
+            problem = _judge(vm, "placement", record["node"], f"on {record['node']}", placing)
+            if problem:
+                problems.append(problem)
+    return problems
+
+
+def _judge(vm: str, register: str, final: str, shown: str, writes: list[_Write]) -> str | None:
+    acknowledged = [write for write in writes if write.acknowledged]
+    if not acknowledged:
+        return None
+    standing = [write for write in writes
+                if not any(other.acknowledged and other.invoked > write.completed for other in acknowledged)]
+    if any(write.allows(final) for write in standing):
+        return None
+    last = max(acknowledged, key=lambda write: write.completed)
+    return f"{vm}: {register} {shown} contradicts the acknowledged command(s): last acknowledged " \
+           f"{last.what}; every write that could still stand: " + "; ".join(write.what for write in standing)
+
+
+def _target(op: Operation) -> str | None:
+    if op.node:
+        return op.node
+    for word in op.detail.split():
+        if word.startswith("node="):
+            return word.partition("=")[2] or None
+    return None
+
+
+def _describe(op: Operation) -> str:
+    return f"{op.kind}({op.vm}{', ' + op.node if op.node else ''}) by {op.actor} at {op.invoked:.3f}.." \
+           f"{op.completed:.3f} s -> {op.outcome}{' ' + op.detail if op.detail else ''}"
+
+
+def _task_writes(history: History, tasks: list[dict[str, Any]]) -> dict[tuple[str, str], list[_Write]]:
+    """(VM, ``state``/``placement``) → the cluster's own writes, from its task records."""
+    writes: dict[tuple[str, str], list[_Write]] = {}
+    for task in tasks:
+        created = history.from_wall(task.get("created")) or -math.inf
+        finished = history.from_wall(task.get("finished")) if task.get("finished") else math.inf
+        what = f"{task.get('kind')} task {task.get('id')} of node {task.get('node')} " \
+               f"({created:.3f}..{finished:.3f} s, {task.get('state')})"
+        for vm in task.get("shut_down") or []:
+            writes.setdefault((vm, "state"), []).append(_Write("off", created, finished, False, what + ": shut down"))
+        for vm in task.get("moved") or []:
+            if task.get("kind") == "ready":
+                move = _Write(task.get("node"), created, finished, False, what + ": moved back")
+            else:
+                move = _Write(None, created, finished, False, what + ": moved away", excluded=task.get("node"))
+            writes.setdefault((vm, "placement"), []).append(move)
+    return writes

@@ -47,14 +47,26 @@ class Fault:
 class Sample:
     """What one host showed at one reading: the domains running there (name → identity of that run), or
     None when the host could not be read (`error` says why). The reading happened somewhere in
-    [`asked`, `answered`]. `source` is ``libvirt`` (the host's own libvirtd, RUNNING state only) or
-    ``qemu`` (QEMU processes alive in the host, read from outside while its libvirtd did not answer)."""
+    [`asked`, `answered`]. `source` is ``libvirt`` (the host's own libvirtd: every active domain, paused ones
+    too) or ``qemu`` (QEMU processes alive in the host, read from outside while its libvirtd did not answer).
+    `states` names the domains of `running` that were not simply running: ``paused``, ``incoming`` (a paused
+    incoming-migration target) or ``migrating-out`` (running, with an outgoing migration job active)."""
     host: str
     asked: float
     answered: float
     running: dict[str, str] | None
     source: str = "libvirt"
     error: str | None = None
+    states: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """A span during which the nemesis held a host's libvirtd stopped on purpose: the monitor cannot read it
+    then (the reading sent just before the thaw excepted), and its gaps there are not the monitor's."""
+    host: str
+    start: float
+    end: float
 
 
 @dataclass(frozen=True)
@@ -68,17 +80,26 @@ class Note:
 class History:
     def __init__(self) -> None:
         self._origin = time.monotonic()
+        self.wall_origin = time.time()
+        """The wall clock at the origin: only to place the cluster's own task records (which carry wall-clock
+        times written by daemons on this same machine) on the history's time line."""
         self._lock = threading.Lock()
         self.operations: list[Operation] = []
         self.faults: list[Fault] = []
         self.samples: list[Sample] = []
         self.notes: list[Note] = []
+        self.freezes: list[Freeze] = []
 
     def now(self) -> float:
         return time.monotonic() - self._origin
 
+    def from_wall(self, wall: float | None) -> float | None:
+        """A wall-clock time (a task record's) on the history's time line."""
+        return None if wall is None else wall - self.wall_origin
+
     def add(self, entry: Operation | Fault | Sample | Note) -> None:
-        target = {Operation: self.operations, Fault: self.faults, Sample: self.samples, Note: self.notes}
+        target = {Operation: self.operations, Fault: self.faults, Sample: self.samples, Note: self.notes,
+                  Freeze: self.freezes}
         with self._lock:
             target[type(entry)].append(entry)
 
@@ -88,10 +109,10 @@ class History:
     def snapshot(self) -> "History":
         """A copy whose lists no longer grow (for a checker run while the monitor still reads)."""
         copy = History.__new__(History)
-        copy._origin, copy._lock = self._origin, threading.Lock()
+        copy._origin, copy._lock, copy.wall_origin = self._origin, threading.Lock(), self.wall_origin
         with self._lock:
             copy.operations, copy.faults = list(self.operations), list(self.faults)
-            copy.samples, copy.notes = list(self.samples), list(self.notes)
+            copy.samples, copy.notes, copy.freezes = list(self.samples), list(self.notes), list(self.freezes)
         return copy
 
     # -- reading it afterwards ------------------------------------------------------------------------------
@@ -159,6 +180,6 @@ class History:
         """Everything, one JSON object a line, for reading after a failed run."""
         with open(path, "w") as out:
             for kind, entries in (("operation", self.operations), ("fault", self.faults), ("note", self.notes),
-                                  ("sample", self.samples)):
+                                  ("freeze", self.freezes), ("sample", self.samples)):
                 for entry in entries:
                     out.write(json.dumps({"type": kind, **dataclasses.asdict(entry)}) + "\n")

@@ -1,8 +1,14 @@
 """Watching what every host really runs, many times a second, from its own libvirtd.
 
-A domain counts as running only in libvirt's RUNNING state (a paused incoming-migration target does not).
-Each run of a domain is told apart by its libvirt domain id, which a host gives afresh at every start, so the
-checker can tell "the same run, seen again" from "stopped and started again".
+Every active domain counts as a running copy, a paused one too (it holds its disks, and anyone may resume it),
+with one exception the checker applies: an incoming migration's target while its source's outgoing migration
+job is active, which the monitor tells from each domain's job (`states` of a `Sample`: ``incoming`` on the
+target when its libvirtd shows the job, else ``paused``; ``migrating-out`` on the source, which is asked about
+its job only while some host shows that VM paused or as a QEMU process read from outside). Each run of a domain is told apart by its libvirt domain id, which a host gives afresh at
+every start, so the checker can tell "the same run, seen again" from "stopped and started again".
+
+The monitor's own sampling gaps (a host not read for a while because this process, or the machine, stalled)
+are in the history as the spacing of its readings; `checker.sampling_gaps` judges them.
 
 A client of a frozen (SIGSTOPped) libvirtd hangs, so:
 
@@ -78,20 +84,63 @@ class HostGate:
             self._closed = False
 
 
-def running_domains(connection: libvirt.virConnect, epoch: int) -> dict[str, str]:
-    """Name → identity of the run of every domain in libvirt's RUNNING state, in one call. The identity is the
-    domain id, which libvirtd gives afresh at each start, within `epoch`, the count of connections this reader
-    has opened (a libvirtd that restarted may give an id again, but it has broken the connection first),
-    followed by the domain's UUID, to tell two VMs of the same name apart: ``EPOCH.ID/UUID``."""
-    return {domain.name(): f"{epoch}.{domain.ID()}/{domain.UUIDString()}"
-            for domain in connection.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING)}
+def active_domains(connection: libvirt.virConnect, epoch: int,
+                   incoming_elsewhere: set[str] = frozenset()) -> tuple[dict[str, str], dict[str, str]]:
+    """Name → identity of the run of every active domain (running or paused), and name → how it is not simply
+    running. The identity is the domain id, which libvirtd gives afresh at each start, within `epoch`, the count
+    of connections this reader has opened (a libvirtd that restarted may give an id again, but it has broken
+    the connection first), followed by the domain's UUID, to tell two VMs of the same name apart:
+    ``EPOCH.ID/UUID``. Paused domains, and running ones named in `incoming_elsewhere`, are asked about their
+    job: one call more for each, never for the common case."""
+    running, states = {}, {}
+    active = connection.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+    not_running = {domain.name() for domain in active} - \
+        {domain.name() for domain in connection.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING)}
+    for domain in active:
+        name = domain.name()
+        running[name] = f"{epoch}.{domain.ID()}/{domain.UUIDString()}"
+        paused = name in not_running
+        if not paused and name not in incoming_elsewhere:
+            continue
+        operation = _job_operation(domain)
+        if operation == MIGRATION_IN and paused:
+            states[name] = "incoming"
+        elif operation == MIGRATION_OUT:
+            states[name] = "migrating-out-paused" if paused else "migrating-out"
+        elif paused:
+            states[name] = "paused"
+    return running, states
+
+
+MIGRATION_IN = getattr(libvirt, "VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN", 3)
+MIGRATION_OUT = getattr(libvirt, "VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT", 4)
+
+
+def _job_operation(domain: libvirt.virDomain) -> int | None:
+    """The operation of the domain's active job, or None (no job, or a driver that cannot say: the test
+    driver migrates nothing)."""
+    try:
+        stats = domain.jobStats()
+    except libvirt.libvirtError:
+        return None
+    if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+        return None
+    return stats.get("operation")
+
+
+INCOMING_MEMORY_S = 5.0
+"""Seconds after a VM was last seen paused (or as a QEMU process read from outside) during which every host that
+runs it is asked about its job (is it a migration's source?)."""
 
 
 class _Asker:
     """One thread that reads one host's libvirtd when told to, on a connection only it uses."""
 
-    def __init__(self, host: str, uri: str, history: History, gate: HostGate):
+    def __init__(self, host: str, uri: str, history: History, gate: HostGate, incoming: dict[str, float]):
         self.host, self.uri, self.history, self.gate = host, uri, history, gate
+        self._incoming = incoming
+        """Shared by every asker: VM → when some host last showed it paused (an incoming migration target, or
+    maybe one: a target's job is not always shown), or as a QEMU process read from outside."""
         self._connection: libvirt.virConnect | None = None
         self._epoch = 0
         self._wanted = threading.Event()
@@ -138,15 +187,21 @@ class _Asker:
                 if self._connection is None:
                     self._connection = libvirt.open(self.uri)
                     self._epoch += 1
-                running = running_domains(self._connection, self._epoch)
+                recent = self.history.now() - INCOMING_MEMORY_S
+                elsewhere = {name for name, seen in list(self._incoming.items()) if seen > recent}
+                running, states = active_domains(self._connection, self._epoch, elsewhere)
                 error = None
             except libvirt.libvirtError as failure:
-                running, error = None, str(failure).splitlines()[0]
+                running, states, error = None, None, str(failure).splitlines()[0]
                 self._drop_connection()
             finally:
                 self.gate.leave()
             self.last_failed = running is None
-            self.history.add(Sample(self.host, asked, self.history.now(), running, "libvirt", error))
+            answered = self.history.now()
+            for name, state in (states or {}).items():
+                if state in ("incoming", "paused"):
+                    self._incoming[name] = answered
+            self.history.add(Sample(self.host, asked, answered, running, "libvirt", error, states or None))
             self.busy_since = None
         self._drop_connection()
 
@@ -172,11 +227,12 @@ class Monitor:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._askers: list[_Asker] = []
+        self._incoming: dict[str, float] = {}
 
     def start(self) -> "Monitor":
         for node in self._local.node_names:
             host = self._local.host(node)
-            asker = _Asker(node, host.uri, self._history, self._gates[node])
+            asker = _Asker(node, host.uri, self._history, self._gates[node], self._incoming)
             qemu_pids = host.qemu_pids if hasattr(host, "qemu_pids") else None
             thread = threading.Thread(target=self._watch, args=(asker, qemu_pids), name=f"monitor-{node}",
                                       daemon=True)
@@ -207,11 +263,14 @@ class Monitor:
     def _read_qemu_processes(self, host: str, qemu_pids: Callable[[], dict[str, int]]) -> None:
         asked = self._history.now()
         running = {name: f"pid{pid}" for name, pid in qemu_pids().items()}
-        self._history.add(Sample(host, asked, self._history.now(), running, "qemu"))
+        answered = self._history.now()
+        for name in running:  # paused or not, it cannot say: any migration source must say whether it is one
+            self._incoming[name] = answered
+        self._history.add(Sample(host, asked, answered, running, "qemu"))
 
 
 def read_hosts(local, gates: dict[str, HostGate], timeout: float = 5.0) -> dict[str, dict[str, bool] | None]:
-    """Every host's domains now (name → running), each read in a thread of its own with a deadline; None for a
+    """Every host's domains now (name → active: running or paused), each read in a thread of its own with a deadline; None for a
     host that is off, gated (frozen) or did not answer. For the checks after a run, when nothing is frozen."""
     results: dict[str, dict[str, bool] | None] = {}
 
@@ -222,7 +281,7 @@ def read_hosts(local, gates: dict[str, HostGate], timeout: float = 5.0) -> dict[
         try:
             connection = libvirt.open(local.host(node).uri)
             try:
-                results[node] = {domain.name(): domain.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+                results[node] = {domain.name(): bool(domain.isActive())
                                  for domain in connection.listAllDomains()}
             finally:
                 connection.close()

@@ -1,10 +1,12 @@
 """One fault-injection run: clients and nemesis for a bounded time, then settling, then the checker.
 
-    run = run_faults(cluster, seed=seed_from_env(), seconds=75, history_path=tmp_path / "history.jsonl")
+    run = run_faults(cluster, seed=seed_from_env(), seconds=60, kinds=nemesis.PROCESS_KINDS,
+                     history_path=tmp_path / "history.jsonl")
     print(run.summary())
-    assert not run.problems
+    assert not run.inconclusive and not run.problems
 
-Order: the monitor starts first and stops last; clients and nemesis run together for `seconds`; then the
+Order: the monitor starts first and stops last; clients and nemesis run together for `seconds` (longer, by at
+most `FIRST_ROUND_GRACE_S`, until every kind asked for has been injected once); then the
 nemesis heals what it broke (continues stopped processes, starts killed daemons, powers fenced hosts on again)
 and the clients finish their last call; then the run waits for the cluster to settle (every record matching the hosts, no flush or ready
 task active, twice in a row) while the monitor still watches; only then does the checker read the history.
@@ -25,13 +27,18 @@ from pvc.cli.localcluster.cluster import SESSION_TIMEOUT
 from pvc.errors import PVCError
 
 from faults import checker, nemesis, workload
-from faults.history import History
+from faults.history import History, Operation
 from faults.monitor import HostGate, Monitor, read_hosts
 
 SEED_VARIABLE = "PVC_FAULT_SEED"
-CLIENT_RETURN_TIMEOUT = 130.0
-"""Seconds the clients get, after the faults stop, to return from their last call: a call with wait=True may
-take the coordinator's own bound on waiting for a node (120 s) before it answers `Unavailable`."""
+FIRST_ROUND_GRACE_S = 45.0
+"""Seconds a run may go on past its length for the nemesis to inject every kind asked for once."""
+CLIENT_RETURN_TIMEOUT = 20.0
+"""Seconds the clients get, after the faults stop, to return from their last call. A call with wait=True may
+take the coordinator's own bound on waiting for a node (120 s) before it answers `Unavailable`, twice when its
+coordinator died meanwhile (the client then sends it to the next one); a call still waiting then is recorded
+as one whose answer never came (it may take effect at any time: `checker.command_problems` counts it so), and
+listed, but is no failure: waiting is not what this checker judges."""
 
 
 def seed_from_env() -> int:
@@ -59,7 +66,14 @@ class FaultRun:
     violations: list[checker.Violation] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
     existence: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+    outcomes: list[str] = field(default_factory=list)
     stragglers: list[str] = field(default_factory=list)
+    kinds: tuple[str, ...] = ()
+    """The fault kinds the run was asked to inject, each at least once."""
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    gaps: checker.Gaps | None = None
+    administrator_fences: int = 0
     settled_after: float | None = None
     faults_ended: float = 0.0
     node_states: dict[str, str] = field(default_factory=dict)
@@ -67,8 +81,24 @@ class FaultRun:
     elapsed: float = 0.0
 
     @property
+    def missing_kinds(self) -> list[str]:
+        injected = self.history.faults_by_kind()
+        return [kind for kind in self.kinds if not injected.get(kind)]
+
+    @property
     def problems(self) -> list[str]:
-        return [str(violation) for violation in self.violations] + self.mismatches + self.existence + self.stragglers
+        return [str(violation) for violation in self.violations] + self.mismatches + self.existence + \
+            self.commands + self.outcomes + \
+            [f"fault kind {kind} was asked for but never injected" for kind in self.missing_kinds]
+
+    @property
+    def inconclusive(self) -> str | None:
+        """Why the run proves nothing (the monitor did not watch closely enough), or None."""
+        return self.gaps.inconclusive if self.gaps is not None else "the monitor's gaps were never judged"
+
+    def recoveries(self) -> Counter:
+        """Recovery task outcome → count (``done`` is a completed recovery)."""
+        return Counter(task.get("state") for task in self.tasks if task.get("kind") == "recover")
 
     def summary(self) -> str:
         history = self.history
@@ -82,6 +112,20 @@ class FaultRun:
         faults = history.faults_by_kind()
         lines.append(f"faults: {sum(faults.values())} ("
                      + ", ".join(f"{kind} {count}" for kind, count in sorted(faults.items())) + ")")
+        if self.kinds:
+            lines.append(f"fault kinds asked for: {len(self.kinds)}; never injected: "
+                         f"{', '.join(self.missing_kinds) or 'none'}")
+        recoveries = self.recoveries()
+        lines.append(f"recoveries completed: {recoveries.get('done', 0)} (recovery tasks: "
+                     f"{_counts(recoveries) or 'none'}); fences confirmed by the nemesis as an administrator: "
+                     f"{self.administrator_fences}")
+        other_tasks = Counter(f"{task.get('kind')} {task.get('state')}" for task in self.tasks
+                              if task.get("kind") != "recover")
+        lines.append(f"other tasks: {_counts(other_tasks) or 'none'}")
+        if self.gaps is not None:
+            lines.append(self.gaps.describe())
+        if self.inconclusive:
+            lines.append(f"INCONCLUSIVE: {self.inconclusive}")
         lines.append("monitor readings: " + "; ".join(
             f"{host} " + ", ".join(f"{what} {count}" for what, count in sorted(counts.items()))
             for host, counts in history.samples_by_host().items()))
@@ -108,6 +152,13 @@ class FaultRun:
                 lines.extend(f"      {line}" for line in excerpt[-40:])
         lines.append(f"acknowledged defines/removes contradicted: {len(self.existence)}")
         lines.extend(f"  {problem}" for problem in self.existence)
+        lines.append(f"faults whose outcome was not the one they must have: {len(self.outcomes)}")
+        lines.extend(f"  {problem}" for problem in self.outcomes)
+        lines.append(f"final state or placement contradicting acknowledged commands: {len(self.commands)}")
+        for problem in self.commands:
+            lines.append(f"  {problem}")
+            vm = problem.split(":")[0]
+            lines.extend(f"      {line}" for line in history.around(vm, 0, history.now())[-40:])
         lines.append("first planned faults: " + "; ".join(fault.describe() for fault in self.planned_faults))
         for actor, operations in self.planned_operations.items():
             lines.append(f"first planned operations of {actor}: " + "; ".join(op.describe() for op in operations))
@@ -118,9 +169,10 @@ class FaultRun:
 
 def run_faults(cluster, seed: int, seconds: float, clients: int = 4, vm_count: int = 6,
                domain_xml: Callable[[str], str] | None = None,
-               fault_weights: dict[str, float] = nemesis.FAULT_WEIGHTS, settle_timeout: float = 60.0,
-               history_path: Path | None = None) -> FaultRun:
-    """Run clients and nemesis against `cluster` (a `RunningCluster`) for `seconds`, settle, and check."""
+               fault_weights: dict[str, float] = nemesis.FAULT_WEIGHTS, kinds: tuple[str, ...] | None = None,
+               settle_timeout: float = 60.0, history_path: Path | None = None) -> FaultRun:
+    """Run clients and nemesis against `cluster` (a `RunningCluster`) for `seconds`, settle, and check. `kinds`
+    (by default those of `fault_weights`) are the fault kinds the run must inject, each at least once."""
     from vm_support import vm_xml
     domain_xml = domain_xml or vm_xml
     local = cluster.local
@@ -128,8 +180,9 @@ def run_faults(cluster, seed: int, seconds: float, clients: int = 4, vm_count: i
     history = History()
     vms = [f"chaos{index}" for index in range(vm_count)]
     nodes = local.node_names
-    run = FaultRun(seed, seconds, history, clients, vms, nodes, local.coordinator_names, history_path=history_path)
-    run.planned_faults = _first(nemesis.schedule(seed, SESSION_TIMEOUT, fault_weights), 8)
+    run = FaultRun(seed, seconds, history, clients, vms, nodes, local.coordinator_names, history_path=history_path,
+                   kinds=tuple(kinds or fault_weights))
+    run.planned_faults = _first(nemesis.schedule(seed, SESSION_TIMEOUT, fault_weights, run.kinds), 12)
     run.planned_operations = {f"client{index}": _first(workload.schedule(seed, f"client{index}", vms, nodes), 4)
                               for index in range(clients)}
 
@@ -142,24 +195,33 @@ def run_faults(cluster, seed: int, seconds: float, clients: int = 4, vm_count: i
     workers = [workload.Client(f"client{index}", connect, history,
                                workload.schedule(seed, f"client{index}", vms, nodes), domain_xml, stopping)
                for index in range(clients)]
-    chaos = nemesis.Nemesis(local, history, gates, nemesis.schedule(seed, SESSION_TIMEOUT, fault_weights),
-                            stopping, connect)
+    chaos = nemesis.Nemesis(local, history, gates, nemesis.schedule(seed, SESSION_TIMEOUT, fault_weights, run.kinds),
+                            stopping, connect, domain_xml)
     try:
         for thread in [*workers, chaos]:
             thread.start()
         stopping.wait(seconds)
+        grace = time.monotonic() + FIRST_ROUND_GRACE_S
+        while run.missing_kinds and time.monotonic() < grace:
+            time.sleep(0.5)
     finally:
         stopping.set()
         run.faults_ended = history.now()
-        chaos.join(30)
+        chaos.join(60)
         chaos.heal()
+        run.administrator_fences = chaos.administrator_fences
     deadline = time.monotonic() + CLIENT_RETURN_TIMEOUT
     for worker in workers:
         worker.join(max(0.0, deadline - time.monotonic()))
-        if worker.is_alive() and worker.in_flight:
-            operation, invoked = worker.in_flight
+        unanswered = worker.abandon() if worker.is_alive() else None
+        if unanswered is not None:
+            operation, invoked = unanswered
+            history.add(Operation(worker.name, operation.kind, None if operation.kind in ("flush", "ready") else
+                                  operation.vm, operation.node, operation.wait, invoked, history.now(), "no answer",
+                                  f"still waiting {CLIENT_RETURN_TIMEOUT:g} s after the faults stopped"))
             run.stragglers.append(f"{worker.name}: {operation.describe()} invoked at {invoked:.3f} s had not "
-                                  f"returned {CLIENT_RETURN_TIMEOUT:g} s after the faults stopped")
+                                  f"returned {CLIENT_RETURN_TIMEOUT:g} s after the faults stopped (counted as a "
+                                  f"call whose answer was lost)")
     try:
         records = _settle(run, local, gates, connect, chaos, settle_timeout)
         time.sleep(1.0)  # a last second of watching the settled cluster
@@ -167,6 +229,9 @@ def run_faults(cluster, seed: int, seconds: float, clients: int = 4, vm_count: i
         monitor.stop()
     run.violations = checker.double_runs(history)
     run.existence = checker.existence_problems(history.operations, records)
+    run.commands = checker.command_problems(history, records, run.tasks)
+    run.gaps = checker.sampling_gaps(history)
+    run.outcomes = fault_outcomes(history, run.tasks)
     run.elapsed = time.monotonic() - started
     if history_path is not None:
         history.dump(history_path)
@@ -199,11 +264,80 @@ def _settle(run: FaultRun, local, gates: dict[str, HostGate], connect, chaos: ne
         try:
             run.node_states = {node["name"]: f"{node['daemon_state']}/{node['domain_state']}"
                                for node in client.nodes.list()}
+            run.tasks = client.nodes.tasks()
         except PVCError as error:
             run.node_states = {"?": str(error)}
     finally:
         client.close()
     return records
+
+
+FENCE_WINDOW_S = 25.0
+"""Seconds after a fault that may get a node fenced during which its recovery may begin."""
+SELF_FENCED_BY_S = 4.5
+"""Seconds after its link is cut by which a host must have stopped every VM: the leader's fence deadline (4 s)
+and a margin for the monitor's reading."""
+FENCED_CUT_S = 5.5
+"""A cut this long at least must get its hosts fenced (one the end of the run cut short is not judged)."""
+
+
+def fault_outcomes(history: History, tasks: list[dict[str, Any]]) -> list[str]:
+    """The outcomes some faults must have, whatever else happened:
+
+    - a host cut off for `FENCED_CUT_S` or more (alone, or two of five together, still reaching each other)
+      fences itself: by `SELF_FENCED_BY_S` after the cut, the monitor sees none of the VMs it ran then running
+      there, as long as the cut lasts; and it is fenced: a recovery of it completes (a host that fenced itself
+      stays silent until its daemon restarts, so even a leader changed during the cut finds it dead once it
+      leads);
+    - a clone of a node (its name, another PID namespace) does not take the node over: the original pvcnoded
+      still runs;
+    - a ZooKeeper server killed, the leading one included, fences nothing: no recovery of a node that no other
+      fault could have got fenced begins while it is down or within `FENCE_WINDOW_S` of its return."""
+    recoveries = [(history.from_wall(task.get("created")) or 0.0, task) for task in tasks
+                  if task.get("kind") == "recover"]
+    heavy = [(set(fault.target.split("+")), fault.injected, fault.healed + FENCE_WINDOW_S)
+             for fault in history.faults if fault.kind in nemesis.HEAVY]
+    problems = []
+    for fault in history.faults:
+        if fault.kind in ("cut-host", "cut-minority") and fault.healed - fault.injected >= FENCED_CUT_S:
+            problems += _self_fenced(history, fault)
+            for node in fault.target.split("+"):
+                if not any(task.get("node") == node and task.get("state") == "done"
+                           and fault.injected <= created <= fault.healed + FENCE_WINDOW_S
+                           for created, task in recoveries):
+                    problems.append(f"{node} was cut off ({fault.kind} {fault.target} at "
+                                    f"{fault.injected:.3f}..{fault.healed:.3f} s), yet no recovery of it completed")
+        if fault.kind == "clone-node" and "the original still runs" not in fault.detail:
+            problems.append(f"clone-node {fault.target} at {fault.injected:.3f}..{fault.healed:.3f} s: the clone "
+                            f"took the node over: {fault.detail}")
+        if fault.kind in ("kill-zookeeper-leader", "kill-zookeeper-server"):
+            for created, task in recoveries:
+                node = task.get("node")
+                if fault.injected <= created <= fault.healed + FENCE_WINDOW_S and not any(
+                        node in nodes and start <= created <= end for nodes, start, end in heavy):
+                    problems.append(f"{fault.kind} {fault.target} at {fault.injected:.3f}..{fault.healed:.3f} s "
+                                    f"got node {node} fenced ({task.get('id')} at {created:.3f} s, "
+                                    f"{task.get('state')}): losing one ZooKeeper server must fence nothing")
+    return problems
+
+
+def _self_fenced(history: History, fault) -> list[str]:
+    """Whether each host of a cut stopped the VMs it ran at the cut by `SELF_FENCED_BY_S` after it."""
+    problems = []
+    for host in fault.target.split("+"):
+        readings = sorted((sample for sample in history.samples if sample.host == host and sample.running is not None),
+                          key=lambda sample: sample.asked)
+        before = [sample for sample in readings if sample.answered <= fault.injected]
+        ran = set(before[-1].running) if before else set()
+        late = [sample for sample in readings
+                if fault.injected + SELF_FENCED_BY_S <= sample.asked and sample.answered <= fault.healed]
+        still = sorted({vm for sample in late for vm in ran & set(sample.running)})
+        if still:
+            first = next(sample for sample in late if ran & set(sample.running))
+            problems.append(f"{host} was cut off ({fault.kind} {fault.target} at {fault.injected:.3f}.."
+                            f"{fault.healed:.3f} s) yet still ran {', '.join(still)} at {first.asked:.3f} s, "
+                            f"{first.asked - fault.injected:.2f} s after the cut: it did not fence itself")
+    return problems
 
 
 def _counts(counter: Counter) -> str:

@@ -18,8 +18,8 @@ from pvc.errors import PVCError
 from faults.history import History, Operation
 
 OPERATION_WEIGHTS = {
-    "define": 2.5, "start": 5, "stop": 2, "shutdown": 1.5, "migrate": 3, "migrate-auto": 2, "flush": 0.4,
-    "ready": 1.2, "remove": 0.5,
+    "define": 2.5, "start": 5, "stop": 2, "shutdown": 1.5, "restart": 1, "disable": 0.4, "migrate": 3,
+    "migrate-auto": 2, "flush": 0.4, "ready": 1.2, "remove": 0.5,
 }
 WAIT_SHARE = 0.15
 """Share of state changes, migrations and removals called with wait=True (the call returns once the node is
@@ -64,7 +64,7 @@ def perform(client, operation: PlannedOperation, domain_xml: Callable[[str], str
     kind, vm, node, wait = operation.kind, operation.vm, operation.node, operation.wait
     if kind == "define":
         return vms.define(domain_xml(vm), target=node)
-    if kind in ("start", "stop", "shutdown"):
+    if kind in ("start", "stop", "shutdown", "restart", "disable"):
         return getattr(vms, kind)(vm, wait=wait)
     if kind in ("migrate", "migrate-auto"):
         return vms.migrate(vm, target=node, wait=wait)
@@ -99,6 +99,15 @@ class Client(threading.Thread):
         self._domain_xml = domain_xml
         self._stopping = stopping
         self.in_flight: tuple[PlannedOperation, float] | None = None
+        self._abandoned = False
+        self._recording = threading.Lock()
+
+    def abandon(self) -> tuple[PlannedOperation, float] | None:
+        """Stop recording: the run ends without this client's call in flight, which the run records itself
+        as unanswered; returns that call, if there is one (None if it has just been recorded)."""
+        with self._recording:
+            self._abandoned = True
+            return self.in_flight
 
     def run(self) -> None:
         client = self._connect()
@@ -115,9 +124,12 @@ class Client(threading.Thread):
                 except Exception as error:  # anything else crossing the wire is itself worth reporting
                     outcome, detail = f"unexpected {type(error).__name__}", str(error)
                 vm = None if operation.kind in ("flush", "ready") else operation.vm
-                self._history.add(Operation(self.name, operation.kind, vm, operation.node,
-                                            operation.wait, invoked, self._history.now(), outcome, detail[:300]))
-                self.in_flight = None
+                with self._recording:
+                    if self._abandoned:
+                        break
+                    self._history.add(Operation(self.name, operation.kind, vm, operation.node,
+                                                operation.wait, invoked, self._history.now(), outcome, detail[:300]))
+                    self.in_flight = None
                 self._stopping.wait(operation.pause_s)
         finally:
             client.close()
