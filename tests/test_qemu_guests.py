@@ -16,9 +16,15 @@ from pvc.errors import OperationFailed
 from guest_support import (boot_guests, console_text, guest_xml, heartbeats, qemu_pid, volume_marker,
                            wait_heartbeat)
 from helpers import eventually
-from vm_support import assert_no_vm_on_two_hosts, pvc, wait_for_task, wait_running_on
+from vm_support import (assert_no_vm_on_two_hosts, fence_deadline_beyond_restarts, pvc, restart_node_daemon,
+                        wait_for_task, wait_running_on)
 
 pytestmark = pytest.mark.usefixtures("qemu_cluster")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def restarts_never_fenced(qemu_cluster):
+    fence_deadline_beyond_restarts(qemu_cluster)
 
 
 def _shutoff_reason(cluster, node: str, vm: str) -> tuple[int, int]:
@@ -127,8 +133,7 @@ def test_guests_outlive_their_node_daemon_and_a_libvirtd_restart(qemu_cluster, m
     local.stop_daemon("pvcnoded", node, kill=True)
     beat = wait_heartbeat(qemu_cluster, mover, node, after=heartbeats(qemu_cluster, mover, node)[-1].counter)
     assert qemu_pid(qemu_cluster, node, mover) == pid
-    local.start_node_daemon(node)
-    local.wait_ready(30)
+    restart_node_daemon(qemu_cluster, node)
 
     local.host(node).restart_libvirtd()
     assert qemu_pid(qemu_cluster, node, mover) == pid, "QEMU outlives libvirtd"
