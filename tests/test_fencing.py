@@ -4,10 +4,14 @@ Nodes die the way they do in a machine room: their pvcnoded is killed (the host 
 exactly why a VM must not be started twice), or their host loses power. The truth is each host's own
 libvirtd.
 """
+import os
+import signal
+from pathlib import Path
+
 import pytest
 
 from pvc.cli.localcluster.cluster import FENCE_INTERVALS, KEEPALIVE_INTERVAL
-from pvc.cli.localcluster.processes import pid_alive
+from pvc.cli.localcluster.processes import pid_alive, process_cmdline
 
 from conftest import started_cluster
 from guest_support import boot_guests, wait_heartbeat
@@ -139,21 +143,70 @@ def test_a_third_party_fencing_policy_is_a_level_of_the_chain(example_plugin_ins
     wait_running_on(fresh_cluster, "rescued", node)
 
 
-@pytest.mark.cluster(nodes=3, coordinators=2)
-def test_a_recovery_whose_leader_dies_is_finished_by_the_next_leader(fresh_cluster):
+def _ipmitool_of(pid: int) -> list[str] | None:
+    """The command line of an ipmitool that process `pid` runs, if any."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and pid_alive(int(entry.name)):
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            argv = process_cmdline(int(entry.name))
+            if parent == pid and argv and Path(argv[0]).name == "ipmitool":
+                return argv
+    return None
+
+
+def _kill_leader(fresh_cluster) -> str:
     client, local = fresh_cluster.client, fresh_cluster.local
-    names = [f"resumed{index}" for index in range(6)]
-    _vms_on(client, "hv1", names)
     leader = client.cluster.status()["leader"]
-
-    local.stop_daemon("pvcnoded", "hv1", kill=True)
-    assert eventually(lambda: client.nodes.info("hv1")["daemon_state"] != "run", DETECTION_S, 0.05)
     local.stop_daemon("pvcapid", leader, kill=True)
-
     assert eventually(lambda: client.cluster.status()["leader"] not in (None, leader), 15, 0.2)
-    _recovery(client, "hv1", "done", timeout=60)
-    for name in names:
-        node = client.vms.info(name)["node"]
-        assert node in ("hv2", "hv3")
-        wait_running_on(fresh_cluster, name, node, timeout=30)
+    return leader
+
+
+@pytest.mark.cluster(nodes=3, coordinators=3)
+def test_a_recovery_whose_leader_dies_in_the_fence_and_then_in_the_moves_is_finished_by_the_next_leaders(
+        fresh_cluster):
+    """Each leader is killed at a point the test holds it at: the first while its ipmitool waits for a BMC
+    frozen with SIGSTOP (the fence begun, not done), the second once the fence is confirmed and the moves to
+    hv3 are made but those to hv2, whose libvirtd is frozen, are not. The third finishes the recovery."""
+    client, local = fresh_cluster.client, fresh_cluster.local
+    fast, slow = ["fast1", "fast2"], ["slow1", "slow2"]
+    for name in fast + slow:
+        client.vms.define(vm_xml(name), target="hv1", node_limit=["hv1", "hv3" if name in fast else "hv2"])
+        client.vms.start(name, wait=True)
+    bmc, target = local.bmc("hv1").pid, local.host("hv2").pid
+    os.kill(bmc, signal.SIGSTOP)
+    os.kill(target, signal.SIGSTOP)
+    try:
+        local.stop_daemon("pvcnoded", "hv1", kill=True)
+        first = local.daemon_pid("pvcapid", client.cluster.status()["leader"])
+        fencing = eventually(lambda: _ipmitool_of(first), DETECTION_S + 5)
+        assert fencing and fencing[-3:] == ["chassis", "power", "off"], fencing
+        killed_in_fence = client.nodes.info("hv1")
+        _kill_leader(fresh_cluster)
+        os.kill(bmc, signal.SIGCONT)
+        assert killed_in_fence["daemon_state"] == "dead" and killed_in_fence["recovery"]["state"] == "running"
+        assert killed_in_fence["recovery"]["fence"] == [], "killed with the fence begun, not done"
+
+        def moving():
+            recovery = client.nodes.info("hv1")["recovery"]
+            task = client.nodes.task(recovery["id"])
+            return task if task["total"] == 4 and task["done"] == 2 else None
+        killed_in_moves = eventually(moving, 30, 0.1)
+        assert killed_in_moves, client.nodes.info("hv1")
+        assert killed_in_moves["state"] == "running", killed_in_moves
+        assert [level["confirmed"] for level in killed_in_moves["fence"]] == [True] and not local.host("hv1").running
+        assert fresh_cluster.host_domains("hv3") == {name: True for name in fast}  # (a client of hv2 would hang)
+        _kill_leader(fresh_cluster)
+    finally:
+        os.kill(bmc, signal.SIGCONT)
+        os.kill(target, signal.SIGCONT)
+
+    recovery = _recovery(client, "hv1", "done", timeout=60)
+    assert sorted(recovery["moved"]) == sorted(fast + slow)
+    for name in slow:
+        wait_running_on(fresh_cluster, name, "hv2", timeout=30)
+    assert client.nodes.info("hv1")["daemon_state"] == "fenced"
     assert_no_vm_on_two_hosts(fresh_cluster)
