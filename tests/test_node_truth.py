@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from pvc.cli.localcluster.cluster import KEEPALIVE_INTERVAL, LIBVIRT_TIMEOUT
 
 from helpers import cluster_store, eventually
 from vm_support import (assert_no_vm_on_two_hosts, fence_deadline_beyond_restarts, remove_all_vms,
-                        restart_node_daemon, vm_xml, wait_running_on)
+                        restart_node_daemon, vm_xml, wait_for_task, wait_running_on)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,6 +63,50 @@ def test_a_hung_libvirtd_makes_its_vms_unknown_and_nothing_starts_them_elsewhere
     assert eventually(lambda: (lambda vm: vm["running"] is True and vm["unknown"] is None)(client.vms.info("held")),
                       10)
     assert_no_vm_on_two_hosts(cluster)
+
+
+def test_an_unknown_vm_is_started_elsewhere_neither_by_a_flush_nor_by_vm_start(cluster):
+    """Two VMs whose node's libvirtd hangs: one flushed away with the node, one stopped, moved and started on
+    another node. Neither starts anywhere else until its old node can say its copy is off."""
+    client = cluster.client
+    names = ("flushed", "restarted")
+    for name in names:
+        client.vms.define(vm_xml(name), target="hv1")
+        client.vms.start(name, wait=True)
+    _freeze(cluster, "hv1", True)
+    try:
+        assert eventually(lambda: all(client.vms.info(name)["running"] is None for name in names),
+                          LIBVIRT_TIMEOUT + 4 * KEEPALIVE_INTERVAL), [client.vms.info(name) for name in names]
+        client.vms.stop("restarted")
+        client.vms.move("restarted", target="hv2")
+        client.vms.start("restarted")
+        flush = client.nodes.flush("hv1")
+        started = _seen_running(cluster, ("hv2", "hv3"), 4 * KEEPALIVE_INTERVAL)
+        assert not started, f"started elsewhere while its old node cannot say it is off: {started}"
+        assert client.nodes.task(flush["id"])["state"] == "running", "the flush waits for the VM it cannot move yet"
+    finally:
+        _freeze(cluster, "hv1", False)
+
+    wait_running_on(cluster, "restarted", "hv2", timeout=LIBVIRT_TIMEOUT + 15)
+    flushed = wait_for_task(client, client.nodes.task(flush["id"]))
+    assert flushed["state"] == "done" and flushed["moved"] == ["flushed"], flushed
+    assert client.vms.info("flushed")["node"] in ("hv2", "hv3")
+    wait_running_on(cluster, "flushed", client.vms.info("flushed")["node"])
+    wait_for_task(client, client.nodes.ready("hv1"))
+    assert_no_vm_on_two_hosts(cluster)
+
+
+def _seen_running(cluster, nodes: tuple[str, ...], window: float) -> dict[str, set[str]]:
+    """Every VM seen running on any of `nodes` during `window` seconds, with where."""
+    seen: dict[str, set[str]] = {}
+    deadline = time.monotonic() + window
+    while time.monotonic() < deadline:
+        for node in nodes:
+            for name, running in cluster.host_domains(node).items():
+                if running:
+                    seen.setdefault(name, set()).add(node)
+        time.sleep(0.1)
+    return seen
 
 
 def test_the_converge_loop_outlives_a_libvirt_outage(cluster):
