@@ -63,7 +63,7 @@ def test_a_fence_that_is_not_confirmed_restarts_nothing_until_an_administrator_c
 
 
 @pytest.mark.cluster(nodes=3)
-def test_in_maintenance_a_dead_node_is_not_fenced_and_its_vms_stay(fresh_cluster):
+def test_in_maintenance_a_dead_node_is_not_fenced_and_once_it_ends_it_is_fenced_and_recovered(fresh_cluster):
     client, local = fresh_cluster.client, fresh_cluster.local
     client.cluster.maintenance(True)
     _vms_on(client, "hv2", ["kept-home"])
@@ -74,6 +74,16 @@ def test_in_maintenance_a_dead_node_is_not_fenced_and_its_vms_stay(fresh_cluster
     assert not eventually(lambda: client.nodes.info("hv2")["recovery"], 3 * KEEPALIVE_INTERVAL)
     assert running_hosts(fresh_cluster) == {"kept-home": ["hv2"]}
     assert client.vms.info("kept-home")["node"] == "hv2"
+    assert local.host("hv2").running
+
+    client.cluster.maintenance(False)
+
+    recovery = _recovery(client, "hv2", "done")
+    assert [(level["policy"], level["confirmed"]) for level in recovery["fence"]] == [("ipmi", True)]
+    assert recovery["moved"] == ["kept-home"] and not local.host("hv2").running
+    assert client.nodes.info("hv2")["daemon_state"] == "fenced"
+    wait_running_on(fresh_cluster, "kept-home", client.vms.info("kept-home")["node"])
+    assert client.vms.info("kept-home")["node"] in ("hv1", "hv3")
 
 
 @pytest.mark.cluster(nodes=3)
