@@ -413,6 +413,24 @@ def test_token_is_single_use_and_bound_to_its_size(storage_cluster, pool):
     assert_nothing_left(storage_cluster, pool, "bound")
 
 
+def test_token_is_refused_after_a_completed_upload(storage_cluster, pool):
+    """A token is spent by the upload it admitted: a replay of a finished upload changes nothing."""
+    storage = storage_cluster.client.storage
+    data, replayed = os.urandom(MIB), os.urandom(MIB)
+    checksum = bulk.checksum_of_bytes(data)
+    ticket = storage.upload_begin(pool, "finished", MIB, checksum, "raw")
+    bulk.stream_upload(ticket["address"], ticket["token"], bulk.SpooledSource(io.BytesIO(data)), checksum, 10)
+    assert volume_bytes(storage_cluster, pool, "finished") == data, "the upload was completed"
+
+    for content in (data, replayed):
+        with pytest.raises(AuthenticationError, match="upload token unknown, already used or expired"):
+            bulk.stream_upload(ticket["address"], ticket["token"], bulk.SpooledSource(io.BytesIO(content)),
+                               bulk.checksum_of_bytes(content), 10)
+    assert volume_bytes(storage_cluster, pool, "finished") == data
+    assert leftovers(storage_cluster, pool) == []
+    storage.volume_remove(pool, "finished")
+
+
 def test_token_is_bound_to_the_declared_checksum(storage_cluster, pool):
     """Whoever sees a token cannot spend it on other content of the same size."""
     declared, other = os.urandom(MIB), os.urandom(MIB)
