@@ -6,11 +6,13 @@ volume's bytes on the host. Guests boot in seconds under TCG, so the module shar
 booted guests where a test allows.
 """
 import os
+import socket
 
 import libvirt
 import pytest
 
 from pvc.cli.localcluster.processes import pid_alive
+from pvc.cli.localcluster.qemuhost import MIGRATION_PORTS
 from pvc.errors import OperationFailed
 
 from guest_support import (boot_guests, console_text, guest_xml, heartbeats, qemu_pid, volume_marker,
@@ -123,6 +125,34 @@ def test_a_live_migration_that_cannot_succeed_leaves_the_guest_running_where_it_
     assert qemu_pid(qemu_cluster, source, mover) == pid, "the guest never stopped"
     wait_heartbeat(qemu_cluster, mover, source, after=heartbeats(qemu_cluster, mover, source)[-1].counter)
     assert_no_vm_on_two_hosts(qemu_cluster)
+
+
+def test_auto_migration_falls_back_to_a_shutdown_when_the_target_answers_no_and_says_so(qemu_cluster):
+    """Every incoming-migration port of the target is taken, so its libvirtd answers the live migration with an
+    error: method ``auto`` then moves the guest by shutting it down, and the VM says why (`migration_note`)."""
+    client, local = qemu_cluster.client, qemu_cluster.local
+    boot = boot_guests(qemu_cluster, "hv1", ["fallback"])["fallback"]
+    target = local.host("hv2")
+    first = target.settings["migration_port_min"]
+    taken = []
+    try:
+        for port in range(first, first + MIGRATION_PORTS):
+            sock = socket.socket()
+            sock.bind((target.address, port))
+            sock.listen()
+            taken.append(sock)
+        moved = client.vms.migrate("fallback", target="hv2", wait=True)
+    finally:
+        for sock in taken:
+            sock.close()
+
+    assert (moved["node"], moved["running"]) == ("hv2", True), moved
+    note = client.vms.info("fallback")["migration_note"]
+    assert note and note.startswith("live migration failed (") and "migrated by shutting it down" in note, note
+    assert "power button pressed" in console_text(qemu_cluster, "fallback", "hv1"), "shut down through ACPI"
+    assert heartbeats(qemu_cluster, "fallback", "hv1")[-1].boot_id == boot.boot_id
+    wait_running_on(qemu_cluster, "fallback", "hv2")
+    client.vms.remove("fallback")
 
 
 def test_guests_outlive_their_node_daemon_and_a_libvirtd_restart(qemu_cluster, mover):
