@@ -483,12 +483,19 @@ def test_client_killed_mid_upload_leaves_nothing(storage_cluster, pool, images):
         sock.sendall(json.dumps(header).encode() + b"\\n")
         sock.makefile("rb").readline()
         sock.sendall(data[:len(data) // 2])
-        os.kill(os.getpid(), signal.SIGKILL)
+        print("half sent", flush=True)
+        sys.stdin.read()
         """)
-    client = subprocess.run([sys.executable, "-c", client_script, storage_cluster.local.uris[0],
-                             storage_cluster.local.state["api_key"], pool, "killed", str(image)],
-                            capture_output=True)
-    assert client.returncode == -signal.SIGKILL, client.stderr.decode()
+    client = subprocess.Popen([sys.executable, "-c", client_script, storage_cluster.local.uris[0],
+                               storage_cluster.local.state["api_key"], pool, "killed", str(image)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert client.stdout.readline() == b"half sent\n", client.stderr.read().decode()
+        assert eventually(lambda: leftovers(storage_cluster, pool), timeout=10), \
+            "the half-sent upload is staged when its client is killed"
+    finally:
+        client.kill()
+        client.communicate()
 
     assert eventually(lambda: leftovers(storage_cluster, pool) == [], timeout=10)
     assert_nothing_left(storage_cluster, pool, "killed")
@@ -747,6 +754,7 @@ def test_node_start_sweeps_its_own_upload_leftovers(storage_cluster, pool):
         backend.volume_create(pool, ".upload-elsewhere-1-0-0ddba11a", MIB)
         for name in (".stage-crashed", ".stage-crashed.nbd", ".probe-crashed"):
             (local.staging_dir(node) / name).write_bytes(b"left")
+        assert len(leftovers(storage_cluster, pool)) == 7, "the leftovers are there before the node starts"
     finally:
         local.start_node_daemon(node)
 
