@@ -98,11 +98,12 @@ def test_live_migration_moves_a_running_guest_and_its_disk_without_a_reboot(qemu
 def test_a_qemu_host_reports_what_its_guests_hold_and_use(qemu_cluster, mover):
     client = qemu_cluster.client
     node = client.vms.info(mover)["node"]
-    idle = next(name for name in qemu_cluster.local.node_names
-                if name != node and not qemu_cluster.local.host(name).qemu_pids())
+    idle = _idle_host(qemu_cluster)
+    guests = len(qemu_cluster.local.host(node).qemu_pids())
     busy = eventually(lambda: (lambda info: info if info["load"] else None)(client.nodes.info(node)), 5)
     assert busy, "a running TCG guest uses CPU, and its host's load shows it"
-    assert (busy["vms_running"], busy["memory_allocated_mib"], busy["vcpus_allocated"]) == (1, 128, 1)
+    assert (busy["vms_running"], busy["memory_allocated_mib"], busy["vcpus_allocated"]) == \
+        (guests, 128 * guests, guests), f"{node} runs {guests} guest(s) of 128 MiB and 1 vCPU"
     assert busy["accelerator"] == qemu_cluster.local.state["accelerator"] and busy["hypervisor"] == "QEMU"
     assert client.nodes.info(idle)["load"] == 0.0
 
@@ -170,8 +171,16 @@ def test_guests_outlive_their_node_daemon_and_a_libvirtd_restart(qemu_cluster, m
     assert wait_heartbeat(qemu_cluster, mover, node, after=beat.counter).boot_id == beat.boot_id
     assert eventually(lambda: qemu_cluster.host_domains(node).get(mover) is True, 15)
     assert eventually(lambda: (lambda vm: vm["running"] and vm["node"] == node)(client.vms.info(mover)), 15)
-    assert eventually(lambda: client.nodes.info(node)["vms_running"] == 1, 15), \
+    guests = len(local.host(node).qemu_pids())
+    assert eventually(lambda: client.nodes.info(node)["vms_running"] == guests, 15), \
         "the node reports the guest once libvirtd is back"
+
+    target = next(name for name in local.node_names if name != node)
+    client.vms.migrate(mover, target=target, wait=True)
+    wait_running_on(qemu_cluster, mover, target)
+    assert client.vms.info(mover)["migration_note"] is None, "a live migration, not a shutdown"
+    assert wait_heartbeat(qemu_cluster, mover, target, after=beat.counter).boot_id == beat.boot_id, \
+        "a guest whose libvirtd restarted still moves live"
 
 
 def test_flush_live_migrates_every_guest_in_parallel_and_ready_brings_them_back(qemu_cluster):
@@ -198,15 +207,33 @@ def test_flush_live_migrates_every_guest_in_parallel_and_ready_brings_them_back(
 
 
 def test_powering_a_host_off_kills_every_guest_in_it(qemu_cluster):
-    host = qemu_cluster.local.host("hv1")
+    client, local = qemu_cluster.client, qemu_cluster.local
+    node = _idle_host(qemu_cluster)
+    host = local.host(node)
+    names = ["doomed1", "doomed2"]
+    for name in names:
+        client.vms.define(guest_xml(name), target=node)
+        client.vms.start(name, wait=True)
     pids = host.qemu_pids()
-    assert len(pids) >= 3, f"the flush test's guests run on hv1: {pids}"
+    assert sorted(pids) == names, pids
 
     host.power_off()
 
     assert eventually(lambda: not any(pid in _live_pids() for pid in pids.values()), 10), \
         "every QEMU process of the host died with it"
     assert not host.running
+    for name in names:  # the host comes back empty, for the tests after this one
+        client.vms.remove(name)
+    host.start()
+    assert eventually(lambda: not any(vm["name"] in names for vm in client.vms.list()), 30), client.vms.list()
+    assert host.qemu_pids() == {}
+
+
+def _idle_host(cluster) -> str:
+    """A host that runs no guest at all."""
+    idle = [name for name in cluster.local.node_names if not cluster.local.host(name).qemu_pids()]
+    assert idle, {name: cluster.local.host(name).qemu_pids() for name in cluster.local.node_names}
+    return idle[0]
 
 
 def _live_pids() -> set[int]:
