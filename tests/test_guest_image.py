@@ -11,7 +11,6 @@ import os
 import re
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -107,9 +106,7 @@ def first_heartbeat(booted: BootedGuest) -> guest.Heartbeat:
 
 def test_build_is_cheap_and_leaves_a_built_image_alone(boot_dir):
     before = {name: (boot_dir / name).stat() for name in (guest.KERNEL, guest.INITRD)}
-    started = time.monotonic()
     assert guest.build(boot_dir) == boot_dir
-    assert time.monotonic() - started < 1.0
     for name, stat in before.items():
         after = (boot_dir / name).stat()
         assert (after.st_ino, after.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), f"{name} was rewritten"
@@ -182,14 +179,14 @@ def test_domain_xml_names_the_volume_and_no_host_path():
         guest.domain_xml("bad", disk="no-pool")
 
 
-def test_probe_accelerator_answers_from_its_cache_the_second_time(boot_dir, tmp_path):
+def test_probe_accelerator_answers_from_its_cache_the_second_time(boot_dir, tmp_path, mocker):
     answer = guest.probe_accelerator(boot_dir, cache_dir=tmp_path, deadline=5.0)
     assert answer in ("kvm", "tcg")
     if not os.path.exists("/dev/kvm"):
         assert answer == "tcg"
-    started = time.monotonic()
+    spawned = mocker.spy(subprocess, "Popen")
     assert guest.probe_accelerator(boot_dir, cache_dir=tmp_path, deadline=5.0) == answer
-    assert time.monotonic() - started < 0.5
+    assert spawned.call_count == 0, "no probe QEMU was started the second time"
     probes = [pid for pid in os.listdir("/proc") if pid.isdigit() and _is_probe(pid, boot_dir)]
     assert not probes, "the probe's QEMU was killed"
 

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import select
-import signal
 import socket
 import subprocess
 import sys
