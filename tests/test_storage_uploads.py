@@ -3,6 +3,7 @@ hostile, broken, short or interrupted uploads are refused with one line and leav
 runs against the file backend and against a real single-node Ceph."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -13,11 +14,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from pvc import bulk
-from pvc.errors import AuthenticationError, Conflict, InvalidInput, NotFound
+from pvc.errors import AuthenticationError, Conflict, InvalidInput, NotFound, OperationFailed
 
 from helpers import eventually
 from storage_support import (IMAGE_KINDS, MIB, known_raw, leftovers, make_image, pvc, qemu_raw_sha256, run,
@@ -726,20 +729,27 @@ def test_staging_export_works_in_a_directory_too_deep_for_a_socket_path(tmp_path
     assert sorted(path.name for path in staging.iterdir()) == [".stage-deep"]
 
 
-def test_staging_file_is_removed_when_its_export_cannot_be_made(tmp_path, monkeypatch):
-    from pvc.node import uploads
-    from pvc.qemu_img import QemuImg
+@contextlib.contextmanager
+def staging_with_one_inode_left(cluster) -> Iterator[Path]:
+    """The node's staging directory on a small tmpfs of its own with one inode left: an upload's staging file
+    takes it, and the export's socket beside it cannot be made (ENOSPC), as on a node whose staging file system
+    has run out of inodes."""
+    staging = cluster.local.staging_dir(cluster.local.node_names[0])
+    run("mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=3", "tmpfs", str(staging))
+    try:
+        (staging / "filler").write_bytes(b"")  # the directory itself, this file, and one inode left
+        yield staging
+    finally:
+        run("umount", str(staging))
 
-    def no_socket(*_args):
-        raise OSError("no socket for the export")
-    monkeypatch.setattr(uploads, "GrowingFileExport", no_socket)
-    job = uploads.ImportJob(uploads.UploadContext("hv1", None, None, {}, QemuImg(), tmp_path, None),
-                            uploads.Ticket("token", "pool", "disk", MIB, "auto", "0" * 64, False,
-                                           time.monotonic() + 60))
 
-    with pytest.raises(OSError, match="no socket"):
-        job._import_staged(None, b"", None, "qcow2")
-    assert list(tmp_path.iterdir()) == []
+def test_staging_file_is_removed_when_its_export_cannot_be_made(storage_cluster, pool, images):
+    image = make_image(images, "qcow2", seed=61)
+    with staging_with_one_inode_left(storage_cluster) as staging:
+        with pytest.raises(OperationFailed, match="No space left on device"):
+            storage_cluster.client.storage.upload(pool, "unexported", str(image), "qcow2")
+        assert sorted(path.name for path in staging.iterdir()) == ["filler"], "the staging file was removed"
+    assert_nothing_left(storage_cluster, pool, "unexported")
 
 
 def test_node_start_sweeps_its_own_upload_leftovers(storage_cluster, pool):
