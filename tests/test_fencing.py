@@ -6,6 +6,7 @@ libvirtd.
 """
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,9 @@ from pvc.cli.localcluster.processes import pid_alive, process_cmdline
 
 from conftest import started_cluster
 from guest_support import boot_guests, wait_heartbeat
-from helpers import eventually
-from vm_support import assert_no_vm_on_two_hosts, running_hosts, vm_xml, wait_running_on
+from helpers import cluster_store, eventually
+from test_self_fencing import FENCE_DEADLINE_S, DaemonStates, ZooKeeperLink
+from vm_support import assert_no_vm_on_two_hosts, restart_node_daemon, running_hosts, vm_xml, wait_running_on
 
 DETECTION_S = (FENCE_INTERVALS + 2) * KEEPALIVE_INTERVAL + 2
 
@@ -131,6 +133,33 @@ def test_a_dead_qemu_host_is_fenced_through_its_bmc_and_its_real_guests_boot_els
         beat = wait_heartbeat(cluster, name, node)
         assert beat.boot_id != boots[name].boot_id, f"{name} booted again on {node}"
         wait_running_on(cluster, name, node)
+    assert_no_vm_on_two_hosts(cluster)
+
+    # The same guests, now on hv2 and hv3: a host cut off from ZooKeeper kills its real guests itself (QEMU
+    # processes gone) before the leader marks it dead, and they boot on the last host.
+    cut = next(node for node in ("hv2", "hv3") if local.host(node).qemu_pids())
+    last = next(node for node in ("hv2", "hv3") if node != cut)
+    isolated = sorted(local.host(cut).qemu_pids())
+    link = ZooKeeperLink(local.state["zookeeper_port"])
+    try:
+        local.stop_daemon("pvcnoded", cut)
+        restart_node_daemon(cluster, cut, zookeeper_hosts=link.hosts)
+        pids = local.host(cut).qemu_pids()
+        assert sorted(pids) == isolated, "the guests outlived the restart of their node daemon"
+        with cluster_store(local) as store:
+            states = DaemonStates(store, cut)
+            link.cut()
+            assert eventually(lambda: not any(pid_alive(pid) for pid in pids.values()), FENCE_DEADLINE_S + 5, 0.05)
+            gone_at = time.time()
+            link.restore()
+            assert eventually(lambda: states.when("dead"), DETECTION_S), states.seen
+        assert gone_at < states.when("dead"), "the guests died before the leader marked their host dead"
+        _recovery(client, cut, "done", timeout=DETECTION_S + 60)
+        for name in isolated:
+            wait_running_on(cluster, name, last, timeout=30)
+            assert wait_heartbeat(cluster, name, last).boot_id != boots[name].boot_id
+    finally:
+        link.close()
     assert_no_vm_on_two_hosts(cluster)
 
 
