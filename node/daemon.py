@@ -255,14 +255,16 @@ class NodeDaemon:
 
     def write_keepalive(self) -> None:
         """Write the latest figures; never asks libvirt itself, so a hung libvirtd makes the figures stale
-        (`figures_stale`), not the node silent. A node that has fenced itself writes none: the leader is to
-        mark it dead and fence it."""
+        (`figures_stale`), not the node silent. With them, the maintenance flag this node last saw, which
+        its self-fence acts on (`maintenance_seen`). A node that has fenced itself writes none: the leader is
+        to mark it dead and fence it."""
         if self.self_fence.fenced:
             return
         stale = time.monotonic() - self._figures_taken > 2 * self.fencing.keepalive_interval
         started = time.monotonic()
         self.ownership.write(schema.node_key(self.name, "keepalive"),
-                             {"time": time.time(), **self._figures, "figures_stale": stale})
+                             {"time": time.time(), **self._figures, "figures_stale": stale,
+                              "maintenance_seen": bool(self.cluster_config.get("maintenance"))})
         self.self_fence.acknowledged(started)
 
     def _publish_interval(self, interval: float) -> None:

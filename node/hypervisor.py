@@ -418,7 +418,9 @@ class DomainActions:
         domain = self._on_domain("live migration", name, lambda found: found)
         if domain is None:
             raise OperationFailed(f"{name} is not defined on this node")
-        params = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: target.xml}
+        running = self._hypervisor.call(f"reading the running definition of {name}",
+                                        lambda: domain.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
+        params = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: _with_running_machine_and_cpu(target.xml, running)}
         if target.stream_uri:
             params[libvirt.VIR_MIGRATE_PARAM_URI] = target.stream_uri
         if max_downtime_ms:
@@ -481,6 +483,25 @@ def _identity(domain: "libvirt.virDomain") -> Identity:
     return Identity(domain.name(), domain.UUIDString(),
                     element.get("name") if element is not None else None,
                     element.get("uuid") if element is not None else None)
+
+
+def _with_running_machine_and_cpu(xml: str, running_xml: str) -> str:
+    """`xml` naming the machine type and CPU the guest runs with. Aliases (machine ``pc``, a CPU mode) are
+    expanded when the guest starts, and a libvirtd restarted since then no longer matches the alias with the
+    expansion: it refuses the migration ("Target domain machine type pc does not match source
+    pc-i440fx-...", "Target CPU does not match source")."""
+    running = etree.fromstring(running_xml.encode())
+    document = etree.fromstring(xml.encode())
+    running_type, os_type = running.find("os/type"), document.find("os/type")
+    if running_type is not None and running_type.get("machine") and os_type is not None:
+        os_type.set("machine", running_type.get("machine"))
+    running_cpu, cpu = running.find("cpu"), document.find("cpu")
+    if running_cpu is not None:
+        if cpu is not None:
+            document.replace(cpu, running_cpu)
+        else:
+            document.append(running_cpu)
+    return etree.tostring(document, encoding="unicode")
 
 
 def _unreachable(error: libvirt.libvirtError) -> bool:

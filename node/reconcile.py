@@ -206,8 +206,13 @@ class Reconciler:
         if not self._actions.exists(name):
             if status.get("node") == self.node and status.get("running") is not False:
                 # Our last word was "running" or "unknown" (libvirt did not answer then); libvirt has just
-                # answered that no such domain is here, and until we say so no other node may start it.
-                return self._handed_over(name, raw)
+                # answered that no such domain is here, and until we say so no other node may start it. The
+                # cache may not show yet the hand-over just written: it is not written twice (the second
+                # would drop its migration note).
+                current = self._store.read(schema.vm_key(name, "status")) or {}
+                if current.get("node") == self.node and current.get("running") is not False:
+                    return self._handed_over(name, raw)
+                return current
             return status
         target = (raw.get("placement") or {}).get("node")
         if self._actions.is_running(name) and target:

@@ -30,6 +30,7 @@ def node_view(name: str, raw: dict[str, Any], keepalive_age_s: float | None = No
         "memory_total_mib": facts.get("memory_total_mib"),
         **{figure: keepalive.get(figure) for figure in NODE_FIGURES},
         "keepalive_age_s": keepalive_age_s,
+        "maintenance_seen": keepalive.get("maintenance_seen"),
         "keepalive_interval_s": facts.get("keepalive_interval"),
         "libvirt_version": facts.get("libvirt_version"),
         "hypervisor": facts.get("hypervisor"),

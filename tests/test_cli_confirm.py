@@ -43,13 +43,19 @@ def ok(result) -> str:
 
 
 @pytest.fixture(scope="module")
-def running_vm(pvc, tmp_path_factory):
-    """A started VM, defined once; tests that stop it start it again."""
+def defined_vm(pvc, tmp_path_factory):
     path = tmp_path_factory.mktemp("xml") / "asked.xml"
     path.write_text(vm_xml("asked", memory_mib=256))
     ok(pvc("vm", "define", str(path), "--target", "hv1"))
-    ok(pvc("vm", "start", "asked", "--wait"))
     return "asked"
+
+
+@pytest.fixture
+def running_vm(pvc, defined_vm):
+    """The VM, started, whatever an earlier test left it in."""
+    if vm_state(pvc, defined_vm) != "start":
+        ok(pvc("vm", "start", defined_vm, "--wait"))
+    return defined_vm
 
 
 def vm_state(pvc, vm: str) -> str:
@@ -124,14 +130,13 @@ def test_yes_and_unsafe_skip_the_question_for_storage(pvc, volume):
     assert volume_names(pvc) == ["asking/data"]
 
 
-@pytest.mark.parametrize("command", [
-    ("node", "flush", "hv2", "--wait"),
-    ("node", "ready", "hv2", "--wait"),
-    ("cluster", "maintenance", "on"),
-    ("cluster", "maintenance", "off"),
+@pytest.mark.parametrize("command, undo", [
+    (("node", "flush", "hv2", "--wait"), ("node", "ready", "hv2", "--wait")),
+    (("cluster", "maintenance", "on"), ("cluster", "maintenance", "off")),
 ])
-def test_what_upstream_runs_without_a_question_runs_without_one(pvc, command):
+def test_what_upstream_runs_without_a_question_runs_without_one(pvc, command, undo):
     ok(pvc(*command))
+    ok(pvc(*undo))
 
 
 def test_migrate_runs_without_a_question(pvc, running_vm):

@@ -4,15 +4,21 @@ Nodes die the way they do in a machine room: their pvcnoded is killed (the host 
 exactly why a VM must not be started twice), or their host loses power. The truth is each host's own
 libvirtd.
 """
+import os
+import signal
+import time
+from pathlib import Path
+
 import pytest
 
 from pvc.cli.localcluster.cluster import FENCE_INTERVALS, KEEPALIVE_INTERVAL
-from pvc.cli.localcluster.processes import pid_alive
+from pvc.cli.localcluster.processes import pid_alive, process_cmdline
 
 from conftest import started_cluster
 from guest_support import boot_guests, wait_heartbeat
-from helpers import eventually
-from vm_support import assert_no_vm_on_two_hosts, running_hosts, vm_xml, wait_running_on
+from helpers import cluster_store, eventually
+from test_self_fencing import FENCE_DEADLINE_S, DaemonStates, ZooKeeperLink
+from vm_support import assert_no_vm_on_two_hosts, restart_node_daemon, running_hosts, vm_xml, wait_running_on
 
 DETECTION_S = (FENCE_INTERVALS + 2) * KEEPALIVE_INTERVAL + 2
 
@@ -59,7 +65,7 @@ def test_a_fence_that_is_not_confirmed_restarts_nothing_until_an_administrator_c
 
 
 @pytest.mark.cluster(nodes=3)
-def test_in_maintenance_a_dead_node_is_not_fenced_and_its_vms_stay(fresh_cluster):
+def test_in_maintenance_a_dead_node_is_not_fenced_and_once_it_ends_it_is_fenced_and_recovered(fresh_cluster):
     client, local = fresh_cluster.client, fresh_cluster.local
     client.cluster.maintenance(True)
     _vms_on(client, "hv2", ["kept-home"])
@@ -70,6 +76,16 @@ def test_in_maintenance_a_dead_node_is_not_fenced_and_its_vms_stay(fresh_cluster
     assert not eventually(lambda: client.nodes.info("hv2")["recovery"], 3 * KEEPALIVE_INTERVAL)
     assert running_hosts(fresh_cluster) == {"kept-home": ["hv2"]}
     assert client.vms.info("kept-home")["node"] == "hv2"
+    assert local.host("hv2").running
+
+    client.cluster.maintenance(False)
+
+    recovery = _recovery(client, "hv2", "done")
+    assert [(level["policy"], level["confirmed"]) for level in recovery["fence"]] == [("ipmi", True)]
+    assert recovery["moved"] == ["kept-home"] and not local.host("hv2").running
+    assert client.nodes.info("hv2")["daemon_state"] == "fenced"
+    wait_running_on(fresh_cluster, "kept-home", client.vms.info("kept-home")["node"])
+    assert client.vms.info("kept-home")["node"] in ("hv1", "hv3")
 
 
 @pytest.mark.cluster(nodes=3)
@@ -119,6 +135,33 @@ def test_a_dead_qemu_host_is_fenced_through_its_bmc_and_its_real_guests_boot_els
         wait_running_on(cluster, name, node)
     assert_no_vm_on_two_hosts(cluster)
 
+    # The same guests, now on hv2 and hv3: a host cut off from ZooKeeper kills its real guests itself (QEMU
+    # processes gone) before the leader marks it dead, and they boot on the last host.
+    cut = next(node for node in ("hv2", "hv3") if local.host(node).qemu_pids())
+    last = next(node for node in ("hv2", "hv3") if node != cut)
+    isolated = sorted(local.host(cut).qemu_pids())
+    link = ZooKeeperLink(local.state["zookeeper_port"])
+    try:
+        local.stop_daemon("pvcnoded", cut)
+        restart_node_daemon(cluster, cut, zookeeper_hosts=link.hosts)
+        pids = local.host(cut).qemu_pids()
+        assert sorted(pids) == isolated, "the guests outlived the restart of their node daemon"
+        with cluster_store(local) as store:
+            states = DaemonStates(store, cut)
+            link.cut()
+            assert eventually(lambda: not any(pid_alive(pid) for pid in pids.values()), FENCE_DEADLINE_S + 5, 0.05)
+            gone_at = time.time()
+            link.restore()
+            assert eventually(lambda: states.when("dead"), DETECTION_S), states.seen
+        assert gone_at < states.when("dead"), "the guests died before the leader marked their host dead"
+        _recovery(client, cut, "done", timeout=DETECTION_S + 60)
+        for name in isolated:
+            wait_running_on(cluster, name, last, timeout=30)
+            assert wait_heartbeat(cluster, name, last).boot_id != boots[name].boot_id
+    finally:
+        link.close()
+    assert_no_vm_on_two_hosts(cluster)
+
 
 @pytest.mark.cluster(nodes=3)
 def test_a_third_party_fencing_policy_is_a_level_of_the_chain(example_plugin_installed, fresh_cluster):
@@ -139,21 +182,70 @@ def test_a_third_party_fencing_policy_is_a_level_of_the_chain(example_plugin_ins
     wait_running_on(fresh_cluster, "rescued", node)
 
 
-@pytest.mark.cluster(nodes=3, coordinators=2)
-def test_a_recovery_whose_leader_dies_is_finished_by_the_next_leader(fresh_cluster):
+def _ipmitool_of(pid: int) -> list[str] | None:
+    """The command line of an ipmitool that process `pid` runs, if any."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and pid_alive(int(entry.name)):
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            argv = process_cmdline(int(entry.name))
+            if parent == pid and argv and Path(argv[0]).name == "ipmitool":
+                return argv
+    return None
+
+
+def _kill_leader(fresh_cluster) -> str:
     client, local = fresh_cluster.client, fresh_cluster.local
-    names = [f"resumed{index}" for index in range(6)]
-    _vms_on(client, "hv1", names)
     leader = client.cluster.status()["leader"]
-
-    local.stop_daemon("pvcnoded", "hv1", kill=True)
-    assert eventually(lambda: client.nodes.info("hv1")["daemon_state"] != "run", DETECTION_S, 0.05)
     local.stop_daemon("pvcapid", leader, kill=True)
-
     assert eventually(lambda: client.cluster.status()["leader"] not in (None, leader), 15, 0.2)
-    _recovery(client, "hv1", "done", timeout=60)
-    for name in names:
-        node = client.vms.info(name)["node"]
-        assert node in ("hv2", "hv3")
-        wait_running_on(fresh_cluster, name, node, timeout=30)
+    return leader
+
+
+@pytest.mark.cluster(nodes=3, coordinators=3)
+def test_a_recovery_whose_leader_dies_in_the_fence_and_then_in_the_moves_is_finished_by_the_next_leaders(
+        fresh_cluster):
+    """Each leader is killed at a point the test holds it at: the first while its ipmitool waits for a BMC
+    frozen with SIGSTOP (the fence begun, not done), the second once the fence is confirmed and the moves to
+    hv3 are made but those to hv2, whose libvirtd is frozen, are not. The third finishes the recovery."""
+    client, local = fresh_cluster.client, fresh_cluster.local
+    fast, slow = ["fast1", "fast2"], ["slow1", "slow2"]
+    for name in fast + slow:
+        client.vms.define(vm_xml(name), target="hv1", node_limit=["hv1", "hv3" if name in fast else "hv2"])
+        client.vms.start(name, wait=True)
+    bmc, target = local.bmc("hv1").pid, local.host("hv2").pid
+    os.kill(bmc, signal.SIGSTOP)
+    os.kill(target, signal.SIGSTOP)
+    try:
+        local.stop_daemon("pvcnoded", "hv1", kill=True)
+        first = local.daemon_pid("pvcapid", client.cluster.status()["leader"])
+        fencing = eventually(lambda: _ipmitool_of(first), DETECTION_S + 5)
+        assert fencing and fencing[-3:] == ["chassis", "power", "off"], fencing
+        killed_in_fence = client.nodes.info("hv1")
+        _kill_leader(fresh_cluster)
+        os.kill(bmc, signal.SIGCONT)
+        assert killed_in_fence["daemon_state"] == "dead" and killed_in_fence["recovery"]["state"] == "running"
+        assert killed_in_fence["recovery"]["fence"] == [], "killed with the fence begun, not done"
+
+        def moving():
+            recovery = client.nodes.info("hv1")["recovery"]
+            task = client.nodes.task(recovery["id"])
+            return task if task["total"] == 4 and task["done"] == 2 else None
+        killed_in_moves = eventually(moving, 30, 0.1)
+        assert killed_in_moves, client.nodes.info("hv1")
+        assert killed_in_moves["state"] == "running", killed_in_moves
+        assert [level["confirmed"] for level in killed_in_moves["fence"]] == [True] and not local.host("hv1").running
+        assert fresh_cluster.host_domains("hv3") == {name: True for name in fast}  # (a client of hv2 would hang)
+        _kill_leader(fresh_cluster)
+    finally:
+        os.kill(bmc, signal.SIGCONT)
+        os.kill(target, signal.SIGCONT)
+
+    recovery = _recovery(client, "hv1", "done", timeout=60)
+    assert sorted(recovery["moved"]) == sorted(fast + slow)
+    for name in slow:
+        wait_running_on(fresh_cluster, name, "hv2", timeout=30)
+    assert client.nodes.info("hv1")["daemon_state"] == "fenced"
     assert_no_vm_on_two_hosts(fresh_cluster)

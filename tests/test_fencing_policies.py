@@ -77,8 +77,7 @@ def test_an_ipmi_fence_powers_the_host_off_and_proves_it(powered_host):
     assert not host.running, "the host's libvirtd is gone, and its guest with it"
     with pytest.raises(libvirt.libvirtError):
         libvirt.open(host.uri)
-    assert took < 3, f"a fence took {took:.2f} s"
-    print(f"\nipmi fence confirmed off in {took:.2f} s")
+    print(f"\nipmi fence confirmed off in {took:.2f} s")  # a figure (tests/bench times fences), not a bound
 
 
 def test_power_on_through_ipmitool_boots_the_host_empty(powered_host):
@@ -117,7 +116,7 @@ def test_a_bmc_that_does_not_answer_fails_the_fence_within_seconds(powered_host)
     assert "Unable to establish IPMI v2 / RMCP+ session" in result.reason, result.reason
     assert f":{silent_port}" in result.reason
     assert host.running, "nothing was powered off"
-    assert took < 5, f"giving up took {took:.2f} s"
+    assert took < 2 + 3, f"ipmitool (-N 1 -R 1) gives up after 2 s, here with 3 s to spare; it took {took:.2f} s"
     print(f"\nipmi fence against a silent BMC failed in {took:.2f} s: {result.reason}")
 
 

@@ -19,6 +19,7 @@ from helpers import cluster_store, eventually
 from ova_support import (DiskSpec, appliance_ova, build_ova, disk_members, images, manifest, same_image,
                          vmware_descriptor)
 from storage_support import leftovers, pvc, stored_names, unique
+from vm_support import restart_node_daemon
 
 MiB = 1 << 20
 DISK_BYTES = 8 * MiB
@@ -176,6 +177,8 @@ def test_an_upload_cut_off_midway_is_cleared_by_the_next_pass(ova_cluster, pool,
         bulk.send_message(connection, {"token": ticket["token"], "size_bytes": len(data), "checksum": checksum})
         connection.makefile("rb").readline()
         connection.sendall(data[:len(data) * 3 // 4])
+        assert eventually(lambda: leftovers(ova_cluster, pool), timeout=30), "the import had begun when cut off"
+        assert ova_cluster.client.provisioner.ova_info("cut")["state"] == "importing"
 
     def settled() -> bool:
         try:
@@ -254,10 +257,9 @@ def test_a_node_killed_during_an_import_leaves_nothing_after_it_restarts(ova_clu
         bulk.send_message(connection, {"token": ticket["token"], "size_bytes": len(data), "checksum": checksum})
         connection.makefile("rb").readline()
         connection.sendall(data[:len(data) * 3 // 4])
-        eventually(lambda: leftovers(ova_cluster, pool), timeout=30)
+        assert eventually(lambda: leftovers(ova_cluster, pool), timeout=30), "the import had begun when killed"
         local.stop_daemon("pvcnoded", node, kill=True)
-    local.start_node_daemon(node)
-    local.wait_ready(60)
+    restart_node_daemon(ova_cluster, node, timeout=60)
 
     def settled() -> bool:
         try:

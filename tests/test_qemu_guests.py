@@ -6,19 +6,28 @@ volume's bytes on the host. Guests boot in seconds under TCG, so the module shar
 booted guests where a test allows.
 """
 import os
+import socket
 
 import libvirt
 import pytest
 
+from pvc.cli.localcluster.guest import parse_console
 from pvc.cli.localcluster.processes import pid_alive
+from pvc.cli.localcluster.qemuhost import MIGRATION_PORTS
 from pvc.errors import OperationFailed
 
 from guest_support import (boot_guests, console_text, guest_xml, heartbeats, qemu_pid, volume_marker,
                            wait_heartbeat)
 from helpers import eventually
-from vm_support import assert_no_vm_on_two_hosts, pvc, wait_for_task, wait_running_on
+from vm_support import (assert_no_vm_on_two_hosts, fence_deadline_beyond_restarts, pvc, restart_node_daemon,
+                        wait_for_task, wait_running_on)
 
 pytestmark = pytest.mark.usefixtures("qemu_cluster")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def restarts_never_fenced(qemu_cluster):
+    fence_deadline_beyond_restarts(qemu_cluster)
 
 
 def _shutoff_reason(cluster, node: str, vm: str) -> tuple[int, int]:
@@ -64,37 +73,42 @@ def test_a_guest_boots_and_shuts_down_cleanly_through_acpi(qemu_cluster):
 
 def test_live_migration_moves_a_running_guest_and_its_disk_without_a_reboot(qemu_cluster, mover):
     client = qemu_cluster.client
-    before = wait_heartbeat(qemu_cluster, mover, "hv1", after=2)
-    source_pid = qemu_pid(qemu_cluster, "hv1", mover)
+    source = client.vms.info(mover)["node"]
+    target = next(name for name in qemu_cluster.local.node_names if name != source)
+    before = wait_heartbeat(qemu_cluster, mover, source, after=2)
+    source_pid = qemu_pid(qemu_cluster, source, mover)
+    earlier = len(console_text(qemu_cluster, mover, target))  # what an earlier stay on the target wrote
 
-    client.vms.migrate(mover, target="hv2", wait=True)
+    client.vms.migrate(mover, target=target, wait=True)
 
-    wait_running_on(qemu_cluster, mover, "hv2")
-    after = wait_heartbeat(qemu_cluster, mover, "hv2", after=before.counter, timeout=15)
+    wait_running_on(qemu_cluster, mover, target)
+    after = wait_heartbeat(qemu_cluster, mover, target, after=before.counter, timeout=15)
     assert after.boot_id == before.boot_id, "the guest did not reboot"
-    assert not any(beat.counter <= before.counter for beat in heartbeats(qemu_cluster, mover, "hv2")), \
+    assert not any(beat.counter <= before.counter
+                   for beat in parse_console(console_text(qemu_cluster, mover, target)[earlier:])), \
         "the counter went on from where it was"
-    assert qemu_pid(qemu_cluster, "hv1", mover) is None and source_pid not in \
-        qemu_cluster.local.host("hv1").processes()
-    assert qemu_pid(qemu_cluster, "hv2", mover)
-    wait_heartbeat(qemu_cluster, mover, "hv2", after=after.counter, timeout=15)
+    assert qemu_pid(qemu_cluster, source, mover) is None and source_pid not in \
+        qemu_cluster.local.host(source).processes()
+    assert qemu_pid(qemu_cluster, target, mover)
+    wait_heartbeat(qemu_cluster, mover, target, after=after.counter, timeout=15)
     marker = volume_marker(qemu_cluster, "guests", "mover-disk")
     assert marker.startswith(f"pvc-marker {before.boot_id} ")
     assert int(marker.split()[-1]) >= after.counter, "the guest writes its volume from the new host"
     assert f"disk wrote {after.counter} read pvc-marker {before.boot_id} {after.counter}" in \
-        console_text(qemu_cluster, mover, "hv2")
+        console_text(qemu_cluster, mover, target)
     info = client.vms.info(mover)
-    assert (info["node"], info["last_node"], info["running"]) == ("hv2", "hv1", True)
+    assert (info["node"], info["last_node"], info["running"]) == (target, source, True)
 
 
 def test_a_qemu_host_reports_what_its_guests_hold_and_use(qemu_cluster, mover):
     client = qemu_cluster.client
     node = client.vms.info(mover)["node"]
-    idle = next(name for name in qemu_cluster.local.node_names
-                if name != node and not qemu_cluster.local.host(name).qemu_pids())
+    idle = _idle_host(qemu_cluster)
+    guests = len(qemu_cluster.local.host(node).qemu_pids())
     busy = eventually(lambda: (lambda info: info if info["load"] else None)(client.nodes.info(node)), 5)
     assert busy, "a running TCG guest uses CPU, and its host's load shows it"
-    assert (busy["vms_running"], busy["memory_allocated_mib"], busy["vcpus_allocated"]) == (1, 128, 1)
+    assert (busy["vms_running"], busy["memory_allocated_mib"], busy["vcpus_allocated"]) == \
+        (guests, 128 * guests, guests), f"{node} runs {guests} guest(s) of 128 MiB and 1 vCPU"
     assert busy["accelerator"] == qemu_cluster.local.state["accelerator"] and busy["hypervisor"] == "QEMU"
     assert client.nodes.info(idle)["load"] == 0.0
 
@@ -119,6 +133,35 @@ def test_a_live_migration_that_cannot_succeed_leaves_the_guest_running_where_it_
     assert_no_vm_on_two_hosts(qemu_cluster)
 
 
+def test_auto_migration_falls_back_to_a_shutdown_when_the_target_answers_no_and_says_so(qemu_cluster):
+    """Every incoming-migration port of the target is taken, so its libvirtd answers the live migration with an
+    error: method ``auto`` then moves the guest by shutting it down, and the VM says why (`migration_note`)."""
+    client, local = qemu_cluster.client, qemu_cluster.local
+    boot = boot_guests(qemu_cluster, "hv1", ["fallback"])["fallback"]
+    target = local.host("hv2")
+    first = target.settings["migration_port_min"]
+    taken = []
+    try:
+        for port in range(first, first + MIGRATION_PORTS):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past an earlier migration's TIME_WAIT
+            sock.bind((target.address, port))
+            sock.listen()
+            taken.append(sock)
+        moved = client.vms.migrate("fallback", target="hv2", wait=True)
+    finally:
+        for sock in taken:
+            sock.close()
+
+    assert (moved["node"], moved["running"]) == ("hv2", True), moved
+    note = client.vms.info("fallback")["migration_note"]
+    assert note and note.startswith("live migration failed (") and "migrated by shutting it down" in note, note
+    assert "power button pressed" in console_text(qemu_cluster, "fallback", "hv1"), "shut down through ACPI"
+    assert heartbeats(qemu_cluster, "fallback", "hv1")[-1].boot_id == boot.boot_id
+    wait_running_on(qemu_cluster, "fallback", "hv2")
+    client.vms.remove("fallback")
+
+
 def test_guests_outlive_their_node_daemon_and_a_libvirtd_restart(qemu_cluster, mover):
     client, local = qemu_cluster.client, qemu_cluster.local
     node = client.vms.info(mover)["node"]
@@ -127,16 +170,23 @@ def test_guests_outlive_their_node_daemon_and_a_libvirtd_restart(qemu_cluster, m
     local.stop_daemon("pvcnoded", node, kill=True)
     beat = wait_heartbeat(qemu_cluster, mover, node, after=heartbeats(qemu_cluster, mover, node)[-1].counter)
     assert qemu_pid(qemu_cluster, node, mover) == pid
-    local.start_node_daemon(node)
-    local.wait_ready(30)
+    restart_node_daemon(qemu_cluster, node)
 
     local.host(node).restart_libvirtd()
     assert qemu_pid(qemu_cluster, node, mover) == pid, "QEMU outlives libvirtd"
     assert wait_heartbeat(qemu_cluster, mover, node, after=beat.counter).boot_id == beat.boot_id
     assert eventually(lambda: qemu_cluster.host_domains(node).get(mover) is True, 15)
     assert eventually(lambda: (lambda vm: vm["running"] and vm["node"] == node)(client.vms.info(mover)), 15)
-    assert eventually(lambda: client.nodes.info(node)["vms_running"] == 1, 15), \
+    guests = len(local.host(node).qemu_pids())
+    assert eventually(lambda: client.nodes.info(node)["vms_running"] == guests, 15), \
         "the node reports the guest once libvirtd is back"
+
+    target = next(name for name in local.node_names if name != node)
+    client.vms.migrate(mover, target=target, wait=True)
+    wait_running_on(qemu_cluster, mover, target)
+    assert client.vms.info(mover)["migration_note"] is None, "a live migration, not a shutdown"
+    assert wait_heartbeat(qemu_cluster, mover, target, after=beat.counter).boot_id == beat.boot_id, \
+        "a guest whose libvirtd restarted still moves live"
 
 
 def test_flush_live_migrates_every_guest_in_parallel_and_ready_brings_them_back(qemu_cluster):
@@ -163,15 +213,33 @@ def test_flush_live_migrates_every_guest_in_parallel_and_ready_brings_them_back(
 
 
 def test_powering_a_host_off_kills_every_guest_in_it(qemu_cluster):
-    host = qemu_cluster.local.host("hv1")
+    client, local = qemu_cluster.client, qemu_cluster.local
+    node = _idle_host(qemu_cluster)
+    host = local.host(node)
+    names = ["doomed1", "doomed2"]
+    for name in names:
+        client.vms.define(guest_xml(name), target=node)
+        client.vms.start(name, wait=True)
     pids = host.qemu_pids()
-    assert len(pids) >= 3, f"the flush test's guests run on hv1: {pids}"
+    assert sorted(pids) == names, pids
 
     host.power_off()
 
     assert eventually(lambda: not any(pid in _live_pids() for pid in pids.values()), 10), \
         "every QEMU process of the host died with it"
     assert not host.running
+    for name in names:  # the host comes back empty, for the tests after this one
+        client.vms.remove(name)
+    host.start()
+    assert eventually(lambda: not any(vm["name"] in names for vm in client.vms.list()), 30), client.vms.list()
+    assert host.qemu_pids() == {}
+
+
+def _idle_host(cluster) -> str:
+    """A host that runs no guest at all."""
+    idle = [name for name in cluster.local.node_names if not cluster.local.host(name).qemu_pids()]
+    assert idle, {name: cluster.local.host(name).qemu_pids() for name in cluster.local.node_names}
+    return idle[0]
 
 
 def _live_pids() -> set[int]:

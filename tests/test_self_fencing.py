@@ -352,7 +352,8 @@ def test_in_maintenance_a_cut_off_node_keeps_its_vms(cut_off_node):
     client = cluster.client
     _vms_on(client, "hv1", ["kept1", "kept2"])
     client.cluster.maintenance(True)
-    time.sleep(KEEPALIVE_INTERVAL)
+    assert eventually(lambda: client.nodes.info("hv1")["maintenance_seen"] is True, 5 * KEEPALIVE_INTERVAL), \
+        "hv1 saw maintenance mode before it was cut off"
 
     link.cut()
 

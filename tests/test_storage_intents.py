@@ -1,8 +1,10 @@
 """Storage records come first: a coordinator killed between a volume's record and the storage's action
 leaves a state that the next pass (the leader, the next change in the pool, `pvc storage check`) resolves,
 so a record always has its image and an image its record."""
+import contextlib
 import os
 import signal
+import subprocess
 import threading
 
 import pytest
@@ -12,6 +14,7 @@ from pvc import schema
 
 from conftest import started_cluster
 from helpers import cluster_store, eventually
+from vm_support import restart_node_daemon
 
 MIB = 1024 * 1024
 
@@ -32,22 +35,51 @@ def _records(cluster) -> dict[str, str | None]:
     return {volume["name"]: volume["pending"] for volume in cluster.client.storage.volume_list("pool")}
 
 
-def _kill_coordinator_once_recorded(cluster, action: str, call) -> None:
-    """Freeze the storage node, start `call` through the first coordinator, kill that coordinator once the
-    volume's intent is recorded, then thaw the node (which carries out the request it had already got)."""
+def _kill_coordinator_once_recorded(cluster, action: str, call, node_dies: bool = False) -> None:
+    """Freeze the storage node, start `call` through the first coordinator, and kill that coordinator once the
+    volume's intent is recorded and its request waits in the node's socket. Then either thaw the node, which
+    carries out the request it had got, or (`node_dies`) kill the frozen node, which never does, and start it
+    again."""
     local = cluster.local
-    first = local.coordinator_names[0]
-    node_pid = local.daemon_pid("pvcnoded", local.node_names[0])
+    first, node = local.coordinator_names[0], local.node_names[0]
+    agent_port = int(cluster.client.nodes.info(node)["agent_uri"].rsplit(":", 1)[1])
+    node_pid = local.daemon_pid("pvcnoded", node)
     client = pvc.connect(local.uris[0], local.state["api_key"])
+    warmed, go = threading.Event(), threading.Event()
+
+    def caller() -> None:
+        # The coordinator's thread serving this connection keeps its own to the node agent: the call then
+        # reaches the node at once, with no handshake that a frozen node would never answer.
+        client.storage.volume_add("pool", "warm", "1M")
+        client.storage.volume_remove("pool", "warm")
+        warmed.set()
+        go.wait()
+        _swallow(call, client)
+    threading.Thread(target=caller, daemon=True).start()
+    assert warmed.wait(30)
     os.kill(node_pid, signal.SIGSTOP)
     try:
-        threading.Thread(target=lambda: _swallow(call, client), daemon=True).start()
+        go.set()
         with cluster_store(local) as store:
             assert eventually(lambda: action in str(store.read(schema.volume("pool", "cut"))), 10), \
                 f"the {action} intent was recorded first"
+        assert eventually(lambda: _bytes_waiting(agent_port), 10), "the request reached the node's socket"
         local.stop_daemon("pvcapid", first, kill=True)
+        if node_dies:
+            local.stop_daemon("pvcnoded", node, kill=True)
     finally:
-        os.kill(node_pid, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # a killed node is gone
+            os.kill(node_pid, signal.SIGCONT)
+    if node_dies:
+        assert _images(cluster) == [], "the node died before it acted"
+        restart_node_daemon(cluster, node)
+
+
+def _bytes_waiting(port: int) -> bool:
+    """Whether a connection to `port` holds received bytes its (frozen) listener has not read."""
+    shown = subprocess.run(["ss", "-tnH", "state", "established", f"( sport = :{port} )"], capture_output=True,
+                           text=True, check=True).stdout
+    return any(int(line.split()[0]) > 0 for line in shown.splitlines())
 
 
 def _swallow(call, client) -> None:
@@ -65,12 +97,24 @@ def _settled(cluster) -> bool:
     return all(pending is None for pending in records.values()) and sorted(records) == _images(cluster)
 
 
-def test_a_create_cut_off_by_a_coordinator_crash_is_finished_or_undone(file_storage_cluster):
+def test_a_create_whose_coordinator_dies_after_the_image_is_made_is_kept_and_its_intent_cleared(
+        file_storage_cluster):
     cluster = file_storage_cluster
     _kill_coordinator_once_recorded(cluster, "create", lambda client: client.storage.volume_add("pool", "cut", "4M"))
+    assert eventually(lambda: "cut" in _images(cluster), 10), "the node made the image after its caller died"
+    assert _records(cluster) == {"cut": "create"}, "nobody has cleared the intent yet"
     assert eventually(lambda: _settled(cluster), 30), (_records(cluster), _images(cluster))
-    if "cut" in _images(cluster):
-        assert cluster.client.storage.volume_info("pool", "cut")["size_bytes"] == 4 * MIB
+    assert _records(cluster) == {"cut": None} and _images(cluster) == ["cut"]
+    assert cluster.client.storage.volume_info("pool", "cut")["size_bytes"] == 4 * MIB
+
+
+def test_a_create_cut_off_before_the_image_is_made_is_undone(file_storage_cluster):
+    cluster = file_storage_cluster
+    _kill_coordinator_once_recorded(cluster, "create", lambda client: client.storage.volume_add("pool", "cut", "4M"),
+                                    node_dies=True)
+    assert _records(cluster) == {"cut": "create"}, "the record of the creation outlived both daemons"
+    assert eventually(lambda: _settled(cluster), 30), (_records(cluster), _images(cluster))
+    assert _records(cluster) == {} and _images(cluster) == []
 
 
 def test_a_clone_cut_off_is_undone_and_storage_check_reports_it(file_storage_cluster):

@@ -3,22 +3,24 @@ hostile, broken, short or interrupted uploads are refused with one line and leav
 runs against the file backend and against a real single-node Ceph."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import select
-import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from pvc import bulk
-from pvc.errors import AuthenticationError, Conflict, InvalidInput, NotFound
+from pvc.errors import AuthenticationError, Conflict, InvalidInput, NotFound, OperationFailed
 
 from helpers import eventually
 from storage_support import (IMAGE_KINDS, MIB, known_raw, leftovers, make_image, pvc, qemu_raw_sha256, run,
@@ -413,6 +415,24 @@ def test_token_is_single_use_and_bound_to_its_size(storage_cluster, pool):
     assert_nothing_left(storage_cluster, pool, "bound")
 
 
+def test_token_is_refused_after_a_completed_upload(storage_cluster, pool):
+    """A token is spent by the upload it admitted: a replay of a finished upload changes nothing."""
+    storage = storage_cluster.client.storage
+    data, replayed = os.urandom(MIB), os.urandom(MIB)
+    checksum = bulk.checksum_of_bytes(data)
+    ticket = storage.upload_begin(pool, "finished", MIB, checksum, "raw")
+    bulk.stream_upload(ticket["address"], ticket["token"], bulk.SpooledSource(io.BytesIO(data)), checksum, 10)
+    assert volume_bytes(storage_cluster, pool, "finished") == data, "the upload was completed"
+
+    for content in (data, replayed):
+        with pytest.raises(AuthenticationError, match="upload token unknown, already used or expired"):
+            bulk.stream_upload(ticket["address"], ticket["token"], bulk.SpooledSource(io.BytesIO(content)),
+                               bulk.checksum_of_bytes(content), 10)
+    assert volume_bytes(storage_cluster, pool, "finished") == data
+    assert leftovers(storage_cluster, pool) == []
+    storage.volume_remove(pool, "finished")
+
+
 def test_token_is_bound_to_the_declared_checksum(storage_cluster, pool):
     """Whoever sees a token cannot spend it on other content of the same size."""
     declared, other = os.urandom(MIB), os.urandom(MIB)
@@ -465,12 +485,19 @@ def test_client_killed_mid_upload_leaves_nothing(storage_cluster, pool, images):
         sock.sendall(json.dumps(header).encode() + b"\\n")
         sock.makefile("rb").readline()
         sock.sendall(data[:len(data) // 2])
-        os.kill(os.getpid(), signal.SIGKILL)
+        print("half sent", flush=True)
+        sys.stdin.read()
         """)
-    client = subprocess.run([sys.executable, "-c", client_script, storage_cluster.local.uris[0],
-                             storage_cluster.local.state["api_key"], pool, "killed", str(image)],
-                            capture_output=True)
-    assert client.returncode == -signal.SIGKILL, client.stderr.decode()
+    client = subprocess.Popen([sys.executable, "-c", client_script, storage_cluster.local.uris[0],
+                               storage_cluster.local.state["api_key"], pool, "killed", str(image)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert client.stdout.readline() == b"half sent\n", client.stderr.read().decode()
+        assert eventually(lambda: leftovers(storage_cluster, pool), timeout=10), \
+            "the half-sent upload is staged when its client is killed"
+    finally:
+        client.kill()
+        client.communicate()
 
     assert eventually(lambda: leftovers(storage_cluster, pool) == [], timeout=10)
     assert_nothing_left(storage_cluster, pool, "killed")
@@ -702,20 +729,27 @@ def test_staging_export_works_in_a_directory_too_deep_for_a_socket_path(tmp_path
     assert sorted(path.name for path in staging.iterdir()) == [".stage-deep"]
 
 
-def test_staging_file_is_removed_when_its_export_cannot_be_made(tmp_path, monkeypatch):
-    from pvc.node import uploads
-    from pvc.qemu_img import QemuImg
+@contextlib.contextmanager
+def staging_with_one_inode_left(cluster) -> Iterator[Path]:
+    """The node's staging directory on a small tmpfs of its own with one inode left: an upload's staging file
+    takes it, and the export's socket beside it cannot be made (ENOSPC), as on a node whose staging file system
+    has run out of inodes."""
+    staging = cluster.local.staging_dir(cluster.local.node_names[0])
+    run("mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=3", "tmpfs", str(staging))
+    try:
+        (staging / "filler").write_bytes(b"")  # the directory itself, this file, and one inode left
+        yield staging
+    finally:
+        run("umount", str(staging))
 
-    def no_socket(*_args):
-        raise OSError("no socket for the export")
-    monkeypatch.setattr(uploads, "GrowingFileExport", no_socket)
-    job = uploads.ImportJob(uploads.UploadContext("hv1", None, None, {}, QemuImg(), tmp_path, None),
-                            uploads.Ticket("token", "pool", "disk", MIB, "auto", "0" * 64, False,
-                                           time.monotonic() + 60))
 
-    with pytest.raises(OSError, match="no socket"):
-        job._import_staged(None, b"", None, "qcow2")
-    assert list(tmp_path.iterdir()) == []
+def test_staging_file_is_removed_when_its_export_cannot_be_made(storage_cluster, pool, images):
+    image = make_image(images, "qcow2", seed=61)
+    with staging_with_one_inode_left(storage_cluster) as staging:
+        with pytest.raises(OperationFailed, match="No space left on device"):
+            storage_cluster.client.storage.upload(pool, "unexported", str(image), "qcow2")
+        assert sorted(path.name for path in staging.iterdir()) == ["filler"], "the staging file was removed"
+    assert_nothing_left(storage_cluster, pool, "unexported")
 
 
 def test_node_start_sweeps_its_own_upload_leftovers(storage_cluster, pool):
@@ -729,6 +763,7 @@ def test_node_start_sweeps_its_own_upload_leftovers(storage_cluster, pool):
         backend.volume_create(pool, ".upload-elsewhere-1-0-0ddba11a", MIB)
         for name in (".stage-crashed", ".stage-crashed.nbd", ".probe-crashed"):
             (local.staging_dir(node) / name).write_bytes(b"left")
+        assert len(leftovers(storage_cluster, pool)) == 7, "the leftovers are there before the node starts"
     finally:
         local.start_node_daemon(node)
 

@@ -67,16 +67,13 @@ def test_a_flush_of_20_vms_runs_several_moves_at_once_within_the_bound(fresh_clu
     in_flight = InFlight(NodeAgents.call)
     mocker.patch.object(NodeAgents, "call", lambda agents, *args, **kwargs: in_flight.call(agents, *args, **kwargs))
 
-    started = time.monotonic()
     task = wait_for_task(client, client.nodes.flush("hv1"), timeout=60)
-    took = time.monotonic() - started
 
     bound = coordinator.settings["flush_parallelism"]
-    print(f"\nflush of {VM_COUNT} VMs with {DELAY_S} s per agent call: {took:.1f} s, "
-          f"{in_flight.calls} calls, at most {in_flight.most} in flight (bound {bound})")
+    print(f"\nflush of {VM_COUNT} VMs with {DELAY_S} s per agent call: {in_flight.calls} calls, at most "
+          f"{in_flight.most} in flight (bound {bound})")
     assert task["moved"] == names and task["errors"] == []
     assert in_flight.calls >= VM_COUNT, "every move went through the node agents"
-    assert 1 < in_flight.most <= bound
-    assert took < VM_COUNT * DELAY_S / 2, "well under one move after another"
+    assert 1 < in_flight.most <= bound, "moves ran several at a time, never more than the bound"
     where = assert_no_vm_on_two_hosts(fresh_cluster)
     assert sorted(where) == names and not any("hv1" in nodes for nodes in where.values())

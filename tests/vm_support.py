@@ -7,6 +7,7 @@ from collections import defaultdict
 
 from click.testing import CliRunner, Result
 
+from pvc.cli.localcluster.cluster import KEEPALIVE_INTERVAL
 from pvc.cli.main import cli
 
 from helpers import eventually
@@ -112,10 +113,37 @@ def wait_runs_again(client, node: str, timeout: float = 30) -> dict:
     return info
 
 
+RESTART_FENCE_INTERVALS = 30
+"""The fence deadline, in keepalive intervals, of a node whose pvcnoded a test kills and starts again: a restart
+waits for the old ZooKeeper session to end and converges every VM before its first keepalive, which under load
+takes longer than the local cluster's 4 s, and a fenced host is powered off for every later test of the module."""
+
+
+def fence_deadline_beyond_restarts(cluster) -> None:
+    """Give every node of a cluster a test module shares a fence deadline no restart of its pvcnoded reaches (a
+    per-node `fence_intervals` override; the leader reads it at once, the self-fence rule still holds)."""
+    for node in cluster.local.node_names:
+        cluster.client.cluster.config(node=node, fence_intervals=RESTART_FENCE_INTERVALS)
+
+
+def restart_node_daemon(cluster, node: str, timeout: float = 30.0, **options) -> None:
+    """Start the stopped pvcnoded of `node` and return once it runs: its record names the new daemon's agent, its
+    state is ``run`` and its keepalive is current. A test that went on before that would race its start."""
+    old_agent = cluster.client.nodes.info(node)["agent_uri"]
+    cluster.local.start_node_daemon(node, **options)
+
+    def running():
+        info = cluster.client.nodes.info(node)
+        age = info["keepalive_age_s"]
+        return (info["agent_uri"] != old_agent and info["daemon_state"] == "run" and age is not None
+                and age < 2 * KEEPALIVE_INTERVAL)
+    assert eventually(running, timeout, interval=0.1), f"pvcnoded of {node} does not run: {cluster.client.nodes.info(node)}"
+
+
 def every_daemon_running_and_no_vms_left(cluster) -> None:
     """After a test that stops node daemons: start them again, wait until ready, and remove every VM."""
     for node in cluster.local.node_names:
         if cluster.local.daemon_pid("pvcnoded", node) is None:
-            cluster.local.start_node_daemon(node)
+            restart_node_daemon(cluster, node)
     cluster.local.wait_ready(30)
     remove_all_vms(cluster)
