@@ -9,8 +9,8 @@ import pytest
 import pvc
 
 from helpers import eventually
-from vm_support import assert_no_vm_on_two_hosts, every_daemon_running_and_no_vms_left, running_hosts, vm_xml, \
-    wait_for_task
+from vm_support import assert_no_vm_on_two_hosts, every_daemon_running_and_no_vms_left, every_node_ready, \
+    running_hosts, vm_xml, wait_for_task
 from vm_support import pvc as pvc_cli
 
 VM_COUNT = 30
@@ -20,9 +20,7 @@ STOPPED = 12
 @pytest.fixture(autouse=True)
 def no_vms_left(cluster):
     yield
-    for node in cluster.local.node_names:
-        if cluster.client.nodes.info(node)["domain_state"] != "ready":
-            wait_for_task(cluster.client, cluster.client.nodes.ready(node))
+    every_node_ready(cluster)
     every_daemon_running_and_no_vms_left(cluster)
 
 

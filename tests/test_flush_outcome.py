@@ -13,16 +13,14 @@ import pvc
 from pvc.errors import Conflict
 
 from helpers import eventually
-from vm_support import (assert_no_vm_on_two_hosts, new_uuid, pvc as pvc_cli, remove_all_vms, running_hosts,
-                        vm_xml, wait_for_task, wait_running_on)
+from vm_support import (assert_no_vm_on_two_hosts, new_uuid, pvc as pvc_cli, every_node_ready, remove_all_vms,
+                        running_hosts, vm_xml, wait_for_task, wait_running_on)
 
 
 @pytest.fixture(autouse=True)
 def nodes_ready_and_empty_afterwards(cluster):
     yield
-    for node in cluster.local.node_names:
-        if cluster.client.nodes.info(node)["domain_state"] != "ready":
-            wait_for_task(cluster.client, cluster.client.nodes.ready(node))
+    every_node_ready(cluster)
     remove_all_vms(cluster)
 
 

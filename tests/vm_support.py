@@ -69,6 +69,13 @@ def wait_gone(cluster, vm: str, timeout: float = 10.0) -> None:
                       timeout, interval=0.1), {node: cluster.host_domains(node) for node in cluster.local.node_names}
 
 
+def every_node_ready(cluster) -> None:
+    """Return each node a test left flushed or flushing to service (`node ready`, waited for)."""
+    for node in cluster.local.node_names:
+        if cluster.client.nodes.info(node)["domain_state"] != "ready":
+            wait_for_task(cluster.client, cluster.client.nodes.ready(node))
+
+
 def wait_for_task(client, task: dict, timeout: float = 60.0) -> dict:
     """Until the task has finished, done or failed."""
     deadline = time.monotonic() + timeout
