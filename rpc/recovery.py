@@ -32,6 +32,7 @@ import uuid
 from typing import Any
 
 from kazoo.exceptions import NoNodeError
+from kazoo.protocol.states import ZnodeStat
 
 from pvc import fence_secrets, fencing_settings, schema
 from pvc.cache import OWN_VALUE
@@ -61,6 +62,16 @@ def volumes_on(vms: dict[str, dict[str, Any]], node: str) -> list[str]:
     return sorted({volume for raw in vms.values()
                    if node in ((raw.get("placement") or {}).get("node"), (raw.get("status") or {}).get("node"))
                    for volume in ((raw.get(OWN_VALUE) or {}).get("volumes") or [])})
+
+
+def daemon_state(context: CoordinatorContext, node: str) -> tuple[str | None, ZnodeStat | None]:
+    """A node's daemon state as ZooKeeper has it now (not the cache), with the stat a versioned write checks;
+    (None, None) for a node with none."""
+    try:
+        data, stat = context.store.zk.get(schema.node_key(node, "daemon_state"))
+    except NoNodeError:
+        return None, None
+    return schema.decode(data), stat
 
 
 def too_many_dead(context: CoordinatorContext, going: set[str]) -> str | None:
@@ -225,12 +236,9 @@ class RecoveryExecution(TaskExecution):
     def _record_fenced(self) -> bool:
         node = self.task["node"]
         path = schema.node_key(node, "daemon_state")
-        try:
-            data, stat = self._context.store.zk.get(path)
-        except NoNodeError:
-            return False
-        if schema.decode(data) != "dead":
-            return schema.decode(data) == "fenced"
+        state, stat = daemon_state(self._context, node)
+        if state != "dead":
+            return state == "fenced"
         self._context.store.transaction(self._leader_node) \
             .set(path, "fenced", version=stat.version) \
             .set(schema.node_key(node, "domain_state"), "flushed") \
@@ -286,17 +294,13 @@ def record_missing_recoveries(context: CoordinatorContext, leader_node: str, goi
     ends. Returns the nodes recorded."""
     if context.cache.config.get().get("maintenance"):
         return []
-    zk = context.store.zk
     dead = {}
     for name, raw in context.cache.nodes.snapshot().items():
         if raw.get(OWN_VALUE) and raw.get("daemon_state") == "dead":
             # The cache may lag a recovery that has just recorded the node ``fenced``: only ZooKeeper's own
             # ``dead`` (and the zxid that wrote it) says a marking has no task yet.
-            try:
-                data, stat = zk.get(schema.node_key(name, "daemon_state"))
-            except NoNodeError:
-                continue
-            if schema.decode(data) == "dead":
+            state, stat = daemon_state(context, name)
+            if state == "dead":
                 dead[name] = stat.mzxid
     if not dead:
         return []
@@ -360,11 +364,9 @@ class ReadyExecution(TaskExecution):
         this ready brings back. False, with the task ended ``failed``, when it does not in time."""
         node = self.task["node"]
         path = schema.node_key(node, "daemon_state")
-        try:
-            data, stat = self._context.store.zk.get(path)
-        except NoNodeError:
+        state, stat = daemon_state(self._context, node)
+        if state is None:
             return True
-        state = schema.decode(data)
         if state == "fenced":
             self._context.store.transaction(self._leader_node).set(path, "init", version=stat.version).commit()
             self._context.cache.nodes.refresh(node)
