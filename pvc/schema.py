@@ -147,6 +147,11 @@ def node(name: str) -> str:
     return f"{NODES}/{check_name('node', name)}"
 
 
+def election_contender(child: str) -> str:
+    """One coordinator's place in the election (a child named by kazoo's lock recipe)."""
+    return f"{ELECTION}/{child}"
+
+
 def node_owners(name: str) -> str:
     return f"{NODE_OWNERS}/{check_name('node', name)}"
 

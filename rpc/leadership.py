@@ -3,6 +3,11 @@
 Leadership is the ZooKeeper session, not a belief: the moment the session is suspended or lost, `is_leader`
 is False and the leader's loops pause; every leader write is a transaction that checks the election node
 (`leader_node`), so a coordinator that lost its session cannot write as leader even if it has not noticed.
+
+A suspended session is not a lost one: a link cut for less than the session timeout comes back with the same
+session and the same election node, so the leader resumes rather than stepping down. Whatever ends an attempt,
+the next one first removes the election nodes its own session still holds: one left behind would stay first in
+line, alive with the session, and every contender, this one included, would wait behind it for ever.
 """
 import logging
 import threading
@@ -86,6 +91,7 @@ class Leadership:
     def _lead_while_elected(self) -> None:
         if self._stopping.is_set():
             return
+        self._remove_own_leftovers()
         self._lock = self._store.lock(schema.ELECTION, self._identifier)
         self._lock.acquire()
         if self._stopping.is_set():
@@ -96,12 +102,16 @@ class Leadership:
         try:
             while not self._stopping.is_set():
                 self._session_ok.wait()
-                if self._stopping.is_set() or not self._still_elected(node):
+                if self._stopping.is_set():
                     break
-                try:
-                    self._on_tick(node)
-                except Exception:
-                    log.exception("leader loop failed")
+                elected = self._still_elected(node)
+                if elected is False:
+                    break
+                if elected:
+                    try:
+                        self._on_tick(node)
+                    except Exception:
+                        log.exception("leader loop failed")
                 self._stopping.wait(self._tick)
         finally:
             self._leader_node = None
@@ -112,8 +122,26 @@ class Leadership:
                 except KazooException:
                     pass
 
-    def _still_elected(self, node: str) -> bool:
+    def _still_elected(self, node: str) -> bool | None:
+        """None when ZooKeeper could not be asked: the session may come back with the node still held."""
         try:
             return self._store.zk.exists(node) is not None
-        except (KazooException, NoNodeError):
-            return False
+        except KazooException:
+            return None
+
+    def _remove_own_leftovers(self) -> None:
+        zk = self._store.zk
+        session = zk.client_id[0] if zk.client_id else None
+        try:
+            children = zk.get_children(schema.ELECTION)
+        except NoNodeError:
+            return
+        for child in children:
+            path = schema.election_contender(child)
+            stat = zk.exists(path)
+            if stat is not None and session is not None and stat.ephemeralOwner == session:
+                log.info("removing election node %s left by an earlier attempt of this coordinator", child)
+                try:
+                    zk.delete(path, version=stat.version)
+                except NoNodeError:
+                    pass

@@ -1,12 +1,15 @@
 """Several coordinators: leadership moves when the leader dies, clients fail over, a deposed leader cannot write."""
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from kazoo.client import KazooState
 
 from pvc import schema
 from pvc.cli.localcluster.cluster import SESSION_TIMEOUT
@@ -16,6 +19,7 @@ from pvc.store import Store
 
 from conftest import ZK_PASSWORD, ZK_USER
 from helpers import cluster_store, eventually
+from tcp_relay import Pair, TcpRelay, close_socket
 
 LEADER_TICK = 0.5
 
@@ -104,3 +108,52 @@ def test_a_deposed_leader_cannot_write(zookeeper_hosts):
             leadership.stop()
             store.stop()
 
+
+
+class Blackhole(TcpRelay):
+    """A link that, while `cut`, carries nothing: bytes sent either way are lost and new connections fail."""
+
+    cut = False
+
+    def forward(self, data: bytes, pair: Pair, upstream: bool) -> bool:
+        return not self.cut
+
+    def admit(self, client: socket.socket) -> bool:
+        if self.cut:
+            close_socket(client)
+            return False
+        return True
+
+
+def test_a_leader_whose_link_is_cut_for_less_than_its_session_leads_again(zookeeper_server, zookeeper_hosts):
+    """The session outlives the cut, and with it the leader's election node: the leader must take it up again
+    (or give it up), never leave it first in line with nobody leading behind it."""
+    chroot = zookeeper_hosts.removeprefix(zookeeper_server.hosts)
+    link = Blackhole(("127.0.0.1", zookeeper_server.port))
+    stores = [Store(link.hosts + chroot, ZK_USER, ZK_PASSWORD, session_timeout=6),
+              Store(zookeeper_hosts, ZK_USER, ZK_PASSWORD, session_timeout=6)]
+    suspended = threading.Event()
+    stores[0].zk.add_listener(lambda state: suspended.set() if state == KazooState.SUSPENDED else None)
+    for store in stores:
+        store.start(connect_timeout=10)
+    session = stores[0].zk.client_id
+    leaders = [Leadership(store, f"c{index}", 0.1, lambda node: None) for index, store in enumerate(stores)]
+    try:
+        leaders[0].start()
+        assert eventually(lambda: leaders[0].is_leader)
+        leaders[1].start()
+
+        link.cut = True
+        assert suspended.wait(10), "the cut leader's session never noticed the cut"
+        link.cut = False
+        assert eventually(lambda: stores[0].connected, timeout=5)
+        assert stores[0].zk.client_id == session, "the session expired: this test needs it to survive the cut"
+
+        assert eventually(lambda: any(leader.is_leader for leader in leaders), timeout=10), \
+            "no coordinator leads after the cut healed: " + ", ".join(stores[1].zk.get_children(schema.ELECTION))
+        assert sum(leader.is_leader for leader in leaders) == 1
+    finally:
+        for leadership, store in zip(leaders, stores):
+            leadership.stop()
+            store.stop()
+        link.close()

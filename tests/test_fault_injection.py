@@ -409,13 +409,7 @@ DEFAULT_SECONDS = 40.0
 """Each default run's length; it goes on (`faults.run.FIRST_ROUND_GRACE_S`) until every kind has come once."""
 
 
-LEADERLESS_AFTER_A_CUT_LEADER = (
-    "known liveness defect, open in issue 15: after the leading coordinator is cut off from ZooKeeper, no "
-    "coordinator may lead again (seeds 227449692, 764753753), so tasks stay pending and the cluster never "
-    "settles; every safety check of this run held")
-
-
-def _run_and_judge(cluster, seconds: float, tmp_path, tolerate_leaderless: bool = False, **options) -> None:
+def _run_and_judge(cluster, seconds: float, tmp_path, **options) -> None:
     seed = seed_from_env()
     print(f"\nfault injection seed {seed} (replay with PVC_FAULT_SEED={seed})", flush=True)
     run = run_faults(cluster, seed, seconds, history_path=tmp_path / "history.jsonl", **options)
@@ -423,20 +417,7 @@ def _run_and_judge(cluster, seconds: float, tmp_path, tolerate_leaderless: bool 
     assert run.history.faults and run.history.operations, "the run injected no fault or made no call"
     assert any(operation.ok and operation.kind == "start" for operation in run.history.operations)
     assert not run.inconclusive, f"seed {seed}: {run.inconclusive}\n" + run.summary()
-    if tolerate_leaderless and run.problems and _only_unsettled(run):
-        pytest.xfail(f"seed {seed}: {LEADERLESS_AFTER_A_CUT_LEADER}")
     assert not run.problems, "\n" + run.summary()
-
-
-def _only_unsettled(run: FaultRun) -> bool:
-    """Whether all that went wrong is liveness: no copy ran twice, no acknowledged command was undone, nothing
-    was lost; only states that never settled and tasks still waiting for a leader, after a cut leader."""
-    cut_leader = any(fault.kind == "cut-leader-coordinator" for fault in run.history.faults)
-    waiting = any(mismatch.startswith("task ") and mismatch.endswith(" still active") for mismatch in run.mismatches)
-    unsettled = all(" never settled " in mismatch or (mismatch.startswith("task ") and "still active" in mismatch)
-                    for mismatch in run.mismatches)
-    return cut_leader and waiting and unsettled and not (run.violations or run.existence or run.commands
-                                                         or run.outcomes or run.missing_kinds)
 
 
 @pytest.mark.cluster(nodes=3, coordinators=2)
@@ -452,8 +433,7 @@ def test_lab_network_and_zookeeper_faults(fresh_cluster, tmp_path):
     """One host cut off; two of five cut off together (still reaching each other); the leading coordinator cut
     off; a ZooKeeper server killed; the ZooKeeper leader killed."""
     _run_and_judge(fresh_cluster, seconds_from_env("PVC_FAULT_SECONDS", DEFAULT_SECONDS), tmp_path,
-                   fault_weights=nemesis.LAB_WEIGHTS, kinds=nemesis.LAB_KINDS, vm_count=8, settle_timeout=45,
-                   tolerate_leaderless=True)
+                   fault_weights=nemesis.LAB_WEIGHTS, kinds=nemesis.LAB_KINDS, vm_count=8, settle_timeout=45)
 
 
 @pytest.mark.cluster(nodes=3, coordinators=1)
