@@ -217,6 +217,18 @@ class SimulatedBMC:
                 cluster.start_node_daemon(self.name)
                 self._log("pvcnoded started")
 
+    def start_daemon_if_down(self) -> int | None:
+        """The machine room restarting a node's pvcnoded that died on a host that is on: under the power lock and
+        only if none runs, so that a boot starting it at the same moment never makes two (the second would
+        wait for the first's session, refuse and exit, taking the pid file with it). Its pid if it started."""
+        with self._power_lock():
+            cluster = self._cluster()
+            if cluster is None or not self.host.running or cluster.daemon_pid("pvcnoded", self.name) is not None:
+                return None
+            pid = cluster.start_node_daemon(self.name)
+            self._log("pvcnoded started again")
+            return pid
+
     def power_cycle(self) -> None:
         """Off, then on (a reset)."""
         self.power_off()

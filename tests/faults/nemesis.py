@@ -446,6 +446,8 @@ class Nemesis(threading.Thread):
         finally:
             with self._lock:
                 self._down.discard((program, name))
+        if new_pid is None:
+            return f"pid {pid} killed; not started again: a boot started it, or the host went off, meanwhile"
         return f"pid {pid} killed, pid {new_pid} started {self._history.now() - killed:.2f} s later"
 
     def _kill_for_good(self, node: str) -> str:
@@ -936,9 +938,11 @@ class Nemesis(threading.Thread):
         """A fault's duration; cut short when the run ends, so that healing comes at once."""
         self._stopping.wait(seconds)
 
-    def _start(self, program: str, name: str) -> int:
+    def _start(self, program: str, name: str) -> int | None:
+        """Start a daemon again; a pvcnoded through its BMC's power lock, as a boot under way may be starting it
+        at this moment (None then: it runs already)."""
         if program == "pvcnoded":
-            return self._local.start_node_daemon(name)
+            return self._local.bmc(name).start_daemon_if_down()
         return self._local.start_coordinator(name)
 
     # -- supervision and healing ----------------------------------------------------------------------------
@@ -970,8 +974,8 @@ class Nemesis(threading.Thread):
                     self._down.discard(("pvcnoded", name))
             if not pid and not self._taken_down("pvcnoded", name):
                 self._note_exit("pvcnoded", name)
-                self._start("pvcnoded", name)
-                started.append(f"pvcnoded {name}")
+                if self._start("pvcnoded", name):
+                    started.append(f"pvcnoded {name}")
         return started
 
     def _taken_down(self, program: str, name: str) -> bool:
