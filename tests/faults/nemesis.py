@@ -358,6 +358,11 @@ class Nemesis(threading.Thread):
             if self._stopping.wait(0.5):
                 return False
 
+    def release_fenced(self, client) -> None:
+        """`node ready` for each fenced node whose daemon runs again, as the administrator does after a run too:
+        a fence that lands as the faults end leaves a node that starts nothing until then."""
+        self._release_fenced(client, client.nodes.list())
+
     def _release_fenced(self, client, nodes: list[dict]) -> None:
         """As the administrator does: `node ready` for each fenced node whose daemon runs again (it starts
         nothing until then)."""

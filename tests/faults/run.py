@@ -29,6 +29,7 @@ from pvc.errors import PVCError
 from faults import checker, nemesis, workload
 from faults.history import History, Operation
 from faults.monitor import HostGate, Monitor, read_hosts
+from faults.task_log import TaskLog
 
 SEED_VARIABLE = "PVC_FAULT_SEED"
 FIRST_ROUND_GRACE_S = 45.0
@@ -191,6 +192,8 @@ def run_faults(cluster, seed: int, seconds: float, clients: int = 4, vm_count: i
 
     gates = {node: HostGate() for node in nodes}
     monitor = Monitor(local, history, gates).start()
+    task_log = TaskLog(connect)
+    task_log.start()
     stopping = threading.Event()
     workers = [workload.Client(f"client{index}", connect, history,
                                workload.schedule(seed, f"client{index}", vms, nodes), domain_xml, stopping)
@@ -227,6 +230,8 @@ def run_faults(cluster, seed: int, seconds: float, clients: int = 4, vm_count: i
         time.sleep(1.0)  # a last second of watching the settled cluster
     finally:
         monitor.stop()
+        task_log.add(run.tasks)
+        run.tasks = task_log.stop()
     run.violations = checker.double_runs(history)
     run.existence = checker.existence_problems(history.operations, records)
     run.commands = checker.command_problems(history, records, run.tasks)
@@ -248,6 +253,7 @@ def _settle(run: FaultRun, local, gates: dict[str, HostGate], connect, chaos: ne
         while True:
             chaos.supervise()
             try:
+                chaos.release_fenced(client)
                 records = client.vms.list()
                 active = [task["id"] for task in client.nodes.tasks() if task["state"] in ("pending", "running")]
                 run.mismatches = checker.record_mismatches(records, read_hosts(local, gates))
