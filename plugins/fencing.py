@@ -140,10 +140,13 @@ class IpmiPolicy:
             if powered_off or time_left(deadline) <= 0:
                 break
         # A power-off whose answer was lost (a slow BMC; ipmitool's retry then finds no matching request) may
-        # still have been carried out: only the power status decides.
+        # still have been carried out: only the power status decides. A BMC still carrying it out answers the
+        # status only once it is done, so it is asked as often as after a power off it acknowledged; one that
+        # never opened a session (unreachable, credentials refused) cannot have done it and is asked once.
 
         said = "nothing"
-        checks = max(1, int(options.get("status_checks", 5))) if powered_off else 1
+        sent = powered_off or any(sign in why for sign in ANSWER_LOST_SIGNS)
+        checks = max(1, int(options.get("status_checks", 5))) if sent else 1
         for check in range(checks):
             answered, said = heard.note(*bmc.power_status(timeout=bounded()))
             if answered and said.strip().casefold() == POWER_IS_OFF.casefold():
@@ -164,6 +167,10 @@ class IpmiPolicy:
         return FenceResult.failed(f"IPMI {bmc}: chassis power off was accepted, but 'chassis power status' "
                                   f"then said {said!r}, not {POWER_IS_OFF!r}", device_answered=True, bmc=str(bmc))
 
+
+ANSWER_LOST_SIGNS = ("Unable to set Chassis Power Control",)
+"""How ipmitool says that it sent a power request in an open session but no matching answer came back: the BMC
+may be carrying it out."""
 
 UNANSWERED_SIGNS = ("Get Auth Capabilities error", "Error issuing Get Channel Authentication Capabilities",
                     "gave no answer within")

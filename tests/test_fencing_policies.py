@@ -120,6 +120,26 @@ def test_a_bmc_that_does_not_answer_fails_the_fence_within_seconds(powered_host)
     print(f"\nipmi fence against a silent BMC failed in {took:.2f} s: {result.reason}")
 
 
+def test_a_power_off_whose_answer_was_lost_is_proven_by_the_status_once_the_bmc_answers_again(powered_host):
+    """A BMC busy carrying out the power off (here: its chassis control waits for a power action under way)
+    answers neither that request nor the next; a fence that asks for the status only once calls a node that
+    is going off "not confirmed", and the cluster fences it again and again (seen under load in the lab)."""
+    host, bmc = powered_host
+    busy = threading.Event()
+
+    def power_action_under_way() -> None:
+        with bmc._power_lock():
+            busy.set()
+            time.sleep(5.0)
+
+    threading.Thread(target=power_action_under_way, daemon=True).start()
+    assert busy.wait(5)
+    result = IpmiPolicy().fence(node_with(bmc), {}, within(30))
+
+    assert result.confirmed, result.reason
+    assert not host.running
+
+
 def test_a_fence_gives_up_at_its_deadline(powered_host):
     _host, bmc = powered_host
     started = time.monotonic()
