@@ -23,7 +23,10 @@ class ClusterArea:
         return self.config() if method == "config" else self.status()
 
     def status(self) -> dict[str, Any]:
-        """The cluster at a glance: maintenance flag, leader, coordinators, node counts by state."""
+        """The cluster at a glance: maintenance flag, leader, coordinators, node counts by state.
+
+        :raises Unavailable: the coordinator cannot read ZooKeeper
+        """
         context = self._context
         nodes = context.node_views()
         by_state: dict[str, int] = {}
@@ -41,7 +44,10 @@ class ClusterArea:
         }
 
     def maintenance(self, enabled: bool) -> dict[str, Any]:
-        """Turn maintenance mode on or off; while on, the leader fences no node."""
+        """Turn maintenance mode on or off; while on, the leader fences no node.
+
+        :raises Unavailable: the coordinator cannot write ZooKeeper
+        """
         self._update_config({"maintenance": bool(enabled)})
         return self.status()
 
@@ -135,7 +141,10 @@ class ClusterArea:
         return {**others, **fencing}
 
     def plugins(self) -> list[dict[str, Any]]:
-        """Every plugin this coordinator loaded, what it registers, and where it came from."""
+        """Every plugin this coordinator loaded, what it registers, and where it came from.
+
+        :raises Unavailable: no coordinator answered (nothing else: it refuses nothing)
+        """
         return self._context.plugins.describe()
 
     def _update_config(self, changes: dict[str, Any]) -> None:
