@@ -272,6 +272,58 @@ class RemoteAreasReference(SphinxDirective):
         return container.children
 
 
+class DeadlineExample(SphinxDirective):
+    """A worked example of the fencing rules, computed by `pvc.fencing_settings` itself: the argument is
+    ``KEEPALIVE_INTERVAL FENCE_INTERVALS SUICIDE_INTERVALS [SESSION_TIMEOUT]``."""
+
+    required_arguments = 3
+    optional_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        from pvc import fencing_settings
+        keepalive, fence, suicide = float(self.arguments[0]), int(self.arguments[1]), int(self.arguments[2])
+        session = float(self.arguments[3]) if len(self.arguments) > 3 else None
+        settings = fencing_settings.FencingSettings(keepalive, fence, suicide, "migrate")
+        rows = [
+            ("silence before the self-fence", f"suicide_intervals {suicide} × keepalive_interval {keepalive:g} s",
+             settings.silence_before_self_fence_s),
+            ("watchdog period", f"min(0.25 s, keepalive_interval / 10)", settings.watchdog_period_s),
+            ("peer check", f"{fencing_settings.PEER_CHECK_INTERVALS:g} × keepalive_interval", settings.peer_check_s),
+            ("stopping VMs through libvirt", f"{fencing_settings.LIBVIRT_STOP_INTERVALS:g} × keepalive_interval",
+             settings.libvirt_stop_budget_s),
+            ("killing what libvirt did not stop", f"{fencing_settings.KILL_INTERVALS:g} × keepalive_interval",
+             settings.kill_budget_s),
+            ("self-fence deadline", "the sum", settings.self_fence_deadline_s),
+            ("leader's fence deadline", f"fence_intervals {fence} × keepalive_interval {keepalive:g} s",
+             settings.fence_deadline_s),
+        ]
+        table = nodes.table()
+        group = nodes.tgroup(cols=3)
+        table += group
+        for width in (30, 50, 12):
+            group += nodes.colspec(colwidth=width)
+        head = nodes.thead()
+        group += head
+        body = nodes.tbody()
+        group += body
+        for target, cells in ((head, ("term", "how", "seconds")),
+                              *((body, (label, how, f"{value:g}")) for label, how, value in rows)):
+            row = nodes.row()
+            for cell in cells:
+                entry = nodes.entry()
+                entry += _paragraph(cell)
+                row += entry
+            target += row
+        problem = fencing_settings.violation(settings, session)
+        verdict = f"Refused: {problem}." if problem else (
+            f"Accepted: the node has stopped its VMs {settings.fence_deadline_s - settings.self_fence_deadline_s:g} s "
+            "before the leader may start them elsewhere"
+            + (f", and its silence outlasts kazoo's detection lag "
+               f"({fencing_settings.KAZOO_DETECTION_FRACTION * session:.2f} s for a {session:g} s session)."
+               if session is not None else "."))
+        return [table, _paragraph(verdict)]
+
+
 def setup(app) -> dict[str, Any]:
     for objtype in OBJECT_TYPES:
         app.add_object_type(objtype, objtype, indextemplate=f"pair: %s; {objtype[4:].replace('-', ' ')}")
@@ -280,4 +332,5 @@ def setup(app) -> dict[str, Any]:
     app.add_directive("pvc-rules-reference", RulesReference)
     app.add_directive("pvc-command-reference", CommandReference)
     app.add_directive("pvc-remote-areas-reference", RemoteAreasReference)
+    app.add_directive("pvc-deadline-example", DeadlineExample)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
