@@ -1,0 +1,60 @@
+"""The scripting guide's examples (docs/examples/scripts) run against a local cluster, as a reader runs them:
+a Python process whose PVC_CONFIG points at the cluster."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vm_support import vm_xml
+
+SCRIPTS = Path(__file__).parent.parent / "docs" / "examples" / "scripts"
+
+
+@pytest.fixture(scope="module")
+def run(cluster):
+    def run_script(name: str, *args: str) -> str:
+        environment = {**os.environ, "PVC_CONFIG": str(cluster.local.client_config)}
+        for variable in ("PVC_URI", "PVC_API_KEY", "PVC_CONNECTION"):
+            environment.pop(variable, None)
+        result = subprocess.run([sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True,
+                                env=environment, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+    return run_script
+
+
+def test_every_script_in_the_guide_is_tested():
+    tested = {"nodes.py", "start_vm.py", "flush_node.py", "upload_image.py"}
+    assert {path.name for path in SCRIPTS.glob("*.py")} == tested
+
+
+def test_the_node_list_script_prints_every_node(run, cluster):
+    lines = run("nodes.py").splitlines()
+    assert [line.split()[:3] for line in lines] == [[node, "run", "ready"] for node in cluster.local.node_names]
+
+
+def test_the_start_script_defines_starts_and_can_be_run_again(run, cluster, tmp_path):
+    xml = tmp_path / "script-vm.xml"
+    xml.write_text(vm_xml("script-vm", memory_mib=128))
+    first = run("start_vm.py", str(xml), "hv2,hv3").splitlines()
+    assert first[0].startswith("script-vm is start on hv")
+    assert first[0].split()[-1] in ("hv2", "hv3")
+    assert first[1] == "as expected: no VM named 'no-such-vm'"
+    assert cluster.host_domains(first[0].split()[-1]) == {**cluster.host_domains(first[0].split()[-1]),
+                                                         "script-vm": True}
+    again = run("start_vm.py", str(xml), "hv2,hv3").splitlines()
+    assert again[0] == "note: a VM named 'script-vm' exists already"
+    assert again[1] == first[0]
+
+
+def test_the_flush_script_flushes_and_readies_a_node(run):
+    assert run("flush_node.py", "hv1").splitlines() == ["flush of hv1: done, now flushed",
+                                                         "ready of hv1: done, now ready"]
+
+
+def test_the_upload_script_uploads_a_qcow2_image(run, tmp_path):
+    image = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "3M"], check=True)
+    assert run("upload_image.py", "scripts", "disk0", str(image)).strip() == f"scripts/disk0: {3 << 20} bytes"
