@@ -1,5 +1,7 @@
-"""The scripting guide's examples (docs/examples/scripts) run against a local cluster, as a reader runs them:
-a Python process whose PVC_CONFIG points at the cluster."""
+"""The manual's examples run: its example plugins (docs/examples/pvc-example-plugin), installed into a directory
+of their own, are what a local cluster stores its volumes with (``example-dir``) and places and fences with;
+the scripting guide's scripts (docs/examples/scripts) run against that cluster as a reader runs them, a Python
+process whose PVC_CONFIG points at it."""
 import os
 import subprocess
 import sys
@@ -7,9 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from conftest import started_cluster
 from vm_support import vm_xml
 
 SCRIPTS = Path(__file__).parent.parent / "docs" / "examples" / "scripts"
+
+
+@pytest.fixture(scope="module")
+def cluster(example_plugin_installed, tmp_path_factory):
+    """Three nodes storing volumes with the example backend, the example plugins loaded by every daemon."""
+    yield from started_cluster(tmp_path_factory.mktemp("examples"), nodes=3, coordinators=1, storage="example-dir")
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +67,39 @@ def test_the_upload_script_uploads_a_qcow2_image(run, tmp_path):
     image = tmp_path / "disk.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "3M"], check=True)
     assert run("upload_image.py", "scripts", "disk0", str(image)).strip() == f"scripts/disk0: {3 << 20} bytes"
+
+
+def test_the_example_backend_stores_volumes_snapshots_and_a_vm_disk(run, cluster, tmp_path):
+    storage, root = cluster.client.storage, cluster.local.storage_dir
+    image = tmp_path / "raw.img"
+    image.write_bytes(b"example data" + bytes(1 << 20))
+    assert run("upload_image.py", "examples", "data", str(image)).strip() == f"examples/data: {(1 << 20) + 12} bytes"
+    assert (root / "examples" / "data.img").read_bytes()[:12] == b"example data"
+
+    storage.snapshot_add("examples", "data", "before")
+    (root / "examples" / "data.img").write_bytes(b"changed")
+    storage.snapshot_rollback("examples", "data", "before")
+    assert (root / "examples" / "data.img").read_bytes()[:12] == b"example data"
+    assert (root / "examples" / "data.snapshots" / "before").exists()
+    storage.volume_clone("examples", "data", "copy")
+    assert storage.volume_info("examples", "copy")["size_bytes"] == (1 << 20) + 12
+
+    xml = ("<domain type='test'><name>example-disk-vm</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>"
+           "<os><type>hvm</type></os><devices><disk type='volume' device='disk'>"
+           "<source pool='examples' volume='copy'/><target dev='vda'/></disk></devices></domain>")
+    cluster.client.vms.define(xml)
+    vm = cluster.client.vms.start("example-disk-vm", wait=True)
+    assert cluster.host_domains(vm["node"])["example-disk-vm"] is True
+    assert storage.volume_info("examples", "copy")["used_by"] == ["example-disk-vm"]
+
+    cluster.client.vms.stop("example-disk-vm", wait=True)
+    storage.snapshot_remove("examples", "data", "before")
+    storage.volume_remove("examples", "data")
+    assert sorted(path.name for path in (root / "examples").iterdir()) == ["copy.img"]
+
+
+def test_the_example_selector_and_fencing_policy_are_loaded(cluster):
+    plugins = {plugin["name"]: plugin for plugin in cluster.client.cluster.plugins()}
+    assert plugins["example"]["migration_selectors"] == ["example-fewest-defined"]
+    assert plugins["example"]["fencing_policies"] == ["example-ipmitool"]
+    assert plugins["example_storage"]["storage_backends"] == ["example-dir"]
