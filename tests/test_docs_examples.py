@@ -2,12 +2,18 @@
 of their own, are what a local cluster stores its volumes with (``example-dir``) and places and fences with;
 the scripting guide's scripts (docs/examples/scripts) run against that cluster as a reader runs them, a Python
 process whose PVC_CONFIG points at it."""
+import io
+import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
+
+from pvc.errors import InvalidInput
+from pvc.ova_client import upload_ova
 
 from conftest import started_cluster
 from vm_support import vm_xml
@@ -103,3 +109,44 @@ def test_the_example_selector_and_fencing_policy_are_loaded(cluster):
     assert plugins["example"]["migration_selectors"] == ["example-fewest-defined"]
     assert plugins["example"]["fencing_policies"] == ["example-ipmitool"]
     assert plugins["example_storage"]["storage_backends"] == ["example-dir"]
+    assert plugins["example_bundle"]["appliance_importers"] == ["example-bundle"]
+
+
+def bundle(path: Path, descriptor: dict, disks: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as archive:
+        for name, data in {"bundle.json": json.dumps(descriptor).encode(), **disks}.items():
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def examples_pool(cluster) -> str:
+    if "examples" not in [pool["name"] for pool in cluster.client.storage.pool_list()]:
+        cluster.client.storage.pool_add("examples")
+    return "examples"
+
+
+def test_the_example_appliance_importer_makes_volumes_a_template_and_a_vm(cluster, examples_pool, tmp_path):
+    client = cluster.client
+    archive = bundle(tmp_path / "web.bundle", {"vcpus": 2, "memory_mib": 128, "disks": [2 << 20, 1 << 20]},
+                     {"disk0.raw": b"boot sector", "disk1.raw": b"data"})
+    recorded = upload_ova(client, "bundled", "examples", str(archive), importer="example-bundle")
+    assert (recorded["state"], recorded["vcpus"], recorded["memory_mib"]) == ("ready", 2, 128)
+    assert [(volume["size_bytes"], volume["source"]) for volume in recorded["volumes"]] == \
+        [(2 << 20, "disk0.raw"), (1 << 20, "disk1.raw")]
+    first = recorded["volumes"][0]
+    assert (cluster.local.storage_dir / first["pool"] / f"{first['name']}.img").read_bytes()[:11] == b"boot sector"
+
+    vm = client.provisioner.create("bundled-vm", "bundled", start=True, wait=True)
+    assert client.vms.info("bundled-vm")["running"] is True, vm
+
+
+def test_the_example_appliance_importer_refuses_a_disk_larger_than_declared(cluster, examples_pool, tmp_path):
+    archive = bundle(tmp_path / "bad.bundle", {"vcpus": 1, "memory_mib": 64, "disks": [4]},
+                     {"disk0.raw": b"more than four bytes"})
+    with pytest.raises(InvalidInput, match="disk0.raw holds 20 bytes, more than its declared 4"):
+        upload_ova(cluster.client, "oversized", "examples", str(archive), importer="example-bundle")
+    assert "oversized" not in [ova["name"] for ova in cluster.client.provisioner.ova_list()]
+    assert not [path for path in (cluster.local.storage_dir / "examples").iterdir() if "oversized" in path.name]

@@ -45,19 +45,23 @@ class OvaCalls:
                 self._ova_collection = collection
             return self._ova_collection
 
-    def ova_upload(self, name: str, pool: str, size_bytes: int, checksum: str) -> dict[str, Any]:
+    def ova_upload(self, name: str, pool: str, size_bytes: int, checksum: str,
+                   importer: str = OVA_IMPORTER) -> dict[str, Any]:
         """Record the upload of OVA `name` into `pool` and get a single-use token for its stream:
         ``{"address", "token", "tls", "node"}``. Use `pvc.ova_client.upload_ova`, which streams the file and
-        calls `ova_upload_end`.
+        calls `ova_upload_end`. `importer` names the appliance importer that reads the archive (the built-in
+        ``ova``, or a plugin's: `pvc.hookspecs.pvc_appliance_importers`).
 
         :raises InvalidInput: a malformed name
         :raises InvalidInput: an empty upload
+        :raises InvalidInput: an appliance importer the storage node does not have
         :raises AlreadyExists: an OVA, template or profile of that name exists
         :raises Busy: another change holds the templates' and profiles' lock
         :raises Unavailable: no storage node answered
         :raises OperationFailed: the storage refused (its reason)
         """
         path = schema.ova(name)
+        schema.check_name("appliance importer", importer)
         schema.ova_volume(name, schema.MAX_OVA_DISKS - 1)
         if not isinstance(size_bytes, int) or isinstance(size_bytes, bool) or size_bytes <= 0:
             raise InvalidInput(f"invalid upload size {size_bytes!r}: the OVA must be a non-empty file")
@@ -76,7 +80,7 @@ class OvaCalls:
                 raise AlreadyExists(f"an OVA named '{name}' exists already") from None
         try:
             ticket = self._context.agents.call(node, agent_uri, "open_appliance_upload", pool, name, size_bytes,
-                                               OVA_IMPORTER, checksum)
+                                               importer, checksum)
         except BaseException:
             self._delete_record(name)
             raise
