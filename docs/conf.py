@@ -46,6 +46,9 @@ autodoc_class_signature = "separated"
 autodoc_default_options = {"exclude-members": "__init__, __new__"}
 python_use_unqualified_type_names = True
 
+smartquotes = False
+"""Option spellings such as --node-limit must stay as typed."""
+
 html_theme = "alabaster"
 html_title = "PVC manual"
 html_static_path = []

@@ -119,3 +119,14 @@ def test_every_remote_method_documents_the_errors_it_raises():
                 problems.append(f"{area.__name__}.{name}: documents {', '.join(sorted(documented - set(vars(errors))))}, "
                                 "not an error of pvc.errors")
     assert problems == []
+
+
+def test_the_command_reference_names_upstream_spellings(manual):
+    """Spellings declared upstream PVC's on an option (`pvc.cli.upstream`) are named in the reference."""
+    page = (manual / "cli.html").read_text()
+    declared = [getattr(parameter, "upstream") for _name, command in pvc_docs.walk_commands(cli)
+                for parameter in command.params if getattr(parameter, "upstream", ())]
+    assert ("-m", "--method") in declared
+    assert [spellings for spellings in declared
+            if f"Upstream PVC's spelling: {', '.join(spellings)}." not in page] == []
+    assert "pretty (upstream's name for table)" in page

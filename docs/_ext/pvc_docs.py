@@ -197,6 +197,9 @@ def _parameter_nodes(context: click.Context, parameter: click.Parameter) -> node
         facts.append("One of: " + ", ".join(choice for choice in parameter.type.choices
                                               if choice not in output.UPSTREAM_FORMATS)
                      + (f"; also {', '.join(upstream)}" if upstream else "") + ".")
+    upstream_spellings = getattr(parameter, "upstream", ())
+    if upstream_spellings:
+        facts.append(f"Upstream PVC's spelling: {', '.join(upstream_spellings)}.")
     if isinstance(parameter, click.Option) and parameter.envvar and isinstance(parameter.envvar, str):
         facts.append(f"Environment: {parameter.envvar}.")
     if isinstance(parameter, click.Argument):
