@@ -22,10 +22,10 @@ RULES: dict[str, str] = {
     SELF_FENCE_DEADLINE: (
         "A node cut off from ZooKeeper must have stopped its VMs before the leader may start them elsewhere: its "
         "self-fence deadline (suicide_intervals × keepalive_interval, plus a watchdog period of min(0.25 s, "
-        "keepalive_interval / 10), a peer check of 0.5, a libvirt stop budget of 0.8 and a kill budget of 0.2 "
-        "keepalive intervals) must be shorter than the leader's fence deadline (fence_intervals × "
-        "keepalive_interval). pvcapid and pvcnoded refuse to start, and `pvc cluster config` refuses a change, "
-        "that breaks it, for the cluster and for every node's overrides."),
+        "keepalive_interval / 10), a peer check of {peer_check}, a libvirt stop budget of {libvirt_stop} and a "
+        "kill budget of {kill} keepalive intervals) must be shorter than the leader's fence deadline "
+        "(fence_intervals × keepalive_interval). pvcapid and pvcnoded refuse to start, and `pvc cluster config` "
+        "refuses a change, that breaks it, for the cluster and for every node's overrides."),
     KAZOO_DETECTION: (
         "The silence after which a node fences itself (suicide_intervals × keepalive_interval) must be longer "
         "than kazoo's detection of a dead ZooKeeper server (2/3 of the node's negotiated session timeout, "
@@ -33,7 +33,7 @@ RULES: dict[str, str] = {
         "against the session timeout each node reports."),
 }
 """Every safety rule a setting takes part in, by name; `pvc.config.Setting.rules` and `ClusterKey.rules` name
-them."""
+them. The budgets in braces are `pvc.fencing_settings`' own (`rule_text` fills them in)."""
 
 Kind = Literal["bool", "str", "choice", "int", "float", "names", "mapping"]
 

@@ -46,6 +46,12 @@ KAZOO_DETECTION_FRACTION = 2 / 3
 """kazoo's read timeout, as a fraction of the negotiated session timeout."""
 
 
+def rule_text(rule: str) -> str:
+    """A safety rule of `pvc.cluster_config.RULES` in words, with this module's budgets."""
+    return cluster_config.RULES[rule].format(peer_check=f"{PEER_CHECK_INTERVALS:g}",
+                                             libvirt_stop=f"{LIBVIRT_STOP_INTERVALS:g}", kill=f"{KILL_INTERVALS:g}")
+
+
 @dataclass(frozen=True)
 class FencingSettings:
     keepalive_interval: float

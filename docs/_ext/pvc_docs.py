@@ -136,7 +136,7 @@ class RulesReference(SphinxDirective):
     """Every safety rule settings take part in, with the settings and keys that do."""
 
     def run(self) -> list[nodes.Node]:
-        from pvc import cluster_config, config
+        from pvc import cluster_config, config, fencing_settings
         members: dict[str, list[tuple[str, str]]] = {rule: [] for rule in cluster_config.RULES}
         for file_name, (attribute, _about) in SETTINGS_FILES.items():
             for setting in getattr(config, attribute):
@@ -146,7 +146,8 @@ class RulesReference(SphinxDirective):
             for rule in key.rules:
                 members[rule].append(("pvc-cluster-key", key.name))
         items = nodes.definition_list()
-        for rule, text in cluster_config.RULES.items():
+        for rule in cluster_config.RULES:
+            text = fencing_settings.rule_text(rule)
             term = nodes.term()
             term += _register(self, "pvc-rule", rule)
             term += nodes.literal(rule, rule)
