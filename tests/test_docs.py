@@ -89,7 +89,8 @@ def test_every_public_remote_method_is_in_the_manual(inventory):
                for name in pvc_docs.remote_methods(area)]
     assert "pvc.rpc.areas.vms.VMsArea.start" in methods
     assert missing(inventory, "py:method", methods) == []
-    assert missing(inventory, "py:function", ["pvc.connect"]) == []
+    assert missing(inventory, "py:function", ["pvc.connect", "pvc.ova_client.upload_ova"]) == []
+    assert missing(inventory, "py:method", ["pvc.storage_client.StorageClient.upload"]) == []
 
 
 def test_every_daemon_domain_and_vm_state_is_in_the_troubleshooting_guide(inventory):
