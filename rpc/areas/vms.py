@@ -398,8 +398,8 @@ class VMsArea:
         return self._set_state(vm, "stop", wait)
 
     def disable(self, vm: str, wait: bool = False) -> dict[str, Any]:
-        """Shut the VM down and keep it down: a flush or recovery does not start it elsewhere; with `wait`, return
-        once it is off.
+        """Stop the VM at once, as `stop` does, under upstream PVC's word for a VM taken out of service: flushes
+        and recoveries leave it alone, as they leave a stopped VM; with `wait`, return once it is off.
 
         :raises NotFound: no VM of that name
         :raises Busy: another command holds the VM's lock
