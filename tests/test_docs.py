@@ -74,7 +74,7 @@ def test_every_settings_list_is_documented():
 def test_every_hook_and_what_it_registers_is_in_the_manual(inventory):
     hooks = [name for name, value in vars(hookspecs).items()
              if inspect.isfunction(value) and hasattr(value, f"{hookspecs.PROJECT}_spec")]
-    assert set(hooks) == set(hookspecs.REGISTRATION_HOOKS)
+    assert set(hookspecs.REGISTRATION_HOOKS) <= set(hooks)
     assert missing(inventory, "py:function", [f"pvc.hookspecs.{hook}" for hook in hooks]) == []
     interfaces = [value for value in vars(hookspecs).values()
                   if inspect.isclass(value) and value.__module__ == hookspecs.__name__]
@@ -88,7 +88,7 @@ def test_every_public_remote_method_is_in_the_manual(inventory):
     methods = [f"{area.__module__}.{area.__qualname__}.{name}" for area in pvc_docs.remote_areas()
                for name in pvc_docs.remote_methods(area)]
     assert "pvc.rpc.areas.vms.VMsArea.start" in methods
-    assert missing(inventory, "py:method", methods) == []
+    assert missing(inventory, "py:method", methods) == [], "a remote method without a docstring is left out"
     assert missing(inventory, "py:function", ["pvc.connect", "pvc.ova_client.upload_ova"]) == []
     assert missing(inventory, "py:method", ["pvc.storage_client.StorageClient.upload"]) == []
 
@@ -97,7 +97,8 @@ def test_every_daemon_domain_and_vm_state_is_in_the_troubleshooting_guide(invent
     states = [f"daemon:{state}" for state in schema.DAEMON_STATES]
     states += [f"domain:{state}" for state in schema.DOMAIN_STATES]
     states += [f"vm:{state}" for state in schema.VM_STATES]
-    assert missing(inventory, "std:pvc-state", states) == []
+    assert missing(inventory, "std:pvc-state", states) == [], \
+        "document each in docs/admin/troubleshooting.md: ```{pvc-state} KIND:STATE``` and what to do about it"
 
 
 def test_every_remote_method_documents_the_errors_it_raises():
@@ -119,7 +120,7 @@ def test_every_remote_method_documents_the_errors_it_raises():
             if documented - set(vars(errors)):
                 problems.append(f"{area.__name__}.{name}: documents {', '.join(sorted(documented - set(vars(errors))))}, "
                                 "not an error of pvc.errors")
-    assert problems == []
+    assert problems == [], "give each a docstring with a :raises ERROR: reason field per error it can raise"
 
 
 def test_the_command_reference_names_upstream_spellings(manual):

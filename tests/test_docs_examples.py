@@ -115,7 +115,8 @@ def test_the_example_distribution_has_a_plugin_of_every_hook_kind(cluster):
     plugins = [plugin for plugin in cluster.client.cluster.plugins() if plugin["distribution"] == "pvc-example-plugin"]
     covered = {hook for hook in hookspecs.REGISTRATION_HOOKS for plugin in plugins
                if plugin.get(registered_key(hook))}
-    assert covered == set(hookspecs.REGISTRATION_HOOKS) - set(NO_EXAMPLE_YET)
+    assert covered == set(hookspecs.REGISTRATION_HOOKS) - set(NO_EXAMPLE_YET), \
+        "each hook kind needs an example plugin in docs/examples/pvc-example-plugin (the plugin guide shows it)"
 
 
 def test_the_example_selector_and_fencing_policy_are_loaded(cluster):
