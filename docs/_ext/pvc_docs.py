@@ -205,8 +205,15 @@ def _parameter_nodes(context: click.Context, parameter: click.Parameter) -> node
         facts.append(f"Environment: {parameter.envvar}.")
     if isinstance(parameter, click.Argument):
         facts.append("Required argument." if parameter.required else "Optional argument.")
-    definition += _paragraph(" ".join(facts) or "-")
+    definition += _paragraph(" ".join(_sentence(fact) for fact in facts) or "-")
     return nodes.definition_list_item("", term, definition)
+
+
+def _sentence(text: str) -> str:
+    """Click help starts lower-case and ends without a stop; the reference reads as sentences."""
+    text = text.strip()
+    text = text[0].upper() + text[1:] if text else text
+    return text if text.endswith((".", "!", "?")) else text + "."
 
 
 class CommandReference(SphinxDirective):
