@@ -16,6 +16,8 @@ from pvc.secrets_box import SecretsBox
 @Pyro5.server.behavior(instance_mode="single")
 @retry_safe(reads={"status", "plugins"})
 class ClusterArea:
+    """``client.cluster``: the cluster at a glance, maintenance mode, the cluster config and the loaded plugins."""
+
     def __init__(self, context: CoordinatorContext):
         self._context = context
 

@@ -22,6 +22,9 @@ RUNS_AGAIN_SINCE_FENCED = "its daemon runs again since the fence: `pvc node read
 @Pyro5.server.behavior(instance_mode="single")
 @retry_safe(reads={"list", "info", "task", "tasks", "log"})
 class NodesArea:
+    """``client.nodes``: the hypervisors, their state and logs, flush and ready, fence confirmation, and the
+    leader's tasks."""
+
     def __init__(self, context: CoordinatorContext):
         self._context = context
         self._keepalives = KeepaliveWatch(context.store)

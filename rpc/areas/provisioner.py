@@ -27,6 +27,9 @@ LOCK_TIMEOUT_S = 30
 @Pyro5.server.expose
 @Pyro5.server.behavior(instance_mode="single")
 class ProvisionerArea(OvaCalls):
+    """``client.provisioner``: templates and profiles, VM creation from a profile, and OVA appliances
+    (the methods of `OvaCalls`)."""
+
     def __init__(self, context: CoordinatorContext, storage: StorageArea, vms: VMsArea):
         self._context = context
         self._storage = storage

@@ -33,6 +33,9 @@ STORAGE_ACTION_TIMEOUT_S = STORAGE_CALL_TIMEOUT_S - 30
 @Pyro5.server.behavior(instance_mode="single")
 @retry_safe(reads={"pool_list", "status", "volume_list", "volume_info", "snapshot_list"})
 class StorageArea:
+    """``client.storage``: pools, volumes and snapshots on the cluster's storage backend, and image uploads
+    (`pvc.storage_client.StorageClient.upload` streams the bytes)."""
+
     def __init__(self, context: CoordinatorContext):
         self._context = context
         self._pools = WatchedCollection(context.store, schema.POOLS, schema.pool)

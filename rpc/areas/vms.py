@@ -22,6 +22,9 @@ META_KEYS = ("node_limit", "node_selector", "node_autostart", "migration_method"
 @Pyro5.server.behavior(instance_mode="single")
 @retry_safe(reads={"list", "info", "dump", "log", "tags"})
 class VMsArea:
+    """``client.vms``: defining, changing, starting, stopping and moving virtual machines. Every change is
+    recorded in ZooKeeper first and carried out by the VM's node at once; ``wait=True`` waits for the outcome."""
+
     def __init__(self, context: CoordinatorContext, control: VMControl):
         self._context = context
         self._control = control
