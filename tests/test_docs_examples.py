@@ -107,7 +107,8 @@ def test_the_example_backend_stores_volumes_snapshots_and_a_vm_disk(run, cluster
 
 
 NO_EXAMPLE_YET = {"pvc_image_importers": "every format an upload may name is claimed by a built-in importer "
-                                         "(pvc.qemu_img.SUPPORTED_FORMATS), so no upload reaches a plugin's"}
+                                         "(pvc.qemu_img.SUPPORTED_FORMATS), so no upload reaches a plugin's; and "
+                                         "the contract fits qemu-img only (an NBD URL, the upload's length)"}
 """Hook kinds the manual has no running example of, and why (the plugin guide says so too)."""
 
 
