@@ -3,6 +3,7 @@
 import click
 import yaml
 
+from pvc import cluster_config
 from pvc.cli import output
 
 _TASK_COLUMNS = [
@@ -68,47 +69,42 @@ def maintenance(session, mode: str, output_format: str) -> None:
     output.show(session.client.cluster.maintenance(mode == "on"), output_format, _status_table)
 
 
+def _key_option(key: cluster_config.ClusterKey):
+    """The option of `pvc cluster config` that sets `key`, from its declaration."""
+    if key.kind == "bool":
+        return click.option(f"{key.option}/--no-{key.option[2:]}", key.name, default=None, help=key.description)
+    if key.kind == "names":
+        return click.option(key.option, key.name, metavar="NAME[,NAME...]", callback=_names, help=key.description)
+    if key.kind == "mapping":
+        return click.option(key.option, key.name, metavar="YAML|-", callback=_mapping, help=key.description)
+    types = {"choice": click.Choice(key.choices), "int": int, "float": float, "str": str}
+    return click.option(key.option, key.name, type=types[key.kind], help=key.description)
+
+
+def _names(_context: click.Context, _parameter: click.Parameter, value: str | None) -> list[str] | None:
+    return [name.strip() for name in value.split(",") if name.strip()] if value is not None else None
+
+
+def _mapping(_context: click.Context, parameter: click.Parameter, value: str | None) -> dict | None:
+    return _yaml_mapping(value, parameter.opts[0]) if value is not None else None
+
+
+def _cluster_config_command(function):
+    for key in reversed(cluster_config.KEYS):
+        if key.settable:
+            function = _key_option(key)(function)
+    return function
+
+
 @group.command("config")
-@click.option("--default-selector", help="migration selector for VMs that name none")
-@click.option("--migration-method", type=click.Choice(["live", "shutdown", "auto"]),
-              help="how VMs migrate unless they say otherwise")
-@click.option("--allow-host-devices/--no-allow-host-devices", default=None,
-              help="whether VM definitions may pass host devices (<hostdev>) and disks naming host paths")
-@click.option("--fence-chain", metavar="POLICY[,POLICY...]",
-              help="fencing policies tried in order on a dead node until one confirms it is off (e.g. ipmi)")
-@click.option("--keepalive-interval", type=float, help="seconds between node keepalives")
-@click.option("--fence-intervals", type=int, help="keepalive intervals a node may miss before it is marked dead")
-@click.option("--suicide-intervals", type=int,
-              help="keepalive intervals a node cut off from ZooKeeper waits before stopping its VMs (0: never)")
-@click.option("--successful-fence", type=click.Choice(["migrate", "none"]),
-              help="after a confirmed fence: restart the node's VMs elsewhere (migrate) or not (none)")
-@click.option("--accept-io-fence/--no-accept-io-fence", default=None,
-              help="whether a dead node isolated from storage but not proven off may have its VMs recovered "
-                   "(only when its BMC could not be reached at all)")
-@click.option("--fence-options", metavar="YAML|-",
-              help="options of each fencing level as a YAML/JSON mapping {POLICY: {OPTION: VALUE}}, replacing the "
-                   "stored ones ('-' reads it from stdin, keeping a password off the command line); a password "
-                   "is stored sealed and shown as (set); never a BMC host or port: each node's is its own")
+@_cluster_config_command
 @click.option("--node", metavar="NODE", help="set the fencing settings given for this node only (its overrides)")
 @output.format_option
 @click.pass_obj
-def cluster_config(session, default_selector, migration_method, allow_host_devices, fence_chain,
-                   keepalive_interval, fence_intervals, suicide_intervals, successful_fence, accept_io_fence,
-                   fence_options, node, output_format) -> None:
-    """Show the cluster configuration, or change the keys given."""
-    chain = [name.strip() for name in fence_chain.split(",") if name.strip()] if fence_chain is not None else None
-    changes = {key: value for key, value in {"default_selector": default_selector,
-                                             "migration_method": migration_method,
-                                             "allow_host_devices": allow_host_devices,
-                                             "fence_chain": chain,
-                                             "keepalive_interval": keepalive_interval,
-                                             "fence_intervals": fence_intervals,
-                                             "suicide_intervals": suicide_intervals,
-                                             "successful_fence": successful_fence,
-                                             "accept_io_fence": accept_io_fence}.items()
-               if value is not None}
-    if fence_options is not None:
-        changes["fence_options"] = _fence_options(fence_options)
+def cluster_config_command(session, node, output_format, **values) -> None:
+    """Show the cluster configuration, or change the keys given (every key: the manual's cluster config
+    reference)."""
+    changes = {key: value for key, value in values.items() if value is not None}
     if node is not None:
         changes["node"] = node
     settings = session.client.cluster.config(**changes)
@@ -116,17 +112,16 @@ def cluster_config(session, default_selector, migration_method, allow_host_devic
                 lambda value: output.details([(key, output.plain(item)) for key, item in sorted(value.items())]))
 
 
-def _fence_options(text: str) -> dict:
+def _yaml_mapping(text: str, option: str) -> dict:
     if text == "-":
         with click.open_file("-") as stdin:
             text = stdin.read()
     try:
         options = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise click.BadParameter(f"not valid YAML: {str(error).splitlines()[0]}",
-                                 param_hint="--fence-options") from None
+        raise click.BadParameter(f"not valid YAML: {str(error).splitlines()[0]}", param_hint=option) from None
     if not isinstance(options, dict):
-        raise click.BadParameter("expected a mapping {POLICY: {OPTION: VALUE}}", param_hint="--fence-options")
+        raise click.BadParameter("expected a mapping {POLICY: {OPTION: VALUE}}", param_hint=option)
     return options
 
 

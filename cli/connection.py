@@ -4,7 +4,7 @@ from pathlib import Path
 import click
 
 from pvc import connections
-from pvc.cli import output
+from pvc.cli import output, upstream
 from pvc.cli.confirm import confirm_option
 from pvc.errors import InvalidInput, PVCError
 
@@ -59,7 +59,7 @@ def group() -> None:
 @group.command("add")
 @click.argument("name")
 @click.argument("uris", nargs=-1, metavar="[URI]...")
-@click.option("-a", "--address", help="coordinator host, instead of a URI (upstream's spelling)")
+@upstream.option("-a", "--address", upstream=("-a", "--address"), help="coordinator host, instead of a URI")
 @click.option("-p", "--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True,
               help="coordinator port with --address")
 @click.option("--api-key-file", type=click.Path(dir_okay=False), help="file holding the API key")

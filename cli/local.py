@@ -25,8 +25,9 @@ def cli() -> None:
 @cli.command()
 @click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 64), help="simulated hosts")
 @click.option("--coordinators", default=1, show_default=True, type=click.IntRange(1, 9), help="pvcapid daemons")
-@click.option("--storage", type=click.Choice(["file", "ceph"]), default="file", show_default=True,
-              help="storage backend: a directory in the state dir, or a private single-node Ceph")
+@click.option("--storage", default="file", show_default=True, metavar="file|ceph|BACKEND",
+              help="storage backend: a directory in the state dir, a private single-node Ceph, or a plugin's "
+                   "backend (given the same directory as file)")
 @click.option("--tls", is_flag=True, help="every Pyro5 connection over TLS, with a certificate made for 127.0.0.1")
 @click.option("--hypervisor", type=click.Choice(HYPERVISORS), default="test", show_default=True,
               help="simulated hosts: libvirt's test driver (cheap, for hundreds of VMs) or QEMU running real guests")

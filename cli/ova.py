@@ -57,13 +57,16 @@ def group() -> None:
 @click.argument("name")
 @click.argument("file", type=click.File("rb", lazy=False))
 @click.option("--pool", required=True, help="the storage pool the OVA's disks go into")
+@click.option("--importer", default="ova", show_default=True,
+              help="the appliance importer that reads FILE: ova, or a plugin's (pvc plugin list)")
 @output.format_option
 @click.pass_obj
-def upload(session, name: str, file, pool: str, output_format: str) -> None:
+def upload(session, name: str, file, pool: str, importer: str, output_format: str) -> None:
     """Upload the OVA FILE ('-' for standard input) as NAME; the node imports it while it arrives."""
     progress = _UploadProgress()
     try:
-        result = upload_ova(session.client, name, pool, file, progress=progress, on_size=progress.begin)
+        result = upload_ova(session.client, name, pool, file, progress=progress, on_size=progress.begin,
+                            importer=importer)
     finally:
         progress.finish()
     output.show(result, output_format, _details)

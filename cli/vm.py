@@ -1,7 +1,7 @@
 """`pvc vm`: define, change, run and move virtual machines."""
 import click
 
-from pvc.cli import output, vm_editor, vm_parts, vm_tags
+from pvc.cli import output, upstream, vm_editor, vm_parts, vm_tags
 from pvc.cli.confirm import confirm, confirm_option
 from pvc.errors import PVCError
 
@@ -69,18 +69,20 @@ def _upstream_none(_context: click.Context, _parameter: click.Parameter, value: 
 
 def _meta_options(function):
     options = [
-        click.option("-l", "--limit", "--node-limit", "node_limit",
+        upstream.option("-l", "--limit", "--node-limit", "node_limit", upstream=("-l", "--limit"),
                      help="comma-separated nodes the VM may run on ('' clears the limit)"),
-        click.option("-s", "--node-selector", callback=_upstream_none,
+        upstream.option("-s", "--node-selector", callback=_upstream_none, upstream=("-s", "--node-selector"),
                      help="migration selector choosing the VM's node (mem, memprov, load, vcpus, vms, or a "
                           "plugin's; none: the cluster's default)"),
-        click.option("-a/-A", "--autostart/--no-autostart", "--node-autostart/--no-node-autostart",
-                     "node_autostart", default=None,
+        upstream.option("-a/-A", "--autostart/--no-autostart", "--node-autostart/--no-node-autostart",
+                        "node_autostart", default=None, upstream=("-a", "-A", "--autostart", "--no-autostart"),
                      help="start the VM again when its node returns after a flush shut it down"),
-        click.option("-m", "--method", "--migration-method", "migration_method", callback=_upstream_none,
+        upstream.option("-m", "--method", "--migration-method", "migration_method", callback=_upstream_none,
+                        upstream=("-m", "--method"),
                      type=click.Choice(["live", "shutdown", "auto", "none"]),
                      help="how the VM migrates (default: the cluster's; none, upstream's name, is auto)"),
-        click.option("-d", "--max-downtime", type=click.IntRange(min=1), help="live migration downtime limit, ms"),
+        upstream.option("-d", "--max-downtime", type=click.IntRange(min=1), upstream=("-d", "--max-downtime"),
+                        help="live migration downtime limit, ms"),
         click.option("--profile", help="the provisioner profile the VM belongs to ('' clears it)"),
     ]
     for option in reversed(options):

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from pvc.cluster_config import KAZOO_DETECTION, SELF_FENCE_DEADLINE
 from pvc.errors import ConfigError
 
 REQUIRED = object()
@@ -23,6 +24,8 @@ class Setting:
     type: type | tuple[type, ...]
     default: Any
     description: str
+    rules: tuple[str, ...] = ()
+    """The safety rules (`pvc.cluster_config.RULES`) this setting takes part in."""
 
     @property
     def required(self) -> bool:
@@ -38,7 +41,8 @@ def _zookeeper_settings() -> list[Setting]:
         Setting("zookeeper_hosts", str, REQUIRED, "ZooKeeper ensemble, 'host:port,host:port'"),
         Setting("zookeeper_user", str, "pvc", "digest user that owns PVC's znodes"),
         Setting("zookeeper_password", str, REQUIRED, "digest password; every PVC znode is ACL'd to it"),
-        Setting("zookeeper_session_timeout", (int, float), 10, "ZooKeeper session timeout, seconds"),
+        Setting("zookeeper_session_timeout", (int, float), 10, "ZooKeeper session timeout, seconds (the server "
+                "negotiates it within its own bounds)", (KAZOO_DETECTION,)),
         Setting("zookeeper_connect_timeout", (int, float), 15, "give up starting if ZooKeeper does not answer "
                 "within this many seconds"),
     ]
@@ -89,7 +93,8 @@ NODED_SETTINGS: list[Setting] = [
     Setting("accelerator", (str, type(None)), None, "kvm or tcg: how this host's guests run, as probed by "
             "booting a guest (null: kvm when libvirt offers it, else tcg)"),
     Setting("keepalive_interval", (int, float), 5, "seconds between keepalive writes (and reconcile passes) "
-            "until the cluster config has a keepalive_interval (pvcapid seeds it); then the cluster's applies"),
+            "until the cluster config has a keepalive_interval (pvcapid seeds it); then the cluster's applies",
+            (SELF_FENCE_DEADLINE, KAZOO_DETECTION)),
     Setting("shutdown_timeout", (int, float), 180, "seconds a guest gets to shut down before it is destroyed"),
     Setting("listen_address", str, "127.0.0.1:7371", "host:port of the node agent (port 0 picks a free one)"),
     Setting("cluster_secret", str, REQUIRED, "shared secret; the node agent accepts only coordinators "
@@ -126,11 +131,13 @@ APID_SETTINGS: list[Setting] = [
             "chain to"),
     Setting("leader_tick", (int, float), 1, "seconds between runs of the leader's cluster-wide loops"),
     Setting("keepalive_interval", (int, float), 5, "initial cluster-wide seconds between node keepalives "
-            "(written to the cluster config at start if it has none; then `pvc cluster config` changes it)"),
+            "(written to the cluster config at start if it has none; then `pvc cluster config` changes it)",
+            (SELF_FENCE_DEADLINE, KAZOO_DETECTION)),
     Setting("fence_intervals", int, 6, "initial cluster-wide keepalive intervals a node may miss before the "
-            "leader marks it dead (as keepalive_interval: seeds the cluster config)"),
+            "leader marks it dead (as keepalive_interval: seeds the cluster config)", (SELF_FENCE_DEADLINE,)),
     Setting("suicide_intervals", int, 3, "initial cluster-wide keepalive intervals a node cut off from "
-            "ZooKeeper waits before stopping its own VMs; 0 turns self-fencing off (seeds the cluster config)"),
+            "ZooKeeper waits before stopping its own VMs; 0 turns self-fencing off (seeds the cluster config)",
+            (SELF_FENCE_DEADLINE, KAZOO_DETECTION)),
     Setting("successful_fence", str, "migrate", "initial cluster-wide action after a confirmed fence: migrate "
             "(restart the node's VMs elsewhere) or none (seeds the cluster config)"),
     Setting("flush_parallelism", int, 8, "VM moves a flush or ready carries out at once"),
@@ -145,6 +152,16 @@ CLIENT_SETTINGS: list[Setting] = [
             "coordinators' certificates against them (null: no TLS)"),
 ]
 
+
+CONNECTION_SETTINGS: list[Setting] = [
+    Setting("uris", list, REQUIRED, "coordinator URIs, pvc://HOST:PORT; the client fails over in order"),
+    Setting("api_key", str, REQUIRED, "API key presented to the coordinators"),
+    Setting("tls_ca", (str, type(None)), None, "PEM CA certificates the coordinators' certificates must chain to "
+            "(null: no TLS)"),
+    Setting("description", (str, type(None)), None, "what the connection is for, shown by pvc connection list"),
+]
+"""One saved connection of ``connections.yaml`` (`pvc.connections`), under ``connections: {NAME: ...}``; the
+file's ``default`` names the one used when none is given."""
 
 LIST_OF_STRINGS = ("api_keys", "uris")
 

@@ -7,6 +7,8 @@ write replaces the file whole (a crash leaves the old file or the new one, never
     default: cluster1
     connections:
       cluster1: {uris: [pvc://10.0.0.1:7370], api_key: ..., tls_ca: null, description: ...}
+
+Each connection's keys are declared in `pvc.config.CONNECTION_SETTINGS`.
 """
 import os
 import tempfile
@@ -71,7 +73,9 @@ def get(name: str) -> dict[str, Any]:
     found = load()["connections"].get(name)
     if found is None:
         raise NotFound(f"no connection named '{name}' (see pvc connection list)")
-    return {"name": name, **found}
+    if not isinstance(found, dict):
+        raise ConfigError(f"{path()}: connection '{name}' is not a mapping of settings")
+    return {"name": name, **config.check(found, config.CONNECTION_SETTINGS, f"{path()}: connection '{name}'")}
 
 
 def add(name: str, uris: list[str], api_key: str, tls_ca: str | None = None, description: str | None = None,
@@ -89,8 +93,9 @@ def add(name: str, uris: list[str], api_key: str, tls_ca: str | None = None, des
     data = load()
     if name in data["connections"]:
         raise AlreadyExists(f"a connection named '{name}' exists already (remove it first)")
-    data["connections"][name] = {"uris": list(uris), "api_key": api_key, "tls_ca": tls_ca,
-                                 "description": description}
+    data["connections"][name] = config.check({"uris": list(uris), "api_key": api_key, "tls_ca": tls_ca,
+                                              "description": description}, config.CONNECTION_SETTINGS,
+                                             f"connection '{name}'")
     if make_default or not data["default"]:
         data["default"] = name
     save(data)

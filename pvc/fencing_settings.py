@@ -26,15 +26,14 @@ from typing import Any, Mapping
 
 from kazoo.exceptions import BadVersionError
 
-from pvc import schema
+from pvc import cluster_config, schema
 from pvc.errors import InvalidInput
 
-DEFAULTS: dict[str, Any] = {"keepalive_interval": 5, "fence_intervals": 6, "suicide_intervals": 3,
-                            "successful_fence": "migrate"}
+DEFAULTS: dict[str, Any] = {name: cluster_config.BY_NAME[name].default for name in cluster_config.FENCING_KEYS}
 """Production defaults: dead after 30 s of silence; a cut-off node has stopped its VMs by 22.75 s."""
 KEYS = tuple(DEFAULTS)
-OVERRIDES_KEY = "fencing_overrides"
-SUCCESSFUL_FENCE_ACTIONS = ("migrate", "none")
+OVERRIDES_KEY = cluster_config.OVERRIDES_KEY
+SUCCESSFUL_FENCE_ACTIONS = cluster_config.SUCCESSFUL_FENCE_ACTIONS
 
 PEER_CHECK_INTERVALS = 0.5
 """Keepalive intervals a cut-off node gives its own ZooKeeper probe and its peers' answers."""
@@ -45,6 +44,12 @@ KILL_INTERVALS = 0.2
 gone (SIGKILL takes effect in milliseconds; the rest is margin for a loaded machine)."""
 KAZOO_DETECTION_FRACTION = 2 / 3
 """kazoo's read timeout, as a fraction of the negotiated session timeout."""
+
+
+def rule_text(rule: str) -> str:
+    """A safety rule of `pvc.cluster_config.RULES` in words, with this module's budgets."""
+    return cluster_config.RULES[rule].format(peer_check=f"{PEER_CHECK_INTERVALS:g}",
+                                             libvirt_stop=f"{LIBVIRT_STOP_INTERVALS:g}", kill=f"{KILL_INTERVALS:g}")
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,7 @@ import json
 import re
 from typing import Any
 
+from pvc import cluster_config
 from pvc.errors import InvalidInput
 
 SCHEMA_VERSION = 1
@@ -121,15 +122,10 @@ HELD_DAEMON_STATES = ("dead", "fenced")
 leader's ``fenced`` → ``init``, `pvc.node.fence_hold`)."""
 DOMAIN_STATES = ("ready", "flushing", "flushed", "unflushing")
 
-DEFAULT_CLUSTER_CONFIG: dict[str, Any] = {"maintenance": False, "default_selector": "mem",
-                                          "migration_method": "auto", "allow_host_devices": False,
-                                          "fence_chain": ["ipmi"], "accept_io_fence": False}
-"""`allow_host_devices`: whether a VM definition may pass host devices (<hostdev>, disks naming host paths).
-`accept_io_fence`: whether a dead node proven isolated from storage by every I/O level of its fencing chain,
-but not proven off, may have its VMs restarted elsewhere (for BMCs that lose power with their host): only when
-no power level's device answered at all."""
-MIGRATION_METHODS = ("live", "shutdown", "auto")
-DEFAULT_FENCE_CHAIN = ("ipmi",)
+DEFAULT_CLUSTER_CONFIG: dict[str, Any] = {key.name: key.default for key in cluster_config.KEYS if key.initial}
+"""The cluster config as a new cluster starts with it; every key is declared in `pvc.cluster_config`."""
+MIGRATION_METHODS = cluster_config.MIGRATION_METHODS
+DEFAULT_FENCE_CHAIN = tuple(cluster_config.BY_NAME["fence_chain"].default)
 """Fencing policies tried in order on a dead node until one confirms it is off (cluster config `fence_chain`)."""
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")

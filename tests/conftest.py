@@ -22,7 +22,8 @@ from pvc.store import Store
 libvirt.registerErrorHandler(lambda _context, _error: None, None)
 
 ZK_USER, ZK_PASSWORD = "pvc", "test-password"
-EXAMPLE_PLUGIN = Path(__file__).parent / "fixtures" / "pvc-example-plugin"
+EXAMPLE_PLUGIN = Path(__file__).parent.parent / "docs" / "examples" / "pvc-example-plugin"
+"""The plugin author's guide's example plugins, one per hook kind, as one distribution."""
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ cut, severed and healed (`cut_link`, `isolate`, `sever`, `heal_all`).
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 import subprocess
@@ -181,8 +182,10 @@ class LocalCluster:
            lab: bool = False) -> None:
         """Start everything and return once every node is ``run`` and ``ready``; on failure, stop it all.
 
-        `storage` is the nodes' backend: ``file`` (a directory in the state dir) or ``ceph`` (the Ceph that
-        `ceph_conf` names, else a private single-node Ceph started in the state dir and stopped by `down`).
+        `storage` is the nodes' backend: ``file`` (a directory in the state dir), ``ceph`` (the Ceph that
+        `ceph_conf` names, else a private single-node Ceph started in the state dir and stopped by `down`), or
+        a plugin's backend, given the same directory as ``file`` (how plugin authors try theirs: the manual's
+        plugin guide).
         With `tls`, every Pyro5 connection uses TLS with a certificate made for 127.0.0.1; Pyro5's TLS settings
         are per process, so this process then uses TLS for every connection it makes.
 
@@ -198,8 +201,8 @@ class LocalCluster:
             raise InvalidInput(f"a ZooKeeper of {zookeepers} servers: use {sizes}")
         if lab and (nodes > 99 or coordinators > 9):
             raise InvalidInput("a lab holds at most 99 nodes and 9 coordinators")
-        if storage not in ("file", "ceph"):
-            raise InvalidInput(f"unknown storage {storage!r}: use file or ceph")
+        if not isinstance(storage, str) or not re.fullmatch(r"[a-z][a-z0-9_-]*", storage):
+            raise InvalidInput(f"unknown storage {storage!r}: use file, ceph or a plugin's backend name")
         if hypervisor not in HYPERVISORS:
             raise InvalidInput(f"unknown hypervisor {hypervisor!r}: use {' or '.join(HYPERVISORS)}")
         if self.state and self.running_processes():

@@ -4,7 +4,7 @@ from typing import Any
 import Pyro5.server
 from kazoo.exceptions import BadVersionError
 
-from pvc import fence_secrets, fencing_settings, schema
+from pvc import cluster_config, fence_secrets, fencing_settings, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import InvalidInput
 from pvc.rpc.context import CoordinatorContext
@@ -16,6 +16,8 @@ from pvc.secrets_box import SecretsBox
 @Pyro5.server.behavior(instance_mode="single")
 @retry_safe(reads={"status", "plugins"})
 class ClusterArea:
+    """``client.cluster``: the cluster at a glance, maintenance mode, the cluster config and the loaded plugins."""
+
     def __init__(self, context: CoordinatorContext):
         self._context = context
 
@@ -23,7 +25,10 @@ class ClusterArea:
         return self.config() if method == "config" else self.status()
 
     def status(self) -> dict[str, Any]:
-        """The cluster at a glance: maintenance flag, leader, coordinators, node counts by state."""
+        """The cluster at a glance: maintenance flag, leader, coordinators, node counts by state.
+
+        :raises Unavailable: the coordinator cannot read ZooKeeper
+        """
         context = self._context
         nodes = context.node_views()
         by_state: dict[str, int] = {}
@@ -41,28 +46,30 @@ class ClusterArea:
         }
 
     def maintenance(self, enabled: bool) -> dict[str, Any]:
-        """Turn maintenance mode on or off; while on, the leader fences no node."""
+        """Turn maintenance mode on or off; while on, the leader fences no node.
+
+        :raises Unavailable: the coordinator cannot write ZooKeeper
+        """
         self._update_config({"maintenance": bool(enabled)})
         return self.status()
 
     def config(self, node: str | None = None, **changes: Any) -> dict[str, Any]:
         """The cluster configuration; given keyword arguments, change those keys first.
-        Keys: default_selector (a migration selector's name), migration_method (live, shutdown, auto),
-        allow_host_devices (bool: whether VM definitions may pass host devices and disks naming host paths),
-        fence_chain (fencing policy names, tried in order on a dead node until one confirms it is off),
-        accept_io_fence (bool: whether an I/O fence alone, without proof the node is off, allows recovery),
-        fence_options ({POLICY: {OPTION: VALUE}}: each level's options, replacing the stored ones; a
-        ``password`` is stored sealed and shown as "(set)"; "(set)" given back keeps the stored one), and
-        the fencing settings keepalive_interval, fence_intervals, suicide_intervals, successful_fence; with
-        `node`, those set that node's overrides instead (None removes an override). Fencing settings that
-        would let a node cut off from ZooKeeper run its VMs past the leader's fence deadline are refused."""
+
+        Every key, its default and what it does is declared in `pvc.cluster_config` (the manual's cluster
+        config reference). A ``password`` in ``fence_options`` is stored sealed and shown as "(set)"; "(set)"
+        given back keeps the stored one. With `node`, the fencing settings given set that node's overrides
+        instead (None removes an override).
+
+        :raises InvalidInput: an unknown key or a bad value, or fencing settings that would let a node cut off
+            from ZooKeeper run its VMs past the leader's fence deadline (the message gives the numbers).
+        """
         if fencing_settings.OVERRIDES_KEY in changes:
             raise InvalidInput(f"{fencing_settings.OVERRIDES_KEY} is set one node at a time: give node=NAME "
                                "and the settings to override")
         if node is not None or set(changes) & set(fencing_settings.KEYS):
             changes = self._fencing_changes(node, changes)
-        known = ("default_selector", "migration_method", "allow_host_devices", "fence_chain", "accept_io_fence",
-                 "fence_options", *fencing_settings.KEYS, fencing_settings.OVERRIDES_KEY)
+        known = (*cluster_config.SETTABLE_KEYS, fencing_settings.OVERRIDES_KEY)
         unknown = set(changes) - set(known)
         if unknown:
             raise InvalidInput(f"unknown cluster config key(s): {', '.join(sorted(unknown))} "
@@ -136,7 +143,10 @@ class ClusterArea:
         return {**others, **fencing}
 
     def plugins(self) -> list[dict[str, Any]]:
-        """Every plugin this coordinator loaded, what it registers, and where it came from."""
+        """Every plugin this coordinator loaded, what it registers, and where it came from.
+
+        :raises Unavailable: no coordinator answered (nothing else: it refuses nothing)
+        """
         return self._context.plugins.describe()
 
     def _update_config(self, changes: dict[str, Any]) -> None:

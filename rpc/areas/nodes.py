@@ -22,6 +22,9 @@ RUNS_AGAIN_SINCE_FENCED = "its daemon runs again since the fence: `pvc node read
 @Pyro5.server.behavior(instance_mode="single")
 @retry_safe(reads={"list", "info", "task", "tasks", "log"})
 class NodesArea:
+    """``client.nodes``: the hypervisors, their state and logs, flush and ready, fence confirmation, and the
+    leader's tasks."""
+
     def __init__(self, context: CoordinatorContext):
         self._context = context
         self._keepalives = KeepaliveWatch(context.store)
@@ -31,7 +34,10 @@ class NodesArea:
         return self.info(args[0] if args else kwargs["name"])
 
     def list(self) -> list[dict[str, Any]]:
-        """Every node, sorted by name."""
+        """Every node, sorted by name.
+
+        :raises Unavailable: no coordinator answered (nothing else: it refuses nothing)
+        """
         self._context.cache.catch_up()
         return [self._view(name, raw) for name, raw in sorted(self._context.cache.nodes.snapshot().items())
                 if raw.get(OWN_VALUE) is not None]
@@ -40,7 +46,11 @@ class NodesArea:
         """One node; after a flush that failed, `not_flushed` lists each VM still on it and why
         (``"NAME: reason"``); `changed_by_command`, the VMs its latest flush, ready or recovery left alone
         because a command changed them meanwhile; `bmc_note`, why its BMC will not be used to fence it (other
-        nodes name the same one), else None."""
+        nodes name the same one), else None.
+
+        :raises NotFound: no node of that name
+        :raises InvalidInput: a malformed name
+        """
         own = [task for task in tasks.list_tasks(self._context) if task.get("node") == name]
         raw = self._raw(name)
         return {**self._view(name, raw), "not_flushed": tasks.not_flushed(self._context, name),
@@ -63,7 +73,11 @@ class NodesArea:
         """An administrator has made sure the dead node is off (its fence failed): record it ``fenced`` and
         recover its VMs elsewhere. Refused (`Conflict`, nothing recovered) unless the node is ``dead``; refused
         too for a node whose keepalives resumed after it was marked dead (its daemon writes them, so it is
-        likely not off), unless `force`: the administrator insists it is off."""
+        likely not off), unless `force`: the administrator insists it is off.
+
+        :raises NotFound: no node of that name
+        :raises Conflict: the node is not dead, its keepalives resumed (without `force`), or it changed meanwhile
+        """
         self._raw(name)
         zk = self._context.store.zk
         path = schema.node_key(name, "daemon_state")
@@ -116,7 +130,11 @@ class NodesArea:
     def flush(self, name: str) -> dict[str, Any]:
         """Start moving every running VM off the node (domain state flushing → flushed); returns the task,
         which the leader carries out and `task` reports on. A flush already under way is returned, not
-        repeated. A flush in which a move fails ends ``failed``, and the node stays ``flushing``."""
+        repeated. A flush in which a move fails ends ``failed``, and the node stays ``flushing``.
+
+        :raises NotFound: no node of that name
+        :raises InvalidInput: a malformed name
+        """
         self._raw(name)
         return tasks.create_task(self._context, "flush", name)
 
@@ -124,7 +142,11 @@ class NodesArea:
         """Return the node to service (unflushing → ready): VMs migrated away come back and VMs waiting
         for it to autostart start; returns the task. A fenced node is released by it (it starts nothing until
         then), once its daemon runs again; a dead one is refused: it may still run its VMs until it is
-        fenced."""
+        fenced.
+
+        :raises NotFound: no node of that name
+        :raises Conflict: the node is dead, or fenced and its daemon has not run since
+        """
         self._raw(name)
         state = self._context.store.read(schema.node_key(name, "daemon_state"))
         if state == "dead":
@@ -137,7 +159,12 @@ class NodesArea:
 
     def log(self, name: str, lines: int = 50, offset: int | None = None) -> dict[str, Any]:
         """The end of the node daemon's log, ``{"lines": [...], "offset": N}``, read through the node's agent;
-        with `offset` (an earlier answer's), only the lines written since, for following it."""
+        with `offset` (an earlier answer's), only the lines written since, for following it.
+
+        :raises NotFound: no node of that name
+        :raises Unavailable: the node's daemon is not running, or its agent did not answer
+        :raises AuthenticationError: the node refused this coordinator
+        """
         node = self._view(name, self._raw(name))
         if not node["agent_uri"] or node["daemon_state"] != "run":
             raise Unavailable(f"node {name} is {node['daemon_state']}, not running: its log cannot be read "
@@ -145,8 +172,17 @@ class NodesArea:
         return self._context.agents.call(name, node["agent_uri"], "daemon_log", lines, offset)
 
     def task(self, task_id: str) -> dict[str, Any]:
-        """A flush or ready task: its state (pending, running, done, failed), progress and outcome."""
+        """A flush or ready task: its state (pending, running, done, failed), progress and outcome.
+
+        :raises NotFound: no task of that id
+        :raises InvalidInput: a malformed id
+        """
         return tasks.get_task(self._context, schema.check_name("task", task_id))
 
     def tasks(self) -> list[dict[str, Any]]:
+        """Every task the leader runs or ran within the last hour (flush, ready, recover, provision), oldest first,
+        each with its ``name`` (its id), state and progress.
+
+        :raises Unavailable: no coordinator answered (nothing else: it refuses nothing)
+        """
         return [{"name": task["id"], **task} for task in tasks.list_tasks(self._context)]

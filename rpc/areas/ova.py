@@ -45,11 +45,23 @@ class OvaCalls:
                 self._ova_collection = collection
             return self._ova_collection
 
-    def ova_upload(self, name: str, pool: str, size_bytes: int, checksum: str) -> dict[str, Any]:
+    def ova_upload(self, name: str, pool: str, size_bytes: int, checksum: str,
+                   importer: str = OVA_IMPORTER) -> dict[str, Any]:
         """Record the upload of OVA `name` into `pool` and get a single-use token for its stream:
         ``{"address", "token", "tls", "node"}``. Use `pvc.ova_client.upload_ova`, which streams the file and
-        calls `ova_upload_end`."""
+        calls `ova_upload_end`. `importer` names the appliance importer that reads the archive (the built-in
+        ``ova``, or a plugin's: `pvc.hookspecs.pvc_appliance_importers`).
+
+        :raises InvalidInput: a malformed name
+        :raises InvalidInput: an empty upload
+        :raises InvalidInput: an appliance importer the storage node does not have
+        :raises AlreadyExists: an OVA, template or profile of that name exists
+        :raises Busy: another change holds the templates' and profiles' lock
+        :raises Unavailable: no storage node answered
+        :raises OperationFailed: the storage refused (its reason)
+        """
         path = schema.ova(name)
+        schema.check_name("appliance importer", importer)
         schema.ova_volume(name, schema.MAX_OVA_DISKS - 1)
         if not isinstance(size_bytes, int) or isinstance(size_bytes, bool) or size_bytes <= 0:
             raise InvalidInput(f"invalid upload size {size_bytes!r}: the OVA must be a non-empty file")
@@ -68,7 +80,7 @@ class OvaCalls:
                 raise AlreadyExists(f"an OVA named '{name}' exists already") from None
         try:
             ticket = self._context.agents.call(node, agent_uri, "open_appliance_upload", pool, name, size_bytes,
-                                               OVA_IMPORTER, checksum)
+                                               importer, checksum)
         except BaseException:
             self._delete_record(name)
             raise
@@ -77,14 +89,21 @@ class OvaCalls:
 
     def ova_upload_end(self, name: str) -> dict[str, Any]:
         """Settle the upload once its stream is over, whatever its outcome: the OVA as recorded, or NotFound
-        when the import failed (and was cleared)."""
+        when the import failed (and was cleared).
+
+        :raises NotFound: no OVA of that name
+        :raises OperationFailed: the import failed on the node (its reason)
+        """
         schema.ova(name)
         self._ovas.refresh(name)
         self._settle(name, stream_over=True)
         return self.ova_info(name)
 
     def ova_list(self) -> list[dict[str, Any]]:
-        """Every OVA: name, state, pool, vCPUs, memory, disk count and size, manifest status."""
+        """Every OVA: name, state, pool, vCPUs, memory, disk count and size, manifest status.
+
+        :raises Unavailable: no coordinator answered (nothing else: it refuses nothing)
+        """
         views = []
         for name in self._ovas.names():
             self._settle(name)
@@ -94,7 +113,10 @@ class OvaCalls:
         return views
 
     def ova_info(self, name: str) -> dict[str, Any]:
-        """One OVA: its record with the hardware its descriptor declares and its volumes."""
+        """One OVA: its record with the hardware its descriptor declares and its volumes.
+
+        :raises NotFound: no OVA of that name
+        """
         schema.ova(name)
         self._settle(name)
         raw = self._ova_raw(name)
@@ -104,7 +126,15 @@ class OvaCalls:
 
     def ova_remove(self, name: str, force: bool = False) -> None:
         """Remove an OVA, its volumes, its system template and its profile; refused while a VM made from it
-        exists, unless `force`, and while another profile uses its template."""
+        exists, unless `force`, and while another profile uses its template.
+
+        :raises NotFound: no OVA of that name
+        :raises Busy: the OVA is being imported
+        :raises Conflict: VMs were made from it (without `force`)
+        :raises Busy: another change holds the templates' and profiles' lock
+        :raises Unavailable: no storage node answered
+        :raises OperationFailed: the storage refused (its reason)
+        """
         schema.ova(name)
         self._settle(name)
         raw = self._ova_raw(name)

@@ -27,6 +27,9 @@ LOCK_TIMEOUT_S = 30
 @Pyro5.server.expose
 @Pyro5.server.behavior(instance_mode="single")
 class ProvisionerArea(OvaCalls):
+    """``client.provisioner``: templates and profiles, VM creation from a profile, and OVA appliances
+    (the methods of `OvaCalls`)."""
+
     def __init__(self, context: CoordinatorContext, storage: StorageArea, vms: VMsArea):
         self._context = context
         self._storage = storage
@@ -42,7 +45,10 @@ class ProvisionerArea(OvaCalls):
     # -- templates ------------------------------------------------------------------------------------
 
     def template_list(self, kind: str | None = None) -> list[dict[str, Any]]:
-        """Every template (or those of one kind: system, storage, network), sorted by kind and name."""
+        """Every template (or those of one kind: system, storage, network), sorted by kind and name.
+
+        :raises InvalidInput: an unknown `kind`
+        """
         kinds = [kind] if kind is not None else list(schema.TEMPLATE_KINDS)
         profiles = self._profile_records()
         views = []
@@ -55,12 +61,22 @@ class ProvisionerArea(OvaCalls):
         return views
 
     def template_info(self, kind: str, name: str) -> dict[str, Any]:
+        """The template of `kind` (system, storage or network) and the profiles that use it.
+
+        :raises NotFound: no such template
+        :raises InvalidInput: an unknown `kind`
+        """
         record = self._require_template(kind, name)
         users = provisioner_records.users_of_template(self._profile_records(), kind, name)
         return provisioner_records.template_view(kind, name, record, users)
 
     def template_add(self, kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        """A new template of `kind` (system, storage or network); see `pvc.provisioner_records` for the fields."""
+        """A new template of `kind` (system, storage or network); see `pvc.provisioner_records` for the fields.
+
+        :raises InvalidInput: an unknown `kind`, a malformed name or field
+        :raises AlreadyExists: the template exists, or an OVA being imported will take the name
+        :raises Busy: another change holds the templates' and profiles' lock
+        """
         path = schema.template(kind, name)
         record = self._checked_template(kind, spec)
         with self._locked():
@@ -77,7 +93,12 @@ class ProvisionerArea(OvaCalls):
 
     def template_modify(self, kind: str, name: str, changes: dict[str, Any]) -> dict[str, Any]:
         """Change the fields named in `changes` (a storage template's ``disks`` or a network template's ``nics``
-        are replaced whole); the template is checked whole again."""
+        are replaced whole); the template is checked whole again.
+
+        :raises NotFound: no such template
+        :raises InvalidInput: a bad field
+        :raises Busy: another change holds the templates' and profiles' lock
+        """
         schema.template(kind, name)
         if not isinstance(changes, dict):
             raise InvalidInput(f"template changes are a mapping of fields, not {type(changes).__name__}")
@@ -89,7 +110,12 @@ class ProvisionerArea(OvaCalls):
         return self.template_info(kind, name)
 
     def template_remove(self, kind: str, name: str) -> None:
-        """Remove a template that no profile uses."""
+        """Remove a template that no profile uses.
+
+        :raises NotFound: no such template
+        :raises Conflict: a profile uses it
+        :raises Busy: another change holds the templates' and profiles' lock
+        """
         with self._locked():
             self._require_template(kind, name)
             users = provisioner_records.users_of_template(self._stored_profiles(), kind, name)
@@ -102,18 +128,31 @@ class ProvisionerArea(OvaCalls):
     # -- profiles -------------------------------------------------------------------------------------
 
     def profile_list(self) -> list[dict[str, Any]]:
-        """Every profile, with what a VM creation from it would still need (`missing`)."""
+        """Every profile, with what a VM creation from it would still need (`missing`).
+
+        :raises Unavailable: no coordinator answered (nothing else: it refuses nothing)
+        """
         return [provisioner_records.profile_view(name, record, self._ova_record(record), detail=False)
                 for name, record in sorted(self._profile_records().items())]
 
     def profile_info(self, name: str) -> dict[str, Any]:
+        """The profile, its components, and what a creation from it still needs.
+
+        :raises NotFound: no such profile
+        """
         record = self._require_profile(name)
         return provisioner_records.profile_view(name, record, self._ova_record(record))
 
     def profile_add(self, name: str, profile_type: str = "provisioner", system_template: str | None = None,
                     storage_template: str | None = None, network_template: str | None = None,
                     user_data: str | None = None, ova: str | None = None) -> dict[str, Any]:
-        """A new profile of `profile_type` (provisioner or ova); every component may be given later."""
+        """A new profile of `profile_type` (provisioner or ova); every component may be given later.
+
+        :raises InvalidInput: a malformed name, type or component
+        :raises NotFound: a named template or OVA does not exist
+        :raises AlreadyExists: the profile exists, or an OVA being imported will take the name
+        :raises Busy: another change holds the templates' and profiles' lock
+        """
         path = schema.profile(name)
         record = provisioner_records.check_profile({
             "type": profile_type, "system_template": system_template, "storage_template": storage_template,
@@ -132,7 +171,12 @@ class ProvisionerArea(OvaCalls):
 
     def profile_modify(self, name: str, **changes: Any) -> dict[str, Any]:
         """Set the components named (system_template, storage_template, network_template, user_data, ova);
-        a component given as None or "" is removed from the profile."""
+        a component given as None or "" is removed from the profile.
+
+        :raises NotFound: no such profile or component
+        :raises InvalidInput: an unknown component
+        :raises Busy: another change holds the templates' and profiles' lock
+        """
         schema.profile(name)
         unknown = sorted(set(changes) - set(provisioner_records.PROFILE_COMPONENTS))
         if unknown:
@@ -146,6 +190,11 @@ class ProvisionerArea(OvaCalls):
         return self.profile_info(name)
 
     def profile_remove(self, name: str) -> None:
+        """Remove the profile (its templates stay).
+
+        :raises NotFound: no such profile
+        :raises Busy: another change holds the templates' and profiles' lock
+        """
         with self._locked():
             self._require_profile(name)
             self._context.store.transaction().delete(schema.profile(name)).commit()
@@ -162,7 +211,15 @@ class ProvisionerArea(OvaCalls):
         Everything a user can get wrong is refused before anything is made. The creation is then a task the
         leader runs (it survives the loss of any coordinator and ends with the whole VM or nothing). Without
         `wait`, the task is returned at once (see `creation`); with `wait`, the VM once created (and, with
-        `start`, running), or the creation's error."""
+        `start`, running), or the creation's error.
+
+        :raises InvalidInput: a malformed name, `define_only` with `start`, or an incomplete profile (the parts
+            named)
+        :raises NotFound: no such profile
+        :raises AlreadyExists: a VM or volume of that name exists
+        :raises Conflict: no node can take the VM
+        :raises OperationFailed: with `wait`, a step failed for good (all it made is removed)
+        """
         if define_only and start:
             raise InvalidInput("--define-only leaves the VM stopped: it cannot be combined with --start")
         schema.check_name("VM", vm)
@@ -180,7 +237,11 @@ class ProvisionerArea(OvaCalls):
         return self._vms.info(vm)
 
     def creation(self, task_id: str) -> dict[str, Any]:
-        """A VM creation's progress: state (pending, running, done, failed), volumes made, error."""
+        """A VM creation's progress: state (pending, running, done, failed), volumes made, error.
+
+        :raises NotFound: no such creation task
+        :raises InvalidInput: a malformed id
+        """
         task = self._context.store.read(schema.task(schema.check_name("task", task_id)))
         if task is None or task.get("kind") != provisioning.KIND:
             raise NotFound(f"no VM creation task '{task_id}'")

@@ -33,6 +33,9 @@ STORAGE_ACTION_TIMEOUT_S = STORAGE_CALL_TIMEOUT_S - 30
 @Pyro5.server.behavior(instance_mode="single")
 @retry_safe(reads={"pool_list", "status", "volume_list", "volume_info", "snapshot_list"})
 class StorageArea:
+    """``client.storage``: pools, volumes and snapshots on the cluster's storage backend, and image uploads
+    (`pvc.storage_client.StorageClient.upload` streams the bytes)."""
+
     def __init__(self, context: CoordinatorContext):
         self._context = context
         self._pools = WatchedCollection(context.store, schema.POOLS, schema.pool)
@@ -58,14 +61,25 @@ class StorageArea:
     # -- pools --------------------------------------------------------------------------------------------
 
     def pool_list(self) -> list[dict[str, Any]]:
-        """Every pool with its backend, options, volume count and provisioned bytes."""
+        """Every pool with its backend, options, volume count and provisioned bytes.
+
+        :raises Unavailable: no coordinator answered (nothing else: it refuses nothing)
+        """
         volumes = self.volume_list()
         return [storage_records.pool_view(name, raw.get(OWN_VALUE) or {},
                                           [volume for volume in volumes if volume["pool"] == name])
                 for name, raw in sorted(self._pools.snapshot().items()) if raw.get(OWN_VALUE)]
 
     def pool_add(self, name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Create a pool on the cluster's storage; `options` go to the backend (ceph: ``pg_num``)."""
+        """Create a pool on the cluster's storage; `options` go to the backend (ceph: ``pg_num``).
+
+        :raises InvalidInput: a malformed name
+        :raises InvalidInput: bad options
+        :raises AlreadyExists: the pool exists
+        :raises Busy: another change holds the pool's lock
+        :raises Unavailable: no storage node answered
+        :raises OperationFailed: the storage refused (its reason)
+        """
         schema.check_name("pool", name)
         if options is not None and not isinstance(options, dict):
             raise InvalidInput("pool options must be a mapping of option name to value")
@@ -84,7 +98,14 @@ class StorageArea:
         return self._pool_view(name)
 
     def pool_remove(self, name: str, force: bool = False) -> None:
-        """Remove a pool; one holding volumes only with `force`, which removes its volumes too."""
+        """Remove a pool; one holding volumes only with `force`, which removes its volumes too.
+
+        :raises NotFound: no such pool
+        :raises Conflict: the pool holds volumes (without `force`)
+        :raises Busy: another change holds the pool's lock
+        :raises Unavailable: no storage node answered
+        :raises OperationFailed: the storage refused (its reason)
+        """
         self._require_pool(name)
         with self._pool_lock(name):
             volumes = [volume["name"] for volume in self.volume_list(name)]
@@ -101,7 +122,11 @@ class StorageArea:
             self._pools.refresh(name)
 
     def status(self) -> list[dict[str, Any]]:
-        """Per pool: capacity, used and free bytes as the storage reports them, and bytes provisioned."""
+        """Per pool: capacity, used and free bytes as the storage reports them, and bytes provisioned.
+
+        :raises Unavailable: no storage node answered
+        :raises OperationFailed: the storage refused (its reason)
+        """
         rows = []
         for pool in self.pool_list():
             node, agent_uri, _backend = self._storage_node(pool["name"])
@@ -116,7 +141,13 @@ class StorageArea:
 
     def check(self, pool: str | None = None) -> list[str]:
         """Finish or undo every volume change that was cut off (its coordinator died, or its node call
-        failed and could not be undone), in `pool` or in every pool; returns what was done."""
+        failed and could not be undone), in `pool` or in every pool; returns what was done.
+
+        :raises NotFound: no such pool
+        :raises Busy: another change holds the pool's lock
+        :raises Unavailable: no storage node answered
+        :raises OperationFailed: the storage refused (its reason)
+        """
         pools = [pool] if pool is not None else [view["name"] for view in self.pool_list()]
         done = []
         for name in pools:
@@ -126,7 +157,10 @@ class StorageArea:
         return done
 
     def volume_list(self, pool: str | None = None) -> list[dict[str, Any]]:
-        """Every volume, or those of one pool, sorted by pool and name."""
+        """Every volume, or those of one pool, sorted by pool and name.
+
+        :raises NotFound: no such pool
+        """
         if pool is not None:
             self._require_pool(pool)
         views = []
@@ -138,12 +172,26 @@ class StorageArea:
         return views
 
     def volume_info(self, pool: str, name: str) -> dict[str, Any]:
+        """The volume as recorded: size, the VMs that use it, its snapshots, and a ``pending`` change a later pass
+        settles.
+
+        :raises NotFound: no such pool or volume
+        """
         key = schema.volume_key(pool, name)
         raw = self._require_volume(pool, name)
         return storage_records.volume_view(key, raw, self._context.volume_users(pool, name))
 
     def volume_add(self, pool: str, name: str, size: int | str) -> dict[str, Any]:
-        """A new empty volume; `size` in bytes or with a binary unit (``10G``)."""
+        """A new empty volume; `size` in bytes or with a binary unit (``10G``).
+
+        :raises InvalidInput: a malformed name
+        :raises InvalidInput: a malformed size
+        :raises NotFound: no such pool
+        :raises AlreadyExists: the volume exists
+        :raises Busy: another change holds the pool's lock
+        :raises Unavailable: no storage node answered
+        :raises OperationFailed: the storage refused (its reason)
+        """
         schema.volume_key(pool, name)
         size_bytes = sizes.parse_size(size)
         self._require_pool(pool)
@@ -155,7 +203,14 @@ class StorageArea:
         return self.volume_info(pool, name)
 
     def volume_remove(self, pool: str, name: str, force: bool = False) -> None:
-        """Remove a volume and its snapshots; one that a VM uses only with `force`."""
+        """Remove a volume and its snapshots; one that a VM uses only with `force`.
+
+        :raises NotFound: no such pool or volume
+        :raises Conflict: a VM uses the volume (without `force`)
+        :raises Busy: another change holds the pool's lock
+        :raises Unavailable: no storage node answered
+        :raises OperationFailed: the storage refused (its reason)
+        """
         self._require_volume(pool, name)
         with self._pool_lock(pool):
             record = self._require_volume(pool, name)[OWN_VALUE]
@@ -170,7 +225,15 @@ class StorageArea:
                 self._volumes.refresh(schema.volume_key(pool, name))
 
     def volume_resize(self, pool: str, name: str, size: int | str, allow_shrink: bool = False) -> dict[str, Any]:
-        """Grow a volume (or, with `allow_shrink`, shrink it, losing what lies beyond the new end)."""
+        """Grow a volume (or, with `allow_shrink`, shrink it, losing what lies beyond the new end).
+
+        :raises NotFound: no such pool or volume
+        :raises InvalidInput: a malformed size
+        :raises Conflict: the size would shrink it (without `allow_shrink`)
+        :raises Busy: another change holds the pool's lock
+        :raises Unavailable: no storage node answered
+        :raises OperationFailed: the storage refused (its reason)
+        """
         size_bytes = sizes.parse_size(size)
         self._require_volume(pool, name)
         with self._pool_lock(pool):
@@ -186,7 +249,16 @@ class StorageArea:
         return self.volume_info(pool, name)
 
     def volume_rename(self, pool: str, name: str, new_name: str) -> dict[str, Any]:
-        """Rename a volume within its pool, with its snapshots; not while a VM uses it."""
+        """Rename a volume within its pool, with its snapshots; not while a VM uses it.
+
+        :raises NotFound: no such pool or volume
+        :raises InvalidInput: a malformed name
+        :raises AlreadyExists: the new name is taken
+        :raises Conflict: a VM uses the volume
+        :raises Busy: another change holds the pool's lock
+        :raises Unavailable: no storage node answered
+        :raises OperationFailed: the storage refused (its reason)
+        """
         schema.volume_key(pool, new_name)
         self._require_volume(pool, name)
         with self._pool_lock(pool):
@@ -210,7 +282,16 @@ class StorageArea:
         return self.volume_info(pool, new_name)
 
     def volume_clone(self, pool: str, name: str, new_name: str, snapshot: str | None = None) -> dict[str, Any]:
-        """A new independent volume with the data of `name` now, or of its `snapshot`."""
+        """A new independent volume with the data of `name` now, or of its `snapshot`.
+
+        :raises NotFound: no such pool or volume
+        :raises NotFound: no such snapshot
+        :raises InvalidInput: a malformed name
+        :raises AlreadyExists: the new name is taken
+        :raises Busy: another change holds the pool's lock
+        :raises Unavailable: no storage node answered
+        :raises OperationFailed: the storage refused (its reason)
+        """
         schema.volume_key(pool, new_name)
         self._require_volume(pool, name)
         with self._pool_lock(pool):
@@ -226,7 +307,11 @@ class StorageArea:
     # -- snapshots ----------------------------------------------------------------------------------------
 
     def snapshot_list(self, pool: str | None = None, volume: str | None = None) -> list[dict[str, Any]]:
-        """The snapshots of one volume; without `volume`, of every volume of `pool`, or of every pool."""
+        """The snapshots of one volume; without `volume`, of every volume of `pool`, or of every pool.
+
+        :raises NotFound: no such pool or volume
+        :raises InvalidInput: a volume without its pool
+        """
         if volume is not None:
             if pool is None:
                 raise InvalidInput(f"volume '{volume}' is named within its pool: give the pool too")
@@ -241,6 +326,15 @@ class StorageArea:
         return views
 
     def snapshot_add(self, pool: str, volume: str, name: str) -> dict[str, Any]:
+        """Record the volume's current data as snapshot `name`; returns the snapshot.
+
+        :raises NotFound: no such pool or volume
+        :raises InvalidInput: a malformed name
+        :raises AlreadyExists: the volume has a snapshot of that name
+        :raises Busy: another change holds the pool's lock
+        :raises Unavailable: no storage node answered
+        :raises OperationFailed: the storage refused (its reason)
+        """
         schema.check_name("snapshot", name)
         self._require_volume(pool, volume)
         with self._pool_lock(pool):
@@ -259,6 +353,14 @@ class StorageArea:
         return next(view for view in self.snapshot_list(pool, volume) if view["name"] == name)
 
     def snapshot_remove(self, pool: str, volume: str, name: str) -> None:
+        """Forget snapshot `name` of the volume.
+
+        :raises NotFound: no such pool or volume
+        :raises NotFound: no such snapshot
+        :raises Busy: another change holds the pool's lock
+        :raises Unavailable: no storage node answered
+        :raises OperationFailed: the storage refused (its reason)
+        """
         self._require_volume(pool, volume)
         with self._pool_lock(pool):
             raw = self._require_volume(pool, volume)
@@ -271,7 +373,16 @@ class StorageArea:
 
     def snapshot_rename(self, pool: str, volume: str, name: str, new_name: str) -> dict[str, Any]:
         """Rename a snapshot. The storage renames first, then the record follows; a rename cut short between
-        the two is finished by asking again (the backend takes a rename done already as done)."""
+        the two is finished by asking again (the backend takes a rename done already as done).
+
+        :raises NotFound: no such pool or volume
+        :raises NotFound: no such snapshot
+        :raises InvalidInput: a malformed name
+        :raises AlreadyExists: the new name is taken
+        :raises Busy: another change holds the pool's lock
+        :raises Unavailable: no storage node answered
+        :raises OperationFailed: the storage refused (its reason)
+        """
         schema.check_name("snapshot", new_name)
         self._require_volume(pool, volume)
         with self._pool_lock(pool):
@@ -291,7 +402,15 @@ class StorageArea:
         return next(view for view in self.snapshot_list(pool, volume) if view["name"] == new_name)
 
     def snapshot_rollback(self, pool: str, volume: str, name: str) -> dict[str, Any]:
-        """Return a volume to a snapshot; refused while a VM uses the volume."""
+        """Return a volume to a snapshot; refused while a VM uses the volume.
+
+        :raises NotFound: no such pool or volume
+        :raises NotFound: no such snapshot
+        :raises Conflict: a VM uses the volume
+        :raises Busy: another change holds the pool's lock
+        :raises Unavailable: no storage node answered
+        :raises OperationFailed: the storage refused (its reason)
+        """
         self._require_volume(pool, volume)
         with self._pool_lock(pool):
             raw = self._require_volume(pool, volume)
@@ -316,7 +435,14 @@ class StorageArea:
         that checksum to that address; the node imports the image, creating the volume or replacing an
         existing one's data (refused while a VM uses it, unless `force`: checked here, and again on the node
         just before the data changes), and records it. Use `pvc.storage_client.StorageClient.upload`, which
-        does all of this."""
+        does all of this.
+
+        :raises InvalidInput: an empty upload or an unknown format
+        :raises NotFound: no such pool
+        :raises Conflict: a VM uses the volume (without `force`)
+        :raises Unavailable: no storage node answered
+        :raises OperationFailed: the storage refused (its reason)
+        """
         schema.volume_key(pool, volume)
         if not isinstance(size_bytes, int) or isinstance(size_bytes, bool) or size_bytes <= 0:
             raise InvalidInput(f"invalid upload size {size_bytes!r}: the image must be a non-empty file")
@@ -329,7 +455,11 @@ class StorageArea:
         return {**ticket, "node": node}
 
     def upload_end(self, pool: str, volume: str) -> dict[str, Any]:
-        """The uploaded volume as recorded; makes the node's record visible to this caller's next read."""
+        """The uploaded volume as recorded; makes the node's record visible to this caller's next read.
+
+        :raises NotFound: no such pool or volume
+        :raises OperationFailed: the upload failed or was refused on the node (its reason)
+        """
         self._volumes.refresh(schema.volume_key(pool, volume))
         return self.volume_info(pool, volume)
 
@@ -382,7 +512,10 @@ class StorageArea:
 
     def resolve_orphaned_intents(self) -> None:
         """For the leader: resolve the intents recorded by coordinators that are gone, pool by pool, without
-        waiting for a lock another change holds."""
+        waiting for a lock another change holds.
+
+        :raises Unavailable: no coordinator answered (nothing else: it refuses nothing)
+        """
         zk = self._context.store.zk
         pools = {pool for (pool, _name), pending in self._intents().items()
                  if zk.exists(schema.live_coordinator(pending.get("coordinator", "?"))) is None}

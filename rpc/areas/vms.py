@@ -22,6 +22,9 @@ META_KEYS = ("node_limit", "node_selector", "node_autostart", "migration_method"
 @Pyro5.server.behavior(instance_mode="single")
 @retry_safe(reads={"list", "info", "dump", "log", "tags"})
 class VMsArea:
+    """``client.vms``: defining, changing, starting, stopping and moving virtual machines. Every change is
+    recorded in ZooKeeper first and carried out by the VM's node at once; ``wait=True`` waits for the outcome."""
+
     def __init__(self, context: CoordinatorContext, control: VMControl):
         self._context = context
         self._control = control
@@ -43,7 +46,10 @@ class VMsArea:
 
     def list(self, node: str | None = None, state: str | None = None,
              tag: str | None = None) -> list[dict[str, Any]]:
-        """Every VM (optionally only those on `node`, in `state`, or with `tag`), sorted by name."""
+        """Every VM (optionally only those on `node`, in `state`, or with `tag`), sorted by name.
+
+        :raises InvalidInput: an unknown `state`
+        """
         if state is not None and state not in schema.VM_STATES:
             raise InvalidInput(f"unknown state '{state}' (one of: {', '.join(schema.VM_STATES)})")
         self._context.cache.catch_up()
@@ -55,14 +61,26 @@ class VMsArea:
                 and (tag is None or tag in view["tags"])]
 
     def info(self, vm: str) -> dict[str, Any]:
+        """The VM: its desired state, where it is and was, what its node last reported (``running``: true, false or
+        None for unknown, with why), its metadata, tags and hardware.
+
+        :raises NotFound: no VM of that name
+        """
         return self._control.view(vm)
 
     def dump(self, vm: str) -> str:
-        """The VM's libvirt domain XML as PVC stores it."""
+        """The VM's libvirt domain XML as PVC stores it.
+
+        :raises NotFound: no VM of that name
+        """
         return self._control.raw(vm)[OWN_VALUE]["xml"]
 
     def log(self, vm: str, lines: int = 50) -> list[str]:
-        """The last `lines` lines of the VM's serial console, from the node it is on."""
+        """The last `lines` lines of the VM's serial console, from the node it is on.
+
+        :raises NotFound: no VM of that name
+        :raises Unavailable: its node has no agent, or the agent did not answer
+        """
         node = self._control.raw(vm)["placement"]["node"]
         agent_uri = (self._node(node) or {}).get("agent_uri")
         if not agent_uri:
@@ -77,7 +95,13 @@ class VMsArea:
                tags: list[str] | None = None, protected_tags: list[str] | None = None,
                profile: str | None = None) -> dict[str, Any]:
         """Record a new VM and define it on its node (chosen by its selector unless `target` is given), with
-        user `tags` and `protected_tags` (which `remove_tag` refuses)."""
+        user `tags` and `protected_tags` (which `remove_tag` refuses).
+
+        :raises InvalidInput: the XML is malformed, or has an element PVC refuses (named), or bad metadata
+        :raises AlreadyExists: a VM of that name or UUID exists
+        :raises NotFound: a `target` or `node_limit` node does not exist
+        :raises Conflict: `target` is outside `node_limit`, or no node can take the VM
+        """
         domain = domain_xml.parse(xml, allow_host_devices=self._allow_host_devices())
         meta = self._checked_meta({"node_limit": node_limit, "node_selector": node_selector,
                                    "node_autostart": node_autostart, "migration_method": migration_method,
@@ -101,7 +125,13 @@ class VMsArea:
         return self._control.converge(domain.name, [node], wait=False)
 
     def modify(self, vm: str, xml: str, restart: bool = False) -> dict[str, Any]:
-        """Replace the VM's definition (same name and UUID); with `restart`, restart it to apply it now."""
+        """Replace the VM's definition (same name and UUID); with `restart`, restart it to apply it now.
+
+        :raises NotFound: no VM of that name
+        :raises Busy: another command holds the VM's lock
+        :raises Conflict: the VM is being removed
+        :raises InvalidInput: the XML is malformed or names another VM or UUID
+        """
         with self._control.locked(vm):
             current = self._control.desired(vm)
             spec = current.spec
@@ -119,7 +149,14 @@ class VMsArea:
         """Give a stopped VM a new name. The new name's record takes the UUID at once; the old name's record
         is marked removed and goes (the name becomes free) once its node has undefined the old domain, as
         `remove` does; the node defines the new name after the old one is gone (libvirt refuses two domains
-        with one UUID)."""
+        with one UUID).
+
+        :raises NotFound: no VM of that name
+        :raises Busy: another command holds the VM's lock
+        :raises InvalidInput: a malformed name
+        :raises Conflict: the VM is running
+        :raises AlreadyExists: the new name is taken
+        """
         schema.check_name("VM", new_name)
         with self._control.locked(vm):
             raw = self._control.raw(vm)
@@ -158,7 +195,12 @@ class VMsArea:
         (the leader then forgets the record); a node that is fenced or no longer exists cannot report, so the
         record goes without it. With `wait`, return once the record is gone (`Unavailable` after `timeout`
         seconds, the removal still recorded). With `force`, the record goes now, unconfirmed: a node still
-        holding the domain undefines it when it next converges (PVC's metadata in the domain marks it)."""
+        holding the domain undefines it when it next converges (PVC's metadata in the domain marks it).
+
+        :raises NotFound: no VM of that name
+        :raises Busy: another command holds the VM's lock
+        :raises Unavailable: with `wait`, the node has not undefined it after `timeout` seconds
+        """
         with self._control.locked(vm, removing=True):
             raw = self._control.raw(vm)
             if force:
@@ -183,7 +225,14 @@ class VMsArea:
 
     def set_meta(self, vm: str, **changes: Any) -> dict[str, Any]:
         """Change only the metadata named: node_limit, node_selector, node_autostart, migration_method,
-        max_downtime. An empty node_limit clears the limit."""
+        max_downtime. An empty node_limit clears the limit.
+
+        :raises NotFound: no VM of that name
+        :raises Busy: another command holds the VM's lock
+        :raises Conflict: the VM is being removed
+        :raises InvalidInput: an unknown key or bad value (unknown selector, migration method, profile)
+        :raises NotFound: a `node_limit` node does not exist
+        """
         unknown = set(changes) - set(META_KEYS)
         if unknown:
             raise InvalidInput(f"unknown VM metadata: {', '.join(sorted(unknown))} "
@@ -197,58 +246,170 @@ class VMsArea:
     # -- editing parts (`pvc.rpc.vm_edits`): each returns {"name", "change", "applied", "reason"} ----------
 
     def set_vcpus(self, vm: str, vcpus: int, restart: bool = False, live: bool = True) -> dict[str, Any]:
+        """Give the VM `vcpus` virtual CPUs; with `live`, on the running guest too when libvirt can; with `restart`,
+        restart it to apply the rest. Returns ``{name, change, applied, reason}``.
+
+        :raises NotFound: no VM of that name
+        :raises Busy: another command holds the VM's lock
+        :raises Conflict: the VM is being removed
+        :raises InvalidInput: a bad value
+        :raises Conflict: a live change the node cannot make (no agent)
+        :raises OperationFailed: the node failed to apply it live
+        """
         return self._editor.set_vcpus(vm, vcpus, restart, live)
 
     def set_memory(self, vm: str, memory_mib: int, restart: bool = False, live: bool = True) -> dict[str, Any]:
+        """Give the VM `memory_mib` MiB; live, libvirt can shrink a running guest's memory but not grow it past its
+        maximum; `restart` applies the rest. Returns ``{name, change, applied, reason}``.
+
+        :raises NotFound: no VM of that name
+        :raises Busy: another command holds the VM's lock
+        :raises Conflict: the VM is being removed
+        :raises InvalidInput: a bad value
+        :raises Conflict: a live change the node cannot make (no agent)
+        :raises OperationFailed: the node failed to apply it live
+        """
         return self._editor.set_memory(vm, memory_mib, restart, live)
 
     def add_volume(self, vm: str, volume: str, target: str | None = None, bus: str = "scsi",
                    restart: bool = False, live: bool = True) -> dict[str, Any]:
-        """Attach PVC volume ``POOL/VOLUME`` as a disk (at `target`, or the next free name for `bus`)."""
+        """Attach PVC volume ``POOL/VOLUME`` as a disk (at `target`, or the next free name for `bus`).
+
+        :raises NotFound: no VM of that name
+        :raises Busy: another command holds the VM's lock
+        :raises Conflict: the VM is being removed
+        :raises InvalidInput: a bad value
+        :raises Conflict: a live change the node cannot make (no agent)
+        :raises OperationFailed: the node failed to apply it live
+        :raises NotFound: no such PVC volume
+        :raises Conflict: another VM uses the volume
+        """
         return self._editor.add_volume(vm, volume, target, bus, restart, live)
 
     def remove_volume(self, vm: str, volume: str, restart: bool = False, live: bool = True) -> dict[str, Any]:
-        """Detach PVC volume ``POOL/VOLUME``; the volume itself stays."""
+        """Detach PVC volume ``POOL/VOLUME``; the volume itself stays.
+
+        :raises NotFound: no VM of that name
+        :raises Busy: another command holds the VM's lock
+        :raises Conflict: the VM is being removed
+        :raises InvalidInput: a bad value
+        :raises Conflict: a live change the node cannot make (no agent)
+        :raises OperationFailed: the node failed to apply it live
+        """
         return self._editor.remove_volume(vm, volume, restart, live)
 
     def add_nic(self, vm: str, source: str, kind: str = "bridge", model: str = "virtio", mac: str | None = None,
                 restart: bool = False, live: bool = True) -> dict[str, Any]:
         """Add an interface on bridge `source` (or libvirt network, `kind` ``network``); a MAC is generated
-        unless `mac` is given."""
+        unless `mac` is given.
+
+        :raises NotFound: no VM of that name
+        :raises Busy: another command holds the VM's lock
+        :raises Conflict: the VM is being removed
+        :raises InvalidInput: a bad value
+        :raises Conflict: a live change the node cannot make (no agent)
+        :raises OperationFailed: the node failed to apply it live
+        """
         return self._editor.add_nic(vm, source, kind, model, mac, restart, live)
 
     def remove_nic(self, vm: str, source: str | None = None, mac: str | None = None, restart: bool = False,
                    live: bool = True) -> dict[str, Any]:
-        """Remove the interface with `mac`, or every interface on `source`."""
+        """Remove the interface with `mac`, or every interface on `source`.
+
+        :raises NotFound: no VM of that name
+        :raises Busy: another command holds the VM's lock
+        :raises Conflict: the VM is being removed
+        :raises InvalidInput: a bad value
+        :raises Conflict: a live change the node cannot make (no agent)
+        :raises OperationFailed: the node failed to apply it live
+        """
         return self._editor.remove_nic(vm, source, mac, restart, live)
 
     # -- tags ------------------------------------------------------------------------------------------
 
     def tags(self, vm: str) -> dict[str, Any]:
-        """{"name", "tags": [{"name", "protected"}]}."""
+        """{"name", "tags": [{"name", "protected"}]}.
+
+        :raises NotFound: no VM of that name
+        """
         return self._editor.tags(vm)
 
     def add_tag(self, vm: str, tag: str, protected: bool = False) -> dict[str, Any]:
+        """Tag the VM (`protected`: `remove_tag` refuses it); returns the VM's tags.
+
+        :raises NotFound: no VM of that name
+        :raises Busy: another command holds the VM's lock
+        :raises InvalidInput: a malformed tag
+        """
         return self._editor.add_tag(vm, tag, protected)
 
     def remove_tag(self, vm: str, tag: str) -> dict[str, Any]:
+        """Remove one of the VM's tags; returns the VM's tags.
+
+        :raises NotFound: no VM of that name
+        :raises Busy: another command holds the VM's lock
+        :raises NotFound: the VM has no such tag
+        :raises Conflict: the tag is protected
+        """
         return self._editor.remove_tag(vm, tag)
 
     # -- state -----------------------------------------------------------------------------------------
 
     def start(self, vm: str, wait: bool = False) -> dict[str, Any]:
+        """Start the VM on its node; with `wait`, return once the node reports it running.
+
+        :raises NotFound: no VM of that name
+        :raises Busy: another command holds the VM's lock
+        :raises Conflict: the VM is being removed
+        :raises OperationFailed: with `wait`, the node reported an error (the message is the node's)
+        :raises Unavailable: with `wait`, the node did not report the outcome in time
+        """
         return self._set_state(vm, "start", wait)
 
     def restart(self, vm: str, wait: bool = False) -> dict[str, Any]:
+        """Restart the VM (a guest shutdown, then a start) on its node; with `wait`, once it runs again.
+
+        :raises NotFound: no VM of that name
+        :raises Busy: another command holds the VM's lock
+        :raises Conflict: the VM is being removed
+        :raises OperationFailed: with `wait`, the node reported an error (the message is the node's)
+        :raises Unavailable: with `wait`, the node did not report the outcome in time
+        """
         return self._set_state(vm, "restart", wait)
 
     def shutdown(self, vm: str, wait: bool = False) -> dict[str, Any]:
+        """Shut the VM down through its guest (ACPI), destroyed after the node's ``shutdown_timeout``; with `wait`,
+        return once it is off.
+
+        :raises NotFound: no VM of that name
+        :raises Busy: another command holds the VM's lock
+        :raises Conflict: the VM is being removed
+        :raises OperationFailed: with `wait`, the node reported an error (the message is the node's)
+        :raises Unavailable: with `wait`, the node did not report the outcome in time
+        """
         return self._set_state(vm, "shutdown", wait)
 
     def stop(self, vm: str, wait: bool = False) -> dict[str, Any]:
+        """Stop the VM at once (destroy, no guest shutdown); with `wait`, return once it is off.
+
+        :raises NotFound: no VM of that name
+        :raises Busy: another command holds the VM's lock
+        :raises Conflict: the VM is being removed
+        :raises OperationFailed: with `wait`, the node reported an error (the message is the node's)
+        :raises Unavailable: with `wait`, the node did not report the outcome in time
+        """
         return self._set_state(vm, "stop", wait)
 
     def disable(self, vm: str, wait: bool = False) -> dict[str, Any]:
+        """Stop the VM at once, as `stop` does, under upstream PVC's word for a VM taken out of service: flushes
+        and recoveries leave it alone, as they leave a stopped VM; with `wait`, return once it is off.
+
+        :raises NotFound: no VM of that name
+        :raises Busy: another command holds the VM's lock
+        :raises Conflict: the VM is being removed
+        :raises OperationFailed: with `wait`, the node reported an error (the message is the node's)
+        :raises Unavailable: with `wait`, the node did not report the outcome in time
+        """
         return self._set_state(vm, "disable", wait)
 
     def _set_state(self, vm: str, state: str, wait: bool) -> dict[str, Any]:
@@ -265,15 +426,43 @@ class VMsArea:
 
     def migrate(self, vm: str, target: str | None = None, force: bool = False, wait: bool = False) -> dict[str, Any]:
         """Move a running VM to `target` (or its selector's choice), remembering where it was, so that
-        `unmigrate` returns it. A target outside its node limit needs `force`."""
+        `unmigrate` returns it. A target outside its node limit needs `force`.
+
+        :raises NotFound: no VM of that name
+        :raises Busy: another command holds the VM's lock
+        :raises Conflict: the VM is being removed
+        :raises NotFound: no node of that name
+        :raises Conflict: the target is its node already, outside its node limit (without `force`) or cannot take
+            it, or no node can
+        :raises OperationFailed: with `wait`, the node reported an error (the message is the node's)
+        :raises Unavailable: with `wait`, the node did not report the outcome in time
+        """
         return self._move(vm, target, force, wait, remember=True)
 
     def move(self, vm: str, target: str | None = None, force: bool = False, wait: bool = False) -> dict[str, Any]:
-        """Move a VM to `target` for good: no way back is remembered."""
+        """Move a VM to `target` for good: no way back is remembered.
+
+        :raises NotFound: no VM of that name
+        :raises Busy: another command holds the VM's lock
+        :raises Conflict: the VM is being removed
+        :raises NotFound: no node of that name
+        :raises Conflict: the target is its node already, outside its node limit (without `force`) or cannot take
+            it, or no node can
+        :raises OperationFailed: with `wait`, the node reported an error (the message is the node's)
+        :raises Unavailable: with `wait`, the node did not report the outcome in time
+        """
         return self._move(vm, target, force, wait, remember=False)
 
     def unmigrate(self, vm: str, wait: bool = False) -> dict[str, Any]:
-        """Return a migrated VM to the node it came from."""
+        """Return a migrated VM to the node it came from.
+
+        :raises NotFound: no VM of that name
+        :raises Busy: another command holds the VM's lock
+        :raises Conflict: the VM is being removed
+        :raises Conflict: the VM was not migrated, or its previous node cannot take it
+        :raises OperationFailed: with `wait`, the node reported an error (the message is the node's)
+        :raises Unavailable: with `wait`, the node did not report the outcome in time
+        """
         with self._control.locked(vm):
             current = self._control.desired(vm)
             where = current.placement

@@ -1,0 +1,168 @@
+"""The manual's examples run: its example plugins (docs/examples/pvc-example-plugin), installed into a directory
+of their own, are what a local cluster stores its volumes with (``example-dir``) and places and fences with;
+the scripting guide's scripts (docs/examples/scripts) run against that cluster as a reader runs them, a Python
+process whose PVC_CONFIG points at it."""
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pvc import hookspecs
+from pvc.errors import InvalidInput
+from pvc.plugin_manager import registered_key
+from pvc.ova_client import upload_ova
+
+from conftest import started_cluster
+from vm_support import vm_xml
+
+SCRIPTS = Path(__file__).parent.parent / "docs" / "examples" / "scripts"
+
+
+@pytest.fixture(scope="module")
+def cluster(example_plugin_installed, tmp_path_factory):
+    """Three nodes storing volumes with the example backend, the example plugins loaded by every daemon."""
+    yield from started_cluster(tmp_path_factory.mktemp("examples"), nodes=3, coordinators=1, storage="example-dir")
+
+
+@pytest.fixture(scope="module")
+def run(cluster):
+    def run_script(name: str, *args: str) -> str:
+        environment = {**os.environ, "PVC_CONFIG": str(cluster.local.client_config)}
+        for variable in ("PVC_URI", "PVC_API_KEY", "PVC_CONNECTION"):
+            environment.pop(variable, None)
+        result = subprocess.run([sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True,
+                                env=environment, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+    return run_script
+
+
+def test_every_script_in_the_guide_is_tested():
+    tested = {"nodes.py", "start_vm.py", "flush_node.py", "upload_image.py"}
+    assert {path.name for path in SCRIPTS.glob("*.py")} == tested
+
+
+def test_the_node_list_script_prints_every_node(run, cluster):
+    lines = run("nodes.py").splitlines()
+    assert [line.split()[:3] for line in lines] == [[node, "run", "ready"] for node in cluster.local.node_names]
+
+
+def test_the_start_script_defines_starts_and_can_be_run_again(run, cluster, tmp_path):
+    xml = tmp_path / "script-vm.xml"
+    xml.write_text(vm_xml("script-vm", memory_mib=128))
+    first = run("start_vm.py", str(xml), "hv2,hv3").splitlines()
+    assert first[0].startswith("script-vm is start on hv")
+    assert first[0].split()[-1] in ("hv2", "hv3")
+    assert first[1] == "as expected: no VM named 'no-such-vm'"
+    assert cluster.host_domains(first[0].split()[-1]) == {**cluster.host_domains(first[0].split()[-1]),
+                                                         "script-vm": True}
+    again = run("start_vm.py", str(xml), "hv2,hv3").splitlines()
+    assert again[0] == "note: a VM named 'script-vm' exists already"
+    assert again[1] == first[0]
+
+
+def test_the_flush_script_flushes_and_readies_a_node(run):
+    assert run("flush_node.py", "hv1").splitlines() == ["flush of hv1: done, now flushed",
+                                                         "ready of hv1: done, now ready"]
+
+
+def test_the_upload_script_uploads_a_qcow2_image(run, tmp_path):
+    image = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "3M"], check=True)
+    assert run("upload_image.py", "scripts", "disk0", str(image)).strip() == f"scripts/disk0: {3 << 20} bytes"
+
+
+def test_the_example_backend_stores_volumes_snapshots_and_a_vm_disk(run, cluster, tmp_path):
+    storage, root = cluster.client.storage, cluster.local.storage_dir
+    image = tmp_path / "raw.img"
+    image.write_bytes(b"example data" + bytes(1 << 20))
+    assert run("upload_image.py", "examples", "data", str(image)).strip() == f"examples/data: {(1 << 20) + 12} bytes"
+    assert (root / "examples" / "data.img").read_bytes()[:12] == b"example data"
+
+    storage.snapshot_add("examples", "data", "before")
+    (root / "examples" / "data.img").write_bytes(b"changed")
+    storage.snapshot_rollback("examples", "data", "before")
+    assert (root / "examples" / "data.img").read_bytes()[:12] == b"example data"
+    assert (root / "examples" / "data.snapshots" / "before").exists()
+    storage.volume_clone("examples", "data", "copy")
+    assert storage.volume_info("examples", "copy")["size_bytes"] == (1 << 20) + 12
+
+    xml = ("<domain type='test'><name>example-disk-vm</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>"
+           "<os><type>hvm</type></os><devices><disk type='volume' device='disk'>"
+           "<source pool='examples' volume='copy'/><target dev='vda'/></disk></devices></domain>")
+    cluster.client.vms.define(xml)
+    vm = cluster.client.vms.start("example-disk-vm", wait=True)
+    assert cluster.host_domains(vm["node"])["example-disk-vm"] is True
+    assert storage.volume_info("examples", "copy")["used_by"] == ["example-disk-vm"]
+
+    cluster.client.vms.stop("example-disk-vm", wait=True)
+    storage.snapshot_remove("examples", "data", "before")
+    storage.volume_remove("examples", "data")
+    assert sorted(path.name for path in (root / "examples").iterdir()) == ["copy.img"]
+
+
+NO_EXAMPLE_YET = {"pvc_image_importers": "every format an upload may name is claimed by a built-in importer "
+                                         "(pvc.qemu_img.SUPPORTED_FORMATS), so no upload reaches a plugin's; and "
+                                         "the contract fits qemu-img only (an NBD URL, the upload's length)"}
+"""Hook kinds the manual has no running example of, and why (the plugin guide says so too)."""
+
+
+def test_the_example_distribution_has_a_plugin_of_every_hook_kind(cluster):
+    plugins = [plugin for plugin in cluster.client.cluster.plugins() if plugin["distribution"] == "pvc-example-plugin"]
+    covered = {hook for hook in hookspecs.REGISTRATION_HOOKS for plugin in plugins
+               if plugin.get(registered_key(hook))}
+    assert covered == set(hookspecs.REGISTRATION_HOOKS) - set(NO_EXAMPLE_YET), \
+        "each hook kind needs an example plugin in docs/examples/pvc-example-plugin (the plugin guide shows it)"
+
+
+def test_the_example_selector_and_fencing_policy_are_loaded(cluster):
+    plugins = {plugin["name"]: plugin for plugin in cluster.client.cluster.plugins()}
+    assert plugins["example"]["migration_selectors"] == ["example-fewest-defined"]
+    assert plugins["example"]["fencing_policies"] == ["example-ipmitool"]
+    assert plugins["example_storage"]["storage_backends"] == ["example-dir"]
+    assert plugins["example_bundle"]["appliance_importers"] == ["example-bundle"]
+
+
+def bundle(path: Path, descriptor: dict, disks: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as archive:
+        for name, data in {"bundle.json": json.dumps(descriptor).encode(), **disks}.items():
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def examples_pool(cluster) -> str:
+    if "examples" not in [pool["name"] for pool in cluster.client.storage.pool_list()]:
+        cluster.client.storage.pool_add("examples")
+    return "examples"
+
+
+def test_the_example_appliance_importer_makes_volumes_a_template_and_a_vm(cluster, examples_pool, tmp_path):
+    client = cluster.client
+    archive = bundle(tmp_path / "web.bundle", {"vcpus": 2, "memory_mib": 128, "disks": [2 << 20, 1 << 20]},
+                     {"disk0.raw": b"boot sector", "disk1.raw": b"data"})
+    recorded = upload_ova(client, "bundled", "examples", str(archive), importer="example-bundle")
+    assert (recorded["state"], recorded["vcpus"], recorded["memory_mib"]) == ("ready", 2, 128)
+    assert [(volume["size_bytes"], volume["source"]) for volume in recorded["volumes"]] == \
+        [(2 << 20, "disk0.raw"), (1 << 20, "disk1.raw")]
+    first = recorded["volumes"][0]
+    assert (cluster.local.storage_dir / first["pool"] / f"{first['name']}.img").read_bytes()[:11] == b"boot sector"
+
+    vm = client.provisioner.create("bundled-vm", "bundled", start=True, wait=True)
+    assert client.vms.info("bundled-vm")["running"] is True, vm
+
+
+def test_the_example_appliance_importer_refuses_a_disk_larger_than_declared(cluster, examples_pool, tmp_path):
+    archive = bundle(tmp_path / "bad.bundle", {"vcpus": 1, "memory_mib": 64, "disks": [4]},
+                     {"disk0.raw": b"more than four bytes"})
+    with pytest.raises(InvalidInput, match="disk0.raw holds 20 bytes, more than its declared 4"):
+        upload_ova(cluster.client, "oversized", "examples", str(archive), importer="example-bundle")
+    assert "oversized" not in [ova["name"] for ova in cluster.client.provisioner.ova_list()]
+    assert not [path for path in (cluster.local.storage_dir / "examples").iterdir() if "oversized" in path.name]
