@@ -19,13 +19,14 @@ from typing import Any
 
 from kazoo.client import KazooState
 
-from pvc import config, fence_secrets, fencing_settings, schema
+from pvc import config, fence_secrets, fencing_settings, plugin_manager, schema
 from pvc.cache import WatchedCollection
 from pvc.handshake import AuthenticatingDaemon, use_tls
 from pvc.node.agent import AGENT_OBJECT_ID, NodeAgent
 from pvc.errors import ConfigError, Conflict
 from pvc.node.fence_hold import FenceHold
 from pvc.node.guest_processes import GuestProcesses
+from pvc.node.health import NODE_CHECKS, NodeHealth
 from pvc.node.host_xml import HostPaths
 from pvc.node.hypervisor import DomainActions, Hypervisor
 from pvc.node.ownership import NodeOwnership
@@ -89,6 +90,12 @@ class NodeDaemon:
         """When (this process's monotonic clock) `_figures` were read from libvirt."""
         self._agent_daemon: AuthenticatingDaemon | None = None
         self._stopping = threading.Event()
+        self.health = NodeHealth(self.name, settings, self.store, plugin_manager.load().registry(NODE_CHECKS),
+                                 self.ownership.transaction, lambda: bool(self.cluster_config.get("maintenance")),
+                                 lambda: {**self.facts, **self._figures}, self.libvirt_lost_s,
+                                 self.storage.backend, lambda: self.cluster_config,
+                                 lambda: float(settings["health_interval"]),
+                                 lambda: self.store.connected and not self._stopping.is_set())
 
     def start(self) -> None:
         """Connect, serve the agent, and register in ZooKeeper; the node is ``run`` when this returns."""
@@ -115,6 +122,7 @@ class NodeDaemon:
             threading.Thread(target=self._figures_loop, name="figures", daemon=True).start()
             self.peers.start()
             self.self_fence.start()
+            self.health.start()
         except BaseException:
             self._shutdown_services()
             raise
@@ -260,10 +268,12 @@ class NodeDaemon:
         to mark it dead and fence it."""
         if self.self_fence.fenced:
             return
-        stale = time.monotonic() - self._figures_taken > 2 * self.fencing.keepalive_interval
+        age = time.monotonic() - self._figures_taken
+        stale = age > 2 * self.fencing.keepalive_interval
         started = time.monotonic()
         self.ownership.write(schema.node_key(self.name, "keepalive"),
                              {"time": time.time(), **self._figures, "figures_stale": stale,
+                              "figures_age_s": round(age, 1),
                               "maintenance_seen": bool(self.cluster_config.get("maintenance"))})
         self.self_fence.acknowledged(started)
 
@@ -280,6 +290,11 @@ class NodeDaemon:
     def _read_figures(self) -> None:
         self._figures = self.hypervisor.figures(self.facts["memory_total_mib"])
         self._figures_taken = time.monotonic()
+
+    def libvirt_lost_s(self) -> float | None:
+        """Seconds since libvirt last gave this node its figures, once they are stale; None while it answers."""
+        age = time.monotonic() - self._figures_taken
+        return age if age > 2 * self.fencing.keepalive_interval else None
 
     def _figures_loop(self) -> None:
         self._every_interval(self._read_figures, "reading the host's figures")
@@ -348,6 +363,7 @@ class NodeDaemon:
 
     def _shutdown_services(self) -> None:
         self._stopping.set()
+        self.health.stop()
         self.self_fence.stop()
         if self._agent_daemon is not None:
             self._agent_daemon.shutdown()

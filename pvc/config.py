@@ -90,6 +90,8 @@ NODED_SETTINGS: list[Setting] = [
             "booting a guest (null: kvm when libvirt offers it, else tcg)"),
     Setting("keepalive_interval", (int, float), 5, "seconds between keepalive writes (and reconcile passes) "
             "until the cluster config has a keepalive_interval (pvcapid seeds it); then the cluster's applies"),
+    Setting("health_interval", (int, float), 10, "seconds between rounds of this node's health checks (each "
+            "check bounded by its own timeout, run off the keepalive path)"),
     Setting("shutdown_timeout", (int, float), 180, "seconds a guest gets to shut down before it is destroyed"),
     Setting("listen_address", str, "127.0.0.1:7371", "host:port of the node agent (port 0 picks a free one)"),
     Setting("cluster_secret", str, REQUIRED, "shared secret; the node agent accepts only coordinators "
@@ -133,6 +135,8 @@ APID_SETTINGS: list[Setting] = [
             "ZooKeeper waits before stopping its own VMs; 0 turns self-fencing off (seeds the cluster config)"),
     Setting("successful_fence", str, "migrate", "initial cluster-wide action after a confirmed fence: migrate "
             "(restart the node's VMs elsewhere) or none (seeds the cluster config)"),
+    Setting("health_interval", (int, float), 10, "seconds between rounds of the cluster health checks the "
+            "leader runs (the `pvc_cluster_health_checks` plugins)"),
     Setting("flush_parallelism", int, 8, "VM moves a flush or ready carries out at once"),
     Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
 ]

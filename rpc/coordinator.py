@@ -12,6 +12,7 @@ from typing import Any
 from kazoo.client import KazooState
 from kazoo.exceptions import NoNodeError
 
+import pvc
 from pvc import config, fencing_settings, plugin_manager, schema
 from pvc.cache import ClusterCache
 from pvc.client import object_id
@@ -23,6 +24,7 @@ from pvc.rpc.areas.nodes import NodesArea
 from pvc.rpc.areas.provisioner import ProvisionerArea
 from pvc.rpc.areas.storage import StorageArea
 from pvc.rpc.areas.vms import VMsArea
+from pvc.rpc.cluster_health import LeaderHealth
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.leadership import Leadership
 from pvc.rpc.monitor import NodeMonitor
@@ -56,6 +58,7 @@ class Coordinator:
         self.daemon: AuthenticatingDaemon | None = None
         self.context: CoordinatorContext | None = None
         self.tasks: TaskRunner | None = None
+        self.health: LeaderHealth | None = None
         self._session_lost = False
 
     def start(self) -> None:
@@ -85,6 +88,8 @@ class Coordinator:
             self._publish()
             self.store.add_state_listener(self._on_session_state)
             leadership.start()
+            self.health = LeaderHealth(self.context, self.settings["health_interval"])
+            self.health.start()
         except BaseException:
             self._shutdown()
             raise
@@ -112,7 +117,7 @@ class Coordinator:
             self.store.zk.delete(path)
         except NoNodeError:
             pass
-        self.store.zk.create(path, schema.encode({"uri": self.uri}), ephemeral=True)
+        self.store.zk.create(path, schema.encode({"uri": self.uri, "version": pvc.__version__}), ephemeral=True)
 
     def _on_session_state(self, state: str) -> None:
         if state == KazooState.LOST:
@@ -141,6 +146,8 @@ class Coordinator:
         self._shutdown()
 
     def _shutdown(self) -> None:
+        if self.health is not None:
+            self.health.stop()
         if self.context is not None:
             self.context.leadership.stop()
         if self.daemon is not None:

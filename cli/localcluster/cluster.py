@@ -47,6 +47,8 @@ ZOOKEEPER_ENSEMBLE_SIZES = (1, 3, 5)
 LAB_ZOOKEEPER_PORTS = (2181, 2888, 3888)
 """Client, quorum and election port of a lab's ZooKeeper server (each has its address to itself)."""
 LAB_COORDINATOR_PORT = 7370
+HEALTH_INTERVAL = 2
+"""Seconds between a local node's health check rounds: short, so a fault shows within seconds."""
 FENCE_INTERVALS = 4
 SUICIDE_INTERVALS = 2
 """A node cut off from ZooKeeper starts stopping its VMs after 2 s of silence and is done by 3.6 s on its slowest
@@ -408,6 +410,7 @@ class LocalCluster:
         settings = {**self._common_settings(), "coordinator_name": name,
                     "listen_address": self.coordinator_address(name),
                     "api_keys": [self.state["api_key"]], "leader_tick": 0.5, "fence_intervals": FENCE_INTERVALS,
+                    "health_interval": HEALTH_INTERVAL,
                     "keepalive_interval": KEEPALIVE_INTERVAL, "suicide_intervals": SUICIDE_INTERVALS,
                     **({"tls_ca": str(self.tls_cert)} if self.state.get("tls") else {})}
         lab = self.lab
@@ -431,7 +434,7 @@ class LocalCluster:
                     **({"zookeeper_hosts": zookeeper_hosts} if zookeeper_hosts else {}),
                     **({"tls_ca": str(self.tls_cert)} if self.state.get("tls") else {}),
                     "keepalive_interval": KEEPALIVE_INTERVAL, "listen_address": "127.0.0.1:0",
-                    "libvirt_timeout": LIBVIRT_TIMEOUT,
+                    "libvirt_timeout": LIBVIRT_TIMEOUT, "health_interval": HEALTH_INTERVAL,
                     "boot_image_directory": str(self.boot_image_directory),
                     "console_log_directory": str(self.console_directory(name)),
                     "log_file": str(directory / "pvcnoded.log"),

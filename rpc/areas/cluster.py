@@ -1,4 +1,5 @@
 """Remote object `cluster`: status, maintenance mode, plugins."""
+import time
 from typing import Any
 
 import Pyro5.server
@@ -6,7 +7,9 @@ from kazoo.exceptions import BadVersionError
 
 from pvc import fence_secrets, fencing_settings, schema
 from pvc.cache import OWN_VALUE
-from pvc.errors import InvalidInput
+from pvc.errors import InvalidInput, NotFound
+from pvc.health.faults import health as fault_health
+from pvc.hookspecs import SEVERITIES
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.retries import retry_safe
 from pvc.secrets_box import SecretsBox
@@ -14,12 +17,14 @@ from pvc.secrets_box import SecretsBox
 
 @Pyro5.server.expose
 @Pyro5.server.behavior(instance_mode="single")
-@retry_safe(reads={"status", "plugins"})
+@retry_safe(reads={"status", "plugins", "faults"})
 class ClusterArea:
     def __init__(self, context: CoordinatorContext):
         self._context = context
 
     def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        if method.startswith("fault_"):
+            return self.faults(all=True)
         return self.config() if method == "config" else self.status()
 
     def status(self) -> dict[str, Any]:
@@ -29,7 +34,25 @@ class ClusterArea:
         by_state: dict[str, int] = {}
         for node in nodes:
             by_state[node["daemon_state"]] = by_state.get(node["daemon_state"], 0) + 1
+        faults = context.fault_views()
+        active = [fault for fault in faults if fault["active"]]
+        vms = context.cache.vms.snapshot()
+        vms_by_state: dict[str, int] = {}
+        for raw in vms.values():
+            if raw.get(OWN_VALUE) is not None:
+                vms_by_state[raw.get("state") or "stop"] = vms_by_state.get(raw.get("state") or "stop", 0) + 1
         return {
+            "health": fault_health(faults),
+            "faults_active": len(active),
+            "faults_unacknowledged": sum(1 for fault in active if fault["counts"]),
+            "faults_by_severity": {severity: sum(1 for fault in active if fault["severity"] == severity)
+                                   for severity in SEVERITIES},
+            "resources": {"cpus": sum(node["cpus"] or 0 for node in nodes),
+                          "memory_total_mib": sum(node["memory_total_mib"] or 0 for node in nodes),
+                          "memory_allocated_mib": sum(node["memory_allocated_mib"] or 0 for node in nodes),
+                          "memory_provisioned_mib": sum(node["memory_provisioned_mib"] or 0 for node in nodes),
+                          "vcpus_allocated": sum(node["vcpus_allocated"] or 0 for node in nodes),
+                          "vms_total": sum(vms_by_state.values()), "vms_by_state": vms_by_state},
             "maintenance": bool(context.cache.config.get().get("maintenance")),
             "leader": context.leadership.current_leader(),
             "coordinators": context.live_coordinators(),
@@ -134,6 +157,64 @@ class ClusterArea:
         if problem:
             raise InvalidInput(f"refused: {problem}")
         return {**others, **fencing}
+
+    def faults(self, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002 - the CLI's --all
+        """Active faults (with `all`, cleared ones too, until their raiser prunes them), active first, newest
+        first. `counts`: whether the fault takes its `delta` off health now (active and not acknowledged)."""
+        self._context.cache.catch_up()
+        return [fault for fault in self._context.fault_views() if all or fault["active"]]
+
+    def fault_ack(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Acknowledge faults: each stops counting against health until it clears and happens again."""
+        return self._acknowledge(self._existing_faults(ids))
+
+    def fault_ack_all(self) -> list[dict[str, Any]]:
+        """Acknowledge every active fault not yet acknowledged."""
+        self._context.cache.catch_up()
+        return self._acknowledge([fault["id"] for fault in self._context.fault_views()
+                                  if fault["active"] and not fault["acknowledged"]])
+
+    def fault_delete(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Forget faults now (a raiser still seeing the problem raises it again, counting from one)."""
+        zk = self._context.store.zk
+        transaction = self._context.store.transaction()
+        for fault_id in self._existing_faults(ids):
+            stat = zk.exists(schema.fault(fault_id))
+            if stat is None:
+                continue
+            if zk.exists(schema.fault_ack(fault_id)):
+                transaction.delete(schema.fault_ack(fault_id))
+            transaction.delete(schema.fault(fault_id), stat.version)
+        transaction.commit()
+        return self.faults(all=True)
+
+    def _existing_faults(self, ids: list[str]) -> list[str]:
+        if isinstance(ids, str) or not isinstance(ids, list) or not ids:
+            raise InvalidInput("give one or more fault ids")
+        checked = [schema.check_fault_id(fault_id) for fault_id in ids]
+        self._context.cache.catch_up()
+        known = {fault["id"] for fault in self._context.fault_views()}
+        missing = [fault_id for fault_id in checked if fault_id not in known]
+        if missing:
+            raise NotFound(f"no fault {', '.join(missing)} (see pvc cluster fault list --all)")
+        return checked
+
+    def _acknowledge(self, ids: list[str]) -> list[dict[str, Any]]:
+        zk = self._context.store.zk
+        transaction = self._context.store.transaction()
+        now = time.time()
+        for fault_id in ids:
+            data, stat = zk.get(schema.fault(fault_id))
+            record = schema.decode(data) or {}
+            transaction.check(schema.fault(fault_id), stat.version)
+            ack = {"time": now, "occurrence": record.get("first_seen")}
+            if zk.exists(schema.fault_ack(fault_id)):
+                transaction.set(schema.fault_ack(fault_id), ack)
+            else:
+                transaction.create(schema.fault_ack(fault_id), ack)
+        if ids:
+            transaction.commit()
+        return self.faults(all=True)
 
     def plugins(self) -> list[dict[str, Any]]:
         """Every plugin this coordinator loaded, what it registers, and where it came from."""

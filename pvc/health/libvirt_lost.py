@@ -1,0 +1,32 @@
+"""What a node does when its libvirt stops answering: `libvirt_lost_action` after `libvirt_lost_after` seconds.
+
+Cluster config keys, with per-node overrides in ``libvirt_lost_overrides`` {NODE: {KEY: VALUE}}. ``fault``
+(the default) raises a critical fault; ``fence`` also makes the node fence itself (`pvc.node.self_fence`)."""
+from typing import Any
+
+from pvc.errors import InvalidInput
+
+ACTIONS = ("fault", "fence")
+KEYS = ("libvirt_lost_action", "libvirt_lost_after")
+OVERRIDES_KEY = "libvirt_lost_overrides"
+DEFAULTS: dict[str, Any] = {"libvirt_lost_action": "fault", "libvirt_lost_after": 30.0}
+MINIMUM_AFTER_S = 5.0
+"""`libvirt_lost_after` is never less than this: a libvirtd restarting (an upgrade) is not a lost libvirt."""
+
+
+def resolve(cluster_config: dict[str, Any], node: str) -> dict[str, Any]:
+    """`node`'s settings: the cluster's, with the node's overrides applied."""
+    return {**DEFAULTS, **{key: cluster_config[key] for key in KEYS if cluster_config.get(key) is not None},
+            **((cluster_config.get(OVERRIDES_KEY) or {}).get(node) or {})}
+
+
+def check(settings: dict[str, Any], what: str = "setting") -> None:
+    """Refuse (one line naming the key) an unknown action or a `libvirt_lost_after` under the minimum."""
+    action = settings.get("libvirt_lost_action")
+    if action is not None and action not in ACTIONS:
+        raise InvalidInput(f"libvirt_lost_action {what} must be one of {', '.join(ACTIONS)}, not {action!r}")
+    after = settings.get("libvirt_lost_after")
+    if after is not None and (isinstance(after, bool) or not isinstance(after, (int, float))
+                              or after < MINIMUM_AFTER_S):
+        raise InvalidInput(f"libvirt_lost_after {what} must be a number of seconds of at least "
+                           f"{MINIMUM_AFTER_S:g}, not {after!r}")
