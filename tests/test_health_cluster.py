@@ -1,0 +1,121 @@
+"""Health on a real local cluster: built-in checks listed as plugins, a BMC that stops answering raises a
+fault that clears when it answers again, an acknowledged fault stops counting until it happens again,
+maintenance raises nothing new, and a third-party check that hangs shows as failed without delaying a
+keepalive or leaking threads."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import cluster_store, eventually
+
+from pvc import schema
+
+BMC_FAULT = "node.hv1.bmc"
+
+
+def pvc_cli(cluster, *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).with_name("pvc")), *arguments], capture_output=True, text=True,
+                          timeout=30, env={**os.environ, "PVC_CONFIG": str(cluster.local.client_config)})
+
+
+def faults(cluster, all_faults: bool = False) -> dict:
+    return {fault["id"]: fault for fault in cluster.client.cluster.faults(all=all_faults)}
+
+
+@pytest.mark.cluster(nodes=2)
+def test_a_bmc_fault_is_raised_acknowledged_cleared_and_raised_again(fresh_cluster):
+    cluster, local = fresh_cluster, fresh_cluster.local
+    plugins = {plugin["name"]: plugin for plugin in cluster.client.cluster.plugins()}
+    assert set(plugins["health_node"]["node_health_checks"]) == {
+        "libvirt", "zookeeper", "bmc", "storage", "disk-space", "load", "memory", "version"}
+    assert plugins["health_cluster"]["cluster_health_checks"] == ["nodes", "recoveries", "vms",
+                                                                  "zookeeper-ensemble"]
+    listed = pvc_cli(cluster, "plugin", "list")
+    assert "node health check: bmc, disk-space" in listed.stdout, listed.stderr
+
+    time.sleep(3)  # a few health rounds of a healthy cluster (2 s apart)
+    assert faults(cluster) == {} and cluster.client.cluster.status()["health"] == 100
+
+    bmc = local.bmc("hv1")
+    bmc.stop()
+    fault = eventually(lambda: faults(cluster).get(BMC_FAULT), timeout=20)
+    assert fault and fault["severity"] == "warning" and "does not answer" in fault["message"]
+    assert cluster.client.nodes.info("hv1")["health"] == 90
+    assert cluster.client.nodes.info("hv2")["health"] == 100
+    status = pvc_cli(cluster, "cluster", "status")
+    assert next(line for line in status.stdout.splitlines() if line.startswith("Health")).split()[1:] == ["90%"]
+    assert "1 active (1 warning), 1 unacknowledged" in status.stdout
+    assert eventually(lambda: faults(cluster)[BMC_FAULT]["count"] >= 2, timeout=10)
+    node_list = pvc_cli(cluster, "node", "list")
+    assert [line.split()[3] for line in node_list.stdout.splitlines()[1:3]] == ["90%", "100%"]
+
+    acked = pvc_cli(cluster, "cluster", "fault", "ack", BMC_FAULT)
+    assert acked.returncode == 0, acked.stderr
+    assert cluster.client.cluster.status()["health"] == 100
+    assert faults(cluster)[BMC_FAULT]["acknowledged"]
+
+    bmc.start(local.state["bmc_user"], local.state["bmc_password"])
+    assert eventually(lambda: BMC_FAULT not in faults(cluster), timeout=20)
+    cleared = faults(cluster, all_faults=True)[BMC_FAULT]
+    assert cleared["cleared"] and not cleared["active"]
+
+    bmc.stop()
+    again = eventually(lambda: faults(cluster).get(BMC_FAULT), timeout=20)
+    assert again["count"] == 1 and not again["acknowledged"] and again["counts"]
+    assert cluster.client.cluster.status()["health"] == 90
+
+    deleted = pvc_cli(cluster, "cluster", "fault", "delete", BMC_FAULT, "node.hv1.nothing")
+    assert deleted.returncode == 1 and "no fault node.hv1.nothing" in deleted.stderr
+    assert BMC_FAULT in faults(cluster)
+
+    bmc.start(local.state["bmc_user"], local.state["bmc_password"])
+    assert eventually(lambda: BMC_FAULT not in faults(cluster), timeout=20)
+    cluster.client.cluster.maintenance(True)
+    bmc.stop()
+    time.sleep(6)  # three health rounds in maintenance mode
+    assert BMC_FAULT not in faults(cluster)
+    assert cluster.client.nodes.info("hv1")["health"] == 100
+    cluster.client.cluster.maintenance(False)
+    assert eventually(lambda: BMC_FAULT in faults(cluster), timeout=20)
+    assert pvc_cli(cluster, "cluster", "fault", "ack-all").returncode == 0
+    assert cluster.client.cluster.status()["health"] == 100
+    deleted = pvc_cli(cluster, "cluster", "fault", "delete", BMC_FAULT)
+    assert deleted.returncode == 0, deleted.stderr
+    bmc.start(local.state["bmc_user"], local.state["bmc_password"])
+
+
+@pytest.fixture
+def hanging_check(example_plugin_installed, monkeypatch):
+    monkeypatch.setenv("PVC_EXAMPLE_HANG_CHECK", "1")
+
+
+@pytest.mark.cluster(nodes=1)
+def test_a_hanging_check_shows_failed_without_delaying_keepalives_or_leaking_threads(hanging_check,
+                                                                                     fresh_cluster):
+    cluster, local = fresh_cluster, fresh_cluster.local
+    fault_id = "node.hv1.example-hang"
+    fault = eventually(lambda: faults(cluster).get(fault_id), timeout=20)
+    assert fault and fault["delta"] == 7 and "did not return within 3 s" in fault["message"]
+    pid = local.daemon_pid("pvcnoded", "hv1")
+    written = []
+    with cluster_store(local) as store:
+        path = schema.node_key("hv1", "keepalive")
+        deadline = time.monotonic() + 10
+        threads_before = len(os.listdir(f"/proc/{pid}/task"))
+        while time.monotonic() < deadline:
+            written.append(store.read(path)["time"])
+            time.sleep(0.1)
+        threads_after = len(os.listdir(f"/proc/{pid}/task"))
+    beats = sorted(set(written))
+    gaps = [later - earlier for earlier, later in zip(beats, beats[1:])]
+    later = faults(cluster)[fault_id]
+    assert later["count"] >= fault["count"] + 2, "the hanging check was reported failed every round"
+    assert "has not returned, so no other is started" in later["message"]
+    # Keepalives every 1 s; a keepalive waiting for the check (3 s timeout) would leave a gap of 3 s or more.
+    assert max(gaps) < 2.5, gaps
+    assert threads_after <= threads_before + 1, (threads_before, threads_after)
+    assert cluster.client.nodes.info("hv1")["health"] == 93
