@@ -160,12 +160,18 @@ def maintenance(session, mode: str, output_format: str) -> None:
               help="options of each fencing level as a YAML/JSON mapping {POLICY: {OPTION: VALUE}}, replacing the "
                    "stored ones ('-' reads it from stdin, keeping a password off the command line); a password "
                    "is stored sealed and shown as (set); never a BMC host or port: each node's is its own")
-@click.option("--node", metavar="NODE", help="set the fencing settings given for this node only (its overrides)")
+@click.option("--libvirt-lost-action", type=click.Choice(["fault"]),
+              help="what a node whose libvirt stops answering does after --libvirt-lost-after: fault (raise a "
+                   "critical fault)")
+@click.option("--libvirt-lost-after", type=float,
+              help="seconds a node's libvirt may not answer before its libvirt_lost_action (at least 5)")
+@click.option("--node", metavar="NODE",
+              help="set the fencing and libvirt-lost settings given for this node only (its overrides)")
 @output.format_option
 @click.pass_obj
 def cluster_config(session, default_selector, migration_method, allow_host_devices, fence_chain,
                    keepalive_interval, fence_intervals, suicide_intervals, successful_fence, accept_io_fence,
-                   fence_options, node, output_format) -> None:
+                   fence_options, libvirt_lost_action, libvirt_lost_after, node, output_format) -> None:
     """Show the cluster configuration, or change the keys given."""
     chain = [name.strip() for name in fence_chain.split(",") if name.strip()] if fence_chain is not None else None
     changes = {key: value for key, value in {"default_selector": default_selector,
@@ -176,7 +182,9 @@ def cluster_config(session, default_selector, migration_method, allow_host_devic
                                              "fence_intervals": fence_intervals,
                                              "suicide_intervals": suicide_intervals,
                                              "successful_fence": successful_fence,
-                                             "accept_io_fence": accept_io_fence}.items()
+                                             "accept_io_fence": accept_io_fence,
+                                             "libvirt_lost_action": libvirt_lost_action,
+                                             "libvirt_lost_after": libvirt_lost_after}.items()
                if value is not None}
     if fence_options is not None:
         changes["fence_options"] = _fence_options(fence_options)

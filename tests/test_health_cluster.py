@@ -3,6 +3,7 @@ fault that clears when it answers again, an acknowledged fault stops counting un
 maintenance raises nothing new, and a third-party check that hangs shows as failed without delaying a
 keepalive or leaking threads."""
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,9 +27,8 @@ def faults(cluster, all_faults: bool = False) -> dict:
     return {fault["id"]: fault for fault in cluster.client.cluster.faults(all=all_faults)}
 
 
-@pytest.mark.cluster(nodes=2)
-def test_a_bmc_fault_is_raised_acknowledged_cleared_and_raised_again(fresh_cluster):
-    cluster, local = fresh_cluster, fresh_cluster.local
+def test_a_bmc_fault_is_raised_acknowledged_cleared_and_raised_again(cluster):
+    local = cluster.local
     plugins = {plugin["name"]: plugin for plugin in cluster.client.cluster.plugins()}
     assert set(plugins["health_node"]["node_health_checks"]) == {
         "libvirt", "zookeeper", "bmc", "storage", "disk-space", "load", "memory", "version"}
@@ -51,7 +51,7 @@ def test_a_bmc_fault_is_raised_acknowledged_cleared_and_raised_again(fresh_clust
     assert "1 active (1 warning), 1 unacknowledged" in status.stdout
     assert eventually(lambda: faults(cluster)[BMC_FAULT]["count"] >= 2, timeout=10)
     node_list = pvc_cli(cluster, "node", "list")
-    assert [line.split()[3] for line in node_list.stdout.splitlines()[1:3]] == ["90%", "100%"]
+    assert [line.split()[3] for line in node_list.stdout.splitlines()[1:4]] == ["90%", "100%", "100%"]
 
     acked = pvc_cli(cluster, "cluster", "fault", "ack", BMC_FAULT)
     assert acked.returncode == 0, acked.stderr
@@ -119,3 +119,33 @@ def test_a_hanging_check_shows_failed_without_delaying_keepalives_or_leaking_thr
     assert max(gaps) < 2.5, gaps
     assert threads_after <= threads_before + 1, (threads_before, threads_after)
     assert cluster.client.nodes.info("hv1")["health"] == 93
+
+
+def test_a_node_whose_libvirt_is_lost_shows_stale_figures_then_a_critical_fault(cluster):
+    refused = pvc_cli(cluster, "cluster", "config", "--libvirt-lost-after", "1")
+    assert refused.returncode == 1 and "libvirt_lost_after setting must be a number of seconds of at least 5" \
+        in refused.stderr
+    assert cluster.client.cluster.config(node="hv2", libvirt_lost_after=5)["libvirt_lost_overrides"] == \
+        {"hv2": {"libvirt_lost_after": 5}}
+    libvirtd = cluster.local.host("hv2").pid
+    os.kill(libvirtd, signal.SIGSTOP)
+    try:
+        stale = eventually(lambda: cluster.client.nodes.info("hv2")["figures_stale"], timeout=10)
+        assert stale
+        listed = pvc_cli(cluster, "node", "list")
+        assert next(line for line in listed.stdout.splitlines() if line.startswith("hv2")).split()[6] == "0*"
+        assert "* hv2: figures (stale: libvirt lost" in listed.stdout
+        info = pvc_cli(cluster, "node", "info", "hv2")
+        assert "(stale: libvirt lost" in next(line for line in info.stdout.splitlines() if "VMs running" in line)
+        warning = eventually(lambda: faults(cluster).get("node.hv2.libvirt"), timeout=10)
+        assert warning and "libvirt has not answered for" in warning["message"]
+        critical = eventually(lambda: (lambda fault: fault if fault and fault["severity"] == "critical" else None)(
+            faults(cluster).get("node.hv2.libvirt")), timeout=15)
+        assert critical and critical["delta"] == 50 and "libvirt_lost_after 5 s" in critical["message"]
+        assert cluster.client.nodes.info("hv2")["health"] == 50
+        assert cluster.client.nodes.info("hv2")["daemon_state"] == "run"
+    finally:
+        os.kill(libvirtd, signal.SIGCONT)
+    assert eventually(lambda: "node.hv2.libvirt" not in faults(cluster), timeout=20)
+    assert not cluster.client.nodes.info("hv2")["figures_stale"]
+    cluster.client.cluster.config(node="hv2", libvirt_lost_after=None)

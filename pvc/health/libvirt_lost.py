@@ -1,12 +1,12 @@
 """What a node does when its libvirt stops answering: `libvirt_lost_action` after `libvirt_lost_after` seconds.
 
 Cluster config keys, with per-node overrides in ``libvirt_lost_overrides`` {NODE: {KEY: VALUE}}. ``fault``
-(the default) raises a critical fault; ``fence`` also makes the node fence itself (`pvc.node.self_fence`)."""
+(the default and, for now, the only action) raises a critical fault through the node's ``libvirt`` check."""
 from typing import Any
 
 from pvc.errors import InvalidInput
 
-ACTIONS = ("fault", "fence")
+ACTIONS = ("fault",)
 KEYS = ("libvirt_lost_action", "libvirt_lost_after")
 OVERRIDES_KEY = "libvirt_lost_overrides"
 DEFAULTS: dict[str, Any] = {"libvirt_lost_action": "fault", "libvirt_lost_after": 30.0}
@@ -15,9 +15,12 @@ MINIMUM_AFTER_S = 5.0
 
 
 def resolve(cluster_config: dict[str, Any], node: str) -> dict[str, Any]:
-    """`node`'s settings: the cluster's, with the node's overrides applied."""
-    return {**DEFAULTS, **{key: cluster_config[key] for key in KEYS if cluster_config.get(key) is not None},
-            **((cluster_config.get(OVERRIDES_KEY) or {}).get(node) or {})}
+    """`node`'s settings: the cluster's, with the node's overrides applied (`libvirt_lost_after` never under
+    the minimum, whatever a hand-edited config says)."""
+    settings = {**DEFAULTS, **{key: cluster_config[key] for key in KEYS if cluster_config.get(key) is not None},
+                **((cluster_config.get(OVERRIDES_KEY) or {}).get(node) or {})}
+    settings["libvirt_lost_after"] = max(float(settings["libvirt_lost_after"]), MINIMUM_AFTER_S)
+    return settings
 
 
 def check(settings: dict[str, Any], what: str = "setting") -> None:

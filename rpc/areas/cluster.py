@@ -8,6 +8,7 @@ from kazoo.exceptions import BadVersionError
 from pvc import fence_secrets, fencing_settings, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import InvalidInput, NotFound
+from pvc.health import libvirt_lost
 from pvc.health.faults import health as fault_health
 from pvc.hookspecs import SEVERITIES
 from pvc.rpc.context import CoordinatorContext
@@ -76,16 +77,24 @@ class ClusterArea:
         accept_io_fence (bool: whether an I/O fence alone, without proof the node is off, allows recovery),
         fence_options ({POLICY: {OPTION: VALUE}}: each level's options, replacing the stored ones; a
         ``password`` is stored sealed and shown as "(set)"; "(set)" given back keeps the stored one), and
-        the fencing settings keepalive_interval, fence_intervals, suicide_intervals, successful_fence; with
-        `node`, those set that node's overrides instead (None removes an override). Fencing settings that
+        the fencing settings keepalive_interval, fence_intervals, suicide_intervals, successful_fence, and
+        libvirt_lost_action (fault) and libvirt_lost_after (seconds, at least 5) for a node whose libvirt does
+        not answer; with `node`, those set that node's overrides instead (None removes an override). Fencing settings that
         would let a node cut off from ZooKeeper run its VMs past the leader's fence deadline are refused."""
-        if fencing_settings.OVERRIDES_KEY in changes:
-            raise InvalidInput(f"{fencing_settings.OVERRIDES_KEY} is set one node at a time: give node=NAME "
-                               "and the settings to override")
-        if node is not None or set(changes) & set(fencing_settings.KEYS):
+        for overrides_key in (fencing_settings.OVERRIDES_KEY, libvirt_lost.OVERRIDES_KEY):
+            if overrides_key in changes:
+                raise InvalidInput(f"{overrides_key} is set one node at a time: give node=NAME and the settings "
+                                   "to override")
+        lost = {key: changes.pop(key) for key in libvirt_lost.KEYS if key in changes}
+        if node is not None and (set(changes) & set(fencing_settings.KEYS) or not lost):
             changes = self._fencing_changes(node, changes)
+        elif set(changes) & set(fencing_settings.KEYS):
+            changes = self._fencing_changes(None, changes)
+        if lost:
+            changes.update(self._libvirt_lost_changes(node, lost))
         known = ("default_selector", "migration_method", "allow_host_devices", "fence_chain", "accept_io_fence",
-                 "fence_options", *fencing_settings.KEYS, fencing_settings.OVERRIDES_KEY)
+                 "fence_options", *fencing_settings.KEYS, fencing_settings.OVERRIDES_KEY, *libvirt_lost.KEYS,
+                 libvirt_lost.OVERRIDES_KEY)
         unknown = set(changes) - set(known)
         if unknown:
             raise InvalidInput(f"unknown cluster config key(s): {', '.join(sorted(unknown))} "
@@ -120,8 +129,26 @@ class ClusterArea:
                                f"(one of: {', '.join(schema.MIGRATION_METHODS)})")
         if changes:
             self._update_config(changes)
-        settings = {**schema.DEFAULT_CLUSTER_CONFIG, **fencing_settings.DEFAULTS, **self._context.cache.config.get()}
+        settings = {**schema.DEFAULT_CLUSTER_CONFIG, **fencing_settings.DEFAULTS, **libvirt_lost.DEFAULTS,
+                    **self._context.cache.config.get()}
         return {**settings, "fence_options": fence_secrets.shown_options(settings.get("fence_options") or {})}
+
+    def _libvirt_lost_changes(self, node: str | None, lost: dict[str, Any]) -> dict[str, Any]:
+        """`libvirt_lost_action`/`libvirt_lost_after` checked; with `node`, folded into its overrides (None
+        removes one)."""
+        if node is None:
+            libvirt_lost.check(lost)
+            return lost
+        schema.check_name("node", node)
+        libvirt_lost.check({key: value for key, value in lost.items() if value is not None}, f"of node {node}")
+        overrides = {name: dict(values) for name, values in
+                     (self._context.cache.config.get().get(libvirt_lost.OVERRIDES_KEY) or {}).items()}
+        mine = {key: value for key, value in {**overrides.get(node, {}), **lost}.items() if value is not None}
+        if mine:
+            overrides[node] = mine
+        else:
+            overrides.pop(node, None)
+        return {libvirt_lost.OVERRIDES_KEY: overrides}
 
     def _fencing_changes(self, node: str | None, changes: dict[str, Any]) -> dict[str, Any]:
         """`changes` with the fencing settings checked, alone and against every node's negotiated ZooKeeper
