@@ -26,6 +26,7 @@ from pvc.node.agent import AGENT_OBJECT_ID, NodeAgent
 from pvc.errors import ConfigError, Conflict
 from pvc.node.fence_hold import FenceHold
 from pvc.node.guest_processes import GuestProcesses
+from pvc.node import vm_stats
 from pvc.node.health import NODE_CHECKS, NodeHealth
 from pvc.node.host_xml import HostPaths
 from pvc.node.hypervisor import DomainActions, Hypervisor
@@ -120,6 +121,7 @@ class NodeDaemon:
             threading.Thread(target=self._hold_loop, name="hold", daemon=True).start()
             threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True).start()
             threading.Thread(target=self._figures_loop, name="figures", daemon=True).start()
+            threading.Thread(target=self._vm_stats_loop, name="vm-stats", daemon=True).start()
             self.peers.start()
             self.self_fence.start()
             self.health.start()
@@ -298,6 +300,18 @@ class NodeDaemon:
 
     def _figures_loop(self) -> None:
         self._every_interval(self._read_figures, "reading the host's figures")
+
+    def _vm_stats_loop(self) -> None:
+        """Write the VMs' statistics every `vm_stats_interval`; a libvirt that does not answer leaves the last
+        record as it was (its ``time`` says how old it is)."""
+        interval = float(self.settings["vm_stats_interval"])
+        while not self._stopping.wait(interval):
+            if not self.store.connected or self.self_fence.fenced:
+                continue
+            try:
+                self.ownership.write(schema.node_key(self.name, "vm_stats"), vm_stats.collect(self.hypervisor))
+            except Exception as error:
+                log.debug("VM statistics not written: %s", error)
 
     def _reconcile_loop(self) -> None:
         """Converge every VM each interval, so that a lost coordinator call delays an action, never loses it."""

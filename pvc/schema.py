@@ -32,6 +32,8 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
                                            while dead or fenced the node claims and starts nothing
     /pvc/nodes/NAME/domain_state       L   ready | flushing | flushed | unflushing
     /pvc/nodes/NAME/keepalive          N   live figures, rewritten every keepalive interval
+    /pvc/nodes/NAME/vm_stats           N   its VMs' statistics from one bulk libvirt call per interval, one
+                                           size-bounded record apart from the keepalive (`pvc.node.vm_stats`)
     /pvc/node_owners/NAME/owner-SEQ    N   ephemeral, sequential: the pvcnoded session running node NAME (the
                                            first one owns it; every write the node makes checks its own still
                                            exists): {"host", "pid", "boot_id", "pid_namespace", "start_time"}
@@ -113,7 +115,7 @@ TASKS = f"{ROOT}/tasks"
 REQUESTS = f"{ROOT}/requests"
 NODE_OWNERS = f"{ROOT}/node_owners"
 
-NODE_KEYS = ("daemon_state", "domain_state", "keepalive")
+NODE_KEYS = ("daemon_state", "domain_state", "keepalive", "vm_stats")
 """The child znodes of a node, each written by whoever owns that fact."""
 
 VM_KEYS = ("state", "placement", "status")

@@ -47,6 +47,7 @@ ZOOKEEPER_ENSEMBLE_SIZES = (1, 3, 5)
 LAB_ZOOKEEPER_PORTS = (2181, 2888, 3888)
 """Client, quorum and election port of a lab's ZooKeeper server (each has its address to itself)."""
 LAB_COORDINATOR_PORT = 7370
+LAB_METRICS_PORT = 9470
 HEALTH_INTERVAL = 2
 """Seconds between a local node's health check rounds: short, so a fault shows within seconds."""
 FENCE_INTERVALS = 4
@@ -133,6 +134,15 @@ class LocalCluster:
     def coordinator_address(self, name: str) -> str:
         lab = self.lab
         return f"{lab.address(name) if lab else '127.0.0.1'}:{self.state['coordinators'][name]}"
+
+    def metrics_address(self, name: str) -> str:
+        """Where coordinator `name` serves /metrics (every local coordinator does)."""
+        lab = self.lab
+        return f"{lab.address(name) if lab else '127.0.0.1'}:{self.state['metrics'][name]}"
+
+    @property
+    def metrics_targets(self) -> list[str]:
+        return [self.metrics_address(name) for name in self.coordinator_names]
 
     @property
     def uris(self) -> list[str]:
@@ -243,6 +253,7 @@ class LocalCluster:
                 self.private_ceph.start()
             for index in range(1, coordinators + 1):
                 self.state["coordinators"][f"pvcapid{index}"] = LAB_COORDINATOR_PORT if lab else free_port()
+                self.state.setdefault("metrics", {})[f"pvcapid{index}"] = LAB_METRICS_PORT if lab else free_port()
                 self._save()
                 self.start_coordinator(f"pvcapid{index}")
             for index in range(1, nodes + 1):
@@ -410,7 +421,9 @@ class LocalCluster:
         settings = {**self._common_settings(), "coordinator_name": name,
                     "listen_address": self.coordinator_address(name),
                     "api_keys": [self.state["api_key"]], "leader_tick": 0.5, "fence_intervals": FENCE_INTERVALS,
-                    "health_interval": HEALTH_INTERVAL,
+                    "health_interval": HEALTH_INTERVAL, "metrics_poll_interval": HEALTH_INTERVAL,
+                    **({"metrics_listen": self.metrics_address(name)} if name in self.state.get("metrics", {})
+                       else {}),
                     "keepalive_interval": KEEPALIVE_INTERVAL, "suicide_intervals": SUICIDE_INTERVALS,
                     **({"tls_ca": str(self.tls_cert)} if self.state.get("tls") else {})}
         lab = self.lab
@@ -435,6 +448,7 @@ class LocalCluster:
                     **({"tls_ca": str(self.tls_cert)} if self.state.get("tls") else {}),
                     "keepalive_interval": KEEPALIVE_INTERVAL, "listen_address": "127.0.0.1:0",
                     "libvirt_timeout": LIBVIRT_TIMEOUT, "health_interval": HEALTH_INTERVAL,
+                    "vm_stats_interval": HEALTH_INTERVAL,
                     "boot_image_directory": str(self.boot_image_directory),
                     "console_log_directory": str(self.console_directory(name)),
                     "log_file": str(directory / "pvcnoded.log"),

@@ -28,6 +28,10 @@ class NodesArea:
         self._keepalives = KeepaliveWatch(context.store)
         self._keepalives.start()
 
+    def _keepalive_age(self, name: str) -> float | None:
+        """Seconds since this coordinator saw the node's keepalive change (None: not yet seen)."""
+        return self._keepalives.age(name)
+
     def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> Any:
         return self.info(args[0] if args else kwargs["name"])
 

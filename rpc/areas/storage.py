@@ -55,6 +55,19 @@ class StorageArea:
         except NotFound:
             return None
 
+    def _pool_figures(self) -> dict[str, dict[str, int]]:
+        """Per pool, from the watched records only: volumes, snapshots and bytes provisioned (for /metrics)."""
+        figures = {name: {"volumes": 0, "snapshots": 0, "provisioned_bytes": 0}
+                   for name, raw in self._pools.snapshot().items() if raw.get(OWN_VALUE)}
+        for key, raw in self._volumes.snapshot().items():
+            pool_name, _volume = schema.split_volume_key(key)
+            record = raw.get(OWN_VALUE)
+            if record and pool_name in figures:
+                figures[pool_name]["volumes"] += 1
+                figures[pool_name]["snapshots"] += len(raw.get("snapshots") or {})
+                figures[pool_name]["provisioned_bytes"] += record.get("size_bytes") or 0
+        return figures
+
     # -- pools --------------------------------------------------------------------------------------------
 
     def pool_list(self) -> list[dict[str, Any]]:
