@@ -14,6 +14,7 @@ packages=(
     ceph-mon ceph-osd ceph-mgr ceph-common uuid-runtime  # a private single-node Ceph
     util-linux procps openssl iproute2 iptables     # unshare, prlimit, ps; certificates for --tls; the lab network
     genisoimage                                     # isoinfo: tests read cloud-init drives with another tool
+    prometheus                                      # monitoring: pvc-local up --monitoring; promtool checks the alert rules
 )
 missing=()
 for package in "${packages[@]}"; do

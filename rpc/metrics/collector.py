@@ -54,6 +54,11 @@ class ClusterCollector(Collector):
                        sum(1 for fault in active if fault["severity"] == severity
                            and fault["acknowledged"] == acknowledged))
                       for severity in SEVERITIES for acknowledged in (False, True)])
+        yield _gauge("pvc_fault", "Each active fault, valued at the health it takes off (its delta); "
+                     "source is a node's name or 'cluster', check the health check that raised it",
+                     ["id", "source", "check", "severity", "acknowledged"],
+                     [([fault["id"], fault["source"] or "", fault["check"] or "", fault["severity"] or "",
+                        str(fault["acknowledged"]).lower()], fault["delta"]) for fault in active])
         yield _gauge("pvc_cluster_nodes", "Nodes by daemon state", ["daemon_state"],
                      [([state], sum(1 for raw in nodes.values() if (raw.get("daemon_state") or "init") == state))
                       for state in schema.DAEMON_STATES])
