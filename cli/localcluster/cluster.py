@@ -22,6 +22,7 @@ from typing import Any, Callable, TypeVar
 import yaml
 
 from pvc.cli.localcluster.bmc import SimulatedBMC
+from pvc.cli.localcluster.prometheus import LocalPrometheus
 from pvc.cli.localcluster.ceph import PrivateCeph
 from pvc.cli.localcluster.processes import (exit_description, free_port, kill_pid, live_pid, log_tail, read_pid,
                                             start_detached, stop_pid)
@@ -186,12 +187,22 @@ class LocalCluster:
                 found[f"bmc {name}"] = self.bmc(name).pid
         if self.state.get("private_ceph"):
             found.update({f"ceph {daemon}": pid for daemon, pid in self.private_ceph.pids().items()})
+        if self.prometheus.running:
+            found["prometheus"] = self.prometheus.pid
         return found
+
+    @property
+    def prometheus(self) -> LocalPrometheus:
+        """The cluster's Prometheus (`up(monitoring=True)`), scraping every coordinator's /metrics."""
+        return LocalPrometheus(self.state_dir / "prometheus")
 
     def up(self, nodes: int = 3, coordinators: int = 1, timeout: float = 60.0, storage: str = "file",
            ceph_conf: Path | None = None, tls: bool = False, hypervisor: str = "test", zookeepers: int = 1,
-           lab: bool = False) -> None:
+           lab: bool = False, monitoring: bool = False) -> None:
         """Start everything and return once every node is ``run`` and ``ready``; on failure, stop it all.
+
+        With `monitoring`, a real Prometheus (`prometheus.py`) scrapes every coordinator's /metrics, with the
+        alert rules of contrib/monitoring loaded.
 
         `storage` is the nodes' backend: ``file`` (a directory in the state dir) or ``ceph`` (the Ceph that
         `ceph_conf` names, else a private single-node Ceph started in the state dir and stopped by `down`).
@@ -219,7 +230,8 @@ class LocalCluster:
                            f"(stop it with: pvc-local down --state-dir {self.state_dir})")
         if self.lab:
             self.lab.release(self.state_dir)
-        for leftover in ("zookeeper", "hosts", "bmc", "nodes", "coordinators", "storage", "ceph", "tls"):
+        for leftover in ("zookeeper", "hosts", "bmc", "nodes", "coordinators", "storage", "ceph", "tls",
+                         "prometheus"):
             shutil.rmtree(self.state_dir / leftover, ignore_errors=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state = {
@@ -265,6 +277,8 @@ class LocalCluster:
                 self.start_node_daemon(name)
             self._write_client_config()
             self.wait_ready(timeout)
+            if monitoring:
+                self.prometheus.start(self.metrics_targets)
         except BaseException:
             self.down()
             raise
@@ -292,7 +306,11 @@ class LocalCluster:
     def down(self) -> list[str]:
         """Stop every process this cluster started, and remove its lab network; returns what was stopped. The
         nodes stop side by side (each its BMC, pvcnoded, then host), then the coordinators, then ZooKeeper."""
-        stopped = [entry for entries in self._each(self._stop_node, self.node_names) for entry in entries]
+        stopped = []
+        if self.prometheus.running:
+            self.prometheus.stop()
+            stopped.append("prometheus")
+        stopped += [entry for entries in self._each(self._stop_node, self.node_names) for entry in entries]
         stopped += [found for found in self._each(self._stop_coordinator, self.coordinator_names) if found]
         stopped += [found for found in self._each(self._stop_zookeeper, self.zookeeper_names) if found]
         if self.state.get("private_ceph") and self.private_ceph.running:
