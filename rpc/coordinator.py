@@ -11,7 +11,6 @@ from typing import Any
 
 from kazoo.client import KazooState
 from kazoo.exceptions import NoNodeError
-from prometheus_client import CollectorRegistry
 
 import pvc
 from pvc import config, fencing_settings, plugin_manager, schema
@@ -31,7 +30,7 @@ from pvc.rpc.leadership import Leadership
 from pvc.rpc.metrics import instruments
 from pvc.rpc.metrics.collector import ClusterCollector
 from pvc.rpc.metrics.pool_usage import PoolUsagePoller
-from pvc.rpc.metrics.server import MetricsServer
+from pvc.rpc.metrics.server import MetricsServer, registry_renderer
 from pvc.rpc.metrics.zookeeper import MntrPoller
 from pvc.rpc.monitor import NodeMonitor
 from pvc.rpc.node_requests import NodeRequests
@@ -114,10 +113,10 @@ class Coordinator:
         self.mntr.start()
         self.pool_usage = PoolUsagePoller(self.storage, settings["metrics_poll_interval"])
         self.pool_usage.start()
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(ClusterCollector(self.context, nodes._keepalive_age, self.storage._pool_figures,
-                                           lambda: self.pool_usage.latest, lambda: self.mntr.latest))
-        self.metrics = MetricsServer(settings["metrics_listen"], [registry, instruments.REGISTRY],
+        collector = ClusterCollector(self.context, nodes._keepalive_age, self.storage._pool_figures,
+                                     lambda: self.pool_usage.latest, lambda: self.mntr.latest)
+        self.metrics = MetricsServer(settings["metrics_listen"],
+                                     [lambda: collector.render().encode(), registry_renderer(instruments.REGISTRY)],
                                      settings["metrics_token_file"],
                                      settings["tls_cert"] if settings["metrics_tls"] else None,
                                      settings["tls_key"] if settings["metrics_tls"] else None)

@@ -160,12 +160,12 @@ def test_every_panel_query_and_alert_expression_parses_and_the_listed_panels_hav
 
 def test_a_scrape_needs_the_token_when_one_is_set(tmp_path):
     from prometheus_client import CollectorRegistry, Gauge
-    from pvc.rpc.metrics.server import MetricsServer
+    from pvc.rpc.metrics.server import MetricsServer, registry_renderer
     token = tmp_path / "token"
     token.write_text("s3cret\n")
     registry = CollectorRegistry()
     Gauge("pvc_example", "an example", registry=registry).set(7)
-    server = MetricsServer("127.0.0.1:0", [registry], str(token))
+    server = MetricsServer("127.0.0.1:0", [registry_renderer(registry)], str(token))
     server.start()
     try:
         with pytest.raises(urllib.error.HTTPError) as refused:

@@ -6,6 +6,7 @@ import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -16,9 +17,9 @@ log = logging.getLogger(__name__)
 
 
 class MetricsServer:
-    def __init__(self, listen: str, registries: list[CollectorRegistry], token_file: str | None = None,
+    def __init__(self, listen: str, renderers: list[Callable[[], bytes]], token_file: str | None = None,
                  tls_cert: str | None = None, tls_key: str | None = None):
-        self._registries = registries
+        self._renderers = renderers
         self._token = _read_token(token_file) if token_file else None
         host, port = config.split_address(listen)
         self._server = ThreadingHTTPServer((host, port), self._handler())
@@ -44,7 +45,7 @@ class MetricsServer:
         self._server.server_close()
 
     def scrape(self) -> bytes:
-        return b"".join(generate_latest(registry) for registry in self._registries)
+        return b"".join(render() for render in self._renderers)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -72,6 +73,11 @@ class MetricsServer:
                 pass
 
         return Handler
+
+
+def registry_renderer(registry: CollectorRegistry) -> Callable[[], bytes]:
+    """What a prometheus-client registry exposes, for `MetricsServer` (PVC's own instruments)."""
+    return lambda: generate_latest(registry)
 
 
 def _read_token(path: str) -> bytes:
