@@ -63,6 +63,10 @@ class ClusterCollector:
         self._rendered_stats: dict[str, tuple[Any, dict[str, str]]] = {}
         """Node → (the VM statistics record rendered, its lines per family); the record is held so that
         its identity stands for its content."""
+        self._rendered_vms: dict[str, tuple[tuple, tuple[str, ...]]] = {}
+        """VM → (the records rendered, its line in each of `_VM_FAMILIES`)."""
+        self._stats_section: tuple[tuple, str] = ((), "")
+        """The VM statistics families as last joined, with the node renderings they were joined from."""
         self._lock = threading.Lock()
 
     def render(self) -> str:
@@ -151,25 +155,22 @@ class ClusterCollector:
         return "".join(parts)
 
     def _vms(self, vms) -> str:
-        states, running, unknown, vcpus, memory = [], [], [], [], []
-        for name, raw in sorted(vms.items()):
-            spec, status = raw.get(OWN_VALUE) or {}, raw.get("status") or {}
-            node = (raw.get("placement") or {}).get("node") or ""
-            labels = f'vm="{escape(name)}",node="{escape(node)}"'
-            states.append(f'pvc_vm_state{{{labels},state="{escape(raw.get("state") or "stop")}"}} 1\n')
-            running.append(f"pvc_vm_running{{{labels}}} "
-                           f"{1 if status.get('running') and status.get('node') == node else 0}\n")
-            unknown.append(f"pvc_vm_unknown{{{labels}}} "
-                           f"{1 if 'running' in status and status.get('running') is None else 0}\n")
-            vcpus.append(f"pvc_vm_vcpus{{{labels}}} {spec.get('vcpus') or 0}\n")
-            memory.append(f"pvc_vm_memory_bytes{{{labels}}} {(spec.get('memory_mib') or 0) * MIB}\n")
-        return "".join([
-            header("pvc_vm_state", "gauge", "1 for each VM's desired state, labelled with its node"), *states,
-            header("pvc_vm_running", "gauge", "1 while the VM's node reports it running"), *running,
-            header("pvc_vm_unknown", "gauge", "1 while the VM's node cannot say whether it runs"), *unknown,
-            header("pvc_vm_vcpus", "gauge", "vCPUs the VM is defined with"), *vcpus,
-            header("pvc_vm_memory_bytes", "gauge", "Memory the VM is defined with"), *memory,
-        ])
+        """The per-VM families; each VM's lines are rendered once per change of its records (kept with the
+        records they came from, whose identities stand for their contents)."""
+        rendered = []
+        with self._lock:
+            kept = self._rendered_vms
+            fresh: dict[str, tuple[tuple, tuple[str, ...]]] = {}
+            for name, raw in sorted(vms.items()):
+                sources = (raw.get(OWN_VALUE), raw.get("state"), raw.get("placement"), raw.get("status"))
+                previous = kept.get(name)
+                if previous is None or any(old is not new for old, new in zip(previous[0], sources)):
+                    previous = (sources, _render_vm(name, raw))
+                fresh[name] = previous
+                rendered.append(previous[1])
+            self._rendered_vms = fresh
+        return "".join(header(name, "gauge", help_text) + "".join(lines[index] for lines in rendered)
+                       for index, (name, help_text) in enumerate(_VM_FAMILIES))
 
     def _vm_statistics(self, nodes) -> str:
         per_node = []
@@ -185,11 +186,18 @@ class ClusterCollector:
                 per_node.append(kept[1])
             for gone in set(self._rendered_stats) - set(nodes):
                 del self._rendered_stats[gone]
+        with self._lock:
+            joined_from, section = self._stats_section
+            if len(joined_from) == len(per_node) and all(old is new for old, new in zip(joined_from, per_node)):
+                return section
         parts = []
         for name, kind, help_text in _VM_STAT_FAMILIES:
             parts.append(header(name, kind, help_text))
             parts.extend(rendered.get(name, "") for rendered in per_node)
-        return "".join(parts)
+        section = "".join(parts)
+        with self._lock:
+            self._stats_section = (tuple(per_node), section)
+        return section
 
     def _storage_families(self) -> str:
         pools = sorted(self._storage().items())
@@ -219,6 +227,27 @@ class ClusterCollector:
                             ("server",), [((server,), 1 if mntr.get("zk_server_state") in ("leader", "standalone")
                                            else 0) for server, mntr in answering]))
         return "".join(parts)
+
+
+_VM_FAMILIES = (
+    ("pvc_vm_state", "1 for each VM's desired state, labelled with its node"),
+    ("pvc_vm_running", "1 while the VM's node reports it running"),
+    ("pvc_vm_unknown", "1 while the VM's node cannot say whether it runs"),
+    ("pvc_vm_vcpus", "vCPUs the VM is defined with"),
+    ("pvc_vm_memory_bytes", "Memory the VM is defined with"),
+)
+
+
+def _render_vm(name: str, raw: dict[str, Any]) -> tuple[str, ...]:
+    """One VM's line in each of `_VM_FAMILIES`."""
+    spec, status = raw.get(OWN_VALUE) or {}, raw.get("status") or {}
+    node = (raw.get("placement") or {}).get("node") or ""
+    labels = f'vm="{escape(name)}",node="{escape(node)}"'
+    return (f'pvc_vm_state{{{labels},state="{escape(raw.get("state") or "stop")}"}} 1\n',
+            f"pvc_vm_running{{{labels}}} {1 if status.get('running') and status.get('node') == node else 0}\n",
+            f"pvc_vm_unknown{{{labels}}} {1 if 'running' in status and status.get('running') is None else 0}\n",
+            f"pvc_vm_vcpus{{{labels}}} {spec.get('vcpus') or 0}\n",
+            f"pvc_vm_memory_bytes{{{labels}}} {(spec.get('memory_mib') or 0) * MIB}\n")
 
 
 def _render_vm_statistics(node: str, record: dict[str, Any]) -> dict[str, str]:
