@@ -160,9 +160,10 @@ def maintenance(session, mode: str, output_format: str) -> None:
               help="options of each fencing level as a YAML/JSON mapping {POLICY: {OPTION: VALUE}}, replacing the "
                    "stored ones ('-' reads it from stdin, keeping a password off the command line); a password "
                    "is stored sealed and shown as (set); never a BMC host or port: each node's is its own")
-@click.option("--libvirt-lost-action", type=click.Choice(["fault"]),
+@click.option("--libvirt-lost-action", type=click.Choice(["fault", "fence"]),
               help="what a node whose libvirt stops answering does after --libvirt-lost-after: fault (raise a "
-                   "critical fault)")
+                   "critical fault) or fence (also fence itself, so its VMs are recovered elsewhere; never in "
+                   "maintenance mode, nor while most nodes have lost libvirt)")
 @click.option("--libvirt-lost-after", type=float,
               help="seconds a node's libvirt may not answer before its libvirt_lost_action (at least 5)")
 @click.option("--node", metavar="NODE",

@@ -22,6 +22,7 @@ from kazoo.client import KazooState
 from pvc import config, fence_secrets, fencing_settings, plugin_manager, schema
 from pvc.cache import WatchedCollection
 from pvc.handshake import AuthenticatingDaemon, use_tls
+from pvc.health import libvirt_lost
 from pvc.node.agent import AGENT_OBJECT_ID, NodeAgent
 from pvc.errors import ConfigError, Conflict
 from pvc.node.fence_hold import FenceHold
@@ -96,7 +97,8 @@ class NodeDaemon:
                                  lambda: {**self.facts, **self._figures}, self.libvirt_lost_s,
                                  self.storage.backend, lambda: self.cluster_config,
                                  lambda: float(settings["health_interval"]),
-                                 lambda: self.store.connected and not self._stopping.is_set())
+                                 lambda: self.store.connected and not self._stopping.is_set(),
+                                 after_round=self._act_on_lost_libvirt)
 
     def start(self) -> None:
         """Connect, serve the agent, and register in ZooKeeper; the node is ``run`` when this returns."""
@@ -297,6 +299,28 @@ class NodeDaemon:
         """Seconds since libvirt last gave this node its figures, once they are stale; None while it answers."""
         age = time.monotonic() - self._figures_taken
         return age if age > 2 * self.fencing.keepalive_interval else None
+
+    def _act_on_lost_libvirt(self) -> None:
+        """With ``libvirt_lost_action: fence``, a node whose libvirt has not answered for
+        ``libvirt_lost_after`` seconds fences itself, unless more than half of the running nodes report
+        stale figures too (a cluster-wide libvirt upgrade: the leader raises one fault instead)."""
+        lost_s = self.libvirt_lost_s()
+        settings = libvirt_lost.resolve(self.cluster_config, self.name)
+        if lost_s is None or settings["libvirt_lost_action"] != "fence" or lost_s < settings["libvirt_lost_after"] \
+                or self.self_fence.fenced:
+            return
+        running = stale = 0
+        for node in self.store.children(schema.NODES):
+            if self.store.read(schema.node_key(node, "daemon_state")) != "run":
+                continue
+            running += 1
+            stale += bool((self.store.read(schema.node_key(node, "keepalive")) or {}).get("figures_stale"))
+        if libvirt_lost.too_many_lost(stale, running):
+            log.warning("libvirt has not answered for %.0f s, but %d of %d running nodes have lost theirs too: "
+                        "a cluster-wide event, so this node does not fence itself", lost_s, stale, running)
+            return
+        self.self_fence.fence_now(f"libvirt has not answered for {lost_s:.0f} s (libvirt_lost_after "
+                                  f"{settings['libvirt_lost_after']:g} s)")
 
     def _figures_loop(self) -> None:
         self._every_interval(self._read_figures, "reading the host's figures")

@@ -76,7 +76,8 @@ class NodeHealth:
                  transaction: Callable[[], Transaction], maintenance: Callable[[], bool],
                  figures: Callable[[], Mapping[str, Any]], libvirt_lost_s: Callable[[], float | None],
                  backend: StorageBackend, cluster_config: Callable[[], dict[str, Any]],
-                 interval: Callable[[], float], connected: Callable[[], bool]):
+                 interval: Callable[[], float], connected: Callable[[], bool],
+                 after_round: Callable[[], None] = lambda: None):
         for check in checks:
             schema.check_check_name(check)
         self.raiser = FaultRaiser(store, name, transaction, maintenance)
@@ -84,7 +85,8 @@ class NodeHealth:
         self.runner = CheckRunner(
             checks, lambda deadline: NodeContext(name, settings, deadline, store, figures, libvirt_lost_s, backend,
                                                        cluster_config),
-            self._record, interval, active=connected, thread_prefix="health", after_round=self.raiser.prune)
+            self._record, interval, active=connected, thread_prefix="health",
+            after_round=lambda: (self.raiser.prune(), after_round()))
 
     def start(self) -> None:
         self.runner.start()

@@ -1,8 +1,10 @@
-"""The built-in cluster health checks, run by the leader coordinator only: dead or fenced nodes, failed fences
-and recoveries, VMs failed or unknown for more than a minute, ZooKeeper ensemble members down."""
+"""The built-in cluster health checks, run by the leader coordinator only: dead or fenced nodes, libvirt lost on
+most nodes at once, failed fences and recoveries, VMs failed or unknown for more than a minute, ZooKeeper
+ensemble members down."""
 import time
 
 import pvc
+from pvc.health import libvirt_lost
 from pvc.hookspecs import ClusterHealthContext, HealthResult
 
 VM_GRACE_S = 60.0
@@ -21,6 +23,21 @@ class Nodes:
         if not down:
             return HealthResult.healthy("every node is alive")
         return HealthResult(min(25 * len(down), 100), f"nodes down: {', '.join(down)}", "critical")
+
+
+class LibvirtLostWidely:
+    description = "not more than half of the running nodes have lost their libvirt at once"
+    timeout = 2.0
+    failure_delta = 10
+
+    def check(self, context: ClusterHealthContext) -> HealthResult:
+        running = [node for node in context.node_views() if node["daemon_state"] == "run"]
+        stale = sorted(node["name"] for node in running if node.get("figures_stale"))
+        if not libvirt_lost.too_many_lost(len(stale), len(running)):
+            return HealthResult.healthy(f"{len(stale)} of {len(running)} running nodes without libvirt")
+        return HealthResult(50, f"libvirt lost on {len(stale)} of {len(running)} running nodes at once "
+                                f"({', '.join(stale)}): a cluster-wide event (an upgrade?), so no node fences "
+                                "itself for it", "critical")
 
 
 class Recoveries:
@@ -75,4 +92,5 @@ class ZooKeeperEnsemble:
 
 @pvc.hookimpl
 def pvc_cluster_health_checks():
-    return {"nodes": Nodes(), "recoveries": Recoveries(), "vms": VMs(), "zookeeper-ensemble": ZooKeeperEnsemble()}
+    return {"nodes": Nodes(), "libvirt": LibvirtLostWidely(), "recoveries": Recoveries(), "vms": VMs(),
+            "zookeeper-ensemble": ZooKeeperEnsemble()}

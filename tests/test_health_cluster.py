@@ -32,7 +32,7 @@ def test_a_bmc_fault_is_raised_acknowledged_cleared_and_raised_again(cluster):
     plugins = {plugin["name"]: plugin for plugin in cluster.client.cluster.plugins()}
     assert set(plugins["health_node"]["node_health_checks"]) == {
         "libvirt", "zookeeper", "bmc", "storage", "disk-space", "load", "memory", "version"}
-    assert plugins["health_cluster"]["cluster_health_checks"] == ["nodes", "recoveries", "vms",
+    assert plugins["health_cluster"]["cluster_health_checks"] == ["libvirt", "nodes", "recoveries", "vms",
                                                                   "zookeeper-ensemble"]
     listed = pvc_cli(cluster, "plugin", "list")
     assert "node health check: bmc, disk-space" in listed.stdout, listed.stderr
@@ -149,3 +149,46 @@ def test_a_node_whose_libvirt_is_lost_shows_stale_figures_then_a_critical_fault(
     assert eventually(lambda: "node.hv2.libvirt" not in faults(cluster), timeout=20)
     assert not cluster.client.nodes.info("hv2")["figures_stale"]
     cluster.client.cluster.config(node="hv2", libvirt_lost_after=None)
+
+
+@pytest.mark.cluster(nodes=3)
+def test_with_libvirt_lost_action_fence_a_node_without_libvirt_fences_itself_and_its_vms_run_elsewhere_once(
+        fresh_cluster):
+    from faults.checker import double_runs
+    from faults.history import History
+    from faults.monitor import HostGate, Monitor
+    from vm_support import assert_no_vm_on_two_hosts, vm_xml, wait_running_on
+
+    cluster, client, local = fresh_cluster, fresh_cluster.client, fresh_cluster.local
+    names = ["lost-a", "lost-b"]
+    for name in names:
+        client.vms.define(vm_xml(name), target="hv1")
+        client.vms.start(name, wait=True)
+    client.cluster.config(node="hv1", libvirt_lost_action="fence", libvirt_lost_after=5)
+    history = History()
+    gates = {node: HostGate() for node in local.node_names}
+    monitor = Monitor(local, history, gates).start()
+    libvirtd = local.host("hv1").pid
+    try:
+        assert gates["hv1"].close()
+        os.kill(libvirtd, signal.SIGSTOP)
+        critical = eventually(lambda: (lambda fault: fault if fault and fault["severity"] == "critical" else None)(
+            faults(cluster).get("node.hv1.libvirt")), timeout=20)
+        assert critical, faults(cluster)
+        assert eventually(lambda: client.nodes.info("hv1")["daemon_state"] == "fenced", timeout=30), \
+            client.nodes.info("hv1")
+        for name in names:
+            vm = eventually(lambda: (lambda vm: vm if vm["node"] != "hv1" else None)(client.vms.info(name)),
+                            timeout=20)
+            assert vm, client.vms.info(name)
+            wait_running_on(cluster, name, vm["node"])
+        assert not local.host("hv1").running, "the leader's fence powered the host off"
+        log = (local._daemon_dir("nodes", "hv1") / "pvcnoded.log").read_text()
+        assert "fencing this node itself (libvirt_lost_action fence)" in log
+    finally:
+        if local.host("hv1").running:
+            os.kill(libvirtd, signal.SIGCONT)
+        gates["hv1"].open()
+        monitor.stop()
+    assert not double_runs(history), [str(violation) for violation in double_runs(history)]
+    assert_no_vm_on_two_hosts(cluster)

@@ -1,12 +1,15 @@
 """What a node does when its libvirt stops answering: `libvirt_lost_action` after `libvirt_lost_after` seconds.
 
 Cluster config keys, with per-node overrides in ``libvirt_lost_overrides`` {NODE: {KEY: VALUE}}. ``fault``
-(the default and, for now, the only action) raises a critical fault through the node's ``libvirt`` check."""
+(the default) raises a critical fault through the node's ``libvirt`` check; ``fence`` also has the node fence
+itself through its self-fence (`pvc.node.self_fence`), never in maintenance mode and never while more than
+half of the nodes have lost their libvirt at once (`too_many_lost`: a cluster-wide libvirt upgrade, which the
+leader's ``libvirt`` cluster check raises as one fault)."""
 from typing import Any
 
 from pvc.errors import InvalidInput
 
-ACTIONS = ("fault",)
+ACTIONS = ("fault", "fence")
 KEYS = ("libvirt_lost_action", "libvirt_lost_after")
 OVERRIDES_KEY = "libvirt_lost_overrides"
 DEFAULTS: dict[str, Any] = {"libvirt_lost_action": "fault", "libvirt_lost_after": 30.0}
@@ -33,3 +36,9 @@ def check(settings: dict[str, Any], what: str = "setting") -> None:
                               or after < MINIMUM_AFTER_S):
         raise InvalidInput(f"libvirt_lost_after {what} must be a number of seconds of at least "
                            f"{MINIMUM_AFTER_S:g}, not {after!r}")
+
+
+def too_many_lost(stale: int, nodes: int) -> bool:
+    """Whether `stale` of `nodes` running nodes without libvirt is a cluster-wide event rather than one host's
+    failure: more than half of them."""
+    return nodes > 1 and 2 * stale > nodes

@@ -78,8 +78,9 @@ class ClusterArea:
         fence_options ({POLICY: {OPTION: VALUE}}: each level's options, replacing the stored ones; a
         ``password`` is stored sealed and shown as "(set)"; "(set)" given back keeps the stored one), and
         the fencing settings keepalive_interval, fence_intervals, suicide_intervals, successful_fence, and
-        libvirt_lost_action (fault) and libvirt_lost_after (seconds, at least 5) for a node whose libvirt does
-        not answer; with `node`, those set that node's overrides instead (None removes an override). Fencing settings that
+        libvirt_lost_action (fault, or fence: the node also fences itself) and libvirt_lost_after (seconds, at
+        least 5) for a node whose libvirt does not answer; with `node`, those set that node's overrides instead
+        (None removes an override). Fencing settings that
         would let a node cut off from ZooKeeper run its VMs past the leader's fence deadline are refused."""
         for overrides_key in (fencing_settings.OVERRIDES_KEY, libvirt_lost.OVERRIDES_KEY):
             if overrides_key in changes:
