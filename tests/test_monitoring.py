@@ -8,6 +8,7 @@ Dashboard variables are substituted by a stated rule: each variable's first valu
 sorts them), and ``$__rate_interval`` as ``1m``."""
 import json
 import re
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -158,7 +159,7 @@ def test_every_panel_query_and_alert_expression_parses_and_the_listed_panels_hav
     assert all(rule["health"] == "ok" for group in loaded["data"]["groups"] for rule in group["rules"])
 
 
-def test_a_scrape_needs_the_token_when_one_is_set(tmp_path):
+def test_a_scrape_needs_the_token_when_one_is_set_and_may_use_tls(tmp_path):
     from prometheus_client import CollectorRegistry, Gauge
     from pvc.rpc.metrics.server import MetricsServer, registry_renderer
     token = tmp_path / "token"
@@ -174,5 +175,21 @@ def test_a_scrape_needs_the_token_when_one_is_set(tmp_path):
         request = urllib.request.Request(f"http://{server.address}/metrics",
                                          headers={"Authorization": "Bearer s3cret"})
         assert "pvc_example 7.0" in urllib.request.urlopen(request).read().decode()
+    finally:
+        server.stop()
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=pvc",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    server = MetricsServer("127.0.0.1:0", [registry_renderer(registry)], str(token), str(cert), str(key))
+    server.start()
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        request = urllib.request.Request(f"https://{server.address}/metrics",
+                                         headers={"Authorization": "Bearer s3cret"})
+        assert "pvc_example 7.0" in urllib.request.urlopen(request, context=context).read().decode()
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://{server.address}/metrics", timeout=5)
     finally:
         server.stop()

@@ -22,13 +22,12 @@ class MetricsServer:
         self._renderers = renderers
         self._token = _read_token(token_file) if token_file else None
         host, port = config.split_address(listen)
-        self._server = ThreadingHTTPServer((host, port), self._handler())
-        self._server.daemon_threads = True
+        context = None
         if tls_cert:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(tls_cert, tls_key)
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        self.tls = bool(tls_cert)
+        self._server = _Server((host, port), self._handler(), context)
+        self.tls = context is not None
 
     @property
     def address(self) -> str:
@@ -73,6 +72,28 @@ class MetricsServer:
                 pass
 
         return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    """Each connection on a thread of its own; with TLS, its handshake happens there too (bounded in time),
+    so a client that connects and never speaks holds up no other scrape."""
+
+    daemon_threads = True
+    HANDSHAKE_TIMEOUT_S = 10.0
+
+    def __init__(self, address, handler, context: ssl.SSLContext | None):
+        self._context = context
+        super().__init__(address, handler)
+
+    def finish_request(self, request, client_address) -> None:
+        if self._context is not None:
+            request.settimeout(self.HANDSHAKE_TIMEOUT_S)
+            try:
+                request = self._context.wrap_socket(request, server_side=True)
+            except (OSError, ssl.SSLError) as error:
+                log.debug("metrics: TLS handshake with %s failed: %s", client_address, error)
+                return
+        super().finish_request(request, client_address)
 
 
 def registry_renderer(registry: CollectorRegistry) -> Callable[[], bytes]:
