@@ -367,10 +367,10 @@ class ClusterHealthContext(Protocol):
         """Every node as ``nodes.info`` shows it (with ``keepalive_age_s``)."""
 
     def vm_views(self) -> list[dict[str, Any]]:
-        """Every VM as ``vms.list`` shows it, with ``state_since``: seconds its state and status have held."""
+        """Every VM as ``vms.list`` shows it (``state``, ``node``, ``running``: None while unknown)."""
 
     def recoveries(self) -> list[dict[str, Any]]:
-        """Recovery and fence records of nodes (``node``, ``outcome``, ``reason``)."""
+        """Each node's latest fence-and-recover task (``node``, ``state``: failed, done, ...; ``reason``)."""
 
     def zookeeper_members(self) -> list[dict[str, Any]]:
         """Each configured ZooKeeper server: ``{"address", "answers": bool, "mode"}``."""
