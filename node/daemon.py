@@ -89,6 +89,8 @@ class NodeDaemon:
         self.facts: dict[str, Any] = {}
         self._figures: dict[str, Any] = {}
         self._figures_taken = 0.0
+        self._converged = time.monotonic()
+        """When (monotonic) the last converge pass over every VM completed: the keepalive says how long ago."""
         """When (this process's monotonic clock) `_figures` were read from libvirt."""
         self._agent_daemon: AuthenticatingDaemon | None = None
         self._stopping = threading.Event()
@@ -267,7 +269,8 @@ class NodeDaemon:
 
     def write_keepalive(self) -> None:
         """Write the latest figures; never asks libvirt itself, so a hung libvirtd makes the figures stale
-        (`figures_stale`), not the node silent. With them, the maintenance flag this node last saw, which
+        (`figures_stale`, `figures_age_s`), not the node silent; and how long ago its last converge pass
+        completed (`converge_age_s`: how far libvirt may lag the desired state). With them, the maintenance flag this node last saw, which
         its self-fence acts on (`maintenance_seen`). A node that has fenced itself writes none: the leader is
         to mark it dead and fence it."""
         if self.self_fence.fenced:
@@ -278,6 +281,7 @@ class NodeDaemon:
         self.ownership.write(schema.node_key(self.name, "keepalive"),
                              {"time": time.time(), **self._figures, "figures_stale": stale,
                               "figures_age_s": round(age, 1),
+                              "converge_age_s": round(time.monotonic() - self._converged, 1),
                               "maintenance_seen": bool(self.cluster_config.get("maintenance"))})
         self.self_fence.acknowledged(started)
 
@@ -342,6 +346,7 @@ class NodeDaemon:
         def converge() -> None:
             if self.store.connected:
                 self.reconciler.converge_all()
+                self._converged = time.monotonic()
         self._every_interval(converge, "converging")
 
     def _every_interval(self, work, what: str) -> None:

@@ -114,7 +114,8 @@ class Coordinator:
         self.pool_usage = PoolUsagePoller(self.storage, settings["metrics_poll_interval"])
         self.pool_usage.start()
         collector = ClusterCollector(self.context, nodes._keepalive_age, self.storage._pool_figures,
-                                     lambda: self.pool_usage.latest, lambda: self.mntr.latest)
+                                     lambda: self.pool_usage.latest, lambda: self.mntr.latest,
+                                     lambda: self.pool_usage.backends)
         self.metrics = MetricsServer(settings["metrics_listen"],
                                      [lambda: collector.render().encode(), registry_renderer(instruments.REGISTRY)],
                                      settings["metrics_token_file"],

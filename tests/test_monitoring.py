@@ -29,11 +29,12 @@ FAMILIES = [
     "pvc_node_health", "pvc_node_daemon_state", "pvc_node_domain_state", "pvc_node_cpus", "pvc_node_load",
     "pvc_node_memory_total_bytes", "pvc_node_memory_used_bytes", "pvc_node_memory_allocated_bytes",
     "pvc_node_memory_provisioned_bytes", "pvc_node_vms_running", "pvc_node_vcpus_allocated",
-    "pvc_node_keepalive_age_seconds", "pvc_node_figures_stale", "pvc_node_vm_stats_age_seconds",
+    "pvc_node_keepalive_age_seconds", "pvc_node_figures_stale", "pvc_node_converge_lag_seconds", "pvc_node_vm_stats_age_seconds",
     "pvc_vm_state", "pvc_vm_running", "pvc_vm_unknown", "pvc_vm_vcpus", "pvc_vm_memory_bytes",
     "pvc_vm_cpu_seconds_total", "pvc_vm_memory_balloon_bytes", "pvc_vm_memory_used_bytes",
     "pvc_storage_pool_volumes", "pvc_storage_pool_snapshots", "pvc_storage_pool_provisioned_bytes",
     "pvc_storage_pool_size_bytes", "pvc_storage_pool_used_bytes", "pvc_storage_pool_free_bytes",
+    "pvc_storage_health_delta",
     "pvc_zookeeper_up", "pvc_zookeeper_latency_average_seconds", "pvc_zookeeper_latency_max_seconds",
     "pvc_zookeeper_outstanding_requests", "pvc_zookeeper_znodes", "pvc_zookeeper_leader",
     "pvc_rpc_calls_total", "pvc_rpc_call_duration_seconds_bucket",
@@ -114,6 +115,7 @@ def test_every_family_is_scraped_with_values_matching_pvc_and_libvirt(monitored)
     assert list(values(prometheus, 'pvc_storage_pool_size_bytes{pool="metrics"}').values()) == \
         [pytest.approx(pool["capacity_bytes"], rel=0.01)]
     assert values(prometheus, 'pvc_rpc_calls_total{area="vms",method="define",outcome="ok"}')
+    assert list(values(prometheus, 'pvc_storage_health_delta{backend="file"}').values()) == [0]
 
 
 def substituted(expression: str, first_values: dict[str, str]) -> str:

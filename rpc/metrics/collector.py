@@ -30,6 +30,8 @@ _NODE_GAUGES = {
     "pvc_node_vms_running": "VMs running on the node",
     "pvc_node_vms_defined": "VMs defined on the node",
     "pvc_node_vcpus_allocated": "vCPUs of the node's running VMs",
+    "pvc_node_converge_lag_seconds": "Seconds since the node last completed a pass converging libvirt to the "
+                                     "desired state, as of its latest keepalive",
 }
 
 _MNTR = (
@@ -54,12 +56,14 @@ _VM_STAT_FAMILIES = (
 class ClusterCollector:
     def __init__(self, context: CoordinatorContext, keepalive_age: Callable[[str], float | None],
                  storage: Callable[[], dict[str, dict[str, Any]]], pool_usage: Callable[[], dict[str, dict]],
-                 zookeeper: Callable[[], dict[str, dict[str, Any]]]):
+                 zookeeper: Callable[[], dict[str, dict[str, Any]]],
+                 backend_health: Callable[[], dict[str, dict[str, Any]]] = dict):
         self._context = context
         self._keepalive_age = keepalive_age
         self._storage = storage
         self._pool_usage = pool_usage
         self._zookeeper = zookeeper
+        self._backend_health = backend_health
         self._rendered_stats: dict[str, tuple[Any, dict[str, str]]] = {}
         """Node → (the VM statistics record rendered, its lines per family); the record is held so that
         its identity stands for its content."""
@@ -130,7 +134,8 @@ class ClusterCollector:
                       "pvc_node_memory_provisioned_bytes": _scaled(keepalive.get("memory_provisioned_mib"), MIB),
                       "pvc_node_vms_running": keepalive.get("vms_running"),
                       "pvc_node_vms_defined": keepalive.get("vms_defined"),
-                      "pvc_node_vcpus_allocated": keepalive.get("vcpus_allocated")}
+                      "pvc_node_vcpus_allocated": keepalive.get("vcpus_allocated"),
+                      "pvc_node_converge_lag_seconds": keepalive.get("converge_age_s")}
             for key, value in values.items():
                 if value is not None:
                     rows[key].append(((name,), value))
@@ -213,6 +218,10 @@ class ClusterCollector:
                                ("free", "Bytes the pool can still hold, as its storage last reported")):
             parts.append(family(f"pvc_storage_pool_{key}_bytes", "gauge", help_text, ("pool",),
                                 [((pool,), figures[f"{key}_bytes"]) for pool, figures in usage]))
+        parts.append(family("pvc_storage_health_delta", "gauge", "What the storage backend's own health (Ceph "
+                            "health, OSDs down or near full; a directory's space) takes off health: 0 when healthy",
+                            ("backend",), [((backend,), judged["delta"]) for backend, judged in
+                                           sorted(self._backend_health().items()) if judged.get("delta") is not None]))
         return "".join(parts)
 
     def _zookeeper_families(self) -> str:
