@@ -7,6 +7,7 @@ booted guests where a test allows.
 """
 import os
 import socket
+import urllib.request
 
 import libvirt
 import pytest
@@ -144,6 +145,14 @@ def test_a_guests_disk_writes_and_cpu_time_show_in_its_nodes_statistics_record(q
     assert 0 < later[1] <= host_written
     assert 0 < later[2]["cpu_time_ns"] <= host_cpu_ns
     assert later[2]["balloon_current_kib"] == 128 * 1024
+
+    def scraped(family: str) -> float:
+        text = urllib.request.urlopen(f"http://{qemu_cluster.local.metrics_targets[0]}/metrics", timeout=10).read()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.decode().splitlines()
+                   if line.startswith(family + "{") and f'vm="{mover}"' in line)
+    assert eventually(lambda: scraped("pvc_vm_disk_write_bytes_total") >= later[1], timeout=10), \
+        "the coordinator's /metrics serves the node's record"
+    assert scraped("pvc_vm_cpu_seconds_total") > 0 and scraped("pvc_vm_disk_write_requests_total") > 0
 
 
 def test_a_live_migration_that_cannot_succeed_leaves_the_guest_running_where_it_was(qemu_cluster, mover):
