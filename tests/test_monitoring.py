@@ -100,8 +100,9 @@ def test_every_family_is_scraped_with_values_matching_pvc_and_libvirt(monitored)
         running_in_libvirt = sum(cluster.host_domains(name).values())
         assert sum(values(prometheus, f'pvc_vm_running{{node="{name}"}}').values()) == running_in_libvirt
     status = cluster.client.cluster.status()
-    assert list(values(prometheus, "pvc_cluster_health").values()) == [status["health"]] == [90]
-    assert list(values(prometheus, 'pvc_node_health{node="hv2"}').values()) == [nodes["hv2"]["health"]] == [90]
+    assert list(values(prometheus, "pvc_cluster_health").values()) == [status["health"]]
+    assert list(values(prometheus, 'pvc_node_health{node="hv2"}').values()) == [nodes["hv2"]["health"]]
+    assert nodes["hv2"]["health"] <= 90, "hv2's BMC does not answer"
     fault = next(fault for fault in cluster.client.cluster.faults() if fault["id"] == "node.hv2.bmc")
     assert list(values(prometheus, 'pvc_fault{id="node.hv2.bmc",severity="warning"}').values()) == [fault["delta"]]
     assert list(values(prometheus, 'pvc_cluster_vms{state="start"}').values()) == \
