@@ -1,7 +1,10 @@
 """Health on a real local cluster: built-in checks listed as plugins, a BMC that stops answering raises a
 fault that clears when it answers again, an acknowledged fault stops counting until it happens again,
 maintenance raises nothing new, and a third-party check that hangs shows as failed without delaying a
-keepalive or leaking threads."""
+keepalive or leaking threads.
+
+The module's cluster runs the fixture distribution's check that hangs (on every node, from the start), so
+that health is checked as what one fault leaves of 100 (`health_but_others`)."""
 import os
 import signal
 import subprocess
@@ -11,11 +14,26 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import cluster_store, eventually
+from conftest import started_cluster
+from helpers import cluster_store, eventually
 
 from pvc import schema
 
 BMC_FAULT = "node.hv1.bmc"
+HANG_FAULT = "node.hv1.example-hang"
+
+
+@pytest.fixture(scope="module")
+def cluster(example_plugin_installed, tmp_path_factory):
+    """A 3-node cluster whose daemons run the fixture distribution's check that hangs: the daemons read
+    PVC_EXAMPLE_HANG_CHECK from the environment they start with, so it is set only while they start."""
+    os.environ["PVC_EXAMPLE_HANG_CHECK"] = "1"
+    running = started_cluster(tmp_path_factory.mktemp("cluster"), nodes=3, coordinators=1)
+    try:
+        yield next(running)
+    finally:
+        del os.environ["PVC_EXAMPLE_HANG_CHECK"]
+        running.close()
 
 
 def pvc_cli(cluster, *arguments: str) -> subprocess.CompletedProcess:
@@ -35,6 +53,32 @@ def health_but_others(cluster, node: str | None = None, fault_id: str = BMC_FAUL
                  if fault["counts"] and fault["id"] != fault_id and (node is None or fault["node"] == node))
     health = cluster.client.nodes.info(node)["health"] if node else cluster.client.cluster.status()["health"]
     return min(100, health + others)
+
+
+def test_a_hanging_check_shows_failed_without_delaying_keepalives_or_leaking_threads(cluster):
+    local = cluster.local
+    fault_id = HANG_FAULT
+    fault = eventually(lambda: faults(cluster).get(fault_id), timeout=20)
+    assert fault and fault["delta"] == 7 and "did not return within 3 s" in fault["message"]
+    pid = local.daemon_pid("pvcnoded", "hv1")
+    written = []
+    with cluster_store(local) as store:
+        path = schema.node_key("hv1", "keepalive")
+        deadline = time.monotonic() + 10
+        threads_before = len(os.listdir(f"/proc/{pid}/task"))
+        while time.monotonic() < deadline:
+            written.append(store.read(path)["time"])
+            time.sleep(0.1)
+        threads_after = len(os.listdir(f"/proc/{pid}/task"))
+    beats = sorted(set(written))
+    gaps = [later - earlier for earlier, later in zip(beats, beats[1:])]
+    later = faults(cluster)[fault_id]
+    assert later["count"] >= fault["count"] + 2, "the hanging check was reported failed every round"
+    assert "has not returned, so no other is started" in later["message"]
+    # Keepalives every 1 s; a keepalive waiting for the check (3 s timeout) would leave a gap of 3 s or more.
+    assert max(gaps) < 2.5, gaps
+    assert threads_after <= threads_before + 1, (threads_before, threads_after)
+    assert health_but_others(cluster, "hv1", fault_id) == 93
 
 
 def test_a_bmc_fault_is_raised_acknowledged_cleared_and_raised_again(cluster):
@@ -97,39 +141,6 @@ def test_a_bmc_fault_is_raised_acknowledged_cleared_and_raised_again(cluster):
     deleted = pvc_cli(cluster, "cluster", "fault", "delete", BMC_FAULT)
     assert deleted.returncode == 0, deleted.stderr
     bmc.start(local.state["bmc_user"], local.state["bmc_password"])
-
-
-@pytest.fixture
-def hanging_check(example_plugin_installed, monkeypatch):
-    monkeypatch.setenv("PVC_EXAMPLE_HANG_CHECK", "1")
-
-
-@pytest.mark.cluster(nodes=1)
-def test_a_hanging_check_shows_failed_without_delaying_keepalives_or_leaking_threads(hanging_check,
-                                                                                     fresh_cluster):
-    cluster, local = fresh_cluster, fresh_cluster.local
-    fault_id = "node.hv1.example-hang"
-    fault = eventually(lambda: faults(cluster).get(fault_id), timeout=20)
-    assert fault and fault["delta"] == 7 and "did not return within 3 s" in fault["message"]
-    pid = local.daemon_pid("pvcnoded", "hv1")
-    written = []
-    with cluster_store(local) as store:
-        path = schema.node_key("hv1", "keepalive")
-        deadline = time.monotonic() + 10
-        threads_before = len(os.listdir(f"/proc/{pid}/task"))
-        while time.monotonic() < deadline:
-            written.append(store.read(path)["time"])
-            time.sleep(0.1)
-        threads_after = len(os.listdir(f"/proc/{pid}/task"))
-    beats = sorted(set(written))
-    gaps = [later - earlier for earlier, later in zip(beats, beats[1:])]
-    later = faults(cluster)[fault_id]
-    assert later["count"] >= fault["count"] + 2, "the hanging check was reported failed every round"
-    assert "has not returned, so no other is started" in later["message"]
-    # Keepalives every 1 s; a keepalive waiting for the check (3 s timeout) would leave a gap of 3 s or more.
-    assert max(gaps) < 2.5, gaps
-    assert threads_after <= threads_before + 1, (threads_before, threads_after)
-    assert health_but_others(cluster, "hv1", fault_id) == 93
 
 
 def test_a_node_whose_libvirt_is_lost_shows_stale_figures_then_a_critical_fault(cluster):
