@@ -125,7 +125,7 @@ def fault_view(fault_id: str, raw: dict[str, Any]) -> dict[str, Any] | None:
     acknowledged = bool(ack and ack.get("occurrence") == record.get("first_seen"))
     source = record.get("source")
     return {"name": fault_id, "id": fault_id, "source": source,
-            "node": None if source == schema.CLUSTER_FAULT_SOURCE else source,
+            "node": source if fault_id.startswith("node.") else None,
             "check": record.get("check"), "severity": record.get("severity"), "delta": record.get("delta") or 0,
             "message": record.get("message"), "count": record.get("count"),
             "first_seen": record.get("first_seen"), "last_seen": record.get("last_seen"),
