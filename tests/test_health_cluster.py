@@ -173,6 +173,30 @@ def test_a_node_whose_libvirt_is_lost_shows_stale_figures_then_a_critical_fault(
     cluster.client.cluster.config(node="hv2", libvirt_lost_after=None)
 
 
+def test_when_most_nodes_lose_libvirt_at_once_none_fences_itself_and_the_cluster_has_one_fault(cluster):
+    client, local = cluster.client, cluster.local
+    client.cluster.config(libvirt_lost_action="fence", libvirt_lost_after=5)
+    frozen = [local.host(node).pid for node in ("hv2", "hv3")]
+    try:
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        widespread = eventually(lambda: faults(cluster).get("cluster.libvirt"), timeout=20)
+        assert widespread and widespread["severity"] == "critical" and "2 of 3" in widespread["message"], widespread
+        assert eventually(lambda: all(faults(cluster).get(f"node.{node}.libvirt", {}).get("severity") == "critical"
+                                      for node in ("hv2", "hv3")), timeout=15), faults(cluster)
+        time.sleep(4)  # two more health rounds past libvirt_lost_after
+        assert [client.nodes.info(node)["daemon_state"] for node in ("hv1", "hv2", "hv3")] == ["run"] * 3
+        for node in ("hv2", "hv3"):
+            log = (local._daemon_dir("nodes", node) / "pvcnoded.log").read_text()
+            assert "a cluster-wide event, so this node does not fence itself" in log
+            assert "fencing this node itself" not in log
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        client.cluster.config(libvirt_lost_action="fault", libvirt_lost_after=30)
+    assert eventually(lambda: "cluster.libvirt" not in faults(cluster), timeout=20)
+
+
 @pytest.mark.cluster(nodes=3)
 def test_with_libvirt_lost_action_fence_a_node_without_libvirt_fences_itself_and_its_vms_run_elsewhere_once(
         fresh_cluster):
