@@ -39,11 +39,22 @@ def _status_table(status: dict) -> str:
     states = ", ".join(f"{count} {state}" for state, count in sorted(status["nodes_by_daemon_state"].items()))
     banner = click.style("MAINTENANCE MODE: fencing is off", fg="yellow", bold=True) + "\n" \
         if status["maintenance"] else ""
+    resources = status.get("resources") or {}
+    severities = ", ".join(f"{count} {severity}" for severity, count in status["faults_by_severity"].items() if count)
+    vms = ", ".join(f"{count} {state}" for state, count in sorted((resources.get("vms_by_state") or {}).items()))
     return banner + output.details([
+        ("Health", f"{status['health']}%"),
+        ("Faults", f"{status['faults_active']} active ({severities or 'none'}), "
+                   f"{status['faults_unacknowledged']} unacknowledged"),
         ("Maintenance", "on" if status["maintenance"] else "off"),
         ("Leader", output.plain(status["leader"])),
         ("Coordinators", output.plain([c["name"] for c in status["coordinators"]])),
         ("Nodes", f"{status['nodes_total']} ({states or 'none'}), {status['nodes_ready']} ready"),
+        ("VMs", f"{resources.get('vms_total', 0)} ({vms or 'none'})"),
+        ("Resources", f"{resources.get('cpus', 0)} CPUs, {resources.get('vcpus_allocated', 0)} vCPUs allocated; "
+                      f"memory {output.mib(resources.get('memory_allocated_mib'))} allocated, "
+                      f"{output.mib(resources.get('memory_provisioned_mib'))} provisioned of "
+                      f"{output.mib(resources.get('memory_total_mib'))}"),
     ])
 
 
@@ -58,6 +69,66 @@ def group() -> None:
 def status(session, output_format: str) -> None:
     """Leader, coordinators, node counts, and whether maintenance mode is on."""
     output.show(session.client.cluster.status(), output_format, _status_table)
+
+
+_FAULT_COLUMNS = [
+    output.column("ID", "id"),
+    output.column("SEVERITY", "severity"),
+    output.column("DELTA", "delta", lambda delta: f"-{delta}"),
+    output.column("STATE", "shown_state"),
+    output.column("COUNT", "count"),
+    output.column("FIRST SEEN", "first_seen", lambda stamp: output.clock_time(stamp) if stamp else "-"),
+    output.column("LAST SEEN", "last_seen", lambda stamp: output.clock_time(stamp) if stamp else "-"),
+    output.column("MESSAGE", "message"),
+]
+
+
+def _fault_table(faults: list) -> str:
+    def state(fault: dict) -> str:
+        if not fault["active"]:
+            return "cleared"
+        return "acknowledged" if fault["acknowledged"] else "active"
+    return output.table([{**fault, "shown_state": state(fault)} for fault in faults], _FAULT_COLUMNS)
+
+
+@group.group("fault")
+def fault_group() -> None:
+    """What the health checks found wrong: list, acknowledge, delete."""
+
+
+@fault_group.command("list")
+@click.option("--all", "show_all", is_flag=True, help="cleared faults too (kept a while before they are pruned)")
+@output.list_format_option
+@click.pass_obj
+def fault_list(session, show_all: bool, output_format: str) -> None:
+    """Active faults, newest first; an acknowledged one no longer counts against health."""
+    output.show(session.client.cluster.faults(all=show_all), output_format, _fault_table)
+
+
+@fault_group.command("ack")
+@click.argument("fault_ids", metavar="ID...", nargs=-1, required=True)
+@output.list_format_option
+@click.pass_obj
+def fault_ack(session, fault_ids: tuple, output_format: str) -> None:
+    """Acknowledge faults: they stop counting against health until they clear and happen again."""
+    output.show(session.client.cluster.fault_ack(list(fault_ids)), output_format, _fault_table)
+
+
+@fault_group.command("ack-all")
+@output.list_format_option
+@click.pass_obj
+def fault_ack_all(session, output_format: str) -> None:
+    """Acknowledge every active fault."""
+    output.show(session.client.cluster.fault_ack_all(), output_format, _fault_table)
+
+
+@fault_group.command("delete")
+@click.argument("fault_ids", metavar="ID...", nargs=-1, required=True)
+@output.list_format_option
+@click.pass_obj
+def fault_delete(session, fault_ids: tuple, output_format: str) -> None:
+    """Forget faults now; a problem still present is raised again, counting from one."""
+    output.show(session.client.cluster.fault_delete(list(fault_ids)), output_format, _fault_table)
 
 
 @group.command("maintenance")
@@ -98,7 +169,7 @@ def _cluster_config_command(function):
 
 @group.command("config")
 @_cluster_config_command
-@click.option("--node", metavar="NODE", help="set the fencing settings given for this node only (its overrides)")
+@click.option("--node", metavar="NODE", help="set the fencing and libvirt-lost settings given for this node only (its overrides)")
 @output.format_option
 @click.pass_obj
 def cluster_config_command(session, node, output_format, **values) -> None:

@@ -37,14 +37,16 @@ def cli() -> None:
 @click.option("--lab", is_flag=True,
               help="every host, coordinator and ZooKeeper server in a network namespace of its own on a lab "
                    "network of link-local addresses, whose links `cut`, `isolate` and `heal` break and mend")
+@click.option("--monitoring", is_flag=True,
+              help="also start a Prometheus scraping every coordinator's /metrics, with PVC's alert rules loaded")
 @state_dir_option
 def up(nodes: int, coordinators: int, storage: str, tls: bool, hypervisor: str, zookeepers: str, lab: bool,
-       state_dir: Path) -> None:
+       monitoring: bool, state_dir: Path) -> None:
     """Start the cluster; returns when every node is running and ready and a coordinator leads."""
     cluster = LocalCluster(state_dir)
     try:
         cluster.up(nodes=nodes, coordinators=coordinators, storage=storage, tls=tls, hypervisor=hypervisor,
-                   zookeepers=int(zookeepers), lab=lab)
+                   zookeepers=int(zookeepers), lab=lab, monitoring=monitoring)
     except PVCError as error:
         click.echo(f"Error: {error}", err=True)
         sys.exit(1)
@@ -53,6 +55,10 @@ def up(nodes: int, coordinators: int, storage: str, tls: bool, hypervisor: str, 
     click.echo(f"PVC local cluster up: {nodes} {kind} nodes, {coordinators} coordinator(s), {zookeepers} "
                f"ZooKeeper server(s){network}, state in {cluster.state_dir}", err=True)
     click.echo(f"export PVC_CONFIG={cluster.client_config}")
+    if monitoring:
+        click.echo(f"Prometheus at {cluster.prometheus.url} scrapes /metrics of "
+                   f"{', '.join(cluster.metrics_targets)}", err=True)
+        click.echo(f"export PVC_PROMETHEUS={cluster.prometheus.url}")
 
 
 @cli.command()

@@ -15,9 +15,10 @@ _COLUMNS = [
     output.column("NAME", "name"),
     output.column("DAEMON", "daemon_shown"),
     output.column("DOMAIN", "domain_state"),
+    output.column("HEALTH", "health", lambda health: "-" if health is None else f"{health}%"),
     output.column("CPUS", "cpus"),
     output.column("LOAD", "load"),
-    output.column("VMS", "vms_running"),
+    output.column("VMS", "vms_shown"),
     output.column("VCPUS", "vcpus_allocated"),
     output.column("MEM TOTAL", "memory_total_mib", output.mib),
     output.column("MEM FREE", "memory_free_mib", output.mib),
@@ -36,6 +37,18 @@ def _daemon(node: dict) -> str:
         else state
 
 
+def stale_note(node: dict) -> str:
+    """How a figure read from libvirt is qualified: nothing while current, its age once libvirt is lost."""
+    if not node.get("figures_stale"):
+        return ""
+    age = node.get("figures_age_s")
+    return f" (stale: libvirt lost{f', {age:.0f} s old' if age is not None else ''})"
+
+
+def _vms(node: dict) -> str:
+    return output.plain(node["vms_running"]) + ("*" if node.get("figures_stale") else "")
+
+
 def _bmc(node: dict) -> str:
     if not node.get("bmc_host"):
         return "-"
@@ -48,10 +61,11 @@ def _info_table(node: dict) -> str:
         ("Name", node["name"]),
         ("Daemon state", node["daemon_state"] + (f" ({node['daemon_note']})" if node.get("daemon_note") else "")),
         ("Domain state", node["domain_state"]),
+        ("Health", "-" if node.get("health") is None else f"{node['health']}%"),
         ("CPUs", output.plain(node["cpus"])),
-        ("Load", output.plain(node["load"])),
-        ("VMs running", output.plain(node["vms_running"])),
-        ("VMs defined", output.plain(node["vms_defined"])),
+        ("Load", output.plain(node["load"]) + stale_note(node)),
+        ("VMs running", output.plain(node["vms_running"]) + stale_note(node)),
+        ("VMs defined", output.plain(node["vms_defined"]) + stale_note(node)),
         ("vCPUs allocated", output.plain(node["vcpus_allocated"])),
         ("Memory total", output.mib(node["memory_total_mib"])),
         ("Memory free", output.mib(node["memory_free_mib"])),
@@ -65,6 +79,9 @@ def _info_table(node: dict) -> str:
         ("Agent", output.plain(node["agent_uri"])),
         ("BMC", _bmc(node) + (f" ({node['bmc_note']})" if node.get("bmc_note") else "")),
     ]
+    for fault in node.get("faults") or []:
+        pairs.append(("Fault", f"{fault['severity']} -{fault['delta']}{' (acknowledged)' if fault['acknowledged'] else ''}"
+                               f" {fault['check']}: {fault['message']} (x{fault['count']})"))
     if node.get("not_flushed"):
         pairs.append(("Not flushed", "; ".join(node["not_flushed"])))
     if node.get("changed_by_command"):
@@ -113,8 +130,14 @@ def list_nodes(session, limit: str | None, daemon_state: str | None, domain_stat
     """Every node with its states and live figures; with REGEX, those whose name it matches."""
     rows = [row for row in output.matching(session.client.nodes.list(), limit)
             if daemon_state in (None, row["daemon_state"]) and domain_state in (None, row["domain_state"])]
-    output.show(rows, output_format,
-                lambda shown: output.table([{**row, "daemon_shown": _daemon(row)} for row in shown], _COLUMNS))
+    output.show(rows, output_format, _list_table)
+
+
+def _list_table(rows: list[dict]) -> str:
+    """The node table; a node whose libvirt cannot be asked has its VM count starred and explained below."""
+    text = output.table([{**row, "daemon_shown": _daemon(row), "vms_shown": _vms(row)} for row in rows], _COLUMNS)
+    notes = [f"* {row['name']}: figures{stale_note(row)}" for row in rows if row.get("figures_stale")]
+    return "\n".join([text, *notes])
 
 
 @group.command("info")

@@ -24,7 +24,7 @@ _COLUMNS = [
 
 @click.group("plugin")
 def group() -> None:
-    """Plugins: migration selectors, fencing policies, image importers, storage backends."""
+    """Plugins: migration selectors, fencing policies, image importers, storage backends, health checks."""
 
 
 @group.command("list")

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Brings up a local PVC cluster of 3 QEMU hosts (1 coordinator), starts three real Linux guests placed by a
-# selector, uploads an image into a pool, and live-migrates a running guest to another node while its
-# heartbeat goes on. Stop it with: .venv/bin/pvc-local down
+# Brings up a local PVC cluster of 3 QEMU hosts (1 coordinator) with its own Prometheus, starts three real Linux
+# guests placed by a selector, uploads an image into a pool, live-migrates a running guest to another node
+# while its heartbeat goes on, and ends with the cluster's health and one Prometheus query's answer.
+# Stop it with: .venv/bin/pvc-local down
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=.venv/bin
 state_dir=${PVC_LOCAL_STATE:-$HOME/.local/state/pvc-local}
 
 "$bin/pvc-local" down --state-dir "$state_dir" >/dev/null 2>&1 || true
-eval "$("$bin/pvc-local" up --hypervisor qemu --state-dir "$state_dir")"
+eval "$("$bin/pvc-local" up --hypervisor qemu --monitoring --state-dir "$state_dir")"
 
 echo "== nodes"
 "$bin/pvc" node list
@@ -63,6 +64,26 @@ else
     echo "boot id changed: the guest rebooted" >&2
     exit 1
 fi
+
+echo "== the cluster's health (100% minus its active, unacknowledged faults: pvc cluster fault list)"
+"$bin/pvc" cluster status | grep -E '^(Health|Faults|Nodes|VMs)'
+echo "== Prometheus ($PVC_PROMETHEUS) scraping the coordinator's /metrics: running VMs per node"
+"$bin/python" - "$PVC_PROMETHEUS" <<'EOF'
+import json, sys, time, urllib.parse, urllib.request
+query = "max by (node) (pvc_node_vms_running)"
+deadline = time.monotonic() + 30
+while True:
+    url = f"{sys.argv[1]}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    result = json.load(urllib.request.urlopen(url, timeout=10))["data"]["result"]
+    if result or time.monotonic() > deadline:
+        break
+    time.sleep(1)
+if not result:
+    sys.exit(f"Prometheus has no answer to {query}")
+print(f"{query}:")
+for sample in sorted(result, key=lambda sample: sample["metric"]["node"]):
+    print(f"  {sample['metric']['node']}  {sample['value'][1]}")
+EOF
 echo
 echo "The cluster keeps running. Point pvc at it with:"
 echo "  export PVC_CONFIG=$state_dir/pvc.yaml"

@@ -15,6 +15,7 @@ packages=(
     util-linux procps openssl iproute2 iptables     # unshare, prlimit, ps; certificates for --tls; the lab network
     genisoimage                                     # isoinfo: tests read cloud-init drives with another tool
     python3-doc                                     # the manual resolves Python references against its local objects.inv
+    prometheus                                      # monitoring: pvc-local up --monitoring; promtool checks the alert rules
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -19,13 +19,16 @@ from typing import Any
 
 from kazoo.client import KazooState
 
-from pvc import config, fence_secrets, fencing_settings, schema
+from pvc import config, fence_secrets, fencing_settings, plugin_manager, schema
 from pvc.cache import WatchedCollection
 from pvc.handshake import AuthenticatingDaemon, use_tls
+from pvc.health import libvirt_lost
 from pvc.node.agent import AGENT_OBJECT_ID, NodeAgent
 from pvc.errors import ConfigError, Conflict
 from pvc.node.fence_hold import FenceHold
 from pvc.node.guest_processes import GuestProcesses
+from pvc.node import vm_stats
+from pvc.node.health import NODE_CHECKS, NodeHealth
 from pvc.node.host_xml import HostPaths
 from pvc.node.hypervisor import DomainActions, Hypervisor
 from pvc.node.ownership import NodeOwnership
@@ -86,9 +89,18 @@ class NodeDaemon:
         self.facts: dict[str, Any] = {}
         self._figures: dict[str, Any] = {}
         self._figures_taken = 0.0
+        self._converged = time.monotonic()
+        """When (monotonic) the last converge pass over every VM completed: the keepalive says how long ago."""
         """When (this process's monotonic clock) `_figures` were read from libvirt."""
         self._agent_daemon: AuthenticatingDaemon | None = None
         self._stopping = threading.Event()
+        self.health = NodeHealth(self.name, settings, self.store, plugin_manager.load().registry(NODE_CHECKS),
+                                 self.ownership.transaction, lambda: bool(self.cluster_config.get("maintenance")),
+                                 lambda: {**self.facts, **self._figures}, self.libvirt_lost_s,
+                                 self.storage.backend, lambda: self.cluster_config,
+                                 lambda: float(settings["health_interval"]),
+                                 lambda: self.store.connected and not self._stopping.is_set(),
+                                 after_round=self._act_on_lost_libvirt)
 
     def start(self) -> None:
         """Connect, serve the agent, and register in ZooKeeper; the node is ``run`` when this returns."""
@@ -113,8 +125,10 @@ class NodeDaemon:
             threading.Thread(target=self._hold_loop, name="hold", daemon=True).start()
             threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True).start()
             threading.Thread(target=self._figures_loop, name="figures", daemon=True).start()
+            threading.Thread(target=self._vm_stats_loop, name="vm-stats", daemon=True).start()
             self.peers.start()
             self.self_fence.start()
+            self.health.start()
         except BaseException:
             self._shutdown_services()
             raise
@@ -255,15 +269,19 @@ class NodeDaemon:
 
     def write_keepalive(self) -> None:
         """Write the latest figures; never asks libvirt itself, so a hung libvirtd makes the figures stale
-        (`figures_stale`), not the node silent. With them, the maintenance flag this node last saw, which
+        (`figures_stale`, `figures_age_s`), not the node silent; and how long ago its last converge pass
+        completed (`converge_age_s`: how far libvirt may lag the desired state). With them, the maintenance flag this node last saw, which
         its self-fence acts on (`maintenance_seen`). A node that has fenced itself writes none: the leader is
         to mark it dead and fence it."""
         if self.self_fence.fenced:
             return
-        stale = time.monotonic() - self._figures_taken > 2 * self.fencing.keepalive_interval
+        age = time.monotonic() - self._figures_taken
+        stale = age > 2 * self.fencing.keepalive_interval
         started = time.monotonic()
         self.ownership.write(schema.node_key(self.name, "keepalive"),
                              {"time": time.time(), **self._figures, "figures_stale": stale,
+                              "figures_age_s": round(age, 1),
+                              "converge_age_s": round(time.monotonic() - self._converged, 1),
                               "maintenance_seen": bool(self.cluster_config.get("maintenance"))})
         self.self_fence.acknowledged(started)
 
@@ -281,14 +299,54 @@ class NodeDaemon:
         self._figures = self.hypervisor.figures(self.facts["memory_total_mib"])
         self._figures_taken = time.monotonic()
 
+    def libvirt_lost_s(self) -> float | None:
+        """Seconds since libvirt last gave this node its figures, once they are stale; None while it answers."""
+        age = time.monotonic() - self._figures_taken
+        return age if age > 2 * self.fencing.keepalive_interval else None
+
+    def _act_on_lost_libvirt(self) -> None:
+        """With ``libvirt_lost_action: fence``, a node whose libvirt has not answered for
+        ``libvirt_lost_after`` seconds fences itself, unless more than half of the running nodes report
+        stale figures too (a cluster-wide libvirt upgrade: the leader raises one fault instead)."""
+        lost_s = self.libvirt_lost_s()
+        settings = libvirt_lost.resolve(self.cluster_config, self.name)
+        if lost_s is None or settings["libvirt_lost_action"] != "fence" or lost_s < settings["libvirt_lost_after"] \
+                or self.self_fence.fenced:
+            return
+        running = stale = 0
+        for node in self.store.children(schema.NODES):
+            if self.store.read(schema.node_key(node, "daemon_state")) != "run":
+                continue
+            running += 1
+            stale += bool((self.store.read(schema.node_key(node, "keepalive")) or {}).get("figures_stale"))
+        if libvirt_lost.too_many_lost(stale, running):
+            log.warning("libvirt has not answered for %.0f s, but %d of %d running nodes have lost theirs too: "
+                        "a cluster-wide event, so this node does not fence itself", lost_s, stale, running)
+            return
+        self.self_fence.fence_now(f"libvirt has not answered for {lost_s:.0f} s (libvirt_lost_after "
+                                  f"{settings['libvirt_lost_after']:g} s)")
+
     def _figures_loop(self) -> None:
         self._every_interval(self._read_figures, "reading the host's figures")
+
+    def _vm_stats_loop(self) -> None:
+        """Write the VMs' statistics every `vm_stats_interval`; a libvirt that does not answer leaves the last
+        record as it was (its ``time`` says how old it is)."""
+        interval = float(self.settings["vm_stats_interval"])
+        while not self._stopping.wait(interval):
+            if not self.store.connected or self.self_fence.fenced:
+                continue
+            try:
+                self.ownership.write(schema.node_key(self.name, "vm_stats"), vm_stats.collect(self.hypervisor))
+            except Exception as error:
+                log.debug("VM statistics not written: %s", error)
 
     def _reconcile_loop(self) -> None:
         """Converge every VM each interval, so that a lost coordinator call delays an action, never loses it."""
         def converge() -> None:
             if self.store.connected:
                 self.reconciler.converge_all()
+                self._converged = time.monotonic()
         self._every_interval(converge, "converging")
 
     def _every_interval(self, work, what: str) -> None:
@@ -348,6 +406,7 @@ class NodeDaemon:
 
     def _shutdown_services(self) -> None:
         self._stopping.set()
+        self.health.stop()
         self.self_fence.stop()
         if self._agent_daemon is not None:
             self._agent_daemon.shutdown()

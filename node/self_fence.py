@@ -192,6 +192,23 @@ class SelfFence:
             log.debug("peer %s did not answer: %s", uri, error)
             return None
 
+    def fence_now(self, reason: str) -> bool:
+        """Fence this node for `reason` (its libvirt lost, with ``libvirt_lost_action: fence``): stop its guests
+        as a node cut off would, write no keepalive, so that the leader fences it and recovers its VMs. Never
+        while the maintenance flag last seen was on; returns whether it fenced (now or before)."""
+        if self.fenced:
+            return True
+        if self._maintenance():
+            self._keep("maintenance", f"{reason}, but the last maintenance flag seen was on: no self-fence")
+            return False
+        settings = self._settings()
+        self.fenced_reason = f"stopped by self-fencing: {reason}"
+        self._refuse_starts(self.fenced_reason)
+        log.error("%s: fencing this node itself (libvirt_lost_action fence): stopping every VM here hard and "
+                  "writing no more keepalives, so that the leader fences it and recovers its VMs", reason)
+        self._stop_everything(settings, time.monotonic())
+        return True
+
     def _fence(self, settings: FencingSettings, silence: float, reason: str) -> None:
         self.fenced_reason = (f"stopped by self-fencing: cut off from ZooKeeper for {silence:.2f} s "
                               f"({reason})")

@@ -25,6 +25,10 @@ STORAGE_OBJECT_ID = "pvc.node.storage"
 UPLOAD_FORMATS = ("auto", *SUPPORTED_FORMATS)
 
 
+HEALTH_TIMEOUT_S = 10.0
+"""Seconds the backend's own health judgement (`health`) may take."""
+
+
 @Pyro5.server.expose
 @Pyro5.server.behavior(instance_mode="single")
 class StorageAgent:
@@ -51,6 +55,15 @@ class StorageAgent:
 
     def pool_usage(self, pool: str) -> dict[str, int]:
         return self._backend.pool_usage(schema.check_name("pool", pool))
+
+    def health(self) -> dict[str, Any]:
+        """The backend's own judgement (`StorageBackend.health`): ``{"backend", "delta", "message"}``; a
+        backend without one says nothing (delta None)."""
+        judge = getattr(self._backend, "health", None)
+        if judge is None:
+            return {"backend": self._backend_name, "delta": None, "message": "no judgement"}
+        delta, message = judge(HEALTH_TIMEOUT_S)
+        return {"backend": self._backend_name, "delta": delta, "message": message}
 
     def volume_create(self, pool: str, volume: str, size_bytes: int) -> None:
         self._backend.volume_create(*_names(pool, volume), _size(size_bytes))

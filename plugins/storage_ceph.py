@@ -81,6 +81,26 @@ class CephBackend:
         output = self._run(tool, *arguments, "--format", "json", missing_ok=missing_ok)
         return None if output is None else json.loads(output)
 
+    def health(self, timeout: float) -> tuple[int, str]:
+        """Ceph's own health, its OSDs down and its OSDs near full, from one ``ceph status``."""
+        result = subprocess.run(self.command("ceph", "status", "--format", "json", "--connect-timeout",
+                                             str(max(1, int(timeout)))),
+                                capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)
+        if result.returncode != 0:
+            return 50, f"ceph status failed: {_last_line(result.stderr)}"
+        status = json.loads(result.stdout)
+        state = status.get("health", {}).get("status", "HEALTH_UNKNOWN")
+        osdmap = status.get("osdmap", {}).get("osdmap", status.get("osdmap", {}))
+        total, up = osdmap.get("num_osds", 0), osdmap.get("num_up_osds", 0)
+        checks = sorted(status.get("health", {}).get("checks", {}))
+        problems = [f"{total - up} of {total} OSDs down"] if up < total else []
+        problems += [check for check in checks if check in ("OSD_NEARFULL", "OSD_FULL", "POOL_NEARFULL",
+                                                             "POOL_FULL", "OSD_DOWN", "PG_AVAILABILITY")]
+        delta = 50 if state == "HEALTH_ERR" or "OSD_FULL" in checks or up == 0 else \
+            (10 * max(total - up, 1) if problems else (5 if state != "HEALTH_OK" else 0))
+        return min(delta, 100), f"ceph {state}" + (f": {', '.join(problems)}" if problems else
+                                                   (f" ({', '.join(checks)})" if checks else ""))
+
     # -- pools --------------------------------------------------------------------------------------------
 
     def pool_create(self, pool: str, options: Mapping[str, Any]) -> dict[str, Any]:

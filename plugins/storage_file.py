@@ -63,6 +63,13 @@ class FileBackend:
     def __init__(self, settings: Mapping[str, Any]):
         self.root = Path(settings["storage_directory"]).absolute()
 
+    def health(self, timeout: float) -> tuple[int, str]:
+        """The storage directory's free space: under 10 % free is a warning, under 5 % critical."""
+        usage = shutil.disk_usage(self.root)
+        free = usage.free / usage.total if usage.total else 0.0
+        message = f"storage directory {self.root}: {free:.0%} free ({usage.free // 2**30} GiB)"
+        return (50 if free < 0.05 else 10 if free < 0.10 else 0), message
+
     def _pool_dir(self, pool: str) -> Path:
         return self.root / pool
 

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 MIGRATION_METHODS = ("live", "shutdown", "auto")
 SUCCESSFUL_FENCE_ACTIONS = ("migrate", "none")
+LIBVIRT_LOST_ACTIONS = ("fault", "fence")
 
 SELF_FENCE_DEADLINE = "self-fence-deadline"
 """The rule `pvc.fencing_settings.violation` enforces first: a cut-off node stops its VMs before the leader's
@@ -87,6 +88,15 @@ KEYS: tuple[ClusterKey, ...] = (
                "its VMs (0: never)", "int", fencing=True, rules=(SELF_FENCE_DEADLINE, KAZOO_DETECTION)),
     ClusterKey("successful_fence", "migrate", "after a confirmed fence: restart the node's VMs elsewhere "
                "(migrate) or not (none)", "choice", SUCCESSFUL_FENCE_ACTIONS, fencing=True),
+    ClusterKey("libvirt_lost_action", "fault", "what a node whose libvirt stops answering does after "
+               "libvirt_lost_after: fault (raise a critical fault) or fence (also fence itself, so its VMs are "
+               "recovered elsewhere; never in maintenance mode, nor while most nodes have lost libvirt)", "choice",
+               LIBVIRT_LOST_ACTIONS),
+    ClusterKey("libvirt_lost_after", 30.0, "seconds a node's libvirt may not answer before its "
+               "libvirt_lost_action (at least 5)", "float"),
+    ClusterKey("libvirt_lost_overrides", None, "per-node libvirt-lost settings {NODE: {KEY: VALUE}}, set one node "
+               "at a time with `pvc cluster config --node NODE --libvirt-lost-action ...`", "mapping",
+               settable=False),
     ClusterKey("fencing_overrides", None, "per-node fencing settings {NODE: {KEY: VALUE}}, set one node at a "
                "time with `pvc cluster config --node NODE --KEY VALUE`", "mapping", settable=False,
                rules=(SELF_FENCE_DEADLINE, KAZOO_DETECTION)),

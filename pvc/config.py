@@ -95,6 +95,10 @@ NODED_SETTINGS: list[Setting] = [
     Setting("keepalive_interval", (int, float), 5, "seconds between keepalive writes (and reconcile passes) "
             "until the cluster config has a keepalive_interval (pvcapid seeds it); then the cluster's applies",
             (SELF_FENCE_DEADLINE, KAZOO_DETECTION)),
+    Setting("health_interval", (int, float), 10, "seconds between rounds of this node's health checks (each "
+            "check bounded by its own timeout, run off the keepalive path)"),
+    Setting("vm_stats_interval", (int, float), 10, "seconds between readings of the VMs' statistics (one bulk "
+            "libvirt call), written as one record apart from the keepalive, for the metrics endpoint"),
     Setting("shutdown_timeout", (int, float), 180, "seconds a guest gets to shut down before it is destroyed"),
     Setting("listen_address", str, "127.0.0.1:7371", "host:port of the node agent (port 0 picks a free one)"),
     Setting("cluster_secret", str, REQUIRED, "shared secret; the node agent accepts only coordinators "
@@ -140,6 +144,15 @@ APID_SETTINGS: list[Setting] = [
             (SELF_FENCE_DEADLINE, KAZOO_DETECTION)),
     Setting("successful_fence", str, "migrate", "initial cluster-wide action after a confirmed fence: migrate "
             "(restart the node's VMs elsewhere) or none (seeds the cluster config)"),
+    Setting("metrics_listen", (str, type(None)), None, "host:port of the Prometheus /metrics endpoint (null: "
+            "off); it serves from this coordinator's cache, never walking ZooKeeper per scrape"),
+    Setting("metrics_token_file", (str, type(None)), None, "file holding a bearer token a scrape must present "
+            "(null: none required)"),
+    Setting("metrics_tls", bool, False, "serve /metrics over TLS with tls_cert and tls_key"),
+    Setting("metrics_poll_interval", (int, float), 15, "seconds between the rounds that gather what /metrics "
+            "serves besides the cache: ZooKeeper's mntr and the storage pools' usage"),
+    Setting("health_interval", (int, float), 10, "seconds between rounds of the cluster health checks the "
+            "leader runs (the `pvc_cluster_health_checks` plugins)"),
     Setting("flush_parallelism", int, 8, "VM moves a flush or ready carries out at once"),
     Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
 ]

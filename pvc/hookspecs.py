@@ -288,10 +288,113 @@ class StorageBackend(Protocol):
     def snapshot_rollback(self, pool: str, volume: str, snapshot: str) -> None:
         """Return the volume's data (and size) to the snapshot's."""
 
+    def health(self, timeout: float) -> tuple[int, str]:
+        """Optional (without it the node's storage check says nothing): the storage's own judgement, within
+        `timeout` seconds, as a health delta (0: healthy) and one line saying what is wrong (Ceph's health and
+        OSDs down or near full; a directory's free space)."""
+
     def snapshot_rename(self, pool: str, volume: str, snapshot: str, new_name: str) -> None:
         """Optional (`pvc storage volume snapshot rename` is refused without it): rename the snapshot. Done
         already (no `snapshot`, a `new_name`) is not an error, so that a rename whose recording was cut short
         can be repeated."""
+
+
+SEVERITIES = ("warning", "critical")
+"""A fault's severity, from least to most urgent: ``critical`` means the node (or cluster) cannot do its work."""
+
+
+@dataclass(frozen=True)
+class HealthResult:
+    """What one run of a health check found.
+
+    ``delta`` is what the problem takes off health (0-100); 0 means healthy, and a result with delta 0 clears
+    the check's fault. ``message`` is one line an administrator can act on. ``severity`` defaults to
+    ``critical`` from a delta of 50 up, else ``warning``."""
+
+    delta: int
+    message: str
+    severity: str | None = None
+
+    @classmethod
+    def healthy(cls, message: str = "ok") -> "HealthResult":
+        return cls(0, message)
+
+    @property
+    def level(self) -> str:
+        """The fault's severity, stated or derived from the delta."""
+        return self.severity or ("critical" if self.delta >= 50 else "warning")
+
+
+class NodeHealthContext(Protocol):
+    """What a node health check may look at: the node daemon's own view, every call bounded by `deadline`."""
+
+    name: str
+    """The node's name."""
+    settings: Mapping[str, Any]
+    """The node daemon's settings (``bmc_host``, ``bmc_user``, ``storage_backend``, directories, ...)."""
+    deadline: float
+    """A `time.monotonic` time by which the check must have returned; it bounds every command it runs by the
+    time left. A check still running then counts as failed, and is not started again until it has returned."""
+
+    def deadline_left(self) -> float:
+        """Seconds left until `deadline` (at least a tenth of a second)."""
+
+    def libvirt_lost_s(self) -> float | None:
+        """Seconds since libvirt last answered this node, None while it answers."""
+
+    def libvirt_lost_settings(self) -> Mapping[str, Any]:
+        """``libvirt_lost_action`` and ``libvirt_lost_after`` for this node (`pvc.health.libvirt_lost`)."""
+
+    def figures(self) -> Mapping[str, Any]:
+        """The node's latest figures (as in its keepalive) and its facts (``cpus``, ``memory_total_mib``)."""
+
+    def zookeeper_latency_s(self) -> float:
+        """The time one ZooKeeper round trip takes now (raises if ZooKeeper does not answer)."""
+
+    def storage_health(self) -> tuple[int, str]:
+        """The node's storage backend's own judgement: a delta and a message."""
+
+    def leader_version(self) -> str | None:
+        """The PVC version of the leader coordinator, None when unknown."""
+
+
+class ClusterHealthContext(Protocol):
+    """What a leader-run cluster check may look at: the leader coordinator's watched cache."""
+
+    deadline: float
+
+    def node_views(self) -> list[dict[str, Any]]:
+        """Every node as ``nodes.info`` shows it (with ``keepalive_age_s``)."""
+
+    def vm_views(self) -> list[dict[str, Any]]:
+        """Every VM as ``vms.list`` shows it (``state``, ``node``, ``running``: None while unknown)."""
+
+    def recoveries(self) -> list[dict[str, Any]]:
+        """Each node's latest fence-and-recover task (``node``, ``state``: failed, done, ...; ``reason``)."""
+
+    def zookeeper_members(self) -> list[dict[str, Any]]:
+        """Each configured ZooKeeper server: ``{"address", "answers": bool, "mode"}``."""
+
+
+class HealthCheck(Protocol):
+    """One thing a node (or the leader, for the cluster) checks on its own interval, off the keepalive path.
+
+    `check` runs on a thread of its own and must return within `timeout` seconds (its context's
+    ``deadline``); one that does not counts as failed with `failure_delta`, and is not run again until that
+    run has returned (a Python thread cannot be killed). A check should not raise for an expected problem: an
+    exception counts as failed as well, with its message."""
+
+    description: str
+    timeout: float
+    """Seconds one run may take."""
+    failure_delta: int
+    """What a failed (hanging or raising) run takes off health."""
+
+    def check(self, context: Any) -> HealthResult:
+        """Look, and say what was found.
+
+        :param context: a `NodeHealthContext` for a node check, a `ClusterHealthContext` for a cluster check.
+        """
 
 
 @hookspec
@@ -365,11 +468,45 @@ def pvc_appliance_importers() -> Mapping[str, ApplianceImporter]:
     """
 
 
+@hookspec
+def pvc_node_health_checks() -> Mapping[str, HealthCheck]:
+    """Register node health checks by name; every node daemon runs each one on its health interval.
+
+    Called once per process when the node check registry is built. The built-ins (``libvirt``,
+    ``zookeeper``, ``bmc``, ``storage``, ``disk-space``, ``load``, ``memory``, ``version``) are in
+    `pvc.plugins.health_node`. A check's fault is the node's, under the check's name.
+
+    :return: a mapping of check name to an object implementing `HealthCheck`, called with a
+        `NodeHealthContext`.
+
+    Example::
+
+        @pvc.hookimpl
+        def pvc_node_health_checks():
+            return {"raid": RaidArrayDegraded()}
+    """
+
+
+@hookspec
+def pvc_cluster_health_checks() -> Mapping[str, HealthCheck]:
+    """Register cluster-wide health checks by name; only the leader coordinator runs them.
+
+    Called once per coordinator when the cluster check registry is built. The built-ins (``nodes``,
+    ``recoveries``, ``vms``, ``zookeeper-ensemble``) are in `pvc.plugins.health_cluster`. A check's fault
+    belongs to the cluster, under the check's name.
+
+    :return: a mapping of check name to an object implementing `HealthCheck`, called with a
+        `ClusterHealthContext`.
+    """
+
+
 REGISTRATION_HOOKS: dict[str, str] = {
     "pvc_migration_selectors": "migration selector",
     "pvc_fencing_policies": "fencing policy",
     "pvc_image_importers": "image importer",
     "pvc_storage_backends": "storage backend",
     "pvc_appliance_importers": "appliance importer",
+    "pvc_node_health_checks": "node health check",
+    "pvc_cluster_health_checks": "cluster health check",
 }
 """Each registration hook and what one of its registered names is called in messages."""

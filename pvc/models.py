@@ -13,12 +13,16 @@ NODE_FIGURES = ("memory_free_mib", "memory_allocated_mib", "memory_provisioned_m
 
 
 def node_view(name: str, raw: dict[str, Any], keepalive_age_s: float | None = None,
-              daemon_note: str | None = None) -> dict[str, Any]:
+              daemon_note: str | None = None, health: int | None = None) -> dict[str, Any]:
     """One node: states, static facts and the figures of its latest keepalive.
 
     `keepalive_age_s` is what the coordinator answering observed itself: seconds since it saw the node's
     keepalive change (never the node's own timestamp against the coordinator's clock); None when not observed.
-    `daemon_note` explains a daemon state that needs it (a dead node whose keepalives resumed)."""
+    `daemon_note` explains a daemon state that needs it (a dead node whose keepalives resumed). `health`: 100
+    minus its active unacknowledged faults' deltas (`pvc.health.faults.health`).
+
+    ``figures_stale``: the node could not ask libvirt for these figures (``figures_age_s`` old when the
+    keepalive was written, None when current), so they are not the node's present state."""
     facts = raw.get(OWN_VALUE) or {}
     keepalive = raw.get("keepalive") or {}
     view = {
@@ -26,9 +30,12 @@ def node_view(name: str, raw: dict[str, Any], keepalive_age_s: float | None = No
         "daemon_state": raw.get("daemon_state") or "init",
         "daemon_note": daemon_note,
         "domain_state": raw.get("domain_state") or "ready",
+        "health": health,
         "cpus": facts.get("cpus"),
         "memory_total_mib": facts.get("memory_total_mib"),
         **{figure: keepalive.get(figure) for figure in NODE_FIGURES},
+        "figures_stale": bool(keepalive.get("figures_stale")),
+        "figures_age_s": keepalive.get("figures_age_s") if keepalive.get("figures_stale") else None,
         "keepalive_age_s": keepalive_age_s,
         "maintenance_seen": keepalive.get("maintenance_seen"),
         "keepalive_interval_s": facts.get("keepalive_interval"),

@@ -32,6 +32,8 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
                                            while dead or fenced the node claims and starts nothing
     /pvc/nodes/NAME/domain_state       L   ready | flushing | flushed | unflushing
     /pvc/nodes/NAME/keepalive          N   live figures, rewritten every keepalive interval
+    /pvc/nodes/NAME/vm_stats           N   its VMs' statistics from one bulk libvirt call per interval, one
+                                           size-bounded record apart from the keepalive (`pvc.node.vm_stats`)
     /pvc/node_owners/NAME/owner-SEQ    N   ephemeral, sequential: the pvcnoded session running node NAME (the
                                            first one owns it; every write the node makes checks its own still
                                            exists): {"host", "pid", "boot_id", "pid_namespace", "start_time"}
@@ -77,6 +79,14 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
     /pvc/provisioner/ovas/NAME/importing  N  ephemeral: held by the node while it imports the OVA
     /pvc/locks/provisioner             C   kazoo lock serialising changes to templates and profiles, so that no
                                            template goes while a profile starts using it
+    /pvc/faults/ID                     N,L a fault: what a health check found wrong (`pvc.faults`), written only by
+                                           its raiser (node NAME for ID ``node.NAME.CHECK``, the leader for
+                                           ``cluster.CHECK``): {"source", "check", "severity", "delta",
+                                           "message", "count", "first_seen", "last_seen", "cleared": time or
+                                           null}; the raiser prunes it a while after it cleared; C deletes it
+                                           on `cluster fault delete` (version-checked)
+    /pvc/faults/ID/ack                 C   an acknowledgement: {"time", "occurrence": the first_seen it
+                                           acknowledged}; stale once the fault clears and is raised again
     /pvc/tasks/ID (kind ``provision``) C,L a VM creation: recorded by the coordinator that was asked, with its
                                            whole plan; run, resumed or rolled back by the leader
                                            (`pvc.rpc.provisioning`)
@@ -106,7 +116,7 @@ TASKS = f"{ROOT}/tasks"
 REQUESTS = f"{ROOT}/requests"
 NODE_OWNERS = f"{ROOT}/node_owners"
 
-NODE_KEYS = ("daemon_state", "domain_state", "keepalive")
+NODE_KEYS = ("daemon_state", "domain_state", "keepalive", "vm_stats")
 """The child znodes of a node, each written by whoever owns that fact."""
 
 VM_KEYS = ("state", "placement", "status")
@@ -187,6 +197,44 @@ def request(request_id: str) -> str:
     return f"{REQUESTS}/{check_name('request', request_id)}"
 
 
+FAULTS = f"{ROOT}/faults"
+FAULT_KEYS = ("ack",)
+"""A fault's child znode: its acknowledgement, written by coordinators apart from the raiser's record."""
+CLUSTER_FAULT_SOURCE = "cluster"
+"""The `source` of the faults the leader raises for the cluster as a whole."""
+_CHECK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+_FAULT_ID = re.compile(r"(node\.[A-Za-z0-9][A-Za-z0-9_.-]{0,62}|cluster)\.[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+
+
+def check_check_name(name: object) -> str:
+    """A health check's name: like any name, but without '.', so that a fault id names its check unambiguously."""
+    if not isinstance(name, str) or not _CHECK_NAME.fullmatch(name):
+        raise InvalidInput(f"invalid health check name {name!r}: use 1-63 letters, digits, '_' or '-', "
+                           "starting with a letter or digit")
+    return name
+
+
+def fault_id(node_name: str | None, check: str) -> str:
+    """A fault's stable id: ``node.NODE.CHECK`` for a node's check, ``cluster.CHECK`` for a leader-run one. The
+    same problem in the same place is one fault, however often it is seen."""
+    check_check_name(check)
+    return f"node.{check_name('node', node_name)}.{check}" if node_name is not None else f"cluster.{check}"
+
+
+def check_fault_id(fault_id_: object) -> str:
+    if not isinstance(fault_id_, str) or not _FAULT_ID.fullmatch(fault_id_):
+        raise InvalidInput(f"invalid fault id {fault_id_!r}: fault ids look like node.NODE.CHECK or cluster.CHECK")
+    return fault_id_
+
+
+def fault(fault_id_: str) -> str:
+    return f"{FAULTS}/{check_fault_id(fault_id_)}"
+
+
+def fault_ack(fault_id_: str) -> str:
+    return f"{fault(fault_id_)}/ack"
+
+
 def live_coordinator(name: str) -> str:
     return f"{LIVE_COORDINATORS}/{check_name('coordinator', name)}"
 
@@ -202,7 +250,7 @@ def decode(data: bytes | None) -> Any:
 
 
 CONTAINERS = (ROOT, COORDINATORS, ELECTION, LIVE_COORDINATORS, NODES, VMS, VM_UUIDS, LOCKS, VM_LOCKS, TASKS,
-              NODE_OWNERS, REQUESTS)
+              NODE_OWNERS, REQUESTS, FAULTS)
 """Znodes that must exist before anything is written below them."""
 
 

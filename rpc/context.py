@@ -4,6 +4,7 @@ from typing import Any
 
 from pvc import models, schema
 from pvc.cache import OWN_VALUE, ClusterCache
+from pvc.health.faults import fault_views, health
 from pvc.hookspecs import MigrationSelector
 from pvc.plugin_manager import Plugins
 from pvc.rpc.agents import NodeAgents
@@ -26,12 +27,18 @@ class CoordinatorContext:
     leadership: Leadership
 
     def node_views(self) -> list[dict[str, Any]]:
-        return [models.node_view(name, raw) for name, raw in sorted(self.cache.nodes.snapshot().items())
-                if raw.get(OWN_VALUE) is not None]
+        faults = self.fault_views()
+        return [models.node_view(name, raw, health=health(faults, name))
+                for name, raw in sorted(self.cache.nodes.snapshot().items()) if raw.get(OWN_VALUE) is not None]
 
     def node_view(self, name: str) -> dict[str, Any] | None:
         raw = self.cache.nodes.get(name)
-        return models.node_view(name, raw) if raw and raw.get(OWN_VALUE) is not None else None
+        return models.node_view(name, raw, health=health(self.fault_views(), name)) \
+            if raw and raw.get(OWN_VALUE) is not None else None
+
+    def fault_views(self) -> list[dict[str, Any]]:
+        """Every fault in the cache (`pvc.health.faults.fault_view`)."""
+        return fault_views(self.cache.faults.snapshot())
 
     def volume_users(self, pool: str, volume: str) -> list[str]:
         """The VMs whose definition uses volume `pool/volume` (their record's ``volumes`` list)."""

@@ -12,6 +12,7 @@ from typing import Any
 from kazoo.client import KazooState
 from kazoo.exceptions import NoNodeError
 
+import pvc
 from pvc import config, fencing_settings, plugin_manager, schema
 from pvc.cache import ClusterCache
 from pvc.client import object_id
@@ -23,8 +24,14 @@ from pvc.rpc.areas.nodes import NodesArea
 from pvc.rpc.areas.provisioner import ProvisionerArea
 from pvc.rpc.areas.storage import StorageArea
 from pvc.rpc.areas.vms import VMsArea
+from pvc.rpc.cluster_health import LeaderHealth
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.leadership import Leadership
+from pvc.rpc.metrics import instruments
+from pvc.rpc.metrics.collector import ClusterCollector
+from pvc.rpc.metrics.pool_usage import PoolUsagePoller
+from pvc.rpc.metrics.server import MetricsServer, registry_renderer
+from pvc.rpc.metrics.zookeeper import MntrPoller
 from pvc.rpc.monitor import NodeMonitor
 from pvc.rpc.node_requests import NodeRequests
 from pvc.rpc.provisioning import KIND as PROVISION, executor as provision_executor
@@ -56,6 +63,10 @@ class Coordinator:
         self.daemon: AuthenticatingDaemon | None = None
         self.context: CoordinatorContext | None = None
         self.tasks: TaskRunner | None = None
+        self.health: LeaderHealth | None = None
+        self.metrics: MetricsServer | None = None
+        self.mntr: MntrPoller | None = None
+        self.pool_usage: PoolUsagePoller | None = None
         self._session_lost = False
 
     def start(self) -> None:
@@ -80,15 +91,37 @@ class Coordinator:
             areas = {"cluster": ClusterArea(self.context), "nodes": NodesArea(self.context),
                      "vms": vms, "storage": storage, "provisioner": ProvisionerArea(self.context, storage, vms)}
             for area, remote_object in areas.items():
-                self.daemon.register(remote_object, object_id(area))
+                self.daemon.register(instruments.instrument(area, remote_object), object_id(area))
             threading.Thread(target=self.daemon.requestLoop, name="pyro", daemon=True).start()
             self._publish()
             self.store.add_state_listener(self._on_session_state)
             leadership.start()
+            self.health = LeaderHealth(self.context, self.settings["health_interval"])
+            self.health.start()
+            if self.settings["metrics_listen"]:
+                self._serve_metrics(areas["nodes"])
         except BaseException:
             self._shutdown()
             raise
         log.info("coordinator %s serving at %s", self.name, self.uri)
+
+    def _serve_metrics(self, nodes: NodesArea) -> None:
+        settings = self.settings
+        if settings["metrics_tls"] and not settings["tls_cert"]:
+            raise ConfigError("metrics_tls needs tls_cert and tls_key")
+        self.mntr = MntrPoller(settings["zookeeper_hosts"], settings["metrics_poll_interval"])
+        self.mntr.start()
+        self.pool_usage = PoolUsagePoller(self.storage, settings["metrics_poll_interval"])
+        self.pool_usage.start()
+        collector = ClusterCollector(self.context, nodes._keepalive_age, self.storage._pool_figures,
+                                     lambda: self.pool_usage.latest, lambda: self.mntr.latest,
+                                     lambda: self.pool_usage.backends)
+        self.metrics = MetricsServer(settings["metrics_listen"],
+                                     [lambda: collector.render().encode(), registry_renderer(instruments.REGISTRY)],
+                                     settings["metrics_token_file"],
+                                     settings["tls_cert"] if settings["metrics_tls"] else None,
+                                     settings["tls_key"] if settings["metrics_tls"] else None)
+        self.metrics.start()
 
     def _seed_fencing_settings(self) -> None:
         """Write this coordinator's fencing settings where the cluster config has none; refuse to serve a
@@ -112,7 +145,7 @@ class Coordinator:
             self.store.zk.delete(path)
         except NoNodeError:
             pass
-        self.store.zk.create(path, schema.encode({"uri": self.uri}), ephemeral=True)
+        self.store.zk.create(path, schema.encode({"uri": self.uri, "version": pvc.__version__}), ephemeral=True)
 
     def _on_session_state(self, state: str) -> None:
         if state == KazooState.LOST:
@@ -141,6 +174,13 @@ class Coordinator:
         self._shutdown()
 
     def _shutdown(self) -> None:
+        if self.health is not None:
+            self.health.stop()
+        for poller in (self.mntr, self.pool_usage):
+            if poller is not None:
+                poller.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.context is not None:
             self.context.leadership.stop()
         if self.daemon is not None:

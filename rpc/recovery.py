@@ -39,6 +39,7 @@ from pvc.cache import OWN_VALUE
 from pvc.errors import PVCError
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc import tasks
+from pvc.rpc.metrics import instruments
 from pvc.rpc.tasks import Decision, TaskExecution
 from pvc.rpc.vm_control import Desired
 from pvc.secrets_box import SecretsBox
@@ -126,6 +127,10 @@ class RecoveryExecution(TaskExecution):
                 return
             confirmed = self._fence()
             self._save(fence_s=round(time.monotonic() - started, 2))
+            outcome = "confirmed" if confirmed else "failed"
+            instruments.FENCE_DURATION.labels(outcome).observe(time.monotonic() - started)
+            instruments.FENCES.labels(",".join(level["policy"] for level in self.task.get("fence") or []) or "none",
+                                      outcome).inc()
             if not confirmed:
                 self._failed("fence not confirmed: " + "; ".join(
                     f"{level['policy']}: {level['explanation']}" for level in self.task["fence"]))
@@ -142,6 +147,7 @@ class RecoveryExecution(TaskExecution):
         recovering = time.monotonic()
         failures = self._recover()
         self._save(recovery_s=round(time.monotonic() - recovering, 2))
+        instruments.RECOVERY_DURATION.observe(time.monotonic() - recovering)
         if failures:
             self._failed("; ".join(f"{name}: {error}" for name, error in sorted(failures.items())))
         else:

@@ -24,6 +24,7 @@ from pvc import models, placement, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import AlreadyExists, Busy, Conflict, NotFound, PVCError
 from pvc.rpc.context import CoordinatorContext
+from pvc.rpc.metrics import instruments
 from pvc.rpc.vm_control import Desired, Superseded, VMControl
 from pvc.store import Store
 
@@ -190,9 +191,13 @@ class TaskRunner:
             log.warning("finished tasks not forgotten this time: %s", error)
 
     def _run(self, task: dict[str, Any], leader_node: str) -> None:
+        started = time.monotonic()
         try:
             execution = self._executions.get(task["kind"], TaskExecution)
-            execution(self._context, self._control, task, leader_node, self._parallelism).run()
+            run = execution(self._context, self._control, task, leader_node, self._parallelism)
+            run.run()
+            instruments.TASK_DURATION.labels(task["kind"], run.task.get("state") or "unknown").observe(
+                time.monotonic() - started)
         except PVCError as error:
             log.warning("task %s interrupted: %s", task["id"], error)
         except Exception:

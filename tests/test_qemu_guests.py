@@ -7,6 +7,7 @@ booted guests where a test allows.
 """
 import os
 import socket
+import urllib.request
 
 import libvirt
 import pytest
@@ -18,7 +19,9 @@ from pvc.errors import OperationFailed
 
 from guest_support import (boot_guests, console_text, guest_xml, heartbeats, qemu_pid, volume_marker,
                            wait_heartbeat)
-from helpers import eventually
+from helpers import cluster_store, eventually
+from pvc import schema
+from pvc.node_stats_fields import DISK_FIELDS, VM_FIELDS
 from vm_support import (assert_no_vm_on_two_hosts, fence_deadline_beyond_restarts, pvc, restart_node_daemon,
                         wait_for_task, wait_running_on)
 
@@ -111,6 +114,45 @@ def test_a_qemu_host_reports_what_its_guests_hold_and_use(qemu_cluster, mover):
         (guests, 128 * guests, guests), f"{node} runs {guests} guest(s) of 128 MiB and 1 vCPU"
     assert busy["accelerator"] == qemu_cluster.local.state["accelerator"] and busy["hypervisor"] == "QEMU"
     assert client.nodes.info(idle)["load"] == 0.0
+
+
+def test_a_guests_disk_writes_and_cpu_time_show_in_its_nodes_statistics_record(qemu_cluster, mover):
+    """The record `/metrics` serves VM figures from: the guest writes its disk every second, so its write
+    counter grows from one record to the next, and never runs ahead of what the host's libvirt says."""
+    node = qemu_cluster.client.vms.info(mover)["node"]
+
+    def reading():
+        with cluster_store(qemu_cluster.local) as store:
+            record = store.read(schema.node_key(node, "vm_stats")) or {}
+        fields = (record.get("vms") or {}).get(mover)
+        if not fields:
+            return None
+        disks = fields[len(VM_FIELDS)]
+        written = sum(numbers[DISK_FIELDS.index("write_bytes")] for numbers in disks.values())
+        return record["time"], written, dict(zip(VM_FIELDS, fields)), sorted(disks)
+
+    first = eventually(reading, timeout=15)
+    assert first, f"no statistics of {mover} in {node}'s record"
+    later = eventually(lambda: (lambda now: now if now and now[1] > first[1] else None)(reading()), timeout=20)
+    assert later and later[0] > first[0], (first, later)
+    connection = libvirt.open(qemu_cluster.local.host(node).uri)
+    try:
+        domain = connection.lookupByName(mover)
+        host_written = sum(domain.blockStats(disk)[3] for disk in later[3])
+        host_cpu_ns = domain.info()[4]
+    finally:
+        connection.close()
+    assert 0 < later[1] <= host_written
+    assert 0 < later[2]["cpu_time_ns"] <= host_cpu_ns
+    assert later[2]["balloon_current_kib"] == 128 * 1024
+
+    def scraped(family: str) -> float:
+        text = urllib.request.urlopen(f"http://{qemu_cluster.local.metrics_targets[0]}/metrics", timeout=10).read()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.decode().splitlines()
+                   if line.startswith(family + "{") and f'vm="{mover}"' in line)
+    assert eventually(lambda: scraped("pvc_vm_disk_write_bytes_total") >= later[1], timeout=10), \
+        "the coordinator's /metrics serves the node's record"
+    assert scraped("pvc_vm_cpu_seconds_total") > 0 and scraped("pvc_vm_disk_write_requests_total") > 0
 
 
 def test_a_live_migration_that_cannot_succeed_leaves_the_guest_running_where_it_was(qemu_cluster, mover):

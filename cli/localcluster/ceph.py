@@ -100,6 +100,18 @@ class PrivateCeph:
         self._run("ceph-osd", "-c", str(self.conf), "-i", "0", "--mkfs", "--osd-uuid", osd_uuid)
         self._run("ceph-osd", "-c", str(self.conf), "-i", "0")
 
+    def stop_osd(self) -> None:
+        """Stop the OSD (SIGTERM: it tells the monitor it is going down), leaving mon and mgr running."""
+        pid = live_pid(self._pid_file("osd.0"), str(self.conf))
+        if pid:
+            stop_pid(pid, timeout=15)
+        self._pid_file("osd.0").unlink(missing_ok=True)
+
+    def start_osd(self, timeout: float = 120.0) -> None:
+        """Start the OSD again; return once Ceph is healthy."""
+        self._run("ceph-osd", "-c", str(self.conf), "-i", "0")
+        wait_until(self._healthy, timeout, interval=0.5, what="Ceph to report HEALTH_OK with its OSD up")
+
     def _healthy(self) -> bool:
         try:
             status = json.loads(self.ceph("status", "--format", "json"))
@@ -125,6 +137,7 @@ mon warn on pool no redundancy = false
 mon warn on insecure global id reclaim = false
 mon warn on insecure global id reclaim allowed = false
 mon allow pool delete = true
+mon data avail warn = 5
 mon max pg per osd = 1000
 osd pool default size = 1
 osd pool default min size = 1

@@ -23,6 +23,7 @@ from typing import Any, Callable, TypeVar
 import yaml
 
 from pvc.cli.localcluster.bmc import SimulatedBMC
+from pvc.cli.localcluster.prometheus import LocalPrometheus
 from pvc.cli.localcluster.ceph import PrivateCeph
 from pvc.cli.localcluster.processes import (exit_description, free_port, kill_pid, live_pid, log_tail, read_pid,
                                             start_detached, stop_pid)
@@ -48,6 +49,9 @@ ZOOKEEPER_ENSEMBLE_SIZES = (1, 3, 5)
 LAB_ZOOKEEPER_PORTS = (2181, 2888, 3888)
 """Client, quorum and election port of a lab's ZooKeeper server (each has its address to itself)."""
 LAB_COORDINATOR_PORT = 7370
+LAB_METRICS_PORT = 9470
+HEALTH_INTERVAL = 2
+"""Seconds between a local node's health check rounds: short, so a fault shows within seconds."""
 FENCE_INTERVALS = 4
 SUICIDE_INTERVALS = 2
 """A node cut off from ZooKeeper starts stopping its VMs after 2 s of silence and is done by 3.6 s on its slowest
@@ -133,6 +137,15 @@ class LocalCluster:
         lab = self.lab
         return f"{lab.address(name) if lab else '127.0.0.1'}:{self.state['coordinators'][name]}"
 
+    def metrics_address(self, name: str) -> str:
+        """Where coordinator `name` serves /metrics (every local coordinator does)."""
+        lab = self.lab
+        return f"{lab.address(name) if lab else '127.0.0.1'}:{self.state['metrics'][name]}"
+
+    @property
+    def metrics_targets(self) -> list[str]:
+        return [self.metrics_address(name) for name in self.coordinator_names]
+
     @property
     def uris(self) -> list[str]:
         return [f"pvc://{self.coordinator_address(name)}" for name in self.coordinator_names]
@@ -175,12 +188,22 @@ class LocalCluster:
                 found[f"bmc {name}"] = self.bmc(name).pid
         if self.state.get("private_ceph"):
             found.update({f"ceph {daemon}": pid for daemon, pid in self.private_ceph.pids().items()})
+        if self.prometheus.running:
+            found["prometheus"] = self.prometheus.pid
         return found
+
+    @property
+    def prometheus(self) -> LocalPrometheus:
+        """The cluster's Prometheus (`up(monitoring=True)`), scraping every coordinator's /metrics."""
+        return LocalPrometheus(self.state_dir / "prometheus")
 
     def up(self, nodes: int = 3, coordinators: int = 1, timeout: float = 60.0, storage: str = "file",
            ceph_conf: Path | None = None, tls: bool = False, hypervisor: str = "test", zookeepers: int = 1,
-           lab: bool = False) -> None:
+           lab: bool = False, monitoring: bool = False) -> None:
         """Start everything and return once every node is ``run`` and ``ready``; on failure, stop it all.
+
+        With `monitoring`, a real Prometheus (`prometheus.py`) scrapes every coordinator's /metrics, with the
+        alert rules of contrib/monitoring loaded.
 
         `storage` is the nodes' backend: ``file`` (a directory in the state dir), ``ceph`` (the Ceph that
         `ceph_conf` names, else a private single-node Ceph started in the state dir and stopped by `down`), or
@@ -210,7 +233,8 @@ class LocalCluster:
                            f"(stop it with: pvc-local down --state-dir {self.state_dir})")
         if self.lab:
             self.lab.release(self.state_dir)
-        for leftover in ("zookeeper", "hosts", "bmc", "nodes", "coordinators", "storage", "ceph", "tls"):
+        for leftover in ("zookeeper", "hosts", "bmc", "nodes", "coordinators", "storage", "ceph", "tls",
+                         "prometheus"):
             shutil.rmtree(self.state_dir / leftover, ignore_errors=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state = {
@@ -244,6 +268,7 @@ class LocalCluster:
                 self.private_ceph.start()
             for index in range(1, coordinators + 1):
                 self.state["coordinators"][f"pvcapid{index}"] = LAB_COORDINATOR_PORT if lab else free_port()
+                self.state.setdefault("metrics", {})[f"pvcapid{index}"] = LAB_METRICS_PORT if lab else free_port()
                 self._save()
                 self.start_coordinator(f"pvcapid{index}")
             for index in range(1, nodes + 1):
@@ -255,6 +280,8 @@ class LocalCluster:
                 self.start_node_daemon(name)
             self._write_client_config()
             self.wait_ready(timeout)
+            if monitoring:
+                self.prometheus.start(self.metrics_targets)
         except BaseException:
             self.down()
             raise
@@ -282,7 +309,11 @@ class LocalCluster:
     def down(self) -> list[str]:
         """Stop every process this cluster started, and remove its lab network; returns what was stopped. The
         nodes stop side by side (each its BMC, pvcnoded, then host), then the coordinators, then ZooKeeper."""
-        stopped = [entry for entries in self._each(self._stop_node, self.node_names) for entry in entries]
+        stopped = []
+        if self.prometheus.running:
+            self.prometheus.stop()
+            stopped.append("prometheus")
+        stopped += [entry for entries in self._each(self._stop_node, self.node_names) for entry in entries]
         stopped += [found for found in self._each(self._stop_coordinator, self.coordinator_names) if found]
         stopped += [found for found in self._each(self._stop_zookeeper, self.zookeeper_names) if found]
         if self.state.get("private_ceph") and self.private_ceph.running:
@@ -411,6 +442,9 @@ class LocalCluster:
         settings = {**self._common_settings(), "coordinator_name": name,
                     "listen_address": self.coordinator_address(name),
                     "api_keys": [self.state["api_key"]], "leader_tick": 0.5, "fence_intervals": FENCE_INTERVALS,
+                    "health_interval": HEALTH_INTERVAL, "metrics_poll_interval": HEALTH_INTERVAL,
+                    **({"metrics_listen": self.metrics_address(name)} if name in self.state.get("metrics", {})
+                       else {}),
                     "keepalive_interval": KEEPALIVE_INTERVAL, "suicide_intervals": SUICIDE_INTERVALS,
                     **({"tls_ca": str(self.tls_cert)} if self.state.get("tls") else {})}
         lab = self.lab
@@ -434,7 +468,8 @@ class LocalCluster:
                     **({"zookeeper_hosts": zookeeper_hosts} if zookeeper_hosts else {}),
                     **({"tls_ca": str(self.tls_cert)} if self.state.get("tls") else {}),
                     "keepalive_interval": KEEPALIVE_INTERVAL, "listen_address": "127.0.0.1:0",
-                    "libvirt_timeout": LIBVIRT_TIMEOUT,
+                    "libvirt_timeout": LIBVIRT_TIMEOUT, "health_interval": HEALTH_INTERVAL,
+                    "vm_stats_interval": HEALTH_INTERVAL,
                     "boot_image_directory": str(self.boot_image_directory),
                     "console_log_directory": str(self.console_directory(name)),
                     "log_file": str(directory / "pvcnoded.log"),

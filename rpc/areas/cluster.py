@@ -1,4 +1,5 @@
 """Remote object `cluster`: status, maintenance mode, plugins."""
+import time
 from typing import Any
 
 import Pyro5.server
@@ -6,7 +7,10 @@ from kazoo.exceptions import BadVersionError
 
 from pvc import cluster_config, fence_secrets, fencing_settings, schema
 from pvc.cache import OWN_VALUE
-from pvc.errors import InvalidInput
+from pvc.errors import InvalidInput, NotFound
+from pvc.health import libvirt_lost
+from pvc.health.faults import health as fault_health
+from pvc.hookspecs import SEVERITIES
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.retries import retry_safe
 from pvc.secrets_box import SecretsBox
@@ -14,7 +18,7 @@ from pvc.secrets_box import SecretsBox
 
 @Pyro5.server.expose
 @Pyro5.server.behavior(instance_mode="single")
-@retry_safe(reads={"status", "plugins"})
+@retry_safe(reads={"status", "plugins", "faults"})
 class ClusterArea:
     """``client.cluster``: the cluster at a glance, maintenance mode, the cluster config and the loaded plugins."""
 
@@ -22,6 +26,8 @@ class ClusterArea:
         self._context = context
 
     def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        if method.startswith("fault_"):
+            return self.faults(all=True)
         return self.config() if method == "config" else self.status()
 
     def status(self) -> dict[str, Any]:
@@ -34,7 +40,25 @@ class ClusterArea:
         by_state: dict[str, int] = {}
         for node in nodes:
             by_state[node["daemon_state"]] = by_state.get(node["daemon_state"], 0) + 1
+        faults = context.fault_views()
+        active = [fault for fault in faults if fault["active"]]
+        vms = context.cache.vms.snapshot()
+        vms_by_state: dict[str, int] = {}
+        for raw in vms.values():
+            if raw.get(OWN_VALUE) is not None:
+                vms_by_state[raw.get("state") or "stop"] = vms_by_state.get(raw.get("state") or "stop", 0) + 1
         return {
+            "health": fault_health(faults),
+            "faults_active": len(active),
+            "faults_unacknowledged": sum(1 for fault in active if fault["counts"]),
+            "faults_by_severity": {severity: sum(1 for fault in active if fault["severity"] == severity)
+                                   for severity in SEVERITIES},
+            "resources": {"cpus": sum(node["cpus"] or 0 for node in nodes),
+                          "memory_total_mib": sum(node["memory_total_mib"] or 0 for node in nodes),
+                          "memory_allocated_mib": sum(node["memory_allocated_mib"] or 0 for node in nodes),
+                          "memory_provisioned_mib": sum(node["memory_provisioned_mib"] or 0 for node in nodes),
+                          "vcpus_allocated": sum(node["vcpus_allocated"] or 0 for node in nodes),
+                          "vms_total": sum(vms_by_state.values()), "vms_by_state": vms_by_state},
             "maintenance": bool(context.cache.config.get().get("maintenance")),
             "leader": context.leadership.current_leader(),
             "coordinators": context.live_coordinators(),
@@ -58,18 +82,24 @@ class ClusterArea:
 
         Every key, its default and what it does is declared in `pvc.cluster_config` (the manual's cluster
         config reference). A ``password`` in ``fence_options`` is stored sealed and shown as "(set)"; "(set)"
-        given back keeps the stored one. With `node`, the fencing settings given set that node's overrides
-        instead (None removes an override).
+        given back keeps the stored one. With `node`, the fencing and libvirt-lost settings given set that
+        node's overrides instead (None removes an override).
 
         :raises InvalidInput: an unknown key or a bad value, or fencing settings that would let a node cut off
             from ZooKeeper run its VMs past the leader's fence deadline (the message gives the numbers).
         """
-        if fencing_settings.OVERRIDES_KEY in changes:
-            raise InvalidInput(f"{fencing_settings.OVERRIDES_KEY} is set one node at a time: give node=NAME "
-                               "and the settings to override")
-        if node is not None or set(changes) & set(fencing_settings.KEYS):
+        for overrides_key in (fencing_settings.OVERRIDES_KEY, libvirt_lost.OVERRIDES_KEY):
+            if overrides_key in changes:
+                raise InvalidInput(f"{overrides_key} is set one node at a time: give node=NAME and the settings "
+                                   "to override")
+        lost = {key: changes.pop(key) for key in libvirt_lost.KEYS if key in changes}
+        if node is not None and (set(changes) & set(fencing_settings.KEYS) or not lost):
             changes = self._fencing_changes(node, changes)
-        known = (*cluster_config.SETTABLE_KEYS, fencing_settings.OVERRIDES_KEY)
+        elif set(changes) & set(fencing_settings.KEYS):
+            changes = self._fencing_changes(None, changes)
+        if lost:
+            changes.update(self._libvirt_lost_changes(node, lost))
+        known = (*cluster_config.SETTABLE_KEYS, fencing_settings.OVERRIDES_KEY, libvirt_lost.OVERRIDES_KEY)
         unknown = set(changes) - set(known)
         if unknown:
             raise InvalidInput(f"unknown cluster config key(s): {', '.join(sorted(unknown))} "
@@ -104,8 +134,26 @@ class ClusterArea:
                                f"(one of: {', '.join(schema.MIGRATION_METHODS)})")
         if changes:
             self._update_config(changes)
-        settings = {**schema.DEFAULT_CLUSTER_CONFIG, **fencing_settings.DEFAULTS, **self._context.cache.config.get()}
+        settings = {**schema.DEFAULT_CLUSTER_CONFIG, **fencing_settings.DEFAULTS, **libvirt_lost.DEFAULTS,
+                    **self._context.cache.config.get()}
         return {**settings, "fence_options": fence_secrets.shown_options(settings.get("fence_options") or {})}
+
+    def _libvirt_lost_changes(self, node: str | None, lost: dict[str, Any]) -> dict[str, Any]:
+        """`libvirt_lost_action`/`libvirt_lost_after` checked; with `node`, folded into its overrides (None
+        removes one)."""
+        if node is None:
+            libvirt_lost.check(lost)
+            return lost
+        schema.check_name("node", node)
+        libvirt_lost.check({key: value for key, value in lost.items() if value is not None}, f"of node {node}")
+        overrides = {name: dict(values) for name, values in
+                     (self._context.cache.config.get().get(libvirt_lost.OVERRIDES_KEY) or {}).items()}
+        mine = {key: value for key, value in {**overrides.get(node, {}), **lost}.items() if value is not None}
+        if mine:
+            overrides[node] = mine
+        else:
+            overrides.pop(node, None)
+        return {libvirt_lost.OVERRIDES_KEY: overrides}
 
     def _fencing_changes(self, node: str | None, changes: dict[str, Any]) -> dict[str, Any]:
         """`changes` with the fencing settings checked, alone and against every node's negotiated ZooKeeper
@@ -141,6 +189,64 @@ class ClusterArea:
         if problem:
             raise InvalidInput(f"refused: {problem}")
         return {**others, **fencing}
+
+    def faults(self, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002 - the CLI's --all
+        """Active faults (with `all`, cleared ones too, until their raiser prunes them), active first, newest
+        first. `counts`: whether the fault takes its `delta` off health now (active and not acknowledged)."""
+        self._context.cache.catch_up()
+        return [fault for fault in self._context.fault_views() if all or fault["active"]]
+
+    def fault_ack(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Acknowledge faults: each stops counting against health until it clears and happens again."""
+        return self._acknowledge(self._existing_faults(ids))
+
+    def fault_ack_all(self) -> list[dict[str, Any]]:
+        """Acknowledge every active fault not yet acknowledged."""
+        self._context.cache.catch_up()
+        return self._acknowledge([fault["id"] for fault in self._context.fault_views()
+                                  if fault["active"] and not fault["acknowledged"]])
+
+    def fault_delete(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Forget faults now (a raiser still seeing the problem raises it again, counting from one)."""
+        zk = self._context.store.zk
+        transaction = self._context.store.transaction()
+        for fault_id in self._existing_faults(ids):
+            stat = zk.exists(schema.fault(fault_id))
+            if stat is None:
+                continue
+            if zk.exists(schema.fault_ack(fault_id)):
+                transaction.delete(schema.fault_ack(fault_id))
+            transaction.delete(schema.fault(fault_id), stat.version)
+        transaction.commit()
+        return self.faults(all=True)
+
+    def _existing_faults(self, ids: list[str]) -> list[str]:
+        if isinstance(ids, str) or not isinstance(ids, list) or not ids:
+            raise InvalidInput("give one or more fault ids")
+        checked = [schema.check_fault_id(fault_id) for fault_id in ids]
+        self._context.cache.catch_up()
+        known = {fault["id"] for fault in self._context.fault_views()}
+        missing = [fault_id for fault_id in checked if fault_id not in known]
+        if missing:
+            raise NotFound(f"no fault {', '.join(missing)} (see pvc cluster fault list --all)")
+        return checked
+
+    def _acknowledge(self, ids: list[str]) -> list[dict[str, Any]]:
+        zk = self._context.store.zk
+        transaction = self._context.store.transaction()
+        now = time.time()
+        for fault_id in ids:
+            data, stat = zk.get(schema.fault(fault_id))
+            record = schema.decode(data) or {}
+            transaction.check(schema.fault(fault_id), stat.version)
+            ack = {"time": now, "occurrence": record.get("first_seen")}
+            if zk.exists(schema.fault_ack(fault_id)):
+                transaction.set(schema.fault_ack(fault_id), ack)
+            else:
+                transaction.create(schema.fault_ack(fault_id), ack)
+        if ids:
+            transaction.commit()
+        return self.faults(all=True)
 
     def plugins(self) -> list[dict[str, Any]]:
         """Every plugin this coordinator loaded, what it registers, and where it came from.

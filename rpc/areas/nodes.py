@@ -8,6 +8,7 @@ import Pyro5.server
 from pvc import models, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import Conflict, NotFound, Unavailable
+from pvc.health.faults import health
 from pvc.rpc import tasks
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.monitor import KeepaliveWatch
@@ -30,6 +31,10 @@ class NodesArea:
         self._keepalives = KeepaliveWatch(context.store)
         self._keepalives.start()
 
+    def _keepalive_age(self, name: str) -> float | None:
+        """Seconds since this coordinator saw the node's keepalive change (None: not yet seen)."""
+        return self._keepalives.age(name)
+
     def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> Any:
         return self.info(args[0] if args else kwargs["name"])
 
@@ -45,8 +50,8 @@ class NodesArea:
     def info(self, name: str) -> dict[str, Any]:
         """One node; after a flush that failed, `not_flushed` lists each VM still on it and why
         (``"NAME: reason"``); `changed_by_command`, the VMs its latest flush, ready or recovery left alone
-        because a command changed them meanwhile; `bmc_note`, why its BMC will not be used to fence it (other
-        nodes name the same one), else None.
+        because a command changed them meanwhile; `faults`, its active faults; `bmc_note`, why its BMC will not
+        be used to fence it (other nodes name the same one), else None.
 
         :raises NotFound: no node of that name
         :raises InvalidInput: a malformed name
@@ -54,6 +59,7 @@ class NodesArea:
         own = [task for task in tasks.list_tasks(self._context) if task.get("node") == name]
         raw = self._raw(name)
         return {**self._view(name, raw), "not_flushed": tasks.not_flushed(self._context, name),
+                "faults": [fault for fault in self._context.fault_views() if fault["node"] == name and fault["active"]],
                 "recovery": self._recovery(name),
                 "changed_by_command": (own[-1].get("changed_by_command") or []) if own else [],
                 "bmc_note": shared_bmc(self._context, name, (raw.get(OWN_VALUE) or {}).get("bmc"))}
@@ -117,7 +123,8 @@ class NodesArea:
         notes = {"dead": RESUMED_SINCE_DEAD, "fenced": RUNS_AGAIN_SINCE_FENCED}
         state = raw.get("daemon_state")
         note = notes[state] if state in notes and self._beating_since_marked(name) else None
-        return models.node_view(name, raw, keepalive_age_s=self._keepalives.age(name), daemon_note=note)
+        return models.node_view(name, raw, keepalive_age_s=self._keepalives.age(name), daemon_note=note,
+                                health=health(self._context.fault_views(), name))
 
     def _beating_since_marked(self, name: str) -> bool:
         """Whether a keepalive was written after the leader last wrote the node's daemon state (dead, fenced):

@@ -58,6 +58,36 @@ class StorageArea:
         except NotFound:
             return None
 
+    def _backend_health(self) -> dict[str, dict[str, Any]]:
+        """Per storage backend in use, its own judgement asked of one running node serving it (for /metrics)."""
+        judged = {}
+        for backend in sorted({raw[OWN_VALUE]["backend"] for raw in self._pools.snapshot().values()
+                               if raw.get(OWN_VALUE)}):
+            node, agent_uri, _backend = self._storage_node_for_backend(backend)
+            judged[backend] = self._context.agents.call(node, agent_uri, "health", timeout=15.0)
+        return judged
+
+    def _storage_node_for_backend(self, backend: str) -> tuple[str, str, str]:
+        for name, raw in sorted(self._context.cache.nodes.snapshot().items()):
+            facts = raw.get(OWN_VALUE) or {}
+            if raw.get("daemon_state") == "run" and facts.get("storage_agent_uri") \
+                    and facts.get("storage_backend") == backend:
+                return name, facts["storage_agent_uri"], backend
+        raise Unavailable(f"no running node with the '{backend}' storage backend")
+
+    def _pool_figures(self) -> dict[str, dict[str, int]]:
+        """Per pool, from the watched records only: volumes, snapshots and bytes provisioned (for /metrics)."""
+        figures = {name: {"volumes": 0, "snapshots": 0, "provisioned_bytes": 0}
+                   for name, raw in self._pools.snapshot().items() if raw.get(OWN_VALUE)}
+        for key, raw in self._volumes.snapshot().items():
+            pool_name, _volume = schema.split_volume_key(key)
+            record = raw.get(OWN_VALUE)
+            if record and pool_name in figures:
+                figures[pool_name]["volumes"] += 1
+                figures[pool_name]["snapshots"] += len(raw.get("snapshots") or {})
+                figures[pool_name]["provisioned_bytes"] += record.get("size_bytes") or 0
+        return figures
+
     # -- pools --------------------------------------------------------------------------------------------
 
     def pool_list(self) -> list[dict[str, Any]]:
