@@ -89,12 +89,14 @@ def maintenance(session, mode: str, output_format: str) -> None:
               help="options of each fencing level as a YAML/JSON mapping {POLICY: {OPTION: VALUE}}, replacing the "
                    "stored ones ('-' reads it from stdin, keeping a password off the command line); a password "
                    "is stored sealed and shown as (set); never a BMC host or port: each node's is its own")
+@click.option("--underlay-mtu", type=int, help="MTU the nodes' uplinks carry: the most a bridged network's MTU "
+              "may be, and 50 more than a managed (VXLAN) network's")
 @click.option("--node", metavar="NODE", help="set the fencing settings given for this node only (its overrides)")
 @output.format_option
 @click.pass_obj
 def cluster_config(session, default_selector, migration_method, allow_host_devices, fence_chain,
                    keepalive_interval, fence_intervals, suicide_intervals, successful_fence, accept_io_fence,
-                   fence_options, node, output_format) -> None:
+                   fence_options, underlay_mtu, node, output_format) -> None:
     """Show the cluster configuration, or change the keys given."""
     chain = [name.strip() for name in fence_chain.split(",") if name.strip()] if fence_chain is not None else None
     changes = {key: value for key, value in {"default_selector": default_selector,
@@ -105,7 +107,8 @@ def cluster_config(session, default_selector, migration_method, allow_host_devic
                                              "fence_intervals": fence_intervals,
                                              "suicide_intervals": suicide_intervals,
                                              "successful_fence": successful_fence,
-                                             "accept_io_fence": accept_io_fence}.items()
+                                             "accept_io_fence": accept_io_fence,
+                                             "underlay_mtu": underlay_mtu}.items()
                if value is not None}
     if fence_options is not None:
         changes["fence_options"] = _fence_options(fence_options)

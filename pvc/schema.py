@@ -77,6 +77,11 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
     /pvc/provisioner/ovas/NAME/importing  N  ephemeral: held by the node while it imports the OVA
     /pvc/locks/provisioner             C   kazoo lock serialising changes to templates and profiles, so that no
                                            template goes while a profile starts using it
+    /pvc/networks/VNI                  C   a client network (`pvc.network_records`): type bridged | managed,
+                                           description, domain, MTU, IPv4/IPv6 subnets, gateways, DHCP range;
+                                           checked whole before it is written
+    /pvc/locks/networks                C   kazoo lock serialising network changes with the VM definitions that
+                                           name networks, so no network goes while a VM starts to use it
     /pvc/tasks/ID (kind ``provision``) C,L a VM creation: recorded by the coordinator that was asked, with its
                                            whole plan; run, resumed or rolled back by the leader
                                            (`pvc.rpc.provisioning`)
@@ -123,11 +128,14 @@ DOMAIN_STATES = ("ready", "flushing", "flushed", "unflushing")
 
 DEFAULT_CLUSTER_CONFIG: dict[str, Any] = {"maintenance": False, "default_selector": "mem",
                                           "migration_method": "auto", "allow_host_devices": False,
-                                          "fence_chain": ["ipmi"], "accept_io_fence": False}
+                                          "fence_chain": ["ipmi"], "accept_io_fence": False,
+                                          "underlay_mtu": 1500}
 """`allow_host_devices`: whether a VM definition may pass host devices (<hostdev>, disks naming host paths).
 `accept_io_fence`: whether a dead node proven isolated from storage by every I/O level of its fencing chain,
 but not proven off, may have its VMs restarted elsewhere (for BMCs that lose power with their host): only when
-no power level's device answered at all."""
+no power level's device answered at all.
+`underlay_mtu`: the MTU the nodes' uplinks carry; a bridged network's MTU is at most this, a managed (VXLAN)
+network's at most this minus `pvc.network_records.VXLAN_OVERHEAD`."""
 MIGRATION_METHODS = ("live", "shutdown", "auto")
 DEFAULT_FENCE_CHAIN = ("ipmi",)
 """Fencing policies tried in order on a dead node until one confirms it is off (cluster config `fence_chain`)."""
@@ -303,3 +311,18 @@ def ova_volume(name: str, index: int) -> str:
 
 
 CONTAINERS += (PROVISIONER, TEMPLATES, *(templates(kind) for kind in TEMPLATE_KINDS), PROFILES, OVAS)
+
+
+# -- client networks ----------------------------------------------------------------------------------------
+
+NETWORKS = f"{ROOT}/networks"
+NETWORK_LOCK = f"{LOCKS}/networks"
+
+
+def network(vni: int) -> str:
+    if not isinstance(vni, int) or isinstance(vni, bool) or vni < 0:
+        raise InvalidInput(f"invalid network VNI {vni!r}: a whole number")
+    return f"{NETWORKS}/{vni}"
+
+
+CONTAINERS += (NETWORKS,)

@@ -19,6 +19,7 @@ from pvc.errors import ConfigError
 from pvc.handshake import AuthenticatingDaemon, use_tls
 from pvc.rpc.agents import NodeAgents
 from pvc.rpc.areas.cluster import ClusterArea
+from pvc.rpc.areas.networks import NetworksArea
 from pvc.rpc.areas.nodes import NodesArea
 from pvc.rpc.areas.provisioner import ProvisionerArea
 from pvc.rpc.areas.storage import StorageArea
@@ -78,7 +79,8 @@ class Coordinator:
                                      PROVISION: provision_executor(self.context, storage, vms)})
             self.daemon = AuthenticatingDaemon(self.settings["api_keys"], "API key", host, port)
             areas = {"cluster": ClusterArea(self.context), "nodes": NodesArea(self.context),
-                     "vms": vms, "storage": storage, "provisioner": ProvisionerArea(self.context, storage, vms)}
+                     "vms": vms, "storage": storage, "provisioner": ProvisionerArea(self.context, storage, vms),
+                     "networks": NetworksArea(self.context)}
             for area, remote_object in areas.items():
                 self.daemon.register(remote_object, object_id(area))
             threading.Thread(target=self.daemon.requestLoop, name="pyro", daemon=True).start()

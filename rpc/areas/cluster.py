@@ -4,9 +4,10 @@ from typing import Any
 import Pyro5.server
 from kazoo.exceptions import BadVersionError
 
-from pvc import fence_secrets, fencing_settings, schema
+from pvc import fence_secrets, fencing_settings, network_records, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import InvalidInput
+from pvc.rpc import network_use
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.retries import retry_safe
 from pvc.secrets_box import SecretsBox
@@ -62,7 +63,7 @@ class ClusterArea:
         if node is not None or set(changes) & set(fencing_settings.KEYS):
             changes = self._fencing_changes(node, changes)
         known = ("default_selector", "migration_method", "allow_host_devices", "fence_chain", "accept_io_fence",
-                 "fence_options", *fencing_settings.KEYS, fencing_settings.OVERRIDES_KEY)
+                 "underlay_mtu", "fence_options", *fencing_settings.KEYS, fencing_settings.OVERRIDES_KEY)
         unknown = set(changes) - set(known)
         if unknown:
             raise InvalidInput(f"unknown cluster config key(s): {', '.join(sorted(unknown))} "
@@ -90,6 +91,9 @@ class ClusterArea:
             changes["fence_options"] = fence_secrets.sealed_options(
                 SecretsBox(self._context.settings["cluster_secret"]), changes["fence_options"],
                 self._context.cache.config.get().get("fence_options") or {})
+        if "underlay_mtu" in changes:
+            network_records.check_underlay_mtu(changes["underlay_mtu"],
+                                               network_use.stored_networks(self._context.store))
         if "default_selector" in changes:
             self._context.selector({"node_selector": changes["default_selector"]})
         if "migration_method" in changes and changes["migration_method"] not in schema.MIGRATION_METHODS:

@@ -1,0 +1,151 @@
+"""`pvc network`: client networks, bridged (a VLAN on every node's uplink) and managed (a VXLAN overlay with
+PVC's gateway, DHCP and DNS). Options carry upstream PVC's names beside the issue's (``--ipnet`` is ``--ipv4``)."""
+from typing import Any, Callable
+
+import click
+
+from pvc.cli import output
+from pvc.cli.confirm import confirm_option
+
+_COLUMNS = [
+    output.column("VNI", "vni"),
+    output.column("DESCRIPTION", "description"),
+    output.column("TYPE", "type"),
+    output.column("MTU", "mtu"),
+    output.column("DOMAIN", "domain"),
+    output.column("IPV4", "ipv4_network"),
+    output.column("GATEWAY4", "ipv4_gateway"),
+    output.column("DHCP4", "dhcp4_range"),
+    output.column("IPV6", "ipv6_network"),
+    output.column("USED BY", "used_by"),
+]
+
+
+def _dhcp4(network: dict[str, Any]) -> str:
+    return f"{network['dhcp4_start']}-{network['dhcp4_end']}" if network.get("dhcp4_start") else "-"
+
+
+def _rows(networks: list[dict[str, Any]]) -> str:
+    return output.table([{**network, "dhcp4_range": _dhcp4(network)} for network in networks], _COLUMNS)
+
+
+def _details(network: dict[str, Any]) -> str:
+    return output.details([
+        ("VNI", str(network["vni"])),
+        ("Description", network["description"]),
+        ("Type", network["type"]),
+        ("MTU", str(network["mtu"])),
+        ("Domain", network["domain"] or "-"),
+        ("IPv4 network", network["ipv4_network"] or "-"),
+        ("IPv4 gateway", network["ipv4_gateway"] or "-"),
+        ("DHCPv4 range", _dhcp4(network)),
+        ("IPv6 network", network["ipv6_network"] or "-"),
+        ("IPv6 gateway", network["ipv6_gateway"] or "-"),
+        ("Used by", output.plain(network["used_by"])),
+    ])
+
+
+def _range(_context: click.Context, _parameter: click.Parameter, value: str | None) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    start, separator, end = value.partition("-")
+    if not separator or not start.strip() or not end.strip():
+        raise click.BadParameter(f"expected START-END, not {value!r}")
+    return start.strip(), end.strip()
+
+
+def _field_options(function: Callable) -> Callable:
+    options = [
+        click.option("-d", "--description", help="a unique name for the network, starting with a letter "
+                     "(default: netVNI); a NIC may name the network by it"),
+        click.option("-n", "--domain", help="managed: the DNS domain of the network's guests"),
+        click.option("-m", "--mtu", type=int, help="MTU (default and most: the underlay's, minus 50 for "
+                     "managed networks' VXLAN)"),
+        click.option("--ipv4", "-i", "--ipnet", "ipv4_network", metavar="CIDR", help="managed: IPv4 subnet"),
+        click.option("--gateway4", "-g", "--gateway", "ipv4_gateway", metavar="IP",
+                     help="managed: the router's IPv4 address in the subnet"),
+        click.option("--dhcp4", "dhcp4", callback=_range, metavar="START-END",
+                     help="managed: IPv4 DHCP range, inside the subnet and clear of the gateway"),
+        click.option("--dhcp-start", "-s", "dhcp4_start", metavar="IP", help="upstream's spelling of the range's "
+                     "start"),
+        click.option("--dhcp-end", "-e", "dhcp4_end", metavar="IP", help="upstream's spelling of the range's end"),
+        click.option("--ipv6", "-i6", "--ipnet6", "ipv6_network", metavar="CIDR", help="managed: IPv6 subnet"),
+        click.option("--gateway6", "-g6", "ipv6_gateway", metavar="IP", help="managed: the router's IPv6 address"),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _fields(dhcp4: tuple[str, str] | None, **given: Any) -> dict[str, Any]:
+    if dhcp4 is not None:
+        if given.get("dhcp4_start") or given.get("dhcp4_end"):
+            raise click.UsageError("give the DHCP range once: --dhcp4 START-END or --dhcp-start/--dhcp-end")
+        given["dhcp4_start"], given["dhcp4_end"] = dhcp4
+    return {key: value for key, value in given.items() if value is not None}
+
+
+@click.group("network")
+def group() -> None:
+    """Client networks: bridged VLANs and managed VXLAN networks."""
+
+
+@group.command("add")
+@click.argument("vni")
+@click.option("-p", "--type", "network_type", type=click.Choice(["bridged", "managed"]), required=True,
+              help="bridged: a VLAN on every node's uplink; managed: a VXLAN overlay PVC serves")
+@_field_options
+@output.format_option
+@click.pass_obj
+def add(session, vni: str, network_type: str, dhcp4, output_format: str, **given: Any) -> None:
+    """Add network VNI (a bridged network's VLAN id, a managed network's VXLAN id)."""
+    output.show(session.client.networks.add(vni, network_type, **_fields(dhcp4, **given)), output_format,
+                _details)
+
+
+@group.command("modify")
+@click.argument("vni")
+@_field_options
+@click.option("--no-dhcp4", is_flag=True, help="remove the IPv4 DHCP range")
+@output.format_option
+@click.pass_obj
+def modify(session, vni: str, dhcp4, no_dhcp4: bool, output_format: str, **given: Any) -> None:
+    """Change network VNI (by VNI or description); its type stays."""
+    changes = _fields(dhcp4, **given)
+    if no_dhcp4:
+        if dhcp4 or "dhcp4_start" in changes:
+            raise click.UsageError("--no-dhcp4 and a DHCP range together")
+        changes.update(dhcp4_start=None, dhcp4_end=None)
+    if not changes:
+        raise click.UsageError("nothing to change: give at least one option")
+    output.show(session.client.networks.modify(vni, **changes), output_format, _details)
+
+
+@group.command("remove")
+@click.argument("vni")
+@confirm_option("Remove network {vni}")
+@click.pass_obj
+def remove(session, vni: str) -> None:
+    """Remove network VNI; refused while a VM uses it."""
+    session.client.networks.remove(vni)
+    click.echo(f"Removed network {vni}")
+
+
+@group.command("list")
+@click.argument("limit", metavar="[REGEX]", required=False)
+@output.list_format_option
+@click.pass_obj
+def list_networks(session, limit: str | None, output_format: str) -> None:
+    """Every network; with REGEX, those whose VNI or description it matches."""
+    networks = session.client.networks.list()
+    matching = {id(row) for key in ("name", "description") for row in output.matching(networks, limit, key)}
+    output.show([row for row in networks if id(row) in matching], output_format, _rows)
+
+
+@group.command("info")
+@click.argument("vni")
+@output.format_option
+@click.pass_obj
+def info(session, vni: str, output_format: str) -> None:
+    """Network VNI (by VNI or description)."""
+    output.show(session.client.networks.info(vni), output_format, _details)

@@ -1,0 +1,113 @@
+"""Remote object `networks`: client networks, bridged (a VLAN on every node's uplink) and managed (a VXLAN
+overlay PVC serves with a gateway, DHCP and DNS).
+
+Every change takes the network lock (`pvc.rpc.network_use`), checks the whole record against every other
+network (`pvc.network_records`) and writes it in one transaction, so a refused request writes nothing. Nodes
+make and remove their devices from the records and from their VMs' needs (`pvc.node.network`). Reads come from
+a watched collection.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import Pyro5.server
+
+from pvc import network_records, schema
+from pvc.cache import OWN_VALUE, WatchedCollection
+from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from pvc.rpc import network_use
+from pvc.rpc.context import CoordinatorContext
+from pvc.rpc.retries import retry_safe
+
+
+@Pyro5.server.expose
+@Pyro5.server.behavior(instance_mode="single")
+@retry_safe(reads={"list", "info"})
+class NetworksArea:
+    def __init__(self, context: CoordinatorContext):
+        self._context = context
+        self._networks = WatchedCollection(context.store, schema.NETWORKS, lambda name: schema.network(int(name)))
+        self._networks.start()
+
+    def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        """The network as it now is, for a call whose coordinator died before answering; None once it is gone."""
+        try:
+            return self.info(args[0] if args else kwargs["vni"])
+        except NotFound:
+            return None
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every network, sorted by VNI."""
+        users = self._users()
+        views = [network_records.network_view(raw[OWN_VALUE], users.get(int(name), []))
+                 for name, raw in self._networks.snapshot().items() if raw.get(OWN_VALUE)]
+        return sorted(views, key=lambda view: view["vni"])
+
+    def info(self, vni: int | str) -> dict[str, Any]:
+        """One network, by VNI or description."""
+        record = self._require(vni)
+        return network_records.network_view(record, self._users().get(record["vni"], []))
+
+    def add(self, vni: int | str, network_type: str, **fields: Any) -> dict[str, Any]:
+        """A new network; `fields` are `pvc.network_records.FIELDS` (description, domain, mtu, ipv4_network,
+        ipv4_gateway, dhcp4_start, dhcp4_end, ipv6_network, ipv6_gateway)."""
+        vni = network_records.check_vni(vni, network_type if network_type in network_records.NETWORK_TYPES
+                                        else None)
+        with network_use.locked(self._context.store, self._context.name):
+            networks = network_use.stored_networks(self._context.store)
+            if vni in networks:
+                raise AlreadyExists(f"network {vni} exists already")
+            record = network_records.check_network(vni, network_type, fields, networks, self._underlay_mtu())
+            self._context.store.transaction().create(schema.network(vni), record).commit()
+            self._networks.refresh(str(vni))
+        return self.info(vni)
+
+    def modify(self, vni: int | str, **changes: Any) -> dict[str, Any]:
+        """Change the fields named in `changes` (None clears one); the type and VNI stay. Nodes apply the
+        change to the devices and services they run."""
+        with network_use.locked(self._context.store, self._context.name):
+            networks = network_use.stored_networks(self._context.store)
+            current = networks.pop(self._require(vni)["vni"], None)
+            if current is None:
+                raise NotFound(f"no network {vni}")
+            if "type" in changes or "vni" in changes:
+                raise InvalidInput("a network's type and VNI cannot change: add a new network and move the VMs")
+            fields = {**{key: current.get(key) for key in network_records.FIELDS}, **changes}
+            if "mtu" not in changes and current.get("mtu") == network_records.max_mtu(current["type"],
+                                                                                      self._underlay_mtu()):
+                fields["mtu"] = None
+            record = network_records.check_network(current["vni"], current["type"], fields, networks,
+                                                   self._underlay_mtu())
+            self._context.store.transaction().set(schema.network(current["vni"]), record).commit()
+            self._networks.refresh(str(current["vni"]))
+        return self.info(current["vni"])
+
+    def remove(self, vni: int | str) -> None:
+        """Remove a network no VM uses."""
+        with network_use.locked(self._context.store, self._context.name):
+            record = self._require(vni)
+            users = network_use.users(self._context.store, record["vni"])
+            if users:
+                raise Conflict(f"network {record['vni']} is used by VM(s) {', '.join(users)}; remove their "
+                               "interfaces on it first")
+            self._context.store.transaction().delete(schema.network(record["vni"])).commit()
+            self._networks.refresh(str(record["vni"]))
+
+    def _require(self, vni: int | str) -> dict[str, Any]:
+        records = {int(name): raw[OWN_VALUE] for name, raw in self._networks.snapshot().items()
+                   if raw.get(OWN_VALUE)}
+        try:
+            return records[network_records.resolve(vni, records)]
+        except InvalidInput:
+            raise NotFound(f"no network {vni}") from None
+
+    def _users(self) -> dict[int, list[str]]:
+        users: dict[int, list[str]] = {}
+        for name, raw in self._context.cache.vms.snapshot().items():
+            for vni in (raw.get(OWN_VALUE) or {}).get("networks") or []:
+                users.setdefault(vni, []).append(name)
+        return users
+
+    def _underlay_mtu(self) -> int:
+        return int((self._context.cache.config.get() or {}).get("underlay_mtu")
+                   or schema.DEFAULT_CLUSTER_CONFIG["underlay_mtu"])

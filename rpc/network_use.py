@@ -1,0 +1,65 @@
+"""Which VMs use which client networks, and a VM document's NICs resolved to the networks they name.
+
+A NIC names a network by VNI or description (``<interface type='network'><source network='web'/>``); the stored
+document names it by VNI, so a later change of description never moves a VM. Network changes and the VM
+definitions that name networks take one lock (`schema.NETWORK_LOCK`), so no network is removed while a VM starts
+to use it.
+"""
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from lxml import etree
+
+from pvc import domain_xml, network_records, schema
+from pvc.errors import Busy
+from pvc.store import Store
+
+LOCK_TIMEOUT_S = 30
+
+
+@contextmanager
+def locked(store: Store, holder: str) -> Iterator[None]:
+    lock = store.lock(schema.NETWORK_LOCK, holder)
+    if not lock.acquire(timeout=LOCK_TIMEOUT_S):
+        raise Busy("the networks are being changed by another request; try again")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def stored_networks(store: Store) -> dict[int, dict[str, Any]]:
+    """Every network's record, read from ZooKeeper itself (under the lock, what is true now)."""
+    records = {}
+    for name in store.children(schema.NETWORKS):
+        record = store.read(schema.network(int(name)))
+        if record:
+            records[int(name)] = record
+    return records
+
+
+def users(store: Store, vni: int) -> list[str]:
+    """The VMs whose record names network `vni`, read from ZooKeeper itself."""
+    return sorted(name for name in store.children(schema.VMS)
+                  if vni in ((store.read(schema.vm(name)) or {}).get("networks") or []))
+
+
+def names_networks(domain: domain_xml.Domain) -> bool:
+    return any(nic["type"] == "network" for nic in domain.nics)
+
+
+def resolve(domain: domain_xml.Domain, networks: dict[int, dict[str, Any]],
+            allow_host_devices: bool) -> tuple[domain_xml.Domain, list[int]]:
+    """The document with each network NIC naming its network's VNI, and the VNIs it uses; a NIC naming no
+    network, or a description two networks could mean, is refused."""
+    root = domain_xml.parse_root(domain.xml)
+    used = []
+    for source in root.iterfind("devices/interface[@type='network']/source"):
+        vni = network_records.resolve(source.get("network"), networks)
+        source.set("network", str(vni))
+        used.append(vni)
+    if not used:
+        return domain, []
+    resolved = domain_xml.parse(etree.tostring(root, encoding="unicode"), default_uuid=domain.uuid,
+                                allow_host_devices=allow_host_devices)
+    return resolved, sorted(set(used))
