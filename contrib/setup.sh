@@ -14,6 +14,7 @@ packages=(
     ceph-mon ceph-osd ceph-mgr ceph-common uuid-runtime  # a private single-node Ceph
     util-linux procps openssl iproute2 iptables     # unshare, prlimit, ps; certificates for --tls; the lab network
     genisoimage                                     # isoinfo: tests read cloud-init drives with another tool
+    dnsmasq-base nftables iputils-ping              # client networks: DHCP/DNS, NAT and ACL rules; pings in tests
 )
 missing=()
 for package in "${packages[@]}"; do

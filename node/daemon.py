@@ -28,6 +28,7 @@ from pvc.node.fence_hold import FenceHold
 from pvc.node.guest_processes import GuestProcesses
 from pvc.node.host_xml import HostPaths
 from pvc.node.hypervisor import DomainActions, Hypervisor
+from pvc.node.network.node_networks import NodeNetworks
 from pvc.node.ownership import NodeOwnership
 from pvc.node.peer_directory import PeerDirectory
 from pvc.node.reconcile import Reconciler
@@ -73,9 +74,12 @@ class NodeDaemon:
         self.paths = HostPaths(str(Path(settings["boot_image_directory"]).absolute()),
                                str(Path(settings["console_log_directory"]).absolute()))
         actions = DomainActions(self.hypervisor, settings["shutdown_timeout"])
+        self.networks = NodeNetworks(self.name, self.store, self.ownership, settings["bridge_dev"],
+                                     settings["cluster_dev"]) \
+            if settings["bridge_dev"] or settings["cluster_dev"] else None
         self.reconciler = Reconciler(self.name, self.store, self.vms, actions,
                                      self.hypervisor.domains, self.paths, self.storage.backend,
-                                     settings["migration_timeout"], self.ownership)
+                                     settings["migration_timeout"], self.ownership, self.networks)
         self.peers = PeerDirectory(self.store, self.name)
         self.self_fence = SelfFence(self.name, self.store, self.peers, actions, lambda: self.fencing,
                                     lambda: bool(self.cluster_config.get("maintenance")),
@@ -103,6 +107,8 @@ class NodeDaemon:
             self.ownership.acquire()
             self._follow_hold()
             self.vms.start()
+            if self.networks is not None:
+                self.networks.start()
             self.reconciler.converge_all()  # before registering: other nodes rely on these reports from then on
             self._serve_agent()
             self._register()
@@ -145,6 +151,7 @@ class NodeDaemon:
                   "migration_uri": self.settings["migration_uri"] or f"qemu+tcp://{_uri_host(listen_host)}/system",
                   "migration_stream_uri": f"tcp://{_uri_host(self.settings['migration_address'] or listen_host)}",
                   "host_paths": vars(self.paths),
+                  "cluster_address": self.networks.cluster_address if self.networks is not None else None,
                   "bmc": fence_secrets.sealed_bmc(SecretsBox(self.settings["cluster_secret"]), self.name, {
                       "host": self.settings["bmc_host"], "port": self.settings["bmc_port"],
                       "user": self.settings["bmc_user"], "password": self.settings["bmc_password"]})}

@@ -2,7 +2,8 @@
 
 What PVC stores names no host path: disks name PVC volumes (``<disk type='volume'>`` with ``pool`` and
 ``volume``), a direct-boot kernel and initrd are bare file names in the node's boot-image directory, and a
-serial console written to a file gets its path from the node. So one definition runs on every node, and a
+serial console written to a file gets its path from the node, and a NIC names a PVC network by VNI
+(``<interface type='network'><source network='VNI'/>``), which becomes the network's bridge. So one definition runs on every node, and a
 live migration hands the target the document made for the target (`HostPaths` of that node).
 
 Every document PVC gives libvirt carries PVC's own element inside ``<metadata>`` (`METADATA_NAMESPACE`),
@@ -16,6 +17,7 @@ from typing import Any, Callable, Mapping
 from lxml import etree
 
 from pvc.domain_xml import boot_file_name, parse_root
+from pvc.node.network.devices import bridge_name
 
 METADATA_NAMESPACE = "https://parallelvirtualcluster.org/xmlns/pvc/vm"
 METADATA_PREFIX = "pvc"
@@ -39,10 +41,14 @@ class HostPaths:
         return Path(self.console_log_directory) / f"{vm}.log"
 
 
-def for_host(xml: str, paths: HostPaths, disk_source: DiskSource) -> str:
-    """The domain document libvirt on the host with `paths` is given."""
+def for_host(xml: str, paths: HostPaths, disk_source: DiskSource,
+             network_mtu: Callable[[int], int | None] = lambda _vni: None) -> str:
+    """The domain document libvirt on the host with `paths` is given; a NIC on PVC network VNI joins the
+    network's bridge, at the network's MTU (`network_mtu`) unless the document gives one."""
     root = parse_root(xml)
     name = root.findtext("name")
+    for interface in root.iterfind("devices/interface[@type='network']"):
+        _to_bridge(interface, network_mtu)
     for disk in root.iterfind("devices/disk[@type='volume']"):
         _resolve_volume(disk, disk_source)
     for tag in ("kernel", "initrd"):
@@ -85,6 +91,18 @@ def _resolve_volume(disk: etree._Element, disk_source: DiskSource) -> None:
         source.set(attribute, value)
     if config:
         etree.SubElement(source, "config", file=config)
+
+
+def _to_bridge(interface: etree._Element, network_mtu: Callable[[int], int | None]) -> None:
+    source = interface.find("source")
+    vni = int(source.get("network"))
+    interface.set("type", "bridge")
+    for attribute in list(source.attrib):
+        del source.attrib[attribute]
+    source.set("bridge", bridge_name(vni))
+    mtu = network_mtu(vni)
+    if mtu and interface.find("mtu") is None:
+        etree.SubElement(interface, "mtu", size=str(mtu))
 
 
 def _console_to(device: etree._Element, path: Path) -> None:

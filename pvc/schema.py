@@ -32,6 +32,9 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
                                            while dead or fenced the node claims and starts nothing
     /pvc/nodes/NAME/domain_state       L   ready | flushing | flushed | unflushing
     /pvc/nodes/NAME/keepalive          N   live figures, rewritten every keepalive interval
+    /pvc/nodes/NAME/networks           N   {"made": [VNI, ...]}: the client networks whose devices exist on the
+                                           node (`pvc.node.network`); a migration source waits for its target's
+                                           report to name its VM's networks
     /pvc/node_owners/NAME/owner-SEQ    N   ephemeral, sequential: the pvcnoded session running node NAME (the
                                            first one owns it; every write the node makes checks its own still
                                            exists): {"host", "pid", "boot_id", "pid_namespace", "start_time"}
@@ -110,7 +113,7 @@ TASKS = f"{ROOT}/tasks"
 REQUESTS = f"{ROOT}/requests"
 NODE_OWNERS = f"{ROOT}/node_owners"
 
-NODE_KEYS = ("daemon_state", "domain_state", "keepalive")
+NODE_KEYS = ("daemon_state", "domain_state", "keepalive", "networks")
 """The child znodes of a node, each written by whoever owns that fact."""
 
 VM_KEYS = ("state", "placement", "status")

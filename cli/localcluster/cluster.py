@@ -450,6 +450,8 @@ class LocalCluster:
             settings["libvirt_run_directory"] = None
         if address:
             settings.update({"listen_address": f"{address}:0", "upload_listen_address": f"{address}:0"})
+        if lab and netns == lab.netns(name):
+            settings.update({"bridge_dev": "eth0", "cluster_dev": "eth0"})  # the host's one link to the lab
         if self.bmc(name).settings:
             settings.update(self.bmc(name).node_settings())
         return self._start_daemon("pvcnoded", directory, settings, netns)
