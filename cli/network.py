@@ -41,6 +41,9 @@ def _details(network: dict[str, Any]) -> str:
         ("DHCPv4 range", _dhcp4(network)),
         ("IPv6 network", network["ipv6_network"] or "-"),
         ("IPv6 gateway", network["ipv6_gateway"] or "-"),
+        ("ACLs", str(network["acls"])),
+        ("Reservations", str(network["reservations"])),
+        ("Router", network["router"] or "-"),
         ("Used by", output.plain(network["used_by"])),
     ])
 

@@ -23,12 +23,13 @@ from pvc import config, fence_secrets, fencing_settings, schema
 from pvc.cache import WatchedCollection
 from pvc.handshake import AuthenticatingDaemon, use_tls
 from pvc.node.agent import AGENT_OBJECT_ID, NodeAgent
-from pvc.errors import ConfigError, Conflict
+from pvc.errors import ConfigError, Conflict, PVCError
 from pvc.node.fence_hold import FenceHold
 from pvc.node.guest_processes import GuestProcesses
 from pvc.node.host_xml import HostPaths
 from pvc.node.hypervisor import DomainActions, Hypervisor
 from pvc.node.network.node_networks import NodeNetworks
+from pvc.node.network.router import RouterServices
 from pvc.node.ownership import NodeOwnership
 from pvc.node.peer_directory import PeerDirectory
 from pvc.node.reconcile import Reconciler
@@ -74,8 +75,10 @@ class NodeDaemon:
         self.paths = HostPaths(str(Path(settings["boot_image_directory"]).absolute()),
                                str(Path(settings["console_log_directory"]).absolute()))
         actions = DomainActions(self.hypervisor, settings["shutdown_timeout"])
+        router = RouterServices(settings["network_run_directory"], settings["upstream_dev"]) \
+            if settings["router"] else None
         self.networks = NodeNetworks(self.name, self.store, self.ownership, settings["bridge_dev"],
-                                     settings["cluster_dev"]) \
+                                     settings["cluster_dev"], router) \
             if settings["bridge_dev"] or settings["cluster_dev"] else None
         self.reconciler = Reconciler(self.name, self.store, self.vms, actions,
                                      self.hypervisor.domains, self.paths, self.storage.backend,
@@ -152,6 +155,7 @@ class NodeDaemon:
                   "migration_stream_uri": f"tcp://{_uri_host(self.settings['migration_address'] or listen_host)}",
                   "host_paths": vars(self.paths),
                   "cluster_address": self.networks.cluster_address if self.networks is not None else None,
+                  "router": bool(self.networks is not None and self.networks.router is not None),
                   "bmc": fence_secrets.sealed_bmc(SecretsBox(self.settings["cluster_secret"]), self.name, {
                       "host": self.settings["bmc_host"], "port": self.settings["bmc_port"],
                       "user": self.settings["bmc_user"], "password": self.settings["bmc_password"]})}
@@ -356,6 +360,11 @@ class NodeDaemon:
     def _shutdown_services(self) -> None:
         self._stopping.set()
         self.self_fence.stop()
+        if self.networks is not None and self.store.connected:
+            try:
+                self.networks.stop_routing()
+            except PVCError as error:
+                log.warning("router services stopped, not reported: %s", error)
         if self._agent_daemon is not None:
             self._agent_daemon.shutdown()
         self.storage.stop()

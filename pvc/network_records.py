@@ -207,4 +207,42 @@ def resolve(name: Any, networks: Mapping[int, Mapping[str, Any]]) -> int:
 def network_view(record: Mapping[str, Any], used_by: Iterable[str]) -> dict[str, Any]:
     """What `network list` and `info` return and ``--format json`` prints: the record and the VMs using it."""
     return {"name": str(record["vni"]), **{key: record.get(key) for key in ("vni", "type", *FIELDS)},
+            "acls": len(record.get("acls") or []), "reservations": len(record.get("reservations") or {}),
             "used_by": sorted(used_by)}
+
+
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_reservation(record: Mapping[str, Any], mac: Any, address: Any, hostname: Any) -> dict[str, Any]:
+    """A DHCP reservation on managed network `record`: `mac` always gets `address` (and `hostname` in the
+    network's DNS); refused outside the subnet, on the gateway, or on another reservation's address."""
+    vni = record["vni"]
+    if record["type"] != "managed" or not record.get("ipv4_network"):
+        raise InvalidInput(f"network {vni} has no IPv4 subnet PVC serves: only a managed network's DHCP reserves")
+    mac = str(mac).lower()
+    if not _MAC.fullmatch(mac) or int(mac[:2], 16) & 1:
+        raise InvalidInput(f"invalid MAC address {mac!r}: six unicast octets, 52:54:00:12:34:56")
+    subnet = ipaddress.ip_network(record["ipv4_network"])
+    address = _address("reserved address", address, subnet, 4)
+    if address == record["ipv4_gateway"]:
+        raise InvalidInput(f"reserved address {address} is network {vni}'s gateway")
+    if hostname is not None and (not isinstance(hostname, str) or not _HOSTNAME.fullmatch(hostname)):
+        raise InvalidInput(f"invalid hostname {hostname!r}: one DNS label of letters, digits and '-'")
+    for other_mac, other in (record.get("reservations") or {}).items():
+        if other_mac != mac and other["ip"] == address:
+            raise InvalidInput(f"address {address} is reserved for {other_mac} already")
+    return {"ip": address, "hostname": hostname}
+
+
+def reservation_views(record: Mapping[str, Any], leases: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """`network dhcp list`: every reservation and every lease the router recorded, by MAC."""
+    reservations = record.get("reservations") or {}
+    rows = []
+    for mac in sorted(set(reservations) | set(leases or {})):
+        reserved, lease = reservations.get(mac) or {}, (leases or {}).get(mac) or {}
+        rows.append({"name": mac, "mac": mac, "vni": record["vni"], "ip": lease.get("ip") or reserved.get("ip"),
+                     "hostname": lease.get("hostname") or reserved.get("hostname"),
+                     "reserved": bool(reserved), "expires": lease.get("expires")})
+    return rows

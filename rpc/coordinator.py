@@ -27,6 +27,7 @@ from pvc.rpc.areas.vms import VMsArea
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.leadership import Leadership
 from pvc.rpc.monitor import NodeMonitor
+from pvc.rpc.network_router import choose_router
 from pvc.rpc.node_requests import NodeRequests
 from pvc.rpc.provisioning import KIND as PROVISION, executor as provision_executor
 from pvc.rpc.recovery import ReadyExecution, RecoveryExecution, record_missing_recoveries, retry_due_recoveries
@@ -132,6 +133,7 @@ class Coordinator:
         self.requests.handle(leader_node)
         self.request_records.tick(self.store, leader_node)
         self.tasks.tick(leader_node)
+        choose_router(self.context, leader_node)
         if time.monotonic() >= self._next_storage_check:
             self._next_storage_check = time.monotonic() + STORAGE_CHECK_INTERVAL_S
             self.storage.resolve_orphaned_intents()

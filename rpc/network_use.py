@@ -5,6 +5,7 @@ document names it by VNI, so a later change of description never moves a VM. Net
 definitions that name networks take one lock (`schema.NETWORK_LOCK`), so no network is removed while a VM starts
 to use it.
 """
+import secrets
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -48,16 +49,26 @@ def names_networks(domain: domain_xml.Domain) -> bool:
     return any(nic["type"] == "network" for nic in domain.nics)
 
 
+def random_mac() -> str:
+    """A MAC in QEMU's locally administered prefix: fixed in the stored document, so a guest keeps its MAC, and
+    with it its lease and its name in the network's DNS, on every node."""
+    return "52:54:00:" + ":".join(f"{octet:02x}" for octet in secrets.token_bytes(3))
+
+
 def resolve(domain: domain_xml.Domain, networks: dict[int, dict[str, Any]],
             allow_host_devices: bool) -> tuple[domain_xml.Domain, list[int]]:
-    """The document with each network NIC naming its network's VNI, and the VNIs it uses; a NIC naming no
-    network, or a description two networks could mean, is refused."""
+    """The document with each network NIC naming its network's VNI (and a MAC, `random_mac`, where it had
+    none), and the VNIs it uses; a NIC naming no network, or a description two networks could mean, is
+    refused."""
     root = domain_xml.parse_root(domain.xml)
     used = []
-    for source in root.iterfind("devices/interface[@type='network']/source"):
+    for interface in root.iterfind("devices/interface[@type='network']"):
+        source = interface.find("source")
         vni = network_records.resolve(source.get("network"), networks)
         source.set("network", str(vni))
         used.append(vni)
+        if interface.find("mac") is None:
+            interface.insert(0, etree.Element("mac", address=random_mac()))
     if not used:
         return domain, []
     resolved = domain_xml.parse(etree.tostring(root, encoding="unicode"), default_uuid=domain.uuid,

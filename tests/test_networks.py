@@ -19,8 +19,9 @@ NET = "169.254.{}.0/24"
 
 @pytest.fixture(scope="module")
 def lab_cluster(tmp_path_factory) -> Iterator[RunningCluster]:
-    """Two test-driver hosts, each pvcnoded and libvirtd in its own lab namespace."""
-    yield from started_cluster(Path(tmp_path_factory.mktemp("networks")), nodes=2, coordinators=1, lab=True)
+    """Three test-driver hosts, each pvcnoded and libvirtd in its own lab namespace; hv1 routes (the first
+    ready router node), hv2 and hv3 make only what their VMs need."""
+    yield from started_cluster(Path(tmp_path_factory.mktemp("networks")), nodes=3, coordinators=1, lab=True)
 
 
 def ok(result) -> str:
@@ -55,7 +56,8 @@ def test_networks_added_listed_shown_modified_and_removed(lab_cluster):
     assert managed == {"name": "4100", "vni": 4100, "type": "managed", "description": "web", "domain": "web.test",
                        "mtu": 1450, "ipv4_network": "169.254.210.0/24", "ipv4_gateway": "169.254.210.1",
                        "dhcp4_start": "169.254.210.100", "dhcp4_end": "169.254.210.199",
-                       "ipv6_network": "fd00:210::/64", "ipv6_gateway": "fd00:210::1", "used_by": []}
+                       "ipv6_network": "fd00:210::/64", "ipv6_gateway": "fd00:210::1", "acls": 0,
+                       "reservations": 0, "used_by": [], "router": "hv1"}
     # upstream's spellings: -p TYPE, -i/--ipnet, -g/--gateway, -s/-e for the DHCP range
     ok(pvc(lab_cluster, "network", "add", "4101", "-p", "managed", "--ipnet", NET.format(211), "-g",
            "169.254.211.1", "-s", "169.254.211.50", "-e", "169.254.211.60"))
@@ -120,6 +122,8 @@ def test_bad_networks_are_refused_with_one_line_and_nothing_written(lab_cluster,
         before = stored_networks(lab_cluster)
         assert reason in refused(pvc(lab_cluster, "network", "add", *arguments))
         assert stored_networks(lab_cluster) == before
+        for node in ("hv1", "hv2", "hv3"):
+            assert not [name for name in pvc_devices(lab_cluster, node) if name.endswith(("4200", "220"))]
     finally:
         ok(pvc(lab_cluster, "network", "remove", "4199", "--yes"))
 
@@ -189,39 +193,43 @@ def two_networks(lab_cluster):
 
 def test_nodes_make_a_networks_devices_for_their_vms_and_remove_them_after(lab_cluster, two_networks):
     lab = lab_cluster.local.lab
-    assert pvc_devices(lab_cluster, "hv1") == {} and pvc_devices(lab_cluster, "hv2") == {}
-    ok(pvc(lab_cluster, "vm", "define", "-", "--target", "hv1", input=nic_xml("nodevm1", "overlay")))
+    assert pvc_devices(lab_cluster, "hv2") == {} and pvc_devices(lab_cluster, "hv3") == {}
+    ok(pvc(lab_cluster, "vm", "define", "-", "--target", "hv2", input=nic_xml("nodevm1", "overlay")))
     ok(pvc(lab_cluster, "vm", "start", "nodevm1", "--wait"))
 
-    made = pvc_devices(lab_cluster, "hv1")
+    made = pvc_devices(lab_cluster, "hv2")
     assert sorted(made) == ["pvcbr4400", "pvcvx4400"]
     vxlan = made["pvcvx4400"]["linkinfo"]["info_data"]
     assert (vxlan["id"], vxlan["local"], vxlan["port"], made["pvcvx4400"]["mtu"]) == \
-        (4400, lab.address("hv1"), 4789, 1450)
+        (4400, lab.address("hv2"), 4789, 1450)
     assert made["pvcvx4400"]["master"] == "pvcbr4400" and made["pvcbr4400"]["mtu"] == 1450
-    flood = json.loads(in_host(lab_cluster, "hv1", "bridge", "-j", "fdb", "show", "dev", "pvcvx4400"))
-    assert [entry["dst"] for entry in flood if entry["mac"] == "00:00:00:00:00:00"] == [lab.address("hv2")]
-    assert pvc_devices(lab_cluster, "hv2") == {}, "a node without the network's VMs makes nothing"
-    domain = host_xml(lab_cluster, "hv1", "nodevm1")
+    flood = json.loads(in_host(lab_cluster, "hv2", "bridge", "-j", "fdb", "show", "dev", "pvcvx4400"))
+    assert sorted(entry["dst"] for entry in flood if entry["mac"] == "00:00:00:00:00:00") == \
+        [lab.address("hv1"), lab.address("hv3")]
+    assert pvc_devices(lab_cluster, "hv3") == {}, "a node without the network's VMs makes nothing"
+    assert eventually(lambda: sorted(pvc_devices(lab_cluster, "hv1")) == ["pvcbr4400", "pvcvx4400"], 5), \
+        "the router serves the managed network, and only it"
+    domain = host_xml(lab_cluster, "hv2", "nodevm1")
     assert "<source bridge='pvcbr4400'/>" in domain and "<mtu size='1450'/>" in domain
 
-    ok(pvc(lab_cluster, "vm", "migrate", "nodevm1", "--target", "hv2", "--wait"))
-    assert sorted(pvc_devices(lab_cluster, "hv2")) == ["pvcbr4400", "pvcvx4400"]
-    assert eventually(lambda: pvc_devices(lab_cluster, "hv1") == {}, 10), "the VM left: its network goes"
+    ok(pvc(lab_cluster, "vm", "migrate", "nodevm1", "--target", "hv3", "--wait"))
+    assert sorted(pvc_devices(lab_cluster, "hv3")) == ["pvcbr4400", "pvcvx4400"]
+    assert eventually(lambda: pvc_devices(lab_cluster, "hv2") == {}, 10), "the VM left: its network goes"
 
     ok(pvc(lab_cluster, "vm", "remove", "nodevm1", "--yes", "--wait"))
-    assert eventually(lambda: pvc_devices(lab_cluster, "hv2") == {}, 10)
+    assert eventually(lambda: pvc_devices(lab_cluster, "hv3") == {}, 10)
 
 
-def test_an_overlay_carries_traffic_between_hosts(lab_cluster, two_networks):
-    for vm, node in (("nodevm1", "hv1"), ("nodevm2", "hv2")):
+def test_an_overlay_carries_traffic_between_hosts_and_to_the_routers_gateway(lab_cluster, two_networks):
+    for vm, node in (("nodevm1", "hv2"), ("nodevm2", "hv3")):
         ok(pvc(lab_cluster, "vm", "define", "-", "--target", node, input=nic_xml(vm, "overlay")))
-    for node in ("hv1", "hv2"):
+    for node in ("hv2", "hv3"):
         assert eventually(lambda: "pvcbr4400" in pvc_devices(lab_cluster, node), 10)
     # Addresses on the hosts' bridges stand in for guests here (the QEMU tests use real ones).
-    in_host(lab_cluster, "hv1", "ip", "addr", "add", "169.254.244.11/24", "dev", "pvcbr4400")
     in_host(lab_cluster, "hv2", "ip", "addr", "add", "169.254.244.12/24", "dev", "pvcbr4400")
-    assert eventually(lambda: pings(lab_cluster, "hv1", "169.254.244.12"), 5), "no traffic across the overlay"
+    in_host(lab_cluster, "hv3", "ip", "addr", "add", "169.254.244.13/24", "dev", "pvcbr4400")
+    assert eventually(lambda: pings(lab_cluster, "hv2", "169.254.244.13"), 5), "no traffic across the overlay"
+    assert pings(lab_cluster, "hv3", "169.254.244.1"), "the router's gateway does not answer"
 
 
 def kernel_has_vlans() -> bool:
@@ -238,32 +246,33 @@ def kernel_has_vlans() -> bool:
 
 
 def test_vlans_carry_traffic_between_hosts_and_nothing_leaks_to_another_vlan(lab_cluster, two_networks):
-    ok(pvc(lab_cluster, "vm", "define", "-", "--target", "hv1", input=nic_xml("nodevm1", "vlan240", "vlan241")))
-    ok(pvc(lab_cluster, "vm", "define", "-", "--target", "hv2", input=nic_xml("nodevm2", "vlan240")))
+    ok(pvc(lab_cluster, "vm", "define", "-", "--target", "hv2", input=nic_xml("nodevm1", "vlan240", "vlan241")))
+    ok(pvc(lab_cluster, "vm", "define", "-", "--target", "hv3", input=nic_xml("nodevm2", "vlan240")))
     if not kernel_has_vlans():
         line = refused(pvc(lab_cluster, "vm", "start", "nodevm1", "--wait"))
         assert "this node's kernel has no 802.1Q VLANs (CONFIG_VLAN_8021Q), which network 240 needs" in line
-        assert pvc_devices(lab_cluster, "hv1") == {}, "a network that could not be made is not left half-made"
+        assert not [name for name in pvc_devices(lab_cluster, "hv2") if name.endswith(("240", "241"))], \
+            "a network that could not be made is not left half-made"
         pytest.skip("this kernel has no 802.1Q VLANs (CONFIG_VLAN_8021Q): bridged networks are refused, "
                     "as shown; their traffic cannot be shown here")
-    for node in ("hv1", "hv2"):
+    for node in ("hv2", "hv3"):
         assert eventually(lambda: "pvcbr240" in pvc_devices(lab_cluster, node), 10)
-    made = pvc_devices(lab_cluster, "hv1")
+    made = pvc_devices(lab_cluster, "hv2")
     assert made["pvcvl240"]["linkinfo"]["info_data"]["id"] == 240 and made["pvcvl240"]["link"] == "eth0"
     assert made["pvcvl240"]["master"] == "pvcbr240"
-    in_host(lab_cluster, "hv1", "ip", "addr", "add", "169.254.245.11/24", "dev", "pvcbr240")
     in_host(lab_cluster, "hv2", "ip", "addr", "add", "169.254.245.12/24", "dev", "pvcbr240")
-    in_host(lab_cluster, "hv1", "ip", "addr", "add", "169.254.246.11/24", "dev", "pvcbr241")
-    in_host(lab_cluster, "hv2", "ip", "addr", "add", "169.254.246.12/24", "dev", "pvcbr240")
-    assert eventually(lambda: pings(lab_cluster, "hv1", "169.254.245.12"), 5), "no traffic across VLAN 240"
-    assert not pings(lab_cluster, "hv1", "169.254.246.12"), "VLAN 241 reached an address on VLAN 240"
+    in_host(lab_cluster, "hv3", "ip", "addr", "add", "169.254.245.13/24", "dev", "pvcbr240")
+    in_host(lab_cluster, "hv2", "ip", "addr", "add", "169.254.246.12/24", "dev", "pvcbr241")
+    in_host(lab_cluster, "hv3", "ip", "addr", "add", "169.254.246.13/24", "dev", "pvcbr240")
+    assert eventually(lambda: pings(lab_cluster, "hv2", "169.254.245.13"), 5), "no traffic across VLAN 240"
+    assert not pings(lab_cluster, "hv2", "169.254.246.13"), "VLAN 241 reached an address on VLAN 240"
 
 
 def test_a_node_removes_only_its_own_leftovers(lab_cluster):
-    in_host(lab_cluster, "hv1", "ip", "link", "add", "pvcbr4999", "type", "bridge")
-    in_host(lab_cluster, "hv1", "ip", "link", "add", "userbr0", "type", "bridge")
+    in_host(lab_cluster, "hv2", "ip", "link", "add", "pvcbr4999", "type", "bridge")
+    in_host(lab_cluster, "hv2", "ip", "link", "add", "userbr0", "type", "bridge")
     try:
-        assert eventually(lambda: "pvcbr4999" not in pvc_devices(lab_cluster, "hv1"), 10)
-        assert "userbr0" in in_host(lab_cluster, "hv1", "ip", "link", "show")
+        assert eventually(lambda: "pvcbr4999" not in pvc_devices(lab_cluster, "hv2"), 10)
+        assert "userbr0" in in_host(lab_cluster, "hv2", "ip", "link", "show")
     finally:
-        in_host(lab_cluster, "hv1", "ip", "link", "del", "userbr0", check=False)
+        in_host(lab_cluster, "hv2", "ip", "link", "del", "userbr0", check=False)

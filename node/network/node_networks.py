@@ -14,6 +14,7 @@ from pvc import schema
 from pvc.cache import OWN_VALUE, WatchedCollection
 from pvc.errors import OperationFailed, PVCError
 from pvc.node.network import devices
+from pvc.node.network.router import RouterServices
 from pvc.node.ownership import NodeOwnership
 from pvc.store import Store
 
@@ -22,15 +23,19 @@ log = logging.getLogger(__name__)
 
 class NodeNetworks:
     def __init__(self, node: str, store: Store, ownership: NodeOwnership, bridge_dev: str | None,
-                 cluster_dev: str | None):
+                 cluster_dev: str | None, router: RouterServices | None = None):
         self._node = node
+        self.router = router
+        """This node's router services, when it may route (``router: true``)."""
         self._store = store
         self._ownership = ownership
         self._bridge_dev = bridge_dev
         self._cluster_dev = cluster_dev
         self._lock = threading.Lock()
-        self._reported: list[int] | None = None
-        self.networks = WatchedCollection(store, schema.NETWORKS, lambda name: schema.network(int(name)))
+        self._reported: dict[str, Any] | None = None
+        self._leases_written: dict[int, dict[str, Any]] = {}
+        self.networks = WatchedCollection(store, schema.NETWORKS, lambda name: schema.network(int(name)),
+                                          schema.NETWORK_KEYS)
         self.cluster_address: str | None = None
 
     def start(self) -> None:
@@ -55,10 +60,18 @@ class NodeNetworks:
             self._report(devices.own_networks(devices.links()))
 
     def converge(self, vms: Mapping[str, dict[str, Any]]) -> list[str]:
-        """Make what the VMs held here need, remove PVC's devices nobody here needs; returns what changed."""
+        """Make what the VMs held here need (and, on the router, every managed network with its services),
+        remove PVC's devices nobody here needs; returns what changed."""
+        records = self.records()
+        routing = self.router is not None and \
+            (self._store.read(schema.NETWORK_ROUTER) or {}).get("node") == self._node
         needed = self.needed(vms)
+        if routing:
+            needed |= {vni for vni, record in records.items() if record["type"] == "managed"}
         changed = []
         with self._lock:
+            if self.router is not None and not routing:
+                changed += self.router.stop(records)
             existing = devices.links()
             for vni in sorted(needed):
                 try:
@@ -67,10 +80,40 @@ class NodeNetworks:
                     log.warning("network %s: %s", vni, error)
             for vni in sorted(devices.own_networks(existing) - needed):
                 changed += devices.remove(vni, existing)
+            if routing:
+                try:
+                    changed += self.router.start(records, _hosts(vms), self._stored_leases())
+                except OperationFailed as error:
+                    log.warning("router services: %s", error)
+                self._write_leases(self.router.leases())
             self._report(devices.own_networks(devices.links()))
         for change in changed:
             log.info("networks: %s", change)
         return changed
+
+    def stop_routing(self) -> None:
+        """Stop the router services (the daemon is stopping) and say so, so the leader may move them."""
+        if self.router is None:
+            return
+        with self._lock:
+            self.router.stop(self.records())
+            self._report(devices.own_networks(devices.links()))
+
+    def records(self) -> dict[int, dict[str, Any]]:
+        return {int(name): raw[OWN_VALUE] for name, raw in self.networks.snapshot().items() if raw.get(OWN_VALUE)}
+
+    def _stored_leases(self) -> dict[int, dict[str, Any]]:
+        return {int(name): raw.get("leases") or {} for name, raw in self.networks.snapshot().items()}
+
+    def _write_leases(self, leases: Mapping[int, dict[str, Any]]) -> None:
+        """Copy dnsmasq's leases into ZooKeeper when they changed, so that the next router starts with them."""
+        for vni, current in leases.items():
+            if current != self._leases_written.get(vni) and self.record(vni) is not None:
+                try:
+                    self._ownership.write(schema.network_leases(vni), current)
+                    self._leases_written[vni] = current
+                except PVCError as error:
+                    log.warning("leases of network %s not recorded: %s", vni, error)
 
     def needed(self, vms: Mapping[str, dict[str, Any]]) -> set[int]:
         """The networks named by the VMs placed or reported on this node (a VM being removed keeps its own
@@ -107,14 +150,24 @@ class NodeNetworks:
         return addresses
 
     def _report(self, made: set[int]) -> None:
-        report = sorted(made)
+        report = {"made": sorted(made), "routing": bool(self.router and self.router.routing)}
         if report != self._reported:
             try:
-                self._ownership.write(schema.node_key(self._node, "networks"), {"made": report})
+                self._ownership.write(schema.node_key(self._node, "networks"), report)
             except PVCError as error:  # not registered yet (the first pass at start): the next pass reports
                 log.info("networks made here not reported yet: %s", error)
                 return
             self._reported = report
+
+
+def _hosts(vms: Mapping[str, dict[str, Any]]) -> dict[int, dict[str, str]]:
+    """Per network, its VMs' NIC MACs and the VMs' names: the names the network's DNS gives their leases."""
+    hosts: dict[int, dict[str, str]] = {}
+    for name, raw in vms.items():
+        for nic in (raw.get(OWN_VALUE) or {}).get("nics") or []:
+            if nic.get("type") == "network" and nic.get("mac") and str(nic.get("source")).isdigit():
+                hosts.setdefault(int(nic["source"]), {})[nic["mac"].lower()] = name
+    return hosts
 
 
 def made_on(store: Store, node: str) -> set[int]:
