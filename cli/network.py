@@ -152,3 +152,98 @@ def list_networks(session, limit: str | None, output_format: str) -> None:
 def info(session, vni: str, output_format: str) -> None:
     """Network VNI (by VNI or description)."""
     output.show(session.client.networks.info(vni), output_format, _details)
+
+
+_ACL_COLUMNS = [
+    output.column("NAME", "name"),
+    output.column("DIRECTION", "direction"),
+    output.column("ORDER", "order"),
+    output.column("RULE", "rule"),
+]
+
+_DHCP_COLUMNS = [
+    output.column("MAC", "mac"),
+    output.column("IP", "ip"),
+    output.column("HOSTNAME", "hostname"),
+    output.column("RESERVED", "reserved", lambda reserved: "yes" if reserved else "no"),
+    output.column("EXPIRES", "expires", lambda stamp: output.clock_time(stamp) if stamp else "-"),
+]
+
+
+@group.group("acl")
+def acl() -> None:
+    """Firewall rules of a managed network, applied by its router: one nftables rule each."""
+
+
+@acl.command("add")
+@click.argument("vni")
+@click.argument("name")
+@click.option("--direction", type=click.Choice(["in", "out"]), required=True,
+              help="in: traffic forwarded to the network's guests; out: traffic forwarded from them")
+@click.option("--order", type=int, default=0, show_default=True, help="place among the direction's rules")
+@click.option("--rule", required=True, help="one nftables rule, such as 'tcp dport 22 drop'")
+@output.format_option
+@click.pass_obj
+def acl_add(session, vni: str, name: str, direction: str, order: int, rule: str, output_format: str) -> None:
+    """Add rule NAME to network VNI; nft checks it first, and anything but one rule is refused."""
+    output.show(session.client.networks.acl_add(vni, name, direction, order, rule), output_format,
+                lambda row: output.table([row], _ACL_COLUMNS))
+
+
+@acl.command("remove")
+@click.argument("vni")
+@click.argument("name")
+@click.pass_obj
+def acl_remove(session, vni: str, name: str) -> None:
+    """Remove rule NAME from network VNI."""
+    session.client.networks.acl_remove(vni, name)
+    click.echo(f"Removed ACL {name} from network {vni}")
+
+
+@acl.command("list")
+@click.argument("vni")
+@click.option("--direction", type=click.Choice(["in", "out"]), help="only the rules of one direction")
+@output.list_format_option
+@click.pass_obj
+def acl_list(session, vni: str, direction: str | None, output_format: str) -> None:
+    """The rules of network VNI in the order the router applies them."""
+    output.show(session.client.networks.acl_list(vni, direction), output_format,
+                lambda rows: output.table(rows, _ACL_COLUMNS))
+
+
+@group.group("dhcp")
+def dhcp() -> None:
+    """DHCP leases and reservations of a managed network."""
+
+
+@dhcp.command("add")
+@click.argument("vni")
+@click.argument("ip")
+@click.argument("mac")
+@click.argument("hostname", required=False)
+@output.format_option
+@click.pass_obj
+def dhcp_add(session, vni: str, ip: str, mac: str, hostname: str | None, output_format: str) -> None:
+    """Reserve IP for MAC on network VNI (upstream's order), named HOSTNAME in the network's DNS."""
+    output.show(session.client.networks.dhcp_add(vni, mac, ip, hostname), output_format,
+                lambda row: output.table([{**row, "reserved": True}], _DHCP_COLUMNS))
+
+
+@dhcp.command("remove")
+@click.argument("vni")
+@click.argument("mac")
+@click.pass_obj
+def dhcp_remove(session, vni: str, mac: str) -> None:
+    """Remove the reservation for MAC on network VNI."""
+    session.client.networks.dhcp_remove(vni, mac)
+    click.echo(f"Removed the reservation for {mac} on network {vni}")
+
+
+@dhcp.command("list")
+@click.argument("vni")
+@output.list_format_option
+@click.pass_obj
+def dhcp_list(session, vni: str, output_format: str) -> None:
+    """Reservations and the leases the router recorded on network VNI."""
+    output.show(session.client.networks.dhcp_list(vni), output_format,
+                lambda rows: output.table(rows, _DHCP_COLUMNS))

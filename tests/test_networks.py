@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -276,3 +277,159 @@ def test_a_node_removes_only_its_own_leftovers(lab_cluster):
         assert "userbr0" in in_host(lab_cluster, "hv2", "ip", "link", "show")
     finally:
         in_host(lab_cluster, "hv2", "ip", "link", "del", "userbr0", check=False)
+
+
+# -- router services: DHCP, DNS, NAT, ACLs, seen from namespaces standing in for guests ----------------------
+
+DHCP_SCRIPT = """#!/bin/sh
+case "$1" in bound|renew)
+    ip -4 addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface"
+    ip route replace default via "$router"; echo "lease $ip/$mask router $router dns $dns" ;;
+esac
+"""
+LISTENER = ("import socket; s = socket.create_server(('0.0.0.0', 7999)); print('ready', flush=True)\n"
+            "while True: s.accept()[0].close()")
+
+
+class StandIn:
+    """A namespace the test makes, plugged into a host's bridge of a network by a veth: a guest without QEMU,
+    taking its lease with busybox udhcpc."""
+
+    def __init__(self, cluster, name: str, host: str, script: Path):
+        lab = cluster.local.lab
+        self.cluster, self.host, self.script = cluster, host, script
+        self.netns, self.host_side = f"{lab.prefix}-{name}", f"sx{name}"
+        subprocess.run(["ip", "netns", "add", self.netns], check=True)
+        in_host(cluster, host, "ip", "link", "add", self.host_side, "type", "veth", "peer", "name", "eth0",
+                "netns", self.netns)
+        self.run("ip", "link", "set", "lo", "up")
+        self.run("ip", "link", "set", "eth0", "mtu", "1450", "up")
+        self.mac = json.loads(self.run("ip", "-j", "link", "show", "eth0"))[0]["address"]
+
+    def plug(self, bridge: str) -> None:
+        in_host(self.cluster, self.host, "ip", "link", "set", self.host_side, "master", bridge, "up")
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 20) -> str:
+        result = subprocess.run(["ip", "netns", "exec", self.netns, *argv], capture_output=True, text=True,
+                                timeout=timeout)
+        assert result.returncode == 0 or not check, f"{argv}: {result.stderr}"
+        return result.stdout if check else result.stdout + result.stderr
+
+    def lease(self) -> str:
+        """The address udhcpc was given, after a DHCP exchange across the network."""
+        out = self.run("busybox", "udhcpc", "-i", "eth0", "-s", str(self.script), "-f", "-q", "-n", "-t", "10",
+                       "-T", "1", timeout=30)
+        return out.split("lease ", 1)[1].split("/", 1)[0]
+
+    def resolves(self, name: str, server: str) -> str | None:
+        out = self.run("busybox", "nslookup", name, server, check=False)
+        answers = [line.split()[-1] for line in out.split("Name:", 1)[-1].splitlines() if "Address" in line]
+        return answers[0] if "Name:" in out and answers else None
+
+    def reaches(self, address: str, port: int = 7999) -> bool:
+        return subprocess.run(["ip", "netns", "exec", self.netns, "timeout", "1", "bash", "-c",
+                               f"exec 3<>/dev/tcp/{address}/{port}"], capture_output=True).returncode == 0
+
+    def remove(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
+
+
+@pytest.fixture
+def served_network(lab_cluster, tmp_path):
+    """Managed network 4700 with two stand-in guests on hv2 and hv3 and an upstream namespace behind the router."""
+    script = tmp_path / "udhcpc.sh"
+    script.write_text(DHCP_SCRIPT)
+    script.chmod(0o755)
+    lab = lab_cluster.local.lab
+    ok(pvc(lab_cluster, "network", "add", "4700", "-p", "managed", "-d", "svc", "--domain", "svc.test",
+           "--ipv4", NET.format(247), "--gateway4", "169.254.247.1", "--dhcp4", "169.254.247.100-169.254.247.150"))
+    stand_ins, upstream = [], f"{lab.prefix}-up"
+    try:
+        for name, host, vm in (("g1", "hv2", "webvm"), ("g2", "hv3", "dbvm")):
+            stand_in = StandIn(lab_cluster, name, host, script)
+            stand_ins.append(stand_in)
+            xml = nic_xml(vm, "svc").replace("<interface type='network'>",
+                                             f"<interface type='network'><mac address='{stand_in.mac}'/>")
+            ok(pvc(lab_cluster, "vm", "define", "-", "--target", host, input=xml))
+            assert eventually(lambda: "pvcbr4700" in pvc_devices(lab_cluster, host), 10)
+            stand_in.plug("pvcbr4700")
+        first, second = stand_ins
+        subprocess.run(["ip", "netns", "add", upstream], check=True)
+        in_host(lab_cluster, "hv1", "ip", "link", "add", "upstream0", "type", "veth", "peer", "name", "eth0",
+                "netns", upstream)
+        in_host(lab_cluster, "hv1", "ip", "addr", "add", "169.254.250.1/24", "dev", "upstream0")
+        in_host(lab_cluster, "hv1", "ip", "link", "set", "upstream0", "up")
+        in_host(lab_cluster, "hv1", "ip", "route", "add", "default", "via", "169.254.250.2")
+        for command in (["ip", "addr", "add", "169.254.250.2/24", "dev", "eth0"], ["ip", "link", "set", "eth0", "up"],
+                        ["ip", "route", "add", NET.format(247), "via", "169.254.250.1"]):
+            subprocess.run(["ip", "netns", "exec", upstream, *command], check=True)
+        yield first, second, upstream
+    finally:
+        for stand_in in stand_ins:
+            stand_in.remove()
+        subprocess.run(["ip", "netns", "del", upstream], capture_output=True)
+        in_host(lab_cluster, "hv1", "ip", "route", "del", "default", check=False)
+        for vm in ("webvm", "dbvm"):
+            pvc(lab_cluster, "vm", "remove", vm, "--yes", "--wait")
+        pvc(lab_cluster, "network", "remove", "4700", "--yes")
+
+
+def test_the_router_serves_leases_names_and_a_way_out(lab_cluster, served_network):
+    first, second, upstream = served_network
+    address = first.lease()
+    assert 100 <= int(address.rsplit(".", 1)[1]) <= 150, f"{address} is outside the DHCP range"
+    ok(pvc(lab_cluster, "network", "dhcp", "add", "svc", "169.254.247.77", second.mac, "dbhost"))
+    assert eventually(lambda: second.lease() == "169.254.247.77", 10), "the reservation was not honoured"
+    assert second.run("ping", "-c", "1", "-W", "2", address, check=False).count("1 received") == 1
+    assert first.run("ping", "-c", "1", "-W", "2", "169.254.247.1", check=False).count("1 received") == 1
+    assert first.resolves("dbhost.svc.test", "169.254.247.1") == "169.254.247.77"
+    assert eventually(lambda: second.resolves("webvm", "169.254.247.1") == address, 5), \
+        "a VM's name does not resolve to its NIC's lease"
+
+    def recorded():
+        return {row["mac"]: (row["ip"], row["hostname"], row["reserved"]) for row in json.loads(ok(pvc(
+            lab_cluster, "network", "dhcp", "list", "4700", "--format", "json")))}
+    assert eventually(lambda: recorded() == {first.mac: (address, "webvm", False),
+                                             second.mac: ("169.254.247.77", "dbhost", True)}, 5), recorded()
+
+    # Out through the router's upstream, masqueraded; nothing leaves the upstream namespace.
+    subprocess.run(["ip", "netns", "exec", upstream, "nft", "-f", "-"], check=True, text=True, input=(
+        "table ip watch {\n chain in {\n  type filter hook prerouting priority 0;\n"
+        "  ip saddr 169.254.250.1 ip daddr 169.254.251.9 counter\n }\n}\n"))
+    assert first.run("ping", "-c", "1", "-W", "2", "169.254.250.2", check=False).count("1 received") == 1
+    assert "1 received" not in first.run("ping", "-c", "2", "-W", "1", "169.254.251.9", check=False)
+    counted = subprocess.run(["ip", "netns", "exec", upstream, "nft", "list", "table", "ip", "watch"],
+                             capture_output=True, text=True).stdout
+    assert "packets 2 " in counted, f"the guest's packets did not reach the upstream masqueraded: {counted}"
+
+
+def test_an_acl_blocks_a_port_until_removed_and_bad_rules_are_refused(lab_cluster, served_network):
+    first, _second, upstream = served_network
+    address = first.lease()
+    listener = subprocess.Popen(["ip", "netns", "exec", first.netns, sys.executable, "-c", LISTENER],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline().strip() == "ready"
+        outside = lambda: subprocess.run(["ip", "netns", "exec", upstream, "timeout", "1", "bash", "-c",
+                                          f"exec 3<>/dev/tcp/{address}/7999"], capture_output=True).returncode == 0
+        assert eventually(outside, 5), "the guest cannot be reached through the router"
+        before = ok(pvc(lab_cluster, "network", "acl", "list", "4700", "--format", "json"))
+        assert "ACL rule refused by nft: syntax error" in refused(pvc(
+            lab_cluster, "network", "acl", "add", "4700", "typo", "--direction", "in", "--rule", "tcp dport 79x9 drop"))
+        assert "ACL rule refused: it holds a ';'" in refused(pvc(
+            lab_cluster, "network", "acl", "add", "4700", "evil", "--direction", "in", "--rule",
+            "accept; flush ruleset"))
+        assert "closes what the rule did not open" in refused(pvc(
+            lab_cluster, "network", "acl", "add", "4700", "evil", "--direction", "in", "--rule",
+            "accept } } table inet x { chain y { accept"))
+        assert ok(pvc(lab_cluster, "network", "acl", "list", "4700", "--format", "json")) == before
+
+        ok(pvc(lab_cluster, "network", "acl", "add", "4700", "no-7999", "--direction", "in", "--order", "10",
+               "--rule", "tcp dport 7999 drop"))
+        assert eventually(lambda: not outside(), 5), "the ACL did not block the port"
+        assert first.run("ping", "-c", "1", "-W", "2", "169.254.250.2", check=False).count("1 received") == 1
+        ok(pvc(lab_cluster, "network", "acl", "remove", "4700", "no-7999"))
+        assert eventually(outside, 5), "removing the ACL did not unblock the port"
+    finally:
+        listener.kill()
+        listener.wait()
