@@ -342,7 +342,8 @@ def served_network(lab_cluster, tmp_path):
     script.chmod(0o755)
     lab = lab_cluster.local.lab
     ok(pvc(lab_cluster, "network", "add", "4700", "-p", "managed", "-d", "svc", "--domain", "svc.test",
-           "--ipv4", NET.format(247), "--gateway4", "169.254.247.1", "--dhcp4", "169.254.247.100-169.254.247.150"))
+           "--ipv4", NET.format(247), "--gateway4", "169.254.247.1", "--dhcp4", "169.254.247.100-169.254.247.150",
+           "--ipv6", "fd00:247::/64", "--gateway6", "fd00:247::1"))
     stand_ins, upstream = [], f"{lab.prefix}-up"
     try:
         for name, host, vm in (("g1", "hv2", "webvm"), ("g2", "hv3", "dbvm")):
@@ -385,6 +386,8 @@ def test_the_router_serves_leases_names_and_a_way_out(lab_cluster, served_networ
     assert first.resolves("dbhost.svc.test", "169.254.247.1") == "169.254.247.77"
     assert eventually(lambda: second.resolves("webvm", "169.254.247.1") == address, 5), \
         "a VM's name does not resolve to its NIC's lease"
+    assert eventually(lambda: "inet6 fd00:247::" in first.run("ip", "-6", "addr", "show", "dev", "eth0"), 15), \
+        "no IPv6 address from the router's advertisements"
 
     def recorded():
         return {row["mac"]: (row["ip"], row["hostname"], row["reserved"]) for row in json.loads(ok(pvc(
@@ -433,3 +436,22 @@ def test_an_acl_blocks_a_port_until_removed_and_bad_rules_are_refused(lab_cluste
     finally:
         listener.kill()
         listener.wait()
+
+
+def test_a_flushed_router_hands_its_services_over_once_stopped(lab_cluster):
+    """Last in the module: the router moves to hv2 and stays there."""
+    ok(pvc(lab_cluster, "network", "add", "4701", "-p", "managed", "--ipv4", NET.format(248), "--gateway4",
+           "169.254.248.1"))
+    try:
+        assert eventually(lambda: "169.254.248.1/24" in in_host(lab_cluster, "hv1", "ip", "-o", "addr"), 5)
+        ok(pvc(lab_cluster, "node", "flush", "hv1", "--wait"))
+        assert eventually(lambda: json.loads(ok(pvc(lab_cluster, "network", "info", "4701", "--format",
+                                                    "json")))["router"] == "hv2", 10)
+        assert eventually(lambda: "169.254.248.1/24" in in_host(lab_cluster, "hv2", "ip", "-o", "addr"), 5)
+        assert "169.254.248.1/24" not in in_host(lab_cluster, "hv1", "ip", "-o", "addr")
+        assert "pvc_router" not in in_host(lab_cluster, "hv1", "nft", "list", "tables")
+        hv1_dnsmasq = str(lab_cluster.local._daemon_dir("nodes", "hv1") / "networks" / "dnsmasq-4701.conf")
+        assert hv1_dnsmasq not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    finally:
+        pvc(lab_cluster, "node", "ready", "hv1", "--wait")
+        pvc(lab_cluster, "network", "remove", "4701", "--yes")
