@@ -89,8 +89,8 @@ def template() -> None:
     """System, storage and network templates."""
 
 
-def _template_commands(kind: str, fields_options, spec_from_options, help_text: str) -> None:
-    """The add|modify|remove|list|info commands of one template kind."""
+def _template_commands(kind: str, fields_options, spec_from_options, help_text: str) -> click.Group:
+    """The add|modify|remove|list|info commands of one template kind, in the group returned."""
     columns = _TEMPLATE_COLUMNS[kind]
 
     def show(value, output_format: str) -> None:
@@ -144,6 +144,8 @@ def _template_commands(kind: str, fields_options, spec_from_options, help_text: 
     def info(session, name: str, output_format: str) -> None:
         """One template."""
         show(session.client.provisioner.template_info(kind, name), output_format)
+
+    return kind_group
 
 
 def _system_options(adding: bool):
@@ -205,8 +207,44 @@ _template_commands("system", _system_options, _system_spec,
                    "System templates: vCPUs, memory, consoles, firmware and placement of the VMs made from them.")
 _template_commands("storage", _storage_options, _storage_spec,
                    "Storage templates: the disks of the VMs made from them, blank or cloned.")
-_template_commands("network", _network_options, _network_spec,
-                   "Network templates: the NICs of the VMs made from them.")
+_network_templates = _template_commands("network", _network_options, _network_spec,
+                                        "Network templates: the NICs of the VMs made from them.")
+
+
+@_network_templates.group("vni")
+def network_template_vni() -> None:
+    """The PVC networks (by VNI) a network template's NICs join, upstream's way."""
+
+
+@network_template_vni.command("add")
+@click.argument("name")
+@click.argument("vni")
+@click.option("--permit-duplicate", is_flag=True, help="a second NIC on a network the template names already")
+@click.pass_obj
+def network_template_vni_add(session, name: str, vni: str, permit_duplicate: bool) -> None:
+    """Give template NAME one more NIC, on PVC network VNI (which must exist)."""
+    network = session.client.networks.info(vni)
+    nics = session.client.provisioner.template_info("network", name)["nics"]
+    if not permit_duplicate and any(nic.get("network") == str(network["vni"]) for nic in nics):
+        raise click.ClickException(f"network template {name} has a NIC on network {network['vni']} already "
+                                   "(--permit-duplicate for another)")
+    nics = [*nics, {"network": str(network["vni"]), "model": "virtio"}]
+    session.client.provisioner.template_modify("network", name, {"nics": nics})
+    click.echo(f"Added a NIC on network {network['vni']} to network template {name}")
+
+
+@network_template_vni.command("remove")
+@click.argument("name")
+@click.argument("vni")
+@click.pass_obj
+def network_template_vni_remove(session, name: str, vni: str) -> None:
+    """Take template NAME's NICs on network VNI away."""
+    nics = session.client.provisioner.template_info("network", name)["nics"]
+    kept = [nic for nic in nics if nic.get("network") != str(vni)]
+    if len(kept) == len(nics):
+        raise click.ClickException(f"network template {name} has no NIC on network {vni}")
+    session.client.provisioner.template_modify("network", name, {"nics": kept})
+    click.echo(f"Removed the NICs on network {vni} from network template {name}")
 
 
 @group.group("profile")
