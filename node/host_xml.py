@@ -1,10 +1,11 @@
 """A stored domain document made concrete for one host, just before libvirt gets it.
 
 What PVC stores names no host path: disks name PVC volumes (``<disk type='volume'>`` with ``pool`` and
-``volume``), a direct-boot kernel and initrd are bare file names in the node's boot-image directory, and a
-serial console written to a file gets its path from the node, and a NIC names a PVC network by VNI
-(``<interface type='network'><source network='VNI'/>``), which becomes the network's bridge. So one definition runs on every node, and a
-live migration hands the target the document made for the target (`HostPaths` of that node).
+``volume``), a direct-boot kernel and initrd are bare file names in the node's boot-image directory, a serial
+console written to a file gets its path from the node, and a NIC names a PVC network by VNI
+(``<interface type='network'><source network='VNI'/>``), which becomes the network's bridge. So one definition
+runs on every node, and a live migration hands the target the document made for the target (`HostPaths` of
+that node).
 
 Every document PVC gives libvirt carries PVC's own element inside ``<metadata>`` (`METADATA_NAMESPACE`),
 naming the VM and its UUID: a node knows the domains PVC manages by it, after any restart, and leaves the

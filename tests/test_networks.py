@@ -144,6 +144,11 @@ def test_a_vm_names_a_network_by_description_and_keeps_it_from_removal(lab_clust
         line = refused(pvc(lab_cluster, "network", "remove", "4300", "--yes"))
         assert line == "Error: network 4300 is used by VM(s) netvm1; remove their interfaces on it first"
         assert "4300" in stored_networks(lab_cluster)
+        ok(pvc(lab_cluster, "vm", "network", "add", "netvm1", "shop", "--type", "network", "-a", "52:54:00:00:43:01"))
+        added = ok(pvc(lab_cluster, "vm", "dump", "netvm1")).split("52:54:00:00:43:01")[1]
+        assert added.startswith("\"/><source network=\"4300\"/>"), added
+        assert "names network 'elsewhere', which is no PVC network" in refused(pvc(
+            lab_cluster, "vm", "network", "add", "netvm1", "elsewhere", "--type", "network"))
         ok(pvc(lab_cluster, "vm", "remove", "netvm1", "--yes", "--wait"))
         ok(pvc(lab_cluster, "network", "remove", "4300", "--yes"))
     finally:

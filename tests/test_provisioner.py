@@ -218,7 +218,7 @@ def test_user_data_reaches_the_vm_on_a_config_drive_that_isoinfo_reads(cluster, 
                                              unique("vm"))
     _system(client, system, firmware="efi", vnc=True)
     client.provisioner.template_add("storage", storage, {"disks": [{"pool": POOL, "size": "8M"}]})
-    client.provisioner.template_add("network", network, {"nics": [{"network": "default"}]})
+    client.provisioner.template_add("network", network, {"nics": [{"bridge": "vmbr0"}]})
     user_data = "#cloud-config\nhostname: provisioned\nruncmd:\n  - [touch, /etc/made-by-pvc]\n"
     (tmp_path / "user-data").write_text(user_data)
     assert pvc(cluster, "provisioner", "profile", "add", profile, "--system-template", system, "--storage-template",
