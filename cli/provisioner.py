@@ -195,11 +195,14 @@ def _storage_spec(options: dict) -> dict:
 def _network_options(adding: bool):
     return click.option("--nic", "nics", multiple=True, required=adding,
                         help="a NIC, in order: bridge=BRIDGE or network=NETWORK, optionally model=MODEL "
-                             "(default virtio) and mac-prefix=52:54:00; repeat for more (modify replaces them all)")
+                             "(default virtio), mac-prefix=52:54:00 and, on a managed network, dhcp-reservation=yes "
+                             "(each VM made gets an address of its own, outside the DHCP range); repeat for more "
+                             "(modify replaces them all)")
 
 
 def _network_spec(options: dict) -> dict:
-    nics = [_pairs(text, "nic", ("bridge", "network", "model", "mac_prefix")) for text in options["nics"]]
+    nics = [_pairs(text, "nic", ("bridge", "network", "model", "mac_prefix", "dhcp_reservation"))
+            for text in options["nics"]]
     return {"nics": nics} if nics else {}
 
 
@@ -220,15 +223,17 @@ def network_template_vni() -> None:
 @click.argument("name")
 @click.argument("vni")
 @click.option("--permit-duplicate", is_flag=True, help="a second NIC on a network the template names already")
+@click.option("--dhcp-reservation", is_flag=True, help="each VM made gets a DHCP reservation on the network, at "
+              "an address outside its DHCP range")
 @click.pass_obj
-def network_template_vni_add(session, name: str, vni: str, permit_duplicate: bool) -> None:
+def network_template_vni_add(session, name: str, vni: str, permit_duplicate: bool, dhcp_reservation: bool) -> None:
     """Give template NAME one more NIC, on PVC network VNI (which must exist)."""
     network = session.client.networks.info(vni)
     nics = session.client.provisioner.template_info("network", name)["nics"]
     if not permit_duplicate and any(nic.get("network") == str(network["vni"]) for nic in nics):
         raise click.ClickException(f"network template {name} has a NIC on network {network['vni']} already "
                                    "(--permit-duplicate for another)")
-    nics = [*nics, {"network": str(network["vni"]), "model": "virtio"}]
+    nics = [*nics, {"network": str(network["vni"]), "model": "virtio", "dhcp_reservation": dhcp_reservation}]
     session.client.provisioner.template_modify("network", name, {"nics": nics})
     click.echo(f"Added a NIC on network {network['vni']} to network template {name}")
 

@@ -236,6 +236,22 @@ def check_reservation(record: Mapping[str, Any], mac: Any, address: Any, hostnam
     return {"ip": address, "hostname": hostname}
 
 
+def free_address(record: Mapping[str, Any], leases: Mapping[str, Any]) -> str:
+    """The lowest address of the network's subnet a reservation may take: not the gateway, not in the dynamic
+    DHCP range, not reserved or leased already."""
+    if record["type"] != "managed" or not record.get("ipv4_network"):
+        raise InvalidInput(f"network {record['vni']} has no IPv4 subnet PVC serves: only a managed network's DHCP "
+                           "reserves")
+    taken = {record["ipv4_gateway"], *(reserved["ip"] for reserved in (record.get("reservations") or {}).values()),
+             *(lease.get("ip") for lease in (leases or {}).values())}
+    start = ipaddress.ip_address(record["dhcp4_start"]) if record.get("dhcp4_start") else None
+    end = ipaddress.ip_address(record["dhcp4_end"]) if record.get("dhcp4_end") else None
+    for address in ipaddress.ip_network(record["ipv4_network"]).hosts():
+        if str(address) not in taken and not (start and start <= address <= end):
+            return str(address)
+    raise InvalidInput(f"network {record['vni']} has no address left for a reservation outside its DHCP range")
+
+
 def reservation_views(record: Mapping[str, Any], leases: Mapping[str, Any]) -> list[dict[str, Any]]:
     """`network dhcp list`: every reservation and every lease the router recorded, by MAC."""
     reservations = record.get("reservations") or {}

@@ -74,3 +74,23 @@ def resolve(domain: domain_xml.Domain, networks: dict[int, dict[str, Any]],
     resolved = domain_xml.parse(etree.tostring(root, encoding="unicode"), default_uuid=domain.uuid,
                                 allow_host_devices=allow_host_devices)
     return resolved, sorted(set(used))
+
+
+def reserve(store: Store, holder: str, network: str, mac: str, hostname: str) -> dict[str, Any]:
+    """A reservation for `mac` on `network` (VNI or description), at the lowest free address; the existing one
+    if `mac` has one already (so a retried step reserves once)."""
+    with locked(store, holder):
+        networks = stored_networks(store)
+        vni = network_records.resolve(network, networks)
+        path = schema.network(vni)
+        data, stat = store.zk.get(path)
+        record = schema.decode(data)
+        existing = (record.get("reservations") or {}).get(mac.lower())
+        if existing is not None:
+            return {"vni": vni, "mac": mac.lower(), **existing}
+        leases = store.read(schema.network_leases(vni)) or {}
+        address = network_records.free_address(record, leases)
+        reservation = network_records.check_reservation(record, mac, address, hostname)
+        record["reservations"] = {**(record.get("reservations") or {}), mac.lower(): reservation}
+        store.transaction().set(path, record, version=stat.version).commit()
+        return {"vni": vni, "mac": mac.lower(), **reservation}

@@ -443,8 +443,10 @@ def test_an_acl_blocks_a_port_until_removed_and_bad_rules_are_refused(lab_cluste
         listener.wait()
 
 
-def test_the_provisioner_gives_a_templates_networks_nics_with_macs(lab_cluster):
-    ok(pvc(lab_cluster, "network", "add", "4702", "-p", "managed", "-d", "prov"))
+def test_the_provisioner_gives_a_templates_networks_nics_macs_and_reservations(lab_cluster):
+    ok(pvc(lab_cluster, "network", "add", "4702", "-p", "managed", "-d", "prov", "--ipv4", NET.format(252),
+           "--gateway4", "169.254.252.1", "--dhcp4", "169.254.252.100-169.254.252.200"))
+    ok(pvc(lab_cluster, "network", "add", "4703", "-p", "managed", "-d", "noaddr"))
     client = lab_cluster.client
     client.storage.pool_add("netpool")
     try:
@@ -453,26 +455,36 @@ def test_the_provisioner_gives_a_templates_networks_nics_with_macs(lab_cluster):
         client.provisioner.template_add("network", "netnics", {"nics": [{"bridge": "lanbr0"}]})
         assert "no network 4799" in refused(pvc(lab_cluster, "provisioner", "template", "network", "vni", "add",
                                                 "netnics", "4799"))
-        ok(pvc(lab_cluster, "provisioner", "template", "network", "vni", "add", "netnics", "prov"))
-        assert "has a NIC on network 4702 already" in refused(pvc(
-            lab_cluster, "provisioner", "template", "network", "vni", "add", "netnics", "4702"))
-        ok(pvc(lab_cluster, "provisioner", "template", "network", "vni", "remove", "netnics", "4702"))
-        ok(pvc(lab_cluster, "provisioner", "template", "network", "vni", "add", "netnics", "4702"))
+        ok(pvc(lab_cluster, "provisioner", "template", "network", "vni", "add", "netnics", "noaddr",
+               "--dhcp-reservation"))
         ok(pvc(lab_cluster, "provisioner", "profile", "add", "netprof", "--system-template", "netsys",
                "--storage-template", "netdisk", "--network-template", "netnics"))
+        assert "network 4703 has no IPv4 subnet PVC serves" in refused(pvc(
+            lab_cluster, "provisioner", "create", "provvm", "netprof", "--wait"))
+        assert "provvm" not in ok(pvc(lab_cluster, "vm", "list"))
+        ok(pvc(lab_cluster, "provisioner", "template", "network", "vni", "remove", "netnics", "4703"))
+        ok(pvc(lab_cluster, "provisioner", "template", "network", "vni", "add", "netnics", "prov",
+               "--dhcp-reservation"))
+        assert "has a NIC on network 4702 already" in refused(pvc(
+            lab_cluster, "provisioner", "template", "network", "vni", "add", "netnics", "4702"))
+
         ok(pvc(lab_cluster, "provisioner", "create", "provvm", "netprof", "--wait"))
         nics = client.vms.info("provvm")["nics"]
         assert [(nic["type"], nic["source"]) for nic in nics] == [("bridge", "lanbr0"), ("network", "4702")]
         assert all(nic["mac"] and nic["mac"].startswith("52:54:00:") for nic in nics)
         assert json.loads(ok(pvc(lab_cluster, "network", "info", "4702", "--format", "json")))["used_by"] == \
             ["provvm"]
+        reserved = json.loads(ok(pvc(lab_cluster, "network", "dhcp", "list", "prov", "--format", "json")))
+        assert [(row["mac"], row["ip"], row["hostname"], row["reserved"]) for row in reserved] == \
+            [(nics[1]["mac"], "169.254.252.2", "provvm", True)]
     finally:
         pvc(lab_cluster, "vm", "remove", "provvm", "--yes", "--wait")
         pvc(lab_cluster, "provisioner", "profile", "remove", "netprof")
         for kind, name in (("system", "netsys"), ("storage", "netdisk"), ("network", "netnics")):
             pvc(lab_cluster, "provisioner", "template", kind, "remove", name)
         pvc(lab_cluster, "storage", "pool", "remove", "netpool", "--force", "--yes")
-        pvc(lab_cluster, "network", "remove", "4702", "--yes")
+        for vni in ("4702", "4703"):
+            pvc(lab_cluster, "network", "remove", vni, "--yes")
 
 
 def test_a_flushed_router_hands_its_services_over_once_stopped(lab_cluster):
