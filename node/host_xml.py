@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 from lxml import etree
 
 from pvc.domain_xml import boot_file_name, parse_root
+from pvc.errors import InvalidInput
 from pvc.node.network.devices import bridge_name
 
 METADATA_NAMESPACE = "https://parallelvirtualcluster.org/xmlns/pvc/vm"
@@ -62,6 +63,24 @@ def for_host(xml: str, paths: HostPaths, disk_source: DiskSource,
         _console_to(device, paths.console_log(name))
     _mark_managed(root, name, root.findtext("uuid"))
     return etree.tostring(root, encoding="unicode")
+
+
+def device_for_host(device_xml: str, resolve: Callable[[str], int],
+                    network_mtu: Callable[[int], int | None] = lambda _vni: None) -> tuple[str, list[int]]:
+    """A device a running guest gets (a hot-plugged NIC) as this host's libvirt takes it, and the PVC networks
+    it needs: a NIC on a network (`resolve` turns its VNI or description into the VNI) joins its bridge, as in
+    `for_host`."""
+    root = parse_root(f"<domain type='kvm'><devices>{device_xml}</devices></domain>")
+    devices = list(root.find("devices"))
+    if len(devices) != 1:
+        raise InvalidInput("a live change attaches or detaches exactly one device")
+    device, vnis = devices[0], []
+    if device.tag == "interface" and device.get("type") == "network":
+        source = device.find("source")
+        vnis.append(resolve(source.get("network")))
+        source.set("network", str(vnis[0]))
+        _to_bridge(device, network_mtu)
+    return etree.tostring(device, encoding="unicode"), vnis
 
 
 def _mark_managed(root: etree._Element, name: str, uuid: str | None) -> None:

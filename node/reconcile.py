@@ -31,11 +31,11 @@ from typing import Any
 
 from kazoo.exceptions import NoNodeError
 
-from pvc import schema
+from pvc import network_records, schema
 from pvc.cache import OWN_VALUE, WatchedCollection
 from pvc.errors import OperationFailed, PVCError, Unavailable
 from pvc.hookspecs import StorageBackend
-from pvc.node.host_xml import HostPaths, for_host
+from pvc.node.host_xml import HostPaths, device_for_host, for_host
 from pvc.node.hypervisor import DomainActions, MigrationTarget, TargetUnreachable, timed_out
 from pvc.node.network.node_networks import NodeNetworks, made_on
 from pvc.node.ownership import NodeOwnership
@@ -323,6 +323,15 @@ class Reconciler:
 
     def _host_xml(self, xml: str, paths: HostPaths) -> str:
         return for_host(xml, paths, self._storage.disk_source, self._network_mtu)
+
+    def device_for_host(self, device_xml: str) -> str:
+        """A device to hot-plug as this host's libvirt takes it; a NIC's network is made here first."""
+        records = self._networks.records() if self._networks is not None else {}
+        device, vnis = device_for_host(device_xml, lambda name: network_records.resolve(name, records),
+                                       self._network_mtu)
+        if vnis:
+            self._ensure_networks(vnis)
+        return device
 
     def _network_mtu(self, vni: int) -> int | None:
         record = self._networks.record(vni) if self._networks is not None else None

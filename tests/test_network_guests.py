@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import libvirt
 import pytest
 
 from conftest import RunningCluster, started_cluster
@@ -122,3 +123,16 @@ def test_a_live_migration_keeps_the_address_and_a_tcp_connection(guest_lab):
     assert ask(guest_lab, before, "ping 169.254.249.1") == "ok 169.254.249.1", "the guest lost its address"
     migrated = parse_leases(console_text(guest_lab, "g1", "hv3") + console_text(guest_lab, "g1", "hv2"))
     assert {lease.address for lease in migrated} == {before}
+
+
+def test_a_nic_on_a_network_is_hot_plugged_into_its_bridge(guest_lab):
+    node = guest_lab.client.vms.info("g2")["node"]
+    added = ok(pvc(guest_lab, "vm", "network", "add", "g2", "guests", "--type", "network", "-a", "52:54:00:49:00:02"))
+    assert added.strip().endswith("applied live"), added
+    connection = libvirt.open(guest_lab.local.host(node).uri)
+    try:
+        live = connection.lookupByName("g2").XMLDesc()
+    finally:
+        connection.close()
+    second = live.split("52:54:00:49:00:02")[0].rsplit("<interface", 1)[1]
+    assert "type='bridge'" in second and "pvcbr4900" in live.split("52:54:00:49:00:02")[1].split("</interface>")[0]

@@ -32,9 +32,20 @@ class NetworksArea:
         self._networks.start()
 
     def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
-        """The network as it now is, for a call whose coordinator died before answering; None once it is gone."""
+        """What a call whose coordinator died before answering did, read now: the network (or the ACL or
+        reservation added); None for a removal, or once the thing is gone."""
+        names = {"acl_add": ("vni", "name"), "dhcp_add": ("vni", "mac")}.get(method, ("vni",))
+        arguments = {**dict(zip(names, args)), **kwargs}
         try:
-            return self.info(args[0] if args else kwargs["vni"])
+            if method.endswith("remove"):
+                return None
+            if method == "acl_add":
+                return next((acl for acl in self.acl_list(arguments["vni"]) if acl["name"] == arguments["name"]),
+                            None)
+            if method == "dhcp_add":
+                return next((row for row in self.dhcp_list(arguments["vni"])
+                             if row["mac"] == str(arguments["mac"]).lower()), None)
+            return self.info(arguments["vni"])
         except NotFound:
             return None
 
