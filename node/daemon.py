@@ -78,7 +78,7 @@ class NodeDaemon:
         router = RouterServices(settings["network_run_directory"], settings["upstream_dev"]) \
             if settings["router"] else None
         self.networks = NodeNetworks(self.name, self.store, self.ownership, settings["bridge_dev"],
-                                     settings["cluster_dev"], router) \
+                                     settings["cluster_dev"], router, lambda: self._self_fenced is None) \
             if settings["bridge_dev"] or settings["cluster_dev"] else None
         self.reconciler = Reconciler(self.name, self.store, self.vms, actions,
                                      self.hypervisor.domains, self.paths, self.storage.backend,
@@ -263,6 +263,9 @@ class NodeDaemon:
         with self._refusal_lock:
             self._self_fenced = reason
             self.reconciler.starts_refused = reason
+        if self.networks is not None and self.networks.router is not None:
+            # Off the self-fence's thread: it stops the VMs first, and waits for nothing else.
+            threading.Thread(target=self.networks.stop_routing_cut_off, name="router-stop", daemon=True).start()
 
     def write_keepalive(self) -> None:
         """Write the latest figures; never asks libvirt itself, so a hung libvirtd makes the figures stale

@@ -100,3 +100,23 @@ def test_a_killed_router_is_replaced_only_after_its_fence(routed):
 def test_a_router_cut_off_by_a_partition_is_replaced_only_after_its_fence(routed):
     cluster, guest, address = routed
     move_and_watch(cluster, guest, address, lambda: cluster.local.cut_link("hv1"))
+
+
+@pytest.mark.cluster(nodes=3, lab=True)
+def test_a_router_cut_off_from_zookeeper_alone_stops_serving_before_its_successor_starts(routed):
+    """Its guests still reach it: it must go quiet itself (its self-fence), not only by its fence."""
+    cluster, guest, address = routed
+    local = cluster.local
+    with cluster_store(local) as store:
+        states, routers = DaemonStates(store, "hv1"), RouterRecords(store)
+        assert eventually(lambda: address in str(store.read(schema.network_leases(4800))), 10)
+        local.sever("hv1", local.zookeeper_names)
+        assert eventually(lambda: not gateway_answers(guest), 15, 0.1), "the cut-off router kept answering"
+        quiet_at = time.time()
+        assert eventually(lambda: gateway_answers(guest), 60, 0.1), "the gateway never answered again"
+        fenced_at, moved_at = states.when("fenced"), routers.when("hv2")
+    assert fenced_at is not None and moved_at is not None and quiet_at <= fenced_at <= moved_at, \
+        (quiet_at, states.seen, routers.seen)
+    held = subprocess.run(local.lab.command("hv1", ["ip", "-o", "addr"]), capture_output=True, text=True).stdout
+    assert "169.254.248.1/" not in held, "the old router still holds the gateway address"
+    assert renew(guest, address) == address

@@ -8,7 +8,7 @@ made (`schema.node_key(NODE, "networks")`), and a migration source waits for its
 """
 import logging
 import threading
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from pvc import schema
 from pvc.cache import OWN_VALUE, WatchedCollection
@@ -23,8 +23,11 @@ log = logging.getLogger(__name__)
 
 class NodeNetworks:
     def __init__(self, node: str, store: Store, ownership: NodeOwnership, bridge_dev: str | None,
-                 cluster_dev: str | None, router: RouterServices | None = None):
+                 cluster_dev: str | None, router: RouterServices | None = None,
+                 may_route: Callable[[], bool] = lambda: True):
         self._node = node
+        self._may_route = may_route
+        """False once this node has fenced itself: then it serves nothing, whatever the router record says."""
         self.router = router
         """This node's router services, when it may route (``router: true``)."""
         self._store = store
@@ -63,7 +66,7 @@ class NodeNetworks:
         """Make what the VMs held here need (and, on the router, every managed network with its services),
         remove PVC's devices nobody here needs; returns what changed."""
         records = self.records()
-        routing = self.router is not None and \
+        routing = self.router is not None and self._may_route() and \
             (self._store.read(schema.NETWORK_ROUTER) or {}).get("node") == self._node
         needed = self.needed(vms)
         if routing:
@@ -98,6 +101,19 @@ class NodeNetworks:
         with self._lock:
             self.router.stop(self.records())
             self._report(devices.own_networks(devices.links()))
+
+    def stop_routing_cut_off(self, wait_s: float = 5.0) -> None:
+        """Stop the router services at once, without ZooKeeper (this node has fenced itself: it is cut off, and
+        the next router starts once the leader has fenced it), so that nothing of it answers beside its
+        successor even where guests still reach it. The next pass that reaches ZooKeeper reports it."""
+        if self.router is None:
+            return
+        locked = self._lock.acquire(timeout=wait_s)
+        try:
+            self.router.stop(self.records())
+        finally:
+            if locked:
+                self._lock.release()
 
     def records(self) -> dict[int, dict[str, Any]]:
         return {int(name): raw[OWN_VALUE] for name, raw in self.networks.snapshot().items() if raw.get(OWN_VALUE)}
