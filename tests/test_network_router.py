@@ -75,9 +75,12 @@ def move_and_watch(cluster, guest: StandIn, address: str, fault) -> None:
     assert moved_at >= fenced_at, f"hv2 took over {fenced_at - moved_at:.2f} s before hv1 was fenced"
     print(f"\ngateway answering again {answered_after:.1f} s after the fault "
           f"({moved_at - fenced_at:.2f} s after the fence)")
-    leases = subprocess.run(local.lab.command("hv2", ["cat", str(_lease_file(local))]), capture_output=True,
-                            text=True).stdout
-    assert f" {address} " in leases, f"the new router did not start with the old lease: {leases!r}"
+    def new_routers_leases() -> str:
+        return subprocess.run(local.lab.command("hv2", ["cat", str(_lease_file(local))]), capture_output=True,
+                              text=True).stdout
+    # The gateway address comes first (dnsmasq binds to it), its dnsmasq a moment later.
+    assert eventually(lambda: f" {address} " in new_routers_leases(), 5), \
+        f"the new router did not start with the old lease: {new_routers_leases()!r}"
     assert renew(guest, address) == address, "a renewal did not keep the address"
 
 
