@@ -235,7 +235,7 @@ def test_an_overlay_carries_traffic_between_hosts_and_to_the_routers_gateway(lab
     in_host(lab_cluster, "hv2", "ip", "addr", "add", "169.254.244.12/24", "dev", "pvcbr4400")
     in_host(lab_cluster, "hv3", "ip", "addr", "add", "169.254.244.13/24", "dev", "pvcbr4400")
     assert eventually(lambda: pings(lab_cluster, "hv2", "169.254.244.13"), 5), "no traffic across the overlay"
-    assert pings(lab_cluster, "hv3", "169.254.244.1"), "the router's gateway does not answer"
+    assert eventually(lambda: pings(lab_cluster, "hv3", "169.254.244.1"), 5), "the router's gateway does not answer"
 
 
 def kernel_has_vlans() -> bool:
