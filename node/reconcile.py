@@ -294,9 +294,12 @@ class Reconciler:
                 log.info("%s here is an earlier VM of that name (UUID %s): removing it", name, identity.pvc_uuid)
                 self._actions.undefine(name)
                 identity = None
-            if spec.get("networks"):
+            redefine = identity is None or not identity.managed or status.get("generation") != spec.get("generation")
+            if spec.get("networks") and (redefine or (state in schema.RUNNING_STATES and
+                                                      not self._actions.is_running(name))):
+                # Before libvirt needs the bridges; a running guest's are kept by the networks' own pass.
                 self._ensure_networks(spec["networks"])
-            if identity is None or not identity.managed or status.get("generation") != spec.get("generation"):
+            if redefine:
                 self._retire_old_names(name, spec.get("uuid"))
                 self._actions.define(self._host_xml(spec["xml"], self.paths))
             if state in schema.RUNNING_STATES:
