@@ -377,7 +377,8 @@ def served_network(lab_cluster, tmp_path):
         in_host(lab_cluster, "hv1", "ip", "route", "del", "default", check=False)
         for vm in ("webvm", "dbvm"):
             pvc(lab_cluster, "vm", "remove", vm, "--yes", "--wait")
-        pvc(lab_cluster, "network", "remove", "4700", "--yes")
+        removed = pvc(lab_cluster, "network", "remove", "4700", "--yes")
+    assert removed.exit_code == 0, f"a network with recorded leases was not removed: {removed.output}"
 
 
 def test_the_router_serves_leases_names_and_a_way_out(lab_cluster, served_network):
