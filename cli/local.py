@@ -230,9 +230,12 @@ def build_guest(boot_dir: Path) -> None:
 @click.argument("name")
 @click.option("--disk", metavar="POOL/VOLUME", help="a PVC volume the guest gets as its virtio disk")
 @click.option("--memory", default=128, show_default=True, type=click.IntRange(64, 65536), help="MiB")
+@click.option("--network", "networks", metavar="VNI", multiple=True,
+              help="a PVC network (VNI or description) the guest gets a virtio NIC on, taking a DHCP lease on it "
+                   "(repeatable)")
 @state_dir_option
-def guest_xml(name: str, disk: str | None, memory: int, state_dir: Path) -> None:
+def guest_xml(name: str, disk: str | None, memory: int, networks: tuple[str, ...], state_dir: Path) -> None:
     """Print a domain XML for the tiny real guest that `pvc vm define` accepts."""
     accelerator = LocalCluster(state_dir).state.get("accelerator") or "tcg"
     click.echo(guest.domain_xml(name, memory_mib=memory, disk=disk,
-                                domain_type="kvm" if accelerator == "kvm" else "qemu"))
+                                domain_type="kvm" if accelerator == "kvm" else "qemu", networks=networks))

@@ -8,6 +8,7 @@ import click
 from pvc import wire
 from pvc.cli import cluster as cluster_commands
 from pvc.cli import connection as connection_commands
+from pvc.cli import network as network_commands
 from pvc.cli import node as node_commands
 from pvc.cli import plugin as plugin_commands
 from pvc.cli import provisioner as provisioner_commands
@@ -93,6 +94,7 @@ def cli(ctx: click.Context, connection: str | None, debug: bool, quiet: bool, si
 
 cli.add_command(cluster_commands.group)
 cli.add_command(connection_commands.group)
+cli.add_command(network_commands.group)
 cli.add_command(node_commands.group)
 cli.add_command(plugin_commands.group)
 cli.add_command(provisioner_commands.group)

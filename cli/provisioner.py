@@ -89,8 +89,8 @@ def template() -> None:
     """System, storage and network templates."""
 
 
-def _template_commands(kind: str, fields_options, spec_from_options, help_text: str) -> None:
-    """The add|modify|remove|list|info commands of one template kind."""
+def _template_commands(kind: str, fields_options, spec_from_options, help_text: str) -> click.Group:
+    """The add|modify|remove|list|info commands of one template kind, in the group returned."""
     columns = _TEMPLATE_COLUMNS[kind]
 
     def show(value, output_format: str) -> None:
@@ -145,6 +145,8 @@ def _template_commands(kind: str, fields_options, spec_from_options, help_text: 
         """One template."""
         show(session.client.provisioner.template_info(kind, name), output_format)
 
+    return kind_group
+
 
 def _system_options(adding: bool):
     def decorate(function):
@@ -193,11 +195,14 @@ def _storage_spec(options: dict) -> dict:
 def _network_options(adding: bool):
     return click.option("--nic", "nics", multiple=True, required=adding,
                         help="a NIC, in order: bridge=BRIDGE or network=NETWORK, optionally model=MODEL "
-                             "(default virtio) and mac-prefix=52:54:00; repeat for more (modify replaces them all)")
+                             "(default virtio), mac-prefix=52:54:00 and, on a managed network, dhcp-reservation=yes "
+                             "(each VM made gets an address of its own, outside the DHCP range); repeat for more "
+                             "(modify replaces them all)")
 
 
 def _network_spec(options: dict) -> dict:
-    nics = [_pairs(text, "nic", ("bridge", "network", "model", "mac_prefix")) for text in options["nics"]]
+    nics = [_pairs(text, "nic", ("bridge", "network", "model", "mac_prefix", "dhcp_reservation"))
+            for text in options["nics"]]
     return {"nics": nics} if nics else {}
 
 
@@ -205,8 +210,46 @@ _template_commands("system", _system_options, _system_spec,
                    "System templates: vCPUs, memory, consoles, firmware and placement of the VMs made from them.")
 _template_commands("storage", _storage_options, _storage_spec,
                    "Storage templates: the disks of the VMs made from them, blank or cloned.")
-_template_commands("network", _network_options, _network_spec,
-                   "Network templates: the NICs of the VMs made from them.")
+_network_templates = _template_commands("network", _network_options, _network_spec,
+                                        "Network templates: the NICs of the VMs made from them.")
+
+
+@_network_templates.group("vni")
+def network_template_vni() -> None:
+    """The PVC networks (by VNI) a network template's NICs join, upstream's way."""
+
+
+@network_template_vni.command("add")
+@click.argument("name")
+@click.argument("vni")
+@click.option("--permit-duplicate", is_flag=True, help="a second NIC on a network the template names already")
+@click.option("--dhcp-reservation", is_flag=True, help="each VM made gets a DHCP reservation on the network, at "
+              "an address outside its DHCP range")
+@click.pass_obj
+def network_template_vni_add(session, name: str, vni: str, permit_duplicate: bool, dhcp_reservation: bool) -> None:
+    """Give template NAME one more NIC, on PVC network VNI (which must exist)."""
+    network = session.client.networks.info(vni)
+    nics = session.client.provisioner.template_info("network", name)["nics"]
+    if not permit_duplicate and any(nic.get("network") == str(network["vni"]) for nic in nics):
+        raise click.ClickException(f"network template {name} has a NIC on network {network['vni']} already "
+                                   "(--permit-duplicate for another)")
+    nics = [*nics, {"network": str(network["vni"]), "model": "virtio", "dhcp_reservation": dhcp_reservation}]
+    session.client.provisioner.template_modify("network", name, {"nics": nics})
+    click.echo(f"Added a NIC on network {network['vni']} to network template {name}")
+
+
+@network_template_vni.command("remove")
+@click.argument("name")
+@click.argument("vni")
+@click.pass_obj
+def network_template_vni_remove(session, name: str, vni: str) -> None:
+    """Take template NAME's NICs on network VNI away."""
+    nics = session.client.provisioner.template_info("network", name)["nics"]
+    kept = [nic for nic in nics if nic.get("network") != str(vni)]
+    if len(kept) == len(nics):
+        raise click.ClickException(f"network template {name} has no NIC on network {vni}")
+    session.client.provisioner.template_modify("network", name, {"nics": kept})
+    click.echo(f"Removed the NICs on network {vni} from network template {name}")
 
 
 @group.group("profile")

@@ -16,6 +16,7 @@ packages=(
     genisoimage                                     # isoinfo: tests read cloud-init drives with another tool
     python3-doc                                     # the manual resolves Python references against its local objects.inv
     prometheus                                      # monitoring: pvc-local up --monitoring; promtool checks the alert rules
+    dnsmasq-base nftables iputils-ping              # client networks: DHCP/DNS, NAT and ACL rules; pings in tests
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -60,7 +60,10 @@ class NodeAgent:
         self._reconciler.remove(vm)
 
     def live_change(self, vm: str, change: dict[str, Any]) -> None:
-        """Apply an already recorded edit of `vm` to its running guest here (`pvc.node.live_change`)."""
+        """Apply an already recorded edit of `vm` to its running guest here (`pvc.node.live_change`); a device
+        is made concrete for this host first (a NIC on a PVC network joins its bridge, made here if need be)."""
+        if isinstance(change, dict) and change.get("kind") in ("attach", "detach"):
+            change = {**change, "value": self._reconciler.device_for_host(str(change.get("value")))}
         live_change.apply(self._hypervisor, schema.check_name("VM", vm), change)
 
     def console(self, vm: str, lines: int) -> list[str]:

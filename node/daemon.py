@@ -24,13 +24,15 @@ from pvc.cache import WatchedCollection
 from pvc.handshake import AuthenticatingDaemon, use_tls
 from pvc.health import libvirt_lost
 from pvc.node.agent import AGENT_OBJECT_ID, NodeAgent
-from pvc.errors import ConfigError, Conflict
+from pvc.errors import ConfigError, Conflict, PVCError
 from pvc.node.fence_hold import FenceHold
 from pvc.node.guest_processes import GuestProcesses
 from pvc.node import vm_stats
 from pvc.node.health import NODE_CHECKS, NodeHealth
 from pvc.node.host_xml import HostPaths
 from pvc.node.hypervisor import DomainActions, Hypervisor
+from pvc.node.network.node_networks import NodeNetworks
+from pvc.node.network.router import RouterServices
 from pvc.node.ownership import NodeOwnership
 from pvc.node.peer_directory import PeerDirectory
 from pvc.node.reconcile import Reconciler
@@ -76,9 +78,14 @@ class NodeDaemon:
         self.paths = HostPaths(str(Path(settings["boot_image_directory"]).absolute()),
                                str(Path(settings["console_log_directory"]).absolute()))
         actions = DomainActions(self.hypervisor, settings["shutdown_timeout"])
+        router = RouterServices(settings["network_run_directory"], settings["upstream_dev"]) \
+            if settings["router"] else None
+        self.networks = NodeNetworks(self.name, self.store, self.ownership, settings["bridge_dev"],
+                                     settings["cluster_dev"], router, lambda: self._self_fenced is None) \
+            if settings["bridge_dev"] or settings["cluster_dev"] else None
         self.reconciler = Reconciler(self.name, self.store, self.vms, actions,
                                      self.hypervisor.domains, self.paths, self.storage.backend,
-                                     settings["migration_timeout"], self.ownership)
+                                     settings["migration_timeout"], self.ownership, self.networks)
         self.peers = PeerDirectory(self.store, self.name)
         self.self_fence = SelfFence(self.name, self.store, self.peers, actions, lambda: self.fencing,
                                     lambda: bool(self.cluster_config.get("maintenance")),
@@ -115,6 +122,8 @@ class NodeDaemon:
             self.ownership.acquire()
             self._follow_hold()
             self.vms.start()
+            if self.networks is not None:
+                self.networks.start()
             self.reconciler.converge_all()  # before registering: other nodes rely on these reports from then on
             self._serve_agent()
             self._register()
@@ -159,6 +168,8 @@ class NodeDaemon:
                   "migration_uri": self.settings["migration_uri"] or f"qemu+tcp://{_uri_host(listen_host)}/system",
                   "migration_stream_uri": f"tcp://{_uri_host(self.settings['migration_address'] or listen_host)}",
                   "host_paths": vars(self.paths),
+                  "cluster_address": self.networks.cluster_address if self.networks is not None else None,
+                  "router": bool(self.networks is not None and self.networks.router is not None),
                   "bmc": fence_secrets.sealed_bmc(SecretsBox(self.settings["cluster_secret"]), self.name, {
                       "host": self.settings["bmc_host"], "port": self.settings["bmc_port"],
                       "user": self.settings["bmc_user"], "password": self.settings["bmc_password"]})}
@@ -266,6 +277,9 @@ class NodeDaemon:
         with self._refusal_lock:
             self._self_fenced = reason
             self.reconciler.starts_refused = reason
+        if self.networks is not None and self.networks.router is not None:
+            # Off the self-fence's thread: it stops the VMs first, and waits for nothing else.
+            threading.Thread(target=self.networks.stop_routing_cut_off, name="router-stop", daemon=True).start()
 
     def write_keepalive(self) -> None:
         """Write the latest figures; never asks libvirt itself, so a hung libvirtd makes the figures stale
@@ -408,6 +422,11 @@ class NodeDaemon:
         self._stopping.set()
         self.health.stop()
         self.self_fence.stop()
+        if self.networks is not None and self.store.connected:
+            try:
+                self.networks.stop_routing()
+            except PVCError as error:
+                log.warning("router services stopped, not reported: %s", error)
         if self._agent_daemon is not None:
             self._agent_daemon.shutdown()
         self.storage.stop()

@@ -31,16 +31,21 @@ from typing import Any
 
 from kazoo.exceptions import NoNodeError
 
-from pvc import schema
+from pvc import network_records, schema
 from pvc.cache import OWN_VALUE, WatchedCollection
 from pvc.errors import OperationFailed, PVCError, Unavailable
 from pvc.hookspecs import StorageBackend
-from pvc.node.host_xml import HostPaths, for_host
+from pvc.node.host_xml import HostPaths, device_for_host, for_host
 from pvc.node.hypervisor import DomainActions, MigrationTarget, TargetUnreachable, timed_out
+from pvc.node.network.node_networks import NodeNetworks, made_on
 from pvc.node.ownership import NodeOwnership
 from pvc.store import Store
 
 log = logging.getLogger(__name__)
+
+TARGET_NETWORKS_WAIT_S = 10.0
+"""How long a live migration's source waits for its target to make the VM's networks (the target makes them on
+its next pass once the VM is placed there, at most a keepalive interval later)."""
 
 ACTED_ON = "acted_on"
 """Key added to a VM's values while converging: the zxids of the values this node acts on (`requests`)."""
@@ -49,8 +54,9 @@ ACTED_ON = "acted_on"
 class Reconciler:
     def __init__(self, node_name: str, store: Store, vms: WatchedCollection, actions: DomainActions,
                  list_domains, paths: HostPaths, storage: StorageBackend, migration_timeout: float,
-                 ownership: NodeOwnership):
+                 ownership: NodeOwnership, networks: NodeNetworks | None = None):
         self.node = node_name
+        self._networks = networks
         self._ownership = ownership
         self.paths = paths
         self._storage = storage
@@ -154,6 +160,8 @@ class Reconciler:
                 self.converge(name, fresh=False)
             except Exception as error:
                 log.warning("converging %s failed: %s", name, error)
+        if self._networks is not None:
+            self._networks.converge(self._vms.snapshot())
 
     def remove(self, name: str) -> None:
         """A coordinator removed the VM (or marked it removed): take its domain off this node."""
@@ -247,6 +255,7 @@ class Reconciler:
         try:
             if not record.get("migration_uri"):
                 raise OperationFailed(f"node {target} has published no migration URI")
+            self._target_networks_ready(raw, target)
             destination = MigrationTarget(record["migration_uri"], record.get("migration_stream_uri"),
                                           self._host_xml(raw[OWN_VALUE]["xml"], HostPaths.from_record(record)))
             self._actions.migrate_live(name, destination, raw[OWN_VALUE].get("max_downtime"),
@@ -285,7 +294,12 @@ class Reconciler:
                 log.info("%s here is an earlier VM of that name (UUID %s): removing it", name, identity.pvc_uuid)
                 self._actions.undefine(name)
                 identity = None
-            if identity is None or not identity.managed or status.get("generation") != spec.get("generation"):
+            redefine = identity is None or not identity.managed or status.get("generation") != spec.get("generation")
+            if spec.get("networks") and (redefine or (state in schema.RUNNING_STATES and
+                                                      not self._actions.is_running(name))):
+                # Before libvirt needs the bridges; a running guest's are kept by the networks' own pass.
+                self._ensure_networks(spec["networks"])
+            if redefine:
                 self._retire_old_names(name, spec.get("uuid"))
                 self._actions.define(self._host_xml(spec["xml"], self.paths))
             if state in schema.RUNNING_STATES:
@@ -311,7 +325,37 @@ class Reconciler:
         return report
 
     def _host_xml(self, xml: str, paths: HostPaths) -> str:
-        return for_host(xml, paths, self._storage.disk_source)
+        return for_host(xml, paths, self._storage.disk_source, self._network_mtu)
+
+    def device_for_host(self, device_xml: str) -> str:
+        """A device to hot-plug as this host's libvirt takes it; a NIC's network is made here first."""
+        records = self._networks.records() if self._networks is not None else {}
+        device, vnis = device_for_host(device_xml, lambda name: network_records.resolve(name, records),
+                                       self._network_mtu)
+        if vnis:
+            self._ensure_networks(vnis)
+        return device
+
+    def _network_mtu(self, vni: int) -> int | None:
+        record = self._networks.record(vni) if self._networks is not None else None
+        return record["mtu"] if record else None
+
+    def _ensure_networks(self, vnis: list[int]) -> None:
+        if self._networks is None:
+            raise OperationFailed(f"node {self.node} makes no network devices (no bridge_dev or cluster_dev), "
+                                  f"and this VM names network(s) {', '.join(map(str, vnis))}")
+        self._networks.ensure(vnis)
+
+    def _target_networks_ready(self, raw: dict[str, Any], target: str) -> None:
+        """Wait until the migration's target reports the VM's networks made (it makes them once placed); a
+        target that does not is an `OperationFailed` the caller may fall back from."""
+        wanted = set(raw[OWN_VALUE].get("networks") or [])
+        deadline = time.monotonic() + TARGET_NETWORKS_WAIT_S
+        while wanted - made_on(self._store, target):
+            if time.monotonic() > deadline:
+                missing = ", ".join(map(str, sorted(wanted - made_on(self._store, target))))
+                raise OperationFailed(f"node {target} has not made network(s) {missing} for the VM")
+            time.sleep(0.1)
 
     def _run_here(self, name: str, state: str) -> None:
         if state == "restart" and self._actions.is_running(name):

@@ -25,7 +25,7 @@ from pvc import config, connections, wire
 from pvc.errors import AuthenticationError, ConfigError, Unavailable
 from pvc.handshake import authenticated_proxy, use_tls
 
-AREAS = ("cluster", "nodes", "vms", "storage", "provisioner")
+AREAS = ("cluster", "nodes", "vms", "storage", "provisioner", "networks")
 URI_SCHEME = "pvc://"
 DEFAULT_CONFIG_PATH = Path("~/.config/pvc/pvc.yaml")
 

@@ -74,6 +74,8 @@ KEYS: tuple[ClusterKey, ...] = (
                "naming host paths", "bool", initial=True),
     ClusterKey("fence_chain", ["ipmi"], "fencing policies tried in order on a dead node until one confirms it "
                "is off (e.g. ipmi)", "names", initial=True),
+    ClusterKey("underlay_mtu", 1500, "MTU the nodes' uplinks carry: the most a bridged network's MTU may be, "
+               "and 50 more than a managed (VXLAN) network's", "int", initial=True),
     ClusterKey("accept_io_fence", False, "whether a dead node isolated from storage but not proven off may have "
                "its VMs recovered (only when its BMC could not be reached at all)", "bool", initial=True),
     ClusterKey("fence_options", None, "options of each fencing level as a YAML/JSON mapping {POLICY: {OPTION: "

@@ -86,6 +86,16 @@ NODED_SETTINGS: list[Setting] = [
             "listen host)"),
     Setting("migration_timeout", (int, float), 300, "seconds a live migration may take before it is aborted "
             "(the VM then keeps running where it was)"),
+    Setting("bridge_dev", (str, type(None)), None, "the uplink whose VLANs carry bridged client networks "
+            "(null: this node makes none)"),
+    Setting("cluster_dev", (str, type(None)), None, "the device on the cluster network whose IPv4 address "
+            "managed client networks' VXLAN tunnels start from (null: this node makes none)"),
+    Setting("router", bool, False, "whether this node may run managed networks' gateways, DHCP, DNS, NAT and "
+            "firewall rules (the leader picks one such node at a time)"),
+    Setting("upstream_dev", (str, type(None)), None, "router nodes: the interface managed networks' traffic "
+            "leaves by, masqueraded to its address (null: no way out)"),
+    Setting("network_run_directory", str, "/run/pvc/networks", "router nodes: dnsmasq's configs, pid and lease "
+            "files"),
     Setting("boot_image_directory", str, "/var/lib/pvc/boot", "where the direct-boot kernels and initrds "
             "that domain documents name (by bare file name) live"),
     Setting("console_log_directory", str, "/var/log/pvc/console", "where the serial console of a VM whose "

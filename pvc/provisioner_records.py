@@ -126,18 +126,25 @@ def _nic(index: int, nic: Any) -> dict[str, Any]:
     what = f"NIC {index}"
     if not isinstance(nic, Mapping):
         raise InvalidInput(f"{what} must be a mapping of bridge or network, model and mac_prefix, not {nic!r}")
-    unknown = sorted(set(nic) - {"bridge", "network", "model", "mac_prefix"})
+    unknown = sorted(set(nic) - {"bridge", "network", "model", "mac_prefix", "dhcp_reservation"})
     if unknown:
         raise InvalidInput(f"{what}: unknown field(s) {', '.join(unknown)} (known: bridge, network, model, "
-                           "mac_prefix)")
+                           "mac_prefix, dhcp_reservation)")
     if bool(nic.get("bridge")) == bool(nic.get("network")):
         raise InvalidInput(f"{what} needs either a bridge or a network (one of them)")
     model = nic.get("model") or "virtio"
     if model not in NIC_MODELS:
         raise InvalidInput(f"{what}: unknown model {model!r} (one of: {', '.join(NIC_MODELS)})")
+    reservation = nic.get("dhcp_reservation") or False
+    if isinstance(reservation, str) and reservation.lower() in ("yes", "true", "no", "false"):
+        reservation = reservation.lower() in ("yes", "true")
+    reservation = _flag(f"{what} dhcp_reservation", reservation)
+    if reservation and not nic.get("network"):
+        raise InvalidInput(f"{what}: a DHCP reservation needs a PVC network, not a bridge")
     return {"bridge": schema.check_name("bridge", nic["bridge"]) if nic.get("bridge") else None,
             "network": schema.check_name("network", nic["network"]) if nic.get("network") else None,
-            "model": model, "mac_prefix": check_mac_prefix(what, nic.get("mac_prefix") or DEFAULT_MAC_PREFIX)}
+            "model": model, "mac_prefix": check_mac_prefix(what, nic.get("mac_prefix") or DEFAULT_MAC_PREFIX),
+            "dhcp_reservation": reservation}
 
 
 def check_mac_prefix(what: str, prefix: Any) -> str:

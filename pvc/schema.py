@@ -34,6 +34,10 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
     /pvc/nodes/NAME/keepalive          N   live figures, rewritten every keepalive interval
     /pvc/nodes/NAME/vm_stats           N   its VMs' statistics from one bulk libvirt call per interval, one
                                            size-bounded record apart from the keepalive (`pvc.node.vm_stats`)
+    /pvc/nodes/NAME/networks           N   {"made": [VNI, ...], "routing": bool}: the client networks whose
+                                           devices exist on the node (`pvc.node.network`; a migration source
+                                           waits for its target's to name its VM's networks), and whether it
+                                           runs the router's services
     /pvc/node_owners/NAME/owner-SEQ    N   ephemeral, sequential: the pvcnoded session running node NAME (the
                                            first one owns it; every write the node makes checks its own still
                                            exists): {"host", "pid", "boot_id", "pid_namespace", "start_time"}
@@ -87,6 +91,19 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
                                            on `cluster fault delete` (version-checked)
     /pvc/faults/ID/ack                 C   an acknowledgement: {"time", "occurrence": the first_seen it
                                            acknowledged}; stale once the fault clears and is raised again
+    /pvc/networks/VNI                  C   a client network (`pvc.network_records`): type bridged | managed,
+                                           description, domain, MTU, IPv4/IPv6 subnets, gateways, DHCP range;
+                                           checked whole before it is written; its "acls" (firewall rules,
+                                           `pvc.network_acl`) and DHCP "reservations" {MAC: {"ip", "hostname"}}
+    /pvc/networks/VNI/leases           N   the router node's DHCP leases of a managed network {MAC: {"ip",
+                                           "hostname", "expires"}}, copied from its dnsmasq, so that the next
+                                           router starts with them
+    /pvc/network_router                L   {"node": the node running managed networks' gateways, DHCP, DNS,
+                                           NAT and ACLs, or null; "since"}: chosen by the leader among nodes with
+                                           ``router: true``, moved only once the old router reported its
+                                           services stopped or was fenced (`pvc.rpc.network_router`)
+    /pvc/locks/networks                C   kazoo lock serialising network changes with the VM definitions that
+                                           name networks, so no network goes while a VM starts to use it
     /pvc/tasks/ID (kind ``provision``) C,L a VM creation: recorded by the coordinator that was asked, with its
                                            whole plan; run, resumed or rolled back by the leader
                                            (`pvc.rpc.provisioning`)
@@ -116,7 +133,7 @@ TASKS = f"{ROOT}/tasks"
 REQUESTS = f"{ROOT}/requests"
 NODE_OWNERS = f"{ROOT}/node_owners"
 
-NODE_KEYS = ("daemon_state", "domain_state", "keepalive", "vm_stats")
+NODE_KEYS = ("daemon_state", "domain_state", "keepalive", "vm_stats", "networks")
 """The child znodes of a node, each written by whoever owns that fact."""
 
 VM_KEYS = ("state", "placement", "status")
@@ -352,3 +369,25 @@ def ova_volume(name: str, index: int) -> str:
 
 
 CONTAINERS += (PROVISIONER, TEMPLATES, *(templates(kind) for kind in TEMPLATE_KINDS), PROFILES, OVAS)
+
+
+# -- client networks ----------------------------------------------------------------------------------------
+
+NETWORKS = f"{ROOT}/networks"
+NETWORK_LOCK = f"{LOCKS}/networks"
+NETWORK_ROUTER = f"{ROOT}/network_router"
+NETWORK_KEYS = ("leases",)
+"""A network's child znodes: the router's leases change apart from the record users write."""
+
+
+def network(vni: int) -> str:
+    if not isinstance(vni, int) or isinstance(vni, bool) or vni < 0:
+        raise InvalidInput(f"invalid network VNI {vni!r}: a whole number")
+    return f"{NETWORKS}/{vni}"
+
+
+def network_leases(vni: int) -> str:
+    return f"{network(vni)}/leases"
+
+
+CONTAINERS += (NETWORKS,)

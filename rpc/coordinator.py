@@ -20,6 +20,7 @@ from pvc.errors import ConfigError
 from pvc.handshake import AuthenticatingDaemon, use_tls
 from pvc.rpc.agents import NodeAgents
 from pvc.rpc.areas.cluster import ClusterArea
+from pvc.rpc.areas.networks import NetworksArea
 from pvc.rpc.areas.nodes import NodesArea
 from pvc.rpc.areas.provisioner import ProvisionerArea
 from pvc.rpc.areas.storage import StorageArea
@@ -33,6 +34,7 @@ from pvc.rpc.metrics.pool_usage import PoolUsagePoller
 from pvc.rpc.metrics.server import MetricsServer, registry_renderer
 from pvc.rpc.metrics.zookeeper import MntrPoller
 from pvc.rpc.monitor import NodeMonitor
+from pvc.rpc.network_router import choose_router
 from pvc.rpc.node_requests import NodeRequests
 from pvc.rpc.provisioning import KIND as PROVISION, executor as provision_executor
 from pvc.rpc.recovery import ReadyExecution, RecoveryExecution, record_missing_recoveries, retry_due_recoveries
@@ -89,7 +91,8 @@ class Coordinator:
                                      PROVISION: provision_executor(self.context, storage, vms)})
             self.daemon = AuthenticatingDaemon(self.settings["api_keys"], "API key", host, port)
             areas = {"cluster": ClusterArea(self.context), "nodes": NodesArea(self.context),
-                     "vms": vms, "storage": storage, "provisioner": ProvisionerArea(self.context, storage, vms)}
+                     "vms": vms, "storage": storage, "provisioner": ProvisionerArea(self.context, storage, vms),
+                     "networks": NetworksArea(self.context)}
             for area, remote_object in areas.items():
                 self.daemon.register(instruments.instrument(area, remote_object), object_id(area))
             threading.Thread(target=self.daemon.requestLoop, name="pyro", daemon=True).start()
@@ -163,6 +166,7 @@ class Coordinator:
         self.requests.handle(leader_node)
         self.request_records.tick(self.store, leader_node)
         self.tasks.tick(leader_node)
+        choose_router(self.context, leader_node)
         if time.monotonic() >= self._next_storage_check:
             self._next_storage_check = time.monotonic() + STORAGE_CHECK_INTERVAL_S
             self.storage.resolve_orphaned_intents()

@@ -3,8 +3,8 @@
 The coordinator asked records the task with its whole plan (`pvc.rpc.provisioning_plan`) before anything is
 made; from then on the leader carries it out, in this order: each volume (blank or cloned), the config drive
 (uploaded through the storage layer like any image), the VM's definition, the name of the OVA it was made
-from in its record (``made_from``, which `ova remove` reads long after the task is pruned), and its start if
-asked. Before a
+from in its record (``made_from``, which `ova remove` reads long after the task is pruned), the DHCP
+reservations its network template asks for (by the MACs in its definition), and its start if asked. Before a
 volume is made its name goes into the task's ``made`` list, so the task always knows what it may have left,
 and the leader's every write checks it still leads. A leader that dies midway leaves a task the next leader
 runs again from the top: every step sees what is already there (a volume recorded, the VM's UUID taken) and
@@ -23,6 +23,7 @@ from kazoo.exceptions import NoNodeError
 from pvc import bulk, cloud_init, errors, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import AlreadyExists, Busy, Conflict, NotLeader, PVCError, Unavailable
+from pvc.rpc import network_use
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.tasks import ACTIVE_STATES, list_tasks
 
@@ -63,7 +64,7 @@ def task_view(task: dict[str, Any]) -> dict[str, Any]:
     """A creation as users see it: without the plan's XML and user data."""
     return {"id": task["id"], "vm": task["vm"], "profile": task.get("profile"), "state": task["state"],
             "volumes": task["made"], "error": task.get("error"), "start_error": task.get("start_error"),
-            "last_error": task.get("last_error")}
+            "reservation_error": task.get("reservation_error"), "last_error": task.get("last_error")}
 
 
 def wait_for(context: CoordinatorContext, task_id: str, timeout: float = WAIT_TIMEOUT_S) -> dict[str, Any]:
@@ -127,6 +128,7 @@ class ProvisionExecution:
                 self._ensure(drive["pool"], drive["name"], lambda: self._write_config_drive(drive))
             self._define()
         self._record_origin()
+        self._reserve()
         if self._plan["start"]:
             try:
                 self._vms.start(self._plan["vm"])
@@ -210,6 +212,22 @@ class ProvisionExecution:
         except (Conflict, errors.NotFound):
             raise Busy(f"VM '{self._plan['vm']}' changed while its origin was recorded; trying again") from None
         self._context.cache.vms.refresh(self._plan["vm"])
+
+    def _reserve(self) -> None:
+        """The DHCP reservations the network template asked for, once the VM (and so its MACs) exists; a run
+        finds a reservation an earlier run made and keeps it. One that cannot be made (the network filled up or
+        went since the plan was checked) leaves the VM as made, and says why (``reservation_error``)."""
+        for reservation in self._plan.get("reservations") or []:
+            try:
+                made = network_use.reserve(self._context.store, self._context.name, reservation["network"],
+                                           reservation["mac"], self._plan["vm"])
+            except TRANSIENT:
+                raise
+            except PVCError as error:
+                self.task["reservation_error"] = str(error)
+                continue
+            log.info("VM %s: %s reserved on network %s for %s", self._plan["vm"], made["ip"], made["vni"],
+                     made["mac"])
 
     # -- rolling back ---------------------------------------------------------------------------------
 

@@ -10,8 +10,9 @@ import secrets
 import uuid as uuidlib
 from typing import Any, Mapping
 
-from pvc import domain_builder, domain_xml, placement, provisioner_records, schema
+from pvc import domain_builder, domain_xml, network_records, placement, provisioner_records, schema
 from pvc.errors import AlreadyExists, InvalidInput, NotFound
+from pvc.rpc import network_use
 from pvc.rpc.context import CoordinatorContext
 
 DEFAULT_BRIDGE = "vmbr0"
@@ -44,12 +45,15 @@ class Planner:
             raise InvalidInput(f"profile '{profile_name}' is incomplete: a VM creation needs its "
                                f"{', '.join(missing)} (add them with 'pvc provisioner profile modify')")
         system = self._template("system", profile["system_template"])
+        reservations: list[dict[str, str]] = []
         if profile["type"] == "ova":
             volumes, disks, nics = self._from_ova(vm, profile)
             firmware = (self._ova(profile).get("hardware") or {}).get("firmware") or system["firmware"]
         else:
             volumes, disks = self._from_storage_template(vm, self._template("storage", profile["storage_template"]))
-            nics = self._nics(self._template("network", profile["network_template"])["nics"])
+            template_nics = self._template("network", profile["network_template"])["nics"]
+            nics = self._nics(template_nics)
+            reservations = self._reservations(template_nics, nics)
             firmware = system["firmware"]
         config_drive = None
         if profile.get("user_data"):
@@ -66,7 +70,7 @@ class Planner:
         self._check_placeable(vm, system, meta)
         return {"vm": vm, "uuid": uuid, "xml": xml, "meta": meta, "volumes": volumes,
                 "config_drive": config_drive, "user_data": profile.get("user_data"), "start": start,
-                "ova": profile["ova"] if profile["type"] == "ova" else None}
+                "ova": profile["ova"] if profile["type"] == "ova" else None, "reservations": reservations}
 
     # -- parts ----------------------------------------------------------------------------------------
 
@@ -122,6 +126,19 @@ class Planner:
                                 "model": _nic_model(nic), "mac_prefix": provisioner_records.DEFAULT_MAC_PREFIX}
                                for nic in hardware.get("nics") or []])
         return volumes, disks, nics
+
+    def _reservations(self, template_nics: list[Mapping[str, Any]],
+                      nics: list[domain_builder.Nic]) -> list[dict[str, str]]:
+        """The DHCP reservations the template asks for, by network and MAC: each network must be a managed one
+        with room for it (the address is taken when the VM is defined)."""
+        reservations = []
+        networks = network_use.stored_networks(self._store)
+        for template_nic, nic in zip(template_nics, nics):
+            if template_nic.get("dhcp_reservation"):
+                vni = network_records.resolve(nic.network, networks)
+                network_records.free_address(networks[vni], self._store.read(schema.network_leases(vni)) or {})
+                reservations.append({"network": str(vni), "mac": nic.mac})
+        return reservations
 
     @staticmethod
     def _nics(nics: list[Mapping[str, Any]]) -> list[domain_builder.Nic]:

@@ -100,8 +100,9 @@ def test_templates_are_added_listed_changed_and_removed_unless_a_profile_uses_th
         {"pool": POOL, "size_bytes": 64 * MIB, "source_volume": None},
         {"pool": POOL, "size_bytes": 1 << 30, "source_volume": None}]
     assert client.provisioner.template_info("network", network)["nics"] == [
-        {"bridge": "vmbr0", "network": None, "model": "virtio", "mac_prefix": "52:54:00"},
-        {"bridge": None, "network": "default", "model": "e1000", "mac_prefix": "02:00:aa:bb"}]
+        {"bridge": "vmbr0", "network": None, "model": "virtio", "mac_prefix": "52:54:00", "dhcp_reservation": False},
+        {"bridge": None, "network": "default", "model": "e1000", "mac_prefix": "02:00:aa:bb",
+         "dhcp_reservation": False}]
     listed = pvc(cluster, "provisioner", "template", "system", "list", "--format", "json")
     assert system in [row["name"] for row in json.loads(listed.output)]
     assert {(row["kind"], row["name"]) for row in client.provisioner.template_list()} >= \
@@ -218,7 +219,7 @@ def test_user_data_reaches_the_vm_on_a_config_drive_that_isoinfo_reads(cluster, 
                                              unique("vm"))
     _system(client, system, firmware="efi", vnc=True)
     client.provisioner.template_add("storage", storage, {"disks": [{"pool": POOL, "size": "8M"}]})
-    client.provisioner.template_add("network", network, {"nics": [{"network": "default"}]})
+    client.provisioner.template_add("network", network, {"nics": [{"bridge": "vmbr0"}]})
     user_data = "#cloud-config\nhostname: provisioned\nruncmd:\n  - [touch, /etc/made-by-pvc]\n"
     (tmp_path / "user-data").write_text(user_data)
     assert pvc(cluster, "provisioner", "profile", "add", profile, "--system-template", system, "--storage-template",

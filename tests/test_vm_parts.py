@@ -135,11 +135,10 @@ def test_nics_are_added_with_a_generated_or_given_mac_and_removed_by_mac_or_netw
     vms.define(vm_xml("wired"), target="hv1")
 
     ok(pvc(cluster, "vm", "network", "add", "wired", "br-lan"))
-    ok(pvc(cluster, "vm", "network", "add", "wired", "default", "--type", "network", "--model", "e1000",
-           "-a", "52:54:00:AA:BB:CC"))
+    ok(pvc(cluster, "vm", "network", "add", "wired", "br-wan", "--model", "e1000", "-a", "52:54:00:AA:BB:CC"))
     nics = json.loads(ok(pvc(cluster, "vm", "network", "get", "wired", "--format", "json")))
     assert [(nic["type"], nic["source"], nic["model"]) for nic in nics] == \
-        [("bridge", "br-lan", "virtio"), ("network", "default", "e1000")]
+        [("bridge", "br-lan", "virtio"), ("bridge", "br-wan", "e1000")]
     assert nics[0]["mac"].startswith("52:54:00:") and nics[1]["mac"] == "52:54:00:aa:bb:cc"
     assert '<interface type="bridge"><mac address="' + nics[0]["mac"] in ok(pvc(cluster, "vm", "dump", "wired"))
 

@@ -52,6 +52,9 @@ LAB_COORDINATOR_PORT = 7370
 LAB_METRICS_PORT = 9470
 HEALTH_INTERVAL = 2
 """Seconds between a local node's health check rounds: short, so a fault shows within seconds."""
+UPSTREAM_DEV = "upstream0"
+"""A lab host's upstream interface for managed networks' traffic when it routes: none exists until a test makes
+one (a veth into a namespace of its own with no route out of the machine)."""
 FENCE_INTERVALS = 4
 SUICIDE_INTERVALS = 2
 """A node cut off from ZooKeeper starts stopping its VMs after 2 s of silence and is done by 3.6 s on its slowest
@@ -488,6 +491,10 @@ class LocalCluster:
             settings["libvirt_run_directory"] = None
         if address:
             settings.update({"listen_address": f"{address}:0", "upload_listen_address": f"{address}:0"})
+        if lab and netns == lab.netns(name):
+            settings.update({"bridge_dev": "eth0", "cluster_dev": "eth0",  # the host's one link to the lab
+                             "router": True, "upstream_dev": UPSTREAM_DEV,
+                             "network_run_directory": str(directory / "networks")})
         if self.bmc(name).settings:
             settings.update(self.bmc(name).node_settings())
         return self._start_daemon("pvcnoded", directory, settings, netns)

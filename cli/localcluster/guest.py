@@ -13,6 +13,12 @@ and whether an ACPI power-button press shut it down:
     pvc-guest: heartbeat <counter> boot <boot_id>            (once a second)
     pvc-guest: disk wrote <counter> read <line read back>      (after each heartbeat, with a disk)
     pvc-guest: power button pressed, powering off
+    pvc-guest: lease <interface> <address>/<prefix> router <gateway> dns <server>   (each DHCP bind or renewal)
+
+On each network interface it takes DHCP leases with busybox ``udhcpc`` (renewing them for as long as it runs),
+answers ping, serves its boot id over HTTP on port 80, echoes what it is sent on TCP port 7, and answers one
+question per connection on TCP port 8 (``ping ADDRESS``, ``resolve NAME``: ``ok ...`` or ``fail``), so that a
+test on the guest's network sees what the guest itself can reach and resolve.
 
 With a disk, each second the guest writes ``pvc-marker <boot_id> <counter>`` and a newline, padded with NULs
 to 512 bytes, at offset 0 of /dev/vda, bypassing its own page cache (O_DIRECT), and reads it back the same
@@ -52,15 +58,42 @@ POWER_OFF_LINE = "pvc-guest: power button pressed, powering off"
 HEARTBEAT_PATTERN = re.compile(r"^pvc-guest: heartbeat (\d+) boot ([0-9a-f-]+)\r?$", re.MULTILINE)
 QEMU = "qemu-system-x86_64"
 
-# In Debian's kernel these are modules: the PCI transport and block driver of the guest's disk, and the ACPI
-# power button with the event device through which acpid sees it.
-MODULES = ("virtio_pci", "virtio_blk", "button", "evdev")
+# In Debian's kernel these are modules: the PCI transport and block driver of the guest's disk, the ACPI
+# power button with the event device through which acpid sees it, and the network device's driver.
+MODULES = ("virtio_pci", "virtio_blk", "button", "evdev", "virtio_net")
+LEASE_PATTERN = re.compile(r"^pvc-guest: lease (\S+) ([0-9.]+)/(\d+) router (\S*) dns (\S*)\r?$", re.MULTILINE)
 SETUP_HINT = "run contrib/setup.sh"
 
 _POWER_BUTTON_HANDLER = f"""\
 #!/bin/sh
 echo '{POWER_OFF_LINE}' > /dev/ttyS0
 poweroff -f
+"""
+
+_DHCP_SCRIPT = """\
+#!/bin/sh
+case "$1" in
+    bound|renew)
+        if ! ip -4 addr show dev "$interface" | grep -q "inet $ip/$mask "; then
+            ip -4 addr flush dev "$interface"
+            ip addr add "$ip/$mask" dev "$interface"
+        fi
+        [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
+        [ -n "$dns" ] && echo "nameserver ${dns%% *}" > /etc/resolv.conf
+        echo "pvc-guest: lease $interface $ip/$mask router ${router%% *} dns ${dns%% *}" > /dev/ttyS0 ;;
+    deconfig) ;;
+esac
+"""
+
+_PROBE = """\
+#!/bin/sh
+read -r verb target
+case "$verb" in
+    ping) ping -c 1 -W 2 "$target" > /dev/null 2>&1 && echo "ok $target" || echo fail ;;
+    resolve) answer=$(nslookup "$target" 2> /dev/null | sed -n '/^Name:/,$ s/^Address:* *//p' | head -n 1)
+             [ -n "$answer" ] && echo "ok $answer" || echo fail ;;
+    *) echo fail ;;
+esac
 """
 
 # busybox acpid's built-in map turns the power button's key event into the action PWRF/00000080, a file
@@ -77,6 +110,18 @@ exec > /dev/ttyS0 2>&1 < /dev/null
 acpid -l /dev/null
 read boot_id < /proc/sys/kernel/random/boot_id
 echo "pvc-guest: boot $boot_id"
+ip link set lo up
+for interface in $(ls /sys/class/net); do
+    [ "$interface" = lo ] && continue
+    ip link set "$interface" up
+    udhcpc -i "$interface" -s /etc/udhcpc.script -b -t 30 -T 1 -A 2 > /dev/null 2>&1
+done
+if [ -n "$interface" ]; then
+    echo "pvc-guest $boot_id" > /www/index.html
+    httpd -p 80 -h /www
+    nc -ll -p 7 -e cat &
+    nc -ll -p 8 -e /bin/pvc-probe &
+fi
 if [ -b /dev/vda ]; then
     found=$(dd if=/dev/vda bs=512 count=1 iflag=direct 2>/dev/null | tr -d '\\000' | head -n 1)
     case "$found" in
@@ -114,6 +159,21 @@ def parse_console(text: str) -> list[Heartbeat]:
     return [Heartbeat(int(counter), boot_id) for counter, boot_id in HEARTBEAT_PATTERN.findall(text)]
 
 
+@dataclass(frozen=True)
+class Lease:
+    interface: str
+    address: str
+    prefix: int
+    router: str
+    dns: str
+
+
+def parse_leases(text: str) -> list[Lease]:
+    """The DHCP leases the guest took or renewed, in order."""
+    return [Lease(interface, address, int(prefix), router, dns)
+            for interface, address, prefix, router, dns in LEASE_PATTERN.findall(text)]
+
+
 def powered_off_cleanly(text: str) -> bool:
     """Whether the guest saw an ACPI power-button press and shut itself down (rather than being killed)."""
     return POWER_OFF_LINE in text
@@ -128,7 +188,8 @@ def build(boot_dir: Path = DEFAULT_BOOT_DIR) -> Path:
     version = _kernel_version()
     modules = _module_files(version)
     init = _INIT.format(insmod="\n".join(f"insmod /{_guest_module_path(path)}" for path in modules))
-    stamp = {"kernel": version, "init_sha256": hashlib.sha256((init + _POWER_BUTTON_HANDLER).encode()).hexdigest()}
+    stamp = {"kernel": version, "init_sha256": hashlib.sha256(
+        (init + _POWER_BUTTON_HANDLER + _DHCP_SCRIPT + _PROBE).encode()).hexdigest()}
     if _read_json(boot_dir / STAMP) == stamp and (boot_dir / KERNEL).is_file() and (boot_dir / INITRD).is_file():
         return boot_dir
     busybox = _busybox()
@@ -140,10 +201,12 @@ def build(boot_dir: Path = DEFAULT_BOOT_DIR) -> Path:
     return boot_dir
 
 
-def domain_xml(name: str, memory_mib: int = 128, disk: str | None = None, domain_type: str = "qemu") -> str:
+def domain_xml(name: str, memory_mib: int = 128, disk: str | None = None, domain_type: str = "qemu",
+               networks: tuple[str, ...] = (), macs: tuple[str, ...] = ()) -> str:
     """A libvirt domain document for this guest as PVC stores it: no host path in it. The kernel and initrd
     are file names in the node's boot-image directory, and the node gives the serial console its log file;
-    libvirt adds the matching <console> itself. `disk` is a PVC volume, "POOL/VOLUME"."""
+    libvirt adds the matching <console> itself. `disk` is a PVC volume, "POOL/VOLUME"; each of `networks` (a
+    PVC network's VNI or description) gets a virtio NIC, with the MAC of the same place in `macs` if given."""
     if domain_type not in ("qemu", "kvm"):
         raise ValueError(f"domain type must be 'qemu' or 'kvm', not {domain_type!r}")
     if memory_mib < 1:
@@ -172,6 +235,12 @@ def domain_xml(name: str, memory_mib: int = 128, disk: str | None = None, domain
         etree.SubElement(element, "driver", name="qemu", type="raw", cache="writeback")
         etree.SubElement(element, "source", pool=pool, volume=volume)
         etree.SubElement(element, "target", dev="vda", bus="virtio")
+    for index, network in enumerate(networks):
+        interface = etree.SubElement(devices, "interface", type="network")
+        if index < len(macs):
+            etree.SubElement(interface, "mac", address=macs[index])
+        etree.SubElement(interface, "source", network=str(network))
+        etree.SubElement(interface, "model", type="virtio")
     serial = etree.SubElement(devices, "serial", type="file")
     etree.SubElement(serial, "target", port="0")
     etree.SubElement(devices, "memballoon", model="none")
@@ -365,13 +434,15 @@ def _initramfs(init: str, busybox: bytes, modules: list[Path]) -> bytes:
     """A gzip'd newc cpio archive, built here so that /dev/console can be a device node without root."""
     archive = _Cpio()
     for directory in ("bin", "dev", "etc", "etc/acpi", "etc/acpi/PWRF", "lib", "lib/modules", "proc", "sys",
-                      "tmp", "var", "var/run"):
+                      "tmp", "var", "var/run", "www"):
         archive.add(directory, stat.S_IFDIR | 0o755)
     # The kernel opens /dev/console for /init before /init can mount devtmpfs.
     archive.add("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))
     archive.add("bin/busybox", stat.S_IFREG | 0o755, busybox)
     archive.add("init", stat.S_IFREG | 0o755, init.encode())
     archive.add("etc/acpi/PWRF/00000080", stat.S_IFREG | 0o755, _POWER_BUTTON_HANDLER.encode())
+    archive.add("etc/udhcpc.script", stat.S_IFREG | 0o755, _DHCP_SCRIPT.encode())
+    archive.add("bin/pvc-probe", stat.S_IFREG | 0o755, _PROBE.encode())
     for path in modules:
         archive.add(_guest_module_path(path), stat.S_IFREG | 0o644, _module_bytes(path))
     compressed = io.BytesIO()

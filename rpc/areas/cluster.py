@@ -5,12 +5,13 @@ from typing import Any
 import Pyro5.server
 from kazoo.exceptions import BadVersionError
 
-from pvc import cluster_config, fence_secrets, fencing_settings, schema
+from pvc import cluster_config, fence_secrets, fencing_settings, network_records, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import InvalidInput, NotFound
 from pvc.health import libvirt_lost
 from pvc.health.faults import health as fault_health
 from pvc.hookspecs import SEVERITIES
+from pvc.rpc import network_use
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.retries import retry_safe
 from pvc.secrets_box import SecretsBox
@@ -127,6 +128,9 @@ class ClusterArea:
             changes["fence_options"] = fence_secrets.sealed_options(
                 SecretsBox(self._context.settings["cluster_secret"]), changes["fence_options"],
                 self._context.cache.config.get().get("fence_options") or {})
+        if "underlay_mtu" in changes:
+            network_records.check_underlay_mtu(changes["underlay_mtu"],
+                                               network_use.stored_networks(self._context.store))
         if "default_selector" in changes:
             self._context.selector({"node_selector": changes["default_selector"]})
         if "migration_method" in changes and changes["migration_method"] not in schema.MIGRATION_METHODS:

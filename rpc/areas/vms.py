@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, ContextManager
 
 import Pyro5.server
 
 from pvc import domain_xml, models, placement, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound, Unavailable
-from pvc.rpc import removal
+from pvc.rpc import network_use, removal
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.retries import retry_safe
 from pvc.rpc.vm_control import VMControl
@@ -109,18 +110,20 @@ class VMsArea:
         if self._context.cache.vms.get(domain.name) is not None:
             raise AlreadyExists(f"a VM named '{domain.name}' exists already")
         self._check_uuid_free(domain.uuid)
-        spec = {**self._spec(domain), **meta, "tags": initial_tags(tags, protected_tags), "generation": 1}
-        node = self._initial_node(spec, target)
-        store = self._context.store
-        try:
-            store.transaction() \
-                .create(schema.vm_uuid(domain.uuid), domain.name) \
-                .create(schema.vm(domain.name), spec) \
-                .create(schema.vm_key(domain.name, "state"), "stop") \
-                .create(schema.vm_key(domain.name, "placement"), {"node": node, "last_node": None}) \
-                .commit()
-        except AlreadyExists:
-            raise AlreadyExists(f"a VM named '{domain.name}' or with UUID {domain.uuid} exists already") from None
+        with self._networks_held(domain):
+            spec = {**self._spec(domain), **meta, "tags": initial_tags(tags, protected_tags), "generation": 1}
+            node = self._initial_node(spec, target)
+            store = self._context.store
+            try:
+                store.transaction() \
+                    .create(schema.vm_uuid(domain.uuid), domain.name) \
+                    .create(schema.vm(domain.name), spec) \
+                    .create(schema.vm_key(domain.name, "state"), "stop") \
+                    .create(schema.vm_key(domain.name, "placement"), {"node": node, "last_node": None}) \
+                    .commit()
+            except AlreadyExists:
+                raise AlreadyExists(f"a VM named '{domain.name}' or with UUID {domain.uuid} exists already") \
+                    from None
         self._context.cache.vms.refresh(domain.name)
         return self._control.converge(domain.name, [node], wait=False)
 
@@ -132,7 +135,7 @@ class VMsArea:
         :raises Conflict: the VM is being removed
         :raises InvalidInput: the XML is malformed or names another VM or UUID
         """
-        with self._control.locked(vm):
+        with self._networks_held(domain_xml.parse(xml, allow_host_devices=True)), self._control.locked(vm):
             current = self._control.desired(vm)
             spec = current.spec
             domain = domain_xml.parse(xml, default_uuid=spec["uuid"], allow_host_devices=self._allow_host_devices())
@@ -310,7 +313,8 @@ class VMsArea:
         :raises Conflict: a live change the node cannot make (no agent)
         :raises OperationFailed: the node failed to apply it live
         """
-        return self._editor.add_nic(vm, source, kind, model, mac, restart, live)
+        with self._networks_held(None) if kind == "network" else nullcontext():
+            return self._editor.add_nic(vm, source, kind, model, mac, restart, live)
 
     def remove_nic(self, vm: str, source: str | None = None, mac: str | None = None, restart: bool = False,
                    live: bool = True) -> dict[str, Any]:
@@ -550,11 +554,23 @@ class VMsArea:
         if self._context.store.zk.exists(schema.vm_uuid(uuid)):
             raise AlreadyExists(f"a VM with UUID {uuid} exists already")
 
-    @staticmethod
-    def _spec(domain: domain_xml.Domain) -> dict[str, Any]:
+    def _networks_held(self, domain: domain_xml.Domain | None) -> ContextManager[None]:
+        """The network lock, for a change that may name networks (`domain` None: always), so that `_spec`
+        resolves them against networks that stay until the change is recorded."""
+        if domain is not None and not network_use.names_networks(domain):
+            return nullcontext()
+        return network_use.locked(self._context.store, self._context.name)
+
+    def _spec(self, domain: domain_xml.Domain) -> dict[str, Any]:
+        """The VM's record from its document; NICs naming networks are resolved to their VNIs (under the
+        network lock, `_networks_held`)."""
+        networks: list[int] = []
+        if network_use.names_networks(domain):
+            domain, networks = network_use.resolve(domain, network_use.stored_networks(self._context.store),
+                                                   self._allow_host_devices())
         return {"name": domain.name, "uuid": domain.uuid, "xml": domain.xml, "memory_mib": domain.memory_mib,
                 "vcpus": domain.vcpus, "disks": domain.disks, "nics": domain.nics, "volumes": domain.volumes,
-                "defined_at": time.time()}
+                "networks": networks, "defined_at": time.time()}
 
 
 def _moving_state(state: str, moving: str) -> str:

@@ -1,0 +1,138 @@
+"""Real guests on a managed network: QEMU hosts each in its own lab namespace, guests that take their leases with
+udhcpc from the router's dnsmasq across the VXLAN overlay, reach each other and the gateway, resolve each other's
+names, and keep their address and a TCP connection through a live migration.
+
+What the guests can reach and resolve is asked of the guests themselves (their probe port, `guest` module); the
+asking is done from the router's namespace, which holds the gateway address on the network's bridge.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import libvirt
+import pytest
+
+from conftest import RunningCluster, started_cluster
+from guest_support import console_text
+from helpers import eventually
+from pvc.cli.localcluster.guest import domain_xml, parse_leases
+from test_networks import NET, ok, pvc
+
+LEASE_TIMEOUT_S = 90
+
+ASK = """
+import socket, sys
+with socket.create_connection((sys.argv[1], 8), timeout=10) as connection:
+    connection.sendall((sys.argv[2] + "\\n").encode())
+    print(connection.makefile().readline().strip())
+"""
+
+ECHO_CLIENT = """
+import socket, sys
+connection = socket.create_connection((sys.argv[1], 7), timeout=30)
+reader = connection.makefile()
+print("connected", flush=True)
+for line in sys.stdin:
+    connection.sendall(line.encode())
+    print(reader.readline().strip(), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def guest_lab(tmp_path_factory) -> Iterator[RunningCluster]:
+    """Three QEMU hosts on a lab; hv1 routes managed network 4900 (domain lab.test), guests g1 on hv2 and g2 on
+    hv3 booted on it."""
+    cluster_dir = Path(tmp_path_factory.mktemp("netguests"))
+    for cluster in started_cluster(cluster_dir, nodes=3, coordinators=1, hypervisor="qemu", lab=True):
+        ok(pvc(cluster, "network", "add", "4900", "-p", "managed", "-d", "guests", "--domain", "lab.test",
+               "--ipv4", NET.format(249), "--gateway4", "169.254.249.1", "--dhcp4",
+               "169.254.249.100-169.254.249.150"))
+        started = {}
+        for vm, node in (("g1", "hv2"), ("g2", "hv3")):
+            ok(pvc(cluster, "vm", "define", "-", "--target", node, input=domain_xml(vm, networks=("guests",))))
+            started[vm] = time.monotonic()
+            ok(pvc(cluster, "vm", "start", vm))
+        cluster.lease_seconds = {vm: lease_of(cluster, vm, node, started[vm]) for vm, node in
+                                 (("g1", "hv2"), ("g2", "hv3"))}
+        yield cluster
+
+
+def lease_of(cluster, vm: str, node: str, since: float | None = None):
+    found = eventually(lambda: parse_leases(console_text(cluster, vm, node)), LEASE_TIMEOUT_S, 0.2)
+    assert found, f"{vm} took no lease; its console ends:\n" + console_text(cluster, vm, node)[-600:]
+    return time.monotonic() - since if since is not None else found[-1]
+
+
+def address(cluster, vm: str, node: str) -> str:
+    return lease_of(cluster, vm, node).address
+
+
+def ask(cluster, guest_address: str, question: str) -> str:
+    """Ask a guest (from the router's namespace): ``ping ADDRESS`` or ``resolve NAME``."""
+    result = subprocess.run(cluster.local.lab.command("hv1", [sys.executable, "-c", ASK, guest_address, question]),
+                            capture_output=True, text=True, timeout=30)
+    return result.stdout.strip() or result.stderr.strip()
+
+
+def test_guests_on_two_hosts_get_leases_reach_each_other_and_resolve_names(guest_lab):
+    first, second = address(guest_lab, "g1", "hv2"), address(guest_lab, "g2", "hv3")
+    for lease in (lease_of(guest_lab, "g1", "hv2"), lease_of(guest_lab, "g2", "hv3")):
+        assert 100 <= int(lease.address.rsplit(".", 1)[1]) <= 150 and lease.prefix == 24
+        assert (lease.router, lease.dns) == ("169.254.249.1", "169.254.249.1")
+    print(f"\nvm start to lease: " + ", ".join(f"{vm} {seconds:.1f} s"
+                                               for vm, seconds in guest_lab.lease_seconds.items()))
+    assert ask(guest_lab, first, f"ping {second}") == f"ok {second}"
+    assert ask(guest_lab, second, f"ping {first}") == f"ok {first}"
+    assert ask(guest_lab, first, "ping 169.254.249.1") == "ok 169.254.249.1"
+    assert ask(guest_lab, first, "resolve g2.lab.test") == f"ok {second}"
+    assert ask(guest_lab, second, "resolve g1") == f"ok {first}"
+
+
+def test_a_live_migration_keeps_the_address_and_a_tcp_connection(guest_lab):
+    before = address(guest_lab, "g1", "hv2")
+    lab = guest_lab.local.lab
+    echo = subprocess.Popen(lab.command("hv1", [sys.executable, "-c", ECHO_CLIENT, before]), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    pinger = subprocess.Popen(lab.command("hv1", ["ping", "-i", "0.1", "-W", "1", before]),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert echo.stdout.readline().strip() == "connected"
+        echo.stdin.write("before\n")
+        echo.stdin.flush()
+        assert echo.stdout.readline().strip() == "before"
+        time.sleep(1)
+        ok(pvc(guest_lab, "vm", "migrate", "g1", "--target", "hv3", "--wait"))
+        assert guest_lab.client.vms.info("g1")["node"] == "hv3"
+        time.sleep(1)
+        echo.stdin.write("after\n")
+        echo.stdin.flush()
+        assert echo.stdout.readline().strip() == "after", "the TCP connection did not survive the migration"
+    finally:
+        pinger.terminate()
+        replies = pinger.communicate(timeout=10)[0]
+        echo.kill()
+        echo.wait()
+    sequences = [int(line.split("icmp_seq=")[1].split()[0]) for line in replies.splitlines() if "icmp_seq=" in line]
+    lost = max(sequences) - len(set(sequences)) if sequences else None
+    print(f"\nlive migration: {len(set(sequences))} ping replies every 100 ms, {lost} lost")
+    assert lost is not None and lost <= 20, replies[-500:]
+    assert ask(guest_lab, before, "ping 169.254.249.1") == "ok 169.254.249.1", "the guest lost its address"
+    migrated = parse_leases(console_text(guest_lab, "g1", "hv3") + console_text(guest_lab, "g1", "hv2"))
+    assert {lease.address for lease in migrated} == {before}
+
+
+def test_a_nic_on_a_network_is_hot_plugged_into_its_bridge(guest_lab):
+    node = guest_lab.client.vms.info("g2")["node"]
+    added = ok(pvc(guest_lab, "vm", "network", "add", "g2", "guests", "--type", "network", "-a", "52:54:00:49:00:02"))
+    assert added.strip().endswith("applied live"), added
+    connection = libvirt.open(guest_lab.local.host(node).uri)
+    try:
+        live = connection.lookupByName("g2").XMLDesc()
+    finally:
+        connection.close()
+    second = live.split("52:54:00:49:00:02")[0].rsplit("<interface", 1)[1]
+    assert "type='bridge'" in second and "pvcbr4900" in live.split("52:54:00:49:00:02")[1].split("</interface>")[0]
