@@ -196,22 +196,46 @@ class ClusterArea:
 
     def faults(self, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002 - the CLI's --all
         """Active faults (with `all`, cleared ones too, until their raiser prunes them), active first, newest
-        first. `counts`: whether the fault takes its `delta` off health now (active and not acknowledged)."""
+        first. `counts`: whether the fault takes its `delta` off health now (active and not acknowledged).
+
+        :raises Unavailable: ZooKeeper did not answer the sync that brings this coordinator's view up to date
+        """
         self._context.cache.catch_up()
         return [fault for fault in self._context.fault_views() if all or fault["active"]]
 
     def fault_ack(self, ids: list[str]) -> list[dict[str, Any]]:
-        """Acknowledge faults: each stops counting against health until it clears and happens again."""
+        """Acknowledge faults: each stops counting against health until it clears and happens again.
+
+        The acknowledgement names the occurrence it saw (the fault's ``first_seen``), so a fault that clears and
+        is raised again counts again without anyone removing the acknowledgement.
+
+        :raises InvalidInput: no ids given, or a malformed id (ids look like ``node.NODE.CHECK`` or
+            ``cluster.CHECK``)
+        :raises NotFound: no fault of a given id (nothing is acknowledged then)
+        :raises Conflict: a fault's raiser renewed it while it was being acknowledged; try again
+        :raises Unavailable: ZooKeeper did not answer
+        """
         return self._acknowledge(self._existing_faults(ids))
 
     def fault_ack_all(self) -> list[dict[str, Any]]:
-        """Acknowledge every active fault not yet acknowledged."""
+        """Acknowledge every active fault not yet acknowledged.
+
+        :raises Conflict: a fault's raiser renewed it while it was being acknowledged; try again
+        :raises Unavailable: ZooKeeper did not answer
+        """
         self._context.cache.catch_up()
         return self._acknowledge([fault["id"] for fault in self._context.fault_views()
                                   if fault["active"] and not fault["acknowledged"]])
 
     def fault_delete(self, ids: list[str]) -> list[dict[str, Any]]:
-        """Forget faults now (a raiser still seeing the problem raises it again, counting from one)."""
+        """Forget faults now, with their acknowledgements (a raiser still seeing the problem raises it again,
+        counting from one).
+
+        :raises InvalidInput: no ids given, or a malformed id
+        :raises NotFound: no fault of a given id (nothing is deleted then)
+        :raises Conflict: a fault's raiser renewed it while it was being deleted; try again
+        :raises Unavailable: ZooKeeper did not answer
+        """
         zk = self._context.store.zk
         transaction = self._context.store.transaction()
         for fault_id in self._existing_faults(ids):

@@ -25,6 +25,9 @@ from pvc.rpc.retries import retry_safe
 @Pyro5.server.behavior(instance_mode="single")
 @retry_safe(reads={"list", "info", "acl_list", "dhcp_list"})
 class NetworksArea:
+    """``client.networks``: client networks, their firewall rules (ACLs) and DHCP reservations. A network is
+    named by its VNI or its description wherever one is asked for."""
+
     def __init__(self, context: CoordinatorContext):
         self._context = context
         self._networks = WatchedCollection(context.store, schema.NETWORKS, lambda name: schema.network(int(name)),
@@ -50,14 +53,20 @@ class NetworksArea:
             return None
 
     def list(self) -> list[dict[str, Any]]:
-        """Every network, sorted by VNI, with the node routing managed ones."""
+        """Every network, sorted by VNI, with the node routing managed ones.
+
+        :raises Unavailable: no coordinator answered (nothing else: it refuses nothing)
+        """
         users, router = self._users(), self._router()
         views = [self._view(raw[OWN_VALUE], users, router)
                  for name, raw in self._networks.snapshot().items() if raw.get(OWN_VALUE)]
         return sorted(views, key=lambda view: view["vni"])
 
     def info(self, vni: int | str) -> dict[str, Any]:
-        """One network, by VNI or description."""
+        """One network, by VNI or description, with the VMs using it and its router (managed networks).
+
+        :raises NotFound: no network of that VNI or description
+        """
         return self._view(self._require(vni), self._users(), self._router())
 
     @staticmethod
@@ -70,7 +79,19 @@ class NetworksArea:
 
     def add(self, vni: int | str, network_type: str, **fields: Any) -> dict[str, Any]:
         """A new network; `fields` are `pvc.network_records.FIELDS` (description, domain, mtu, ipv4_network,
-        ipv4_gateway, dhcp4_start, dhcp4_end, ipv6_network, ipv6_gateway)."""
+        ipv4_gateway, dhcp4_start, dhcp4_end, ipv6_network, ipv6_gateway).
+
+        The record is checked whole before anything is written: the VNI's range for its type (1-4094 for a
+        bridged network's VLAN, 1-16777215 for a managed network's VXLAN), a unique description starting with a
+        letter, no addresses on a bridged network, each subnet not overlapping another network's, the gateway
+        inside its subnet, the DHCP range inside the subnet and not over the gateway, and the MTU within what
+        the underlay carries (``underlay_mtu``, less 50 for VXLAN).
+
+        :raises InvalidInput: an unknown type or field, or a value one of the checks above refuses (the message
+            names the field)
+        :raises AlreadyExists: a network of that VNI exists
+        :raises Busy: another change holds the networks' lock
+        """
         vni = network_records.check_vni(vni, network_type if network_type in network_records.NETWORK_TYPES
                                         else None)
         with network_use.locked(self._context.store, self._context.name):
@@ -84,7 +105,15 @@ class NetworksArea:
 
     def modify(self, vni: int | str, **changes: Any) -> dict[str, Any]:
         """Change the fields named in `changes` (None clears one); the type and VNI stay. Nodes apply the
-        change to the devices and services they run."""
+        change to the devices and services they run.
+
+        The changed record is checked as `add` checks a new one, and every DHCP reservation must still fit it.
+
+        :raises NotFound: no network of that VNI or description
+        :raises InvalidInput: a change of type or VNI, an unknown field, a value the checks refuse, or a
+            reservation the changed subnet or gateway no longer allows
+        :raises Busy: another change holds the networks' lock
+        """
         with network_use.locked(self._context.store, self._context.name):
             networks = network_use.stored_networks(self._context.store)
             current = networks.pop(self._require(vni)["vni"], None)
@@ -107,7 +136,12 @@ class NetworksArea:
         return self.info(current["vni"])
 
     def remove(self, vni: int | str) -> None:
-        """Remove a network no VM uses."""
+        """Remove a network no VM uses, with its ACLs, reservations and recorded leases.
+
+        :raises NotFound: no network of that VNI or description
+        :raises Conflict: VMs use the network (the message names them)
+        :raises Busy: another change holds the networks' lock
+        """
         with network_use.locked(self._context.store, self._context.name):
             record = self._require(vni)
             users = network_use.users(self._context.store, record["vni"])
@@ -122,13 +156,28 @@ class NetworksArea:
     # -- firewall rules ---------------------------------------------------------------------------------
 
     def acl_list(self, vni: int | str, direction: str | None = None) -> list[dict[str, Any]]:
-        """The network's ACLs in the order the router applies them: ``in`` then ``out``, by order."""
+        """The network's ACLs in the order the router applies them: ``in`` then ``out``, by order; with
+        `direction`, that direction's alone.
+
+        :raises NotFound: no network of that VNI or description
+        """
         record = self._require(vni)
         return [network_acl.acl_view(record["vni"], acl) for acl in _ordered(record.get("acls") or [])
                 if direction is None or acl["direction"] == direction]
 
     def acl_add(self, vni: int | str, name: str, direction: str, order: int, rule: str) -> dict[str, Any]:
-        """A firewall rule for a managed network, checked by nft; the router applies it on its next pass."""
+        """A firewall rule for a managed network, checked by nft; the router applies it on its next pass.
+
+        `rule` is exactly one nftables rule (``tcp dport 22 drop``), placed as written in PVC's chain for the
+        network and `direction` (``in``: to the network's guests, ``out``: from them) at `order` (0-65535).
+
+        :raises InvalidInput: a malformed name, an unknown direction, an order out of range, a rule that is not
+            exactly one rule (a ``;``, a line break, an unbalanced brace, an nft command, a jump or goto), a rule
+            nft refuses (nft's reason), nft missing on the coordinator, or a bridged network
+        :raises NotFound: no network of that VNI or description
+        :raises AlreadyExists: the network has an ACL of that name
+        :raises Busy: another change holds the networks' lock
+        """
         acl = network_acl.check_acl(name, direction, order, rule)
         with self._changing(vni) as record:
             if record["type"] != "managed":
@@ -139,6 +188,11 @@ class NetworksArea:
         return network_acl.acl_view(record["vni"], acl)
 
     def acl_remove(self, vni: int | str, name: str) -> None:
+        """Remove the network's ACL `name`; the router drops the rule on its next pass.
+
+        :raises NotFound: no network of that VNI or description, or no ACL of that name on it
+        :raises Busy: another change holds the networks' lock
+        """
         with self._changing(vni) as record:
             kept = [acl for acl in record.get("acls") or [] if acl["name"] != name]
             if len(kept) == len(record.get("acls") or []):
@@ -148,13 +202,24 @@ class NetworksArea:
     # -- DHCP -------------------------------------------------------------------------------------------
 
     def dhcp_list(self, vni: int | str) -> list[dict[str, Any]]:
-        """The network's reservations and the leases its router recorded, by MAC."""
+        """The network's reservations and the leases its router recorded, by MAC.
+
+        :raises NotFound: no network of that VNI or description
+        """
         record = self._require(vni)
         raw = self._networks.get(str(record["vni"])) or {}
         return network_records.reservation_views(record, raw.get("leases") or {})
 
     def dhcp_add(self, vni: int | str, mac: str, ip: str, hostname: str | None = None) -> dict[str, Any]:
-        """Reserve `ip` for `mac` (and name it `hostname` in the network's DNS)."""
+        """Reserve `ip` for `mac` (and name it `hostname` in the network's DNS); the router's dnsmasq hands
+        it out from its next pass.
+
+        :raises InvalidInput: a bridged network or one without an IPv4 subnet, a malformed or multicast MAC, an
+            address outside the subnet, the gateway, or reserved for another MAC, or a malformed hostname
+        :raises NotFound: no network of that VNI or description
+        :raises AlreadyExists: the MAC has a reservation on the network already
+        :raises Busy: another change holds the networks' lock
+        """
         with self._changing(vni) as record:
             reservation = network_records.check_reservation(record, mac, ip, hostname)
             mac = mac.lower()
@@ -164,6 +229,12 @@ class NetworksArea:
         return {"name": mac, "mac": mac, "vni": record["vni"], **reservation}
 
     def dhcp_remove(self, vni: int | str, mac: str) -> None:
+        """Remove the reservation of `mac`; the router's dnsmasq no longer holds the address for it from its
+        next pass.
+
+        :raises NotFound: no network of that VNI or description, or no reservation for that MAC on it
+        :raises Busy: another change holds the networks' lock
+        """
         with self._changing(vni) as record:
             reservations = dict(record.get("reservations") or {})
             if reservations.pop(str(mac).lower(), None) is None:
