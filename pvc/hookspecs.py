@@ -492,11 +492,17 @@ def pvc_cluster_health_checks() -> Mapping[str, HealthCheck]:
     """Register cluster-wide health checks by name; only the leader coordinator runs them.
 
     Called once per coordinator when the cluster check registry is built. The built-ins (``nodes``,
-    ``recoveries``, ``vms``, ``zookeeper-ensemble``) are in `pvc.plugins.health_cluster`. A check's fault
-    belongs to the cluster, under the check's name.
+    ``libvirt``, ``recoveries``, ``vms``, ``zookeeper-ensemble``) are in `pvc.plugins.health_cluster`. A
+    check's fault belongs to the cluster, under the check's name.
 
     :return: a mapping of check name to an object implementing `HealthCheck`, called with a
         `ClusterHealthContext`.
+
+    Example::
+
+        @pvc.hookimpl
+        def pvc_cluster_health_checks():
+            return {"spare-node": SpareNode()}
     """
 
 

@@ -18,6 +18,7 @@ from pvc.plugin_manager import registered_key
 from pvc.ova_client import upload_ova
 
 from conftest import started_cluster
+from helpers import eventually
 from vm_support import vm_xml
 
 SCRIPTS = Path(__file__).parent.parent / "docs" / "examples" / "scripts"
@@ -126,6 +127,8 @@ def test_the_example_selector_and_fencing_policy_are_loaded(cluster):
     assert plugins["example"]["fencing_policies"] == ["example-ipmitool"]
     assert plugins["example_storage"]["storage_backends"] == ["example-dir"]
     assert plugins["example_bundle"]["appliance_importers"] == ["example-bundle"]
+    assert plugins["example_health"]["node_health_checks"] == ["example-hang"]
+    assert plugins["example_health"]["cluster_health_checks"] == ["example-spare-node"]
 
 
 def bundle(path: Path, descriptor: dict, disks: dict[str, bytes]) -> Path:
@@ -166,3 +169,30 @@ def test_the_example_appliance_importer_refuses_a_disk_larger_than_declared(clus
         upload_ova(cluster.client, "oversized", "examples", str(archive), importer="example-bundle")
     assert "oversized" not in [ova["name"] for ova in cluster.client.provisioner.ova_list()]
     assert not [path for path in (cluster.local.storage_dir / "examples").iterdir() if "oversized" in path.name]
+
+
+def test_the_example_cluster_check_raises_a_fault_while_no_node_is_spare_and_clears_it(cluster):
+    """The leader runs the example's cluster check: two of three nodes flushed leave no spare node."""
+    nodes = cluster.client.nodes
+    fault_id = "cluster.example-spare-node"
+
+    def active_fault():
+        return next((fault for fault in cluster.client.cluster.faults() if fault["id"] == fault_id), None)
+
+    assert active_fault() is None
+    try:
+        for node in ("hv2", "hv3"):
+            assert finished(nodes, nodes.flush(node))["state"] == "done"
+        fault = eventually(active_fault, timeout=20)
+        assert fault and (fault["severity"], fault["delta"]) == ("warning", 20), fault
+        assert fault["message"] == "only 1 of 3 nodes ready (hv1): no spare node to take a failed node's VMs"
+    finally:
+        for node in ("hv2", "hv3"):
+            finished(nodes, nodes.ready(node))
+    assert eventually(lambda: active_fault() is None, timeout=20)
+
+
+def finished(nodes, task: dict) -> dict:
+    """The flush or ready task once the leader has finished it."""
+    return eventually(lambda: (current := nodes.task(task["id"]))["state"] in ("done", "failed") and current,
+                      timeout=60, interval=0.2) or nodes.task(task["id"])
