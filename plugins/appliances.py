@@ -40,7 +40,8 @@ class OvaImporter:
         return ApplianceResult(
             volumes=[written[index] for index in sorted(written)],
             hardware=contents.appliance.hardware(),
-            details={"manifest": contents.manifest, "certificate": contents.certificate,
+            details={"manifest": contents.manifest, "unverified_files": contents.unverified_files,
+                     "certificate": contents.certificate,
                      "skipped_files": contents.skipped_files})
 
 

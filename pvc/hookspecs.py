@@ -197,7 +197,8 @@ class ApplianceResult:
     """The appliance's virtual hardware as plain data (`pvc.ovf.Appliance.hardware` for an OVA): name,
     vcpus, memory_bytes, firmware, disks (capacity, bus), nics, ..."""
     details: dict[str, Any]
-    """What else a user should know, as plain data: for an OVA its manifest status and certificate."""
+    """What else a user should know, as plain data: for an OVA its manifest status (``verified``, ``partial``,
+    ``absent``), the files no digest covered, and its certificate."""
 
 
 class ApplianceImporter(Protocol):

@@ -122,6 +122,21 @@ def test_chunked_disk_without_manifest_is_imported_and_reported_unverified(ova_c
     ova_cluster.client.provisioner.ova_remove("vbox")
 
 
+def test_virtualbox_manifest_listing_only_the_disks_is_imported_as_partial(ova_cluster, pool, disks, tmp_path):
+    """VirtualBox's BSD-style lines (``SHA256 (f) = hex``) covering the disks but not the descriptor."""
+    archive = appliance_ova(tmp_path, "vbp", [DiskSpec(disks[0][1], DISK_BYTES)], style="virtualbox",
+                            covers="disks")
+
+    uploaded = pvc(ova_cluster, "provisioner", "ova", "upload", "vbp", str(archive), "--pool", pool)
+
+    assert uploaded.exit_code == 0, uploaded.stderr
+    info = pvc(ova_cluster, "provisioner", "ova", "info", "vbp")
+    details = dict(line.split(":", 1) for line in info.stdout.splitlines() if ":" in line)
+    assert (details["Manifest"].strip(), details["Unverified"].strip()) == ("partial (SHA256)", "vbp.ovf")
+    assert same_image(volume_file(ova_cluster, pool, "ova_vbp_disk0"), str(disks[0][0]))
+    ova_cluster.client.provisioner.ova_remove("vbp")
+
+
 def _hostile(tmp_path, disks, case: str):
     specs = [DiskSpec(disks[0][1], DISK_BYTES)]
     descriptor = ("h.ovf", vmware_descriptor("h", specs))
@@ -129,6 +144,9 @@ def _hostile(tmp_path, disks, case: str):
     members = {
         "not a tar": None,
         "manifest mismatch": [descriptor, ("h.mf", manifest([descriptor, (disk[0], b"other")])), disk],
+        "manifest mismatch, disks only, BSD style": [
+            descriptor, ("h.mf", manifest([(disk[0], b"other")], style="virtualbox")), disk],
+        "manifest with an unknown algorithm": [descriptor, ("h.mf", manifest([disk], "md5", "virtualbox")), disk],
         "capacity too small": [(descriptor[0], descriptor[1].replace(
             f'ovf:capacity="{DISK_BYTES}"'.encode(), b'ovf:capacity="1" ovf:capacityAllocationUnits="MB"')), disk],
         "dot-dot member": [descriptor, ("../h-disk1.vmdk", disk[1])],
@@ -145,6 +163,8 @@ def _hostile(tmp_path, disks, case: str):
 
 
 HOSTILE = {"not a tar": "not a tar archive", "manifest mismatch": "does not match its content",
+           "manifest mismatch, disks only, BSD style": "checksum of 'h-disk1.vmdk' does not match",
+           "manifest with an unknown algorithm": "gives 'h-disk1.vmdk' a MD5 digest",
            "capacity too small": "more than its declared capacity", "dot-dot member": "outside the archive",
            "entity": "DTD or entities", "missing disk": "does not contain it",
            "too big for the pool": "can still hold"}

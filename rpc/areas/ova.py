@@ -176,7 +176,8 @@ class OvaCalls:
             if owns_profile:
                 transaction.create(profile_path, provisioner_records.appliance_profile(name))
             ready = {**record, "state": "ready", "volumes": volumes, "hardware": hardware,
-                     "manifest": report.get("manifest"), "certificate": report.get("certificate"),
+                     "manifest": report.get("manifest"), "unverified_files": report.get("unverified_files") or [],
+                     "certificate": report.get("certificate"),
                      "skipped_files": report.get("skipped_files") or [], "imported": time.time(),
                      "template": name if owns_template else None, "profile": name if owns_profile else None}
             transaction.set(schema.ova(name), ready).commit()
@@ -273,5 +274,6 @@ def _info_view(record: dict[str, Any]) -> dict[str, Any]:
             "os_description": hardware.get("os_description"), "memory_bytes": hardware.get("memory_bytes"),
             "volumes": record.get("volumes") or [], "hardware_disks": hardware.get("disks") or [],
             "nics": hardware.get("nics") or [], "networks": hardware.get("networks") or [],
+            "unverified_files": record.get("unverified_files") or [],
             "certificate": record.get("certificate"), "skipped_files": record.get("skipped_files") or [],
             "template": record.get("template"), "profile": record.get("profile")}
