@@ -38,6 +38,7 @@ def _info_table(vm: dict) -> str:
         ("Migration method", output.plain(vm["migration_method"])),
         ("Max downtime", f"{vm['max_downtime_ms']} ms" if vm["max_downtime_ms"] else "-"),
         ("Profile", vm.get("profile") or "-"),
+        ("Made from", f"OVA {vm['made_from']['ova']}" if (vm.get("made_from") or {}).get("ova") else "-"),
         ("Disks", output.plain(disks)),
         ("NICs", output.plain(nics)),
         ("Last error", output.plain(vm["last_error"])),

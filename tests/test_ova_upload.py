@@ -367,6 +367,10 @@ def test_forced_removal_leaves_the_vm_and_takes_the_rest(ova_cluster, pool, disk
     client = ova_cluster.client
     upload_ova(client, "forced", pool, str(appliance_ova(tmp_path, "forced", [DiskSpec(disks[0][1], DISK_BYTES)])))
     client.provisioner.create("forcedvm", "forced", define_only=True, wait=True)
+    shown = pvc(ova_cluster, "vm", "info", "forcedvm")
+    assert "Made from:" in shown.stdout and "OVA forced" in shown.stdout.split("Made from:")[1].splitlines()[0]
+    assert json.loads(pvc(ova_cluster, "vm", "info", "forcedvm", "--format", "json").stdout)["made_from"] == \
+        {"ova": "forced"}
     with pytest.raises(Conflict, match="VM\\(s\\) made from it: forcedvm"):
         client.provisioner.ova_remove("forced")
     client.provisioner.profile_add("borrower", profile_type="ova", system_template="forced")
