@@ -3,7 +3,10 @@
 import click
 import yaml
 
+from pvc import text_input
 from pvc.cli import output
+
+MAX_FENCE_OPTIONS_BYTES = 64 << 10
 
 _TASK_COLUMNS = [
     output.column("ID", "id"),
@@ -118,8 +121,7 @@ def cluster_config(session, default_selector, migration_method, allow_host_devic
 
 def _fence_options(text: str) -> dict:
     if text == "-":
-        with click.open_file("-") as stdin:
-            text = stdin.read()
+        text = text_input.read_text("-", "the fence options", MAX_FENCE_OPTIONS_BYTES)
     try:
         options = yaml.safe_load(text)
     except yaml.YAMLError as error:

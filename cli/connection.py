@@ -3,12 +3,13 @@ from pathlib import Path
 
 import click
 
-from pvc import connections
+from pvc import connections, text_input
 from pvc.cli import output
 from pvc.cli.confirm import confirm_option
 from pvc.errors import InvalidInput, PVCError
 
 DEFAULT_PORT = 7370
+MAX_API_KEY_FILE_BYTES = 4096
 
 _COLUMNS = [
     output.column("DEFAULT", "default", lambda default: "*" if default else ""),
@@ -42,10 +43,7 @@ def _rows(show_keys: bool) -> list[dict]:
 
 
 def _read_key(path: str) -> str:
-    try:
-        key = Path(path).read_text().strip()
-    except OSError as error:
-        raise InvalidInput(f"cannot read the API key file {path}: {error.strerror}") from None
+    key = text_input.read_text(path, "the API key file", MAX_API_KEY_FILE_BYTES).strip()
     if not key or "\n" in key:
         raise InvalidInput(f"the API key file {path} must hold the key alone, on one line")
     return key

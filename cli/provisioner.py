@@ -4,6 +4,8 @@ import click
 from pvc import sizes
 from pvc.cli import output
 from pvc.cli import ova
+from pvc.cli.text_file import TextFile
+from pvc.provisioner_records import MAX_USER_DATA_BYTES
 
 MIB = 1024 * 1024
 
@@ -219,7 +221,7 @@ def _profile_options(function):
         click.option("--system-template", help="system template ('' removes it)"),
         click.option("--storage-template", help="storage template ('' removes it)"),
         click.option("--network-template", help="network template ('' removes it)"),
-        click.option("--user-data", "user_data", type=click.File("r"),
+        click.option("--user-data", "user_data", type=TextFile("the user data file", MAX_USER_DATA_BYTES),
                      help="cloud-init user data from this file ('-': standard input); the VM gets it on a "
                           "NoCloud config drive"),
         click.option("--no-user-data", is_flag=True, help="remove the cloud-init user data"),
@@ -236,7 +238,7 @@ def _components(options: dict) -> dict:
     components = {key: options[key] for key in ("system_template", "storage_template", "network_template", "ova")
                   if options[key] is not None}
     if options["user_data"] is not None:
-        components["user_data"] = options["user_data"].read()
+        components["user_data"] = options["user_data"]
     if options["no_user_data"]:
         components["user_data"] = None
     return components

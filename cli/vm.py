@@ -3,6 +3,8 @@ import click
 
 from pvc.cli import output, vm_editor, vm_parts, vm_tags
 from pvc.cli.confirm import confirm, confirm_option
+from pvc.cli.text_file import TextFile
+from pvc.domain_xml import MAX_XML_BYTES
 from pvc.errors import PVCError
 
 _COLUMNS = [
@@ -103,7 +105,7 @@ def group() -> None:
 
 
 @group.command("define")
-@click.argument("xml_file", type=click.File("r"))
+@click.argument("xml_file", type=TextFile("the domain XML file", MAX_XML_BYTES))
 @click.option("-t", "--target", help="node to define the VM on (default: its selector's choice)")
 @_meta_options
 @click.option("-g", "--tag", "tags", multiple=True, help="a user tag for the VM (repeatable)")
@@ -114,7 +116,7 @@ def group() -> None:
 def define(session, xml_file, target, node_limit, node_selector, node_autostart, migration_method, max_downtime,
            profile, tags, protected_tags, output_format) -> None:
     """Define a VM from a libvirt domain XML file."""
-    vm = session.client.vms.define(xml_file.read(), target=target, node_limit=_node_list(node_limit),
+    vm = session.client.vms.define(xml_file, target=target, node_limit=_node_list(node_limit),
                                    node_selector=node_selector, node_autostart=bool(node_autostart),
                                    migration_method=migration_method, max_downtime=max_downtime,
                                    tags=list(tags), protected_tags=list(protected_tags), profile=profile or None)
@@ -266,7 +268,7 @@ def console_log(session, vm, lines) -> None:
 
 @group.command("modify")
 @click.argument("vm")
-@click.argument("xml_file", type=click.File("r"), required=False)
+@click.argument("xml_file", type=TextFile("the domain XML file", MAX_XML_BYTES), required=False)
 @click.option("-r", "--restart", is_flag=True, help="restart the VM so the change applies now")
 @click.option("-e", "--editor", is_flag=True,
               help="edit the VM's XML in $EDITOR instead; the change is shown as a diff and applied once confirmed")
@@ -279,7 +281,7 @@ def modify(session, vm, xml_file, restart, editor, yes, output_format) -> None:
         raise click.UsageError("give either XML_FILE or --editor")
     if not editor:
         confirm(f"Replace the domain XML of VM {vm}" + (" and restart it" if restart else ""), yes)
-    xml = vm_editor.edited_xml(vm, session.client.vms.dump(vm), yes) if editor else xml_file.read()
+    xml = vm_editor.edited_xml(vm, session.client.vms.dump(vm), yes) if editor else xml_file
     if xml is not None:
         _show_vm(session.client.vms.modify(vm, xml, restart=restart), output_format)
 

@@ -7,13 +7,14 @@ import difflib
 import os
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pvc import text_input
 from pvc.errors import ConfigError
 
+MAX_CONFIG_BYTES = 1 << 20
 REQUIRED = object()
 
 
@@ -188,10 +189,7 @@ def _as_tuple(expected: type | tuple[type, ...]) -> tuple[type, ...]:
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """A YAML mapping from `path`, or a ConfigError naming the file and what is wrong with it."""
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    text = text_input.read_text(path, "config file", MAX_CONFIG_BYTES, ConfigError)
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as error:
