@@ -75,6 +75,8 @@ def maintenance(session, mode: str, output_format: str) -> None:
 @click.option("--default-selector", help="migration selector for VMs that name none")
 @click.option("--migration-method", type=click.Choice(["live", "shutdown", "auto"]),
               help="how VMs migrate unless they say otherwise")
+@click.option("--memory-overcommit", type=click.FloatRange(0.1, 100), metavar="RATIO",
+              help="how many times its memory a node may give to the running VMs placed on it (default 1.0)")
 @click.option("--allow-host-devices/--no-allow-host-devices", default=None,
               help="whether VM definitions may pass host devices (<hostdev>) and disks naming host paths")
 @click.option("--fence-chain", metavar="POLICY[,POLICY...]",
@@ -95,7 +97,7 @@ def maintenance(session, mode: str, output_format: str) -> None:
 @click.option("--node", metavar="NODE", help="set the fencing settings given for this node only (its overrides)")
 @output.format_option
 @click.pass_obj
-def cluster_config(session, default_selector, migration_method, allow_host_devices, fence_chain,
+def cluster_config(session, default_selector, migration_method, memory_overcommit, allow_host_devices, fence_chain,
                    keepalive_interval, fence_intervals, suicide_intervals, successful_fence, accept_io_fence,
                    fence_options, node, output_format) -> None:
     """Show the cluster configuration, or change the keys given."""
@@ -103,6 +105,7 @@ def cluster_config(session, default_selector, migration_method, allow_host_devic
     changes = {key: value for key, value in {"default_selector": default_selector,
                                              "migration_method": migration_method,
                                              "allow_host_devices": allow_host_devices,
+                                             "memory_overcommit": memory_overcommit,
                                              "fence_chain": chain,
                                              "keepalive_interval": keepalive_interval,
                                              "fence_intervals": fence_intervals,

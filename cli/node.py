@@ -186,6 +186,8 @@ def _task_outcome(task: dict) -> str:
     lines = [f"{task['kind']} of {task['node']}: {task['state']}; moved {len(task['moved'])} VM(s)"]
     if task["shut_down"]:
         lines.append(f"shut down (no valid target): {', '.join(task['shut_down'])}")
+        reasons = task.get("shut_down_reasons") or {}
+        lines += [f"  {name}: {reasons[name]}" for name in task["shut_down"] if name in reasons]
     if task.get("changed_by_command"):
         lines.append(f"changed by a command meanwhile, left to it: {', '.join(task['changed_by_command'])}")
     not_moved = task.get("not_moved") or []

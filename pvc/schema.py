@@ -123,11 +123,14 @@ DOMAIN_STATES = ("ready", "flushing", "flushed", "unflushing")
 
 DEFAULT_CLUSTER_CONFIG: dict[str, Any] = {"maintenance": False, "default_selector": "mem",
                                           "migration_method": "auto", "allow_host_devices": False,
-                                          "fence_chain": ["ipmi"], "accept_io_fence": False}
+                                          "fence_chain": ["ipmi"], "accept_io_fence": False,
+                                          "memory_overcommit": 1.0}
 """`allow_host_devices`: whether a VM definition may pass host devices (<hostdev>, disks naming host paths).
 `accept_io_fence`: whether a dead node proven isolated from storage by every I/O level of its fencing chain,
 but not proven off, may have its VMs restarted elsewhere (for BMCs that lose power with their host): only when
-no power level's device answered at all."""
+no power level's device answered at all.
+`memory_overcommit`: how many times its memory a node may hand to the running VMs placed on it (placement
+refuses a node past it)."""
 MIGRATION_METHODS = ("live", "shutdown", "auto")
 DEFAULT_FENCE_CHAIN = ("ipmi",)
 """Fencing policies tried in order on a dead node until one confirms it is off (cluster config `fence_chain`)."""

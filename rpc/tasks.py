@@ -269,7 +269,8 @@ class TaskExecution:
     def _decide_leaving(self, moved: Callable[[Desired, str], Decision],
                         parked: Callable[[Desired], Decision]) -> list[tuple[str, list[str]]]:
         """Decide each VM running on the task's node from its desired state read under its lock (`_record`):
-        `moved` where the placement finds it a target, `parked` where none may take it. A VM a command has
+        `moved` where the placement finds it a target, `parked` where none may take it (why goes into the task's
+        ``shut_down_reasons``, by VM). A VM a command has
         stopped or moved since the node's VMs were listed is that command's, and is left alone."""
         node = self.task["node"]
         leaving = {name: raw for name, raw in self._vms().items()
@@ -283,7 +284,8 @@ class TaskExecution:
                 try:
                     target = batch.place(models.vm_view(current.name, with_desired(raw, current)),
                                          self._context.selector(current.spec), current_node=node)
-                except Conflict:
+                except Conflict as refused:
+                    self.task.setdefault("shut_down_reasons", {})[current.name] = str(refused)
                     return parked(current)
                 return moved(current, target)
             decided += self._record(name, decide)

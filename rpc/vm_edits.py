@@ -10,7 +10,7 @@ Each result says which of these happened: ``applied`` is ``live``, ``restarting`
 """
 from typing import Any, Callable
 
-from pvc import domain_edit, domain_xml, models, schema
+from pvc import domain_edit, domain_xml, models, placement, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import Conflict, NotFound, PVCError
 from pvc.rpc.context import CoordinatorContext
@@ -78,8 +78,9 @@ class VMEditor:
             domain = domain_xml.parse(edited.xml, default_uuid=spec["uuid"],
                                       allow_host_devices=self._allow_host_devices())
             running = raw.get("state") == "start"
-            self._control.record(vm, current, spec={**spec, **self._spec_of(domain),
-                                                    "generation": spec.get("generation", 1) + 1},
+            new_spec = {**spec, **self._spec_of(domain), "generation": spec.get("generation", 1) + 1}
+            placement.check_fits_a_node(self._context.node_views(), new_spec)
+            self._control.record(vm, current, spec=new_spec,
                                  state="restart" if restart and running else None)
         node = raw["placement"]["node"]
         applied, reason = self._applied(vm, node, raw, edited, restart, live, live_changes)

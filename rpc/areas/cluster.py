@@ -49,6 +49,7 @@ class ClusterArea:
         """The cluster configuration; given keyword arguments, change those keys first.
         Keys: default_selector (a migration selector's name), migration_method (live, shutdown, auto),
         allow_host_devices (bool: whether VM definitions may pass host devices and disks naming host paths),
+        memory_overcommit (how many times its memory a node may give to the running VMs placed on it),
         fence_chain (fencing policy names, tried in order on a dead node until one confirms it is off),
         accept_io_fence (bool: whether an I/O fence alone, without proof the node is off, allows recovery),
         fence_options ({POLICY: {OPTION: VALUE}}: each level's options, replacing the stored ones; a
@@ -61,7 +62,8 @@ class ClusterArea:
                                "and the settings to override")
         if node is not None or set(changes) & set(fencing_settings.KEYS):
             changes = self._fencing_changes(node, changes)
-        known = ("default_selector", "migration_method", "allow_host_devices", "fence_chain", "accept_io_fence",
+        known = ("default_selector", "migration_method", "allow_host_devices", "memory_overcommit", "fence_chain",
+                 "accept_io_fence",
                  "fence_options", *fencing_settings.KEYS, fencing_settings.OVERRIDES_KEY)
         unknown = set(changes) - set(known)
         if unknown:
@@ -69,6 +71,11 @@ class ClusterArea:
                                f"(known: {', '.join(known)})")
         if "allow_host_devices" in changes and not isinstance(changes["allow_host_devices"], bool):
             raise InvalidInput(f"allow_host_devices must be true or false, not {changes['allow_host_devices']!r}")
+        if "memory_overcommit" in changes:
+            ratio = changes["memory_overcommit"]
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.1 <= ratio <= 100:
+                raise InvalidInput(f"memory_overcommit must be a number from 0.1 to 100, not {ratio!r}")
+            changes["memory_overcommit"] = float(ratio)
         if "accept_io_fence" in changes and not isinstance(changes["accept_io_fence"], bool):
             raise InvalidInput(f"accept_io_fence must be true or false, not {changes['accept_io_fence']!r}")
         if "fence_chain" in changes:

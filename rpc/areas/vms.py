@@ -86,6 +86,7 @@ class VMsArea:
             raise AlreadyExists(f"a VM named '{domain.name}' exists already")
         self._check_uuid_free(domain.uuid)
         spec = {**self._spec(domain), **meta, "tags": initial_tags(tags, protected_tags), "generation": 1}
+        placement.check_fits_a_node(self._context.node_views(), spec)
         node = self._initial_node(spec, target)
         store = self._context.store
         try:
@@ -111,6 +112,7 @@ class VMsArea:
             if domain.uuid != spec["uuid"]:
                 raise InvalidInput(f"the XML has UUID {domain.uuid}, but VM '{vm}' has {spec['uuid']}")
             new_spec = {**spec, **self._spec(domain), "generation": spec.get("generation", 1) + 1}
+            placement.check_fits_a_node(self._context.node_views(), new_spec)
             running = current.state == "start"
             self._control.record(vm, current, spec=new_spec, state="restart" if restart and running else None)
         return self._control.converge(vm, [current.placement["node"]], wait=False)
@@ -255,6 +257,8 @@ class VMsArea:
         with self._control.locked(vm):
             current = self._control.desired(vm)
             node = current.placement["node"]
+            if state in ("start", "restart") and current.state not in schema.RUNNING_STATES:
+                self._check_room_to_start(vm, current.spec, node)
             if state == "start" and current.placement.get("autostart"):
                 self._control.record(vm, current, state=state, placement={**current.placement, "autostart": False})
             else:
@@ -303,7 +307,8 @@ class VMsArea:
     # -- checks ----------------------------------------------------------------------------------------
 
     def _check_target(self, target: str, vm: dict[str, Any], current: str | None, force: bool) -> None:
-        node = self._node(target)
+        self._node(target)
+        node = next(each for each in self._context.placement_views() if each["name"] == target)
         if target == current:
             raise Conflict(f"VM '{vm['name']}' is already on node {target}")
         if vm["node_limit"] and target not in vm["node_limit"] and not force:
@@ -312,6 +317,14 @@ class VMsArea:
         reason = placement.rejection(node, {**vm, "node_limit": []}, current)
         if reason:
             raise Conflict(f"node {target} {reason}: it cannot take VM '{vm['name']}'")
+
+    def _check_room_to_start(self, vm: str, spec: dict[str, Any], node: str) -> None:
+        """Refuse to start a VM its node has no memory left for (`placement.memory_rejection`)."""
+        view = next((each for each in self._context.placement_views() if each["name"] == node), None)
+        reason = placement.memory_rejection(view, spec) if view is not None else None
+        if reason:
+            raise Conflict(f"VM '{vm}' cannot start: node {node} {reason}; migrate it to a node with room "
+                           "(pvc vm migrate) or raise the cluster's memory_overcommit")
 
     def _check_node_takes(self, name: str) -> None:
         reason = placement.rejection(self._node(name), {}, None)
