@@ -43,9 +43,11 @@ def memory_rejection(node: Mapping[str, Any], vm: Mapping[str, Any]) -> str | No
             f"{wanted} MiB")
 
 
-def check_fits_a_node(nodes: Iterable[Mapping[str, Any]], vm: Mapping[str, Any]) -> None:
-    """Refuse a VM with more vCPUs than the CPUs, or more memory than the memory, of the largest node it may
-    run on (its node limit, else every node), naming the figures: it could never start anywhere."""
+def check_fits_a_node(nodes: Iterable[Mapping[str, Any]], vm: Mapping[str, Any], what: str | None = None) -> None:
+    """Refuse a VM (`what`, default "VM 'NAME'") with more vCPUs than the CPUs, or more memory than the memory,
+    of the largest node it may run on (its node limit, else every node), naming the figures: it could never
+    start anywhere."""
+    what = what or f"VM '{vm.get('name')}'"
     limit = vm.get("node_limit") or []
     eligible = [node for node in nodes if (not limit or node["name"] in limit)
                 and node.get("cpus") and node.get("memory_total_mib")]
@@ -54,11 +56,11 @@ def check_fits_a_node(nodes: Iterable[Mapping[str, Any]], vm: Mapping[str, Any])
     where = f"node limit {', '.join(limit)}" if limit else "cluster"
     most_cpus = max(eligible, key=lambda node: (node["cpus"], node["name"]))
     if (vm.get("vcpus") or 0) > most_cpus["cpus"]:
-        raise InvalidInput(f"VM '{vm.get('name')}' has {vm['vcpus']} vCPUs, more than the {most_cpus['cpus']} CPUs "
+        raise InvalidInput(f"{what} has {vm['vcpus']} vCPUs, more than the {most_cpus['cpus']} CPUs "
                            f"of the largest node in its {where} ({most_cpus['name']})")
     most_memory = max(eligible, key=lambda node: (node["memory_total_mib"], node["name"]))
     if (vm.get("memory_mib") or 0) > most_memory["memory_total_mib"]:
-        raise InvalidInput(f"VM '{vm.get('name')}' has {vm['memory_mib']} MiB of memory, more than the "
+        raise InvalidInput(f"{what} has {vm['memory_mib']} MiB of memory, more than the "
                            f"{most_memory['memory_total_mib']} MiB of the largest node in its {where} "
                            f"({most_memory['name']})")
 

@@ -154,6 +154,7 @@ class Planner:
         selector = self._context.selector(meta)
         view = {"name": vm, "memory_mib": system["memory_mib"], "vcpus": system["vcpus"],
                 "node_limit": meta["node_limit"], "state": "stop"}
+        placement.check_fits_a_node(self._context.node_views(), view)
         placement.choose(self._context.placement_views(), view, selector)
 
 

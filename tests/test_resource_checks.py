@@ -46,6 +46,13 @@ def test_a_vm_bigger_than_any_node_it_may_run_on_is_refused_with_the_figures(sma
     finally:
         client.vms.remove("grower", wait=True)
 
+    template = pvc(small_cluster, "provisioner", "template", "system", "add", "toobig", "--vcpus", str(cpus + 1),
+                   "--memory", "1G")
+    assert template.exit_code == 1
+    assert f"the system template has {cpus + 1} vCPUs, more than the {cpus} CPUs of the largest node" in \
+        template.stderr
+    assert "toobig" not in {row["name"] for row in client.provisioner.template_list("system")}
+
 
 def test_memory_placement_refuses_starts_and_moves_and_a_flush_stops_what_fits_nowhere(small_cluster):
     client = small_cluster.client

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import Pyro5.server
 
-from pvc import provisioner_records, schema
+from pvc import placement, provisioner_records, schema
 from pvc.cache import OWN_VALUE, WatchedCollection
 from pvc.errors import AlreadyExists, Busy, Conflict, InvalidInput, NotFound
 from pvc.rpc import provisioning
@@ -202,6 +202,8 @@ class ProvisionerArea(OvaCalls):
         record = provisioner_records.check_template(kind, spec)
         if kind == "system" and record["node_selector"]:
             self._context.selector(record)
+        if kind == "system":
+            placement.check_fits_a_node(self._context.node_views(), record, "the system template")
         return record
 
     def _template_record(self, kind: str, name: str) -> dict[str, Any] | None:
