@@ -168,7 +168,7 @@ class ProvisionExecution:
         if volume["source"] is None:
             self._storage.volume_add(pool, name, size)
             return
-        made = self._storage.volume_clone(pool, volume["source"], name)
+        made = self._storage.volume_clone(pool, volume["source"], name, linked=bool(self._plan.get("ova")))
         if size is not None and size > made["size_bytes"]:
             self._storage.volume_resize(pool, name, size)
 

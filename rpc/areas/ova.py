@@ -104,7 +104,9 @@ class OvaCalls:
 
     def ova_remove(self, name: str, force: bool = False) -> None:
         """Remove an OVA, its volumes, its system template and its profile; refused while a VM made from it
-        exists, unless `force`, and while another profile uses its template."""
+        exists, unless `force`, and while another profile uses its template. The volumes' linked clones (the
+        disks of VMs made from it, on Ceph) are made independent first (flattened), before the removal is
+        recorded, so a removal that fails there leaves the OVA ``ready``, never stuck in ``removing``."""
         schema.ova(name)
         self._settle(name)
         raw = self._ova_raw(name)
@@ -123,6 +125,8 @@ class OvaCalls:
             if record is None:
                 raise NotFound(f"no OVA named '{name}'")
             appliance_paths = self._appliance_paths(name, record)
+            for volume in record.get("volumes") or []:
+                self._detach_clones(volume["pool"], volume["name"])
             if record.get("state") != "removing":
                 store.transaction().set(schema.ova(name), {**record, "state": "removing"}).commit()
             for volume in record.get("volumes") or []:
@@ -225,6 +229,12 @@ class OvaCalls:
             if paths:
                 store.transaction().delete_tree(paths).commit()
             storage._volumes.refresh(schema.volume_key(pool, volume))
+
+    def _detach_clones(self, pool: str, volume: str) -> None:
+        storage = self._storage
+        with storage._pool_lock(pool):
+            node, agent_uri, _backend = storage._storage_node(pool)
+            storage._agent(node, agent_uri, "volume_detach_clones", pool, volume)
 
     def _delete_record(self, name: str, also: list[str] | None = None) -> None:
         """The OVA's record and its children, whichever exist, with the paths `also` (in one transaction)."""
