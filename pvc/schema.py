@@ -261,6 +261,8 @@ TEMPLATES = f"{PROVISIONER}/templates"
 TEMPLATE_KINDS = ("system", "storage", "network")
 PROFILES = f"{PROVISIONER}/profiles"
 OVAS = f"{PROVISIONER}/ovas"
+USERDATA_DOCUMENTS = f"{PROVISIONER}/userdata"
+"""Named cloud-init user-data documents (upstream's ``provisioner userdata``): ``{"data": TEXT}``."""
 PROVISIONER_LOCK = f"{LOCKS}/provisioner"
 
 
@@ -276,6 +278,10 @@ def template(kind: str, name: str) -> str:
 
 def profile(name: str) -> str:
     return f"{PROFILES}/{check_name('profile', name)}"
+
+
+def userdata(name: str) -> str:
+    return f"{USERDATA_DOCUMENTS}/{check_name('user-data document', name)}"
 
 
 def ova(name: str) -> str:
@@ -305,4 +311,5 @@ def ova_volume(name: str, index: int) -> str:
     return volume
 
 
-CONTAINERS += (PROVISIONER, TEMPLATES, *(templates(kind) for kind in TEMPLATE_KINDS), PROFILES, OVAS)
+CONTAINERS += (PROVISIONER, TEMPLATES, *(templates(kind) for kind in TEMPLATE_KINDS), PROFILES, OVAS,
+               USERDATA_DOCUMENTS)

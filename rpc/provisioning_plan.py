@@ -39,7 +39,9 @@ class Planner:
 
     def plan(self, vm: str, profile_name: str, profile: Mapping[str, Any], start: bool) -> dict[str, Any]:
         schema.check_name("VM", vm)
-        missing = provisioner_records.missing_parts(profile, self._ova(profile))
+        document = self._store.read(schema.userdata(profile["userdata"])) if profile.get("userdata") else None
+        missing = provisioner_records.missing_parts(profile, self._ova(profile),
+                                                    document is not None if profile.get("userdata") else None)
         if missing:
             raise InvalidInput(f"profile '{profile_name}' is incomplete: a VM creation needs its "
                                f"{', '.join(missing)} (add them with 'pvc provisioner profile modify')")
@@ -52,20 +54,24 @@ class Planner:
             nics = self._nics(self._template("network", profile["network_template"])["nics"])
             firmware = system["firmware"]
         config_drive = None
-        if profile.get("user_data"):
+        user_data = document["data"] if document is not None else profile.get("user_data")
+        if user_data:
+            if not volumes:
+                raise InvalidInput(f"profile '{profile_name}' has user data but no disk: its config drive goes "
+                                   "into the pool of the VM's first disk")
             config_drive = {"pool": volumes[0]["pool"], "name": config_drive_volume(vm)}
             self._require_free(config_drive["pool"], config_drive["name"])
             disks.append(domain_builder.Disk(config_drive["pool"], config_drive["name"], CONFIG_DRIVE_BUS, "cdrom"))
         uuid = str(uuidlib.uuid4())
         hardware = domain_builder.Hardware(system["vcpus"], system["memory_mib"], firmware, system["serial"],
-                                           system["vnc"])
+                                           system["vnc"], system.get("vnc_bind"))
         xml = domain_builder.build(vm, uuid, hardware, disks, nics)
         domain_xml.parse(xml)
         meta = {key: system[key] for key in ("node_limit", "node_selector", "node_autostart", "migration_method")}
         meta["profile"] = profile_name
         self._check_placeable(vm, system, meta)
         return {"vm": vm, "uuid": uuid, "xml": xml, "meta": meta, "volumes": volumes,
-                "config_drive": config_drive, "user_data": profile.get("user_data"), "start": start,
+                "config_drive": config_drive, "user_data": user_data, "start": start,
                 "ova": profile["ova"] if profile["type"] == "ova" else None}
 
     # -- parts ----------------------------------------------------------------------------------------
