@@ -272,16 +272,26 @@ def console_log(session, vm, lines) -> None:
 @click.option("-r", "--restart", is_flag=True, help="restart the VM so the change applies now")
 @click.option("-e", "--editor", is_flag=True,
               help="edit the VM's XML in $EDITOR instead; the change is shown as a diff and applied once confirmed")
-@click.option("-y", "--yes", is_flag=True, help="do not ask for confirmation (with --editor: apply the diff)")
+@click.option("-d", "--confirm-diff", is_flag=True,
+              help="do not ask before replacing the XML (with --editor: apply the diff); upstream's option")
+@click.option("-c", "--confirm-restart", is_flag=True, help="do not ask before restarting (with -r); upstream's option")
+@click.option("-y", "--yes", is_flag=True, help="do not ask for confirmation at all (-d and -c)")
 @output.format_option
 @click.pass_obj
-def modify(session, vm, xml_file, restart, editor, yes, output_format) -> None:
+def modify(session, vm, xml_file, restart, editor, confirm_diff, confirm_restart, yes, output_format) -> None:
     """Replace the VM's domain XML with XML_FILE, or edit it in $EDITOR (--editor)."""
     if (xml_file is None) == (not editor):
         raise click.UsageError("give either XML_FILE or --editor")
+    replace_confirmed, restart_confirmed = yes or confirm_diff, yes or confirm_restart or not restart
     if not editor:
-        confirm(f"Replace the domain XML of VM {vm}" + (" and restart it" if restart else ""), yes)
-    xml = vm_editor.edited_xml(vm, session.client.vms.dump(vm), yes) if editor else xml_file
+        asked = [f"Replace the domain XML of VM {vm}"] if not replace_confirmed else []
+        if not restart_confirmed:
+            asked.append("restart it" if asked else f"Restart VM {vm}")
+        if asked:
+            confirm(" and ".join(asked))
+    xml = vm_editor.edited_xml(vm, session.client.vms.dump(vm), replace_confirmed) if editor else xml_file
+    if editor and xml is not None and not restart_confirmed:
+        confirm(f"Restart VM {vm} to apply the change")
     if xml is not None:
         _show_vm(session.client.vms.modify(vm, xml, restart=restart), output_format)
 

@@ -21,7 +21,8 @@ _APPLIED = {
 
 def _apply_options(function):
     options = [
-        click.option("-r", "--restart", is_flag=True, help="restart the VM now to apply the change"),
+        click.option("-r", "--restart/--no-restart", default=False,
+                     help="restart the VM now to apply the change (default: --no-restart, as upstream's)"),
         click.option("-l/-L", "--live/--no-live", default=True,
                      help="change the running VM too, where libvirt can (default: --live)"),
         click.option("-y", "--yes", is_flag=True, help="do not ask before restarting the VM"),

@@ -33,7 +33,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, Callable
 
-from pvc import errors
+from pvc import errors, handshake
 
 HEADER_LIMIT_BYTES = 4096
 CHUNK_BYTES = 4 << 20
@@ -196,7 +196,7 @@ def client_context(ticket: dict[str, Any], tls_ca: str | None) -> ssl.SSLContext
     if ticket.get("tls"):
         if not tls_ca:
             raise errors.ConfigError("the node's upload channel uses TLS: the client config needs tls_ca")
-        return ssl.create_default_context(cafile=tls_ca)
+        return ssl.create_default_context(cafile=None if tls_ca == handshake.SYSTEM_CAS else tls_ca)
     if tls_ca:
         raise errors.ConfigError("the node's upload channel is not encrypted but this client uses TLS; refusing "
                                  "to send the image in the clear (give the node's pvcnoded a tls_cert)")

@@ -143,7 +143,7 @@ CLIENT_SETTINGS: list[Setting] = [
     Setting("api_key", str, REQUIRED, "API key presented to the coordinators"),
     Setting("timeout", (int, float), 5, "seconds before an unanswering coordinator is given up on"),
     Setting("tls_ca", (str, type(None)), None, "PEM CA certificates: connect with TLS, verifying the "
-            "coordinators' certificates against them (null: no TLS)"),
+            "coordinators' certificates against them ('system': the system's CA store; null: no TLS)"),
 ]
 
 
