@@ -15,6 +15,7 @@ _COLUMNS = [
     output.column("NAME", "name"),
     output.column("DAEMON", "daemon_shown"),
     output.column("DOMAIN", "domain_state"),
+    output.column("COORD", "coordinator_state"),
     output.column("CPUS", "cpus"),
     output.column("LOAD", "load"),
     output.column("VMS", "vms_running"),
@@ -106,13 +107,17 @@ _node_argument = click.argument("name", metavar="[NODE]", required=False)
               help="only nodes in this daemon state")
 @click.option("-vs", "--domain-state", type=click.Choice(schema.DOMAIN_STATES),
               help="only nodes in this domain state")
+@click.option("-cs", "--coordinator-state", type=click.Choice(["primary", "secondary", "client"]),
+              help="only nodes in this coordinator state (upstream's: primary beside the leading coordinator, "
+                   "secondary beside another, client beside none)")
 @output.list_format_option
 @click.pass_obj
 def list_nodes(session, limit: str | None, daemon_state: str | None, domain_state: str | None,
-               output_format: str) -> None:
+               coordinator_state: str | None, output_format: str) -> None:
     """Every node with its states and live figures; with REGEX, those whose name it matches."""
     rows = [row for row in output.matching(session.client.nodes.list(), limit)
-            if daemon_state in (None, row["daemon_state"]) and domain_state in (None, row["domain_state"])]
+            if daemon_state in (None, row["daemon_state"]) and domain_state in (None, row["domain_state"])
+            and coordinator_state in (None, row.get("coordinator_state"))]
     output.show(rows, output_format,
                 lambda shown: output.table([{**row, "daemon_shown": _daemon(row)} for row in shown], _COLUMNS))
 

@@ -1,4 +1,6 @@
 """`pvc vm`: define, change, run and move virtual machines."""
+import time
+
 import click
 
 from pvc.cli import output, vm_editor, vm_parts, vm_tags
@@ -239,11 +241,34 @@ def list_vms(session, limit, node, state, tag, negate, output_format) -> None:
 
 @group.command("info")
 @click.argument("vm")
-@output.format_option
+@output.info_format_option
 @click.pass_obj
 def info(session, vm, output_format) -> None:
-    """One VM in detail."""
+    """One VM in detail; --format long adds the node's view (its last report in full, the console log)."""
+    if output_format == output.LONG:
+        click.echo(_long_table(session.client.vms.info_long(vm)))
+        return
     _show_vm(session.client.vms.info(vm), output_format)
+
+
+def _long_table(vm: dict) -> str:
+    report, log = vm["node_report"], vm["console_log"]
+    log_text = (f"{log['path']} on {vm['node']} ({log['size_bytes']} bytes)" if log.get("size_bytes") is not None
+                else f"{log['path']} on {vm['node']} (not written yet)" if log.get("path")
+                else f"unknown: {log.get('unavailable')}")
+    return _info_table(vm) + "\n" + output.details([
+        ("Node report", f"from {report.get('node') or '-'}: "
+                        + ("running" if report.get("running") else "unknown" if report.get("unknown") else
+                           "not running")
+                        + (f", at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(report['time']))}"
+                           if report.get("time") else "")),
+        ("Node error", output.plain(report.get("error"))),
+        ("Migration error", output.plain(vm["placement"].get("migration_error"))),
+        ("Unknown because", output.plain(report.get("unknown"))),
+        ("Console log", log_text),
+        ("Volumes", output.plain([f"{volume.get('pool')}/{volume.get('name')}" if isinstance(volume, dict)
+                                  else volume for volume in vm.get("volumes") or []])),
+    ])
 
 
 @group.command("dump")
@@ -325,7 +350,9 @@ def _move_options(function):
 @click.option("-f", "--force", is_flag=True,
               help="migrate a VM that is migrated already; unmigrate still returns it to the node it first came "
                    "from")
-def migrate(session, vm, target, ignore_limit, wait, output_format, force) -> None:
+@click.option("--force-live", is_flag=True,
+              help="migrate live or not at all: never fall back to shutting the VM down (upstream's option)")
+def migrate(session, vm, target, ignore_limit, wait, output_format, force, force_live) -> None:
     """Move the VM to another node, remembering where it was (see unmigrate). As upstream PVC, a VM migrated
     already is moved again only with --force (--ignore-limit is what --force once meant here)."""
     if not force:
@@ -333,7 +360,8 @@ def migrate(session, vm, target, ignore_limit, wait, output_format, force) -> No
         if last_node:
             raise click.ClickException(f"VM {vm} is migrated already (from {last_node}): --force migrates it "
                                        "again, or unmigrate it first")
-    _show_vm(session.client.vms.migrate(vm, target=target, force=ignore_limit, wait=wait), output_format)
+    _show_vm(session.client.vms.migrate(vm, target=target, force=ignore_limit, wait=wait, force_live=force_live),
+             output_format)
 
 
 @group.command("move")

@@ -114,6 +114,9 @@ NODED_SETTINGS: list[Setting] = [
 
 APID_SETTINGS: list[Setting] = [
     Setting("coordinator_name", str, socket.gethostname(), "this coordinator's name (default: hostname)"),
+    Setting("node", (str, type(None)), None, "the hypervisor node this coordinator runs beside: upstream's "
+            "coordinator role of that node (pvc node list -cs: primary while this coordinator leads, else "
+            "secondary; a node no coordinator names is a client); null: none"),
     *_zookeeper_settings(),
     Setting("listen_address", str, "127.0.0.1:7370", "host:port the Pyro5 daemon listens on"),
     Setting("advertise_host", (str, type(None)), None, "host clients use to reach this coordinator "

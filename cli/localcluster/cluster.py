@@ -406,6 +406,7 @@ class LocalCluster:
         directory = self._daemon_dir("coordinators", name)
         directory.mkdir(parents=True, exist_ok=True)
         settings = {**self._common_settings(), "coordinator_name": name,
+                    "node": f"hv{name.removeprefix('pvcapid')}",
                     "listen_address": self.coordinator_address(name),
                     "api_keys": [self.state["api_key"]], "leader_tick": 0.5, "fence_intervals": FENCE_INTERVALS,
                     "keepalive_interval": KEEPALIVE_INTERVAL, "suicide_intervals": SUICIDE_INTERVALS,

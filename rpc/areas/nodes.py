@@ -33,7 +33,9 @@ class NodesArea:
     def list(self) -> list[dict[str, Any]]:
         """Every node, sorted by name."""
         self._context.cache.catch_up()
-        return [self._view(name, raw) for name, raw in sorted(self._context.cache.nodes.snapshot().items())
+        roles = self._coordinator_roles()
+        return [{**self._view(name, raw), "coordinator_state": roles.get(name, "client")}
+                for name, raw in sorted(self._context.cache.nodes.snapshot().items())
                 if raw.get(OWN_VALUE) is not None]
 
     def info(self, name: str) -> dict[str, Any]:
@@ -43,7 +45,8 @@ class NodesArea:
         nodes name the same one), else None."""
         own = [task for task in tasks.list_tasks(self._context) if task.get("node") == name]
         raw = self._raw(name)
-        return {**self._view(name, raw), "not_flushed": tasks.not_flushed(self._context, name),
+        return {**self._view(name, raw), "coordinator_state": self._coordinator_roles().get(name, "client"),
+                "not_flushed": tasks.not_flushed(self._context, name),
                 "recovery": self._recovery(name),
                 "changed_by_command": (own[-1].get("changed_by_command") or []) if own else [],
                 "bmc_note": shared_bmc(self._context, name, (raw.get(OWN_VALUE) or {}).get("bmc"))}
@@ -104,6 +107,14 @@ class NodesArea:
         state = raw.get("daemon_state")
         note = notes[state] if state in notes and self._beating_since_marked(name) else None
         return models.node_view(name, raw, keepalive_age_s=self._keepalives.age(name), daemon_note=note)
+
+    def _coordinator_roles(self) -> dict[str, str]:
+        """Upstream's coordinator state of each node a live coordinator runs beside (its ``node`` setting):
+        ``primary`` beside the leader, ``secondary`` beside the others; a node no coordinator names is a
+        ``client``."""
+        leader = self._context.leadership.current_leader()
+        return {coordinator["node"]: "primary" if coordinator["name"] == leader else "secondary"
+                for coordinator in self._context.live_coordinators() if coordinator.get("node")}
 
     def _beating_since_marked(self, name: str) -> bool:
         """Whether a keepalive was written after the leader last wrote the node's daemon state (dead, fenced):

@@ -8,7 +8,7 @@ import Pyro5.server
 
 from pvc import domain_xml, models, placement, schema
 from pvc.cache import OWN_VALUE
-from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound, Unavailable
+from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound, PVCError, Unavailable
 from pvc.rpc import removal
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.retries import retry_safe
@@ -20,7 +20,7 @@ META_KEYS = ("node_limit", "node_selector", "node_autostart", "migration_method"
 
 @Pyro5.server.expose
 @Pyro5.server.behavior(instance_mode="single")
-@retry_safe(reads={"list", "info", "dump", "log", "tags"})
+@retry_safe(reads={"list", "info", "info_long", "dump", "log", "tags"})
 class VMsArea:
     def __init__(self, context: CoordinatorContext, control: VMControl):
         self._context = context
@@ -56,6 +56,24 @@ class VMsArea:
 
     def info(self, vm: str) -> dict[str, Any]:
         return self._control.view(vm)
+
+    def info_long(self, vm: str) -> dict[str, Any]:
+        """Everything `info` knows, plus the node's view (upstream's ``vm info --format long``): its last report
+        on the VM in full (``node_report``: running, error, migration note, when), the desired placement as
+        recorded, and where the node writes the VM's console log (``console_log``: path and size, or why the
+        node could not say)."""
+        raw = self._control.raw(vm)
+        view = self._control.view(vm)
+        node = (raw.get("placement") or {}).get("node")
+        try:
+            agent_uri = self._node(node).get("agent_uri") if node else None
+            if not agent_uri:
+                raise Unavailable(f"node {node} has no agent")
+            console_log = self._context.agents.call(node, agent_uri, "console_log_file", vm)
+        except PVCError as error:
+            console_log = {"path": None, "size_bytes": None, "unavailable": str(error)}
+        return {**view, "node_report": raw.get("status") or {}, "placement": raw.get("placement") or {},
+                "console_log": console_log}
 
     def dump(self, vm: str) -> str:
         """The VM's libvirt domain XML as PVC stores it."""
@@ -205,12 +223,14 @@ class VMsArea:
         return self._editor.set_memory(vm, memory_mib, restart, live)
 
     def add_volume(self, vm: str, volume: str, target: str | None = None, bus: str = "scsi",
-                   restart: bool = False, live: bool = True) -> dict[str, Any]:
-        """Attach PVC volume ``POOL/VOLUME`` as a disk (at `target`, or the next free name for `bus`)."""
-        return self._editor.add_volume(vm, volume, target, bus, restart, live)
+                   restart: bool = False, live: bool = True, kind: str = "rbd") -> dict[str, Any]:
+        """Attach PVC volume ``POOL/VOLUME`` as a disk (at `target`, or the next free name for `bus`); with
+        `kind` ``file`` (upstream's ``--type file``), the host path `volume` instead, which the cluster's
+        ``allow_host_devices`` must allow."""
+        return self._editor.add_volume(vm, volume, target, bus, restart, live, kind)
 
     def remove_volume(self, vm: str, volume: str, restart: bool = False, live: bool = True) -> dict[str, Any]:
-        """Detach PVC volume ``POOL/VOLUME``; the volume itself stays."""
+        """Detach PVC volume ``POOL/VOLUME`` (or host file ``/PATH``); the volume itself stays."""
         return self._editor.remove_volume(vm, volume, restart, live)
 
     def add_nic(self, vm: str, source: str, kind: str = "bridge", model: str = "virtio", mac: str | None = None,
@@ -267,10 +287,13 @@ class VMsArea:
 
     # -- moving ----------------------------------------------------------------------------------------
 
-    def migrate(self, vm: str, target: str | None = None, force: bool = False, wait: bool = False) -> dict[str, Any]:
+    def migrate(self, vm: str, target: str | None = None, force: bool = False, wait: bool = False,
+                force_live: bool = False) -> dict[str, Any]:
         """Move a running VM to `target` (or its selector's choice), remembering where it was, so that
-        `unmigrate` returns it. A target outside its node limit needs `force`."""
-        return self._move(vm, target, force, wait, remember=True)
+        `unmigrate` returns it. A target outside its node limit needs `force`. With `force_live` (upstream's
+        ``--force-live``) this move is live or not at all: a live migration that fails, or a node that cannot
+        migrate live, keeps the VM where it runs, with the error, instead of shutting it down to move it."""
+        return self._move(vm, target, force, wait, remember=True, force_live=force_live)
 
     def move(self, vm: str, target: str | None = None, force: bool = False, wait: bool = False) -> dict[str, Any]:
         """Move a VM to `target` for good: no way back is remembered."""
@@ -288,7 +311,8 @@ class VMsArea:
                                  placement={"node": where["last_node"], "last_node": None})
         return self._control.converge(vm, [where["node"], where["last_node"]], wait)
 
-    def _move(self, vm: str, target: str | None, force: bool, wait: bool, remember: bool) -> dict[str, Any]:
+    def _move(self, vm: str, target: str | None, force: bool, wait: bool, remember: bool,
+              force_live: bool = False) -> dict[str, Any]:
         with self._control.locked(vm):
             desired = self._control.desired(vm)
             spec, where = desired.spec, desired.placement
@@ -301,7 +325,8 @@ class VMsArea:
                 self._check_target(target, view, current, force)
             last_node = (where.get("last_node") or current) if remember else None
             self._control.record(vm, desired, state=_moving_state(desired.state, "migrate"),
-                                 placement={"node": target, "last_node": last_node})
+                                 placement={"node": target, "last_node": last_node,
+                                            **({"force_live": True} if force_live else {})})
         return self._control.converge(vm, [current, target], wait)
 
     # -- checks ----------------------------------------------------------------------------------------
