@@ -270,6 +270,18 @@ def test_no_command_declares_an_option_twice():
     ("pvc storage volume snapshot re", {"remove", "rename"}),
     ("pvc vm migrate wanderer --i", {"--ignore-limit"}),
     ("pvc -", {"-c", "-q", "-s", "-u"}),
+    ("pvc provisioner ", {"userdata", "profile", "template"}),
+    ("pvc provisioner userdata ", {"add", "list", "info", "modify", "remove"}),
+    ("pvc provisioner template storage disk ", {"add", "remove"}),
+    ("pvc provisioner template system add t --v", {"--vram", "--vnc-bind", "--vcpus"}),
+    ("pvc provisioner profile add p --", {"--profile-type", "--userdata"}),
+    ("pvc vm migrate wanderer --force", {"--force-live"}),
+    ("pvc vm vcpu set v 2 --no", {"--no-restart"}),
+    ("pvc vm volume add v /f --t", {"--type"}),
+    ("pvc vm modify v f -", {"-d", "-c"}),
+    ("pvc node list -", {"-cs", "-ds", "-vs"}),
+    ("pvc connection add c -", {"-s"}),
+    ("pvc cluster config --m", {"--memory-overcommit"}),
 ])
 def test_shell_completion_covers_the_new_commands_and_options(words, expected):
     env = {**os.environ, "_PVC_COMPLETE": "bash_complete", "COMP_WORDS": words,
