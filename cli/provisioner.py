@@ -57,6 +57,8 @@ def _profile_details(profile: dict) -> str:
         ("OVA", output.plain(profile["ova"])),
         ("User data", f"document {profile['userdata']}" if profile.get("userdata") else
          f"{profile['user_data_bytes']} bytes" if profile["user_data_bytes"] else "-"),
+        ("Install script", f"{profile['script']} {' '.join(profile.get('script_args') or [])}".strip()
+         if profile.get("script") else "-"),
         ("Creation needs", "; ".join(profile["missing"]) if profile["missing"] else "nothing: it is complete"),
     ])
 
@@ -283,6 +285,10 @@ def _profile_options(function):
                      help="cloud-init user data from the stored document DOC (pvc provisioner userdata; "
                           "upstream's option; '' removes it); not with --user-data"),
         click.option("--ova", help="the OVA an ova profile makes VMs from"),
+        click.option("--script", help="the install script (pvc provisioner script) a creation runs after the VM's "
+                                      "volumes exist, before it is defined ('' removes it)"),
+        click.option("--script-arg", "script_args", multiple=True,
+                     help="an argument the install script receives (repeatable; replaces them all)"),
     ]
     for option in reversed(options):
         function = option(function)
@@ -295,8 +301,12 @@ def _components(options: dict) -> dict:
     if options["user_data"] is not None and options["userdata"]:
         raise click.UsageError("--user-data FILE and --userdata DOC both give the user data: use one")
     components = {key: options[key] for key in ("system_template", "storage_template", "network_template", "ova",
-                                                "userdata")
+                                                "userdata", "script")
                   if options[key] is not None}
+    if options["script_args"]:
+        components["script_args"] = list(options["script_args"])
+    elif options["script"] == "":
+        components["script_args"] = []
     if options["userdata"]:
         components["user_data"] = None
     if options["user_data"] is not None:
@@ -442,3 +452,53 @@ def userdata_remove(session, name: str) -> None:
     """Remove a document no profile uses."""
     session.client.provisioner.userdata_remove(name)
     click.echo(f"Removed user-data document {name}")
+
+
+@group.group("script")
+def script() -> None:
+    """Install scripts a profile may name (--script): run on a node that enables them, after the VM's volumes
+    exist and before it is defined, with a JSON document on standard input (the disks as paths, the hostname,
+    the user data, the arguments)."""
+
+
+_SCRIPT_COLUMNS = [output.column("NAME", "name"), output.column("SIZE", "size_bytes", lambda size: f"{size} B"),
+                   output.column("USED BY", "used_by")]
+
+
+@script.command("add")
+@click.argument("name")
+@click.argument("text", metavar="FILE", type=TextFile("the install script", provisioner_records.MAX_SCRIPT_BYTES))
+@output.format_option
+@click.pass_obj
+def script_add(session, name: str, text: str, output_format: str) -> None:
+    """Store FILE ('-': standard input), a program starting with '#!', as install script NAME."""
+    output.show(session.client.provisioner.script_add(name, text), output_format,
+                lambda row: output.table([row], _SCRIPT_COLUMNS))
+
+
+@script.command("list")
+@click.argument("limit", metavar="[FILTER]", required=False)
+@output.list_format_option
+@click.pass_obj
+def script_list(session, limit: str | None, output_format: str) -> None:
+    """Every install script (or those whose name matches FILTER), with the profiles using it."""
+    output.show(output.matching(session.client.provisioner.script_list(), limit), output_format,
+                lambda rows: output.table(rows, _SCRIPT_COLUMNS))
+
+
+@script.command("info")
+@click.argument("name")
+@output.format_option
+@click.pass_obj
+def script_info(session, name: str, output_format: str) -> None:
+    """One install script, its text included."""
+    output.show(session.client.provisioner.script_info(name), output_format, lambda row: row["script"])
+
+
+@script.command("remove")
+@click.argument("name")
+@click.pass_obj
+def script_remove(session, name: str) -> None:
+    """Remove an install script no profile uses."""
+    session.client.provisioner.script_remove(name)
+    click.echo(f"Removed install script {name}")

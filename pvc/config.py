@@ -63,6 +63,17 @@ def _storage_settings() -> list[Setting]:
     ]
 
 
+def _script_settings() -> list[Setting]:
+    return [
+        Setting("provisioner_scripts", bool, False, "whether this node runs provisioner install scripts (pvc "
+                "provisioner script): a creation whose profile names one is refused while no node does"),
+        Setting("provisioner_script_directory", str, "/var/lib/pvc/scripts", "where each install script run "
+                "keeps its script, input, and result until the leader has recorded it"),
+        Setting("provisioner_script_timeout", (int, float), 600, "seconds an install script may run before its "
+                "whole process group is killed (the creation then fails and is rolled back)"),
+    ]
+
+
 NODED_SETTINGS: list[Setting] = [
     Setting("node_name", str, socket.gethostname(), "this node's name in the cluster (default: hostname)"),
     *_zookeeper_settings(),
@@ -107,6 +118,7 @@ NODED_SETTINGS: list[Setting] = [
     Setting("simulated_cpus", (int, type(None)), None, "simulated hosts only: CPU count to report"),
     Setting("simulated_memory_mib", (int, type(None)), None, "simulated hosts only: memory (MiB) to report"),
     *_storage_settings(),
+    *_script_settings(),
     Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
     Setting("log_file", (str, type(None)), None, "file the daemon logs to instead of stderr, reopened when "
             "rotated; pvc node log reads it (null: stderr, the journal under systemd)"),

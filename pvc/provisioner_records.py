@@ -14,12 +14,15 @@ from pvc.errors import InvalidInput
 FIRMWARES = ("bios", "efi")
 NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "vmxnet3", "pcnet")
 PROFILE_TYPES = ("provisioner", "ova")
-PROFILE_COMPONENTS = ("system_template", "storage_template", "network_template", "user_data", "userdata", "ova")
+PROFILE_COMPONENTS = ("system_template", "storage_template", "network_template", "user_data", "userdata", "ova",
+                      "script", "script_args")
 """``user_data`` is the text itself (our ``--user-data FILE``), ``userdata`` the name of a stored user-data
 document (upstream's ``--userdata DOC``); a profile has one or the other."""
 FILESYSTEMS = ("ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "swap")
 DEFAULT_MAC_PREFIX = "52:54:00"
 MAX_USER_DATA_BYTES = 256 * 1024
+MAX_SCRIPT_BYTES = 256 * 1024
+MAX_SCRIPT_ARGS = 32
 """A profile is one znode (ZooKeeper's limit is 1 MiB); cloud-init user data is a script or cloud-config."""
 MAX_DISKS = 16
 MAX_NICS = 16
@@ -239,7 +242,31 @@ def check_profile(record: Mapping[str, Any]) -> dict[str, Any]:
     if checked["user_data"] is not None and checked["userdata"] is not None:
         raise InvalidInput("a profile takes its user data from a file (--user-data) or a stored document "
                            "(--userdata), not both")
+    script = record.get("script") or None
+    checked["script"] = schema.check_name("install script", script) if script is not None else None
+    checked["script_args"] = _script_args(record.get("script_args"))
+    if checked["script_args"] and checked["script"] is None:
+        raise InvalidInput("script arguments need a script (--script NAME)")
     return checked
+
+
+def _script_args(args: Any) -> list[str]:
+    if args is None:
+        return []
+    if not isinstance(args, list) or len(args) > MAX_SCRIPT_ARGS or \
+            not all(isinstance(arg, str) and len(arg) <= 1024 and "\0" not in arg for arg in args):
+        raise InvalidInput(f"script arguments are a list of at most {MAX_SCRIPT_ARGS} texts of at most 1024 "
+                           "characters each")
+    return list(args)
+
+
+def check_script(script: Any) -> str:
+    """An install script's text: a program the node can run, starting with ``#!``."""
+    if not isinstance(script, str) or not script.startswith("#!"):
+        raise InvalidInput("an install script is a text starting with '#!' (its interpreter)")
+    if len(script.encode()) > MAX_SCRIPT_BYTES:
+        raise InvalidInput(f"an install script is at most {MAX_SCRIPT_BYTES // 1024} KiB")
+    return script
 
 
 def check_user_data(user_data: Any) -> str | None:
@@ -281,13 +308,19 @@ def profile_view(name: str, record: Mapping[str, Any], ova: Mapping[str, Any] | 
     user_data = record.get("user_data")
     view = {"name": name, "type": record["type"],
             **{key: record.get(key) for key in ("system_template", "storage_template", "network_template", "ova",
-                                                "userdata")},
+                                                "userdata", "script")},
+            "script_args": record.get("script_args") or [],
             "user_data_bytes": len(user_data.encode()) if user_data else 0,
             "missing": missing_parts(record, ova, userdata_exists)}
     view["complete"] = not view["missing"]
     if detail:
         view["user_data"] = user_data
     return view
+
+
+def users_of_script(profiles: Mapping[str, Mapping[str, Any]], name: str) -> list[str]:
+    """The profiles (name → record) that name install script `name`."""
+    return sorted(profile for profile, record in profiles.items() if record.get("script") == name)
 
 
 def users_of_userdata(profiles: Mapping[str, Mapping[str, Any]], name: str) -> list[str]:

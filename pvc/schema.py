@@ -263,6 +263,8 @@ PROFILES = f"{PROVISIONER}/profiles"
 OVAS = f"{PROVISIONER}/ovas"
 USERDATA_DOCUMENTS = f"{PROVISIONER}/userdata"
 """Named cloud-init user-data documents (upstream's ``provisioner userdata``): ``{"data": TEXT}``."""
+SCRIPTS = f"{PROVISIONER}/scripts"
+"""Install scripts a profile may name (``provisioner script``): ``{"script": TEXT}``."""
 PROVISIONER_LOCK = f"{LOCKS}/provisioner"
 
 
@@ -282,6 +284,10 @@ def profile(name: str) -> str:
 
 def userdata(name: str) -> str:
     return f"{USERDATA_DOCUMENTS}/{check_name('user-data document', name)}"
+
+
+def script(name: str) -> str:
+    return f"{SCRIPTS}/{check_name('install script', name)}"
 
 
 def ova(name: str) -> str:
@@ -312,4 +318,4 @@ def ova_volume(name: str, index: int) -> str:
 
 
 CONTAINERS += (PROVISIONER, TEMPLATES, *(templates(kind) for kind in TEMPLATE_KINDS), PROFILES, OVAS,
-               USERDATA_DOCUMENTS)
+               USERDATA_DOCUMENTS, SCRIPTS)

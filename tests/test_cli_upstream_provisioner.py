@@ -84,6 +84,17 @@ def test_upstreams_provisioner_command_lines_build_a_profile_step_by_step(up_clu
     assert read.decode() == "#cloud-config\nhostname: upvm\n"
 
     client.vms.remove("upvm", wait=True)
+    script = tmp_path / "install"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    ok(pvc(up_cluster, "provisioner", "script", "add", "noop", str(script)))
+    ok(pvc(up_cluster, "provisioner", "profile", "modify", "upprof", "--script", "noop", "--script-arg", "x"))
+    volumes_before = client.storage.volume_list(POOL)
+    refused = one_line_error(pvc(up_cluster, "provisioner", "create", "upvm2", "upprof"))
+    assert "no node runs install scripts (provisioner_scripts in pvcnoded.yaml)" in refused
+    assert client.storage.volume_list(POOL) == volumes_before
+    assert "used by profile(s) upprof" in one_line_error(pvc(up_cluster, "provisioner", "script", "remove", "noop"))
+    ok(pvc(up_cluster, "provisioner", "profile", "modify", "upprof", "--script", ""))
+    ok(pvc(up_cluster, "provisioner", "script", "remove", "noop"))
     ok(pvc(up_cluster, "provisioner", "profile", "remove", "upprof"))
     ok(pvc(up_cluster, "provisioner", "userdata", "remove", "updoc"))
     assert client.provisioner.userdata_list() == []

@@ -16,6 +16,7 @@ from pvc.cache import OWN_VALUE, WatchedCollection
 from pvc.errors import AlreadyExists, Busy, Conflict, InvalidInput, NotFound
 from pvc.rpc import provisioning
 from pvc.rpc.areas.ova import OvaCalls
+from pvc.rpc.areas.scripts import ScriptCalls
 from pvc.rpc.areas.storage import StorageArea
 from pvc.rpc.areas.userdata import UserdataCalls
 from pvc.rpc.areas.vms import VMsArea
@@ -27,7 +28,7 @@ LOCK_TIMEOUT_S = 30
 
 @Pyro5.server.expose
 @Pyro5.server.behavior(instance_mode="single")
-class ProvisionerArea(OvaCalls, UserdataCalls):
+class ProvisionerArea(OvaCalls, UserdataCalls, ScriptCalls):
     def __init__(self, context: CoordinatorContext, storage: StorageArea, vms: VMsArea):
         self._context = context
         self._storage = storage
@@ -144,13 +145,15 @@ class ProvisionerArea(OvaCalls, UserdataCalls):
     def profile_add(self, name: str, profile_type: str = "provisioner", system_template: str | None = None,
                     storage_template: str | None = None, network_template: str | None = None,
                     user_data: str | None = None, ova: str | None = None,
-                    userdata: str | None = None) -> dict[str, Any]:
+                    userdata: str | None = None, script: str | None = None,
+                    script_args: list[str] | None = None) -> dict[str, Any]:
         """A new profile of `profile_type` (provisioner or ova); every component may be given later. User data
         is its text (`user_data`) or the name of a stored document (`userdata`), not both."""
         path = schema.profile(name)
         record = provisioner_records.check_profile({
             "type": profile_type, "system_template": system_template, "storage_template": storage_template,
-            "network_template": network_template, "user_data": user_data, "ova": ova, "userdata": userdata})
+            "network_template": network_template, "user_data": user_data, "ova": ova, "userdata": userdata,
+            "script": script, "script_args": script_args})
         with self._locked():
             self._check_components(record)
             if self._profile_record(name) is not None:
@@ -280,6 +283,8 @@ class ProvisionerArea(OvaCalls, UserdataCalls):
             raise NotFound(f"no OVA named '{record['ova']}'")
         if record.get("userdata") and not self._context.store.zk.exists(schema.userdata(record["userdata"])):
             raise NotFound(f"no user-data document named '{record['userdata']}'")
+        if record.get("script") and not self._context.store.zk.exists(schema.script(record["script"])):
+            raise NotFound(f"no install script named '{record['script']}'")
 
     def _userdata_exists(self, record: dict[str, Any]) -> bool | None:
         return self._userdata_record(record["userdata"]) is not None if record.get("userdata") else None
