@@ -6,7 +6,6 @@ which waits for that run and never starts a second one beside it."""
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
