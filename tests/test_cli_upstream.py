@@ -272,6 +272,8 @@ def test_no_command_declares_an_option_twice():
     ("pvc -", {"-c", "-q", "-s", "-u"}),
     ("pvc provisioner ", {"userdata", "profile", "template"}),
     ("pvc provisioner userdata ", {"add", "list", "info", "modify", "remove"}),
+    ("pvc provisioner script ", {"add", "list", "info", "remove"}),
+    ("pvc provisioner profile modify p --sc", {"--script", "--script-arg"}),
     ("pvc provisioner template storage disk ", {"add", "remove"}),
     ("pvc provisioner template system add t --v", {"--vram", "--vnc-bind", "--vcpus"}),
     ("pvc provisioner profile add p --", {"--profile-type", "--userdata"}),
