@@ -228,3 +228,46 @@ _task_command("flush", "Move every running VM off the node (for maintenance).",
               "show progress and return when the node is flushed")
 _task_command("ready", "Return the node to service: its VMs come back.",
               "show progress and return when the node is ready")
+
+
+def _handoff_done(session, wanted) -> bool:
+    return wanted(session.client.cluster.status()["leader"])
+
+
+def _wait_for_leader(session, wanted, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not _handoff_done(session, wanted):
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"{what} has not happened after {timeout:g} s")
+        time.sleep(0.2)
+
+
+@group.command("primary")
+@click.argument("node")
+@click.option("-w", "--wait", is_flag=True, help="return once the coordinator beside NODE leads")
+@click.pass_obj
+def primary(session, node: str, wait: bool) -> None:
+    """Hand cluster leadership gracefully to the coordinator running beside NODE (upstream's primary
+    coordinator), e.g. to upgrade the others one by one."""
+    handoff = session.client.nodes.primary(node)
+    if wait:
+        _wait_for_leader(session, lambda leader: leader == handoff["to"], f"the handoff to {handoff['to']}")
+    click.echo(f"Leadership: {handoff['from']} -> {handoff['to']}" + ("" if wait else " (requested)"))
+
+
+@group.command("secondary")
+@click.argument("node")
+@click.option("-w", "--wait", is_flag=True, help="return once another coordinator leads")
+@click.pass_obj
+def secondary(session, node: str, wait: bool) -> None:
+    """Hand cluster leadership gracefully away from the coordinator running beside NODE, to the next
+    coordinator in line (upstream's secondary coordinator)."""
+    handoff = session.client.nodes.secondary(node)
+    if handoff["to"] == handoff["from"]:
+        click.echo(f"Leadership stays with {handoff['from']}: the coordinator beside {node} does not lead")
+        return
+    if wait:
+        _wait_for_leader(session, lambda leader: leader not in (None, handoff["from"]),
+                         f"the handoff away from {handoff['from']}")
+    leader = session.client.cluster.status()["leader"]
+    click.echo(f"Leadership: {handoff['from']} -> {leader if wait else '(the next coordinator)'}")

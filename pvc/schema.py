@@ -95,6 +95,12 @@ CONFIG = f"{ROOT}/config"
 COORDINATORS = f"{ROOT}/coordinators"
 ELECTION = f"{COORDINATORS}/election"
 LIVE_COORDINATORS = f"{COORDINATORS}/live"
+LEADER_HANDOFF = f"{COORDINATORS}/handoff"
+"""A requested graceful handoff of leadership (`pvc node primary|secondary`): ``{"to": COORDINATOR}`` or
+``{"away_from": COORDINATOR}``, ``requested`` (epoch seconds); the leader that lets go adds ``released_by``
+(its last write as leader), the one that takes over ``taken_by`` and ``released_zxid`` (its first), which
+settles it."""
+HANDOFF_TIMEOUT_S = 30
 NODES = f"{ROOT}/nodes"
 
 VMS = f"{ROOT}/vms"

@@ -1,13 +1,15 @@
 """Remote object `nodes`: what the cluster's nodes are and how they are doing, from the cache."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import Pyro5.server
+from kazoo.exceptions import NoNodeError
 
 from pvc import models, schema
 from pvc.cache import OWN_VALUE
-from pvc.errors import Conflict, NotFound, Unavailable
+from pvc.errors import AlreadyExists, Busy, Conflict, NotFound, Unavailable
 from pvc.rpc import tasks
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.monitor import KeepaliveWatch
@@ -107,6 +109,54 @@ class NodesArea:
         state = raw.get("daemon_state")
         note = notes[state] if state in notes and self._beating_since_marked(name) else None
         return models.node_view(name, raw, keepalive_age_s=self._keepalives.age(name), daemon_note=note)
+
+    def primary(self, name: str) -> dict[str, Any]:
+        """Hand leadership gracefully to the coordinator beside node `name` (upstream's ``node primary``);
+        returns ``{"from", "to"}``; nothing to do when it leads already."""
+        beside = self._coordinator_beside(name)
+        leader = self._context.leadership.current_leader()
+        if beside == leader:
+            return {"from": leader, "to": beside}
+        self._request_handoff({"to": beside})
+        return {"from": leader, "to": beside}
+
+    def secondary(self, name: str) -> dict[str, Any]:
+        """Hand leadership gracefully away from the coordinator beside node `name` (upstream's ``node
+        secondary``), to whichever other coordinator is next; returns ``{"from", "to": None}``; nothing to do
+        when it does not lead."""
+        beside = self._coordinator_beside(name)
+        leader = self._context.leadership.current_leader()
+        if beside != leader:
+            return {"from": leader, "to": leader}
+        if not [each for each in self._context.live_coordinators() if each["name"] != beside]:
+            raise Conflict(f"coordinator {beside} is the only one running: there is no other to lead")
+        self._request_handoff({"away_from": beside})
+        return {"from": leader, "to": None}
+
+    def _coordinator_beside(self, name: str) -> str:
+        self._raw(name)
+        beside = [each["name"] for each in self._context.live_coordinators() if each.get("node") == name]
+        if not beside:
+            raise NotFound(f"no running coordinator runs beside node {name} (the 'node' setting in its "
+                           "pvcapid.yaml)")
+        return beside[0]
+
+    def _request_handoff(self, request: dict[str, Any]) -> None:
+        """Write the request, replacing one that is void; refused while another is pending."""
+        store = self._context.store
+        record = {**request, "requested": time.time()}
+        try:
+            current, stat = store.zk.get(schema.LEADER_HANDOFF)
+        except NoNodeError:
+            try:
+                store.transaction().create(schema.LEADER_HANDOFF, record).commit()
+            except AlreadyExists:
+                raise Busy("another leadership handoff was requested at the same moment; try again") from None
+            return
+        pending = schema.decode(current) or {}
+        if time.time() - pending.get("requested", 0) <= schema.HANDOFF_TIMEOUT_S and not pending.get("taken_by"):
+            raise Busy(f"a leadership handoff is under way ({pending}); try again once it is over")
+        store.transaction().set(schema.LEADER_HANDOFF, record, version=stat.version).commit()
 
     def _coordinator_roles(self) -> dict[str, str]:
         """Upstream's coordinator state of each node a live coordinator runs beside (its ``node`` setting):
