@@ -21,7 +21,7 @@ import socket
 import threading
 from typing import Any
 
-from pvc import bulk, schema
+from pvc import bulk, placement, schema
 from pvc.errors import AlreadyExists, Busy, InvalidInput, NotFound
 from pvc.hookspecs import ApplianceResult, VolumeTarget
 from pvc.node.upload_stream import POLL_INTERVAL_S, put_unless_stopped, receive_into
@@ -148,6 +148,14 @@ class HiddenVolumes:
         if not fits:
             raise InvalidInput(f"the appliance's disks ({size_bytes} bytes) exceed what pool '{self._pool}' can "
                                f"still hold ({free} bytes)")
+
+    def check_hardware(self, vcpus: int, memory_bytes: int) -> None:
+        """Against the nodes' own records in ZooKeeper: an appliance no node could run is refused before any
+        disk streams in."""
+        store = self._context.store
+        nodes = [{"name": name, **(store.read(schema.node(name)) or {})} for name in store.children(schema.NODES)]
+        placement.check_fits_a_node(nodes, {"vcpus": vcpus, "memory_mib": -(-memory_bytes // (1 << 20))},
+                                    "the appliance")
 
     def target(self, index: int) -> VolumeTarget:
         self.touched.add(index)

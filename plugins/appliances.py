@@ -23,6 +23,8 @@ class OvaImporter:
 
         def on_descriptor(appliance: ovf.Appliance) -> None:
             indexes.update({disk.disk_id: index for index, disk in enumerate(appliance.disks)})
+            hardware = appliance.hardware()
+            volumes.check_hardware(hardware.get("vcpus") or 0, hardware.get("memory_bytes") or 0)
             volumes.check_room(sum(disk.capacity_bytes for disk in appliance.disks))
             for index, disk in enumerate(appliance.disks):
                 if disk.file is None:

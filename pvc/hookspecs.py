@@ -176,6 +176,11 @@ class ApplianceVolumes(Protocol):
         """Refuse (`pvc.errors.InvalidInput`) an appliance whose disks, `size_bytes` in all, the pool cannot
         hold; an importer calls it once it knows the disks' capacities, before writing any."""
 
+    def check_hardware(self, vcpus: int, memory_bytes: int) -> None:
+        """Refuse (`pvc.errors.InvalidInput`) an appliance with more vCPUs than the CPUs, or more memory than
+        the memory, of the cluster's largest node, naming the figures; an importer calls it once it has read
+        the appliance's hardware, before writing any disk."""
+
     def target(self, index: int) -> VolumeTarget:
         """Disk `index`'s volume, not yet created, as an importer's output (qemu-img creates it)."""
 

@@ -154,6 +154,7 @@ def _hostile(tmp_path, disks, case: str):
                    disk],
         "missing disk": [descriptor],
         "too big for the pool": [("h.ovf", vmware_descriptor("h", [DiskSpec(None, 64, "byte * 2^50")]))],
+        "more vCPUs than any node": [("h.ovf", vmware_descriptor("h", specs, vcpus=100000)), disk],
     }[case]
     path = tmp_path / "hostile.ova"
     if members is None:
@@ -167,7 +168,8 @@ HOSTILE = {"not a tar": "not a tar archive", "manifest mismatch": "does not matc
            "manifest with an unknown algorithm": "gives 'h-disk1.vmdk' a MD5 digest",
            "capacity too small": "more than its declared capacity", "dot-dot member": "outside the archive",
            "entity": "DTD or entities", "missing disk": "does not contain it",
-           "too big for the pool": "can still hold"}
+           "too big for the pool": "can still hold",
+           "more vCPUs than any node": "the appliance has 100000 vCPUs, more than the 16 CPUs of the largest node"}
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
