@@ -112,8 +112,10 @@ class StorageAgent:
         if importer not in self._appliance_importers:
             known = ", ".join(sorted(self._appliance_importers)) or "none"
             raise InvalidInput(f"unknown appliance importer {importer!r} (known: {known})")
+        declared = checksum if isinstance(checksum, str) and checksum.startswith(bulk.TRAILER_PREFIX) \
+            and _checksum(checksum[len(bulk.TRAILER_PREFIX):]) else _checksum(checksum)
         ticket = self._tickets.issue(schema.check_name("pool", pool), schema.check_name("OVA", appliance),
-                                     _size(size_bytes), "auto", _checksum(checksum), False, importer)
+                                     _size(size_bytes), "auto", declared, False, importer)
         return {"address": self.upload_address, "token": ticket.token, "tls": self.upload_tls}
 
 

@@ -78,8 +78,8 @@ def test_upload_of_a_two_disk_vmware_ova_shows_its_hardware_and_holds_its_disks(
     result = pvc(ova_cluster, "provisioner", "ova", "upload", "web", str(archive), "--pool", pool, "--format", "json")
 
     assert result.exit_code == 0, result.stderr + result.stdout
-    assert [line.split()[0] for line in result.stderr.splitlines() if line.strip()] == \
-        ["Checksumming", "Uploading", "Importing"]
+    assert [line.split()[0] for line in result.stderr.splitlines() if line.strip()] == ["Uploading", "Importing"], \
+        "no checksum pass before sending: the checksum follows the data"
     uploaded = json.loads(result.stdout)
     assert (uploaded["name"], uploaded["state"], uploaded["vcpus"], uploaded["memory_mib"], uploaded["firmware"],
             uploaded["manifest"]) == ("web", "ready", 4, 2048, "efi", "verified (SHA256)")
@@ -209,6 +209,37 @@ def test_an_upload_cut_off_midway_is_cleared_by_the_next_pass(ova_cluster, pool,
             return True
         return False
     assert eventually(settled, timeout=60, interval=0.5)
+    assert everything(ova_cluster, pool) == before
+
+
+@pytest.mark.parametrize("forged", ["another checksum", "another key"])
+def test_a_trailer_that_does_not_match_removes_every_volume_the_upload_imported(ova_cluster, pool, disks, tmp_path,
+                                                                                 forged):
+    """The checksum follows the data: both disks are imported by the time it arrives, and a wrong one (or one
+    not signed with the declared key) removes them all."""
+    before = everything(ova_cluster, pool)
+    archive = appliance_ova(tmp_path, "tr", [DiskSpec(disks[0][1], DISK_BYTES), DiskSpec(disks[1][1], DISK_BYTES)])
+    data = archive.read_bytes()
+    declared, key = bulk.trailer_key()
+    ticket = ova_cluster.client.provisioner.ova_upload("tr", pool, len(data), declared)
+    host, port = ticket["address"].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as connection, \
+            connection.makefile("rb") as answers:
+        bulk.send_message(connection, {"token": ticket["token"], "size_bytes": len(data), "checksum": "trailer"})
+        assert json.loads(answers.readline()) == {"ready": True}
+        connection.sendall(data)
+        assert eventually(lambda: len(leftovers(ova_cluster, pool)) == 2, timeout=30), \
+            "both disks were imported before the trailer came"
+        right, wrong = bulk.checksum_of_bytes(data), bulk.checksum_of_bytes(data[:-1])
+        bulk.send_message(connection, {"checksum": wrong, "mac": bulk.trailer_mac(key, wrong)}
+                          if forged == "another checksum" else
+                          {"checksum": right, "mac": bulk.trailer_mac(bulk.trailer_key()[1], right)})
+        answer = json.loads(answers.readline())
+
+    assert answer["error"] == "InvalidInput"
+    assert ("does not match" if forged == "another checksum" else "not signed with the key") in answer["message"]
+    with pytest.raises(NotFound):
+        ova_cluster.client.provisioner.ova_upload_end("tr")
     assert everything(ova_cluster, pool) == before
 
 
