@@ -193,6 +193,9 @@ def _task_outcome(task: dict) -> str:
         lines.append(f"shut down (no valid target): {', '.join(task['shut_down'])}")
         reasons = task.get("shut_down_reasons") or {}
         lines += [f"  {name}: {reasons[name]}" for name in task["shut_down"] if name in reasons]
+    if task.get("not_returned"):
+        lines.append("left where they are (no room on the node): "
+                     + "; ".join(f"{name}: {why}" for name, why in sorted(task["not_returned"].items())))
     if task.get("changed_by_command"):
         lines.append(f"changed by a command meanwhile, left to it: {', '.join(task['changed_by_command'])}")
     not_moved = task.get("not_moved") or []

@@ -304,10 +304,21 @@ class TaskExecution:
                                 [node], "moved")
             return None
         moves = []
+        batch = placement.Batch(self._context.placement_views())
         for name, raw in sorted(self._vms().items()):
             listed = Desired(name, raw[OWN_VALUE], raw.get("state") or "stop", raw.get("placement") or {}, {})
-            if decide(listed) is not None:
-                moves += self._record(name, decide)
+            if decide(listed) is None:
+                continue
+            view = models.vm_view(name, with_desired(raw, listed))
+            refused = placement.memory_rejection(batch.nodes[node], view) if node in batch.nodes else None
+            if refused:
+                self.task.setdefault("not_returned", {})[name] = f"node {node} {refused}"
+                log.info("task %s: %s stays where it is: node %s %s", self.task["id"], name, node, refused)
+                continue
+            recorded = self._record(name, decide)
+            if recorded:
+                batch.add(node, view)
+            moves += recorded
         self._carry_out(moves)
 
     def _record(self, name: str, decide: Callable[[Desired], "Decision | None"]) -> list[tuple[str, list[str]]]:

@@ -79,12 +79,36 @@ def test_memory_placement_refuses_starts_and_moves_and_a_flush_stops_what_fits_n
         assert client.vms.info("big1")["state"] == "shutdown"
 
         client.cluster.config(memory_overcommit=2.0)
-        client.nodes.ready("hv1")
+        wait_for_task(client, client.nodes.ready("hv1"))
         client.vms.start("late", wait=True)
         wait_running_on(small_cluster, "late", "hv2")
     finally:
         client.cluster.config(memory_overcommit=1.0)
         for vm in ("big1", "big2", "late"):
             client.vms.remove(vm, wait=True)
-        wait_for_task(client, client.nodes.ready("hv1")) if client.nodes.info("hv1")["domain_state"] != "ready" \
-            else None
+        if client.nodes.info("hv1")["domain_state"] != "ready":
+            wait_for_task(client, client.nodes.ready("hv1"))
+
+
+def test_ready_leaves_a_vm_where_it_is_when_its_node_has_no_room_for_it(small_cluster):
+    client = small_cluster.client
+    memory = min(each for _cpus, each in node_figures(small_cluster).values())
+    client.vms.define(vm_xml("homing", memory_mib=memory * 3 // 10), target="hv1")
+    try:
+        client.vms.start("homing", wait=True)
+        flushed = wait_for_task(client, client.nodes.flush("hv1"))
+        assert flushed["moved"] == ["homing"]
+        wait_running_on(small_cluster, "homing", "hv2")
+
+        client.cluster.config(memory_overcommit=0.2)
+        readied = pvc(small_cluster, "node", "ready", "hv1", "--wait")
+
+        assert f"homing: node hv1 has {int(memory * 0.2)} MiB of memory left for VMs" in readied.stdout, \
+            readied.output
+        assert client.vms.info("homing")["node"] == "hv2"
+        wait_running_on(small_cluster, "homing", "hv2")
+    finally:
+        client.cluster.config(memory_overcommit=1.0)
+        client.vms.remove("homing", wait=True)
+        if client.nodes.info("hv1")["domain_state"] != "ready":
+            wait_for_task(client, client.nodes.ready("hv1"))
