@@ -274,7 +274,8 @@ class TaskExecution:
     def _decide_leaving(self, moved: Callable[[Desired, str], Decision],
                         parked: Callable[[Desired], Decision]) -> list[tuple[str, list[str]]]:
         """Decide each VM running on the task's node from its desired state read under its lock (`_record`):
-        `moved` where the placement finds it a target, `parked` where none may take it. A VM a command has
+        `moved` where the placement finds it a target, `parked` where none may take it (why goes into the task's
+        ``shut_down_reasons``, by VM). A VM a command has
         stopped or moved since the node's VMs were listed is that command's, and is left alone."""
         node = self.task["node"]
         leaving = {name: raw for name, raw in self._vms().items()
@@ -288,7 +289,8 @@ class TaskExecution:
                 try:
                     target = batch.place(models.vm_view(current.name, with_desired(raw, current)),
                                          self._context.selector(current.spec), current_node=node)
-                except Conflict:
+                except Conflict as refused:
+                    self.task.setdefault("shut_down_reasons", {})[current.name] = str(refused)
                     return parked(current)
                 return moved(current, target)
             decided += self._record(name, decide)
@@ -307,10 +309,21 @@ class TaskExecution:
                                 [node], "moved")
             return None
         moves = []
+        batch = placement.Batch(self._context.placement_views())
         for name, raw in sorted(self._vms().items()):
             listed = Desired(name, raw[OWN_VALUE], raw.get("state") or "stop", raw.get("placement") or {}, {})
-            if decide(listed) is not None:
-                moves += self._record(name, decide)
+            if decide(listed) is None:
+                continue
+            view = models.vm_view(name, with_desired(raw, listed))
+            refused = placement.memory_rejection(batch.nodes[node], view) if node in batch.nodes else None
+            if refused:
+                self.task.setdefault("not_returned", {})[name] = f"node {node} {refused}"
+                log.info("task %s: %s stays where it is: node %s %s", self.task["id"], name, node, refused)
+                continue
+            recorded = self._record(name, decide)
+            if recorded:
+                batch.add(node, view)
+            moves += recorded
         self._carry_out(moves)
 
     def _record(self, name: str, decide: Callable[[Desired], "Decision | None"]) -> list[tuple[str, list[str]]]:
