@@ -300,11 +300,13 @@ class ClusterCache:
         self.config = WatchedValue(store, schema.CONFIG, dict(schema.DEFAULT_CLUSTER_CONFIG))
         self.nodes = WatchedCollection(store, schema.NODES, schema.node, schema.NODE_KEYS)
         self.vms = WatchedCollection(store, schema.VMS, schema.vm, schema.VM_KEYS)
+        self.tasks = WatchedCollection(store, schema.TASKS, schema.task)
 
     def start(self) -> None:
         self.config.start()
         self.nodes.start()
         self.vms.start()
+        self.tasks.start()
 
     def catch_up(self, timeout: float = 10.0) -> None:
         """Return once the cache shows every write committed before this call, from any coordinator."""
