@@ -28,8 +28,9 @@ def poll_select(rlist: list, wlist: list, xlist: list, timeout: float | None = N
     for fd, mask in masks.items():
         poller.register(fd, mask)
     ready = dict(poller.poll(None if timeout is None else timeout * 1000))
-    if any(events & select.POLLNVAL for events in ready.values()):
-        raise ValueError("Invalid event mask or fd")
+    for events in ready.values():
+        if events & select.POLLNVAL:
+            raise ValueError("Invalid event mask or fd")
     return ([fileobj for fileobj in rlist if ready.get(_fd(fileobj), 0) & _READ],
             [fileobj for fileobj in wlist if ready.get(_fd(fileobj), 0) & _WRITE], [])
 
