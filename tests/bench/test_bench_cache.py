@@ -1,7 +1,9 @@
 """Where a coordinator's cache spends its time with a vSphere-sized cluster on record (10,000 VMs, 96 nodes),
-measured in one process against the real ZooKeeper, records written straight into it: the cold load, the
-first complete list after it, and the steady list (catch-up, views, msgpack encoding). Prints figures and a
-profile of every thread (kazoo answers on threads of its own); asserts no timings. Run with `pytest -m bench -s`.
+measured in one process against the real ZooKeeper, records written straight into it (no daemons): the cold
+load with kazoo's own select and with PVC's poll(2) one, alternately; `vms.list()`'s work done as before
+(every record copied, every view built) and as now (views of changed VMs rebuilt), alternately; and a
+profile of every thread of a cold load (kazoo answers on threads of its own). Prints figures, asserts no
+timings. Run with `pytest -m bench -s`; on a loaded machine compare CPU seconds and medians, not walls.
 """
 import contextlib
 import cProfile
