@@ -8,7 +8,7 @@ from typing import Any, ContextManager
 import Pyro5.server
 
 from pvc import domain_xml, models, placement, schema
-from pvc.cache import OWN_VALUE
+from pvc.cache import OWN_VALUE, Views
 from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound, PVCError, Unavailable
 from pvc.rpc import network_use, removal
 from pvc.rpc.context import CoordinatorContext
@@ -30,6 +30,7 @@ class VMsArea:
         self._context = context
         self._control = control
         self._editor = VMEditor(context, control, self._spec, self._allow_host_devices)
+        self._views = Views(context.cache.vms, _list_view)
 
     def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
         """The VM as it now is, for a call whose coordinator died before answering; None once it is gone."""
@@ -54,10 +55,7 @@ class VMsArea:
         if state is not None and state not in schema.VM_STATES:
             raise InvalidInput(f"unknown state '{state}' (one of: {', '.join(schema.VM_STATES)})")
         self._context.cache.catch_up()
-        views = [models.vm_view(name, raw, detail=False)
-                 for name, raw in sorted(self._context.cache.vms.snapshot().items())
-                 if raw.get(OWN_VALUE) is not None]
-        return [view for view in views
+        return [view for view in self._views.current()
                 if (node is None or view["node"] == node) and (state is None or view["state"] == state)
                 and (tag is None or tag in view["tags"])]
 
@@ -614,3 +612,8 @@ class VMsArea:
 def _moving_state(state: str, moving: str) -> str:
     """A running VM migrates; a stopped one just changes node and stays stopped."""
     return moving if state in schema.RUNNING_STATES else state
+
+
+def _list_view(name: str, raw: dict[str, Any]) -> dict[str, Any] | None:
+    """A VM as `list` shows it; None for one whose own record is not read yet."""
+    return models.vm_view(name, raw, detail=False) if raw.get(OWN_VALUE) is not None else None
