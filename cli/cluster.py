@@ -4,7 +4,10 @@ import click
 import yaml
 
 from pvc import cluster_config
+from pvc import text_input
 from pvc.cli import output
+
+MAX_FENCE_OPTIONS_BYTES = 64 << 10
 
 _TASK_COLUMNS = [
     output.column("ID", "id"),
@@ -185,8 +188,7 @@ def cluster_config_command(session, node, output_format, **values) -> None:
 
 def _yaml_mapping(text: str, option: str) -> dict:
     if text == "-":
-        with click.open_file("-") as stdin:
-            text = stdin.read()
+        text = text_input.read_text("-", "the fence options", MAX_FENCE_OPTIONS_BYTES)
     try:
         options = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -3,12 +3,13 @@ from pathlib import Path
 
 import click
 
-from pvc import connections
+from pvc import connections, handshake, text_input
 from pvc.cli import output, upstream
 from pvc.cli.confirm import confirm_option
 from pvc.errors import InvalidInput, PVCError
 
 DEFAULT_PORT = 7370
+MAX_API_KEY_FILE_BYTES = 4096
 
 _COLUMNS = [
     output.column("DEFAULT", "default", lambda default: "*" if default else ""),
@@ -42,10 +43,7 @@ def _rows(show_keys: bool) -> list[dict]:
 
 
 def _read_key(path: str) -> str:
-    try:
-        key = Path(path).read_text().strip()
-    except OSError as error:
-        raise InvalidInput(f"cannot read the API key file {path}: {error.strerror}") from None
+    key = text_input.read_text(path, "the API key file", MAX_API_KEY_FILE_BYTES).strip()
     if not key or "\n" in key:
         raise InvalidInput(f"the API key file {path} must hold the key alone, on one line")
     return key
@@ -66,11 +64,14 @@ def group() -> None:
 @click.option("-k", "--api-key", help="the API key itself (it shows in your shell history: prefer --api-key-file)")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False),
               help="PEM CA the coordinators' certificates chain to: connect with TLS")
+@click.option("-s", "--ssl", "system_cas", is_flag=True,
+              help="connect with TLS, verifying the coordinators' certificates against the system's CAs "
+                   "(upstream's option; never unverified)")
 @click.option("-d", "--description", help="a note shown in pvc connection list")
 @click.option("--default", "make_default", is_flag=True, help="make this the default connection")
 @output.format_option
 def add(name: str, uris: tuple[str, ...], address: str | None, port: int, api_key_file: str | None,
-        api_key: str | None, tls_ca: str | None, description: str | None, make_default: bool,
+        api_key: str | None, tls_ca: str | None, system_cas: bool, description: str | None, make_default: bool,
         output_format: str) -> None:
     """Save a connection to the cluster whose coordinators are URI... (pvc://HOST:PORT, failed over in
     order). The first connection saved becomes the default. Keys are kept in a file only you can read."""
@@ -78,9 +79,11 @@ def add(name: str, uris: tuple[str, ...], address: str | None, port: int, api_ke
         uris = (*uris, f"pvc://{address}:{port}")
     if api_key_file and api_key:
         raise click.UsageError("give --api-key-file or --api-key, not both")
+    if tls_ca and system_cas:
+        raise click.UsageError("give --tls-ca FILE or -s/--ssl (the system's CAs), not both")
     key = _read_key(api_key_file) if api_key_file else api_key
-    saved = connections.add(name, list(uris), key or "", str(Path(tls_ca).resolve()) if tls_ca else None,
-                            description, make_default)
+    ca = handshake.SYSTEM_CAS if system_cas else str(Path(tls_ca).resolve()) if tls_ca else None
+    saved = connections.add(name, list(uris), key or "", ca, description, make_default)
     row = next(row for row in _rows(show_keys=False) if row["name"] == saved["name"])
     output.show(row, output_format, lambda view: output.table([view], _COLUMNS))
 

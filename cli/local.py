@@ -39,14 +39,16 @@ def cli() -> None:
                    "network of link-local addresses, whose links `cut`, `isolate` and `heal` break and mend")
 @click.option("--monitoring", is_flag=True,
               help="also start a Prometheus scraping every coordinator's /metrics, with PVC's alert rules loaded")
+@click.option("--provisioner-scripts", "scripts", is_flag=True,
+              help="every node runs provisioner install scripts (provisioner_scripts in its pvcnoded.yaml)")
 @state_dir_option
 def up(nodes: int, coordinators: int, storage: str, tls: bool, hypervisor: str, zookeepers: str, lab: bool,
-       monitoring: bool, state_dir: Path) -> None:
+       monitoring: bool, scripts: bool, state_dir: Path) -> None:
     """Start the cluster; returns when every node is running and ready and a coordinator leads."""
     cluster = LocalCluster(state_dir)
     try:
         cluster.up(nodes=nodes, coordinators=coordinators, storage=storage, tls=tls, hypervisor=hypervisor,
-                   zookeepers=int(zookeepers), lab=lab, monitoring=monitoring)
+                   zookeepers=int(zookeepers), lab=lab, monitoring=monitoring, scripts=scripts)
     except PVCError as error:
         click.echo(f"Error: {error}", err=True)
         sys.exit(1)

@@ -16,6 +16,7 @@ _COLUMNS = [
     output.column("DAEMON", "daemon_shown"),
     output.column("DOMAIN", "domain_state"),
     output.column("HEALTH", "health", lambda health: "-" if health is None else f"{health}%"),
+    output.column("COORD", "coordinator_state"),
     output.column("CPUS", "cpus"),
     output.column("LOAD", "load"),
     output.column("VMS", "vms_shown"),
@@ -123,13 +124,17 @@ _node_argument = click.argument("name", metavar="[NODE]", required=False)
               help="only nodes in this daemon state")
 @click.option("-vs", "--domain-state", type=click.Choice(schema.DOMAIN_STATES),
               help="only nodes in this domain state")
+@click.option("-cs", "--coordinator-state", type=click.Choice(["primary", "secondary", "client"]),
+              help="only nodes in this coordinator state (upstream's: primary beside the leading coordinator, "
+                   "secondary beside another, client beside none)")
 @output.list_format_option
 @click.pass_obj
 def list_nodes(session, limit: str | None, daemon_state: str | None, domain_state: str | None,
-               output_format: str) -> None:
+               coordinator_state: str | None, output_format: str) -> None:
     """Every node with its states and live figures; with REGEX, those whose name it matches."""
     rows = [row for row in output.matching(session.client.nodes.list(), limit)
-            if daemon_state in (None, row["daemon_state"]) and domain_state in (None, row["domain_state"])]
+            if daemon_state in (None, row["daemon_state"]) and domain_state in (None, row["domain_state"])
+            and coordinator_state in (None, row.get("coordinator_state"))]
     output.show(rows, output_format, _list_table)
 
 
@@ -209,6 +214,11 @@ def _task_outcome(task: dict) -> str:
     lines = [f"{task['kind']} of {task['node']}: {task['state']}; moved {len(task['moved'])} VM(s)"]
     if task["shut_down"]:
         lines.append(f"shut down (no valid target): {', '.join(task['shut_down'])}")
+        reasons = task.get("shut_down_reasons") or {}
+        lines += [f"  {name}: {reasons[name]}" for name in task["shut_down"] if name in reasons]
+    if task.get("not_returned"):
+        lines.append("left where they are (no room on the node): "
+                     + "; ".join(f"{name}: {why}" for name, why in sorted(task["not_returned"].items())))
     if task.get("changed_by_command"):
         lines.append(f"changed by a command meanwhile, left to it: {', '.join(task['changed_by_command'])}")
     not_moved = task.get("not_moved") or []
@@ -244,3 +254,46 @@ _task_command("flush", "Move every running VM off the node (for maintenance).",
               "show progress and return when the node is flushed")
 _task_command("ready", "Return the node to service: its VMs come back.",
               "show progress and return when the node is ready")
+
+
+def _handoff_done(session, wanted) -> bool:
+    return wanted(session.client.cluster.status()["leader"])
+
+
+def _wait_for_leader(session, wanted, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not _handoff_done(session, wanted):
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"{what} has not happened after {timeout:g} s")
+        time.sleep(0.2)
+
+
+@group.command("primary")
+@click.argument("node")
+@click.option("-w", "--wait", is_flag=True, help="return once the coordinator beside NODE leads")
+@click.pass_obj
+def primary(session, node: str, wait: bool) -> None:
+    """Hand cluster leadership gracefully to the coordinator running beside NODE (upstream's primary
+    coordinator), e.g. to upgrade the others one by one."""
+    handoff = session.client.nodes.primary(node)
+    if wait:
+        _wait_for_leader(session, lambda leader: leader == handoff["to"], f"the handoff to {handoff['to']}")
+    click.echo(f"Leadership: {handoff['from']} -> {handoff['to']}" + ("" if wait else " (requested)"))
+
+
+@group.command("secondary")
+@click.argument("node")
+@click.option("-w", "--wait", is_flag=True, help="return once another coordinator leads")
+@click.pass_obj
+def secondary(session, node: str, wait: bool) -> None:
+    """Hand cluster leadership gracefully away from the coordinator running beside NODE, to the next
+    coordinator in line (upstream's secondary coordinator)."""
+    handoff = session.client.nodes.secondary(node)
+    if handoff["to"] == handoff["from"]:
+        click.echo(f"Leadership stays with {handoff['from']}: the coordinator beside {node} does not lead")
+        return
+    if wait:
+        _wait_for_leader(session, lambda leader: leader not in (None, handoff["from"]),
+                         f"the handoff away from {handoff['from']}")
+    leader = session.client.cluster.status()["leader"]
+    click.echo(f"Leadership: {handoff['from']} -> {leader if wait else '(the next coordinator)'}")

@@ -10,24 +10,28 @@ FORMATS = ("table", "json")
 UPSTREAM_FORMATS = {"pretty": "table", "json-pretty": "json"}
 """Upstream PVC's names for ours: its `pretty` is our table, its `json-pretty` our (indented) JSON."""
 RAW = "raw"
+LONG = "long"
+"""For one object: everything the table shows and more (upstream's ``--format long``)."""
 
 
 def _normalised(_context: click.Context, _parameter: click.Parameter, value: str) -> str:
     return UPSTREAM_FORMATS.get(value, value)
 
 
-def _format_option(*names: str, raw: bool = False):
-    choices = (*FORMATS, *UPSTREAM_FORMATS, *((RAW,) if raw else ()))
+def _format_option(*names: str, raw: bool = False, long: bool = False):
+    choices = (*FORMATS, *UPSTREAM_FORMATS, *((RAW,) if raw else ()), *((LONG,) if long else ()))
     return click.option(*names, "output_format", type=click.Choice(choices), default="table", show_default=True,
                         callback=_normalised,
                         help="table for people, json for scripts (pretty and json-pretty: the same, by upstream's "
-                             "names" + ("; raw: names only, one a line)" if raw else ")"))
+                             "names" + ("; raw: names only, one a line" if raw else "")
+                             + ("; long: everything known, the node's view included" if long else "") + ")")
 
 
 format_option = _format_option("-f", "--format")
 list_format_option = _format_option("-f", "--format", raw=True)
 """For lists: `raw` prints each row's name alone, one a line, as upstream's `raw` does."""
 long_format_option = _format_option("--format")
+info_format_option = _format_option("-f", "--format", long=True)
 """For commands where upstream's `-f` means something else (`vm migrate -f` is its --force)."""
 
 

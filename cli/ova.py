@@ -43,6 +43,7 @@ def _details(ova: dict) -> str:
         ("Template", output.plain(ova["template"])),
         ("Profile", output.plain(ova["profile"])),
         ("Manifest", output.plain(ova["manifest"])),
+        ("Unverified", output.plain(ova.get("unverified_files"))),
         ("Certificate", "recorded" if ova["certificate"] else "none"),
         ("Not imported", output.plain(ova["skipped_files"])),
     ])

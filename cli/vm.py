@@ -1,8 +1,12 @@
 """`pvc vm`: define, change, run and move virtual machines."""
+import time
+
 import click
 
 from pvc.cli import output, upstream, vm_editor, vm_parts, vm_tags
 from pvc.cli.confirm import confirm, confirm_option
+from pvc.cli.text_file import TextFile
+from pvc.domain_xml import MAX_XML_BYTES
 from pvc.errors import PVCError
 
 _COLUMNS = [
@@ -38,6 +42,7 @@ def _info_table(vm: dict) -> str:
         ("Migration method", output.plain(vm["migration_method"])),
         ("Max downtime", f"{vm['max_downtime_ms']} ms" if vm["max_downtime_ms"] else "-"),
         ("Profile", vm.get("profile") or "-"),
+        ("Made from", f"OVA {vm['made_from']['ova']}" if (vm.get("made_from") or {}).get("ova") else "-"),
         ("Disks", output.plain(disks)),
         ("NICs", output.plain(nics)),
         ("Last error", output.plain(vm["last_error"])),
@@ -104,7 +109,7 @@ def group() -> None:
 
 
 @group.command("define")
-@click.argument("xml_file", type=click.File("r"))
+@click.argument("xml_file", type=TextFile("the domain XML file", MAX_XML_BYTES))
 @click.option("-t", "--target", help="node to define the VM on (default: its selector's choice)")
 @_meta_options
 @click.option("-g", "--tag", "tags", multiple=True, help="a user tag for the VM (repeatable)")
@@ -115,7 +120,7 @@ def group() -> None:
 def define(session, xml_file, target, node_limit, node_selector, node_autostart, migration_method, max_downtime,
            profile, tags, protected_tags, output_format) -> None:
     """Define a VM from a libvirt domain XML file."""
-    vm = session.client.vms.define(xml_file.read(), target=target, node_limit=_node_list(node_limit),
+    vm = session.client.vms.define(xml_file, target=target, node_limit=_node_list(node_limit),
                                    node_selector=node_selector, node_autostart=bool(node_autostart),
                                    migration_method=migration_method, max_downtime=max_downtime,
                                    tags=list(tags), protected_tags=list(protected_tags), profile=profile or None)
@@ -238,11 +243,34 @@ def list_vms(session, limit, node, state, tag, negate, output_format) -> None:
 
 @group.command("info")
 @click.argument("vm")
-@output.format_option
+@output.info_format_option
 @click.pass_obj
 def info(session, vm, output_format) -> None:
-    """One VM in detail."""
+    """One VM in detail; --format long adds the node's view (its last report in full, the console log)."""
+    if output_format == output.LONG:
+        click.echo(_long_table(session.client.vms.info_long(vm)))
+        return
     _show_vm(session.client.vms.info(vm), output_format)
+
+
+def _long_table(vm: dict) -> str:
+    report, log = vm["node_report"], vm["console_log"]
+    log_text = (f"{log['path']} on {vm['node']} ({log['size_bytes']} bytes)" if log.get("size_bytes") is not None
+                else f"{log['path']} on {vm['node']} (not written yet)" if log.get("path")
+                else f"unknown: {log.get('unavailable')}")
+    return _info_table(vm) + "\n" + output.details([
+        ("Node report", f"from {report.get('node') or '-'}: "
+                        + ("running" if report.get("running") else "unknown" if report.get("unknown") else
+                           "not running")
+                        + (f", at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(report['time']))}"
+                           if report.get("time") else "")),
+        ("Node error", output.plain(report.get("error"))),
+        ("Migration error", output.plain(vm["placement"].get("migration_error"))),
+        ("Unknown because", output.plain(report.get("unknown"))),
+        ("Console log", log_text),
+        ("Volumes", output.plain([f"{volume.get('pool')}/{volume.get('name')}" if isinstance(volume, dict)
+                                  else volume for volume in vm.get("volumes") or []])),
+    ])
 
 
 @group.command("dump")
@@ -267,20 +295,30 @@ def console_log(session, vm, lines) -> None:
 
 @group.command("modify")
 @click.argument("vm")
-@click.argument("xml_file", type=click.File("r"), required=False)
+@click.argument("xml_file", type=TextFile("the domain XML file", MAX_XML_BYTES), required=False)
 @click.option("-r", "--restart", is_flag=True, help="restart the VM so the change applies now")
 @click.option("-e", "--editor", is_flag=True,
               help="edit the VM's XML in $EDITOR instead; the change is shown as a diff and applied once confirmed")
-@click.option("-y", "--yes", is_flag=True, help="do not ask for confirmation (with --editor: apply the diff)")
+@click.option("-d", "--confirm-diff", is_flag=True,
+              help="do not ask before replacing the XML (with --editor: apply the diff); upstream's option")
+@click.option("-c", "--confirm-restart", is_flag=True, help="do not ask before restarting (with -r); upstream's option")
+@click.option("-y", "--yes", is_flag=True, help="do not ask for confirmation at all (-d and -c)")
 @output.format_option
 @click.pass_obj
-def modify(session, vm, xml_file, restart, editor, yes, output_format) -> None:
+def modify(session, vm, xml_file, restart, editor, confirm_diff, confirm_restart, yes, output_format) -> None:
     """Replace the VM's domain XML with XML_FILE, or edit it in $EDITOR (--editor)."""
     if (xml_file is None) == (not editor):
         raise click.UsageError("give either XML_FILE or --editor")
+    replace_confirmed, restart_confirmed = yes or confirm_diff, yes or confirm_restart or not restart
     if not editor:
-        confirm(f"Replace the domain XML of VM {vm}" + (" and restart it" if restart else ""), yes)
-    xml = vm_editor.edited_xml(vm, session.client.vms.dump(vm), yes) if editor else xml_file.read()
+        asked = [f"Replace the domain XML of VM {vm}"] if not replace_confirmed else []
+        if not restart_confirmed:
+            asked.append("restart it" if asked else f"Restart VM {vm}")
+        if asked:
+            confirm(" and ".join(asked))
+    xml = vm_editor.edited_xml(vm, session.client.vms.dump(vm), replace_confirmed) if editor else xml_file
+    if editor and xml is not None and not restart_confirmed:
+        confirm(f"Restart VM {vm} to apply the change")
     if xml is not None:
         _show_vm(session.client.vms.modify(vm, xml, restart=restart), output_format)
 
@@ -314,7 +352,9 @@ def _move_options(function):
 @click.option("-f", "--force", is_flag=True,
               help="migrate a VM that is migrated already; unmigrate still returns it to the node it first came "
                    "from")
-def migrate(session, vm, target, ignore_limit, wait, output_format, force) -> None:
+@click.option("--force-live", is_flag=True,
+              help="migrate live or not at all: never fall back to shutting the VM down (upstream's option)")
+def migrate(session, vm, target, ignore_limit, wait, output_format, force, force_live) -> None:
     """Move the VM to another node, remembering where it was (see unmigrate). As upstream PVC, a VM migrated
     already is moved again only with --force (--ignore-limit is what --force once meant here)."""
     if not force:
@@ -322,7 +362,8 @@ def migrate(session, vm, target, ignore_limit, wait, output_format, force) -> No
         if last_node:
             raise click.ClickException(f"VM {vm} is migrated already (from {last_node}): --force migrates it "
                                        "again, or unmigrate it first")
-    _show_vm(session.client.vms.migrate(vm, target=target, force=ignore_limit, wait=wait), output_format)
+    _show_vm(session.client.vms.migrate(vm, target=target, force=ignore_limit, wait=wait, force_live=force_live),
+             output_format)
 
 
 @group.command("move")

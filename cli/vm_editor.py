@@ -4,11 +4,15 @@ Nothing is sent when the editor is left without a change or the diff is declined
 the coordinator like any `vm modify` (same name, same UUID, the safe-definition allowlist).
 """
 import difflib
+import os
+import tempfile
 
 import click
 from lxml import etree
 
+from pvc import text_input
 from pvc.cli.confirm import confirm
+from pvc.domain_xml import MAX_XML_BYTES
 
 _PRETTY_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
                                  remove_blank_text=True)
@@ -26,7 +30,7 @@ def pretty(xml: str) -> str:
 def edited_xml(vm: str, current: str, yes: bool) -> str | None:
     """The XML the user wrote in $EDITOR and confirmed; None when there is nothing to apply."""
     before = pretty(current)
-    after = click.edit(before, extension=".xml", require_save=False)
+    after = _edit(before)
     diff = list(difflib.unified_diff(before.splitlines(), after.splitlines(), fromfile=f"{vm} (current)",
                                      tofile=f"{vm} (edited)", lineterm=""))
     if not diff:
@@ -37,3 +41,16 @@ def edited_xml(vm: str, current: str, yes: bool) -> str | None:
         click.echo(click.style(line, fg=colour) if colour and not line.startswith(("+++", "---")) else line)
     confirm(f"Apply these changes to VM {vm}", yes)
     return after
+
+
+def _edit(text: str) -> str:
+    """`text` as the editor left it, read back as any domain document the user names is read (UTF-8, size,
+    no control characters), whatever the locale."""
+    descriptor, name = tempfile.mkstemp(prefix="pvc-edit-", suffix=".xml")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+        click.edit(filename=name)
+        return text_input.read_text(name, "the domain XML your editor left", MAX_XML_BYTES, shown_as="")
+    finally:
+        os.unlink(name)

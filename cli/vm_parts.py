@@ -21,7 +21,8 @@ _APPLIED = {
 
 def _apply_options(function):
     options = [
-        click.option("-r", "--restart", is_flag=True, help="restart the VM now to apply the change"),
+        click.option("-r", "--restart/--no-restart", default=False,
+                     help="restart the VM now to apply the change (default: --no-restart, as upstream's)"),
         click.option("-l/-L", "--live/--no-live", default=True,
                      help="change the running VM too, where libvirt can (default: --live)"),
         click.option("-y", "--yes", is_flag=True, help="do not ask before restarting the VM"),
@@ -137,21 +138,25 @@ def volume_get(session, vm, output_format) -> None:
 
 @volume.command("add")
 @click.argument("vm")
-@click.argument("volume_name", metavar="POOL/VOLUME")
+@click.argument("volume_name", metavar="POOL/VOLUME|PATH")
+@click.option("-t", "--type", "kind", type=click.Choice(["rbd", "file"]), default="rbd", show_default=True,
+              help="rbd: a PVC volume POOL/VOLUME; file: a host path (only where the cluster allows host "
+                   "devices: pvc cluster config --allow-host-devices)")
 @click.option("-d", "--disk-id", help="the disk's target (sdX, vdX, hdX); default: the next free one")
 @click.option("-b", "--bus", type=click.Choice(["scsi", "virtio", "sata", "ide"]), default="scsi",
               show_default=True, help="the bus the disk is on")
 @_apply_options
-def volume_add(session, vm, volume_name, disk_id, bus, restart, live, yes, output_format) -> None:
-    """Attach PVC volume POOL/VOLUME (it must exist in PVC storage) to the VM as a disk. PVC attaches a
-    volume when the VM starts: a running VM gets it at its next restart, or now with --restart."""
+def volume_add(session, vm, volume_name, kind, disk_id, bus, restart, live, yes, output_format) -> None:
+    """Attach PVC volume POOL/VOLUME (it must exist in PVC storage), or with --type file the host file PATH,
+    to the VM as a disk. PVC attaches a volume when the VM starts: a running VM gets it at its next restart,
+    or now with --restart."""
     _change(vm, restart, live, yes, output_format, session.client.vms.add_volume, volume_name, target=disk_id,
-            bus=bus)
+            bus=bus, kind=kind)
 
 
 @volume.command("remove")
 @click.argument("vm")
-@click.argument("volume_name", metavar="POOL/VOLUME")
+@click.argument("volume_name", metavar="POOL/VOLUME|PATH")
 @_apply_options
 def volume_remove(session, vm, volume_name, restart, live, yes, output_format) -> None:
     """Detach PVC volume POOL/VOLUME from the VM; the volume itself is kept. A running VM loses it at its

@@ -77,6 +77,15 @@ class NodeAgent:
         except FileNotFoundError:
             return []
 
+    def console_log_file(self, vm: str) -> dict[str, Any]:
+        """Where this node writes the VM's serial console log, and its size here (None: no file yet)."""
+        path = self._paths.console_log(schema.check_name("VM", vm))
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = None
+        return {"path": str(path), "size_bytes": size}
+
     def daemon_log(self, lines: int, offset: int | None = None) -> dict[str, Any]:
         """The end of this daemon's own log file, or what was written to it after `offset`
         (`pvc.node.daemon_log`)."""

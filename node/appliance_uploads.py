@@ -15,13 +15,15 @@ A coordinator that finds an OVA still ``importing`` with no live marker clears i
 report names, their records, the report and the OVA (`pvc.rpc.areas.ova`). Nothing else is left behind.
 """
 import hashlib
+import hmac
 import logging
 import queue
 import socket
 import threading
+import time
 from typing import Any
 
-from pvc import bulk, schema
+from pvc import bulk, placement, schema
 from pvc.errors import AlreadyExists, Busy, InvalidInput, NotFound
 from pvc.hookspecs import ApplianceResult, VolumeTarget
 from pvc.node.upload_stream import POLL_INTERVAL_S, put_unless_stopped, receive_into
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 READ_BYTES = 1 << 20
 QUEUED_CHUNKS = 8
 LOCK_TIMEOUT_S = 30
+TRAILER_TIMEOUT_S = 30
 
 
 class VerifiedReader:
@@ -79,9 +82,21 @@ class VerifiedReader:
         return data
 
     def verify(self) -> None:
+        """Drain the stream and check its checksum: the one declared first, or the trailer that follows the
+        data when the upload was declared with a key (`pvc.bulk.TRAILER_PREFIX`), whose MAC proves it comes
+        from whoever declared the upload."""
         while self.read():
             pass
-        if self._digest != self._checksum:
+        expected = self._checksum
+        if expected.startswith(bulk.TRAILER_PREFIX):
+            trailer = bulk.receive_message(self._connection, "upload's trailer",
+                                           time.monotonic() + (self._idle_limit_s or TRAILER_TIMEOUT_S))
+            expected = trailer.get("checksum")
+            if not isinstance(expected, str) or not isinstance(trailer.get("mac"), str) or not hmac.compare_digest(
+                    trailer["mac"], bulk.trailer_mac(self._checksum[len(bulk.TRAILER_PREFIX):], expected)):
+                raise InvalidInput("the upload's trailer is not signed with the key it was declared with; nothing "
+                                   "was imported")
+        if self._digest != expected:
             raise InvalidInput("the upload's checksum does not match the one announced; nothing was imported")
 
     def close(self) -> None:
@@ -148,6 +163,14 @@ class HiddenVolumes:
         if not fits:
             raise InvalidInput(f"the appliance's disks ({size_bytes} bytes) exceed what pool '{self._pool}' can "
                                f"still hold ({free} bytes)")
+
+    def check_hardware(self, vcpus: int, memory_bytes: int) -> None:
+        """Against the nodes' own records in ZooKeeper: an appliance no node could run is refused before any
+        disk streams in."""
+        store = self._context.store
+        nodes = [{"name": name, **(store.read(schema.node(name)) or {})} for name in store.children(schema.NODES)]
+        placement.check_fits_a_node(nodes, {"vcpus": vcpus, "memory_mib": -(-memory_bytes // (1 << 20))},
+                                    "the appliance")
 
     def target(self, index: int) -> VolumeTarget:
         self.touched.add(index)

@@ -247,12 +247,16 @@ class Reconciler:
         (a shut-down VM could not start there either): the VM never stopped, so it stays here, placed back,
         with the error.
         """
-        method = raw[OWN_VALUE].get("migration_method") or \
+        forced = bool((raw.get("placement") or {}).get("force_live"))
+        method = "live" if forced else raw[OWN_VALUE].get("migration_method") or \
             (self._store.read(schema.CONFIG) or {}).get("migration_method", "auto")
-        if method == "shutdown" or not self._actions.can_migrate_live:
+        if not forced and (method == "shutdown" or not self._actions.can_migrate_live):
             return "shutdown"
         record = self._store.read(schema.node(target)) or {}
         try:
+            if not self._actions.can_migrate_live:
+                raise OperationFailed(f"live migration was forced (--force-live), but node {self.node}'s "
+                                      "hypervisor cannot migrate live; the VM stays here")
             if not record.get("migration_uri"):
                 raise OperationFailed(f"node {target} has published no migration URI")
             self._target_networks_ready(raw, target)

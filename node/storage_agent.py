@@ -15,6 +15,7 @@ from pvc import bulk, config, plugin_manager, schema
 from pvc.errors import ConfigError, InvalidInput, OperationFailed
 from pvc.hookspecs import ApplianceImporter, StorageBackend
 from pvc.node.pool_room import PoolRoom
+from pvc.node.provision_scripts import ScriptRunner
 from pvc.node.uploads import Tickets, UploadContext, UploadListener, sweep_leftovers
 from pvc.qemu_img import SUPPORTED_FORMATS, QemuImg
 from pvc.store import Store
@@ -35,8 +36,10 @@ class StorageAgent:
     """Storage actions on this node's backend; every name is checked again here, as a path is built from it."""
 
     def __init__(self, backend_name: str, backend: StorageBackend, tickets: Tickets,
-                 appliance_importers: dict[str, ApplianceImporter] | None = None):
+                 appliance_importers: dict[str, ApplianceImporter] | None = None,
+                 scripts: ScriptRunner | None = None):
         self._backend_name = backend_name
+        self._scripts = scripts
         self._appliance_importers = appliance_importers or {}
         self._backend = backend
         self._tickets = tickets
@@ -84,6 +87,12 @@ class StorageAgent:
         self._backend.volume_copy(*_names(pool, volume), schema.check_name("volume", new_name),
                                   schema.check_name("snapshot", snapshot) if snapshot is not None else None)
 
+    def volume_clone_linked(self, pool: str, volume: str, new_name: str) -> None:
+        self._backend.volume_clone_linked(*_names(pool, volume), schema.check_name("volume", new_name))
+
+    def volume_detach_clones(self, pool: str, volume: str) -> list[str]:
+        return self._backend.volume_detach_clones(*_names(pool, volume))
+
     def snapshot_create(self, pool: str, volume: str, snapshot: str) -> None:
         self._backend.snapshot_create(*_names(pool, volume), schema.check_name("snapshot", snapshot))
 
@@ -116,9 +125,42 @@ class StorageAgent:
         if importer not in self._appliance_importers:
             known = ", ".join(sorted(self._appliance_importers)) or "none"
             raise InvalidInput(f"unknown appliance importer {importer!r} (known: {known})")
+        declared = checksum if isinstance(checksum, str) and checksum.startswith(bulk.TRAILER_PREFIX) \
+            and _checksum(checksum[len(bulk.TRAILER_PREFIX):]) else _checksum(checksum)
         ticket = self._tickets.issue(schema.check_name("pool", pool), schema.check_name("OVA", appliance),
-                                     _size(size_bytes), "auto", _checksum(checksum), False, importer)
+                                     _size(size_bytes), "auto", declared, False, importer)
         return {"address": self.upload_address, "token": ticket.token, "tls": self.upload_tls}
+
+
+    # -- provisioner install scripts (`pvc.node.provision_scripts`) ---------------------------------------
+
+    def script_start(self, run_id: str, script: str, document: dict[str, Any]) -> dict[str, Any]:
+        """Start install-script run `run_id` (nothing if it exists here already) with `document` as its input,
+        each of its ``disks`` given the ``path`` of its volume here; returns the run's status."""
+        runner = self._script_runner()
+        if not isinstance(document, dict) or not isinstance(document.get("disks"), list):
+            raise InvalidInput("an install script's input is a mapping with a list of disks")
+        disks = []
+        for disk in document["disks"]:
+            target = self._backend.volume_target(*_names(disk.get("pool"), disk.get("volume")))
+            if not target.qemu_name.startswith("/"):
+                raise OperationFailed(f"volume {disk['pool']}/{disk['volume']} is not a file or device on "
+                                      f"this node ({self._backend_name} storage): install scripts need volumes "
+                                      "they can open as paths")
+            disks.append({**disk, "path": target.qemu_name})
+        return runner.start(run_id, script, {**document, "disks": disks})
+
+    def script_status(self, run_id: str) -> dict[str, Any]:
+        return self._script_runner().status(run_id)
+
+    def script_forget(self, run_id: str) -> None:
+        self._script_runner().forget(run_id)
+
+    def _script_runner(self) -> ScriptRunner:
+        if self._scripts is None:
+            raise OperationFailed("this node does not run provisioner install scripts (provisioner_scripts is "
+                                  "off in its pvcnoded.yaml)")
+        return self._scripts
 
 
 def _names(pool: str, volume: str) -> tuple[str, str]:
@@ -157,7 +199,10 @@ class NodeStorage:
         self._room = PoolRoom(self.backend)
         self._advertise_host = settings["upload_advertise_host"]
         self._listener: UploadListener | None = None
-        self.agent = StorageAgent(self.backend_name, self.backend, self._tickets, self._appliance_importers)
+        self.scripts = ScriptRunner(settings["provisioner_script_directory"], settings["provisioner_script_timeout"]) \
+            if settings["provisioner_scripts"] else None
+        self.agent = StorageAgent(self.backend_name, self.backend, self._tickets, self._appliance_importers,
+                                  self.scripts)
 
     def start(self) -> None:
         """Prepare the staging directory, sweep what uploads left before a crash, and listen for uploads; a
@@ -183,7 +228,7 @@ class NodeStorage:
     def facts(self, agent_uri: str) -> dict[str, Any]:
         """What the node record says about storage, so coordinators know where to send storage actions."""
         return {"storage_backend": self.backend_name, "storage_agent_uri": agent_uri,
-                "upload_address": self.agent.upload_address}
+                "upload_address": self.agent.upload_address, "provisioner_scripts": self.scripts is not None}
 
     def _upload_context(self) -> UploadContext:
         return UploadContext(self._node_name, self._store, self.backend, self._importers, self._qemu_img,

@@ -467,6 +467,11 @@ class UploadListener:
             raise InvalidInput(f"the stream announces {header.get('size_bytes')} bytes but the upload was "
                                f"declared with {ticket.size_bytes}")
         checksum = header.get("checksum")
+        if ticket.checksum.startswith(bulk.TRAILER_PREFIX):
+            if checksum != bulk.TRAILER:
+                raise InvalidInput("the upload was declared with its checksum last, but the stream announces one "
+                                   "first; nothing was imported")
+            return ticket
         if not isinstance(checksum, str) or len(checksum) != 64 or any(c not in "0123456789abcdef" for c in checksum):
             raise InvalidInput("the stream announces no valid checksum (64 hex digits)")
         if not secrets.compare_digest(checksum, ticket.checksum):

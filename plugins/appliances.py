@@ -23,6 +23,8 @@ class OvaImporter:
 
         def on_descriptor(appliance: ovf.Appliance) -> None:
             indexes.update({disk.disk_id: index for index, disk in enumerate(appliance.disks)})
+            hardware = appliance.hardware()
+            volumes.check_hardware(hardware.get("vcpus") or 0, hardware.get("memory_bytes") or 0)
             volumes.check_room(sum(disk.capacity_bytes for disk in appliance.disks))
             for index, disk in enumerate(appliance.disks):
                 if disk.file is None:
@@ -40,7 +42,8 @@ class OvaImporter:
         return ApplianceResult(
             volumes=[written[index] for index in sorted(written)],
             hardware=contents.appliance.hardware(),
-            details={"manifest": contents.manifest, "certificate": contents.certificate,
+            details={"manifest": contents.manifest, "unverified_files": contents.unverified_files,
+                     "certificate": contents.certificate,
                      "skipped_files": contents.skipped_files})
 
 

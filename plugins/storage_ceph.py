@@ -20,6 +20,8 @@ EXISTS = "File exists"
 MIN_PG_NUM, MAX_PG_NUM = 8, 256
 REPLACE_SNAPSHOT = ".replacing"
 """A snapshot holding a volume's old data while an upload replaces it (never a user's name: no dot first)."""
+CLONE_BASE_SNAPSHOT = ".clone-base"
+"""The protected snapshot a volume's linked clones are made from (`volume_clone_linked`)."""
 
 
 REPLICATION_OPTIONS = {"copies": "size", "mincopies": "min_size"}
@@ -148,8 +150,13 @@ class CephBackend:
         self._run("rbd", "create", "--size", f"{size_bytes}B", f"{pool}/{volume}", creates=f"{pool}/{volume}")
 
     def volume_remove(self, pool: str, volume: str) -> None:
+        """A base of linked clones that still has clones is refused by rbd (``unprotect`` fails naming them):
+        `volume_detach_clones` first."""
         if self.volume_size(pool, volume) is None:
             return
+        for snapshot in self._json("rbd", "snap", "ls", f"{pool}/{volume}", missing_ok=True) or []:
+            if str(snapshot.get("protected")).lower() == "true":
+                self._run("rbd", "snap", "unprotect", f"{pool}/{volume}@{snapshot['name']}", missing_ok=True)
         self._run("rbd", "snap", "purge", "--no-progress", f"{pool}/{volume}", missing_ok=True)
         self._run("rbd", "rm", "--no-progress", f"{pool}/{volume}", missing_ok=True)
 
@@ -169,6 +176,32 @@ class CephBackend:
     def volume_copy(self, pool: str, volume: str, new_name: str, snapshot: str | None = None) -> None:
         source = f"{pool}/{volume}@{snapshot}" if snapshot else f"{pool}/{volume}"
         self._run("rbd", "cp", "--no-progress", source, f"{pool}/{new_name}", creates=f"{pool}/{new_name}")
+
+    def volume_clone_linked(self, pool: str, volume: str, new_name: str) -> None:
+        """An RBD clone of the volume's protected base snapshot (made once, hidden from PVC's snapshot
+        records): instant, and sharing the base's data until written."""
+        base = f"{pool}/{volume}@{CLONE_BASE_SNAPSHOT}"
+        snapshots = {entry["name"]: entry for entry in self._json("rbd", "snap", "ls", f"{pool}/{volume}")}
+        if CLONE_BASE_SNAPSHOT not in snapshots:
+            self._run("rbd", "snap", "create", "--no-progress", base)
+        if str((snapshots.get(CLONE_BASE_SNAPSHOT) or {}).get("protected")).lower() != "true":
+            self._run("rbd", "snap", "protect", base)
+        self._run("rbd", "clone", base, f"{pool}/{new_name}", creates=f"{pool}/{new_name}")
+
+    def volume_detach_clones(self, pool: str, volume: str) -> list[str]:
+        """Flatten every clone of the volume's base snapshot (each gets its own copy of the data), then drop
+        the base snapshot; the clones' names, as ``POOL/IMAGE``."""
+        base = f"{pool}/{volume}@{CLONE_BASE_SNAPSHOT}"
+        snapshots = {entry["name"] for entry in self._json("rbd", "snap", "ls", f"{pool}/{volume}",
+                                                              missing_ok=True) or []}
+        if CLONE_BASE_SNAPSHOT not in snapshots:
+            return []
+        children = [f"{child['pool']}/{child['image']}" for child in self._json("rbd", "children", "--all", base)]
+        for child in children:
+            self._run("rbd", "flatten", "--no-progress", child, missing_ok=True)
+        self._run("rbd", "snap", "unprotect", base, missing_ok=True)
+        self._run("rbd", "snap", "rm", "--no-progress", base, missing_ok=True)
+        return children
 
     @contextmanager
     def volume_replace(self, pool: str, source: str, target: str) -> Iterator[None]:

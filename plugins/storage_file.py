@@ -172,6 +172,13 @@ class FileBackend:
             raise AlreadyExists(f"volume file {target} exists already")
         _copy(source, target)
 
+    def volume_clone_linked(self, pool: str, volume: str, new_name: str) -> None:
+        """Files have no linked clones here: a copy (sparse, or a reflink where the filesystem has them)."""
+        self.volume_copy(pool, volume, new_name)
+
+    def volume_detach_clones(self, pool: str, volume: str) -> list[str]:
+        return []
+
     @contextmanager
     def volume_replace(self, pool: str, source: str, target: str) -> Iterator[None]:
         """The old data stays linked under a hidden name until the block ends: the target's path always

@@ -15,14 +15,22 @@ spend it on other content). Then, on one connection:
 The node refuses a stream whose token is unknown, used or expired, whose size or checksum differs from the
 token's, or that ends short or with another checksum; then nothing is imported and nothing is left behind.
 
+An appliance upload (an OVA) may instead announce its checksum last, so that the client hashes while it sends:
+it declares a fresh secret key (`TRAILER_PREFIX` + 64 hex digits) on the control call in place of the
+checksum, announces ``"checksum": "trailer"``, and after the N bytes sends ``{"checksum": HEX, "mac":
+HMAC-SHA256(key, HEX)}``. The key never travels on this channel, so whoever sees the token still cannot spend it
+on other content; the node checks the trailer before it settles anything (`trailer_mac`).
+
 The checksum is SHA-256 over pieces: the SHA-256 of the concatenated SHA-256 digests of each `PIECE_BYTES`
 piece of the data. Pieces hash in parallel on both ends, so announcing it first costs the client a fraction of
 a plain SHA-256 pass, and the node checks it while the data streams in.
 """
 import hashlib
+import hmac
 import json
 import mmap
 import os
+import secrets
 import select
 import shutil
 import socket
@@ -33,9 +41,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, Callable
 
-from pvc import errors
+from pvc import errors, handshake
 
 HEADER_LIMIT_BYTES = 4096
+TRAILER_PREFIX = "trailer-hmac-sha256:"
+"""A declared checksum of this form is the key of a checksum announced after the data (see above)."""
+TRAILER = "trailer"
 CHUNK_BYTES = 4 << 20
 PIECE_BYTES = 16 << 20
 HASH_THREADS = min(4, os.cpu_count() or 1)
@@ -103,6 +114,16 @@ def piece_digest(data: bytes | bytearray | memoryview) -> bytes:
 def combine_digests(digests: list[bytes]) -> str:
     """The announced checksum, from the digests of every piece in order."""
     return hashlib.sha256(b"".join(digests)).hexdigest()
+
+
+def trailer_key() -> tuple[str, str]:
+    """A fresh key for a checksum sent last: (what to declare on the control call, the key)."""
+    key = secrets.token_hex(32)
+    return f"{TRAILER_PREFIX}{key}", key
+
+
+def trailer_mac(key: str, checksum: str) -> str:
+    return hmac.new(bytes.fromhex(key), checksum.encode(), hashlib.sha256).hexdigest()
 
 
 def checksum_of_bytes(data: bytes) -> str:
@@ -196,7 +217,7 @@ def client_context(ticket: dict[str, Any], tls_ca: str | None) -> ssl.SSLContext
     if ticket.get("tls"):
         if not tls_ca:
             raise errors.ConfigError("the node's upload channel uses TLS: the client config needs tls_ca")
-        return ssl.create_default_context(cafile=tls_ca)
+        return ssl.create_default_context(cafile=None if tls_ca == handshake.SYSTEM_CAS else tls_ca)
     if tls_ca:
         raise errors.ConfigError("the node's upload channel is not encrypted but this client uses TLS; refusing "
                                  "to send the image in the clear (give the node's pvcnoded a tls_cert)")
@@ -204,9 +225,11 @@ def client_context(ticket: dict[str, Any], tls_ca: str | None) -> ssl.SSLContext
 
 
 def stream_upload(address: str, token: str, source: SpooledSource, checksum: str, timeout: float,
-                  progress: Progress | None = None, tls: ssl.SSLContext | None = None) -> dict[str, Any]:
+                  progress: Progress | None = None, tls: ssl.SSLContext | None = None,
+                  trailer: str | None = None) -> dict[str, Any]:
     """Send `source` to the node at `address` (HOST:PORT) under `token`, over TLS when `tls` is given; the
-    node's result message."""
+    node's result message. With `trailer` (the key of `trailer_key`), `checksum` is ignored: the data is hashed
+    while it is sent and its checksum follows it."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     try:
@@ -220,11 +243,16 @@ def stream_upload(address: str, token: str, source: SpooledSource, checksum: str
         except OSError as error:
             sock.close()
             raise errors.Unavailable(f"no TLS with the upload channel at {address}: {error}") from None
-    with sock, sock.makefile("rb") as reader:
-        send_message(sock, {"token": token, "size_bytes": source.size, "checksum": checksum})
+    with sock, sock.makefile("rb") as reader, ThreadPoolExecutor(1) as hasher:
+        send_message(sock, {"token": token, "size_bytes": source.size,
+                            "checksum": TRAILER if trailer else checksum})
         raise_if_error(read_message(reader, "node's answer"))
+        hashed = hasher.submit(checksum_of_file, source.file, source.offset, source.size) if trailer else None
         try:
             _send_body(sock, source, progress)
+            if hashed is not None and not select.select([sock], [], [], 0)[0]:
+                digest = hashed.result()
+                send_message(sock, {"checksum": digest, "mac": trailer_mac(trailer, digest)})
         except OSError as error:
             # The node stops reading when it refuses a stream; its reason is waiting on the socket.
             try:

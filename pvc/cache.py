@@ -14,6 +14,10 @@ delivers a watch event before the answer to any later request of the same sessio
 events and answers to two FIFO worker threads in the order they arrived. So after a `sync`, a marker queued
 behind the watch events, then a few chained requests queued behind the reads those events started, mark the
 point where the cache has applied them all: one sync and a few stats, never a walk of ZooKeeper.
+
+Each collection numbers its changes, so that a reader that comes back (a list's views, the leader's passes)
+visits only the children that changed since it last looked (`WatchedCollection.changes`) instead of all of
+them: at 10,000 VMs that walk, and the copy of every record it needed, was most of a list's time.
 """
 import logging
 import threading
@@ -32,6 +36,10 @@ log = logging.getLogger(__name__)
 OWN_VALUE = ""
 """The key under which a child's own znode value is held, beside its named sub-keys."""
 
+FORGOTTEN_KEPT = 10_000
+"""How many forgotten children the change log keeps beyond the living ones; a reader that last looked before
+the oldest dropped entry is told to look at everything again."""
+
 
 class WatchedCollection:
     """Mirror of a parent znode's children: each child's value and the values of its `keys` sub-znodes."""
@@ -49,6 +57,9 @@ class WatchedCollection:
         self._loading = threading.Condition()
         self._in_flight = 0
         self._resync_needed = False
+        self._sequence = 0
+        self._changed: dict[str, int] = {}
+        self._horizon = -1
 
     def start(self, timeout: float = 300.0) -> None:
         """Load the whole collection (returns once it is loaded) and keep it current from then on."""
@@ -75,6 +86,19 @@ class WatchedCollection:
             if item is None:
                 return None, {}
             return dict(item), {key: self._versions[(name, key)] for key in item if (name, key) in self._versions}
+
+    def changes(self, since: int) -> tuple[int, list[str] | None]:
+        """The current change number, and the children changed (or forgotten) after change number `since`,
+        oldest first; None instead of the list when the log no longer reaches back that far."""
+        with self._lock:
+            if since < self._horizon:
+                return self._sequence, None
+            changed = []
+            for name in reversed(self._changed):
+                if self._changed[name] <= since:
+                    break
+                changed.append(name)
+            return self._sequence, changed[::-1]
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         with self._lock:
@@ -202,23 +226,36 @@ class WatchedCollection:
     def _apply(self, name: str, key: str, data: bytes | None, stat: ZnodeStat) -> None:
         value = schema.decode(data)
         with self._lock:
-            if stat.mzxid < self._versions.get((name, key), -1):
+            held = self._versions.get((name, key), -1)
+            if stat.mzxid < held:
                 return
             self._versions[(name, key)] = stat.mzxid
             if key == OWN_VALUE:
                 self._created[name] = stat.czxid
             self._items.setdefault(name, {})[key] = value
+            if stat.mzxid > held:
+                self._touch(name)
+
+    def _touch(self, name: str) -> None:
+        """Move `name` to the end of the change log (the caller holds the lock)."""
+        self._sequence += 1
+        self._changed.pop(name, None)
+        self._changed[name] = self._sequence
 
     def _drop(self, name: str) -> None:
         with self._lock:
             self._forget(name)
 
     def _forget(self, name: str) -> None:
-        self._items.pop(name, None)
+        if self._items.pop(name, None) is not None:
+            self._touch(name)
         self._created.pop(name, None)
         for key in self._keys:
             self._versions.pop((name, key), None)
             self._watchers.pop((name, key), None)
+        while len(self._changed) > len(self._items) + FORGOTTEN_KEPT:
+            oldest = next(iter(self._changed))
+            self._horizon = self._changed.pop(oldest)
 
 
 class WatchedValue:
@@ -264,12 +301,14 @@ class ClusterCache:
         self.nodes = WatchedCollection(store, schema.NODES, schema.node, schema.NODE_KEYS)
         self.vms = WatchedCollection(store, schema.VMS, schema.vm, schema.VM_KEYS)
         self.faults = WatchedCollection(store, schema.FAULTS, schema.fault, schema.FAULT_KEYS)
+        self.tasks = WatchedCollection(store, schema.TASKS, schema.task)
 
     def start(self) -> None:
         self.config.start()
         self.nodes.start()
         self.vms.start()
         self.faults.start()
+        self.tasks.start()
 
     def catch_up(self, timeout: float = 10.0) -> None:
         """Return once the cache shows every write committed before this call, from any coordinator."""
@@ -289,3 +328,35 @@ class ClusterCache:
         zk.handler.dispatch_callback(Callback("watch", chain, (self.CATCH_UP_ROUNDS,)))
         if not caught_up.wait(timeout):
             raise Unavailable(f"the coordinator's view of ZooKeeper did not catch up within {timeout:g} s")
+
+
+class Views:
+    """Views built from a collection's children, rebuilt only for the children that changed since the last
+    call, so that listing 10,000 VMs neither copies every record nor builds every view again."""
+
+    def __init__(self, collection: WatchedCollection, build: Callable[[str, dict[str, Any]], Any | None]):
+        self._collection = collection
+        self._build = build
+        self._lock = threading.Lock()
+        self._seen = -1
+        self._views: dict[str, Any] = {}
+        self._ordered: list[Any] | None = None
+
+    def current(self) -> list[Any]:
+        """Every child's view (children whose view is None left out), by name; the caller must not change
+        the list or the views."""
+        with self._lock:
+            sequence, changed = self._collection.changes(self._seen)
+            if changed is None:
+                changed = set(self._views) | set(self._collection.names())
+            for name in changed:
+                raw = self._collection.get(name)
+                view = self._build(name, raw) if raw is not None else None
+                if view is None:
+                    self._views.pop(name, None)
+                else:
+                    self._views[name] = view
+            if changed or self._ordered is None:
+                self._ordered = [self._views[name] for name in sorted(self._views)]
+            self._seen = sequence
+            return self._ordered

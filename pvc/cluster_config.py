@@ -70,6 +70,8 @@ KEYS: tuple[ClusterKey, ...] = (
     ClusterKey("default_selector", "mem", "migration selector for VMs that name none", "str", initial=True),
     ClusterKey("migration_method", "auto", "how VMs migrate unless they say otherwise", "choice",
                MIGRATION_METHODS, initial=True),
+    ClusterKey("memory_overcommit", 1.0, "how many times its memory a node may give to the running VMs placed "
+               "on it (0.1 to 100); placement refuses a node past it", "float", initial=True),
     ClusterKey("allow_host_devices", False, "whether VM definitions may pass host devices (<hostdev>) and disks "
                "naming host paths", "bool", initial=True),
     ClusterKey("fence_chain", ["ipmi"], "fencing policies tried in order on a dead node until one confirms it "

@@ -7,14 +7,15 @@ import difflib
 import os
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pvc.cluster_config import KAZOO_DETECTION, SELF_FENCE_DEADLINE
+from pvc import text_input
 from pvc.errors import ConfigError
 
+MAX_CONFIG_BYTES = 1 << 20
 REQUIRED = object()
 
 
@@ -63,6 +64,17 @@ def _storage_settings() -> list[Setting]:
         Setting("upload_token_lifetime", (int, float), 30, "seconds an upload token stays valid"),
         Setting("qemu_img_memory_limit_mib", int, 2048, "address-space limit of every qemu-img run, MiB"),
         Setting("qemu_img_cpu_limit_s", int, 3600, "CPU-time limit of every qemu-img run, seconds"),
+    ]
+
+
+def _script_settings() -> list[Setting]:
+    return [
+        Setting("provisioner_scripts", bool, False, "whether this node runs provisioner install scripts (pvc "
+                "provisioner script): a creation whose profile names one is refused while no node does"),
+        Setting("provisioner_script_directory", str, "/var/lib/pvc/scripts", "where each install script run "
+                "keeps its script, input, and result until the leader has recorded it"),
+        Setting("provisioner_script_timeout", (int, float), 600, "seconds an install script may run before its "
+                "whole process group is killed (the creation then fails and is rolled back)"),
     ]
 
 
@@ -125,6 +137,7 @@ NODED_SETTINGS: list[Setting] = [
     Setting("simulated_cpus", (int, type(None)), None, "simulated hosts only: CPU count to report"),
     Setting("simulated_memory_mib", (int, type(None)), None, "simulated hosts only: memory (MiB) to report"),
     *_storage_settings(),
+    *_script_settings(),
     Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
     Setting("log_file", (str, type(None)), None, "file the daemon logs to instead of stderr, reopened when "
             "rotated; pvc node log reads it (null: stderr, the journal under systemd)"),
@@ -132,6 +145,9 @@ NODED_SETTINGS: list[Setting] = [
 
 APID_SETTINGS: list[Setting] = [
     Setting("coordinator_name", str, socket.gethostname(), "this coordinator's name (default: hostname)"),
+    Setting("node", (str, type(None)), None, "the hypervisor node this coordinator runs beside: upstream's "
+            "coordinator role of that node (pvc node list -cs: primary while this coordinator leads, else "
+            "secondary; a node no coordinator names is a client); null: none"),
     *_zookeeper_settings(),
     Setting("listen_address", str, "127.0.0.1:7370", "host:port the Pyro5 daemon listens on"),
     Setting("advertise_host", (str, type(None)), None, "host clients use to reach this coordinator "
@@ -172,7 +188,7 @@ CLIENT_SETTINGS: list[Setting] = [
     Setting("api_key", str, REQUIRED, "API key presented to the coordinators"),
     Setting("timeout", (int, float), 5, "seconds before an unanswering coordinator is given up on"),
     Setting("tls_ca", (str, type(None)), None, "PEM CA certificates: connect with TLS, verifying the "
-            "coordinators' certificates against them (null: no TLS)"),
+            "coordinators' certificates against them ('system': the system's CA store; null: no TLS)"),
 ]
 
 
@@ -228,10 +244,7 @@ def _as_tuple(expected: type | tuple[type, ...]) -> tuple[type, ...]:
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """A YAML mapping from `path`, or a ConfigError naming the file and what is wrong with it."""
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    text = text_input.read_text(path, "config file", MAX_CONFIG_BYTES, ConfigError)
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -17,12 +17,13 @@ from typing import Any
 
 import yaml
 
-from pvc import config, schema
+from pvc import config, schema, text_input
 from pvc.errors import AlreadyExists, ConfigError, InvalidInput, NotFound
 
 FILE_NAME = "connections.yaml"
 URI_SCHEME = "pvc://"
 DEFAULT_DIRECTORY = Path("~/.config/pvc")
+MAX_FILE_BYTES = 1 << 20
 
 
 def directory() -> Path:
@@ -36,12 +37,9 @@ def path() -> Path:
 
 def load() -> dict[str, Any]:
     """The saved connections and the default's name; empty when nothing was saved yet."""
-    try:
-        text = path().read_text()
-    except FileNotFoundError:
+    if not path().exists():
         return {"default": None, "connections": {}}
-    except OSError as error:
-        raise ConfigError(f"cannot read {path()}: {error.strerror}") from None
+    text = text_input.read_text(path(), "the connections file", MAX_FILE_BYTES, ConfigError)
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:

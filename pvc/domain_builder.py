@@ -36,6 +36,8 @@ class Hardware:
     firmware: str = "bios"
     serial: bool = True
     vnc: bool = False
+    vnc_bind: str | None = None
+    """The address VNC listens on (loopback or every address); None: the node's libvirt default."""
 
 
 def build(name: str, uuid: str, hardware: Hardware, disks: list[Disk], nics: list[Nic]) -> str:
@@ -65,7 +67,9 @@ def build(name: str, uuid: str, hardware: Hardware, disks: list[Disk], nics: lis
         console = etree.SubElement(devices, "console", type="pty")
         etree.SubElement(console, "target", type="serial", port="0")
     if hardware.vnc:
-        etree.SubElement(devices, "graphics", type="vnc", autoport="yes", port="-1")
+        graphics = etree.SubElement(devices, "graphics", type="vnc", autoport="yes", port="-1")
+        if hardware.vnc_bind:
+            graphics.set("listen", hardware.vnc_bind)
         video = etree.SubElement(devices, "video")
         etree.SubElement(video, "model", type="virtio", heads="1")
         etree.SubElement(devices, "input", type="tablet", bus="usb")

@@ -298,7 +298,7 @@ _HYPERV = element({name: element(state=("on", "off"), retries=ANY, value=ANY) fo
     "frequencies", "reenlightenment", "tlbflush", "ipi", "evmcs", "avic")}, mode=("custom", "passthrough"))
 
 _GRAPHICS_COMMON = dict(autoport=("yes",), port=("-1",), passwd=ANY, passwdValidTo=ANY, keymap=ANY,
-                        connected=ANY)
+                        connected=ANY, listen=("127.0.0.1", "::1"))
 
 ALLOWLIST = element({
     "name": TEXT, "uuid": TEXT, "genid": TEXT, "title": TEXT, "description": TEXT,
@@ -438,8 +438,8 @@ ATTRIBUTE_REASONS = {
     "@file": "it names a host file",
     "@path": "it names a host path",
     "@socket": "it names a host socket",
-    "devices/graphics@listen": "graphics listen where the node's libvirt listens, not on an address of the "
-                               "guest's own",
+    "devices/graphics@listen": "graphics listen where the node's libvirt listens (its vnc_listen), or on "
+                               "loopback (127.0.0.1, ::1), not on an address a VM chooses",
     "devices/graphics@autoport": "graphics ports are chosen by the node (autoport)",
     "devices/graphics@port": "graphics ports are chosen by the node (autoport)",
     "devices/graphics@tlsPort": "graphics ports are chosen by the node (autoport)",

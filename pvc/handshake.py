@@ -17,6 +17,11 @@ from pvc import wire
 from pvc.errors import AuthenticationError, ConfigError, Unavailable
 
 
+SYSTEM_CAS = "system"
+"""A client's ``tls_ca`` that means the system's CA store (upstream's ``connection add -s``): verified all the
+same, never unverified."""
+
+
 def use_tls(cert: str | None = None, key: str | None = None, ca: str | None = None) -> None:
     """Turn on TLS for every Pyro5 daemon and proxy of this process.
 
@@ -25,14 +30,14 @@ def use_tls(cert: str | None = None, key: str | None = None, ca: str | None = No
     coordinators calling node agents), including that their certificate names the host connected to."""
     if not (cert or ca):
         return
-    for path in (cert, key, ca):
+    for path in (cert, key, ca if ca != SYSTEM_CAS else None):
         if path and not Path(path).is_file():
             raise ConfigError(f"TLS file {path} does not exist")
     Pyro5.config.SSL = True
     if cert:
         Pyro5.config.SSL_SERVERCERT = cert
         Pyro5.config.SSL_SERVERKEY = key or ""
-    if ca:
+    if ca and ca != SYSTEM_CAS:
         Pyro5.config.SSL_CACERTS = ca
 
 

@@ -176,6 +176,11 @@ class ApplianceVolumes(Protocol):
         """Refuse (`pvc.errors.InvalidInput`) an appliance whose disks, `size_bytes` in all, the pool cannot
         hold; an importer calls it once it knows the disks' capacities, before writing any."""
 
+    def check_hardware(self, vcpus: int, memory_bytes: int) -> None:
+        """Refuse (`pvc.errors.InvalidInput`) an appliance with more vCPUs than the CPUs, or more memory than
+        the memory, of the cluster's largest node, naming the figures; an importer calls it once it has read
+        the appliance's hardware, before writing any disk."""
+
     def target(self, index: int) -> VolumeTarget:
         """Disk `index`'s volume, not yet created, as an importer's output (qemu-img creates it)."""
 
@@ -197,7 +202,8 @@ class ApplianceResult:
     """The appliance's virtual hardware as plain data (`pvc.ovf.Appliance.hardware` for an OVA): name,
     vcpus, memory_bytes, firmware, disks (capacity, bus), nics, ..."""
     details: dict[str, Any]
-    """What else a user should know, as plain data: for an OVA its manifest status and certificate."""
+    """What else a user should know, as plain data: for an OVA its manifest status (``verified``, ``partial``,
+    ``absent``), the files no digest covered, and its certificate."""
 
 
 class ApplianceImporter(Protocol):
@@ -261,6 +267,15 @@ class StorageBackend(Protocol):
 
     def volume_copy(self, pool: str, volume: str, new_name: str, snapshot: str | None = None) -> None:
         """A new independent volume `new_name` with the data of `volume` (or of its `snapshot`)."""
+
+    def volume_clone_linked(self, pool: str, volume: str, new_name: str) -> None:
+        """A new volume `new_name` with the data of `volume`, sharing it until written where the storage has
+        copy-on-write clones (Ceph RBD), else a copy as `volume_copy` makes. A volume with linked clones can
+        be removed only once `volume_detach_clones` has made them independent."""
+
+    def volume_detach_clones(self, pool: str, volume: str) -> list[str]:
+        """Make every linked clone of `volume` independent of it (Ceph: flatten), so `volume` can be removed;
+        the clones' names as ``POOL/VOLUME`` (none for a storage without linked clones)."""
 
     def volume_replace(self, pool: str, source: str, target: str) -> ContextManager[None]:
         """A context manager: give `target` the data and size of volume `source`, which is gone afterwards;

@@ -68,6 +68,7 @@ def vm_view(name: str, raw: dict[str, Any], detail: bool = True) -> dict[str, An
         "migration_method": spec.get("migration_method"),
         "max_downtime_ms": spec.get("max_downtime"),
         "profile": spec.get("profile"),
+        "made_from": spec.get("made_from"),
         "vcpus": spec.get("vcpus"),
         "memory_mib": spec.get("memory_mib"),
         "last_error": status.get("error") or placement.get("migration_error"),

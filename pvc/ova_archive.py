@@ -8,9 +8,12 @@ arrives, and each disk is staged as its member streams past. Guarantees:
 * only regular files with plain relative names are read: absolute paths, ``..``, links, devices, directories
   and sparse members are refused, as is a member larger than the archive itself or an oversized tar header;
 * exactly one descriptor, and it is the first member;
-* a manifest (``SHA1(name)= hex``, ``SHA256(name)= hex``, ``SHA512(name)= hex``) is verified for every member
-  it must cover (the descriptor and every referenced file), and its absence is reported, not refused; a
-  certificate is recorded, not verified;
+* a manifest, in either spelling exporters write (VMware's ``SHA256(name)= hex``, VirtualBox's BSD-style
+  ``SHA256 (name) = hex``; SHA1, SHA256 or SHA512), has every digest it lists verified: a mismatch, another
+  algorithm, or an entry for a member the archive lacks refuses the import naming the file. Members it does not
+  list (some exporters leave out the descriptor) are accepted knowingly and reported: the manifest status is
+  ``verified``, ``partial`` (with the uncovered files named) or ``absent``; a certificate is recorded, not
+  verified;
 * chunked files (``href.000000000``, ...) are reassembled and gzip files decompressed as streams, into a
   staging file per disk (qemu-img cannot convert a streamOptimized VMDK from a pipe: its grain directory is
   at its end): memory stays bounded by a few buffers whatever the disks' sizes;
@@ -38,7 +41,7 @@ MAX_MANIFEST_BYTES = 1 << 20
 MAX_CERTIFICATE_BYTES = 64 << 10
 STAGING_PREFIX = ".stage-"
 MANIFEST_ALGORITHMS = ("sha1", "sha256", "sha512")
-_MANIFEST_LINE = re.compile(r"(SHA1|SHA256|SHA512)\((.+)\)\s*=\s*([0-9a-fA-F]+)")
+_MANIFEST_LINE = re.compile(r"([A-Za-z0-9-]+)\s*\((.+)\)\s*=\s*(\S+)")
 _REGULAR_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
 
 
@@ -48,7 +51,10 @@ class OvaContents:
 
     appliance: ovf.Appliance
     manifest: str
-    """``verified (SHA256)`` (the algorithms used), or ``absent``."""
+    """``verified (SHA256)`` (the algorithms used), ``partial (SHA256)`` when members are not covered, or
+    ``absent``."""
+    unverified_files: list[str]
+    """The members no manifest digest covers (every member when the manifest is absent), in archive order."""
     certificate: str | None
     skipped_files: list[str]
     """Referenced files that are not disk images (an NVRAM, an ISO): checked, not imported."""
@@ -133,8 +139,21 @@ class _OvaReader:
                 continue
             match = _MANIFEST_LINE.fullmatch(line.strip())
             if match is None:
-                raise InvalidInput(f"line {number} of the manifest '{name}' is not 'SHA256(file)= hex'")
-            manifest[match.group(2)] = (match.group(1).lower(), match.group(3).lower())
+                raise InvalidInput(f"line {number} of the manifest '{name}' is not 'SHA256(file)= hex' or "
+                                   "'SHA256 (file) = hex'")
+            algorithm, member, digest = match.group(1).lower(), match.group(2), match.group(3).lower()
+            if algorithm not in MANIFEST_ALGORITHMS:
+                raise InvalidInput(f"the manifest '{name}' gives '{member}' a {match.group(1)} digest; only "
+                                   f"{', '.join(a.upper() for a in MANIFEST_ALGORITHMS)} are checked, so it is "
+                                   "refused")
+            if not re.fullmatch(r"[0-9a-f]+", digest) or len(digest) != hashlib.new(algorithm).digest_size * 2:
+                raise InvalidInput(f"the manifest '{name}' gives '{member}' a {match.group(1)} digest that is not "
+                                   f"{hashlib.new(algorithm).digest_size * 2} hexadecimal digits")
+            if member in manifest:
+                raise InvalidInput(f"the manifest '{name}' lists '{member}' twice")
+            manifest[member] = (algorithm, digest)
+        if not manifest:
+            raise InvalidInput(f"the manifest '{name}' lists no file")
         self._manifest = manifest
 
     def _file_member(self, archive: TarStream, name: str, member: Member) -> None:
@@ -168,11 +187,12 @@ class _OvaReader:
         raise InvalidInput(f"the OVA holds '{name}', which its descriptor does not reference")
 
     def _algorithms_for(self, name: str) -> tuple[str, ...]:
-        """The digest the manifest wants for a member; every one a manifest may use while none has come yet."""
+        """The digest the manifest wants for a member (none when it does not list it); every one a manifest may
+        use while none has come yet."""
         if self._manifest is None:
             return MANIFEST_ALGORITHMS
         if name not in self._manifest:
-            raise InvalidInput(f"the manifest has no checksum for '{name}'")
+            return ()
         return (self._manifest[name][0],)
 
     def _start_file(self, file: ovf.OvfFile) -> "_FileInProgress":
@@ -200,7 +220,8 @@ class _OvaReader:
         """Check a disk's members against a manifest read already, before its image is handed on."""
         if self._manifest is not None:
             for name in current.file.member_names(current.parts):
-                self._check_digest(name)
+                if name in self._manifest:
+                    self._check_digest(name)
 
     def _import_and_unstage(self, disk: ovf.OvfDisk, path: Path) -> None:
         try:
@@ -218,18 +239,20 @@ class _OvaReader:
         for file in appliance.files:
             if file.file_id not in self._done:
                 raise InvalidInput(f"the descriptor references '{file.href}' but the OVA does not contain it")
+        members = [name for name in self._digests if not name.lower().endswith(".cert")]
         if self._manifest is None:
-            manifest = "absent"
+            manifest, uncovered = "absent", members
         else:
             for name in self._manifest:
                 if name not in self._digests:
                     raise InvalidInput(f"the manifest lists '{name}', which the OVA does not contain")
-            covered = [name for name in self._digests if not name.lower().endswith(".cert")]
-            for name in covered:
+            for name in self._manifest:
                 self._check_digest(name)
-            manifest = f"verified ({', '.join(sorted({self._manifest[n][0].upper() for n in covered}))})"
+            uncovered = [name for name in members if name not in self._manifest]
+            algorithms = ", ".join(sorted({algorithm.upper() for algorithm, _digest in self._manifest.values()}))
+            manifest = f"{'partial' if uncovered else 'verified'} ({algorithms})"
         disk_files = {disk.file.file_id for disk in appliance.disks if disk.file is not None}
-        return OvaContents(appliance, manifest, self._certificate,
+        return OvaContents(appliance, manifest, uncovered, self._certificate,
                            [file.href for file in appliance.files if file.file_id not in disk_files])
 
     def _check_digest(self, name: str) -> None:

@@ -4,6 +4,7 @@ A template or profile is checked whole before it is written, so a record is alwa
 every error names the field and what is wrong with it, on one line. A profile's components are all optional
 when it is made, so that it can be built up in steps; `missing_parts` says what a VM creation still needs.
 """
+import ipaddress
 import re
 from typing import Any, Callable, Mapping
 
@@ -13,15 +14,23 @@ from pvc.errors import InvalidInput
 FIRMWARES = ("bios", "efi")
 NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "vmxnet3", "pcnet")
 PROFILE_TYPES = ("provisioner", "ova")
-PROFILE_COMPONENTS = ("system_template", "storage_template", "network_template", "user_data", "ova")
+PROFILE_COMPONENTS = ("system_template", "storage_template", "network_template", "user_data", "userdata", "ova",
+                      "script", "script_args")
+"""``user_data`` is the text itself (our ``--user-data FILE``), ``userdata`` the name of a stored user-data
+document (upstream's ``--userdata DOC``); a profile has one or the other."""
+FILESYSTEMS = ("ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "swap")
 DEFAULT_MAC_PREFIX = "52:54:00"
 MAX_USER_DATA_BYTES = 256 * 1024
+MAX_SCRIPT_BYTES = 256 * 1024
+MAX_SCRIPT_ARGS = 32
 """A profile is one znode (ZooKeeper's limit is 1 MiB); cloud-init user data is a script or cloud-config."""
 MAX_DISKS = 16
 MAX_NICS = 16
 
-SYSTEM_DEFAULTS: dict[str, Any] = {"serial": True, "vnc": False, "firmware": "bios", "node_limit": [],
-                                   "node_selector": None, "node_autostart": False, "migration_method": None}
+DEFAULT_VNC_BIND = "127.0.0.1"
+SYSTEM_DEFAULTS: dict[str, Any] = {"serial": True, "vnc": False, "vnc_bind": DEFAULT_VNC_BIND, "firmware": "bios",
+                                   "node_limit": [], "node_selector": None, "node_autostart": False,
+                                   "migration_method": None}
 SYSTEM_FIELDS = ("vcpus", "memory_mib", *SYSTEM_DEFAULTS)
 
 _MAC_OCTET = re.compile(r"[0-9a-f]{2}")
@@ -66,6 +75,7 @@ def _system(spec: dict[str, Any]) -> dict[str, Any]:
     record["serial"] = _flag("serial", record["serial"])
     record["vnc"] = _flag("vnc", record["vnc"])
     record["node_autostart"] = _flag("node_autostart", record["node_autostart"])
+    record["vnc_bind"] = check_vnc_bind(record["vnc_bind"])
     if record["firmware"] not in FIRMWARES:
         raise InvalidInput(f"unknown firmware {record['firmware']!r} (one of: {', '.join(FIRMWARES)})")
     limit = record["node_limit"]
@@ -84,17 +94,34 @@ def _system(spec: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def check_vnc_bind(address: Any) -> str:
+    """The address VNC listens on: loopback, the same on every node a VM may migrate to. Listening on more is
+    the node's own libvirt setting (``vnc_listen``), not a VM's: the domain allowlist takes no other."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        raise InvalidInput(f"vnc_bind must be an IP address, not {address!r}") from None
+    if not parsed.is_loopback or str(parsed) not in ("127.0.0.1", "::1"):
+        raise InvalidInput(f"vnc_bind {address}: a VM's VNC listens on loopback (127.0.0.1 or ::1); listening on "
+                           "other addresses is each node's libvirt setting (vnc_listen in qemu.conf)")
+    return str(parsed)
+
+
 def _storage(spec: dict[str, Any]) -> dict[str, Any]:
-    return {"disks": _items("storage", spec, "disks", "disks", MAX_DISKS, _disk)}
+    disks = _items("storage", spec, "disks", "disks", MAX_DISKS, _disk)
+    ids = [disk["disk_id"] for disk in disks if disk.get("disk_id")]
+    if len(ids) != len(set(ids)):
+        raise InvalidInput(f"a storage template names each disk once, not {', '.join(sorted(ids))}")
+    return {"disks": disks}
 
 
 def _items(kind: str, spec: dict[str, Any], key: str, what: str, most: int,
            check: Callable[[int, Any], dict[str, Any]]) -> list[dict[str, Any]]:
     """A template's list of one to `most` items (disks, NICs), each checked by `check`."""
     _unknown(kind, spec, (key,))
-    items = spec.get(key)
-    if not isinstance(items, list) or not items:
-        raise InvalidInput(f"a {kind} template needs a list of one or more {what}")
+    items = spec.get(key, [])
+    if not isinstance(items, list):
+        raise InvalidInput(f"a {kind} template's {what} are a list, not {items!r}")
     if len(items) > most:
         raise InvalidInput(f"a {kind} template has at most {most} {what}, not {len(items)}")
     return [check(index, item) for index, item in enumerate(items)]
@@ -104,18 +131,44 @@ def _disk(index: int, disk: Any) -> dict[str, Any]:
     what = f"disk {index}"
     if not isinstance(disk, Mapping):
         raise InvalidInput(f"{what} must be a mapping of pool, size and source_volume, not {disk!r}")
-    unknown = sorted(set(disk) - {"pool", "size", "size_bytes", "source_volume"})
+    known = ("pool", "size", "size_bytes", "source_volume", "disk_id", "filesystem", "mountpoint")
+    unknown = sorted(set(disk) - set(known))
     if unknown:
-        raise InvalidInput(f"{what}: unknown field(s) {', '.join(unknown)} (known: pool, size, source_volume)")
+        raise InvalidInput(f"{what}: unknown field(s) {', '.join(unknown)} (known: {', '.join(known)})")
     if not disk.get("pool"):
         raise InvalidInput(f"{what} needs a pool")
     size = disk.get("size_bytes", disk.get("size"))
     source = disk.get("source_volume") or None
     if size is None and source is None:
         raise InvalidInput(f"{what} needs a size, or a source volume to clone")
-    return {"pool": schema.check_name("pool", disk["pool"]),
-            "size_bytes": sizes.parse_size(size, f"{what} size") if size is not None else None,
-            "source_volume": schema.check_name("volume", source) if source is not None else None}
+    checked = {"pool": schema.check_name("pool", disk["pool"]),
+               "size_bytes": sizes.parse_size(size, f"{what} size") if size is not None else None,
+               "source_volume": schema.check_name("volume", source) if source is not None else None}
+    return {**checked, **_disk_filesystem(what, disk)}
+
+
+def _disk_filesystem(what: str, disk: Mapping[str, Any]) -> dict[str, Any]:
+    """Upstream's per-disk fields: its id (``sda``), and the filesystem and mount point an install script makes
+    on it."""
+    extra = {}
+    if disk.get("disk_id"):
+        if not re.fullmatch(r"[a-z]{2,3}[a-z]{1,2}", str(disk["disk_id"])):
+            raise InvalidInput(f"{what}: disk id {disk['disk_id']!r} is not a device name like sda or vdb")
+        extra["disk_id"] = disk["disk_id"]
+    filesystem, mountpoint = disk.get("filesystem") or None, disk.get("mountpoint") or None
+    if filesystem is not None and filesystem not in FILESYSTEMS:
+        raise InvalidInput(f"{what}: unknown filesystem {filesystem!r} (one of: {', '.join(FILESYSTEMS)})")
+    if mountpoint is not None:
+        if filesystem is None or filesystem == "swap":
+            raise InvalidInput(f"{what}: a mount point needs a filesystem to mount")
+        if not isinstance(mountpoint, str) or not mountpoint.startswith("/") or ".." in mountpoint.split("/") \
+                or any(character < " " for character in mountpoint):
+            raise InvalidInput(f"{what}: mount point {mountpoint!r} is not an absolute path")
+    if filesystem is not None:
+        extra["filesystem"] = filesystem
+    if mountpoint is not None:
+        extra["mountpoint"] = mountpoint
+    return extra
 
 
 def _network(spec: dict[str, Any]) -> dict[str, Any]:
@@ -191,7 +244,36 @@ def check_profile(record: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidInput("only an ova profile names an OVA (make it with type ova)")
     checked["ova"] = schema.check_name("OVA", ova) if ova is not None else None
     checked["user_data"] = check_user_data(record.get("user_data"))
+    document = record.get("userdata") or None
+    checked["userdata"] = schema.check_name("user-data document", document) if document is not None else None
+    if checked["user_data"] is not None and checked["userdata"] is not None:
+        raise InvalidInput("a profile takes its user data from a file (--user-data) or a stored document "
+                           "(--userdata), not both")
+    script = record.get("script") or None
+    checked["script"] = schema.check_name("install script", script) if script is not None else None
+    checked["script_args"] = _script_args(record.get("script_args"))
+    if checked["script_args"] and checked["script"] is None:
+        raise InvalidInput("script arguments need a script (--script NAME)")
     return checked
+
+
+def _script_args(args: Any) -> list[str]:
+    if args is None:
+        return []
+    if not isinstance(args, list) or len(args) > MAX_SCRIPT_ARGS or \
+            not all(isinstance(arg, str) and len(arg) <= 1024 and "\0" not in arg for arg in args):
+        raise InvalidInput(f"script arguments are a list of at most {MAX_SCRIPT_ARGS} texts of at most 1024 "
+                           "characters each")
+    return list(args)
+
+
+def check_script(script: Any) -> str:
+    """An install script's text: a program the node can run, starting with ``#!``."""
+    if not isinstance(script, str) or not script.startswith("#!"):
+        raise InvalidInput("an install script is a text starting with '#!' (its interpreter)")
+    if len(script.encode()) > MAX_SCRIPT_BYTES:
+        raise InvalidInput(f"an install script is at most {MAX_SCRIPT_BYTES // 1024} KiB")
+    return script
 
 
 def check_user_data(user_data: Any) -> str | None:
@@ -210,10 +292,13 @@ def required_parts(profile_type: str) -> tuple[str, ...]:
     return ("system_template", "storage_template", "network_template")
 
 
-def missing_parts(record: Mapping[str, Any], ova: Mapping[str, Any] | None = None) -> list[str]:
+def missing_parts(record: Mapping[str, Any], ova: Mapping[str, Any] | None = None,
+                  userdata_exists: bool | None = None) -> list[str]:
     """What a VM creation from this profile still needs, in a user's words; `ova` is the record of the OVA
     the profile names (None if there is none)."""
     missing = [part.replace("_", " ") for part in required_parts(record["type"]) if not record.get(part)]
+    if record.get("userdata") and userdata_exists is not None and not userdata_exists:
+        missing.append(f"user-data document '{record['userdata']}' (it no longer exists)")
     if record.get("ova") and ova is None:
         missing.append(f"OVA '{record['ova']}' (it no longer exists)")
     elif record.get("ova") and ova.get("state", "ready") != "ready":
@@ -226,16 +311,28 @@ def template_view(kind: str, name: str, record: Mapping[str, Any], used_by: list
 
 
 def profile_view(name: str, record: Mapping[str, Any], ova: Mapping[str, Any] | None,
-                 detail: bool = True) -> dict[str, Any]:
+                 detail: bool = True, userdata_exists: bool | None = None) -> dict[str, Any]:
     user_data = record.get("user_data")
     view = {"name": name, "type": record["type"],
-            **{key: record.get(key) for key in ("system_template", "storage_template", "network_template", "ova")},
+            **{key: record.get(key) for key in ("system_template", "storage_template", "network_template", "ova",
+                                                "userdata", "script")},
+            "script_args": record.get("script_args") or [],
             "user_data_bytes": len(user_data.encode()) if user_data else 0,
-            "missing": missing_parts(record, ova)}
+            "missing": missing_parts(record, ova, userdata_exists)}
     view["complete"] = not view["missing"]
     if detail:
         view["user_data"] = user_data
     return view
+
+
+def users_of_script(profiles: Mapping[str, Mapping[str, Any]], name: str) -> list[str]:
+    """The profiles (name → record) that name install script `name`."""
+    return sorted(profile for profile, record in profiles.items() if record.get("script") == name)
+
+
+def users_of_userdata(profiles: Mapping[str, Mapping[str, Any]], name: str) -> list[str]:
+    """The profiles (name → record) that take their user data from document `name`."""
+    return sorted(profile for profile, record in profiles.items() if record.get("userdata") == name)
 
 
 def users_of_template(profiles: Mapping[str, Mapping[str, Any]], kind: str, name: str) -> list[str]:

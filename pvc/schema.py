@@ -123,6 +123,12 @@ CONFIG = f"{ROOT}/config"
 COORDINATORS = f"{ROOT}/coordinators"
 ELECTION = f"{COORDINATORS}/election"
 LIVE_COORDINATORS = f"{COORDINATORS}/live"
+LEADER_HANDOFF = f"{COORDINATORS}/handoff"
+"""A requested graceful handoff of leadership (`pvc node primary|secondary`): ``{"to": COORDINATOR}`` or
+``{"away_from": COORDINATOR}``, ``requested`` (epoch seconds); the leader that lets go adds ``released_by``
+(its last write as leader), the one that takes over ``taken_by`` and ``released_zxid`` (its first), which
+settles it."""
+HANDOFF_TIMEOUT_S = 30
 NODES = f"{ROOT}/nodes"
 
 VMS = f"{ROOT}/vms"
@@ -324,6 +330,10 @@ TEMPLATES = f"{PROVISIONER}/templates"
 TEMPLATE_KINDS = ("system", "storage", "network")
 PROFILES = f"{PROVISIONER}/profiles"
 OVAS = f"{PROVISIONER}/ovas"
+USERDATA_DOCUMENTS = f"{PROVISIONER}/userdata"
+"""Named cloud-init user-data documents (upstream's ``provisioner userdata``): ``{"data": TEXT}``."""
+SCRIPTS = f"{PROVISIONER}/scripts"
+"""Install scripts a profile may name (``provisioner script``): ``{"script": TEXT}``."""
 PROVISIONER_LOCK = f"{LOCKS}/provisioner"
 
 
@@ -339,6 +349,14 @@ def template(kind: str, name: str) -> str:
 
 def profile(name: str) -> str:
     return f"{PROFILES}/{check_name('profile', name)}"
+
+
+def userdata(name: str) -> str:
+    return f"{USERDATA_DOCUMENTS}/{check_name('user-data document', name)}"
+
+
+def script(name: str) -> str:
+    return f"{SCRIPTS}/{check_name('install script', name)}"
 
 
 def ova(name: str) -> str:
@@ -368,7 +386,8 @@ def ova_volume(name: str, index: int) -> str:
     return volume
 
 
-CONTAINERS += (PROVISIONER, TEMPLATES, *(templates(kind) for kind in TEMPLATE_KINDS), PROFILES, OVAS)
+CONTAINERS += (PROVISIONER, TEMPLATES, *(templates(kind) for kind in TEMPLATE_KINDS), PROFILES, OVAS,
+               USERDATA_DOCUMENTS, SCRIPTS)
 
 
 # -- client networks ----------------------------------------------------------------------------------------

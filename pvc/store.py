@@ -15,6 +15,7 @@ from kazoo.retry import KazooRetry
 from kazoo.security import make_digest_acl
 
 from pvc import request_ids, schema
+from pvc.zk_select import PollingHandler
 from pvc.errors import AlreadyExists, Conflict, ConfigError, NotFound, NotLeader, Unavailable
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class Store:
         self.hosts = hosts
         self._acl = [make_digest_acl(user, password, all=True)]
         self.zk = KazooClient(
-            hosts=hosts, timeout=session_timeout,
+            hosts=hosts, timeout=session_timeout, handler=PollingHandler(),
             auth_data=[("digest", f"{user}:{password}")], default_acl=self._acl,
             connection_retry=KazooRetry(max_tries=-1,
                                         max_delay=min(1.0, session_timeout / RECONNECT_ATTEMPTS_PER_SESSION)),

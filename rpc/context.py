@@ -62,8 +62,13 @@ class CoordinatorContext:
                 figures["memory_allocated_mib"] += spec["memory_mib"]
                 figures["vcpus_allocated"] += spec["vcpus"]
                 figures["vms_running"] += 1
+        overcommit = float(self.cache.config.get().get("memory_overcommit",
+                                                       schema.DEFAULT_CLUSTER_CONFIG["memory_overcommit"]))
         for node in nodes:
             decided = wanted[node["name"]]
+            node["memory_overcommit"] = overcommit
+            node["memory_limit_mib"] = int(node["memory_total_mib"] * overcommit) \
+                if node.get("memory_total_mib") else None
             unreported_memory = decided["memory_allocated_mib"] - (node["memory_allocated_mib"] or 0)
             unreported_vcpus = decided["vcpus_allocated"] - (node["vcpus_allocated"] or 0)
             node.update(decided)

@@ -148,7 +148,8 @@ class Coordinator:
             self.store.zk.delete(path)
         except NoNodeError:
             pass
-        self.store.zk.create(path, schema.encode({"uri": self.uri, "version": pvc.__version__}), ephemeral=True)
+        self.store.zk.create(path, schema.encode({"uri": self.uri, "version": pvc.__version__,
+                                                  "node": self.settings["node"]}), ephemeral=True)
 
     def _on_session_state(self, state: str) -> None:
         if state == KazooState.LOST:

@@ -8,6 +8,14 @@ A suspended session is not a lost one: a link cut for less than the session time
 session and the same election node, so the leader resumes rather than stepping down. Whatever ends an attempt,
 the next one first removes the election nodes its own session still holds: one left behind would stay first in
 line, alive with the session, and every contender, this one included, would wait behind it for ever.
+
+A graceful handoff (`schema.LEADER_HANDOFF`, `pvc node primary|secondary`) moves leadership to one named
+coordinator, or away from one, without waiting for a session to expire: the leader finishes its tick, records
+that it lets go (its last write as leader, checked against its election node) and releases its lock; until the
+handoff is settled, no coordinator other than its target contends (one already queued that wins all the same
+lets go at once, before acting), and the one it wants to leave waits; the new leader marks the request taken as
+its first write. ZooKeeper orders these writes, so there is never a moment with two leaders acting. A request no
+one settles within `schema.HANDOFF_TIMEOUT_S` is void.
 """
 import logging
 import threading
@@ -15,7 +23,7 @@ import time
 from typing import Callable
 
 from kazoo.client import KazooState
-from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.exceptions import KazooException, LockTimeout, NoNodeError
 
 from pvc import schema
 from pvc.store import Store
@@ -92,14 +100,26 @@ class Leadership:
         if self._stopping.is_set():
             return
         self._remove_own_leftovers()
+        if not self._may_contend():
+            self._stopping.wait(self._tick)
+            return
         self._lock = self._store.lock(schema.ELECTION, self._identifier)
-        self._lock.acquire()
+        try:
+            if not self._lock.acquire(timeout=max(self._tick, 0.5)):
+                return
+        except LockTimeout:
+            return  # kazoo withdrew the attempt; look at any handoff again before the next
         if self._stopping.is_set():
             return
         node = f"{self._lock.path}/{self._lock.node}"
+        if self._handoff_elsewhere():
+            log.info("coordinator %s won the election during a handoff to another: letting go", self._identifier)
+            self._lock.release()
+            return
         self._leader_node = node
         log.info("coordinator %s is now the cluster leader", self._identifier)
         try:
+            self._settle_handoff(node)
             while not self._stopping.is_set():
                 self._session_ok.wait()
                 if self._stopping.is_set():
@@ -112,6 +132,9 @@ class Leadership:
                         self._on_tick(node)
                     except Exception:
                         log.exception("leader loop failed")
+                if elected and self._handoff_elsewhere():
+                    self._let_go(node)
+                    break
                 self._stopping.wait(self._tick)
         finally:
             self._leader_node = None
@@ -121,6 +144,59 @@ class Leadership:
                     self._lock.release()
                 except KazooException:
                     pass
+
+    # -- graceful handoff ---------------------------------------------------------------------------------
+
+    def _handoff(self) -> dict | None:
+        try:
+            request = self._store.read(schema.LEADER_HANDOFF)
+        except KazooException:
+            return None
+        if not request or request.get("taken_by") or \
+                time.time() - request.get("requested", 0) > schema.HANDOFF_TIMEOUT_S:
+            return None
+        return request
+
+    def _handoff_elsewhere(self) -> bool:
+        """Whether a pending handoff wants leadership somewhere other than here."""
+        request = self._handoff()
+        if request is None:
+            return False
+        if request.get("to"):
+            return request["to"] != self._identifier
+        return request.get("away_from") == self._identifier
+
+    def _may_contend(self) -> bool:
+        """Not while a pending handoff wants another coordinator (or leadership away from this one)."""
+        return not self._handoff_elsewhere()
+
+    def _let_go(self, node: str) -> None:
+        """Record, as this leader's last write, that it lets go; the caller then releases the lock."""
+        request = self._handoff() or {}
+        try:
+            self._store.transaction(node).set(schema.LEADER_HANDOFF, {
+                **request, "released_by": self._identifier, "released": time.time()}).commit()
+        except Exception as error:
+            log.warning("handoff: could not record letting go (%s); releasing all the same", error)
+        log.info("coordinator %s hands leadership over (%s)", self._identifier,
+                 f"to {request['to']}" if request.get("to") else "away from it")
+
+    def _settle_handoff(self, node: str) -> None:
+        """As the new leader's first write, mark the handoff that made it leader taken (with the ZooKeeper
+        transaction id of the old leader's last write, which ZooKeeper ordered before this one), so that the
+        others contend again."""
+        try:
+            data, stat = self._store.zk.get(schema.LEADER_HANDOFF)
+        except NoNodeError:
+            return
+        request = schema.decode(data) or {}
+        if request.get("taken_by") or not (request.get("released_by") or request.get("to") == self._identifier):
+            return
+        self._store.transaction(node).set(schema.LEADER_HANDOFF, {
+            **request, "taken_by": self._identifier, "taken": time.time(), "released_zxid": stat.mzxid},
+            version=stat.version).commit()
+        log.info("coordinator %s took over leadership from %s", self._identifier,
+                 request.get("released_by") or "its previous leader")
 
     def _still_elected(self, node: str) -> bool | None:
         """None when ZooKeeper could not be asked: the session may come back with the node still held."""

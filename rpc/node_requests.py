@@ -8,8 +8,13 @@ with a version-checked transaction (`pvc.rpc.vm_control.write_desired`) that als
 a command issued meanwhile (a stop, another migrate) always wins, and a deposed leader changes nothing. A VM
 marked removed is forgotten once its node reports it undefined (`pvc.rpc.removal`). A request is never
 consumed: once recorded, the zxid no longer matches, so handling it again does nothing.
+
+A pass visits only the VMs whose records changed since the last one (the cache's change log says which), and
+those it left unfinished (a removal waiting for its node, a write that failed); a leader new to its office
+visits every VM, and so does an audit every `AUDIT_INTERVAL_S`, in case a pass was cut off midway.
 """
 import logging
+import time
 from typing import Any
 
 from pvc.cache import WatchedCollection
@@ -22,28 +27,49 @@ log = logging.getLogger(__name__)
 
 _MOVING_STATES = ("migrate", "unmigrate")
 
+AUDIT_INTERVAL_S = 60.0
+"""How often the leader's pass visits every VM, not only those whose records changed."""
+
 
 class NodeRequests:
     def __init__(self, store: Store, vms: WatchedCollection):
         self._store = store
         self._vms = vms
+        self._seen = -1
+        self._leader_node: str | None = None
+        self._next_audit = 0.0
+        self._unfinished: set[str] = set()
 
     def handle(self, leader_node: str) -> None:
-        """One pass over every VM whose node has asked for something."""
-        for name, raw in self._vms.snapshot().items():
-            if raw.get("state") == removal.REMOVE:
-                try:
-                    removal.finish(self._store, name, leader_node)
-                except PVCError as error:
-                    log.info("removal of %s not finished: %s", name, error)
-                continue
-            status = raw.get("status") or {}
-            request = status.get("request")
-            if request:
-                try:
-                    self._handle(name, status, request, leader_node)
-                except PVCError as error:
-                    log.info("request %s for %s not recorded: %s", request.get("kind"), name, error)
+        """One pass over the VMs whose node may have asked for something since the last pass."""
+        sequence, changed = self._vms.changes(self._seen)
+        audit = changed is None or leader_node != self._leader_node or time.monotonic() >= self._next_audit
+        names = self._vms.names() if audit else sorted(set(changed) | self._unfinished)
+        unfinished = {name for name in names if not self._visit(name, leader_node)}
+        self._seen, self._leader_node, self._unfinished = sequence, leader_node, unfinished
+        if audit:
+            self._next_audit = time.monotonic() + AUDIT_INTERVAL_S
+
+    def _visit(self, name: str, leader_node: str) -> bool:
+        """Act on one VM's record; False when something is left for a later pass."""
+        raw = self._vms.get(name)
+        if raw is None:
+            return True
+        if raw.get("state") == removal.REMOVE:
+            try:
+                return removal.finish(self._store, name, leader_node)
+            except PVCError as error:
+                log.info("removal of %s not finished: %s", name, error)
+                return False
+        status = raw.get("status") or {}
+        request = status.get("request")
+        if request:
+            try:
+                self._handle(name, status, request, leader_node)
+            except PVCError as error:
+                log.info("request %s for %s not recorded: %s", request.get("kind"), name, error)
+                return False
+        return True
 
     def _handle(self, name: str, status: dict[str, Any], request: dict[str, Any], leader_node: str) -> None:
         kind = request.get("kind")

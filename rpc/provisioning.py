@@ -38,6 +38,7 @@ TRANSIENT = (Unavailable, Busy, NotLeader)
 WAIT_TIMEOUT_S = 300.0
 UPLOAD_CONNECT_TIMEOUT_S = 30.0
 STORAGE_ACTION_TIMEOUT_S = 570.0
+SCRIPT_POLL_S = 0.5
 MADE_FROM = "made_from"
 """The key of a VM's record naming what the provisioner made it from: ``{"ova": NAME}``."""
 
@@ -64,7 +65,9 @@ def task_view(task: dict[str, Any]) -> dict[str, Any]:
     """A creation as users see it: without the plan's XML and user data."""
     return {"id": task["id"], "vm": task["vm"], "profile": task.get("profile"), "state": task["state"],
             "volumes": task["made"], "error": task.get("error"), "start_error": task.get("start_error"),
-            "reservation_error": task.get("reservation_error"), "last_error": task.get("last_error")}
+            "reservation_error": task.get("reservation_error"), "last_error": task.get("last_error"),
+            "script": {key: value for key, value in (task.get("script") or {}).items()
+                       if key in ("state", "node", "runs", "exit_code", "timed_out", "output")} or None}
 
 
 def wait_for(context: CoordinatorContext, task_id: str, timeout: float = WAIT_TIMEOUT_S) -> dict[str, Any]:
@@ -126,6 +129,8 @@ class ProvisionExecution:
             drive = self._plan["config_drive"]
             if drive:
                 self._ensure(drive["pool"], drive["name"], lambda: self._write_config_drive(drive))
+            if self._plan.get("script"):
+                self._run_script()
             self._define()
         self._record_origin()
         self._reserve()
@@ -170,7 +175,7 @@ class ProvisionExecution:
         if volume["source"] is None:
             self._storage.volume_add(pool, name, size)
             return
-        made = self._storage.volume_clone(pool, volume["source"], name)
+        made = self._storage.volume_clone(pool, volume["source"], name, linked=bool(self._plan.get("ova")))
         if size is not None and size > made["size_bytes"]:
             self._storage.volume_resize(pool, name, size)
 
@@ -184,6 +189,75 @@ class ProvisionExecution:
             bulk.stream_upload(ticket["address"], ticket["token"], source, checksum, UPLOAD_CONNECT_TIMEOUT_S,
                                None, bulk.client_context(ticket, self._context.settings.get("tls_ca")))
         self._storage.upload_end(pool, name)
+
+    # -- the install script ---------------------------------------------------------------------------
+
+    def _run_script(self) -> None:
+        """Run the profile's install script on a node that enables scripts, as a recorded step: its run is
+        recorded (``script``: node, run id) before the node is asked to start it, so a leader that takes over
+        asks that node about that run and starts another only when the node says it never began (``unknown``)
+        or died (``dead``); a node it cannot reach is waited for, never bypassed. The node kills the script at
+        its time limit, so waiting on a ``running`` report ends."""
+        while True:
+            step = self.task.get("script") or {}
+            if step.get("state") == "done":
+                return
+            if step.get("state") in (None, "dead", "unknown"):
+                step = self._start_script_run(step)
+            status = self._script_call(step["node"], "script_status", step["run_id"])
+            if status["state"] == "running":
+                if not self._context.leadership.is_leader:
+                    raise NotLeader("no longer the leader while the install script runs; the next leader waits "
+                                    "for it")
+                time.sleep(SCRIPT_POLL_S)
+                continue
+            if status["state"] in ("dead", "unknown"):
+                log.warning("install script run %s on %s is %s; running it again", step["run_id"], step["node"],
+                            status["state"])
+                self._save(script={**step, "state": status["state"]})
+                continue
+            self._finish_script(step, status)
+            return
+
+    def _start_script_run(self, step: dict[str, Any]) -> dict[str, Any]:
+        node = self._script_node()
+        runs = step.get("runs", 0) + 1
+        step = {"state": "running", "node": node, "run_id": f"{self.task['id']}-{runs}", "runs": runs,
+                "started": time.time()}
+        self._save(script=step)
+        script = self._plan["script"]
+        self._script_call(node, "script_start", step["run_id"], script["text"], script["input"])
+        return step
+
+    def _finish_script(self, step: dict[str, Any], status: dict[str, Any]) -> None:
+        failed = status.get("exit_code") != 0 or status.get("timed_out")
+        output = status.get("output") or ""
+        self._save(script={**step, "state": "done", "exit_code": status.get("exit_code"),
+                           "timed_out": bool(status.get("timed_out")), "output": output,
+                           "finished": time.time()})
+        try:
+            self._script_call(step["node"], "script_forget", step["run_id"])
+        except PVCError as error:
+            log.info("install script run %s not cleared on %s: %s", step["run_id"], step["node"], error)
+        if failed:
+            last = next((line for line in reversed(output.splitlines()) if line.strip()), "no output")
+            why = "was killed at its time limit" if status.get("timed_out") else \
+                f"exited with status {status.get('exit_code')}"
+            raise errors.OperationFailed(f"install script '{self._plan['script']['name']}' {why}: {last}")
+
+    def _script_node(self) -> str:
+        for node, raw in sorted(self._context.cache.nodes.snapshot().items()):
+            facts = raw.get(OWN_VALUE) or {}
+            if raw.get("daemon_state") == "run" and facts.get("provisioner_scripts") \
+                    and facts.get("storage_agent_uri"):
+                return node
+        raise Unavailable("no running node runs install scripts now; waiting for one")
+
+    def _script_call(self, node: str, method: str, *args: Any) -> Any:
+        facts = (self._context.cache.nodes.get(node) or {}).get(OWN_VALUE) or {}
+        if not facts.get("storage_agent_uri"):
+            raise Unavailable(f"node {node}, which runs install script step {method}, has no agent now")
+        return self._context.agents.call(node, facts["storage_agent_uri"], method, *args)
 
     def _define(self) -> None:
         try:

@@ -11,6 +11,7 @@ import uuid as uuidlib
 from typing import Any, Mapping
 
 from pvc import domain_builder, domain_xml, network_records, placement, provisioner_records, schema
+from pvc.cache import OWN_VALUE
 from pvc.errors import AlreadyExists, InvalidInput, NotFound
 from pvc.rpc import network_use
 from pvc.rpc.context import CoordinatorContext
@@ -40,7 +41,9 @@ class Planner:
 
     def plan(self, vm: str, profile_name: str, profile: Mapping[str, Any], start: bool) -> dict[str, Any]:
         schema.check_name("VM", vm)
-        missing = provisioner_records.missing_parts(profile, self._ova(profile))
+        document = self._store.read(schema.userdata(profile["userdata"])) if profile.get("userdata") else None
+        missing = provisioner_records.missing_parts(profile, self._ova(profile),
+                                                    document is not None if profile.get("userdata") else None)
         if missing:
             raise InvalidInput(f"profile '{profile_name}' is incomplete: a VM creation needs its "
                                f"{', '.join(missing)} (add them with 'pvc provisioner profile modify')")
@@ -56,21 +59,27 @@ class Planner:
             reservations = self._reservations(template_nics, nics)
             firmware = system["firmware"]
         config_drive = None
-        if profile.get("user_data"):
+        user_data = document["data"] if document is not None else profile.get("user_data")
+        if user_data:
+            if not volumes:
+                raise InvalidInput(f"profile '{profile_name}' has user data but no disk: its config drive goes "
+                                   "into the pool of the VM's first disk")
             config_drive = {"pool": volumes[0]["pool"], "name": config_drive_volume(vm)}
             self._require_free(config_drive["pool"], config_drive["name"])
             disks.append(domain_builder.Disk(config_drive["pool"], config_drive["name"], CONFIG_DRIVE_BUS, "cdrom"))
         uuid = str(uuidlib.uuid4())
         hardware = domain_builder.Hardware(system["vcpus"], system["memory_mib"], firmware, system["serial"],
-                                           system["vnc"])
+                                           system["vnc"], system.get("vnc_bind"))
         xml = domain_builder.build(vm, uuid, hardware, disks, nics)
         domain_xml.parse(xml)
         meta = {key: system[key] for key in ("node_limit", "node_selector", "node_autostart", "migration_method")}
         meta["profile"] = profile_name
         self._check_placeable(vm, system, meta)
+        script = self._script(vm, profile, volumes, user_data)
         return {"vm": vm, "uuid": uuid, "xml": xml, "meta": meta, "volumes": volumes,
-                "config_drive": config_drive, "user_data": profile.get("user_data"), "start": start,
-                "ova": profile["ova"] if profile["type"] == "ova" else None, "reservations": reservations}
+                "config_drive": config_drive, "user_data": user_data, "start": start,
+                "ova": profile["ova"] if profile["type"] == "ova" else None, "reservations": reservations,
+                "script": script}
 
     # -- parts ----------------------------------------------------------------------------------------
 
@@ -82,6 +91,27 @@ class Planner:
 
     def _ova(self, profile: Mapping[str, Any]) -> dict[str, Any] | None:
         return self._store.read(schema.ova(profile["ova"])) if profile.get("ova") else None
+
+    def _script(self, vm: str, profile: Mapping[str, Any], volumes: list[dict[str, Any]],
+                user_data: str | None) -> dict[str, Any] | None:
+        """The install script step: its text and the document it reads (the volumes are given paths by the node
+        that runs it). Refused now, before any volume is made, when no node runs install scripts."""
+        name = profile.get("script")
+        if not name:
+            return None
+        record = self._store.read(schema.script(name))
+        if record is None:
+            raise NotFound(f"profile's install script '{name}' no longer exists")
+        if not any((raw.get(OWN_VALUE) or {}).get("provisioner_scripts")
+                   for raw in self._context.cache.nodes.snapshot().values()):
+            raise InvalidInput(f"the profile names install script '{name}', but no node runs install scripts "
+                               "(provisioner_scripts in pvcnoded.yaml)")
+        disks = [{"disk_id": volume.get("disk_id"), "pool": volume["pool"], "volume": volume["name"],
+                  "size_bytes": volume.get("size_bytes"), "filesystem": volume.get("filesystem"),
+                  "mountpoint": volume.get("mountpoint")} for volume in volumes]
+        return {"name": name, "text": record["script"],
+                "input": {"vm": vm, "hostname": vm, "user_data": user_data, "args": profile.get("script_args") or [],
+                          "disks": disks}}
 
     def _from_storage_template(self, vm: str, template: Mapping[str, Any]) \
             -> tuple[list[dict[str, Any]], list[domain_builder.Disk]]:
@@ -97,7 +127,8 @@ class Planner:
                     raise InvalidInput(f"disk {index} of the storage template is {size} bytes, smaller than its "
                                        f"source volume '{pool}/{disk['source_volume']}' ({source['size_bytes']} "
                                        "bytes)")
-            volumes.append({"pool": pool, "name": name, "size_bytes": size, "source": disk["source_volume"]})
+            volumes.append({"pool": pool, "name": name, "size_bytes": size, "source": disk["source_volume"],
+                            **{key: disk[key] for key in ("disk_id", "filesystem", "mountpoint") if disk.get(key)}})
             disks.append(domain_builder.Disk(pool, name))
         return volumes, disks
 
@@ -171,6 +202,7 @@ class Planner:
         selector = self._context.selector(meta)
         view = {"name": vm, "memory_mib": system["memory_mib"], "vcpus": system["vcpus"],
                 "node_limit": meta["node_limit"], "state": "stop"}
+        placement.check_fits_a_node(self._context.node_views(), view)
         placement.choose(self._context.placement_views(), view, selector)
 
 

@@ -8,6 +8,10 @@ a single `vm migrate`.
 A task ends ``done``, or, for a flush in which a move was tried and failed and the VM is still on the node,
 ``failed``: the node then stays ``flushing`` (never ``flushed`` with VMs on it), and the task lists each VM
 left behind with the reason (`not_moved`). A VM with no valid target is shut down, which counts as handled.
+
+The leader's runner reads only the task records that changed since its last tick (the cache's change log
+says which) and those whose run here ended; it reads them all, and forgets old finished ones, on taking
+office and every `AUDIT_INTERVAL_S`.
 """
 import logging
 import threading
@@ -33,6 +37,8 @@ log = logging.getLogger(__name__)
 ACTIVE_STATES = ("pending", "running")
 FINISHED_KEPT_S = 3600
 FINISHED_KEPT = 100
+AUDIT_INTERVAL_S = 60.0
+"""How often the leader's runner reads every task record, not only those that changed."""
 CREATE_ATTEMPTS = 20
 RECORD_ATTEMPTS = 5
 
@@ -172,10 +178,25 @@ class TaskRunner:
         self._executions = executions or {}
         """Task kind → how it runs, for kinds beyond flush and ready (`pvc.rpc.recovery`)."""
         self._running: set[str] = set()
+        self._ended: set[str] = set()
+        """Tasks whose run here ended: the next tick reads them again, to start one still active."""
         self._lock = threading.Lock()
+        self._seen = -1
+        self._leader_node: str | None = None
+        self._next_audit = 0.0
 
     def tick(self, leader_node: str) -> None:
-        tasks = list_tasks(self._context)
+        self._context.cache.catch_up()
+        sequence, changed = self._context.cache.tasks.changes(self._seen)
+        audit = changed is None or leader_node != self._leader_node or time.monotonic() >= self._next_audit
+        with self._lock:
+            ended, self._ended = self._ended, set()
+        try:
+            tasks = list_tasks(self._context) if audit else self._read(set(changed) | ended)
+        except BaseException:
+            with self._lock:
+                self._ended |= ended
+            raise
         for task in tasks:
             if task["state"] not in ACTIVE_STATES:
                 continue
@@ -185,10 +206,27 @@ class TaskRunner:
                 self._running.add(task["id"])
             threading.Thread(target=self._run, args=(task, leader_node), name=f"task-{task['id']}",
                              daemon=True).start()
+        self._seen, self._leader_node = sequence, leader_node
+        if not audit:
+            return
+        self._next_audit = time.monotonic() + AUDIT_INTERVAL_S
         try:
             prune_finished(self._context.store, tasks, leader_node, time.time())
         except (PVCError, KazooException) as error:
             log.warning("finished tasks not forgotten this time: %s", error)
+
+    def _read(self, task_ids: set[str]) -> list[dict[str, Any]]:
+        """The records of `task_ids` that still exist, in the order they were created."""
+        found = []
+        for task_id in task_ids:
+            try:
+                data, stat = self._context.store.zk.get(schema.task(task_id))
+            except NoNodeError:
+                continue
+            task = schema.decode(data)
+            if task:
+                found.append((task, stat))
+        return [task for task, _stat in sorted(found, key=lambda pair: pair[1].czxid)]
 
     def _run(self, task: dict[str, Any], leader_node: str) -> None:
         started = time.monotonic()
@@ -205,6 +243,7 @@ class TaskRunner:
         finally:
             with self._lock:
                 self._running.discard(task["id"])
+                self._ended.add(task["id"])
 
 
 class TaskExecution:
@@ -274,7 +313,8 @@ class TaskExecution:
     def _decide_leaving(self, moved: Callable[[Desired, str], Decision],
                         parked: Callable[[Desired], Decision]) -> list[tuple[str, list[str]]]:
         """Decide each VM running on the task's node from its desired state read under its lock (`_record`):
-        `moved` where the placement finds it a target, `parked` where none may take it. A VM a command has
+        `moved` where the placement finds it a target, `parked` where none may take it (why goes into the task's
+        ``shut_down_reasons``, by VM). A VM a command has
         stopped or moved since the node's VMs were listed is that command's, and is left alone."""
         node = self.task["node"]
         leaving = {name: raw for name, raw in self._vms().items()
@@ -288,7 +328,8 @@ class TaskExecution:
                 try:
                     target = batch.place(models.vm_view(current.name, with_desired(raw, current)),
                                          self._context.selector(current.spec), current_node=node)
-                except Conflict:
+                except Conflict as refused:
+                    self.task.setdefault("shut_down_reasons", {})[current.name] = str(refused)
                     return parked(current)
                 return moved(current, target)
             decided += self._record(name, decide)
@@ -307,10 +348,21 @@ class TaskExecution:
                                 [node], "moved")
             return None
         moves = []
+        batch = placement.Batch(self._context.placement_views())
         for name, raw in sorted(self._vms().items()):
             listed = Desired(name, raw[OWN_VALUE], raw.get("state") or "stop", raw.get("placement") or {}, {})
-            if decide(listed) is not None:
-                moves += self._record(name, decide)
+            if decide(listed) is None:
+                continue
+            view = models.vm_view(name, with_desired(raw, listed))
+            refused = placement.memory_rejection(batch.nodes[node], view) if node in batch.nodes else None
+            if refused:
+                self.task.setdefault("not_returned", {})[name] = f"node {node} {refused}"
+                log.info("task %s: %s stays where it is: node %s %s", self.task["id"], name, node, refused)
+                continue
+            recorded = self._record(name, decide)
+            if recorded:
+                batch.add(node, view)
+            moves += recorded
         self._carry_out(moves)
 
     def _record(self, name: str, decide: Callable[[Desired], "Decision | None"]) -> list[tuple[str, list[str]]]:

@@ -10,9 +10,9 @@ Each result says which of these happened: ``applied`` is ``live``, ``restarting`
 """
 from typing import Any, Callable
 
-from pvc import domain_edit, domain_xml, models, schema
+from pvc import domain_edit, domain_xml, models, placement, schema
 from pvc.cache import OWN_VALUE
-from pvc.errors import Conflict, NotFound, PVCError
+from pvc.errors import Conflict, InvalidInput, NotFound, PVCError
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.vm_control import VMControl
 
@@ -39,7 +39,12 @@ class VMEditor:
                           lambda _edited: [{"kind": "memory_mib", "value": memory_mib}])
 
     def add_volume(self, vm: str, volume: str, target: str | None, bus: str, restart: bool,
-                   live: bool) -> dict[str, Any]:
+                   live: bool, kind: str = "rbd") -> dict[str, Any]:
+        if kind == "file":
+            return self._edit(vm, f"host file {volume} attached",
+                              lambda xml: domain_edit.add_file_disk(xml, volume, target, bus), restart, live, None)
+        if kind != "rbd":
+            raise InvalidInput(f"unknown volume type {kind!r} (rbd: a PVC volume POOL/VOLUME; file: a host path)")
         pool, name = domain_edit.split_volume(volume)
         if self._context.store.read(schema.volume(pool, name)) is None:
             raise NotFound(f"no volume {pool}/{name} in PVC storage (see 'pvc storage volume list')")
@@ -51,6 +56,9 @@ class VMEditor:
                           lambda xml: domain_edit.add_volume(xml, volume, target, bus), restart, live, None)
 
     def remove_volume(self, vm: str, volume: str, restart: bool, live: bool) -> dict[str, Any]:
+        if volume.startswith("/"):
+            return self._edit(vm, f"host file {volume} detached",
+                              lambda xml: domain_edit.remove_file_disk(xml, volume), restart, live, None)
         return self._edit(vm, f"volume {volume} detached", lambda xml: domain_edit.remove_volume(xml, volume),
                           restart, live, None)
 
@@ -78,8 +86,9 @@ class VMEditor:
             domain = domain_xml.parse(edited.xml, default_uuid=spec["uuid"],
                                       allow_host_devices=self._allow_host_devices())
             running = raw.get("state") == "start"
-            self._control.record(vm, current, spec={**spec, **self._spec_of(domain),
-                                                    "generation": spec.get("generation", 1) + 1},
+            new_spec = {**spec, **self._spec_of(domain), "generation": spec.get("generation", 1) + 1}
+            placement.check_fits_a_node(self._context.node_views(), new_spec)
+            self._control.record(vm, current, spec=new_spec,
                                  state="restart" if restart and running else None)
         node = raw["placement"]["node"]
         applied, reason = self._applied(vm, node, raw, edited, restart, live, live_changes)

@@ -342,9 +342,15 @@ def disk_members(name: str, disks: list[DiskSpec]) -> list[tuple[str, bytes]]:
     return members
 
 
-def manifest(members: list[tuple[str, bytes]], algorithm: str = "sha256") -> bytes:
+MANIFEST_LINES = {"vmware": "{label}({name})= {digest}\n", "virtualbox": "{label} ({name}) = {digest}\n"}
+"""Each exporter's manifest line: ovftool's ``SHA256(name)= hex``; VirtualBox's (IPRT's ``RTManifestWriteStandard``)
+BSD-style ``SHA256 (name) = hex``."""
+
+
+def manifest(members: list[tuple[str, bytes]], algorithm: str = "sha256", style: str = "vmware") -> bytes:
     label = algorithm.upper()
-    return "".join(f"{label}({name})= {hashlib.new(algorithm, data).hexdigest()}\n"
+    return "".join(MANIFEST_LINES[style].format(label=label, name=name,
+                                                digest=hashlib.new(algorithm, data).hexdigest())
                    for name, data in members).encode()
 
 
@@ -362,14 +368,16 @@ def build_ova(path: Path, members: list[tuple[str, bytes]], special: list[tarfil
 
 
 def appliance_ova(directory: Path, name: str, disks: list[DiskSpec], style: str = "vmware",
-                  checksum: str | None = "sha256", **descriptor_options) -> Path:
-    """A complete OVA: descriptor, manifest (unless `checksum` is None), disks."""
+                  checksum: str | None = "sha256", covers: str = "all", **descriptor_options) -> Path:
+    """A complete OVA: descriptor, manifest (unless `checksum` is None) in `style`'s spelling covering ``all``
+    members or only the ``disks``, then the disks."""
     describe = vmware_descriptor if style == "vmware" else virtualbox_descriptor
     descriptor = (f"{name}.ovf", describe(name, disks, **descriptor_options))
     files = disk_members(name, disks)
     members = [descriptor]
     if checksum:
-        members.append((f"{name}.mf", manifest([descriptor, *files], checksum)))
+        covered = files if covers == "disks" else [descriptor, *files]
+        members.append((f"{name}.mf", manifest(covered, checksum, style)))
     return build_ova(directory / f"{name}.ova", members + files)
 
 
@@ -395,6 +403,9 @@ class LocalVolumes:
 
     def name(self, index: int) -> str:
         return f"disk{index}"
+
+    def check_hardware(self, vcpus: int, memory_bytes: int) -> None:
+        """A machine of this test's own: no node to compare with."""
 
     def check_room(self, size_bytes: int) -> None:
         if size_bytes > self.backend.pool_usage(self.pool)["free_bytes"]:

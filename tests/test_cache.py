@@ -4,7 +4,7 @@ import time
 import pytest
 
 from pvc import schema
-from pvc.cache import OWN_VALUE, ClusterCache
+from pvc.cache import OWN_VALUE, ClusterCache, Views
 from pvc.store import Store
 
 from conftest import ZK_PASSWORD, ZK_USER
@@ -104,3 +104,47 @@ def test_a_child_deleted_and_made_again_is_followed(cache, other_writer):
     assert eventually(lambda: (cache.nodes.get("hv1") or {}).get(OWN_VALUE) == {"cpus": 16})
     other_writer.write(schema.node_key("hv1", "daemon_state"), "run")
     assert eventually(lambda: cache.nodes.get("hv1").get("daemon_state") == "run")
+
+
+def test_the_change_log_names_only_what_changed_since_a_reader_last_looked(cache, other_writer):
+    for name in ("hv1", "hv2", "hv3"):
+        other_writer.write(schema.node(name), {"cpus": 8})
+    assert eventually(lambda: cache.nodes.names() == ["hv1", "hv2", "hv3"])
+    seen, changed = cache.nodes.changes(-1)
+    assert changed == ["hv1", "hv2", "hv3"]
+    assert cache.nodes.changes(seen) == (seen, [])
+
+    other_writer.write(schema.node_key("hv2", "daemon_state"), "run")
+    other_writer.zk.delete(schema.node("hv3"), recursive=True)
+    cache.catch_up()
+    later, changed = cache.nodes.changes(seen)
+    assert later > seen and changed == ["hv2", "hv3"]
+    assert cache.nodes.get("hv3") is None
+
+    cache.nodes.refresh("hv1")
+    assert cache.nodes.changes(later) == (later, []), "reading a value again is not a change"
+
+
+def test_views_are_rebuilt_only_for_what_changed(cache, other_writer):
+    built = []
+
+    def view(name, raw):
+        built.append(name)
+        return {"name": name, "cpus": raw[OWN_VALUE]["cpus"]} if raw.get(OWN_VALUE) else None
+
+    views = Views(cache.nodes, view)
+    for name in ("hv1", "hv2"):
+        other_writer.write(schema.node(name), {"cpus": 8})
+    cache.catch_up()
+    assert views.current() == [{"name": "hv1", "cpus": 8}, {"name": "hv2", "cpus": 8}]
+
+    built.clear()
+    other_writer.write(schema.node("hv2"), {"cpus": 16})
+    other_writer.write(schema.node("hv0"), {"cpus": 4})
+    cache.catch_up()
+    assert views.current() == [{"name": "hv0", "cpus": 4}, {"name": "hv1", "cpus": 8}, {"name": "hv2", "cpus": 16}]
+    assert sorted(built) == ["hv0", "hv2"]
+
+    other_writer.zk.delete(schema.node("hv1"), recursive=True)
+    cache.catch_up()
+    assert [item["name"] for item in views.current()] == ["hv0", "hv2"]

@@ -88,3 +88,32 @@ def test_a_deposed_leader_records_nothing(store):
     requests.handle(leader)
 
     assert store.read(schema.vm_key("orphaned", "state")) == "restart"
+
+
+def test_a_pass_visits_only_the_records_that_changed_and_an_audit_visits_all(store, mocker):
+    requests = _requests(store)
+    for index in range(20):
+        _vm(store, f"quiet{index:02d}", "start", {"node": "hv1"})
+    _vm(store, "restarted", "restart", {"node": "hv1"})
+    assert eventually(lambda: len(requests._vms.names()) == 21, 5)
+    leader = _leader(store)
+    visits = mocker.spy(requests, "_visit")
+    requests.handle(leader)
+    assert visits.call_count == 21, "a leader's first pass visits every VM"
+
+    visits.reset_mock()
+    requests.handle(leader)
+    assert visits.call_count == 0, "nothing changed"
+
+    status = {"node": "hv1", "running": True, "request": {
+        "kind": "settle", "to": "start", "state_zxid": _zxid(store, "restarted", "state")}}
+    store.write(schema.vm_key("restarted", "status"), status)
+    assert eventually(lambda: requests._vms.get("restarted").get("status") == status, 5)
+    requests.handle(leader)
+    assert [call.args[0] for call in visits.call_args_list] == ["restarted"]
+    assert store.read(schema.vm_key("restarted", "state")) == "start"
+
+    visits.reset_mock()
+    requests._next_audit = 0.0
+    requests.handle(leader)
+    assert visits.call_count == 21, "the audit visits every VM"

@@ -2,6 +2,7 @@
 real file-backend volumes: good appliances in every packaging, and hostile ones refused in one line with no
 staging file left behind."""
 import gzip
+import hashlib
 import io
 import os
 import subprocess
@@ -94,6 +95,66 @@ def test_no_manifest_is_reported_and_a_blank_disk_is_made(tmp_path, disks, place
     assert result.details["manifest"] == "absent"
     assert [volume["source"] for volume in result.volumes] == ["plain-disk1.vmdk", None]
     assert os.path.getsize(volume_path(place, 1)) == 4 * MiB
+
+
+@pytest.mark.parametrize("style, covers, checksum, status", [
+    ("vmware", "all", "sha256", "verified (SHA256)"),
+    ("virtualbox", "all", "sha256", "verified (SHA256)"),
+    ("virtualbox", "disks", "sha1", "partial (SHA1)"),
+    ("vmware", "disks", "sha512", "partial (SHA512)"),
+    ("virtualbox", "all", None, "absent"),
+])
+def test_each_exporters_manifest_is_verified_and_what_it_leaves_out_is_reported(style, covers, checksum, status,
+                                                                                 tmp_path, disks, place):
+    """ovftool writes ``SHA256(f)= hex``, VirtualBox ``SHA256 (f) = hex``; some list only the disks."""
+    specs = [DiskSpec(disks[0][1], DISK_BYTES), DiskSpec(disks[1][1], DISK_BYTES, gzip=True)]
+    ova = appliance_ova(tmp_path, "app", specs, style=style, checksum=checksum, covers=covers)
+    if checksum:
+        line = tarfile.open(ova).extractfile("app.mf").readline().decode()
+        assert line.startswith(f"{checksum.upper()}(app" if style == "vmware" else f"{checksum.upper()} (app")
+
+    result = run_import(ova, place)
+
+    assert result.details["manifest"] == status
+    unverified = {"all": [], "disks": ["app.ovf"]}[covers] if checksum else \
+        ["app.ovf", "app-disk1.vmdk", "app-disk2.vmdk.gz"]
+    assert result.details["unverified_files"] == unverified
+    for index, (raw, _vmdk) in enumerate(disks):
+        assert same_image(volume_path(place, index), str(raw))
+
+
+def _manifest_lines(*lines: str) -> bytes:
+    return "".join(f"{line}\n" for line in lines).encode()
+
+
+def _digest(data: bytes, algorithm: str = "sha256") -> str:
+    return hashlib.new(algorithm, data).hexdigest()
+
+
+MANIFEST_REFUSALS = {
+    "wrong disk digest, BSD style": (
+        lambda d, dsk: f"SHA256 ({dsk[0]}) = {_digest(b'other')}",
+        "SHA256 checksum of 'h-disk1.vmdk' does not match"),
+    "wrong descriptor digest, only it listed": (
+        lambda d, dsk: f"SHA1({d[0]})= {_digest(b'other', 'sha1')}", "SHA1 checksum of 'h.ovf' does not match"),
+    "unknown algorithm": (
+        lambda d, dsk: f"MD5 ({dsk[0]}) = {_digest(dsk[1], 'md5')}", "gives 'h-disk1.vmdk' a MD5 digest"),
+    "file the archive lacks": (
+        lambda d, dsk: f"SHA256({d[0]})= {_digest(d[1])}\nSHA256(h-disk2.vmdk)= {_digest(b'x')}",
+        "lists 'h-disk2.vmdk', which the OVA does not contain"),
+    "digest of the wrong length": (
+        lambda d, dsk: f"SHA256 ({dsk[0]}) = {_digest(dsk[1], 'sha1')}",
+        "gives 'h-disk1.vmdk' a SHA256 digest that is not 64 hexadecimal digits"),
+    "garbage line": (lambda d, dsk: "this is not a digest", "line 1 of the manifest 'h.mf'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MANIFEST_REFUSALS))
+def test_every_digest_a_manifest_lists_is_verified(case, tmp_path, disks, place):
+    line, message = MANIFEST_REFUSALS[case]
+    descriptor, disk = _descriptor_and_disk(disks)
+    ova = build_ova(tmp_path / "h.ova", [descriptor, ("h.mf", _manifest_lines(line(descriptor, disk))), disk])
+    _assert_refused(ova, place, message)
 
 
 def _descriptor_and_disk(disks, name="h"):

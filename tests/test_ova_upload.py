@@ -78,8 +78,8 @@ def test_upload_of_a_two_disk_vmware_ova_shows_its_hardware_and_holds_its_disks(
     result = pvc(ova_cluster, "provisioner", "ova", "upload", "web", str(archive), "--pool", pool, "--format", "json")
 
     assert result.exit_code == 0, result.stderr + result.stdout
-    assert [line.split()[0] for line in result.stderr.splitlines() if line.strip()] == \
-        ["Checksumming", "Uploading", "Importing"]
+    assert [line.split()[0] for line in result.stderr.splitlines() if line.strip()] == ["Uploading", "Importing"], \
+        "no checksum pass before sending: the checksum follows the data"
     uploaded = json.loads(result.stdout)
     assert (uploaded["name"], uploaded["state"], uploaded["vcpus"], uploaded["memory_mib"], uploaded["firmware"],
             uploaded["manifest"]) == ("web", "ready", 4, 2048, "efi", "verified (SHA256)")
@@ -122,6 +122,21 @@ def test_chunked_disk_without_manifest_is_imported_and_reported_unverified(ova_c
     ova_cluster.client.provisioner.ova_remove("vbox")
 
 
+def test_virtualbox_manifest_listing_only_the_disks_is_imported_as_partial(ova_cluster, pool, disks, tmp_path):
+    """VirtualBox's BSD-style lines (``SHA256 (f) = hex``) covering the disks but not the descriptor."""
+    archive = appliance_ova(tmp_path, "vbp", [DiskSpec(disks[0][1], DISK_BYTES)], style="virtualbox",
+                            covers="disks")
+
+    uploaded = pvc(ova_cluster, "provisioner", "ova", "upload", "vbp", str(archive), "--pool", pool)
+
+    assert uploaded.exit_code == 0, uploaded.stderr
+    info = pvc(ova_cluster, "provisioner", "ova", "info", "vbp")
+    details = dict(line.split(":", 1) for line in info.stdout.splitlines() if ":" in line)
+    assert (details["Manifest"].strip(), details["Unverified"].strip()) == ("partial (SHA256)", "vbp.ovf")
+    assert same_image(volume_file(ova_cluster, pool, "ova_vbp_disk0"), str(disks[0][0]))
+    ova_cluster.client.provisioner.ova_remove("vbp")
+
+
 def _hostile(tmp_path, disks, case: str):
     specs = [DiskSpec(disks[0][1], DISK_BYTES)]
     descriptor = ("h.ovf", vmware_descriptor("h", specs))
@@ -129,6 +144,9 @@ def _hostile(tmp_path, disks, case: str):
     members = {
         "not a tar": None,
         "manifest mismatch": [descriptor, ("h.mf", manifest([descriptor, (disk[0], b"other")])), disk],
+        "manifest mismatch, disks only, BSD style": [
+            descriptor, ("h.mf", manifest([(disk[0], b"other")], style="virtualbox")), disk],
+        "manifest with an unknown algorithm": [descriptor, ("h.mf", manifest([disk], "md5", "virtualbox")), disk],
         "capacity too small": [(descriptor[0], descriptor[1].replace(
             f'ovf:capacity="{DISK_BYTES}"'.encode(), b'ovf:capacity="1" ovf:capacityAllocationUnits="MB"')), disk],
         "dot-dot member": [descriptor, ("../h-disk1.vmdk", disk[1])],
@@ -136,6 +154,7 @@ def _hostile(tmp_path, disks, case: str):
                    disk],
         "missing disk": [descriptor],
         "too big for the pool": [("h.ovf", vmware_descriptor("h", [DiskSpec(None, 64, "byte * 2^50")]))],
+        "more vCPUs than any node": [("h.ovf", vmware_descriptor("h", specs, vcpus=100000)), disk],
     }[case]
     path = tmp_path / "hostile.ova"
     if members is None:
@@ -145,9 +164,12 @@ def _hostile(tmp_path, disks, case: str):
 
 
 HOSTILE = {"not a tar": "not a tar archive", "manifest mismatch": "does not match its content",
+           "manifest mismatch, disks only, BSD style": "checksum of 'h-disk1.vmdk' does not match",
+           "manifest with an unknown algorithm": "gives 'h-disk1.vmdk' a MD5 digest",
            "capacity too small": "more than its declared capacity", "dot-dot member": "outside the archive",
            "entity": "DTD or entities", "missing disk": "does not contain it",
-           "too big for the pool": "can still hold"}
+           "too big for the pool": "can still hold",
+           "more vCPUs than any node": "the appliance has 100000 vCPUs, more than the 16 CPUs of the largest node"}
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
@@ -187,6 +209,37 @@ def test_an_upload_cut_off_midway_is_cleared_by_the_next_pass(ova_cluster, pool,
             return True
         return False
     assert eventually(settled, timeout=60, interval=0.5)
+    assert everything(ova_cluster, pool) == before
+
+
+@pytest.mark.parametrize("forged", ["another checksum", "another key"])
+def test_a_trailer_that_does_not_match_removes_every_volume_the_upload_imported(ova_cluster, pool, disks, tmp_path,
+                                                                                 forged):
+    """The checksum follows the data: both disks are imported by the time it arrives, and a wrong one (or one
+    not signed with the declared key) removes them all."""
+    before = everything(ova_cluster, pool)
+    archive = appliance_ova(tmp_path, "tr", [DiskSpec(disks[0][1], DISK_BYTES), DiskSpec(disks[1][1], DISK_BYTES)])
+    data = archive.read_bytes()
+    declared, key = bulk.trailer_key()
+    ticket = ova_cluster.client.provisioner.ova_upload("tr", pool, len(data), declared)
+    host, port = ticket["address"].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as connection, \
+            connection.makefile("rb") as answers:
+        bulk.send_message(connection, {"token": ticket["token"], "size_bytes": len(data), "checksum": "trailer"})
+        assert json.loads(answers.readline()) == {"ready": True}
+        connection.sendall(data)
+        assert eventually(lambda: len(leftovers(ova_cluster, pool)) == 2, timeout=30), \
+            "both disks were imported before the trailer came"
+        right, wrong = bulk.checksum_of_bytes(data), bulk.checksum_of_bytes(data[:-1])
+        bulk.send_message(connection, {"checksum": wrong, "mac": bulk.trailer_mac(key, wrong)}
+                          if forged == "another checksum" else
+                          {"checksum": right, "mac": bulk.trailer_mac(bulk.trailer_key()[1], right)})
+        answer = json.loads(answers.readline())
+
+    assert answer["error"] == "InvalidInput"
+    assert ("does not match" if forged == "another checksum" else "not signed with the key") in answer["message"]
+    with pytest.raises(NotFound):
+        ova_cluster.client.provisioner.ova_upload_end("tr")
     assert everything(ova_cluster, pool) == before
 
 
@@ -347,6 +400,10 @@ def test_forced_removal_leaves_the_vm_and_takes_the_rest(ova_cluster, pool, disk
     client = ova_cluster.client
     upload_ova(client, "forced", pool, str(appliance_ova(tmp_path, "forced", [DiskSpec(disks[0][1], DISK_BYTES)])))
     client.provisioner.create("forcedvm", "forced", define_only=True, wait=True)
+    shown = pvc(ova_cluster, "vm", "info", "forcedvm")
+    assert "Made from:" in shown.stdout and "OVA forced" in shown.stdout.split("Made from:")[1].splitlines()[0]
+    assert json.loads(pvc(ova_cluster, "vm", "info", "forcedvm", "--format", "json").stdout)["made_from"] == \
+        {"ova": "forced"}
     with pytest.raises(Conflict, match="VM\\(s\\) made from it: forcedvm"):
         client.provisioner.ova_remove("forced")
     client.provisioner.profile_add("borrower", profile_type="ova", system_template="forced")

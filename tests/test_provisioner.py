@@ -89,7 +89,7 @@ def test_templates_are_added_listed_changed_and_removed_unless_a_profile_uses_th
     assert added.exit_code == 0, added.output
     assert json.loads(added.output) == {
         "name": system, "kind": "system", "vcpus": 4, "memory_mib": 2048, "serial": True, "vnc": True,
-        "firmware": "efi", "node_limit": ["hv1", "hv2"], "node_selector": "vcpus", "node_autostart": True,
+        "vnc_bind": "127.0.0.1", "firmware": "efi", "node_limit": ["hv1", "hv2"], "node_selector": "vcpus", "node_autostart": True,
         "migration_method": "shutdown", "used_by": []}
     assert pvc(cluster, "provisioner", "template", "storage", "add", storage, "--disk", f"pool={POOL},size=64M",
                "--disk", f"pool={POOL},size=1G").exit_code == 0
@@ -140,7 +140,9 @@ def test_templates_are_added_listed_changed_and_removed_unless_a_profile_uses_th
     ("system", {"vcpus": 1, "memory_mib": 512, "node_selector": "fastest"}, "unknown migration selector 'fastest'"),
     ("system", {"vcpus": 1, "memory_mib": 512, "migration_method": "teleport"}, "unknown migration method"),
     ("system", {"vcpus": 1, "memory_mib": 512, "cpus": 3}, "unknown system template field(s): cpus"),
-    ("storage", {"disks": []}, "a storage template needs a list of one or more disks"),
+    ("storage", {"disks": "sda"}, "a storage template's disks are a list"),
+    ("storage", {"disks": [{"pool": POOL, "size": "1G", "mountpoint": "/"}]}, "a mount point needs a filesystem"),
+    ("storage", {"disks": [{"pool": POOL, "size": "1G", "filesystem": "ntfs"}]}, "unknown filesystem 'ntfs'"),
     ("storage", {"disks": [{"pool": POOL}]}, "disk 0 needs a size, or a source volume to clone"),
     ("storage", {"disks": [{"pool": POOL, "size": "-1G"}]}, "disk 0 size"),
     ("storage", {"disks": [{"pool": "../etc", "size": "1G"}]}, "invalid pool name '../etc'"),

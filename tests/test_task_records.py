@@ -1,7 +1,13 @@
 """Finished flush/ready task records are forgotten after a while, so the leader's every-tick read stays small;
 running ones and recent outcomes stay."""
+import time
+
 from pvc import schema
-from pvc.rpc.tasks import FINISHED_KEPT, FINISHED_KEPT_S, prune_finished
+from pvc.cache import ClusterCache
+from pvc.rpc.context import CoordinatorContext
+from pvc.rpc.tasks import FINISHED_KEPT, FINISHED_KEPT_S, TaskRunner, prune_finished
+
+from helpers import eventually
 
 NOW = 1_000_000.0
 
@@ -33,3 +39,37 @@ def test_nothing_to_forget_writes_nothing(store):
 
     assert prune_finished(store, tasks, None, NOW) == []
     assert store.children(schema.TASKS) == ["recent"]
+
+
+class Probe:
+    """A task kind whose run only says it ran (the runner, not the task's work, is under test)."""
+    ran: list[str] = []
+
+    def __init__(self, context, control, task, leader_node, parallelism):
+        self.task = task
+
+    def run(self) -> None:
+        Probe.ran.append(self.task["id"])
+
+
+def test_the_runner_reads_only_task_records_that_changed(store, mocker):
+    cache = ClusterCache(store)
+    cache.start()
+    context = CoordinatorContext("test-leader", {}, store, cache, plugins=None, agents=None, leadership=None)
+    runner = TaskRunner(context, control=None, parallelism=1, executions={"probe": Probe})
+    for n in range(30):
+        record(store, f"done-{n:02}", "done", time.time(), time.time())
+    leader = store.zk.create(f"{schema.ELECTION}/leader-", b"", ephemeral=True, sequence=True)
+    reads = mocker.spy(store.zk, "get")
+
+    runner.tick(leader)
+    assert reads.call_count >= 30, "a leader's first tick reads every task record"
+    reads.reset_mock()
+    runner.tick(leader)
+    assert reads.call_count == 0, "nothing changed"
+
+    store.transaction().create(schema.task("probe-1"), {"id": "probe-1", "kind": "probe", "node": "hv1",
+                                                        "state": "pending", "created": time.time()}).commit()
+    runner.tick(leader)
+    assert [call.args[0] for call in reads.call_args_list] == [schema.task("probe-1")]
+    assert eventually(lambda: Probe.ran[:1] == ["probe-1"], 5)

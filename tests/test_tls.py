@@ -48,6 +48,22 @@ def test_a_tls_cluster_works_end_to_end_and_refuses_plain_clients(tls_cluster, t
     assert started.returncode == 0, "the coordinator reached the node agent over TLS: " + started.stderr
     assert '"running": true' in started.stdout
 
+    system = tmp_path / "system.yaml"
+    system.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "tls_ca": "system"}))
+    unverified = run("pvc", "node", "list", config=system)
+    assert unverified.returncode != 0 and "hv1" not in unverified.stdout and "certificate" in unverified.stderr, \
+        "the system's CAs do not vouch for the cluster's own certificate: refused, never unverified"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PVC_")}
+    client_dir = tmp_path / "client"
+    saved = subprocess.run([str(BIN / "pvc"), "connection", "add", "sys", *yaml.safe_load(config.read_text())["uris"],
+                            "-k", yaml.safe_load(config.read_text())["api_key"], "-s"],
+                           env={**env, "PVC_CLIENT_DIR": str(client_dir)}, capture_output=True, text=True, timeout=60)
+    assert saved.returncode == 0, saved.stderr
+    trusted = subprocess.run([str(BIN / "pvc"), "-c", "sys", "node", "list"], capture_output=True, text=True,
+                             timeout=60, env={**env, "PVC_CLIENT_DIR": str(client_dir),
+                                              "SSL_CERT_FILE": yaml.safe_load(config.read_text())["tls_ca"]})
+    assert trusted.returncode == 0 and "hv1" in trusted.stdout, "once the system store trusts it: " + trusted.stderr
+
     plain = tmp_path / "plain.yaml"
     settings = yaml.safe_load(config.read_text())
     del settings["tls_ca"]

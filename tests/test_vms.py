@@ -16,7 +16,7 @@ from vm_support import (assert_no_vm_on_two_hosts, new_uuid, pvc, remove_all_vms
 INFO_KEYS = {"name", "uuid", "state", "node", "last_node", "running", "node_limit", "node_selector",
              "node_autostart", "migration_method", "max_downtime_ms", "vcpus", "memory_mib", "last_error",
              "unknown", "migration_note", "disks", "nics", "volumes", "autostart_pending", "tags", "protected_tags",
-             "profile"}
+             "profile", "made_from"}
 
 
 @pytest.fixture(autouse=True)

@@ -202,7 +202,8 @@ class LocalCluster:
 
     def up(self, nodes: int = 3, coordinators: int = 1, timeout: float = 60.0, storage: str = "file",
            ceph_conf: Path | None = None, tls: bool = False, hypervisor: str = "test", zookeepers: int = 1,
-           lab: bool = False, monitoring: bool = False) -> None:
+           lab: bool = False, monitoring: bool = False, scripts: bool = False,
+           script_timeout: float = 600) -> None:
         """Start everything and return once every node is ``run`` and ``ready``; on failure, stop it all.
 
         With `monitoring`, a real Prometheus (`prometheus.py`) scrapes every coordinator's /metrics, with the
@@ -221,7 +222,8 @@ class LocalCluster:
         `zookeepers` servers form the cluster's ZooKeeper (3 or 5: a real ensemble, which outlives the loss of a
         minority of its servers). With `lab`, every host, coordinator and ZooKeeper server lives in a network
         namespace of its own on the cluster's lab network (`lab.py`); a lab that a crashed earlier run of this
-        state directory left is removed first."""
+        state directory left is removed first. With `scripts`, every node runs provisioner install scripts,
+        each for at most `script_timeout` seconds."""
         if zookeepers not in ZOOKEEPER_ENSEMBLE_SIZES:
             sizes = ", ".join(map(str, ZOOKEEPER_ENSEMBLE_SIZES))
             raise InvalidInput(f"a ZooKeeper of {zookeepers} servers: use {sizes}")
@@ -248,7 +250,8 @@ class LocalCluster:
             "coordinators": {}, "nodes": [], "storage": storage,
             "ceph_conf": str(Path(ceph_conf).absolute()) if ceph_conf else str(self.private_ceph.conf),
             "private_ceph": storage == "ceph" and ceph_conf is None,
-            "tls": tls, "hypervisor": hypervisor,
+            "tls": tls, "hypervisor": hypervisor, "scripts": scripts,
+            "script_timeout": script_timeout,
         }
         try:
             if hypervisor == "qemu":
@@ -443,6 +446,7 @@ class LocalCluster:
         directory = self._daemon_dir("coordinators", name)
         directory.mkdir(parents=True, exist_ok=True)
         settings = {**self._common_settings(), "coordinator_name": name,
+                    "node": f"hv{name.removeprefix('pvcapid')}",
                     "listen_address": self.coordinator_address(name),
                     "api_keys": [self.state["api_key"]], "leader_tick": 0.5, "fence_intervals": FENCE_INTERVALS,
                     "health_interval": HEALTH_INTERVAL, "metrics_poll_interval": HEALTH_INTERVAL,
@@ -479,7 +483,10 @@ class LocalCluster:
                     "simulated_cpus": NODE_CPUS, "simulated_memory_mib": NODE_MEMORY_MIB,
                     "storage_backend": self.state.get("storage", "file"), "storage_directory": str(self.storage_dir),
                     "ceph_conf": self.state.get("ceph_conf", str(self.private_ceph.conf)),
-                    "upload_listen_address": "127.0.0.1:0", "upload_staging_directory": str(self.staging_dir(name))}
+                    "upload_listen_address": "127.0.0.1:0", "upload_staging_directory": str(self.staging_dir(name)),
+                    "provisioner_scripts": bool(self.state.get("scripts")),
+                    "provisioner_script_directory": str(directory / "scripts"),
+                    "provisioner_script_timeout": self.state.get("script_timeout", 600)}
         if isinstance(host, QemuHost):
             settings.update({"listen_address": f"{host.address}:0", "upload_listen_address": f"{host.address}:0",
                              "migration_uri": host.migration_uri, "migration_address": host.address,

@@ -107,6 +107,11 @@ class ClusterArea:
                                f"(known: {', '.join(known)})")
         if "allow_host_devices" in changes and not isinstance(changes["allow_host_devices"], bool):
             raise InvalidInput(f"allow_host_devices must be true or false, not {changes['allow_host_devices']!r}")
+        if "memory_overcommit" in changes:
+            ratio = changes["memory_overcommit"]
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.1 <= ratio <= 100:
+                raise InvalidInput(f"memory_overcommit must be a number from 0.1 to 100, not {ratio!r}")
+            changes["memory_overcommit"] = float(ratio)
         if "accept_io_fence" in changes and not isinstance(changes["accept_io_fence"], bool):
             raise InvalidInput(f"accept_io_fence must be true or false, not {changes['accept_io_fence']!r}")
         if "fence_chain" in changes:

@@ -1,13 +1,15 @@
 """Remote object `nodes`: what the cluster's nodes are and how they are doing, from the cache."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import Pyro5.server
+from kazoo.exceptions import NoNodeError
 
 from pvc import models, schema
 from pvc.cache import OWN_VALUE
-from pvc.errors import Conflict, NotFound, Unavailable
+from pvc.errors import AlreadyExists, Busy, Conflict, NotFound, Unavailable
 from pvc.health.faults import health
 from pvc.rpc import tasks
 from pvc.rpc.context import CoordinatorContext
@@ -44,7 +46,9 @@ class NodesArea:
         :raises Unavailable: no coordinator answered (nothing else: it refuses nothing)
         """
         self._context.cache.catch_up()
-        return [self._view(name, raw) for name, raw in sorted(self._context.cache.nodes.snapshot().items())
+        roles = self._coordinator_roles()
+        return [{**self._view(name, raw), "coordinator_state": roles.get(name, "client")}
+                for name, raw in sorted(self._context.cache.nodes.snapshot().items())
                 if raw.get(OWN_VALUE) is not None]
 
     def info(self, name: str) -> dict[str, Any]:
@@ -58,7 +62,8 @@ class NodesArea:
         """
         own = [task for task in tasks.list_tasks(self._context) if task.get("node") == name]
         raw = self._raw(name)
-        return {**self._view(name, raw), "not_flushed": tasks.not_flushed(self._context, name),
+        return {**self._view(name, raw), "coordinator_state": self._coordinator_roles().get(name, "client"),
+                "not_flushed": tasks.not_flushed(self._context, name),
                 "faults": [fault for fault in self._context.fault_views() if fault["node"] == name and fault["active"]],
                 "recovery": self._recovery(name),
                 "changed_by_command": (own[-1].get("changed_by_command") or []) if own else [],
@@ -125,6 +130,62 @@ class NodesArea:
         note = notes[state] if state in notes and self._beating_since_marked(name) else None
         return models.node_view(name, raw, keepalive_age_s=self._keepalives.age(name), daemon_note=note,
                                 health=health(self._context.fault_views(), name))
+
+    def primary(self, name: str) -> dict[str, Any]:
+        """Hand leadership gracefully to the coordinator beside node `name` (upstream's ``node primary``);
+        returns ``{"from", "to"}``; nothing to do when it leads already."""
+        beside = self._coordinator_beside(name)
+        leader = self._context.leadership.current_leader()
+        if beside == leader:
+            return {"from": leader, "to": beside}
+        self._request_handoff({"to": beside})
+        return {"from": leader, "to": beside}
+
+    def secondary(self, name: str) -> dict[str, Any]:
+        """Hand leadership gracefully away from the coordinator beside node `name` (upstream's ``node
+        secondary``), to whichever other coordinator is next; returns ``{"from", "to": None}``; nothing to do
+        when it does not lead."""
+        beside = self._coordinator_beside(name)
+        leader = self._context.leadership.current_leader()
+        if beside != leader:
+            return {"from": leader, "to": leader}
+        if not [each for each in self._context.live_coordinators() if each["name"] != beside]:
+            raise Conflict(f"coordinator {beside} is the only one running: there is no other to lead")
+        self._request_handoff({"away_from": beside})
+        return {"from": leader, "to": None}
+
+    def _coordinator_beside(self, name: str) -> str:
+        self._raw(name)
+        beside = [each["name"] for each in self._context.live_coordinators() if each.get("node") == name]
+        if not beside:
+            raise NotFound(f"no running coordinator runs beside node {name} (the 'node' setting in its "
+                           "pvcapid.yaml)")
+        return beside[0]
+
+    def _request_handoff(self, request: dict[str, Any]) -> None:
+        """Write the request, replacing one that is void; refused while another is pending."""
+        store = self._context.store
+        record = {**request, "requested": time.time()}
+        try:
+            current, stat = store.zk.get(schema.LEADER_HANDOFF)
+        except NoNodeError:
+            try:
+                store.transaction().create(schema.LEADER_HANDOFF, record).commit()
+            except AlreadyExists:
+                raise Busy("another leadership handoff was requested at the same moment; try again") from None
+            return
+        pending = schema.decode(current) or {}
+        if time.time() - pending.get("requested", 0) <= schema.HANDOFF_TIMEOUT_S and not pending.get("taken_by"):
+            raise Busy(f"a leadership handoff is under way ({pending}); try again once it is over")
+        store.transaction().set(schema.LEADER_HANDOFF, record, version=stat.version).commit()
+
+    def _coordinator_roles(self) -> dict[str, str]:
+        """Upstream's coordinator state of each node a live coordinator runs beside (its ``node`` setting):
+        ``primary`` beside the leader, ``secondary`` beside the others; a node no coordinator names is a
+        ``client``."""
+        leader = self._context.leadership.current_leader()
+        return {coordinator["node"]: "primary" if coordinator["name"] == leader else "secondary"
+                for coordinator in self._context.live_coordinators() if coordinator.get("node")}
 
     def _beating_since_marked(self, name: str) -> bool:
         """Whether a keepalive was written after the leader last wrote the node's daemon state (dead, fenced):

@@ -126,7 +126,9 @@ class OvaCalls:
 
     def ova_remove(self, name: str, force: bool = False) -> None:
         """Remove an OVA, its volumes, its system template and its profile; refused while a VM made from it
-        exists, unless `force`, and while another profile uses its template.
+        exists, unless `force`, and while another profile uses its template. The volumes' linked clones (the
+        disks of VMs made from it, on Ceph) are made independent first (flattened), before the removal is
+        recorded, so a removal that fails there leaves the OVA ``ready``, never stuck in ``removing``.
 
         :raises NotFound: no OVA of that name
         :raises Busy: the OVA is being imported
@@ -153,6 +155,8 @@ class OvaCalls:
             if record is None:
                 raise NotFound(f"no OVA named '{name}'")
             appliance_paths = self._appliance_paths(name, record)
+            for volume in record.get("volumes") or []:
+                self._detach_clones(volume["pool"], volume["name"])
             if record.get("state") != "removing":
                 store.transaction().set(schema.ova(name), {**record, "state": "removing"}).commit()
             for volume in record.get("volumes") or []:
@@ -206,7 +210,8 @@ class OvaCalls:
             if owns_profile:
                 transaction.create(profile_path, provisioner_records.appliance_profile(name))
             ready = {**record, "state": "ready", "volumes": volumes, "hardware": hardware,
-                     "manifest": report.get("manifest"), "certificate": report.get("certificate"),
+                     "manifest": report.get("manifest"), "unverified_files": report.get("unverified_files") or [],
+                     "certificate": report.get("certificate"),
                      "skipped_files": report.get("skipped_files") or [], "imported": time.time(),
                      "template": name if owns_template else None, "profile": name if owns_profile else None}
             transaction.set(schema.ova(name), ready).commit()
@@ -254,6 +259,12 @@ class OvaCalls:
             if paths:
                 store.transaction().delete_tree(paths).commit()
             storage._volumes.refresh(schema.volume_key(pool, volume))
+
+    def _detach_clones(self, pool: str, volume: str) -> None:
+        storage = self._storage
+        with storage._pool_lock(pool):
+            node, agent_uri, _backend = storage._storage_node(pool)
+            storage._agent(node, agent_uri, "volume_detach_clones", pool, volume)
 
     def _delete_record(self, name: str, also: list[str] | None = None) -> None:
         """The OVA's record and its children, whichever exist, with the paths `also` (in one transaction)."""
@@ -303,5 +314,6 @@ def _info_view(record: dict[str, Any]) -> dict[str, Any]:
             "os_description": hardware.get("os_description"), "memory_bytes": hardware.get("memory_bytes"),
             "volumes": record.get("volumes") or [], "hardware_disks": hardware.get("disks") or [],
             "nics": hardware.get("nics") or [], "networks": hardware.get("networks") or [],
+            "unverified_files": record.get("unverified_files") or [],
             "certificate": record.get("certificate"), "skipped_files": record.get("skipped_files") or [],
             "template": record.get("template"), "profile": record.get("profile")}

@@ -11,12 +11,14 @@ from typing import Any, Iterator
 
 import Pyro5.server
 
-from pvc import provisioner_records, schema
+from pvc import placement, provisioner_records, schema
 from pvc.cache import OWN_VALUE, WatchedCollection
 from pvc.errors import AlreadyExists, Busy, Conflict, InvalidInput, NotFound
 from pvc.rpc import provisioning
 from pvc.rpc.areas.ova import OvaCalls
+from pvc.rpc.areas.scripts import ScriptCalls
 from pvc.rpc.areas.storage import StorageArea
+from pvc.rpc.areas.userdata import UserdataCalls
 from pvc.rpc.areas.vms import VMsArea
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.provisioning_plan import Planner
@@ -26,9 +28,9 @@ LOCK_TIMEOUT_S = 30
 
 @Pyro5.server.expose
 @Pyro5.server.behavior(instance_mode="single")
-class ProvisionerArea(OvaCalls):
-    """``client.provisioner``: templates and profiles, VM creation from a profile, and OVA appliances
-    (the methods of `OvaCalls`)."""
+class ProvisionerArea(OvaCalls, UserdataCalls, ScriptCalls):
+    """``client.provisioner``: templates and profiles, VM creation from a profile, OVA appliances (the methods
+    of `OvaCalls`), named user-data documents (`UserdataCalls`) and install scripts (`ScriptCalls`)."""
 
     def __init__(self, context: CoordinatorContext, storage: StorageArea, vms: VMsArea):
         self._context = context
@@ -109,6 +111,34 @@ class ProvisionerArea(OvaCalls):
             self._templates[kind].refresh(name)
         return self.template_info(kind, name)
 
+    def template_disk_add(self, name: str, disk_id: str, pool: str, size: str | int | None = None,
+                          source_volume: str | None = None, filesystem: str | None = None,
+                          mountpoint: str | None = None) -> dict[str, Any]:
+        """Append disk `disk_id` (``sda``, ...) to storage template `name`, as upstream builds templates step by
+        step; `filesystem` and `mountpoint` are for the profile's install script."""
+        disk = {"disk_id": disk_id, "pool": pool, "size": size, "source_volume": source_volume,
+                "filesystem": filesystem, "mountpoint": mountpoint}
+        with self._locked():
+            record = self._require_template("storage", name)
+            if any(each.get("disk_id") == disk_id for each in record["disks"]):
+                raise AlreadyExists(f"storage template '{name}' has a disk {disk_id} already")
+            updated = self._checked_template("storage", {"disks": [*record["disks"], disk]})
+            self._context.store.transaction().set(schema.template("storage", name), updated).commit()
+            self._templates["storage"].refresh(name)
+        return self.template_info("storage", name)
+
+    def template_disk_remove(self, name: str, disk_id: str) -> dict[str, Any]:
+        """Remove disk `disk_id` from storage template `name`."""
+        with self._locked():
+            record = self._require_template("storage", name)
+            disks = [disk for disk in record["disks"] if disk.get("disk_id") != disk_id]
+            if len(disks) == len(record["disks"]):
+                raise NotFound(f"storage template '{name}' has no disk {disk_id}")
+            updated = self._checked_template("storage", {"disks": disks})
+            self._context.store.transaction().set(schema.template("storage", name), updated).commit()
+            self._templates["storage"].refresh(name)
+        return self.template_info("storage", name)
+
     def template_remove(self, kind: str, name: str) -> None:
         """Remove a template that no profile uses.
 
@@ -132,7 +162,8 @@ class ProvisionerArea(OvaCalls):
 
         :raises Unavailable: no coordinator answered (nothing else: it refuses nothing)
         """
-        return [provisioner_records.profile_view(name, record, self._ova_record(record), detail=False)
+        return [provisioner_records.profile_view(name, record, self._ova_record(record), detail=False,
+                                                 userdata_exists=self._userdata_exists(record))
                 for name, record in sorted(self._profile_records().items())]
 
     def profile_info(self, name: str) -> dict[str, Any]:
@@ -141,12 +172,16 @@ class ProvisionerArea(OvaCalls):
         :raises NotFound: no such profile
         """
         record = self._require_profile(name)
-        return provisioner_records.profile_view(name, record, self._ova_record(record))
+        return provisioner_records.profile_view(name, record, self._ova_record(record),
+                                                userdata_exists=self._userdata_exists(record))
 
     def profile_add(self, name: str, profile_type: str = "provisioner", system_template: str | None = None,
                     storage_template: str | None = None, network_template: str | None = None,
-                    user_data: str | None = None, ova: str | None = None) -> dict[str, Any]:
-        """A new profile of `profile_type` (provisioner or ova); every component may be given later.
+                    user_data: str | None = None, ova: str | None = None,
+                    userdata: str | None = None, script: str | None = None,
+                    script_args: list[str] | None = None) -> dict[str, Any]:
+        """A new profile of `profile_type` (provisioner or ova); every component may be given later. User data
+        is its text (`user_data`) or the name of a stored document (`userdata`), not both.
 
         :raises InvalidInput: a malformed name, type or component
         :raises NotFound: a named template or OVA does not exist
@@ -156,7 +191,8 @@ class ProvisionerArea(OvaCalls):
         path = schema.profile(name)
         record = provisioner_records.check_profile({
             "type": profile_type, "system_template": system_template, "storage_template": storage_template,
-            "network_template": network_template, "user_data": user_data, "ova": ova})
+            "network_template": network_template, "user_data": user_data, "ova": ova, "userdata": userdata,
+            "script": script, "script_args": script_args})
         with self._locked():
             self._check_components(record)
             if self._profile_record(name) is not None:
@@ -263,6 +299,8 @@ class ProvisionerArea(OvaCalls):
         record = provisioner_records.check_template(kind, spec)
         if kind == "system" and record["node_selector"]:
             self._context.selector(record)
+        if kind == "system":
+            placement.check_fits_a_node(self._context.node_views(), record, "the system template")
         return record
 
     def _template_record(self, kind: str, name: str) -> dict[str, Any] | None:
@@ -304,6 +342,13 @@ class ProvisionerArea(OvaCalls):
                 raise NotFound(f"no {kind} template named '{name}'")
         if record.get("ova") and self._ova_record(record) is None:
             raise NotFound(f"no OVA named '{record['ova']}'")
+        if record.get("userdata") and not self._context.store.zk.exists(schema.userdata(record["userdata"])):
+            raise NotFound(f"no user-data document named '{record['userdata']}'")
+        if record.get("script") and not self._context.store.zk.exists(schema.script(record["script"])):
+            raise NotFound(f"no install script named '{record['script']}'")
+
+    def _userdata_exists(self, record: dict[str, Any]) -> bool | None:
+        return self._userdata_record(record["userdata"]) is not None if record.get("userdata") else None
 
     def _refuse_name_of_importing_ova(self, what: str, name: str) -> None:
         """An OVA being imported holds the names its template and profile will take (called under the lock,

@@ -311,8 +311,11 @@ class StorageArea:
             self._volumes.refresh(schema.volume_key(pool, new_name))
         return self.volume_info(pool, new_name)
 
-    def volume_clone(self, pool: str, name: str, new_name: str, snapshot: str | None = None) -> dict[str, Any]:
-        """A new independent volume with the data of `name` now, or of its `snapshot`.
+    def volume_clone(self, pool: str, name: str, new_name: str, snapshot: str | None = None,
+                     linked: bool = False) -> dict[str, Any]:
+        """A new independent volume with the data of `name` now, or of its `snapshot`; `linked`, a clone
+        sharing `name`'s data until written where the storage can (the provisioner's clones of an OVA's
+        volumes: `name` is then removed only after `volume_detach_clones`).
 
         :raises NotFound: no such pool or volume
         :raises NotFound: no such snapshot
@@ -322,6 +325,8 @@ class StorageArea:
         :raises Unavailable: no storage node answered
         :raises OperationFailed: the storage refused (its reason)
         """
+        if linked and snapshot is not None:
+            raise InvalidInput("a linked clone is made from the volume itself, not from a snapshot")
         schema.volume_key(pool, new_name)
         self._require_volume(pool, name)
         with self._pool_lock(pool):
@@ -331,7 +336,8 @@ class StorageArea:
             self._require_absent(pool, new_name)
             agent = self._pool_agent(pool)
             self._make(pool, new_name, "clone", raw[OWN_VALUE]["size_bytes"],
-                       lambda: agent("volume_copy", pool, name, new_name, snapshot), agent)
+                       lambda: agent("volume_clone_linked", pool, name, new_name) if linked
+                       else agent("volume_copy", pool, name, new_name, snapshot), agent)
         return self.volume_info(pool, new_name)
 
     # -- snapshots ----------------------------------------------------------------------------------------

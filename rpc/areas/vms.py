@@ -8,8 +8,8 @@ from typing import Any, ContextManager
 import Pyro5.server
 
 from pvc import domain_xml, models, placement, schema
-from pvc.cache import OWN_VALUE
-from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound, Unavailable
+from pvc.cache import OWN_VALUE, Views
+from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound, PVCError, Unavailable
 from pvc.rpc import network_use, removal
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.retries import retry_safe
@@ -21,7 +21,7 @@ META_KEYS = ("node_limit", "node_selector", "node_autostart", "migration_method"
 
 @Pyro5.server.expose
 @Pyro5.server.behavior(instance_mode="single")
-@retry_safe(reads={"list", "info", "dump", "log", "tags"})
+@retry_safe(reads={"list", "info", "info_long", "dump", "log", "tags"})
 class VMsArea:
     """``client.vms``: defining, changing, starting, stopping and moving virtual machines. Every change is
     recorded in ZooKeeper first and carried out by the VM's node at once; ``wait=True`` waits for the outcome."""
@@ -30,6 +30,7 @@ class VMsArea:
         self._context = context
         self._control = control
         self._editor = VMEditor(context, control, self._spec, self._allow_host_devices)
+        self._views = Views(context.cache.vms, _list_view)
 
     def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
         """The VM as it now is, for a call whose coordinator died before answering; None once it is gone."""
@@ -54,10 +55,7 @@ class VMsArea:
         if state is not None and state not in schema.VM_STATES:
             raise InvalidInput(f"unknown state '{state}' (one of: {', '.join(schema.VM_STATES)})")
         self._context.cache.catch_up()
-        views = [models.vm_view(name, raw, detail=False)
-                 for name, raw in sorted(self._context.cache.vms.snapshot().items())
-                 if raw.get(OWN_VALUE) is not None]
-        return [view for view in views
+        return [view for view in self._views.current()
                 if (node is None or view["node"] == node) and (state is None or view["state"] == state)
                 and (tag is None or tag in view["tags"])]
 
@@ -68,6 +66,24 @@ class VMsArea:
         :raises NotFound: no VM of that name
         """
         return self._control.view(vm)
+
+    def info_long(self, vm: str) -> dict[str, Any]:
+        """Everything `info` knows, plus the node's view (upstream's ``vm info --format long``): its last report
+        on the VM in full (``node_report``: running, error, migration note, when), the desired placement as
+        recorded, and where the node writes the VM's console log (``console_log``: path and size, or why the
+        node could not say)."""
+        raw = self._control.raw(vm)
+        view = self._control.view(vm)
+        node = (raw.get("placement") or {}).get("node")
+        try:
+            agent_uri = self._node(node).get("agent_uri") if node else None
+            if not agent_uri:
+                raise Unavailable(f"node {node} has no agent")
+            console_log = self._context.agents.call(node, agent_uri, "console_log_file", vm)
+        except PVCError as error:
+            console_log = {"path": None, "size_bytes": None, "unavailable": str(error)}
+        return {**view, "node_report": raw.get("status") or {}, "placement": raw.get("placement") or {},
+                "console_log": console_log}
 
     def dump(self, vm: str) -> str:
         """The VM's libvirt domain XML as PVC stores it.
@@ -112,6 +128,7 @@ class VMsArea:
         self._check_uuid_free(domain.uuid)
         with self._networks_held(domain):
             spec = {**self._spec(domain), **meta, "tags": initial_tags(tags, protected_tags), "generation": 1}
+            placement.check_fits_a_node(self._context.node_views(), spec)
             node = self._initial_node(spec, target)
             store = self._context.store
             try:
@@ -144,6 +161,7 @@ class VMsArea:
             if domain.uuid != spec["uuid"]:
                 raise InvalidInput(f"the XML has UUID {domain.uuid}, but VM '{vm}' has {spec['uuid']}")
             new_spec = {**spec, **self._spec(domain), "generation": spec.get("generation", 1) + 1}
+            placement.check_fits_a_node(self._context.node_views(), new_spec)
             running = current.state == "start"
             self._control.record(vm, current, spec=new_spec, state="restart" if restart and running else None)
         return self._control.converge(vm, [current.placement["node"]], wait=False)
@@ -275,8 +293,10 @@ class VMsArea:
         return self._editor.set_memory(vm, memory_mib, restart, live)
 
     def add_volume(self, vm: str, volume: str, target: str | None = None, bus: str = "scsi",
-                   restart: bool = False, live: bool = True) -> dict[str, Any]:
-        """Attach PVC volume ``POOL/VOLUME`` as a disk (at `target`, or the next free name for `bus`).
+                   restart: bool = False, live: bool = True, kind: str = "rbd") -> dict[str, Any]:
+        """Attach PVC volume ``POOL/VOLUME`` as a disk (at `target`, or the next free name for `bus`); with
+        `kind` ``file`` (upstream's ``--type file``), the host path `volume` instead, which the cluster's
+        ``allow_host_devices`` must allow.
 
         :raises NotFound: no VM of that name
         :raises Busy: another command holds the VM's lock
@@ -287,10 +307,10 @@ class VMsArea:
         :raises NotFound: no such PVC volume
         :raises Conflict: another VM uses the volume
         """
-        return self._editor.add_volume(vm, volume, target, bus, restart, live)
+        return self._editor.add_volume(vm, volume, target, bus, restart, live, kind)
 
     def remove_volume(self, vm: str, volume: str, restart: bool = False, live: bool = True) -> dict[str, Any]:
-        """Detach PVC volume ``POOL/VOLUME``; the volume itself stays.
+        """Detach PVC volume ``POOL/VOLUME`` (or host file ``/PATH``); the volume itself stays.
 
         :raises NotFound: no VM of that name
         :raises Busy: another command holds the VM's lock
@@ -420,6 +440,8 @@ class VMsArea:
         with self._control.locked(vm):
             current = self._control.desired(vm)
             node = current.placement["node"]
+            if state in ("start", "restart") and current.state not in schema.RUNNING_STATES:
+                self._check_room_to_start(vm, current.spec, node)
             if state == "start" and current.placement.get("autostart"):
                 self._control.record(vm, current, state=state, placement={**current.placement, "autostart": False})
             else:
@@ -428,9 +450,12 @@ class VMsArea:
 
     # -- moving ----------------------------------------------------------------------------------------
 
-    def migrate(self, vm: str, target: str | None = None, force: bool = False, wait: bool = False) -> dict[str, Any]:
+    def migrate(self, vm: str, target: str | None = None, force: bool = False, wait: bool = False,
+                force_live: bool = False) -> dict[str, Any]:
         """Move a running VM to `target` (or its selector's choice), remembering where it was, so that
-        `unmigrate` returns it. A target outside its node limit needs `force`.
+        `unmigrate` returns it. A target outside its node limit needs `force`. With `force_live` (upstream's
+        ``--force-live``) this move is live or not at all: a live migration that fails, or a node that cannot
+        migrate live, keeps the VM where it runs, with the error, instead of shutting it down to move it.
 
         :raises NotFound: no VM of that name
         :raises Busy: another command holds the VM's lock
@@ -441,7 +466,7 @@ class VMsArea:
         :raises OperationFailed: with `wait`, the node reported an error (the message is the node's)
         :raises Unavailable: with `wait`, the node did not report the outcome in time
         """
-        return self._move(vm, target, force, wait, remember=True)
+        return self._move(vm, target, force, wait, remember=True, force_live=force_live)
 
     def move(self, vm: str, target: str | None = None, force: bool = False, wait: bool = False) -> dict[str, Any]:
         """Move a VM to `target` for good: no way back is remembered.
@@ -477,7 +502,8 @@ class VMsArea:
                                  placement={"node": where["last_node"], "last_node": None})
         return self._control.converge(vm, [where["node"], where["last_node"]], wait)
 
-    def _move(self, vm: str, target: str | None, force: bool, wait: bool, remember: bool) -> dict[str, Any]:
+    def _move(self, vm: str, target: str | None, force: bool, wait: bool, remember: bool,
+              force_live: bool = False) -> dict[str, Any]:
         with self._control.locked(vm):
             desired = self._control.desired(vm)
             spec, where = desired.spec, desired.placement
@@ -490,13 +516,15 @@ class VMsArea:
                 self._check_target(target, view, current, force)
             last_node = (where.get("last_node") or current) if remember else None
             self._control.record(vm, desired, state=_moving_state(desired.state, "migrate"),
-                                 placement={"node": target, "last_node": last_node})
+                                 placement={"node": target, "last_node": last_node,
+                                            **({"force_live": True} if force_live else {})})
         return self._control.converge(vm, [current, target], wait)
 
     # -- checks ----------------------------------------------------------------------------------------
 
     def _check_target(self, target: str, vm: dict[str, Any], current: str | None, force: bool) -> None:
-        node = self._node(target)
+        self._node(target)
+        node = next(each for each in self._context.placement_views() if each["name"] == target)
         if target == current:
             raise Conflict(f"VM '{vm['name']}' is already on node {target}")
         if vm["node_limit"] and target not in vm["node_limit"] and not force:
@@ -505,6 +533,14 @@ class VMsArea:
         reason = placement.rejection(node, {**vm, "node_limit": []}, current)
         if reason:
             raise Conflict(f"node {target} {reason}: it cannot take VM '{vm['name']}'")
+
+    def _check_room_to_start(self, vm: str, spec: dict[str, Any], node: str) -> None:
+        """Refuse to start a VM its node has no memory left for (`placement.memory_rejection`)."""
+        view = next((each for each in self._context.placement_views() if each["name"] == node), None)
+        reason = placement.memory_rejection(view, spec) if view is not None else None
+        if reason:
+            raise Conflict(f"VM '{vm}' cannot start: node {node} {reason}; migrate it to a node with room "
+                           "(pvc vm migrate) or raise the cluster's memory_overcommit")
 
     def _check_node_takes(self, name: str) -> None:
         reason = placement.rejection(self._node(name), {}, None)
@@ -576,3 +612,8 @@ class VMsArea:
 def _moving_state(state: str, moving: str) -> str:
     """A running VM migrates; a stopped one just changes node and stays stopped."""
     return moving if state in schema.RUNNING_STATES else state
+
+
+def _list_view(name: str, raw: dict[str, Any]) -> dict[str, Any] | None:
+    """A VM as `list` shows it; None for one whose own record is not read yet."""
+    return models.vm_view(name, raw, detail=False) if raw.get(OWN_VALUE) is not None else None

@@ -146,6 +146,7 @@ def test_ova_upload_and_import_against_local_extract_and_convert(bench_cluster, 
           f"peak RSS growth of pvcnoded and its children {max(growths) / MIB:.1f} MiB "
           f"(runs: {', '.join(f'{g / MIB:.1f}' for g in growths)}; RSS in MiB at each run's peak: "
           f"{'; '.join(at_peak)}); where the upload's time goes (median): "
-          f"checksum before sending {statistics.median(p[0] for p in phases):.2f} s, streaming while the node "
-          f"stages and converts {statistics.median(p[1] for p in phases):.2f} s, after the last byte (the last "
-          f"disk's conversion, landing, recording) {statistics.median(p[2] for p in phases):.2f} s")
+          f"before the first byte (ticket, connection; the checksum is computed while sending and follows the "
+          f"data) {statistics.median(p[0] for p in phases):.2f} s, streaming while the node stages and converts "
+          f"{statistics.median(p[1] for p in phases):.2f} s, after the last byte and the trailer (the last disk's "
+          f"conversion, the trailer's check, landing, recording) {statistics.median(p[2] for p in phases):.2f} s")
