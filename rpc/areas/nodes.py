@@ -133,7 +133,15 @@ class NodesArea:
 
     def primary(self, name: str) -> dict[str, Any]:
         """Hand leadership gracefully to the coordinator beside node `name` (upstream's ``node primary``);
-        returns ``{"from", "to"}``; nothing to do when it leads already."""
+        returns ``{"from", "to"}``; nothing to do when it leads already. The handoff itself happens after the
+        call returns: the leader finishes its pass, lets go, and the named coordinator takes over (a request
+        nobody settles within `pvc.schema.HANDOFF_TIMEOUT_S` is void).
+
+        :raises InvalidInput: a malformed name
+        :raises NotFound: no node of that name, or no running coordinator beside it (the ``node`` setting in its
+            pvcapid.yaml)
+        :raises Busy: another handoff is under way
+        """
         beside = self._coordinator_beside(name)
         leader = self._context.leadership.current_leader()
         if beside == leader:
@@ -144,7 +152,13 @@ class NodesArea:
     def secondary(self, name: str) -> dict[str, Any]:
         """Hand leadership gracefully away from the coordinator beside node `name` (upstream's ``node
         secondary``), to whichever other coordinator is next; returns ``{"from", "to": None}``; nothing to do
-        when it does not lead."""
+        when it does not lead (then ``to`` is the current leader).
+
+        :raises InvalidInput: a malformed name
+        :raises NotFound: no node of that name, or no running coordinator beside it
+        :raises Conflict: that coordinator is the only one running, so no other can lead
+        :raises Busy: another handoff is under way
+        """
         beside = self._coordinator_beside(name)
         leader = self._context.leadership.current_leader()
         if beside != leader:

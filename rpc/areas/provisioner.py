@@ -115,7 +115,14 @@ class ProvisionerArea(OvaCalls, UserdataCalls, ScriptCalls):
                           source_volume: str | None = None, filesystem: str | None = None,
                           mountpoint: str | None = None) -> dict[str, Any]:
         """Append disk `disk_id` (``sda``, ...) to storage template `name`, as upstream builds templates step by
-        step; `filesystem` and `mountpoint` are for the profile's install script."""
+        step; `filesystem` and `mountpoint` are for the profile's install script.
+
+        :raises InvalidInput: a malformed name, or a disk the storage template checks refuse (pool, size or
+            source volume, filesystem, mount point)
+        :raises NotFound: no storage template of that name
+        :raises AlreadyExists: the template has a disk of that id
+        :raises Busy: another change holds the provisioner's lock
+        """
         disk = {"disk_id": disk_id, "pool": pool, "size": size, "source_volume": source_volume,
                 "filesystem": filesystem, "mountpoint": mountpoint}
         with self._locked():
@@ -128,7 +135,12 @@ class ProvisionerArea(OvaCalls, UserdataCalls, ScriptCalls):
         return self.template_info("storage", name)
 
     def template_disk_remove(self, name: str, disk_id: str) -> dict[str, Any]:
-        """Remove disk `disk_id` from storage template `name`."""
+        """Remove disk `disk_id` from storage template `name`.
+
+        :raises InvalidInput: a malformed name
+        :raises NotFound: no storage template of that name, or no disk of that id in it
+        :raises Busy: another change holds the provisioner's lock
+        """
         with self._locked():
             record = self._require_template("storage", name)
             disks = [disk for disk in record["disks"] if disk.get("disk_id") != disk_id]

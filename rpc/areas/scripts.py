@@ -29,7 +29,12 @@ class ScriptCalls:
             return self._script_collection
 
     def script_add(self, name: str, script: str) -> dict[str, Any]:
-        """A new install script `name` (a program text starting with ``#!``, at most 256 KiB)."""
+        """A new install script `name` (a program text starting with ``#!``, at most 256 KiB).
+
+        :raises InvalidInput: a malformed name, or a text that does not start with ``#!`` or is too large
+        :raises AlreadyExists: a script of that name exists
+        :raises Busy: another change holds the provisioner's lock
+        """
         path = schema.script(name)
         record = {"script": provisioner_records.check_script(script)}
         with self._locked():
@@ -41,12 +46,20 @@ class ScriptCalls:
         return self.script_info(name)
 
     def script_list(self) -> list[dict[str, Any]]:
-        """Every install script: name, size, the profiles that name it."""
+        """Every install script: name, size, the profiles that name it.
+
+        :raises Unavailable: no coordinator answered (nothing else: it refuses nothing)
+        """
         profiles = self._profile_records()
         return [_view(name, raw[OWN_VALUE], profiles, detail=False)
                 for name, raw in sorted(self._scripts.snapshot().items()) if raw.get(OWN_VALUE)]
 
     def script_info(self, name: str) -> dict[str, Any]:
+        """One install script with its text and the profiles that name it.
+
+        :raises InvalidInput: a malformed name
+        :raises NotFound: no script of that name
+        """
         schema.script(name)
         raw = self._scripts.get(name)
         if not raw or not raw.get(OWN_VALUE):
@@ -54,7 +67,13 @@ class ScriptCalls:
         return _view(name, raw[OWN_VALUE], self._profile_records(), detail=True)
 
     def script_remove(self, name: str) -> None:
-        """Remove a script no profile names."""
+        """Remove a script no profile names.
+
+        :raises InvalidInput: a malformed name
+        :raises NotFound: no script of that name
+        :raises Conflict: a profile names it (the message names the profiles)
+        :raises Busy: another change holds the provisioner's lock
+        """
         path = schema.script(name)
         with self._locked():
             if not self._context.store.zk.exists(path):

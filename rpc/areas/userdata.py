@@ -29,7 +29,12 @@ class UserdataCalls:
             return self._userdata_collection
 
     def userdata_add(self, name: str, data: str) -> dict[str, Any]:
-        """A new user-data document `name` holding `data` (cloud-config or a script, at most 256 KiB)."""
+        """A new user-data document `name` holding `data` (cloud-config or a script, at most 256 KiB).
+
+        :raises InvalidInput: a malformed name, or `data` empty, not text, or too large
+        :raises AlreadyExists: a document of that name exists
+        :raises Busy: another change holds the provisioner's lock
+        """
         path = schema.userdata(name)
         record = _checked(data)
         with self._locked():
@@ -41,7 +46,12 @@ class UserdataCalls:
         return self.userdata_info(name)
 
     def userdata_modify(self, name: str, data: str) -> dict[str, Any]:
-        """Replace the document's text; profiles naming it give it to the VMs created from now on."""
+        """Replace the document's text; profiles naming it give it to the VMs created from now on.
+
+        :raises InvalidInput: a malformed name, or `data` empty, not text, or too large
+        :raises NotFound: no document of that name
+        :raises Busy: another change holds the provisioner's lock
+        """
         path = schema.userdata(name)
         record = _checked(data)
         with self._locked():
@@ -52,20 +62,33 @@ class UserdataCalls:
         return self.userdata_info(name)
 
     def userdata_list(self) -> list[dict[str, Any]]:
-        """Every document: name, size, the profiles that name it."""
+        """Every document: name, size, the profiles that name it.
+
+        :raises Unavailable: no coordinator answered (nothing else: it refuses nothing)
+        """
         profiles = self._profile_records()
         return [_view(name, raw[OWN_VALUE], profiles, detail=False)
                 for name, raw in sorted(self._userdata.snapshot().items()) if raw.get(OWN_VALUE)]
 
     def userdata_info(self, name: str) -> dict[str, Any]:
-        """One document with its text."""
+        """One document with its text and the profiles that name it.
+
+        :raises InvalidInput: a malformed name
+        :raises NotFound: no document of that name
+        """
         record = self._userdata_record(name)
         if record is None:
             raise NotFound(f"no user-data document named '{name}'")
         return _view(name, record, self._profile_records(), detail=True)
 
     def userdata_remove(self, name: str) -> None:
-        """Remove a document no profile names."""
+        """Remove a document no profile names.
+
+        :raises InvalidInput: a malformed name
+        :raises NotFound: no document of that name
+        :raises Conflict: a profile names it (the message names the profiles)
+        :raises Busy: another change holds the provisioner's lock
+        """
         path = schema.userdata(name)
         with self._locked():
             if not self._context.store.zk.exists(path):

@@ -71,7 +71,13 @@ class VMsArea:
         """Everything `info` knows, plus the node's view (upstream's ``vm info --format long``): its last report
         on the VM in full (``node_report``: running, error, migration note, when), the desired placement as
         recorded, and where the node writes the VM's console log (``console_log``: path and size, or why the
-        node could not say)."""
+        node could not say).
+
+        :raises InvalidInput: a malformed name
+        :raises NotFound: no VM of that name
+        :raises Unavailable: never to the caller: a node without an agent, or whose agent did not answer, shows
+            as ``console_log["unavailable"]`` instead
+        """
         raw = self._control.raw(vm)
         view = self._control.view(vm)
         node = (raw.get("placement") or {}).get("node")
