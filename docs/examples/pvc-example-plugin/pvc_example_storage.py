@@ -102,6 +102,13 @@ class ExampleDirectoryBackend:
             raise AlreadyExists(f"example-dir: volume {pool}/{new_name} exists already")
         shutil.copyfile(source, self._volume(pool, new_name))
 
+    def volume_clone_linked(self, pool, volume, new_name):
+        """Plain files share nothing: a linked clone (a VM made from an appliance) is a copy."""
+        self.volume_copy(pool, volume, new_name)
+
+    def volume_detach_clones(self, pool, volume):
+        return []
+
     @contextmanager
     def volume_replace(self, pool, source, target):
         """Put `source`'s data in place of `target`'s, keeping the old data aside until the caller's block has
