@@ -88,10 +88,15 @@ class StorageAgent:
                                   schema.check_name("snapshot", snapshot) if snapshot is not None else None)
 
     def volume_clone_linked(self, pool: str, volume: str, new_name: str) -> None:
-        self._backend.volume_clone_linked(*_names(pool, volume), schema.check_name("volume", new_name))
+        clone = getattr(self._backend, "volume_clone_linked", None)
+        if clone is None:
+            self._backend.volume_copy(*_names(pool, volume), schema.check_name("volume", new_name), None)
+        else:
+            clone(*_names(pool, volume), schema.check_name("volume", new_name))
 
     def volume_detach_clones(self, pool: str, volume: str) -> list[str]:
-        return self._backend.volume_detach_clones(*_names(pool, volume))
+        detach = getattr(self._backend, "volume_detach_clones", None)
+        return detach(*_names(pool, volume)) if detach is not None else []
 
     def snapshot_create(self, pool: str, volume: str, snapshot: str) -> None:
         self._backend.snapshot_create(*_names(pool, volume), schema.check_name("snapshot", snapshot))

@@ -269,13 +269,13 @@ class StorageBackend(Protocol):
         """A new independent volume `new_name` with the data of `volume` (or of its `snapshot`)."""
 
     def volume_clone_linked(self, pool: str, volume: str, new_name: str) -> None:
-        """A new volume `new_name` with the data of `volume`, sharing it until written where the storage has
-        copy-on-write clones (Ceph RBD), else a copy as `volume_copy` makes. A volume with linked clones can
-        be removed only once `volume_detach_clones` has made them independent."""
+        """Optional (without it the node makes a copy with `volume_copy`): a new volume `new_name` with the data
+        of `volume`, sharing it until written where the storage has copy-on-write clones (Ceph RBD). A volume
+        with linked clones can be removed only once `volume_detach_clones` has made them independent."""
 
     def volume_detach_clones(self, pool: str, volume: str) -> list[str]:
-        """Make every linked clone of `volume` independent of it (Ceph: flatten), so `volume` can be removed;
-        the clones' names as ``POOL/VOLUME`` (none for a storage without linked clones)."""
+        """Optional, with `volume_clone_linked`: make every linked clone of `volume` independent of it (Ceph:
+        flatten), so `volume` can be removed; the clones' names as ``POOL/VOLUME``."""
 
     def volume_replace(self, pool: str, source: str, target: str) -> ContextManager[None]:
         """A context manager: give `target` the data and size of volume `source`, which is gone afterwards;
