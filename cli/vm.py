@@ -1,7 +1,7 @@
 """`pvc vm`: define, change, run and move virtual machines."""
 import click
 
-from pvc.cli import output, vm_editor, vm_parts, vm_tags
+from pvc.cli import output, vm_editor, vm_parts, vm_snapshots, vm_tags
 from pvc.cli.confirm import confirm, confirm_option
 from pvc.errors import PVCError
 
@@ -340,5 +340,5 @@ def unmigrate(session, vm, wait, output_format) -> None:
     _show_vm(session.client.vms.unmigrate(vm, wait=wait), output_format)
 
 
-for part_group in (*vm_parts.COMMANDS, vm_tags.tag):
+for part_group in (*vm_parts.COMMANDS, vm_tags.tag, vm_snapshots.snapshot):
     group.add_command(part_group)

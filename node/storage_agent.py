@@ -14,6 +14,7 @@ import Pyro5.server
 from pvc import bulk, config, plugin_manager, schema
 from pvc.errors import ConfigError, InvalidInput, OperationFailed
 from pvc.hookspecs import ApplianceImporter, StorageBackend
+from pvc.node import guest_snapshots
 from pvc.node.pool_room import PoolRoom
 from pvc.node.uploads import Tickets, UploadContext, UploadListener, sweep_leftovers
 from pvc.qemu_img import SUPPORTED_FORMATS, QemuImg
@@ -73,6 +74,13 @@ class StorageAgent:
 
     def snapshot_create(self, pool: str, volume: str, snapshot: str) -> None:
         self._backend.snapshot_create(*_names(pool, volume), schema.check_name("snapshot", snapshot))
+
+    def snapshot_volumes(self, volumes: list[str], snapshot: str) -> dict[str, Any]:
+        """Snapshot several volumes (``POOL/VOLUME``) no guest runs on at one moment (`pvc.node.guest_snapshots`),
+        all or none."""
+        if not isinstance(volumes, list) or not volumes:
+            raise InvalidInput("give the list of volumes to snapshot")
+        return {"paused_ms": None, "method": guest_snapshots.snapshot_volumes(self._backend, volumes, snapshot)}
 
     def snapshot_remove(self, pool: str, volume: str, snapshot: str) -> None:
         self._backend.snapshot_remove(*_names(pool, volume), schema.check_name("snapshot", snapshot))

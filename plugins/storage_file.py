@@ -8,6 +8,7 @@ directory every node mounts).
 Names are checked before they get here, and a volume name never starts with a dot, so a volume can never be
 the snapshot directory or a path outside its pool. Internal names (uploads in progress) start with a dot.
 """
+import fcntl
 import os
 import shutil
 import subprocess
@@ -200,6 +201,18 @@ class FileBackend:
             raise AlreadyExists(f"snapshot file {directory / snapshot} exists already")
         _copy(source, directory / snapshot)
 
+    @contextmanager
+    def snapshot_batch(self, volumes: list[tuple[str, str]], snapshot: str) -> Iterator["FileSnapshotBatch"]:
+        pairs = []
+        for pool, volume in volumes:
+            source = self._existing_volume(pool, volume)
+            directory = self._snapshot_dir(pool, volume)
+            directory.mkdir(parents=True, exist_ok=True)
+            if (directory / snapshot).exists():
+                raise AlreadyExists(f"snapshot file {directory / snapshot} exists already")
+            pairs.append((source, directory / snapshot))
+        yield FileSnapshotBatch(pairs)
+
     def snapshot_remove(self, pool: str, volume: str, snapshot: str) -> None:
         (self._snapshot_dir(pool, volume) / snapshot).unlink(missing_ok=True)
 
@@ -223,6 +236,72 @@ class FileBackend:
         staging = volume_path.with_name(f".rollback-{volume}")
         _copy(source, staging)
         os.replace(staging, volume_path)
+
+
+class FileSnapshotBatch:
+    """Snapshots of several volume files, taken in this process: a reflink (``FICLONE``) where the filesystem
+    shares blocks, else a sparse copy of the data extents only (``SEEK_DATA``, ``copy_file_range``)."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]]):
+        self._pairs = pairs
+        self.method = "reflink" if all(_reflinks(source.parent) for source, _target in pairs) else "sparse copy"
+
+    def take(self) -> None:
+        made: list[Path] = []
+        try:
+            for source, target in self._pairs:
+                if target.exists():
+                    raise AlreadyExists(f"snapshot file {target} exists already")
+                made.append(target)
+                _copy_in_process(source, target, self.method == "reflink")
+        except BaseException:
+            for target in made:
+                target.unlink(missing_ok=True)
+            raise
+
+
+def _reflinks(directory: Path) -> bool:
+    """Whether files in `directory` can share blocks (``FICLONE``), found by trying it once on a scratch file."""
+    source = directory / f".reflink-probe-{os.getpid()}"
+    target = source.with_name(source.name + "-clone")
+    try:
+        with open(source, "wb") as first, open(target, "wb") as second:
+            first.write(b"\0" * 4096)
+            first.flush()
+            fcntl.ioctl(second.fileno(), FICLONE, first.fileno())
+        return True
+    except OSError:
+        return False
+    finally:
+        source.unlink(missing_ok=True)
+        target.unlink(missing_ok=True)
+
+
+FICLONE = 0x40049409
+
+
+def _copy_in_process(source: Path, target: Path, reflink: bool) -> None:
+    """`target` with `source`'s data, made without a process: shared blocks, or the data extents copied."""
+    with open(source, "rb") as reading, open(target, "xb") as writing:
+        size = os.fstat(reading.fileno()).st_size
+        if reflink:
+            fcntl.ioctl(writing.fileno(), FICLONE, reading.fileno())
+            return
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(reading.fileno(), offset, os.SEEK_DATA)
+            except OSError:
+                break
+            end = os.lseek(reading.fileno(), start, os.SEEK_HOLE)
+            position = start
+            while position < end:
+                copied = os.copy_file_range(reading.fileno(), writing.fileno(), end - position, position, position)
+                if copied == 0:
+                    break
+                position += copied
+            offset = end
+        writing.truncate(size)
 
 
 def _copy(source: Path, target: Path) -> None:

@@ -86,6 +86,10 @@ NODED_SETTINGS: list[Setting] = [
             "that domain documents name (by bare file name) live"),
     Setting("console_log_directory", str, "/var/log/pvc/console", "where the serial console of a VM whose "
             "domain document has <serial type='file'> is written, as VM.log (read by pvc vm log)"),
+    Setting("snapshot_max_pause", (int, float), 2.0, "seconds a VM snapshot may keep a running guest paused; "
+            "past it this node resumes the guest and abandons the snapshot, whoever asked"),
+    Setting("snapshot_pause_directory", str, "/var/lib/pvc/snapshot-pauses", "where this node notes the guests "
+            "a snapshot has paused, so that pvcnoded resumes them at start if it died meanwhile"),
     Setting("accelerator", (str, type(None)), None, "kvm or tcg: how this host's guests run, as probed by "
             "booting a guest (null: kvm when libvirt offers it, else tcg)"),
     Setting("keepalive_interval", (int, float), 5, "seconds between keepalive writes (and reconcile passes) "

@@ -13,7 +13,7 @@ to implementations. Two plugins registering the same name is an error naming bot
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, ContextManager, Iterable, Literal, Mapping, Protocol
+from typing import Any, BinaryIO, ContextManager, Iterable, Literal, Mapping, Protocol, Sequence
 
 import pluggy
 
@@ -292,6 +292,24 @@ class StorageBackend(Protocol):
         """Optional (`pvc storage volume snapshot rename` is refused without it): rename the snapshot. Done
         already (no `snapshot`, a `new_name`) is not an error, so that a rename whose recording was cut short
         can be repeated."""
+
+    def snapshot_batch(self, volumes: Sequence[tuple[str, str]], snapshot: str) -> ContextManager["SnapshotBatch"]:
+        """Optional (without it, a whole-VM snapshot takes `snapshot_create` per volume, one after the other):
+        a context manager that gets ready to snapshot every ``(pool, volume)`` of `volumes` as `snapshot` at
+        one moment (opening files, starting a helper) and yields a `SnapshotBatch`. A guest is paused only
+        between entering the block and the batch's `take` returning, so `take` starts no process: it is
+        what a guest's pause lasts. A block left without `take`, or with `take` failed, leaves no snapshot."""
+
+
+class SnapshotBatch(Protocol):
+    """Snapshots of several volumes prepared by `StorageBackend.snapshot_batch`."""
+
+    method: str
+    """How `take` snapshots, in a few words (``reflink``, ``sparse copy``, ``librbd``), for benchmarks and
+    logs."""
+
+    def take(self) -> None:
+        """Snapshot every volume now, all or none: a failure removes those already taken."""
 
 
 @hookspec

@@ -434,6 +434,7 @@ class LocalCluster:
                     "libvirt_timeout": LIBVIRT_TIMEOUT,
                     "boot_image_directory": str(self.boot_image_directory),
                     "console_log_directory": str(self.console_directory(name)),
+                    "snapshot_pause_directory": str(directory / "snapshot-pauses"),
                     "log_file": str(directory / "pvcnoded.log"),
                     "simulated_cpus": NODE_CPUS, "simulated_memory_mib": NODE_MEMORY_MIB,
                     "storage_backend": self.state.get("storage", "file"), "storage_directory": str(self.storage_dir),

@@ -13,6 +13,7 @@ and whether an ACPI power-button press shut it down:
     pvc-guest: heartbeat <counter> boot <boot_id>            (once a second)
     pvc-guest: disk wrote <counter> read <line read back>      (after each heartbeat, with a disk)
     pvc-guest: power button pressed, powering off
+    pvc-guest: sequence found <vda> <pvc-seq N, or none>       (at boot, per disk, with `SEQUENCE_FLAG`)
 
 With a disk, each second the guest writes ``pvc-marker <boot_id> <counter>`` and a newline, padded with NULs
 to 512 bytes, at offset 0 of /dev/vda, bypassing its own page cache (O_DIRECT), and reads it back the same
@@ -48,6 +49,11 @@ STAMP = "pvc-guest.stamp"
 ACCELERATOR_CACHE = "pvc-guest-accelerator.json"
 
 CMDLINE = "console=ttyS0 quiet panic=-1"
+SEQUENCE_FLAG = "pvc.seq"
+SEQUENCE_OFFSET = 4096
+"""Where a guest booted with `SEQUENCE_FLAG` writes its sequence number on each disk (``pvc-seq N``)."""
+SEQUENCE_FOUND_PATTERN = re.compile(r"^pvc-guest: sequence found (vd[a-z]) (?:pvc-seq (\d+)|none)\r?$",
+                                    re.MULTILINE)
 POWER_OFF_LINE = "pvc-guest: power button pressed, powering off"
 HEARTBEAT_PATTERN = re.compile(r"^pvc-guest: heartbeat (\d+) boot ([0-9a-f-]+)\r?$", re.MULTILINE)
 QEMU = "qemu-system-x86_64"
@@ -84,6 +90,23 @@ if [ -b /dev/vda ]; then
         *) echo "pvc-guest: disk marker found none" ;;
     esac
 fi
+if grep -q pvc.seq /proc/cmdline; then
+    for disk in /dev/vd?; do
+        found=$(dd if=$disk bs=512 skip={sequence_sector} count=1 iflag=direct 2>/dev/null | tr -d '\\000' | head -n 1)
+        echo "pvc-guest: sequence found ${{disk#/dev/}} ${{found:-none}}"
+    done
+    (
+        sequence=0
+        while :; do
+            sequence=$((sequence + 1))
+            for disk in /dev/vd?; do
+                {{ echo "pvc-seq $sequence"; head -c 512 /dev/zero; }} |
+                    dd of=$disk bs=512 seek={sequence_sector} count=1 iflag=fullblock oflag=direct conv=notrunc 2>/dev/null
+            done
+            usleep 10000
+        done
+    ) &
+fi
 counter=0
 while :; do
     counter=$((counter + 1))
@@ -114,6 +137,23 @@ def parse_console(text: str) -> list[Heartbeat]:
     return [Heartbeat(int(counter), boot_id) for counter, boot_id in HEARTBEAT_PATTERN.findall(text)]
 
 
+def sequences_found(text: str) -> dict[str, int | None]:
+    """The sequence number each disk held when the guest last booted, by its device name (None: none)."""
+    found: dict[str, int | None] = {}
+    for disk, number in SEQUENCE_FOUND_PATTERN.findall(text):
+        found[disk] = int(number) if number else None
+    return found
+
+
+def read_sequence(path: str | os.PathLike) -> int | None:
+    """The sequence number a guest last wrote to a raw disk image (a volume file or a snapshot of one)."""
+    with open(path, "rb") as disk:
+        disk.seek(SEQUENCE_OFFSET)
+        line = disk.read(512).split(b"\0")[0].decode(errors="replace").strip()
+    match = re.fullmatch(r"pvc-seq (\d+)", line)
+    return int(match.group(1)) if match else None
+
+
 def powered_off_cleanly(text: str) -> bool:
     """Whether the guest saw an ACPI power-button press and shut itself down (rather than being killed)."""
     return POWER_OFF_LINE in text
@@ -127,7 +167,8 @@ def build(boot_dir: Path = DEFAULT_BOOT_DIR) -> Path:
     boot_dir = Path(boot_dir)
     version = _kernel_version()
     modules = _module_files(version)
-    init = _INIT.format(insmod="\n".join(f"insmod /{_guest_module_path(path)}" for path in modules))
+    init = _INIT.format(insmod="\n".join(f"insmod /{_guest_module_path(path)}" for path in modules),
+                        sequence_sector=SEQUENCE_OFFSET // 512)
     stamp = {"kernel": version, "init_sha256": hashlib.sha256((init + _POWER_BUTTON_HANDLER).encode()).hexdigest()}
     if _read_json(boot_dir / STAMP) == stamp and (boot_dir / KERNEL).is_file() and (boot_dir / INITRD).is_file():
         return boot_dir
@@ -140,10 +181,13 @@ def build(boot_dir: Path = DEFAULT_BOOT_DIR) -> Path:
     return boot_dir
 
 
-def domain_xml(name: str, memory_mib: int = 128, disk: str | None = None, domain_type: str = "qemu") -> str:
+def domain_xml(name: str, memory_mib: int = 128, disk: str | None = None, domain_type: str = "qemu",
+               disks: list[str] | None = None, sequence: bool = False) -> str:
     """A libvirt domain document for this guest as PVC stores it: no host path in it. The kernel and initrd
     are file names in the node's boot-image directory, and the node gives the serial console its log file;
-    libvirt adds the matching <console> itself. `disk` is a PVC volume, "POOL/VOLUME"."""
+    libvirt adds the matching <console> itself. `disk` is a PVC volume, "POOL/VOLUME"; `disks` several (vda,
+    vdb, ...). With `sequence`, the guest writes a growing sequence number to each disk in turn, every 10 ms
+    or so (`SEQUENCE_OFFSET`), and says on its console at boot which number each disk holds."""
     if domain_type not in ("qemu", "kvm"):
         raise ValueError(f"domain type must be 'qemu' or 'kvm', not {domain_type!r}")
     if memory_mib < 1:
@@ -156,7 +200,7 @@ def domain_xml(name: str, memory_mib: int = 128, disk: str | None = None, domain
     etree.SubElement(os_element, "type", arch="x86_64", machine="pc").text = "hvm"
     etree.SubElement(os_element, "kernel").text = KERNEL
     etree.SubElement(os_element, "initrd").text = INITRD
-    etree.SubElement(os_element, "cmdline").text = CMDLINE
+    etree.SubElement(os_element, "cmdline").text = CMDLINE + (f" {SEQUENCE_FLAG}" if sequence else "")
     features = etree.SubElement(domain, "features")
     etree.SubElement(features, "acpi")
     if domain_type == "qemu":
@@ -164,14 +208,14 @@ def domain_xml(name: str, memory_mib: int = 128, disk: str | None = None, domain
         etree.SubElement(etree.SubElement(features, "tcg"), "tb-cache", unit="MiB").text = "16"
     etree.SubElement(domain, "on_poweroff").text = "destroy"
     devices = etree.SubElement(domain, "devices")
-    if disk is not None:
-        pool, _, volume = disk.partition("/")
+    for index, each in enumerate(([disk] if disk is not None else []) + list(disks or [])):
+        pool, _, volume = each.partition("/")
         if not pool or not volume:
-            raise ValueError(f"disk must name a PVC volume as POOL/VOLUME, not {disk!r}")
+            raise ValueError(f"disk must name a PVC volume as POOL/VOLUME, not {each!r}")
         element = etree.SubElement(devices, "disk", type="volume", device="disk")
         etree.SubElement(element, "driver", name="qemu", type="raw", cache="writeback")
         etree.SubElement(element, "source", pool=pool, volume=volume)
-        etree.SubElement(element, "target", dev="vda", bus="virtio")
+        etree.SubElement(element, "target", dev=f"vd{chr(ord('a') + index)}", bus="virtio")
     serial = etree.SubElement(devices, "serial", type="file")
     etree.SubElement(serial, "target", port="0")
     etree.SubElement(devices, "memballoon", model="none")

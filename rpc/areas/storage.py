@@ -9,7 +9,7 @@ leader, or by `check`. Reads come from watched collections.
 import logging
 import random
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterator
 
 import Pyro5.server
@@ -259,10 +259,12 @@ class StorageArea:
         return next(view for view in self.snapshot_list(pool, volume) if view["name"] == name)
 
     def snapshot_remove(self, pool: str, volume: str, name: str) -> None:
+        """Remove a snapshot; one a VM snapshot made goes only with it (`pvc vm snapshot remove`)."""
         self._require_volume(pool, volume)
         with self._pool_lock(pool):
             raw = self._require_volume(pool, volume)
             self._require_snapshot(pool, volume, raw, name)
+            self._refuse_if_part_of_vm_snapshot(pool, volume, raw, name, "remove")
             node, agent_uri, _backend = self._storage_node(pool)
             self._agent(node, agent_uri, "snapshot_remove", pool, volume, name)
             snapshots = {key: value for key, value in (raw.get("snapshots") or {}).items() if key != name}
@@ -277,6 +279,7 @@ class StorageArea:
         with self._pool_lock(pool):
             raw = self._require_volume(pool, volume)
             self._require_snapshot(pool, volume, raw, name)
+            self._refuse_if_part_of_vm_snapshot(pool, volume, raw, name, "rename")
             snapshots = dict(raw.get("snapshots") or {})
             if new_name in snapshots:
                 raise AlreadyExists(f"volume '{pool}/{volume}' has a snapshot named '{new_name}' already")
@@ -428,6 +431,35 @@ class StorageArea:
         schema.check_name("snapshot", name)
         if name not in (raw.get("snapshots") or {}):
             raise NotFound(f"volume '{pool}/{volume}' has no snapshot named '{name}'")
+
+    @staticmethod
+    def _refuse_if_part_of_vm_snapshot(pool: str, volume: str, raw: dict[str, Any], name: str, action: str) -> None:
+        owner = ((raw.get("snapshots") or {}).get(name) or {}).get("vm_snapshot")
+        if owner:
+            raise Conflict(f"snapshot '{pool}/{volume}@{name}' is part of VM snapshot '{owner}'; refusing to "
+                           f"{action} it alone (pvc vm snapshot remove removes the whole VM snapshot)")
+
+    # -- for whole-VM snapshots (`pvc.rpc.vm_snapshots`) --------------------------------------------------
+
+    @contextmanager
+    def pools_locked(self, pools: list[str], timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+        """Hold the locks of several pools, always taken in name order so that two holders never deadlock."""
+        with ExitStack() as stack:
+            for pool in sorted(set(pools)):
+                self._require_pool(pool)
+                stack.enter_context(self._pool_lock(pool, timeout))
+            yield
+
+    def pool_agent(self, pool: str) -> storage_intents.Agent:
+        """A storage action on a running node serving `pool`: ``agent(method, *args)``."""
+        return self._pool_agent(pool)
+
+    def volume_record(self, pool: str, volume: str) -> dict[str, Any]:
+        """The volume's watched record and snapshots (``OWN_VALUE`` and ``"snapshots"``), once it exists."""
+        return self._require_volume(pool, volume)
+
+    def refresh_volume(self, pool: str, volume: str) -> None:
+        self._volumes.refresh(schema.volume_key(pool, volume))
 
     def _refuse_if_used(self, pool: str, name: str, action: str, force: bool) -> None:
         users = self._context.volume_users(pool, name)

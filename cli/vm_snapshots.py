@@ -1,0 +1,70 @@
+"""`pvc vm snapshot`: whole-VM snapshots, its document, metadata and every disk taken at one moment
+(`pvc.rpc.vm_snapshots`)."""
+import click
+
+from pvc.cli import output
+from pvc.cli.confirm import confirm_option
+
+_COLUMNS = [
+    output.column("VM", "vm"),
+    output.column("NAME", "name"),
+    output.column("CREATED", "created", output.clock_time),
+    output.column("VOLUMES", "volumes"),
+    output.column("CONSISTENCY", "crash_consistent", lambda crash: "crash" if crash else "paused"),
+    output.column("PAUSED", "paused_ms", lambda paused: "-" if paused is None else f"{paused:.1f} ms"),
+    output.column("PENDING", "pending"),
+]
+
+
+@click.group("snapshot")
+def snapshot() -> None:
+    """Snapshots of a whole VM: its definition, metadata and every volume at one moment."""
+
+
+@snapshot.command("create")
+@click.argument("vm")
+@click.argument("name", required=False)
+@click.option("--crash-consistent", is_flag=True,
+              help="do not pause a running guest: each disk as it would be after a power cut")
+@click.option("--max-pause", "max_pause_ms", type=click.IntRange(1, 60000), default=None,
+              help="abandon the snapshot (and resume the guest) if the guest would stay paused longer than this "
+                   "many milliseconds (default and upper bound: each node's snapshot_max_pause)")
+@output.format_option
+@click.pass_obj
+def snapshot_create(session, vm, name, crash_consistent, max_pause_ms, output_format) -> None:
+    """Snapshot VM as NAME (default: the time, YYYYMMDDHHMMSS)."""
+    output.show(session.client.vms.snapshot_create(vm, name, crash_consistent=crash_consistent,
+                                                   max_pause_ms=max_pause_ms),
+                output_format, lambda view: output.table([view], _COLUMNS))
+
+
+@snapshot.command("list")
+@click.argument("vm", required=False)
+@output.list_format_option
+@click.pass_obj
+def snapshot_list(session, vm, output_format) -> None:
+    """The snapshots of VM, or of every VM."""
+    output.show(session.client.vms.snapshot_list(vm), output_format, lambda rows: output.table(rows, _COLUMNS),
+                lambda rows: [f"{row['vm']}@{row['name']}" for row in rows])
+
+
+@snapshot.command("remove")
+@click.argument("vm")
+@click.argument("name")
+@confirm_option("Remove snapshot {name} of VM {vm} and every volume snapshot it holds")
+@click.pass_obj
+def snapshot_remove(session, vm, name) -> None:
+    """Remove snapshot NAME of VM, with its volume snapshots."""
+    session.client.vms.snapshot_remove(vm, name)
+    click.echo(f"Removed snapshot {vm}@{name}")
+
+
+@snapshot.command("rollback")
+@click.argument("vm")
+@click.argument("name")
+@confirm_option("Roll VM {vm} back to snapshot {name}: its disks, definition and metadata now are lost")
+@click.pass_obj
+def snapshot_rollback(session, vm, name) -> None:
+    """Return a stopped VM's disks, definition and metadata to snapshot NAME."""
+    session.client.vms.snapshot_rollback(vm, name)
+    click.echo(f"Rolled VM {vm} back to snapshot {name}")

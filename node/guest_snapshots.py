@@ -1,0 +1,182 @@
+"""Snapshots of every volume of a VM at one moment, taken on the node that runs it.
+
+A running guest is paused for the duration (`libvirt suspend`), unless the snapshot is crash-consistent. The
+storage backend prepares the batch first (files opened, helpers started) so that the pause covers only the
+batch's `take`, which starts no process.
+
+The pause is bounded twice over: a timer on this node resumes the guest once `max_pause_s` has passed, whatever
+the coordinator that asked is doing (it may have died), and the snapshot is then abandoned (its volume
+snapshots removed). Before pausing, the node writes a file naming the guest in its pause directory
+(`snapshot_pause_directory`) and removes it once the guest runs again: a daemon killed in between finds the
+file when it starts again and resumes the guest (`resume_left_paused`). So no snapshot leaves a guest paused.
+"""
+import contextlib
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import libvirt
+
+from pvc import schema
+from pvc.errors import InvalidInput, OperationFailed
+from pvc.hookspecs import StorageBackend
+from pvc.node.hypervisor import Hypervisor
+
+log = logging.getLogger(__name__)
+
+
+class GuestSnapshots:
+    def __init__(self, hypervisor: Hypervisor, backend: StorageBackend, pause_directory: str | Path,
+                 max_pause_s: float):
+        self._hypervisor = hypervisor
+        self._backend = backend
+        self._pause_directory = Path(pause_directory)
+        self.max_pause_s = max_pause_s
+
+    def take(self, vm: str, volumes: Sequence[str], snapshot: str, max_pause_s: float | None,
+             pause: bool) -> dict[str, Any]:
+        """Snapshot every volume (``POOL/VOLUME``) of `vm` as `snapshot`; with `pause`, the guest (if it
+        runs here) is paused around it for at most `max_pause_s` (at most this node's own maximum). Returns
+        ``{"paused_ms": float or None, "method": str}``."""
+        schema.check_name("VM", vm)
+        schema.check_name("snapshot", snapshot)
+        pairs = [split_volume(volume) for volume in volumes]
+        limit = self.max_pause_s if max_pause_s is None else min(float(max_pause_s), self.max_pause_s)
+        if limit <= 0:
+            raise InvalidInput(f"the maximum pause must be a positive number of seconds, not {max_pause_s!r}")
+        with self._batch(pairs, snapshot) as batch:
+            if not pause or not self._running(vm):
+                batch.take()
+                return {"paused_ms": None, "method": batch.method}
+            return {"paused_ms": self._paused(vm, batch, limit, pairs, snapshot), "method": batch.method}
+
+    def _paused(self, vm: str, batch: Any, limit: float, pairs: list[tuple[str, str]], snapshot: str) -> float:
+        """Take the batch with `vm` paused; past `limit` the timer resumes it and the snapshot is abandoned."""
+        marker = self._pause_directory / vm
+        self._pause_directory.mkdir(parents=True, exist_ok=True)
+        marker.write_text(snapshot)
+        state = {"resumed": False}
+        guard = threading.Lock()
+
+        def resume(reason: str) -> None:
+            with guard:
+                if state["resumed"]:
+                    return
+                self._resume(vm)
+                state["resumed"] = reason
+            marker.unlink(missing_ok=True)
+
+        timer = threading.Timer(limit, resume, args=("deadline",))
+        timer.daemon = True
+        try:
+            self._suspend(vm)
+            began = time.monotonic()
+            timer.start()
+            batch.take()
+            with guard:
+                late = state["resumed"] == "deadline"
+            paused_ms = (time.monotonic() - began) * 1000
+        finally:
+            timer.cancel()
+            resume("done")
+        if late:
+            for pool, volume in pairs:
+                self._backend.snapshot_remove(pool, volume, snapshot)
+            raise OperationFailed(f"snapshot {vm}@{snapshot} abandoned: the guest would have stayed paused more "
+                                  f"than {limit:g} s (it runs again; no volume snapshot is kept)")
+        return paused_ms
+
+    def resume_left_paused(self) -> list[str]:
+        """Resume every guest a snapshot paused before this daemon was killed; returns their names."""
+        if not self._pause_directory.is_dir():
+            return []
+        resumed = []
+        for marker in sorted(self._pause_directory.iterdir()):
+            try:
+                schema.check_name("VM", marker.name)
+                self._resume(marker.name)
+            except Exception as error:
+                log.error("guest %s, paused by a snapshot, could not be resumed: %s", marker.name, error)
+                continue
+            marker.unlink(missing_ok=True)
+            resumed.append(marker.name)
+            log.warning("guest %s was left paused by a snapshot cut short: resumed", marker.name)
+        return resumed
+
+    def _batch(self, pairs: list[tuple[str, str]], snapshot: str):
+        return batch(self._backend, pairs, snapshot)
+
+    def _running(self, vm: str) -> bool:
+        def active() -> bool:
+            try:
+                return bool(self._hypervisor.connection().lookupByName(vm).isActive())
+            except libvirt.libvirtError as error:
+                if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return False
+                raise
+        return self._hypervisor.call(f"state check of {vm}", active, domain=vm)
+
+    def _suspend(self, vm: str) -> None:
+        self._hypervisor.call(f"pause of {vm}", lambda: self._hypervisor.connection().lookupByName(vm).suspend(),
+                              domain=vm)
+
+    def _resume(self, vm: str) -> None:
+        """Resume `vm` if it is paused; a guest gone or running already is fine."""
+        def resume() -> None:
+            try:
+                domain = self._hypervisor.connection().lookupByName(vm)
+            except libvirt.libvirtError as error:
+                if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return
+                raise
+            if domain.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                domain.resume()
+        self._hypervisor.call(f"resume of {vm}", resume, domain=vm)
+
+
+@contextlib.contextmanager
+def batch(backend: StorageBackend, pairs: list[tuple[str, str]], snapshot: str) -> Iterator[Any]:
+    """The backend's `snapshot_batch`, or one snapshot per volume where it has none."""
+    batch_of = getattr(backend, "snapshot_batch", None)
+    if batch_of is not None:
+        with batch_of(pairs, snapshot) as prepared:
+            yield prepared
+    else:
+        yield _OneByOne(backend, pairs, snapshot)
+
+
+def snapshot_volumes(backend: StorageBackend, volumes: Sequence[str], snapshot: str) -> str:
+    """Snapshot volumes no guest runs on, at one moment; returns how (`SnapshotBatch.method`)."""
+    with batch(backend, [split_volume(volume) for volume in volumes], schema.check_name("snapshot", snapshot)) \
+            as prepared:
+        prepared.take()
+        return prepared.method
+
+
+class _OneByOne:
+    """A backend without `snapshot_batch`: one `snapshot_create` per volume, all or none."""
+
+    method = "one by one"
+
+    def __init__(self, backend: StorageBackend, pairs: list[tuple[str, str]], snapshot: str):
+        self._backend, self._pairs, self._snapshot = backend, pairs, snapshot
+
+    def take(self) -> None:
+        made = []
+        try:
+            for pool, volume in self._pairs:
+                self._backend.snapshot_create(pool, volume, self._snapshot)
+                made.append((pool, volume))
+        except BaseException:
+            for pool, volume in made:
+                self._backend.snapshot_remove(pool, volume, self._snapshot)
+            raise
+
+
+def split_volume(volume: str) -> tuple[str, str]:
+    if not isinstance(volume, str) or volume.count("/") != 1:
+        raise InvalidInput(f"a volume is named POOL/VOLUME, not {volume!r}")
+    pool, name = volume.split("/")
+    return schema.check_name("pool", pool), schema.check_name("volume", name)
