@@ -27,6 +27,28 @@ from pvc.node.hypervisor import Hypervisor
 log = logging.getLogger(__name__)
 
 
+_IN_PROGRESS: set[tuple[str, str]] = set()
+"""(VM, snapshot) pairs this daemon is taking now, so that a coordinator resolving a creation cut short knows
+whether a node may still be making its volume snapshots."""
+_IN_PROGRESS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _taking(vm: str, snapshot: str) -> Iterator[None]:
+    with _IN_PROGRESS_LOCK:
+        _IN_PROGRESS.add((vm, snapshot))
+    try:
+        yield
+    finally:
+        with _IN_PROGRESS_LOCK:
+            _IN_PROGRESS.discard((vm, snapshot))
+
+
+def in_progress(vm: str, snapshot: str) -> bool:
+    with _IN_PROGRESS_LOCK:
+        return (vm, snapshot) in _IN_PROGRESS
+
+
 class GuestSnapshots:
     def __init__(self, hypervisor: Hypervisor, backend: StorageBackend, pause_directory: str | Path,
                  max_pause_s: float):
@@ -46,7 +68,7 @@ class GuestSnapshots:
         limit = self.max_pause_s if max_pause_s is None else min(float(max_pause_s), self.max_pause_s)
         if limit <= 0:
             raise InvalidInput(f"the maximum pause must be a positive number of seconds, not {max_pause_s!r}")
-        with self._batch(pairs, snapshot) as batch:
+        with _taking(vm, snapshot), self._batch(pairs, snapshot) as batch:
             if not pause or not self._running(vm):
                 batch.take()
                 return {"paused_ms": None, "method": batch.method}
@@ -147,10 +169,11 @@ def batch(backend: StorageBackend, pairs: list[tuple[str, str]], snapshot: str) 
         yield _OneByOne(backend, pairs, snapshot)
 
 
-def snapshot_volumes(backend: StorageBackend, volumes: Sequence[str], snapshot: str) -> str:
-    """Snapshot volumes no guest runs on, at one moment; returns how (`SnapshotBatch.method`)."""
-    with batch(backend, [split_volume(volume) for volume in volumes], schema.check_name("snapshot", snapshot)) \
-            as prepared:
+def snapshot_volumes(backend: StorageBackend, vm: str, volumes: Sequence[str], snapshot: str) -> str:
+    """Snapshot the volumes of `vm`, which runs nowhere, at one moment; returns how (`SnapshotBatch.method`)."""
+    pairs = [split_volume(volume) for volume in volumes]
+    with _taking(schema.check_name("VM", vm), schema.check_name("snapshot", snapshot)), \
+            batch(backend, pairs, snapshot) as prepared:
         prepared.take()
         return prepared.method
 

@@ -75,12 +75,17 @@ class StorageAgent:
     def snapshot_create(self, pool: str, volume: str, snapshot: str) -> None:
         self._backend.snapshot_create(*_names(pool, volume), schema.check_name("snapshot", snapshot))
 
-    def snapshot_volumes(self, volumes: list[str], snapshot: str) -> dict[str, Any]:
-        """Snapshot several volumes (``POOL/VOLUME``) no guest runs on at one moment (`pvc.node.guest_snapshots`),
-        all or none."""
+    def snapshot_volumes(self, vm: str, volumes: list[str], snapshot: str) -> dict[str, Any]:
+        """Snapshot the volumes (``POOL/VOLUME``) of `vm`, which runs nowhere, at one moment
+        (`pvc.node.guest_snapshots`), all or none."""
         if not isinstance(volumes, list) or not volumes:
             raise InvalidInput("give the list of volumes to snapshot")
-        return {"paused_ms": None, "method": guest_snapshots.snapshot_volumes(self._backend, volumes, snapshot)}
+        return {"paused_ms": None,
+                "method": guest_snapshots.snapshot_volumes(self._backend, vm, volumes, snapshot)}
+
+    def snapshot_in_progress(self, vm: str, snapshot: str) -> bool:
+        """Whether this node is taking snapshot `snapshot` of `vm` now."""
+        return guest_snapshots.in_progress(schema.check_name("VM", vm), schema.check_name("snapshot", snapshot))
 
     def snapshot_remove(self, pool: str, volume: str, snapshot: str) -> None:
         self._backend.snapshot_remove(*_names(pool, volume), schema.check_name("snapshot", snapshot))

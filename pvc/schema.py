@@ -63,7 +63,8 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
                                            by a VM snapshot says so ("vm_snapshot": "VM@NAME")
     /pvc/vm_snapshots/VM/NAME          C,L a whole-VM snapshot (`pvc.rpc.vm_snapshots`): the domain document,
                                            metadata and volumes at that moment; an "intent" {"action":
-                                           create | remove | rollback, "coordinator", "deadline"} while a
+                                           create | remove | rollback, "coordinator", "session" (its
+                                           ZooKeeper session), "node" and "deadline" of a creation} while a
                                            change is under way (L finishes or undoes a dead coordinator's)
     /pvc/locks/storage/POOL            C,N kazoo lock serialising storage changes within one pool
     /pvc/provisioner/templates/KIND/NAME  C  a system, storage or network template (`pvc.provisioner_records`)

@@ -13,15 +13,15 @@ Each change is recorded before anything is done and settled after, in the snapsh
   metadata to the snapshot's, and the record is settled.
 
 A coordinator that dies midway leaves the intent. The leader finishes a removal or a rollback (each step can be
-repeated) and undoes a creation (its volume snapshots go, then the record): once the creation's deadline has
-passed, so that no node is still taking it. The guest itself never stays paused: its node resumes it on its
-own deadline.
+repeated) and undoes a creation (its volume snapshots go, then the record) once the node taking it says it is
+no longer at it (or, if that node cannot be asked, once the creation's deadline has passed). The guest itself
+never stays paused: its node resumes it on its own deadline.
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from pvc import schema
 from pvc.cache import OWN_VALUE
@@ -78,7 +78,8 @@ class VMSnapshots:
             volumes = list(spec.get("volumes") or [])
             if self._context.store.read(schema.vm_snapshot(vm, name)) is not None:
                 raise AlreadyExists(f"VM '{vm}' has a snapshot named '{name}' already")
-            take = self._taker(vm, desired, volumes, name, max_pause_s, not crash_consistent)
+            node, take = self._taker(vm, desired, volumes, name, max_pause_s, not crash_consistent) \
+                if volumes else (None, lambda: {"paused_ms": None, "method": "none"})
             with self._storage.pools_locked(_pools(volumes)):
                 for pool, volume in _pairs(volumes):
                     if name in (self._storage.volume_record(pool, volume).get("snapshots") or {}):
@@ -86,9 +87,9 @@ class VMSnapshots:
                 record = {"vm": vm, "name": name, "created": time.time(), "spec": _kept(spec),
                           "volumes": volumes, "crash_consistent": bool(crash_consistent)}
                 deadline = time.time() + max_pause_s + STORAGE_ACTION_TIMEOUT_S
-                self._begin(record, "create", deadline=deadline, create=True)
+                self._begin(record, "create", deadline=deadline, node=node)
                 try:
-                    outcome = take() if volumes else {"paused_ms": None, "method": "none"}
+                    outcome = take()
                 except BaseException:
                     self._undo_create(record)
                     raise
@@ -131,9 +132,9 @@ class VMSnapshots:
             for name in store.children(schema.vm_snapshots(vm)):
                 record = store.read(schema.vm_snapshot(vm, name)) or {}
                 pending = record.get("intent")
-                if not pending or store.zk.exists(schema.live_coordinator(pending.get("coordinator", "?"))):
+                if not pending or self._alive(pending):
                     continue
-                if pending["action"] == "create" and time.time() < pending.get("deadline", 0):
+                if pending["action"] == "create" and self._still_taking(record):
                     continue
                 try:
                     done.append(self._resolve(record))
@@ -142,6 +143,12 @@ class VMSnapshots:
         for outcome in done:
             log.warning("VM snapshot check: %s", outcome)
         return done
+
+    def _alive(self, pending: dict[str, Any]) -> bool:
+        """Whether the coordinator that recorded an intent still runs: the same process, not merely one of the
+        same name started again (its announcement belongs to the session the intent names)."""
+        stat = self._context.store.zk.exists(schema.live_coordinator(pending.get("coordinator", "?")))
+        return stat is not None and stat.ephemeralOwner == pending.get("session")
 
     def _resolve(self, record: dict[str, Any]) -> str:
         vm, name, action = record["vm"], record["name"], record["intent"]["action"]
@@ -163,34 +170,49 @@ class VMSnapshots:
 
     # -- steps -----------------------------------------------------------------------------------------
 
-    def _taker(self, vm: str, desired: Any, volumes: list[str], name: str, max_pause_s: float, pause: bool):
-        """How the volumes are snapshotted: by the node running the guest (which pauses it), or by any storage
-        node for a VM that runs nowhere. A VM whose node cannot say whether it runs is refused."""
+    def _taker(self, vm: str, desired: Any, volumes: list[str], name: str, max_pause_s: float,
+               pause: bool) -> tuple[str, Callable[[], dict[str, Any]]]:
+        """Which node snapshots the volumes, and how: the node running the guest (which pauses it), or any
+        storage node for a VM that runs nowhere. A VM whose node cannot say whether it runs is refused."""
         status = self._control.raw(vm).get("status") or {}
-        node = desired.placement.get("node")
         running = status.get("running")
         if running is None and status:
             raise Unavailable(f"VM '{vm}' is in an unknown state on node {status.get('node')}: "
                               f"{status.get('unknown') or 'its node could not ask libvirt'}")
         if running or desired.state in schema.RUNNING_STATES:
-            facts = (self._context.cache.nodes.get(status.get("node") or node) or {}).get(OWN_VALUE) or {}
+            node = status.get("node") or desired.placement.get("node")
+            facts = (self._context.cache.nodes.get(node) or {}).get(OWN_VALUE) or {}
             if not facts.get("agent_uri"):
                 raise Unavailable(f"VM '{vm}' runs on node {node}, which has no agent to snapshot it")
-            where = status.get("node") or node
-            return lambda: self._context.agents.call(where, facts["agent_uri"], "vm_snapshot", vm, volumes, name,
-                                                     max_pause_s, pause, timeout=STORAGE_ACTION_TIMEOUT_S)
-        if not volumes:
-            return lambda: {"paused_ms": None, "method": "none"}
-        agent = self._storage.pool_agent(_pools(volumes)[0])
-        return lambda: agent("snapshot_volumes", volumes, name)
+            return node, lambda: self._context.agents.call(node, facts["agent_uri"], "vm_snapshot", vm, volumes,
+                                                           name, max_pause_s, pause,
+                                                           timeout=STORAGE_ACTION_TIMEOUT_S)
+        node, agent_uri = self._storage.storage_node(_pools(volumes)[0])
+        return node, lambda: self._storage.agent_call(node, agent_uri, "snapshot_volumes", vm, volumes, name)
+
+    def _still_taking(self, record: dict[str, Any]) -> bool:
+        """Whether the node that takes a creation's volume snapshots may still be at it: it says so, or it
+        cannot be asked and the creation's deadline has not passed."""
+        node = record["intent"].get("node")
+        facts = (self._context.cache.nodes.get(node) or {}).get(OWN_VALUE) or {} if node else {}
+        try:
+            return bool(self._storage.agent_call(node, facts["storage_agent_uri"], "snapshot_in_progress",
+                                                 record["vm"], record["name"]))
+        except Exception as error:
+            if time.time() < record["intent"].get("deadline", 0):
+                log.info("VM snapshot %s@%s: node %s cannot say whether it still takes it (%s); waiting",
+                         record["vm"], record["name"], node, error)
+                return True
+            return False
 
     def _begin(self, record: dict[str, Any], action: str, deadline: float | None = None,
-               create: bool = False) -> None:
+               node: str | None = None) -> None:
         intent = {"action": action, "coordinator": self._context.name,
-                  **({"deadline": deadline} if deadline is not None else {})}
+                  "session": self._context.store.zk.client_id[0],
+                  **({"deadline": deadline, "node": node} if action == "create" else {})}
         path = schema.vm_snapshot(record["vm"], record["name"])
         transaction = self._context.store.transaction()
-        if create:
+        if action == "create":
             self._context.store.zk.ensure_path(schema.vm_snapshots(record["vm"]))
             transaction.create(path, {**record, "intent": intent})
         else:

@@ -450,6 +450,15 @@ class StorageArea:
                 stack.enter_context(self._pool_lock(pool, timeout))
             yield
 
+    def storage_node(self, pool: str) -> tuple[str, str]:
+        """A running node serving `pool`: its name and its storage agent's URI."""
+        node, agent_uri, _backend = self._storage_node(pool)
+        return node, agent_uri
+
+    def agent_call(self, node: str, agent_uri: str, method: str, *args: Any) -> Any:
+        """A storage action on that node, with the time storage actions get."""
+        return self._agent(node, agent_uri, method, *args)
+
     def pool_agent(self, pool: str) -> storage_intents.Agent:
         """A storage action on a running node serving `pool`: ``agent(method, *args)``."""
         return self._pool_agent(pool)
