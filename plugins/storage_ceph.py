@@ -9,15 +9,18 @@ import json
 import os
 import subprocess
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import pvc
 from pvc.errors import AlreadyExists, InvalidInput, NotFound, OperationFailed
+from pvc.plugins.fencing import ceph_python
 from pvc.qemu_img import QemuImg
 
 MISSING = "No such file or directory"
 EXISTS = "File exists"
 MIN_PG_NUM, MAX_PG_NUM = 8, 256
+SNAPSHOT_HELPER = Path(__file__).with_name("ceph_snapshot_helper.py")
 REPLACE_SNAPSHOT = ".replacing"
 """A snapshot holding a volume's old data while an upload replaces it (never a user's name: no dot first)."""
 
@@ -51,6 +54,50 @@ class CephVolumeTarget:
         process.stderr.close()
         if process.wait() != 0:
             raise OperationFailed(f"rbd import into {self._image} failed: {_last_line(error)}")
+
+
+class CephSnapshotBatch:
+    method = "librbd"
+
+    def __init__(self, helper: subprocess.Popen, images: list[str], snapshot: str):
+        self._helper = helper
+        self._images = images
+        self._snapshot = snapshot
+
+    def ready(self, conf: str) -> None:
+        self._helper.stdin.write(json.dumps({"conf": conf, "images": self._images, "snapshot": self._snapshot})
+                                 + "\n")
+        self._helper.stdin.flush()
+        self._answer("ready")
+
+    def take(self) -> None:
+        self._helper.stdin.write("take\n")
+        self._helper.stdin.flush()
+        self._answer("taken")
+
+    def close(self) -> None:
+        """End the helper: one that was never told to take ends without snapshots."""
+        try:
+            self._helper.stdin.close()
+        except OSError:
+            pass
+        try:
+            self._helper.wait(30)
+        except subprocess.TimeoutExpired:
+            self._helper.kill()
+            self._helper.wait()
+        self._helper.stdout.close()
+        self._helper.stderr.close()
+
+    def _answer(self, expected: str) -> None:
+        line = self._helper.stdout.readline()
+        try:
+            answer = json.loads(line) if line else {}
+        except ValueError:
+            answer = {}
+        if not answer.get(expected):
+            reason = answer.get("error") or _last_line(self._helper.stderr.read() if not line else line)
+            raise OperationFailed(f"snapshot {self._snapshot} of {', '.join(self._images)} failed: {reason}")
 
 
 class CephBackend:
@@ -202,6 +249,19 @@ class CephBackend:
 
     def snapshot_create(self, pool: str, volume: str, snapshot: str) -> None:
         self._run("rbd", "snap", "create", "--no-progress", f"{pool}/{volume}@{snapshot}")
+
+    @contextmanager
+    def snapshot_batch(self, volumes: list[tuple[str, str]], snapshot: str) -> Iterator["CephSnapshotBatch"]:
+        """A librbd client (`ceph_snapshot_helper.py`) started with every image open, so that a paused guest
+        waits for the snapshots only: no process is started while it is paused."""
+        helper = subprocess.Popen([ceph_python(), str(SNAPSHOT_HELPER)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        batch = CephSnapshotBatch(helper, [f"{pool}/{volume}" for pool, volume in volumes], snapshot)
+        try:
+            batch.ready(self.conf)
+            yield batch
+        finally:
+            batch.close()
 
     def snapshot_remove(self, pool: str, volume: str, snapshot: str) -> None:
         self._run("rbd", "snap", "rm", "--no-progress", f"{pool}/{volume}@{snapshot}", missing_ok=True)
