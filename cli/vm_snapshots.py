@@ -10,8 +10,8 @@ _COLUMNS = [
     output.column("NAME", "name"),
     output.column("CREATED", "created", output.clock_time),
     output.column("VOLUMES", "volumes"),
-    output.column("CONSISTENCY", "crash_consistent", lambda crash: "crash" if crash else "paused"),
-    output.column("PAUSED", "paused_ms", lambda paused: "-" if paused is None else f"{paused:.1f} ms"),
+    output.column("CONSISTENCY", "consistency"),
+    output.column("HELD", "paused_ms", lambda held: "-" if held is None else f"{held:.1f} ms"),
     output.column("PENDING", "pending"),
 ]
 
@@ -25,10 +25,10 @@ def snapshot() -> None:
 @click.argument("vm")
 @click.argument("name", required=False)
 @click.option("--crash-consistent", is_flag=True,
-              help="do not pause a running guest: each disk as it would be after a power cut")
+              help="neither freeze (through its agent) nor pause a running guest: each disk as after a power cut")
 @click.option("--max-pause", "max_pause_ms", type=click.IntRange(1, 60000), default=None,
-              help="abandon the snapshot (and resume the guest) if the guest would stay paused longer than this "
-                   "many milliseconds (default and upper bound: each node's snapshot_max_pause)")
+              help="abandon the snapshot (and thaw or resume the guest) if it would stay frozen or paused longer than "
+                   "this many milliseconds (default and upper bound: each node's snapshot_max_pause)")
 @output.format_option
 @click.pass_obj
 def snapshot_create(session, vm, name, crash_consistent, max_pause_ms, output_format) -> None:

@@ -1,14 +1,16 @@
 """Snapshots of every volume of a VM at one moment, taken on the node that runs it.
 
-A running guest is paused for the duration (`libvirt suspend`), unless the snapshot is crash-consistent. The
-storage backend prepares the batch first (files opened, helpers started) so that the pause covers only the
-batch's `take`, which starts no process.
+A running guest whose domain has a guest-agent channel, and whose agent answers, has its filesystems frozen
+(``guest-fsfreeze-freeze``) for the duration; any other running guest is paused (`libvirt suspend`); a
+crash-consistent snapshot does neither. The storage backend prepares the batch first (files opened, helpers
+started) so that the freeze or pause covers only the batch's `take`, which starts no process.
 
-The pause is bounded twice over: a timer on this node resumes the guest once `max_pause_s` has passed, whatever
-the coordinator that asked is doing (it may have died), and the snapshot is then abandoned (its volume
-snapshots removed). Before pausing, the node writes a file naming the guest in its pause directory
-(`snapshot_pause_directory`) and removes it once the guest runs again: a daemon killed in between finds the
-file when it starts again and resumes the guest (`resume_left_paused`). So no snapshot leaves a guest paused.
+It is bounded twice over: a timer on this node thaws or resumes the guest once `max_pause_s` has passed,
+whatever the coordinator that asked is doing (it may have died), and the snapshot is then abandoned (its volume
+snapshots removed). Before freezing or pausing, the node writes a file naming the guest (and which it does) in
+its pause directory (`snapshot_pause_directory`) and removes it once the guest runs again: a daemon killed in
+between finds the file when it starts again and thaws or resumes the guest (`resume_left_paused`). So no
+snapshot leaves a guest frozen or paused.
 """
 import contextlib
 import logging
@@ -20,11 +22,17 @@ from typing import Any, Iterator, Sequence
 import libvirt
 
 from pvc import schema
-from pvc.errors import InvalidInput, OperationFailed
+from pvc.errors import InvalidInput, OperationFailed, PVCError
 from pvc.hookspecs import StorageBackend
 from pvc.node.hypervisor import Hypervisor
 
 log = logging.getLogger(__name__)
+
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
+"""The virtio channel name of qemu-guest-agent: a domain with it may have an agent to freeze its filesystems."""
+AGENT_TIMEOUT_S = 10
+"""How long the agent gets to freeze or thaw (it flushes the guest's caches first): the guest runs meanwhile,
+so this is not part of the pause."""
 
 
 _IN_PROGRESS: set[tuple[str, str]] = set()
@@ -60,8 +68,9 @@ class GuestSnapshots:
     def take(self, vm: str, volumes: Sequence[str], snapshot: str, max_pause_s: float | None,
              pause: bool) -> dict[str, Any]:
         """Snapshot every volume (``POOL/VOLUME``) of `vm` as `snapshot`; with `pause`, the guest (if it
-        runs here) is paused around it for at most `max_pause_s` (at most this node's own maximum). Returns
-        ``{"paused_ms": float or None, "method": str}``."""
+        runs here) has its filesystems frozen by its agent, or else is paused, around it for at most
+        `max_pause_s` (at most this node's own maximum). Returns ``{"paused_ms": float or None, "method": str,
+        "mode": "freeze" | "pause" | None}``."""
         schema.check_name("VM", vm)
         schema.check_name("snapshot", snapshot)
         pairs = [split_volume(volume) for volume in volumes]
@@ -72,52 +81,105 @@ class GuestSnapshots:
             if not pause or not self._running(vm):
                 batch.take()
                 return {"paused_ms": None, "method": batch.method}
-            return {"paused_ms": self._paused(vm, batch, limit, pairs, snapshot), "method": batch.method}
+            held_ms, mode = self._held(vm, batch, limit, pairs, snapshot)
+            return {"paused_ms": held_ms, "method": batch.method, "mode": mode}
 
-    def _paused(self, vm: str, batch: Any, limit: float, pairs: list[tuple[str, str]], snapshot: str) -> float:
-        """Take the batch with `vm` paused; past `limit` the timer resumes it and the snapshot is abandoned."""
+    def _held(self, vm: str, batch: Any, limit: float, pairs: list[tuple[str, str]],
+              snapshot: str) -> tuple[float, str]:
+        """Take the batch with `vm`'s filesystems frozen by its agent, or else with `vm` paused; past `limit`
+        the timer thaws or resumes it and the snapshot is abandoned. Returns how long, and ``freeze`` or
+        ``pause``."""
         marker = self._pause_directory / vm
         self._pause_directory.mkdir(parents=True, exist_ok=True)
-        marker.write_text(snapshot)
-        state = {"resumed": False}
+        state: dict[str, Any] = {"released": False, "mode": None, "thaw_too": False}
         guard = threading.Lock()
 
-        def resume(reason: str) -> None:
+        def release(reason: str) -> None:
             with guard:
-                if state["resumed"]:
+                if state["released"] or state["mode"] is None:
                     return
-                self._resume(vm)
-                state["resumed"] = reason
+                if state["mode"] == "freeze" or state["thaw_too"]:
+                    self._thaw(vm, quiet=state["mode"] != "freeze")
+                if state["mode"] == "pause":
+                    self._resume(vm)
+                state["released"] = reason
             marker.unlink(missing_ok=True)
 
-        timer = threading.Timer(limit, resume, args=("deadline",))
+        timer = threading.Timer(limit, release, args=("deadline",))
         timer.daemon = True
         try:
-            self._suspend(vm)
+            marker.write_text("freeze")
+            frozen = self._agent_freezes(vm)
+            with guard:
+                state["mode"] = "freeze" if frozen else None
+            if state["mode"] is None:
+                # A freeze that failed may still have frozen something: thaw it too, now and on release.
+                marker.write_text("freeze pause" if frozen is False else "pause")
+                with guard:
+                    state["mode"], state["thaw_too"] = "pause", frozen is False
+                self._suspend(vm)
             began = time.monotonic()
             timer.start()
             batch.take()
             with guard:
-                late = state["resumed"] == "deadline"
-            paused_ms = (time.monotonic() - began) * 1000
+                late = state["released"] == "deadline"
+            held_ms = (time.monotonic() - began) * 1000
         finally:
             timer.cancel()
-            resume("done")
+            if state["mode"] is None:
+                marker.unlink(missing_ok=True)
+            release("done")
         if late:
             for pool, volume in pairs:
                 self._backend.snapshot_remove(pool, volume, snapshot)
-            raise OperationFailed(f"snapshot {vm}@{snapshot} abandoned: the guest would have stayed paused more "
+            what = "frozen" if state["mode"] == "freeze" else "paused"
+            raise OperationFailed(f"snapshot {vm}@{snapshot} abandoned: the guest would have stayed {what} more "
                                   f"than {limit:g} s (it runs again; no volume snapshot is kept)")
-        return paused_ms
+        return held_ms, state["mode"]
+
+    def _agent_freezes(self, vm: str) -> bool | None:
+        """Freeze the guest's filesystems through its agent: True once frozen; None if its domain has no agent
+        channel; False if the agent did not freeze in time (what it may have frozen is thawed at once)."""
+        def has_agent() -> bool:
+            return AGENT_CHANNEL in self._hypervisor.connection().lookupByName(vm).XMLDesc(0)
+
+        def freeze() -> None:
+            domain = self._hypervisor.connection().lookupByName(vm)
+            domain.agentSetResponseTimeout(AGENT_TIMEOUT_S, 0)
+            domain.fsFreeze()
+
+        if not self._hypervisor.call(f"agent check of {vm}", has_agent, domain=vm):
+            return None
+        try:
+            self._hypervisor.call(f"filesystem freeze of {vm}", freeze, timeout=AGENT_TIMEOUT_S + 2, domain=vm)
+            return True
+        except PVCError as error:
+            log.info("guest %s: its agent did not freeze its filesystems (%s); pausing it instead", vm, error)
+            self._thaw(vm, quiet=True)
+            return False
+
+    def _thaw(self, vm: str, quiet: bool = False) -> None:
+        """Thaw the guest's filesystems; `quiet`: where nothing may be frozen, a failure is only logged."""
+        try:
+            self._hypervisor.call(f"filesystem thaw of {vm}",
+                                  lambda: self._hypervisor.connection().lookupByName(vm).fsThaw(),
+                                  timeout=AGENT_TIMEOUT_S + 2, domain=vm)
+        except PVCError as error:
+            if not quiet:
+                raise
+            log.info("guest %s: thaw after a failed freeze: %s", vm, error)
 
     def resume_left_paused(self) -> list[str]:
-        """Resume every guest a snapshot paused before this daemon was killed; returns their names."""
+        """Thaw or resume every guest a snapshot froze or paused before this daemon was killed; returns their
+        names."""
         if not self._pause_directory.is_dir():
             return []
         resumed = []
         for marker in sorted(self._pause_directory.iterdir()):
             try:
                 schema.check_name("VM", marker.name)
+                if "freeze" in marker.read_text().split():
+                    self._thaw(marker.name, quiet="pause" in marker.read_text().split())
                 self._resume(marker.name)
             except Exception as error:
                 log.error("guest %s, paused by a snapshot, could not be resumed: %s", marker.name, error)

@@ -93,7 +93,8 @@ class VMSnapshots:
                 except BaseException:
                     self._undo_create(record)
                     raise
-                settled = {**record, "paused_ms": outcome.get("paused_ms"), "method": outcome.get("method")}
+                settled = {**record, "paused_ms": outcome.get("paused_ms"), "method": outcome.get("method"),
+                           "consistency": _consistency(crash_consistent, outcome)}
                 self._settle_create(settled)
         return view(settled)
 
@@ -294,8 +295,18 @@ def view(record: dict[str, Any]) -> dict[str, Any]:
     """What `pvc vm snapshot list` shows and ``--format json`` prints."""
     return {"name": record["name"], "vm": record["vm"], "created": record["created"],
             "volumes": record["volumes"], "crash_consistent": record.get("crash_consistent", False),
+            "consistency": record.get("consistency"),
             "paused_ms": record.get("paused_ms"), "method": record.get("method"),
             "pending": (record.get("intent") or {}).get("action")}
+
+
+def _consistency(crash_consistent: bool, outcome: dict[str, Any]) -> str:
+    """``frozen`` (filesystems frozen by the guest's agent), ``paused``, ``stopped`` (the guest ran nowhere)
+    or ``crash`` (taken from a running guest as it went)."""
+    mode = outcome.get("mode")
+    if mode:
+        return {"freeze": "frozen", "pause": "paused"}[mode]
+    return "crash" if crash_consistent else "stopped"
 
 
 def _kept(spec: dict[str, Any]) -> dict[str, Any]:

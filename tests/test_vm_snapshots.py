@@ -13,7 +13,9 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from pvc.cli.localcluster.guest import domain_xml, read_sequence, sequences_found
+import subprocess
+
+from pvc.cli.localcluster.guest import FSFREEZE_PREFIX, domain_xml, read_sequence, sequences_found
 from pvc.errors import PVCError, Unavailable
 
 from guest_support import console_text, wait_heartbeat
@@ -61,7 +63,7 @@ def _one_moment(first: int | None, second: int | None) -> bool:
     return first is not None and second is not None and first - second in (0, 1)
 
 
-def _boot_sequence_guest(cluster, vm: str, node: str, fill_mib: int = 0) -> None:
+def _boot_sequence_guest(cluster, vm: str, node: str, fill_mib: int = 0, agent: bool = False) -> None:
     client = cluster.client
     for disk in ("a", "b"):
         client.storage.volume_add(POOL, f"{vm}-{disk}", (16 + fill_mib) * MiB)
@@ -70,8 +72,17 @@ def _boot_sequence_guest(cluster, vm: str, node: str, fill_mib: int = 0) -> None
                 volume.seek(16 * MiB)
                 for _ in range(fill_mib):
                     volume.write(os.urandom(MiB))
-    client.vms.define(domain_xml(vm, disks=[f"{POOL}/{vm}-a", f"{POOL}/{vm}-b"], sequence=True), target=node)
+    disks = [f"{POOL}/{vm}-a", f"{POOL}/{vm}-b"]
+    if agent:
+        client.storage.volume_add(POOL, f"{vm}-fs", 16 * MiB)
+        disks.append(f"{POOL}/{vm}-fs")
+    client.vms.define(domain_xml(vm, disks=disks, sequence=True, agent=agent), target=node)
     client.vms.start(vm)
+
+
+def _freeze_lines(cluster, vm: str, node: str) -> list[str]:
+    return [line.split()[-1] for line in console_text(cluster, vm, node).splitlines()
+            if line.startswith(FSFREEZE_PREFIX)]
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +92,12 @@ def guests(qemu_cluster):
     qemu_cluster.client.storage.pool_add(POOL)
     _boot_sequence_guest(qemu_cluster, "steady", "hv1")
     _boot_sequence_guest(qemu_cluster, "bulky", "hv2", fill_mib=40)
-    for vm in ("steady", "bulky"):
+    _boot_sequence_guest(qemu_cluster, "agented", "hv3", fill_mib=40, agent=True)
+    for vm in ("steady", "bulky", "agented"):
         _writing(qemu_cluster, vm)
-    return {"steady": "hv1", "bulky": "hv2"}
+    assert eventually(lambda: "pvc-guest: agent started" in console_text(qemu_cluster, "agented", "hv3"), 30), \
+        console_text(qemu_cluster, "agented", "hv3")[-2000:]
+    return {"steady": "hv1", "bulky": "hv2", "agented": "hv3"}
 
 
 def test_a_snapshot_of_a_running_guest_is_one_moment_and_a_rollback_boots_into_it(qemu_cluster, guests):
@@ -242,3 +256,71 @@ def test_a_stopped_vm_snapshot_without_a_pause_and_bad_names(qemu_cluster, guest
         assert not _disk_path(qemu_cluster, "idle-a", "cold").exists()
     finally:
         client.vms.remove("idle")
+
+
+def test_a_guest_with_an_agent_is_frozen_not_paused_and_its_filesystem_snapshot_is_clean(qemu_cluster, guests):
+    client = qemu_cluster.client
+    view = client.vms.snapshot_create("agented", "quiet")
+    assert view["consistency"] == "frozen", view
+    assert _freeze_lines(qemu_cluster, "agented", "hv3")[-2:] == ["freeze", "thaw"], \
+        "the guest's own fsfreeze hook saw the freeze and the thaw"
+    assert _domain_state(qemu_cluster, "hv3", "agented") == libvirt.VIR_DOMAIN_RUNNING
+    checked = subprocess.run(["e2fsck", "-fn", str(_disk_path(qemu_cluster, "agented-fs", "quiet"))],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, f"the frozen filesystem's snapshot is not clean: {checked.stdout}"
+    client.vms.snapshot_remove("agented", "quiet")
+
+
+def test_a_coordinator_killed_while_a_guest_is_frozen_leaves_it_thawed(qemu_cluster, guests):
+    client, local = qemu_cluster.client, qemu_cluster.local
+    frozen_before = len(_freeze_lines(qemu_cluster, "agented", "hv3"))
+    worker = threading.Thread(target=lambda: _ignoring_errors(client.vms.snapshot_create, "agented", "cut"),
+                              daemon=True)
+    worker.start()
+    assert eventually(lambda: any(row["pending"] == "create" for row in client.vms.snapshot_list("agented")),
+                      30, interval=0.02)
+    local.stop_daemon("pvcapid", "pvcapid1", kill=True)
+    local.start_coordinator("pvcapid1")
+    worker.join(120)
+    assert eventually(lambda: _answered(lambda: not any(row["pending"] for row in
+                                                        client.vms.snapshot_list("agented"))), 60, interval=0.3)
+    lines = _freeze_lines(qemu_cluster, "agented", "hv3")[frozen_before:]
+    assert lines in ([], ["freeze", "thaw"]), f"the guest's filesystems end thawed: {lines}"
+    assert _domain_state(qemu_cluster, "hv3", "agented") == libvirt.VIR_DOMAIN_RUNNING
+    kept = client.vms.snapshot_list("agented")
+    files = [_disk_path(qemu_cluster, f"agented-{disk}", "cut").exists() for disk in ("a", "b", "fs")]
+    assert files == [bool(kept)] * 3, "whole or absent"
+    if kept:
+        client.vms.snapshot_remove("agented", "cut")
+
+
+def test_pvcnoded_thaws_at_start_a_guest_a_snapshot_left_frozen(qemu_cluster, guests):
+    pauses = Path(qemu_cluster.local.state_dir) / "nodes" / "hv3" / "snapshot-pauses"
+    qemu_cluster.local.stop_daemon("pvcnoded", "hv3", kill=True)
+    connection = libvirt.open(qemu_cluster.local.host("hv3").uri)
+    try:
+        pauses.mkdir(exist_ok=True)
+        (pauses / "agented").write_text("freeze")
+        domain = connection.lookupByName("agented")
+        domain.agentSetResponseTimeout(30, 0)
+        assert domain.fsFreeze() == 1, "the guest's one filesystem is frozen"
+    finally:
+        connection.close()
+    assert _freeze_lines(qemu_cluster, "agented", "hv3")[-1] == "freeze"
+    restart_node_daemon(qemu_cluster, "hv3")
+    assert eventually(lambda: _freeze_lines(qemu_cluster, "agented", "hv3")[-1] == "thaw", 10)
+    assert not (pauses / "agented").exists()
+
+
+def _ignoring_errors(call, *args):
+    try:
+        call(*args)
+    except PVCError:
+        pass
+
+
+def _answered(check):
+    try:
+        return check()
+    except Unavailable:
+        return None

@@ -50,6 +50,11 @@ ACCELERATOR_CACHE = "pvc-guest-accelerator.json"
 
 CMDLINE = "console=ttyS0 quiet panic=-1"
 SEQUENCE_FLAG = "pvc.seq"
+AGENT_FLAG = "pvc.agent"
+"""Boot flag of a guest that runs qemu-ga and keeps an ext2 filesystem on its last disk, mounted."""
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
+FSFREEZE_PREFIX = "pvc-guest: fsfreeze"
+QEMU_GA = Path("/usr/sbin/qemu-ga")
 SEQUENCE_OFFSET = 4096
 """Where a guest booted with `SEQUENCE_FLAG` writes its sequence number on each disk (``pvc-seq N``)."""
 SEQUENCE_FOUND_PATTERN = re.compile(r"^pvc-guest: sequence found (vd[a-z]) (?:pvc-seq (\d+)|none)\r?$",
@@ -58,15 +63,22 @@ POWER_OFF_LINE = "pvc-guest: power button pressed, powering off"
 HEARTBEAT_PATTERN = re.compile(r"^pvc-guest: heartbeat (\d+) boot ([0-9a-f-]+)\r?$", re.MULTILINE)
 QEMU = "qemu-system-x86_64"
 
-# In Debian's kernel these are modules: the PCI transport and block driver of the guest's disk, and the ACPI
-# power button with the event device through which acpid sees it.
-MODULES = ("virtio_pci", "virtio_blk", "button", "evdev")
+# In Debian's kernel these are modules: the PCI transport and block driver of the guest's disk, the ACPI
+# power button with the event device through which acpid sees it, the virtio serial port of the guest agent,
+# and ext4 (which mounts ext2, and will not without a crc32c driver) for a filesystem a freeze has something to
+# freeze in.
+MODULES = ("virtio_pci", "virtio_blk", "button", "evdev", "virtio_console", "crc32c_generic", "ext4")
 SETUP_HINT = "run contrib/setup.sh"
 
 _POWER_BUTTON_HANDLER = f"""\
 #!/bin/sh
 echo '{POWER_OFF_LINE}' > /dev/ttyS0
 poweroff -f
+"""
+
+_FSFREEZE_HOOK = f"""\
+#!/bin/sh
+echo "{FSFREEZE_PREFIX} $1" > /dev/ttyS0
 """
 
 # busybox acpid's built-in map turns the power button's key event into the action PWRF/00000080, a file
@@ -90,8 +102,32 @@ if [ -b /dev/vda ]; then
         *) echo "pvc-guest: disk marker found none" ;;
     esac
 fi
+sequence_disks=$(ls /dev/vd? 2>/dev/null)
+if grep -q pvc.agent /proc/cmdline; then
+    fsdisk=$(ls /dev/vd? | tail -n 1)
+    sequence_disks=$(ls /dev/vd? | grep -v "^$fsdisk$")
+    mkdir -p /mnt
+    if mount -t ext2 $fsdisk /mnt 2>/dev/null || {{ mke2fs -q $fsdisk >/dev/null 2>&1 && mount -t ext2 $fsdisk /mnt; }}
+    then
+        echo "pvc-guest: filesystem on ${{fsdisk#/dev/}} mounted"
+    fi
+    for port in /sys/class/virtio-ports/*; do
+        [ "$(cat $port/name 2>/dev/null)" = org.qemu.guest_agent.0 ] && agent=/dev/${{port##*/}}
+    done
+    /usr/sbin/qemu-ga -m virtio-serial -p $agent -F/etc/fsfreeze-hook -t /tmp -f /tmp/qemu-ga.pid -d
+    echo "pvc-guest: agent started on $agent"
+    (
+        written=0
+        while :; do
+            written=$((written + 1))
+            echo "pvc-fs $written" > /mnt/beat
+            sync
+            sleep 1
+        done
+    ) &
+fi
 if grep -q pvc.seq /proc/cmdline; then
-    for disk in /dev/vd?; do
+    for disk in $sequence_disks; do
         found=$(dd if=$disk bs=512 skip={sequence_sector} count=1 iflag=direct 2>/dev/null | tr -d '\\000' | head -n 1)
         echo "pvc-guest: sequence found ${{disk#/dev/}} ${{found:-none}}"
     done
@@ -99,7 +135,7 @@ if grep -q pvc.seq /proc/cmdline; then
         sequence=0
         while :; do
             sequence=$((sequence + 1))
-            for disk in /dev/vd?; do
+            for disk in $sequence_disks; do
                 {{ echo "pvc-seq $sequence"; head -c 512 /dev/zero; }} |
                     dd of=$disk bs=512 seek={sequence_sector} count=1 iflag=fullblock oflag=direct conv=notrunc 2>/dev/null
             done
@@ -169,25 +205,29 @@ def build(boot_dir: Path = DEFAULT_BOOT_DIR) -> Path:
     modules = _module_files(version)
     init = _INIT.format(insmod="\n".join(f"insmod /{_guest_module_path(path)}" for path in modules),
                         sequence_sector=SEQUENCE_OFFSET // 512)
-    stamp = {"kernel": version, "init_sha256": hashlib.sha256((init + _POWER_BUTTON_HANDLER).encode()).hexdigest()}
+    agent = _agent_files()
+    stamp = {"kernel": version, "init_sha256": hashlib.sha256((init + _POWER_BUTTON_HANDLER + _FSFREEZE_HOOK).encode()
+                                                              ).hexdigest(),
+             "agent_sha256": hashlib.sha256(b"".join(path.encode() + data for path, data in agent)).hexdigest()}
     if _read_json(boot_dir / STAMP) == stamp and (boot_dir / KERNEL).is_file() and (boot_dir / INITRD).is_file():
         return boot_dir
     busybox = _busybox()
     boot_dir.mkdir(parents=True, exist_ok=True)
     (boot_dir / STAMP).unlink(missing_ok=True)
     _write_atomically(boot_dir / KERNEL, _fast_kernel(Path(f"/boot/vmlinuz-{version}").read_bytes()))
-    _write_atomically(boot_dir / INITRD, _initramfs(init, busybox, modules))
+    _write_atomically(boot_dir / INITRD, _initramfs(init, busybox, modules, agent))
     _write_atomically(boot_dir / STAMP, json.dumps(stamp).encode())
     return boot_dir
 
 
 def domain_xml(name: str, memory_mib: int = 128, disk: str | None = None, domain_type: str = "qemu",
-               disks: list[str] | None = None, sequence: bool = False) -> str:
+               disks: list[str] | None = None, sequence: bool = False, agent: bool = False) -> str:
     """A libvirt domain document for this guest as PVC stores it: no host path in it. The kernel and initrd
     are file names in the node's boot-image directory, and the node gives the serial console its log file;
     libvirt adds the matching <console> itself. `disk` is a PVC volume, "POOL/VOLUME"; `disks` several (vda,
     vdb, ...). With `sequence`, the guest writes a growing sequence number to each disk in turn, every 10 ms
-    or so (`SEQUENCE_OFFSET`), and says on its console at boot which number each disk holds."""
+    or so (`SEQUENCE_OFFSET`), and says on its console at boot which number each disk holds. With `agent`,
+    it runs qemu-ga on a virtio channel and keeps an ext2 filesystem on its last disk (not a sequence disk)."""
     if domain_type not in ("qemu", "kvm"):
         raise ValueError(f"domain type must be 'qemu' or 'kvm', not {domain_type!r}")
     if memory_mib < 1:
@@ -200,7 +240,8 @@ def domain_xml(name: str, memory_mib: int = 128, disk: str | None = None, domain
     etree.SubElement(os_element, "type", arch="x86_64", machine="pc").text = "hvm"
     etree.SubElement(os_element, "kernel").text = KERNEL
     etree.SubElement(os_element, "initrd").text = INITRD
-    etree.SubElement(os_element, "cmdline").text = CMDLINE + (f" {SEQUENCE_FLAG}" if sequence else "")
+    etree.SubElement(os_element, "cmdline").text = CMDLINE + (f" {SEQUENCE_FLAG}" if sequence else "") + \
+        (f" {AGENT_FLAG}" if agent else "")
     features = etree.SubElement(domain, "features")
     etree.SubElement(features, "acpi")
     if domain_type == "qemu":
@@ -216,6 +257,10 @@ def domain_xml(name: str, memory_mib: int = 128, disk: str | None = None, domain
         etree.SubElement(element, "driver", name="qemu", type="raw", cache="writeback")
         etree.SubElement(element, "source", pool=pool, volume=volume)
         etree.SubElement(element, "target", dev=f"vd{chr(ord('a') + index)}", bus="virtio")
+    if agent:
+        channel = etree.SubElement(devices, "channel", type="unix")
+        etree.SubElement(channel, "source", mode="bind")
+        etree.SubElement(channel, "target", type="virtio", name=AGENT_CHANNEL)
     serial = etree.SubElement(devices, "serial", type="file")
     etree.SubElement(serial, "target", port="0")
     etree.SubElement(devices, "memballoon", model="none")
@@ -405,9 +450,27 @@ def _busybox() -> bytes:
     return Path(path).read_bytes()
 
 
-def _initramfs(init: str, busybox: bytes, modules: list[Path]) -> bytes:
+def _agent_files() -> list[tuple[str, bytes]]:
+    """qemu-ga and the shared libraries it loads (with the dynamic loader), each at its path in the guest."""
+    if not QEMU_GA.is_file():
+        raise GuestImageError(f"qemu-guest-agent is not installed: {SETUP_HINT}")
+    listing = subprocess.run(["ldd", str(QEMU_GA)], capture_output=True, text=True, check=True).stdout
+    libraries = re.findall(r"(/\S+) \(0x", listing)
+    files = [("usr/sbin/qemu-ga", QEMU_GA.read_bytes())]
+    for library in sorted(set(libraries)):
+        files.append((library.lstrip("/"), Path(library).resolve().read_bytes()))
+    return files
+
+
+def _initramfs(init: str, busybox: bytes, modules: list[Path], agent: list[tuple[str, bytes]]) -> bytes:
     """A gzip'd newc cpio archive, built here so that /dev/console can be a device node without root."""
     archive = _Cpio()
+    directories = sorted({str(Path(path).parent) for path, _data in agent} - {"."})
+    for directory in sorted({str(parent) for each in directories for parent in [*Path(each).parents, Path(each)]
+                             if str(parent) != "."}, key=lambda each: each.count("/")):
+        archive.add(directory, stat.S_IFDIR | 0o755)
+    for path, data in agent:
+        archive.add(path, stat.S_IFREG | 0o755, data)
     for directory in ("bin", "dev", "etc", "etc/acpi", "etc/acpi/PWRF", "lib", "lib/modules", "proc", "sys",
                       "tmp", "var", "var/run"):
         archive.add(directory, stat.S_IFDIR | 0o755)
@@ -416,6 +479,7 @@ def _initramfs(init: str, busybox: bytes, modules: list[Path]) -> bytes:
     archive.add("bin/busybox", stat.S_IFREG | 0o755, busybox)
     archive.add("init", stat.S_IFREG | 0o755, init.encode())
     archive.add("etc/acpi/PWRF/00000080", stat.S_IFREG | 0o755, _POWER_BUTTON_HANDLER.encode())
+    archive.add("etc/fsfreeze-hook", stat.S_IFREG | 0o755, _FSFREEZE_HOOK.encode())
     for path in modules:
         archive.add(_guest_module_path(path), stat.S_IFREG | 0o644, _module_bytes(path))
     compressed = io.BytesIO()
