@@ -68,3 +68,34 @@ def snapshot_rollback(session, vm, name) -> None:
     """Return a stopped VM's disks, definition and metadata to snapshot NAME."""
     session.client.vms.snapshot_rollback(vm, name)
     click.echo(f"Rolled VM {vm} back to snapshot {name}")
+
+
+@snapshot.command("export")
+@click.argument("vm")
+@click.argument("name", metavar="SNAPSHOT")
+@click.argument("destination")
+@click.option("-i", "--incremental-parent", metavar="SNAPSHOT",
+              help="write only what changed since this older snapshot, whose export lies beside DESTINATION")
+@output.format_option
+@click.pass_obj
+def snapshot_export(session, vm, name, destination, incremental_parent, output_format) -> None:
+    """Export snapshot SNAPSHOT of VM to DESTINATION, a new directory under a backup root of the node that
+    writes it (backup_roots in its pvcnoded.yaml)."""
+    written = session.client.vms.snapshot_export(vm, name, destination, incremental_parent=incremental_parent)
+    output.show(written, output_format, lambda shown: output.details([
+        ("Exported", f"{shown['vm']}@{shown['snapshot']}"),
+        ("Parent", output.plain(shown["parent"])),
+        ("To", f"{shown['destination']} (node {shown['node']})"),
+        ("Bytes", str(shown["bytes"]))]))
+
+
+@snapshot.command("import")
+@click.argument("source")
+@click.option("-n", "--name", help="the new VM's name (default: the exported VM's); its volumes become NAME_diskN")
+@click.option("-p", "--pool", help="the pool its volumes go to (default: the pools they were exported from)")
+@output.format_option
+@click.pass_obj
+def snapshot_import(session, source, name, pool, output_format) -> None:
+    """Define a new, stopped VM from the export in SOURCE (under a backup root) and the exports it builds on."""
+    vm = session.client.vms.snapshot_import(source, name=name, pool=pool)
+    output.show(vm, output_format, lambda shown: f"Imported VM {shown['name']} (stopped) on node {shown['node']}")

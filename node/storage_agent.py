@@ -14,7 +14,7 @@ import Pyro5.server
 from pvc import bulk, config, plugin_manager, schema
 from pvc.errors import ConfigError, InvalidInput, OperationFailed
 from pvc.hookspecs import ApplianceImporter, StorageBackend
-from pvc.node import guest_snapshots
+from pvc.node import backups, guest_snapshots
 from pvc.node.pool_room import PoolRoom
 from pvc.node.uploads import Tickets, UploadContext, UploadListener, sweep_leftovers
 from pvc.qemu_img import SUPPORTED_FORMATS, QemuImg
@@ -32,10 +32,12 @@ class StorageAgent:
     """Storage actions on this node's backend; every name is checked again here, as a path is built from it."""
 
     def __init__(self, backend_name: str, backend: StorageBackend, tickets: Tickets,
-                 appliance_importers: dict[str, ApplianceImporter] | None = None):
+                 appliance_importers: dict[str, ApplianceImporter] | None = None,
+                 backup_roots: list[str] | None = None):
         self._backend_name = backend_name
         self._appliance_importers = appliance_importers or {}
         self._backend = backend
+        self._backup_roots = backups.BackupRoots(backup_roots or [])
         self._tickets = tickets
         self.upload_address = ""
         self.upload_tls = False
@@ -82,6 +84,20 @@ class StorageAgent:
             raise InvalidInput("give the list of volumes to snapshot")
         return {"paused_ms": None,
                 "method": guest_snapshots.snapshot_volumes(self._backend, vm, volumes, snapshot)}
+
+    def export_snapshot(self, manifest: dict[str, Any], destination: str) -> dict[str, Any]:
+        """Export a VM snapshot to the new directory `destination` under a backup root (`pvc.node.backups`)."""
+        return backups.export(self._backend, self._backup_roots, manifest, destination)
+
+    def backup_chain(self, source: str) -> list[dict[str, Any]]:
+        """The checked chain of export manifests ending at `source`, oldest first."""
+        return backups.chain(self._backup_roots, source)
+
+    def restore_backup(self, source: str, targets: dict[str, str]) -> dict[str, int]:
+        """Make the volumes `targets` maps to from the chain ending at `source`; their sizes."""
+        for target in targets.values():
+            guest_snapshots.split_volume(target)
+        return backups.restore(self._backend, self._backup_roots, source, targets)
 
     def snapshot_in_progress(self, vm: str, snapshot: str) -> bool:
         """Whether this node is taking snapshot `snapshot` of `vm` now."""
@@ -157,7 +173,8 @@ class NodeStorage:
         self._room = PoolRoom(self.backend)
         self._advertise_host = settings["upload_advertise_host"]
         self._listener: UploadListener | None = None
-        self.agent = StorageAgent(self.backend_name, self.backend, self._tickets, self._appliance_importers)
+        self.agent = StorageAgent(self.backend_name, self.backend, self._tickets, self._appliance_importers,
+                                  settings["backup_roots"])
 
     def start(self) -> None:
         """Prepare the staging directory, sweep what uploads left before a crash, and listen for uploads; a

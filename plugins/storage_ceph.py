@@ -263,6 +263,38 @@ class CephBackend:
         finally:
             batch.close()
 
+    def snapshot_export(self, pool: str, volume: str, snapshot: str, parent: str | None, output: Any) -> None:
+        """``rbd export-diff`` of the snapshot (from `parent`, or whole), streamed into `output`."""
+        arguments = ["export-diff", "--no-progress", *(["--from-snap", parent] if parent else []),
+                     f"{pool}/{volume}@{snapshot}", "-"]
+        process = subprocess.Popen(self.command("rbd", *arguments), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+        with process:
+            while chunk := process.stdout.read(1 << 20):
+                output.write(chunk)
+            error = process.stderr.read().decode(errors="replace")
+        if process.returncode != 0:
+            raise OperationFailed(f"rbd export-diff of {pool}/{volume}@{snapshot} failed: {_last_line(error)}")
+
+    def volume_apply_diff(self, pool: str, volume: str, stream: Any, what: str) -> None:
+        """``rbd import-diff`` of the stream, which leaves the snapshot it ends at on the image (the start of
+        the next incremental); `import_finished` removes those."""
+        process = subprocess.Popen(self.command("rbd", "import-diff", "--no-progress", "-", f"{pool}/{volume}"),
+                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            while chunk := stream.read(1 << 20):
+                process.stdin.write(chunk)
+        finally:
+            process.stdin.close()
+            error = process.stderr.read().decode(errors="replace")
+            process.stderr.close()
+            process.wait()
+        if process.returncode != 0:
+            raise InvalidInput(f"{what} could not be applied: {_last_line(error)}")
+
+    def import_finished(self, pool: str, volume: str) -> None:
+        self._run("rbd", "snap", "purge", "--no-progress", f"{pool}/{volume}")
+
     def snapshot_remove(self, pool: str, volume: str, snapshot: str) -> None:
         self._run("rbd", "snap", "rm", "--no-progress", f"{pool}/{volume}@{snapshot}", missing_ok=True)
 

@@ -56,6 +56,8 @@ def _storage_settings() -> list[Setting]:
                 "channel (default: its listen host)"),
         Setting("upload_staging_directory", str, "/var/lib/pvc/staging", "where uploads in formats other "
                 "than raw are staged for qemu-img; never left behind"),
+        Setting("backup_roots", list, [], "directories (mounted backup stores) under which VM snapshots may be "
+                "exported and imported from; no other path is written or read, and no link followed"),
         Setting("upload_token_lifetime", (int, float), 30, "seconds an upload token stays valid"),
         Setting("qemu_img_memory_limit_mib", int, 2048, "address-space limit of every qemu-img run, MiB"),
         Setting("qemu_img_cpu_limit_s", int, 3600, "CPU-time limit of every qemu-img run, seconds"),

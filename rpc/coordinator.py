@@ -32,6 +32,7 @@ from pvc.rpc.recovery import ReadyExecution, RecoveryExecution, record_missing_r
 from pvc.rpc.retries import RequestPruner
 from pvc.rpc.tasks import TaskRunner
 from pvc.rpc.vm_control import VMControl
+from pvc.rpc.vm_backups import VMBackups
 from pvc.rpc.vm_snapshots import VMSnapshots
 from pvc.service import SignalQueue, daemon_command
 from pvc.store import Store
@@ -76,6 +77,7 @@ class Coordinator:
             storage = StorageArea(self.context)
             self.vm_snapshots = VMSnapshots(self.context, control, storage)
             vms = VMsArea(self.context, control, self.vm_snapshots)
+            vms.backups = VMBackups(self.context, storage, vms)
             self.storage = storage
             self.tasks = TaskRunner(self.context, control, self.settings["flush_parallelism"],
                                     {"recover": RecoveryExecution, "ready": ReadyExecution,

@@ -27,6 +27,8 @@ class VMsArea:
         self._context = context
         self._control = control
         self._snapshots = snapshots
+        self.backups = None
+        """`pvc.rpc.vm_backups.VMBackups`, set once the storage area exists."""
         self._editor = VMEditor(context, control, self._spec, self._allow_host_devices)
 
     def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
@@ -343,6 +345,21 @@ class VMsArea:
     def snapshot_rollback(self, vm: str, name: str) -> dict[str, Any]:
         """Return a stopped VM's volumes, document and metadata to the snapshot's."""
         return self._vm_snapshots().rollback(vm, name)
+
+    def snapshot_export(self, vm: str, snapshot: str, destination: str,
+                        incremental_parent: str | None = None) -> dict[str, Any]:
+        """Write a snapshot to the new directory `destination` under a storage node's backup root, whole or as
+        the changes since `incremental_parent` (`pvc.rpc.vm_backups`)."""
+        return self._vm_backups().export(vm, snapshot, destination, incremental_parent)
+
+    def snapshot_import(self, source: str, name: str | None = None, pool: str | None = None) -> dict[str, Any]:
+        """Define a new, stopped VM from the chain of exports ending at `source`."""
+        return self._vm_backups().import_(source, name, pool)
+
+    def _vm_backups(self):
+        if self.backups is None:
+            raise Unavailable("this coordinator exports and imports no VM snapshots")
+        return self.backups
 
     def _vm_snapshots(self) -> VMSnapshots:
         if self._snapshots is None:
