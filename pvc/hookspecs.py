@@ -301,6 +301,19 @@ class StorageBackend(Protocol):
         what a guest's pause lasts. A block left without `take`, or with `take` failed, leaves no snapshot."""
 
 
+    def snapshot_export(self, pool: str, volume: str, snapshot: str, parent: str | None, output: BinaryIO) -> None:
+        """Optional (`pvc vm snapshot export` is refused without it): write the snapshot's data to `output` as
+        an ``rbd diff v1`` stream (`pvc.block_diff`): every allocated extent, or with `parent` (an older
+        snapshot of the volume) the extents changed since."""
+
+    def volume_apply_diff(self, pool: str, volume: str, stream: BinaryIO, what: str) -> None:
+        """Optional, with `snapshot_export`: apply an ``rbd diff v1`` stream to the volume (a new, empty one
+        for a full stream); a malformed stream is `pvc.errors.InvalidInput` naming `what`."""
+
+    def import_finished(self, pool: str, volume: str) -> None:
+        """Optional: tidy a volume once a chain of diffs is applied (Ceph's import-diff leaves snapshots)."""
+
+
 class SnapshotBatch(Protocol):
     """Snapshots of several volumes prepared by `StorageBackend.snapshot_batch`."""
 
