@@ -8,23 +8,28 @@ directory) and that manifest's SHA-256, so a chain is checked link by link befor
 
 Paths come from API callers, so nothing here follows a symbolic link or accepts ``..``: every component is
 opened with ``O_NOFOLLOW`` from the root down, the export's directory is created new (an existing one is
-refused: nothing is overwritten), and every file in it is created exclusively. A failed export removes what it
-wrote; a failed restore removes the volumes it made.
+refused: nothing is overwritten), and every file in it is created exclusively. An export is written into a
+hidden directory beside its destination and renamed into place once whole; a failed export removes it, and one
+cut off by the node's death is removed when pvcnoded starts again. A failed restore removes the volumes it made.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import stat
 import time
+import uuid
 from contextlib import contextmanager
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Iterator
 
 from pvc import schema
 from pvc.errors import AlreadyExists, InvalidInput, NotFound, OperationFailed
 from pvc.hookspecs import StorageBackend
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT = "pvc-vm-export/1"
@@ -34,8 +39,10 @@ _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
 class BackupRoots:
-    def __init__(self, roots: list[str]):
+    def __init__(self, roots: list[str], journal: str | Path):
         self.roots = [PurePosixPath(root) for root in roots]
+        self.journal = Path(journal)
+        """Where this node notes each export under way (the hidden directory it writes), for `sweep`."""
 
     def _split(self, path: str, what: str) -> tuple[PurePosixPath, list[str]]:
         """The backup root `path` lies under, and its components below the root; refuses anything else."""
@@ -70,26 +77,62 @@ class BackupRoots:
 
     @contextmanager
     def new_directory(self, destination: str) -> Iterator[tuple[int, int]]:
-        """Create `destination` (its parent must exist) and yield its descriptor and its parent's; removed with
-        everything in it if the block fails."""
+        """Yield a new hidden directory beside `destination` (whose parent must exist) and its parent's
+        descriptor; once the block ends it is renamed to `destination`, so that name only ever holds a whole
+        export. A failed block removes it; one cut off by the node's death is removed when the node starts
+        again (`sweep`), from the journal entry written before it was made."""
         root, parts = self._split(destination, "destination")
         with self._walk(root, parts[:-1], f"destination {destination}") as parent:
+            _refuse_existing(parts[-1], parent, destination)
+            token = uuid.uuid4().hex
+            partial = f".{parts[-1]}.partial-{token}"
+            entry = self._journal(token, str(PurePosixPath(destination).parent / partial))
             try:
-                os.mkdir(parts[-1], 0o750, dir_fd=parent)
-            except FileExistsError:
-                raise AlreadyExists(f"destination {destination} exists already; nothing is overwritten") from None
+                os.mkdir(partial, 0o750, dir_fd=parent)
             except OSError as error:
-                raise OperationFailed(f"cannot create {destination}: {error.strerror}") from None
-            directory = os.open(parts[-1], _DIRECTORY, dir_fd=parent)
+                entry.unlink(missing_ok=True)
+                raise OperationFailed(f"cannot create a directory beside {destination}: {error.strerror}") from None
+            directory = os.open(partial, _DIRECTORY, dir_fd=parent)
             try:
                 yield directory, parent
+                _refuse_existing(parts[-1], parent, destination)
+                os.rename(partial, parts[-1], src_dir_fd=parent, dst_dir_fd=parent)
             except BaseException:
-                for name in os.listdir(directory):
-                    os.unlink(name, dir_fd=directory)
-                os.rmdir(parts[-1], dir_fd=parent)
+                _remove_tree(partial, parent)
                 raise
             finally:
                 os.close(directory)
+                entry.unlink(missing_ok=True)
+
+    def _journal(self, token: str, path: str) -> Path:
+        entry = self.journal / token
+        self.journal.mkdir(parents=True, exist_ok=True)
+        entry.write_text(path)
+        return entry
+
+    def sweep(self) -> list[str]:
+        """Remove the partial exports a killed daemon left (named in its journal); returns their paths."""
+        if not self.journal.is_dir():
+            return []
+        removed = []
+        for entry in sorted(self.journal.iterdir()):
+            path = entry.read_text().strip()
+            try:
+                root, parts = self._split(path, "partial export")
+                if not (parts[-1].startswith(".") and ".partial-" in parts[-1]):
+                    raise InvalidInput(f"{path} is not a partial export")
+                with self._walk(root, parts[:-1], path) as parent:
+                    _remove_tree(parts[-1], parent)
+                removed.append(path)
+            except NotFound:
+                pass
+            except Exception as error:
+                log.error("the partial export %s could not be removed: %s", path, error)
+                continue
+            entry.unlink(missing_ok=True)
+        for path in removed:
+            log.warning("removed %s, an export cut short by this daemon's death", path)
+        return removed
 
     @contextmanager
     def existing_directory(self, source: str) -> Iterator[tuple[int, int]]:
@@ -98,6 +141,28 @@ class BackupRoots:
         with self._walk(root, parts[:-1], f"source {source}") as parent, \
                 _opened(parts[-1], parent, f"source {source}") as directory:
             yield directory, parent
+
+
+def _refuse_existing(name: str, parent: int, destination: str) -> None:
+    try:
+        os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    raise AlreadyExists(f"destination {destination} exists already; nothing is overwritten")
+
+
+def _remove_tree(name: str, parent: int) -> None:
+    """Remove directory `name` and the files in it (an export holds no subdirectory), following no link."""
+    try:
+        directory = os.open(name, _DIRECTORY, dir_fd=parent)
+    except FileNotFoundError:
+        return
+    try:
+        for each in os.listdir(directory):
+            os.unlink(each, dir_fd=directory)
+    finally:
+        os.close(directory)
+    os.rmdir(name, dir_fd=parent)
 
 
 @contextmanager

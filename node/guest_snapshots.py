@@ -176,6 +176,8 @@ class GuestSnapshots:
             return []
         resumed = []
         for marker in sorted(self._pause_directory.iterdir()):
+            if marker.name.startswith(".") or not marker.is_file():
+                continue
             try:
                 schema.check_name("VM", marker.name)
                 if "freeze" in marker.read_text().split():

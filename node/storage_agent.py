@@ -23,6 +23,8 @@ from pvc.store import Store
 log = logging.getLogger(__name__)
 
 STORAGE_OBJECT_ID = "pvc.node.storage"
+EXPORT_JOURNAL = ".exports"
+"""Below the snapshot pause directory: the exports under way (a name no VM can have)."""
 UPLOAD_FORMATS = ("auto", *SUPPORTED_FORMATS)
 
 
@@ -33,11 +35,11 @@ class StorageAgent:
 
     def __init__(self, backend_name: str, backend: StorageBackend, tickets: Tickets,
                  appliance_importers: dict[str, ApplianceImporter] | None = None,
-                 backup_roots: list[str] | None = None):
+                 backup_roots: backups.BackupRoots | None = None):
         self._backend_name = backend_name
         self._appliance_importers = appliance_importers or {}
         self._backend = backend
-        self._backup_roots = backups.BackupRoots(backup_roots or [])
+        self._backup_roots = backup_roots or backups.BackupRoots([], "/nonexistent")
         self._tickets = tickets
         self.upload_address = ""
         self.upload_tls = False
@@ -173,13 +175,16 @@ class NodeStorage:
         self._room = PoolRoom(self.backend)
         self._advertise_host = settings["upload_advertise_host"]
         self._listener: UploadListener | None = None
+        self.backup_roots = backups.BackupRoots(settings["backup_roots"],
+                                                Path(settings["snapshot_pause_directory"]) / EXPORT_JOURNAL)
         self.agent = StorageAgent(self.backend_name, self.backend, self._tickets, self._appliance_importers,
-                                  settings["backup_roots"])
+                                  self.backup_roots)
 
     def start(self) -> None:
         """Prepare the staging directory, sweep what uploads left before a crash, and listen for uploads; a
         refused address is one clear error."""
         self._staging.mkdir(parents=True, exist_ok=True)
+        self.backup_roots.sweep()
         sweep_leftovers(self._upload_context(), self.backend_name)
         host, port = config.split_address(self._listen_address)
         try:

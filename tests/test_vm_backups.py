@@ -1,12 +1,17 @@
 """Exporting VM snapshots to a backup root (full, then incrementals) and importing a VM from the chain, on each
 storage backend; and every kind of bad input refused in one line with nothing left behind."""
 import json
+import os
 import shutil
+import threading
 
 from pvc.cli.localcluster.guest import domain_xml
 
+from pvc.errors import PVCError
+
+from helpers import eventually
 from storage_support import known_raw, stored_names, unique, volume_sha256
-from vm_support import pvc
+from vm_support import fence_deadline_beyond_restarts, pvc, restart_node_daemon
 
 MiB = 1024 * 1024
 
@@ -114,3 +119,45 @@ def _bad_chains(cluster, client, vm, pool, exports) -> None:
     assert stored_names(cluster, pool) == before, "no volume is left by a refused import"
     assert all(row["name"] != f"{vm}-bad" for row in client.vms.list())
     assert all(volume["pending"] is None for volume in client.storage.volume_list(pool))
+
+
+def test_a_node_killed_during_an_export_leaves_no_partial_export(storage_cluster, tmp_path):
+    cluster, client = storage_cluster, storage_cluster.client
+    fence_deadline_beyond_restarts(cluster)
+    root = cluster.local.backup_root
+    pool, vm = unique("bkkill"), unique("bkkillvm")
+    client.storage.pool_add(pool)
+    image = tmp_path / "big.raw"
+    with open(image, "wb") as data:
+        for _ in range(256):
+            data.write(os.urandom(MiB))
+    client.storage.upload(pool, "disk", str(image))
+    client.vms.define(domain_xml(vm, disk=f"{pool}/disk", domain_type="kvm"), target="hv1")
+    exports = root / vm
+    exports.mkdir()
+    outcome = {}
+    try:
+        client.vms.snapshot_create(vm, "s1")
+        worker = threading.Thread(target=lambda: outcome.setdefault("answer", _answer(
+            client.vms.snapshot_export, vm, "s1", str(exports / "s1"))), daemon=True)
+        worker.start()
+        assert eventually(lambda: list(exports.glob(".s1.partial-*")), 60, interval=0.02), \
+            f"the export never began: {outcome}"
+        cluster.local.stop_daemon("pvcnoded", "hv1", kill=True)
+        worker.join(120)
+        assert not (exports / "s1").exists(), "the destination only ever holds a whole export"
+        restart_node_daemon(cluster, "hv1")
+        assert list(exports.iterdir()) == [], "the restarted node removed the partial export"
+        again = client.vms.snapshot_export(vm, "s1", str(exports / "s1"))
+        assert (exports / "s1" / "manifest.json").is_file() and again["bytes"] > 0
+    finally:
+        client.vms.remove(vm)
+        client.storage.pool_remove(pool, force=True)
+        shutil.rmtree(exports, ignore_errors=True)
+
+
+def _answer(call, *args):
+    try:
+        return call(*args)
+    except PVCError as error:
+        return error
