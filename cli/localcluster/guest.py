@@ -137,7 +137,8 @@ if grep -q pvc.seq /proc/cmdline; then
             sequence=$((sequence + 1))
             for disk in $sequence_disks; do
                 {{ echo "pvc-seq $sequence"; head -c 512 /dev/zero; }} |
-                    dd of=$disk bs=512 seek={sequence_sector} count=1 iflag=fullblock oflag=direct conv=notrunc 2>/dev/null
+                    dd of=$disk bs=512 seek={sequence_sector} count=1 iflag=fullblock oflag=direct \\
+                        conv=notrunc 2>/dev/null
             done
             usleep 10000
         done
