@@ -134,6 +134,7 @@ auth service required = none
 auth client required = none
 mon allow pool size one = true
 mon warn on pool no redundancy = false
+mon data avail warn = 1
 mon warn on insecure global id reclaim = false
 mon warn on insecure global id reclaim allowed = false
 mon allow pool delete = true
