@@ -138,7 +138,6 @@ mon data avail warn = 1
 mon warn on insecure global id reclaim = false
 mon warn on insecure global id reclaim allowed = false
 mon allow pool delete = true
-mon data avail warn = 5
 mon max pg per osd = 1000
 osd pool default size = 1
 osd pool default min size = 1
