@@ -42,6 +42,7 @@ _SNAPSHOT_COLUMNS = [
     output.column("VOLUME", "volume"),
     output.column("CREATED", "created",
                   lambda stamp: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"),
+    output.column("VM SNAPSHOT", "vm_snapshot"),
 ]
 
 

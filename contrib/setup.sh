@@ -10,6 +10,7 @@ packages=(
     qemu-utils qemu-block-extra                     # image conversion, qemu's rbd driver
     qemu-system-x86 libvirt-daemon-driver-qemu tini # QEMU hosts: real guests, one init per host namespace
     linux-image-amd64 busybox-static cpio           # the tiny real guest's kernel, userland and initramfs
+    qemu-guest-agent                                # qemu-ga in the tiny guest: freeze/thaw for VM snapshots
     openipmi ipmitool                               # a real IPMI peer for fencing tests
     ceph-mon ceph-osd ceph-mgr ceph-common uuid-runtime  # a private single-node Ceph
     util-linux procps openssl iproute2 iptables     # unshare, prlimit, ps; certificates for --tls; the lab network

@@ -13,6 +13,7 @@ from pvc import schema
 from pvc.errors import InvalidInput, Unavailable
 from pvc.node import daemon_log
 from pvc.node import live_change
+from pvc.node.guest_snapshots import GuestSnapshots
 from pvc.node.host_xml import HostPaths
 from pvc.node.hypervisor import Hypervisor
 from pvc.node.reconcile import Reconciler
@@ -26,8 +27,10 @@ MAX_CONSOLE_LINES = 10000
 class NodeAgent:
     def __init__(self, node_name: str, hypervisor: Hypervisor, reconciler: Reconciler, paths: HostPaths,
                  log_file: str | None = None,
-                 zookeeper_probe: Callable[[float], tuple[bool, str]] | None = None):
+                 zookeeper_probe: Callable[[float], tuple[bool, str]] | None = None,
+                 guest_snapshots: GuestSnapshots | None = None):
         self._node_name = node_name
+        self._guest_snapshots = guest_snapshots
         self._zookeeper_probe = zookeeper_probe
         self._log_file = log_file
         self._paths = paths
@@ -58,6 +61,16 @@ class NodeAgent:
     def remove(self, vm: str) -> None:
         """Take a VM the cluster no longer records off this node."""
         self._reconciler.remove(vm)
+
+    def vm_snapshot(self, vm: str, volumes: list[str], snapshot: str, max_pause_s: float | None,
+                    pause: bool) -> dict[str, Any]:
+        """Snapshot every volume of `vm` at one moment, the guest paused around it if it runs here and `pause`
+        (`pvc.node.guest_snapshots`)."""
+        if self._guest_snapshots is None:
+            raise Unavailable(f"node {self._node_name} takes no VM snapshots")
+        if not isinstance(volumes, list) or not volumes:
+            raise InvalidInput("a VM snapshot needs the list of the VM's volumes")
+        return self._guest_snapshots.take(vm, volumes, snapshot, max_pause_s, pause is True)
 
     def live_change(self, vm: str, change: dict[str, Any]) -> None:
         """Apply an already recorded edit of `vm` to its running guest here (`pvc.node.live_change`); a device

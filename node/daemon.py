@@ -29,6 +29,7 @@ from pvc.node.fence_hold import FenceHold
 from pvc.node.guest_processes import GuestProcesses
 from pvc.node import vm_stats
 from pvc.node.health import NODE_CHECKS, NodeHealth
+from pvc.node.guest_snapshots import GuestSnapshots
 from pvc.node.host_xml import HostPaths
 from pvc.node.hypervisor import DomainActions, Hypervisor
 from pvc.node.network.node_networks import NodeNetworks
@@ -86,6 +87,8 @@ class NodeDaemon:
         self.reconciler = Reconciler(self.name, self.store, self.vms, actions,
                                      self.hypervisor.domains, self.paths, self.storage.backend,
                                      settings["migration_timeout"], self.ownership, self.networks)
+        self.guest_snapshots = GuestSnapshots(self.hypervisor, self.storage.backend,
+                                              settings["snapshot_pause_directory"], settings["snapshot_max_pause"])
         self.peers = PeerDirectory(self.store, self.name)
         self.self_fence = SelfFence(self.name, self.store, self.peers, actions, lambda: self.fencing,
                                     lambda: bool(self.cluster_config.get("maintenance")),
@@ -114,6 +117,7 @@ class NodeDaemon:
         use_tls(self.settings["tls_cert"], self.settings["tls_key"], self.settings["tls_ca"])
         self.facts = self.hypervisor.facts()
         Path(self.paths.console_log_directory).mkdir(parents=True, exist_ok=True)
+        self.guest_snapshots.resume_left_paused()
         self.store.start(self.settings["zookeeper_connect_timeout"])
         try:
             self.store.zk.DataWatch(schema.CONFIG, self._on_cluster_config)
@@ -148,7 +152,8 @@ class NodeDaemon:
         self._agent_daemon = AuthenticatingDaemon([self.settings["cluster_secret"]], "cluster secret", host, port)
         uri = self._agent_daemon.register(NodeAgent(self.name, self.hypervisor, self.reconciler, self.paths,
                                                     self.settings["log_file"],
-                                                    zookeeper_probe=self.self_fence.zookeeper_reachable),
+                                                    zookeeper_probe=self.self_fence.zookeeper_reachable,
+                                                    guest_snapshots=self.guest_snapshots),
                                           AGENT_OBJECT_ID)
         self.facts["agent_uri"] = str(uri)
         self.storage.start()

@@ -14,6 +14,7 @@ import Pyro5.server
 from pvc import bulk, config, plugin_manager, schema
 from pvc.errors import ConfigError, InvalidInput, OperationFailed
 from pvc.hookspecs import ApplianceImporter, StorageBackend
+from pvc.node import backups, guest_snapshots
 from pvc.node.pool_room import PoolRoom
 from pvc.node.provision_scripts import ScriptRunner
 from pvc.node.uploads import Tickets, UploadContext, UploadListener, sweep_leftovers
@@ -23,6 +24,8 @@ from pvc.store import Store
 log = logging.getLogger(__name__)
 
 STORAGE_OBJECT_ID = "pvc.node.storage"
+EXPORT_JOURNAL = ".exports"
+"""Below the snapshot pause directory: the exports under way (a name no VM can have)."""
 UPLOAD_FORMATS = ("auto", *SUPPORTED_FORMATS)
 
 
@@ -37,11 +40,12 @@ class StorageAgent:
 
     def __init__(self, backend_name: str, backend: StorageBackend, tickets: Tickets,
                  appliance_importers: dict[str, ApplianceImporter] | None = None,
-                 scripts: ScriptRunner | None = None):
+                 scripts: ScriptRunner | None = None, backup_roots: backups.BackupRoots | None = None):
         self._backend_name = backend_name
         self._scripts = scripts
         self._appliance_importers = appliance_importers or {}
         self._backend = backend
+        self._backup_roots = backup_roots or backups.BackupRoots([], "/nonexistent")
         self._tickets = tickets
         self.upload_address = ""
         self.upload_tls = False
@@ -88,13 +92,44 @@ class StorageAgent:
                                   schema.check_name("snapshot", snapshot) if snapshot is not None else None)
 
     def volume_clone_linked(self, pool: str, volume: str, new_name: str) -> None:
-        self._backend.volume_clone_linked(*_names(pool, volume), schema.check_name("volume", new_name))
+        clone = getattr(self._backend, "volume_clone_linked", None)
+        if clone is None:
+            self._backend.volume_copy(*_names(pool, volume), schema.check_name("volume", new_name), None)
+        else:
+            clone(*_names(pool, volume), schema.check_name("volume", new_name))
 
     def volume_detach_clones(self, pool: str, volume: str) -> list[str]:
-        return self._backend.volume_detach_clones(*_names(pool, volume))
+        detach = getattr(self._backend, "volume_detach_clones", None)
+        return detach(*_names(pool, volume)) if detach is not None else []
 
     def snapshot_create(self, pool: str, volume: str, snapshot: str) -> None:
         self._backend.snapshot_create(*_names(pool, volume), schema.check_name("snapshot", snapshot))
+
+    def snapshot_volumes(self, vm: str, volumes: list[str], snapshot: str) -> dict[str, Any]:
+        """Snapshot the volumes (``POOL/VOLUME``) of `vm`, which runs nowhere, at one moment
+        (`pvc.node.guest_snapshots`), all or none."""
+        if not isinstance(volumes, list) or not volumes:
+            raise InvalidInput("give the list of volumes to snapshot")
+        return {"paused_ms": None,
+                "method": guest_snapshots.snapshot_volumes(self._backend, vm, volumes, snapshot)}
+
+    def export_snapshot(self, manifest: dict[str, Any], destination: str) -> dict[str, Any]:
+        """Export a VM snapshot to the new directory `destination` under a backup root (`pvc.node.backups`)."""
+        return backups.export(self._backend, self._backup_roots, manifest, destination)
+
+    def backup_chain(self, source: str) -> list[dict[str, Any]]:
+        """The checked chain of export manifests ending at `source`, oldest first."""
+        return backups.chain(self._backup_roots, source)
+
+    def restore_backup(self, source: str, targets: dict[str, str]) -> dict[str, int]:
+        """Make the volumes `targets` maps to from the chain ending at `source`; their sizes."""
+        for target in targets.values():
+            guest_snapshots.split_volume(target)
+        return backups.restore(self._backend, self._backup_roots, source, targets)
+
+    def snapshot_in_progress(self, vm: str, snapshot: str) -> bool:
+        """Whether this node is taking snapshot `snapshot` of `vm` now."""
+        return guest_snapshots.in_progress(schema.check_name("VM", vm), schema.check_name("snapshot", snapshot))
 
     def snapshot_remove(self, pool: str, volume: str, snapshot: str) -> None:
         self._backend.snapshot_remove(*_names(pool, volume), schema.check_name("snapshot", snapshot))
@@ -201,13 +236,16 @@ class NodeStorage:
         self._listener: UploadListener | None = None
         self.scripts = ScriptRunner(settings["provisioner_script_directory"], settings["provisioner_script_timeout"]) \
             if settings["provisioner_scripts"] else None
+        self.backup_roots = backups.BackupRoots(settings["backup_roots"],
+                                                Path(settings["snapshot_pause_directory"]) / EXPORT_JOURNAL)
         self.agent = StorageAgent(self.backend_name, self.backend, self._tickets, self._appliance_importers,
-                                  self.scripts)
+                                  self.scripts, self.backup_roots)
 
     def start(self) -> None:
         """Prepare the staging directory, sweep what uploads left before a crash, and listen for uploads; a
         refused address is one clear error."""
         self._staging.mkdir(parents=True, exist_ok=True)
+        self.backup_roots.sweep()
         sweep_leftovers(self._upload_context(), self.backend_name)
         host, port = config.split_address(self._listen_address)
         try:

@@ -402,7 +402,7 @@ class _Ceph:
             raise CephFenceError("the fencing deadline passed")
         request = {"conf": self.conf, "id": self.user, "timeout": timeout, "images": images,
                    "commands": commands, "every_image": every_image}
-        python = self.python or _ceph_python()
+        python = self.python or ceph_python()
         try:
             result = subprocess.run([python, str(CEPH_HELPER)], input=json.dumps(request),
                                     capture_output=True, text=True, timeout=timeout + 2)
@@ -451,7 +451,7 @@ def client_ip(instance: str) -> str:
     return address.rsplit(":", 1)[0]
 
 
-def _ceph_python() -> str:
+def ceph_python() -> str:
     """The interpreter the ``ceph`` command runs with: the one Ceph's ``rados`` module is installed for."""
     ceph = shutil.which("ceph")
     if ceph is None:

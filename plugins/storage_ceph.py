@@ -9,15 +9,18 @@ import json
 import os
 import subprocess
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import pvc
 from pvc.errors import AlreadyExists, InvalidInput, NotFound, OperationFailed
+from pvc.plugins.fencing import ceph_python
 from pvc.qemu_img import QemuImg
 
 MISSING = "No such file or directory"
 EXISTS = "File exists"
 MIN_PG_NUM, MAX_PG_NUM = 8, 256
+SNAPSHOT_HELPER = Path(__file__).with_name("ceph_snapshot_helper.py")
 REPLACE_SNAPSHOT = ".replacing"
 """A snapshot holding a volume's old data while an upload replaces it (never a user's name: no dot first)."""
 CLONE_BASE_SNAPSHOT = ".clone-base"
@@ -53,6 +56,50 @@ class CephVolumeTarget:
         process.stderr.close()
         if process.wait() != 0:
             raise OperationFailed(f"rbd import into {self._image} failed: {_last_line(error)}")
+
+
+class CephSnapshotBatch:
+    method = "librbd"
+
+    def __init__(self, helper: subprocess.Popen, images: list[str], snapshot: str):
+        self._helper = helper
+        self._images = images
+        self._snapshot = snapshot
+
+    def ready(self, conf: str) -> None:
+        self._helper.stdin.write(json.dumps({"conf": conf, "images": self._images, "snapshot": self._snapshot})
+                                 + "\n")
+        self._helper.stdin.flush()
+        self._answer("ready")
+
+    def take(self) -> None:
+        self._helper.stdin.write("take\n")
+        self._helper.stdin.flush()
+        self._answer("taken")
+
+    def close(self) -> None:
+        """End the helper: one that was never told to take ends without snapshots."""
+        try:
+            self._helper.stdin.close()
+        except OSError:
+            pass
+        try:
+            self._helper.wait(30)
+        except subprocess.TimeoutExpired:
+            self._helper.kill()
+            self._helper.wait()
+        self._helper.stdout.close()
+        self._helper.stderr.close()
+
+    def _answer(self, expected: str) -> None:
+        line = self._helper.stdout.readline()
+        try:
+            answer = json.loads(line) if line else {}
+        except ValueError:
+            answer = {}
+        if not answer.get(expected):
+            reason = answer.get("error") or _last_line(self._helper.stderr.read() if not line else line)
+            raise OperationFailed(f"snapshot {self._snapshot} of {', '.join(self._images)} failed: {reason}")
 
 
 class CephBackend:
@@ -255,6 +302,51 @@ class CephBackend:
 
     def snapshot_create(self, pool: str, volume: str, snapshot: str) -> None:
         self._run("rbd", "snap", "create", "--no-progress", f"{pool}/{volume}@{snapshot}")
+
+    @contextmanager
+    def snapshot_batch(self, volumes: list[tuple[str, str]], snapshot: str) -> Iterator["CephSnapshotBatch"]:
+        """A librbd client (`ceph_snapshot_helper.py`) started with every image open, so that a paused guest
+        waits for the snapshots only: no process is started while it is paused."""
+        helper = subprocess.Popen([ceph_python(), str(SNAPSHOT_HELPER)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        batch = CephSnapshotBatch(helper, [f"{pool}/{volume}" for pool, volume in volumes], snapshot)
+        try:
+            batch.ready(self.conf)
+            yield batch
+        finally:
+            batch.close()
+
+    def snapshot_export(self, pool: str, volume: str, snapshot: str, parent: str | None, output: Any) -> None:
+        """``rbd export-diff`` of the snapshot (from `parent`, or whole), streamed into `output`."""
+        arguments = ["export-diff", "--no-progress", *(["--from-snap", parent] if parent else []),
+                     f"{pool}/{volume}@{snapshot}", "-"]
+        process = subprocess.Popen(self.command("rbd", *arguments), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+        with process:
+            while chunk := process.stdout.read(1 << 20):
+                output.write(chunk)
+            error = process.stderr.read().decode(errors="replace")
+        if process.returncode != 0:
+            raise OperationFailed(f"rbd export-diff of {pool}/{volume}@{snapshot} failed: {_last_line(error)}")
+
+    def volume_apply_diff(self, pool: str, volume: str, stream: Any, what: str) -> None:
+        """``rbd import-diff`` of the stream, which leaves the snapshot it ends at on the image (the start of
+        the next incremental); `import_finished` removes those."""
+        process = subprocess.Popen(self.command("rbd", "import-diff", "--no-progress", "-", f"{pool}/{volume}"),
+                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            while chunk := stream.read(1 << 20):
+                process.stdin.write(chunk)
+        finally:
+            process.stdin.close()
+            error = process.stderr.read().decode(errors="replace")
+            process.stderr.close()
+            process.wait()
+        if process.returncode != 0:
+            raise InvalidInput(f"{what} could not be applied: {_last_line(error)}")
+
+    def import_finished(self, pool: str, volume: str) -> None:
+        self._run("rbd", "snap", "purge", "--no-progress", f"{pool}/{volume}")
 
     def snapshot_remove(self, pool: str, volume: str, snapshot: str) -> None:
         self._run("rbd", "snap", "rm", "--no-progress", f"{pool}/{volume}@{snapshot}", missing_ok=True)

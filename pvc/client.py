@@ -25,6 +25,9 @@ from pvc import config, connections, wire
 from pvc.errors import AuthenticationError, ConfigError, Unavailable
 from pvc.handshake import authenticated_proxy, use_tls
 
+SLOW_VM_METHODS = ("snapshot_create", "snapshot_remove", "snapshot_rollback", "snapshot_export", "snapshot_import")
+"""VM calls that copy volume data on a node: they get `SLOW_CALL_TIMEOUT_S`."""
+SLOW_CALL_TIMEOUT_S = 600.0
 AREAS = ("cluster", "nodes", "vms", "storage", "provisioner", "networks")
 URI_SCHEME = "pvc://"
 DEFAULT_CONFIG_PATH = Path("~/.config/pvc/pvc.yaml")
@@ -104,8 +107,10 @@ class Connection:
         self._timeout = timeout
         self._preferred = 0
         self._local = threading.local()
-        self.call_timeouts: dict[str, float] = {}
-        """Per area, a longer wait than `timeout` for calls that do slow work (storage actions copy data)."""
+        self.call_timeouts: dict[str | tuple[str, str], float] = {
+            ("vms", method): SLOW_CALL_TIMEOUT_S for method in SLOW_VM_METHODS}
+        """Per area (or per ``(area, method)``), a longer wait than `timeout` for calls that do slow work
+        (storage actions copy data)."""
 
     def call(self, area: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call `area.method` on the first coordinator that answers, starting with the last one that did.
@@ -118,7 +123,8 @@ class Connection:
         failures = []
         first = self._preferred
         flavour = BULK if method in BULK_RESULT_METHODS else CONTROL
-        timeout = WAIT_TIMEOUT if kwargs.get("wait") else self.call_timeouts.get(area, self._timeout)
+        timeout = WAIT_TIMEOUT if kwargs.get("wait") else \
+            self.call_timeouts.get((area, method), self.call_timeouts.get(area, self._timeout))
         for offset in range(len(self.uris)):
             index = (first + offset) % len(self.uris)
             uri = self.uris[index]

@@ -61,6 +61,8 @@ def _storage_settings() -> list[Setting]:
                 "channel (default: its listen host)"),
         Setting("upload_staging_directory", str, "/var/lib/pvc/staging", "where uploads in formats other "
                 "than raw are staged for qemu-img; never left behind"),
+        Setting("backup_roots", list, [], "directories (mounted backup stores) under which VM snapshots may be "
+                "exported and imported from; no other path is written or read, and no link followed"),
         Setting("upload_token_lifetime", (int, float), 30, "seconds an upload token stays valid"),
         Setting("qemu_img_memory_limit_mib", int, 2048, "address-space limit of every qemu-img run, MiB"),
         Setting("qemu_img_cpu_limit_s", int, 3600, "CPU-time limit of every qemu-img run, seconds"),
@@ -112,6 +114,10 @@ NODED_SETTINGS: list[Setting] = [
             "that domain documents name (by bare file name) live"),
     Setting("console_log_directory", str, "/var/log/pvc/console", "where the serial console of a VM whose "
             "domain document has <serial type='file'> is written, as VM.log (read by pvc vm log)"),
+    Setting("snapshot_max_pause", (int, float), 2.0, "seconds a VM snapshot may keep a running guest paused; "
+            "past it this node resumes the guest and abandons the snapshot, whoever asked"),
+    Setting("snapshot_pause_directory", str, "/var/lib/pvc/snapshot-pauses", "where this node notes the guests "
+            "a snapshot has paused, so that pvcnoded resumes them at start if it died meanwhile"),
     Setting("accelerator", (str, type(None)), None, "kvm or tcg: how this host's guests run, as probed by "
             "booting a guest (null: kvm when libvirt offers it, else tcg)"),
     Setting("keepalive_interval", (int, float), 5, "seconds between keepalive writes (and reconcile passes) "

@@ -13,7 +13,7 @@ to implementations. Two plugins registering the same name is an error naming bot
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, ContextManager, Iterable, Literal, Mapping, Protocol
+from typing import Any, BinaryIO, ContextManager, Iterable, Literal, Mapping, Protocol, Sequence
 
 import pluggy
 
@@ -269,13 +269,13 @@ class StorageBackend(Protocol):
         """A new independent volume `new_name` with the data of `volume` (or of its `snapshot`)."""
 
     def volume_clone_linked(self, pool: str, volume: str, new_name: str) -> None:
-        """A new volume `new_name` with the data of `volume`, sharing it until written where the storage has
-        copy-on-write clones (Ceph RBD), else a copy as `volume_copy` makes. A volume with linked clones can
-        be removed only once `volume_detach_clones` has made them independent."""
+        """Optional (without it the node makes a copy with `volume_copy`): a new volume `new_name` with the data
+        of `volume`, sharing it until written where the storage has copy-on-write clones (Ceph RBD). A volume
+        with linked clones can be removed only once `volume_detach_clones` has made them independent."""
 
     def volume_detach_clones(self, pool: str, volume: str) -> list[str]:
-        """Make every linked clone of `volume` independent of it (Ceph: flatten), so `volume` can be removed;
-        the clones' names as ``POOL/VOLUME`` (none for a storage without linked clones)."""
+        """Optional, with `volume_clone_linked`: make every linked clone of `volume` independent of it (Ceph:
+        flatten), so `volume` can be removed; the clones' names as ``POOL/VOLUME``."""
 
     def volume_replace(self, pool: str, source: str, target: str) -> ContextManager[None]:
         """A context manager: give `target` the data and size of volume `source`, which is gone afterwards;
@@ -312,6 +312,37 @@ class StorageBackend(Protocol):
         """Optional (`pvc storage volume snapshot rename` is refused without it): rename the snapshot. Done
         already (no `snapshot`, a `new_name`) is not an error, so that a rename whose recording was cut short
         can be repeated."""
+
+    def snapshot_batch(self, volumes: Sequence[tuple[str, str]], snapshot: str) -> ContextManager["SnapshotBatch"]:
+        """Optional (without it, a whole-VM snapshot takes `snapshot_create` per volume, one after the other):
+        a context manager that gets ready to snapshot every ``(pool, volume)`` of `volumes` as `snapshot` at
+        one moment (opening files, starting a helper) and yields a `SnapshotBatch`. A guest is paused only
+        between entering the block and the batch's `take` returning, so `take` starts no process: it is
+        what a guest's pause lasts. A block left without `take`, or with `take` failed, leaves no snapshot."""
+
+
+    def snapshot_export(self, pool: str, volume: str, snapshot: str, parent: str | None, output: BinaryIO) -> None:
+        """Optional (`pvc vm snapshot export` is refused without it): write the snapshot's data to `output` as
+        an ``rbd diff v1`` stream (`pvc.block_diff`): every allocated extent, or with `parent` (an older
+        snapshot of the volume) the extents changed since."""
+
+    def volume_apply_diff(self, pool: str, volume: str, stream: BinaryIO, what: str) -> None:
+        """Optional, with `snapshot_export`: apply an ``rbd diff v1`` stream to the volume (a new, empty one
+        for a full stream); a malformed stream is `pvc.errors.InvalidInput` naming `what`."""
+
+    def import_finished(self, pool: str, volume: str) -> None:
+        """Optional: tidy a volume once a chain of diffs is applied (Ceph's import-diff leaves snapshots)."""
+
+
+class SnapshotBatch(Protocol):
+    """Snapshots of several volumes prepared by `StorageBackend.snapshot_batch`."""
+
+    method: str
+    """How `take` snapshots, in a few words (``reflink``, ``sparse copy``, ``librbd``), for benchmarks and
+    logs."""
+
+    def take(self) -> None:
+        """Snapshot every volume now, all or none: a failure removes those already taken."""
 
 
 SEVERITIES = ("warning", "critical")

@@ -65,7 +65,13 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
                                            is answered instead of done again (`pvc.rpc.retries`; L prunes)
     /pvc/storage/pools/POOL            C   a storage pool: {"backend", "options"} it was made with
     /pvc/storage/volumes/POOL:VOLUME   C,N a volume: {"pool", "name", "size_bytes"} (N: a finished upload)
-    /pvc/storage/volumes/POOL:VOLUME/snapshots   C   {SNAPSHOT: {"created": time}} of that volume
+    /pvc/storage/volumes/POOL:VOLUME/snapshots   C   {SNAPSHOT: {"created": time}} of that volume; one made
+                                           by a VM snapshot says so ("vm_snapshot": "VM@NAME")
+    /pvc/vm_snapshots/VM/NAME          C,L a whole-VM snapshot (`pvc.rpc.vm_snapshots`): the domain document,
+                                           metadata and volumes at that moment; an "intent" {"action":
+                                           create | remove | rollback, "coordinator", "session" (its
+                                           ZooKeeper session), "node" and "deadline" of a creation} while a
+                                           change is under way (L finishes or undoes a dead coordinator's)
     /pvc/locks/storage/POOL            C,N kazoo lock serialising storage changes within one pool
     /pvc/provisioner/templates/KIND/NAME  C  a system, storage or network template (`pvc.provisioner_records`)
     /pvc/provisioner/profiles/NAME     C   a profile: its type and the names of its components, its cloud-init
@@ -321,6 +327,20 @@ def storage_lock(pool_name: str) -> str:
 
 
 CONTAINERS += (STORAGE, POOLS, VOLUMES, STORAGE_LOCKS)
+
+VM_SNAPSHOTS = f"{ROOT}/vm_snapshots"
+
+
+def vm_snapshots(vm_name: str) -> str:
+    """The parent of one VM's snapshots; it outlives none of them."""
+    return f"{VM_SNAPSHOTS}/{check_name('VM', vm_name)}"
+
+
+def vm_snapshot(vm_name: str, snapshot_name: str) -> str:
+    return f"{vm_snapshots(vm_name)}/{check_name('snapshot', snapshot_name)}"
+
+
+CONTAINERS += (VM_SNAPSHOTS,)
 
 
 # -- provisioner --------------------------------------------------------------------------------------------

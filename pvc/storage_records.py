@@ -58,7 +58,8 @@ def volume_view(key: str, raw: dict[str, Any], used_by: list[str]) -> dict[str, 
 
 def snapshot_views(pool: str, volume: str, raw: dict[str, Any]) -> list[dict[str, Any]]:
     snapshots = raw.get("snapshots") or {}
-    return [{"name": name, "pool": pool, "volume": volume, "created": facts.get("created")}
+    return [{"name": name, "pool": pool, "volume": volume, "created": facts.get("created"),
+             "vm_snapshot": facts.get("vm_snapshot")}
             for name, facts in sorted(snapshots.items())]
 
 

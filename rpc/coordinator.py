@@ -41,6 +41,8 @@ from pvc.rpc.recovery import ReadyExecution, RecoveryExecution, record_missing_r
 from pvc.rpc.retries import RequestPruner
 from pvc.rpc.tasks import TaskRunner
 from pvc.rpc.vm_control import VMControl
+from pvc.rpc.vm_backups import VMBackups
+from pvc.rpc.vm_snapshots import VMSnapshots
 from pvc.service import SignalQueue, daemon_command
 from pvc.store import Store
 
@@ -61,6 +63,7 @@ class Coordinator:
         self.requests = NodeRequests(self.store, self.cache.vms)
         self.request_records = RequestPruner()
         self.storage: StorageArea | None = None
+        self.vm_snapshots: VMSnapshots | None = None
         self._next_storage_check = 0.0
         self.daemon: AuthenticatingDaemon | None = None
         self.context: CoordinatorContext | None = None
@@ -84,7 +87,10 @@ class Coordinator:
             self.context = CoordinatorContext(self.name, self.settings, self.store, self.cache, loaded_plugins,
                                               NodeAgents(self.settings["cluster_secret"]), leadership)
             control = VMControl(self.context)
-            storage, vms = StorageArea(self.context), VMsArea(self.context, control)
+            storage = StorageArea(self.context)
+            self.vm_snapshots = VMSnapshots(self.context, control, storage)
+            vms = VMsArea(self.context, control, self.vm_snapshots)
+            vms.backups = VMBackups(self.context, storage, vms)
             self.storage = storage
             self.tasks = TaskRunner(self.context, control, self.settings["flush_parallelism"],
                                     {"recover": RecoveryExecution, "ready": ReadyExecution,
@@ -171,6 +177,7 @@ class Coordinator:
         if time.monotonic() >= self._next_storage_check:
             self._next_storage_check = time.monotonic() + STORAGE_CHECK_INTERVAL_S
             self.storage.resolve_orphaned_intents()
+            self.vm_snapshots.resolve_orphaned()
 
     def run(self) -> None:
         signals = SignalQueue()

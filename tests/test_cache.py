@@ -111,7 +111,7 @@ def test_the_change_log_names_only_what_changed_since_a_reader_last_looked(cache
         other_writer.write(schema.node(name), {"cpus": 8})
     assert eventually(lambda: cache.nodes.names() == ["hv1", "hv2", "hv3"])
     seen, changed = cache.nodes.changes(-1)
-    assert changed == ["hv1", "hv2", "hv3"]
+    assert sorted(changed) == ["hv1", "hv2", "hv3"], "loaded in the order ZooKeeper answered"
     assert cache.nodes.changes(seen) == (seen, [])
 
     other_writer.write(schema.node_key("hv2", "daemon_state"), "run")

@@ -66,9 +66,10 @@ def test_node_list_as_a_table(pvc_command):
     result = pvc_command("node", "list")
     assert result.exit_code == 0, result.stderr
     header, *rows = result.stdout.splitlines()
-    assert header.split()[:6] == ["NAME", "DAEMON", "DOMAIN", "HEALTH", "CPUS", "LOAD"]
-    assert [row.split()[:5] for row in rows] == [[name, "run", "ready", "100%", "16"]
-                                                 for name in ("hv1", "hv2", "hv3")]
+    assert header.split()[:7] == ["NAME", "DAEMON", "DOMAIN", "HEALTH", "COORD", "CPUS", "LOAD"]
+    assert [row.split()[:4] + row.split()[5:6] for row in rows] == [[name, "run", "ready", "100%", "16"]
+                                                                   for name in ("hv1", "hv2", "hv3")]
+    assert all(row.split()[4] in ("primary", "secondary", "client") for row in rows)
     assert all("64.0G" in row for row in rows)
 
 

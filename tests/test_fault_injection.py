@@ -174,6 +174,33 @@ def test_a_paused_copy_counts_but_an_incoming_migration_target_does_not_while_it
     assert len(checker.double_runs(abandoned)) == 1, "once the source's job is over, a paused target counts"
 
 
+def test_a_migrations_edges_are_its_own_the_targets_first_paused_readings_and_the_sources_last():
+    """The monitor asks a source about its job only once it saw the VM paused elsewhere, so the target's first
+    readings come before any reading of the job; a source paused by its migration stays paused until libvirt
+    destroys it (seen on QEMU hosts: 4 false double runs in 10 minutes)."""
+    def reading(host, at, running, states=None):
+        return Sample(host, at, at + 0.01, running, "libvirt", None, states)
+
+    def migration(target_first_seen, source_last_seen):
+        history = History()
+        for sample in (reading("hv1", 0.2, {"web": "1.7/a"}), reading("hv1", 9.0, {"web": "1.7/a"}),
+                       reading("hv2", target_first_seen, {"web": "1.3/a"}, {"web": "paused"}),
+                       reading("hv1", 10.1, {"web": "1.7/a"}, {"web": "migrating-out"}),
+                       reading("hv2", 10.2, {"web": "1.3/a"}, {"web": "paused"}),
+                       reading("hv1", 10.3, {"web": "1.7/a"}, {"web": "migrating-out-paused"}),
+                       reading("hv2", 10.4, {"web": "1.3/a"}),
+                       reading("hv1", source_last_seen, {"web": "1.7/a"}, {"web": "paused"}),
+                       reading("hv2", 20.0, {"web": "1.3/a"})):
+            history.add(sample)
+        return history
+
+    assert checker.double_runs(migration(10.0, 10.5)) == [], "a migration, edges included"
+    assert len(checker.double_runs(migration(2.0, 10.5))) == 1, \
+        "a paused copy seen long before any migration job is a copy"
+    assert len(checker.double_runs(migration(10.0, 16.0))) == 1, \
+        "a source left paused long after its migration is a copy"
+
+
 def test_gaps_in_the_monitors_readings_make_a_run_inconclusive_unless_the_host_was_frozen_on_purpose():
     history = History()
     for index in range(300):

@@ -115,7 +115,8 @@ def latest_recovery(context, name: str) -> dict:
 
 def nodes_area(context, leader) -> NodesArea:
     """The `nodes` remote object of a coordinator leading under `leader`."""
-    return NodesArea(dataclasses.replace(context, leadership=SimpleNamespace(leader_node=leader)))
+    return NodesArea(dataclasses.replace(context, leadership=SimpleNamespace(leader_node=leader,
+                                                                             current_leader=lambda: None)))
 
 
 def run_recovery(context, leader, name: str) -> dict:

@@ -125,6 +125,14 @@ class LocalCluster:
     def console_directory(self, node: str) -> Path:
         return self._daemon_dir("nodes", node) / "console"
 
+    @property
+    def backup_root(self) -> Path:
+        """The backup root every node of the local cluster exports VM snapshots under (one shared directory, as
+        a mounted backup store would be)."""
+        path = self.state_dir / "backups"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def _daemon_dir(self, kind: str, name: str) -> Path:
         return self.state_dir / kind / name
 
@@ -479,6 +487,8 @@ class LocalCluster:
                     "vm_stats_interval": HEALTH_INTERVAL,
                     "boot_image_directory": str(self.boot_image_directory),
                     "console_log_directory": str(self.console_directory(name)),
+                    "snapshot_pause_directory": str(directory / "snapshot-pauses"),
+                    "backup_roots": [str(self.backup_root)],
                     "log_file": str(directory / "pvcnoded.log"),
                     "simulated_cpus": NODE_CPUS, "simulated_memory_mib": NODE_MEMORY_MIB,
                     "storage_backend": self.state.get("storage", "file"), "storage_directory": str(self.storage_dir),

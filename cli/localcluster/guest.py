@@ -19,6 +19,7 @@ On each network interface it takes DHCP leases with busybox ``udhcpc`` (renewing
 answers ping, serves its boot id over HTTP on port 80, echoes what it is sent on TCP port 7, and answers one
 question per connection on TCP port 8 (``ping ADDRESS``, ``resolve NAME``: ``ok ...`` or ``fail``), so that a
 test on the guest's network sees what the guest itself can reach and resolve.
+    pvc-guest: sequence found <vda> <pvc-seq N, or none>       (at boot, per disk, with `SEQUENCE_FLAG`)
 
 With a disk, each second the guest writes ``pvc-marker <boot_id> <counter>`` and a newline, padded with NULs
 to 512 bytes, at offset 0 of /dev/vda, bypassing its own page cache (O_DIRECT), and reads it back the same
@@ -54,13 +55,25 @@ STAMP = "pvc-guest.stamp"
 ACCELERATOR_CACHE = "pvc-guest-accelerator.json"
 
 CMDLINE = "console=ttyS0 quiet panic=-1"
+SEQUENCE_FLAG = "pvc.seq"
+AGENT_FLAG = "pvc.agent"
+"""Boot flag of a guest that runs qemu-ga and keeps an ext2 filesystem on its last disk, mounted."""
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
+FSFREEZE_PREFIX = "pvc-guest: fsfreeze"
+QEMU_GA = Path("/usr/sbin/qemu-ga")
+SEQUENCE_OFFSET = 4096
+"""Where a guest booted with `SEQUENCE_FLAG` writes its sequence number on each disk (``pvc-seq N``)."""
+SEQUENCE_FOUND_PATTERN = re.compile(r"^pvc-guest: sequence found (vd[a-z]) (?:pvc-seq (\d+)|none)\r?$",
+                                    re.MULTILINE)
 POWER_OFF_LINE = "pvc-guest: power button pressed, powering off"
 HEARTBEAT_PATTERN = re.compile(r"^pvc-guest: heartbeat (\d+) boot ([0-9a-f-]+)\r?$", re.MULTILINE)
 QEMU = "qemu-system-x86_64"
 
 # In Debian's kernel these are modules: the PCI transport and block driver of the guest's disk, the ACPI
-# power button with the event device through which acpid sees it, and the network device's driver.
-MODULES = ("virtio_pci", "virtio_blk", "button", "evdev", "virtio_net")
+# power button with the event device through which acpid sees it, the network device's driver, the virtio
+# serial port of the guest agent, and ext4 (which mounts ext2, and will not without a crc32c driver) for a
+# filesystem a freeze has something to freeze in.
+MODULES = ("virtio_pci", "virtio_blk", "button", "evdev", "virtio_net", "virtio_console", "crc32c_generic", "ext4")
 LEASE_PATTERN = re.compile(r"^pvc-guest: lease (\S+) ([0-9.]+)/(\d+) router (\S*) dns (\S*)\r?$", re.MULTILINE)
 SETUP_HINT = "run contrib/setup.sh"
 
@@ -96,6 +109,11 @@ case "$verb" in
 esac
 """
 
+_FSFREEZE_HOOK = f"""\
+#!/bin/sh
+echo "{FSFREEZE_PREFIX} $1" > /dev/ttyS0
+"""
+
 # busybox acpid's built-in map turns the power button's key event into the action PWRF/00000080, a file
 # it runs from its configuration directory.
 _INIT = """\
@@ -128,6 +146,48 @@ if [ -b /dev/vda ]; then
         pvc-marker\\ *) echo "pvc-guest: disk marker found $found" ;;
         *) echo "pvc-guest: disk marker found none" ;;
     esac
+fi
+sequence_disks=$(ls /dev/vd? 2>/dev/null)
+if grep -q pvc.agent /proc/cmdline; then
+    fsdisk=$(ls /dev/vd? | tail -n 1)
+    sequence_disks=$(ls /dev/vd? | grep -v "^$fsdisk$")
+    mkdir -p /mnt
+    if mount -t ext2 $fsdisk /mnt 2>/dev/null || {{ mke2fs -q $fsdisk >/dev/null 2>&1 && mount -t ext2 $fsdisk /mnt; }}
+    then
+        echo "pvc-guest: filesystem on ${{fsdisk#/dev/}} mounted"
+    fi
+    for port in /sys/class/virtio-ports/*; do
+        [ "$(cat $port/name 2>/dev/null)" = org.qemu.guest_agent.0 ] && agent=/dev/${{port##*/}}
+    done
+    /usr/sbin/qemu-ga -m virtio-serial -p $agent -F/etc/fsfreeze-hook -t /tmp -f /tmp/qemu-ga.pid -d
+    echo "pvc-guest: agent started on $agent"
+    (
+        written=0
+        while :; do
+            written=$((written + 1))
+            echo "pvc-fs $written" > /mnt/beat
+            sync
+            sleep 1
+        done
+    ) &
+fi
+if grep -q pvc.seq /proc/cmdline; then
+    for disk in $sequence_disks; do
+        found=$(dd if=$disk bs=512 skip={sequence_sector} count=1 iflag=direct 2>/dev/null | tr -d '\\000' | head -n 1)
+        echo "pvc-guest: sequence found ${{disk#/dev/}} ${{found:-none}}"
+    done
+    (
+        sequence=0
+        while :; do
+            sequence=$((sequence + 1))
+            for disk in $sequence_disks; do
+                {{ echo "pvc-seq $sequence"; head -c 512 /dev/zero; }} |
+                    dd of=$disk bs=512 seek={sequence_sector} count=1 iflag=fullblock oflag=direct \\
+                        conv=notrunc 2>/dev/null
+            done
+            usleep 10000
+        done
+    ) &
 fi
 counter=0
 while :; do
@@ -174,6 +234,23 @@ def parse_leases(text: str) -> list[Lease]:
             for interface, address, prefix, router, dns in LEASE_PATTERN.findall(text)]
 
 
+def sequences_found(text: str) -> dict[str, int | None]:
+    """The sequence number each disk held when the guest last booted, by its device name (None: none)."""
+    found: dict[str, int | None] = {}
+    for disk, number in SEQUENCE_FOUND_PATTERN.findall(text):
+        found[disk] = int(number) if number else None
+    return found
+
+
+def read_sequence(path: str | os.PathLike) -> int | None:
+    """The sequence number a guest last wrote to a raw disk image (a volume file or a snapshot of one)."""
+    with open(path, "rb") as disk:
+        disk.seek(SEQUENCE_OFFSET)
+        line = disk.read(512).split(b"\0")[0].decode(errors="replace").strip()
+    match = re.fullmatch(r"pvc-seq (\d+)", line)
+    return int(match.group(1)) if match else None
+
+
 def powered_off_cleanly(text: str) -> bool:
     """Whether the guest saw an ACPI power-button press and shut itself down (rather than being killed)."""
     return POWER_OFF_LINE in text
@@ -187,26 +264,34 @@ def build(boot_dir: Path = DEFAULT_BOOT_DIR) -> Path:
     boot_dir = Path(boot_dir)
     version = _kernel_version()
     modules = _module_files(version)
-    init = _INIT.format(insmod="\n".join(f"insmod /{_guest_module_path(path)}" for path in modules))
+    init = _INIT.format(insmod="\n".join(f"insmod /{_guest_module_path(path)}" for path in modules),
+                        sequence_sector=SEQUENCE_OFFSET // 512)
+    agent = _agent_files()
     stamp = {"kernel": version, "init_sha256": hashlib.sha256(
-        (init + _POWER_BUTTON_HANDLER + _DHCP_SCRIPT + _PROBE).encode()).hexdigest()}
+        (init + _POWER_BUTTON_HANDLER + _DHCP_SCRIPT + _PROBE + _FSFREEZE_HOOK).encode()).hexdigest(),
+             "agent_sha256": hashlib.sha256(b"".join(path.encode() + data for path, data in agent)).hexdigest()}
     if _read_json(boot_dir / STAMP) == stamp and (boot_dir / KERNEL).is_file() and (boot_dir / INITRD).is_file():
         return boot_dir
     busybox = _busybox()
     boot_dir.mkdir(parents=True, exist_ok=True)
     (boot_dir / STAMP).unlink(missing_ok=True)
     _write_atomically(boot_dir / KERNEL, _fast_kernel(Path(f"/boot/vmlinuz-{version}").read_bytes()))
-    _write_atomically(boot_dir / INITRD, _initramfs(init, busybox, modules))
+    _write_atomically(boot_dir / INITRD, _initramfs(init, busybox, modules, agent))
     _write_atomically(boot_dir / STAMP, json.dumps(stamp).encode())
     return boot_dir
 
 
 def domain_xml(name: str, memory_mib: int = 128, disk: str | None = None, domain_type: str = "qemu",
-               networks: tuple[str, ...] = (), macs: tuple[str, ...] = ()) -> str:
+               networks: tuple[str, ...] = (), macs: tuple[str, ...] = (), disks: list[str] | None = None,
+               sequence: bool = False, agent: bool = False) -> str:
     """A libvirt domain document for this guest as PVC stores it: no host path in it. The kernel and initrd
     are file names in the node's boot-image directory, and the node gives the serial console its log file;
-    libvirt adds the matching <console> itself. `disk` is a PVC volume, "POOL/VOLUME"; each of `networks` (a
-    PVC network's VNI or description) gets a virtio NIC, with the MAC of the same place in `macs` if given."""
+    libvirt adds the matching <console> itself. `disk` is a PVC volume, "POOL/VOLUME"; `disks` several (vda,
+    vdb, ...). Each of `networks` (a PVC network's VNI or description) gets a virtio NIC, with the MAC of the
+    same place in `macs` if given. With `sequence`, the guest writes a growing sequence number to each disk in
+    turn, every 10 ms or so (`SEQUENCE_OFFSET`), and says on its console at boot which number each disk holds.
+    With `agent`, it runs qemu-ga on a virtio channel and keeps an ext2 filesystem on its last disk (not a
+    sequence disk)."""
     if domain_type not in ("qemu", "kvm"):
         raise ValueError(f"domain type must be 'qemu' or 'kvm', not {domain_type!r}")
     if memory_mib < 1:
@@ -219,7 +304,8 @@ def domain_xml(name: str, memory_mib: int = 128, disk: str | None = None, domain
     etree.SubElement(os_element, "type", arch="x86_64", machine="pc").text = "hvm"
     etree.SubElement(os_element, "kernel").text = KERNEL
     etree.SubElement(os_element, "initrd").text = INITRD
-    etree.SubElement(os_element, "cmdline").text = CMDLINE
+    etree.SubElement(os_element, "cmdline").text = CMDLINE + (f" {SEQUENCE_FLAG}" if sequence else "") + \
+        (f" {AGENT_FLAG}" if agent else "")
     features = etree.SubElement(domain, "features")
     etree.SubElement(features, "acpi")
     if domain_type == "qemu":
@@ -227,20 +313,24 @@ def domain_xml(name: str, memory_mib: int = 128, disk: str | None = None, domain
         etree.SubElement(etree.SubElement(features, "tcg"), "tb-cache", unit="MiB").text = "16"
     etree.SubElement(domain, "on_poweroff").text = "destroy"
     devices = etree.SubElement(domain, "devices")
-    if disk is not None:
-        pool, _, volume = disk.partition("/")
+    for index, each in enumerate(([disk] if disk is not None else []) + list(disks or [])):
+        pool, _, volume = each.partition("/")
         if not pool or not volume:
-            raise ValueError(f"disk must name a PVC volume as POOL/VOLUME, not {disk!r}")
+            raise ValueError(f"disk must name a PVC volume as POOL/VOLUME, not {each!r}")
         element = etree.SubElement(devices, "disk", type="volume", device="disk")
         etree.SubElement(element, "driver", name="qemu", type="raw", cache="writeback")
         etree.SubElement(element, "source", pool=pool, volume=volume)
-        etree.SubElement(element, "target", dev="vda", bus="virtio")
+        etree.SubElement(element, "target", dev=f"vd{chr(ord('a') + index)}", bus="virtio")
     for index, network in enumerate(networks):
         interface = etree.SubElement(devices, "interface", type="network")
         if index < len(macs):
             etree.SubElement(interface, "mac", address=macs[index])
         etree.SubElement(interface, "source", network=str(network))
         etree.SubElement(interface, "model", type="virtio")
+    if agent:
+        channel = etree.SubElement(devices, "channel", type="unix")
+        etree.SubElement(channel, "source", mode="bind")
+        etree.SubElement(channel, "target", type="virtio", name=AGENT_CHANNEL)
     serial = etree.SubElement(devices, "serial", type="file")
     etree.SubElement(serial, "target", port="0")
     etree.SubElement(devices, "memballoon", model="none")
@@ -430,9 +520,27 @@ def _busybox() -> bytes:
     return Path(path).read_bytes()
 
 
-def _initramfs(init: str, busybox: bytes, modules: list[Path]) -> bytes:
+def _agent_files() -> list[tuple[str, bytes]]:
+    """qemu-ga and the shared libraries it loads (with the dynamic loader), each at its path in the guest."""
+    if not QEMU_GA.is_file():
+        raise GuestImageError(f"qemu-guest-agent is not installed: {SETUP_HINT}")
+    listing = subprocess.run(["ldd", str(QEMU_GA)], capture_output=True, text=True, check=True).stdout
+    libraries = re.findall(r"(/\S+) \(0x", listing)
+    files = [("usr/sbin/qemu-ga", QEMU_GA.read_bytes())]
+    for library in sorted(set(libraries)):
+        files.append((library.lstrip("/"), Path(library).resolve().read_bytes()))
+    return files
+
+
+def _initramfs(init: str, busybox: bytes, modules: list[Path], agent: list[tuple[str, bytes]]) -> bytes:
     """A gzip'd newc cpio archive, built here so that /dev/console can be a device node without root."""
     archive = _Cpio()
+    directories = sorted({str(Path(path).parent) for path, _data in agent} - {"."})
+    for directory in sorted({str(parent) for each in directories for parent in [*Path(each).parents, Path(each)]
+                             if str(parent) != "."}, key=lambda each: each.count("/")):
+        archive.add(directory, stat.S_IFDIR | 0o755)
+    for path, data in agent:
+        archive.add(path, stat.S_IFREG | 0o755, data)
     for directory in ("bin", "dev", "etc", "etc/acpi", "etc/acpi/PWRF", "lib", "lib/modules", "proc", "sys",
                       "tmp", "var", "var/run", "www"):
         archive.add(directory, stat.S_IFDIR | 0o755)
@@ -443,6 +551,7 @@ def _initramfs(init: str, busybox: bytes, modules: list[Path]) -> bytes:
     archive.add("etc/acpi/PWRF/00000080", stat.S_IFREG | 0o755, _POWER_BUTTON_HANDLER.encode())
     archive.add("etc/udhcpc.script", stat.S_IFREG | 0o755, _DHCP_SCRIPT.encode())
     archive.add("bin/pvc-probe", stat.S_IFREG | 0o755, _PROBE.encode())
+    archive.add("etc/fsfreeze-hook", stat.S_IFREG | 0o755, _FSFREEZE_HOOK.encode())
     for path in modules:
         archive.add(_guest_module_path(path), stat.S_IFREG | 0o644, _module_bytes(path))
     compressed = io.BytesIO()

@@ -9,7 +9,7 @@ leader, or by `check`. Reads come from watched collections.
 import logging
 import random
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterator
 
 import Pyro5.server
@@ -389,10 +389,11 @@ class StorageArea:
         return next(view for view in self.snapshot_list(pool, volume) if view["name"] == name)
 
     def snapshot_remove(self, pool: str, volume: str, name: str) -> None:
-        """Forget snapshot `name` of the volume.
+        """Remove a snapshot; one a VM snapshot made goes only with it (`pvc vm snapshot remove`).
 
         :raises NotFound: no such pool or volume
         :raises NotFound: no such snapshot
+        :raises Conflict: a VM snapshot made it (remove that instead)
         :raises Busy: another change holds the pool's lock
         :raises Unavailable: no storage node answered
         :raises OperationFailed: the storage refused (its reason)
@@ -401,6 +402,7 @@ class StorageArea:
         with self._pool_lock(pool):
             raw = self._require_volume(pool, volume)
             self._require_snapshot(pool, volume, raw, name)
+            self._refuse_if_part_of_vm_snapshot(pool, volume, raw, name, "remove")
             node, agent_uri, _backend = self._storage_node(pool)
             self._agent(node, agent_uri, "snapshot_remove", pool, volume, name)
             snapshots = {key: value for key, value in (raw.get("snapshots") or {}).items() if key != name}
@@ -424,6 +426,7 @@ class StorageArea:
         with self._pool_lock(pool):
             raw = self._require_volume(pool, volume)
             self._require_snapshot(pool, volume, raw, name)
+            self._refuse_if_part_of_vm_snapshot(pool, volume, raw, name, "rename")
             snapshots = dict(raw.get("snapshots") or {})
             if new_name in snapshots:
                 raise AlreadyExists(f"volume '{pool}/{volume}' has a snapshot named '{new_name}' already")
@@ -597,6 +600,44 @@ class StorageArea:
         schema.check_name("snapshot", name)
         if name not in (raw.get("snapshots") or {}):
             raise NotFound(f"volume '{pool}/{volume}' has no snapshot named '{name}'")
+
+    @staticmethod
+    def _refuse_if_part_of_vm_snapshot(pool: str, volume: str, raw: dict[str, Any], name: str, action: str) -> None:
+        owner = ((raw.get("snapshots") or {}).get(name) or {}).get("vm_snapshot")
+        if owner:
+            raise Conflict(f"snapshot '{pool}/{volume}@{name}' is part of VM snapshot '{owner}'; refusing to "
+                           f"{action} it alone (pvc vm snapshot remove removes the whole VM snapshot)")
+
+    # -- for whole-VM snapshots (`pvc.rpc.vm_snapshots`) --------------------------------------------------
+
+    @contextmanager
+    def pools_locked(self, pools: list[str], timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+        """Hold the locks of several pools, always taken in name order so that two holders never deadlock."""
+        with ExitStack() as stack:
+            for pool in sorted(set(pools)):
+                self._require_pool(pool)
+                stack.enter_context(self._pool_lock(pool, timeout))
+            yield
+
+    def storage_node(self, pool: str) -> tuple[str, str]:
+        """A running node serving `pool`: its name and its storage agent's URI."""
+        node, agent_uri, _backend = self._storage_node(pool)
+        return node, agent_uri
+
+    def agent_call(self, node: str, agent_uri: str, method: str, *args: Any) -> Any:
+        """A storage action on that node, with the time storage actions get."""
+        return self._agent(node, agent_uri, method, *args)
+
+    def pool_agent(self, pool: str) -> storage_intents.Agent:
+        """A storage action on a running node serving `pool`: ``agent(method, *args)``."""
+        return self._pool_agent(pool)
+
+    def volume_record(self, pool: str, volume: str) -> dict[str, Any]:
+        """The volume's watched record and snapshots (``OWN_VALUE`` and ``"snapshots"``), once it exists."""
+        return self._require_volume(pool, volume)
+
+    def refresh_volume(self, pool: str, volume: str) -> None:
+        self._volumes.refresh(schema.volume_key(pool, volume))
 
     def _refuse_if_used(self, pool: str, name: str, action: str, force: bool) -> None:
         users = self._context.volume_users(pool, name)

@@ -15,25 +15,32 @@ from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.retries import retry_safe
 from pvc.rpc.vm_control import VMControl
 from pvc.rpc.vm_edits import VMEditor, initial_tags
+from pvc.rpc.vm_snapshots import VMSnapshots
 
 META_KEYS = ("node_limit", "node_selector", "node_autostart", "migration_method", "max_downtime", "profile")
 
 
 @Pyro5.server.expose
 @Pyro5.server.behavior(instance_mode="single")
-@retry_safe(reads={"list", "info", "info_long", "dump", "log", "tags"})
+@retry_safe(reads={"list", "info", "info_long", "dump", "log", "tags", "snapshot_list", "snapshot_info"})
 class VMsArea:
-    """``client.vms``: defining, changing, starting, stopping and moving virtual machines. Every change is
-    recorded in ZooKeeper first and carried out by the VM's node at once; ``wait=True`` waits for the outcome."""
+    """``client.vms``: defining, changing, starting, stopping and moving virtual machines, and their whole-VM
+    snapshots. Every change is recorded in ZooKeeper first and carried out by the VM's node at once;
+    ``wait=True`` waits for the outcome."""
 
-    def __init__(self, context: CoordinatorContext, control: VMControl):
+    def __init__(self, context: CoordinatorContext, control: VMControl, snapshots: VMSnapshots | None = None):
         self._context = context
         self._control = control
+        self._snapshots = snapshots
+        self.backups = None
+        """`pvc.rpc.vm_backups.VMBackups`, set once the storage area exists."""
         self._editor = VMEditor(context, control, self._spec, self._allow_host_devices)
         self._views = Views(context.cache.vms, _list_view)
 
     def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
         """The VM as it now is, for a call whose coordinator died before answering; None once it is gone."""
+        if method.startswith("snapshot_"):
+            return None
         if method == "define":
             name = domain_xml.parse(args[0] if args else kwargs["xml"], allow_host_devices=True).name
         else:
@@ -552,6 +559,48 @@ class VMsArea:
         reason = placement.rejection(self._node(name), {}, None)
         if reason:
             raise Conflict(f"node {name} {reason}")
+
+    # -- whole-VM snapshots (`pvc.rpc.vm_snapshots`) -------------------------------------------------
+
+    def snapshot_list(self, vm: str | None = None) -> list[dict[str, Any]]:
+        """The snapshots of `vm`, or of every VM."""
+        return self._vm_snapshots().list(vm)
+
+    def snapshot_info(self, vm: str, name: str) -> dict[str, Any]:
+        return self._vm_snapshots().info(vm, name)
+
+    def snapshot_create(self, vm: str, name: str | None = None, crash_consistent: bool = False,
+                        max_pause_ms: int | None = None) -> dict[str, Any]:
+        """Snapshot the VM's document, metadata and every volume at one moment; a running guest is paused
+        around the volume snapshots (for at most `max_pause_ms`) unless `crash_consistent`."""
+        return self._vm_snapshots().create(vm, name, crash_consistent is True, max_pause_ms)
+
+    def snapshot_remove(self, vm: str, name: str) -> None:
+        self._vm_snapshots().remove(vm, name)
+
+    def snapshot_rollback(self, vm: str, name: str) -> dict[str, Any]:
+        """Return a stopped VM's volumes, document and metadata to the snapshot's."""
+        return self._vm_snapshots().rollback(vm, name)
+
+    def snapshot_export(self, vm: str, snapshot: str, destination: str,
+                        incremental_parent: str | None = None) -> dict[str, Any]:
+        """Write a snapshot to the new directory `destination` under a storage node's backup root, whole or as
+        the changes since `incremental_parent` (`pvc.rpc.vm_backups`)."""
+        return self._vm_backups().export(vm, snapshot, destination, incremental_parent)
+
+    def snapshot_import(self, source: str, name: str | None = None, pool: str | None = None) -> dict[str, Any]:
+        """Define a new, stopped VM from the chain of exports ending at `source`."""
+        return self._vm_backups().import_(source, name, pool)
+
+    def _vm_backups(self):
+        if self.backups is None:
+            raise Unavailable("this coordinator exports and imports no VM snapshots")
+        return self.backups
+
+    def _vm_snapshots(self) -> VMSnapshots:
+        if self._snapshots is None:
+            raise Unavailable("this coordinator takes no VM snapshots")
+        return self._snapshots
 
     def _node(self, name: str) -> dict[str, Any]:
         node = self._context.node_view(schema.check_name("node", name))

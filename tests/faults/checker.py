@@ -30,6 +30,12 @@ alone decides which side runs on). A target's libvirtd does not always show its 
 load showed targets only as paused), so any paused copy, or QEMU process read from outside while its libvirtd
 did not answer, is excused while another host's outgoing job of that VM brackets it: during a migration the
 target's process exists by design, and a second, unrelated paused copy at that very moment would go unseen.
+The source is asked about its job only once some host shows the VM paused, so a target's first readings come
+before any reading of the job: a run (one domain instance) paused from its first reading and excused as a
+target within `MIGRATION_EDGE_S` of it was that target from the start (an instance cannot become a migration's
+target after it was created). At the other end, a source paused by its own outgoing job stays paused, its job
+over, until libvirt destroys it: its paused readings within `MIGRATION_EDGE_S` after its last paused job reading
+are that source's.
 """
 from __future__ import annotations
 
@@ -99,25 +105,52 @@ class Violation:
                f"{self.other.describe()}: {self.why}"
 
 
+MIGRATION_EDGE_S = 5.0
+"""Seconds around a migration's readings within which a run's paused readings are excused as its target's first
+or its source's last (module docstring): the monitor asks a source about its job one round after it first saw
+the target paused, a source whose libvirtd is slow or frozen answers seconds later, and libvirt destroys a
+migrated source once the target confirms."""
+
+
 def runs(samples: list[Sample]) -> dict[str, list[Run]]:
     """VM → its runs on every host, from the readings that showed it running (or paused), but for the
     migration readings the module docstring excuses."""
-    found: dict[tuple[str, str, str, str], Run] = {}
     outgoing = _outgoing_jobs(samples)
+    readings: dict[tuple[str, str, str, str], list[tuple[Sample, bool]]] = {}
     for sample in sorted(samples, key=lambda sample: sample.asked):
         for vm, identity in (sample.running or {}).items():
-            if _excused(sample, vm, outgoing):
-                continue
-            key = (vm, sample.host, sample.source, identity)
-            run = found.get(key)
-            if run is None:
-                run = found[key] = Run(vm, sample.host, identity, sample.source)
-            run.asked.append(sample.asked)
-            run.answered.append(sample.answered)
+            readings.setdefault((vm, sample.host, sample.source, identity), []).append(
+                (sample, _excused(sample, vm, outgoing)))
     by_vm: dict[str, list[Run]] = {}
-    for run in found.values():
-        by_vm.setdefault(run.vm, []).append(run)
+    for (vm, host, source, identity), seen in readings.items():
+        edges = _migration_edges(vm, seen)
+        kept = [sample for index, (sample, excused) in enumerate(seen) if not excused and index not in edges]
+        if kept:
+            run = Run(vm, host, identity, source)
+            run.asked = [sample.asked for sample in kept]
+            run.answered = [sample.answered for sample in kept]
+            by_vm.setdefault(vm, []).append(run)
     return by_vm
+
+
+def _migration_edges(vm: str, seen: list[tuple[Sample, bool]]) -> set[int]:
+    """The indexes of one run's readings that are a migration target's first or a migrated source's last."""
+    states = [(sample.states or {}).get(vm) for sample, _excused in seen]
+    edges: set[int] = set()
+    first_excused = next((index for index, (_sample, excused) in enumerate(seen) if excused), None)
+    if first_excused is not None and all(state in ("incoming", "paused") for state in states[:first_excused + 1]) \
+            and seen[first_excused][0].asked - seen[0][0].asked <= MIGRATION_EDGE_S:
+        edges.update(range(first_excused))
+    last_job = None
+    for index, state in enumerate(states):
+        if state == "migrating-out-paused":
+            last_job = index
+        elif state == "paused" and last_job is not None \
+                and seen[index][0].asked - seen[last_job][0].answered <= MIGRATION_EDGE_S:
+            edges.add(index)
+        else:
+            last_job = None
+    return edges
 
 
 def _outgoing_jobs(samples: list[Sample]) -> dict[str, list[tuple[str, float, float]]]:

@@ -1,0 +1,141 @@
+"""Exporting a VM snapshot to a node's backup root, and importing a VM from a chain of exports.
+
+The data moves on a node that serves storage (`pvc.node.backups`), which checks every path against its own
+backup roots; the coordinator checks names and records. An import records its new volumes first (intent
+``clone``, `pvc.rpc.storage_intents`), so one cut off is undone by the next change in their pool; the VM is
+defined (stopped) only once every volume is whole and every checksum matched.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from lxml import etree
+
+from pvc import domain_xml, schema, storage_records
+from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from pvc.rpc import storage_intents
+from pvc.rpc.areas.storage import StorageArea
+from pvc.rpc.areas.vms import VMsArea
+from pvc.rpc.context import CoordinatorContext
+
+
+class VMBackups:
+    def __init__(self, context: CoordinatorContext, storage: StorageArea, vms: VMsArea):
+        self._context = context
+        self._storage = storage
+        self._vms = vms
+
+    def export(self, vm: str, snapshot: str, destination: str, incremental_parent: str | None = None
+               ) -> dict[str, Any]:
+        """Write snapshot `snapshot` of `vm` to the new directory `destination` under a backup root, whole or
+        (with `incremental_parent`, exported beside it already) as the changes since that snapshot."""
+        record = self._settled(vm, snapshot)
+        if incremental_parent is not None:
+            parent = self._settled(vm, incremental_parent)
+            if parent["created"] >= record["created"]:
+                raise InvalidInput(f"snapshot '{incremental_parent}' is not older than '{snapshot}'")
+            if sorted(parent["volumes"]) != sorted(record["volumes"]):
+                raise Conflict(f"snapshots '{incremental_parent}' and '{snapshot}' of VM '{vm}' hold different "
+                               "volumes: export this one whole")
+        if not record["volumes"]:
+            raise InvalidInput(f"snapshot '{snapshot}' of VM '{vm}' holds no volume to export")
+        sizes = {}
+        for volume in record["volumes"]:
+            pool, name = volume.split("/", 1)
+            facts = (self._storage.volume_record(pool, name).get("snapshots") or {}).get(snapshot) or {}
+            sizes[volume] = facts.get("size_bytes")
+        manifest = {"vm": vm, "snapshot": snapshot, "parent": incremental_parent, "spec": record["spec"],
+                    "volumes": sizes}
+        node, agent_uri = self._storage.storage_node(record["volumes"][0].split("/", 1)[0])
+        written = self._storage.agent_call(node, agent_uri, "export_snapshot", manifest, destination)
+        return {"vm": vm, "snapshot": snapshot, "parent": incremental_parent, "destination": destination,
+                "node": node, "bytes": sum(volume["bytes"] for volume in written["volumes"])}
+
+    def import_(self, source: str, name: str | None = None, pool: str | None = None) -> dict[str, Any]:
+        """Define a new, stopped VM from the chain of exports ending at `source`: as `name` (default the
+        exported VM's) with its volumes in `pool` (default their own pools)."""
+        if pool is not None:
+            self._storage.volume_list(pool)
+        any_pool = pool or None
+        node, agent_uri = self._storage.storage_node(any_pool) if any_pool else self._any_storage_node()
+        links = self._storage.agent_call(node, agent_uri, "backup_chain", source)
+        last = links[-1]
+        vm = schema.check_name("VM", name if name is not None else last["vm"])
+        if self._context.store.read(schema.vm(vm)) is not None:
+            raise AlreadyExists(f"a VM named '{vm}' exists already")
+        targets = {}
+        for index, volume in enumerate(last["volumes"]):
+            old_pool, old_name = volume["volume"].split("/", 1)
+            new_pool = pool or old_pool
+            new_name = old_name if name is None else f"{vm}_disk{index}"
+            self._storage.volume_list(new_pool)
+            if self._context.store.read(schema.volume(new_pool, new_name)) is not None:
+                raise AlreadyExists(f"volume '{new_pool}/{new_name}' exists already")
+            targets[volume["volume"]] = f"{new_pool}/{new_name}"
+        xml = _renamed(last["spec"]["xml"], vm, targets, keep_uuid=name is None)
+        domain_xml.parse(xml, allow_host_devices=True)
+        pools = sorted({target.split("/", 1)[0] for target in targets.values()})
+        store = self._context.store
+        with self._storage.pools_locked(pools):
+            for volume in last["volumes"]:
+                new_pool, new_name = targets[volume["volume"]].split("/", 1)
+                storage_intents.begin_new(store, storage_records.volume_record(new_pool, new_name,
+                                                                                volume["size_bytes"]),
+                                          "clone", self._context.name)
+            try:
+                sizes = self._storage.agent_call(node, agent_uri, "restore_backup", source, targets)
+            except BaseException:
+                for target in targets.values():
+                    self._storage.agent_call(node, agent_uri, "volume_remove", *target.split("/", 1))
+                    storage_intents.forget(store, *target.split("/", 1))
+                    self._storage.refresh_volume(*target.split("/", 1))
+                raise
+            for target, size_bytes in sizes.items():
+                record = store.read(schema.volume(*target.split("/", 1)))
+                store.transaction().set(schema.volume(*target.split("/", 1)),
+                                        {**storage_intents.settled(record), "size_bytes": size_bytes}).commit()
+                self._storage.refresh_volume(*target.split("/", 1))
+        spec = last["spec"]
+        try:
+            return self._vms.define(xml, node_limit=spec.get("node_limit"), node_selector=spec.get("node_selector"),
+                                    node_autostart=bool(spec.get("node_autostart")),
+                                    migration_method=spec.get("migration_method"),
+                                    max_downtime=spec.get("max_downtime"))
+        except BaseException:
+            with self._storage.pools_locked(pools):
+                for target in targets.values():
+                    self._storage.agent_call(node, agent_uri, "volume_remove", *target.split("/", 1))
+                    storage_intents.forget(store, *target.split("/", 1))
+                    self._storage.refresh_volume(*target.split("/", 1))
+            raise
+
+    def _settled(self, vm: str, snapshot: str) -> dict[str, Any]:
+        record = self._context.store.read(schema.vm_snapshot(vm, schema.check_name("snapshot", snapshot)))
+        if record is None:
+            raise NotFound(f"VM '{vm}' has no snapshot named '{snapshot}'")
+        if record.get("intent"):
+            raise Conflict(f"snapshot '{vm}@{snapshot}' is being changed ({record['intent']['action']}); try again")
+        return record
+
+    def _any_storage_node(self) -> tuple[str, str]:
+        pools = [view["name"] for view in self._storage.pool_list()]
+        if not pools:
+            raise NotFound("this cluster has no storage pool to import into")
+        return self._storage.storage_node(pools[0])
+
+
+def _renamed(xml: str, vm: str, targets: dict[str, str], keep_uuid: bool) -> str:
+    """The exported domain document with its new name, its disks on the new volumes, and (as a copy) without
+    its UUID, so that a new one is given."""
+    root = domain_xml.parse_root(xml)
+    root.find("name").text = vm
+    if not keep_uuid:
+        for element in root.findall("uuid"):
+            root.remove(element)
+    for source in root.iterfind("devices/disk/source"):
+        old = f"{source.get('pool')}/{source.get('volume')}"
+        if old in targets:
+            new_pool, new_name = targets[old].split("/", 1)
+            source.set("pool", new_pool)
+            source.set("volume", new_name)
+    return etree.tostring(root, encoding="unicode")

@@ -1,0 +1,140 @@
+"""Benchmarks of VM snapshots and their exports: prints figures, asserts no timings. Run with
+`pytest -m bench -s tests/bench/test_bench_vm_snapshots.py`.
+
+- export of a 2 GiB Ceph volume's snapshot (PVC's stream: ``rbd export-diff`` read through the node's code)
+  against ``rbd export`` of the same snapshot (target: at least 0.9 of its speed);
+- an incremental export after 1 % of the blocks changed, against the full export, on each backend (target:
+  under 5 % of its time and size);
+- how long a running two-disk guest stays paused during a VM snapshot without an agent, per backend, as the
+  node measures it (target: under 100 ms on Ceph), and which way the volumes were snapshotted.
+
+Every figure line starts with "[bench vm-snapshots]".
+"""
+from __future__ import annotations
+
+import io
+import os
+import random
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pvc.cli.localcluster.guest import domain_xml
+from pvc.plugins.storage_ceph import CephBackend
+from pvc.plugins.storage_file import FileBackend
+
+from conftest import started_cluster
+from guest_support import wait_heartbeat
+
+pytestmark = pytest.mark.bench
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+SNAPSHOTS = 5
+
+
+def _say(text: str) -> None:
+    print(f"[bench vm-snapshots] {text}  (load {os.getloadavg()[0]:.1f})", flush=True)
+
+
+class _Counting(io.RawIOBase):
+    """A sink that counts what an export writes, so the disk it would land on is not what is measured."""
+
+    def __init__(self):
+        self.bytes = 0
+
+    def write(self, data) -> int:
+        self.bytes += len(data)
+        return len(data)
+
+
+def _timed_export(backend, pool, volume, snapshot, parent=None) -> tuple[float, int]:
+    sink = _Counting()
+    began = time.monotonic()
+    backend.snapshot_export(pool, volume, snapshot, parent, sink)
+    return time.monotonic() - began, sink.bytes
+
+
+def _rbd(conf, *arguments: str) -> None:
+    subprocess.run(["rbd", "-c", str(conf), *arguments], check=True, capture_output=True, timeout=1800)
+
+
+def test_ceph_export_against_rbd_export_and_an_incremental_after_one_percent(private_ceph):
+    conf = private_ceph.conf
+    backend = CephBackend({"ceph_conf": str(conf), "qemu_img_memory_limit_mib": 2048, "qemu_img_cpu_limit_s": 3600})
+    backend.pool_create("benchexport", {})
+    try:
+        backend.volume_create("benchexport", "big", 2 * GiB)
+        _rbd(conf, "bench", "--io-type", "write", "--io-size", "4M", "--io-total", "2G", "--io-pattern", "seq",
+             "benchexport/big")
+        backend.snapshot_create("benchexport", "big", "full")
+        began = time.monotonic()
+        subprocess.run(["rbd", "-c", str(conf), "export", "--no-progress", "benchexport/big@full", "-"], check=True,
+                       stdout=subprocess.DEVNULL, timeout=1800)
+        rbd_s = time.monotonic() - began
+        ours_s, ours_bytes = _timed_export(backend, "benchexport", "big", "full")
+        _say(f"ceph full export of 2 GiB: PVC {ours_s:.2f} s ({ours_bytes / MiB:.0f} MiB streamed), rbd export "
+             f"{rbd_s:.2f} s: {rbd_s / ours_s:.2f} of its speed (target >= 0.9)")
+        _rbd(conf, "bench", "--io-type", "write", "--io-size", "4K", "--io-total", str(2 * GiB // 100 // 1024) + "K",
+             "--io-pattern", "rand", "benchexport/big")
+        backend.snapshot_create("benchexport", "big", "later")
+        incremental_s, incremental_bytes = _timed_export(backend, "benchexport", "big", "later", "full")
+        _say(f"ceph incremental export after 1 % of the volume rewritten in 4 KiB blocks: {incremental_s:.2f} s, "
+             f"{incremental_bytes / MiB:.1f} MiB = {100 * incremental_s / ours_s:.1f} % of the full export's time, "
+             f"{100 * incremental_bytes / ours_bytes:.1f} % of its size (target < 5 %)")
+    finally:
+        backend.volume_remove("benchexport", "big")
+        backend.pool_remove("benchexport")
+
+
+def test_file_export_and_an_incremental_after_one_percent(tmp_path):
+    backend = FileBackend({"storage_directory": str(tmp_path)})
+    backend.pool_create("bench", {})
+    backend.volume_create("bench", "big", 2 * GiB)
+    path = tmp_path / "bench" / "big"
+    with open(path, "r+b") as volume:
+        for _ in range(2 * GiB // (4 * MiB)):
+            volume.write(os.urandom(4 * MiB))
+    backend.snapshot_create("bench", "big", "full")
+    full_s, full_bytes = _timed_export(backend, "bench", "big", "full")
+    blocks = 2 * GiB // MiB
+    with open(path, "r+b") as volume:
+        for block in random.Random(1).sample(range(blocks), blocks // 100):
+            volume.seek(block * MiB + 4096)
+            volume.write(os.urandom(4096))
+    backend.snapshot_create("bench", "big", "later")
+    incremental_s, incremental_bytes = _timed_export(backend, "bench", "big", "later", "full")
+    _say(f"file full export of 2 GiB: {full_s:.2f} s, {full_bytes / MiB:.0f} MiB")
+    _say(f"file incremental export after 1 % of the 1 MiB blocks changed: {incremental_s:.2f} s, "
+         f"{incremental_bytes / MiB:.1f} MiB = {100 * incremental_s / full_s:.1f} % of the full export's time, "
+         f"{100 * incremental_bytes / full_bytes:.1f} % of its size (target < 5 %; it reads both snapshots: ext4 "
+         "cannot say which extents they share)")
+
+
+@pytest.mark.parametrize("backend", ["file", "ceph"])
+def test_pause_a_two_disk_guest_sees_during_a_vm_snapshot(backend, tmp_path_factory, request):
+    options = {"storage": "ceph", "ceph_conf": request.getfixturevalue("private_ceph").conf} \
+        if backend == "ceph" else {}
+    for cluster in started_cluster(tmp_path_factory.mktemp(f"pause-{backend}"), nodes=1, coordinators=1,
+                                   hypervisor="qemu", **options):
+        client = cluster.client
+        client.storage.pool_add("pausebench")
+        for disk in ("a", "b"):
+            client.storage.volume_add("pausebench", disk, 256 * MiB)
+        client.vms.define(domain_xml("paused", disks=["pausebench/a", "pausebench/b"], sequence=True), target="hv1")
+        client.vms.start("paused", wait=True)
+        wait_heartbeat(cluster, "paused", "hv1", after=1)
+        held, method = [], None
+        for index in range(SNAPSHOTS):
+            view = client.vms.snapshot_create("paused", f"p{index}")
+            held.append(view["paused_ms"])
+            method = view["method"]
+        _say(f"{backend}: a running two-disk guest paused {statistics.median(held):.1f} ms (median of {SNAPSHOTS}; "
+             f"min {min(held):.1f}, max {max(held):.1f}) per VM snapshot, volumes by {method} "
+             "(target < 100 ms on Ceph)")
+        for index in range(SNAPSHOTS):
+            client.vms.snapshot_remove("paused", f"p{index}")
+        client.vms.remove("paused")

@@ -1,0 +1,163 @@
+"""Exporting VM snapshots to a backup root (full, then incrementals) and importing a VM from the chain, on each
+storage backend; and every kind of bad input refused in one line with nothing left behind."""
+import json
+import os
+import shutil
+import threading
+
+from pvc.cli.localcluster.guest import domain_xml
+
+from pvc.errors import PVCError
+
+from helpers import eventually
+from storage_support import known_raw, stored_names, unique, volume_sha256
+from vm_support import fence_deadline_beyond_restarts, pvc, restart_node_daemon
+
+MiB = 1024 * 1024
+
+
+def _changed(source, target, offset: int):
+    """A copy of the raw image `source` with 4 KiB changed at `offset`."""
+    data = bytearray(source.read_bytes())
+    data[offset:offset + 4096] = bytes(range(256)) * 16
+    target.write_bytes(bytes(data))
+    return target
+
+
+def _refused(result, words: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert words in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_export_full_and_two_incrementals_then_import_the_chain(storage_cluster, tmp_path):
+    cluster, client = storage_cluster, storage_cluster.client
+    root = cluster.local.backup_root
+    pool, vm = unique("bk"), unique("bkvm")
+    client.storage.pool_add(pool)
+    image = known_raw(tmp_path / "base.raw", size=8 * MiB, seed=3)
+    client.storage.upload(pool, "disk", str(image))
+    client.vms.define(domain_xml(vm, disk=f"{pool}/disk", domain_type="kvm"), target="hv1")
+    exports = root / vm
+    exports.mkdir()
+    try:
+        client.vms.snapshot_create(vm, "s1")
+        full = pvc(cluster, "vm", "snapshot", "export", vm, "s1", str(exports / "s1"), "--format", "json")
+        assert full.exit_code == 0, full.output
+        full_bytes = json.loads(full.output)["bytes"]
+        for step, offset in (("s2", 2 * MiB), ("s3", 5 * MiB)):
+            client.storage.upload(pool, "disk", str(_changed(image, tmp_path / f"{step}.raw", offset)), force=True)
+            image = tmp_path / f"{step}.raw"
+            client.vms.snapshot_create(vm, step)
+            parent = "s1" if step == "s2" else "s2"
+            incremental = client.vms.snapshot_export(vm, step, str(exports / step), incremental_parent=parent)
+            if cluster.backend == "file":
+                assert incremental["bytes"] < full_bytes / 4, (incremental, full_bytes)
+        at_s3 = volume_sha256(cluster, pool, "disk")
+        manifest = json.loads((exports / "s3" / "manifest.json").read_text())
+        assert manifest["parent"] == "s2" and manifest["parent_export"]["directory"] == "s2"
+        assert manifest["spec"]["xml"] == client.vms.dump(vm)
+
+        _bad_destinations(cluster, vm, exports, tmp_path)
+
+        copy = pvc(cluster, "vm", "snapshot", "import", str(exports / "s3"), "--name", f"{vm}-copy")
+        assert copy.exit_code == 0, copy.output
+        restored = client.vms.info(f"{vm}-copy")
+        assert restored["state"] == "stop" and restored["uuid"] != client.vms.info(vm)["uuid"]
+        assert [disk["source"] for disk in restored["disks"]] == [f"{pool}/{vm}-copy_disk0"]
+        assert volume_sha256(cluster, pool, f"{vm}-copy_disk0") == at_s3, "the bytes at the last snapshot"
+
+        _bad_chains(cluster, client, vm, pool, exports)
+    finally:
+        for name in (f"{vm}-copy", vm):
+            if any(row["name"] == name for row in client.vms.list()):
+                client.vms.remove(name)
+        client.storage.pool_remove(pool, force=True)
+        shutil.rmtree(exports, ignore_errors=True)
+
+
+def _bad_destinations(cluster, vm, exports, tmp_path) -> None:
+    _refused(pvc(cluster, "vm", "snapshot", "export", vm, "s3", str(exports / "s3")), "exists already")
+    _refused(pvc(cluster, "vm", "snapshot", "export", vm, "s3", str(exports / ".." / "escape")), "'..'")
+    _refused(pvc(cluster, "vm", "snapshot", "export", vm, "s3", str(tmp_path / "elsewhere")), "not under a backup root")
+    (exports / "link").symlink_to(tmp_path)
+    _refused(pvc(cluster, "vm", "snapshot", "export", vm, "s3", str(exports / "link" / "x")), "links are not followed")
+    assert not (tmp_path / "x").exists()
+    (exports / "other").mkdir()
+    _refused(pvc(cluster, "vm", "snapshot", "export", vm, "s3", str(exports / "other" / "orphan"),
+                 "--incremental-parent", "s1"), "no export of snapshot 's1'")
+    assert list((exports / "other").iterdir()) == []
+    (exports / "other").rmdir()
+    (exports / "link").unlink()
+    assert sorted(path.name for path in exports.iterdir()) == ["s1", "s2", "s3"], "nothing half-written is left"
+
+
+def _bad_chains(cluster, client, vm, pool, exports) -> None:
+    before = stored_names(cluster, pool)
+    _refused(pvc(cluster, "vm", "snapshot", "import", str(exports / "s3")), f"a VM named '{vm}' exists already")
+
+    corrupt = exports / "corrupt"
+    corrupt.mkdir()
+    for step in ("s1", "s2", "s3"):
+        shutil.copytree(exports / step, corrupt / step)
+    stream = next((corrupt / "s2").glob("*.diff"))
+    data = bytearray(stream.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stream.write_bytes(bytes(data))
+    _refused(pvc(cluster, "vm", "snapshot", "import", str(corrupt / "s3"), "--name", f"{vm}-bad"), "")
+    stream.write_bytes(bytes(data[:len(data) // 3]))
+    _refused(pvc(cluster, "vm", "snapshot", "import", str(corrupt / "s3"), "--name", f"{vm}-bad"), "")
+
+    manifest = corrupt / "s1" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"s1"', '"s1" '))
+    _refused(pvc(cluster, "vm", "snapshot", "import", str(corrupt / "s3"), "--name", f"{vm}-bad"), "manifest changed")
+    shutil.rmtree(corrupt / "s1")
+    _refused(pvc(cluster, "vm", "snapshot", "import", str(corrupt / "s3"), "--name", f"{vm}-bad"), "does not exist")
+    (corrupt / "s3" / "manifest.json").write_text("{not json")
+    _refused(pvc(cluster, "vm", "snapshot", "import", str(corrupt / "s3"), "--name", f"{vm}-bad"), "not valid JSON")
+
+    assert stored_names(cluster, pool) == before, "no volume is left by a refused import"
+    assert all(row["name"] != f"{vm}-bad" for row in client.vms.list())
+    assert all(volume["pending"] is None for volume in client.storage.volume_list(pool))
+
+
+def test_a_node_killed_during_an_export_leaves_no_partial_export(storage_cluster, tmp_path):
+    cluster, client = storage_cluster, storage_cluster.client
+    fence_deadline_beyond_restarts(cluster)
+    root = cluster.local.backup_root
+    pool, vm = unique("bkkill"), unique("bkkillvm")
+    client.storage.pool_add(pool)
+    image = tmp_path / "big.raw"
+    with open(image, "wb") as data:
+        for _ in range(256):
+            data.write(os.urandom(MiB))
+    client.storage.upload(pool, "disk", str(image))
+    client.vms.define(domain_xml(vm, disk=f"{pool}/disk", domain_type="kvm"), target="hv1")
+    exports = root / vm
+    exports.mkdir()
+    outcome = {}
+    try:
+        client.vms.snapshot_create(vm, "s1")
+        worker = threading.Thread(target=lambda: outcome.setdefault("answer", _answer(
+            client.vms.snapshot_export, vm, "s1", str(exports / "s1"))), daemon=True)
+        worker.start()
+        assert eventually(lambda: list(exports.glob(".s1.partial-*")), 60, interval=0.02), \
+            f"the export never began: {outcome}"
+        cluster.local.stop_daemon("pvcnoded", "hv1", kill=True)
+        worker.join(120)
+        assert not (exports / "s1").exists(), "the destination only ever holds a whole export"
+        restart_node_daemon(cluster, "hv1")
+        assert list(exports.iterdir()) == [], "the restarted node removed the partial export"
+        again = client.vms.snapshot_export(vm, "s1", str(exports / "s1"))
+        assert (exports / "s1" / "manifest.json").is_file() and again["bytes"] > 0
+    finally:
+        client.vms.remove(vm)
+        client.storage.pool_remove(pool, force=True)
+        shutil.rmtree(exports, ignore_errors=True)
+
+
+def _answer(call, *args):
+    try:
+        return call(*args)
+    except PVCError as error:
+        return error
