@@ -563,33 +563,83 @@ class VMsArea:
     # -- whole-VM snapshots (`pvc.rpc.vm_snapshots`) -------------------------------------------------
 
     def snapshot_list(self, vm: str | None = None) -> list[dict[str, Any]]:
-        """The snapshots of `vm`, or of every VM."""
+        """The whole-VM snapshots of `vm`, or of every VM, oldest first within each VM.
+
+        :raises InvalidInput: a malformed name
+        """
         return self._vm_snapshots().list(vm)
 
     def snapshot_info(self, vm: str, name: str) -> dict[str, Any]:
+        """One whole-VM snapshot: when, its volumes, how consistent it is and how long the guest was paused.
+
+        :raises InvalidInput: a malformed VM or snapshot name
+        :raises NotFound: the VM has no snapshot of that name
+        """
         return self._vm_snapshots().info(vm, name)
 
     def snapshot_create(self, vm: str, name: str | None = None, crash_consistent: bool = False,
                         max_pause_ms: int | None = None) -> dict[str, Any]:
         """Snapshot the VM's document, metadata and every volume at one moment; a running guest is paused
-        around the volume snapshots (for at most `max_pause_ms`) unless `crash_consistent`."""
+        around the volume snapshots (for at most `max_pause_ms`) unless `crash_consistent`. The snapshot is
+        recorded as an intent first, so a coordinator that dies midway leaves all of it or none, and never a
+        paused guest.
+
+        :raises InvalidInput: a malformed name, or a maximum pause out of range
+        :raises NotFound: no VM of that name
+        :raises AlreadyExists: the VM, or one of its volumes, has a snapshot of that name
+        :raises Busy: another command holds the VM's lock, or a change holds a pool's lock
+        :raises Unavailable: the VM's state is unknown, or its node has no agent or did not answer
+        :raises OperationFailed: the storage or the node refused (its reason); the snapshot is undone
+        """
         return self._vm_snapshots().create(vm, name, crash_consistent is True, max_pause_ms)
 
     def snapshot_remove(self, vm: str, name: str) -> None:
+        """Remove a whole-VM snapshot: every volume snapshot it made, then its record.
+
+        :raises InvalidInput: a malformed VM or snapshot name
+        :raises NotFound: the VM has no snapshot of that name
+        :raises Busy: a change holds a pool's lock
+        :raises OperationFailed: the storage refused (its reason)
+        """
         self._vm_snapshots().remove(vm, name)
 
     def snapshot_rollback(self, vm: str, name: str) -> dict[str, Any]:
-        """Return a stopped VM's volumes, document and metadata to the snapshot's."""
+        """Return a stopped VM's volumes, document and metadata to the snapshot's.
+
+        :raises InvalidInput: a malformed VM or snapshot name
+        :raises NotFound: no VM of that name, or no snapshot of that name
+        :raises Conflict: the VM is not stopped (or its node cannot say), or the snapshot is being changed
+        :raises Busy: another command holds the VM's lock, or a change holds a pool's lock
+        :raises OperationFailed: the storage refused (its reason)
+        """
         return self._vm_snapshots().rollback(vm, name)
 
     def snapshot_export(self, vm: str, snapshot: str, destination: str,
                         incremental_parent: str | None = None) -> dict[str, Any]:
         """Write a snapshot to the new directory `destination` under a storage node's backup root, whole or as
-        the changes since `incremental_parent` (`pvc.rpc.vm_backups`)."""
+        the changes since `incremental_parent` (`pvc.rpc.vm_backups`).
+
+        :raises NotFound: no such VM snapshot (or parent), or no export of the parent beside `destination`
+        :raises InvalidInput: a parent not older than the snapshot, a snapshot holding no volume, or a
+            destination outside the node's backup roots (or reached through a link)
+        :raises AlreadyExists: `destination` exists (nothing is overwritten)
+        :raises Conflict: the snapshot is being changed, or it and its parent hold different volumes
+        :raises Unavailable: this coordinator exports no snapshots, or no storage node answered
+        :raises OperationFailed: the storage or the node refused (its reason)
+        """
         return self._vm_backups().export(vm, snapshot, destination, incremental_parent)
 
     def snapshot_import(self, source: str, name: str | None = None, pool: str | None = None) -> dict[str, Any]:
-        """Define a new, stopped VM from the chain of exports ending at `source`."""
+        """Define a new, stopped VM from the chain of exports ending at `source`, checking the chain's order
+        and every checksum first.
+
+        :raises InvalidInput: a source outside the node's backup roots, or a broken, reordered or corrupted
+            chain (the message names what)
+        :raises AlreadyExists: a VM, or a volume, of the new names exists
+        :raises NotFound: no such pool, or no pool at all
+        :raises Unavailable: this coordinator imports no snapshots, or no storage node answered
+        :raises OperationFailed: the storage or the node refused (its reason)
+        """
         return self._vm_backups().import_(source, name, pool)
 
     def _vm_backups(self):
