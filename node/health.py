@@ -3,7 +3,6 @@ kept as the node's faults (`pvc.health.faults`).
 
 Checks get a `NodeContext`: what this daemon already knows (figures, when libvirt last answered) and a few
 bounded probes (a ZooKeeper round trip, the storage backend's judgement, the leader's version)."""
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -13,11 +12,10 @@ from kazoo.exceptions import KazooException
 from pvc import schema
 from pvc.health import libvirt_lost
 from pvc.health.faults import FaultRaiser
+from pvc.health.rounds import CheckedRounds
 from pvc.health.runner import CheckRunner
-from pvc.hookspecs import HealthCheck, HealthResult, StorageBackend
+from pvc.hookspecs import HealthCheck, StorageBackend
 from pvc.store import Store, Transaction
-
-log = logging.getLogger(__name__)
 
 NODE_CHECKS = "pvc_node_health_checks"
 
@@ -69,7 +67,7 @@ class NodeContext:
         return record.get("version")
 
 
-class NodeHealth:
+class NodeHealth(CheckedRounds):
     """Runs the node checks every `interval()` seconds and records each outcome as this node's fault."""
 
     def __init__(self, name: str, settings: Mapping[str, Any], store: Store, checks: Mapping[str, HealthCheck],
@@ -87,14 +85,3 @@ class NodeHealth:
                                                        cluster_config),
             self._record, interval, active=connected, thread_prefix="health",
             after_round=lambda: (self.raiser.prune(), after_round()))
-
-    def start(self) -> None:
-        self.runner.start()
-
-    def stop(self) -> None:
-        self.runner.stop()
-
-    def _record(self, check: str, result: HealthResult) -> None:
-        if result.delta:
-            log.warning("health check %s: %s (-%d)", check, result.message, result.delta)
-        self.raiser.report(check, result)

@@ -1,6 +1,5 @@
 """The leader's cluster health checks: run on the leader only, from its cache, their outcomes kept as the
 cluster's faults (``cluster.CHECK``), every write checking the leader's own election node."""
-import logging
 import time
 from typing import Any
 
@@ -9,13 +8,11 @@ from pvc.cache import OWN_VALUE
 from pvc.errors import NotLeader
 from pvc.health import zookeeper_words
 from pvc.health.faults import FaultRaiser
+from pvc.health.rounds import CheckedRounds
 from pvc.health.runner import CheckRunner
-from pvc.hookspecs import HealthResult
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc import tasks
 from pvc.store import Transaction
-
-log = logging.getLogger(__name__)
 
 CLUSTER_CHECKS = "pvc_cluster_health_checks"
 
@@ -49,8 +46,10 @@ class ClusterContext:
         return members
 
 
-class LeaderHealth:
+class LeaderHealth(CheckedRounds):
     """Runs the cluster checks every `interval` seconds while this coordinator leads."""
+
+    kind = "cluster health check"
 
     def __init__(self, context: CoordinatorContext, interval: float):
         self._context = context
@@ -72,14 +71,3 @@ class LeaderHealth:
             self.raiser.forget()
             return False
         return True
-
-    def start(self) -> None:
-        self.runner.start()
-
-    def stop(self) -> None:
-        self.runner.stop()
-
-    def _record(self, check: str, result: HealthResult) -> None:
-        if result.delta:
-            log.warning("cluster health check %s: %s (-%d)", check, result.message, result.delta)
-        self.raiser.report(check, result)
