@@ -42,12 +42,12 @@ class VMBackups:
         sizes = {}
         for volume in record["volumes"]:
             pool, name = volume.split("/", 1)
-            facts = (self._storage.volume_record(pool, name).get("snapshots") or {}).get(snapshot) or {}
+            facts = (self._storage._require_volume(pool, name).get("snapshots") or {}).get(snapshot) or {}
             sizes[volume] = facts.get("size_bytes")
         manifest = {"vm": vm, "snapshot": snapshot, "parent": incremental_parent, "spec": record["spec"],
                     "volumes": sizes}
-        node, agent_uri = self._storage.storage_node(record["volumes"][0].split("/", 1)[0])
-        written = self._storage.agent_call(node, agent_uri, "export_snapshot", manifest, destination)
+        node, agent_uri = self._storage._storage_node(record["volumes"][0].split("/", 1)[0])[:2]
+        written = self._storage._agent(node, agent_uri, "export_snapshot", manifest, destination)
         return {"vm": vm, "snapshot": snapshot, "parent": incremental_parent, "destination": destination,
                 "node": node, "bytes": sum(volume["bytes"] for volume in written["volumes"])}
 
@@ -57,8 +57,8 @@ class VMBackups:
         if pool is not None:
             self._storage.volume_list(pool)
         any_pool = pool or None
-        node, agent_uri = self._storage.storage_node(any_pool) if any_pool else self._any_storage_node()
-        links = self._storage.agent_call(node, agent_uri, "backup_chain", source)
+        node, agent_uri = self._storage._storage_node(any_pool)[:2] if any_pool else self._any_storage_node()
+        links = self._storage._agent(node, agent_uri, "backup_chain", source)
         last = links[-1]
         vm = schema.check_name("VM", name if name is not None else last["vm"])
         if self._context.store.read(schema.vm(vm)) is not None:
@@ -76,25 +76,25 @@ class VMBackups:
         domain_xml.parse(xml, allow_host_devices=True)
         pools = sorted({target.split("/", 1)[0] for target in targets.values()})
         store = self._context.store
-        with self._storage.pools_locked(pools):
+        with self._storage._pools_locked(pools):
             for volume in last["volumes"]:
                 new_pool, new_name = targets[volume["volume"]].split("/", 1)
                 storage_intents.begin_new(store, storage_records.volume_record(new_pool, new_name,
                                                                                 volume["size_bytes"]),
                                           "clone", self._context.name)
             try:
-                sizes = self._storage.agent_call(node, agent_uri, "restore_backup", source, targets)
+                sizes = self._storage._agent(node, agent_uri, "restore_backup", source, targets)
             except BaseException:
                 for target in targets.values():
-                    self._storage.agent_call(node, agent_uri, "volume_remove", *target.split("/", 1))
+                    self._storage._agent(node, agent_uri, "volume_remove", *target.split("/", 1))
                     storage_intents.forget(store, *target.split("/", 1))
-                    self._storage.refresh_volume(*target.split("/", 1))
+                    self._storage._refresh_volume(*target.split("/", 1))
                 raise
             for target, size_bytes in sizes.items():
                 record = store.read(schema.volume(*target.split("/", 1)))
                 store.transaction().set(schema.volume(*target.split("/", 1)),
                                         {**storage_intents.settled(record), "size_bytes": size_bytes}).commit()
-                self._storage.refresh_volume(*target.split("/", 1))
+                self._storage._refresh_volume(*target.split("/", 1))
         spec = last["spec"]
         try:
             return self._vms.define(xml, node_limit=spec.get("node_limit"), node_selector=spec.get("node_selector"),
@@ -102,11 +102,11 @@ class VMBackups:
                                     migration_method=spec.get("migration_method"),
                                     max_downtime=spec.get("max_downtime"))
         except BaseException:
-            with self._storage.pools_locked(pools):
+            with self._storage._pools_locked(pools):
                 for target in targets.values():
-                    self._storage.agent_call(node, agent_uri, "volume_remove", *target.split("/", 1))
+                    self._storage._agent(node, agent_uri, "volume_remove", *target.split("/", 1))
                     storage_intents.forget(store, *target.split("/", 1))
-                    self._storage.refresh_volume(*target.split("/", 1))
+                    self._storage._refresh_volume(*target.split("/", 1))
             raise
 
     def _settled(self, vm: str, snapshot: str) -> dict[str, Any]:
@@ -121,7 +121,7 @@ class VMBackups:
         pools = [view["name"] for view in self._storage.pool_list()]
         if not pools:
             raise NotFound("this cluster has no storage pool to import into")
-        return self._storage.storage_node(pools[0])
+        return self._storage._storage_node(pools[0])[:2]
 
 
 def _renamed(xml: str, vm: str, targets: dict[str, str], keep_uuid: bool) -> str:

@@ -80,9 +80,9 @@ class VMSnapshots:
                 raise AlreadyExists(f"VM '{vm}' has a snapshot named '{name}' already")
             node, take = self._taker(vm, desired, volumes, name, max_pause_s, not crash_consistent) \
                 if volumes else (None, lambda: {"paused_ms": None, "method": "none"})
-            with self._storage.pools_locked(_pools(volumes)):
+            with self._storage._pools_locked(_pools(volumes)):
                 for pool, volume in _pairs(volumes):
-                    if name in (self._storage.volume_record(pool, volume).get("snapshots") or {}):
+                    if name in (self._storage._require_volume(pool, volume).get("snapshots") or {}):
                         raise AlreadyExists(f"volume '{pool}/{volume}' has a snapshot named '{name}' already")
                 record = {"vm": vm, "name": name, "created": time.time(), "spec": _kept(spec),
                           "volumes": volumes, "crash_consistent": bool(crash_consistent)}
@@ -101,7 +101,7 @@ class VMSnapshots:
     def remove(self, vm: str, name: str) -> None:
         """Remove the snapshot: every volume snapshot it made, then its record."""
         record = self._require(vm, name)
-        with self._storage.pools_locked(_pools(record["volumes"])):
+        with self._storage._pools_locked(_pools(record["volumes"])):
             record = self._require(vm, name)
             self._begin(record, "remove")
             self._finish_remove(record)
@@ -117,7 +117,7 @@ class VMSnapshots:
             if desired.state in schema.RUNNING_STATES or status.get("running") is not False:
                 running = "unknown" if status.get("running") is None else "running"
                 raise Conflict(f"VM '{vm}' is {desired.state} ({running}): stop it before rolling it back")
-            with self._storage.pools_locked(_pools(record["volumes"])):
+            with self._storage._pools_locked(_pools(record["volumes"])):
                 self._begin(record, "rollback")
                 self._finish_rollback(record)
         self._control.converge(vm, [desired.placement.get("node")], wait=False)
@@ -154,7 +154,7 @@ class VMSnapshots:
     def _resolve(self, record: dict[str, Any]) -> str:
         vm, name, action = record["vm"], record["name"], record["intent"]["action"]
         label = f"{vm}@{name}"
-        with self._storage.pools_locked(_pools(record["volumes"]), timeout=RESOLVE_LOCK_TIMEOUT_S):
+        with self._storage._pools_locked(_pools(record["volumes"]), timeout=RESOLVE_LOCK_TIMEOUT_S):
             current = self._context.store.read(schema.vm_snapshot(vm, name))
             if not current or (current.get("intent") or {}).get("action") != action:
                 return f"{label}: settled meanwhile"
@@ -165,7 +165,7 @@ class VMSnapshots:
                 self._finish_remove(current)
                 return f"{label}: its removal was finished"
         with self._control.locked(vm):
-            with self._storage.pools_locked(_pools(record["volumes"]), timeout=RESOLVE_LOCK_TIMEOUT_S):
+            with self._storage._pools_locked(_pools(record["volumes"]), timeout=RESOLVE_LOCK_TIMEOUT_S):
                 self._finish_rollback(self._context.store.read(schema.vm_snapshot(vm, name)))
         return f"{label}: its rollback was finished"
 
@@ -188,8 +188,8 @@ class VMSnapshots:
             return node, lambda: self._context.agents.call(node, facts["agent_uri"], "vm_snapshot", vm, volumes,
                                                            name, max_pause_s, pause,
                                                            timeout=STORAGE_ACTION_TIMEOUT_S)
-        node, agent_uri = self._storage.storage_node(_pools(volumes)[0])
-        return node, lambda: self._storage.agent_call(node, agent_uri, "snapshot_volumes", vm, volumes, name)
+        node, agent_uri = self._storage._storage_node(_pools(volumes)[0])[:2]
+        return node, lambda: self._storage._agent(node, agent_uri, "snapshot_volumes", vm, volumes, name)
 
     def _still_taking(self, record: dict[str, Any]) -> bool:
         """Whether the node that takes a creation's volume snapshots may still be at it: it says so, or it
@@ -197,7 +197,7 @@ class VMSnapshots:
         node = record["intent"].get("node")
         facts = (self._context.cache.nodes.get(node) or {}).get(OWN_VALUE) or {} if node else {}
         try:
-            return bool(self._storage.agent_call(node, facts["storage_agent_uri"], "snapshot_in_progress",
+            return bool(self._storage._agent(node, facts["storage_agent_uri"], "snapshot_in_progress",
                                                  record["vm"], record["name"]))
         except Exception as error:
             if time.time() < record["intent"].get("deadline", 0):
@@ -225,7 +225,7 @@ class VMSnapshots:
         label = f"{record['vm']}@{record['name']}"
         transaction = self._context.store.transaction()
         for pool, volume in _pairs(record["volumes"]):
-            raw = self._storage.volume_record(pool, volume)
+            raw = self._storage._require_volume(pool, volume)
             snapshots = dict(raw.get("snapshots") or {})
             snapshots[record["name"]] = {"created": record["created"], "size_bytes": raw[OWN_VALUE]["size_bytes"],
                                          "vm_snapshot": label}
@@ -233,16 +233,16 @@ class VMSnapshots:
         transaction.set(schema.vm_snapshot(record["vm"], record["name"]), _settled(record))
         transaction.commit()
         for pool, volume in _pairs(record["volumes"]):
-            self._storage.refresh_volume(pool, volume)
+            self._storage._refresh_volume(pool, volume)
 
     def _undo_create(self, record: dict[str, Any]) -> None:
         for pool, volume in _pairs(record["volumes"]):
-            self._storage.pool_agent(pool)("snapshot_remove", pool, volume, record["name"])
+            self._storage._pool_agent(pool)("snapshot_remove", pool, volume, record["name"])
         self._forget(record)
 
     def _finish_remove(self, record: dict[str, Any]) -> None:
         for pool, volume in _pairs(record["volumes"]):
-            self._storage.pool_agent(pool)("snapshot_remove", pool, volume, record["name"])
+            self._storage._pool_agent(pool)("snapshot_remove", pool, volume, record["name"])
         self._forget(record)
 
     def _forget(self, record: dict[str, Any]) -> None:
@@ -257,7 +257,7 @@ class VMSnapshots:
         transaction.delete(schema.vm_snapshot(record["vm"], record["name"]))
         transaction.commit()
         for pool, volume in _pairs(record["volumes"]):
-            self._storage.refresh_volume(pool, volume)
+            self._storage._refresh_volume(pool, volume)
 
     def _finish_rollback(self, record: dict[str, Any]) -> None:
         """Every step repeats safely: the volumes return to the snapshot (again), the VM's record takes the
@@ -265,7 +265,7 @@ class VMSnapshots:
         vm, name = record["vm"], record["name"]
         sizes = {}
         for pool, volume in _pairs(record["volumes"]):
-            agent = self._storage.pool_agent(pool)
+            agent = self._storage._pool_agent(pool)
             agent("snapshot_rollback", pool, volume, name)
             sizes[(pool, volume)] = agent("volume_size", pool, volume)
         desired = self._control.desired(vm)
@@ -280,7 +280,7 @@ class VMSnapshots:
         transaction.set(schema.vm_snapshot(vm, name), _settled(record))
         transaction.commit()
         for pool, volume in sizes:
-            self._storage.refresh_volume(pool, volume)
+            self._storage._refresh_volume(pool, volume)
 
     def _require(self, vm: str, name: str) -> dict[str, Any]:
         schema.check_name("VM", vm)

@@ -611,79 +611,17 @@ class StorageArea:
     # -- for whole-VM snapshots (`pvc.rpc.vm_snapshots`) --------------------------------------------------
 
     @contextmanager
-    def pools_locked(self, pools: list[str], timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-        """Hold the locks of several pools, always taken in name order so that two holders never deadlock.
-
-        Internal: a helper of `pvc.rpc.vm_snapshots` and `pvc.rpc.vm_backups`, not meant for clients; public only
-        because those modules call it, and so reachable over Pyro5 like every public method of an exposed
-        area. Do not call it from a script.
-
-        :raises NotFound: no such pool
-        :raises Busy: another change holds a pool's lock
-        """
+    def _pools_locked(self, pools: list[str], timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+        """Hold the locks of several pools (for `pvc.rpc.vm_snapshots` and `pvc.rpc.vm_backups`), always taken in
+        name order so that two holders never deadlock."""
         with ExitStack() as stack:
             for pool in sorted(set(pools)):
                 self._require_pool(pool)
                 stack.enter_context(self._pool_lock(pool, timeout))
             yield
 
-    def storage_node(self, pool: str) -> tuple[str, str]:
-        """A running node serving `pool`: its name and its storage agent's URI.
-
-        Internal: a helper of `pvc.rpc.vm_snapshots` and `pvc.rpc.vm_backups`, not meant for clients; public only
-        because those modules call it, and so reachable over Pyro5 like every public method of an exposed
-        area. Do not call it from a script.
-
-        :raises NotFound: no such pool
-        :raises Unavailable: no running node serves the pool's backend
-        """
-        node, agent_uri, _backend = self._storage_node(pool)
-        return node, agent_uri
-
-    def agent_call(self, node: str, agent_uri: str, method: str, *args: Any) -> Any:
-        """A storage action on that node, with the time storage actions get.
-
-        Internal: a helper of `pvc.rpc.vm_snapshots` and `pvc.rpc.vm_backups`, not meant for clients; public only
-        because those modules call it, and so reachable over Pyro5 like every public method of an exposed
-        area. Do not call it from a script.
-
-        :raises Unavailable: the node's agent did not answer
-        :raises OperationFailed: the storage refused (its reason)
-        """
-        return self._agent(node, agent_uri, method, *args)
-
-    def pool_agent(self, pool: str) -> storage_intents.Agent:
-        """A storage action on a running node serving `pool`: ``agent(method, *args)``.
-
-        Internal: a helper of `pvc.rpc.vm_snapshots` and `pvc.rpc.vm_backups`, not meant for clients; public only
-        because those modules call it, and so reachable over Pyro5 like every public method of an exposed
-        area. Do not call it from a script.
-
-        :raises NotFound: no such pool
-        :raises Unavailable: no running node serves the pool's backend
-        """
-        return self._pool_agent(pool)
-
-    def volume_record(self, pool: str, volume: str) -> dict[str, Any]:
-        """The volume's watched record and snapshots (``OWN_VALUE`` and ``"snapshots"``), once it exists.
-
-        Internal: a helper of `pvc.rpc.vm_snapshots` and `pvc.rpc.vm_backups`, not meant for clients; public only
-        because those modules call it, and so reachable over Pyro5 like every public method of an exposed
-        area. Do not call it from a script.
-
-        :raises NotFound: no such pool or volume
-        """
-        return self._require_volume(pool, volume)
-
-    def refresh_volume(self, pool: str, volume: str) -> None:
-        """Read the volume's record into this coordinator's cache again, after a write of its own.
-
-        Internal: a helper of `pvc.rpc.vm_snapshots` and `pvc.rpc.vm_backups`, not meant for clients; public only
-        because those modules call it, and so reachable over Pyro5 like every public method of an exposed
-        area. Do not call it from a script.
-
-        :raises Unavailable: ZooKeeper did not answer
-        """
+    def _refresh_volume(self, pool: str, volume: str) -> None:
+        """Read the volume's record into this coordinator's cache again, after a write of its own."""
         self._volumes.refresh(schema.volume_key(pool, volume))
 
     def _refuse_if_used(self, pool: str, name: str, action: str, force: bool) -> None:
