@@ -118,6 +118,9 @@ class ProvisionExecution:
         except PVCError as error:
             log.warning("creation of VM %s failed: %s; removing what it made", self._plan["vm"], error)
             self._save(rollback=str(error), error_class=type(error).__name__)
+        except Exception as error:
+            self._note(error)  # tried again like a transient error, but a creation that gives up says why
+            raise
         self._roll_back()
 
     # -- creating -------------------------------------------------------------------------------------
@@ -335,11 +338,12 @@ class ProvisionExecution:
 
     # -- recording ------------------------------------------------------------------------------------
 
-    def _note(self, error: PVCError) -> None:
+    def _note(self, error: Exception) -> None:
         if isinstance(error, NotLeader):
             return
+        said = str(error) if isinstance(error, PVCError) else f"{type(error).__name__}: {error}"
         try:
-            self._save(last_error=str(error))
+            self._save(last_error=said)
         except PVCError:
             pass
 
