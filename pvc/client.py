@@ -25,8 +25,11 @@ from pvc import config, connections, wire
 from pvc.errors import AuthenticationError, ConfigError, Unavailable
 from pvc.handshake import authenticated_proxy, use_tls
 
-SLOW_VM_METHODS = ("snapshot_create", "snapshot_remove", "snapshot_rollback", "snapshot_export", "snapshot_import")
-"""VM calls that copy volume data on a node: they get `SLOW_CALL_TIMEOUT_S`."""
+SLOW_METHODS = (*(("vms", method) for method in ("snapshot_create", "snapshot_remove", "snapshot_rollback",
+                                                  "snapshot_export", "snapshot_import")),
+                ("provisioner", "ova_remove"))
+"""Calls that copy or rewrite volume data on a node (a forced OVA removal flattens the clones of the VMs made
+from it): they get `SLOW_CALL_TIMEOUT_S`."""
 SLOW_CALL_TIMEOUT_S = 600.0
 AREAS = ("cluster", "nodes", "vms", "storage", "provisioner", "networks")
 URI_SCHEME = "pvc://"
@@ -108,7 +111,7 @@ class Connection:
         self._preferred = 0
         self._local = threading.local()
         self.call_timeouts: dict[str | tuple[str, str], float] = {
-            ("vms", method): SLOW_CALL_TIMEOUT_S for method in SLOW_VM_METHODS}
+            slow: SLOW_CALL_TIMEOUT_S for slow in SLOW_METHODS}
         """Per area (or per ``(area, method)``), a longer wait than `timeout` for calls that do slow work
         (storage actions copy data)."""
 

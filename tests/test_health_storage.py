@@ -14,7 +14,9 @@ def test_a_stopped_osd_is_a_storage_fault_until_it_runs_again(storage_cluster, p
         return
     private_ceph.stop_osd()
     try:
-        fault = eventually(lambda: storage_fault(storage_cluster), timeout=40)
+        # Ceph first reports its placement groups degraded, and the OSD down once its heartbeat grace is over.
+        fault = eventually(lambda: "OSDs down" in (storage_fault(storage_cluster) or {}).get("message", "")
+                           and storage_fault(storage_cluster), timeout=60)
         health = storage_cluster.client.nodes.info("hv1")["health"]
     finally:
         private_ceph.start_osd()
