@@ -11,8 +11,9 @@ from typing import Iterator
 import libvirt
 import pytest
 
+from pvc import schema
 from conftest import RunningCluster, started_cluster
-from helpers import eventually
+from helpers import cluster_store, eventually
 from vm_support import pvc
 
 NET = "169.254.{}.0/24"
@@ -21,8 +22,14 @@ NET = "169.254.{}.0/24"
 @pytest.fixture(scope="module")
 def lab_cluster(tmp_path_factory) -> Iterator[RunningCluster]:
     """Three test-driver hosts, each pvcnoded and libvirtd in its own lab namespace; hv1 routes (the first
-    ready router node), hv2 and hv3 make only what their VMs need."""
-    yield from started_cluster(Path(tmp_path_factory.mktemp("networks")), nodes=3, coordinators=1, lab=True)
+    ready router node), hv2 and hv3 make only what their VMs need. The leader gives the router role once every
+    node is ready, and the tests begin once hv1 has taken it (before that no network has a router)."""
+    for cluster in started_cluster(Path(tmp_path_factory.mktemp("networks")), nodes=3, coordinators=1, lab=True):
+        with cluster_store(cluster.local) as store:
+            assert eventually(lambda: (store.read(schema.NETWORK_ROUTER) or {}).get("node") == "hv1" and
+                              (store.read(schema.node_key("hv1", "networks")) or {}).get("routing"), 60), \
+                "hv1 never took the router role"
+        yield cluster
 
 
 def ok(result) -> str:
@@ -322,9 +329,10 @@ class StandIn:
         return result.stdout if check else result.stdout + result.stderr
 
     def lease(self) -> str:
-        """The address udhcpc was given, after a DHCP exchange across the network."""
-        out = self.run("busybox", "udhcpc", "-i", "eth0", "-s", str(self.script), "-f", "-q", "-n", "-t", "10",
-                       "-T", "1", timeout=30)
+        """The address udhcpc was given, after a DHCP exchange across the network. Asked for up to 30 s: the
+        router (re)starts the network's dnsmasq on its next pass after the network is added."""
+        out = self.run("busybox", "udhcpc", "-i", "eth0", "-s", str(self.script), "-f", "-q", "-n", "-t", "30",
+                       "-T", "1", timeout=45)
         return out.split("lease ", 1)[1].split("/", 1)[0]
 
     def resolves(self, name: str, server: str) -> str | None:
