@@ -38,6 +38,11 @@ class TargetUnreachable(OperationFailed):
     """The target's libvirtd did not answer: it could not start the VM after a shutdown either."""
 
 
+class TargetNotReached(TargetUnreachable):
+    """This host's libvirtd could not even open a connection to the target's: the migration never began, so the
+    guest is where it was. Any later failure (a connection lost midway) leaves that open."""
+
+
 @dataclass(frozen=True)
 class MigrationTarget:
     """Where a live migration goes: the target libvirtd's URI, the address its memory stream connects to,
@@ -277,6 +282,8 @@ class DomainActions:
     def __init__(self, hypervisor: Hypervisor, shutdown_timeout: float):
         self._hypervisor = hypervisor
         self._shutdown_timeout = shutdown_timeout
+        self._peer_lock = threading.Lock()
+        self._peer_asks: dict[str, threading.Thread] = {}
 
     def _lookup(self, name: str) -> "libvirt.virDomain | None":
         """The domain, or None when libvirt says it has none; call only inside `Hypervisor.call`."""
@@ -410,11 +417,38 @@ class DomainActions:
         """Every timed-out call on a domain that libvirtd may still carry out (`Hypervisor.in_flight`)."""
         return self._hypervisor.calls_in_flight()
 
+    def copy_state(self, name: str) -> str | None:
+        """What this host's copy of `name` is doing: ``off`` (shut off, or no such domain), ``paused`` (it
+        exists but runs no guest code: paused, or the source left behind by a migration) or ``running``;
+        None when libvirt could not be asked."""
+        try:
+            return self._on_domain("state check", name, _copy_state) or "off"
+        except (OperationFailed, Unavailable) as error:
+            log.warning("%s", error)
+            return None
+
+    def peer_copy_state(self, uri: str, name: str, timeout: float) -> str | None:
+        """`copy_state` asked of another host's libvirtd at `uri` (a live migration's target), over a
+        connection of its own; None when it did not answer within `timeout`. While an earlier ask of that host
+        is stuck, it is not asked again: a frozen peer holds one thread, not one a pass."""
+        with self._peer_lock:
+            stuck = self._peer_asks.get(uri)
+            if stuck is not None and stuck.is_alive():
+                return None
+            answer: list[str] = []
+            worker = threading.Thread(target=_ask_peer, args=(uri, name, answer), daemon=True,
+                                      name=f"ask-peer-{name}")
+            self._peer_asks[uri] = worker
+            worker.start()
+        worker.join(timeout)
+        return answer[0] if answer and not worker.is_alive() else None
+
     def migrate_live(self, name: str, target: "MigrationTarget", max_downtime_ms: int | None,
                      shared_storage: bool, timeout: float) -> None:
         """Move the running guest to `target` without stopping it (peer to peer: this libvirtd talks to the
-        target's). A migration still running after `timeout` is aborted; on any failure the guest keeps
-        running here, and the error says why."""
+        target's). A migration still running after `timeout` is aborted. A failure says why, not where the
+        guest now runs: libvirt may have resumed it on the target before the error (this libvirtd lost midway,
+        say), so the caller asks both hosts (`copy_state`, `peer_copy_state`) before it believes either."""
         domain = self._on_domain("live migration", name, lambda found: found)
         if domain is None:
             raise OperationFailed(f"{name} is not defined on this node")
@@ -464,10 +498,38 @@ class DomainActions:
                 raise error
             message = f"live migration of {name} to {target.uri} failed: {error.get_error_message()}"
             if _unreachable(error):
+                if "unable to connect to server" in error.get_error_message().lower():
+                    raise TargetNotReached(message) from None
                 raise TargetUnreachable(message) from None
             raise OperationFailed(message) from None
 
 
+def _copy_state(domain: "libvirt.virDomain") -> str:
+    """`DomainActions.copy_state` of a domain; call only inside a libvirt call's worker."""
+    state = domain.state()[0]
+    if state == libvirt.VIR_DOMAIN_SHUTOFF:
+        return "off"
+    if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED, libvirt.VIR_DOMAIN_SHUTDOWN):
+        return "running"
+    return "paused"
+
+
+def _ask_peer(uri: str, name: str, answer: list[str]) -> None:
+    """Append `copy_state` of `name` on the libvirtd at `uri` to `answer`, or nothing when it cannot be told."""
+    try:
+        connection = libvirt.open(uri)
+    except libvirt.libvirtError as error:
+        log.warning("cannot ask libvirt at %s about %s: %s", uri, name, error.get_error_message())
+        return
+    try:
+        answer.append(_copy_state(connection.lookupByName(name)))
+    except libvirt.libvirtError as error:
+        if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            answer.append("off")
+        else:
+            log.warning("cannot ask libvirt at %s about %s: %s", uri, name, error.get_error_message())
+    finally:
+        connection.close()
 
 
 def _identity(domain: "libvirt.virDomain") -> Identity:

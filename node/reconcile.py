@@ -36,12 +36,15 @@ from pvc.cache import OWN_VALUE, WatchedCollection
 from pvc.errors import OperationFailed, PVCError, Unavailable
 from pvc.hookspecs import StorageBackend
 from pvc.node.host_xml import HostPaths, device_for_host, for_host
-from pvc.node.hypervisor import DomainActions, MigrationTarget, TargetUnreachable, timed_out
+from pvc.node.hypervisor import DomainActions, MigrationTarget, TargetNotReached, TargetUnreachable, timed_out
 from pvc.node.network.node_networks import NodeNetworks, made_on
 from pvc.node.ownership import NodeOwnership
 from pvc.store import Store
 
 log = logging.getLogger(__name__)
+
+PEER_ASK_TIMEOUT_S = 5.0
+"""How long the source of a failed live migration waits for the target's libvirt to say whether it runs the VM."""
 
 TARGET_NETWORKS_WAIT_S = 10.0
 """How long a live migration's source waits for its target to make the VM's networks (the target makes them on
@@ -95,6 +98,13 @@ class Reconciler:
             placement = raw.get("placement") or {}
             try:
                 self._settle_late_calls(name, raw)
+                status = raw.get("status") or {}
+                if status.get("node") == self.node and status.get("migrating_to"):
+                    unsettled = self._settle_migration(name, raw)
+                    if unsettled is not None:
+                        return unsettled
+                    raw = self._reread(name) or raw
+                    placement = raw.get("placement") or {}
                 if raw.get("state") == "remove":
                     return self._remove_marked(name, raw)
                 if placement.get("node") != self.node:
@@ -211,6 +221,12 @@ class Reconciler:
         status = raw.get("status") or {}
         if _awaits(status, self.node, "keep", raw[ACTED_ON], "placement"):
             return status
+        if status.get("node") not in (None, self.node) and status.get("running") is not False \
+                and self._actions.is_running(name):
+            # Another node holds the VM and may run it (the target of a migration whose source lost its
+            # libvirtd midway, which then left its paused copy here): this copy is the one that must go.
+            log.warning("%s has a copy here, but node %s holds it: stopping this copy", name, status["node"])
+            self._actions.stop(name)
         if not self._actions.exists(name):
             if status.get("node") == self.node and status.get("running") is not False:
                 # Our last word was "running" or "unknown" (libvirt did not answer then); libvirt has just
@@ -226,7 +242,8 @@ class Reconciler:
         if self._actions.is_running(name) and target:
             outcome = self._migrate_live(name, raw, target)
             if outcome != "shutdown":
-                return {"node": target if outcome == "moved" else self.node, "running": True}
+                return {"node": target if outcome == "moved" else self.node,
+                        "running": None if outcome == "unsettled" else True}
         self._actions.shutdown(name)
         self._actions.undefine(name)
         return self._handed_over(name, raw)
@@ -245,7 +262,12 @@ class Reconciler:
         shutting it down (method ``shutdown``, no live migration here, or ``auto`` after a failure the target
         could have survived); ``kept`` when method ``live`` failed, or the target's hypervisor did not answer
         (a shut-down VM could not start there either): the VM never stopped, so it stays here, placed back,
-        with the error.
+        with the error; ``unsettled`` when the migration failed and neither host has said yet where the VM
+        runs (`_settle_migration` finds out on later passes).
+
+        The status names the target (``migrating_to``) before libvirt is asked to move anything, and keeps
+        naming it until the target is known not to run the VM: a failed migration may have resumed the guest
+        there (libvirt resumes the target before it tells the source), and until then no node may start it.
         """
         forced = bool((raw.get("placement") or {}).get("force_live"))
         method = "live" if forced else raw[OWN_VALUE].get("migration_method") or \
@@ -262,19 +284,62 @@ class Reconciler:
             self._target_networks_ready(raw, target)
             destination = MigrationTarget(record["migration_uri"], record.get("migration_stream_uri"),
                                           self._host_xml(raw[OWN_VALUE]["xml"], HostPaths.from_record(record)))
+        except OperationFailed as error:
+            return self._live_migration_failed(name, raw, method, error)
+        self._record_migration_intent(name, target)
+        try:
             self._actions.migrate_live(name, destination, raw[OWN_VALUE].get("max_downtime"),
                                        self._storage.shares_volumes, self._migration_timeout)
         except OperationFailed as error:
-            if method == "auto" and not isinstance(error, TargetUnreachable):
-                log.warning("%s: live migration failed (%s); falling back to shutdown migration", name, error)
-                self._fallback_notes[name] = f"live migration failed ({error}); migrated by shutting it down"
-                return "shutdown"
-            self._write_status_if_ours(name, {
-                "node": self.node, "running": True, "error": str(error), "unknown": None, "time": time.time(),
-                "generation": (raw.get("status") or {}).get("generation"),
-                "request": {"kind": "keep", "placement_zxid": raw[ACTED_ON].get("placement"),
-                            "reason": str(error)}})
-            return "kept"
+            outcome = "here" if isinstance(error, TargetNotReached) else self._migration_outcome(name, target)
+            if outcome == "there":
+                self._record_moved(name, raw, target)
+                return "moved"
+            if outcome is None:
+                self._report_unsettled(name, self._reread(name) or raw, target, str(error))
+                return "unsettled"
+            return self._live_migration_failed(name, raw, method, error)
+        self._record_moved(name, raw, target)
+        return "moved"
+
+    def _live_migration_failed(self, name: str, raw: dict[str, Any], method: str, error: OperationFailed) -> str:
+        """The VM did not move and runs here (the target was shown not to run it): fall back to a shutdown
+        migration where the method allows, else keep it here (see `_migrate_live`)."""
+        if method == "auto" and not isinstance(error, TargetUnreachable):
+            log.warning("%s: live migration failed (%s); falling back to shutdown migration", name, error)
+            self._fallback_notes[name] = f"live migration failed ({error}); migrated by shutting it down"
+            return "shutdown"
+        self._keep_here(name, raw, str(error))
+        return "kept"
+
+    def _keep_here(self, name: str, raw: dict[str, Any], reason: str) -> dict[str, Any]:
+        """Ask the leader to place the VM back here, where it stayed, with why."""
+        status = {"node": self.node, "running": self._actions.is_running(name), "error": reason, "unknown": None,
+                  "time": time.time(), "generation": (raw.get("status") or {}).get("generation"),
+                  "request": {"kind": "keep", "placement_zxid": raw[ACTED_ON].get("placement"), "reason": reason}}
+        self._write_status_if_ours(name, status)
+        return status
+
+    def _record_migration_intent(self, name: str, target: str) -> None:
+        """Name the target in the status this node holds, before libvirt moves anything; a status that is not
+        this node's, or a write that fails, stops the migration here."""
+        path = schema.vm_key(name, "status")
+        try:
+            data, stat = self._store.zk.get(path)
+        except NoNodeError:
+            data, stat = None, None
+        status = (schema.decode(data) or {}) if data else {}
+        if status.get("node") not in (None, self.node):
+            raise OperationFailed(f"node {status['node']} holds {name}; it is not migrated from here")
+        intent = {**status, "node": self.node, "migrating_to": target}
+        transaction = self._ownership.transaction()
+        if stat is None:
+            transaction.create(path, intent)
+        else:
+            transaction.set(path, intent, version=stat.version)
+        transaction.commit()
+
+    def _record_moved(self, name: str, raw: dict[str, Any], target: str) -> None:
         try:
             self._ownership.transaction().set(schema.vm_key(name, "status"), {
                 "node": target, "running": True, "error": None, "generation": raw[OWN_VALUE].get("generation"),
@@ -282,7 +347,50 @@ class Reconciler:
         except PVCError as error:
             log.warning("%s moved to %s, not recorded (%s): the next pass reports it gone from here", name, target,
                         error)
-        return "moved"
+
+    def _migration_outcome(self, name: str, target: str) -> str | None:
+        """Where a live migration that failed left the VM: ``here`` once the target's libvirt answers that it
+        has no copy; ``there`` once the target runs it and the copy here runs no guest code (it is stopped
+        first); None while either is not known (a host that does not answer, a target copy still paused)."""
+        uri = (self._store.read(schema.node(target)) or {}).get("migration_uri")
+        there = self._actions.peer_copy_state(uri, name, PEER_ASK_TIMEOUT_S) if uri else None
+        if there == "off":
+            return "here"
+        if there != "running" or self._actions.copy_state(name) not in ("off", "paused"):
+            return None
+        self._actions.stop(name)
+        return "there"
+
+    def _settle_migration(self, name: str, raw: dict[str, Any]) -> dict[str, Any] | None:
+        """A live migration from here failed without saying where the VM runs (`_migrate_live`): ask again.
+        Returns the VM's report while it stays unsettled; None once it ran here all along, the status no
+        longer naming the target."""
+        status = raw["status"]
+        target = status["migrating_to"]
+        outcome = self._migration_outcome(name, target)
+        if outcome is None:
+            return self._report_unsettled(name, raw, target, status.get("error") or "its libvirt call failed")
+        if outcome == "there":
+            log.info("%s: the live migration to %s that failed had moved it", name, target)
+            self._record_moved(name, raw, target)
+            return {"node": target, "running": True}
+        reason = f"live migration to {target} failed: {status.get('error') or 'see the node log'}"
+        if (raw.get("placement") or {}).get("node") != self.node:
+            return self._keep_here(name, raw, reason)
+        self._write_status_if_ours(name, {**status, "migrating_to": None, "unknown": None, "time": time.time(),
+                                          "running": self._actions.is_running(name)})
+        return None
+
+    def _report_unsettled(self, name: str, raw: dict[str, Any], target: str, error: str) -> dict[str, Any]:
+        status = raw.get("status") or {}
+        report = {**status, "node": self.node, "running": None, "migrating_to": target, "error": error,
+                  "unknown": f"a live migration to {target} failed midway and {target} has not shown that it does "
+                             "not run the VM; no node starts it until then", "time": time.time()}
+        if _unchanged(status, report):
+            return status
+        log.warning("%s: %s", name, report["unknown"])
+        self._write_status_if_ours(name, report)
+        return report
 
     def _hold(self, name: str, raw: dict[str, Any]) -> dict[str, Any]:
         spec, state = raw[OWN_VALUE], raw.get("state") or "stop"
@@ -316,6 +424,8 @@ class Reconciler:
             return self._failed(name, raw, str(error))
         if _awaits(status, self.node, "return", raw[ACTED_ON], "placement"):
             return status
+        if status.get("node") not in (None, self.node) and status.get("migrating_to") == self.node:
+            return self._take_over_migrated(name, raw)
         running = self._actions.is_running(name)
         if status.get("node") not in (None, self.node) and status.get("running") is not False and not running:
             return status
@@ -326,6 +436,28 @@ class Reconciler:
         if _unchanged(status, report):
             return status
         self._write_status_if_ours(name, report)
+        return report
+
+    def _take_over_migrated(self, name: str, raw: dict[str, Any]) -> dict[str, Any]:
+        """This node is the target of a live migration its source has not settled: once the guest runs here
+        (resumed, not a paused incoming copy that libvirt may yet discard), this node says so, which settles
+        it; the source then stops whatever copy it has left."""
+        path = schema.vm_key(name, "status")
+        data, stat = self._store.zk.get(path)
+        status = schema.decode(data) or {}
+        if status.get("migrating_to") != self.node or self._actions.copy_state(name) != "running":
+            return status
+        report = {"node": self.node, "running": True, "error": None, "unknown": None,
+                  "generation": raw[OWN_VALUE].get("generation"), "time": time.time(),
+                  "request": self._settle_request(raw, raw.get("state") or "stop", True)}
+        try:
+            self._ownership.transaction().set(path, report, version=stat.version).commit()
+        except PVCError as error:
+            log.info("%s runs here after a migration from %s; not recorded yet (%s)", name, status.get("node"),
+                     error)
+            return status
+        log.info("%s runs here: the live migration from %s that it did not settle moved it", name,
+                 status.get("node"))
         return report
 
     def _host_xml(self, xml: str, paths: HostPaths) -> str:
@@ -401,25 +533,32 @@ class Reconciler:
         status_path = schema.vm_key(name, "status")
         stat = zk.exists(status_path)
         current = schema.decode(zk.get(status_path)[0]) if stat else {}
-        fenced = None
-        if current.get("node") not in (None, self.node) and current.get("running") is not False:
-            # Only a report from that node that its copy is off, or a confirmed fence of that node, lets this
-            # one start: "running" and "unknown" (it could not ask libvirt) both mean a copy may still run.
-            fenced = self._fenced(current["node"])
-            if fenced is None:
-                log.info("%s may still run on %s (%s): waiting before starting it here", name, current.get("node"),
+        # Only a report from a node that its copy is off, or a confirmed fence of that node, lets this one
+        # start: "running" and "unknown" (it could not ask libvirt) both mean a copy may still run there, and
+        # so does an unsettled live migration's target.
+        holder, target = current.get("node"), current.get("migrating_to")
+        fences = {}
+        if holder not in (None, self.node) and current.get("running") is not False:
+            fences[holder] = self._fenced(holder)
+            if fences[holder] is None:
+                log.info("%s may still run on %s (%s): waiting before starting it here", name, holder,
                          "unknown: " + current["unknown"] if current.get("unknown") else "running")
                 return False
+        if target not in (None, self.node) and not self._off_on_migration_target(name, target, holder):
+            fences[target] = self._fenced(target)
+            if fences[target] is None:
+                log.info("%s may run on %s, the target of a live migration from %s that did not settle: waiting "
+                         "before starting it here", name, target, holder)
+                return False
         claim = {**current, "node": self.node, "running": True, "error": None, "unknown": None,
-                 "time": time.time()}
+                 "migrating_to": None, "time": time.time()}
         try:
             transaction = self._ownership.transaction() \
                 .check(own_state_path, own_stat.version) \
                 .check(schema.vm_key(name, "placement"), placement_stat.version)
-            if fenced is not None:
-                state_version, record_version = fenced
-                transaction.check(schema.node_key(current["node"], "daemon_state"), state_version) \
-                    .check(schema.node(current["node"]), record_version)
+            for other, (state_version, record_version) in fences.items():
+                transaction.check(schema.node_key(other, "daemon_state"), state_version) \
+                    .check(schema.node(other), record_version)
             if stat:
                 transaction.set(status_path, claim, version=stat.version)
             else:
@@ -429,6 +568,15 @@ class Reconciler:
             log.info("claim of %s lost a race (%s); will retry", name, error)
             return False
         return True
+
+    def _off_on_migration_target(self, name: str, target: str, source: str | None) -> bool:
+        """Whether the target of a live migration that its source never settled is known not to run the VM:
+        only once the source is fenced (off: nothing can resume the target's copy any more), and the target's
+        libvirt answers that it has none."""
+        if source is None or source == self.node or self._fenced(source) is None:
+            return False
+        uri = (self._store.read(schema.node(target)) or {}).get("migration_uri")
+        return bool(uri) and self._actions.peer_copy_state(uri, name, PEER_ASK_TIMEOUT_S) == "off"
 
     def _report_unknown(self, name: str, raw: dict[str, Any], reason: str) -> dict[str, Any]:
         """Say that libvirt could not be asked about a VM this node holds: never "not running", which would

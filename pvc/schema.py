@@ -54,8 +54,10 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
     /pvc/vms/NAME/status               N   what a node last reported: {"node", "running": true | false | null
                                            (unknown: it could not ask libvirt, with "unknown": why), "error",
                                            "request": what it asks the leader to record, or null,
-                                           "removed": true once it undefined a VM marked ``remove``}; a node
-                                           claims a VM by writing running here before it starts it
+                                           "removed": true once it undefined a VM marked ``remove``,
+                                           "migrating_to": the target of a live migration from this node
+                                           until the target is known not to run it}; a node claims a VM by
+                                           writing running here before it starts it
     /pvc/vm_uuids/UUID                 C,L the VM name holding a UUID; created with the VM, so UUIDs stay unique;
                                            deleted with the record, once a removal is confirmed
     /pvc/locks/vms/NAME                C   kazoo lock serialising commands on one VM

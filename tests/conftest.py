@@ -67,8 +67,15 @@ class RunningCluster:
         libvirt's RUNNING state counts: a paused incoming-migration target is not (yet) running."""
         connection = libvirt.open(self.local.host(node).uri)
         try:
-            return {domain.name(): domain.state()[0] == libvirt.VIR_DOMAIN_RUNNING
-                    for domain in connection.listAllDomains()}
+            found = {}
+            for domain in connection.listAllDomains():
+                try:
+                    found[domain.name()] = domain.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+                except libvirt.libvirtError as error:
+                    if error.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
+                    # gone since it was listed (a migration's source, undefined as it ends)
+            return found
         finally:
             connection.close()
 

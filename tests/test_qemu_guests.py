@@ -20,6 +20,7 @@ from pvc.errors import OperationFailed
 from guest_support import (boot_guests, console_text, guest_xml, heartbeats, qemu_pid, volume_marker,
                            wait_heartbeat)
 from helpers import cluster_store, eventually
+from slow_libvirt import MigrationRelay
 from pvc import schema
 from pvc.node_stats_fields import DISK_FIELDS, VM_FIELDS
 from vm_support import (assert_no_vm_on_two_hosts, fence_deadline_beyond_restarts, pvc, restart_node_daemon,
@@ -173,6 +174,41 @@ def test_a_live_migration_that_cannot_succeed_leaves_the_guest_running_where_it_
     assert qemu_pid(qemu_cluster, source, mover) == pid, "the guest never stopped"
     wait_heartbeat(qemu_cluster, mover, source, after=heartbeats(qemu_cluster, mover, source)[-1].counter)
     assert_no_vm_on_two_hosts(qemu_cluster)
+
+
+def test_a_migration_whose_source_libvirtd_dies_after_the_target_resumed_ends_on_the_target(qemu_cluster, mover):
+    """The target has resumed the guest, and its answer to the migration's Finish step is held; the source's
+    libvirtd dies then, leaving a paused copy that no libvirt will settle. The node that asked for the migration
+    gets an error it cannot tell from "the target did not answer", and cannot ask its own libvirt. It may not
+    report that it kept the VM (once the paused copy went, another node could start a second one): the VM is
+    recorded where it runs, the stale copy is stopped, and the guest never boots again."""
+    client, local = qemu_cluster.client, qemu_cluster.local
+    source = client.vms.info(mover)["node"]
+    target = next(name for name in local.node_names if name != source)
+    beat = wait_heartbeat(qemu_cluster, mover, source)
+    relay = MigrationRelay(local.host(target).settings["libvirt_port"])
+    local.stop_daemon("pvcnoded", target)
+    restart_node_daemon(qemu_cluster, target, migration_uri=relay.uri())
+    try:
+        relay.hold_next_finish()
+        client.vms.migrate(mover, target=target)
+        assert relay.finish_held.wait(60), f"no migration's Finish answer passed the relay: {relay.procedures}"
+        assert eventually(lambda: qemu_cluster.host_domains(target).get(mover) is True, 10)
+        local.host(source).stop_libvirtd()
+        assert eventually(lambda: (lambda vm: (vm["node"], vm["running"]))(client.vms.info(mover)) == (target, True),
+                          30), client.vms.info(mover)
+        local.host(source).start_libvirtd()
+        assert eventually(lambda: mover not in qemu_cluster.host_domains(source), 30), \
+            f"the source keeps its stale copy: {qemu_cluster.host_domains(source)}"
+        assert wait_heartbeat(qemu_cluster, mover, target, after=beat.counter).boot_id == beat.boot_id, \
+            "the guest moved live: it never booted again"
+        assert eventually(lambda: client.vms.info(mover)["state"] == "start", 10), client.vms.info(mover)
+        wait_running_on(qemu_cluster, mover, target)
+    finally:
+        relay.close()
+        local.host(source).start_libvirtd()
+        local.stop_daemon("pvcnoded", target)
+        restart_node_daemon(qemu_cluster, target)
 
 
 def test_auto_migration_falls_back_to_a_shutdown_when_the_target_answers_no_and_says_so(qemu_cluster):

@@ -11,7 +11,7 @@ import pytest
 from pvc.cli.localcluster.cluster import KEEPALIVE_INTERVAL, LIBVIRT_TIMEOUT
 
 from helpers import eventually
-from slow_libvirt import SlowStarts
+from slow_libvirt import LibvirtRelay
 from vm_support import assert_no_vm_on_two_hosts, remove_all_vms, running_hosts, vm_xml, wait_running_on
 
 
@@ -28,7 +28,7 @@ def test_a_start_that_outlives_the_libvirt_deadline_is_unknown_and_the_vm_never_
     client, local = cluster.client, cluster.local
     client.vms.define(vm_xml("late"), target="hv1")
     client.vms.start("late", wait=True)
-    slow = SlowStarts(local.host("hv2").socket_path)
+    slow = LibvirtRelay(local.host("hv2").socket_path)
     _restart_node_daemon(cluster, "hv2", libvirt_uri=slow.uri())
     try:
         slow.hold(LIBVIRT_TIMEOUT + 2)

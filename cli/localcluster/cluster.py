@@ -466,10 +466,12 @@ class LocalCluster:
         return self._start_daemon("pvcapid", directory, settings, lab.netns(name) if lab else None)
 
     def start_node_daemon(self, name: str, zookeeper_hosts: str | None = None, netns: str | None = None,
-                          address: str | None = None, libvirt_uri: str | None = None) -> int:
+                          address: str | None = None, libvirt_uri: str | None = None,
+                          migration_uri: str | None = None) -> int:
         """Start the node's pvcnoded; `zookeeper_hosts` makes it reach ZooKeeper at another address (a test's
-        proxy it can cut) instead of the server's own, and `libvirt_uri` its libvirtd through another socket
-        (a test's relay that slows it). `netns` runs it inside that network namespace (`ip netns
+        proxy it can cut) instead of the server's own, `libvirt_uri` its libvirtd through another socket
+        (a test's relay that slows it), and `migration_uri` has peers' libvirtds reach its libvirtd there for
+        live migrations (a test's relay that holds an answer). `netns` runs it inside that network namespace (`ip netns
         exec`: a host a test can partition; its libvirtd's unix socket is still reached through the
         filesystem), and `address` is where its agent and upload channel listen, one its peers can reach. A lab
         node runs in its own namespace at its own address unless told otherwise."""
@@ -499,7 +501,7 @@ class LocalCluster:
                     "provisioner_script_timeout": self.state.get("script_timeout", 600)}
         if isinstance(host, QemuHost):
             settings.update({"listen_address": f"{host.address}:0", "upload_listen_address": f"{host.address}:0",
-                             "migration_uri": host.migration_uri, "migration_address": host.address,
+                             "migration_uri": migration_uri or host.migration_uri, "migration_address": host.address,
                              "accelerator": self.state["accelerator"],
                              "libvirt_run_directory": str(host.run_directory),
                              "libvirt_namespace_pid_file": str(host.init_pid_file)})

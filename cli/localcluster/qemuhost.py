@@ -23,6 +23,7 @@ import os
 import shlex
 import shutil
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -185,10 +186,15 @@ class QemuHost:
 
     def wait_libvirtd(self, timeout: float = 30.0) -> None:
         """Until libvirtd answers on its socket (after a start or a restart)."""
-        wait_until(lambda: (self.libvirtd_pid and accepts_connections(self.socket_path)) or not self.running,
+        wait_until(lambda: (self.libvirtd_pid and accepts_connections(self.socket_path)) or self._off(),
                    timeout, interval=0.1, what=f"libvirtd of {self.name} to listen on {self.socket_path}")
-        if not self.running:
+        if self._off():
             raise RuntimeError(f"host {self.name} went off while libvirtd started")
+
+    def _off(self) -> bool:
+        """Whether the host is off, read twice a moment apart: just after a start its init may be in the middle
+        of exec'ing tini, when its argv reads empty (CI once saw a host "go off" that way)."""
+        return not self.running and (time.sleep(0.3) or not self.running)
 
     def restart_libvirtd(self, timeout: float = 30.0) -> None:
         """Kill libvirtd as a crash would; the supervisor starts it again, and the guests run on."""
