@@ -200,6 +200,21 @@ def test_a_migrations_edges_are_its_own_the_targets_first_paused_readings_and_th
     assert len(checker.double_runs(migration(10.0, 16.0))) == 1, \
         "a source left paused long after its migration is a copy"
 
+    source_silent = History()
+    for sample in (reading("hv1", 0.2, {"web": "1.7/a"}), reading("hv1", 9.0, {"web": "1.7/a"}),
+                   reading("hv2", 10.0, {"web": "1.3/a"}, {"web": "paused"}),
+                   reading("hv1", 10.1, {"web": "1.7/a"}, {"web": "migrating-out"}),
+                   reading("hv2", 10.2, {"web": "1.3/a"}, {"web": "paused"}),
+                   reading("hv1", 10.3, {"web": "1.7/a"}, {"web": "migrating-out"}),
+                   reading("hv2", 10.4, {"web": "1.3/a"}, {"web": "paused"}),
+                   Sample("hv1", 10.5, 16.0, {"web": "1.7/a"}, "libvirt", None, {"web": "paused"}),
+                   reading("hv2", 14.0, {"web": "1.3/a"}, {"web": "paused"}),
+                   reading("hv2", 15.0, {"web": "1.3/a"}),
+                   reading("hv2", 20.0, {"web": "1.3/a"})):
+        source_silent.add(sample)
+    assert checker.double_runs(source_silent) == [], \
+        "a target stays the target until it first runs, though its source answered late once the job was over"
+
 
 def test_gaps_in_the_monitors_readings_make_a_run_inconclusive_unless_the_host_was_frozen_on_purpose():
     history = History()

@@ -33,7 +33,8 @@ target's process exists by design, and a second, unrelated paused copy at that v
 The source is asked about its job only once some host shows the VM paused, so a target's first readings come
 before any reading of the job: a run (one domain instance) paused from its first reading and excused as a
 target within `MIGRATION_EDGE_S` of it was that target from the start (an instance cannot become a migration's
-target after it was created). At the other end, a source paused by its own outgoing job stays paused, its job
+target after it was created), and stays it until its first running reading (its source's libvirtd may stop
+answering before the job ends, and a target that never ran guest code is no second copy). At the other end, a source paused by its own outgoing job stays paused, its job
 over, until libvirt destroys it: its paused readings within `MIGRATION_EDGE_S` after its last paused job reading
 are that source's.
 """
@@ -141,6 +142,12 @@ def _migration_edges(vm: str, seen: list[tuple[Sample, bool]]) -> set[int]:
     if first_excused is not None and all(state in ("incoming", "paused") for state in states[:first_excused + 1]) \
             and seen[first_excused][0].asked - seen[0][0].asked <= MIGRATION_EDGE_S:
         edges.update(range(first_excused))
+        # Until it first runs, it stays that target: its source's libvirtd may stop answering before the
+        # job ends (no reading brackets these), and a target that never ran guest code is no second copy.
+        for index in range(first_excused + 1, len(states)):
+            if states[index] not in ("incoming", "paused"):
+                break
+            edges.add(index)
     last_job = None
     for index, state in enumerate(states):
         if state == "migrating-out-paused":
