@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import pvc
-from pvc.errors import AlreadyExists, InvalidInput, NotFound, OperationFailed
+from pvc.errors import AlreadyExists, InvalidInput, NotFound, OperationFailed, Unavailable
 from pvc.plugins.fencing import ceph_python
 from pvc.qemu_img import QemuImg
 
@@ -24,6 +24,11 @@ SNAPSHOT_HELPER = Path(__file__).with_name("ceph_snapshot_helper.py")
 REPLACE_SNAPSHOT = ".replacing"
 """A snapshot holding a volume's old data while an upload replaces it (never a user's name: no dot first)."""
 CLONE_BASE_SNAPSHOT = ".clone-base"
+RBD_OP_TIMEOUT_S = 60
+"""How long one rbd request to a monitor or an OSD may wait. Without it a request to a placement group that is
+not active (an OSD down, a pool that cannot peer) waits for ever; `rbd children --all` visits every pool, so one
+such pool anywhere hung the removal of an OVA. A long flatten or copy is many short requests, each bounded."""
+TIMED_OUT = "Connection timed out"
 """The protected snapshot a volume's linked clones are made from (`volume_clone_linked`)."""
 
 
@@ -116,13 +121,18 @@ class CephBackend:
     def _run(self, tool: str, *arguments: str, missing_ok: bool = False, creates: str | None = None) -> str | None:
         """Run a tool; with `missing_ok`, None if the image is missing; `creates` names the image it makes, so
         that an existing one is reported as such (one round trip, no separate check)."""
-        result = subprocess.run(self.command(tool, *arguments), capture_output=True, text=True,
+        bounded = [f"--rados-osd-op-timeout={RBD_OP_TIMEOUT_S}", f"--rados-mon-op-timeout={RBD_OP_TIMEOUT_S}"] \
+            if tool == "rbd" else []
+        result = subprocess.run(self.command(tool, *bounded, *arguments), capture_output=True, text=True,
                                 stdin=subprocess.DEVNULL, timeout=3600)
         if result.returncode != 0:
             if missing_ok and MISSING in result.stderr:
                 return None
             if creates and EXISTS in result.stderr:
                 raise AlreadyExists(f"RBD image {creates} exists already")
+            if TIMED_OUT in result.stderr:
+                raise Unavailable(f"{tool} {arguments[0]} got no answer from Ceph within {RBD_OP_TIMEOUT_S} s: "
+                                  "some placement group is not active (see ceph health detail)")
             raise OperationFailed(f"{tool} {arguments[0]} failed: {_last_line(result.stderr)}")
         return result.stdout
 

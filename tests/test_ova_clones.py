@@ -20,9 +20,6 @@ def rbd_info(conf: str, image: str) -> dict | None:
     return json.loads(result.stdout) if result.returncode == 0 else None
 
 
-@pytest.mark.bench  # `rbd children --all` blocks for ever on the session's Ceph once an earlier module left a
-# pool stuck (seen in three full runs; alone it passes in 15 s): out of the default suite until that call is
-# bounded (open in issue 20)
 @pytest.mark.parametrize("storage_cluster", ["ceph"], indirect=True)
 def test_forced_removal_of_an_ova_flattens_the_clones_of_the_vms_made_from_it(storage_cluster, private_ceph,
                                                                                 tmp_path):

@@ -92,6 +92,10 @@ class PrivateCeph:
         self._run("ceph-mon", "-c", str(self.conf), "--mkfs", "-i", "a", "--monmap", str(directory / "monmap"))
         self._run("ceph-mon", "-c", str(self.conf), "-i", "a")
         self.ceph("osd", "set-require-min-compat-client", "mimic")
+        # The device health module makes its pool as the OSD boots; on this one-OSD, in-memory Ceph that pool's
+        # placement group was seen stuck for good, every request to it queued (rbd children --all, which visits
+        # every pool, then hung). Nothing here has disks to watch.
+        self.ceph("config", "set", "mgr", "mgr/devicehealth/enable_monitoring", "false", "--force")
         self._run("ceph-mgr", "-c", str(self.conf), "-i", "x")
         osd_uuid = str(uuid.uuid4())
         osd_id = self.ceph("osd", "new", osd_uuid).strip()
