@@ -221,6 +221,10 @@ class Reconciler:
         status = raw.get("status") or {}
         if _awaits(status, self.node, "keep", raw[ACTED_ON], "placement"):
             return status
+        if status.get("migrating_to") == self.node and status.get("node") not in (None, self.node):
+            # Placed elsewhere again before the migration here settled: if the guest runs here, this node holds
+            # it (and moves it on below); a copy that never ran here goes as a stray.
+            status = self._take_over_migrated(name, raw)
         if status.get("node") not in (None, self.node) and status.get("running") is not False \
                 and self._actions.is_running(name):
             # Another node holds the VM and may run it (the target of a migration whose source lost its
@@ -350,8 +354,11 @@ class Reconciler:
 
     def _migration_outcome(self, name: str, target: str) -> str | None:
         """Where a live migration that failed left the VM: ``here`` once the target's libvirt answers that it
-        has no copy; ``there`` once the target runs it and the copy here runs no guest code (it is stopped
-        first); None while either is not known (a host that does not answer, a target copy still paused)."""
+        has no copy, or the target is fenced (confirmed off); ``there`` once the target runs it and the copy
+        here runs no guest code (it is stopped first); None while either is not known (a host that does not
+        answer, a target copy still paused)."""
+        if self._fenced(target) is not None:
+            return "here"
         uri = (self._store.read(schema.node(target)) or {}).get("migration_uri")
         there = self._actions.peer_copy_state(uri, name, PEER_ASK_TIMEOUT_S) if uri else None
         if there == "off":
