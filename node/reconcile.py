@@ -225,12 +225,17 @@ class Reconciler:
             # Placed elsewhere again before the migration here settled: if the guest runs here, this node holds
             # it (and moves it on below); a copy that never ran here goes as a stray.
             status = self._take_over_migrated(name, raw)
-        if status.get("node") not in (None, self.node) and status.get("running") is not False \
-                and self._actions.is_running(name):
-            # Another node holds the VM and may run it (the target of a migration whose source lost its
-            # libvirtd midway, which then left its paused copy here): this copy is the one that must go.
-            log.warning("%s has a copy here, but node %s holds it: stopping this copy", name, status["node"])
-            self._actions.stop(name)
+        if status.get("node") not in (None, self.node) and status.get("running") is not False:
+            if status.get("migrating_to") == self.node and self._fenced(status["node"]) is None:
+                # A copy here is the target of that node's live migration, which decides what becomes of it
+                # (a paused target is never a second running copy, and stopping it would fail the migration).
+                return status
+            if self._actions.is_running(name):
+                # Another node holds the VM and may run it (the target of a migration whose source lost its
+                # libvirtd midway, which then left its paused copy here), or its source is fenced and nothing
+                # can resume this copy: either way this copy is the one that must go.
+                log.warning("%s has a copy here, but node %s holds it: stopping this copy", name, status["node"])
+                self._actions.stop(name)
         if not self._actions.exists(name):
             if status.get("node") == self.node and status.get("running") is not False:
                 # Our last word was "running" or "unknown" (libvirt did not answer then); libvirt has just

@@ -215,6 +215,17 @@ def test_a_migrations_edges_are_its_own_the_targets_first_paused_readings_and_th
     assert checker.double_runs(source_silent) == [], \
         "a target stays the target until it first runs, though its source answered late once the job was over"
 
+    seen_from_outside = History()
+    for sample in (reading("hv1", 0.2, {"web": "1.7/a"}), reading("hv1", 9.0, {"web": "1.7/a"}),
+                   Sample("hv2", 10.0, 10.01, {"web": "pid9"}, "qemu"),
+                   Sample("hv1", 6.0, 10.5, {"web": "1.7/a"}, "libvirt", None, {"web": "migrating-out"}),
+                   Sample("hv2", 10.6, 10.61, {"web": "pid9"}, "qemu"),
+                   reading("hv1", 10.7, {"web": "1.7/a"}, {"web": "migrating-out"}),
+                   reading("hv2", 11.0, {"web": "2.1/a"}), reading("hv2", 20.0, {"web": "2.1/a"})):
+        seen_from_outside.add(sample)
+    assert checker.double_runs(seen_from_outside) == [], \
+        "a target's QEMU process read from outside before the slow source first told of its job"
+
 
 def test_gaps_in_the_monitors_readings_make_a_run_inconclusive_unless_the_host_was_frozen_on_purpose():
     history = History()

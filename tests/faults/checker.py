@@ -33,10 +33,12 @@ target's process exists by design, and a second, unrelated paused copy at that v
 The source is asked about its job only once some host shows the VM paused, so a target's first readings come
 before any reading of the job: a run (one domain instance) paused from its first reading and excused as a
 target within `MIGRATION_EDGE_S` of it was that target from the start (an instance cannot become a migration's
-target after it was created), and stays it until its first running reading (its source's libvirtd may stop
-answering before the job ends, and a target that never ran guest code is no second copy). At the other end, a source paused by its own outgoing job stays paused, its job
-over, until libvirt destroys it: its paused readings within `MIGRATION_EDGE_S` after its last paused job reading
-are that source's.
+target after it was created); a QEMU process read from outside counts as paused there, since that reading
+cannot tell (a slow source libvirtd once answered about its job 4 s after the target's process appeared). It
+stays the target until its first running reading: its source's libvirtd may stop answering before the job
+ends, and a target that never ran guest code is no second copy. At the other end, a source paused by its own
+outgoing job stays paused, its job over, until libvirt destroys it: its paused readings within
+`MIGRATION_EDGE_S` after its last paused job reading are that source's.
 """
 from __future__ import annotations
 
@@ -139,7 +141,8 @@ def _migration_edges(vm: str, seen: list[tuple[Sample, bool]]) -> set[int]:
     states = [(sample.states or {}).get(vm) for sample, _excused in seen]
     edges: set[int] = set()
     first_excused = next((index for index, (_sample, excused) in enumerate(seen) if excused), None)
-    if first_excused is not None and all(state in ("incoming", "paused") for state in states[:first_excused + 1]) \
+    if first_excused is not None and all(_maybe_paused(sample, state) for (sample, _excused), state
+                                         in zip(seen[:first_excused + 1], states)) \
             and seen[first_excused][0].asked - seen[0][0].asked <= MIGRATION_EDGE_S:
         edges.update(range(first_excused))
         # Until it first runs, it stays that target: its source's libvirtd may stop answering before the
@@ -158,6 +161,12 @@ def _migration_edges(vm: str, seen: list[tuple[Sample, bool]]) -> set[int]:
         else:
             last_job = None
     return edges
+
+
+def _maybe_paused(sample: Sample, state: str | None) -> bool:
+    """Whether a reading may be of a paused copy: libvirt said so, or the QEMU process was read from outside,
+    which cannot tell a paused guest from a running one."""
+    return state in ("incoming", "paused") or sample.source == "qemu"
 
 
 def _outgoing_jobs(samples: list[Sample]) -> dict[str, list[tuple[str, float, float]]]:
