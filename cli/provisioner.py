@@ -442,8 +442,10 @@ def userdata() -> None:
     """Named cloud-init user-data documents a profile may use (--userdata DOC), as upstream keeps them."""
 
 
-_USERDATA_COLUMNS = [output.column("NAME", "name"), output.column("SIZE", "size_bytes", lambda size: f"{size} B"),
-                     output.column("USED BY", "used_by")]
+_NAMED_TEXT_COLUMNS = [output.column("NAME", "name"),
+                       output.column("SIZE", "size_bytes", lambda size: f"{size} B"),
+                       output.column("USED BY", "used_by")]
+"""The columns of user-data documents and install scripts alike: both are a text under a name."""
 
 
 @userdata.command("add")
@@ -454,7 +456,7 @@ _USERDATA_COLUMNS = [output.column("NAME", "name"), output.column("SIZE", "size_
 def userdata_add(session, name: str, data: str, output_format: str) -> None:
     """Store FILE ('-': standard input) as user-data document NAME."""
     output.show(session.client.provisioner.userdata_add(name, data), output_format,
-                lambda row: output.table([row], _USERDATA_COLUMNS))
+                lambda row: output.table([row], _NAMED_TEXT_COLUMNS))
 
 
 @userdata.command("modify")
@@ -465,7 +467,7 @@ def userdata_add(session, name: str, data: str, output_format: str) -> None:
 def userdata_modify(session, name: str, data: str, output_format: str) -> None:
     """Replace document NAME's text with FILE."""
     output.show(session.client.provisioner.userdata_modify(name, data), output_format,
-                lambda row: output.table([row], _USERDATA_COLUMNS))
+                lambda row: output.table([row], _NAMED_TEXT_COLUMNS))
 
 
 @userdata.command("list")
@@ -475,7 +477,7 @@ def userdata_modify(session, name: str, data: str, output_format: str) -> None:
 def userdata_list(session, limit: str | None, output_format: str) -> None:
     """Every document (or those whose name matches FILTER), with the profiles using it."""
     output.show(output.matching(session.client.provisioner.userdata_list(), limit), output_format,
-                lambda rows: output.table(rows, _USERDATA_COLUMNS))
+                lambda rows: output.table(rows, _NAMED_TEXT_COLUMNS))
 
 
 @userdata.command("info")
@@ -503,10 +505,6 @@ def script() -> None:
     the user data, the arguments)."""
 
 
-_SCRIPT_COLUMNS = [output.column("NAME", "name"), output.column("SIZE", "size_bytes", lambda size: f"{size} B"),
-                   output.column("USED BY", "used_by")]
-
-
 @script.command("add")
 @click.argument("name")
 @click.argument("text", metavar="FILE", type=TextFile("the install script", provisioner_records.MAX_SCRIPT_BYTES))
@@ -515,7 +513,7 @@ _SCRIPT_COLUMNS = [output.column("NAME", "name"), output.column("SIZE", "size_by
 def script_add(session, name: str, text: str, output_format: str) -> None:
     """Store FILE ('-': standard input), a program starting with '#!', as install script NAME."""
     output.show(session.client.provisioner.script_add(name, text), output_format,
-                lambda row: output.table([row], _SCRIPT_COLUMNS))
+                lambda row: output.table([row], _NAMED_TEXT_COLUMNS))
 
 
 @script.command("list")
@@ -525,7 +523,7 @@ def script_add(session, name: str, text: str, output_format: str) -> None:
 def script_list(session, limit: str | None, output_format: str) -> None:
     """Every install script (or those whose name matches FILTER), with the profiles using it."""
     output.show(output.matching(session.client.provisioner.script_list(), limit), output_format,
-                lambda rows: output.table(rows, _SCRIPT_COLUMNS))
+                lambda rows: output.table(rows, _NAMED_TEXT_COLUMNS))
 
 
 @script.command("info")

@@ -209,8 +209,8 @@ class ApplianceImportJob:
         if store.read(schema.ova(self.appliance)) is None:
             raise NotFound(f"no OVA '{self.appliance}' is being uploaded (its record is gone)")
         try:
-            store.transaction().create(schema.ova_importing(self.appliance), {"node": self.context.node_name},
-                                       ephemeral=True).commit()
+            self.context.transaction().create(schema.ova_importing(self.appliance),
+                                              {"node": self.context.node_name}, ephemeral=True).commit()
         except AlreadyExists:
             raise Busy(f"OVA '{self.appliance}' is being imported already") from None
         volumes = HiddenVolumes(self.context, ticket.pool)
@@ -224,7 +224,7 @@ class ApplianceImportJob:
             raise
         finally:
             reader.close()
-            store.transaction().delete(schema.ova_importing(self.appliance)).commit()
+            self.context.transaction().delete(schema.ova_importing(self.appliance)).commit()
 
     def _land(self, result: ApplianceResult, volumes: HiddenVolumes) -> dict[str, Any]:
         """Record the intent, rename the hidden volumes to their final names, record them and the report."""
@@ -241,9 +241,9 @@ class ApplianceImportJob:
                     raise AlreadyExists(f"volume '{ticket.pool}/{volume['name']}' exists already; the OVA was not "
                                         "imported")
             names = [f"{ticket.pool}/{volume['name']}" for volume in final]
-            store.transaction().create(schema.ova_import(self.appliance),
-                                       {"state": "landing", "node": self.context.node_name,
-                                        "volumes": names}).commit()
+            self.context.transaction().create(schema.ova_import(self.appliance),
+                                              {"state": "landing", "node": self.context.node_name,
+                                               "volumes": names}).commit()
             landed = []
             try:
                 for volume in final:
@@ -251,7 +251,7 @@ class ApplianceImportJob:
                     landed.append(volume["name"])
                 report = {"state": "done", "node": self.context.node_name, "volumes": final,
                           "hardware": result.hardware, **result.details}
-                transaction = store.transaction().set(schema.ova_import(self.appliance), report)
+                transaction = self.context.transaction().set(schema.ova_import(self.appliance), report)
                 for volume in final:
                     transaction.create(schema.volume(ticket.pool, volume["name"]),
                                        volume_record(ticket.pool, volume["name"], volume["size_bytes"]))
@@ -260,7 +260,7 @@ class ApplianceImportJob:
             except BaseException:
                 for name in landed:
                     backend.volume_remove(ticket.pool, name)
-                store.transaction().delete(schema.ova_import(self.appliance)).commit()
+                self.context.transaction().delete(schema.ova_import(self.appliance)).commit()
                 raise
             return report
         finally:

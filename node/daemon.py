@@ -75,7 +75,7 @@ class NodeDaemon:
         never waits for ZooKeeper."""
         self._daemon_state_changed = threading.Event()
         self.vms = WatchedCollection(self.store, schema.VMS, schema.vm, schema.VM_KEYS)
-        self.storage = NodeStorage(self.name, settings, self.store)
+        self.storage = NodeStorage(self.name, settings, self.store, self.ownership.transaction)
         self.paths = HostPaths(str(Path(settings["boot_image_directory"]).absolute()),
                                str(Path(settings["console_log_directory"]).absolute()))
         actions = DomainActions(self.hypervisor, settings["shutdown_timeout"])

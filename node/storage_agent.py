@@ -7,7 +7,7 @@ result in ZooKeeper is the coordinator's job, except for uploads, which end here
 """
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import Pyro5.server
 
@@ -19,7 +19,7 @@ from pvc.node.pool_room import PoolRoom
 from pvc.node.provision_scripts import ScriptRunner
 from pvc.node.uploads import Tickets, UploadContext, UploadListener, sweep_leftovers
 from pvc.qemu_img import SUPPORTED_FORMATS, QemuImg
-from pvc.store import Store
+from pvc.store import Store, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,8 @@ def _size(size_bytes: object) -> int:
 class NodeStorage:
     """Everything storage on a node, started and stopped with its daemon."""
 
-    def __init__(self, node_name: str, settings: dict[str, Any], store: Store):
+    def __init__(self, node_name: str, settings: dict[str, Any], store: Store,
+                 transaction: Callable[[], Transaction]):
         self.backend_name = settings["storage_backend"]
         plugins = plugin_manager.load()
         backend_class = plugins.get("pvc_storage_backends", self.backend_name)
@@ -226,6 +227,7 @@ class NodeStorage:
         self._appliance_importers = plugins.registry("pvc_appliance_importers")
         self._node_name = node_name
         self._store = store
+        self._transaction = transaction
         self._qemu_img = QemuImg.from_settings(settings)
         self._staging = Path(settings["upload_staging_directory"])
         self._tickets = Tickets(settings["upload_token_lifetime"])
@@ -269,5 +271,5 @@ class NodeStorage:
                 "upload_address": self.agent.upload_address, "provisioner_scripts": self.scripts is not None}
 
     def _upload_context(self) -> UploadContext:
-        return UploadContext(self._node_name, self._store, self.backend, self._importers, self._qemu_img,
-                             self._staging, self._room, self._appliance_importers)
+        return UploadContext(self._node_name, self._store, self._transaction, self.backend, self._importers,
+                             self._qemu_img, self._staging, self._room, self._appliance_importers)

@@ -34,7 +34,7 @@ from pvc.node.growing_export import GrowingFileExport, stop_listening
 from pvc.node.pool_room import PoolRoom
 from pvc.node.upload_stream import StagedReceive, VerifiedStream, receive_head
 from pvc.qemu_img import QemuImg, check_supported, resolve_format
-from pvc.store import Store
+from pvc.store import Store, Transaction
 from pvc.storage_records import record_upload, volume_users
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,10 @@ class UploadContext:
 
     node_name: str
     store: Store
+    transaction: Callable[[], Transaction]
+    """The node's ownership-checked transaction (`NodeOwnership.transaction`): every record an import writes
+    goes through it, so a daemon that no longer owns its node (a clone, or one whose session was replaced)
+    records nothing."""
     backend: StorageBackend
     importers: dict[str, ImageImporter]
     qemu_img: QemuImg
@@ -263,15 +267,19 @@ class ImportJob:
                 size = existing
             if existing is not None:
                 with backend.volume_replace(ticket.pool, self.hidden_volume, ticket.volume):
-                    return record_upload(self.context.store, ticket.pool, ticket.volume, size, image_format)
+                    return self._record(size, image_format)
             backend.volume_rename(ticket.pool, self.hidden_volume, ticket.volume)
             try:
-                return record_upload(self.context.store, ticket.pool, ticket.volume, size, image_format)
+                return self._record(size, image_format)
             except BaseException:
                 backend.volume_remove(ticket.pool, ticket.volume)
                 raise
         finally:
             lock.release()
+
+    def _record(self, size: int, image_format: str) -> dict[str, Any]:
+        return record_upload(self.context.store, self.context.transaction, self.ticket.pool, self.ticket.volume,
+                             size, image_format)
 
     def _refuse_if_used(self) -> None:
         """A VM may have started using the volume since the upload began, so this is checked again, from

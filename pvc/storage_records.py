@@ -5,32 +5,30 @@ snapshots); views are the flat dicts the `storage` remote object returns and ``-
 in bytes under ``*_bytes`` keys.
 """
 import time
-from typing import Any
+from typing import Any, Callable
 
 from pvc import schema
 from pvc.cache import OWN_VALUE
-from pvc.store import Store
+from pvc.store import Store, Transaction
 
 
 def volume_record(pool: str, volume: str, size_bytes: int) -> dict[str, Any]:
     return {"pool": pool, "name": volume, "size_bytes": size_bytes, "created": time.time()}
 
 
-def create_volume_records(store: Store, pool: str, volume: str, size_bytes: int) -> None:
-    """The volume's record and its (empty) snapshot list, together or not at all."""
-    store.transaction() \
-        .create(schema.volume(pool, volume), volume_record(pool, volume, size_bytes)) \
-        .create(schema.volume_snapshots(pool, volume), {}) \
-        .commit()
-
-
-def record_upload(store: Store, pool: str, volume: str, size_bytes: int, image_format: str) -> dict[str, Any]:
-    """Record a completed upload: a new volume, or the new size of an existing one."""
+def record_upload(store: Store, transaction: Callable[[], Transaction], pool: str, volume: str, size_bytes: int,
+                  image_format: str) -> dict[str, Any]:
+    """Record a completed upload: a new volume (its record and empty snapshot list together), or the new size of
+    an existing one. The node that took the upload writes it through `transaction`, which checks that it still
+    owns its node (`pvc.node.ownership`)."""
     existing = store.read(schema.volume(pool, volume))
     if existing is None:
-        create_volume_records(store, pool, volume, size_bytes)
+        transaction() \
+            .create(schema.volume(pool, volume), volume_record(pool, volume, size_bytes)) \
+            .create(schema.volume_snapshots(pool, volume), {}) \
+            .commit()
     else:
-        store.transaction().set(schema.volume(pool, volume), {**existing, "size_bytes": size_bytes}).commit()
+        transaction().set(schema.volume(pool, volume), {**existing, "size_bytes": size_bytes}).commit()
     return {"pool": pool, "name": volume, "size_bytes": size_bytes, "image_format": image_format}
 
 

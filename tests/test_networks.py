@@ -421,6 +421,29 @@ def test_the_router_serves_leases_names_and_a_way_out(lab_cluster, served_networ
     assert "packets 2 " in counted, f"the guest's packets did not reach the upstream masqueraded: {counted}"
 
 
+def test_a_removed_reservation_or_vm_frees_its_address(lab_cluster, served_network):
+    first, second, _upstream = served_network
+
+    def recorded():
+        return {row["mac"]: row["ip"] for row in json.loads(ok(pvc(
+            lab_cluster, "network", "dhcp", "list", "4700", "--format", "json")))}
+    ok(pvc(lab_cluster, "network", "dhcp", "add", "svc", "169.254.247.77", second.mac))
+    assert eventually(lambda: second.lease() == "169.254.247.77", 10), "the reservation was not honoured"
+    assert eventually(lambda: recorded().get(second.mac) == "169.254.247.77", 5), recorded()
+    ok(pvc(lab_cluster, "network", "dhcp", "remove", "svc", second.mac))
+    assert eventually(lambda: "169.254.247.77" not in recorded().values(), 10), \
+        f"the removed reservation's address is still recorded as leased: {recorded()}"
+    ok(pvc(lab_cluster, "network", "dhcp", "add", "svc", "169.254.247.77", first.mac))
+    assert eventually(lambda: first.lease() == "169.254.247.77", 10), \
+        "the freed address was not handed to the MAC now reserving it"
+
+    dynamic = second.lease()
+    assert eventually(lambda: recorded().get(second.mac) == dynamic, 5), recorded()
+    ok(pvc(lab_cluster, "vm", "remove", "dbvm", "--yes", "--wait"))
+    assert eventually(lambda: second.mac not in recorded(), 10), \
+        f"the removed VM's lease of {dynamic} is still recorded: {recorded()}"
+
+
 def test_an_acl_blocks_a_port_until_removed_and_bad_rules_are_refused(lab_cluster, served_network):
     first, _second, upstream = served_network
     address = first.lease()

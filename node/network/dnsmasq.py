@@ -13,7 +13,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from pvc.errors import OperationFailed
 from pvc.node.network.devices import bridge_name
@@ -52,6 +52,23 @@ def render(record: Mapping[str, Any], hosts: Mapping[str, str], lease_file: Path
     return "\n".join(lines) + "\n"
 
 
+def may_hold(record: Mapping[str, Any], mac: str, address: str) -> bool:
+    """Whether dnsmasq configured from `record` could give `address` to `mac`: its reservation, or an address
+    of the dynamic range. A lease of any other IPv4 address is a removed reservation's, which only blocks the
+    address for whoever reserves it next."""
+    reserved = (record.get("reservations") or {}).get(mac)
+    if reserved is not None and reserved["ip"] == address:
+        return True
+    try:
+        leased = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if leased.version != 4:
+        return True
+    return bool(record.get("dhcp4_start")) and \
+        ipaddress.ip_address(record["dhcp4_start"]) <= leased <= ipaddress.ip_address(record["dhcp4_end"])
+
+
 def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
@@ -70,15 +87,21 @@ class Dnsmasq:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def ensure(self, config: str, leases: Mapping[str, Any]) -> bool:
-        """Run with `config`; starting, a lease file is written from `leases` first. True if it (re)started."""
+    def ensure(self, config: str, leases: Mapping[str, Any], keep: Callable[[str, Mapping[str, Any]], bool]) -> bool:
+        """Run with `config`; True if it (re)started. Starting, its lease file holds the leases it had (those of
+        `leases` when it had none), less those `keep` refuses: dnsmasq reads the file only as it starts, and
+        would otherwise go on holding a released address for its old owner."""
         if self.running and self.config_file.exists() and self.config_file.read_text() == config:
             return False
         self.stop()
         self.config_file.parent.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(config)
-        if not self.lease_file.exists() or not self.lease_file.read_text().strip():
-            self.lease_file.write_text(lease_lines(leases))
+        held = self.lease_file.read_text() if self.lease_file.exists() else ""
+        if held.strip():
+            self.lease_file.write_text("".join(line for line in held.splitlines(keepends=True)
+                                               if (lease := _lease(line)) is None or keep(*lease)))
+        else:
+            self.lease_file.write_text(lease_lines({mac: lease for mac, lease in leases.items() if keep(mac, lease)}))
         log_file = open(self.config_file.with_suffix(".log"), "ab")
         try:
             self._process = subprocess.Popen(["dnsmasq", "--keep-in-foreground", f"--conf-file={self.config_file}"],
@@ -126,17 +149,20 @@ def stop_stale(pid_file: Path, config_file: Path) -> None:
 
 
 def read_leases(path: Path) -> dict[str, dict[str, Any]]:
-    leases = {}
     try:
         text = path.read_text()
     except OSError:
-        return leases
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 4 and parts[0].isdigit():
-            leases[parts[1].lower()] = {"ip": parts[2], "hostname": None if parts[3] == "*" else parts[3],
-                                        "expires": int(parts[0])}
-    return leases
+        return {}
+    return dict(lease for line in text.splitlines() if (lease := _lease(line)) is not None)
+
+
+def _lease(line: str) -> tuple[str, dict[str, Any]] | None:
+    """The MAC and lease of one line of a lease file; None for another line (the server's ``duid``)."""
+    parts = line.split()
+    if len(parts) >= 4 and parts[0].isdigit():
+        return parts[1].lower(), {"ip": parts[2], "hostname": None if parts[3] == "*" else parts[3],
+                                  "expires": int(parts[0])}
+    return None
 
 
 def lease_lines(leases: Mapping[str, Any]) -> str:

@@ -23,6 +23,9 @@ class RouterServices:
         self._ruleset: str | None = None
         self._stopped_clean = False
         """Whether `stop` has cleared what an earlier run of the daemon may have left."""
+        self._clients: dict[int, set[str]] = {}
+        """Per network, the MACs its dnsmasq was last started for (reservations and VMs' NICs): one that goes
+        from here is a removed reservation's or VM's, whose lease is released."""
         self.routing = False
 
     def start(self, records: Mapping[int, Mapping[str, Any]], hosts: Mapping[int, Mapping[str, str]],
@@ -43,11 +46,19 @@ class RouterServices:
         for vni in sorted(set(self._dnsmasqs) - set(managed)):
             self._dnsmasqs.pop(vni).stop()
             changed.append(f"dnsmasq for network {vni} stopped")
+        for vni in set(self._clients) - set(managed):
+            del self._clients[vni]
         for vni, record in sorted(managed.items()):
             server = self._dnsmasqs.setdefault(vni, dnsmasq.Dnsmasq(self._run_directory, vni))
             config = dnsmasq.render(record, hosts.get(vni) or {}, server.lease_file, server.pid_file)
-            if server.ensure(config, leases.get(vni) or {}):
+            clients = set(record.get("reservations") or {}) | set(hosts.get(vni) or {})
+            gone = self._clients.get(vni, set()) - clients
+
+            def keep(mac: str, lease: Mapping[str, Any], record=record, gone=gone) -> bool:
+                return mac not in gone and dnsmasq.may_hold(record, mac, lease["ip"])
+            if server.ensure(config, leases.get(vni) or {}, keep):
                 changed.append(f"dnsmasq for network {vni} started")
+            self._clients[vni] = clients
         self.routing = True
         return changed
 
@@ -60,6 +71,7 @@ class RouterServices:
             server.stop()
             changed.append(f"dnsmasq for network {vni} stopped")
         self._dnsmasqs.clear()
+        self._clients.clear()
         for pid_file in self._run_directory.glob("dnsmasq-*.pid"):
             dnsmasq.stop_stale(pid_file, pid_file.with_suffix(".conf"))
         for record in records.values():

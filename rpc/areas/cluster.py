@@ -3,7 +3,7 @@ import time
 from typing import Any
 
 import Pyro5.server
-from kazoo.exceptions import BadVersionError
+from kazoo.exceptions import BadVersionError, NoNodeError
 
 from pvc import cluster_config, fence_secrets, fencing_settings, network_records, schema
 from pvc.cache import OWN_VALUE
@@ -15,6 +15,7 @@ from pvc.rpc import network_use
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.retries import retry_safe
 from pvc.secrets_box import SecretsBox
+from pvc.store import Transaction
 
 
 @Pyro5.server.expose
@@ -243,14 +244,15 @@ class ClusterArea:
         """
         zk = self._context.store.zk
         transaction = self._context.store.transaction()
-        for fault_id in self._existing_faults(ids):
+        checked = self._existing_faults(ids)
+        for fault_id in checked:
             stat = zk.exists(schema.fault(fault_id))
             if stat is None:
                 continue
             if zk.exists(schema.fault_ack(fault_id)):
                 transaction.delete(schema.fault_ack(fault_id))
             transaction.delete(schema.fault(fault_id), stat.version)
-        transaction.commit()
+        self._commit_unless_vanished(transaction, checked)
         return self.faults(all=True)
 
     def _existing_faults(self, ids: list[str]) -> list[str]:
@@ -269,7 +271,10 @@ class ClusterArea:
         transaction = self._context.store.transaction()
         now = time.time()
         for fault_id in ids:
-            data, stat = zk.get(schema.fault(fault_id))
+            try:
+                data, stat = zk.get(schema.fault(fault_id))
+            except NoNodeError:
+                raise self._vanished([fault_id]) from None
             record = schema.decode(data) or {}
             transaction.check(schema.fault(fault_id), stat.version)
             ack = {"time": now, "occurrence": record.get("first_seen")}
@@ -278,8 +283,23 @@ class ClusterArea:
             else:
                 transaction.create(schema.fault_ack(fault_id), ack)
         if ids:
-            transaction.commit()
+            self._commit_unless_vanished(transaction, ids)
         return self.faults(all=True)
+
+    def _commit_unless_vanished(self, transaction: Transaction, ids: list[str]) -> None:
+        """Commit a change to faults `ids`; a fault its raiser pruned (or another caller deleted) since it was
+        read is `NotFound` naming it, not ZooKeeper's path."""
+        try:
+            transaction.commit()
+        except NotFound:
+            raise self._vanished(ids) from None
+
+    def _vanished(self, ids: list[str]) -> NotFound:
+        """The faults of `ids` read a moment ago that are gone now: pruned by their raiser or deleted by another
+        caller, which is no failure of ZooKeeper's."""
+        gone = [fault_id for fault_id in ids if not self._context.store.zk.exists(schema.fault(fault_id))]
+        return NotFound(f"no fault {', '.join(gone or ids)} (deleted or pruned meanwhile; see pvc cluster fault "
+                        "list --all)")
 
     def plugins(self) -> list[dict[str, Any]]:
         """Every plugin this coordinator loaded, what it registers, and where it came from.

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import Pyro5.server
+from kazoo.exceptions import NoNodeError
 
 from pvc import network_acl, network_records, schema
 from pvc.cache import OWN_VALUE, WatchedCollection
@@ -131,8 +132,12 @@ class NetworksArea:
             for mac, reserved in (current.get("reservations") or {}).items():
                 record["reservations"][mac] = network_records.check_reservation(record, mac, reserved["ip"],
                                                                                 reserved["hostname"])
-            self._context.store.transaction().set(schema.network(current["vni"]), record).commit()
-            self._networks.refresh(str(current["vni"]))
+            try:
+                self._context.store.transaction().set(schema.network(current["vni"]), record).commit()
+            except NotFound:
+                raise NotFound(f"no network {vni} (removed meanwhile)") from None
+            finally:
+                self._networks.refresh(str(current["vni"]))
         return self.info(current["vni"])
 
     def remove(self, vni: int | str) -> None:
@@ -150,8 +155,12 @@ class NetworksArea:
                                "interfaces on it first")
             path = schema.network(record["vni"])
             children = [f"{path}/{child}" for child in self._context.store.children(path)]
-            self._context.store.transaction().delete_tree([*children, path]).commit()
-            self._networks.refresh(str(record["vni"]))
+            try:
+                self._context.store.transaction().delete_tree([*children, path]).commit()
+            except NotFound:
+                raise NotFound(f"no network {vni} (removed meanwhile)") from None
+            finally:
+                self._networks.refresh(str(record["vni"]))
 
     # -- firewall rules ---------------------------------------------------------------------------------
 
@@ -247,7 +256,11 @@ class NetworksArea:
         without an error."""
         with network_use.locked(self._context.store, self._context.name):
             found = self._require(vni)
-            data, stat = self._context.store.zk.get(schema.network(found["vni"]))
+            try:
+                data, stat = self._context.store.zk.get(schema.network(found["vni"]))
+            except NoNodeError:
+                self._networks.refresh(str(found["vni"]))
+                raise NotFound(f"no network {vni} (removed meanwhile)") from None
             record = schema.decode(data)
             yield record
             self._context.store.transaction().set(schema.network(found["vni"]), record, version=stat.version) \

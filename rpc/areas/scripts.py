@@ -2,16 +2,15 @@
 (``script``, with ``script_args``), which `provisioner create` runs on a node that enables them after the VM's
 volumes exist and before it is defined (`pvc.rpc.provisioning`). A script a profile names cannot be removed.
 """
-import threading
 from typing import Any
 
 import Pyro5.server
 
 from pvc import provisioner_records, schema
-from pvc.cache import OWN_VALUE, WatchedCollection
-from pvc.errors import AlreadyExists, Conflict, NotFound
+from pvc.rpc.areas.named_texts import NamedTexts, TextKind, texts_of
 
-_collection_lock = threading.Lock()
+SCRIPTS = TextKind("install script", "an", schema.SCRIPTS, schema.script, "script", provisioner_records.check_script,
+                   provisioner_records.users_of_script)
 
 
 @Pyro5.server.expose
@@ -20,13 +19,8 @@ class ScriptCalls:
     ``_stored_profiles``."""
 
     @property
-    def _scripts(self) -> WatchedCollection:
-        with _collection_lock:
-            if getattr(self, "_script_collection", None) is None:
-                collection = WatchedCollection(self._context.store, schema.SCRIPTS, schema.script)
-                collection.start()
-                self._script_collection = collection
-            return self._script_collection
+    def _scripts(self) -> NamedTexts:
+        return texts_of(self, "_script_texts", SCRIPTS)
 
     def script_add(self, name: str, script: str) -> dict[str, Any]:
         """A new install script `name` (a program text starting with ``#!``, at most 256 KiB).
@@ -35,14 +29,7 @@ class ScriptCalls:
         :raises AlreadyExists: a script of that name exists
         :raises Busy: another change holds the provisioner's lock
         """
-        path = schema.script(name)
-        record = {"script": provisioner_records.check_script(script)}
-        with self._locked():
-            try:
-                self._context.store.transaction().create(path, record).commit()
-            except AlreadyExists:
-                raise AlreadyExists(f"an install script named '{name}' exists already") from None
-            self._scripts.refresh(name)
+        self._scripts.add(name, script)
         return self.script_info(name)
 
     def script_list(self) -> list[dict[str, Any]]:
@@ -50,9 +37,7 @@ class ScriptCalls:
 
         :raises Unavailable: no coordinator answered (nothing else: it refuses nothing)
         """
-        profiles = self._profile_records()
-        return [_view(name, raw[OWN_VALUE], profiles, detail=False)
-                for name, raw in sorted(self._scripts.snapshot().items()) if raw.get(OWN_VALUE)]
+        return self._scripts.list()
 
     def script_info(self, name: str) -> dict[str, Any]:
         """One install script with its text and the profiles that name it.
@@ -60,11 +45,7 @@ class ScriptCalls:
         :raises InvalidInput: a malformed name
         :raises NotFound: no script of that name
         """
-        schema.script(name)
-        raw = self._scripts.get(name)
-        if not raw or not raw.get(OWN_VALUE):
-            raise NotFound(f"no install script named '{name}'")
-        return _view(name, raw[OWN_VALUE], self._profile_records(), detail=True)
+        return self._scripts.info(name)
 
     def script_remove(self, name: str) -> None:
         """Remove a script no profile names.
@@ -74,21 +55,4 @@ class ScriptCalls:
         :raises Conflict: a profile names it (the message names the profiles)
         :raises Busy: another change holds the provisioner's lock
         """
-        path = schema.script(name)
-        with self._locked():
-            if not self._context.store.zk.exists(path):
-                raise NotFound(f"no install script named '{name}'")
-            users = provisioner_records.users_of_script(self._stored_profiles(), name)
-            if users:
-                raise Conflict(f"install script '{name}' is used by profile(s) {', '.join(users)}; change or "
-                               "remove them first")
-            self._context.store.transaction().delete(path).commit()
-            self._scripts.refresh(name)
-
-
-def _view(name: str, record: dict[str, Any], profiles: dict[str, dict[str, Any]], detail: bool) -> dict[str, Any]:
-    view = {"name": name, "size_bytes": len(record["script"].encode()),
-            "used_by": provisioner_records.users_of_script(profiles, name)}
-    if detail:
-        view["script"] = record["script"]
-    return view
+        self._scripts.remove(name)
