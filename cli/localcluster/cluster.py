@@ -503,6 +503,8 @@ class LocalCluster:
             settings.update({"listen_address": f"{host.address}:0", "upload_listen_address": f"{host.address}:0",
                              "migration_uri": migration_uri or host.migration_uri, "migration_address": host.address,
                              "accelerator": self.state["accelerator"],
+                             # Guests emulated by TCG on a loaded machine took over the 2 s default to freeze.
+                             "snapshot_max_pause": 10.0,
                              "libvirt_run_directory": str(host.run_directory),
                              "libvirt_namespace_pid_file": str(host.init_pid_file)})
         else:
