@@ -226,6 +226,21 @@ def test_a_migrations_edges_are_its_own_the_targets_first_paused_readings_and_th
     assert checker.double_runs(seen_from_outside) == [], \
         "a target's QEMU process read from outside before the slow source first told of its job"
 
+    def source_read_from_outside(last_seen):
+        history = History()
+        for sample in (reading("hv1", 0.2, {"web": "1.7/a"}, {"web": "migrating-out"}),
+                       reading("hv2", 0.5, {"web": "2.1/a"}, {"web": "paused"}),
+                       reading("hv1", 0.8, {"web": "1.7/a"}, {"web": "migrating-out"}),
+                       *(Sample("hv1", at, at + 0.01, {"web": "pid7"}, "qemu") for at in (1.0, 2.0, last_seen)),
+                       reading("hv2", 1.5, {"web": "2.1/a"}), reading("hv2", 20.0, {"web": "2.1/a"})):
+            history.add(sample)
+        return history
+
+    assert checker.double_runs(source_read_from_outside(2.5)) == [], \
+        "a migrated source's QEMU process, read from outside just after its target resumed"
+    assert len(checker.double_runs(source_read_from_outside(8.0))) == 1, \
+        "a QEMU process on the source long after its target resumed is a copy"
+
 
 def test_gaps_in_the_monitors_readings_make_a_run_inconclusive_unless_the_host_was_frozen_on_purpose():
     history = History()

@@ -38,7 +38,9 @@ cannot tell (a slow source libvirtd once answered about its job 4 s after the ta
 stays the target until its first running reading: its source's libvirtd may stop answering before the job
 ends, and a target that never ran guest code is no second copy. At the other end, a source paused by its own
 outgoing job stays paused, its job over, until libvirt destroys it: its paused readings within
-`MIGRATION_EDGE_S` after its last paused job reading are that source's.
+`MIGRATION_EDGE_S` after its last paused job reading are that source's, and so are its QEMU process's readings
+from outside within `MIGRATION_EDGE_S` of the target's first running reading (a slow source libvirtd left
+only those: the process outlives the target's resume until libvirt is told the migration ended).
 """
 from __future__ import annotations
 
@@ -124,10 +126,13 @@ def runs(samples: list[Sample]) -> dict[str, list[Run]]:
         for vm, identity in (sample.running or {}).items():
             readings.setdefault((vm, sample.host, sample.source, identity), []).append(
                 (sample, _excused(sample, vm, outgoing)))
+    edges = {key: _migration_edges(key[0], seen) for key, seen in readings.items()}
+    resumes = _target_resumes(readings, edges)
     by_vm: dict[str, list[Run]] = {}
     for (vm, host, source, identity), seen in readings.items():
-        edges = _migration_edges(vm, seen)
-        kept = [sample for index, (sample, excused) in enumerate(seen) if not excused and index not in edges]
+        kept = [sample for index, (sample, excused) in enumerate(seen)
+                if not excused and index not in edges[vm, host, source, identity]
+                and not (source == "qemu" and _near_resume(sample, resumes.get(vm, [])))]
         if kept:
             run = Run(vm, host, identity, source)
             run.asked = [sample.asked for sample in kept]
@@ -161,6 +166,27 @@ def _migration_edges(vm: str, seen: list[tuple[Sample, bool]]) -> set[int]:
         else:
             last_job = None
     return edges
+
+
+def _target_resumes(readings: dict[tuple[str, str, str, str], list[tuple[Sample, bool]]],
+                    edges: dict[tuple[str, str, str, str], set[int]]) -> dict[str, list[tuple[str, float]]]:
+    """VM → (host, when) of each migration target's first running reading: a run whose first reading was
+    excused as a migration's target (or as its edge), read by libvirt as running."""
+    resumes: dict[str, list[tuple[str, float]]] = {}
+    for (vm, host, source, identity), seen in readings.items():
+        target = seen and (seen[0][1] or 0 in edges[vm, host, source, identity])
+        if source != "libvirt" or not target:
+            continue
+        running = next((sample for sample, _excused in seen if (sample.states or {}).get(vm) is None), None)
+        if running is not None:
+            resumes.setdefault(vm, []).append((host, running.asked))
+    return resumes
+
+
+def _near_resume(sample: Sample, resumes: list[tuple[str, float]]) -> bool:
+    """Whether a QEMU process read from outside may be a migration's source left paused around its target's
+    resume: libvirt kills the source only once the target confirms, and from outside the two look alike."""
+    return any(host != sample.host and abs(sample.asked - when) <= MIGRATION_EDGE_S for host, when in resumes)
 
 
 def _maybe_paused(sample: Sample, state: str | None) -> bool:
