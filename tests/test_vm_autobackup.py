@@ -1,0 +1,173 @@
+"""Scheduled backups on a one-node local cluster (file backend, test-driver host): runs back up the tagged VMs,
+full then incremental; retention removes whole chains; a leader killed mid-run is resumed with nothing backed
+up twice or left half-made; a bad setting and a failing pre command are refused or fail in one line."""
+import json
+import time
+
+import pytest
+
+from pvc import schema
+from pvc.cli.localcluster.guest import domain_xml
+
+from conftest import started_cluster
+from helpers import cluster_store, eventually
+from storage_support import known_raw
+from vm_support import pvc, restart_node_daemon, wait_for_task
+
+POOL = "abpool"
+TAG = "nightly"
+
+
+@pytest.fixture(scope="module")
+def backup_cluster(tmp_path_factory):
+    """One node, one coordinator, the file backend; two tagged VMs (one running) and one untagged."""
+    for running in started_cluster(tmp_path_factory.mktemp("autobackup"), nodes=1, coordinators=1):
+        client = running.client
+        client.storage.pool_add(POOL)
+        image = known_raw(tmp_path_factory.mktemp("images") / "disk.raw", size=1 << 20, seed=11)
+        for vm, tags in (("alpha", [TAG]), ("beta", [TAG]), ("gamma", [])):
+            client.storage.upload(POOL, f"{vm}-disk", str(image))
+            client.vms.define(domain_xml(vm, disk=f"{POOL}/{vm}-disk", domain_type="kvm"), target="hv1", tags=tags)
+        client.vms.start("alpha", wait=True)
+        (running.local.backup_root / "auto").mkdir()
+        yield running
+
+
+def _destination(cluster):
+    return cluster.local.backup_root / "auto"
+
+
+def _manifest(cluster, vm: str, snapshot: str) -> dict:
+    return json.loads((_destination(cluster) / vm / snapshot / "manifest.json").read_text())
+
+
+def _exports(cluster, vm: str) -> list[str]:
+    directory = _destination(cluster) / vm
+    return sorted(path.name for path in directory.iterdir()) if directory.exists() else []
+
+
+def _autobackup_snapshots(client, vm: str) -> list[str]:
+    return [row["name"] for row in client.vms.snapshot_list(vm) if row["name"].startswith("autobackup-")]
+
+
+def _run(client, *vms: str) -> dict:
+    return wait_for_task(client, client.vms.autobackup_run(list(vms) or None), timeout=60)
+
+
+def _refused(result, words: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert words in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_a_bad_setting_or_a_run_without_a_destination_is_refused_in_one_line(backup_cluster):
+    cluster, client = backup_cluster, backup_cluster.client
+    before = client.cluster.config()
+    _refused(pvc(cluster, "cluster", "config", "--autobackup-schedule", "25:00"), "autobackup_schedule must be")
+    _refused(pvc(cluster, "cluster", "config", "--autobackup-keep-chains", "0"), "autobackup_keep_chains must be")
+    _refused(pvc(cluster, "cluster", "config", "--autobackup-destination", "../x"), "autobackup_destination must")
+    assert client.cluster.config() == before, "a refused setting changes nothing"
+    _refused(pvc(cluster, "vm", "autobackup", "run"), "autobackup_destination is not set")
+    assert not [task for task in client.nodes.tasks() if task["kind"] == "autobackup"], "nothing recorded"
+
+
+def test_runs_back_up_the_tagged_vms_full_then_incremental_and_retention_removes_whole_chains(backup_cluster):
+    cluster, client = backup_cluster, backup_cluster.client
+    shown = pvc(cluster, "cluster", "config", "--autobackup-tag", TAG, "--autobackup-destination",
+                str(_destination(cluster)), "--autobackup-full-interval", "2", "--autobackup-keep-chains", "1")
+    assert shown.exit_code == 0, shown.output
+
+    first = _run(client)
+    assert first["state"] == "done" and first["backed_up"] == ["alpha", "beta"], first
+    assert _exports(cluster, "gamma") == [], "an untagged VM is not backed up"
+    full = first["snapshot"]
+    assert _exports(cluster, "alpha") == [full] and _manifest(cluster, "alpha", full)["parent"] is None
+
+    second = _run(client)
+    incremental = second["snapshot"]
+    assert second["steps"]["alpha"]["kind"] == "incremental"
+    assert _manifest(cluster, "alpha", incremental)["parent"] == full
+    assert _exports(cluster, "alpha") == sorted([full, incremental])
+    assert _autobackup_snapshots(client, "alpha") == [incremental], "only the next incremental's parent is kept"
+
+    third = _run(client)
+    assert third["steps"]["alpha"]["kind"] == "full", "a full export every second backup"
+    assert _exports(cluster, "alpha") == [third["snapshot"]], "the old chain went whole, the new one stays"
+    assert _exports(cluster, "beta") == [third["snapshot"]]
+    assert [row["chain"] for row in client.vms.autobackup_status()["chains"] if row["name"] == "alpha"] == \
+        [third["snapshot"]]
+    listed = pvc(cluster, "cluster", "task", "list")
+    assert third["id"] in listed.output and "2 backed up" in listed.output, listed.output
+
+
+def test_a_leader_killed_mid_run_is_resumed_with_nothing_backed_up_twice_or_left_half_made(backup_cluster):
+    """The node's pre command sleeps, so the leader is killed while the node writes alpha's export."""
+    cluster, client, local = backup_cluster, backup_cluster.client, backup_cluster.local
+    _restart_node(cluster, {"autobackup_pre_command": "sleep 2"})
+    try:
+        before = {vm: _exports(cluster, vm) for vm in ("alpha", "beta")}
+        task = client.vms.autobackup_run()
+        exporting = eventually(lambda: client.nodes.task(task["id"])["steps"]["alpha"]["state"] == "exporting",
+                               30, interval=0.05)
+        assert exporting, client.nodes.task(task["id"])
+        local.stop_daemon("pvcapid", "pvcapid1", kill=True)
+        local.start_coordinator("pvcapid1")
+        finished = eventually(lambda: _finished(client, task["id"]), 90, interval=0.3)
+        assert finished and finished["state"] == "done", finished
+        for vm in ("alpha", "beta"):
+            assert _exports(cluster, vm) == sorted([*before[vm], task["snapshot"]]), "each VM backed up once"
+            assert _autobackup_snapshots(client, vm) == [task["snapshot"]]
+            assert not [name for name in _exports(cluster, vm) if name.startswith(".")], "no partial export"
+        assert _run(client)["state"] == "done", "the next run starts: the resumed one let go of the run"
+    finally:
+        _restart_node(cluster, {})
+
+
+def test_a_failing_pre_command_fails_the_run_and_raises_a_fault(backup_cluster):
+    cluster, client = backup_cluster, backup_cluster.client
+    _restart_node(cluster, {"autobackup_pre_command": "echo the store is not mounted >&2; exit 3"})
+    try:
+        before = {vm: _exports(cluster, vm) for vm in ("alpha", "beta")}
+        snapshots = _autobackup_snapshots(client, "alpha")
+        failed = _run(client, "alpha")
+        assert failed["state"] == "failed", failed
+        assert failed["errors"] == ["alpha: autobackup_pre_command exited with status 3: the store is not mounted"]
+        assert _exports(cluster, "alpha") == before["alpha"] and _autobackup_snapshots(client, "alpha") == snapshots
+        fault = eventually(lambda: next((each for each in client.cluster.faults() if each["id"] == "cluster.autobackup"),
+                                        None), 20, interval=0.3)
+        assert fault and "autobackup_pre_command exited with status 3" in fault["message"], client.cluster.faults()
+    finally:
+        _restart_node(cluster, {})
+    assert _run(client, "alpha")["state"] == "done"
+    assert eventually(lambda: not any(each["id"] == "cluster.autobackup" for each in client.cluster.faults()),
+                      20, interval=0.3), "a successful run clears the fault"
+
+
+def test_the_schedule_starts_a_run_when_due_and_records_when(backup_cluster):
+    cluster, client = backup_cluster, backup_cluster.client
+    assert client.cluster.config(autobackup_schedule="1h")["autobackup_schedule"] == "1h"
+    try:
+        with cluster_store(cluster.local) as store:
+            assert eventually(lambda: store.read(schema.AUTOBACKUP_SCHEDULE), 10), "the schedule counts from now"
+            store.zk.set(schema.AUTOBACKUP_SCHEDULE, schema.encode({"last_run": time.time() - 2 * 3600}))
+            task = eventually(lambda: next((each for each in client.nodes.tasks()
+                                            if each["kind"] == "autobackup" and each["reason"] == "schedule"), None),
+                              20, interval=0.2)
+            assert task, client.nodes.tasks()
+            assert wait_for_task(client, task)["state"] == "done"
+            assert time.time() - store.read(schema.AUTOBACKUP_SCHEDULE)["last_run"] < 60
+    finally:
+        client.cluster.config(autobackup_schedule="off")
+
+
+def _finished(client, task_id: str) -> dict | None:
+    try:
+        task = client.nodes.task(task_id)
+    except Exception:
+        return None
+    return task if task["state"] in ("done", "failed") else None
+
+
+def _restart_node(cluster, settings: dict) -> None:
+    cluster.local.stop_daemon("pvcnoded", "hv1")
+    restart_node_daemon(cluster, "hv1", extra_settings=settings)
