@@ -175,12 +175,12 @@ class Coordinator:
         self.requests.handle(leader_node)
         self.request_records.tick(self.store, leader_node)
         self.tasks.tick(leader_node)
-        autobackup_schedule.start_when_due(self.context, leader_node)
         choose_router(self.context, leader_node)
         if time.monotonic() >= self._next_storage_check:
             self._next_storage_check = time.monotonic() + STORAGE_CHECK_INTERVAL_S
             self.storage.resolve_orphaned_intents()
             self.vm_snapshots.resolve_orphaned()
+        autobackup_schedule.start_when_due(self.context, leader_node)
 
     def run(self) -> None:
         signals = SignalQueue()

@@ -26,6 +26,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
+from kazoo.exceptions import NoNodeError
+
 from pvc import autobackup_settings, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import (AlreadyExists, Busy, Conflict, InvalidInput, NotFound, NotLeader, OperationFailed,
@@ -33,6 +35,7 @@ from pvc.errors import (AlreadyExists, Busy, Conflict, InvalidInput, NotFound, N
 from pvc.rpc.areas.storage import STORAGE_ACTION_TIMEOUT_S
 from pvc.rpc.backup import chains
 from pvc.rpc.context import CoordinatorContext
+from pvc.rpc.tasks import ACTIVE_STATES
 
 if TYPE_CHECKING:
     from pvc.rpc.vm_backups import VMBackups
@@ -78,17 +81,30 @@ def record_run(context: CoordinatorContext, vms: list[str] | None, reason: str,
             "snapshot": f"{SNAPSHOT_PREFIX}{stamp}-{suffix}", "vms": names,
             "steps": {name: {"state": "waiting", "attempts": 0} for name in names},
             "total": len(names), "done": 0, "errors": []}
+    forget_stale_run(context, leader_node)
     transaction = context.store.transaction(leader_node).create(schema.task(task["id"]), task) \
         .create(schema.AUTOBACKUP_RUN, {"task": task["id"]})
     if leader_node is not None:
-        exists = context.store.zk.exists(schema.AUTOBACKUP_SCHEDULE) is not None
-        (transaction.set if exists else transaction.create)(schema.AUTOBACKUP_SCHEDULE, {"last_run": task["created"]})
+        transaction.put(schema.AUTOBACKUP_SCHEDULE, {"last_run": task["created"]})
     try:
         transaction.commit()
     except AlreadyExists:
         running = context.store.read(schema.AUTOBACKUP_RUN) or {}
         raise Conflict(f"an autobackup run is in progress (task {running.get('task')})") from None
     return task
+
+
+def forget_stale_run(context: CoordinatorContext, leader_node: str | None) -> None:
+    """Drop a run marker whose task is gone or finished (removed by hand, say), which would
+    otherwise refuse every run; the marker's version is checked, so a new run's marker is never dropped."""
+    try:
+        data, stat = context.store.zk.get(schema.AUTOBACKUP_RUN)
+    except NoNodeError:
+        return
+    task = context.store.read(schema.task(schema.decode(data)["task"]))
+    if task is None or task["state"] not in ACTIVE_STATES:
+        context.store.transaction(leader_node).delete(schema.AUTOBACKUP_RUN, stat.version).commit()
+        log.warning("autobackup: dropped the marker of run %s, which is not running", schema.decode(data)["task"])
 
 
 class AutobackupExecution:
@@ -138,7 +154,11 @@ class AutobackupExecution:
         destination = posixpath.join(self._settings["autobackup_destination"], vm, snapshot)
         self._step(vm, state="begun", snapshot=snapshot, destination=destination, kind=kind, node=None,
                    parent=parent["snapshot"] if parent else None, attempts=step["attempts"] + 1)
-        self._snapshots.create(vm, snapshot)
+        try:
+            self._snapshots.create(vm, snapshot)
+        except TRANSIENT:
+            self._step(vm, attempts=step["attempts"])  # a busy lock or node is no attempt: nothing was taken
+            raise
         try:
             manifest, node, agent_uri = self._planned(vm, snapshot, parent)
             self._step(vm, state="exporting", node=node, kind="incremental" if manifest["parent"] else "full",
@@ -184,6 +204,13 @@ class AutobackupExecution:
         return True
 
     def _export_state(self, step: dict[str, Any]) -> str:
+        """What became of the step's export, from the node that writes it; from any storage node only once that
+        node has stopped or was fenced (a node merely out of reach may still be writing: it is waited for)."""
+        raw = self._context.cache.nodes.get(step["node"]) or {}
+        daemon_state = raw.get("daemon_state") if raw.get(OWN_VALUE) else None
+        if daemon_state not in (None, "run", "stop", "fenced"):
+            raise Unavailable(f"node {step['node']}, which was writing {step['destination']}, is {daemon_state}; "
+                              "the run waits for it")
         deadline = time.monotonic() + STORAGE_ACTION_TIMEOUT_S
         while True:
             state = self._call(step["node"], "autobackup_state", step["destination"])
@@ -200,10 +227,8 @@ class AutobackupExecution:
                   "kind": step["kind"], "parent": step["parent"], "bytes": written_bytes, "created": time.time()}
         record = chains.with_backup(self._chains(vm), backup, self._settings["autobackup_keep_chains"])
         step.update(state="done", bytes=written_bytes, post_command_error=post_error)
-        transaction = self._context.store.transaction(self._leader_node)
-        path = schema.autobackup_vm(vm)
-        (transaction.set if self._context.store.zk.exists(path) else transaction.create)(path, record)
-        transaction.set(schema.task(self.task["id"]), self.task).commit()
+        self._context.store.transaction(self._leader_node).put(schema.autobackup_vm(vm), record) \
+            .set(schema.task(self.task["id"]), self.task).commit()
         self._remove_older_snapshots(vm, step["snapshot"])
         self._finish_removals(vm)
 
@@ -280,9 +305,7 @@ class AutobackupExecution:
         transaction = store.transaction(self._leader_node).set(schema.task(self.task["id"]), self.task)
         if (store.read(schema.AUTOBACKUP_RUN) or {}).get("task") == self.task["id"]:
             transaction.delete(schema.AUTOBACKUP_RUN)
-        exists = store.zk.exists(schema.AUTOBACKUP_OUTCOME) is not None
-        (transaction.set if exists else transaction.create)(schema.AUTOBACKUP_OUTCOME, outcome)
-        transaction.commit()
+        transaction.put(schema.AUTOBACKUP_OUTCOME, outcome).commit()
         (log.warning if errors else log.info)("autobackup run %s %s: %d backed up%s", self.task["id"],
                                               self.task["state"], len(self.task["backed_up"]),
                                               f"; {'; '.join(errors)}" if errors else "")

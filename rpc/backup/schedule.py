@@ -27,17 +27,18 @@ def start_when_due(context: CoordinatorContext, leader_node: str, now: float | N
     if state is None:
         context.store.transaction(leader_node).create(schema.AUTOBACKUP_SCHEDULE, {"last_run": now}).commit()
         return None
-    if not schedule.due(state["last_run"], now) or context.store.zk.exists(schema.AUTOBACKUP_RUN):
+    if not schedule.due(state["last_run"], now):
+        return None
+    run.forget_stale_run(context, leader_node)
+    if context.store.zk.exists(schema.AUTOBACKUP_RUN):
         return None
     try:
         task = run.record_run(context, None, "schedule", leader_node)
     except PVCError as error:
         log.warning("scheduled autobackup not started: %s", error)
-        transaction = context.store.transaction(leader_node).set(schema.AUTOBACKUP_SCHEDULE, {"last_run": now})
         outcome = {"task": None, "state": "failed", "finished": now, "errors": [f"not started: {error}"]}
-        exists = context.store.zk.exists(schema.AUTOBACKUP_OUTCOME) is not None
-        (transaction.set if exists else transaction.create)(schema.AUTOBACKUP_OUTCOME, outcome)
-        transaction.commit()
+        context.store.transaction(leader_node).set(schema.AUTOBACKUP_SCHEDULE, {"last_run": now}) \
+            .put(schema.AUTOBACKUP_OUTCOME, outcome).commit()
         return None
     log.info("scheduled autobackup run %s started for %d VM(s)", task["id"], len(task["vms"]))
     return task
