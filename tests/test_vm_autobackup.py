@@ -12,7 +12,7 @@ from pvc.cli.localcluster.guest import domain_xml
 from conftest import started_cluster
 from helpers import cluster_store, eventually
 from storage_support import known_raw
-from vm_support import pvc, restart_node_daemon, wait_for_task
+from vm_support import fence_deadline_beyond_restarts, pvc, restart_node_daemon, wait_for_task
 
 POOL = "abpool"
 TAG = "nightly"
@@ -77,7 +77,9 @@ def test_runs_back_up_the_tagged_vms_full_then_incremental_and_retention_removes
                 str(_destination(cluster)), "--autobackup-full-interval", "2", "--autobackup-keep-chains", "1")
     assert shown.exit_code == 0, shown.output
 
-    first = _run(client)
+    ran = pvc(cluster, "vm", "autobackup", "run", "--wait")
+    assert ran.exit_code == 0 and "alpha: done (full to " in ran.output, ran.output
+    first = client.nodes.task(ran.output.split()[2].rstrip(":"))
     assert first["state"] == "done" and first["backed_up"] == ["alpha", "beta"], first
     assert _exports(cluster, "gamma") == [], "an untagged VM is not backed up"
     full = first["snapshot"]
@@ -98,6 +100,31 @@ def test_runs_back_up_the_tagged_vms_full_then_incremental_and_retention_removes
         [third["snapshot"]]
     listed = pvc(cluster, "cluster", "task", "list")
     assert third["id"] in listed.output and "2 backed up" in listed.output, listed.output
+    status = pvc(cluster, "vm", "autobackup", "status")
+    assert status.exit_code == 0 and f"{third['id']}: done" in status.output, status.output
+
+
+def test_a_leader_and_the_exporting_node_killed_mid_export_leave_nothing_and_the_next_leader_backs_up_once(
+        backup_cluster):
+    """Both die while the node runs its pre command, before any byte is written: the restarted node is not
+    writing, so the next leader removes the step's snapshot and backs the VM up again, once."""
+    cluster, client, local = backup_cluster, backup_cluster.client, backup_cluster.local
+    fence_deadline_beyond_restarts(cluster)
+    _restart_node(cluster, {"autobackup_pre_command": "sleep 3"})
+    try:
+        task = client.vms.autobackup_run(["beta"])
+        assert eventually(lambda: client.nodes.task(task["id"])["steps"]["beta"]["state"] == "exporting",
+                          30, interval=0.05), client.nodes.task(task["id"])
+        local.stop_daemon("pvcapid", "pvcapid1", kill=True)
+        local.stop_daemon("pvcnoded", "hv1", kill=True)
+        local.start_node_daemon("hv1")
+        local.start_coordinator("pvcapid1")
+        finished = eventually(lambda: _finished(client, task["id"]), 90, interval=0.3)
+        assert finished and finished["state"] == "done", finished
+        assert finished["steps"]["beta"]["attempts"] == 2, "begun again after the undo"
+        _backed_up_once(cluster, "beta", task["snapshot"])
+    finally:
+        local.wait_ready(30)
 
 
 def test_a_leader_killed_mid_run_is_resumed_with_nothing_backed_up_twice_or_left_half_made(backup_cluster):
@@ -105,7 +132,6 @@ def test_a_leader_killed_mid_run_is_resumed_with_nothing_backed_up_twice_or_left
     cluster, client, local = backup_cluster, backup_cluster.client, backup_cluster.local
     _restart_node(cluster, {"autobackup_pre_command": "sleep 2"})
     try:
-        before = {vm: _exports(cluster, vm) for vm in ("alpha", "beta")}
         task = client.vms.autobackup_run()
         exporting = eventually(lambda: client.nodes.task(task["id"])["steps"]["alpha"]["state"] == "exporting",
                                30, interval=0.05)
@@ -115,9 +141,7 @@ def test_a_leader_killed_mid_run_is_resumed_with_nothing_backed_up_twice_or_left
         finished = eventually(lambda: _finished(client, task["id"]), 90, interval=0.3)
         assert finished and finished["state"] == "done", finished
         for vm in ("alpha", "beta"):
-            assert _exports(cluster, vm) == sorted([*before[vm], task["snapshot"]]), "each VM backed up once"
-            assert _autobackup_snapshots(client, vm) == [task["snapshot"]]
-            assert not [name for name in _exports(cluster, vm) if name.startswith(".")], "no partial export"
+            _backed_up_once(cluster, vm, task["snapshot"])
         assert _run(client)["state"] == "done", "the next run starts: the resumed one let go of the run"
     finally:
         _restart_node(cluster, {})
@@ -158,6 +182,17 @@ def test_the_schedule_starts_a_run_when_due_and_records_when(backup_cluster):
             assert time.time() - store.read(schema.AUTOBACKUP_SCHEDULE)["last_run"] < 60
     finally:
         client.cluster.config(autobackup_schedule="off")
+
+
+def _backed_up_once(cluster, vm: str, snapshot: str) -> None:
+    """The run's backup of `vm` is recorded once, every export on disk is a recorded one (none half-made or
+    forgotten), and the VM keeps only that run's snapshot."""
+    with cluster_store(cluster.local) as store:
+        record = store.read(schema.autobackup_vm(vm))
+    recorded = [backup["directory"].rsplit("/", 1)[1] for chain in record["chains"] for backup in chain["backups"]]
+    assert recorded.count(snapshot) == 1, record
+    assert _exports(cluster, vm) == sorted(recorded), "no export outside the VM's chains, and no partial one"
+    assert _autobackup_snapshots(cluster.client, vm) == [snapshot], "no snapshot left behind"
 
 
 def _finished(client, task_id: str) -> dict | None:
