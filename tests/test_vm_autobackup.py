@@ -157,8 +157,8 @@ def test_a_failing_pre_command_fails_the_run_and_raises_a_fault(backup_cluster):
         assert failed["state"] == "failed", failed
         assert failed["errors"] == ["alpha: autobackup_pre_command exited with status 3: the store is not mounted"]
         assert _exports(cluster, "alpha") == before["alpha"] and _autobackup_snapshots(client, "alpha") == snapshots
-        fault = eventually(lambda: next((each for each in client.cluster.faults() if each["id"] == "cluster.autobackup"),
-                                        None), 20, interval=0.3)
+        fault = eventually(lambda: next((each for each in client.cluster.faults()
+                                         if each["id"] == "cluster.autobackup"), None), 20, interval=0.3)
         assert fault and "autobackup_pre_command exited with status 3" in fault["message"], client.cluster.faults()
     finally:
         _restart_node(cluster, {})

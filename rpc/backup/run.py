@@ -72,7 +72,7 @@ def record_run(context: CoordinatorContext, vms: list[str] | None, reason: str,
     elif settings["autobackup_tag"]:
         tag = settings["autobackup_tag"]
         names = sorted(name for name in defined
-                       if tag in ((context.cache.vms.get(name) or {}).get(OWN_VALUE) or {}).get("tags", {}))
+                       if tag in (((context.cache.vms.get(name) or {}).get(OWN_VALUE) or {}).get("tags") or {}))
     else:
         raise InvalidInput("autobackup_tag is not set: name the VMs, or pvc cluster config --autobackup-tag TAG")
     stamp, suffix = time.strftime("%Y%m%d%H%M%S", time.gmtime()), uuid.uuid4().hex[:4]

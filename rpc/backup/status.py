@@ -3,6 +3,7 @@ chains as recorded."""
 from typing import Any
 
 from pvc import autobackup_settings, schema
+from pvc.rpc.backup import chains
 from pvc.rpc.context import CoordinatorContext
 
 
@@ -10,7 +11,7 @@ def status(context: CoordinatorContext) -> dict[str, Any]:
     store = context.store
     vms = []
     for vm in sorted(store.children(schema.AUTOBACKUP_VMS)):
-        record = store.read(schema.autobackup_vm(vm)) or {"chains": [], "removing": []}
+        record = store.read(schema.autobackup_vm(vm)) or chains.empty()
         for chain in record["chains"]:
             vms.append({"name": vm, "chain": chain["id"], "backups": len(chain["backups"]),
                         "last": chain["backups"][-1]["snapshot"] if chain["backups"] else None,
