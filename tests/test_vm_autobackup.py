@@ -91,6 +91,10 @@ def test_runs_back_up_the_tagged_vms_full_then_incremental_and_retention_removes
     assert _manifest(cluster, "alpha", incremental)["parent"] == full
     assert _exports(cluster, "alpha") == sorted([full, incremental])
     assert _autobackup_snapshots(client, "alpha") == [incremental], "only the next incremental's parent is kept"
+    restored = client.vms.snapshot_import(str(_destination(cluster) / "alpha" / incremental), name="alpha-back")
+    assert restored["state"] == "stop", "the chain restores from its last export"
+    client.vms.remove("alpha-back")
+    client.storage.volume_remove(POOL, "alpha-back_disk0")
 
     third = _run(client)
     assert third["steps"]["alpha"]["kind"] == "full", "a full export every second backup"

@@ -122,6 +122,8 @@ class AutobackupExecution:
     def run(self) -> None:
         self._save(state="running")
         for vm in self.task["vms"]:
+            if self.task["steps"][vm]["state"] == "done":
+                self._tidy(vm)  # a leader may have died between a step's settling and its tidying
             if self.task["steps"][vm]["state"] in ("done", "failed", "skipped"):
                 continue
             try:
@@ -229,14 +231,16 @@ class AutobackupExecution:
         step.update(state="done", bytes=written_bytes, post_command_error=post_error)
         self._context.store.transaction(self._leader_node).put(schema.autobackup_vm(vm), record) \
             .set(schema.task(self.task["id"]), self.task).commit()
-        self._remove_older_snapshots(vm, step["snapshot"])
-        self._finish_removals(vm)
+        self._tidy(vm)
 
-    def _remove_older_snapshots(self, vm: str, newest: str) -> None:
-        """Every autobackup snapshot of the VM but the newest backup's: an incremental needs only that one."""
+    def _tidy(self, vm: str) -> None:
+        """After a settled step: every autobackup snapshot of the VM but its newest backup's goes (an
+        incremental needs only that one), and so do the chains retention marked."""
+        newest = chains.latest(self._chains(vm))
         for view in self._snapshots.list(vm):
-            if view["name"].startswith(SNAPSHOT_PREFIX) and view["name"] != newest:
+            if view["name"].startswith(SNAPSHOT_PREFIX) and (newest is None or view["name"] != newest["snapshot"]):
                 self._remove_snapshot(vm, view["name"])
+        self._finish_removals(vm)
 
     def _finish_removals(self, vm: str) -> None:
         """Remove the exports of the chains retention marked, newest first, then the chains from the record."""
