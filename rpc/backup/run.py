@@ -144,6 +144,7 @@ class AutobackupExecution:
         step = self.task["steps"][vm]
         if step["state"] in ("begun", "exporting") and not self._undo_unfinished(vm, step):
             return
+        step = self.task["steps"][vm]
         if self._context.store.read(schema.vm(vm)) is None:
             self._step(vm, state="skipped", error=f"VM '{vm}' no longer exists")
             return
