@@ -134,26 +134,26 @@ def test_a_leader_and_the_exporting_node_killed_mid_export_leave_nothing_and_the
 def test_a_leader_killed_mid_run_is_resumed_with_nothing_backed_up_twice_or_left_half_made(backup_cluster):
     """The node's pre command sleeps, so the leader is killed while the node writes alpha's export."""
     cluster, client, local = backup_cluster, backup_cluster.client, backup_cluster.local
-    _restart_node(cluster, {"autobackup_pre_command": "sleep 2"})
-    try:
-        task = client.vms.autobackup_run()
-        exporting = eventually(lambda: client.nodes.task(task["id"])["steps"]["alpha"]["state"] == "exporting",
-                               30, interval=0.05)
-        assert exporting, client.nodes.task(task["id"])
-        local.stop_daemon("pvcapid", "pvcapid1", kill=True)
-        local.start_coordinator("pvcapid1")
-        finished = eventually(lambda: _finished(client, task["id"]), 90, interval=0.3)
-        assert finished and finished["state"] == "done", finished
-        for vm in ("alpha", "beta"):
-            _backed_up_once(cluster, vm, task["snapshot"])
-        assert _run(client)["state"] == "done", "the next run starts: the resumed one let go of the run"
-    finally:
-        _restart_node(cluster, {})
+    _restart_node(cluster, {"autobackup_pre_command": "sleep 1"})
+    task = client.vms.autobackup_run()
+    exporting = eventually(lambda: client.nodes.task(task["id"])["steps"]["alpha"]["state"] == "exporting",
+                           30, interval=0.05)
+    assert exporting, client.nodes.task(task["id"])
+    local.stop_daemon("pvcapid", "pvcapid1", kill=True)
+    local.start_coordinator("pvcapid1")
+    finished = eventually(lambda: _finished(client, task["id"]), 90, interval=0.3)
+    assert finished and finished["state"] == "done", finished
+    for vm in ("alpha", "beta"):
+        _backed_up_once(cluster, vm, task["snapshot"])
+    assert _run(client)["state"] == "done", "the next run starts: the resumed one let go of the run"
 
 
-def test_a_failing_pre_command_fails_the_run_and_raises_a_fault(backup_cluster):
+def test_a_failing_pre_command_fails_the_run_and_raises_a_fault(backup_cluster, tmp_path):
+    """The post command runs all the same (to unmount what the pre command may have mounted)."""
     cluster, client = backup_cluster, backup_cluster.client
-    _restart_node(cluster, {"autobackup_pre_command": "echo the store is not mounted >&2; exit 3"})
+    post_ran = tmp_path / "post-ran"
+    _restart_node(cluster, {"autobackup_pre_command": "echo the store is not mounted >&2; exit 3",
+                            "autobackup_post_command": f"echo unmounted >> {post_ran}"})
     try:
         before = {vm: _exports(cluster, vm) for vm in ("alpha", "beta")}
         snapshots = _autobackup_snapshots(client, "alpha")
@@ -161,6 +161,7 @@ def test_a_failing_pre_command_fails_the_run_and_raises_a_fault(backup_cluster):
         assert failed["state"] == "failed", failed
         assert failed["errors"] == ["alpha: autobackup_pre_command exited with status 3: the store is not mounted"]
         assert _exports(cluster, "alpha") == before["alpha"] and _autobackup_snapshots(client, "alpha") == snapshots
+        assert post_ran.read_text() == "unmounted\n"
         fault = eventually(lambda: next((each for each in client.cluster.faults()
                                          if each["id"] == "cluster.autobackup"), None), 20, interval=0.3)
         assert fault and "autobackup_pre_command exited with status 3" in fault["message"], client.cluster.faults()
@@ -184,6 +185,14 @@ def test_the_schedule_starts_a_run_when_due_and_records_when(backup_cluster):
             assert task, client.nodes.tasks()
             assert wait_for_task(client, task)["state"] == "done"
             assert time.time() - store.read(schema.AUTOBACKUP_SCHEDULE)["last_run"] < 60
+
+            destination = client.cluster.config()["autobackup_destination"]
+            client.cluster.config(autobackup_destination="off")
+            store.zk.set(schema.AUTOBACKUP_SCHEDULE, schema.encode({"last_run": time.time() - 2 * 3600}))
+            fault = eventually(lambda: next((each for each in client.cluster.faults()
+                                             if each["id"] == "cluster.autobackup"), None), 20, interval=0.3)
+            assert fault and "not started: autobackup_destination is not set" in fault["message"], fault
+            client.cluster.config(autobackup_destination=destination)
     finally:
         client.cluster.config(autobackup_schedule="off")
 
