@@ -42,13 +42,14 @@ def _outcome(task: dict) -> str:
 
 @autobackup.command("run")
 @click.argument("vms", metavar="[VM...]", nargs=-1)
+@click.option("-F", "--force-full", is_flag=True, help="a full export of each VM, beginning a new chain")
 @click.option("-w", "--wait", is_flag=True, help="wait until the run has finished, and exit 1 if it failed")
 @output.format_option
 @click.pass_obj
-def autobackup_run(session, vms: tuple, wait: bool, output_format: str) -> None:
+def autobackup_run(session, vms: tuple, force_full: bool, wait: bool, output_format: str) -> None:
     """Start an autobackup run now: of the VMs named, or of every VM carrying autobackup_tag. Prints the task
     id (pvc cluster task list shows its progress)."""
-    task = session.client.vms.autobackup_run(list(vms) or None)
+    task = session.client.vms.autobackup_run(list(vms) or None, force_full=force_full)
     if not wait:
         output.show(task, output_format, lambda shown: f"autobackup run {shown['id']} started for "
                                                        f"{len(shown['vms'])} VM(s)")

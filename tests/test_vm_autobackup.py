@@ -91,6 +91,10 @@ def test_runs_back_up_the_tagged_vms_full_then_incremental_and_retention_removes
     assert _manifest(cluster, "alpha", incremental)["parent"] == full
     assert _exports(cluster, "alpha") == sorted([full, incremental])
     assert _autobackup_snapshots(client, "alpha") == [incremental], "only the next incremental's parent is kept"
+    ran = pvc(cluster, "vm", "autobackup", "run", "--force-full", "beta", "--wait")
+    assert ran.exit_code == 0 and "beta: done (full to " in ran.output, ran.output
+    forced = client.nodes.task(ran.output.split()[2].rstrip(":"))["snapshot"]
+    assert _exports(cluster, "beta") == [forced], "a forced full export began a chain; the one before went whole"
     restored = client.vms.snapshot_import(str(_destination(cluster) / "alpha" / incremental), name="alpha-back")
     assert restored["state"] == "stop", "the chain restores from its last export"
     client.vms.remove("alpha-back")
@@ -99,7 +103,8 @@ def test_runs_back_up_the_tagged_vms_full_then_incremental_and_retention_removes
     third = _run(client)
     assert third["steps"]["alpha"]["kind"] == "full", "a full export every second backup"
     assert _exports(cluster, "alpha") == [third["snapshot"]], "the old chain went whole, the new one stays"
-    assert _exports(cluster, "beta") == [third["snapshot"]]
+    assert third["steps"]["beta"]["kind"] == "incremental"
+    assert _exports(cluster, "beta") == sorted([forced, third["snapshot"]])
     assert [row["chain"] for row in client.vms.autobackup_status()["chains"] if row["name"] == "alpha"] == \
         [third["snapshot"]]
     listed = pvc(cluster, "cluster", "task", "list")
@@ -136,6 +141,7 @@ def test_a_leader_killed_mid_run_is_resumed_with_nothing_backed_up_twice_or_left
     cluster, client, local = backup_cluster, backup_cluster.client, backup_cluster.local
     _restart_node(cluster, {"autobackup_pre_command": "sleep 1"})
     task = client.vms.autobackup_run()
+    _refused(pvc(cluster, "vm", "autobackup", "run", "beta"), f"an autobackup run is in progress (task {task['id']})")
     exporting = eventually(lambda: client.nodes.task(task["id"])["steps"]["alpha"]["state"] == "exporting",
                            30, interval=0.05)
     assert exporting, client.nodes.task(task["id"])

@@ -646,9 +646,10 @@ class VMsArea:
 
     # -- scheduled backups (`pvc.rpc.backup`) ------------------------------------------------------------
 
-    def autobackup_run(self, vms: list[str] | None = None) -> dict[str, Any]:
+    def autobackup_run(self, vms: list[str] | None = None, force_full: bool = False) -> dict[str, Any]:
         """Start an autobackup run now, of `vms` or (none given) of every VM carrying the cluster's
-        ``autobackup_tag``; the leader runs it as task ``autobackup-...`` (`pvc cluster task list`).
+        ``autobackup_tag``; the leader runs it as task ``autobackup-...`` (`pvc cluster task list`). With
+        `force_full`, each VM's backup is a full export, beginning a new chain.
 
         :raises InvalidInput: ``autobackup_destination`` is not set, or neither VMs nor ``autobackup_tag`` are
             given, or a malformed VM name
@@ -657,7 +658,7 @@ class VMsArea:
         """
         if vms is not None and (isinstance(vms, str) or not isinstance(vms, list)):
             raise InvalidInput("give a list of VM names")
-        return backup_run.record_run(self._context, vms, "command")
+        return backup_run.record_run(self._context, vms, "command", force_full=force_full is True)
 
     def autobackup_status(self) -> dict[str, Any]:
         """The autobackup settings, the run in progress, the last run's outcome and each VM's chains.

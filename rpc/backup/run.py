@@ -54,10 +54,10 @@ POLL_S = 0.5
 
 
 def record_run(context: CoordinatorContext, vms: list[str] | None, reason: str,
-               leader_node: str | None = None) -> dict[str, Any]:
+               leader_node: str | None = None, force_full: bool = False) -> dict[str, Any]:
     """Record a run of the named VMs (all of them must exist), or of those carrying ``autobackup_tag``; refused
     while another run is in progress. `leader_node` (the schedule's) also records the start in the schedule's
-    state, in the same transaction."""
+    state, in the same transaction. With `force_full`, every VM begins a new chain."""
     settings = autobackup_settings.resolve(context.cache.config.get())
     if not settings["autobackup_destination"]:
         raise InvalidInput("autobackup_destination is not set: pvc cluster config --autobackup-destination PATH "
@@ -77,7 +77,7 @@ def record_run(context: CoordinatorContext, vms: list[str] | None, reason: str,
         raise InvalidInput("autobackup_tag is not set: name the VMs, or pvc cluster config --autobackup-tag TAG")
     stamp, suffix = time.strftime("%Y%m%d%H%M%S", time.gmtime()), uuid.uuid4().hex[:4]
     task = {"id": f"{KIND}-{stamp}-{suffix}", "kind": KIND, "node": None, "vm": None, "state": "pending",
-            "created": time.time(), "reason": reason, "settings": settings,
+            "created": time.time(), "reason": reason, "settings": settings, "force_full": bool(force_full),
             "snapshot": f"{SNAPSHOT_PREFIX}{stamp}-{suffix}", "vms": names,
             "steps": {name: {"state": "waiting", "attempts": 0} for name in names},
             "total": len(names), "done": 0, "errors": []}
@@ -151,7 +151,8 @@ class AutobackupExecution:
         if step["attempts"] >= MAX_ATTEMPTS:
             raise OperationFailed(f"its backup was begun {MAX_ATTEMPTS} times and never finished")
         record = self._chains(vm)
-        kind = chains.next_kind(record, self._settings["autobackup_full_interval"])
+        kind = "full" if self.task.get("force_full") else \
+            chains.next_kind(record, self._settings["autobackup_full_interval"])
         parent = chains.latest(record) if kind == "incremental" else None
         snapshot = self.task["snapshot"]
         destination = posixpath.join(self._settings["autobackup_destination"], vm, snapshot)
