@@ -113,6 +113,26 @@ def test_runs_back_up_the_tagged_vms_full_then_incremental_and_retention_removes
     assert status.exit_code == 0 and f"{third['id']}: done" in status.output, status.output
 
 
+def test_a_leader_killed_while_a_snapshot_is_begun_is_resumed_by_beginning_that_vm_again(backup_cluster):
+    """The test holds gamma's lock, so the step stays ``begun`` (its snapshot waits for the lock) when the
+    leader is killed; gamma is untagged, so naming it backs it up all the same."""
+    cluster, client, local = backup_cluster, backup_cluster.client, backup_cluster.local
+    with cluster_store(local) as store:
+        lock = store.lock(schema.vm_lock("gamma"), "test")
+        assert lock.acquire(timeout=10)
+        try:
+            task = client.vms.autobackup_run(["gamma"])
+            assert eventually(lambda: client.nodes.task(task["id"])["steps"]["gamma"]["state"] == "begun",
+                              30, interval=0.05), client.nodes.task(task["id"])
+            local.stop_daemon("pvcapid", "pvcapid1", kill=True)
+        finally:
+            lock.release()
+    local.start_coordinator("pvcapid1")
+    finished = eventually(lambda: _finished(client, task["id"]), 90, interval=0.3)
+    assert finished and finished["state"] == "done", finished
+    _backed_up_once(cluster, "gamma", task["snapshot"])
+
+
 def test_a_leader_and_the_exporting_node_killed_mid_export_leave_nothing_and_the_next_leader_backs_up_once(
         backup_cluster):
     """Both die while the node runs its pre command, before any byte is written: the restarted node is not
