@@ -14,9 +14,10 @@ The task is recorded with the VMs and the settings of its moment, together with 
 A leader that dies midway leaves a step ``begun`` or ``exporting``; the next leader runs the task again and,
 for that step, asks the node: an export still being written is waited for, a whole one is settled as done
 (the VM is not backed up twice); otherwise the step's snapshot is removed (once its own creation has settled)
-and the VM's backup begins again. A failure (a pre command, the export) removes the step's snapshot, the node
-having removed its partial export, and fails that VM; the run then ends ``failed``, which the leader's
-``autobackup`` health check raises as a fault.
+and the VM's backup begins again (at most `MAX_ATTEMPTS` times in one run); a settled step is tidied again
+(step 3's removals), in case the leader died between settling and tidying. A failure (a pre command, the
+export) removes the step's snapshot, the node having removed its partial export, and fails that VM; the run
+then ends ``failed``, which the leader's ``autobackup`` health check raises as a fault.
 """
 from __future__ import annotations
 
