@@ -35,8 +35,8 @@ def _outcome(task: dict) -> str:
         detail = step.get("error") or (f"{step.get('kind')} to {step.get('destination')}"
                                        if step.get("state") == "done" else "")
         lines.append(f"  {vm}: {step.get('state')}" + (f" ({detail})" if detail else ""))
-    lines += [f"  post command: {step['post_command_error']}" for step in steps.values()
-              if step.get("post_command_error")]
+    lines += [f"  {vm}: {step[key]}" for vm, step in steps.items()
+              for key in ("post_command_error", "retention_error") if step.get(key)]
     return "\n".join(lines)
 
 

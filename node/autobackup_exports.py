@@ -75,7 +75,14 @@ class AutobackupExports:
 
     def remove(self, paths: list[str]) -> list[str]:
         """Remove finished exports (retention), in the order given; returns those that were there."""
-        return [path for path in paths if self._roots.remove_export(path)]
+        removed = []
+        for path in paths:
+            try:
+                if self._roots.remove_export(path):
+                    removed.append(path)
+            except OSError as error:
+                raise OperationFailed(f"cannot remove the export {path}: {error.strerror or error}") from None
+        return removed
 
 
 def run_command(command: str, timeout: float, what: str) -> None:

@@ -1,12 +1,14 @@
-"""A node's autobackup pre and post commands: run through the shell, bounded in time (the whole process group
-killed), a failure one line naming the setting, its status and its last line of output."""
+"""A node's side of autobackup: its pre and post commands run through the shell, bounded in time (the whole
+process group killed), a failure one line naming the setting, its status and its last line of output; and
+retention's removals, which follow no link and say in one line what they could not remove."""
 import time
 from pathlib import Path
 
 import pytest
 
 from pvc.errors import OperationFailed
-from pvc.node.autobackup_exports import run_command
+from pvc.node.autobackup_exports import AutobackupExports, run_command
+from pvc.node.backups import BackupRoots
 
 from helpers import eventually
 
@@ -38,3 +40,24 @@ def _dead(status: Path) -> bool:
         return "State:\tZ" in status.read_text()
     except FileNotFoundError:
         return True
+
+
+def test_retention_removes_whole_exports_follows_no_link_and_names_what_it_could_not_remove(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    for export in ("vm/full", "vm/odd"):
+        (root / export).mkdir(parents=True)
+        (root / export / "manifest.json").write_text("{}")
+    (root / "vm" / "odd" / "unexpected").mkdir()
+    outside.mkdir()
+    (outside / "keep").write_text("mine")
+    (root / "vm" / "link").symlink_to(outside)
+    exports = AutobackupExports(None, BackupRoots([str(root)], tmp_path / "journal"), {})
+
+    assert exports.state(str(root / "vm" / "full")) == "whole"
+    assert exports.remove([str(root / "vm" / "full"), str(root / "vm" / "gone")]) == [str(root / "vm" / "full")]
+    assert exports.state(str(root / "vm" / "full")) == "absent"
+    with pytest.raises(OperationFailed, match=r"^cannot remove the export .*/vm/odd: "):
+        exports.remove([str(root / "vm" / "odd")])
+    with pytest.raises(OperationFailed, match="cannot remove the export"):
+        exports.remove([str(root / "vm" / "link")])
+    assert (outside / "keep").read_text() == "mine", "nothing is removed through a link"

@@ -246,13 +246,21 @@ class AutobackupExecution:
         self._finish_removals(vm)
 
     def _finish_removals(self, vm: str) -> None:
-        """Remove the exports of the chains retention marked, newest first, then the chains from the record."""
+        """Remove the exports of the chains retention marked, newest first, then the chains from the record. A
+        removal the store refuses is reported with the run (``retention_error``) and tried again by the next
+        one; it never keeps the VM from being backed up."""
         record = self._chains(vm)
         for chain_id in list(record["removing"]):
             chain = next((each for each in record["chains"] if each["id"] == chain_id), None)
-            if chain is not None:
-                for backup in chains.removal_order(chain):
+            try:
+                for backup in chains.removal_order(chain) if chain is not None else []:
                     self._call(backup.get("node"), "autobackup_remove", [backup["directory"]])
+            except TRANSIENT:
+                raise
+            except PVCError as error:
+                log.warning("autobackup of VM %s: chain %s not removed: %s", vm, chain_id, error)
+                self._step(vm, retention_error=f"chain {chain_id} not removed: {error}")
+                return
             record = chains.without_chain(record, chain_id)
             self._context.store.transaction(self._leader_node).set(schema.autobackup_vm(vm), record).commit()
             log.info("autobackup of VM %s: chain %s removed (retention)", vm, chain_id)
@@ -302,8 +310,8 @@ class AutobackupExecution:
         """The task's outcome, the run marker gone and the outcome kept for the health check, in one write."""
         steps = self.task["steps"]
         errors = [f"{vm}: {step['error']}" for vm, step in steps.items() if step["state"] == "failed"]
-        errors += [f"{vm}: {step['post_command_error']}" for vm, step in steps.items()
-                   if step.get("post_command_error")]
+        errors += [f"{vm}: {step[key]}" for vm, step in steps.items()
+                   for key in ("post_command_error", "retention_error") if step.get(key)]
         self.task.update(state="failed" if errors else "done", finished=time.time(), errors=errors,
                          backed_up=sorted(vm for vm, step in steps.items() if step["state"] == "done"))
         outcome = {"task": self.task["id"], "state": self.task["state"], "finished": self.task["finished"],
