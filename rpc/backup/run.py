@@ -179,9 +179,13 @@ class AutobackupExecution:
 
     def _planned(self, vm: str, snapshot: str, parent: dict[str, Any] | None) -> tuple[dict[str, Any], str, str]:
         """The export's manifest and node: incremental from `parent` where it still can be (its snapshot is
-        still on the cluster with the same volumes), else full; written by the node that wrote the parent when
-        it runs, so the chain stays in one place."""
+        still on the cluster with the same volumes, and the node that wrote it runs: only there is the parent's
+        export surely beside the new one), else full, on any storage node."""
         manifest, node, agent_uri = None, None, None
+        if parent is not None and self._agent_uri(parent.get("node")) is None:
+            log.info("autobackup of VM %s: a full export, as node %s, which holds its chain, does not run", vm,
+                     parent.get("node"))
+            parent = None
         if parent is not None:
             try:
                 manifest, node, agent_uri = self._backups.plan_export(vm, snapshot, parent["snapshot"])
@@ -189,9 +193,9 @@ class AutobackupExecution:
                 log.info("autobackup of VM %s: a full export instead of an incremental: %s", vm, reason)
         if manifest is None:
             manifest, node, agent_uri = self._backups.plan_export(vm, snapshot, None)
-        preferred = parent.get("node") if parent else None
-        preferred_uri = self._agent_uri(preferred) if preferred else None
-        return (manifest, preferred, preferred_uri) if preferred_uri else (manifest, node, agent_uri)
+        if manifest["parent"] is not None:
+            return manifest, parent["node"], self._agent_uri(parent["node"])
+        return manifest, node, agent_uri
 
     def _undo_unfinished(self, vm: str, step: dict[str, Any]) -> bool:
         """Resolve a step an earlier leader left: False when its export turns out whole (now settled), True
@@ -285,7 +289,7 @@ class AutobackupExecution:
 
     # -- nodes -----------------------------------------------------------------------------------------
 
-    def _agent_uri(self, node: str) -> str | None:
+    def _agent_uri(self, node: str | None) -> str | None:
         raw = self._context.cache.nodes.get(node) or {}
         facts = raw.get(OWN_VALUE) or {}
         return facts.get("storage_agent_uri") if raw.get("daemon_state") == "run" else None
