@@ -3,7 +3,7 @@ run is due.
 
 A schedule is ``Nh`` (every N hours, counted from the last run, or from the moment the schedule was first
 seen) or ``HH:MM`` (once a day at that time, UTC: due once that time has passed since the last run). ``off``
-(stored as absent) stops it. Pure: no I/O, so the coordinator, the CLI's help and the tests share it.
+(stored as absent) stops it. Pure, without I/O, so that the rules are tested apart from any cluster.
 """
 import re
 from dataclasses import dataclass
