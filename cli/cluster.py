@@ -32,8 +32,11 @@ def _task_row(task: dict) -> dict:
     outcome += [task["reason"]] if task.get("reason") else []
     if task.get("retry_at") and task.get("state") == "failed":
         outcome += [f"next attempt {output.clock_time(task['retry_at'])} (attempt {(task.get('attempt') or 1) + 1})"]
+    outcome += [f"{len(task['backed_up'])} backed up"] if task.get("kind") == "autobackup" and "backed_up" in task \
+        else []
     outcome += ["; ".join(task["errors"])] if task.get("errors") else []
-    return {**task, "for": task.get("node") or task.get("vm"),
+    chosen = f"{len(task['vms'])} VM(s)" if isinstance(task.get("vms"), list) else None
+    return {**task, "for": task.get("node") or task.get("vm") or chosen,
             "progress": f"{done}/{total}" if total is not None else "-", "outcome": ", ".join(outcome) or "-"}
 
 
@@ -201,7 +204,7 @@ def _yaml_mapping(text: str, option: str) -> dict:
 @group.group("task")
 def task() -> None:
     """The long operations the leader runs from records in ZooKeeper: node flush and ready, recovery of a
-    dead node's VMs, provisioning. Finished ones are kept for an hour."""
+    dead node's VMs, provisioning, autobackup runs. Finished ones are kept for an hour."""
 
 
 @task.command("list")

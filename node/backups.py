@@ -134,6 +134,41 @@ class BackupRoots:
             log.warning("removed %s, an export cut short by this daemon's death", path)
         return removed
 
+    def ensure_directory(self, path: str) -> None:
+        """Make directory `path` (whose parent must exist) unless it is one already; a link is refused."""
+        root, parts = self._split(path, "directory")
+        with self._walk(root, parts[:-1], f"directory {path}") as parent:
+            try:
+                os.mkdir(parts[-1], 0o750, dir_fd=parent)
+            except FileExistsError:
+                pass
+            except OSError as error:
+                raise OperationFailed(f"cannot create {path}: {error.strerror}") from None
+            with _opened(parts[-1], parent, f"directory {path}"):
+                pass
+
+    def holds_export(self, path: str) -> bool:
+        """Whether `path` is a finished export (its manifest, written last, is there)."""
+        root, parts = self._split(path, "export")
+        try:
+            with self._walk(root, parts, f"export {path}") as directory:
+                os.stat(MANIFEST, dir_fd=directory, follow_symlinks=False)
+        except (NotFound, FileNotFoundError):
+            return False
+        return True
+
+    def remove_export(self, path: str) -> bool:
+        """Remove the export directory `path` and its files, following no link; False when it was gone."""
+        root, parts = self._split(path, "export")
+        try:
+            with self._walk(root, parts[:-1], f"export {path}") as parent:
+                if not _exists(parts[-1], parent):
+                    return False
+                _remove_tree(parts[-1], parent)
+        except NotFound:
+            return False
+        return True
+
     @contextmanager
     def existing_directory(self, source: str) -> Iterator[tuple[int, int]]:
         """`source`'s descriptor and its parent's."""
@@ -144,11 +179,16 @@ class BackupRoots:
 
 
 def _refuse_existing(name: str, parent: int, destination: str) -> None:
+    if _exists(name, parent):
+        raise AlreadyExists(f"destination {destination} exists already; nothing is overwritten")
+
+
+def _exists(name: str, parent: int) -> bool:
     try:
         os.stat(name, dir_fd=parent, follow_symlinks=False)
     except FileNotFoundError:
-        return
-    raise AlreadyExists(f"destination {destination} exists already; nothing is overwritten")
+        return False
+    return True
 
 
 def _remove_tree(name: str, parent: int) -> None:

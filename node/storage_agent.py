@@ -15,6 +15,7 @@ from pvc import bulk, config, plugin_manager, schema
 from pvc.errors import ConfigError, InvalidInput, OperationFailed
 from pvc.hookspecs import ApplianceImporter, StorageBackend
 from pvc.node import backups, guest_snapshots
+from pvc.node.autobackup_exports import AutobackupExports
 from pvc.node.pool_room import PoolRoom
 from pvc.node.provision_scripts import ScriptRunner
 from pvc.node.uploads import Tickets, UploadContext, UploadListener, sweep_leftovers
@@ -40,12 +41,14 @@ class StorageAgent:
 
     def __init__(self, backend_name: str, backend: StorageBackend, tickets: Tickets,
                  appliance_importers: dict[str, ApplianceImporter] | None = None,
-                 scripts: ScriptRunner | None = None, backup_roots: backups.BackupRoots | None = None):
+                 scripts: ScriptRunner | None = None, backup_roots: backups.BackupRoots | None = None,
+                 autobackups: AutobackupExports | None = None):
         self._backend_name = backend_name
         self._scripts = scripts
         self._appliance_importers = appliance_importers or {}
         self._backend = backend
         self._backup_roots = backup_roots or backups.BackupRoots([], "/nonexistent")
+        self._autobackups = autobackups or AutobackupExports(backend, self._backup_roots, {})
         self._tickets = tickets
         self.upload_address = ""
         self.upload_tls = False
@@ -116,6 +119,20 @@ class StorageAgent:
     def export_snapshot(self, manifest: dict[str, Any], destination: str) -> dict[str, Any]:
         """Export a VM snapshot to the new directory `destination` under a backup root (`pvc.node.backups`)."""
         return backups.export(self._backend, self._backup_roots, manifest, destination)
+
+    def autobackup_export(self, manifest: dict[str, Any], destination: str) -> dict[str, Any]:
+        """An autobackup's export, between this node's own pre and post commands (`pvc.node.autobackup_exports`)."""
+        return self._autobackups.export(manifest, destination)
+
+    def autobackup_state(self, destination: str) -> str:
+        """``writing``, ``whole`` or ``absent``: what became of an autobackup export to `destination`."""
+        return self._autobackups.state(destination)
+
+    def autobackup_remove(self, paths: list[str]) -> list[str]:
+        """Remove whole exports under a backup root (autobackup's retention); those that were there."""
+        if not isinstance(paths, list) or not all(isinstance(path, str) for path in paths):
+            raise InvalidInput("give the list of export directories to remove")
+        return self._autobackups.remove(paths)
 
     def backup_chain(self, source: str) -> list[dict[str, Any]]:
         """The checked chain of export manifests ending at `source`, oldest first."""
@@ -241,7 +258,8 @@ class NodeStorage:
         self.backup_roots = backups.BackupRoots(settings["backup_roots"],
                                                 Path(settings["snapshot_pause_directory"]) / EXPORT_JOURNAL)
         self.agent = StorageAgent(self.backend_name, self.backend, self._tickets, self._appliance_importers,
-                                  self.scripts, self.backup_roots)
+                                  self.scripts, self.backup_roots,
+                                  AutobackupExports(self.backend, self.backup_roots, settings))
 
     def start(self) -> None:
         """Prepare the staging directory, sweep what uploads left before a crash, and listen for uploads; a

@@ -1,6 +1,6 @@
 """The built-in cluster health checks, run by the leader coordinator only: dead or fenced nodes, libvirt lost on
 most nodes at once, failed fences and recoveries, VMs failed or unknown for more than a minute, ZooKeeper
-ensemble members down."""
+ensemble members down, a failed autobackup run."""
 import time
 
 import pvc
@@ -75,6 +75,19 @@ class VMs:
                                                          f"{VM_GRACE_S:.0f} s: {shown}")
 
 
+class Autobackup:
+    description = "the last autobackup run backed up every VM it chose"
+    timeout = 2.0
+    failure_delta = 10
+
+    def check(self, context: ClusterHealthContext) -> HealthResult:
+        outcome = context.autobackup_outcome()
+        if not outcome or outcome.get("state") != "failed":
+            return HealthResult.healthy("no failed autobackup run")
+        errors = "; ".join(outcome.get("errors") or []) or "failed"
+        return HealthResult(25, f"autobackup run {outcome.get('task') or '(not started)'} failed: {errors}")
+
+
 class ZooKeeperEnsemble:
     description = "every ZooKeeper server of the ensemble answers"
     timeout = 5.0
@@ -93,4 +106,4 @@ class ZooKeeperEnsemble:
 @pvc.hookimpl
 def pvc_cluster_health_checks():
     return {"nodes": Nodes(), "libvirt": LibvirtLostWidely(), "recoveries": Recoveries(), "vms": VMs(),
-            "zookeeper-ensemble": ZooKeeperEnsemble()}
+            "zookeeper-ensemble": ZooKeeperEnsemble(), "autobackup": Autobackup()}

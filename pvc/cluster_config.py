@@ -101,6 +101,16 @@ KEYS: tuple[ClusterKey, ...] = (
     ClusterKey("libvirt_lost_overrides", None, "per-node libvirt-lost settings {NODE: {KEY: VALUE}}, set one node "
                "at a time with `pvc cluster config --node NODE --libvirt-lost-action ...`", "mapping",
                settable=False),
+    ClusterKey("autobackup_tag", None, "VMs carrying this tag are backed up by each scheduled autobackup run "
+               "(and by `pvc vm autobackup run` without VM names)", "str"),
+    ClusterKey("autobackup_destination", None, "directory under the exporting node's backup_roots that autobackup "
+               "writes to, one subdirectory per VM", "str"),
+    ClusterKey("autobackup_full_interval", 7, "every this many autobackups of a VM, a full export begins a new chain; "
+               "the ones between are incremental (1: always full)", "int"),
+    ClusterKey("autobackup_keep_chains", 2, "how many chains (a full export and the incrementals on it) autobackup "
+               "keeps per VM; older chains are removed whole", "int"),
+    ClusterKey("autobackup_schedule", None, "when the leader starts an autobackup run: 'Nh' (every N hours, 1 to "
+               "168) or 'HH:MM' (daily, UTC); 'off' stops the schedule", "str"),
     ClusterKey("fencing_overrides", None, "per-node fencing settings {NODE: {KEY: VALUE}}, set one node at a "
                "time with `pvc cluster config --node NODE --KEY VALUE`", "mapping", settable=False,
                rules=(SELF_FENCE_DEADLINE, KAZOO_DETECTION)),

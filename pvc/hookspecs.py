@@ -418,6 +418,10 @@ class ClusterHealthContext(Protocol):
     def recoveries(self) -> list[dict[str, Any]]:
         """Each node's latest fence-and-recover task (``node``, ``state``: failed, done, ...; ``reason``)."""
 
+    def autobackup_outcome(self) -> dict[str, Any] | None:
+        """The last autobackup run's outcome (``task``, ``state``: done or failed, ``finished``, ``errors``), or
+        None before any run."""
+
     def zookeeper_members(self) -> list[dict[str, Any]]:
         """Each configured ZooKeeper server: ``{"address", "answers": bool, "mode"}``."""
 
@@ -538,7 +542,7 @@ def pvc_cluster_health_checks() -> Mapping[str, HealthCheck]:
     """Register cluster-wide health checks by name; only the leader coordinator runs them.
 
     Called once per coordinator when the cluster check registry is built. The built-ins (``nodes``,
-    ``libvirt``, ``recoveries``, ``vms``, ``zookeeper-ensemble``) are in `pvc.plugins.health_cluster`. A
+    ``libvirt``, ``recoveries``, ``vms``, ``zookeeper-ensemble``, ``autobackup``) are in `pvc.plugins.health_cluster`. A
     check's fault belongs to the cluster, under the check's name.
 
     :return: a mapping of check name to an object implementing `HealthCheck`, called with a

@@ -115,6 +115,21 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
     /pvc/tasks/ID (kind ``provision``) C,L a VM creation: recorded by the coordinator that was asked, with its
                                            whole plan; run, resumed or rolled back by the leader
                                            (`pvc.rpc.provisioning`)
+    /pvc/tasks/ID (kind ``autobackup``) C,L a backup run (`pvc.rpc.backup`): the VMs and settings chosen when
+                                           it was recorded, and per VM its step (snapshot, destination, node,
+                                           state waiting | begun | exporting | done | failed), written before
+                                           each action, so the next leader resumes it without a second backup
+    /pvc/autobackup/run                C,L {"task": ID}: the autobackup run in progress, created with its task
+                                           and deleted as it ends, so runs never overlap
+    /pvc/autobackup/schedule           L   {"last_run": time}: when the schedule last started a run (or was
+                                           first seen), from which the next is due
+    /pvc/autobackup/outcome            L   {"task", "state": done | failed, "finished", "errors"}: the last
+                                           run's outcome, which the leader's ``autobackup`` check raises as a
+                                           fault while it is failed
+    /pvc/autobackup/vms/VM             L   a VM's backup chains, oldest first: [{"id", "backups": [{"snapshot",
+                                           "directory", "node", "kind": full | incremental, "bytes",
+                                           "created"}]}], "removing": chains whose exports retention is
+                                           removing; written in the transaction that settles a VM's step
 """
 import json
 import re
@@ -432,3 +447,19 @@ def network_leases(vni: int) -> str:
 
 
 CONTAINERS += (NETWORKS,)
+
+
+# -- scheduled backups --------------------------------------------------------------------------------------
+
+AUTOBACKUP = f"{ROOT}/autobackup"
+AUTOBACKUP_RUN = f"{AUTOBACKUP}/run"
+AUTOBACKUP_SCHEDULE = f"{AUTOBACKUP}/schedule"
+AUTOBACKUP_OUTCOME = f"{AUTOBACKUP}/outcome"
+AUTOBACKUP_VMS = f"{AUTOBACKUP}/vms"
+
+
+def autobackup_vm(vm_name: str) -> str:
+    return f"{AUTOBACKUP_VMS}/{check_name('VM', vm_name)}"
+
+
+CONTAINERS += (AUTOBACKUP, AUTOBACKUP_VMS)

@@ -114,6 +114,7 @@ class Transaction:
     """Collects operations and commits them atomically, turning a failed commit into a PVC error."""
 
     def __init__(self, store: Store, leader_node: str | None):
+        self._store = store
         self._transaction = store.zk.transaction()
         self._operations: list[tuple[str, str]] = []
         self._leader_node = leader_node
@@ -129,6 +130,11 @@ class Transaction:
         self._transaction.set_data(path, schema.encode(value), version)
         self._operations.append(("set", path))
         return self
+
+    def put(self, path: str, value: Any) -> "Transaction":
+        """Set `path`, or create it if it does not exist now: for a key with one writer, which nobody else
+        creates or deletes meanwhile."""
+        return (self.set if self._store.zk.exists(path) else self.create)(path, value)
 
     def delete(self, path: str, version: int = -1) -> "Transaction":
         self._transaction.delete(path, version)

@@ -3,7 +3,7 @@ cluster's faults (``cluster.CHECK``), every write checking the leader's own elec
 import time
 from typing import Any
 
-from pvc import models
+from pvc import models, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import NotLeader
 from pvc.health import zookeeper_words
@@ -37,6 +37,9 @@ class ClusterContext:
             if task.get("kind") == "recover":
                 latest[task["node"]] = task
         return list(latest.values())
+
+    def autobackup_outcome(self) -> dict[str, Any] | None:
+        return self._context.store.read(schema.AUTOBACKUP_OUTCOME)
 
     def zookeeper_members(self) -> list[dict[str, Any]]:
         members = []

@@ -19,6 +19,7 @@ from pvc.client import object_id
 from pvc.errors import ConfigError
 from pvc.handshake import AuthenticatingDaemon, use_tls
 from pvc.rpc.agents import NodeAgents
+from pvc.rpc.backup import run as autobackup_run, schedule as autobackup_schedule
 from pvc.rpc.areas.cluster import ClusterArea
 from pvc.rpc.areas.networks import NetworksArea
 from pvc.rpc.areas.nodes import NodesArea
@@ -94,7 +95,8 @@ class Coordinator:
             self.storage = storage
             self.tasks = TaskRunner(self.context, control, self.settings["flush_parallelism"],
                                     {"recover": RecoveryExecution, "ready": ReadyExecution,
-                                     PROVISION: provision_executor(self.context, storage, vms)})
+                                     PROVISION: provision_executor(self.context, storage, vms),
+                                     autobackup_run.KIND: autobackup_run.executor(self.vm_snapshots, vms.backups)})
             self.daemon = AuthenticatingDaemon(self.settings["api_keys"], "API key", host, port)
             areas = {"cluster": ClusterArea(self.context), "nodes": NodesArea(self.context),
                      "vms": vms, "storage": storage, "provisioner": ProvisionerArea(self.context, storage, vms),
@@ -178,6 +180,7 @@ class Coordinator:
             self._next_storage_check = time.monotonic() + STORAGE_CHECK_INTERVAL_S
             self.storage.resolve_orphaned_intents()
             self.vm_snapshots.resolve_orphaned()
+        autobackup_schedule.start_when_due(self.context, leader_node)
 
     def run(self) -> None:
         signals = SignalQueue()

@@ -29,6 +29,15 @@ class VMBackups:
                ) -> dict[str, Any]:
         """Write snapshot `snapshot` of `vm` to the new directory `destination` under a backup root, whole or
         (with `incremental_parent`, exported beside it already) as the changes since that snapshot."""
+        manifest, node, agent_uri = self.plan_export(vm, snapshot, incremental_parent)
+        written = self._storage._agent(node, agent_uri, "export_snapshot", manifest, destination)
+        return {"vm": vm, "snapshot": snapshot, "parent": incremental_parent, "destination": destination,
+                "node": node, "bytes": sum(volume["bytes"] for volume in written["volumes"])}
+
+    def plan_export(self, vm: str, snapshot: str, incremental_parent: str | None = None
+                    ) -> tuple[dict[str, Any], str, str]:
+        """What an export of `vm`'s `snapshot` writes (the manifest a node's export takes), and the storage node
+        (name, agent URI) that writes it; refuses a snapshot being changed, or a parent that cannot be one."""
         record = self._settled(vm, snapshot)
         if incremental_parent is not None:
             parent = self._settled(vm, incremental_parent)
@@ -47,9 +56,7 @@ class VMBackups:
         manifest = {"vm": vm, "snapshot": snapshot, "parent": incremental_parent, "spec": record["spec"],
                     "volumes": sizes}
         node, agent_uri = self._storage._storage_node(record["volumes"][0].split("/", 1)[0])[:2]
-        written = self._storage._agent(node, agent_uri, "export_snapshot", manifest, destination)
-        return {"vm": vm, "snapshot": snapshot, "parent": incremental_parent, "destination": destination,
-                "node": node, "bytes": sum(volume["bytes"] for volume in written["volumes"])}
+        return manifest, node, agent_uri
 
     def import_(self, source: str, name: str | None = None, pool: str | None = None) -> dict[str, Any]:
         """Define a new, stopped VM from the chain of exports ending at `source`: as `name` (default the

@@ -86,8 +86,8 @@ def test_a_bmc_fault_is_raised_acknowledged_cleared_and_raised_again(cluster):
     plugins = {plugin["name"]: plugin for plugin in cluster.client.cluster.plugins()}
     assert set(plugins["health_node"]["node_health_checks"]) == {
         "libvirt", "zookeeper", "bmc", "storage", "disk-space", "load", "memory", "version"}
-    assert plugins["health_cluster"]["cluster_health_checks"] == ["libvirt", "nodes", "recoveries", "vms",
-                                                                  "zookeeper-ensemble"]
+    assert plugins["health_cluster"]["cluster_health_checks"] == ["autobackup", "libvirt", "nodes", "recoveries",
+                                                                  "vms", "zookeeper-ensemble"]
     listed = pvc_cli(cluster, "plugin", "list")
     assert "node health check: bmc, disk-space" in listed.stdout, listed.stderr
 

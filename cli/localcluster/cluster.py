@@ -467,11 +467,12 @@ class LocalCluster:
 
     def start_node_daemon(self, name: str, zookeeper_hosts: str | None = None, netns: str | None = None,
                           address: str | None = None, libvirt_uri: str | None = None,
-                          migration_uri: str | None = None) -> int:
+                          migration_uri: str | None = None, extra_settings: dict[str, Any] | None = None) -> int:
         """Start the node's pvcnoded; `zookeeper_hosts` makes it reach ZooKeeper at another address (a test's
         proxy it can cut) instead of the server's own, `libvirt_uri` its libvirtd through another socket
         (a test's relay that slows it), and `migration_uri` has peers' libvirtds reach its libvirtd there for
-        live migrations (a test's relay that holds an answer). `netns` runs it inside that network namespace (`ip netns
+        live migrations (a test's relay that holds an answer), and `extra_settings` are added to its
+        pvcnoded.yaml (a node's own autobackup commands, say). `netns` runs it inside that network namespace (`ip netns
         exec`: a host a test can partition; its libvirtd's unix socket is still reached through the
         filesystem), and `address` is where its agent and upload channel listen, one its peers can reach. A lab
         node runs in its own namespace at its own address unless told otherwise."""
@@ -518,6 +519,7 @@ class LocalCluster:
                              "network_run_directory": str(directory / "networks")})
         if self.bmc(name).settings:
             settings.update(self.bmc(name).node_settings())
+        settings.update(extra_settings or {})
         return self._start_daemon("pvcnoded", directory, settings, netns)
 
     def _start_daemon(self, program: str, directory: Path, settings: dict[str, Any], netns: str | None = None) -> int:

@@ -5,7 +5,7 @@ from typing import Any
 import Pyro5.server
 from kazoo.exceptions import BadVersionError, NoNodeError
 
-from pvc import cluster_config, fence_secrets, fencing_settings, network_records, schema
+from pvc import autobackup_settings, cluster_config, fence_secrets, fencing_settings, network_records, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import InvalidInput, NotFound
 from pvc.health import libvirt_lost
@@ -87,7 +87,8 @@ class ClusterArea:
         given back keeps the stored one. With `node`, the fencing and libvirt-lost settings given set that
         node's overrides instead (None removes an override).
 
-        :raises InvalidInput: an unknown key or a bad value, or fencing settings that would let a node cut off
+        :raises InvalidInput: an unknown key or a bad value (an autobackup schedule that is neither ``Nh`` nor
+            ``HH:MM``, say), or fencing settings that would let a node cut off
             from ZooKeeper run its VMs past the leader's fence deadline (the message gives the numbers).
         """
         for overrides_key in (fencing_settings.OVERRIDES_KEY, libvirt_lost.OVERRIDES_KEY):
@@ -106,6 +107,7 @@ class ClusterArea:
         if unknown:
             raise InvalidInput(f"unknown cluster config key(s): {', '.join(sorted(unknown))} "
                                f"(known: {', '.join(known)})")
+        changes.update(autobackup_settings.check(changes))
         if "allow_host_devices" in changes and not isinstance(changes["allow_host_devices"], bool):
             raise InvalidInput(f"allow_host_devices must be true or false, not {changes['allow_host_devices']!r}")
         if "memory_overcommit" in changes:
@@ -146,6 +148,7 @@ class ClusterArea:
             self._update_config(changes)
         settings = {**schema.DEFAULT_CLUSTER_CONFIG, **fencing_settings.DEFAULTS, **libvirt_lost.DEFAULTS,
                     **self._context.cache.config.get()}
+        settings.update(autobackup_settings.resolve(settings))
         return {**settings, "fence_options": fence_secrets.shown_options(settings.get("fence_options") or {})}
 
     def _libvirt_lost_changes(self, node: str | None, lost: dict[str, Any]) -> dict[str, Any]:

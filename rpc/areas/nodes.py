@@ -262,8 +262,8 @@ class NodesArea:
         return tasks.get_task(self._context, schema.check_name("task", task_id))
 
     def tasks(self) -> list[dict[str, Any]]:
-        """Every task the leader runs or ran within the last hour (flush, ready, recover, provision), oldest first,
-        each with its ``name`` (its id), state and progress.
+        """Every task the leader runs or ran within the last hour (flush, ready, recover, provision,
+        autobackup), oldest first, each with its ``name`` (its id), state and progress.
 
         :raises Unavailable: no coordinator answered (nothing else: it refuses nothing)
         """

@@ -14,6 +14,7 @@ from pvc.rpc import network_use, removal
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.retries import retry_safe
 from pvc.rpc.vm_control import VMControl
+from pvc.rpc.backup import run as backup_run, status as backup_status
 from pvc.rpc.vm_edits import VMEditor, initial_tags
 from pvc.rpc.vm_snapshots import VMSnapshots
 
@@ -22,7 +23,8 @@ META_KEYS = ("node_limit", "node_selector", "node_autostart", "migration_method"
 
 @Pyro5.server.expose
 @Pyro5.server.behavior(instance_mode="single")
-@retry_safe(reads={"list", "info", "info_long", "dump", "log", "tags", "snapshot_list", "snapshot_info"})
+@retry_safe(reads={"list", "info", "info_long", "dump", "log", "tags", "snapshot_list", "snapshot_info",
+                   "autobackup_status"})
 class VMsArea:
     """``client.vms``: defining, changing, starting, stopping and moving virtual machines, and their whole-VM
     snapshots. Every change is recorded in ZooKeeper first and carried out by the VM's node at once;
@@ -39,7 +41,7 @@ class VMsArea:
 
     def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
         """The VM as it now is, for a call whose coordinator died before answering; None once it is gone."""
-        if method.startswith("snapshot_"):
+        if method.startswith(("snapshot_", "autobackup_")):
             return None
         if method == "define":
             name = domain_xml.parse(args[0] if args else kwargs["xml"], allow_host_devices=True).name
@@ -641,6 +643,29 @@ class VMsArea:
         :raises OperationFailed: the storage or the node refused (its reason)
         """
         return self._vm_backups().import_(source, name, pool)
+
+    # -- scheduled backups (`pvc.rpc.backup`) ------------------------------------------------------------
+
+    def autobackup_run(self, vms: list[str] | None = None, force_full: bool = False) -> dict[str, Any]:
+        """Start an autobackup run now, of `vms` or (none given) of every VM carrying the cluster's
+        ``autobackup_tag``; the leader runs it as task ``autobackup-...`` (`pvc cluster task list`). With
+        `force_full`, each VM's backup is a full export, beginning a new chain.
+
+        :raises InvalidInput: ``autobackup_destination`` is not set, or neither VMs nor ``autobackup_tag`` are
+            given, or a malformed VM name
+        :raises NotFound: a named VM does not exist
+        :raises Conflict: a run is in progress already (its task id is named)
+        """
+        if vms is not None and (isinstance(vms, str) or not isinstance(vms, list)):
+            raise InvalidInput("give a list of VM names")
+        return backup_run.record_run(self._context, vms, "command", force_full=force_full is True)
+
+    def autobackup_status(self) -> dict[str, Any]:
+        """The autobackup settings, the run in progress, the last run's outcome and each VM's chains.
+
+        :raises Unavailable: no coordinator answered (nothing else: it refuses nothing)
+        """
+        return backup_status.status(self._context)
 
     def _vm_backups(self):
         if self.backups is None:
