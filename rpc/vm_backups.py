@@ -12,7 +12,7 @@ from typing import Any
 from lxml import etree
 
 from pvc import domain_xml, schema, storage_records
-from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound, PVCError
 from pvc.rpc import storage_intents
 from pvc.rpc.areas.storage import StorageArea
 from pvc.rpc.areas.vms import VMsArea
@@ -29,10 +29,24 @@ class VMBackups:
                ) -> dict[str, Any]:
         """Write snapshot `snapshot` of `vm` to the new directory `destination` under a backup root, whole or
         (with `incremental_parent`, exported beside it already) as the changes since that snapshot."""
-        manifest, node, agent_uri = self.plan_export(vm, snapshot, incremental_parent)
-        written = self._storage._agent(node, agent_uri, "export_snapshot", manifest, destination)
+        manifest, _node, _agent_uri = self.plan_export(vm, snapshot, incremental_parent)
+        node, written = self._export_where_it_can_be(manifest, destination)
         return {"vm": vm, "snapshot": snapshot, "parent": incremental_parent, "destination": destination,
                 "node": node, "bytes": sum(volume["bytes"] for volume in written["volumes"])}
+
+    def _export_where_it_can_be(self, manifest: dict[str, Any], destination: str) -> tuple[str, dict[str, Any]]:
+        """Backup roots are each node's own (local disks, or a store mounted on some nodes only), so the nodes
+        are asked in turn until one has `destination` under its roots and, for an incremental export, its
+        parent's export beside it. A refusal every node gives is reported as the first node gave it, but "not
+        found" (the parent, or the directory) wins over "not under a backup root"."""
+        pool = next(iter(manifest["volumes"])).split("/", 1)[0]
+        refusals: list[PVCError] = []
+        for node, agent_uri, _backend in self._storage._storage_nodes(pool):
+            try:
+                return node, self._storage._agent(node, agent_uri, "export_snapshot", manifest, destination)
+            except (NotFound, InvalidInput) as error:
+                refusals.append(error)
+        raise next((error for error in refusals if isinstance(error, NotFound)), refusals[0])
 
     def plan_export(self, vm: str, snapshot: str, incremental_parent: str | None = None
                     ) -> tuple[dict[str, Any], str, str]:

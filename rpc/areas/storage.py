@@ -632,6 +632,11 @@ class StorageArea:
 
     def _storage_node(self, pool: str | None) -> tuple[str, str, str]:
         """A running node serving the pool's backend (any backend for a new pool): name, agent URI, backend."""
+        return self._storage_nodes(pool)[0]
+
+    def _storage_nodes(self, pool: str | None) -> list[tuple[str, str, str]]:
+        """Every running node serving the pool's backend, in random order (the first spreads the work; the
+        others are for work that only some node can do, such as an export beside one a node keeps locally)."""
         backend = self._require_pool(pool)["backend"] if pool is not None else None
         candidates = []
         for name, raw in self._context.cache.nodes.snapshot().items():
@@ -642,7 +647,8 @@ class StorageArea:
         if not candidates:
             wanted = f" with the '{backend}' storage backend" if backend else " that serves storage"
             raise Unavailable(f"no running node{wanted}")
-        return random.choice(candidates)
+        random.shuffle(candidates)
+        return candidates
 
     def _agent(self, node: str, agent_uri: str, method: str, *args: Any) -> Any:
         """Storage actions copy whole volumes (clone, snapshot, rollback): they get minutes, not the default
