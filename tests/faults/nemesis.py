@@ -121,7 +121,7 @@ CLONE_AFTERMATH_S = 6.0
 may still be waiting for the clone's ZooKeeper session to end, and then exit)."""
 ADMINISTRATOR_AFTER_S = 15.0
 """Seconds a node may stay dead with no recovery of it running before the nemesis, as an administrator, powers
-it off and confirms its fence (see `Nemesis._administer`)."""
+it off and confirms its fence (see `Nemesis.administer`)."""
 """Seconds the leader gets, once a BMC fault is healed, to fence the node again by itself."""
 
 
@@ -239,6 +239,8 @@ class Nemesis(threading.Thread):
         self.administrator_fences = 0
         """Fences the nemesis confirmed as an administrator: a node left dead that no leader fenced (its BMC was
         faulty, or more than half of the nodes looked dead at once)."""
+        self._dead_since: dict[str, float] = {}
+        """Since when (monotonic) each node has been seen dead with no recovery of it running."""
 
     def run(self) -> None:
         supervisor = threading.Thread(target=self._supervise_until_stopped, name="nemesis-machine-room", daemon=True)
@@ -295,22 +297,23 @@ class Nemesis(threading.Thread):
 
     def _supervise_until_stopped(self) -> None:
         client = self._connect()
-        dead_since: dict[str, float] = {}
         try:
             while not self._stopping.wait(0.5):
                 try:
                     self.supervise()
-                    self._administer(client, dead_since)
+                    self.administer(client)
                 except Exception as error:  # the machine room goes on
                     self._history.note("nemesis", f"supervising failed: {type(error).__name__}: {error}")
         finally:
             client.close()
 
-    def _administer(self, client, dead_since: dict[str, float]) -> None:
+    def administer(self, client) -> None:
         """Act as an administrator for a node left ``dead`` for `ADMINISTRATOR_AFTER_S` with no recovery of it
         running: overlapping faults can make more than half of the nodes look dead at once, and then no leader
         fences any (an administrator's call, by design), and a dead node stays dead until fenced. The
-        administrator makes sure the node is off (powers it off through its BMC) and confirms the fence."""
+        administrator makes sure the node is off (powers it off through its BMC) and confirms the fence. Called
+        while the faults run and while the run settles (faults ending just so left two nodes dead for good)."""
+        dead_since = self._dead_since
         try:
             states = {node["name"]: node["daemon_state"] for node in client.nodes.list()}
             running = {task["node"] for task in client.nodes.tasks()

@@ -253,6 +253,7 @@ def _settle(run: FaultRun, local, gates: dict[str, HostGate], connect, chaos: ne
         while True:
             chaos.supervise()
             try:
+                chaos.administer(client)
                 chaos.release_fenced(client)
                 records = client.vms.list()
                 active = [task["id"] for task in client.nodes.tasks() if task["state"] in ("pending", "running")]
