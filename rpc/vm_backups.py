@@ -35,15 +35,21 @@ class VMBackups:
                 "node": node, "bytes": sum(volume["bytes"] for volume in written["volumes"])}
 
     def _export_where_it_can_be(self, manifest: dict[str, Any], destination: str) -> tuple[str, dict[str, Any]]:
-        """Backup roots are each node's own (local disks, or a store mounted on some nodes only), so the nodes
-        are asked in turn until one has `destination` under its roots and, for an incremental export, its
-        parent's export beside it. A refusal every node gives is reported as the first node gave it, but "not
-        found" (the parent, or the directory) wins over "not under a backup root"."""
+        """Written by a node that has `destination` under its roots and, for an incremental export, its parent's
+        export beside it (`_on_a_node_with_the_backup`)."""
         pool = next(iter(manifest["volumes"])).split("/", 1)[0]
+        node, _agent_uri, written = self._on_a_node_with_the_backup(pool, "export_snapshot", manifest, destination)
+        return node, written
+
+    def _on_a_node_with_the_backup(self, pool: str, method: str, *args: Any) -> tuple[str, str, Any]:
+        """Backup roots are each node's own (local disks, or a store mounted on some nodes only), so the nodes
+        serving `pool` are asked in turn until one can carry out `method` on the backup: node, agent URI, answer.
+        A refusal every node gives is reported as the first node gave it, but "not found" (an export, or its
+        directory) wins over "not under a backup root"."""
         refusals: list[PVCError] = []
         for node, agent_uri, _backend in self._storage._storage_nodes(pool):
             try:
-                return node, self._storage._agent(node, agent_uri, "export_snapshot", manifest, destination)
+                return node, agent_uri, self._storage._agent(node, agent_uri, method, *args)
             except (NotFound, InvalidInput) as error:
                 refusals.append(error)
         raise next((error for error in refusals if isinstance(error, NotFound)), refusals[0])
@@ -77,9 +83,7 @@ class VMBackups:
         exported VM's) with its volumes in `pool` (default their own pools)."""
         if pool is not None:
             self._storage.volume_list(pool)
-        any_pool = pool or None
-        node, agent_uri = self._storage._storage_node(any_pool)[:2] if any_pool else self._any_storage_node()
-        links = self._storage._agent(node, agent_uri, "backup_chain", source)
+        node, agent_uri, links = self._on_a_node_with_the_backup(pool or self._any_pool(), "backup_chain", source)
         last = links[-1]
         vm = schema.check_name("VM", name if name is not None else last["vm"])
         if self._context.store.read(schema.vm(vm)) is not None:
@@ -138,11 +142,11 @@ class VMBackups:
             raise Conflict(f"snapshot '{vm}@{snapshot}' is being changed ({record['intent']['action']}); try again")
         return record
 
-    def _any_storage_node(self) -> tuple[str, str]:
+    def _any_pool(self) -> str:
         pools = [view["name"] for view in self._storage.pool_list()]
         if not pools:
             raise NotFound("this cluster has no storage pool to import into")
-        return self._storage._storage_node(pools[0])[:2]
+        return pools[0]
 
 
 def _renamed(xml: str, vm: str, targets: dict[str, str], keep_uuid: bool) -> str:

@@ -43,6 +43,9 @@ def test_exports_land_on_the_node_whose_root_holds_them_and_incrementals_beside_
 
     (hv2_root / vm).mkdir()
     assert client.vms.snapshot_export(vm, "s4", str(hv2_root / vm / "s4"))["node"] == "hv2"
+    for copy in range(3):
+        imported = client.vms.snapshot_import(str(hv2_root / vm / "s4"), name=f"{vm}-{copy}")
+        assert imported["name"] == f"{vm}-{copy}", "the chain is read on the node that holds it"
     with pytest.raises(InvalidInput, match="not under a backup root"):
         client.vms.snapshot_export(vm, "s4", str(tmp_path / "nowhere"))
     assert not (tmp_path / "nowhere").exists()

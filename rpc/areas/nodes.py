@@ -254,7 +254,8 @@ class NodesArea:
         return self._context.agents.call(name, node["agent_uri"], "daemon_log", lines, offset)
 
     def task(self, task_id: str) -> dict[str, Any]:
-        """A flush or ready task: its state (pending, running, done, failed), progress and outcome.
+        """One task the leader runs or ran (flush, ready, recover, provision, autobackup): its state (pending,
+        running, done, failed), progress and outcome.
 
         :raises NotFound: no task of that id
         :raises InvalidInput: a malformed id
