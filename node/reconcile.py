@@ -331,7 +331,8 @@ class Reconciler:
 
     def _record_migration_intent(self, name: str, target: str) -> None:
         """Name the target in the status this node holds, before libvirt moves anything; a status that is not
-        this node's, or a write that fails, stops the migration here."""
+        this node's, or a write that fails, stops the migration here. An earlier error goes: written again now,
+        it would read as this migration's to a client waiting on it."""
         path = schema.vm_key(name, "status")
         try:
             data, stat = self._store.zk.get(path)
@@ -340,7 +341,7 @@ class Reconciler:
         status = (schema.decode(data) or {}) if data else {}
         if status.get("node") not in (None, self.node):
             raise OperationFailed(f"node {status['node']} holds {name}; it is not migrated from here")
-        intent = {**status, "node": self.node, "migrating_to": target}
+        intent = {**status, "node": self.node, "migrating_to": target, "error": None}
         transaction = self._ownership.transaction()
         if stat is None:
             transaction.create(path, intent)
