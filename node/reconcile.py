@@ -382,23 +382,27 @@ class Reconciler:
         target = status["migrating_to"]
         outcome = self._migration_outcome(name, target)
         if outcome is None:
-            return self._report_unsettled(name, raw, target, status.get("error") or "its libvirt call failed")
+            return self._report_unsettled(name, raw, target, status.get("migration_error") or "")
         if outcome == "there":
             log.info("%s: the live migration to %s that failed had moved it", name, target)
             self._record_moved(name, raw, target)
             return {"node": target, "running": True}
-        reason = f"live migration to {target} failed: {status.get('error') or 'see the node log'}"
+        reason = status.get("migration_error") or f"live migration to {target} failed (see the node log)"
         if (raw.get("placement") or {}).get("node") != self.node:
             return self._keep_here(name, raw, reason)
-        self._write_status_if_ours(name, {**status, "migrating_to": None, "unknown": None, "time": time.time(),
-                                          "running": self._actions.is_running(name)})
+        self._write_status_if_ours(name, {**status, "migrating_to": None, "migration_error": None, "unknown": None,
+                                          "time": time.time(), "running": self._actions.is_running(name)})
         return None
 
     def _report_unsettled(self, name: str, raw: dict[str, Any], target: str, error: str) -> dict[str, Any]:
+        """The VM is `unknown` until the migration settles; the failure is kept aside (``migration_error``),
+        not as the status's error, which a client waiting on the migration would take for its outcome."""
         status = raw.get("status") or {}
-        report = {**status, "node": self.node, "running": None, "migrating_to": target, "error": error,
-                  "unknown": f"a live migration to {target} failed midway and {target} has not shown that it does "
-                             "not run the VM; no node starts it until then", "time": time.time()}
+        report = {**status, "node": self.node, "running": None, "migrating_to": target,
+                  "migration_error": error or status.get("migration_error"),
+                  "unknown": f"a live migration to {target} failed midway ({error or status.get('migration_error')}) "
+                             f"and {target} has not shown that it does not run the VM; no node starts it until then",
+                  "time": time.time()}
         if _unchanged(status, report):
             return status
         log.warning("%s: %s", name, report["unknown"])
@@ -564,7 +568,7 @@ class Reconciler:
                          "before starting it here", name, target, holder)
                 return False
         claim = {**current, "node": self.node, "running": True, "error": None, "unknown": None,
-                 "migrating_to": None, "time": time.time()}
+                 "migrating_to": None, "migration_error": None, "time": time.time()}
         try:
             transaction = self._ownership.transaction() \
                 .check(own_state_path, own_stat.version) \

@@ -56,8 +56,9 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
                                            "request": what it asks the leader to record, or null,
                                            "removed": true once it undefined a VM marked ``remove``,
                                            "migrating_to": the target of a live migration from this node
-                                           until the target is known not to run it}; a node claims a VM by
-                                           writing running here before it starts it
+                                           until the target is known not to run it, "migration_error": why
+                                           such a migration failed while that is not known}; a node claims a
+                                           VM by writing running here before it starts it
     /pvc/vm_uuids/UUID                 C,L the VM name holding a UUID; created with the VM, so UUIDs stay unique;
                                            deleted with the record, once a removal is confirmed
     /pvc/locks/vms/NAME                C   kazoo lock serialising commands on one VM
