@@ -241,6 +241,22 @@ def test_a_migrations_edges_are_its_own_the_targets_first_paused_readings_and_th
     assert len(checker.double_runs(source_read_from_outside(8.0))) == 1, \
         "a QEMU process on the source long after its target resumed is a copy"
 
+    def both_read_from_outside(target_shown_running):
+        history = History()
+        for sample in (reading("hv1", 0.2, {"web": "1.7/a"}, {"web": "migrating-out"}),
+                       Sample("hv2", 0.5, 0.51, {"web": "pid9"}, "qemu"),
+                       reading("hv1", 0.8, {"web": "1.7/a"}, {"web": "migrating-out"}),
+                       *(Sample(host, at, at + 0.01, {"web": pid}, "qemu")
+                         for at in (1.0, 3.0, 6.0) for host, pid in (("hv1", "pid7"), ("hv2", "pid9"))),
+                       *([reading("hv2", 2.0, {"web": "2.1/a"})] if target_shown_running else [])):
+            history.add(sample)
+        return history
+
+    assert checker.double_runs(both_read_from_outside(False)) == [], \
+        "a target read only from outside, never shown running by its libvirt, stays the paused target"
+    assert checker.double_runs(both_read_from_outside(True)) != [], \
+        "once its libvirt showed it running, the target's process beside the source's is a second copy"
+
 
 def test_gaps_in_the_monitors_readings_make_a_run_inconclusive_unless_the_host_was_frozen_on_purpose():
     history = History()

@@ -35,8 +35,9 @@ before any reading of the job: a run (one domain instance) paused from its first
 target within `MIGRATION_EDGE_S` of it was that target from the start (an instance cannot become a migration's
 target after it was created); a QEMU process read from outside counts as paused there, since that reading
 cannot tell (a slow source libvirtd once answered about its job 4 s after the target's process appeared). It
-stays the target until its first running reading: its source's libvirtd may stop answering before the job
-ends, and a target that never ran guest code is no second copy. At the other end, a source paused by its own
+stays the target until its first running reading (for a QEMU process read from outside, until its host's
+libvirt first says the VM runs): its source's libvirtd may stop answering before the job ends, and a target
+that never ran guest code is no second copy. At the other end, a source paused by its own
 outgoing job stays paused, its job over, until libvirt destroys it: its paused readings within
 `MIGRATION_EDGE_S` after its last paused job reading are that source's, and so are its QEMU process's readings
 from outside within `MIGRATION_EDGE_S` of the target's first running reading (a slow source libvirtd left
@@ -126,7 +127,9 @@ def runs(samples: list[Sample]) -> dict[str, list[Run]]:
         for vm, identity in (sample.running or {}).items():
             readings.setdefault((vm, sample.host, sample.source, identity), []).append(
                 (sample, _excused(sample, vm, outgoing)))
-    edges = {key: _migration_edges(key[0], seen) for key, seen in readings.items()}
+    shown_running = _shown_running(samples)
+    edges = {key: _migration_edges(key[0], seen, shown_running.get((key[0], key[1]), []))
+             for key, seen in readings.items()}
     resumes = _target_resumes(readings, edges)
     by_vm: dict[str, list[Run]] = {}
     for (vm, host, source, identity), seen in readings.items():
@@ -141,8 +144,20 @@ def runs(samples: list[Sample]) -> dict[str, list[Run]]:
     return by_vm
 
 
-def _migration_edges(vm: str, seen: list[tuple[Sample, bool]]) -> set[int]:
-    """The indexes of one run's readings that are a migration target's first or a migrated source's last."""
+def _shown_running(samples: list[Sample]) -> dict[tuple[str, str], list[float]]:
+    """(VM, host) → when that host's libvirt answered that the VM runs (not paused, no job), in order."""
+    shown: dict[tuple[str, str], list[float]] = {}
+    for sample in sorted(samples, key=lambda sample: sample.answered):
+        if sample.source == "libvirt":
+            for vm in sample.running or {}:
+                if (sample.states or {}).get(vm) is None:
+                    shown.setdefault((vm, sample.host), []).append(sample.answered)
+    return shown
+
+
+def _migration_edges(vm: str, seen: list[tuple[Sample, bool]], shown_running: list[float]) -> set[int]:
+    """The indexes of one run's readings that are a migration target's first or a migrated source's last
+    (`shown_running`: when the run's host's libvirt said the VM runs)."""
     states = [(sample.states or {}).get(vm) for sample, _excused in seen]
     edges: set[int] = set()
     first_excused = next((index for index, (_sample, excused) in enumerate(seen) if excused), None)
@@ -152,8 +167,12 @@ def _migration_edges(vm: str, seen: list[tuple[Sample, bool]]) -> set[int]:
         edges.update(range(first_excused))
         # Until it first runs, it stays that target: its source's libvirtd may stop answering before the
         # job ends (no reading brackets these), and a target that never ran guest code is no second copy.
+        # A QEMU process read from outside stays it until that host's libvirt first says the VM runs.
         for index in range(first_excused + 1, len(states)):
-            if states[index] not in ("incoming", "paused"):
+            sample = seen[index][0]
+            unknown = sample.source == "qemu" and bisect.bisect_right(shown_running, sample.asked) == \
+                bisect.bisect_right(shown_running, seen[0][0].asked)
+            if states[index] not in ("incoming", "paused") and not unknown:
                 break
             edges.add(index)
     last_job = None
