@@ -358,7 +358,8 @@ def test_the_checker_reports_copies_started_behind_pvcs_back(fresh_cluster):
 
     - ``twin``: a copy on hv2 while the VM runs on hv1; and a domain PVC never recorded left on hv3 (the record
       check must report the orphan);
-    - ``brief``: a copy on hv3 that lives about 200 ms;
+    - ``brief``: a copy on hv3 that lives about 200 ms, or less: PVC's node there stops a copy of a VM that another
+      node holds at once (80 ms seen);
     - ``paused``: a copy on hv2 that is paused all along (a paused domain is a running copy);
     - ``frozen``: a copy on hv2 while hv1's libvirtd is frozen, and the VM's run on hv1 ended right after the
       thaw: only the reading the monitor sent into the frozen daemon shows that hv1 still ran it, so without
@@ -395,7 +396,7 @@ def test_the_checker_reports_copies_started_behind_pvcs_back(fresh_cluster):
     found = {violation.vm: {violation.run.host, violation.other.host} for violation in violations}
     assert found == {"twin": {"hv1", "hv2"}, "brief": {"hv1", "hv3"}, "paused": {"hv1", "hv2"},
                      "frozen": {"hv1", "hv2"}}, found
-    assert 0.1 < brief < 0.5
+    assert brief < 0.5, "a copy of well under a second is found (PVC's node may stop it before the test does)"
     assert "stowaway: orphaned: no record, but defined on hv3 and running on hv3" in mismatches
     without_thaw_reading = History()
     without_thaw_reading.samples = [sample for sample in history.samples if sample is not thaw_reading]

@@ -10,7 +10,7 @@ import pytest
 
 from helpers import cluster_store, eventually
 from pvc import schema
-from test_networks import DHCP_SCRIPT, NET, StandIn, nic_xml, ok, pvc, pvc_devices
+from test_networks import DHCP_SCRIPT, NET, StandIn, nic_xml, ok, pvc, pvc_devices, route_on
 from test_self_fencing import DaemonStates
 
 
@@ -35,6 +35,7 @@ def routed(fresh_cluster, tmp_path):
     script = tmp_path / "udhcpc.sh"
     script.write_text(DHCP_SCRIPT)
     script.chmod(0o755)
+    route_on(fresh_cluster, "hv1")
     ok(pvc(fresh_cluster, "network", "add", "4800", "-p", "managed", "--ipv4", NET.format(248), "--gateway4",
            "169.254.248.1", "--dhcp4", "169.254.248.100-169.254.248.150"))
     guest = StandIn(fresh_cluster, "g1", "hv3", script)

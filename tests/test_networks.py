@@ -25,11 +25,29 @@ def lab_cluster(tmp_path_factory) -> Iterator[RunningCluster]:
     ready router node), hv2 and hv3 make only what their VMs need. The leader gives the router role once every
     node is ready, and the tests begin once hv1 has taken it (before that no network has a router)."""
     for cluster in started_cluster(Path(tmp_path_factory.mktemp("networks")), nodes=3, coordinators=1, lab=True):
-        with cluster_store(cluster.local) as store:
-            assert eventually(lambda: (store.read(schema.NETWORK_ROUTER) or {}).get("node") == "hv1" and
-                              (store.read(schema.node_key("hv1", "networks")) or {}).get("routing"), 60), \
-                "hv1 never took the router role"
+        route_on(cluster, "hv1")
         yield cluster
+
+
+def route_on(cluster, node: str) -> None:
+    """Until `node` routes. The leader gives the role to the first ready router node by name, so a node that was
+    ready first at the cluster's start may hold it: that one is flushed (the role leaves a node that is not
+    ready) and returned to service once `node` routes."""
+    client = cluster.client
+    with cluster_store(cluster.local) as store:
+        def router() -> str | None:
+            return (store.read(schema.NETWORK_ROUTER) or {}).get("node")
+
+        assert eventually(lambda: router() is not None, 60), "no node took the router role"
+        holder = router()
+        if holder != node:
+            client.nodes.flush(holder)
+        assert eventually(lambda: router() == node and
+                          (store.read(schema.node_key(node, "networks")) or {}).get("routing"), 60), \
+            f"{node} never took the router role (held by {router()})"
+        if holder != node:
+            client.nodes.ready(holder)
+            assert eventually(lambda: client.nodes.info(holder)["domain_state"] == "ready", 30)
 
 
 def ok(result) -> str:
