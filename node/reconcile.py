@@ -307,6 +307,7 @@ class Reconciler:
             if outcome is None:
                 self._report_unsettled(name, self._reread(name) or raw, target, str(error))
                 return "unsettled"
+            self._settled_here(name)
             return self._live_migration_failed(name, raw, method, error)
         self._record_moved(name, raw, target)
         return "moved"
@@ -390,9 +391,16 @@ class Reconciler:
         reason = status.get("migration_error") or f"live migration to {target} failed (see the node log)"
         if (raw.get("placement") or {}).get("node") != self.node:
             return self._keep_here(name, raw, reason)
+        self._settled_here(name)
+        return None
+
+    def _settled_here(self, name: str) -> None:
+        """The failed migration left the VM here: the status stops naming the target before anything else is
+        done with the VM (a fallback shutdown that fails midway must not leave the intent behind, or the next
+        pass would settle it again and report the migration's failure over the fallback)."""
+        status = self._store.read(schema.vm_key(name, "status")) or {}
         self._write_status_if_ours(name, {**status, "migrating_to": None, "migration_error": None, "unknown": None,
                                           "time": time.time(), "running": self._actions.is_running(name)})
-        return None
 
     def _report_unsettled(self, name: str, raw: dict[str, Any], target: str, error: str) -> dict[str, Any]:
         """The VM is `unknown` until the migration settles; the failure is kept aside (``migration_error``),

@@ -1,10 +1,11 @@
 """libvirtds that fail at one thing, made by relaying a real libvirtd's RPC connections and meddling with one
 kind of packet while passing everything else at once.
 
-- `LibvirtRelay` stands in front of a host's libvirtd socket and holds each domain start (``DOMAIN_CREATE``)
-  for a while. A node daemon given the relay's socket sees a libvirtd that answers every question but takes
-  longer than the node's deadline to start a guest, which then starts anyway: the fault a timeout must never
-  turn into "not running".
+- `LibvirtRelay` stands in front of a host's libvirtd socket and holds each domain start (``DOMAIN_CREATE``),
+  or another kind of call, for a while. A node daemon given the relay's socket sees a libvirtd that answers
+  every question but takes longer than the node's deadline to start a guest, which then starts anyway: the
+  fault a timeout must never turn into "not running". Held shutdowns are a guest that stops only after the
+  node gave up waiting for libvirt.
 - `MigrationRelay` stands in front of a host's libvirtd TCP port, where peers' libvirtds connect for
   peer-to-peer live migration, and holds the target's answer to ``MIGRATE_FINISH3``: the target has resumed
   the guest, and the source does not know yet. Killing the source's libvirtd then is the fault that leaves a
@@ -25,6 +26,8 @@ from pathlib import Path
 REMOTE_PROGRAM = 0x20008086
 DOMAIN_CREATE_PROCEDURES = {9, 196}
 """REMOTE_PROC_DOMAIN_CREATE and REMOTE_PROC_DOMAIN_CREATE_WITH_FLAGS (src/remote/remote_protocol.x)."""
+DOMAIN_SHUTDOWN_PROCEDURES = {33, 258}
+"""REMOTE_PROC_DOMAIN_SHUTDOWN and REMOTE_PROC_DOMAIN_SHUTDOWN_FLAGS."""
 MIGRATE_FINISH_PROCEDURES = {217, 306}
 """REMOTE_PROC_DOMAIN_MIGRATE_FINISH3 and REMOTE_PROC_DOMAIN_MIGRATE_FINISH3_PARAMS."""
 
@@ -81,10 +84,12 @@ class _Relay:
 
 
 class LibvirtRelay(_Relay):
-    """Relays `upstream` (a libvirtd socket) at `socket_path`; `hold(seconds)` delays the next domain starts."""
+    """Relays `upstream` (a libvirtd socket) at `socket_path`; `hold(seconds)` delays the next calls of the
+    `held` procedures (domain starts unless told otherwise)."""
 
-    def __init__(self, upstream: Path):
+    def __init__(self, upstream: Path, held: set[int] = DOMAIN_CREATE_PROCEDURES):
         self._upstream = str(upstream)
+        self._held_procedures = held
         self.directory = Path(tempfile.mkdtemp(prefix="slow-libvirt-"))
         self.socket_path = self.directory / "sock"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -92,7 +97,7 @@ class LibvirtRelay(_Relay):
         listener.listen(16)
         self._delay = 0.0
         self.held: list[tuple[float, float]] = []
-        """(when a start arrived, when it was passed on), epoch seconds."""
+        """(when a held call arrived, when it was passed on), epoch seconds."""
         super().__init__(listener)
 
     def uri(self, driver: str = "test", path: str = "/default") -> str:
@@ -112,7 +117,7 @@ class LibvirtRelay(_Relay):
         return server
 
     def _to_upstream(self, packet: bytes) -> bool:
-        if _procedure(packet) in DOMAIN_CREATE_PROCEDURES and self._delay:
+        if _procedure(packet) in self._held_procedures and self._delay:
             arrived = time.time()
             time.sleep(self._delay)
             self.held.append((arrived, time.time()))

@@ -12,6 +12,7 @@ import urllib.request
 import libvirt
 import pytest
 
+from pvc.cli.localcluster.cluster import LIBVIRT_TIMEOUT
 from pvc.cli.localcluster.guest import parse_console
 from pvc.cli.localcluster.processes import pid_alive
 from pvc.cli.localcluster.qemuhost import MIGRATION_PORTS
@@ -20,7 +21,7 @@ from pvc.errors import OperationFailed
 from guest_support import (boot_guests, console_text, guest_xml, heartbeats, qemu_pid, volume_marker,
                            wait_heartbeat)
 from helpers import cluster_store, eventually
-from slow_libvirt import MigrationRelay
+from slow_libvirt import DOMAIN_SHUTDOWN_PROCEDURES, LibvirtRelay, MigrationRelay
 from pvc import schema
 from pvc.node_stats_fields import DISK_FIELDS, VM_FIELDS
 from vm_support import (assert_no_vm_on_two_hosts, fence_deadline_beyond_restarts, pvc, restart_node_daemon,
@@ -213,13 +214,20 @@ def test_a_migration_whose_source_libvirtd_dies_after_the_target_resumed_ends_on
 
 def test_auto_migration_falls_back_to_a_shutdown_when_the_target_answers_no_and_says_so(qemu_cluster):
     """Every incoming-migration port of the target is taken, so its libvirtd answers the live migration with an
-    error: method ``auto`` then moves the guest by shutting it down, and the VM says why (`migration_note`)."""
+    error: method ``auto`` then moves the guest by shutting it down, and the VM says why (`migration_note`).
+    The source's libvirtd takes longer than the node's deadline to pass the shutdown on: the fallback's first
+    pass ends `unknown`, and the next one finishes the move (it once reported the live migration's failure
+    instead, from the migration intent the failed pass left behind)."""
     client, local = qemu_cluster.client, qemu_cluster.local
     boot = boot_guests(qemu_cluster, "hv1", ["fallback"])["fallback"]
+    slow = LibvirtRelay(local.host("hv1").socket_path, held=DOMAIN_SHUTDOWN_PROCEDURES)
+    local.stop_daemon("pvcnoded", "hv1")
+    restart_node_daemon(qemu_cluster, "hv1", libvirt_uri=slow.uri("qemu", "/system"))
     target = local.host("hv2")
     first = target.settings["migration_port_min"]
     taken = []
     try:
+        slow.hold(LIBVIRT_TIMEOUT + 2)
         for port in range(first, first + MIGRATION_PORTS):
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past an earlier migration's TIME_WAIT
@@ -230,7 +238,11 @@ def test_auto_migration_falls_back_to_a_shutdown_when_the_target_answers_no_and_
     finally:
         for sock in taken:
             sock.close()
+        local.stop_daemon("pvcnoded", "hv1")
+        slow.close()
+        restart_node_daemon(qemu_cluster, "hv1")
 
+    assert slow.held, "the shutdown passed the slow relay"
     assert (moved["node"], moved["running"]) == ("hv2", True), moved
     note = client.vms.info("fallback")["migration_note"]
     assert note and note.startswith("live migration failed (") and "migrated by shutting it down" in note, note
