@@ -73,6 +73,7 @@ class Coordinator:
         self.metrics: MetricsServer | None = None
         self.mntr: MntrPoller | None = None
         self.pool_usage: PoolUsagePoller | None = None
+        self.collector: ClusterCollector | None = None
         self._session_lost = False
 
     def start(self) -> None:
@@ -124,11 +125,12 @@ class Coordinator:
         self.mntr.start()
         self.pool_usage = PoolUsagePoller(self.storage, settings["metrics_poll_interval"])
         self.pool_usage.start()
-        collector = ClusterCollector(self.context, nodes._keepalive_age, self.storage._pool_figures,
-                                     lambda: self.pool_usage.latest, lambda: self.mntr.latest,
-                                     lambda: self.pool_usage.backends)
+        self.collector = ClusterCollector(self.context, nodes._keepalive_age, self.storage._pool_figures,
+                                          lambda: self.pool_usage.latest, lambda: self.mntr.latest,
+                                          lambda: self.pool_usage.backends)
+        self.collector.start()
         self.metrics = MetricsServer(settings["metrics_listen"],
-                                     [lambda: collector.render().encode(), registry_renderer(instruments.REGISTRY)],
+                                     [lambda: self.collector.render().encode(), registry_renderer(instruments.REGISTRY)],
                                      settings["metrics_token_file"],
                                      settings["tls_cert"] if settings["metrics_tls"] else None,
                                      settings["tls_key"] if settings["metrics_tls"] else None)
@@ -191,7 +193,7 @@ class Coordinator:
     def _shutdown(self) -> None:
         if self.health is not None:
             self.health.stop()
-        for poller in (self.mntr, self.pool_usage):
+        for poller in (self.mntr, self.pool_usage, self.collector):
             if poller is not None:
                 poller.stop()
         if self.metrics is not None:
