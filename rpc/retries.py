@@ -34,12 +34,16 @@ FIRST_ATTEMPT_BOUND_S = 360.0
 
 
 def retry_safe(reads: set[str]) -> Callable[[type], type]:
-    """Class decorator for a remote area: every public method not in `reads` runs under its request id. The
-    area's `_replayed(method, args, kwargs)` answers a call whose coordinator died before answering."""
+    """Class decorator for a remote area: every public method not in `reads`, its own or one it inherits from
+    a mixin, runs under its request id. The area's `_replayed(method, args, kwargs)` answers a call whose
+    coordinator died before answering."""
     def decorate(cls: type) -> type:
-        for name, member in list(vars(cls).items()):
-            if callable(member) and not name.startswith("_") and name not in reads:
-                setattr(cls, name, _once_per_request(member))
+        wrapped: set[str] = set()
+        for klass in cls.__mro__[:-1]:
+            for name, member in list(vars(klass).items()):
+                if callable(member) and not name.startswith("_") and name not in reads and name not in wrapped:
+                    wrapped.add(name)
+                    setattr(cls, name, _once_per_request(member))
         return cls
     return decorate
 

@@ -104,3 +104,21 @@ def test_a_retry_after_its_coordinator_left_without_answering_gets_the_vm_as_it_
         answer = proxy.define(vm_xml("orphaned-answer"))
     assert answer["name"] == "orphaned-answer"
     assert [vm["name"] for vm in admin.vms.list()] == ["orphaned-answer"]
+
+
+@pytest.mark.cluster(nodes=1, coordinators=2)
+def test_a_provisioner_call_whose_coordinator_died_after_committing_is_answered_by_the_other(fresh_cluster):
+    """The provisioner's calls, its mixins' among them (user data, scripts, OVAs), are retry-safe too: the
+    retry gets the document its first attempt added, not AlreadyExists for it."""
+    local = fresh_cluster.local
+    first, _second = local.coordinator_names
+    cutter = AnswerCutter(_coordinator_port(local, first), b"userdata_add",
+                          on_answer=lambda: os.kill(local.daemon_pid("pvcapid", first), signal.SIGKILL))
+    client = pvc.connect([cutter.uri, local.uris[1]], local.state["api_key"])
+    try:
+        answer = client.provisioner.userdata_add("retried-doc", "#cloud-config\nhostname: retried\n")
+    finally:
+        cutter.close()
+    assert cutter.cut.is_set(), "the first attempt's answer was cut off"
+    assert answer["name"] == "retried-doc"
+    assert [row["name"] for row in fresh_cluster.client.provisioner.userdata_list()] == ["retried-doc"]

@@ -13,7 +13,7 @@ import Pyro5.server
 
 from pvc import placement, provisioner_records, schema
 from pvc.cache import OWN_VALUE, WatchedCollection
-from pvc.errors import AlreadyExists, Busy, Conflict, InvalidInput, NotFound
+from pvc.errors import AlreadyExists, Busy, Conflict, InvalidInput, NotFound, Unavailable
 from pvc.rpc import provisioning
 from pvc.rpc.areas.ova import OvaCalls
 from pvc.rpc.areas.scripts import ScriptCalls
@@ -22,12 +22,15 @@ from pvc.rpc.areas.userdata import UserdataCalls
 from pvc.rpc.areas.vms import VMsArea
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.provisioning_plan import Planner
+from pvc.rpc.retries import retry_safe
 
 LOCK_TIMEOUT_S = 30
 
 
 @Pyro5.server.expose
 @Pyro5.server.behavior(instance_mode="single")
+@retry_safe(reads={"template_list", "template_info", "profile_list", "profile_info", "creation", "ova_list",
+                   "ova_info", "userdata_list", "userdata_info", "script_list", "script_info"})
 class ProvisionerArea(OvaCalls, UserdataCalls, ScriptCalls):
     """``client.provisioner``: templates and profiles, VM creation from a profile, OVA appliances (the methods
     of `OvaCalls`), named user-data documents (`UserdataCalls`) and install scripts (`ScriptCalls`)."""
@@ -43,6 +46,30 @@ class ProvisionerArea(OvaCalls, UserdataCalls, ScriptCalls):
         self._profiles = WatchedCollection(context.store, schema.PROFILES, schema.profile)
         for collection in (*self._templates.values(), self._profiles):
             collection.start()
+
+    def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """What a call whose coordinator died before answering did, read now: the template, profile, document,
+        script or VM as it is (None for a removal, or once the thing is gone). An OVA upload cannot be
+        answered again: its stream's single-use ticket went with that coordinator's answer."""
+        first = {**dict(zip(("first", "second"), args)), **kwargs}
+        try:
+            if method.startswith("template_disk"):
+                return self.template_info("storage", first.get("name", first.get("first")))
+            if method.endswith("remove"):
+                return None
+            if method.startswith("template"):
+                return self.template_info(first.get("kind", first.get("first")),
+                                          first.get("name", first.get("second")))
+            if method.startswith(("profile", "userdata", "script")):
+                return getattr(self, f"{method.split('_')[0]}_info")(first.get("name", first.get("first")))
+            if method == "create":
+                return self._vms.info(first.get("vm", first.get("first")))
+            if method == "ova_upload_end":
+                return self.ova_info(first.get("name", first.get("first")))
+        except NotFound:
+            return None
+        raise Unavailable(f"the coordinator that carried out {method} left before answering; check its effect "
+                          "(an OVA upload begun then is settled by `pvc provisioner ova remove`)")
 
     # -- templates ------------------------------------------------------------------------------------
 
