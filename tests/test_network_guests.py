@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -18,8 +19,10 @@ import pytest
 
 from conftest import RunningCluster, started_cluster
 from guest_support import console_text
-from helpers import eventually
+from helpers import cluster_store, eventually
+from pvc import schema
 from pvc.cli.localcluster.guest import domain_xml, parse_leases
+from pvc.node_stats_fields import INTERFACE_FIELDS, VM_FIELDS
 from test_networks import NET, ok, pvc
 
 LEASE_TIMEOUT_S = 90
@@ -123,6 +126,53 @@ def test_a_live_migration_keeps_the_address_and_a_tcp_connection(guest_lab):
     assert ask(guest_lab, before, "ping 169.254.249.1") == "ok 169.254.249.1", "the guest lost its address"
     migrated = parse_leases(console_text(guest_lab, "g1", "hv3") + console_text(guest_lab, "g1", "hv2"))
     assert {lease.address for lease in migrated} == {before}
+
+
+def test_a_guests_network_counters_grow_with_its_traffic_in_its_nodes_statistics_record(guest_lab):
+    """200 pings from the router's namespace to g2: its interface's packet counters in its node's statistics
+    record (which `/metrics` serves) grow by at least that much each way, and never run ahead of what the host's
+    libvirt says."""
+    node = guest_lab.client.vms.info("g2")["node"]
+
+    def reading() -> dict[str, int] | None:
+        with cluster_store(guest_lab.local) as store:
+            record = store.read(schema.node_key(node, "vm_stats")) or {}
+        fields = (record.get("vms") or {}).get("g2")
+        if not fields or len(fields) <= len(VM_FIELDS) + 1 or not fields[len(VM_FIELDS) + 1]:
+            return None
+        counters = {field: 0 for field in INTERFACE_FIELDS}
+        for numbers in fields[len(VM_FIELDS) + 1].values():
+            for field, value in zip(INTERFACE_FIELDS, numbers):
+                counters[field] += value
+        return {**counters, "time": record["time"], "interfaces": sorted(fields[len(VM_FIELDS) + 1])}
+
+    before = eventually(reading, timeout=20)
+    assert before, f"no interface statistics of g2 in {node}'s record"
+    pings = subprocess.run(guest_lab.local.lab.command("hv1", ["ping", "-q", "-c", "200", "-i", "0.01", "-W", "1",
+                                                               address(guest_lab, "g2", node)]),
+                           capture_output=True, text=True, timeout=60)
+    assert " 0% packet loss" in pings.stdout, pings.stdout + pings.stderr
+    after = eventually(lambda: (lambda now: now if now and now["time"] > before["time"] and
+                                now["receive_packets"] >= before["receive_packets"] + 200 else None)(reading()),
+                       timeout=20)
+    assert after, (before, reading())
+    assert after["transmit_packets"] >= before["transmit_packets"] + 200, (before, after)
+    assert after["receive_bytes"] >= before["receive_bytes"] + 200 * 84, "an ICMP echo carries at least 84 bytes"
+    connection = libvirt.open(guest_lab.local.host(node).uri)
+    try:
+        domain = connection.lookupByName("g2")
+        host = [sum(column) for column in zip(*(domain.interfaceStats(device) for device in after["interfaces"]))]
+    finally:
+        connection.close()
+    # virDomainInterfaceStats: rx bytes, rx packets, rx errs, rx drop, tx bytes, tx packets, tx errs, tx drop
+    assert after["receive_packets"] <= host[1] and after["transmit_packets"] <= host[5], (after, host)
+
+    def scraped(family: str) -> float:
+        text = urllib.request.urlopen(f"http://{guest_lab.local.metrics_targets[0]}/metrics", timeout=10).read()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.decode().splitlines()
+                   if line.startswith(family + "{") and 'vm="g2"' in line)
+    assert eventually(lambda: scraped("pvc_vm_network_receive_packets_total") >= after["receive_packets"], 10), \
+        "the coordinator's /metrics serves the node's record"
 
 
 def test_a_nic_on_a_network_is_hot_plugged_into_its_bridge(guest_lab):
