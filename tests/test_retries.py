@@ -52,13 +52,18 @@ def _coordinator_port(local, name: str) -> int:
     return local.state["coordinators"][name]
 
 
+def _killed_after_answering(local, method: bytes):
+    """A client whose call of `method` reaches the first coordinator, which is killed once it has answered
+    (the answer never arrives): the client retries on the second."""
+    first = local.coordinator_names[0]
+    cutter = AnswerCutter(_coordinator_port(local, first), method,
+                          on_answer=lambda: os.kill(local.daemon_pid("pvcapid", first), signal.SIGKILL))
+    return cutter, pvc.connect([cutter.uri, local.uris[1]], local.state["api_key"])
+
+
 @pytest.mark.cluster(nodes=2, coordinators=2)
 def test_a_define_whose_coordinator_died_after_committing_is_answered_by_the_other(fresh_cluster):
-    local = fresh_cluster.local
-    first, second = local.coordinator_names
-    cutter = AnswerCutter(_coordinator_port(local, first), b"define",
-                          on_answer=lambda: os.kill(local.daemon_pid("pvcapid", first), signal.SIGKILL))
-    client = pvc.connect([cutter.uri, local.uris[1]], local.state["api_key"])
+    cutter, client = _killed_after_answering(fresh_cluster.local, b"define")
     try:
         answer = client.vms.define(vm_xml("retried"))
     finally:
@@ -110,11 +115,7 @@ def test_a_retry_after_its_coordinator_left_without_answering_gets_the_vm_as_it_
 def test_a_provisioner_call_whose_coordinator_died_after_committing_is_answered_by_the_other(fresh_cluster):
     """The provisioner's calls, its mixins' among them (user data, scripts, OVAs), are retry-safe too: the
     retry gets the document its first attempt added, not AlreadyExists for it."""
-    local = fresh_cluster.local
-    first, _second = local.coordinator_names
-    cutter = AnswerCutter(_coordinator_port(local, first), b"userdata_add",
-                          on_answer=lambda: os.kill(local.daemon_pid("pvcapid", first), signal.SIGKILL))
-    client = pvc.connect([cutter.uri, local.uris[1]], local.state["api_key"])
+    cutter, client = _killed_after_answering(fresh_cluster.local, b"userdata_add")
     try:
         answer = client.provisioner.userdata_add("retried-doc", "#cloud-config\nhostname: retried\n")
     finally:
