@@ -145,6 +145,26 @@ def twice_running(by_host: dict[str, set[str]]) -> dict[str, list[str]]:
     return {name: nodes for name, nodes in placement_of(by_host).items() if len(nodes) > 1}
 
 
+class CpuMeter:
+    """CPU time each kind of the cluster's processes spends between `__init__` and `cores`."""
+
+    def __init__(self, local):
+        self.kinds = process_kinds(local)
+        self._before = {pid: cpu_seconds(pid) for pids in self.kinds.values() for pid in pids}
+        self._began = time.monotonic()
+
+    def seconds(self) -> dict[str, float]:
+        """CPU seconds by kind so far (a process gone since counts for nothing)."""
+        after = {pid: cpu_seconds(pid) for pid in self._before}
+        return {kind: sum(after[pid] - self._before[pid] for pid in pids
+                          if self._before[pid] is not None and after[pid] is not None)
+                for kind, pids in self.kinds.items()}
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self._began
+
+
 class DeadWatch:
     """Reads every node's daemon state through the API every `interval` seconds for the whole bench, and keeps
     each time a node was seen other than ``run`` (a node judged dead, fenced, or its daemon gone), except the
@@ -240,6 +260,7 @@ class ScaleBench:
         every host's libvirtd runs its share."""
         nodes = self.local.node_names
         home = {name: nodes[index % len(nodes)] for index, name in enumerate(self.names)}
+        meter = CpuMeter(self.local)
         define_s = self._each_by_clients(self.names, lambda client, name: client.vms.define(
             vm_xml(name, memory_mib=VM_MEMORY_MIB), target=home[name]))
         start_s = self._each_by_clients(self.names, lambda client, name: client.vms.start(name))
@@ -250,6 +271,10 @@ class ScaleBench:
                     f"define {self.scale.vms} VMs {define_s:.1f} s ({self.scale.vms / define_s:.0f}/s, "
                     f"{self.scale.clients} clients), start calls {start_s:.1f} s, then all running in libvirt "
                     f"{running_s:.1f} s later: {define_s + start_s + running_s:.1f} s in all")
+        spent = meter.seconds()
+        self.report("populate_cpu_s", spent, "CPU spent meanwhile (s): " + ", ".join(
+            f"{kind} {value:.0f}" for kind, value in spent.items() if value >= 0.5)
+            + f"; total {sum(spent.values()):.0f} in {meter.elapsed:.0f} s")
         listed = eventually(lambda: (lambda vms: vms if sum(1 for vm in vms if vm["running"]) == self.scale.vms
                                      else None)(self.client.vms.list()), self.scale.bulk_timeout, 1.0)
         assert listed, "vms.list() never showed every VM running"
@@ -259,15 +284,11 @@ class ScaleBench:
     def at_rest(self) -> None:
         """CPU per process kind and ZooKeeper's writes, over `scale.rest_s` seconds in which nobody asks the
         cluster anything (but the dead-node watch's read every 2 s)."""
-        kinds = process_kinds(self.local)
-        before = {pid: cpu_seconds(pid) for pids in kinds.values() for pid in pids}
-        zxid_before, began = zookeeper_zxid(self.local), time.monotonic()
+        meter, zxid_before = CpuMeter(self.local), zookeeper_zxid(self.local)
         time.sleep(self.scale.rest_s)
-        after = {pid: cpu_seconds(pid) for pid in before}
-        zxid_after, elapsed = zookeeper_zxid(self.local), time.monotonic() - began
-        cores = {kind: sum((after[pid] - before[pid]) for pid in pids
-                           if before[pid] is not None and after[pid] is not None) / elapsed
-                 for kind, pids in kinds.items()}
+        spent, zxid_after, elapsed = meter.seconds(), zookeeper_zxid(self.local), meter.elapsed
+        kinds = meter.kinds
+        cores = {kind: value / elapsed for kind, value in spent.items()}
         total = sum(cores.values())
         self.report("cpu_at_rest_cores", {**cores, "total": total},
                     f"CPU at rest over {elapsed:.0f} s (cores): " + ", ".join(
