@@ -23,7 +23,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 64), help="simulated hosts")
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 128), help="simulated hosts")
 @click.option("--coordinators", default=1, show_default=True, type=click.IntRange(1, 9), help="pvcapid daemons")
 @click.option("--storage", default="file", show_default=True, metavar="file|ceph|BACKEND",
               help="storage backend: a directory in the state dir, a private single-node Ceph, or a plugin's "
@@ -41,14 +41,18 @@ def cli() -> None:
               help="also start a Prometheus scraping every coordinator's /metrics, with PVC's alert rules loaded")
 @click.option("--provisioner-scripts", "scripts", is_flag=True,
               help="every node runs provisioner install scripts (provisioner_scripts in its pvcnoded.yaml)")
+@click.option("--production-intervals", "production", is_flag=True,
+              help="every daemon at the intervals of the sample configs in contrib/ (keepalive 5 s, a node dead "
+                   "after 30 s) instead of the fast ones that make failures show within seconds")
 @state_dir_option
 def up(nodes: int, coordinators: int, storage: str, tls: bool, hypervisor: str, zookeepers: str, lab: bool,
-       monitoring: bool, scripts: bool, state_dir: Path) -> None:
+       monitoring: bool, scripts: bool, production: bool, state_dir: Path) -> None:
     """Start the cluster; returns when every node is running and ready and a coordinator leads."""
     cluster = LocalCluster(state_dir)
     try:
         cluster.up(nodes=nodes, coordinators=coordinators, storage=storage, tls=tls, hypervisor=hypervisor,
-                   zookeepers=int(zookeepers), lab=lab, monitoring=monitoring, scripts=scripts)
+                   zookeepers=int(zookeepers), lab=lab, monitoring=monitoring, scripts=scripts,
+                   timeout=60 + nodes, timings="production" if production else "fast")
     except PVCError as error:
         click.echo(f"Error: {error}", err=True)
         sys.exit(1)

@@ -1,5 +1,6 @@
 """`pvc-local`: up prints the one line that points `pvc` at the cluster, refuses a second up, and down leaves
-nothing behind; clusters in different state directories run side by side."""
+nothing behind; clusters in different state directories run side by side, at the fast intervals or the sample
+configs'."""
 import json
 import os
 import subprocess
@@ -47,10 +48,12 @@ def test_two_local_clusters_side_by_side_from_up_to_down(tmp_path):
         assert every_pid(first) == first_pids, "the refused up started or stopped nothing"
         assert all(pid_alive(pid) for pid in first_pids.values())
 
-        beside = run("pvc-local", "up", "--nodes", "2", "--state-dir", str(second))
+        beside = run("pvc-local", "up", "--nodes", "2", "--production-intervals", "--state-dir", str(second))
         assert beside.returncode == 0, beside.stderr
-        assert [node["name"] for node in nodes_seen_through(up.stdout.strip())] == ["hv1"]
-        assert [node["name"] for node in nodes_seen_through(beside.stdout.strip())] == ["hv1", "hv2"]
+        assert [(node["name"], node["keepalive_interval_s"]) for node in nodes_seen_through(up.stdout.strip())] \
+            == [("hv1", 1)]
+        assert [(node["name"], node["keepalive_interval_s"]) for node in nodes_seen_through(beside.stdout.strip())] \
+            == [("hv1", 5), ("hv2", 5)], "the sample configs' keepalive interval"
         assert LocalCluster(first).state["zookeeper_port"] != LocalCluster(second).state["zookeeper_port"]
         assert set(LocalCluster(first).uris).isdisjoint(LocalCluster(second).uris)
 

@@ -60,6 +60,23 @@ SUICIDE_INTERVALS = 2
 """A node cut off from ZooKeeper starts stopping its VMs after 2 s of silence and is done by 3.6 s on its slowest
 path (2 s + 0.1 s watchdog period + 0.5 s asking its peers + 0.8 s for libvirt to destroy them + 0.2 s to kill
 what libvirt did not stop), before the leader's 4 s."""
+TIMINGS = ("fast", "production")
+SAMPLE_CONFIGS = Path(__file__).resolve().parents[2] / "contrib"
+"""contrib/ of this checkout (the package maps cli/ to pvc.cli, so contrib/ is beside cli/)."""
+SAMPLE_TIMING_KEYS = {
+    "pvcnoded": ("keepalive_interval", "libvirt_timeout", "health_interval", "vm_stats_interval",
+                 "zookeeper_session_timeout"),
+    "pvcapid": ("leader_tick", "keepalive_interval", "fence_intervals", "suicide_intervals", "health_interval",
+                "metrics_poll_interval", "zookeeper_session_timeout"),
+}
+"""The settings `up(timings="production")` takes from the sample configs instead of the fast ones above."""
+
+
+def sample_timings(program: str) -> dict[str, Any]:
+    """`program`'s intervals and timeouts as its sample config in contrib/ sets them (keepalive 5 s, fence after
+    6 missed, ZooKeeper session 10 s...): what a cluster built like a production one runs at."""
+    sample = yaml.safe_load((SAMPLE_CONFIGS / f"{program}.yaml").read_text())
+    return {key: sample[key] for key in SAMPLE_TIMING_KEYS[program]}
 
 
 class LocalCluster:
@@ -211,7 +228,7 @@ class LocalCluster:
     def up(self, nodes: int = 3, coordinators: int = 1, timeout: float = 60.0, storage: str = "file",
            ceph_conf: Path | None = None, tls: bool = False, hypervisor: str = "test", zookeepers: int = 1,
            lab: bool = False, monitoring: bool = False, scripts: bool = False,
-           script_timeout: float = 600) -> None:
+           script_timeout: float = 600, timings: str = "fast") -> None:
         """Start everything and return once every node is ``run`` and ``ready``; on failure, stop it all.
 
         With `monitoring`, a real Prometheus (`prometheus.py`) scrapes every coordinator's /metrics, with the
@@ -231,7 +248,11 @@ class LocalCluster:
         minority of its servers). With `lab`, every host, coordinator and ZooKeeper server lives in a network
         namespace of its own on the cluster's lab network (`lab.py`); a lab that a crashed earlier run of this
         state directory left is removed first. With `scripts`, every node runs provisioner install scripts,
-        each for at most `script_timeout` seconds."""
+        each for at most `script_timeout` seconds.
+
+        `timings` ``fast`` (the default: keepalive 1 s, a node dead after 4 s) makes failures show within
+        seconds; ``production`` runs every daemon at the intervals and timeouts of the sample configs in
+        contrib/ (keepalive 5 s, a node dead after 30 s), as a cluster measured for its cost at rest must."""
         if zookeepers not in ZOOKEEPER_ENSEMBLE_SIZES:
             sizes = ", ".join(map(str, ZOOKEEPER_ENSEMBLE_SIZES))
             raise InvalidInput(f"a ZooKeeper of {zookeepers} servers: use {sizes}")
@@ -241,6 +262,8 @@ class LocalCluster:
             raise InvalidInput(f"unknown storage {storage!r}: use file, ceph or a plugin's backend name")
         if hypervisor not in HYPERVISORS:
             raise InvalidInput(f"unknown hypervisor {hypervisor!r}: use {' or '.join(HYPERVISORS)}")
+        if timings not in TIMINGS:
+            raise InvalidInput(f"unknown timings {timings!r}: use {' or '.join(TIMINGS)}")
         if self.state and self.running_processes():
             raise Conflict(f"a local cluster is already running in {self.state_dir} "
                            f"(stop it with: pvc-local down --state-dir {self.state_dir})")
@@ -259,7 +282,7 @@ class LocalCluster:
             "ceph_conf": str(Path(ceph_conf).absolute()) if ceph_conf else str(self.private_ceph.conf),
             "private_ceph": storage == "ceph" and ceph_conf is None,
             "tls": tls, "hypervisor": hypervisor, "scripts": scripts,
-            "script_timeout": script_timeout,
+            "script_timeout": script_timeout, "timings": timings,
         }
         try:
             if hypervisor == "qemu":
@@ -461,9 +484,14 @@ class LocalCluster:
                     **({"metrics_listen": self.metrics_address(name)} if name in self.state.get("metrics", {})
                        else {}),
                     "keepalive_interval": KEEPALIVE_INTERVAL, "suicide_intervals": SUICIDE_INTERVALS,
-                    **({"tls_ca": str(self.tls_cert)} if self.state.get("tls") else {})}
+                    **({"tls_ca": str(self.tls_cert)} if self.state.get("tls") else {}),
+                    **self._timings("pvcapid")}
         lab = self.lab
         return self._start_daemon("pvcapid", directory, settings, lab.netns(name) if lab else None)
+
+    def _timings(self, program: str) -> dict[str, Any]:
+        """What replaces the fast intervals and timeouts in `program`'s config (`up(timings=...)`)."""
+        return sample_timings(program) if self.state.get("timings") == "production" else {}
 
     def start_node_daemon(self, name: str, zookeeper_hosts: str | None = None, netns: str | None = None,
                           address: str | None = None, libvirt_uri: str | None = None,
@@ -519,6 +547,7 @@ class LocalCluster:
                              "network_run_directory": str(directory / "networks")})
         if self.bmc(name).settings:
             settings.update(self.bmc(name).node_settings())
+        settings.update(self._timings("pvcnoded"))
         settings.update(extra_settings or {})
         return self._start_daemon("pvcnoded", directory, settings, netns)
 
