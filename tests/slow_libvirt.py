@@ -117,6 +117,7 @@ class LibvirtRelay(_Relay):
         return server
 
     def _to_upstream(self, packet: bytes) -> bool:
+        self.procedures.append(_procedure(packet))
         if _procedure(packet) in self._held_procedures and self._delay:
             arrived = time.time()
             time.sleep(self._delay)
