@@ -43,9 +43,12 @@ def define_and_start(client, first: int, last: int) -> None:
         list(pool.map(add, names))
 
 
-def measure(relay: LibvirtRelay, work, passes: int = PASSES) -> tuple[float, float, Counter]:
-    """Median calls and milliseconds per pass of `work`, and the procedures of the last pass."""
+def measure(relay: LibvirtRelay, work, passes: int = PASSES) -> tuple[int, float, float, Counter]:
+    """The calls of a first pass of `work`, median calls and milliseconds of the passes after it, and the
+    procedures of the last pass."""
+    before = len(relay.procedures)
     work()
+    first = len(relay.procedures) - before
     calls, timings, last = [], [], Counter()
     for _ in range(passes):
         before = len(relay.procedures)
@@ -54,7 +57,7 @@ def measure(relay: LibvirtRelay, work, passes: int = PASSES) -> tuple[float, flo
         timings.append((time.perf_counter() - began) * 1000)
         last = Counter(relay.procedures[before:])
         calls.append(sum(last.values()))
-    return statistics.median(calls), statistics.median(timings), last
+    return first, statistics.median(calls), statistics.median(timings), last
 
 
 def describe(procedures: Counter) -> str:
@@ -87,9 +90,9 @@ def test_bench_libvirt_calls_of_a_node_s_passes(fresh_cluster):
             node.store.stop()
             node.hypervisor.close()
             relay.close()
-        for what, (calls, ms, procedures) in (("converge pass", converge), ("keepalive figures", figures),
-                                              ("VM statistics", stats)):
+        for what, (first, calls, ms, procedures) in (("converge pass", converge), ("keepalive figures", figures),
+                                                     ("VM statistics", stats)):
             print(f"{size} VMs on one node, {what}: {calls:.0f} libvirt calls a pass, {ms:.1f} ms "
-                  f"(median of {PASSES}; last pass: {describe(procedures)})")
+                  f"(median of {PASSES}; last pass: {describe(procedures)}); the node's first pass: {first} calls")
         local.start_node_daemon("hv1")
         local.wait_ready(30)
