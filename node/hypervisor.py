@@ -409,7 +409,11 @@ class DomainActions:
 
     def listed(self) -> DomainList:
         """Every domain on this host, from one bulk call (`Hypervisor.listed`)."""
-        return self._hypervisor.listed()
+        listed = self._hypervisor.listed()
+        present = {domain.uuid for domain in listed.domains.values()}
+        for uuid in self._identities.keys() - present:
+            self._identities.pop(uuid, None)
+        return listed
 
     def touch(self, name: str) -> None:
         """What was seen of `name` before now is not to be relied on (a converge of it has just ended)."""

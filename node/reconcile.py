@@ -433,9 +433,13 @@ class Reconciler:
 
     def _hold(self, name: str, raw: dict[str, Any], seen: DomainList | None = None) -> dict[str, Any]:
         """Run (or keep off) a VM placed here as its state says. With `seen` (a pass's bulk answer), a VM that
-        is as it should be costs no libvirt call (`DomainActions`)."""
+        is as it should be costs no libvirt call (`DomainActions`); not one that another node holds or that is in
+        a live migration, whose domain may come here by a call of another host's libvirtd (an incoming
+        migration), which no call of this node marks."""
         spec, state = raw[OWN_VALUE], raw.get("state") or "stop"
         status = raw.get("status") or {}
+        if status.get("node") not in (None, self.node) or status.get("migrating_to"):
+            seen = None
         if _awaits(status, self.node, "return", raw[ACTED_ON], "placement"):
             return status
         if state == "restart" and _awaits(status, self.node, "settle", raw[ACTED_ON], "state"):
