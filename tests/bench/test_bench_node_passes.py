@@ -33,12 +33,12 @@ PROCEDURES = {6: "getInfo", 9: "create", 12: "destroy", 14: "XMLDesc", 16: "info
 
 
 def define_and_start(client, first: int, last: int) -> None:
+    """VMs of 64 MiB (500 fit the simulated node's memory), defined on hv1 and started through the API."""
     names = [f"pass{index:04d}" for index in range(first, last)]
 
     def add(name: str) -> None:
-        client_vm = client.vms
-        client_vm.define(vm_xml(name, memory_mib=64), target="hv1")
-        client_vm.start(name)
+        client.vms.define(vm_xml(name, memory_mib=64), target="hv1")
+        client.vms.start(name)
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(add, names))
 
