@@ -84,8 +84,7 @@ class NodeDaemon:
         self.networks = NodeNetworks(self.name, self.store, self.ownership, settings["bridge_dev"],
                                      settings["cluster_dev"], router, lambda: self._self_fenced is None) \
             if settings["bridge_dev"] or settings["cluster_dev"] else None
-        self.reconciler = Reconciler(self.name, self.store, self.vms, actions,
-                                     self.hypervisor.domains, self.paths, self.storage.backend,
+        self.reconciler = Reconciler(self.name, self.store, self.vms, actions, self.paths, self.storage.backend,
                                      settings["migration_timeout"], self.ownership, self.networks)
         self.guest_snapshots = GuestSnapshots(self.hypervisor, self.storage.backend,
                                               settings["snapshot_pause_directory"], settings["snapshot_max_pause"])

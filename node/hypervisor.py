@@ -6,6 +6,7 @@ its running guests consumed since the previous keepalive (the machine's load ave
 every simulated host, and a vCPU count is not a load).
 """
 import logging
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +62,17 @@ class LateCall:
     ended: Callable[[], bool]
 
 
+DEFINITION_AUDIT_S = 600.0
+"""How long what a domain's definition says (PVC's metadata element, its memory and vCPUs where the bulk
+statistics lack them) is taken from memory after it was read one domain at a time: a definition changes only when
+it is defined again, which this node does through `DomainActions.define` (`Hypervisor.redefined`); the audit
+catches a domain redefined by hand. Each domain's is read again at a random moment within the last half of
+this, so that a node's domains are not all read again in one pass."""
+
+_FIGURES_STATS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+                  | libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_VCPU)
+
+
 @dataclass(frozen=True)
 class Domain:
     name: str
@@ -68,9 +80,26 @@ class Domain:
     running: bool
     memory_mib: int
     vcpus: int
-    cpu_time_ns: int
+    cpu_time_ns: int | None
+    """None where the hypervisor reports no CPU time in its bulk statistics (libvirt's test driver)."""
     active: bool
     """Not shut off: running, paused, in a migration or being saved. `running` is RUNNING only (the figures)."""
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A domain as one bulk call listed it: its name, UUID and whether it exists as a running copy (`active`:
+    not shut off, so running, paused, in a migration or being saved: libvirt's ``isActive``)."""
+    name: str
+    uuid: str
+    active: bool
+
+
+@dataclass(frozen=True)
+class DomainList:
+    """Every domain on this host, from one bulk call, and when (monotonic) that call was made."""
+    taken: float
+    domains: dict[str, Listed]
 
 
 @dataclass(frozen=True)
@@ -119,6 +148,14 @@ class Hypervisor:
         """Held by the one worker opening a connection (which hangs on a frozen libvirtd); callers never take it."""
         self._connection: libvirt.virConnect | None = None
         self._late: dict[str, list[LateCall]] = {}
+        self._touched: dict[str, float] = {}
+        """Domain name → when (monotonic) a libvirt call on it last began or ended (`touched_since`)."""
+        self._redefined: dict[str, float] = {}
+        """Domain name → when (monotonic) it was last defined (`redefined_since`)."""
+        self._definitions: dict[str, tuple[str, int, int, float, float]] = {}
+        """Domain UUID → name, memory (MiB) and vCPUs as `info()` gave them, when read and until when kept
+        (`DEFINITION_AUDIT_S`, or until it is defined again): for the figures, where the bulk statistics lack
+        them."""
         self._calls = ThreadPoolExecutor(max_workers=16, thread_name_prefix="libvirt")
 
     @property
@@ -132,7 +169,17 @@ class Hypervisor:
         answering with an error is `OperationFailed`. A call on `domain` that times out after its worker
         began is remembered until it ends (`in_flight`); one still queued is cancelled, so it never runs."""
         timeout = self.call_timeout if timeout is None else timeout
-        future = self._calls.submit(action)
+        if domain is not None:
+            self.touch(domain)
+
+            def on_domain() -> T:
+                try:
+                    return action()
+                finally:
+                    self.touch(domain)
+            future = self._calls.submit(on_domain)
+        else:
+            future = self._calls.submit(action)
         try:
             return future.result(timeout)
         except FutureTimeout:
@@ -169,6 +216,29 @@ class Hypervisor:
         is not this one."""
         with self._lock:
             self._connection = None
+
+    def touch(self, domain: str) -> None:
+        """Note that a libvirt call on `domain` begins or has ended now: what a bulk call said of it before is
+        no longer its answer (`touched_since`)."""
+        now = time.monotonic()
+        with self._lock:
+            self._touched[domain] = now
+
+    def touched_since(self, domain: str, moment: float) -> bool:
+        """Whether a call on `domain` began or ended at or after `moment` (monotonic). Every call on a domain
+        (`call` with ``domain``) counts, at its start and when its worker ends, even long after a timeout."""
+        with self._lock:
+            return self._touched.get(domain, float("-inf")) >= moment
+
+    def redefined(self, domain: str) -> None:
+        """Note that `domain` is being defined again: what was read of its definition before is out of date."""
+        now = time.monotonic()
+        with self._lock:
+            self._touched[domain] = self._redefined[domain] = now
+
+    def redefined_since(self, domain: str, moment: float) -> bool:
+        with self._lock:
+            return self._redefined.get(domain, float("-inf")) >= moment
 
     def track_late(self, domain: str, what: str, ended: Callable[[], bool]) -> None:
         """Remember work on `domain` that its caller gave up waiting for, until `forget_late` after it ended."""
@@ -228,20 +298,59 @@ class Hypervisor:
             }
         return self.call("reading the host's facts", read)
 
+    def listed(self, timeout: float | None = None) -> DomainList:
+        """Every domain here and whether it is active, from one bulk call (`getAllDomainStats` of the state
+        alone, which asks no guest anything)."""
+        taken = time.monotonic()
+
+        def read() -> dict[str, Listed]:
+            stats = self.connection().getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0)
+            return {domain.name(): Listed(domain.name(), domain.UUIDString(), _active(domain, values))
+                    for domain, values in stats}
+        return DomainList(taken, self.call("listing domains", read, timeout))
+
     def domains(self, timeout: float | None = None) -> list[Domain]:
+        """Every domain here with what the figures count, from one bulk call. Where the statistics lack a
+        domain's memory or vCPUs (libvirt's test driver reports only states in bulk), they are read one domain
+        at a time when it is first seen or touched, and then kept (`DEFINITION_AUDIT_S`)."""
         def read() -> list[Domain]:
+            stats = self.connection().getAllDomainStats(
+                _FIGURES_STATS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
             result = []
-            for domain in self.connection().listAllDomains():
+            for domain, values in stats:
                 try:
-                    state, max_memory_kib, _memory, vcpus, cpu_time_ns = domain.info()
-                    result.append(Domain(domain.name(), domain.UUIDString(), state == libvirt.VIR_DOMAIN_RUNNING,
-                                         max_memory_kib // 1024, vcpus, cpu_time_ns,
-                                         state != libvirt.VIR_DOMAIN_SHUTOFF))
+                    memory_mib, vcpus = self._definition(domain, values)
                 except libvirt.libvirtError as error:
                     if _unreachable(error):
                         raise
+                    continue  # gone since it was listed
+                cpu_time_ns = values.get("cpu.time")
+                result.append(Domain(domain.name(), domain.UUIDString(),
+                                     values.get("state.state") == libvirt.VIR_DOMAIN_RUNNING, memory_mib, vcpus,
+                                     None if cpu_time_ns is None else int(cpu_time_ns), _active(domain, values)))
+            self._forget_definitions({domain.UUIDString() for domain, _values in stats})
             return result
         return self.call("listing domains", read, timeout)
+
+    def _definition(self, domain: "libvirt.virDomain", values: dict) -> tuple[int, int]:
+        """A domain's memory (MiB) and vCPUs: from its bulk statistics, else as `info()` last gave them while
+        nothing touched it since; call only inside `call`."""
+        if "balloon.maximum" in values and "vcpu.current" in values:
+            return int(values["balloon.maximum"]) // 1024, int(values["vcpu.current"])
+        name, uuid, now = domain.name(), domain.UUIDString(), time.monotonic()
+        with self._lock:
+            known = self._definitions.get(uuid)
+        if known is not None and known[0] == name and now < known[4] and not self.redefined_since(name, known[3]):
+            return known[1], known[2]
+        _state, max_memory_kib, _memory, vcpus, _cpu_time = domain.info()
+        with self._lock:
+            self._definitions[uuid] = (name, max_memory_kib // 1024, vcpus, now, now + _audit_after())
+        return max_memory_kib // 1024, vcpus
+
+    def _forget_definitions(self, present: set[str]) -> None:
+        with self._lock:
+            for uuid in self._definitions.keys() - present:
+                del self._definitions[uuid]
 
     def figures(self, memory_total_mib: int) -> dict:
         """The live figures a keepalive reports, for placement and for `node info`."""
@@ -265,25 +374,57 @@ class Hypervisor:
         }
 
     def _guest_load(self, running: list[Domain]) -> float:
-        """CPU seconds per second the running guests used since the last call (0 on the first)."""
+        """CPU seconds per second the running guests used since the last call (0 on the first). A running
+        guest whose CPU time the host does not report in bulk (libvirt's test driver, whose per-domain `info()`
+        gives the wall clock as every guest's CPU time) counts as that driver models it: one busy CPU."""
         now = time.monotonic()
-        sample = {domain.uuid: domain.cpu_time_ns for domain in running}
+        sample = {domain.uuid: domain.cpu_time_ns for domain in running if domain.cpu_time_ns is not None}
+        unmetered = len(running) - len(sample)
         previous, self._last_cpu_sample = self._last_cpu_sample, (now, sample)
         if previous is None or now <= previous[0]:
-            return 0.0
+            return float(unmetered)
         used_ns = sum(max(cpu_ns - previous[1].get(uuid, cpu_ns), 0) for uuid, cpu_ns in sample.items())
-        return used_ns / 1e9 / (now - previous[0])
+        return used_ns / 1e9 / (now - previous[0]) + unmetered
 
 
 class DomainActions:
     """Idempotent libvirt actions on one node's domains: doing one twice is the same as doing it once. Each
-    step is one bounded `Hypervisor.call`."""
+    step is one bounded `Hypervisor.call`.
+
+    A converge pass asks libvirt about every domain at once (`listed`) and passes that answer (``seen``) to
+    the questions it asks about each VM, which then cost no call of their own. An answer about a domain holds
+    only while no libvirt call on it has begun or ended since it was given (`Hypervisor.touched_since`: an
+    action of this node, or of a converge that ran meanwhile) and no call on it that timed out still runs;
+    otherwise the domain is asked about again. Every action still checks its domain itself right before it
+    acts: an answer from the pass only spares an action with nothing to do (a stop of a domain that is off)."""
 
     def __init__(self, hypervisor: Hypervisor, shutdown_timeout: float):
         self._hypervisor = hypervisor
         self._shutdown_timeout = shutdown_timeout
         self._peer_lock = threading.Lock()
         self._peer_asks: dict[str, threading.Thread] = {}
+        self._identities: dict[str, tuple[Identity, float, float]] = {}
+        """Libvirt UUID → the domain's identity as last read one domain at a time, when read and until when
+        kept (`DEFINITION_AUDIT_S`)."""
+
+    def listed(self) -> DomainList:
+        """Every domain on this host, from one bulk call (`Hypervisor.listed`)."""
+        listed = self._hypervisor.listed()
+        present = {domain.uuid for domain in listed.domains.values()}
+        for uuid in self._identities.keys() - present:
+            self._identities.pop(uuid, None)
+        return listed
+
+    def touch(self, name: str) -> None:
+        """What was seen of `name` before now is not to be relied on (a converge of it has just ended)."""
+        self._hypervisor.touch(name)
+
+    def _seen(self, name: str, seen: DomainList | None) -> tuple[bool, Listed | None]:
+        """(True, the domain as `seen` listed it, None if absent) while that answer still holds for `name`;
+        (False, None) when the domain must be asked about itself."""
+        if seen is None or self._hypervisor.touched_since(name, seen.taken) or self._hypervisor.in_flight(name):
+            return False, None
+        return True, seen.domains.get(name)
 
     def _lookup(self, name: str) -> "libvirt.virDomain | None":
         """The domain, or None when libvirt says it has none; call only inside `Hypervisor.call`."""
@@ -315,9 +456,22 @@ class DomainActions:
     def forget_late(self, name: str) -> None:
         self._hypervisor.forget_late(name)
 
-    def identity(self, name: str) -> Identity | None:
-        """The domain named `name` as PVC knows it (None: libvirt has none)."""
-        return self._on_domain("metadata read", name, _identity)
+    def identity(self, name: str, seen: DomainList | None = None) -> Identity | None:
+        """The domain named `name` as PVC knows it (None: libvirt has none). With `seen`, a domain whose
+        definition was read since it was last defined is not asked about again."""
+        holds, listed = self._seen(name, seen)
+        if holds:
+            if listed is None:
+                return None
+            known = self._identities.get(listed.uuid)
+            if known is not None and known[0].name == name and time.monotonic() < known[2] \
+                    and not self._hypervisor.redefined_since(name, known[1]):
+                return known[0]
+        identity = self._on_domain("metadata read", name, _identity)
+        if identity is not None:
+            now = time.monotonic()
+            self._identities[identity.uuid] = (identity, now, now + _audit_after())
+        return identity
 
     def identity_by_uuid(self, uuid: str) -> Identity | None:
         """The domain with `uuid`, whatever its name (None: libvirt has none)."""
@@ -331,15 +485,28 @@ class DomainActions:
             return _identity(domain)
         return self._hypervisor.call(f"lookup of UUID {uuid}", read)
 
-    def exists(self, name: str) -> bool:
+    def exists(self, name: str, seen: DomainList | None = None) -> bool:
+        holds, listed = self._seen(name, seen)
+        if holds:
+            return listed is not None
         return bool(self._on_domain("lookup", name, lambda domain: True))
 
-    def is_running(self, name: str) -> bool:
+    def is_running(self, name: str, seen: DomainList | None = None) -> bool:
         """Whether libvirt has the domain active (running or paused: a copy that exists)."""
+        holds, listed = self._seen(name, seen)
+        if holds:
+            return listed is not None and listed.active
         return bool(self._on_domain("state check", name, lambda domain: domain.isActive()))
 
     def define(self, xml: str) -> None:
-        self._hypervisor.call("define", lambda: self._hypervisor.connection().defineXML(xml))
+        name = etree.fromstring(xml.encode()).findtext("name")
+        if name:
+            self._hypervisor.redefined(name)
+        try:
+            self._hypervisor.call("define", lambda: self._hypervisor.connection().defineXML(xml))
+        finally:
+            if name:
+                self._hypervisor.redefined(name)
 
     def start(self, name: str) -> None:
         def start(domain):
@@ -349,8 +516,11 @@ class DomainActions:
         if self._on_domain("start", name, start) is None:
             raise OperationFailed(f"{name} is not defined on this node")
 
-    def shutdown(self, name: str) -> None:
-        """Ask the guest to shut down; after the timeout, pull the plug."""
+    def shutdown(self, name: str, seen: DomainList | None = None) -> None:
+        """Ask the guest to shut down; after the timeout, pull the plug. Nothing to do for a domain `seen` off."""
+        if self._off(name, seen):
+            return
+
         def ask(domain):
             if domain.isActive():
                 domain.shutdown()
@@ -365,11 +535,19 @@ class DomainActions:
             log.warning("%s did not shut down within %g s: destroying it", name, self._shutdown_timeout)
             self.stop(name)
 
-    def stop(self, name: str) -> None:
+    def stop(self, name: str, seen: DomainList | None = None) -> None:
+        """Pull the plug; nothing to do for a domain `seen` off."""
+        if self._off(name, seen):
+            return
+
         def stop(domain):
             if domain.isActive():
                 domain.destroy()
         self._on_domain("stop", name, stop)
+
+    def _off(self, name: str, seen: DomainList | None) -> bool:
+        holds, listed = self._seen(name, seen)
+        return holds and (listed is None or not listed.active)
 
     def undefine(self, name: str) -> None:
         def undefine(domain):
@@ -400,7 +578,8 @@ class DomainActions:
                 return False
 
         try:
-            active = [domain.name for domain in self._hypervisor.domains(remaining()) if domain.active]
+            active = [domain.name for domain in self._hypervisor.listed(remaining()).domains.values()
+                      if domain.active]
         except Unavailable as error:
             log.error("cannot list this host's domains to stop them: %s", error)
             return None
@@ -502,6 +681,16 @@ class DomainActions:
                     raise TargetNotReached(message) from None
                 raise TargetUnreachable(message) from None
             raise OperationFailed(message) from None
+
+
+def _active(domain: "libvirt.virDomain", values: dict) -> bool:
+    """Whether a domain from a bulk call exists as a running copy: libvirt's ``isActive`` is its ID (sent with
+    the answer), and a state other than shut off counts too, whichever says so."""
+    return domain.ID() != -1 or values.get("state.state") != libvirt.VIR_DOMAIN_SHUTOFF
+
+
+def _audit_after() -> float:
+    return DEFINITION_AUDIT_S * random.uniform(0.5, 1.0)
 
 
 def _copy_state(domain: "libvirt.virDomain") -> str:

@@ -36,7 +36,8 @@ from pvc.cache import OWN_VALUE, WatchedCollection
 from pvc.errors import OperationFailed, PVCError, Unavailable
 from pvc.hookspecs import StorageBackend
 from pvc.node.host_xml import HostPaths, device_for_host, for_host
-from pvc.node.hypervisor import DomainActions, MigrationTarget, TargetNotReached, TargetUnreachable, timed_out
+from pvc.node.hypervisor import (DomainActions, DomainList, MigrationTarget, TargetNotReached, TargetUnreachable,
+                                 timed_out)
 from pvc.node.network.node_networks import NodeNetworks, made_on
 from pvc.node.ownership import NodeOwnership
 from pvc.store import Store
@@ -56,7 +57,7 @@ ACTED_ON = "acted_on"
 
 class Reconciler:
     def __init__(self, node_name: str, store: Store, vms: WatchedCollection, actions: DomainActions,
-                 list_domains, paths: HostPaths, storage: StorageBackend, migration_timeout: float,
+                 paths: HostPaths, storage: StorageBackend, migration_timeout: float,
                  ownership: NodeOwnership, networks: NodeNetworks | None = None):
         self.node = node_name
         self._networks = networks
@@ -67,61 +68,70 @@ class Reconciler:
         self._store = store
         self._vms = vms
         self._actions = actions
-        self._list_domains = list_domains
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._fallback_notes: dict[str, str] = {}
         """Why a VM's live migration fell back to a shutdown, until the status saying so is written."""
         self.starts_refused: str | None = None
         """Why this node starts no VM (it has fenced itself, `pvc.node.self_fence`); None while it may."""
 
-    def converge(self, name: str, fresh: bool = True) -> dict[str, Any]:
+    def converge(self, name: str, fresh: bool = True, seen: DomainList | None = None) -> dict[str, Any]:
         """Make libvirt match what ZooKeeper wants for one VM; returns the VM's status as reported.
 
         A libvirt call that timed out is not an answer: the VM is `unknown` (never "not running", whatever
         this node read before it acted), and while that call's worker still runs nothing else is decided about
         the VM. Once the worker has ended, what it did is reconciled before the node reports again
-        (`_settle_late_calls`)."""
+        (`_settle_late_calls`).
+
+        A pass gives what one bulk call listed (`seen`); a VM held here that is as it should be is then
+        decided without a libvirt call of its own (`DomainActions`). Its end is noted (`DomainActions.touch`):
+        a pass that listed the domains while this ran asks about this VM again."""
         with self._locks[name]:
-            if fresh:
-                self._vms.refresh(name)
-            raw, zxids = self._vms.get_with_zxids(name)
-            pending = self._actions.in_flight(name)
-            if pending:
-                if raw is None or raw.get(OWN_VALUE) is None:
-                    return {"node": self.node, "running": None, "unknown": pending}
-                return self._report_unknown(name, self._reread(name) or raw, pending)
-            if raw is None or raw.get(OWN_VALUE) is None:
-                self._remove_deleted(name)
-                self._actions.forget_late(name)
-                return {"node": self.node, "running": False, "removed": True}
-            raw[ACTED_ON] = zxids
-            placement = raw.get("placement") or {}
             try:
-                self._settle_late_calls(name, raw)
-                status = raw.get("status") or {}
-                if status.get("node") == self.node and status.get("migrating_to"):
-                    unsettled = self._settle_migration(name, raw)
-                    if unsettled is not None:
-                        return unsettled
-                    raw = self._reread(name) or raw
-                    placement = raw.get("placement") or {}
-                if raw.get("state") == "remove":
-                    return self._remove_marked(name, raw)
-                if placement.get("node") != self.node:
-                    return self._let_go(name, raw)
-                return self._hold(name, raw)
-            except Unavailable as error:
-                # Decided on the record as it is now, not as read before acting: this node may have claimed
-                # the VM since, and a start that timed out may yet succeed.
-                current = self._reread(name) or raw
-                status = current.get("status") or {}
-                if not timed_out(error) and not self._actions.ended_late(name) \
-                        and (current.get("placement") or {}).get("node") == self.node \
-                        and status.get("node") != self.node:
-                    # libvirtd is gone (no call of ours is left running in it) and this node never claimed the
-                    # VM (a claim comes before any start): it is known not to run here.
-                    return self._failed(name, current, str(error), running=False)
-                return self._report_unknown(name, current, str(error))
+                return self._converge(name, fresh, seen)
+            finally:
+                self._actions.touch(name)
+
+    def _converge(self, name: str, fresh: bool, seen: DomainList | None) -> dict[str, Any]:
+        if fresh:
+            self._vms.refresh(name)
+        raw, zxids = self._vms.get_with_zxids(name)
+        pending = self._actions.in_flight(name)
+        if pending:
+            if raw is None or raw.get(OWN_VALUE) is None:
+                return {"node": self.node, "running": None, "unknown": pending}
+            return self._report_unknown(name, self._reread(name) or raw, pending)
+        if raw is None or raw.get(OWN_VALUE) is None:
+            self._remove_deleted(name, seen)
+            self._actions.forget_late(name)
+            return {"node": self.node, "running": False, "removed": True}
+        raw[ACTED_ON] = zxids
+        placement = raw.get("placement") or {}
+        try:
+            self._settle_late_calls(name, raw)
+            status = raw.get("status") or {}
+            if status.get("node") == self.node and status.get("migrating_to"):
+                unsettled = self._settle_migration(name, raw)
+                if unsettled is not None:
+                    return unsettled
+                raw = self._reread(name) or raw
+                placement = raw.get("placement") or {}
+            if raw.get("state") == "remove":
+                return self._remove_marked(name, raw)
+            if placement.get("node") != self.node:
+                return self._let_go(name, raw)
+            return self._hold(name, raw, seen)
+        except Unavailable as error:
+            # Decided on the record as it is now, not as read before acting: this node may have claimed
+            # the VM since, and a start that timed out may yet succeed.
+            current = self._reread(name) or raw
+            status = current.get("status") or {}
+            if not timed_out(error) and not self._actions.ended_late(name) \
+                    and (current.get("placement") or {}).get("node") == self.node \
+                    and status.get("node") != self.node:
+                # libvirtd is gone (no call of ours is left running in it) and this node never claimed the
+                # VM (a claim comes before any start): it is known not to run here.
+                return self._failed(name, current, str(error), running=False)
+            return self._report_unknown(name, current, str(error))
 
     def _reread(self, name: str) -> dict[str, Any] | None:
         """The VM's values as ZooKeeper has them now, with the zxids they were read at (None: its record is
@@ -151,13 +161,15 @@ class Reconciler:
         self._actions.forget_late(name)
 
     def converge_all(self) -> None:
-        """One pass over every VM this node runs, holds, or should run. When libvirt cannot be asked, every
-        VM this node holds is reported `unknown`."""
+        """One pass over every VM this node runs, holds, or should run, from one bulk answer of libvirt about
+        every domain here (`DomainActions.listed`); a VM that needs acting on is asked about itself. When libvirt
+        cannot be asked, every VM this node holds is reported `unknown`."""
         held = {name for name, raw in self._vms.snapshot().items()
                 if (raw.get("placement") or {}).get("node") == self.node
                 or (raw.get("status") or {}).get("node") == self.node}
         try:
-            names = held | {domain.name for domain in self._list_domains()}
+            seen = self._actions.listed()
+            names = held | set(seen.domains)
         except Unavailable as error:
             for name in sorted(held):
                 with self._locks[name]:
@@ -167,7 +179,7 @@ class Reconciler:
             raise
         for name in sorted(names):
             try:
-                self.converge(name, fresh=False)
+                self.converge(name, fresh=False, seen=seen)
             except Exception as error:
                 log.warning("converging %s failed: %s", name, error)
         if self._networks is not None:
@@ -177,12 +189,14 @@ class Reconciler:
         """A coordinator removed the VM (or marked it removed): take its domain off this node."""
         self.converge(name)
 
-    def _remove_deleted(self, name: str) -> None:
+    def _remove_deleted(self, name: str, seen: DomainList | None = None) -> None:
         """Stop and undefine a domain PVC manages (its metadata says so) whose record is gone, checked in
         ZooKeeper itself (the cache may lag). A domain without PVC's metadata is not PVC's: it stays."""
         if self._store.zk.exists(schema.vm(name)) is not None:
             return
-        identity = self._actions.identity(name)
+        identity = self._actions.identity(name, seen)
+        if identity is not None and identity.managed and seen is not None:
+            identity = self._actions.identity(name)  # asked itself, right before it is removed
         if identity is not None and identity.managed:
             log.info("%s is no longer in the cluster: removing it from libvirt", name)
             self._actions.undefine(name)
@@ -417,15 +431,24 @@ class Reconciler:
         self._write_status_if_ours(name, report)
         return report
 
-    def _hold(self, name: str, raw: dict[str, Any]) -> dict[str, Any]:
+    def _hold(self, name: str, raw: dict[str, Any], seen: DomainList | None = None) -> dict[str, Any]:
+        """Run (or keep off) a VM placed here as its state says. With `seen` (a pass's bulk answer), a VM that
+        is as it should be costs no libvirt call (`DomainActions`); not one that another node holds or that is in
+        a live migration, whose domain may come here by a call of another host's libvirtd (an incoming
+        migration), which no call of this node marks."""
         spec, state = raw[OWN_VALUE], raw.get("state") or "stop"
         status = raw.get("status") or {}
+        if status.get("node") not in (None, self.node) or status.get("migrating_to"):
+            seen = None
         if _awaits(status, self.node, "return", raw[ACTED_ON], "placement"):
             return status
         if state == "restart" and _awaits(status, self.node, "settle", raw[ACTED_ON], "state"):
             state = "start"  # restarted already; the leader has yet to record it
         try:
-            identity = self._actions.identity(name)
+            identity = self._actions.identity(name, seen)
+            if identity is not None and identity.managed and identity.pvc_uuid not in (None, spec.get("uuid")) \
+                    and seen is not None:
+                identity = self._actions.identity(name)  # asked itself, right before it is removed
             if identity is not None and identity.managed and identity.pvc_uuid not in (None, spec.get("uuid")):
                 # PVC's domain of an earlier VM of this name, whose removal this node missed.
                 log.info("%s here is an earlier VM of that name (UUID %s): removing it", name, identity.pvc_uuid)
@@ -433,25 +456,25 @@ class Reconciler:
                 identity = None
             redefine = identity is None or not identity.managed or status.get("generation") != spec.get("generation")
             if spec.get("networks") and (redefine or (state in schema.RUNNING_STATES and
-                                                      not self._actions.is_running(name))):
+                                                      not self._actions.is_running(name, seen))):
                 # Before libvirt needs the bridges; a running guest's are kept by the networks' own pass.
                 self._ensure_networks(spec["networks"])
             if redefine:
                 self._retire_old_names(name, spec.get("uuid"))
                 self._actions.define(self._host_xml(spec["xml"], self.paths))
             if state in schema.RUNNING_STATES:
-                self._run_here(name, state)
+                self._run_here(name, state, seen)
             elif state == "shutdown":
-                self._actions.shutdown(name)
+                self._actions.shutdown(name, seen)
             elif state in ("stop", "disable", "fail"):
-                self._actions.stop(name)
+                self._actions.stop(name, seen)
         except OperationFailed as error:
             return self._failed(name, raw, str(error))
         if _awaits(status, self.node, "return", raw[ACTED_ON], "placement"):
             return status
         if status.get("node") not in (None, self.node) and status.get("migrating_to") == self.node:
             return self._take_over_migrated(name, raw)
-        running = self._actions.is_running(name)
+        running = self._actions.is_running(name, seen)
         if status.get("node") not in (None, self.node) and status.get("running") is not False and not running:
             return status
         refused = self.starts_refused if state in schema.RUNNING_STATES and not running else None
@@ -518,10 +541,10 @@ class Reconciler:
                 raise OperationFailed(f"node {target} has not made network(s) {missing} for the VM")
             time.sleep(0.1)
 
-    def _run_here(self, name: str, state: str) -> None:
-        if state == "restart" and self._actions.is_running(name):
+    def _run_here(self, name: str, state: str, seen: DomainList | None = None) -> None:
+        if state == "restart" and self._actions.is_running(name, seen):
             self._actions.shutdown(name)
-        if not self._actions.is_running(name):
+        if not self._actions.is_running(name, seen):
             if self.starts_refused:
                 log.info("%s is not started: %s", name, self.starts_refused)
                 return

@@ -30,6 +30,9 @@ DOMAIN_SHUTDOWN_PROCEDURES = {33, 258}
 """REMOTE_PROC_DOMAIN_SHUTDOWN and REMOTE_PROC_DOMAIN_SHUTDOWN_FLAGS."""
 MIGRATE_FINISH_PROCEDURES = {217, 306}
 """REMOTE_PROC_DOMAIN_MIGRATE_FINISH3 and REMOTE_PROC_DOMAIN_MIGRATE_FINISH3_PARAMS."""
+PER_DOMAIN_QUERIES = {16, 23, 150, 212, 265}
+"""What a caller asks about one domain at a time: REMOTE_PROC_DOMAIN_GET_INFO, _LOOKUP_BY_NAME, _IS_ACTIVE,
+_GET_STATE and _GET_METADATA."""
 
 
 class _Relay:
@@ -117,6 +120,7 @@ class LibvirtRelay(_Relay):
         return server
 
     def _to_upstream(self, packet: bytes) -> bool:
+        self.procedures.append(_procedure(packet))
         if _procedure(packet) in self._held_procedures and self._delay:
             arrived = time.time()
             time.sleep(self._delay)

@@ -2,6 +2,8 @@
 node's `libvirt_timeout` to start a guest (a relay in front of its socket holds libvirt's DOMAIN_CREATE call,
 `slow_libvirt`), and then starts it. The node must call the VM `unknown` until its call has ended, never "not
 running", and reconcile what the call did before it reports again.
+
+The same relay counts what a node at rest asks its libvirtd: its passes ask about every domain in one call.
 """
 import threading
 import time
@@ -11,7 +13,7 @@ import pytest
 from pvc.cli.localcluster.cluster import KEEPALIVE_INTERVAL, LIBVIRT_TIMEOUT
 
 from helpers import eventually
-from slow_libvirt import LibvirtRelay
+from slow_libvirt import PER_DOMAIN_QUERIES, LibvirtRelay
 from vm_support import assert_no_vm_on_two_hosts, remove_all_vms, running_hosts, vm_xml, wait_running_on
 
 
@@ -82,6 +84,36 @@ def test_a_start_that_outlives_the_libvirt_deadline_is_unknown_and_the_vm_never_
         slow.hold(0)
         _restart_node_daemon(cluster, "hv2")
         slow.close()
+
+
+def test_a_node_at_rest_asks_libvirt_about_its_vms_in_bulk(cluster):
+    """Once it has seen its VMs, a node's converge passes and keepalive figures ask its libvirtd one bulk call a
+    pass, never one call per VM, and it still reports each VM as libvirt has it."""
+    client, local = cluster.client, cluster.local
+    names = [f"rest{index}" for index in range(6)]
+    for name in names:
+        client.vms.define(vm_xml(name), target="hv2")
+    for name in names[:4]:
+        client.vms.start(name)
+    for name in names[:4]:
+        wait_running_on(cluster, name, "hv2")
+    relay = LibvirtRelay(local.host("hv2").socket_path)
+    _restart_node_daemon(cluster, "hv2", libvirt_uri=relay.uri())
+    try:
+        time.sleep(3 * KEEPALIVE_INTERVAL)
+        before = len(relay.procedures)
+        time.sleep(4 * KEEPALIVE_INTERVAL)
+        asked = relay.procedures[before:]
+        assert asked, "the node asked its libvirtd nothing at all"
+        per_domain = [procedure for procedure in asked if procedure in PER_DOMAIN_QUERIES]
+        assert not per_domain, f"the node asked about its VMs one at a time at rest: {per_domain[:20]}"
+        assert sorted((vm["name"], vm["node"], vm["running"]) for vm in client.vms.list()) == \
+            [(name, "hv2", name in names[:4]) for name in names]
+        client.vms.stop(names[0], wait=True)
+        assert cluster.host_domains("hv2")[names[0]] is False
+    finally:
+        _restart_node_daemon(cluster, "hv2")
+        relay.close()
 
 
 def _restart_node_daemon(cluster, node: str, **options) -> None:
