@@ -1,6 +1,6 @@
 """The leader's node-request pass visits only the VMs whose records changed, and an audit catches what that misses.
 
-A real cluster (test-driver hosts) whose coordinator runs in the test process with an audit interval of an
+A real two-node cluster (test-driver hosts) whose coordinator runs in the test process with an audit interval of an
 hour, so that past the full pass it makes on taking office, only the change path can record a node's request
 promptly. 200 quiet VM records (placed on a node no daemon serves) show which VMs a pass visits. The request is
 a real one: a VM's restart, which its node carries out and then asks the leader to record ``start`` for.
@@ -10,17 +10,24 @@ import time
 import types
 import uuid
 
+import libvirt
 import pytest
 
 from pvc import schema
 from pvc.rpc import node_requests
 
+from conftest import started_cluster
 from coordinator_support import coordinator_in_process
 from helpers import cluster_store, eventually
 from vm_support import vm_xml, wait_running_on
 
 QUIET = 200
 VM = "asking"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    yield from started_cluster(tmp_path_factory.mktemp("passes"), nodes=2, coordinators=1)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +104,15 @@ def test_a_request_that_arrives_during_a_pass_is_recorded_by_the_next(cluster, l
     wait_running_on(cluster, VM, "hv1")
 
 
+def _domain_id(cluster) -> int:
+    """The VM's domain ID in hv1's own libvirtd: each start gives a new one."""
+    connection = libvirt.open(cluster.local.host("hv1").uri)
+    try:
+        return connection.lookupByName(VM).ID()
+    finally:
+        connection.close()
+
+
 class ChangesMissing:
     """The VMs' watched collection as the pass sees it, but with `hidden` left out of the change log: the pass's
     view of a change whose watch it missed."""
@@ -121,10 +137,13 @@ def test_a_request_the_change_path_missed_is_recorded_by_the_audit(cluster, lead
 
     client.vms.restart(VM)
     assert eventually(lambda: _request_seen(coordinator), 10), "the node asked"
+    restarted = _domain_id(cluster)
     passes = handled.call_count
     assert eventually(lambda: handled.call_count >= passes + 3, 10)
     assert _state(client) == "restart", "the change path missed the request"
     assert visits.call_count == 0
+    assert _domain_id(cluster) == restarted and _request_seen(coordinator), \
+        "restarted once: the node waits for the leader, still asking"
 
     now = time.monotonic
     mocker.patch.object(node_requests, "time", types.SimpleNamespace(monotonic=lambda: now() + 3600))
