@@ -61,9 +61,11 @@ def _state(client) -> str:
 
 
 def _request_seen(coordinator) -> bool:
-    """Whether the leader's cache shows the node's request to record ``start`` (its restart is done)."""
-    status = (coordinator.cache.vms.get(VM) or {}).get("status") or {}
-    return (status.get("request") or {}).get("kind") == "settle"
+    """Whether the leader's cache shows the node's request to record ``start`` for the restart recorded last
+    (its restart is done), not one an earlier restart left until the node's next pass."""
+    raw, zxids = coordinator.cache.vms.get_with_zxids(VM)
+    request = ((raw or {}).get("status") or {}).get("request") or {}
+    return request.get("kind") == "settle" and request.get("state_zxid") == zxids.get("state")
 
 
 def test_a_node_request_is_recorded_by_the_next_pass_over_the_changed_vms_only(cluster, leading, mocker):
