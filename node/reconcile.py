@@ -478,9 +478,11 @@ class Reconciler:
         if status.get("node") not in (None, self.node) and status.get("running") is not False and not running:
             return status
         refused = self.starts_refused if state in schema.RUNNING_STATES and not running else None
+        # The request names the recorded state (a restart already done here still asks to be settled): a report
+        # that dropped it would make the next pass restart the VM again, and again, until a leader saw one.
         report = {"node": self.node, "running": running, "error": refused, "unknown": None,
                   "generation": spec.get("generation"), "migration_note": status.get("migration_note"),
-                  "request": self._settle_request(raw, state, running), "time": time.time()}
+                  "request": self._settle_request(raw, raw.get("state") or "stop", running), "time": time.time()}
         if _unchanged(status, report):
             return status
         self._write_status_if_ours(name, report)

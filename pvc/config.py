@@ -194,6 +194,11 @@ APID_SETTINGS: list[Setting] = [
     Setting("health_interval", (int, float), 10, "seconds between rounds of the cluster health checks the "
             "leader runs (the `pvc_cluster_health_checks` plugins)"),
     Setting("flush_parallelism", int, 8, "VM moves a flush or ready carries out at once"),
+    Setting("recovery_starts_per_node", int, 16, "starts a dead node's recovery runs at once on any one node "
+            "(recorded there and not yet settled); at least 1"),
+    Setting("leader_audit_interval", (int, float), 60, "seconds between the leader's audits: its passes visit "
+            "only the VMs and tasks whose records changed, and an audit visits all of them, in case a change "
+            "was missed"),
     Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
 ]
 

@@ -57,11 +57,14 @@ class Coordinator:
     def __init__(self, settings: dict[str, Any]):
         self.settings = settings
         self.name = schema.check_name("coordinator", settings["coordinator_name"])
+        for key in ("flush_parallelism", "recovery_starts_per_node", "leader_audit_interval"):
+            if settings[key] <= 0:
+                raise ConfigError(f"{key} must be more than 0, not {settings[key]!r}")
         self.store = Store(settings["zookeeper_hosts"], settings["zookeeper_user"],
                            settings["zookeeper_password"], settings["zookeeper_session_timeout"])
         self.cache = ClusterCache(self.store)
         self.monitor = NodeMonitor(self.store, self.cache, settings["fence_intervals"])
-        self.requests = NodeRequests(self.store, self.cache.vms)
+        self.requests = NodeRequests(self.store, self.cache.vms, settings["leader_audit_interval"])
         self.request_records = RequestPruner()
         self.storage: StorageArea | None = None
         self.vm_snapshots: VMSnapshots | None = None
@@ -97,7 +100,8 @@ class Coordinator:
             self.tasks = TaskRunner(self.context, control, self.settings["flush_parallelism"],
                                     {"recover": RecoveryExecution, "ready": ReadyExecution,
                                      PROVISION: provision_executor(self.context, storage, vms),
-                                     autobackup_run.KIND: autobackup_run.executor(self.vm_snapshots, vms.backups)})
+                                     autobackup_run.KIND: autobackup_run.executor(self.vm_snapshots, vms.backups)},
+                                    self.settings["leader_audit_interval"])
             self.daemon = AuthenticatingDaemon(self.settings["api_keys"], "API key", host, port)
             areas = {"cluster": ClusterArea(self.context), "nodes": NodesArea(self.context),
                      "vms": vms, "storage": storage, "provisioner": ProvisionerArea(self.context, storage, vms),

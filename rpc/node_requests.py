@@ -11,7 +11,9 @@ consumed: once recorded, the zxid no longer matches, so handling it again does n
 
 A pass visits only the VMs whose records changed since the last one (the cache's change log says which), and
 those it left unfinished (a removal waiting for its node, a write that failed); a leader new to its office
-visits every VM, and so does an audit every `AUDIT_INTERVAL_S`, in case a pass was cut off midway.
+visits every VM, and so does an audit every `audit_interval` seconds (`leader_audit_interval`), in case a pass
+was cut off midway or the change log missed something. A change that arrives during a pass is numbered after the
+point the pass read the log from, so the next pass visits it.
 """
 import logging
 import time
@@ -28,13 +30,14 @@ log = logging.getLogger(__name__)
 _MOVING_STATES = ("migrate", "unmigrate")
 
 AUDIT_INTERVAL_S = 60.0
-"""How often the leader's pass visits every VM, not only those whose records changed."""
+"""How often, by default, the leader's pass visits every VM, not only those whose records changed."""
 
 
 class NodeRequests:
-    def __init__(self, store: Store, vms: WatchedCollection):
+    def __init__(self, store: Store, vms: WatchedCollection, audit_interval: float = AUDIT_INTERVAL_S):
         self._store = store
         self._vms = vms
+        self._audit_interval = audit_interval
         self._seen = -1
         self._leader_node: str | None = None
         self._next_audit = 0.0
@@ -48,7 +51,7 @@ class NodeRequests:
         unfinished = {name for name in names if not self._visit(name, leader_node)}
         self._seen, self._leader_node, self._unfinished = sequence, leader_node, unfinished
         if audit:
-            self._next_audit = time.monotonic() + AUDIT_INTERVAL_S
+            self._next_audit = time.monotonic() + self._audit_interval
 
     def _visit(self, name: str, leader_node: str) -> bool:
         """Act on one VM's record; False when something is left for a later pass."""

@@ -13,7 +13,8 @@ dead hosts: the task is recorded ``failed`` with that reason, and nothing is fen
    administrator who has made sure the node is off says so (`nodes.fence_confirm`), which records the node
    ``fenced`` and runs the recovery;
 2. recovers the node's VMs in parallel: each running one is placed on a node its selector and node limit
-   allow and started there (its new node may claim it because its old node is ``fenced``); one with no valid
+   allow and started there (its new node may claim it because its old node is ``fenced``), at most
+   `recovery_starts_per_node` (pvcapid.yaml) starting on any one node at a time; one with no valid
    target is stopped, and with node_autostart starts again when its home node is ready. With
    `successful_fence` ``none`` (cluster config, or the node's override) nothing is moved: the VMs stay on
    the node, to start when it is made ready again.
@@ -29,14 +30,16 @@ finishes.
 import logging
 import time
 import uuid
-from typing import Any
+from collections import Counter, defaultdict, deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any, Callable
 
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import ZnodeStat
 
-from pvc import fence_secrets, fencing_settings, schema
+from pvc import fence_secrets, fencing_settings, models, placement, schema
 from pvc.cache import OWN_VALUE
-from pvc.errors import PVCError
+from pvc.errors import Conflict, PVCError
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc import tasks
 from pvc.rpc.metrics import instruments
@@ -253,20 +256,111 @@ class RecoveryExecution(TaskExecution):
         return True
 
     def _recover(self) -> dict[str, str]:
-        """Start each running VM of the fenced node elsewhere (or stop it where none may take it), each decided
-        from its desired state read under its lock: a VM a command has stopped or moved since is left to it."""
+        """Start each running VM of the fenced node elsewhere (or stop it where none may take it), at most
+        `recovery_starts_per_node` at a time on any one node; the failures by VM.
+
+        Every VM's new node is chosen first, as one batch; a start is recorded (each from the VM's desired state
+        read under its lock: a VM a command has stopped or moved since is left to it) only while fewer than the
+        bound of this recovery's starts are recorded on that node and not settled, and the next once one
+        settles. The records are the whole truth: an earlier run's starts that have not settled (a leader that
+        died midway) hold their node's places and are waited for first (`_unsettled_starts`).
+
+        Each node has its own workers, as many as its bound: a node slow to start its VMs holds up only its
+        own queue, never the starts on other nodes."""
+        starting = self._unsettled_starts()
+        queues = self._targets()
+        bound = self._context.settings["recovery_starts_per_node"]
+        with self._progress_lock:
+            self.task["moved"] += [name for name in starting if name not in self.task["moved"]]
+        self._save(total=len(starting) + sum(len(queue) for queue in queues.values()), done=0)
+        failures: dict[str, str] = {}
+        under_way: dict[Future, str] = {}
+        workers: dict[str, ThreadPoolExecutor] = {}
+
+        def begin(name: str, target: str) -> None:
+            if target not in workers:
+                workers[target] = ThreadPoolExecutor(bound, thread_name_prefix=f"recovery-{target}")
+            under_way[workers[target].submit(self._converge, name, [target])] = target
+
+        try:
+            for name, target in sorted(starting.items()):
+                begin(name, target)
+            while True:
+                per_node = Counter(under_way.values())
+                for target, queue in queues.items():
+                    while queue and per_node[target] < bound:
+                        name = queue.popleft()
+                        if self._record(name, self._start_on(target)):
+                            begin(name, target)
+                            per_node[target] += 1
+                        else:
+                            with self._progress_lock:
+                                self.task["total"] -= 1
+                if not under_way:
+                    return failures
+                settled, _ = wait(under_way, return_when=FIRST_COMPLETED)
+                for future in settled:
+                    del under_way[future]
+                    name, error = future.result()
+                    if error:
+                        failures[name] = error
+                        with self._progress_lock:
+                            self.task["errors"].append(f"{name}: {error}")
+        finally:
+            for pool in workers.values():
+                pool.shutdown(wait=True)
+
+    def _targets(self) -> dict[str, deque[str]]:
+        """The node each running VM of the fenced node is to start on, chosen as one batch (each placement
+        counting the ones before it), as a queue of VMs per node. A VM none may take is stopped now, and with
+        node_autostart starts again when its node is ready."""
         node = self.task["node"]
+        batch = placement.Batch(self._context.placement_views())
+        queues: dict[str, deque[str]] = defaultdict(deque)
+        for name, raw in sorted(self._leaving().items()):
+            try:
+                target = batch.place(models.vm_view(name, raw), self._context.selector(raw[OWN_VALUE]),
+                                     current_node=node)
+            except Conflict as refused:
+                self._record(name, self._stopped(str(refused)))
+                continue
+            queues[target].append(name)
+        return queues
 
-        def stopped(current: Desired) -> Decision:
+    def _still_here(self, current: Desired) -> bool:
+        """Whether a VM is still the recovery's to move: placed on the fenced node, in a running state."""
+        return current.placement.get("node") == self.task["node"] and current.state in schema.RUNNING_STATES
+
+    def _start_on(self, target: str) -> Callable[[Desired], Decision | None]:
+        def decide(current: Desired) -> Decision | None:
+            if not self._still_here(current):
+                return None
+            return Decision({"state": "start", "placement": {"node": target, "last_node": self.task["node"]}},
+                            [target], "moved")
+        return decide
+
+    def _stopped(self, reason: str) -> Callable[[Desired], Decision | None]:
+        def decide(current: Desired) -> Decision | None:
+            if not self._still_here(current):
+                return None
+            self.task.setdefault("shut_down_reasons", {})[current.name] = reason
             autostart = bool(current.spec.get("node_autostart"))
-            return Decision({"state": "stop", "placement": {"node": node, "last_node": None, "autostart": autostart}},
-                            [], "shut_down")
+            return Decision({"state": "stop", "placement": {"node": self.task["node"], "last_node": None,
+                                                            "autostart": autostart}}, [], "shut_down")
+        return decide
 
-        decided = self._decide_leaving(
-            lambda current, target: Decision({"state": "start", "placement": {"node": target, "last_node": node}},
-                                             [target], "moved"),
-            stopped)
-        return self._carry_out([(name, nodes) for name, nodes in decided if nodes])
+    def _unsettled_starts(self) -> dict[str, str]:
+        """The starts this recovery recorded in an earlier run that have not settled, by VM, with their node: a
+        VM moved off the fenced node (its ``last_node``) to start elsewhere, and not yet running there."""
+        node = self.task["node"]
+        unsettled = {}
+        for name, raw in self._vms().items():
+            where, status = raw.get("placement") or {}, raw.get("status") or {}
+            target = where.get("node")
+            if where.get("last_node") == node and target not in (None, node) and raw.get("state") == "start" \
+                    and not (status.get("node") == target and status.get("running") is True):
+                unsettled[name] = target
+        return unsettled
 
     def _finish(self, state: str, **details: Any) -> None:
         self._save(state=state, finished=time.time(), **details)
@@ -326,8 +420,11 @@ def retry_due_recoveries(context: CoordinatorContext, leader_node: str, now: flo
     """Start again each failed recovery whose next attempt is due (``retry_at``), when it is its node's
     latest and the node is still ``dead`` (its fence failed, or was held) or ``fenced`` (moving its VMs
     failed): the task becomes ``pending`` with its attempt counted, and the leader's runner takes it. Not in
-    maintenance mode. Returns the nodes whose recovery was restarted."""
-    if context.cache.config.get().get("maintenance"):
+    maintenance mode. Returns the nodes whose recovery was restarted.
+
+    Every task record is read only while the cache shows a retry due (`_retry_maybe_due`): on most ticks
+    none is, and this runs every tick."""
+    if context.cache.config.get().get("maintenance") or not _retry_maybe_due(context, now):
         return []
     latest: dict[str, tuple[dict[str, Any], int]] = {}
     for task, stat in tasks.task_records(context):
@@ -351,6 +448,19 @@ def retry_due_recoveries(context: CoordinatorContext, leader_node: str, now: flo
                     task.get("reason"))
         restarted.append(node)
     return restarted
+
+
+def _retry_maybe_due(context: CoordinatorContext, now: float) -> bool:
+    """Whether the cache shows a failed recovery whose retry is due, of a node it shows dead or fenced. A retry
+    falls due at least `RETRY_FIRST_S` after its failure was recorded, long after the cache shows that."""
+    nodes = context.cache.nodes
+    for name in context.cache.tasks.names():
+        task = (context.cache.tasks.get(name) or {}).get(OWN_VALUE) or {}
+        if task.get("kind") == "recover" and task.get("state") == "failed" and task.get("retry_at") is not None \
+                and task["retry_at"] <= now \
+                and (nodes.get(task.get("node")) or {}).get("daemon_state") in ("dead", "fenced"):
+            return True
+    return False
 
 
 class ReadyExecution(TaskExecution):

@@ -11,7 +11,7 @@ left behind with the reason (`not_moved`). A VM with no valid target is shut dow
 
 The leader's runner reads only the task records that changed since its last tick (the cache's change log
 says which) and those whose run here ended; it reads them all, and forgets old finished ones, on taking
-office and every `AUDIT_INTERVAL_S`.
+office and every `audit_interval` seconds (`leader_audit_interval`).
 """
 import logging
 import threading
@@ -38,7 +38,7 @@ ACTIVE_STATES = ("pending", "running")
 FINISHED_KEPT_S = 3600
 FINISHED_KEPT = 100
 AUDIT_INTERVAL_S = 60.0
-"""How often the leader's runner reads every task record, not only those that changed."""
+"""How often, by default, the leader's runner reads every task record, not only those that changed."""
 CREATE_ATTEMPTS = 20
 RECORD_ATTEMPTS = 5
 
@@ -171,8 +171,10 @@ class TaskRunner:
     """The leader's runner: each leader tick starts the pending tasks not already running here."""
 
     def __init__(self, context: CoordinatorContext, control: VMControl, parallelism: int,
-                 executions: dict[str, type["TaskExecution"]] | None = None):
+                 executions: dict[str, type["TaskExecution"]] | None = None,
+                 audit_interval: float = AUDIT_INTERVAL_S):
         self._context = context
+        self._audit_interval = audit_interval
         self._control = control
         self._parallelism = parallelism
         self._executions = executions or {}
@@ -209,7 +211,7 @@ class TaskRunner:
         self._seen, self._leader_node = sequence, leader_node
         if not audit:
             return
-        self._next_audit = time.monotonic() + AUDIT_INTERVAL_S
+        self._next_audit = time.monotonic() + self._audit_interval
         try:
             prune_finished(self._context.store, tasks, leader_node, time.time())
         except (PVCError, KazooException) as error:
@@ -296,6 +298,12 @@ class TaskExecution:
     def _vms(self) -> dict[str, dict[str, Any]]:
         return {name: raw for name, raw in self._context.cache.vms.snapshot().items() if raw.get(OWN_VALUE)}
 
+    def _leaving(self) -> dict[str, dict[str, Any]]:
+        """The VMs placed on the task's node in a running state, as the cache has them."""
+        node = self.task["node"]
+        return {name: raw for name, raw in self._vms().items()
+                if (raw.get("placement") or {}).get("node") == node and raw.get("state") in schema.RUNNING_STATES}
+
     def _flush(self) -> dict[str, str]:
         """Move (or, with no valid target, shut down) every VM running on the node; the failures by VM."""
         node = self.task["node"]
@@ -317,11 +325,9 @@ class TaskExecution:
         ``shut_down_reasons``, by VM). A VM a command has
         stopped or moved since the node's VMs were listed is that command's, and is left alone."""
         node = self.task["node"]
-        leaving = {name: raw for name, raw in self._vms().items()
-                   if (raw.get("placement") or {}).get("node") == node and raw.get("state") in schema.RUNNING_STATES}
         batch = placement.Batch(self._context.placement_views())
         decided = []
-        for name, raw in sorted(leaving.items()):
+        for name, raw in sorted(self._leaving().items()):
             def decide(current: Desired, raw: dict[str, Any] = raw) -> Decision | None:
                 if current.placement.get("node") != node or current.state not in schema.RUNNING_STATES:
                     return None
@@ -384,13 +390,15 @@ class TaskExecution:
                         self._control.record(name, current, leader_node=self._leader_node, **decision.changes)
                     except Superseded:
                         continue
-                    self.task[decision.outcome].append(name)
+                    with self._progress_lock:
+                        self.task[decision.outcome].append(name)
                     return [(name, decision.nodes)]
                 else:
                     raise Busy(f"VM '{name}' kept changing while task {self.task['id']} recorded it")
         except (NotFound, Conflict) as reason:
             log.info("task %s: %s is being removed: %s", self.task["id"], name, reason)
-        self.task.setdefault("changed_by_command", []).append(name)
+        with self._progress_lock:
+            self.task.setdefault("changed_by_command", []).append(name)
         log.info("task %s: %s was changed by a command meanwhile; left to it", self.task["id"], name)
         return []
 

@@ -15,7 +15,7 @@ import pytest
 
 import pvc
 from pvc import plugin_manager, schema
-from pvc.cache import ClusterCache
+from pvc.cache import OWN_VALUE, ClusterCache
 from pvc.cli.cluster import _task_row
 from pvc.cli.localcluster.processes import free_port
 from pvc.cli.node import _info_table
@@ -80,8 +80,8 @@ def policies():
 def context(store, policies):
     cache = ClusterCache(store)
     cache.start()
-    return CoordinatorContext("test-leader", {"cluster_secret": SECRET}, store, cache,
-                              plugin_manager.load(extra=[policies]), agents=None, leadership=None)
+    return CoordinatorContext("test-leader", {"cluster_secret": SECRET, "recovery_starts_per_node": 16}, store,
+                              cache, plugin_manager.load(extra=[policies]), agents=None, leadership=None)
 
 
 def node(context, name: str, daemon_state: str, bmc: dict | None = None) -> None:
@@ -117,6 +117,12 @@ def nodes_area(context, leader) -> NodesArea:
     """The `nodes` remote object of a coordinator leading under `leader`."""
     return NodesArea(dataclasses.replace(context, leadership=SimpleNamespace(leader_node=leader,
                                                                              current_leader=lambda: None)))
+
+
+def cached_as(context, task: dict) -> None:
+    """Until the leader's cache shows `task` as recorded (its retry is looked for there first; a real one falls
+    due seconds after the cache shows it)."""
+    assert eventually(lambda: (context.cache.tasks.get(task["id"]) or {}).get(OWN_VALUE) == task)
 
 
 def run_recovery(context, leader, name: str) -> dict:
@@ -217,6 +223,7 @@ def test_a_failed_recovery_is_tried_again_with_a_growing_delay_shown_to_the_user
 
     first = recover(context, leader, "hv1")
     assert first["state"] == "failed" and first["attempt"] == 1
+    cached_as(context, first)
     assert first["retry_at"] == pytest.approx(first["finished"] + recovery.RETRY_FIRST_S, abs=1)
     assert recovery.retry_due_recoveries(context, leader, first["retry_at"] - 1) == [], "not before its time"
     assert "next attempt" in _task_row(first)["outcome"] and "(attempt 2)" in _task_row(first)["outcome"]
@@ -224,6 +231,7 @@ def test_a_failed_recovery_is_tried_again_with_a_growing_delay_shown_to_the_user
     assert recovery.retry_due_recoveries(context, leader, first["retry_at"]) == ["hv1"]
     assert latest_recovery(context, "hv1")["state"] == "pending"
     second = run_recovery(context, leader, "hv1")
+    cached_as(context, second)
 
     assert policies.counting.calls == ["hv1", "hv1"]
     assert second["id"] == first["id"] and second["attempt"] == 2 and second["state"] == "failed"
