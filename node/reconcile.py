@@ -326,9 +326,10 @@ class Reconciler:
             self._settled_here(name)
             return self._live_migration_failed(name, raw, method, error)
         done = time.monotonic()
-        self._record_moved(name, raw, target)
-        log.info("%s moved live to %s: %.0f ms to the intent, %.0f ms in libvirt, %.0f ms to record it", name, target,
-                 (asked - began) * 1000, (done - asked) * 1000, (time.monotonic() - done) * 1000)
+        recorded = self._record_moved(name, raw, target)
+        log.info("%s moved live to %s: %.0f ms to the intent, %.0f ms in libvirt, %s", name, target,
+                 (asked - began) * 1000, (done - asked) * 1000,
+                 f"{(time.monotonic() - done) * 1000:.0f} ms to record it" if recorded else "recorded by the target")
         return "moved"
 
     def _live_migration_failed(self, name: str, raw: dict[str, Any], method: str, error: OperationFailed) -> str:
@@ -369,20 +370,22 @@ class Reconciler:
             transaction.set(path, intent, version=stat.version)
         transaction.commit()
 
-    def _record_moved(self, name: str, raw: dict[str, Any], target: str) -> None:
+    def _record_moved(self, name: str, raw: dict[str, Any], target: str) -> bool:
         """Record the VM on `target`, unless the target has already said so itself (`_take_over_migrated`): it
-        holds the VM from then on, and its later reports are not overwritten."""
+        holds the VM from then on, and its later reports are not overwritten. Whether this node recorded it."""
         path = schema.vm_key(name, "status")
         try:
             data, stat = self._store.zk.get(path)
             if (schema.decode(data) or {}).get("node") != self.node:
-                return
+                return False
             self._ownership.transaction().set(path, {
                 "node": target, "running": True, "error": None, "generation": raw[OWN_VALUE].get("generation"),
                 "time": time.time()}, version=stat.version).commit()
+            return True
         except (PVCError, NoNodeError) as error:
             log.warning("%s moved to %s, not recorded (%s): the next pass reports it gone from here", name, target,
                         error)
+            return False
 
     def _await_old_copy_gone(self, name: str, target: str, uri: str) -> None:
         """The VM arrived here from `target` by live migration, and that host's libvirt may still be stopping

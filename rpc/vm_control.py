@@ -124,18 +124,19 @@ class VMControl:
 
     def converge(self, name: str, nodes: list[str | None], wait: bool, timeout: float = 120.0) -> dict[str, Any]:
         """Ask each of `nodes` (old node first, then new) to converge the VM; with `wait`, until it is done.
-        Two different nodes mean the VM is moving between them: both are asked at once, and the wait is for
-        the outcome in ZooKeeper, not for their answers. The source answers only once libvirt has finished
-        with its copy, a fifth of a second or more after the target resumed the guest and said so, and the
-        target makes the VM's networks, which a live migration's source waits for."""
+        Two different nodes mean the VM is moving between them: the wait is then for the outcome in ZooKeeper,
+        not for their answers. The source answers a live migration only once libvirt has finished with its
+        copy, a fifth of a second or more after the target resumed the guest and said so; so the new node is
+        asked at once (it also makes the VM's networks, which a live migration's source waits for), and again
+        once the old node has answered (after a shutdown migration's hand-over, it starts the VM then)."""
         if not wait:
             self._background.submit(self.poke, name, nodes)
             return self.view(name)
         since_zxid = self.command_zxid(name)
         moving = len({node for node in nodes if node}) > 1
         if moving:
-            for node in dict.fromkeys(node for node in nodes if node):
-                self._movers.submit(self.poke, name, [node])
+            self._movers.submit(self.poke, name, nodes)
+            self._movers.submit(self.poke, name, [node for node in nodes if node][1:])
         else:
             self.poke(name, nodes)
         return self.wait(name, timeout, since_zxid, moving=moving)
