@@ -533,9 +533,9 @@ class Reconciler:
     def _await_arrival(self, name: str) -> None:
         """Watch a VM placed here that another node still holds, on a thread of its own, for as long as a live
         migration may take: the moment it runs here this node takes it over (`_take_over_migrated`). libvirt
-        resumes the guest here before the source's libvirt has finished with its old copy (it stops that copy
-        first, a fifth of a second or more), so the move is recorded, and a caller waiting on it answered,
-        without waiting for that. While no live migration names this node as its target, only the record is
+        resumes the guest here, then the source's libvirt stops its old copy before it answers the source
+        (a fifth of a second or more: it polls the stopped QEMU every 0.2 s); the move is recorded, and a
+        caller waiting on it answered, without waiting for that. While no live migration names this node as its target, only the record is
         read (in memory); this node's libvirt is asked only during one."""
         if not self._actions.can_migrate_live:
             return
