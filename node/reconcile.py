@@ -51,6 +51,13 @@ TARGET_NETWORKS_WAIT_S = 10.0
 """How long a live migration's source waits for its target to make the VM's networks (the target makes them on
 its next pass once the VM is placed there, at most a keepalive interval later)."""
 
+ARRIVAL_POLL_S = 0.02
+"""How often the target of a live migration in flight asks its own libvirt whether the guest runs here yet."""
+
+SOURCE_CLEANUP_WAIT_S = 15.0
+"""How long a VM that arrived here by live migration waits, before it goes back to that migration's source, for
+the source's libvirt to be done with its old copy (which it stops after the target resumed the guest)."""
+
 ACTED_ON = "acted_on"
 """Key added to a VM's values while converging: the zxids of the values this node acts on (`requests`)."""
 
@@ -71,6 +78,11 @@ class Reconciler:
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._fallback_notes: dict[str, str] = {}
         """Why a VM's live migration fell back to a shutdown, until the status saying so is written."""
+        self._arrivals: set[str] = set()
+        """VMs on their way here by live migration, each watched by a thread of its own (`_await_arrival`)."""
+        self._arrived_from: dict[str, str] = {}
+        """The source of the live migration each VM last arrived here by (`_take_over_migrated`)."""
+        self._arrivals_lock = threading.Lock()
         self.starts_refused: str | None = None
         """Why this node starts no VM (it has fenced itself, `pvc.node.self_fence`); None while it may."""
 
@@ -292,6 +304,7 @@ class Reconciler:
         naming it until the target is known not to run the VM: a failed migration may have resumed the guest
         there (libvirt resumes the target before it tells the source), and until then no node may start it.
         """
+        began = time.monotonic()
         forced = bool((raw.get("placement") or {}).get("force_live"))
         method = "live" if forced else raw[OWN_VALUE].get("migration_method") or \
             (self._store.read(schema.CONFIG) or {}).get("migration_method", "auto")
@@ -309,7 +322,10 @@ class Reconciler:
                                           self._host_xml(raw[OWN_VALUE]["xml"], HostPaths.from_record(record)))
         except OperationFailed as error:
             return self._live_migration_failed(name, raw, method, error)
+        if self._arrived_from.pop(name, None) == target:
+            self._await_old_copy_gone(name, target, record["migration_uri"])
         self._record_migration_intent(name, target)
+        asked = time.monotonic()
         try:
             self._actions.migrate_live(name, destination, raw[OWN_VALUE].get("max_downtime"),
                                        self._storage.shares_volumes, self._migration_timeout)
@@ -323,7 +339,11 @@ class Reconciler:
                 return "unsettled"
             self._settled_here(name)
             return self._live_migration_failed(name, raw, method, error)
-        self._record_moved(name, raw, target)
+        done = time.monotonic()
+        recorded = self._record_moved(name, raw, target)
+        log.info("%s moved live to %s: %.0f ms to the intent, %.0f ms in libvirt, %s", name, target,
+                 (asked - began) * 1000, (done - asked) * 1000,
+                 f"{(time.monotonic() - done) * 1000:.0f} ms to record it" if recorded else "recorded by the target")
         return "moved"
 
     def _live_migration_failed(self, name: str, raw: dict[str, Any], method: str, error: OperationFailed) -> str:
@@ -364,14 +384,34 @@ class Reconciler:
             transaction.set(path, intent, version=stat.version)
         transaction.commit()
 
-    def _record_moved(self, name: str, raw: dict[str, Any], target: str) -> None:
+    def _record_moved(self, name: str, raw: dict[str, Any], target: str) -> bool:
+        """Record the VM on `target`, unless the target has already said so itself (`_take_over_migrated`): it
+        holds the VM from then on, and its later reports are not overwritten. Whether this node recorded it."""
+        path = schema.vm_key(name, "status")
         try:
-            self._ownership.transaction().set(schema.vm_key(name, "status"), {
+            data, stat = self._store.zk.get(path)
+            if (schema.decode(data) or {}).get("node") != self.node:
+                return False
+            self._ownership.transaction().set(path, {
                 "node": target, "running": True, "error": None, "generation": raw[OWN_VALUE].get("generation"),
-                "time": time.time()}).commit()
-        except PVCError as error:
+                "time": time.time()}, version=stat.version).commit()
+            return True
+        except (PVCError, NoNodeError) as error:
             log.warning("%s moved to %s, not recorded (%s): the next pass reports it gone from here", name, target,
                         error)
+            return False
+
+    def _await_old_copy_gone(self, name: str, target: str, uri: str) -> None:
+        """The VM arrived here from `target` by live migration, and that host's libvirt may still be stopping
+        its old copy (it does so after the guest resumed here, and this node took the VM over then): a
+        migration back now would find that copy and fail. Wait, within `SOURCE_CLEANUP_WAIT_S`, while the
+        target's libvirt says it has a paused copy; anything else is for the migration itself to find out."""
+        deadline = time.monotonic() + SOURCE_CLEANUP_WAIT_S
+        while self._actions.peer_copy_state(uri, name, PEER_ASK_TIMEOUT_S) == "paused":
+            if time.monotonic() > deadline:
+                log.warning("%s: %s still has a paused copy from the migration that brought it here", name, target)
+                return
+            time.sleep(ARRIVAL_POLL_S)
 
     def _migration_outcome(self, name: str, target: str) -> str | None:
         """Where a live migration that failed left the VM: ``here`` once the target's libvirt answers that it
@@ -476,6 +516,8 @@ class Reconciler:
             return self._take_over_migrated(name, raw)
         running = self._actions.is_running(name, seen)
         if status.get("node") not in (None, self.node) and status.get("running") is not False and not running:
+            if status.get("running") is True:
+                self._await_arrival(name)
             return status
         refused = self.starts_refused if state in schema.RUNNING_STATES and not running else None
         # The request names the recorded state (a restart already done here still asks to be settled): a report
@@ -495,7 +537,10 @@ class Reconciler:
         path = schema.vm_key(name, "status")
         data, stat = self._store.zk.get(path)
         status = schema.decode(data) or {}
-        if status.get("migrating_to") != self.node or self._actions.copy_state(name) != "running":
+        if status.get("migrating_to") != self.node:
+            return status
+        if self._actions.copy_state(name) != "running":
+            self._await_arrival(name)
             return status
         report = {"node": self.node, "running": True, "error": None, "unknown": None,
                   "generation": raw[OWN_VALUE].get("generation"), "time": time.time(),
@@ -506,9 +551,47 @@ class Reconciler:
             log.info("%s runs here after a migration from %s; not recorded yet (%s)", name, status.get("node"),
                      error)
             return status
-        log.info("%s runs here: the live migration from %s that it did not settle moved it", name,
-                 status.get("node"))
+        log.info("%s runs here (taken over): the live migration from %s moved it", name, status.get("node"))
+        self._arrived_from[name] = status.get("node")
         return report
+
+    def _await_arrival(self, name: str) -> None:
+        """Watch a VM placed here that another node still holds, on a thread of its own, for as long as a live
+        migration may take: the moment it runs here this node takes it over (`_take_over_migrated`). libvirt
+        resumes the guest here, then the source's libvirt stops its old copy before it answers the source
+        (a fifth of a second or more: it polls the stopped QEMU every 0.2 s); the move is recorded, and a
+        caller waiting on it answered, without waiting for that. While no live migration names this node as its target, only the record is
+        read (in memory); this node's libvirt is asked only during one."""
+        if not self._actions.can_migrate_live:
+            return
+        with self._arrivals_lock:
+            if name in self._arrivals:
+                return
+            self._arrivals.add(name)
+        threading.Thread(target=self._watch_arrival, args=(name,), name=f"arrival-{name}", daemon=True).start()
+
+    def _watch_arrival(self, name: str) -> None:
+        deadline = time.monotonic() + self._migration_timeout
+        try:
+            while time.monotonic() < deadline:
+                raw = self._vms.get(name) or {}
+                status = raw.get("status") or {}
+                if (raw.get("placement") or {}).get("node") != self.node:
+                    return
+                if status.get("node") == self.node:
+                    self.converge(name)  # recorded here by its source: confirmed at once, as after a start
+                    return
+                if status.get("running") is not True or status.get("node") is None:
+                    return
+                if status.get("migrating_to") == self.node and self._actions.copy_state(name) == "running":
+                    self.converge(name)
+                    return
+                time.sleep(ARRIVAL_POLL_S)
+        except Exception as error:
+            log.warning("%s: watching for its arrival here failed: %s", name, error)
+        finally:
+            with self._arrivals_lock:
+                self._arrivals.discard(name)
 
     def _host_xml(self, xml: str, paths: HostPaths) -> str:
         return for_host(xml, paths, self._storage.disk_source, self._network_mtu)

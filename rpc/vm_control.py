@@ -11,11 +11,12 @@ read, so it loses (`Superseded`) to any change made since, such as a command ans
 deciding. An acknowledged command is never overwritten by a decision taken from an older view.
 """
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from kazoo.exceptions import LockTimeout, NoNodeError, NotEmptyError
 
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT = 3.0
 """Seconds a command waits for a VM's lock; shorter than a client's call timeout, so the caller hears "busy"."""
+MOVE_WORKERS = 64
+"""Calls to the nodes of moves that callers wait for, at once; a source's call lasts its live migration."""
+WAIT_RECHECK_S = 0.5
+"""A waiting command is woken by ZooKeeper watches on the VM's status and placement; it also looks again this
+often, for anything else its outcome depends on (the leader's own record of a node's request)."""
 DESIRED_PARTS = ("spec", "state", "placement")
 
 
@@ -55,6 +61,7 @@ class VMControl:
     def __init__(self, context: CoordinatorContext, background_workers: int = 8):
         self._context = context
         self._background = ThreadPoolExecutor(background_workers, thread_name_prefix="vm-converge")
+        self._movers = ThreadPoolExecutor(MOVE_WORKERS, thread_name_prefix="vm-move")
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -117,13 +124,22 @@ class VMControl:
 
     def converge(self, name: str, nodes: list[str | None], wait: bool, timeout: float = 120.0) -> dict[str, Any]:
         """Ask each of `nodes` (old node first, then new) to converge the VM; with `wait`, until it is done.
-        Two different nodes mean the VM is moving between them."""
+        Two different nodes mean the VM is moving between them: the wait is then for the outcome in ZooKeeper,
+        not for their answers. The source answers a live migration only once libvirt has finished with its
+        copy, a fifth of a second or more after the target resumed the guest and said so; so the new node is
+        asked at once (it also makes the VM's networks, which a live migration's source waits for), and again
+        once the old node has answered (after a shutdown migration's hand-over, it starts the VM then)."""
         if not wait:
             self._background.submit(self.poke, name, nodes)
             return self.view(name)
         since_zxid = self.command_zxid(name)
-        self.poke(name, nodes)
-        return self.wait(name, timeout, since_zxid, moving=len({node for node in nodes if node}) > 1)
+        moving = len({node for node in nodes if node}) > 1
+        if moving:
+            self._movers.submit(self.poke, name, nodes)
+            self._movers.submit(self.poke, name, [node for node in nodes if node][1:])
+        else:
+            self.poke(name, nodes)
+        return self.wait(name, timeout, since_zxid, moving=moving)
 
     def command_zxid(self, name: str) -> int:
         """The ZooKeeper transaction id of the latest write to the VM's desired state (its definition, state
@@ -154,13 +170,20 @@ class VMControl:
         command that moved the VM (`moving`) recorded a fresh placement, so a migration error found there now
         is its own. A report's own ``time`` (the node's clock) is never compared with this host's."""
         deadline = time.monotonic() + timeout
-        status_path = schema.vm_key(name, "status")
+        status_path, placement_path = schema.vm_key(name, "status"), schema.vm_key(name, "placement")
+        changed = threading.Event()
+
+        def wake(_event: Any = None) -> None:
+            changed.set()
         while True:
+            # Watches set by the reads below wake the next round the moment the status or placement changes.
+            changed.clear()
+            self._context.store.zk.exists(placement_path, watch=wake)
             self._context.cache.vms.refresh(name)
             raw = self.raw(name, caught_up=True)
             view = models.vm_view(name, raw)
             placement = raw.get("placement") or {}
-            status, written = self._status_with_zxid(status_path)
+            status, written = self._status_with_zxid(status_path, wake)
             if status.get("error") and written > since_zxid and \
                     not (self._placement_pending(name, status) and time.monotonic() < deadline):
                 raise OperationFailed(f"VM '{name}': {status['error']}"
@@ -172,7 +195,7 @@ class VMControl:
             if time.monotonic() > deadline:
                 raise Unavailable(f"VM '{name}' has not reached state {view['state']} on {view['node']} "
                                   f"after {timeout:g} s")
-            time.sleep(0.1)
+            changed.wait(min(WAIT_RECHECK_S, max(deadline - time.monotonic(), 0.01)))
 
     def _placement_pending(self, name: str, status: dict[str, Any]) -> bool:
         """Whether the node asked the leader to place the VM back (a failed move) and the leader has not yet
@@ -181,11 +204,15 @@ class VMControl:
         return request.get("kind") in ("keep", "return") and \
             request.get("placement_zxid") == self._context.cache.vms.get_with_zxids(name)[1].get("placement")
 
-    def _status_with_zxid(self, path: str) -> tuple[dict[str, Any], int]:
-        """The VM's status report as it is in ZooKeeper now, and the zxid of the write that made it."""
+    def _status_with_zxid(self, path: str, watch: Callable[[Any], None] | None = None) -> tuple[dict[str, Any], int]:
+        """The VM's status report as it is in ZooKeeper now, and the zxid of the write that made it; `watch` is
+        called once at its next change (or creation)."""
+        zk = self._context.store.zk
         try:
-            data, stat = self._context.store.zk.get(path)
+            data, stat = zk.get(path, watch=watch)
         except NoNodeError:
+            if watch is not None and zk.exists(path, watch=watch) is not None:
+                return self._status_with_zxid(path, watch)
             return {}, 0
         return schema.decode(data) or {}, stat.mzxid
 

@@ -92,8 +92,9 @@ def test_live_migration_moves_a_running_guest_and_its_disk_without_a_reboot(qemu
     assert not any(beat.counter <= before.counter
                    for beat in parse_console(console_text(qemu_cluster, mover, target)[earlier:])), \
         "the counter went on from where it was"
-    assert qemu_pid(qemu_cluster, source, mover) is None and source_pid not in \
-        qemu_cluster.local.host(source).processes()
+    # The target takes the guest over as it resumes it; the source's libvirt stops its paused copy just after.
+    assert eventually(lambda: qemu_pid(qemu_cluster, source, mover) is None and source_pid not in
+                      qemu_cluster.local.host(source).processes(), 10), "the source's QEMU process is gone"
     assert qemu_pid(qemu_cluster, target, mover)
     wait_heartbeat(qemu_cluster, mover, target, after=after.counter, timeout=15)
     marker = volume_marker(qemu_cluster, "guests", "mover-disk")
@@ -103,6 +104,25 @@ def test_live_migration_moves_a_running_guest_and_its_disk_without_a_reboot(qemu
         console_text(qemu_cluster, mover, target)
     info = client.vms.info(mover)
     assert (info["node"], info["last_node"], info["running"]) == (target, source, True)
+
+
+def test_a_guest_migrated_straight_back_moves_live_both_ways(qemu_cluster, mover):
+    """A migration is answered once the target runs the guest, while the source's libvirt is still stopping
+    its old copy; a migration straight back to that source waits for the copy to go and moves live too (it
+    would find the copy, fail, and fall back to moving the guest by shutting it down)."""
+    client = qemu_cluster.client
+    source = client.vms.info(mover)["node"]
+    target = next(name for name in qemu_cluster.local.node_names if name != source)
+    before = wait_heartbeat(qemu_cluster, mover, source)
+
+    client.vms.migrate(mover, target=target, wait=True)
+    back = client.vms.migrate(mover, target=source, wait=True)
+
+    assert (back["node"], back["running"]) == (source, True)
+    wait_running_on(qemu_cluster, mover, source)
+    assert client.vms.info(mover)["migration_note"] is None, "a live migration, not a shutdown"
+    assert wait_heartbeat(qemu_cluster, mover, source, after=before.counter).boot_id == before.boot_id, \
+        "the guest never booted again"
 
 
 def test_a_qemu_host_reports_what_its_guests_hold_and_use(qemu_cluster, mover):
