@@ -148,3 +148,17 @@ def test_views_are_rebuilt_only_for_what_changed(cache, other_writer):
     other_writer.zk.delete(schema.node("hv1"), recursive=True)
     cache.catch_up()
     assert [item["name"] for item in views.current()] == ["hv0", "hv2"]
+
+
+def test_catch_up_shows_every_write_another_client_committed_before_it(cache, other_writer):
+    """At rest catch_up returns as soon as no read of the cache awaits its answer; each round here makes the
+    cache start reads (a new child, a key created after its child, a changed key) just before catch_up."""
+    for index in range(25):
+        name = f"vm{index}"
+        other_writer.write(schema.vm(name), {"name": name})
+        other_writer.write(schema.vm_key(name, "state"), "start")
+        other_writer.write(schema.node_key("hv1", "keepalive") if index else schema.node("hv1"), {"time": index})
+        cache.catch_up()
+        assert (cache.vms.get(name) or {}).get("state") == "start", f"round {index}"
+        held = cache.nodes.get("hv1") or {}
+        assert (held.get("keepalive") if index else held.get(OWN_VALUE)) == {"time": index}, f"round {index}"

@@ -64,7 +64,10 @@ class VMsArea:
         if state is not None and state not in schema.VM_STATES:
             raise InvalidInput(f"unknown state '{state}' (one of: {', '.join(schema.VM_STATES)})")
         self._context.cache.catch_up()
-        return [view for view in self._views.current()
+        views = self._views.current()
+        if node is None and state is None and tag is None:
+            return views
+        return [view for view in views
                 if (node is None or view["node"] == node) and (state is None or view["state"] == state)
                 and (tag is None or tag in view["tags"])]
 

@@ -19,30 +19,19 @@ import msgpack
 import pytest
 from kazoo.handlers.threading import SequentialThreadingHandler
 
-from pvc import models, schema
+from pvc import models
 from pvc.cache import OWN_VALUE, ClusterCache, Views
 from pvc.rpc.areas.vms import _list_view
 from pvc.store import Store
 from pvc.zk_select import PollingHandler
 
 from conftest import ZK_PASSWORD, ZK_USER
-from test_bench_vms import record_vms
+from test_bench_vms import record_nodes, record_vms
 
 pytestmark = pytest.mark.bench
 
 VMS = 10_000
 NODES = 96
-
-
-def record_nodes(store: Store, count: int) -> None:
-    transaction = store.transaction()
-    for index in range(count):
-        name = f"hv{index:03d}"
-        transaction.create(schema.node(name), {"name": name}) \
-            .create(schema.node_key(name, "daemon_state"), "run") \
-            .create(schema.node_key(name, "domain_state"), "ready") \
-            .create(schema.node_key(name, "keepalive"), {"time": time.time()})
-    transaction.commit()
 
 
 def walked(cache: ClusterCache) -> bytes:

@@ -1,25 +1,34 @@
 """Benchmarks of virtual machines: prints figures, asserts no timings. Run with `pytest -m bench -s`.
 
-- `vms.list()` with 10,000 VMs recorded, end to end from Python (median ms; target under 300 ms);
+- a coordinator started against 10,000 VMs and 96 nodes on record: seconds to its first complete `vms.list()`
+  (target under 3 s), with its start-up phases; then `vms.list()` end to end from Python (median and p90 ms;
+  target under 100 ms), and a list's parts (catch_up, views, encoding) timed in this process;
 - a flush of 100 VMs on simulated hosts (seconds; target under 10 s);
 - a selector's choice among 1,000 nodes (µs).
 """
+import os
 import statistics
 import time
 import uuid
 
+import msgpack
 import pytest
-import serpent
 
 from pvc import placement, schema
+from pvc.cache import ClusterCache, Views
+from pvc.errors import PVCError
 from pvc.plugins.selectors import pvc_migration_selectors
+from pvc.rpc.areas.vms import _list_view
+from pvc.store import Store
 
-from helpers import cluster_store, eventually
+from helpers import eventually
 from vm_support import running_hosts, vm_xml, wait_for_task
 
 pytestmark = pytest.mark.bench
 
 VMS_LISTED = 10_000
+NODES_RECORDED = 96
+LIST_CALLS = 25
 VMS_FLUSHED = 100
 NODES_RANKED = 1_000
 
@@ -44,36 +53,111 @@ def record_vms(store, count: int, node: str) -> None:
         transaction.commit()
 
 
+def record_nodes(store, count: int) -> None:
+    """Node records of daemons that stopped cleanly (a stopped node is neither judged dead nor fenced)."""
+    transaction = store.transaction()
+    for index in range(count):
+        name = f"hv{index:03d}"
+        transaction.create(schema.node(name), {"name": name}) \
+            .create(schema.node_key(name, "daemon_state"), "stop") \
+            .create(schema.node_key(name, "domain_state"), "ready") \
+            .create(schema.node_key(name, "keepalive"), {"time": time.time()})
+    transaction.commit()
+
+
+def complete_list(client, deadline: float) -> float | None:
+    """Seconds until `vms.list()` first answers with every VM, asked every 50 ms while the coordinator starts;
+    None past the deadline."""
+    began = time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            if len(client.vms.list()) == VMS_LISTED:
+                return time.monotonic() - began
+        except PVCError:
+            pass
+        time.sleep(0.05)
+    return None
+
+
+def patient_store(local) -> Store:
+    """A session on the cluster's ZooKeeper that outlives a loaded machine's pauses (writing 50,000 znodes
+    with the 4 s session of `helpers.cluster_store` lost it there)."""
+    store = Store(local.zookeeper_hosts, "pvc", local.state["zookeeper_password"], session_timeout=30)
+    store.start(connect_timeout=30)
+    return store
+
+
+def in_process_parts(local) -> dict[str, list[float]]:
+    """A coordinator's cache loaded in this process, and a list's parts timed apart (ms): catch_up, the views
+    (none changed since the last call) and their msgpack encoding (what Pyro does with the reply). On a loaded
+    machine the load's CPU time says more than its wall time."""
+    store = patient_store(local)
+    try:
+        cache = ClusterCache(store)
+        cpu, began = time.process_time(), time.perf_counter()
+        cache.start()
+        parts: dict[str, list[float]] = {"cache load": [(time.perf_counter() - began) * 1000],
+                                         "its CPU (every thread)": [(time.process_time() - cpu) * 1000]}
+        views = Views(cache.vms, _list_view)
+        began = time.perf_counter()
+        views.current()
+        parts["first build of every view"] = [(time.perf_counter() - began) * 1000]
+        for part in ("catch_up", "views", "msgpack encoding"):
+            parts[part] = []
+        for _ in range(LIST_CALLS):
+            marks = [time.perf_counter()]
+            cache.catch_up()
+            marks.append(time.perf_counter())
+            current = views.current()
+            marks.append(time.perf_counter())
+            msgpack.packb(current)
+            marks.append(time.perf_counter())
+            for part, start, end in zip(("catch_up", "views", "msgpack encoding"), marks, marks[1:]):
+                parts[part].append((end - start) * 1000)
+        return parts
+    finally:
+        store.stop()
+
+
+def startup_line(log_path) -> str:
+    """What the coordinator says of its start-up phases (`pvc.rpc.coordinator`)."""
+    lines = [line for line in log_path.read_text().splitlines() if " serving at " in line]
+    return lines[-1].split("; start-up: ", 1)[-1] if lines else "(no start-up line in the log)"
+
+
 @pytest.mark.cluster(nodes=1)
 def test_bench_listing_10000_vms(fresh_cluster):
     local, client = fresh_cluster.local, fresh_cluster.client
     started = time.monotonic()
-    with cluster_store(local) as store:
+    store = patient_store(local)
+    try:
         record_vms(store, VMS_LISTED, node="elsewhere")
+        record_nodes(store, NODES_RECORDED)
+    finally:
+        store.stop()
     recorded_s = time.monotonic() - started
     name = local.coordinator_names[0]
     local.stop_daemon("pvcapid", name)
-    started = time.monotonic()
     local.start_coordinator(name)
-    local.wait_ready(60)
-    assert eventually(lambda: len(client.vms.list()) == VMS_LISTED, 120, 0.5)
-    loaded_s = time.monotonic() - started
+    listed_s = complete_list(client, time.monotonic() + 120)
+    assert listed_s is not None, "the restarted coordinator never listed every VM"
 
     timings = []
-    for _ in range(15):
+    for _ in range(LIST_CALLS):
         began = time.perf_counter()
         listed = client.vms.list()
         timings.append((time.perf_counter() - began) * 1000)
-    wire = serpent.dumps(listed)
-    began = time.perf_counter()
-    serpent.loads(wire)
-    decode_ms = (time.perf_counter() - began) * 1000
+    parts = in_process_parts(local)
 
-    print(f"\n{VMS_LISTED} VMs recorded in {recorded_s:.1f} s; coordinator cache loaded in {loaded_s:.1f} s")
-    print(f"vms.list() of {len(listed)} VMs: median {statistics.median(timings):.0f} ms, "
-          f"min {min(timings):.0f} ms, max {max(timings):.0f} ms (target < 300 ms)")
-    print(f"  for comparison, serpent.loads of the same {len(wire) / 1e6:.1f} MB reply (list calls use msgpack): "
-          f"{decode_ms:.0f} ms")
+    print(f"\n{VMS_LISTED} VMs and {NODES_RECORDED} nodes recorded in {recorded_s:.1f} s; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"cold start to the first complete vms.list(): {listed_s:.2f} s (target < 3 s); the coordinator's "
+          f"start-up: {startup_line(local._daemon_dir('coordinators', name) / 'pvcapid.log')}")
+    print(f"vms.list() of {len(listed)} VMs over {LIST_CALLS} calls: median {statistics.median(timings):.0f} ms, "
+          f"p90 {statistics.quantiles(timings, n=10)[-1]:.0f} ms, min {min(timings):.0f} ms, "
+          f"max {max(timings):.0f} ms (target < 100 ms)")
+    print("  in this process (median ms): " + ", ".join(f"{part} {statistics.median(values):.1f}"
+                                                      for part, values in parts.items()))
 
 
 @pytest.mark.cluster(nodes=3)
