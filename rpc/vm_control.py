@@ -30,8 +30,6 @@ log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT = 3.0
 """Seconds a command waits for a VM's lock; shorter than a client's call timeout, so the caller hears "busy"."""
-MOVE_WORKERS = 64
-"""Calls to the nodes of moves that callers wait for, at once; a source's call lasts its live migration."""
 WAIT_RECHECK_S = 0.5
 """A waiting command is woken by ZooKeeper watches on the VM's status and placement; it also looks again this
 often, for anything else its outcome depends on (the leader's own record of a node's request)."""
@@ -61,7 +59,6 @@ class VMControl:
     def __init__(self, context: CoordinatorContext, background_workers: int = 8):
         self._context = context
         self._background = ThreadPoolExecutor(background_workers, thread_name_prefix="vm-converge")
-        self._movers = ThreadPoolExecutor(MOVE_WORKERS, thread_name_prefix="vm-move")
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -124,22 +121,14 @@ class VMControl:
 
     def converge(self, name: str, nodes: list[str | None], wait: bool, timeout: float = 120.0) -> dict[str, Any]:
         """Ask each of `nodes` (old node first, then new) to converge the VM; with `wait`, until it is done.
-        Two different nodes mean the VM is moving between them: the wait is then for the outcome in ZooKeeper,
-        not for their answers. The source answers a live migration only once libvirt has finished with its
-        copy, a fifth of a second or more after the target resumed the guest and said so; so the new node is
-        asked at once (it also makes the VM's networks, which a live migration's source waits for), and again
-        once the old node has answered (after a shutdown migration's hand-over, it starts the VM then)."""
+        Two different nodes mean the VM is moving between them. The nodes are asked one after the other in the
+        caller's thread, so that a flush's bound on moves at once bounds the calls to the nodes too."""
         if not wait:
             self._background.submit(self.poke, name, nodes)
             return self.view(name)
         since_zxid = self.command_zxid(name)
-        moving = len({node for node in nodes if node}) > 1
-        if moving:
-            self._movers.submit(self.poke, name, nodes)
-            self._movers.submit(self.poke, name, [node for node in nodes if node][1:])
-        else:
-            self.poke(name, nodes)
-        return self.wait(name, timeout, since_zxid, moving=moving)
+        self.poke(name, nodes)
+        return self.wait(name, timeout, since_zxid, moving=len({node for node in nodes if node}) > 1)
 
     def command_zxid(self, name: str) -> int:
         """The ZooKeeper transaction id of the latest write to the VM's desired state (its definition, state
