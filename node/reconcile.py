@@ -560,8 +560,8 @@ class Reconciler:
         migration may take: the moment it runs here this node takes it over (`_take_over_migrated`). libvirt
         resumes the guest here, then the source's libvirt stops its old copy before it answers the source
         (a fifth of a second or more: it polls the stopped QEMU every 0.2 s); the move is recorded, and a
-        caller waiting on it answered, without waiting for that. While no live migration names this node as its target, only the record is
-        read (in memory); this node's libvirt is asked only during one."""
+        caller waiting on it answered, without waiting for that. While no live migration names this node as
+        its target, only the record is read (in memory); this node's libvirt is asked only during one."""
         if not self._actions.can_migrate_live:
             return
         with self._arrivals_lock:

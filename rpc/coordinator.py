@@ -140,7 +140,8 @@ class Coordinator:
                                           lambda: self.pool_usage.backends)
         self.collector.start()
         self.metrics = MetricsServer(settings["metrics_listen"],
-                                     [lambda: self.collector.render().encode(), registry_renderer(instruments.REGISTRY)],
+                                     [lambda: self.collector.render().encode(),
+                                      registry_renderer(instruments.REGISTRY)],
                                      settings["metrics_token_file"],
                                      settings["tls_cert"] if settings["metrics_tls"] else None,
                                      settings["tls_key"] if settings["metrics_tls"] else None)

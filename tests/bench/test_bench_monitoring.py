@@ -172,8 +172,8 @@ def test_bench_monitoring(cluster, tmp_path):
               f"min {min(timings) * 1000:.0f} ms, max {max(timings) * 1000:.0f} ms (target under 100 ms); "
               f"{series} series, {size / 1024:.0f} KiB; ZooKeeper requests made by {SCRAPES} scrapes: {len(requests)}")
         print(f"one /metrics scrape after every node wrote a new VM statistics record (rendered as they arrived, "
-              f"as a coordinator does): median {statistics.median(fresh) * 1000:.0f} ms, max {max(fresh) * 1000:.0f} ms "
-              f"over {len(fresh)} rounds")
+              f"as a coordinator does): median {statistics.median(fresh) * 1000:.0f} ms, "
+              f"max {max(fresh) * 1000:.0f} ms over {len(fresh)} rounds")
     finally:
         store.stop()
 
