@@ -11,8 +11,12 @@ start of the last keepalive write ZooKeeper acknowledged (the leader cannot have
 - it asks its peers' node agents, over the network, whether *they* reach ZooKeeper. If one does, this node is
   the one cut off. If none does, it is a ZooKeeper outage in which nobody can recover anything only when a
   majority of the cluster's nodes, this one included, answered: then it keeps its VMs and asks again (every
-  half interval; once the outage ends, peers reconnect at slightly different times, so a first "a peer
-  reaches it" after an outage is asked again before it counts). A minority that sees only itself, or itself
+  half interval). Once the outage ends, nodes reconnect at different times (a restarted server loads its data
+  first; a session may have expired meanwhile), so "a peer reaches it" counts only once the silence since the
+  start of the last question that found the outage is `reconnect_grace_s` longer than the one that starts a
+  self-fence: the leader, which restarts its clocks when it regains ZooKeeper (after, or as, the outage ends),
+  gives a node it has not heard from since the same grace besides its deadline, so the deadline rule holds
+  from there as it does from a last keepalive. A minority that sees only itself, or itself
   and fellow members of the minority, cannot tell an outage from a partition in which the majority goes on
   without it: it fences itself (the leader, which restarts its clocks when it regains ZooKeeper, still gives
   it `fence_intervals` keepalive intervals from then);
@@ -65,9 +69,11 @@ class SelfFence:
         self._last_acknowledged = time.monotonic()
         self._next_question = 0.0
         self._kept_reason: str | None = None
-        self._after_outage = False
-        """Whether the last answer was an outage: peers reconnect at slightly different times when it ends,
-        so this node asks once more before it takes "a peer reaches ZooKeeper" as its own isolation."""
+        self._outage_asked_at: float | None = None
+        """When (monotonic) the last question that found an outage began, until a keepalive is acknowledged
+        again: nodes reconnect at different times when an outage ends, so until `reconnect_grace_s` and
+        `silence_before_self_fence_s` after it, "a peer reaches ZooKeeper, this node does not" is asked again
+        rather than taken as this node's isolation."""
         self._stopping = threading.Event()
         self._next_enforcement = 0.0
         self._unconfirmed: str | None = None
@@ -117,7 +123,7 @@ class SelfFence:
         silence = time.monotonic() - self._last_acknowledged
         if not settings.self_fence_enabled or silence < settings.silence_before_self_fence_s:
             self._kept_reason = None
-            self._after_outage = False
+            self._outage_asked_at = None
             return
         if time.monotonic() < self._next_question:
             return
@@ -126,13 +132,19 @@ class SelfFence:
                        "flag seen was on: nothing is fenced or recovered, so this node keeps its VMs")
             self._next_question = time.monotonic() + settings.keepalive_interval
             return
+        asked_at = time.monotonic()
         verdict, reason = self._ask(settings)
-        silence = time.monotonic() - self._last_acknowledged
-        after_outage, self._after_outage = self._after_outage, verdict == "outage"
-        if verdict == "cut off" and after_outage:
-            log.warning("ZooKeeper is back for a peer (%s) but not yet for this node: asking again in %g s "
-                        "before stopping any VM", reason, settings.keepalive_interval / 2)
-            self._next_question = time.monotonic() + settings.keepalive_interval / 2
+        now = time.monotonic()
+        silence = now - self._last_acknowledged
+        if verdict == "outage":
+            self._outage_asked_at = asked_at
+        last_chance = None if self._outage_asked_at is None else (
+            self._outage_asked_at + settings.reconnect_grace_s + settings.silence_before_self_fence_s)
+        if verdict == "cut off" and last_chance is not None and now < last_chance:
+            self._keep("reconnecting", f"ZooKeeper is back for a peer ({reason}) but not yet for this node: asking "
+                       f"again every {settings.keepalive_interval / 2:g} s for up to {last_chance - now:.2f} s "
+                       "before stopping any VM (the leader gives a node as long to come back after an outage)")
+            self._next_question = min(now + settings.keepalive_interval / 2, last_chance)
         elif verdict == "cut off":
             self._fence(settings, silence, reason)
         elif verdict == "outage":

@@ -12,9 +12,9 @@ acknowledged (the leader cannot have seen a later one). The slowest path of its 
 (`pvc.node.self_fence`) is: `suicide_intervals` keepalive intervals of silence, noticed up to one watchdog
 period late, then its check of its peers (waited for at most its budget), then libvirt destroying its guests
 (retried until the libvirt budget is spent, however long libvirtd takes to answer), then the fallback of
-killing the guests' QEMU processes and waiting for them to be gone. That sum must be shorter. (A node that
-has just seen a ZooKeeper outage asks once more before it fences; that path starts from the end of the
-outage, from which the leader, which restarts its clocks when it regains ZooKeeper, also counts again.)
+killing the guests' QEMU processes and waiting for them to be gone. That sum must be shorter. (After a
+ZooKeeper outage both sides count from its end, and both add `reconnect_grace_s`: the leader for every node it
+has not heard from since it regained ZooKeeper, a node before "a peer reaches ZooKeeper" stops its VMs.)
 And because kazoo takes two thirds of the negotiated session timeout to notice a dead server and move to
 another one (a failover the session survives), the silence that starts a self-fence must be longer than that,
 or an ordinary ZooKeeper server failover would stop VMs.
@@ -63,6 +63,14 @@ class FencingSettings:
     def fence_deadline_s(self) -> float:
         """Seconds of keepalive silence after which the leader marks the node dead."""
         return self.fence_intervals * self.keepalive_interval
+
+    @property
+    def reconnect_grace_s(self) -> float:
+        """Seconds a node is given, besides its deadline, to be heard from again once ZooKeeper answers after an
+        outage: the leader adds them for every node it has not heard from since it reconnected itself, and a
+        node that found an outage adds as many before a later "a peer reaches ZooKeeper, this node does not"
+        stops its VMs. Both sides count from the end of the outage, so the rule holds unchanged."""
+        return self.fence_deadline_s
 
     @property
     def self_fence_enabled(self) -> bool:

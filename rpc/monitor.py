@@ -11,13 +11,19 @@ converged to, but not yet ``run``: a daemon dying there must not escape fencing)
 node's overrides (`pvc.fencing_settings`), the numbers the node's own self-fence is checked against. While a lowered interval has yet to reach a node, the
 interval it says it uses (its record) is the longer one and counts. It reads each keepalive's version from ZooKeeper itself on every leader tick, and forgets
 what it saw whenever it may have missed something (a new term of leadership, or its ZooKeeper connection
-suspended or lost), so each node's silence is measured afresh from then. The write that marks a node dead
+suspended or lost), so each node's silence is measured afresh from then. After its own connection came back,
+a node it has not heard from since has its deadline and a grace besides (`fencing_settings.FencingSettings.
+reconnect_grace_s`): whatever cut the leader off (most often the ensemble itself: a restart, an election) cut
+the nodes off too, and each comes back on its own, to a server that may still be loading its data, some with a
+session that expired meanwhile. A cut-off node's self-fence gives itself the same grace after an outage, and
+no more (`pvc.node.self_fence`). The write that marks a node dead
 checks the leader's election node, the node's daemon state and the keepalive version it judged: a keepalive
 arriving meanwhile, or a deposed leader, makes it fail.
 
 `KeepaliveWatch` is every coordinator's, for what `node list` and `node info` show: seconds since this
 coordinator saw each node's keepalive change, kept current by watches.
 """
+import dataclasses
 import logging
 import threading
 import time
@@ -50,12 +56,14 @@ class KeepaliveClock:
         self._lock = threading.Lock()
         self._seen: dict[str, tuple[int, float]] = {}
 
-    def observe(self, name: str, mzxid: int | None) -> None:
+    def observe(self, name: str, mzxid: int | None) -> bool:
+        """Note the keepalive version of `name`; True when it changed since an earlier observation."""
         version = -1 if mzxid is None else mzxid
         with self._lock:
             previous = self._seen.get(name)
             if previous is None or version > previous[0]:
                 self._seen[name] = (version, self._clock())
+            return previous is not None and version > previous[0]
 
     def silence(self, name: str) -> float | None:
         """Seconds since the keepalive of `name` was last seen to change, or None if it was never seen."""
@@ -85,6 +93,8 @@ class NodeMonitor:
         self._term: str | None = None
         """The election node under which the current observations were made."""
         self._interrupted = False
+        self._unheard: set[str] = set()
+        """Nodes not heard from since this leader regained ZooKeeper: each has a grace besides its deadline."""
         store.add_state_listener(self._on_session_state)
 
     def _on_session_state(self, state: str) -> None:
@@ -94,13 +104,16 @@ class NodeMonitor:
     def check(self, leader_node: str) -> list[str]:
         """One leader tick: observe the keepalive of every node in a `WATCHED_STATES` state and mark dead the
         ones silent too long. Returns the nodes marked dead."""
+        running = {name: raw for name, raw in self._cache.nodes.snapshot().items()
+                   if raw.get(OWN_VALUE) is not None and raw.get("daemon_state") in WATCHED_STATES}
         if leader_node != self._term or self._interrupted:
+            reconnected = self._interrupted and leader_node == self._term
+            self._unheard = set(running) if reconnected else set()
             self._interrupted = False
             self._term = leader_node
             self._keepalives.restart()
-            log.info("watching node keepalives afresh: each node's silence is measured from now")
-        running = {name: raw for name, raw in self._cache.nodes.snapshot().items()
-                   if raw.get(OWN_VALUE) is not None and raw.get("daemon_state") in WATCHED_STATES}
+            log.info("watching node keepalives afresh: each node's silence is measured from now%s",
+                     " (with a reconnection grace until it is heard from again)" if reconnected else "")
         for name in set(self._cache.nodes.names()) - set(running):
             self._keepalives.forget(name)
         try:
@@ -109,11 +122,14 @@ class NodeMonitor:
             log.warning("keepalives not read this tick: %s", error)
             return []
         for name, stat in stats.items():
-            self._keepalives.observe(name, stat.mzxid if stat else None)
+            if self._keepalives.observe(name, stat.mzxid if stat else None):
+                self._unheard.discard(name)
+        self._unheard &= set(running)
         marked = []
         for name, raw in sorted(running.items()):
             silence = self._keepalives.silence(name)
-            deadline = self.deadline(name, raw)
+            settings = self._settings(name, raw)
+            deadline = settings.fence_deadline_s + (settings.reconnect_grace_s if name in self._unheard else 0)
             if silence is not None and silence > deadline and self._mark_dead(name, leader_node, stats[name]):
                 log.warning("node %s silent for %.1f s (deadline %g s): marked dead", name, silence, deadline)
                 marked.append(name)
@@ -126,13 +142,16 @@ class NodeMonitor:
                 and (self._keepalives.silence(name) or 0) > self.deadline(name, raw) / 2}
 
     def deadline(self, name: str, raw: dict[str, Any]) -> float:
-        """Seconds of silence after which a node is dead: `fence_intervals` × `keepalive_interval` as the
-        cluster config sets them for `name` (this coordinator's own values where it sets none), the interval
-        never shorter than the one the node says it uses."""
+        """Seconds of silence after which a node is dead (`_settings`)."""
+        return self._settings(name, raw).fence_deadline_s
+
+    def _settings(self, name: str, raw: dict[str, Any]) -> fencing_settings.FencingSettings:
+        """The fencing settings of `name` as the cluster config sets them (this coordinator's own values where
+        it sets none), the keepalive interval never shorter than the one the node says it uses."""
         used = (raw.get(OWN_VALUE) or {}).get("keepalive_interval") or DEFAULT_KEEPALIVE_INTERVAL
         settings = fencing_settings.resolve(self._cache.config.get(), name,
                                             {"fence_intervals": self._fence_intervals, "keepalive_interval": used})
-        return max(settings.keepalive_interval, used) * settings.fence_intervals
+        return dataclasses.replace(settings, keepalive_interval=max(settings.keepalive_interval, used))
 
     def _keepalive_stats(self, names: list[str]) -> dict[str, ZnodeStat | None]:
         """Each node's keepalive znode stat, read now from ZooKeeper (not the cache), in one pipelined pass."""

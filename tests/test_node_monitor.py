@@ -100,19 +100,30 @@ def test_a_new_term_of_leadership_starts_every_nodes_clock_afresh(store, cache, 
     assert monitor.check(next_term) == ["quiet"]
 
 
-def test_a_suspended_zookeeper_connection_starts_every_nodes_clock_afresh(store, cache, leader):
+def test_after_its_own_reconnection_the_leader_gives_a_node_not_heard_from_since_a_grace_besides_its_deadline(
+        store, cache, leader):
+    """What cut the leader off most likely cut the nodes off too, and each comes back on its own: one that has
+    not written a keepalive since has `reconnect_grace_s` more; one heard from since has its deadline alone."""
     clock = SteppedClock()
-    running_node(store, cache, "quiet", keepalive_time=time.time())
+    running_node(store, cache, "late", keepalive_time=time.time())
+    running_node(store, cache, "back", keepalive_time=time.time())
     monitor = NodeMonitor(store, cache, FENCE_INTERVALS, clock=clock)
     monitor.check(leader)
     clock.advance(10 * DEADLINE)
     for listener in list(store.zk.state_listeners):
         listener(KazooState.SUSPENDED)
         listener(KazooState.CONNECTED)
-
     assert monitor.check(leader) == [], "while cut off, the leader could not see the keepalives"
+    clock.advance(1)
+    beat(store, "back", keepalive_time=time.time())
+    assert monitor.check(leader) == []
+
     clock.advance(DEADLINE + 0.1)
-    assert monitor.check(leader) == ["quiet"]
+    assert monitor.check(leader) == ["back"], "a node heard from since the reconnection has its deadline alone"
+    clock.advance(DEADLINE - 1.2)
+    assert monitor.check(leader) == [], "the grace (the local settings': the deadline again) is not over"
+    clock.advance(0.2)
+    assert monitor.check(leader) == ["late"]
 
 
 def test_a_keepalive_arriving_while_the_leader_marks_the_node_keeps_it_alive(store, cache, leader, mocker):

@@ -337,7 +337,8 @@ def test_zookeeper_stopped_for_twice_the_self_fence_deadline_stops_no_vm_and_fen
     zookeeper.start()
 
     assert not eventually(lambda: any(node["daemon_state"] in ("dead", "fenced") for node in _nodes(client)),
-                          FENCE_DEADLINE_S + 4, 0.2), _nodes(client)
+                          FENCE_DEADLINE_S + 4, 0.2), \
+        (_nodes(client), {node: _self_fence_log(local, node)[-4:] for node in local.node_names})
     assert [node["daemon_state"] for node in eventually(lambda: _nodes(client), 30)] == ["run"] * 3
     assert running_hosts(fresh_cluster) == expected
     assert all(client.nodes.info(node)["recovery"] is None for node in local.node_names)
@@ -546,6 +547,53 @@ def test_a_zookeeper_outage_needs_a_majority_answering_and_a_minority_fences_its
         assert "only 2 of 5 nodes, this one included, answered" in reason, reason
     if (members, expected) == (3, "outage"):
         assert "a majority (2 of 3 nodes, this one included)" in reason, reason
+
+
+def test_after_an_outage_a_node_still_cut_off_gives_itself_the_leaders_reconnection_grace_and_then_fences(
+        linked_store, caplog):
+    """Nodes come back from a ZooKeeper outage at different times: a peer that reaches ZooKeeper again does not
+    stop this node's VMs at once, but only once the silence since the last question that found the outage is
+    the grace the leader adds (`reconnect_grace_s`) longer than the one that starts a self-fence; and then in
+    time for the leader's deadline counted from the end of the outage."""
+    caplog.set_level(logging.INFO, logger="pvc.node.self_fence")
+    own_store, own_link = linked_store()
+    peer_store, peer_link = linked_store()
+    own_store.zk.ensure_path(schema.NODES)
+    peers = Peers(own_store, "hv1")
+    hypervisor = Hypervisor("test:///default", call_timeout=LIBVIRT_TIMEOUT)
+    fence = _self_fence("hv1", own_store, peers.directory, DomainActions(hypervisor, shutdown_timeout=1))
+
+    def messages() -> list[str]:
+        return [record.getMessage() for record in caplog.records]
+    try:
+        peers.serve("hv2", _self_fence("hv2", peer_store, None, None).zookeeper_reachable)
+        peers.start(1)
+        written = time.monotonic()
+        own_store.write(schema.node_key("hv1", "keepalive"), {"time": time.time()})
+        fence.acknowledged(written)
+        own_link.cut()
+        peer_link.cut()
+        fence.start()
+        assert eventually(lambda: any("a ZooKeeper outage" in message for message in messages()), 5), messages()
+        time.sleep(LOCAL_SETTINGS.keepalive_interval)
+        peer_link.restore()
+        ended = time.monotonic()
+        assert eventually(lambda: any("back for a peer" in message for message in messages()), 3), messages()
+        limit = LOCAL_SETTINGS.reconnect_grace_s + LOCAL_SETTINGS.self_fence_deadline_s
+        assert eventually(lambda: fence.fenced, limit, 0.05), messages()
+        fenced_after = time.monotonic() - ended
+    finally:
+        fence.stop()
+        peers.close()
+        hypervisor.close()
+    # The last question that found the outage began at most half an interval, a peer check and a watchdog period
+    # before the peer reached ZooKeeper again.
+    earliest = (LOCAL_SETTINGS.reconnect_grace_s + LOCAL_SETTINGS.silence_before_self_fence_s
+                - LOCAL_SETTINGS.keepalive_interval / 2 - LOCAL_SETTINGS.peer_check_s - LOCAL_SETTINGS.watchdog_period_s)
+    assert earliest <= fenced_after < LOCAL_SETTINGS.reconnect_grace_s + LOCAL_SETTINGS.fence_deadline_s, \
+        (fenced_after, messages())
+    print(f"\nstill cut off after an outage: stopping its VMs {fenced_after:.2f} s after a peer reached ZooKeeper "
+          f"again (the leader's grace and deadline: {LOCAL_SETTINGS.reconnect_grace_s + LOCAL_SETTINGS.fence_deadline_s:g} s)")
 
 
 def _guest_xml(name: str) -> str:
