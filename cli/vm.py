@@ -299,9 +299,10 @@ def console_log(session, vm, lines) -> None:
 @click.option("-r", "--restart", is_flag=True, help="restart the VM so the change applies now")
 @click.option("-e", "--editor", is_flag=True,
               help="edit the VM's XML in $EDITOR instead; the change is shown as a diff and applied once confirmed")
-@click.option("-d", "--confirm-diff", is_flag=True,
-              help="do not ask before replacing the XML (with --editor: apply the diff); upstream's option")
-@click.option("-c", "--confirm-restart", is_flag=True, help="do not ask before restarting (with -r); upstream's option")
+@upstream.option("-d", "--confirm-diff", is_flag=True, upstream=("-d", "--confirm-diff"),
+                 help="do not ask before replacing the XML (with --editor: apply the diff)")
+@upstream.option("-c", "--confirm-restart", is_flag=True, upstream=("-c", "--confirm-restart"),
+                 help="do not ask before restarting (with -r)")
 @click.option("-y", "--yes", is_flag=True, help="do not ask for confirmation at all (-d and -c)")
 @output.format_option
 @click.pass_obj
