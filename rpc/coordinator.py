@@ -42,6 +42,8 @@ from pvc.rpc.recovery import ReadyExecution, RecoveryExecution, record_missing_r
 from pvc.rpc.retries import RequestPruner
 from pvc.rpc.tasks import TaskRunner
 from pvc.rpc.vm_control import VMControl
+from pvc.rpc.mirror.receive import MirrorReceiver
+from pvc.rpc.mirror.send import MirrorSender
 from pvc.rpc.vm_backups import VMBackups
 from pvc.rpc.vm_snapshots import VMSnapshots
 from pvc.service import SignalQueue, daemon_command
@@ -99,6 +101,8 @@ class Coordinator:
             self.vm_snapshots = VMSnapshots(self.context, control, storage)
             vms = VMsArea(self.context, control, self.vm_snapshots)
             vms.backups = VMBackups(self.context, storage, vms)
+            vms.mirror_sender = MirrorSender(self.context, vms.backups, vms)
+            vms.mirror_receiver = MirrorReceiver(self.context, control, storage, vms)
             self.storage = storage
             self.tasks = TaskRunner(self.context, control, self.settings["flush_parallelism"],
                                     {"recover": RecoveryExecution, "ready": ReadyExecution,

@@ -12,8 +12,9 @@ from pvc.cache import OWN_VALUE, Views
 from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound, PVCError, Unavailable
 from pvc.rpc import network_use, removal
 from pvc.rpc.context import CoordinatorContext
+from pvc.rpc.mirror import destinations
 from pvc.rpc.retries import retry_safe
-from pvc.rpc.vm_control import VMControl
+from pvc.rpc.vm_control import VMControl, refuse_mirror
 from pvc.rpc.backup import run as backup_run, status as backup_status
 from pvc.rpc.vm_edits import VMEditor, initial_tags
 from pvc.rpc.vm_snapshots import VMSnapshots
@@ -36,12 +37,15 @@ class VMsArea:
         self._snapshots = snapshots
         self.backups = None
         """`pvc.rpc.vm_backups.VMBackups`, set once the storage area exists."""
+        self.mirror_sender = None
+        self.mirror_receiver = None
+        """`pvc.rpc.mirror.send.MirrorSender` and `pvc.rpc.mirror.receive.MirrorReceiver`, set with `backups`."""
         self._editor = VMEditor(context, control, self._spec, self._allow_host_devices)
         self._views = Views(context.cache.vms, _list_view)
 
     def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
         """The VM as it now is, for a call whose coordinator died before answering; None once it is gone."""
-        if method.startswith(("snapshot_", "autobackup_")):
+        if method.startswith(("snapshot_", "autobackup_", "mirror_")):
             return None
         if method == "define":
             name = domain_xml.parse(args[0] if args else kwargs["xml"], allow_host_devices=True).name
@@ -458,6 +462,8 @@ class VMsArea:
         with self._control.locked(vm):
             current = self._control.desired(vm)
             node = current.placement["node"]
+            if state in (*schema.RUNNING_STATES, "shutdown"):
+                refuse_mirror(vm, current)
             if state in ("start", "restart") and current.state not in schema.RUNNING_STATES:
                 self._check_room_to_start(vm, current.spec, node)
             if state == "start" and current.placement.get("autostart"):
@@ -512,6 +518,7 @@ class VMsArea:
         """
         with self._control.locked(vm):
             current = self._control.desired(vm)
+            refuse_mirror(vm, current)
             where = current.placement
             if not where.get("last_node"):
                 raise Conflict(f"VM '{vm}' has not been migrated: there is nowhere to return it to")
@@ -524,6 +531,7 @@ class VMsArea:
               force_live: bool = False) -> dict[str, Any]:
         with self._control.locked(vm):
             desired = self._control.desired(vm)
+            refuse_mirror(vm, desired)
             spec, where = desired.spec, desired.placement
             current = where["node"]
             view = models.vm_view(vm, {**self._control.raw(vm), OWN_VALUE: spec, "state": desired.state,
@@ -646,6 +654,76 @@ class VMsArea:
         :raises OperationFailed: the storage or the node refused (its reason)
         """
         return self._vm_backups().import_(source, name, pool)
+
+    # -- mirrors on another cluster (`pvc.rpc.mirror`) -------------------------------------------------
+
+    def snapshot_send(self, vm: str, snapshot: str, destination: str,
+                      connection: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send a snapshot to the PVC cluster `destination`, whole or as the changes since the newest snapshot
+        the mirror there holds; with `connection` (a saved connection's ``uris``, ``api_key``, ``tls_ca``) the
+        destination is stored first, its key sealed, for this and later sends.
+
+        :raises NotFound: no such VM snapshot, no stored destination of that name, or the destination lacks a
+            pool the VM's volumes are in
+        :raises Conflict: the destination holds a VM of that name that is not a mirror, or a mirror that has
+            diverged (its newest snapshot is not one this cluster holds)
+        :raises AlreadyExists: the destination holds that snapshot already
+        :raises Busy: another send to that mirror is under way
+        """
+        return self._mirrors("sender").send(vm, snapshot, destination, connection)
+
+    def mirror_state(self, vm: str) -> dict[str, Any]:
+        """What this cluster holds of VM `vm` for a sender: ``exists``, ``mirror``, ``newest`` snapshot."""
+        return self._mirrors("receiver").state(vm)
+
+    def mirror_receive(self, manifest: dict[str, Any], size_bytes: int, checksum: str,
+                       source: dict[str, Any]) -> dict[str, Any]:
+        """For a sending cluster: check a send, record its intent and issue the ticket its stream goes under."""
+        return self._mirrors("receiver").begin(manifest, size_bytes, checksum, source)
+
+    def mirror_receive_end(self, vm: str, send_id: str, manifest: dict[str, Any],
+                           received: dict[str, Any]) -> dict[str, Any]:
+        """For a sending cluster: record a send whose stream was applied."""
+        return self._mirrors("receiver").end(vm, send_id, manifest, received)
+
+    def mirror_receive_abort(self, vm: str, send_id: str) -> None:
+        """For a sending cluster: undo a send it gave up on."""
+        self._mirrors("receiver").abort(vm, send_id)
+
+    def mirror_handover(self, vm: str, destination: str) -> dict[str, Any]:
+        """For a destination promoting its mirror: stop the VM here, snapshot it and send that last snapshot."""
+        return self._mirrors("sender").handover(vm, destination)
+
+    def mirror_promote(self, vm: str, source: dict[str, Any] | None = None,
+                       remove_source: bool = False) -> dict[str, Any]:
+        """Turn mirror `vm` into an ordinary stopped VM of this cluster. With `source` (the sending cluster's
+        saved connection) the VM is first stopped there and its last state sent here; with `remove_source` it
+        is then removed there (its volumes stay).
+
+        :raises Conflict: the VM is not a mirror
+        :raises Busy: a send to it is under way
+        :raises InvalidInput: `remove_source` without `source`
+        """
+        if remove_source and source is None:
+            raise InvalidInput("removing the source VM needs the source cluster's connection (--from)")
+        origin = self._mirrors("receiver").source(vm)
+        client = destinations.client(source) if source is not None else None
+        try:
+            if client is not None:
+                client.vms.mirror_handover(vm, origin["destination"])
+            promoted = self._mirrors("receiver").promote(vm)
+            if remove_source:
+                client.vms.remove(vm, wait=True)
+        finally:
+            if client is not None:
+                client.close()
+        return {**promoted, "source_removed": bool(remove_source)}
+
+    def _mirrors(self, end: str) -> Any:
+        found = getattr(self, f"mirror_{end}")
+        if found is None:
+            raise Unavailable("this coordinator sends and receives no mirrors")
+        return found
 
     # -- scheduled backups (`pvc.rpc.backup`) ------------------------------------------------------------
 

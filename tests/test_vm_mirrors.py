@@ -1,0 +1,119 @@
+"""Mirrors between two local clusters side by side: a snapshot sent whole, then incrementally; the mirror refuses
+to start until promoted; a promotion after a final send; the destination's key stored sealed; and each kind of
+bad send refused in one line with nothing left on either side."""
+import hashlib
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from pvc import schema
+from pvc.cli.localcluster.guest import domain_xml
+from pvc.cli.main import cli
+from pvc.errors import Conflict
+
+from conftest import started_cluster
+from helpers import cluster_store
+from storage_support import known_raw, staging_files, stored_names, unique, volume_sha256
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def clusters(tmp_path_factory):
+    """Two one-node clusters on test-driver hosts and file storage, and a client home that has a saved
+    connection to each: ``source`` and ``dest``."""
+    for source in started_cluster(tmp_path_factory.mktemp("mirror-source"), nodes=1, coordinators=1):
+        for dest in started_cluster(tmp_path_factory.mktemp("mirror-dest"), nodes=1, coordinators=1):
+            source.backend = dest.backend = "file"
+            home = tmp_path_factory.mktemp("mirror-home")
+            for name, running in (("source", source), ("dest", dest)):
+                key = home / f"{name}.key"
+                key.write_text(running.local.state["api_key"])
+                added = _pvc(home, "connection", "add", name, *running.local.uris, "--api-key-file", str(key))
+                assert added.exit_code == 0, added.output
+            yield source, dest, home
+
+
+def _pvc(home, *args: str):
+    """`pvc ARGS` as a user with both clusters saved, the first (``source``) the default."""
+    return CliRunner().invoke(cli, list(args), env={"PVC_CLIENT_DIR": str(home), "PVC_CONFIG": None, "PVC_URI": None,
+                                                    "PVC_API_KEY": None, "PVC_CONNECTION": None})
+
+
+def _ok(result) -> str:
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _refused(result, words: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert words in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def _changed(path, offset: int, seed: int):
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 64 * 1024] = hashlib.sha256(bytes([seed])).digest() * 2048
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _vm_with_disk(cluster, tmp_path, pool: str, vm: str, seed: int):
+    image = known_raw(tmp_path / f"{vm}.raw", size=8 * MiB, seed=seed)
+    cluster.client.storage.upload(pool, f"{vm}_disk", str(image))
+    cluster.client.vms.define(domain_xml(vm, disk=f"{pool}/{vm}_disk", domain_type="kvm"))
+    return image
+
+
+def test_send_whole_then_incremental_then_promote(clusters, tmp_path):
+    source, dest, home = clusters
+    pool, vm = unique("mp"), unique("mvm")
+    source.client.storage.pool_add(pool)
+    dest.client.storage.pool_add(pool)
+    image = _vm_with_disk(source, tmp_path, pool, vm, seed=11)
+    disk = f"{vm}_disk"
+
+    source.client.vms.snapshot_create(vm, "s1")
+    at_s1 = volume_sha256(source, pool, disk)
+    source.client.storage.upload(pool, disk, str(_changed(image, 3 * MiB, 1)), force=True)
+    whole = json.loads(_ok(_pvc(home, "vm", "snapshot", "send", vm, "s1", "--to", "dest", "-f", "json")))
+    assert whole["kind"] == "full" and whole["parent"] is None
+
+    mirror = dest.client.vms.info(vm)
+    assert mirror["state"] == "mirror"
+    assert volume_sha256(dest, pool, disk) == at_s1, "the mirror holds the bytes at s1, not the source's later ones"
+    assert [row["name"] for row in dest.client.vms.snapshot_list(vm)] == ["s1"]
+    with pytest.raises(Conflict, match="is a mirror"):
+        dest.client.vms.start(vm)
+    _refused(_pvc(home, "-c", "dest", "vm", "start", vm), "promote it first")
+    _refused(_pvc(home, "-c", "dest", "vm", "migrate", vm), "is a mirror")
+    assert dest.client.vms.info(vm)["state"] == "mirror"
+
+    with cluster_store(source.local) as store:
+        raw = store.read(schema.mirror_destination("dest"))
+    assert raw["api_key"].startswith("sealed:v1:") and dest.local.state["api_key"] not in json.dumps(raw), \
+        "the destination's key is kept sealed in the source cluster's ZooKeeper"
+    assert raw["uris"] == dest.local.uris
+
+    source.client.vms.snapshot_create(vm, "s2")
+    at_s2 = volume_sha256(source, pool, disk)
+    incremental = json.loads(_ok(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "dest", "-f", "json")))
+    assert incremental["kind"] == "incremental" and incremental["parent"] == "s1"
+    assert incremental["bytes"] < whole["bytes"] / 4, (incremental, whole)
+    assert volume_sha256(dest, pool, disk) == at_s2
+    assert dest.client.vms.info(vm)["state"] == "mirror"
+    assert staging_files(source) == [] and staging_files(dest) == [], "no staged stream is left"
+
+    source.client.storage.upload(pool, disk, str(_changed(image, 6 * MiB, 2)), force=True)
+    source.client.vms.start(vm, wait=True)
+    promoted = _ok(_pvc(home, "-c", "dest", "vm", "mirror", "promote", vm, "--from", "source", "--remove-source",
+                        "--yes"))
+    assert f"Promoted VM {vm} (stopped), removed on the source cluster" in promoted
+    assert vm not in [row["name"] for row in source.client.vms.list()]
+    names = [row["name"] for row in dest.client.vms.snapshot_list(vm)]
+    assert names[:2] == ["s1", "s2"] and names[2].startswith("mirror-final-")
+    assert volume_sha256(dest, pool, disk) == volume_sha256(source, pool, disk), "the source's last state"
+    assert dest.client.vms.start(vm, wait=True)["running"] is True
+    assert dest.host_domains("hv1")[vm] is True
+
