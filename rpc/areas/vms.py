@@ -669,29 +669,56 @@ class VMsArea:
             diverged (its newest snapshot is not one this cluster holds)
         :raises AlreadyExists: the destination holds that snapshot already
         :raises Busy: another send to that mirror is under way
+        :raises Unavailable: this coordinator sends no mirrors, or the destination or a storage node did not answer
         """
         return self._mirrors("sender").send(vm, snapshot, destination, connection)
 
     def mirror_state(self, vm: str) -> dict[str, Any]:
-        """What this cluster holds of VM `vm` for a sender: ``exists``, ``mirror``, ``newest`` snapshot."""
+        """What this cluster holds of VM `vm` for a sender: ``exists``, ``mirror``, ``newest`` snapshot.
+
+        :raises InvalidInput: a malformed VM name
+        :raises Unavailable: this coordinator receives no mirrors
+        """
         return self._mirrors("receiver").state(vm)
 
     def mirror_receive(self, manifest: dict[str, Any], size_bytes: int, checksum: str,
                        source: dict[str, Any]) -> dict[str, Any]:
-        """For a sending cluster: check a send, record its intent and issue the ticket its stream goes under."""
+        """For a sending cluster: check a send, record its intent and issue the ticket its stream goes under.
+
+        :raises InvalidInput: a malformed manifest
+        :raises NotFound: this cluster lacks a pool the volumes are in, or holds no mirror to send incrementally to
+        :raises Conflict: a VM of that name that is not a mirror, or a mirror that has diverged from the sender
+        :raises AlreadyExists: a volume of that name, or the mirror holds the snapshot already
+        :raises Busy: another send to the mirror is under way
+        :raises Unavailable: this coordinator receives no mirrors, or no storage node answered
+        """
         return self._mirrors("receiver").begin(manifest, size_bytes, checksum, source)
 
     def mirror_receive_end(self, vm: str, send_id: str, manifest: dict[str, Any],
                            received: dict[str, Any]) -> dict[str, Any]:
-        """For a sending cluster: record a send whose stream was applied."""
+        """For a sending cluster: record a send whose stream was applied.
+
+        :raises Conflict: the send was undone meanwhile (past its deadline, or replaced)
+        :raises Busy: another change holds the mirror
+        :raises Unavailable: this coordinator receives no mirrors
+        """
         return self._mirrors("receiver").end(vm, send_id, manifest, received)
 
     def mirror_receive_abort(self, vm: str, send_id: str) -> None:
-        """For a sending cluster: undo a send it gave up on."""
+        """For a sending cluster: undo a send it gave up on.
+
+        :raises Busy: another change holds the mirror
+        :raises Unavailable: this coordinator receives no mirrors, or no storage node answered
+        """
         self._mirrors("receiver").abort(vm, send_id)
 
     def mirror_handover(self, vm: str, destination: str) -> dict[str, Any]:
-        """For a destination promoting its mirror: stop the VM here, snapshot it and send that last snapshot."""
+        """For a destination promoting its mirror: stop the VM here, snapshot it and send that last snapshot.
+
+        :raises NotFound: no VM of that name, or no stored destination of that name
+        :raises Conflict: the destination's mirror has diverged
+        :raises Unavailable: this coordinator sends no mirrors, or the VM did not stop in time
+        """
         return self._mirrors("sender").handover(vm, destination)
 
     def mirror_promote(self, vm: str, source: dict[str, Any] | None = None,
@@ -703,6 +730,7 @@ class VMsArea:
         :raises Conflict: the VM is not a mirror
         :raises Busy: a send to it is under way
         :raises InvalidInput: `remove_source` without `source`
+        :raises Unavailable: this coordinator receives no mirrors, or the source cluster did not answer
         """
         if remove_source and source is None:
             raise InvalidInput("removing the source VM needs the source cluster's connection (--from)")
