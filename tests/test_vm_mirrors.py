@@ -117,3 +117,91 @@ def test_send_whole_then_incremental_then_promote(clusters, tmp_path):
     assert dest.client.vms.start(vm, wait=True)["running"] is True
     assert dest.host_domains("hv1")[vm] is True
 
+
+
+def _dest_holds(dest, vm: str, pool: str) -> dict:
+    """What the destination holds of `vm`: its VM, snapshots, and the names in `pool` (hidden ones too)."""
+    vms = {row["name"]: row["state"] for row in dest.client.vms.list()}
+    return {"vm": vms.get(vm), "snapshots": [row["name"] for row in dest.client.vms.snapshot_list(vm)],
+            "stored": stored_names(dest, pool),
+            "volumes": [row["name"] for row in dest.client.storage.volume_list(pool)]}
+
+
+def test_bad_sends_are_refused_in_one_line_with_nothing_left_on_either_side(clusters, tmp_path):
+    source, dest, home = clusters
+    pool, lacking, vm = unique("mb"), unique("mlack"), unique("mbad")
+    source.client.storage.pool_add(pool)
+    source.client.storage.pool_add(lacking)
+    dest.client.storage.pool_add(pool)
+    image = _vm_with_disk(source, tmp_path, pool, vm, seed=21)
+    disk = f"{vm}_disk"
+    source.client.vms.snapshot_create(vm, "s1")
+
+    elsewhere = unique("mlk")
+    _vm_with_disk(source, tmp_path, lacking, elsewhere, seed=22)
+    source.client.vms.snapshot_create(elsewhere, "s1")
+    _refused(_pvc(home, "vm", "snapshot", "send", elsewhere, "s1", "--to", "dest"), f"no storage pool '{lacking}'")
+    assert elsewhere not in [row["name"] for row in dest.client.vms.list()]
+
+    taken = unique("mtaken")
+    _vm_with_disk(source, tmp_path, pool, taken, seed=23)
+    source.client.vms.snapshot_create(taken, "s1")
+    dest.client.vms.define(domain_xml(taken, domain_type="kvm"))
+    _refused(_pvc(home, "vm", "snapshot", "send", taken, "s1", "--to", "dest"), "is not a mirror")
+    assert dest.client.vms.info(taken)["state"] == "stop" and dest.client.vms.snapshot_list(taken) == []
+
+    _ok(_pvc(home, "vm", "snapshot", "send", vm, "s1", "--to", "dest"))
+    held = _dest_holds(dest, vm, pool)
+    at_s1 = volume_sha256(dest, pool, disk)
+    _refused(_pvc(home, "vm", "snapshot", "send", vm, "s1", "--to", "dest"), "holds snapshot 's1' of VM")
+
+    source.client.vms.snapshot_remove(vm, "s1")
+    source.client.storage.upload(pool, disk, str(_changed(image, 1 * MiB, 3)), force=True)
+    source.client.vms.snapshot_create(vm, "s1")
+    source.client.vms.snapshot_create(vm, "s2")
+    _refused(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "dest"), "has diverged")
+    source.client.vms.snapshot_remove(vm, "s1")
+    _refused(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "dest"), "has diverged")
+    _refused(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "nowhere"), "no connection named 'nowhere'")
+
+    assert _dest_holds(dest, vm, pool) == held and volume_sha256(dest, pool, disk) == at_s1, \
+        "the mirror is as the last good send left it"
+    assert staging_files(source) == [] and staging_files(dest) == []
+    assert held["vm"] == "mirror" and held["snapshots"] == ["s1"]
+
+
+def test_a_send_whose_sender_died_is_undone_by_the_next_one(clusters, tmp_path):
+    """A sender that recorded its send on the destination and wrote part of it before dying: promotion is refused
+    as busy meanwhile, and once its deadline has passed the next send returns the mirror to its last snapshot
+    first, so the mirror ends with exactly the source's bytes."""
+    source, dest, home = clusters
+    pool, vm = unique("md"), unique("mdied")
+    source.client.storage.pool_add(pool)
+    dest.client.storage.pool_add(pool)
+    image = _vm_with_disk(source, tmp_path, pool, vm, seed=31)
+    disk = f"{vm}_disk"
+    source.client.vms.snapshot_create(vm, "s1")
+    _ok(_pvc(home, "vm", "snapshot", "send", vm, "s1", "--to", "dest"))
+    source.client.storage.upload(pool, disk, str(_changed(image, 2 * MiB, 4)), force=True)
+    source.client.vms.snapshot_create(vm, "s2")
+
+    created = {row["name"]: row["created"] for row in source.client.vms.snapshot_list(vm)}
+    manifest = {"vm": vm, "snapshot": "s2", "created": created["s2"], "parent": "s1", "parent_created": created["s1"],
+                "spec": {"xml": source.client.vms.dump(vm)},
+                "volumes": [{"volume": f"{pool}/{disk}", "size_bytes": 8 * MiB, "bytes": 4096, "sha256": "0" * 64}]}
+    dest.client.vms.mirror_receive(manifest, 4096, "0" * 64, {"cluster": None, "destination": "dest"})
+    with open(dest.local.storage_dir / pool / disk, "r+b") as volume:
+        volume.write(b"half a stream" * 1000)
+    _refused(_pvc(home, "-c", "dest", "vm", "mirror", "promote", vm, "--yes"), "is under way")
+    _refused(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "dest"), "is under way")
+
+    with cluster_store(dest.local) as store:
+        record = store.read(schema.mirror_vm(vm))
+        record["intent"]["deadline"] = 0
+        store.transaction().set(schema.mirror_vm(vm), record).commit()
+    sent = json.loads(_ok(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "dest", "-f", "json")))
+    assert sent["kind"] == "incremental"
+    assert volume_sha256(dest, pool, disk) == volume_sha256(source, pool, disk)
+    assert [row["name"] for row in dest.client.vms.snapshot_list(vm)] == ["s1", "s2"]
+    _ok(_pvc(home, "-c", "dest", "vm", "mirror", "promote", vm, "--yes"))
+    assert dest.client.vms.info(vm)["state"] == "stop"
