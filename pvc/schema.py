@@ -136,6 +136,12 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
                                            "deadline", "coordinator"} while a send is being applied}; the VM's
                                            state is ``mirror`` until it is promoted, which removes this record
     /pvc/locks/mirrors/VM              C   kazoo lock serialising the sends received for one VM and its promotion
+    /pvc/tasks/ID (kind ``automirror``) C,L a scheduled mirror run (`pvc.rpc.mirror.automirror`): the VMs, the
+                                           settings and one step per VM (waiting | begun | done | failed |
+                                           skipped), written before each VM's snapshot and send
+    /pvc/mirror/run                    C,L {"task": ID}: the automirror run in progress
+    /pvc/mirror/schedule               L   {"last_run": time}: when the schedule last started an automirror run
+    /pvc/mirror/outcome                L   {"task", "state", "finished", "errors"}: the last automirror run's outcome
     /pvc/autobackup/vms/VM             L   a VM's backup chains, oldest first: [{"id", "backups": [{"snapshot",
                                            "directory", "node", "kind": full | incremental, "bytes",
                                            "created"}]}], "removing": chains whose exports retention is
@@ -500,5 +506,9 @@ def mirror_lock(vm_name: str) -> str:
     """Serialises the sends received for one VM and its promotion."""
     return f"{MIRROR_LOCKS}/{check_name('VM', vm_name)}"
 
+
+AUTOMIRROR_RUN = f"{MIRROR}/run"
+AUTOMIRROR_SCHEDULE = f"{MIRROR}/schedule"
+AUTOMIRROR_OUTCOME = f"{MIRROR}/outcome"
 
 CONTAINERS += (MIRROR, MIRROR_DESTINATIONS, MIRROR_VMS, MIRROR_LOCKS)

@@ -42,6 +42,7 @@ from pvc.rpc.recovery import ReadyExecution, RecoveryExecution, record_missing_r
 from pvc.rpc.retries import RequestPruner
 from pvc.rpc.tasks import TaskRunner
 from pvc.rpc.vm_control import VMControl
+from pvc.rpc.mirror import automirror
 from pvc.rpc.mirror.receive import MirrorReceiver
 from pvc.rpc.mirror.send import MirrorSender
 from pvc.rpc.vm_backups import VMBackups
@@ -107,7 +108,8 @@ class Coordinator:
             self.tasks = TaskRunner(self.context, control, self.settings["flush_parallelism"],
                                     {"recover": RecoveryExecution, "ready": ReadyExecution,
                                      PROVISION: provision_executor(self.context, storage, vms),
-                                     autobackup_run.KIND: autobackup_run.executor(self.vm_snapshots, vms.backups)},
+                                     autobackup_run.KIND: autobackup_run.executor(self.vm_snapshots, vms.backups),
+                                     automirror.KIND: automirror.executor(self.vm_snapshots, vms.mirror_sender)},
                                     self.settings["leader_audit_interval"])
             self.daemon = AuthenticatingDaemon(self.settings["api_keys"], "API key", host, port)
             areas = {"cluster": ClusterArea(self.context), "nodes": NodesArea(self.context),
@@ -198,6 +200,7 @@ class Coordinator:
             self.storage.resolve_orphaned_intents()
             self.vm_snapshots.resolve_orphaned()
         autobackup_schedule.start_when_due(self.context, leader_node)
+        automirror.start_when_due(self.context, leader_node)
 
     def run(self) -> None:
         signals = SignalQueue()

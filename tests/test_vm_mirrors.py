@@ -205,3 +205,37 @@ def test_a_send_whose_sender_died_is_undone_by_the_next_one(clusters, tmp_path):
     assert [row["name"] for row in dest.client.vms.snapshot_list(vm)] == ["s1", "s2"]
     _ok(_pvc(home, "-c", "dest", "vm", "mirror", "promote", vm, "--yes"))
     assert dest.client.vms.info(vm)["state"] == "stop"
+
+
+def test_automirror_sends_the_tagged_vms_on_each_run_and_keeps_its_newest_snapshots(clusters, tmp_path):
+    source, dest, home = clusters
+    pool, vm, untagged = unique("ma"), unique("mauto"), unique("mskip")
+    source.client.storage.pool_add(pool)
+    dest.client.storage.pool_add(pool)
+    image = _vm_with_disk(source, tmp_path, pool, vm, seed=41)
+    _vm_with_disk(source, tmp_path, pool, untagged, seed=42)
+    source.client.vms.add_tag(vm, "dr")
+    _refused(_pvc(home, "vm", "automirror", "run"), "automirror_destination is not set")
+    source.client.vms.snapshot_create(untagged, "s0")
+    _ok(_pvc(home, "vm", "snapshot", "send", untagged, "s0", "--to", "dest"))  # stores the destination
+    _ok(_pvc(home, "cluster", "config", "--automirror-tag", "dr", "--automirror-destination", "dest",
+             "--automirror-keep", "2"))
+    _refused(_pvc(home, "cluster", "config", "--automirror-schedule", "sometimes"), "automirror_schedule must be")
+
+    kinds = []
+    for run, offset in enumerate((None, 1 * MiB, 5 * MiB)):
+        if offset is not None:
+            source.client.storage.upload(pool, f"{vm}_disk", str(_changed(image, offset, 50 + run)), force=True)
+        task = json.loads(_ok(_pvc(home, "vm", "automirror", "run", "--wait", "-f", "json")))
+        assert task["state"] == "done" and task["vms"] == [vm], task
+        kinds.append(task["steps"][vm]["kind"])
+        assert volume_sha256(dest, pool, f"{vm}_disk") == volume_sha256(source, pool, f"{vm}_disk")
+    assert kinds == ["full", "incremental", "incremental"]
+    assert dest.client.vms.info(vm)["state"] == "mirror"
+    assert [row["name"] for row in dest.client.vms.snapshot_list(untagged)] == ["s0"], "untagged: not mirrored"
+    kept = [row["name"] for row in source.client.vms.snapshot_list(vm)]
+    assert len(kept) == 2 and all(name.startswith("automirror-") for name in kept), kept
+    assert [row["name"] for row in dest.client.vms.snapshot_list(vm)][-2:] == kept
+    status = source.client.vms.automirror_status()
+    assert status["last_outcome"]["state"] == "done" and status["running"] is None
+    _ok(_pvc(home, "cluster", "config", "--automirror-tag", "off"))

@@ -12,7 +12,7 @@ from pvc.cache import OWN_VALUE, Views
 from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound, PVCError, Unavailable
 from pvc.rpc import network_use, removal
 from pvc.rpc.context import CoordinatorContext
-from pvc.rpc.mirror import destinations
+from pvc.rpc.mirror import automirror, destinations
 from pvc.rpc.retries import retry_safe
 from pvc.rpc.vm_control import VMControl, refuse_mirror
 from pvc.rpc.backup import run as backup_run, status as backup_status
@@ -25,7 +25,7 @@ META_KEYS = ("node_limit", "node_selector", "node_autostart", "migration_method"
 @Pyro5.server.expose
 @Pyro5.server.behavior(instance_mode="single")
 @retry_safe(reads={"list", "info", "info_long", "dump", "log", "tags", "snapshot_list", "snapshot_info",
-                   "autobackup_status"})
+                   "autobackup_status", "automirror_status", "mirror_state"})
 class VMsArea:
     """``client.vms``: defining, changing, starting, stopping and moving virtual machines, and their whole-VM
     snapshots. Every change is recorded in ZooKeeper first and carried out by the VM's node at once;
@@ -45,7 +45,7 @@ class VMsArea:
 
     def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
         """The VM as it now is, for a call whose coordinator died before answering; None once it is gone."""
-        if method.startswith(("snapshot_", "autobackup_", "mirror_")):
+        if method.startswith(("snapshot_", "autobackup_", "automirror_", "mirror_")):
             return None
         if method == "define":
             name = domain_xml.parse(args[0] if args else kwargs["xml"], allow_host_devices=True).name
@@ -746,6 +746,25 @@ class VMsArea:
             if client is not None:
                 client.close()
         return {**promoted, "source_removed": bool(remove_source)}
+
+    def automirror_run(self, vms: list[str] | None = None) -> dict[str, Any]:
+        """Start an automirror run now, of `vms` or (none given) of every VM carrying the cluster's
+        ``automirror_tag``: each is snapshotted and sent to ``automirror_destination``; the leader runs it as task
+        ``automirror-...`` (`pvc cluster task list`).
+
+        :raises InvalidInput: ``automirror_destination`` is not set, or neither VMs nor ``automirror_tag`` are
+            given
+        :raises NotFound: a VM named does not exist, or the destination was never stored
+        :raises Conflict: an automirror run is in progress
+        """
+        return automirror.record_run(self._context, vms, "command")
+
+    def automirror_status(self) -> dict[str, Any]:
+        """The automirror settings, the run in progress and the last run's outcome.
+
+        :raises Unavailable: the coordinator cannot read ZooKeeper
+        """
+        return automirror.status(self._context)
 
     def _mirrors(self, end: str) -> Any:
         found = getattr(self, f"mirror_{end}")
