@@ -71,6 +71,7 @@ class Coordinator:
         self.request_records = RequestPruner()
         self.storage: StorageArea | None = None
         self.vm_snapshots: VMSnapshots | None = None
+        self.mirror_receiver: MirrorReceiver | None = None
         self._next_storage_check = 0.0
         self.daemon: AuthenticatingDaemon | None = None
         self.context: CoordinatorContext | None = None
@@ -103,7 +104,7 @@ class Coordinator:
             vms = VMsArea(self.context, control, self.vm_snapshots)
             vms.backups = VMBackups(self.context, storage, vms)
             vms.mirror_sender = MirrorSender(self.context, vms.backups, vms)
-            vms.mirror_receiver = MirrorReceiver(self.context, control, storage, vms)
+            vms.mirror_receiver = self.mirror_receiver = MirrorReceiver(self.context, control, storage, vms)
             self.storage = storage
             self.tasks = TaskRunner(self.context, control, self.settings["flush_parallelism"],
                                     {"recover": RecoveryExecution, "ready": ReadyExecution,
@@ -199,6 +200,7 @@ class Coordinator:
             self._next_storage_check = time.monotonic() + STORAGE_CHECK_INTERVAL_S
             self.storage.resolve_orphaned_intents()
             self.vm_snapshots.resolve_orphaned()
+            self.mirror_receiver.resolve_expired()
         autobackup_schedule.start_when_due(self.context, leader_node)
         automirror.start_when_due(self.context, leader_node)
 

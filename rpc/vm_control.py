@@ -242,10 +242,10 @@ def read_desired(store: Store, name: str) -> Desired:
 
 
 def refuse_mirror(name: str, read: Desired) -> None:
-    """A mirror runs nowhere and moves nowhere until it is promoted."""
+    """A mirror runs nowhere, moves nowhere and changes state only by its promotion."""
     if read.state == schema.MIRROR_STATE:
-        raise Conflict(f"VM '{name}' is a mirror of a VM on another cluster and cannot be started or moved "
-                       f"here: promote it first (pvc vm mirror promote {name})")
+        raise Conflict(f"VM '{name}' is a mirror of a VM on another cluster and cannot be started, stopped or "
+                       f"moved here: promote it first (pvc vm mirror promote {name})")
 
 
 def write_desired(store: Store, name: str, read: Desired, state: str | None = None,
@@ -257,9 +257,9 @@ def write_desired(store: Store, name: str, read: Desired, state: str | None = No
     The transaction checks that every part (spec, state, placement) is still at the version `read` found,
     written or not, so a change made since (a command answered meanwhile) wins and this write raises
     `Superseded`; with `leader_node`, it also checks the writer still leads. A mirror (`schema.MIRROR_STATE`)
-    is refused any state that would run it, whoever asks: its disks follow another cluster's VM until it is
-    promoted."""
-    if state in (*schema.RUNNING_STATES, "shutdown"):
+    takes no other state than ``remove``, whoever asks: its disks follow another cluster's VM until it is
+    promoted (`pvc.rpc.mirror.receive`, which writes its state itself)."""
+    if state not in (None, schema.MIRROR_STATE, "remove"):
         refuse_mirror(name, read)
     paths = _desired_paths(name)
     values = {"spec": spec, "state": state, "placement": placement}

@@ -13,7 +13,7 @@ from pvc.cli.main import cli
 from pvc.errors import Conflict
 
 from conftest import started_cluster
-from helpers import cluster_store
+from helpers import cluster_store, eventually
 from storage_support import known_raw, staging_files, stored_names, unique, volume_sha256
 
 MiB = 1024 * 1024
@@ -88,6 +88,7 @@ def test_send_whole_then_incremental_then_promote(clusters, tmp_path):
         dest.client.vms.start(vm)
     _refused(_pvc(home, "-c", "dest", "vm", "start", vm), "promote it first")
     _refused(_pvc(home, "-c", "dest", "vm", "migrate", vm), "is a mirror")
+    _refused(_pvc(home, "-c", "dest", "vm", "stop", vm, "--yes"), "is a mirror")
     assert dest.client.vms.info(vm)["state"] == "mirror"
 
     with cluster_store(source.local) as store:
@@ -170,10 +171,10 @@ def test_bad_sends_are_refused_in_one_line_with_nothing_left_on_either_side(clus
     assert held["vm"] == "mirror" and held["snapshots"] == ["s1"]
 
 
-def test_a_send_whose_sender_died_is_undone_by_the_next_one(clusters, tmp_path):
-    """A sender that recorded its send on the destination and wrote part of it before dying: promotion is refused
-    as busy meanwhile, and once its deadline has passed the next send returns the mirror to its last snapshot
-    first, so the mirror ends with exactly the source's bytes."""
+def test_a_send_whose_sender_died_is_undone_once_its_deadline_has_passed(clusters, tmp_path):
+    """A sender that recorded its send on the destination and wrote part of it before dying: promotion and other
+    sends are refused as busy meanwhile, and once its deadline has passed the destination's leader returns the
+    mirror to its last snapshot, so the next send ends with exactly the source's bytes."""
     source, dest, home = clusters
     pool, vm = unique("md"), unique("mdied")
     source.client.storage.pool_add(pool)
@@ -182,6 +183,7 @@ def test_a_send_whose_sender_died_is_undone_by_the_next_one(clusters, tmp_path):
     disk = f"{vm}_disk"
     source.client.vms.snapshot_create(vm, "s1")
     _ok(_pvc(home, "vm", "snapshot", "send", vm, "s1", "--to", "dest"))
+    at_s1 = volume_sha256(dest, pool, disk)
     source.client.storage.upload(pool, disk, str(_changed(image, 2 * MiB, 4)), force=True)
     source.client.vms.snapshot_create(vm, "s2")
 
@@ -199,6 +201,8 @@ def test_a_send_whose_sender_died_is_undone_by_the_next_one(clusters, tmp_path):
         record = store.read(schema.mirror_vm(vm))
         record["intent"]["deadline"] = 0
         store.transaction().set(schema.mirror_vm(vm), record).commit()
+        eventually(lambda: "intent" not in store.read(schema.mirror_vm(vm)), timeout=30)
+    assert volume_sha256(dest, pool, disk) == at_s1, "the mirror is back at its last snapshot"
     sent = json.loads(_ok(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "dest", "-f", "json")))
     assert sent["kind"] == "incremental"
     assert volume_sha256(dest, pool, disk) == volume_sha256(source, pool, disk)

@@ -462,8 +462,7 @@ class VMsArea:
         with self._control.locked(vm):
             current = self._control.desired(vm)
             node = current.placement["node"]
-            if state in (*schema.RUNNING_STATES, "shutdown"):
-                refuse_mirror(vm, current)
+            refuse_mirror(vm, current)
             if state in ("start", "restart") and current.state not in schema.RUNNING_STATES:
                 self._check_room_to_start(vm, current.spec, node)
             if state == "start" and current.placement.get("autostart"):

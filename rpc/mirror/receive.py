@@ -8,20 +8,24 @@ VM snapshot, the VM itself in state ``mirror`` and the mirror's list of snapshot
 
 Undoing a send leaves the mirror as the previous send left it: the volumes of a whole send go, those of an
 incremental one return to the parent snapshot (which the mirror holds, since it never runs). A send whose sender
-died is undone by the next send or promotion once its deadline has passed; until then they are refused as busy.
+died is undone once its deadline has passed, by the leader's storage check or by the next send or promotion,
+whichever comes first; until then they are refused as busy.
 """
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 from pvc import domain_xml, mirror_manifest, schema, storage_records
-from pvc.errors import AlreadyExists, Busy, Conflict, NotFound
+from pvc.errors import AlreadyExists, Busy, Conflict, NotFound, PVCError
 from pvc.rpc.areas.storage import StorageArea
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.vm_control import VMControl
+
+log = logging.getLogger(__name__)
 
 RECEIVE_DEADLINE_S = 600.0
 """How long a send may take from its ticket to its end before another send or a promotion undoes it."""
@@ -143,9 +147,30 @@ class MirrorReceiver:
                 desired = self._control.desired(vm)
                 if desired.state != schema.MIRROR_STATE:
                     raise Conflict(f"VM '{vm}' is {desired.state}, not a mirror")
-                self._control.record(vm, desired, state="stop")
-            self._context.store.transaction().delete(schema.mirror_vm(vm)).commit()
+                self._context.store.transaction() \
+                    .set(schema.vm_key(vm, "state"), "stop", version=desired.versions["state"]) \
+                    .delete(schema.mirror_vm(vm)).commit()
+                self._context.cache.vms.refresh(vm)
         return self._control.view(vm)
+
+    def resolve_expired(self) -> list[str]:
+        """For the leader: undo the sends whose deadline has passed (their sender died); what was undone."""
+        undone = []
+        for vm in self._context.store.children(schema.MIRROR_VMS):
+            intent = (self._context.store.read(schema.mirror_vm(vm)) or {}).get("intent")
+            if not intent or time.time() < intent["deadline"]:
+                continue
+            try:
+                with self._locked(vm):
+                    record = self._context.store.read(schema.mirror_vm(vm))
+                    if (record or {}).get("intent", {}).get("send_id") == intent["send_id"]:
+                        self._undo(vm, record)
+                        undone.append(f"{vm}@{intent['snapshot']}")
+            except PVCError as error:
+                log.warning("mirror of VM %s: the abandoned send of %s waits: %s", vm, intent["snapshot"], error)
+        for send in undone:
+            log.warning("mirror check: the send of %s, abandoned by its sender, was undone", send)
+        return undone
 
     def source(self, vm: str) -> dict[str, Any]:
         """Where a mirror came from: ``{"cluster", "destination"}`` as its sender said."""
