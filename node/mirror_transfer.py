@@ -13,7 +13,6 @@ go), never here.
 """
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import socket
@@ -21,12 +20,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pvc import bulk
-from pvc.errors import AlreadyExists, InvalidInput, NotFound
+from pvc.errors import InvalidInput, NotFound, PVCError
 from pvc.hookspecs import StorageBackend
 from pvc.node.backups import Hashing
 from pvc.node.upload_stream import VerifiedStream, receive_head
-
-log = logging.getLogger(__name__)
 
 STAGE_PREFIX = ".mirror-"
 SEND_TIMEOUT_S = 30.0
@@ -130,8 +127,10 @@ class MirrorReceiveJob:
             pool, name = volume["volume"].split("/", 1)
             try:
                 self._backend.snapshot_create(pool, name, manifest["snapshot"])
-            except AlreadyExists:
-                pass  # Ceph's import-diff leaves the snapshot the stream ends at
+            except PVCError:
+                # Ceph's import-diff leaves the snapshot the stream ends at: taken again, now that all is checked
+                self._backend.snapshot_remove(pool, name, manifest["snapshot"])
+                self._backend.snapshot_create(pool, name, manifest["snapshot"])
         return {"vm": manifest["vm"], "snapshot": manifest["snapshot"],
                 "sizes": {volume["volume"]: self._backend.volume_size(*volume["volume"].split("/", 1))
                           for volume in manifest["volumes"]}}

@@ -239,7 +239,7 @@ def test_automirror_sends_the_tagged_vms_on_each_run_and_keeps_its_newest_snapsh
     assert [row["name"] for row in dest.client.vms.snapshot_list(untagged)] == ["s0"], "untagged: not mirrored"
     kept = [row["name"] for row in source.client.vms.snapshot_list(vm)]
     assert len(kept) == 2 and all(name.startswith("automirror-") for name in kept), kept
-    assert [row["name"] for row in dest.client.vms.snapshot_list(vm)][-2:] == kept
+    assert [row["name"] for row in dest.client.vms.snapshot_list(vm)] == kept, "the destination keeps as many"
     status = source.client.vms.automirror_status()
     assert status["last_outcome"]["state"] == "done" and status["running"] is None
     _ok(_pvc(home, "cluster", "config", "--automirror-tag", "off"))

@@ -711,6 +711,17 @@ class VMsArea:
         """
         self._mirrors("receiver").abort(vm, send_id)
 
+    def mirror_prune(self, vm: str, keep: int, prefix: str) -> list[str]:
+        """For a sending cluster's automirror: remove the mirror's snapshots whose names begin with `prefix`, but
+        the newest `keep` of them (never the newest snapshot); the names removed.
+
+        :raises InvalidInput: `keep` is not a whole number of at least 1
+        :raises Conflict: the VM is not a mirror
+        :raises Busy: a send to the mirror is under way
+        :raises Unavailable: this coordinator receives no mirrors
+        """
+        return self._mirrors("receiver").prune(vm, keep, prefix)
+
     def mirror_handover(self, vm: str, destination: str) -> dict[str, Any]:
         """For a destination promoting its mirror: stop the VM here, snapshot it and send that last snapshot.
 

@@ -3,9 +3,9 @@ before it acts; and the schedule that starts one (``automirror_schedule``, read 
 
 For each VM the leader records the step ``begun`` with the run's snapshot name, takes the snapshot (unless a
 leader that died took it already), sends it (`pvc.rpc.mirror.send`: incrementally when the mirror holds the
-previous one), then removes the VM's older ``automirror-*`` snapshots beyond ``automirror_keep`` and records the
-step ``done``. Every step repeats safely, so a leader killed midway leaves the task to the next, which runs the
-unfinished steps again: a snapshot taken is not taken twice, and a send the destination holds already counts as
+previous one), then removes the VM's older ``automirror-*`` snapshots beyond ``automirror_keep``, here and on
+the destination, and records the step ``done``. Every step repeats safely, so a leader killed midway leaves the
+task to the next, which runs the unfinished steps again: a snapshot taken is not taken twice, and a send the destination holds already counts as
 done (no VM is sent twice); one the destination is still applying, or a destination that does not answer, stops
 the task until the next leader tick. A run whose VMs failed is ``failed`` in `pvc cluster task list`.
 """
@@ -164,10 +164,11 @@ class AutomirrorExecution:
         except AlreadyExists:
             kind, sent_bytes = "sent before", 0  # a leader that died after the send
         removed = self._prune(vm)
-        self._step(vm, state="done", kind=kind, bytes=sent_bytes, removed=removed)
+        removed_there = self._sender.prune(vm, destination, self.task["settings"]["automirror_keep"], SNAPSHOT_PREFIX)
+        self._step(vm, state="done", kind=kind, bytes=sent_bytes, removed=removed, removed_there=removed_there)
 
     def _prune(self, vm: str) -> list[str]:
-        """Remove the VM's automirror snapshots older than the newest ``automirror_keep``."""
+        """Remove the VM's automirror snapshots here older than the newest ``automirror_keep``."""
         keep = self.task["settings"]["automirror_keep"]
         ours = [each["name"] for each in self._snapshots.list(vm) if each["name"].startswith(SNAPSHOT_PREFIX)]
         removed = []

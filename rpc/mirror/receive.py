@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from pvc import domain_xml, mirror_manifest, schema, storage_records
-from pvc.errors import AlreadyExists, Busy, Conflict, NotFound, PVCError
+from pvc.errors import AlreadyExists, Busy, Conflict, InvalidInput, NotFound, PVCError
 from pvc.rpc.areas.storage import StorageArea
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.vm_control import VMControl
@@ -171,6 +171,25 @@ class MirrorReceiver:
         for send in undone:
             log.warning("mirror check: the send of %s, abandoned by its sender, was undone", send)
         return undone
+
+    def prune(self, vm: str, keep: int, prefix: str) -> list[str]:
+        """Remove the mirror's snapshots named `prefix`... but the newest `keep` of them, so never the newest of
+        all (the next send's parent); the names removed."""
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise InvalidInput(f"keep must be a whole number of at least 1, not {keep!r}")
+        with self._locked(vm):
+            record = self._without_stale_send(vm)
+            if record is None:
+                raise Conflict(f"VM '{vm}' is not a mirror")
+            doomed = [each["name"] for each in record["snapshots"] if each["name"].startswith(prefix)][:-keep]
+            for name in doomed:
+                try:
+                    self._vms._vm_snapshots().remove(vm, name)
+                except NotFound:
+                    pass  # removed by hand, or by a prune cut off before it recorded so
+            kept = [each for each in record["snapshots"] if each["name"] not in doomed]
+            self._context.store.transaction().set(schema.mirror_vm(vm), {**record, "snapshots": kept}).commit()
+        return doomed
 
     def source(self, vm: str) -> dict[str, Any]:
         """Where a mirror came from: ``{"cluster", "destination"}`` as its sender said."""

@@ -47,6 +47,14 @@ class MirrorSender:
         finally:
             client.close()
 
+    def prune(self, vm: str, destination: str, keep: int, prefix: str) -> list[str]:
+        """Have `destination` remove its mirror's older snapshots named `prefix`... beyond `keep`."""
+        client = destinations.connect(self._context.store, self._box(), destination)
+        try:
+            return client.vms.mirror_prune(vm, keep, prefix)
+        finally:
+            client.close()
+
     def handover(self, vm: str, destination: str, snapshot: str | None = None) -> dict[str, Any]:
         """For a promotion on the destination: stop the VM here, snapshot it and send that snapshot, so that the
         mirror holds the VM's last state."""
