@@ -5,9 +5,10 @@ For each VM the leader records the step ``begun`` with the run's snapshot name, 
 leader that died took it already), sends it (`pvc.rpc.mirror.send`: incrementally when the mirror holds the
 previous one), then removes the VM's older ``automirror-*`` snapshots beyond ``automirror_keep``, here and on
 the destination, and records the step ``done``. Every step repeats safely, so a leader killed midway leaves the
-task to the next, which runs the unfinished steps again: a snapshot taken is not taken twice, and a send the destination holds already counts as
-done (no VM is sent twice); one the destination is still applying, or a destination that does not answer, stops
-the task until the next leader tick. A run whose VMs failed is ``failed`` in `pvc cluster task list`.
+task to the next, which runs the unfinished steps again: a snapshot taken is not taken twice, and a send the
+destination holds already counts as done (no VM is sent twice); one the destination is still applying, or a
+destination that does not answer, stops the task until the next leader tick. A run whose VMs failed is
+``failed`` in `pvc cluster task list`.
 """
 from __future__ import annotations
 
