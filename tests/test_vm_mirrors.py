@@ -89,6 +89,7 @@ def test_send_whole_then_incremental_then_promote(clusters, tmp_path):
     _refused(_pvc(home, "-c", "dest", "vm", "start", vm), "promote it first")
     _refused(_pvc(home, "-c", "dest", "vm", "migrate", vm), "is a mirror")
     _refused(_pvc(home, "-c", "dest", "vm", "stop", vm, "--yes"), "is a mirror")
+    _refused(_pvc(home, "-c", "dest", "vm", "rename", vm, f"{vm}-renamed"), "is a mirror")
     assert dest.client.vms.info(vm)["state"] == "mirror"
 
     with cluster_store(source.local) as store:

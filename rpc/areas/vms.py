@@ -197,13 +197,14 @@ class VMsArea:
         :raises NotFound: no VM of that name
         :raises Busy: another command holds the VM's lock
         :raises InvalidInput: a malformed name
-        :raises Conflict: the VM is running
+        :raises Conflict: the VM is running, or is a mirror (`pvc.rpc.mirror`), which keeps its sender's name
         :raises AlreadyExists: the new name is taken
         """
         schema.check_name("VM", new_name)
         with self._control.locked(vm):
             raw = self._control.raw(vm)
             current = self._control.desired(vm)
+            refuse_mirror(vm, current)
             if models.vm_view(vm, raw)["running"] or current.state in ("start", "restart", "migrate"):
                 raise Conflict(f"VM '{vm}' must be stopped before it is renamed")
             if self._context.cache.vms.get(new_name) is not None:
