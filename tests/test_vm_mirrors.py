@@ -152,6 +152,15 @@ def test_bad_sends_are_refused_in_one_line_with_nothing_left_on_either_side(clus
     _refused(_pvc(home, "vm", "snapshot", "send", taken, "s1", "--to", "dest"), "is not a mirror")
     assert dest.client.vms.info(taken)["state"] == "stop" and dest.client.vms.snapshot_list(taken) == []
 
+    clash = unique("mclash")
+    _vm_with_disk(source, tmp_path, pool, clash, seed=24)
+    source.client.vms.snapshot_create(clash, "s1")
+    dest.client.storage.volume_add(pool, f"{clash}_disk", 4 * MiB)
+    before = volume_sha256(dest, pool, f"{clash}_disk")
+    _refused(_pvc(home, "vm", "snapshot", "send", clash, "s1", "--to", "dest"), "exists on this cluster already")
+    assert volume_sha256(dest, pool, f"{clash}_disk") == before
+    assert clash not in [row["name"] for row in dest.client.vms.list()]
+
     _ok(_pvc(home, "vm", "snapshot", "send", vm, "s1", "--to", "dest"))
     held = _dest_holds(dest, vm, pool)
     at_s1 = volume_sha256(dest, pool, disk)

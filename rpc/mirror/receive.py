@@ -73,9 +73,6 @@ class MirrorReceiver:
                 if held["exists"]:
                     raise Conflict(f"this cluster holds a mirror of VM '{vm}' already (at snapshot '{names[-1]}'): "
                                    "send incrementally")
-                for volume in volumes:
-                    if store.read(schema.volume(*volume.split("/", 1))) is not None:
-                        raise AlreadyExists(f"volume '{volume}' exists on this cluster already; nothing was sent")
             else:
                 newest = held["newest"]
                 if newest is None:
@@ -88,26 +85,38 @@ class MirrorReceiver:
                                    "here: send it whole to a cluster without the mirror")
             if snapshot in names:
                 raise AlreadyExists(f"the mirror of VM '{vm}' holds snapshot '{snapshot}' already")
+            node, agent_uri, _backend = self._storage._storage_node(volumes[0].split("/", 1)[0])
             send_id = uuid.uuid4().hex
             intent = {"send_id": send_id, "snapshot": snapshot, "parent": parent, "volumes": volumes,
                       "deadline": time.time() + RECEIVE_DEADLINE_S, "coordinator": self._context.name}
             updated = {"source": source, "snapshots": (record or {}).get("snapshots") or [], "intent": intent}
-            if record is None:
-                store.transaction().create(schema.mirror_vm(vm), updated).commit()
-            else:
-                store.transaction().set(schema.mirror_vm(vm), updated).commit()
-            try:
-                node, agent_uri, _backend = self._storage._storage_node(volumes[0].split("/", 1)[0])
+            with self._storage._pools_locked(sorted({volume.split("/", 1)[0] for volume in volumes})):
                 if parent is None:
-                    for volume in manifest["volumes"]:
-                        self._storage._agent(node, agent_uri, "volume_create", *volume["volume"].split("/", 1),
-                                             volume["size_bytes"])
-                ticket = self._storage._agent(node, agent_uri, "open_mirror_upload", volumes[0].split("/", 1)[0],
-                                              manifest, size_bytes, checksum)
-            except BaseException:
-                self._undo(vm, store.read(schema.mirror_vm(vm)))
-                raise
+                    self._refuse_taken(node, agent_uri, volumes)
+                if record is None:
+                    store.transaction().create(schema.mirror_vm(vm), updated).commit()
+                else:
+                    store.transaction().set(schema.mirror_vm(vm), updated).commit()
+                try:
+                    if parent is None:
+                        for volume in manifest["volumes"]:
+                            self._storage._agent(node, agent_uri, "volume_create", *volume["volume"].split("/", 1),
+                                                 volume["size_bytes"])
+                    ticket = self._storage._agent(node, agent_uri, "open_mirror_upload",
+                                                  volumes[0].split("/", 1)[0], manifest, size_bytes, checksum)
+                except BaseException:
+                    self._undo(vm, store.read(schema.mirror_vm(vm)))
+                    raise
         return {**ticket, "send_id": send_id, "node": node, "manifest": manifest}
+
+    def _refuse_taken(self, node: str, agent_uri: str, volumes: list[str]) -> None:
+        """A whole send makes its volumes new: a name taken here, recorded or only in the storage, refuses it
+        (under the pools' locks, so none is taken before the send's own are made)."""
+        for volume in volumes:
+            pool, name = volume.split("/", 1)
+            if self._context.store.read(schema.volume(pool, name)) is not None or \
+                    self._storage._agent(node, agent_uri, "volume_size", pool, name) is not None:
+                raise AlreadyExists(f"volume '{volume}' exists on this cluster already; nothing was sent")
 
     def end(self, vm: str, send_id: str, manifest: dict[str, Any], received: dict[str, Any]) -> dict[str, Any]:
         """Record a send whose stream the storage node applied (`received`: its answer): one transaction."""
