@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,6 +28,8 @@ from pvc.node.upload_stream import VerifiedStream, receive_head
 
 STAGE_PREFIX = ".mirror-"
 SEND_TIMEOUT_S = 30.0
+STAGE_LIFETIME_S = 3600.0
+"""A stage is pushed seconds after it is written; one this old was abandoned (pvcnoded's start removes the rest)."""
 
 
 class MirrorStages:
@@ -41,6 +44,7 @@ class MirrorStages:
         the stage's token, size and checksum, and per volume its stream's byte count and SHA-256."""
         if getattr(self._backend, "snapshot_export", None) is None:
             raise InvalidInput("this node's storage backend cannot export snapshots")
+        self._remove_abandoned()
         token = secrets.token_hex(16)
         path = self._path(token)
         volumes = []
@@ -61,13 +65,27 @@ class MirrorStages:
         return {"stage": token, "size_bytes": size, "checksum": checksum, "volumes": volumes}
 
     def push(self, token: str, ticket: dict[str, Any], tls_ca: str | None) -> dict[str, Any]:
-        """Send stage `token` under the receiving cluster's `ticket`; the receiving node's answer."""
-        with bulk.SpooledSource(str(self._path(token))) as source:
-            return bulk.stream_upload(ticket["address"], ticket["token"], source, ticket["checksum"],
-                                      SEND_TIMEOUT_S, tls=bulk.client_context(ticket, tls_ca))
+        """Send stage `token` under the receiving cluster's `ticket`; the receiving node's answer. The stage goes
+        with its one use, whether or not the coordinator that asked is still there to say so."""
+        try:
+            with bulk.SpooledSource(str(self._path(token))) as source:
+                return bulk.stream_upload(ticket["address"], ticket["token"], source, ticket["checksum"],
+                                          SEND_TIMEOUT_S, tls=bulk.client_context(ticket, tls_ca))
+        finally:
+            self.discard(token)
 
     def discard(self, token: str) -> None:
         self._path(token).unlink(missing_ok=True)
+
+    def _remove_abandoned(self) -> None:
+        """Stages older than `STAGE_LIFETIME_S` were left by a coordinator that died before it pushed them."""
+        cutoff = time.time() - STAGE_LIFETIME_S
+        for path in self._directory.glob(f"{STAGE_PREFIX}*"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+            except FileNotFoundError:
+                pass
 
     def _path(self, token: str) -> Path:
         if not isinstance(token, str) or len(token) != 32 or any(c not in "0123456789abcdef" for c in token):
