@@ -3,6 +3,8 @@ to start until promoted; a promotion after a final send; the destination's key s
 bad send refused in one line with nothing left on either side."""
 import hashlib
 import json
+import os
+import threading
 
 import pytest
 from click.testing import CliRunner
@@ -253,3 +255,40 @@ def test_automirror_sends_the_tagged_vms_on_each_run_and_keeps_its_newest_snapsh
     status = source.client.vms.automirror_status()
     assert status["last_outcome"]["state"] == "done" and status["running"] is None
     _ok(_pvc(home, "cluster", "config", "--automirror-tag", "off"))
+
+
+def test_a_sending_coordinator_killed_mid_stream_leaves_nothing_half_made(clusters, tmp_path):
+    """The source's coordinator is killed while its node streams a first send: its node finishes the stream and
+    drops the staged file, the destination holds an unsettled send that its leader undoes once its deadline has
+    passed (no VM, no volume), and a send from the restarted coordinator then succeeds."""
+    source, dest, home = clusters
+    pool, vm = unique("mk"), unique("mkill")
+    source.client.storage.pool_add(pool)
+    dest.client.storage.pool_add(pool)
+    image = tmp_path / "big.raw"
+    image.write_bytes(os.urandom(128 * MiB))
+    source.client.storage.upload(pool, f"{vm}_disk", str(image))
+    source.client.vms.define(domain_xml(vm, disk=f"{pool}/{vm}_disk", domain_type="kvm"))
+    source.client.vms.snapshot_create(vm, "s1")
+    target = dest.local.storage_dir / pool / f"{vm}_disk"
+    sending = threading.Thread(target=_pvc, args=(home, "vm", "snapshot", "send", vm, "s1", "--to", "dest"))
+    sending.start()
+    assert eventually(lambda: target.exists() and target.stat().st_blocks > 0, timeout=60), "the stream began"
+    coordinator = source.local.coordinator_names[0]
+    source.local.stop_daemon("pvcapid", coordinator, kill=True)
+    sending.join(timeout=120)
+    source.local.start_coordinator(coordinator)
+
+    assert eventually(lambda: staging_files(source) == [], timeout=60), "the node dropped its staged stream"
+    with cluster_store(dest.local) as store:
+        record = store.read(schema.mirror_vm(vm))
+        assert record["intent"]["snapshot"] == "s1", "the send was never settled"
+        record["intent"]["deadline"] = 0
+        store.transaction().set(schema.mirror_vm(vm), record).commit()
+        assert eventually(lambda: store.read(schema.mirror_vm(vm)) is None, timeout=30)
+    assert not target.exists() and vm not in [row["name"] for row in dest.client.vms.list()]
+    assert f"{vm}_disk" not in [row["name"] for row in dest.client.storage.volume_list(pool)]
+
+    _ok(_pvc(home, "vm", "snapshot", "send", vm, "s1", "--to", "dest"))
+    assert dest.client.vms.info(vm)["state"] == "mirror"
+    assert volume_sha256(dest, pool, f"{vm}_disk") == volume_sha256(source, pool, f"{vm}_disk")
