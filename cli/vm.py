@@ -3,7 +3,8 @@ import time
 
 import click
 
-from pvc.cli import output, upstream, vm_autobackup, vm_editor, vm_parts, vm_snapshots, vm_tags
+from pvc.cli import (output, upstream, vm_autobackup, vm_automirror, vm_editor, vm_mirror, vm_parts, vm_snapshots,
+                     vm_tags)
 from pvc.cli.confirm import confirm, confirm_option
 from pvc.cli.text_file import TextFile
 from pvc.domain_xml import MAX_XML_BYTES
@@ -384,5 +385,6 @@ def unmigrate(session, vm, wait, output_format) -> None:
     _show_vm(session.client.vms.unmigrate(vm, wait=wait), output_format)
 
 
-for part_group in (*vm_parts.COMMANDS, vm_tags.tag, vm_snapshots.snapshot, vm_autobackup.autobackup):
+for part_group in (*vm_parts.COMMANDS, vm_tags.tag, vm_snapshots.snapshot, vm_autobackup.autobackup,
+                   vm_automirror.automirror, vm_mirror.mirror):
     group.add_command(part_group)
