@@ -1,15 +1,9 @@
 """`pvc vm automirror`: scheduled mirrors of the VMs carrying a tag, each snapshotted and sent to another PVC
 cluster (`pvc.rpc.mirror.automirror`); the settings are cluster config keys (`pvc cluster config
 --automirror-*`)."""
-import sys
-import time
-
 import click
 
-from pvc.cli import output
-
-FINISHED = ("done", "failed")
-WAIT_POLL_S = 0.5
+from pvc.cli import output, scheduled_runs
 
 
 @click.group("automirror")
@@ -38,16 +32,7 @@ def _outcome(task: dict) -> str:
 def automirror_run(session, vms: tuple, wait: bool, output_format: str) -> None:
     """Start an automirror run now: of the VMs named, or of every VM carrying automirror_tag."""
     task = session.client.vms.automirror_run(list(vms) or None)
-    if not wait:
-        output.show(task, output_format, lambda shown: f"automirror run {shown['id']} started for "
-                                                       f"{len(shown['vms'])} VM(s)")
-        return
-    while task["state"] not in FINISHED:
-        time.sleep(WAIT_POLL_S)
-        task = session.client.nodes.task(task["id"])
-    output.show(task, output_format, _outcome)
-    if task["state"] == "failed":
-        sys.exit(1)
+    scheduled_runs.show_run(session, task, "automirror", wait, output_format, _outcome)
 
 
 @automirror.command("status")
@@ -55,11 +40,4 @@ def automirror_run(session, vms: tuple, wait: bool, output_format: str) -> None:
 @click.pass_obj
 def automirror_status(session, output_format: str) -> None:
     """The automirror settings, the run in progress and the last run's outcome."""
-    def shown(status: dict) -> str:
-        last = status["last_outcome"] or {}
-        return output.details([
-            *((key, output.plain(value)) for key, value in sorted(status["settings"].items())),
-            ("running", output.plain(status["running"])),
-            ("last run", f"{last.get('task')}: {last.get('state')}" if last else "-"),
-            *((("errors", "; ".join(last["errors"])),) if last.get("errors") else ())])
-    output.show(session.client.vms.automirror_status(), output_format, shown)
+    output.show(session.client.vms.automirror_status(), output_format, scheduled_runs.status_details)

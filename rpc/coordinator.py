@@ -19,7 +19,7 @@ from pvc.client import object_id
 from pvc.errors import ConfigError
 from pvc.handshake import AuthenticatingDaemon, use_tls
 from pvc.rpc.agents import NodeAgents
-from pvc.rpc.backup import run as autobackup_run, schedule as autobackup_schedule
+from pvc.rpc.backup import run as autobackup_run
 from pvc.rpc.areas.cluster import ClusterArea
 from pvc.rpc.areas.networks import NetworksArea
 from pvc.rpc.areas.nodes import NodesArea
@@ -201,7 +201,7 @@ class Coordinator:
             self.storage.resolve_orphaned_intents()
             self.vm_snapshots.resolve_orphaned()
             self.mirror_receiver.resolve_expired()
-        autobackup_schedule.start_when_due(self.context, leader_node)
+        autobackup_run.start_when_due(self.context, leader_node)
         automirror.start_when_due(self.context, leader_node)
 
     def run(self) -> None:

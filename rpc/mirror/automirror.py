@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
-from kazoo.exceptions import NoNodeError
-
-from pvc import autobackup_settings, automirror_settings, schema
-from pvc.cache import OWN_VALUE
-from pvc.errors import AlreadyExists, Busy, Conflict, InvalidInput, NotFound, NotLeader, PVCError, Unavailable
+from pvc import automirror_settings, schema
+from pvc.errors import AlreadyExists, Busy, InvalidInput, NotFound, NotLeader, PVCError, Unavailable
+from pvc.rpc import scheduled_runs
 from pvc.rpc.context import CoordinatorContext
-from pvc.rpc.tasks import ACTIVE_STATES
 
 if TYPE_CHECKING:
     from pvc.rpc.mirror.send import MirrorSender
@@ -37,6 +33,9 @@ TRANSIENT = (Unavailable, Busy, NotLeader)
 FINISHED_STEPS = ("done", "failed", "skipped")
 
 
+RUNS = scheduled_runs.RunKind(KIND, schema.AUTOMIRROR_RUN, schema.AUTOMIRROR_SCHEDULE, schema.AUTOMIRROR_OUTCOME)
+
+
 def record_run(context: CoordinatorContext, vms: list[str] | None, reason: str,
                leader_node: str | None = None) -> dict[str, Any]:
     """Record a run of the named VMs, or of those carrying ``automirror_tag``; refused while one is running."""
@@ -47,62 +46,15 @@ def record_run(context: CoordinatorContext, vms: list[str] | None, reason: str,
                            "destination stored by pvc vm snapshot send --to NAME)")
     if context.store.read(schema.mirror_destination(destination)) is None:
         raise NotFound(f"no mirror destination named '{destination}': send a snapshot with --to {destination} once")
-    context.cache.catch_up()
-    defined = {name for name, raw in context.cache.vms.snapshot().items() if raw.get(OWN_VALUE)}
-    if vms:
-        names = sorted({schema.check_name("VM", name) for name in vms})
-        missing = [name for name in names if name not in defined]
-        if missing:
-            raise NotFound(f"no VM named {', '.join(missing)}")
-    elif settings["automirror_tag"]:
-        tag = settings["automirror_tag"]
-        names = sorted(name for name in defined
-                       if tag in (((context.cache.vms.get(name) or {}).get(OWN_VALUE) or {}).get("tags") or {}))
-    else:
-        raise InvalidInput("automirror_tag is not set: name the VMs, or pvc cluster config --automirror-tag TAG")
-    stamp, suffix = time.strftime("%Y%m%d%H%M%S", time.gmtime()), uuid.uuid4().hex[:4]
-    task = {"id": f"{KIND}-{stamp}-{suffix}", "kind": KIND, "node": None, "vm": None, "state": "pending",
-            "created": time.time(), "reason": reason, "settings": settings,
-            "snapshot": f"{SNAPSHOT_PREFIX}{stamp}-{suffix}", "vms": names,
-            "steps": {name: {"state": "waiting"} for name in names}, "total": len(names), "done": 0, "errors": []}
-    _forget_stale_run(context, leader_node)
-    transaction = context.store.transaction(leader_node).create(schema.task(task["id"]), task) \
-        .create(schema.AUTOMIRROR_RUN, {"task": task["id"]})
-    if leader_node is not None:
-        transaction.put(schema.AUTOMIRROR_SCHEDULE, {"last_run": task["created"]})
-    try:
-        transaction.commit()
-    except AlreadyExists:
-        running = context.store.read(schema.AUTOMIRROR_RUN) or {}
-        raise Conflict(f"an automirror run is in progress (task {running.get('task')})") from None
-    return task
+    names = scheduled_runs.covered_vms(context, RUNS, vms, settings["automirror_tag"])
+    task = scheduled_runs.new_task(RUNS, reason, settings, SNAPSHOT_PREFIX, names, {"state": "waiting"})
+    return scheduled_runs.record(context, RUNS, task, leader_node)
 
 
 def start_when_due(context: CoordinatorContext, leader_node: str, now: float | None = None) -> dict | None:
-    """For the leader's tick: record a run if ``automirror_schedule`` says one is due (the last start is kept in
-    ZooKeeper, so a new leader neither repeats nor skips one); the task recorded, or None."""
-    schedule = autobackup_settings.parse_schedule(context.cache.config.get().get("automirror_schedule"),
-                                                  "automirror_schedule")
-    if schedule is None:
-        return None
-    now = time.time() if now is None else now
-    state = context.store.read(schema.AUTOMIRROR_SCHEDULE)
-    if state is None:
-        context.store.transaction(leader_node).create(schema.AUTOMIRROR_SCHEDULE, {"last_run": now}).commit()
-        return None
-    if not schedule.due(state["last_run"], now):
-        return None
-    _forget_stale_run(context, leader_node)
-    if context.store.zk.exists(schema.AUTOMIRROR_RUN):
-        return None
-    try:
-        return record_run(context, None, "schedule", leader_node)
-    except PVCError as error:
-        log.warning("scheduled automirror not started: %s", error)
-        outcome = {"task": None, "state": "failed", "finished": now, "errors": [f"not started: {error}"]}
-        context.store.transaction(leader_node).set(schema.AUTOMIRROR_SCHEDULE, {"last_run": now}) \
-            .put(schema.AUTOMIRROR_OUTCOME, outcome).commit()
-        return None
+    """For the leader's tick: a run recorded if ``automirror_schedule`` says one is due
+    (`pvc.rpc.scheduled_runs`)."""
+    return scheduled_runs.start_when_due(context, RUNS, leader_node, record_run, now)
 
 
 def status(context: CoordinatorContext) -> dict[str, Any]:
@@ -112,17 +64,6 @@ def status(context: CoordinatorContext) -> dict[str, Any]:
             "running": (store.read(schema.AUTOMIRROR_RUN) or {}).get("task"),
             "last_scheduled": (store.read(schema.AUTOMIRROR_SCHEDULE) or {}).get("last_run"),
             "last_outcome": store.read(schema.AUTOMIRROR_OUTCOME)}
-
-
-def _forget_stale_run(context: CoordinatorContext, leader_node: str | None) -> None:
-    """Drop a run marker whose task is gone or finished; its version is checked, so a new run's never goes."""
-    try:
-        data, stat = context.store.zk.get(schema.AUTOMIRROR_RUN)
-    except NoNodeError:
-        return
-    task = context.store.read(schema.task(schema.decode(data)["task"]))
-    if task is None or task["state"] not in ACTIVE_STATES:
-        context.store.transaction(leader_node).delete(schema.AUTOMIRROR_RUN, stat.version).commit()
 
 
 class AutomirrorExecution:
