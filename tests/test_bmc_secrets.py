@@ -87,7 +87,7 @@ def test_fence_options_store_a_password_only_sealed(box):
 
 
 def test_a_plain_password_of_an_older_record_still_works_with_a_warning(box, caplog):
-    node = {"name": "hv1", "bmc": {"host": "10.0.0.1", "port": 623, "user": "admin", "password": PASSWORD}}
+    node = {"name": "hv1", "bmc": {"host": "169.254.253.1", "port": 623, "user": "admin", "password": PASSWORD}}
     with caplog.at_level(logging.WARNING, logger="pvc.fence_secrets"):
         assert opened_node(box, node)["bmc"]["password"] == PASSWORD
     assert [record.getMessage() for record in caplog.records] == [
