@@ -10,12 +10,16 @@ one's byte count and SHA-256 and the whole stream's checksum, then snapshots eve
 name (`MirrorReceiveJob`). The volumes it writes belong to a mirror that cannot run, and its coordinator recorded
 the send's intent first: a failed or cut-off send is undone there (the volumes return to the parent snapshot, or
 go), never here.
+
+The same staged file is what a streamed export sends to a client (`send_stage`, under a download ticket of the
+upload channel), so `pvc vm snapshot export VM SNAPSHOT -` writes the mirror's stream behind its manifest.
 """
 from __future__ import annotations
 
 import os
 import secrets
 import socket
+import ssl
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -46,7 +50,7 @@ class MirrorStages:
             raise InvalidInput("this node's storage backend cannot export snapshots")
         self._remove_abandoned()
         token = secrets.token_hex(16)
-        path = self._path(token)
+        path = self.path(token)
         volumes = []
         try:
             with open(path, "xb", buffering=1 << 20) as output:
@@ -68,14 +72,14 @@ class MirrorStages:
         """Send stage `token` under the receiving cluster's `ticket`; the receiving node's answer. The stage goes
         with its one use, whether or not the coordinator that asked is still there to say so."""
         try:
-            with bulk.SpooledSource(str(self._path(token))) as source:
+            with bulk.SpooledSource(str(self.path(token))) as source:
                 return bulk.stream_upload(ticket["address"], ticket["token"], source, ticket["checksum"],
                                           SEND_TIMEOUT_S, tls=bulk.client_context(ticket, tls_ca))
         finally:
             self.discard(token)
 
     def discard(self, token: str) -> None:
-        self._path(token).unlink(missing_ok=True)
+        self.path(token).unlink(missing_ok=True)
 
     def _remove_abandoned(self) -> None:
         """Stages older than `STAGE_LIFETIME_S` were left by a coordinator that died before it pushed them."""
@@ -87,10 +91,32 @@ class MirrorStages:
             except FileNotFoundError:
                 pass
 
-    def _path(self, token: str) -> Path:
+    def path(self, token: str) -> Path:
         if not isinstance(token, str) or len(token) != 32 or any(c not in "0123456789abcdef" for c in token):
             raise InvalidInput(f"invalid stage token {token!r}")
         return self._directory / f"{STAGE_PREFIX}{token}"
+
+
+def send_stage(connection: socket.socket, ticket: Any) -> None:
+    """Send the staged file of a download `ticket` to the client, then remove it: the ticket's one use. By
+    sendfile(2) in the clear; through Python's buffers over TLS, which must encrypt them."""
+    try:
+        with open(ticket.download, "rb") as staged:
+            if os.fstat(staged.fileno()).st_size != ticket.size_bytes:
+                raise InvalidInput("the staged export changed size; nothing was sent")
+            sent = 0
+            while sent < ticket.size_bytes:
+                length = min(bulk.CHUNK_BYTES, ticket.size_bytes - sent)
+                if isinstance(connection, ssl.SSLSocket):
+                    connection.sendall(os.pread(staged.fileno(), length, sent))
+                    sent += length
+                else:
+                    count = connection.sendfile(staged, sent, length)
+                    if not count:
+                        raise InvalidInput("the staged export ended early; nothing more was sent")
+                    sent += count
+    finally:
+        Path(ticket.download).unlink(missing_ok=True)
 
 
 class _PieceReader:

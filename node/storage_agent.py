@@ -190,6 +190,16 @@ class StorageAgent:
         """Send a staged snapshot under the receiving cluster's ticket; the receiving node's answer."""
         return self._mirror_stages.push(stage, ticket, tls_ca)
 
+    def open_export_download(self, pool: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Stage a VM snapshot's streams as for a mirror send and issue a single-use token under which a client
+        fetches them (`pvc.node.mirror_transfer.send_stage`); an unused stage goes when its token expires."""
+        staged = self.mirror_stage(manifest)
+        path = self._mirror_stages.path(staged["stage"])
+        ticket = self._tickets.issue(schema.check_name("pool", pool), schema.check_name("VM", manifest["vm"]),
+                                     staged["size_bytes"], "raw", staged["checksum"], False, download=str(path))
+        return {"address": self.upload_address, "token": ticket.token, "tls": self.upload_tls,
+                "size_bytes": staged["size_bytes"], "checksum": staged["checksum"], "volumes": staged["volumes"]}
+
     def mirror_discard(self, stage: str) -> None:
         self._mirror_stages.discard(stage)
 

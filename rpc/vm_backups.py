@@ -34,6 +34,20 @@ class VMBackups:
         return {"vm": vm, "snapshot": snapshot, "parent": incremental_parent, "destination": destination,
                 "node": node, "bytes": sum(volume["bytes"] for volume in written["volumes"])}
 
+    def export_stream(self, vm: str, snapshot: str, incremental_parent: str | None = None) -> dict[str, Any]:
+        """Stage snapshot `snapshot` of `vm` (whole, or the changes since `incremental_parent`) on a storage node
+        for the client to fetch: the manifest a mirror send declares (`pvc.mirror_manifest`) and the single-use
+        ticket of the download (address, token, size and checksum of the stream)."""
+        record = self._settled(vm, snapshot)
+        parent = self._settled(vm, incremental_parent) if incremental_parent is not None else None
+        manifest, node, agent_uri = self.plan_export(vm, snapshot, incremental_parent)
+        pool = next(iter(manifest["volumes"])).split("/", 1)[0]
+        ticket = self._storage._agent(node, agent_uri, "open_export_download", pool, manifest)
+        sent = {"vm": vm, "snapshot": snapshot, "created": record["created"], "parent": incremental_parent,
+                "parent_created": parent["created"] if parent else None, "spec": manifest["spec"],
+                "volumes": ticket.pop("volumes")}
+        return {**ticket, "manifest": sent, "node": node}
+
     def _export_where_it_can_be(self, manifest: dict[str, Any], destination: str) -> tuple[str, dict[str, Any]]:
         """Written by a node that has `destination` under its roots and, for an incremental export, its parent's
         export beside it (`_on_a_node_with_the_backup`)."""

@@ -642,6 +642,20 @@ class VMsArea:
         """
         return self._vm_backups().export(vm, snapshot, destination, incremental_parent)
 
+    def snapshot_export_stream(self, vm: str, snapshot: str, incremental_parent: str | None = None
+                               ) -> dict[str, Any]:
+        """Stage a snapshot (whole, or the changes since `incremental_parent`) on a storage node for the caller
+        to fetch over the bulk channel (`pvc.vms_client.VMsClient.snapshot_export_to` does both): its manifest
+        and the single-use ticket of the download.
+
+        :raises NotFound: no such VM snapshot (or parent)
+        :raises InvalidInput: a parent not older than the snapshot, or a snapshot holding no volume
+        :raises Conflict: the snapshot is being changed, or it and its parent hold different volumes
+        :raises Unavailable: this coordinator exports no snapshots, or no storage node answered
+        :raises OperationFailed: the storage or the node refused (its reason)
+        """
+        return self._vm_backups().export_stream(vm, snapshot, incremental_parent)
+
     def snapshot_import(self, source: str, name: str | None = None, pool: str | None = None) -> dict[str, Any]:
         """Define a new, stopped VM from the chain of exports ending at `source`, checking the chain's order
         and every checksum first.
