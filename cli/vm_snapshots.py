@@ -107,8 +107,17 @@ def snapshot_export(session, vm, name, destination, incremental_parent, output_f
 @output.format_option
 @click.pass_obj
 def snapshot_import(session, source, name, pool, output_format) -> None:
-    """Define a new, stopped VM from the export in SOURCE (under a backup root) and the exports it builds on."""
-    vm = session.client.vms.snapshot_import(source, name=name, pool=pool)
+    """Define a new, stopped VM from the export in SOURCE (under a backup root) and the exports it builds on, or
+    with SOURCE - from streamed exports on standard input (pvc vm snapshot export VM SNAPSHOT -): a full export
+    then its incrementals in order (cat FULL INCREMENTAL... | pvc vm snapshot import -). A truncated or corrupted
+    export, or a chain with a link missing or out of order, is refused and nothing is made."""
+    if source == "-":
+        with click.open_file("-", "rb") as stdin:
+            if stdin.isatty():
+                raise click.UsageError("SOURCE - reads streamed exports from standard input: redirect a file to it")
+            vm = session.client.vms.snapshot_import_from(stdin, name=name, pool=pool)
+    else:
+        vm = session.client.vms.snapshot_import(source, name=name, pool=pool)
     output.show(vm, output_format, lambda shown: f"Imported VM {shown['name']} (stopped) on node {shown['node']}")
 
 

@@ -78,6 +78,49 @@ class MirrorStages:
         finally:
             self.discard(token)
 
+    def reserve(self) -> str:
+        """A new stage's token, for a stream a client sends (`receive_stage`)."""
+        self._remove_abandoned()
+        return secrets.token_hex(16)
+
+    def apply_chain(self, token: str, links: list[dict[str, Any]]) -> dict[str, int]:
+        """Make the volumes of a streamed import from stage `token` (checked by `receive_stage`): the volumes of
+        `links` (a checked chain, renamed to the new volumes, each naming its exported ``source``) are created
+        for the first link, and every link's streams applied in turn, each checked against its byte count and
+        SHA-256; the stage must end with the last. Returns the new volumes' sizes. On any failure the volumes
+        made are removed; the stage goes either way, with its one use."""
+        made: list[tuple[str, str]] = []
+        try:
+            try:
+                staged = open(self.path(token), "rb")
+            except FileNotFoundError:
+                raise NotFound("the streamed import's data is not on this node (used already, or abandoned)") \
+                    from None
+            with staged:
+                reader = _PieceReader(iter(lambda: staged.read(bulk.CHUNK_BYTES), b""))
+                for number, link in enumerate(links, start=1):
+                    for volume in link["volumes"]:
+                        pool, name = volume["volume"].split("/", 1)
+                        if number == 1:
+                            if self._backend.volume_size(pool, name) is not None:
+                                raise InvalidInput(f"volume {pool}/{name} exists in the storage already")
+                            self._backend.volume_create(pool, name, volume["size_bytes"])
+                            made.append((pool, name))
+                        _apply(self._backend, reader, volume, f"the stream of {volume['source']} in export "
+                                                              f"{number} ({link['vm']}@{link['snapshot']})")
+                reader.finish()
+            finished = getattr(self._backend, "import_finished", None)
+            for pool, name in made:
+                if finished is not None:
+                    finished(pool, name)
+            return {f"{pool}/{name}": self._backend.volume_size(pool, name) for pool, name in made}
+        except BaseException:
+            for pool, name in made:
+                self._backend.volume_remove(pool, name)
+            raise
+        finally:
+            self.discard(token)
+
     def discard(self, token: str) -> None:
         self.path(token).unlink(missing_ok=True)
 
@@ -95,6 +138,23 @@ class MirrorStages:
         if not isinstance(token, str) or len(token) != 32 or any(c not in "0123456789abcdef" for c in token):
             raise InvalidInput(f"invalid stage token {token!r}")
         return self._directory / f"{STAGE_PREFIX}{token}"
+
+
+def receive_stage(connection: socket.socket, ticket: Any) -> dict[str, Any]:
+    """Receive a client's streamed import into the staging file of its `ticket`, checked against the size and
+    checksum the coordinator was told; a stream that breaks off or does not match leaves no file."""
+    head = receive_head(connection, ticket.size_bytes)
+    stream = VerifiedStream(connection, ticket.size_bytes, ticket.checksum, head)
+    try:
+        with open(ticket.stage_into, "xb") as staged:
+            for piece in stream:
+                staged.write(piece)
+    except BaseException:
+        Path(ticket.stage_into).unlink(missing_ok=True)
+        raise
+    finally:
+        stream.close()
+    return {"bytes": ticket.size_bytes}
 
 
 def send_stage(connection: socket.socket, ticket: Any) -> None:
@@ -146,7 +206,7 @@ class _PieceReader:
     def finish(self) -> None:
         """Read the stream to its end, where the whole stream's checksum is checked."""
         if self._buffer or next(self._pieces, None) is not None:
-            raise InvalidInput("the mirror stream holds more than its volumes' streams")
+            raise InvalidInput("the stream holds more than its volumes' streams")
 
 
 class MirrorReceiveJob:
@@ -180,14 +240,18 @@ class MirrorReceiveJob:
                           for volume in manifest["volumes"]}}
 
     def _apply(self, reader: _PieceReader, manifest: dict[str, Any], volume: dict[str, Any]) -> None:
-        pool, name = volume["volume"].split("/", 1)
-        if self._backend.volume_size(pool, name) is None:
-            raise NotFound(f"volume {pool}/{name} to receive the mirror into does not exist")
-        label = f"the mirror stream of {volume['volume']}@{manifest['snapshot']}"
-        reader.limit = volume["bytes"]
-        hashing = Hashing(reader)
-        self._backend.volume_apply_diff(pool, name, hashing, label)
-        hashing.read()
-        if hashing.bytes != volume["bytes"] or hashing.sha256.hexdigest() != volume["sha256"]:
-            raise InvalidInput(f"{label} does not match what was announced ({hashing.bytes} of {volume['bytes']} "
-                               "bytes, or another checksum)")
+        _apply(self._backend, reader, volume, f"the mirror stream of {volume['volume']}@{manifest['snapshot']}")
+
+
+def _apply(backend: StorageBackend, reader: _PieceReader, volume: dict[str, Any], label: str) -> None:
+    """Apply one volume's stream, the next `volume["bytes"]` of `reader`, checking its count and SHA-256."""
+    pool, name = volume["volume"].split("/", 1)
+    if backend.volume_size(pool, name) is None:
+        raise NotFound(f"volume {pool}/{name} to receive {label} into does not exist")
+    reader.limit = volume["bytes"]
+    hashing = Hashing(reader)
+    backend.volume_apply_diff(pool, name, hashing, label)
+    hashing.read()
+    if hashing.bytes != volume["bytes"] or hashing.sha256.hexdigest() != volume["sha256"]:
+        raise InvalidInput(f"{label} does not match what was announced ({hashing.bytes} of {volume['bytes']} "
+                           "bytes, or another checksum)")

@@ -68,6 +68,9 @@ class Ticket:
     download: str | None = None
     """For a streamed export (`pvc.node.mirror_transfer.send_stage`): the staged file sent to the client, in
     place of receiving anything; `volume` is then the VM's name."""
+    stage_into: str | None = None
+    """For an import streamed from a client (`pvc.node.mirror_transfer.receive_stage`): the staging file the
+    stream is checked into, for the coordinator's import to apply; `volume` is then the new VM's name."""
 
 
 class Tickets:
@@ -80,9 +83,9 @@ class Tickets:
 
     def issue(self, pool: str, volume: str, size_bytes: int, image_format: str, checksum: str,
               force: bool, appliance_importer: str | None = None, mirror: dict[str, Any] | None = None,
-              download: str | None = None) -> Ticket:
+              download: str | None = None, stage_into: str | None = None) -> Ticket:
         ticket = Ticket(secrets.token_urlsafe(32), pool, volume, size_bytes, image_format, checksum, force,
-                        time.monotonic() + self._lifetime, appliance_importer, mirror, download)
+                        time.monotonic() + self._lifetime, appliance_importer, mirror, download, stage_into)
         with self._lock:
             self._expire()
             self._tickets[ticket.token] = ticket
@@ -444,7 +447,10 @@ class UploadListener:
                 log.info("export of %s (%d bytes) streamed to %s in %.1f s", ticket.volume, ticket.size_bytes,
                          peer[0], time.monotonic() - started)
                 return
-            if ticket.mirror is not None:
+            if ticket.stage_into is not None:
+                from pvc.node.mirror_transfer import receive_stage
+                result = {"staged": receive_stage(connection, ticket)}
+            elif ticket.mirror is not None:
                 from pvc.node.mirror_transfer import MirrorReceiveJob
                 result = {"mirror": MirrorReceiveJob(self._context_factory().backend, ticket).run(connection)}
             elif ticket.appliance_importer is not None:

@@ -27,6 +27,7 @@ from pvc.handshake import authenticated_proxy, use_tls
 
 SLOW_METHODS = (*(("vms", method) for method in ("snapshot_create", "snapshot_remove", "snapshot_rollback",
                                                   "snapshot_export", "snapshot_export_stream", "snapshot_import",
+                                                  "snapshot_import_stream_begin", "snapshot_import_stream_end",
                                                   "snapshot_send",
                                                   "mirror_receive", "mirror_receive_end", "mirror_receive_abort",
                                                   "mirror_handover", "mirror_promote", "mirror_prune")),

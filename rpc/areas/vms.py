@@ -669,6 +669,31 @@ class VMsArea:
         """
         return self._vm_backups().import_(source, name, pool)
 
+    def snapshot_import_stream_begin(self, links: list[dict[str, Any]], size_bytes: int, checksum: str,
+                                     name: str | None = None, pool: str | None = None) -> dict[str, Any]:
+        """For an import streamed from the caller (`pvc.vms_client.VMsClient.snapshot_import_from` makes both
+        calls): check the chain of manifests `links` (a full export, then its incrementals in order) and the new
+        names, and issue the ticket under which the chain's data (`size_bytes` with `checksum`, `pvc.bulk`) is
+        streamed into a stage of a storage node (``node``, ``stage`` in the answer). Nothing is recorded yet.
+
+        :raises InvalidInput: a malformed manifest, or a broken, reordered or incomplete chain (named)
+        :raises AlreadyExists: a VM, or a volume, of the new names exists
+        :raises NotFound: no such pool
+        :raises Unavailable: this coordinator imports no snapshots, or no storage node answered
+        """
+        return self._vm_backups().import_stream_begin(links, size_bytes, checksum, name, pool)
+
+    def snapshot_import_stream_end(self, links: list[dict[str, Any]], node: str, stage: str,
+                                   name: str | None = None, pool: str | None = None) -> dict[str, Any]:
+        """Define the new, stopped VM from the chain staged on `node`: the volumes recorded first, made from the
+        stage with every volume's stream checked against its manifest, settled; any failure removes them.
+
+        :raises InvalidInput: the staged data does not match the manifests (named)
+        :raises NotFound: the stage is not on the node (used already, or abandoned), or the node is gone
+        :raises AlreadyExists: a VM, or a volume, of the new names exists (made meanwhile)
+        """
+        return self._vm_backups().import_stream_end(links, node, stage, name, pool)
+
     # -- mirrors on another cluster (`pvc.rpc.mirror`) -------------------------------------------------
 
     def snapshot_send(self, vm: str, snapshot: str, destination: str,
