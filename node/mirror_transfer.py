@@ -12,7 +12,10 @@ the send's intent first: a failed or cut-off send is undone there (the volumes r
 go), never here.
 
 The same staged file is what a streamed export sends to a client (`send_stage`, under a download ticket of the
-upload channel), so `pvc vm snapshot export VM SNAPSHOT -` writes the mirror's stream behind its manifest.
+upload channel), so `pvc vm snapshot export VM SNAPSHOT -` writes the mirror's stream behind its manifest. An
+import streamed from a client comes back the other way: a chain of such streams, checked into a stage of its
+own (`receive_stage`), then applied link by link with the same checks as a mirror send
+(`MirrorStages.apply_chain`).
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ from pvc.node.backups import Hashing
 from pvc.node.upload_stream import VerifiedStream, receive_head
 
 STAGE_PREFIX = ".mirror-"
+IMPORT_PREFIX = ".import-"
+"""A stage a client streamed in for an import: never one a send or a download uses, whatever token it is given."""
 SEND_TIMEOUT_S = 30.0
 STAGE_LIFETIME_S = 3600.0
 """A stage is pushed seconds after it is written; one this old was abandoned (pvcnoded's start removes the rest)."""
@@ -79,7 +84,7 @@ class MirrorStages:
             self.discard(token)
 
     def reserve(self) -> str:
-        """A new stage's token, for a stream a client sends (`receive_stage`)."""
+        """A new import stage's token, for a stream a client sends (`receive_stage`, `import_path`)."""
         self._remove_abandoned()
         return secrets.token_hex(16)
 
@@ -92,7 +97,7 @@ class MirrorStages:
         made: list[tuple[str, str]] = []
         try:
             try:
-                staged = open(self.path(token), "rb")
+                staged = open(self.path(token, IMPORT_PREFIX), "rb")
             except FileNotFoundError:
                 raise NotFound("the streamed import's data is not on this node (used already, or abandoned)") \
                     from None
@@ -119,7 +124,7 @@ class MirrorStages:
                 self._backend.volume_remove(pool, name)
             raise
         finally:
-            self.discard(token)
+            self.path(token, IMPORT_PREFIX).unlink(missing_ok=True)
 
     def discard(self, token: str) -> None:
         self.path(token).unlink(missing_ok=True)
@@ -127,17 +132,17 @@ class MirrorStages:
     def _remove_abandoned(self) -> None:
         """Stages older than `STAGE_LIFETIME_S` were left by a coordinator that died before it pushed them."""
         cutoff = time.time() - STAGE_LIFETIME_S
-        for path in self._directory.glob(f"{STAGE_PREFIX}*"):
+        for path in [*self._directory.glob(f"{STAGE_PREFIX}*"), *self._directory.glob(f"{IMPORT_PREFIX}*")]:
             try:
                 if path.stat().st_mtime < cutoff:
                     path.unlink()
             except FileNotFoundError:
                 pass
 
-    def path(self, token: str) -> Path:
+    def path(self, token: str, prefix: str = STAGE_PREFIX) -> Path:
         if not isinstance(token, str) or len(token) != 32 or any(c not in "0123456789abcdef" for c in token):
             raise InvalidInput(f"invalid stage token {token!r}")
-        return self._directory / f"{STAGE_PREFIX}{token}"
+        return self._directory / f"{prefix}{token}"
 
 
 def receive_stage(connection: socket.socket, ticket: Any) -> dict[str, Any]:

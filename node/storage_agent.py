@@ -206,7 +206,7 @@ class StorageAgent:
         stage = self._mirror_stages.reserve()
         ticket = self._tickets.issue(schema.check_name("pool", pool), schema.check_name("VM", vm), _size(size_bytes),
                                      "raw", _checksum(checksum), False,
-                                     stage_into=str(self._mirror_stages.path(stage)))
+                                     stage_into=str(self._mirror_stages.path(stage, mirror_transfer.IMPORT_PREFIX)))
         return {"address": self.upload_address, "token": ticket.token, "tls": self.upload_tls, "stage": stage}
 
     def restore_stream(self, stage: str, links: list[dict[str, Any]]) -> dict[str, int]:

@@ -43,7 +43,7 @@ REFUSAL_DRAIN_S = 5
 BODY_IDLE_TIMEOUT_S = 120
 HEADER_DEADLINE_S = 15
 MAX_UNADMITTED = 16
-STAGING_LEFTOVERS = (".stage-", ".probe-", ".mirror-")
+STAGING_LEFTOVERS = (".stage-", ".probe-", ".mirror-", ".import-")
 
 
 @dataclass(frozen=True)

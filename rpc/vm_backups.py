@@ -4,6 +4,11 @@ The data moves on a node that serves storage (`pvc.node.backups`), which checks 
 backup roots; the coordinator checks names and records. An import records its new volumes first (intent
 ``clone``, `pvc.rpc.storage_intents`), so one cut off is undone by the next change in their pool; the VM is
 defined (stopped) only once every volume is whole and every checksum matched.
+
+Exports and imports may also stream to and from the client (`pvc.vms_client`): an export is then staged on a
+storage node as a mirror send is and fetched under a download ticket; an import's chain of streamed exports is
+checked from its manifests (`pvc.mirror_manifest.checked_chain`), streamed into a stage of a storage node, and
+imported from there by the same record-first steps as an import from a backup root.
 """
 from __future__ import annotations
 

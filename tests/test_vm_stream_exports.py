@@ -10,7 +10,7 @@ import pytest
 from pvc import bulk
 from pvc.block_diff import read as read_diff
 from pvc.cli.localcluster.guest import domain_xml
-from pvc.errors import AuthenticationError, InvalidInput
+from pvc.errors import AuthenticationError, InvalidInput, NotFound
 
 from storage_support import known_raw, staging_files, stored_names, unique, volume_bytes
 from vm_support import pvc
@@ -149,6 +149,9 @@ def _bad_streams(cluster, client, vm, pool, full: bytes, incremental: bytes) -> 
 
     def refused(data: bytes, words: str) -> None:
         _refused(pvc(cluster, "vm", "snapshot", "import", "-", "--name", bad, input=data), words)
+        nothing_left()
+
+    def nothing_left() -> None:
         assert stored_names(cluster, pool) == before
         assert sorted(row["name"] for row in client.storage.volume_list(pool)) == ["disk"]
         assert all(row["name"] != bad for row in client.vms.list())
@@ -164,6 +167,11 @@ def _bad_streams(cluster, client, vm, pool, full: bytes, incremental: bytes) -> 
     refused(full + full, f"export 2 ({vm}@s1) does not build on the export before it")
     refused(full + _reheaded(flipped[len(full):]), f"export 2 ({vm}@s2) does not match what was announced")
     refused(b"not an export\n", "export 1 in the input is not a pvc-vm-stream/1 stream")
+
+    links = [json.loads(export.partition(b"\n")[0])["manifest"] for export in (full, incremental)]
+    with pytest.raises(NotFound, match="not on this node"):
+        client.vms.snapshot_import_stream_end(links, "hv1", "0" * 32, name=bad)
+    nothing_left()
 
 
 def _reheaded(export: bytes) -> bytes:
