@@ -76,12 +76,22 @@ def snapshot_rollback(session, vm, name) -> None:
 @click.argument("name", metavar="SNAPSHOT")
 @click.argument("destination")
 @click.option("-i", "--incremental-parent", metavar="SNAPSHOT",
-              help="write only what changed since this older snapshot, whose export lies beside DESTINATION")
+              help="write only what changed since this older snapshot, whose export lies beside DESTINATION (with "
+                   "DESTINATION -: which the importer must have)")
 @output.format_option
 @click.pass_obj
 def snapshot_export(session, vm, name, destination, incremental_parent, output_format) -> None:
     """Export snapshot SNAPSHOT of VM to DESTINATION, a new directory under a backup root of the node that
-    writes it (backup_roots in its pvcnoded.yaml)."""
+    writes it (backup_roots in its pvcnoded.yaml), or - to stream it to standard output as one file (redirect it:
+    pvc vm snapshot export VM SNAPSHOT - > FILE); a summary then goes to standard error."""
+    if destination == "-":
+        with click.open_file("-", "wb") as stdout:
+            if stdout.isatty():
+                raise click.UsageError("refusing to write an export to a terminal: redirect standard output")
+            streamed = session.client.vms.snapshot_export_to(vm, name, stdout, incremental_parent=incremental_parent)
+        click.echo(f"Exported {streamed['vm']}@{streamed['snapshot']} ({streamed['bytes']} bytes, "
+                   f"{'incremental since ' + streamed['parent'] if streamed['parent'] else 'full'})", err=True)
+        return
     written = session.client.vms.snapshot_export(vm, name, destination, incremental_parent=incremental_parent)
     output.show(written, output_format, lambda shown: output.details([
         ("Exported", f"{shown['vm']}@{shown['snapshot']}"),
@@ -97,8 +107,17 @@ def snapshot_export(session, vm, name, destination, incremental_parent, output_f
 @output.format_option
 @click.pass_obj
 def snapshot_import(session, source, name, pool, output_format) -> None:
-    """Define a new, stopped VM from the export in SOURCE (under a backup root) and the exports it builds on."""
-    vm = session.client.vms.snapshot_import(source, name=name, pool=pool)
+    """Define a new, stopped VM from the export in SOURCE (under a backup root) and the exports it builds on, or
+    with SOURCE - from streamed exports on standard input (pvc vm snapshot export VM SNAPSHOT -): a full export
+    then its incrementals in order (cat FULL INCREMENTAL... | pvc vm snapshot import -). A truncated or corrupted
+    export, or a chain with a link missing or out of order, is refused and nothing is made."""
+    if source == "-":
+        with click.open_file("-", "rb") as stdin:
+            if stdin.isatty():
+                raise click.UsageError("SOURCE - reads streamed exports from standard input: redirect a file to it")
+            vm = session.client.vms.snapshot_import_from(stdin, name=name, pool=pool)
+    else:
+        vm = session.client.vms.snapshot_import(source, name=name, pool=pool)
     output.show(vm, output_format, lambda shown: f"Imported VM {shown['name']} (stopped) on node {shown['node']}")
 
 

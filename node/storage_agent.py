@@ -190,6 +190,34 @@ class StorageAgent:
         """Send a staged snapshot under the receiving cluster's ticket; the receiving node's answer."""
         return self._mirror_stages.push(stage, ticket, tls_ca)
 
+    def open_export_download(self, pool: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Stage a VM snapshot's streams as for a mirror send and issue a single-use token under which a client
+        fetches them (`pvc.node.mirror_transfer.send_stage`); an unused stage goes when its token expires."""
+        staged = self.mirror_stage(manifest)
+        path = self._mirror_stages.path(staged["stage"])
+        ticket = self._tickets.issue(schema.check_name("pool", pool), schema.check_name("VM", manifest["vm"]),
+                                     staged["size_bytes"], "raw", staged["checksum"], False, download=str(path))
+        return {"address": self.upload_address, "token": ticket.token, "tls": self.upload_tls,
+                "size_bytes": staged["size_bytes"], "checksum": staged["checksum"], "volumes": staged["volumes"]}
+
+    def open_stream_stage(self, pool: str, vm: str, size_bytes: int, checksum: str) -> dict[str, Any]:
+        """A single-use token for an import streamed from a client: exactly `size_bytes` with `checksum`, checked
+        into a stage of this node (`pvc.node.mirror_transfer.receive_stage`) for `restore_stream` to apply."""
+        stage = self._mirror_stages.reserve()
+        ticket = self._tickets.issue(schema.check_name("pool", pool), schema.check_name("VM", vm), _size(size_bytes),
+                                     "raw", _checksum(checksum), False,
+                                     stage_into=str(self._mirror_stages.path(stage, mirror_transfer.IMPORT_PREFIX)))
+        return {"address": self.upload_address, "token": ticket.token, "tls": self.upload_tls, "stage": stage}
+
+    def restore_stream(self, stage: str, links: list[dict[str, Any]]) -> dict[str, int]:
+        """Make a streamed import's volumes from its stage (`pvc.node.mirror_transfer.MirrorStages.apply_chain`):
+        `links`, their volumes renamed to the new ones; returns their sizes."""
+        links = mirror_manifest.checked_chain(links)
+        for link in links:
+            for volume in link["volumes"]:
+                guest_snapshots.split_volume(volume["volume"])
+        return self._mirror_stages.apply_chain(stage, links)
+
     def mirror_discard(self, stage: str) -> None:
         self._mirror_stages.discard(stage)
 
@@ -314,3 +342,4 @@ class NodeStorage:
     def _upload_context(self) -> UploadContext:
         return UploadContext(self._node_name, self._store, self._transaction, self.backend, self._importers,
                              self._qemu_img, self._staging, self._room, self._appliance_importers)
+

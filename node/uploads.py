@@ -43,7 +43,7 @@ REFUSAL_DRAIN_S = 5
 BODY_IDLE_TIMEOUT_S = 120
 HEADER_DEADLINE_S = 15
 MAX_UNADMITTED = 16
-STAGING_LEFTOVERS = (".stage-", ".probe-", ".mirror-")
+STAGING_LEFTOVERS = (".stage-", ".probe-", ".mirror-", ".import-")
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,12 @@ class Ticket:
     mirror: dict[str, Any] | None = None
     """For a mirror send from another cluster (`pvc.node.mirror_transfer`): its checked manifest; `volume` is
     then the VM's name."""
+    download: str | None = None
+    """For a streamed export (`pvc.node.mirror_transfer.send_stage`): the staged file sent to the client, in
+    place of receiving anything; `volume` is then the VM's name."""
+    stage_into: str | None = None
+    """For an import streamed from a client (`pvc.node.mirror_transfer.receive_stage`): the staging file the
+    stream is checked into, for the coordinator's import to apply; `volume` is then the new VM's name."""
 
 
 class Tickets:
@@ -76,9 +82,10 @@ class Tickets:
         self._tickets: dict[str, Ticket] = {}
 
     def issue(self, pool: str, volume: str, size_bytes: int, image_format: str, checksum: str,
-              force: bool, appliance_importer: str | None = None, mirror: dict[str, Any] | None = None) -> Ticket:
+              force: bool, appliance_importer: str | None = None, mirror: dict[str, Any] | None = None,
+              download: str | None = None, stage_into: str | None = None) -> Ticket:
         ticket = Ticket(secrets.token_urlsafe(32), pool, volume, size_bytes, image_format, checksum, force,
-                        time.monotonic() + self._lifetime, appliance_importer, mirror)
+                        time.monotonic() + self._lifetime, appliance_importer, mirror, download, stage_into)
         with self._lock:
             self._expire()
             self._tickets[ticket.token] = ticket
@@ -96,7 +103,9 @@ class Tickets:
     def _expire(self) -> None:
         now = time.monotonic()
         for token in [token for token, ticket in self._tickets.items() if ticket.expires_at < now]:
-            del self._tickets[token]
+            expired = self._tickets.pop(token)
+            if expired.download is not None:
+                Path(expired.download).unlink(missing_ok=True)
 
 
 @dataclass
@@ -432,7 +441,16 @@ class UploadListener:
             bulk.send_message(connection, {"ready": True})
             connection.settimeout(BODY_IDLE_TIMEOUT_S)
             started = time.monotonic()
-            if ticket.mirror is not None:
+            if ticket.download is not None:
+                from pvc.node.mirror_transfer import send_stage
+                send_stage(connection, ticket)
+                log.info("export of %s (%d bytes) streamed to %s in %.1f s", ticket.volume, ticket.size_bytes,
+                         peer[0], time.monotonic() - started)
+                return
+            if ticket.stage_into is not None:
+                from pvc.node.mirror_transfer import receive_stage
+                result = {"staged": receive_stage(connection, ticket)}
+            elif ticket.mirror is not None:
                 from pvc.node.mirror_transfer import MirrorReceiveJob
                 result = {"mirror": MirrorReceiveJob(self._context_factory().backend, ticket).run(connection)}
             elif ticket.appliance_importer is not None:
@@ -477,18 +495,28 @@ class UploadListener:
     def _admit(self, connection: socket.socket, deadline: float) -> Ticket:
         header = bulk.receive_message(connection, "upload header", deadline)
         ticket = self._tickets.redeem(header.get("token"))
-        if header.get("size_bytes") != ticket.size_bytes:
-            raise InvalidInput(f"the stream announces {header.get('size_bytes')} bytes but the upload was "
-                               f"declared with {ticket.size_bytes}")
-        checksum = header.get("checksum")
-        if ticket.checksum.startswith(bulk.TRAILER_PREFIX):
-            if checksum != bulk.TRAILER:
-                raise InvalidInput("the upload was declared with its checksum last, but the stream announces one "
-                                   "first; nothing was imported")
-            return ticket
-        if not isinstance(checksum, str) or len(checksum) != 64 or any(c not in "0123456789abcdef" for c in checksum):
-            raise InvalidInput("the stream announces no valid checksum (64 hex digits)")
-        if not secrets.compare_digest(checksum, ticket.checksum):
-            raise InvalidInput("the stream announces another checksum than the upload was declared with; nothing "
-                               "was imported")
+        try:
+            return _checked_header(header, ticket)
+        except BaseException:
+            if ticket.download is not None:
+                Path(ticket.download).unlink(missing_ok=True)
+            raise
+
+
+def _checked_header(header: dict[str, Any], ticket: Ticket) -> Ticket:
+    """`ticket`, if the header announces the size and checksum it was issued for."""
+    if header.get("size_bytes") != ticket.size_bytes:
+        raise InvalidInput(f"the stream announces {header.get('size_bytes')} bytes but the upload was "
+                           f"declared with {ticket.size_bytes}")
+    checksum = header.get("checksum")
+    if ticket.checksum.startswith(bulk.TRAILER_PREFIX):
+        if checksum != bulk.TRAILER:
+            raise InvalidInput("the upload was declared with its checksum last, but the stream announces one "
+                               "first; nothing was imported")
         return ticket
+    if not isinstance(checksum, str) or len(checksum) != 64 or any(c not in "0123456789abcdef" for c in checksum):
+        raise InvalidInput("the stream announces no valid checksum (64 hex digits)")
+    if not secrets.compare_digest(checksum, ticket.checksum):
+        raise InvalidInput("the stream announces another checksum than the upload was declared with; nothing "
+                           "was imported")
+    return ticket

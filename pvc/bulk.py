@@ -285,3 +285,38 @@ def _send_body(sock: socket.socket, source: SpooledSource, progress: Progress | 
         sent += count
         if progress:
             progress("send", count)
+
+
+def stream_download(address: str, token: str, size_bytes: int, checksum: str, output: BinaryIO, timeout: float,
+                    tls: ssl.SSLContext | None = None) -> None:
+    """Receive into `output` the `size_bytes` bytes a node sends under `token` (a streamed export): the same
+    header and answer as an upload, then the node's bytes in the other direction. A stream that ends short or
+    with another checksum than the coordinator announced raises `InvalidInput`; `output` then holds what came."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+    except OSError as error:
+        raise errors.Unavailable(f"cannot reach the download channel at {address}: {error.strerror or error}") \
+            from None
+    if tls is not None:
+        try:
+            sock = tls.wrap_socket(sock, server_hostname=host)
+        except OSError as error:
+            sock.close()
+            raise errors.Unavailable(f"no TLS with the download channel at {address}: {error}") from None
+    with sock, sock.makefile("rb") as reader:
+        send_message(sock, {"token": token, "size_bytes": size_bytes, "checksum": checksum})
+        raise_if_error(read_message(reader, "node's answer"))
+        digests, received = [], 0
+        while received < size_bytes:
+            wanted = min(PIECE_BYTES, size_bytes - received)
+            piece = reader.read(wanted)  # a buffered read returns fewer bytes only at the stream's end
+            received += len(piece)
+            if len(piece) < wanted:
+                raise errors.InvalidInput(f"the export stream ended {size_bytes - received} bytes short")
+            digests.append(piece_digest(piece))
+            output.write(piece)
+    if combine_digests(digests) != checksum:
+        raise errors.InvalidInput("the export stream's checksum does not match the one announced")
+

@@ -26,7 +26,9 @@ from pvc.errors import AuthenticationError, ConfigError, Unavailable
 from pvc.handshake import authenticated_proxy, use_tls
 
 SLOW_METHODS = (*(("vms", method) for method in ("snapshot_create", "snapshot_remove", "snapshot_rollback",
-                                                  "snapshot_export", "snapshot_import", "snapshot_send",
+                                                  "snapshot_export", "snapshot_export_stream", "snapshot_import",
+                                                  "snapshot_import_stream_begin", "snapshot_import_stream_end",
+                                                  "snapshot_send",
                                                   "mirror_receive", "mirror_receive_end", "mirror_receive_abort",
                                                   "mirror_handover", "mirror_promote", "mirror_prune")),
                 ("provisioner", "ova_remove"))
@@ -206,8 +208,10 @@ class Client:
     def __init__(self, connection: Connection):
         self.connection = connection
         from pvc.storage_client import StorageClient
+        from pvc.vms_client import VMsClient
+        special = {"storage": StorageClient, "vms": VMsClient}
         for area in AREAS:
-            setattr(self, area, (StorageClient if area == "storage" else Area)(connection, area))
+            setattr(self, area, special.get(area, Area)(connection, area))
 
     def close(self) -> None:
         self.connection.close()

@@ -35,3 +35,31 @@ def checked(manifest: object) -> dict[str, Any]:
     except (KeyError, TypeError, ValueError, AttributeError, InvalidInput) as error:
         raise InvalidInput(f"malformed mirror manifest: {error}") from None
     return manifest
+
+
+MAX_CHAIN = 1000
+
+
+def checked_chain(links: object) -> list[dict[str, Any]]:
+    """The manifests of a streamed import (a whole export, then its incrementals in order), each checked, and
+    the chain's order checked from them before any data is read: every link builds on the one before it (the
+    same VM, the parent snapshot it names taken when that one was), over the same volumes."""
+    if not isinstance(links, list) or not links:
+        raise InvalidInput("the import holds no export")
+    if len(links) > MAX_CHAIN:
+        raise InvalidInput(f"the import holds more than {MAX_CHAIN} exports")
+    links = [checked(link) for link in links]
+    first = links[0]
+    if first["parent"] is not None:
+        raise InvalidInput(f"the first export ({first['vm']}@{first['snapshot']}) is incremental since "
+                           f"'{first['parent']}': start the chain with a full export")
+    for number, (older, link) in enumerate(zip(links, links[1:]), start=2):
+        if link["vm"] != older["vm"] or link["parent"] != older["snapshot"] \
+                or link["parent_created"] != older["created"]:
+            raise InvalidInput(f"export {number} ({link['vm']}@{link['snapshot']}) does not build on the export "
+                               f"before it ({older['vm']}@{older['snapshot']}): a link is missing or out of order")
+        if sorted(volume["volume"] for volume in link["volumes"]) != \
+                sorted(volume["volume"] for volume in older["volumes"]):
+            raise InvalidInput(f"export {number} ({link['vm']}@{link['snapshot']}) holds other volumes than the "
+                               "export before it")
+    return links

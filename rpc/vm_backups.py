@@ -4,14 +4,19 @@ The data moves on a node that serves storage (`pvc.node.backups`), which checks 
 backup roots; the coordinator checks names and records. An import records its new volumes first (intent
 ``clone``, `pvc.rpc.storage_intents`), so one cut off is undone by the next change in their pool; the VM is
 defined (stopped) only once every volume is whole and every checksum matched.
+
+Exports and imports may also stream to and from the client (`pvc.vms_client`): an export is then staged on a
+storage node as a mirror send is and fetched under a download ticket; an import's chain of streamed exports is
+checked from its manifests (`pvc.mirror_manifest.checked_chain`), streamed into a stage of a storage node, and
+imported from there by the same record-first steps as an import from a backup root.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from lxml import etree
 
-from pvc import domain_xml, schema, storage_records
+from pvc import domain_xml, mirror_manifest, schema, storage_records
 from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound, PVCError
 from pvc.rpc import storage_intents
 from pvc.rpc.areas.storage import StorageArea
@@ -33,6 +38,20 @@ class VMBackups:
         node, written = self._export_where_it_can_be(manifest, destination)
         return {"vm": vm, "snapshot": snapshot, "parent": incremental_parent, "destination": destination,
                 "node": node, "bytes": sum(volume["bytes"] for volume in written["volumes"])}
+
+    def export_stream(self, vm: str, snapshot: str, incremental_parent: str | None = None) -> dict[str, Any]:
+        """Stage snapshot `snapshot` of `vm` (whole, or the changes since `incremental_parent`) on a storage node
+        for the client to fetch: the manifest a mirror send declares (`pvc.mirror_manifest`) and the single-use
+        ticket of the download (address, token, size and checksum of the stream)."""
+        record = self._settled(vm, snapshot)
+        parent = self._settled(vm, incremental_parent) if incremental_parent is not None else None
+        manifest, node, agent_uri = self.plan_export(vm, snapshot, incremental_parent)
+        pool = next(iter(manifest["volumes"])).split("/", 1)[0]
+        ticket = self._storage._agent(node, agent_uri, "open_export_download", pool, manifest)
+        sent = {"vm": vm, "snapshot": snapshot, "created": record["created"], "parent": incremental_parent,
+                "parent_created": parent["created"] if parent else None, "spec": manifest["spec"],
+                "volumes": ticket.pop("volumes")}
+        return {**ticket, "manifest": sent, "node": node}
 
     def _export_where_it_can_be(self, manifest: dict[str, Any], destination: str) -> tuple[str, dict[str, Any]]:
         """Written by a node that has `destination` under its roots and, for an incremental export, its parent's
@@ -85,6 +104,53 @@ class VMBackups:
             self._storage.volume_list(pool)
         node, agent_uri, links = self._on_a_node_with_the_backup(pool or self._any_pool(), "backup_chain", source)
         last = links[-1]
+        _vm, targets, xml = self._import_targets(last, name, pool)
+        sizes = {volume["volume"]: volume["size_bytes"] for volume in last["volumes"]}
+        return self._restored(node, agent_uri, targets, xml, last["spec"], sizes,
+                              lambda: self._storage._agent(node, agent_uri, "restore_backup", source, targets))
+
+    def _restored(self, node: str, agent_uri: str, targets: dict[str, str], xml: str,
+                  spec: dict[str, Any], sizes: dict[str, int], restore: Callable[[], dict[str, int]]
+                  ) -> dict[str, Any]:
+        """Record the new volumes `targets` first, have the node `restore` them (it removes what it made when it
+        fails), settle them and define the VM; a failure anywhere leaves neither volumes nor records."""
+        pools = sorted({target.split("/", 1)[0] for target in targets.values()})
+        store = self._context.store
+        with self._storage._pools_locked(pools):
+            for old, target in targets.items():
+                new_pool, new_name = target.split("/", 1)
+                storage_intents.begin_new(store, storage_records.volume_record(new_pool, new_name, sizes[old]),
+                                          "clone", self._context.name)
+            try:
+                made = restore()
+            except BaseException:
+                self._remove_new(node, agent_uri, targets)
+                raise
+            for target, size_bytes in made.items():
+                record = store.read(schema.volume(*target.split("/", 1)))
+                store.transaction().set(schema.volume(*target.split("/", 1)),
+                                        {**storage_intents.settled(record), "size_bytes": size_bytes}).commit()
+                self._storage._refresh_volume(*target.split("/", 1))
+        try:
+            return self._vms.define(xml, node_limit=spec.get("node_limit"), node_selector=spec.get("node_selector"),
+                                    node_autostart=bool(spec.get("node_autostart")),
+                                    migration_method=spec.get("migration_method"),
+                                    max_downtime=spec.get("max_downtime"))
+        except BaseException:
+            with self._storage._pools_locked(pools):
+                self._remove_new(node, agent_uri, targets)
+            raise
+
+    def _remove_new(self, node: str, agent_uri: str, targets: dict[str, str]) -> None:
+        for target in targets.values():
+            self._storage._agent(node, agent_uri, "volume_remove", *target.split("/", 1))
+            storage_intents.forget(self._context.store, *target.split("/", 1))
+            self._storage._refresh_volume(*target.split("/", 1))
+
+    def _import_targets(self, last: dict[str, Any], name: str | None, pool: str | None
+                        ) -> tuple[str, dict[str, str], str]:
+        """The new VM's name, its volumes' new names by their exported ones, and its domain document, for an
+        import whose last export is `last`; refused if the VM or a volume exists already."""
         vm = schema.check_name("VM", name if name is not None else last["vm"])
         if self._context.store.read(schema.vm(vm)) is not None:
             raise AlreadyExists(f"a VM named '{vm}' exists already")
@@ -99,40 +165,42 @@ class VMBackups:
             targets[volume["volume"]] = f"{new_pool}/{new_name}"
         xml = _renamed(last["spec"]["xml"], vm, targets, keep_uuid=name is None)
         domain_xml.parse(xml, allow_host_devices=True)
+        return vm, targets, xml
+
+    def import_stream_begin(self, links: list[dict[str, Any]], size_bytes: int, checksum: str,
+                            name: str | None = None, pool: str | None = None) -> dict[str, Any]:
+        """Check a chain of streamed exports (`pvc.mirror_manifest.checked_chain`) and the new names, and have a
+        storage node issue the ticket under which the client streams the chain's data into a stage of that node
+        (`pvc.node.mirror_transfer.receive_stage`); `import_stream_end` then imports from it. Nothing is
+        recorded yet: a stream that never comes, or breaks off, leaves nothing."""
+        links = mirror_manifest.checked_chain(links)
+        if size_bytes != sum(volume["bytes"] for link in links for volume in link["volumes"]):
+            raise InvalidInput("the import's size is not the sum of its volumes' streams")
+        if pool is not None:
+            self._storage.volume_list(pool)
+        vm, targets, _xml = self._import_targets(links[-1], name, pool)
+        node, agent_uri = self._storage._storage_node(next(iter(targets.values())).split("/", 1)[0])[:2]
+        ticket = self._storage._agent(node, agent_uri, "open_stream_stage",
+                                      next(iter(targets.values())).split("/", 1)[0], vm, size_bytes, checksum)
+        return {**ticket, "node": node, "vm": vm}
+
+    def import_stream_end(self, links: list[dict[str, Any]], node: str, stage: str, name: str | None = None,
+                          pool: str | None = None) -> dict[str, Any]:
+        """Define a new, stopped VM from the chain `links` staged on `node` (`import_stream_begin`), as `import_`
+        does from a backup root: the new volumes recorded first, made by the node from the stage (checking
+        every volume's stream against its manifest), settled, then the VM defined; any failure removes them."""
+        links = mirror_manifest.checked_chain(links)
+        _vm, targets, xml = self._import_targets(links[-1], name, pool)
         pools = sorted({target.split("/", 1)[0] for target in targets.values()})
-        store = self._context.store
-        with self._storage._pools_locked(pools):
-            for volume in last["volumes"]:
-                new_pool, new_name = targets[volume["volume"]].split("/", 1)
-                storage_intents.begin_new(store, storage_records.volume_record(new_pool, new_name,
-                                                                                volume["size_bytes"]),
-                                          "clone", self._context.name)
-            try:
-                sizes = self._storage._agent(node, agent_uri, "restore_backup", source, targets)
-            except BaseException:
-                for target in targets.values():
-                    self._storage._agent(node, agent_uri, "volume_remove", *target.split("/", 1))
-                    storage_intents.forget(store, *target.split("/", 1))
-                    self._storage._refresh_volume(*target.split("/", 1))
-                raise
-            for target, size_bytes in sizes.items():
-                record = store.read(schema.volume(*target.split("/", 1)))
-                store.transaction().set(schema.volume(*target.split("/", 1)),
-                                        {**storage_intents.settled(record), "size_bytes": size_bytes}).commit()
-                self._storage._refresh_volume(*target.split("/", 1))
-        spec = last["spec"]
-        try:
-            return self._vms.define(xml, node_limit=spec.get("node_limit"), node_selector=spec.get("node_selector"),
-                                    node_autostart=bool(spec.get("node_autostart")),
-                                    migration_method=spec.get("migration_method"),
-                                    max_downtime=spec.get("max_downtime"))
-        except BaseException:
-            with self._storage._pools_locked(pools):
-                for target in targets.values():
-                    self._storage._agent(node, agent_uri, "volume_remove", *target.split("/", 1))
-                    storage_intents.forget(store, *target.split("/", 1))
-                    self._storage._refresh_volume(*target.split("/", 1))
-            raise
+        agent_uri = next((uri for name_, uri, _backend in self._storage._storage_nodes(pools[0]) if name_ == node),
+                         None)
+        if agent_uri is None:
+            raise NotFound(f"node '{node}', which holds the streamed import, serves pool '{pools[0]}' no longer")
+        renamed = [{**link, "volumes": [{**volume, "volume": targets[volume["volume"]], "source": volume["volume"]}
+                                        for volume in link["volumes"]]} for link in links]
+        sizes = {volume["volume"]: volume["size_bytes"] for volume in links[-1]["volumes"]}
+        return self._restored(node, agent_uri, targets, xml, links[-1]["spec"], sizes,
+                              lambda: self._storage._agent(node, agent_uri, "restore_stream", stage, renamed))
 
     def _settled(self, vm: str, snapshot: str) -> dict[str, Any]:
         record = self._context.store.read(schema.vm_snapshot(vm, schema.check_name("snapshot", snapshot)))

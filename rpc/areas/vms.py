@@ -642,6 +642,20 @@ class VMsArea:
         """
         return self._vm_backups().export(vm, snapshot, destination, incremental_parent)
 
+    def snapshot_export_stream(self, vm: str, snapshot: str, incremental_parent: str | None = None
+                               ) -> dict[str, Any]:
+        """Stage a snapshot (whole, or the changes since `incremental_parent`) on a storage node for the caller
+        to fetch over the bulk channel (`pvc.vms_client.VMsClient.snapshot_export_to` does both): its manifest
+        and the single-use ticket of the download.
+
+        :raises NotFound: no such VM snapshot (or parent)
+        :raises InvalidInput: a parent not older than the snapshot, or a snapshot holding no volume
+        :raises Conflict: the snapshot is being changed, or it and its parent hold different volumes
+        :raises Unavailable: this coordinator exports no snapshots, or no storage node answered
+        :raises OperationFailed: the storage or the node refused (its reason)
+        """
+        return self._vm_backups().export_stream(vm, snapshot, incremental_parent)
+
     def snapshot_import(self, source: str, name: str | None = None, pool: str | None = None) -> dict[str, Any]:
         """Define a new, stopped VM from the chain of exports ending at `source`, checking the chain's order
         and every checksum first.
@@ -654,6 +668,31 @@ class VMsArea:
         :raises OperationFailed: the storage or the node refused (its reason)
         """
         return self._vm_backups().import_(source, name, pool)
+
+    def snapshot_import_stream_begin(self, links: list[dict[str, Any]], size_bytes: int, checksum: str,
+                                     name: str | None = None, pool: str | None = None) -> dict[str, Any]:
+        """For an import streamed from the caller (`pvc.vms_client.VMsClient.snapshot_import_from` makes both
+        calls): check the chain of manifests `links` (a full export, then its incrementals in order) and the new
+        names, and issue the ticket under which the chain's data (`size_bytes` with `checksum`, `pvc.bulk`) is
+        streamed into a stage of a storage node (``node``, ``stage`` in the answer). Nothing is recorded yet.
+
+        :raises InvalidInput: a malformed manifest, or a broken, reordered or incomplete chain (named)
+        :raises AlreadyExists: a VM, or a volume, of the new names exists
+        :raises NotFound: no such pool
+        :raises Unavailable: this coordinator imports no snapshots, or no storage node answered
+        """
+        return self._vm_backups().import_stream_begin(links, size_bytes, checksum, name, pool)
+
+    def snapshot_import_stream_end(self, links: list[dict[str, Any]], node: str, stage: str,
+                                   name: str | None = None, pool: str | None = None) -> dict[str, Any]:
+        """Define the new, stopped VM from the chain staged on `node`: the volumes recorded first, made from the
+        stage with every volume's stream checked against its manifest, settled; any failure removes them.
+
+        :raises InvalidInput: the staged data does not match the manifests (named)
+        :raises NotFound: the stage is not on the node (used already, or abandoned), or the node is gone
+        :raises AlreadyExists: a VM, or a volume, of the new names exists (made meanwhile)
+        """
+        return self._vm_backups().import_stream_end(links, node, stage, name, pool)
 
     # -- mirrors on another cluster (`pvc.rpc.mirror`) -------------------------------------------------
 
