@@ -173,6 +173,18 @@ def _bad_streams(cluster, client, vm, pool, full: bytes, incremental: bytes) -> 
         client.vms.snapshot_import_stream_end(links, "hv1", "0" * 32, name=bad)
     nothing_left()
 
+    # A volume only the storage holds (made by hand, or left by a crash) is never taken for the import's own and
+    # removed when the import is undone.
+    by_hand = cluster.local.storage_dir / pool / f"{bad}_disk0"
+    by_hand.write_bytes(b"kept" * 1024)
+    try:
+        _refused(pvc(cluster, "vm", "snapshot", "import", "-", "--name", bad, input=chain),
+                 f"volume '{pool}/{bad}_disk0' exists already (in the storage")
+        assert by_hand.read_bytes() == b"kept" * 1024
+        assert all(row["name"] != bad for row in client.vms.list())
+    finally:
+        by_hand.unlink()
+
 
 def _reheaded(export: bytes) -> bytes:
     """A hostile client's export: its data changed and the head's checksum made to match, so that only the

@@ -650,6 +650,14 @@ class StorageArea:
         random.shuffle(candidates)
         return candidates
 
+    def _taken(self, node: str, agent_uri: str, volume: str) -> bool:
+        """Whether ``POOL/NAME`` is recorded or present in the storage: a volume only the storage holds (made by
+        hand, or left by a crash) must never be taken for one's own and removed when an action is undone. Asked
+        under the pool's lock, so that nothing takes the name between the question and the intent."""
+        pool, name = volume.split("/", 1)
+        return self._context.store.read(schema.volume(pool, name)) is not None or \
+            self._agent(node, agent_uri, "volume_size", pool, name) is not None
+
     def _agent(self, node: str, agent_uri: str, method: str, *args: Any) -> Any:
         """Storage actions copy whole volumes (clone, snapshot, rollback): they get minutes, not the default
         seconds, so that a slow copy is not reported failed (and left unrecorded) while the node finishes it."""

@@ -113,9 +113,7 @@ class MirrorReceiver:
         """A whole send makes its volumes new: a name taken here, recorded or only in the storage, refuses it
         (under the pools' locks, so none is taken before the send's own are made)."""
         for volume in volumes:
-            pool, name = volume.split("/", 1)
-            if self._context.store.read(schema.volume(pool, name)) is not None or \
-                    self._storage._agent(node, agent_uri, "volume_size", pool, name) is not None:
+            if self._storage._taken(node, agent_uri, volume):
                 raise AlreadyExists(f"volume '{volume}' exists on this cluster already; nothing was sent")
 
     def end(self, vm: str, send_id: str, manifest: dict[str, Any], received: dict[str, Any]) -> dict[str, Any]:
