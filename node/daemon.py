@@ -130,6 +130,7 @@ class NodeDaemon:
             self._follow_hold()
             self._watch_every_vm_until_indexed()
             self.vms.start()
+            self.reconciler.watch_reported_here()
             if self.networks is not None:
                 self.networks.start()
             self.reconciler.converge_all()  # before registering: other nodes rely on these reports from then on

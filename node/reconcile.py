@@ -202,6 +202,27 @@ class Reconciler:
         if self._networks is not None:
             self._networks.converge(self._vms.snapshot())
 
+    def watch_reported_here(self) -> None:
+        """At start, watch every VM whose status says this node may hold it, placed here or not: one moved away
+        (recovered elsewhere, say) while this daemon was down, whose status still says it runs here, must be
+        reported off by this node before its new node may claim it, even when this host has no domain of it
+        any more (it was powered off). Only this node writes a status naming it, so once running it watches
+        every such VM already (`_release_settled` keeps them): this is one read of each status, without
+        watches, at start only."""
+        if not self._vms.through_index:
+            return
+        zk = self._store.zk
+        names = [name for name in zk.get_children(schema.VMS) if name not in self._vms.indexed()]
+        pending = [(name, zk.get_async(schema.vm_key(name, "status"))) for name in names]
+        for name, result in pending:
+            try:
+                status = schema.decode(result.get()[0]) or {}
+            except NoNodeError:
+                continue
+            if (status.get("node") == self.node and status.get("running") is not False) \
+                    or status.get("migrating_to") == self.node:
+                self._vms.refresh(name)
+
     def _release_settled(self, domains: set[str]) -> None:
         """Stop watching the VMs this node's index no longer names once nothing about them is left to this node:
         no domain of theirs here (as listed at the start of the pass), no status saying this node holds them

@@ -130,6 +130,11 @@ class WatchedCollection:
                 changed.append(name)
             return self._sequence, changed[::-1]
 
+    @property
+    def through_index(self) -> bool:
+        """Whether only the children an index names (and those asked for) are mirrored."""
+        return self._index is not None
+
     def mirror_every_child(self) -> None:
         """Mirror every child of the parent, not only those the index names; only before `start`."""
         self._index = None

@@ -15,7 +15,7 @@ from pvc.cli.localcluster.cluster import KEEPALIVE_INTERVAL
 from pvc.node.daemon import NodeDaemon
 from pvc.rpc.vm_control import read_desired, write_desired
 
-from helpers import cluster_store, eventually
+from helpers import cluster_store, eventually, remove_vm
 from vm_support import assert_no_vm_on_two_hosts, remove_all_vms, vm_xml, wait_running_on
 
 
@@ -175,4 +175,25 @@ def test_a_vm_moved_away_while_its_source_was_down_is_still_stopped_there(cluste
         cluster.local.wait_ready(30)
     wait_running_on(cluster, "stranded", "hv2", timeout=10 * KEEPALIVE_INTERVAL)
     assert "stranded" not in cluster.host_domains("hv1")
+    assert_no_vm_on_two_hosts(cluster)
+
+
+def test_a_vm_placed_elsewhere_while_its_node_was_down_and_emptied_is_reported_off_by_it(cluster):
+    """Its status still says it runs on hv1, its host no longer has it (powered off meanwhile) and hv1's index no
+    longer names it: hv1 must still say it is off when it comes back, or its new node never starts it."""
+    client = cluster.client
+    client.vms.define(vm_xml("forgotten"), target="hv1")
+    client.vms.start("forgotten", wait=True)
+    cluster.local.stop_daemon("pvcnoded", "hv1")
+    try:
+        remove_vm(cluster.local.host("hv1").uri, "forgotten")
+        with cluster_store(cluster.local) as store:
+            write_desired(store, "forgotten", read_desired(store, "forgotten"), state="start",
+                          placement={"node": "hv2", "last_node": None})
+        time.sleep(3 * KEEPALIVE_INTERVAL)
+        assert not cluster.host_domains("hv2").get("forgotten"), "started while hv1 may still run it"
+    finally:
+        cluster.local.start_node_daemon("hv1")
+        cluster.local.wait_ready(30)
+    wait_running_on(cluster, "forgotten", "hv2", timeout=10 * KEEPALIVE_INTERVAL)
     assert_no_vm_on_two_hosts(cluster)
