@@ -197,3 +197,18 @@ def test_a_vm_placed_elsewhere_while_its_node_was_down_and_emptied_is_reported_o
         cluster.local.wait_ready(30)
     wait_running_on(cluster, "forgotten", "hv2", timeout=10 * KEEPALIVE_INTERVAL)
     assert_no_vm_on_two_hosts(cluster)
+
+
+def test_a_node_watches_every_vm_while_the_cluster_s_index_is_not_built(cluster):
+    client = cluster.client
+    client.vms.define(vm_xml("mine"), target="hv1")
+    client.vms.define(vm_xml("theirs"), target="hv2")
+    with cluster_store(cluster.local) as store:
+        store.zk.set(schema.NODE_VMS, schema.encode({"complete": False}))
+        try:
+            with node_in_process(cluster) as node:
+                store.zk.set(schema.NODE_VMS, schema.encode({"complete": True}))  # as its daemon started: not
+                assert {"mine", "theirs"} <= set(node.vms.names())
+                assert {"mine", "theirs"} <= watched_vms(cluster, node)
+        finally:
+            store.zk.set(schema.NODE_VMS, schema.encode({"complete": True}))
