@@ -34,6 +34,8 @@ def _task_row(task: dict) -> dict:
         outcome += [f"next attempt {output.clock_time(task['retry_at'])} (attempt {(task.get('attempt') or 1) + 1})"]
     outcome += [f"{len(task['backed_up'])} backed up"] if task.get("kind") == "autobackup" and "backed_up" in task \
         else []
+    outcome += [f"{len(task['mirrored'])} mirrored"] if task.get("kind") == "automirror" and "mirrored" in task \
+        else []
     outcome += ["; ".join(task["errors"])] if task.get("errors") else []
     chosen = f"{len(task['vms'])} VM(s)" if isinstance(task.get("vms"), list) else None
     return {**task, "for": task.get("node") or task.get("vm") or chosen,

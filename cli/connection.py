@@ -64,7 +64,7 @@ def group() -> None:
 @click.option("-k", "--api-key", help="the API key itself (it shows in your shell history: prefer --api-key-file)")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False),
               help="PEM CA the coordinators' certificates chain to: connect with TLS")
-@click.option("-s", "--ssl", "system_cas", is_flag=True,
+@upstream.option("-s", "--ssl", "system_cas", is_flag=True, upstream=("-s", "--ssl"),
               help="connect with TLS, verifying the coordinators' certificates against the system's CAs "
                    "(upstream's option; never unverified)")
 @click.option("-d", "--description", help="a note shown in pvc connection list")

@@ -4,7 +4,7 @@ from typing import Any, Callable
 
 import click
 
-from pvc.cli import output
+from pvc.cli import output, upstream
 from pvc.cli.confirm import confirm_option
 
 _COLUMNS = [
@@ -69,9 +69,10 @@ def _field_options(function: Callable) -> Callable:
                      help="managed: the router's IPv4 address in the subnet"),
         click.option("--dhcp4", "dhcp4", callback=_range, metavar="START-END",
                      help="managed: IPv4 DHCP range, inside the subnet and clear of the gateway"),
-        click.option("--dhcp-start", "-s", "dhcp4_start", metavar="IP", help="upstream's spelling of the range's "
-                     "start"),
-        click.option("--dhcp-end", "-e", "dhcp4_end", metavar="IP", help="upstream's spelling of the range's end"),
+        upstream.option("--dhcp-start", "-s", "dhcp4_start", metavar="IP", upstream=("--dhcp-start", "-s"),
+                        help="the DHCP range's start"),
+        upstream.option("--dhcp-end", "-e", "dhcp4_end", metavar="IP", upstream=("--dhcp-end", "-e"),
+                        help="the DHCP range's end"),
         click.option("--ipv6", "-i6", "--ipnet6", "ipv6_network", metavar="CIDR", help="managed: IPv6 subnet"),
         click.option("--gateway6", "-g6", "ipv6_gateway", metavar="IP", help="managed: the router's IPv6 address"),
     ]

@@ -6,7 +6,7 @@ import time
 import click
 
 from pvc import schema
-from pvc.cli import output
+from pvc.cli import output, upstream
 from pvc.cli.confirm import confirm_option
 
 FOLLOW_INTERVAL_S = 0.5
@@ -124,7 +124,8 @@ _node_argument = click.argument("name", metavar="[NODE]", required=False)
               help="only nodes in this daemon state")
 @click.option("-vs", "--domain-state", type=click.Choice(schema.DOMAIN_STATES),
               help="only nodes in this domain state")
-@click.option("-cs", "--coordinator-state", type=click.Choice(["primary", "secondary", "client"]),
+@upstream.option("-cs", "--coordinator-state", type=click.Choice(["primary", "secondary", "client"]),
+                 upstream=("-cs", "--coordinator-state"),
               help="only nodes in this coordinator state (upstream's: primary beside the leading coordinator, "
                    "secondary beside another, client beside none)")
 @output.list_format_option

@@ -2,7 +2,7 @@
 import click
 
 from pvc import provisioner_records, sizes
-from pvc.cli import output
+from pvc.cli import output, upstream
 from pvc.cli import ova
 from pvc.cli.text_file import TextFile
 from pvc.provisioner_records import MAX_USER_DATA_BYTES
@@ -163,8 +163,8 @@ def _system_options(adding: bool):
         options = [
             click.option("--vcpus", type=click.IntRange(min=1), required=adding, help="virtual CPUs"),
             click.option("--memory", help="memory: MiB, or with a binary unit (2G)"),
-            click.option("--vram", type=click.IntRange(min=1), metavar="MB",
-                         help="memory in MB (upstream's name; MB as upstream means it: MiB)"),
+            upstream.option("--vram", type=click.IntRange(min=1), metavar="MB", upstream=("--vram",),
+                            help="memory in MB (MB as upstream means it: MiB)"),
             click.option("--serial/--no-serial", default=None, help="a serial console (default: yes)"),
             click.option("--vnc/--no-vnc", default=None, help="a VNC console (default: no)"),
             click.option("--vnc-bind", metavar="ADDRESS",
@@ -323,9 +323,9 @@ def _profile_options(function):
                      help="cloud-init user data from this file ('-': standard input); the VM gets it on a "
                           "NoCloud config drive"),
         click.option("--no-user-data", is_flag=True, help="remove the cloud-init user data"),
-        click.option("--userdata", "userdata", metavar="DOC",
-                     help="cloud-init user data from the stored document DOC (pvc provisioner userdata; "
-                          "upstream's option; '' removes it); not with --user-data"),
+        upstream.option("--userdata", "userdata", metavar="DOC", upstream=("--userdata",),
+                        help="cloud-init user data from the stored document DOC (pvc provisioner userdata; "
+                             "'' removes it); not with --user-data"),
         click.option("--ova", help="the OVA an ova profile makes VMs from"),
         click.option("--script", help="the install script (pvc provisioner script) a creation runs after the VM's "
                                       "volumes exist, before it is defined ('' removes it)"),
@@ -362,9 +362,9 @@ def _components(options: dict) -> dict:
 
 @profile.command("add")
 @click.argument("name")
-@click.option("--type", "--profile-type", "profile_type", type=click.Choice(["provisioner", "ova"]),
-              default="provisioner", show_default=True,
-              help="what VMs are made from: templates, or an OVA (--profile-type: upstream's name)")
+@upstream.option("--type", "--profile-type", "profile_type", type=click.Choice(["provisioner", "ova"]),
+                 default="provisioner", show_default=True, upstream=("--profile-type",),
+                 help="what VMs are made from: templates, or an OVA")
 @_profile_options
 @output.format_option
 @click.pass_obj

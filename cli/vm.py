@@ -3,7 +3,8 @@ import time
 
 import click
 
-from pvc.cli import output, upstream, vm_autobackup, vm_editor, vm_parts, vm_snapshots, vm_tags
+from pvc.cli import (output, upstream, vm_autobackup, vm_automirror, vm_editor, vm_mirror, vm_parts, vm_snapshots,
+                     vm_tags)
 from pvc.cli.confirm import confirm, confirm_option
 from pvc.cli.text_file import TextFile
 from pvc.domain_xml import MAX_XML_BYTES
@@ -299,9 +300,10 @@ def console_log(session, vm, lines) -> None:
 @click.option("-r", "--restart", is_flag=True, help="restart the VM so the change applies now")
 @click.option("-e", "--editor", is_flag=True,
               help="edit the VM's XML in $EDITOR instead; the change is shown as a diff and applied once confirmed")
-@click.option("-d", "--confirm-diff", is_flag=True,
-              help="do not ask before replacing the XML (with --editor: apply the diff); upstream's option")
-@click.option("-c", "--confirm-restart", is_flag=True, help="do not ask before restarting (with -r); upstream's option")
+@upstream.option("-d", "--confirm-diff", is_flag=True, upstream=("-d", "--confirm-diff"),
+                 help="do not ask before replacing the XML (with --editor: apply the diff)")
+@upstream.option("-c", "--confirm-restart", is_flag=True, upstream=("-c", "--confirm-restart"),
+                 help="do not ask before restarting (with -r)")
 @click.option("-y", "--yes", is_flag=True, help="do not ask for confirmation at all (-d and -c)")
 @output.format_option
 @click.pass_obj
@@ -383,5 +385,6 @@ def unmigrate(session, vm, wait, output_format) -> None:
     _show_vm(session.client.vms.unmigrate(vm, wait=wait), output_format)
 
 
-for part_group in (*vm_parts.COMMANDS, vm_tags.tag, vm_snapshots.snapshot, vm_autobackup.autobackup):
+for part_group in (*vm_parts.COMMANDS, vm_tags.tag, vm_snapshots.snapshot, vm_autobackup.autobackup,
+                   vm_automirror.automirror, vm_mirror.mirror):
     group.add_command(part_group)

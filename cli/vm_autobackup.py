@@ -1,14 +1,8 @@
 """`pvc vm autobackup`: scheduled backups of the VMs carrying a tag, as chains of full and incremental exports
 (`pvc.rpc.backup`); the settings are cluster config keys (`pvc cluster config --autobackup-*`)."""
-import sys
-import time
-
 import click
 
-from pvc.cli import output
-
-FINISHED = ("done", "failed")
-WAIT_POLL_S = 0.5
+from pvc.cli import output, scheduled_runs
 
 _CHAIN_COLUMNS = [
     output.column("VM", "name"),
@@ -50,16 +44,7 @@ def autobackup_run(session, vms: tuple, force_full: bool, wait: bool, output_for
     """Start an autobackup run now: of the VMs named, or of every VM carrying autobackup_tag. Prints the task
     id (pvc cluster task list shows its progress)."""
     task = session.client.vms.autobackup_run(list(vms) or None, force_full=force_full)
-    if not wait:
-        output.show(task, output_format, lambda shown: f"autobackup run {shown['id']} started for "
-                                                       f"{len(shown['vms'])} VM(s)")
-        return
-    while task["state"] not in FINISHED:
-        time.sleep(WAIT_POLL_S)
-        task = session.client.nodes.task(task["id"])
-    output.show(task, output_format, _outcome)
-    if task["state"] == "failed":
-        sys.exit(1)
+    scheduled_runs.show_run(session, task, "autobackup", wait, output_format, _outcome)
 
 
 @autobackup.command("status")
@@ -68,11 +53,5 @@ def autobackup_run(session, vms: tuple, force_full: bool, wait: bool, output_for
 def autobackup_status(session, output_format: str) -> None:
     """The autobackup settings, the run in progress, the last run's outcome and every VM's chains."""
     def shown(status: dict) -> str:
-        last = status["last_outcome"] or {}
-        details = output.details([
-            *((key, output.plain(value)) for key, value in sorted(status["settings"].items())),
-            ("running", output.plain(status["running"])),
-            ("last run", f"{last.get('task')}: {last.get('state')}" if last else "-"),
-            *((("errors", "; ".join(last["errors"])),) if last.get("errors") else ())])
-        return details + "\n\n" + output.table(status["chains"], _CHAIN_COLUMNS)
+        return scheduled_runs.status_details(status) + "\n\n" + output.table(status["chains"], _CHAIN_COLUMNS)
     output.show(session.client.vms.autobackup_status(), output_format, shown)

@@ -7,7 +7,7 @@ the command says which happened.
 import click
 
 from pvc import sizes
-from pvc.cli import output
+from pvc.cli import output, upstream
 from pvc.cli.confirm import confirm
 from pvc.errors import InvalidInput
 
@@ -21,8 +21,8 @@ _APPLIED = {
 
 def _apply_options(function):
     options = [
-        click.option("-r", "--restart/--no-restart", default=False,
-                     help="restart the VM now to apply the change (default: --no-restart, as upstream's)"),
+        upstream.option("-r", "--restart/--no-restart", default=False, upstream=("-r", "--restart", "--no-restart"),
+                        help="restart the VM now to apply the change (default: --no-restart, as upstream's)"),
         click.option("-l/-L", "--live/--no-live", default=True,
                      help="change the running VM too, where libvirt can (default: --live)"),
         click.option("-y", "--yes", is_flag=True, help="do not ask before restarting the VM"),

@@ -2,6 +2,7 @@
 (`pvc.rpc.vm_snapshots`)."""
 import click
 
+from pvc import connections
 from pvc.cli import output
 from pvc.cli.confirm import confirm_option
 
@@ -99,3 +100,28 @@ def snapshot_import(session, source, name, pool, output_format) -> None:
     """Define a new, stopped VM from the export in SOURCE (under a backup root) and the exports it builds on."""
     vm = session.client.vms.snapshot_import(source, name=name, pool=pool)
     output.show(vm, output_format, lambda shown: f"Imported VM {shown['name']} (stopped) on node {shown['node']}")
+
+
+@snapshot.command("send")
+@click.argument("vm")
+@click.argument("name", metavar="SNAPSHOT")
+@click.option("--to", "destination", required=True, metavar="CONNECTION",
+              help="the PVC cluster to send it to: a saved connection (pvc connection list), whose URIs and API key "
+                   "this cluster then keeps, the key sealed, for later sends")
+@output.format_option
+@click.pass_obj
+def snapshot_send(session, vm, name, destination, output_format) -> None:
+    """Send snapshot SNAPSHOT of VM to another PVC cluster, where it is kept as a mirror (state mirror, never
+    started until promoted): whole the first time, then as the changes since the newest snapshot it holds."""
+    sent = session.client.vms.snapshot_send(vm, name, destination, connection=mirror_connection(destination))
+    output.show(sent, output_format, lambda shown: output.details([
+        ("Sent", f"{shown['vm']}@{shown['snapshot']} ({shown['kind']})"),
+        ("Parent", output.plain(shown["parent"])),
+        ("To", shown["destination"]),
+        ("Bytes", str(shown["bytes"]))]))
+
+
+def mirror_connection(name: str) -> dict:
+    """What a coordinator needs of saved connection `name` to reach that cluster itself."""
+    saved = connections.get(name)
+    return {"uris": saved["uris"], "api_key": saved["api_key"], "tls_ca": saved.get("tls_ca")}

@@ -219,7 +219,7 @@ def _opened(name: str, parent: int, label: str) -> Iterator[int]:
         os.close(descriptor)
 
 
-class _Hashing:
+class Hashing:
     """A file wrapper counting and hashing what passes through it."""
 
     def __init__(self, file: BinaryIO):
@@ -257,7 +257,7 @@ def export(backend: StorageBackend, roots: BackupRoots, manifest: dict[str, Any]
             descriptor = os.open(stream_name(volume), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640,
                                  dir_fd=directory)
             with os.fdopen(descriptor, "wb", buffering=1 << 20) as output:
-                hashing = _Hashing(output)
+                hashing = Hashing(output)
                 backend.snapshot_export(pool, name, manifest["snapshot"], manifest["parent"], hashing)
             volumes.append({"volume": volume, "size_bytes": size_bytes, "file": stream_name(volume),
                             "bytes": hashing.bytes, "sha256": hashing.sha256.hexdigest()})
@@ -391,7 +391,7 @@ def _apply(backend: StorageBackend, directory: int, link: dict[str, Any], volume
     except FileNotFoundError:
         raise InvalidInput(f"{label} is missing") from None
     with os.fdopen(descriptor, "rb", buffering=1 << 20) as stream:
-        hashing = _Hashing(stream)
+        hashing = Hashing(stream)
         backend.volume_apply_diff(pool, name, hashing, label)
         hashing.read()
     if hashing.bytes != volume["bytes"] or hashing.sha256.hexdigest() != volume["sha256"]:

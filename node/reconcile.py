@@ -554,7 +554,7 @@ class Reconciler:
                 self._run_here(name, state, seen)
             elif state == "shutdown":
                 self._actions.shutdown(name, seen)
-            elif state in ("stop", "disable", "fail"):
+            elif state in ("stop", "disable", "fail", schema.MIRROR_STATE):
                 self._actions.stop(name, seen)
         except OperationFailed as error:
             return self._failed(name, raw, str(error))

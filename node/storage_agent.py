@@ -11,10 +11,10 @@ from typing import Any, Callable
 
 import Pyro5.server
 
-from pvc import bulk, config, plugin_manager, schema
+from pvc import bulk, config, mirror_manifest, plugin_manager, schema
 from pvc.errors import ConfigError, InvalidInput, OperationFailed
 from pvc.hookspecs import ApplianceImporter, StorageBackend
-from pvc.node import backups, guest_snapshots
+from pvc.node import backups, guest_snapshots, mirror_transfer
 from pvc.node.autobackup_exports import AutobackupExports
 from pvc.node.pool_room import PoolRoom
 from pvc.node.provision_scripts import ScriptRunner
@@ -42,7 +42,7 @@ class StorageAgent:
     def __init__(self, backend_name: str, backend: StorageBackend, tickets: Tickets,
                  appliance_importers: dict[str, ApplianceImporter] | None = None,
                  scripts: ScriptRunner | None = None, backup_roots: backups.BackupRoots | None = None,
-                 autobackups: AutobackupExports | None = None):
+                 autobackups: AutobackupExports | None = None, staging_directory: Path | None = None):
         self._backend_name = backend_name
         self._scripts = scripts
         self._appliance_importers = appliance_importers or {}
@@ -50,6 +50,7 @@ class StorageAgent:
         self._backup_roots = backup_roots or backups.BackupRoots([], "/nonexistent")
         self._autobackups = autobackups or AutobackupExports(backend, self._backup_roots, {})
         self._tickets = tickets
+        self._mirror_stages = mirror_transfer.MirrorStages(backend, staging_directory or Path("/nonexistent"))
         self.upload_address = ""
         self.upload_tls = False
         """Where clients send upload streams, known once the listener runs."""
@@ -170,6 +171,28 @@ class StorageAgent:
                                      force is True)
         return {"address": self.upload_address, "token": ticket.token, "tls": self.upload_tls}
 
+    def open_mirror_upload(self, pool: str, manifest: dict[str, Any], size_bytes: int,
+                           checksum: str) -> dict[str, Any]:
+        """A single-use token for one mirror send from another cluster (`pvc.node.mirror_transfer`): exactly
+        `size_bytes` with `checksum`, the streams `manifest` lists, applied to its volumes (which exist)."""
+        manifest = mirror_manifest.checked(manifest)
+        ticket = self._tickets.issue(schema.check_name("pool", pool), manifest["vm"], _size(size_bytes), "raw",
+                                     _checksum(checksum), False, mirror=manifest)
+        return {"address": self.upload_address, "token": ticket.token, "tls": self.upload_tls}
+
+    def mirror_stage(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Write a VM snapshot's streams for a send to another cluster into this node's staging directory."""
+        for volume in manifest["volumes"]:
+            guest_snapshots.split_volume(volume)
+        return self._mirror_stages.stage(manifest)
+
+    def mirror_push(self, stage: str, ticket: dict[str, Any], tls_ca: str | None) -> dict[str, Any]:
+        """Send a staged snapshot under the receiving cluster's ticket; the receiving node's answer."""
+        return self._mirror_stages.push(stage, ticket, tls_ca)
+
+    def mirror_discard(self, stage: str) -> None:
+        self._mirror_stages.discard(stage)
+
     def open_appliance_upload(self, pool: str, appliance: str, size_bytes: int, importer: str,
                               checksum: str) -> dict[str, Any]:
         """A single-use token for one appliance upload (`pvc.node.appliance_uploads`) of exactly `size_bytes`
@@ -259,7 +282,7 @@ class NodeStorage:
                                                 Path(settings["snapshot_pause_directory"]) / EXPORT_JOURNAL)
         self.agent = StorageAgent(self.backend_name, self.backend, self._tickets, self._appliance_importers,
                                   self.scripts, self.backup_roots,
-                                  AutobackupExports(self.backend, self.backup_roots, settings))
+                                  AutobackupExports(self.backend, self.backup_roots, settings), self._staging)
 
     def start(self) -> None:
         """Prepare the staging directory, sweep what uploads left before a crash, and listen for uploads; a

@@ -43,7 +43,7 @@ REFUSAL_DRAIN_S = 5
 BODY_IDLE_TIMEOUT_S = 120
 HEADER_DEADLINE_S = 15
 MAX_UNADMITTED = 16
-STAGING_LEFTOVERS = (".stage-", ".probe-")
+STAGING_LEFTOVERS = (".stage-", ".probe-", ".mirror-")
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,9 @@ class Ticket:
     appliance_importer: str | None = None
     """For an appliance upload (`pvc.node.appliance_uploads`): the importer that reads it; `volume` is then
     the appliance's name."""
+    mirror: dict[str, Any] | None = None
+    """For a mirror send from another cluster (`pvc.node.mirror_transfer`): its checked manifest; `volume` is
+    then the VM's name."""
 
 
 class Tickets:
@@ -73,9 +76,9 @@ class Tickets:
         self._tickets: dict[str, Ticket] = {}
 
     def issue(self, pool: str, volume: str, size_bytes: int, image_format: str, checksum: str,
-              force: bool, appliance_importer: str | None = None) -> Ticket:
+              force: bool, appliance_importer: str | None = None, mirror: dict[str, Any] | None = None) -> Ticket:
         ticket = Ticket(secrets.token_urlsafe(32), pool, volume, size_bytes, image_format, checksum, force,
-                        time.monotonic() + self._lifetime, appliance_importer)
+                        time.monotonic() + self._lifetime, appliance_importer, mirror)
         with self._lock:
             self._expire()
             self._tickets[ticket.token] = ticket
@@ -429,7 +432,10 @@ class UploadListener:
             bulk.send_message(connection, {"ready": True})
             connection.settimeout(BODY_IDLE_TIMEOUT_S)
             started = time.monotonic()
-            if ticket.appliance_importer is not None:
+            if ticket.mirror is not None:
+                from pvc.node.mirror_transfer import MirrorReceiveJob
+                result = {"mirror": MirrorReceiveJob(self._context_factory().backend, ticket).run(connection)}
+            elif ticket.appliance_importer is not None:
                 from pvc.node.appliance_uploads import ApplianceImportJob
                 result = {"appliance": ApplianceImportJob(self._context_factory(), ticket).run(connection)}
             else:

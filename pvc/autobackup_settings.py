@@ -41,8 +41,8 @@ class Schedule:
         return last_run < latest
 
 
-def parse_schedule(text: Any) -> Schedule | None:
-    """The schedule `text` names (None for ``off``); anything else is refused in one line."""
+def parse_schedule(text: Any, key: str = "autobackup_schedule") -> Schedule | None:
+    """The schedule `text` names (None for ``off``); anything else is refused in one line naming `key`."""
     if text is None or text == OFF:
         return None
     if isinstance(text, str):
@@ -52,7 +52,7 @@ def parse_schedule(text: Any) -> Schedule | None:
         daily = _DAILY.fullmatch(text.strip())
         if daily and int(daily.group(1)) < 24 and int(daily.group(2)) < 60:
             return Schedule(daily_minute=int(daily.group(1)) * 60 + int(daily.group(2)))
-    raise InvalidInput(f"autobackup_schedule must be 'Nh' (every N hours, 1 to {MAX_INTERVAL_HOURS}), 'HH:MM' "
+    raise InvalidInput(f"{key} must be 'Nh' (every N hours, 1 to {MAX_INTERVAL_HOURS}), 'HH:MM' "
                        f"(daily, UTC) or 'off', not {text!r}")
 
 

@@ -117,6 +117,11 @@ class WatchedCollection:
                 return None, {}
             return dict(item), {key: self._versions[(name, key)] for key in item if (name, key) in self._versions}
 
+    def created(self, name: str) -> int | None:
+        """The zxid that created child `name` (its znode's czxid), or None if it is not held."""
+        with self._lock:
+            return self._created.get(name)
+
     def changes(self, since: int) -> tuple[int, list[str] | None]:
         """The current change number, and the children changed (or forgotten) after change number `since`,
         oldest first; None instead of the list when the log no longer reaches back that far."""

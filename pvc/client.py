@@ -26,7 +26,9 @@ from pvc.errors import AuthenticationError, ConfigError, Unavailable
 from pvc.handshake import authenticated_proxy, use_tls
 
 SLOW_METHODS = (*(("vms", method) for method in ("snapshot_create", "snapshot_remove", "snapshot_rollback",
-                                                  "snapshot_export", "snapshot_import")),
+                                                  "snapshot_export", "snapshot_import", "snapshot_send",
+                                                  "mirror_receive", "mirror_receive_end", "mirror_receive_abort",
+                                                  "mirror_handover", "mirror_promote", "mirror_prune")),
                 ("provisioner", "ova_remove"))
 """Calls that copy or rewrite volume data on a node (a forced OVA removal flattens the clones of the VMs made
 from it): they get `SLOW_CALL_TIMEOUT_S`."""

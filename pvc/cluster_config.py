@@ -111,6 +111,14 @@ KEYS: tuple[ClusterKey, ...] = (
                "keeps per VM; older chains are removed whole", "int"),
     ClusterKey("autobackup_schedule", None, "when the leader starts an autobackup run: 'Nh' (every N hours, 1 to "
                "168) or 'HH:MM' (daily, UTC); 'off' stops the schedule", "str"),
+    ClusterKey("automirror_tag", None, "VMs carrying this tag are sent to automirror_destination by each scheduled "
+               "automirror run (and by `pvc vm automirror run` without VM names)", "str"),
+    ClusterKey("automirror_destination", None, "the PVC cluster automirror sends to: a mirror destination stored by "
+               "an earlier `pvc vm snapshot send --to NAME`", "str"),
+    ClusterKey("automirror_keep", 3, "how many automirror snapshots of each VM are kept on this cluster (the newest "
+               "is the parent of the next incremental send)", "int"),
+    ClusterKey("automirror_schedule", None, "when the leader starts an automirror run: 'Nh' (every N hours, 1 to "
+               "168) or 'HH:MM' (daily, UTC); 'off' stops the schedule", "str"),
     ClusterKey("fencing_overrides", None, "per-node fencing settings {NODE: {KEY: VALUE}}, set one node at a "
                "time with `pvc cluster config --node NODE --KEY VALUE`", "mapping", settable=False,
                rules=(SELF_FENCE_DEADLINE, KAZOO_DETECTION)),

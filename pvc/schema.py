@@ -134,6 +134,21 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
     /pvc/autobackup/outcome            L   {"task", "state": done | failed, "finished", "errors"}: the last
                                            run's outcome, which the leader's ``autobackup`` check raises as a
                                            fault while it is failed
+    /pvc/mirror/destinations/NAME      C   a cluster this one sends mirrors to (`pvc.rpc.mirror.destinations`):
+                                           {"uris", "tls_ca", "api_key"}, the key only sealed (``sealed:v1:``,
+                                           `pvc.secrets_box`, context "mirror destination NAME api key")
+    /pvc/mirror/vms/VM                 C   on a cluster receiving a mirror (`pvc.rpc.mirror.receive`): {"source":
+                                           {"cluster", "destination"}, "snapshots": [{"name", "source_created"}]
+                                           oldest first, "intent": {"send_id", "snapshot", "parent", "volumes",
+                                           "deadline", "coordinator"} while a send is being applied}; the VM's
+                                           state is ``mirror`` until it is promoted, which removes this record
+    /pvc/locks/mirrors/VM              C   kazoo lock serialising the sends received for one VM and its promotion
+    /pvc/tasks/ID (kind ``automirror``) C,L a scheduled mirror run (`pvc.rpc.mirror.automirror`): the VMs, the
+                                           settings and one step per VM (waiting | begun | done | failed |
+                                           skipped), written before each VM's snapshot and send
+    /pvc/mirror/run                    C,L {"task": ID}: the automirror run in progress
+    /pvc/mirror/schedule               L   {"last_run": time}: when the schedule last started an automirror run
+    /pvc/mirror/outcome                L   {"task", "state", "finished", "errors"}: the last automirror run's outcome
     /pvc/autobackup/vms/VM             L   a VM's backup chains, oldest first: [{"id", "backups": [{"snapshot",
                                            "directory", "node", "kind": full | incremental, "bytes",
                                            "created"}]}], "removing": chains whose exports retention is
@@ -177,8 +192,11 @@ NODE_KEYS = ("daemon_state", "domain_state", "keepalive", "vm_stats", "networks"
 VM_KEYS = ("state", "placement", "status")
 """A VM's child znodes: what is wanted (state, placement) apart from what its node reports (status)."""
 
-VM_STATES = ("start", "restart", "shutdown", "stop", "disable", "migrate", "unmigrate", "fail", "provision", "remove")
+VM_STATES = ("start", "restart", "shutdown", "stop", "disable", "migrate", "unmigrate", "fail", "provision", "remove",
+             "mirror")
 RUNNING_STATES = ("start", "restart", "migrate", "unmigrate")
+MIRROR_STATE = "mirror"
+"""A copy of a VM kept by another cluster's sends (`pvc.rpc.mirror`): defined, never started until promoted."""
 """Desired states in which a VM should be running on its node."""
 
 DAEMON_STATES = ("init", "run", "stop", "dead", "fenced")
@@ -481,3 +499,33 @@ def autobackup_vm(vm_name: str) -> str:
 
 
 CONTAINERS += (AUTOBACKUP, AUTOBACKUP_VMS)
+
+
+# -- mirrors to and from other clusters ---------------------------------------------------------------------
+
+MIRROR = f"{ROOT}/mirror"
+MIRROR_DESTINATIONS = f"{MIRROR}/destinations"
+MIRROR_VMS = f"{MIRROR}/vms"
+
+
+def mirror_destination(name: str) -> str:
+    return f"{MIRROR_DESTINATIONS}/{check_name('mirror destination', name)}"
+
+
+def mirror_vm(vm_name: str) -> str:
+    return f"{MIRROR_VMS}/{check_name('VM', vm_name)}"
+
+
+MIRROR_LOCKS = f"{LOCKS}/mirrors"
+
+
+def mirror_lock(vm_name: str) -> str:
+    """Serialises the sends received for one VM and its promotion."""
+    return f"{MIRROR_LOCKS}/{check_name('VM', vm_name)}"
+
+
+AUTOMIRROR_RUN = f"{MIRROR}/run"
+AUTOMIRROR_SCHEDULE = f"{MIRROR}/schedule"
+AUTOMIRROR_OUTCOME = f"{MIRROR}/outcome"
+
+CONTAINERS += (MIRROR, MIRROR_DESTINATIONS, MIRROR_VMS, MIRROR_LOCKS)

@@ -19,7 +19,7 @@ from pvc.client import object_id
 from pvc.errors import ConfigError
 from pvc.handshake import AuthenticatingDaemon, use_tls
 from pvc.rpc.agents import NodeAgents
-from pvc.rpc.backup import run as autobackup_run, schedule as autobackup_schedule
+from pvc.rpc.backup import run as autobackup_run
 from pvc.rpc.areas.cluster import ClusterArea
 from pvc.rpc.areas.networks import NetworksArea
 from pvc.rpc.areas.nodes import NodesArea
@@ -42,6 +42,9 @@ from pvc.rpc.recovery import ReadyExecution, RecoveryExecution, record_missing_r
 from pvc.rpc.retries import RequestPruner
 from pvc.rpc.tasks import TaskRunner
 from pvc.rpc.vm_control import VMControl
+from pvc.rpc.mirror import automirror
+from pvc.rpc.mirror.receive import MirrorReceiver
+from pvc.rpc.mirror.send import MirrorSender
 from pvc.rpc.vm_backups import VMBackups
 from pvc.rpc.vm_snapshots import VMSnapshots
 from pvc.service import SignalQueue, daemon_command
@@ -68,6 +71,7 @@ class Coordinator:
         self.request_records = RequestPruner()
         self.storage: StorageArea | None = None
         self.vm_snapshots: VMSnapshots | None = None
+        self.mirror_receiver: MirrorReceiver | None = None
         self._next_storage_check = 0.0
         self.daemon: AuthenticatingDaemon | None = None
         self.context: CoordinatorContext | None = None
@@ -100,11 +104,14 @@ class Coordinator:
             self.vm_snapshots = VMSnapshots(self.context, control, storage)
             vms = VMsArea(self.context, control, self.vm_snapshots)
             vms.backups = VMBackups(self.context, storage, vms)
+            vms.mirror_sender = MirrorSender(self.context, vms.backups, vms)
+            vms.mirror_receiver = self.mirror_receiver = MirrorReceiver(self.context, control, storage, vms)
             self.storage = storage
             self.tasks = TaskRunner(self.context, control, self.settings["flush_parallelism"],
                                     {"recover": RecoveryExecution, "ready": ReadyExecution,
                                      PROVISION: provision_executor(self.context, storage, vms),
-                                     autobackup_run.KIND: autobackup_run.executor(self.vm_snapshots, vms.backups)},
+                                     autobackup_run.KIND: autobackup_run.executor(self.vm_snapshots, vms.backups),
+                                     automirror.KIND: automirror.executor(self.vm_snapshots, vms.mirror_sender)},
                                     self.settings["leader_audit_interval"])
             self.daemon = AuthenticatingDaemon(self.settings["api_keys"], "API key", host, port)
             areas = {"cluster": ClusterArea(self.context), "nodes": NodesArea(self.context),
@@ -203,7 +210,9 @@ class Coordinator:
             self._next_storage_check = time.monotonic() + STORAGE_CHECK_INTERVAL_S
             self.storage.resolve_orphaned_intents()
             self.vm_snapshots.resolve_orphaned()
-        autobackup_schedule.start_when_due(self.context, leader_node)
+            self.mirror_receiver.resolve_expired()
+        autobackup_run.start_when_due(self.context, leader_node)
+        automirror.start_when_due(self.context, leader_node)
 
     def run(self) -> None:
         signals = SignalQueue()

@@ -402,6 +402,8 @@ def record_missing_recoveries(context: CoordinatorContext, leader_node: str, goi
             state, stat = daemon_state(context, name)
             if state == "dead":
                 dead[name] = stat.mzxid
+    covered = _recoveries_held(context)
+    dead = {name: marked for name, marked in dead.items() if covered.get(name, 0) < marked}
     if not dead:
         return []
     since = {}
@@ -414,6 +416,19 @@ def record_missing_recoveries(context: CoordinatorContext, leader_node: str, goi
             record_recovery(context, name, leader_node, held=too_many_dead(context, going))
             recorded.append(name)
     return recorded
+
+
+def _recoveries_held(context: CoordinatorContext) -> dict[str, int]:
+    """The creation zxid of the latest ``recover`` task of each node, as the cache holds them: a node that stays
+    dead (its fence failed, or is held) is checked every tick, and every task record is read only when the
+    cache shows no task since its marking (one just recorded, or truly missing)."""
+    latest: dict[str, int] = {}
+    for name in context.cache.tasks.names():
+        task = (context.cache.tasks.get(name) or {}).get(OWN_VALUE) or {}
+        created = context.cache.tasks.created(name)
+        if task.get("kind") == "recover" and task.get("node") and created is not None:
+            latest[task["node"]] = max(latest.get(task["node"], 0), created)
+    return latest
 
 
 def retry_due_recoveries(context: CoordinatorContext, leader_node: str, now: float) -> list[str]:

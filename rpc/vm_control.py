@@ -241,6 +241,13 @@ def read_desired(store: Store, name: str) -> Desired:
                    zxids)
 
 
+def refuse_mirror(name: str, read: Desired) -> None:
+    """A mirror runs nowhere, moves nowhere and changes state only by its promotion."""
+    if read.state == schema.MIRROR_STATE:
+        raise Conflict(f"VM '{name}' is a mirror of a VM on another cluster and cannot be started, stopped or "
+                       f"moved here: promote it first (pvc vm mirror promote {name})")
+
+
 def write_desired(store: Store, name: str, read: Desired, state: str | None = None,
                   placement: dict[str, Any] | None = None, spec: dict[str, Any] | None = None,
                   leader_node: str | None = None) -> None:
@@ -250,7 +257,11 @@ def write_desired(store: Store, name: str, read: Desired, state: str | None = No
     The transaction checks that every part (spec, state, placement) is still at the version `read` found,
     written or not, so a change made since (a command answered meanwhile) wins and this write raises
     `Superseded`; with `leader_node`, it also checks the writer still leads. A placement written moves the
-    VM's node index entry in the same transaction (`pvc.node_index`)."""
+    VM's node index entry in the same transaction (`pvc.node_index`). A mirror (`schema.MIRROR_STATE`)
+    takes no other state than ``remove``, whoever asks: its disks follow another cluster's VM until it is
+    promoted (`pvc.rpc.mirror.receive`, which writes its state itself)."""
+    if state not in (None, schema.MIRROR_STATE, "remove"):
+        refuse_mirror(name, read)
     paths = _desired_paths(name)
     values = {"spec": spec, "state": state, "placement": placement}
     transaction = store.transaction(leader_node)
@@ -273,6 +284,6 @@ def settled(view: dict[str, Any]) -> bool:
     if state in ("start", "migrate", "unmigrate"):
         # A move is done once the VM runs on its new node; recording "start" after it is the leader's.
         return view["running"] is True
-    if state in ("stop", "shutdown", "disable", "fail"):
+    if state in ("stop", "shutdown", "disable", "fail", schema.MIRROR_STATE):
         return view["running"] is False
     return False

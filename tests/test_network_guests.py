@@ -190,3 +190,47 @@ def test_a_nic_on_a_network_is_hot_plugged_into_its_bridge(guest_lab):
         connection.close()
     second = live.split("52:54:00:49:00:02")[0].rsplit("<interface", 1)[1]
     assert "type='bridge'" in second and "pvcbr4900" in live.split("52:54:00:49:00:02")[1].split("</interface>")[0]
+
+
+@pytest.fixture
+def outside(guest_lab) -> Iterator[str]:
+    """A namespace behind the router (hv1's upstream side, 169.254.252.0/24) standing for the world outside the
+    network: it reaches the guests only through the router's forwarding, where the network's ACLs apply."""
+    lab = guest_lab.local.lab
+    name = f"{lab.prefix}-out"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for argv in (["ip", "link", "add", "outside0", "type", "veth", "peer", "name", "eth0", "netns", name],
+                     ["ip", "addr", "add", "169.254.252.1/24", "dev", "outside0"],
+                     ["ip", "link", "set", "outside0", "up"]):
+            subprocess.run(lab.command("hv1", argv), check=True, capture_output=True)
+        for argv in (["ip", "addr", "add", "169.254.252.2/24", "dev", "eth0"], ["ip", "link", "set", "eth0", "up"],
+                     ["ip", "route", "add", NET.format(249), "via", "169.254.252.1"]):
+            subprocess.run(["ip", "netns", "exec", name, *argv], check=True, capture_output=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_an_acl_blocks_a_port_of_a_real_guest_until_removed(guest_lab, outside):
+    """An inbound rule on the network drops connections to the guest's echo port from outside, at the router,
+    while the guest still answers pings; removing the rule lets them through again."""
+    node = guest_lab.client.vms.info("g1")["node"]
+    guest = address(guest_lab, "g1", node)
+
+    def connects() -> bool:
+        return subprocess.run(["ip", "netns", "exec", outside, "timeout", "2", "bash", "-c",
+                               f"exec 3<>/dev/tcp/{guest}/7"], capture_output=True).returncode == 0
+
+    def pings() -> bool:
+        return subprocess.run(["ip", "netns", "exec", outside, "ping", "-c", "1", "-W", "2", guest],
+                              capture_output=True).returncode == 0
+    assert eventually(connects, 10), "the guest's echo port cannot be reached through the router"
+    ok(pvc(guest_lab, "network", "acl", "add", "4900", "no-echo", "--direction", "in", "--order", "10",
+           "--rule", "tcp dport 7 drop"))
+    try:
+        assert eventually(lambda: not connects(), 10), "the ACL did not block the guest's port"
+        assert pings(), "the rule dropped more than its port"
+    finally:
+        ok(pvc(guest_lab, "network", "acl", "remove", "4900", "no-echo"))
+    assert eventually(connects, 10), "removing the ACL did not unblock the guest's port"

@@ -5,6 +5,7 @@ host's own libvirtd (only the RUNNING state counts), the QEMU processes found by
 volume's bytes on the host. Guests boot in seconds under TCG, so the module shares one cluster and reuses
 booted guests where a test allows.
 """
+import errno
 import os
 import socket
 import urllib.request
@@ -251,7 +252,15 @@ def test_auto_migration_falls_back_to_a_shutdown_when_the_target_answers_no_and_
         for port in range(first, first + MIGRATION_PORTS):
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past an earlier migration's TIME_WAIT
-            sock.bind((target.address, port))
+            try:
+                sock.bind((target.address, port))
+            except OSError as error:
+                # Held already (the range lies among the machine's ephemeral ports, so an outgoing connection
+                # may hold one): libvirt cannot take it either.
+                sock.close()
+                if error.errno != errno.EADDRINUSE:
+                    raise
+                continue
             sock.listen()
             taken.append(sock)
         moved = client.vms.migrate("fallback", target="hv2", wait=True)

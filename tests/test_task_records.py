@@ -1,10 +1,13 @@
 """Finished flush/ready task records are forgotten after a while, so the leader's every-tick read stays small;
-running ones and recent outcomes stay."""
+running ones and recent outcomes stay; and the leader's every-tick passes read task records only when something
+changed."""
 import time
 
 from pvc import schema
-from pvc.cache import ClusterCache
+from pvc.cache import OWN_VALUE, ClusterCache
+from pvc.rpc import tasks
 from pvc.rpc.context import CoordinatorContext
+from pvc.rpc.recovery import record_missing_recoveries
 from pvc.rpc.tasks import FINISHED_KEPT, FINISHED_KEPT_S, TaskRunner, prune_finished
 
 from helpers import eventually
@@ -73,3 +76,34 @@ def test_the_runner_reads_only_task_records_that_changed(store, mocker):
     runner.tick(leader)
     assert [call.args[0] for call in reads.call_args_list] == [schema.task("probe-1")]
     assert eventually(lambda: Probe.ran[:1] == ["probe-1"], 5)
+
+
+def test_a_node_that_stays_dead_costs_no_task_reads_once_its_recovery_is_recorded(store, mocker):
+    """The leader checks every tick that each dead node has a recovery since it was marked; a node whose fence
+    failed stays dead for hours, and the cache, not every task record, answers that it has one."""
+    cache = ClusterCache(store)
+    cache.start()
+    context = CoordinatorContext("test-leader", {}, store, cache, plugins=None, agents=None, leadership=None)
+    leader = store.zk.create(f"{schema.ELECTION}/leader-", b"", ephemeral=True, sequence=True)
+    for name, state in (("hv1", "run"), ("hv2", "run"), ("hv3", "dead")):
+        store.write(schema.node(name), {"name": name})
+        store.write(schema.node_key(name, "daemon_state"), state)
+    for n in range(20):
+        record(store, f"done-{n:02}", "done", time.time(), time.time())
+    assert eventually(lambda: (cache.nodes.get("hv3") or {}).get("daemon_state") == "dead")
+    reads = mocker.spy(tasks, "task_records")
+
+    assert record_missing_recoveries(context, leader, set()) == ["hv3"]
+    assert reads.call_count == 1
+    assert eventually(lambda: any(((cache.tasks.get(name) or {}).get(OWN_VALUE) or {}).get("kind") == "recover"
+                                  for name in cache.tasks.names()))
+    for _tick in range(5):
+        assert record_missing_recoveries(context, leader, set()) == []
+    assert reads.call_count == 1, "the cache holds the dead node's recovery"
+
+    store.write(schema.node_key("hv3", "daemon_state"), "run")
+    store.write(schema.node_key("hv3", "daemon_state"), "dead")
+    assert eventually(lambda: record_missing_recoveries(context, leader, set()) == ["hv3"]), \
+        "marked dead again: a new recovery"
+    recoveries = [task for task, _stat in tasks.task_records(context) if task["kind"] == "recover"]
+    assert [task["node"] for task in recoveries] == ["hv3", "hv3"]

@@ -5,7 +5,8 @@ from typing import Any
 import Pyro5.server
 from kazoo.exceptions import BadVersionError, NoNodeError
 
-from pvc import autobackup_settings, cluster_config, fence_secrets, fencing_settings, network_records, schema
+from pvc import (autobackup_settings, automirror_settings, cluster_config, fence_secrets, fencing_settings,
+                 network_records, schema)
 from pvc.cache import OWN_VALUE
 from pvc.errors import InvalidInput, NotFound
 from pvc.health import libvirt_lost
@@ -108,6 +109,7 @@ class ClusterArea:
             raise InvalidInput(f"unknown cluster config key(s): {', '.join(sorted(unknown))} "
                                f"(known: {', '.join(known)})")
         changes.update(autobackup_settings.check(changes))
+        changes.update(automirror_settings.check(changes))
         if "allow_host_devices" in changes and not isinstance(changes["allow_host_devices"], bool):
             raise InvalidInput(f"allow_host_devices must be true or false, not {changes['allow_host_devices']!r}")
         if "memory_overcommit" in changes:
@@ -149,6 +151,7 @@ class ClusterArea:
         settings = {**schema.DEFAULT_CLUSTER_CONFIG, **fencing_settings.DEFAULTS, **libvirt_lost.DEFAULTS,
                     **self._context.cache.config.get()}
         settings.update(autobackup_settings.resolve(settings))
+        settings.update(automirror_settings.resolve(settings))
         return {**settings, "fence_options": fence_secrets.shown_options(settings.get("fence_options") or {})}
 
     def _libvirt_lost_changes(self, node: str | None, lost: dict[str, Any]) -> dict[str, Any]:

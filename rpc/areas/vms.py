@@ -12,8 +12,9 @@ from pvc.cache import OWN_VALUE, Views
 from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound, PVCError, Unavailable
 from pvc.rpc import network_use, removal
 from pvc.rpc.context import CoordinatorContext
+from pvc.rpc.mirror import automirror, destinations
 from pvc.rpc.retries import retry_safe
-from pvc.rpc.vm_control import VMControl
+from pvc.rpc.vm_control import VMControl, refuse_mirror
 from pvc.rpc.backup import run as backup_run, status as backup_status
 from pvc.rpc.vm_edits import VMEditor, initial_tags
 from pvc.rpc.vm_snapshots import VMSnapshots
@@ -24,7 +25,7 @@ META_KEYS = ("node_limit", "node_selector", "node_autostart", "migration_method"
 @Pyro5.server.expose
 @Pyro5.server.behavior(instance_mode="single")
 @retry_safe(reads={"list", "info", "info_long", "dump", "log", "tags", "snapshot_list", "snapshot_info",
-                   "autobackup_status"})
+                   "autobackup_status", "automirror_status", "mirror_state"})
 class VMsArea:
     """``client.vms``: defining, changing, starting, stopping and moving virtual machines, and their whole-VM
     snapshots. Every change is recorded in ZooKeeper first and carried out by the VM's node at once;
@@ -36,12 +37,15 @@ class VMsArea:
         self._snapshots = snapshots
         self.backups = None
         """`pvc.rpc.vm_backups.VMBackups`, set once the storage area exists."""
+        self.mirror_sender = None
+        self.mirror_receiver = None
+        """`pvc.rpc.mirror.send.MirrorSender` and `pvc.rpc.mirror.receive.MirrorReceiver`, set with `backups`."""
         self._editor = VMEditor(context, control, self._spec, self._allow_host_devices)
         self._views = Views(context.cache.vms, _list_view)
 
     def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
         """The VM as it now is, for a call whose coordinator died before answering; None once it is gone."""
-        if method.startswith(("snapshot_", "autobackup_")):
+        if method.startswith(("snapshot_", "autobackup_", "automirror_", "mirror_")):
             return None
         if method == "define":
             name = domain_xml.parse(args[0] if args else kwargs["xml"], allow_host_devices=True).name
@@ -194,13 +198,14 @@ class VMsArea:
         :raises NotFound: no VM of that name
         :raises Busy: another command holds the VM's lock
         :raises InvalidInput: a malformed name
-        :raises Conflict: the VM is running
+        :raises Conflict: the VM is running, or is a mirror (`pvc.rpc.mirror`), which keeps its sender's name
         :raises AlreadyExists: the new name is taken
         """
         schema.check_name("VM", new_name)
         with self._control.locked(vm):
             raw = self._control.raw(vm)
             current = self._control.desired(vm)
+            refuse_mirror(vm, current)
             if models.vm_view(vm, raw)["running"] or current.state in ("start", "restart", "migrate"):
                 raise Conflict(f"VM '{vm}' must be stopped before it is renamed")
             if self._context.cache.vms.get(new_name) is not None:
@@ -460,6 +465,7 @@ class VMsArea:
         with self._control.locked(vm):
             current = self._control.desired(vm)
             node = current.placement["node"]
+            refuse_mirror(vm, current)
             if state in ("start", "restart") and current.state not in schema.RUNNING_STATES:
                 self._check_room_to_start(vm, current.spec, node)
             if state == "start" and current.placement.get("autostart"):
@@ -514,6 +520,7 @@ class VMsArea:
         """
         with self._control.locked(vm):
             current = self._control.desired(vm)
+            refuse_mirror(vm, current)
             where = current.placement
             if not where.get("last_node"):
                 raise Conflict(f"VM '{vm}' has not been migrated: there is nowhere to return it to")
@@ -526,6 +533,7 @@ class VMsArea:
               force_live: bool = False) -> dict[str, Any]:
         with self._control.locked(vm):
             desired = self._control.desired(vm)
+            refuse_mirror(vm, desired)
             spec, where = desired.spec, desired.placement
             current = where["node"]
             view = models.vm_view(vm, {**self._control.raw(vm), OWN_VALUE: spec, "state": desired.state,
@@ -648,6 +656,134 @@ class VMsArea:
         :raises OperationFailed: the storage or the node refused (its reason)
         """
         return self._vm_backups().import_(source, name, pool)
+
+    # -- mirrors on another cluster (`pvc.rpc.mirror`) -------------------------------------------------
+
+    def snapshot_send(self, vm: str, snapshot: str, destination: str,
+                      connection: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send a snapshot to the PVC cluster `destination`, whole or as the changes since the newest snapshot
+        the mirror there holds; with `connection` (a saved connection's ``uris``, ``api_key``, ``tls_ca``) the
+        destination is stored first, its key sealed, for this and later sends.
+
+        :raises NotFound: no such VM snapshot, no stored destination of that name, or the destination lacks a
+            pool the VM's volumes are in
+        :raises Conflict: the destination holds a VM of that name that is not a mirror, or a mirror that has
+            diverged (its newest snapshot is not one this cluster holds)
+        :raises AlreadyExists: the destination holds that snapshot already
+        :raises Busy: another send to that mirror is under way
+        :raises Unavailable: this coordinator sends no mirrors, or the destination or a storage node did not answer
+        """
+        return self._mirrors("sender").send(vm, snapshot, destination, connection)
+
+    def mirror_state(self, vm: str) -> dict[str, Any]:
+        """What this cluster holds of VM `vm` for a sender: ``exists``, ``mirror``, ``newest`` snapshot.
+
+        :raises InvalidInput: a malformed VM name
+        :raises Unavailable: this coordinator receives no mirrors
+        """
+        return self._mirrors("receiver").state(vm)
+
+    def mirror_receive(self, manifest: dict[str, Any], size_bytes: int, checksum: str,
+                       source: dict[str, Any]) -> dict[str, Any]:
+        """For a sending cluster: check a send, record its intent and issue the ticket its stream goes under.
+
+        :raises InvalidInput: a malformed manifest
+        :raises NotFound: this cluster lacks a pool the volumes are in, or holds no mirror to send incrementally to
+        :raises Conflict: a VM of that name that is not a mirror, or a mirror that has diverged from the sender
+        :raises AlreadyExists: a volume of that name, or the mirror holds the snapshot already
+        :raises Busy: another send to the mirror is under way
+        :raises Unavailable: this coordinator receives no mirrors, or no storage node answered
+        """
+        return self._mirrors("receiver").begin(manifest, size_bytes, checksum, source)
+
+    def mirror_receive_end(self, vm: str, send_id: str, manifest: dict[str, Any],
+                           received: dict[str, Any]) -> dict[str, Any]:
+        """For a sending cluster: record a send whose stream was applied.
+
+        :raises Conflict: the send was undone meanwhile (past its deadline, or replaced)
+        :raises Busy: another change holds the mirror
+        :raises Unavailable: this coordinator receives no mirrors
+        """
+        return self._mirrors("receiver").end(vm, send_id, manifest, received)
+
+    def mirror_receive_abort(self, vm: str, send_id: str) -> None:
+        """For a sending cluster: undo a send it gave up on.
+
+        :raises Busy: another change holds the mirror
+        :raises Unavailable: this coordinator receives no mirrors, or no storage node answered
+        """
+        self._mirrors("receiver").abort(vm, send_id)
+
+    def mirror_prune(self, vm: str, keep: int, prefix: str) -> list[str]:
+        """For a sending cluster's automirror: remove the mirror's snapshots whose names begin with `prefix`, but
+        the newest `keep` of them (never the newest snapshot); the names removed.
+
+        :raises InvalidInput: `keep` is not a whole number of at least 1
+        :raises Conflict: the VM is not a mirror
+        :raises Busy: a send to the mirror is under way
+        :raises Unavailable: this coordinator receives no mirrors
+        """
+        return self._mirrors("receiver").prune(vm, keep, prefix)
+
+    def mirror_handover(self, vm: str, destination: str) -> dict[str, Any]:
+        """For a destination promoting its mirror: stop the VM here, snapshot it and send that last snapshot.
+
+        :raises NotFound: no VM of that name, or no stored destination of that name
+        :raises Conflict: the destination's mirror has diverged
+        :raises Unavailable: this coordinator sends no mirrors, or the VM did not stop in time
+        """
+        return self._mirrors("sender").handover(vm, destination)
+
+    def mirror_promote(self, vm: str, source: dict[str, Any] | None = None,
+                       remove_source: bool = False) -> dict[str, Any]:
+        """Turn mirror `vm` into an ordinary stopped VM of this cluster. With `source` (the sending cluster's
+        saved connection) the VM is first stopped there and its last state sent here; with `remove_source` it
+        is then removed there (its volumes stay).
+
+        :raises Conflict: the VM is not a mirror
+        :raises Busy: a send to it is under way
+        :raises InvalidInput: `remove_source` without `source`
+        :raises Unavailable: this coordinator receives no mirrors, or the source cluster did not answer
+        """
+        if remove_source and source is None:
+            raise InvalidInput("removing the source VM needs the source cluster's connection (--from)")
+        origin = self._mirrors("receiver").source(vm)
+        client = destinations.client(source) if source is not None else None
+        try:
+            if client is not None:
+                client.vms.mirror_handover(vm, origin["destination"])
+            promoted = self._mirrors("receiver").promote(vm)
+            if remove_source:
+                client.vms.remove(vm, wait=True)
+        finally:
+            if client is not None:
+                client.close()
+        return {**promoted, "source_removed": bool(remove_source)}
+
+    def automirror_run(self, vms: list[str] | None = None) -> dict[str, Any]:
+        """Start an automirror run now, of `vms` or (none given) of every VM carrying the cluster's
+        ``automirror_tag``: each is snapshotted and sent to ``automirror_destination``; the leader runs it as task
+        ``automirror-...`` (`pvc cluster task list`).
+
+        :raises InvalidInput: ``automirror_destination`` is not set, or neither VMs nor ``automirror_tag`` are
+            given
+        :raises NotFound: a VM named does not exist, or the destination was never stored
+        :raises Conflict: an automirror run is in progress
+        """
+        return automirror.record_run(self._context, vms, "command")
+
+    def automirror_status(self) -> dict[str, Any]:
+        """The automirror settings, the run in progress and the last run's outcome.
+
+        :raises Unavailable: the coordinator cannot read ZooKeeper
+        """
+        return automirror.status(self._context)
+
+    def _mirrors(self, end: str) -> Any:
+        found = getattr(self, f"mirror_{end}")
+        if found is None:
+            raise Unavailable("this coordinator sends and receives no mirrors")
+        return found
 
     # -- scheduled backups (`pvc.rpc.backup`) ------------------------------------------------------------
 

@@ -24,19 +24,15 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
-import uuid
 from typing import TYPE_CHECKING, Any, Callable
-
-from kazoo.exceptions import NoNodeError
 
 from pvc import autobackup_settings, schema
 from pvc.cache import OWN_VALUE
-from pvc.errors import (AlreadyExists, Busy, Conflict, InvalidInput, NotFound, NotLeader, OperationFailed,
-                        PVCError, Unavailable)
+from pvc.errors import Busy, Conflict, InvalidInput, NotFound, NotLeader, OperationFailed, PVCError, Unavailable
 from pvc.rpc.areas.storage import STORAGE_ACTION_TIMEOUT_S
+from pvc.rpc import scheduled_runs
 from pvc.rpc.backup import chains
 from pvc.rpc.context import CoordinatorContext
-from pvc.rpc.tasks import ACTIVE_STATES
 
 if TYPE_CHECKING:
     from pvc.rpc.vm_backups import VMBackups
@@ -54,6 +50,9 @@ SETTLE_WAIT_S = 120.0
 POLL_S = 0.5
 
 
+RUNS = scheduled_runs.RunKind(KIND, schema.AUTOBACKUP_RUN, schema.AUTOBACKUP_SCHEDULE, schema.AUTOBACKUP_OUTCOME)
+
+
 def record_run(context: CoordinatorContext, vms: list[str] | None, reason: str,
                leader_node: str | None = None, force_full: bool = False) -> dict[str, Any]:
     """Record a run of the named VMs (all of them must exist), or of those carrying ``autobackup_tag``; refused
@@ -63,49 +62,17 @@ def record_run(context: CoordinatorContext, vms: list[str] | None, reason: str,
     if not settings["autobackup_destination"]:
         raise InvalidInput("autobackup_destination is not set: pvc cluster config --autobackup-destination PATH "
                            "(a directory under the nodes' backup_roots)")
-    context.cache.catch_up()
-    defined = {name for name, raw in context.cache.vms.snapshot().items() if raw.get(OWN_VALUE)}
-    if vms:
-        names = sorted({schema.check_name("VM", name) for name in vms})
-        missing = [name for name in names if name not in defined]
-        if missing:
-            raise NotFound(f"no VM named {', '.join(missing)}")
-    elif settings["autobackup_tag"]:
-        tag = settings["autobackup_tag"]
-        names = sorted(name for name in defined
-                       if tag in (((context.cache.vms.get(name) or {}).get(OWN_VALUE) or {}).get("tags") or {}))
-    else:
-        raise InvalidInput("autobackup_tag is not set: name the VMs, or pvc cluster config --autobackup-tag TAG")
-    stamp, suffix = time.strftime("%Y%m%d%H%M%S", time.gmtime()), uuid.uuid4().hex[:4]
-    task = {"id": f"{KIND}-{stamp}-{suffix}", "kind": KIND, "node": None, "vm": None, "state": "pending",
-            "created": time.time(), "reason": reason, "settings": settings, "force_full": bool(force_full),
-            "snapshot": f"{SNAPSHOT_PREFIX}{stamp}-{suffix}", "vms": names,
-            "steps": {name: {"state": "waiting", "attempts": 0} for name in names},
-            "total": len(names), "done": 0, "errors": []}
-    forget_stale_run(context, leader_node)
-    transaction = context.store.transaction(leader_node).create(schema.task(task["id"]), task) \
-        .create(schema.AUTOBACKUP_RUN, {"task": task["id"]})
-    if leader_node is not None:
-        transaction.put(schema.AUTOBACKUP_SCHEDULE, {"last_run": task["created"]})
-    try:
-        transaction.commit()
-    except AlreadyExists:
-        running = context.store.read(schema.AUTOBACKUP_RUN) or {}
-        raise Conflict(f"an autobackup run is in progress (task {running.get('task')})") from None
-    return task
+    names = scheduled_runs.covered_vms(context, RUNS, vms, settings["autobackup_tag"])
+    task = scheduled_runs.new_task(RUNS, reason, settings, SNAPSHOT_PREFIX, names, {"state": "waiting", "attempts": 0},
+                                   force_full=bool(force_full))
+    return scheduled_runs.record(context, RUNS, task, leader_node)
 
 
-def forget_stale_run(context: CoordinatorContext, leader_node: str | None) -> None:
-    """Drop a run marker whose task is gone or finished (removed by hand, say), which would
-    otherwise refuse every run; the marker's version is checked, so a new run's marker is never dropped."""
-    try:
-        data, stat = context.store.zk.get(schema.AUTOBACKUP_RUN)
-    except NoNodeError:
-        return
-    task = context.store.read(schema.task(schema.decode(data)["task"]))
-    if task is None or task["state"] not in ACTIVE_STATES:
-        context.store.transaction(leader_node).delete(schema.AUTOBACKUP_RUN, stat.version).commit()
-        log.warning("autobackup: dropped the marker of run %s, which is not running", schema.decode(data)["task"])
+def start_when_due(context: CoordinatorContext, leader_node: str, now: float | None = None) -> dict | None:
+    """For the leader's tick: a run recorded if ``autobackup_schedule`` says one is due (`pvc.rpc.scheduled_runs`);
+    a schedule seen for the first time counts from that moment; a due run that cannot start (no destination set)
+    counts as a failed run, and none starts while one is in progress."""
+    return scheduled_runs.start_when_due(context, RUNS, leader_node, record_run, now)
 
 
 class AutobackupExecution:

@@ -1,0 +1,115 @@
+"""The sending end of a mirror: a VM snapshot streamed to another PVC cluster's upload channel.
+
+The coordinator asks the destination (`pvc.rpc.mirror.destinations`) what it holds of the VM: nothing (the
+snapshot goes whole), a mirror whose newest snapshot this cluster holds too, taken at the same moment (it goes
+as the changes since that one), or anything else, which is refused before any data moves. A storage node here
+writes the streams into its staging space (`pvc.node.mirror_transfer`), the destination checks the send and
+records its intent, the node streams it to the destination's storage node, and the destination records it; a
+failure anywhere after the destination's intent has the destination undo it, so nothing is left half-made on
+either side (the staged file here always goes).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pvc import schema
+from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from pvc.rpc.context import CoordinatorContext
+from pvc.rpc.mirror import destinations
+from pvc.rpc.vm_backups import VMBackups
+from pvc.secrets_box import SecretsBox
+
+log = logging.getLogger(__name__)
+
+
+class MirrorSender:
+    def __init__(self, context: CoordinatorContext, backups: VMBackups, vms: Any):
+        self._context = context
+        self._backups = backups
+        self._vms = vms
+
+    def _box(self) -> SecretsBox:
+        return SecretsBox(self._context.settings["cluster_secret"])
+
+    def send(self, vm: str, snapshot: str, destination: str, connection: dict[str, Any] | None = None
+             ) -> dict[str, Any]:
+        """Send `vm`'s `snapshot` to `destination` (stored from `connection` first, when given)."""
+        schema.check_name("VM", vm)
+        schema.check_name("snapshot", snapshot)
+        schema.check_name("mirror destination", destination)
+        if connection is not None:
+            destinations.save(self._context.store, self._box(), destination, connection)
+        client = destinations.connect(self._context.store, self._box(), destination)
+        try:
+            return self._send(client, vm, snapshot, destination)
+        finally:
+            client.close()
+
+    def prune(self, vm: str, destination: str, keep: int, prefix: str) -> list[str]:
+        """Have `destination` remove its mirror's older snapshots named `prefix`... beyond `keep`."""
+        client = destinations.connect(self._context.store, self._box(), destination)
+        try:
+            return client.vms.mirror_prune(vm, keep, prefix)
+        finally:
+            client.close()
+
+    def handover(self, vm: str, destination: str, snapshot: str | None = None) -> dict[str, Any]:
+        """For a promotion on the destination: stop the VM here, snapshot it and send that snapshot, so that the
+        mirror holds the VM's last state."""
+        self._vms.stop(vm, wait=True)
+        taken = self._vms.snapshot_create(vm, snapshot or time.strftime("mirror-final-%Y%m%d%H%M%S"))
+        return self.send(vm, taken["name"], destination)
+
+    def _send(self, client: Any, vm: str, snapshot: str, destination: str) -> dict[str, Any]:
+        held = client.vms.mirror_state(vm)
+        if held["exists"] and not held["mirror"]:
+            raise Conflict(f"destination '{destination}' has a VM named '{vm}' that is not a mirror; nothing was sent")
+        record = self._backups._settled(vm, snapshot)
+        parent = self._parent(vm, snapshot, record, held, destination)
+        manifest, node, agent_uri = self._backups.plan_export(vm, snapshot, parent["name"] if parent else None)
+        agent = self._backups._storage._agent
+        staged = agent(node, agent_uri, "mirror_stage", manifest)
+        try:
+            sent = {"vm": vm, "snapshot": snapshot, "created": record["created"],
+                    "parent": parent["name"] if parent else None,
+                    "parent_created": parent["created"] if parent else None,
+                    "spec": manifest["spec"], "volumes": staged["volumes"]}
+            source = {"cluster": self._context.settings.get("cluster_name"), "destination": destination}
+            ticket = client.vms.mirror_receive(sent, staged["size_bytes"], staged["checksum"], source)
+            try:
+                answer = agent(node, agent_uri, "mirror_push", staged["stage"],
+                               {**ticket, "checksum": staged["checksum"]}, client.connection.tls_ca)
+                client.vms.mirror_receive_end(vm, ticket["send_id"], sent, answer["mirror"])
+            except BaseException:
+                try:
+                    client.vms.mirror_receive_abort(vm, ticket["send_id"])
+                except Exception as error:
+                    log.warning("the send of %s@%s to %s failed and could not be undone there (its deadline "
+                                "will): %s", vm, snapshot, destination, error)
+                raise
+        finally:
+            agent(node, agent_uri, "mirror_discard", staged["stage"])
+        return {"vm": vm, "snapshot": snapshot, "parent": sent["parent"], "destination": destination,
+                "kind": "incremental" if parent else "full", "bytes": staged["size_bytes"], "node": node}
+
+    def _parent(self, vm: str, snapshot: str, record: dict[str, Any], held: dict[str, Any],
+                destination: str) -> dict[str, Any] | None:
+        """The snapshot the destination's mirror ends at, as this cluster holds it; None for a whole send."""
+        newest = held["newest"]
+        if newest is None:
+            return None
+        if newest["name"] == snapshot:
+            raise AlreadyExists(f"destination '{destination}' holds snapshot '{snapshot}' of VM '{vm}' already")
+        try:
+            parent = self._backups._settled(vm, newest["name"])
+        except NotFound:
+            parent = None
+        if parent is None or parent["created"] != newest["source_created"]:
+            raise Conflict(f"the mirror of VM '{vm}' on destination '{destination}' has diverged: its newest "
+                           f"snapshot '{newest['name']}' is not one this cluster holds; nothing was sent")
+        if parent["created"] >= record["created"]:
+            raise InvalidInput(f"snapshot '{snapshot}' is not newer than '{newest['name']}', which destination "
+                               f"'{destination}' holds already")
+        return parent

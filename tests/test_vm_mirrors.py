@@ -1,0 +1,294 @@
+"""Mirrors between two local clusters side by side: a snapshot sent whole, then incrementally; the mirror refuses
+to start until promoted; a promotion after a final send; the destination's key stored sealed; and each kind of
+bad send refused in one line with nothing left on either side."""
+import hashlib
+import json
+import os
+import threading
+
+import pytest
+from click.testing import CliRunner
+
+from pvc import schema
+from pvc.cli.localcluster.guest import domain_xml
+from pvc.cli.main import cli
+from pvc.errors import Conflict
+
+from conftest import started_cluster
+from helpers import cluster_store, eventually
+from storage_support import known_raw, staging_files, stored_names, unique, volume_sha256
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def clusters(tmp_path_factory):
+    """Two one-node clusters on test-driver hosts and file storage, and a client home that has a saved
+    connection to each: ``source`` and ``dest``."""
+    for source in started_cluster(tmp_path_factory.mktemp("mirror-source"), nodes=1, coordinators=1):
+        for dest in started_cluster(tmp_path_factory.mktemp("mirror-dest"), nodes=1, coordinators=1):
+            source.backend = dest.backend = "file"
+            home = tmp_path_factory.mktemp("mirror-home")
+            for name, running in (("source", source), ("dest", dest)):
+                key = home / f"{name}.key"
+                key.write_text(running.local.state["api_key"])
+                added = _pvc(home, "connection", "add", name, *running.local.uris, "--api-key-file", str(key))
+                assert added.exit_code == 0, added.output
+            yield source, dest, home
+
+
+def _pvc(home, *args: str):
+    """`pvc ARGS` as a user with both clusters saved, the first (``source``) the default."""
+    return CliRunner().invoke(cli, list(args), env={"PVC_CLIENT_DIR": str(home), "PVC_CONFIG": None, "PVC_URI": None,
+                                                    "PVC_API_KEY": None, "PVC_CONNECTION": None})
+
+
+def _ok(result) -> str:
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _refused(result, words: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert words in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def _changed(path, offset: int, seed: int):
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 64 * 1024] = hashlib.sha256(bytes([seed])).digest() * 2048
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _vm_with_disk(cluster, tmp_path, pool: str, vm: str, seed: int):
+    image = known_raw(tmp_path / f"{vm}.raw", size=8 * MiB, seed=seed)
+    cluster.client.storage.upload(pool, f"{vm}_disk", str(image))
+    cluster.client.vms.define(domain_xml(vm, disk=f"{pool}/{vm}_disk", domain_type="kvm"))
+    return image
+
+
+def test_send_whole_then_incremental_then_promote(clusters, tmp_path):
+    source, dest, home = clusters
+    pool, vm = unique("mp"), unique("mvm")
+    source.client.storage.pool_add(pool)
+    dest.client.storage.pool_add(pool)
+    image = _vm_with_disk(source, tmp_path, pool, vm, seed=11)
+    disk = f"{vm}_disk"
+
+    source.client.vms.snapshot_create(vm, "s1")
+    at_s1 = volume_sha256(source, pool, disk)
+    source.client.storage.upload(pool, disk, str(_changed(image, 3 * MiB, 1)), force=True)
+    whole = json.loads(_ok(_pvc(home, "vm", "snapshot", "send", vm, "s1", "--to", "dest", "-f", "json")))
+    assert whole["kind"] == "full" and whole["parent"] is None
+
+    mirror = dest.client.vms.info(vm)
+    assert mirror["state"] == "mirror"
+    assert volume_sha256(dest, pool, disk) == at_s1, "the mirror holds the bytes at s1, not the source's later ones"
+    assert [row["name"] for row in dest.client.vms.snapshot_list(vm)] == ["s1"]
+    with pytest.raises(Conflict, match="is a mirror"):
+        dest.client.vms.start(vm)
+    _refused(_pvc(home, "-c", "dest", "vm", "start", vm), "promote it first")
+    _refused(_pvc(home, "-c", "dest", "vm", "migrate", vm), "is a mirror")
+    _refused(_pvc(home, "-c", "dest", "vm", "stop", vm, "--yes"), "is a mirror")
+    _refused(_pvc(home, "-c", "dest", "vm", "rename", vm, f"{vm}-renamed"), "is a mirror")
+    assert dest.client.vms.info(vm)["state"] == "mirror"
+
+    with cluster_store(source.local) as store:
+        raw = store.read(schema.mirror_destination("dest"))
+    assert raw["api_key"].startswith("sealed:v1:") and dest.local.state["api_key"] not in json.dumps(raw), \
+        "the destination's key is kept sealed in the source cluster's ZooKeeper"
+    assert raw["uris"] == dest.local.uris
+
+    source.client.vms.snapshot_create(vm, "s2")
+    at_s2 = volume_sha256(source, pool, disk)
+    incremental = json.loads(_ok(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "dest", "-f", "json")))
+    assert incremental["kind"] == "incremental" and incremental["parent"] == "s1"
+    assert incremental["bytes"] < whole["bytes"] / 4, (incremental, whole)
+    assert volume_sha256(dest, pool, disk) == at_s2
+    assert dest.client.vms.info(vm)["state"] == "mirror"
+    assert staging_files(source) == [] and staging_files(dest) == [], "no staged stream is left"
+
+    source.client.storage.upload(pool, disk, str(_changed(image, 6 * MiB, 2)), force=True)
+    source.client.vms.start(vm, wait=True)
+    promoted = _ok(_pvc(home, "-c", "dest", "vm", "mirror", "promote", vm, "--from", "source", "--remove-source",
+                        "--yes"))
+    assert f"Promoted VM {vm} (stopped), removed on the source cluster" in promoted
+    assert vm not in [row["name"] for row in source.client.vms.list()]
+    names = [row["name"] for row in dest.client.vms.snapshot_list(vm)]
+    assert names[:2] == ["s1", "s2"] and names[2].startswith("mirror-final-")
+    assert volume_sha256(dest, pool, disk) == volume_sha256(source, pool, disk), "the source's last state"
+    assert dest.client.vms.start(vm, wait=True)["running"] is True
+    assert dest.host_domains("hv1")[vm] is True
+
+
+
+def _dest_holds(dest, vm: str, pool: str) -> dict:
+    """What the destination holds of `vm`: its VM, snapshots, and the names in `pool` (hidden ones too)."""
+    vms = {row["name"]: row["state"] for row in dest.client.vms.list()}
+    return {"vm": vms.get(vm), "snapshots": [row["name"] for row in dest.client.vms.snapshot_list(vm)],
+            "stored": stored_names(dest, pool),
+            "volumes": [row["name"] for row in dest.client.storage.volume_list(pool)]}
+
+
+def test_bad_sends_are_refused_in_one_line_with_nothing_left_on_either_side(clusters, tmp_path):
+    source, dest, home = clusters
+    pool, lacking, vm = unique("mb"), unique("mlack"), unique("mbad")
+    source.client.storage.pool_add(pool)
+    source.client.storage.pool_add(lacking)
+    dest.client.storage.pool_add(pool)
+    image = _vm_with_disk(source, tmp_path, pool, vm, seed=21)
+    disk = f"{vm}_disk"
+    source.client.vms.snapshot_create(vm, "s1")
+
+    elsewhere = unique("mlk")
+    _vm_with_disk(source, tmp_path, lacking, elsewhere, seed=22)
+    source.client.vms.snapshot_create(elsewhere, "s1")
+    _refused(_pvc(home, "vm", "snapshot", "send", elsewhere, "s1", "--to", "dest"), f"no storage pool '{lacking}'")
+    assert elsewhere not in [row["name"] for row in dest.client.vms.list()]
+
+    taken = unique("mtaken")
+    _vm_with_disk(source, tmp_path, pool, taken, seed=23)
+    source.client.vms.snapshot_create(taken, "s1")
+    dest.client.vms.define(domain_xml(taken, domain_type="kvm"))
+    _refused(_pvc(home, "vm", "snapshot", "send", taken, "s1", "--to", "dest"), "is not a mirror")
+    assert dest.client.vms.info(taken)["state"] == "stop" and dest.client.vms.snapshot_list(taken) == []
+
+    clash = unique("mclash")
+    _vm_with_disk(source, tmp_path, pool, clash, seed=24)
+    source.client.vms.snapshot_create(clash, "s1")
+    dest.client.storage.volume_add(pool, f"{clash}_disk", 4 * MiB)
+    before = volume_sha256(dest, pool, f"{clash}_disk")
+    _refused(_pvc(home, "vm", "snapshot", "send", clash, "s1", "--to", "dest"), "exists on this cluster already")
+    assert volume_sha256(dest, pool, f"{clash}_disk") == before
+    assert clash not in [row["name"] for row in dest.client.vms.list()]
+
+    _ok(_pvc(home, "vm", "snapshot", "send", vm, "s1", "--to", "dest"))
+    held = _dest_holds(dest, vm, pool)
+    at_s1 = volume_sha256(dest, pool, disk)
+    _refused(_pvc(home, "vm", "snapshot", "send", vm, "s1", "--to", "dest"), "holds snapshot 's1' of VM")
+
+    source.client.vms.snapshot_remove(vm, "s1")
+    source.client.storage.upload(pool, disk, str(_changed(image, 1 * MiB, 3)), force=True)
+    source.client.vms.snapshot_create(vm, "s1")
+    source.client.vms.snapshot_create(vm, "s2")
+    _refused(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "dest"), "has diverged")
+    source.client.vms.snapshot_remove(vm, "s1")
+    _refused(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "dest"), "has diverged")
+    _refused(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "nowhere"), "no connection named 'nowhere'")
+
+    assert _dest_holds(dest, vm, pool) == held and volume_sha256(dest, pool, disk) == at_s1, \
+        "the mirror is as the last good send left it"
+    assert staging_files(source) == [] and staging_files(dest) == []
+    assert held["vm"] == "mirror" and held["snapshots"] == ["s1"]
+
+
+def test_a_send_whose_sender_died_is_undone_once_its_deadline_has_passed(clusters, tmp_path):
+    """A sender that recorded its send on the destination and wrote part of it before dying: promotion and other
+    sends are refused as busy meanwhile, and once its deadline has passed the destination's leader returns the
+    mirror to its last snapshot, so the next send ends with exactly the source's bytes."""
+    source, dest, home = clusters
+    pool, vm = unique("md"), unique("mdied")
+    source.client.storage.pool_add(pool)
+    dest.client.storage.pool_add(pool)
+    image = _vm_with_disk(source, tmp_path, pool, vm, seed=31)
+    disk = f"{vm}_disk"
+    source.client.vms.snapshot_create(vm, "s1")
+    _ok(_pvc(home, "vm", "snapshot", "send", vm, "s1", "--to", "dest"))
+    at_s1 = volume_sha256(dest, pool, disk)
+    source.client.storage.upload(pool, disk, str(_changed(image, 2 * MiB, 4)), force=True)
+    source.client.vms.snapshot_create(vm, "s2")
+
+    created = {row["name"]: row["created"] for row in source.client.vms.snapshot_list(vm)}
+    manifest = {"vm": vm, "snapshot": "s2", "created": created["s2"], "parent": "s1", "parent_created": created["s1"],
+                "spec": {"xml": source.client.vms.dump(vm)},
+                "volumes": [{"volume": f"{pool}/{disk}", "size_bytes": 8 * MiB, "bytes": 4096, "sha256": "0" * 64}]}
+    dest.client.vms.mirror_receive(manifest, 4096, "0" * 64, {"cluster": None, "destination": "dest"})
+    with open(dest.local.storage_dir / pool / disk, "r+b") as volume:
+        volume.write(b"half a stream" * 1000)
+    _refused(_pvc(home, "-c", "dest", "vm", "mirror", "promote", vm, "--yes"), "is under way")
+    _refused(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "dest"), "is under way")
+
+    with cluster_store(dest.local) as store:
+        record = store.read(schema.mirror_vm(vm))
+        record["intent"]["deadline"] = 0
+        store.transaction().set(schema.mirror_vm(vm), record).commit()
+        eventually(lambda: "intent" not in store.read(schema.mirror_vm(vm)), timeout=30)
+    assert volume_sha256(dest, pool, disk) == at_s1, "the mirror is back at its last snapshot"
+    sent = json.loads(_ok(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "dest", "-f", "json")))
+    assert sent["kind"] == "incremental"
+    assert volume_sha256(dest, pool, disk) == volume_sha256(source, pool, disk)
+    assert [row["name"] for row in dest.client.vms.snapshot_list(vm)] == ["s1", "s2"]
+    _ok(_pvc(home, "-c", "dest", "vm", "mirror", "promote", vm, "--yes"))
+    assert dest.client.vms.info(vm)["state"] == "stop"
+
+
+def test_automirror_sends_the_tagged_vms_on_each_run_and_keeps_its_newest_snapshots(clusters, tmp_path):
+    source, dest, home = clusters
+    pool, vm, untagged = unique("ma"), unique("mauto"), unique("mskip")
+    source.client.storage.pool_add(pool)
+    dest.client.storage.pool_add(pool)
+    image = _vm_with_disk(source, tmp_path, pool, vm, seed=41)
+    _vm_with_disk(source, tmp_path, pool, untagged, seed=42)
+    source.client.vms.add_tag(vm, "dr")
+    _refused(_pvc(home, "vm", "automirror", "run"), "automirror_destination is not set")
+    source.client.vms.snapshot_create(untagged, "s0")
+    _ok(_pvc(home, "vm", "snapshot", "send", untagged, "s0", "--to", "dest"))  # stores the destination
+    _ok(_pvc(home, "cluster", "config", "--automirror-tag", "dr", "--automirror-destination", "dest",
+             "--automirror-keep", "2"))
+    _refused(_pvc(home, "cluster", "config", "--automirror-schedule", "sometimes"), "automirror_schedule must be")
+
+    kinds = []
+    for run, offset in enumerate((None, 1 * MiB, 5 * MiB)):
+        if offset is not None:
+            source.client.storage.upload(pool, f"{vm}_disk", str(_changed(image, offset, 50 + run)), force=True)
+        task = json.loads(_ok(_pvc(home, "vm", "automirror", "run", "--wait", "-f", "json")))
+        assert task["state"] == "done" and task["vms"] == [vm], task
+        kinds.append(task["steps"][vm]["kind"])
+        assert volume_sha256(dest, pool, f"{vm}_disk") == volume_sha256(source, pool, f"{vm}_disk")
+    assert kinds == ["full", "incremental", "incremental"]
+    assert dest.client.vms.info(vm)["state"] == "mirror"
+    assert [row["name"] for row in dest.client.vms.snapshot_list(untagged)] == ["s0"], "untagged: not mirrored"
+    kept = [row["name"] for row in source.client.vms.snapshot_list(vm)]
+    assert len(kept) == 2 and all(name.startswith("automirror-") for name in kept), kept
+    assert [row["name"] for row in dest.client.vms.snapshot_list(vm)] == kept, "the destination keeps as many"
+    status = source.client.vms.automirror_status()
+    assert status["last_outcome"]["state"] == "done" and status["running"] is None
+    _ok(_pvc(home, "cluster", "config", "--automirror-tag", "off"))
+
+
+def test_a_sending_coordinator_killed_mid_stream_leaves_nothing_half_made(clusters, tmp_path):
+    """The source's coordinator is killed while its node streams a first send: its node finishes the stream and
+    drops the staged file, the destination holds an unsettled send that its leader undoes once its deadline has
+    passed (no VM, no volume), and a send from the restarted coordinator then succeeds."""
+    source, dest, home = clusters
+    pool, vm = unique("mk"), unique("mkill")
+    source.client.storage.pool_add(pool)
+    dest.client.storage.pool_add(pool)
+    image = tmp_path / "big.raw"
+    image.write_bytes(os.urandom(128 * MiB))
+    source.client.storage.upload(pool, f"{vm}_disk", str(image))
+    source.client.vms.define(domain_xml(vm, disk=f"{pool}/{vm}_disk", domain_type="kvm"))
+    source.client.vms.snapshot_create(vm, "s1")
+    target = dest.local.storage_dir / pool / f"{vm}_disk"
+    sending = threading.Thread(target=_pvc, args=(home, "vm", "snapshot", "send", vm, "s1", "--to", "dest"))
+    sending.start()
+    assert eventually(lambda: target.exists() and target.stat().st_blocks > 0, timeout=60), "the stream began"
+    coordinator = source.local.coordinator_names[0]
+    source.local.stop_daemon("pvcapid", coordinator, kill=True)
+    sending.join(timeout=120)
+    source.local.start_coordinator(coordinator)
+
+    assert eventually(lambda: staging_files(source) == [], timeout=60), "the node dropped its staged stream"
+    with cluster_store(dest.local) as store:
+        record = store.read(schema.mirror_vm(vm))
+        assert record["intent"]["snapshot"] == "s1", "the send was never settled"
+        record["intent"]["deadline"] = 0
+        store.transaction().set(schema.mirror_vm(vm), record).commit()
+        assert eventually(lambda: store.read(schema.mirror_vm(vm)) is None, timeout=30)
+    assert not target.exists() and vm not in [row["name"] for row in dest.client.vms.list()]
+    assert f"{vm}_disk" not in [row["name"] for row in dest.client.storage.volume_list(pool)]
+
+    _ok(_pvc(home, "vm", "snapshot", "send", vm, "s1", "--to", "dest"))
+    assert dest.client.vms.info(vm)["state"] == "mirror"
+    assert volume_sha256(dest, pool, f"{vm}_disk") == volume_sha256(source, pool, f"{vm}_disk")
