@@ -19,7 +19,7 @@ from typing import Any
 
 from kazoo.client import KazooState
 
-from pvc import config, fence_secrets, fencing_settings, plugin_manager, schema
+from pvc import config, fence_secrets, fencing_settings, node_index, plugin_manager, schema
 from pvc.cache import WatchedCollection
 from pvc.handshake import AuthenticatingDaemon, use_tls
 from pvc.health import libvirt_lost
@@ -74,7 +74,11 @@ class NodeDaemon:
         """Guards `Reconciler.starts_refused` against a lost self-fence; held for no I/O, so that the self-fence
         never waits for ZooKeeper."""
         self._daemon_state_changed = threading.Event()
-        self.vms = WatchedCollection(self.store, schema.VMS, schema.vm, schema.VM_KEYS)
+        self.vms = WatchedCollection(self.store, schema.VMS, schema.vm, schema.VM_KEYS,
+                                     index=None if settings["router"] else schema.node_vms(self.name))
+        """The VMs this node's index names and those it is not done with yet (`Reconciler._release_settled`):
+        its cost follows its own VMs. A router node needs every VM (its DNS names their leases), and on a
+        cluster whose index is not built yet every VM is watched as before (`_watch_every_vm_until_indexed`)."""
         self.storage = NodeStorage(self.name, settings, self.store, self.ownership.transaction)
         self.paths = HostPaths(str(Path(settings["boot_image_directory"]).absolute()),
                                str(Path(settings["console_log_directory"]).absolute()))
@@ -124,7 +128,9 @@ class NodeDaemon:
             self.store.add_state_listener(self._on_session_state)
             self.ownership.acquire()
             self._follow_hold()
+            self._watch_every_vm_until_indexed()
             self.vms.start()
+            self.reconciler.watch_reported_here()
             if self.networks is not None:
                 self.networks.start()
             self.reconciler.converge_all()  # before registering: other nodes rely on these reports from then on
@@ -145,6 +151,18 @@ class NodeDaemon:
             self._shutdown_services()
             raise
         log.info("node %s is running; agent at %s", self.name, self.facts["agent_uri"])
+
+    def _watch_every_vm_until_indexed(self) -> None:
+        """Watch through this node's index only once the index names every VM's placement (`pvc.node_index`);
+        until a coordinator has built it, watch every VM, as a node of a cluster without the index must."""
+        if self.settings["router"]:
+            return
+        if node_index.complete(self.store):
+            self.store.zk.ensure_path(schema.node_vms(self.name))
+            return
+        log.warning("node %s watches every VM: the cluster's node index is not built yet (a coordinator builds "
+                    "it at start)", self.name)
+        self.vms.mirror_every_child()
 
     def _serve_agent(self) -> None:
         host, port = config.split_address(self.settings["listen_address"])

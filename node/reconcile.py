@@ -173,12 +173,15 @@ class Reconciler:
         self._actions.forget_late(name)
 
     def converge_all(self) -> None:
-        """One pass over every VM this node runs, holds, or should run, from one bulk answer of libvirt about
-        every domain here (`DomainActions.listed`); a VM that needs acting on is asked about itself. When libvirt
-        cannot be asked, every VM this node holds is reported `unknown`."""
-        held = {name for name, raw in self._vms.snapshot().items()
+        """One pass over every VM this node runs, holds, or should run (those its index names, those it still
+        watches, and every domain in libvirt here), from one bulk answer of libvirt about every domain here
+        (`DomainActions.listed`); a VM that needs acting on is asked about itself. When libvirt cannot be asked,
+        every VM this node holds is reported `unknown`. Then the VMs this node is done with are let go
+        (`_release_settled`)."""
+        known = self._vms.snapshot()
+        held = {name for name, raw in known.items()
                 if (raw.get("placement") or {}).get("node") == self.node
-                or (raw.get("status") or {}).get("node") == self.node}
+                or (raw.get("status") or {}).get("node") == self.node} | self._vms.indexed()
         try:
             seen = self._actions.listed()
             names = held | set(seen.domains)
@@ -191,11 +194,56 @@ class Reconciler:
             raise
         for name in sorted(names):
             try:
-                self.converge(name, fresh=False, seen=seen)
+                # A VM not watched yet (a domain here that this node's index does not name) is read first.
+                self.converge(name, fresh=name not in known, seen=seen)
             except Exception as error:
                 log.warning("converging %s failed: %s", name, error)
+        self._release_settled(set(seen.domains))
         if self._networks is not None:
             self._networks.converge(self._vms.snapshot())
+
+    def watch_reported_here(self) -> None:
+        """At start, watch every VM whose status says this node may hold it, placed here or not: one moved away
+        (recovered elsewhere, say) while this daemon was down, whose status still says it runs here, must be
+        reported off by this node before its new node may claim it, even when this host has no domain of it
+        any more (it was powered off). Only this node writes a status naming it, so once running it watches
+        every such VM already (`_release_settled` keeps them): this is one read of each status, without
+        watches, at start only."""
+        if not self._vms.through_index:
+            return
+        zk = self._store.zk
+        names = [name for name in zk.get_children(schema.VMS) if name not in self._vms.indexed()]
+        pending = [(name, zk.get_async(schema.vm_key(name, "status"))) for name in names]
+        for name, result in pending:
+            try:
+                status = schema.decode(result.get()[0]) or {}
+            except NoNodeError:
+                continue
+            if (status.get("node") == self.node and status.get("running") is not False) \
+                    or status.get("migrating_to") == self.node:
+                self._vms.refresh(name)
+
+    def _release_settled(self, domains: set[str]) -> None:
+        """Stop watching the VMs this node's index no longer names once nothing about them is left to this node:
+        no domain of theirs here (as listed at the start of the pass), no status saying this node holds them
+        or may run them, no migration to here, no libvirt call of this node still running on them. A VM let go
+        too early is still never missed: a domain here is converged (and watched again) by the next pass, and
+        one placed here again comes back through the index."""
+        for name in sorted(set(self._vms.names()) - self._vms.indexed() - domains):
+            with self._locks[name]:
+                raw = self._vms.get(name)
+                if raw is None:
+                    continue
+                status = raw.get("status") or {}
+                holds = status.get("node") == self.node and status.get("running") is not False
+                if holds or status.get("migrating_to") == self.node \
+                        or (raw.get("placement") or {}).get("node") == self.node \
+                        or self._actions.in_flight(name) or self._actions.ended_late(name):
+                    continue
+                with self._arrivals_lock:
+                    if name in self._arrivals:
+                        continue
+                self._vms.release(name)
 
     def remove(self, name: str) -> None:
         """A coordinator removed the VM (or marked it removed): take its domain off this node."""

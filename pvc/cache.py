@@ -47,11 +47,18 @@ the oldest dropped entry is told to look at everything again."""
 
 
 class WatchedCollection:
-    """Mirror of a parent znode's children: each child's value and the values of its `keys` sub-znodes."""
+    """Mirror of a parent znode's children: each child's value and the values of its `keys` sub-znodes.
 
-    def __init__(self, store: Store, parent: str, child_path: Callable[[str], str], keys: tuple[str, ...] = ()):
+    With an `index` (a znode whose children name some of the parent's), it mirrors only the children the index
+    names, and those its owner asked for (`refresh`); one the index no longer names stays mirrored until its
+    owner lets it go (`release`), so that a node daemon watches a VM leaving it until it is done with it."""
+
+    def __init__(self, store: Store, parent: str, child_path: Callable[[str], str], keys: tuple[str, ...] = (),
+                 index: str | None = None):
         self._store = store
         self._parent = parent
+        self._index = index
+        self._indexed: set[str] = set()
         self._child_path = child_path
         self._keys = (OWN_VALUE, *keys)
         self._lock = threading.Lock()
@@ -128,6 +135,29 @@ class WatchedCollection:
                 changed.append(name)
             return self._sequence, changed[::-1]
 
+    @property
+    def through_index(self) -> bool:
+        """Whether only the children an index names (and those asked for) are mirrored."""
+        return self._index is not None
+
+    def mirror_every_child(self) -> None:
+        """Mirror every child of the parent, not only those the index names; only before `start`."""
+        self._index = None
+
+    def indexed(self) -> set[str]:
+        """The children the index named when last listed (none without an index)."""
+        with self._lock:
+            return set(self._indexed) if self._index is not None else set()
+
+    def release(self, name: str) -> bool:
+        """Stop mirroring a child the index does not name (its watches end with their next event); False, and
+        nothing changes, while the index names it or when there is no index."""
+        with self._lock:
+            if self._index is None or name in self._indexed:
+                return False
+            self._forget(name)
+            return True
+
     def snapshot(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             return {name: dict(item) for name, item in self._items.items()}
@@ -166,17 +196,20 @@ class WatchedCollection:
             finally:
                 self._read_done()
 
-        self._store.zk.get_children_async(self._parent, watch=self._list_children, include_data=True) \
-            .rawlink(on_listed)
+        self._store.zk.get_children_async(self._index or self._parent, watch=self._list_children,
+                                          include_data=True).rawlink(on_listed)
 
     def _on_children(self, children: list[str], listed_zxid: int) -> None:
         """Forget the children this listing lacks, except one created after it was taken: a `refresh` may
-        have read a child that a listing answered a moment earlier does not have yet."""
+        have read a child that a listing answered a moment earlier does not have yet. Through an index, a
+        child leaves only when released."""
         present = set(children)
         with self._lock:
-            for gone in set(self._items) - present:
-                if self._created.get(gone, -1) <= listed_zxid:
-                    self._forget(gone)
+            self._indexed = present
+            if self._index is None:
+                for gone in set(self._items) - present:
+                    if self._created.get(gone, -1) <= listed_zxid:
+                        self._forget(gone)
         for name in children:
             self._watch(name)
 

@@ -59,6 +59,13 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
                                            until the target is known not to run it, "migration_error": why
                                            such a migration failed while that is not known}; a node claims a
                                            VM by writing running here before it starts it
+    /pvc/node_vms                      C   the per-node index of placements: {"complete": true} once it names
+                                           every VM's placement node (a new cluster's from the start, an older
+                                           cluster's once a coordinator built it, `pvc.node_index`)
+    /pvc/node_vms/NODE/VM              C,L empty: VM's placement names NODE; created and deleted only in the
+                                           transaction that writes (and version-checks) that placement, so a
+                                           node watches the VMs its index names instead of every VM (NODE's
+                                           folder itself may be created empty by anyone)
     /pvc/vm_uuids/UUID                 C,L the VM name holding a UUID; created with the VM, so UUIDs stay unique;
                                            deleted with the record, once a removal is confirmed
     /pvc/locks/vms/NAME                C   kazoo lock serialising commands on one VM
@@ -172,6 +179,7 @@ NODES = f"{ROOT}/nodes"
 
 VMS = f"{ROOT}/vms"
 VM_UUIDS = f"{ROOT}/vm_uuids"
+NODE_VMS = f"{ROOT}/node_vms"
 LOCKS = f"{ROOT}/locks"
 VM_LOCKS = f"{LOCKS}/vms"
 TASKS = f"{ROOT}/tasks"
@@ -244,6 +252,15 @@ def vm_key(name: str, key: str) -> str:
     if key not in VM_KEYS:
         raise ValueError(f"unknown VM key {key!r}")
     return f"{vm(name)}/{key}"
+
+
+def node_vms(node_name: str) -> str:
+    """The folder of a node's index entries: one child per VM placed on it."""
+    return f"{NODE_VMS}/{check_name('node', node_name)}"
+
+
+def node_vm(node_name: str, vm_name: str) -> str:
+    return f"{node_vms(node_name)}/{check_name('VM', vm_name)}"
 
 
 def vm_uuid(uuid: str) -> str:

@@ -76,6 +76,20 @@ class Store:
             self.zk.create(schema.CONFIG, schema.encode(schema.DEFAULT_CLUSTER_CONFIG), acl=self._acl)
         except NodeExistsError:
             pass
+        self._ensure_node_index_root()
+
+    def _ensure_node_index_root(self) -> None:
+        """Create the node index's root (`pvc.node_index`) complete when there is no VM yet, since every VM then
+        gets its entry with its placement; with VMs it is left for `pvc.node_index.build`. A VM defined
+        meanwhile creates its node's folder, and with it the root without the marker, first: the root is then
+        found there and stays incomplete."""
+        if self.zk.exists(schema.NODE_VMS) is not None:
+            return
+        try:
+            self.zk.create(schema.NODE_VMS, schema.encode({"complete": not self.children(schema.VMS)}),
+                           acl=self._acl)
+        except NodeExistsError:
+            pass
 
     def read(self, path: str) -> Any:
         """The decoded value at `path`, or None if there is no such znode."""

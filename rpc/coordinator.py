@@ -13,7 +13,7 @@ from kazoo.client import KazooState
 from kazoo.exceptions import NoNodeError
 
 import pvc
-from pvc import config, fencing_settings, plugin_manager, schema
+from pvc import config, fencing_settings, node_index, plugin_manager, schema
 from pvc.cache import ClusterCache
 from pvc.client import object_id
 from pvc.errors import ConfigError
@@ -93,6 +93,7 @@ class Coordinator:
         connected = time.monotonic()
         try:
             self._seed_fencing_settings()
+            threading.Thread(target=self._build_node_index, name="node-index", daemon=True).start()
             self.cache.start()
             loaded = time.monotonic()
             leadership = Leadership(self.store, self.name, self.settings["leader_tick"], self._lead)
@@ -162,6 +163,15 @@ class Coordinator:
         problem = fencing_settings.violation(fencing_settings.resolve(cluster_config))
         if problem:
             raise ConfigError(f"the cluster's fencing settings are unsafe: {problem}")
+
+    def _build_node_index(self) -> None:
+        """Build the node index of a cluster made before it (`pvc.node_index`), once: until then its nodes
+        watch every VM. Off the start-up path; any coordinator may, several at once."""
+        try:
+            if not node_index.complete(self.store):
+                node_index.build(self.store)
+        except Exception as error:
+            log.warning("the node index was not built (the next coordinator start tries again): %s", error)
 
     @property
     def uri(self) -> str:

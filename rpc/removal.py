@@ -15,7 +15,7 @@ import logging
 
 from kazoo.exceptions import NoNodeError
 
-from pvc import schema
+from pvc import node_index, schema
 from pvc.errors import PVCError
 from pvc.store import Store
 
@@ -63,12 +63,13 @@ def finish(store: Store, name: str, leader_node: str | None = None) -> bool:
 
 def delete(store: Store, name: str, uuid: str | None, leader_node: str | None = None,
            state_version: int = -1) -> None:
-    """Delete the VM's record (children first) and its UUID's entry while it names this VM, in one
-    transaction (checking the state's version, when given)."""
+    """Delete the VM's record (children first), its node index entry and its UUID's entry while it names this
+    VM, in one transaction (checking the state's version, when given, and the placement's)."""
     zk = store.zk
     transaction = store.transaction(leader_node)
     if state_version >= 0:
         transaction.check(schema.vm_key(name, "state"), state_version)
+    node_index.forget(store, transaction, name)
     transaction.delete_tree([f"{schema.vm(name)}/{child}" for child in store.children(schema.vm(name))]
                             + [schema.vm(name)])
     if uuid:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from kazoo.exceptions import LockTimeout, NoNodeError, NotEmptyError
 
-from pvc import models, schema
+from pvc import models, node_index, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import Busy, Conflict, NotFound, OperationFailed, PVCError, Unavailable
 from pvc.rpc.context import CoordinatorContext
@@ -256,7 +256,8 @@ def write_desired(store: Store, name: str, read: Desired, state: str | None = No
 
     The transaction checks that every part (spec, state, placement) is still at the version `read` found,
     written or not, so a change made since (a command answered meanwhile) wins and this write raises
-    `Superseded`; with `leader_node`, it also checks the writer still leads. A mirror (`schema.MIRROR_STATE`)
+    `Superseded`; with `leader_node`, it also checks the writer still leads. A placement written moves the
+    VM's node index entry in the same transaction (`pvc.node_index`). A mirror (`schema.MIRROR_STATE`)
     takes no other state than ``remove``, whoever asks: its disks follow another cluster's VM until it is
     promoted (`pvc.rpc.mirror.receive`, which writes its state itself)."""
     if state not in (None, schema.MIRROR_STATE, "remove"):
@@ -269,6 +270,8 @@ def write_desired(store: Store, name: str, read: Desired, state: str | None = No
             transaction.check(paths[part], read.versions[part])
         else:
             transaction.set(paths[part], values[part], version=read.versions[part])
+    if placement is not None:
+        node_index.place(store, transaction, name, read.placement.get("node"), placement.get("node"))
     try:
         transaction.commit()
     except Conflict as error:

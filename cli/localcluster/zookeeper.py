@@ -232,8 +232,9 @@ class ZooKeeperServer:
             # Every daemon of a local cluster connects from one address; the default cap of 60 connections an
             # address would refuse the nodes of a cluster of more than about 55.
             "maxClientCnxns=0\n"
-            # ruok is how start() knows the server is up, and 3.8 disables it by default.
-            "4lw.commands.whitelist=ruok,srvr,mntr,stat\n"
+            # ruok is how start() knows the server is up, and 3.8 disables it by default; wchc (watches by
+            # session) shows which znodes one daemon watches.
+            "4lw.commands.whitelist=ruok,srvr,mntr,stat,wchc\n"
             + "".join(f"{peer.line}\n" for peer in self.ensemble)
         )
         if self.ensemble:

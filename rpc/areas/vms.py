@@ -7,7 +7,7 @@ from typing import Any, ContextManager
 
 import Pyro5.server
 
-from pvc import domain_xml, models, placement, schema
+from pvc import domain_xml, models, node_index, placement, schema
 from pvc.cache import OWN_VALUE, Views
 from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound, PVCError, Unavailable
 from pvc.rpc import network_use, removal
@@ -154,12 +154,13 @@ class VMsArea:
             node = self._initial_node(spec, target)
             store = self._context.store
             try:
-                store.transaction() \
+                transaction = store.transaction() \
                     .create(schema.vm_uuid(domain.uuid), domain.name) \
                     .create(schema.vm(domain.name), spec) \
                     .create(schema.vm_key(domain.name, "state"), "stop") \
-                    .create(schema.vm_key(domain.name, "placement"), {"node": node, "last_node": None}) \
-                    .commit()
+                    .create(schema.vm_key(domain.name, "placement"), {"node": node, "last_node": None})
+                node_index.place(store, transaction, domain.name, None, node)
+                transaction.commit()
             except AlreadyExists:
                 raise AlreadyExists(f"a VM named '{domain.name}' or with UUID {domain.uuid} exists already") \
                     from None
@@ -213,15 +214,16 @@ class VMsArea:
             new_spec = {**spec, "name": new_name, "xml": domain_xml.renamed(spec["xml"], new_name),
                         "generation": spec.get("generation", 1) + 1}
             try:
-                self._context.store.transaction() \
+                transaction = self._context.store.transaction() \
                     .create(schema.vm(new_name), new_spec) \
                     .create(schema.vm_key(new_name, "state"), current.state) \
                     .create(schema.vm_key(new_name, "placement"), current.placement) \
                     .set(schema.vm_uuid(spec["uuid"]), new_name) \
                     .check(schema.vm(vm), current.versions["spec"]) \
                     .check(schema.vm_key(vm, "placement"), current.versions["placement"]) \
-                    .set(schema.vm_key(vm, "state"), removal.REMOVE, version=current.versions["state"]) \
-                    .commit()
+                    .set(schema.vm_key(vm, "state"), removal.REMOVE, version=current.versions["state"])
+                node_index.place(self._context.store, transaction, new_name, None, current.placement.get("node"))
+                transaction.commit()
             except AlreadyExists:
                 raise AlreadyExists(f"a VM named '{new_name}' exists already") from None
             self._context.cache.vms.refresh(vm)

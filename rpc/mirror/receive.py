@@ -19,7 +19,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from pvc import domain_xml, mirror_manifest, schema, storage_records
+from pvc import domain_xml, mirror_manifest, node_index, schema, storage_records
 from pvc.errors import AlreadyExists, Busy, Conflict, InvalidInput, NotFound, PVCError
 from pvc.rpc.areas.storage import StorageArea
 from pvc.rpc.context import CoordinatorContext
@@ -287,6 +287,7 @@ class MirrorReceiver:
             transaction.create(schema.vm(vm), spec)
             transaction.create(schema.vm_key(vm, "state"), schema.MIRROR_STATE)
             transaction.create(schema.vm_key(vm, "placement"), {"node": node, "last_node": None})
+            node_index.place(store, transaction, vm, None, node)
         else:
             desired = self._control.desired(vm)
             if desired.state != schema.MIRROR_STATE:
