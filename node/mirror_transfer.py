@@ -126,8 +126,8 @@ class MirrorStages:
         finally:
             self.path(token, IMPORT_PREFIX).unlink(missing_ok=True)
 
-    def discard(self, token: str) -> None:
-        self.path(token).unlink(missing_ok=True)
+    def discard(self, token: str, prefix: str = STAGE_PREFIX) -> None:
+        self.path(token, prefix).unlink(missing_ok=True)
 
     def _remove_abandoned(self) -> None:
         """Stages older than `STAGE_LIFETIME_S` were left by a coordinator that died before it pushed them."""

@@ -221,6 +221,9 @@ class StorageAgent:
     def mirror_discard(self, stage: str) -> None:
         self._mirror_stages.discard(stage)
 
+    def import_discard(self, stage: str) -> None:
+        self._mirror_stages.discard(stage, mirror_transfer.IMPORT_PREFIX)
+
     def open_appliance_upload(self, pool: str, appliance: str, size_bytes: int, importer: str,
                               checksum: str) -> dict[str, Any]:
         """A single-use token for one appliance upload (`pvc.node.appliance_uploads`) of exactly `size_bytes`

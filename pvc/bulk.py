@@ -224,25 +224,31 @@ def client_context(ticket: dict[str, Any], tls_ca: str | None) -> ssl.SSLContext
     return None
 
 
-def stream_upload(address: str, token: str, source: SpooledSource, checksum: str, timeout: float,
-                  progress: Progress | None = None, tls: ssl.SSLContext | None = None,
-                  trailer: str | None = None) -> dict[str, Any]:
-    """Send `source` to the node at `address` (HOST:PORT) under `token`, over TLS when `tls` is given; the
-    node's result message. With `trailer` (the key of `trailer_key`), `checksum` is ignored: the data is hashed
-    while it is sent and its checksum follows it."""
+def _channel(address: str, timeout: float, tls: ssl.SSLContext | None, direction: str) -> socket.socket:
+    """A connection to a node's upload channel at `address` (HOST:PORT), over TLS when `tls` is given."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     try:
         sock = socket.create_connection((host, int(port)), timeout=timeout)
     except OSError as error:
-        raise errors.Unavailable(f"cannot reach the upload channel at {address}: {error.strerror or error}") \
+        raise errors.Unavailable(f"cannot reach the {direction} channel at {address}: {error.strerror or error}") \
             from None
     if tls is not None:
         try:
             sock = tls.wrap_socket(sock, server_hostname=host)
         except OSError as error:
             sock.close()
-            raise errors.Unavailable(f"no TLS with the upload channel at {address}: {error}") from None
+            raise errors.Unavailable(f"no TLS with the {direction} channel at {address}: {error}") from None
+    return sock
+
+
+def stream_upload(address: str, token: str, source: SpooledSource, checksum: str, timeout: float,
+                  progress: Progress | None = None, tls: ssl.SSLContext | None = None,
+                  trailer: str | None = None) -> dict[str, Any]:
+    """Send `source` to the node at `address` (HOST:PORT) under `token`, over TLS when `tls` is given; the
+    node's result message. With `trailer` (the key of `trailer_key`), `checksum` is ignored: the data is hashed
+    while it is sent and its checksum follows it."""
+    sock = _channel(address, timeout, tls, "upload")
     with sock, sock.makefile("rb") as reader, ThreadPoolExecutor(1) as hasher:
         send_message(sock, {"token": token, "size_bytes": source.size,
                             "checksum": TRAILER if trailer else checksum})
@@ -292,19 +298,7 @@ def stream_download(address: str, token: str, size_bytes: int, checksum: str, ou
     """Receive into `output` the `size_bytes` bytes a node sends under `token` (a streamed export): the same
     header and answer as an upload, then the node's bytes in the other direction. A stream that ends short or
     with another checksum than the coordinator announced raises `InvalidInput`; `output` then holds what came."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    try:
-        sock = socket.create_connection((host, int(port)), timeout=timeout)
-    except OSError as error:
-        raise errors.Unavailable(f"cannot reach the download channel at {address}: {error.strerror or error}") \
-            from None
-    if tls is not None:
-        try:
-            sock = tls.wrap_socket(sock, server_hostname=host)
-        except OSError as error:
-            sock.close()
-            raise errors.Unavailable(f"no TLS with the download channel at {address}: {error}") from None
+    sock = _channel(address, timeout, tls, "download")
     with sock, sock.makefile("rb") as reader:
         send_message(sock, {"token": token, "size_bytes": size_bytes, "checksum": checksum})
         raise_if_error(read_message(reader, "node's answer"))

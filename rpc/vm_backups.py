@@ -203,8 +203,13 @@ class VMBackups:
         renamed = [{**link, "volumes": [{**volume, "volume": targets[volume["volume"]], "source": volume["volume"]}
                                         for volume in link["volumes"]]} for link in links]
         sizes = {volume["volume"]: volume["size_bytes"] for volume in links[-1]["volumes"]}
-        return self._restored(node, agent_uri, targets, xml, links[-1]["spec"], sizes,
-                              lambda: self._storage._agent(node, agent_uri, "restore_stream", stage, renamed))
+        try:
+            return self._restored(node, agent_uri, targets, xml, links[-1]["spec"], sizes,
+                                  lambda: self._storage._agent(node, agent_uri, "restore_stream", stage, renamed))
+        except BaseException:
+            # Refused before the node used it (a name taken meanwhile): the stage goes now, not in an hour.
+            self._storage._agent(node, agent_uri, "import_discard", stage)
+            raise
 
     def _settled(self, vm: str, snapshot: str) -> dict[str, Any]:
         record = self._context.store.read(schema.vm_snapshot(vm, schema.check_name("snapshot", snapshot)))

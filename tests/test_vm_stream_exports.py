@@ -182,6 +182,7 @@ def _bad_streams(cluster, client, vm, pool, full: bytes, incremental: bytes) -> 
                  f"volume '{pool}/{bad}_disk0' exists already (in the storage")
         assert by_hand.read_bytes() == b"kept" * 1024
         assert all(row["name"] != bad for row in client.vms.list())
+        assert staging_files(cluster) == [], "the refused import's stage goes with the refusal"
     finally:
         by_hand.unlink()
 
