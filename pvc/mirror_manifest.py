@@ -25,11 +25,15 @@ def checked(manifest: object) -> dict[str, Any]:
             raise ValueError("no domain document")
         if not manifest["volumes"]:
             raise ValueError("no volume")
+        if len({volume["volume"] for volume in manifest["volumes"]}) != len(manifest["volumes"]):
+            raise ValueError("a volume named twice")
         for volume in manifest["volumes"]:
             pool, name = volume["volume"].split("/", 1)
             schema.check_name("pool", pool)
             schema.check_name("volume", name)
             if not isinstance(volume["bytes"], int) or not isinstance(volume["size_bytes"], int) \
+                    or isinstance(volume["bytes"], bool) or isinstance(volume["size_bytes"], bool) \
+                    or volume["bytes"] < 0 or volume["size_bytes"] < 1 \
                     or not isinstance(volume["sha256"], str) or len(volume["sha256"]) != 64:
                 raise ValueError(f"volume {volume['volume']} is described wrongly")
     except (KeyError, TypeError, ValueError, AttributeError, InvalidInput) as error:

@@ -98,8 +98,11 @@ class VMSnapshots:
                 self._settle_create(settled)
         return view(settled)
 
-    def remove(self, vm: str, name: str) -> None:
-        """Remove the snapshot: every volume snapshot it made, then its record."""
+    def remove(self, vm: str, name: str, mirror_prune: bool = False) -> None:
+        """Remove the snapshot: every volume snapshot it made, then its record. A mirror's snapshots are the
+        chain its next send builds on: only its own pruning (`mirror_prune`) removes them."""
+        if not mirror_prune:
+            _refuse_mirror(self._control.desired(vm), "remove its snapshots")
         record = self._require(vm, name)
         with self._storage._pools_locked(_pools(record["volumes"])):
             record = self._require(vm, name)
@@ -110,6 +113,7 @@ class VMSnapshots:
         """Return a stopped VM's volumes, document and metadata to the snapshot's."""
         with self._control.locked(vm):
             desired = self._control.desired(vm)
+            _refuse_mirror(desired, "roll it back")
             record = self._require(vm, name)
             if record.get("intent"):
                 raise Conflict(f"snapshot '{vm}@{name}' is being {record['intent']['action']}d; try again")
@@ -332,3 +336,10 @@ def _max_pause(max_pause_ms: int | None) -> float:
             not 0 < max_pause_ms <= MAX_PAUSE_LIMIT_S * 1000:
         raise InvalidInput(f"the maximum pause must be 1 to {MAX_PAUSE_LIMIT_S * 1000:.0f} ms, not {max_pause_ms!r}")
     return max_pause_ms / 1000
+
+
+def _refuse_mirror(desired: Any, what: str) -> None:
+    """A mirror's disks follow its source's snapshots: changing them here would make the next send build on
+    something else than what it was computed against."""
+    if desired.state == schema.MIRROR_STATE:
+        raise Conflict(f"VM '{desired.name}' is a mirror: promote it first, then {what}")

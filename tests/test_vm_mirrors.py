@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from pvc import schema
 from pvc.cli.localcluster.guest import domain_xml
 from pvc.cli.main import cli
-from pvc.errors import Conflict
+from pvc.errors import Conflict, InvalidInput
 
 from conftest import started_cluster
 from helpers import cluster_store, eventually
@@ -121,6 +121,60 @@ def test_send_whole_then_incremental_then_promote(clusters, tmp_path):
     assert dest.client.vms.start(vm, wait=True)["running"] is True
     assert dest.host_domains("hv1")[vm] is True
 
+
+
+def test_a_promotion_holds_the_source_so_the_vm_runs_on_one_cluster_only(clusters, tmp_path):
+    """Promoted from a running source without removing it: the source VM is held as a mirror (it refuses to
+    start, so no autostart or node ready can run it beside the promoted copy) until promoted back there; the
+    mirror's snapshots, its next send's base, cannot be rolled back or removed by hand."""
+    source, dest, home = clusters
+    pool, vm = unique("mh"), unique("mheld")
+    source.client.storage.pool_add(pool)
+    dest.client.storage.pool_add(pool)
+    _vm_with_disk(source, tmp_path, pool, vm, seed=41)
+    try:
+        source.client.vms.snapshot_create(vm, "s1")
+        _ok(_pvc(home, "vm", "snapshot", "send", vm, "s1", "--to", "dest"))
+        _refused(_pvc(home, "-c", "dest", "vm", "snapshot", "rollback", vm, "s1", "--yes"), "is a mirror")
+        _refused(_pvc(home, "-c", "dest", "vm", "snapshot", "remove", vm, "s1", "--yes"), "is a mirror")
+        source.client.vms.start(vm, wait=True)
+
+        _ok(_pvc(home, "-c", "dest", "vm", "mirror", "promote", vm, "--from", "source", "--yes"))
+
+        held = source.client.vms.info(vm)
+        assert (held["state"], held["running"]) == ("mirror", False), held
+        with pytest.raises(Conflict, match="is a mirror"):
+            source.client.vms.start(vm)
+        assert dest.client.vms.start(vm, wait=True)["running"] is True
+        assert source.host_domains("hv1").get(vm) is not True, "the source's copy stays off"
+        _ok(_pvc(home, "-c", "source", "vm", "mirror", "promote", vm, "--yes"))
+        assert source.client.vms.info(vm)["state"] == "stop", "promoted back, it is an ordinary VM again"
+    finally:
+        for cluster in (source, dest):
+            if any(row["name"] == vm for row in cluster.client.vms.list()):
+                cluster.client.vms.remove(vm, wait=True, force=True)
+
+
+def test_a_send_whose_document_names_other_volumes_or_another_vm_is_refused_before_any_data(clusters):
+    """The sender's domain document is checked as any definition here, before a ticket is issued: it must name
+    the VM sent and exactly the volumes sent, so a send cannot attach another VM's volume to the mirror."""
+    _source, dest, _home = clusters
+    pool, vm = unique("mx"), unique("mxvm")
+    dest.client.storage.pool_add(pool)
+    volume = {"volume": f"{pool}/{vm}_disk", "bytes": 4096, "size_bytes": 8 * MiB, "sha256": "0" * 64}
+    sent = {"vm": vm, "snapshot": "s1", "created": 1.0, "parent": None, "parent_created": None,
+            "spec": {"xml": domain_xml(vm, disk=f"{pool}/someone_elses_disk", domain_type="kvm")},
+            "volumes": [volume]}
+    with pytest.raises(InvalidInput, match="are not the ones sent"):
+        dest.client.vms.mirror_receive(sent, 4096, "0" * 64, {"cluster": "evil", "destination": "dest"})
+    sent["spec"] = {"xml": domain_xml("another", disk=f"{pool}/{vm}_disk", domain_type="kvm")}
+    with pytest.raises(InvalidInput, match="names VM 'another'"):
+        dest.client.vms.mirror_receive(sent, 4096, "0" * 64, {"cluster": "evil", "destination": "dest"})
+    with pytest.raises(InvalidInput, match="malformed mirror manifest"):
+        dest.client.vms.mirror_receive({**sent, "volumes": [{**volume, "bytes": -1}]}, -1, "0" * 64, {})
+    assert dest.client.vms.mirror_state(vm) == {"vm": vm, "exists": False, "mirror": False, "newest": None,
+                                                "pending": False}
+    assert [row["name"] for row in dest.client.storage.volume_list(pool)] == []
 
 
 def _dest_holds(dest, vm: str, pool: str) -> dict:

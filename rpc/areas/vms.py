@@ -765,7 +765,8 @@ class VMsArea:
         return self._mirrors("receiver").prune(vm, keep, prefix)
 
     def mirror_handover(self, vm: str, destination: str) -> dict[str, Any]:
-        """For a destination promoting its mirror: stop the VM here, snapshot it and send that last snapshot.
+        """For a destination promoting its mirror: stop the VM here and hold it as a mirror of the destination's
+        copy (it refuses to start from then on), snapshot it and send that last snapshot.
 
         :raises NotFound: no VM of that name, or no stored destination of that name
         :raises Conflict: the destination's mirror has diverged
@@ -789,9 +790,8 @@ class VMsArea:
         origin = self._mirrors("receiver").source(vm)
         client = destinations.client(source) if source is not None else None
         try:
-            if client is not None:
-                client.vms.mirror_handover(vm, origin["destination"])
-            promoted = self._mirrors("receiver").promote(vm)
+            last = client.vms.mirror_handover(vm, origin["destination"])["snapshot"] if client is not None else None
+            promoted = self._mirrors("receiver").promote(vm, expected=last)
             if remove_source:
                 client.vms.remove(vm, wait=True)
         finally:

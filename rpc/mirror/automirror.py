@@ -104,7 +104,11 @@ class AutomirrorExecution:
             sent = self._sender.send(vm, snapshot, destination)
             kind, sent_bytes = sent["kind"], sent["bytes"]
         except AlreadyExists:
-            kind, sent_bytes = "sent before", 0  # a leader that died after the send
+            # A leader that died after the send: only if the mirror there ends at this very snapshot (a volume
+            # name taken there, or an older snapshot of this name, is a refusal like any other).
+            if self._sender.newest(vm, destination) != snapshot:
+                raise
+            kind, sent_bytes = "sent before", 0
         removed = self._prune(vm)
         removed_there = self._sender.prune(vm, destination, self.task["settings"]["automirror_keep"], SNAPSHOT_PREFIX)
         self._step(vm, state="done", kind=kind, bytes=sent_bytes, removed=removed, removed_there=removed_there)

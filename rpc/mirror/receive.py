@@ -59,6 +59,9 @@ class MirrorReceiver:
         manifest = mirror_manifest.checked(manifest)
         vm, snapshot, parent = manifest["vm"], manifest["snapshot"], manifest["parent"]
         volumes = [volume["volume"] for volume in manifest["volumes"]]
+        self._spec(manifest["spec"], vm, volumes)
+        if isinstance(size_bytes, bool) or size_bytes != sum(volume["bytes"] for volume in manifest["volumes"]):
+            raise InvalidInput("the send's size is not the sum of its volumes' streams; nothing was sent")
         store = self._context.store
         for pool in sorted({volume.split("/", 1)[0] for volume in volumes}):
             if store.read(schema.pool(pool)) is None:
@@ -71,8 +74,9 @@ class MirrorReceiver:
             names = [each["name"] for each in (record or {}).get("snapshots") or []]
             if parent is None:
                 if held["exists"]:
-                    raise Conflict(f"this cluster holds a mirror of VM '{vm}' already (at snapshot '{names[-1]}'): "
-                                   "send incrementally")
+                    at = f"at snapshot '{names[-1]}'" if names else "handed over, with no snapshot of its own"
+                    raise Conflict(f"this cluster holds a mirror of VM '{vm}' already ({at}): send incrementally, "
+                                   "or remove it first")
             else:
                 newest = held["newest"]
                 if newest is None:
@@ -144,12 +148,17 @@ class MirrorReceiver:
             if (record.get("intent") or {}).get("send_id") == send_id:
                 self._undo(vm, record)
 
-    def promote(self, vm: str) -> dict[str, Any]:
-        """Turn a mirror into an ordinary stopped VM of this cluster, at the last snapshot it received."""
+    def promote(self, vm: str, expected: str | None = None) -> dict[str, Any]:
+        """Turn a mirror into an ordinary stopped VM of this cluster, at the last snapshot it received; with
+        `expected` (a handover's last snapshot), only if that is the one it received last."""
         with self._locked(vm):
             record = self._without_stale_send(vm)
             if record is None:
                 raise Conflict(f"VM '{vm}' is not a mirror: there is nothing to promote")
+            newest = ((record.get("snapshots") or [{}])[-1]).get("name")
+            if expected is not None and newest != expected:
+                raise Conflict(f"the mirror of VM '{vm}' ends at snapshot '{newest}', not at the source's last "
+                               f"'{expected}' (was it sent elsewhere?); nothing was promoted")
             with self._control.locked(vm):
                 desired = self._control.desired(vm)
                 if desired.state != schema.MIRROR_STATE:
@@ -191,7 +200,7 @@ class MirrorReceiver:
             doomed = [each["name"] for each in record["snapshots"] if each["name"].startswith(prefix)][:-keep]
             for name in doomed:
                 try:
-                    self._vms._vm_snapshots().remove(vm, name)
+                    self._vms._vm_snapshots().remove(vm, name, mirror_prune=True)
                 except NotFound:
                     pass  # removed by hand, or by a prune cut off before it recorded so
             kept = [each for each in record["snapshots"] if each["name"] not in doomed]
@@ -261,7 +270,7 @@ class MirrorReceiver:
         snapshot, now = manifest["snapshot"], time.time()
         sizes = received.get("sizes") or {}
         whole = manifest["parent"] is None
-        spec = self._spec(manifest["spec"])
+        spec = self._spec(manifest["spec"], vm, [volume["volume"] for volume in manifest["volumes"]])
         transaction = store.transaction()
         for volume in manifest["volumes"]:
             pool, name = volume["volume"].split("/", 1)
@@ -299,8 +308,15 @@ class MirrorReceiver:
         transaction.set(schema.mirror_vm(vm), {"source": record.get("source"), "snapshots": snapshots})
         transaction.commit()
 
-    def _spec(self, sent: dict[str, Any]) -> dict[str, Any]:
-        """The mirror's record from the sender's document and metadata."""
-        domain = domain_xml.parse(sent["xml"], allow_host_devices=True)
+    def _spec(self, sent: dict[str, Any], vm: str, volumes: list[str]) -> dict[str, Any]:
+        """The mirror's record from the sender's document and metadata, checked as this cluster checks any
+        definition (its own host-device setting), naming the VM sent and exactly the volumes sent: a document
+        naming another VM's volume here, or a host device this cluster does not allow, is refused."""
+        domain = domain_xml.parse(sent["xml"], allow_host_devices=self._vms._allow_host_devices())
+        if domain.name != vm:
+            raise InvalidInput(f"the sent domain document names VM '{domain.name}', not '{vm}'; nothing was sent")
+        if sorted(domain.volumes) != sorted(volumes):
+            raise InvalidInput(f"the sent domain document's volumes ({', '.join(sorted(domain.volumes)) or 'none'}) "
+                               f"are not the ones sent ({', '.join(sorted(volumes))}); nothing was sent")
         return {**self._vms._spec(domain), **{key: sent.get(key) for key in META}, "node_limit": None,
                 "node_autostart": False, "tags": {}}

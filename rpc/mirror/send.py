@@ -55,12 +55,43 @@ class MirrorSender:
         finally:
             client.close()
 
+    def newest(self, vm: str, destination: str) -> str | None:
+        """The newest snapshot `destination`'s mirror of `vm` holds, None when it holds no mirror of it."""
+        client = destinations.connect(self._context.store, self._box(), destination)
+        try:
+            held = client.vms.mirror_state(vm)
+        finally:
+            client.close()
+        return (held.get("newest") or {}).get("name") if held.get("mirror") else None
+
     def handover(self, vm: str, destination: str, snapshot: str | None = None) -> dict[str, Any]:
-        """For a promotion on the destination: stop the VM here, snapshot it and send that snapshot, so that the
-        mirror holds the VM's last state."""
-        self._vms.stop(vm, wait=True)
+        """For a promotion on the destination: stop the VM here and hold it (`_hold`), snapshot it and send that
+        snapshot, so that the mirror there holds the VM's last state and is the only copy that may run."""
+        if self._vms._control.desired(vm).state != schema.MIRROR_STATE:
+            self._vms.stop(vm, wait=True)
+            self._hold(vm, destination)
         taken = self._vms.snapshot_create(vm, snapshot or time.strftime("mirror-final-%Y%m%d%H%M%S"))
         return self.send(vm, taken["name"], destination)
+
+    def _hold(self, vm: str, destination: str) -> None:
+        """Make the stopped VM a mirror of its copy on `destination`, in one version-checked transaction: from
+        then on it refuses to start, whoever asks (a command, a node's ready, its autostart), so that once the
+        destination promotes its copy the VM runs on one cluster only. A VM started again since its stop was
+        confirmed is not held, and nothing is promoted. `pvc vm mirror promote` here makes it an ordinary VM
+        again; `pvc vm remove` removes it (a second handover finds it held)."""
+        control, store = self._vms._control, self._context.store
+        with control.locked(vm):
+            desired = control.desired(vm)
+            if desired.state != "stop" or control.view(vm)["running"] is not False:
+                raise Conflict(f"VM '{vm}' was started again during its handover; nothing was sent or promoted")
+            store.transaction() \
+                .set(schema.vm_key(vm, "state"), schema.MIRROR_STATE, version=desired.versions["state"]) \
+                .set(schema.vm_key(vm, "placement"), {**desired.placement, "autostart": False},
+                     version=desired.versions["placement"]) \
+                .check(schema.vm(vm), desired.versions["spec"]) \
+                .put(schema.mirror_vm(vm), {"source": {"handed_over_to": destination}, "snapshots": []}) \
+                .commit()
+            self._context.cache.vms.refresh(vm)
 
     def _send(self, client: Any, vm: str, snapshot: str, destination: str) -> dict[str, Any]:
         held = client.vms.mirror_state(vm)
