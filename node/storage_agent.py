@@ -180,6 +180,11 @@ class StorageAgent:
                                      _checksum(checksum), False, mirror=manifest)
         return {"address": self.upload_address, "token": ticket.token, "tls": self.upload_tls}
 
+    def mirror_receive_stop(self, vm: str, snapshot: str) -> bool:
+        """For the undo of a mirror send: no unused ticket of it is honoured from now on; whether its stream is
+        still being applied here."""
+        return self._tickets.stop_mirror(schema.check_name("VM", vm), schema.check_name("snapshot", snapshot))
+
     def mirror_stage(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Write a VM snapshot's streams for a send to another cluster into this node's staging directory."""
         for volume in manifest["volumes"]:

@@ -23,9 +23,10 @@ import tempfile
 import threading
 import time
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pvc import bulk, schema
 from pvc.errors import AuthenticationError, Busy, Conflict, InvalidInput, PVCError
@@ -80,6 +81,8 @@ class Tickets:
         self._lifetime = lifetime_seconds
         self._lock = threading.Lock()
         self._tickets: dict[str, Ticket] = {}
+        self._receiving: set[str] = set()
+        """The mirror sends (``VM@SNAPSHOT``) whose stream is being applied here now."""
 
     def issue(self, pool: str, volume: str, size_bytes: int, image_format: str, checksum: str,
               force: bool, appliance_importer: str | None = None, mirror: dict[str, Any] | None = None,
@@ -99,6 +102,27 @@ class Tickets:
         if ticket is None:
             raise AuthenticationError("upload token unknown, already used or expired")
         return ticket
+
+    @contextmanager
+    def receiving(self, ticket: Ticket) -> Iterator[None]:
+        """Mark a mirror send's stream as being applied while its job runs (`stop_mirror`)."""
+        key = f"{ticket.mirror['vm']}@{ticket.mirror['snapshot']}"
+        with self._lock:
+            self._receiving.add(key)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._receiving.discard(key)
+
+    def stop_mirror(self, vm: str, snapshot: str) -> bool:
+        """Before a mirror send is undone: its unused tickets can no longer be redeemed; True while its stream
+        is still being applied here (the undo must wait for it, or it would roll back under a writer)."""
+        with self._lock:
+            for token in [token for token, ticket in self._tickets.items()
+                          if ticket.mirror and (ticket.mirror["vm"], ticket.mirror["snapshot"]) == (vm, snapshot)]:
+                del self._tickets[token]
+            return f"{vm}@{snapshot}" in self._receiving
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -452,7 +476,8 @@ class UploadListener:
                 result = {"staged": receive_stage(connection, ticket)}
             elif ticket.mirror is not None:
                 from pvc.node.mirror_transfer import MirrorReceiveJob
-                result = {"mirror": MirrorReceiveJob(self._context_factory().backend, ticket).run(connection)}
+                with self._tickets.receiving(ticket):
+                    result = {"mirror": MirrorReceiveJob(self._context_factory().backend, ticket).run(connection)}
             elif ticket.appliance_importer is not None:
                 from pvc.node.appliance_uploads import ApplianceImportJob
                 result = {"appliance": ApplianceImportJob(self._context_factory(), ticket).run(connection)}

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from pvc import schema
 from pvc.cli.localcluster.guest import domain_xml
 from pvc.cli.main import cli
-from pvc.errors import Conflict, InvalidInput
+from pvc.errors import AuthenticationError, Conflict, InvalidInput
+from pvc.node.uploads import Tickets
 
 from conftest import started_cluster
 from helpers import cluster_store, eventually
@@ -346,3 +347,20 @@ def test_a_sending_coordinator_killed_mid_stream_leaves_nothing_half_made(cluste
     _ok(_pvc(home, "vm", "snapshot", "send", vm, "s1", "--to", "dest"))
     assert dest.client.vms.info(vm)["state"] == "mirror"
     assert volume_sha256(dest, pool, f"{vm}_disk") == volume_sha256(source, pool, f"{vm}_disk")
+
+
+def test_an_undo_waits_for_a_stream_still_being_applied_and_its_unused_tickets_die_first():
+    """The node's side of undoing a send past its deadline: a stream still being applied makes the undo wait
+    (rolling back under a writer would leave disks matching no snapshot), and a ticket not yet used is never
+    honoured once an undo has asked."""
+    tickets = Tickets(60)
+    manifest = {"vm": "slow", "snapshot": "s2"}
+    unused = tickets.issue("pool", "slow", 10, "raw", "0" * 64, False, mirror=manifest)
+    running = tickets.issue("pool", "slow", 10, "raw", "0" * 64, False, mirror=manifest)
+    applying = tickets.redeem(running.token)
+
+    with tickets.receiving(applying):
+        assert tickets.stop_mirror("slow", "s2") is True, "its stream is still being applied"
+    assert tickets.stop_mirror("slow", "s2") is False
+    with pytest.raises(AuthenticationError):
+        tickets.redeem(unused.token)

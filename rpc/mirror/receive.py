@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from pvc import domain_xml, mirror_manifest, node_index, schema, storage_records
-from pvc.errors import AlreadyExists, Busy, Conflict, InvalidInput, NotFound, PVCError
+from pvc.errors import AlreadyExists, Busy, Conflict, InvalidInput, NotFound, PVCError, Unavailable
 from pvc.rpc.areas.storage import StorageArea
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.vm_control import VMControl
@@ -92,7 +92,8 @@ class MirrorReceiver:
             node, agent_uri, _backend = self._storage._storage_node(volumes[0].split("/", 1)[0])
             send_id = uuid.uuid4().hex
             intent = {"send_id": send_id, "snapshot": snapshot, "parent": parent, "volumes": volumes,
-                      "deadline": time.time() + RECEIVE_DEADLINE_S, "coordinator": self._context.name}
+                      "deadline": time.time() + RECEIVE_DEADLINE_S, "coordinator": self._context.name,
+                      "node": node}
             updated = {"source": source, "snapshots": (record or {}).get("snapshots") or [], "intent": intent}
             with self._storage._pools_locked(sorted({volume.split("/", 1)[0] for volume in volumes})):
                 if parent is None:
@@ -250,6 +251,7 @@ class MirrorReceiver:
         intent = (record or {}).get("intent")
         if not intent:
             return
+        self._stop_receiving(vm, intent)
         agent = self._storage._pool_agent(intent["volumes"][0].split("/", 1)[0])
         for volume in intent["volumes"]:
             pool, name = volume.split("/", 1)
@@ -264,6 +266,20 @@ class MirrorReceiver:
         else:
             transaction.delete(schema.mirror_vm(vm))
         transaction.commit()
+
+    def _stop_receiving(self, vm: str, intent: dict[str, Any]) -> None:
+        """Before a send is undone: the node it was streamed to honours none of its tickets any more, and is not
+        applying its stream now (a slow stream past its deadline is still writing: rolling back under it would
+        leave disks that match no snapshot). A node that cannot be asked may still be writing: `Unavailable`,
+        and nothing is undone."""
+        node, pool = intent.get("node"), intent["volumes"][0].split("/", 1)[0]
+        agent_uri = next((uri for name, uri, _backend in self._storage._storage_nodes(pool) if name == node), None)
+        if node is None or agent_uri is None:
+            raise Unavailable(f"node {node} that received the send of {vm}@{intent['snapshot']} cannot be asked "
+                              "whether it still writes it; it is undone once it can")
+        if self._storage._agent(node, agent_uri, "mirror_receive_stop", vm, intent["snapshot"]):
+            raise Busy(f"the send of snapshot '{intent['snapshot']}' to the mirror of VM '{vm}' is still being "
+                       f"written on node {node}; try again once it ends")
 
     def _record(self, vm: str, record: dict[str, Any], manifest: dict[str, Any], received: dict[str, Any]) -> None:
         store = self._context.store
