@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import libvirt
 
@@ -58,3 +58,11 @@ def cluster_store(local: LocalCluster) -> Iterator[Store]:
         yield store
     finally:
         store.stop()
+
+
+def refused_in_one_line(result: Any, words: str) -> None:
+    """A `pvc` command refused as its user sees it: exit status 1, and one line, on standard error, naming what
+    is wrong (`words`)."""
+    assert result.exit_code == 1, result.output
+    assert words in result.stderr, result.stderr
+    assert len(result.output.strip().splitlines()) == 1, result.output

@@ -10,7 +10,7 @@ from pvc import schema
 from pvc.cli.localcluster.guest import domain_xml
 
 from conftest import started_cluster
-from helpers import cluster_store, eventually
+from helpers import cluster_store, eventually, refused_in_one_line
 from storage_support import known_raw
 from vm_support import fence_deadline_beyond_restarts, pvc, restart_node_daemon, wait_for_task
 
@@ -54,20 +54,14 @@ def _run(client, *vms: str) -> dict:
     return wait_for_task(client, client.vms.autobackup_run(list(vms) or None), timeout=60)
 
 
-def _refused(result, words: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert words in result.output, result.output
-    assert len(result.output.strip().splitlines()) == 1, result.output
-
-
 def test_a_bad_setting_or_a_run_without_a_destination_is_refused_in_one_line(backup_cluster):
     cluster, client = backup_cluster, backup_cluster.client
     before = client.cluster.config()
-    _refused(pvc(cluster, "cluster", "config", "--autobackup-schedule", "25:00"), "autobackup_schedule must be")
-    _refused(pvc(cluster, "cluster", "config", "--autobackup-keep-chains", "0"), "autobackup_keep_chains must be")
-    _refused(pvc(cluster, "cluster", "config", "--autobackup-destination", "../x"), "autobackup_destination must")
+    refused_in_one_line(pvc(cluster, "cluster", "config", "--autobackup-schedule", "25:00"), "autobackup_schedule must be")
+    refused_in_one_line(pvc(cluster, "cluster", "config", "--autobackup-keep-chains", "0"), "autobackup_keep_chains must be")
+    refused_in_one_line(pvc(cluster, "cluster", "config", "--autobackup-destination", "../x"), "autobackup_destination must")
     assert client.cluster.config() == before, "a refused setting changes nothing"
-    _refused(pvc(cluster, "vm", "autobackup", "run"), "autobackup_destination is not set")
+    refused_in_one_line(pvc(cluster, "vm", "autobackup", "run"), "autobackup_destination is not set")
     assert not [task for task in client.nodes.tasks() if task["kind"] == "autobackup"], "nothing recorded"
 
 
@@ -161,7 +155,7 @@ def test_a_leader_killed_mid_run_is_resumed_with_nothing_backed_up_twice_or_left
     cluster, client, local = backup_cluster, backup_cluster.client, backup_cluster.local
     _restart_node(cluster, {"autobackup_pre_command": "sleep 1"})
     task = client.vms.autobackup_run()
-    _refused(pvc(cluster, "vm", "autobackup", "run", "beta"), f"an autobackup run is in progress (task {task['id']})")
+    refused_in_one_line(pvc(cluster, "vm", "autobackup", "run", "beta"), f"an autobackup run is in progress (task {task['id']})")
     exporting = eventually(lambda: client.nodes.task(task["id"])["steps"]["alpha"]["state"] == "exporting",
                            30, interval=0.05)
     assert exporting, client.nodes.task(task["id"])

@@ -9,7 +9,7 @@ from pvc.cli.localcluster.guest import domain_xml
 
 from pvc.errors import PVCError
 
-from helpers import eventually
+from helpers import eventually, refused_in_one_line
 from storage_support import known_raw, stored_names, unique, volume_sha256
 from vm_support import fence_deadline_beyond_restarts, pvc, restart_node_daemon
 
@@ -22,12 +22,6 @@ def _changed(source, target, offset: int):
     data[offset:offset + 4096] = bytes(range(256)) * 16
     target.write_bytes(bytes(data))
     return target
-
-
-def _refused(result, words: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert words in result.output, result.output
-    assert len(result.output.strip().splitlines()) == 1, result.output
 
 
 def test_export_full_and_two_incrementals_then_import_the_chain(storage_cluster, tmp_path):
@@ -77,14 +71,14 @@ def test_export_full_and_two_incrementals_then_import_the_chain(storage_cluster,
 
 
 def _bad_destinations(cluster, vm, exports, tmp_path) -> None:
-    _refused(pvc(cluster, "vm", "snapshot", "export", vm, "s3", str(exports / "s3")), "exists already")
-    _refused(pvc(cluster, "vm", "snapshot", "export", vm, "s3", str(exports / ".." / "escape")), "'..'")
-    _refused(pvc(cluster, "vm", "snapshot", "export", vm, "s3", str(tmp_path / "elsewhere")), "not under a backup root")
+    refused_in_one_line(pvc(cluster, "vm", "snapshot", "export", vm, "s3", str(exports / "s3")), "exists already")
+    refused_in_one_line(pvc(cluster, "vm", "snapshot", "export", vm, "s3", str(exports / ".." / "escape")), "'..'")
+    refused_in_one_line(pvc(cluster, "vm", "snapshot", "export", vm, "s3", str(tmp_path / "elsewhere")), "not under a backup root")
     (exports / "link").symlink_to(tmp_path)
-    _refused(pvc(cluster, "vm", "snapshot", "export", vm, "s3", str(exports / "link" / "x")), "links are not followed")
+    refused_in_one_line(pvc(cluster, "vm", "snapshot", "export", vm, "s3", str(exports / "link" / "x")), "links are not followed")
     assert not (tmp_path / "x").exists()
     (exports / "other").mkdir()
-    _refused(pvc(cluster, "vm", "snapshot", "export", vm, "s3", str(exports / "other" / "orphan"),
+    refused_in_one_line(pvc(cluster, "vm", "snapshot", "export", vm, "s3", str(exports / "other" / "orphan"),
                  "--incremental-parent", "s1"), "no export of snapshot 's1'")
     assert list((exports / "other").iterdir()) == []
     (exports / "other").rmdir()
@@ -94,7 +88,7 @@ def _bad_destinations(cluster, vm, exports, tmp_path) -> None:
 
 def _bad_chains(cluster, client, vm, pool, exports) -> None:
     before = stored_names(cluster, pool)
-    _refused(pvc(cluster, "vm", "snapshot", "import", str(exports / "s3")), f"a VM named '{vm}' exists already")
+    refused_in_one_line(pvc(cluster, "vm", "snapshot", "import", str(exports / "s3")), f"a VM named '{vm}' exists already")
 
     corrupt = exports / "corrupt"
     corrupt.mkdir()
@@ -104,17 +98,17 @@ def _bad_chains(cluster, client, vm, pool, exports) -> None:
     data = bytearray(stream.read_bytes())
     data[len(data) // 2] ^= 0xFF
     stream.write_bytes(bytes(data))
-    _refused(pvc(cluster, "vm", "snapshot", "import", str(corrupt / "s3"), "--name", f"{vm}-bad"), "")
+    refused_in_one_line(pvc(cluster, "vm", "snapshot", "import", str(corrupt / "s3"), "--name", f"{vm}-bad"), "")
     stream.write_bytes(bytes(data[:len(data) // 3]))
-    _refused(pvc(cluster, "vm", "snapshot", "import", str(corrupt / "s3"), "--name", f"{vm}-bad"), "")
+    refused_in_one_line(pvc(cluster, "vm", "snapshot", "import", str(corrupt / "s3"), "--name", f"{vm}-bad"), "")
 
     manifest = corrupt / "s1" / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"s1"', '"s1" '))
-    _refused(pvc(cluster, "vm", "snapshot", "import", str(corrupt / "s3"), "--name", f"{vm}-bad"), "manifest changed")
+    refused_in_one_line(pvc(cluster, "vm", "snapshot", "import", str(corrupt / "s3"), "--name", f"{vm}-bad"), "manifest changed")
     shutil.rmtree(corrupt / "s1")
-    _refused(pvc(cluster, "vm", "snapshot", "import", str(corrupt / "s3"), "--name", f"{vm}-bad"), "does not exist")
+    refused_in_one_line(pvc(cluster, "vm", "snapshot", "import", str(corrupt / "s3"), "--name", f"{vm}-bad"), "does not exist")
     (corrupt / "s3" / "manifest.json").write_text("{not json")
-    _refused(pvc(cluster, "vm", "snapshot", "import", str(corrupt / "s3"), "--name", f"{vm}-bad"), "not valid JSON")
+    refused_in_one_line(pvc(cluster, "vm", "snapshot", "import", str(corrupt / "s3"), "--name", f"{vm}-bad"), "not valid JSON")
 
     assert stored_names(cluster, pool) == before, "no volume is left by a refused import"
     assert all(row["name"] != f"{vm}-bad" for row in client.vms.list())

@@ -16,7 +16,7 @@ from pvc.errors import AuthenticationError, Conflict, InvalidInput
 from pvc.node.uploads import Tickets
 
 from conftest import started_cluster
-from helpers import cluster_store, eventually
+from helpers import cluster_store, eventually, refused_in_one_line
 from storage_support import known_raw, staging_files, stored_names, unique, volume_sha256
 
 MiB = 1024 * 1024
@@ -47,12 +47,6 @@ def _pvc(home, *args: str):
 def _ok(result) -> str:
     assert result.exit_code == 0, result.output
     return result.output
-
-
-def _refused(result, words: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert words in result.output, result.output
-    assert len(result.output.strip().splitlines()) == 1, result.output
 
 
 def _changed(path, offset: int, seed: int):
@@ -89,10 +83,10 @@ def test_send_whole_then_incremental_then_promote(clusters, tmp_path):
     assert [row["name"] for row in dest.client.vms.snapshot_list(vm)] == ["s1"]
     with pytest.raises(Conflict, match="is a mirror"):
         dest.client.vms.start(vm)
-    _refused(_pvc(home, "-c", "dest", "vm", "start", vm), "promote it first")
-    _refused(_pvc(home, "-c", "dest", "vm", "migrate", vm), "is a mirror")
-    _refused(_pvc(home, "-c", "dest", "vm", "stop", vm, "--yes"), "is a mirror")
-    _refused(_pvc(home, "-c", "dest", "vm", "rename", vm, f"{vm}-renamed"), "is a mirror")
+    refused_in_one_line(_pvc(home, "-c", "dest", "vm", "start", vm), "promote it first")
+    refused_in_one_line(_pvc(home, "-c", "dest", "vm", "migrate", vm), "is a mirror")
+    refused_in_one_line(_pvc(home, "-c", "dest", "vm", "stop", vm, "--yes"), "is a mirror")
+    refused_in_one_line(_pvc(home, "-c", "dest", "vm", "rename", vm, f"{vm}-renamed"), "is a mirror")
     assert dest.client.vms.info(vm)["state"] == "mirror"
 
     with cluster_store(source.local) as store:
@@ -136,8 +130,8 @@ def test_a_promotion_holds_the_source_so_the_vm_runs_on_one_cluster_only(cluster
     try:
         source.client.vms.snapshot_create(vm, "s1")
         _ok(_pvc(home, "vm", "snapshot", "send", vm, "s1", "--to", "dest"))
-        _refused(_pvc(home, "-c", "dest", "vm", "snapshot", "rollback", vm, "s1", "--yes"), "is a mirror")
-        _refused(_pvc(home, "-c", "dest", "vm", "snapshot", "remove", vm, "s1", "--yes"), "is a mirror")
+        refused_in_one_line(_pvc(home, "-c", "dest", "vm", "snapshot", "rollback", vm, "s1", "--yes"), "is a mirror")
+        refused_in_one_line(_pvc(home, "-c", "dest", "vm", "snapshot", "remove", vm, "s1", "--yes"), "is a mirror")
         source.client.vms.start(vm, wait=True)
 
         _ok(_pvc(home, "-c", "dest", "vm", "mirror", "promote", vm, "--from", "source", "--yes"))
@@ -199,14 +193,14 @@ def test_bad_sends_are_refused_in_one_line_with_nothing_left_on_either_side(clus
     elsewhere = unique("mlk")
     _vm_with_disk(source, tmp_path, lacking, elsewhere, seed=22)
     source.client.vms.snapshot_create(elsewhere, "s1")
-    _refused(_pvc(home, "vm", "snapshot", "send", elsewhere, "s1", "--to", "dest"), f"no storage pool '{lacking}'")
+    refused_in_one_line(_pvc(home, "vm", "snapshot", "send", elsewhere, "s1", "--to", "dest"), f"no storage pool '{lacking}'")
     assert elsewhere not in [row["name"] for row in dest.client.vms.list()]
 
     taken = unique("mtaken")
     _vm_with_disk(source, tmp_path, pool, taken, seed=23)
     source.client.vms.snapshot_create(taken, "s1")
     dest.client.vms.define(domain_xml(taken, domain_type="kvm"))
-    _refused(_pvc(home, "vm", "snapshot", "send", taken, "s1", "--to", "dest"), "is not a mirror")
+    refused_in_one_line(_pvc(home, "vm", "snapshot", "send", taken, "s1", "--to", "dest"), "is not a mirror")
     assert dest.client.vms.info(taken)["state"] == "stop" and dest.client.vms.snapshot_list(taken) == []
 
     clash = unique("mclash")
@@ -214,23 +208,23 @@ def test_bad_sends_are_refused_in_one_line_with_nothing_left_on_either_side(clus
     source.client.vms.snapshot_create(clash, "s1")
     dest.client.storage.volume_add(pool, f"{clash}_disk", 4 * MiB)
     before = volume_sha256(dest, pool, f"{clash}_disk")
-    _refused(_pvc(home, "vm", "snapshot", "send", clash, "s1", "--to", "dest"), "exists on this cluster already")
+    refused_in_one_line(_pvc(home, "vm", "snapshot", "send", clash, "s1", "--to", "dest"), "exists on this cluster already")
     assert volume_sha256(dest, pool, f"{clash}_disk") == before
     assert clash not in [row["name"] for row in dest.client.vms.list()]
 
     _ok(_pvc(home, "vm", "snapshot", "send", vm, "s1", "--to", "dest"))
     held = _dest_holds(dest, vm, pool)
     at_s1 = volume_sha256(dest, pool, disk)
-    _refused(_pvc(home, "vm", "snapshot", "send", vm, "s1", "--to", "dest"), "holds snapshot 's1' of VM")
+    refused_in_one_line(_pvc(home, "vm", "snapshot", "send", vm, "s1", "--to", "dest"), "holds snapshot 's1' of VM")
 
     source.client.vms.snapshot_remove(vm, "s1")
     source.client.storage.upload(pool, disk, str(_changed(image, 1 * MiB, 3)), force=True)
     source.client.vms.snapshot_create(vm, "s1")
     source.client.vms.snapshot_create(vm, "s2")
-    _refused(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "dest"), "has diverged")
+    refused_in_one_line(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "dest"), "has diverged")
     source.client.vms.snapshot_remove(vm, "s1")
-    _refused(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "dest"), "has diverged")
-    _refused(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "nowhere"), "no connection named 'nowhere'")
+    refused_in_one_line(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "dest"), "has diverged")
+    refused_in_one_line(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "nowhere"), "no connection named 'nowhere'")
 
     assert _dest_holds(dest, vm, pool) == held and volume_sha256(dest, pool, disk) == at_s1, \
         "the mirror is as the last good send left it"
@@ -261,8 +255,8 @@ def test_a_send_whose_sender_died_is_undone_once_its_deadline_has_passed(cluster
     dest.client.vms.mirror_receive(manifest, 4096, "0" * 64, {"cluster": None, "destination": "dest"})
     with open(dest.local.storage_dir / pool / disk, "r+b") as volume:
         volume.write(b"half a stream" * 1000)
-    _refused(_pvc(home, "-c", "dest", "vm", "mirror", "promote", vm, "--yes"), "is under way")
-    _refused(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "dest"), "is under way")
+    refused_in_one_line(_pvc(home, "-c", "dest", "vm", "mirror", "promote", vm, "--yes"), "is under way")
+    refused_in_one_line(_pvc(home, "vm", "snapshot", "send", vm, "s2", "--to", "dest"), "is under way")
 
     with cluster_store(dest.local) as store:
         record = store.read(schema.mirror_vm(vm))
@@ -286,12 +280,12 @@ def test_automirror_sends_the_tagged_vms_on_each_run_and_keeps_its_newest_snapsh
     image = _vm_with_disk(source, tmp_path, pool, vm, seed=41)
     _vm_with_disk(source, tmp_path, pool, untagged, seed=42)
     source.client.vms.add_tag(vm, "dr")
-    _refused(_pvc(home, "vm", "automirror", "run"), "automirror_destination is not set")
+    refused_in_one_line(_pvc(home, "vm", "automirror", "run"), "automirror_destination is not set")
     source.client.vms.snapshot_create(untagged, "s0")
     _ok(_pvc(home, "vm", "snapshot", "send", untagged, "s0", "--to", "dest"))  # stores the destination
     _ok(_pvc(home, "cluster", "config", "--automirror-tag", "dr", "--automirror-destination", "dest",
              "--automirror-keep", "2"))
-    _refused(_pvc(home, "cluster", "config", "--automirror-schedule", "sometimes"), "automirror_schedule must be")
+    refused_in_one_line(_pvc(home, "cluster", "config", "--automirror-schedule", "sometimes"), "automirror_schedule must be")
 
     kinds = []
     for run, offset in enumerate((None, 1 * MiB, 5 * MiB)):

@@ -12,6 +12,7 @@ from pvc.block_diff import read as read_diff
 from pvc.cli.localcluster.guest import domain_xml
 from pvc.errors import AuthenticationError, InvalidInput, NotFound
 
+from helpers import refused_in_one_line
 from storage_support import known_raw, staging_files, stored_names, unique, volume_bytes
 from vm_support import pvc
 
@@ -98,13 +99,7 @@ def _tickets_spent_once(cluster, client, vm) -> None:
     assert len(refused.stderr.strip().splitlines()) == 1 and "no snapshot named 'nosuch'" in refused.stderr
 
 
-def _refused(result, words: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert words in result.stderr, result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-
-
-def test_import_streamed_chain_and_every_bad_stream_refused(storage_cluster, tmp_path):
+def test_import_streamed_chain_and_every_bad_streamrefused_in_one_line(storage_cluster, tmp_path):
     cluster, client = storage_cluster, storage_cluster.client
     pool, vm = unique("si"), unique("sivm")
     client.storage.pool_add(pool)
@@ -133,7 +128,7 @@ def test_import_streamed_chain_and_every_bad_stream_refused(storage_cluster, tmp
         assert volume_bytes(cluster, pool, f"{copy}_disk0") == bytes(changed), "the bytes at s2"
         assert all(volume["pending"] is None for volume in client.storage.volume_list(pool))
 
-        _refused(pvc(cluster, "vm", "snapshot", "import", "-", "--name", copy, input=full + incremental),
+        refused_in_one_line(pvc(cluster, "vm", "snapshot", "import", "-", "--name", copy, input=full + incremental),
                  f"a VM named '{copy}' exists already")
     finally:
         for name in (copy, vm):
@@ -148,7 +143,7 @@ def _bad_streams(cluster, client, vm, pool, full: bytes, incremental: bytes) -> 
     bad = f"{vm}-bad"
 
     def refused(data: bytes, words: str) -> None:
-        _refused(pvc(cluster, "vm", "snapshot", "import", "-", "--name", bad, input=data), words)
+        refused_in_one_line(pvc(cluster, "vm", "snapshot", "import", "-", "--name", bad, input=data), words)
         nothing_left()
 
     def nothing_left() -> None:
@@ -178,7 +173,7 @@ def _bad_streams(cluster, client, vm, pool, full: bytes, incremental: bytes) -> 
     by_hand = cluster.local.storage_dir / pool / f"{bad}_disk0"
     by_hand.write_bytes(b"kept" * 1024)
     try:
-        _refused(pvc(cluster, "vm", "snapshot", "import", "-", "--name", bad, input=chain),
+        refused_in_one_line(pvc(cluster, "vm", "snapshot", "import", "-", "--name", bad, input=chain),
                  f"volume '{pool}/{bad}_disk0' exists already (in the storage")
         assert by_hand.read_bytes() == b"kept" * 1024
         assert all(row["name"] != bad for row in client.vms.list())
