@@ -206,6 +206,8 @@ def test_a_dead_node_whose_keepalives_resume_stays_dead_and_node_info_says_so(sk
                                                                                maintenance):
     """In maintenance mode, so that the frozen daemon, waking past its self-fence deadline, keeps its VMs and
     goes on writing keepalives (out of it, it would fence itself and fall silent for the leader to fence)."""
+    assert eventually(lambda: skewed.client.nodes.info("hv2")["maintenance_seen"] is True, 5 * KEEPALIVE_INTERVAL), \
+        "hv2 saw maintenance mode before it was frozen (a node acts on the last flag it saw)"
     pid = skewed.local.daemon_pid("pvcnoded", "hv2")
     os.kill(pid, signal.SIGSTOP)
     try:
