@@ -177,7 +177,8 @@ def _cluster_config_command(function):
 
 @group.command("config")
 @_cluster_config_command
-@click.option("--node", metavar="NODE", help="set the fencing and libvirt-lost settings given for this node only (its overrides)")
+@click.option("--node", metavar="NODE",
+              help="set the fencing and libvirt-lost settings given for this node only (its overrides)")
 @output.format_option
 @click.pass_obj
 def cluster_config_command(session, node, output_format, **values) -> None:

@@ -81,8 +81,9 @@ def _info_table(node: dict) -> str:
         ("BMC", _bmc(node) + (f" ({node['bmc_note']})" if node.get("bmc_note") else "")),
     ]
     for fault in node.get("faults") or []:
-        pairs.append(("Fault", f"{fault['severity']} -{fault['delta']}{' (acknowledged)' if fault['acknowledged'] else ''}"
-                               f" {fault['check']}: {fault['message']} (x{fault['count']})"))
+        acknowledged = " (acknowledged)" if fault["acknowledged"] else ""
+        pairs.append(("Fault", f"{fault['severity']} -{fault['delta']}{acknowledged} {fault['check']}: "
+                               f"{fault['message']} (x{fault['count']})"))
     if node.get("not_flushed"):
         pairs.append(("Not flushed", "; ".join(node["not_flushed"])))
     if node.get("changed_by_command"):

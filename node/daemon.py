@@ -306,9 +306,9 @@ class NodeDaemon:
     def write_keepalive(self) -> None:
         """Write the latest figures; never asks libvirt itself, so a hung libvirtd makes the figures stale
         (`figures_stale`, `figures_age_s`), not the node silent; and how long ago its last converge pass
-        completed (`converge_age_s`: how far libvirt may lag the desired state). With them, the maintenance flag this node last saw, which
-        its self-fence acts on (`maintenance_seen`). A node that has fenced itself writes none: the leader is
-        to mark it dead and fence it."""
+        completed (`converge_age_s`: how far libvirt may lag the desired state). With them, the maintenance flag
+        this node last saw, which its self-fence acts on (`maintenance_seen`). A node that has fenced itself
+        writes none: the leader is to mark it dead and fence it."""
         if self.self_fence.fenced:
             return
         age = time.monotonic() - self._figures_taken
