@@ -56,6 +56,14 @@ def _changed(path, offset: int, seed: int):
     return path
 
 
+def _pool_on_both(clusters, prefix: str) -> str:
+    """A new pool of the same name on the source and the destination."""
+    pool = unique(prefix)
+    for cluster in clusters[:2]:
+        cluster.client.storage.pool_add(pool)
+    return pool
+
+
 def _vm_with_disk(cluster, tmp_path, pool: str, vm: str, seed: int):
     image = known_raw(tmp_path / f"{vm}.raw", size=8 * MiB, seed=seed)
     cluster.client.storage.upload(pool, f"{vm}_disk", str(image))
@@ -65,9 +73,7 @@ def _vm_with_disk(cluster, tmp_path, pool: str, vm: str, seed: int):
 
 def test_send_whole_then_incremental_then_promote(clusters, tmp_path):
     source, dest, home = clusters
-    pool, vm = unique("mp"), unique("mvm")
-    source.client.storage.pool_add(pool)
-    dest.client.storage.pool_add(pool)
+    pool, vm = _pool_on_both(clusters, "mp"), unique("mvm")
     image = _vm_with_disk(source, tmp_path, pool, vm, seed=11)
     disk = f"{vm}_disk"
 
@@ -123,9 +129,7 @@ def test_a_promotion_holds_the_source_so_the_vm_runs_on_one_cluster_only(cluster
     start, so no autostart or node ready can run it beside the promoted copy) until promoted back there; the
     mirror's snapshots, its next send's base, cannot be rolled back or removed by hand."""
     source, dest, home = clusters
-    pool, vm = unique("mh"), unique("mheld")
-    source.client.storage.pool_add(pool)
-    dest.client.storage.pool_add(pool)
+    pool, vm = _pool_on_both(clusters, "mh"), unique("mheld")
     _vm_with_disk(source, tmp_path, pool, vm, seed=41)
     try:
         source.client.vms.snapshot_create(vm, "s1")
@@ -237,9 +241,7 @@ def test_a_send_whose_sender_died_is_undone_once_its_deadline_has_passed(cluster
     sends are refused as busy meanwhile, and once its deadline has passed the destination's leader returns the
     mirror to its last snapshot, so the next send ends with exactly the source's bytes."""
     source, dest, home = clusters
-    pool, vm = unique("md"), unique("mdied")
-    source.client.storage.pool_add(pool)
-    dest.client.storage.pool_add(pool)
+    pool, vm = _pool_on_both(clusters, "md"), unique("mdied")
     image = _vm_with_disk(source, tmp_path, pool, vm, seed=31)
     disk = f"{vm}_disk"
     source.client.vms.snapshot_create(vm, "s1")
@@ -274,9 +276,7 @@ def test_a_send_whose_sender_died_is_undone_once_its_deadline_has_passed(cluster
 
 def test_automirror_sends_the_tagged_vms_on_each_run_and_keeps_its_newest_snapshots(clusters, tmp_path):
     source, dest, home = clusters
-    pool, vm, untagged = unique("ma"), unique("mauto"), unique("mskip")
-    source.client.storage.pool_add(pool)
-    dest.client.storage.pool_add(pool)
+    pool, vm, untagged = _pool_on_both(clusters, "ma"), unique("mauto"), unique("mskip")
     image = _vm_with_disk(source, tmp_path, pool, vm, seed=41)
     _vm_with_disk(source, tmp_path, pool, untagged, seed=42)
     source.client.vms.add_tag(vm, "dr")
@@ -311,9 +311,7 @@ def test_a_sending_coordinator_killed_mid_stream_leaves_nothing_half_made(cluste
     drops the staged file, the destination holds an unsettled send that its leader undoes once its deadline has
     passed (no VM, no volume), and a send from the restarted coordinator then succeeds."""
     source, dest, home = clusters
-    pool, vm = unique("mk"), unique("mkill")
-    source.client.storage.pool_add(pool)
-    dest.client.storage.pool_add(pool)
+    pool, vm = _pool_on_both(clusters, "mk"), unique("mkill")
     image = tmp_path / "big.raw"
     image.write_bytes(os.urandom(128 * MiB))
     source.client.storage.upload(pool, f"{vm}_disk", str(image))
