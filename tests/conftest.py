@@ -12,6 +12,7 @@ from typing import Iterator
 import libvirt
 import pytest
 from kazoo.client import KazooClient
+from kazoo.retry import KazooRetry
 
 import pvc
 from pvc.cli.localcluster.ceph import PrivateCeph
@@ -39,8 +40,10 @@ def zookeeper_server(tmp_path_factory) -> Iterator[ZooKeeperServer]:
 def zookeeper_hosts(zookeeper_server) -> str:
     """A connection string whose chroot no other test uses."""
     chroot = f"/test-{uuid.uuid4().hex[:12]}"
-    admin = KazooClient(hosts=zookeeper_server.hosts)
-    admin.start(timeout=10)
+    # Retried, and given time: a session's creation waits for the server's disk, which a test writing
+    # hundreds of MiB beside it can stall past one connect attempt's timeout (seen once in a full run).
+    admin = KazooClient(hosts=zookeeper_server.hosts, connection_retry=KazooRetry(max_tries=-1, max_delay=1.0))
+    admin.start(timeout=30)
     admin.ensure_path(chroot)
     admin.stop()
     admin.close()
