@@ -256,9 +256,11 @@ def _settle(run: FaultRun, local, gates: dict[str, HostGate], connect, chaos: ne
                 chaos.administer(client)
                 chaos.release_fenced(client)
                 records = client.vms.list()
-                active = [task["id"] for task in client.nodes.tasks() if task["state"] in ("pending", "running")]
+                tasks = client.nodes.tasks()
+                active = [task["id"] for task in tasks if task["state"] in ("pending", "running")]
                 run.mismatches = checker.record_mismatches(records, read_hosts(local, gates))
                 run.mismatches += [f"task {task} still active" for task in active]
+                run.mismatches += awaited_recoveries(run.history, tasks)
             except PVCError as error:
                 run.mismatches = [f"host or coordinator not answering while settling: {error}"]
             clean_checks = 0 if run.mismatches else clean_checks + 1
@@ -300,20 +302,14 @@ def fault_outcomes(history: History, tasks: list[dict[str, Any]]) -> list[str]:
       still runs;
     - a ZooKeeper server killed, the leading one included, fences nothing: no recovery of a node that no other
       fault could have got fenced begins while it is down or within `FENCE_WINDOW_S` of its return."""
-    recoveries = [(history.from_wall(task.get("created")) or 0.0, task) for task in tasks
-                  if task.get("kind") == "recover"]
+    recoveries = _recoveries(history, tasks)
     heavy = [(set(fault.target.split("+")), fault.injected, fault.healed + FENCE_WINDOW_S)
              for fault in history.faults if fault.kind in nemesis.HEAVY]
-    problems = []
+    problems = [f"{node} was cut off ({fault.kind} {fault.target} at {fault.injected:.3f}..{fault.healed:.3f} s), "
+                f"yet no recovery of it completed" for fault, node in _unrecovered_cuts(history, recoveries)]
     for fault in history.faults:
-        if fault.kind in ("cut-host", "cut-minority") and fault.healed - fault.injected >= FENCED_CUT_S:
+        if _must_fence(fault):
             problems += _self_fenced(history, fault)
-            for node in fault.target.split("+"):
-                if not any(task.get("node") == node and task.get("state") == "done"
-                           and fault.injected <= created <= fault.healed + FENCE_WINDOW_S
-                           for created, task in recoveries):
-                    problems.append(f"{node} was cut off ({fault.kind} {fault.target} at "
-                                    f"{fault.injected:.3f}..{fault.healed:.3f} s), yet no recovery of it completed")
         if fault.kind == "clone-node" and "the original still runs" not in fault.detail:
             problems.append(f"clone-node {fault.target} at {fault.injected:.3f}..{fault.healed:.3f} s: the clone "
                             f"took the node over: {fault.detail}")
@@ -326,6 +322,32 @@ def fault_outcomes(history: History, tasks: list[dict[str, Any]]) -> list[str]:
                                     f"got node {node} fenced ({task.get('id')} at {created:.3f} s, "
                                     f"{task.get('state')}): losing one ZooKeeper server must fence nothing")
     return problems
+
+
+def _must_fence(fault) -> bool:
+    return fault.kind in ("cut-host", "cut-minority") and fault.healed - fault.injected >= FENCED_CUT_S
+
+
+def _recoveries(history: History, tasks: list[dict[str, Any]]) -> list[tuple[float, dict[str, Any]]]:
+    return [(history.from_wall(task.get("created")) or 0.0, task) for task in tasks if task.get("kind") == "recover"]
+
+
+def _unrecovered_cuts(history: History, recoveries: list[tuple[float, dict[str, Any]]]) -> list[tuple[Any, str]]:
+    """Each (fault, node) of a cut that must get its hosts fenced with no recovery of that node completed within
+    `FENCE_WINDOW_S` of it."""
+    return [(fault, node) for fault in history.faults if _must_fence(fault) for node in fault.target.split("+")
+            if not any(task.get("node") == node and task.get("state") == "done"
+                       and fault.injected <= created <= fault.healed + FENCE_WINDOW_S for created, task in recoveries)]
+
+
+def awaited_recoveries(history: History, tasks: list[dict[str, Any]]) -> list[str]:
+    """The recoveries settling still waits for: a cut that ended with the run may be fenced only after it (the
+    leader counts its deadline from when it last reached ZooKeeper, and a leader cut off during the cut was
+    replaced late in it), and the outcome is judged only once its window is over."""
+    now = history.now()
+    return [f"awaiting a recovery of {node} (cut off at {fault.injected:.3f}..{fault.healed:.3f} s)"
+            for fault, node in _unrecovered_cuts(history, _recoveries(history, tasks))
+            if now <= fault.healed + FENCE_WINDOW_S]
 
 
 def _self_fenced(history: History, fault) -> list[str]:
