@@ -248,8 +248,9 @@ class FileBackend:
                     if base is None:
                         if data.count(0) != len(data):
                             writer.data(offset, data)
-                    elif os.pread(older.fileno(), len(data), offset) != data:
-                        writer.data(offset, data)
+                    else:
+                        for changed, length in _changed_runs(data, os.pread(older.fileno(), len(data), offset)):
+                            writer.data(offset + changed, data[changed:changed + length])
             writer.end()
 
     def volume_apply_diff(self, pool: str, volume: str, stream: BinaryIO, what: str) -> None:
@@ -313,7 +314,26 @@ class FileSnapshotBatch:
 
 
 DIFF_BLOCK = 1 << 20
-"""Granularity of a file volume's incremental export: a changed byte sends its whole MiB block."""
+"""How much of a file volume an export reads and compares at once."""
+CHANGE_BLOCK = 4096
+"""Granularity of a file volume's incremental export: a changed byte sends its page (a guest's block)."""
+
+
+def _changed_runs(data: bytes, older: bytes) -> Iterator[tuple[int, int]]:
+    """(offset, length) of each run of `CHANGE_BLOCK` pages in which `data` differs from `older` (the parent's
+    bytes at the same place, shorter where the parent file ends)."""
+    if data == older:
+        return
+    new, old = memoryview(data), memoryview(older)
+    run_start = None
+    for page in range(0, len(data), CHANGE_BLOCK):
+        if new[page:page + CHANGE_BLOCK] != old[page:page + CHANGE_BLOCK]:
+            run_start = page if run_start is None else run_start
+        elif run_start is not None:
+            yield run_start, page - run_start
+            run_start = None
+    if run_start is not None:
+        yield run_start, len(data) - run_start
 
 
 def _data_regions(descriptor: int, size: int) -> list[tuple[int, int]]:

@@ -195,9 +195,9 @@ VM_KEYS = ("state", "placement", "status")
 VM_STATES = ("start", "restart", "shutdown", "stop", "disable", "migrate", "unmigrate", "fail", "provision", "remove",
              "mirror")
 RUNNING_STATES = ("start", "restart", "migrate", "unmigrate")
+"""Desired states in which a VM should be running on its node."""
 MIRROR_STATE = "mirror"
 """A copy of a VM kept by another cluster's sends (`pvc.rpc.mirror`): defined, never started until promoted."""
-"""Desired states in which a VM should be running on its node."""
 
 DAEMON_STATES = ("init", "run", "stop", "dead", "fenced")
 HELD_DAEMON_STATES = ("dead", "fenced")

@@ -46,7 +46,8 @@ def test_export_full_and_two_incrementals_then_import_the_chain(storage_cluster,
             parent = "s1" if step == "s2" else "s2"
             incremental = client.vms.snapshot_export(vm, step, str(exports / step), incremental_parent=parent)
             if cluster.backend == "file":
-                assert incremental["bytes"] < full_bytes / 4, (incremental, full_bytes)
+                assert incremental["bytes"] < full_bytes / 100, ("4 KiB changed sends about 4 KiB", incremental,
+                                                                 full_bytes)
         at_s3 = volume_sha256(cluster, pool, "disk")
         manifest = json.loads((exports / "s3" / "manifest.json").read_text())
         assert manifest["parent"] == "s2" and manifest["parent_export"]["directory"] == "s2"

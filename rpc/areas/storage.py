@@ -244,6 +244,7 @@ class StorageArea:
         self._require_volume(pool, name)
         with self._pool_lock(pool):
             record = self._require_volume(pool, name)[OWN_VALUE]
+            self._refuse_if_mirror(pool, name, "remove")
             self._refuse_if_used(pool, name, "remove", force)
             agent = self._pool_agent(pool)
             store = self._context.store
@@ -268,6 +269,7 @@ class StorageArea:
         self._require_volume(pool, name)
         with self._pool_lock(pool):
             record = self._require_volume(pool, name)[OWN_VALUE]
+            self._refuse_if_mirror(pool, name, "resize")
             if size_bytes < record["size_bytes"] and not allow_shrink:
                 raise Conflict(f"{sizes.human(size_bytes)} would shrink volume '{pool}/{name}' "
                                f"({sizes.human(record['size_bytes'])}) and lose data; allow shrinking to do it")
@@ -487,6 +489,7 @@ class StorageArea:
             raise InvalidInput(f"invalid upload size {size_bytes!r}: the image must be a non-empty file")
         self._require_pool(pool)
         if self._volume_raw(pool, volume) is not None:
+            self._refuse_if_mirror(pool, volume, "overwrite")
             self._refuse_if_used(pool, volume, "overwrite", force)
         node, agent_uri, _backend = self._storage_node(pool)
         ticket = self._agent(node, agent_uri, "open_upload", pool, volume, size_bytes, image_format,
@@ -629,6 +632,17 @@ class StorageArea:
         if users and not force:
             raise Conflict(f"volume '{pool}/{name}' is used by VM(s) {', '.join(users)}; refusing to {action} "
                            "it" + ("" if action in ("rename", "roll back") else " unless forced"))
+
+    def _refuse_if_mirror(self, pool: str, name: str, action: str) -> None:
+        """A mirror's volumes change only by its sends: the next send builds on the snapshot it sent last, so a
+        volume changed, resized or removed under it would leave a mirror matching no snapshot of its source."""
+        vms = self._context.cache.vms.snapshot()
+        mirrors = [vm for vm in self._context.volume_users(pool, name)
+                   if (vms.get(vm) or {}).get("state") == schema.MIRROR_STATE]
+        if mirrors:
+            raise Conflict(f"volume '{pool}/{name}' belongs to mirror VM {', '.join(mirrors)}, which only its "
+                           f"sends change; refusing to {action} it, even forced (pvc vm mirror promote "
+                           f"{mirrors[0]} first, or pvc vm remove it)")
 
     def _storage_node(self, pool: str | None) -> tuple[str, str, str]:
         """A running node serving the pool's backend (any backend for a new pool): name, agent URI, backend."""
