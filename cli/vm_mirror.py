@@ -28,3 +28,43 @@ def mirror_promote(session, vm, source, remove_source, output_format) -> None:
     output.show(promoted, output_format,
                 lambda shown: f"Promoted VM {shown['name']} (stopped)" +
                               (", removed on the source cluster" if shown["source_removed"] else ""))
+
+
+@mirror.group("destination")
+def destination() -> None:
+    """The PVC clusters this one sends mirrors to, kept by name with their API keys sealed."""
+
+
+@destination.command("add")
+@click.argument("name", metavar="CONNECTION")
+@output.format_option
+@click.pass_obj
+def destination_add(session, name, output_format) -> None:
+    """Keep saved connection CONNECTION (pvc connection list) as a mirror destination, so that automirror can
+    send to it before any manual send; it must answer with its API key first."""
+    shown = session.client.vms.mirror_destination_add(name, mirror_connection(name))
+    output.show(shown, output_format, lambda added: f"Mirror destination {added['name']} kept "
+                                                    f"({', '.join(added['uris'])})")
+
+
+@destination.command("list")
+@output.format_option
+@click.pass_obj
+def destination_list(session, output_format) -> None:
+    """The mirror destinations this cluster keeps (their keys are never shown)."""
+    output.show(session.client.vms.mirror_destination_list(), output_format,
+                lambda rows: output.table(rows, _DESTINATION_COLUMNS))
+
+
+_DESTINATION_COLUMNS = [output.column("Name", "name"), output.column("URIs", "uris", " ".join),
+                        output.column("TLS CA", "tls_ca", lambda ca: "yes" if ca else "no")]
+
+
+@destination.command("remove")
+@click.argument("name")
+@confirm_option("Forget mirror destination {name}")
+@click.pass_obj
+def destination_remove(session, name) -> None:
+    """Forget mirror destination NAME; its mirrors there stay as they are (not automirror's destination)."""
+    session.client.vms.mirror_destination_remove(name)
+    click.echo(f"Forgot mirror destination {name}")

@@ -13,7 +13,6 @@ The first bytes (`receive_head`) say the image's format, and with it how the res
 Either way each `bulk.PIECE_BYTES` piece is hashed in a small pool while the next arrives (`PieceHashes`), and
 the verdict on the whole stream, short or with another checksum, comes at its end.
 """
-import fcntl
 import mmap
 import os
 import queue
@@ -25,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from pvc import bulk
+from pvc import bulk, pipes
 from pvc.errors import InvalidInput
 
 HEAD_BYTES = 64 << 10
@@ -259,7 +258,7 @@ class StagedReceive(threading.Thread):
             return
         pipe_out, pipe_in = os.pipe()
         try:
-            _widen(pipe_in)
+            pipes.widen(pipe_in, MOVE_BYTES)
             yield lambda offset, count: self._splice_into(descriptor, pipe_out, pipe_in, offset, count)
         finally:
             os.close(pipe_out)
@@ -307,9 +306,3 @@ class StagedReceive(threading.Thread):
         return hashed
 
 
-def _widen(pipe_in: int) -> None:
-    """A larger pipe means fewer splices per byte; the system's cap (fs.pipe-max-size) may refuse it."""
-    try:
-        fcntl.fcntl(pipe_in, fcntl.F_SETPIPE_SZ, MOVE_BYTES)
-    except OSError:
-        pass

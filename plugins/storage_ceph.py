@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import pvc
+from pvc import pipes
 from pvc.errors import AlreadyExists, InvalidInput, NotFound, OperationFailed, Unavailable
 from pvc.plugins.fencing import ceph_python
 from pvc.qemu_img import QemuImg
@@ -332,6 +333,7 @@ class CephBackend:
                      f"{pool}/{volume}@{snapshot}", "-"]
         process = subprocess.Popen(self.command("rbd", *arguments), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE)
+        pipes.widen(process.stdout.fileno())
         with process:
             while chunk := process.stdout.read(1 << 20):
                 output.write(chunk)
@@ -344,6 +346,7 @@ class CephBackend:
         the next incremental); `import_finished` removes those."""
         process = subprocess.Popen(self.command("rbd", "import-diff", "--no-progress", "-", f"{pool}/{volume}"),
                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        pipes.widen(process.stdin.fileno())
         try:
             while chunk := stream.read(1 << 20):
                 process.stdin.write(chunk)

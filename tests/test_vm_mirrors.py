@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from pvc import schema
 from pvc.cli.localcluster.guest import domain_xml
 from pvc.cli.main import cli
-from pvc.errors import AuthenticationError, Conflict, InvalidInput
+from pvc.errors import AuthenticationError, Conflict, InvalidInput, NotFound
 from pvc.node.uploads import Tickets
 
 from conftest import started_cluster
@@ -295,8 +295,9 @@ def test_automirror_sends_the_tagged_vms_on_each_run_and_keeps_its_newest_snapsh
     source.client.vms.add_tag(vm, "dr")
     refused_in_one_line(_pvc(home, "vm", "automirror", "run"), "automirror_destination is not set")
     source.client.vms.snapshot_create(untagged, "s0")
-    _ok(_pvc(home, "vm", "snapshot", "send", untagged, "s0", "--to", "dest"))  # stores the destination
-    _ok(_pvc(home, "cluster", "config", "--automirror-tag", "dr", "--automirror-destination", "dest",
+    _ok(_pvc(home, "vm", "snapshot", "send", untagged, "s0", "--to", "dest"))
+    _keep_destination(home, dest, "dr-site")
+    _ok(_pvc(home, "cluster", "config", "--automirror-tag", "dr", "--automirror-destination", "dr-site",
              "--automirror-keep", "2"))
     refused_in_one_line(_pvc(home, "cluster", "config", "--automirror-schedule", "sometimes"), "automirror_schedule must be")
 
@@ -316,7 +317,28 @@ def test_automirror_sends_the_tagged_vms_on_each_run_and_keeps_its_newest_snapsh
     assert [row["name"] for row in dest.client.vms.snapshot_list(vm)] == kept, "the destination keeps as many"
     status = source.client.vms.automirror_status()
     assert status["last_outcome"]["state"] == "done" and status["running"] is None
-    _ok(_pvc(home, "cluster", "config", "--automirror-tag", "off"))
+    refused_in_one_line(_pvc(home, "vm", "mirror", "destination", "remove", "dr-site", "--yes"), "is automirror's")
+    _ok(_pvc(home, "cluster", "config", "--automirror-tag", "off", "--automirror-destination", "off"))
+    assert "Forgot mirror destination dr-site" in _ok(_pvc(home, "vm", "mirror", "destination", "remove", "dr-site",
+                                                           "--yes"))
+    assert "dr-site" not in _ok(_pvc(home, "vm", "mirror", "destination", "list"))
+    with pytest.raises(NotFound, match="no mirror destination named 'dr-site'"):
+        source.client.vms.snapshot_send(vm, kept[-1], "dr-site")
+
+
+def _keep_destination(home, dest, name: str) -> None:
+    """Destination `name` kept by the source before any send to it (as automirror needs), after one with a wrong
+    key was refused and not kept; its key is never shown."""
+    (home / "wrong.key").write_text("not-the-key")
+    _ok(_pvc(home, "connection", "add", "wrong-key", *dest.local.uris, "--api-key-file", str(home / "wrong.key")))
+    refused_in_one_line(_pvc(home, "vm", "mirror", "destination", "add", "wrong-key"), "")
+    _ok(_pvc(home, "connection", "add", name, *dest.local.uris, "--api-key-file", str(home / "dest.key")))
+    assert f"Mirror destination {name} kept" in _ok(_pvc(home, "vm", "mirror", "destination", "add", name))
+    listed = json.loads(_ok(_pvc(home, "vm", "mirror", "destination", "list", "-f", "json")))
+    assert {row["name"]: row["uris"] for row in listed}[name] == dest.local.uris
+    assert "wrong-key" not in {row["name"] for row in listed}
+    assert dest.local.state["api_key"] not in json.dumps(listed) and all(row["api_key"] == "(set)" for row in listed)
+    assert name in _ok(_pvc(home, "vm", "mirror", "destination", "list"))
 
 
 def test_a_sending_coordinator_killed_mid_stream_leaves_nothing_half_made(clusters, tmp_path):

@@ -714,6 +714,32 @@ class VMsArea:
         """
         return self._mirrors("sender").send(vm, snapshot, destination, connection)
 
+    def mirror_destination_add(self, name: str, connection: dict[str, Any]) -> dict[str, Any]:
+        """Store (or replace) the PVC cluster sends and automirror reach as `name`, from a saved connection's
+        ``uris``, ``api_key`` and ``tls_ca``, once it has answered with that key; the key is stored sealed.
+
+        :raises InvalidInput: a malformed name or connection
+        :raises AuthenticationError: the destination refused the key
+        :raises Unavailable: the destination did not answer, or this coordinator sends no mirrors
+        """
+        return self._mirrors("sender").destination_add(name, connection)
+
+    def mirror_destination_list(self) -> list[dict[str, Any]]:
+        """The stored destinations: ``name``, ``uris``, ``tls_ca`` (the key is never shown).
+
+        :raises Unavailable: this coordinator sends no mirrors
+        """
+        return self._mirrors("sender").destination_list()
+
+    def mirror_destination_remove(self, name: str) -> None:
+        """Forget a stored destination (its mirrors there stay as they are).
+
+        :raises NotFound: no stored destination of that name
+        :raises Conflict: automirror sends to it
+        :raises Unavailable: this coordinator sends no mirrors
+        """
+        self._mirrors("sender").destination_remove(name)
+
     def mirror_state(self, vm: str) -> dict[str, Any]:
         """What this cluster holds of VM `vm` for a sender: ``exists``, ``mirror``, ``newest`` snapshot.
 

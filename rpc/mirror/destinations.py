@@ -12,7 +12,7 @@ from typing import Any
 
 from pvc import schema
 from pvc.client import Client, Connection
-from pvc.errors import InvalidInput, NotFound
+from pvc.errors import Conflict, InvalidInput, NotFound
 from pvc.secrets_box import SecretError, SecretsBox
 from pvc.store import Store
 
@@ -39,6 +39,23 @@ def save(store: Store, box: SecretsBox, name: str, connection: dict[str, Any]) -
     else:
         store.transaction().set(path, record).commit()
     return shown(name, record)
+
+
+def listed(store: Store) -> list[dict[str, Any]]:
+    """Every stored destination as `shown`, by name."""
+    records = ((name, store.read(schema.mirror_destination(name))) for name in store.children(schema.MIRROR_DESTINATIONS))
+    return [shown(name, record) for name, record in records if record is not None]
+
+
+def remove(store: Store, name: str, automirror_destination: str | None) -> None:
+    """Forget destination `name`; not the one automirror sends to (its next run would fail every VM)."""
+    schema.check_name("mirror destination", name)
+    if store.read(schema.mirror_destination(name)) is None:
+        raise NotFound(f"no mirror destination named '{name}'")
+    if name == automirror_destination:
+        raise Conflict(f"mirror destination '{name}' is automirror's (automirror_destination); set another or "
+                       f"off first (pvc cluster config --automirror-destination)")
+    store.transaction().delete(schema.mirror_destination(name)).commit()
 
 
 def shown(name: str, record: dict[str, Any]) -> dict[str, Any]:

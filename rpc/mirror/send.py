@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from pvc import schema
+from pvc import automirror_settings, schema
 from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.mirror import destinations
@@ -46,6 +46,23 @@ class MirrorSender:
             return self._send(client, vm, snapshot, destination)
         finally:
             client.close()
+
+    def destination_add(self, name: str, connection: dict[str, Any]) -> dict[str, Any]:
+        """Store destination `name`, its key sealed, after checking that it answers with that key."""
+        schema.check_name("mirror destination", name)
+        client = destinations.client(connection)
+        try:
+            client.cluster.status()
+        finally:
+            client.close()
+        return destinations.save(self._context.store, self._box(), name, connection)
+
+    def destination_list(self) -> list[dict[str, Any]]:
+        return destinations.listed(self._context.store)
+
+    def destination_remove(self, name: str) -> None:
+        settings = automirror_settings.resolve(self._context.cache.config.get())
+        destinations.remove(self._context.store, name, settings["automirror_destination"])
 
     def prune(self, vm: str, destination: str, keep: int, prefix: str) -> list[str]:
         """Have `destination` remove its mirror's older snapshots named `prefix`... beyond `keep`."""

@@ -71,13 +71,17 @@ def test_ceph_export_against_rbd_export_and_an_incremental_after_one_percent(pri
         _rbd(conf, "bench", "--io-type", "write", "--io-size", "4M", "--io-total", "2G", "--io-pattern", "seq",
              "benchexport/big")
         backend.snapshot_create("benchexport", "big", "full")
-        began = time.monotonic()
-        subprocess.run(["rbd", "-c", str(conf), "export", "--no-progress", "benchexport/big@full", "-"], check=True,
-                       stdout=subprocess.DEVNULL, timeout=1800)
-        rbd_s = time.monotonic() - began
-        ours_s, ours_bytes = _timed_export(backend, "benchexport", "big", "full")
-        _say(f"ceph full export of 2 GiB: PVC {ours_s:.2f} s ({ours_bytes / MiB:.0f} MiB streamed), rbd export "
-             f"{rbd_s:.2f} s: {rbd_s / ours_s:.2f} of its speed (target >= 0.9)")
+        rbd_runs, our_runs = [], []
+        for _round in range(3):  # alternated, so that neither has the warmer cache throughout
+            began = time.monotonic()
+            subprocess.run(["rbd", "-c", str(conf), "export", "--no-progress", "benchexport/big@full", "-"],
+                           check=True, stdout=subprocess.DEVNULL, timeout=1800)
+            rbd_runs.append(time.monotonic() - began)
+            our_runs.append(_timed_export(backend, "benchexport", "big", "full"))
+        rbd_s = statistics.median(rbd_runs)
+        ours_s, ours_bytes = statistics.median(seconds for seconds, _bytes in our_runs), our_runs[0][1]
+        _say(f"ceph full export of 2 GiB (medians of 3, alternated): PVC {ours_s:.2f} s ({ours_bytes / MiB:.0f} MiB "
+             f"streamed), rbd export {rbd_s:.2f} s: {rbd_s / ours_s:.2f} of its speed (target >= 0.9)")
         _rbd(conf, "bench", "--io-type", "write", "--io-size", "4K", "--io-total", str(2 * GiB // 100 // 1024) + "K",
              "--io-pattern", "rand", "benchexport/big")
         backend.snapshot_create("benchexport", "big", "later")
