@@ -17,6 +17,7 @@ import subprocess
 from pvc.cli.localcluster.guest import FSFREEZE_PREFIX, domain_xml, read_sequence, sequences_found
 from pvc.errors import PVCError, Unavailable
 
+from conftest import started_cluster
 from guest_support import console_text, wait_heartbeat
 from helpers import eventually
 from vm_support import fence_deadline_beyond_restarts, pvc, restart_node_daemon
@@ -163,6 +164,45 @@ def test_control_volume_snapshots_taken_apart_do_not_show_one_moment(qemu_cluste
     client.storage.snapshot_remove(POOL, "steady-a", "apart")
     client.storage.snapshot_remove(POOL, "steady-b", "apart")
     assert not _one_moment(*held), f"snapshots taken apart hold {held}"
+
+
+def test_a_running_guest_exported_full_then_twice_incrementally_boots_in_another_cluster_at_the_last(
+        qemu_cluster, guests, tmp_path_factory):
+    """Snapshots of the writing guest streamed out as a full export and two incrementals; the chain imported into
+    a second local cluster of QEMU hosts started here: the volumes hold the bytes of the last snapshot and the
+    guest, booted there, finds the sequence numbers that snapshot holds."""
+    client, vm = qemu_cluster.client, "steady"
+    chain = tmp_path_factory.mktemp("chain") / "steady.exports"
+    parent = None
+    with open(chain, "wb") as output:
+        for snapshot in ("x1", "x2", "x3"):
+            _writing(qemu_cluster, vm, beyond=(_sequences(qemu_cluster, vm)[0] or 0) + 5)
+            client.vms.snapshot_create(vm, snapshot)
+            written = client.vms.snapshot_export_to(vm, snapshot, output, incremental_parent=parent)
+            assert written["parent"] == parent, written
+            parent = snapshot
+    held = _sequences(qemu_cluster, vm, "x3")
+    at_x3 = [_disk_path(qemu_cluster, f"{vm}-{disk}", "x3").read_bytes() for disk in ("a", "b")]
+    for snapshot in ("x1", "x2", "x3"):
+        client.vms.snapshot_remove(vm, snapshot)
+
+    for other in started_cluster(tmp_path_factory.mktemp("import-qemu"), nodes=1, coordinators=1, hypervisor="qemu"):
+        other.client.storage.pool_add(POOL)
+        with open(chain, "rb") as source:
+            imported = other.client.vms.snapshot_import_from(source)
+        assert imported["name"] == vm and imported["state"] == "stop", imported
+        volumes = [disk["source"].split("/", 1)[1] for disk in other.client.vms.info(vm)["disks"]]
+        assert [_disk_path(other, volume).read_bytes() for volume in volumes] == at_x3, \
+            "the imported volumes hold the bytes at the last snapshot"
+        other.client.vms.start(vm, wait=True)
+
+        def found_at_boot():
+            found = sequences_found(console_text(other, vm, "hv1"))
+            return found if len(found) == 2 else None
+        found = eventually(found_at_boot, 90, interval=0.2)
+        assert found == {"vda": held[0], "vdb": held[1]}, f"the guest booted finding {found}, x3 held {held}"
+        assert eventually(lambda: (lambda first: first and first > held[0])(read_sequence(_disk_path(other, volumes[0]))),
+                          60, interval=0.2), "the imported guest writes on from there"
 
 
 def test_a_pause_past_its_maximum_abandons_the_snapshot_and_the_guest_runs_on(qemu_cluster, guests):

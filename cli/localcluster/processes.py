@@ -8,6 +8,7 @@ session and are tracked through pid files that a later process can read back.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,12 +26,35 @@ _children: dict[int, subprocess.Popen] = {}
 _exit_codes: dict[int, int] = {}
 
 
+LISTEN_PORTS_BELOW_EPHEMERAL = 12000
+"""How many ports under the system's ephemeral range listeners are chosen from."""
+
+
 def free_port(address: str = "127.0.0.1", kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
     """A TCP (or, with `kind` SOCK_DGRAM, UDP) port on address that was free a moment ago (the caller races
-    anyone else for it)."""
+    anyone else for it). Chosen below the ephemeral range: a port the kernel hands out for binding to port 0 is
+    one it may give to any outgoing connection next, and a daemon started a moment later could not listen there
+    while that connection lasts (seen: a host's libvirtd refused its migration port for as long as the run)."""
+    low = _ephemeral_low()
+    first = max(1024, low - LISTEN_PORTS_BELOW_EPHEMERAL)
+    candidates = random.sample(range(first, low), min(200, low - first)) if low - first >= 100 else []
+    for port in candidates:
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind((address, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind((address, 0))
         return sock.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_port_range(count: int, address: str = "127.0.0.1") -> int:
