@@ -3,7 +3,10 @@ a partition (still running, still serving on its side), on lab clusters of their
 third host keeps its address across the move, and the new router starts from the leases in ZooKeeper."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -103,7 +106,50 @@ def test_a_killed_router_is_replaced_only_after_its_fence(routed):
 @pytest.mark.cluster(nodes=3, lab=True)
 def test_a_router_cut_off_by_a_partition_is_replaced_only_after_its_fence(routed):
     cluster, guest, address = routed
+    _a_lease_is_recorded_as_it_is_granted(cluster, guest)
     move_and_watch(cluster, guest, address, lambda: cluster.local.cut_link("hv1"))
+
+
+RELEASE = """
+import socket
+mac = bytes.fromhex("{mac}".replace(":", ""))
+message = (bytes([1, 1, 6, 0]) + bytes(4) + bytes(4) + socket.inet_aton("{address}") + bytes(12) + mac + bytes(10)
+           + bytes(192) + bytes([0x63, 0x82, 0x53, 0x63, 53, 1, 7, 54, 4]) + socket.inet_aton("{server}")
+           + bytes([61, 7, 1]) + mac + bytes([255]))
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+    sender.bind(("{address}", 68))
+    sender.sendto(message, ("{server}", 67))
+"""
+"""A DHCPRELEASE as a client sends it (busybox udhcpc sends none when it quits)."""
+
+
+def _a_lease_is_recorded_as_it_is_granted(cluster, guest: StandIn) -> None:
+    """dnsmasq's lease script records a lease, not the router's next pass: with the router's libvirtd frozen
+    its passes stop (each begins by asking libvirt about its domains), yet a second guest's new lease reaches
+    ZooKeeper at once, and its release too."""
+    local = cluster.local
+    second = StandIn(cluster, "g2", "hv3", guest.script)
+    libvirtd = local.host("hv1").pid
+    try:
+        second.plug("pvcbr4800")
+        os.kill(libvirtd, signal.SIGSTOP)
+        time.sleep(0.5)  # a pass under way when it froze has finished
+        with cluster_store(local) as store:
+            def recorded() -> dict:
+                return store.read(schema.network_leases(4800)) or {}
+            granted = second.lease()
+            began = time.monotonic()
+            assert eventually(lambda: (recorded().get(second.mac) or {}).get("ip") == granted, 3, 0.02), \
+                f"the lease of {granted} was not recorded with the router's passes stalled: {recorded()}"
+            print(f"\nlease recorded {time.monotonic() - began:.2f} s after the guest had it, the router's passes "
+                  f"stalled")
+            second.run(sys.executable, "-c", RELEASE.format(address=granted, mac=second.mac, server="169.254.248.1"))
+            assert eventually(lambda: second.mac not in recorded(), 3, 0.02), \
+                f"a release is recorded at once too: {recorded()}"
+            assert guest.mac in recorded(), "the first guest's lease stays"
+    finally:
+        os.kill(libvirtd, signal.SIGCONT)
+        second.remove()
 
 
 @pytest.mark.cluster(nodes=3, lab=True)

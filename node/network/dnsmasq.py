@@ -23,12 +23,16 @@ LEASE_TIME = "2m"
 START_WAIT_S = 5.0
 
 
-def render(record: Mapping[str, Any], hosts: Mapping[str, str], lease_file: Path, pid_file: Path) -> str:
-    """dnsmasq's configuration for network `record`; `hosts` are the VMs' MACs on it and their names."""
+def render(record: Mapping[str, Any], hosts: Mapping[str, str], lease_file: Path, pid_file: Path,
+           lease_script: Path | None = None) -> str:
+    """dnsmasq's configuration for network `record`; `hosts` are the VMs' MACs on it and their names;
+    `lease_script` is run for every lease granted, renewed or released (`pvc.node.network.lease_events`)."""
     bridge = bridge_name(record["vni"])
     lines = ["no-resolv", "no-hosts", "bind-interfaces", f"interface={bridge}", "except-interface=lo",
              "dhcp-authoritative", f"dhcp-leasefile={lease_file}", f"pid-file={pid_file}", "log-facility=-",
              "quiet-dhcp", "quiet-ra"]
+    if lease_script is not None:
+        lines += [f"dhcp-script={lease_script}", "script-on-renewal"]
     if record.get("domain"):
         lines += [f"domain={record['domain']}", f"local=/{record['domain']}/", "expand-hosts"]
     if record.get("ipv4_network"):

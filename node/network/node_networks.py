@@ -36,7 +36,10 @@ class NodeNetworks:
         self._cluster_dev = cluster_dev
         self._lock = threading.Lock()
         self._reported: dict[str, Any] | None = None
+        self._leases_lock = threading.Lock()
         self._leases_written: dict[int, dict[str, Any]] = {}
+        if router is not None:
+            router.hear_leases(self._lease_changed)
         self.networks = WatchedCollection(store, schema.NETWORKS, lambda name: schema.network(int(name)),
                                           schema.NETWORK_KEYS)
         self.cluster_address: str | None = None
@@ -123,13 +126,29 @@ class NodeNetworks:
 
     def _write_leases(self, leases: Mapping[int, dict[str, Any]]) -> None:
         """Copy dnsmasq's leases into ZooKeeper when they changed, so that the next router starts with them."""
-        for vni, current in leases.items():
-            if current != self._leases_written.get(vni) and self.record(vni) is not None:
-                try:
-                    self._ownership.write(schema.network_leases(vni), current)
-                    self._leases_written[vni] = current
-                except PVCError as error:
-                    log.warning("leases of network %s not recorded: %s", vni, error)
+        with self._leases_lock:
+            for vni, current in leases.items():
+                self._record_leases(vni, current)
+
+    def _lease_changed(self, vni: int, action: str, mac: str, lease: dict[str, Any] | None) -> None:
+        """One lease as dnsmasq's lease script reported it, recorded at once (`lease_events`)."""
+        with self._leases_lock:
+            current = dict(self._leases_written[vni] if vni in self._leases_written
+                           else self._stored_leases().get(vni) or {})
+            if lease is None:
+                current.pop(mac, None)
+            else:
+                current[mac] = lease
+            self._record_leases(vni, current)
+        log.debug("network %s: lease %s for %s recorded", vni, action, mac)
+
+    def _record_leases(self, vni: int, current: dict[str, Any]) -> None:
+        if current != self._leases_written.get(vni) and self.record(vni) is not None:
+            try:
+                self._ownership.write(schema.network_leases(vni), current)
+                self._leases_written[vni] = current
+            except PVCError as error:
+                log.warning("leases of network %s not recorded: %s", vni, error)
 
     def needed(self, vms: Mapping[str, dict[str, Any]]) -> set[int]:
         """The networks named by the VMs placed or reported on this node (a VM being removed keeps its own

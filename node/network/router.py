@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pvc.node.network import devices, dnsmasq, firewall
+from pvc.node.network.lease_events import Handler, LeaseEvents
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,7 @@ class RouterServices:
     def __init__(self, run_directory: str, upstream_dev: str | None):
         self._run_directory = Path(run_directory)
         self._upstream = upstream_dev
+        self._lease_events: LeaseEvents | None = None
         self._dnsmasqs: dict[int, dnsmasq.Dnsmasq] = {}
         self._ruleset: str | None = None
         self._stopped_clean = False
@@ -27,6 +29,10 @@ class RouterServices:
         """Per network, the MACs its dnsmasq was last started for (reservations and VMs' NICs): one that goes
         from here is a removed reservation's or VM's, whose lease is released."""
         self.routing = False
+
+    def hear_leases(self, handler: Handler) -> None:
+        """Have every dnsmasq started from now on tell `handler` of each lease as it grants it."""
+        self._lease_events = LeaseEvents(self._run_directory, handler)
 
     def start(self, records: Mapping[int, Mapping[str, Any]], hosts: Mapping[int, Mapping[str, str]],
               leases: Mapping[int, Mapping[str, Any]]) -> list[str]:
@@ -50,7 +56,8 @@ class RouterServices:
             del self._clients[vni]
         for vni, record in sorted(managed.items()):
             server = self._dnsmasqs.setdefault(vni, dnsmasq.Dnsmasq(self._run_directory, vni))
-            config = dnsmasq.render(record, hosts.get(vni) or {}, server.lease_file, server.pid_file)
+            config = dnsmasq.render(record, hosts.get(vni) or {}, server.lease_file, server.pid_file,
+                                    self._lease_events.wrapper(vni) if self._lease_events is not None else None)
             clients = set(record.get("reservations") or {}) | set(hosts.get(vni) or {})
             gone = self._clients.get(vni, set()) - clients
 
