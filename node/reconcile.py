@@ -263,11 +263,21 @@ class Reconciler:
 
     def _remove_marked(self, name: str, raw: dict[str, Any]) -> dict[str, Any]:
         """The VM is marked removed: stop and undefine its domain here, then (if this node holds it) report
-        that, asking the leader to forget the record. A domain of that name that is not this VM's (another
-        UUID, and no PVC metadata saying it is ours) is left alone."""
+        that, asking the leader to forget the record. The mark is read again from ZooKeeper first, since this
+        destroys a domain; a domain of that name that is not this VM's (another UUID) is left alone."""
+        current = self._reread(name)
+        if current is None or current.get("state") != "remove" or \
+                current[OWN_VALUE].get("uuid") != raw[OWN_VALUE].get("uuid"):
+            # The cache said "remove", ZooKeeper does not (any more): a VM of that name defined again since
+            # must not lose its domain to the old one's removal. The next pass acts on what is there now.
+            log.info("%s: the removal read from the cache is not in ZooKeeper any more; not removing", name)
+            return (current or raw).get("status") or {}
+        raw = current
         spec, status = raw[OWN_VALUE], raw.get("status") or {}
         identity = self._actions.identity(name)
-        if identity is not None and (identity.managed or identity.uuid == spec.get("uuid")):
+        ours = identity is not None and (identity.uuid.lower() == spec["uuid"].lower() if spec.get("uuid")
+                                         else identity.managed)
+        if ours:
             log.info("%s is being removed: removing it from libvirt", name)
             self._actions.undefine(name)
         held_here = status.get("node") == self.node and status.get("running") is not False

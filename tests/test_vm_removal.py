@@ -49,6 +49,24 @@ def test_a_live_node_undefines_at_once_and_wait_returns_once_the_record_is_gone(
     assert not _record_exists(cluster, "quick")
 
 
+def test_a_vm_removed_and_defined_again_at_once_under_its_name_keeps_its_new_domain(cluster):
+    """The node may still read the old VM's removal from its cache when the new one arrives (seen: a node
+    undid a network the new VM needed, acting on the old "remove"); a domain is destroyed only on a removal
+    ZooKeeper still holds for that UUID."""
+    vms = cluster.client.vms
+    for round_ in range(4):
+        uuid = new_uuid()
+        vms.define(vm_xml("again", uuid=uuid), target="hv1")
+        vms.start("again", wait=True)
+        assert pvc(cluster, "vm", "remove", "again", "--yes", "--wait").exit_code == 0
+        vms.define(vm_xml("again", uuid=new_uuid()), target="hv1")
+        vms.start("again", wait=True)
+        time.sleep(SETTLE / 3)
+        assert cluster.host_domains("hv1").get("again") is True, f"round {round_}: the new VM's domain was removed"
+        assert vms.info("again")["state"] == "start"
+        assert pvc(cluster, "vm", "remove", "again", "--yes", "--wait").exit_code == 0
+
+
 def test_remove_while_the_node_daemon_is_down_leaves_no_domain_behind_once_it_returns(cluster):
     vms = cluster.client.vms
     uuid = new_uuid()
