@@ -12,6 +12,7 @@ imported from there by the same record-first steps as an import from a backup ro
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 from lxml import etree
@@ -22,6 +23,8 @@ from pvc.rpc import storage_intents
 from pvc.rpc.areas.storage import StorageArea
 from pvc.rpc.areas.vms import VMsArea
 from pvc.rpc.context import CoordinatorContext
+
+log = logging.getLogger(__name__)
 
 
 class VMBackups:
@@ -207,8 +210,13 @@ class VMBackups:
             return self._restored(node, agent_uri, targets, xml, links[-1]["spec"], sizes,
                                   lambda: self._storage._agent(node, agent_uri, "restore_stream", stage, renamed))
         except BaseException:
-            # Refused before the node used it (a name taken meanwhile): the stage goes now, not in an hour.
-            self._storage._agent(node, agent_uri, "import_discard", stage)
+            # Refused before the node used it (a name taken meanwhile): the stage goes now, not in an hour. A
+            # discard that fails must not hide why the import failed; the node drops the stage itself later.
+            try:
+                self._storage._agent(node, agent_uri, "import_discard", stage)
+            except Exception as error:
+                log.warning("the stage %s of a failed import stays on node %s until it expires: %s", stage, node,
+                            error)
             raise
 
     def _settled(self, vm: str, snapshot: str) -> dict[str, Any]:
