@@ -50,9 +50,8 @@ def test_a_live_node_undefines_at_once_and_wait_returns_once_the_record_is_gone(
 
 
 def test_a_vm_removed_and_defined_again_at_once_under_its_name_keeps_its_new_domain(cluster):
-    """The node may still read the old VM's removal from its cache when the new one arrives (seen: a node
-    undid a network the new VM needed, acting on the old "remove"); a domain is destroyed only on a removal
-    ZooKeeper still holds for that UUID."""
+    """A domain is destroyed only for a removal ZooKeeper still holds for that VM's UUID: the old VM's removal,
+    read late, must not take the new one's domain."""
     vms = cluster.client.vms
     for round_ in range(4):
         uuid = new_uuid()
