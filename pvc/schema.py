@@ -143,6 +143,10 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
                                            "deadline", "coordinator"} while a send is being applied}; the VM's
                                            state is ``mirror`` until it is promoted, which removes this record
     /pvc/locks/mirrors/VM              C   kazoo lock serialising the sends received for one VM and its promotion
+    /pvc/mirror/outgoing/VM            C   on a sending cluster, while a send is unsettled on its destination
+                                           (`pvc.rpc.mirror.send`): {"send_id", "destination", "snapshot",
+                                           "coordinator", "session"}; a later send of the VM whose sender's
+                                           session is gone undoes it there first
     /pvc/tasks/ID (kind ``automirror``) C,L a scheduled mirror run (`pvc.rpc.mirror.automirror`): the VMs, the
                                            settings and one step per VM (waiting | begun | done | failed |
                                            skipped), written before each VM's snapshot and send
@@ -506,6 +510,7 @@ CONTAINERS += (AUTOBACKUP, AUTOBACKUP_VMS)
 MIRROR = f"{ROOT}/mirror"
 MIRROR_DESTINATIONS = f"{MIRROR}/destinations"
 MIRROR_VMS = f"{MIRROR}/vms"
+MIRROR_OUTGOING = f"{MIRROR}/outgoing"
 
 
 def mirror_destination(name: str) -> str:
@@ -514,6 +519,10 @@ def mirror_destination(name: str) -> str:
 
 def mirror_vm(vm_name: str) -> str:
     return f"{MIRROR_VMS}/{check_name('VM', vm_name)}"
+
+
+def mirror_outgoing(vm_name: str) -> str:
+    return f"{MIRROR_OUTGOING}/{check_name('VM', vm_name)}"
 
 
 MIRROR_LOCKS = f"{LOCKS}/mirrors"
@@ -528,4 +537,4 @@ AUTOMIRROR_RUN = f"{MIRROR}/run"
 AUTOMIRROR_SCHEDULE = f"{MIRROR}/schedule"
 AUTOMIRROR_OUTCOME = f"{MIRROR}/outcome"
 
-CONTAINERS += (MIRROR, MIRROR_DESTINATIONS, MIRROR_VMS, MIRROR_LOCKS)
+CONTAINERS += (MIRROR, MIRROR_DESTINATIONS, MIRROR_VMS, MIRROR_OUTGOING, MIRROR_LOCKS)

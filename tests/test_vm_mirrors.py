@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 from pvc import schema
 from pvc.cli.localcluster.guest import domain_xml
 from pvc.cli.main import cli
-from pvc.errors import AuthenticationError, Conflict, InvalidInput, NotFound
+from pvc.errors import AuthenticationError, Conflict, InvalidInput, NotFound, PVCError
 from pvc.node.uploads import Tickets
 
 from conftest import started_cluster
@@ -339,6 +340,49 @@ def _keep_destination(home, dest, name: str) -> None:
     assert "wrong-key" not in {row["name"] for row in listed}
     assert dest.local.state["api_key"] not in json.dumps(listed) and all(row["api_key"] == "(set)" for row in listed)
     assert name in _ok(_pvc(home, "vm", "mirror", "destination", "list"))
+
+
+def test_a_leader_killed_mid_automirror_send_is_resumed_by_undoing_the_abandoned_send_at_once(clusters, tmp_path):
+    """The source's only coordinator is killed while its node streams a tagged VM's first automirror send; the
+    restarted leader resumes the run, has the destination undo the send the dead one left unsettled (not after
+    the destination's ten-minute deadline) and sends the VM once: the mirror holds the bytes at the run's
+    snapshot, one snapshot on each side, nothing staged anywhere."""
+    source, dest, home = clusters
+    pool, vm = _pool_on_both(clusters, "ml"), unique("mlead")
+    image = tmp_path / "big.raw"
+    image.write_bytes(os.urandom(128 * MiB))
+    source.client.storage.upload(pool, f"{vm}_disk", str(image))
+    source.client.vms.define(domain_xml(vm, disk=f"{pool}/{vm}_disk", domain_type="kvm"), tags=["lead"])
+    _ok(_pvc(home, "vm", "mirror", "destination", "add", "dest"))
+    _ok(_pvc(home, "cluster", "config", "--automirror-tag", "lead", "--automirror-destination", "dest",
+             "--automirror-keep", "2"))
+    target = dest.local.storage_dir / pool / f"{vm}_disk"
+    coordinator = source.local.coordinator_names[0]
+    try:
+        task = source.client.vms.automirror_run([vm])
+        assert eventually(lambda: target.exists() and target.stat().st_blocks > 0, timeout=60), "the stream began"
+        source.local.stop_daemon("pvcapid", coordinator, kill=True)
+        source.local.start_coordinator(coordinator)
+        began = time.monotonic()
+
+        def finished():
+            try:
+                found = source.client.nodes.task(task["id"])
+            except PVCError:
+                return None
+            return found if found["state"] in ("done", "failed") else None
+        done = eventually(finished, timeout=120, interval=0.5)
+        assert done and done["state"] == "done", done
+        print(f"\nresumed run done {time.monotonic() - began:.1f} s after the leader's restart")
+        snapshot = done["steps"][vm]["snapshot"]
+        assert [row["name"] for row in source.client.vms.snapshot_list(vm)] == [snapshot]
+        assert [row["name"] for row in dest.client.vms.snapshot_list(vm)] == [snapshot], "sent once"
+        assert volume_sha256(dest, pool, f"{vm}_disk") == volume_sha256(source, pool, f"{vm}_disk")
+        assert eventually(lambda: staging_files(source) == [] and staging_files(dest) == [], timeout=30)
+        with cluster_store(source.local) as store:
+            assert store.read(schema.mirror_outgoing(vm)) is None, "the send is settled on both sides"
+    finally:
+        _ok(_pvc(home, "cluster", "config", "--automirror-tag", "off", "--automirror-destination", "off"))
 
 
 def test_a_sending_coordinator_killed_mid_stream_leaves_nothing_half_made(clusters, tmp_path):

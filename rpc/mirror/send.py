@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from pvc import automirror_settings, schema
-from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from pvc.errors import AlreadyExists, Busy, Conflict, InvalidInput, NotFound
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.mirror import destinations
 from pvc.rpc.vm_backups import VMBackups
@@ -111,13 +111,14 @@ class MirrorSender:
             self._context.cache.vms.refresh(vm)
 
     def _send(self, client: Any, vm: str, snapshot: str, destination: str) -> dict[str, Any]:
+        self._undo_abandoned_send(vm)
         held = client.vms.mirror_state(vm)
         if held["exists"] and not held["mirror"]:
             raise Conflict(f"destination '{destination}' has a VM named '{vm}' that is not a mirror; nothing was sent")
         record = self._backups._settled(vm, snapshot)
         parent = self._parent(vm, snapshot, record, held, destination)
         manifest, node, agent_uri = self._backups.plan_export(vm, snapshot, parent["name"] if parent else None)
-        agent = self._backups._storage._agent
+        agent, store = self._backups._storage._agent, self._context.store
         staged = agent(node, agent_uri, "mirror_stage", manifest)
         try:
             sent = {"vm": vm, "snapshot": snapshot, "created": record["created"],
@@ -126,6 +127,9 @@ class MirrorSender:
                     "spec": manifest["spec"], "volumes": staged["volumes"]}
             source = {"cluster": self._context.settings.get("cluster_name"), "destination": destination}
             ticket = client.vms.mirror_receive(sent, staged["size_bytes"], staged["checksum"], source)
+            outgoing = schema.mirror_outgoing(vm)
+            store.write(outgoing, {"send_id": ticket["send_id"], "destination": destination, "snapshot": snapshot,
+                                   "coordinator": self._context.name, "session": store.zk.client_id[0]})
             try:
                 answer = agent(node, agent_uri, "mirror_push", staged["stage"],
                                {**ticket, "checksum": staged["checksum"]}, client.connection.tls_ca)
@@ -133,14 +137,38 @@ class MirrorSender:
             except BaseException:
                 try:
                     client.vms.mirror_receive_abort(vm, ticket["send_id"])
+                    store.zk.delete(outgoing)
                 except Exception as error:
-                    log.warning("the send of %s@%s to %s failed and could not be undone there (its deadline "
-                                "will): %s", vm, snapshot, destination, error)
+                    log.warning("the send of %s@%s to %s failed and could not be undone there (the next send "
+                                "of it, or its deadline, will): %s", vm, snapshot, destination, error)
                 raise
+            store.zk.delete(outgoing)
         finally:
             agent(node, agent_uri, "mirror_discard", staged["stage"])
         return {"vm": vm, "snapshot": snapshot, "parent": sent["parent"], "destination": destination,
                 "kind": "incremental" if parent else "full", "bytes": staged["size_bytes"], "node": node}
+
+    def _undo_abandoned_send(self, vm: str) -> None:
+        """A send of `vm` whose coordinator died before settling it stays unsettled on its destination, which
+        refuses every other send of the VM until its deadline (ten minutes) undoes it: a leader resuming an
+        automirror run would wait that long. Its record here names the session that made it; once that session
+        is gone, the destination is asked to undo it now (`Busy` while its node still writes the stream)."""
+        store = self._context.store
+        record = store.read(schema.mirror_outgoing(vm))
+        if record is None:
+            return
+        live = store.zk.exists(schema.live_coordinator(record["coordinator"]))
+        if live is not None and live.ephemeralOwner == record["session"]:
+            raise Busy(f"a send of VM '{vm}' (snapshot '{record['snapshot']}') to '{record['destination']}' is "
+                       f"under way from coordinator {record['coordinator']}")
+        client = destinations.connect(store, self._box(), record["destination"])
+        try:
+            client.vms.mirror_receive_abort(vm, record["send_id"])
+        finally:
+            client.close()
+        log.info("the send of %s@%s to %s left by coordinator %s is undone there", vm, record["snapshot"],
+                 record["destination"], record["coordinator"])
+        store.zk.delete(schema.mirror_outgoing(vm))
 
     def _parent(self, vm: str, snapshot: str, record: dict[str, Any], held: dict[str, Any],
                 destination: str) -> dict[str, Any] | None:
