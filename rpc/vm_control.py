@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 from kazoo.exceptions import LockTimeout, NoNodeError, NotEmptyError
 
@@ -27,9 +27,11 @@ from pvc.rpc.context import CoordinatorContext
 from pvc.store import Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LOCK_TIMEOUT = 3.0
 """Seconds a command waits for a VM's lock; shorter than a client's call timeout, so the caller hears "busy"."""
+DECIDE_ATTEMPTS = 3
 WAIT_RECHECK_S = 0.5
 """A waiting command is woken by ZooKeeper watches on the VM's status and placement; it also looks again this
 often, for anything else its outcome depends on (the leader's own record of a node's request)."""
@@ -101,6 +103,20 @@ class VMControl:
             raise Busy(f"VM '{name}' changed while this command ran ({error}); try again") from None
         finally:
             lock.release()
+
+    def decided(self, name: str, decide: Callable[[], T]) -> T:
+        """Run `decide` (read with `desired`, check, `record`) under the VM's lock, and run it again if its write
+        finds the VM changed since its read. Under the lock that change was no command's but the leader's or a
+        node's (a finished move recorded as ``start``, a node's request): the command decides again on what is
+        there now instead of telling its caller to try again; only `DECIDE_ATTEMPTS` such changes in a row
+        answer `Busy`."""
+        with self.locked(name):
+            for attempt in range(1, DECIDE_ATTEMPTS):
+                try:
+                    return decide()
+                except Superseded as error:
+                    log.info("a command on VM %s decides again (attempt %d): %s", name, attempt + 1, error)
+            return decide()
 
     def _check_not_removing(self, name: str) -> None:
         try:

@@ -18,6 +18,9 @@ import pvc
 from pvc.cli.localcluster.ceph import PrivateCeph
 from pvc.cli.localcluster.cluster import LocalCluster
 from pvc.cli.localcluster.zookeeper import ZooKeeperServer
+from pvc.cache import ClusterCache
+from pvc.rpc.context import CoordinatorContext
+from pvc.rpc.vm_control import VMControl
 from pvc.store import Store
 
 libvirt.registerErrorHandler(lambda _context, _error: None, None)
@@ -56,6 +59,21 @@ def store(zookeeper_hosts) -> Iterator[Store]:
     store.start(connect_timeout=10)
     yield store
     store.stop()
+
+
+@pytest.fixture
+def cache(store) -> ClusterCache:
+    """A coordinator's watched cache over `store`, started."""
+    cache = ClusterCache(store)
+    cache.start()
+    return cache
+
+
+@pytest.fixture
+def control(store, cache) -> VMControl:
+    """A coordinator's VM control with no node agents: the test plays the nodes."""
+    return VMControl(CoordinatorContext("test-coordinator", {}, store, cache, plugins=None, agents=None,
+                                        leadership=None))
 
 
 class RunningCluster:

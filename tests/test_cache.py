@@ -19,13 +19,6 @@ def other_writer(zookeeper_hosts):
     writer.stop()
 
 
-@pytest.fixture
-def cache(store):
-    cache = ClusterCache(store)
-    cache.start()
-    return cache
-
-
 def eventually(check, timeout=5.0):
     deadline = time.monotonic() + timeout
     while True:

@@ -154,6 +154,9 @@ def test_bad_networks_are_refused_with_one_line_and_nothing_written(lab_cluster,
         assert every_nodes_devices(lab_cluster) == devices, "a refused network made or removed no device"
     finally:
         ok(pvc(lab_cluster, "network", "remove", "4199", "--yes"))
+        # The next case adds 4199 again: a bridge still being torn down would pass for the new one's.
+        assert eventually(lambda: not any("4199" in device for devices in every_nodes_devices(lab_cluster).values()
+                                          for device in devices), 15), "network 4199's devices stayed"
 
 
 def test_a_vm_names_a_network_by_description_and_keeps_it_from_removal(lab_cluster):

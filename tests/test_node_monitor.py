@@ -6,7 +6,6 @@ import pytest
 from kazoo.client import KazooState
 
 from pvc import schema
-from pvc.cache import ClusterCache
 from pvc.rpc.monitor import NodeMonitor
 
 from helpers import eventually
@@ -34,13 +33,6 @@ class SteppedClock:
 def leader(store):
     """An election node standing for the leader's proof of leadership."""
     return store.zk.create(f"{schema.ELECTION}/contender-", b"", ephemeral=True, sequence=True)
-
-
-@pytest.fixture
-def cache(store):
-    cache = ClusterCache(store)
-    cache.start()
-    return cache
 
 
 def running_node(store, cache, name: str, keepalive_time: float) -> None:

@@ -6,31 +6,13 @@ with the `time` a node whose clock is wrong would put in them."""
 import threading
 import time
 
-import pytest
 
 from pvc import schema
-from pvc.cache import ClusterCache
 from pvc.errors import OperationFailed
-from pvc.rpc.context import CoordinatorContext
-from pvc.rpc.vm_control import VMControl
 
 from helpers import eventually
 
 HOUR = 3600
-
-
-@pytest.fixture
-def cache(store):
-    cache = ClusterCache(store)
-    cache.start()
-    return cache
-
-
-@pytest.fixture
-def control(store, cache):
-    """A coordinator's VM control with no node agents: the test plays the node."""
-    return VMControl(CoordinatorContext("test-coordinator", {}, store, cache, plugins=None, agents=None,
-                                        leadership=None))
 
 
 def define(store, cache, name: str, status: dict) -> None:

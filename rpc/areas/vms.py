@@ -462,7 +462,7 @@ class VMsArea:
         return self._set_state(vm, "disable", wait)
 
     def _set_state(self, vm: str, state: str, wait: bool) -> dict[str, Any]:
-        with self._control.locked(vm):
+        def decide() -> str:
             current = self._control.desired(vm)
             node = current.placement["node"]
             refuse_mirror(vm, current)
@@ -472,7 +472,9 @@ class VMsArea:
                 self._control.record(vm, current, state=state, placement={**current.placement, "autostart": False})
             else:
                 self._control.record(vm, current, state=state)
-        return self._control.converge(vm, [node], wait)
+            return node
+
+        return self._control.converge(vm, [self._control.decided(vm, decide)], wait)
 
     # -- moving ----------------------------------------------------------------------------------------
 
@@ -518,7 +520,7 @@ class VMsArea:
         :raises OperationFailed: with `wait`, the node reported an error (the message is the node's)
         :raises Unavailable: with `wait`, the node did not report the outcome in time
         """
-        with self._control.locked(vm):
+        def decide() -> list[str | None]:
             current = self._control.desired(vm)
             refuse_mirror(vm, current)
             where = current.placement
@@ -527,26 +529,31 @@ class VMsArea:
             self._check_node_takes(where["last_node"])
             self._control.record(vm, current, state=_moving_state(current.state, "unmigrate"),
                                  placement={"node": where["last_node"], "last_node": None})
-        return self._control.converge(vm, [where["node"], where["last_node"]], wait)
+            return [where["node"], where["last_node"]]
+
+        return self._control.converge(vm, self._control.decided(vm, decide), wait)
 
     def _move(self, vm: str, target: str | None, force: bool, wait: bool, remember: bool,
               force_live: bool = False) -> dict[str, Any]:
-        with self._control.locked(vm):
+        def decide() -> list[str | None]:
             desired = self._control.desired(vm)
             refuse_mirror(vm, desired)
             spec, where = desired.spec, desired.placement
             current = where["node"]
             view = models.vm_view(vm, {**self._control.raw(vm), OWN_VALUE: spec, "state": desired.state,
                                        "placement": where})
-            if target is None:
-                target = placement.choose(self._context.placement_views(), view, self._context.selector(spec), current)
+            chosen = target
+            if chosen is None:
+                chosen = placement.choose(self._context.placement_views(), view, self._context.selector(spec), current)
             else:
-                self._check_target(target, view, current, force)
+                self._check_target(chosen, view, current, force)
             last_node = (where.get("last_node") or current) if remember else None
             self._control.record(vm, desired, state=_moving_state(desired.state, "migrate"),
-                                 placement={"node": target, "last_node": last_node,
+                                 placement={"node": chosen, "last_node": last_node,
                                             **({"force_live": True} if force_live else {})})
-        return self._control.converge(vm, [current, target], wait)
+            return [current, chosen]
+
+        return self._control.converge(vm, self._control.decided(vm, decide), wait)
 
     # -- checks ----------------------------------------------------------------------------------------
 
