@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import socket
 import stat
 import sys
@@ -37,7 +38,9 @@ class LeaseEvents:
         """The executable dnsmasq runs for network `vni` (``dhcp-script`` takes a path, no arguments)."""
         self.listen()
         path = self.socket_path.with_name(f"dnsmasq-{vni}.lease-hook")
-        text = f'#!/bin/sh\nexec {sys.executable} -I -S {HOOK} {self.socket_path} {vni} "$@"\n'
+        arguments = " ".join(shlex.quote(str(part))
+                             for part in (sys.executable, "-I", "-S", HOOK, self.socket_path, vni))
+        text = f'#!/bin/sh\nexec {arguments} "$@"\n'
         if not path.exists() or path.read_text() != text:
             staging = path.with_name(path.name + ".new")
             staging.write_text(text)

@@ -14,6 +14,8 @@ import logging
 import time
 from typing import Any
 
+from kazoo.exceptions import NoNodeError
+
 from pvc import automirror_settings, schema
 from pvc.errors import AlreadyExists, Busy, Conflict, InvalidInput, NotFound
 from pvc.rpc.context import CoordinatorContext
@@ -127,9 +129,9 @@ class MirrorSender:
                     "spec": manifest["spec"], "volumes": staged["volumes"]}
             source = {"cluster": self._context.settings.get("cluster_name"), "destination": destination}
             ticket = client.vms.mirror_receive(sent, staged["size_bytes"], staged["checksum"], source)
-            outgoing = schema.mirror_outgoing(vm)
-            store.write(outgoing, {"send_id": ticket["send_id"], "destination": destination, "snapshot": snapshot,
-                                   "coordinator": self._context.name, "session": store.zk.client_id[0]})
+            store.write(schema.mirror_outgoing(vm), {"send_id": ticket["send_id"], "destination": destination,
+                                                     "snapshot": snapshot, "coordinator": self._context.name,
+                                                     "session": store.zk.client_id[0]})
             try:
                 answer = agent(node, agent_uri, "mirror_push", staged["stage"],
                                {**ticket, "checksum": staged["checksum"]}, client.connection.tls_ca)
@@ -137,12 +139,12 @@ class MirrorSender:
             except BaseException:
                 try:
                     client.vms.mirror_receive_abort(vm, ticket["send_id"])
-                    store.zk.delete(outgoing)
+                    self._forget_outgoing(vm)
                 except Exception as error:
                     log.warning("the send of %s@%s to %s failed and could not be undone there (the next send "
                                 "of it, or its deadline, will): %s", vm, snapshot, destination, error)
                 raise
-            store.zk.delete(outgoing)
+            self._forget_outgoing(vm)
         finally:
             agent(node, agent_uri, "mirror_discard", staged["stage"])
         return {"vm": vm, "snapshot": snapshot, "parent": sent["parent"], "destination": destination,
@@ -168,7 +170,13 @@ class MirrorSender:
             client.close()
         log.info("the send of %s@%s to %s left by coordinator %s is undone there", vm, record["snapshot"],
                  record["destination"], record["coordinator"])
-        store.zk.delete(schema.mirror_outgoing(vm))
+        self._forget_outgoing(vm)
+
+    def _forget_outgoing(self, vm: str) -> None:
+        try:
+            self._context.store.zk.delete(schema.mirror_outgoing(vm))
+        except NoNodeError:
+            pass
 
     def _parent(self, vm: str, snapshot: str, record: dict[str, Any], held: dict[str, Any],
                 destination: str) -> dict[str, Any] | None:
