@@ -23,7 +23,9 @@ from helpers import cluster_store, eventually
 from pvc import schema
 from pvc.cli.localcluster.guest import domain_xml, parse_leases
 from pvc.node_stats_fields import INTERFACE_FIELDS, VM_FIELDS
+from test_network_router import RouterRecords
 from test_networks import NET, ok, pvc
+from test_self_fencing import DaemonStates
 
 LEASE_TIMEOUT_S = 90
 
@@ -74,9 +76,9 @@ def address(cluster, vm: str, node: str) -> str:
     return lease_of(cluster, vm, node).address
 
 
-def ask(cluster, guest_address: str, question: str) -> str:
+def ask(cluster, guest_address: str, question: str, router: str = "hv1") -> str:
     """Ask a guest (from the router's namespace): ``ping ADDRESS`` or ``resolve NAME``."""
-    result = subprocess.run(cluster.local.lab.command("hv1", [sys.executable, "-c", ASK, guest_address, question]),
+    result = subprocess.run(cluster.local.lab.command(router, [sys.executable, "-c", ASK, guest_address, question]),
                             capture_output=True, text=True, timeout=30)
     return result.stdout.strip() or result.stderr.strip()
 
@@ -86,7 +88,7 @@ def test_guests_on_two_hosts_get_leases_reach_each_other_and_resolve_names(guest
     for lease in (lease_of(guest_lab, "g1", "hv2"), lease_of(guest_lab, "g2", "hv3")):
         assert 100 <= int(lease.address.rsplit(".", 1)[1]) <= 150 and lease.prefix == 24
         assert (lease.router, lease.dns) == ("169.254.249.1", "169.254.249.1")
-    print(f"\nvm start to lease: " + ", ".join(f"{vm} {seconds:.1f} s"
+    print("\nvm start to lease: " + ", ".join(f"{vm} {seconds:.1f} s"
                                                for vm, seconds in guest_lab.lease_seconds.items()))
     assert ask(guest_lab, first, f"ping {second}") == f"ok {second}"
     assert ask(guest_lab, second, f"ping {first}") == f"ok {first}"
@@ -234,3 +236,34 @@ def test_an_acl_blocks_a_port_of_a_real_guest_until_removed(guest_lab, outside):
     finally:
         ok(pvc(guest_lab, "network", "acl", "remove", "4900", "no-echo"))
     assert eventually(connects, 10), "removing the ACL did not unblock the guest's port"
+
+
+def test_a_killed_router_hands_over_after_its_fence_and_a_real_guest_renews_its_address(guest_lab):
+    """Last in the module: hv1, the router, loses its power (its daemon killed, its link cut). Its services
+    move to another router node only once it is fenced; the guest's gateway answers again, the new router starts
+    with the old leases, and the guest's next renewal (udhcpc's own, at half its two-minute lease) keeps its
+    address."""
+    local = guest_lab.local
+    node = guest_lab.client.vms.info("g1")["node"]
+    guest = address(guest_lab, "g1", node)
+    leases_before = len(parse_leases(console_text(guest_lab, "g1", node)))
+    with cluster_store(local) as store:
+        states, routers = DaemonStates(store, "hv1"), RouterRecords(store)
+        local.stop_daemon("pvcnoded", "hv1", kill=True)
+        local.cut_link("hv1")
+        cut_at = time.time()
+        successor = eventually(lambda: next((name for name in ("hv2", "hv3") if routers.when(name)), None), 60, 0.2)
+        assert successor, f"no router after hv1: {routers.seen}"
+        gateway = "ok 169.254.249.1"
+        assert eventually(lambda: ask(guest_lab, guest, "ping 169.254.249.1", successor) == gateway, 30, 0.2), \
+            "the guest's gateway never answered again"
+        answered_after = time.time() - cut_at
+        fenced_at, moved_at = states.when("fenced"), routers.when(successor)
+    assert fenced_at is not None and moved_at >= fenced_at, \
+        f"{successor} took over before hv1 was fenced: {states.seen}, {routers.seen}"
+    print(f"\nreal guest's gateway answering again {answered_after:.1f} s after the router's power cut "
+          f"({moved_at - fenced_at:.2f} s after its fence)")
+    lease_file = local._daemon_dir("nodes", successor) / "networks" / "dnsmasq-4900.leases"
+    assert f" {guest} " in lease_file.read_text(), "the new router did not start with the guest's lease"
+    renewed = eventually(lambda: parse_leases(console_text(guest_lab, "g1", node))[leases_before:], 120, 0.5)
+    assert renewed and renewed[0].address == guest, f"the renewal gave {renewed}, not {guest}"
