@@ -240,8 +240,10 @@ def _one_pool(argument: str | None, option: str | None) -> str | None:
 @click.argument("pool")
 @click.argument("name")
 @click.argument("file", type=click.File("rb", lazy=False))
-@click.option("-f", "--format", "image_format", type=click.Choice(("auto", *SUPPORTED_FORMATS)), default="auto",
-              show_default=True, help="the image's format; auto detects it on the node from its magic bytes")
+@click.option("-f", "--format", "image_format", default="auto", show_default=True,
+              help=f"the image's format: auto detects it on the node from its magic bytes; "
+                   f"{', '.join(SUPPORTED_FORMATS)}; or a format an image importer plugin declares "
+                   "(pvc plugin list), which is never detected")
 @click.option("--force", is_flag=True, help="overwrite the volume even while a VM uses it")
 @click.option("--json", "as_json", is_flag=True, help="print the volume as JSON (--format names the image's)")
 @click.pass_obj

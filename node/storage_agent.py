@@ -18,7 +18,7 @@ from pvc.node import backups, guest_snapshots, mirror_transfer
 from pvc.node.autobackup_exports import AutobackupExports
 from pvc.node.pool_room import PoolRoom
 from pvc.node.provision_scripts import ScriptRunner
-from pvc.node.uploads import Tickets, UploadContext, UploadListener, sweep_leftovers
+from pvc.node.uploads import Tickets, UploadContext, UploadListener, sweep_leftovers, upload_formats
 from pvc.qemu_img import SUPPORTED_FORMATS, QemuImg
 from pvc.store import Store, Transaction
 
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 STORAGE_OBJECT_ID = "pvc.node.storage"
 EXPORT_JOURNAL = ".exports"
 """Below the snapshot pause directory: the exports under way (a name no VM can have)."""
-UPLOAD_FORMATS = ("auto", *SUPPORTED_FORMATS)
 
 
 HEALTH_TIMEOUT_S = 10.0
@@ -42,8 +41,10 @@ class StorageAgent:
     def __init__(self, backend_name: str, backend: StorageBackend, tickets: Tickets,
                  appliance_importers: dict[str, ApplianceImporter] | None = None,
                  scripts: ScriptRunner | None = None, backup_roots: backups.BackupRoots | None = None,
-                 autobackups: AutobackupExports | None = None, staging_directory: Path | None = None):
+                 autobackups: AutobackupExports | None = None, staging_directory: Path | None = None,
+                 upload_formats: tuple[str, ...] = ("auto", *SUPPORTED_FORMATS)):
         self._backend_name = backend_name
+        self._upload_formats = upload_formats
         self._scripts = scripts
         self._appliance_importers = appliance_importers or {}
         self._backend = backend
@@ -165,8 +166,9 @@ class StorageAgent:
                     force: bool) -> dict[str, Any]:
         """A single-use token for one upload of exactly `size_bytes` with `checksum` (`pvc.bulk`) into
         `pool`/`volume` (with `force`, even over a volume a VM uses), and where to send it."""
-        if image_format not in UPLOAD_FORMATS:
-            raise InvalidInput(f"unknown image format {image_format!r} (use one of: {', '.join(UPLOAD_FORMATS)})")
+        if image_format not in self._upload_formats:
+            raise InvalidInput(f"unknown image format {image_format!r} (use one of: "
+                               f"{', '.join(self._upload_formats)})")
         ticket = self._tickets.issue(*_names(pool, volume), _size(size_bytes), image_format, _checksum(checksum),
                                      force is True)
         return {"address": self.upload_address, "token": ticket.token, "tls": self.upload_tls}
@@ -318,7 +320,8 @@ class NodeStorage:
                                                 Path(settings["snapshot_pause_directory"]) / EXPORT_JOURNAL)
         self.agent = StorageAgent(self.backend_name, self.backend, self._tickets, self._appliance_importers,
                                   self.scripts, self.backup_roots,
-                                  AutobackupExports(self.backend, self.backup_roots, settings), self._staging)
+                                  AutobackupExports(self.backend, self.backup_roots, settings), self._staging,
+                                  upload_formats(self._importers))
 
     def start(self) -> None:
         """Prepare the staging directory, sweep what uploads left before a crash, and listen for uploads; a

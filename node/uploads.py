@@ -26,7 +26,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from pvc import bulk, schema
 from pvc.errors import AuthenticationError, Busy, Conflict, InvalidInput, PVCError
@@ -34,7 +34,7 @@ from pvc.hookspecs import ApplianceImporter, ImageImporter, StorageBackend
 from pvc.node.growing_export import GrowingFileExport, stop_listening
 from pvc.node.pool_room import PoolRoom
 from pvc.node.upload_stream import StagedReceive, VerifiedStream, receive_head
-from pvc.qemu_img import QemuImg, check_supported, resolve_format
+from pvc.qemu_img import SUPPORTED_FORMATS, QemuImg, resolve_format
 from pvc.store import Store, Transaction
 from pvc.storage_records import record_upload, volume_users
 
@@ -164,7 +164,7 @@ class ImportJob:
         ticket = self.ticket
         try:
             head = receive_head(connection, ticket.size_bytes)
-            image_format = resolve_format(ticket.image_format, head)
+            image_format = resolve_format(ticket.image_format, head, declared_formats(self.context.importers))
             importer = self._importer(image_format)
             if importer.needs_seekable_source:
                 size = self._import_staged(connection, head, importer, image_format)
@@ -228,7 +228,6 @@ class ImportJob:
             staged.unlink(missing_ok=True)
 
     def _importer(self, image_format: str) -> ImageImporter:
-        check_supported(image_format)
         for importer in self.context.importers.values():
             if image_format in importer.formats:
                 return importer
@@ -332,6 +331,17 @@ class ImportJob:
         except Exception as error:
             log.error("could not remove the unfinished upload %s/%s: %s", self.ticket.pool, self.hidden_volume,
                       error)
+
+
+def declared_formats(importers: Mapping[str, ImageImporter]) -> tuple[str, ...]:
+    """The formats only image importer plugins declare: an upload names them (none is ever detected)."""
+    return tuple(sorted({image_format for importer in importers.values() for image_format in importer.formats}
+                        - set(SUPPORTED_FORMATS)))
+
+
+def upload_formats(importers: Mapping[str, ImageImporter]) -> tuple[str, ...]:
+    """What an upload may name: ``auto``, the formats PVC detects, and those plugins declare."""
+    return ("auto", *SUPPORTED_FORMATS, *declared_formats(importers))
 
 
 def hidden_prefix(node_name: str) -> str:

@@ -137,8 +137,9 @@ class ImageImporter(Protocol):
     """Turns an uploaded image into the raw bytes of a new volume.
 
     The upload path picks the importer whose `formats` include the image's format (given by the user or
-    detected from its magic bytes: `pvc.qemu_img.resolve_format`). Every upload is hostile: an importer must
-    never let the image make it read any file but the upload itself (see `pvc.qemu_img`)."""
+    detected from its magic bytes: `pvc.qemu_img.resolve_format`; a format only a plugin declares is given).
+    Every upload is hostile: an importer must never let the image make it read any file but the upload itself
+    (see `pvc.qemu_img`)."""
 
     description: str
     formats: tuple[str, ...]
@@ -483,11 +484,18 @@ def pvc_fencing_policies() -> Mapping[str, FencingPolicy]:
 @hookspec
 def pvc_image_importers() -> Mapping[str, ImageImporter]:
     """Register image importers by name; an upload is handled by the importer whose `formats` include the
-    detected (or given) image format.
+    detected (or given) image format. A format no built-in importer claims is never detected: an upload
+    names it, and data a known format's magic claims is refused under it before the importer is called.
 
     Called once per process when the importer registry is built.
 
     :return: a mapping of importer name to an object implementing `ImageImporter`.
+
+    Example::
+
+        @pvc.hookimpl
+        def pvc_image_importers():
+            return {"example-iso": IsoImporter()}
     """
 
 

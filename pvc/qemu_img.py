@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from pvc.errors import InvalidInput, OperationFailed
 
@@ -128,12 +128,21 @@ def detect_format(head: bytes | bytearray) -> str:
     return "raw"
 
 
-def resolve_format(given: str, head: bytes | bytearray) -> str:
+def resolve_format(given: str, head: bytes | bytearray, plugin_formats: Collection[str] = ()) -> str:
     """The format to import the upload as: the detected one, which a given format (other than ``auto``)
     must match. ``raw`` is refused for data that a format's magic claims (a volume holding an image
     container is a trap for anything that probes it later); ``vpc`` is let through for data with no magic,
-    as a fixed VHD has none at its start (``qemu-img -f vpc`` checks its footer)."""
+    as a fixed VHD has none at its start (``qemu-img -f vpc`` checks its footer).
+
+    A format only a plugin's image importer declares (`plugin_formats`: an ISO, say) has no magic PVC knows:
+    it is never detected, only named, and its importer checks the data; data a known format's magic claims
+    is refused under it as under ``raw``."""
     detected = detect_format(head)
+    if given in plugin_formats and given not in SUPPORTED_FORMATS:
+        if detected != "raw":
+            raise InvalidInput(f"the upload is a {detected} image, not {given} as given; upload it as "
+                               f"{detected} or auto")
+        return given
     image_format = detected if given == "auto" else check_supported(given)
     if image_format != detected and not (image_format == "vpc" and detected == "raw"):
         if detected == "raw":

@@ -22,8 +22,8 @@ class StorageClient(Area):
 
         :param source: a path, or a binary file-like object (a pipe or an in-memory file is first copied to a
             private temporary file: its size and checksum are announced before the first byte).
-        :param image_format: ``auto`` (the node detects it from its magic bytes) or one of
-            `pvc.qemu_img.SUPPORTED_FORMATS`.
+        :param image_format: ``auto`` (the node detects it from its magic bytes), one of
+            `pvc.qemu_img.SUPPORTED_FORMATS`, or a format an image importer plugin declares (never detected).
         :param force: overwrite a volume even while a VM uses it.
         :param progress: told how the upload goes (`pvc.bulk.Progress`): bytes hashed, bytes sent, then that
             the node is importing them.

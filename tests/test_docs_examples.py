@@ -5,14 +5,17 @@ process whose PVC_CONFIG points at it."""
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from pvc import hookspecs
+from pvc.cli.main import cli
 from pvc.errors import InvalidInput
 from pvc.plugin_manager import registered_key
 from pvc.ova_client import upload_ova
@@ -107,17 +110,11 @@ def test_the_example_backend_stores_volumes_snapshots_and_a_vm_disk(run, cluster
     assert sorted(path.name for path in (root / "examples").iterdir()) == ["copy.img"]
 
 
-NO_EXAMPLE_YET = {"pvc_image_importers": "every format an upload may name is claimed by a built-in importer "
-                                         "(pvc.qemu_img.SUPPORTED_FORMATS), so no upload reaches a plugin's; and "
-                                         "the contract fits qemu-img only (an NBD URL, the upload's length)"}
-"""Hook kinds the manual has no running example of, and why (the plugin guide says so too)."""
-
-
 def test_the_example_distribution_has_a_plugin_of_every_hook_kind(cluster):
     plugins = [plugin for plugin in cluster.client.cluster.plugins() if plugin["distribution"] == "pvc-example-plugin"]
     covered = {hook for hook in hookspecs.REGISTRATION_HOOKS for plugin in plugins
                if plugin.get(registered_key(hook))}
-    assert covered == set(hookspecs.REGISTRATION_HOOKS) - set(NO_EXAMPLE_YET), \
+    assert covered == set(hookspecs.REGISTRATION_HOOKS), \
         "each hook kind needs an example plugin in docs/examples/pvc-example-plugin (the plugin guide shows it)"
 
 
@@ -129,6 +126,7 @@ def test_the_example_selector_and_fencing_policy_are_loaded(cluster):
     assert plugins["example_bundle"]["appliance_importers"] == ["example-bundle"]
     assert plugins["example_health"]["node_health_checks"] == ["example-hang"]
     assert plugins["example_health"]["cluster_health_checks"] == ["example-spare-node"]
+    assert plugins["example_iso"]["image_importers"] == ["example-iso"]
 
 
 def bundle(path: Path, descriptor: dict, disks: dict[str, bytes]) -> Path:
@@ -169,6 +167,43 @@ def test_the_example_appliance_importer_refuses_a_disk_larger_than_declared(clus
         upload_ova(cluster.client, "oversized", "examples", str(archive), importer="example-bundle")
     assert "oversized" not in [ova["name"] for ova in cluster.client.provisioner.ova_list()]
     assert not [path for path in (cluster.local.storage_dir / "examples").iterdir() if "oversized" in path.name]
+
+
+def iso_image(path: Path, sectors: int = 20, descriptor: bytes = b"\x01CD001\x01") -> Path:
+    """The smallest image the example importer takes: a system area, a primary volume descriptor at sector 16,
+    a terminator, and sectors of data."""
+    data = bytearray(sectors * 2048)
+    data[16 * 2048:16 * 2048 + len(descriptor)] = descriptor
+    data[17 * 2048:17 * 2048 + 7] = b"\xffCD001\x01"
+    data[-11:] = b"last sector"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_the_example_image_importer_takes_an_iso_named_as_such(cluster, examples_pool, tmp_path):
+    """As the plugin guide says to use it: ``pvc storage volume upload POOL NAME FILE --format iso``."""
+    image = iso_image(tmp_path / "tools.iso")
+    runner = CliRunner(env={"PVC_CONFIG": str(cluster.local.client_config), "PVC_URI": None, "PVC_API_KEY": None})
+    result = runner.invoke(cli, ["storage", "volume", "upload", examples_pool, "tools-cd", str(image), "--format",
+                                 "iso", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["size_bytes"] == 20 * 2048
+    assert (cluster.local.storage_dir / examples_pool / "tools-cd.img").read_bytes() == image.read_bytes()
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda path: iso_image(path, descriptor=b"\x01XX001\x01"),
+     "example-iso: not an ISO 9660 image (no primary volume descriptor at sector 16)"),
+    (lambda path: path.write_bytes(b"\0" * 3000) and path, "an ISO 9660 image is whole 2048-byte sectors"),
+    (lambda path: subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "1M"], check=True) and path,
+     "the upload is a qcow2 image, not iso as given"),
+])
+def test_the_example_image_importer_refuses_what_is_no_iso_and_leaves_no_volume(cluster, examples_pool, tmp_path,
+                                                                                 make, reason):
+    with pytest.raises(InvalidInput, match=re.escape(reason)):
+        cluster.client.storage.upload(examples_pool, "not-a-cd", str(make(tmp_path / "fake.iso")), "iso")
+    assert "not-a-cd" not in [volume["name"] for volume in cluster.client.storage.volume_list(examples_pool)]
+    assert not [path for path in (cluster.local.storage_dir / examples_pool).iterdir() if ".upload-" in path.name]
 
 
 def test_the_example_cluster_check_raises_a_fault_while_no_node_is_spare_and_clears_it(cluster):

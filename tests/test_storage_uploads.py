@@ -512,7 +512,7 @@ def test_upload_into_unknown_pool_or_with_bad_names_is_refused(storage_cluster, 
         with pytest.raises(InvalidInput, match="invalid volume name"):
             storage.upload(pool, bad, image)
     with pytest.raises(InvalidInput, match="unknown image format"):
-        storage.upload(pool, "disk", image, "iso")
+        storage.upload(pool, "disk", image, "dmg")
     assert leftovers(storage_cluster, pool) == []
     assert "disk" not in stored_names(storage_cluster, pool)
 
