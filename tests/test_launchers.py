@@ -12,7 +12,7 @@ import libvirt
 import pytest
 from kazoo.client import KazooClient
 
-from pvc.cli.localcluster.processes import pid_alive
+from pvc.cli.localcluster.processes import kill_pid, live_pid, pid_alive, start_detached
 from pvc.cli.localcluster.simhost import SimulatedHost
 from pvc.cli.localcluster.zookeeper import ZooKeeperServer
 
@@ -160,3 +160,18 @@ def test_stop_from_another_process_view_leaves_nothing_running(make_host):
 
     assert not any(pid_alive(pid) for pid in pids)
     assert not host.running and host.holder_pid is None
+
+
+def test_a_daemon_in_the_middle_of_exec_is_still_found_running(tmp_path: Path):
+    """Each exec leaves /proc/PID/cmdline empty for a moment (`ip netns exec` becoming pvcnoded did in CI, and
+    the cluster took its node daemon for dead); a process read then is still the one its pid file names."""
+    marker = tmp_path / "daemon.yaml"
+    marker.write_text("")
+    chain = ["/usr/bin/env"] * 40 + ["tail", "-f", str(marker)]
+    for _attempt in range(5):
+        pid = start_detached(chain, tmp_path / "daemon.log", tmp_path / "daemon.pid")
+        try:
+            while "tail" not in Path(f"/proc/{pid}/comm").read_text():
+                assert live_pid(tmp_path / "daemon.pid", str(marker)) == pid
+        finally:
+            kill_pid(pid)

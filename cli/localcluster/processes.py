@@ -193,9 +193,19 @@ def live_pid(pid_path: Path, marker: str) -> int | None:
     pid = read_pid(pid_path)
     if pid is None or not pid_alive(pid):
         return None
-    if not any(marker in arg for arg in process_cmdline(pid)):
+    if not any(marker in arg for arg in _settled_cmdline(pid)):
         return None
     return pid
+
+
+def _settled_cmdline(pid: int, timeout: float = 2.0) -> list[str]:
+    """pid's argv once it has one. While a process execs (`ip netns exec` becoming the daemon, a script's
+    shebang becoming its interpreter) its /proc cmdline reads empty for a moment; taken as the argv, a daemon
+    starting in a namespace once passed for dead, its log still empty (CI)."""
+    deadline = time.monotonic() + timeout
+    while not (argv := process_cmdline(pid)) and pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return argv
 
 
 def log_tail(log_path: Path, lines: int = 20) -> str:
