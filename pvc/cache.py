@@ -234,6 +234,8 @@ class WatchedCollection:
 
     def _fetch(self, name: str, key: str, watcher: Callable) -> None:
         """Read a znode and leave a watch on it, or while it is absent, on its creation."""
+        if self._store.stopping:
+            return
         path = self._path(name, key)
         zk = self._store.zk
         self._read_started()
@@ -257,7 +259,7 @@ class WatchedCollection:
             except NoNodeError:
                 if key == OWN_VALUE:
                     self._drop(name)
-                else:
+                elif not self._store.stopping:
                     self._read_started()
                     zk.exists_async(path, watch=watcher).rawlink(on_exists)
             except KazooException as error:
@@ -270,16 +272,22 @@ class WatchedCollection:
 
     def _on_session_state(self, state: str) -> None:
         """A lost session loses its watches, and a read cut off by a lost connection never completes: read
-        everything again when connected again."""
+        everything again when connected again, from a thread of its own. kazoo calls this on its connection
+        thread, which also drains the pipe each request pokes; thousands of reads sent from here filled that
+        pipe, and the thread blocked writing to itself: every coordinator hung for good after a ZooKeeper quorum
+        loss (fault checker, lab family)."""
         if state != KazooState.CONNECTED:
             self._resync_needed = True
         elif self._resync_needed:
             self._resync_needed = False
-            self._list_children()
-            with self._lock:
-                watched = list(self._watchers.items())
-            for (name, key), watcher in watched:
-                self._fetch(name, key, watcher)
+            self._store.zk.handler.spawn(self._resync)
+
+    def _resync(self) -> None:
+        self._list_children()
+        with self._lock:
+            watched = list(self._watchers.items())
+        for (name, key), watcher in watched:
+            self._fetch(name, key, watcher)
 
     def _apply(self, name: str, key: str, data: bytes | None, stat: ZnodeStat) -> None:
         value = schema.decode(data)

@@ -40,6 +40,9 @@ class Store:
                                         max_delay=min(1.0, session_timeout / RECONNECT_ATTEMPTS_PER_SESSION)),
             command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=1.0),
         )
+        self.stopping = False
+        """Set before the session closes: watchers that would read again leave it be (a read sent while kazoo
+        stops can block its caller for good, and `KazooClient.stop` waits for that caller)."""
 
     def start(self, connect_timeout: float = 15.0) -> None:
         """Connect, or raise `Unavailable` after `connect_timeout` seconds leaving no background retries."""
@@ -52,6 +55,7 @@ class Store:
         self._ensure_layout()
 
     def stop(self) -> None:
+        self.stopping = True
         self.zk.stop()
         self.zk.close()
 
@@ -60,6 +64,9 @@ class Store:
         return self.zk.state == KazooState.CONNECTED
 
     def add_state_listener(self, listener: Callable[[str], None]) -> None:
+        """`listener(state)` on each change of the session's state. It runs on kazoo's connection thread and
+        must return at once: a ZooKeeper request made there can block that thread on itself for good
+        (`WatchedCollection._on_session_state`), so work that asks ZooKeeper is handed to a thread of its own."""
         self.zk.add_listener(listener)
 
     def _ensure_layout(self) -> None:

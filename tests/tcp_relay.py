@@ -80,3 +80,18 @@ class TcpRelay:
             pass
         for sock in pair:
             close_socket(sock)
+
+
+class Blackhole(TcpRelay):
+    """A link that, while `cut`, carries nothing: bytes sent either way are lost and new connections fail."""
+
+    cut = False
+
+    def forward(self, data: bytes, pair: Pair, upstream: bool) -> bool:
+        return not self.cut
+
+    def admit(self, client: socket.socket) -> bool:
+        if self.cut:
+            close_socket(client)
+            return False
+        return True

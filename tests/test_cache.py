@@ -1,13 +1,16 @@
 """The coordinator's watched view: it follows other writers, and shows a writer its own write at once."""
+import threading
 import time
 
 import pytest
+from kazoo.client import KazooState
 
 from pvc import schema
-from pvc.cache import OWN_VALUE, ClusterCache, Views
+from pvc.cache import OWN_VALUE, ClusterCache, Views, WatchedCollection
 from pvc.store import Store
 
 from conftest import ZK_PASSWORD, ZK_USER
+from tcp_relay import Blackhole
 
 
 @pytest.fixture
@@ -155,3 +158,49 @@ def test_catch_up_shows_every_write_another_client_committed_before_it(cache, ot
         assert (cache.vms.get(name) or {}).get("state") == "start", f"round {index}"
         held = cache.nodes.get("hv1") or {}
         assert (held.get("keepalive") if index else held.get(OWN_VALUE)) == {"time": index}, f"round {index}"
+
+
+def test_a_cache_of_thousands_of_keys_reads_again_after_a_lost_connection(zookeeper_server, zookeeper_hosts, store):
+    """Reconnected, the cache reads every key again, and a write made meanwhile shows. Those reads were once sent
+    from kazoo's connection thread, which blocked writing to its own wake-up pipe: after a ZooKeeper quorum
+    loss every coordinator hung for good (the lab fault checker)."""
+    chroot = zookeeper_hosts.removeprefix(zookeeper_server.hosts)
+    link = Blackhole(("127.0.0.1", zookeeper_server.port))
+    cut_off = Store(link.hosts + chroot, ZK_USER, ZK_PASSWORD, session_timeout=4)
+    suspended = threading.Event()
+    cut_off.zk.add_listener(lambda state: suspended.set() if state == KazooState.SUSPENDED else None)
+    names = [f"vm{index}" for index in range(1500)]
+    for chunk in range(0, len(names), 500):
+        batch = store.zk.transaction()
+        for name in names[chunk:chunk + 500]:
+            batch.create(schema.vm(name), schema.encode({"name": name}))
+        batch.commit()
+    cut_off.start(connect_timeout=10)
+    try:
+        vms = WatchedCollection(cut_off, schema.VMS, schema.vm, schema.VM_KEYS)
+        vms.start()
+        assert len(vms.names()) == len(names)
+
+        link.cut = True
+        assert suspended.wait(15), "the cut-off client never noticed the cut"
+        store.write(schema.vm_key("vm7", "state"), "stop")
+        link.cut = False
+
+        assert eventually(lambda: (vms.get("vm7") or {}).get("state") == "stop", timeout=15), \
+            "the cache never read vm7's state written while it was cut off"
+        assert cut_off.zk.exists(schema.vm("vm1499")) is not None
+        assert eventually(vms.idle, timeout=15)
+    finally:
+        link.cut = False
+        stopping = threading.Thread(target=cut_off.stop, daemon=True)
+        stopping.start()
+        stopping.join(30)
+        link.close()
+        store.zk.delete(schema.vm("vm7"), recursive=True)
+        for chunk in range(0, len(names), 500):
+            batch = store.zk.transaction()
+            for name in names[chunk:chunk + 500]:
+                if name != "vm7":
+                    batch.delete(schema.vm(name))
+            batch.commit()
+    assert not stopping.is_alive(), "the reconnected client never stopped"

@@ -1,7 +1,6 @@
 """Several coordinators: leadership moves when the leader dies, clients fail over, a deposed leader cannot write."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from pvc.store import Store
 
 from conftest import ZK_PASSWORD, ZK_USER
 from helpers import cluster_store, eventually
-from tcp_relay import Pair, TcpRelay, close_socket
+from tcp_relay import Blackhole
 
 LEADER_TICK = 0.5
 
@@ -108,21 +107,6 @@ def test_a_deposed_leader_cannot_write(zookeeper_hosts):
             leadership.stop()
             store.stop()
 
-
-
-class Blackhole(TcpRelay):
-    """A link that, while `cut`, carries nothing: bytes sent either way are lost and new connections fail."""
-
-    cut = False
-
-    def forward(self, data: bytes, pair: Pair, upstream: bool) -> bool:
-        return not self.cut
-
-    def admit(self, client: socket.socket) -> bool:
-        if self.cut:
-            close_socket(client)
-            return False
-        return True
 
 
 def test_a_leader_whose_link_is_cut_for_less_than_its_session_leads_again(zookeeper_server, zookeeper_hosts):
