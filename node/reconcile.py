@@ -563,7 +563,7 @@ class Reconciler:
             if state in schema.RUNNING_STATES:
                 self._run_here(name, state, seen)
             elif state == "shutdown":
-                self._actions.shutdown(name, seen)
+                self._actions.shutdown(name, seen, wanted=lambda: self._still_wanted(name, raw))
             elif state in ("stop", "disable", "fail", schema.MIRROR_STATE):
                 self._actions.stop(name, seen)
         except OperationFailed as error:
@@ -587,6 +587,12 @@ class Reconciler:
             return status
         self._write_status_if_ours(name, report)
         return report
+
+    def _still_wanted(self, name: str, raw: dict[str, Any]) -> bool:
+        """Whether the VM is still wanted as `raw` has it: the same state, placed on the same node."""
+        current = self._vms.get(name) or {}
+        return current.get("state") == raw.get("state") \
+            and (current.get("placement") or {}).get("node") == (raw.get("placement") or {}).get("node")
 
     def _take_over_migrated(self, name: str, raw: dict[str, Any]) -> dict[str, Any]:
         """This node is the target of a live migration its source has not settled: once the guest runs here

@@ -91,3 +91,24 @@ def test_a_start_given_up_on_is_in_flight_until_libvirtd_carries_it_out(host):
     actions.forget_late("slow")
     assert actions.ended_late("slow") == [] and actions.in_flight("slow") is None
     hypervisor.close()
+
+
+def test_a_shutdown_the_guest_ignores_stops_waiting_once_no_longer_wanted(host, mocker):
+    """A guest that ignores its power button keeps a shutdown waiting for the whole shutdown timeout; a newer
+    command (`vm stop`, `vm remove`) ends that wait at once and is left to decide."""
+    define_vm(host.uri, "deaf", 64, 1, start=True)
+    mocker.patch("libvirt.virDomain.shutdown", lambda domain: 0)  # the power button goes unheard
+    hypervisor = Hypervisor(host.uri, call_timeout=5)
+    actions = DomainActions(hypervisor, shutdown_timeout=60)
+    wanted = threading.Event()
+    wanted.set()
+    waiting, outcome = _in_thread(lambda: actions.shutdown("deaf", wanted=wanted.is_set))
+    waiting.join(1.0)
+    assert waiting.is_alive(), "the shutdown did not wait for the guest"
+
+    wanted.clear()
+    waiting.join(2.0)
+    assert not waiting.is_alive(), "the shutdown still waits although it is no longer wanted"
+    assert outcome == [None]
+    assert actions.is_running("deaf"), "the guest was destroyed: that is for the newer command to decide"
+    hypervisor.close()
