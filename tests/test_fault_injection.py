@@ -168,10 +168,21 @@ def test_a_paused_copy_counts_but_an_incoming_migration_target_does_not_while_it
     assert checker.double_runs(shown_paused) == [], "a target shown only as paused, during the source's job"
     abandoned = History()
     for sample in (reading("hv1", 1.0, {"web": "1.7/a"}, {"web": "migrating-out"}),
-                   reading("hv2", 1.5, {"web": "1.3/a"}, {"web": "incoming"}),
+                   reading("hv2", 1.5, {"web": "1.3/a"}, {"web": "paused"}),
                    reading("hv1", 2.0, {"web": "1.7/a"})):
         abandoned.add(sample)
     assert len(checker.double_runs(abandoned)) == 1, "once the source's job is over, a paused target counts"
+    source_frozen = History()
+    for sample in (reading("hv1", 1.0, {"web": "1.7/a"}), reading("hv2", 1.5, {"web": "1.3/a"}, {"web": "incoming"}),
+                   reading("hv2", 1.6, {"web": "1.3/a"}, {"web": "incoming"}), reading("hv1", 2.0, {"web": "1.7/a"})):
+        source_frozen.add(sample)
+    assert checker.double_runs(source_frozen) == [], \
+        "a target whose own libvirt shows its incoming job, though its frozen source shows none"
+    resumed = History()
+    for sample in (reading("hv1", 1.0, {"web": "1.7/a"}), reading("hv2", 1.5, {"web": "1.3/a"}, {"web": "incoming"}),
+                   reading("hv2", 1.6, {"web": "1.3/a"}), reading("hv1", 2.0, {"web": "1.7/a"})):
+        resumed.add(sample)
+    assert len(checker.double_runs(resumed)) == 1, "a target that runs beside its source is a second copy"
 
 
 def test_a_migrations_edges_are_its_own_the_targets_first_paused_readings_and_the_sources_last():

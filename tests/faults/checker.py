@@ -25,8 +25,11 @@ Five checks, none of which knows how the cluster manager works inside:
 
 Readings of a paused domain count as a running copy, except an incoming migration's target while its source's
 outgoing migration job is active (a reading of the source showing that job before the target's reading, and
-one after it), and a source paused by its own outgoing migration job (its CPUs stopped by the migration, which
-alone decides which side runs on). A target's libvirtd does not always show its incoming job (QEMU hosts under
+one after it; or the target's own libvirt showing its incoming job, which libvirt holds only between the
+source's prepare and finish calls, so within the source's job, and during which the guest runs only on the
+source: a QEMU host's libvirtd came back from a freeze and made a target for a source still frozen, whose job
+nobody could read), and a source paused by its own outgoing migration job (its CPUs stopped by the migration,
+which alone decides which side runs on). A target's libvirtd does not always show its incoming job (QEMU hosts under
 load showed targets only as paused), so any paused copy, or QEMU process read from outside while its libvirtd
 did not answer, is excused while another host's outgoing job of that VM brackets it: during a migration the
 target's process exists by design, and a second, unrelated paused copy at that very moment would go unseen.
@@ -226,7 +229,7 @@ def _outgoing_jobs(samples: list[Sample]) -> dict[str, list[tuple[str, float, fl
 
 def _excused(sample: Sample, vm: str, outgoing: dict[str, list[tuple[str, float, float]]]) -> bool:
     state = (sample.states or {}).get(vm)
-    if state == "migrating-out-paused":
+    if state in ("migrating-out-paused", "incoming"):
         return True
     if state not in ("incoming", "paused") and sample.source != "qemu":
         return False

@@ -118,10 +118,15 @@ MIGRATION_OUT = getattr(libvirt, "VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT", 4)
 
 def _job_operation(domain: libvirt.virDomain) -> int | None:
     """The operation of the domain's active job, or None (no job, or a driver that cannot say: the test
-    driver migrates nothing)."""
+    driver migrates nothing). A migration's target answers no statistics: the QEMU driver refuses them
+    ("available only on the source host") exactly while the domain's incoming migration job runs, so that
+    refusal is the target's incoming job."""
     try:
         stats = domain.jobStats()
-    except libvirt.libvirtError:
+    except libvirt.libvirtError as error:
+        if error.get_error_code() == libvirt.VIR_ERR_OPERATION_UNSUPPORTED \
+                and "only on the source host" in (error.get_error_message() or ""):
+            return MIGRATION_IN
         return None
     if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
         return None
