@@ -561,7 +561,7 @@ class Reconciler:
                 self._retire_old_names(name, spec.get("uuid"))
                 self._actions.define(self._host_xml(spec["xml"], self.paths))
             if state in schema.RUNNING_STATES:
-                self._run_here(name, state, seen)
+                self._run_here(name, raw, state, seen)
             elif state == "shutdown":
                 self._actions.shutdown(name, seen, wanted=lambda: self._still_wanted(name, raw))
             elif state in ("stop", "disable", "fail", schema.MIRROR_STATE):
@@ -690,9 +690,9 @@ class Reconciler:
                 raise OperationFailed(f"node {target} has not made network(s) {missing} for the VM")
             time.sleep(0.1)
 
-    def _run_here(self, name: str, state: str, seen: DomainList | None = None) -> None:
+    def _run_here(self, name: str, raw: dict[str, Any], state: str, seen: DomainList | None = None) -> None:
         if state == "restart" and self._actions.is_running(name, seen):
-            self._actions.shutdown(name)
+            self._actions.shutdown(name, wanted=lambda: self._still_wanted(name, raw))
         if not self._actions.is_running(name, seen):
             if self.starts_refused:
                 log.info("%s is not started: %s", name, self.starts_refused)
