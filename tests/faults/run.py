@@ -120,6 +120,10 @@ class FaultRun:
         lines.append(f"recoveries completed: {recoveries.get('done', 0)} (recovery tasks: "
                      f"{_counts(recoveries) or 'none'}); fences confirmed by the nemesis as an administrator: "
                      f"{self.administrator_fences}")
+        for task in self.tasks:
+            if task.get("kind") == "recover" and task.get("state") == "failed":
+                lines.append(f"  recovery {task.get('id')} of {task.get('node')} failed (attempt "
+                             f"{task.get('attempt') or 1}): {task.get('reason')}")
         other_tasks = Counter(f"{task.get('kind')} {task.get('state')}" for task in self.tasks
                               if task.get("kind") != "recover")
         lines.append(f"other tasks: {_counts(other_tasks) or 'none'}")
