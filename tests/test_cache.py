@@ -105,7 +105,7 @@ def test_a_child_deleted_and_made_again_is_followed(cache, other_writer):
 def test_the_change_log_names_only_what_changed_since_a_reader_last_looked(cache, other_writer):
     for name in ("hv1", "hv2", "hv3"):
         other_writer.write(schema.node(name), {"cpus": 8})
-    assert eventually(lambda: cache.nodes.names() == ["hv1", "hv2", "hv3"])
+    cache.catch_up()
     seen, changed = cache.nodes.changes(-1)
     assert sorted(changed) == ["hv1", "hv2", "hv3"], "loaded in the order ZooKeeper answered"
     assert cache.nodes.changes(seen) == (seen, [])
