@@ -14,6 +14,7 @@ cut off by the node's death is removed when pvcnoded starts again. A failed rest
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -91,6 +92,8 @@ class BackupRoots:
                 os.mkdir(partial, 0o750, dir_fd=parent)
             except OSError as error:
                 entry.unlink(missing_ok=True)
+                if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise OperationFailed(f"destination {destination} is not writable: {error.strerror}") from None
                 raise OperationFailed(f"cannot create a directory beside {destination}: {error.strerror}") from None
             directory = os.open(partial, _DIRECTORY, dir_fd=parent)
             try:
@@ -223,17 +226,17 @@ class Hashing:
     """A file wrapper counting and hashing what passes through it."""
 
     def __init__(self, file: BinaryIO):
-        self._file = file
+        self.file = file
         self.sha256 = hashlib.sha256()
         self.bytes = 0
 
     def write(self, data: bytes) -> int:
         self.sha256.update(data)
         self.bytes += len(data)
-        return self._file.write(data)
+        return self.file.write(data)
 
     def read(self, count: int = -1) -> bytes:
-        data = self._file.read(count)
+        data = self.file.read(count)
         self.sha256.update(data)
         self.bytes += len(data)
         return data
@@ -251,14 +254,21 @@ def export(backend: StorageBackend, roots: BackupRoots, manifest: dict[str, Any]
         raise OperationFailed("this node's storage backend cannot export snapshots")
     with roots.new_directory(destination) as (directory, parent):
         parent_link = _parent_link(parent, manifest, destination) if manifest["parent"] else None
+        _check_room(backend, manifest, parent, destination)
         volumes = []
         for volume, size_bytes in manifest["volumes"].items():
             pool, name = volume.split("/", 1)
             descriptor = os.open(stream_name(volume), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640,
                                  dir_fd=directory)
-            with os.fdopen(descriptor, "wb", buffering=1 << 20) as output:
-                hashing = Hashing(output)
-                backend.snapshot_export(pool, name, manifest["snapshot"], manifest["parent"], hashing)
+            hashing = Hashing(os.fdopen(descriptor, "wb", buffering=1 << 20))
+            try:
+                with hashing.file:
+                    backend.snapshot_export(pool, name, manifest["snapshot"], manifest["parent"], hashing)
+            except OSError as error:
+                if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise OperationFailed(f"destination {destination} is too small: its filesystem filled while volume "
+                                      f"{volume} was written; nothing was kept") from None
             volumes.append({"volume": volume, "size_bytes": size_bytes, "file": stream_name(volume),
                             "bytes": hashing.bytes, "sha256": hashing.sha256.hexdigest()})
         written = {"format": FORMAT, "vm": manifest["vm"], "snapshot": manifest["snapshot"],
@@ -269,6 +279,29 @@ def export(backend: StorageBackend, roots: BackupRoots, manifest: dict[str, Any]
         with os.fdopen(descriptor, "wb") as output:
             output.write(json.dumps(written, indent=1, sort_keys=True).encode())
     return written
+
+
+def _check_room(backend: StorageBackend, manifest: dict[str, Any], parent: int, destination: str) -> None:
+    """Refuse, before writing, an export that cannot fit where the backend can tell its size; an incremental
+    on file storage cannot be told, and is stopped by its filesystem filling instead."""
+    estimate = getattr(backend, "snapshot_export_size", None)
+    if estimate is None:
+        return
+    needed = 0
+    for volume in manifest["volumes"]:
+        size = estimate(*volume.split("/", 1), manifest["snapshot"], manifest["parent"])
+        if size is None:
+            return
+        needed += size
+    filesystem = os.fstatvfs(parent)
+    free = filesystem.f_bavail * filesystem.f_frsize
+    if needed > free:
+        raise OperationFailed(f"destination {destination} is too small: the export needs up to {_mib(needed)}, "
+                              f"its filesystem has {_mib(free)} free")
+
+
+def _mib(count: int) -> str:
+    return f"{count / (1 << 20):.1f} MiB"
 
 
 def _parent_link(parent: int, manifest: dict[str, Any], destination: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import pvc
-from pvc import pipes
+from pvc import block_diff, pipes
 from pvc.errors import AlreadyExists, InvalidInput, NotFound, OperationFailed, Unavailable
 from pvc.plugins.fencing import ceph_python
 from pvc.qemu_img import QemuImg
@@ -341,6 +341,13 @@ class CephBackend:
         if process.returncode != 0:
             raise OperationFailed(f"rbd export-diff of {pool}/{volume}@{snapshot} failed: {_last_line(error)}")
 
+    def snapshot_export_size(self, pool: str, volume: str, snapshot: str, parent: str | None) -> int | None:
+        """The extents ``rbd diff`` lists (object maps answer it without reading data), with their records."""
+        extents = self._json("rbd", "diff", *(["--from-snap", parent] if parent else []),
+                             f"{pool}/{volume}@{snapshot}")
+        return block_diff.STREAM_OVERHEAD + sum(block_diff.EXTENT_OVERHEAD + (extent["length"] if _exists(extent)
+                                                                               else 0) for extent in extents)
+
     def volume_apply_diff(self, pool: str, volume: str, stream: Any, what: str) -> None:
         """``rbd import-diff`` of the stream, which leaves the snapshot it ends at on the image (the start of
         the next incremental); `import_finished` removes those."""
@@ -383,6 +390,11 @@ def _replication(options: Mapping[str, Any]) -> dict[str, int]:
     if "copies" in given and given.get("mincopies", 1) > given["copies"]:
         raise InvalidInput(f"mincopies ({given['mincopies']}) cannot exceed copies ({given['copies']})")
     return given
+
+
+def _exists(extent: dict[str, Any]) -> bool:
+    """Whether an ``rbd diff`` extent holds data (``exists`` is the string "true" in some releases)."""
+    return extent.get("exists") in (True, "true")
 
 
 def _last_line(text: str) -> str:

@@ -22,6 +22,10 @@ from pvc.errors import InvalidInput
 HEADER = b"rbd diff v1\n"
 MAX_NAME = 4096
 MAX_EXTENT = 1 << 30
+EXTENT_OVERHEAD = 1 + 8 + 8
+"""The bytes a ``w`` record adds to its data."""
+STREAM_OVERHEAD = len(HEADER) + 2 * (1 + 4 + MAX_NAME) + 1 + 8 + 1
+"""At most the bytes of a stream's header and end."""
 
 
 class DiffWriter:

@@ -327,6 +327,11 @@ class StorageBackend(Protocol):
         an ``rbd diff v1`` stream (`pvc.block_diff`): every allocated extent, or with `parent` (an older
         snapshot of the volume) the extents changed since."""
 
+    def snapshot_export_size(self, pool: str, volume: str, snapshot: str, parent: str | None) -> int | None:
+        """Optional, with `snapshot_export`: at most how many bytes its stream will hold, found without reading
+        the data, or None when that cannot be told cheaply. An export whose destination has less room is refused
+        before anything is written."""
+
     def volume_apply_diff(self, pool: str, volume: str, stream: BinaryIO, what: str) -> None:
         """Optional, with `snapshot_export`: apply an ``rbd diff v1`` stream to the volume (a new, empty one
         for a full stream); a malformed stream is `pvc.errors.InvalidInput` naming `what`."""

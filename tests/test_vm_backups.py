@@ -3,6 +3,7 @@ storage backend; and every kind of bad input refused in one line with nothing le
 import json
 import os
 import shutil
+import subprocess
 import threading
 
 from pvc.cli.localcluster.guest import domain_xml
@@ -114,6 +115,56 @@ def _bad_chains(cluster, client, vm, pool, exports) -> None:
     assert stored_names(cluster, pool) == before, "no volume is left by a refused import"
     assert all(row["name"] != f"{vm}-bad" for row in client.vms.list())
     assert all(volume["pending"] is None for volume in client.storage.volume_list(pool))
+
+
+def test_a_destination_read_only_or_too_small_is_refused_with_nothing_left(storage_cluster, tmp_path):
+    """A backup store mounted read-only, one too small for a whole export (refused before writing), and one that
+    fills during an incremental (file storage cannot tell that size first; Ceph can, and refuses it first)."""
+    cluster, client = storage_cluster, storage_cluster.client
+    pool, vm = unique("bkroom"), unique("bkroomvm")
+    client.storage.pool_add(pool)
+    image = known_raw(tmp_path / "base.raw", size=8 * MiB, seed=5)
+    client.storage.upload(pool, "disk", str(image))
+    client.vms.define(domain_xml(vm, disk=f"{pool}/disk", domain_type="kvm"), target="hv1")
+    stores = {name: cluster.local.backup_root / f"{vm}-{name}" for name in ("ro", "small", "nearly-full")}
+    try:
+        for name, store in stores.items():
+            store.mkdir()
+            size = {"ro": "1m", "small": "2m", "nearly-full": "16m"}[name]
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(store)], check=True)
+        subprocess.run(["mount", "-o", "remount,ro", str(stores["ro"])], check=True)
+        client.vms.snapshot_create(vm, "s1")
+        before = stored_names(cluster, pool)
+
+        refused_in_one_line(pvc(cluster, "vm", "snapshot", "export", vm, "s1", str(stores["ro"] / "s1")),
+                            "is not writable: Read-only file system")
+        refused_in_one_line(pvc(cluster, "vm", "snapshot", "export", vm, "s1", str(stores["small"] / "s1")),
+                            "is too small: the export needs up to")
+        assert list(stores["small"].iterdir()) == [] and stored_names(cluster, pool) == before
+
+        client.vms.snapshot_export(vm, "s1", str(stores["nearly-full"] / "s1"))
+        client.storage.upload(pool, "disk", str(_changed(image, tmp_path / "s2.raw", 3 * MiB)), force=True)
+        client.vms.snapshot_create(vm, "s2")
+        _fill_but(stores["nearly-full"], 2048)
+        refused_in_one_line(pvc(cluster, "vm", "snapshot", "export", vm, "s2", str(stores["nearly-full"] / "s2"),
+                                "--incremental-parent", "s1"),
+                            "is too small: its filesystem filled while" if cluster.backend == "file"
+                            else "is too small: the export needs up to")
+        assert sorted(path.name for path in stores["nearly-full"].iterdir()) == ["filler", "s1"]
+    finally:
+        for store in stores.values():
+            subprocess.run(["umount", str(store)], check=False)
+            shutil.rmtree(store, ignore_errors=True)
+        client.vms.remove(vm)
+        client.storage.pool_remove(pool, force=True)
+
+
+def _fill_but(store, left: int) -> None:
+    """Fill the filesystem of `store` with a file, leaving `left` bytes free."""
+    free = shutil.disk_usage(store).free
+    with open(store / "filler", "wb") as filler:
+        filler.write(bytes(free - left))
+    assert shutil.disk_usage(store).free <= left
 
 
 def test_a_node_killed_during_an_export_leaves_no_partial_export(storage_cluster, tmp_path):
