@@ -17,8 +17,9 @@ and whether an ACPI power-button press shut it down:
 
 On each network interface it takes DHCP leases with busybox ``udhcpc`` (renewing them for as long as it runs),
 answers ping, serves its boot id over HTTP on port 80, echoes what it is sent on TCP port 7, and answers one
-question per connection on TCP port 8 (``ping ADDRESS``, ``resolve NAME``: ``ok ...`` or ``fail``), so that a
-test on the guest's network sees what the guest itself can reach and resolve.
+question per connection on TCP port 8 (``ping ADDRESS``, ``resolve NAME``, or ``renew now``, which makes udhcpc
+renew its leases at once as it does at half their time: ``ok ...`` or ``fail``), so that a test on the guest's
+network sees what the guest itself can reach and resolve.
     pvc-guest: sequence found <vda> <pvc-seq N, or none>       (at boot, per disk, with `SEQUENCE_FLAG`)
 
 With a disk, each second the guest writes ``pvc-marker <boot_id> <counter>`` and a newline, padded with NULs
@@ -103,6 +104,7 @@ _PROBE = """\
 read -r verb target
 case "$verb" in
     ping) ping -c 1 -W 2 "$target" > /dev/null 2>&1 && echo "ok $target" || echo fail ;;
+    renew) killall -USR1 udhcpc > /dev/null 2>&1 && echo "ok renew" || echo fail ;;
     resolve) answer=$(nslookup "$target" 2> /dev/null | sed -n '/^Name:/,$ s/^Address:* *//p' | head -n 1)
              [ -n "$answer" ] && echo "ok $answer" || echo fail ;;
     *) echo fail ;;
