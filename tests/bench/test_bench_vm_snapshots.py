@@ -18,7 +18,6 @@ import random
 import statistics
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
