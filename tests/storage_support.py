@@ -10,6 +10,7 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 
+from pvc.cli.localcluster.guest import domain_xml
 from pvc.cli.main import cli
 
 MIB = 1 << 20
@@ -47,6 +48,17 @@ def known_raw(path: Path, size: int = 3 * MIB, seed: int = 7) -> Path:
         file.write(bytes(third))
         file.write(rng.randbytes(size - 2 * third))
     return path
+
+
+def vm_on_known_disk(client, prefix: str, directory: Path, seed: int) -> tuple[str, str, Path]:
+    """A new pool holding volume ``disk`` uploaded from an 8 MiB `known_raw` image, and a stopped VM on it
+    placed on hv1: (pool, VM, the image)."""
+    pool, vm = unique(prefix), unique(f"{prefix}vm")
+    client.storage.pool_add(pool)
+    image = known_raw(directory / "base.raw", size=8 * MIB, seed=seed)
+    client.storage.upload(pool, "disk", str(image))
+    client.vms.define(domain_xml(vm, disk=f"{pool}/disk", domain_type="kvm"), target="hv1")
+    return pool, vm, image
 
 
 def make_image(directory: Path, kind: str, size: int = 3 * MIB, seed: int = 7) -> Path:

@@ -11,7 +11,7 @@ from pvc.cli.localcluster.guest import domain_xml
 from pvc.errors import PVCError
 
 from helpers import eventually, refused_in_one_line
-from storage_support import known_raw, stored_names, unique, volume_sha256
+from storage_support import stored_names, unique, vm_on_known_disk, volume_sha256
 from vm_support import fence_deadline_beyond_restarts, pvc, restart_node_daemon
 
 MiB = 1024 * 1024
@@ -28,11 +28,7 @@ def _changed(source, target, offset: int):
 def test_export_full_and_two_incrementals_then_import_the_chain(storage_cluster, tmp_path):
     cluster, client = storage_cluster, storage_cluster.client
     root = cluster.local.backup_root
-    pool, vm = unique("bk"), unique("bkvm")
-    client.storage.pool_add(pool)
-    image = known_raw(tmp_path / "base.raw", size=8 * MiB, seed=3)
-    client.storage.upload(pool, "disk", str(image))
-    client.vms.define(domain_xml(vm, disk=f"{pool}/disk", domain_type="kvm"), target="hv1")
+    pool, vm, image = vm_on_known_disk(client, "bk", tmp_path, seed=3)
     exports = root / vm
     exports.mkdir()
     try:
@@ -121,11 +117,7 @@ def test_a_destination_read_only_or_too_small_is_refused_with_nothing_left(stora
     """A backup store mounted read-only, one too small for a whole export (refused before writing), and one that
     fills during an incremental (file storage cannot tell that size first; Ceph can, and refuses it first)."""
     cluster, client = storage_cluster, storage_cluster.client
-    pool, vm = unique("bkroom"), unique("bkroomvm")
-    client.storage.pool_add(pool)
-    image = known_raw(tmp_path / "base.raw", size=8 * MiB, seed=5)
-    client.storage.upload(pool, "disk", str(image))
-    client.vms.define(domain_xml(vm, disk=f"{pool}/disk", domain_type="kvm"), target="hv1")
+    pool, vm, image = vm_on_known_disk(client, "bkroom", tmp_path, seed=5)
     stores = {name: cluster.local.backup_root / f"{vm}-{name}" for name in ("ro", "small", "nearly-full")}
     try:
         for name, store in stores.items():

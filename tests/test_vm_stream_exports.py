@@ -13,7 +13,7 @@ from pvc.cli.localcluster.guest import domain_xml
 from pvc.errors import AuthenticationError, InvalidInput, NotFound
 
 from helpers import refused_in_one_line
-from storage_support import known_raw, staging_files, stored_names, unique, volume_bytes
+from storage_support import known_raw, staging_files, stored_names, unique, vm_on_known_disk, volume_bytes
 from vm_support import pvc
 
 MiB = 1024 * 1024
@@ -47,11 +47,7 @@ def _applied(image: bytearray, head: dict, data: bytes) -> bytearray:
 
 def test_export_streamed_full_then_incremental(storage_cluster, tmp_path):
     cluster, client = storage_cluster, storage_cluster.client
-    pool, vm = unique("st"), unique("stvm")
-    client.storage.pool_add(pool)
-    image = known_raw(tmp_path / "base.raw", size=8 * MiB, seed=5)
-    client.storage.upload(pool, "disk", str(image))
-    client.vms.define(domain_xml(vm, disk=f"{pool}/disk", domain_type="kvm"), target="hv1")
+    pool, vm, image = vm_on_known_disk(client, "st", tmp_path, seed=5)
     try:
         client.vms.snapshot_create(vm, "s1")
         at_s1 = volume_bytes(cluster, pool, "disk")
