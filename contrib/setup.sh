@@ -18,6 +18,7 @@ packages=(
     python3-doc                                     # the manual resolves Python references against its local objects.inv
     prometheus                                      # monitoring: pvc-local up --monitoring; promtool checks the alert rules
     dnsmasq-base nftables iputils-ping              # client networks: DHCP/DNS, NAT and ACL rules; pings in tests
+    xfsprogs                                        # file storage on a filesystem with reflinks, in tests
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, Iterator, Mapping
 import pvc
 from pvc import block_diff
 from pvc.errors import AlreadyExists, InvalidInput, NotFound, OperationFailed
+from pvc.plugins import file_extents
 
 SNAPSHOTS = ".snapshots"
 
@@ -230,7 +231,8 @@ class FileBackend:
 
     def snapshot_export(self, pool: str, volume: str, snapshot: str, parent: str | None, output: BinaryIO) -> None:
         """The snapshot's data as an ``rbd diff v1`` stream (`pvc.block_diff`): its data extents, or with
-        `parent` the blocks that differ from that snapshot (holes in both are skipped unread)."""
+        `parent` the blocks that differ from that snapshot (holes in both, and blocks the two still share where
+        snapshots are reflinks, are skipped unread)."""
         source = self._snapshot_dir(pool, volume) / snapshot
         base = self._snapshot_dir(pool, volume) / parent if parent else None
         for path in filter(None, (source, base)):
@@ -242,6 +244,7 @@ class FileBackend:
             regions = _data_regions(reading.fileno(), size)
             if base is not None:
                 regions = _merged(regions + _data_regions(older.fileno(), min(size, os.fstat(older.fileno()).st_size)))
+                regions = file_extents.without(regions, file_extents.shared(reading.fileno(), older.fileno()))
             for start, end in regions:
                 for offset in range(start, end, DIFF_BLOCK):
                     data = os.pread(reading.fileno(), min(DIFF_BLOCK, end - offset), offset)
@@ -373,11 +376,12 @@ def _merged(regions: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _reflinks(directory: Path) -> bool:
-    """Whether files in `directory` can share blocks (``FICLONE``), found by trying it once on a scratch file."""
+    """Whether files in `directory` can share blocks (``FICLONE``), found by trying it once on a scratch file
+    (open for reading too: a clone's source must be readable)."""
     source = directory / f".reflink-probe-{os.getpid()}"
     target = source.with_name(source.name + "-clone")
     try:
-        with open(source, "wb") as first, open(target, "wb") as second:
+        with open(source, "w+b") as first, open(target, "wb") as second:
             first.write(b"\0" * 4096)
             first.flush()
             fcntl.ioctl(second.fileno(), FICLONE, first.fileno())
