@@ -8,6 +8,7 @@ an administrator uses too. The cluster is the one ``ceph_conf`` names; qemu-img 
 import json
 import os
 import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -25,12 +26,14 @@ SNAPSHOT_HELPER = Path(__file__).with_name("ceph_snapshot_helper.py")
 REPLACE_SNAPSHOT = ".replacing"
 """A snapshot holding a volume's old data while an upload replaces it (never a user's name: no dot first)."""
 CLONE_BASE_SNAPSHOT = ".clone-base"
+"""The protected snapshot a volume's linked clones are made from (`volume_clone_linked`)."""
 RBD_OP_TIMEOUT_S = 60
 """How long one rbd request to a monitor or an OSD may wait. Without it a request to a placement group that is
 not active (an OSD down, a pool that cannot peer) waits for ever; `rbd children --all` visits every pool, so one
 such pool anywhere hung the removal of an OVA. A long flatten or copy is many short requests, each bounded."""
+POOL_STATS_WAIT_S = 15
+"""How long a pool the monitors list may be missing from the manager's ``ceph df`` (it gathers every 5 s)."""
 TIMED_OUT = "Connection timed out"
-"""The protected snapshot a volume's linked clones are made from (`volume_clone_linked`)."""
 
 
 REPLICATION_OPTIONS = {"copies": "size", "mincopies": "min_size"}
@@ -197,10 +200,18 @@ class CephBackend:
         self._run("ceph", "osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it")
 
     def pool_usage(self, pool: str) -> dict[str, int]:
-        for entry in self._json("ceph", "df")["pools"]:
-            if entry["name"] == pool:
-                return {"used_bytes": entry["stats"]["stored"], "free_bytes": entry["stats"]["max_avail"]}
-        raise NotFound(f"Ceph has no pool '{pool}'")
+        """From ``ceph df``, which the manager serves from statistics it gathers every few seconds: a pool the
+        monitors have just made is missing there until then, so it is waited for, not called missing."""
+        deadline = time.monotonic() + POOL_STATS_WAIT_S
+        while True:
+            for entry in self._json("ceph", "df")["pools"]:
+                if entry["name"] == pool:
+                    return {"used_bytes": entry["stats"]["stored"], "free_bytes": entry["stats"]["max_avail"]}
+            if pool not in self._json("ceph", "osd", "pool", "ls"):
+                raise NotFound(f"Ceph has no pool '{pool}'")
+            if time.monotonic() > deadline:
+                raise Unavailable(f"Ceph's manager has no figures for pool '{pool}' after {POOL_STATS_WAIT_S} s")
+            time.sleep(0.5)
 
     # -- volumes ------------------------------------------------------------------------------------------
 
