@@ -60,6 +60,6 @@ def test_handoff_gap(tmp_path):
         print(f"[bench handoff] {ROUNDS} handoffs: gap from letting go to taking over median "
               f"{statistics.median(gaps) * 1000:.0f} ms (max {max(gaps) * 1000:.0f} ms); node primary to the new "
               f"leader seen median {statistics.median(waits):.2f} s; slowest client define+remove "
-              f"{slowest[0]:.2f} s; client errors {len(errors)}")
+              f"{slowest[0]:.2f} s; client errors {len(errors)}" + "".join(f"\n  {error}" for error in errors))
     finally:
         next(running, None)
