@@ -343,11 +343,13 @@ class CephBackend:
         arguments = ["export-diff", "--no-progress", *(["--from-snap", parent] if parent else []),
                      f"{pool}/{volume}@{snapshot}", "-"]
         process = subprocess.Popen(self.command("rbd", *arguments), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE)
+                                   stderr=subprocess.PIPE, bufsize=0)
         pipes.widen(process.stdout.fileno())
+        buffer = bytearray(1 << 20)
+        view = memoryview(buffer)
         with process:
-            while chunk := process.stdout.read(1 << 20):
-                output.write(chunk)
+            while count := process.stdout.readinto(buffer):
+                output.write(view[:count])
             error = process.stderr.read().decode(errors="replace")
         if process.returncode != 0:
             raise OperationFailed(f"rbd export-diff of {pool}/{volume}@{snapshot} failed: {_last_line(error)}")
