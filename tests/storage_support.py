@@ -6,7 +6,9 @@ import hashlib
 import random
 import subprocess
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from click.testing import CliRunner, Result
 
@@ -59,6 +61,22 @@ def vm_on_known_disk(client, prefix: str, directory: Path, seed: int) -> tuple[s
     client.storage.upload(pool, "disk", str(image))
     client.vms.define(domain_xml(vm, disk=f"{pool}/disk", domain_type="kvm"), target="hv1")
     return pool, vm, image
+
+
+@contextmanager
+def mounted_xfs(directory: Path, size_bytes: int) -> Iterator[Path]:
+    """A fresh XFS with reflinks, loop-mounted from a sparse image in `directory` (mkfs.xfs accepts no less than
+    300 MiB); yields its mount point, unmounted afterwards."""
+    image, mountpoint = directory / "xfs.img", directory / "mnt"
+    mountpoint.mkdir()
+    with open(image, "wb") as file:
+        file.truncate(size_bytes)
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)
 
 
 def make_image(directory: Path, kind: str, size: int = 3 * MIB, seed: int = 7) -> Path:

@@ -3,11 +3,12 @@ reflinks, and an incremental export reads only the blocks a guest rewrote since 
 both snapshots whole."""
 import io
 import os
-import subprocess
 
 import pytest
 
 from pvc.plugins.storage_file import FileBackend
+
+from storage_support import mounted_xfs
 
 MiB = 1 << 20
 VOLUME = 64 * MiB
@@ -15,16 +16,9 @@ VOLUME = 64 * MiB
 
 @pytest.fixture(scope="module")
 def xfs_directory(tmp_path_factory):
-    """A directory on a fresh 320 MiB XFS with reflinks (the smallest size mkfs.xfs accepts is 300 MiB)."""
-    base = tmp_path_factory.mktemp("xfs")
-    image, mountpoint = base / "xfs.img", base / "mnt"
-    mountpoint.mkdir()
-    with open(image, "wb") as file:
-        file.truncate(320 * MiB)
-    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
-    yield mountpoint
-    subprocess.run(["umount", str(mountpoint)], check=True)
+    """A directory on a fresh 320 MiB XFS with reflinks."""
+    with mounted_xfs(tmp_path_factory.mktemp("xfs"), 320 * MiB) as mountpoint:
+        yield mountpoint
 
 
 def _read_bytes() -> int:

@@ -28,6 +28,7 @@ from pvc.plugins.storage_file import FileBackend
 
 from conftest import started_cluster
 from guest_support import wait_heartbeat
+from storage_support import mounted_xfs
 
 pytestmark = pytest.mark.bench
 
@@ -107,16 +108,8 @@ def file_store(request, tmp_path):
     if request.param == "ext4":
         yield request.param, tmp_path
         return
-    image, mountpoint = tmp_path / "xfs.img", tmp_path / "mnt"
-    mountpoint.mkdir()
-    with open(image, "wb") as file:
-        file.truncate(3 * GiB)
-    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
-    try:
+    with mounted_xfs(tmp_path, 3 * GiB) as mountpoint:
         yield request.param, mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=True)
 
 
 def test_file_export_and_an_incremental_after_one_percent(file_store):
