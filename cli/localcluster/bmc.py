@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 
 CONTROL_MODULE = "pvc.cli.localcluster.bmc"
 """This module, run as ipmi_sim's chassis_control (by name: run with -m, its ``__name__`` is __main__)."""
+PORT_ATTEMPTS = 3
+PORT_TAKEN = "Address already in use"
+"""What ipmi_sim logs when its UDP port was taken between our finding it free and its binding it."""
 
 # The BMC's management controller: without an .emu file ipmi_sim prints its version and exits.
 _EMU = """\
@@ -150,11 +153,21 @@ class SimulatedBMC:
 
     def start(self, user: str, password: str, port: int | None = None, timeout: float = 10.0) -> None:
         """Start ipmi_sim on `port` (a free UDP port of the host's address unless given, kept across
-        restarts) with one admin user; return once it listens. On failure, nothing is left running."""
+        restarts) with one admin user; return once it listens. On failure, nothing is left running. A free
+        port found here can be taken by another process before ipmi_sim binds it: then another is tried."""
         if self.running:
             raise RuntimeError(f"the BMC of {self.name} is already running (pid {self.pid})")
         self.directory.mkdir(parents=True, exist_ok=True)
-        port = port or self.settings.get("port") or free_port(self.address, socket.SOCK_DGRAM)
+        fixed = port or self.settings.get("port")
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                self._start_on(fixed or free_port(self.address, socket.SOCK_DGRAM), user, password, timeout)
+                return
+            except RuntimeError as error:
+                if fixed or attempt == PORT_ATTEMPTS - 1 or PORT_TAKEN not in str(error):
+                    raise
+
+    def _start_on(self, port: int, user: str, password: str, timeout: float) -> None:
         settings = {"name": self.name, "address": self.address, "port": port, "user": user,
                     "password": password, "host_kind": getattr(self.host, "kind", "test"),
                     "host_directory": str(self.host.directory),
