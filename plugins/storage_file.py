@@ -233,11 +233,8 @@ class FileBackend:
         """The snapshot's data as an ``rbd diff v1`` stream (`pvc.block_diff`): its data extents, or with
         `parent` the blocks that differ from that snapshot (holes in both, and blocks the two still share where
         snapshots are reflinks, are skipped unread)."""
-        source = self._snapshot_dir(pool, volume) / snapshot
-        base = self._snapshot_dir(pool, volume) / parent if parent else None
-        for path in filter(None, (source, base)):
-            if not path.is_file():
-                raise NotFound(f"snapshot file {path} is missing")
+        source = self._snapshot_file(pool, volume, snapshot)
+        base = self._snapshot_file(pool, volume, parent) if parent else None
         with open(source, "rb") as reading, open(base or os.devnull, "rb") as older:
             size = os.fstat(reading.fileno()).st_size
             writer = block_diff.DiffWriter(output, parent, snapshot, size)
@@ -256,12 +253,18 @@ class FileBackend:
                             writer.data(offset + changed, data[changed:changed + length])
             writer.end()
 
+    def _snapshot_file(self, pool: str, volume: str, snapshot: str) -> Path:
+        path = self._snapshot_dir(pool, volume) / snapshot
+        if not path.is_file():
+            raise NotFound(f"snapshot file {path} is missing")
+        return path
+
     def snapshot_export_size(self, pool: str, volume: str, snapshot: str, parent: str | None) -> int | None:
         """A whole snapshot's data extents (an upper bound: zero pages are skipped); for an incremental, None,
         since only reading both snapshots tells what differs."""
         if parent is not None:
             return None
-        with open(self._snapshot_dir(pool, volume) / snapshot, "rb") as reading:
+        with open(self._snapshot_file(pool, volume, snapshot), "rb") as reading:
             regions = _data_regions(reading.fileno(), os.fstat(reading.fileno()).st_size)
         return block_diff.STREAM_OVERHEAD + sum(block_diff.EXTENT_OVERHEAD * -(-(end - start) // DIFF_BLOCK)
                                                 + end - start for start, end in regions)
