@@ -39,15 +39,18 @@ def place(store: Store, transaction: Transaction, name: str, old_node: str | Non
     """Add to `transaction` (which writes or checks VM `name`'s placement at the version read) the index
     operations for a placement going from `old_node` to `new_node`: the old entry deleted, the new one made.
 
-    Existence is read now (both entries at once); an entry only changes in a transaction that changes the
-    placement's version too, so if it changed since, the placement's version check fails the transaction."""
+    Existence is read now (both entries and the new node's folder at once); an entry only changes in a
+    transaction that changes the placement's version too, so if it changed since, the placement's version
+    check fails the transaction."""
     zk = store.zk
     leaving = zk.exists_async(schema.node_vm(old_node, name)) if old_node and old_node != new_node else None
     arriving = zk.exists_async(schema.node_vm(new_node, name)) if new_node else None
+    parent = zk.exists_async(schema.node_vms(new_node)) if new_node else None
     if leaving is not None and leaving.get() is not None:
         transaction.delete(schema.node_vm(old_node, name))
     if arriving is not None and arriving.get() is None:
-        zk.ensure_path(schema.node_vms(new_node))
+        if parent.get() is None:
+            zk.ensure_path(schema.node_vms(new_node))
         transaction.create(schema.node_vm(new_node, name), None)
 
 

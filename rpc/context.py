@@ -1,5 +1,5 @@
 """What a coordinator's remote objects share: the store, the cache, leadership, plugins, node agents."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pvc import models, schema
@@ -8,12 +8,12 @@ from pvc.health.faults import fault_views, health
 from pvc.hookspecs import MigrationSelector
 from pvc.plugin_manager import Plugins
 from pvc.rpc.agents import NodeAgents
+from pvc.rpc.decided_load import FIGURES, DecidedLoad
 from pvc.rpc.leadership import Leadership
 from pvc.store import Store
 
 
 SELECTORS = "pvc_migration_selectors"
-_DECIDED_FIGURES = ("memory_allocated_mib", "memory_provisioned_mib", "vcpus_allocated", "vms_running")
 
 
 @dataclass
@@ -25,6 +25,10 @@ class CoordinatorContext:
     plugins: Plugins
     agents: NodeAgents
     leadership: Leadership
+    decided_load: DecidedLoad = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.decided_load = DecidedLoad(self.cache.vms)
 
     def node_views(self) -> list[dict[str, Any]]:
         faults = self.fault_views()
@@ -51,21 +55,11 @@ class CoordinatorContext:
         already decided. Keepalives lag a placement by up to an interval, so without this a burst of
         defines (or a flush) would all see the same node as emptiest."""
         nodes = self.node_views()
-        wanted = {node["name"]: dict.fromkeys(_DECIDED_FIGURES, 0) for node in nodes}
-        for raw in self.cache.vms.snapshot().values():
-            spec, node = raw.get(OWN_VALUE), (raw.get("placement") or {}).get("node")
-            if not spec or node not in wanted:
-                continue
-            figures = wanted[node]
-            figures["memory_provisioned_mib"] += spec["memory_mib"]
-            if raw.get("state") in schema.RUNNING_STATES:
-                figures["memory_allocated_mib"] += spec["memory_mib"]
-                figures["vcpus_allocated"] += spec["vcpus"]
-                figures["vms_running"] += 1
+        by_node = self.decided_load.by_node()
         overcommit = float(self.cache.config.get().get("memory_overcommit",
                                                        schema.DEFAULT_CLUSTER_CONFIG["memory_overcommit"]))
         for node in nodes:
-            decided = wanted[node["name"]]
+            decided = by_node.get(node["name"]) or dict.fromkeys(FIGURES, 0)
             node["memory_overcommit"] = overcommit
             node["memory_limit_mib"] = int(node["memory_total_mib"] * overcommit) \
                 if node.get("memory_total_mib") else None

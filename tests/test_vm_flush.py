@@ -110,3 +110,22 @@ def test_a_command_made_while_a_node_daemon_restarts_still_reaches_its_vm(cluste
 
     assert (migrated["node"], migrated["running"]) == ("hv1", True)
     wait_running_on(cluster, "patient", "hv1")
+
+
+def test_defines_without_a_target_go_where_least_is_placed_already_and_a_removal_frees_its_share(cluster):
+    first = [f"placed{index}" for index in range(9)]
+    for name in first:
+        cluster.client.vms.define(vm_xml(name), node_selector="memprov")
+
+    placed = {vm["name"]: vm["node"] for vm in cluster.client.vms.list()}
+    assert sorted(Counter(placed[name] for name in first).values()) == [3, 3, 3], \
+        f"nine defines in a row, before any node reports them, are spread by what is placed already: {placed}"
+
+    for name in [name for name in first if placed[name] == "hv2"]:
+        cluster.client.vms.remove(name, wait=True)
+    again = [f"again{index}" for index in range(3)]
+    for name in again:
+        cluster.client.vms.define(vm_xml(name), node_selector="memprov")
+
+    placed = {vm["name"]: vm["node"] for vm in cluster.client.vms.list()}
+    assert [placed[name] for name in again] == ["hv2"] * 3, placed

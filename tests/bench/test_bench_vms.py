@@ -3,6 +3,8 @@
 - a coordinator started against 10,000 VMs and 96 nodes on record: seconds to its first complete `vms.list()`
   (target under 3 s), with its start-up phases; then `vms.list()` end to end from Python (median and p90 ms;
   target under 100 ms), and a list's parts (catch_up, views, encoding) timed in this process;
+- 1,000 defines from 8 clients with 10,000 VMs on record, placed by the default selector (defines per second;
+  target above 200/s), with a profile of the coordinator's share;
 - a flush of 100 VMs on simulated hosts (seconds; target under 10 s);
 - a selector's choice among 1,000 nodes (µs).
 """
@@ -10,10 +12,12 @@ import os
 import statistics
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import msgpack
 import pytest
 
+import pvc
 from pvc import placement, schema
 from pvc.cache import ClusterCache, Views
 from pvc.errors import PVCError
@@ -30,6 +34,8 @@ VMS_LISTED = 10_000
 NODES_RECORDED = 96
 LIST_CALLS = 25
 VMS_FLUSHED = 100
+DEFINES = 1_000
+DEFINE_CLIENTS = 8
 NODES_RANKED = 1_000
 
 
@@ -158,6 +164,41 @@ def test_bench_listing_10000_vms(fresh_cluster):
           f"max {max(timings):.0f} ms (target < 100 ms)")
     print("  in this process (median ms): " + ", ".join(f"{part} {statistics.median(values):.1f}"
                                                       for part, values in parts.items()))
+
+
+@pytest.mark.cluster(nodes=4)
+def test_bench_1000_defines_from_8_clients_with_10000_on_record(fresh_cluster):
+    local = fresh_cluster.local
+    store = patient_store(local)
+    try:
+        record_vms(store, VMS_LISTED, node="elsewhere")
+    finally:
+        store.stop()
+    names = [f"burst{index:04d}" for index in range(DEFINES)]
+    clients = [pvc.connect(local.uris, local.state["api_key"], timeout=60) for _ in range(DEFINE_CLIENTS)]
+    timings: list[float] = []
+
+    def define_share(client, share: list[str]) -> None:
+        for name in share:
+            began = time.perf_counter()
+            client.vms.define(vm_xml(name, memory_mib=256))
+            timings.append((time.perf_counter() - began) * 1000)
+
+    began = time.monotonic()
+    try:
+        with ThreadPoolExecutor(DEFINE_CLIENTS) as pool:
+            for done in [pool.submit(define_share, client, names[index::DEFINE_CLIENTS])
+                         for index, client in enumerate(clients)]:
+                done.result()
+    finally:
+        for client in clients:
+            client.close()
+    took = time.monotonic() - began
+    listed = {vm["name"] for vm in fresh_cluster.client.vms.list()}
+    assert set(names) <= listed, f"{len(set(names) - listed)} defined VMs are not listed"
+    print(f"\n{DEFINES} defines from {DEFINE_CLIENTS} clients with {VMS_LISTED} VMs on record: {took:.1f} s, "
+          f"{DEFINES / took:.1f}/s (target > 200/s); each: median {statistics.median(timings):.0f} ms, "
+          f"p90 {statistics.quantiles(timings, n=10)[-1]:.0f} ms; load average {os.getloadavg()[0]:.1f}")
 
 
 @pytest.mark.cluster(nodes=3)
