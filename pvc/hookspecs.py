@@ -419,7 +419,8 @@ class ClusterHealthContext(Protocol):
         """Every node as ``nodes.info`` shows it (with ``keepalive_age_s``)."""
 
     def vm_views(self) -> list[dict[str, Any]]:
-        """Every VM as ``vms.list`` shows it (``state``, ``node``, ``running``: None while unknown)."""
+        """Every VM as ``vms.list`` shows it (``state``, ``node``, ``running``: None while unknown). The views
+        are shared with later rounds: read them, never change them."""
 
     def recoveries(self) -> list[dict[str, Any]]:
         """Each node's latest fence-and-recover task (``node``, ``state``: failed, done, ...; ``reason``)."""

@@ -97,9 +97,11 @@ class ClusterCollector:
                 if changed_nodes != []:
                     self._vm_statistics({name: raw for name, raw in cache.nodes.snapshot().items()
                                          if raw.get(OWN_VALUE) is not None})
-                if changed_vms != []:
+                if changed_vms is None:
                     self._vms({name: raw for name, raw in cache.vms.snapshot().items()
                                if raw.get(OWN_VALUE) is not None})
+                elif changed_vms:
+                    self._render_vms_again(changed_vms)
                 seen_nodes, seen_vms = nodes_now, vms_now
             except Exception:  # noqa: BLE001 - a scrape renders whatever this missed; the loop must go on
                 log.exception("metrics: rendering the cache's changes failed")
@@ -198,7 +200,7 @@ class ClusterCollector:
             kept = self._rendered_vms
             fresh: dict[str, tuple[tuple, tuple[str, ...]]] = {}
             for name, raw in sorted(vms.items()):
-                sources = (raw.get(OWN_VALUE), raw.get("state"), raw.get("placement"), raw.get("status"))
+                sources = _sources(raw)
                 previous = kept.get(name)
                 if previous is None or any(old is not new for old, new in zip(previous[0], sources)):
                     previous = (sources, _render_vm(name, raw))
@@ -207,6 +209,19 @@ class ClusterCollector:
             self._rendered_vms = fresh
         return "".join(header(name, "gauge", help_text) + "".join(lines[index] for lines in rendered)
                        for index, (name, help_text) in enumerate(_VM_FAMILIES))
+
+    def _render_vms_again(self, names: list[str]) -> None:
+        """Render the VMs that changed, and forget those that went, so that a scrape finds every VM's lines
+        ready: rendering changes by walking every VM cost a coordinator CPU at 10,000 VMs whenever one of
+        them changed."""
+        vms = self._context.cache.vms
+        with self._lock:
+            for name in names:
+                raw = vms.get(name)
+                if raw is None or raw.get(OWN_VALUE) is None:
+                    self._rendered_vms.pop(name, None)
+                else:
+                    self._rendered_vms[name] = (_sources(raw), _render_vm(name, raw))
 
     def _vm_statistics(self, nodes) -> str:
         per_node = []
@@ -276,6 +291,11 @@ _VM_FAMILIES = (
     ("pvc_vm_vcpus", "vCPUs the VM is defined with"),
     ("pvc_vm_memory_bytes", "Memory the VM is defined with"),
 )
+
+
+def _sources(raw: dict[str, Any]) -> tuple:
+    """The records a VM's lines are rendered from; their identities stand for their contents."""
+    return raw.get(OWN_VALUE), raw.get("state"), raw.get("placement"), raw.get("status")
 
 
 def _render_vm(name: str, raw: dict[str, Any]) -> tuple[str, ...]:
