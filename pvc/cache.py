@@ -246,10 +246,14 @@ class WatchedCollection:
                     if (name, key) not in self._watchers:
                         watcher = self._watchers[(name, key)] = self._watcher(name, key)
                         entries.append((name, key, watcher))
-        for first in range(0, len(entries), BULK_READ):
-            self._read_many(entries[first:first + BULK_READ])
+        self._read_many(entries)
 
     def _read_many(self, entries: list[tuple[str, str, Callable]]) -> None:
+        """Read each (name, key, watcher) and leave its watch, `BULK_READ` to a request."""
+        for first in range(0, len(entries), BULK_READ):
+            self._read_batch(entries[first:first + BULK_READ])
+
+    def _read_batch(self, entries: list[tuple[str, str, Callable]]) -> None:
         if self._store.stopping:
             return
         zk = self._store.zk
@@ -348,7 +352,7 @@ class WatchedCollection:
 
     def _on_session_state(self, state: str) -> None:
         """A lost session loses its watches, and a read cut off by a lost connection never completes: read
-        everything again when connected again, from a thread of its own. kazoo calls this on its connection
+        everything again (in bulk) when connected again, from a thread of its own. kazoo calls this on its connection
         thread, which also drains the pipe each request pokes; thousands of reads sent from here filled that
         pipe, and the thread blocked writing to itself: every coordinator hung for good after a ZooKeeper quorum
         loss (fault checker, lab family)."""
@@ -361,9 +365,8 @@ class WatchedCollection:
     def _resync(self) -> None:
         self._list_children()
         with self._lock:
-            watched = list(self._watchers.items())
-        for (name, key), watcher in watched:
-            self._fetch(name, key, watcher)
+            watched = [(name, key, watcher) for (name, key), watcher in self._watchers.items()]
+        self._read_many(watched)
 
     def _apply(self, name: str, key: str, data: bytes | None, stat: ZnodeStat) -> None:
         value = schema.decode(data)
