@@ -22,6 +22,7 @@ from typing import Any, Callable
 import libvirt
 
 import pvc
+from pvc.cli.localcluster.cluster import NODE_MEMORY_MIB
 from pvc.errors import PVCError, Unavailable
 
 from helpers import eventually
@@ -29,8 +30,8 @@ from vm_support import vm_xml, wait_for_task
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 VM_MEMORY_MIB = 256
-"""Small enough that a node's share of VMs, and a dead or flushed node's share on top, fit a simulated node's
-64 GiB at any size the bench runs."""
+"""A VM's memory, unless a node's share of VMs, doubled, would not fit a simulated node's 64 GiB
+(`Scale.vm_memory_mib`): a dead or flushed node's share then still fits on top."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,13 @@ class Scale:
     def start_timeout(self) -> float:
         """Seconds `up` may wait for every node to run, beyond starting them one after another."""
         return 60 + 2 * self.nodes
+
+    @property
+    def vm_memory_mib(self) -> int:
+        """`VM_MEMORY_MIB`, or less (a multiple of 32) where a node's share is large: 500 VMs a node, to
+        flush and recover 500 at once, take 64 MiB each."""
+        per_node = -(-self.vms // self.nodes)
+        return max(32, min(VM_MEMORY_MIB, NODE_MEMORY_MIB // (2 * per_node) // 32 * 32))
 
     @property
     def bulk_timeout(self) -> float:
@@ -262,7 +270,7 @@ class ScaleBench:
         home = {name: nodes[index % len(nodes)] for index, name in enumerate(self.names)}
         meter = CpuMeter(self.local)
         define_s = self._each_by_clients(self.names, lambda client, name: client.vms.define(
-            vm_xml(name, memory_mib=VM_MEMORY_MIB), target=home[name]))
+            vm_xml(name, memory_mib=self.scale.vm_memory_mib), target=home[name]))
         start_s = self._each_by_clients(self.names, lambda client, name: client.vms.start(name))
         began = time.monotonic()
         self.wait_all_running(home, self.scale.bulk_timeout)
@@ -422,7 +430,7 @@ class ScaleBench:
     def burst_defines(self) -> None:
         names = [f"burst{index:05d}" for index in range(self.scale.burst_defines)]
         took = self._each_by_clients(names, lambda client, name: client.vms.define(
-            vm_xml(name, memory_mib=VM_MEMORY_MIB)))
+            vm_xml(name, memory_mib=self.scale.vm_memory_mib)))
         listed = {vm["name"] for vm in self.client.vms.list()}
         assert set(names) <= listed, f"{len(set(names) - listed)} defined VMs not listed"
         self.report("defines_per_s", len(names) / took,

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from pvc.cli.localcluster.cluster import FENCE_INTERVALS, KEEPALIVE_INTERVAL
-from pvc.cli.localcluster.processes import pid_alive, process_cmdline
+from pvc.cli.localcluster.pidfiles import process_cmdline
+from pvc.cli.localcluster.processes import pid_alive
 
 from conftest import started_cluster
 from guest_support import boot_guests, wait_heartbeat

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from pvc.cli.localcluster.cluster import LocalCluster
-from pvc.cli.localcluster.processes import pid_alive, read_pid
+from pvc.cli.localcluster.pidfiles import read_pid
+from pvc.cli.localcluster.processes import pid_alive
 
 
 def run(program: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -1,9 +1,10 @@
 """A simulated host's BMC: OpenIPMI's ipmi_sim on a UDP port of the host's address, whose chassis power is
 the host's power.
 
-ipmi_sim runs its ``chassis_control`` command for every power request; ours is this module::
+ipmi_sim runs its ``chassis_control`` command for every power request: ``chassis.py`` (run without site
+packages), which answers a status itself and hands every power action to this module::
 
-    python -m pvc.cli.localcluster.bmc DIRECTORY get power      -> power:1 while the host runs, else power:0
+    python -S chassis.py DIRECTORY get power                    -> power:1 while the host runs, else power:0
     python -m pvc.cli.localcluster.bmc DIRECTORY set power 0    -> the power cut (`SimulatedBMC.power_off`)
     python -m pvc.cli.localcluster.bmc DIRECTORY set power 1    -> power on (`SimulatedBMC.power_on`)
     python -m pvc.cli.localcluster.bmc DIRECTORY set reset 1    -> off, then on
@@ -17,8 +18,8 @@ takes longer than that to start (a request run twice would reset twice).
 A BMC of a local cluster (`cluster_state_dir`) powers the node, not only its host: the power cut also kills
 the node's pvcnoded (SIGKILL, as a real power cut does), and power on starts the host empty, as a real host
 boots with no VM running, and then its pvcnoded. Everything lives in the BMC's directory: ``bmc.json`` (port,
-credentials, which host), ipmi_sim's ``lan.conf`` and ``bmc.emu``, its log and pid file, and
-``control.log``, one line per power action. See ``notes/infra.md`` for the measured facts behind each file.
+credentials, which host), ``power_evidence`` (the host's pid file and argv marker, for ``chassis.py``),
+ipmi_sim's ``lan.conf`` and ``bmc.emu``, its log and pid file, and ``control.log``, one line per power action. See ``notes/infra.md`` for the measured facts behind each file.
 
     bmc = SimulatedBMC(directory, host)
     bmc.start("admin", "secret")
@@ -46,7 +47,9 @@ if TYPE_CHECKING:
     from pvc.plugins.fencing import BMC
 
 CONTROL_MODULE = "pvc.cli.localcluster.bmc"
-"""This module, run as ipmi_sim's chassis_control (by name: run with -m, its ``__name__`` is __main__)."""
+"""This module, run for each power action (by name: run with -m, its ``__name__`` is __main__)."""
+CHASSIS_SCRIPT = Path(__file__).with_name("chassis.py")
+"""ipmi_sim's chassis_control: a power status without the package's start-up, the rest through this module."""
 PORT_ATTEMPTS = 3
 PORT_TAKEN = "Address already in use"
 """What ipmi_sim logs when its UDP port was taken between our finding it free and its binding it."""
@@ -174,7 +177,9 @@ class SimulatedBMC:
                     "host_address": getattr(self.host, "address", None), "host_netns": self.host.netns,
                     "cluster_state_dir": str(self.cluster_state_dir) if self.cluster_state_dir else None}
         _write_private(self.directory / "bmc.json", json.dumps(settings, indent=2))
-        control = shlex.join([sys.executable, "-m", CONTROL_MODULE, str(self.directory)])
+        pid_file, marker = self.host.power_evidence
+        (self.directory / "power_evidence").write_text(f"{pid_file}\n{marker}\n")
+        control = shlex.join([sys.executable, "-S", str(CHASSIS_SCRIPT), str(self.directory)])
         _write_private(self.directory / "lan.conf", _LAN_CONF.format(
             name=self.name, address=self.address, port=port, guid=uuid.uuid4().hex, user=user,
             password=password, control=control.replace("\\", "\\\\").replace('"', '\\"')))

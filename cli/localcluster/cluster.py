@@ -25,8 +25,9 @@ import yaml
 from pvc.cli.localcluster.bmc import SimulatedBMC
 from pvc.cli.localcluster.prometheus import LocalPrometheus
 from pvc.cli.localcluster.ceph import PrivateCeph
-from pvc.cli.localcluster.processes import (exit_description, free_port, kill_pid, live_pid, log_tail, read_pid,
-                                            start_detached, stop_pid)
+from pvc.cli.localcluster.pidfiles import read_pid
+from pvc.cli.localcluster.processes import (exit_description, free_port, kill_pid, live_pid, log_tail, start_detached,
+                                            stop_pid)
 from pvc.cli.localcluster import guest
 from pvc.cli.localcluster.lab import Lab
 from pvc.cli.localcluster.qemuhost import QemuHost

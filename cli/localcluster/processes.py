@@ -17,6 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from pvc.cli.localcluster import pidfiles
+from pvc.cli.localcluster.pidfiles import proc_alive, process_cmdline
+
 T = TypeVar("T")
 
 # Children started by this process, kept so that they are reaped as soon as they
@@ -88,13 +91,7 @@ def pid_alive(pid: int) -> bool:
     if child is not None and child.poll() is not None:
         _exit_codes[pid] = _children.pop(pid).returncode
         return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    # The command name in parentheses may itself contain spaces or parentheses.
-    state = stat.rpartition(")")[2].split()[0]
-    return state not in ("Z", "X")
+    return proc_alive(pid)
 
 
 def exit_description(pid: int) -> str:
@@ -103,15 +100,6 @@ def exit_description(pid: int) -> str:
     if code is None:
         return ""
     return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-
-
-def process_cmdline(pid: int) -> list[str]:
-    """The argv of pid, empty if it is gone; used to tell our process from a recycled pid."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
 
 
 def start_detached(
@@ -176,36 +164,9 @@ def stop_pid(pid: int, timeout: float = 10.0) -> None:
         kill_pid(pid)
 
 
-def read_pid(pid_path: Path) -> int | None:
-    """The pid recorded in pid_path, or None when there is no usable record."""
-    try:
-        return int(Path(pid_path).read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def live_pid(pid_path: Path, marker: str) -> int | None:
-    """The pid in pid_path if that process still runs and its argv mentions marker.
-
-    A pid file can outlive its process by days (``pvc-local down`` after a reboot),
-    and the pid may since belong to something else that must not be killed.
-    """
-    pid = read_pid(pid_path)
-    if pid is None or not pid_alive(pid):
-        return None
-    if not any(marker in arg for arg in _settled_cmdline(pid)):
-        return None
-    return pid
-
-
-def _settled_cmdline(pid: int, timeout: float = 2.0) -> list[str]:
-    """pid's argv once it has one. While a process execs (`ip netns exec` becoming the daemon, a script's
-    shebang becoming its interpreter) its /proc cmdline reads empty for a moment; taken as the argv, a daemon
-    starting in a namespace once passed for dead, its log still empty (CI)."""
-    deadline = time.monotonic() + timeout
-    while not (argv := process_cmdline(pid)) and pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return argv
+    """The pid in pid_path if that process still runs and its argv mentions marker (`pidfiles.live_pid`)."""
+    return pidfiles.live_pid(pid_path, marker, alive=pid_alive)
 
 
 def log_tail(log_path: Path, lines: int = 20) -> str:

@@ -119,9 +119,14 @@ class QemuHost:
         return self.directory / "init.pid"
 
     @property
+    def power_evidence(self) -> tuple[Path, str]:
+        """The pid file and the argv marker of the process whose life is the host's power (its init)."""
+        return self.directory / "init.pid", str(self.directory / "supervisor.sh")
+
+    @property
     def pid(self) -> int | None:
         """The host PID of the namespace's init (tini), or None when the host is off."""
-        return live_pid(self.directory / "init.pid", str(self.directory / "supervisor.sh"))
+        return live_pid(*self.power_evidence)
 
     @property
     def running(self) -> bool:

@@ -80,10 +80,15 @@ class SimulatedHost:
         return self.directory / "events.log"
 
     @property
+    def power_evidence(self) -> tuple[Path, str]:
+        """The pid file and the argv marker of the process whose life is the host's power (libvirtd): the
+        command line check guards against a pid file outliving its process."""
+        return self.directory / "libvirtd.pid", str(self.directory / "libvirtd.conf")
+
+    @property
     def pid(self) -> int | None:
         """The libvirtd pid, or None when the host is off."""
-        # The command line check guards against a pid file outliving its process.
-        return live_pid(self.directory / "libvirtd.pid", str(self.directory / "libvirtd.conf"))
+        return live_pid(*self.power_evidence)
 
     @property
     def holder_pid(self) -> int | None:

@@ -27,7 +27,8 @@ import pytest
 
 from pvc.cli.localcluster import guest
 from pvc.cli.localcluster.cluster import LocalCluster
-from pvc.cli.localcluster.processes import free_port, pid_alive, process_cmdline
+from pvc.cli.localcluster.pidfiles import process_cmdline
+from pvc.cli.localcluster.processes import free_port, pid_alive
 
 from conftest import RunningCluster
 from guest_support import guest_xml, heartbeats, wait_heartbeat

@@ -68,7 +68,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from pvc.cli.localcluster.cluster import LIBVIRT_TIMEOUT
-from pvc.cli.localcluster.processes import exit_description, read_pid
+from pvc.cli.localcluster.pidfiles import read_pid
+from pvc.cli.localcluster.processes import exit_description
 from pvc.errors import NotFound, PVCError
 
 from faults.history import Fault, Freeze, History, Operation
