@@ -352,10 +352,10 @@ class WatchedCollection:
 
     def _on_session_state(self, state: str) -> None:
         """A lost session loses its watches, and a read cut off by a lost connection never completes: read
-        everything again (in bulk) when connected again, from a thread of its own. kazoo calls this on its connection
-        thread, which also drains the pipe each request pokes; thousands of reads sent from here filled that
-        pipe, and the thread blocked writing to itself: every coordinator hung for good after a ZooKeeper quorum
-        loss (fault checker, lab family)."""
+        everything again (in bulk) when connected again, from a thread of its own. kazoo calls this on its
+        connection thread, which also drains the pipe each request pokes; thousands of reads sent from here
+        filled that pipe, and the thread blocked writing to itself: every coordinator hung for good after a
+        ZooKeeper quorum loss (fault checker, lab family)."""
         if state != KazooState.CONNECTED:
             self._resync_needed = True
         elif self._resync_needed:

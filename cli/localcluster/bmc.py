@@ -19,7 +19,8 @@ A BMC of a local cluster (`cluster_state_dir`) powers the node, not only its hos
 the node's pvcnoded (SIGKILL, as a real power cut does), and power on starts the host empty, as a real host
 boots with no VM running, and then its pvcnoded. Everything lives in the BMC's directory: ``bmc.json`` (port,
 credentials, which host), ``power_evidence`` (the host's pid file and argv marker, for ``chassis.py``),
-ipmi_sim's ``lan.conf`` and ``bmc.emu``, its log and pid file, and ``control.log``, one line per power action. See ``notes/infra.md`` for the measured facts behind each file.
+ipmi_sim's ``lan.conf`` and ``bmc.emu``, its log and pid file, and ``control.log``, one line per power action.
+See ``notes/infra.md`` for the measured facts behind each file.
 
     bmc = SimulatedBMC(directory, host)
     bmc.start("admin", "secret")

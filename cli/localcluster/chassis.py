@@ -2,8 +2,8 @@
 packages (``python -S``). ipmi_sim asks it the power state on every ``ipmitool chassis status``, and every node's
 BMC health check asks every 10 s: through the package, each answer cost 0.1 s of CPU to start Python and import
 the local cluster, a whole core at 96 nodes. It answers ``DIRECTORY get power`` itself, from the host's pid file
-and marker that the BMC recorded in ``power_evidence`` (two lines; no JSON parser to load); every other request (the power actions) goes on to the
-package's module."""
+and marker that the BMC recorded in ``power_evidence`` (two lines; no JSON parser to load); every other request
+(the power actions) goes on to the package's module."""
 import os
 import sys
 
