@@ -265,8 +265,9 @@ class RecoveryExecution(TaskExecution):
         settles. The records are the whole truth: an earlier run's starts that have not settled (a leader that
         died midway) hold their node's places and are waited for first (`_unsettled_starts`).
 
-        Each node has its own workers, as many as its bound: a node slow to start its VMs holds up only its
-        own queue, never the starts on other nodes."""
+        Each node has its own workers, as many as its bound, and a start is recorded in the worker that then
+        waits for it: a node slow to start its VMs holds up only its own queue, never the starts on other nodes,
+        and the records (a lock, a read and a write in ZooKeeper each) are made side by side."""
         starting = self._unsettled_starts()
         queues = self._targets()
         bound = self._context.settings["recovery_starts_per_node"]
@@ -277,25 +278,20 @@ class RecoveryExecution(TaskExecution):
         under_way: dict[Future, str] = {}
         workers: dict[str, ThreadPoolExecutor] = {}
 
-        def begin(name: str, target: str) -> None:
+        def begin(name: str, target: str, work: Callable[[str, str], tuple[str, str | None]]) -> None:
             if target not in workers:
                 workers[target] = ThreadPoolExecutor(bound, thread_name_prefix=f"recovery-{target}")
-            under_way[workers[target].submit(self._converge, name, [target])] = target
+            under_way[workers[target].submit(work, name, target)] = target
 
         try:
             for name, target in sorted(starting.items()):
-                begin(name, target)
+                begin(name, target, self._await_start)
             while True:
                 per_node = Counter(under_way.values())
                 for target, queue in queues.items():
                     while queue and per_node[target] < bound:
-                        name = queue.popleft()
-                        if self._record(name, self._start_on(target)):
-                            begin(name, target)
-                            per_node[target] += 1
-                        else:
-                            with self._progress_lock:
-                                self.task["total"] -= 1
+                        begin(queue.popleft(), target, self._start_elsewhere)
+                        per_node[target] += 1
                 if not under_way:
                     return failures
                 settled, _ = wait(under_way, return_when=FIRST_COMPLETED)
@@ -309,6 +305,29 @@ class RecoveryExecution(TaskExecution):
         finally:
             for pool in workers.values():
                 pool.shutdown(wait=True)
+
+    def _start_elsewhere(self, name: str, target: str) -> tuple[str, str | None]:
+        """Record the VM's start on `target` and wait for it there, in one of that node's workers. Recorded one
+        after the other by the task's own thread, the records set the pace of a large recovery."""
+        if not self._record(name, self._start_on(target)):
+            with self._progress_lock:
+                self.task["total"] -= 1
+            return name, None
+        return self._await_start(name, target)
+
+    def _await_start(self, name: str, target: str) -> tuple[str, str | None]:
+        """Wait for the VM's start on `target`. A target that went dead or was fenced meanwhile (it stopped the
+        VM, or fenced itself) leaves the VM to that node's own recovery: no failure of this one, which would
+        otherwise end ``failed`` and be tried again for a VM already being moved (fault checker, lab family)."""
+        name, error = self._converge(name, [target])
+        if error is None:
+            return name, None
+        state = daemon_state(self._context, target)[0]
+        if state in ("dead", "fenced"):
+            log.info("task %s: %s: its new node %s is %s now; that node's recovery moves it (%s)", self.task["id"],
+                     name, target, state, error)
+            return name, None
+        return name, error
 
     def _targets(self) -> dict[str, deque[str]]:
         """The node each running VM of the fenced node is to start on, chosen as one batch (each placement

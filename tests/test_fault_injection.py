@@ -27,7 +27,7 @@ from conftest import started_cluster
 from faults import checker, nemesis, workload
 from faults.history import Fault, Freeze, History, Operation, Sample
 from faults.monitor import HostGate, Monitor, read_hosts
-from faults.run import FaultRun, run_faults, seconds_from_env, seed_from_env
+from faults.run import FaultRun, fault_outcomes, run_faults, seconds_from_env, seed_from_env
 from guest_support import guest_xml
 from helpers import eventually
 from vm_support import vm_xml
@@ -345,6 +345,30 @@ def test_a_migration_must_land_where_it_was_sent_unless_the_nodes_gave_up_on_it(
              "moved": ["web"], "shut_down": []}
     assert _commands(operations, [{"name": "web", "state": "start", "node": "hv1"}], [ready]) == []
     assert _commands(operations, [{"name": "web", "state": "start", "node": "hv2"}], [ready]) != []
+
+
+def test_a_cut_fenced_late_because_too_many_nodes_looked_dead_is_its_own_and_no_zookeeper_faults():
+    """Seed 370132158 (lab, 600 s): hv1 and hv5 cut together while hv4's cut overlapped; the leader refused to
+    fence three of five, and fenced them once fewer looked dead, 32 s after the cut and just after a ZooKeeper
+    leader's loss."""
+    history = History()
+    history.add(Fault("cut-minority", "hv5+hv1", 579.5, 588.0))
+    history.add(Fault("kill-zookeeper-leader", "zk3", 595.7, 600.8))
+
+    def recovery(task_id, node, created, state, reason=None):
+        return {"id": task_id, "kind": "recover", "node": node, "state": state, "reason": reason,
+                "created": history.wall_origin + created}
+
+    refused = "3 of 5 nodes look dead at once: more likely a ZooKeeper or network fault than dead hosts"
+    late = [recovery("recover-hv1-2", "hv1", 620.5, "done"), recovery("recover-hv5-2", "hv5", 621.0, "done")]
+    assert len(fault_outcomes(history, late)) == 4, "without a refusal, both are late and blamed on ZooKeeper"
+
+    held = [recovery("recover-hv1-1", "hv1", 596.0, "failed", refused),
+            recovery("recover-hv5-1", "hv5", 596.1, "failed", refused)]
+    assert fault_outcomes(history, held + late) == []
+    assert fault_outcomes(history, held) == [
+        "hv5 was cut off (cut-minority hv5+hv1 at 579.500..588.000 s), yet no recovery of it completed",
+        "hv1 was cut off (cut-minority hv5+hv1 at 579.500..588.000 s), yet no recovery of it completed"]
 
 
 # -- the monitor's positive control: a copy started behind PVC's back is found ------------------------------

@@ -13,6 +13,7 @@ task active, twice in a row) while the monitor still watches; only then does the
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 import threading
@@ -290,6 +291,8 @@ FENCE_WINDOW_S = 25.0
 SELF_FENCED_BY_S = 4.5
 """Seconds after its link is cut by which a host must have stopped every VM: the leader's fence deadline (4 s)
 and a margin for the monitor's reading."""
+MASS_DEATH = "look dead at once"
+"""What the leader says of a recovery it refuses because more than half of the nodes look dead at once."""
 FENCED_CUT_S = 5.5
 """A cut this long at least must get its hosts fenced (one the end of the run cut short is not judged)."""
 
@@ -307,8 +310,8 @@ def fault_outcomes(history: History, tasks: list[dict[str, Any]]) -> list[str]:
     - a ZooKeeper server killed, the leading one included, fences nothing: no recovery of a node that no other
       fault could have got fenced begins while it is down or within `FENCE_WINDOW_S` of its return."""
     recoveries = _recoveries(history, tasks)
-    heavy = [(set(fault.target.split("+")), fault.injected, fault.healed + FENCE_WINDOW_S)
-             for fault in history.faults if fault.kind in nemesis.HEAVY]
+    heavy = [(node, fault.injected, _window_end(fault, node, recoveries))
+             for fault in history.faults if fault.kind in nemesis.HEAVY for node in fault.target.split("+")]
     problems = [f"{node} was cut off ({fault.kind} {fault.target} at {fault.injected:.3f}..{fault.healed:.3f} s), "
                 f"yet no recovery of it completed" for fault, node in _unrecovered_cuts(history, recoveries)]
     for fault in history.faults:
@@ -321,7 +324,7 @@ def fault_outcomes(history: History, tasks: list[dict[str, Any]]) -> list[str]:
             for created, task in recoveries:
                 node = task.get("node")
                 if fault.injected <= created <= fault.healed + FENCE_WINDOW_S and not any(
-                        node in nodes and start <= created <= end for nodes, start, end in heavy):
+                        node == cut and start <= created <= end for cut, start, end in heavy):
                     problems.append(f"{fault.kind} {fault.target} at {fault.injected:.3f}..{fault.healed:.3f} s "
                                     f"got node {node} fenced ({task.get('id')} at {created:.3f} s, "
                                     f"{task.get('state')}): losing one ZooKeeper server must fence nothing")
@@ -338,20 +341,32 @@ def _recoveries(history: History, tasks: list[dict[str, Any]]) -> list[tuple[flo
 
 def _unrecovered_cuts(history: History, recoveries: list[tuple[float, dict[str, Any]]]) -> list[tuple[Any, str]]:
     """Each (fault, node) of a cut that must get its hosts fenced with no recovery of that node completed within
-    `FENCE_WINDOW_S` of it."""
+    its window (`_window_end`)."""
     return [(fault, node) for fault in history.faults if _must_fence(fault) for node in fault.target.split("+")
             if not any(task.get("node") == node and task.get("state") == "done"
-                       and fault.injected <= created <= fault.healed + FENCE_WINDOW_S for created, task in recoveries)]
+                       and fault.injected <= created <= _window_end(fault, node, recoveries)
+                       for created, task in recoveries)]
+
+
+def _window_end(fault, node: str, recoveries: list[tuple[float, dict[str, Any]]]) -> float:
+    """Until when a recovery of `node` is this fault's own: `FENCE_WINDOW_S` after it heals, or to the end of the
+    run when a recovery of the node begun in that window was refused because more than half of the nodes looked
+    dead at once (`MASS_DEATH`): overlapping cuts had cut off that many, and the node is fenced only once fewer
+    look dead, when its recovery is tried again or a new leader begins one."""
+    end = fault.healed + FENCE_WINDOW_S
+    held = any(task.get("node") == node and MASS_DEATH in (task.get("reason") or "")
+               and fault.injected <= created <= end for created, task in recoveries)
+    return math.inf if held else end
 
 
 def awaited_recoveries(history: History, tasks: list[dict[str, Any]]) -> list[str]:
     """The recoveries settling still waits for: a cut that ended with the run may be fenced only after it (the
     leader counts its deadline from when it last reached ZooKeeper, and a leader cut off during the cut was
-    replaced late in it), and the outcome is judged only once its window is over."""
-    now = history.now()
+    replaced late in it; one held back while too many nodes looked dead is fenced once fewer do), and the
+    outcome is judged only once its window is over or settling gives up."""
+    now, recoveries = history.now(), _recoveries(history, tasks)
     return [f"awaiting a recovery of {node} (cut off at {fault.injected:.3f}..{fault.healed:.3f} s)"
-            for fault, node in _unrecovered_cuts(history, _recoveries(history, tasks))
-            if now <= fault.healed + FENCE_WINDOW_S]
+            for fault, node in _unrecovered_cuts(history, recoveries) if now <= _window_end(fault, node, recoveries)]
 
 
 def _self_fenced(history: History, fault) -> list[str]:
