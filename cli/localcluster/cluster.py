@@ -9,6 +9,7 @@ cut, severed and healed (`cut_link`, `isolate`, `sever`, `heal_all`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -399,11 +400,14 @@ class LocalCluster:
         return None
 
     def wait_ready(self, timeout: float) -> None:
-        """Until every node is in run and ready and a coordinator leads: only then do flushes and the like run."""
+        """Until every node is in run and ready, a coordinator leads and every coordinator answers: only then do
+        flushes and the like run, and a caller that talks to one coordinator by its address finds it serving
+        (one still loading its cache had refused a test's first reads)."""
         from pvc.client import connect
         if self.state.get("tls"):
             use_tls(ca=str(self.tls_cert))
         client = connect(self.uris, self.state["api_key"], timeout=2)
+        starting = set(self.uris)
         deadline = time.monotonic() + timeout
         while True:
             self._check_alive()
@@ -412,15 +416,28 @@ class LocalCluster:
                 leader = client.cluster.status()["leader"]
             except Unavailable:
                 nodes, leader = {}, None
-            if leader and all(name in nodes and nodes[name]["daemon_state"] == "run"
-                              and nodes[name]["domain_state"] == "ready" for name in self.node_names):
+            starting = {uri for uri in starting if not self._answers(uri)}
+            if leader and not starting and all(name in nodes and nodes[name]["daemon_state"] == "run"
+                                               and nodes[name]["domain_state"] == "ready"
+                                               for name in self.node_names):
                 client.close()
                 return
             if time.monotonic() > deadline:
-                raise Unavailable(f"nodes not all run and ready, or no leader, after {timeout:g} s: "
-                                  + ", ".join(f"{name}={nodes.get(name, {}).get('daemon_state', 'absent')}"
-                                              for name in self.node_names) + f"; leader={leader}")
+                states = ", ".join(f"{name}={nodes.get(name, {}).get('daemon_state', 'absent')}"
+                                   for name in self.node_names)
+                raise Unavailable(f"nodes not all run and ready, no leader, or a coordinator not answering after "
+                                  f"{timeout:g} s: {states}; leader={leader}; "
+                                  f"not answering: {', '.join(sorted(starting)) or 'none'}")
             time.sleep(0.1)
+
+    def _answers(self, uri: str) -> bool:
+        from pvc.client import connect
+        try:
+            with contextlib.closing(connect([uri], self.state["api_key"], timeout=2)) as coordinator:
+                coordinator.cluster.status()
+            return True
+        except Unavailable:
+            return False
 
     def _check_alive(self) -> None:
         running = self.running_processes()
