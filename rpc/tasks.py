@@ -414,9 +414,15 @@ class TaskExecution:
         return failures
 
     def _converge(self, name: str, nodes: list[str]) -> tuple[str, str | None]:
+        """Wait for the VM's move to settle; a VM removed meanwhile went by a command, and is no failure of the
+        task (a recovery would otherwise end ``failed`` and be tried again: QEMU fault bench)."""
         error = None
         try:
             self._control.converge(name, nodes, wait=True, timeout=300)
+        except NotFound:
+            with self._progress_lock:
+                self.task.setdefault("changed_by_command", []).append(name)
+            log.info("task %s: %s was removed while it moved; left to that command", self.task["id"], name)
         except PVCError as failure:
             error = str(failure)
             log.warning("task %s: %s: %s", self.task["id"], name, failure)

@@ -4,6 +4,8 @@ names the VM still there and why, and `--wait` exits non-zero; concurrent flushe
 The failed move is real: the target's libvirtd already holds a domain (defined behind PVC's back) with the
 VM's UUID, so it refuses to define the VM and the VM returns to its node.
 """
+import os
+import signal
 import threading
 
 import libvirt
@@ -14,7 +16,7 @@ from pvc.errors import Conflict
 
 from helpers import eventually
 from vm_support import (assert_no_vm_on_two_hosts, new_uuid, pvc as pvc_cli, every_node_ready, remove_all_vms,
-                        running_hosts, vm_xml, wait_for_task, wait_running_on)
+                        running_hosts, vm_xml, wait_for_task, wait_gone, wait_running_on)
 
 
 @pytest.fixture(autouse=True)
@@ -142,16 +144,48 @@ def test_concurrent_flushes_of_one_node_make_one_task(cluster):
         wait_for_task(cluster.client, cluster.client.nodes.ready("hv3"))
 
 
-def test_a_flush_and_a_ready_at_once_make_one_task_and_one_clear_refusal(cluster):
+def test_a_flush_and_a_ready_at_once_never_run_together_and_the_other_kind_is_refused_clearly(cluster):
+    """Whichever call lands first makes the task; the other kind is refused while it runs. A task done before
+    the last call arrives (a ready of a ready node can end within the 0.13 s the calls took) lets that call make
+    a task of its own afterwards: never two at once. The VM on hv3 gives a flush first something to move."""
+    start_on(cluster, "hv3", "busy")
     before = {task["id"] for task in tasks_of(cluster, "hv3")}
 
-    results = concurrently(cluster, [("flush", "hv3"), ("ready", "hv3")] * 4)
+    calls = [("flush", "hv3"), ("ready", "hv3")] * 4
+    results = concurrently(cluster, calls)
 
     made = [task for task in tasks_of(cluster, "hv3") if task["id"] not in before]
-    assert len(made) == 1, [task["id"] for task in made]
+    assert 1 <= len(made) <= 2, [task["id"] for task in made]
+    for task in made:
+        assert eventually(lambda: cluster.client.nodes.task(task["id"])["state"] == "done", 30, 0.2), task
+    made = [cluster.client.nodes.task(task["id"]) for task in made]
+    for earlier, later in zip(made, made[1:]):
+        assert later["kind"] != earlier["kind"] and later["created"] >= earlier["finished"], (earlier, later)
     refused = [result for result in results if isinstance(result, Exception)]
-    given = [result for result in results if not isinstance(result, Exception)]
-    assert {task["id"] for task in given} == {made[0]["id"]}
-    assert len(refused) == 4 and all(isinstance(error, Conflict) and "in progress" in str(error)
-                                     for error in refused), refused
-    assert eventually(lambda: cluster.client.nodes.task(made[0]["id"])["state"] == "done", 30, 0.2)
+    assert len(refused) >= 8 - 4 * len(made) and all(
+        isinstance(error, Conflict) and "in progress" in str(error) for error in refused), refused
+    given = [(method, result) for (method, _node), result in zip(calls, results) if not isinstance(result, Exception)]
+    assert {result["id"] for _method, result in given} == {task["id"] for task in made}
+    assert all(result["kind"] == method for method, result in given), given
+
+
+def test_a_vm_removed_while_its_flush_waits_for_it_is_no_failure_of_the_flush(cluster):
+    """The flush records the move, then waits for the new node, whose libvirtd is frozen (so the start hangs
+    there) until an administrator has removed the VM: the flush ends done, naming the VM as changed by a
+    command, and the start that completes at the thaw is undone by the node. Before, the wait's `no VM named`
+    failed the task (and a recovery that met it was tried again: QEMU fault bench)."""
+    start_on(cluster, "hv1", "leaving", node_limit=["hv1", "hv2"])
+    libvirtd = cluster.local.host("hv2").pid
+    os.kill(libvirtd, signal.SIGSTOP)
+    try:
+        task = cluster.client.nodes.flush("hv1")
+        assert eventually(lambda: "leaving" in cluster.client.nodes.task(task["id"])["moved"], 5, 0.05)
+        removed = pvc_cli(cluster, "vm", "remove", "leaving", "--force", "--yes")
+        assert removed.exit_code == 0, removed.output
+    finally:
+        os.kill(libvirtd, signal.SIGCONT)
+
+    done = wait_for_task(cluster.client, task)
+    assert (done["state"], done["errors"], done.get("changed_by_command")) == ("done", [], ["leaving"]), done
+    wait_gone(cluster, "leaving")
+    assert "leaving" not in running_hosts(cluster)
