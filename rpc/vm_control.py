@@ -142,7 +142,7 @@ class VMControl:
         `wait` the answer is the VM as the caller's own refresh after its write read it: a catch-up here was a
         third of a define's time during a burst of defines."""
         if not wait:
-            self._background.submit(self.poke, name, nodes)
+            self.poke_soon(name, nodes)
             return models.vm_view(name, self.raw(name, caught_up=True))
         since_zxid = self.command_zxid(name)
         self.poke(name, nodes)
@@ -156,6 +156,12 @@ class VMControl:
         pending = [zk.exists_async(path) for path in
                    (schema.vm(name), schema.vm_key(name, "state"), schema.vm_key(name, "placement"))]
         return max((stat.mzxid for stat in (result.get() for result in pending) if stat is not None), default=0)
+
+    def poke_soon(self, name: str, nodes: list[str | None]) -> None:
+        """`poke` from a background thread: a command that does not wait for the nodes answers at once, even
+        when a node's agent is frozen and its call would last the agent timeout (a `vm remove --force` of a
+        VM on such a node answered after 4.3 s)."""
+        self._background.submit(self.poke, name, nodes)
 
     def poke(self, name: str, nodes: list[str | None], action: str = "converge") -> None:
         """Ask each of `nodes` to converge the VM now. The change is already recorded, so a node that does

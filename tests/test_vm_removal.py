@@ -4,6 +4,8 @@ or marked removed, and leaves domains defined by hand alone.
 
 "On a host" is always read from that host's own libvirtd (`host_domains`), never from ZooKeeper.
 """
+import os
+import signal
 import time
 
 import libvirt
@@ -92,6 +94,28 @@ def test_remove_while_the_node_daemon_is_down_leaves_no_domain_behind_once_it_re
     with cluster_store(cluster.local) as store:
         assert store.zk.exists(schema.vm_uuid(uuid)) is None, "its UUID went with the record"
     vms.define(vm_xml("orphan-risk", uuid=uuid), target="hv1")  # name and UUID are free again
+
+
+def test_a_forced_remove_answers_at_once_while_the_vms_node_is_frozen_and_the_node_undefines_it_after(cluster):
+    """A forced removal is settled when recorded; asking the node to converge is then only a hint (it converges
+    on its own watch), so a frozen agent must not hold the answer for its call timeout: it answered after 4.3 s
+    before. The daemon is held well under the keepalive deadline (a node is dead after 4 s)."""
+    vms = cluster.client.vms
+    vms.define(vm_xml("frozen-home"), target="hv2")
+    vms.start("frozen-home", wait=True)
+    wait_running_on(cluster, "frozen-home", "hv2")
+    daemon = cluster.local.daemon_pid("pvcnoded", "hv2")
+    os.kill(daemon, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        answer = vms.remove("frozen-home", force=True)
+        answered_s = time.monotonic() - began
+    finally:
+        os.kill(daemon, signal.SIGCONT)
+
+    assert answer == {"name": "frozen-home", "removed": True}
+    assert answered_s < 1.0, f"the forced remove answered after {answered_s:.2f} s"
+    wait_gone(cluster, "frozen-home", timeout=20)
 
 
 def test_after_a_restart_a_node_undefines_pvcs_domains_without_a_record_and_keeps_those_defined_by_hand(cluster):

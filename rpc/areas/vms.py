@@ -255,7 +255,9 @@ class VMsArea:
                 self._control.record(vm, self._control.desired(vm), state=removal.REMOVE)
             self._context.cache.vms.refresh(vm)
         node = (raw.get("placement") or {}).get("node")
-        self._control.poke(vm, [node, (raw.get("status") or {}).get("node")])
+        # A removal the node confirms at once ends now (`removed: true` without `wait`), so the node is asked
+        # in this thread; a forced one is settled already, and a frozen node's agent must not hold its answer.
+        (self._control.poke_soon if force else self._control.poke)(vm, [node, (raw.get("status") or {}).get("node")])
         deadline = time.monotonic() + timeout
         while not removal.finish(self._context.store, vm):
             if not wait:
