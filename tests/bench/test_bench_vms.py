@@ -26,6 +26,7 @@ from pvc.rpc.areas.vms import _list_view
 from pvc.store import Store
 
 from helpers import eventually
+from scale_support import startup_line
 from vm_support import running_hosts, vm_xml, wait_for_task
 
 pytestmark = pytest.mark.bench
@@ -123,12 +124,6 @@ def in_process_parts(local) -> dict[str, list[float]]:
         return parts
     finally:
         store.stop()
-
-
-def startup_line(log_path) -> str:
-    """What the coordinator says of its start-up phases (`pvc.rpc.coordinator`)."""
-    lines = [line for line in log_path.read_text().splitlines() if " serving at " in line]
-    return lines[-1].split("; start-up: ", 1)[-1] if lines else "(no start-up line in the log)"
 
 
 @pytest.mark.cluster(nodes=1)
