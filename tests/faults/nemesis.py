@@ -86,7 +86,7 @@ HEAVY = frozenset({"kill-node-daemon-for-good", "drop-zookeeper-session", "secon
                    "unresponsive-bmc", "wrong-bmc-password", "clone-node"})
 FAULT_WEIGHTS = {"kill-node-daemon": 3, "kill-leader-coordinator": 2, "freeze-libvirtd": 3,
                  "drop-zookeeper-session": 2, "kill-node-daemon-for-good": 1, "second-fault-during-recovery": 1,
-                 "kill-leader-during-recovery": 1, "freeze-libvirtd-during-migration": 3, "slow-libvirtd": 3}
+                 "kill-leader-during-recovery": 1, "freeze-libvirtd-during-migration": 8, "slow-libvirtd": 3}
 BMC_WEIGHTS = {"power-on-after-fence": 1, "unresponsive-bmc": 1, "wrong-bmc-password": 1, "clone-node": 1}
 LAB_WEIGHTS = {"cut-host": 2, "cut-minority": 1, "cut-leader-coordinator": 1, "kill-zookeeper-server": 1,
                "kill-zookeeper-leader": 1}
