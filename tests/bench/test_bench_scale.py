@@ -10,34 +10,76 @@ Asserts no timing.
         pytest -m bench -s tests/bench/test_bench_scale.py
 
 (the defaults shown). The smoke test of the same steps is tests/test_scale_smoke.py.
+
+`test_bench_checker_at_scale` runs the safety issue's fault checker (process faults) against a cluster of the
+same size, filled the same way, at the fast intervals its faults are timed for (a node dead after 4 s):
+
+    PVC_SCALE_FAULT_SECONDS=300 PVC_SCALE_MONITOR_INTERVAL=0.5 pytest -m bench -s \\
+        tests/bench/test_bench_scale.py -k checker
+
+The monitor reads each of the 96 hosts every `PVC_SCALE_MONITOR_INTERVAL` seconds (each reading lists about
+a hundred domains) and a gap of three intervals between two readings of a host counts against the run; both
+are printed with the run.
 """
+import dataclasses
+import os
 import time
 
 import pytest
 
 from conftest import started_cluster
+from faults import nemesis
+from faults.run import Sampling, run_faults, seconds_from_env, seed_from_env
 from scale_support import Scale, ScaleBench
 
 pytestmark = pytest.mark.bench
 
 SCALE = Scale.from_environment()
+FAULT_SCALE = dataclasses.replace(SCALE, timings="fast")
 
 
-@pytest.fixture
-def scale_cluster(tmp_path_factory):
+def _scale_cluster(directory, scale: Scale):
     """Stopped whatever happens: `started_cluster` downs it in its finally, which closing it runs."""
     began = time.monotonic()
-    clusters = started_cluster(tmp_path_factory.mktemp("scale"), nodes=SCALE.nodes, coordinators=2,
-                               timings=SCALE.timings, timeout=SCALE.start_timeout)
+    clusters = started_cluster(directory, nodes=scale.nodes, coordinators=2, timings=scale.timings,
+                               timeout=scale.start_timeout)
     try:
         cluster = next(clusters)
-        print(f"\n[bench scale] {SCALE.nodes} test-driver nodes, 2 coordinators, {SCALE.timings} intervals: "
+        print(f"\n[bench scale] {scale.nodes} test-driver nodes, 2 coordinators, {scale.timings} intervals: "
               f"up in {time.monotonic() - began:.1f} s")
         yield cluster
     finally:
         clusters.close()
 
 
+@pytest.fixture
+def scale_cluster(tmp_path_factory):
+    yield from _scale_cluster(tmp_path_factory.mktemp("scale"), SCALE)
+
+
+@pytest.fixture
+def fault_scale_cluster(tmp_path_factory):
+    yield from _scale_cluster(tmp_path_factory.mktemp("scale-faults"), FAULT_SCALE)
+
+
 def test_bench_scale(scale_cluster):
     figures = ScaleBench(scale_cluster, SCALE).run(flush_node="hv2", recovery_node=f"hv{SCALE.nodes}")
     assert figures["judged_dead"] == []
+
+
+def test_bench_checker_at_scale(fault_scale_cluster, tmp_path):
+    bench = ScaleBench(fault_scale_cluster, FAULT_SCALE)
+    bench.populate()
+    bench.at_rest()
+    interval = float(os.environ.get("PVC_SCALE_MONITOR_INTERVAL", 0.5))
+    sampling = Sampling(interval=interval, gap_limit=3 * interval)
+    seed = seed_from_env()
+    print(f"[bench scale] fault injection seed {seed} (replay with PVC_FAULT_SEED={seed}); the monitor reads "
+          f"each of {FAULT_SCALE.nodes} hosts every {sampling.interval:g} s, gaps over {sampling.gap_limit:g} s "
+          f"count", flush=True)
+    run = run_faults(fault_scale_cluster, seed, seconds_from_env("PVC_SCALE_FAULT_SECONDS", 300), clients=4,
+                     fault_weights=nemesis.FAULT_WEIGHTS, kinds=nemesis.PROCESS_KINDS,
+                     settle_timeout=FAULT_SCALE.bulk_timeout, sampling=sampling)
+    print(run.summary())
+    assert not run.inconclusive, f"seed {seed}: {run.inconclusive}"
+    assert not run.problems, f"seed {seed}: {len(run.problems)} problems, listed above"

@@ -43,6 +43,16 @@ as one whose answer never came (it may take effect at any time: `checker.command
 listed, but is no failure: waiting is not what this checker judges."""
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How often the monitor reads each host, and the longest gap between two readings of one host that still
+    counts as watching it: a few hosts are read every 40 ms; a cluster of 96 hosts, each reading listing a
+    hundred domains, is read as often as the machine can hold beside the cluster, and the run says so."""
+
+    interval: float = 0.04
+    gap_limit: float = checker.GAP_LIMIT_S
+
+
 def seed_from_env() -> int:
     """The seed to replay (`PVC_FAULT_SEED`), else a fresh one."""
     value = os.environ.get(SEED_VARIABLE)
@@ -176,7 +186,8 @@ class FaultRun:
 def run_faults(cluster, seed: int, seconds: float, clients: int = 4, vm_count: int = 6,
                domain_xml: Callable[[str], str] | None = None,
                fault_weights: dict[str, float] = nemesis.FAULT_WEIGHTS, kinds: tuple[str, ...] | None = None,
-               settle_timeout: float = 60.0, history_path: Path | None = None) -> FaultRun:
+               settle_timeout: float = 60.0, history_path: Path | None = None,
+               sampling: Sampling = Sampling()) -> FaultRun:
     """Run clients and nemesis against `cluster` (a `RunningCluster`) for `seconds`, settle, and check. `kinds`
     (by default those of `fault_weights`) are the fault kinds the run must inject, each at least once."""
     from vm_support import vm_xml
@@ -196,7 +207,7 @@ def run_faults(cluster, seed: int, seconds: float, clients: int = 4, vm_count: i
         return pvc.connect(local.uris, local.state["api_key"])
 
     gates = {node: HostGate() for node in nodes}
-    monitor = Monitor(local, history, gates).start()
+    monitor = Monitor(local, history, gates, interval=sampling.interval).start()
     task_log = TaskLog(connect)
     task_log.start()
     stopping = threading.Event()
@@ -240,7 +251,7 @@ def run_faults(cluster, seed: int, seconds: float, clients: int = 4, vm_count: i
     run.violations = checker.double_runs(history)
     run.existence = checker.existence_problems(history.operations, records)
     run.commands = checker.command_problems(history, records, run.tasks)
-    run.gaps = checker.sampling_gaps(history)
+    run.gaps = checker.sampling_gaps(history, sampling.gap_limit)
     run.outcomes = fault_outcomes(history, run.tasks)
     run.elapsed = time.monotonic() - started
     if history_path is not None:
