@@ -9,9 +9,9 @@ from typing import Any, Callable, Iterable
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import (BadVersionError, NodeExistsError, NoNodeError, NotEmptyError,
                               RolledBackError)
+from kazoo.retry import KazooRetry, RetryFailedError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.recipe.lock import Lock
-from kazoo.retry import KazooRetry
 from kazoo.security import make_digest_acl
 
 from pvc import request_ids, schema
@@ -45,14 +45,16 @@ class Store:
         stops can block its caller for good, and `KazooClient.stop` waits for that caller)."""
 
     def start(self, connect_timeout: float = 15.0) -> None:
-        """Connect, or raise `Unavailable` after `connect_timeout` seconds leaving no background retries."""
+        """Connect and make sure the layout exists, or raise `Unavailable` after `connect_timeout` seconds
+        leaving no background retries. A connection lost meanwhile is waited out: 96 daemons starting at once
+        on two cores starved one's heartbeat past its 2.5 s session, and it exited on its first request."""
         try:
             self.zk.start(timeout=connect_timeout)
-        except KazooTimeoutError:
+            KazooRetry(max_tries=-1, max_delay=1.0, deadline=connect_timeout)(self._ensure_layout)
+        except (KazooTimeoutError, RetryFailedError):
             self.zk.stop()
             self.zk.close()
             raise Unavailable(f"ZooKeeper at {self.hosts} did not answer within {connect_timeout:g} s") from None
-        self._ensure_layout()
 
     def stop(self) -> None:
         self.stopping = True

@@ -8,6 +8,7 @@ import time
 
 from kazoo.client import KazooState
 
+from pvc import schema
 from pvc.cli.localcluster.cluster import SESSION_TIMEOUT
 from pvc.store import Store
 
@@ -69,3 +70,47 @@ def test_every_session_is_connected_again_soon_after_zookeeper_serves_again(zook
     print(f"\nsessions connected again {delays} s after ZooKeeper served again")
     assert all(delay is not None and delay < BACK_WITHIN_S for delay in delays), \
         f"sessions connected again {delays} s after ZooKeeper served again, not within {BACK_WITHIN_S} s"
+
+
+class Unanswered(TcpRelay):
+    """Once `silence` is called, the connections carried until then get no answer from ZooKeeper any more: a
+    client's heartbeat goes unanswered and it drops the connection, failing what it had in flight. A new
+    connection is answered."""
+
+    def __init__(self, upstream: tuple[str, int]):
+        super().__init__(upstream)
+        self._silenced: set[int] = set()
+
+    def silence(self) -> None:
+        with self._lock:
+            self._silenced.update(id(sock) for sock in self._sockets)
+
+    def forward(self, data: bytes, pair, upstream: bool) -> bool:
+        return upstream or id(pair[0]) not in self._silenced
+
+
+def test_a_connection_lost_while_a_session_starts_is_waited_out(zookeeper_server, zookeeper_hosts, mocker):
+    """A daemon's first requests after connecting (the layout it makes sure of) go unanswered until kazoo
+    drops the connection: the start waits for the session to come back instead of failing (96 daemons
+    starting at once on two cores starved one's heartbeat past its session, and it exited)."""
+    chroot = zookeeper_hosts.removeprefix(zookeeper_server.hosts)
+    relay = Unanswered(("127.0.0.1", zookeeper_server.port))
+    store = Store(relay.hosts + chroot, ZK_USER, ZK_PASSWORD, session_timeout=SESSION_TIMEOUT)
+    real_ensure_path = store.zk.ensure_path
+    silenced = []
+
+    def silenced_first(path, **options):
+        if not silenced:
+            silenced.append(path)
+            relay.silence()
+        return real_ensure_path(path, **options)
+
+    mocker.patch.object(store.zk, "ensure_path", side_effect=silenced_first)
+    try:
+        store.start(connect_timeout=10)
+        assert silenced, "the start asked nothing after connecting"
+        assert store.connected
+        assert store.read(schema.SCHEMA_VERSION_PATH) == schema.SCHEMA_VERSION
+    finally:
+        store.stop()
+        relay.close()
