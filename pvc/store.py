@@ -6,7 +6,7 @@ not hold the credentials can neither read nor change the cluster.
 import logging
 from typing import Any, Callable, Iterable
 
-from kazoo.client import KazooClient, KazooState
+from kazoo.client import KazooState
 from kazoo.exceptions import (BadVersionError, NodeExistsError, NoNodeError, NotEmptyError,
                               RolledBackError)
 from kazoo.retry import KazooRetry, RetryFailedError
@@ -15,6 +15,7 @@ from kazoo.recipe.lock import Lock
 from kazoo.security import make_digest_acl
 
 from pvc import request_ids, schema
+from pvc.zk_bulk import BulkWatchClient
 from pvc.zk_select import PollingHandler
 from pvc.errors import AlreadyExists, Conflict, ConfigError, NotFound, NotLeader, Unavailable
 
@@ -33,7 +34,7 @@ class Store:
     def __init__(self, hosts: str, user: str, password: str, session_timeout: float = 10.0):
         self.hosts = hosts
         self._acl = [make_digest_acl(user, password, all=True)]
-        self.zk = KazooClient(
+        self.zk = BulkWatchClient(
             hosts=hosts, timeout=session_timeout, handler=PollingHandler(),
             auth_data=[("digest", f"{user}:{password}")], default_acl=self._acl,
             connection_retry=KazooRetry(max_tries=-1,

@@ -10,8 +10,12 @@ keeps a watch on the rest. Nothing that changes after a read goes unseen.
 
 kazoo has neither request, so both are sent through its connection as any request is (`KazooClient._call`),
 and each watch function is entered in kazoo's own registry before its watch is set, where the watch event
-finds it, as kazoo does for its own reads.
+finds it, as kazoo does for its own reads. kazoo enters its own from its connection thread, the one that also
+empties the registry when a session expires; these are entered from another thread, so the registry needs the
+lock `BulkWatchClient` adds: without it, an expiry met the registry growing ("dictionary changed size during
+iteration"), kazoo's connection thread died, and the coordinator stayed cut off from ZooKeeper for good.
 """
+import threading
 from typing import Any, Callable
 
 from kazoo.client import KazooClient
@@ -27,6 +31,18 @@ ERROR = -1
 WATCHES_PER_REQUEST = 2_000
 """Paths per setWatches request: ZooKeeper refuses a request over its 1 MiB `jute.maxbuffer`, and the Java
 client splits its own at 128 KiB; 2,000 paths of a VM's keys stay near 100 KiB."""
+
+
+class BulkWatchClient(KazooClient):
+    """A kazoo client whose watch registry may be added to from outside its connection thread (`watch`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.watchers_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def _reset_watchers(self) -> None:
+        with self.watchers_lock:
+            super()._reset_watchers()
 
 
 class MultiRead:
@@ -96,15 +112,16 @@ def read(client: KazooClient, paths: list[str]) -> tuple[IAsyncResult, MultiRead
     return answer, request
 
 
-def watch(client: KazooClient, relative_zxid: int, watches: list[tuple[str, bool, Callable]]) -> list[IAsyncResult]:
+def watch(client: BulkWatchClient, relative_zxid: int, watches: list[tuple[str, bool, Callable]]) -> list[IAsyncResult]:
     """Set a watch per (path, present, function): a data watch where the read found the znode, an existence
     watch where it did not; each function is registered with kazoo first, as a watch kazoo set itself would
     be, so that an event fired at once finds it. One answer per request sent."""
     answers = []
     for first in range(0, len(watches), WATCHES_PER_REQUEST):
         batch = watches[first:first + WATCHES_PER_REQUEST]
-        for path, _present, function in batch:
-            client._data_watchers[_prefix_root(client.chroot, path)].add(function)
+        with client.watchers_lock:
+            for path, _present, function in batch:
+                client._data_watchers[_prefix_root(client.chroot, path)].add(function)
         answer = client.handler.async_result()
         client._call(SetWatches(client, relative_zxid, [path for path, present, _ in batch if present],
                                 [path for path, present, _ in batch if not present]), answer)

@@ -23,7 +23,7 @@ import libvirt
 
 import pvc
 from pvc.cli.localcluster.cluster import NODE_MEMORY_MIB
-from pvc.errors import PVCError, Unavailable
+from pvc.errors import AlreadyExists, PVCError, Unavailable
 
 from helpers import eventually
 from vm_support import vm_xml, wait_for_task
@@ -209,6 +209,27 @@ class DeadWatch:
 
 # -- the bench -----------------------------------------------------------------------------------------------
 
+UNAVAILABLE_RETRIES = 5
+
+
+def patiently(call: Callable[[], Any], again_means_done: type[PVCError] | None = None) -> None:
+    """`call()`, asked again after a second when it answers `Unavailable` (a coordinator's ZooKeeper session
+    lost its connection under the load of filling the cluster: the call may or may not have taken effect), as
+    a script filling a cluster would; `again_means_done` is the error a repeat gives when the first took."""
+    for attempt in range(UNAVAILABLE_RETRIES + 1):
+        try:
+            call()
+            return
+        except Unavailable:
+            if attempt == UNAVAILABLE_RETRIES:
+                raise
+            time.sleep(1.0)
+        except PVCError as error:
+            if attempt and again_means_done is not None and isinstance(error, again_means_done):
+                return
+            raise
+
+
 class ScaleBench:
     def __init__(self, cluster, scale: Scale):
         self.cluster, self.local, self.client, self.scale = cluster, cluster.local, cluster.client, scale
@@ -269,9 +290,9 @@ class ScaleBench:
         nodes = self.local.node_names
         home = {name: nodes[index % len(nodes)] for index, name in enumerate(self.names)}
         meter = CpuMeter(self.local)
-        define_s = self._each_by_clients(self.names, lambda client, name: client.vms.define(
-            vm_xml(name, memory_mib=self.scale.vm_memory_mib), target=home[name]))
-        start_s = self._each_by_clients(self.names, lambda client, name: client.vms.start(name))
+        define_s = self._each_by_clients(self.names, lambda client, name: patiently(lambda: client.vms.define(
+            vm_xml(name, memory_mib=self.scale.vm_memory_mib), target=home[name]), again_means_done=AlreadyExists))
+        start_s = self._each_by_clients(self.names, lambda client, name: patiently(lambda: client.vms.start(name)))
         began = time.monotonic()
         self.wait_all_running(home, self.scale.bulk_timeout)
         running_s = time.monotonic() - began

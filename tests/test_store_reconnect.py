@@ -3,12 +3,14 @@ and refuses them until it has one, and a node whose retries have backed off far 
 ensemble does, which its self-fence, counting its silence from its last keepalive, takes for isolation."""
 from __future__ import annotations
 
+import itertools
 import socket
+import threading
 import time
 
 from kazoo.client import KazooState
 
-from pvc import schema
+from pvc import schema, zk_bulk
 from pvc.cli.localcluster.cluster import SESSION_TIMEOUT
 from pvc.store import Store
 
@@ -20,6 +22,9 @@ SESSIONS = 16
 OUTAGE_S = 2.0
 """Long enough for the retries to back off to their longest wait, shorter than the session timeout."""
 BACK_WITHIN_S = 0.5
+WATCHES_HELD = 200_000
+"""Watches registered before the session expires: enough that emptying kazoo's registry takes longer than a
+thread switch."""
 
 
 class Election(TcpRelay):
@@ -114,3 +119,39 @@ def test_a_connection_lost_while_a_session_starts_is_waited_out(zookeeper_server
     finally:
         store.stop()
         relay.close()
+
+
+def test_a_session_that_expires_while_watches_are_set_in_bulk_comes_back(zookeeper_server, zookeeper_hosts):
+    """A cache sets watches in bulk from kazoo's callback thread while ZooKeeper expires its session: kazoo's
+    connection thread, emptying its watch registry meanwhile, lived on and the session came back (it died
+    with "dictionary changed size during iteration", and its coordinator stayed cut off for good)."""
+    chroot = zookeeper_hosts.removeprefix(zookeeper_server.hosts)
+    election = Election(("127.0.0.1", zookeeper_server.port))
+    store = Store(election.hosts + chroot, ZK_USER, ZK_PASSWORD, session_timeout=SESSION_TIMEOUT)
+    store.start(connect_timeout=10)
+    stopping = threading.Event()
+
+    def watch_more() -> None:
+        for index in itertools.count():
+            if stopping.is_set():
+                return
+            zk_bulk.watch(store.zk, 0, [(f"/absent/{index}", False, lambda _event: None)])
+
+    try:
+        zk_bulk.watch(store.zk, 0, [(f"/absent/held-{index}", False, lambda _event: None)
+                                    for index in range(WATCHES_HELD)])
+        expired = threading.Event()
+        store.zk.add_listener(lambda state: expired.set() if state == KazooState.LOST else None)
+        racer = threading.Thread(target=watch_more, daemon=True)
+        racer.start()
+        election.start_election()
+        time.sleep(SESSION_TIMEOUT + 1.5)
+        election.electing = False
+        assert eventually(expired.is_set, 10), "the session never expired"
+        assert eventually(lambda: store.connected, 10), \
+            "the session never came back: kazoo's connection thread died while the watches were being set"
+        assert store.read(schema.SCHEMA_VERSION_PATH) == schema.SCHEMA_VERSION
+    finally:
+        stopping.set()
+        store.stop()
+        election.close()
