@@ -66,6 +66,14 @@ class Store:
     def connected(self) -> bool:
         return self.zk.state == KazooState.CONNECTED
 
+    @property
+    def connection_thread_alive(self) -> bool:
+        """Whether kazoo's connection thread runs, the one thread that ever connects again: a client that has
+        lost it stays cut off for good while looking merely disconnected (a coordinator whose thread died
+        retried leadership on a closed client for 6 minutes, answering on its port meanwhile)."""
+        routine = self.zk._connection._connection_routine
+        return routine is not None and routine.is_alive()
+
     def add_state_listener(self, listener: Callable[[str], None]) -> None:
         """`listener(state)` on each change of the session's state. It runs on kazoo's connection thread and
         must return at once: a ZooKeeper request made there can block that thread on itself for good

@@ -57,6 +57,10 @@ STORAGE_CHECK_INTERVAL_S = 5.0
 """How often the leader looks for volume changes whose coordinator died midway (`pvc.rpc.storage_intents`)."""
 
 
+CONNECTION_CHECK_INTERVAL = 5.0
+"""Seconds between two checks that the coordinator's ZooKeeper client can still connect."""
+
+
 class Coordinator:
     def __init__(self, settings: dict[str, Any]):
         self.settings = settings
@@ -229,9 +233,16 @@ class Coordinator:
         automirror.start_when_due(self.context, leader_node)
 
     def run(self) -> None:
+        """Serve until SIGTERM or SIGINT; exit with an error once the ZooKeeper client can never connect again
+        (`Store.connection_thread_alive`), so that the service manager starts the coordinator afresh
+        (Restart=on-failure) instead of leaving it cut off from the cluster."""
         signals = SignalQueue()
-        while signals.wait(3600) is None:
-            pass
+        while signals.wait(CONNECTION_CHECK_INTERVAL) is None:
+            if not self.store.connection_thread_alive:
+                log.critical("coordinator %s: the ZooKeeper client's connection thread has died, so it can never "
+                             "connect again; exiting to be started afresh", self.name)
+                self._shutdown()
+                raise SystemExit(1)
         self._shutdown()
 
     def _shutdown(self) -> None:
