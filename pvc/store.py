@@ -4,14 +4,15 @@ All znodes are created with the cluster's digest ACL, so a client that can reach
 not hold the credentials can neither read nor change the cluster.
 """
 import logging
+import time
 from typing import Any, Callable, Iterable
 
 from kazoo.client import KazooState
 from kazoo.exceptions import (BadVersionError, NodeExistsError, NoNodeError, NotEmptyError,
                               RolledBackError)
-from kazoo.retry import KazooRetry, RetryFailedError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.recipe.lock import Lock
+from kazoo.retry import KazooRetry, RetryFailedError
 from kazoo.security import make_digest_acl
 
 from pvc import request_ids, schema
@@ -49,9 +50,11 @@ class Store:
         """Connect and make sure the layout exists, or raise `Unavailable` after `connect_timeout` seconds
         leaving no background retries. A connection lost meanwhile is waited out: 96 daemons starting at once
         on two cores starved one's heartbeat past its 2.5 s session, and it exited on its first request."""
+        began = time.monotonic()
         try:
             self.zk.start(timeout=connect_timeout)
-            KazooRetry(max_tries=-1, max_delay=1.0, deadline=connect_timeout)(self._ensure_layout)
+            left = max(0.0, connect_timeout - (time.monotonic() - began))
+            KazooRetry(max_tries=-1, max_delay=1.0, deadline=left)(self._ensure_layout)
         except (KazooTimeoutError, RetryFailedError):
             self.zk.stop()
             self.zk.close()

@@ -141,17 +141,15 @@ class Coordinator:
                  time.monotonic() - loaded)
 
     def _load_cache(self) -> None:
-        """Load the cache with Python's cyclic garbage collector held off, then freeze what is loaded out of
-        its later passes: the load makes some 400,000 objects that live as long as the coordinator, and the
-        667 collections it set off over a growing heap were 40 % of a 10,000-VM load's 1.0 s of CPU; a full
-        collection would also walk them all again later. Freed objects still go at once (reference counting),
-        and the collector runs again when the load is done."""
+        """Load the cache with Python's cyclic garbage collector held off: the load makes some 400,000 objects
+        that live as long as the coordinator, and the 667 collections it set off over a growing heap were 40 %
+        of a 10,000-VM load's 1.0 s of CPU. Freed objects still go at once (reference counting), and the
+        collector runs again when the load is done."""
         gc.disable()
         try:
             self.cache.start()
         finally:
             gc.enable()
-        gc.freeze()
 
     def _serve_metrics(self, nodes: NodesArea) -> None:
         settings = self.settings
@@ -264,6 +262,10 @@ class Coordinator:
 def _run(settings: dict[str, Any]) -> None:
     coordinator = Coordinator(settings)
     coordinator.start()
+    # What start-up made (the loaded cache above all) lives as long as the process: frozen out of the
+    # collector's passes, a full collection no longer walks it again. The process's own decision, so that a
+    # coordinator run inside a test process does not freeze that process's heap.
+    gc.freeze()
     coordinator.run()
 
 

@@ -210,6 +210,7 @@ class DeadWatch:
 # -- the bench -----------------------------------------------------------------------------------------------
 
 UNAVAILABLE_RETRIES = 5
+"""Times a call answered `Unavailable` is asked again while the cluster is being filled."""
 
 
 def patiently(call: Callable[[], Any], again_means_done: type[PVCError] | None = None) -> None:
