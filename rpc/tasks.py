@@ -418,7 +418,7 @@ class TaskExecution:
         task (a recovery would otherwise end ``failed`` and be tried again: QEMU fault bench)."""
         error = None
         try:
-            self._control.converge(name, nodes, wait=True, timeout=300)
+            self._control.converge(name, nodes, wait=True, timeout=300, hold_calls=True)
         except NotFound:
             with self._progress_lock:
                 self.task.setdefault("changed_by_command", []).append(name)

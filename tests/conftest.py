@@ -70,10 +70,15 @@ def cache(store) -> ClusterCache:
 
 
 @pytest.fixture
-def control(store, cache) -> VMControl:
+def context(store, cache) -> CoordinatorContext:
+    """A coordinator's context with no node agents, plugins or leadership: the test plays the nodes."""
+    return CoordinatorContext("test-coordinator", {}, store, cache, plugins=None, agents=None, leadership=None)
+
+
+@pytest.fixture
+def control(context) -> VMControl:
     """A coordinator's VM control with no node agents: the test plays the nodes."""
-    return VMControl(CoordinatorContext("test-coordinator", {}, store, cache, plugins=None, agents=None,
-                                        leadership=None))
+    return VMControl(context)
 
 
 class RunningCluster:

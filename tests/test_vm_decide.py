@@ -5,6 +5,7 @@ import pytest
 
 from pvc import schema
 from pvc.errors import Busy
+from pvc.rpc.areas.vms import VMsArea
 
 from test_vm_wait import define
 
@@ -46,3 +47,26 @@ def test_a_vm_that_keeps_changing_under_a_command_answers_busy_and_the_command_w
     assert len(writes) == 3
     read = control.desired("restless")
     assert (read.state, read.placement["last_node"]) == ("start", "leader-2"), "the command wrote nothing"
+
+
+def test_a_removal_decides_again_on_what_the_leader_wrote_between_its_read_and_its_write(store, cache, context,
+                                                                                       control, monkeypatch):
+    define(store, cache, "leaving", STATUS)
+    store.write(schema.vm_key("leaving", "state"), "migrate")
+    reads = []
+    read_desired = control.desired
+
+    def desired_as_the_leader_settles_the_move(name: str):
+        read = read_desired(name)
+        reads.append(read.state)
+        if len(reads) == 1:
+            store.write(schema.vm_key(name, "state"), "start")
+        return read
+
+    monkeypatch.setattr(control, "desired", desired_as_the_leader_settles_the_move)
+
+    answer = VMsArea(context, control, None).remove("leaving")
+
+    assert reads == ["migrate", "start"]
+    assert answer == {"name": "leaving", "removed": True}, "hv1 is no node, so the record goes without its report"
+    assert store.read(schema.vm("leaving")) is None

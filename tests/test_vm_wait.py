@@ -2,7 +2,8 @@
 report: a node's clock an hour behind or ahead neither hides this command's error nor raises an old one.
 
 A coordinator's VM control runs here over a real ZooKeeper; the test writes the node's status reports itself,
-with the `time` a node whose clock is wrong would put in them."""
+with the `time` a node whose clock is wrong would put in them. A waited-for move is answered once the VM runs on
+its new node, not once its old node's call has ended."""
 import threading
 import time
 
@@ -70,3 +71,42 @@ def test_an_error_reported_before_the_command_is_not_its_failure_though_the_node
 
     assert "error" not in outcome, outcome
     assert outcome["view"]["running"] is True and outcome["view"]["state"] == "start"
+
+
+class HeldSource:
+    """Node agents where the old node's `converge` lasts until released, as a live migration's source does while
+    its libvirt stops the old copy after the guest resumed on the target; the calls made, in order."""
+
+    def __init__(self, source: str) -> None:
+        self.source, self.calls, self.release = source, [], threading.Event()
+
+    def call(self, node: str, agent_uri: str, method: str, *args, **kwargs) -> None:
+        self.calls.append((node, method))
+        if node == self.source:
+            assert self.release.wait(30), "the test never released the source"
+
+
+def test_a_waited_for_move_answers_once_the_vm_runs_on_its_new_node_while_the_old_node_still_cleans_up(
+        store, cache, context, control, monkeypatch):
+    define(store, cache, "mover", {"node": "hv1", "running": True, "error": None, "time": time.time()})
+    for node in ("hv1", "hv2"):
+        store.write(schema.node(node), {"agent_uri": f"PYRO:agent@{node}"})
+    assert eventually(lambda: all(context.node_view(node) for node in ("hv1", "hv2")))
+    agents = HeldSource("hv1")
+    monkeypatch.setattr(context, "agents", agents)
+    control.record("mover", control.desired("mover"), state="migrate", placement={"node": "hv2", "last_node": "hv1"})
+    outcome: dict = {}
+    waiter = threading.Thread(target=lambda: outcome.update(view=control.converge("mover", ["hv1", "hv2"], True, 20)))
+    waiter.start()
+    assert eventually(lambda: agents.calls == [("hv1", "converge")]), agents.calls
+
+    store.write(schema.vm_key("mover", "status"), {"node": "hv2", "running": True, "error": None, "time": time.time()})
+    waiter.join(10)
+
+    try:
+        assert not waiter.is_alive(), "the move was answered only after the old node's call ended"
+        assert (outcome["view"]["node"], outcome["view"]["running"]) == ("hv2", True)
+    finally:
+        agents.release.set()
+    assert eventually(lambda: agents.calls == [("hv1", "converge"), ("hv2", "converge")]), \
+        "the new node is still asked once the old one has answered"

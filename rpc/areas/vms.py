@@ -247,13 +247,18 @@ class VMsArea:
         :raises Busy: another command holds the VM's lock
         :raises Unavailable: with `wait`, the node has not undefined it after `timeout` seconds
         """
-        with self._control.locked(vm, removing=True):
+        def decide() -> dict[str, Any]:
             raw = self._control.raw(vm)
             if force:
                 removal.delete(self._context.store, vm, raw[OWN_VALUE]["uuid"])
             elif raw.get("state") != removal.REMOVE:
                 self._control.record(vm, self._control.desired(vm), state=removal.REMOVE)
-            self._context.cache.vms.refresh(vm)
+            return raw
+
+        # A move just answered may still be recorded as done by the leader under the removal's read: it decides
+        # again rather than answer Busy.
+        raw = self._control.decided(vm, decide, removing=True)
+        self._context.cache.vms.refresh(vm)
         node = (raw.get("placement") or {}).get("node")
         # A removal the node confirms at once ends now (`removed: true` without `wait`), so the node is asked
         # in this thread; a forced one is settled already, and a frozen node's agent must not hold its answer.
