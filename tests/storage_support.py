@@ -113,6 +113,37 @@ def volume_bytes(cluster, pool: str, volume: str) -> bytes:
     return run("rbd", "-c", cluster.local.state["ceph_conf"], "export", "--no-progress", f"{pool}/{volume}", "-")
 
 
+def write_in_place(cluster, pool: str, volume: str, offset: int, data: bytes, scratch: Path) -> None:
+    """Write `data` into the volume at `offset` as a guest would, touching nothing else: on Ceph through librbd
+    (qemu-io), so that `rbd diff` sees only those extents written (an upload writes every one)."""
+    if cluster.backend == "file":
+        with open(cluster.local.storage_dir / pool / volume, "r+b") as file:
+            file.seek(offset)
+            file.write(data)
+        return
+    scratch.write_bytes(data)
+    run("qemu-io", "-f", "raw", f"rbd:{pool}/{volume}:conf={cluster.local.state['ceph_conf']}",
+        "-c", f"write -q -s {scratch} {offset} {len(data)}")
+
+
+@contextmanager
+def volume_by_hand(cluster, pool: str, volume: str, data: bytes, scratch: Path) -> Iterator[None]:
+    """A volume only the storage holds, made as an administrator would (a file, or `rbd import`), gone after."""
+    conf = cluster.local.state.get("ceph_conf")
+    if cluster.backend == "file":
+        (cluster.local.storage_dir / pool / volume).write_bytes(data)
+    else:
+        scratch.write_bytes(data)
+        run("rbd", "-c", conf, "import", "--no-progress", str(scratch), f"{pool}/{volume}")
+    try:
+        yield
+    finally:
+        if cluster.backend == "file":
+            (cluster.local.storage_dir / pool / volume).unlink()
+        else:
+            run("rbd", "-c", conf, "rm", "--no-progress", f"{pool}/{volume}")
+
+
 def volume_sha256(cluster, pool: str, volume: str) -> str:
     return hashlib.sha256(volume_bytes(cluster, pool, volume)).hexdigest()
 

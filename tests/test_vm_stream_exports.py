@@ -1,9 +1,10 @@
 """Exports streamed to the client (`pvc vm snapshot export VM SNAPSHOT -`, `vms.snapshot_export_to`): full and
-incremental, on a test-driver cluster with the file backend; the stream is the mirror's, behind its manifest, and
-a download ticket is spent by one use whatever the client announces."""
+incremental, on a test-driver cluster with each storage backend; the stream is the mirror's, behind its manifest,
+and a download ticket is spent by one use whatever the client announces."""
 import hashlib
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -13,11 +14,12 @@ from pvc.cli.localcluster.guest import domain_xml
 from pvc.errors import AuthenticationError, InvalidInput, NotFound
 
 from helpers import refused_in_one_line
-from storage_support import known_raw, staging_files, stored_names, unique, vm_on_known_disk, volume_bytes
+from storage_support import (known_raw, staging_files, stored_names, unique, vm_on_known_disk, volume_by_hand,
+                             volume_bytes, write_in_place)
 from vm_support import pvc
 
 MiB = 1024 * 1024
-pytestmark = pytest.mark.parametrize("storage_cluster", ["file"], indirect=True)
+pytestmark = pytest.mark.parametrize("storage_cluster", ["file", "ceph"], indirect=True)
 
 
 def _read_stream(raw: bytes) -> tuple[dict, bytes]:
@@ -61,8 +63,7 @@ def test_export_streamed_full_then_incremental(storage_cluster, tmp_path):
 
         changed = bytearray(at_s1)
         changed[3 * MiB:3 * MiB + 4096] = bytes(range(256)) * 16
-        (tmp_path / "s2.raw").write_bytes(bytes(changed))
-        client.storage.upload(pool, "disk", str(tmp_path / "s2.raw"), force=True)
+        write_in_place(cluster, pool, "disk", 3 * MiB, bytes(range(256)) * 16, tmp_path / "write")
         client.vms.snapshot_create(vm, "s2")
         with open(tmp_path / "s2.stream", "wb") as output:
             written = client.vms.snapshot_export_to(vm, "s2", output, incremental_parent="s1")
@@ -108,13 +109,12 @@ def test_import_streamed_chain_and_every_bad_streamrefused_in_one_line(storage_c
         full = pvc(cluster, "vm", "snapshot", "export", vm, "s1", "-").stdout_bytes
         changed = bytearray(image.read_bytes())
         changed[6 * MiB:6 * MiB + 8192] = bytes(range(256)) * 32
-        (tmp_path / "s2.raw").write_bytes(bytes(changed))
-        client.storage.upload(pool, "disk", str(tmp_path / "s2.raw"), force=True)
+        write_in_place(cluster, pool, "disk", 6 * MiB, bytes(range(256)) * 32, tmp_path / "write")
         client.vms.snapshot_create(vm, "s2")
         incremental = pvc(cluster, "vm", "snapshot", "export", vm, "s2", "-", "-i", "s1").stdout_bytes
         client.storage.upload(pool, "disk", str(image), force=True)  # the source moves on past s2
 
-        _bad_streams(cluster, client, vm, pool, full, incremental)
+        _bad_streams(cluster, client, vm, pool, full, incremental, tmp_path)
 
         imported = pvc(cluster, "vm", "snapshot", "import", "-", "--name", copy, input=full + incremental)
         assert imported.exit_code == 0, imported.output
@@ -133,7 +133,7 @@ def test_import_streamed_chain_and_every_bad_streamrefused_in_one_line(storage_c
         client.storage.pool_remove(pool, force=True)
 
 
-def _bad_streams(cluster, client, vm, pool, full: bytes, incremental: bytes) -> None:
+def _bad_streams(cluster, client, vm, pool, full: bytes, incremental: bytes, scratch: Path) -> None:
     """Each refused in one line, leaving no volume (recorded or stored), no VM and no staged file."""
     before = stored_names(cluster, pool)
     bad = f"{vm}-bad"
@@ -166,16 +166,12 @@ def _bad_streams(cluster, client, vm, pool, full: bytes, incremental: bytes) -> 
 
     # A volume only the storage holds (made by hand, or left by a crash) is never taken for the import's own and
     # removed when the import is undone.
-    by_hand = cluster.local.storage_dir / pool / f"{bad}_disk0"
-    by_hand.write_bytes(b"kept" * 1024)
-    try:
+    with volume_by_hand(cluster, pool, f"{bad}_disk0", b"kept" * 1024, scratch / "by-hand"):
         refused_in_one_line(pvc(cluster, "vm", "snapshot", "import", "-", "--name", bad, input=chain),
                  f"volume '{pool}/{bad}_disk0' exists already (in the storage")
-        assert by_hand.read_bytes() == b"kept" * 1024
+        assert volume_bytes(cluster, pool, f"{bad}_disk0") == b"kept" * 1024
         assert all(row["name"] != bad for row in client.vms.list())
         assert staging_files(cluster) == [], "the refused import's stage goes with the refusal"
-    finally:
-        by_hand.unlink()
 
 
 def _reheaded(export: bytes) -> bytes:
