@@ -1,6 +1,7 @@
 """Scheduled backups on a one-node local cluster (file backend, test-driver host): runs back up the tagged VMs,
 full then incremental; retention removes whole chains; a leader killed mid-run is resumed with nothing backed
-up twice or left half-made; a bad setting and a failing pre command are refused or fail in one line."""
+up twice or left half-made; a bad setting and a failing pre command are refused or fail in one line. The first two
+of those also run on Ceph, where snapshots and exports are the storage's own."""
 import json
 import time
 
@@ -21,7 +22,18 @@ TAG = "nightly"
 @pytest.fixture(scope="module")
 def backup_cluster(tmp_path_factory):
     """One node, one coordinator, the file backend; two tagged VMs (one running) and one untagged."""
-    for running in started_cluster(tmp_path_factory.mktemp("autobackup"), nodes=1, coordinators=1):
+    yield from _backup_cluster(tmp_path_factory, "file")
+
+
+@pytest.fixture(scope="module")
+def ceph_backup_cluster(tmp_path_factory, private_ceph):
+    """The same on Ceph, for the tests whose outcome rests on the storage's snapshots and exports."""
+    yield from _backup_cluster(tmp_path_factory, "ceph", private_ceph.conf)
+
+
+def _backup_cluster(tmp_path_factory, backend: str, ceph_conf: str | None = None):
+    for running in started_cluster(tmp_path_factory.mktemp(f"autobackup-{backend}"), nodes=1, coordinators=1,
+                                   storage=backend, ceph_conf=ceph_conf):
         client = running.client
         client.storage.pool_add(POOL)
         image = known_raw(tmp_path_factory.mktemp("images") / "disk.raw", size=1 << 20, seed=11)
@@ -66,7 +78,11 @@ def test_a_bad_setting_or_a_run_without_a_destination_is_refused_in_one_line(bac
 
 
 def test_runs_back_up_the_tagged_vms_full_then_incremental_and_retention_removes_whole_chains(backup_cluster):
-    cluster, client = backup_cluster, backup_cluster.client
+    _backs_up_full_then_incremental_and_keeps_whole_chains(backup_cluster)
+
+
+def _backs_up_full_then_incremental_and_keeps_whole_chains(cluster) -> None:
+    client = cluster.client
     shown = pvc(cluster, "cluster", "config", "--autobackup-tag", TAG, "--autobackup-destination",
                 str(_destination(cluster)), "--autobackup-full-interval", "2", "--autobackup-keep-chains", "1")
     assert shown.exit_code == 0, shown.output
@@ -129,9 +145,13 @@ def test_a_leader_killed_while_a_snapshot_is_begun_is_resumed_by_beginning_that_
 
 def test_a_leader_and_the_exporting_node_killed_mid_export_leave_nothing_and_the_next_leader_backs_up_once(
         backup_cluster):
+    _both_killed_mid_export_and_backed_up_once(backup_cluster)
+
+
+def _both_killed_mid_export_and_backed_up_once(cluster) -> None:
     """Both die while the node runs its pre command, before any byte is written: the restarted node is not
     writing, so the next leader removes the step's snapshot and backs the VM up again, once."""
-    cluster, client, local = backup_cluster, backup_cluster.client, backup_cluster.local
+    client, local = cluster.client, cluster.local
     fence_deadline_beyond_restarts(cluster)
     _restart_node(cluster, {"autobackup_pre_command": "sleep 3"})
     try:
@@ -239,3 +259,11 @@ def _finished(client, task_id: str) -> dict | None:
 def _restart_node(cluster, settings: dict) -> None:
     cluster.local.stop_daemon("pvcnoded", "hv1")
     restart_node_daemon(cluster, "hv1", extra_settings=settings)
+
+
+def test_on_ceph_runs_back_up_full_then_incremental_and_retention_removes_whole_chains(ceph_backup_cluster):
+    _backs_up_full_then_incremental_and_keeps_whole_chains(ceph_backup_cluster)
+
+
+def test_on_ceph_a_leader_and_the_exporting_node_killed_mid_export_leave_nothing_behind(ceph_backup_cluster):
+    _both_killed_mid_export_and_backed_up_once(ceph_backup_cluster)
