@@ -19,6 +19,7 @@ import os
 import signal
 import time
 from itertools import islice
+from types import SimpleNamespace
 
 import libvirt
 import pytest
@@ -28,6 +29,7 @@ from faults import checker, nemesis, workload
 from faults.history import Fault, Freeze, History, Operation, Sample
 from faults.monitor import HostGate, Monitor, read_hosts
 from faults.run import FaultRun, fault_outcomes, run_faults, seconds_from_env, seed_from_env
+from faults.timings import FAST, Timings
 from guest_support import guest_xml
 from helpers import eventually
 from vm_support import vm_xml
@@ -123,20 +125,37 @@ def test_a_run_prints_its_seed_operations_faults_and_violations():
 
 def test_the_same_seed_gives_the_same_schedule():
     def plan(seed):
-        faults = [fault.describe() for fault in islice(nemesis.schedule(seed, 3), 50)]
+        faults = [fault.describe() for fault in islice(nemesis.schedule(seed, FAST), 50)]
         operations = [op.describe()
                       for op in islice(workload.schedule(seed, "client1", ["a", "b"], ["hv1", "hv2"]), 200)]
         return faults, operations
     assert plan(1234) == plan(1234)
     assert plan(1234) != plan(1235)
-    kinds = {fault.kind for fault in islice(nemesis.schedule(1234, 3), 200)}
+    kinds = {fault.kind for fault in islice(nemesis.schedule(1234, FAST), 200)}
     assert kinds == set(nemesis.FAULT_WEIGHTS)
+
+
+def test_faults_are_timed_from_the_clusters_own_deadlines_at_production_intervals():
+    production = Timings.of(SimpleNamespace(state={"timings": "production"}))
+    assert (production.keepalive_s, production.fence_after_s, production.libvirt_timeout_s,
+            production.session_timeout_s) == (5, 30, 10, 10), "the sample configs' settings"
+    assert Timings.of(SimpleNamespace(state={"timings": "fast"})) == FAST
+    assert (FAST.detection_window_s, FAST.recovery_wait_s, FAST.administrator_after_s, FAST.fence_window_s) == \
+        (6.0, 20.0, 15.0, 25.0), "the figures the faults were tuned with at the fast intervals"
+    assert production.detection_window_s > production.fence_after_s
+    durations: dict[str, list[float]] = {}
+    for fault in islice(nemesis.schedule(1234, production), 300):
+        durations.setdefault(fault.kind, []).append(fault.duration_s)
+    assert min(durations["drop-zookeeper-session"]) > production.session_timeout_s, "past the session, as meant"
+    assert min(durations["freeze-libvirtd-during-migration"]) > production.libvirt_timeout_s
+    assert min(durations["freeze-libvirtd"]) >= production.libvirt_timeout_s
+    assert max(durations["slow-libvirtd"]) <= 4 * production.libvirt_timeout_s
 
 
 @pytest.mark.parametrize("family", sorted(nemesis.FAMILIES))
 def test_the_first_round_is_every_kind_of_the_family_once_light_and_heavy_alternating(family):
     kinds = nemesis.FAMILIES[family]
-    opening = [fault.kind for fault in islice(nemesis.schedule(99, 2.5, {kind: 1 for kind in kinds}, kinds),
+    opening = [fault.kind for fault in islice(nemesis.schedule(99, FAST, {kind: 1 for kind in kinds}, kinds),
                                               len(kinds))]
     assert sorted(opening) == sorted(kinds)
     heavy = [kind in nemesis.HEAVY for kind in opening]

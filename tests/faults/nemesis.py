@@ -17,7 +17,7 @@ Families (`FAMILIES`), each run in the default suite on its own cluster (see `te
     while its recovery task runs (the next leader resumes it);
   - ``freeze-libvirtd-during-migration``: the libvirtd of a running VM's node, or of the node it is sent to,
     frozen, the VM migrated (the nemesis's own VM and command, in the history like a client's), the libvirtd
-    thawed just after the node's libvirt deadline (`LIBVIRT_TIMEOUT`); a target is frozen from the moment it
+    thawed just after the node's libvirt deadline (`Timings.libvirt_timeout_s`); a target is frozen from the moment it
     claims the VM, so that its start is the call that outlives the deadline, and answers slowly a while after;
   - ``slow-libvirtd``: a host's libvirtd answering late, around the deadline (stopped for the deadline give
     or take a little, continued for a moment, over and over) while a VM is migrated to it;
@@ -67,13 +67,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from pvc.cli.localcluster.cluster import LIBVIRT_TIMEOUT
 from pvc.cli.localcluster.pidfiles import read_pid
 from pvc.cli.localcluster.processes import exit_description
 from pvc.errors import NotFound, PVCError
 
 from faults.history import Fault, Freeze, History, Operation
 from faults.monitor import HostGate
+from faults.timings import Timings
 
 PROCESS_KINDS = ("kill-node-daemon", "kill-node-daemon-for-good", "kill-leader-coordinator", "freeze-libvirtd",
                  "drop-zookeeper-session", "second-fault-during-recovery", "kill-leader-during-recovery",
@@ -93,36 +93,27 @@ LAB_WEIGHTS = {"cut-host": 2, "cut-minority": 1, "cut-leader-coordinator": 1, "k
 QEMU_FAULT_WEIGHTS = {**FAULT_WEIGHTS, "restart-libvirtd": 1.5}
 POWER_ON_AFTER_S = 3.0
 """Seconds a host found off (fenced) stays off before the nemesis, as the machine room, powers it on again."""
-WHOLE_AGAIN_TIMEOUT_S = 60.0
-"""Longest a heavy fault waits for every node to run again: a node left dead (or one that fenced itself) is
-back only once fenced and powered on."""
-DETECTION_WINDOW_S = 6.0
-"""Seconds after a paused node daemon wakes within which the leader may still find it dead (its fence
-deadline, with a margin)."""
 THAW_READING_HEAD_START = 0.1
 """Seconds the monitor's reading gets to reach a frozen libvirtd's socket before the thaw."""
-CLAIM_WATCH_STEP_S = 1.0
-"""While waiting for a migration's target to claim the VM, its frozen libvirtd answers once every this many
-seconds (well within the node's deadline), so that the calls before the claim succeed."""
-CLAIM_WATCH_TIMEOUT_S = 12.0
-SLOW_STOP_S = (1.2, 3.4)
-SLOW_AFTER_THAW_S = 4.0
-"""After the thaw past the deadline, a migration's frozen target answers slowly for this long (a libvirtd that
-hung once is rarely quick at once): what the node does with the start that outlived its deadline is slow too."""
-"""How long a slow libvirtd stays stopped between two brief answers: around the node's 3 s deadline."""
-RECOVERY_WAIT_S = 20.0
+CLAIM_WATCH_STEP = 1 / 3
+"""While waiting for a migration's target to claim the VM, its frozen libvirtd answers once every this much of
+the node's libvirt deadline (well within it), so that the calls before the claim succeed."""
+CLAIM_WATCH_TIMEOUT = 4.0
+"""Longest the claim is waited for, in libvirt deadlines."""
+SLOW_STOP = (0.4, 3.4 / 3)
+"""How long a slow libvirtd stays stopped between two brief answers, in libvirt deadlines: around it."""
+SLOW_AFTER_THAW = 4 / 3
+"""After the thaw past the deadline, a migration's frozen target answers slowly for this many libvirt deadlines
+(a libvirtd that hung once is rarely quick at once): what the node does with the start that outlived its deadline
+is slow too."""
 OWN_VM = "steady"
 """The VM the migration faults move: the nemesis's own, which no client touches."""
 OWN_VM_SETTLE_S = 8.0
 """Longest a migration fault waits for `OWN_VM` to run, settled, before it moves it."""
-"""Longest an overlapping fault waits for the recovery it is meant to overlap to be running."""
 FAILED_FENCE_RETRY_S = 15.0
 CLONE_AFTERMATH_S = 6.0
 """Seconds the original pvcnoded is watched after a clone of it has ended (a daemon that gave way to the clone
 may still be waiting for the clone's ZooKeeper session to end, and then exit)."""
-ADMINISTRATOR_AFTER_S = 15.0
-"""Seconds a node may stay dead with no recovery of it running before the nemesis, as an administrator, powers
-it off and confirms its fence (see `Nemesis.administer`)."""
 """Seconds the leader gets, once a BMC fault is healed, to fence the node again by itself."""
 
 
@@ -144,16 +135,17 @@ class PlannedFault:
         return f"+{self.gap_s:.2f}s {self.kind}[{self.target}] for {self.duration_s:.2f}s"
 
 
-def _duration(kind: str, rng: random.Random, session_timeout: float) -> float:
+def _duration(kind: str, rng: random.Random, timings: Timings) -> float:
+    session_timeout, libvirt_timeout = timings.session_timeout_s, timings.libvirt_timeout_s
     return {
         "kill-node-daemon": lambda: rng.uniform(0.2, 2.5),
         "kill-leader-coordinator": lambda: rng.uniform(0.5, 4.0),
-        "freeze-libvirtd": lambda: rng.uniform(3.0, 8.0),
+        "freeze-libvirtd": lambda: rng.uniform(libvirt_timeout, libvirt_timeout * 8 / 3),
         "drop-zookeeper-session": lambda: rng.uniform(session_timeout + 1.5, session_timeout + 5.0),
         "second-fault-during-recovery": lambda: rng.uniform(0.5, 2.0),
         "kill-leader-during-recovery": lambda: rng.uniform(0.5, 3.0),
-        "freeze-libvirtd-during-migration": lambda: LIBVIRT_TIMEOUT + rng.uniform(0.1, 0.8),
-        "slow-libvirtd": lambda: rng.uniform(8.0, 12.0),
+        "freeze-libvirtd-during-migration": lambda: libvirt_timeout + rng.uniform(0.1, 0.8),
+        "slow-libvirtd": lambda: rng.uniform(libvirt_timeout * 8 / 3, libvirt_timeout * 4),
         "cut-host": lambda: rng.uniform(6.0, 9.0),
         "cut-minority": lambda: rng.uniform(7.0, 10.0),
         "cut-leader-coordinator": lambda: rng.uniform(2.0, 6.0),
@@ -165,7 +157,7 @@ def _duration(kind: str, rng: random.Random, session_timeout: float) -> float:
     }.get(kind, lambda: 0.0)()
 
 
-def schedule(seed: int | str, session_timeout: float, weights: dict[str, float] = FAULT_WEIGHTS,
+def schedule(seed: int | str, timings: Timings, weights: dict[str, float] = FAULT_WEIGHTS,
              first_round: Sequence[str] | None = None) -> Iterator[PlannedFault]:
     """The endless, reproducible sequence of faults; every value is drawn at every step. `first_round` (by
     default every kind of `weights`) comes first, each kind once, light and heavy alternating."""
@@ -185,7 +177,7 @@ def schedule(seed: int | str, session_timeout: float, weights: dict[str, float] 
         kind = opening[step] if step < len(opening) else rng.choices(kinds, kind_weights)[0]
         step += 1
         target, other, choice = rng.randrange(1 << 16), rng.randrange(1 << 16), rng.random()
-        duration = _duration(kind, rng, session_timeout)
+        duration = _duration(kind, rng, timings)
         gap = rng.uniform(0.5, 2.5)
         yield PlannedFault(kind, target, round(duration, 2), round(gap, 2), other, round(choice, 3))
 
@@ -201,9 +193,11 @@ class Skipped(Exception):
 
 class Nemesis(threading.Thread):
     def __init__(self, local, history: History, gates: dict[str, HostGate], faults: Iterator[PlannedFault],
-                 stopping: threading.Event, connect: Callable[[], Any], domain_xml: Callable[[str], str]):
+                 stopping: threading.Event, connect: Callable[[], Any], domain_xml: Callable[[str], str],
+                 timings: Timings):
         super().__init__(name="nemesis", daemon=True)
         self._local = local
+        self._timings = timings
         self._history = history
         self._gates = gates
         self._faults = faults
@@ -243,6 +237,10 @@ class Nemesis(threading.Thread):
         self._dead_since: dict[str, float] = {}
         """Since when (monotonic) each node has been seen dead with no recovery of it running."""
 
+
+    @property
+    def timings(self) -> Timings:
+        return self._timings
     def run(self) -> None:
         supervisor = threading.Thread(target=self._supervise_until_stopped, name="nemesis-machine-room", daemon=True)
         supervisor.start()
@@ -309,7 +307,7 @@ class Nemesis(threading.Thread):
             client.close()
 
     def administer(self, client) -> None:
-        """Act as an administrator for a node left ``dead`` for `ADMINISTRATOR_AFTER_S` with no recovery of it
+        """Act as an administrator for a node left ``dead`` for `Timings.administrator_after_s` with no recovery of it
         running: overlapping faults can make more than half of the nodes look dead at once, and then no leader
         fences any (an administrator's call, by design), and a dead node stays dead until fenced. The
         administrator makes sure the node is off (powers it off through its BMC) and confirms the fence. Called
@@ -321,29 +319,29 @@ class Nemesis(threading.Thread):
                        if task["kind"] == "recover" and task["state"] in ("pending", "running")}
         except PVCError:
             return
-        now = time.monotonic()
+        now, after = time.monotonic(), self._timings.administrator_after_s
         for node, state in states.items():
             if state != "dead" or node in running:
                 dead_since.pop(node, None)
                 continue
-            if now - dead_since.setdefault(node, now) < ADMINISTRATOR_AFTER_S:
+            if now - dead_since.setdefault(node, now) < after:
                 continue
             dead_since.pop(node)
             self._local.bmc(node).power_off()
             try:
                 client.nodes.fence_confirm(node, force=True)  # powered off just now
             except PVCError as error:
-                self._history.note("nemesis", f"as an administrator: {node} dead for {ADMINISTRATOR_AFTER_S:g} s "
+                self._history.note("nemesis", f"as an administrator: {node} dead for {after:g} s "
                                               f"with no recovery running; powered off; fence-confirm refused: {error}")
                 continue
             self.administrator_fences += 1
-            self._history.note("nemesis", f"as an administrator: {node} dead for {ADMINISTRATOR_AFTER_S:g} s with "
+            self._history.note("nemesis", f"as an administrator: {node} dead for {after:g} s with "
                                           f"no recovery running: powered off and fence-confirmed")
 
     def _await_whole_cluster(self, client) -> bool:
         """Wait until every node runs again and no heavy fault is under way (or the wait times out, which is
         noted); False once the run is stopping."""
-        deadline = time.monotonic() + WHOLE_AGAIN_TIMEOUT_S
+        deadline = time.monotonic() + self._timings.whole_again_timeout_s
         while True:
             try:
                 listed = client.nodes.list()
@@ -357,7 +355,8 @@ class Nemesis(threading.Thread):
                     and not self._heavy_active.is_set() and time.monotonic() >= self._quiet_after:
                 return True
             if time.monotonic() > deadline:
-                self._history.note("nemesis", f"nodes not all running after {WHOLE_AGAIN_TIMEOUT_S:g} s: {states}")
+                self._history.note("nemesis", f"nodes not all running after "
+                                              f"{self._timings.whole_again_timeout_s:g} s: {states}")
                 return True
             if self._stopping.wait(0.5):
                 return False
@@ -400,12 +399,13 @@ class Nemesis(threading.Thread):
             return node, self._freeze_libvirtd(node, fault.duration_s)
         if kind == "drop-zookeeper-session":
             detail = self._pause_daemon(node, fault.duration_s)
-            self._quiet_after = time.monotonic() + DETECTION_WINDOW_S
+            self._quiet_after = time.monotonic() + self._timings.detection_window_s
             return node, detail
         if kind == "second-fault-during-recovery":
             detail = self._kill_for_good(node) + "; " + self._await_recovery(client, node)
             if fault.choice < 0.5:
-                second = f"then {other}'s libvirtd: {self._freeze_libvirtd(other, LIBVIRT_TIMEOUT + fault.duration_s)}"
+                frozen = self._freeze_libvirtd(other, self._timings.libvirt_timeout_s + fault.duration_s)
+                second = f"then {other}'s libvirtd: {frozen}"
             else:
                 second = f"then {other}'s pvcnoded: {self._kill_and_restart('pvcnoded', other, fault.duration_s)}"
             return node, f"{detail}; {second}"
@@ -471,7 +471,7 @@ class Nemesis(threading.Thread):
 
     def _await_recovery(self, client, node: str) -> str:
         """Wait until a recovery task of `node` runs; what was seen."""
-        deadline = time.monotonic() + RECOVERY_WAIT_S
+        deadline = time.monotonic() + self._timings.recovery_wait_s
         started = self._history.now()
         while not self._stopping.is_set() and time.monotonic() < deadline:
             try:
@@ -482,7 +482,7 @@ class Nemesis(threading.Thread):
             except PVCError:
                 pass
             time.sleep(0.05)
-        return f"no recovery of {node} seen running within {RECOVERY_WAIT_S:g} s"
+        return f"no recovery of {node} seen running within {self._timings.recovery_wait_s:g} s"
 
     def _freeze_libvirtd(self, node: str, seconds: float, during: Callable[[], str] | None = None) -> str:
         """Freeze the host's libvirtd for `seconds`; `during`, if given, runs once it is frozen (its answer goes
@@ -515,7 +515,7 @@ class Nemesis(threading.Thread):
 
     def _slow_libvirtd(self, client, node: str, fault: PlannedFault) -> str:
         """Stop and continue the host's libvirtd over and over, so that each call waits for the next moment it
-        runs: stopped `SLOW_STOP_S` at a time (some calls outlive the node's deadline, most do not), continued
+        runs: stopped `SLOW_STOP` at a time (some calls outlive the node's deadline, most do not), continued
         for a few milliseconds. The nemesis's VM is sent to the host meanwhile; once the node has claimed it, the
         stop then under way lasts until just past the deadline (the start sent after the claim outlives it),
         and the slow spell goes on afterwards."""
@@ -540,11 +540,11 @@ class Nemesis(threading.Thread):
         try:
             if vm is not None:
                 migrated = f"{vm} migrated {source} -> {node}: " + self._migrate(client, vm, node)
-            next_answer = time.monotonic() + rng.uniform(*SLOW_STOP_S)
+            next_answer = time.monotonic() + rng.uniform(*map(self._timings.of_libvirt_timeout, SLOW_STOP))
             while not self._stopping.is_set() and self._history.now() - began < fault.duration_s:
                 if vm is not None and claimed is None and self._claimed(client, vm, node):
                     claimed = self._history.now()
-                    next_answer = time.monotonic() + LIBVIRT_TIMEOUT + rng.uniform(0.1, 0.8)
+                    next_answer = time.monotonic() + self._timings.libvirt_timeout_s + rng.uniform(0.1, 0.8)
                 if time.monotonic() >= next_answer:
                     if gate.read_before_thaw():
                         time.sleep(THAW_READING_HEAD_START)
@@ -552,7 +552,7 @@ class Nemesis(threading.Thread):
                     time.sleep(rng.uniform(0.005, 0.05))
                     self._signal(pid, signal.SIGSTOP)
                     answers += 1
-                    next_answer = time.monotonic() + rng.uniform(*SLOW_STOP_S)
+                    next_answer = time.monotonic() + rng.uniform(*map(self._timings.of_libvirt_timeout, SLOW_STOP))
                 time.sleep(0.03)
         finally:
             if gate.read_before_thaw():
@@ -565,7 +565,7 @@ class Nemesis(threading.Thread):
                f"{migrated}{claim}"
 
     def _answer_slowly(self, pid: int, gate: HostGate, seconds: float, rng: random.Random) -> int:
-        """Let a stopped libvirtd answer what piled up, then go on answering slowly (stopped `SLOW_STOP_S` at a
+        """Let a stopped libvirtd answer what piled up, then go on answering slowly (stopped `SLOW_STOP` at a
         time) for `seconds`; how many times it answered."""
         until = time.monotonic() + seconds
         answers = 0
@@ -575,7 +575,7 @@ class Nemesis(threading.Thread):
             self._signal(pid, signal.SIGCONT)
             time.sleep(rng.uniform(0.005, 0.05))
             answers += 1
-            pause = rng.uniform(*SLOW_STOP_S)
+            pause = rng.uniform(*map(self._timings.of_libvirt_timeout, SLOW_STOP))
             if time.monotonic() + pause > until:
                 break
             self._signal(pid, signal.SIGSTOP)
@@ -593,7 +593,7 @@ class Nemesis(threading.Thread):
     def _freeze_during_migration(self, client, fault: PlannedFault) -> tuple[str, str]:
         """Migrate a running VM with one of the two libvirtds frozen, and thaw it just after the node's libvirt
         deadline. The source: its stop of the VM outlives the deadline. The target: its libvirtd answers
-        (briefly, every `CLAIM_WATCH_STEP_S`) until the node has claimed the VM, then stays frozen from the
+        (briefly, every `CLAIM_WATCH_STEP`) until the node has claimed the VM, then stays frozen from the
         claim until just past the deadline, so that the start the node sends after its claim is the call that
         outlives the deadline, and is carried out at the thaw."""
         vm, source, target = self._migration(client, fault)
@@ -608,7 +608,7 @@ class Nemesis(threading.Thread):
 
     def _freeze_target_from_claim(self, client, fault: PlannedFault, vm: str, source: str,
                                   target: str) -> tuple[str, str]:
-        late_by = fault.duration_s - LIBVIRT_TIMEOUT
+        late_by = fault.duration_s - self._timings.libvirt_timeout_s
         gate = self._gates[target]
         gate.close()
         pid = libvirtd_pid(self._local.host(target))
@@ -620,8 +620,8 @@ class Nemesis(threading.Thread):
         claimed = None
         try:
             sent = self._migrate(client, vm, target)
-            next_answer = time.monotonic() + CLAIM_WATCH_STEP_S
-            deadline = time.monotonic() + CLAIM_WATCH_TIMEOUT_S
+            next_answer = time.monotonic() + self._timings.of_libvirt_timeout(CLAIM_WATCH_STEP)
+            deadline = time.monotonic() + self._timings.of_libvirt_timeout(CLAIM_WATCH_TIMEOUT)
             while claimed is None and not self._stopping.is_set() and time.monotonic() < deadline:
                 if self._claimed(client, vm, target):
                     claimed = self._history.now()
@@ -632,11 +632,12 @@ class Nemesis(threading.Thread):
                     self._signal(pid, signal.SIGCONT)
                     time.sleep(0.005)
                     self._signal(pid, signal.SIGSTOP)
-                    next_answer = time.monotonic() + CLAIM_WATCH_STEP_S
+                    next_answer = time.monotonic() + self._timings.of_libvirt_timeout(CLAIM_WATCH_STEP)
                 time.sleep(0.03)
             if claimed is not None:
                 self._stopping.wait(max(0.0, claimed + fault.duration_s - self._history.now()))
-                self._answer_slowly(pid, gate, SLOW_AFTER_THAW_S, random.Random(f"{fault.target}/{fault.other}/thaw"))
+                self._answer_slowly(pid, gate, self._timings.of_libvirt_timeout(SLOW_AFTER_THAW),
+                                    random.Random(f"{fault.target}/{fault.other}/thaw"))
         finally:
             if gate.read_before_thaw():
                 time.sleep(THAW_READING_HEAD_START)
@@ -645,10 +646,10 @@ class Nemesis(threading.Thread):
             self._history.add(Freeze(target, began, self._history.now()))
         if claimed is None:
             return target, f"target of {vm}'s migration {source} -> {target} ({sent}): no claim seen within " \
-                           f"{CLAIM_WATCH_TIMEOUT_S:g} s; thawed"
+                           f"{self._timings.of_libvirt_timeout(CLAIM_WATCH_TIMEOUT):g} s; thawed"
         return target, f"target of {vm}'s migration {source} -> {target} ({sent}): claimed at {claimed:.3f} s, " \
                        f"libvirtd frozen from then until {late_by:.2f} s past the deadline, then slow for " \
-                       f"{SLOW_AFTER_THAW_S:g} s"
+                       f"{self._timings.of_libvirt_timeout(SLOW_AFTER_THAW):g} s"
 
     def _migration(self, client, fault: PlannedFault, to: str | None = None) -> tuple[str, str, str]:
         """The nemesis's own VM (`OWN_VM`: no client touches it, so that no client's command moves it while a
@@ -794,7 +795,7 @@ class Nemesis(threading.Thread):
         for node in nodes:
             local.heal_link(node)
         with self._lock:
-            self._quiet_after = time.monotonic() + DETECTION_WINDOW_S
+            self._quiet_after = time.monotonic() + self._timings.detection_window_s
         return f"{' and '.join(nodes)} cut off {'together ' if len(nodes) > 1 else ''}for " \
                f"{self._history.now() - cut:.2f} s"
 
@@ -878,7 +879,7 @@ class Nemesis(threading.Thread):
         self._restore["fence options"] = restore
         try:
             detail = self._kill_for_good(node) + "; " + self._await_recovery(client, node)
-            deadline = time.monotonic() + RECOVERY_WAIT_S
+            deadline = time.monotonic() + self._timings.recovery_wait_s
             while not self._stopping.is_set() and time.monotonic() < deadline:
                 tasks = [task for task in self._tasks(client) if task["kind"] == "recover" and task["node"] == node]
                 if tasks and max(tasks, key=lambda task: task["created"])["state"] in ("done", "failed"):

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pvc
-from pvc.cli.localcluster.cluster import SESSION_TIMEOUT
 from pvc.errors import PVCError
 
 from faults import checker, nemesis, workload
 from faults.history import History, Operation
 from faults.monitor import HostGate, Monitor, read_hosts
 from faults.task_log import TaskLog
+from faults.timings import FAST, Timings
 
 SEED_VARIABLE = "PVC_FAULT_SEED"
 FIRST_ROUND_GRACE_S = 45.0
@@ -199,7 +199,8 @@ def run_faults(cluster, seed: int, seconds: float, clients: int = 4, vm_count: i
     nodes = local.node_names
     run = FaultRun(seed, seconds, history, clients, vms, nodes, local.coordinator_names, history_path=history_path,
                    kinds=tuple(kinds or fault_weights))
-    run.planned_faults = _first(nemesis.schedule(seed, SESSION_TIMEOUT, fault_weights, run.kinds), 12)
+    timings = Timings.of(local)
+    run.planned_faults = _first(nemesis.schedule(seed, timings, fault_weights, run.kinds), 12)
     run.planned_operations = {f"client{index}": _first(workload.schedule(seed, f"client{index}", vms, nodes), 4)
                               for index in range(clients)}
 
@@ -214,8 +215,8 @@ def run_faults(cluster, seed: int, seconds: float, clients: int = 4, vm_count: i
     workers = [workload.Client(f"client{index}", connect, history,
                                workload.schedule(seed, f"client{index}", vms, nodes), domain_xml, stopping)
                for index in range(clients)]
-    chaos = nemesis.Nemesis(local, history, gates, nemesis.schedule(seed, SESSION_TIMEOUT, fault_weights, run.kinds),
-                            stopping, connect, domain_xml)
+    chaos = nemesis.Nemesis(local, history, gates, nemesis.schedule(seed, timings, fault_weights, run.kinds),
+                            stopping, connect, domain_xml, timings)
     try:
         for thread in [*workers, chaos]:
             thread.start()
@@ -252,7 +253,7 @@ def run_faults(cluster, seed: int, seconds: float, clients: int = 4, vm_count: i
     run.existence = checker.existence_problems(history.operations, records)
     run.commands = checker.command_problems(history, records, run.tasks)
     run.gaps = checker.sampling_gaps(history, sampling.gap_limit)
-    run.outcomes = fault_outcomes(history, run.tasks)
+    run.outcomes = fault_outcomes(history, run.tasks, timings)
     run.elapsed = time.monotonic() - started
     if history_path is not None:
         history.dump(history_path)
@@ -276,7 +277,7 @@ def _settle(run: FaultRun, local, gates: dict[str, HostGate], connect, chaos: ne
                 active = [task["id"] for task in tasks if task["state"] in ("pending", "running")]
                 run.mismatches = checker.record_mismatches(records, read_hosts(local, gates))
                 run.mismatches += [f"task {task} still active" for task in active]
-                run.mismatches += awaited_recoveries(run.history, tasks)
+                run.mismatches += awaited_recoveries(run.history, tasks, chaos.timings)
             except PVCError as error:
                 run.mismatches = [f"host or coordinator not answering while settling: {error}"]
             clean_checks = 0 if run.mismatches else clean_checks + 1
@@ -297,44 +298,37 @@ def _settle(run: FaultRun, local, gates: dict[str, HostGate], connect, chaos: ne
     return records
 
 
-FENCE_WINDOW_S = 25.0
-"""Seconds after a fault that may get a node fenced during which its recovery may begin."""
-SELF_FENCED_BY_S = 4.5
-"""Seconds after its link is cut by which a host must have stopped every VM: the leader's fence deadline (4 s)
-and a margin for the monitor's reading."""
 MASS_DEATH = "look dead at once"
 """What the leader says of a recovery it refuses because more than half of the nodes look dead at once."""
-FENCED_CUT_S = 5.5
-"""A cut this long at least must get its hosts fenced (one the end of the run cut short is not judged)."""
 
 
-def fault_outcomes(history: History, tasks: list[dict[str, Any]]) -> list[str]:
-    """The outcomes some faults must have, whatever else happened:
+def fault_outcomes(history: History, tasks: list[dict[str, Any]], timings: Timings = FAST) -> list[str]:
+    """The outcomes some faults must have, whatever else happened (the figures named are `timings`'):
 
-    - a host cut off for `FENCED_CUT_S` or more (alone, or two of five together, still reaching each other)
-      fences itself: by `SELF_FENCED_BY_S` after the cut, the monitor sees none of the VMs it ran then running
+    - a host cut off for `fenced_cut_s` or more (alone, or two of five together, still reaching each other)
+      fences itself: by `self_fenced_by_s` after the cut, the monitor sees none of the VMs it ran then running
       there, as long as the cut lasts; and it is fenced: a recovery of it completes (a host that fenced itself
       stays silent until its daemon restarts, so even a leader changed during the cut finds it dead once it
       leads);
     - a clone of a node (its name, another PID namespace) does not take the node over: the original pvcnoded
       still runs;
     - a ZooKeeper server killed, the leading one included, fences nothing: no recovery of a node that no other
-      fault could have got fenced begins while it is down or within `FENCE_WINDOW_S` of its return."""
+      fault could have got fenced begins while it is down or within `fence_window_s` of its return."""
     recoveries = _recoveries(history, tasks)
-    heavy = [(node, fault.injected, _window_end(fault, node, recoveries))
+    heavy = [(node, fault.injected, _window_end(fault, node, recoveries, timings))
              for fault in history.faults if fault.kind in nemesis.HEAVY for node in fault.target.split("+")]
     problems = [f"{node} was cut off ({fault.kind} {fault.target} at {fault.injected:.3f}..{fault.healed:.3f} s), "
-                f"yet no recovery of it completed" for fault, node in _unrecovered_cuts(history, recoveries)]
+                f"yet no recovery of it completed" for fault, node in _unrecovered_cuts(history, recoveries, timings)]
     for fault in history.faults:
-        if _must_fence(fault):
-            problems += _self_fenced(history, fault)
+        if _must_fence(fault, timings):
+            problems += _self_fenced(history, fault, timings)
         if fault.kind == "clone-node" and "the original still runs" not in fault.detail:
             problems.append(f"clone-node {fault.target} at {fault.injected:.3f}..{fault.healed:.3f} s: the clone "
                             f"took the node over: {fault.detail}")
         if fault.kind in ("kill-zookeeper-leader", "kill-zookeeper-server"):
             for created, task in recoveries:
                 node = task.get("node")
-                if fault.injected <= created <= fault.healed + FENCE_WINDOW_S and not any(
+                if fault.injected <= created <= fault.healed + timings.fence_window_s and not any(
                         node == cut and start <= created <= end for cut, start, end in heavy):
                     problems.append(f"{fault.kind} {fault.target} at {fault.injected:.3f}..{fault.healed:.3f} s "
                                     f"got node {node} fenced ({task.get('id')} at {created:.3f} s, "
@@ -342,46 +336,49 @@ def fault_outcomes(history: History, tasks: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
-def _must_fence(fault) -> bool:
-    return fault.kind in ("cut-host", "cut-minority") and fault.healed - fault.injected >= FENCED_CUT_S
+def _must_fence(fault, timings: Timings) -> bool:
+    return fault.kind in ("cut-host", "cut-minority") and fault.healed - fault.injected >= timings.fenced_cut_s
 
 
 def _recoveries(history: History, tasks: list[dict[str, Any]]) -> list[tuple[float, dict[str, Any]]]:
     return [(history.from_wall(task.get("created")) or 0.0, task) for task in tasks if task.get("kind") == "recover"]
 
 
-def _unrecovered_cuts(history: History, recoveries: list[tuple[float, dict[str, Any]]]) -> list[tuple[Any, str]]:
+def _unrecovered_cuts(history: History, recoveries: list[tuple[float, dict[str, Any]]],
+                      timings: Timings) -> list[tuple[Any, str]]:
     """Each (fault, node) of a cut that must get its hosts fenced with no recovery of that node completed within
     its window (`_window_end`)."""
-    return [(fault, node) for fault in history.faults if _must_fence(fault) for node in fault.target.split("+")
+    return [(fault, node) for fault in history.faults if _must_fence(fault, timings)
+            for node in fault.target.split("+")
             if not any(task.get("node") == node and task.get("state") == "done"
-                       and fault.injected <= created <= _window_end(fault, node, recoveries)
+                       and fault.injected <= created <= _window_end(fault, node, recoveries, timings)
                        for created, task in recoveries)]
 
 
-def _window_end(fault, node: str, recoveries: list[tuple[float, dict[str, Any]]]) -> float:
-    """Until when a recovery of `node` is this fault's own: `FENCE_WINDOW_S` after it heals, or to the end of the
+def _window_end(fault, node: str, recoveries: list[tuple[float, dict[str, Any]]], timings: Timings) -> float:
+    """Until when a recovery of `node` is this fault's own: `fence_window_s` after it heals, or to the end of the
     run when a recovery of the node begun in that window was refused because more than half of the nodes looked
     dead at once (`MASS_DEATH`): overlapping cuts had cut off that many, and the node is fenced only once fewer
     look dead, when its recovery is tried again or a new leader begins one."""
-    end = fault.healed + FENCE_WINDOW_S
+    end = fault.healed + timings.fence_window_s
     held = any(task.get("node") == node and MASS_DEATH in (task.get("reason") or "")
                and fault.injected <= created <= end for created, task in recoveries)
     return math.inf if held else end
 
 
-def awaited_recoveries(history: History, tasks: list[dict[str, Any]]) -> list[str]:
+def awaited_recoveries(history: History, tasks: list[dict[str, Any]], timings: Timings = FAST) -> list[str]:
     """The recoveries settling still waits for: a cut that ended with the run may be fenced only after it (the
     leader counts its deadline from when it last reached ZooKeeper, and a leader cut off during the cut was
     replaced late in it; one held back while too many nodes looked dead is fenced once fewer do), and the
     outcome is judged only once its window is over or settling gives up."""
     now, recoveries = history.now(), _recoveries(history, tasks)
     return [f"awaiting a recovery of {node} (cut off at {fault.injected:.3f}..{fault.healed:.3f} s)"
-            for fault, node in _unrecovered_cuts(history, recoveries) if now <= _window_end(fault, node, recoveries)]
+            for fault, node in _unrecovered_cuts(history, recoveries, timings)
+            if now <= _window_end(fault, node, recoveries, timings)]
 
 
-def _self_fenced(history: History, fault) -> list[str]:
-    """Whether each host of a cut stopped the VMs it ran at the cut by `SELF_FENCED_BY_S` after it."""
+def _self_fenced(history: History, fault, timings: Timings) -> list[str]:
+    """Whether each host of a cut stopped the VMs it ran at the cut by `self_fenced_by_s` after it."""
     problems = []
     for host in fault.target.split("+"):
         readings = sorted((sample for sample in history.samples if sample.host == host and sample.running is not None),
@@ -389,7 +386,7 @@ def _self_fenced(history: History, fault) -> list[str]:
         before = [sample for sample in readings if sample.answered <= fault.injected]
         ran = set(before[-1].running) if before else set()
         late = [sample for sample in readings
-                if fault.injected + SELF_FENCED_BY_S <= sample.asked and sample.answered <= fault.healed]
+                if fault.injected + timings.self_fenced_by_s <= sample.asked and sample.answered <= fault.healed]
         still = sorted({vm for sample in late for vm in ran & set(sample.running)})
         if still:
             first = next(sample for sample in late if ran & set(sample.running))
