@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any, Callable, Iterable
 
-from kazoo.client import KazooState
+from kazoo.client import KazooState, TransactionRequest
 from kazoo.exceptions import (BadVersionError, NodeExistsError, NoNodeError, NotEmptyError,
                               RolledBackError)
 from kazoo.handlers.threading import KazooTimeoutError
@@ -150,21 +150,18 @@ class Transaction:
 
     def __init__(self, store: Store, leader_node: str | None):
         self._store = store
-        self._transaction = store.zk.transaction()
-        self._operations: list[tuple[str, str]] = []
+        self._operations: list[tuple[str, str, Callable[[TransactionRequest], None]]] = []
         self._leader_node = leader_node
         if leader_node:
             self.check(leader_node, 0)
 
     def create(self, path: str, value: Any, ephemeral: bool = False) -> "Transaction":
-        self._transaction.create(path, schema.encode(value), ephemeral=ephemeral)
-        self._operations.append(("create", path))
-        return self
+        data = schema.encode(value)
+        return self._add("create", path, lambda request: request.create(path, data, ephemeral=ephemeral))
 
     def set(self, path: str, value: Any, version: int = -1) -> "Transaction":
-        self._transaction.set_data(path, schema.encode(value), version)
-        self._operations.append(("set", path))
-        return self
+        data = schema.encode(value)
+        return self._add("set", path, lambda request: request.set_data(path, data, version))
 
     def put(self, path: str, value: Any) -> "Transaction":
         """Set `path`, or create it if it does not exist now: for a key with one writer, which nobody else
@@ -172,9 +169,7 @@ class Transaction:
         return (self.set if self._store.zk.exists(path) else self.create)(path, value)
 
     def delete(self, path: str, version: int = -1) -> "Transaction":
-        self._transaction.delete(path, version)
-        self._operations.append(("delete", path))
-        return self
+        return self._add("delete", path, lambda request: request.delete(path, version))
 
     def delete_tree(self, paths: Iterable[str]) -> "Transaction":
         """Delete `paths`, given children first."""
@@ -183,22 +178,31 @@ class Transaction:
         return self
 
     def check(self, path: str, version: int) -> "Transaction":
-        self._transaction.check(path, version)
-        self._operations.append(("check", path))
+        return self._add("check", path, lambda request: request.check(path, version))
+
+    def _add(self, operation: str, path: str, add: Callable[[TransactionRequest], None]) -> "Transaction":
+        self._operations.append((operation, path, add))
         return self
 
     def commit(self) -> None:
-        """Commit; the first transaction of a call that carries a request id also records the id."""
+        """Commit; the first transaction of a call that carries a request id also records the id, as its first
+        operation: ZooKeeper reports only the first operation of a transaction that fails, so a retry that
+        collides with its own first attempt (a define that created the VM meanwhile) meets the recorded id,
+        `request_ids.Repeated`, and is answered from that attempt rather than told the VM exists already."""
+        operations = list(self._operations)
         pending = request_ids.take()
         if pending is not None:
-            request_id, record = pending
-            self.create(schema.request(request_id), record)
+            path, data = schema.request(pending[0]), schema.encode(pending[1])
+            operations.insert(0, ("create", path, lambda request: request.create(path, data)))
+        request = self._store.zk.transaction()
+        for _, _, add in operations:
+            add(request)
         try:
-            results = self._transaction.commit()
+            results = request.commit()
         except BaseException:
             request_ids.committed(pending, succeeded=False)
             raise
-        failed = [(operation, path, result) for (operation, path), result in zip(self._operations, results)
+        failed = [(operation, path, result) for (operation, path, _), result in zip(operations, results)
                   if isinstance(result, Exception) and not isinstance(result, RolledBackError)]
         request_ids.committed(pending, succeeded=not failed)
         for operation, path, result in failed:

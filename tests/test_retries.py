@@ -9,7 +9,7 @@ import pytest
 import Pyro5.api
 
 import pvc
-from pvc import schema
+from pvc import request_ids, schema
 from pvc.client import object_id
 from pvc.handshake import authenticated_proxy
 
@@ -123,3 +123,24 @@ def test_a_provisioner_call_whose_coordinator_died_after_committing_is_answered_
     assert cutter.cut.is_set(), "the first attempt's answer was cut off"
     assert answer["name"] == "retried-doc"
     assert [row["name"] for row in fresh_cluster.client.provisioner.userdata_list()] == ["retried-doc"]
+
+
+def test_a_retry_that_collides_with_its_own_first_attempt_meets_the_recorded_id_not_the_vm_it_made(store):
+    """The retry began while the first attempt still ran, so it found no recorded id; the first attempt then
+    committed the VM with its id. The retry's own transaction must tell it so (`Repeated`: it is answered from
+    that attempt), not that the VM exists already (the scale checker's 'came back': a define answered
+    AlreadyExists although that very define had made the VM)."""
+    request_id, path = f"retry-{uuid.uuid4().hex}", f"/pvc-test/{uuid.uuid4().hex}"
+    store.write("/pvc-test", {})
+    for attempt in ("first", "retry"):
+        request_ids.begin(request_id, {"method": "define", "attempt": attempt})
+        try:
+            if attempt == "first":
+                store.transaction().create(path, {"made by": attempt}).commit()
+            else:
+                with pytest.raises(request_ids.Repeated):
+                    store.transaction().create(path, {"made by": attempt}).commit()
+        finally:
+            request_ids.end()
+    assert store.read(path) == {"made by": "first"}
+    store.zk.delete(schema.request(request_id))
