@@ -148,6 +148,9 @@ NODED_SETTINGS: list[Setting] = [
     Setting("bmc_port", int, 623, "IPMI BMC UDP port"),
     Setting("bmc_user", (str, type(None)), None, "IPMI BMC user"),
     Setting("bmc_password", (str, type(None)), None, "IPMI BMC password"),
+    Setting("bmc_check_interval", (int, float), 60, "seconds at least between two health checks of this node's "
+            "BMC that find it answering (one that does not is asked again every health round): a BMC serves few "
+            "sessions, and a fence needs one"),
     Setting("simulated_cpus", (int, type(None)), None, "simulated hosts only: CPU count to report"),
     Setting("simulated_memory_mib", (int, type(None)), None, "simulated hosts only: memory (MiB) to report"),
     *_storage_settings(),

@@ -18,6 +18,7 @@ from conftest import started_cluster
 from helpers import cluster_store, eventually
 
 from pvc import schema
+from pvc.plugins.health_node import BMCAnswers
 
 BMC_FAULT = "node.hv1.bmc"
 HANG_FAULT = "node.hv1.example-hang"
@@ -240,3 +241,35 @@ def test_with_libvirt_lost_action_fence_a_node_without_libvirt_fences_itself_and
         monitor.stop()
     assert not double_runs(history), [str(violation) for violation in double_runs(history)]
     assert_no_vm_on_two_hosts(cluster)
+
+
+
+class _BMCContext:
+    """What the BMC check reads of its node: the node's BMC settings and a deadline."""
+
+    def __init__(self, settings: dict, timeout: float = 5.0):
+        self.settings, self._deadline = settings, time.monotonic() + timeout
+
+    def deadline_left(self) -> float:
+        return self._deadline - time.monotonic()
+
+
+def test_a_bmc_that_answered_is_asked_again_only_after_bmc_check_interval_and_one_that_did_not_every_round(
+        cluster):
+    local = cluster.local
+    bmc = local.bmc("hv2")
+    check = BMCAnswers()
+    settings = {**bmc.node_settings(), "bmc_check_interval": 1.5}
+    assert check.check(_BMCContext(settings)).delta == 0
+    bmc.stop()
+    try:
+        cached = check.check(_BMCContext(settings))
+        assert cached.delta == 0 and "answered 0 s ago (asked every 1.5 s)" in cached.message, \
+            "not asked again within the interval: the stopped BMC was not reached"
+        time.sleep(1.6)
+        failed = check.check(_BMCContext(settings))
+        assert failed.delta == 10 and "does not answer" in failed.message
+    finally:
+        bmc.start(local.state["bmc_user"], local.state["bmc_password"])
+    answered = check.check(_BMCContext(settings))
+    assert answered.delta == 0 and answered.message.endswith("answers"), "one that failed is asked every round"

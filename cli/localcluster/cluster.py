@@ -66,8 +66,8 @@ TIMINGS = ("fast", "production")
 SAMPLE_CONFIGS = Path(__file__).resolve().parents[2] / "contrib"
 """contrib/ of this checkout (the package maps cli/ to pvc.cli, so contrib/ is beside cli/)."""
 SAMPLE_TIMING_KEYS = {
-    "pvcnoded": ("keepalive_interval", "libvirt_timeout", "health_interval", "vm_stats_interval",
-                 "zookeeper_session_timeout"),
+    "pvcnoded": ("keepalive_interval", "libvirt_timeout", "health_interval", "bmc_check_interval",
+                 "vm_stats_interval", "zookeeper_session_timeout"),
     "pvcapid": ("leader_tick", "keepalive_interval", "fence_intervals", "suicide_intervals", "health_interval",
                 "metrics_poll_interval", "zookeeper_session_timeout"),
 }
@@ -533,7 +533,7 @@ class LocalCluster:
                     **({"tls_ca": str(self.tls_cert)} if self.state.get("tls") else {}),
                     "keepalive_interval": KEEPALIVE_INTERVAL, "listen_address": "127.0.0.1:0",
                     "libvirt_timeout": LIBVIRT_TIMEOUT, "health_interval": HEALTH_INTERVAL,
-                    "vm_stats_interval": HEALTH_INTERVAL,
+                    "vm_stats_interval": HEALTH_INTERVAL, "bmc_check_interval": HEALTH_INTERVAL,
                     "boot_image_directory": str(self.boot_image_directory),
                     "console_log_directory": str(self.console_directory(name)),
                     "snapshot_pause_directory": str(directory / "snapshot-pauses"),
