@@ -24,7 +24,7 @@ from pvc import schema
 from pvc.cli.localcluster.guest import domain_xml, parse_leases
 from pvc.node_stats_fields import INTERFACE_FIELDS, VM_FIELDS
 from test_network_router import RouterRecords
-from test_networks import NET, ok, pvc
+from test_networks import NET, ok, pvc, route_on
 from test_self_fencing import DaemonStates
 
 LEASE_TIMEOUT_S = 90
@@ -56,6 +56,7 @@ def guest_lab(tmp_path_factory) -> Iterator[RunningCluster]:
         ok(pvc(cluster, "network", "add", "4900", "-p", "managed", "-d", "guests", "--domain", "lab.test",
                "--ipv4", NET.format(249), "--gateway4", "169.254.249.1", "--dhcp4",
                "169.254.249.100-169.254.249.150"))
+        route_on(cluster, "hv1")
         started = {}
         for vm, node in (("g1", "hv2"), ("g2", "hv3")):
             ok(pvc(cluster, "vm", "define", "-", "--target", node, input=domain_xml(vm, networks=("guests",))))

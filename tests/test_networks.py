@@ -319,6 +319,25 @@ def test_a_node_removes_only_its_own_leftovers(lab_cluster):
         in_host(lab_cluster, "hv2", "ip", "link", "del", "userbr0", check=False)
 
 
+def test_a_node_keeps_a_networks_bridge_while_a_port_it_did_not_make_is_on_it(lab_cluster):
+    """A port on a PVC bridge that PVC did not make is a VM's NIC, such as the tap of a migration arriving
+    before the node's view shows the VM placed here: the bridge stays, whatever the node's view says, and goes
+    once that port has gone."""
+    in_host(lab_cluster, "hv2", "ip", "link", "add", "vnet-stray", "type", "veth", "peer", "name", "vnet-peer")
+    try:
+        # Named PVC's only once the port is on it, so that no pass sees it empty.
+        in_host(lab_cluster, "hv2", "ip", "link", "add", "stray-br", "type", "bridge")
+        in_host(lab_cluster, "hv2", "ip", "link", "set", "vnet-stray", "master", "stray-br")
+        in_host(lab_cluster, "hv2", "ip", "link", "set", "stray-br", "name", "pvcbr4998")
+        time.sleep(3)
+        assert "pvcbr4998" in pvc_devices(lab_cluster, "hv2"), "a bridge with a guest's port on it was removed"
+    finally:
+        in_host(lab_cluster, "hv2", "ip", "link", "del", "vnet-stray", check=False)
+        in_host(lab_cluster, "hv2", "ip", "link", "del", "stray-br", check=False)
+    assert eventually(lambda: "pvcbr4998" not in pvc_devices(lab_cluster, "hv2"), 10), \
+        "the bridge stayed after its last port had gone"
+
+
 # -- router services: DHCP, DNS, NAT, ACLs, seen from namespaces standing in for guests ----------------------
 
 DHCP_SCRIPT = """#!/bin/sh

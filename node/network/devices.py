@@ -136,6 +136,13 @@ def _flood_to(vxlan: str, peers: set[str]) -> list[str]:
     return changed
 
 
+def foreign_ports(vni: int, existing: dict[str, Link]) -> list[str]:
+    """The ports of network `vni`'s bridge that PVC did not make here: a VM's NICs."""
+    bridge = bridge_name(vni)
+    own = {_name("vlan", vni), _name("vxlan", vni)}
+    return sorted(name for name, link in existing.items() if link.master == bridge and name not in own)
+
+
 def remove(vni: int, existing: dict[str, Link]) -> list[str]:
     """Every device of network `vni` PVC made here."""
     removed = []

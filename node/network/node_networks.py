@@ -10,7 +10,7 @@ import logging
 import threading
 from typing import Any, Callable, Iterable, Mapping
 
-from pvc import schema
+from pvc import node_index, schema
 from pvc.cache import OWN_VALUE, WatchedCollection
 from pvc.errors import OperationFailed, PVCError
 from pvc.node.network import devices
@@ -84,8 +84,9 @@ class NodeNetworks:
                     changed += self._ensure_one(vni, existing)
                 except OperationFailed as error:
                     log.warning("network %s: %s", vni, error)
-            for vni in sorted(devices.own_networks(existing) - needed):
-                changed += devices.remove(vni, existing)
+            unneeded = devices.own_networks(existing) - needed
+            if unneeded:
+                changed += self._remove_unneeded(unneeded, existing, vms)
             if routing:
                 try:
                     changed += self.router.start(records, _hosts(vms), self._stored_leases())
@@ -160,6 +161,37 @@ class NodeNetworks:
                 ((raw.get("status") or {}).get("node") == self._node and not (raw.get("status") or {}).get("removed"))
             if held:
                 needed.update(spec.get("networks") or [])
+        return needed
+
+    def _remove_unneeded(self, vnis: set[int], existing: dict[str, devices.Link],
+                         vms: Mapping[str, dict[str, Any]]) -> list[str]:
+        """Remove the devices of networks no VM here needs, unless that changed under this pass.
+
+        A migration source moves its VM here once this node's report names the VM's networks, and this pass's
+        view of the VMs may predate that VM's placement. So the report is withdrawn first, and what is placed
+        here read again after that write: the placement came before the source read the old report, which came
+        before the withdrawal, so this read sees it. A bridge with a port that is not PVC's own (a guest's tap,
+        an incoming migration's) stays too; a later pass decides again."""
+        self._report(devices.own_networks(existing) - vnis)
+        still = self._needed_now(vms)
+        changed = []
+        for vni in sorted(vnis - still):
+            ports = devices.foreign_ports(vni, existing)
+            if ports:
+                log.info("network %s: devices kept, %s still on its bridge", vni, ", ".join(ports))
+                continue
+            changed += devices.remove(vni, existing)
+        return changed
+
+    def _needed_now(self, vms: Mapping[str, dict[str, Any]]) -> set[int]:
+        """The networks of the VMs placed here as ZooKeeper says now (the per-node index), or as `vms` says
+        where there is no complete index."""
+        if not node_index.complete(self._store):
+            return self.needed(vms)
+        needed = set()
+        for name in self._store.children(schema.node_vms(self._node)):
+            spec = self._store.read(schema.vm(name)) or {}
+            needed.update(spec.get("networks") or [])
         return needed
 
     def _ensure_one(self, vni: int, existing: dict[str, devices.Link]) -> list[str]:
