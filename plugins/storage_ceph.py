@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import pvc
-from pvc import block_diff, pipes
+from pvc import pipes
 from pvc.errors import AlreadyExists, InvalidInput, NotFound, OperationFailed, Unavailable
+from pvc.plugins.ceph_exports import CephExporter
 from pvc.plugins.fencing import ceph_python
 from pvc.qemu_img import QemuImg
 
@@ -118,6 +119,7 @@ class CephBackend:
     def __init__(self, settings: Mapping[str, Any]):
         self.conf = os.path.abspath(settings["ceph_conf"])
         self._qemu_img = QemuImg.from_settings(settings)
+        self._exporter = CephExporter(self.conf, RBD_OP_TIMEOUT_S)
 
     def command(self, tool: str, *arguments: str) -> list[str]:
         return [tool, "-c", self.conf, *arguments]
@@ -339,27 +341,12 @@ class CephBackend:
             batch.close()
 
     def snapshot_export(self, pool: str, volume: str, snapshot: str, parent: str | None, output: Any) -> None:
-        """``rbd export-diff`` of the snapshot (from `parent`, or whole), streamed into `output`."""
-        arguments = ["export-diff", "--no-progress", *(["--from-snap", parent] if parent else []),
-                     f"{pool}/{volume}@{snapshot}", "-"]
-        process = subprocess.Popen(self.command("rbd", *arguments), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, bufsize=0)
-        pipes.widen(process.stdout.fileno())
-        buffer = bytearray(1 << 20)
-        view = memoryview(buffer)
-        with process:
-            while count := process.stdout.readinto(buffer):
-                output.write(view[:count])
-            error = process.stderr.read().decode(errors="replace")
-        if process.returncode != 0:
-            raise OperationFailed(f"rbd export-diff of {pool}/{volume}@{snapshot} failed: {_last_line(error)}")
+        """The ``rbd diff v1`` stream of the snapshot (from `parent`, or whole), written into `output`."""
+        self._exporter.export(pool, volume, snapshot, parent, output)
 
     def snapshot_export_size(self, pool: str, volume: str, snapshot: str, parent: str | None) -> int | None:
-        """The extents ``rbd diff`` lists (object maps answer it without reading data), with their records."""
-        extents = self._json("rbd", "diff", *(["--from-snap", parent] if parent else []),
-                             f"{pool}/{volume}@{snapshot}")
-        return block_diff.STREAM_OVERHEAD + sum(block_diff.EXTENT_OVERHEAD + (extent["length"] if _exists(extent)
-                                                                               else 0) for extent in extents)
+        """The extents the object map lists, with their records: no data is read."""
+        return self._exporter.export_size(pool, volume, snapshot, parent)
 
     def volume_apply_diff(self, pool: str, volume: str, stream: Any, what: str) -> None:
         """``rbd import-diff`` of the stream, which leaves the snapshot it ends at on the image (the start of
@@ -403,11 +390,6 @@ def _replication(options: Mapping[str, Any]) -> dict[str, int]:
     if "copies" in given and given.get("mincopies", 1) > given["copies"]:
         raise InvalidInput(f"mincopies ({given['mincopies']}) cannot exceed copies ({given['copies']})")
     return given
-
-
-def _exists(extent: dict[str, Any]) -> bool:
-    """Whether an ``rbd diff`` extent holds data (``exists`` is the string "true" in some releases)."""
-    return extent.get("exists") in (True, "true")
 
 
 def _last_line(text: str) -> str:
