@@ -96,6 +96,14 @@ def status(state_dir: Path) -> None:
     click.echo(f"export PVC_CONFIG={cluster.client_config}")
 
 
+@cli.command("add-node")
+@state_dir_option
+def add_node(state_dir: Path) -> None:
+    """Add a node to the running cluster, as an administrator adds a hypervisor: a host (in the lab, on a lab
+    cluster), its BMC and its pvcnoded."""
+    _fault(lambda: click.echo(f"node {_cluster(state_dir).add_node()} is running and ready"))
+
+
 def _host(state_dir: Path, node: str):
     cluster = LocalCluster(state_dir)
     if node not in cluster.node_names:

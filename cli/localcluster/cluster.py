@@ -30,7 +30,7 @@ from pvc.cli.localcluster.pidfiles import read_pid
 from pvc.cli.localcluster.processes import (exit_description, free_port, kill_pid, live_pid, log_tail, start_detached,
                                             stop_pid)
 from pvc.cli.localcluster import guest
-from pvc.cli.localcluster.lab import Lab
+from pvc.cli.localcluster.lab import MAX_NODES as LAB_NODES, Lab
 from pvc.cli.localcluster.qemuhost import QemuHost
 from pvc.cli.localcluster.simhost import SimulatedHost
 from pvc.cli.localcluster.zookeeper import Peer, ZooKeeperServer
@@ -258,8 +258,8 @@ class LocalCluster:
         if zookeepers not in ZOOKEEPER_ENSEMBLE_SIZES:
             sizes = ", ".join(map(str, ZOOKEEPER_ENSEMBLE_SIZES))
             raise InvalidInput(f"a ZooKeeper of {zookeepers} servers: use {sizes}")
-        if lab and (nodes > 99 or coordinators > 9):
-            raise InvalidInput("a lab holds at most 99 nodes and 9 coordinators")
+        if lab and (nodes > LAB_NODES or coordinators > 9):
+            raise InvalidInput(f"a lab holds at most {LAB_NODES} nodes and 9 coordinators")
         if not isinstance(storage, str) or not re.fullmatch(r"[a-z][a-z0-9_-]*", storage):
             raise InvalidInput(f"unknown storage {storage!r}: use file, ceph or a plugin's backend name")
         if hypervisor not in HYPERVISORS:
@@ -324,6 +324,43 @@ class LocalCluster:
         except BaseException:
             self.down()
             raise
+
+    def add_node(self, timeout: float = 60.0) -> str:
+        """One more node on the running cluster, as an administrator adds a hypervisor: its host (in a namespace
+        of its own on a lab cluster), its BMC and its pvcnoded; returns its name once it is ``run`` and
+        ``ready``. A node that cannot start is stopped and forgotten again."""
+        if not self.state or not self.running_processes():
+            raise Conflict(f"no local cluster is running in {self.state_dir}")
+        name = f"hv{len(self.state['nodes']) + 1}"
+        lab = self.lab
+        if lab:
+            lab.member(name)  # InvalidInput past the lab's 99 nodes
+        try:
+            if lab:
+                lab.add(name)
+            self.state["nodes"].append(name)
+            self._save()
+            self.host(name).start()
+            self.bmc(name).start(self.state["bmc_user"], self.state["bmc_password"])
+            self.start_node_daemon(name)
+            self.wait_ready(timeout)
+        except BaseException:
+            self._forget_node(name)
+            raise
+        return name
+
+    def _forget_node(self, name: str) -> None:
+        for stop in (lambda: self.stop_daemon("pvcnoded", name, kill=True), self.bmc(name).stop,
+                     self.host(name).stop):
+            try:
+                stop()
+            except (PVCError, OSError):
+                pass
+        if self.lab:
+            self.lab.remove_member(name)
+        if name in self.state["nodes"]:
+            self.state["nodes"].remove(name)
+            self._save()
 
     def _start_zookeeper(self, count: int) -> None:
         """Start the servers at once (an ensemble's server serves only once a quorum runs), then wait for all."""
@@ -483,8 +520,9 @@ class LocalCluster:
         every client."""
         self.tls_cert.parent.mkdir(mode=0o700)
         lab = self.lab
+        # Every node address the lab may hold, so that a node added later (`add_node`) is served by it too.
         addresses = ["127.0.0.1"] + ([lab.address(f"pvcapid{index}") for index in range(1, coordinators + 1)]
-                                     + [lab.address(f"hv{index}") for index in range(1, nodes + 1)] if lab else [])
+                                     + [lab.address(f"hv{index}") for index in range(1, LAB_NODES + 1)] if lab else [])
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
                         "-subj", "/CN=pvc-local", "-addext",
                         "subjectAltName=" + ",".join(f"IP:{address}" for address in addresses),

@@ -50,7 +50,8 @@ _MEMBER = re.compile(r"^(hv|pvcapid|zk)([1-9][0-9]?)$")
 _FIRST_HOST = {"zk": 10, "pvcapid": 30, "hv": 100}
 """Each member's address is 169.254.OCTET.(first + index): ZooKeeper servers .11-, coordinators .31-, hosts
 .101-.199."""
-_LIMIT = {"zk": 19, "pvcapid": 9, "hv": 99}
+MAX_NODES = 99
+_LIMIT = {"zk": 19, "pvcapid": 9, "hv": MAX_NODES}
 _TAG = {"zk": "z", "pvcapid": "c", "hv": "h"}
 
 
@@ -164,6 +165,12 @@ class Lab:
         ip("-n", member.netns, "link", "set", "eth0", "up")
         ip("-n", member.netns, "link", "set", "lo", "up")
         return member
+
+    def remove_member(self, name: str) -> None:
+        """The member's namespace and veth pair, gone (a node that could not join)."""
+        member = self.member(name)
+        ip("netns", "del", member.netns, check=False)
+        ip("link", "del", member.veth, check=False)
 
     def release(self, owner: Path) -> list[str]:
         """`remove` the lab unless the registry says it now belongs to another state directory than `owner`
