@@ -18,7 +18,7 @@ from pvc.node.uploads import Tickets
 
 from conftest import started_cluster
 from helpers import cluster_store, eventually, refused_in_one_line
-from storage_support import known_raw, staging_files, stored_names, unique, volume_sha256
+from storage_support import known_raw, staging_files, stored_names, unique, volume_sha256, write_in_place
 
 MiB = 1024 * 1024
 
@@ -435,3 +435,41 @@ def test_an_undo_waits_for_a_stream_still_being_applied_and_its_unused_tickets_d
     assert tickets.stop_mirror("slow", "s2") is False
     with pytest.raises(AuthenticationError):
         tickets.redeem(unused.token)
+
+
+@pytest.fixture(scope="module")
+def ceph_source(clusters, private_ceph, tmp_path_factory):
+    """A one-node cluster on the private Ceph, saved as connection ``csource`` beside the two file clusters."""
+    home = clusters[2]
+    for cluster in started_cluster(tmp_path_factory.mktemp("mirror-ceph"), nodes=1, coordinators=1, storage="ceph",
+                                   ceph_conf=private_ceph.conf):
+        cluster.backend = "ceph"
+        key = home / "csource.key"
+        key.write_text(cluster.local.state["api_key"])
+        _ok(_pvc(home, "connection", "add", "csource", *cluster.local.uris, "--api-key-file", str(key)))
+        yield cluster
+
+
+def test_a_vm_on_ceph_is_mirrored_to_a_cluster_on_files_whole_then_incrementally(clusters, ceph_source, tmp_path):
+    """The sender's stream comes from its node's librbd helper; the receiver applies it to a file volume."""
+    dest, home = clusters[1], clusters[2]
+    pool, vm = unique("mc"), unique("mcvm")
+    for cluster in (ceph_source, dest):
+        cluster.client.storage.pool_add(pool)
+    _vm_with_disk(ceph_source, tmp_path, pool, vm, seed=21)
+    disk = f"{vm}_disk"
+
+    ceph_source.client.vms.snapshot_create(vm, "s1")
+    whole = json.loads(_ok(_pvc(home, "-c", "csource", "vm", "snapshot", "send", vm, "s1", "--to", "dest", "-f",
+                                "json")))
+    assert whole["kind"] == "full"
+    assert volume_sha256(dest, pool, disk) == volume_sha256(ceph_source, pool, disk)
+
+    write_in_place(ceph_source, pool, disk, 3 * MiB, b"\x5a" * (64 * 1024), tmp_path / "scratch")
+    ceph_source.client.vms.snapshot_create(vm, "s2")
+    incremental = json.loads(_ok(_pvc(home, "-c", "csource", "vm", "snapshot", "send", vm, "s2", "--to", "dest",
+                                      "-f", "json")))
+    assert incremental["kind"] == "incremental" and incremental["parent"] == "s1"
+    assert incremental["bytes"] < whole["bytes"] / 16, ("64 KiB changed sends about 64 KiB", incremental, whole)
+    assert volume_sha256(dest, pool, disk) == volume_sha256(ceph_source, pool, disk)
+    assert dest.client.vms.info(vm)["state"] == "mirror"
