@@ -36,6 +36,8 @@ class NodeNetworks:
         self._cluster_dev = cluster_dev
         self._lock = threading.Lock()
         self._reported: dict[str, Any] | None = None
+        self._kept_in_use: set[int] = set()
+        """Networks no VM here needs whose bridge still has a port PVC did not make (logged once)."""
         self._leases_lock = threading.Lock()
         self._leases_written: dict[int, dict[str, Any]] = {}
         if router is not None:
@@ -84,9 +86,7 @@ class NodeNetworks:
                     changed += self._ensure_one(vni, existing)
                 except OperationFailed as error:
                     log.warning("network %s: %s", vni, error)
-            unneeded = devices.own_networks(existing) - needed
-            if unneeded:
-                changed += self._remove_unneeded(unneeded, existing, vms)
+            changed += self._remove_unneeded(devices.own_networks(existing) - needed, existing, vms)
             if routing:
                 try:
                     changed += self.router.start(records, _hosts(vms), self._stored_leases())
@@ -167,19 +167,22 @@ class NodeNetworks:
                          vms: Mapping[str, dict[str, Any]]) -> list[str]:
         """Remove the devices of networks no VM here needs, unless that changed under this pass.
 
-        A migration source moves its VM here once this node's report names the VM's networks, and this pass's
-        view of the VMs may predate that VM's placement. So the report is withdrawn first, and what is placed
-        here read again after that write: the placement came before the source read the old report, which came
-        before the withdrawal, so this read sees it. A bridge with a port that is not PVC's own (a guest's tap,
-        an incoming migration's) stays too; a later pass decides again."""
-        self._report(devices.own_networks(existing) - vnis)
-        still = self._needed_now(vms)
+        A bridge with a port that is not PVC's own (a guest's tap, an incoming migration's) stays: a later pass
+        decides again. A migration source moves its VM here once this node's report names the VM's networks,
+        and this pass's view of the VMs may predate that VM's placement. So the report is withdrawn first, and
+        what is placed here read again after that write: the placement came before the source read the old
+        report, which came before the withdrawal, so this read sees it."""
+        in_use = {vni for vni in vnis if devices.foreign_ports(vni, existing)}
+        for vni in sorted(in_use - self._kept_in_use):
+            log.info("network %s: devices kept, %s still on its bridge", vni,
+                     ", ".join(devices.foreign_ports(vni, existing)))
+        self._kept_in_use = in_use
+        removable = vnis - in_use
+        if not removable:
+            return []
+        self._report(devices.own_networks(existing) - removable)
         changed = []
-        for vni in sorted(vnis - still):
-            ports = devices.foreign_ports(vni, existing)
-            if ports:
-                log.info("network %s: devices kept, %s still on its bridge", vni, ", ".join(ports))
-                continue
+        for vni in sorted(removable - self._needed_now(vms)):
             changed += devices.remove(vni, existing)
         return changed
 
