@@ -16,7 +16,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator, Sequence
 
 from pvc import block_diff, pipes
 from pvc.errors import OperationFailed, Unavailable
@@ -64,15 +64,14 @@ class Helper:
             self.close()
             raise
 
-    def ask(self, message: dict[str, Any], expected: str, descriptor: int | None = None) -> dict[str, Any]:
-        data = json.dumps(message).encode()
+    def send(self, message: dict[str, Any], descriptors: Sequence[int] = ()) -> None:
         try:
-            if descriptor is None:
-                self.channel.send(data)
-            else:
-                socket.send_fds(self.channel, [data], [descriptor])
+            socket.send_fds(self.channel, [json.dumps(message).encode()], list(descriptors))
         except OSError as error:
             raise HelperGone(f"the export helper is gone: {error}") from None
+
+    def ask(self, message: dict[str, Any], expected: str) -> dict[str, Any]:
+        self.send(message)
         return self.answer(expected)
 
     def answer(self, expected: str) -> dict[str, Any]:
@@ -82,7 +81,7 @@ class Helper:
             raw = b""
         if not raw:
             self.channel.close()
-            self.process.wait()
+            self._reap()
             raise HelperGone(f"the export helper exited: {self._last_error()}")
         answer = json.loads(raw)
         if expected not in answer:
@@ -96,12 +95,16 @@ class Helper:
         if self._errors.closed:
             return
         self.channel.close()
+        self._reap()
+        self._errors.close()
+
+    def _reap(self) -> None:
+        """Its socket closed, a helper exits; one that does not within 10 s is killed."""
         try:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        self._errors.close()
 
     def _last_error(self) -> str:
         self._errors.seek(0)
@@ -125,11 +128,7 @@ class CephExporter:
         pipes.widen(writing, PIPE_BYTES)
         try:
             with self._helper(what) as helper:
-                request = _request("export", pool, volume, snapshot, parent)
-                try:
-                    socket.send_fds(helper.channel, [json.dumps(request).encode()], [writing])
-                except OSError as error:
-                    raise HelperGone(f"the export helper is gone: {error}") from None
+                helper.send(_request("export", pool, volume, snapshot, parent), [writing])
                 os.close(writing)
                 writing = None
                 try:
