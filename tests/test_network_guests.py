@@ -30,8 +30,17 @@ from test_self_fencing import DaemonStates
 LEASE_TIMEOUT_S = 90
 
 ASK = """
-import socket, sys
-with socket.create_connection((sys.argv[1], 8), timeout=10) as connection:
+import socket, sys, time
+deadline = time.monotonic() + 10
+while True:
+    try:
+        connection = socket.create_connection((sys.argv[1], 8), timeout=10)
+        break
+    except ConnectionRefusedError:  # the guest prints its lease a moment before its probe port listens
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.2)
+with connection:
     connection.sendall((sys.argv[2] + "\\n").encode())
     print(connection.makefile().readline().strip())
 """
