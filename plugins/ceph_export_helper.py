@@ -2,18 +2,22 @@
 `pvc.plugins.ceph_exports`.
 
 Run by the interpreter Ceph's ``rados`` and ``rbd`` modules are installed for, never imported: it imports
-nothing from PVC. ``rbd export-diff`` starts a Ceph client for every volume (0.3 s of an incremental's 0.4 s
-here) and reads with few requests in flight; this client connects once and serves export after export.
+nothing from PVC. ``rbd export-diff`` starts a Ceph client for every volume and compares every object of an
+incremental extent by extent; this client connects once, serves export after export, and compares only the
+objects the object map says changed.
 
 Its standard input is a ``SOCK_SEQPACKET`` Unix socket; each message is one JSON object. The first names the
-cluster, ``{"conf": PATH, "timeout": SECONDS}``, and is answered ``{"ready": true}``. Then:
+cluster and how long to wait, ``{"conf": PATH, "timeout": SECONDS, "idle": SECONDS}``, and is answered
+``{"ready": true}``. Then:
 
 - ``{"op": "size", "image": "POOL/NAME", "snapshot": S, "parent": P or null}``, answered
-  ``{"extents": N, "data": BYTES, "zeros": N}``: what an export would carry, from the object map;
+  ``{"records": N, "data": BYTES}``: the extent records and data bytes an export would carry, from the
+  object map;
 - ``{"op": "export", ...the same}`` with a file descriptor (``SCM_RIGHTS``) that it writes the stream into and
   closes, answered ``{"done": BYTES}``.
 
-A failure is answered ``{"error": WHY}``. It exits when the socket closes, or after ``IDLE_S`` with no request.
+A failure is answered ``{"error": WHY}``. It exits when the socket closes, or after ``idle`` seconds with no
+request.
 """
 import json
 import os
@@ -26,7 +30,6 @@ from collections import deque
 import rados
 import rbd
 
-IDLE_S = 60.0
 READ_BYTES = 4 << 20
 """One read, and at most one ``w`` record: an RBD object's default size."""
 IN_FLIGHT = 16
@@ -92,9 +95,8 @@ class Client:
 
     def size(self, request: dict) -> dict:
         with self.image(request) as image:
-            found = self.extents(image, request["parent"])
-        return {"extents": len(found), "data": sum(length for _offset, length, exists in found if exists),
-                "zeros": sum(1 for _offset, _length, exists in found if not exists)}
+            found = _records(self.extents(image, request["parent"]))
+        return {"records": len(found), "data": sum(length for _offset, length, exists in found if exists)}
 
     def export(self, request: dict, descriptor: int) -> dict:
         with self.image(request) as image, open(descriptor, "wb", buffering=1 << 16) as output:
@@ -104,17 +106,13 @@ class Client:
                 _name(output, b"f", request["parent"])
             _name(output, b"t", request["snapshot"])
             output.write(b"s" + struct.pack("<Q", image.size()))
-            written = self._extents(image, found, output)
+            written = self._extents(image, _records(found), output)
             output.write(b"e")
         return {"done": written}
 
-    def _extents(self, image, found: list, output) -> int:
-        """Each extent in order: zeros as a record, data read `IN_FLIGHT` reads ahead of the writing."""
-        pieces = deque()
-        for offset, length, exists in found:
-            for start in range(offset, offset + length, READ_BYTES if exists else length):
-                pieces.append((start, min(READ_BYTES, offset + length - start) if exists else length, exists))
-        reads, written = deque(), 0
+    def _extents(self, image, records: list, output) -> int:
+        """Each record in order: zeros as they are, data read `IN_FLIGHT` reads ahead of the writing."""
+        pieces, reads, written = deque(records), deque(), 0
         try:
             while pieces or reads:
                 while pieces and len(reads) < IN_FLIGHT:
@@ -147,6 +145,13 @@ class Client:
             raise Failure(f"a read of {read.length} bytes at {read.offset} returned {len(read.data)}")
 
 
+def _records(found: list) -> list:
+    """The extents as the stream's records, each at most `READ_BYTES` (one read; PVC's own reader takes no
+    record of more than 1 GiB, zeros included)."""
+    return [(start, min(READ_BYTES, offset + length - start), exists) for offset, length, exists in found
+            for start in range(offset, offset + length, READ_BYTES)]
+
+
 def _name(output, tag: bytes, name: str) -> None:
     encoded = name.encode()
     output.write(tag + struct.pack("<I", len(encoded)) + encoded)
@@ -167,7 +172,7 @@ def serve(channel: socket.socket) -> int:
         _say(channel, {"error": f"cannot reach Ceph: {error}"})
         return 1
     _say(channel, {"ready": True})
-    channel.settimeout(IDLE_S)
+    channel.settimeout(float(settings["idle"]))
     try:
         while True:
             try:

@@ -1,11 +1,11 @@
 """Exports of RBD snapshots through long-lived librbd clients (`ceph_export_helper.py`), for the ``ceph``
 storage backend.
 
-``rbd export-diff`` connects a new Ceph client for every volume, and that start was most of an incremental
-export (0.32-0.37 s of 0.36-0.45 s for 20 MiB changed of 2 GiB); it also kept fewer reads in flight than
-``rbd export``. A helper connects once and serves exports until it has been idle for a minute, so a backup run
-of many volumes pays the connection once. Each export runs on a helper of its own: an idle one, or a new one
-when every helper is busy.
+``rbd export-diff`` connects a new Ceph client for every volume and compares every object of an incremental
+extent by extent (21 ms for 2 GiB here, against 1 ms for the object map's answer). A helper connects once,
+compares only the objects the object map says changed, and serves exports until it has been idle for a
+minute, so a backup run of many volumes pays the connection once. Each export runs on a helper of its own:
+an idle one, or a new one when every helper is busy.
 """
 import json
 import os
@@ -26,7 +26,7 @@ HELPER = Path(__file__).with_name("ceph_export_helper.py")
 PIPE_BYTES = 8 << 20
 """Two reads' worth: a node runs as root, which may widen a pipe past the 1 MiB others may."""
 IDLE_S = 60.0
-"""How long a helper waits for its next export before it exits (the helper's own ``IDLE_S``)."""
+"""How long a helper waits for its next export before it exits."""
 IDLE_MARGIN_S = 5.0
 """A helper idle this close to its exit is not given another export: it might exit while receiving it."""
 TIMED_OUT = "no answer from Ceph"
@@ -59,7 +59,7 @@ class Helper:
             theirs.close()
         self.idle_since = time.monotonic()
         try:
-            self.ask({"conf": conf, "timeout": timeout_s}, "ready")
+            self.ask({"conf": conf, "timeout": timeout_s, "idle": IDLE_S}, "ready")
         except ExportFailed:
             self.close()
             raise
@@ -147,8 +147,8 @@ class CephExporter:
     def export_size(self, pool: str, volume: str, snapshot: str, parent: str | None) -> int:
         """At most the bytes `export` writes, from the object map: no data is read."""
         with self._helper(f"size of {pool}/{volume}@{snapshot}") as helper:
-            extents = helper.ask(_request("size", pool, volume, snapshot, parent), "extents")
-        return block_diff.STREAM_OVERHEAD + extents["extents"] * block_diff.EXTENT_OVERHEAD + extents["data"]
+            carried = helper.ask(_request("size", pool, volume, snapshot, parent), "records")
+        return block_diff.STREAM_OVERHEAD + carried["records"] * block_diff.EXTENT_OVERHEAD + carried["data"]
 
     def close(self) -> None:
         with self._lock:

@@ -121,9 +121,13 @@ def write_in_place(cluster, pool: str, volume: str, offset: int, data: bytes, sc
             file.seek(offset)
             file.write(data)
         return
+    write_through_librbd(cluster.local.state["ceph_conf"], f"{pool}/{volume}", offset, data, scratch)
+
+
+def write_through_librbd(conf: str, image: str, offset: int, data: bytes, scratch: Path) -> None:
+    """Write `data` into RBD image POOL/NAME at `offset` as a guest would (qemu-io), touching nothing else."""
     scratch.write_bytes(data)
-    run("qemu-io", "-f", "raw", f"rbd:{pool}/{volume}:conf={cluster.local.state['ceph_conf']}",
-        "-c", f"write -q -s {scratch} {offset} {len(data)}")
+    run("qemu-io", "-f", "raw", f"rbd:{image}:conf={conf}", "-c", f"write -q -s {scratch} {offset} {len(data)}")
 
 
 @contextmanager

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import subprocess
-from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -14,19 +13,14 @@ import pytest
 from pvc.errors import OperationFailed
 from pvc.plugins.storage_ceph import CephBackend
 
+from storage_support import write_through_librbd
+
 MiB = 1 << 20
 POOL = "exports"
 
 
 def rbd(conf: str, *arguments: str) -> bytes:
     return subprocess.run(["rbd", "-c", conf, *arguments], check=True, capture_output=True, timeout=120).stdout
-
-
-def write(conf: str, image: str, offset: int, data: bytes, scratch: Path) -> None:
-    """Write `data` at `offset` through librbd, as a guest would (qemu-io), touching nothing else."""
-    scratch.write_bytes(data)
-    subprocess.run(["qemu-io", "-f", "raw", f"rbd:{image}:conf={conf}", "-c",
-                    f"write -q -s {scratch} {offset} {len(data)}"], check=True, capture_output=True, timeout=60)
 
 
 def digest(conf: str, image: str) -> str:
@@ -50,10 +44,11 @@ def backend(private_ceph) -> Iterator[CephBackend]:
 def test_a_full_and_an_incremental_export_restore_the_snapshot_byte_for_byte(backend, tmp_path):
     conf = backend.conf
     backend.volume_create(POOL, "disk", 64 * MiB)
-    write(conf, f"{POOL}/disk", 0, bytes(range(256)) * 4096 * 12, tmp_path / "data")  # 12 MiB over 3 objects
+    # 12 MiB over 3 objects
+    write_through_librbd(conf, f"{POOL}/disk", 0, bytes(range(256)) * 4096 * 12, tmp_path / "data")
     backend.snapshot_create(POOL, "disk", "s1")
     for offset in (4096, 5 * MiB + 8192, 11 * MiB):
-        write(conf, f"{POOL}/disk", offset, b"changed!" * 512, tmp_path / "data")
+        write_through_librbd(conf, f"{POOL}/disk", offset, b"changed!" * 512, tmp_path / "data")
     backend.snapshot_create(POOL, "disk", "s2")
 
     full, incremental = io.BytesIO(), io.BytesIO()

@@ -300,7 +300,7 @@ class LocalCluster:
                     self.lab.add(name)
             self._start_zookeeper(zookeepers)
             if tls:
-                self._make_certificate(nodes, coordinators)
+                self._make_certificate(coordinators)
             self.storage_dir.mkdir()
             if self.state["private_ceph"]:
                 self._save()
@@ -515,7 +515,7 @@ class LocalCluster:
     def tls_key(self) -> Path:
         return self.state_dir / "tls" / "key.pem"
 
-    def _make_certificate(self, nodes: int, coordinators: int) -> None:
+    def _make_certificate(self, coordinators: int) -> None:
         """A self-signed certificate for 127.0.0.1 (and every lab address), serving every daemon and trusted by
         every client."""
         self.tls_cert.parent.mkdir(mode=0o700)

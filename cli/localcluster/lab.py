@@ -155,9 +155,7 @@ class Lab:
 
     def add(self, name: str) -> Member:
         """The member's namespace and veth pair, its address on `eth0`, its root side on the lab bridge."""
-        member = self.member(name)
-        ip("netns", "del", member.netns, check=False)
-        ip("link", "del", member.veth, check=False)
+        member = self.remove_member(name)
         ip("netns", "add", member.netns)
         ip("link", "add", member.veth, "type", "veth", "peer", "name", "eth0", "netns", member.netns)
         ip("link", "set", member.veth, "master", self.bridge, "up")
@@ -166,11 +164,12 @@ class Lab:
         ip("-n", member.netns, "link", "set", "lo", "up")
         return member
 
-    def remove_member(self, name: str) -> None:
-        """The member's namespace and veth pair, gone (a node that could not join)."""
+    def remove_member(self, name: str) -> Member:
+        """The member's namespace and veth pair, gone (a leftover, or a node that could not join)."""
         member = self.member(name)
         ip("netns", "del", member.netns, check=False)
         ip("link", "del", member.veth, check=False)
+        return member
 
     def release(self, owner: Path) -> list[str]:
         """`remove` the lab unless the registry says it now belongs to another state directory than `owner`
