@@ -19,7 +19,8 @@ collection counts its reads awaiting an answer (a read an answer starts is count
 let go), so when none is outstanding at the marker or after any stat, the cache has applied everything and
 catch_up returns at once: at rest a read costs one sync and a hop to the event thread. Each request is a
 round trip that a standalone ZooKeeper queues behind its pending disk flushes, which is what made lists
-slower when catch_up always chained three stats after the sync.
+slower when catch_up always chained three stats after the sync. A listing of the VMs that waits out its gap
+(`VMS_RELIST_GAP_S`) counts as a read on its way, and the marker starts it at once.
 
 Each collection numbers its changes, so that a reader that comes back (a list's views, the leader's passes)
 visits only the children that changed since it last looked (`WatchedCollection.changes`) instead of all of
@@ -27,6 +28,7 @@ them: at 10,000 VMs that walk, and the copy of every record it needed, was most 
 """
 import logging
 import threading
+import time
 from typing import Any, Callable
 
 from kazoo.client import KazooState
@@ -46,6 +48,10 @@ BULK_FROM = 32
 """New children from which a listing reads them in bulk (`WatchedCollection._watch_many`)."""
 BULK_READ = 1_000
 """Znodes per bulk read request."""
+VMS_RELIST_GAP_S = 0.2
+"""Least time between two listings of the VMs: each listing carries every name (10,000 at vSphere's size), and
+listing again on each new VM was half of a coordinator's CPU during a burst of defines. A reader that catches up
+lists at once (`WatchedCollection.hurry`)."""
 FORGOTTEN_KEPT = 10_000
 """How many forgotten children the change log keeps beyond the living ones; a reader that last looked before
 the oldest dropped entry is told to look at everything again."""
@@ -56,10 +62,13 @@ class WatchedCollection:
 
     With an `index` (a znode whose children name some of the parent's), it mirrors only the children the index
     names, and those its owner asked for (`refresh`); one the index no longer names stays mirrored until its
-    owner lets it go (`release`), so that a node daemon watches a VM leaving it until it is done with it."""
+    owner lets it go (`release`), so that a node daemon watches a VM leaving it until it is done with it.
+
+    With a `relist_gap`, a change of the children is listed no sooner than that long after the last listing;
+    the one waiting counts as a read on its way, so `idle` is False until it is done or hurried."""
 
     def __init__(self, store: Store, parent: str, child_path: Callable[[str], str], keys: tuple[str, ...] = (),
-                 index: str | None = None):
+                 index: str | None = None, relist_gap: float = 0.0):
         self._store = store
         self._parent = parent
         self._index = index
@@ -77,6 +86,9 @@ class WatchedCollection:
         self._sequence = 0
         self._changed: dict[str, int] = {}
         self._horizon = -1
+        self._relist_gap = relist_gap
+        self._listed_at = float("-inf")
+        self._listing_due = False
 
     def start(self, timeout: float = 300.0) -> None:
         """Load the whole collection (returns once it is loaded) and keep it current from then on."""
@@ -169,9 +181,16 @@ class WatchedCollection:
 
     def refresh(self, name: str) -> None:
         """Read one child now, so that a write just made is visible to the next read: its keys at once, each
-        read one round trip (an exists, then a get, for each key in turn took ten)."""
+        read one round trip (an exists, then a get, for each key in turn took ten). A key not watched yet is
+        watched by the same read (a read for the value, then another for the watch, was a third of a define's
+        requests)."""
         zk = self._store.zk
-        pending = [(key, zk.get_async(self._path(name, key))) for key in self._keys]
+        with self._lock:
+            fresh = {}
+            for key in self._keys:
+                if (name, key) not in self._watchers:
+                    fresh[key] = self._watchers[(name, key)] = self._watcher(name, key)
+        pending = [(key, zk.get_async(self._path(name, key), watch=fresh.get(key))) for key in self._keys]
         for key, answer in pending:
             try:
                 data, stat = answer.get()
@@ -179,18 +198,41 @@ class WatchedCollection:
                 if key == OWN_VALUE:
                     self._drop(name)
                     return
+                if key in fresh:
+                    self._await_creation(name, key, fresh[key])
                 continue
             self._apply(name, key, data, stat)
-        self._watch(name)
 
     def _path(self, name: str, key: str) -> str:
         base = self._child_path(name)
         return base if key == OWN_VALUE else f"{base}/{key}"
 
-    def _list_children(self, _event=None) -> None:
+    def _on_children_changed(self, _event) -> None:
+        wait = self._listed_at + self._relist_gap - time.monotonic()
+        if wait <= 0:
+            self._list_children()
+            return
+        self._read_started()
+        with self._lock:
+            self._listing_due = True
+        timer = threading.Timer(wait, self.hurry)
+        timer.daemon = True
+        timer.start()
+
+    def hurry(self) -> None:
+        """List now the children whose listing waits out the gap, if one does."""
+        with self._lock:
+            due, self._listing_due = self._listing_due, False
+        if due:
+            if not self._store.stopping:
+                self._list_children()
+            self._read_done()
+
+    def _list_children(self) -> None:
         """List the children and watch for the next change, asynchronously, so that the listing's answer
         keeps its place among the other reads (kazoo's ChildrenWatch lists from a thread of its own)."""
         self._read_started()
+        self._listed_at = time.monotonic()
 
         def on_listed(result) -> None:
             try:
@@ -202,7 +244,7 @@ class WatchedCollection:
             finally:
                 self._read_done()
 
-        self._store.zk.get_children_async(self._index or self._parent, watch=self._list_children,
+        self._store.zk.get_children_async(self._index or self._parent, watch=self._on_children_changed,
                                           include_data=True).rawlink(on_listed)
 
     def _on_children(self, children: list[str], listed_zxid: int) -> None:
@@ -320,15 +362,6 @@ class WatchedCollection:
         zk = self._store.zk
         self._read_started()
 
-        def on_exists(result) -> None:
-            try:
-                if result.get() is not None:
-                    self._fetch(name, key, watcher)
-            except KazooException:
-                self._resync_needed = True
-            finally:
-                self._read_done()
-
         def on_data(result) -> None:
             try:
                 data, stat = result.get()
@@ -339,9 +372,8 @@ class WatchedCollection:
             except NoNodeError:
                 if key == OWN_VALUE:
                     self._drop(name)
-                elif not self._store.stopping:
-                    self._read_started()
-                    zk.exists_async(path, watch=watcher).rawlink(on_exists)
+                else:
+                    self._await_creation(name, key, watcher)
             except KazooException as error:
                 log.debug("reading %s failed (%s); it is read again on reconnection", path, error)
                 self._resync_needed = True
@@ -349,6 +381,23 @@ class WatchedCollection:
                 self._read_done()
 
         zk.get_async(path, watch=watcher).rawlink(on_data)
+
+    def _await_creation(self, name: str, key: str, watcher: Callable) -> None:
+        """Watch an absent znode for its creation, and read it (`_fetch`) once it exists."""
+        if self._store.stopping:
+            return
+        self._read_started()
+
+        def on_exists(result) -> None:
+            try:
+                if result.get() is not None:
+                    self._fetch(name, key, watcher)
+            except KazooException:
+                self._resync_needed = True
+            finally:
+                self._read_done()
+
+        self._store.zk.exists_async(self._path(name, key), watch=watcher).rawlink(on_exists)
 
     def _on_session_state(self, state: str) -> None:
         """A lost session loses its watches, and a read cut off by a lost connection never completes: read
@@ -444,7 +493,7 @@ class ClusterCache:
         self._store = store
         self.config = WatchedValue(store, schema.CONFIG, dict(schema.DEFAULT_CLUSTER_CONFIG))
         self.nodes = WatchedCollection(store, schema.NODES, schema.node, schema.NODE_KEYS)
-        self.vms = WatchedCollection(store, schema.VMS, schema.vm, schema.VM_KEYS)
+        self.vms = WatchedCollection(store, schema.VMS, schema.vm, schema.VM_KEYS, relist_gap=VMS_RELIST_GAP_S)
         self.faults = WatchedCollection(store, schema.FAULTS, schema.fault, schema.FAULT_KEYS)
         self.tasks = WatchedCollection(store, schema.TASKS, schema.task)
         self._collections = (self.nodes, self.vms, self.faults, self.tasks)
@@ -462,6 +511,9 @@ class ClusterCache:
         caught_up = threading.Event()
 
         def chain(rounds: int) -> None:
+            if rounds == self.CATCH_UP_ROUNDS:
+                for collection in self._collections:
+                    collection.hurry()
             if rounds == 0 or all(collection.idle() for collection in self._collections):
                 caught_up.set()
             else:

@@ -6,7 +6,7 @@ import pytest
 from kazoo.client import KazooState
 
 from pvc import schema
-from pvc.cache import OWN_VALUE, ClusterCache, Views, WatchedCollection
+from pvc.cache import OWN_VALUE, VMS_RELIST_GAP_S, ClusterCache, Views, WatchedCollection
 from pvc.store import Store
 
 from conftest import ZK_PASSWORD, ZK_USER
@@ -144,6 +144,21 @@ def test_views_are_rebuilt_only_for_what_changed(cache, other_writer):
     other_writer.zk.delete(schema.node("hv1"), recursive=True)
     cache.catch_up()
     assert [item["name"] for item in views.current()] == ["hv0", "hv2"]
+
+
+def test_a_burst_of_new_vms_is_listed_a_few_times_not_once_each_and_shows_without_a_reader(cache, other_writer,
+                                                                                          mocker):
+    """Each listing carries every VM's name; within `VMS_RELIST_GAP_S` of the last one, new VMs wait for the
+    next, which comes by itself (no reader here catches up)."""
+    listings = mocker.spy(cache.vms._store.zk, "get_children_async")
+    names = [f"burst{index}" for index in range(60)]
+    began = time.monotonic()
+    for name in names:
+        other_writer.write(schema.vm(name), {"name": name})
+    written_s = time.monotonic() - began
+    assert eventually(lambda: set(names) <= set(cache.vms.names()), timeout=5), "a VM of the burst is not listed"
+    most = 2 + written_s / VMS_RELIST_GAP_S
+    assert listings.call_count <= most, f"{listings.call_count} listings for {len(names)} VMs in {written_s:.2f} s"
 
 
 def test_catch_up_shows_every_write_another_client_committed_before_it(cache, other_writer):
