@@ -21,7 +21,7 @@ from typing import Any
 import Pyro5.api
 import Pyro5.errors
 
-from pvc import config, connections, wire
+from pvc import config, connections, request_ids, wire
 from pvc.errors import AuthenticationError, ConfigError, Unavailable
 from pvc.handshake import authenticated_proxy, use_tls
 
@@ -132,25 +132,32 @@ class Connection:
         flavour = BULK if method in BULK_RESULT_METHODS else CONTROL
         timeout = WAIT_TIMEOUT if kwargs.get("wait") else \
             self.call_timeouts.get((area, method), self.call_timeouts.get(area, self._timeout))
-        for offset in range(len(self.uris)):
-            index = (first + offset) % len(self.uris)
-            uri = self.uris[index]
-            for _attempt in range(2):
-                proxy, reused = self._proxy(uri, area, flavour)
-                proxy._pyroTimeout = timeout
-                try:
-                    result = getattr(proxy, method)(*args, **kwargs)
-                except Pyro5.errors.CommunicationError as error:
-                    self._discard(uri, area, flavour)
-                    if wire.is_handshake_refusal(error):
-                        raise AuthenticationError(f"coordinator {uri} refused the connection: "
-                                                  f"{wire.handshake_refusal_reason(error)}") from None
-                    if reused and isinstance(error, Pyro5.errors.ConnectionClosedError):
-                        continue
-                    failures.append(f"{uri} ({_short_reason(error)})")
-                    break
-                self._preferred = index
-                return result
+        annotations = Pyro5.api.current_context.annotations
+        annotations[request_ids.FIRST_ATTEMPT] = b""
+        try:
+            for offset in range(len(self.uris)):
+                index = (first + offset) % len(self.uris)
+                uri = self.uris[index]
+                for _attempt in range(2):
+                    proxy, reused = self._proxy(uri, area, flavour)
+                    proxy._pyroTimeout = timeout
+                    try:
+                        result = getattr(proxy, method)(*args, **kwargs)
+                    except Pyro5.errors.CommunicationError as error:
+                        self._discard(uri, area, flavour)
+                        if wire.is_handshake_refusal(error):
+                            raise AuthenticationError(f"coordinator {uri} refused the connection: "
+                                                      f"{wire.handshake_refusal_reason(error)}") from None
+                        if reused and isinstance(error, Pyro5.errors.ConnectionClosedError):
+                            continue
+                        failures.append(f"{uri} ({_short_reason(error)})")
+                        break
+                    finally:
+                        annotations.pop(request_ids.FIRST_ATTEMPT, None)
+                    self._preferred = index
+                    return result
+        finally:
+            annotations.pop(request_ids.FIRST_ATTEMPT, None)
         raise Unavailable("no coordinator answered: " + ", ".join(failures))
 
     def _proxy(self, uri: str, area: str, flavour: str) -> tuple[Pyro5.api.Proxy, bool]:

@@ -12,6 +12,11 @@ The id travels with the call's thread from the coordinator's wrapper to `pvc.sto
 import threading
 from typing import Any
 
+FIRST_ATTEMPT = "PVCF"
+"""The Pyro annotation PVC's client sends with a call's first attempt only: no earlier attempt can have recorded
+its id, so the coordinator skips the read a retry needs, a round trip of every call. A client that does not
+send it (an older one, a script's own) is read for as before."""
+
 _calls = threading.local()
 
 

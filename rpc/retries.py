@@ -10,6 +10,8 @@ once it returns. A retry of the same id (the client lost the first answer and as
   the area answers as if asked afterwards (`_replayed`: the VM or volume as it now is);
 - finds nothing: the first attempt changed nothing, so doing it now is doing it once.
 
+A first attempt (`request_ids.FIRST_ATTEMPT`) is not read for: nothing can be recorded under its id yet.
+
 Records outlive the client's retry window (`RETRY_WINDOW_S`); the leader prunes older ones.
 """
 import functools
@@ -56,7 +58,8 @@ def _once_per_request(method: Callable) -> Callable:
             return method(area, *args, **kwargs)
         request_id = str(correlation_id)
         context = area._context
-        earlier = _read(context.store, request_id)
+        first_attempt = request_ids.FIRST_ATTEMPT in (Pyro5.api.current_context.annotations or {})
+        earlier = None if first_attempt else _read(context.store, request_id)
         if earlier is not None:
             return _answer(area, request_id, earlier, method.__name__, args, kwargs)
         record = {"coordinator": context.name, "method": method.__name__, "created": time.time()}

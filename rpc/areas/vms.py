@@ -147,7 +147,6 @@ class VMsArea:
                                    "max_downtime": max_downtime, "profile": profile})
         if self._context.cache.vms.get(domain.name) is not None:
             raise AlreadyExists(f"a VM named '{domain.name}' exists already")
-        self._check_uuid_free(domain.uuid)
         with self._networks_held(domain):
             spec = {**self._spec(domain), **meta, "tags": initial_tags(tags, protected_tags), "generation": 1}
             placement.check_fits_a_node(self._context.node_views(), spec)
@@ -162,8 +161,7 @@ class VMsArea:
                 node_index.place(store, transaction, domain.name, None, node)
                 transaction.commit()
             except AlreadyExists:
-                raise AlreadyExists(f"a VM named '{domain.name}' or with UUID {domain.uuid} exists already") \
-                    from None
+                raise self._taken(domain) from None
         self._context.cache.vms.refresh(domain.name)
         return self._control.converge(domain.name, [node], wait=False)
 
@@ -936,9 +934,15 @@ class VMsArea:
     def _allow_host_devices(self) -> bool:
         return bool((self._context.cache.config.get() or {}).get("allow_host_devices"))
 
-    def _check_uuid_free(self, uuid: str) -> None:
-        if self._context.store.zk.exists(schema.vm_uuid(uuid)):
-            raise AlreadyExists(f"a VM with UUID {uuid} exists already")
+    def _taken(self, domain: domain_xml.Domain) -> AlreadyExists:
+        """Which of a define's name and UUID is taken, asked once its transaction has failed on one: asking
+        before was a round trip of every define."""
+        zk = self._context.store.zk
+        if zk.exists(schema.vm(domain.name)):
+            return AlreadyExists(f"a VM named '{domain.name}' exists already")
+        if zk.exists(schema.vm_uuid(domain.uuid)):
+            return AlreadyExists(f"a VM with UUID {domain.uuid} exists already")
+        return AlreadyExists(f"a VM named '{domain.name}' or with UUID {domain.uuid} exists already")
 
     def _networks_held(self, domain: domain_xml.Domain | None) -> ContextManager[None]:
         """The network lock, for a change that may name networks (`domain` None: always), so that `_spec`
