@@ -12,9 +12,11 @@ Every figure line starts with "[bench vm-snapshots]".
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
+import resource
 import statistics
 import subprocess
 import time
@@ -28,6 +30,7 @@ from pvc.plugins.storage_file import FileBackend
 
 from conftest import started_cluster
 from guest_support import wait_heartbeat
+from scale_support import cpu_seconds
 from storage_support import mounted_xfs
 
 pytestmark = pytest.mark.bench
@@ -50,6 +53,38 @@ class _Counting(io.RawIOBase):
     def write(self, data) -> int:
         self.bytes += len(data)
         return len(data)
+
+
+CPU_KINDS = {"ceph-osd": "OSD", "ceph-mon": "monitor", "ceph_export_helper": "export helper"}
+
+
+def _cpu_by_kind() -> dict[str, float]:
+    """CPU seconds so far of the Ceph daemons and export helpers on this machine, of this process (the node's
+    part of an export runs here), and of the children it reaped (an ``rbd`` run)."""
+    spent = {"this process": time.process_time(),
+             "rbd": resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+             + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            command = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+            kind = next((name for marker, name in CPU_KINDS.items() if marker in command), None)
+            if kind is not None:
+                seconds = cpu_seconds(int(pid))
+                spent[kind] = spent.get(kind, 0.0) + (seconds or 0.0)
+        except OSError:
+            continue
+    return spent
+
+
+def _cpu_of(call) -> str:
+    """What `call` cost each kind of process, in CPU seconds, and in all."""
+    before = _cpu_by_kind()
+    call()
+    after = _cpu_by_kind()
+    spent = {kind: after[kind] - before.get(kind, 0.0) for kind in after}
+    spent = {kind: seconds for kind, seconds in spent.items() if seconds > 0.005}
+    return ", ".join(f"{kind} {seconds:.2f}" for kind, seconds in sorted(spent.items())) + \
+        f"; in all {sum(spent.values()):.2f} CPU s"
 
 
 def _timed_export(backend, pool, volume, snapshot, parent=None) -> tuple[float, int]:
@@ -88,10 +123,22 @@ def test_ceph_export_against_rbd_export_and_an_incremental_after_one_percent(pri
         _say(f"ceph full export of 2 GiB (medians of 3, alternated): PVC {ours_s:.2f} s ({ours_bytes / MiB:.0f} MiB "
              f"streamed), rbd export {rbd_s:.2f} s: {rbd_s / ours_s:.2f} of its speed (target >= 0.9); "
              f"rbd export-diff alone to /dev/null {diff_s:.2f} s")
+        _say("CPU of one full export: rbd export to /dev/null: " + _cpu_of(
+            lambda: _timed_rbd(conf, "export", "--no-progress", "benchexport/big@full", "-")))
+        _say("CPU of one full export: PVC's stream: " + _cpu_of(
+            lambda: _timed_export(backend, "benchexport", "big", "full")))
+        stream = b"\0" * (64 * MiB)
+        began = time.process_time()
+        digest = hashlib.sha256()
+        for _chunk in range(ours_bytes // len(stream)):
+            digest.update(stream)
+        _say(f"SHA-256 of a 2 GiB stream, which every export to a backup or a mirror also computes: "
+             f"{time.process_time() - began:.2f} CPU s")
         # 1 % of the blocks: of RBD's 4 MiB objects (what its object map tracks), then of 4 KiB blocks
         # scattered over every object, each from the snapshot before.
         one_percent = f"{2 * GiB // 100 // 1024}K"
-        for name, parent, size, total in (("objects", "full", "4M", "20M"), ("scattered", "objects", "4K", one_percent)):
+        rewrites = (("objects", "full", "4M", "20M"), ("scattered", "objects", "4K", one_percent))
+        for name, parent, size, total in rewrites:
             _rbd(conf, "bench", "--io-type", "write", "--io-size", size, "--io-total", total, "--io-pattern", "rand",
                  "benchexport/big")
             backend.snapshot_create("benchexport", "big", name)
