@@ -185,11 +185,7 @@ class WatchedCollection:
         watched by the same read (a read for the value, then another for the watch, was a third of a define's
         requests)."""
         zk = self._store.zk
-        with self._lock:
-            fresh = {}
-            for key in self._keys:
-                if (name, key) not in self._watchers:
-                    fresh[key] = self._watchers[(name, key)] = self._watcher(name, key)
+        fresh = self._new_watchers(name)
         pending = [(key, zk.get_async(self._path(name, key), watch=fresh.get(key))) for key in self._keys]
         for key, answer in pending:
             try:
@@ -202,6 +198,36 @@ class WatchedCollection:
                     self._await_creation(name, key, fresh[key])
                 continue
             self._apply(name, key, data, stat)
+
+    def written(self, name: str, values: dict[str, Any], zxid: int) -> None:
+        """Show a child this process has just created, from the values it wrote (by key) and the id of the
+        transaction that wrote them, and watch its keys from that transaction on: what `refresh` would read
+        back, without reading (a define's refresh was four of its requests; this is one)."""
+        fresh = self._new_watchers(name)
+        for key, value in values.items():
+            self._hold(name, key, schema.decode(schema.encode(value)), zxid, zxid)
+        self._set_watches(zxid, [(self._path(name, key), key in values, watcher) for key, watcher in fresh.items()])
+
+    def _new_watchers(self, name: str) -> dict[str, Callable]:
+        """A watcher for each key of `name` that has none yet, entered as its watcher."""
+        with self._lock:
+            fresh = {key: self._watcher(name, key) for key in self._keys if (name, key) not in self._watchers}
+            self._watchers.update({(name, key): watcher for key, watcher in fresh.items()})
+        return fresh
+
+    def _set_watches(self, zxid: int, watches: list[tuple[str, bool, Callable]]) -> None:
+        """Watch each (path, present, watcher) from `zxid` on (`pvc.zk_bulk.watch`)."""
+        def on_watched(result) -> None:
+            try:
+                result.get()
+            except KazooException:
+                self._resync_needed = True
+            finally:
+                self._read_done()
+
+        for sent in zk_bulk.watch(self._store.zk, zxid, watches):
+            self._read_started()
+            sent.rawlink(on_watched)
 
     def _path(self, name: str, key: str) -> str:
         base = self._child_path(name)
@@ -303,14 +329,6 @@ class WatchedCollection:
         self._read_started()
         answer, request = zk_bulk.read(zk, paths)
 
-        def on_watched(result) -> None:
-            try:
-                result.get()
-            except KazooException:
-                self._resync_needed = True
-            finally:
-                self._read_done()
-
         def on_read(result) -> None:
             try:
                 try:
@@ -332,9 +350,7 @@ class WatchedCollection:
                     else:
                         self._apply(name, key, *value)
                         watches.append((path, True, watcher))
-                for sent in zk_bulk.watch(zk, request.answered_at, watches):
-                    self._read_started()
-                    sent.rawlink(on_watched)
+                self._set_watches(request.answered_at, watches)
             except KazooException as error:
                 log.debug("watching %d znodes of %s failed (%s); they are read again on reconnection", len(paths),
                           self._parent, error)
@@ -418,16 +434,18 @@ class WatchedCollection:
         self._read_many(watched)
 
     def _apply(self, name: str, key: str, data: bytes | None, stat: ZnodeStat) -> None:
-        value = schema.decode(data)
+        self._hold(name, key, schema.decode(data), stat.mzxid, stat.czxid)
+
+    def _hold(self, name: str, key: str, value: Any, mzxid: int, czxid: int) -> None:
         with self._lock:
             held = self._versions.get((name, key), -1)
-            if stat.mzxid < held:
+            if mzxid < held:
                 return
-            self._versions[(name, key)] = stat.mzxid
+            self._versions[(name, key)] = mzxid
             if key == OWN_VALUE:
-                self._created[name] = stat.czxid
+                self._created[name] = czxid
             self._items.setdefault(name, {})[key] = value
-            if stat.mzxid > held:
+            if mzxid > held:
                 self._touch(name)
 
     def _touch(self, name: str) -> None:

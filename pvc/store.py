@@ -7,10 +7,11 @@ import logging
 import time
 from typing import Any, Callable, Iterable
 
-from kazoo.client import KazooState, TransactionRequest
+from kazoo.client import KazooClient, KazooState, TransactionRequest
 from kazoo.exceptions import (BadVersionError, NodeExistsError, NoNodeError, NotEmptyError,
                               RolledBackError)
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.serialization import Transaction as KazooTransaction
 from kazoo.recipe.lock import Lock
 from kazoo.retry import KazooRetry, RetryFailedError
 from kazoo.security import make_digest_acl
@@ -145,6 +146,21 @@ class Store:
         return self.zk.Lock(path, identifier)
 
 
+class _Multi(KazooTransaction):
+    """kazoo's multi request, keeping the zxid its answer carried: that of the transaction itself, which every
+    znode it created has as its czxid and mzxid."""
+
+    def __new__(cls, operations: list, client: KazooClient) -> "_Multi":
+        multi = super().__new__(cls, operations)
+        multi.client, multi.zxid = client, None
+        return multi
+
+    def deserialize(self, data: bytes, offset: int) -> list:
+        """Called by kazoo's connection thread right after it took the answer's zxid from its header."""
+        self.zxid = self.client.last_zxid
+        return KazooTransaction.deserialize(data, offset)
+
+
 class Transaction:
     """Collects operations and commits them atomically, turning a failed commit into a PVC error."""
 
@@ -152,6 +168,8 @@ class Transaction:
         self._store = store
         self._operations: list[tuple[str, str, Callable[[TransactionRequest], None]]] = []
         self._leader_node = leader_node
+        self.zxid: int | None = None
+        """Once committed, the ZooKeeper transaction id it was committed as."""
         if leader_node:
             self.check(leader_node, 0)
 
@@ -194,17 +212,22 @@ class Transaction:
         if pending is not None:
             path, data = schema.request(pending[0]), schema.encode(pending[1])
             operations.insert(0, ("create", path, lambda request: request.create(path, data)))
-        request = self._store.zk.transaction()
+        zk = self._store.zk
+        request = zk.transaction()
         for _, _, add in operations:
             add(request)
+        multi, answer = _Multi(request.operations, zk), zk.handler.async_result()
+        zk._call(multi, answer)
         try:
-            results = request.commit()
+            results = answer.get()
         except BaseException:
             request_ids.committed(pending, succeeded=False)
             raise
         failed = [(operation, path, result) for (operation, path, _), result in zip(operations, results)
                   if isinstance(result, Exception) and not isinstance(result, RolledBackError)]
         request_ids.committed(pending, succeeded=not failed)
+        if not failed:
+            self.zxid = multi.zxid
         for operation, path, result in failed:
             if pending is not None and path == schema.request(pending[0]) and isinstance(result, NodeExistsError):
                 raise request_ids.Repeated(pending[0])

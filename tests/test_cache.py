@@ -69,6 +69,26 @@ def test_refresh_shows_the_writer_its_own_write_at_once(store, cache):
         assert cache.config.get() == {"maintenance": bool(load % 2)}
 
 
+def test_a_child_this_process_created_is_shown_from_its_transaction_and_followed_from_then_on(store, cache,
+                                                                                               other_writer):
+    """`written` shows what the transaction wrote without reading it back, and watches from that transaction
+    on: a change made after it, even before the watches were set, is followed."""
+    for name, changed_before_watching in (("w1", False), ("w2", True)):
+        transaction = store.transaction().create(schema.vm(name), {"name": name}) \
+            .create(schema.vm_key(name, "state"), "stop")
+        transaction.commit()
+        assert transaction.zxid == store.zk.exists(schema.vm(name)).czxid, "not the transaction's own id"
+        if changed_before_watching:
+            other_writer.write(schema.vm_key(name, "state"), "start")
+        cache.vms.written(name, {OWN_VALUE: {"name": name}, "state": "stop"}, transaction.zxid)
+        assert cache.vms.get(name)[OWN_VALUE] == {"name": name}
+        other_writer.write(schema.vm_key(name, "placement"), {"node": "hv1"})
+        if not changed_before_watching:
+            other_writer.write(schema.vm_key(name, "state"), "start")
+        assert eventually(lambda: cache.vms.get(name).get("state") == "start"
+                          and cache.vms.get(name).get("placement") == {"node": "hv1"}), (name, cache.vms.get(name))
+
+
 def test_a_late_watch_never_undoes_a_refresh(store, cache, other_writer):
     other_writer.write(schema.node("hv1"), {"cpus": 1})
     store.write(schema.node("hv1"), {"cpus": 2})

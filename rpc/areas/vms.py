@@ -152,17 +152,17 @@ class VMsArea:
             placement.check_fits_a_node(self._context.node_views(), spec)
             node = self._initial_node(spec, target)
             store = self._context.store
+            values = {OWN_VALUE: spec, "state": "stop", "placement": {"node": node, "last_node": None}}
             try:
-                transaction = store.transaction() \
-                    .create(schema.vm_uuid(domain.uuid), domain.name) \
-                    .create(schema.vm(domain.name), spec) \
-                    .create(schema.vm_key(domain.name, "state"), "stop") \
-                    .create(schema.vm_key(domain.name, "placement"), {"node": node, "last_node": None})
+                transaction = store.transaction().create(schema.vm_uuid(domain.uuid), domain.name)
+                for key, value in values.items():
+                    transaction.create(schema.vm(domain.name) if key == OWN_VALUE else
+                                       schema.vm_key(domain.name, key), value)
                 node_index.place(store, transaction, domain.name, None, node)
                 transaction.commit()
             except AlreadyExists:
                 raise self._taken(domain) from None
-        self._context.cache.vms.refresh(domain.name)
+        self._context.cache.vms.written(domain.name, values, transaction.zxid)
         return self._control.converge(domain.name, [node], wait=False)
 
     def modify(self, vm: str, xml: str, restart: bool = False) -> dict[str, Any]:
