@@ -48,13 +48,18 @@ class Scale:
     clients: int = 8
     timings: str = "production"
     """The local cluster's intervals: ``production`` (the sample configs': keepalive 5 s) or ``fast``."""
+    heavy: int = 0
+    """VMs on each of the nodes flushed and recovered (the rest spread evenly over the others), so that those
+    operations move as many VMs as the issue asks of them; 0: every node alike."""
 
     @classmethod
     def from_environment(cls) -> Scale:
-        """PVC_SCALE_NODES (96), PVC_SCALE_VMS (10,000), PVC_SCALE_REST_S (30), PVC_SCALE_BURST (1,000)."""
+        """PVC_SCALE_NODES (96), PVC_SCALE_VMS (10,000), PVC_SCALE_REST_S (30), PVC_SCALE_BURST (1,000),
+        PVC_SCALE_HEAVY (500)."""
         return cls(nodes=int(os.environ.get("PVC_SCALE_NODES", 96)), vms=int(os.environ.get("PVC_SCALE_VMS", 10_000)),
                    rest_s=float(os.environ.get("PVC_SCALE_REST_S", 30)), list_calls=20,
-                   burst_defines=int(os.environ.get("PVC_SCALE_BURST", 1_000)))
+                   burst_defines=int(os.environ.get("PVC_SCALE_BURST", 1_000)),
+                   heavy=int(os.environ.get("PVC_SCALE_HEAVY", 500)))
 
     @property
     def start_timeout(self) -> float:
@@ -65,7 +70,7 @@ class Scale:
     def vm_memory_mib(self) -> int:
         """`VM_MEMORY_MIB`, or less (a multiple of 32) where a node's share is large: 500 VMs a node, to
         flush and recover 500 at once, take 64 MiB each."""
-        per_node = -(-self.vms // self.nodes)
+        per_node = max(-(-self.vms // self.nodes), self.heavy)
         return max(32, min(VM_MEMORY_MIB, NODE_MEMORY_MIB // (2 * per_node) // 32 * 32))
 
     @property
@@ -286,11 +291,10 @@ class ScaleBench:
 
     # -- building ------------------------------------------------------------------------------------------
 
-    def populate(self) -> None:
-        """Define every VM through the API on its node in turn (spread evenly), start each, and wait until
-        every host's libvirtd runs its share."""
-        nodes = self.local.node_names
-        home = {name: nodes[index % len(nodes)] for index, name in enumerate(self.names)}
+    def populate(self, heavy: tuple[str, ...] = ()) -> None:
+        """Define every VM through the API on its node (`scale.heavy` on each `heavy` node, the rest spread
+        evenly over the others), start each, and wait until every host's libvirtd runs its share."""
+        home = self._homes(heavy)
         meter = CpuMeter(self.local)
         define_s = self._each_by_clients(self.names, lambda client, name: patiently(lambda: client.vms.define(
             vm_xml(name, memory_mib=self.scale.vm_memory_mib), target=home[name]), again_means_done=AlreadyExists))
@@ -309,6 +313,15 @@ class ScaleBench:
         listed = eventually(lambda: (lambda vms: vms if sum(1 for vm in vms if vm["running"]) == self.scale.vms
                                      else None)(self.client.vms.list()), self.scale.bulk_timeout, 1.0)
         assert listed, "vms.list() never showed every VM running"
+
+    def _homes(self, heavy: tuple[str, ...]) -> dict[str, str]:
+        share = self.scale.heavy if heavy else 0
+        assert share * (len(heavy) + 1) <= self.scale.vms, f"{self.scale.vms} VMs leave none for the other nodes"
+        names = iter(self.names)
+        home = {next(names): node for node in heavy for _ in range(share)}
+        others = [node for node in self.local.node_names if not share or node not in heavy]
+        home.update({name: others[index % len(others)] for index, name in enumerate(names)})
+        return home
 
     # -- at rest ---------------------------------------------------------------------------------------------
 
@@ -474,7 +487,7 @@ class ScaleBench:
     def run(self, flush_node: str, recovery_node: str) -> dict[str, Any]:
         watch = DeadWatch(self.local)
         try:
-            self.populate()
+            self.populate(heavy=(flush_node, recovery_node))
             self.zookeeper_size()
             self.memory()
             self.at_rest()

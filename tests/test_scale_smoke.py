@@ -6,7 +6,7 @@ import pytest
 
 from scale_support import Scale, ScaleBench
 
-SMOKE = Scale(nodes=4, vms=200, rest_s=2, list_calls=5, burst_defines=40, timings="fast")
+SMOKE = Scale(nodes=4, vms=200, rest_s=2, list_calls=5, burst_defines=40, timings="fast", heavy=60)
 
 
 @pytest.mark.cluster(nodes=SMOKE.nodes, coordinators=2)
