@@ -99,7 +99,9 @@ class Client:
         return {"records": len(found), "data": sum(length for _offset, length, exists in found if exists)}
 
     def export(self, request: dict, descriptor: int) -> dict:
-        with self.image(request) as image, open(descriptor, "wb", buffering=1 << 16) as output:
+        """The output owns `descriptor` before anything can fail: an image that did not open had left it open,
+        and the node read on until this helper's idle time ended it (60 s for a snapshot that does not exist)."""
+        with open(descriptor, "wb", buffering=1 << 16) as output, self.image(request) as image:
             found = self.extents(image, request["parent"])
             output.write(HEADER)
             if request["parent"]:

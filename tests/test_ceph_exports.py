@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import subprocess
+import time
 from typing import Iterator
 
 import pytest
@@ -71,8 +72,10 @@ def test_a_full_and_an_incremental_export_restore_the_snapshot_byte_for_byte(bac
 def test_a_failed_export_names_the_snapshot_and_why_and_a_dead_helper_is_replaced(backend):
     backend.volume_create(POOL, "disk", 8 * MiB)
     backend.snapshot_create(POOL, "disk", "s1")
+    began = time.monotonic()
     with pytest.raises(OperationFailed, match=rf"export of {POOL}/disk@nosuch failed: .*not found"):
         backend.snapshot_export(POOL, "disk", "nosuch", None, io.BytesIO())
+    assert time.monotonic() - began < 10, "the failure came only when the helper's idle time ended its output"
 
     idle = backend._exporter._idle
     assert len(idle) == 1, "the helper stays for the next export"
