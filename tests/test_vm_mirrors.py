@@ -404,6 +404,8 @@ def test_a_sending_coordinator_killed_mid_stream_leaves_nothing_half_made(cluste
     source.local.stop_daemon("pvcapid", coordinator, kill=True)
     sending.join(timeout=120)
     source.local.start_coordinator(coordinator)
+    # The steps below can end before the restarted coordinator listens; the CLI then found nobody (a full run).
+    source.local.wait_ready(timeout=60)
 
     assert eventually(lambda: staging_files(source) == [], timeout=60), "the node dropped its staged stream"
     with cluster_store(dest.local) as store:
