@@ -562,17 +562,28 @@ class Views:
         """Every child's view (children whose view is None left out), by name; the caller must not change
         the list or the views."""
         with self._lock:
-            sequence, changed = self._collection.changes(self._seen)
-            if changed is None:
-                changed = set(self._views) | set(self._collection.names())
-            for name in changed:
-                raw = self._collection.get(name)
-                view = self._build(name, raw) if raw is not None else None
-                if view is None:
-                    self._views.pop(name, None)
-                else:
-                    self._views[name] = view
-            if changed or self._ordered is None:
+            if self._update() or self._ordered is None:
                 self._ordered = [self._views[name] for name in sorted(self._views)]
-            self._seen = sequence
             return self._ordered
+
+    def get(self, name: str) -> Any | None:
+        """One child's view, or None; the caller must not change it."""
+        with self._lock:
+            if self._update():
+                self._ordered = None
+            return self._views.get(name)
+
+    def _update(self) -> bool:
+        """Rebuild the views of the children changed since the last call; whether any was."""
+        sequence, changed = self._collection.changes(self._seen)
+        if changed is None:
+            changed = set(self._views) | set(self._collection.names())
+        for name in changed:
+            raw = self._collection.get(name)
+            view = self._build(name, raw) if raw is not None else None
+            if view is None:
+                self._views.pop(name, None)
+            else:
+                self._views[name] = view
+        self._seen = sequence
+        return bool(changed)

@@ -31,13 +31,22 @@ class NodeViews:
         self._views = Views(cache.nodes, self._build)
 
     def current(self) -> list[dict[str, Any]]:
+        """Every node's view, by name; the caller must not change the list or the views."""
         with self._lock:
-            sequence, changed = self._cache.faults.changes(self._faults_seen)
-            if changed != []:
-                self._faults = fault_views(self._cache.faults.snapshot())
-                self._views = Views(self._cache.nodes, self._build)
-            self._faults_seen = sequence
-            return self._views.current()
+            return self._up_to_date().current()
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        """One node's view, or None; the caller must not change it."""
+        with self._lock:
+            return self._up_to_date().get(name)
+
+    def _up_to_date(self) -> Views:
+        sequence, changed = self._cache.faults.changes(self._faults_seen)
+        if changed != []:
+            self._faults = fault_views(self._cache.faults.snapshot())
+            self._views = Views(self._cache.nodes, self._build)
+        self._faults_seen = sequence
+        return self._views
 
     def _build(self, name: str, raw: dict[str, Any]) -> dict[str, Any] | None:
         return models.node_view(name, raw, health=health(self._faults, name)) \
@@ -65,9 +74,9 @@ class CoordinatorContext:
         return [dict(view) for view in self._node_views.current()]
 
     def node_view(self, name: str) -> dict[str, Any] | None:
-        raw = self.cache.nodes.get(name)
-        return models.node_view(name, raw, health=health(self.fault_views(), name)) \
-            if raw and raw.get(OWN_VALUE) is not None else None
+        """One node's view, a copy; a poke of a node during a burst of defines asks for it once per define."""
+        view = self._node_views.get(name)
+        return dict(view) if view is not None else None
 
     def fault_views(self) -> list[dict[str, Any]]:
         """Every fault in the cache (`pvc.health.faults.fault_view`)."""

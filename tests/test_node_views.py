@@ -28,7 +28,13 @@ def test_a_node_view_follows_its_keepalive_and_its_faults(store, context):
                                                "count": 1, "first_seen": now, "last_seen": now, "cleared": None})
     assert eventually(lambda: _view(context, "hv1").get("health") == 90, 5), "a new fault not counted"
     assert _view(context, "hv2")["health"] == 100
+    assert context.node_view("hv1")["health"] == 90, "one node's view lags the list of them"
 
-    view = _view(context, "hv1")
-    view["memory_free_mib"] = 0
-    assert _view(context, "hv1")["memory_free_mib"] == 900, "a caller's change reached the kept view"
+    store.write(schema.node_key("hv1", "keepalive"), {"memory_free_mib": 800})
+    assert eventually(lambda: context.node_view("hv1")["memory_free_mib"] == 800, 5), "one node's view is stale"
+    assert context.node_view("hv3") is None
+
+    view, single = _view(context, "hv1"), context.node_view("hv1")
+    view["memory_free_mib"] = single["memory_free_mib"] = 0
+    assert _view(context, "hv1")["memory_free_mib"] == 800, "a caller's change reached the kept view"
+    assert context.node_view("hv1")["memory_free_mib"] == 800, "a caller's change reached the kept view"
