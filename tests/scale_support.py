@@ -23,9 +23,10 @@ import libvirt
 
 import pvc
 from pvc.cli.localcluster.cluster import NODE_MEMORY_MIB
+from pvc import schema
 from pvc.errors import AlreadyExists, PVCError, Unavailable
 
-from helpers import eventually
+from helpers import cluster_store, eventually
 from vm_support import vm_xml, wait_for_task
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -448,12 +449,23 @@ class ScaleBench:
             # ("IPMI Request Match NOT FOUND") although it was done: ask, as the fencing policy does.
             answered, output = bmc.power_status()
             assert answered and output.lower() == "chassis power is off", output
-        recovery = eventually(lambda: (lambda found: found if found and found["state"] in ("done", "failed")
-                                       else None)(self.client.nodes.info(node)["recovery"]),
-                              self.scale.bulk_timeout, 0.1)
+        meters: list[CpuMeter] = []
+        counted: dict[str, int] = {}
+
+        def ended() -> dict[str, Any] | None:
+            found = self.client.nodes.info(node)["recovery"]
+            if found and not meters:
+                meters.append(CpuMeter(self.local))
+                counted.update(zxid=zookeeper_zxid(self.local),
+                               packets=int(zookeeper_mntr(self.local)["zk_packets_received"]))
+            return found if found and found["state"] in ("done", "failed") else None
+        recovery = eventually(ended, self.scale.bulk_timeout, 0.1)
         assert recovery and recovery["state"] == "done", self.client.nodes.info(node)["recovery"]
         self.wait_all_running({name: None for name in on_node}, self.scale.bulk_timeout)
         all_running = time.monotonic() - killed
+        spent = meters[0].seconds()
+        writes = zookeeper_zxid(self.local) - counted["zxid"]
+        requests = int(zookeeper_mntr(self.local)["zk_packets_received"]) - counted["packets"]
         task = self.client.nodes.task(recovery["id"])
         detection = task["created"] - killed_wall
         self.report("recovery_s", {"all_running": all_running, "detection": detection,
@@ -463,6 +475,28 @@ class ScaleBench:
                     f"{recovery['fence_s']:.2f} s + recovery {recovery['recovery_s']:.2f} s (+ "
                     f"{all_running - detection - recovery['fence_s'] - recovery['recovery_s']:.2f} s until seen "
                     f"running); fence plus recovery target < 10 s; {len(recovery['moved'])} restarted")
+        print(f"[bench scale]   recovery's pace: {self._pace(on_node)}; CPU from its record until all ran "
+              f"({meters[0].elapsed:.1f} s): " + ", ".join(f"{kind} {value:.1f} s" for kind, value in spent.items()
+                                                         if value >= 0.05)
+              + f"; ZooKeeper meanwhile {writes} writes, {requests} requests ({requests / len(on_node):.0f} a VM)",
+              flush=True)
+
+    def _pace(self, names: list[str]) -> str:
+        """When the leader recorded each VM's new placement and how long its new node took to report it
+        running, from ZooKeeper's own modification times of the two keys (one clock: the server's)."""
+        with cluster_store(self.local) as store:
+            pending = [(store.zk.exists_async(schema.vm_key(name, "placement")),
+                        store.zk.exists_async(schema.vm_key(name, "status"))) for name in names]
+            stats = [(placed.get(), reported.get()) for placed, reported in pending]
+        stamps = [(placed.mtime / 1000, reported.mtime / 1000) for placed, reported in stats if placed and reported]
+        if not stamps:
+            return "no records"
+        first = min(placed for placed, _ in stamps)
+        offsets = sorted(placed - first for placed, _ in stamps)
+        waits = sorted(reported - placed for placed, reported in stamps)
+        return (f"placements recorded over {offsets[-1]:.2f} s (half by {statistics.median(offsets):.2f} s); a start "
+                f"reported running {statistics.median(waits):.2f} s after its placement (median), p90 "
+                f"{waits[len(waits) * 9 // 10]:.2f} s, max {waits[-1]:.2f} s")
 
     def burst_defines(self) -> None:
         names = [f"burst{index:05d}" for index in range(self.scale.burst_defines)]
