@@ -199,13 +199,21 @@ class WatchedCollection:
                 continue
             self._apply(name, key, data, stat)
 
-    def written(self, name: str, values: dict[str, Any], zxid: int) -> None:
-        """Show a child this process has just created, from the values it wrote (by key) and the id of the
-        transaction that wrote them, and watch its keys from that transaction on: what `refresh` would read
-        back, without reading (a define's refresh was four of its requests; this is one)."""
+    def written(self, name: str, values: dict[str, Any], zxid: int, created: bool = True) -> None:
+        """Show a child this process has just created (or, not `created`, changed), from the values it wrote (by
+        key) and the id of the transaction that wrote them, and watch its keys from that transaction on: what
+        `refresh` would read back, without reading (a define's refresh was four of its requests; this is at most
+        one). A changed child this process does not watch yet is read instead: its other keys are not known."""
+        if not created:
+            with self._lock:
+                czxid = self._created.get(name)
+                watched = czxid is not None and all((name, key) in self._watchers for key in self._keys)
+            if not watched:
+                self.refresh(name)
+                return
         fresh = self._new_watchers(name)
         for key, value in values.items():
-            self._hold(name, key, schema.decode(schema.encode(value)), zxid, zxid)
+            self._hold(name, key, schema.decode(schema.encode(value)), zxid, zxid if created else czxid)
         self._set_watches(zxid, [(self._path(name, key), key in values, watcher) for key, watcher in fresh.items()])
 
     def _new_watchers(self, name: str) -> dict[str, Callable]:

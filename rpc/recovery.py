@@ -309,17 +309,18 @@ class RecoveryExecution(TaskExecution):
     def _start_elsewhere(self, name: str, target: str) -> tuple[str, str | None]:
         """Record the VM's start on `target` and wait for it there, in one of that node's workers. Recorded one
         after the other by the task's own thread, the records set the pace of a large recovery."""
-        if not self._record(name, self._start_on(target)):
+        recorded = self._record(name, self._start_on(target))
+        if not recorded:
             with self._progress_lock:
                 self.task["total"] -= 1
             return name, None
-        return self._await_start(name, target)
+        return self._await_start(name, target, recorded[0][2])
 
-    def _await_start(self, name: str, target: str) -> tuple[str, str | None]:
+    def _await_start(self, name: str, target: str, since_zxid: int | None = None) -> tuple[str, str | None]:
         """Wait for the VM's start on `target`. A target that went dead or was fenced meanwhile (it stopped the
         VM, or fenced itself) leaves the VM to that node's own recovery: no failure of this one, which would
         otherwise end ``failed`` and be tried again for a VM already being moved (fault checker, lab family)."""
-        name, error = self._converge(name, [target])
+        name, error = self._converge(name, [target], since_zxid)
         if error is None:
             return name, None
         state = daemon_state(self._context, target)[0]

@@ -41,6 +41,10 @@ AUDIT_INTERVAL_S = 60.0
 """How often, by default, the leader's runner reads every task record, not only those that changed."""
 CREATE_ATTEMPTS = 20
 RECORD_ATTEMPTS = 5
+PROGRESS_SAVE_S = 0.25
+"""A task's record is saved for its progress (one more VM settled) at most this often; what a save left out is
+saved when the gap ends. Saved after each VM, a recovery of 500 wrote its growing record 500 times, one after
+another, and every coordinator read each write back."""
 
 
 @dataclass(frozen=True)
@@ -256,7 +260,10 @@ class TaskExecution:
         self.task = task
         self._leader_node = leader_node
         self._parallelism = parallelism
-        self._progress_lock = threading.Lock()
+        self._progress_lock = threading.RLock()
+        """Held while the task record changes and while it is saved."""
+        self._saved_at = 0.0
+        self._pending_save: threading.Timer | None = None
 
     def run(self) -> None:
         self._save(state="running")
@@ -269,12 +276,14 @@ class TaskExecution:
             not_moved = []
             final = "ready"
         left = {entry["name"] for entry in not_moved}
-        self.task.update(state="failed" if not_moved else "done", finished=time.time(), not_moved=not_moved,
-                         moved=[name for name in self.task["moved"] if name not in left])
-        transaction = self._context.store.transaction(self._leader_node)
-        if not not_moved:
-            transaction.set(schema.node_key(self.task["node"], "domain_state"), final)
-        transaction.set(schema.task(self.task["id"]), self.task).commit()
+        with self._progress_lock:
+            self._cancel_pending_save()
+            self.task.update(state="failed" if not_moved else "done", finished=time.time(), not_moved=not_moved,
+                             moved=[name for name in self.task["moved"] if name not in left])
+            transaction = self._context.store.transaction(self._leader_node)
+            if not not_moved:
+                transaction.set(schema.node_key(self.task["node"], "domain_state"), final)
+            transaction.set(schema.task(self.task["id"]), self.task).commit()
         self._context.cache.nodes.refresh(self.task["node"])
         if not_moved:
             log.warning("task %s failed: %s still on %s", self.task["id"], ", ".join(sorted(left)),
@@ -371,9 +380,10 @@ class TaskExecution:
             moves += recorded
         self._carry_out(moves)
 
-    def _record(self, name: str, decide: Callable[[Desired], "Decision | None"]) -> list[tuple[str, list[str]]]:
+    def _record(self, name: str, decide: Callable[[Desired], "Decision | None"]) -> list[tuple[str, list[str], int]]:
         """Decide one VM from its desired state read under its lock, and record the decision with the versions
-        read (`VMControl.record`); what to converge: ``[(name, nodes)]``, or ``[]`` for a VM left alone.
+        read (`VMControl.record`); what to converge: ``[(name, nodes, zxid of the record)]``, or ``[]`` for a VM
+        left alone.
 
         `decide` returns None when the VM no longer needs what the task was to do: a command answered since
         the task listed the VM (a stop, a move, a removal) changed it, and wins; the VM is reported in
@@ -387,12 +397,12 @@ class TaskExecution:
                     if decision is None:
                         break
                     try:
-                        self._control.record(name, current, leader_node=self._leader_node, **decision.changes)
+                        zxid = self._control.record(name, current, leader_node=self._leader_node, **decision.changes)
                     except Superseded:
                         continue
                     with self._progress_lock:
                         self.task[decision.outcome].append(name)
-                    return [(name, decision.nodes)]
+                    return [(name, decision.nodes, zxid)]
                 else:
                     raise Busy(f"VM '{name}' kept changing while task {self.task['id']} recorded it")
         except (NotFound, Conflict) as reason:
@@ -402,7 +412,7 @@ class TaskExecution:
         log.info("task %s: %s was changed by a command meanwhile; left to it", self.task["id"], name)
         return []
 
-    def _carry_out(self, moves: list[tuple[str, list[str]]]) -> dict[str, str]:
+    def _carry_out(self, moves: list[tuple[str, list[str], int]]) -> dict[str, str]:
         """Converge every moved VM, `parallelism` at a time, and wait for each to settle; the failures."""
         self._save(total=len(moves), done=0)
         failures = {}
@@ -413,12 +423,13 @@ class TaskExecution:
                     failures[name] = error
         return failures
 
-    def _converge(self, name: str, nodes: list[str]) -> tuple[str, str | None]:
-        """Wait for the VM's move to settle; a VM removed meanwhile went by a command, and is no failure of the
-        task (a recovery would otherwise end ``failed`` and be tried again: QEMU fault bench)."""
+    def _converge(self, name: str, nodes: list[str], since_zxid: int | None = None) -> tuple[str, str | None]:
+        """Wait for the VM's move (recorded at `since_zxid`, when known) to settle; a VM removed meanwhile went by
+        a command, and is no failure of the task (a recovery would otherwise end ``failed`` and be tried again:
+        QEMU fault bench)."""
         error = None
         try:
-            self._control.converge(name, nodes, wait=True, timeout=300, hold_calls=True)
+            self._control.converge(name, nodes, wait=True, timeout=300, hold_calls=True, since_zxid=since_zxid)
         except NotFound:
             with self._progress_lock:
                 self.task.setdefault("changed_by_command", []).append(name)
@@ -428,9 +439,39 @@ class TaskExecution:
             log.warning("task %s: %s: %s", self.task["id"], name, failure)
         with self._progress_lock:
             self.task["done"] += 1
-            self._save()
+            self._save_progress()
         return name, error
 
+    def _save_progress(self) -> None:
+        """Save the task's progress now, or when `PROGRESS_SAVE_S` since the last save has passed."""
+        with self._progress_lock:
+            wait = self._saved_at + PROGRESS_SAVE_S - time.monotonic()
+            if wait <= 0:
+                self._save()
+            elif self._pending_save is None:
+                self._pending_save = threading.Timer(wait, self._save_pending)
+                self._pending_save.daemon = True
+                self._pending_save.start()
+
+    def _save_pending(self) -> None:
+        with self._progress_lock:
+            if self._pending_save is None:
+                return  # saved meanwhile
+            try:
+                self._save()
+            except Exception as error:  # a timer's thread: nobody else would hear of it
+                log.warning("task %s: progress not saved: %s", self.task["id"], error)
+
+    def _cancel_pending_save(self) -> None:
+        """The caller holds `_progress_lock` and writes the whole record."""
+        if self._pending_save is not None:
+            self._pending_save.cancel()
+            self._pending_save = None
+
     def _save(self, **changes: Any) -> None:
-        self.task.update(changes)
-        self._context.store.transaction(self._leader_node).set(schema.task(self.task["id"]), self.task).commit()
+        """Write the task record, with `changes`, whole; a progress save still pending is then done."""
+        with self._progress_lock:
+            self._cancel_pending_save()
+            self.task.update(changes)
+            self._context.store.transaction(self._leader_node).set(schema.task(self.task["id"]), self.task).commit()
+            self._saved_at = time.monotonic()

@@ -136,7 +136,7 @@ class VMControl:
     # -- carrying out ----------------------------------------------------------------------------------
 
     def converge(self, name: str, nodes: list[str | None], wait: bool, timeout: float = 120.0,
-                 hold_calls: bool = False) -> dict[str, Any]:
+                 hold_calls: bool = False, since_zxid: int | None = None) -> dict[str, Any]:
         """Ask each of `nodes` (old node first, then new) to converge the VM; with `wait`, until it is done.
         Two different nodes mean the VM is moving between them. Without `wait` the answer is the VM as the
         caller's own refresh after its write read it: a catch-up here was a third of a define's time during a
@@ -146,11 +146,13 @@ class VMControl:
         on a thread of the move's own: the old node's call lasts until its libvirt has cleaned up after a live
         migration, stopping the old copy 0.2 s or more after the guest resumed on the new node, which had been
         a fifth of a migration's wall time. With `hold_calls` the nodes are asked in the caller's thread first,
-        so that a task's bound on moves at once bounds the calls to the nodes too."""
+        so that a task's bound on moves at once bounds the calls to the nodes too. A caller that knows the zxid
+        of the write it waits for gives it (`since_zxid`); otherwise it is read (`command_zxid`)."""
         if not wait:
             self.poke_soon(name, nodes)
             return models.vm_view(name, self.raw(name, caught_up=True))
-        since_zxid = self.command_zxid(name)
+        if since_zxid is None:
+            since_zxid = self.command_zxid(name)
         moving = len({node for node in nodes if node}) > 1
         if moving and not hold_calls:
             threading.Thread(target=self.poke, args=(name, nodes), name=f"move-{name}", daemon=True).start()
@@ -193,7 +195,6 @@ class VMControl:
         command that moved the VM (`moving`) recorded a fresh placement, so a migration error found there now
         is its own. A report's own ``time`` (the node's clock) is never compared with this host's."""
         deadline = time.monotonic() + timeout
-        status_path, placement_path = schema.vm_key(name, "status"), schema.vm_key(name, "placement")
         changed = threading.Event()
 
         def wake(_event: Any = None) -> None:
@@ -201,12 +202,12 @@ class VMControl:
         while True:
             # Watches set by the reads below wake the next round the moment the status or placement changes.
             changed.clear()
-            self._context.store.zk.exists(placement_path, watch=wake)
-            self._context.cache.vms.refresh(name)
-            raw = self.raw(name, caught_up=True)
+            read = self._read_now(name, {"state": None, "placement": wake, "status": wake})
+            raw = {**self.raw(name, caught_up=True), "status": {},
+                   **{key: value for key, (value, zxid) in read.items() if zxid}}
             view = models.vm_view(name, raw)
             placement = raw.get("placement") or {}
-            status, written = self._status_with_zxid(status_path, wake)
+            status, written = raw.get("status") or {}, read["status"][1]
             if status.get("error") and written > since_zxid and \
                     not (self._placement_pending(name, status) and time.monotonic() < deadline):
                 raise OperationFailed(f"VM '{name}': {status['error']}"
@@ -227,17 +228,25 @@ class VMControl:
         return request.get("kind") in ("keep", "return") and \
             request.get("placement_zxid") == self._context.cache.vms.get_with_zxids(name)[1].get("placement")
 
-    def _status_with_zxid(self, path: str, watch: Callable[[Any], None] | None = None) -> tuple[dict[str, Any], int]:
-        """The VM's status report as it is in ZooKeeper now, and the zxid of the write that made it; `watch` is
-        called once at its next change (or creation)."""
+    def _read_now(self, name: str, watches: dict[str, Callable[[Any], None] | None]) -> dict[str, tuple[Any, int]]:
+        """Some of the VM's keys as they are in ZooKeeper now, read side by side, each with the zxid of the write
+        that made it (a key that does not exist: None, 0); each key's watch, if any, is called once at its next
+        change (or creation). A waiting command reads only these each round: the rest of the VM comes from the
+        cache, which its own write updated (a refresh of every key each round was a fifth of a recovery's
+        requests to ZooKeeper)."""
         zk = self._context.store.zk
-        try:
-            data, stat = zk.get(path, watch=watch)
-        except NoNodeError:
-            if watch is not None and zk.exists(path, watch=watch) is not None:
-                return self._status_with_zxid(path, watch)
-            return {}, 0
-        return schema.decode(data) or {}, stat.mzxid
+        pending = {key: zk.get_async(schema.vm_key(name, key), watch=watch) for key, watch in watches.items()}
+        read = {}
+        for key, answer in pending.items():
+            try:
+                data, stat = answer.get()
+                read[key] = schema.decode(data), stat.mzxid
+            except NoNodeError:
+                watch = watches[key]
+                if watch is not None and zk.exists(schema.vm_key(name, key), watch=watch) is not None:
+                    return self._read_now(name, watches)
+                read[key] = None, 0
+        return read
 
     # -- recording -------------------------------------------------------------------------------------
 
@@ -247,12 +256,18 @@ class VMControl:
         return read_desired(self._context.store, name)
 
     def record(self, name: str, read: Desired, state: str | None = None, placement: dict[str, Any] | None = None,
-               spec: dict[str, Any] | None = None, leader_node: str | None = None) -> None:
-        """Write the given parts of the VM's desired state (`write_desired`), and show them to the next read."""
+               spec: dict[str, Any] | None = None, leader_node: str | None = None) -> int:
+        """Write the given parts of the VM's desired state (`write_desired`), and show them to the next read (from
+        what was written, without reading it back; a write that failed is read); the zxid of the write."""
         try:
-            write_desired(self._context.store, name, read, state, placement, spec, leader_node)
-        finally:
+            zxid = write_desired(self._context.store, name, read, state, placement, spec, leader_node)
+        except BaseException:
             self._context.cache.vms.refresh(name)
+            raise
+        values = {OWN_VALUE: spec, "state": state, "placement": placement}
+        self._context.cache.vms.written(name, {key: value for key, value in values.items() if value is not None},
+                                        zxid, created=False)
+        return zxid
 
 
 def _desired_paths(name: str) -> dict[str, str]:
@@ -284,8 +299,9 @@ def refuse_mirror(name: str, read: Desired) -> None:
 
 def write_desired(store: Store, name: str, read: Desired, state: str | None = None,
                   placement: dict[str, Any] | None = None, spec: dict[str, Any] | None = None,
-                  leader_node: str | None = None) -> None:
-    """Write the given parts of a VM's desired state in one transaction: the one way a coordinator changes it
+                  leader_node: str | None = None) -> int:
+    """Write the given parts of a VM's desired state in one transaction (returns its zxid): the one way a
+    coordinator changes it
     (its commands, the leader's tasks, the leader recording a node's request).
 
     The transaction checks that every part (spec, state, placement) is still at the version `read` found,
@@ -310,6 +326,7 @@ def write_desired(store: Store, name: str, read: Desired, state: str | None = No
         transaction.commit()
     except Conflict as error:
         raise Superseded(f"VM '{name}' changed since it was read: {error}") from None
+    return transaction.zxid
 
 
 def settled(view: dict[str, Any]) -> bool:

@@ -7,14 +7,17 @@ VM's UUID, so it refuses to define the VM and the VM returns to its node.
 import os
 import signal
 import threading
+import time
 
 import libvirt
 import pytest
 
 import pvc
+from pvc import schema
 from pvc.errors import Conflict
+from pvc.rpc.tasks import PROGRESS_SAVE_S
 
-from helpers import eventually
+from helpers import cluster_store, eventually
 from vm_support import (assert_no_vm_on_two_hosts, new_uuid, pvc as pvc_cli, every_node_ready, remove_all_vms,
                         running_hosts, vm_xml, wait_for_task, wait_gone, wait_running_on)
 
@@ -189,3 +192,24 @@ def test_a_vm_removed_while_its_flush_waits_for_it_is_no_failure_of_the_flush(cl
     assert (done["state"], done["errors"], done.get("changed_by_command")) == ("done", [], ["leaving"]), done
     wait_gone(cluster, "leaving")
     assert "leaving" not in running_hosts(cluster)
+
+
+def test_a_flush_of_many_vms_saves_its_progress_a_few_times_a_second_and_its_count_in_full(cluster):
+    """The task record is saved for its progress at most every `PROGRESS_SAVE_S`, not once per VM moved (a
+    recovery of 500 wrote its growing record 500 times); the last count is still saved, and the record ends
+    with every VM counted."""
+    names = [f"many{index:02d}" for index in range(24)]
+    for name in names:
+        cluster.client.vms.define(vm_xml(name), target="hv1")
+    for name in names:
+        cluster.client.vms.start(name)
+    assert eventually(lambda: all(vm["running"] for vm in cluster.client.vms.list() if vm["name"] in names), 30)
+
+    began = time.monotonic()
+    done = wait_for_task(cluster.client, cluster.client.nodes.flush("hv1"), timeout=60)
+    took = time.monotonic() - began
+    assert (done["state"], done["done"], sorted(done["moved"])) == ("done", len(names), names), done
+    with cluster_store(cluster.local) as store:
+        saves = store.zk.get(schema.task(done["id"]))[1].version
+    assert saves <= 4 + took / PROGRESS_SAVE_S, f"{saves} saves of the task record in {took:.1f} s"
+    assert saves < len(names), f"{saves} saves for {len(names)} VMs: one per VM"
