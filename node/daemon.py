@@ -423,6 +423,9 @@ class NodeDaemon:
             try:
                 self.write_keepalive()
                 self._publish_interval(interval)
+            except Conflict as error:
+                self.ownership.suspect()
+                log.warning("keepalive not written: %s", error)
             except Exception as error:
                 log.warning("keepalive not written: %s", error)
             if next_beat < time.monotonic():
@@ -432,7 +435,7 @@ class NodeDaemon:
     def _keep_ownership(self) -> None:
         """After a lost ZooKeeper session our owner znode is gone: own the node again, or stop if another
         daemon took the name meanwhile."""
-        if self.store.connected and not self.ownership.held:
+        if self.store.connected and self.ownership.maybe_lost and not self.ownership.held:
             log.warning("the ZooKeeper session that owned node %s ended: owning it again", self.name)
             self.ownership.acquire()
 

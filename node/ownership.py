@@ -77,10 +77,38 @@ class NodeOwnership:
         self._me = ProcessIdentity.of_this_process()
         self.path: str | None = None
         """Our owner znode while we own the node: every write as the node checks it (`Store.transaction`)."""
+        self._session: int | None = None
+        """The ZooKeeper session that made `path`: its znode lives exactly as long."""
+        self._suspected = False
 
     @property
     def held(self) -> bool:
-        return self.path is not None and self._store.zk.exists(self.path) is not None
+        """Whether our owner znode exists, asked of ZooKeeper (and watched again: `maybe_lost`)."""
+        if self.path is None:
+            return False
+        present = self._store.zk.exists(self.path, watch=self._on_owner_event) is not None
+        if present and self._session_id() == self._session:
+            self._suspected = False
+        return present
+
+    @property
+    def maybe_lost(self) -> bool:
+        """Whether `held` needs asking: our znode's session is no longer the client's, the znode changed (a watch
+        on it fired: deleted), or a write as the node was refused since (`suspect`). Asking every keepalive
+        was 6% of an idle node's CPU and 19 ZooKeeper requests a second at 96 nodes; a znode that only its
+        session's end or a deletion removes cannot be lost otherwise."""
+        return self.path is None or self._suspected or self._session_id() != self._session
+
+    def suspect(self) -> None:
+        """A write as the node was refused: ask `held` at the next check."""
+        self._suspected = True
+
+    def _on_owner_event(self, _event: Any) -> None:
+        self.suspect()
+
+    def _session_id(self) -> int | None:
+        client_id = self._store.zk.client_id
+        return client_id[0] if client_id else None
 
     def transaction(self) -> Transaction:
         """A transaction that commits only while this daemon owns the node: a daemon whose session, and so its
@@ -103,12 +131,15 @@ class NodeOwnership:
         self._store.zk.ensure_path(directory)
         mine = self._store.zk.create(f"{directory}/{schema.NODE_OWNER_PREFIX}", schema.encode(self._me.record()),
                                      ephemeral=True, sequence=True)
+        session = self._session_id()
         deadline = time.monotonic() + self._wait_s
         while True:
             earlier = [child for child in sorted(self._store.zk.get_children(directory))
                        if f"{directory}/{child}" < mine and not self._dead_predecessor(f"{directory}/{child}")]
             if not earlier:
-                self.path = mine
+                self.path, self._session, self._suspected = mine, session, False
+                if self._store.zk.exists(mine, watch=self._on_owner_event) is None:
+                    self._suspected = True
                 return mine
             if time.monotonic() > deadline:
                 holder = self._holder(f"{directory}/{earlier[0]}")

@@ -156,6 +156,26 @@ def test_a_second_daemon_with_a_taken_node_name_refuses_to_start(cluster, tmp_pa
         assert len(store.zk.get_children(schema.node_owners("hv2"))) == 1, "the refused daemon left no owner"
 
 
+def test_a_daemon_whose_owner_znode_is_deleted_owns_its_node_again_and_writes_on(cluster):
+    """The daemon does not ask ZooKeeper each keepalive whether it still owns its node; a watch on its owner
+    znode tells it. Deleted behind its back, the znode is made anew and the keepalives go on as the node."""
+    local = cluster.local
+    with cluster_store(local) as store:
+        [before] = store.zk.get_children(schema.node_owners("hv3"))
+        store.zk.delete(f"{schema.node_owners('hv3')}/{before}")
+
+        def owned_again():
+            owners = store.zk.get_children(schema.node_owners("hv3"))
+            return owners if owners and owners != [before] else None
+        again = eventually(owned_again, 4 * KEEPALIVE_INTERVAL, 0.1)
+        assert again and len(again) == 1, f"hv3's owners after the deletion: {again}"
+        stamp = store.read(schema.node_key("hv3", "keepalive"))["time"]
+        assert eventually(lambda: store.read(schema.node_key("hv3", "keepalive"))["time"] > stamp,
+                          4 * KEEPALIVE_INTERVAL, 0.1), "no keepalive written as the node since"
+    assert cluster.client.nodes.info("hv3")["daemon_state"] == "run"
+    assert local.daemon_pid("pvcnoded", "hv3"), "the daemon runs on"
+
+
 def test_a_daemon_restarted_right_after_a_kill_waits_for_the_old_session_and_starts(cluster):
     local = cluster.local
     local.stop_daemon("pvcnoded", "hv2", kill=True)
