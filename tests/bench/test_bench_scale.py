@@ -4,7 +4,8 @@ it flushes and the node it recovers, the rest spread evenly over the others. Pri
 define and start every VM, ZooKeeper's znodes and data size, memory (RSS and PSS) per process kind, CPU at rest
 per process kind and ZooKeeper's writes per second, `vms.list()` median, a coordinator's cold start to its first
 complete list, flush (and ready) of one node, recovery of a node powered off through its BMC (detection, fence,
-recovery), defines per second from 8 clients, and any node judged dead. Asserts no timing.
+recovery; then its pace, the CPU each process kind spent on it and ZooKeeper's requests per VM), defines per
+second from 8 clients, and any node judged dead. Asserts no timing.
 
     PVC_SCALE_NODES=96 PVC_SCALE_VMS=10000 PVC_SCALE_REST_S=30 PVC_SCALE_BURST=1000 PVC_SCALE_HEAVY=500 \\
         pytest -m bench -s tests/bench/test_bench_scale.py
