@@ -43,6 +43,7 @@ def test_a_node_added_to_a_running_cluster_joins_the_overlays_both_ways(two_node
             f"{node} does not flood to the new node: {floods(two_nodes, node, 4700)}"
 
     ok(pvc(two_nodes, "vm", "define", "-", "--target", "hv3", input=nic_xml("after", "joining")))
+    assert eventually(lambda: "pvcbr4700" in pvc_devices(two_nodes, "hv3"), 10)
     # The node makes the bridge first and its member's flood entries last.
     assert eventually(lambda: floods(two_nodes, "hv3", 4700) == everyone - {lab.address("hv3")}, 10), \
         f"the new node does not flood to the others: {floods(two_nodes, 'hv3', 4700)}"
