@@ -50,7 +50,8 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
                                            (C: `vm remove`, or `vm rename` for the old name) marks a removal
                                            its node has yet to confirm: no other command changes it, and the
                                            record goes (C or L, `pvc.rpc.removal`) once the node reports
-    /pvc/vms/NAME/placement            C,L {"node": where it is or is to be, "last_node": where it came from}
+    /pvc/vms/NAME/placement            C,L {"node": where it is or is to be, "last_node": where it came from,
+                                           "task": the flush, ready or recovery that wrote it (L), if one did}
     /pvc/vms/NAME/status               N   what a node last reported: {"node", "running": true | false | null
                                            (unknown: it could not ask libvirt, with "unknown": why), "error",
                                            "request": what it asks the leader to record, or null,

@@ -121,6 +121,7 @@ class RecoveryExecution(TaskExecution):
     def run(self) -> None:
         node = self.task["node"]
         started = time.monotonic()
+        self._adopt_recorded()
         self._save(state="running", attempt=self.task.get("attempt") or 1, retry_at=None)
         if self._daemon_state() == "dead":
             held = self._held()

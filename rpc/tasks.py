@@ -266,6 +266,7 @@ class TaskExecution:
         self._pending_save: threading.Timer | None = None
 
     def run(self) -> None:
+        self._adopt_recorded()
         self._save(state="running")
         if self.task["kind"] == "flush":
             failures = self._flush()
@@ -303,6 +304,20 @@ class TaskExecution:
             if _still_on(self._context.cache.vms.get(name), self.task["node"]):
                 left.append({"name": name, "reason": reason})
         return left
+
+    def _adopt_recorded(self) -> None:
+        """List each VM an earlier run of this task recorded but did not save in the task's record (its leader
+        died between the two writes): a placement the task writes names the task (`_record`), so the lists are
+        whole whoever finishes the task. A VM still on the node the task empties was shut down there."""
+        node, listed = self.task["node"], {*self.task["moved"], *self.task["shut_down"]}
+        for name, raw in sorted(self._vms().items()):
+            where = raw.get("placement") or {}
+            if where.get("task") != self.task["id"] or name in listed:
+                continue
+            outcome = "moved" if self.task["kind"] == "ready" or where.get("node") != node else "shut_down"
+            with self._progress_lock:
+                self.task[outcome].append(name)
+            log.info("task %s: %s was recorded by an earlier run of it (%s)", self.task["id"], name, outcome)
 
     def _vms(self) -> dict[str, dict[str, Any]]:
         return {name: raw for name, raw in self._context.cache.vms.snapshot().items() if raw.get(OWN_VALUE)}
@@ -388,7 +403,8 @@ class TaskExecution:
         `decide` returns None when the VM no longer needs what the task was to do: a command answered since
         the task listed the VM (a stop, a move, a removal) changed it, and wins; the VM is reported in
         ``changed_by_command``, neither moved nor failed. A write that loses to a node's report the leader
-        recorded meanwhile (a command cannot: the task holds the lock) is decided again."""
+        recorded meanwhile (a command cannot: the task holds the lock) is decided again. A placement written
+        names the task (``task``), for a later run of it to find (`_adopt_recorded`)."""
         try:
             with self._control.locked(name):
                 for _attempt in range(RECORD_ATTEMPTS):
@@ -396,8 +412,11 @@ class TaskExecution:
                     decision = decide(current)
                     if decision is None:
                         break
+                    changes = dict(decision.changes)
+                    if "placement" in changes:
+                        changes["placement"] = {**changes["placement"], "task": self.task["id"]}
                     try:
-                        zxid = self._control.record(name, current, leader_node=self._leader_node, **decision.changes)
+                        zxid = self._control.record(name, current, leader_node=self._leader_node, **changes)
                     except Superseded:
                         continue
                     with self._progress_lock:

@@ -3,12 +3,16 @@ running ones and recent outcomes stay; and the leader's every-tick passes read t
 changed."""
 import time
 
-from pvc import schema
+import pytest
+from kazoo.exceptions import ConnectionLoss
+
+from pvc import plugin_manager, schema
 from pvc.cache import OWN_VALUE, ClusterCache
 from pvc.rpc import tasks
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.recovery import record_missing_recoveries
-from pvc.rpc.tasks import FINISHED_KEPT, FINISHED_KEPT_S, TaskRunner, prune_finished
+from pvc.rpc.tasks import FINISHED_KEPT, FINISHED_KEPT_S, TaskExecution, TaskRunner, prune_finished
+from pvc.rpc.vm_control import VMControl
 
 from helpers import eventually
 
@@ -107,3 +111,41 @@ def test_a_node_that_stays_dead_costs_no_task_reads_once_its_recovery_is_recorde
         "marked dead again: a new recovery"
     recoveries = [task for task, _stat in tasks.task_records(context) if task["kind"] == "recover"]
     assert [task["node"] for task in recoveries] == ["hv3", "hv3"]
+
+
+def test_a_flush_whose_leader_died_between_its_records_and_their_save_lists_every_vm_it_moved(store, mocker):
+    """The flush records each VM's move, then saves its own record with the VMs it moved; a leader that dies
+    between the two left a record that moved nothing, and the next leader, finding no VM left on the node,
+    finished it so (fault checker, lab family: a placement no task or command had made). Each placement the
+    task writes names it, and the run that finishes the task lists what an earlier one recorded."""
+    cache = ClusterCache(store)
+    cache.start()
+    context = CoordinatorContext("test-leader", {}, store, cache, plugin_manager.load(), agents=None,
+                                 leadership=None)
+    leader = store.zk.create(f"{schema.ELECTION}/leader-", b"", ephemeral=True, sequence=True)
+    for name in ("hv1", "hv2"):
+        store.write(schema.node(name), {"name": name})
+        store.write(schema.node_key(name, "keepalive"), {"time": time.time()})
+        store.write(schema.node_key(name, "domain_state"), "ready")
+        store.write(schema.node_key(name, "daemon_state"), "run")
+    names = ["leaving1", "leaving2", "leaving3"]
+    for name in names:
+        store.write(schema.vm(name), {"name": name, "memory_mib": 512, "vcpus": 1})
+        store.write(schema.vm_key(name, "state"), "start")
+        store.write(schema.vm_key(name, "placement"), {"node": "hv1", "last_node": None})
+        store.write(schema.vm_key(name, "status"), {"node": "hv1", "running": True})
+    assert eventually(lambda: all(len(cache.vms.get(name) or {}) == 4 for name in names))
+    assert eventually(lambda: (cache.nodes.get("hv2") or {}).get("daemon_state") == "run")
+    task = tasks.create_task(context, "flush", "hv1")
+
+    mocker.patch.object(TaskExecution, "_carry_out", side_effect=ConnectionLoss("the leader's session ended"))
+    with pytest.raises(ConnectionLoss):
+        TaskExecution(context, VMControl(context), dict(task), leader, 2).run()
+    mocker.stopall()
+    assert store.read(schema.task(task["id"]))["moved"] == [], "the leader died before it saved its moves"
+    assert eventually(lambda: all((cache.vms.get(name) or {}).get("placement", {}).get("node") == "hv2"
+                                  for name in names))
+
+    TaskExecution(context, VMControl(context), store.read(schema.task(task["id"])), leader, 2).run()
+    finished = store.read(schema.task(task["id"]))
+    assert (finished["state"], sorted(finished["moved"]), finished["shut_down"]) == ("done", names, []), finished
