@@ -337,6 +337,7 @@ class NodeDaemon:
         record = self.store.read(schema.node(self.name)) or {}
         self.ownership.write(schema.node(self.name), {**record, "keepalive_interval": interval})
         self._published_interval = interval
+        self.self_fence.settings_changed()
         log.info("node %s now writes a keepalive every %g s", self.name, interval)
 
     def _read_figures(self) -> None:
