@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 BACKOFF_CAP_S = 5.0
 """Longest wait before a failed pass of a daemon loop is tried again: a converge pass that failed (libvirt or
 ZooKeeper did not answer) is what stands between a VM and its node's report of it."""
+HOLD_AUDIT_INTERVALS = 6
+"""Keepalive intervals between looks at the hold of a node that is not held, when nothing prompted one: a hold
+begins only with the leader writing the node's daemon state (``dead``, or ``fenced`` by a confirmation), which
+its watch reports at once, so the look only catches a missed watch. It read ZooKeeper three times each interval:
+a third of an idle node's requests."""
 
 
 class NodeDaemon:
@@ -239,10 +244,12 @@ class NodeDaemon:
 
     def _hold_loop(self) -> None:
         """Follow the hold: at once when the daemon state changes (the leader marks the node dead, or `node
-        ready` releases it), and every keepalive interval (a recovery task ends); once released, say ``run``
-        and converge at once, so that the VMs the ready brings back start without waiting for the next pass."""
+        ready` releases it), every keepalive interval while held (a recovery task ends without a change of the
+        state), and every `HOLD_AUDIT_INTERVALS` otherwise; once released, say ``run`` and converge at once, so
+        that the VMs the ready brings back start without waiting for the next pass."""
         while not self._stopping.is_set():
-            self._daemon_state_changed.wait(self.fencing.keepalive_interval)
+            interval = self.fencing.keepalive_interval
+            self._daemon_state_changed.wait(interval if self._held else interval * HOLD_AUDIT_INTERVALS)
             self._daemon_state_changed.clear()
             if self._stopping.is_set() or not self.store.connected:
                 continue
