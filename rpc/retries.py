@@ -92,12 +92,23 @@ def _read(store, request_id: str) -> dict[str, Any] | None:
 
 
 def _settle(store, request_id: str, answered: dict[str, Any]) -> None:
-    """Write the request's record with its answer (the record this call created, so nothing is read back);
-    an answer that is not plain data is left out (a retry then gets the replayed answer)."""
+    """Write the request's record with its answer (the record this call created, so nothing is read back),
+    without waiting for ZooKeeper: a retry that comes before the answer is recorded waits for it while this
+    coordinator lives, and is answered anew once it is gone, as if this coordinator had died before writing
+    it. An answer that is not plain data is left out (a retry then gets the replayed answer)."""
     try:
-        store.zk.set(schema.request(request_id), schema.encode(answered))
+        data = schema.encode(answered)
     except (TypeError, ValueError) as error:
         log.info("request %s: its answer is not recorded (%s)", request_id, error)
+        return
+
+    def written(result) -> None:
+        try:
+            result.get()
+        except Exception as error:
+            log.warning("request %s: its answer could not be recorded: %s", request_id, error)
+    try:
+        store.zk.set_async(schema.request(request_id), data).rawlink(written)
     except Exception as error:
         log.warning("request %s: its answer could not be recorded: %s", request_id, error)
 
