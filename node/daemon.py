@@ -134,6 +134,10 @@ class NodeDaemon:
             self._check_fencing_settings()
             self.store.add_state_listener(self._on_session_state)
             self.ownership.acquire()
+            # The watchdog watches from here: the guests that outlived the last daemon run already, and a cut
+            # during the rest of the start (a converge of every VM, the first keepalive) must stop them in time.
+            self.peers.start()
+            self.self_fence.start()
             self._follow_hold()
             self._watch_every_vm_until_indexed()
             self.vms.start()
@@ -151,8 +155,6 @@ class NodeDaemon:
             threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True).start()
             threading.Thread(target=self._figures_loop, name="figures", daemon=True).start()
             threading.Thread(target=self._vm_stats_loop, name="vm-stats", daemon=True).start()
-            self.peers.start()
-            self.self_fence.start()
             self.health.start()
         except BaseException:
             self._shutdown_services()
