@@ -90,7 +90,11 @@ class SelfFence:
         return self.fenced_reason is not None
 
     def acknowledged(self, write_started: float) -> None:
-        """A keepalive write begun at `write_started` (monotonic) was acknowledged by ZooKeeper."""
+        """A keepalive write begun at `write_started` (monotonic) was acknowledged by ZooKeeper. Once fenced,
+        one begun before the fence and acknowledged after it (when the link came back) changes nothing: the log
+        says how long after the last keepalive acknowledged *before* the fence the guests were stopped."""
+        if self.fenced:
+            return
         self._last_acknowledged = max(self._last_acknowledged, write_started)
 
     def start(self) -> None:
