@@ -15,7 +15,7 @@ from pvc.domain_xml import MAX_XML_BYTES
 from pvc.provisioner_records import MAX_USER_DATA_BYTES
 
 from conftest import started_cluster
-from helpers import cluster_store
+from helpers import cluster_store, eventually
 from vm_support import vm_xml
 
 SEED = int(os.environ.get("PVC_TEXT_SEED") or random.randrange(1 << 32))
@@ -26,6 +26,9 @@ def text_cluster(tmp_path_factory):
     running = started_cluster(tmp_path_factory.mktemp("text"), nodes=1, coordinators=1)
     cluster = next(running)
     cluster.client.vms.define(vm_xml("keeper"))
+    # Its node's first report lands after the define answers; taken before it, a test's "before" would lack it.
+    with cluster_store(cluster.local) as store:
+        assert eventually(lambda: store.read(schema.vm_key("keeper", "status")), 10)
     yield cluster
     next(running, None)
 
