@@ -63,6 +63,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -226,6 +227,9 @@ class Nemesis(threading.Thread):
         """One fault at a time on a host's libvirtd (a freeze, a slow spell): a second waits for the first."""
         self._threads: list[threading.Thread] = []
         self._retries: list[PlannedFault] = []
+        self._overtime = threading.Event()
+        self._in_flight: Counter = Counter()
+        """Kind → how many faults of it are being carried out now."""
         self._migration_freezes = 0
         """How many migrations the nemesis froze: the first freezes the target, the next the source, and so on."""
         self._restore: dict[str, Callable[[], None]] = {}
@@ -256,12 +260,19 @@ class Nemesis(threading.Thread):
                 thread = threading.Thread(target=self._carry_out, args=(fault,), name=f"nemesis-{fault.kind}",
                                           daemon=True)
                 self._threads.append(thread)
+                with self._lock:
+                    self._in_flight[fault.kind] += 1
                 thread.start()
         finally:
             client.close()
             for thread in self._threads:
                 thread.join(60)
             supervisor.join(5)
+
+    def overtime(self) -> None:
+        """The run's length is over: from now on, only faults of kinds never injected (nor under way) come. A run of
+        heavy faults past its length could otherwise keep a kind out until the grace ends."""
+        self._overtime.set()
 
     def _planned(self) -> Iterator[PlannedFault]:
         """The schedule, with a fault skipped before its kind was ever injected tried again (with other targets)
@@ -272,8 +283,19 @@ class Nemesis(threading.Thread):
                     retry = self._retries.pop(0) if self._retries else None
                 if retry is None:
                     break
-                yield retry
-            yield fault
+                if self._wanted(retry):
+                    yield retry
+            if self._wanted(fault):
+                yield fault
+            elif self._stopping.wait(0.05):  # every kind injected or under way: nothing more to plan
+                return
+
+    def _wanted(self, fault: PlannedFault) -> bool:
+        if not self._overtime.is_set():
+            return True
+        with self._lock:
+            under_way = self._in_flight[fault.kind]
+        return not under_way and not self._history.faults_by_kind().get(fault.kind)
 
     def _carry_out(self, fault: PlannedFault) -> None:
         injected = self._history.now()
@@ -291,6 +313,8 @@ class Nemesis(threading.Thread):
             self._history.note("nemesis", f"{fault.describe()} failed: {type(error).__name__}: {error}")
         finally:
             client.close()
+            with self._lock:
+                self._in_flight[fault.kind] -= 1
             if fault.kind in HEAVY:
                 self._heavy_active.clear()
 

@@ -222,6 +222,7 @@ def run_faults(cluster, seed: int, seconds: float, clients: int = 4, vm_count: i
             thread.start()
         stopping.wait(seconds)
         grace = time.monotonic() + FIRST_ROUND_GRACE_S
+        chaos.overtime()
         while run.missing_kinds and time.monotonic() < grace:
             time.sleep(0.5)
     finally:
