@@ -266,14 +266,14 @@ class TaskExecution:
         self._pending_save: threading.Timer | None = None
 
     def run(self) -> None:
-        self._adopt_recorded()
+        adopted = self._adopt_recorded()
         self._save(state="running")
         if self.task["kind"] == "flush":
-            failures = self._flush()
+            failures = self._flush(adopted)
             not_moved = self._left_behind(failures)
             final = "flushed"
         else:
-            self._ready()
+            self._ready(adopted)
             not_moved = []
             final = "ready"
         left = {entry["name"] for entry in not_moved}
@@ -305,19 +305,28 @@ class TaskExecution:
                 left.append({"name": name, "reason": reason})
         return left
 
-    def _adopt_recorded(self) -> None:
+    def _adopt_recorded(self) -> list[tuple[str, list[str], None]]:
         """List each VM an earlier run of this task recorded but did not save in the task's record (its leader
         died between the two writes): a placement the task writes names the task (`_record`), so the lists are
-        whole whoever finishes the task. A VM still on the node the task empties was shut down there."""
+        whole whoever finishes the task. A VM still on the node the task empties was shut down there. What to
+        converge: every VM an earlier run recorded, listed or not, whose placement still names the task, for this
+        run to wait for as for its own moves (a flush that ended while an adopted migration was still under way
+        had called its node flushed with the VM still there, and a failed migration put it back)."""
         node, listed = self.task["node"], {*self.task["moved"], *self.task["shut_down"]}
+        adopted = []
         for name, raw in sorted(self._vms().items()):
             where = raw.get("placement") or {}
-            if where.get("task") != self.task["id"] or name in listed:
+            if where.get("task") != self.task["id"]:
                 continue
             outcome = "moved" if self.task["kind"] == "ready" or where.get("node") != node else "shut_down"
+            nodes = [(raw.get("status") or {}).get("node"), node, where.get("node")]
+            adopted.append((name, list(dict.fromkeys(each for each in nodes if each)), None))
+            if name in listed:
+                continue
             with self._progress_lock:
                 self.task[outcome].append(name)
             log.info("task %s: %s was recorded by an earlier run of it (%s)", self.task["id"], name, outcome)
+        return adopted
 
     def _vms(self) -> dict[str, dict[str, Any]]:
         return {name: raw for name, raw in self._context.cache.vms.snapshot().items() if raw.get(OWN_VALUE)}
@@ -328,8 +337,9 @@ class TaskExecution:
         return {name: raw for name, raw in self._vms().items()
                 if (raw.get("placement") or {}).get("node") == node and raw.get("state") in schema.RUNNING_STATES}
 
-    def _flush(self) -> dict[str, str]:
-        """Move (or, with no valid target, shut down) every VM running on the node; the failures by VM."""
+    def _flush(self, adopted: list[tuple[str, list[str], None]]) -> dict[str, str]:
+        """Move (or, with no valid target, shut down) every VM running on the node, and wait for those an
+        earlier run recorded (`adopted`); the failures by VM."""
         node = self.task["node"]
 
         def shut_down(current: Desired) -> Decision:
@@ -337,7 +347,7 @@ class TaskExecution:
             return Decision({"state": "shutdown", "placement": {**current.placement, "autostart": autostart}},
                             [node], "shut_down")
 
-        return self._carry_out(self._decide_leaving(
+        return self._carry_out(adopted + self._decide_leaving(
             lambda current, target: Decision({"state": "migrate", "placement": {"node": target, "last_node": node}},
                                              [node, target], "moved"),
             shut_down))
@@ -365,7 +375,7 @@ class TaskExecution:
             decided += self._record(name, decide)
         return decided
 
-    def _ready(self) -> None:
+    def _ready(self, adopted: list[tuple[str, list[str], None]]) -> None:
         node = self.task["node"]
 
         def decide(current: Desired) -> Decision | None:
@@ -377,7 +387,7 @@ class TaskExecution:
                 return Decision({"state": "start", "placement": {"node": node, "last_node": where.get("last_node")}},
                                 [node], "moved")
             return None
-        moves = []
+        moves = list(adopted)
         batch = placement.Batch(self._context.placement_views())
         for name, raw in sorted(self._vms().items()):
             listed = Desired(name, raw[OWN_VALUE], raw.get("state") or "stop", raw.get("placement") or {}, {})
@@ -431,7 +441,7 @@ class TaskExecution:
         log.info("task %s: %s was changed by a command meanwhile; left to it", self.task["id"], name)
         return []
 
-    def _carry_out(self, moves: list[tuple[str, list[str], int]]) -> dict[str, str]:
+    def _carry_out(self, moves: list[tuple[str, list[str], int | None]]) -> dict[str, str]:
         """Converge every moved VM, `parallelism` at a time, and wait for each to settle; the failures."""
         self._save(total=len(moves), done=0)
         failures = {}

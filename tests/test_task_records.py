@@ -1,6 +1,7 @@
 """Finished flush/ready task records are forgotten after a while, so the leader's every-tick read stays small;
 running ones and recent outcomes stay; and the leader's every-tick passes read task records only when something
 changed."""
+import threading
 import time
 
 import pytest
@@ -117,7 +118,8 @@ def test_a_flush_whose_leader_died_between_its_records_and_their_save_lists_ever
     """The flush records each VM's move, then saves its own record with the VMs it moved; a leader that dies
     between the two left a record that moved nothing, and the next leader, finding no VM left on the node,
     finished it so (fault checker, lab family: a placement no task or command had made). Each placement the
-    task writes names it, and the run that finishes the task lists what an earlier one recorded."""
+    task writes names it, and the run that finishes the task lists what an earlier one recorded, and waits for
+    those moves as for its own before it calls the node flushed."""
     cache = ClusterCache(store)
     cache.start()
     context = CoordinatorContext("test-leader", {}, store, cache, plugin_manager.load(), agents=None,
@@ -146,6 +148,16 @@ def test_a_flush_whose_leader_died_between_its_records_and_their_save_lists_ever
     assert eventually(lambda: all((cache.vms.get(name) or {}).get("placement", {}).get("node") == "hv2"
                                   for name in names))
 
-    TaskExecution(context, VMControl(context), store.read(schema.task(task["id"])), leader, 2).run()
+    store.write(schema.vm_key("leaving1", "status"), {"node": "hv2", "running": True})
+    resumed = threading.Thread(target=TaskExecution(context, VMControl(context), store.read(schema.task(task["id"])),
+                                                    leader, 2).run)
+    resumed.start()
+    resumed.join(2.0)
+    assert resumed.is_alive(), "the resumed flush waits for the moves it adopted, as for its own"
+    assert store.read(schema.node_key("hv1", "domain_state")) != "flushed", "two VMs are not on hv2 yet"
+    for name in names[1:]:
+        store.write(schema.vm_key(name, "status"), {"node": "hv2", "running": True})
+    resumed.join(10)
     finished = store.read(schema.task(task["id"]))
     assert (finished["state"], sorted(finished["moved"]), finished["shut_down"]) == ("done", names, []), finished
+    assert store.read(schema.node_key("hv1", "domain_state")) == "flushed"

@@ -474,7 +474,9 @@ class VMsArea:
             if state in ("start", "restart") and current.state not in schema.RUNNING_STATES:
                 self._check_room_to_start(vm, current.spec, node)
             if state == "start" and current.placement.get("autostart"):
-                self._control.record(vm, current, state=state, placement={**current.placement, "autostart": False})
+                # The task that parked it (its mark) has no part in this start.
+                kept = {key: value for key, value in current.placement.items() if key != "task"}
+                self._control.record(vm, current, state=state, placement={**kept, "autostart": False})
             else:
                 self._control.record(vm, current, state=state)
             return node
