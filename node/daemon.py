@@ -136,6 +136,10 @@ class NodeDaemon:
             self.ownership.acquire()
             # The watchdog watches from here: the guests that outlived the last daemon run already, and a cut
             # during the rest of the start (a converge of every VM, the first keepalive) must stop them in time.
+            # Its silence counts from ZooKeeper's answer that this daemon owns the node: the time before it was
+            # the start's own (a wait for the last daemon's session to end), and counting it had a slow start
+            # ask its peers, and fence on a hiccup of ZooKeeper, before its first keepalive was due.
+            self.self_fence.acknowledged(self.ownership.confirmed_at)
             self.peers.start()
             self.self_fence.start()
             self._follow_hold()

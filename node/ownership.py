@@ -80,6 +80,8 @@ class NodeOwnership:
         self._session: int | None = None
         """The ZooKeeper session that made `path`: its znode lives exactly as long."""
         self._suspected = False
+        self.confirmed_at: float | None = None
+        """When (monotonic) the request that found this daemon the node's owner began: ZooKeeper answered it."""
 
     @property
     def held(self) -> bool:
@@ -134,10 +136,12 @@ class NodeOwnership:
         session = self._session_id()
         deadline = time.monotonic() + self._wait_s
         while True:
+            asked = time.monotonic()
             earlier = [child for child in sorted(self._store.zk.get_children(directory))
                        if f"{directory}/{child}" < mine and not self._dead_predecessor(f"{directory}/{child}")]
             if not earlier:
                 self.path, self._session, self._suspected = mine, session, False
+                self.confirmed_at = asked
                 if self._store.zk.exists(mine, watch=self._on_owner_event) is None:
                     self._suspected = True
                 return mine

@@ -90,7 +90,8 @@ class SelfFence:
         return self.fenced_reason is not None
 
     def acknowledged(self, write_started: float) -> None:
-        """A keepalive write begun at `write_started` (monotonic) was acknowledged by ZooKeeper. Once fenced,
+        """A keepalive write begun at `write_started` (monotonic) was acknowledged by ZooKeeper (at start, the
+        request that found this daemon the node's owner, before its first keepalive). Once fenced,
         one begun before the fence and acknowledged after it (when the link came back) changes nothing: the log
         says how long after the last keepalive acknowledged *before* the fence the guests were stopped."""
         if self.fenced:

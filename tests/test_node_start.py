@@ -5,8 +5,11 @@ The full suite once cut a restarted node off from ZooKeeper between its first ke
 watchdog (which then came after the peer directory's reads, which hung on the cut): no self-fence came, and the
 leader's BMC fence was what stopped its guests (`test_fencing.py`, QEMU)."""
 import threading
+import time
 
+from pvc.node.ownership import NodeOwnership
 from pvc.node.reconcile import Reconciler
+from pvc.node.self_fence import SelfFence
 
 from test_node_index import node_in_process
 
@@ -22,4 +25,30 @@ def test_the_self_fence_watchdog_watches_before_the_daemon_converges_its_vms_and
 
     with node_in_process(cluster) as node:
         assert watching and watching[0], "the start's converge of every VM ran before the watchdog did"
+        assert node.self_fence.fenced_reason is None
+
+
+def test_a_start_that_waited_longer_than_the_self_fence_silence_to_own_its_node_is_not_taken_for_a_cut(cluster,
+                                                                                                       mocker):
+    """The watchdog's silence counts from ZooKeeper's answer that the daemon owns its node: counted from the
+    daemon's creation, a start that waited for the last daemon's session to end (here 3 s, past the 2 s silence
+    of the local cluster's settings) had the watchdog ask its peers at once whether the node was cut off, and a
+    ZooKeeper hiccup then would have stopped every guest of a healthy node."""
+    acquire = NodeOwnership.acquire
+
+    def after_a_wait(ownership, *args, **kwargs):
+        time.sleep(3.0)
+        return acquire(ownership, *args, **kwargs)
+    mocker.patch.object(NodeOwnership, "acquire", after_a_wait)
+    converge_all = Reconciler.converge_all
+
+    def slowly(reconciler, *args, **kwargs):
+        time.sleep(0.5)  # within the silence: the watchdog looks (every 0.1 s here) before the first keepalive
+        return converge_all(reconciler, *args, **kwargs)
+    mocker.patch.object(Reconciler, "converge_all", slowly)
+    asked = mocker.spy(SelfFence, "_ask")
+
+    with node_in_process(cluster) as node:
+        time.sleep(1.5)
+        assert asked.call_count == 0, "the watchdog asked whether the node was cut off while ZooKeeper answered it"
         assert node.self_fence.fenced_reason is None
