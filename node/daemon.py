@@ -160,10 +160,32 @@ class NodeDaemon:
             threading.Thread(target=self._figures_loop, name="figures", daemon=True).start()
             threading.Thread(target=self._vm_stats_loop, name="vm-stats", daemon=True).start()
             self.health.start()
-        except BaseException:
+        except BaseException as error:
+            if isinstance(error, Exception):
+                self._watch_on_until_decided(error)
             self._shutdown_services()
             raise
         log.info("node %s is running; agent at %s", self.name, self.facts["agent_uri"])
+
+    def _watch_on_until_decided(self, error: Exception) -> None:
+        """A start that failed once the watchdog watched (a request cut off from ZooKeeper fails as soon as
+        kazoo notices, well before the self-fence's silence is over) leaves the guests that outlived the last
+        daemon running: the process stays until ZooKeeper answers (the next daemon takes over from there) or
+        the watchdog has fenced the node and seen every guest off. Leaving at once had left them unwatched."""
+        if not self.self_fence.watching:
+            return
+        failure = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        told = False
+        while self.self_fence.confirmed_at is None:
+            reachable, why = self.self_fence.zookeeper_reachable(self.fencing.peer_check_s)
+            if reachable and not self.self_fence.fenced:
+                return
+            if not told:
+                log.warning("the start failed (%s) and %s: the self-fence watchdog watches on until ZooKeeper "
+                            "answers or the node has fenced itself", failure, why)
+                told = True
+            time.sleep(self.fencing.watchdog_period_s)
+        log.warning("the start failed (%s); the node has fenced itself: %s", failure, self.self_fence.fenced_reason)
 
     def _watch_every_vm_until_indexed(self) -> None:
         """Watch through this node's index only once the index names every VM's placement (`pvc.node_index`);

@@ -75,6 +75,7 @@ class SelfFence:
         `silence_before_self_fence_s` after it, "a peer reaches ZooKeeper, this node does not" is asked again
         rather than taken as this node's isolation."""
         self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         """Set to have the watchdog look again now: the daemon stops, or its keepalive interval changed."""
         self._next_enforcement = 0.0
@@ -98,8 +99,14 @@ class SelfFence:
             return
         self._last_acknowledged = max(self._last_acknowledged, write_started)
 
+    @property
+    def watching(self) -> bool:
+        """Whether the watchdog has started (and not been stopped)."""
+        return self._thread is not None and not self._stopping.is_set()
+
     def start(self) -> None:
-        threading.Thread(target=self._watch, name="self-fence", daemon=True).start()
+        self._thread = threading.Thread(target=self._watch, name="self-fence", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()

@@ -7,11 +7,17 @@ leader's BMC fence was what stopped its guests (`test_fencing.py`, QEMU)."""
 import threading
 import time
 
+import pytest
+
+from pvc import config
+from pvc.node.daemon import NodeDaemon
 from pvc.node.ownership import NodeOwnership
 from pvc.node.reconcile import Reconciler
 from pvc.node.self_fence import SelfFence
 
 from test_node_index import node_in_process
+from test_self_fencing import ZooKeeperLink
+from vm_support import running_hosts, vm_xml
 
 
 def test_the_self_fence_watchdog_watches_before_the_daemon_converges_its_vms_and_says_it_runs(cluster, mocker):
@@ -52,3 +58,35 @@ def test_a_start_that_waited_longer_than_the_self_fence_silence_to_own_its_node_
         time.sleep(1.5)
         assert asked.call_count == 0, "the watchdog asked whether the node was cut off while ZooKeeper answered it"
         assert node.self_fence.fenced_reason is None
+
+
+@pytest.mark.cluster(nodes=3)
+def test_a_start_cut_off_from_zookeeper_once_its_watchdog_watched_ends_only_after_its_guests_are_off(fresh_cluster,
+                                                                                                   mocker):
+    """A request cut off from ZooKeeper fails as soon as kazoo notices, well before the self-fence's silence is
+    over: the start that failed so stopped its watchdog and left, and the guests that had outlived the last
+    daemon ran on with nothing to stop them but the leader's BMC fence. Now the failed start stays until the
+    watchdog has fenced the node (its peers reach ZooKeeper) and seen every guest off."""
+    local, client = fresh_cluster.local, fresh_cluster.client
+    client.vms.define(vm_xml("outlived"), target="hv1")
+    client.vms.start("outlived", wait=True)
+    link = ZooKeeperLink(local.state["zookeeper_port"])
+    local.stop_daemon("pvcnoded", "hv1")
+    settings = config.load(local.state_dir / "nodes" / "hv1" / "pvcnoded.yaml", config.NODED_SETTINGS,
+                           {"log_file": None, "zookeeper_hosts": link.hosts})
+    node = NodeDaemon(settings)
+    converge_all = Reconciler.converge_all
+
+    def cut_first(reconciler, *args, **kwargs):
+        link.cut()
+        return converge_all(reconciler, *args, **kwargs)
+    mocker.patch.object(Reconciler, "converge_all", cut_first)
+    try:
+        with pytest.raises(Exception) as failed:
+            node.start()
+        still_running = running_hosts(fresh_cluster).get("outlived", [])
+    finally:
+        link.restore()
+        link.close()
+    assert node.self_fence.fenced_reason, f"the start failed ({failed.value!r}) and left without a self-fence"
+    assert still_running == [], f"the start left with its guest running on {still_running}"
