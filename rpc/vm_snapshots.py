@@ -33,6 +33,7 @@ from pvc.rpc.vm_control import VMControl
 log = logging.getLogger(__name__)
 
 ACTIONS = ("create", "remove", "rollback")
+DOING = {"create": "created", "remove": "removed", "rollback": "rolled back"}
 MAX_PAUSE_LIMIT_S = 60.0
 """The longest pause a caller may ask for; each node caps it further (``snapshot_max_pause``)."""
 RESOLVE_LOCK_TIMEOUT_S = 0.5
@@ -106,26 +107,40 @@ class VMSnapshots:
         record = self._require(vm, name)
         with self._storage._pools_locked(_pools(record["volumes"])):
             record = self._require(vm, name)
+            _refuse_other_intent(record, "remove")
             self._begin(record, "remove")
             self._finish_remove(record)
 
     def rollback(self, vm: str, name: str) -> dict[str, Any]:
-        """Return a stopped VM's volumes, document and metadata to the snapshot's."""
+        """Return a stopped VM's volumes, document and metadata to the snapshot's. A rollback that failed
+        midway (some volumes back, some not) is finished by the next one: its steps repeat safely."""
         with self._control.locked(vm):
             desired = self._control.desired(vm)
             _refuse_mirror(desired, "roll it back")
             record = self._require(vm, name)
-            if record.get("intent"):
-                raise Conflict(f"snapshot '{vm}@{name}' is being {record['intent']['action']}d; try again")
-            status = self._control.raw(vm).get("status") or {}
-            if desired.state in schema.RUNNING_STATES or status.get("running") is not False:
-                running = "unknown" if status.get("running") is None else "running"
-                raise Conflict(f"VM '{vm}' is {desired.state} ({running}): stop it before rolling it back")
+            _refuse_other_intent(record, "rollback")
+            self._refuse_running(vm, desired, "before rolling it back")
             with self._storage._pools_locked(_pools(record["volumes"])):
                 self._begin(record, "rollback")
                 self._finish_rollback(record)
         self._control.converge(vm, [desired.placement.get("node")], wait=False)
         return self._control.view(vm)
+
+    def rollback_pending(self, vm: str) -> str | None:
+        """The snapshot an unfinished rollback of `vm` returns it to, if any: its volumes may be part at the
+        snapshot and part not, so the VM must not start until the rollback is finished."""
+        store = self._context.store
+        for name in store.children(schema.vm_snapshots(vm)):
+            record = store.read(schema.vm_snapshot(vm, name)) or {}
+            if (record.get("intent") or {}).get("action") == "rollback":
+                return name
+        return None
+
+    def _refuse_running(self, vm: str, desired: Any, doing: str) -> None:
+        status = self._control.raw(vm).get("status") or {}
+        if desired.state in schema.RUNNING_STATES or status.get("running") is not False:
+            running = "unknown" if status.get("running") is None else "running"
+            raise Conflict(f"VM '{vm}' is {desired.state} ({running}): stop it {doing}")
 
     # -- after a crash ---------------------------------------------------------------------------------
 
@@ -169,6 +184,8 @@ class VMSnapshots:
                 self._finish_remove(current)
                 return f"{label}: its removal was finished"
         with self._control.locked(vm):
+            # A rollback is never finished under a guest: its disks would change beneath it.
+            self._refuse_running(vm, self._control.desired(vm), "to have its rollback finished")
             with self._storage._pools_locked(_pools(record["volumes"]), timeout=RESOLVE_LOCK_TIMEOUT_S):
                 self._finish_rollback(self._context.store.read(schema.vm_snapshot(vm, name)))
         return f"{label}: its rollback was finished"
@@ -293,6 +310,14 @@ class VMSnapshots:
         if record is None:
             raise NotFound(f"VM '{vm}' has no snapshot named '{name}'")
         return record
+
+
+def _refuse_other_intent(record: dict[str, Any], action: str) -> None:
+    """A change of a snapshot waits while another is unfinished; the same one is finished (its steps repeat)."""
+    pending = (record.get("intent") or {}).get("action")
+    if pending and pending != action:
+        raise Conflict(f"snapshot '{record['vm']}@{record['name']}' is being {DOING.get(pending, pending)}; "
+                       "try again once that is finished")
 
 
 def view(record: dict[str, Any]) -> dict[str, Any]:

@@ -466,12 +466,19 @@ class VMsArea:
         """
         return self._set_state(vm, "disable", wait)
 
+    def _refuse_half_rolled_back(self, vm: str) -> None:
+        snapshot = self._snapshots.rollback_pending(vm) if self._snapshots is not None else None
+        if snapshot is not None:
+            raise Conflict(f"VM '{vm}' has an unfinished rollback to snapshot '{snapshot}' (its volumes may be "
+                           f"part rolled back): finish it with 'pvc vm snapshot rollback {vm} {snapshot}' first")
+
     def _set_state(self, vm: str, state: str, wait: bool) -> dict[str, Any]:
         def decide() -> str:
             current = self._control.desired(vm)
             node = current.placement["node"]
             refuse_mirror(vm, current)
             if state in ("start", "restart") and current.state not in schema.RUNNING_STATES:
+                self._refuse_half_rolled_back(vm)
                 self._check_room_to_start(vm, current.spec, node)
             if state == "start" and current.placement.get("autostart"):
                 # The task that parked it (its mark) has no part in this start.
