@@ -3,7 +3,8 @@ leader resuming a run asks about one.
 
 The commands come only from this node's pvcnoded.yaml (``autobackup_pre_command``, ``autobackup_post_command``):
 they run as root, so nothing reaching the API can name one. Each runs through ``/bin/sh -c`` in a process
-group of its own, killed whole at ``autobackup_command_timeout``. A leader that took over a run asks `state`:
+group of its own, killed whole at ``autobackup_command_timeout``; they also surround a look at an export and
+retention's removals, as they surround its writing. A leader that took over a run asks `state`:
 while this node still writes an export (its pre command included) it says ``writing``, and the leader waits;
 then ``whole`` or ``absent``, which the export's directory alone decides (it is renamed into place whole).
 """
@@ -12,7 +13,8 @@ import os
 import signal
 import subprocess
 import threading
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from pvc.errors import OperationFailed
 from pvc.hookspecs import StorageBackend
@@ -67,22 +69,38 @@ class AutobackupExports:
         return None
 
     def state(self, destination: str) -> str:
-        """``writing`` while this node is at an export to `destination`, else ``whole`` or ``absent``."""
+        """``writing`` while this node is at an export to `destination`, else ``whole`` or ``absent``, looked
+        at between the pre and post commands, as the export was written."""
         with self._lock:
             if destination in self._writing:
                 return "writing"
-        return "whole" if self._roots.holds_export(destination) else "absent"
+        with self._store_ready():
+            return "whole" if self._roots.holds_export(destination) else "absent"
 
     def remove(self, paths: list[str]) -> list[str]:
-        """Remove finished exports (retention), in the order given; returns those that were there."""
+        """Remove finished exports (retention), in the order given, between the pre and post commands; returns
+        those that were there."""
         removed = []
-        for path in paths:
-            try:
-                if self._roots.remove_export(path):
-                    removed.append(path)
-            except OSError as error:
-                raise OperationFailed(f"cannot remove the export {path}: {error.strerror or error}") from None
+        with self._store_ready():
+            for path in paths:
+                try:
+                    if self._roots.remove_export(path):
+                        removed.append(path)
+                except OSError as error:
+                    raise OperationFailed(f"cannot remove the export {path}: {error.strerror or error}") from None
         return removed
+
+    @contextmanager
+    def _store_ready(self) -> Iterator[None]:
+        """The pre command before and the post command after: a store they mount and unmount holds the exports
+        only meanwhile. Looked at unmounted, a whole export had been "absent" (a resumed run undid it and could
+        not write it again) and retention's removals found nothing, and forgot chains whose files stayed."""
+        if self._pre:
+            run_command(self._pre, self._timeout, "autobackup_pre_command")
+        try:
+            yield
+        finally:
+            self._post_command()
 
 
 def run_command(command: str, timeout: float, what: str) -> None:

@@ -64,11 +64,12 @@ def _storage_settings() -> list[Setting]:
         Setting("backup_roots", list, [], "directories (mounted backup stores) under which VM snapshots may be "
                 "exported and imported from; no other path is written or read, and no link followed"),
         Setting("autobackup_pre_command", (str, type(None)), None, "shell command this node runs as root before "
-                "each autobackup export it writes (e.g. to mount the backup store); one that fails or outlives "
-                "autobackup_command_timeout fails that VM's backup (null: none). Never settable through the API"),
+                "each autobackup export it writes, and before it looks at or removes one (e.g. to mount the backup "
+                "store); one that fails or outlives autobackup_command_timeout fails that VM's backup (null: "
+                "none). Never settable through the API"),
         Setting("autobackup_post_command", (str, type(None)), None, "shell command this node runs after each "
-                "autobackup export it wrote, whether or not the export succeeded (e.g. to unmount the store); a "
-                "failure is reported with the run (null: none)"),
+                "autobackup export it wrote, whether or not the export succeeded, and after each look or removal "
+                "(e.g. to unmount the store); a failure is reported with the run (null: none)"),
         Setting("autobackup_command_timeout", (int, float), 300, "seconds an autobackup pre or post command may "
                 "run before its process group is killed"),
         Setting("upload_token_lifetime", (int, float), 30, "seconds an upload token stays valid"),

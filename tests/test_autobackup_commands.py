@@ -1,6 +1,7 @@
 """A node's side of autobackup: its pre and post commands run through the shell, bounded in time (the whole
 process group killed), a failure one line naming the setting, its status and its last line of output; and
 retention's removals, which follow no link and say in one line what they could not remove."""
+import subprocess
 import time
 from pathlib import Path
 
@@ -61,3 +62,22 @@ def test_retention_removes_whole_exports_follows_no_link_and_names_what_it_could
     with pytest.raises(OperationFailed, match="cannot remove the export"):
         exports.remove([str(root / "vm" / "link")])
     assert (outside / "keep").read_text() == "mine", "nothing is removed through a link"
+
+
+def test_a_store_the_commands_mount_is_mounted_to_look_at_an_export_and_to_remove_it(tmp_path):
+    """The pre command mounts the store over the backup root and the post command unmounts it (a bind mount
+    here): a whole export looked at unmounted was "absent", and retention found nothing to remove."""
+    root, store = tmp_path / "root", tmp_path / "store"
+    root.mkdir()
+    (store / "vm" / "full").mkdir(parents=True)
+    (store / "vm" / "full" / "manifest.json").write_text("{}")
+    exports = AutobackupExports(None, BackupRoots([str(root)], tmp_path / "journal"),
+                                {"autobackup_pre_command": f"mount --bind {store} {root}",
+                                 "autobackup_post_command": f"umount {root}"})
+    try:
+        assert exports.state(str(root / "vm" / "full")) == "whole"
+        assert not (root / "vm").exists(), "unmounted after the look"
+        assert exports.remove([str(root / "vm" / "full")]) == [str(root / "vm" / "full")]
+        assert not (store / "vm" / "full").exists(), "removed from the store itself"
+    finally:
+        subprocess.run(["umount", str(root)], capture_output=True)
