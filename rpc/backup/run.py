@@ -225,6 +225,7 @@ class AutobackupExecution:
             chain = next((each for each in record["chains"] if each["id"] == chain_id), None)
             try:
                 for backup in chains.removal_order(chain) if chain is not None else []:
+                    self._removable_where_written(backup)
                     self._call(backup.get("node"), "autobackup_remove", [backup["directory"]])
             except TRANSIENT:
                 raise
@@ -235,6 +236,14 @@ class AutobackupExecution:
             record = chains.without_chain(record, chain_id)
             self._context.store.transaction(self._leader_node).set(schema.autobackup_vm(vm), record).commit()
             log.info("autobackup of VM %s: chain %s removed (retention)", vm, chain_id)
+
+    def _removable_where_written(self, backup: dict[str, Any]) -> None:
+        """Retention removes an export on the node that wrote it: another node's roots may not hold its store,
+        so finding nothing there had the chain forgotten with its files left behind."""
+        node = backup.get("node")
+        if node and self._agent_uri(node) is None:
+            raise OperationFailed(f"node {node}, which wrote {backup['directory']}, does not run; the next run "
+                                  "removes it")
 
     def _remove_snapshot(self, vm: str, name: str) -> None:
         """Remove a snapshot once no change to it is under way (a dead coordinator's creation is undone by the
