@@ -23,6 +23,7 @@ from pvc.rpc import storage_intents
 from pvc.rpc.areas.storage import StorageArea
 from pvc.rpc.areas.vms import VMsArea
 from pvc.rpc.context import CoordinatorContext
+from pvc.store import Transaction
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,9 @@ class VMBackups:
                   spec: dict[str, Any], sizes: dict[str, int], restore: Callable[[], dict[str, int]]
                   ) -> dict[str, Any]:
         """Record the new volumes `targets` first, have the node `restore` them (it removes what it made when it
-        fails), settle them and define the VM; a failure anywhere leaves neither volumes nor records."""
+        fails), then define the VM and settle the volumes in one transaction; a failure anywhere leaves neither
+        volumes nor records, and a coordinator killed before that transaction leaves volumes the leader undoes
+        (settled one by one before the define, they had stayed behind with no VM)."""
         pools = sorted({target.split("/", 1)[0] for target in targets.values()})
         store = self._context.store
         with self._storage._pools_locked(pools):
@@ -133,20 +136,23 @@ class VMBackups:
             except BaseException:
                 self._remove_new(node, agent_uri, targets)
                 raise
-            for target, size_bytes in made.items():
-                record = store.read(schema.volume(*target.split("/", 1)))
-                store.transaction().set(schema.volume(*target.split("/", 1)),
-                                        {**storage_intents.settled(record), "size_bytes": size_bytes}).commit()
-                self._storage._refresh_volume(*target.split("/", 1))
+        settled = {target: {**storage_intents.settled(store.read(schema.volume(*target.split("/", 1)))),
+                            "size_bytes": size_bytes} for target, size_bytes in made.items()}
+
+        def settle(transaction: Transaction) -> None:
+            for target, record in settled.items():
+                transaction.set(schema.volume(*target.split("/", 1)), record)
+        meta = {key: spec.get(key) for key in ("node_limit", "node_selector", "migration_method", "max_downtime")}
         try:
-            return self._vms.define(xml, node_limit=spec.get("node_limit"), node_selector=spec.get("node_selector"),
-                                    node_autostart=bool(spec.get("node_autostart")),
-                                    migration_method=spec.get("migration_method"),
-                                    max_downtime=spec.get("max_downtime"))
+            defined = self._vms._define(xml, None, {**meta, "node_autostart": bool(spec.get("node_autostart"))},
+                                        also=settle)
         except BaseException:
             with self._storage._pools_locked(pools):
                 self._remove_new(node, agent_uri, targets)
             raise
+        for target in settled:
+            self._storage._refresh_volume(*target.split("/", 1))
+        return defined
 
     def _remove_new(self, node: str, agent_uri: str, targets: dict[str, str]) -> None:
         for target in targets.values():

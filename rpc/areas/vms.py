@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from typing import Any, ContextManager
+from typing import Any, Callable, ContextManager
 
 import Pyro5.server
 
@@ -18,6 +18,7 @@ from pvc.rpc.vm_control import VMControl, refuse_mirror
 from pvc.rpc.backup import run as backup_run, status as backup_status
 from pvc.rpc.vm_edits import VMEditor, initial_tags
 from pvc.rpc.vm_snapshots import VMSnapshots
+from pvc.store import Transaction
 
 META_KEYS = ("node_limit", "node_selector", "node_autostart", "migration_method", "max_downtime", "profile")
 
@@ -141,10 +142,17 @@ class VMsArea:
         :raises NotFound: a `target` or `node_limit` node does not exist
         :raises Conflict: `target` is outside `node_limit`, or no node can take the VM
         """
+        return self._define(xml, target, {"node_limit": node_limit, "node_selector": node_selector,
+                                          "node_autostart": node_autostart, "migration_method": migration_method,
+                                          "max_downtime": max_downtime, "profile": profile}, tags, protected_tags)
+
+    def _define(self, xml: str, target: str | None, meta: dict[str, Any], tags: list[str] | None = None,
+                protected_tags: list[str] | None = None,
+                also: Callable[[Transaction], None] | None = None) -> dict[str, Any]:
+        """`define`; `also` adds its own writes to the define's transaction, so that they are made exactly
+        when the VM is (an import settles the volumes it restored in it)."""
         domain = domain_xml.parse(xml, allow_host_devices=self._allow_host_devices())
-        meta = self._checked_meta({"node_limit": node_limit, "node_selector": node_selector,
-                                   "node_autostart": node_autostart, "migration_method": migration_method,
-                                   "max_downtime": max_downtime, "profile": profile})
+        meta = self._checked_meta(meta)
         if self._context.cache.vms.get(domain.name) is not None:
             raise AlreadyExists(f"a VM named '{domain.name}' exists already")
         with self._networks_held(domain):
@@ -159,6 +167,8 @@ class VMsArea:
                     transaction.create(schema.vm(domain.name) if key == OWN_VALUE else
                                        schema.vm_key(domain.name, key), value)
                 node_index.place(store, transaction, domain.name, None, node)
+                if also is not None:
+                    also(transaction)
                 transaction.commit()
             except AlreadyExists:
                 raise self._taken(domain) from None
