@@ -81,8 +81,10 @@ version-checked write that loses to any command issued meanwhile (`pvc.rpc.node_
     /pvc/vm_snapshots/VM/NAME          C,L a whole-VM snapshot (`pvc.rpc.vm_snapshots`): the domain document,
                                            metadata and volumes at that moment; an "intent" {"action":
                                            create | remove | rollback, "coordinator", "session" (its
-                                           ZooKeeper session), "node" and "deadline" of a creation} while a
-                                           change is under way (L finishes or undoes a dead coordinator's)
+                                           ZooKeeper session), "node" and "deadline" of a creation,
+                                           "handed_over": true once a live coordinator left its failed
+                                           creation to L} while a change is under way (L finishes or undoes a
+                                           dead coordinator's, or one handed over)
     /pvc/locks/storage/POOL            C,N kazoo lock serialising storage changes within one pool
     /pvc/provisioner/templates/KIND/NAME  C  a system, storage or network template (`pvc.provisioner_records`)
     /pvc/provisioner/profiles/NAME     C   a profile: its type and the names of its components, its cloud-init

@@ -88,11 +88,11 @@ class VMSnapshots:
                 record = {"vm": vm, "name": name, "created": time.time(), "spec": _kept(spec),
                           "volumes": volumes, "crash_consistent": bool(crash_consistent)}
                 deadline = time.time() + max_pause_s + STORAGE_ACTION_TIMEOUT_S
-                self._begin(record, "create", deadline=deadline, node=node)
+                begun = self._begin(record, "create", deadline=deadline, node=node)
                 try:
                     outcome = take()
                 except BaseException:
-                    self._undo_create(record)
+                    self._undo_once_taken(begun)
                     raise
                 settled = {**record, "paused_ms": outcome.get("paused_ms"), "method": outcome.get("method"),
                            "consistency": _consistency(crash_consistent, outcome)}
@@ -152,7 +152,7 @@ class VMSnapshots:
             for name in store.children(schema.vm_snapshots(vm)):
                 record = store.read(schema.vm_snapshot(vm, name)) or {}
                 pending = record.get("intent")
-                if not pending or self._alive(pending):
+                if not pending or (self._alive(pending) and not pending.get("handed_over")):
                     continue
                 if pending["action"] == "create" and self._still_taking(record):
                     continue
@@ -227,19 +227,35 @@ class VMSnapshots:
                 return True
             return False
 
+    def _undo_once_taken(self, record: dict[str, Any]) -> None:
+        """Undo a creation whose taking failed here, once its node is no longer at it: a call that failed for
+        this coordinator (a connection reset, a timeout) may still be running on the node, and an undo before
+        it ends left the volume snapshots it then made, with no record. A node still at it (or that cannot say,
+        before the creation's deadline) gets the undo handed over to the leader's pass, which waits for it."""
+        if not self._still_taking(record):
+            self._undo_create(record)
+            return
+        path = schema.vm_snapshot(record["vm"], record["name"])
+        self._context.store.transaction().set(path, {**record, "intent": {**record["intent"],
+                                                                          "handed_over": True}}).commit()
+        log.warning("VM snapshot %s@%s: its node may still be taking it; the leader undoes it once it is done",
+                    record["vm"], record["name"])
+
     def _begin(self, record: dict[str, Any], action: str, deadline: float | None = None,
-               node: str | None = None) -> None:
+               node: str | None = None) -> dict[str, Any]:
         intent = {"action": action, "coordinator": self._context.name,
                   "session": self._context.store.zk.client_id[0],
                   **({"deadline": deadline, "node": node} if action == "create" else {})}
         path = schema.vm_snapshot(record["vm"], record["name"])
         transaction = self._context.store.transaction()
+        begun = {**record, "intent": intent}
         if action == "create":
             self._context.store.zk.ensure_path(schema.vm_snapshots(record["vm"]))
-            transaction.create(path, {**record, "intent": intent})
+            transaction.create(path, begun)
         else:
-            transaction.set(path, {**record, "intent": intent})
+            transaction.set(path, begun)
         transaction.commit()
+        return begun
 
     def _settle_create(self, record: dict[str, Any]) -> None:
         """One transaction: every volume snapshot marked as this VM snapshot's, and the record settled."""
