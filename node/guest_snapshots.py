@@ -35,6 +35,10 @@ AGENT_TIMEOUT_S = 10
 so this is not part of the pause."""
 
 
+RELEASE_RETRY_S = 1.0
+"""How often a guest whose release could not be made sure of is thawed or resumed again."""
+
+
 _IN_PROGRESS: set[tuple[str, str]] = set()
 """(VM, snapshot) pairs this daemon is taking now, so that a coordinator resolving a creation cut short knows
 whether a node may still be making its volume snapshots."""
@@ -98,12 +102,9 @@ class GuestSnapshots:
             with guard:
                 if state["released"] or state["mode"] is None:
                     return
-                if state["mode"] == "freeze" or state["thaw_too"]:
-                    self._thaw(vm, quiet=state["mode"] != "freeze")
-                if state["mode"] == "pause":
-                    self._resume(vm)
                 state["released"] = reason
-            marker.unlink(missing_ok=True)
+                self._release(vm, marker, thaw=state["mode"] == "freeze" or state["thaw_too"],
+                              quiet=state["mode"] != "freeze", resume=state["mode"] == "pause")
 
         timer = threading.Timer(limit, release, args=("deadline",))
         timer.daemon = True
@@ -136,6 +137,46 @@ class GuestSnapshots:
             raise OperationFailed(f"snapshot {vm}@{snapshot} abandoned: the guest would have stayed {what} more "
                                   f"than {limit:g} s (it runs again; no volume snapshot is kept)")
         return held_ms, state["mode"]
+
+    def _release(self, vm: str, marker: Path, thaw: bool, quiet: bool, resume: bool) -> None:
+        """Thaw and/or resume the guest; its marker goes only once that is done with no call on it still under
+        way in libvirt. A pause or freeze that timed out can land after the resume: the guest had stayed paused
+        for good, its marker gone. Until then a thread of its own tries again (`_keep_releasing`); a thaw that
+        failed where the guest was frozen is still this call's error."""
+        failure = None
+        try:
+            if self._released(vm, thaw, quiet, resume):
+                marker.unlink(missing_ok=True)
+                return
+        except PVCError as error:
+            failure = error
+        self._keep_releasing(vm, marker, thaw, resume)
+        if failure is not None and not quiet:
+            raise failure
+
+    def _released(self, vm: str, thaw: bool, quiet: bool, resume: bool) -> bool:
+        """One attempt; True when no call on the guest was under way before it, so nothing can undo it."""
+        settled = self._hypervisor.in_flight(vm) is None
+        if thaw:
+            self._thaw(vm, quiet=quiet)
+        if resume:
+            self._resume(vm)
+        return settled
+
+    def _keep_releasing(self, vm: str, marker: Path, thaw: bool, resume: bool) -> None:
+        def until_released() -> None:
+            while True:
+                time.sleep(RELEASE_RETRY_S)
+                try:
+                    if self._released(vm, thaw, True, resume):
+                        break
+                except PVCError as error:
+                    log.warning("guest %s: release after a snapshot failed again (%s); trying again", vm, error)
+            marker.unlink(missing_ok=True)
+            log.warning("guest %s: released after a snapshot once libvirt had ended every call on it", vm)
+        log.warning("guest %s: a call on it is still under way in libvirt (%s); it is released again until "
+                    "none is", vm, self._hypervisor.in_flight(vm) or "a release that failed")
+        threading.Thread(target=until_released, name=f"release-{vm}", daemon=True).start()
 
     def _agent_freezes(self, vm: str) -> bool | None:
         """Freeze the guest's filesystems through its agent: True once frozen; None if its domain has no agent
