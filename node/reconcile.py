@@ -158,13 +158,18 @@ class Reconciler:
     def _settle_late_calls(self, name: str, raw: dict[str, Any]) -> None:
         """A libvirt call on this VM that timed out has ended since: whatever it did (a start that succeeded
         late) is in libvirt now. A copy running here that this node no longer holds (placed elsewhere, or
-        claimed by another node meanwhile) is stopped before anything is reported about it."""
+        claimed by another node meanwhile) is stopped before anything is reported about it. A VM whose last
+        report says it runs here is still this node's, wherever it is placed (no node claims it before this
+        one reports it off): moving it away is `_let_go`'s, and a migration's incoming copy is its own
+        settling's. Both had been destroyed when any call on them (a read) had ended late."""
         late = self._actions.ended_late(name)
         if not late:
             return
         current = self._reread(name) or raw
         status, placement = current.get("status") or {}, current.get("placement") or {}
-        held = placement.get("node") == self.node and status.get("node") in (None, self.node)
+        held = (placement.get("node") == self.node and status.get("node") in (None, self.node)) \
+            or (status.get("node") == self.node and status.get("running") is not False) \
+            or status.get("migrating_to") == self.node
         if not held and self._actions.is_running(name):
             log.warning("%s: the %s that timed out went on and it runs here, but this node no longer holds it "
                         "(placed on %s, status from %s): stopping it", name, " and ".join(late),

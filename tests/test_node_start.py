@@ -10,14 +10,17 @@ import time
 import pytest
 
 from pvc import config
+from pvc.errors import PVCError
 from pvc.node.daemon import NodeDaemon
+from pvc.node.hypervisor import DomainActions
 from pvc.node.ownership import NodeOwnership
 from pvc.node.reconcile import Reconciler
 from pvc.node.self_fence import SelfFence
 
 from test_node_index import node_in_process
 from test_self_fencing import ZooKeeperLink
-from vm_support import running_hosts, vm_xml
+from helpers import eventually
+from vm_support import running_hosts, vm_xml, wait_running_on
 
 
 def test_the_self_fence_watchdog_watches_before_the_daemon_converges_its_vms_and_says_it_runs(cluster, mocker):
@@ -90,3 +93,30 @@ def test_a_start_cut_off_from_zookeeper_once_its_watchdog_watched_ends_only_afte
         link.close()
     assert node.self_fence.fenced_reason, f"the start failed ({failed.value!r}) and left without a self-fence"
     assert still_running == [], f"the start left with its guest running on {still_running}"
+
+
+def test_a_libvirt_call_that_ended_late_does_not_make_a_node_destroy_a_vm_it_moves_away(cluster, mocker):
+    """A read of the VM that outlived hv1's libvirt deadline ends, and the VM is then placed on hv2 while its
+    last report still says it runs on hv1: hv1 moves it (`_let_go`), it does not destroy it first as a copy
+    it no longer holds (on a QEMU host that is a guest powered off in the middle of a live migration)."""
+    client = cluster.client
+    client.vms.define(vm_xml("leaving"), target="hv1")
+    client.vms.start("leaving", wait=True)
+    try:
+        with node_in_process(cluster) as node:
+            released = threading.Event()
+            # The VM's lock keeps every pass off it until the placement has changed.
+            with node.reconciler._locks["leaving"]:
+                with pytest.raises(PVCError, match="did not answer"):
+                    node.hypervisor.call("metadata read", lambda: released.wait(5), timeout=0.2, domain="leaving")
+                released.set()
+                assert eventually(lambda: node.hypervisor.ended_late("leaving"), 5)
+                destroyed = mocker.spy(DomainActions, "stop")
+                moving = threading.Thread(target=client.vms.migrate, args=("leaving", "hv2"), daemon=True)
+                moving.start()
+                assert eventually(lambda: client.vms.info("leaving")["node"] == "hv2", 10)
+            moving.join(30)
+            wait_running_on(cluster, "leaving", "hv2")
+            assert destroyed.call_count == 0, "hv1 destroyed the VM it was moving away"
+    finally:
+        client.vms.remove("leaving", force=True)
