@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pvc import schema
+from pvc.errors import Conflict
 from pvc.cli.localcluster.cluster import KEEPALIVE_INTERVAL, LIBVIRT_TIMEOUT
 
 from helpers import cluster_store, eventually
@@ -78,6 +79,9 @@ def test_an_unknown_vm_is_started_elsewhere_neither_by_a_flush_nor_by_vm_start(c
         assert eventually(lambda: all(client.vms.info(name)["running"] is None for name in names),
                           LIBVIRT_TIMEOUT + 4 * KEEPALIVE_INTERVAL), [client.vms.info(name) for name in names]
         client.vms.stop("restarted")
+        # A new name would carry no report, and another node could claim it while the old copy runs on.
+        with pytest.raises(Conflict, match="may still run on node hv1 by its last report"):
+            client.vms.rename("restarted", "renamed")
         client.vms.move("restarted", target="hv2")
         client.vms.start("restarted")
         flush = client.nodes.flush("hv1")

@@ -214,8 +214,7 @@ class VMsArea:
             raw = self._control.raw(vm)
             current = self._control.desired(vm)
             refuse_mirror(vm, current)
-            if models.vm_view(vm, raw)["running"] or current.state in ("start", "restart", "migrate"):
-                raise Conflict(f"VM '{vm}' must be stopped before it is renamed")
+            self._refuse_unless_reported_off(vm, current.state, raw.get("status") or {}, "renamed")
             if self._context.cache.vms.get(new_name) is not None:
                 raise AlreadyExists(f"a VM named '{new_name}' exists already")
             spec = current.spec
@@ -475,6 +474,19 @@ class VMsArea:
         :raises Unavailable: with `wait`, the node did not report the outcome in time
         """
         return self._set_state(vm, "disable", wait)
+
+    @staticmethod
+    def _refuse_unless_reported_off(vm: str, state: str, status: dict[str, Any], doing: str) -> None:
+        """Only a VM asked to be stopped whose node has said it is off (or that no node ever reported, so never
+        ran) may change what claims it: a VM renamed while its node could not say whether it still ran (a stop
+        that timed out), or while it was moving back, carried no report under its new name, so another node
+        could claim and start it while the old copy ran on."""
+        if state in schema.RUNNING_STATES or state in ("provision", "remove"):
+            raise Conflict(f"VM '{vm}' must be stopped before it is {doing} (it is {state})")
+        if status and (status.get("running") is not False or status.get("migrating_to")):
+            said = "may still run" if status.get("running") is None else "runs"
+            raise Conflict(f"VM '{vm}' {said} on node {status.get('node')} by its last report: it must be "
+                           f"reported off before it is {doing}")
 
     def _refuse_half_rolled_back(self, vm: str) -> None:
         snapshot = self._snapshots.rollback_pending(vm) if self._snapshots is not None else None
