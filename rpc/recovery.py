@@ -309,7 +309,13 @@ class RecoveryExecution(TaskExecution):
 
     def _start_elsewhere(self, name: str, target: str) -> tuple[str, str | None]:
         """Record the VM's start on `target` and wait for it there, in one of that node's workers. Recorded one
-        after the other by the task's own thread, the records set the pace of a large recovery."""
+        after the other by the task's own thread, the records set the pace of a large recovery. A target that
+        no longer runs (it died after the batch was chosen) gives way to one chosen now: a start recorded on a
+        dead node had waited out its whole deadline, counted as that node's recovery's, which had listed its
+        VMs already, and the VM stayed down."""
+        target = self._running_target(name, target)
+        if target is None:
+            return name, "no running node can take it now (its chosen node no longer runs)"
         recorded = self._record(name, self._start_on(target))
         if not recorded:
             with self._progress_lock:
@@ -330,6 +336,23 @@ class RecoveryExecution(TaskExecution):
                      name, target, state, error)
             return name, None
         return name, error
+
+    def _running_target(self, name: str, target: str) -> str | None:
+        if daemon_state(self._context, target)[0] == "run":
+            return target
+        raw = self._context.cache.vms.get(name) or {}
+        if raw.get(OWN_VALUE) is None:
+            return target  # removed meanwhile: the record finds it gone
+        try:
+            chosen = placement.Batch(self._context.placement_views()).place(
+                models.vm_view(name, raw), self._context.selector(raw[OWN_VALUE]), current_node=self.task["node"])
+        except Conflict:
+            return None
+        if daemon_state(self._context, chosen)[0] != "run":  # the cache's views lag ZooKeeper's
+            return None
+        log.info("task %s: %s: its chosen node %s no longer runs; starting it on %s", self.task["id"], name,
+                 target, chosen)
+        return chosen
 
     def _targets(self) -> dict[str, deque[str]]:
         """The node each running VM of the fenced node is to start on, chosen as one batch (each placement

@@ -88,3 +88,33 @@ def test_a_recovery_of_more_vms_than_the_bound_starts_at_most_the_bound_at_once_
         for name in VMS:
             wait_running_on(fresh_cluster, name, "hv2")
         assert_no_vm_on_two_hosts(fresh_cluster)
+
+
+@pytest.mark.cluster(nodes=3)
+def test_a_recovery_whose_chosen_node_dies_meanwhile_starts_the_rest_on_a_node_that_runs(fresh_cluster):
+    """hv1's recovery chooses hv2 and hv3 for its VMs, one start at a time on each; hv2 dies before its second
+    VM's turn, and hv2's own recovery moves the first to hv3. The second is then started on hv3, not recorded on
+    hv2, whose recovery had listed its VMs already: it had stayed down there for the start's whole deadline."""
+    local = fresh_cluster.local
+    names = [f"chosen{index}" for index in range(4)]
+    with coordinator_in_process(local, recovery_starts_per_node=1) as (_coordinator, client):
+        client.cluster.config(fence_chain=["none"])
+        for name in names:
+            client.vms.define(vm_xml(name), target="hv1")
+            client.vms.start(name, wait=True)
+        local.stop_daemon("pvcnoded", "hv1", kill=True)
+        assert eventually(lambda: client.nodes.info("hv1")["daemon_state"] == "dead", DETECTION_S)
+        local.host("hv1").power_off()
+        local.stop_daemon("pvcnoded", "hv2", kill=True)  # before anyone has noticed: still chosen
+        client.nodes.fence_confirm("hv1")
+        assert eventually(lambda: [name for name in names if client.vms.info(name)["node"] == "hv2"], 10), \
+            "the recovery chose no VM for hv2 (else this test proves nothing)"
+        assert eventually(lambda: client.nodes.info("hv2")["daemon_state"] == "dead", DETECTION_S)
+        local.host("hv2").power_off()
+        client.nodes.fence_confirm("hv2")
+        for name in names:
+            wait_running_on(fresh_cluster, name, "hv3", timeout=30)
+        for node in ("hv1", "hv2"):
+            assert eventually(lambda: (client.nodes.info(node)["recovery"] or {}).get("state") == "done", 10), \
+                client.nodes.info(node)["recovery"]
+        assert_no_vm_on_two_hosts(fresh_cluster)
