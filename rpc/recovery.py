@@ -420,16 +420,21 @@ def record_recovery(context: CoordinatorContext, node: str, leader_node: str | N
     """Record the ``recover`` task of a node just marked dead (or confirmed fenced); with `held`, record it
     already ``failed`` with that reason and the time of its next attempt, so `node info` says why nothing was
     fenced and when it is tried again."""
-    task_id = f"recover-{node}-{uuid.uuid4().hex[:8]}"
-    now = time.time()
-    task = {"id": task_id, "kind": "recover", "node": node, "state": "failed" if held else "pending",
-            "created": now, "total": None, "done": 0, "moved": [], "shut_down": [], "not_moved": [],
-            "errors": [], "fence": [], "reason": held, "attempt": 1,
-            "retry_at": round(now + retry_delay(1), 1) if held else None}
     try:
-        context.store.transaction(leader_node).create(schema.task(task_id), task).commit()
+        context.store.transaction(leader_node).create(*recovery_task(node, held)).commit()
     except PVCError as error:
         log.warning("recovery of %s not recorded: %s", node, error)
+
+
+def recovery_task(node: str, held: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The path and record of a new ``recover`` task of `node` (`record_recovery`), for a caller that writes it
+    with other changes in one transaction."""
+    task_id = f"recover-{node}-{uuid.uuid4().hex[:8]}"
+    now = time.time()
+    return schema.task(task_id), {
+        "id": task_id, "kind": "recover", "node": node, "state": "failed" if held else "pending", "created": now,
+        "total": None, "done": 0, "moved": [], "shut_down": [], "not_moved": [], "errors": [], "fence": [],
+        "reason": held, "attempt": 1, "retry_at": round(now + retry_delay(1), 1) if held else None}
 
 
 def record_missing_recoveries(context: CoordinatorContext, leader_node: str, going: set[str]) -> list[str]:

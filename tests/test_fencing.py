@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pvc import schema
 from pvc.cli.localcluster.cluster import FENCE_INTERVALS, KEEPALIVE_INTERVAL
 from pvc.cli.localcluster.pidfiles import process_cmdline
 from pvc.cli.localcluster.processes import pid_alive
@@ -61,7 +62,12 @@ def test_a_fence_that_is_not_confirmed_restarts_nothing_until_an_administrator_c
         assert node, client.vms.info(name)
         wait_running_on(fresh_cluster, name, node)
     assert client.nodes.info("hv1")["daemon_state"] == "fenced"
-    assert sorted(_recovery(client, "hv1", "done")["moved"]) == names, "moved in any order: its starts run side by side"
+    done = _recovery(client, "hv1", "done")
+    assert sorted(done["moved"]) == names, "moved in any order: its starts run side by side"
+    with cluster_store(local) as store:
+        fenced_at = store.zk.exists(schema.node_key("hv1", "daemon_state")).mzxid
+        recorded_at = store.zk.exists(schema.task(done["id"])).czxid
+    assert recorded_at == fenced_at, "the recovery is recorded in the confirmation's own transaction"
     assert_no_vm_on_two_hosts(fresh_cluster)
 
 

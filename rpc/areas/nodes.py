@@ -14,7 +14,7 @@ from pvc.health.faults import health
 from pvc.rpc import tasks
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.monitor import KeepaliveWatch
-from pvc.rpc.recovery import record_recovery, shared_bmc
+from pvc.rpc.recovery import recovery_task, shared_bmc
 from pvc.rpc.retries import retry_safe
 
 RESUMED_SINCE_DEAD = "keepalives resumed since it was marked dead"
@@ -101,10 +101,12 @@ class NodesArea:
             raise Conflict(f"node {name}'s {RESUMED_SINCE_DEAD}: its daemon is running, so the node is likely not "
                            "off. Nothing was recovered; make sure it is off, then confirm with --force "
                            "(force=True)")
-        leader_node = self._context.leadership.leader_node
+        # The recovery is recorded with the confirmation: written apart, a coordinator that died between the
+        # two left a fenced node whose VMs nothing recovered (no pass looks for a fenced node's recovery).
         transaction = self._context.store.transaction() \
             .set(path, "fenced", version=stat.version) \
-            .set(schema.node_key(name, "domain_state"), "flushed")
+            .set(schema.node_key(name, "domain_state"), "flushed") \
+            .create(*recovery_task(name))
         if keepalive is not None and not force:
             transaction.check(schema.node_key(name, "keepalive"), keepalive.version)
         try:
@@ -113,7 +115,6 @@ class NodesArea:
             raise Conflict(f"node {name} changed while its fence was being confirmed (a keepalive, or another "
                            "confirmation); nothing was recovered: look again with 'pvc node info'") from None
         self._context.cache.nodes.refresh(name)
-        record_recovery(self._context, name, leader_node)
         return self.info(name)
 
     def _raw(self, name: str) -> dict[str, Any]:
