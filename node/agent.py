@@ -70,7 +70,8 @@ class NodeAgent:
             raise Unavailable(f"node {self._node_name} takes no VM snapshots")
         if not isinstance(volumes, list) or not volumes:
             raise InvalidInput("a VM snapshot needs the list of the VM's volumes")
-        return self._guest_snapshots.take(vm, volumes, snapshot, max_pause_s, pause is True)
+        with self._reconciler.settled_here(schema.check_name("VM", vm)):
+            return self._guest_snapshots.take(vm, volumes, snapshot, max_pause_s, pause is True)
 
     def live_change(self, vm: str, change: dict[str, Any]) -> None:
         """Apply an already recorded edit of `vm` to its running guest here (`pvc.node.live_change`); a device

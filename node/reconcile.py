@@ -27,13 +27,14 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from kazoo.exceptions import NoNodeError
 
 from pvc import network_records, schema
 from pvc.cache import OWN_VALUE, WatchedCollection
-from pvc.errors import OperationFailed, PVCError, Unavailable
+from pvc.errors import Conflict, OperationFailed, PVCError, Unavailable
 from pvc.hookspecs import StorageBackend
 from pvc.node.host_xml import HostPaths, device_for_host, for_host
 from pvc.node.hypervisor import (DomainActions, DomainList, MigrationTarget, TargetNotReached, TargetUnreachable,
@@ -102,6 +103,21 @@ class Reconciler:
                 return self._converge(name, fresh, seen)
             finally:
                 self._actions.touch(name)
+
+    @contextmanager
+    def settled_here(self, name: str) -> Iterator[None]:
+        """The VM's lock, for work on its guest here that no converge may interleave with (a snapshot's pause
+        or freeze), while the VM is placed here and no migration of it is under way: a pause or freeze begun as
+        a migration started went with the guest to its new node, and the release sent here found no domain
+        (the guest stayed paused, or its filesystems frozen, there)."""
+        with self._locks[name]:
+            raw = self._reread(name) or {}
+            status, placement = raw.get("status") or {}, raw.get("placement") or {}
+            moving = status.get("migrating_to") or (status.get("node") not in (None, self.node))
+            if moving or placement.get("node") != self.node:
+                raise Conflict(f"VM '{name}' is moving to node {status.get('migrating_to') or placement.get('node')}"
+                               "; try again once it has moved")
+            yield
 
     def _converge(self, name: str, fresh: bool, seen: DomainList | None) -> dict[str, Any]:
         if fresh:
