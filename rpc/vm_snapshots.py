@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from pvc import schema
 from pvc.cache import OWN_VALUE
-from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound, Unavailable
+from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound, PVCError, Unavailable
 from pvc.rpc.areas.storage import STORAGE_ACTION_TIMEOUT_S, StorageArea
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.vm_control import VMControl
@@ -231,14 +231,18 @@ class VMSnapshots:
         """Undo a creation whose taking failed here, once its node is no longer at it: a call that failed for
         this coordinator (a connection reset, a timeout) may still be running on the node, and an undo before
         it ends left the volume snapshots it then made, with no record. A node still at it (or that cannot say,
-        before the creation's deadline) gets the undo handed over to the leader's pass, which waits for it."""
+        before the creation's deadline), or an undo that fails, hands the undo over to the leader's pass, which
+        waits for the node and tries again: the intent of a coordinator still alive is otherwise no pass's."""
         if not self._still_taking(record):
-            self._undo_create(record)
-            return
+            try:
+                self._undo_create(record)
+                return
+            except PVCError as error:
+                log.warning("VM snapshot %s@%s: its undo failed (%s)", record["vm"], record["name"], error)
         path = schema.vm_snapshot(record["vm"], record["name"])
         self._context.store.transaction().set(path, {**record, "intent": {**record["intent"],
                                                                           "handed_over": True}}).commit()
-        log.warning("VM snapshot %s@%s: its node may still be taking it; the leader undoes it once it is done",
+        log.warning("VM snapshot %s@%s: the leader undoes it once its node is no longer taking it",
                     record["vm"], record["name"])
 
     def _begin(self, record: dict[str, Any], action: str, deadline: float | None = None,
