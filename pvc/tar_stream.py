@@ -78,6 +78,9 @@ class TarStream:
                     raise InvalidInput(_NOT_A_TAR) from None
                 raise InvalidInput(f"the OVA's tar structure is broken: {error}") from None
             self._first = False
+            if info.size < 0:
+                # GNU's base-256 size field can say so: the member's data would never end.
+                raise InvalidInput(f"the OVA has a tar header with a negative size ({info.size}); refused")
             if info.type not in _EXTENDED:
                 break
             if info.size > MAX_EXTENDED_HEADER_BYTES:
@@ -127,3 +130,4 @@ def _extended(kind: bytes, data: bytes) -> dict[str, str]:
     if "size" in records and not records["size"].isdigit():
         raise InvalidInput("the OVA has a pax header with a malformed size")
     return records
+

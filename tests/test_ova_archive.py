@@ -275,3 +275,17 @@ def test_truncated_archive_is_refused(tmp_path, disks, place):
     ova = appliance_ova(tmp_path, "t", [DiskSpec(disks[0][1], DISK_BYTES), DiskSpec(disks[1][1], DISK_BYTES)])
     ova.write_bytes(ova.read_bytes()[:ova.stat().st_size * 4 // 5])
     _assert_refused(ova, place, "truncated")
+
+
+def test_a_negative_member_size_is_refused(tmp_path, disks, place):
+    """GNU's base-256 size field can hold a negative number: read as such, the member's data never ended and
+    the node kept the rest of the upload in memory."""
+    descriptor, _disk = _descriptor_and_disk(disks)
+    ova = build_ova(tmp_path / "neg.ova", [descriptor])
+    data = bytearray(ova.read_bytes())
+    data[124:136] = b"\xff" * 11 + b"\xf0"  # -16 in two's complement, base-256
+    data[148:156] = b" " * 8
+    data[148:156] = f"{sum(data[:512]):06o}\0 ".encode()
+    ova.write_bytes(bytes(data))
+    _assert_refused(ova, place, "negative size")
+
