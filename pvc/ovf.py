@@ -20,6 +20,8 @@ from pvc.errors import InvalidInput
 
 MAX_DESCRIPTOR_BYTES = 4 << 20
 MAX_DISKS = 64
+MAX_UNIT_BITS = 80
+"""A unit of more than 2^80 bytes (a yobibyte) is no disk's."""
 """More disks than any VM has: a bound on what one descriptor can make a node create."""
 ENVELOPE_NAMESPACES = ("http://schemas.dmtf.org/ovf/envelope/1", "http://schemas.dmtf.org/ovf/envelope/2")
 VMWARE_NAMESPACE = "http://www.vmware.com/schema/ovf"
@@ -138,15 +140,27 @@ def parse_units(text: str | None, what: str, default: str | None = None) -> int:
         return 1 << named
     base, *factors = [part.strip() for part in spelling.split("*")]
     if base.lower() not in ("byte", "bytes") or not factors:
-        raise InvalidInput(f"{what} has the unit {spelling!r}, which is not a size in bytes PVC can read "
+        raise InvalidInput(f"{what} has the unit {_shown(spelling)}, which is not a size in bytes PVC can read "
                            "(such as 'byte * 2^20' or 'MegaBytes')")
     multiplier = 1
     for factor in factors:
         match = _FACTOR.fullmatch(factor.replace(" ", ""))
-        if not match or (match.group(2) and len(match.group(2)) > 3):
-            raise InvalidInput(f"{what} has the unit {spelling!r}: {factor!r} is not a factor like 2^20 or 1024")
-        multiplier *= int(match.group(1)) ** int(match.group(2) or 1)
+        if not match or len(match.group(1)) > 20 or (match.group(2) and len(match.group(2)) > 3):
+            raise InvalidInput(f"{what} has the unit {_shown(spelling)}: {_shown(factor)} is not a factor like 2^20 or 1024")
+        base, exponent = int(match.group(1)), int(match.group(2) or 1)
+        # At least this many bits, known before the power is computed: a descriptor's 4 MiB of factors had
+        # multiplied into gigabytes of digits.
+        if multiplier.bit_length() - 1 + (base.bit_length() - 1) * exponent > MAX_UNIT_BITS:
+            raise InvalidInput(f"{what} has the unit {_shown(spelling)}, more than 2^{MAX_UNIT_BITS} bytes")
+        multiplier *= base ** exponent
+    if multiplier.bit_length() - 1 > MAX_UNIT_BITS:
+        raise InvalidInput(f"{what} has the unit {_shown(spelling)}, more than 2^{MAX_UNIT_BITS} bytes")
     return multiplier
+
+
+def _shown(text: str) -> str:
+    """A piece of the descriptor for an error's one line: at most 60 characters of it."""
+    return repr(text if len(text) <= 60 else text[:57] + "...")
 
 
 def _envelope(data: bytes) -> etree._Element:

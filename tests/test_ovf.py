@@ -154,3 +154,17 @@ def test_two_disks_sharing_one_file_are_refused():
     descriptor = descriptor.replace(b'ovf:diskId="vmdisk2"', b'ovf:diskId="vmdisk2" ovf:fileRef="file1"')
     with pytest.raises(InvalidInput, match="disks share the file 'share-disk1.vmdk'"):
         ovf.parse(descriptor)
+
+
+HUGE_UNITS = ["byte * 2^81", "byte * 10^30", "byte * " + "9" * 30,
+              "byte * " + " * ".join(["99999999999999999999^999"] * 400)]
+
+
+@pytest.mark.parametrize("units", HUGE_UNITS)
+def test_a_unit_of_more_than_a_yobibyte_is_refused_before_it_is_computed(units):
+    """A unit's factors are bounded before they are multiplied out: 400 factors of a 20-digit base to the 999th
+    would have been a number of megabytes, computed while the node's keepalives waited; the error shows only the
+    unit's beginning."""
+    with pytest.raises(InvalidInput) as refused:
+        ovf.parse(vmware_descriptor("u", [DiskSpec(None, 5, units)]))
+    assert "\n" not in str(refused.value) and len(str(refused.value)) < 200, str(refused.value)[:300]
