@@ -251,6 +251,9 @@ _ADDRESS = element(**{name: ANY for name in (
     "type", "domain", "bus", "slot", "function", "multifunction", "controller", "target", "unit", "port",
     "reg", "cssid", "ssid", "devno", "iobase", "irq")})
 _ALIAS = element(name=ANY)
+_LIFECYCLE = element(text=("destroy", "restart", "preserve", "rename-restart"))
+"""What a guest's power-off, reboot or crash may lead to: never a core dump, which libvirt writes to the host's
+disk as large as the guest's memory, again at every crash (``coredump-*``; a watchdog's ``dump`` likewise)."""
 _BOOT = element(order=ANY, loadparm=ANY)
 _PLACEMENT = {"address": _ADDRESS, "alias": _ALIAS}
 _STATE = element(state=("on", "off"))
@@ -343,7 +346,7 @@ ALLOWLIST = element({
                                        mode=ANY)},
                      offset=("utc", "localtime", "timezone", "variable"), timezone=ANY, adjustment=ANY,
                      basis=ANY),
-    "on_poweroff": TEXT, "on_reboot": TEXT, "on_crash": TEXT,
+    "on_poweroff": _LIFECYCLE, "on_reboot": _LIFECYCLE, "on_crash": _LIFECYCLE,
     "pm": element({"suspend-to-mem": element(enabled=ANY), "suspend-to-disk": element(enabled=ANY)}),
     "devices": element({
         "disk": typed(
@@ -404,7 +407,8 @@ ALLOWLIST = element({
         "rng": element({"backend": element(model=("random", "builtin"),
                                            text=("", "/dev/urandom", "/dev/random", "/dev/hwrng")),
                         "rate": element(period=ANY, bytes=ANY), **_PLACEMENT}, model=ANY),
-        "watchdog": element(_PLACEMENT, model=ANY, action=ANY),
+        "watchdog": element(_PLACEMENT, model=ANY, action=("reset", "shutdown", "poweroff", "pause", "none",
+                                                           "inject-nmi")),
         "panic": element(_PLACEMENT, model=ANY),
         "tpm": element({"backend": element(type=("emulator",), version=ANY), **_PLACEMENT}, model=ANY),
         "hostdev": element(host_device=True, opaque=True),

@@ -138,6 +138,12 @@ def devices(*elements: str) -> str:
 
 
 REFUSED = {
+    "a crash that dumps the guest's memory onto the host's disk": (
+        "<os><type>hvm</type></os><on_crash>coredump-restart</on_crash>",
+        "<on_crash>'coredump-restart'</on_crash> is refused: its text must be one of"),
+    "a watchdog that dumps the guest's memory onto the host's disk": (
+        devices("<watchdog model='i6300esb' action='dump'/>"),
+        "<devices/watchdog action='dump'> is refused: action must be one of"),
     "a file disk naming a host path": (
         devices("<disk type='file'><source file='/etc/shadow'/><target dev='vda'/></disk>"),
         "<devices/disk/source file='/etc/shadow'> is refused: a disk names a PVC volume"),
