@@ -8,7 +8,7 @@ import pvc
 from pvc import ova_archive, ovf
 from pvc.errors import InvalidInput
 from pvc.hookspecs import ApplianceResult, ApplianceVolumes
-from pvc.qemu_img import QemuImg, check_self_contained, check_vmdk, detect_format, virtual_size
+from pvc.qemu_img import QemuImg, check_header, check_self_contained, detect_format, virtual_size
 
 HEAD_BYTES = 64 << 10
 
@@ -58,8 +58,7 @@ def import_disk_image(disk: ovf.OvfDisk, staged: Path, volumes: ApplianceVolumes
     if detected != disk.image_format:
         raise InvalidInput(f"{what} is declared {disk.image_format} but its content is {detected}")
     try:
-        if disk.image_format == "vmdk":
-            check_vmdk(head)
+        check_header(disk.image_format, head)
         info = qemu_img.info(str(staged), disk.image_format)
         check_self_contained(info)
         size = virtual_size(info)

@@ -29,6 +29,10 @@ SELF_CONTAINED_VMDK_TYPES = ("monolithicSparse", "streamOptimized")
 MAGIC_AT_START = {b"QFI\xfb": "qcow2", b"QED\0": "qed", b"KDMV": "vmdk", b"vhdxfile": "vhdx", b"conectix": "vpc"}
 VDI_SIGNATURE_OFFSET, VDI_SIGNATURE = 0x40, struct.pack("<I", 0xbeda107f)
 VMDK_SPARSE_MAGIC = b"KDMV"
+VMDK_HEADER_BYTES = 512
+QCOW2_V3_HEADER_BYTES = 104
+QCOW2_EXTERNAL_DATA_FILE = 1 << 2
+"""The qcow2 header's incompatible-features bit that says its data is in another file."""
 _VMDK_DESCRIPTOR = re.compile(rb"(?:(?:#[^\n]*| *\r?)\n)*version=\d\r?\n")
 INFO_TIMEOUT_S = 60
 WAIT_STEP_S = 0.2
@@ -150,16 +154,45 @@ def resolve_format(given: str, head: bytes | bytearray, plugin_formats: Collecti
                                "format")
         raise InvalidInput(f"the upload is a {detected} image, not {image_format} as given; upload it as "
                            f"{detected} or auto")
+    check_header(image_format, head)
+    return image_format
+
+
+def check_header(image_format: str, head: bytes | bytearray) -> None:
+    """Refuse, from its first bytes, an image whose header names other files that ``qemu-img info`` would open
+    before `check_self_contained` could refuse them (`check_vmdk`, `check_qcow2`)."""
     if image_format == "vmdk":
         check_vmdk(head)
-    return image_format
+    elif image_format == "qcow2":
+        check_qcow2(head)
 
 
 def check_vmdk(head: bytes | bytearray) -> None:
     """Refuse a VMDK that is not a binary sparse extent (monolithicSparse, streamOptimized): only a text
-    descriptor lacks the magic, and it names its data in other files, which qemu-img opens just to read it."""
+    descriptor lacks the magic, and it names its data in other files, which qemu-img opens just to read it. A
+    sparse header with no capacity and a descriptor offset is one too: qemu reads that embedded descriptor as
+    a text one, and opens the extents it names."""
     if not head.startswith(VMDK_SPARSE_MAGIC):
         raise InvalidInput("VMDK descriptor files are refused: only self-contained sparse VMDK images are accepted")
+    if len(head) < VMDK_HEADER_BYTES:
+        raise InvalidInput("the VMDK's sparse header is truncated")
+    capacity, _grain, descriptor_offset = struct.unpack_from("<QQQ", head, 12)
+    if capacity == 0 and descriptor_offset:
+        raise InvalidInput("refused: the VMDK's sparse header has no capacity but an embedded descriptor, which "
+                           "qemu-img would read as a list of other files")
+
+
+def check_qcow2(head: bytes | bytearray) -> None:
+    """Refuse a qcow2 image whose header names a backing file or an external data file: older qemu-img opened
+    the data file just to show the image's information (CVE-2024-4467)."""
+    if len(head) < QCOW2_V3_HEADER_BYTES:
+        raise InvalidInput("the qcow2 header is truncated")
+    version, backing_offset = struct.unpack_from(">IQ", head, 4)
+    if backing_offset:
+        raise InvalidInput("refused: the qcow2 image has a backing file; upload a self-contained image "
+                           "(qemu-img convert it first)")
+    if version >= 3 and struct.unpack_from(">Q", head, 72)[0] & QCOW2_EXTERNAL_DATA_FILE:
+        raise InvalidInput("refused: the qcow2 image has an external data file; upload a self-contained image")
 
 
 def _reason(stderr: str) -> str:

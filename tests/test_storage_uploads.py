@@ -10,6 +10,7 @@ import json
 import os
 import select
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -217,6 +218,19 @@ def hostile_vmdk_fifo_extent(directory, secret):
     return bare_vmdk_descriptor(directory, fifo)
 
 
+def hostile_vmdk_embedded_descriptor(directory, secret):
+    """A sparse VMDK header with no capacity and a descriptor offset: qemu reads the embedded descriptor as a
+    text one, and opens its extents (a FIFO here, which it would block on)."""
+    fifo = directory / "embedded.fifo"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    header = struct.pack("<4sIIQQQQIQQQ", b"KDMV", 1, 3, 0, 128, 1, 1, 512, 0, 0, 0).ljust(512, b"\0")
+    descriptor = f'# Disk DescriptorFile\nversion=1\ncreateType="monolithicFlat"\nRW 2048 FLAT "{fifo}" 0\n'
+    path = directory / "embedded.vmdk"
+    path.write_bytes(header + descriptor.encode().ljust(512, b"\0"))
+    return path
+
+
 VMDK_DESCRIPTOR_REFUSED = "VMDK descriptor files are refused"
 
 
@@ -230,8 +244,10 @@ VMDK_DESCRIPTOR_REFUSED = "VMDK descriptor files are refused"
     (hostile_bare_vmdk_descriptor, "vmdk", VMDK_DESCRIPTOR_REFUSED),
     (hostile_vmdk_fifo_extent, "auto", VMDK_DESCRIPTOR_REFUSED),
     (hostile_vmdk_fifo_extent, "vmdk", VMDK_DESCRIPTOR_REFUSED),
+    (hostile_vmdk_embedded_descriptor, "auto", "embedded descriptor"),
 ], ids=["qcow2-backing", "qcow2-backing-given", "qcow2-data-file", "vmdk-extent", "vmdk-extent-given",
-        "vmdk-bare-extent", "vmdk-bare-extent-given", "vmdk-fifo-extent", "vmdk-fifo-extent-given"])
+        "vmdk-bare-extent", "vmdk-bare-extent-given", "vmdk-fifo-extent", "vmdk-fifo-extent-given",
+        "vmdk-embedded-descriptor"])
 def test_image_naming_a_host_file_is_refused_before_conversion(storage_cluster, pool, images, host_secret,
                                                                make_hostile, image_format, reason):
     image = make_hostile(images, host_secret)
