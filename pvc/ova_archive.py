@@ -40,6 +40,10 @@ READ_BYTES = 1 << 20
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_CERTIFICATE_BYTES = 64 << 10
 STAGING_PREFIX = ".stage-"
+STAGING_RESERVE_BYTES = 256 << 20
+"""What a staged disk leaves free on the staging filesystem at least; past it the upload is refused."""
+STAGING_CHECK_BYTES = 64 << 20
+"""Bytes staged between two looks at the staging filesystem's free space (fewer as it fills)."""
 MANIFEST_ALGORITHMS = ("sha1", "sha256", "sha512")
 _MANIFEST_LINE = re.compile(r"([A-Za-z0-9-]+)\s*\((.+)\)\s*=\s*(\S+)")
 _REGULAR_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
@@ -101,10 +105,13 @@ class _OvaReader:
         return self._contents()
 
     def close(self) -> None:
-        """Wait for the import in progress, if any, and remove every staging file."""
+        """Wait for the import in progress, if any, and remove every staging file (the one being written
+        closed first: left open by a refusal, it kept its space, and its filesystem busy, after the unlink)."""
         if self._pending is not None:
             self._pending.exception()
         self._worker.shutdown(wait=True)
+        if self._current is not None:
+            self._current.close()
         for path in self._staged:
             path.unlink(missing_ok=True)
 
@@ -276,6 +283,18 @@ class _FileInProgress:
         self._written = 0
         self._inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS) if file.compression == "gzip" else None
         self._descriptor = os.open(path, os.O_WRONLY) if path is not None else None
+        self._next_room_check = 0
+
+    def _check_room(self) -> None:
+        """Refuse the file once the staging filesystem (often the node's root) nears full: a disk's limit
+        follows its declared capacity, which a pool on Ceph can hold however large the node's own disk is, and
+        gzip'd zeros had expanded into it until nothing was left."""
+        filesystem = os.statvfs(self.path.parent)
+        free = filesystem.f_bavail * filesystem.f_frsize
+        if free < STAGING_RESERVE_BYTES:
+            raise InvalidInput(f"file '{self.file.href}' does not fit the node's staging space ({free} bytes "
+                               f"free after {self._written} bytes of it); refused")
+        self._next_room_check = self._written + min(STAGING_CHECK_BYTES, free - STAGING_RESERVE_BYTES)
 
     def write(self, chunk: bytes) -> None:
         if self._descriptor is None:
@@ -297,16 +316,21 @@ class _FileInProgress:
         if self._written > self._limit:
             raise InvalidInput(f"file '{self.file.href}' holds more than {self._limit} bytes, more than a disk of "
                                f"{self.disk.capacity_bytes} bytes can need; refused")
+        if self._written >= self._next_room_check:
+            self._check_room()
         with memoryview(data) as view:
             done = 0
             while done < len(view):
                 done += os.write(self._descriptor, view[done:])
 
-    def finish(self) -> None:
-        """Check the file is whole: its declared size, its gzip stream complete."""
+    def close(self) -> None:
         if self._descriptor is not None:
             os.close(self._descriptor)
             self._descriptor = None
+
+    def finish(self) -> None:
+        """Check the file is whole: its declared size, its gzip stream complete."""
+        self.close()
         if self.file.size_bytes is not None and self.size != self.file.size_bytes:
             raise InvalidInput(f"file '{self.file.href}' is {self.size} bytes in the OVA but its descriptor "
                                f"declares {self.file.size_bytes}")

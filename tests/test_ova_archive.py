@@ -15,6 +15,7 @@ from pvc import plugin_manager
 from pvc.errors import InvalidInput
 from pvc.qemu_img import QemuImg
 from pvc.plugins.storage_file import FileBackend
+from storage_support import mounted_xfs
 from ova_support import (DiskSpec, LocalVolumes, appliance_ova, build_ova, disk_members, images, manifest,
                          same_image, vmware_descriptor)
 
@@ -289,3 +290,18 @@ def test_a_negative_member_size_is_refused(tmp_path, disks, place):
     ova.write_bytes(bytes(data))
     _assert_refused(ova, place, "negative size")
 
+
+
+def test_a_disk_that_would_fill_the_staging_space_is_refused_before_it_does(tmp_path, tmp_path_factory):
+    """gzip'd zeros declared as a disk larger than the staging filesystem (a 320 MiB XFS here), which a pool
+    on Ceph could hold: they are refused while some room is left, not written until the node's disk is full."""
+    bomb = gzip.compress(b"\0" * (400 * MiB), compresslevel=9)
+    specs = [DiskSpec(tmp_path / "full.vmdk", 512, "MB", gzip=False)]
+    specs[0].image.write_bytes(bomb)
+    descriptor = vmware_descriptor("f", specs).replace(b'ovf:href="f-disk1.vmdk"',
+                                                       b'ovf:href="f-disk1.vmdk" ovf:compression="gzip"')
+    ova = build_ova(tmp_path / "f.ova", [("f.ovf", descriptor), ("f-disk1.vmdk", bomb)])
+    backend = FileBackend({"storage_directory": str(tmp_path / "storage")})
+    backend.pool_create("pool", {})
+    with mounted_xfs(tmp_path_factory.mktemp("staging"), 320 * MiB) as staging:
+        _assert_refused(ova, LocalVolumes(backend, "pool", staging), "does not fit the node's staging space")
