@@ -212,9 +212,12 @@ def _attribute(element: etree._Element, name: str) -> str | None:
 
 
 def _integer(text: str | None, what: str) -> int:
-    if text is None or not text.strip().isdigit():
-        raise InvalidInput(f"{what} is {text!r}, not a whole number")
-    return int(text.strip())
+    """A whole number of ASCII digits, at most 20 of them (``isdigit`` alone let '²' through, and Python's
+    int refuses more than 4300 digits with a ValueError, not a refusal naming the field)."""
+    digits = (text or "").strip()
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 20:
+        raise InvalidInput(f"{what} is {_shown(text or '')}, not a whole number")
+    return int(digits)
 
 
 def _references(envelope: etree._Element) -> dict[str, OvfFile]:

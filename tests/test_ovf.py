@@ -168,3 +168,12 @@ def test_a_unit_of_more_than_a_yobibyte_is_refused_before_it_is_computed(units):
     with pytest.raises(InvalidInput) as refused:
         ovf.parse(vmware_descriptor("u", [DiskSpec(None, 5, units)]))
     assert "\n" not in str(refused.value) and len(str(refused.value)) < 200, str(refused.value)[:300]
+
+
+@pytest.mark.parametrize("capacity", ["²", "9" * 5000, "-5", "5.5"])
+def test_a_capacity_that_is_not_a_whole_number_of_ascii_digits_is_refused_in_one_line(capacity):
+    descriptor = vmware_descriptor("n", [DiskSpec(None, 5, "byte * 2^20")])
+    assert b'ovf:capacity="5"' in descriptor
+    with pytest.raises(InvalidInput, match="not a whole number") as refused:
+        ovf.parse(descriptor.replace(b'ovf:capacity="5"', f'ovf:capacity="{capacity}"'.encode()))
+    assert "\n" not in str(refused.value) and len(str(refused.value)) < 200
