@@ -217,14 +217,18 @@ def test_links_devices_and_directories_are_refused(case, tmp_path, disks, place)
     _assert_refused(build_ova(tmp_path / "h.ova", [descriptor], special=[info]), place, message)
 
 
-def test_gzip_bomb_is_stopped_at_the_disks_capacity(tmp_path, place):
-    bomb = gzip.compress(b"\0" * (80 * MiB), compresslevel=9)
-    specs = [DiskSpec(tmp_path / "bomb.vmdk", 1, "MB", gzip=False)]
+def gzipped_zeros_ova(directory: Path, name: str, zeros: int, capacity_mb: int) -> Path:
+    """An OVA whose one disk is `zeros` bytes of zeros, gzip'd, declared `capacity_mb` MB."""
+    bomb = gzip.compress(b"\0" * zeros, compresslevel=9)
+    specs = [DiskSpec(directory / f"{name}.vmdk", capacity_mb, "MB", gzip=False)]
     specs[0].image.write_bytes(bomb)
-    descriptor = vmware_descriptor("b", specs).replace(b'ovf:href="b-disk1.vmdk"',
-                                                       b'ovf:href="b-disk1.vmdk" ovf:compression="gzip"')
-    ova = build_ova(tmp_path / "b.ova", [("b.ovf", descriptor), ("b-disk1.vmdk", bomb)])
-    _assert_refused(ova, place, "holds more than")
+    descriptor = vmware_descriptor(name, specs).replace(f'ovf:href="{name}-disk1.vmdk"'.encode(),
+                                                        f'ovf:href="{name}-disk1.vmdk" ovf:compression="gzip"'.encode())
+    return build_ova(directory / f"{name}.ova", [(f"{name}.ovf", descriptor), (f"{name}-disk1.vmdk", bomb)])
+
+
+def test_gzip_bomb_is_stopped_at_the_disks_capacity(tmp_path, place):
+    _assert_refused(gzipped_zeros_ova(tmp_path, "b", 80 * MiB, 1), place, "holds more than")
 
 
 def test_oversized_extended_header_is_refused(tmp_path, disks, place):
@@ -295,12 +299,7 @@ def test_a_negative_member_size_is_refused(tmp_path, disks, place):
 def test_a_disk_that_would_fill_the_staging_space_is_refused_before_it_does(tmp_path, tmp_path_factory):
     """gzip'd zeros declared as a disk larger than the staging filesystem (a 320 MiB XFS here), which a pool
     on Ceph could hold: they are refused while some room is left, not written until the node's disk is full."""
-    bomb = gzip.compress(b"\0" * (400 * MiB), compresslevel=9)
-    specs = [DiskSpec(tmp_path / "full.vmdk", 512, "MB", gzip=False)]
-    specs[0].image.write_bytes(bomb)
-    descriptor = vmware_descriptor("f", specs).replace(b'ovf:href="f-disk1.vmdk"',
-                                                       b'ovf:href="f-disk1.vmdk" ovf:compression="gzip"')
-    ova = build_ova(tmp_path / "f.ova", [("f.ovf", descriptor), ("f-disk1.vmdk", bomb)])
+    ova = gzipped_zeros_ova(tmp_path, "f", 400 * MiB, 512)
     backend = FileBackend({"storage_directory": str(tmp_path / "storage")})
     backend.pool_create("pool", {})
     with mounted_xfs(tmp_path_factory.mktemp("staging"), 320 * MiB) as staging:
