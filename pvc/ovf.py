@@ -146,7 +146,8 @@ def parse_units(text: str | None, what: str, default: str | None = None) -> int:
     for factor in factors:
         match = _FACTOR.fullmatch(factor.replace(" ", ""))
         if not match or len(match.group(1)) > 20 or (match.group(2) and len(match.group(2)) > 3):
-            raise InvalidInput(f"{what} has the unit {_shown(spelling)}: {_shown(factor)} is not a factor like 2^20 or 1024")
+            raise InvalidInput(f"{what} has the unit {_shown(spelling)}: {_shown(factor)} is not a factor like "
+                               "2^20 or 1024")
         base, exponent = int(match.group(1)), int(match.group(2) or 1)
         # At least this many bits, known before the power is computed: a descriptor's 4 MiB of factors had
         # multiplied into gigabytes of digits.
