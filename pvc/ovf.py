@@ -254,24 +254,30 @@ def _check_href(file_id: str, href: str) -> None:
 def _disk_section(envelope: etree._Element, files: dict[str, OvfFile]) -> dict[str, dict]:
     """Disk id → capacity, file and format; the bus comes later, from the hardware that attaches it."""
     disks: dict[str, dict] = {}
-    for section in _children(envelope, "DiskSection"):
-        for element in _children(section, "Disk"):
-            disk_id = _attribute(element, "diskId")
-            if not disk_id:
-                raise InvalidInput("a Disk in the descriptor's DiskSection lacks its diskId")
-            what = f"the capacity of disk '{disk_id}'"
-            capacity = _integer(_attribute(element, "capacity"), what) * parse_units(
-                _attribute(element, "capacityAllocationUnits"), what, default="byte")
-            if capacity <= 0:
-                raise InvalidInput(f"{what} is zero")
-            file_ref = _attribute(element, "fileRef")
-            if file_ref and file_ref not in files:
-                raise InvalidInput(f"disk '{disk_id}' names the file '{file_ref}', which References does not list")
-            file = files[file_ref] if file_ref else None
-            if file is not None and any(facts["file"] is file for facts in disks.values()):
-                raise InvalidInput(f"disks share the file '{file.href}'; each disk needs its own")
-            disks[disk_id] = {"capacity": capacity, "file": file,
-                              "format": _disk_format(disk_id, _attribute(element, "format")) if file else None}
+    used_files: set[str] = set()
+    elements = [element for section in _children(envelope, "DiskSection") for element in _children(section, "Disk")]
+    if len(elements) > MAX_DISKS:
+        raise InvalidInput(f"the descriptor's DiskSection has {len(elements)} disks; more than {MAX_DISKS} are "
+                           "refused")
+    for element in elements:
+        disk_id = _attribute(element, "diskId")
+        if not disk_id:
+            raise InvalidInput("a Disk in the descriptor's DiskSection lacks its diskId")
+        what = f"the capacity of disk '{disk_id}'"
+        capacity = _integer(_attribute(element, "capacity"), what) * parse_units(
+            _attribute(element, "capacityAllocationUnits"), what, default="byte")
+        if capacity <= 0:
+            raise InvalidInput(f"{what} is zero")
+        file_ref = _attribute(element, "fileRef")
+        if file_ref and file_ref not in files:
+            raise InvalidInput(f"disk '{disk_id}' names the file '{file_ref}', which References does not list")
+        file = files[file_ref] if file_ref else None
+        if file is not None and file.file_id in used_files:
+            raise InvalidInput(f"disks share the file '{file.href}'; each disk needs its own")
+        if file is not None:
+            used_files.add(file.file_id)
+        disks[disk_id] = {"capacity": capacity, "file": file,
+                          "format": _disk_format(disk_id, _attribute(element, "format")) if file else None}
     return disks
 
 
@@ -338,13 +344,13 @@ def _appliance(envelope: etree._Element, system: etree._Element, items: list[etr
         by_type.setdefault(_integer(_text(item, "ResourceType"), "an Item's ResourceType"), []).append(item)
     controllers = {_text(item, "InstanceID"): _controller_bus(kind, item)
                    for kind in (IDE, SCSI, OTHER_STORAGE) for item in by_type.get(kind, [])}
-    disks = []
+    disks, attached = [], set()
     for item in by_type.get(DISK, []):
         disk = _attached_disk(item, disk_section, controllers)
-        if any(each.disk_id == disk.disk_id for each in disks):
+        if disk.disk_id in attached:
             raise InvalidInput(f"disk '{disk.disk_id}' is attached twice in VirtualSystem '{name}'")
         disks.append(disk)
-    attached = {disk.disk_id for disk in disks}
+        attached.add(disk.disk_id)
     for disk_id, facts in disk_section.items():
         if disk_id not in attached:
             disks.append(OvfDisk(disk_id, facts["capacity"], facts["file"], facts["format"], DEFAULT_DISK_BUS))
