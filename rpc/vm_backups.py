@@ -177,7 +177,10 @@ class VMBackups:
                 raise AlreadyExists(f"volume '{new_pool}/{new_name}' exists already")
             targets[volume["volume"]] = f"{new_pool}/{new_name}"
         xml = _renamed(last["spec"]["xml"], vm, targets, keep_uuid=name is None)
-        domain_xml.parse(xml, allow_host_devices=True)
+        # Checked as the define will check it, before any data comes: a document this cluster refuses (a host
+        # device, where they are not allowed) had been refused only after the whole stream was restored.
+        domain_xml.parse(xml, allow_host_devices=bool((self._context.cache.config.get() or {})
+                                                      .get("allow_host_devices")))
         return vm, targets, xml
 
     def import_stream_begin(self, links: list[dict[str, Any]], size_bytes: int, checksum: str,
