@@ -8,7 +8,7 @@ import pytest
 
 from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 
-from storage_support import MIB, make_image, pvc, stored_names, unique, volume_bytes, volume_sha256
+from storage_support import MIB, make_image, pvc, stored_names, unique, volume_by_hand, volume_bytes, volume_sha256
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +206,19 @@ def test_unknown_pools_volumes_and_duplicates(storage_cluster, pool):
         storage.volume_clone(pool, "dup", "dup")
     assert storage.volume_info(pool, "dup")["size_bytes"] == MIB
     storage.volume_remove(pool, "dup")
+
+
+def test_a_name_only_the_storage_holds_is_refused_and_its_image_kept(storage_cluster, pool, tmp_path):
+    """An image PVC has no record of (made by hand, or left by a crash): a volume add or clone of that name is
+    refused, and the image is left as it was, not removed as the undo of the storage's own refusal."""
+    storage = storage_cluster.client.storage
+    data = bytes(range(256)) * 4096
+    storage.volume_add(pool, "source", "1M")
+    with volume_by_hand(storage_cluster, pool, "handmade", data, tmp_path / "scratch"):
+        with pytest.raises(AlreadyExists, match="exists already in the storage"):
+            storage.volume_add(pool, "handmade", "1M")
+        with pytest.raises(AlreadyExists, match="exists already in the storage"):
+            storage.volume_clone(pool, "source", "handmade")
+        assert volume_bytes(storage_cluster, pool, "handmade") == data
+        assert "handmade" not in [volume["name"] for volume in storage.volume_list(pool)]
+    storage.volume_remove(pool, "source")

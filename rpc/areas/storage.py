@@ -680,7 +680,12 @@ class StorageArea:
     def _make(self, pool: str, name: str, action: str, size_bytes: int, act: Callable[[], Any],
               agent: storage_intents.Agent) -> None:
         """Record a new volume's intent, have the storage make it, and settle the record with the size the
-        storage reports; a failed action is undone at once (or, failing that, by a later resolution)."""
+        storage reports; a failed action is undone at once (or, failing that, by a later resolution). A name the
+        storage holds already with no record (made by hand, left by a crash) is refused first: the undo of the
+        storage's own refusal had removed that image."""
+        if agent("volume_size", pool, name) is not None:
+            raise AlreadyExists(f"volume '{pool}/{name}' exists already in the storage, though not in `pvc storage "
+                                "volume list`; nothing was made (remove or rename it there first)")
         store = self._context.store
         record = storage_records.volume_record(pool, name, size_bytes)
         storage_intents.begin_new(store, record, action, self._context.name)
