@@ -45,7 +45,9 @@ class StorageArea:
 
     def _replayed(self, method: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
         """The volume as it now is, for a call whose coordinator died before answering; None for a pool
-        call, or once the volume is gone."""
+        call, or once the volume is gone. Read under the pool's lock, which first finishes or undoes what the
+        dead coordinator left unsettled: read before, a clone's or create's intent answered as the volume, which
+        the next change then undid."""
         if not method.startswith(("volume_", "snapshot_")):
             return None
         names = ("pool", "name", "new_name") if method in ("volume_rename", "volume_clone") else \
@@ -54,7 +56,8 @@ class StorageArea:
         try:
             volume = arguments["volume"] if method.startswith("snapshot_") else \
                 arguments.get("new_name") or arguments["name"]
-            return self.volume_info(arguments["pool"], volume)
+            with self._pool_lock(arguments["pool"]):
+                return self.volume_info(arguments["pool"], volume)
         except NotFound:
             return None
 
