@@ -46,11 +46,14 @@ class ScriptRunner:
             (partial / "script").write_text(script)
             (partial / "script").chmod(0o700)
             (partial / "input.json").write_text(json.dumps(document))
-            os.rename(partial, run_dir)
+            # The wrapper runs the script only once the run's directory names it (`script_run.wait_until_named`):
+            # made visible before its pid was written, a run cut off between the two read as dead, and the next
+            # run started beside its wrapper, which ran on.
             child = subprocess.Popen([sys.executable, "-m", "pvc.node.script_run", str(run_dir),
                                       str(self._time_limit_s)], start_new_session=True, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            (run_dir / "wrapper.pid").write_text(f"{child.pid} {_start_time(child.pid)}")
+            (partial / "wrapper.pid").write_text(f"{child.pid} {_start_time(child.pid)}")
+            os.rename(partial, run_dir)
             self._children[run_id] = child
             return self._status(run_id, run_dir)
 

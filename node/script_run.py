@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 MAX_OUTPUT_BYTES = 64 << 10
+NAMED_WAIT_S = 30.0
+"""How long a new wrapper waits for its run's directory to name it."""
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -56,8 +58,23 @@ def _kill_group(group: int) -> None:
         pass
 
 
+def wait_until_named(run_dir: Path) -> bool:
+    """Whether the run's directory, once it appears, names this process as its wrapper: one started by a
+    daemon cut off before it renamed the run into place finds it missing, or naming a later wrapper, and runs
+    nothing."""
+    deadline = time.monotonic() + NAMED_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            return int((run_dir / "wrapper.pid").read_text().split()[0]) == os.getpid()
+        except (OSError, ValueError, IndexError):
+            time.sleep(0.05)
+    return False
+
+
 def main() -> None:
     run_dir, time_limit = Path(sys.argv[1]), float(sys.argv[2])
+    if not wait_until_named(run_dir):
+        return
     try:
         result = run(run_dir, time_limit)
     except OSError as error:

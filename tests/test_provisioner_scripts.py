@@ -6,6 +6,7 @@ which waits for that run and never starts a second one beside it."""
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,18 @@ def test_a_leader_killed_while_the_script_runs_never_runs_it_twice_at_once(scrip
     assert client.vms.info("steady")["name"] == "steady"
     local.start_coordinator(leader)
     client.vms.remove("steady", wait=True)
+
+
+def test_a_wrapper_whose_run_names_another_runs_nothing(tmp_path):
+    """A daemon cut off between starting a run's wrapper and renaming the run into place leaves that wrapper
+    waiting; the run started again names its own wrapper, and the first one runs nothing (before, both ran
+    the script at once)."""
+    marker = tmp_path / "ran"
+    run_dir = tmp_path / "run-1"
+    run_dir.mkdir()
+    (run_dir / "script").write_text(f"#!/bin/sh\ntouch {marker}\n")
+    (run_dir / "script").chmod(0o700)
+    (run_dir / "input.json").write_text("{}")
+    (run_dir / "wrapper.pid").write_text(f"{os.getpid()} 0")  # a later wrapper's, not this one's
+    subprocess.run([sys.executable, "-m", "pvc.node.script_run", str(run_dir), "5"], check=True, timeout=30)
+    assert not marker.exists() and not (run_dir / "result.json").exists()
