@@ -331,7 +331,7 @@ def modify(session, vm, xml_file, restart, editor, confirm_diff, confirm_restart
 @output.format_option
 @click.pass_obj
 def rename(session, vm, new_name, output_format) -> None:
-    """Rename a stopped VM."""
+    """Rename a stopped VM (its node must have reported it off)."""
     _show_vm(session.client.vms.rename(vm, new_name), output_format)
 
 

@@ -198,15 +198,16 @@ class VMsArea:
         return self._control.converge(vm, [current.placement["node"]], wait=False)
 
     def rename(self, vm: str, new_name: str) -> dict[str, Any]:
-        """Give a stopped VM a new name. The new name's record takes the UUID at once; the old name's record
-        is marked removed and goes (the name becomes free) once its node has undefined the old domain, as
-        `remove` does; the node defines the new name after the old one is gone (libvirt refuses two domains
-        with one UUID).
+        """Give a stopped VM, that its node has reported off, a new name. The new name's record takes the UUID at
+        once; the old name's record is marked removed and goes (the name becomes free) once its node has
+        undefined the old domain, as `remove` does; the node defines the new name after the old one is gone
+        (libvirt refuses two domains with one UUID).
 
         :raises NotFound: no VM of that name
         :raises Busy: another command holds the VM's lock
         :raises InvalidInput: a malformed name
-        :raises Conflict: the VM is running, or is a mirror (`pvc.rpc.mirror`), which keeps its sender's name
+        :raises Conflict: the VM is running or may be (its node has not reported it off), or is a mirror
+            (`pvc.rpc.mirror`), which keeps its sender's name
         :raises AlreadyExists: the new name is taken
         """
         schema.check_name("VM", new_name)
