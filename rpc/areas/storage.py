@@ -684,16 +684,17 @@ class StorageArea:
               agent: storage_intents.Agent) -> None:
         """Record a new volume's intent, have the storage make it, and settle the record with the size the
         storage reports; a failed action is undone at once (or, failing that, by a later resolution). A name the
-        storage holds already with no record (made by hand, left by a crash) is refused first: the undo of the
-        storage's own refusal had removed that image."""
-        if agent("volume_size", pool, name) is not None:
-            raise AlreadyExists(f"volume '{pool}/{name}' exists already in the storage, though not in `pvc storage "
-                                "volume list`; nothing was made (remove or rename it there first)")
+        storage refuses as taken (an image made by hand, or left by a crash, with no record) is not this
+        change's: only its intent goes. The undo of that refusal had removed the image, and its data."""
         store = self._context.store
         record = storage_records.volume_record(pool, name, size_bytes)
         storage_intents.begin_new(store, record, action, self._context.name)
         try:
             act()
+        except AlreadyExists:
+            storage_intents.forget(store, pool, name)
+            raise AlreadyExists(f"volume '{pool}/{name}' exists already in the storage, though not in `pvc storage "
+                                "volume list`; nothing was made (remove or rename it there first)") from None
         except BaseException:
             self._resolve_after_failure(pool, name, agent)
             raise
