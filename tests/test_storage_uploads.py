@@ -438,6 +438,7 @@ def test_token_is_refused_after_a_completed_upload(storage_cluster, pool):
     checksum = bulk.checksum_of_bytes(data)
     ticket = storage.upload_begin(pool, "finished", MIB, checksum, "raw")
     bulk.stream_upload(ticket["address"], ticket["token"], bulk.SpooledSource(io.BytesIO(data)), checksum, 10)
+    storage.upload_end(pool, "finished")  # as the client does: the node's record shows in the coordinator's reads
     assert volume_bytes(storage_cluster, pool, "finished") == data, "the upload was completed"
 
     for content in (data, replayed):
