@@ -6,11 +6,17 @@ extent by extent (21 ms for 2 GiB here, against 1 ms for the object map's answer
 compares only the objects the object map says changed, and serves exports until it has been idle for a
 minute, so a backup run of many volumes pays the connection once. Each export runs on a helper of its own:
 an idle one, or a new one when every helper is busy.
+
+A helper reads into memory it shares with the node, and the node writes the stream from there: through a
+pipe, the data was copied twice more (into the pipe and out of it), and a 2 GiB export cost 1.59 CPU s against
+``rbd export``'s 0.94.
 """
 import json
+import mmap
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -18,21 +24,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Sequence
 
-from pvc import block_diff, pipes
+from pvc import block_diff
 from pvc.errors import OperationFailed, Unavailable
-from pvc.plugins.fencing import ceph_python
 
 HELPER = Path(__file__).with_name("ceph_export_helper.py")
-PIPE_BYTES = 8 << 20
-"""Two reads' worth: a node runs as root, which may widen a pipe past the 1 MiB others may."""
+SLOTS = 16
+"""Reads a helper keeps ahead of the node's writing."""
+SLOT_BYTES = 4 << 20
+"""One read: an RBD object's default size. A helper's shared memory is 64 MiB, touched as exports use it."""
 IDLE_S = 60.0
 """How long a helper waits for its next export before it exits."""
 IDLE_MARGIN_S = 5.0
 """A helper idle this close to its exit is not given another export: it might exit while receiving it."""
 TIMED_OUT = "no answer from Ceph"
-HELPER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
-"""Each read is a new 4 MiB buffer, which glibc would map afresh and fault in page by page (0.75-1.30 s for
-2 GiB to /dev/null); from its heap, kept, the same buffers come back (0.69-0.72 s; ``rbd export`` 0.61-0.69)."""
 
 
 class ExportFailed(OperationFailed):
@@ -47,22 +51,30 @@ class Helper:
     """One helper process and the socket to it."""
 
     def __init__(self, conf: str, timeout_s: float):
-        self.channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._errors = tempfile.TemporaryFile()
+        memory = os.memfd_create("pvc-ceph-export", os.MFD_CLOEXEC)
         try:
-            # -I: not the helper's own folder first on its path, where PVC's `selectors` plugin would stand in
-            # for the standard library's, which `socket` imports.
-            self.process = subprocess.Popen([ceph_python(), "-I", str(HELPER)], stdin=theirs,
-                                            stdout=subprocess.DEVNULL, stderr=self._errors,
-                                            env={**os.environ, **HELPER_MALLOC})
+            os.ftruncate(memory, SLOTS * SLOT_BYTES)
+            self._shared = mmap.mmap(memory, SLOTS * SLOT_BYTES)
+            self.slots = memoryview(self._shared)
+            self._errors = tempfile.TemporaryFile()
+            self.channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                # -I: not the helper's own folder first on its path, where PVC's `selectors` plugin would stand
+                # in for the standard library's, which `socket` imports.
+                self.process = subprocess.Popen([sys.executable, "-I", str(HELPER)], stdin=theirs,
+                                                stdout=subprocess.DEVNULL, stderr=self._errors)
+            finally:
+                theirs.close()
+            self.idle_since = time.monotonic()
+            try:
+                self.send({"conf": conf, "timeout": timeout_s, "idle": IDLE_S, "slots": SLOTS,
+                           "slot_bytes": SLOT_BYTES}, [memory])
+                self.answer(("ready",))
+            except ExportFailed:
+                self.close()
+                raise
         finally:
-            theirs.close()
-        self.idle_since = time.monotonic()
-        try:
-            self.ask({"conf": conf, "timeout": timeout_s, "idle": IDLE_S}, "ready")
-        except ExportFailed:
-            self.close()
-            raise
+            os.close(memory)
 
     def send(self, message: dict[str, Any], descriptors: Sequence[int] = ()) -> None:
         try:
@@ -70,11 +82,12 @@ class Helper:
         except OSError as error:
             raise HelperGone(f"the export helper is gone: {error}") from None
 
-    def ask(self, message: dict[str, Any], expected: str) -> dict[str, Any]:
+    def ask(self, message: dict[str, Any], expected: Sequence[str]) -> dict[str, Any]:
         self.send(message)
         return self.answer(expected)
 
-    def answer(self, expected: str) -> dict[str, Any]:
+    def answer(self, expected: Sequence[str]) -> dict[str, Any]:
+        """The helper's next message, which holds one of the `expected` keys."""
         try:
             raw = self.channel.recv(1 << 16)
         except OSError:
@@ -84,12 +97,18 @@ class Helper:
             self._reap()
             raise HelperGone(f"the export helper exited: {self._last_error()}")
         answer = json.loads(raw)
-        if expected not in answer:
+        if not any(key in answer for key in expected):
             raise ExportFailed(answer.get("error") or f"the export helper answered {answer}")
         return answer
 
     def usable(self) -> bool:
         return self.process.poll() is None and time.monotonic() - self.idle_since < IDLE_S - IDLE_MARGIN_S
+
+    def slot(self, index: int, length: int) -> memoryview:
+        """What the helper read into slot `index`: the node's to write until it sends it back as free."""
+        if not 0 <= index < SLOTS or not 0 < length <= SLOT_BYTES:
+            raise HelperGone(f"the export helper named slot {index} of {length} bytes")
+        return self.slots[index * SLOT_BYTES:index * SLOT_BYTES + length]
 
     def close(self) -> None:
         if self._errors.closed:
@@ -97,6 +116,11 @@ class Helper:
         self.channel.close()
         self._reap()
         self._errors.close()
+        self.slots.release()
+        try:
+            self._shared.close()
+        except BufferError:
+            pass  # a slot is still held by the traceback of a write that failed: unmapped when that goes
 
     def _reap(self) -> None:
         """Its socket closed, a helper exits; one that does not within 10 s is killed."""
@@ -122,32 +146,25 @@ class CephExporter:
         self._lock = threading.Lock()
 
     def export(self, pool: str, volume: str, snapshot: str, parent: str | None, output: BinaryIO) -> None:
-        """The ``rbd diff v1`` stream of the snapshot (from `parent`, or whole), written into `output`."""
-        what = f"export of {pool}/{volume}@{snapshot}"
-        reading, writing = os.pipe()
-        pipes.widen(writing, PIPE_BYTES)
-        try:
-            with self._helper(what) as helper:
-                helper.send(_request("export", pool, volume, snapshot, parent), [writing])
-                os.close(writing)
-                writing = None
-                try:
-                    _copy(reading, output)
-                except BaseException:
-                    # The helper's next write then fails at once, instead of waiting on a full pipe.
-                    os.close(reading)
-                    reading = None
-                    raise
-                helper.answer("done")
-        finally:
-            for descriptor in (reading, writing):
-                if descriptor is not None:
-                    os.close(descriptor)
+        """The ``rbd diff v1`` stream of the snapshot (from `parent`, or whole), written into `output`: the
+        records as the helper names them, each ``w`` record's data from its slot. A helper whose export broke
+        off here (the output failed) is mid-stream, and is closed rather than kept."""
+        with self._helper(f"export of {pool}/{volume}@{snapshot}") as helper:
+            helper.send(_request("export", pool, volume, snapshot, parent))
+            writer = block_diff.DiffWriter(output, parent, snapshot, helper.answer(("size",))["size"])
+            while "done" not in (record := helper.answer(("w", "z", "done"))):
+                if "z" in record:
+                    writer.zero(*record["z"])
+                    continue
+                offset, length, index = record["w"]
+                writer.data(offset, helper.slot(index, length))
+                helper.send({"free": index})
+            writer.end()
 
     def export_size(self, pool: str, volume: str, snapshot: str, parent: str | None) -> int:
         """At most the bytes `export` writes, from the object map: no data is read."""
         with self._helper(f"size of {pool}/{volume}@{snapshot}") as helper:
-            carried = helper.ask(_request("size", pool, volume, snapshot, parent), "records")
+            carried = helper.ask(_request("size", pool, volume, snapshot, parent), ("records",))
         return block_diff.STREAM_OVERHEAD + carried["records"] * block_diff.EXTENT_OVERHEAD + carried["data"]
 
     def close(self) -> None:
@@ -192,14 +209,6 @@ class CephExporter:
 
 def _request(operation: str, pool: str, volume: str, snapshot: str, parent: str | None) -> dict[str, Any]:
     return {"op": operation, "image": f"{pool}/{volume}", "snapshot": snapshot, "parent": parent}
-
-
-def _copy(reading: int, output: BinaryIO) -> None:
-    buffer = bytearray(PIPE_BYTES)
-    view = memoryview(buffer)
-    with open(reading, "rb", buffering=0, closefd=False) as source:
-        while count := source.readinto(buffer):
-            output.write(view[:count])
 
 
 def _failure(what: str, reason: str) -> OperationFailed:

@@ -84,3 +84,35 @@ def test_a_failed_export_names_the_snapshot_and_why_and_a_dead_helper_is_replace
     stream = io.BytesIO()
     backend.snapshot_export(POOL, "disk", "s1", None, stream)
     assert stream.getvalue().startswith(b"rbd diff v1\n") and stream.getvalue().endswith(b"e")
+
+
+class _FailingAfter(io.RawIOBase):
+    """An output whose disk fills once `room` bytes are written."""
+
+    def __init__(self, room: int):
+        self.room = room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(28, "No space left on device")
+        self.room -= len(data)
+        return len(data)
+
+
+def test_an_output_that_fails_midway_ends_that_helper_and_the_next_export_is_whole(backend, tmp_path):
+    """The helper is then mid-stream, with reads in flight into memory the node shares: it is closed, not kept
+    for the next export, whose stream is whole."""
+    conf = backend.conf
+    backend.volume_create(POOL, "disk", 64 * MiB)
+    write_through_librbd(conf, f"{POOL}/disk", 0, bytes(range(256)) * 4096 * 40, tmp_path / "data")
+    backend.snapshot_create(POOL, "disk", "s1")
+    with pytest.raises(OSError, match="No space left"):
+        backend.snapshot_export(POOL, "disk", "s1", None, _FailingAfter(9 * MiB))
+    assert backend._exporter._idle == [], "a helper broken off mid-stream is not kept"
+
+    stream = io.BytesIO()
+    backend.snapshot_export(POOL, "disk", "s1", None, stream)
+    backend.volume_create(POOL, "restored", 64 * MiB)
+    stream.seek(0)
+    backend.volume_apply_diff(POOL, "restored", stream, "the export")
+    assert digest(conf, f"{POOL}/restored") == digest(conf, f"{POOL}/disk@s1")
