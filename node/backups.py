@@ -222,6 +222,35 @@ def _opened(name: str, parent: int, label: str) -> Iterator[int]:
         os.close(descriptor)
 
 
+class Deadline:
+    """The time a restore has on its node. The coordinator that asked stops waiting after its call's timeout and
+    removes the new volumes; a restore that wrote on past that would make a volume with no record. So the node
+    gives up first: it checks before every volume it makes and every piece it reads, and removes what it made."""
+
+    def __init__(self, within_s: float | None):
+        self.within_s = within_s
+        self.at = None if within_s is None else time.monotonic() + within_s
+
+    def check(self) -> None:
+        if self.at is not None and time.monotonic() > self.at:
+            raise OperationFailed(f"the restore ran past the {self.within_s:.0f} s its coordinator waits; the "
+                                  "volumes it made are removed")
+
+    def bounded(self, file: BinaryIO) -> "Bounded":
+        return Bounded(file, self)
+
+
+class Bounded:
+    """A file whose reads end at a `Deadline`."""
+
+    def __init__(self, file: BinaryIO, deadline: Deadline):
+        self.file, self.deadline = file, deadline
+
+    def read(self, count: int = -1) -> bytes:
+        self.deadline.check()
+        return self.file.read(count)
+
+
 class Hashing:
     """A file wrapper counting and hashing what passes through it."""
 
@@ -385,10 +414,11 @@ def chain(roots: BackupRoots, source: str) -> list[dict[str, Any]]:
     return list(reversed(links))
 
 
-def restore(backend: StorageBackend, roots: BackupRoots, source: str, targets: dict[str, str]) -> dict[str, int]:
+def restore(backend: StorageBackend, roots: BackupRoots, source: str, targets: dict[str, str],
+            deadline: Deadline) -> dict[str, int]:
     """Make the volumes `targets` names (``POOL/VOLUME`` in the export → ``POOL/VOLUME`` here) from the chain
     ending at `source`, checking every stream's size and SHA-256 as it is applied; returns their sizes. On any
-    failure the volumes made are removed."""
+    failure, the `deadline` passing among them, the volumes made are removed."""
     links = chain(roots, source)
     made: list[tuple[str, str]] = []
     try:
@@ -402,9 +432,10 @@ def restore(backend: StorageBackend, roots: BackupRoots, source: str, targets: d
                                                "the last export does not")
                         pool, name = target.split("/", 1)
                         if link["parent"] is None:
+                            deadline.check()
                             backend.volume_create(pool, name, volume["size_bytes"])
                             made.append((pool, name))
-                        _apply(backend, directory, link, volume, pool, name)
+                        _apply(backend, directory, link, volume, pool, name, deadline)
         finished = getattr(backend, "import_finished", None)
         for pool, name in made:
             if finished is not None:
@@ -417,14 +448,14 @@ def restore(backend: StorageBackend, roots: BackupRoots, source: str, targets: d
 
 
 def _apply(backend: StorageBackend, directory: int, link: dict[str, Any], volume: dict[str, Any], pool: str,
-           name: str) -> None:
+           name: str, deadline: Deadline) -> None:
     label = f"{link['directory']}/{volume['file']}"
     try:
         descriptor = os.open(volume["file"], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=directory)
     except FileNotFoundError:
         raise InvalidInput(f"{label} is missing") from None
     with os.fdopen(descriptor, "rb", buffering=1 << 20) as stream:
-        hashing = Hashing(stream)
+        hashing = Hashing(deadline.bounded(stream))
         backend.volume_apply_diff(pool, name, hashing, label)
         hashing.read()
     if hashing.bytes != volume["bytes"] or hashing.sha256.hexdigest() != volume["sha256"]:

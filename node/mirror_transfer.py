@@ -30,7 +30,7 @@ from typing import Any, Iterator
 from pvc import bulk
 from pvc.errors import InvalidInput, NotFound, PVCError
 from pvc.hookspecs import StorageBackend
-from pvc.node.backups import Hashing
+from pvc.node.backups import Deadline, Hashing
 from pvc.node.upload_stream import VerifiedStream, receive_head
 
 STAGE_PREFIX = ".mirror-"
@@ -88,12 +88,12 @@ class MirrorStages:
         self._remove_abandoned()
         return secrets.token_hex(16)
 
-    def apply_chain(self, token: str, links: list[dict[str, Any]]) -> dict[str, int]:
+    def apply_chain(self, token: str, links: list[dict[str, Any]], deadline: Deadline) -> dict[str, int]:
         """Make the volumes of a streamed import from stage `token` (checked by `receive_stage`): the volumes of
         `links` (a checked chain, renamed to the new volumes, each naming its exported ``source``) are created
         for the first link, and every link's streams applied in turn, each checked against its byte count and
-        SHA-256; the stage must end with the last. Returns the new volumes' sizes. On any failure the volumes
-        made are removed; the stage goes either way, with its one use."""
+        SHA-256; the stage must end with the last. Returns the new volumes' sizes. On any failure, the `deadline`
+        passing among them, the volumes made are removed; the stage goes either way, with its one use."""
         made: list[tuple[str, str]] = []
         try:
             try:
@@ -102,13 +102,15 @@ class MirrorStages:
                 raise NotFound("the streamed import's data is not on this node (used already, or abandoned)") \
                     from None
             with staged:
-                reader = _PieceReader(iter(lambda: staged.read(bulk.CHUNK_BYTES), b""))
+                bounded = deadline.bounded(staged)
+                reader = _PieceReader(iter(lambda: bounded.read(bulk.CHUNK_BYTES), b""))
                 for number, link in enumerate(links, start=1):
                     for volume in link["volumes"]:
                         pool, name = volume["volume"].split("/", 1)
                         if number == 1:
                             if self._backend.volume_size(pool, name) is not None:
                                 raise InvalidInput(f"volume {pool}/{name} exists in the storage already")
+                            deadline.check()
                             self._backend.volume_create(pool, name, volume["size_bytes"])
                             made.append((pool, name))
                         _apply(self._backend, reader, volume, f"the stream of {volume['source']} in export "

@@ -140,11 +140,12 @@ class StorageAgent:
         """The checked chain of export manifests ending at `source`, oldest first."""
         return backups.chain(self._backup_roots, source)
 
-    def restore_backup(self, source: str, targets: dict[str, str]) -> dict[str, int]:
-        """Make the volumes `targets` maps to from the chain ending at `source`; their sizes."""
+    def restore_backup(self, source: str, targets: dict[str, str], within_s: float | None = None) -> dict[str, int]:
+        """Make the volumes `targets` maps to from the chain ending at `source`, giving up (and removing them)
+        after `within_s`; their sizes."""
         for target in targets.values():
             guest_snapshots.split_volume(target)
-        return backups.restore(self._backend, self._backup_roots, source, targets)
+        return backups.restore(self._backend, self._backup_roots, source, targets, backups.Deadline(within_s))
 
     def snapshot_in_progress(self, vm: str, snapshot: str) -> bool:
         """Whether this node is taking snapshot `snapshot` of `vm` now."""
@@ -216,14 +217,15 @@ class StorageAgent:
                                      stage_into=str(self._mirror_stages.path(stage, mirror_transfer.IMPORT_PREFIX)))
         return {"address": self.upload_address, "token": ticket.token, "tls": self.upload_tls, "stage": stage}
 
-    def restore_stream(self, stage: str, links: list[dict[str, Any]]) -> dict[str, int]:
+    def restore_stream(self, stage: str, links: list[dict[str, Any]], within_s: float | None = None
+                       ) -> dict[str, int]:
         """Make a streamed import's volumes from its stage (`pvc.node.mirror_transfer.MirrorStages.apply_chain`):
-        `links`, their volumes renamed to the new ones; returns their sizes."""
+        `links`, their volumes renamed to the new ones, giving up after `within_s`; returns their sizes."""
         links = mirror_manifest.checked_chain(links)
         for link in links:
             for volume in link["volumes"]:
                 guest_snapshots.split_volume(volume["volume"])
-        return self._mirror_stages.apply_chain(stage, links)
+        return self._mirror_stages.apply_chain(stage, links, backups.Deadline(within_s))
 
     def mirror_discard(self, stage: str) -> None:
         self._mirror_stages.discard(stage)

@@ -19,6 +19,7 @@ not held by a change in progress (it takes the pool's lock, which every change h
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 from pvc import schema
@@ -39,13 +40,21 @@ def settled(record: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in record.items() if key != "intent"}
 
 
-def begin_new(store: Store, record: dict[str, Any], action: str, coordinator: str) -> None:
-    """Record a volume about to be made (``create`` or ``clone``), with its empty snapshot list."""
+def begin_new(store: Store, record: dict[str, Any], action: str, coordinator: str, until: float | None = None
+              ) -> None:
+    """Record a volume about to be made (``create`` or ``clone``), with its empty snapshot list; a node that may
+    still make it until wall time `until` (a restore's next volume) keeps it from being resolved before then."""
     pool, name = record["pool"], record["name"]
+    pending = {"action": action, "coordinator": coordinator, **({"until": until} if until is not None else {})}
     store.transaction() \
-        .create(schema.volume(pool, name), {**record, "intent": {"action": action, "coordinator": coordinator}}) \
+        .create(schema.volume(pool, name), {**record, "intent": pending}) \
         .create(schema.volume_snapshots(pool, name), {}) \
         .commit()
+
+
+def acting(pending: dict[str, Any]) -> bool:
+    """Whether a node may still act on this intent: resolving it now could be undone by the node's next step."""
+    return pending.get("until", 0.0) > time.time()
 
 
 def begin_remove(store: Store, record: dict[str, Any], coordinator: str) -> None:

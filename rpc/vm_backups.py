@@ -13,6 +13,7 @@ imported from there by the same record-first steps as an import from a backup ro
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 from lxml import etree
@@ -20,12 +21,16 @@ from lxml import etree
 from pvc import domain_xml, mirror_manifest, schema, storage_records
 from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound, PVCError
 from pvc.rpc import storage_intents
-from pvc.rpc.areas.storage import StorageArea
+from pvc.rpc.areas.storage import STORAGE_ACTION_TIMEOUT_S, StorageArea
 from pvc.rpc.areas.vms import VMsArea
 from pvc.rpc.context import CoordinatorContext
 from pvc.store import Transaction
 
 log = logging.getLogger(__name__)
+
+RESTORE_WITHIN_S = STORAGE_ACTION_TIMEOUT_S - 60.0
+"""How long a node's restore may write: it then has a minute of the coordinator's wait to remove what it made
+and answer (`pvc.node.backups.Deadline`)."""
 
 
 class VMBackups:
@@ -111,15 +116,18 @@ class VMBackups:
         _vm, targets, xml = self._import_targets(last, name, pool)
         sizes = {volume["volume"]: volume["size_bytes"] for volume in last["volumes"]}
         return self._restored(node, agent_uri, targets, xml, last["spec"], sizes,
-                              lambda: self._storage._agent(node, agent_uri, "restore_backup", source, targets))
+                              lambda within_s: self._storage._agent(node, agent_uri, "restore_backup", source, targets,
+                                                                    within_s))
 
     def _restored(self, node: str, agent_uri: str, targets: dict[str, str], xml: str,
-                  spec: dict[str, Any], sizes: dict[str, int], restore: Callable[[], dict[str, int]]
+                  spec: dict[str, Any], sizes: dict[str, int], restore: Callable[[float], dict[str, int]]
                   ) -> dict[str, Any]:
-        """Record the new volumes `targets` first, have the node `restore` them (it removes what it made when it
-        fails), then define the VM and settle the volumes in one transaction; a failure anywhere leaves neither
-        volumes nor records, and a coordinator killed before that transaction leaves volumes the leader undoes
-        (settled one by one before the define, they had stayed behind with no VM)."""
+        """Record the new volumes `targets` first, have the node `restore` them within `RESTORE_WITHIN_S` (it
+        removes what it made when it fails or runs out of time), then define the VM and settle the volumes in one
+        transaction; a failure anywhere leaves neither volumes nor records, and a coordinator killed before that
+        transaction leaves volumes the leader undoes once the node can no longer make one (settled one by one
+        before the define, they had stayed behind with no VM; undone while the node wrote on, a later volume of
+        the restore had come back with no record)."""
         pools = sorted({target.split("/", 1)[0] for target in targets.values()})
         store = self._context.store
         with self._storage._pools_locked(pools):
@@ -130,9 +138,9 @@ class VMBackups:
             for old, target in targets.items():
                 new_pool, new_name = target.split("/", 1)
                 storage_intents.begin_new(store, storage_records.volume_record(new_pool, new_name, sizes[old]),
-                                          "clone", self._context.name)
+                                          "clone", self._context.name, until=time.time() + STORAGE_ACTION_TIMEOUT_S)
             try:
-                made = restore()
+                made = restore(RESTORE_WITHIN_S)
             except BaseException:
                 self._remove_new(node, agent_uri, targets)
                 raise
@@ -179,8 +187,7 @@ class VMBackups:
         xml = _renamed(last["spec"]["xml"], vm, targets, keep_uuid=name is None)
         # Checked as the define will check it, before any data comes: a document this cluster refuses (a host
         # device, where they are not allowed) had been refused only after the whole stream was restored.
-        domain_xml.parse(xml, allow_host_devices=bool((self._context.cache.config.get() or {})
-                                                      .get("allow_host_devices")))
+        domain_xml.parse(xml, allow_host_devices=self._vms._allow_host_devices())
         return vm, targets, xml
 
     def import_stream_begin(self, links: list[dict[str, Any]], size_bytes: int, checksum: str,
@@ -217,7 +224,8 @@ class VMBackups:
         sizes = {volume["volume"]: volume["size_bytes"] for volume in links[-1]["volumes"]}
         try:
             return self._restored(node, agent_uri, targets, xml, links[-1]["spec"], sizes,
-                                  lambda: self._storage._agent(node, agent_uri, "restore_stream", stage, renamed))
+                                  lambda within_s: self._storage._agent(node, agent_uri, "restore_stream", stage,
+                                                                        renamed, within_s))
         except BaseException:
             # Refused before the node used it (a name taken meanwhile): the stage goes now, not in an hour. A
             # discard that fails must not hide why the import failed; the node drops the stage itself later.

@@ -546,6 +546,10 @@ class StorageArea:
             current = storage_intents.intent(self._volumes.get(schema.volume_key(pool_name, name)))
             if current is None:
                 continue
+            if storage_intents.acting(current):
+                log.info("storage pool %s: %s waits until its node gives up, by %s", pool_name, name,
+                         time.strftime("%H:%M:%S", time.localtime(current["until"])))
+                continue
             outcome = storage_intents.resolve(self._context.store, agent, pool_name, name, current)
             if outcome:
                 log.warning("storage check: %s", outcome)
