@@ -8,7 +8,6 @@ from pvc.cli import (output, upstream, vm_autobackup, vm_automirror, vm_editor, 
 from pvc.cli.confirm import confirm, confirm_option
 from pvc.cli.text_file import TextFile
 from pvc.domain_xml import MAX_XML_BYTES
-from pvc.errors import PVCError
 
 _COLUMNS = [
     output.column("NAME", "name"),
@@ -204,23 +203,22 @@ def undefine(session, vm, wait, force, yes) -> None:
 @_removal_options
 def remove(session, vm, wait, force, yes) -> None:
     """Stop the VM, undefine it, remove it from the cluster, and remove the PVC volumes its disks use (undefine
-    keeps them). The volumes go once its node has undefined it, so this waits for that; a volume another VM
-    also uses is kept, and said so."""
+    keeps them). The volumes go with its record, once its node has undefined it (a node that is down does so
+    when it is back); a volume another VM also uses is kept, and said so."""
     volumes = session.client.vms.info(vm)["volumes"]
     confirm(f"Remove VM {vm} (it is stopped and forgotten) and its volumes ({', '.join(volumes) or 'none'})",
             yes)
-    if not _forget(session, vm, wait or bool(volumes), force):
+    result = session.client.vms.remove(vm, wait=wait, force=force, volumes=True)
+    if not result.get("removed"):
+        click.echo(f"removal of VM {vm} recorded; it is forgotten once node {result.get('waiting_for')} "
+                   "has undefined it, and its volumes are removed then")
         return
-    kept = []
-    for volume in volumes:
-        pool, _, name = volume.partition("/")
-        try:
-            session.client.storage.volume_remove(pool, name)
-            click.echo(f"removed volume {volume}")
-        except PVCError as error:
-            kept.append(f"{volume} ({error})")
-    if kept:
-        raise click.ClickException(f"VM {vm} is removed, but these volumes are kept: {'; '.join(kept)}")
+    click.echo(f"removed VM {vm}")
+    for volume in result["volumes_removed"]:
+        click.echo(f"removed volume {volume}")
+    if result["volumes_kept"]:
+        kept = "; ".join(f"{each['volume']} ({each['why']})" for each in result["volumes_kept"])
+        raise click.ClickException(f"VM {vm} is removed, but these volumes are kept: {kept}")
 
 
 @group.command("list")

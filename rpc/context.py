@@ -8,6 +8,7 @@ from pvc.cache import OWN_VALUE, ClusterCache, Views
 from pvc.health.faults import fault_views, health
 from pvc.hookspecs import MigrationSelector
 from pvc.plugin_manager import Plugins
+from pvc.rpc import removal
 from pvc.rpc.agents import NodeAgents
 from pvc.rpc.decided_load import FIGURES, DecidedLoad
 from pvc.rpc.leadership import Leadership
@@ -84,9 +85,7 @@ class CoordinatorContext:
 
     def volume_users(self, pool: str, volume: str) -> list[str]:
         """The VMs whose definition uses volume `pool/volume` (their record's ``volumes`` list)."""
-        wanted = f"{pool}/{volume}"
-        return sorted(name for name, raw in self.cache.vms.snapshot().items()
-                      if wanted in ((raw.get(OWN_VALUE) or {}).get("volumes") or []))
+        return removal.volume_users(self.cache.vms, f"{pool}/{volume}")
 
     def placement_views(self) -> list[dict[str, Any]]:
         """Node views for choosing a VM's node: the figures a node reports, corrected by what the cluster has

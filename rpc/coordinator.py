@@ -109,6 +109,7 @@ class Coordinator:
             self.vm_snapshots = VMSnapshots(self.context, control, storage)
             vms = VMsArea(self.context, control, self.vm_snapshots)
             vms.backups = VMBackups(self.context, storage, vms)
+            vms.storage = storage
             vms.mirror_sender = MirrorSender(self.context, vms.backups, vms)
             vms.mirror_receiver = self.mirror_receiver = MirrorReceiver(self.context, control, storage, vms)
             self.storage = storage

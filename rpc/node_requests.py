@@ -53,6 +53,9 @@ class NodeRequests:
         if audit:
             self._next_audit = time.monotonic() + self._audit_interval
 
+    def _users(self, volume: str) -> list[str]:
+        return removal.volume_users(self._vms, volume)
+
     def _visit(self, name: str, leader_node: str) -> bool:
         """Act on one VM's record; False when something is left for a later pass."""
         raw = self._vms.get(name)
@@ -60,7 +63,7 @@ class NodeRequests:
             return True
         if raw.get("state") == removal.REMOVE:
             try:
-                return removal.finish(self._store, name, leader_node)
+                return removal.finish(self._store, name, self._users, leader_node)
             except PVCError as error:
                 log.info("removal of %s not finished: %s", name, error)
                 return False

@@ -10,12 +10,22 @@ A node that cannot report must not hold a removal forever: when every node that 
 placement node, and the node its status says runs it) is fenced (confirmed off) or no longer exists, the
 record goes too. A fenced host boots empty, and its node daemon undefines any domain carrying PVC's metadata
 whose record is gone. `vm remove --force` deletes the record at once, relying on that same rule.
+
+A removal that takes the VM's volumes with it names them in the VM's record (``remove_volumes``) when it is
+recorded. The transaction that deletes the record marks each of them for removal (a storage intent, ``remove``,
+naming the VM in ``removal_of``), unless another VM uses it or another change holds it; the next holder of the
+volume's pool lock removes the marked volumes (the coordinator that forgot the VM takes it at once, and the
+leader's storage check within seconds). A crash anywhere leaves the VM or the marks, never volumes that nothing
+will remove: the volumes had been removed by the client after the VM was gone, and a client or coordinator that
+died between the two left them for good.
 """
 import logging
+from typing import Callable, Sequence
 
 from kazoo.exceptions import NoNodeError
 
 from pvc import node_index, schema
+from pvc.cache import OWN_VALUE, WatchedCollection
 from pvc.errors import PVCError
 from pvc.store import Store
 
@@ -25,9 +35,19 @@ REMOVE = "remove"
 """The desired state of a VM whose removal is recorded and not yet confirmed by its node."""
 
 
-def finish(store: Store, name: str, leader_node: str | None = None) -> bool:
+Users = Callable[[str], list[str]]
+"""The VMs whose definition uses volume ``POOL/VOLUME``."""
+
+
+def volume_users(vms: WatchedCollection, volume: str) -> list[str]:
+    """The VMs in `vms` whose definition uses ``POOL/VOLUME`` `volume` (their record's ``volumes`` list)."""
+    return sorted(name for name, raw in vms.snapshot().items()
+                  if volume in ((raw.get(OWN_VALUE) or {}).get("volumes") or []))
+
+
+def finish(store: Store, name: str, users: Users, leader_node: str | None = None) -> bool:
     """Delete the record of VM `name` if it is marked removed and its node confirmed (or cannot hold it any
-    more); True when no record remains."""
+    more), marking the volumes it names for removal; True when no record remains."""
     zk = store.zk
     try:
         state, state_stat = _read(store, schema.vm_key(name, "state"))
@@ -52,7 +72,8 @@ def finish(store: Store, name: str, leader_node: str | None = None) -> bool:
         log.warning("%s: its node(s) %s are fenced or gone; forgetting it without their report", name,
                     ", ".join(sorted(holders)))
     try:
-        delete(store, name, (spec or {}).get("uuid"), leader_node, state_version=state_stat.version)
+        delete(store, name, (spec or {}).get("uuid"), leader_node, state_version=state_stat.version,
+               volumes=(spec or {}).get("remove_volumes") or [], users=users)
     except PVCError as error:
         log.info("forgetting %s lost a race (%s)", name, error)
     gone = zk.exists(schema.vm(name)) is None
@@ -62,13 +83,16 @@ def finish(store: Store, name: str, leader_node: str | None = None) -> bool:
 
 
 def delete(store: Store, name: str, uuid: str | None, leader_node: str | None = None,
-           state_version: int = -1) -> None:
+           state_version: int = -1, volumes: Sequence[str] = (), users: Users = lambda _volume: []) -> None:
     """Delete the VM's record (children first), its node index entry and its UUID's entry while it names this
-    VM, in one transaction (checking the state's version, when given, and the placement's)."""
+    VM, and mark `volumes` for removal (those no other VM uses), in one transaction (checking the state's
+    version, when given, and the placement's)."""
     zk = store.zk
     transaction = store.transaction(leader_node)
     if state_version >= 0:
         transaction.check(schema.vm_key(name, "state"), state_version)
+    for volume in volumes:
+        _mark_for_removal(store, transaction, name, volume, users)
     node_index.forget(store, transaction, name)
     transaction.delete_tree([f"{schema.vm(name)}/{child}" for child in store.children(schema.vm(name))]
                             + [schema.vm(name)])
@@ -80,6 +104,22 @@ def delete(store: Store, name: str, uuid: str | None, leader_node: str | None = 
         if schema.decode(owner) == name:
             transaction.delete(schema.vm_uuid(uuid), version=uuid_stat.version)
     transaction.commit()
+
+
+def _mark_for_removal(store: Store, transaction, vm: str, volume: str, users: Users) -> None:
+    pool, _, name = volume.partition("/")
+    try:
+        data, stat = store.zk.get(schema.volume(pool, name))
+    except NoNodeError:
+        return
+    record = schema.decode(data)
+    others = [user for user in users(volume) if user != vm]
+    if others or record.get("intent"):
+        log.warning("%s: volume %s is kept: %s", vm, volume, f"VM(s) {', '.join(others)} use it" if others
+                    else f"another change holds it ({record['intent'].get('action')})")
+        return
+    transaction.set(schema.volume(pool, name), {**record, "intent": {"action": "remove", "removal_of": vm}},
+                    version=stat.version)
 
 
 def _cannot_hold(store: Store, node: str) -> bool:

@@ -22,6 +22,7 @@ from vm_support import (every_daemon_running_and_no_vms_left, new_uuid, pvc, vm_
 
 SETTLE = 3.0
 """Seconds that cover several leader ticks and node passes: long enough for a premature removal to show."""
+NO_USERS = lambda _volume: []  # noqa: E731: no VM uses any volume
 
 
 @pytest.fixture(autouse=True)
@@ -94,6 +95,73 @@ def test_remove_while_the_node_daemon_is_down_leaves_no_domain_behind_once_it_re
     with cluster_store(cluster.local) as store:
         assert store.zk.exists(schema.vm_uuid(uuid)) is None, "its UUID went with the record"
     vms.define(vm_xml("orphan-risk", uuid=uuid), target="hv1")  # name and UUID are free again
+
+
+def _volume_names(cluster, pool: str) -> set[str]:
+    return {volume["name"] for volume in cluster.client.storage.volume_list(pool)}
+
+
+def _define_with_volumes(cluster, vm: str, volumes: list[str], target: str) -> None:
+    """Through the define, which (unlike `vm volume add`) lets a second VM name a volume, as a shared disk."""
+    disks = "".join(f"<disk type='volume' device='disk'><source pool='{volume.split('/')[0]}' "
+                    f"volume='{volume.split('/')[1]}'/><target dev='sd{chr(97 + index)}' bus='scsi'/>"
+                    "<shareable/></disk>" for index, volume in enumerate(volumes))
+    cluster.client.vms.define(vm_xml(vm).replace("</os>", f"</os><devices>{disks}</devices>"), target=target)
+
+
+def test_a_remove_with_its_volumes_while_the_node_is_down_removes_them_with_the_record_and_keeps_a_shared_one(
+        cluster):
+    """The volumes go with the record, whoever forgets it: here the leader, once the node is back, with no
+    client waiting. A volume another VM also uses is kept. (The client had removed the volumes after the VM,
+    and a client that gave up or died between the two left them for good.)"""
+    vms, storage = cluster.client.vms, cluster.client.storage
+    storage.pool_add("leaving")
+    try:
+        for volume in ("own", "shared"):
+            storage.volume_add("leaving", volume, "8M")
+        for vm, disks in (("leaver", ["own", "shared"]), ("stayer", ["shared"])):
+            _define_with_volumes(cluster, vm, [f"leaving/{disk}" for disk in disks], "hv2")
+        cluster.local.stop_daemon("pvcnoded", "hv2")
+
+        answer = pvc(cluster, "vm", "remove", "leaver", "--yes")
+        assert answer.exit_code == 0 and "its volumes are removed then" in answer.stdout, answer.output
+        time.sleep(SETTLE)
+        assert _volume_names(cluster, "leaving") == {"own", "shared"}, "nothing goes before the node confirms"
+
+        cluster.local.start_node_daemon("hv2")
+        assert eventually(lambda: not _record_exists(cluster, "leaver"), 20)
+        assert eventually(lambda: _volume_names(cluster, "leaving") == {"shared"}, 15), \
+            _volume_names(cluster, "leaving")
+        assert storage.volume_info("leaving", "shared")["used_by"] == ["stayer"]
+    finally:
+        if not cluster.local.daemon_pid("pvcnoded", "hv2"):
+            cluster.local.start_node_daemon("hv2")
+        for vm in ("leaver", "stayer"):
+            if _record_exists(cluster, vm):
+                vms.remove(vm, wait=True)
+        storage.pool_remove("leaving", True)
+
+
+def test_a_remove_that_waits_names_the_volumes_removed_and_the_ones_kept(cluster):
+    vms, storage = cluster.client.vms, cluster.client.storage
+    storage.pool_add("named")
+    try:
+        for volume in ("own", "shared"):
+            storage.volume_add("named", volume, "8M")
+        for vm, disks in (("named-a", ["own", "shared"]), ("named-b", ["shared"])):
+            _define_with_volumes(cluster, vm, [f"named/{disk}" for disk in disks], "hv1")
+
+        answer = pvc(cluster, "vm", "remove", "named-a", "--yes", "--wait")
+
+        assert answer.exit_code == 1
+        assert answer.stdout.splitlines() == ["removed VM named-a", "removed volume named/own"]
+        assert "VM named-a is removed, but these volumes are kept: named/shared (used by VM(s) named-b)" \
+            in answer.output
+        assert _volume_names(cluster, "named") == {"shared"}
+    finally:
+        if _record_exists(cluster, "named-b"):
+            vms.remove("named-b", wait=True)
+        storage.pool_remove("named", True)
 
 
 def test_a_forced_remove_answers_at_once_while_the_vms_node_is_frozen_and_the_node_undefines_it_after(cluster):
@@ -193,12 +261,12 @@ def test_a_removal_waiting_on_a_fenced_or_vanished_node_is_finished_without_its_
         .create(schema.vm_key("gone", "status"), {"node": "hv9", "running": True}) \
         .commit()
 
-    assert removal.finish(store, "gone") is False
+    assert removal.finish(store, "gone", NO_USERS) is False
     state_zxid = store.zk.exists(schema.vm_key("gone", "state")).mzxid
     store.write(schema.vm_key("gone", "status"), {"node": "hv9", "running": False, "removed": True,
                                                   "request": {"kind": "forget", "state_zxid": state_zxid - 1}})
-    assert removal.finish(store, "gone") is False, "a report about an earlier removal does not count"
+    assert removal.finish(store, "gone", NO_USERS) is False, "a report about an earlier removal does not count"
 
     store.write(schema.node_key("hv9", "daemon_state"), "fenced")
-    assert removal.finish(store, "gone") is True
+    assert removal.finish(store, "gone", NO_USERS) is True
     assert store.zk.exists(schema.vm("gone")) is None and store.zk.exists(schema.vm_uuid(uuid)) is None

@@ -16,7 +16,7 @@ import Pyro5.server
 
 from pvc import schema, sizes, storage_records
 from pvc.cache import OWN_VALUE, WatchedCollection
-from pvc.errors import AlreadyExists, Busy, Conflict, InvalidInput, NotFound, Unavailable
+from pvc.errors import AlreadyExists, Busy, Conflict, InvalidInput, NotFound, PVCError, Unavailable
 from pvc.rpc import storage_intents
 from pvc.rpc.context import CoordinatorContext
 from pvc.rpc.retries import retry_safe
@@ -560,20 +560,44 @@ class StorageArea:
         return done
 
     def resolve_orphaned_intents(self) -> None:
-        """For the leader: resolve the intents recorded by coordinators that are gone, pool by pool, without
-        waiting for a lock another change holds.
+        """For the leader: resolve the intents recorded by coordinators that are gone, and the volumes a VM's
+        removal marked (`pvc.rpc.removal`), pool by pool, without waiting for a lock another change holds.
 
         :raises Unavailable: no coordinator answered (nothing else: it refuses nothing)
         """
         zk = self._context.store.zk
-        pools = {pool for (pool, _name), pending in self._intents().items()
-                 if zk.exists(schema.live_coordinator(pending.get("coordinator", "?"))) is None}
+        pools = {pool for (pool, _name), pending in self._intents().items() if "removal_of" in pending
+                 or zk.exists(schema.live_coordinator(pending.get("coordinator", "?"))) is None}
         for pool in sorted(pools):
             try:
                 with self._pool_lock(pool, timeout=0.1):
                     pass
             except Exception as error:
                 log.info("storage pool %s: its unfinished changes are resolved later: %s", pool, error)
+
+    def removed_with(self, vm: str, volumes: list[str]) -> dict[str, Any]:
+        """Remove the volumes that the removal of `vm` marked (by taking their pools' locks, which resolves the
+        marks); which of `volumes` are gone, and which are kept and why."""
+        for pool in sorted({volume.partition("/")[0] for volume in volumes}):
+            try:
+                with self._pool_lock(pool):
+                    pass
+            except PVCError as error:
+                log.info("the volumes of removed VM %s in pool %s go later: %s", vm, pool, error)
+        removed, kept = [], []
+        for volume in volumes:
+            pool, _, name = volume.partition("/")
+            self._volumes.refresh(schema.volume_key(pool, name))
+            raw = self._volumes.get(schema.volume_key(pool, name))
+            if raw is None:
+                removed.append(volume)
+                continue
+            pending = storage_intents.intent(raw) or {}
+            users = self._context.volume_users(pool, name)
+            kept.append({"volume": volume, "why": f"used by VM(s) {', '.join(users)}" if users
+                         else "its removal waits for a storage node; it goes within seconds of one answering"
+                         if pending.get("removal_of") == vm else "another change held it"})
+        return {"volumes_removed": removed, "volumes_kept": kept}
 
     def _pool_record(self, name: str) -> dict[str, Any] | None:
         raw = self._pools.get(name)

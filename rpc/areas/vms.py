@@ -38,6 +38,8 @@ class VMsArea:
         self._snapshots = snapshots
         self.backups = None
         """`pvc.rpc.vm_backups.VMBackups`, set once the storage area exists."""
+        self.storage = None
+        """`pvc.rpc.areas.storage.StorageArea`, set as `backups` is: a removal's volumes go through it."""
         self.mirror_sender = None
         self.mirror_receiver = None
         """`pvc.rpc.mirror.send.MirrorSender` and `pvc.rpc.mirror.receive.MirrorReceiver`, set with `backups`."""
@@ -238,18 +240,22 @@ class VMsArea:
             self._context.cache.vms.refresh(new_name)
         nodes = [(raw.get("placement") or {}).get("node"), (raw.get("status") or {}).get("node")]
         self._control.poke(vm, nodes)
-        if removal.finish(self._context.store, vm):
+        if removal.finish(self._context.store, vm, self._volume_users):
             self._control.forget_lock(vm)
         self._context.cache.vms.refresh(vm)
         return self._control.converge(new_name, [raw["placement"]["node"]], wait=False)
 
-    def remove(self, vm: str, wait: bool = False, force: bool = False, timeout: float = 120.0) -> dict[str, Any]:
+    def remove(self, vm: str, wait: bool = False, force: bool = False, timeout: float = 120.0,
+               volumes: bool = False) -> dict[str, Any]:
         """Remove the VM, in order: its state becomes ``remove``; its node stops and undefines the domain and
         reports so; only then do the record and its UUID go. A node that is down does this when it is back
         (the leader then forgets the record); a node that is fenced or no longer exists cannot report, so the
         record goes without it. With `wait`, return once the record is gone (`Unavailable` after `timeout`
         seconds, the removal still recorded). With `force`, the record goes now, unconfirmed: a node still
         holding the domain undefines it when it next converges (PVC's metadata in the domain marks it).
+
+        With `volumes`, the PVC volumes its disks use go with the record, each unless another VM uses it
+        (`pvc.rpc.removal`); the answer then names the volumes removed and those kept, with why.
 
         :raises NotFound: no VM of that name
         :raises Busy: another command holds the VM's lock
@@ -258,9 +264,15 @@ class VMsArea:
         def decide() -> dict[str, Any]:
             raw = self._control.raw(vm)
             if force:
-                removal.delete(self._context.store, vm, raw[OWN_VALUE]["uuid"])
-            elif raw.get("state") != removal.REMOVE:
-                self._control.record(vm, self._control.desired(vm), state=removal.REMOVE)
+                spec = raw[OWN_VALUE]
+                removal.delete(self._context.store, vm, spec["uuid"], users=self._volume_users,
+                               volumes=(spec.get("volumes") or []) if volumes else spec.get("remove_volumes") or [])
+                return raw
+            desired = self._control.desired(vm)
+            marked = {**desired.spec, "remove_volumes": desired.spec.get("volumes") or []} \
+                if volumes and "remove_volumes" not in desired.spec else None
+            if desired.state != removal.REMOVE or marked is not None:
+                self._control.record(vm, desired, state=removal.REMOVE, spec=marked)
             return raw
 
         # A move just answered may still be recorded as done by the leader under the removal's read: it decides
@@ -272,7 +284,7 @@ class VMsArea:
         # in this thread; a forced one is settled already, and a frozen node's agent must not hold its answer.
         (self._control.poke_soon if force else self._control.poke)(vm, [node, (raw.get("status") or {}).get("node")])
         deadline = time.monotonic() + timeout
-        while not removal.finish(self._context.store, vm):
+        while not removal.finish(self._context.store, vm, self._volume_users):
             if not wait:
                 self._context.cache.vms.refresh(vm)
                 return {"name": vm, "removed": False, "waiting_for": node}
@@ -282,7 +294,12 @@ class VMsArea:
             time.sleep(0.2)
         self._context.cache.vms.refresh(vm)
         self._control.forget_lock(vm)
-        return {"name": vm, "removed": True}
+        if not volumes:
+            return {"name": vm, "removed": True}
+        return {"name": vm, "removed": True, **self.storage.removed_with(vm, raw[OWN_VALUE].get("volumes") or [])}
+
+    def _volume_users(self, volume: str) -> list[str]:
+        return removal.volume_users(self._context.cache.vms, volume)
 
     def set_meta(self, vm: str, **changes: Any) -> dict[str, Any]:
         """Change only the metadata named: node_limit, node_selector, node_autostart, migration_method,
