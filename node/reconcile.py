@@ -509,9 +509,14 @@ class Reconciler:
         return "there"
 
     def _settle_migration(self, name: str, raw: dict[str, Any]) -> dict[str, Any] | None:
-        """A live migration from here failed without saying where the VM runs (`_migrate_live`): ask again.
-        Returns the VM's report while it stays unsettled; None once it ran here all along, the status no
-        longer naming the target."""
+        """A live migration from here failed without saying where the VM runs (`_migrate_live`), or this node's
+        daemon stopped between naming the target and libvirt's answer: ask again. Returns the VM's report while
+        it stays unsettled; None once it ran here all along, the status no longer naming the target.
+
+        A failure that libvirt reported is kept aside (``migration_error``), and a VM it left here is placed back
+        here with it. Without one, the migration never ran or this daemon never heard how it ended: the VM,
+        shown here and not on the target, is moved as its placement still says (the move had been answered as
+        failed, "see the node log", though nothing had failed)."""
         status = raw["status"]
         target = status["migrating_to"]
         outcome = self._migration_outcome(name, target)
@@ -521,9 +526,12 @@ class Reconciler:
             log.info("%s: the live migration to %s that failed had moved it", name, target)
             self._record_moved(name, raw, target)
             return {"node": target, "running": True}
-        reason = status.get("migration_error") or f"live migration to {target} failed (see the node log)"
-        if (raw.get("placement") or {}).get("node") != self.node:
+        reason = status.get("migration_error")
+        if reason and (raw.get("placement") or {}).get("node") != self.node:
             return self._keep_here(name, raw, reason)
+        if not reason:
+            log.info("%s: the live migration to %s was cut off before libvirt answered, and left it here; it "
+                     "moves as its placement says", name, target)
         self._settled_here(name)
         return None
 

@@ -233,6 +233,31 @@ def test_a_migration_whose_source_libvirtd_dies_after_the_target_resumed_ends_on
         restart_node_daemon(qemu_cluster, target)
 
 
+def test_a_migration_whose_daemon_stopped_before_libvirt_answered_is_made_not_answered_failed(qemu_cluster,
+                                                                                              mover):
+    """A node names the target in the VM's status before it asks libvirt to move the guest; a daemon killed
+    right then leaves that intent and no error. Its successor, finding the guest here and no copy on the
+    target, moves it as the placement says. It had placed the VM back, answering "live migration to ... failed
+    (see the node log)" for a migration that never ran."""
+    client, local = qemu_cluster.client, qemu_cluster.local
+    source = client.vms.info(mover)["node"]
+    target = next(name for name in local.node_names if name != source)
+    beat = wait_heartbeat(qemu_cluster, mover, source)
+    local.stop_daemon("pvcnoded", source, kill=True)
+    client.vms.migrate(mover, target=target)
+    with cluster_store(local) as store:
+        status = store.read(schema.vm_key(mover, "status"))
+        store.write(schema.vm_key(mover, "status"), {**status, "migrating_to": target, "error": None})
+
+    restart_node_daemon(qemu_cluster, source)
+
+    wait_running_on(qemu_cluster, mover, target, timeout=60)
+    vm = client.vms.info(mover)
+    assert (vm["node"], vm["running"], vm["last_error"], vm["migration_note"]) == (target, True, None, None), vm
+    assert wait_heartbeat(qemu_cluster, mover, target, after=beat.counter).boot_id == beat.boot_id, \
+        "the guest moved live: it never booted again"
+
+
 def test_auto_migration_falls_back_to_a_shutdown_when_the_target_answers_no_and_says_so(qemu_cluster):
     """Every incoming-migration port of the target is taken, so its libvirtd answers the live migration with an
     error: method ``auto`` then moves the guest by shutting it down, and the VM says why (`migration_note`).
