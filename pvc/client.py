@@ -35,6 +35,9 @@ SLOW_METHODS = (*(("vms", method) for method in ("snapshot_create", "snapshot_re
 """Calls that copy or rewrite volume data on a node (a forced OVA removal flattens the clones of the VMs made
 from it): they get `SLOW_CALL_TIMEOUT_S`."""
 SLOW_CALL_TIMEOUT_S = 600.0
+SLOW_WHEN = {("vms", "remove"): "volumes"}
+"""Calls that are slow when the keyword named is true (a removal that takes its volumes removes them in the
+call): they get `SLOW_CALL_TIMEOUT_S` then."""
 AREAS = ("cluster", "nodes", "vms", "storage", "provisioner", "networks")
 URI_SCHEME = "pvc://"
 DEFAULT_CONFIG_PATH = Path("~/.config/pvc/pvc.yaml")
@@ -130,7 +133,8 @@ class Connection:
         failures = []
         first = self._preferred
         flavour = BULK if method in BULK_RESULT_METHODS else CONTROL
-        timeout = WAIT_TIMEOUT if kwargs.get("wait") else \
+        timeout = WAIT_TIMEOUT if kwargs.get("wait") else SLOW_CALL_TIMEOUT_S \
+            if kwargs.get(SLOW_WHEN.get((area, method), "")) is True else \
             self.call_timeouts.get((area, method), self.call_timeouts.get(area, self._timeout))
         annotations = Pyro5.api.current_context.annotations
         annotations[request_ids.FIRST_ATTEMPT] = b""

@@ -78,6 +78,7 @@ class Coordinator:
         self.vm_snapshots: VMSnapshots | None = None
         self.mirror_receiver: MirrorReceiver | None = None
         self._next_storage_check = 0.0
+        self._storage_check: threading.Thread | None = None
         self.daemon: AuthenticatingDaemon | None = None
         self.context: CoordinatorContext | None = None
         self.tasks: TaskRunner | None = None
@@ -213,6 +214,21 @@ class Coordinator:
             self._session_lost = False
             self.store.zk.handler.spawn(self._publish)
 
+    def _resolve_storage_intents(self) -> None:
+        """In a thread of its own, one at a time: resolving asks storage nodes to remove volumes (every VM
+        removal that takes its volumes leaves marks here), which may take minutes, while this tick watches
+        for dead nodes and fences them."""
+        if self._storage_check is not None and self._storage_check.is_alive():
+            return
+        def check() -> None:
+            try:
+                self.storage.resolve_orphaned_intents()
+            except Exception as error:
+                log.warning("the storage check did not finish; it runs again within %.0f s: %s",
+                            STORAGE_CHECK_INTERVAL_S, error)
+        self._storage_check = threading.Thread(target=check, daemon=True, name="storage-check")
+        self._storage_check.start()
+
     def _lead(self, leader_node: str) -> None:
         for node in self.monitor.check(leader_node):
             if self.cache.config.get().get("maintenance"):
@@ -225,7 +241,7 @@ class Coordinator:
         choose_router(self.context, leader_node)
         if time.monotonic() >= self._next_storage_check:
             self._next_storage_check = time.monotonic() + STORAGE_CHECK_INTERVAL_S
-            self.storage.resolve_orphaned_intents()
+            self._resolve_storage_intents()
             self.vm_snapshots.resolve_orphaned()
             self.mirror_receiver.resolve_expired()
         autobackup_run.start_when_due(self.context, leader_node)

@@ -57,6 +57,12 @@ def acting(pending: dict[str, Any]) -> bool:
     return pending.get("until", 0.0) > time.time()
 
 
+def expired(pending: dict[str, Any]) -> bool:
+    """Whether the time a node had to act on this intent has passed: its change is over, one way or the other,
+    whether or not the coordinator that recorded it lives."""
+    return "until" in pending and not acting(pending)
+
+
 def begin_remove(store: Store, record: dict[str, Any], coordinator: str) -> None:
     store.transaction().set(schema.volume(record["pool"], record["name"]),
                             {**record, "intent": {"action": "remove", "coordinator": coordinator}}).commit()

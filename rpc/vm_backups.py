@@ -19,7 +19,7 @@ from typing import Any, Callable
 from lxml import etree
 
 from pvc import domain_xml, mirror_manifest, schema, storage_records
-from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound, PVCError
+from pvc.errors import AlreadyExists, Conflict, InvalidInput, NotFound, PVCError, Unavailable
 from pvc.rpc import storage_intents
 from pvc.rpc.areas.storage import STORAGE_ACTION_TIMEOUT_S, StorageArea
 from pvc.rpc.areas.vms import VMsArea
@@ -130,6 +130,7 @@ class VMBackups:
         the restore had come back with no record)."""
         pools = sorted({target.split("/", 1)[0] for target in targets.values()})
         store = self._context.store
+        until = time.time() + STORAGE_ACTION_TIMEOUT_S
         with self._storage._pools_locked(pools):
             for target in targets.values():
                 if self._storage._taken(node, agent_uri, target):
@@ -138,9 +139,15 @@ class VMBackups:
             for old, target in targets.items():
                 new_pool, new_name = target.split("/", 1)
                 storage_intents.begin_new(store, storage_records.volume_record(new_pool, new_name, sizes[old]),
-                                          "clone", self._context.name, until=time.time() + STORAGE_ACTION_TIMEOUT_S)
+                                          "clone", self._context.name, until=until)
             try:
                 made = restore(RESTORE_WITHIN_S)
+            except Unavailable as error:
+                # No answer: the node may be restoring still, and would make a volume after any removal now.
+                # The intents stay; a storage check resolves them once the node's time is up.
+                raise Unavailable(f"{error}; no VM was defined, and the import's volumes are removed once the "
+                                  f"node's time for them ends ({time.strftime('%H:%M:%S', time.localtime(until))})"
+                                  ) from None
             except BaseException:
                 self._remove_new(node, agent_uri, targets)
                 raise

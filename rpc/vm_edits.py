@@ -46,8 +46,11 @@ class VMEditor:
         if kind != "rbd":
             raise InvalidInput(f"unknown volume type {kind!r} (rbd: a PVC volume POOL/VOLUME; file: a host path)")
         pool, name = domain_edit.split_volume(volume)
-        if self._context.store.read(schema.volume(pool, name)) is None:
+        record = self._context.store.read(schema.volume(pool, name))
+        if record is None:
             raise NotFound(f"no volume {pool}/{name} in PVC storage (see 'pvc storage volume list')")
+        if (record.get("intent") or {}).get("action") == "remove":
+            raise Conflict(f"volume {pool}/{name} is being removed")
         users = [user for user in self._context.volume_users(pool, name) if user != vm]
         if users:
             raise Conflict(f"volume {pool}/{name} is used by VM(s) {', '.join(users)}: two guests writing one "

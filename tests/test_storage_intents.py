@@ -14,7 +14,7 @@ from pvc import schema
 
 from conftest import started_cluster
 from helpers import cluster_store, eventually
-from vm_support import restart_node_daemon
+from vm_support import restart_node_daemon, vm_xml
 
 MIB = 1024 * 1024
 
@@ -152,3 +152,24 @@ def test_storage_check_resolves_what_a_dead_coordinator_left(file_storage_cluste
     assert _records(cluster) == {"made": None, "moving": None}
     assert _images(cluster) == ["made", "moving"]
     assert storage.check() == []
+
+
+def test_the_leader_removes_the_volumes_a_vm_removal_marked_and_keeps_one_a_vm_uses_since(file_storage_cluster):
+    """`pvc.rpc.removal` marks a removed VM's volumes in the transaction that forgets the VM; the leader's
+    storage check removes them with nobody asking. A volume that a VM came to use between the mark and the
+    check is kept, its mark dropped."""
+    cluster = file_storage_cluster
+    storage = cluster.client.storage
+    for name in ("unused", "claimed"):
+        storage.volume_add("pool", name, "1M")
+    disk = "<disk type='volume' device='disk'><source pool='pool' volume='claimed'/><target dev='sda' bus='scsi'/>" \
+        "</disk>"
+    cluster.client.vms.define(vm_xml("claimer").replace("</os>", f"</os><devices>{disk}</devices>"), target="hv1")
+    with cluster_store(cluster.local) as store:
+        for name in ("unused", "claimed"):
+            record = store.read(schema.volume("pool", name))
+            store.write(schema.volume("pool", name), {**record, "intent": {"action": "remove", "removal_of": "gone"}})
+
+    assert eventually(lambda: _records(cluster) == {"claimed": None}, 15), _records(cluster)
+    assert _images(cluster) == ["claimed"]
+    assert storage.volume_info("pool", "claimed")["used_by"] == ["claimer"]

@@ -17,8 +17,8 @@ from pvc.node.host_xml import METADATA_NAMESPACE
 from pvc.rpc import removal
 
 from helpers import cluster_store, define_vm, eventually, remove_vm
-from vm_support import (every_daemon_running_and_no_vms_left, new_uuid, pvc, vm_xml, wait_gone,
-                        wait_host_has, wait_running_on)
+from vm_support import (every_daemon_running_and_no_vms_left, new_uuid, pvc, restart_node_daemon, vm_xml,
+                        wait_gone, wait_host_has, wait_running_on)
 
 SETTLE = 3.0
 """Seconds that cover several leader ticks and node passes: long enough for a premature removal to show."""
@@ -140,6 +140,28 @@ def test_a_remove_with_its_volumes_while_the_node_is_down_removes_them_with_the_
             if _record_exists(cluster, vm):
                 vms.remove(vm, wait=True)
         storage.pool_remove("leaving", True)
+
+
+def test_an_undefine_after_a_remove_withdraws_the_volumes_removal(cluster):
+    """`vm remove` recorded while the node is down names the volumes; a `vm undefine` before the node is back
+    keeps them, as it says."""
+    vms, storage = cluster.client.vms, cluster.client.storage
+    storage.pool_add("withdrawn")
+    try:
+        storage.volume_add("withdrawn", "disk", "8M")
+        _define_with_volumes(cluster, "changed-mind", ["withdrawn/disk"], "hv2")
+        cluster.local.stop_daemon("pvcnoded", "hv2")
+        assert vms.remove("changed-mind", volumes=True)["removed"] is False
+        assert vms.remove("changed-mind")["removed"] is False
+
+        restart_node_daemon(cluster, "hv2")
+        assert eventually(lambda: not _record_exists(cluster, "changed-mind"), 20)
+        time.sleep(SETTLE)
+        assert _volume_names(cluster, "withdrawn") == {"disk"}
+    finally:
+        if not cluster.local.daemon_pid("pvcnoded", "hv2"):
+            cluster.local.start_node_daemon("hv2")
+        storage.pool_remove("withdrawn", True)
 
 
 def test_a_remove_that_waits_names_the_volumes_removed_and_the_ones_kept(cluster):

@@ -550,7 +550,19 @@ class StorageArea:
                 log.info("storage pool %s: %s waits until its node gives up, by %s", pool_name, name,
                          time.strftime("%H:%M:%S", time.localtime(current["until"])))
                 continue
-            outcome = storage_intents.resolve(self._context.store, agent, pool_name, name, current)
+            users = self._context.volume_users(pool_name, name) if "removal_of" in current else []
+            if users:
+                storage_intents.settle(self._context.store, pool_name, name)
+                log.warning("storage check: %s/%s is kept: VM(s) %s use it since the removal of %s marked it",
+                            pool_name, name, ", ".join(users), current["removal_of"])
+                continue
+            try:
+                outcome = storage_intents.resolve(self._context.store, agent, pool_name, name, current)
+            except PVCError as error:
+                # One volume the storage cannot act on (an image still open somewhere) must not hold up every
+                # other change in its pool: it is tried again by the next holder of the lock.
+                log.warning("storage check: %s/%s stays unresolved: %s", pool_name, name, error)
+                continue
             if outcome:
                 log.warning("storage check: %s", outcome)
                 done.append(outcome)
@@ -560,13 +572,15 @@ class StorageArea:
         return done
 
     def resolve_orphaned_intents(self) -> None:
-        """For the leader: resolve the intents recorded by coordinators that are gone, and the volumes a VM's
-        removal marked (`pvc.rpc.removal`), pool by pool, without waiting for a lock another change holds.
+        """For the leader: resolve the intents recorded by coordinators that are gone or whose node's time to act
+        has passed, and the volumes a VM's removal marked (`pvc.rpc.removal`), pool by pool, without waiting for
+        a lock another change holds.
 
         :raises Unavailable: no coordinator answered (nothing else: it refuses nothing)
         """
         zk = self._context.store.zk
-        pools = {pool for (pool, _name), pending in self._intents().items() if "removal_of" in pending
+        pools = {pool for (pool, _name), pending in self._intents().items()
+                 if "removal_of" in pending or storage_intents.expired(pending)
                  or zk.exists(schema.live_coordinator(pending.get("coordinator", "?"))) is None}
         for pool in sorted(pools):
             try:

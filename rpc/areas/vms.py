@@ -266,13 +266,16 @@ class VMsArea:
             if force:
                 spec = raw[OWN_VALUE]
                 removal.delete(self._context.store, vm, spec["uuid"], users=self._volume_users,
-                               volumes=(spec.get("volumes") or []) if volumes else spec.get("remove_volumes") or [])
+                               volumes=(spec.get("volumes") or []) if volumes else [])
                 return raw
             desired = self._control.desired(vm)
-            marked = {**desired.spec, "remove_volumes": desired.spec.get("volumes") or []} \
-                if volumes and "remove_volumes" not in desired.spec else None
-            if desired.state != removal.REMOVE or marked is not None:
-                self._control.record(vm, desired, state=removal.REMOVE, spec=marked)
+            spec = {key: value for key, value in desired.spec.items() if key != "remove_volumes"}
+            if volumes:
+                spec["remove_volumes"] = spec.get("volumes") or []
+            # A later `vm undefine` withdraws the volumes' removal, as a `vm remove` adds it.
+            changed = spec if spec != desired.spec else None
+            if desired.state != removal.REMOVE or changed is not None:
+                self._control.record(vm, desired, state=removal.REMOVE, spec=changed)
             return raw
 
         # A move just answered may still be recorded as done by the leader under the removal's read: it decides
