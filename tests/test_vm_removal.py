@@ -164,6 +164,31 @@ def test_an_undefine_after_a_remove_withdraws_the_volumes_removal(cluster):
         storage.pool_remove("withdrawn", True)
 
 
+def test_a_volume_another_change_held_when_its_vm_was_forgotten_goes_once_that_change_is_over(cluster):
+    """The transaction that forgets the VM does not mark a volume that carries another change's intent (here one
+    left by a coordinator cut off mid-creation); the coordinator removes it once it holds the pool's lock, which
+    resolves that intent first."""
+    vms, storage = cluster.client.vms, cluster.client.storage
+    storage.pool_add("held")
+    try:
+        for volume in ("plain", "busy"):
+            storage.volume_add("held", volume, "8M")
+        _define_with_volumes(cluster, "holder-vm", ["held/plain", "held/busy"], "hv1")
+        with cluster_store(cluster.local) as store:
+            record = store.read(schema.volume("held", "busy"))
+            store.write(schema.volume("held", "busy"), {**record, "intent": {
+                "action": "create", "coordinator": cluster.local.coordinator_names[0]}})
+
+        answer = pvc(cluster, "vm", "remove", "holder-vm", "--yes", "--wait")
+
+        assert answer.exit_code == 0, answer.output
+        assert sorted(answer.stdout.splitlines()) == ["removed VM holder-vm", "removed volume held/busy",
+                                                      "removed volume held/plain"]
+        assert _volume_names(cluster, "held") == set()
+    finally:
+        storage.pool_remove("held", True)
+
+
 def test_a_remove_that_waits_names_the_volumes_removed_and_the_ones_kept(cluster):
     vms, storage = cluster.client.vms, cluster.client.storage
     storage.pool_add("named")

@@ -249,14 +249,19 @@ class StorageArea:
             record = self._require_volume(pool, name)[OWN_VALUE]
             self._refuse_if_mirror(pool, name, "remove")
             self._refuse_if_used(pool, name, "remove", force)
-            agent = self._pool_agent(pool)
-            store = self._context.store
-            storage_intents.begin_remove(store, record, self._context.name)
-            try:
-                agent("volume_remove", pool, name)
-                storage_intents.forget(store, pool, name)
-            finally:
-                self._volumes.refresh(schema.volume_key(pool, name))
+            self._remove_locked(record)
+
+    def _remove_locked(self, record: dict[str, Any]) -> None:
+        """Remove the volume `record` names, its pool's lock held: its intent first, then the storage's action."""
+        pool, name = record["pool"], record["name"]
+        agent = self._pool_agent(pool)
+        store = self._context.store
+        storage_intents.begin_remove(store, record, self._context.name)
+        try:
+            agent("volume_remove", pool, name)
+            storage_intents.forget(store, pool, name)
+        finally:
+            self._volumes.refresh(schema.volume_key(pool, name))
 
     def volume_resize(self, pool: str, name: str, size: int | str, allow_shrink: bool = False) -> dict[str, Any]:
         """Grow a volume (or, with `allow_shrink`, shrink it, losing what lies beyond the new end).
@@ -595,7 +600,9 @@ class StorageArea:
         for pool in sorted({volume.partition("/")[0] for volume in volumes}):
             try:
                 with self._pool_lock(pool):
-                    pass
+                    for volume in volumes:
+                        if volume.partition("/")[0] == pool:
+                            self._remove_unmarked(vm, volume)
             except PVCError as error:
                 log.info("the volumes of removed VM %s in pool %s go later: %s", vm, pool, error)
         removed, kept = [], []
@@ -612,6 +619,16 @@ class StorageArea:
                          else "its removal waits for a storage node; it goes within seconds of one answering"
                          if pending.get("removal_of") == vm else "another change held it"})
         return {"volumes_removed": removed, "volumes_kept": kept}
+
+    def _remove_unmarked(self, vm: str, volume: str) -> None:
+        """A volume of removed VM `vm` left unmarked, and now free: another change held it when the VM was
+        forgotten, or wrote its record back over the mark. Its pool's lock held, it goes as the mark would."""
+        pool, _, name = volume.partition("/")
+        record = self._context.store.read(schema.volume(pool, name))
+        if record is None or record.get("intent") or self._context.volume_users(pool, name):
+            return
+        log.info("%s: removing its volume %s, which was not marked for removal with it", vm, volume)
+        self._remove_locked(record)
 
     def _pool_record(self, name: str) -> dict[str, Any] | None:
         raw = self._pools.get(name)
