@@ -4,9 +4,11 @@ or marked removed, and leaves domains defined by hand alone.
 
 "On a host" is always read from that host's own libvirtd (`host_domains`), never from ZooKeeper.
 """
+import contextlib
 import os
 import signal
 import time
+from typing import Iterator
 
 import libvirt
 import pytest
@@ -109,37 +111,43 @@ def _define_with_volumes(cluster, vm: str, volumes: list[str], target: str) -> N
     cluster.client.vms.define(vm_xml(vm).replace("</os>", f"</os><devices>{disks}</devices>"), target=target)
 
 
+@contextlib.contextmanager
+def _sharing(cluster, pool: str, first: str, second: str, node: str) -> Iterator[None]:
+    """Pool `pool` with volumes ``own`` and ``shared``: VM `first` uses both, VM `second` the shared one. The
+    VMs left and the pool go afterwards."""
+    storage = cluster.client.storage
+    storage.pool_add(pool)
+    try:
+        for volume in ("own", "shared"):
+            storage.volume_add(pool, volume, "8M")
+        for vm, disks in ((first, ["own", "shared"]), (second, ["shared"])):
+            _define_with_volumes(cluster, vm, [f"{pool}/{disk}" for disk in disks], node)
+        yield
+    finally:
+        for vm in (first, second):
+            if _record_exists(cluster, vm):
+                cluster.client.vms.remove(vm, wait=True)
+        storage.pool_remove(pool, True)
+
+
 def test_a_remove_with_its_volumes_while_the_node_is_down_removes_them_with_the_record_and_keeps_a_shared_one(
         cluster):
     """The volumes go with the record, whoever forgets it: here the leader, once the node is back, with no
     client waiting. A volume another VM also uses is kept. (The client had removed the volumes after the VM,
     and a client that gave up or died between the two left them for good.)"""
-    vms, storage = cluster.client.vms, cluster.client.storage
-    storage.pool_add("leaving")
-    try:
-        for volume in ("own", "shared"):
-            storage.volume_add("leaving", volume, "8M")
-        for vm, disks in (("leaver", ["own", "shared"]), ("stayer", ["shared"])):
-            _define_with_volumes(cluster, vm, [f"leaving/{disk}" for disk in disks], "hv2")
+    with _sharing(cluster, "leaving", "leaver", "stayer", "hv2"):
         cluster.local.stop_daemon("pvcnoded", "hv2")
-
-        answer = pvc(cluster, "vm", "remove", "leaver", "--yes")
-        assert answer.exit_code == 0 and "its volumes are removed then" in answer.stdout, answer.output
-        time.sleep(SETTLE)
-        assert _volume_names(cluster, "leaving") == {"own", "shared"}, "nothing goes before the node confirms"
-
-        cluster.local.start_node_daemon("hv2")
+        try:
+            answer = pvc(cluster, "vm", "remove", "leaver", "--yes")
+            assert answer.exit_code == 0 and "its volumes are removed then" in answer.stdout, answer.output
+            time.sleep(SETTLE)
+            assert _volume_names(cluster, "leaving") == {"own", "shared"}, "nothing goes before the node confirms"
+        finally:
+            restart_node_daemon(cluster, "hv2")
         assert eventually(lambda: not _record_exists(cluster, "leaver"), 20)
         assert eventually(lambda: _volume_names(cluster, "leaving") == {"shared"}, 15), \
             _volume_names(cluster, "leaving")
-        assert storage.volume_info("leaving", "shared")["used_by"] == ["stayer"]
-    finally:
-        if not cluster.local.daemon_pid("pvcnoded", "hv2"):
-            cluster.local.start_node_daemon("hv2")
-        for vm in ("leaver", "stayer"):
-            if _record_exists(cluster, vm):
-                vms.remove(vm, wait=True)
-        storage.pool_remove("leaving", True)
+        assert cluster.client.storage.volume_info("leaving", "shared")["used_by"] == ["stayer"]
 
 
 def test_an_undefine_after_a_remove_withdraws_the_volumes_removal(cluster):
@@ -190,14 +198,7 @@ def test_a_volume_another_change_held_when_its_vm_was_forgotten_goes_once_that_c
 
 
 def test_a_remove_that_waits_names_the_volumes_removed_and_the_ones_kept(cluster):
-    vms, storage = cluster.client.vms, cluster.client.storage
-    storage.pool_add("named")
-    try:
-        for volume in ("own", "shared"):
-            storage.volume_add("named", volume, "8M")
-        for vm, disks in (("named-a", ["own", "shared"]), ("named-b", ["shared"])):
-            _define_with_volumes(cluster, vm, [f"named/{disk}" for disk in disks], "hv1")
-
+    with _sharing(cluster, "named", "named-a", "named-b", "hv1"):
         answer = pvc(cluster, "vm", "remove", "named-a", "--yes", "--wait")
 
         assert answer.exit_code == 1
@@ -205,10 +206,6 @@ def test_a_remove_that_waits_names_the_volumes_removed_and_the_ones_kept(cluster
         assert "VM named-a is removed, but these volumes are kept: named/shared (used by VM(s) named-b)" \
             in answer.output
         assert _volume_names(cluster, "named") == {"shared"}
-    finally:
-        if _record_exists(cluster, "named-b"):
-            vms.remove("named-b", wait=True)
-        storage.pool_remove("named", True)
 
 
 def test_a_forced_remove_answers_at_once_while_the_vms_node_is_frozen_and_the_node_undefines_it_after(cluster):
