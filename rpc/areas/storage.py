@@ -594,7 +594,7 @@ class StorageArea:
             except Exception as error:
                 log.info("storage pool %s: its unfinished changes are resolved later: %s", pool, error)
 
-    def removed_with(self, vm: str, volumes: list[str]) -> dict[str, Any]:
+    def _removed_with(self, vm: str, volumes: list[str]) -> dict[str, Any]:
         """Remove the volumes that the removal of `vm` marked (by taking their pools' locks, which resolves the
         marks); which of `volumes` are gone, and which are kept and why."""
         for pool in sorted({volume.partition("/")[0] for volume in volumes}):

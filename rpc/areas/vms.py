@@ -299,7 +299,7 @@ class VMsArea:
         self._control.forget_lock(vm)
         if not volumes:
             return {"name": vm, "removed": True}
-        return {"name": vm, "removed": True, **self.storage.removed_with(vm, raw[OWN_VALUE].get("volumes") or [])}
+        return {"name": vm, "removed": True, **self.storage._removed_with(vm, raw[OWN_VALUE].get("volumes") or [])}
 
     def _volume_users(self, volume: str) -> list[str]:
         return removal.volume_users(self._context.cache.vms, volume)
