@@ -59,6 +59,12 @@ RETRY_FIRST_S = 10.0
 RETRY_MAX_S = 300.0
 """A failed recovery is tried again after `RETRY_FIRST_S`, then after twice as long each time, at most
 `RETRY_MAX_S` apart (`retry_delay`)."""
+RETARGET_ATTEMPTS = 3
+"""Targets a recovered VM's start is recorded on before it is given up as having no running node to go to."""
+
+
+class TargetGone(Exception):
+    """The node chosen for a recovered VM's start no longer runs: another is chosen."""
 
 
 def volumes_on(vms: dict[str, dict[str, Any]], node: str) -> list[str]:
@@ -312,11 +318,22 @@ class RecoveryExecution(TaskExecution):
         after the other by the task's own thread, the records set the pace of a large recovery. A target that
         no longer runs (it died after the batch was chosen) gives way to one chosen now: a start recorded on a
         dead node had waited out its whole deadline, counted as that node's recovery's, which had listed its
-        VMs already, and the VM stayed down."""
-        target = self._running_target(name, target)
+        VMs already, and the VM stayed down. The record checks that the target's daemon state is still the one
+        that said it runs, so a target that dies between that look and the record (its recovery listing its VMs
+        in the gap) is chosen again too."""
+        for _attempt in range(RETARGET_ATTEMPTS):
+            target = self._running_target(name, target)
+            if target is None:
+                break
+            try:
+                recorded = self._record(name, self._start_on(target))
+                break
+            except TargetGone:
+                continue
+        else:
+            target = None
         if target is None:
             return name, "no running node can take it now (its chosen node no longer runs)"
-        recorded = self._record(name, self._start_on(target))
         if not recorded:
             with self._progress_lock:
                 self.task["total"] -= 1
@@ -379,8 +396,11 @@ class RecoveryExecution(TaskExecution):
         def decide(current: Desired) -> Decision | None:
             if not self._still_here(current):
                 return None
+            state, stat = daemon_state(self._context, target)
+            if state != "run":
+                raise TargetGone(target)
             return Decision({"state": "start", "placement": {"node": target, "last_node": self.task["node"]}},
-                            [target], "moved")
+                            [target], "moved", checks=((schema.node_key(target, "daemon_state"), stat.version),))
         return decide
 
     def _stopped(self, reason: str) -> Callable[[Desired], Decision | None]:

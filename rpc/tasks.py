@@ -55,6 +55,8 @@ class Decision:
     changes: dict[str, Any]
     nodes: list[str | None]
     outcome: str
+    checks: tuple[tuple[str, int], ...] = ()
+    """Znodes (path, version) that must be unchanged when the decision is written, in the same transaction."""
 
 
 def with_desired(raw: dict[str, Any], current: Desired) -> dict[str, Any]:
@@ -426,7 +428,8 @@ class TaskExecution:
                     if "placement" in changes:
                         changes["placement"] = {**changes["placement"], "task": self.task["id"]}
                     try:
-                        zxid = self._control.record(name, current, leader_node=self._leader_node, **changes)
+                        zxid = self._control.record(name, current, leader_node=self._leader_node,
+                                                    checks=decision.checks, **changes)
                     except Superseded:
                         continue
                     with self._progress_lock:

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from kazoo.exceptions import LockTimeout, NoNodeError, NotEmptyError
 
@@ -256,11 +256,12 @@ class VMControl:
         return read_desired(self._context.store, name)
 
     def record(self, name: str, read: Desired, state: str | None = None, placement: dict[str, Any] | None = None,
-               spec: dict[str, Any] | None = None, leader_node: str | None = None) -> int:
+               spec: dict[str, Any] | None = None, leader_node: str | None = None,
+               checks: Sequence[tuple[str, int]] = ()) -> int:
         """Write the given parts of the VM's desired state (`write_desired`), and show them to the next read (from
         what was written, without reading it back; a write that failed is read); the zxid of the write."""
         try:
-            zxid = write_desired(self._context.store, name, read, state, placement, spec, leader_node)
+            zxid = write_desired(self._context.store, name, read, state, placement, spec, leader_node, checks)
         except BaseException:
             self._context.cache.vms.refresh(name)
             raise
@@ -299,14 +300,15 @@ def refuse_mirror(name: str, read: Desired) -> None:
 
 def write_desired(store: Store, name: str, read: Desired, state: str | None = None,
                   placement: dict[str, Any] | None = None, spec: dict[str, Any] | None = None,
-                  leader_node: str | None = None) -> int:
+                  leader_node: str | None = None, checks: Sequence[tuple[str, int]] = ()) -> int:
     """Write the given parts of a VM's desired state in one transaction (returns its zxid): the one way a
     coordinator changes it
     (its commands, the leader's tasks, the leader recording a node's request).
 
     The transaction checks that every part (spec, state, placement) is still at the version `read` found,
     written or not, so a change made since (a command answered meanwhile) wins and this write raises
-    `Superseded`; with `leader_node`, it also checks the writer still leads. A placement written moves the
+    `Superseded`; with `leader_node`, it also checks the writer still leads, and each of `checks` (path, version)
+    that a znode the write depends on has not changed. A placement written moves the
     VM's node index entry in the same transaction (`pvc.node_index`). A mirror (`schema.MIRROR_STATE`)
     takes no other state than ``remove``, whoever asks: its disks follow another cluster's VM until it is
     promoted (`pvc.rpc.mirror.receive`, which writes its state itself)."""
@@ -320,6 +322,8 @@ def write_desired(store: Store, name: str, read: Desired, state: str | None = No
             transaction.check(paths[part], read.versions[part])
         else:
             transaction.set(paths[part], values[part], version=read.versions[part])
+    for path, version in checks:
+        transaction.check(path, version)
     if placement is not None:
         node_index.place(store, transaction, name, read.placement.get("node"), placement.get("node"))
     try:

@@ -13,6 +13,7 @@ import pytest
 
 from pvc import schema
 from pvc.rpc.agents import NodeAgents
+from pvc.rpc.recovery import RecoveryExecution
 
 from coordinator_support import coordinator_in_process
 from helpers import cluster_store, eventually
@@ -118,3 +119,36 @@ def test_a_recovery_whose_chosen_node_dies_meanwhile_starts_the_rest_on_a_node_t
             assert eventually(lambda: (client.nodes.info(node)["recovery"] or {}).get("state") == "done", 10), \
                 client.nodes.info(node)["recovery"]
         assert_no_vm_on_two_hosts(fresh_cluster)
+
+
+@pytest.mark.cluster(nodes=3)
+def test_a_target_that_stops_running_between_the_recoverys_look_and_its_record_is_not_recorded(fresh_cluster,
+                                                                                                mocker):
+    """The recovery looks at its chosen node's state, then records the start there. That node is marked dead
+    right between the two (here by the test, as the leader's monitor would): the record, which checks the state
+    it looked at, fails, and the VM goes to the other node. Recorded on the dead node, its start had waited on a
+    node whose own recovery may have listed its VMs already (here that node's daemon lives on, and would have
+    started it: a start on a node marked dead)."""
+    local = fresh_cluster.local
+    looked = RecoveryExecution._running_target
+    marked: list[str] = []
+
+    def marked_dead_right_after(execution, name, target):
+        chosen = looked(execution, name, target)
+        if chosen is not None and not marked:
+            with cluster_store(local) as store:
+                store.write(schema.node_key(chosen, "daemon_state"), "dead")
+            marked.append(chosen)
+        return chosen
+    with coordinator_in_process(local) as (_coordinator, client):
+        client.cluster.config(fence_chain=["none"])
+        client.vms.define(vm_xml("between"), target="hv1")
+        client.vms.start("between", wait=True)
+        mocker.patch.object(RecoveryExecution, "_running_target", marked_dead_right_after)
+        local.stop_daemon("pvcnoded", "hv1", kill=True)
+        assert eventually(lambda: client.nodes.info("hv1")["daemon_state"] == "dead", DETECTION_S)
+        local.host("hv1").power_off()
+        client.nodes.fence_confirm("hv1")
+        assert eventually(lambda: marked, 15), "the recovery chose no node"
+        other = next(node for node in ("hv2", "hv3") if node != marked[0])
+        wait_running_on(fresh_cluster, "between", other, timeout=20)
