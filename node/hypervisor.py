@@ -613,6 +613,16 @@ class DomainActions:
             log.warning("%s", error)
             return None
 
+    def job_under_way(self, name: str) -> bool | None:
+        """Whether this host's libvirt runs a job on `name` now (a peer-to-peer migration goes on in libvirtd
+        after the client that asked for it is gone); None when libvirt could not be asked."""
+        try:
+            return bool(self._on_domain("job check", name,
+                                        lambda domain: domain.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE))
+        except (OperationFailed, Unavailable) as error:
+            log.warning("%s", error)
+            return None
+
     def peer_copy_state(self, uri: str, name: str, timeout: float) -> str | None:
         """`copy_state` asked of another host's libvirtd at `uri` (a live migration's target), over a
         connection of its own; None when it did not answer within `timeout`. While an earlier ask of that host

@@ -496,13 +496,15 @@ class Reconciler:
         """Where a live migration that failed left the VM: ``here`` once the target's libvirt answers that it
         has no copy, or the target is fenced (confirmed off); ``there`` once the target runs it and the copy
         here runs no guest code (it is stopped first); None while either is not known (a host that does not
-        answer, a target copy still paused)."""
+        answer, a target copy still paused, a job still under way here)."""
         if self._fenced(target) is not None:
             return "here"
         uri = (self._store.read(schema.node(target)) or {}).get("migration_uri")
         there = self._actions.peer_copy_state(uri, name, PEER_ASK_TIMEOUT_S) if uri else None
         if there == "off":
-            return "here"
+            # Not while this host's libvirtd still runs a job on it: a migration whose daemon died goes on
+            # there, and its target has no copy yet while it connects, or one not yet started.
+            return "here" if self._actions.job_under_way(name) is False else None
         if there != "running" or self._actions.copy_state(name) not in ("off", "paused"):
             return None
         self._actions.stop(name)
@@ -513,10 +515,11 @@ class Reconciler:
         daemon stopped between naming the target and libvirt's answer: ask again. Returns the VM's report while
         it stays unsettled; None once it ran here all along, the status no longer naming the target.
 
-        A failure that libvirt reported is kept aside (``migration_error``), and a VM it left here is placed back
-        here with it. Without one, the migration never ran or this daemon never heard how it ended: the VM,
-        shown here and not on the target, is moved as its placement still says (the move had been answered as
-        failed, "see the node log", though nothing had failed)."""
+        A failure that libvirt reported is kept aside (``migration_error``), and a call that did not end in time
+        leaves its reason (``unknown``): a VM either one left here is placed back here with it. Without either,
+        the migration never ran or this daemon never heard how it ended: the VM, shown here with no job under
+        way and not on the target, is moved as its placement still says (the move had been answered as failed,
+        "see the node log", though nothing had failed)."""
         status = raw["status"]
         target = status["migrating_to"]
         outcome = self._migration_outcome(name, target)
@@ -526,7 +529,7 @@ class Reconciler:
             log.info("%s: the live migration to %s that failed had moved it", name, target)
             self._record_moved(name, raw, target)
             return {"node": target, "running": True}
-        reason = status.get("migration_error")
+        reason = status.get("migration_error") or status.get("unknown")
         if reason and (raw.get("placement") or {}).get("node") != self.node:
             return self._keep_here(name, raw, reason)
         if not reason:
