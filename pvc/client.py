@@ -133,9 +133,9 @@ class Connection:
         failures = []
         first = self._preferred
         flavour = BULK if method in BULK_RESULT_METHODS else CONTROL
-        timeout = WAIT_TIMEOUT if kwargs.get("wait") else SLOW_CALL_TIMEOUT_S \
-            if kwargs.get(SLOW_WHEN.get((area, method), "")) is True else \
-            self.call_timeouts.get((area, method), self.call_timeouts.get(area, self._timeout))
+        timeout = max(WAIT_TIMEOUT if kwargs.get("wait") else 0.0,
+                      SLOW_CALL_TIMEOUT_S if kwargs.get(SLOW_WHEN.get((area, method), "")) is True else 0.0,
+                      self.call_timeouts.get((area, method), self.call_timeouts.get(area, self._timeout)))
         annotations = Pyro5.api.current_context.annotations
         annotations[request_ids.FIRST_ATTEMPT] = b""
         try:

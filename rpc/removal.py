@@ -45,9 +45,11 @@ def volume_users(vms: WatchedCollection, volume: str) -> list[str]:
                   if volume in ((raw.get(OWN_VALUE) or {}).get("volumes") or []))
 
 
-def finish(store: Store, name: str, users: Users, leader_node: str | None = None) -> bool:
+def finish(store: Store, name: str, users: Users, leader_node: str | None = None,
+           held: list[str] | None = None) -> bool:
     """Delete the record of VM `name` if it is marked removed and its node confirmed (or cannot hold it any
-    more), marking the volumes it names for removal; True when no record remains."""
+    more), marking the volumes it names for removal; True when no record remains. When this call deleted it,
+    the volumes to remove that another change held (so unmarked) are added to `held`."""
     zk = store.zk
     try:
         state, state_stat = _read(store, schema.vm_key(name, "state"))
@@ -72,8 +74,10 @@ def finish(store: Store, name: str, users: Users, leader_node: str | None = None
         log.warning("%s: its node(s) %s are fenced or gone; forgetting it without their report", name,
                     ", ".join(sorted(holders)))
     try:
-        delete(store, name, (spec or {}).get("uuid"), leader_node, state_version=state_stat.version,
-               volumes=(spec or {}).get("remove_volumes") or [], users=users)
+        unmarked = delete(store, name, (spec or {}).get("uuid"), leader_node, state_version=state_stat.version,
+                          volumes=(spec or {}).get("remove_volumes") or [], users=users)
+        if held is not None:
+            held.extend(unmarked)
     except PVCError as error:
         log.info("forgetting %s lost a race (%s)", name, error)
     gone = zk.exists(schema.vm(name)) is None
@@ -83,16 +87,17 @@ def finish(store: Store, name: str, users: Users, leader_node: str | None = None
 
 
 def delete(store: Store, name: str, uuid: str | None, leader_node: str | None = None,
-           state_version: int = -1, volumes: Sequence[str] = (), users: Users = lambda _volume: []) -> None:
+           state_version: int = -1, volumes: Sequence[str] = (), users: Users = lambda _volume: []) -> list[str]:
     """Delete the VM's record (children first), its node index entry and its UUID's entry while it names this
     VM, and mark `volumes` for removal (those no other VM uses), in one transaction (checking the state's
-    version, when given, and the placement's)."""
+    version, when given, and the placement's). Returns the volumes left unmarked because another change held
+    them: the caller that deleted the record removes them once that change is over."""
     zk = store.zk
     transaction = store.transaction(leader_node)
     if state_version >= 0:
         transaction.check(schema.vm_key(name, "state"), state_version)
-    for volume in volumes:
-        _mark_for_removal(store, transaction, name, volume, users)
+    held = [volume for volume in volumes if not _mark_for_removal(store, transaction, name, volume, users)
+            and not any(user != name for user in users(volume))]
     node_index.forget(store, transaction, name)
     transaction.delete_tree([f"{schema.vm(name)}/{child}" for child in store.children(schema.vm(name))]
                             + [schema.vm(name)])
@@ -104,22 +109,25 @@ def delete(store: Store, name: str, uuid: str | None, leader_node: str | None = 
         if schema.decode(owner) == name:
             transaction.delete(schema.vm_uuid(uuid), version=uuid_stat.version)
     transaction.commit()
+    return held
 
 
-def _mark_for_removal(store: Store, transaction, vm: str, volume: str, users: Users) -> None:
+def _mark_for_removal(store: Store, transaction, vm: str, volume: str, users: Users) -> bool:
+    """Whether `volume` is marked for removal in `transaction` (or is gone already)."""
     pool, _, name = volume.partition("/")
     try:
         data, stat = store.zk.get(schema.volume(pool, name))
     except NoNodeError:
-        return
+        return True
     record = schema.decode(data)
     others = [user for user in users(volume) if user != vm]
     if others or record.get("intent"):
         log.warning("%s: volume %s is kept: %s", vm, volume, f"VM(s) {', '.join(others)} use it" if others
                     else f"another change holds it ({record['intent'].get('action')})")
-        return
+        return False
     transaction.set(schema.volume(pool, name), {**record, "intent": {"action": "remove", "removal_of": vm}},
                     version=stat.version)
+    return True
 
 
 def _cannot_hold(store: Store, node: str) -> bool:

@@ -130,12 +130,12 @@ class VMBackups:
         the restore had come back with no record)."""
         pools = sorted({target.split("/", 1)[0] for target in targets.values()})
         store = self._context.store
-        until = time.time() + STORAGE_ACTION_TIMEOUT_S
         with self._storage._pools_locked(pools):
             for target in targets.values():
                 if self._storage._taken(node, agent_uri, target):
                     raise AlreadyExists(f"volume '{target}' exists already (in the storage, if not in `pvc storage "
                                         "volume list`); nothing was imported")
+            until = time.time() + STORAGE_ACTION_TIMEOUT_S  # the node's deadline ends a minute before
             for old, target in targets.items():
                 new_pool, new_name = target.split("/", 1)
                 storage_intents.begin_new(store, storage_records.volume_record(new_pool, new_name, sizes[old]),

@@ -7,6 +7,7 @@ or marked removed, and leaves domains defined by hand alone.
 import contextlib
 import os
 import signal
+import threading
 import time
 from typing import Iterator
 
@@ -99,6 +100,11 @@ def test_remove_while_the_node_daemon_is_down_leaves_no_domain_behind_once_it_re
     vms.define(vm_xml("orphan-risk", uuid=uuid), target="hv1")  # name and UUID are free again
 
 
+def _spec(cluster, vm: str) -> dict | None:
+    with cluster_store(cluster.local) as store:
+        return store.read(schema.vm(vm))
+
+
 def _volume_names(cluster, pool: str) -> set[str]:
     return {volume["name"] for volume in cluster.client.storage.volume_list(pool)}
 
@@ -152,17 +158,24 @@ def test_a_remove_with_its_volumes_while_the_node_is_down_removes_them_with_the_
 
 def test_an_undefine_after_a_remove_withdraws_the_volumes_removal(cluster):
     """`vm remove` recorded while the node is down names the volumes; a `vm undefine` before the node is back
-    keeps them, as it says."""
+    keeps them, as it says, though the remove still waits for the node: it removes only what the transaction
+    that forgot the VM marked."""
     vms, storage = cluster.client.vms, cluster.client.storage
     storage.pool_add("withdrawn")
     try:
         storage.volume_add("withdrawn", "disk", "8M")
         _define_with_volumes(cluster, "changed-mind", ["withdrawn/disk"], "hv2")
         cluster.local.stop_daemon("pvcnoded", "hv2")
-        assert vms.remove("changed-mind", volumes=True)["removed"] is False
+        answers = []
+        waiting = threading.Thread(target=lambda: answers.append(vms.remove("changed-mind", volumes=True,
+                                                                            wait=True)))
+        waiting.start()
+        assert eventually(lambda: "remove_volumes" in (_spec(cluster, "changed-mind") or {}), 10)
         assert vms.remove("changed-mind")["removed"] is False
 
         restart_node_daemon(cluster, "hv2")
+        waiting.join(30)
+        assert answers and answers[0]["removed"] and answers[0]["volumes_removed"] == [], answers
         assert eventually(lambda: not _record_exists(cluster, "changed-mind"), 20)
         time.sleep(SETTLE)
         assert _volume_names(cluster, "withdrawn") == {"disk"}

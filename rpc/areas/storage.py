@@ -594,13 +594,14 @@ class StorageArea:
             except Exception as error:
                 log.info("storage pool %s: its unfinished changes are resolved later: %s", pool, error)
 
-    def _removed_with(self, vm: str, volumes: list[str]) -> dict[str, Any]:
+    def _removed_with(self, vm: str, volumes: list[str], held: list[str]) -> dict[str, Any]:
         """Remove the volumes that the removal of `vm` marked (by taking their pools' locks, which resolves the
-        marks); which of `volumes` are gone, and which are kept and why."""
+        marks), and those of `held`, which the transaction that forgot the VM (this caller's) left unmarked
+        because another change held them; which of `volumes` are gone, and which are kept and why."""
         for pool in sorted({volume.partition("/")[0] for volume in volumes}):
             try:
                 with self._pool_lock(pool):
-                    for volume in volumes:
+                    for volume in held:
                         if volume.partition("/")[0] == pool:
                             self._remove_unmarked(vm, volume)
             except PVCError as error:
@@ -617,12 +618,13 @@ class StorageArea:
             users = self._context.volume_users(pool, name)
             kept.append({"volume": volume, "why": f"used by VM(s) {', '.join(users)}" if users
                          else "its removal waits for a storage node; it goes within seconds of one answering"
-                         if pending.get("removal_of") == vm else "another change held it"})
+                         if pending.get("removal_of") == vm else "not marked for removal: another change held it, "
+                         "or a vm undefine withdrew its removal"})
         return {"volumes_removed": removed, "volumes_kept": kept}
 
     def _remove_unmarked(self, vm: str, volume: str) -> None:
         """A volume of removed VM `vm` left unmarked, and now free: another change held it when the VM was
-        forgotten, or wrote its record back over the mark. Its pool's lock held, it goes as the mark would."""
+        forgotten. Its pool's lock held (that change is over), it goes as the mark would."""
         pool, _, name = volume.partition("/")
         record = self._context.store.read(schema.volume(pool, name))
         if record is None or record.get("intent") or self._context.volume_users(pool, name):
