@@ -10,6 +10,8 @@ Each result says which of these happened: ``applied`` is ``live``, ``restarting`
 """
 from typing import Any, Callable
 
+from kazoo.exceptions import NoNodeError
+
 from pvc import domain_edit, domain_xml, models, placement, schema
 from pvc.cache import OWN_VALUE
 from pvc.errors import Conflict, InvalidInput, NotFound, PVCError
@@ -46,17 +48,20 @@ class VMEditor:
         if kind != "rbd":
             raise InvalidInput(f"unknown volume type {kind!r} (rbd: a PVC volume POOL/VOLUME; file: a host path)")
         pool, name = domain_edit.split_volume(volume)
-        record = self._context.store.read(schema.volume(pool, name))
-        if record is None:
-            raise NotFound(f"no volume {pool}/{name} in PVC storage (see 'pvc storage volume list')")
-        if (record.get("intent") or {}).get("action") == "remove":
+        try:
+            data, stat = self._context.store.zk.get(schema.volume(pool, name))
+        except NoNodeError:
+            raise NotFound(f"no volume {pool}/{name} in PVC storage (see 'pvc storage volume list')") from None
+        if ((schema.decode(data) or {}).get("intent") or {}).get("action") == "remove":
             raise Conflict(f"volume {pool}/{name} is being removed")
         users = [user for user in self._context.volume_users(pool, name) if user != vm]
         if users:
             raise Conflict(f"volume {pool}/{name} is used by VM(s) {', '.join(users)}: two guests writing one "
                            "volume corrupt it")
+        # The VM's write checks the volume's record is as read: a removal marked meanwhile wins.
         return self._edit(vm, f"volume {pool}/{name} attached",
-                          lambda xml: domain_edit.add_volume(xml, volume, target, bus), restart, live, None)
+                          lambda xml: domain_edit.add_volume(xml, volume, target, bus), restart, live, None,
+                          checks=((schema.volume(pool, name), stat.version),))
 
     def remove_volume(self, vm: str, volume: str, restart: bool, live: bool) -> dict[str, Any]:
         if volume.startswith("/"):
@@ -79,7 +84,8 @@ class VMEditor:
                           lambda edited: [{"kind": "detach", "value": device} for device in edited.devices])
 
     def _edit(self, vm: str, change: str, edit: Callable[[str], domain_edit.Edited], restart: bool, live: bool,
-              live_changes: Callable[[domain_edit.Edited], list[dict[str, Any]]] | None) -> dict[str, Any]:
+              live_changes: Callable[[domain_edit.Edited], list[dict[str, Any]]] | None,
+              checks: tuple[tuple[str, int], ...] = ()) -> dict[str, Any]:
         with self._control.locked(vm):
             current = self._control.desired(vm)
             raw = {**self._control.raw(vm), OWN_VALUE: current.spec, "state": current.state,
@@ -92,7 +98,7 @@ class VMEditor:
             new_spec = {**spec, **self._spec_of(domain), "generation": spec.get("generation", 1) + 1}
             placement.check_fits_a_node(self._context.node_views(), new_spec)
             self._control.record(vm, current, spec=new_spec,
-                                 state="restart" if restart and running else None)
+                                 state="restart" if restart and running else None, checks=checks)
         node = raw["placement"]["node"]
         applied, reason = self._applied(vm, node, raw, edited, restart, live, live_changes)
         self._control.converge(vm, [node], wait=False)
