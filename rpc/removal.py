@@ -13,8 +13,9 @@ whose record is gone. `vm remove --force` deletes the record at once, relying on
 
 A removal that takes the VM's volumes with it names them in the VM's record (``remove_volumes``) when it is
 recorded. The transaction that deletes the record marks each of them for removal (a storage intent, ``remove``,
-naming the VM in ``removal_of``), unless another VM uses it or another change holds it; the next holder of the
-volume's pool lock removes the marked volumes (the coordinator that forgot the VM takes it at once, and the
+naming the VM in ``removal_of``; ``remove_after`` while another change's intent holds it), unless another VM
+uses it; the next holder of the volume's pool lock removes the marked volumes (one held, once that change is
+over) (the coordinator that forgot the VM takes it at once, and the
 leader's storage check within seconds). A crash anywhere leaves the VM or the marks, never volumes that nothing
 will remove: the volumes had been removed by the client after the VM was gone, and a client or coordinator that
 died between the two left them for good.
@@ -45,11 +46,9 @@ def volume_users(vms: WatchedCollection, volume: str) -> list[str]:
                   if volume in ((raw.get(OWN_VALUE) or {}).get("volumes") or []))
 
 
-def finish(store: Store, name: str, users: Users, leader_node: str | None = None,
-           held: list[str] | None = None) -> bool:
+def finish(store: Store, name: str, users: Users, leader_node: str | None = None) -> bool:
     """Delete the record of VM `name` if it is marked removed and its node confirmed (or cannot hold it any
-    more), marking the volumes it names for removal; True when no record remains. When this call deleted it,
-    the volumes to remove that another change held (so unmarked) are added to `held`."""
+    more), marking the volumes it names for removal; True when no record remains."""
     zk = store.zk
     try:
         state, state_stat = _read(store, schema.vm_key(name, "state"))
@@ -74,10 +73,8 @@ def finish(store: Store, name: str, users: Users, leader_node: str | None = None
         log.warning("%s: its node(s) %s are fenced or gone; forgetting it without their report", name,
                     ", ".join(sorted(holders)))
     try:
-        unmarked = delete(store, name, (spec or {}).get("uuid"), leader_node, state_version=state_stat.version,
-                          volumes=(spec or {}).get("remove_volumes") or [], users=users)
-        if held is not None:
-            held.extend(unmarked)
+        delete(store, name, (spec or {}).get("uuid"), leader_node, state_version=state_stat.version,
+               volumes=(spec or {}).get("remove_volumes") or [], users=users)
     except PVCError as error:
         log.info("forgetting %s lost a race (%s)", name, error)
     gone = zk.exists(schema.vm(name)) is None
@@ -87,17 +84,16 @@ def finish(store: Store, name: str, users: Users, leader_node: str | None = None
 
 
 def delete(store: Store, name: str, uuid: str | None, leader_node: str | None = None,
-           state_version: int = -1, volumes: Sequence[str] = (), users: Users = lambda _volume: []) -> list[str]:
+           state_version: int = -1, volumes: Sequence[str] = (), users: Users = lambda _volume: []) -> None:
     """Delete the VM's record (children first), its node index entry and its UUID's entry while it names this
     VM, and mark `volumes` for removal (those no other VM uses), in one transaction (checking the state's
-    version, when given, and the placement's). Returns the volumes left unmarked because another change held
-    them: the caller that deleted the record removes them once that change is over."""
+    version, when given, and the placement's)."""
     zk = store.zk
     transaction = store.transaction(leader_node)
     if state_version >= 0:
         transaction.check(schema.vm_key(name, "state"), state_version)
-    held = [volume for volume in volumes if not _mark_for_removal(store, transaction, name, volume, users)
-            and not any(user != name for user in users(volume))]
+    for volume in volumes:
+        _mark_for_removal(store, transaction, name, volume, users)
     node_index.forget(store, transaction, name)
     transaction.delete_tree([f"{schema.vm(name)}/{child}" for child in store.children(schema.vm(name))]
                             + [schema.vm(name)])
@@ -109,25 +105,27 @@ def delete(store: Store, name: str, uuid: str | None, leader_node: str | None = 
         if schema.decode(owner) == name:
             transaction.delete(schema.vm_uuid(uuid), version=uuid_stat.version)
     transaction.commit()
-    return held
 
 
-def _mark_for_removal(store: Store, transaction, vm: str, volume: str, users: Users) -> bool:
-    """Whether `volume` is marked for removal in `transaction` (or is gone already)."""
+def _mark_for_removal(store: Store, transaction, vm: str, volume: str, users: Users) -> None:
+    """Mark `volume` in `transaction`: with a ``remove`` intent, or, while another change's intent holds it,
+    with ``remove_after`` (the storage check removes it once that change is over). One another VM uses is
+    kept."""
     pool, _, name = volume.partition("/")
     try:
         data, stat = store.zk.get(schema.volume(pool, name))
     except NoNodeError:
-        return True
+        return
     record = schema.decode(data)
     others = [user for user in users(volume) if user != vm]
-    if others or record.get("intent"):
-        log.warning("%s: volume %s is kept: %s", vm, volume, f"VM(s) {', '.join(others)} use it" if others
-                    else f"another change holds it ({record['intent'].get('action')})")
-        return False
-    transaction.set(schema.volume(pool, name), {**record, "intent": {"action": "remove", "removal_of": vm}},
-                    version=stat.version)
-    return True
+    if others:
+        log.warning("%s: volume %s is kept: VM(s) %s use it", vm, volume, ", ".join(others))
+        return
+    held = record.get("intent")
+    if held:
+        log.info("%s: volume %s goes once the change holding it (%s) is over", vm, volume, held.get("action"))
+    transaction.set(schema.volume(pool, name), {**record, "remove_after": vm} if held else
+                    {**record, "intent": {"action": "remove", "removal_of": vm}}, version=stat.version)
 
 
 def _cannot_hold(store: Store, node: str) -> bool:

@@ -156,8 +156,8 @@ def test_storage_check_resolves_what_a_dead_coordinator_left(file_storage_cluste
 
 def test_the_leader_removes_the_volumes_a_vm_removal_marked_and_keeps_one_a_vm_uses_since(file_storage_cluster):
     """`pvc.rpc.removal` marks a removed VM's volumes in the transaction that forgets the VM; the leader's
-    storage check removes them with nobody asking. A volume that a VM came to use between the mark and the
-    check is kept, its mark dropped."""
+    storage check removes them with nobody asking, one that another change held (``remove_after``) too. A volume
+    that a VM came to use between the mark and the check is kept, its mark dropped."""
     cluster = file_storage_cluster
     storage = cluster.client.storage
     for name in ("unused", "claimed"):
@@ -165,10 +165,14 @@ def test_the_leader_removes_the_volumes_a_vm_removal_marked_and_keeps_one_a_vm_u
     disk = "<disk type='volume' device='disk'><source pool='pool' volume='claimed'/><target dev='sda' bus='scsi'/>" \
         "</disk>"
     cluster.client.vms.define(vm_xml("claimer").replace("</os>", f"</os><devices>{disk}</devices>"), target="hv1")
+    storage.volume_add("pool", "held", "1M")
     with cluster_store(cluster.local) as store:
         for name in ("unused", "claimed"):
             record = store.read(schema.volume("pool", name))
             store.write(schema.volume("pool", name), {**record, "intent": {"action": "remove", "removal_of": "gone"}})
+        # Held by another change when the VM was forgotten: it goes once that change is over (here, at once).
+        store.write(schema.volume("pool", "held"), {**store.read(schema.volume("pool", "held")),
+                                                    "remove_after": "gone"})
 
     assert eventually(lambda: _records(cluster) == {"claimed": None}, 15), _records(cluster)
     assert _images(cluster) == ["claimed"]

@@ -539,7 +539,7 @@ class StorageArea:
     def _resolve_intents(self, pool: str) -> list[str]:
         intents = self._intents(pool)
         if not intents:
-            return []
+            return self._remove_waiting(pool)
         try:
             agent = self._pool_agent(pool)
         except Unavailable as error:
@@ -574,7 +574,7 @@ class StorageArea:
             for each in (name, current.get("to"), current.get("from")):
                 if each:
                     self._volumes.refresh(schema.volume_key(pool_name, each))
-        return done
+        return done + self._remove_waiting(pool)
 
     def resolve_orphaned_intents(self) -> None:
         """For the leader: resolve the intents recorded by coordinators that are gone or whose node's time to act
@@ -586,7 +586,8 @@ class StorageArea:
         zk = self._context.store.zk
         pools = {pool for (pool, _name), pending in self._intents().items()
                  if "removal_of" in pending or storage_intents.expired(pending)
-                 or zk.exists(schema.live_coordinator(pending.get("coordinator", "?"))) is None}
+                 or zk.exists(schema.live_coordinator(pending.get("coordinator", "?"))) is None} \
+            | {pool for pool, _name in self._waiting_removals()}
         for pool in sorted(pools):
             try:
                 with self._pool_lock(pool, timeout=0.1):
@@ -594,16 +595,13 @@ class StorageArea:
             except Exception as error:
                 log.info("storage pool %s: its unfinished changes are resolved later: %s", pool, error)
 
-    def _removed_with(self, vm: str, volumes: list[str], held: list[str]) -> dict[str, Any]:
-        """Remove the volumes that the removal of `vm` marked (by taking their pools' locks, which resolves the
-        marks), and those of `held`, which the transaction that forgot the VM (this caller's) left unmarked
-        because another change held them; which of `volumes` are gone, and which are kept and why."""
+    def _removed_with(self, vm: str, volumes: list[str]) -> dict[str, Any]:
+        """Remove the volumes that the removal of `vm` marked, by taking their pools' locks (which resolves the
+        marks); which of `volumes` are gone, and which are kept and why."""
         for pool in sorted({volume.partition("/")[0] for volume in volumes}):
             try:
                 with self._pool_lock(pool):
-                    for volume in held:
-                        if volume.partition("/")[0] == pool:
-                            self._remove_unmarked(vm, volume)
+                    pass
             except PVCError as error:
                 log.info("the volumes of removed VM %s in pool %s go later: %s", vm, pool, error)
         removed, kept = [], []
@@ -614,23 +612,50 @@ class StorageArea:
             if raw is None:
                 removed.append(volume)
                 continue
-            pending = storage_intents.intent(raw) or {}
-            users = self._context.volume_users(pool, name)
+            record, users = raw.get(OWN_VALUE) or {}, self._context.volume_users(pool, name)
+            marked = (storage_intents.intent(raw) or {}).get("removal_of") == vm or record.get("remove_after") == vm
             kept.append({"volume": volume, "why": f"used by VM(s) {', '.join(users)}" if users
-                         else "its removal waits for a storage node; it goes within seconds of one answering"
-                         if pending.get("removal_of") == vm else "not marked for removal: another change held it, "
-                         "or a vm undefine withdrew its removal"})
+                         else "marked for removal: it goes within seconds once a storage node answers and no "
+                         "other change holds it" if marked else "not marked for removal (a vm undefine withdrew "
+                         "its removal)"})
         return {"volumes_removed": removed, "volumes_kept": kept}
 
-    def _remove_unmarked(self, vm: str, volume: str) -> None:
-        """A volume of removed VM `vm` left unmarked, and now free: another change held it when the VM was
-        forgotten. Its pool's lock held (that change is over), it goes as the mark would."""
-        pool, _, name = volume.partition("/")
-        record = self._context.store.read(schema.volume(pool, name))
-        if record is None or record.get("intent") or self._context.volume_users(pool, name):
-            return
-        log.info("%s: removing its volume %s, which was not marked for removal with it", vm, volume)
-        self._remove_locked(record)
+    def _waiting_removals(self, pool: str | None = None) -> dict[tuple[str, str], str]:
+        """The volumes a removed VM's removal left to go once another change's intent is over, with the VM."""
+        found = {}
+        for key, raw in self._volumes.snapshot().items():
+            vm = (raw.get(OWN_VALUE) or {}).get("remove_after")
+            pool_name, volume_name = schema.split_volume_key(key)
+            if vm and pool in (None, pool_name):
+                found[(pool_name, volume_name)] = vm
+        return found
+
+    def _remove_waiting(self, pool: str) -> list[str]:
+        """Remove the volumes of `_waiting_removals` whose other change is over (the pool's lock held, after its
+        intents were resolved): one a VM has come to use meanwhile is kept, its mark dropped."""
+        done = []
+        for (pool_name, name), vm in sorted(self._waiting_removals(pool).items()):
+            self._volumes.refresh(schema.volume_key(pool_name, name))
+            record = (self._volumes.get(schema.volume_key(pool_name, name)) or {}).get(OWN_VALUE)
+            if not record or not record.get("remove_after") or record.get("intent"):
+                continue
+            users = self._context.volume_users(pool_name, name)
+            try:
+                if users:
+                    self._context.store.transaction().set(
+                        schema.volume(pool_name, name),
+                        {key: value for key, value in record.items() if key != "remove_after"}).commit()
+                    done.append(f"{pool_name}/{name}: kept, VM(s) {', '.join(users)} use it")
+                else:
+                    self._remove_locked(record)
+                    done.append(f"{pool_name}/{name}: removed with VM {vm}")
+            except PVCError as error:
+                log.warning("storage check: %s/%s stays: %s", pool_name, name, error)
+            finally:
+                self._volumes.refresh(schema.volume_key(pool_name, name))
+        for outcome in done:
+            log.warning("storage check: %s", outcome)
+        return done
 
     def _pool_record(self, name: str) -> dict[str, Any] | None:
         raw = self._pools.get(name)

@@ -261,14 +261,12 @@ class VMsArea:
         :raises Busy: another command holds the VM's lock
         :raises Unavailable: with `wait`, the node has not undefined it after `timeout` seconds
         """
-        held: list[str] = []
-
         def decide() -> dict[str, Any]:
             raw = self._control.raw(vm)
             if force:
                 spec = raw[OWN_VALUE]
-                held.extend(removal.delete(self._context.store, vm, spec["uuid"], users=self._volume_users,
-                                           volumes=(spec.get("volumes") or []) if volumes else []))
+                removal.delete(self._context.store, vm, spec["uuid"], users=self._volume_users,
+                               volumes=(spec.get("volumes") or []) if volumes else [])
                 return raw
             desired = self._control.desired(vm)
             spec = {key: value for key, value in desired.spec.items() if key != "remove_volumes"}
@@ -289,7 +287,7 @@ class VMsArea:
         # in this thread; a forced one is settled already, and a frozen node's agent must not hold its answer.
         (self._control.poke_soon if force else self._control.poke)(vm, [node, (raw.get("status") or {}).get("node")])
         deadline = time.monotonic() + timeout
-        while not removal.finish(self._context.store, vm, self._volume_users, held=held):
+        while not removal.finish(self._context.store, vm, self._volume_users):
             if not wait:
                 self._context.cache.vms.refresh(vm)
                 return {"name": vm, "removed": False, "waiting_for": node}
@@ -301,8 +299,7 @@ class VMsArea:
         self._control.forget_lock(vm)
         if not volumes:
             return {"name": vm, "removed": True}
-        return {"name": vm, "removed": True,
-                **self.storage._removed_with(vm, raw[OWN_VALUE].get("volumes") or [], held)}
+        return {"name": vm, "removed": True, **self.storage._removed_with(vm, raw[OWN_VALUE].get("volumes") or [])}
 
     def _volume_users(self, volume: str) -> list[str]:
         return removal.volume_users(self._context.cache.vms, volume)
