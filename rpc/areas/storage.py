@@ -25,6 +25,7 @@ from pvc.storage_client import STORAGE_CALL_TIMEOUT_S
 log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT_S = 30
+SET_SIZE_ATTEMPTS = 3
 STORAGE_ACTION_TIMEOUT_S = STORAGE_CALL_TIMEOUT_S - 30
 """A node's storage action may take this long: inside the client's own wait, so the client hears the outcome."""
 
@@ -251,6 +252,24 @@ class StorageArea:
             self._refuse_if_used(pool, name, "remove", force)
             self._remove_locked(record)
 
+    def _set_size(self, pool: str, name: str, size_bytes: int) -> None:
+        """Write the volume's size into its record as the record is now (the pool's lock held): a record read
+        before a storage action and written back whole had dropped a removal mark that a VM's removal, which
+        does not take the lock, wrote meanwhile."""
+        path = schema.volume(pool, name)
+        try:
+            for _attempt in range(SET_SIZE_ATTEMPTS):
+                data, stat = self._context.store.zk.get(path)
+                try:
+                    self._context.store.transaction().set(path, {**schema.decode(data), "size_bytes": size_bytes},
+                                                          version=stat.version).commit()
+                    return
+                except Conflict:
+                    continue
+            raise Busy(f"volume '{pool}/{name}' kept changing while its size was recorded; try again")
+        finally:
+            self._volumes.refresh(schema.volume_key(pool, name))
+
     def _remove_locked(self, record: dict[str, Any]) -> None:
         """Remove the volume `record` names, its pool's lock held: its intent first, then the storage's action."""
         pool, name = record["pool"], record["name"]
@@ -283,9 +302,7 @@ class StorageArea:
                                f"({sizes.human(record['size_bytes'])}) and lose data; allow shrinking to do it")
             node, agent_uri, _backend = self._storage_node(pool)
             self._agent(node, agent_uri, "volume_resize", pool, name, size_bytes)
-            self._context.store.transaction().set(schema.volume(pool, name),
-                                                  {**record, "size_bytes": size_bytes}).commit()
-            self._volumes.refresh(schema.volume_key(pool, name))
+            self._set_size(pool, name, size_bytes)
         return self.volume_info(pool, name)
 
     def volume_rename(self, pool: str, name: str, new_name: str) -> dict[str, Any]:
@@ -467,10 +484,7 @@ class StorageArea:
             self._refuse_if_used(pool, volume, "roll back", force=False)
             node, agent_uri, _backend = self._storage_node(pool)
             self._agent(node, agent_uri, "snapshot_rollback", pool, volume, name)
-            size_bytes = self._agent(node, agent_uri, "volume_size", pool, volume)
-            self._context.store.transaction().set(schema.volume(pool, volume),
-                                                  {**raw[OWN_VALUE], "size_bytes": size_bytes}).commit()
-            self._volumes.refresh(schema.volume_key(pool, volume))
+            self._set_size(pool, volume, self._agent(node, agent_uri, "volume_size", pool, volume))
         return self.volume_info(pool, volume)
 
     # -- uploads ------------------------------------------------------------------------------------------
