@@ -40,27 +40,30 @@ def settled(record: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in record.items() if key != "intent"}
 
 
-def begin_new(store: Store, record: dict[str, Any], action: str, coordinator: str, until: float | None = None
+def begin_new(store: Store, record: dict[str, Any], action: str, coordinator: str, for_s: float | None = None
               ) -> None:
     """Record a volume about to be made (``create`` or ``clone``), with its empty snapshot list; a node that may
-    still make it until wall time `until` (a restore's next volume) keeps it from being resolved before then."""
+    still make it for `for_s` seconds (a restore's next volume) keeps it from being resolved before then."""
     pool, name = record["pool"], record["name"]
-    pending = {"action": action, "coordinator": coordinator, **({"until": until} if until is not None else {})}
+    timed = {"for_s": for_s, "until": time.time() + for_s} if for_s is not None else {}
+    pending = {"action": action, "coordinator": coordinator, **timed}
     store.transaction() \
         .create(schema.volume(pool, name), {**record, "intent": pending}) \
         .create(schema.volume_snapshots(pool, name), {}) \
         .commit()
 
 
-def acting(pending: dict[str, Any]) -> bool:
-    """Whether a node may still act on this intent: resolving it now could be undone by the node's next step."""
-    return pending.get("until", 0.0) > time.time()
+def acting(pending: dict[str, Any], created_ms: int, now_ms: int) -> bool:
+    """Whether a node may still act on this intent (resolving it now could be undone by the node's next step):
+    `for_s` after its record was created. Both times are ZooKeeper's (the record's ctime, and that of the lock
+    the resolver holds), since the hosts' clocks may differ by more than the node's margin."""
+    return "for_s" in pending and created_ms + pending["for_s"] * 1000 > now_ms
 
 
 def expired(pending: dict[str, Any]) -> bool:
-    """Whether the time a node had to act on this intent has passed: its change is over, one way or the other,
-    whether or not the coordinator that recorded it lives."""
-    return "until" in pending and not acting(pending)
+    """Whether the time a node had to act on this intent is past by this host's clock (``until``): which pools
+    the leader visits, whether or not the coordinator that recorded it lives; `acting` decides there."""
+    return "until" in pending and pending["until"] <= time.time()
 
 
 def begin_remove(store: Store, record: dict[str, Any], coordinator: str) -> None:

@@ -13,7 +13,6 @@ imported from there by the same record-first steps as an import from a backup ro
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Callable
 
 from lxml import etree
@@ -135,19 +134,17 @@ class VMBackups:
                 if self._storage._taken(node, agent_uri, target):
                     raise AlreadyExists(f"volume '{target}' exists already (in the storage, if not in `pvc storage "
                                         "volume list`); nothing was imported")
-            until = time.time() + STORAGE_ACTION_TIMEOUT_S  # the node's deadline ends a minute before
             for old, target in targets.items():
                 new_pool, new_name = target.split("/", 1)
                 storage_intents.begin_new(store, storage_records.volume_record(new_pool, new_name, sizes[old]),
-                                          "clone", self._context.name, until=until)
+                                          "clone", self._context.name, for_s=STORAGE_ACTION_TIMEOUT_S)
             try:
                 made = restore(RESTORE_WITHIN_S)
             except Unavailable as error:
                 # No answer: the node may be restoring still, and would make a volume after any removal now.
                 # The intents stay; a storage check resolves them once the node's time is up.
                 raise Unavailable(f"{error}; no VM was defined, and the import's volumes are removed once the "
-                                  f"node's time for them ends ({time.strftime('%H:%M:%S', time.localtime(until))})"
-                                  ) from None
+                                  f"node's time for them ends (within {STORAGE_ACTION_TIMEOUT_S:.0f} s)") from None
             except BaseException:
                 self._remove_new(node, agent_uri, targets)
                 raise

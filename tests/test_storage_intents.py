@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -177,3 +178,22 @@ def test_the_leader_removes_the_volumes_a_vm_removal_marked_and_keeps_one_a_vm_u
     assert eventually(lambda: _records(cluster) == {"claimed": None}, 15), _records(cluster)
     assert _images(cluster) == ["claimed"]
     assert storage.volume_info("pool", "claimed")["used_by"] == ["claimer"]
+
+
+def test_a_restores_intent_is_timed_by_zookeepers_clock_not_by_the_coordinator_that_wrote_it(file_storage_cluster):
+    """A restore's new volumes stay recorded as being made for as long as their node may still write them. That
+    time counts from the record's creation in ZooKeeper's clock: one coordinator's clock running an hour behind
+    the leader's (its ``until`` an hour past) does not let the leader undo a restore its node still writes."""
+    cluster = file_storage_cluster
+    alive = cluster.local.coordinator_names[0]
+    with cluster_store(cluster.local) as store:
+        for name, for_s in (("writing", 600.0), ("given_up", 0.5)):
+            store.transaction().create(schema.volume("pool", name), {
+                "pool": "pool", "name": name, "size_bytes": MIB,
+                "intent": {"action": "clone", "coordinator": alive, "for_s": for_s,
+                           "until": time.time() - 3600}}) \
+                .create(schema.volume_snapshots("pool", name), {}).commit()
+    time.sleep(1.0)
+
+    assert cluster.client.storage.check() == ["pool/given_up: its unfinished clone was undone"]
+    assert _records(cluster) == {"writing": "clone"}

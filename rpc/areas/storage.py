@@ -537,7 +537,9 @@ class StorageArea:
         if not lock.acquire(timeout=timeout):
             raise Busy(f"storage pool '{pool}' is locked by another change; try again")
         try:
-            yield self._resolve_intents(pool)
+            # ZooKeeper's time now: when the lock's own znode was made.
+            held = self._context.store.zk.exists(f"{lock.path}/{lock.node}")
+            yield self._resolve_intents(pool, held.ctime if held else int(time.time() * 1000))
         finally:
             lock.release()
 
@@ -550,7 +552,7 @@ class StorageArea:
                 found[(pool_name, volume_name)] = pending
         return found
 
-    def _resolve_intents(self, pool: str) -> list[str]:
+    def _resolve_intents(self, pool: str, now_ms: int) -> list[str]:
         intents = self._intents(pool)
         if not intents:
             return self._remove_waiting(pool)
@@ -565,9 +567,10 @@ class StorageArea:
             current = storage_intents.intent(self._volumes.get(schema.volume_key(pool_name, name)))
             if current is None:
                 continue
-            if storage_intents.acting(current):
-                log.info("storage pool %s: %s waits until its node gives up, by %s", pool_name, name,
-                         time.strftime("%H:%M:%S", time.localtime(current["until"])))
+            created = self._context.store.zk.exists(schema.volume(pool_name, name)) if "for_s" in current else None
+            if created is not None and storage_intents.acting(current, created.ctime, now_ms):
+                log.info("storage pool %s: %s waits %.0f s more for its node to give up", pool_name, name,
+                         (created.ctime + current["for_s"] * 1000 - now_ms) / 1000)
                 continue
             users = self._context.volume_users(pool_name, name) if "removal_of" in current else []
             if users:
