@@ -322,14 +322,13 @@ class RecoveryExecution(TaskExecution):
         that said it runs, so a target that dies between that look and the record (its recovery listing its VMs
         in the gap) is chosen again too."""
         for _attempt in range(RETARGET_ATTEMPTS):
-            target = self._running_target(name, target)
-            if target is None:
-                break
             try:
                 recorded = self._record(name, self._start_on(target))
                 break
             except TargetGone:
-                continue
+                target = self._running_target(name, target)
+                if target is None:
+                    break
         else:
             target = None
         if target is None:

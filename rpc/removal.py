@@ -14,9 +14,9 @@ whose record is gone. `vm remove --force` deletes the record at once, relying on
 A removal that takes the VM's volumes with it names them in the VM's record (``remove_volumes``) when it is
 recorded. The transaction that deletes the record marks each of them for removal (a storage intent, ``remove``,
 naming the VM in ``removal_of``; ``remove_after`` while another change's intent holds it), unless another VM
-uses it; the next holder of the volume's pool lock removes the marked volumes (one held, once that change is
-over) (the coordinator that forgot the VM takes it at once, and the
-leader's storage check within seconds). A crash anywhere leaves the VM or the marks, never volumes that nothing
+uses it. The next holder of the volume's pool lock removes the marked volumes, a held one once its change is
+over: the coordinator that forgot the VM takes the lock at once, the leader's storage check within seconds. A
+crash anywhere leaves the VM or the marks, never volumes that nothing
 will remove: the volumes had been removed by the client after the VM was gone, and a client or coordinator that
 died between the two left them for good.
 """

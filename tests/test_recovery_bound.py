@@ -12,8 +12,8 @@ import time
 import pytest
 
 from pvc import schema
+from pvc.rpc import recovery
 from pvc.rpc.agents import NodeAgents
-from pvc.rpc.recovery import RecoveryExecution
 
 from coordinator_support import coordinator_in_process
 from helpers import cluster_store, eventually
@@ -130,21 +130,21 @@ def test_a_target_that_stops_running_between_the_recoverys_look_and_its_record_i
     node whose own recovery may have listed its VMs already (here that node's daemon lives on, and would have
     started it: a start on a node marked dead)."""
     local = fresh_cluster.local
-    looked = RecoveryExecution._running_target
+    looked = recovery.daemon_state
     marked: list[str] = []
 
-    def marked_dead_right_after(execution, name, target):
-        chosen = looked(execution, name, target)
-        if chosen is not None and not marked:
+    def marked_dead_right_after(context, node):
+        state = looked(context, node)
+        if state[0] == "run" and node != "hv1" and not marked:
             with cluster_store(local) as store:
-                store.write(schema.node_key(chosen, "daemon_state"), "dead")
-            marked.append(chosen)
-        return chosen
+                store.write(schema.node_key(node, "daemon_state"), "dead")
+            marked.append(node)
+        return state
     with coordinator_in_process(local) as (_coordinator, client):
         client.cluster.config(fence_chain=["none"])
         client.vms.define(vm_xml("between"), target="hv1")
         client.vms.start("between", wait=True)
-        mocker.patch.object(RecoveryExecution, "_running_target", marked_dead_right_after)
+        mocker.patch.object(recovery, "daemon_state", marked_dead_right_after)
         local.stop_daemon("pvcnoded", "hv1", kill=True)
         assert eventually(lambda: client.nodes.info("hv1")["daemon_state"] == "dead", DETECTION_S)
         local.host("hv1").power_off()

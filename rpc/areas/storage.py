@@ -537,9 +537,7 @@ class StorageArea:
         if not lock.acquire(timeout=timeout):
             raise Busy(f"storage pool '{pool}' is locked by another change; try again")
         try:
-            # ZooKeeper's time now: when the lock's own znode was made.
-            held = self._context.store.zk.exists(f"{lock.path}/{lock.node}")
-            yield self._resolve_intents(pool, held.ctime if held else int(time.time() * 1000))
+            yield self._resolve_intents(pool, lambda: self._zookeeper_now(lock))
         finally:
             lock.release()
 
@@ -552,7 +550,13 @@ class StorageArea:
                 found[(pool_name, volume_name)] = pending
         return found
 
-    def _resolve_intents(self, pool: str, now_ms: int) -> list[str]:
+    def _zookeeper_now(self, lock: Any) -> int:
+        """ZooKeeper's time now, in ms: when the held lock's own znode was made (asked only for a timed intent,
+        not on every lock)."""
+        held = self._context.store.zk.exists(f"{lock.path}/{lock.node}")
+        return held.ctime if held else int(time.time() * 1000)
+
+    def _resolve_intents(self, pool: str, now_ms: Callable[[], int]) -> list[str]:
         intents = self._intents(pool)
         if not intents:
             return self._remove_waiting(pool)
@@ -568,9 +572,10 @@ class StorageArea:
             if current is None:
                 continue
             created = self._context.store.zk.exists(schema.volume(pool_name, name)) if "for_s" in current else None
-            if created is not None and storage_intents.acting(current, created.ctime, now_ms):
+            now = now_ms() if created is not None else 0
+            if created is not None and storage_intents.acting(current, created.ctime, now):
                 log.info("storage pool %s: %s waits %.0f s more for its node to give up", pool_name, name,
-                         (created.ctime + current["for_s"] * 1000 - now_ms) / 1000)
+                         (created.ctime + current["for_s"] * 1000 - now) / 1000)
                 continue
             users = self._context.volume_users(pool_name, name) if "removal_of" in current else []
             if users:
