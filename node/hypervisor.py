@@ -498,12 +498,15 @@ class DomainActions:
             return listed is not None and listed.active
         return bool(self._on_domain("state check", name, lambda domain: domain.isActive()))
 
-    def define(self, xml: str) -> None:
+    def define(self, xml: str) -> bool:
+        """Define (or redefine) the domain; whether libvirt has it active, asked of the domain just defined: a
+        VM kept off needs no lookup of its own then (a define during a burst made four more calls)."""
         name = etree.fromstring(xml.encode()).findtext("name")
         if name:
             self._hypervisor.redefined(name)
         try:
-            self._hypervisor.call("define", lambda: self._hypervisor.connection().defineXML(xml))
+            return bool(self._hypervisor.call("define",
+                                              lambda: self._hypervisor.connection().defineXML(xml).isActive()))
         finally:
             if name:
                 self._hypervisor.redefined(name)

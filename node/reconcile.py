@@ -589,11 +589,15 @@ class Reconciler:
                                                       not self._actions.is_running(name, seen))):
                 # Before libvirt needs the bridges; a running guest's are kept by the networks' own pass.
                 self._ensure_networks(spec["networks"])
+            defined_off = False
             if redefine:
                 self._retire_old_names(name, spec.get("uuid"))
-                self._actions.define(self._host_xml(spec["xml"], self.paths))
+                defined_off = not self._actions.define(self._host_xml(spec["xml"], self.paths))
+            kept_off = defined_off and state not in schema.RUNNING_STATES
             if state in schema.RUNNING_STATES:
                 self._run_here(name, raw, state, seen)
+            elif kept_off:
+                pass  # libvirt answered the define: the domain is not active
             elif state == "shutdown":
                 self._actions.shutdown(name, seen, wanted=lambda: self._still_wanted(name, raw))
             elif state in ("stop", "disable", "fail", schema.MIRROR_STATE):
@@ -604,7 +608,7 @@ class Reconciler:
             return status
         if status.get("node") not in (None, self.node) and status.get("migrating_to") == self.node:
             return self._take_over_migrated(name, raw)
-        running = self._actions.is_running(name, seen)
+        running = False if kept_off else self._actions.is_running(name, seen)
         if status.get("node") not in (None, self.node) and status.get("running") is not False and not running:
             if status.get("running") is True:
                 self._await_arrival(name)
@@ -857,17 +861,16 @@ class Reconciler:
     def _write_status_if_ours(self, name: str, status: dict[str, Any]) -> None:
         """Write the status unless another node holds the VM (its status says it runs there), and only while
         this daemon owns the node (`NodeOwnership.transaction`)."""
-        zk = self._store.zk
         path = schema.vm_key(name, "status")
-        stat = zk.exists(path)
-        if stat is None:
-            if zk.exists(schema.vm(name)):
-                try:
-                    self._ownership.transaction().create(path, status).commit()
-                except PVCError:
-                    pass
+        try:
+            data, stat = self._store.zk.get(path)
+        except NoNodeError:
+            try:
+                self._ownership.transaction().create(path, status).commit()
+            except PVCError:
+                pass  # the VM is gone (no parent), another report came first, or this daemon no longer owns the node
             return
-        current = schema.decode(zk.get(path)[0]) or {}
+        current = schema.decode(data) or {}
         if current.get("node") not in (None, self.node) and current.get("running") is not False:
             return
         try:
