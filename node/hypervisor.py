@@ -295,6 +295,7 @@ class Hypervisor:
                 "hypervisor": connection.getType(),
                 "accelerator": self._accelerator or _offered_accelerator(connection),
                 "simulated": self.simulated,
+                "migrates_live": self.can_migrate_live,
             }
         return self.call("reading the host's facts", read)
 

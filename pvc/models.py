@@ -43,6 +43,7 @@ def node_view(name: str, raw: dict[str, Any], keepalive_age_s: float | None = No
         "hypervisor": facts.get("hypervisor"),
         "accelerator": facts.get("accelerator"),
         "simulated": facts.get("simulated", False),
+        "migrates_live": bool(facts.get("migrates_live")),
         "agent_uri": facts.get("agent_uri"),
         **shown_bmc(facts.get("bmc")),
     }

@@ -138,9 +138,9 @@ class VMControl:
     def converge(self, name: str, nodes: list[str | None], wait: bool, timeout: float = 120.0,
                  hold_calls: bool = False, since_zxid: int | None = None) -> dict[str, Any]:
         """Ask each of `nodes` (old node first, then new) to converge the VM; with `wait`, until it is done.
-        Two different nodes mean the VM is moving between them. Without `wait` the answer is the VM as the
-        caller's own refresh after its write read it: a catch-up here was a third of a define's time during a
-        burst of defines.
+        Two different nodes mean the VM is moving between them: the new node is also asked at once. Without
+        `wait` the answer is the VM as the caller's own refresh after its write read it: a catch-up here was a
+        third of a define's time during a burst of defines.
 
         A waited-for move is answered once the VM runs on its new node, while the nodes are still being asked
         on a thread of the move's own: the old node's call lasts until its libvirt has cleaned up after a live
@@ -148,12 +148,17 @@ class VMControl:
         a fifth of a migration's wall time. With `hold_calls` the nodes are asked in the caller's thread first,
         so that a task's bound on moves at once bounds the calls to the nodes too. A caller that knows the zxid
         of the write it waits for gives it (`since_zxid`); otherwise it is read (`command_zxid`)."""
+        moving = len({node for node in nodes if node}) > 1
+        if moving and (self._context.node_view(nodes[-1]) or {}).get("migrates_live"):
+            # The new node, asked before the old one's call (which lasts the whole live migration), watches for
+            # the guest's arrival from the start and records it the moment the guest runs there: asked only
+            # after, it left the move to be recorded by the old node once its libvirt had stopped the old copy.
+            (self.poke if hold_calls else self.poke_soon)(name, nodes[-1:])
         if not wait:
             self.poke_soon(name, nodes)
             return models.vm_view(name, self.raw(name, caught_up=True))
         if since_zxid is None:
             since_zxid = self.command_zxid(name)
-        moving = len({node for node in nodes if node}) > 1
         if moving and not hold_calls:
             threading.Thread(target=self.poke, args=(name, nodes), name=f"move-{name}", daemon=True).start()
         else:
