@@ -83,8 +83,13 @@ class CoordinatorContext:
         """Every fault in the cache (`pvc.health.faults.fault_view`)."""
         return fault_views(self.cache.faults.snapshot())
 
-    def volume_users(self, pool: str, volume: str) -> list[str]:
-        """The VMs whose definition uses volume `pool/volume` (their record's ``volumes`` list)."""
+    def volume_users(self, pool: str, volume: str, caught_up: bool = False) -> list[str]:
+        """The VMs whose definition uses volume `pool/volume` (their record's ``volumes`` list), once the cache
+        shows every VM recorded before the call (unless the caller has just caught up: `caught_up`). A VM that
+        another coordinator has just defined is listed here up to `pvc.cache.VMS_RELIST_GAP_S` later, and its
+        volume must not be removed meanwhile."""
+        if not caught_up:
+            self.cache.catch_up()
         return removal.volume_users(self.cache.vms, f"{pool}/{volume}")
 
     def placement_views(self) -> list[dict[str, Any]]:

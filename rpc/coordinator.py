@@ -72,7 +72,8 @@ class Coordinator:
                            settings["zookeeper_password"], settings["zookeeper_session_timeout"])
         self.cache = ClusterCache(self.store)
         self.monitor = NodeMonitor(self.store, self.cache, settings["fence_intervals"])
-        self.requests = NodeRequests(self.store, self.cache.vms, settings["leader_audit_interval"])
+        self.requests = NodeRequests(self.store, self.cache.vms, settings["leader_audit_interval"],
+                                     catch_up=self.cache.catch_up)
         self.request_records = RequestPruner()
         self.storage: StorageArea | None = None
         self.vm_snapshots: VMSnapshots | None = None

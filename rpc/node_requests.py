@@ -17,7 +17,7 @@ point the pass read the log from, so the next pass visits it.
 """
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from pvc.cache import WatchedCollection
 from pvc.errors import NotFound, PVCError
@@ -34,9 +34,13 @@ AUDIT_INTERVAL_S = 60.0
 
 
 class NodeRequests:
-    def __init__(self, store: Store, vms: WatchedCollection, audit_interval: float = AUDIT_INTERVAL_S):
+    def __init__(self, store: Store, vms: WatchedCollection, audit_interval: float = AUDIT_INTERVAL_S,
+                 catch_up: Callable[[], None] | None = None):
+        """`catch_up` (`pvc.cache.ClusterCache.catch_up`) is called before the users of a volume are read for
+        its removal: a VM another coordinator has just defined may not be listed in `vms` yet."""
         self._store = store
         self._vms = vms
+        self._catch_up = catch_up
         self._audit_interval = audit_interval
         self._seen = -1
         self._leader_node: str | None = None
@@ -54,6 +58,8 @@ class NodeRequests:
             self._next_audit = time.monotonic() + self._audit_interval
 
     def _users(self, volume: str) -> list[str]:
+        if self._catch_up is not None:
+            self._catch_up()
         return removal.volume_users(self._vms, volume)
 
     def _visit(self, name: str, leader_node: str) -> bool:

@@ -6,6 +6,7 @@ import time
 import pytest
 
 import pvc
+from pvc.errors import Conflict
 
 from vm_support import vm_xml
 
@@ -75,3 +76,28 @@ def test_a_vm_defined_through_one_coordinator_is_read_at_once_through_the_other(
 @pytest.mark.cluster(nodes=1, coordinators=2)
 def test_bench_2000_defines_from_4_clients_while_the_other_coordinator_lists(fresh_cluster):
     _define_while_listing(fresh_cluster, clients=4, per_client=500)
+
+
+@pytest.mark.cluster(nodes=1, coordinators=2)
+def test_a_volume_that_a_vm_just_defined_through_one_coordinator_uses_is_not_removed_through_the_other(
+        fresh_cluster):
+    """The other coordinator lists new VMs at most once a second during a burst (`VMS_RELIST_GAP_S`): asked at
+    once to remove a volume that the VM just defined uses, it reads the volume's users only once its cache shows
+    that VM, and refuses."""
+    local = fresh_cluster.local
+    writer, remover = (pvc.connect(uri, local.state["api_key"]) for uri in local.uris)
+    writer.storage.pool_add("rfw")
+    try:
+        for index in range(5):
+            volume = f"disk{index}"
+            writer.storage.volume_add("rfw", volume, "8M")
+            writer.vms.define(vm_xml(f"rfw-pad{index}"))  # the other coordinator lists it, and waits for the next
+            disk = (f"<devices><disk type='volume' device='disk'><source pool='rfw' volume='{volume}'/>"
+                    "<target dev='sda' bus='scsi'/></disk></devices>")
+            writer.vms.define(vm_xml(f"rfw-user{index}").replace("</os>", f"</os>{disk}"))
+            with pytest.raises(Conflict, match=f"used by VM\\(s\\) rfw-user{index}"):
+                remover.storage.volume_remove("rfw", volume)
+            assert volume in {entry["name"] for entry in writer.storage.volume_list("rfw")}
+    finally:
+        for client in (writer, remover):
+            client.close()

@@ -198,11 +198,12 @@ class StorageArea:
         if pool is not None:
             self._require_pool(pool)
         views = []
+        self._context.cache.catch_up()
         for key, raw in sorted(self._volumes.snapshot().items()):
             pool_name, volume_name = schema.split_volume_key(key)
             if raw.get(OWN_VALUE) and (pool is None or pool_name == pool):
                 views.append(storage_records.volume_view(
-                    key, raw, self._context.volume_users(pool_name, volume_name)))
+                    key, raw, self._context.volume_users(pool_name, volume_name, caught_up=True)))
         return views
 
     def volume_info(self, pool: str, name: str) -> dict[str, Any]:
@@ -747,9 +748,9 @@ class StorageArea:
     def _refuse_if_mirror(self, pool: str, name: str, action: str) -> None:
         """A mirror's volumes change only by its sends: the next send builds on the snapshot it sent last, so a
         volume changed, resized or removed under it would leave a mirror matching no snapshot of its source."""
+        users = self._context.volume_users(pool, name)
         vms = self._context.cache.vms.snapshot()
-        mirrors = [vm for vm in self._context.volume_users(pool, name)
-                   if (vms.get(vm) or {}).get("state") == schema.MIRROR_STATE]
+        mirrors = [vm for vm in users if (vms.get(vm) or {}).get("state") == schema.MIRROR_STATE]
         if mirrors:
             raise Conflict(f"volume '{pool}/{name}' belongs to mirror VM {', '.join(mirrors)}, which only its "
                            f"sends change; refusing to {action} it, even forced (pvc vm mirror promote "

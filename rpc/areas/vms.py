@@ -302,7 +302,8 @@ class VMsArea:
         return {"name": vm, "removed": True, **self.storage._removed_with(vm, raw[OWN_VALUE].get("volumes") or [])}
 
     def _volume_users(self, volume: str) -> list[str]:
-        return removal.volume_users(self._context.cache.vms, volume)
+        pool, _, name = volume.partition("/")
+        return self._context.volume_users(pool, name)
 
     def set_meta(self, vm: str, **changes: Any) -> dict[str, Any]:
         """Change only the metadata named: node_limit, node_selector, node_autostart, migration_method,
