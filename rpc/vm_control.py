@@ -149,7 +149,7 @@ class VMControl:
         so that a task's bound on moves at once bounds the calls to the nodes too. A caller that knows the zxid
         of the write it waits for gives it (`since_zxid`); otherwise it is read (`command_zxid`)."""
         moving = len({node for node in nodes if node}) > 1
-        if moving and (self._context.node_view(nodes[-1]) or {}).get("migrates_live"):
+        if moving and self._may_move_live(name, nodes[-1]):
             # The new node, asked before the old one's call (which lasts the whole live migration), watches for
             # the guest's arrival from the start and records it the moment the guest runs there: asked only
             # after, it left the move to be recorded by the old node once its libvirt had stopped the old copy.
@@ -164,6 +164,18 @@ class VMControl:
         else:
             self.poke(name, nodes)
         return self.wait(name, timeout, since_zxid, moving=moving)
+
+    def _may_move_live(self, name: str, node: str | None) -> bool:
+        """Whether moving the VM to `node` may be a live migration: the node migrates live, and the move is
+        forced live or the VM's method (else the cluster's) is not ``shutdown``."""
+        if node is None or not (self._context.node_view(node) or {}).get("migrates_live"):
+            return False
+        raw = self._context.cache.vms.get(name) or {}
+        if (raw.get("placement") or {}).get("force_live"):
+            return True
+        method = (raw.get(OWN_VALUE) or {}).get("migration_method") or \
+            self._context.cache.config.get().get("migration_method", "auto")
+        return method != "shutdown"
 
     def command_zxid(self, name: str) -> int:
         """The ZooKeeper transaction id of the latest write to the VM's desired state (its definition, state
